@@ -1,0 +1,102 @@
+//! CUDA driver API result codes as both sides of the wire use them, with the
+//! names and descriptions the guest driver returns from `cuGetErrorName` and
+//! `cuGetErrorString`.
+
+/// A `CUresult` value.
+pub type CuResult = u32;
+
+pub const CUDA_SUCCESS: CuResult = 0;
+pub const CUDA_ERROR_INVALID_VALUE: CuResult = 1;
+pub const CUDA_ERROR_OUT_OF_MEMORY: CuResult = 2;
+pub const CUDA_ERROR_NOT_INITIALIZED: CuResult = 3;
+pub const CUDA_ERROR_DEINITIALIZED: CuResult = 4;
+pub const CUDA_ERROR_NO_DEVICE: CuResult = 100;
+pub const CUDA_ERROR_INVALID_DEVICE: CuResult = 101;
+pub const CUDA_ERROR_INVALID_IMAGE: CuResult = 200;
+pub const CUDA_ERROR_INVALID_CONTEXT: CuResult = 201;
+pub const CUDA_ERROR_CONTEXT_ALREADY_CURRENT: CuResult = 202;
+pub const CUDA_ERROR_MAP_FAILED: CuResult = 205;
+pub const CUDA_ERROR_NO_BINARY_FOR_GPU: CuResult = 209;
+pub const CUDA_ERROR_INVALID_PTX: CuResult = 218;
+pub const CUDA_ERROR_INVALID_SOURCE: CuResult = 300;
+pub const CUDA_ERROR_FILE_NOT_FOUND: CuResult = 301;
+pub const CUDA_ERROR_INVALID_HANDLE: CuResult = 400;
+pub const CUDA_ERROR_ILLEGAL_STATE: CuResult = 401;
+pub const CUDA_ERROR_NOT_FOUND: CuResult = 500;
+pub const CUDA_ERROR_NOT_READY: CuResult = 600;
+pub const CUDA_ERROR_ILLEGAL_ADDRESS: CuResult = 700;
+pub const CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: CuResult = 701;
+pub const CUDA_ERROR_LAUNCH_TIMEOUT: CuResult = 702;
+pub const CUDA_ERROR_PEER_ACCESS_UNSUPPORTED: CuResult = 704;
+pub const CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE: CuResult = 708;
+pub const CUDA_ERROR_CONTEXT_IS_DESTROYED: CuResult = 709;
+pub const CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED: CuResult = 712;
+pub const CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED: CuResult = 713;
+pub const CUDA_ERROR_LAUNCH_FAILED: CuResult = 719;
+pub const CUDA_ERROR_NOT_PERMITTED: CuResult = 800;
+pub const CUDA_ERROR_NOT_SUPPORTED: CuResult = 801;
+pub const CUDA_ERROR_SYSTEM_NOT_READY: CuResult = 802;
+pub const CUDA_ERROR_UNKNOWN: CuResult = 999;
+
+/// (code, name, description) for every code the guest driver can return.
+const TABLE: &[(CuResult, &str, &str)] = &[
+    (CUDA_SUCCESS, "CUDA_SUCCESS", "no error"),
+    (CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"),
+    (CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"),
+    (CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"),
+    (CUDA_ERROR_DEINITIALIZED, "CUDA_ERROR_DEINITIALIZED", "driver shutting down"),
+    (CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected"),
+    (CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"),
+    (CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"),
+    (CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"),
+    (CUDA_ERROR_CONTEXT_ALREADY_CURRENT, "CUDA_ERROR_CONTEXT_ALREADY_CURRENT", "context already current"),
+    (CUDA_ERROR_MAP_FAILED, "CUDA_ERROR_MAP_FAILED", "mapping of buffer object failed"),
+    (CUDA_ERROR_NO_BINARY_FOR_GPU, "CUDA_ERROR_NO_BINARY_FOR_GPU", "no kernel image is available for execution on the device"),
+    (CUDA_ERROR_INVALID_PTX, "CUDA_ERROR_INVALID_PTX", "a PTX JIT compilation failed"),
+    (CUDA_ERROR_INVALID_SOURCE, "CUDA_ERROR_INVALID_SOURCE", "device kernel image is invalid"),
+    (CUDA_ERROR_FILE_NOT_FOUND, "CUDA_ERROR_FILE_NOT_FOUND", "file not found"),
+    (CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"),
+    (CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE", "the operation is not permitted in the current state"),
+    (CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"),
+    (CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"),
+    (CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS", "an illegal memory access was encountered"),
+    (CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES, "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES", "too many resources requested for launch"),
+    (CUDA_ERROR_LAUNCH_TIMEOUT, "CUDA_ERROR_LAUNCH_TIMEOUT", "the launch timed out and was terminated"),
+    (CUDA_ERROR_PEER_ACCESS_UNSUPPORTED, "CUDA_ERROR_PEER_ACCESS_UNSUPPORTED", "peer access is not supported between these two devices"),
+    (CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE, "CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE", "cannot set while device is active in this process"),
+    (CUDA_ERROR_CONTEXT_IS_DESTROYED, "CUDA_ERROR_CONTEXT_IS_DESTROYED", "context is destroyed"),
+    (CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED, "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED", "part or all of the requested memory range is already mapped"),
+    (CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED, "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED", "pointer does not correspond to a registered memory region"),
+    (CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"),
+    (CUDA_ERROR_NOT_PERMITTED, "CUDA_ERROR_NOT_PERMITTED", "operation not permitted"),
+    (CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"),
+    (CUDA_ERROR_SYSTEM_NOT_READY, "CUDA_ERROR_SYSTEM_NOT_READY", "system not yet initialized"),
+    (CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"),
+];
+
+/// `cuGetErrorName`'s answer, or `None` for a code it does not know.
+pub fn error_name(code: CuResult) -> Option<&'static str> {
+    TABLE.iter().find(|e| e.0 == code).map(|e| e.1)
+}
+
+/// `cuGetErrorString`'s answer, or `None` for a code it does not know.
+pub fn error_string(code: CuResult) -> Option<&'static str> {
+    TABLE.iter().find(|e| e.0 == code).map(|e| e.2)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_code_has_a_unique_name() {
+        for (i, a) in TABLE.iter().enumerate() {
+            for b in &TABLE[i + 1..] {
+                assert_ne!(a.0, b.0, "duplicate code {}", a.0);
+            }
+            assert_eq!(error_name(a.0), Some(a.1));
+        }
+        assert_eq!(error_name(123456), None);
+        assert_eq!(error_string(CUDA_ERROR_NOT_READY), Some("device not ready"));
+    }
+}

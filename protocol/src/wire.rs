@@ -1,0 +1,468 @@
+//! Wire structs of protocol version 1.
+//!
+//! A *batch* is what one virtio-gpu `SUBMIT_3D` carries: a [`BatchHeader`]
+//! followed by `num_cmds` commands, each a [`CmdHeader`], a fixed-size payload
+//! struct and, for some opcodes, trailing bytes (inline data, a module image, a
+//! symbol name, kernel parameters). Commands are padded to 8 bytes.
+//!
+//! Replies go to the guest's *control buffer*, a guest-memory resource named
+//! in [`Hello`]: a [`ReplyHeader`] at offset 0 and the reply payload at
+//! [`REPLY_PAYLOAD_OFFSET`]. `completed_seq` is written last, so a guest that
+//! sees it reach its batch's sequence number can read the rest.
+
+use zerocopy::little_endian::{F32, I32, U16, U32, U64};
+use zerocopy::{FromBytes, FromZeros, Immutable, IntoBytes, KnownLayout, Unaligned};
+
+/// virtio-gpu capset id under which the backend advertises gpuvisor. Small
+/// (the Linux driver keeps capset ids in a 64-bit mask) and unused by the
+/// capsets the virtio spec defines (1 to 8).
+pub const CAPSET_ID: u32 = 29;
+/// Version of the capset blob ([`Capset`]).
+pub const CAPSET_VERSION: u32 = 1;
+/// `Capset::magic`: "GVSR".
+pub const CAPSET_MAGIC: u32 = u32::from_le_bytes(*b"GVSR");
+/// The protocol version this crate speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+/// `BatchHeader::magic`: "GVB1".
+pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"GVB1");
+/// Largest batch the backend accepts.
+pub const MAX_BATCH_BYTES: u32 = 32 << 20;
+/// Largest inline payload (memcpy data) the guest puts in one command.
+pub const MAX_INLINE_BYTES: u32 = 64 << 10;
+/// Longest symbol name the backend accepts.
+pub const MAX_NAME_BYTES: u32 = 4096;
+/// Longest kernel parameter buffer (CUDA's own limit is 32 KiB since 12.1).
+pub const MAX_PARAM_BYTES: u32 = 32 << 10;
+/// Offset of the reply payload inside the control buffer.
+pub const REPLY_PAYLOAD_OFFSET: u64 = 64;
+/// Number of `CUdevice_attribute` values carried in [`HelloReply`].
+pub const NUM_DEVICE_ATTRS: usize = 160;
+/// Number of `CUfunction_attribute` values carried in [`FunctionReply`].
+pub const NUM_FUNC_ATTRS: usize = 16;
+/// The guest context id that stands for the device's primary context.
+pub const PRIMARY_CTX: u64 = 1;
+
+/// What the device advertises in its capset.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct Capset {
+    pub magic: U32,
+    pub protocol_min: U16,
+    pub protocol_max: U16,
+    pub max_batch_bytes: U32,
+    pub max_inline_bytes: U32,
+    /// 0 = sim, 1 = cuda.
+    pub engine: U32,
+    pub _reserved: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct BatchHeader {
+    pub magic: U32,
+    pub version: U16,
+    pub flags: U16,
+    /// Strictly increasing per client, starting at 1.
+    pub seq: U64,
+    pub num_cmds: U32,
+    /// Bytes of the whole batch, header included.
+    pub total_len: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct CmdHeader {
+    pub opcode: U16,
+    pub flags: U16,
+    /// Bytes of this command: header, payload, trailing bytes and padding.
+    pub len: U32,
+    /// The guest context the command runs in.
+    pub ctx: U64,
+}
+
+/// `CmdHeader::flags`: the operation is asynchronous with respect to the host
+/// (`cu*Async`); without it copies and memsets have the synchronous API's
+/// semantics.
+pub const CMD_FLAG_ASYNC: u16 = 1 << 0;
+/// `CmdHeader::flags`: the guest memory a copy reads or writes is a staging
+/// buffer the guest reuses once the batch completes, so the backend must finish
+/// with it before completing the batch.
+pub const CMD_FLAG_STAGING: u16 = 1 << 1;
+
+/// Opcodes. The comment says whether the guest waits for a reply.
+#[repr(u16)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Opcode {
+    /// sync: opens the session, names the control buffer.
+    Hello = 1,
+    /// sync
+    CtxCreate = 2,
+    /// async
+    CtxDestroy = 3,
+    /// sync
+    CtxSynchronize = 4,
+    /// sync
+    MemGetInfo = 5,
+    /// sync
+    MemAlloc = 6,
+    /// async
+    MemFree = 7,
+    /// async (inline or guest-memory source)
+    MemcpyHtoD = 8,
+    /// sync, or async into guest memory
+    MemcpyDtoH = 9,
+    /// async
+    MemcpyDtoD = 10,
+    /// async
+    Memset = 11,
+    /// sync
+    ModuleLoad = 12,
+    /// async
+    ModuleUnload = 13,
+    /// sync
+    ModuleGetFunction = 14,
+    /// sync
+    ModuleGetGlobal = 15,
+    /// async
+    FuncSetAttribute = 16,
+    /// async
+    LaunchKernel = 17,
+    /// async
+    StreamCreate = 18,
+    /// async
+    StreamDestroy = 19,
+    /// sync
+    StreamSynchronize = 20,
+    /// sync
+    StreamQuery = 21,
+    /// async
+    StreamWaitEvent = 22,
+    /// async
+    EventCreate = 23,
+    /// async
+    EventDestroy = 24,
+    /// async
+    EventRecord = 25,
+    /// sync
+    EventQuery = 26,
+    /// sync
+    EventSynchronize = 27,
+    /// sync
+    EventElapsedTime = 28,
+}
+
+impl Opcode {
+    pub fn from_u16(v: u16) -> Option<Opcode> {
+        use Opcode::*;
+        Some(match v {
+            1 => Hello,
+            2 => CtxCreate,
+            3 => CtxDestroy,
+            4 => CtxSynchronize,
+            5 => MemGetInfo,
+            6 => MemAlloc,
+            7 => MemFree,
+            8 => MemcpyHtoD,
+            9 => MemcpyDtoH,
+            10 => MemcpyDtoD,
+            11 => Memset,
+            12 => ModuleLoad,
+            13 => ModuleUnload,
+            14 => ModuleGetFunction,
+            15 => ModuleGetGlobal,
+            16 => FuncSetAttribute,
+            17 => LaunchKernel,
+            18 => StreamCreate,
+            19 => StreamDestroy,
+            20 => StreamSynchronize,
+            21 => StreamQuery,
+            22 => StreamWaitEvent,
+            23 => EventCreate,
+            24 => EventDestroy,
+            25 => EventRecord,
+            26 => EventQuery,
+            27 => EventSynchronize,
+            28 => EventElapsedTime,
+            _ => return None,
+        })
+    }
+}
+
+/// Stream ids with the meaning CUDA gives the same `CUstream` values.
+pub const STREAM_NULL: u64 = 0;
+pub const STREAM_LEGACY: u64 = 1;
+pub const STREAM_PER_THREAD: u64 = 2;
+
+/// Where host-side bytes of a copy live.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct HostRef {
+    /// [`HOST_INLINE`] or [`HOST_RESOURCE`].
+    pub kind: U32,
+    /// virtio-gpu resource id, for [`HOST_RESOURCE`].
+    pub resource: U32,
+    /// Byte offset into the resource.
+    pub offset: U64,
+}
+/// HtoD: the bytes follow the command. DtoH: the bytes go to the reply payload.
+pub const HOST_INLINE: u32 = 0;
+/// The bytes are in a guest-memory resource attached to the context.
+pub const HOST_RESOURCE: u32 = 1;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct Hello {
+    /// Resource that holds the reply header and payload.
+    pub control_resource: U32,
+    pub protocol_version: U16,
+    pub _pad: U16,
+    /// Guest process id, for logs only.
+    pub pid: U32,
+    pub _pad2: U32,
+}
+
+/// A payload that is one id (context, module, stream, event, device pointer).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct Id {
+    pub id: U64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct CtxCreate {
+    pub ctx_id: U64,
+    pub flags: U32,
+    pub _pad: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemAlloc {
+    pub size: U64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemcpyHtoD {
+    pub dst: U64,
+    pub len: U64,
+    pub stream: U64,
+    pub src: HostRef,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemcpyDtoH {
+    pub src: U64,
+    pub len: U64,
+    pub stream: U64,
+    pub dst: HostRef,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemcpyDtoD {
+    pub dst: U64,
+    pub src: U64,
+    pub len: U64,
+    pub stream: U64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct Memset {
+    pub dst: U64,
+    /// Number of elements.
+    pub count: U64,
+    pub stream: U64,
+    pub value: U32,
+    /// 1, 2 or 4.
+    pub elem_size: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ModuleLoad {
+    pub module_id: U64,
+    pub image_len: U64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ModuleGetFunction {
+    pub module_id: U64,
+    pub func_id: U64,
+    pub name_len: U32,
+    pub _pad: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ModuleGetGlobal {
+    pub module_id: U64,
+    pub name_len: U32,
+    pub _pad: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct FuncSetAttribute {
+    pub func_id: U64,
+    pub attr: U32,
+    pub value: I32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct LaunchKernel {
+    pub func_id: U64,
+    pub stream: U64,
+    pub grid: [U32; 3],
+    pub block: [U32; 3],
+    pub shared_mem: U32,
+    /// Bytes of packed parameters that follow.
+    pub params_len: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct StreamCreate {
+    pub stream_id: U64,
+    pub flags: U32,
+    pub priority: I32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct StreamWaitEvent {
+    pub stream_id: U64,
+    pub event_id: U64,
+    pub flags: U32,
+    pub _pad: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct EventCreate {
+    pub event_id: U64,
+    pub flags: U32,
+    pub _pad: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct EventRecord {
+    pub event_id: U64,
+    pub stream_id: U64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct EventElapsedTime {
+    pub start: U64,
+    pub end: U64,
+}
+
+// ---- replies -------------------------------------------------------------
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ReplyHeader {
+    /// Sequence number of the last batch the backend has finished. Written
+    /// last, with release ordering.
+    pub completed_seq: U64,
+    /// Sequence number of the batch this reply answers.
+    pub reply_seq: U64,
+    /// Result of the batch's final (synchronous) command.
+    pub status: U32,
+    /// First error of an asynchronous command since the last reply that
+    /// reported one, or 0.
+    pub deferred: U32,
+    /// Opcode of the command that caused `deferred`.
+    pub deferred_opcode: U32,
+    pub payload_len: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct HelloReply {
+    pub protocol_version: U32,
+    /// 0 = sim, 1 = cuda.
+    pub engine: U32,
+    /// `cuDriverGetVersion` of the host, or the version the sim engine claims.
+    pub driver_version: U32,
+    pub device_count: U32,
+    /// The VM's memory quota: what the guest sees as the device's memory.
+    pub total_mem: U64,
+    pub uuid: [u8; 16],
+    /// NUL-padded device name.
+    pub name: [u8; 256],
+    /// `CUdevice_attribute` values, indexed by attribute number.
+    pub attrs: [I32; NUM_DEVICE_ATTRS],
+}
+
+impl Default for HelloReply {
+    fn default() -> Self {
+        HelloReply::new_zeroed()
+    }
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemGetInfoReply {
+    pub free: U64,
+    pub total: U64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemAllocReply {
+    pub dptr: U64,
+}
+
+/// Reply to [`Opcode::ModuleGetFunction`]: the function's attributes and its
+/// parameter layout, followed by `num_params` [`ParamLayout`] entries.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct FunctionReply {
+    pub num_params: U32,
+    /// Where the layout came from: [`PARAMS_FROM_HOST_DRIVER`] or
+    /// [`PARAMS_FROM_IMAGE`].
+    pub param_source: U32,
+    /// `CUfunction_attribute` values, indexed by attribute number.
+    pub attrs: [I32; NUM_FUNC_ATTRS],
+}
+pub const PARAMS_FROM_HOST_DRIVER: u32 = 1;
+pub const PARAMS_FROM_IMAGE: u32 = 2;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ParamLayout {
+    pub offset: U32,
+    pub size: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GlobalReply {
+    pub dptr: U64,
+    pub size: U64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct ElapsedReply {
+    pub ms: F32,
+    pub _pad: U32,
+}
+
+/// Size of one command's header plus payload struct.
+pub const fn fixed_len<T>() -> usize {
+    core::mem::size_of::<CmdHeader>() + core::mem::size_of::<T>()
+}
+
+/// Rounds `n` up to the command alignment (8), or `None` on overflow.
+pub fn pad8(n: usize) -> Option<usize> {
+    n.checked_add(7).map(|v| v & !7)
+}
