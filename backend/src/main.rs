@@ -1,1 +1,164 @@
-fn main() {}
+//! gpuvisor-backend: the vhost-user vGPU of one VM. Parses arguments, picks
+//! the engine, and serves the vhost-user socket; the logic lives in the
+//! library.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, ValueEnum};
+use gpuvisor_backend::device::GpuBackend;
+use gpuvisor_backend::engine::cuda::CudaEngine;
+use gpuvisor_backend::engine::sim::SimEngine;
+use gpuvisor_backend::engine::Engine;
+use gpuvisor_backend::virtio_gpu::GpuDevice;
+use gpuvisor_backend::vm::Vm;
+use std::os::fd::FromRawFd;
+use std::sync::Arc;
+use tracing::{error, info, info_span, warn};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::GuestMemoryAtomic;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EngineChoice {
+    /// cuda if an NVIDIA driver and GPU are present, else sim.
+    Auto,
+    /// The host GPU through the NVIDIA driver (libcuda.so.1, loaded at run time).
+    Cuda,
+    /// The CPU simulator: built-in kernels, device memory in host RAM.
+    Sim,
+}
+
+/// The vGPU of one virtual machine: a vhost-user virtio-gpu device that runs the
+/// guest's CUDA calls on the host GPU.
+///
+/// Start one per VM and point QEMU at its socket:
+///   gpuvisor-backend --socket-path /run/gpuvisor/vm1.sock --quota-mib 8192 &
+///   qemu-system-x86_64 ... -object memory-backend-memfd,id=mem,size=4G,share=on -numa node,memdev=mem \
+///     -chardev socket,id=vgpu,path=/run/gpuvisor/vm1.sock -device vhost-user-gpu-pci,chardev=vgpu
+///
+/// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=gpuvisor_backend=debug) for more.
+#[derive(Debug, Parser)]
+#[command(name = "gpuvisor-backend", version, verbatim_doc_comment)]
+struct Args {
+    /// Listen on this Unix socket path (created; an existing socket file is replaced).
+    #[arg(long, value_name = "PATH", conflicts_with = "fd", required_unless_present_any = ["fd", "print_capabilities"])]
+    socket_path: Option<String>,
+
+    /// Use this already-listening socket file descriptor (as libvirt passes it).
+    #[arg(long, value_name = "FD")]
+    fd: Option<i32>,
+
+    /// Print the vhost-user capabilities as JSON and exit.
+    #[arg(long)]
+    print_capabilities: bool,
+
+    /// Which engine runs the guest's CUDA work.
+    #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
+    engine: EngineChoice,
+
+    /// GPU memory the VM may use, in MiB; the guest sees a device of this size.
+    /// 0 means the whole device.
+    #[arg(long, value_name = "MIB", default_value_t = 0)]
+    quota_mib: u64,
+
+    /// Name of the VM, used in logs.
+    #[arg(long, value_name = "NAME", default_value = "vm")]
+    vm_name: String,
+
+    /// CUDA device ordinal for the cuda engine.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    device: u32,
+
+    /// Memory of the simulated device, in MiB (sim engine).
+    #[arg(long, value_name = "MIB", default_value_t = 16384)]
+    sim_memory_mib: u64,
+
+    /// Exit when the first frontend disconnects instead of waiting for the next.
+    #[arg(long)]
+    once: bool,
+
+    /// Accepted for compatibility with the vhost-user-gpu conventions; gpuvisor
+    /// always offers its 3D (VIRGL) contexts.
+    #[arg(long, hide = true)]
+    virgl: bool,
+
+    /// Accepted for compatibility with the vhost-user-gpu conventions; ignored.
+    #[arg(long, value_name = "PATH", hide = true)]
+    render_node: Option<String>,
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        error!("{e:#}");
+        eprintln!("gpuvisor-backend: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
+    let sim = || -> Box<dyn Engine> { Box::new(SimEngine::new(args.sim_memory_mib << 20)) };
+    match args.engine {
+        EngineChoice::Sim => Ok(sim()),
+        EngineChoice::Cuda => {
+            Ok(Box::new(CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?))
+        }
+        EngineChoice::Auto => match CudaEngine::probe() {
+            Ok(name) => {
+                info!("NVIDIA GPU found ({name}); using the cuda engine");
+                Ok(Box::new(CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?))
+            }
+            Err(why) => {
+                info!("no usable NVIDIA GPU ({why}); using the sim engine");
+                Ok(sim())
+            }
+        },
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.print_capabilities {
+        println!("{{\n  \"type\": \"gpu\",\n  \"features\": []\n}}");
+        return Ok(());
+    }
+    if args.render_node.is_some() {
+        warn!("--render-node is ignored: gpuvisor does not render graphics");
+    }
+    let span = info_span!("vm", name = %args.vm_name);
+    let _enter = span.enter();
+    let engine = make_engine(&args)?;
+    let vm = Vm::new(&args.vm_name, engine, args.quota_mib << 20);
+    let backend = Arc::new(GpuBackend::new(GpuDevice::new(vm)));
+
+    let mut listener = match (&args.socket_path, args.fd) {
+        (Some(path), None) => Listener::new(path, true).with_context(|| format!("listening on {path}"))?,
+        (None, Some(fd)) => {
+            if fd < 0 {
+                bail!("--fd {fd} is not a file descriptor");
+            }
+            // SAFETY: the caller passed us this listening socket's descriptor
+            // (libvirt convention); we take ownership of it here, once.
+            unsafe { Listener::from_raw_fd(fd) }
+        }
+        _ => bail!("give exactly one of --socket-path and --fd"),
+    };
+    info!(socket = args.socket_path.as_deref().unwrap_or("(fd)"), "waiting for the VMM");
+    loop {
+        let mut daemon = VhostUserDaemon::new("gpuvisor-vgpu".into(), backend.clone(), GuestMemoryAtomic::new(Default::default()))
+            .map_err(|e| anyhow::anyhow!("creating the vhost-user daemon: {e:?}"))?;
+        daemon.start(&mut listener).map_err(|e| anyhow::anyhow!("accepting a frontend: {e:?}"))?;
+        info!("frontend connected");
+        let r = daemon.wait();
+        backend.disconnected();
+        if let Err(e) = r {
+            warn!("connection ended: {e:?}");
+        }
+        if args.once {
+            return Ok(());
+        }
+    }
+}

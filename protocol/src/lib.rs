@@ -10,6 +10,7 @@ pub mod cuda;
 pub mod decode;
 pub mod encode;
 pub mod module_image;
+pub mod virtio_gpu;
 pub mod wire;
 
 pub use decode::{decode_batch, Batch, Command, DecodeError};

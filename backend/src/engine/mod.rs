@@ -1,0 +1,151 @@
+//! The one trait every engine implements: the CUDA work of one VM, with
+//! guest handles already resolved to engine handles and every range already
+//! checked by the caller (`vm.rs`). `cuda` runs it on the host GPU through
+//! cudarc; `sim` runs it on the CPU so every path but the GPU is testable
+//! anywhere.
+
+pub mod cuda;
+pub mod sim;
+
+use crate::guest_mem::{HostDst, HostSrc};
+use protocol::cuda::CuResult;
+use protocol::{ParamLayout, NUM_DEVICE_ATTRS, NUM_FUNC_ATTRS};
+
+/// An error from an engine: the CUDA result the guest will see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("CUDA error {0} ({name})", name = protocol::cuda::error_name(*.0).unwrap_or("unknown"))]
+pub struct CuError(pub CuResult);
+
+pub type EngineResult<T> = Result<T, CuError>;
+
+/// Opaque engine handles. For `cuda` they hold the driver's pointers, which
+/// never leave the backend; the guest only ever sees its own ids.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineCtx(pub u64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineModule(pub u64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineFunc(pub u64);
+/// `EngineStream(0)` is the context's legacy NULL stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineStream(pub u64);
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineEvent(pub u64);
+
+impl EngineStream {
+    pub const NULL: EngineStream = EngineStream(0);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EngineKind {
+    Sim,
+    Cuda,
+}
+
+impl EngineKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EngineKind::Sim => "sim",
+            EngineKind::Cuda => "cuda",
+        }
+    }
+}
+
+/// What the guest learns about its device. `total_mem` here is the physical
+/// device's; the VM layer replaces it with the VM's quota.
+#[derive(Debug, Clone)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub uuid: [u8; 16],
+    pub total_mem: u64,
+    pub driver_version: u32,
+    /// `CUdevice_attribute` values indexed by attribute number.
+    pub attrs: [i32; NUM_DEVICE_ATTRS],
+}
+
+/// A kernel's parameter layout and attributes.
+#[derive(Debug, Clone)]
+pub struct FunctionInfo {
+    pub params: Vec<ParamLayout>,
+    /// `protocol::PARAMS_FROM_HOST_DRIVER` or `protocol::PARAMS_FROM_IMAGE`.
+    pub param_source: u32,
+    /// `CUfunction_attribute` values indexed by attribute number.
+    pub attrs: [i32; NUM_FUNC_ATTRS],
+}
+
+/// A launch, as the guest asked for it.
+#[derive(Debug, Clone, Copy)]
+pub struct Launch<'a> {
+    pub grid: [u32; 3],
+    pub block: [u32; 3],
+    pub shared_mem: u32,
+    pub stream: EngineStream,
+    /// Parameters packed at the offsets of `FunctionInfo::params`.
+    pub params: &'a [u8],
+}
+
+/// Where guest RAM lives in this process, for engines that register it with
+/// the driver so copies from it need no host copy.
+#[derive(Debug, Clone, Copy)]
+pub struct HostRegion {
+    pub addr: *mut u8,
+    pub len: usize,
+}
+
+// SAFETY: a HostRegion only describes a mapping owned by the vhost-user
+// memory table; engines use it to register or unregister that mapping.
+unsafe impl Send for HostRegion {}
+
+/// Every call happens on the thread that serves the VM's queues, with the
+/// context that `ctx_set_current` chose current. Copies are synchronous with
+/// respect to the host memory unless `async_` is set, in which case the engine
+/// may return before the copy is done (the guest owns that memory's
+/// lifetime, as with pinned memory natively).
+pub trait Engine: Send {
+    fn kind(&self) -> EngineKind;
+    fn device_info(&self) -> &DeviceInfo;
+
+    /// Guest RAM was (re)mapped: make these regions fast to copy from/to.
+    fn register_host_memory(&mut self, regions: &[HostRegion]) -> EngineResult<()>;
+    /// Guest RAM is about to be unmapped.
+    fn unregister_host_memory(&mut self, regions: &[HostRegion]) -> EngineResult<()>;
+
+    fn ctx_create(&mut self, flags: u32) -> EngineResult<EngineCtx>;
+    /// Destroys a context and everything created in it.
+    fn ctx_destroy(&mut self, ctx: EngineCtx) -> EngineResult<()>;
+    fn ctx_set_current(&mut self, ctx: EngineCtx) -> EngineResult<()>;
+    fn ctx_synchronize(&mut self) -> EngineResult<()>;
+
+    /// Free and total memory of the physical device.
+    fn mem_get_info(&mut self) -> EngineResult<(u64, u64)>;
+    fn mem_alloc(&mut self, size: u64) -> EngineResult<u64>;
+    fn mem_free(&mut self, dptr: u64) -> EngineResult<()>;
+    fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()>;
+    fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;
+    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;
+    /// Sets `count` elements of `elem_size` (1, 2 or 4) bytes to `value`.
+    fn memset(&mut self, dst: u64, value: u32, elem_size: u32, count: u64, stream: EngineStream, async_: bool)
+        -> EngineResult<()>;
+
+    fn module_load(&mut self, image: &[u8]) -> EngineResult<EngineModule>;
+    fn module_unload(&mut self, module: EngineModule) -> EngineResult<()>;
+    fn module_get_function(&mut self, module: EngineModule, name: &str) -> EngineResult<(EngineFunc, FunctionInfo)>;
+    /// Device address and size of a module global.
+    fn module_get_global(&mut self, module: EngineModule, name: &str) -> EngineResult<(u64, u64)>;
+    fn func_set_attribute(&mut self, func: EngineFunc, attr: u32, value: i32) -> EngineResult<()>;
+    fn launch(&mut self, func: EngineFunc, launch: &Launch<'_>) -> EngineResult<()>;
+
+    fn stream_create(&mut self, flags: u32, priority: i32) -> EngineResult<EngineStream>;
+    fn stream_destroy(&mut self, stream: EngineStream) -> EngineResult<()>;
+    fn stream_synchronize(&mut self, stream: EngineStream) -> EngineResult<()>;
+    /// `Err(CuError(CUDA_ERROR_NOT_READY))` while work is pending.
+    fn stream_query(&mut self, stream: EngineStream) -> EngineResult<()>;
+    fn stream_wait_event(&mut self, stream: EngineStream, event: EngineEvent, flags: u32) -> EngineResult<()>;
+
+    fn event_create(&mut self, flags: u32) -> EngineResult<EngineEvent>;
+    fn event_destroy(&mut self, event: EngineEvent) -> EngineResult<()>;
+    fn event_record(&mut self, event: EngineEvent, stream: EngineStream) -> EngineResult<()>;
+    fn event_query(&mut self, event: EngineEvent) -> EngineResult<()>;
+    fn event_synchronize(&mut self, event: EngineEvent) -> EngineResult<()>;
+    fn event_elapsed_ms(&mut self, start: EngineEvent, end: EngineEvent) -> EngineResult<f32>;
+}

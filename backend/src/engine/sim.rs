@@ -1,0 +1,600 @@
+//! The CPU simulator: device memory in host RAM, built-in kernels matched by
+//! name (the `gv_*` entry points of the guest tests' PTX), and a per-stream
+//! timeline so that stream order, events, queries and elapsed times behave as
+//! on a GPU. Data effects happen at submission in program order; the timeline
+//! decides when work counts as finished.
+
+use super::*;
+use crate::guest_mem::{HostDst, HostSrc};
+use protocol::module_image;
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+/// Device addresses start here, far from zero so that stray small integers
+/// are never valid pointers.
+const VA_BASE: u64 = 0x7f00_0000_0000;
+const VA_ALIGN: u64 = 4096;
+const CU_EVENT_DISABLE_TIMING: u32 = 0x2;
+const CU_STREAM_NON_BLOCKING: u32 = 0x1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Builtin {
+    Empty,
+    FillU32,
+    VectorAddF32,
+    SaxpyF32,
+    SpinUs,
+    MatmulF32,
+}
+
+impl Builtin {
+    /// The built-in of this name, with the parameter sizes it expects.
+    fn by_name(name: &str) -> Option<(Builtin, &'static [u32])> {
+        Some(match name {
+            "gv_empty" => (Builtin::Empty, &[]),
+            "gv_fill_u32" => (Builtin::FillU32, &[8, 4, 8]),
+            "gv_vector_add_f32" => (Builtin::VectorAddF32, &[8, 8, 8, 8]),
+            "gv_saxpy_f32" => (Builtin::SaxpyF32, &[4, 8, 8, 8]),
+            "gv_spin_us" => (Builtin::SpinUs, &[8]),
+            "gv_matmul_f32" => (Builtin::MatmulF32, &[8, 8, 8, 4]),
+            _ => return None,
+        })
+    }
+}
+
+struct SimAlloc {
+    data: Vec<u8>,
+    ctx: u64,
+}
+
+struct SimCtx {
+    /// When the legacy NULL stream's work is done.
+    null_ready: Instant,
+}
+
+struct SimStream {
+    ctx: u64,
+    ready: Instant,
+    blocking: bool,
+}
+
+struct SimEvent {
+    ctx: u64,
+    time: Option<Instant>,
+    timing: bool,
+}
+
+struct SimModule {
+    ctx: u64,
+    kernels: Vec<module_image::KernelInfo>,
+}
+
+struct SimFunc {
+    module: u64,
+    builtin: Option<Builtin>,
+    params: Vec<ParamLayout>,
+}
+
+pub struct SimEngine {
+    info: DeviceInfo,
+    allocs: BTreeMap<u64, SimAlloc>,
+    allocated: u64,
+    next_va: u64,
+    next_id: u64,
+    current: Option<u64>,
+    ctxs: HashMap<u64, SimCtx>,
+    streams: HashMap<u64, SimStream>,
+    events: HashMap<u64, SimEvent>,
+    modules: HashMap<u64, SimModule>,
+    funcs: HashMap<u64, SimFunc>,
+}
+
+fn err<T>(code: CuResult) -> EngineResult<T> {
+    Err(CuError(code))
+}
+
+use protocol::cuda::*;
+
+impl SimEngine {
+    /// A simulated device with `total_mem` bytes of memory.
+    pub fn new(total_mem: u64) -> Self {
+        let mut attrs = [0i32; NUM_DEVICE_ATTRS];
+        // (attribute number, value): a small Hopper-like device.
+        for (a, v) in [
+            (1, 1024),       // MAX_THREADS_PER_BLOCK
+            (2, 1024),       // MAX_BLOCK_DIM_X
+            (3, 1024),       // MAX_BLOCK_DIM_Y
+            (4, 64),         // MAX_BLOCK_DIM_Z
+            (5, i32::MAX),   // MAX_GRID_DIM_X
+            (6, 65535),      // MAX_GRID_DIM_Y
+            (7, 65535),      // MAX_GRID_DIM_Z
+            (8, 49152),      // MAX_SHARED_MEMORY_PER_BLOCK
+            (9, 65536),      // TOTAL_CONSTANT_MEMORY
+            (10, 32),        // WARP_SIZE
+            (11, i32::MAX),  // MAX_PITCH
+            (12, 65536),     // MAX_REGISTERS_PER_BLOCK
+            (13, 1_000_000), // CLOCK_RATE (kHz)
+            (14, 512),       // TEXTURE_ALIGNMENT
+            (15, 1),         // GPU_OVERLAP
+            (16, 8),         // MULTIPROCESSOR_COUNT
+            (19, 1),         // CAN_MAP_HOST_MEMORY
+            (31, 1),         // CONCURRENT_KERNELS
+            (36, 1_000_000), // MEMORY_CLOCK_RATE
+            (37, 256),       // GLOBAL_MEMORY_BUS_WIDTH
+            (38, 4 << 20),   // L2_CACHE_SIZE
+            (39, 2048),      // MAX_THREADS_PER_MULTIPROCESSOR
+            (40, 2),         // ASYNC_ENGINE_COUNT
+            (41, 1),         // UNIFIED_ADDRESSING
+            (75, 9),         // COMPUTE_CAPABILITY_MAJOR
+            (76, 0),         // COMPUTE_CAPABILITY_MINOR
+            (81, 233472),    // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
+            (82, 65536),     // MAX_REGISTERS_PER_MULTIPROCESSOR
+            (97, 232448),    // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+        ] {
+            attrs[a] = v;
+        }
+        let mut uuid = *b"gpuvisor-sim-dev";
+        uuid[15] = 1;
+        SimEngine {
+            info: DeviceInfo {
+                name: "gpuvisor simulated GPU".to_string(),
+                uuid,
+                total_mem,
+                driver_version: 13000,
+                attrs,
+            },
+            allocs: BTreeMap::new(),
+            allocated: 0,
+            next_va: VA_BASE,
+            next_id: 1,
+            current: None,
+            ctxs: HashMap::new(),
+            streams: HashMap::new(),
+            events: HashMap::new(),
+            modules: HashMap::new(),
+            funcs: HashMap::new(),
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    fn cur(&self) -> EngineResult<u64> {
+        self.current.ok_or(CuError(CUDA_ERROR_INVALID_CONTEXT))
+    }
+
+    /// Bytes `[dptr, dptr + len)` of device memory, or an illegal-address
+    /// error as a GPU would give.
+    fn slice_mut(&mut self, dptr: u64, len: u64) -> EngineResult<&mut [u8]> {
+        let (base, a) = self.allocs.range_mut(..=dptr).next_back().ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+        let off = dptr - *base;
+        let end = off.checked_add(len).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+        if end > a.data.len() as u64 {
+            return err(CUDA_ERROR_ILLEGAL_ADDRESS);
+        }
+        Ok(&mut a.data[off as usize..end as usize])
+    }
+
+    fn read(&mut self, dptr: u64, len: u64) -> EngineResult<Vec<u8>> {
+        Ok(self.slice_mut(dptr, len)?.to_vec())
+    }
+
+    /// When work enqueued now on `stream` may start.
+    fn start_time(&self, stream: EngineStream) -> EngineResult<Instant> {
+        let now = Instant::now();
+        let ctx = self.cur()?;
+        let c = self.ctxs.get(&ctx).ok_or(CuError(CUDA_ERROR_INVALID_CONTEXT))?;
+        if stream == EngineStream::NULL {
+            // The legacy stream waits for every blocking stream of its context.
+            let mut t = now.max(c.null_ready);
+            for s in self.streams.values().filter(|s| s.ctx == ctx && s.blocking) {
+                t = t.max(s.ready);
+            }
+            Ok(t)
+        } else {
+            let s = self.streams.get(&stream.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+            let t = now.max(s.ready);
+            Ok(if s.blocking { t.max(c.null_ready) } else { t })
+        }
+    }
+
+    /// Records that `stream` is busy until `t`.
+    fn set_ready(&mut self, stream: EngineStream, t: Instant) -> EngineResult<()> {
+        if stream == EngineStream::NULL {
+            let ctx = self.cur()?;
+            if let Some(c) = self.ctxs.get_mut(&ctx) {
+                c.null_ready = t;
+            }
+        } else if let Some(s) = self.streams.get_mut(&stream.0) {
+            s.ready = t;
+        }
+        Ok(())
+    }
+
+    /// Enqueues an operation of `busy` duration on `stream`; returns its end.
+    fn enqueue(&mut self, stream: EngineStream, busy: Duration) -> EngineResult<Instant> {
+        let end = self.start_time(stream)? + busy;
+        self.set_ready(stream, end)?;
+        Ok(end)
+    }
+
+    fn wait_until(t: Instant) {
+        let now = Instant::now();
+        if t > now {
+            std::thread::sleep(t - now);
+        }
+    }
+
+    fn run_builtin(&mut self, b: Builtin, params: &[u8], layout: &[ParamLayout]) -> EngineResult<Duration> {
+        let arg = |i: usize| -> EngineResult<u64> {
+            let p = layout.get(i).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+            let (off, size) = (p.offset.get() as usize, p.size.get() as usize);
+            let bytes = params.get(off..off + size).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+            let mut v = [0u8; 8];
+            v[..size.min(8)].copy_from_slice(&bytes[..size.min(8)]);
+            Ok(u64::from_le_bytes(v))
+        };
+        let f32_of = |v: u64| f32::from_bits(v as u32);
+        let to_f32 = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+        };
+        match b {
+            Builtin::Empty => {}
+            Builtin::FillU32 => {
+                let (ptr, value, n) = (arg(0)?, arg(1)? as u32, arg(2)?);
+                let bytes = n.checked_mul(4).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+                let dst = self.slice_mut(ptr, bytes)?;
+                let v = value.to_le_bytes();
+                for c in dst.chunks_exact_mut(4) {
+                    c.copy_from_slice(&v);
+                }
+            }
+            Builtin::VectorAddF32 => {
+                let (a, b, c, n) = (arg(0)?, arg(1)?, arg(2)?, arg(3)?);
+                let bytes = n.checked_mul(4).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+                let (va, vb) = (to_f32(&self.read(a, bytes)?), to_f32(&self.read(b, bytes)?));
+                let dst = self.slice_mut(c, bytes)?;
+                for (i, out) in dst.chunks_exact_mut(4).enumerate() {
+                    out.copy_from_slice(&(va[i] + vb[i]).to_le_bytes());
+                }
+            }
+            Builtin::SaxpyF32 => {
+                let (alpha, x, y, n) = (f32_of(arg(0)?), arg(1)?, arg(2)?, arg(3)?);
+                let bytes = n.checked_mul(4).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+                let vx = to_f32(&self.read(x, bytes)?);
+                let dst = self.slice_mut(y, bytes)?;
+                for (i, out) in dst.chunks_exact_mut(4).enumerate() {
+                    let yv = f32::from_le_bytes([out[0], out[1], out[2], out[3]]);
+                    out.copy_from_slice(&(alpha * vx[i] + yv).to_le_bytes());
+                }
+            }
+            Builtin::SpinUs => return Ok(Duration::from_micros(arg(0)?.min(60_000_000))),
+            Builtin::MatmulF32 => {
+                let (a, b, c, n) = (arg(0)?, arg(1)?, arg(2)?, arg(3)? as u32 as u64);
+                let bytes = n.checked_mul(n).and_then(|v| v.checked_mul(4)).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+                let (ma, mb) = (to_f32(&self.read(a, bytes)?), to_f32(&self.read(b, bytes)?));
+                let n = n as usize;
+                let mut out = vec![0f32; n * n];
+                for i in 0..n {
+                    for k in 0..n {
+                        let aik = ma[i * n + k];
+                        for j in 0..n {
+                            out[i * n + j] += aik * mb[k * n + j];
+                        }
+                    }
+                }
+                let dst = self.slice_mut(c, bytes as u64)?;
+                for (o, v) in dst.chunks_exact_mut(4).zip(out) {
+                    o.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+        Ok(Duration::ZERO)
+    }
+
+    /// Destroys everything that belongs to context `ctx`.
+    fn drop_ctx_objects(&mut self, ctx: u64) {
+        let bases: Vec<u64> = self.allocs.iter().filter(|(_, a)| a.ctx == ctx).map(|(b, _)| *b).collect();
+        for b in bases {
+            if let Some(a) = self.allocs.remove(&b) {
+                self.allocated -= a.data.len() as u64;
+            }
+        }
+        self.streams.retain(|_, s| s.ctx != ctx);
+        self.events.retain(|_, e| e.ctx != ctx);
+        let mods: Vec<u64> = self.modules.iter().filter(|(_, m)| m.ctx == ctx).map(|(k, _)| *k).collect();
+        self.modules.retain(|_, m| m.ctx != ctx);
+        self.funcs.retain(|_, f| !mods.contains(&f.module));
+    }
+
+    /// Bytes of simulated device memory in use (for tests).
+    pub fn allocated(&self) -> u64 {
+        self.allocated
+    }
+}
+
+impl Engine for SimEngine {
+    fn kind(&self) -> EngineKind {
+        EngineKind::Sim
+    }
+
+    fn device_info(&self) -> &DeviceInfo {
+        &self.info
+    }
+
+    fn register_host_memory(&mut self, _regions: &[HostRegion]) -> EngineResult<()> {
+        Ok(())
+    }
+
+    fn unregister_host_memory(&mut self, _regions: &[HostRegion]) -> EngineResult<()> {
+        Ok(())
+    }
+
+    fn ctx_create(&mut self, _flags: u32) -> EngineResult<EngineCtx> {
+        let id = self.id();
+        self.ctxs.insert(id, SimCtx { null_ready: Instant::now() });
+        Ok(EngineCtx(id))
+    }
+
+    fn ctx_destroy(&mut self, ctx: EngineCtx) -> EngineResult<()> {
+        self.ctxs.remove(&ctx.0).ok_or(CuError(CUDA_ERROR_INVALID_CONTEXT))?;
+        self.drop_ctx_objects(ctx.0);
+        if self.current == Some(ctx.0) {
+            self.current = None;
+        }
+        Ok(())
+    }
+
+    fn ctx_set_current(&mut self, ctx: EngineCtx) -> EngineResult<()> {
+        if !self.ctxs.contains_key(&ctx.0) {
+            return err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+        self.current = Some(ctx.0);
+        Ok(())
+    }
+
+    fn ctx_synchronize(&mut self) -> EngineResult<()> {
+        let ctx = self.cur()?;
+        let mut t = self.ctxs.get(&ctx).map(|c| c.null_ready).unwrap_or_else(Instant::now);
+        for s in self.streams.values().filter(|s| s.ctx == ctx) {
+            t = t.max(s.ready);
+        }
+        Self::wait_until(t);
+        Ok(())
+    }
+
+    fn mem_get_info(&mut self) -> EngineResult<(u64, u64)> {
+        Ok((self.info.total_mem - self.allocated, self.info.total_mem))
+    }
+
+    fn mem_alloc(&mut self, size: u64) -> EngineResult<u64> {
+        let ctx = self.cur()?;
+        if size == 0 {
+            return err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if self.allocated.checked_add(size).is_none_or(|v| v > self.info.total_mem) {
+            return err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        let mut data = Vec::new();
+        data.try_reserve_exact(size as usize).map_err(|_| CuError(CUDA_ERROR_OUT_OF_MEMORY))?;
+        data.resize(size as usize, 0);
+        let base = self.next_va;
+        // A guard gap after every allocation, so an overrun never lands in a
+        // neighbour.
+        self.next_va += size.next_multiple_of(VA_ALIGN) + VA_ALIGN;
+        self.allocated += size;
+        self.allocs.insert(base, SimAlloc { data, ctx });
+        Ok(base)
+    }
+
+    fn mem_free(&mut self, dptr: u64) -> EngineResult<()> {
+        let a = self.allocs.remove(&dptr).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+        self.allocated -= a.data.len() as u64;
+        Ok(())
+    }
+
+    fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()> {
+        let end = self.enqueue(stream, Duration::ZERO)?;
+        let len = src.len() as u64;
+        let d = self.slice_mut(dst, len)?;
+        match src {
+            HostSrc::Bytes(b) => d.copy_from_slice(b),
+            HostSrc::Guest(span) => span.read_into(d),
+        }
+        if !async_ {
+            Self::wait_until(end);
+        }
+        Ok(())
+    }
+
+    fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
+        let end = self.enqueue(stream, Duration::ZERO)?;
+        let len = dst.len() as u64;
+        let s = self.slice_mut(src, len)?;
+        match dst {
+            HostDst::Bytes(b) => b.copy_from_slice(s),
+            HostDst::Guest(span) => span.write_from(s),
+        }
+        if !async_ {
+            Self::wait_until(end);
+        }
+        Ok(())
+    }
+
+    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
+        let end = self.enqueue(stream, Duration::ZERO)?;
+        let data = self.read(src, len)?;
+        self.slice_mut(dst, len)?.copy_from_slice(&data);
+        if !async_ {
+            Self::wait_until(end);
+        }
+        Ok(())
+    }
+
+    fn memset(&mut self, dst: u64, value: u32, elem_size: u32, count: u64, stream: EngineStream, async_: bool)
+        -> EngineResult<()> {
+        let end = self.enqueue(stream, Duration::ZERO)?;
+        let es = elem_size as usize;
+        let bytes = count.checked_mul(elem_size as u64).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+        let d = self.slice_mut(dst, bytes)?;
+        let v = value.to_le_bytes();
+        for c in d.chunks_exact_mut(es) {
+            c.copy_from_slice(&v[..es]);
+        }
+        if !async_ {
+            Self::wait_until(end);
+        }
+        Ok(())
+    }
+
+    fn module_load(&mut self, image: &[u8]) -> EngineResult<EngineModule> {
+        let ctx = self.cur()?;
+        let kernels = module_image::kernels(image).map_err(|_| CuError(CUDA_ERROR_INVALID_IMAGE))?;
+        let id = self.id();
+        self.modules.insert(id, SimModule { ctx, kernels });
+        Ok(EngineModule(id))
+    }
+
+    fn module_unload(&mut self, module: EngineModule) -> EngineResult<()> {
+        self.modules.remove(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        self.funcs.retain(|_, f| f.module != module.0);
+        Ok(())
+    }
+
+    fn module_get_function(&mut self, module: EngineModule, name: &str) -> EngineResult<(EngineFunc, FunctionInfo)> {
+        let m = self.modules.get(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let k = m.kernels.iter().find(|k| k.name == name).ok_or(CuError(CUDA_ERROR_NOT_FOUND))?;
+        let params: Vec<ParamLayout> = k
+            .params
+            .iter()
+            .map(|p| ParamLayout { offset: p.offset.into(), size: p.size.into() })
+            .collect();
+        // A built-in runs only if the signature matches what it expects.
+        let builtin = Builtin::by_name(name)
+            .filter(|(_, sizes)| sizes.len() == params.len() && sizes.iter().zip(&params).all(|(s, p)| *s == p.size.get()))
+            .map(|(b, _)| b);
+        let mut attrs = [0i32; NUM_FUNC_ATTRS];
+        attrs[0] = 1024; // MAX_THREADS_PER_BLOCK
+        attrs[4] = params.iter().map(|p| p.offset.get() + p.size.get()).max().unwrap_or(0) as i32; // PARAM_SIZE-ish
+        attrs[5] = 90; // PTX_VERSION
+        attrs[6] = 90; // BINARY_VERSION
+        let id = self.id();
+        self.funcs.insert(id, SimFunc { module: module.0, builtin, params: params.clone() });
+        Ok((EngineFunc(id), FunctionInfo { params, param_source: protocol::PARAMS_FROM_IMAGE, attrs }))
+    }
+
+    fn module_get_global(&mut self, _module: EngineModule, _name: &str) -> EngineResult<(u64, u64)> {
+        err(CUDA_ERROR_NOT_FOUND)
+    }
+
+    fn func_set_attribute(&mut self, func: EngineFunc, _attr: u32, _value: i32) -> EngineResult<()> {
+        self.funcs.get(&func.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
+    }
+
+    fn launch(&mut self, func: EngineFunc, launch: &Launch<'_>) -> EngineResult<()> {
+        let f = self.funcs.get(&func.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let Some(b) = f.builtin else { return err(CUDA_ERROR_NOT_SUPPORTED) };
+        let layout = f.params.clone();
+        let threads = launch.block.iter().map(|&d| d as u64).product::<u64>();
+        if threads > 1024 {
+            return err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let start = self.start_time(launch.stream)?;
+        let busy = self.run_builtin(b, launch.params, &layout)?;
+        self.set_ready(launch.stream, start + busy)
+    }
+
+    fn stream_create(&mut self, flags: u32, _priority: i32) -> EngineResult<EngineStream> {
+        let ctx = self.cur()?;
+        let id = self.id();
+        self.streams.insert(id, SimStream { ctx, ready: Instant::now(), blocking: flags & CU_STREAM_NON_BLOCKING == 0 });
+        Ok(EngineStream(id))
+    }
+
+    fn stream_destroy(&mut self, stream: EngineStream) -> EngineResult<()> {
+        self.streams.remove(&stream.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
+    }
+
+    fn stream_synchronize(&mut self, stream: EngineStream) -> EngineResult<()> {
+        let t = if stream == EngineStream::NULL {
+            self.start_time(stream)?
+        } else {
+            self.streams.get(&stream.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?.ready
+        };
+        Self::wait_until(t);
+        Ok(())
+    }
+
+    fn stream_query(&mut self, stream: EngineStream) -> EngineResult<()> {
+        let t = if stream == EngineStream::NULL {
+            self.start_time(stream)?
+        } else {
+            self.streams.get(&stream.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?.ready
+        };
+        if Instant::now() >= t {
+            Ok(())
+        } else {
+            err(CUDA_ERROR_NOT_READY)
+        }
+    }
+
+    fn stream_wait_event(&mut self, stream: EngineStream, event: EngineEvent, _flags: u32) -> EngineResult<()> {
+        let t = self.events.get(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?.time;
+        if let Some(t) = t {
+            let start = self.start_time(stream)?;
+            self.set_ready(stream, start.max(t))?;
+        }
+        Ok(())
+    }
+
+    fn event_create(&mut self, flags: u32) -> EngineResult<EngineEvent> {
+        let ctx = self.cur()?;
+        let id = self.id();
+        self.events.insert(id, SimEvent { ctx, time: None, timing: flags & CU_EVENT_DISABLE_TIMING == 0 });
+        Ok(EngineEvent(id))
+    }
+
+    fn event_destroy(&mut self, event: EngineEvent) -> EngineResult<()> {
+        self.events.remove(&event.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
+    }
+
+    fn event_record(&mut self, event: EngineEvent, stream: EngineStream) -> EngineResult<()> {
+        let t = self.start_time(stream)?;
+        let e = self.events.get_mut(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        e.time = Some(t);
+        Ok(())
+    }
+
+    fn event_query(&mut self, event: EngineEvent) -> EngineResult<()> {
+        let e = self.events.get(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        match e.time {
+            Some(t) if Instant::now() < t => err(CUDA_ERROR_NOT_READY),
+            _ => Ok(()),
+        }
+    }
+
+    fn event_synchronize(&mut self, event: EngineEvent) -> EngineResult<()> {
+        let e = self.events.get(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        if let Some(t) = e.time {
+            Self::wait_until(t);
+        }
+        Ok(())
+    }
+
+    fn event_elapsed_ms(&mut self, start: EngineEvent, end: EngineEvent) -> EngineResult<f32> {
+        let a = self.events.get(&start.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let b = self.events.get(&end.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        if !a.timing || !b.timing {
+            return err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        let (Some(ta), Some(tb)) = (a.time, b.time) else { return err(CUDA_ERROR_INVALID_HANDLE) };
+        let now = Instant::now();
+        if ta > now || tb > now {
+            return err(CUDA_ERROR_NOT_READY);
+        }
+        let ms = if tb >= ta { (tb - ta).as_secs_f64() * 1e3 } else { -((ta - tb).as_secs_f64() * 1e3) };
+        Ok(ms as f32)
+    }
+}

@@ -1,0 +1,634 @@
+//! Per-VM state and the execution of the CUDA command stream: each
+//! virtio-gpu context is one guest process (a *client*) with its own handle
+//! tables; every request is decoded, its handles resolved and its ranges
+//! checked here before the engine sees it, and the reply is written back into
+//! the client's control buffer.
+
+use crate::engine::{
+    CuError, DeviceInfo, Engine, EngineCtx, EngineEvent, EngineFunc, EngineModule, EngineStream, Launch,
+};
+use crate::error::{Error, Result};
+use crate::guest_mem::{GuestMemory, HostDst, HostSrc};
+use crate::handles::{Allocation, AllocationTable, HandleTable};
+use crate::resources::ResourceTable;
+use protocol::cuda::*;
+use protocol::decode::Decoded;
+use protocol::*;
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use tracing::{debug, info, warn};
+use vm_memory::Bytes;
+use zerocopy::little_endian::{F32, I32, U32, U64};
+use zerocopy::IntoBytes;
+
+/// Allocations are charged against the quota in units of this many bytes.
+const CHARGE_GRANULE: u64 = 512;
+
+#[derive(Debug)]
+struct ModuleEntry {
+    engine: EngineModule,
+    ctx: u64,
+    /// Bases of the globals the guest looked up, removed with the module.
+    globals: Vec<u64>,
+}
+
+#[derive(Debug)]
+struct FuncEntry {
+    engine: EngineFunc,
+    module: u64,
+}
+
+#[derive(Debug)]
+struct StreamEntry {
+    engine: EngineStream,
+    ctx: u64,
+}
+
+#[derive(Debug)]
+struct EventEntry {
+    engine: EngineEvent,
+    ctx: u64,
+}
+
+/// One guest process: a virtio-gpu context.
+#[derive(Debug)]
+pub struct Client {
+    pid: u32,
+    control: Option<u32>,
+    last_seq: u64,
+    deferred: Option<(CuResult, Opcode)>,
+    contexts: HandleTable<EngineCtx>,
+    allocations: AllocationTable,
+    modules: HandleTable<ModuleEntry>,
+    functions: HandleTable<FuncEntry>,
+    streams: HandleTable<StreamEntry>,
+    events: HandleTable<EventEntry>,
+    /// Bytes of quota this client holds.
+    charged: u64,
+}
+
+impl Client {
+    fn new() -> Self {
+        Client {
+            pid: 0,
+            control: None,
+            last_seq: 0,
+            deferred: None,
+            contexts: HandleTable::new("context"),
+            allocations: AllocationTable::default(),
+            modules: HandleTable::new("module"),
+            functions: HandleTable::new("function"),
+            streams: HandleTable::new("stream"),
+            events: HandleTable::new("event"),
+            charged: 0,
+        }
+    }
+}
+
+/// A synchronous command's answer.
+struct Reply {
+    status: CuResult,
+    payload: Vec<u8>,
+}
+
+impl Reply {
+    fn ok(payload: Vec<u8>) -> Self {
+        Reply { status: CUDA_SUCCESS, payload }
+    }
+}
+
+/// Usage figures for logs and tests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct VmUsage {
+    pub clients: usize,
+    pub quota: u64,
+    pub used: u64,
+    pub allocations: usize,
+    pub resources: usize,
+}
+
+pub struct Vm {
+    name: String,
+    quota: u64,
+    used: u64,
+    engine: Box<dyn Engine>,
+    info: DeviceInfo,
+    clients: HashMap<u32, Client>,
+    pub resources: ResourceTable,
+}
+
+impl Vm {
+    /// A VM whose guest sees a device with `quota` bytes of memory (capped at
+    /// the physical device's).
+    pub fn new(name: &str, engine: Box<dyn Engine>, quota: u64) -> Self {
+        let info = engine.device_info().clone();
+        let quota = if quota == 0 { info.total_mem } else { quota.min(info.total_mem) };
+        info!(vm = name, engine = engine.kind().as_str(), device = %info.name, quota, "VM ready");
+        Vm { name: name.to_string(), quota, used: 0, engine, info, clients: HashMap::new(), resources: ResourceTable::default() }
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn engine(&mut self) -> &mut dyn Engine {
+        self.engine.as_mut()
+    }
+
+    pub fn engine_kind(&self) -> crate::engine::EngineKind {
+        self.engine.kind()
+    }
+
+    pub fn device_name(&self) -> &str {
+        &self.info.name
+    }
+
+    pub fn usage(&self) -> VmUsage {
+        VmUsage {
+            clients: self.clients.len(),
+            quota: self.quota,
+            used: self.used,
+            allocations: self.clients.values().map(|c| c.allocations.len()).sum(),
+            resources: self.resources.len(),
+        }
+    }
+
+    /// The capset blob the device advertises.
+    pub fn capset(&self) -> Capset {
+        Capset {
+            magic: U32::new(CAPSET_MAGIC),
+            protocol_min: PROTOCOL_VERSION.into(),
+            protocol_max: PROTOCOL_VERSION.into(),
+            max_batch_bytes: U32::new(MAX_BATCH_BYTES),
+            max_inline_bytes: U32::new(MAX_INLINE_BYTES),
+            engine: U32::new(matches!(self.engine.kind(), crate::engine::EngineKind::Cuda) as u32),
+            _reserved: U32::new(0),
+        }
+    }
+
+    /// virtio-gpu CTX_CREATE.
+    pub fn create_client(&mut self, ctx_id: u32) -> Result<()> {
+        if self.clients.contains_key(&ctx_id) {
+            return Err(Error::InvalidArgument("virtio-gpu context already exists"));
+        }
+        self.clients.insert(ctx_id, Client::new());
+        debug!(vm = %self.name, ctx_id, "client created");
+        Ok(())
+    }
+
+    pub fn has_client(&self, ctx_id: u32) -> bool {
+        self.clients.contains_key(&ctx_id)
+    }
+
+    /// virtio-gpu CTX_DESTROY, or the guest going away: releases everything
+    /// the client held, so a killed guest process leaves nothing behind.
+    pub fn destroy_client(&mut self, ctx_id: u32) {
+        let Some(client) = self.clients.remove(&ctx_id) else { return };
+        let ctxs: Vec<EngineCtx> = client.contexts.values().copied().collect();
+        for c in &ctxs {
+            if let Err(e) = self.engine.ctx_destroy(*c) {
+                warn!(vm = %self.name, ctx_id, "destroying engine context: {e}");
+            }
+        }
+        self.used = self.used.saturating_sub(client.charged);
+        self.resources.detach_all(ctx_id);
+        info!(
+            vm = %self.name, ctx_id, pid = client.pid, contexts = ctxs.len(), returned = client.charged,
+            used = self.used, "client released"
+        );
+    }
+
+    /// Every client, e.g. when the frontend disconnects or resets the device.
+    pub fn destroy_all_clients(&mut self) {
+        let ids: Vec<u32> = self.clients.keys().copied().collect();
+        for id in ids {
+            self.destroy_client(id);
+        }
+    }
+
+    /// virtio-gpu SUBMIT_3D: runs one batch and writes its reply.
+    pub fn submit(&mut self, mem: &GuestMemory, ctx_id: u32, bytes: &[u8]) -> Result<()> {
+        let Some(mut client) = self.clients.remove(&ctx_id) else {
+            return Err(Error::HandleNotFound { kind: "virtio-gpu context", id: ctx_id as u64 });
+        };
+        let r = self.run_batch(mem, ctx_id, &mut client, bytes);
+        self.clients.insert(ctx_id, client);
+        r
+    }
+
+    fn run_batch(&mut self, mem: &GuestMemory, ctx_id: u32, client: &mut Client, bytes: &[u8]) -> Result<()> {
+        let mut reply = Reply::ok(Vec::new());
+        let seq = match decode_batch(bytes) {
+            Err(e) => {
+                warn!(vm = %self.name, ctx_id, "rejected batch: {e}");
+                reply.status = CUDA_ERROR_INVALID_VALUE;
+                client.last_seq + 1
+            }
+            Ok(batch) => {
+                for cmd in batch.commands() {
+                    match cmd {
+                        Err(e) => {
+                            warn!(vm = %self.name, ctx_id, seq = batch.seq(), "rejected command: {e}");
+                            reply = Reply { status: CUDA_ERROR_INVALID_VALUE, payload: Vec::new() };
+                            break;
+                        }
+                        Ok(d) => {
+                            let op = d.cmd.opcode();
+                            match self.execute(mem, ctx_id, client, &d) {
+                                Ok(Some(r)) => reply = r,
+                                Ok(None) => {}
+                                Err(e) => {
+                                    let code = e.cu_result();
+                                    debug!(vm = %self.name, ctx_id, ?op, code, "request failed: {e}");
+                                    if is_sync(op, d.flags) {
+                                        reply = Reply { status: code, payload: Vec::new() };
+                                    } else if client.deferred.is_none() {
+                                        client.deferred = Some((code, op));
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                batch.seq()
+            }
+        };
+        client.last_seq = seq;
+        self.write_reply(mem, ctx_id, client, seq, reply)
+    }
+
+    fn write_reply(&self, mem: &GuestMemory, ctx_id: u32, client: &mut Client, seq: u64, mut reply: Reply) -> Result<()> {
+        let Some(control) = client.control else { return Err(Error::NoSession) };
+        let res = self.resources.for_ctx(control, ctx_id)?;
+        let cap = res.backing_len().saturating_sub(REPLY_PAYLOAD_OFFSET);
+        if reply.payload.len() as u64 > cap {
+            reply = Reply { status: CUDA_ERROR_INVALID_VALUE, payload: Vec::new() };
+        }
+        let (deferred, deferred_op) = client.deferred.take().map(|(c, o)| (c, o as u32)).unwrap_or((0, 0));
+        let header = ReplyHeader {
+            completed_seq: U64::new(0),
+            reply_seq: U64::new(seq),
+            status: U32::new(reply.status),
+            deferred: U32::new(deferred),
+            deferred_opcode: U32::new(deferred_op),
+            payload_len: U32::new(reply.payload.len() as u32),
+        };
+        if !reply.payload.is_empty() {
+            let span = self.resources.span(mem, control, ctx_id, REPLY_PAYLOAD_OFFSET, reply.payload.len() as u64)?;
+            span.write_from(&reply.payload);
+        }
+        let hdr_bytes = header.as_bytes();
+        let span = self.resources.span(mem, control, ctx_id, 8, (hdr_bytes.len() - 8) as u64)?;
+        span.write_from(&hdr_bytes[8..]);
+        // completed_seq last, so the guest reads a finished reply.
+        let first = self.resources.span(mem, control, ctx_id, 0, 8)?;
+        let addr = first.extents()[0].addr;
+        std::sync::atomic::fence(Ordering::Release);
+        mem.store(seq, addr, Ordering::Release).map_err(|_| Error::InvalidArgument("control buffer unaligned"))?;
+        Ok(())
+    }
+
+    /// Engine context for guest context `ctx`, created on first use for the
+    /// primary context, and made current.
+    fn enter_ctx(&mut self, client: &mut Client, ctx: u64) -> Result<EngineCtx> {
+        let ectx = match client.contexts.get(ctx) {
+            Ok(c) => *c,
+            Err(_) if ctx == PRIMARY_CTX => {
+                let c = self.engine.ctx_create(0)?;
+                client.contexts.insert(PRIMARY_CTX, c)?;
+                c
+            }
+            Err(e) => return Err(e),
+        };
+        self.engine.ctx_set_current(ectx)?;
+        Ok(ectx)
+    }
+
+    fn stream(client: &Client, id: u64) -> Result<EngineStream> {
+        match id {
+            STREAM_NULL | STREAM_LEGACY | STREAM_PER_THREAD => Ok(EngineStream::NULL),
+            _ => Ok(client.streams.get(id)?.engine),
+        }
+    }
+
+    fn execute(&mut self, mem: &GuestMemory, ctx_id: u32, client: &mut Client, d: &Decoded<'_>) -> Result<Option<Reply>> {
+        use Command as C;
+        let async_flag = d.flags & CMD_FLAG_ASYNC != 0 && d.flags & CMD_FLAG_STAGING == 0;
+        if !matches!(d.cmd, C::Hello(_)) && client.control.is_none() {
+            return Err(Error::NoSession);
+        }
+        // Commands that do not run in a guest context.
+        match d.cmd {
+            C::Hello(h) => return self.hello(ctx_id, client, &h).map(Some),
+            C::CtxCreate(c) => {
+                let id = c.ctx_id.get();
+                client.contexts.check_free(id)?;
+                let e = self.engine.ctx_create(c.flags.get())?;
+                client.contexts.insert(id, e)?;
+                return Ok(Some(Reply::ok(Vec::new())));
+            }
+            C::CtxDestroy(c) => {
+                self.destroy_ctx(client, c.id.get())?;
+                return Ok(None);
+            }
+            C::MemGetInfo => {
+                let (phys_free, _) = self.engine.mem_get_info()?;
+                let free = self.quota.saturating_sub(self.used).min(phys_free);
+                let r = MemGetInfoReply { free: U64::new(free), total: U64::new(self.quota) };
+                return Ok(Some(Reply::ok(r.as_bytes().to_vec())));
+            }
+            _ => {}
+        }
+        self.enter_ctx(client, d.ctx)?;
+        match d.cmd {
+            C::Hello(_) | C::CtxCreate(_) | C::CtxDestroy(_) | C::MemGetInfo => unreachable!("handled above"),
+            C::CtxSynchronize => {
+                self.engine.ctx_synchronize()?;
+                Ok(Some(Reply::ok(Vec::new())))
+            }
+            C::MemAlloc(m) => {
+                let size = m.size.get();
+                if size == 0 {
+                    return Err(Error::InvalidArgument("zero-byte allocation"));
+                }
+                let charged = size.checked_next_multiple_of(CHARGE_GRANULE).ok_or(Error::QuotaExceeded {
+                    size,
+                    used: self.used,
+                    quota: self.quota,
+                })?;
+                if self.used.checked_add(charged).is_none_or(|u| u > self.quota) {
+                    return Err(Error::QuotaExceeded { size, used: self.used, quota: self.quota });
+                }
+                let dptr = self.engine.mem_alloc(size)?;
+                self.used += charged;
+                client.charged += charged;
+                client.allocations.insert(dptr, Allocation { size, ctx: d.ctx, freeable: true, charged });
+                Ok(Some(Reply::ok(MemAllocReply { dptr: U64::new(dptr) }.as_bytes().to_vec())))
+            }
+            C::MemFree(m) => {
+                let base = m.id.get();
+                let a = client.allocations.remove_freeable(base)?;
+                self.used = self.used.saturating_sub(a.charged);
+                client.charged = client.charged.saturating_sub(a.charged);
+                self.engine.mem_free(base)?;
+                Ok(None)
+            }
+            C::MemcpyHtoD(m, inline) => {
+                let len = m.len.get();
+                client.allocations.check(m.dst.get(), len)?;
+                let stream = Self::stream(client, m.stream.get())?;
+                let src = match m.src.kind.get() {
+                    HOST_INLINE => HostSrc::Bytes(inline),
+                    _ => HostSrc::Guest(self.resources.span(mem, m.src.resource.get(), ctx_id, m.src.offset.get(), len)?),
+                };
+                self.engine.memcpy_htod(m.dst.get(), src, stream, async_flag)?;
+                Ok(None)
+            }
+            C::MemcpyDtoH(m) => {
+                let len = m.len.get();
+                client.allocations.check(m.src.get(), len)?;
+                let stream = Self::stream(client, m.stream.get())?;
+                match m.dst.kind.get() {
+                    HOST_INLINE => {
+                        let control = client.control.ok_or(Error::NoSession)?;
+                        let cap = self.resources.for_ctx(control, ctx_id)?.backing_len().saturating_sub(REPLY_PAYLOAD_OFFSET);
+                        if len > cap {
+                            return Err(Error::ReplyTooLarge(len));
+                        }
+                        let mut buf = vec![0u8; len as usize];
+                        self.engine.memcpy_dtoh(HostDst::Bytes(&mut buf), m.src.get(), stream, false)?;
+                        Ok(Some(Reply::ok(buf)))
+                    }
+                    _ => {
+                        let span = self.resources.span(mem, m.dst.resource.get(), ctx_id, m.dst.offset.get(), len)?;
+                        self.engine.memcpy_dtoh(HostDst::Guest(span), m.src.get(), stream, async_flag)?;
+                        Ok(if async_flag { None } else { Some(Reply::ok(Vec::new())) })
+                    }
+                }
+            }
+            C::MemcpyDtoD(m) => {
+                let len = m.len.get();
+                client.allocations.check(m.dst.get(), len)?;
+                client.allocations.check(m.src.get(), len)?;
+                let stream = Self::stream(client, m.stream.get())?;
+                self.engine.memcpy_dtod(m.dst.get(), m.src.get(), len, stream, async_flag)?;
+                Ok(None)
+            }
+            C::Memset(m) => {
+                let bytes = m
+                    .count
+                    .get()
+                    .checked_mul(m.elem_size.get() as u64)
+                    .ok_or(Error::InvalidArgument("memset size overflows"))?;
+                client.allocations.check(m.dst.get(), bytes)?;
+                let stream = Self::stream(client, m.stream.get())?;
+                self.engine.memset(m.dst.get(), m.value.get(), m.elem_size.get(), m.count.get(), stream, async_flag)?;
+                Ok(None)
+            }
+            C::ModuleLoad(m, image) => {
+                let id = m.module_id.get();
+                client.modules.check_free(id)?;
+                let module = self.engine.module_load(image)?;
+                client.modules.insert(id, ModuleEntry { engine: module, ctx: d.ctx, globals: Vec::new() })?;
+                Ok(Some(Reply::ok(Vec::new())))
+            }
+            C::ModuleUnload(m) => {
+                let id = m.id.get();
+                let entry = client.modules.remove(id)?;
+                client.functions.drain_where(|f| f.module == id);
+                for g in entry.globals {
+                    client.allocations.remove_range(g);
+                }
+                self.engine.module_unload(entry.engine)?;
+                Ok(None)
+            }
+            C::ModuleGetFunction(m, name) => {
+                let module = client.modules.get(m.module_id.get())?.engine;
+                let fid = m.func_id.get();
+                client.functions.check_free(fid)?;
+                let (func, fi) = self.engine.module_get_function(module, name)?;
+                client.functions.insert(fid, FuncEntry { engine: func, module: m.module_id.get() })?;
+                let mut attrs = [I32::new(0); NUM_FUNC_ATTRS];
+                for (a, v) in attrs.iter_mut().zip(fi.attrs.iter()) {
+                    *a = I32::new(*v);
+                }
+                let head = FunctionReply {
+                    num_params: U32::new(fi.params.len() as u32),
+                    param_source: U32::new(fi.param_source),
+                    attrs,
+                };
+                let mut payload = head.as_bytes().to_vec();
+                for p in &fi.params {
+                    payload.extend_from_slice(p.as_bytes());
+                }
+                Ok(Some(Reply::ok(payload)))
+            }
+            C::ModuleGetGlobal(m, name) => {
+                let mid = m.module_id.get();
+                let module = client.modules.get(mid)?.engine;
+                let (dptr, size) = self.engine.module_get_global(module, name)?;
+                if client.allocations.check(dptr, size.max(1)).is_err() {
+                    client.allocations.insert(dptr, Allocation { size, ctx: d.ctx, freeable: false, charged: 0 });
+                    client.modules.get_mut(mid)?.globals.push(dptr);
+                }
+                Ok(Some(Reply::ok(GlobalReply { dptr: U64::new(dptr), size: U64::new(size) }.as_bytes().to_vec())))
+            }
+            C::FuncSetAttribute(f) => {
+                let func = client.functions.get(f.func_id.get())?.engine;
+                self.engine.func_set_attribute(func, f.attr.get(), f.value.get())?;
+                Ok(None)
+            }
+            C::LaunchKernel(l, params) => {
+                let func = client.functions.get(l.func_id.get())?.engine;
+                let stream = Self::stream(client, l.stream.get())?;
+                let launch = Launch {
+                    grid: [l.grid[0].get(), l.grid[1].get(), l.grid[2].get()],
+                    block: [l.block[0].get(), l.block[1].get(), l.block[2].get()],
+                    shared_mem: l.shared_mem.get(),
+                    stream,
+                    params,
+                };
+                self.engine.launch(func, &launch)?;
+                Ok(None)
+            }
+            C::StreamCreate(s) => {
+                let id = s.stream_id.get();
+                if id <= STREAM_PER_THREAD {
+                    return Err(Error::HandleInUse { kind: "stream", id });
+                }
+                client.streams.check_free(id)?;
+                let e = self.engine.stream_create(s.flags.get(), s.priority.get())?;
+                client.streams.insert(id, StreamEntry { engine: e, ctx: d.ctx })?;
+                Ok(None)
+            }
+            C::StreamDestroy(s) => {
+                let e = client.streams.remove(s.id.get())?;
+                self.engine.stream_destroy(e.engine)?;
+                Ok(None)
+            }
+            C::StreamSynchronize(s) => {
+                let st = Self::stream(client, s.id.get())?;
+                self.engine.stream_synchronize(st)?;
+                Ok(Some(Reply::ok(Vec::new())))
+            }
+            C::StreamQuery(s) => {
+                let st = Self::stream(client, s.id.get())?;
+                self.engine.stream_query(st)?;
+                Ok(Some(Reply::ok(Vec::new())))
+            }
+            C::StreamWaitEvent(w) => {
+                let st = Self::stream(client, w.stream_id.get())?;
+                let ev = client.events.get(w.event_id.get())?.engine;
+                self.engine.stream_wait_event(st, ev, w.flags.get())?;
+                Ok(None)
+            }
+            C::EventCreate(e) => {
+                let id = e.event_id.get();
+                client.events.check_free(id)?;
+                let ev = self.engine.event_create(e.flags.get())?;
+                client.events.insert(id, EventEntry { engine: ev, ctx: d.ctx })?;
+                Ok(None)
+            }
+            C::EventDestroy(e) => {
+                let ev = client.events.remove(e.id.get())?;
+                self.engine.event_destroy(ev.engine)?;
+                Ok(None)
+            }
+            C::EventRecord(r) => {
+                let ev = client.events.get(r.event_id.get())?.engine;
+                let st = Self::stream(client, r.stream_id.get())?;
+                self.engine.event_record(ev, st)?;
+                Ok(None)
+            }
+            C::EventQuery(e) => {
+                let ev = client.events.get(e.id.get())?.engine;
+                self.engine.event_query(ev)?;
+                Ok(Some(Reply::ok(Vec::new())))
+            }
+            C::EventSynchronize(e) => {
+                let ev = client.events.get(e.id.get())?.engine;
+                self.engine.event_synchronize(ev)?;
+                Ok(Some(Reply::ok(Vec::new())))
+            }
+            C::EventElapsedTime(t) => {
+                let a = client.events.get(t.start.get())?.engine;
+                let b = client.events.get(t.end.get())?.engine;
+                let ms = self.engine.event_elapsed_ms(a, b)?;
+                Ok(Some(Reply::ok(ElapsedReply { ms: F32::new(ms), _pad: U32::new(0) }.as_bytes().to_vec())))
+            }
+        }
+    }
+
+    fn hello(&mut self, ctx_id: u32, client: &mut Client, h: &Hello) -> Result<Reply> {
+        if h.protocol_version.get() != PROTOCOL_VERSION {
+            return Err(Error::NotSupported("protocol version"));
+        }
+        let control = h.control_resource.get();
+        let res = self.resources.for_ctx(control, ctx_id)?;
+        let needed = REPLY_PAYLOAD_OFFSET + core::mem::size_of::<HelloReply>() as u64;
+        if res.backing_len() < needed {
+            return Err(Error::InvalidArgument("control buffer too small"));
+        }
+        client.control = Some(control);
+        client.pid = h.pid.get();
+        let mut r = HelloReply::default();
+        r.protocol_version = U32::new(PROTOCOL_VERSION as u32);
+        r.engine = U32::new(matches!(self.engine.kind(), crate::engine::EngineKind::Cuda) as u32);
+        r.driver_version = U32::new(self.info.driver_version);
+        r.device_count = U32::new(1);
+        r.total_mem = U64::new(self.quota);
+        r.uuid = self.info.uuid;
+        let name = self.info.name.as_bytes();
+        let n = name.len().min(r.name.len() - 1);
+        r.name[..n].copy_from_slice(&name[..n]);
+        for (a, v) in r.attrs.iter_mut().zip(self.info.attrs.iter()) {
+            *a = I32::new(*v);
+        }
+        info!(vm = %self.name, ctx_id, pid = client.pid, "guest session opened");
+        Ok(Reply::ok(r.as_bytes().to_vec()))
+    }
+
+    fn destroy_ctx(&mut self, client: &mut Client, id: u64) -> Result<()> {
+        let e = client.contexts.remove(id)?;
+        client.streams.drain_where(|s| s.ctx == id);
+        client.events.drain_where(|s| s.ctx == id);
+        let mods: Vec<u64> = client.modules.drain_where(|m| m.ctx == id).into_iter().map(|(k, _)| k).collect();
+        client.functions.drain_where(|f| mods.contains(&f.module));
+        let freed: u64 = client.allocations.drain_ctx(id).iter().map(|(_, a)| a.charged).sum();
+        self.used = self.used.saturating_sub(freed);
+        client.charged = client.charged.saturating_sub(freed);
+        self.engine.ctx_destroy(e)?;
+        Ok(())
+    }
+}
+
+/// Whether the guest waits for this command's reply. Errors of the others are
+/// deferred to the next reply, as CUDA reports asynchronous errors.
+fn is_sync(op: Opcode, flags: u16) -> bool {
+    use Opcode::*;
+    if op == MemcpyDtoH {
+        return flags & CMD_FLAG_ASYNC == 0;
+    }
+    matches!(
+        op,
+        Hello
+            | CtxCreate
+            | CtxSynchronize
+            | MemGetInfo
+            | MemAlloc
+            | ModuleLoad
+            | ModuleGetFunction
+            | ModuleGetGlobal
+            | StreamSynchronize
+            | StreamQuery
+            | EventQuery
+            | EventSynchronize
+            | EventElapsedTime
+    )
+}
+
+impl From<CuError> for Reply {
+    fn from(e: CuError) -> Self {
+        Reply { status: e.0, payload: Vec::new() }
+    }
+}

@@ -1,0 +1,1 @@
+//! The exported CUDA driver API (being written).

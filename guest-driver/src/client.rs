@@ -1,0 +1,383 @@
+//! The guest side of a session: one per process. It owns the transport, the
+//! control buffer the backend replies into, the batch being built, and the
+//! shared buffers behind pinned host memory and staging. Asynchronous calls
+//! are appended to the batch and return at once; synchronous calls flush the
+//! batch and wait for the reply.
+
+use crate::transport::{self, SharedBuf, Transport, TransportError};
+use protocol::cuda::*;
+use protocol::*;
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+/// Control buffer: reply header plus room for the largest inline reply.
+const CONTROL_BYTES: usize = 4 << 20;
+/// Largest DtoH copy answered inline in the reply.
+pub const MAX_INLINE_REPLY: usize = CONTROL_BYTES - REPLY_PAYLOAD_OFFSET as usize;
+/// A batch is sent once it holds this many bytes...
+const FLUSH_BYTES: usize = 256 << 10;
+/// ...or once its oldest command has waited this long.
+const FLUSH_AGE: Duration = Duration::from_micros(200);
+/// Each of the two staging buffers for pageable copies.
+const STAGING_BYTES: usize = 16 << 20;
+/// How long a synchronous call spins on the reply before it blocks.
+const SPIN: Duration = Duration::from_micros(50);
+
+/// Device facts from the Hello reply.
+pub struct DeviceFacts {
+    pub reply: HelloReply,
+}
+
+impl DeviceFacts {
+    pub fn name(&self) -> &[u8] {
+        let n = self.reply.name.iter().position(|&b| b == 0).unwrap_or(self.reply.name.len());
+        &self.reply.name[..n]
+    }
+    pub fn attr(&self, a: usize) -> Option<i32> {
+        self.reply.attrs.get(a).map(|v| v.get())
+    }
+    pub fn total_mem(&self) -> u64 {
+        self.reply.total_mem.get()
+    }
+}
+
+struct Inner {
+    writer: BatchWriter,
+    /// Sequence number the batch being built will carry.
+    next_seq: u64,
+    oldest: Option<Instant>,
+    /// Error of an asynchronous call, reported by the next synchronizing call.
+    pending_error: Option<CuResult>,
+    /// Which staging buffer the next pageable chunk uses, and the batch that
+    /// last used each.
+    staging_turn: usize,
+    staging_seq: [u64; 2],
+}
+
+pub struct Client {
+    transport: Box<dyn Transport>,
+    control: SharedBuf,
+    staging: [SharedBuf; 2],
+    inner: Mutex<Inner>,
+    pub facts: DeviceFacts,
+    /// Pinned host memory (cuMemAllocHost), keyed by address.
+    pinned: Mutex<BTreeMap<usize, SharedBuf>>,
+    next_id: AtomicU64,
+}
+
+static CLIENT: OnceLock<Result<Client, CuResult>> = OnceLock::new();
+
+/// The process's session, opened on first use (cuInit).
+pub fn get() -> Result<&'static Client, CuResult> {
+    CLIENT
+        .get_or_init(|| {
+            Client::open().map_err(|e| {
+                crate::log::warn(&format!("cannot reach the gpuvisor backend: {e}"));
+                CUDA_ERROR_NO_DEVICE
+            })
+        })
+        .as_ref()
+        .map_err(|e| *e)
+}
+
+/// The session if it is already open.
+pub fn try_get() -> Option<&'static Client> {
+    CLIENT.get().and_then(|r| r.as_ref().ok())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    #[error("backend refused the session: CUDA error {0}")]
+    Refused(CuResult),
+    #[error("capset is not gpuvisor's or speaks another protocol version")]
+    BadCapset,
+}
+
+impl Client {
+    fn open() -> Result<Client, OpenError> {
+        let transport = transport::open_from_env()?;
+        Self::with_transport(transport)
+    }
+
+    /// Opens a session over a given transport.
+    pub fn with_transport(transport: Box<dyn Transport>) -> Result<Client, OpenError> {
+        let capset = transport.capset()?;
+        let cap = Capset::read_from_prefix(&capset).map_err(|_| OpenError::BadCapset)?.0;
+        if cap.magic.get() != CAPSET_MAGIC
+            || cap.protocol_min.get() > PROTOCOL_VERSION
+            || cap.protocol_max.get() < PROTOCOL_VERSION
+        {
+            return Err(OpenError::BadCapset);
+        }
+        let control = transport.alloc_shared(CONTROL_BYTES)?;
+        transport.set_fence_buffer(&control);
+        let staging = [transport.alloc_shared(STAGING_BYTES)?, transport.alloc_shared(STAGING_BYTES)?];
+        let mut c = Client {
+            transport,
+            control,
+            staging,
+            inner: Mutex::new(Inner {
+                writer: BatchWriter::new(),
+                next_seq: 1,
+                oldest: None,
+                pending_error: None,
+                staging_turn: 0,
+                staging_seq: [0; 2],
+            }),
+            facts: DeviceFacts { reply: HelloReply::default() },
+            pinned: Mutex::new(BTreeMap::new()),
+            next_id: AtomicU64::new(0x1000),
+        };
+        let hello = Hello {
+            control_resource: U32::new(c.control.resource_id),
+            protocol_version: U16::new(PROTOCOL_VERSION),
+            _pad: U16::new(0),
+            pid: U32::new(std::process::id()),
+            _pad2: U32::new(0),
+        };
+        let reply = c.call(Opcode::Hello, 0, 0, &hello, &[]).map_err(OpenError::Refused)?;
+        c.facts.reply = HelloReply::read_from_prefix(&reply).map_err(|_| OpenError::BadCapset)?.0;
+        Ok(c)
+    }
+
+    pub fn transport_name(&self) -> &'static str {
+        self.transport.name()
+    }
+
+    /// A fresh guest-chosen id for a new object.
+    pub fn new_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn completed_seq(&self) -> u64 {
+        // SAFETY: the control buffer is mapped for the session's lifetime and
+        // its first 8 bytes are an aligned u64 the backend stores atomically.
+        let a = unsafe { &*(self.control.ptr as *const AtomicU64) };
+        a.load(Ordering::Acquire)
+    }
+
+    /// Sends the batch being built, if any. Returns its sequence number.
+    fn flush_locked(&self, inner: &mut Inner) -> Result<u64, CuResult> {
+        if inner.writer.is_empty() {
+            return Ok(inner.next_seq - 1);
+        }
+        let seq = inner.next_seq;
+        inner.writer.set_seq(seq);
+        let bytes = inner.writer.finish();
+        self.transport.submit(bytes, &[]).map_err(|e| {
+            crate::log::warn(&format!("submit failed: {e}"));
+            CUDA_ERROR_UNKNOWN
+        })?;
+        inner.next_seq += 1;
+        inner.writer.begin(inner.next_seq);
+        inner.oldest = None;
+        Ok(seq)
+    }
+
+    fn wait_seq(&self, seq: u64) -> Result<(), CuResult> {
+        let start = Instant::now();
+        while self.completed_seq() < seq {
+            if start.elapsed() > SPIN {
+                self.transport.wait_idle().map_err(|e| {
+                    crate::log::warn(&format!("waiting for the backend failed: {e}"));
+                    CUDA_ERROR_UNKNOWN
+                })?;
+                if self.completed_seq() < seq {
+                    crate::log::warn("backend finished a batch without answering it");
+                    return Err(CUDA_ERROR_UNKNOWN);
+                }
+            }
+            std::hint::spin_loop();
+        }
+        Ok(())
+    }
+
+    fn push<T: IntoBytes + Immutable>(inner: &mut Inner, op: Opcode, flags: u16, ctx: u64, p: &T, trailing: &[u8]) {
+        if inner.writer.byte_len() == 0 {
+            inner.writer.begin(inner.next_seq);
+        }
+        inner.writer.push(op, flags, ctx, p, trailing);
+    }
+
+    /// Queues an asynchronous command.
+    pub fn enqueue<T: IntoBytes + Immutable>(&self, op: Opcode, flags: u16, ctx: u64, p: &T, trailing: &[u8]) -> Result<(), CuResult> {
+        let mut inner = self.lock();
+        Self::push(&mut inner, op, flags, ctx, p, trailing);
+        let now = Instant::now();
+        let oldest = *inner.oldest.get_or_insert(now);
+        if inner.writer.byte_len() >= FLUSH_BYTES || now.duration_since(oldest) >= FLUSH_AGE {
+            self.flush_locked(&mut inner)?;
+        }
+        Ok(())
+    }
+
+    /// Sends whatever is queued, without waiting.
+    pub fn flush(&self) -> Result<(), CuResult> {
+        let mut inner = self.lock();
+        self.flush_locked(&mut inner).map(|_| ())
+    }
+
+    /// Runs a synchronous command and returns its reply payload.
+    pub fn call<T: IntoBytes + Immutable>(&self, op: Opcode, flags: u16, ctx: u64, p: &T, trailing: &[u8]) -> Result<Vec<u8>, CuResult> {
+        let mut inner = self.lock();
+        Self::push(&mut inner, op, flags, ctx, p, trailing);
+        self.call_locked(&mut inner)
+    }
+
+    fn call_locked(&self, inner: &mut Inner) -> Result<Vec<u8>, CuResult> {
+        let seq = self.flush_locked(inner)?;
+        self.wait_seq(seq)?;
+        let hdr = self.reply_header();
+        if hdr.reply_seq.get() != seq {
+            crate::log::warn("reply does not answer the last batch");
+            return Err(CUDA_ERROR_UNKNOWN);
+        }
+        if hdr.deferred.get() != 0 && inner.pending_error.is_none() {
+            inner.pending_error = Some(hdr.deferred.get());
+        }
+        if hdr.status.get() != CUDA_SUCCESS {
+            return Err(hdr.status.get());
+        }
+        let len = (hdr.payload_len.get() as usize).min(MAX_INLINE_REPLY);
+        // SAFETY: the payload lies inside the mapped control buffer (bounded
+        // above) and the backend finished writing it before completed_seq.
+        let payload = unsafe { std::slice::from_raw_parts(self.control.ptr.add(REPLY_PAYLOAD_OFFSET as usize), len) };
+        Ok(payload.to_vec())
+    }
+
+    fn reply_header(&self) -> ReplyHeader {
+        // SAFETY: the header lies at the start of the mapped control buffer.
+        let bytes = unsafe { std::slice::from_raw_parts(self.control.ptr, core::mem::size_of::<ReplyHeader>()) };
+        ReplyHeader::read_from_bytes(bytes).unwrap_or_default()
+    }
+
+    /// Runs a synchronizing call: its own error first, then any error an
+    /// earlier asynchronous call left behind.
+    pub fn sync_call<T: IntoBytes + Immutable>(&self, op: Opcode, flags: u16, ctx: u64, p: &T) -> Result<Vec<u8>, CuResult> {
+        let mut inner = self.lock();
+        Self::push(&mut inner, op, flags, ctx, p, &[]);
+        let r = self.call_locked(&mut inner)?;
+        match inner.pending_error.take() {
+            Some(e) => Err(e),
+            None => Ok(r),
+        }
+    }
+
+    /// Takes the error an asynchronous call left behind, if any.
+    pub fn take_pending_error(&self) -> Option<CuResult> {
+        self.lock().pending_error.take()
+    }
+
+    // ---- host memory -----------------------------------------------------
+
+    /// Pinned host memory the backend can reach without a copy.
+    pub fn alloc_pinned(&self, len: usize) -> Result<*mut u8, CuResult> {
+        let buf = self.transport.alloc_shared(len.max(1)).map_err(|e| {
+            crate::log::warn(&format!("pinned allocation of {len} bytes failed: {e}"));
+            CUDA_ERROR_OUT_OF_MEMORY
+        })?;
+        let p = buf.ptr;
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(p as usize, buf);
+        Ok(p)
+    }
+
+    pub fn free_pinned(&self, p: *mut u8) -> Result<(), CuResult> {
+        // Queued copies may still read it.
+        self.synchronize_transport()?;
+        let buf = self.pinned.lock().unwrap_or_else(|p| p.into_inner()).remove(&(p as usize)).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        self.transport.free_shared(&buf);
+        Ok(())
+    }
+
+    /// The shared buffer holding `[addr, addr + len)`, as (resource, offset).
+    pub fn find_pinned(&self, addr: usize, len: usize) -> Option<(u32, u64)> {
+        let map = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let (_, buf) = map.range(..=addr).next_back()?;
+        buf.offset_of(addr, len).map(|off| (buf.resource_id, off as u64))
+    }
+
+    /// Base and size of the pinned allocation containing `addr`.
+    pub fn pinned_range(&self, addr: usize) -> Option<(usize, usize)> {
+        let map = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
+        let (base, buf) = map.range(..=addr).next_back()?;
+        (addr < base + buf.len).then_some((*base, buf.len))
+    }
+
+    /// Waits until the backend has run everything sent so far.
+    pub fn synchronize_transport(&self) -> Result<(), CuResult> {
+        let mut inner = self.lock();
+        let seq = self.flush_locked(&mut inner)?;
+        self.wait_seq(seq)
+    }
+
+    /// Host-to-device copy from memory the backend cannot see: in chunks
+    /// through the two staging buffers, each reused only once the backend has
+    /// finished with the batch that last used it.
+    pub fn htod_staged(&self, ctx: u64, dst: u64, src: &[u8], stream: u64, flags: u16) -> Result<(), CuResult> {
+        let mut inner = self.lock();
+        let mut done = 0usize;
+        while done < src.len() {
+            let n = (src.len() - done).min(STAGING_BYTES);
+            let turn = inner.staging_turn;
+            let last = inner.staging_seq[turn];
+            if last != 0 && self.completed_seq() < last {
+                // Make sure that batch was sent, then wait for it.
+                self.flush_locked(&mut inner)?;
+                self.wait_seq(last)?;
+            }
+            let buf = &self.staging[turn];
+            // SAFETY: n <= STAGING_BYTES = buf.len, and the backend is done
+            // with this staging buffer (waited above).
+            unsafe { std::ptr::copy_nonoverlapping(src.as_ptr().add(done), buf.ptr, n) };
+            let m = MemcpyHtoD {
+                dst: U64::new(dst + done as u64),
+                len: U64::new(n as u64),
+                stream: U64::new(stream),
+                src: HostRef { kind: U32::new(HOST_RESOURCE), resource: U32::new(buf.resource_id), offset: U64::new(0) },
+            };
+            Self::push(&mut inner, Opcode::MemcpyHtoD, flags | CMD_FLAG_STAGING, ctx, &m, &[]);
+            let seq = self.flush_locked(&mut inner)?;
+            inner.staging_seq[turn] = seq;
+            inner.staging_turn = 1 - turn;
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// Device-to-host copy into memory the backend cannot see, through
+    /// staging. Synchronous.
+    pub fn dtoh_staged(&self, ctx: u64, dst: &mut [u8], src: u64, stream: u64) -> Result<(), CuResult> {
+        let mut inner = self.lock();
+        let mut done = 0usize;
+        while done < dst.len() {
+            let n = (dst.len() - done).min(STAGING_BYTES);
+            let buf = &self.staging[0];
+            let m = MemcpyDtoH {
+                src: U64::new(src + done as u64),
+                len: U64::new(n as u64),
+                stream: U64::new(stream),
+                dst: HostRef { kind: U32::new(HOST_RESOURCE), resource: U32::new(buf.resource_id), offset: U64::new(0) },
+            };
+            Self::push(&mut inner, Opcode::MemcpyDtoH, CMD_FLAG_STAGING, ctx, &m, &[]);
+            self.call_locked(&mut inner)?;
+            // SAFETY: the backend wrote n <= buf.len bytes and finished the batch.
+            unsafe { std::ptr::copy_nonoverlapping(buf.ptr, dst.as_mut_ptr().add(done), n) };
+            done += n;
+        }
+        inner.staging_seq = [0; 2];
+        match inner.pending_error.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
