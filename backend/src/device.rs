@@ -11,7 +11,7 @@ use std::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
+use virtio_bindings::virtio_config::{VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
@@ -28,6 +28,9 @@ const QUEUE_SIZE: usize = 1024;
 const MAX_REQUEST: usize = protocol::MAX_BATCH_BYTES as usize + 4096;
 /// VHOST_USER_F_PROTOCOL_FEATURES.
 const VHOST_USER_F_PROTOCOL_FEATURES: u32 = 30;
+/// VIRTIO_F_RING_RESET: QEMU's virtio-pci offers it to the guest and passes
+/// the guest's acknowledgement on; nothing of ours depends on it.
+const VIRTIO_F_RING_RESET: u32 = 40;
 
 struct State {
     dev: GpuDevice,
@@ -154,11 +157,14 @@ impl VhostUserBackend for GpuBackend {
 
     fn features(&self) -> u64 {
         (1 << VIRTIO_F_VERSION_1)
+            | (1 << VIRTIO_F_NOTIFY_ON_EMPTY)
+            | (1 << VIRTIO_F_ANY_LAYOUT)
             | (1 << VIRTIO_RING_F_INDIRECT_DESC)
             | (1 << VIRTIO_RING_F_EVENT_IDX)
             | (1 << F_VIRGL)
             | (1 << F_EDID)
             | (1 << VHOST_USER_F_PROTOCOL_FEATURES)
+            | (1 << VIRTIO_F_RING_RESET)
     }
 
     fn acked_features(&self, features: u64) {

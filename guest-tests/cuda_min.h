@@ -1,0 +1,161 @@
+/*
+ * cuda_min.h - the small part of the CUDA driver API that gpuvisor's guest
+ * test programs use, written for this project (no CUDA toolkit needed).
+ *
+ * Only types, constants and function-pointer types: the programs never link
+ * against libcuda; they dlopen("libcuda.so.1") and resolve each entry point
+ * by its exported (versioned) symbol name, see gv_common.c.
+ *
+ * Numeric values are the driver ABI's and must not be changed.
+ */
+#ifndef GV_CUDA_MIN_H
+#define GV_CUDA_MIN_H
+
+#include <stddef.h>
+
+/* ---- scalar and handle types ------------------------------------------ */
+typedef int CUresult;                  /* the driver's status code */
+typedef int CUdevice;                  /* device ordinal */
+typedef unsigned long long CUdeviceptr;/* device address (64-bit ABI) */
+
+typedef struct gv_opaque_ctx    *CUcontext;
+typedef struct gv_opaque_module *CUmodule;
+typedef struct gv_opaque_func   *CUfunction;
+typedef struct gv_opaque_stream *CUstream;
+typedef struct gv_opaque_event  *CUevent;
+
+typedef struct { char bytes[16]; } CUuuid;
+
+typedef int CUdevice_attribute;
+typedef int CUjit_option;
+
+/* ---- CUresult values -------------------------------------------------- */
+enum {
+    CUDA_SUCCESS                    = 0,
+    CUDA_ERROR_INVALID_VALUE        = 1,
+    CUDA_ERROR_OUT_OF_MEMORY        = 2,
+    CUDA_ERROR_NOT_INITIALIZED      = 3,
+    CUDA_ERROR_DEINITIALIZED        = 4,
+    CUDA_ERROR_NO_DEVICE            = 100,
+    CUDA_ERROR_INVALID_DEVICE       = 101,
+    CUDA_ERROR_INVALID_IMAGE        = 200,
+    CUDA_ERROR_INVALID_CONTEXT      = 201,
+    CUDA_ERROR_NO_BINARY_FOR_GPU    = 209,
+    CUDA_ERROR_INVALID_PTX          = 218,
+    CUDA_ERROR_UNSUPPORTED_PTX_VERSION = 222,
+    CUDA_ERROR_INVALID_SOURCE       = 300,
+    CUDA_ERROR_INVALID_HANDLE       = 400,
+    CUDA_ERROR_NOT_FOUND            = 500,
+    CUDA_ERROR_NOT_READY            = 600,
+    CUDA_ERROR_ILLEGAL_ADDRESS      = 700,
+    CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
+    CUDA_ERROR_LAUNCH_FAILED        = 719,
+    CUDA_ERROR_NOT_SUPPORTED        = 801,
+    CUDA_ERROR_UNKNOWN              = 999
+};
+
+/* ---- CUdevice_attribute values used here ------------------------------ */
+enum {
+    CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK     = 1,
+    CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK = 8,
+    CU_DEVICE_ATTRIBUTE_WARP_SIZE                 = 10,
+    CU_DEVICE_ATTRIBUTE_CLOCK_RATE                = 13,
+    CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT      = 16,
+    CU_DEVICE_ATTRIBUTE_PCI_BUS_ID                = 33,
+    CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING        = 41,
+    CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR  = 75,
+    CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR  = 76
+};
+
+/* ---- flags ------------------------------------------------------------ */
+#define CU_STREAM_DEFAULT          0x0u
+#define CU_STREAM_NON_BLOCKING     0x1u
+
+#define CU_EVENT_DEFAULT           0x0u
+#define CU_EVENT_BLOCKING_SYNC     0x1u
+#define CU_EVENT_DISABLE_TIMING    0x2u
+#define CU_EVENT_INTERPROCESS      0x4u
+
+#define CU_MEMHOSTREGISTER_PORTABLE 0x1u
+#define CU_MEMHOSTREGISTER_DEVICEMAP 0x2u
+
+/* CUjit_option values used with cuModuleLoadDataEx */
+enum {
+    CU_JIT_INFO_LOG_BUFFER              = 3,
+    CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES   = 4,
+    CU_JIT_ERROR_LOG_BUFFER             = 5,
+    CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES  = 6
+};
+
+/* `extra` argument of cuLaunchKernel: a packed parameter buffer */
+#define CU_LAUNCH_PARAM_END            ((void *)0)
+#define CU_LAUNCH_PARAM_BUFFER_POINTER ((void *)1)
+#define CU_LAUNCH_PARAM_BUFFER_SIZE    ((void *)2)
+
+/* ---- entry points (function-pointer types) ---------------------------- */
+/* Comment after each: the symbol name(s) resolved, first found wins. */
+typedef CUresult (*PFN_cuInit)(unsigned int flags);                      /* cuInit */
+typedef CUresult (*PFN_cuDriverGetVersion)(int *version);               /* cuDriverGetVersion */
+typedef CUresult (*PFN_cuDeviceGet)(CUdevice *dev, int ordinal);        /* cuDeviceGet */
+typedef CUresult (*PFN_cuDeviceGetCount)(int *count);                   /* cuDeviceGetCount */
+typedef CUresult (*PFN_cuDeviceGetName)(char *name, int len, CUdevice dev);
+typedef CUresult (*PFN_cuDeviceGetAttribute)(int *value, CUdevice_attribute attr, CUdevice dev);
+typedef CUresult (*PFN_cuDeviceGetUuid)(CUuuid *uuid, CUdevice dev);    /* _v2, then plain */
+typedef CUresult (*PFN_cuDeviceTotalMem)(size_t *bytes, CUdevice dev);  /* cuDeviceTotalMem_v2 */
+
+typedef CUresult (*PFN_cuDevicePrimaryCtxRetain)(CUcontext *ctx, CUdevice dev);
+typedef CUresult (*PFN_cuDevicePrimaryCtxRelease)(CUdevice dev);        /* _v2 */
+typedef CUresult (*PFN_cuCtxSetCurrent)(CUcontext ctx);
+typedef CUresult (*PFN_cuCtxGetCurrent)(CUcontext *ctx);
+typedef CUresult (*PFN_cuCtxPushCurrent)(CUcontext ctx);                /* _v2 */
+typedef CUresult (*PFN_cuCtxPopCurrent)(CUcontext *ctx);                /* _v2 */
+typedef CUresult (*PFN_cuCtxSynchronize)(void);
+
+typedef CUresult (*PFN_cuMemGetInfo)(size_t *free_bytes, size_t *total_bytes); /* _v2 */
+typedef CUresult (*PFN_cuMemAlloc)(CUdeviceptr *dptr, size_t bytes);    /* _v2 */
+typedef CUresult (*PFN_cuMemFree)(CUdeviceptr dptr);                    /* _v2 */
+typedef CUresult (*PFN_cuMemAllocHost)(void **pp, size_t bytes);        /* _v2 */
+typedef CUresult (*PFN_cuMemFreeHost)(void *p);
+typedef CUresult (*PFN_cuMemHostRegister)(void *p, size_t bytes, unsigned int flags); /* _v2 */
+typedef CUresult (*PFN_cuMemHostUnregister)(void *p);
+typedef CUresult (*PFN_cuMemGetAddressRange)(CUdeviceptr *base, size_t *size, CUdeviceptr dptr); /* _v2 */
+
+typedef CUresult (*PFN_cuMemcpyHtoD)(CUdeviceptr dst, const void *src, size_t bytes);       /* _v2 */
+typedef CUresult (*PFN_cuMemcpyDtoH)(void *dst, CUdeviceptr src, size_t bytes);             /* _v2 */
+typedef CUresult (*PFN_cuMemcpyDtoD)(CUdeviceptr dst, CUdeviceptr src, size_t bytes);       /* _v2 */
+typedef CUresult (*PFN_cuMemcpyHtoDAsync)(CUdeviceptr dst, const void *src, size_t bytes, CUstream s); /* _v2 */
+typedef CUresult (*PFN_cuMemcpyDtoHAsync)(void *dst, CUdeviceptr src, size_t bytes, CUstream s);       /* _v2 */
+typedef CUresult (*PFN_cuMemcpyDtoDAsync)(CUdeviceptr dst, CUdeviceptr src, size_t bytes, CUstream s); /* _v2 */
+typedef CUresult (*PFN_cuMemsetD32)(CUdeviceptr dst, unsigned int value, size_t count);     /* _v2 */
+typedef CUresult (*PFN_cuMemsetD8)(CUdeviceptr dst, unsigned char value, size_t count);     /* _v2 */
+
+typedef CUresult (*PFN_cuModuleLoadData)(CUmodule *mod, const void *image);
+typedef CUresult (*PFN_cuModuleLoadDataEx)(CUmodule *mod, const void *image, unsigned int nopts,
+                                           CUjit_option *opts, void **optvals);
+typedef CUresult (*PFN_cuModuleGetFunction)(CUfunction *fn, CUmodule mod, const char *name);
+typedef CUresult (*PFN_cuModuleGetGlobal)(CUdeviceptr *dptr, size_t *bytes, CUmodule mod,
+                                          const char *name);            /* _v2 */
+typedef CUresult (*PFN_cuModuleUnload)(CUmodule mod);
+typedef CUresult (*PFN_cuLaunchKernel)(CUfunction fn,
+                                       unsigned int gx, unsigned int gy, unsigned int gz,
+                                       unsigned int bx, unsigned int by, unsigned int bz,
+                                       unsigned int shared_bytes, CUstream s,
+                                       void **kernel_params, void **extra);
+
+typedef CUresult (*PFN_cuStreamCreate)(CUstream *s, unsigned int flags);
+typedef CUresult (*PFN_cuStreamDestroy)(CUstream s);                    /* _v2 */
+typedef CUresult (*PFN_cuStreamSynchronize)(CUstream s);
+typedef CUresult (*PFN_cuStreamQuery)(CUstream s);
+typedef CUresult (*PFN_cuStreamWaitEvent)(CUstream s, CUevent e, unsigned int flags);
+
+typedef CUresult (*PFN_cuEventCreate)(CUevent *e, unsigned int flags);
+typedef CUresult (*PFN_cuEventDestroy)(CUevent e);                      /* _v2 */
+typedef CUresult (*PFN_cuEventRecord)(CUevent e, CUstream s);
+typedef CUresult (*PFN_cuEventSynchronize)(CUevent e);
+typedef CUresult (*PFN_cuEventQuery)(CUevent e);
+typedef CUresult (*PFN_cuEventElapsedTime)(float *ms, CUevent start, CUevent end); /* _v2, then plain */
+
+typedef CUresult (*PFN_cuGetErrorName)(CUresult err, const char **str);
+typedef CUresult (*PFN_cuGetErrorString)(CUresult err, const char **str);
+
+#endif /* GV_CUDA_MIN_H */
