@@ -1,0 +1,341 @@
+//! The request path below the virtqueues: batches decoded, validated and run
+//! by `Vm` on the sim engine, with replies read back from guest memory the
+//! way the guest driver reads them. Each test feeds the kind of bad input an
+//! untrusted guest can send and checks the CUDA error that comes back and
+//! that the backend keeps serving.
+
+use gpuvisor_backend::engine::sim::SimEngine;
+use gpuvisor_backend::guest_mem::{Extent, GuestMemory};
+use gpuvisor_backend::resources::Resource;
+use gpuvisor_backend::vm::Vm;
+use protocol::cuda::*;
+use protocol::*;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
+use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+const MIB: u64 = 1 << 20;
+const CONTROL: u32 = 100;
+const BUF: u32 = 101;
+const CONTROL_GPA: u64 = 0x10_0000;
+const BUF_GPA: u64 = 0x20_0000;
+
+struct Guest {
+    vm: Vm,
+    mem: GuestMemory,
+    seq: u64,
+    ctx_id: u32,
+}
+
+struct Answer {
+    status: CuResult,
+    deferred: CuResult,
+    payload: Vec<u8>,
+}
+
+impl Guest {
+    fn new(quota: u64) -> Guest {
+        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 * MIB as usize)]).unwrap();
+        let mut vm = Vm::new("test", Box::new(SimEngine::new(256 * MIB)), quota);
+        // Two resources, as the guest kernel would create them: a control
+        // buffer split over two extents, and a 1 MiB data buffer.
+        let control = Resource {
+            width: 2 * MIB as u32,
+            height: 1,
+            size: 2 * MIB,
+            backing: vec![
+                Extent { addr: GuestAddress(CONTROL_GPA), len: MIB as usize },
+                Extent { addr: GuestAddress(CONTROL_GPA + 4 * MIB), len: MIB as usize },
+            ],
+            ..Default::default()
+        };
+        vm.resources.create(CONTROL, control).unwrap();
+        let buf = Resource {
+            width: MIB as u32,
+            height: 1,
+            size: MIB,
+            backing: vec![Extent { addr: GuestAddress(BUF_GPA), len: MIB as usize }],
+            ..Default::default()
+        };
+        vm.resources.create(BUF, buf).unwrap();
+        let mut g = Guest { vm, mem, seq: 0, ctx_id: 1 };
+        g.open_client(1);
+        g
+    }
+
+    fn open_client(&mut self, ctx_id: u32) {
+        self.ctx_id = ctx_id;
+        self.vm.create_client(ctx_id).unwrap();
+        for r in [CONTROL, BUF] {
+            self.vm.resources.get_mut(r).unwrap().attached.insert(ctx_id);
+        }
+        self.seq = 0;
+        let hello = Hello {
+            control_resource: U32::new(CONTROL),
+            protocol_version: U16::new(PROTOCOL_VERSION),
+            pid: U32::new(42),
+            ..Default::default()
+        };
+        let a = self.call(Opcode::Hello, 0, &hello, &[]);
+        assert_eq!(a.status, CUDA_SUCCESS);
+        let reply = HelloReply::read_from_prefix(&a.payload).unwrap().0;
+        assert_eq!(reply.device_count.get(), 1);
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> Answer {
+        self.vm.submit(&self.mem, self.ctx_id, bytes).expect("a reply is always written");
+        let hdr: ReplyHeader = {
+            let mut b = [0u8; core::mem::size_of::<ReplyHeader>()];
+            self.mem.read_slice(&mut b, GuestAddress(CONTROL_GPA)).unwrap();
+            ReplyHeader::read_from_bytes(&b).unwrap()
+        };
+        let mut payload = vec![0u8; hdr.payload_len.get() as usize];
+        self.mem.read_slice(&mut payload, GuestAddress(CONTROL_GPA + REPLY_PAYLOAD_OFFSET)).unwrap();
+        assert_eq!(hdr.completed_seq.get(), hdr.reply_seq.get());
+        Answer { status: hdr.status.get(), deferred: hdr.deferred.get(), payload }
+    }
+
+    fn batch(&mut self, cmds: &[(Opcode, u16, &dyn Fn(&mut BatchWriter, Opcode, u16))]) -> Answer {
+        self.seq += 1;
+        let mut w = BatchWriter::new();
+        w.begin(self.seq);
+        for (op, flags, f) in cmds {
+            f(&mut w, *op, *flags);
+        }
+        let bytes = w.finish().to_vec();
+        self.raw(&bytes)
+    }
+
+    fn call<T: IntoBytes + Immutable>(&mut self, op: Opcode, flags: u16, p: &T, trailing: &[u8]) -> Answer {
+        self.seq += 1;
+        let mut w = BatchWriter::new();
+        w.begin(self.seq);
+        w.push(op, flags, PRIMARY_CTX, p, trailing);
+        let bytes = w.finish().to_vec();
+        self.raw(&bytes)
+    }
+
+    fn alloc(&mut self, size: u64) -> Result<u64, CuResult> {
+        let a = self.call(Opcode::MemAlloc, 0, &MemAlloc { size: U64::new(size) }, &[]);
+        if a.status != CUDA_SUCCESS {
+            return Err(a.status);
+        }
+        Ok(MemAllocReply::read_from_prefix(&a.payload).unwrap().0.dptr.get())
+    }
+
+    fn htod_inline(&mut self, dst: u64, data: &[u8]) -> Answer {
+        let m = MemcpyHtoD {
+            dst: U64::new(dst),
+            len: U64::new(data.len() as u64),
+            stream: U64::new(0),
+            src: HostRef { kind: U32::new(HOST_INLINE), ..Default::default() },
+        };
+        // Async command, then a synchronizing one to collect its error.
+        self.batch(&[
+            (Opcode::MemcpyHtoD, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &m, data)),
+            (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+        ])
+    }
+
+    fn dtoh_inline(&mut self, src: u64, len: u64) -> Answer {
+        let m = MemcpyDtoH {
+            src: U64::new(src),
+            len: U64::new(len),
+            stream: U64::new(0),
+            dst: HostRef { kind: U32::new(HOST_INLINE), ..Default::default() },
+        };
+        self.call(Opcode::MemcpyDtoH, 0, &m, &[])
+    }
+
+    fn still_serves(&mut self) {
+        let p = self.alloc(4096).expect("allocation after an error");
+        assert_eq!(self.htod_inline(p, b"still here").deferred, CUDA_SUCCESS);
+        let a = self.dtoh_inline(p, 10);
+        assert_eq!(a.status, CUDA_SUCCESS);
+        assert_eq!(&a.payload, b"still here");
+        let f = self.batch(&[
+            (Opcode::MemFree, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &Id { id: U64::new(p) }, &[])),
+            (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+        ]);
+        assert_eq!(f.deferred, CUDA_SUCCESS);
+    }
+}
+
+#[test]
+fn garbage_batches_get_invalid_value_and_the_backend_keeps_serving() {
+    let mut g = Guest::new(64 * MIB);
+    for garbage in [&[0xffu8; 64][..], &[][..], b"GVB1 but not really a batch", &[0u8; 4096][..]] {
+        let a = g.raw(garbage);
+        assert_eq!(a.status, CUDA_ERROR_INVALID_VALUE);
+        g.still_serves();
+    }
+    // A valid header followed by an unknown opcode.
+    let mut w = BatchWriter::new();
+    w.begin(99);
+    w.push(Opcode::MemAlloc, 0, PRIMARY_CTX, &MemAlloc { size: U64::new(8) }, &[]);
+    let mut bytes = w.finish().to_vec();
+    bytes[24..26].copy_from_slice(&777u16.to_le_bytes());
+    assert_eq!(g.raw(&bytes).status, CUDA_ERROR_INVALID_VALUE);
+    g.still_serves();
+}
+
+#[test]
+fn lengths_past_the_end_of_a_buffer_are_rejected() {
+    let mut g = Guest::new(64 * MIB);
+    let p = g.alloc(4096).unwrap();
+    // Past the end of the guest resource.
+    let m = MemcpyHtoD {
+        dst: U64::new(p),
+        len: U64::new(4096),
+        stream: U64::new(0),
+        src: HostRef { kind: U32::new(HOST_RESOURCE), resource: U32::new(BUF), offset: U64::new(MIB - 100) },
+    };
+    let a = g.batch(&[
+        (Opcode::MemcpyHtoD, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &m, &[])),
+        (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+    ]);
+    assert_eq!(a.deferred, CUDA_ERROR_INVALID_VALUE);
+    // Past the end of the device allocation.
+    assert_eq!(g.dtoh_inline(p, 4097).status, CUDA_ERROR_INVALID_VALUE);
+    assert_eq!(g.htod_inline(p + 4000, &[1u8; 200]).deferred, CUDA_ERROR_INVALID_VALUE);
+    // An offset so large it wraps.
+    let m2 = MemcpyDtoH {
+        src: U64::new(p),
+        len: U64::new(16),
+        stream: U64::new(0),
+        dst: HostRef { kind: U32::new(HOST_RESOURCE), resource: U32::new(BUF), offset: U64::new(u64::MAX - 8) },
+    };
+    assert_eq!(g.call(Opcode::MemcpyDtoH, 0, &m2, &[]).status, CUDA_ERROR_INVALID_VALUE);
+    // A reply larger than the control buffer.
+    assert_eq!(g.dtoh_inline(p, 64 * MIB).status, CUDA_ERROR_INVALID_VALUE);
+    g.still_serves();
+}
+
+#[test]
+fn unknown_and_freed_handles_are_invalid_handle() {
+    let mut g = Guest::new(64 * MIB);
+    assert_eq!(g.call(Opcode::StreamSynchronize, 0, &Id { id: U64::new(0x5555) }, &[]).status, CUDA_ERROR_INVALID_HANDLE);
+    let s = StreamCreate { stream_id: U64::new(0x100), flags: U32::new(0), priority: zerocopy::little_endian::I32::new(0) };
+    let a = g.batch(&[
+        (Opcode::StreamCreate, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &s, &[])),
+        (Opcode::StreamSynchronize, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &Id { id: U64::new(0x100) }, &[])),
+    ]);
+    assert_eq!((a.status, a.deferred), (CUDA_SUCCESS, CUDA_SUCCESS));
+    let a = g.batch(&[
+        (Opcode::StreamDestroy, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &Id { id: U64::new(0x100) }, &[])),
+        (Opcode::StreamSynchronize, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &Id { id: U64::new(0x100) }, &[])),
+    ]);
+    assert_eq!(a.status, CUDA_ERROR_INVALID_HANDLE, "a destroyed stream is gone");
+    // Unknown event, module and function.
+    assert_eq!(g.call(Opcode::EventQuery, 0, &Id { id: U64::new(7) }, &[]).status, CUDA_ERROR_INVALID_HANDLE);
+    let gf = ModuleGetFunction { module_id: U64::new(9), func_id: U64::new(10), name_len: U32::new(1), _pad: U32::new(0) };
+    assert_eq!(g.call(Opcode::ModuleGetFunction, 0, &gf, b"k").status, CUDA_ERROR_INVALID_HANDLE);
+    let l = LaunchKernel {
+        func_id: U64::new(12345),
+        grid: [U32::new(1); 3],
+        block: [U32::new(1); 3],
+        ..Default::default()
+    };
+    let a = g.batch(&[
+        (Opcode::LaunchKernel, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &l, &[])),
+        (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+    ]);
+    assert_eq!(a.deferred, CUDA_ERROR_INVALID_HANDLE);
+    // An unknown guest context.
+    g.seq += 1;
+    let mut w = BatchWriter::new();
+    w.begin(g.seq);
+    w.push(Opcode::MemAlloc, 0, 0xdead, &MemAlloc { size: U64::new(64) }, &[]);
+    let bytes = w.finish().to_vec();
+    assert_eq!(g.raw(&bytes).status, CUDA_ERROR_INVALID_CONTEXT);
+    // A freed allocation.
+    let p = g.alloc(4096).unwrap();
+    let free = Id { id: U64::new(p) };
+    let a = g.batch(&[
+        (Opcode::MemFree, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &free, &[])),
+        (Opcode::MemFree, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &free, &[])),
+        (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+    ]);
+    assert_eq!(a.deferred, CUDA_ERROR_INVALID_VALUE, "double free");
+    assert_eq!(g.dtoh_inline(p, 4).status, CUDA_ERROR_INVALID_VALUE, "use after free");
+    g.still_serves();
+}
+
+#[test]
+fn device_pointers_of_other_allocations_or_clients_are_rejected() {
+    let mut g = Guest::new(64 * MIB);
+    let a = g.alloc(4096).unwrap();
+    let b = g.alloc(4096).unwrap();
+    let d = MemcpyDtoD { dst: U64::new(b), src: U64::new(a + 4000), len: U64::new(200), stream: U64::new(0) };
+    let r = g.batch(&[
+        (Opcode::MemcpyDtoD, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &d, &[])),
+        (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+    ]);
+    assert_eq!(r.deferred, CUDA_ERROR_INVALID_VALUE);
+    let ms = Memset { dst: U64::new(a + 1), count: U64::new(1024), stream: U64::new(0), value: U32::new(0), elem_size: U32::new(4) };
+    let r = g.batch(&[
+        (Opcode::Memset, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &ms, &[])),
+        (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+    ]);
+    assert_eq!(r.deferred, CUDA_ERROR_INVALID_VALUE, "memset past the end");
+    // A second guest process may not touch the first one's memory.
+    assert_eq!(g.htod_inline(a, b"mine").deferred, CUDA_SUCCESS);
+    g.open_client(2);
+    assert_eq!(g.dtoh_inline(a, 4).status, CUDA_ERROR_INVALID_VALUE);
+    g.still_serves();
+}
+
+#[test]
+fn allocations_past_the_quota_are_out_of_memory() {
+    let mut g = Guest::new(8 * MIB);
+    let p = g.alloc(6 * MIB).unwrap();
+    assert_eq!(g.alloc(3 * MIB), Err(CUDA_ERROR_OUT_OF_MEMORY));
+    assert_eq!(g.alloc(u64::MAX), Err(CUDA_ERROR_OUT_OF_MEMORY));
+    let info = g.call(Opcode::MemGetInfo, 0, &[0u8; 0], &[]);
+    let r = MemGetInfoReply::read_from_prefix(&info.payload).unwrap().0;
+    assert_eq!(r.total.get(), 8 * MIB, "the guest sees its quota, not the device");
+    assert_eq!(r.free.get(), 8 * MIB - 6 * MIB);
+    let free = Id { id: U64::new(p) };
+    g.batch(&[(Opcode::MemFree, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &free, &[]))]);
+    g.alloc(7 * MIB).expect("freed memory returns to the quota");
+}
+
+#[test]
+fn a_client_that_goes_away_leaves_nothing_behind() {
+    let mut g = Guest::new(64 * MIB);
+    for _ in 0..5 {
+        g.alloc(MIB).unwrap();
+    }
+    let s = StreamCreate { stream_id: U64::new(0x200), ..Default::default() };
+    g.batch(&[(Opcode::StreamCreate, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &s, &[]))]);
+    assert_eq!(g.vm.usage().used, 5 * MIB);
+    // The guest process is killed mid-stream: its DRM file closes and the
+    // kernel destroys its context.
+    g.vm.destroy_client(1);
+    let u = g.vm.usage();
+    assert_eq!((u.used, u.allocations, u.clients), (0, 0, 0));
+    // The next process gets the whole quota.
+    g.open_client(3);
+    g.alloc(60 * MIB).unwrap();
+    g.still_serves();
+}
+
+#[test]
+fn batches_from_unknown_contexts_or_without_a_session_fail_cleanly() {
+    let mut g = Guest::new(64 * MIB);
+    let mut w = BatchWriter::new();
+    w.begin(1);
+    w.push_empty(Opcode::CtxSynchronize, 0, PRIMARY_CTX);
+    let bytes = w.finish().to_vec();
+    assert!(g.vm.submit(&g.mem, 77, &bytes).is_err(), "no such virtio-gpu context");
+    g.vm.create_client(5).unwrap();
+    assert!(g.vm.submit(&g.mem, 5, &bytes).is_err(), "no Hello yet: nowhere to reply");
+    // Hello naming a resource the context may not use.
+    let mut w = BatchWriter::new();
+    w.begin(1);
+    let hello = Hello { control_resource: U32::new(CONTROL), protocol_version: U16::new(PROTOCOL_VERSION), ..Default::default() };
+    w.push(Opcode::Hello, 0, 0, &hello, &[]);
+    let bytes = w.finish().to_vec();
+    assert!(g.vm.submit(&g.mem, 5, &bytes).is_err());
+    g.still_serves();
+}
