@@ -1,0 +1,466 @@
+//! Runs one VM: starts the backend, waits for its socket, starts QEMU, streams the
+//! console, and stops both processes however the run ends.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use tracing::{info, warn};
+
+use crate::accel::Accel;
+use crate::console::{self, Event};
+use crate::process::{catch_termination_signals, harden, signalled, ChildGuard};
+use crate::qemu::{qemu_args, shell_quote};
+use crate::spec::VmConfig;
+use crate::Error;
+
+/// Longest path a Unix socket address holds (sun_path, without the NUL).
+const MAX_SOCKET_PATH: usize = 107;
+const POLL: Duration = Duration::from_millis(20);
+/// How long the guest may take from its exit line to QEMU's exit.
+const POWEROFF_GRACE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Where the socket and logs go; default: a fresh directory under runtime_base().
+    pub run_dir: Option<PathBuf>,
+    /// Prefix each console line with `[name] `.
+    pub console_prefix: bool,
+}
+
+/// How a run that reached the guest's exit line went.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub guest_rc: i32,
+    pub run_dir: PathBuf,
+    /// From QEMU's start to the guest's "render node ready" line.
+    pub render_ready: Option<Duration>,
+    /// From QEMU's start to the guest's exit line.
+    pub guest_done: Duration,
+}
+
+/// The run directory a VM gets when none is given.
+pub fn default_run_dir(name: &str) -> PathBuf {
+    crate::runtime_base().join(format!("{name}-{}", std::process::id()))
+}
+
+/// Runs the VM to the end. Ok means the guest printed its exit line; its rc is in
+/// the outcome. Every error path stops QEMU and the backend first.
+pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Error> {
+    let _span = tracing::info_span!("vm", name = %vm.name).entered();
+    let run_dir = opts
+        .run_dir
+        .clone()
+        .unwrap_or_else(|| default_run_dir(&vm.name));
+    crate::create_private_dir(&run_dir)
+        .map_err(|e| Error::io(format!("create run dir {}", run_dir.display()), e))?;
+    let socket = run_dir.join("vgpu.sock");
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(Error::SocketPathTooLong(socket));
+    }
+    match std::fs::remove_file(&socket) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(Error::io(
+                format!("remove stale socket {}", socket.display()),
+                e,
+            ))
+        }
+    }
+    catch_termination_signals();
+    info!("run dir {}", run_dir.display());
+
+    let mut backend = start_backend(vm, &socket, &run_dir)?;
+    let backend_log = run_dir.join("backend.log");
+    wait_for_socket(
+        &mut backend,
+        &socket,
+        Duration::from_secs(vm.backend_start_timeout_s),
+        &backend_log,
+    )?;
+
+    let args = qemu_args(vm, accel, &socket);
+    let cmdline = shell_quote(&vm.qemu, &args);
+    let _ = std::fs::write(run_dir.join("qemu.cmdline"), format!("{cmdline}\n"));
+    let console_log = run_dir.join("console.log");
+    let qemu_log = run_dir.join("qemu.log");
+    let console_file = File::create(&console_log)
+        .map_err(|e| Error::io(format!("create {}", console_log.display()), e))?;
+    let qemu_err_file = File::create(&qemu_log)
+        .map_err(|e| Error::io(format!("create {}", qemu_log.display()), e))?;
+
+    let mut cmd = Command::new(&vm.qemu);
+    cmd.args(&args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // An interactive guest shell needs the terminal, and so QEMU must stay in our
+    // process group (a background group reading the tty would be stopped).
+    cmd.stdin(if vm.interactive {
+        Stdio::inherit()
+    } else {
+        Stdio::null()
+    });
+    harden(&mut cmd, !vm.interactive);
+    info!(
+        "starting QEMU ({accel}); console log {}",
+        console_log.display()
+    );
+    let started = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("start {}", vm.qemu.display()), e))?;
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take();
+    let stderr = child.stderr.take();
+    let prefix = opts.console_prefix.then(|| format!("[{}] ", vm.name));
+    let console_thread = stdout.map(|out| {
+        std::thread::spawn(move || {
+            console::pump(out, std::io::stdout(), console_file, prefix.as_deref(), tx)
+        })
+    });
+    let stderr_thread =
+        stderr.map(|err| std::thread::spawn(move || tee_stderr(err, qemu_err_file)));
+    let mut qemu = ChildGuard::new("QEMU", child);
+    info!("QEMU pid {}, backend pid {}", qemu.pid(), backend.pid());
+
+    let deadline = (vm.timeout_s > 0).then(|| started + Duration::from_secs(vm.timeout_s));
+    let mut guest_rc: Option<(i32, Instant)> = None;
+    let mut render_ready: Option<Instant> = None;
+    let mut note = |ev: Event, at: Instant, guest_rc: &mut Option<(i32, Instant)>| match ev {
+        Event::RenderReady => {
+            render_ready.get_or_insert(at);
+        }
+        Event::GuestExit(rc) => {
+            guest_rc.get_or_insert((rc, at));
+        }
+    };
+
+    let result: Result<(), Error> = loop {
+        for (ev, at) in rx.try_iter() {
+            note(ev, at, &mut guest_rc);
+        }
+        if let Some(sig) = signalled() {
+            break Err(Error::Interrupted(sig));
+        }
+        if qemu.try_wait().is_some() {
+            break Ok(());
+        }
+        if let Some(status) = backend.try_wait() {
+            // Normal at power-off (QEMU disconnects, the backend exits); otherwise
+            // QEMU follows soon, so give it a moment before calling this a failure.
+            if guest_rc.is_none() && qemu.wait_for(Duration::from_secs(2)).is_none() {
+                break Err(Error::BackendExited {
+                    status: status.to_string(),
+                    log: backend_log.clone(),
+                    tail: log_tail(&backend_log),
+                });
+            }
+            continue;
+        }
+        if let Some((_, at)) = guest_rc {
+            if !vm.interactive && at.elapsed() > POWEROFF_GRACE {
+                warn!(
+                    "guest printed its exit line {:?} ago but QEMU is still running; stopping it",
+                    POWEROFF_GRACE
+                );
+                break Ok(());
+            }
+        }
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            break Err(Error::Timeout {
+                secs: vm.timeout_s,
+                console_log: console_log.clone(),
+            });
+        }
+        std::thread::sleep(POLL);
+    };
+
+    let qemu_status = qemu.stop(Duration::from_secs(3));
+    // The backend exits by itself once QEMU disconnects; otherwise stop it.
+    if backend.wait_for(Duration::from_secs(2)).is_none() {
+        backend.stop(Duration::from_secs(3));
+    }
+    if let Some(t) = console_thread {
+        let _ = t.join();
+    }
+    if let Some(t) = stderr_thread {
+        let _ = t.join();
+    }
+    for (ev, at) in rx.try_iter() {
+        note(ev, at, &mut guest_rc);
+    }
+    let _ = std::fs::remove_file(&socket);
+    info!("logs: {}", run_dir.display());
+    result?;
+
+    match guest_rc {
+        Some((rc, at)) => {
+            if let Some(s) = qemu_status.filter(|s| !s.success()) {
+                warn!(
+                    "QEMU exited with {s} after the guest finished; see {}",
+                    qemu_log.display()
+                );
+            }
+            let outcome = Outcome {
+                guest_rc: rc,
+                run_dir,
+                render_ready: render_ready.map(|r| r.duration_since(started)),
+                guest_done: at.duration_since(started),
+            };
+            match outcome.render_ready {
+                Some(r) => info!(
+                    "guest exit {rc}: render node ready {:.1} s and guest done {:.1} s after QEMU start",
+                    r.as_secs_f64(),
+                    outcome.guest_done.as_secs_f64()
+                ),
+                None => info!("guest exit {rc} {:.1} s after QEMU start (no render node line)", outcome.guest_done.as_secs_f64()),
+            }
+            Ok(outcome)
+        }
+        None => Err(Error::QemuExited {
+            status: qemu_status.map_or_else(|| "unknown status".to_string(), |s| s.to_string()),
+            log: qemu_log.clone(),
+            tail: log_tail(&qemu_log),
+        }),
+    }
+}
+
+fn start_backend(vm: &VmConfig, socket: &Path, run_dir: &Path) -> Result<ChildGuard, Error> {
+    let log_path = run_dir.join("backend.log");
+    let log = File::create(&log_path)
+        .map_err(|e| Error::io(format!("create {}", log_path.display()), e))?;
+    let log2 = log
+        .try_clone()
+        .map_err(|e| Error::io("duplicate backend log fd", e))?;
+    let args = vm.backend.render(socket, &vm.name);
+    let mut cmd = Command::new(&vm.backend.program);
+    cmd.args(&args)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2)
+        .env("GPUVISOR_VM_NAME", &vm.name);
+    harden(&mut cmd, true);
+    info!(
+        "starting backend: {}",
+        shell_quote(&vm.backend.program, &args)
+    );
+    info!("backend log: {}", log_path.display());
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("start backend {}", vm.backend.program.display()), e))?;
+    Ok(ChildGuard::new("backend", child))
+}
+
+fn wait_for_socket(
+    backend: &mut ChildGuard,
+    socket: &Path,
+    timeout: Duration,
+    log: &Path,
+) -> Result<(), Error> {
+    let start = Instant::now();
+    // Only existence is checked: connecting to test it would count as the one
+    // frontend connection of backends that serve a single client and then exit.
+    while !socket.exists() {
+        if let Some(sig) = signalled() {
+            return Err(Error::Interrupted(sig));
+        }
+        if let Some(status) = backend.try_wait() {
+            return Err(Error::BackendExited {
+                status: status.to_string(),
+                log: log.to_path_buf(),
+                tail: log_tail(log),
+            });
+        }
+        if start.elapsed() >= timeout {
+            return Err(Error::BackendNoSocket {
+                socket: socket.to_path_buf(),
+                secs: timeout.as_secs(),
+                log: log.to_path_buf(),
+                tail: log_tail(log),
+            });
+        }
+        std::thread::sleep(POLL);
+    }
+    info!(
+        "backend socket ready after {} ms",
+        start.elapsed().as_millis()
+    );
+    Ok(())
+}
+
+/// Copies QEMU's stderr to our stderr and its log file.
+fn tee_stderr(mut input: impl Read, mut log: File) {
+    let mut buf = [0u8; 4096];
+    while let Ok(n) = input.read(&mut buf) {
+        if n == 0 {
+            break;
+        }
+        let _ = log.write_all(&buf[..n]);
+        let _ = std::io::stderr().write_all(&buf[..n]);
+    }
+}
+
+/// The last lines of a log, indented, for error messages.
+pub fn log_tail(path: &Path) -> String {
+    let Ok(mut f) = File::open(path) else {
+        return String::new();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(2048)));
+    let mut buf = Vec::new();
+    let _ = f.read_to_end(&mut buf);
+    let text = String::from_utf8_lossy(&buf);
+    let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+    lines[lines.len().saturating_sub(8)..]
+        .iter()
+        .map(|l| format!("\n    | {l}"))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::{AccelChoice, BackendCommand};
+
+    fn scratch(tag: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("gpuvisor-launch-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    fn script(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    /// A VM whose "QEMU" and "backend" are shell scripts playing their parts.
+    fn fake_vm(dir: &Path, qemu_body: &str, backend_body: &str, timeout_s: u64) -> VmConfig {
+        VmConfig {
+            name: "fake".into(),
+            memory_mib: 128,
+            vcpus: 1,
+            kernel: "/k".into(),
+            initramfs: "/i".into(),
+            cmdline: String::new(),
+            share_dir: None,
+            accel: AccelChoice::Tcg,
+            backend: BackendCommand {
+                program: script(dir, "backend", backend_body),
+                args: vec!["{socket}".into()],
+            },
+            backend_start_timeout_s: 2,
+            timeout_s,
+            interactive: false,
+            qemu: script(dir, "qemu", qemu_body),
+        }
+    }
+
+    const LISTEN: &str = "touch \"$1\"; exec sleep 30";
+
+    #[test]
+    fn guest_exit_line_gives_the_rc() {
+        let d = scratch("rc");
+        let vm = fake_vm(
+            &d,
+            "echo 'gpuvisor-guest: render node ready after 1 ms'; echo 'gpuvisor-guest: exit 7'",
+            LISTEN,
+            20,
+        );
+        let out = run(
+            &vm,
+            Accel::Tcg,
+            &RunOptions {
+                run_dir: Some(d.join("run")),
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert_eq!(out.guest_rc, 7);
+        assert!(out.render_ready.is_some());
+        let console = std::fs::read_to_string(d.join("run/console.log")).unwrap();
+        assert!(console.contains("gpuvisor-guest: exit 7"));
+        assert!(!d.join("run/vgpu.sock").exists(), "socket left behind");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn qemu_dying_without_exit_line_is_an_error() {
+        let d = scratch("die");
+        let vm = fake_vm(&d, "echo 'qemu: boom' >&2; exit 1", LISTEN, 20);
+        let e = run(
+            &vm,
+            Accel::Tcg,
+            &RunOptions {
+                run_dir: Some(d.join("run")),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::QemuExited { .. }), "{e}");
+        assert!(e.to_string().contains("boom"), "{e}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn timeout_kills_and_reports() {
+        let d = scratch("timeout");
+        let vm = fake_vm(&d, "exec sleep 30", LISTEN, 1);
+        let start = Instant::now();
+        let e = run(
+            &vm,
+            Accel::Tcg,
+            &RunOptions {
+                run_dir: Some(d.join("run")),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::Timeout { secs: 1, .. }), "{e}");
+        assert!(start.elapsed() < Duration::from_secs(10));
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn backend_without_socket_is_reported_with_its_log() {
+        let d = scratch("nosock");
+        let vm = fake_vm(&d, "exit 0", "echo 'no GPU here' >&2; exit 3", 20);
+        let e = run(
+            &vm,
+            Accel::Tcg,
+            &RunOptions {
+                run_dir: Some(d.join("run")),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::BackendExited { .. }), "{e}");
+        assert!(e.to_string().contains("no GPU here"), "{e}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn socket_path_length_is_checked() {
+        let d = scratch("long");
+        let vm = fake_vm(&d, "exit 0", LISTEN, 20);
+        let long = d.join("x".repeat(120));
+        let e = run(
+            &vm,
+            Accel::Tcg,
+            &RunOptions {
+                run_dir: Some(long),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+        assert!(matches!(e, Error::SocketPathTooLong(_)), "{e}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+}

@@ -1,0 +1,802 @@
+//! The VM spec (TOML), the command-line overrides on top of it, and validation into a
+//! `VmConfig` that names every file by absolute path and is ready to launch.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::Error;
+
+/// Kernel command line limit on x86-64 (COMMAND_LINE_SIZE), including the final NUL.
+const MAX_CMDLINE: usize = 2047;
+const MIN_MEMORY_MIB: u64 = 128;
+const MAX_VCPUS: u32 = 255;
+/// 9p mount tag of `share_dir`; the guest's /init mounts it at /mnt/host.
+pub const SHARE_TAG: &str = "hostshare";
+/// Name of the backend binary looked up next to gpuvisor-vm and on PATH.
+pub const DEFAULT_BACKEND: &str = "gpuvisor-backend";
+pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
+
+/// Which accelerator QEMU uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AccelChoice {
+    /// KVM if a quick boot probe shows a KVM guest runs, else TCG.
+    #[default]
+    Auto,
+    /// KVM, no probe (-cpu host)
+    Kvm,
+    /// TCG emulation, multi-threaded (-cpu max)
+    Tcg,
+}
+
+/// Which engine the gpuvisor backend runs guest work on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Engine {
+    /// The backend picks: cuda if a GPU is usable, else sim
+    #[default]
+    Auto,
+    /// Run guest work on the host GPU
+    Cuda,
+    /// Simulate the GPU on the host CPU
+    Sim,
+}
+
+impl fmt::Display for Engine {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Engine::Auto => "auto",
+            Engine::Cuda => "cuda",
+            Engine::Sim => "sim",
+        })
+    }
+}
+
+/// The `[backend]` table.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BackendSpec {
+    /// gpuvisor-backend binary; default: next to gpuvisor-vm, else on PATH.
+    pub binary: Option<PathBuf>,
+    pub engine: Engine,
+    /// GPU memory quota the VM sees, in MiB; default: the backend's own.
+    pub quota_mib: Option<u64>,
+    /// Arguments appended to the backend's command line.
+    pub extra_args: Vec<String>,
+    /// Whole backend command line instead of the gpuvisor-backend one, for other
+    /// vhost-user-gpu backends; `{socket}` and `{name}` are substituted.
+    pub command: Option<Vec<String>>,
+    /// How long to wait for the backend to create its socket.
+    pub start_timeout_s: u64,
+}
+
+impl Default for BackendSpec {
+    fn default() -> Self {
+        BackendSpec {
+            binary: None,
+            engine: Engine::Auto,
+            quota_mib: None,
+            extra_args: Vec::new(),
+            command: None,
+            start_timeout_s: 10,
+        }
+    }
+}
+
+/// A VM spec as written in TOML. Relative paths are relative to the spec file.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VmSpec {
+    pub name: String,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub kernel: Option<PathBuf>,
+    pub initramfs: Option<PathBuf>,
+    /// Appended to the guest kernel command line.
+    pub cmdline_extra: String,
+    /// Host directory the guest sees read-only at /mnt/host (9p, tag `hostshare`).
+    pub share_dir: Option<PathBuf>,
+    pub accel: AccelChoice,
+    pub backend: BackendSpec,
+    /// Wall-clock limit for the whole run; 0 means none.
+    pub timeout_s: u64,
+    /// Command the guest runs (gpuvisor.run); default: every test in /opt/gpuvisor/tests.
+    pub run: Option<String>,
+    /// Start a shell on the console instead of powering off (gpuvisor.shell=1).
+    pub shell: bool,
+    /// QEMU binary; default: qemu-system-x86_64 on PATH.
+    pub qemu: Option<PathBuf>,
+}
+
+impl Default for VmSpec {
+    fn default() -> Self {
+        VmSpec {
+            name: "vm".to_string(),
+            memory_mib: 1024,
+            vcpus: 2,
+            kernel: None,
+            initramfs: None,
+            cmdline_extra: String::new(),
+            share_dir: None,
+            accel: AccelChoice::Auto,
+            backend: BackendSpec::default(),
+            timeout_s: 300,
+            run: None,
+            shell: false,
+            qemu: None,
+        }
+    }
+}
+
+impl VmSpec {
+    /// Reads a spec file; relative paths in it become relative to its directory.
+    pub fn load(path: &Path) -> Result<VmSpec, Error> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::io(format!("read spec {}", path.display()), e))?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        VmSpec::from_toml(&text, &base).map_err(|message| Error::SpecParse {
+            path: path.to_path_buf(),
+            message,
+        })
+    }
+
+    /// Parses TOML text, resolving relative paths against `base`.
+    pub fn from_toml(text: &str, base: &Path) -> Result<VmSpec, String> {
+        let mut spec: VmSpec = toml::from_str(text).map_err(|e| e.to_string())?;
+        let fix = |p: &mut Option<PathBuf>| {
+            if let Some(path) = p {
+                if path.is_relative() {
+                    *path = base.join(&*path);
+                }
+            }
+        };
+        fix(&mut spec.kernel);
+        fix(&mut spec.initramfs);
+        fix(&mut spec.share_dir);
+        fix(&mut spec.backend.binary);
+        // A bare qemu name ("qemu-system-x86_64") is looked up on PATH, not in base.
+        if spec
+            .qemu
+            .as_ref()
+            .is_some_and(|q| q.components().count() > 1)
+        {
+            fix(&mut spec.qemu);
+        }
+        Ok(spec)
+    }
+
+    /// Applies command-line flags on top of the spec (flags win).
+    pub fn apply(&mut self, o: &Overrides) {
+        if let Some(v) = &o.name {
+            self.name = v.clone();
+        }
+        if let Some(v) = o.memory_mib {
+            self.memory_mib = v;
+        }
+        if let Some(v) = o.vcpus {
+            self.vcpus = v;
+        }
+        if let Some(v) = &o.kernel {
+            self.kernel = Some(v.clone());
+        }
+        if let Some(v) = &o.initramfs {
+            self.initramfs = Some(v.clone());
+        }
+        if let Some(v) = &o.cmdline_extra {
+            if self.cmdline_extra.is_empty() {
+                self.cmdline_extra = v.clone();
+            } else {
+                self.cmdline_extra = format!("{} {}", self.cmdline_extra, v);
+            }
+        }
+        if let Some(v) = &o.share_dir {
+            self.share_dir = Some(v.clone());
+        }
+        if let Some(v) = o.accel {
+            self.accel = v;
+        }
+        if let Some(v) = o.timeout_s {
+            self.timeout_s = v;
+        }
+        if let Some(v) = &o.run {
+            self.run = Some(v.clone());
+        }
+        if o.shell {
+            self.shell = true;
+        }
+        if let Some(v) = &o.qemu {
+            self.qemu = Some(v.clone());
+        }
+        if let Some(v) = &o.backend {
+            self.backend.binary = Some(v.clone());
+        }
+        if let Some(v) = o.engine {
+            self.backend.engine = v;
+        }
+        if let Some(v) = o.quota_mib {
+            self.backend.quota_mib = Some(v);
+        }
+        self.backend
+            .extra_args
+            .extend(o.backend_arg.iter().cloned());
+        if let Some(v) = &o.backend_cmd {
+            self.backend.command = Some(v.split_whitespace().map(str::to_string).collect());
+        }
+    }
+
+    /// Checks every field and resolves paths; reports all problems at once.
+    pub fn validate(&self) -> Result<VmConfig, Error> {
+        let mut errs = FieldErrors::default();
+
+        let name_ok = !self.name.is_empty()
+            && self.name.len() <= 40
+            && self
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+        if !name_ok {
+            errs.push(
+                "name",
+                format!(
+                    "{:?} must be 1 to 40 characters of [A-Za-z0-9._-]",
+                    self.name
+                ),
+            );
+        }
+
+        if self.memory_mib < MIN_MEMORY_MIB {
+            errs.push(
+                "memory_mib",
+                format!(
+                    "{} MiB is below the minimum of {MIN_MEMORY_MIB} MiB",
+                    self.memory_mib
+                ),
+            );
+        } else if let Some(host) = host_memory_mib() {
+            if self.memory_mib > host {
+                errs.push(
+                    "memory_mib",
+                    format!(
+                        "{} MiB exceeds this host's {host} MiB of RAM",
+                        self.memory_mib
+                    ),
+                );
+            }
+        }
+        if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
+            errs.push(
+                "vcpus",
+                format!("{} is not between 1 and {MAX_VCPUS}", self.vcpus),
+            );
+        }
+
+        let kernel = errs.file("kernel", self.kernel.as_deref());
+        let initramfs = errs.file("initramfs", self.initramfs.as_deref());
+
+        let share_dir = match &self.share_dir {
+            None => None,
+            Some(d) if d.is_dir() => Some(absolute(d)),
+            Some(d) => {
+                errs.push("share_dir", format!("{} is not a directory", d.display()));
+                None
+            }
+        };
+
+        let qemu = match &self.qemu {
+            Some(q) => match find_program(q) {
+                Some(p) => Some(p),
+                None => {
+                    errs.push(
+                        "qemu",
+                        format!("{} not found or not executable", q.display()),
+                    );
+                    None
+                }
+            },
+            None => match find_program(Path::new(DEFAULT_QEMU)) {
+                Some(p) => Some(p),
+                None => {
+                    errs.push("qemu", format!("{DEFAULT_QEMU} not on PATH; install QEMU 10 (scripts/install-prereqs.sh) or set qemu"));
+                    None
+                }
+            },
+        };
+
+        let backend = self.backend_command(&mut errs);
+
+        if let Some(run) = &self.run {
+            if run.trim().is_empty() {
+                errs.push("run", "is empty".to_string());
+            } else if run.contains(',') || run.contains('"') || run.chars().any(|c| c.is_control())
+            {
+                errs.push("run", format!("{run:?} may not contain commas, double quotes or control characters (it travels on the kernel command line, spaces as commas)"));
+            }
+        }
+        if self.cmdline_extra.contains('\n') {
+            errs.push("cmdline_extra", "may not contain a newline".to_string());
+        }
+        let cmdline = self.guest_cmdline();
+        if cmdline.len() > MAX_CMDLINE {
+            errs.push(
+                "cmdline_extra",
+                format!(
+                    "guest command line is {} bytes, the kernel takes at most {MAX_CMDLINE}",
+                    cmdline.len()
+                ),
+            );
+        }
+        if self.backend.start_timeout_s == 0 {
+            errs.push("backend.start_timeout_s", "must be at least 1".to_string());
+        }
+
+        errs.finish()?;
+        // Every None above pushed an error, and finish() returned it.
+        match (kernel, initramfs, qemu, backend) {
+            (Some(kernel), Some(initramfs), Some(qemu), Some(backend)) => Ok(VmConfig {
+                name: self.name.clone(),
+                memory_mib: self.memory_mib,
+                vcpus: self.vcpus,
+                kernel,
+                initramfs,
+                cmdline,
+                share_dir,
+                accel: self.accel,
+                backend,
+                backend_start_timeout_s: self.backend.start_timeout_s,
+                timeout_s: self.timeout_s,
+                interactive: self.shell,
+                qemu,
+            }),
+            _ => Err(Error::InvalidSpec(vec![
+                "internal: validation incomplete".to_string()
+            ])),
+        }
+    }
+
+    /// The guest kernel command line: console, panic-to-poweroff, gpuvisor.* keys, extra.
+    pub fn guest_cmdline(&self) -> String {
+        // panic=-1 reboots at once on a guest panic; with -no-reboot QEMU then exits
+        // instead of hanging until the timeout.
+        let mut parts = vec![
+            "console=ttyS0".to_string(),
+            "quiet".to_string(),
+            "panic=-1".to_string(),
+        ];
+        if self.share_dir.is_some() {
+            parts.push(format!("gpuvisor.share={SHARE_TAG}"));
+        }
+        if let Some(run) = &self.run {
+            let words: Vec<&str> = run.split_whitespace().collect();
+            parts.push(format!("gpuvisor.run={}", words.join(",")));
+        }
+        if self.shell {
+            parts.push("gpuvisor.shell=1".to_string());
+        }
+        let extra = self.cmdline_extra.trim();
+        if !extra.is_empty() {
+            parts.push(extra.to_string());
+        }
+        parts.join(" ")
+    }
+
+    fn backend_command(&self, errs: &mut FieldErrors) -> Option<BackendCommand> {
+        if let Some(cmd) = &self.backend.command {
+            let Some((program, args)) = cmd.split_first() else {
+                errs.push("backend.command", "is empty".to_string());
+                return None;
+            };
+            if !cmd.iter().any(|a| a.contains("{socket}")) {
+                errs.push(
+                    "backend.command",
+                    "has no {socket} placeholder; the backend must be told where to listen"
+                        .to_string(),
+                );
+            }
+            let program = match find_program(Path::new(program)) {
+                Some(p) => p,
+                None => {
+                    errs.push(
+                        "backend.command",
+                        format!("program {program} not found or not executable"),
+                    );
+                    return None;
+                }
+            };
+            let mut args: Vec<String> = args.to_vec();
+            args.extend(self.backend.extra_args.iter().cloned());
+            return Some(BackendCommand { program, args });
+        }
+
+        let program = match &self.backend.binary {
+            Some(b) => match find_program(b) {
+                Some(p) => p,
+                None => {
+                    errs.push(
+                        "backend.binary",
+                        format!("{} not found or not executable", b.display()),
+                    );
+                    return None;
+                }
+            },
+            None => match default_backend() {
+                Some(p) => p,
+                None => {
+                    errs.push(
+                        "backend.binary",
+                        format!("{DEFAULT_BACKEND} is neither next to gpuvisor-vm nor on PATH; set backend.binary or backend.command (--backend / --backend-cmd)"),
+                    );
+                    return None;
+                }
+            },
+        };
+        let mut args = vec![
+            "--socket-path".to_string(),
+            "{socket}".to_string(),
+            "--engine".to_string(),
+            self.backend.engine.to_string(),
+        ];
+        if let Some(q) = self.backend.quota_mib {
+            args.push("--quota-mib".to_string());
+            args.push(q.to_string());
+        }
+        args.push("--vm-name".to_string());
+        args.push("{name}".to_string());
+        args.extend(self.backend.extra_args.iter().cloned());
+        Some(BackendCommand { program, args })
+    }
+}
+
+/// Command-line flags that override spec fields.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Overrides {
+    /// VM name (used for the run directory, logs and the backend's --vm-name)
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Guest RAM in MiB [spec default: 1024]
+    #[arg(long, value_name = "MIB")]
+    pub memory_mib: Option<u64>,
+    /// Number of vCPUs [spec default: 2]
+    #[arg(long, value_name = "N")]
+    pub vcpus: Option<u32>,
+    /// Guest kernel (e.g. build/guest/vmlinuz from images/build-guest.sh)
+    #[arg(long, value_name = "PATH")]
+    pub kernel: Option<PathBuf>,
+    /// Guest initramfs (e.g. build/guest/initramfs.cpio.gz)
+    #[arg(long, value_name = "PATH")]
+    pub initramfs: Option<PathBuf>,
+    /// Extra guest kernel command line, appended to the spec's
+    #[arg(long, value_name = "ARGS", allow_hyphen_values = true)]
+    pub cmdline_extra: Option<String>,
+    /// Host directory the guest mounts read-only at /mnt/host (9p)
+    #[arg(long, value_name = "DIR")]
+    pub share_dir: Option<PathBuf>,
+    /// Accelerator: auto probes KVM and falls back to TCG
+    #[arg(long, value_enum)]
+    pub accel: Option<AccelChoice>,
+    /// Give up (and kill the VM) after this many seconds; 0 means never [spec default: 300]
+    #[arg(long, value_name = "SECS")]
+    pub timeout_s: Option<u64>,
+    /// Command the guest runs instead of its test programs, e.g. "cat /mnt/host/hello.txt"
+    #[arg(long, value_name = "CMD")]
+    pub run: Option<String>,
+    /// Give a shell on the console after the guest command, instead of powering off
+    #[arg(long)]
+    pub shell: bool,
+    /// QEMU binary or wrapper (e.g. a bundle's bin/qemu-system-x86_64)
+    #[arg(long, value_name = "PATH")]
+    pub qemu: Option<PathBuf>,
+    /// gpuvisor-backend binary [default: next to gpuvisor-vm, else on PATH]
+    #[arg(long, value_name = "PATH")]
+    pub backend: Option<PathBuf>,
+    /// Backend engine
+    #[arg(long, value_enum)]
+    pub engine: Option<Engine>,
+    /// GPU memory quota the VM sees, in MiB
+    #[arg(long, value_name = "MIB")]
+    pub quota_mib: Option<u64>,
+    /// Extra argument for the backend (repeatable)
+    #[arg(long, value_name = "ARG", allow_hyphen_values = true)]
+    pub backend_arg: Vec<String>,
+    /// Whole backend command instead of gpuvisor-backend's, split on whitespace, with
+    /// {socket} and {name} substituted; e.g. "/usr/lib/qemu/vhost-user-gpu --socket-path={socket}"
+    #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
+    pub backend_cmd: Option<String>,
+}
+
+/// The backend's command line before `{socket}` and `{name}` are substituted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BackendCommand {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+}
+
+impl BackendCommand {
+    pub fn render(&self, socket: &Path, name: &str) -> Vec<OsString> {
+        let socket = socket.to_string_lossy();
+        self.args
+            .iter()
+            .map(|a| OsString::from(a.replace("{socket}", &socket).replace("{name}", name)))
+            .collect()
+    }
+}
+
+/// A validated VM: everything a launch needs, with absolute paths.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmConfig {
+    pub name: String,
+    pub memory_mib: u64,
+    pub vcpus: u32,
+    pub kernel: PathBuf,
+    pub initramfs: PathBuf,
+    pub cmdline: String,
+    pub share_dir: Option<PathBuf>,
+    pub accel: AccelChoice,
+    pub backend: BackendCommand,
+    pub backend_start_timeout_s: u64,
+    pub timeout_s: u64,
+    /// The guest gives a shell: QEMU gets the terminal as its stdin.
+    pub interactive: bool,
+    pub qemu: PathBuf,
+}
+
+#[derive(Default)]
+struct FieldErrors(Vec<String>);
+
+impl FieldErrors {
+    fn push(&mut self, field: &str, msg: String) {
+        self.0.push(format!("{field}: {msg}"));
+    }
+
+    fn file(&mut self, field: &str, path: Option<&Path>) -> Option<PathBuf> {
+        match path {
+            None => {
+                self.push(
+                    field,
+                    format!("required (set `{field}` in the spec or --{field})"),
+                );
+                None
+            }
+            Some(p) if p.is_file() => Some(absolute(p)),
+            Some(p) => {
+                self.push(
+                    field,
+                    format!("{} does not exist or is not a file", p.display()),
+                );
+                None
+            }
+        }
+    }
+
+    fn finish(self) -> Result<(), Error> {
+        if self.0.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::InvalidSpec(self.0))
+        }
+    }
+}
+
+fn absolute(p: &Path) -> PathBuf {
+    std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
+fn is_executable(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    p.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+/// Resolves a program like the shell does: a path with a slash is taken as is,
+/// a bare name is looked up on PATH. The result is absolute.
+pub fn find_program(p: &Path) -> Option<PathBuf> {
+    if p.components().count() > 1 || p.is_absolute() {
+        return is_executable(p).then(|| absolute(p));
+    }
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|d| d.join(p))
+        .find(|c| is_executable(c))
+        .map(|c| absolute(&c))
+}
+
+fn default_backend() -> Option<PathBuf> {
+    let beside = std::env::current_exe()
+        .ok()?
+        .parent()?
+        .join(DEFAULT_BACKEND);
+    if is_executable(&beside) {
+        return Some(beside);
+    }
+    find_program(Path::new(DEFAULT_BACKEND))
+}
+
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    struct Scratch(PathBuf);
+    impl Scratch {
+        fn new(tag: &str) -> Scratch {
+            let d = std::env::temp_dir()
+                .join(format!("gpuvisor-spec-test-{tag}-{}", std::process::id()));
+            let _ = std::fs::remove_dir_all(&d);
+            std::fs::create_dir_all(&d).unwrap();
+            Scratch(d)
+        }
+        fn file(&self, name: &str, mode: u32) -> PathBuf {
+            use std::os::unix::fs::PermissionsExt;
+            let p = self.0.join(name);
+            std::fs::File::create(&p).unwrap().write_all(b"x").unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+            p
+        }
+    }
+    impl Drop for Scratch {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    #[test]
+    fn defaults_fill_missing_fields() {
+        let s = VmSpec::from_toml("name = \"a\"\nkernel = \"k\"\n", Path::new("/specs")).unwrap();
+        assert_eq!(s.memory_mib, 1024);
+        assert_eq!(s.vcpus, 2);
+        assert_eq!(s.accel, AccelChoice::Auto);
+        assert_eq!(s.backend.engine, Engine::Auto);
+        assert_eq!(s.kernel.as_deref(), Some(Path::new("/specs/k")));
+    }
+
+    #[test]
+    fn unknown_field_is_rejected_by_name() {
+        let e = VmSpec::from_toml("memory_mb = 512\n", Path::new("/")).unwrap_err();
+        assert!(e.contains("memory_mb"), "{e}");
+        let e = VmSpec::from_toml("[backend]\nengin = \"sim\"\n", Path::new("/")).unwrap_err();
+        assert!(e.contains("engin"), "{e}");
+    }
+
+    #[test]
+    fn bare_qemu_name_stays_a_path_lookup() {
+        let s = VmSpec::from_toml("qemu = \"qemu-system-x86_64\"\n", Path::new("/specs")).unwrap();
+        assert_eq!(s.qemu.as_deref(), Some(Path::new("qemu-system-x86_64")));
+        let s = VmSpec::from_toml("qemu = \"bundle/bin/qemu\"\n", Path::new("/specs")).unwrap();
+        assert_eq!(s.qemu.as_deref(), Some(Path::new("/specs/bundle/bin/qemu")));
+    }
+
+    #[test]
+    fn flags_override_spec() {
+        let mut s =
+            VmSpec::from_toml("vcpus = 4\ncmdline_extra = \"a=1\"\n", Path::new("/")).unwrap();
+        s.apply(&Overrides {
+            vcpus: Some(1),
+            cmdline_extra: Some("b=2".into()),
+            backend_cmd: Some("/bin/x --s={socket}  -v".into()),
+            ..Default::default()
+        });
+        assert_eq!(s.vcpus, 1);
+        assert_eq!(s.cmdline_extra, "a=1 b=2");
+        assert_eq!(
+            s.backend.command,
+            Some(vec!["/bin/x".into(), "--s={socket}".into(), "-v".into()])
+        );
+    }
+
+    #[test]
+    fn validation_names_each_bad_field() {
+        let spec = VmSpec {
+            name: "bad name".into(),
+            memory_mib: 64,
+            vcpus: 0,
+            kernel: Some("/nonexistent/vmlinuz".into()),
+            initramfs: None,
+            run: Some("a,b".into()),
+            backend: BackendSpec {
+                binary: Some("/nonexistent/backend".into()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let Err(Error::InvalidSpec(errs)) = spec.validate() else {
+            panic!("expected InvalidSpec")
+        };
+        for field in [
+            "name:",
+            "memory_mib:",
+            "vcpus:",
+            "kernel:",
+            "initramfs:",
+            "run:",
+            "backend.binary:",
+        ] {
+            assert!(
+                errs.iter().any(|e| e.starts_with(field)),
+                "no error for {field}: {errs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn valid_spec_resolves_backend_command() {
+        let d = Scratch::new("valid");
+        let kernel = d.file("vmlinuz", 0o644);
+        let initramfs = d.file("initramfs", 0o644);
+        let backend = d.file("be", 0o755);
+        let qemu = d.file("qemu", 0o755);
+        let spec = VmSpec {
+            kernel: Some(kernel.clone()),
+            initramfs: Some(initramfs),
+            qemu: Some(qemu),
+            share_dir: Some(d.0.clone()),
+            backend: BackendSpec {
+                binary: Some(backend.clone()),
+                engine: Engine::Sim,
+                quota_mib: Some(512),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let vm = spec.validate().unwrap();
+        assert_eq!(vm.kernel, kernel);
+        assert_eq!(vm.backend.program, backend);
+        let args = vm.backend.render(Path::new("/run/x/vgpu.sock"), "vm");
+        let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args,
+            [
+                "--socket-path",
+                "/run/x/vgpu.sock",
+                "--engine",
+                "sim",
+                "--quota-mib",
+                "512",
+                "--vm-name",
+                "vm"
+            ]
+        );
+        assert!(vm.cmdline.contains("gpuvisor.share=hostshare"));
+    }
+
+    #[test]
+    fn backend_command_needs_socket_placeholder() {
+        let d = Scratch::new("placeholder");
+        let be = d.file("be", 0o755);
+        let spec = VmSpec {
+            backend: BackendSpec {
+                command: Some(vec![be.to_string_lossy().into_owned(), "--x".into()]),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let Err(Error::InvalidSpec(errs)) = spec.validate() else {
+            panic!()
+        };
+        assert!(
+            errs.iter()
+                .any(|e| e.starts_with("backend.command:") && e.contains("{socket}")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn guest_cmdline_encodes_run_spaces_as_commas() {
+        let spec = VmSpec {
+            run: Some("cat  /mnt/host/hello.txt".into()),
+            shell: true,
+            cmdline_extra: "loglevel=7".into(),
+            ..Default::default()
+        };
+        assert_eq!(spec.guest_cmdline(), "console=ttyS0 quiet panic=-1 gpuvisor.run=cat,/mnt/host/hello.txt gpuvisor.shell=1 loglevel=7");
+    }
+}
