@@ -40,7 +40,7 @@ enum EngineChoice {
 #[command(name = "gpuvisor-backend", version, verbatim_doc_comment)]
 struct Args {
     /// Listen on this Unix socket path (created; an existing socket file is replaced).
-    #[arg(long, value_name = "PATH", conflicts_with = "fd", required_unless_present_any = ["fd", "print_capabilities"])]
+    #[arg(long, value_name = "PATH", conflicts_with = "fd", required_unless_present_any = ["fd", "print_capabilities", "print_engine"])]
     socket_path: Option<String>,
 
     /// Use this already-listening socket file descriptor (as libvirt passes it).
@@ -50,6 +50,10 @@ struct Args {
     /// Print the vhost-user capabilities as JSON and exit.
     #[arg(long)]
     print_capabilities: bool,
+
+    /// Print the engine --engine would use and its device name, then exit.
+    #[arg(long)]
+    print_engine: bool,
 
     /// Which engine runs the guest's CUDA work.
     #[arg(long, value_enum, default_value_t = EngineChoice::Auto)]
@@ -123,6 +127,11 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
 fn run(args: Args) -> Result<()> {
     if args.print_capabilities {
         println!("{{\n  \"type\": \"gpu\",\n  \"features\": []\n}}");
+        return Ok(());
+    }
+    if args.print_engine {
+        let engine = make_engine(&args)?;
+        println!("{} {}", engine.kind().as_str(), engine.device_info().name);
         return Ok(());
     }
     if args.render_node.is_some() {

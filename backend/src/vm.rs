@@ -224,6 +224,12 @@ impl Vm {
                 reply.status = CUDA_ERROR_INVALID_VALUE;
                 client.last_seq + 1
             }
+            Ok(batch) if batch.seq() != client.last_seq + 1 => {
+                let e = Error::OutOfOrder { got: batch.seq(), expected: client.last_seq + 1 };
+                warn!(vm = %self.name, ctx_id, "rejected batch: {e}");
+                reply.status = e.cu_result();
+                client.last_seq + 1
+            }
             Ok(batch) => {
                 for cmd in batch.commands() {
                     match cmd {

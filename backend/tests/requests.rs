@@ -92,6 +92,9 @@ impl Guest {
         let mut payload = vec![0u8; hdr.payload_len.get() as usize];
         self.mem.read_slice(&mut payload, GuestAddress(CONTROL_GPA + REPLY_PAYLOAD_OFFSET)).unwrap();
         assert_eq!(hdr.completed_seq.get(), hdr.reply_seq.get());
+        // A rejected batch still takes a sequence number, as the guest driver's
+        // raw submissions do.
+        self.seq = hdr.reply_seq.get();
         Answer { status: hdr.status.get(), deferred: hdr.deferred.get(), payload }
     }
 
@@ -169,9 +172,16 @@ fn garbage_batches_get_invalid_value_and_the_backend_keeps_serving() {
         assert_eq!(a.status, CUDA_ERROR_INVALID_VALUE);
         g.still_serves();
     }
+    // A batch out of sequence.
+    let mut w = BatchWriter::new();
+    w.begin(g.seq + 5);
+    w.push_empty(Opcode::CtxSynchronize, 0, PRIMARY_CTX);
+    let bytes = w.finish().to_vec();
+    assert_eq!(g.raw(&bytes).status, CUDA_ERROR_INVALID_VALUE);
+    g.still_serves();
     // A valid header followed by an unknown opcode.
     let mut w = BatchWriter::new();
-    w.begin(99);
+    w.begin(g.seq + 1);
     w.push(Opcode::MemAlloc, 0, PRIMARY_CTX, &MemAlloc { size: U64::new(8) }, &[]);
     let mut bytes = w.finish().to_vec();
     bytes[24..26].copy_from_slice(&777u16.to_le_bytes());
@@ -338,4 +348,63 @@ fn batches_from_unknown_contexts_or_without_a_session_fail_cleanly() {
     let bytes = w.finish().to_vec();
     assert!(g.vm.submit(&g.mem, 5, &bytes).is_err());
     g.still_serves();
+}
+
+#[test]
+fn the_guest_tests_ptx_runs_on_the_sim_engine() {
+    let mut g = Guest::new(64 * MIB);
+    let mut ptx = include_bytes!("../../guest-tests/kernels.ptx").to_vec();
+    ptx.push(0);
+    let load = ModuleLoad { module_id: U64::new(0x10), image_len: U64::new(ptx.len() as u64) };
+    assert_eq!(g.call(Opcode::ModuleLoad, 0, &load, &ptx).status, CUDA_SUCCESS);
+    let name = b"gv_vector_add_f32";
+    let gf = ModuleGetFunction {
+        module_id: U64::new(0x10),
+        func_id: U64::new(0x11),
+        name_len: U32::new(name.len() as u32),
+        _pad: U32::new(0),
+    };
+    let a = g.call(Opcode::ModuleGetFunction, 0, &gf, name);
+    assert_eq!(a.status, CUDA_SUCCESS);
+    let head = FunctionReply::read_from_prefix(&a.payload).unwrap().0;
+    assert_eq!(head.num_params.get(), 4);
+    let missing = ModuleGetFunction { func_id: U64::new(0x12), name_len: U32::new(4), ..gf };
+    assert_eq!(g.call(Opcode::ModuleGetFunction, 0, &missing, b"nope").status, CUDA_ERROR_NOT_FOUND);
+
+    let n = 1000u64;
+    let (pa, pb, pc) = (g.alloc(n * 4).unwrap(), g.alloc(n * 4).unwrap(), g.alloc(n * 4).unwrap());
+    let va: Vec<u8> = (0..n).flat_map(|i| (i as f32).to_le_bytes()).collect();
+    let vb: Vec<u8> = (0..n).flat_map(|i| (2.0 * i as f32 + 1.0).to_le_bytes()).collect();
+    g.htod_inline(pa, &va);
+    g.htod_inline(pb, &vb);
+    let mut params = Vec::new();
+    for v in [pa, pb, pc, n] {
+        params.extend_from_slice(&v.to_le_bytes());
+    }
+    let l = LaunchKernel {
+        func_id: U64::new(0x11),
+        stream: U64::new(0),
+        grid: [U32::new(4), U32::new(1), U32::new(1)],
+        block: [U32::new(256), U32::new(1), U32::new(1)],
+        shared_mem: U32::new(0),
+        params_len: U32::new(params.len() as u32),
+    };
+    let a = g.batch(&[
+        (Opcode::LaunchKernel, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &l, &params)),
+        (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+    ]);
+    assert_eq!((a.status, a.deferred), (CUDA_SUCCESS, CUDA_SUCCESS));
+    let out = g.dtoh_inline(pc, n * 4).payload;
+    for i in 0..n as usize {
+        let v = f32::from_le_bytes(out[i * 4..i * 4 + 4].try_into().unwrap());
+        assert_eq!(v, 3.0 * i as f32 + 1.0, "element {i}");
+    }
+    // A kernel pointer outside every allocation faults like a GPU would.
+    let mut bad = params.clone();
+    bad[16..24].copy_from_slice(&0x10u64.to_le_bytes());
+    let a = g.batch(&[
+        (Opcode::LaunchKernel, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &l, &bad)),
+        (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+    ]);
+    assert_eq!(a.deferred, CUDA_ERROR_ILLEGAL_ADDRESS);
 }

@@ -328,7 +328,7 @@ pub fn fuzz_one(data: &[u8]) {
             }
         }
     }
-    // TODO(module_image): crate::module_image::fuzz_one(data);
+    crate::module_image::fuzz_one(data);
 }
 
 #[cfg(test)]

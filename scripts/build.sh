@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Builds everything the demo and the tests use: the Rust workspace, the guest
+# test programs, and the guest image (kernel + initramfs with the guest driver
+# installed as libcuda.so.1). PROFILE=release|debug (default release).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+profile=${PROFILE:-release}
+flag=""; [ "$profile" = release ] && flag="--release"
+echo "build: cargo ($profile)"
+cargo build $flag --workspace --bins --lib
+echo "build: guest test programs"
+make -s -C guest-tests OUT="$PWD/build/guest-tests"
+echo "build: guest image"
+images/build-guest.sh --driver "target/$profile/libcuda.so" --tests build/guest-tests \
+    --extra "target/$profile/gpuvisor-probe:/usr/bin/gpuvisor-probe" --out build/guest

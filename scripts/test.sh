@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Installs what the tests need and runs every test: unit tests, the request-
+# path tests, the vhost-user direct transport tests, the VM tests (real QEMU,
+# real guest kernel, sim engine) and a bounded fuzzing run of the decoder.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+sudo_if_needed scripts/install-prereqs.sh
+PROFILE=debug scripts/build.sh
+echo "test: cargo test (unit, request path, direct transport, VMs)"
+cargo test --workspace -- --test-threads=1
+if [ "${GPUVISOR_SKIP_FUZZ:-0}" != 1 ]; then
+    echo "test: fuzzing the batch decoder and image parsers for ${FUZZ_SECONDS:-60} s"
+    command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+    (cd protocol && cargo +nightly fuzz run decode -- -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=2048 2>&1 | tail -n 3)
+fi
+echo "test: all passed"
