@@ -46,10 +46,10 @@ pub const MAX_KERNEL_PARAM_BYTES: u32 = 32764;
 /// makes the answer deterministic.
 pub const PREFERRED_SM: u32 = 90;
 
-/// Every way an image can fail to parse. The caller's answer to all of them is
-/// the same (ask the host), so the variants say what went wrong for logs and
-/// tests rather than for control flow, except [`ImageError::Truncated`], which
-/// [`image_len`] uses to ask for more bytes.
+/// Every way an image can fail to parse. The caller's answer to nearly all of
+/// them is the same (ask the host), so the variants say what went wrong for
+/// logs and tests. Two steer the caller: [`ImageError::Truncated`], with
+/// which [`image_len`] asks for more bytes, and [`ImageError::FatbinWrapper`].
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum ImageError {
     /// No ELF or fatbin magic, and no PTX directive in the text.
@@ -221,8 +221,9 @@ pub fn image_len(image: &[u8]) -> Result<usize, ImageError> {
         _ => match image.iter().position(|&b| b == 0) {
             Some(nul) => {
                 let len = nul.saturating_add(1);
-                if u64::try_from(len).map_or(true, |l| l > MAX_IMAGE_LEN) {
-                    return Err(ImageError::TooLarge { len: len as u64 });
+                let len64 = u64::try_from(len).unwrap_or(u64::MAX);
+                if len64 > MAX_IMAGE_LEN {
+                    return Err(ImageError::TooLarge { len: len64 });
                 }
                 Ok(len)
             }
@@ -629,7 +630,10 @@ struct NameFacts {
 
 fn cubin_kernels(data: &[u8], only: Option<&str>) -> Result<Vec<KernelInfo>, ImageError> {
     let elf = Elf::parse(data)?;
-    let wanted = |name: &[u8]| !name.is_empty() && only.map_or(true, |o| o.as_bytes() == name);
+    let wanted = |name: &[u8]| match only {
+        Some(o) => !name.is_empty() && o.as_bytes() == name,
+        None => !name.is_empty(),
+    };
     // (name, facts) pairs; sorted and merged below, so lookups stay
     // O(log n) in cubins with thousands of kernels.
     let mut names: Vec<(&[u8], NameFacts)> = Vec::new();
@@ -730,9 +734,11 @@ const EIATTR_KPARAM_INFO_V2: u8 = 0x45;
 ///   constant bank, and bits 18..32 are the size in bytes. This is the
 ///   layout cuobjdump prints field by field (`Ordinal`, `Offset`, `Size`,
 ///   `Pointee's logAlignment`, `Space`, `cbank`, `Parameter Space`) and the
-///   one VivekPanyam/cudaparsers (`src/cubin.rs`) decodes; Cricket's
-///   `cpu-elf2` and GVirtuS read the size the same way (the top 14 bits).
-///   Only `size = word >> 18` is used.
+///   one VivekPanyam/cudaparsers (`src/cubin.rs`) decodes; Cricket
+///   (`cpu-elf2.c`, a bitfield of 12 unknown bits, a 6-bit cbank and a
+///   14-bit size) reads the size from the same top 14 bits. Only `size =
+///   word >> 18` is used: the offset comes from its own field, and the
+///   pointee's alignment does not move the parameter.
 /// - `EIATTR_KPARAM_INFO_V2` (0x45, SVAL, 12 bytes; ptxas emits it for
 ///   kernels whose parameters pass the old 4 KiB limit): `u32 index, u16
 ///   ordinal, u16 offset, u16 size, u16 attributes`.
@@ -1655,19 +1661,15 @@ mod tests {
 
     #[test]
     fn cubin_len_counts_sections_past_the_table() {
-        // Move the section header table before a section: the section's end
-        // decides, and that end may lie past the bytes read so far.
+        // A section that lies after the section header table decides the
+        // length, even before its bytes have been read.
         let mut image = sample_cubin();
-        let shoff = u64::from_le_bytes(image[40..48].try_into().unwrap());
-        let table_len = image.len() as u64 - shoff;
-        let mut data_at_end = image[..shoff as usize].to_vec();
-        data_at_end.resize(data_at_end.len() + table_len as usize, 0);
-        image.truncate(shoff as usize + table_len as usize);
-        // Point section 1 at 1000 bytes past the current end.
-        let sh1 = shoff as usize + 64;
+        let shoff = u64::from_le_bytes(image[40..48].try_into().unwrap()) as usize;
         let far = image.len() as u64 + 1000;
+        let sh1 = shoff + 64; // .text._Z6vecAddPKfS0_Pfi, 0x80 bytes
         image[sh1 + 24..sh1 + 32].copy_from_slice(&far.to_le_bytes());
         assert_eq!(image_len(&image), Ok(far as usize + 0x80));
+        assert!(matches!(kernels(&image), Err(ImageError::Truncated { .. })));
     }
 
     #[test]
