@@ -278,6 +278,33 @@ impl Client {
         self.lock().pending_error.take()
     }
 
+    /// Sends `bytes` as one batch exactly as given (it takes the next sequence
+    /// number's place) and returns the reply's status. For probing the
+    /// backend with malformed input.
+    pub fn submit_raw(&self, bytes: &[u8]) -> Result<CuResult, CuResult> {
+        let mut inner = self.lock();
+        self.flush_locked(&mut inner)?;
+        let seq = inner.next_seq;
+        self.transport.submit(bytes, &[]).map_err(|_| CUDA_ERROR_UNKNOWN)?;
+        inner.next_seq += 1;
+        let next = inner.next_seq;
+        inner.writer.begin(next);
+        self.wait_seq(seq)?;
+        Ok(self.reply_header().status.get())
+    }
+
+    /// The sequence number the next batch will carry (for probes).
+    pub fn next_seq(&self) -> u64 {
+        let mut inner = self.lock();
+        let _ = self.flush_locked(&mut inner);
+        inner.next_seq
+    }
+
+    /// The resource id and size of the control buffer (for probes).
+    pub fn control_buffer(&self) -> (u32, usize) {
+        (self.control.resource_id, self.control.len)
+    }
+
     // ---- host memory -----------------------------------------------------
 
     /// Pinned host memory the backend can reach without a copy.

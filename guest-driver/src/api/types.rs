@@ -1,0 +1,158 @@
+//! The C types and constants of the CUDA driver ABI (`cuda.h`) that the
+//! exports use. Values are the driver's and must not change.
+
+use std::ffi::{c_char, c_int, c_uint, c_void};
+
+pub type CUresult = u32;
+pub type CUdevice = c_int;
+pub type CUdeviceptr = u64;
+/// The 32-bit device pointer of the pre-3.2 (`_v1`) entry points.
+pub type CUdeviceptr_v1 = c_uint;
+pub type cuuint64_t = u64;
+
+macro_rules! opaque {
+    ($($st:ident => $h:ident),* $(,)?) => {$(
+        #[repr(C)]
+        pub struct $st {
+            _opaque: [u8; 0],
+        }
+        pub type $h = *mut $st;
+    )*};
+}
+
+opaque! {
+    CUctx_st => CUcontext,
+    CUmod_st => CUmodule,
+    CUfunc_st => CUfunction,
+    CUstream_st => CUstream,
+    CUevent_st => CUevent,
+    CUlib_st => CUlibrary,
+    CUkern_st => CUkernel,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub struct CUuuid {
+    pub bytes: [c_char; 16],
+}
+
+/// `CUctxCreateParams` (CUDA 12.5+), taken by `cuCtxCreate_v4`.
+#[repr(C)]
+pub struct CUctxCreateParams {
+    pub execAffinityParams: *mut c_void,
+    pub numExecAffinityParams: c_int,
+    pub cigParams: *mut c_void,
+}
+
+/// `CUlaunchConfig`, taken by `cuLaunchKernelEx`.
+#[repr(C)]
+pub struct CUlaunchConfig {
+    pub gridDimX: c_uint,
+    pub gridDimY: c_uint,
+    pub gridDimZ: c_uint,
+    pub blockDimX: c_uint,
+    pub blockDimY: c_uint,
+    pub blockDimZ: c_uint,
+    pub sharedMemBytes: c_uint,
+    pub hStream: CUstream,
+    pub attrs: *mut c_void,
+    pub numAttrs: c_uint,
+}
+
+// CUstream special values.
+pub const CU_STREAM_LEGACY: u64 = 0x1;
+pub const CU_STREAM_PER_THREAD: u64 = 0x2;
+
+// Stream flags.
+pub const CU_STREAM_DEFAULT: c_uint = 0x0;
+pub const CU_STREAM_NON_BLOCKING: c_uint = 0x1;
+
+// Event flags.
+pub const CU_EVENT_DEFAULT: c_uint = 0x0;
+pub const CU_EVENT_BLOCKING_SYNC: c_uint = 0x1;
+pub const CU_EVENT_DISABLE_TIMING: c_uint = 0x2;
+pub const CU_EVENT_INTERPROCESS: c_uint = 0x4;
+pub const CU_EVENT_RECORD_EXTERNAL: c_uint = 0x1;
+pub const CU_EVENT_WAIT_EXTERNAL: c_uint = 0x1;
+
+// Context creation flags: scheduling (0..=4 in the low bits) and the rest.
+pub const CU_CTX_FLAGS_MASK: c_uint = 0xFF;
+
+// cuMemHostAlloc / cuMemHostRegister flags.
+pub const CU_MEMHOSTALLOC_FLAGS_MASK: c_uint = 0x7;
+pub const CU_MEMHOSTREGISTER_FLAGS_MASK: c_uint = 0xF;
+
+// CUmemorytype.
+pub const CU_MEMORYTYPE_HOST: c_uint = 1;
+pub const CU_MEMORYTYPE_DEVICE: c_uint = 2;
+
+// CUpointer_attribute.
+pub const CU_POINTER_ATTRIBUTE_CONTEXT: c_uint = 1;
+pub const CU_POINTER_ATTRIBUTE_MEMORY_TYPE: c_uint = 2;
+pub const CU_POINTER_ATTRIBUTE_DEVICE_POINTER: c_uint = 3;
+pub const CU_POINTER_ATTRIBUTE_HOST_POINTER: c_uint = 4;
+pub const CU_POINTER_ATTRIBUTE_BUFFER_ID: c_uint = 7;
+pub const CU_POINTER_ATTRIBUTE_IS_MANAGED: c_uint = 8;
+pub const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: c_uint = 9;
+pub const CU_POINTER_ATTRIBUTE_RANGE_START_ADDR: c_uint = 11;
+pub const CU_POINTER_ATTRIBUTE_RANGE_SIZE: c_uint = 12;
+pub const CU_POINTER_ATTRIBUTE_MAPPED: c_uint = 13;
+
+// CUlimit: the values CUDA 13 knows (CU_LIMIT_MAX = 11).
+pub const CU_LIMIT_STACK_SIZE: c_uint = 0;
+pub const CU_LIMIT_PRINTF_FIFO_SIZE: c_uint = 1;
+pub const CU_LIMIT_MALLOC_HEAP_SIZE: c_uint = 2;
+pub const CU_LIMIT_DEV_RUNTIME_SYNC_DEPTH: c_uint = 3;
+pub const CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT: c_uint = 4;
+pub const CU_LIMIT_MAX_L2_FETCH_GRANULARITY: c_uint = 5;
+pub const CU_LIMIT_PERSISTING_L2_CACHE_SIZE: c_uint = 6;
+pub const CU_LIMIT_MAX: c_uint = 11;
+
+// CUfunc_cache and CUsharedconfig ranges.
+pub const CU_FUNC_CACHE_MAX: c_uint = 3;
+pub const CU_SHARED_MEM_CONFIG_MAX: c_uint = 2;
+
+// CUfunction_attribute.
+pub const CU_FUNC_ATTRIBUTE_MAX_THREADS_PER_BLOCK: usize = 0;
+pub const CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES: usize = 1;
+pub const CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES: usize = 8;
+pub const CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT: usize = 9;
+pub const CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH: usize = 11;
+pub const CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE: usize = 15;
+
+// CUdevice_attribute values the driver reads itself.
+pub const CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK: usize = 1;
+pub const CU_DEVICE_ATTRIBUTE_MAX_BLOCK_DIM_X: usize = 2;
+pub const CU_DEVICE_ATTRIBUTE_MAX_GRID_DIM_X: usize = 5;
+pub const CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK: usize = 8;
+pub const CU_DEVICE_ATTRIBUTE_PCI_BUS_ID: usize = 33;
+pub const CU_DEVICE_ATTRIBUTE_PCI_DEVICE_ID: usize = 34;
+pub const CU_DEVICE_ATTRIBUTE_PCI_DOMAIN_ID: usize = 50;
+pub const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR: usize = 75;
+pub const CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR: usize = 76;
+pub const CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN: usize = 97;
+
+// CUjit_option values whose option slots the driver writes back.
+pub const CU_JIT_WALL_TIME: c_uint = 2;
+pub const CU_JIT_INFO_LOG_BUFFER: c_uint = 3;
+pub const CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES: c_uint = 4;
+pub const CU_JIT_ERROR_LOG_BUFFER: c_uint = 5;
+pub const CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES: c_uint = 6;
+
+// `extra` argument of cuLaunchKernel.
+pub const CU_LAUNCH_PARAM_END: usize = 0x00;
+pub const CU_LAUNCH_PARAM_BUFFER_POINTER: usize = 0x01;
+pub const CU_LAUNCH_PARAM_BUFFER_SIZE: usize = 0x02;
+
+// CUmoduleLoadingMode.
+pub const CU_MODULE_EAGER_LOADING: c_uint = 0x1;
+// CUfunctionLoadingState.
+pub const CU_FUNCTION_LOADING_STATE_LOADED: c_uint = 1;
+
+// cuGetProcAddress flags and CUdriverProcAddressQueryResult.
+pub const CU_GET_PROC_ADDRESS_DEFAULT: cuuint64_t = 0;
+pub const CU_GET_PROC_ADDRESS_LEGACY_STREAM: cuuint64_t = 1 << 0;
+pub const CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM: cuuint64_t = 1 << 1;
+pub const CU_GET_PROC_ADDRESS_SUCCESS: c_int = 0;
+pub const CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND: c_int = 1;
+pub const CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT: c_int = 2;
