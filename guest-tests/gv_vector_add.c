@@ -6,6 +6,7 @@
  * Every data value is an integer or half-integer well below 2^24, so the
  * results are exact in f32 and compared for equality.
  */
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +63,53 @@ static void check_vector_add(const struct gv_kernels *k)
 }
 
 /* Sets x (da) and y (db) for saxpy; returns alpha. */
+/* The same vector add from a cubin (ptxas output for sm_90, shipped next to
+ * the programs): the driver must lay out kernelParams from the cubin's own
+ * parameter table. Runs only where that file is present. */
+static void check_cubin(void)
+{
+    const char *path = getenv("GV_CUBIN");
+    char buf[4096];
+    if (!path) {
+        ssize_t n = readlink("/proc/self/exe", buf, sizeof buf - 64);
+        if (n <= 0)
+            return;
+        buf[n] = 0;
+        char *slash = strrchr(buf, '/');
+        strcpy(slash ? slash + 1 : buf, "gv_kernels_sm90.cubin");
+        path = buf;
+    }
+    FILE *f = fopen(path, "rb");
+    if (!f) {
+        gv_info("no cubin at %s; cubin check skipped", path);
+        return;
+    }
+    static unsigned char image[1 << 20];
+    size_t len = fread(image, 1, sizeof image, f);
+    fclose(f);
+    gv_st st = {0};
+    CUmodule m = NULL;
+    CUfunction fn = NULL;
+    CALL(st, CU(cuModuleLoadData)(&m, image));
+    CALL(st, CU(cuModuleGetFunction)(&fn, m, "gv_vector_add_f32"));
+    CALL(st, CU(cuMemsetD32)(dc, 0, N));
+    unsigned long long n = N;
+    void *args[] = {&da, &db, &dc, &n};
+    CALL(st, CU(cuLaunchKernel)(fn, N / 256, 1, 1, 256, 1, 1, 0, NULL, args, NULL));
+    CALL(st, CU(cuMemcpyDtoH)(hc, dc, N * sizeof(float)));
+    if (m)
+        CU(cuModuleUnload)(m);
+    if (st.rc != CUDA_SUCCESS) {
+        gv_check("cubin_vector_add", 0, "%s", gv_st_detail(&st));
+        return;
+    }
+    unsigned bad = 0;
+    for (unsigned i = 0; i < N; i++)
+        bad += hc[i] != ha[i] + hb[i];
+    gv_check("cubin_vector_add", bad == 0, "%zu-byte cubin, %u of %u wrong, fnv=%016llx", len, bad, N,
+             (unsigned long long)gv_fnv1a64(hc, N * sizeof(float)));
+}
+
 static float saxpy_inputs(void)
 {
     for (unsigned i = 0; i < N; i++) {
@@ -300,6 +348,7 @@ int main(void)
         gv_abort();
 
     check_vector_add(&k);
+    check_cubin();
     check_saxpy(&k, 0);
     check_fill(&k, 0);
     check_saxpy(&k, 1);
