@@ -230,6 +230,7 @@ impl VhostUserBackend for GpuBackend {
     }
 
     fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[VringRwLock], _thread: usize) -> io::Result<()> {
+        tracing::trace!(device_event, ?evset, "queue event");
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }
