@@ -686,19 +686,18 @@ impl Engine for CudaEngine {
                 }
             }
             HostSrc::Guest(span) => {
+                // One asynchronous copy per extent, queued back to back so the
+                // copy engine pipelines them (a guest buffer is many extents,
+                // typically 2 MiB pages); a synchronous copy then waits once.
+                // On the NULL stream this keeps the legacy stream's ordering.
                 for_each_extent(&span, dst, |host, dev, len| {
-                    if legacy_sync {
-                        // SAFETY: `host..host+len` lies in mapped guest RAM
-                        // (checked when the span was built).
-                        check(unsafe { sys::cuMemcpyHtoD_v2(dev, host.cast_const().cast(), len) })
-                    } else {
-                        // SAFETY: as above; guest RAM stays mapped until it is
-                        // unregistered, which first waits for all work.
-                        check(unsafe { sys::cuMemcpyHtoDAsync_v2(dev, host.cast_const().cast(), len, s) })
-                    }
+                    // SAFETY: `host..host+len` lies in mapped guest RAM (checked
+                    // when the span was built), which stays mapped until it is
+                    // unregistered, and that first waits for all work.
+                    check(unsafe { sys::cuMemcpyHtoDAsync_v2(dev, host.cast_const().cast(), len, s) })
                 })?;
-                if !async_ && !legacy_sync {
-                    // SAFETY: `s` is a stream of the current context.
+                if !async_ {
+                    // SAFETY: `s` is a stream of the current context or NULL.
                     check(unsafe { sys::cuStreamSynchronize(s) })?;
                 }
                 Ok(())
@@ -727,18 +726,15 @@ impl Engine for CudaEngine {
                 }
             }
             HostDst::Guest(span) => {
+                // As for host-to-device: queue every extent, then wait once.
                 for_each_extent(&span, src, |host, dev, len| {
-                    if legacy_sync {
-                        // SAFETY: `host..host+len` lies in mapped guest RAM.
-                        check(unsafe { sys::cuMemcpyDtoH_v2(host.cast(), dev, len) })
-                    } else {
-                        // SAFETY: as above; guest RAM stays mapped until it is
-                        // unregistered, which first waits for all work.
-                        check(unsafe { sys::cuMemcpyDtoHAsync_v2(host.cast(), dev, len, s) })
-                    }
+                    // SAFETY: `host..host+len` lies in mapped guest RAM, which
+                    // stays mapped until it is unregistered, and that first
+                    // waits for all work.
+                    check(unsafe { sys::cuMemcpyDtoHAsync_v2(host.cast(), dev, len, s) })
                 })?;
-                if !async_ && !legacy_sync {
-                    // SAFETY: `s` is a stream of the current context.
+                if !async_ {
+                    // SAFETY: `s` is a stream of the current context or NULL.
                     check(unsafe { sys::cuStreamSynchronize(s) })?;
                 }
                 Ok(())
