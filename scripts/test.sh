@@ -9,7 +9,11 @@ sudo_if_needed scripts/install-prereqs.sh
 PROFILE=debug scripts/build.sh
 echo "test: cargo test (unit, request path, direct transport, VMs)"
 cargo test --workspace -- --test-threads=1
-if [ "${GPUVISOR_SKIP_FUZZ:-0}" != 1 ]; then
+if [ "${GPUVISOR_SKIP_FUZZ:-0}" = 1 ]; then
+    echo "test: fuzzing skipped (GPUVISOR_SKIP_FUZZ=1)"
+elif ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
+    echo "test: fuzzing skipped: cargo-fuzz needs a nightly toolchain and this machine has none"
+else
     echo "test: fuzzing the batch decoder and image parsers for ${FUZZ_SECONDS:-60} s"
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
     (cd protocol && cargo +nightly fuzz run decode -- -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=2048 2>&1 | tail -n 3)
