@@ -116,29 +116,15 @@ impl GpuDevice {
             CMD_GET_EDID => self.edid(body),
             CMD_RESOURCE_CREATE_2D => {
                 let (c, _) = parse::<ResourceCreate2d>(body)?;
+                // 2D formats are all 4 bytes a pixel.
                 let size = (c.width.get() as u64) * (c.height.get() as u64) * 4;
-                let res = Resource {
-                    width: c.width.get(),
-                    height: c.height.get(),
-                    format: c.format.get(),
-                    size,
-                    ..Default::default()
-                };
-                self.vm.resources.create(c.resource_id.get(), res)?;
-                nodata()
+                self.create_resource(c.resource_id.get(), c.width.get(), c.height.get(), c.format.get(), size)
             }
             CMD_RESOURCE_CREATE_3D => {
                 let (c, _) = parse::<ResourceCreate3d>(body)?;
+                // gpuvisor's buffers are byte buffers: width bytes.
                 let size = (c.width.get() as u64) * (c.height.get().max(1) as u64) * (c.depth.get().max(1) as u64);
-                let res = Resource {
-                    width: c.width.get(),
-                    height: c.height.get(),
-                    format: c.format.get(),
-                    size,
-                    ..Default::default()
-                };
-                self.vm.resources.create(c.resource_id.get(), res)?;
-                nodata()
+                self.create_resource(c.resource_id.get(), c.width.get(), c.height.get(), c.format.get(), size)
             }
             CMD_RESOURCE_UNREF => {
                 let (c, _) = parse::<ResourceUnref>(body)?;
@@ -261,6 +247,11 @@ impl GpuDevice {
                 Err(Nak(RESP_ERR_UNSPEC))
             }
         }
+    }
+
+    fn create_resource(&mut self, id: u32, width: u32, height: u32, format: u32, size: u64) -> CmdResult {
+        self.vm.resources.create(id, Resource { width, height, format, size, ..Default::default() })?;
+        nodata()
     }
 
     fn display_info(&self) -> CmdResult {
