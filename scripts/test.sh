@@ -8,6 +8,8 @@ sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
 sudo_if_needed scripts/install-prereqs.sh
 PROFILE=debug scripts/build.sh
 echo "test: cargo test (unit, request path, direct transport, VMs)"
+# The direct transport's tests start this backend (and QEMU's reference one).
+export GPUVISOR_BACKEND_BIN="$PWD/target/debug/gpuvisor-backend"
 cargo test --workspace -- --test-threads=1
 if [ "${GPUVISOR_SKIP_FUZZ:-0}" = 1 ]; then
     echo "test: fuzzing skipped (GPUVISOR_SKIP_FUZZ=1)"
