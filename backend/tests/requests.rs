@@ -109,7 +109,7 @@ impl Guest {
         self.raw(&bytes)
     }
 
-    fn call<T: IntoBytes + Immutable>(&mut self, op: Opcode, flags: u16, p: &T, trailing: &[u8]) -> Answer {
+    fn call<T: IntoBytes + Immutable + ?Sized>(&mut self, op: Opcode, flags: u16, p: &T, trailing: &[u8]) -> Answer {
         self.seq += 1;
         let mut w = BatchWriter::new();
         w.begin(self.seq);
@@ -407,4 +407,72 @@ fn the_guest_tests_ptx_runs_on_the_sim_engine() {
         (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
     ]);
     assert_eq!(a.deferred, CUDA_ERROR_ILLEGAL_ADDRESS);
+}
+
+/// Every request that names an object, given an id the client never created,
+/// gets the CUDA error the driver API documents, and nothing else changes.
+#[test]
+fn every_request_rejects_ids_it_does_not_know() {
+    let mut g = Guest::new(64 * MIB);
+    let unknown = U64::new(0xbad0_0000);
+    let id = Id { id: unknown };
+    let async_cases: Vec<(Opcode, Vec<u8>, CuResult)> = vec![
+        (Opcode::CtxDestroy, id.as_bytes().to_vec(), CUDA_ERROR_INVALID_CONTEXT),
+        (Opcode::MemFree, id.as_bytes().to_vec(), CUDA_ERROR_INVALID_VALUE),
+        (Opcode::ModuleUnload, id.as_bytes().to_vec(), CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::StreamDestroy, id.as_bytes().to_vec(), CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::EventDestroy, id.as_bytes().to_vec(), CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::FuncSetAttribute, FuncSetAttribute { func_id: unknown, ..Default::default() }.as_bytes().to_vec(), CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::EventRecord, EventRecord { event_id: unknown, stream_id: U64::new(0) }.as_bytes().to_vec(), CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::EventRecord, EventRecord { event_id: unknown, stream_id: unknown }.as_bytes().to_vec(), CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::StreamWaitEvent, StreamWaitEvent { stream_id: U64::new(0), event_id: unknown, ..Default::default() }.as_bytes().to_vec(), CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::StreamWaitEvent, StreamWaitEvent { stream_id: unknown, event_id: unknown, ..Default::default() }.as_bytes().to_vec(), CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::MemcpyDtoD, MemcpyDtoD { dst: unknown, src: unknown, len: U64::new(4), stream: U64::new(0) }.as_bytes().to_vec(), CUDA_ERROR_INVALID_VALUE),
+        (Opcode::Memset, Memset { dst: unknown, count: U64::new(1), elem_size: U32::new(4), ..Default::default() }.as_bytes().to_vec(), CUDA_ERROR_INVALID_VALUE),
+    ];
+    for (op, payload, want) in async_cases {
+        let a = g.batch(&[
+            (op, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, payload.as_slice(), &[])),
+            (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+        ]);
+        assert_eq!(a.deferred, want, "{op:?}");
+        assert_eq!(a.status, CUDA_SUCCESS, "{op:?}: the synchronizing call itself is fine");
+    }
+    let sync_cases: Vec<(Opcode, Vec<u8>, Vec<u8>, CuResult)> = vec![
+        (Opcode::StreamSynchronize, id.as_bytes().to_vec(), vec![], CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::StreamQuery, id.as_bytes().to_vec(), vec![], CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::EventQuery, id.as_bytes().to_vec(), vec![], CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::EventSynchronize, id.as_bytes().to_vec(), vec![], CUDA_ERROR_INVALID_HANDLE),
+        (Opcode::EventElapsedTime, EventElapsedTime { start: unknown, end: unknown }.as_bytes().to_vec(), vec![], CUDA_ERROR_INVALID_HANDLE),
+        (
+            Opcode::ModuleGetGlobal,
+            ModuleGetGlobal { module_id: unknown, name_len: U32::new(1), _pad: U32::new(0) }.as_bytes().to_vec(),
+            b"g".to_vec(),
+            CUDA_ERROR_INVALID_HANDLE,
+        ),
+        (
+            Opcode::MemcpyDtoH,
+            MemcpyDtoH { src: unknown, len: U64::new(4), stream: U64::new(0), dst: HostRef::default() }.as_bytes().to_vec(),
+            vec![],
+            CUDA_ERROR_INVALID_VALUE,
+        ),
+    ];
+    for (op, payload, trailing, want) in sync_cases {
+        let a = g.call(op, 0, payload.as_slice(), &trailing);
+        assert_eq!(a.status, want, "{op:?}");
+    }
+    // Ids already in use and images that are not images.
+    let cc = CtxCreate { ctx_id: U64::new(PRIMARY_CTX), ..Default::default() };
+    g.alloc(64).unwrap(); // makes the primary context exist
+    assert_eq!(g.call(Opcode::CtxCreate, 0, &cc, &[]).status, CUDA_ERROR_INVALID_VALUE);
+    let garbage = [0x5au8; 256];
+    let load = ModuleLoad { module_id: U64::new(0x77), image_len: U64::new(garbage.len() as u64) };
+    assert_eq!(g.call(Opcode::ModuleLoad, 0, &load, &garbage).status, CUDA_ERROR_INVALID_IMAGE);
+    let s = StreamCreate { stream_id: U64::new(STREAM_LEGACY), ..Default::default() };
+    let a = g.batch(&[
+        (Opcode::StreamCreate, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &s, &[])),
+        (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+    ]);
+    assert_eq!(a.deferred, CUDA_ERROR_INVALID_VALUE, "reserved stream ids cannot be created");
+    g.still_serves();
 }

@@ -51,8 +51,8 @@ impl BatchWriter {
     }
 
     /// Appends a command: header, payload, trailing bytes, padding.
-    pub fn push<T: IntoBytes + Immutable>(&mut self, op: Opcode, flags: u16, ctx: u64, payload: &T, trailing: &[u8]) {
-        let body = core::mem::size_of::<CmdHeader>() + core::mem::size_of::<T>() + trailing.len();
+    pub fn push<T: IntoBytes + Immutable + ?Sized>(&mut self, op: Opcode, flags: u16, ctx: u64, payload: &T, trailing: &[u8]) {
+        let body = core::mem::size_of::<CmdHeader>() + payload.as_bytes().len() + trailing.len();
         let len = pad8(body).expect("command length overflows");
         let h = CmdHeader {
             opcode: U16::new(op as u16),
