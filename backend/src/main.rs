@@ -163,8 +163,11 @@ fn run(args: Args) -> Result<()> {
         info!("frontend connected");
         let r = daemon.wait();
         backend.disconnected();
-        if let Err(e) = r {
-            warn!("connection ended: {e:?}");
+        match r {
+            Ok(()) | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
+                info!("frontend disconnected")
+            }
+            Err(e) => warn!("connection ended: {e:?}"),
         }
         if args.once {
             return Ok(());
