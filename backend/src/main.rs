@@ -163,10 +163,9 @@ fn run(args: Args) -> Result<()> {
         info!("frontend connected");
         let r = daemon.wait();
         backend.disconnected();
+        // A plain disconnect was logged with the state it released.
         match r {
-            Ok(()) | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {
-                info!("frontend disconnected")
-            }
+            Ok(()) | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {}
             Err(e) => warn!("connection ended: {e:?}"),
         }
         if args.once {
