@@ -468,14 +468,17 @@ pub unsafe extern "C" fn cuFuncSetAttribute(hfunc: CUfunction, attrib: c_int, va
 
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncSetCacheConfig(hfunc: CUfunction, config: c_uint) -> CUresult {
-    ffi(|| {
-        if config > CU_FUNC_CACHE_MAX {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        with_func(id_of(hfunc), |fi| {
-            fi.cache_config = config;
-            Ok(())
-        })
+    ffi(|| set_cache_config(id_of(hfunc), config))
+}
+
+/// Remembers a function's (or kernel's) cache preference after checking it.
+fn set_cache_config(func: u64, config: c_uint) -> CuRes {
+    if config > CU_FUNC_CACHE_MAX {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    with_func(func, |fi| {
+        fi.cache_config = config;
+        Ok(())
     })
 }
 
@@ -712,13 +715,7 @@ pub unsafe extern "C" fn cuKernelSetAttribute(attrib: c_int, val: c_int, kernel:
 pub unsafe extern "C" fn cuKernelSetCacheConfig(kernel: CUkernel, config: c_uint, dev: CUdevice) -> CUresult {
     ffi(|| {
         check_device(dev)?;
-        if config > CU_FUNC_CACHE_MAX {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        with_func(id_of(kernel), |fi| {
-            fi.cache_config = config;
-            Ok(())
-        })
+        set_cache_config(id_of(kernel), config)
     })
 }
 
