@@ -131,18 +131,12 @@ pub fn probe_args(kernel: &Path) -> Vec<OsString> {
         "256M",
         "-smp",
         "1",
-        "-display",
-        "none",
-        "-serial",
-        "stdio",
-        "-monitor",
-        "none",
-        "-no-reboot",
-        "-kernel",
     ]
     .iter()
+    .chain(crate::qemu::CONSOLE_ARGS)
     .map(OsString::from)
     .collect();
+    a.push("-kernel".into());
     a.push(kernel.as_os_str().to_owned());
     a.push("-append".into());
     a.push("console=ttyS0 earlyprintk=ttyS0 loglevel=1 panic=-1 root=/dev/null rdinit=/gpuvisor-probe-none".into());

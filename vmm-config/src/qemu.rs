@@ -84,22 +84,15 @@ pub fn qemu_args(vm: &VmConfig, accel: Accel, socket: &Path) -> Vec<OsString> {
     a.push("-initrd".into());
     a.push(vm.initramfs.clone().into_os_string());
     push_to(&mut a, &["-append", &vm.cmdline]);
-    // -display none rather than -nographic: -nographic would multiplex the monitor
-    // onto stdio, and Ctrl-A sequences would reach QEMU instead of the guest.
-    push_to(
-        &mut a,
-        &[
-            "-display",
-            "none",
-            "-serial",
-            "stdio",
-            "-monitor",
-            "none",
-            "-no-reboot",
-        ],
-    );
+    push_to(&mut a, CONSOLE_ARGS);
     a
 }
+
+/// The guest's serial console on stdio, no display, no monitor, and an exit
+/// instead of a reboot. -display none rather than -nographic: -nographic would
+/// multiplex the monitor onto stdio, and Ctrl-A sequences would reach QEMU
+/// instead of the guest.
+pub const CONSOLE_ARGS: &[&str] = &["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"];
 
 /// A path inside a QEMU `key=value,...` option, where a literal comma is doubled.
 fn opt_path(p: &Path) -> String {
