@@ -220,6 +220,23 @@ impl SimEngine {
         Ok(end)
     }
 
+    /// A copy or memset on `stream`: its data effect happens now, in program
+    /// order; it counts as done when the stream reaches it, and the
+    /// synchronous forms wait for that.
+    fn copy_op(
+        &mut self,
+        stream: EngineStream,
+        async_: bool,
+        op: impl FnOnce(&mut Self) -> EngineResult<()>,
+    ) -> EngineResult<()> {
+        let end = self.enqueue(stream, Duration::ZERO)?;
+        op(self)?;
+        if !async_ {
+            Self::wait_until(end);
+        }
+        Ok(())
+    }
+
     fn wait_until(t: Instant) {
         let now = Instant::now();
         if t > now {
@@ -396,57 +413,46 @@ impl Engine for SimEngine {
     }
 
     fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()> {
-        let end = self.enqueue(stream, Duration::ZERO)?;
-        let len = src.len() as u64;
-        let d = self.slice_mut(dst, len)?;
-        match src {
-            HostSrc::Bytes(b) => d.copy_from_slice(b),
-            HostSrc::Guest(span) => span.read_into(d),
-        }
-        if !async_ {
-            Self::wait_until(end);
-        }
-        Ok(())
+        self.copy_op(stream, async_, |e| {
+            let d = e.slice_mut(dst, src.len() as u64)?;
+            match src {
+                HostSrc::Bytes(b) => d.copy_from_slice(b),
+                HostSrc::Guest(span) => span.read_into(d),
+            }
+            Ok(())
+        })
     }
 
     fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
-        let end = self.enqueue(stream, Duration::ZERO)?;
-        let len = dst.len() as u64;
-        let s = self.slice_mut(src, len)?;
-        match dst {
-            HostDst::Bytes(b) => b.copy_from_slice(s),
-            HostDst::Guest(span) => span.write_from(s),
-        }
-        if !async_ {
-            Self::wait_until(end);
-        }
-        Ok(())
+        self.copy_op(stream, async_, |e| {
+            let s = e.slice_mut(src, dst.len() as u64)?;
+            match dst {
+                HostDst::Bytes(b) => b.copy_from_slice(s),
+                HostDst::Guest(span) => span.write_from(s),
+            }
+            Ok(())
+        })
     }
 
     fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
-        let end = self.enqueue(stream, Duration::ZERO)?;
-        let data = self.read(src, len)?;
-        self.slice_mut(dst, len)?.copy_from_slice(&data);
-        if !async_ {
-            Self::wait_until(end);
-        }
-        Ok(())
+        self.copy_op(stream, async_, |e| {
+            let data = e.read(src, len)?;
+            e.slice_mut(dst, len)?.copy_from_slice(&data);
+            Ok(())
+        })
     }
 
     fn memset(&mut self, dst: u64, value: u32, elem_size: u32, count: u64, stream: EngineStream, async_: bool)
         -> EngineResult<()> {
-        let end = self.enqueue(stream, Duration::ZERO)?;
         let es = elem_size as usize;
         let bytes = count.checked_mul(elem_size as u64).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
-        let d = self.slice_mut(dst, bytes)?;
-        let v = value.to_le_bytes();
-        for c in d.chunks_exact_mut(es) {
-            c.copy_from_slice(&v[..es]);
-        }
-        if !async_ {
-            Self::wait_until(end);
-        }
-        Ok(())
+        self.copy_op(stream, async_, |e| {
+            let v = value.to_le_bytes();
+            for c in e.slice_mut(dst, bytes)?.chunks_exact_mut(es) {
+                c.copy_from_slice(&v[..es]);
+            }
+            Ok(())
+        })
     }
 
     fn module_load(&mut self, image: &[u8]) -> EngineResult<EngineModule> {
