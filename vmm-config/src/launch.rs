@@ -326,6 +326,11 @@ mod tests {
     use super::*;
     use crate::spec::{AccelChoice, BackendCommand};
 
+    /// Runs `vm` under TCG with its run directory inside the scratch dir `d`.
+    fn run_in(d: &Path, vm: &VmConfig) -> Result<Outcome, Error> {
+        run(vm, Accel::Tcg, &RunOptions { run_dir: Some(d.join("run")), ..Default::default() })
+    }
+
     fn scratch(tag: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("gpuvisor-launch-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
@@ -374,14 +379,7 @@ mod tests {
             LISTEN,
             20,
         );
-        let out = run(
-            &vm,
-            Accel::Tcg,
-            &RunOptions {
-                run_dir: Some(d.join("run")),
-                ..Default::default()
-            },
-        )
+        let out = run_in(&d, &vm)
         .unwrap();
         assert_eq!(out.guest_rc, 7);
         assert!(out.render_ready.is_some());
@@ -395,14 +393,7 @@ mod tests {
     fn qemu_dying_without_exit_line_is_an_error() {
         let d = scratch("die");
         let vm = fake_vm(&d, "echo 'qemu: boom' >&2; exit 1", LISTEN, 20);
-        let e = run(
-            &vm,
-            Accel::Tcg,
-            &RunOptions {
-                run_dir: Some(d.join("run")),
-                ..Default::default()
-            },
-        )
+        let e = run_in(&d, &vm)
         .unwrap_err();
         assert!(matches!(e, Error::QemuExited { .. }), "{e}");
         assert!(e.to_string().contains("boom"), "{e}");
@@ -414,14 +405,7 @@ mod tests {
         let d = scratch("timeout");
         let vm = fake_vm(&d, "exec sleep 30", LISTEN, 1);
         let start = Instant::now();
-        let e = run(
-            &vm,
-            Accel::Tcg,
-            &RunOptions {
-                run_dir: Some(d.join("run")),
-                ..Default::default()
-            },
-        )
+        let e = run_in(&d, &vm)
         .unwrap_err();
         assert!(matches!(e, Error::Timeout { secs: 1, .. }), "{e}");
         assert!(start.elapsed() < Duration::from_secs(10));
@@ -432,14 +416,7 @@ mod tests {
     fn backend_without_socket_is_reported_with_its_log() {
         let d = scratch("nosock");
         let vm = fake_vm(&d, "exit 0", "echo 'no GPU here' >&2; exit 3", 20);
-        let e = run(
-            &vm,
-            Accel::Tcg,
-            &RunOptions {
-                run_dir: Some(d.join("run")),
-                ..Default::default()
-            },
-        )
+        let e = run_in(&d, &vm)
         .unwrap_err();
         assert!(matches!(e, Error::BackendExited { .. }), "{e}");
         assert!(e.to_string().contains("no GPU here"), "{e}");
