@@ -6,6 +6,7 @@
 //! byte-order types), so decoding is a checked cast and never pointer
 //! arithmetic. The decoder trusts no length, count or offset from the guest.
 
+pub mod control;
 pub mod cuda;
 pub mod decode;
 pub mod encode;
