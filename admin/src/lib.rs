@@ -1,0 +1,7 @@
+//! gpuvisord's admin API: the data model the host admin sees (GPUs, VMs,
+//! their QoS settings and measured shares), the `Admin` trait the daemon
+//! implements, the HTTP/JSON server over it, and the client `gpuvisorctl` uses.
+
+pub mod model;
+
+pub use model::*;

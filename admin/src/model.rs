@@ -1,0 +1,155 @@
+//! What the admin API shows and accepts. The daemon implements [`Admin`]; the
+//! HTTP layer only translates between JSON and these calls.
+
+use protocol::control::QosClass;
+use serde::{Deserialize, Serialize};
+
+/// A GPU as the admin sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuView {
+    /// The GPU's UUID (`GPU-...`), or `sim` for the simulated GPU that
+    /// sim-engine backends share.
+    pub id: String,
+    pub name: String,
+    /// NVML index; absent for GPUs NVML did not list (the simulated one).
+    pub index: Option<u32>,
+    pub memory_total_bytes: u64,
+    /// MIG mode as NVML reports it; absent where unknown.
+    pub mig_enabled: Option<bool>,
+    /// Default time slice for VMs on this GPU.
+    pub slice_us: u64,
+    /// Default cap on GPU operations a VM may have queued while it holds a grant.
+    pub max_queued_ops: u32,
+    /// The VM holding the grant now, if any.
+    pub holder: Option<String>,
+    /// Fraction of the last measurement window during which some VM held a
+    /// grant and had work on this GPU (0 to 1).
+    pub busy_fraction: f64,
+    /// VMs registered on this GPU (connected or not).
+    pub vms: u32,
+}
+
+/// The state of a VM's vGPU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmState {
+    /// Holds a grant.
+    Running,
+    /// Has work queued and waits for a grant.
+    Waiting,
+    /// Has no work queued.
+    Idle,
+    /// Drained by the admin: gets no grants.
+    Drained,
+    /// Its backend is not connected (stopped, or between daemon restarts).
+    Disconnected,
+}
+
+/// A VM as the admin sees it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VmView {
+    pub name: String,
+    /// The GPU it runs on (`GpuView::id`).
+    pub gpu: String,
+    pub state: VmState,
+    pub connected: bool,
+    /// Backend process id, while connected.
+    pub pid: Option<u32>,
+    /// `cuda` or `sim`.
+    pub engine: Option<String>,
+    pub class: QosClass,
+    pub weight: u32,
+    pub priority: i32,
+    /// Time slice in effect (the VM's own or the GPU's).
+    pub slice_us: u64,
+    /// The VM's own slice, if it overrides the GPU's.
+    pub slice_us_override: Option<u64>,
+    pub max_queued_ops: u32,
+    pub drained: bool,
+    /// Share of the GPU the policy entitles it to now, among the busy VMs (0 to 1).
+    pub share_configured: f64,
+    /// Share of the GPU's time it used over the last measurement window (0 to 1).
+    pub share_used: f64,
+    /// GPU time used since the backend started, in seconds.
+    pub gpu_time_s: f64,
+    /// Batches waiting in the backend's queue.
+    pub queued: u32,
+    /// GPU operations in flight.
+    pub inflight_ops: u32,
+    pub ops_total: u64,
+    /// Request latency (arrival at the backend to completion on the GPU) over
+    /// the last report interval.
+    pub latency_p50_us: f64,
+    pub latency_p99_us: f64,
+    pub quota_bytes: u64,
+    pub used_bytes: u64,
+}
+
+/// A change to a VM's settings. Absent fields stay as they are;
+/// `slice_us: null` clears the VM's own slice (the GPU's applies).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VmPatch {
+    #[serde(default)]
+    pub class: Option<QosClass>,
+    #[serde(default)]
+    pub weight: Option<u32>,
+    #[serde(default)]
+    pub priority: Option<i32>,
+    #[serde(default, with = "double_option")]
+    pub slice_us: Option<Option<u64>>,
+}
+
+/// A change to a GPU's scheduling defaults.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GpuPatch {
+    #[serde(default)]
+    pub slice_us: Option<u64>,
+    #[serde(default)]
+    pub max_queued_ops: Option<u32>,
+}
+
+/// Why an admin request failed. The HTTP layer maps each variant to one status.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum AdminError {
+    /// 404.
+    #[error("no {kind} named {name:?}")]
+    NotFound { kind: &'static str, name: String },
+    /// 400/422: a field's value is out of range or invalid.
+    #[error("{field}: {message}")]
+    InvalidField { field: String, message: String },
+    /// 500: the daemon could not do it (for example, the database write failed).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// What the daemon offers the admin API. Changes take effect at once: a
+/// running VM's backend gets its new settings and the scheduler applies them
+/// within one slice.
+pub trait Admin: Send + Sync + 'static {
+    fn gpus(&self) -> Vec<GpuView>;
+    fn gpu(&self, id: &str) -> Result<GpuView, AdminError>;
+    fn update_gpu(&self, id: &str, patch: GpuPatch) -> Result<GpuView, AdminError>;
+    fn vms(&self) -> Vec<VmView>;
+    fn vm(&self, name: &str) -> Result<VmView, AdminError>;
+    fn update_vm(&self, name: &str, patch: VmPatch) -> Result<VmView, AdminError>;
+    /// Drain (no more grants; queued work waits) or resume a VM.
+    fn set_drained(&self, name: &str, drained: bool) -> Result<VmView, AdminError>;
+}
+
+/// `Option<Option<T>>` that tells an absent field (None) from `null` (Some(None)).
+mod double_option {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
+        match v {
+            None => s.serialize_none(),
+            Some(inner) => inner.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Ok(Some(Option::<T>::deserialize(d)?))
+    }
+}

@@ -1,0 +1,1 @@
+//! gpuvisord (work in progress).

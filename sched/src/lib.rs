@@ -1,0 +1,1 @@
+//! The scheduling policy of one GPU (work in progress).

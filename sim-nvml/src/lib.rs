@@ -1,0 +1,1 @@
+//! Simulated NVML (work in progress).
