@@ -253,6 +253,9 @@ impl VhostUserBackend for GpuBackend {
         } else {
             self.process_queue(vring, queue)?;
         }
+        if queue == CTRL_QUEUE {
+            self.lock().dev.vm.queue_idle();
+        }
         Ok(())
     }
 }

@@ -9,6 +9,7 @@
 pub mod device;
 pub mod engine;
 pub mod error;
+pub mod grants;
 pub mod guest_mem;
 pub mod handles;
 pub mod resources;

@@ -9,7 +9,9 @@ use gpuvisor_backend::engine::cuda::CudaEngine;
 use gpuvisor_backend::engine::sim::SimEngine;
 use gpuvisor_backend::engine::Engine;
 use gpuvisor_backend::virtio_gpu::GpuDevice;
+use gpuvisor_backend::grants::{DaemonLink, Registration};
 use gpuvisor_backend::vm::Vm;
+use protocol::control::{QosClass, QosRequest};
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
 use tracing::{error, info, info_span, warn};
@@ -76,6 +78,38 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 16384)]
     sim_memory_mib: u64,
 
+    /// Register with gpuvisord on this socket and submit GPU work only under
+    /// its grants. Without it the VM runs alone (the GPU's own time slicing
+    /// shares it with other processes). If the daemon is unreachable or goes
+    /// away, the backend runs alone and keeps retrying.
+    #[arg(long, value_name = "PATH", env = "GPUVISOR_DAEMON")]
+    daemon: Option<std::path::PathBuf>,
+
+    /// QoS class to ask gpuvisord for: guaranteed (a reserved share, never
+    /// lent away while the VM is busy), burstable (a share plus idle
+    /// capacity) or best-effort (idle capacity only). Default: the daemon's
+    /// stored setting, else burstable.
+    #[arg(long, value_name = "CLASS")]
+    class: Option<QosClass>,
+
+    /// Weight to ask for: the VM's share is its weight over the sum of the
+    /// busy VMs' weights (1 to 10000).
+    #[arg(long, value_name = "W")]
+    weight: Option<u32>,
+
+    /// Priority to ask for (-20 to 20): higher is served sooner, never beyond its share.
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
+    priority: Option<i32>,
+
+    /// Time slice to ask for, in milliseconds (default: the GPU's).
+    #[arg(long, value_name = "MS")]
+    slice_ms: Option<f64>,
+
+    /// Append each request's latency (arrival at the backend to completion on
+    /// the GPU, of batches the guest waits for) in ns to this file.
+    #[arg(long, value_name = "PATH")]
+    latency_log: Option<std::path::PathBuf>,
+
     /// Exit when the first frontend disconnects instead of waiting for the next.
     #[arg(long)]
     once: bool,
@@ -124,6 +158,18 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
     }
 }
 
+/// How gpuvisord names the device: the GPU's UUID, or `sim`.
+fn gpu_id(engine: &dyn Engine) -> String {
+    match engine.kind() {
+        gpuvisor_backend::engine::EngineKind::Sim => "sim".to_string(),
+        gpuvisor_backend::engine::EngineKind::Cuda => {
+            let u = engine.device_info().uuid;
+            let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
+            format!("GPU-{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
+        }
+    }
+}
+
 fn run(args: Args) -> Result<()> {
     if args.print_capabilities {
         println!("{{\n  \"type\": \"gpu\",\n  \"features\": []\n}}");
@@ -140,7 +186,44 @@ fn run(args: Args) -> Result<()> {
     let span = info_span!("vm", name = %args.vm_name);
     let _enter = span.enter();
     let engine = make_engine(&args)?;
-    let vm = Vm::new(&args.vm_name, engine, args.quota_mib << 20);
+    let gpu = gpu_id(engine.as_ref());
+    let engine_kind = engine.kind().as_str();
+    let mut vm = Vm::new(&args.vm_name, engine, args.quota_mib << 20);
+    if let Some(path) = &args.latency_log {
+        let f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .with_context(|| format!("opening {}", path.display()))?;
+        vm.counters().set_latency_log(f);
+    }
+    // Kept alive for the life of the process; its thread reconnects as needed.
+    let _link = match &args.daemon {
+        Some(socket) => {
+            let slice_us = match args.slice_ms {
+                Some(ms) if !(ms.is_finite() && ms > 0.0) => bail!("--slice-ms must be a positive number of milliseconds"),
+                Some(ms) => Some((ms * 1000.0).round() as u64),
+                None => None,
+            };
+            let reg = Registration {
+                socket: socket.clone(),
+                vm: args.vm_name.clone(),
+                engine: engine_kind.to_string(),
+                gpu,
+                quota_bytes: vm.usage().quota,
+                requested: QosRequest { class: args.class, weight: args.weight, priority: args.priority, slice_us },
+            };
+            let link = DaemonLink::start(reg, vm.counters());
+            vm.set_gate(link.gate());
+            Some(link)
+        }
+        None => {
+            if args.class.is_some() || args.weight.is_some() || args.priority.is_some() || args.slice_ms.is_some() {
+                warn!("--class, --weight, --priority and --slice-ms apply only with --daemon; running alone");
+            }
+            None
+        }
+    };
     let backend = Arc::new(GpuBackend::new(GpuDevice::new(vm)));
 
     let mut listener = match (&args.socket_path, args.fd) {

@@ -8,6 +8,7 @@ use crate::engine::{
     CuError, DeviceInfo, Engine, EngineCtx, EngineEvent, EngineFunc, EngineModule, EngineStream, Launch,
 };
 use crate::error::{Error, Result};
+use crate::grants::{Counters, Gate};
 use crate::guest_mem::{GuestMemory, HostDst, HostSrc};
 use crate::handles::{Allocation, AllocationTable, HandleTable};
 use crate::resources::ResourceTable;
@@ -16,6 +17,7 @@ use protocol::decode::Decoded;
 use protocol::*;
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use tracing::{debug, info, warn};
 use vm_memory::Bytes;
 use zerocopy::little_endian::{F32, I32, U32, U64};
@@ -115,6 +117,11 @@ pub struct Vm {
     info: DeviceInfo,
     clients: HashMap<u32, Client>,
     pub resources: ResourceTable,
+    /// Grants from gpuvisord, or none when the VM runs alone.
+    gate: Gate,
+    /// The batch being run holds a call the guest waits for: its time from
+    /// arrival to completion is a request latency.
+    batch_waited: bool,
 }
 
 impl Vm {
@@ -124,7 +131,47 @@ impl Vm {
         let info = engine.device_info().clone();
         let quota = if quota == 0 { info.total_mem } else { quota.min(info.total_mem) };
         info!(vm = name, engine = engine.kind().as_str(), device = %info.name, quota, "VM ready");
-        Vm { name: name.to_string(), quota, used: 0, engine, info, clients: HashMap::new(), resources: ResourceTable::default() }
+        Vm {
+            name: name.to_string(),
+            quota,
+            used: 0,
+            engine,
+            info,
+            clients: HashMap::new(),
+            resources: ResourceTable::default(),
+            gate: Gate::standalone(Arc::new(Counters::default())),
+            batch_waited: false,
+        }
+    }
+
+    /// Submit GPU work only under `gate`'s grants (a backend registered with
+    /// gpuvisord).
+    pub fn set_gate(&mut self, gate: Gate) {
+        self.gate = gate;
+    }
+
+    /// The counters the backend reports.
+    pub fn counters(&self) -> Arc<Counters> {
+        self.gate.counters().clone()
+    }
+
+    /// The guest's queue is empty: hand back the grant, if any.
+    pub fn queue_idle(&mut self) {
+        self.gate.counters().queued.store(0, Ordering::Relaxed);
+        self.gate.idle(self.engine.as_mut());
+    }
+
+    /// One GPU operation on `stream` of `ctx`, submitted under a grant.
+    fn gpu_op<T>(
+        &mut self,
+        ctx: EngineCtx,
+        stream: EngineStream,
+        op: impl FnOnce(&mut dyn Engine) -> crate::engine::EngineResult<T>,
+    ) -> Result<T> {
+        self.gate.before_op(self.engine.as_mut(), ctx, stream);
+        let r = op(self.engine.as_mut())?;
+        self.gate.after_op(self.engine.as_mut(), ctx, stream);
+        Ok(r)
     }
 
     pub fn name(&self) -> &str {
@@ -186,6 +233,7 @@ impl Vm {
         let Some(client) = self.clients.remove(&ctx_id) else { return };
         let ctxs: Vec<EngineCtx> = client.contexts.values().copied().collect();
         for c in &ctxs {
+            self.gate.forget_ctx(*c);
             if let Err(e) = self.engine.ctx_destroy(*c) {
                 warn!(vm = %self.name, ctx_id, "destroying engine context: {e}");
             }
@@ -211,8 +259,16 @@ impl Vm {
         let Some(mut client) = self.clients.remove(&ctx_id) else {
             return Err(Error::HandleNotFound { kind: "virtio-gpu context", id: ctx_id as u64 });
         };
+        let arrived = std::time::Instant::now();
+        let counters = self.gate.counters().clone();
+        counters.queued.store(1, Ordering::Relaxed);
         let r = self.run_batch(mem, ctx_id, &mut client, bytes);
         self.clients.insert(ctx_id, client);
+        if std::mem::take(&mut self.batch_waited) {
+            counters.record_latency(arrived.elapsed().as_nanos() as u64);
+        }
+        counters.used_bytes.store(self.used, Ordering::Relaxed);
+        counters.clients.store(self.clients.len() as u32, Ordering::Relaxed);
         r
     }
 
@@ -240,6 +296,9 @@ impl Vm {
                         }
                         Ok(d) => {
                             let op = d.cmd.opcode();
+                            if op != Opcode::Hello && is_sync(op, d.flags) {
+                                self.batch_waited = true;
+                            }
                             match self.execute(mem, ctx_id, client, &d) {
                                 Ok(Some(r)) => reply = r,
                                 Ok(None) => {}
@@ -345,7 +404,7 @@ impl Vm {
             }
             _ => {}
         }
-        self.enter_ctx(client, d.ctx)?;
+        let ectx = self.enter_ctx(client, d.ctx)?;
         match d.cmd {
             C::Hello(_) | C::CtxCreate(_) | C::CtxDestroy(_) | C::MemGetInfo => unreachable!("handled above"),
             C::CtxSynchronize => {
@@ -387,7 +446,7 @@ impl Vm {
                     HOST_INLINE => HostSrc::Bytes(inline),
                     _ => HostSrc::Guest(self.resources.span(mem, m.src.resource.get(), ctx_id, m.src.offset.get(), len)?),
                 };
-                self.engine.memcpy_htod(m.dst.get(), src, stream, async_flag)?;
+                self.gpu_op(ectx, stream, |e| e.memcpy_htod(m.dst.get(), src, stream, async_flag))?;
                 Ok(None)
             }
             C::MemcpyDtoH(m) => {
@@ -402,12 +461,12 @@ impl Vm {
                             return Err(Error::ReplyTooLarge(len));
                         }
                         let mut buf = vec![0u8; len as usize];
-                        self.engine.memcpy_dtoh(HostDst::Bytes(&mut buf), m.src.get(), stream, false)?;
+                        self.gpu_op(ectx, stream, |e| e.memcpy_dtoh(HostDst::Bytes(&mut buf), m.src.get(), stream, false))?;
                         Ok(Some(Reply::ok(buf)))
                     }
                     _ => {
                         let span = self.resources.span(mem, m.dst.resource.get(), ctx_id, m.dst.offset.get(), len)?;
-                        self.engine.memcpy_dtoh(HostDst::Guest(span), m.src.get(), stream, async_flag)?;
+                        self.gpu_op(ectx, stream, |e| e.memcpy_dtoh(HostDst::Guest(span), m.src.get(), stream, async_flag))?;
                         Ok(if async_flag { None } else { Some(Reply::ok(Vec::new())) })
                     }
                 }
@@ -417,7 +476,7 @@ impl Vm {
                 client.allocations.check(m.dst.get(), len)?;
                 client.allocations.check(m.src.get(), len)?;
                 let stream = Self::stream(client, m.stream.get())?;
-                self.engine.memcpy_dtod(m.dst.get(), m.src.get(), len, stream, async_flag)?;
+                self.gpu_op(ectx, stream, |e| e.memcpy_dtod(m.dst.get(), m.src.get(), len, stream, async_flag))?;
                 Ok(None)
             }
             C::Memset(m) => {
@@ -428,7 +487,9 @@ impl Vm {
                     .ok_or(Error::InvalidArgument("memset size overflows"))?;
                 client.allocations.check(m.dst.get(), bytes)?;
                 let stream = Self::stream(client, m.stream.get())?;
-                self.engine.memset(m.dst.get(), m.value.get(), m.elem_size.get(), m.count.get(), stream, async_flag)?;
+                self.gpu_op(ectx, stream, |e| {
+                    e.memset(m.dst.get(), m.value.get(), m.elem_size.get(), m.count.get(), stream, async_flag)
+                })?;
                 Ok(None)
             }
             C::ModuleLoad(m, image) => {
@@ -494,7 +555,7 @@ impl Vm {
                     stream,
                     params,
                 };
-                self.engine.launch(func, &launch)?;
+                self.gpu_op(ectx, stream, |e| e.launch(func, &launch))?;
                 Ok(None)
             }
             C::StreamCreate(s) => {
@@ -603,6 +664,7 @@ impl Vm {
         let freed: u64 = client.allocations.drain_ctx(id).iter().map(|(_, a)| a.charged).sum();
         self.used = self.used.saturating_sub(freed);
         client.charged = client.charged.saturating_sub(freed);
+        self.gate.forget_ctx(e);
         self.engine.ctx_destroy(e)?;
         Ok(())
     }

@@ -1,0 +1,597 @@
+//! Grants from gpuvisord: a backend submits its VM's GPU work only while it
+//! holds a grant. A link thread keeps the connection to the daemon (and
+//! reconnects to a restarted one); the [`Gate`], called by the queue thread
+//! around every GPU operation, waits for a grant, caps the work queued on the
+//! GPU, measures the GPU time each grant used with events, and gives the
+//! grant back when its slice ends or the VM runs out of work.
+//!
+//! Without a daemon (none configured, or the daemon is gone) the gate lets
+//! every operation through at once: the VM runs alone, as before.
+
+use crate::engine::{Engine, EngineCtx, EngineEvent, EngineStream};
+use protocol::control::{self, BackendMsg, BackendStats, DaemonMsg, QosRequest, VmSettings, CONTROL_VERSION};
+use std::collections::{HashMap, VecDeque};
+use std::io::BufReader;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tracing::{debug, info, warn};
+
+/// How the backend introduces itself to the daemon.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub socket: PathBuf,
+    pub vm: String,
+    pub engine: String,
+    pub gpu: String,
+    pub quota_bytes: u64,
+    pub requested: QosRequest,
+}
+
+/// Counters the queue thread keeps and the link thread reports.
+#[derive(Debug, Default)]
+pub struct Counters {
+    pub ops_total: AtomicU64,
+    pub gpu_ns_total: AtomicU64,
+    pub wait_ns_total: AtomicU64,
+    pub inflight_ops: AtomicU32,
+    pub used_bytes: AtomicU64,
+    pub clients: AtomicU32,
+    pub queued: AtomicU32,
+    latencies: Mutex<Vec<u64>>,
+    latency_log: Mutex<Option<std::fs::File>>,
+}
+
+impl Counters {
+    /// One request (a batch the guest waits for) took `ns` from its arrival
+    /// at the backend to its completion.
+    pub fn record_latency(&self, ns: u64) {
+        if let Ok(mut v) = self.latencies.lock() {
+            if v.len() < 1 << 20 {
+                v.push(ns);
+            }
+        }
+        if let Ok(mut f) = self.latency_log.lock() {
+            if let Some(f) = f.as_mut() {
+                use std::io::Write;
+                let _ = writeln!(f, "{ns}");
+            }
+        }
+    }
+
+    /// Appends every request latency, in ns, one per line, to this file.
+    pub fn set_latency_log(&self, file: std::fs::File) {
+        if let Ok(mut f) = self.latency_log.lock() {
+            *f = Some(file);
+        }
+    }
+
+    fn take_stats(&self) -> BackendStats {
+        let mut lat = self.latencies.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        lat.sort_unstable();
+        let pct = |p: f64| -> u64 {
+            if lat.is_empty() {
+                0
+            } else {
+                lat[((lat.len() - 1) as f64 * p).round() as usize]
+            }
+        };
+        BackendStats {
+            queued: self.queued.load(Ordering::Relaxed),
+            inflight_ops: self.inflight_ops.load(Ordering::Relaxed),
+            ops_total: self.ops_total.load(Ordering::Relaxed),
+            gpu_ns_total: self.gpu_ns_total.load(Ordering::Relaxed),
+            wait_ns_total: self.wait_ns_total.load(Ordering::Relaxed),
+            used_bytes: self.used_bytes.load(Ordering::Relaxed),
+            clients: self.clients.load(Ordering::Relaxed),
+            requests: lat.len() as u64,
+            latency_p50_ns: pct(0.5),
+            latency_p99_ns: pct(0.99),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct HeldGrant {
+    id: u64,
+    deadline: Instant,
+    /// The connection it came from; a grant from a lost connection is void.
+    generation: u64,
+}
+
+#[derive(Debug, Default)]
+struct LinkState {
+    /// The daemon answered our Hello on this connection and it is alive.
+    connected: bool,
+    generation: u64,
+    settings: Option<VmSettings>,
+    /// A grant the link received and the queue thread has not taken yet.
+    offered: Option<HeldGrant>,
+    writer: Option<UnixStream>,
+    /// We told the daemon we want a grant and have not had one since.
+    demanding: bool,
+}
+
+struct Shared {
+    state: Mutex<LinkState>,
+    cond: Condvar,
+    /// Set by the link when the daemon revokes the grant the queue thread holds.
+    revoked: AtomicU64,
+    stop: AtomicBool,
+    counters: Arc<Counters>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, LinkState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Sends a message if connected; a failed send drops the connection (the
+    /// link thread notices and reconnects).
+    fn send(&self, st: &mut LinkState, msg: &BackendMsg) {
+        if let Some(w) = st.writer.as_mut() {
+            if let Err(e) = control::write_msg(w, msg) {
+                debug!("sending to gpuvisord: {e}");
+                let _ = w.shutdown(std::net::Shutdown::Both);
+                st.writer = None;
+                st.connected = false;
+                st.offered = None;
+                self.cond.notify_all();
+            }
+        }
+    }
+}
+
+/// The connection to gpuvisord, kept by a thread of its own.
+pub struct DaemonLink {
+    shared: Arc<Shared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl DaemonLink {
+    /// Starts the link thread. The backend serves its VM at once; until the
+    /// daemon answers, it runs alone.
+    pub fn start(reg: Registration, counters: Arc<Counters>) -> DaemonLink {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(LinkState::default()),
+            cond: Condvar::new(),
+            revoked: AtomicU64::new(0),
+            stop: AtomicBool::new(false),
+            counters,
+        });
+        let s = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("gpuvisord-link".into())
+            .spawn(move || link_thread(reg, s))
+            .ok();
+        DaemonLink { shared, thread }
+    }
+
+    /// A gate that follows this link's grants.
+    pub fn gate(&self) -> Gate {
+        Gate::new(Some(self.shared.clone()), self.shared.counters.clone())
+    }
+
+    /// Whether the daemon has accepted the registration and is connected.
+    pub fn connected(&self) -> bool {
+        self.shared.lock().connected
+    }
+}
+
+impl Drop for DaemonLink {
+    fn drop(&mut self) {
+        self.shared.stop.store(true, Ordering::Release);
+        if let Some(w) = self.shared.lock().writer.take() {
+            let _ = w.shutdown(std::net::Shutdown::Both);
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn link_thread(reg: Registration, shared: Arc<Shared>) {
+    let mut registered_before = false;
+    let mut backoff = Duration::from_millis(50);
+    let mut warned = false;
+    while !shared.stop.load(Ordering::Acquire) {
+        match connect_once(&reg, &shared, registered_before) {
+            Ok(()) => {
+                registered_before = true;
+                backoff = Duration::from_millis(50);
+                warned = false;
+                info!(vm = %reg.vm, "gpuvisord went away; running alone until it is back");
+            }
+            Err(e) => {
+                if !warned {
+                    warn!(vm = %reg.vm, socket = %reg.socket.display(), "gpuvisord not reachable ({e}); running alone and retrying");
+                    warned = true;
+                }
+            }
+        }
+        {
+            let mut st = shared.lock();
+            st.connected = false;
+            st.writer = None;
+            st.offered = None;
+            st.demanding = false;
+            shared.cond.notify_all();
+        }
+        let until = Instant::now() + backoff;
+        while Instant::now() < until && !shared.stop.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(1));
+    }
+}
+
+/// One connection's life: Hello, Welcome, then messages until it breaks.
+fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> std::io::Result<()> {
+    let stream = UnixStream::connect(&reg.socket)?;
+    let mut writer = stream.try_clone()?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let hello = BackendMsg::Hello {
+        version: CONTROL_VERSION,
+        vm: reg.vm.clone(),
+        pid: std::process::id(),
+        engine: reg.engine.clone(),
+        gpu: reg.gpu.clone(),
+        quota_bytes: reg.quota_bytes,
+        requested: reg.requested.clone(),
+        reconnect,
+        gpu_ns_total: shared.counters.gpu_ns_total.load(Ordering::Relaxed),
+    };
+    control::write_msg(&mut writer, &hello)?;
+    stream.set_read_timeout(Some(Duration::from_secs(5)))?;
+    let settings = match control::read_msg::<_, DaemonMsg>(&mut reader) {
+        Ok(DaemonMsg::Welcome { version, settings }) if version == CONTROL_VERSION => settings,
+        Ok(DaemonMsg::Refused { reason }) => {
+            return Err(std::io::Error::other(format!("registration refused: {reason}")));
+        }
+        Ok(other) => return Err(std::io::Error::other(format!("unexpected first message {other:?}"))),
+        Err(e) => return Err(std::io::Error::other(e.to_string())),
+    };
+    stream.set_read_timeout(None)?;
+    info!(vm = %reg.vm, class = %settings.class, weight = settings.weight, priority = settings.priority,
+        slice_us = settings.slice_us, "registered with gpuvisord");
+    let generation = {
+        let mut st = shared.lock();
+        st.generation += 1;
+        st.connected = true;
+        st.settings = Some(settings);
+        st.writer = Some(writer);
+        st.offered = None;
+        st.demanding = false;
+        shared.cond.notify_all();
+        st.generation
+    };
+    // Stats once a second, from a helper thread that ends with the connection.
+    let stats_shared = shared.clone();
+    let stats_thread = std::thread::Builder::new().name("gpuvisord-stats".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let mut st = stats_shared.lock();
+        if !st.connected || st.generation != generation || stats_shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let stats = stats_shared.counters.take_stats();
+        stats_shared.send(&mut st, &BackendMsg::Stats(stats));
+    })?;
+    let result = loop {
+        match control::read_msg::<_, DaemonMsg>(&mut reader) {
+            Ok(msg) => handle_daemon_msg(shared, generation, msg),
+            Err(control::ControlError::Closed) => break Ok(()),
+            Err(e) => {
+                warn!(vm = %reg.vm, "bad message from gpuvisord: {e}");
+                break Ok(());
+            }
+        }
+    };
+    {
+        let mut st = shared.lock();
+        st.connected = false;
+        st.writer = None;
+        shared.cond.notify_all();
+    }
+    let _ = stats_thread.join();
+    result
+}
+
+fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
+    let mut st = shared.lock();
+    match msg {
+        DaemonMsg::Grant { grant, slice_us } => {
+            tracing::trace!(grant, slice_us, "grant");
+            st.offered = Some(HeldGrant {
+                id: grant,
+                deadline: Instant::now() + Duration::from_micros(slice_us),
+                generation,
+            });
+            st.demanding = false;
+            shared.cond.notify_all();
+        }
+        DaemonMsg::Revoke { grant } => {
+            tracing::trace!(grant, "revoke");
+            if st.offered.map(|g| g.id) == Some(grant) {
+                // Not taken yet: give it straight back.
+                st.offered = None;
+                let more = st.demanding;
+                shared.send(&mut st, &BackendMsg::Release { grant, gpu_ns: 0, ops: 0, more });
+            } else {
+                shared.revoked.store(grant, Ordering::Release);
+            }
+        }
+        DaemonMsg::Settings { settings } => {
+            info!(class = %settings.class, weight = settings.weight, priority = settings.priority,
+                slice_us = settings.slice_us, drained = settings.drained, "new settings from gpuvisord");
+            st.settings = Some(settings);
+            shared.cond.notify_all();
+        }
+        DaemonMsg::Welcome { .. } | DaemonMsg::Refused { .. } => {
+            warn!("unexpected message from gpuvisord after registration");
+        }
+    }
+}
+
+/// GPU time of one grant in one engine context: `start` was recorded before
+/// the grant's first operation there; the span up to each completed marker
+/// is the time the grant's work took.
+#[derive(Debug)]
+struct GrantSpan {
+    grant: u64,
+    ctx: EngineCtx,
+    start: EngineEvent,
+    span_ns: u64,
+    reported_ns: u64,
+    released: bool,
+    pending: u32,
+}
+
+#[derive(Debug)]
+struct Marker {
+    ctx: EngineCtx,
+    event: EngineEvent,
+    grant: u64,
+}
+
+/// The queue thread's side: waits for grants, caps queued work, measures
+/// GPU time. With no link it does nothing.
+pub struct Gate {
+    shared: Option<Arc<Shared>>,
+    counters: Arc<Counters>,
+    held: Option<HeldGrant>,
+    held_ops: u64,
+    outstanding: VecDeque<Marker>,
+    spans: Vec<GrantSpan>,
+    free_events: HashMap<EngineCtx, Vec<EngineEvent>>,
+}
+
+impl Gate {
+    fn new(shared: Option<Arc<Shared>>, counters: Arc<Counters>) -> Gate {
+        Gate {
+            shared,
+            counters,
+            held: None,
+            held_ops: 0,
+            outstanding: VecDeque::new(),
+            spans: Vec::new(),
+            free_events: HashMap::new(),
+        }
+    }
+
+    /// A gate for a backend without a daemon.
+    pub fn standalone(counters: Arc<Counters>) -> Gate {
+        Gate::new(None, counters)
+    }
+
+    pub fn counters(&self) -> &Arc<Counters> {
+        &self.counters
+    }
+
+    /// Called before each GPU operation on `stream` of engine context `ctx`
+    /// (current): returns once the VM may submit it.
+    pub fn before_op(&mut self, engine: &mut dyn Engine, ctx: EngineCtx, stream: EngineStream) {
+        let Some(shared) = self.shared.clone() else { return };
+        self.reap(engine, false);
+        loop {
+            if let Some(g) = self.held {
+                let revoked = shared.revoked.load(Ordering::Acquire) == g.id;
+                let (alive, max_queued) = {
+                    let st = shared.lock();
+                    let s = st.settings.as_ref();
+                    (
+                        st.connected && st.generation == g.generation && !s.is_some_and(|s| s.drained),
+                        s.map_or(control::MIN_QUEUED_OPS, |s| s.max_queued_ops).max(1) as usize,
+                    )
+                };
+                if !alive {
+                    // Daemon gone (run alone) or drained (wait below).
+                    self.release(&shared, engine, true);
+                    continue;
+                }
+                if !revoked && Instant::now() < g.deadline {
+                    while self.outstanding.len() >= max_queued {
+                        self.reap(engine, true);
+                    }
+                    self.start_span(engine, g.id, ctx, stream);
+                    return;
+                }
+                // Slice over or revoked: give it back, still wanting more.
+                self.release(&shared, engine, true);
+                continue;
+            }
+            let wait_start = Instant::now();
+            let mut st = shared.lock();
+            if !st.connected {
+                return;
+            }
+            if !st.demanding && st.offered.is_none() {
+                st.demanding = true;
+                shared.send(&mut st, &BackendMsg::Demand);
+            }
+            while st.connected {
+                if let Some(g) = st.offered.take() {
+                    if g.generation == st.generation && !st.settings.as_ref().is_some_and(|s| s.drained) {
+                        self.held = Some(g);
+                        self.held_ops = 0;
+                        break;
+                    }
+                    // A grant that arrived as we were drained: hand it back.
+                    shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns: 0, ops: 0, more: true });
+                    st.demanding = true;
+                }
+                st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+            }
+            drop(st);
+            self.counters.wait_ns_total.fetch_add(wait_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            if self.held.is_none() && !shared.lock().connected {
+                return;
+            }
+        }
+    }
+
+    /// Called after a GPU operation was submitted on `stream` of context `ctx`.
+    pub fn after_op(&mut self, engine: &mut dyn Engine, ctx: EngineCtx, stream: EngineStream) {
+        self.counters.ops_total.fetch_add(1, Ordering::Relaxed);
+        let Some(g) = self.held else { return };
+        self.held_ops += 1;
+        if !self.spans.iter().any(|s| s.grant == g.id && s.ctx == ctx) {
+            return;
+        }
+        let Some(event) = self.event(engine, ctx) else { return };
+        if engine.event_record(event, stream).is_err() {
+            self.give_event(ctx, event);
+            return;
+        }
+        if let Some(s) = self.spans.iter_mut().find(|s| s.grant == g.id && s.ctx == ctx) {
+            s.pending += 1;
+        }
+        self.outstanding.push_back(Marker { ctx, event, grant: g.id });
+        self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
+    }
+
+    /// The VM's queue is empty: give back the grant, if held, once its work
+    /// is accounted.
+    pub fn idle(&mut self, engine: &mut dyn Engine) {
+        let Some(shared) = self.shared.clone() else { return };
+        if self.held.is_some() {
+            self.release(&shared, engine, false);
+        }
+        self.reap(engine, false);
+    }
+
+    /// Engine context `ctx` is being destroyed, with every event in it.
+    pub fn forget_ctx(&mut self, ctx: EngineCtx) {
+        self.free_events.remove(&ctx);
+        self.outstanding.retain(|m| m.ctx != ctx);
+        self.spans.retain(|s| s.ctx != ctx);
+        self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
+    }
+
+    /// Records the event the held grant's GPU time in `ctx` is measured
+    /// from, before the grant's first operation there. If the stream is still
+    /// busy with earlier work, the span starts when that work is done.
+    fn start_span(&mut self, engine: &mut dyn Engine, grant: u64, ctx: EngineCtx, stream: EngineStream) {
+        if self.spans.iter().any(|s| s.grant == grant && s.ctx == ctx) {
+            return;
+        }
+        let Some(start) = self.event(engine, ctx) else { return };
+        if engine.event_record(start, stream).is_err() {
+            self.give_event(ctx, start);
+            return;
+        }
+        self.spans.push(GrantSpan { grant, ctx, start, span_ns: 0, reported_ns: 0, released: false, pending: 0 });
+    }
+
+    /// Ends the held grant: reports the GPU time measured so far (the rest
+    /// follows as `Charge` when its markers complete).
+    fn release(&mut self, shared: &Arc<Shared>, engine: &mut dyn Engine, more: bool) {
+        let Some(g) = self.held.take() else { return };
+        self.reap(engine, false);
+        let mut gpu_ns = 0;
+        for s in self.spans.iter_mut().filter(|s| s.grant == g.id) {
+            gpu_ns += s.span_ns - s.reported_ns;
+            s.reported_ns = s.span_ns;
+            s.released = true;
+        }
+        self.counters.gpu_ns_total.fetch_add(gpu_ns, Ordering::Relaxed);
+        let mut st = shared.lock();
+        if st.generation == g.generation {
+            shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns, ops: self.held_ops, more });
+            if more {
+                st.demanding = true;
+            }
+        }
+        if shared.revoked.load(Ordering::Acquire) == g.id {
+            shared.revoked.store(0, Ordering::Release);
+        }
+        drop(st);
+        self.drop_finished_spans(engine);
+    }
+
+    /// Retires completed markers (waiting for the oldest if `wait`) and
+    /// charges released grants for work that finished late.
+    fn reap(&mut self, engine: &mut dyn Engine, wait: bool) {
+        let mut late_ns = 0u64;
+        let mut first = true;
+        while let Some(m) = self.outstanding.front() {
+            let done = if wait && first {
+                // An error here (a faulted context) retires the marker too.
+                let _ = engine.event_synchronize(m.event);
+                true
+            } else {
+                engine.event_query(m.event).is_ok()
+            };
+            first = false;
+            if !done {
+                break;
+            }
+            let Some(m) = self.outstanding.pop_front() else { break };
+            if let Some(s) = self.spans.iter_mut().find(|s| s.grant == m.grant && s.ctx == m.ctx) {
+                if let Ok(ms) = engine.event_elapsed_ms(s.start, m.event) {
+                    let ns = (ms.max(0.0) as f64 * 1e6) as u64;
+                    s.span_ns = s.span_ns.max(ns);
+                }
+                s.pending = s.pending.saturating_sub(1);
+                if s.released && s.span_ns > s.reported_ns {
+                    late_ns += s.span_ns - s.reported_ns;
+                    s.reported_ns = s.span_ns;
+                }
+            }
+            self.give_event(m.ctx, m.event);
+        }
+        self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
+        if late_ns > 0 {
+            self.counters.gpu_ns_total.fetch_add(late_ns, Ordering::Relaxed);
+            if let Some(shared) = &self.shared {
+                let mut st = shared.lock();
+                shared.send(&mut st, &BackendMsg::Charge { gpu_ns: late_ns });
+            }
+        }
+        self.drop_finished_spans(engine);
+    }
+
+    fn drop_finished_spans(&mut self, _engine: &mut dyn Engine) {
+        let mut i = 0;
+        while i < self.spans.len() {
+            if self.spans[i].released && self.spans[i].pending == 0 {
+                let s = self.spans.swap_remove(i);
+                self.give_event(s.ctx, s.start);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    fn event(&mut self, engine: &mut dyn Engine, ctx: EngineCtx) -> Option<EngineEvent> {
+        if let Some(e) = self.free_events.get_mut(&ctx).and_then(|v| v.pop()) {
+            return Some(e);
+        }
+        engine.event_create(0).ok()
+    }
+
+    fn give_event(&mut self, ctx: EngineCtx, event: EngineEvent) {
+        self.free_events.entry(ctx).or_default().push(event);
+    }
+}

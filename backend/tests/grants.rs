@@ -1,0 +1,256 @@
+//! The backend's side of scheduling: a scripted gpuvisord on a real Unix
+//! socket hands out grants, and the gate on the sim engine must wait for
+//! them, cap its queued work, measure the GPU time it used, give grants back
+//! and run alone when the daemon goes away.
+
+use gpuvisor_backend::engine::sim::SimEngine;
+use gpuvisor_backend::engine::{Engine, EngineCtx, EngineFunc, EngineStream, Launch};
+use gpuvisor_backend::grants::{Counters, DaemonLink, Gate, Registration};
+use protocol::control::*;
+use std::io::BufReader;
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::PathBuf;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PTX: &str = include_str!("../../guest-tests/kernels.ptx");
+
+fn socket_path(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gv-grants-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join("d.sock")
+}
+
+fn settings(max_queued_ops: u32) -> VmSettings {
+    VmSettings {
+        class: QosClass::Burstable,
+        weight: 1,
+        priority: 0,
+        slice_us: 50_000,
+        max_queued_ops,
+        drained: false,
+    }
+}
+
+/// The daemon's end of one backend connection.
+struct Peer {
+    reader: BufReader<UnixStream>,
+    writer: UnixStream,
+}
+
+impl Peer {
+    fn accept(listener: &UnixListener, settings: VmSettings) -> (Peer, BackendMsg) {
+        let (s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut peer = Peer { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
+        let hello: BackendMsg = read_msg(&mut peer.reader).unwrap();
+        peer.send(&DaemonMsg::Welcome { version: CONTROL_VERSION, settings });
+        (peer, hello)
+    }
+
+    fn send(&mut self, m: &DaemonMsg) {
+        write_msg(&mut self.writer, m).unwrap();
+    }
+
+    /// The next message that is not a Stats report.
+    fn next(&mut self) -> BackendMsg {
+        loop {
+            match read_msg(&mut self.reader).unwrap() {
+                BackendMsg::Stats(_) => continue,
+                m => return m,
+            }
+        }
+    }
+}
+
+/// A sim engine with a context, a stream and the spin kernel.
+fn sim() -> (SimEngine, EngineCtx, EngineStream, EngineFunc) {
+    let mut e = SimEngine::new(1 << 30);
+    let ctx = e.ctx_create(0).unwrap();
+    e.ctx_set_current(ctx).unwrap();
+    let m = e.module_load(PTX.as_bytes()).unwrap();
+    let (f, _) = e.module_get_function(m, "gv_spin_us").unwrap();
+    let s = e.stream_create(0, 0).unwrap();
+    (e, ctx, s, f)
+}
+
+fn spin(gate: &mut Gate, e: &mut SimEngine, ctx: EngineCtx, s: EngineStream, f: EngineFunc, us: u64) {
+    gate.before_op(e, ctx, s);
+    let params = us.to_le_bytes();
+    e.launch(f, &Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &params }).unwrap();
+    gate.after_op(e, ctx, s);
+}
+
+fn registration(socket: PathBuf) -> Registration {
+    Registration {
+        socket,
+        vm: "vm-a".into(),
+        engine: "sim".into(),
+        gpu: "sim".into(),
+        quota_bytes: 1 << 30,
+        requested: QosRequest { weight: Some(3), ..Default::default() },
+    }
+}
+
+fn wait_connected(link: &DaemonLink) {
+    let t = Instant::now();
+    while !link.connected() {
+        assert!(t.elapsed() < Duration::from_secs(10), "backend never registered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+#[test]
+fn work_waits_for_a_grant_and_its_gpu_time_is_reported() {
+    let path = socket_path("grant");
+    let listener = UnixListener::bind(&path).unwrap();
+    let link = DaemonLink::start(registration(path), Arc::new(Counters::default()));
+    let (mut peer, hello) = Peer::accept(&listener, settings(8));
+    match hello {
+        BackendMsg::Hello { vm, requested, reconnect, engine, .. } => {
+            assert_eq!(vm, "vm-a");
+            assert_eq!(engine, "sim");
+            assert_eq!(requested.weight, Some(3));
+            assert!(!reconnect);
+        }
+        m => panic!("expected Hello, got {m:?}"),
+    }
+    wait_connected(&link);
+    let mut gate = link.gate();
+    let (done_tx, done_rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        let t = Instant::now();
+        spin(&mut gate, &mut e, ctx, s, f, 20_000);
+        done_tx.send(t.elapsed()).unwrap();
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+        (gate, e)
+    });
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    // No grant yet: the launch must not have been submitted.
+    assert!(done_rx.recv_timeout(Duration::from_millis(200)).is_err(), "work ran without a grant");
+    peer.send(&DaemonMsg::Grant { grant: 7, slice_us: 1_000_000 });
+    done_rx.recv_timeout(Duration::from_secs(5)).expect("grant did not release the work");
+    let (_gate, _e) = worker.join().unwrap();
+    match peer.next() {
+        BackendMsg::Release { grant, gpu_ns, ops, more } => {
+            assert_eq!(grant, 7);
+            assert_eq!(ops, 1);
+            assert!(!more, "an idle VM wants no more");
+            // The 20 ms spin, measured with events.
+            assert!((19_000_000..40_000_000).contains(&gpu_ns), "gpu_ns {gpu_ns}");
+        }
+        m => panic!("expected Release, got {m:?}"),
+    }
+}
+
+#[test]
+fn slice_end_and_revocation_give_the_grant_back_and_queued_work_is_capped() {
+    let path = socket_path("slice");
+    let listener = UnixListener::bind(&path).unwrap();
+    let link = DaemonLink::start(registration(path), Arc::new(Counters::default()));
+    let (mut peer, _) = Peer::accept(&listener, settings(2));
+    wait_connected(&link);
+    let mut gate = link.gate();
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        for i in 0..12 {
+            spin(&mut gate, &mut e, ctx, s, f, 10_000);
+            tx.send((i, Instant::now())).unwrap();
+        }
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+    });
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    let granted = Instant::now();
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 45_000 });
+    // The slice ends after 45 ms; with at most 2 ops of 10 ms queued, the
+    // backend can have submitted only about 6 of them by then.
+    match peer.next() {
+        BackendMsg::Release { grant: 1, gpu_ns, ops, more: true } => {
+            let held = granted.elapsed();
+            assert!(held >= Duration::from_millis(40), "released after {held:?}");
+            assert!((3..=8).contains(&ops), "{ops} ops in a 45 ms slice with a cap of 2");
+            assert!(gpu_ns >= 25_000_000 && gpu_ns <= held.as_nanos() as u64 + 5_000_000, "gpu_ns {gpu_ns}, held {held:?}");
+        }
+        m => panic!("expected Release(more), got {m:?}"),
+    }
+    let submitted = rx.try_iter().count();
+    assert!(submitted <= 8, "{submitted} launches submitted during a 45 ms slice");
+    // Next grant, revoked at once: the backend gives it back at its next op.
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 1_000_000 });
+    std::thread::sleep(Duration::from_millis(15));
+    peer.send(&DaemonMsg::Revoke { grant: 2 });
+    loop {
+        match peer.next() {
+            BackendMsg::Release { grant: 2, more: true, .. } => break,
+            BackendMsg::Charge { .. } => continue,
+            m => panic!("expected Release of the revoked grant, got {m:?}"),
+        }
+    }
+    // Then let it finish.
+    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 5_000_000 });
+    worker.join().unwrap();
+    assert_eq!(rx.try_iter().count() + submitted, 12);
+}
+
+#[test]
+fn without_the_daemon_the_vm_runs_alone_and_reconnects_when_it_returns() {
+    let path = socket_path("gone");
+    let counters = Arc::new(Counters::default());
+    // No daemon yet: work runs at once.
+    let link = DaemonLink::start(registration(path.clone()), counters.clone());
+    let mut gate = link.gate();
+    let (mut e, ctx, s, f) = sim();
+    let t = Instant::now();
+    spin(&mut gate, &mut e, ctx, s, f, 1000);
+    assert!(t.elapsed() < Duration::from_secs(1));
+    // The daemon starts: the backend registers.
+    let listener = UnixListener::bind(&path).unwrap();
+    let (mut peer, hello) = Peer::accept(&listener, settings(4));
+    assert!(matches!(hello, BackendMsg::Hello { reconnect: false, .. }));
+    wait_connected(&link);
+    // It dies while the backend waits for a grant: the backend runs alone.
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        spin(&mut gate, &mut e, ctx, s, f, 1000);
+        tx.send(()).unwrap();
+        (gate, e)
+    });
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    assert!(rx.recv_timeout(Duration::from_millis(100)).is_err());
+    drop(peer);
+    drop(listener);
+    std::fs::remove_file(&path).unwrap();
+    rx.recv_timeout(Duration::from_secs(5)).expect("the backend kept waiting for a dead daemon");
+    let (_gate, _e) = worker.join().unwrap();
+    // A new daemon: the backend comes back, saying it was registered before.
+    let listener = UnixListener::bind(&path).unwrap();
+    let (_peer, hello) = Peer::accept(&listener, settings(4));
+    assert!(matches!(hello, BackendMsg::Hello { reconnect: true, .. }), "{hello:?}");
+    wait_connected(&link);
+    assert_eq!(counters.ops_total.load(std::sync::atomic::Ordering::Relaxed), 2);
+}
+
+#[test]
+fn a_refused_registration_leaves_the_vm_running_alone() {
+    let path = socket_path("refused");
+    let listener = UnixListener::bind(&path).unwrap();
+    let link = DaemonLink::start(registration(path), Arc::new(Counters::default()));
+    let (s, _) = listener.accept().unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let _: BackendMsg = read_msg(&mut r).unwrap();
+    write_msg(&mut w, &DaemonMsg::Refused { reason: "weight: must be between 1 and 10000".into() }).unwrap();
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(!link.connected());
+    let mut gate = link.gate();
+    let (mut e, ctx, s, f) = sim();
+    let t = Instant::now();
+    spin(&mut gate, &mut e, ctx, s, f, 1000);
+    assert!(t.elapsed() < Duration::from_secs(1));
+}
