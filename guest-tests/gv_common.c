@@ -186,11 +186,12 @@ void gv_load_kernels(struct gv_kernels *k)
     CALL(st, CU(cuModuleGetFunction)(&k->saxpy_f32, k->mod, "gv_saxpy_f32"));
     CALL(st, CU(cuModuleGetFunction)(&k->spin_us, k->mod, "gv_spin_us"));
     CALL(st, CU(cuModuleGetFunction)(&k->matmul_f32, k->mod, "gv_matmul_f32"));
+    CALL(st, CU(cuModuleGetFunction)(&k->burn, k->mod, "gv_burn"));
     if (st.rc != CUDA_SUCCESS) {
         gv_check("module_load", 0, "%s", gv_st_detail(&st));
         gv_abort();
     }
-    gv_check("module_load", 1, "kernels.ptx loaded, 6 functions found");
+    gv_check("module_load", 1, "kernels.ptx loaded, 7 functions found");
 }
 
 /* Grid for a grid-stride loop over n elements: 256-thread blocks, at most
@@ -216,6 +217,13 @@ CUresult gv_launch_spin(const struct gv_kernels *k, CUstream s, unsigned long lo
 {
     void *args[] = {&us};
     return CU(cuLaunchKernel)(k->spin_us, 1, 1, 1, 1, 1, 1, 0, s, args, NULL);
+}
+
+CUresult gv_launch_burn(const struct gv_kernels *k, CUstream s, unsigned long long iters,
+                        unsigned int blocks, unsigned int threads, CUdeviceptr sink)
+{
+    void *args[] = {&iters, &sink};
+    return CU(cuLaunchKernel)(k->burn, blocks, 1, 1, threads, 1, 1, 0, s, args, NULL);
 }
 
 CUresult gv_launch_empty(const struct gv_kernels *k, CUstream s)

@@ -121,12 +121,12 @@ void gv_setup(CUdevice *dev, CUcontext *ctx);
 
 struct gv_kernels {
     CUmodule mod;
-    CUfunction empty, fill_u32, vector_add_f32, saxpy_f32, spin_us, matmul_f32;
+    CUfunction empty, fill_u32, vector_add_f32, saxpy_f32, spin_us, matmul_f32, burn;
 };
 /* NUL-terminated text of kernels.ptx, embedded at build time. */
 extern const char gv_kernels_ptx[];
 /* Loads kernels.ptx (cuModuleLoadData; on failure prints the JIT error log
- * got through cuModuleLoadDataEx) and looks up all six entry points.
+ * got through cuModuleLoadDataEx) and looks up all seven entry points.
  * Prints CHECK <prog>.module_load and exits when it fails. */
 void gv_load_kernels(struct gv_kernels *k);
 
@@ -135,6 +135,9 @@ CUresult gv_launch_fill(const struct gv_kernels *k, CUstream s, CUdeviceptr p,
                         unsigned int value, unsigned long long n);
 CUresult gv_launch_spin(const struct gv_kernels *k, CUstream s, unsigned long long us);
 CUresult gv_launch_empty(const struct gv_kernels *k, CUstream s);
+/* gv_burn on `blocks` blocks of `threads`: fixed work of `iters` FMAs per thread. */
+CUresult gv_launch_burn(const struct gv_kernels *k, CUstream s, unsigned long long iters,
+                        unsigned int blocks, unsigned int threads, CUdeviceptr sink);
 CUresult gv_launch_matmul(const struct gv_kernels *k, CUstream s, CUdeviceptr a,
                           CUdeviceptr b, CUdeviceptr c, unsigned int n);
 

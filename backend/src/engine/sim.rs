@@ -25,6 +25,7 @@ enum Builtin {
     SaxpyF32,
     SpinUs,
     MatmulF32,
+    Burn,
 }
 
 impl Builtin {
@@ -37,6 +38,7 @@ impl Builtin {
             "gv_saxpy_f32" => (Builtin::SaxpyF32, &[4, 8, 8, 8]),
             "gv_spin_us" => (Builtin::SpinUs, &[8]),
             "gv_matmul_f32" => (Builtin::MatmulF32, &[8, 8, 8, 4]),
+            "gv_burn" => (Builtin::Burn, &[8, 8]),
             _ => return None,
         })
     }
@@ -288,6 +290,8 @@ impl SimEngine {
                 }
             }
             Builtin::SpinUs => return Ok(Duration::from_micros(arg(0)?.min(60_000_000))),
+            // Fixed work: the simulated GPU takes one nanosecond per iteration.
+            Builtin::Burn => return Ok(Duration::from_nanos(arg(0)?.min(60_000_000_000))),
             Builtin::MatmulF32 => {
                 let (a, b, c, n) = (arg(0)?, arg(1)?, arg(2)?, arg(3)? as u32 as u64);
                 let bytes = n.checked_mul(n).and_then(|v| v.checked_mul(4)).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
