@@ -3,9 +3,13 @@
 
 use protocol::control::QosClass;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{PartialSchema, ToSchema};
 
 /// A GPU as the admin sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GpuView {
     /// The GPU's UUID (`GPU-...`), or `sim` for the simulated GPU that
     /// sim-engine backends share.
@@ -30,7 +34,7 @@ pub struct GpuView {
 }
 
 /// The state of a VM's vGPU.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum VmState {
     /// Holds a grant.
@@ -46,7 +50,7 @@ pub enum VmState {
 }
 
 /// A VM as the admin sees it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct VmView {
     pub name: String,
     /// The GPU it runs on (`GpuView::id`).
@@ -57,6 +61,7 @@ pub struct VmView {
     pub pid: Option<u32>,
     /// `cuda` or `sim`.
     pub engine: Option<String>,
+    #[schema(value_type = QosClassSchema)]
     pub class: QosClass,
     pub weight: u32,
     pub priority: i32,
@@ -87,27 +92,89 @@ pub struct VmView {
 
 /// A change to a VM's settings. Absent fields stay as they are;
 /// `slice_us: null` clears the VM's own slice (the GPU's applies).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+///
+/// A serialized patch leaves absent fields out, so that an absent
+/// `slice_us` is never sent as `null`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct VmPatch {
-    #[serde(default)]
+    /// The VM's QoS class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<QosClassSchema>)]
     pub class: Option<QosClass>,
-    #[serde(default)]
+    /// The VM's fair share is its weight over the sum of the busy VMs' weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000)]
     pub weight: Option<u32>,
-    #[serde(default)]
+    /// Higher runs sooner (lower latency), but never beyond its share.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -20, maximum = 20)]
     pub priority: Option<i32>,
-    #[serde(default, with = "double_option")]
+    /// The VM's own time slice in microseconds; `null` clears it (the GPU's applies).
+    #[serde(default, with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>, nullable, minimum = 500, maximum = 10000000)]
     pub slice_us: Option<Option<u64>>,
 }
 
 /// A change to a GPU's scheduling defaults.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuPatch {
-    #[serde(default)]
+    /// Default time slice in microseconds for VMs without their own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 500, maximum = 10000000)]
     pub slice_us: Option<u64>,
-    #[serde(default)]
+    /// Default cap on GPU operations a VM may have queued while it holds a
+    /// grant; bounds how long taking the GPU back from a VM takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4096)]
     pub max_queued_ops: Option<u32>,
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, starting with the field's name where one is at fault.
+    #[schema(example = "weight: must be between 1 and 10000, got 0")]
+    pub error: String,
+    /// The request field at fault, if any.
+    #[schema(example = "weight", required = true)]
+    pub field: Option<String>,
+}
+
+/// The answer to `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// Always `ok` when the daemon answers.
+    #[schema(example = "ok")]
+    pub status: String,
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// How [`QosClass`] (from the protocol crate) appears in the OpenAPI document:
+/// its names, taken from [`QosClass::ALL`] so the two cannot drift apart.
+pub struct QosClassSchema;
+
+impl PartialSchema for QosClassSchema {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some(QosClass::ALL.map(QosClass::as_str)))
+            .description(Some(
+                "A VM's QoS class. `guaranteed`: a reserved share of GPU time that is never lent away \
+                 while the VM is busy. `burstable`: a share of GPU time plus whatever capacity other \
+                 VMs leave idle. `best-effort`: only capacity that no guaranteed or burstable VM wants.",
+            ))
+            .examples([serde_json::json!("burstable")])
+            .into()
+    }
+}
+
+impl ToSchema for QosClassSchema {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("QosClass")
+    }
 }
 
 /// Why an admin request failed. The HTTP layer maps each variant to one status.

@@ -1,0 +1,522 @@
+//! The admin API over HTTP/JSON: routes, bearer-token auth, request
+//! validation and the OpenAPI document. Every answer, errors included, is
+//! JSON; the [`Admin`] implementation only ever sees validated patches.
+
+use crate::model::{Admin, AdminError, ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView};
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use axum::body::Bytes;
+use protocol::control::{
+    MAX_PRIORITY, MAX_QUEUED_OPS, MAX_SLICE_US, MAX_WEIGHT, MIN_PRIORITY, MIN_QUEUED_OPS, MIN_SLICE_US, MIN_WEIGHT,
+};
+use serde::de::DeserializeOwned;
+use std::fmt::Display;
+use std::future::Future;
+use std::sync::{Arc, LazyLock};
+use std::time::Instant;
+use subtle::ConstantTimeEq;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::OpenApi;
+
+/// Largest request body accepted; patches are a few dozen bytes.
+const MAX_BODY: usize = 64 * 1024;
+
+/// How requests to the `/v1` routes (other than health) are authenticated.
+#[derive(Clone)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>` with exactly this token.
+    Token(String),
+    /// No authentication: only when the host admin explicitly disabled it.
+    None,
+}
+
+impl std::fmt::Debug for Auth {
+    // The token must never reach a log line.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Auth::Token(_) => f.write_str("Token(<redacted>)"),
+            Auth::None => f.write_str("None"),
+        }
+    }
+}
+
+/// The admin API's routes over `admin`.
+pub fn router(admin: Arc<dyn Admin>, auth: Auth) -> Router {
+    let api = Router::new()
+        .route("/v1/gpus", get(list_gpus))
+        .route("/v1/gpus/{id}", get(get_gpu).patch(patch_gpu))
+        .route("/v1/vms", get(list_vms))
+        .route("/v1/vms/{name}", get(get_vm).patch(patch_vm))
+        .route("/v1/vms/{name}/drain", post(drain_vm))
+        .route("/v1/vms/{name}/resume", post(resume_vm))
+        .method_not_allowed_fallback(method_not_allowed);
+    let api = match auth {
+        Auth::Token(token) => {
+            if token.is_empty() {
+                tracing::warn!("admin API token is empty: every authenticated request will be refused");
+            }
+            api.route_layer(middleware::from_fn_with_state(Arc::new(token), require_token))
+        }
+        Auth::None => {
+            tracing::warn!("admin API authentication is disabled");
+            api
+        }
+    };
+    Router::new()
+        .route("/v1/health", get(health))
+        .route("/openapi.json", get(openapi_json))
+        .method_not_allowed_fallback(method_not_allowed)
+        .merge(api)
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(log_request))
+        .with_state(admin)
+}
+
+/// Serves the admin API on `listener` until `shutdown` completes.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    admin: Arc<dyn Admin>,
+    auth: Auth,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "admin API listening");
+    }
+    axum::serve(listener, router(admin, auth)).with_graceful_shutdown(shutdown).await
+}
+
+/// The OpenAPI document of this API.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    ApiDoc::openapi()
+}
+
+/// An error answer: a status and the JSON body every error carries.
+#[derive(Debug)]
+struct ApiError {
+    status: StatusCode,
+    error: String,
+    field: Option<String>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, error: impl Into<String>, field: Option<String>) -> ApiError {
+        ApiError { status, error: error.into(), field }
+    }
+
+    fn invalid(field: &str, message: impl Display) -> ApiError {
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{field}: {message}"), Some(field.to_owned()))
+    }
+}
+
+impl From<AdminError> for ApiError {
+    fn from(e: AdminError) -> ApiError {
+        let message = e.to_string();
+        match e {
+            AdminError::NotFound { .. } => ApiError::new(StatusCode::NOT_FOUND, message, None),
+            AdminError::InvalidField { field, .. } => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message, Some(field))
+            }
+            AdminError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message, None),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let unauthorized = self.status == StatusCode::UNAUTHORIZED;
+        let mut resp = (self.status, Json(ErrorBody { error: self.error, field: self.field })).into_response();
+        if unauthorized {
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        resp
+    }
+}
+
+/// A JSON request body whose errors name the offending field: serde's own
+/// messages, with the path serde_path_to_error tracked, as a 400.
+struct JsonBody<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        if !is_json(req.headers()) {
+            return Err(ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "request body must be JSON (Content-Type: application/json)",
+                None,
+            ));
+        }
+        let body = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+            ApiError::new(e.status(), format!("could not read the request body: {}", e.body_text()), None)
+        })?;
+        parse_json(&body).map(JsonBody)
+    }
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Parses `body` as a `T`, turning serde's error into a 400 that names the field.
+fn parse_json<T: DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(body);
+    let value = serde_path_to_error::deserialize(&mut *de).map_err(|e| {
+        let path = e.path().to_string();
+        json_error(e.into_inner(), (path != ".").then_some(path))
+    })?;
+    de.end().map_err(|e| json_error(e, None))?;
+    Ok(value)
+}
+
+fn json_error(e: serde_json::Error, path: Option<String>) -> ApiError {
+    use serde_json::error::Category;
+    let full = e.to_string();
+    let location = format!(" at line {} column {}", e.line(), e.column());
+    let message = full.strip_suffix(&location).unwrap_or(&full);
+    match e.classify() {
+        Category::Data => {
+            // serde reports an unknown field while reading its key, before the
+            // path has it: the name is in the message, between backticks.
+            if let Some(name) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+                return ApiError::new(StatusCode::BAD_REQUEST, message, Some(name.to_owned()));
+            }
+            match path {
+                Some(field) => ApiError::new(StatusCode::BAD_REQUEST, format!("{field}: {message}"), Some(field)),
+                None => ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {message}"), None),
+            }
+        }
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {full}"), path)
+        }
+    }
+}
+
+fn check_range<T: PartialOrd + Display>(field: &str, value: T, min: T, max: T) -> Result<(), ApiError> {
+    if value < min || value > max {
+        return Err(ApiError::invalid(field, format_args!("must be between {min} and {max}, got {value}")));
+    }
+    Ok(())
+}
+
+fn nothing_to_change(fields: &str) -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        format!("nothing to change: give at least one of {fields}"),
+        None,
+    )
+}
+
+fn validate_vm_patch(p: &VmPatch) -> Result<(), ApiError> {
+    if p.class.is_none() && p.weight.is_none() && p.priority.is_none() && p.slice_us.is_none() {
+        return Err(nothing_to_change("class, weight, priority, slice_us"));
+    }
+    if let Some(w) = p.weight {
+        check_range("weight", w, MIN_WEIGHT, MAX_WEIGHT)?;
+    }
+    if let Some(prio) = p.priority {
+        check_range("priority", prio, MIN_PRIORITY, MAX_PRIORITY)?;
+    }
+    if let Some(Some(slice)) = p.slice_us {
+        check_range("slice_us", slice, MIN_SLICE_US, MAX_SLICE_US)?;
+    }
+    Ok(())
+}
+
+fn validate_gpu_patch(p: &GpuPatch) -> Result<(), ApiError> {
+    if p.slice_us.is_none() && p.max_queued_ops.is_none() {
+        return Err(nothing_to_change("slice_us, max_queued_ops"));
+    }
+    if let Some(slice) = p.slice_us {
+        check_range("slice_us", slice, MIN_SLICE_US, MAX_SLICE_US)?;
+    }
+    if let Some(ops) = p.max_queued_ops {
+        check_range("max_queued_ops", ops, MIN_QUEUED_OPS, MAX_QUEUED_OPS)?;
+    }
+    Ok(())
+}
+
+/// Runs one `Admin` call off the async workers: the daemon's implementation
+/// may take locks or write its database.
+async fn call<T: Send + 'static>(
+    admin: Arc<dyn Admin>,
+    f: impl FnOnce(&dyn Admin) -> Result<T, AdminError> + Send + 'static,
+) -> Result<Json<T>, ApiError> {
+    match tokio::task::spawn_blocking(move || f(admin.as_ref())).await {
+        Ok(result) => Ok(Json(result?)),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("admin call failed: {e}"), None)),
+    }
+}
+
+async fn require_token(State(token): State<Arc<String>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim());
+    match presented {
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "missing bearer token: send Authorization: Bearer <admin token>",
+            None,
+        )
+        .into_response(),
+        Some(t) if !t.is_empty() && bool::from(t.as_bytes().ct_eq(token.as_bytes())) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token", None).into_response(),
+    }
+}
+
+async fn log_request(req: Request, next: Next) -> Response {
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let start = Instant::now();
+    let resp = next.run(req).await;
+    tracing::debug!(
+        %method,
+        %path,
+        status = resp.status().as_u16(),
+        elapsed_us = start.elapsed().as_micros() as u64,
+        "admin request"
+    );
+    resp
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route {} {}", req.method(), req.uri().path()), None)
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {} not allowed on {}", req.method(), req.uri().path()),
+        None,
+    )
+}
+
+/// Whether the daemon answers; needs no token.
+#[utoipa::path(get, path = "/v1/health", tag = "health", security(()),
+    responses((status = 200, description = "The daemon is up", body = Health)))]
+async fn health() -> Json<Health> {
+    Json(Health { status: "ok".to_owned(), version: env!("CARGO_PKG_VERSION").to_owned() })
+}
+
+static OPENAPI_JSON: LazyLock<String> =
+    LazyLock::new(|| openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
+
+/// This document; needs no token.
+#[utoipa::path(get, path = "/openapi.json", tag = "health", security(()),
+    responses((status = 200, description = "The OpenAPI 3.1 document of the admin API", content_type = "application/json")))]
+async fn openapi_json() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON.as_str()).into_response()
+}
+
+/// All GPUs the daemon schedules, with their defaults and how busy they are.
+#[utoipa::path(get, path = "/v1/gpus", tag = "gpus", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The GPUs", body = Vec<GpuView>),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ))]
+async fn list_gpus(State(admin): State<Arc<dyn Admin>>) -> Result<Json<Vec<GpuView>>, ApiError> {
+    call(admin, |a| Ok(a.gpus())).await
+}
+
+/// One GPU.
+#[utoipa::path(get, path = "/v1/gpus/{id}", tag = "gpus", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The GPU's UUID (`GPU-...`), or `sim`")),
+    responses(
+        (status = 200, description = "The GPU", body = GpuView),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such GPU", body = ErrorBody),
+    ))]
+async fn get_gpu(State(admin): State<Arc<dyn Admin>>, Path(id): Path<String>) -> Result<Json<GpuView>, ApiError> {
+    call(admin, move |a| a.gpu(&id)).await
+}
+
+/// Changes a GPU's scheduling defaults (for VMs without their own); they
+/// take effect within one slice.
+#[utoipa::path(patch, path = "/v1/gpus/{id}", tag = "gpus", security(("bearer" = [])),
+    params(("id" = String, Path, description = "The GPU's UUID (`GPU-...`), or `sim`")),
+    request_body = GpuPatch,
+    responses(
+        (status = 200, description = "The GPU with the change applied", body = GpuView),
+        (status = 400, description = "Malformed JSON, an unknown field or a value of the wrong type; `field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such GPU", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 422, description = "A value out of range (`field` names it), or nothing to change", body = ErrorBody),
+        (status = 500, description = "The daemon could not apply the change", body = ErrorBody),
+    ))]
+async fn patch_gpu(
+    State(admin): State<Arc<dyn Admin>>,
+    Path(id): Path<String>,
+    JsonBody(patch): JsonBody<GpuPatch>,
+) -> Result<Json<GpuView>, ApiError> {
+    validate_gpu_patch(&patch)?;
+    call(admin, move |a| a.update_gpu(&id, patch)).await
+}
+
+/// All VMs registered with the daemon, connected or not.
+#[utoipa::path(get, path = "/v1/vms", tag = "vms", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The VMs", body = Vec<VmView>),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ))]
+async fn list_vms(State(admin): State<Arc<dyn Admin>>) -> Result<Json<Vec<VmView>>, ApiError> {
+    call(admin, |a| Ok(a.vms())).await
+}
+
+/// One VM: its settings, state and measured figures.
+#[utoipa::path(get, path = "/v1/vms/{name}", tag = "vms", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The VM's name")),
+    responses(
+        (status = 200, description = "The VM", body = VmView),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such VM", body = ErrorBody),
+    ))]
+async fn get_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>) -> Result<Json<VmView>, ApiError> {
+    call(admin, move |a| a.vm(&name)).await
+}
+
+/// Changes a VM's QoS settings; they take effect within one slice.
+#[utoipa::path(patch, path = "/v1/vms/{name}", tag = "vms", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The VM's name")),
+    request_body = VmPatch,
+    responses(
+        (status = 200, description = "The VM with the change applied", body = VmView),
+        (status = 400, description = "Malformed JSON, an unknown field, an unknown class or a value of the wrong type; `field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such VM", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 422, description = "A value out of range (`field` names it), or nothing to change", body = ErrorBody),
+        (status = 500, description = "The daemon could not apply the change", body = ErrorBody),
+    ))]
+async fn patch_vm(
+    State(admin): State<Arc<dyn Admin>>,
+    Path(name): Path<String>,
+    JsonBody(patch): JsonBody<VmPatch>,
+) -> Result<Json<VmView>, ApiError> {
+    validate_vm_patch(&patch)?;
+    call(admin, move |a| a.update_vm(&name, patch)).await
+}
+
+/// Drains a VM: it gets no more grants and its guest's GPU work waits (no
+/// error) until it is resumed.
+#[utoipa::path(post, path = "/v1/vms/{name}/drain", tag = "vms", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The VM's name")),
+    responses(
+        (status = 200, description = "The drained VM", body = VmView),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such VM", body = ErrorBody),
+        (status = 500, description = "The daemon could not apply the change", body = ErrorBody),
+    ))]
+async fn drain_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>) -> Result<Json<VmView>, ApiError> {
+    call(admin, move |a| a.set_drained(&name, true)).await
+}
+
+/// Resumes a drained VM: it gets grants again.
+#[utoipa::path(post, path = "/v1/vms/{name}/resume", tag = "vms", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The VM's name")),
+    responses(
+        (status = 200, description = "The resumed VM", body = VmView),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No such VM", body = ErrorBody),
+        (status = 500, description = "The daemon could not apply the change", body = ErrorBody),
+    ))]
+async fn resume_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>) -> Result<Json<VmView>, ApiError> {
+    call(admin, move |a| a.set_drained(&name, false)).await
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "gpuvisord admin API",
+        description = "Live tuning of gpuvisord's GPU scheduler: list GPUs and VMs, change a VM's QoS \
+                       class, weight, priority and time slice or a GPU's defaults, drain and resume VMs. \
+                       Every route but /v1/health and /openapi.json needs `Authorization: Bearer <token>`. \
+                       Errors are JSON `{\"error\": \"...\", \"field\": \"...\" | null}`."
+    ),
+    paths(health, openapi_json, list_gpus, get_gpu, patch_gpu, list_vms, get_vm, patch_vm, drain_vm, resume_vm),
+    components(schemas(
+        GpuView,
+        VmView,
+        crate::model::VmState,
+        VmPatch,
+        GpuPatch,
+        ErrorBody,
+        Health,
+        crate::model::QosClassSchema
+    )),
+    modifiers(&BearerScheme),
+    tags(
+        (name = "health", description = "Liveness and this document; no token needed"),
+        (name = "gpus", description = "GPUs and their scheduling defaults"),
+        (name = "vms", description = "VMs, their QoS settings and measured shares"),
+    )
+)]
+struct ApiDoc;
+
+struct BearerScheme;
+
+impl utoipa::Modify for BearerScheme {
+    fn modify(&self, doc: &mut utoipa::openapi::OpenApi) {
+        let components = doc.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("The admin token gpuvisord was started with (by default in /var/lib/gpuvisor/admin.token)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn schema_limits(schema: &str, field: &str) -> (f64, f64) {
+        let doc = serde_json::to_value(openapi()).unwrap();
+        let prop = &doc["components"]["schemas"][schema]["properties"][field];
+        (prop["minimum"].as_f64().unwrap(), prop["maximum"].as_f64().unwrap())
+    }
+
+    #[test]
+    fn documented_limits_match_the_protocol() {
+        assert_eq!(schema_limits("VmPatch", "weight"), (MIN_WEIGHT as f64, MAX_WEIGHT as f64));
+        assert_eq!(schema_limits("VmPatch", "priority"), (MIN_PRIORITY as f64, MAX_PRIORITY as f64));
+        assert_eq!(schema_limits("VmPatch", "slice_us"), (MIN_SLICE_US as f64, MAX_SLICE_US as f64));
+        assert_eq!(schema_limits("GpuPatch", "slice_us"), (MIN_SLICE_US as f64, MAX_SLICE_US as f64));
+        assert_eq!(schema_limits("GpuPatch", "max_queued_ops"), (MIN_QUEUED_OPS as f64, MAX_QUEUED_OPS as f64));
+    }
+
+    #[test]
+    fn json_errors_name_the_field() {
+        let e = parse_json::<VmPatch>(br#"{"weight": "heavy"}"#).unwrap_err();
+        assert_eq!((e.status, e.field.as_deref()), (StatusCode::BAD_REQUEST, Some("weight")));
+        assert!(e.error.starts_with("weight: invalid type"), "{}", e.error);
+        let e = parse_json::<VmPatch>(br#"{"wieght": 3}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("wieght"));
+        let e = parse_json::<VmPatch>(br#"{"class": "gold"}"#).unwrap_err();
+        assert_eq!(e.field.as_deref(), Some("class"));
+        let e = parse_json::<VmPatch>(br#"{"weight": 3"#).unwrap_err();
+        assert!(e.error.starts_with("malformed JSON"), "{}", e.error);
+        let e = parse_json::<VmPatch>(br#"{"weight": 3} x"#).unwrap_err();
+        assert!(e.error.starts_with("malformed JSON"), "{}", e.error);
+        let p = parse_json::<VmPatch>(br#"{"slice_us": null}"#).unwrap();
+        assert_eq!(p.slice_us, Some(None));
+    }
+}
