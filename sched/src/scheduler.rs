@@ -1,0 +1,619 @@
+//! The [`Scheduler`] of one GPU: per-VM state, selection and preemption, as
+//! the crate's documentation describes them.
+
+use std::collections::BTreeMap;
+
+use protocol::control::{MAX_SLICE_US, MAX_WEIGHT, MIN_SLICE_US, MIN_WEIGHT};
+
+use crate::usage::UsageWindow;
+use crate::{Action, GpuPolicy, GpuStats, Nanos, QosClass, VmId, VmParams, VmStats};
+
+/// Guaranteed and burstable VMs share one virtual time scale, best-effort VMs
+/// another: they never compete with each other by virtual time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tier {
+    Shared = 0,
+    BestEffort = 1,
+}
+
+fn tier(class: QosClass) -> Tier {
+    match class {
+        QosClass::Guaranteed | QosClass::Burstable => Tier::Shared,
+        QosClass::BestEffort => Tier::BestEffort,
+    }
+}
+
+fn weight(p: &VmParams) -> u32 {
+    p.weight.clamp(MIN_WEIGHT, MAX_WEIGHT)
+}
+
+#[derive(Debug, Clone)]
+struct Vm {
+    params: VmParams,
+    /// Has work queued and holds no grant.
+    runnable: bool,
+    /// When `runnable` last became true.
+    runnable_since: Nanos,
+    vtime: u128,
+    /// The VM's last revoked grant, until the VM releases it.
+    revoked: Option<u64>,
+    usage: UsageWindow,
+    used_total_ns: Nanos,
+    grants: u64,
+    preemptions: u64,
+    wait_total_ns: Nanos,
+    last_wait_ns: Nanos,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Holding {
+    vm: VmId,
+    grant: u64,
+    deadline: Nanos,
+    /// An anti-starvation grant to a best-effort VM: not preempted.
+    rescue: bool,
+}
+
+/// The scheduling state of one GPU.
+#[derive(Debug, Clone)]
+pub struct Scheduler {
+    policy: GpuPolicy,
+    vms: BTreeMap<VmId, Vm>,
+    holding: Option<Holding>,
+    next_grant: u64,
+    /// Per tier: the highest value the lowest busy virtual time has reached.
+    vclock: [u128; 2],
+    /// All VMs' charges, removed VMs' included.
+    usage: UsageWindow,
+    /// Latest time seen.
+    now: Nanos,
+}
+
+impl Scheduler {
+    pub fn new(policy: GpuPolicy) -> Self {
+        Scheduler {
+            policy,
+            vms: BTreeMap::new(),
+            holding: None,
+            next_grant: 1,
+            vclock: [0; 2],
+            usage: UsageWindow::new(policy.window_ns),
+            now: 0,
+        }
+    }
+
+    pub fn policy(&self) -> GpuPolicy {
+        self.policy
+    }
+
+    /// Changes the GPU's policy. A new slice applies from the next grant; a
+    /// new window keeps the figures measured so far.
+    pub fn set_policy(&mut self, policy: GpuPolicy, now: Nanos) -> Vec<Action> {
+        let now = self.clock(now);
+        if policy.window_ns != self.policy.window_ns {
+            self.usage.set_window(policy.window_ns);
+            for vm in self.vms.values_mut() {
+                vm.usage.set_window(policy.window_ns);
+            }
+        }
+        self.policy = policy;
+        let mut out = Vec::new();
+        self.fill(now, &mut out);
+        out
+    }
+
+    /// Registers a VM, idle and holding nothing. Adding a VM that exists
+    /// changes its settings, as [`set_params`](Self::set_params).
+    pub fn add_vm(&mut self, vm: VmId, params: VmParams, now: Nanos) -> Vec<Action> {
+        if self.vms.contains_key(&vm) {
+            return self.set_params(vm, params, now);
+        }
+        let now = self.clock(now);
+        let state = Vm {
+            params,
+            runnable: false,
+            runnable_since: now,
+            vtime: 0,
+            revoked: None,
+            usage: UsageWindow::new(self.policy.window_ns),
+            used_total_ns: 0,
+            grants: 0,
+            preemptions: 0,
+            wait_total_ns: 0,
+            last_wait_ns: 0,
+        };
+        self.vms.insert(vm, state);
+        Vec::new()
+    }
+
+    /// Forgets a VM (its backend is gone). If it held the grant, the next VM
+    /// is granted; no revocation is sent to a backend that is gone.
+    pub fn remove_vm(&mut self, vm: VmId, now: Nanos) -> Vec<Action> {
+        let now = self.clock(now);
+        if self.vms.remove(&vm).is_none() {
+            return Vec::new();
+        }
+        if self.holder() == Some(vm) {
+            self.holding = None;
+        }
+        let mut out = Vec::new();
+        self.fill(now, &mut out);
+        self.update_vclock();
+        out
+    }
+
+    /// Changes a VM's settings live. Draining the holder revokes it at once;
+    /// a change that makes a runnable VM outrank the holder preempts it as a
+    /// demand would; anything else applies from the next selection.
+    pub fn set_params(&mut self, vm: VmId, params: VmParams, now: Nanos) -> Vec<Action> {
+        let now = self.clock(now);
+        let Some(old) = self.vms.get(&vm).map(|v| v.params) else {
+            return Vec::new();
+        };
+        let was_busy = self.is_busy(vm);
+        if tier(old.class) != tier(params.class) {
+            // Virtual times of the two tiers are not comparable: start over in
+            // the new one, one slice behind where it stands.
+            let reference = self.reference_vtime(tier(params.class), vm);
+            let vslice = self.vslice_of(&params);
+            if let Some(v) = self.vms.get_mut(&vm) {
+                v.vtime = reference.saturating_sub(vslice);
+            }
+        }
+        if let Some(v) = self.vms.get_mut(&vm) {
+            v.params = params;
+        }
+        if !was_busy && self.is_busy(vm) {
+            self.wake(vm);
+        }
+        let mut out = Vec::new();
+        if let Some(h) = self.holding {
+            if h.vm == vm {
+                let outranked = self.candidates().any(|c| self.should_preempt(h, c, now));
+                if params.drained || outranked {
+                    self.revoke(now, true, &mut out);
+                }
+            } else if self.is_candidate(vm) && self.should_preempt(h, vm, now) {
+                self.revoke(now, true, &mut out);
+            }
+        }
+        self.fill(now, &mut out);
+        self.update_vclock();
+        out
+    }
+
+    /// `vm` has GPU work queued and holds no grant.
+    pub fn demand(&mut self, vm: VmId, now: Nanos) -> Vec<Action> {
+        let now = self.clock(now);
+        let mut out = Vec::new();
+        let Some(v) = self.vms.get_mut(&vm) else {
+            return out;
+        };
+        let holding = self.holding;
+        // A holder's demand and a repeated demand change nothing.
+        if holding.is_some_and(|h| h.vm == vm) || v.runnable {
+            self.fill(now, &mut out);
+            return out;
+        }
+        v.runnable = true;
+        v.runnable_since = now;
+        if self.is_busy(vm) {
+            self.wake(vm);
+        }
+        if let Some(h) = holding {
+            if self.is_candidate(vm) && self.should_preempt(h, vm, now) {
+                self.revoke(now, true, &mut out);
+            }
+        }
+        self.fill(now, &mut out);
+        self.update_vclock();
+        out
+    }
+
+    /// `vm` gives back `grant`; its work took `used_ns` of GPU time during the
+    /// grant, and `more` says whether it still has work queued. A release of
+    /// a grant that is not `vm`'s current one only charges `used_ns` (and a
+    /// release of its last revoked grant also says whether it has work left).
+    pub fn release(
+        &mut self,
+        vm: VmId,
+        grant: u64,
+        used_ns: Nanos,
+        more: bool,
+        now: Nanos,
+    ) -> Vec<Action> {
+        let now = self.clock(now);
+        let mut out = Vec::new();
+        if !self.vms.contains_key(&vm) {
+            return out;
+        }
+        self.charge_vm(vm, used_ns, now);
+        let holds_it = self.holding.is_some_and(|h| h.vm == vm && h.grant == grant);
+        let holds_other = self.holding.is_some_and(|h| h.vm == vm && h.grant != grant);
+        if holds_it {
+            self.holding = None;
+            if let Some(v) = self.vms.get_mut(&vm) {
+                v.runnable = more;
+                v.runnable_since = now;
+            }
+        } else if !holds_other && self.vms.get(&vm).is_some_and(|v| v.revoked == Some(grant)) {
+            let was_busy = self.is_busy(vm);
+            if let Some(v) = self.vms.get_mut(&vm) {
+                v.revoked = None;
+                if !more {
+                    v.runnable = false;
+                } else if !v.runnable {
+                    v.runnable = true;
+                    v.runnable_since = now;
+                }
+            }
+            if !was_busy && self.is_busy(vm) {
+                self.wake(vm);
+            }
+        }
+        self.fill(now, &mut out);
+        self.update_vclock();
+        out
+    }
+
+    /// GPU time of `vm`'s work that completed after its grant was released.
+    pub fn charge(&mut self, vm: VmId, used_ns: Nanos, now: Nanos) {
+        let now = self.clock(now);
+        if self.vms.contains_key(&vm) {
+            self.charge_vm(vm, used_ns, now);
+            self.update_vclock();
+        }
+    }
+
+    /// Revokes a holder that overstayed its deadline by more than the grace
+    /// time and grants the next VM. Call it at [`next_deadline`](Self::next_deadline).
+    pub fn tick(&mut self, now: Nanos) -> Vec<Action> {
+        let now = self.clock(now);
+        let mut out = Vec::new();
+        if let Some(h) = self.holding {
+            if now >= h.deadline.saturating_add(self.policy.grace_ns) {
+                self.revoke(now, false, &mut out);
+            }
+        }
+        self.fill(now, &mut out);
+        self.update_vclock();
+        out
+    }
+
+    /// When [`tick`](Self::tick) must run next: the holder's deadline plus
+    /// the grace time.
+    pub fn next_deadline(&self) -> Option<Nanos> {
+        self.holding
+            .map(|h| h.deadline.saturating_add(self.policy.grace_ns))
+    }
+
+    pub fn holder(&self) -> Option<VmId> {
+        self.holding.map(|h| h.vm)
+    }
+
+    /// The current grant: holder and grant id.
+    pub fn current_grant(&self) -> Option<(VmId, u64)> {
+        self.holding.map(|h| (h.vm, h.grant))
+    }
+
+    pub fn params(&self, vm: VmId) -> Option<VmParams> {
+        self.vms.get(&vm).map(|v| v.params)
+    }
+
+    /// The registered VMs, in id order.
+    pub fn vm_ids(&self) -> impl Iterator<Item = VmId> + '_ {
+        self.vms.keys().copied()
+    }
+
+    pub fn vm_stats(&self, vm: VmId, now: Nanos) -> Option<VmStats> {
+        let now = now.max(self.now);
+        let v = self.vms.get(&vm)?;
+        let holding = self.holder() == Some(vm);
+        let w = f64::from(weight(&v.params));
+        let busy_weight = |t: Tier| -> f64 {
+            self.vms
+                .iter()
+                .filter(|&(&id, o)| tier(o.params.class) == t && (id == vm || self.is_busy(id)))
+                .map(|(_, o)| f64::from(weight(&o.params)))
+                .sum()
+        };
+        let share_configured = if v.params.drained {
+            0.0
+        } else {
+            match tier(v.params.class) {
+                Tier::Shared => w / busy_weight(Tier::Shared),
+                Tier::BestEffort if self.tier_busy(Tier::Shared) => 0.0,
+                Tier::BestEffort => w / busy_weight(Tier::BestEffort),
+            }
+        };
+        let waiting = if v.runnable {
+            now.saturating_sub(v.runnable_since)
+        } else {
+            0
+        };
+        Some(VmStats {
+            runnable: v.runnable,
+            holding,
+            share_configured,
+            reserved_share: self.reserved_share(vm),
+            share_used: self.share_used(v, now),
+            used_total_ns: v.used_total_ns,
+            grants: v.grants,
+            preemptions: v.preemptions,
+            wait_total_ns: v.wait_total_ns.saturating_add(waiting),
+            last_wait_ns: v.last_wait_ns,
+        })
+    }
+
+    pub fn gpu_stats(&self, now: Nanos) -> GpuStats {
+        let now = now.max(self.now);
+        let window = self.policy.window_ns.max(1);
+        let busy = self.usage.sum(now, window) as f64 / window as f64;
+        GpuStats {
+            holder: self.holder(),
+            busy_fraction: busy.min(1.0),
+            runnable: self.candidates().count(),
+        }
+    }
+
+    // ---- state helpers ----
+
+    fn clock(&mut self, now: Nanos) -> Nanos {
+        self.now = self.now.max(now);
+        self.now
+    }
+
+    fn slice_of(&self, p: &VmParams) -> Nanos {
+        p.slice_ns
+            .unwrap_or(self.policy.slice_ns)
+            .clamp(MIN_SLICE_US * 1000, MAX_SLICE_US * 1000)
+    }
+
+    fn vslice_of(&self, p: &VmParams) -> u128 {
+        u128::from(self.slice_of(p)) * 1024 / u128::from(weight(p))
+    }
+
+    /// Runnable and allowed a grant.
+    fn is_candidate(&self, vm: VmId) -> bool {
+        self.vms
+            .get(&vm)
+            .is_some_and(|v| v.runnable && !v.params.drained)
+    }
+
+    fn candidates(&self) -> impl Iterator<Item = VmId> + '_ {
+        self.vms
+            .iter()
+            .filter(|(_, v)| v.runnable && !v.params.drained)
+            .map(|(&id, _)| id)
+    }
+
+    fn is_busy(&self, vm: VmId) -> bool {
+        self.holder() == Some(vm) || self.is_candidate(vm)
+    }
+
+    fn tier_busy(&self, t: Tier) -> bool {
+        self.vms
+            .iter()
+            .any(|(&id, v)| tier(v.params.class) == t && self.is_busy(id))
+    }
+
+    /// Lowest virtual time of the busy VMs of tier `t` other than `except`.
+    fn min_busy_vtime(&self, t: Tier, except: Option<VmId>) -> Option<u128> {
+        self.vms
+            .iter()
+            .filter(|&(&id, v)| Some(id) != except && tier(v.params.class) == t && self.is_busy(id))
+            .map(|(_, v)| v.vtime)
+            .min()
+    }
+
+    /// Where fair sharing stands in tier `t`, as seen by `vm`.
+    fn reference_vtime(&self, t: Tier, vm: VmId) -> u128 {
+        self.min_busy_vtime(t, Some(vm))
+            .unwrap_or(self.vclock[t as usize])
+    }
+
+    /// `vm` became busy: it keeps no credit from its idle time beyond one slice.
+    fn wake(&mut self, vm: VmId) {
+        let Some(p) = self.vms.get(&vm).map(|v| v.params) else {
+            return;
+        };
+        let floor = self
+            .reference_vtime(tier(p.class), vm)
+            .saturating_sub(self.vslice_of(&p));
+        if let Some(v) = self.vms.get_mut(&vm) {
+            v.vtime = v.vtime.max(floor);
+        }
+    }
+
+    fn update_vclock(&mut self) {
+        for t in [Tier::Shared, Tier::BestEffort] {
+            if let Some(m) = self.min_busy_vtime(t, None) {
+                let c = &mut self.vclock[t as usize];
+                *c = (*c).max(m);
+            }
+        }
+    }
+
+    fn charge_vm(&mut self, vm: VmId, used_ns: Nanos, now: Nanos) {
+        let window = self.policy.window_ns.max(1);
+        self.usage.add(now, used_ns, window);
+        if let Some(v) = self.vms.get_mut(&vm) {
+            let w = u128::from(weight(&v.params));
+            v.vtime = v.vtime.saturating_add(u128::from(used_ns) * 1024 / w);
+            v.used_total_ns = v.used_total_ns.saturating_add(used_ns);
+            v.usage.add(now, used_ns, window);
+        }
+    }
+
+    fn share_used(&self, v: &Vm, now: Nanos) -> f64 {
+        let window = self.policy.window_ns.max(1);
+        v.usage.sum(now, window) as f64 / window as f64
+    }
+
+    fn reserved_share(&self, vm: VmId) -> f64 {
+        let Some(v) = self.vms.get(&vm) else {
+            return 0.0;
+        };
+        if v.params.class != QosClass::Guaranteed {
+            return 0.0;
+        }
+        let total: f64 = self
+            .vms
+            .values()
+            .filter(|o| tier(o.params.class) == Tier::Shared)
+            .map(|o| f64::from(weight(&o.params)))
+            .sum();
+        f64::from(weight(&v.params)) / total
+    }
+
+    fn under_reservation(&self, vm: VmId, now: Nanos) -> bool {
+        self.vms.get(&vm).is_some_and(|v| {
+            v.params.class == QosClass::Guaranteed
+                && self.share_used(v, now) < self.reserved_share(vm)
+        })
+    }
+
+    fn eligible(&self, vm: VmId, min_vtime: u128) -> bool {
+        self.vms
+            .get(&vm)
+            .is_some_and(|v| v.vtime < min_vtime.saturating_add(self.vslice_of(&v.params)))
+    }
+
+    // ---- decisions ----
+
+    /// Whether candidate `c`, runnable now, should take the GPU from holding `h`.
+    fn should_preempt(&self, h: Holding, c: VmId, now: Nanos) -> bool {
+        if h.rescue || h.vm == c {
+            return false;
+        }
+        let (Some(hv), Some(cv)) = (self.vms.get(&h.vm), self.vms.get(&c)) else {
+            return false;
+        };
+        let (ht, ct) = (tier(hv.params.class), tier(cv.params.class));
+        if ht != ct {
+            return ct == Tier::Shared;
+        }
+        if self.under_reservation(h.vm, now) {
+            return false;
+        }
+        if self.under_reservation(c, now) {
+            return true;
+        }
+        cv.params.priority > hv.params.priority
+            && self
+                .min_busy_vtime(ct, None)
+                .is_some_and(|m| self.eligible(c, m))
+    }
+
+    /// The VM to grant next, and whether it is a rescue grant.
+    fn select(&self, now: Nanos) -> Option<(VmId, bool)> {
+        let cands: Vec<VmId> = self.candidates().collect();
+        let in_tier = |t: Tier| -> Vec<VmId> {
+            cands
+                .iter()
+                .copied()
+                .filter(|id| self.vms.get(id).is_some_and(|v| tier(v.params.class) == t))
+                .collect()
+        };
+        let shared = in_tier(Tier::Shared);
+        if shared.is_empty() {
+            return self.pick(&in_tier(Tier::BestEffort)).map(|id| (id, false));
+        }
+        let max_wait = self.policy.best_effort_max_wait_ns;
+        let starved = in_tier(Tier::BestEffort)
+            .into_iter()
+            .filter_map(|id| self.vms.get(&id).map(|v| (v.runnable_since, id)))
+            .filter(|&(since, _)| now.saturating_sub(since) >= max_wait)
+            .min();
+        if let Some((_, id)) = starved {
+            return Some((id, true));
+        }
+        let reserved: Vec<VmId> = shared
+            .iter()
+            .copied()
+            .filter(|&id| self.under_reservation(id, now))
+            .collect();
+        if let Some(id) = self.pick(&reserved) {
+            return Some((id, false));
+        }
+        self.pick(&shared).map(|id| (id, false))
+    }
+
+    /// Among `set`: the highest priority of the eligible VMs, then the lowest
+    /// virtual time, then the lowest id.
+    fn pick(&self, set: &[VmId]) -> Option<VmId> {
+        let min = set
+            .iter()
+            .filter_map(|id| self.vms.get(id))
+            .map(|v| v.vtime)
+            .min()?;
+        set.iter()
+            .filter(|&&id| self.eligible(id, min))
+            .filter_map(|&id| self.vms.get(&id).map(|v| (v, id)))
+            .min_by_key(|&(v, id)| (std::cmp::Reverse(v.params.priority), v.vtime, id))
+            .map(|(_, id)| id)
+    }
+
+    /// Grants the next VM if nobody holds the grant.
+    fn fill(&mut self, now: Nanos, out: &mut Vec<Action>) {
+        if self.holding.is_some() {
+            return;
+        }
+        let Some((vm, rescue)) = self.select(now) else {
+            return;
+        };
+        let Some(p) = self.vms.get(&vm).map(|v| v.params) else {
+            return;
+        };
+        let slice_ns = self.slice_of(&p);
+        let grant = self.next_grant;
+        self.next_grant += 1;
+        if let Some(v) = self.vms.get_mut(&vm) {
+            let wait = now.saturating_sub(v.runnable_since);
+            v.runnable = false;
+            v.grants += 1;
+            v.last_wait_ns = wait;
+            v.wait_total_ns = v.wait_total_ns.saturating_add(wait);
+        }
+        self.holding = Some(Holding {
+            vm,
+            grant,
+            deadline: now.saturating_add(slice_ns),
+            rescue,
+        });
+        out.push(Action::Grant {
+            vm,
+            grant,
+            slice_ns,
+        });
+    }
+
+    /// Revokes the current grant. `still_runnable`: the VM keeps its place
+    /// among the runnable VMs (preemption, drain); otherwise it waits for its
+    /// own release (overstay).
+    fn revoke(&mut self, now: Nanos, still_runnable: bool, out: &mut Vec<Action>) {
+        let Some(h) = self.holding.take() else {
+            return;
+        };
+        if let Some(v) = self.vms.get_mut(&h.vm) {
+            v.revoked = Some(h.grant);
+            v.preemptions += 1;
+            v.runnable = still_runnable;
+            v.runnable_since = now;
+        }
+        out.push(Action::Revoke {
+            vm: h.vm,
+            grant: h.grant,
+        });
+        // The revoked VM is not a candidate for this grant: a preemption
+        // means someone else should run, and an overstayer is not runnable.
+        let revoked = self
+            .vms
+            .get_mut(&h.vm)
+            .map(|v| std::mem::replace(&mut v.runnable, false));
+        self.fill(now, out);
+        if let (Some(was), Some(v)) = (revoked, self.vms.get_mut(&h.vm)) {
+            v.runnable = was;
+        }
+    }
+}
