@@ -28,6 +28,9 @@ pub struct Registration {
     pub gpu: String,
     pub quota_bytes: u64,
     pub requested: QosRequest,
+    /// GPU work (estimated time) the backend keeps queued on the GPU at most
+    /// while it holds a grant: a preempting VM waits for no more than this.
+    pub max_queued: Duration,
 }
 
 /// Counters the queue thread keeps and the link thread reports.
@@ -147,6 +150,7 @@ impl Shared {
 /// The connection to gpuvisord, kept by a thread of its own.
 pub struct DaemonLink {
     shared: Arc<Shared>,
+    max_queued: Duration,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
@@ -162,16 +166,19 @@ impl DaemonLink {
             counters,
         });
         let s = shared.clone();
+        let max_queued = reg.max_queued;
         let thread = std::thread::Builder::new()
             .name("gpuvisord-link".into())
             .spawn(move || link_thread(reg, s))
             .ok();
-        DaemonLink { shared, thread }
+        DaemonLink { shared, max_queued, thread }
     }
 
     /// A gate that follows this link's grants.
     pub fn gate(&self) -> Gate {
-        Gate::new(Some(self.shared.clone()), self.shared.counters.clone())
+        let mut g = Gate::new(Some(self.shared.clone()), self.shared.counters.clone());
+        g.max_queued_ns = self.max_queued.as_nanos() as f64;
+        g
     }
 
     /// Whether the daemon has accepted the registration and is connected.
@@ -365,6 +372,11 @@ pub struct Gate {
     outstanding: VecDeque<Marker>,
     spans: Vec<GrantSpan>,
     free_events: HashMap<EngineCtx, Vec<EngineEvent>>,
+    /// The last retired marker, kept to time the next one against it.
+    prev_done: Option<Marker>,
+    /// Moving estimate of one operation's GPU time, ns (0: none yet).
+    op_ns: f64,
+    max_queued_ns: f64,
 }
 
 impl Gate {
@@ -377,6 +389,9 @@ impl Gate {
             outstanding: VecDeque::new(),
             spans: Vec::new(),
             free_events: HashMap::new(),
+            prev_done: None,
+            op_ns: 0.0,
+            max_queued_ns: f64::INFINITY,
         }
     }
 
@@ -411,6 +426,7 @@ impl Gate {
                     continue;
                 }
                 if !revoked && Instant::now() < g.deadline {
+                    let max_queued = self.queue_cap(max_queued);
                     while self.outstanding.len() >= max_queued {
                         self.reap(engine, true);
                     }
@@ -485,8 +501,21 @@ impl Gate {
     pub fn forget_ctx(&mut self, ctx: EngineCtx) {
         self.free_events.remove(&ctx);
         self.outstanding.retain(|m| m.ctx != ctx);
+        if self.prev_done.as_ref().is_some_and(|m| m.ctx == ctx) {
+            self.prev_done = None;
+        }
         self.spans.retain(|s| s.ctx != ctx);
         self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
+    }
+
+    /// Operations that may be queued: the daemon's cap, and no more than
+    /// `max_queued` of estimated GPU time.
+    fn queue_cap(&self, max_ops: usize) -> usize {
+        if self.op_ns > 0.0 && self.max_queued_ns.is_finite() {
+            ((self.max_queued_ns / self.op_ns) as usize).clamp(1, max_ops)
+        } else {
+            max_ops
+        }
     }
 
     /// Records the event the held grant's GPU time in `ctx` is measured
@@ -537,8 +566,21 @@ impl Gate {
         let mut first = true;
         while let Some(m) = self.outstanding.front() {
             let done = if wait && first {
-                // An error here (a faulted context) retires the marker too.
-                let _ = engine.event_synchronize(m.event);
+                // Spin briefly (the next operation should follow the last
+                // one closely), then block. An error (a faulted context)
+                // retires the marker too.
+                let t = Instant::now();
+                loop {
+                    match engine.event_query(m.event) {
+                        Err(e) if e.0 == protocol::cuda::CUDA_ERROR_NOT_READY => {}
+                        _ => break,
+                    }
+                    if t.elapsed() > Duration::from_micros(200) {
+                        let _ = engine.event_synchronize(m.event);
+                        break;
+                    }
+                    std::hint::spin_loop();
+                }
                 true
             } else {
                 engine.event_query(m.event).is_ok()
@@ -559,7 +601,18 @@ impl Gate {
                     s.reported_ns = s.span_ns;
                 }
             }
-            self.give_event(m.ctx, m.event);
+            if let Some(prev) = self.prev_done.take() {
+                if prev.ctx == m.ctx {
+                    if let Ok(ms) = engine.event_elapsed_ms(prev.event, m.event) {
+                        let ns = ms as f64 * 1e6;
+                        if ns > 0.0 {
+                            self.op_ns = if self.op_ns == 0.0 { ns } else { 0.8 * self.op_ns + 0.2 * ns };
+                        }
+                    }
+                }
+                self.give_event(prev.ctx, prev.event);
+            }
+            self.prev_done = Some(m);
         }
         self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
         if late_ns > 0 {

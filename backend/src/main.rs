@@ -105,6 +105,13 @@ struct Args {
     #[arg(long, value_name = "MS")]
     slice_ms: Option<f64>,
 
+    /// With --daemon: GPU work, in microseconds of estimated GPU time, that
+    /// the backend keeps queued on the GPU at most while it holds a grant.
+    /// Kernels are not preempted, so a VM that preempts this one waits up to
+    /// this long; smaller values cost throughput when kernels are short.
+    #[arg(long, value_name = "US", default_value_t = 200)]
+    max_queued_us: u64,
+
     /// Append each request's latency (arrival at the backend to completion on
     /// the GPU, of batches the guest waits for) in ns to this file.
     #[arg(long, value_name = "PATH")]
@@ -212,6 +219,7 @@ fn run(args: Args) -> Result<()> {
                 gpu,
                 quota_bytes: vm.usage().quota,
                 requested: QosRequest { class: args.class, weight: args.weight, priority: args.priority, slice_us },
+                max_queued: std::time::Duration::from_micros(args.max_queued_us.max(1)),
             };
             let link = DaemonLink::start(reg, vm.counters());
             vm.set_gate(link.gate());

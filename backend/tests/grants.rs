@@ -91,6 +91,7 @@ fn registration(socket: PathBuf) -> Registration {
         gpu: "sim".into(),
         quota_bytes: 1 << 30,
         requested: QosRequest { weight: Some(3), ..Default::default() },
+        max_queued: Duration::from_secs(1),
     }
 }
 
@@ -253,4 +254,45 @@ fn a_refused_registration_leaves_the_vm_running_alone() {
     let t = Instant::now();
     spin(&mut gate, &mut e, ctx, s, f, 1000);
     assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+#[test]
+fn queued_work_is_capped_by_its_estimated_gpu_time() {
+    let path = socket_path("timecap");
+    let listener = UnixListener::bind(&path).unwrap();
+    let mut reg = registration(path);
+    // 10 ms kernels and a 15 ms cap: one kernel queued at a time once the
+    // backend has timed a couple of them (the daemon alone would allow 8).
+    reg.max_queued = Duration::from_millis(15);
+    let link = DaemonLink::start(reg, Arc::new(Counters::default()));
+    let (mut peer, _) = Peer::accept(&listener, settings(8));
+    wait_connected(&link);
+    let mut gate = link.gate();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        for _ in 0..40 {
+            spin(&mut gate, &mut e, ctx, s, f, 10_000);
+        }
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+    });
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    // A first slice to learn the kernels' length.
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 60_000 });
+    assert!(matches!(peer.next(), BackendMsg::Release { grant: 1, more: true, .. }));
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 100_000 });
+    loop {
+        match peer.next() {
+            BackendMsg::Release { grant: 2, ops, more: true, .. } => {
+                // 100 ms of 10 ms kernels with one queued: about 10 submitted,
+                // where a queue of 8 would have taken about 17.
+                assert!((8..=13).contains(&ops), "{ops} ops in a 100 ms slice");
+                break;
+            }
+            BackendMsg::Charge { .. } => continue,
+            m => panic!("expected Release, got {m:?}"),
+        }
+    }
+    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 10_000_000 });
+    worker.join().unwrap();
 }

@@ -1,0 +1,163 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (stage with scripts/h100/stage.sh): gpuvisord's
+# scheduling measured side by side with the baselines in one run -- plain
+# processes on the GPU's own time slicing, and MPS -- and writes sched.json.
+#
+# Clients are gv_load processes. gpuvisor's run them through the guest
+# driver over the vhost-user direct transport (a host process drives the
+# backend's virtqueues; DESIGN.md says why not TCG guests for timing), one
+# backend per "VM", all registered with one gpuvisord. Backends also log each
+# request's latency from its arrival to its completion on the GPU.
+#
+#   scripts/h100/sched.sh [OUTDIR]     (default $OUT, else ./h100-out)
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-${OUT:-$PWD/h100-out}}
+mkdir -p "$out"
+stage=$PWD/.stage
+work=/tmp/gpuvisor-sched
+rm -rf "$work" && mkdir -p "$work/res"
+tar -xJf "$stage/bundle.tar.xz" -C "$work"
+B=$work/bundle
+T=$stage/guest-tests
+OURS=$stage/lib/libcuda.so.1
+R=$work/res
+SECS=${SECS:-15}
+SLICE_MS=${SLICE_MS:-2}
+log() { echo "== $*" >&2; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt" 2>&1
+log "GPU: $(cat "$R/gpu.txt")"
+
+daemon_pid=
+start_daemon() {
+    rm -rf "$work/state" && mkdir -p "$work/state"
+    "$B/bin/gpuvisord" --backend-socket "$work/d.sock" --listen 127.0.0.1:9400 --state-dir "$work/state" \
+        --no-auth --slice-ms "$SLICE_MS" >> "$R/gpuvisord.log" 2>&1 &
+    daemon_pid=$!
+    for _ in $(seq 100); do [ -S "$work/d.sock" ] && return 0; sleep 0.1; done
+    log "gpuvisord did not start"; return 1
+}
+stop_daemon() { [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; daemon_pid=; }
+
+backend_pids=()
+start_backend() {  # name [backend args...]
+    local name=$1; shift
+    rm -f "$work/$name.sock"
+    "$B/bin/gpuvisor-backend" --socket-path "$work/$name.sock" --engine cuda --vm-name "$name" --quota-mib 8192 \
+        --latency-log "$R/$tag-$name.lat" "$@" >> "$R/backend-$name.log" 2>&1 &
+    backend_pids+=($!)
+    for _ in $(seq 100); do [ -S "$work/$name.sock" ] && return 0; sleep 0.1; done
+    log "backend $name did not start"; return 1
+}
+stop_backends() { for p in "${backend_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; backend_pids=(); }
+
+# Runs gv_load for "VM" $1 through its backend (direct transport), or natively
+# when $1 starts with "native".
+client() {  # name mode args...
+    local name=$1; shift
+    if [[ $name == native* ]]; then
+        "$T/gv_load" "$@" > "$R/$tag-$name.out" 2>&1
+    else
+        GV_LIBCUDA=$OURS GPUVISOR_TRANSPORT=direct:$work/$name.sock GPUVISOR_DIRECT_MEM_MIB=64 \
+            "$T/gv_load" "$@" > "$R/$tag-$name.out" 2>&1
+    fi
+}
+snapshot() {  # file: gpuvisord's view of the VMs and GPUs
+    python3 - "$1" <<'EOF'
+import json, sys, urllib.request
+out = {}
+for what in ("vms", "gpus"):
+    try:
+        out[what] = json.load(urllib.request.urlopen(f"http://127.0.0.1:9400/v1/{what}", timeout=5))
+    except Exception as e:
+        out[what] = {"error": str(e)}
+json.dump(out, open(sys.argv[1], "w"))
+EOF
+}
+
+# 0. Calibration: how long one gv_burn kernel takes alone, natively.
+tag=calib
+for it in 20000 200000; do
+    client native-$it latency --seconds 1 --kernels 1 --iters $it --blocks 264 --gap-us 0
+done
+read -r HOG_ITERS LC_ITERS < <(python3 - "$R" <<'EOF'
+import json, sys
+def p50(it):
+    for l in open(f"{sys.argv[1]}/calib-native-{it}.out"):
+        if l.startswith("GVLOAD "):
+            return json.loads(l[7:])["p50_us"]
+a, b = p50(20000), p50(200000)
+per_iter = (b - a) / 180000.0
+fixed = a - 20000 * per_iter
+hog = int((400 - fixed) / per_iter)    # a 400 us kernel keeps the GPU saturated
+lc = int((100 - fixed) / per_iter)     # 4 x 100 us: a small inference-like request
+print(max(hog, 1000), max(lc, 1000))
+EOF
+)
+log "hog kernel: $HOG_ITERS iterations; latency kernel: $LC_ITERS iterations"
+HOG=(saturate --seconds "$SECS" --iters "$HOG_ITERS" --blocks 264 --depth 4)
+LC=(latency --seconds "$SECS" --kernels 4 --iters "$LC_ITERS" --blocks 264 --gap-us 1000)
+
+# 1. share_error: three saturating VMs, weights 1:1:2.
+log "share: gpuvisor, weights 1:1:2"
+tag=share
+start_daemon
+start_backend a --daemon "$work/d.sock" --weight 1
+start_backend b --daemon "$work/d.sock" --weight 1
+start_backend c --daemon "$work/d.sock" --weight 2
+client a "${HOG[@]}" & client b "${HOG[@]}" & client c "${HOG[@]}" &
+sleep $((SECS - 3)); snapshot "$R/share-api.json"; wait
+stop_backends; stop_daemon
+log "share: native processes (the GPU's own time slicing)"
+tag=share
+client native-a "${HOG[@]}" & client native-b "${HOG[@]}" & client native-c "${HOG[@]}" & wait
+
+# 2. latency_p99_colocated: a latency-critical VM beside a saturating one.
+log "latency: gpuvisor alone, then beside a saturating VM (QoS on)"
+start_daemon
+tag=lat-alone; start_backend lc --daemon "$work/d.sock" --class guaranteed --priority 10 --weight 1
+client lc "${LC[@]}"; stop_backends
+tag=lat-qos; start_backend lc --daemon "$work/d.sock" --class guaranteed --priority 10 --weight 1
+start_backend hog --daemon "$work/d.sock" --class burstable --weight 1
+client hog "${HOG[@]}" & sleep 1; client lc "${LC[@]}"; snapshot "$R/lat-qos-api.json"; wait
+stop_backends; stop_daemon
+log "latency: gpuvisor without gpuvisord (backends alone on the GPU's time slicing)"
+tag=lat-nodaemon; start_backend lc; start_backend hog
+client hog "${HOG[@]}" & sleep 1; client lc "${LC[@]}"; wait; stop_backends
+log "latency: native processes"
+tag=lat-native-alone; client native-lc "${LC[@]}"
+tag=lat-native; client native-hog "${HOG[@]}" & sleep 1; client native-lc "${LC[@]}"; wait
+log "latency: MPS (private pipe directory, stopped afterwards)"
+export CUDA_MPS_PIPE_DIRECTORY=$work/mps-pipe CUDA_MPS_LOG_DIRECTORY=$work/mps-log
+mkdir -p "$CUDA_MPS_PIPE_DIRECTORY" "$CUDA_MPS_LOG_DIRECTORY"
+if nvidia-cuda-mps-control -d; then
+    sleep 1
+    tag=lat-mps-alone; client native-lc "${LC[@]}"
+    tag=lat-mps; client native-hog "${HOG[@]}" & sleep 1; client native-lc "${LC[@]}"; wait
+    echo quit | nvidia-cuda-mps-control
+    sleep 1
+else
+    log "MPS did not start"
+fi
+unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY
+
+# 3. single_vm_overhead: one VM with and without the daemon.
+log "single VM: without and with gpuvisord"
+tag=single-nodaemon; start_backend a; client a "${HOG[@]}"; stop_backends
+start_daemon
+tag=single-daemon; start_backend a --daemon "$work/d.sock"; client a "${HOG[@]}"; stop_backends
+
+# 4. work_conservation: two VMs, one stops halfway.
+log "work conservation: two VMs, one goes idle halfway"
+tag=wc; start_backend a --daemon "$work/d.sock"; start_backend b --daemon "$work/d.sock"
+half=$((SECS / 2))
+client a "${HOG[@]}" & client b saturate --seconds "$half" --iters "$HOG_ITERS" --blocks 264 --depth 4 &
+sleep $((SECS - 2)); snapshot "$R/wc-api.json"; wait
+stop_backends; stop_daemon
+
+cp "$R"/*.out "$R"/*.json "$out/" 2>/dev/null
+cat "$R"/backend-*.log "$R/gpuvisord.log" > "$out/sched-logs.txt" 2>/dev/null
+python3 scripts/h100/sched.py --res "$R" --revision "$(cat "$stage/REVISION" 2>/dev/null)" \
+    --command "scripts/h100/sched.sh" --slice-ms "$SLICE_MS" --hog-iters "$HOG_ITERS" --lc-iters "$LC_ITERS" \
+    > "$out/sched.json"
+cat "$out/sched.json"
