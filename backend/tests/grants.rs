@@ -280,6 +280,8 @@ fn queued_work_is_capped_by_its_estimated_gpu_time() {
     // A first slice to learn the kernels' length.
     peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 60_000 });
     assert!(matches!(peer.next(), BackendMsg::Release { grant: 1, more: true, .. }));
+    // Let what it queued drain, so the next slice starts with an empty queue.
+    std::thread::sleep(Duration::from_millis(150));
     peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 100_000 });
     loop {
         match peer.next() {
