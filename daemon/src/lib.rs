@@ -1,1 +1,152 @@
-//! gpuvisord (work in progress).
+//! gpuvisord: the per-host daemon that decides which VM's backend may submit
+//! GPU work when. Backends register over a Unix socket ([`server`]); each
+//! GPU's scheduler runs on a thread of its own ([`driver`]); settings live in
+//! SQLite ([`store`]) and the admin API changes them live ([`admin`]).
+//!
+//! A restart does not disturb running VMs: backends run alone while the
+//! daemon is away, reconnect with `reconnect: true`, and get back the
+//! settings stored before the restart.
+
+pub mod admin;
+pub mod driver;
+pub mod inventory;
+pub mod lines;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod token;
+
+use inventory::{Inventory, NvmlSource};
+use registry::Registry;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard};
+use tokio::sync::watch;
+
+pub use admin::DaemonAdmin;
+
+/// Default time slice of a GPU, in ms.
+pub const DEFAULT_SLICE_MS: f64 = 10.0;
+
+/// What the daemon needs to start.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Where backends connect.
+    pub backend_socket: PathBuf,
+    /// Holds `gpuvisord.db`; created if missing.
+    pub state_dir: PathBuf,
+    /// Default time slice of every GPU whose admin has not set one, in µs.
+    pub slice_us: u64,
+    pub nvml: NvmlSource,
+}
+
+impl Config {
+    pub fn new(backend_socket: impl Into<PathBuf>, state_dir: impl Into<PathBuf>) -> Config {
+        Config {
+            backend_socket: backend_socket.into(),
+            state_dir: state_dir.into(),
+            slice_us: (DEFAULT_SLICE_MS * 1000.0) as u64,
+            nvml: NvmlSource::System,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: std::io::Error },
+    #[error(transparent)]
+    Store(#[from] store::StoreError),
+    #[error("backend socket {path}: {source}")]
+    Socket { path: PathBuf, source: std::io::Error },
+    #[error("another gpuvisord is listening on {0}")]
+    SocketInUse(PathBuf),
+    #[error("slice: {0}")]
+    Slice(registry::FieldError),
+    #[error("cannot start the scheduler thread of GPU {gpu}: {source}")]
+    Thread { gpu: String, source: std::io::Error },
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+/// State shared by the connections and the admin API.
+#[derive(Debug)]
+pub struct Shared {
+    registry: Mutex<Registry>,
+}
+
+impl Shared {
+    /// Never held across an await.
+    pub(crate) fn registry(&self) -> MutexGuard<'_, Registry> {
+        // A panic elsewhere while holding the lock leaves consistent data:
+        // every change is a single assignment after its checks.
+        self.registry.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A running daemon.
+pub struct Daemon {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    server: tokio::task::JoinHandle<()>,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Opens the state, finds the GPUs and starts accepting backends. Must be
+    /// called inside a tokio runtime.
+    pub async fn start(config: Config) -> Result<Daemon, Error> {
+        registry::check_slice_us(config.slice_us).map_err(Error::Slice)?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|source| Error::StateDir { path: config.state_dir.clone(), source })?;
+        let store = store::Store::open(&config.state_dir)?;
+        let nvml = config.nvml.clone();
+        let inventory = tokio::task::spawn_blocking(move || Inventory::discover(&nvml))
+            .await
+            .map_err(|e| Error::Internal(format!("GPU discovery: {e}")))?;
+        let registry = Registry::new(store, inventory, config.slice_us, driver::Clock::new())?;
+        let shared = Arc::new(Shared { registry: Mutex::new(registry) });
+        let listener = match server::bind(&config.backend_socket) {
+            Ok(l) => l,
+            Err(e) => {
+                stop_drivers(&shared).await;
+                return Err(e);
+            }
+        };
+        let (shutdown, rx) = watch::channel(false);
+        let server = tokio::spawn(server::serve(listener, shared.clone(), rx));
+        Ok(Daemon { shared, shutdown, server, socket: config.backend_socket })
+    }
+
+    /// The admin API over this daemon.
+    pub fn admin(&self) -> Arc<DaemonAdmin> {
+        Arc::new(DaemonAdmin::new(self.shared.clone()))
+    }
+
+    pub fn backend_socket(&self) -> &std::path::Path {
+        &self.socket
+    }
+
+    /// Stops accepting, closes every backend connection (the backends run
+    /// alone until a daemon is back) and stops the schedulers.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+        stop_drivers(&self.shared).await;
+        let _ = std::fs::remove_file(&self.socket);
+        tracing::info!("stopped");
+    }
+}
+
+async fn stop_drivers(shared: &Shared) {
+    let drivers = shared.registry().take_drivers();
+    let _ = tokio::task::spawn_blocking(move || drivers.into_iter().for_each(driver::GpuDriver::stop)).await;
+}
+
+/// Runs a daemon until `shutdown` resolves.
+pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(), Error> {
+    let daemon = Daemon::start(config).await?;
+    shutdown.await;
+    daemon.stop().await;
+    Ok(())
+}

@@ -1,0 +1,187 @@
+//! The daemon's side of the admin API: views assembled from the stored
+//! settings, the schedulers' figures and the backends' last reports, and
+//! changes that are stored, scheduled and sent to the backend at once.
+
+use crate::driver::{GpuSnapshot, VmSnapshot};
+use crate::registry::{self, FieldError, Registry, VmEntry};
+use crate::store::GpuRecord;
+use crate::Shared;
+use gpuvisor_admin::{Admin, AdminError, GpuPatch, GpuView, VmPatch, VmState, VmView};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// The [`Admin`] the HTTP server serves.
+#[derive(Clone)]
+pub struct DaemonAdmin {
+    shared: Arc<Shared>,
+}
+
+impl DaemonAdmin {
+    pub(crate) fn new(shared: Arc<Shared>) -> DaemonAdmin {
+        DaemonAdmin { shared }
+    }
+
+    /// Each listed GPU's scheduler figures, asked for without holding the lock.
+    fn snapshots(&self, gpus: &[String]) -> HashMap<String, GpuSnapshot> {
+        let senders = self.shared.registry().gpu_senders();
+        gpus.iter()
+            .filter_map(|id| Some((id.clone(), registry::query_gpu(senders.get(id)?)?)))
+            .collect()
+    }
+
+    fn vm_view_of(&self, name: &str) -> Result<VmView, AdminError> {
+        let gpu = self.shared.registry().vm(name).map(|v| v.rec.gpu.clone()).ok_or_else(|| not_found_vm(name))?;
+        let snaps = self.snapshots(&[gpu]);
+        let reg = self.shared.registry();
+        let v = reg.vm(name).ok_or_else(|| not_found_vm(name))?;
+        Ok(vm_view(&reg, v, snaps.get(&v.rec.gpu)))
+    }
+
+    fn gpu_view_of(&self, id: &str) -> Result<GpuView, AdminError> {
+        if self.shared.registry().gpu(id).is_none() {
+            return Err(AdminError::NotFound { kind: "GPU", name: id.to_string() });
+        }
+        let snaps = self.snapshots(&[id.to_string()]);
+        let reg = self.shared.registry();
+        gpu_view(&reg, id, snaps.get(id)).ok_or_else(|| AdminError::NotFound { kind: "GPU", name: id.to_string() })
+    }
+}
+
+fn not_found_vm(name: &str) -> AdminError {
+    AdminError::NotFound { kind: "VM", name: name.to_string() }
+}
+
+fn invalid(e: FieldError) -> AdminError {
+    AdminError::InvalidField { field: e.field.to_string(), message: e.message }
+}
+
+fn vm_view(reg: &Registry, v: &VmEntry, snap: Option<&GpuSnapshot>) -> VmView {
+    let settings = reg.settings_of(&v.rec);
+    let sched: VmSnapshot =
+        v.conn.as_ref().and_then(|c| snap.and_then(|s| s.vms.get(&c.id))).cloned().unwrap_or_default();
+    let stats = v.conn.as_ref().and_then(|c| c.stats.clone()).unwrap_or_default();
+    let state = match &v.conn {
+        None => VmState::Disconnected,
+        Some(_) if v.rec.drained => VmState::Drained,
+        Some(_) if sched.holding => VmState::Running,
+        Some(_) if sched.runnable => VmState::Waiting,
+        Some(_) => VmState::Idle,
+    };
+    let gpu_ns = v
+        .conn
+        .as_ref()
+        .map_or(0, |c| stats.gpu_ns_total.max(c.gpu_ns_at_hello.saturating_add(sched.used_total_ns)));
+    VmView {
+        name: v.rec.name.clone(),
+        gpu: v.rec.gpu.clone(),
+        state,
+        connected: v.conn.is_some(),
+        pid: v.conn.as_ref().map(|c| c.pid),
+        engine: v.conn.as_ref().map(|c| c.engine.clone()),
+        class: v.rec.class,
+        weight: v.rec.weight,
+        priority: v.rec.priority,
+        slice_us: settings.slice_us,
+        slice_us_override: v.rec.slice_us,
+        max_queued_ops: settings.max_queued_ops,
+        drained: v.rec.drained,
+        share_configured: sched.share_configured,
+        share_used: sched.share_used,
+        gpu_time_s: gpu_ns as f64 / 1e9,
+        queued: stats.queued,
+        inflight_ops: stats.inflight_ops,
+        ops_total: stats.ops_total,
+        latency_p50_us: stats.latency_p50_ns as f64 / 1e3,
+        latency_p99_us: stats.latency_p99_ns as f64 / 1e3,
+        quota_bytes: v.conn.as_ref().map_or(0, |c| c.quota_bytes),
+        used_bytes: stats.used_bytes,
+    }
+}
+
+fn gpu_view(reg: &Registry, id: &str, snap: Option<&GpuSnapshot>) -> Option<GpuView> {
+    let info = reg.gpu_info(id)?;
+    let g = reg.gpu(id)?;
+    Some(GpuView {
+        id: info.id.clone(),
+        name: info.name.clone(),
+        index: info.index,
+        memory_total_bytes: info.memory_total_bytes,
+        mig_enabled: info.mig_enabled,
+        slice_us: g.settings.slice_us,
+        max_queued_ops: g.settings.max_queued_ops,
+        holder: snap.and_then(|s| s.holder.clone()),
+        busy_fraction: snap.map_or(0.0, |s| s.busy_fraction),
+        vms: u32::try_from(reg.vms_on(id).count()).unwrap_or(u32::MAX),
+    })
+}
+
+impl Admin for DaemonAdmin {
+    fn gpus(&self) -> Vec<GpuView> {
+        let ids: Vec<String> = self.shared.registry().gpu_infos().iter().map(|g| g.id.clone()).collect();
+        let snaps = self.snapshots(&ids);
+        let reg = self.shared.registry();
+        ids.iter().filter_map(|id| gpu_view(&reg, id, snaps.get(id))).collect()
+    }
+
+    fn gpu(&self, id: &str) -> Result<GpuView, AdminError> {
+        self.gpu_view_of(id)
+    }
+
+    fn update_gpu(&self, id: &str, patch: GpuPatch) -> Result<GpuView, AdminError> {
+        {
+            let mut reg = self.shared.registry();
+            let current = reg.gpu(id).ok_or_else(|| AdminError::NotFound { kind: "GPU", name: id.to_string() })?;
+            let mut next: GpuRecord = current.settings.clone();
+            if let Some(s) = patch.slice_us {
+                next.slice_us = registry::check_slice_us(s).map_err(invalid)?;
+            }
+            if let Some(n) = patch.max_queued_ops {
+                next.max_queued_ops = registry::check_max_queued_ops(n).map_err(invalid)?;
+            }
+            reg.change_gpu(next).map_err(|e| AdminError::Internal(e.to_string()))?;
+        }
+        self.gpu_view_of(id)
+    }
+
+    fn vms(&self) -> Vec<VmView> {
+        let ids: Vec<String> = self.shared.registry().gpu_infos().iter().map(|g| g.id.clone()).collect();
+        let snaps = self.snapshots(&ids);
+        let reg = self.shared.registry();
+        reg.vm_names().filter_map(|n| reg.vm(n)).map(|v| vm_view(&reg, v, snaps.get(&v.rec.gpu))).collect()
+    }
+
+    fn vm(&self, name: &str) -> Result<VmView, AdminError> {
+        self.vm_view_of(name)
+    }
+
+    fn update_vm(&self, name: &str, patch: VmPatch) -> Result<VmView, AdminError> {
+        {
+            let mut reg = self.shared.registry();
+            let mut next = reg.vm(name).ok_or_else(|| not_found_vm(name))?.rec.clone();
+            if let Some(c) = patch.class {
+                next.class = c;
+            }
+            if let Some(w) = patch.weight {
+                next.weight = registry::check_weight(w).map_err(invalid)?;
+            }
+            if let Some(p) = patch.priority {
+                next.priority = registry::check_priority(p).map_err(invalid)?;
+            }
+            if let Some(s) = patch.slice_us {
+                next.slice_us = s.map(registry::check_slice_us).transpose().map_err(invalid)?;
+            }
+            reg.change_vm(next).map_err(|e| AdminError::Internal(e.to_string()))?;
+        }
+        self.vm_view_of(name)
+    }
+
+    fn set_drained(&self, name: &str, drained: bool) -> Result<VmView, AdminError> {
+        {
+            let mut reg = self.shared.registry();
+            let mut next = reg.vm(name).ok_or_else(|| not_found_vm(name))?.rec.clone();
+            next.drained = drained;
+            reg.change_vm(next).map_err(|e| AdminError::Internal(e.to_string()))?;
+        }
+        self.vm_view_of(name)
+    }
+}

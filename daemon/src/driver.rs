@@ -1,0 +1,227 @@
+//! One thread per GPU owns that GPU's [`Scheduler`] and feeds it events in
+//! the order they arrive, with a timer at the scheduler's next deadline. It
+//! sends the resulting grants and revocations straight to the backends'
+//! writer tasks, so the grant path takes no lock and touches no disk.
+
+use protocol::control::DaemonMsg;
+use sched::{Action, GpuPolicy, Scheduler, VmParams};
+use std::collections::HashMap;
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+
+/// The daemon's monotonic clock: nanoseconds since it started.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    start: Instant,
+}
+
+impl Clock {
+    pub fn new() -> Clock {
+        Clock { start: Instant::now() }
+    }
+
+    pub fn now_ns(&self) -> u64 {
+        u64::try_from(self.start.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+}
+
+impl Default for Clock {
+    fn default() -> Self {
+        Clock::new()
+    }
+}
+
+/// What a GPU's thread is told. `vm` is the connection id the VM registered
+/// under; a reconnecting backend gets a new one.
+#[derive(Debug)]
+pub enum GpuEvent {
+    Add { vm: u64, name: String, params: VmParams, tx: UnboundedSender<DaemonMsg> },
+    Remove { vm: u64 },
+    Demand { vm: u64 },
+    Release { vm: u64, grant: u64, used_ns: u64, more: bool },
+    Charge { vm: u64, used_ns: u64 },
+    SetParams { vm: u64, params: VmParams },
+    SetPolicy { policy: GpuPolicy },
+    /// Answers with a snapshot once every earlier event is applied.
+    Query { reply: mpsc::Sender<GpuSnapshot> },
+    Stop,
+}
+
+/// One VM's figures from the scheduler.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct VmSnapshot {
+    pub runnable: bool,
+    pub holding: bool,
+    pub share_configured: f64,
+    pub share_used: f64,
+    pub used_total_ns: u64,
+    pub grants: u64,
+    pub preemptions: u64,
+    pub wait_total_ns: u64,
+}
+
+/// A GPU's figures from the scheduler, by connection id.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuSnapshot {
+    pub holder: Option<String>,
+    pub busy_fraction: f64,
+    pub vms: HashMap<u64, VmSnapshot>,
+}
+
+/// Window over which the admin's shares and busy fractions are measured:
+/// short enough that a change shows within a few seconds.
+pub const WINDOW_NS: u64 = 2_000_000_000;
+
+/// The scheduling policy of a GPU whose default slice is `slice_us`.
+pub fn policy(slice_us: u64) -> GpuPolicy {
+    GpuPolicy { slice_ns: slice_us.saturating_mul(1000), window_ns: WINDOW_NS, ..GpuPolicy::default() }
+}
+
+/// The handle to one GPU's thread.
+#[derive(Debug)]
+pub struct GpuDriver {
+    tx: mpsc::Sender<GpuEvent>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl GpuDriver {
+    pub fn spawn(gpu: &str, policy: GpuPolicy, clock: Clock) -> std::io::Result<GpuDriver> {
+        let (tx, rx) = mpsc::channel();
+        let name = format!("sched-{}", gpu.chars().take(9).collect::<String>());
+        let gpu = gpu.to_string();
+        let thread = std::thread::Builder::new().name(name).spawn(move || run(gpu, Scheduler::new(policy), rx, clock))?;
+        Ok(GpuDriver { tx, thread: Some(thread) })
+    }
+
+    /// A sender for this GPU's events (connections keep one each).
+    pub fn sender(&self) -> mpsc::Sender<GpuEvent> {
+        self.tx.clone()
+    }
+
+    pub fn send(&self, ev: GpuEvent) {
+        // Fails only once the thread has stopped, at shutdown.
+        let _ = self.tx.send(ev);
+    }
+
+    /// Stops the thread and waits for it.
+    pub fn stop(mut self) {
+        let _ = self.tx.send(GpuEvent::Stop);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Asks a GPU's thread for its figures, waiting at most `timeout`.
+pub fn query(tx: &mpsc::Sender<GpuEvent>, timeout: Duration) -> Option<GpuSnapshot> {
+    let (reply, rx) = mpsc::channel();
+    tx.send(GpuEvent::Query { reply }).ok()?;
+    rx.recv_timeout(timeout).ok()
+}
+
+struct Slot {
+    name: String,
+    tx: UnboundedSender<DaemonMsg>,
+}
+
+fn run(gpu: String, mut sched: Scheduler, rx: mpsc::Receiver<GpuEvent>, clock: Clock) {
+    let _span = tracing::info_span!("gpu", gpu = %gpu).entered();
+    let mut slots: HashMap<u64, Slot> = HashMap::new();
+    loop {
+        let ev = match sched.next_deadline() {
+            Some(deadline) => {
+                let now = clock.now_ns();
+                if deadline <= now {
+                    let actions = sched.tick(now);
+                    dispatch(&slots, actions);
+                    continue;
+                }
+                match rx.recv_timeout(Duration::from_nanos(deadline - now)) {
+                    Ok(ev) => ev,
+                    Err(RecvTimeoutError::Timeout) => continue,
+                    Err(RecvTimeoutError::Disconnected) => break,
+                }
+            }
+            None => match rx.recv() {
+                Ok(ev) => ev,
+                Err(_) => break,
+            },
+        };
+        let now = clock.now_ns();
+        let actions = match ev {
+            GpuEvent::Demand { vm } => sched.demand(vm, now),
+            GpuEvent::Release { vm, grant, used_ns, more } => sched.release(vm, grant, used_ns, more, now),
+            GpuEvent::Charge { vm, used_ns } => {
+                sched.charge(vm, used_ns, now);
+                Vec::new()
+            }
+            GpuEvent::Add { vm, name, params, tx } => {
+                slots.insert(vm, Slot { name, tx });
+                sched.add_vm(vm, params, now)
+            }
+            GpuEvent::Remove { vm } => {
+                let actions = sched.remove_vm(vm, now);
+                slots.remove(&vm);
+                actions
+            }
+            GpuEvent::SetParams { vm, params } => sched.set_params(vm, params, now),
+            GpuEvent::SetPolicy { policy } => sched.set_policy(policy, now),
+            GpuEvent::Query { reply } => {
+                let _ = reply.send(snapshot(&sched, &slots, now));
+                Vec::new()
+            }
+            GpuEvent::Stop => break,
+        };
+        dispatch(&slots, actions);
+    }
+    tracing::debug!("scheduler thread stopped");
+}
+
+fn dispatch(slots: &HashMap<u64, Slot>, actions: Vec<Action>) {
+    for action in actions {
+        match action {
+            Action::Grant { vm, grant, slice_ns } => {
+                if let Some(s) = slots.get(&vm) {
+                    tracing::trace!(vm = %s.name, grant, slice_ns, "grant");
+                    let _ = s.tx.send(DaemonMsg::Grant { grant, slice_us: slice_ns.div_ceil(1000) });
+                }
+            }
+            Action::Revoke { vm, grant } => {
+                if let Some(s) = slots.get(&vm) {
+                    tracing::trace!(vm = %s.name, grant, "revoke");
+                    let _ = s.tx.send(DaemonMsg::Revoke { grant });
+                }
+            }
+        }
+    }
+}
+
+fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, now: u64) -> GpuSnapshot {
+    let g = sched.gpu_stats(now);
+    let vms = slots
+        .keys()
+        .filter_map(|&vm| {
+            let s = sched.vm_stats(vm, now)?;
+            Some((
+                vm,
+                VmSnapshot {
+                    runnable: s.runnable,
+                    holding: s.holding,
+                    share_configured: s.share_configured,
+                    share_used: s.share_used,
+                    used_total_ns: s.used_total_ns,
+                    grants: s.grants,
+                    preemptions: s.preemptions,
+                    wait_total_ns: s.wait_total_ns,
+                },
+            ))
+        })
+        .collect();
+    GpuSnapshot {
+        holder: g.holder.and_then(|vm| slots.get(&vm)).map(|s| s.name.clone()),
+        busy_fraction: g.busy_fraction,
+        vms,
+    }
+}

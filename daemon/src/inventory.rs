@@ -1,0 +1,180 @@
+//! The GPUs this host has, as NVML reports them, plus the simulated GPU that
+//! sim-engine backends share. NVML is optional: without it the daemon still
+//! schedules backends, and learns GPUs from their registrations.
+
+use nvml_wrapper::Nvml;
+use std::ffi::OsStr;
+use std::path::PathBuf;
+
+/// Id of the pseudo-GPU that backends running the `sim` engine report.
+pub const SIM_GPU: &str = "sim";
+const SIM_GPU_NAME: &str = "gpuvisor simulated GPU";
+
+/// Where to find NVML.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum NvmlSource {
+    /// The system's `libnvidia-ml.so`.
+    #[default]
+    System,
+    /// A library at this path (`--nvml-lib`).
+    Path(PathBuf),
+    /// Do not load NVML (tests).
+    Disabled,
+}
+
+/// One GPU's fixed facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GpuInfo {
+    /// UUID (`GPU-...`), or [`SIM_GPU`].
+    pub id: String,
+    pub name: String,
+    /// NVML index; `None` for GPUs NVML did not list.
+    pub index: Option<u32>,
+    pub memory_total_bytes: u64,
+    /// `None` where MIG is not supported or NVML could not tell.
+    pub mig_enabled: Option<bool>,
+}
+
+impl GpuInfo {
+    fn sim() -> GpuInfo {
+        GpuInfo { id: SIM_GPU.into(), name: SIM_GPU_NAME.into(), index: None, memory_total_bytes: 0, mig_enabled: None }
+    }
+}
+
+/// The known GPUs, in discovery order (NVML's, then the simulated one, then
+/// those learned later).
+pub struct Inventory {
+    nvml: Option<Nvml>,
+    gpus: Vec<GpuInfo>,
+}
+
+impl std::fmt::Debug for Inventory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Inventory").field("nvml", &self.nvml.is_some()).field("gpus", &self.gpus).finish()
+    }
+}
+
+impl Inventory {
+    /// Lists the GPUs NVML sees. A missing or failing NVML is logged as a
+    /// warning; the inventory then holds only the simulated GPU.
+    pub fn discover(source: &NvmlSource) -> Inventory {
+        let nvml = match source {
+            NvmlSource::Disabled => None,
+            NvmlSource::System => Nvml::init()
+                .map_err(|e| tracing::warn!("NVML not available ({e}); only the simulated GPU and GPUs named by backends are known"))
+                .ok(),
+            NvmlSource::Path(p) => Nvml::builder()
+                .lib_path(OsStr::new(p))
+                .init()
+                .map_err(|e| {
+                    tracing::warn!("NVML at {} not available ({e}); only the simulated GPU and GPUs named by backends are known", p.display())
+                })
+                .ok(),
+        };
+        let mut gpus = match &nvml {
+            Some(nvml) => list_nvml(nvml),
+            None => Vec::new(),
+        };
+        gpus.push(GpuInfo::sim());
+        Inventory { nvml, gpus }
+    }
+
+    pub fn gpus(&self) -> &[GpuInfo] {
+        &self.gpus
+    }
+
+    pub fn get(&self, id: &str) -> Option<&GpuInfo> {
+        self.gpus.iter().find(|g| g.id == id)
+    }
+
+    /// The GPU `id`, adding it when it is new: NVML is asked for its facts by
+    /// UUID, and where it cannot say, the GPU is named by its id.
+    pub fn get_or_add(&mut self, id: &str) -> &GpuInfo {
+        if let Some(i) = self.gpus.iter().position(|g| g.id == id) {
+            return &self.gpus[i];
+        }
+        let info = self
+            .nvml
+            .as_ref()
+            .and_then(|nvml| nvml.device_by_uuid(id).ok().map(|d| device_info(id.to_string(), &d)))
+            .unwrap_or_else(|| GpuInfo { id: id.into(), name: id.into(), index: None, memory_total_bytes: 0, mig_enabled: None });
+        tracing::info!(gpu = id, name = %info.name, "new GPU");
+        self.gpus.push(info);
+        let last = self.gpus.len() - 1;
+        &self.gpus[last]
+    }
+}
+
+fn list_nvml(nvml: &Nvml) -> Vec<GpuInfo> {
+    let count = match nvml.device_count() {
+        Ok(n) => n,
+        Err(e) => {
+            tracing::warn!("NVML cannot count GPUs: {e}");
+            return Vec::new();
+        }
+    };
+    let mut gpus = Vec::new();
+    for index in 0..count {
+        let device = match nvml.device_by_index(index) {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::warn!("NVML GPU {index}: {e}; skipped");
+                continue;
+            }
+        };
+        let uuid = match device.uuid() {
+            Ok(u) => u,
+            Err(e) => {
+                tracing::warn!("NVML GPU {index} has no UUID ({e}); skipped");
+                continue;
+            }
+        };
+        let mut info = device_info(uuid, &device);
+        info.index = Some(index);
+        tracing::info!(gpu = %info.id, index, name = %info.name, memory_bytes = info.memory_total_bytes, "GPU found");
+        gpus.push(info);
+    }
+    gpus
+}
+
+fn device_info(id: String, device: &nvml_wrapper::Device<'_>) -> GpuInfo {
+    GpuInfo {
+        name: device.name().unwrap_or_else(|_| id.clone()),
+        index: device.index().ok(),
+        memory_total_bytes: device.memory_info().map(|m| m.total).unwrap_or(0),
+        // NVML_DEVICE_MIG_ENABLE is 1; "not supported" (and any other error)
+        // leaves the mode unknown.
+        mig_enabled: device.mig_mode().ok().map(|m| m.current == 1),
+        id,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_nvml_only_the_simulated_gpu_is_known() {
+        let inv = Inventory::discover(&NvmlSource::Disabled);
+        assert_eq!(inv.gpus().len(), 1);
+        let sim = inv.get(SIM_GPU).unwrap();
+        assert_eq!(sim.name, "gpuvisor simulated GPU");
+        assert_eq!(sim.index, None);
+    }
+
+    #[test]
+    fn a_missing_nvml_library_is_not_an_error() {
+        let inv = Inventory::discover(&NvmlSource::Path("/nonexistent/libnvidia-ml.so".into()));
+        assert_eq!(inv.gpus().iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), vec![SIM_GPU]);
+    }
+
+    #[test]
+    fn unknown_gpus_are_added_under_their_id() {
+        let mut inv = Inventory::discover(&NvmlSource::Disabled);
+        let id = "GPU-01234567-89ab-cdef-0123-456789abcdef";
+        assert_eq!(inv.get_or_add(id).name, id);
+        inv.get_or_add(id);
+        assert_eq!(inv.gpus().len(), 2);
+        assert_eq!(inv.gpus()[1].id, id);
+    }
+}

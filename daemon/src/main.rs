@@ -1,0 +1,146 @@
+//! gpuvisord: parses its arguments and wires the daemon library, the token
+//! and the admin HTTP server together.
+
+use anyhow::Context;
+use clap::Parser;
+use gpuvisor_admin::{Admin, Auth};
+use gpuvisord::inventory::NvmlSource;
+use gpuvisord::{Config, Daemon};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use tokio::signal::unix::{signal, SignalKind};
+
+/// The per-host gpuvisor daemon: schedules the GPU work of every VM's
+/// gpuvisor-backend (weighted fair share, priorities, QoS classes) and
+/// serves the admin API that gpuvisorctl talks to.
+///
+/// It runs in the foreground and logs to stderr (filter with RUST_LOG, for
+/// example RUST_LOG=gpuvisord=debug). SIGTERM or SIGINT stops it; running
+/// backends then carry on alone and re-register when it is back, keeping
+/// the settings stored in <state-dir>/gpuvisord.db.
+#[derive(Debug, Parser)]
+#[command(name = "gpuvisord", version)]
+struct Args {
+    /// Unix socket backends connect to (gpuvisor-backend --daemon PATH). Its
+    /// directory is created; the socket is made group read/write (0660).
+    #[arg(long, value_name = "PATH", default_value = protocol::control::DEFAULT_BACKEND_SOCKET)]
+    backend_socket: PathBuf,
+
+    /// Address of the admin HTTP API (gpuvisorctl --url http://ADDR).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9400")]
+    listen: SocketAddr,
+
+    /// Directory for the settings database (gpuvisord.db) and the admin
+    /// token; created if missing.
+    #[arg(long, value_name = "DIR", default_value = "/var/lib/gpuvisor")]
+    state_dir: PathBuf,
+
+    /// File holding the admin API's bearer token; generated (32 random bytes
+    /// as hex, mode 0600) when missing [default: <state-dir>/admin.token]
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+
+    /// Serve the admin API without authentication. Anyone who can reach
+    /// --listen can then change every VM's settings.
+    #[arg(long)]
+    no_auth: bool,
+
+    /// Default time slice of each GPU in milliseconds (0.5 to 10000); the
+    /// admin can change it per GPU and per VM.
+    #[arg(long, value_name = "MS", default_value_t = gpuvisord::DEFAULT_SLICE_MS)]
+    slice_ms: f64,
+
+    /// NVML library to load instead of the system's libnvidia-ml.so.
+    #[arg(long, value_name = "PATH", env = "GPUVISOR_NVML_LIB")]
+    nvml_lib: Option<PathBuf>,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+
+    if !(args.slice_ms.is_finite() && args.slice_ms > 0.0) {
+        anyhow::bail!("--slice-ms {}: expected a positive number of milliseconds", args.slice_ms);
+    }
+    let mut config = Config::new(&args.backend_socket, &args.state_dir);
+    config.slice_us = (args.slice_ms * 1000.0).round() as u64;
+    config.nvml = match &args.nvml_lib {
+        Some(p) => NvmlSource::Path(p.clone()),
+        None => NvmlSource::System,
+    };
+
+    let token_file = args.token_file.clone().unwrap_or_else(|| args.state_dir.join("admin.token"));
+    let auth = if args.no_auth {
+        Auth::None
+    } else {
+        std::fs::create_dir_all(&args.state_dir)
+            .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
+        Auth::Token(gpuvisord::token::load_or_create(&token_file)?)
+    };
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("admin API: cannot listen on {}", args.listen))?;
+
+    let daemon = Daemon::start(config).await?;
+    println!(
+        "gpuvisord: backends at {}, admin API at http://{}, {}",
+        args.backend_socket.display(),
+        args.listen,
+        if args.no_auth { "no authentication (--no-auth)".to_string() } else { format!("token in {}", token_file.display()) }
+    );
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut http_stop = stop_rx.clone();
+    let mut http = tokio::spawn(serve_admin(listener, daemon.admin(), auth, async move {
+        let _ = http_stop.wait_for(|&s| s).await;
+    }));
+
+    let mut sigterm = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut sigint = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let early = tokio::select! {
+        _ = sigterm.recv() => { tracing::info!("SIGTERM: stopping"); None }
+        _ = sigint.recv() => { tracing::info!("SIGINT: stopping"); None }
+        r = &mut http => Some(r),
+    };
+    let _ = stop_tx.send(true);
+    daemon.stop().await;
+    let result = match early {
+        Some(r) => r,
+        None => http.await,
+    };
+    match result {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(anyhow::Error::new(e).context("admin API")),
+        Err(e) => Err(anyhow::anyhow!("admin API task: {e}")),
+    }
+}
+
+/// The admin HTTP server, until `shutdown`.
+fn serve_admin(
+    listener: tokio::net::TcpListener,
+    admin: Arc<dyn Admin>,
+    auth: Auth,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> impl Future<Output = std::io::Result<()>> {
+    gpuvisor_admin::http::serve(listener, admin, auth, shutdown)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn the_command_line_is_consistent() {
+        Args::command().debug_assert();
+    }
+}

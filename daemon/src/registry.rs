@@ -1,0 +1,416 @@
+//! The daemon's shared state: every GPU and VM it knows, their stored
+//! settings, which backends are connected, and each GPU's scheduler thread.
+//! Registration and admin changes go through here (under one lock, written
+//! through to the database); the grant path does not.
+
+use crate::driver::{self, Clock, GpuDriver, GpuEvent, GpuSnapshot};
+use crate::inventory::{GpuInfo, Inventory};
+use crate::store::{GpuRecord, Store, VmRecord};
+use protocol::control::{self, BackendStats, DaemonMsg, QosClass, QosRequest, VmSettings, CONTROL_VERSION};
+use sched::VmParams;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::mpsc;
+use tokio::sync::mpsc::UnboundedSender;
+
+/// Settings a VM gets when neither its backend nor the store says otherwise.
+pub const DEFAULT_CLASS: QosClass = QosClass::Burstable;
+/// As cgroup v2's `cpu.weight`, whose range (1 to 10000) the weights share.
+pub const DEFAULT_WEIGHT: u32 = 100;
+pub const DEFAULT_PRIORITY: i32 = 0;
+pub const DEFAULT_MAX_QUEUED_OPS: u32 = 4;
+const MAX_VM_NAME: usize = 64;
+const MAX_GPU_ID: usize = 128;
+
+/// A value out of range, named by its field.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: &'static str,
+    pub message: String,
+}
+
+fn field(field: &'static str, message: String) -> FieldError {
+    FieldError { field, message }
+}
+
+pub fn check_weight(w: u32) -> Result<u32, FieldError> {
+    if (control::MIN_WEIGHT..=control::MAX_WEIGHT).contains(&w) {
+        Ok(w)
+    } else {
+        Err(field("weight", format!("{w} is out of range {}..={}", control::MIN_WEIGHT, control::MAX_WEIGHT)))
+    }
+}
+
+pub fn check_priority(p: i32) -> Result<i32, FieldError> {
+    if (control::MIN_PRIORITY..=control::MAX_PRIORITY).contains(&p) {
+        Ok(p)
+    } else {
+        Err(field("priority", format!("{p} is out of range {}..={}", control::MIN_PRIORITY, control::MAX_PRIORITY)))
+    }
+}
+
+pub fn check_slice_us(s: u64) -> Result<u64, FieldError> {
+    if (control::MIN_SLICE_US..=control::MAX_SLICE_US).contains(&s) {
+        Ok(s)
+    } else {
+        Err(field("slice_us", format!("{s} is out of range {}..={}", control::MIN_SLICE_US, control::MAX_SLICE_US)))
+    }
+}
+
+pub fn check_max_queued_ops(n: u32) -> Result<u32, FieldError> {
+    if (control::MIN_QUEUED_OPS..=control::MAX_QUEUED_OPS).contains(&n) {
+        Ok(n)
+    } else {
+        Err(field(
+            "max_queued_ops",
+            format!("{n} is out of range {}..={}", control::MIN_QUEUED_OPS, control::MAX_QUEUED_OPS),
+        ))
+    }
+}
+
+/// VM names: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
+pub fn check_vm_name(name: &str) -> Result<(), FieldError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    if name.is_empty() || name.len() > MAX_VM_NAME || !name.chars().all(ok_char) {
+        return Err(field("vm", format!("{name:?} is not a VM name (1 to {MAX_VM_NAME} characters of A-Z a-z 0-9 . _ -)")));
+    }
+    Ok(())
+}
+
+fn check_gpu_id(id: &str) -> Result<(), FieldError> {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    if id.is_empty() || id.len() > MAX_GPU_ID || !id.chars().all(ok_char) {
+        return Err(field("gpu", format!("{id:?} is not a GPU id (a UUID such as GPU-..., or sim)")));
+    }
+    Ok(())
+}
+
+/// The fields of a backend's `Hello`.
+#[derive(Debug, Clone)]
+pub struct Hello {
+    pub version: u32,
+    pub vm: String,
+    pub pid: u32,
+    pub engine: String,
+    pub gpu: String,
+    pub quota_bytes: u64,
+    pub requested: QosRequest,
+    pub reconnect: bool,
+    pub gpu_ns_total: u64,
+}
+
+/// Applies a backend's request on top of `base`, checking each field used.
+fn apply_request(mut rec: VmRecord, req: &QosRequest) -> Result<VmRecord, FieldError> {
+    if let Some(c) = req.class {
+        rec.class = c;
+    }
+    if let Some(w) = req.weight {
+        rec.weight = check_weight(w)?;
+    }
+    if let Some(p) = req.priority {
+        rec.priority = check_priority(p)?;
+    }
+    if let Some(s) = req.slice_us {
+        rec.slice_us = Some(check_slice_us(s)?);
+    }
+    Ok(rec)
+}
+
+/// A connected backend.
+#[derive(Debug)]
+pub struct Conn {
+    /// Connection id, also the VM's id in its GPU's scheduler.
+    pub id: u64,
+    pub pid: u32,
+    pub engine: String,
+    pub quota_bytes: u64,
+    /// GPU time the backend reported at registration.
+    pub gpu_ns_at_hello: u64,
+    pub stats: Option<BackendStats>,
+    pub tx: UnboundedSender<DaemonMsg>,
+}
+
+#[derive(Debug)]
+pub struct VmEntry {
+    pub rec: VmRecord,
+    pub conn: Option<Conn>,
+}
+
+#[derive(Debug)]
+pub struct GpuEntry {
+    pub settings: GpuRecord,
+    pub driver: GpuDriver,
+}
+
+/// What a successful registration hands the connection.
+#[derive(Debug)]
+pub struct Registered {
+    pub conn: u64,
+    pub gpu: mpsc::Sender<GpuEvent>,
+    pub settings: VmSettings,
+}
+
+#[derive(Debug)]
+pub struct Registry {
+    store: Store,
+    inventory: Inventory,
+    clock: Clock,
+    default_slice_us: u64,
+    gpus: HashMap<String, GpuEntry>,
+    vms: BTreeMap<String, VmEntry>,
+    next_conn: u64,
+}
+
+impl Registry {
+    /// Loads the stored GPUs and VMs and starts a scheduler thread for every
+    /// GPU known.
+    pub fn new(store: Store, inventory: Inventory, default_slice_us: u64, clock: Clock) -> Result<Registry, crate::Error> {
+        let mut reg = Registry {
+            store,
+            inventory,
+            clock,
+            default_slice_us,
+            gpus: HashMap::new(),
+            vms: BTreeMap::new(),
+            next_conn: 1,
+        };
+        let stored_gpus = reg.store.gpus()?;
+        let stored_vms = reg.store.vms()?;
+        let ids: Vec<String> = reg.inventory.gpus().iter().map(|g| g.id.clone()).collect();
+        for id in ids {
+            reg.ensure_gpu(&id)?;
+        }
+        for g in stored_gpus {
+            let id = g.id.clone();
+            let settings = GpuRecord {
+                slice_us: check_slice_us(g.slice_us).unwrap_or(default_slice_us),
+                max_queued_ops: check_max_queued_ops(g.max_queued_ops).unwrap_or(DEFAULT_MAX_QUEUED_OPS),
+                ..g
+            };
+            reg.ensure_gpu(&id)?;
+            if let Some(e) = reg.gpus.get_mut(&id) {
+                e.driver.send(GpuEvent::SetPolicy { policy: driver::policy(settings.slice_us) });
+                e.settings = settings;
+            }
+        }
+        for v in stored_vms {
+            reg.ensure_gpu(&v.gpu)?;
+            reg.vms.insert(v.name.clone(), VmEntry { rec: v, conn: None });
+        }
+        tracing::info!(gpus = reg.gpus.len(), vms = reg.vms.len(), db = %reg.store.path().display(), "state loaded");
+        Ok(reg)
+    }
+
+    /// The GPU `id`, learning it (and starting its scheduler) if new.
+    fn ensure_gpu(&mut self, id: &str) -> Result<&GpuEntry, crate::Error> {
+        if !self.gpus.contains_key(id) {
+            self.inventory.get_or_add(id);
+            let settings = GpuRecord {
+                id: id.to_string(),
+                slice_us: self.default_slice_us,
+                max_queued_ops: DEFAULT_MAX_QUEUED_OPS,
+                overcommit_ratio: 1.0,
+            };
+            let driver = GpuDriver::spawn(id, driver::policy(settings.slice_us), self.clock)
+                .map_err(|source| crate::Error::Thread { gpu: id.to_string(), source })?;
+            self.gpus.insert(id.to_string(), GpuEntry { settings, driver });
+        }
+        self.gpus.get(id).ok_or_else(|| crate::Error::Internal(format!("GPU {id} vanished")))
+    }
+
+    fn vm_settings(&self, rec: &VmRecord) -> VmSettings {
+        let gpu = self.gpus.get(&rec.gpu).map(|g| &g.settings);
+        VmSettings {
+            class: rec.class,
+            weight: rec.weight,
+            priority: rec.priority,
+            slice_us: rec.slice_us.unwrap_or(gpu.map_or(self.default_slice_us, |g| g.slice_us)),
+            max_queued_ops: gpu.map_or(DEFAULT_MAX_QUEUED_OPS, |g| g.max_queued_ops),
+            drained: rec.drained,
+        }
+    }
+
+    /// Registers a backend: checks its Hello, settles its settings (the
+    /// stored ones on a reconnect, the requested ones on a fresh start),
+    /// stores them, queues `Welcome` on `tx` and adds the VM to its GPU's
+    /// scheduler. `Err` is the reason to send back in `Refused`.
+    pub fn register(&mut self, hello: &Hello, tx: UnboundedSender<DaemonMsg>) -> Result<Registered, String> {
+        if hello.version != CONTROL_VERSION {
+            return Err(format!(
+                "version: control protocol version {} is not supported (this gpuvisord speaks {CONTROL_VERSION})",
+                hello.version
+            ));
+        }
+        check_vm_name(&hello.vm).map_err(|e| e.to_string())?;
+        if hello.engine != "cuda" && hello.engine != "sim" {
+            return Err(format!("engine: {:?} is not an engine (cuda or sim)", hello.engine));
+        }
+        check_gpu_id(&hello.gpu).map_err(|e| e.to_string())?;
+        let stored = self.vms.get(&hello.vm).map(|v| (v.rec.clone(), v.conn.is_some()));
+        if stored.as_ref().is_some_and(|(_, connected)| *connected) {
+            return Err(format!("vm: a backend for VM {:?} is already connected", hello.vm));
+        }
+        let stored = stored.map(|(rec, _)| rec);
+        let rec = match &stored {
+            Some(v) if hello.reconnect => VmRecord { gpu: hello.gpu.clone(), ..v.clone() },
+            Some(v) => apply_request(VmRecord { gpu: hello.gpu.clone(), ..v.clone() }, &hello.requested)
+                .map_err(|e| e.to_string())?,
+            None => apply_request(
+                VmRecord {
+                    name: hello.vm.clone(),
+                    gpu: hello.gpu.clone(),
+                    class: DEFAULT_CLASS,
+                    weight: DEFAULT_WEIGHT,
+                    priority: DEFAULT_PRIORITY,
+                    slice_us: None,
+                    drained: false,
+                },
+                &hello.requested,
+            )
+            .map_err(|e| e.to_string())?,
+        };
+        let gpu = self.ensure_gpu(&hello.gpu).map_err(|e| format!("internal: {e}"))?.driver.sender();
+        if stored.as_ref() != Some(&rec) {
+            // A VM whose settings cannot be stored still runs; they are
+            // stored again at its next change.
+            if let Err(e) = self.store.put_vm(&rec) {
+                tracing::error!(vm = %rec.name, "storing settings: {e}");
+            }
+        }
+        let settings = self.vm_settings(&rec);
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        // Welcome goes into the writer's queue before the scheduler can
+        // queue a grant behind it.
+        let _ = tx.send(DaemonMsg::Welcome { version: CONTROL_VERSION, settings: settings.clone() });
+        let _ = gpu.send(GpuEvent::Add { vm: conn, name: rec.name.clone(), params: params(&rec), tx: tx.clone() });
+        self.vms.insert(
+            rec.name.clone(),
+            VmEntry {
+                rec,
+                conn: Some(Conn {
+                    id: conn,
+                    pid: hello.pid,
+                    engine: hello.engine.clone(),
+                    quota_bytes: hello.quota_bytes,
+                    gpu_ns_at_hello: hello.gpu_ns_total,
+                    stats: None,
+                    tx,
+                }),
+            },
+        );
+        Ok(Registered { conn, gpu, settings })
+    }
+
+    /// The backend on connection `conn` is gone: its VM leaves the
+    /// scheduler; its settings stay.
+    pub fn disconnect(&mut self, vm: &str, conn: u64) {
+        if let Some(v) = self.vms.get_mut(vm) {
+            if v.conn.as_ref().is_some_and(|c| c.id == conn) {
+                v.conn = None;
+                if let Some(g) = self.gpus.get(&v.rec.gpu) {
+                    g.driver.send(GpuEvent::Remove { vm: conn });
+                }
+            }
+        }
+    }
+
+    pub fn record_stats(&mut self, vm: &str, conn: u64, stats: BackendStats) {
+        if let Some(c) = self.vms.get_mut(vm).and_then(|v| v.conn.as_mut()).filter(|c| c.id == conn) {
+            c.stats = Some(stats);
+        }
+    }
+
+    pub fn vm(&self, name: &str) -> Option<&VmEntry> {
+        self.vms.get(name)
+    }
+
+    pub fn vm_names(&self) -> impl Iterator<Item = &String> {
+        self.vms.keys()
+    }
+
+    pub fn vms_on(&self, gpu: &str) -> impl Iterator<Item = &VmEntry> + '_ {
+        let gpu = gpu.to_string();
+        self.vms.values().filter(move |v| v.rec.gpu == gpu)
+    }
+
+    /// GPUs in inventory order: NVML's, the simulated one, then those learned.
+    pub fn gpu_infos(&self) -> &[GpuInfo] {
+        self.inventory.gpus()
+    }
+
+    pub fn gpu_info(&self, id: &str) -> Option<&GpuInfo> {
+        self.inventory.get(id)
+    }
+
+    pub fn gpu(&self, id: &str) -> Option<&GpuEntry> {
+        self.gpus.get(id)
+    }
+
+    /// Settings in effect for a VM (its own, with the GPU's defaults).
+    pub fn settings_of(&self, rec: &VmRecord) -> VmSettings {
+        self.vm_settings(rec)
+    }
+
+    /// Stores a VM's new settings and applies them at once: its GPU's
+    /// scheduler and its backend, if connected, get them.
+    pub fn change_vm(&mut self, rec: VmRecord) -> Result<(), crate::store::StoreError> {
+        self.store.put_vm(&rec)?;
+        let settings = self.vm_settings(&rec);
+        let Some(v) = self.vms.get_mut(&rec.name) else { return Ok(()) };
+        if let Some(c) = &v.conn {
+            if let Some(g) = self.gpus.get(&rec.gpu) {
+                g.driver.send(GpuEvent::SetParams { vm: c.id, params: params(&rec) });
+            }
+            let _ = c.tx.send(DaemonMsg::Settings { settings });
+        }
+        tracing::info!(vm = %rec.name, class = %rec.class, weight = rec.weight, priority = rec.priority,
+            slice_us = ?rec.slice_us, drained = rec.drained, "VM settings changed");
+        v.rec = rec;
+        Ok(())
+    }
+
+    /// Stores a GPU's new defaults and applies them at once: its scheduler
+    /// and every backend connected on it get them.
+    pub fn change_gpu(&mut self, settings: GpuRecord) -> Result<(), crate::store::StoreError> {
+        self.store.put_gpu(&settings)?;
+        let Some(g) = self.gpus.get_mut(&settings.id) else { return Ok(()) };
+        g.driver.send(GpuEvent::SetPolicy { policy: driver::policy(settings.slice_us) });
+        tracing::info!(gpu = %settings.id, slice_us = settings.slice_us, max_queued_ops = settings.max_queued_ops,
+            "GPU settings changed");
+        let id = settings.id.clone();
+        g.settings = settings;
+        for v in self.vms.values().filter(|v| v.rec.gpu == id) {
+            if let Some(c) = &v.conn {
+                let _ = c.tx.send(DaemonMsg::Settings { settings: self.vm_settings(&v.rec) });
+            }
+        }
+        Ok(())
+    }
+
+    /// Stops every scheduler thread (at shutdown).
+    pub fn take_drivers(&mut self) -> Vec<GpuDriver> {
+        self.gpus.drain().map(|(_, g)| g.driver).collect()
+    }
+
+    /// Senders for querying each GPU's scheduler.
+    pub fn gpu_senders(&self) -> HashMap<String, mpsc::Sender<GpuEvent>> {
+        self.gpus.iter().map(|(id, g)| (id.clone(), g.driver.sender())).collect()
+    }
+}
+
+/// What the scheduler needs of a VM's settings.
+pub fn params(rec: &VmRecord) -> VmParams {
+    VmParams {
+        class: rec.class,
+        weight: rec.weight,
+        priority: rec.priority,
+        slice_ns: rec.slice_us.map(|s| s.saturating_mul(1000)),
+        drained: rec.drained,
+    }
+}
+
+/// Ask a GPU's scheduler for its figures, without holding any lock.
+pub fn query_gpu(tx: &mpsc::Sender<GpuEvent>) -> Option<GpuSnapshot> {
+    driver::query(tx, std::time::Duration::from_millis(500))
+}
