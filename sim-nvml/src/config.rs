@@ -115,6 +115,14 @@ pub enum ConfigError {
     Invalid { path: PathBuf, reason: String },
 }
 
+/// The bytes of the config file at `path`.
+pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    std::fs::read(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })
+}
+
 /// The validated host the exports answer from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Host {
@@ -186,13 +194,9 @@ impl Host {
         }
     }
 
-    /// Reads and validates the file at `path`.
-    pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            path: path.to_owned(),
-            source,
-        })?;
-        let config: Config = serde_json::from_str(&text).map_err(|source| ConfigError::Parse {
+    /// Parses and validates `text`, the contents of the file at `path`.
+    pub fn from_json(path: &Path, text: &[u8]) -> Result<Self, ConfigError> {
+        let config: Config = serde_json::from_slice(text).map_err(|source| ConfigError::Parse {
             path: path.to_owned(),
             source,
         })?;

@@ -73,11 +73,14 @@
 //! printed to stderr once.
 //!
 //! The readings (utilisation, power, temperature, energy, used memory,
-//! processes) are read again on the next call after the file changes (its
-//! mtime, length or inode), so a test can change them under a running
-//! daemon; write a new file and rename it over the old one so no call sees it
-//! half-written. Other changes wait for the next first `nvmlInit` (after the
-//! last `nvmlShutdown`).
+//! processes) are taken again on the first call after the file's contents
+//! change, so a test can change them under a running daemon. Contents, not
+//! mtimes, are compared, so two rewrites within one tick of the filesystem
+//! clock are both seen. Writing a new file and renaming it over the old one
+//! keeps any call from seeing it half-written; a call that does (or any
+//! broken rewrite) keeps the last readings and warns once. Changes to
+//! anything else wait for the next first `nvmlInit` (after the last
+//! `nvmlShutdown`).
 //!
 //! # Exported functions
 //!

@@ -1,14 +1,12 @@
 //! The library's one global state: how many `nvmlInit`s are outstanding, the
 //! host they loaded, and the config file whose changes refresh the readings.
 
-use crate::config::{Gpu, Host, MigInstance, CONFIG_ENV};
+use crate::config::{read_file, Gpu, Host, MigInstance, CONFIG_ENV};
 use crate::error::SimError;
 use crate::handle::DeviceId;
 use std::collections::BTreeSet;
-use std::os::unix::fs::MetadataExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Mutex, MutexGuard};
-use std::time::SystemTime;
 
 struct Session {
     /// At least 1: the session ends when the last `nvmlShutdown` balances the first `nvmlInit`.
@@ -17,30 +15,14 @@ struct Session {
     source: Option<Source>,
 }
 
-/// The config file and what it looked like when last read successfully.
+/// The config file and the contents the readings were last taken from.
+///
+/// Comparing contents rather than mtimes catches every rewrite: two writes
+/// within one tick of the filesystem's coarse clock share an mtime, and a
+/// small JSON file costs no more to read than to stat.
 struct Source {
     path: PathBuf,
-    stamp: FileStamp,
-}
-
-/// Changes when the file is rewritten in place (mtime, length) or replaced
-/// by a rename (inode), which is how tests should update it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct FileStamp {
-    modified: Option<SystemTime>,
-    len: u64,
-    inode: u64,
-}
-
-impl FileStamp {
-    fn of(path: &Path) -> Option<FileStamp> {
-        let meta = std::fs::metadata(path).ok()?;
-        Some(FileStamp {
-            modified: meta.modified().ok(),
-            len: meta.len(),
-            inode: meta.ino(),
-        })
-    }
+    contents: Vec<u8>,
 }
 
 static SESSION: Mutex<Option<Session>> = Mutex::new(None);
@@ -75,12 +57,11 @@ pub fn init() -> Result<(), SimError> {
         None => (Host::default_h100(), None),
         Some(path) => {
             let path = PathBuf::from(path);
-            // Stamp before reading: a write in between then shows up as a change.
-            let stamp = FileStamp::of(&path);
-            let host =
-                Host::load(&path).inspect_err(|e| warn_once(&format!("nvmlInit failed: {e}")))?;
-            let source = stamp.map(|stamp| Source { path, stamp });
-            (host, source)
+            let loaded = read_file(&path).and_then(|contents| {
+                let host = Host::from_json(&path, &contents)?;
+                Ok((host, Some(Source { path, contents })))
+            });
+            loaded.inspect_err(|e| warn_once(&format!("nvmlInit failed: {e}")))?
         }
     };
     *session = Some(Session {
@@ -113,28 +94,23 @@ pub fn with_host<T>(query: impl FnOnce(&Host) -> Result<T, SimError>) -> Result<
 }
 
 fn refresh(host: &mut Host, source: &mut Source) {
-    let Some(stamp) = FileStamp::of(&source.path) else {
-        warn_once(&format!(
-            "{} has gone; keeping the last readings",
-            source.path.display()
-        ));
-        return;
+    let contents = match read_file(&source.path) {
+        Ok(contents) if contents == source.contents => return,
+        Ok(contents) => contents,
+        Err(e) => return warn_once(&format!("{e}; keeping the last readings")),
     };
-    if stamp == source.stamp {
-        return;
-    }
-    match Host::load(&source.path) {
+    match Host::from_json(&source.path, &contents) {
         Ok(newer) => {
             if !host.take_readings(&newer) {
                 warn_once(&format!(
                     "{} changed more than readings; only utilisation, power, temperature, \
-                     energy, used memory and processes change before the next nvmlInit",
+                     energy, used memory and processes change before the next first nvmlInit",
                     source.path.display()
                 ));
             }
-            source.stamp = stamp;
+            source.contents = contents;
         }
-        // Likely caught mid-write: keep the stamp, so the next query reads again.
+        // Likely caught mid-write: keep the old contents, so the next query tries again.
         Err(e) => warn_once(&format!("{e}; keeping the last readings")),
     }
 }
