@@ -81,7 +81,11 @@ impl Client {
     }
 
     pub fn update_gpu(&self, id: &str, patch: &GpuPatch) -> Result<GpuView, ClientError> {
-        self.request("PATCH", &format!("/v1/gpus/{}", segment(id)), Some(serde_json::to_vec(patch).map_err(ClientError::Encode)?))
+        self.request(
+            "PATCH",
+            &format!("/v1/gpus/{}", segment(id)),
+            Some(serde_json::to_vec(patch).map_err(ClientError::Encode)?),
+        )
     }
 
     pub fn vms(&self) -> Result<Vec<VmView>, ClientError> {
@@ -93,7 +97,11 @@ impl Client {
     }
 
     pub fn update_vm(&self, name: &str, patch: &VmPatch) -> Result<VmView, ClientError> {
-        self.request("PATCH", &format!("/v1/vms/{}", segment(name)), Some(serde_json::to_vec(patch).map_err(ClientError::Encode)?))
+        self.request(
+            "PATCH",
+            &format!("/v1/vms/{}", segment(name)),
+            Some(serde_json::to_vec(patch).map_err(ClientError::Encode)?),
+        )
     }
 
     /// Drains (`true`) or resumes (`false`) a VM.

@@ -3,6 +3,7 @@
 //! JSON; the [`Admin`] implementation only ever sees validated patches.
 
 use crate::model::{Admin, AdminError, ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView};
+use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -10,7 +11,6 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use axum::body::Bytes;
 use protocol::control::{
     MAX_PRIORITY, MAX_QUEUED_OPS, MAX_SLICE_US, MAX_WEIGHT, MIN_PRIORITY, MIN_QUEUED_OPS, MIN_SLICE_US, MIN_WEIGHT,
 };
@@ -210,11 +210,7 @@ fn check_range<T: PartialOrd + Display>(field: &str, value: T, min: T, max: T) -
 }
 
 fn nothing_to_change(fields: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        format!("nothing to change: give at least one of {fields}"),
-        None,
-    )
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("nothing to change: give at least one of {fields}"), None)
 }
 
 fn validate_vm_patch(p: &VmPatch) -> Result<(), ApiError> {
@@ -477,7 +473,9 @@ impl utoipa::Modify for BearerScheme {
             SecurityScheme::Http(
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("The admin token gpuvisord was started with (by default in /var/lib/gpuvisor/admin.token)"))
+                    .description(Some(
+                        "The admin token gpuvisord was started with (by default in /var/lib/gpuvisor/admin.token)",
+                    ))
                     .build(),
             ),
         );

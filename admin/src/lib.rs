@@ -1,13 +1,13 @@
 //! gpuvisord's admin API: the data model the host admin sees (GPUs, VMs,
 //! their QoS settings and measured shares), the `Admin` trait the daemon
-//! implements, the HTTP/JSON server over it, and the client `gpuvisorctl` uses.
+//! implements, the HTTP/JSON server over it, the client and `gpuvisorctl`'s
+//! commands.
 
 pub mod client;
-
+pub mod ctl;
 pub mod http;
 pub mod model;
 
-
+pub use client::{Client, ClientError};
 pub use http::{router, serve, Auth};
-
 pub use model::*;

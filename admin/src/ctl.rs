@@ -1,0 +1,562 @@
+//! gpuvisorctl: its command line, and how it prints the admin API's answers
+//! (aligned tables for lists, one field per line for a single GPU or VM).
+
+use crate::client::{Client, ClientError};
+use crate::model::{GpuPatch, GpuView, VmPatch, VmView};
+use anyhow::{anyhow, Context};
+use clap::{Parser, Subcommand};
+use protocol::control::QosClass;
+use serde::Serialize;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+/// Where gpuvisord writes its admin token by default.
+pub const DEFAULT_TOKEN_FILE: &str = "/var/lib/gpuvisor/admin.token";
+
+const ABOUT: &str = "Inspect and tune gpuvisord, the daemon that shares this host's GPUs among VMs";
+
+const LONG_ABOUT: &str = "\
+Inspect and tune gpuvisord, the daemon that shares this host's GPUs among VMs.
+
+Each VM on a GPU gets time slices: while it holds one, only its GPU work runs.
+Who gets the next slice is decided by the VM's QoS class, then its weight and
+priority. Changes made here take effect at once: the scheduler applies them
+within one slice, and running VMs keep running.
+
+The admin token is read from --token or GPUVISOR_TOKEN, else from --token-file,
+else from /var/lib/gpuvisor/admin.token when that file exists.";
+
+#[derive(Debug, Parser)]
+#[command(name = "gpuvisorctl", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    /// gpuvisord's admin API
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "GPUVISOR_URL",
+        default_value = "http://127.0.0.1:9400"
+    )]
+    pub url: String,
+
+    /// Admin token. Prefer GPUVISOR_TOKEN or --token-file: other users can
+    /// see a command line
+    #[arg(
+        long,
+        global = true,
+        help_heading = "Global options",
+        env = "GPUVISOR_TOKEN",
+        hide_env_values = true,
+        value_name = "TOKEN"
+    )]
+    pub token: Option<String>,
+
+    /// File holding the admin token (used when no token is given)
+    /// [default: /var/lib/gpuvisor/admin.token, when it exists]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "PATH")]
+    pub token_file: Option<PathBuf>,
+
+    /// Print the API's JSON answer instead of a table
+    #[arg(long, global = true, help_heading = "Global options")]
+    pub json: bool,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// List GPUs: their default slice, which VM holds each now, how busy it is
+    Gpus,
+
+    /// Show one GPU, one field per line
+    Gpu {
+        /// The GPU's id as `gpus` lists it (`GPU-<uuid>`, or `sim`)
+        id: String,
+    },
+
+    /// Change a GPU's defaults, used by its VMs that have no setting of their
+    /// own; takes effect within one slice
+    GpuSet {
+        /// The GPU's id as `gpus` lists it
+        id: String,
+
+        /// Default time slice in milliseconds (0.5 to 10000). Longer slices
+        /// cost less switching; shorter ones let other VMs in sooner
+        #[arg(long, value_name = "MS", value_parser = parse_slice_ms)]
+        slice_ms: Option<u64>,
+
+        /// Most GPU operations a VM may have queued on the GPU while it holds
+        /// a slice (1 to 4096). Bounds how long taking the GPU back from a VM
+        /// takes, so lower means the slice boundary is kept more tightly
+        #[arg(long, value_name = "N")]
+        max_queued_ops: Option<u32>,
+    },
+
+    /// List VMs, sorted by name, with their settings and measured shares
+    #[command(long_about = "List VMs, sorted by name.\n\n\
+        SHARE(cfg) is the share of the GPU the policy entitles the VM to now, among the busy VMs; \
+        SHARE(used) is the share of GPU time it used over the last measurement window. \
+        QUEUE is the batches waiting in its backend; P99 the 99th percentile request latency \
+        (arrival at the backend to completion on the GPU); MEM its device memory in use.")]
+    Vms {
+        /// Only VMs on this GPU (an id, or the start of one as the table shows it)
+        #[arg(long, value_name = "ID")]
+        gpu: Option<String>,
+    },
+
+    /// Show one VM, one field per line
+    Vm {
+        /// The VM's name
+        name: String,
+    },
+
+    /// Change a VM's QoS settings; they take effect within one slice
+    #[command(long_about = "Change a VM's QoS settings and print the VM. \
+        They take effect within one slice; the VM keeps running.")]
+    Set {
+        /// The VM's name
+        name: String,
+
+        /// QoS class. guaranteed: a reserved share of GPU time, never lent
+        /// away while the VM is busy. burstable: a share, plus whatever other
+        /// VMs leave idle. best-effort: only time no guaranteed or burstable
+        /// VM wants
+        #[arg(long, value_name = "CLASS", value_parser = parse_class)]
+        class: Option<QosClass>,
+
+        /// Weight (1 to 10000). The busy VMs on a GPU share its time in
+        /// proportion to their weights: 200 gets twice what 100 gets
+        #[arg(long, value_name = "W")]
+        weight: Option<u32>,
+
+        /// Priority (-20 to 20). Higher gets the GPU sooner when it has work
+        /// (lower latency), but never more than its weight's share
+        #[arg(long, value_name = "P", allow_negative_numbers = true)]
+        priority: Option<i32>,
+
+        /// The VM's own time slice in milliseconds (0.5 to 10000), instead of
+        /// its GPU's default
+        #[arg(long, value_name = "MS", value_parser = parse_slice_ms, conflicts_with = "gpu_slice")]
+        slice_ms: Option<u64>,
+
+        /// Drop the VM's own slice: its GPU's default applies again
+        #[arg(long)]
+        gpu_slice: bool,
+    },
+
+    /// Drain a VM: it gets no more GPU time, and its guest's GPU work waits
+    /// (without errors) until `resume`
+    Drain {
+        /// The VM's name
+        name: String,
+    },
+
+    /// Resume a drained VM: it gets GPU time again
+    Resume {
+        /// The VM's name
+        name: String,
+    },
+
+    /// Check that gpuvisord answers (needs no token)
+    Health,
+}
+
+fn parse_slice_ms(s: &str) -> Result<u64, String> {
+    let ms: f64 = s.parse().map_err(|_| format!("expected milliseconds, like 2.5, got {s:?}"))?;
+    if !ms.is_finite() || ms <= 0.0 {
+        return Err(format!("expected a positive number of milliseconds, got {s}"));
+    }
+    // Saturates at u64::MAX for absurd values; the server reports the range.
+    Ok((ms * 1000.0).round() as u64)
+}
+
+fn parse_class(s: &str) -> Result<QosClass, String> {
+    s.parse()
+}
+
+/// The admin token to send, and why none was found when that matters.
+struct Token {
+    token: Option<String>,
+    /// Said after a 401, when no token was sent.
+    missing_note: String,
+}
+
+fn resolve_token(cli: &Cli) -> anyhow::Result<Token> {
+    if let Some(t) = &cli.token {
+        return Ok(Token { token: Some(t.trim().to_owned()), missing_note: String::new() });
+    }
+    if let Some(path) = &cli.token_file {
+        let t = read_token(path)?;
+        return Ok(Token { token: Some(t), missing_note: String::new() });
+    }
+    let default = Path::new(DEFAULT_TOKEN_FILE);
+    let missing_note = if default.exists() {
+        match read_token(default) {
+            Ok(t) => return Ok(Token { token: Some(t), missing_note: String::new() }),
+            Err(e) => format!("{e:#}"),
+        }
+    } else {
+        format!("{DEFAULT_TOKEN_FILE} does not exist")
+    };
+    Ok(Token { token: None, missing_note })
+}
+
+fn read_token(path: &Path) -> anyhow::Result<String> {
+    let t = std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
+    let t = t.trim();
+    if t.is_empty() {
+        return Err(anyhow!("token file {} is empty", path.display()));
+    }
+    Ok(t.to_owned())
+}
+
+/// Runs `cli`, printing its answer to `out`.
+pub fn run(cli: &Cli, out: &mut dyn Write) -> anyhow::Result<()> {
+    let token = resolve_token(cli)?;
+    let sent_token = token.token.is_some();
+    let client = Client::new(cli.url.clone(), token.token);
+    let result = execute(cli, &client, out);
+    result.map_err(|e| explain(e, cli, sent_token, &token.missing_note))
+}
+
+/// Adds what the admin can do about an error, where that is clear.
+fn explain(e: anyhow::Error, cli: &Cli, sent_token: bool, missing_note: &str) -> anyhow::Error {
+    let hint = match e.downcast_ref::<ClientError>() {
+        Some(ClientError::Api { status: 401, .. }) if !sent_token => format!(
+            "gpuvisord wants an admin token and none was given ({missing_note}): \
+             set GPUVISOR_TOKEN, or pass --token-file PATH"
+        ),
+        Some(ClientError::Api { status: 401, .. }) => {
+            "the admin token was refused: check it against the file gpuvisord was started with".to_owned()
+        }
+        Some(ClientError::Api { field: Some(f), .. }) if f == "slice_us" => {
+            "--slice-ms takes milliseconds: 0.5 to 10000".to_owned()
+        }
+        Some(ClientError::Unreachable { .. }) => {
+            format!("is gpuvisord running and serving its admin API at {}? (--url, GPUVISOR_URL)", cli.url)
+        }
+        _ => return e,
+    };
+    anyhow!("{e}\n{hint}")
+}
+
+fn execute(cli: &Cli, client: &Client, out: &mut dyn Write) -> anyhow::Result<()> {
+    match &cli.command {
+        Command::Health => {
+            let h = client.health()?;
+            if cli.json {
+                return print_json(out, &h);
+            }
+            writeln!(out, "{} (gpuvisord {} at {})", h.status, h.version, client.base_url())?;
+        }
+        Command::Gpus => {
+            let mut gpus = client.gpus()?;
+            gpus.sort_by(|a, b| a.index.cmp(&b.index).then_with(|| a.id.cmp(&b.id)));
+            if cli.json {
+                return print_json(out, &gpus);
+            }
+            out.write_all(gpu_table(&gpus).as_bytes())?;
+        }
+        Command::Gpu { id } => print_gpu(out, cli.json, &client.gpu(id)?)?,
+        Command::GpuSet { id, slice_ms, max_queued_ops } => {
+            let patch = GpuPatch { slice_us: *slice_ms, max_queued_ops: *max_queued_ops };
+            print_gpu(out, cli.json, &client.update_gpu(id, &patch)?)?;
+        }
+        Command::Vms { gpu } => {
+            let mut vms = client.vms()?;
+            if let Some(g) = gpu {
+                vms.retain(|vm| vm.gpu.starts_with(g.as_str()));
+            }
+            vms.sort_by(|a, b| a.name.cmp(&b.name));
+            if cli.json {
+                return print_json(out, &vms);
+            }
+            out.write_all(vm_table(&vms).as_bytes())?;
+        }
+        Command::Vm { name } => print_vm(out, cli.json, &client.vm(name)?)?,
+        Command::Set { name, class, weight, priority, slice_ms, gpu_slice } => {
+            let slice_us = if *gpu_slice { Some(None) } else { slice_ms.map(Some) };
+            let patch = VmPatch { class: *class, weight: *weight, priority: *priority, slice_us };
+            print_vm(out, cli.json, &client.update_vm(name, &patch)?)?;
+        }
+        Command::Drain { name } | Command::Resume { name } => {
+            let drain = matches!(cli.command, Command::Drain { .. });
+            let vm = client.set_drained(name, drain)?;
+            if cli.json {
+                return print_json(out, &vm);
+            }
+            if drain {
+                writeln!(out, "{}: drained; it gets no GPU time until `gpuvisorctl resume {}`", vm.name, vm.name)?;
+            } else {
+                writeln!(out, "{}: resumed (state {})", vm.name, state_name(&vm))?;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn print_json<T: Serialize>(out: &mut dyn Write, value: &T) -> anyhow::Result<()> {
+    serde_json::to_writer_pretty(&mut *out, value)?;
+    writeln!(out)?;
+    Ok(())
+}
+
+fn print_gpu(out: &mut dyn Write, json: bool, gpu: &GpuView) -> anyhow::Result<()> {
+    if json {
+        return print_json(out, gpu);
+    }
+    out.write_all(gpu_detail(gpu).as_bytes())?;
+    Ok(())
+}
+
+fn print_vm(out: &mut dyn Write, json: bool, vm: &VmView) -> anyhow::Result<()> {
+    if json {
+        return print_json(out, vm);
+    }
+    out.write_all(vm_detail(vm).as_bytes())?;
+    Ok(())
+}
+
+/// Rows under a header, each column as wide as its widest cell, two spaces apart.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut s = String::new();
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for row in std::iter::once(&header).chain(rows) {
+        let mut line = String::new();
+        for (i, cell) in row.iter().enumerate() {
+            if i > 0 {
+                line.push_str("  ");
+            }
+            line.push_str(cell);
+            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
+            line.extend(std::iter::repeat_n(' ', pad));
+        }
+        s.push_str(line.trim_end());
+        s.push('\n');
+    }
+    s
+}
+
+pub fn gpu_table(gpus: &[GpuView]) -> String {
+    let rows: Vec<Vec<String>> = gpus
+        .iter()
+        .map(|g| {
+            vec![
+                g.id.clone(),
+                g.name.clone(),
+                bytes(g.memory_total_bytes),
+                micros(g.slice_us as f64),
+                g.holder.clone().unwrap_or_else(|| "-".to_owned()),
+                percent(g.busy_fraction),
+                g.vms.to_string(),
+            ]
+        })
+        .collect();
+    table(&["ID", "NAME", "MEMORY", "SLICE", "HOLDER", "BUSY", "VMS"], &rows)
+}
+
+pub fn vm_table(vms: &[VmView]) -> String {
+    let rows: Vec<Vec<String>> = vms
+        .iter()
+        .map(|v| {
+            vec![
+                v.name.clone(),
+                short_gpu(&v.gpu).to_owned(),
+                state_name(v).to_owned(),
+                v.class.to_string(),
+                v.weight.to_string(),
+                v.priority.to_string(),
+                micros(v.slice_us as f64),
+                percent(v.share_configured),
+                percent(v.share_used),
+                v.queued.to_string(),
+                micros(v.latency_p99_us),
+                format!("{}/{}", bytes(v.used_bytes), bytes(v.quota_bytes)),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "NAME",
+            "GPU",
+            "STATE",
+            "CLASS",
+            "WEIGHT",
+            "PRIO",
+            "SLICE",
+            "SHARE(cfg)",
+            "SHARE(used)",
+            "QUEUE",
+            "P99",
+            "MEM",
+        ],
+        &rows,
+    )
+}
+
+pub fn gpu_detail(g: &GpuView) -> String {
+    let lines = [
+        ("id", g.id.clone()),
+        ("name", g.name.clone()),
+        ("index", opt(g.index)),
+        ("memory_total", bytes(g.memory_total_bytes)),
+        ("mig_enabled", g.mig_enabled.map(yes_no).unwrap_or("unknown").to_owned()),
+        ("slice", micros(g.slice_us as f64)),
+        ("max_queued_ops", g.max_queued_ops.to_string()),
+        ("holder", g.holder.clone().unwrap_or_else(|| "-".to_owned())),
+        ("busy", percent(g.busy_fraction)),
+        ("vms", g.vms.to_string()),
+    ];
+    key_values(&lines)
+}
+
+pub fn vm_detail(v: &VmView) -> String {
+    let slice_source = if v.slice_us_override.is_some() { "the VM's own" } else { "the GPU's default" };
+    let lines = [
+        ("name", v.name.clone()),
+        ("gpu", v.gpu.clone()),
+        ("state", state_name(v).to_owned()),
+        ("connected", yes_no(v.connected).to_owned()),
+        ("pid", opt(v.pid)),
+        ("engine", v.engine.clone().unwrap_or_else(|| "-".to_owned())),
+        ("class", v.class.to_string()),
+        ("weight", v.weight.to_string()),
+        ("priority", v.priority.to_string()),
+        ("slice", format!("{} ({slice_source})", micros(v.slice_us as f64))),
+        ("max_queued_ops", v.max_queued_ops.to_string()),
+        ("drained", yes_no(v.drained).to_owned()),
+        ("share_configured", percent(v.share_configured)),
+        ("share_used", percent(v.share_used)),
+        ("gpu_time", format!("{:.3} s", v.gpu_time_s)),
+        ("queued", v.queued.to_string()),
+        ("inflight_ops", v.inflight_ops.to_string()),
+        ("ops_total", v.ops_total.to_string()),
+        ("latency_p50", micros(v.latency_p50_us)),
+        ("latency_p99", micros(v.latency_p99_us)),
+        ("memory_used", bytes(v.used_bytes)),
+        ("memory_quota", bytes(v.quota_bytes)),
+    ];
+    key_values(&lines)
+}
+
+fn key_values(lines: &[(&str, String)]) -> String {
+    let width = lines.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
+    lines.iter().map(|(k, v)| format!("{:width$} {v}\n", format!("{k}:"))).collect()
+}
+
+fn state_name(v: &VmView) -> &'static str {
+    use crate::model::VmState::*;
+    match v.state {
+        Running => "running",
+        Waiting => "waiting",
+        Idle => "idle",
+        Drained => "drained",
+        Disconnected => "disconnected",
+    }
+}
+
+/// `GPU-<uuid>` cut to its first 8 hex digits, as nvidia-smi's short form.
+fn short_gpu(id: &str) -> &str {
+    if id.starts_with("GPU-") && id.len() > 12 {
+        id.get(..12).unwrap_or(id)
+    } else {
+        id
+    }
+}
+
+fn opt<T: ToString>(v: Option<T>) -> String {
+    v.map(|v| v.to_string()).unwrap_or_else(|| "-".to_owned())
+}
+
+fn yes_no(b: bool) -> &'static str {
+    if b {
+        "yes"
+    } else {
+        "no"
+    }
+}
+
+fn percent(fraction: f64) -> String {
+    format!("{:.1}%", fraction * 100.0)
+}
+
+/// A duration in microseconds, in the unit that reads best.
+pub fn micros(us: f64) -> String {
+    let trim = |x: f64| {
+        let s = format!("{x:.2}");
+        s.trim_end_matches('0').trim_end_matches('.').to_owned()
+    };
+    if us >= 1_000_000.0 {
+        format!("{} s", trim(us / 1_000_000.0))
+    } else if us >= 1000.0 {
+        format!("{} ms", trim(us / 1000.0))
+    } else {
+        format!("{} us", trim(us))
+    }
+}
+
+pub fn bytes(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut value = b as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        format!("{b} B")
+    } else {
+        format!("{value:.1} {}", UNITS[unit])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_and_sizes_read_naturally() {
+        assert_eq!(micros(10_000.0), "10 ms");
+        assert_eq!(micros(2_500.0), "2.5 ms");
+        assert_eq!(micros(850.0), "850 us");
+        assert_eq!(micros(1_200_000.0), "1.2 s");
+        assert_eq!(micros(0.0), "0 us");
+        assert_eq!(bytes(80 << 30), "80.0 GiB");
+        assert_eq!(bytes(512), "512 B");
+    }
+
+    #[test]
+    fn slices_are_given_in_milliseconds() {
+        assert_eq!(parse_slice_ms("2.5"), Ok(2500));
+        assert_eq!(parse_slice_ms("10"), Ok(10_000));
+        assert!(parse_slice_ms("-1").is_err());
+        assert!(parse_slice_ms("fast").is_err());
+        assert!(parse_slice_ms("NaN").is_err());
+    }
+
+    #[test]
+    fn columns_line_up() {
+        let t = table(&["A", "LONGER"], &[vec!["wide cell".into(), "x".into()], vec!["y".into(), "z".into()]]);
+        let lines: Vec<&str> = t.lines().collect();
+        assert_eq!(lines[0], "A          LONGER");
+        assert_eq!(lines[1], "wide cell  x");
+        assert_eq!(lines[2], "y          z");
+    }
+
+    #[test]
+    fn negative_priorities_and_slice_choices_parse() {
+        let cli = Cli::try_parse_from(["gpuvisorctl", "set", "vm1", "--priority", "-5"]).unwrap();
+        assert!(matches!(cli.command, Command::Set { priority: Some(-5), .. }));
+        let err = Cli::try_parse_from(["gpuvisorctl", "set", "vm1", "--slice-ms", "2", "--gpu-slice"]).unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = Cli::try_parse_from(["gpuvisorctl", "set", "vm1", "--class", "gold"]).unwrap_err();
+        assert!(err.to_string().contains("best-effort"), "{err}");
+    }
+}
