@@ -47,11 +47,14 @@
 //!   priority among eligible VMs, then the lowest virtual time, then the
 //!   lowest id. The comparison is strict so that VMs tied at the minimum each
 //!   get one slice in turn; with `<=`, the top-priority VM of a tie would take
-//!   two slices in a row and the worst wait would double. With saturating VMs
-//!   of equal weight, a VM waits at most `n - 1` slices, whatever the
-//!   priorities: a saturating high-priority VM cannot starve a low-priority
-//!   one, but a mostly idle high-priority VM (whose virtual time lags) is
-//!   served at once.
+//!   two slices in a row and the worst wait would double. A VM less than one
+//!   slice ahead can be passed over only by VMs that are themselves less
+//!   than one slice ahead of the minimum, each for about one slice, so a
+//!   saturating high-priority VM cannot starve a low-priority one: with `n`
+//!   saturating VMs of equal weight, each runs once per round of `n` slices,
+//!   in priority order, and waits at most `n - 1` slices (up to about twice
+//!   that in a round where VMs join or leave). A mostly idle high-priority
+//!   VM, whose virtual time lags, is served at once.
 //! - **Classes.** *Best-effort* VMs run only while no guaranteed or burstable
 //!   VM is busy, and a guaranteed or burstable demand preempts a best-effort
 //!   holder at once. Anti-starvation: a best-effort VM runnable for
@@ -72,14 +75,15 @@
 //!   wait; (2) guaranteed VMs under their reservation, by eligibility; (3)
 //!   guaranteed and burstable VMs, by eligibility; (4) best-effort VMs, by
 //!   eligibility among themselves.
-//! - **Preemption** (on demand, and on a live change of a runnable VM's
-//!   settings): the demander preempts the holder if the holder is
-//!   best-effort and the demander is not; else, if the holder is not a
-//!   guaranteed VM under its reservation, when the demander is a guaranteed
-//!   VM under its reservation, or when the demander is of the holder's tier,
-//!   has a strictly higher priority and is eligible (the minimum taken over
-//!   the busy VMs of the tier, holder included). A rescue grant is never
-//!   preempted. The next grant then goes by selection, without the revoked VM.
+//! - **Preemption** (on demand, and on a live change of the settings of a
+//!   runnable VM or of the holder). A rescue grant is never preempted.
+//!   Otherwise a runnable VM preempts the holder when (a) the holder is
+//!   best-effort and it is not; or, unless the holder is a guaranteed VM
+//!   under its reservation, (b) it is a guaranteed VM under its reservation,
+//!   or (c) it is of the holder's tier, has a strictly higher priority and is
+//!   eligible (the minimum taken over the busy VMs of the tier, holder
+//!   included). The next grant then goes by selection, without the revoked
+//!   VM.
 //! - **Release.** With `more = true` the VM stays runnable and re-enters
 //!   selection at once, so a VM alone gets its next grant in the same call.
 //!   With `more = false` it becomes idle. A release of a grant that is not
@@ -97,7 +101,7 @@
 //!   `MIN_SLICE_US..=MAX_SLICE_US`.
 //! - **Measurement.** Charged GPU time is spread over the interval that ends
 //!   at the report (`[now - used, now]`) and summed over the last
-//!   [`GpuPolicy::window_ns`], at 1/512 of the window's resolution.
+//!   [`GpuPolicy::window_ns`], resolved to 1/512 of the window.
 
 mod scheduler;
 mod usage;

@@ -228,6 +228,9 @@ impl Scheduler {
             return out;
         }
         self.charge_vm(vm, used_ns, now);
+        // While the releasing VM still counts as busy, so that the virtual
+        // clock reaches what a VM running alone has used.
+        self.update_vclock();
         let holds_it = self.holding.is_some_and(|h| h.vm == vm && h.grant == grant);
         let holds_other = self.holding.is_some_and(|h| h.vm == vm && h.grant != grant);
         if holds_it {
@@ -615,5 +618,282 @@ impl Scheduler {
         if let (Some(was), Some(v)) = (revoked, self.vms.get_mut(&h.vm)) {
             v.runnable = was;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Nanos = 1_000_000;
+    const S: Nanos = 1_000_000_000;
+
+    fn vm(class: QosClass, weight: u32, priority: i32) -> VmParams {
+        VmParams {
+            class,
+            weight,
+            priority,
+            ..VmParams::default()
+        }
+    }
+
+    fn burstable() -> VmParams {
+        VmParams::default()
+    }
+
+    fn granted(actions: &[Action]) -> Option<(VmId, u64)> {
+        actions.iter().find_map(|a| match *a {
+            Action::Grant { vm, grant, .. } => Some((vm, grant)),
+            Action::Revoke { .. } => None,
+        })
+    }
+
+    /// A small deterministic generator, so the test needs no dependency.
+    struct Lcg(u64);
+    impl Lcg {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            (self.0 >> 33) % n
+        }
+    }
+
+    #[test]
+    fn random_operations_never_break_the_grant_rules() {
+        let classes = QosClass::ALL;
+        let mut rng = Lcg(7);
+        let mut s = Scheduler::new(GpuPolicy::default());
+        let mut now: Nanos = 0;
+        let mut last_grant = 0;
+        let mut issued: Vec<u64> = Vec::new();
+        for step in 0..20_000 {
+            now += rng.next(3 * MS);
+            let id = rng.next(6);
+            let before = s.current_grant();
+            let params = VmParams {
+                class: classes[rng.next(3) as usize],
+                weight: rng.next(5) as u32,
+                priority: rng.next(5) as i32 - 2,
+                slice_ns: if rng.next(4) == 0 {
+                    Some(rng.next(20 * MS))
+                } else {
+                    None
+                },
+                drained: rng.next(8) == 0,
+            };
+            let mut holding = before;
+            let actions = match rng.next(10) {
+                0 => s.add_vm(id, params, now),
+                1 => s.set_params(id, params, now),
+                2 => {
+                    if before.is_some_and(|h| h.0 == id) {
+                        holding = None;
+                    }
+                    s.remove_vm(id, now)
+                }
+                3 | 4 => s.demand(id, now),
+                5 | 6 => {
+                    // The holder's real release, mostly; otherwise some grant.
+                    let (vm, grant) = match s.current_grant() {
+                        Some(g) if rng.next(3) > 0 => g,
+                        _ => (
+                            id,
+                            issued
+                                .get(rng.next(issued.len() as u64 + 1) as usize)
+                                .copied()
+                                .unwrap_or(999),
+                        ),
+                    };
+                    if before == Some((vm, grant)) {
+                        holding = None;
+                    }
+                    s.release(vm, grant, rng.next(15 * MS), rng.next(2) == 0, now)
+                }
+                7 => {
+                    s.charge(id, rng.next(5 * MS), now);
+                    Vec::new()
+                }
+                8 => s.tick(s.next_deadline().unwrap_or(now).max(now)),
+                _ => s.tick(now),
+            };
+            // Revocations name the grant that was current; grants come only
+            // when nobody holds one, with fresh increasing ids, to VMs that
+            // are registered and not drained, never to the VM just revoked.
+            let mut revoked = None;
+            for a in &actions {
+                match *a {
+                    Action::Revoke { vm, grant } => {
+                        assert_eq!(holding, Some((vm, grant)), "step {step}: {actions:?}");
+                        holding = None;
+                        revoked = Some(vm);
+                    }
+                    Action::Grant {
+                        vm,
+                        grant,
+                        slice_ns,
+                    } => {
+                        assert!(
+                            holding.is_none(),
+                            "step {step}: grant while {holding:?} holds: {actions:?}"
+                        );
+                        assert!(grant > last_grant, "step {step}");
+                        assert_ne!(revoked, Some(vm), "step {step}: {actions:?}");
+                        assert!(slice_ns >= MIN_SLICE_US * 1000);
+                        let p = s.params(vm).expect("granted VM is registered");
+                        assert!(!p.drained, "step {step}: drained VM {vm} granted");
+                        last_grant = grant;
+                        issued.push(grant);
+                        holding = Some((vm, grant));
+                    }
+                }
+            }
+            assert_eq!(holding, s.current_grant(), "step {step}");
+            // Work-conserving: nobody holds only when nobody can run.
+            let gpu = s.gpu_stats(now);
+            if s.holder().is_none() {
+                assert_eq!(gpu.runnable, 0, "step {step}: idle GPU with runnable VMs");
+            }
+            assert!((0.0..=1.0).contains(&gpu.busy_fraction));
+            for v in s.vm_ids().collect::<Vec<_>>() {
+                let st = s.vm_stats(v, now).expect("registered");
+                for x in [st.share_configured, st.reserved_share] {
+                    assert!((0.0..=1.0).contains(&x), "step {step}: {st:?}");
+                }
+                assert!(st.share_used >= 0.0 && st.share_used.is_finite());
+                assert!(!(st.holding && st.runnable), "step {step}: {st:?}");
+            }
+        }
+        assert!(issued.len() > 1000, "only {} grants", issued.len());
+    }
+
+    #[test]
+    fn a_vm_waking_on_an_idle_gpu_starts_at_the_virtual_clock() {
+        let mut s = Scheduler::new(GpuPolicy::default());
+        s.add_vm(1, burstable(), 0);
+        s.add_vm(2, burstable(), 0);
+        // VM 1 ran alone for 10 s, then went idle.
+        let (_, g) = granted(&s.demand(1, 0)).expect("grant");
+        assert!(s.release(1, g, 10 * S, false, 10 * S).is_empty());
+        // VM 2, which never ran, wakes on the idle GPU; then VM 1 wakes.
+        let (_, g) = granted(&s.demand(2, 11 * S)).expect("grant");
+        assert!(s.demand(1, 11 * S + MS).is_empty());
+        // VM 2 did not bank VM 1's 10 s: they alternate at once.
+        let a = s.release(2, g, 10 * MS, true, 11 * S + 10 * MS);
+        assert_eq!(granted(&a).map(|g| g.0), Some(1), "{a:?}");
+    }
+
+    #[test]
+    fn a_preempted_vm_that_reports_no_work_left_becomes_idle() {
+        let mut s = Scheduler::new(GpuPolicy::default());
+        s.add_vm(1, burstable(), 0);
+        s.add_vm(2, vm(QosClass::Burstable, 1, 5), 0);
+        let (_, g1) = granted(&s.demand(1, 0)).expect("grant");
+        let a = s.demand(2, MS);
+        assert_eq!(a[0], Action::Revoke { vm: 1, grant: g1 });
+        let (_, g2) = granted(&a).expect("grant");
+        // Until VM 1 says otherwise it is runnable: its queued work waits.
+        assert!(s
+            .vm_stats(1, MS)
+            .is_some_and(|v| v.runnable && v.preemptions == 1));
+        assert!(s.release(1, g1, MS, false, 2 * MS).is_empty());
+        assert!(s.vm_stats(1, 2 * MS).is_some_and(|v| !v.runnable));
+        assert!(s.release(2, g2, MS, false, 3 * MS).is_empty());
+        assert_eq!(s.holder(), None);
+    }
+
+    #[test]
+    fn a_holder_that_becomes_best_effort_yields_to_waiting_vms() {
+        let mut s = Scheduler::new(GpuPolicy::default());
+        s.add_vm(1, burstable(), 0);
+        s.add_vm(2, burstable(), 0);
+        let (_, g1) = granted(&s.demand(1, 0)).expect("grant");
+        assert!(s.demand(2, 0).is_empty());
+        let a = s.set_params(1, vm(QosClass::BestEffort, 1, 0), MS);
+        assert_eq!(
+            a,
+            vec![
+                Action::Revoke { vm: 1, grant: g1 },
+                Action::Grant {
+                    vm: 2,
+                    grant: g1 + 1,
+                    slice_ns: 10 * MS
+                }
+            ]
+        );
+        // A priority change alone waits for the next selection.
+        let a = s.set_params(1, vm(QosClass::Burstable, 1, 0), 2 * MS);
+        assert!(a.is_empty(), "{a:?}");
+    }
+
+    #[test]
+    fn stats_report_configured_and_reserved_shares() {
+        let mut s = Scheduler::new(GpuPolicy::default());
+        s.add_vm(1, vm(QosClass::Guaranteed, 2, 0), 0);
+        s.add_vm(2, burstable(), 0);
+        s.add_vm(3, burstable(), 0);
+        s.add_vm(4, vm(QosClass::BestEffort, 1, 0), 0);
+        s.demand(1, 0);
+        s.demand(2, 0);
+        s.demand(4, 0);
+        let st = |s: &Scheduler, v| s.vm_stats(v, MS).expect("registered");
+        assert!((st(&s, 1).share_configured - 2.0 / 3.0).abs() < 1e-9);
+        assert!((st(&s, 1).reserved_share - 0.5).abs() < 1e-9);
+        assert_eq!(st(&s, 2).reserved_share, 0.0);
+        // An idle VM is shown the share it would get if it woke.
+        assert!((st(&s, 3).share_configured - 0.25).abs() < 1e-9);
+        assert_eq!(st(&s, 4).share_configured, 0.0);
+        s.remove_vm(1, MS);
+        s.remove_vm(2, MS);
+        assert_eq!(s.holder(), Some(4));
+        assert_eq!(st(&s, 4).share_configured, 1.0);
+        let drained = VmParams {
+            drained: true,
+            ..vm(QosClass::BestEffort, 1, 0)
+        };
+        s.set_params(4, drained, MS);
+        assert_eq!(st(&s, 4).share_configured, 0.0);
+        assert_eq!(s.holder(), None);
+    }
+
+    #[test]
+    fn time_that_goes_backwards_is_taken_as_the_latest_time() {
+        let mut s = Scheduler::new(GpuPolicy::default());
+        s.add_vm(1, burstable(), 0);
+        let (_, g) = granted(&s.demand(1, 10 * S)).expect("grant");
+        assert_eq!(s.next_deadline(), Some(10 * S + 12 * MS));
+        assert!(s.tick(0).is_empty());
+        s.release(1, g, MS, false, 5 * S);
+        assert!(s.vm_stats(1, 0).is_some_and(|v| v.share_used > 0.0));
+    }
+
+    #[test]
+    fn absurd_reports_neither_overflow_nor_panic() {
+        let mut s = Scheduler::new(GpuPolicy {
+            slice_ns: 0,
+            window_ns: 0,
+            ..GpuPolicy::default()
+        });
+        s.add_vm(
+            1,
+            VmParams {
+                weight: 0,
+                slice_ns: Some(Nanos::MAX),
+                ..burstable()
+            },
+            Nanos::MAX - 1,
+        );
+        s.add_vm(2, burstable(), 0);
+        let (_, g) = granted(&s.demand(1, Nanos::MAX)).expect("grant");
+        assert_eq!(s.next_deadline(), Some(Nanos::MAX));
+        s.charge(1, Nanos::MAX, Nanos::MAX);
+        s.demand(2, Nanos::MAX);
+        s.release(1, g, Nanos::MAX, true, Nanos::MAX);
+        let gpu = s.gpu_stats(Nanos::MAX);
+        assert!(gpu.busy_fraction <= 1.0);
+        assert!(s
+            .vm_stats(1, Nanos::MAX)
+            .is_some_and(|v| v.used_total_ns == Nanos::MAX));
     }
 }
