@@ -576,7 +576,7 @@ fn latency_critical_beside_a_hog(lc_priority: i32) -> Sim {
         params(1, lc_priority),
         Load::Requests {
             run: 200 * US,
-            period: 5 * MS + 37 * US,
+            period: 5 * MS,
         },
     );
     sim.run_until(10 * S);
