@@ -24,9 +24,7 @@ impl DaemonAdmin {
     /// Each listed GPU's scheduler figures, asked for without holding the lock.
     fn snapshots(&self, gpus: &[String]) -> HashMap<String, GpuSnapshot> {
         let senders = self.shared.registry().gpu_senders();
-        gpus.iter()
-            .filter_map(|id| Some((id.clone(), registry::query_gpu(senders.get(id)?)?)))
-            .collect()
+        gpus.iter().filter_map(|id| Some((id.clone(), registry::query_gpu(senders.get(id)?)?))).collect()
     }
 
     fn vm_view_of(&self, name: &str) -> Result<VmView, AdminError> {
@@ -67,10 +65,8 @@ fn vm_view(reg: &Registry, v: &VmEntry, snap: Option<&GpuSnapshot>) -> VmView {
         Some(_) if sched.runnable => VmState::Waiting,
         Some(_) => VmState::Idle,
     };
-    let gpu_ns = v
-        .conn
-        .as_ref()
-        .map_or(0, |c| stats.gpu_ns_total.max(c.gpu_ns_at_hello.saturating_add(sched.used_total_ns)));
+    let gpu_ns =
+        v.conn.as_ref().map_or(0, |c| stats.gpu_ns_total.max(c.gpu_ns_at_hello.saturating_add(sched.used_total_ns)));
     VmView {
         name: v.rec.name.clone(),
         gpu: v.rec.gpu.clone(),

@@ -37,15 +37,39 @@ impl Default for Clock {
 /// under; a reconnecting backend gets a new one.
 #[derive(Debug)]
 pub enum GpuEvent {
-    Add { vm: u64, name: String, params: VmParams, tx: UnboundedSender<DaemonMsg> },
-    Remove { vm: u64 },
-    Demand { vm: u64 },
-    Release { vm: u64, grant: u64, used_ns: u64, more: bool },
-    Charge { vm: u64, used_ns: u64 },
-    SetParams { vm: u64, params: VmParams },
-    SetPolicy { policy: GpuPolicy },
+    Add {
+        vm: u64,
+        name: String,
+        params: VmParams,
+        tx: UnboundedSender<DaemonMsg>,
+    },
+    Remove {
+        vm: u64,
+    },
+    Demand {
+        vm: u64,
+    },
+    Release {
+        vm: u64,
+        grant: u64,
+        used_ns: u64,
+        more: bool,
+    },
+    Charge {
+        vm: u64,
+        used_ns: u64,
+    },
+    SetParams {
+        vm: u64,
+        params: VmParams,
+    },
+    SetPolicy {
+        policy: GpuPolicy,
+    },
     /// Answers with a snapshot once every earlier event is applied.
-    Query { reply: mpsc::Sender<GpuSnapshot> },
+    Query {
+        reply: mpsc::Sender<GpuSnapshot>,
+    },
     Stop,
 }
 
@@ -91,7 +115,8 @@ impl GpuDriver {
         let (tx, rx) = mpsc::channel();
         let name = format!("sched-{}", gpu.chars().take(9).collect::<String>());
         let gpu = gpu.to_string();
-        let thread = std::thread::Builder::new().name(name).spawn(move || run(gpu, Scheduler::new(policy), rx, clock))?;
+        let thread =
+            std::thread::Builder::new().name(name).spawn(move || run(gpu, Scheduler::new(policy), rx, clock))?;
         Ok(GpuDriver { tx, thread: Some(thread) })
     }
 
@@ -223,5 +248,57 @@ fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, now: u64) -> GpuSnaps
         holder: g.holder.and_then(|vm| slots.get(&vm)).map(|s| s.name.clone()),
         busy_fraction: g.busy_fraction,
         vms,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::sync::mpsc::{unbounded_channel, UnboundedReceiver};
+
+    fn next(rx: &mut UnboundedReceiver<DaemonMsg>) -> DaemonMsg {
+        let until = Instant::now() + Duration::from_secs(2);
+        loop {
+            if let Ok(m) = rx.try_recv() {
+                return m;
+            }
+            assert!(Instant::now() < until, "no message from the scheduler thread");
+            std::thread::sleep(Duration::from_micros(100));
+        }
+    }
+
+    #[test]
+    fn grants_follow_demands_and_releases_in_order() {
+        let d = GpuDriver::spawn("sim", policy(10_000), Clock::new()).unwrap();
+        let (tx1, mut rx1) = unbounded_channel();
+        let (tx2, mut rx2) = unbounded_channel();
+        d.send(GpuEvent::Add { vm: 1, name: "a".into(), params: VmParams::default(), tx: tx1 });
+        d.send(GpuEvent::Add { vm: 2, name: "b".into(), params: VmParams::default(), tx: tx2 });
+        d.send(GpuEvent::Demand { vm: 1 });
+        let DaemonMsg::Grant { grant, slice_us } = next(&mut rx1) else { panic!() };
+        assert_eq!(slice_us, 10_000);
+        d.send(GpuEvent::Demand { vm: 2 });
+        let snap = query(&d.sender(), Duration::from_secs(2)).unwrap();
+        assert_eq!(snap.holder.as_deref(), Some("a"));
+        assert!(snap.vms[&2].runnable && snap.vms[&1].holding);
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: false });
+        assert!(matches!(next(&mut rx2), DaemonMsg::Grant { .. }));
+        // Removing the holder frees the GPU for the others.
+        d.send(GpuEvent::Demand { vm: 1 });
+        d.send(GpuEvent::Remove { vm: 2 });
+        assert!(matches!(next(&mut rx1), DaemonMsg::Grant { .. }));
+        d.stop();
+    }
+
+    #[test]
+    fn a_holder_that_overstays_is_revoked_by_the_timer() {
+        let d = GpuDriver::spawn("sim", policy(1000), Clock::new()).unwrap();
+        let (tx, mut rx) = unbounded_channel();
+        d.send(GpuEvent::Add { vm: 7, name: "slow".into(), params: VmParams::default(), tx });
+        d.send(GpuEvent::Demand { vm: 7 });
+        let DaemonMsg::Grant { grant, .. } = next(&mut rx) else { panic!() };
+        // Nothing else happens: only the deadline timer can send this.
+        assert_eq!(next(&mut rx), DaemonMsg::Revoke { grant });
+        d.stop();
     }
 }

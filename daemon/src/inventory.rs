@@ -61,13 +61,20 @@ impl Inventory {
         let nvml = match source {
             NvmlSource::Disabled => None,
             NvmlSource::System => Nvml::init()
-                .map_err(|e| tracing::warn!("NVML not available ({e}); only the simulated GPU and GPUs named by backends are known"))
+                .map_err(|e| {
+                    tracing::warn!(
+                        "NVML not available ({e}); only the simulated GPU and GPUs named by backends are known"
+                    )
+                })
                 .ok(),
             NvmlSource::Path(p) => Nvml::builder()
                 .lib_path(OsStr::new(p))
                 .init()
                 .map_err(|e| {
-                    tracing::warn!("NVML at {} not available ({e}); only the simulated GPU and GPUs named by backends are known", p.display())
+                    tracing::warn!(
+                        "NVML at {} not available ({e}); only the simulated GPU and GPUs named by backends are known",
+                        p.display()
+                    )
                 })
                 .ok(),
         };
@@ -97,7 +104,13 @@ impl Inventory {
             .nvml
             .as_ref()
             .and_then(|nvml| nvml.device_by_uuid(id).ok().map(|d| device_info(id.to_string(), &d)))
-            .unwrap_or_else(|| GpuInfo { id: id.into(), name: id.into(), index: None, memory_total_bytes: 0, mig_enabled: None });
+            .unwrap_or_else(|| GpuInfo {
+                id: id.into(),
+                name: id.into(),
+                index: None,
+                memory_total_bytes: 0,
+                mig_enabled: None,
+            });
         tracing::info!(gpu = id, name = %info.name, "new GPU");
         self.gpus.push(info);
         let last = self.gpus.len() - 1;

@@ -90,12 +90,17 @@ async fn main() -> anyhow::Result<()> {
         .await
         .with_context(|| format!("admin API: cannot listen on {}", args.listen))?;
 
+    let listen = listener.local_addr().unwrap_or(args.listen);
+
     let daemon = Daemon::start(config).await?;
     println!(
-        "gpuvisord: backends at {}, admin API at http://{}, {}",
+        "gpuvisord: backends at {}, admin API at http://{listen}, {}",
         args.backend_socket.display(),
-        args.listen,
-        if args.no_auth { "no authentication (--no-auth)".to_string() } else { format!("token in {}", token_file.display()) }
+        if args.no_auth {
+            "no authentication (--no-auth)".to_string()
+        } else {
+            format!("token in {}", token_file.display())
+        }
     );
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);

@@ -72,7 +72,10 @@ pub fn check_max_queued_ops(n: u32) -> Result<u32, FieldError> {
 pub fn check_vm_name(name: &str) -> Result<(), FieldError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
     if name.is_empty() || name.len() > MAX_VM_NAME || !name.chars().all(ok_char) {
-        return Err(field("vm", format!("{name:?} is not a VM name (1 to {MAX_VM_NAME} characters of A-Z a-z 0-9 . _ -)")));
+        return Err(field(
+            "vm",
+            format!("{name:?} is not a VM name (1 to {MAX_VM_NAME} characters of A-Z a-z 0-9 . _ -)"),
+        ));
     }
     Ok(())
 }
@@ -164,7 +167,12 @@ pub struct Registry {
 impl Registry {
     /// Loads the stored GPUs and VMs and starts a scheduler thread for every
     /// GPU known.
-    pub fn new(store: Store, inventory: Inventory, default_slice_us: u64, clock: Clock) -> Result<Registry, crate::Error> {
+    pub fn new(
+        store: Store,
+        inventory: Inventory,
+        default_slice_us: u64,
+        clock: Clock,
+    ) -> Result<Registry, crate::Error> {
         let mut reg = Registry {
             store,
             inventory,
@@ -359,10 +367,12 @@ impl Registry {
         let settings = self.vm_settings(&rec);
         let Some(v) = self.vms.get_mut(&rec.name) else { return Ok(()) };
         if let Some(c) = &v.conn {
+            // Settings first: a grant the change brings must find the
+            // backend already undrained.
+            let _ = c.tx.send(DaemonMsg::Settings { settings });
             if let Some(g) = self.gpus.get(&rec.gpu) {
                 g.driver.send(GpuEvent::SetParams { vm: c.id, params: params(&rec) });
             }
-            let _ = c.tx.send(DaemonMsg::Settings { settings });
         }
         tracing::info!(vm = %rec.name, class = %rec.class, weight = rec.weight, priority = rec.priority,
             slice_us = ?rec.slice_us, drained = rec.drained, "VM settings changed");
@@ -375,15 +385,18 @@ impl Registry {
     pub fn change_gpu(&mut self, settings: GpuRecord) -> Result<(), crate::store::StoreError> {
         self.store.put_gpu(&settings)?;
         let Some(g) = self.gpus.get_mut(&settings.id) else { return Ok(()) };
-        g.driver.send(GpuEvent::SetPolicy { policy: driver::policy(settings.slice_us) });
         tracing::info!(gpu = %settings.id, slice_us = settings.slice_us, max_queued_ops = settings.max_queued_ops,
             "GPU settings changed");
         let id = settings.id.clone();
+        let policy = driver::policy(settings.slice_us);
         g.settings = settings;
         for v in self.vms.values().filter(|v| v.rec.gpu == id) {
             if let Some(c) = &v.conn {
                 let _ = c.tx.send(DaemonMsg::Settings { settings: self.vm_settings(&v.rec) });
             }
+        }
+        if let Some(g) = self.gpus.get(&id) {
+            g.driver.send(GpuEvent::SetPolicy { policy });
         }
         Ok(())
     }
@@ -413,4 +426,38 @@ pub fn params(rec: &VmRecord) -> VmParams {
 /// Ask a GPU's scheduler for its figures, without holding any lock.
 pub fn query_gpu(tx: &mpsc::Sender<GpuEvent>) -> Option<GpuSnapshot> {
     driver::query(tx, std::time::Duration::from_millis(500))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vm_names_are_short_and_plain() {
+        for ok in ["a", "vm-1", "db.prod_2", &"x".repeat(64)] {
+            assert!(check_vm_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "a b", "../x", "ü", &"x".repeat(65), "a/b", "a\n"] {
+            assert_eq!(check_vm_name(bad).unwrap_err().field, "vm", "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_request_overrides_only_the_fields_it_names_and_checks_them() {
+        let base = VmRecord {
+            name: "v".into(),
+            gpu: "sim".into(),
+            class: QosClass::Burstable,
+            weight: 100,
+            priority: 0,
+            slice_us: Some(3000),
+            drained: true,
+        };
+        let r = apply_request(base.clone(), &QosRequest { weight: Some(7), ..Default::default() }).unwrap();
+        assert_eq!(r, VmRecord { weight: 7, ..base.clone() });
+        let e = apply_request(base.clone(), &QosRequest { slice_us: Some(1), ..Default::default() }).unwrap_err();
+        assert_eq!(e.field, "slice_us");
+        let e = apply_request(base, &QosRequest { priority: Some(-21), ..Default::default() }).unwrap_err();
+        assert_eq!(e.field, "priority");
+    }
 }

@@ -87,9 +87,17 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
         r = tokio::time::timeout(HELLO_TIMEOUT, reader.next_msg::<BackendMsg>()) => r,
     };
     let hello = match first {
-        Ok(Ok(BackendMsg::Hello { version, vm, pid, engine, gpu, quota_bytes, requested, reconnect, gpu_ns_total })) => {
-            Hello { version, vm, pid, engine, gpu, quota_bytes, requested, reconnect, gpu_ns_total }
-        }
+        Ok(Ok(BackendMsg::Hello {
+            version,
+            vm,
+            pid,
+            engine,
+            gpu,
+            quota_bytes,
+            requested,
+            reconnect,
+            gpu_ns_total,
+        })) => Hello { version, vm, pid, engine, gpu, quota_bytes, requested, reconnect, gpu_ns_total },
         Ok(Ok(other)) => {
             tracing::warn!("backend's first message is {other:?}, not hello; closing");
             return;
@@ -163,6 +171,12 @@ async fn read_loop<R: tokio::io::AsyncBufRead + Unpin>(
             }
             Err(ControlError::Closed) => {
                 tracing::info!("backend disconnected");
+                return;
+            }
+            Err(ControlError::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
+            {
+                tracing::info!("backend disconnected ({e})");
                 return;
             }
             Err(e) => {

@@ -127,7 +127,9 @@ impl Store {
             .prepare("SELECT id, slice_us, max_queued_ops, overcommit_ratio FROM gpus ORDER BY id")
             .map_err(|e| self.err(e))?;
         let rows = stmt
-            .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, f64>(3)?)))
+            .query_map([], |r| {
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, f64>(3)?))
+            })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
@@ -205,7 +207,16 @@ impl Store {
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?8)
                  ON CONFLICT(name) DO UPDATE SET gpu = ?2, class = ?3, weight = ?4, priority = ?5, slice_us = ?6,
                      drained = ?7, updated_at = ?8",
-                params![vm.name, vm.gpu, vm.class.as_str(), vm.weight, vm.priority, vm.slice_us.map(clamp_i64), vm.drained, now],
+                params![
+                    vm.name,
+                    vm.gpu,
+                    vm.class.as_str(),
+                    vm.weight,
+                    vm.priority,
+                    vm.slice_us.map(clamp_i64),
+                    vm.drained,
+                    now
+                ],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -254,7 +265,8 @@ mod tests {
             let s = Store::open(&dir).unwrap();
             s.put_vm(&vm("a")).unwrap();
             s.put_vm(&VmRecord { slice_us: None, drained: false, ..vm("b") }).unwrap();
-            s.put_gpu(&GpuRecord { id: "sim".into(), slice_us: 4000, max_queued_ops: 9, overcommit_ratio: 1.0 }).unwrap();
+            s.put_gpu(&GpuRecord { id: "sim".into(), slice_us: 4000, max_queued_ops: 9, overcommit_ratio: 1.0 })
+                .unwrap();
         }
         let s = Store::open(&dir).unwrap();
         assert_eq!(s.vms().unwrap(), vec![vm("a"), VmRecord { slice_us: None, drained: false, ..vm("b") }]);
@@ -296,12 +308,8 @@ mod tests {
         let dir = scratch("range");
         let s = Store::open(&dir).unwrap();
         s.put_vm(&vm("good")).unwrap();
-        s.conn
-            .execute("INSERT INTO vms VALUES ('bad', 'sim', 'gold', 1, 0, NULL, 0, 0, 0)", [])
-            .unwrap();
-        s.conn
-            .execute("INSERT INTO vms VALUES ('neg', 'sim', 'burstable', -1, 0, NULL, 0, 0, 0)", [])
-            .unwrap();
+        s.conn.execute("INSERT INTO vms VALUES ('bad', 'sim', 'gold', 1, 0, NULL, 0, 0, 0)", []).unwrap();
+        s.conn.execute("INSERT INTO vms VALUES ('neg', 'sim', 'burstable', -1, 0, NULL, 0, 0, 0)", []).unwrap();
         assert_eq!(s.vms().unwrap().iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["good"]);
         let _ = std::fs::remove_dir_all(&dir);
     }

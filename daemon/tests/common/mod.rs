@@ -1,0 +1,202 @@
+//! Shared by the daemon's integration tests: a daemon running in-process on
+//! its own runtime, over a real Unix socket and a real SQLite file, and fake
+//! backends that are plain clients of the JSON-lines control protocol.
+#![allow(dead_code)]
+
+use gpuvisord::inventory::NvmlSource;
+use gpuvisord::{Config, Daemon, DaemonAdmin};
+use protocol::control::*;
+use std::io::{BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// A fresh scratch directory for one test.
+pub fn scratch(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("gvd-{}-{tag}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A daemon on its own multi-threaded runtime, so tests can block.
+pub struct TestDaemon {
+    rt: tokio::runtime::Runtime,
+    daemon: Option<Daemon>,
+    pub admin: Arc<DaemonAdmin>,
+    pub socket: PathBuf,
+}
+
+impl TestDaemon {
+    /// Starts a daemon with its socket and state under `dir`.
+    pub fn start(dir: &Path) -> TestDaemon {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
+            .try_init();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let socket = dir.join("gpuvisord.sock");
+        let mut config = Config::new(&socket, dir.join("state"));
+        config.nvml = NvmlSource::Disabled;
+        let daemon = rt.block_on(Daemon::start(config)).unwrap();
+        let admin = daemon.admin();
+        TestDaemon { rt, daemon: Some(daemon), admin, socket }
+    }
+
+    pub fn stop(mut self) {
+        if let Some(d) = self.daemon.take() {
+            self.rt.block_on(d.stop());
+        }
+    }
+}
+
+impl Drop for TestDaemon {
+    fn drop(&mut self) {
+        if let Some(d) = self.daemon.take() {
+            self.rt.block_on(d.stop());
+        }
+    }
+}
+
+/// What a fake backend asks for.
+pub fn hello(vm: &str, requested: QosRequest, reconnect: bool) -> BackendMsg {
+    BackendMsg::Hello {
+        version: CONTROL_VERSION,
+        vm: vm.into(),
+        pid: std::process::id(),
+        engine: "sim".into(),
+        gpu: "sim".into(),
+        quota_bytes: 1 << 30,
+        requested,
+        reconnect,
+        gpu_ns_total: 0,
+    }
+}
+
+pub fn weight(w: u32) -> QosRequest {
+    QosRequest { weight: Some(w), ..Default::default() }
+}
+
+/// Why no message came.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoMsg {
+    Timeout,
+    Closed,
+    Other(String),
+}
+
+/// A backend's end of the control socket.
+pub struct FakeBackend {
+    pub reader: BufReader<UnixStream>,
+    pub writer: UnixStream,
+}
+
+impl FakeBackend {
+    pub fn connect(socket: &Path) -> FakeBackend {
+        let s = UnixStream::connect(socket).unwrap();
+        FakeBackend { reader: BufReader::new(s.try_clone().unwrap()), writer: s }
+    }
+
+    /// Connects, says `hello` and returns the answer (Welcome or Refused).
+    pub fn hello(socket: &Path, msg: &BackendMsg) -> (FakeBackend, DaemonMsg) {
+        let mut b = FakeBackend::connect(socket);
+        b.send(msg);
+        let answer = b.recv(Duration::from_secs(5)).unwrap();
+        (b, answer)
+    }
+
+    /// Registers `vm`; panics unless welcomed.
+    pub fn register(socket: &Path, vm: &str, requested: QosRequest) -> (FakeBackend, VmSettings) {
+        match FakeBackend::hello(socket, &hello(vm, requested, false)) {
+            (b, DaemonMsg::Welcome { version, settings }) => {
+                assert_eq!(version, CONTROL_VERSION);
+                (b, settings)
+            }
+            (_, other) => panic!("{vm} not welcomed: {other:?}"),
+        }
+    }
+
+    pub fn send(&mut self, msg: &BackendMsg) {
+        write_msg(&mut self.writer, msg).unwrap();
+    }
+
+    /// Writes raw bytes, ignoring a connection the daemon already closed.
+    pub fn send_raw(&mut self, bytes: &[u8]) {
+        let _ = self.writer.write_all(bytes);
+        let _ = self.writer.flush();
+    }
+
+    pub fn recv(&mut self, timeout: Duration) -> Result<DaemonMsg, NoMsg> {
+        self.writer.set_read_timeout(Some(timeout.max(Duration::from_micros(1)))).unwrap();
+        match read_msg(&mut self.reader) {
+            Ok(m) => Ok(m),
+            Err(ControlError::Closed) => Err(NoMsg::Closed),
+            Err(ControlError::Io(e))
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
+            {
+                Err(NoMsg::Timeout)
+            }
+            Err(ControlError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(NoMsg::Closed),
+            Err(e) => Err(NoMsg::Other(e.to_string())),
+        }
+    }
+
+    /// The next Grant within `timeout`, skipping settings and stale revokes.
+    pub fn grant(&mut self, timeout: Duration) -> Result<(u64, u64), NoMsg> {
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(NoMsg::Timeout);
+            }
+            match self.recv(left)? {
+                DaemonMsg::Grant { grant, slice_us } => return Ok((grant, slice_us)),
+                DaemonMsg::Settings { .. } | DaemonMsg::Revoke { .. } => continue,
+                other => return Err(NoMsg::Other(format!("unexpected {other:?}"))),
+            }
+        }
+    }
+
+    /// Waits until the daemon closes the connection.
+    pub fn expect_closed(&mut self, timeout: Duration) {
+        let until = Instant::now() + timeout;
+        loop {
+            let left = until.saturating_duration_since(Instant::now());
+            assert!(!left.is_zero(), "the daemon did not close the connection");
+            match self.recv(left) {
+                Err(NoMsg::Closed) => return,
+                Err(NoMsg::Timeout) => panic!("the daemon did not close the connection"),
+                _ => continue,
+            }
+        }
+    }
+}
+
+/// Runs a saturating backend until `stop`: it holds each grant for its
+/// slice (less a margin, or until revoked) and releases it with the wall
+/// time it held it, always wanting more. Returns the grants it got.
+pub fn saturate(mut b: FakeBackend, stop: Instant) -> u64 {
+    b.send(&BackendMsg::Demand);
+    let mut grants = 0;
+    while Instant::now() < stop {
+        let Ok((grant, slice_us)) = b.grant(Duration::from_secs(2)) else { break };
+        grants += 1;
+        let t0 = Instant::now();
+        let hold = Duration::from_micros(slice_us.saturating_sub(100));
+        loop {
+            let left = hold.saturating_sub(t0.elapsed());
+            if left.is_zero() {
+                break;
+            }
+            match b.recv(left) {
+                Ok(DaemonMsg::Revoke { grant: g }) if g == grant => break,
+                Ok(_) | Err(NoMsg::Timeout) => continue,
+                Err(_) => return grants,
+            }
+        }
+        let used = t0.elapsed().as_nanos() as u64;
+        b.send(&BackendMsg::Release { grant, gpu_ns: used, ops: 1, more: true });
+    }
+    grants
+}
