@@ -7,7 +7,8 @@ cd "$(dirname "$0")/../.."
 PROFILE=release scripts/build.sh
 rm -rf .stage && mkdir -p .stage
 scripts/stage-bundle.sh --out .stage/bundle --guest build/guest \
-    --bin target/release/gpuvisor-backend --bin target/release/gpuvisor-vm --bin target/release/gpuvisor-probe
+    --bin target/release/gpuvisor-backend --bin target/release/gpuvisor-vm --bin target/release/gpuvisor-probe \
+    --bin target/release/gpuvisord --bin target/release/gpuvisorctl
 rm -rf .stage/bundle
 mkdir -p .stage/guest-tests .stage/lib
 cp build/guest-tests/gv_* build/guest-tests/run-all.sh .stage/guest-tests/
