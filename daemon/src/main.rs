@@ -68,8 +68,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
 
-    if !(args.slice_ms.is_finite() && args.slice_ms > 0.0) {
-        anyhow::bail!("--slice-ms {}: expected a positive number of milliseconds", args.slice_ms);
+    let (min_ms, max_ms) =
+        (protocol::control::MIN_SLICE_US as f64 / 1000.0, protocol::control::MAX_SLICE_US as f64 / 1000.0);
+    if !(args.slice_ms.is_finite() && (min_ms..=max_ms).contains(&args.slice_ms)) {
+        anyhow::bail!("--slice-ms {}: expected {min_ms} to {max_ms} milliseconds", args.slice_ms);
     }
     let mut config = Config::new(&args.backend_socket, &args.state_dir);
     config.slice_us = (args.slice_ms * 1000.0).round() as u64;
