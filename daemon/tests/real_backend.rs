@@ -66,8 +66,8 @@ fn a_running_vm_is_not_disturbed_by_a_daemon_restart() {
                 let l = Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &params };
                 e.launch(f, &l).unwrap();
                 gate.after_op(&mut e, ctx, s);
-                n += 1;
-                if n % 4 == 0 {
+                n = (n + 1) % 4;
+                if n == 0 {
                     e.stream_synchronize(s).unwrap();
                 }
             }
