@@ -84,9 +84,7 @@ pub fn pump(
         }
         splitter.feed(chunk, |line| {
             if let Some(p) = prefix {
-                let _ = out.write_all(p.as_bytes());
-                let _ = out.write_all(line);
-                let _ = out.write_all(b"\n");
+                write_line(&mut out, p, line);
             }
             if let Some(ev) = event_of(&String::from_utf8_lossy(line)) {
                 let _ = events.send((ev, Instant::now()));
@@ -98,13 +96,21 @@ pub fn pump(
     }
     if let Some(p) = prefix {
         if !splitter.rest().is_empty() {
-            let _ = out.write_all(p.as_bytes());
-            let _ = out.write_all(splitter.rest());
-            let _ = out.write_all(b"\n");
+            write_line(&mut out, p, splitter.rest());
         }
     }
     let _ = log.flush();
     let _ = out.flush();
+}
+
+/// Writes `prefix`, `line` and a newline in one write, so that lines of several
+/// VMs sharing our stdout never mix within a line.
+pub fn write_line(mut out: impl Write, prefix: &str, line: &[u8]) {
+    let mut buf = Vec::with_capacity(prefix.len() + line.len() + 1);
+    buf.extend_from_slice(prefix.as_bytes());
+    buf.extend_from_slice(line);
+    buf.push(b'\n');
+    let _ = out.write_all(&buf);
 }
 
 #[cfg(test)]

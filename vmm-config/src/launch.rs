@@ -1,6 +1,8 @@
 //! Runs one VM: starts the backend, waits for its socket, starts QEMU, streams the
-//! console, and stops both processes however the run ends.
+//! console, and stops both processes however the run ends. The helpers that start
+//! a logged process and wait for its socket serve gpuvisord in a fleet too.
 
+use std::ffi::OsString;
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -12,13 +14,11 @@ use tracing::{info, warn};
 
 use crate::accel::Accel;
 use crate::console::{self, Event};
-use crate::process::{catch_termination_signals, harden, signalled, ChildGuard};
+use crate::process::{catch_termination_signals, detach, harden, signalled, ChildGuard};
 use crate::qemu::{qemu_args, shell_quote};
-use crate::spec::VmConfig;
+use crate::spec::{VmConfig, MAX_SOCKET_PATH};
 use crate::Error;
 
-/// Longest path a Unix socket address holds (sun_path, without the NUL).
-const MAX_SOCKET_PATH: usize = 107;
 const POLL: Duration = Duration::from_millis(20);
 /// How long the guest may take from its exit line to QEMU's exit.
 const POWEROFF_GRACE: Duration = Duration::from_secs(15);
@@ -27,7 +27,7 @@ const POWEROFF_GRACE: Duration = Duration::from_secs(15);
 pub struct RunOptions {
     /// Where the socket and logs go; default: a fresh directory under runtime_base().
     pub run_dir: Option<PathBuf>,
-    /// Prefix each console line with `[name] `.
+    /// Prefix each console line (and QEMU's stderr) with `[name] `.
     pub console_prefix: bool,
 }
 
@@ -58,21 +58,12 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
     crate::create_private_dir(&run_dir)
         .map_err(|e| Error::io(format!("create run dir {}", run_dir.display()), e))?;
     let socket = run_dir.join("vgpu.sock");
-    if socket.as_os_str().len() > MAX_SOCKET_PATH {
-        return Err(Error::SocketPathTooLong(socket));
-    }
-    match std::fs::remove_file(&socket) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(Error::io(
-                format!("remove stale socket {}", socket.display()),
-                e,
-            ))
-        }
-    }
+    prepare_socket(&socket)?;
     catch_termination_signals();
     info!("run dir {}", run_dir.display());
+    for w in &vm.warnings {
+        warn!("{w}");
+    }
 
     let mut backend = start_backend(vm, &socket, &run_dir)?;
     let backend_log = run_dir.join("backend.log");
@@ -117,13 +108,22 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let prefix = opts.console_prefix.then(|| format!("[{}] ", vm.name));
+    let console_prefix = prefix.clone();
     let console_thread = stdout.map(|out| {
         std::thread::spawn(move || {
-            console::pump(out, std::io::stdout(), console_file, prefix.as_deref(), tx)
+            console::pump(
+                out,
+                std::io::stdout(),
+                console_file,
+                console_prefix.as_deref(),
+                tx,
+            )
         })
     });
-    let stderr_thread =
-        stderr.map(|err| std::thread::spawn(move || tee_stderr(err, qemu_err_file)));
+    let stderr_prefix = prefix;
+    let stderr_thread = stderr.map(|err| {
+        std::thread::spawn(move || tee_stderr(err, qemu_err_file, stderr_prefix.as_deref()))
+    });
     let mut qemu = ChildGuard::new("QEMU", child);
     info!("QEMU pid {}, backend pid {}", qemu.pid(), backend.pid());
 
@@ -153,8 +153,10 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
             // Normal at power-off (QEMU disconnects, the backend exits); otherwise
             // QEMU follows soon, so give it a moment before calling this a failure.
             if guest_rc.is_none() && qemu.wait_for(Duration::from_secs(2)).is_none() {
-                break Err(Error::BackendExited {
+                break Err(Error::Exited {
+                    what: "backend",
                     status: status.to_string(),
+                    when: "before the guest finished",
                     log: backend_log.clone(),
                     tail: log_tail(&backend_log),
                 });
@@ -230,33 +232,67 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
 }
 
 fn start_backend(vm: &VmConfig, socket: &Path, run_dir: &Path) -> Result<ChildGuard, Error> {
-    let log_path = run_dir.join("backend.log");
-    let log = File::create(&log_path)
-        .map_err(|e| Error::io(format!("create {}", log_path.display()), e))?;
-    let log2 = log
-        .try_clone()
-        .map_err(|e| Error::io("duplicate backend log fd", e))?;
-    let args = vm.backend.render(socket, &vm.name);
     let mut cmd = Command::new(&vm.backend.program);
-    cmd.args(&args)
-        .stdin(Stdio::null())
-        .stdout(log)
-        .stderr(log2)
-        .env("GPUVISOR_VM_NAME", &vm.name);
-    harden(&mut cmd, true);
-    info!(
-        "starting backend: {}",
-        shell_quote(&vm.backend.program, &args)
-    );
-    info!("backend log: {}", log_path.display());
-    let child = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("start backend {}", vm.backend.program.display()), e))?;
-    Ok(ChildGuard::new("backend", child))
+    cmd.args(vm.backend.render(socket, &vm.name))
+        .env("GPUVISOR_VM_NAME", &vm.name)
+        // The daemon is the spec's to choose (backend.daemon, --daemon), and then it
+        // is on the command line for `check` to show; not inherited unseen.
+        .env_remove("GPUVISOR_DAEMON");
+    spawn_logged("backend", cmd, &run_dir.join("backend.log"), false)
 }
 
-fn wait_for_socket(
-    backend: &mut ChildGuard,
+/// Makes `socket` usable for a listener: short enough for a socket address, and
+/// no stale file left from an earlier run.
+pub fn prepare_socket(socket: &Path) -> Result<(), Error> {
+    if socket.as_os_str().len() > MAX_SOCKET_PATH {
+        return Err(Error::SocketPathTooLong(socket.to_path_buf()));
+    }
+    match std::fs::remove_file(socket) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::io(
+            format!("remove stale socket {}", socket.display()),
+            e,
+        )),
+    }
+}
+
+/// Starts `cmd` with stdout and stderr in the file `log` and no stdin. The child
+/// dies with gpuvisor-vm unless `detached`, in which case it outlives it.
+pub fn spawn_logged(
+    what: &'static str,
+    mut cmd: Command,
+    log: &Path,
+    detached: bool,
+) -> Result<ChildGuard, Error> {
+    let out = File::create(log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
+    let err = out
+        .try_clone()
+        .map_err(|e| Error::io(format!("duplicate the fd of {}", log.display()), e))?;
+    // A log file, not a terminal: no colour codes (tracing-subscriber honours NO_COLOR).
+    cmd.stdin(Stdio::null())
+        .stdout(out)
+        .stderr(err)
+        .env("NO_COLOR", "1");
+    if detached {
+        detach(&mut cmd);
+    } else {
+        harden(&mut cmd, true);
+    }
+    let program = PathBuf::from(cmd.get_program());
+    let args: Vec<OsString> = cmd.get_args().map(OsString::from).collect();
+    info!("starting {what}: {}", shell_quote(&program, &args));
+    info!("{what} log: {}", log.display());
+    let child = cmd
+        .spawn()
+        .map_err(|e| Error::io(format!("start {what} {}", program.display()), e))?;
+    Ok(ChildGuard::new(what, child))
+}
+
+/// Waits until `child` has created `socket`; fails if it exits first, if the
+/// time is up or on a termination signal.
+pub fn wait_for_socket(
+    child: &mut ChildGuard,
     socket: &Path,
     timeout: Duration,
     log: &Path,
@@ -268,15 +304,18 @@ fn wait_for_socket(
         if let Some(sig) = signalled() {
             return Err(Error::Interrupted(sig));
         }
-        if let Some(status) = backend.try_wait() {
-            return Err(Error::BackendExited {
+        if let Some(status) = child.try_wait() {
+            return Err(Error::Exited {
+                what: child.what,
                 status: status.to_string(),
+                when: "before creating its socket",
                 log: log.to_path_buf(),
                 tail: log_tail(log),
             });
         }
         if start.elapsed() >= timeout {
-            return Err(Error::BackendNoSocket {
+            return Err(Error::NoSocket {
+                what: child.what,
                 socket: socket.to_path_buf(),
                 secs: timeout.as_secs(),
                 log: log.to_path_buf(),
@@ -286,21 +325,34 @@ fn wait_for_socket(
         std::thread::sleep(POLL);
     }
     info!(
-        "backend socket ready after {} ms",
+        "{} socket ready after {} ms",
+        child.what,
         start.elapsed().as_millis()
     );
     Ok(())
 }
 
-/// Copies QEMU's stderr to our stderr and its log file.
-fn tee_stderr(mut input: impl Read, mut log: File) {
+/// Copies QEMU's stderr to its log file and to our stderr, there a line at a
+/// time after `prefix` if one is given.
+fn tee_stderr(mut input: impl Read, mut log: File, prefix: Option<&str>) {
+    let mut lines = console::LineSplitter::default();
     let mut buf = [0u8; 4096];
     while let Ok(n) = input.read(&mut buf) {
         if n == 0 {
             break;
         }
         let _ = log.write_all(&buf[..n]);
-        let _ = std::io::stderr().write_all(&buf[..n]);
+        match prefix {
+            None => {
+                let _ = std::io::stderr().write_all(&buf[..n]);
+            }
+            Some(p) => lines.feed(&buf[..n], |l| console::write_line(std::io::stderr(), p, l)),
+        }
+    }
+    if let Some(p) = prefix {
+        if !lines.rest().is_empty() {
+            console::write_line(std::io::stderr(), p, lines.rest());
+        }
     }
 }
 
@@ -328,7 +380,14 @@ mod tests {
 
     /// Runs `vm` under TCG with its run directory inside the scratch dir `d`.
     fn run_in(d: &Path, vm: &VmConfig) -> Result<Outcome, Error> {
-        run(vm, Accel::Tcg, &RunOptions { run_dir: Some(d.join("run")), ..Default::default() })
+        run(
+            vm,
+            Accel::Tcg,
+            &RunOptions {
+                run_dir: Some(d.join("run")),
+                ..Default::default()
+            },
+        )
     }
 
     fn scratch(tag: &str) -> PathBuf {
@@ -365,6 +424,7 @@ mod tests {
             timeout_s,
             interactive: false,
             qemu: script(dir, "qemu", qemu_body),
+            ..Default::default()
         }
     }
 
@@ -379,8 +439,7 @@ mod tests {
             LISTEN,
             20,
         );
-        let out = run_in(&d, &vm)
-        .unwrap();
+        let out = run_in(&d, &vm).unwrap();
         assert_eq!(out.guest_rc, 7);
         assert!(out.render_ready.is_some());
         let console = std::fs::read_to_string(d.join("run/console.log")).unwrap();
@@ -393,8 +452,7 @@ mod tests {
     fn qemu_dying_without_exit_line_is_an_error() {
         let d = scratch("die");
         let vm = fake_vm(&d, "echo 'qemu: boom' >&2; exit 1", LISTEN, 20);
-        let e = run_in(&d, &vm)
-        .unwrap_err();
+        let e = run_in(&d, &vm).unwrap_err();
         assert!(matches!(e, Error::QemuExited { .. }), "{e}");
         assert!(e.to_string().contains("boom"), "{e}");
         let _ = std::fs::remove_dir_all(d);
@@ -405,8 +463,7 @@ mod tests {
         let d = scratch("timeout");
         let vm = fake_vm(&d, "exec sleep 30", LISTEN, 1);
         let start = Instant::now();
-        let e = run_in(&d, &vm)
-        .unwrap_err();
+        let e = run_in(&d, &vm).unwrap_err();
         assert!(matches!(e, Error::Timeout { secs: 1, .. }), "{e}");
         assert!(start.elapsed() < Duration::from_secs(10));
         let _ = std::fs::remove_dir_all(d);
@@ -416,9 +473,17 @@ mod tests {
     fn backend_without_socket_is_reported_with_its_log() {
         let d = scratch("nosock");
         let vm = fake_vm(&d, "exit 0", "echo 'no GPU here' >&2; exit 3", 20);
-        let e = run_in(&d, &vm)
-        .unwrap_err();
-        assert!(matches!(e, Error::BackendExited { .. }), "{e}");
+        let e = run_in(&d, &vm).unwrap_err();
+        assert!(
+            matches!(
+                e,
+                Error::Exited {
+                    what: "backend",
+                    ..
+                }
+            ),
+            "{e}"
+        );
         assert!(e.to_string().contains("no GPU here"), "{e}");
         let _ = std::fs::remove_dir_all(d);
     }

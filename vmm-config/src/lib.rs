@@ -3,6 +3,7 @@
 
 pub mod accel;
 pub mod console;
+pub mod fleet;
 pub mod launch;
 pub mod process;
 pub mod qemu;
@@ -11,6 +12,7 @@ pub mod spec;
 use std::path::{Path, PathBuf};
 
 pub use accel::{Accel, Decision, ProbeSettings};
+pub use fleet::{FleetPlan, FleetSpec};
 pub use launch::{Outcome, RunOptions};
 pub use spec::{AccelChoice, Engine, Overrides, VmConfig, VmSpec};
 
@@ -29,16 +31,20 @@ pub enum Error {
     InvalidSpec(Vec<String>),
     #[error("socket path {0} is longer than a Unix socket address allows (107 bytes); use a shorter --run-dir")]
     SocketPathTooLong(PathBuf),
-    #[error("the backend did not create {socket} within {secs} s; its log is {log}{tail}")]
-    BackendNoSocket {
+    #[error("{what} did not create {socket} within {secs} s; its log is {log}{tail}")]
+    NoSocket {
+        what: &'static str,
         socket: PathBuf,
         secs: u64,
         log: PathBuf,
         tail: String,
     },
-    #[error("the backend exited ({status}) before the guest finished; its log is {log}{tail}")]
-    BackendExited {
+    /// The backend, or gpuvisord, exited while it was needed.
+    #[error("{what} exited ({status}) {when}; its log is {log}{tail}")]
+    Exited {
+        what: &'static str,
         status: String,
+        when: &'static str,
         log: PathBuf,
         tail: String,
     },
@@ -52,6 +58,13 @@ pub enum Error {
     Timeout { secs: u64, console_log: PathBuf },
     #[error("interrupted by signal {0}; stopped QEMU and the backend")]
     Interrupted(i32),
+    #[error("cannot parse fleet spec {path}:\n  {}", .messages.join("\n  "))]
+    FleetParse {
+        path: PathBuf,
+        messages: Vec<String>,
+    },
+    #[error("invalid fleet spec {path}:\n  {}", .errors.join("\n  "))]
+    InvalidFleet { path: PathBuf, errors: Vec<String> },
 }
 
 impl Error {
@@ -68,7 +81,10 @@ impl Error {
         match self {
             Error::Timeout { .. } => 124,
             Error::Interrupted(sig) => u8::try_from(128 + sig).unwrap_or(1),
-            Error::SpecParse { .. } | Error::InvalidSpec(_) => 2,
+            Error::SpecParse { .. }
+            | Error::InvalidSpec(_)
+            | Error::FleetParse { .. }
+            | Error::InvalidFleet { .. } => 2,
             _ => 1,
         }
     }

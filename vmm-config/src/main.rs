@@ -7,7 +7,11 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use gpuvisor_vmm_config::{accel, launch, qemu, AccelChoice, Overrides, ProbeSettings, VmSpec};
+use gpuvisor_vmm_config::fleet::{self, DaemonPlan, FleetOptions};
+use gpuvisor_vmm_config::{
+    accel, launch, qemu, Accel, AccelChoice, Decision, FleetSpec, Overrides, ProbeSettings,
+    VmConfig, VmSpec,
+};
 use tracing::info;
 
 #[derive(Parser)]
@@ -25,7 +29,9 @@ use tracing::info;
         gpuvisor-vm run --spec vmm-config/examples/demo.toml\n  \
         gpuvisor-vm run --kernel build/guest/vmlinuz --initramfs build/guest/initramfs.cpio.gz \\\n      \
         --backend-cmd '/usr/lib/qemu/vhost-user-gpu --socket-path={socket}' --run 'cat /proc/cpuinfo'\n  \
+        gpuvisor-vm run --spec vm.toml --daemon /run/gpuvisor/gpuvisord.sock --weight 2\n  \
         gpuvisor-vm check --spec vm.toml\n  \
+        gpuvisor-vm fleet --spec vmm-config/examples/fleet-demo.toml\n  \
         gpuvisor-vm probe-accel"
 )]
 struct Cli {
@@ -40,8 +46,22 @@ struct Cli {
 enum Cmd {
     /// Start the backend and QEMU, stream the console, exit with the guest's code
     Run(RunArgs),
-    /// Validate a spec and print the backend and QEMU command lines it would run
+    /// Validate a spec and print the vGPU, its QoS, and the backend and QEMU command lines
     Check(SpecArgs),
+    /// Start several VMs from one fleet file, optionally under a gpuvisord of their own
+    #[command(
+        long_about = "Start several VMs from one fleet file at once, optionally under a gpuvisord \
+        of their own that schedules their vGPUs.\n\n\
+        The file has an optional [daemon] table (start gpuvisord, or join one with `socket`), a \
+        [defaults] table (any VM spec field, for every VM that does not set its own) and one [[vm]] \
+        table per VM (VM spec fields, or `spec = \"file.toml\"` for a whole spec file); see \
+        vmm-config/examples/fleet-demo.toml. Everything is validated before anything starts. Each VM \
+        gets its own run directory under the fleet's, and its console is copied to stdout with \
+        \"[name] \" before each line. At the end one line per VM (`fleet: a exit 0 (12.3 s)`); the \
+        exit code is 0 only if every VM's guest exited 0, else the first failing VM's. Ctrl-C or \
+        SIGTERM stops every VM and the daemon."
+    )]
+    Fleet(FleetArgs),
     /// Print which accelerator (KVM or TCG) `accel = "auto"` would use, and why
     ProbeAccel(ProbeArgs),
 }
@@ -67,6 +87,24 @@ struct RunArgs {
     /// Prefix each console line with "[<name>] "
     #[arg(long)]
     prefix: bool,
+}
+
+#[derive(Args)]
+struct FleetArgs {
+    /// Fleet file (TOML)
+    #[arg(long, value_name = "FILE")]
+    spec: PathBuf,
+    /// Directory for the daemon's socket and log and each VM's run directory [default: $XDG_RUNTIME_DIR/gpuvisor/fleet-<file>-<pid>, else /tmp/gpuvisor-<uid>/fleet-<file>-<pid>]
+    #[arg(long, value_name = "DIR")]
+    run_dir: Option<PathBuf>,
+    /// Leave the gpuvisord the fleet started running when the fleet ends
+    #[arg(long)]
+    keep_daemon: bool,
+    /// Validate and print what would start (as `check` does for each VM), then exit
+    #[arg(long)]
+    check: bool,
+    #[command(flatten)]
+    probe: ProbeFlags,
 }
 
 #[derive(Args)]
@@ -178,24 +216,64 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         Cmd::Check(args) => {
             let vm = load_spec(&args)?.validate()?;
             let d = accel::choose(vm.accel, &vm.qemu, &vm.kernel, &args.probe.settings()?);
-            let run_dir = launch::default_run_dir(&vm.name);
-            let socket = run_dir.join("vgpu.sock");
-            println!(
-                "# spec OK: {} ({} MiB, {} vCPUs)",
-                vm.name, vm.memory_mib, vm.vcpus
-            );
-            println!("# accel {}: {}", d.accel, d.reason);
-            println!("# backend:");
-            println!(
-                "{}",
-                qemu::shell_quote(&vm.backend.program, &vm.backend.render(&socket, &vm.name))
-            );
-            println!("# qemu:");
-            println!(
-                "{}",
-                qemu::shell_quote(&vm.qemu, &qemu::qemu_args(&vm, d.accel, &socket))
-            );
+            print_check(&vm, &d, &launch::default_run_dir(&vm.name));
+            if let Some(socket) = &vm.vgpu.daemon {
+                if !socket.exists() {
+                    println!(
+                        "# warning: no gpuvisord listens at {} now; the backend runs alone until one does",
+                        socket.display()
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Fleet(args) => {
+            let spec = FleetSpec::load(&args.spec)?;
+            let run_dir = args
+                .run_dir
+                .clone()
+                .unwrap_or_else(|| fleet::default_run_dir(&args.spec));
+            let plan = spec.plan(&run_dir)?;
+            let settings = args.probe.settings()?;
+            let decisions: Vec<Decision> = plan
+                .vms
+                .iter()
+                .map(|vm| accel::choose(vm.accel, &vm.qemu, &vm.kernel, &settings))
+                .collect();
+            if args.check {
+                println!(
+                    "# fleet spec OK: {} VMs, run dir {}",
+                    plan.vms.len(),
+                    run_dir.display()
+                );
+                match &plan.daemon {
+                    Some(DaemonPlan::Start(d)) => {
+                        println!("# gpuvisord (started by the fleet):");
+                        println!("{}", qemu::shell_quote(&d.program, &d.args(d.listen)));
+                    }
+                    Some(DaemonPlan::Join(s)) => {
+                        println!("# gpuvisord: joins the one at {}", s.display())
+                    }
+                    None => println!("# gpuvisord: none; every backend runs alone"),
+                }
+                for (vm, d) in plan.vms.iter().zip(&decisions) {
+                    println!();
+                    print_check(vm, d, &run_dir.join(&vm.name));
+                }
+                return Ok(ExitCode::SUCCESS);
+            }
+            for (vm, d) in plan.vms.iter().zip(&decisions) {
+                info!("{}: accel {}: {}", vm.name, d.accel, d.reason);
+            }
+            let accels: Vec<Accel> = decisions.iter().map(|d| d.accel).collect();
+            let outcome = fleet::run(
+                &plan,
+                &accels,
+                &FleetOptions {
+                    keep_daemon: args.keep_daemon,
+                },
+            )?;
+            Ok(ExitCode::from(outcome.exit_code))
         }
         Cmd::ProbeAccel(args) => {
             let spec = match &args.spec {
@@ -217,6 +295,33 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// What `check` prints for one VM: the spec summary, its vGPU and QoS, warnings,
+/// and the two command lines.
+fn print_check(vm: &VmConfig, d: &Decision, run_dir: &Path) {
+    let (socket, accel) = (run_dir.join("vgpu.sock"), d.accel);
+    println!(
+        "# spec OK: {} ({} MiB, {} vCPUs)",
+        vm.name, vm.memory_mib, vm.vcpus
+    );
+    println!("# accel {accel}: {}", d.reason);
+    for line in vm.vgpu.describe() {
+        println!("# {line}");
+    }
+    for w in &vm.warnings {
+        println!("# warning: {w}");
+    }
+    println!("# backend:");
+    println!(
+        "{}",
+        qemu::shell_quote(&vm.backend.program, &vm.backend.render(&socket, &vm.name))
+    );
+    println!("# qemu:");
+    println!(
+        "{}",
+        qemu::shell_quote(&vm.qemu, &qemu::qemu_args(vm, accel, &socket))
+    );
 }
 
 fn default_kernel() -> Option<PathBuf> {

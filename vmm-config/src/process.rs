@@ -34,11 +34,28 @@ pub fn harden(cmd: &mut Command, own_group: bool) {
     }
 }
 
+/// Makes `cmd`'s child independent of gpuvisor-vm: a session of its own (no
+/// terminal signals, no hangup) and no death signal, so it outlives us.
+pub fn detach(cmd: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // setsid(2), which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// A running child that is stopped (SIGTERM, then SIGKILL) when dropped.
 pub struct ChildGuard {
     pub what: &'static str,
     pub child: Child,
     status: Option<ExitStatus>,
+    /// Left running when dropped (see `release`).
+    released: bool,
 }
 
 impl ChildGuard {
@@ -47,7 +64,14 @@ impl ChildGuard {
             what,
             child,
             status: None,
+            released: false,
         }
+    }
+
+    /// Leaves the child running: dropping the guard no longer stops it.
+    pub fn release(mut self) -> u32 {
+        self.released = true;
+        self.pid()
     }
 
     pub fn pid(&self) -> u32 {
@@ -122,7 +146,9 @@ impl ChildGuard {
 
 impl Drop for ChildGuard {
     fn drop(&mut self) {
-        self.stop(Duration::from_secs(3));
+        if !self.released {
+            self.stop(Duration::from_secs(3));
+        }
     }
 }
 

@@ -92,7 +92,15 @@ pub fn qemu_args(vm: &VmConfig, accel: Accel, socket: &Path) -> Vec<OsString> {
 /// instead of a reboot. -display none rather than -nographic: -nographic would
 /// multiplex the monitor onto stdio, and Ctrl-A sequences would reach QEMU
 /// instead of the guest.
-pub const CONSOLE_ARGS: &[&str] = &["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"];
+pub const CONSOLE_ARGS: &[&str] = &[
+    "-display",
+    "none",
+    "-serial",
+    "stdio",
+    "-monitor",
+    "none",
+    "-no-reboot",
+];
 
 /// A path inside a QEMU `key=value,...` option, where a literal comma is doubled.
 fn opt_path(p: &Path) -> String {
@@ -142,6 +150,7 @@ mod tests {
             timeout_s: 0,
             interactive: false,
             qemu: "/q".into(),
+            ..Default::default()
         }
     }
 

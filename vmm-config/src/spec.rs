@@ -5,6 +5,9 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+use protocol::control::{
+    QosClass, MAX_PRIORITY, MAX_SLICE_US, MAX_WEIGHT, MIN_PRIORITY, MIN_SLICE_US, MIN_WEIGHT,
+};
 use serde::Deserialize;
 
 use crate::Error;
@@ -17,6 +20,8 @@ const MAX_VCPUS: u32 = 255;
 pub const SHARE_TAG: &str = "hostshare";
 /// Name of the backend binary looked up next to gpuvisor-vm and on PATH.
 pub const DEFAULT_BACKEND: &str = "gpuvisor-backend";
+/// Longest path a Unix socket address holds (sun_path, without the NUL).
+pub const MAX_SOCKET_PATH: usize = 107;
 pub const DEFAULT_QEMU: &str = "qemu-system-x86_64";
 
 /// Which accelerator QEMU uses.
@@ -71,6 +76,17 @@ pub struct BackendSpec {
     pub command: Option<Vec<String>>,
     /// How long to wait for the backend to create its socket.
     pub start_timeout_s: u64,
+    /// gpuvisord's backend socket: the backend registers there (--daemon) and
+    /// submits GPU work only under the daemon's grants. Unset: the VM runs alone.
+    pub daemon: Option<PathBuf>,
+    /// QoS class to ask gpuvisord for; unset: the daemon's stored setting, else burstable.
+    pub class: Option<QosClass>,
+    /// Weight to ask for (1 to 10000): the VM's share is its weight over the busy VMs' sum.
+    pub weight: Option<u32>,
+    /// Priority to ask for (-20 to 20): higher is served sooner, never beyond its share.
+    pub priority: Option<i32>,
+    /// Time slice to ask for, in milliseconds (0.5 to 10000); unset: the GPU's.
+    pub slice_ms: Option<f64>,
 }
 
 impl Default for BackendSpec {
@@ -82,7 +98,117 @@ impl Default for BackendSpec {
             extra_args: Vec::new(),
             command: None,
             start_timeout_s: 10,
+            daemon: None,
+            class: None,
+            weight: None,
+            priority: None,
+            slice_ms: None,
         }
+    }
+}
+
+impl BackendSpec {
+    /// The QoS fields as asked for in the spec.
+    pub fn qos(&self) -> Qos {
+        Qos {
+            class: self.class,
+            weight: self.weight,
+            priority: self.priority,
+            slice_ms: self.slice_ms,
+        }
+    }
+}
+
+/// The QoS a backend asks gpuvisord for. Unset fields take the daemon's stored
+/// setting for the VM, else its default.
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct Qos {
+    pub class: Option<QosClass>,
+    pub weight: Option<u32>,
+    pub priority: Option<i32>,
+    pub slice_ms: Option<f64>,
+}
+
+impl Qos {
+    pub fn is_empty(&self) -> bool {
+        *self == Qos::default()
+    }
+
+    /// The spec fields that are set, by name (`backend.weight`, ...).
+    fn set_fields(&self) -> Vec<&'static str> {
+        let mut v = Vec::new();
+        if self.class.is_some() {
+            v.push("backend.class");
+        }
+        if self.weight.is_some() {
+            v.push("backend.weight");
+        }
+        if self.priority.is_some() {
+            v.push("backend.priority");
+        }
+        if self.slice_ms.is_some() {
+            v.push("backend.slice_ms");
+        }
+        v
+    }
+
+    fn check(&self, errs: &mut FieldErrors) {
+        if let Some(w) = self.weight {
+            if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&w) {
+                errs.push(
+                    "backend.weight",
+                    format!("{w} is not between {MIN_WEIGHT} and {MAX_WEIGHT}"),
+                );
+            }
+        }
+        if let Some(p) = self.priority {
+            if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&p) {
+                errs.push(
+                    "backend.priority",
+                    format!("{p} is not between {MIN_PRIORITY} and {MAX_PRIORITY}"),
+                );
+            }
+        }
+        if let Some(msg) = self.slice_ms.and_then(slice_ms_error) {
+            errs.push("backend.slice_ms", msg);
+        }
+    }
+
+    /// gpuvisor-backend's flags for the fields that are set.
+    fn args(&self) -> Vec<String> {
+        let mut a = Vec::new();
+        if let Some(c) = self.class {
+            a.extend(["--class".to_string(), c.to_string()]);
+        }
+        if let Some(w) = self.weight {
+            a.extend(["--weight".to_string(), w.to_string()]);
+        }
+        if let Some(p) = self.priority {
+            // `=` so that a negative value cannot be read as a flag.
+            a.push(format!("--priority={p}"));
+        }
+        if let Some(ms) = self.slice_ms {
+            a.extend(["--slice-ms".to_string(), ms.to_string()]);
+        }
+        a
+    }
+}
+
+impl fmt::Display for Qos {
+    /// `class burstable, weight 2, priority 0, slice 5 ms`, with `daemon's` for
+    /// unset fields.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fn or_daemon<T: fmt::Display>(v: Option<T>, unit: &str) -> String {
+            v.map_or_else(|| "the daemon's".to_string(), |v| format!("{v}{unit}"))
+        }
+        write!(
+            f,
+            "class {}, weight {}, priority {}, slice {}",
+            or_daemon(self.class, ""),
+            or_daemon(self.weight, ""),
+            or_daemon(self.priority, ""),
+            or_daemon(self.slice_ms, " ms")
+        )
     }
 }
 
@@ -145,27 +271,21 @@ impl VmSpec {
 
     /// Parses TOML text, resolving relative paths against `base`.
     pub fn from_toml(text: &str, base: &Path) -> Result<VmSpec, String> {
-        let mut spec: VmSpec = toml::from_str(text).map_err(|e| e.to_string())?;
-        let fix = |p: &mut Option<PathBuf>| {
-            if let Some(path) = p {
-                if path.is_relative() {
-                    *path = base.join(&*path);
-                }
-            }
-        };
-        fix(&mut spec.kernel);
-        fix(&mut spec.initramfs);
-        fix(&mut spec.share_dir);
-        fix(&mut spec.backend.binary);
-        // A bare qemu name ("qemu-system-x86_64") is looked up on PATH, not in base.
-        if spec
-            .qemu
-            .as_ref()
-            .is_some_and(|q| q.components().count() > 1)
-        {
-            fix(&mut spec.qemu);
-        }
-        Ok(spec)
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+        resolve_paths(&mut table, base);
+        VmSpec::from_table(table).map_err(|e| {
+            // The same error again from the text, where it comes with a line number.
+            toml::from_str::<VmSpec>(text)
+                .err()
+                .map_or(e, |e| e.to_string())
+        })
+    }
+
+    /// A spec from a TOML table whose paths are already resolved.
+    pub fn from_table(table: toml::Table) -> Result<VmSpec, String> {
+        toml::Value::Table(table)
+            .try_into()
+            .map_err(|e: toml::de::Error| e.to_string().trim_end().to_string())
     }
 
     /// Applies command-line flags on top of the spec (flags win).
@@ -224,6 +344,21 @@ impl VmSpec {
             .extend(o.backend_arg.iter().cloned());
         if let Some(v) = &o.backend_cmd {
             self.backend.command = Some(v.split_whitespace().map(str::to_string).collect());
+        }
+        if let Some(v) = &o.daemon {
+            self.backend.daemon = Some(v.clone());
+        }
+        if let Some(v) = o.class {
+            self.backend.class = Some(v);
+        }
+        if let Some(v) = o.weight {
+            self.backend.weight = Some(v);
+        }
+        if let Some(v) = o.priority {
+            self.backend.priority = Some(v);
+        }
+        if let Some(v) = o.slice_ms {
+            self.backend.slice_ms = Some(v);
         }
     }
 
@@ -331,6 +466,29 @@ impl VmSpec {
         if self.backend.start_timeout_s == 0 {
             errs.push("backend.start_timeout_s", "must be at least 1".to_string());
         }
+        let qos = self.backend.qos();
+        qos.check(&mut errs);
+        let daemon = self.backend.daemon.as_deref().map(absolute_path);
+        if let Some(d) = &daemon {
+            if d.as_os_str().len() > MAX_SOCKET_PATH {
+                errs.push(
+                    "backend.daemon",
+                    format!(
+                        "{} is longer than a Unix socket address allows ({MAX_SOCKET_PATH} bytes)",
+                        d.display()
+                    ),
+                );
+            }
+        }
+        let mut warnings = Vec::new();
+        if daemon.is_none() && !qos.is_empty() && self.backend.command.is_none() {
+            let fields = qos.set_fields();
+            warnings.push(format!(
+                "{} {} only with a daemon (backend.daemon or --daemon); without one the backend runs alone",
+                fields.join(", "),
+                if fields.len() == 1 { "applies" } else { "apply" }
+            ));
+        }
 
         errs.finish()?;
         // Every None above pushed an error, and finish() returned it.
@@ -349,6 +507,17 @@ impl VmSpec {
                 timeout_s: self.timeout_s,
                 interactive: self.shell,
                 qemu,
+                vgpu: Vgpu {
+                    engine: self
+                        .backend
+                        .command
+                        .is_none()
+                        .then_some(self.backend.engine),
+                    quota_mib: self.backend.quota_mib,
+                    daemon,
+                    qos,
+                },
+                warnings,
             }),
             _ => Err(Error::InvalidSpec(vec![
                 "internal: validation incomplete".to_string()
@@ -407,6 +576,14 @@ impl VmSpec {
             };
             let mut args: Vec<String> = args.to_vec();
             args.extend(self.backend.extra_args.iter().cloned());
+            let daemon = self.backend.daemon.is_some().then_some("backend.daemon");
+            for field in daemon.into_iter().chain(self.backend.qos().set_fields()) {
+                errs.push(
+                    field,
+                    "applies only to gpuvisor-backend, not to backend.command (put the flag in the command instead)"
+                        .to_string(),
+                );
+            }
             return Some(BackendCommand { program, args });
         }
 
@@ -442,10 +619,59 @@ impl VmSpec {
             args.push("--quota-mib".to_string());
             args.push(q.to_string());
         }
+        if let Some(d) = &self.backend.daemon {
+            args.push("--daemon".to_string());
+            args.push(absolute_path(d).to_string_lossy().into_owned());
+        }
+        args.extend(self.backend.qos().args());
         args.push("--vm-name".to_string());
         args.push("{name}".to_string());
         args.extend(self.backend.extra_args.iter().cloned());
         Some(BackendCommand { program, args })
+    }
+}
+
+/// The spec fields that hold paths, as (table, key); a relative one is relative
+/// to the file that sets it.
+const PATH_FIELDS: &[(Option<&str>, &str)] = &[
+    (None, "kernel"),
+    (None, "initramfs"),
+    (None, "share_dir"),
+    (None, "qemu"),
+    (Some("backend"), "binary"),
+    (Some("backend"), "daemon"),
+];
+
+/// Makes the relative paths in a spec table (or a part of one, such as a fleet's
+/// defaults) relative to `base`. A bare qemu name ("qemu-system-x86_64") stays a
+/// PATH lookup.
+pub fn resolve_paths(table: &mut toml::Table, base: &Path) {
+    for (sub, key) in PATH_FIELDS {
+        let t = match sub {
+            None => Some(&mut *table),
+            Some(s) => table.get_mut(*s).and_then(toml::Value::as_table_mut),
+        };
+        let Some(toml::Value::String(v)) = t.and_then(|t| t.get_mut(*key)) else {
+            continue;
+        };
+        let p = Path::new(v.as_str());
+        let bare_program = *key == "qemu" && p.components().count() <= 1;
+        if p.is_relative() && !bare_program {
+            *v = base.join(p).to_string_lossy().into_owned();
+        }
+    }
+}
+
+/// Lays `over` on `base`: tables merge key by key, anything else in `over`
+/// replaces what `base` has.
+pub fn merge_tables(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge_tables(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
     }
 }
 
@@ -504,10 +730,30 @@ pub struct Overrides {
     /// {socket} and {name} substituted; e.g. "/usr/lib/qemu/vhost-user-gpu --socket-path={socket}"
     #[arg(long, value_name = "CMD", allow_hyphen_values = true)]
     pub backend_cmd: Option<String>,
+    /// gpuvisord's backend socket: the backend registers there and submits GPU work
+    /// only under its grants (e.g. /run/gpuvisor/gpuvisord.sock)
+    #[arg(long, value_name = "SOCKET", env = "GPUVISOR_DAEMON")]
+    pub daemon: Option<PathBuf>,
+    /// QoS class to ask gpuvisord for: guaranteed, burstable or best-effort
+    #[arg(long, value_name = "CLASS", value_parser = parse_class)]
+    pub class: Option<QosClass>,
+    /// Weight to ask gpuvisord for (1 to 10000): the VM's share is its weight over the busy VMs' sum
+    #[arg(long, value_name = "W")]
+    pub weight: Option<u32>,
+    /// Priority to ask gpuvisord for (-20 to 20): higher is served sooner, within its share
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
+    pub priority: Option<i32>,
+    /// Time slice to ask gpuvisord for, in milliseconds (0.5 to 10000)
+    #[arg(long, value_name = "MS")]
+    pub slice_ms: Option<f64>,
+}
+
+fn parse_class(s: &str) -> Result<QosClass, String> {
+    s.parse()
 }
 
 /// The backend's command line before `{socket}` and `{name}` are substituted.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct BackendCommand {
     pub program: PathBuf,
     pub args: Vec<String>,
@@ -524,7 +770,7 @@ impl BackendCommand {
 }
 
 /// A validated VM: everything a launch needs, with absolute paths.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct VmConfig {
     pub name: String,
     pub memory_mib: u64,
@@ -540,6 +786,48 @@ pub struct VmConfig {
     /// The guest gives a shell: QEMU gets the terminal as its stdin.
     pub interactive: bool,
     pub qemu: PathBuf,
+    /// What the vGPU is and the QoS it asks for (for `check`; the backend
+    /// command above already carries it).
+    pub vgpu: Vgpu,
+    /// What is odd but does not stop a launch; `check` prints them, `run` logs them.
+    pub warnings: Vec<String>,
+}
+
+/// The VM's vGPU as the spec describes it.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Vgpu {
+    /// gpuvisor-backend's engine; None for another backend (backend.command).
+    pub engine: Option<Engine>,
+    pub quota_mib: Option<u64>,
+    /// gpuvisord's backend socket, absolute.
+    pub daemon: Option<PathBuf>,
+    pub qos: Qos,
+}
+
+impl Vgpu {
+    /// Two lines for `check`: the device, and the QoS it gets.
+    pub fn describe(&self) -> [String; 2] {
+        let Some(engine) = self.engine else {
+            return [
+                "vGPU: backend.command (not gpuvisor-backend)".to_string(),
+                "vGPU QoS: none (gpuvisord schedules only gpuvisor-backend)".to_string(),
+            ];
+        };
+        let quota = self.quota_mib.map_or_else(
+            || "the backend's default".to_string(),
+            |q| format!("{q} MiB"),
+        );
+        let device = format!("vGPU: gpuvisor-backend, engine {engine}, memory quota {quota}");
+        let qos = match &self.daemon {
+            Some(d) => format!(
+                "vGPU QoS: scheduled by gpuvisord at {}; asks for {}",
+                d.display(),
+                self.qos
+            ),
+            None => "vGPU QoS: none; no daemon, so the backend runs alone on the GPU".to_string(),
+        };
+        [device, qos]
+    }
 }
 
 #[derive(Default)]
@@ -583,6 +871,12 @@ fn absolute(p: &Path) -> PathBuf {
     std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf())
 }
 
+/// `p` made absolute against the working directory without touching the file
+/// system beyond that (a socket need not exist yet).
+pub fn absolute_path(p: &Path) -> PathBuf {
+    std::path::absolute(p).unwrap_or_else(|_| p.to_path_buf())
+}
+
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
     p.metadata()
@@ -604,14 +898,26 @@ pub fn find_program(p: &Path) -> Option<PathBuf> {
 }
 
 fn default_backend() -> Option<PathBuf> {
+    find_beside_us_or_on_path(DEFAULT_BACKEND)
+}
+
+/// A gpuvisor program next to gpuvisor-vm (an install or a cargo target dir),
+/// else on PATH.
+pub fn find_beside_us_or_on_path(name: &str) -> Option<PathBuf> {
     let beside = std::env::current_exe()
-        .ok()?
-        .parent()?
-        .join(DEFAULT_BACKEND);
-    if is_executable(&beside) {
-        return Some(beside);
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.join(name)));
+    match beside {
+        Some(b) if is_executable(&b) => Some(b),
+        _ => find_program(Path::new(name)),
     }
-    find_program(Path::new(DEFAULT_BACKEND))
+}
+
+/// Why `ms` is not a time slice gpuvisord accepts, if it is not.
+pub fn slice_ms_error(ms: f64) -> Option<String> {
+    let (lo, hi) = (MIN_SLICE_US as f64 / 1000.0, MAX_SLICE_US as f64 / 1000.0);
+    (!(ms.is_finite() && (lo..=hi).contains(&ms)))
+        .then(|| format!("{ms} ms is not between {lo} and {hi} ms"))
 }
 
 fn host_memory_mib() -> Option<u64> {
@@ -798,5 +1104,183 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(spec.guest_cmdline(), "console=ttyS0 quiet panic=-1 gpuvisor.run=cat,/mnt/host/hello.txt gpuvisor.shell=1 loglevel=7");
+    }
+
+    /// A spec that validates on any machine, with files in `d`.
+    fn valid_spec(d: &Scratch) -> VmSpec {
+        VmSpec {
+            kernel: Some(d.file("vmlinuz", 0o644)),
+            initramfs: Some(d.file("initramfs", 0o644)),
+            qemu: Some(d.file("qemu", 0o755)),
+            backend: BackendSpec {
+                binary: Some(d.file("be", 0o755)),
+                engine: Engine::Sim,
+                ..Default::default()
+            },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn qos_fields_become_backend_flags_with_the_daemon() {
+        let s = VmSpec::from_toml(
+            "[backend]\ndaemon = \"run/gd.sock\"\nclass = \"best-effort\"\nweight = 3\npriority = -5\nslice_ms = 2.5\n",
+            Path::new("/specs"),
+        )
+        .unwrap();
+        assert_eq!(
+            s.backend.daemon.as_deref(),
+            Some(Path::new("/specs/run/gd.sock"))
+        );
+        assert_eq!(s.backend.class, Some(QosClass::BestEffort));
+        let d = Scratch::new("qos");
+        let mut spec = valid_spec(&d);
+        let b = &s.backend;
+        spec.backend.daemon = b.daemon.clone();
+        (spec.backend.class, spec.backend.weight) = (b.class, b.weight);
+        (spec.backend.priority, spec.backend.slice_ms) = (b.priority, b.slice_ms);
+        let vm = spec.validate().unwrap();
+        let args = vm.backend.render(Path::new("/s"), "vm");
+        let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
+        assert_eq!(
+            args.join(" "),
+            "--socket-path /s --engine sim --daemon /specs/run/gd.sock --class best-effort \
+             --weight 3 --priority=-5 --slice-ms 2.5 --vm-name vm"
+        );
+        assert!(vm.warnings.is_empty(), "{:?}", vm.warnings);
+        let [device, qos] = vm.vgpu.describe();
+        assert!(device.contains("engine sim"), "{device}");
+        assert_eq!(
+            qos,
+            "vGPU QoS: scheduled by gpuvisord at /specs/run/gd.sock; asks for class best-effort, \
+             weight 3, priority -5, slice 2.5 ms"
+        );
+    }
+
+    #[test]
+    fn unset_qos_fields_are_left_to_the_daemon() {
+        let d = Scratch::new("qos-unset");
+        let mut spec = valid_spec(&d);
+        spec.backend.daemon = Some("/run/gpuvisor/gpuvisord.sock".into());
+        spec.backend.weight = Some(2);
+        let vm = spec.validate().unwrap();
+        let args = vm.backend.render(Path::new("/s"), "vm");
+        assert!(
+            !args.iter().any(|a| a == "--class" || a == "--slice-ms"),
+            "{args:?}"
+        );
+        assert!(vm.vgpu.describe()[1]
+            .ends_with("class the daemon's, weight 2, priority the daemon's, slice the daemon's"));
+    }
+
+    #[test]
+    fn qos_without_a_daemon_is_a_warning() {
+        let d = Scratch::new("qos-nodaemon");
+        let mut spec = valid_spec(&d);
+        spec.backend.weight = Some(2);
+        spec.backend.class = Some(QosClass::Guaranteed);
+        let vm = spec.validate().unwrap();
+        assert_eq!(vm.warnings.len(), 1);
+        assert!(
+            vm.warnings[0].starts_with("backend.class, backend.weight apply only with a daemon"),
+            "{:?}",
+            vm.warnings
+        );
+        assert!(vm.vgpu.describe()[1].contains("no daemon"));
+        // The backend still gets them, and warns the same way.
+        assert!(vm.backend.args.iter().any(|a| a == "--weight"));
+    }
+
+    #[test]
+    fn qos_ranges_are_checked_by_field() {
+        let d = Scratch::new("qos-range");
+        for (weight, priority, slice_ms, field) in [
+            (Some(0), None, None, "backend.weight:"),
+            (Some(10_001), None, None, "backend.weight:"),
+            (None, Some(-21), None, "backend.priority:"),
+            (None, Some(21), None, "backend.priority:"),
+            (None, None, Some(0.4), "backend.slice_ms:"),
+            (None, None, Some(10_000.5), "backend.slice_ms:"),
+            (None, None, Some(f64::NAN), "backend.slice_ms:"),
+        ] {
+            let mut spec = valid_spec(&d);
+            spec.backend.daemon = Some("/run/g.sock".into());
+            (
+                spec.backend.weight,
+                spec.backend.priority,
+                spec.backend.slice_ms,
+            ) = (weight, priority, slice_ms);
+            let Err(Error::InvalidSpec(errs)) = spec.validate() else {
+                panic!("{field} accepted")
+            };
+            assert!(errs.len() == 1 && errs[0].starts_with(field), "{errs:?}");
+        }
+        let mut spec = valid_spec(&d);
+        (
+            spec.backend.weight,
+            spec.backend.priority,
+            spec.backend.slice_ms,
+        ) = (Some(10_000), Some(-20), Some(0.5));
+        spec.validate().unwrap();
+        let e = VmSpec::from_toml("[backend]\nclass = \"gold\"\n", Path::new("/")).unwrap_err();
+        assert!(e.contains("gold"), "{e}");
+    }
+
+    #[test]
+    fn qos_does_not_apply_to_another_backend() {
+        let d = Scratch::new("qos-command");
+        let mut spec = valid_spec(&d);
+        spec.backend.command = Some(vec![
+            d.file("vhost-user-gpu", 0o755)
+                .to_string_lossy()
+                .into_owned(),
+            "--socket-path={socket}".into(),
+        ]);
+        spec.backend.daemon = Some("/run/g.sock".into());
+        spec.backend.priority = Some(1);
+        let Err(Error::InvalidSpec(errs)) = spec.validate() else {
+            panic!()
+        };
+        assert!(
+            errs.iter().any(|e| e.starts_with("backend.daemon:")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.starts_with("backend.priority:")),
+            "{errs:?}"
+        );
+    }
+
+    #[test]
+    fn qos_flags_override_the_spec() {
+        let mut s =
+            VmSpec::from_toml("[backend]\nweight = 5\npriority = 1\n", Path::new("/")).unwrap();
+        s.apply(&Overrides {
+            daemon: Some("/run/g.sock".into()),
+            class: Some(QosClass::Guaranteed),
+            weight: Some(7),
+            ..Default::default()
+        });
+        assert_eq!(s.backend.daemon.as_deref(), Some(Path::new("/run/g.sock")));
+        assert_eq!(s.backend.class, Some(QosClass::Guaranteed));
+        assert_eq!((s.backend.weight, s.backend.priority), (Some(7), Some(1)));
+    }
+
+    #[test]
+    fn defaults_merge_under_a_table_and_paths_follow_their_file() {
+        let mut base: toml::Table = "kernel = \"k\"\nqemu = \"qemu-system-x86_64\"\n[backend]\nengine = \"sim\"\nweight = 1\n"
+            .parse()
+            .unwrap();
+        resolve_paths(&mut base, Path::new("/a"));
+        let mut over: toml::Table = "[backend]\nweight = 2\nbinary = \"bin/be\"\n"
+            .parse()
+            .unwrap();
+        resolve_paths(&mut over, Path::new("/b"));
+        merge_tables(&mut base, over);
+        let s = VmSpec::from_table(base).unwrap();
+        assert_eq!(s.kernel.as_deref(), Some(Path::new("/a/k")));
+        assert_eq!(s.qemu.as_deref(), Some(Path::new("qemu-system-x86_64")));
+        assert_eq!(s.backend.binary.as_deref(), Some(Path::new("/b/bin/be")));
+        assert_eq!((s.backend.engine, s.backend.weight), (Engine::Sim, Some(2)));
     }
 }
