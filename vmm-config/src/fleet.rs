@@ -480,8 +480,9 @@ pub fn run(plan: &FleetPlan, accels: &[Accel], opts: &FleetOptions) -> Result<Fl
 
     let names: Vec<&str> = plan.vms.iter().map(|v| v.name.as_str()).collect();
     say(&format!(
-        "starting {} VMs: {}",
+        "starting {} VM{}: {}",
         names.len(),
+        if names.len() == 1 { "" } else { "s" },
         names.join(", ")
     ));
     let mut results: Vec<Option<VmResult>> = plan.vms.iter().map(|_| None).collect();
@@ -546,6 +547,7 @@ pub fn run(plan: &FleetPlan, accels: &[Accel], opts: &FleetOptions) -> Result<Fl
             ));
         } else {
             d.stop(Duration::from_secs(5));
+            say("gpuvisord stopped");
         }
     }
     let exit_code = match signalled() {
