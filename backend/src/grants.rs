@@ -321,10 +321,11 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
         DaemonMsg::Revoke { grant } => {
             tracing::trace!(grant, "revoke");
             if st.offered.map(|g| g.id) == Some(grant) {
-                // Not taken yet: give it straight back.
+                // Not taken yet: give it straight back. The queue thread is
+                // waiting for a grant, so it still wants one.
                 st.offered = None;
-                let more = st.demanding;
-                shared.send(&mut st, &BackendMsg::Release { grant, gpu_ns: 0, ops: 0, more });
+                st.demanding = true;
+                shared.send(&mut st, &BackendMsg::Release { grant, gpu_ns: 0, ops: 0, more: true });
             } else {
                 shared.revoked.store(grant, Ordering::Release);
             }
@@ -457,7 +458,14 @@ impl Gate {
                     shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns: 0, ops: 0, more: true });
                     st.demanding = true;
                 }
-                st = shared.cond.wait(st).unwrap_or_else(|p| p.into_inner());
+                let (next, timeout) =
+                    shared.cond.wait_timeout(st, Duration::from_millis(500)).unwrap_or_else(|p| p.into_inner());
+                st = next;
+                if timeout.timed_out() && st.connected && st.offered.is_none() {
+                    // A safety net: say again that we are waiting.
+                    debug!("no grant after 500 ms; asking gpuvisord again");
+                    shared.send(&mut st, &BackendMsg::Demand);
+                }
             }
             drop(st);
             self.counters.wait_ns_total.fetch_add(wait_start.elapsed().as_nanos() as u64, Ordering::Relaxed);

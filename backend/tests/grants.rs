@@ -298,3 +298,45 @@ fn queued_work_is_capped_by_its_estimated_gpu_time() {
     peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 10_000_000 });
     worker.join().unwrap();
 }
+
+#[test]
+fn a_grant_revoked_before_it_was_used_is_handed_back_still_wanting_one() {
+    let path = socket_path("revoked-early");
+    let listener = UnixListener::bind(&path).unwrap();
+    let link = DaemonLink::start(registration(path), Arc::new(Counters::default()));
+    let (mut peer, _) = Peer::accept(&listener, settings(4));
+    wait_connected(&link);
+    let mut gate = link.gate();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        for _ in 0..3 {
+            spin(&mut gate, &mut e, ctx, s, f, 1000);
+        }
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+    });
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    // A preemption right behind the grant, as gpuvisord sends it when a
+    // higher-priority VM demands at that moment.
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000 });
+    peer.send(&DaemonMsg::Revoke { grant: 1 });
+    loop {
+        match peer.next() {
+            BackendMsg::Release { grant: 1, more, .. } => {
+                assert!(more, "the backend still has work and must say so");
+                break;
+            }
+            BackendMsg::Charge { .. } => continue,
+            m => panic!("expected Release of grant 1, got {m:?}"),
+        }
+    }
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 1_000_000 });
+    loop {
+        match peer.next() {
+            BackendMsg::Release { grant: 2, more: false, .. } => break,
+            BackendMsg::Charge { .. } => continue,
+            m => panic!("expected the final Release, got {m:?}"),
+        }
+    }
+    worker.join().unwrap();
+}
