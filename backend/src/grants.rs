@@ -19,6 +19,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// Operations a backend alone on its GPU may keep queued.
+const UNCONTENDED_MAX_OPS: usize = 1024;
+
 /// How the backend introduces itself to the daemon.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -102,6 +105,8 @@ struct HeldGrant {
     deadline: Instant,
     /// The connection it came from; a grant from a lost connection is void.
     generation: u64,
+    /// Other VMs want the GPU: keep queued work short.
+    contended: bool,
 }
 
 #[derive(Debug, Default)]
@@ -308,12 +313,13 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
 fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
     let mut st = shared.lock();
     match msg {
-        DaemonMsg::Grant { grant, slice_us } => {
-            tracing::trace!(grant, slice_us, "grant");
+        DaemonMsg::Grant { grant, slice_us, contended } => {
+            tracing::trace!(grant, slice_us, contended, "grant");
             st.offered = Some(HeldGrant {
                 id: grant,
                 deadline: Instant::now() + Duration::from_micros(slice_us),
                 generation,
+                contended,
             });
             st.demanding = false;
             shared.cond.notify_all();
@@ -427,7 +433,7 @@ impl Gate {
                     continue;
                 }
                 if !revoked && Instant::now() < g.deadline {
-                    let max_queued = self.queue_cap(max_queued);
+                    let max_queued = self.queue_cap(max_queued, g.contended);
                     while self.outstanding.len() >= max_queued {
                         self.reap(engine, true);
                     }
@@ -516,11 +522,18 @@ impl Gate {
         self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
     }
 
-    /// Operations that may be queued: the daemon's cap, and no more than
-    /// `max_queued` of estimated GPU time.
-    fn queue_cap(&self, max_ops: usize) -> usize {
-        if self.op_ns > 0.0 && self.max_queued_ns.is_finite() {
-            ((self.max_queued_ns / self.op_ns) as usize).clamp(1, max_ops)
+    /// Operations that may be queued. While other VMs want the GPU: the
+    /// daemon's cap, and no more than `max_queued` of estimated GPU time, so
+    /// that a VM preempting this one waits no longer than that. Alone on the
+    /// GPU, a hundred times more (the queue a newcomer waits behind once).
+    fn queue_cap(&self, max_ops: usize, contended: bool) -> usize {
+        let (max_ops, max_ns) = if contended {
+            (max_ops, self.max_queued_ns)
+        } else {
+            (UNCONTENDED_MAX_OPS, self.max_queued_ns * 100.0)
+        };
+        if self.op_ns > 0.0 && max_ns.is_finite() {
+            ((max_ns / self.op_ns) as usize).clamp(1, max_ops)
         } else {
             max_ops
         }

@@ -133,7 +133,7 @@ fn work_waits_for_a_grant_and_its_gpu_time_is_reported() {
     assert_eq!(peer.next(), BackendMsg::Demand);
     // No grant yet: the launch must not have been submitted.
     assert!(done_rx.recv_timeout(Duration::from_millis(200)).is_err(), "work ran without a grant");
-    peer.send(&DaemonMsg::Grant { grant: 7, slice_us: 1_000_000 });
+    peer.send(&DaemonMsg::Grant { grant: 7, slice_us: 1_000_000, contended: true });
     done_rx.recv_timeout(Duration::from_secs(5)).expect("grant did not release the work");
     let (_gate, _e) = worker.join().unwrap();
     match peer.next() {
@@ -168,7 +168,7 @@ fn slice_end_and_revocation_give_the_grant_back_and_queued_work_is_capped() {
     });
     assert_eq!(peer.next(), BackendMsg::Demand);
     let granted = Instant::now();
-    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 45_000 });
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 45_000, contended: true });
     // The slice ends after 45 ms; with at most 2 ops of 10 ms queued, the
     // backend can have submitted only about 6 of them by then.
     match peer.next() {
@@ -183,7 +183,7 @@ fn slice_end_and_revocation_give_the_grant_back_and_queued_work_is_capped() {
     let submitted = rx.try_iter().count();
     assert!(submitted <= 8, "{submitted} launches submitted during a 45 ms slice");
     // Next grant, revoked at once: the backend gives it back at its next op.
-    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 1_000_000 });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 1_000_000, contended: true });
     std::thread::sleep(Duration::from_millis(15));
     peer.send(&DaemonMsg::Revoke { grant: 2 });
     loop {
@@ -194,7 +194,7 @@ fn slice_end_and_revocation_give_the_grant_back_and_queued_work_is_capped() {
         }
     }
     // Then let it finish.
-    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 5_000_000 });
+    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 5_000_000, contended: true });
     worker.join().unwrap();
     assert_eq!(rx.try_iter().count() + submitted, 12);
 }
@@ -270,7 +270,7 @@ fn queued_work_is_capped_by_its_estimated_gpu_time() {
     let mut gate = link.gate();
     let worker = std::thread::spawn(move || {
         let (mut e, ctx, s, f) = sim();
-        for _ in 0..40 {
+        for _ in 0..60 {
             spin(&mut gate, &mut e, ctx, s, f, 10_000);
         }
         e.stream_synchronize(s).unwrap();
@@ -278,11 +278,11 @@ fn queued_work_is_capped_by_its_estimated_gpu_time() {
     });
     assert_eq!(peer.next(), BackendMsg::Demand);
     // A first slice to learn the kernels' length.
-    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 60_000 });
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 60_000, contended: true });
     assert!(matches!(peer.next(), BackendMsg::Release { grant: 1, more: true, .. }));
     // Let what it queued drain, so the next slice starts with an empty queue.
     std::thread::sleep(Duration::from_millis(150));
-    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 100_000 });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 100_000, contended: true });
     loop {
         match peer.next() {
             BackendMsg::Release { grant: 2, ops, more: true, .. } => {
@@ -295,7 +295,21 @@ fn queued_work_is_capped_by_its_estimated_gpu_time() {
             m => panic!("expected Release, got {m:?}"),
         }
     }
-    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 10_000_000 });
+    // Alone on the GPU (an uncontended grant) the queue may be deep: the
+    // 100 ms slice now submits the 10 ms kernels as fast as they come.
+    std::thread::sleep(Duration::from_millis(150));
+    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 100_000, contended: false });
+    loop {
+        match peer.next() {
+            BackendMsg::Release { grant: 3, ops, .. } => {
+                assert!(ops >= 16, "only {ops} ops in an uncontended 100 ms slice");
+                break;
+            }
+            BackendMsg::Charge { .. } => continue,
+            m => panic!("expected Release, got {m:?}"),
+        }
+    }
+    peer.send(&DaemonMsg::Grant { grant: 4, slice_us: 10_000_000, contended: true });
     worker.join().unwrap();
 }
 
@@ -318,7 +332,7 @@ fn a_grant_revoked_before_it_was_used_is_handed_back_still_wanting_one() {
     assert_eq!(peer.next(), BackendMsg::Demand);
     // A preemption right behind the grant, as gpuvisord sends it when a
     // higher-priority VM demands at that moment.
-    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000 });
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: true });
     peer.send(&DaemonMsg::Revoke { grant: 1 });
     loop {
         match peer.next() {
@@ -330,7 +344,7 @@ fn a_grant_revoked_before_it_was_used_is_handed_back_still_wanting_one() {
             m => panic!("expected Release of grant 1, got {m:?}"),
         }
     }
-    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 1_000_000 });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 1_000_000, contended: true });
     loop {
         match peer.next() {
             BackendMsg::Release { grant: 2, more: false, .. } => break,

@@ -160,7 +160,7 @@ fn run(gpu: String, mut sched: Scheduler, rx: mpsc::Receiver<GpuEvent>, clock: C
                 let now = clock.now_ns();
                 if deadline <= now {
                     let actions = sched.tick(now);
-                    dispatch(&slots, actions);
+                    dispatch(&sched, &slots, actions, now);
                     continue;
                 }
                 match rx.recv_timeout(Duration::from_nanos(deadline - now)) {
@@ -199,18 +199,28 @@ fn run(gpu: String, mut sched: Scheduler, rx: mpsc::Receiver<GpuEvent>, clock: C
             }
             GpuEvent::Stop => break,
         };
-        dispatch(&slots, actions);
+        dispatch(&sched, &slots, actions, now);
     }
     tracing::debug!("scheduler thread stopped");
 }
 
-fn dispatch(slots: &HashMap<u64, Slot>, actions: Vec<Action>) {
+/// Whether another VM on this GPU wants it now or used it within the window.
+fn contended(sched: &Scheduler, vm: u64, now: u64) -> bool {
+    sched
+        .vm_ids()
+        .filter(|&other| other != vm)
+        .filter_map(|other| sched.vm_stats(other, now))
+        .any(|s| s.runnable || s.holding || s.share_used > 0.0)
+}
+
+fn dispatch(sched: &Scheduler, slots: &HashMap<u64, Slot>, actions: Vec<Action>, now: u64) {
     for action in actions {
         match action {
             Action::Grant { vm, grant, slice_ns } => {
                 if let Some(s) = slots.get(&vm) {
-                    tracing::trace!(vm = %s.name, grant, slice_ns, "grant");
-                    let _ = s.tx.send(DaemonMsg::Grant { grant, slice_us: slice_ns.div_ceil(1000) });
+                    let contended = contended(sched, vm, now);
+                    tracing::trace!(vm = %s.name, grant, slice_ns, contended, "grant");
+                    let _ = s.tx.send(DaemonMsg::Grant { grant, slice_us: slice_ns.div_ceil(1000), contended });
                 }
             }
             Action::Revoke { vm, grant } => {
@@ -275,7 +285,7 @@ mod tests {
         d.send(GpuEvent::Add { vm: 1, name: "a".into(), params: VmParams::default(), tx: tx1 });
         d.send(GpuEvent::Add { vm: 2, name: "b".into(), params: VmParams::default(), tx: tx2 });
         d.send(GpuEvent::Demand { vm: 1 });
-        let DaemonMsg::Grant { grant, slice_us } = next(&mut rx1) else { panic!() };
+        let DaemonMsg::Grant { grant, slice_us, .. } = next(&mut rx1) else { panic!() };
         assert_eq!(slice_us, 10_000);
         d.send(GpuEvent::Demand { vm: 2 });
         let snap = query(&d.sender(), Duration::from_secs(2)).unwrap();

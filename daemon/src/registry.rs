@@ -17,7 +17,7 @@ pub const DEFAULT_CLASS: QosClass = QosClass::Burstable;
 /// As cgroup v2's `cpu.weight`, whose range (1 to 10000) the weights share.
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const DEFAULT_PRIORITY: i32 = 0;
-pub const DEFAULT_MAX_QUEUED_OPS: u32 = 4;
+pub const DEFAULT_MAX_QUEUED_OPS: u32 = 16;
 const MAX_VM_NAME: usize = 64;
 const MAX_GPU_ID: usize = 128;
 

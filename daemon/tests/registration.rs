@@ -21,7 +21,7 @@ fn a_fresh_backend_gets_what_it_asked_for_and_defaults_for_the_rest() {
             weight: 5,
             priority: -2,
             slice_us: 10_000,
-            max_queued_ops: 4,
+            max_queued_ops: 16,
             drained: false
         }
     );

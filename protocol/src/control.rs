@@ -172,8 +172,16 @@ pub enum DaemonMsg {
     Refused { reason: String },
     /// New settings, effective at once.
     Settings { settings: VmSettings },
-    /// The backend may submit GPU work for `slice_us` from now, or until revoked.
-    Grant { grant: u64, slice_us: u64 },
+    /// The backend may submit GPU work for `slice_us` from now, or until
+    /// revoked. `contended` says that other VMs on the GPU have used it or
+    /// asked for it recently: the backend then keeps its queued work short,
+    /// so that they are not kept waiting behind it.
+    Grant {
+        grant: u64,
+        slice_us: u64,
+        #[serde(default)]
+        contended: bool,
+    },
     /// Stop submitting and release `grant` now.
     Revoke { grant: u64 },
 }

@@ -151,7 +151,7 @@ impl FakeBackend {
                 return Err(NoMsg::Timeout);
             }
             match self.recv(left)? {
-                DaemonMsg::Grant { grant, slice_us } => return Ok((grant, slice_us)),
+                DaemonMsg::Grant { grant, slice_us, .. } => return Ok((grant, slice_us)),
                 DaemonMsg::Settings { .. } | DaemonMsg::Revoke { .. } => continue,
                 other => return Err(NoMsg::Other(format!("unexpected {other:?}"))),
             }
