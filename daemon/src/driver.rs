@@ -149,7 +149,13 @@ pub fn query(tx: &mpsc::Sender<GpuEvent>, timeout: Duration) -> Option<GpuSnapsh
 struct Slot {
     name: String,
     tx: UnboundedSender<DaemonMsg>,
+    /// When the VM last asked for or gave back the GPU.
+    last_active: u64,
 }
+
+/// A VM that wanted the GPU this recently still counts as wanting it: the
+/// gap between a guest's requests is usually shorter.
+const CONTENDED_NS: u64 = 100_000_000;
 
 fn run(gpu: String, mut sched: Scheduler, rx: mpsc::Receiver<GpuEvent>, clock: Clock) {
     let _span = tracing::info_span!("gpu", gpu = %gpu).entered();
@@ -175,6 +181,11 @@ fn run(gpu: String, mut sched: Scheduler, rx: mpsc::Receiver<GpuEvent>, clock: C
             },
         };
         let now = clock.now_ns();
+        if let GpuEvent::Demand { vm } | GpuEvent::Release { vm, .. } = ev {
+            if let Some(s) = slots.get_mut(&vm) {
+                s.last_active = now;
+            }
+        }
         let actions = match ev {
             GpuEvent::Demand { vm } => sched.demand(vm, now),
             GpuEvent::Release { vm, grant, used_ns, more } => sched.release(vm, grant, used_ns, more, now),
@@ -183,7 +194,7 @@ fn run(gpu: String, mut sched: Scheduler, rx: mpsc::Receiver<GpuEvent>, clock: C
                 Vec::new()
             }
             GpuEvent::Add { vm, name, params, tx } => {
-                slots.insert(vm, Slot { name, tx });
+                slots.insert(vm, Slot { name, tx, last_active: 0 });
                 sched.add_vm(vm, params, now)
             }
             GpuEvent::Remove { vm } => {
@@ -204,13 +215,12 @@ fn run(gpu: String, mut sched: Scheduler, rx: mpsc::Receiver<GpuEvent>, clock: C
     tracing::debug!("scheduler thread stopped");
 }
 
-/// Whether another VM on this GPU wants it now or used it within the window.
-fn contended(sched: &Scheduler, vm: u64, now: u64) -> bool {
-    sched
-        .vm_ids()
-        .filter(|&other| other != vm)
-        .filter_map(|other| sched.vm_stats(other, now))
-        .any(|s| s.runnable || s.holding || s.share_used > 0.0)
+/// Whether another VM on this GPU wants it now or did a moment ago.
+fn contended(sched: &Scheduler, slots: &HashMap<u64, Slot>, vm: u64, now: u64) -> bool {
+    slots.iter().filter(|(&other, _)| other != vm).any(|(&other, s)| {
+        now.saturating_sub(s.last_active) < CONTENDED_NS
+            || sched.vm_stats(other, now).is_some_and(|st| st.runnable || st.holding)
+    })
 }
 
 fn dispatch(sched: &Scheduler, slots: &HashMap<u64, Slot>, actions: Vec<Action>, now: u64) {
@@ -218,7 +228,7 @@ fn dispatch(sched: &Scheduler, slots: &HashMap<u64, Slot>, actions: Vec<Action>,
         match action {
             Action::Grant { vm, grant, slice_ns } => {
                 if let Some(s) = slots.get(&vm) {
-                    let contended = contended(sched, vm, now);
+                    let contended = contended(sched, slots, vm, now);
                     tracing::trace!(vm = %s.name, grant, slice_ns, contended, "grant");
                     let _ = s.tx.send(DaemonMsg::Grant { grant, slice_us: slice_ns.div_ceil(1000), contended });
                 }
@@ -309,6 +319,32 @@ mod tests {
         let DaemonMsg::Grant { grant, .. } = next(&mut rx) else { panic!() };
         // Nothing else happens: only the deadline timer can send this.
         assert_eq!(next(&mut rx), DaemonMsg::Revoke { grant });
+        d.stop();
+    }
+
+    #[test]
+    fn grants_are_contended_only_while_another_vm_wants_the_gpu() {
+        let d = GpuDriver::spawn("sim", policy(1_000_000), Clock::new()).unwrap();
+        let (tx1, mut rx1) = unbounded_channel();
+        let (tx2, mut rx2) = unbounded_channel();
+        d.send(GpuEvent::Add { vm: 1, name: "a".into(), params: VmParams::default(), tx: tx1 });
+        d.send(GpuEvent::Add { vm: 2, name: "b".into(), params: VmParams::default(), tx: tx2 });
+        std::thread::sleep(Duration::from_nanos(CONTENDED_NS));
+        d.send(GpuEvent::Demand { vm: 1 });
+        let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx1) else { panic!() };
+        assert!(!contended, "b has never asked for the GPU");
+        d.send(GpuEvent::Demand { vm: 2 });
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
+        let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx2) else { panic!() };
+        assert!(contended, "a still has work");
+        d.send(GpuEvent::Release { vm: 2, grant, used_ns: 1000, more: false });
+        let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx1) else { panic!() };
+        assert!(contended, "b wanted the GPU a moment ago");
+        // Once b has been quiet for a while, a has the GPU to itself.
+        std::thread::sleep(Duration::from_nanos(CONTENDED_NS));
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
+        let DaemonMsg::Grant { contended, .. } = next(&mut rx1) else { panic!() };
+        assert!(!contended);
         d.stop();
     }
 }
