@@ -433,9 +433,11 @@ impl Gate {
                     continue;
                 }
                 if !revoked && Instant::now() < g.deadline {
-                    let max_queued = self.queue_cap(max_queued, g.contended);
-                    while self.outstanding.len() >= max_queued {
+                    if self.outstanding.len() >= self.queue_cap(max_queued, g.contended) {
+                        // Wait for the oldest, then look again: the grant may
+                        // have been revoked or run out meanwhile.
                         self.reap(engine, true);
+                        continue;
                     }
                     self.start_span(engine, g.id, ctx, stream);
                     return;

@@ -354,3 +354,39 @@ fn a_grant_revoked_before_it_was_used_is_handed_back_still_wanting_one() {
     }
     worker.join().unwrap();
 }
+
+#[test]
+fn a_revocation_that_arrives_while_waiting_on_the_queue_cap_stops_submission() {
+    let path = socket_path("revoke-cap");
+    let listener = UnixListener::bind(&path).unwrap();
+    let link = DaemonLink::start(registration(path), Arc::new(Counters::default()));
+    let (mut peer, _) = Peer::accept(&listener, settings(1));
+    wait_connected(&link);
+    let mut gate = link.gate();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        for _ in 0..4 {
+            spin(&mut gate, &mut e, ctx, s, f, 50_000);
+        }
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+    });
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 10_000_000, contended: true });
+    // The first 50 ms kernel runs; the backend waits on it (cap 1) when the
+    // preemption comes. It must not queue a second kernel after the wait.
+    std::thread::sleep(Duration::from_millis(15));
+    peer.send(&DaemonMsg::Revoke { grant: 1 });
+    loop {
+        match peer.next() {
+            BackendMsg::Release { grant: 1, ops, more: true, .. } => {
+                assert_eq!(ops, 1, "submitted after its grant was revoked");
+                break;
+            }
+            BackendMsg::Charge { .. } => continue,
+            m => panic!("expected Release, got {m:?}"),
+        }
+    }
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 10_000_000, contended: true });
+    worker.join().unwrap();
+}
