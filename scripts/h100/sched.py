@@ -136,8 +136,9 @@ def main():
         "baseline_native_time_slicing": {"value": ratio(p99(n_col), p99(n_alone)), "p99_us": {"alone": p99(n_alone), "colocated": p99(n_col)}},
         "baseline_mps": {"value": ratio(p99(m_col), p99(m_alone)), "p99_us": {"alone": p99(m_alone), "colocated": p99(m_col)}},
         "gpuvisor_without_daemon": {
-            "value": ratio(p99(nd), p99(alone)),
-            "p99_us": p99(nd),
+            "value": ratio(p99(nd), p99(lat("lat-nodaemon-alone-lc"))),
+            "p99_us": {"alone": p99(lat("lat-nodaemon-alone-lc")), "colocated": p99(nd)},
+            "p50_us": {"alone": (lat("lat-nodaemon-alone-lc") or {}).get("p50_us"), "colocated": (nd or {}).get("p50_us")},
             "backend_measured": backend_latencies(res("lat-nodaemon-lc.lat")),
         },
     }

@@ -133,6 +133,7 @@ start_backend hog --daemon "$work/d.sock" --class burstable --weight 1
 client hog "${HOG[@]}" & sleep 1; client lc "${LC[@]}"; snapshot "$R/lat-qos-api.json"; wait_clients
 stop_backends; stop_daemon
 log "latency: gpuvisor without gpuvisord (backends alone on the GPU's time slicing)"
+tag=lat-nodaemon-alone; start_backend lc; client lc "${LC[@]}"; stop_backends
 tag=lat-nodaemon; start_backend lc; start_backend hog
 client hog "${HOG[@]}" & sleep 1; client lc "${LC[@]}"; wait_clients; stop_backends
 log "latency: native processes"
