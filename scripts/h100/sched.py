@@ -19,6 +19,23 @@ def gvload(path):
     return None
 
 
+def fleet_gvload(path):
+    """The GVLOAD figures of each VM of a gpuvisor-vm fleet run, by name."""
+    out = {}
+    try:
+        for line in open(path, errors="replace"):
+            line = line.rstrip("\r\n").replace("\r", "")
+            if line.startswith("[") and "] GVLOAD " in line:
+                name, rest = line[1:].split("] GVLOAD ", 1)
+                try:
+                    out[name] = json.loads(rest)
+                except ValueError:
+                    pass
+    except FileNotFoundError:
+        pass
+    return out
+
+
 def backend_latencies(path, skip=10):
     """Request latencies the backend logged, in us, without the first few
     (context creation, module load)."""
@@ -176,6 +193,24 @@ def main():
     except (FileNotFoundError, ValueError, AttributeError):
         pass
     out["work_conservation"] = {"value": wc, "target_min": 0.95, "met": wc is not None and wc >= 0.95, **detail}
+    # The same in TCG VMs: guest-observed figures, beside.
+    vs = fleet_gvload(res("vm-share.log"))
+    if all(vm in vs and vs[vm].get("ok") for vm in weights):
+        total = sum(vs[vm]["kernels"] for vm in weights)
+        vshare = {vm: vs[vm]["kernels"] / total for vm in weights}
+        out["share_error"]["vm"] = {"value_points": err(vshare), "measured_share": {k: round(v, 4) for k, v in vshare.items()}}
+    else:
+        out["share_error"]["vm"] = {"error": "not all VMs reported", "got": list(vs)}
+    va = fleet_gvload(res("vm-lat-alone.log")).get("lc")
+    vq = fleet_gvload(res("vm-lat-qos.log")).get("lc")
+    vb_a, vb_q = backend_latencies(res("vm-lat-alone-lc.lat")), backend_latencies(res("vm-lat-qos-lc.lat"))
+    out["latency_p99_colocated"]["vm"] = {
+        "guest_p99_us": {"alone": p99(va), "colocated_qos": p99(vq)},
+        "guest_p50_us": {"alone": (va or {}).get("p50_us"), "colocated_qos": (vq or {}).get("p50_us")},
+        "guest_ratio_p99": ratio(p99(vq), p99(va)),
+        "backend_measured": {"alone": vb_a, "colocated_qos": vb_q,
+                             "ratio_p99": ratio((vb_q or {}).get("p99_us"), (vb_a or {}).get("p99_us"))},
+    }
     print(json.dumps(out, indent=2))
 
 

@@ -167,7 +167,66 @@ client a "${HOG[@]}" & client b saturate --seconds "$half" --iters "$HOG_ITERS" 
 sleep $((SECS - 2)); snapshot "$R/wc-api.json"; wait_clients
 stop_backends; stop_daemon
 
+# 5. The same workloads inside VMs (TCG guests, cuda engine), started with
+# gpuvisor-vm fleet under a gpuvisord of their own: the guest-observed
+# figures, reported beside (guest CPU time is inflated under TCG).
+vm_fleet() {  # tag, then "name|backend flags|guest command" per VM
+    local tag=$1; shift
+    local f=$work/fleet-$tag.toml share=$work/share-$tag
+    mkdir -p "$share"; rm -f "$share/go"
+    cat > "$f" <<FLEET
+[daemon]
+binary = "$B/bin/gpuvisord"
+listen = "127.0.0.1:9401"
+no_auth = true
+slice_ms = $SLICE_MS
+[defaults]
+kernel = "$B/guest/vmlinuz"
+initramfs = "$B/guest/initramfs.cpio.gz"
+qemu = "$B/bin/qemu-system-x86_64"
+memory_mib = 1024
+vcpus = 2
+accel = "tcg"
+timeout_s = 400
+share_dir = "$share"
+[defaults.backend]
+binary = "$B/bin/gpuvisor-backend"
+engine = "$ENGINE"
+quota_mib = 2048
+FLEET
+    local n=0 spec name flags cmd a args
+    for spec in "$@"; do
+        IFS='|' read -r name flags cmd <<< "$spec"
+        n=$((n + 1))
+        args="\"--latency-log\", \"$R/vm-$tag-$name.lat\""
+        for a in $flags; do args="$args, \"$a\""; done
+        printf '[[vm]]\nname = "%s"\nrun = "echo GV-READY; while [ ! -e /mnt/host/go ]; do usleep 20000; done; %s"\n[vm.backend]\nextra_args = [%s]\n' \
+            "$name" "$cmd" "$args" >> "$f"
+    done
+    "$B/bin/gpuvisor-vm" fleet --spec "$f" --run-dir "$work/run-$tag" > "$R/vm-$tag.log" 2>&1 &
+    local fleet=$!
+    for _ in $(seq 600); do
+        [ "$(grep -ac 'GV-READY' "$R/vm-$tag.log")" -ge "$n" ] && break
+        kill -0 $fleet 2>/dev/null || break
+        sleep 0.2
+    done
+    touch "$share/go"
+    wait $fleet
+    log "fleet $tag: $(grep -a '^fleet: ' "$R/vm-$tag.log" | tr '\n' ' ')"
+}
+GLOAD=/opt/gpuvisor/tests/gv_load
+VHOG="$GLOAD saturate --seconds ${VSECS:-20} --iters $HOG_ITERS --blocks 264 --depth 4"
+VLC="$GLOAD latency --seconds $(( ${VSECS:-20} * 3 / 4 )) --kernels 4 --iters $LC_ITERS --blocks 264 --gap-us 1000"
+if [ "${VMS:-1}" = 1 ]; then
+    log "VMs: share, weights 1:1:2"
+    vm_fleet share "a|--weight 1|$VHOG" "b|--weight 1|$VHOG" "c|--weight 2|$VHOG"
+    log "VMs: latency-critical VM alone, then beside a saturating VM"
+    vm_fleet lat-alone "lc|--class guaranteed --priority 10|$VLC"
+    vm_fleet lat-qos "lc|--class guaranteed --priority 10|sleep 2; $VLC" "hog|--class burstable|$VHOG"
+fi
+
 cp "$R"/*.out "$R"/*.json "$out/" 2>/dev/null
+cp "$R"/vm-*.log "$out/" 2>/dev/null
 cat "$R"/backend-*.log "$R/gpuvisord.log" > "$out/sched-logs.txt" 2>/dev/null
 python3 scripts/h100/sched.py --res "$R" --revision "$(cat "$stage/REVISION" 2>/dev/null)" \
     --command "scripts/h100/sched.sh" --slice-ms "$SLICE_MS" --hog-iters "$HOG_ITERS" --lc-iters "$LC_ITERS" \
