@@ -367,6 +367,9 @@ struct Marker {
     ctx: EngineCtx,
     event: EngineEvent,
     grant: u64,
+    /// Queued behind the previous marker (the stream had work): the time
+    /// between the two is its operation's GPU time, with no idle gap in it.
+    chained: bool,
 }
 
 /// The queue thread's side: waits for grants, caps queued work, measures
@@ -499,7 +502,8 @@ impl Gate {
         if let Some(s) = self.spans.iter_mut().find(|s| s.grant == g.id && s.ctx == ctx) {
             s.pending += 1;
         }
-        self.outstanding.push_back(Marker { ctx, event, grant: g.id });
+        let chained = self.outstanding.back().is_some_and(|m| m.ctx == ctx);
+        self.outstanding.push_back(Marker { ctx, event, grant: g.id, chained });
         self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
     }
 
@@ -625,7 +629,7 @@ impl Gate {
                 }
             }
             if let Some(prev) = self.prev_done.take() {
-                if prev.ctx == m.ctx {
+                if prev.ctx == m.ctx && m.chained {
                     if let Ok(ms) = engine.event_elapsed_ms(prev.event, m.event) {
                         let ns = ms as f64 * 1e6;
                         if ns > 0.0 {
