@@ -19,6 +19,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// How long the queue thread spins for a grant before it sleeps.
+const GRANT_SPIN: Duration = Duration::from_micros(100);
+
 /// Operations a backend alone on its GPU may keep queued.
 const UNCONTENDED_MAX_OPS: usize = 1024;
 
@@ -127,6 +130,10 @@ struct Shared {
     cond: Condvar,
     /// Set by the link when the daemon revokes the grant the queue thread holds.
     revoked: AtomicU64,
+    /// Counts grants offered, so the queue thread can spin on it briefly
+    /// instead of sleeping on the condvar (a grant usually comes within tens
+    /// of microseconds, and a sleeping thread takes as long to wake).
+    offers: AtomicU64,
     stop: AtomicBool,
     counters: Arc<Counters>,
 }
@@ -167,6 +174,7 @@ impl DaemonLink {
             state: Mutex::new(LinkState::default()),
             cond: Condvar::new(),
             revoked: AtomicU64::new(0),
+            offers: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             counters,
         });
@@ -322,6 +330,7 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
                 contended,
             });
             st.demanding = false;
+            shared.offers.fetch_add(1, Ordering::Release);
             shared.cond.notify_all();
         }
         DaemonMsg::Revoke { grant } => {
@@ -457,6 +466,15 @@ impl Gate {
             if !st.demanding && st.offered.is_none() {
                 st.demanding = true;
                 shared.send(&mut st, &BackendMsg::Demand);
+            }
+            if st.offered.is_none() {
+                let offers = shared.offers.load(Ordering::Acquire);
+                drop(st);
+                let spin = Instant::now();
+                while shared.offers.load(Ordering::Acquire) == offers && spin.elapsed() < GRANT_SPIN {
+                    std::hint::spin_loop();
+                }
+                st = shared.lock();
             }
             while st.connected {
                 if let Some(g) = st.offered.take() {

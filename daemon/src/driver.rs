@@ -1,12 +1,14 @@
-//! One thread per GPU owns that GPU's [`Scheduler`] and feeds it events in
-//! the order they arrive, with a timer at the scheduler's next deadline. It
-//! sends the resulting grants and revocations straight to the backends'
-//! writer tasks, so the grant path takes no lock and touches no disk.
+//! Each GPU's [`Scheduler`], fed events in the order they arrive by the
+//! connections' reader tasks and the admin API under one short-held mutex,
+//! with a timer thread for the scheduler's deadlines. Grants and revocations
+//! go straight to the backends' writer tasks: the grant path has no thread
+//! hop in the daemon and touches no disk.
 
 use protocol::control::DaemonMsg;
 use sched::{Action, GpuPolicy, Scheduler, VmParams};
 use std::collections::HashMap;
-use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
@@ -66,7 +68,7 @@ pub enum GpuEvent {
     SetPolicy {
         policy: GpuPolicy,
     },
-    /// Answers with a snapshot once every earlier event is applied.
+    /// Answers with a snapshot of the figures after every earlier event.
     Query {
         reply: mpsc::Sender<GpuSnapshot>,
     },
@@ -103,46 +105,113 @@ pub fn policy(slice_us: u64) -> GpuPolicy {
     GpuPolicy { slice_ns: slice_us.saturating_mul(1000), window_ns: WINDOW_NS, ..GpuPolicy::default() }
 }
 
-/// The handle to one GPU's thread.
+/// A GPU's scheduler with the connections it sends to. Events are applied
+/// by whoever sends them (a connection's reader task, the admin API), under
+/// one mutex held for microseconds: the grant path has no thread hop in the
+/// daemon. A timer thread calls `tick` at the scheduler's deadlines.
+struct Core {
+    sched: Scheduler,
+    slots: HashMap<u64, Slot>,
+    /// The deadline the timer thread sleeps until (None: until woken).
+    timer_at: Option<u64>,
+    stopped: bool,
+}
+
+struct Inner {
+    core: Mutex<Core>,
+    timer: Condvar,
+    clock: Clock,
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Core> {
+        self.core.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// A cloneable handle to one GPU's scheduler.
+#[derive(Clone)]
+pub struct GpuHandle(Arc<Inner>);
+
+impl std::fmt::Debug for GpuHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("GpuHandle")
+    }
+}
+
+/// The GPU's scheduler has stopped (the daemon is stopping).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped;
+
+impl GpuHandle {
+    /// Applies one event and sends the grants and revocations it causes.
+    pub fn send(&self, ev: GpuEvent) -> Result<(), Stopped> {
+        let mut core = self.0.lock();
+        if core.stopped {
+            return Err(Stopped);
+        }
+        let now = self.0.clock.now_ns();
+        if matches!(ev, GpuEvent::Stop) {
+            core.stopped = true;
+            self.0.timer.notify_all();
+            return Ok(());
+        }
+        let actions = apply(&mut core, ev, now);
+        dispatch(&core.sched, &core.slots, actions, now);
+        // Wake the timer only if it now has an earlier deadline to keep.
+        if let Some(d) = core.sched.next_deadline() {
+            if core.timer_at.is_none_or(|t| d < t) {
+                self.0.timer.notify_one();
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One GPU's scheduler and its timer thread.
 #[derive(Debug)]
 pub struct GpuDriver {
-    tx: mpsc::Sender<GpuEvent>,
+    handle: GpuHandle,
     thread: Option<JoinHandle<()>>,
 }
 
 impl GpuDriver {
     pub fn spawn(gpu: &str, policy: GpuPolicy, clock: Clock) -> std::io::Result<GpuDriver> {
-        let (tx, rx) = mpsc::channel();
+        let inner = Arc::new(Inner {
+            core: Mutex::new(Core { sched: Scheduler::new(policy), slots: HashMap::new(), timer_at: None, stopped: false }),
+            timer: Condvar::new(),
+            clock,
+        });
         let name = format!("sched-{}", gpu.chars().take(9).collect::<String>());
         let gpu = gpu.to_string();
-        let thread =
-            std::thread::Builder::new().name(name).spawn(move || run(gpu, Scheduler::new(policy), rx, clock))?;
-        Ok(GpuDriver { tx, thread: Some(thread) })
+        let t = inner.clone();
+        let thread = std::thread::Builder::new().name(name).spawn(move || timer(gpu, t))?;
+        Ok(GpuDriver { handle: GpuHandle(inner), thread: Some(thread) })
     }
 
-    /// A sender for this GPU's events (connections keep one each).
-    pub fn sender(&self) -> mpsc::Sender<GpuEvent> {
-        self.tx.clone()
+    /// A handle for this GPU's events (connections keep one each).
+    pub fn sender(&self) -> GpuHandle {
+        self.handle.clone()
     }
 
     pub fn send(&self, ev: GpuEvent) {
-        // Fails only once the thread has stopped, at shutdown.
-        let _ = self.tx.send(ev);
+        // Fails only once the scheduler has stopped, at shutdown.
+        let _ = self.handle.send(ev);
     }
 
-    /// Stops the thread and waits for it.
+    /// Stops the timer thread and waits for it.
     pub fn stop(mut self) {
-        let _ = self.tx.send(GpuEvent::Stop);
+        let _ = self.handle.send(GpuEvent::Stop);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
     }
 }
 
-/// Asks a GPU's thread for its figures, waiting at most `timeout`.
-pub fn query(tx: &mpsc::Sender<GpuEvent>, timeout: Duration) -> Option<GpuSnapshot> {
+/// Asks a GPU's scheduler for its figures.
+pub fn query(gpu: &GpuHandle, timeout: Duration) -> Option<GpuSnapshot> {
     let (reply, rx) = mpsc::channel();
-    tx.send(GpuEvent::Query { reply }).ok()?;
+    gpu.send(GpuEvent::Query { reply }).ok()?;
     rx.recv_timeout(timeout).ok()
 }
 
@@ -157,62 +226,62 @@ struct Slot {
 /// gap between a guest's requests is usually shorter.
 const CONTENDED_NS: u64 = 100_000_000;
 
-fn run(gpu: String, mut sched: Scheduler, rx: mpsc::Receiver<GpuEvent>, clock: Clock) {
+/// Calls `tick` at each of the scheduler's deadlines (overstaying holders,
+/// anti-starvation), until the GPU stops.
+fn timer(gpu: String, inner: Arc<Inner>) {
     let _span = tracing::info_span!("gpu", gpu = %gpu).entered();
-    let mut slots: HashMap<u64, Slot> = HashMap::new();
-    loop {
-        let ev = match sched.next_deadline() {
-            Some(deadline) => {
-                let now = clock.now_ns();
-                if deadline <= now {
-                    let actions = sched.tick(now);
-                    dispatch(&sched, &slots, actions, now);
-                    continue;
-                }
-                match rx.recv_timeout(Duration::from_nanos(deadline - now)) {
-                    Ok(ev) => ev,
-                    Err(RecvTimeoutError::Timeout) => continue,
-                    Err(RecvTimeoutError::Disconnected) => break,
-                }
+    let mut core = inner.lock();
+    while !core.stopped {
+        let now = inner.clock.now_ns();
+        match core.sched.next_deadline() {
+            Some(d) if d <= now => {
+                let actions = core.sched.tick(now);
+                dispatch(&core.sched, &core.slots, actions, now);
             }
-            None => match rx.recv() {
-                Ok(ev) => ev,
-                Err(_) => break,
-            },
-        };
-        let now = clock.now_ns();
-        if let GpuEvent::Demand { vm } | GpuEvent::Release { vm, .. } = ev {
-            if let Some(s) = slots.get_mut(&vm) {
-                s.last_active = now;
+            Some(d) => {
+                core.timer_at = Some(d);
+                core = inner.timer.wait_timeout(core, Duration::from_nanos(d - now)).unwrap_or_else(|p| p.into_inner()).0;
+            }
+            None => {
+                core.timer_at = None;
+                core = inner.timer.wait(core).unwrap_or_else(|p| p.into_inner());
             }
         }
-        let actions = match ev {
-            GpuEvent::Demand { vm } => sched.demand(vm, now),
-            GpuEvent::Release { vm, grant, used_ns, more } => sched.release(vm, grant, used_ns, more, now),
-            GpuEvent::Charge { vm, used_ns } => {
-                sched.charge(vm, used_ns, now);
-                Vec::new()
-            }
-            GpuEvent::Add { vm, name, params, tx } => {
-                slots.insert(vm, Slot { name, tx, last_active: 0 });
-                sched.add_vm(vm, params, now)
-            }
-            GpuEvent::Remove { vm } => {
-                let actions = sched.remove_vm(vm, now);
-                slots.remove(&vm);
-                actions
-            }
-            GpuEvent::SetParams { vm, params } => sched.set_params(vm, params, now),
-            GpuEvent::SetPolicy { policy } => sched.set_policy(policy, now),
-            GpuEvent::Query { reply } => {
-                let _ = reply.send(snapshot(&sched, &slots, now));
-                Vec::new()
-            }
-            GpuEvent::Stop => break,
-        };
-        dispatch(&sched, &slots, actions, now);
     }
-    tracing::debug!("scheduler thread stopped");
+    tracing::debug!("scheduler stopped");
+}
+
+fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
+    let Core { sched, slots, .. } = core;
+    if let GpuEvent::Demand { vm } | GpuEvent::Release { vm, .. } = ev {
+        if let Some(s) = slots.get_mut(&vm) {
+            s.last_active = now;
+        }
+    }
+    match ev {
+        GpuEvent::Demand { vm } => sched.demand(vm, now),
+        GpuEvent::Release { vm, grant, used_ns, more } => sched.release(vm, grant, used_ns, more, now),
+        GpuEvent::Charge { vm, used_ns } => {
+            sched.charge(vm, used_ns, now);
+            Vec::new()
+        }
+        GpuEvent::Add { vm, name, params, tx } => {
+            slots.insert(vm, Slot { name, tx, last_active: 0 });
+            sched.add_vm(vm, params, now)
+        }
+        GpuEvent::Remove { vm } => {
+            let actions = sched.remove_vm(vm, now);
+            slots.remove(&vm);
+            actions
+        }
+        GpuEvent::SetParams { vm, params } => sched.set_params(vm, params, now),
+        GpuEvent::SetPolicy { policy } => sched.set_policy(policy, now),
+        GpuEvent::Query { reply } => {
+            let _ = reply.send(snapshot(sched, slots, now));
+            Vec::new()
+        }
+        GpuEvent::Stop => Vec::new(),
+    }
 }
 
 /// Whether another VM on this GPU wants it now or did a moment ago.

@@ -9,7 +9,6 @@ use crate::store::{GpuRecord, Store, VmRecord};
 use protocol::control::{self, BackendStats, DaemonMsg, QosClass, QosRequest, VmSettings, CONTROL_VERSION};
 use sched::VmParams;
 use std::collections::{BTreeMap, HashMap};
-use std::sync::mpsc;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Settings a VM gets when neither its backend nor the store says otherwise.
@@ -149,7 +148,7 @@ pub struct GpuEntry {
 #[derive(Debug)]
 pub struct Registered {
     pub conn: u64,
-    pub gpu: mpsc::Sender<GpuEvent>,
+    pub gpu: driver::GpuHandle,
     pub settings: VmSettings,
 }
 
@@ -407,7 +406,7 @@ impl Registry {
     }
 
     /// Senders for querying each GPU's scheduler.
-    pub fn gpu_senders(&self) -> HashMap<String, mpsc::Sender<GpuEvent>> {
+    pub fn gpu_senders(&self) -> HashMap<String, driver::GpuHandle> {
         self.gpus.iter().map(|(id, g)| (id.clone(), g.driver.sender())).collect()
     }
 }
@@ -424,7 +423,7 @@ pub fn params(rec: &VmRecord) -> VmParams {
 }
 
 /// Ask a GPU's scheduler for its figures, without holding any lock.
-pub fn query_gpu(tx: &mpsc::Sender<GpuEvent>) -> Option<GpuSnapshot> {
+pub fn query_gpu(tx: &driver::GpuHandle) -> Option<GpuSnapshot> {
     driver::query(tx, std::time::Duration::from_millis(500))
 }
 

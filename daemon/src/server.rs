@@ -143,7 +143,7 @@ async fn read_loop<R: tokio::io::AsyncBufRead + Unpin>(
     shared: &Shared,
     vm: &str,
     conn: u64,
-    gpu: &std::sync::mpsc::Sender<GpuEvent>,
+    gpu: &crate::driver::GpuHandle,
     shutdown: &mut watch::Receiver<bool>,
 ) {
     loop {
