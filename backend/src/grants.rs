@@ -379,6 +379,9 @@ struct Marker {
     /// Queued behind the previous marker (the stream had work): the time
     /// between the two is its operation's GPU time, with no idle gap in it.
     chained: bool,
+    /// Recorded just before the operation when nothing was queued: the time
+    /// from it to the marker is the operation's GPU time.
+    pre: Option<EngineEvent>,
 }
 
 /// The queue thread's side: waits for grants, caps queued work, measures
@@ -393,6 +396,8 @@ pub struct Gate {
     free_events: HashMap<EngineCtx, Vec<EngineEvent>>,
     /// The last retired marker, kept to time the next one against it.
     prev_done: Option<Marker>,
+    /// The event recorded before the operation being submitted, if any.
+    pre: Option<(EngineCtx, EngineEvent)>,
     /// Moving estimate of one operation's GPU time, ns (0: none yet).
     op_ns: f64,
     max_queued_ns: f64,
@@ -409,6 +414,7 @@ impl Gate {
             spans: Vec::new(),
             free_events: HashMap::new(),
             prev_done: None,
+            pre: None,
             op_ns: 0.0,
             max_queued_ns: f64::INFINITY,
         }
@@ -452,6 +458,7 @@ impl Gate {
                         continue;
                     }
                     self.start_span(engine, g.id, ctx, stream);
+                    self.record_pre(engine, ctx, stream);
                     return;
                 }
                 // Slice over or revoked: give it back, still wanting more.
@@ -507,11 +514,21 @@ impl Gate {
     /// Called after a GPU operation was submitted on `stream` of context `ctx`.
     pub fn after_op(&mut self, engine: &mut dyn Engine, ctx: EngineCtx, stream: EngineStream) {
         self.counters.ops_total.fetch_add(1, Ordering::Relaxed);
-        let Some(g) = self.held else { return };
-        self.held_ops += 1;
-        if !self.spans.iter().any(|s| s.grant == g.id && s.ctx == ctx) {
+        let pre = match self.pre.take() {
+            Some((c, e)) if c == ctx => Some(e),
+            Some((c, e)) => {
+                self.give_event(c, e);
+                None
+            }
+            None => None,
+        };
+        let Some(g) = self.held.filter(|g| self.spans.iter().any(|s| s.grant == g.id && s.ctx == ctx)) else {
+            if let Some(e) = pre {
+                self.give_event(ctx, e);
+            }
             return;
-        }
+        };
+        self.held_ops += 1;
         let Some(event) = self.event(engine, ctx) else { return };
         if engine.event_record(event, stream).is_err() {
             self.give_event(ctx, event);
@@ -521,7 +538,7 @@ impl Gate {
             s.pending += 1;
         }
         let chained = self.outstanding.back().is_some_and(|m| m.ctx == ctx);
-        self.outstanding.push_back(Marker { ctx, event, grant: g.id, chained });
+        self.outstanding.push_back(Marker { ctx, event, grant: g.id, chained, pre });
         self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
     }
 
@@ -542,6 +559,9 @@ impl Gate {
         if self.prev_done.as_ref().is_some_and(|m| m.ctx == ctx) {
             self.prev_done = None;
         }
+        if self.pre.is_some_and(|(c, _)| c == ctx) {
+            self.pre = None;
+        }
         self.spans.retain(|s| s.ctx != ctx);
         self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
     }
@@ -561,6 +581,23 @@ impl Gate {
         } else {
             max_ops
         }
+    }
+
+    /// With nothing queued in `ctx`, records an event just before the next
+    /// operation so that its GPU time can be measured on its own.
+    fn record_pre(&mut self, engine: &mut dyn Engine, ctx: EngineCtx, stream: EngineStream) {
+        if let Some((c, e)) = self.pre.take() {
+            self.give_event(c, e);
+        }
+        if self.outstanding.iter().any(|m| m.ctx == ctx) {
+            return;
+        }
+        let Some(e) = self.event(engine, ctx) else { return };
+        if engine.event_record(e, stream).is_err() {
+            self.give_event(ctx, e);
+            return;
+        }
+        self.pre = Some((ctx, e));
     }
 
     /// Records the event the held grant's GPU time in `ctx` is measured
@@ -646,15 +683,24 @@ impl Gate {
                     s.reported_ns = s.span_ns;
                 }
             }
-            if let Some(prev) = self.prev_done.take() {
-                if prev.ctx == m.ctx && m.chained {
-                    if let Ok(ms) = engine.event_elapsed_ms(prev.event, m.event) {
-                        let ns = ms as f64 * 1e6;
-                        if ns > 0.0 {
-                            self.op_ns = if self.op_ns == 0.0 { ns } else { 0.8 * self.op_ns + 0.2 * ns };
-                        }
+            let mut m = m;
+            let timed_from = match (m.pre.take(), &self.prev_done) {
+                (Some(pre), _) => Some((pre, true)),
+                (None, Some(prev)) if prev.ctx == m.ctx && m.chained => Some((prev.event, false)),
+                _ => None,
+            };
+            if let Some((from, own)) = timed_from {
+                if let Ok(ms) = engine.event_elapsed_ms(from, m.event) {
+                    let ns = ms as f64 * 1e6;
+                    if ns > 0.0 {
+                        self.op_ns = if self.op_ns == 0.0 { ns } else { 0.8 * self.op_ns + 0.2 * ns };
                     }
                 }
+                if own {
+                    self.give_event(m.ctx, from);
+                }
+            }
+            if let Some(prev) = self.prev_done.take() {
                 self.give_event(prev.ctx, prev.event);
             }
             self.prev_done = Some(m);
