@@ -19,6 +19,11 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
+/// How long the queue thread spins on the oldest queued operation before it
+/// blocks on it: the next operation should follow it closely, as CUDA's own
+/// synchronization spins while the GPU is busy.
+const MARKER_SPIN: Duration = Duration::from_micros(200);
+
 /// How long the queue thread spins for a grant before it sleeps.
 const GRANT_SPIN: Duration = Duration::from_micros(100);
 
@@ -486,6 +491,9 @@ impl Gate {
             while st.connected {
                 if let Some(g) = st.offered.take() {
                     if g.generation == st.generation && !st.settings.as_ref().is_some_and(|s| s.drained) {
+                        // Whatever was said before, the daemon now knows
+                        // this VM holds a grant: the next wait needs a Demand.
+                        st.demanding = false;
                         self.held = Some(g);
                         self.held_ops = 0;
                         break;
@@ -627,12 +635,12 @@ impl Gate {
             s.released = true;
         }
         self.counters.gpu_ns_total.fetch_add(gpu_ns, Ordering::Relaxed);
+        tracing::trace!(grant = g.id, gpu_ns, ops = self.held_ops, more, "release");
         let mut st = shared.lock();
         if st.generation == g.generation {
             shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns, ops: self.held_ops, more });
-            if more {
-                st.demanding = true;
-            }
+            // A release with `more` is a demand; one without ends any.
+            st.demanding = more;
         }
         if shared.revoked.load(Ordering::Acquire) == g.id {
             shared.revoked.store(0, Ordering::Release);
@@ -648,16 +656,16 @@ impl Gate {
         let mut first = true;
         while let Some(m) = self.outstanding.front() {
             let done = if wait && first {
-                // Spin briefly (the next operation should follow the last
-                // one closely), then block. An error (a faulted context)
-                // retires the marker too.
+                // Spin (the next operation should follow the last one
+                // closely), then block. An error (a faulted context) retires
+                // the marker too.
                 let t = Instant::now();
                 loop {
                     match engine.event_query(m.event) {
                         Err(e) if e.0 == protocol::cuda::CUDA_ERROR_NOT_READY => {}
                         _ => break,
                     }
-                    if t.elapsed() > Duration::from_micros(200) {
+                    if t.elapsed() > MARKER_SPIN {
                         let _ = engine.event_synchronize(m.event);
                         break;
                     }

@@ -390,3 +390,56 @@ fn a_revocation_that_arrives_while_waiting_on_the_queue_cap_stops_submission() {
     peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 10_000_000, contended: true });
     worker.join().unwrap();
 }
+
+#[test]
+fn after_a_preemption_and_an_idle_release_the_next_work_asks_for_a_grant_at_once() {
+    let path = socket_path("re-demand");
+    let listener = UnixListener::bind(&path).unwrap();
+    let link = DaemonLink::start(registration(path), Arc::new(Counters::default()));
+    let (mut peer, _) = Peer::accept(&listener, settings(1));
+    wait_connected(&link);
+    let mut gate = link.gate();
+    let (tx, rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        // Two kernels under a cap of one: the second waits on the first.
+        spin(&mut gate, &mut e, ctx, s, f, 30_000);
+        spin(&mut gate, &mut e, ctx, s, f, 1000);
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+        // The guest's next request, after its queue ran empty.
+        rx.recv().unwrap();
+        spin(&mut gate, &mut e, ctx, s, f, 1000);
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+    });
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 10_000_000, contended: true });
+    std::thread::sleep(Duration::from_millis(10));
+    // gpuvisord preempts and, the preemptor done, grants again before the
+    // backend has even noticed the revocation.
+    peer.send(&DaemonMsg::Revoke { grant: 1 });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 10_000_000, contended: true });
+    let mut released = Vec::new();
+    while released.len() < 2 {
+        match peer.next() {
+            BackendMsg::Release { grant, more, .. } => released.push((grant, more)),
+            BackendMsg::Charge { .. } => {}
+            m => panic!("unexpected {m:?}"),
+        }
+    }
+    assert_eq!(released, vec![(1, true), (2, false)]);
+    // Idle now; new work must say so at once, not after the 500 ms safety net.
+    let t = Instant::now();
+    tx.send(()).unwrap();
+    loop {
+        match peer.next() {
+            BackendMsg::Demand => break,
+            BackendMsg::Charge { .. } => continue,
+            m => panic!("expected Demand, got {m:?}"),
+        }
+    }
+    assert!(t.elapsed() < Duration::from_millis(300), "the backend asked again only after {:?}", t.elapsed());
+    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 10_000_000, contended: true });
+    worker.join().unwrap();
+}

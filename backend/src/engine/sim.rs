@@ -239,10 +239,17 @@ impl SimEngine {
         Ok(())
     }
 
+    /// Waits for simulated work to finish: sleeps, then spins the last
+    /// stretch, because a sleep can overshoot by far more than a short
+    /// kernel lasts (a GPU's own synchronization spins too).
     fn wait_until(t: Instant) {
+        const SPIN: Duration = Duration::from_micros(300);
         let now = Instant::now();
-        if t > now {
-            std::thread::sleep(t - now);
+        if t > now + SPIN {
+            std::thread::sleep(t - now - SPIN);
+        }
+        while Instant::now() < t {
+            std::hint::spin_loop();
         }
     }
 
