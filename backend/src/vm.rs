@@ -638,13 +638,15 @@ impl Vm {
         }
         client.control = Some(control);
         client.pid = h.pid.get();
-        let mut r = HelloReply::default();
-        r.protocol_version = U32::new(PROTOCOL_VERSION as u32);
-        r.engine = U32::new(matches!(self.engine.kind(), crate::engine::EngineKind::Cuda) as u32);
-        r.driver_version = U32::new(self.info.driver_version);
-        r.device_count = U32::new(1);
-        r.total_mem = U64::new(self.quota);
-        r.uuid = self.info.uuid;
+        let mut r = HelloReply {
+            protocol_version: U32::new(PROTOCOL_VERSION as u32),
+            engine: U32::new(matches!(self.engine.kind(), crate::engine::EngineKind::Cuda) as u32),
+            driver_version: U32::new(self.info.driver_version),
+            device_count: U32::new(1),
+            total_mem: U64::new(self.quota),
+            uuid: self.info.uuid,
+            ..Default::default()
+        };
         let name = self.info.name.as_bytes();
         let n = name.len().min(r.name.len() - 1);
         r.name[..n].copy_from_slice(&name[..n]);

@@ -33,6 +33,9 @@ struct Answer {
     payload: Vec<u8>,
 }
 
+/// Writes one command of a batch.
+type PushCommand<'a> = dyn Fn(&mut BatchWriter, Opcode, u16) + 'a;
+
 impl Guest {
     fn new(quota: u64) -> Guest {
         let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 16 * MIB as usize)]).unwrap();
@@ -98,7 +101,7 @@ impl Guest {
         Answer { status: hdr.status.get(), deferred: hdr.deferred.get(), payload }
     }
 
-    fn batch(&mut self, cmds: &[(Opcode, u16, &dyn Fn(&mut BatchWriter, Opcode, u16))]) -> Answer {
+    fn batch(&mut self, cmds: &[(Opcode, u16, &PushCommand<'_>)]) -> Answer {
         self.seq += 1;
         let mut w = BatchWriter::new();
         w.begin(self.seq);

@@ -230,7 +230,7 @@ fn trailing<'a>(
     Ok(&tail[..len as usize])
 }
 
-fn name<'a>(index: u32, opcode: Opcode, tail: &'a [u8], len: u32) -> Result<&'a str, DecodeError> {
+fn name(index: u32, opcode: Opcode, tail: &[u8], len: u32) -> Result<&str, DecodeError> {
     let bytes = trailing(index, opcode, "symbol name", tail, len as u64, MAX_NAME_BYTES as u64)?;
     if bytes.is_empty() || bytes.contains(&0) {
         return Err(DecodeError::BadField { index, opcode, what: "symbol name is empty or holds a NUL" });

@@ -313,7 +313,7 @@ impl SimEngine {
                         }
                     }
                 }
-                let dst = self.slice_mut(c, bytes as u64)?;
+                let dst = self.slice_mut(c, bytes)?;
                 for (o, v) in dst.chunks_exact_mut(4).zip(out) {
                     o.copy_from_slice(&v.to_le_bytes());
                 }

@@ -142,7 +142,7 @@ fn hog(c: &Client, mib: u64) -> Result<(), CuResult> {
         };
         c.enqueue(Opcode::Memset, CMD_FLAG_ASYNC, PRIMARY_CTX, &m, &[])?;
         i = i.wrapping_add(1);
-        if i % 64 == 0 {
+        if i & 63 == 0 {
             c.sync_call(Opcode::StreamSynchronize, 0, PRIMARY_CTX, &Id { id: U64::new(0x4000) })?;
         }
     }
