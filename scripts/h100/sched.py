@@ -3,6 +3,7 @@
 scheduling figures of issue 4, each beside its baseline from the same run."""
 import argparse
 import datetime
+import gzip
 import json
 import os
 import socket
@@ -40,7 +41,8 @@ def backend_latencies(path, skip=10):
     """Request latencies the backend logged, in us, without the first few
     (context creation, module load)."""
     try:
-        v = [int(x) / 1000.0 for x in open(path) if x.strip()]
+        f = gzip.open(path + ".gz", "rt") if not os.path.exists(path) and os.path.exists(path + ".gz") else open(path)
+        v = [int(x) / 1000.0 for x in f if x.strip()]
     except FileNotFoundError:
         return None
     v = sorted(v[skip:])
