@@ -63,6 +63,10 @@ impl<T> HandleTable<T> {
     pub fn values(&self) -> impl Iterator<Item = &T> {
         self.map.values()
     }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &T)> {
+        self.map.iter().map(|(k, v)| (*k, v))
+    }
 }
 
 /// One device memory range a client may name in copies and memsets.
@@ -112,6 +116,10 @@ impl AllocationTable {
     pub fn drain_ctx(&mut self, ctx: u64) -> Vec<(u64, Allocation)> {
         let bases: Vec<u64> = self.by_base.iter().filter(|(_, a)| a.ctx == ctx).map(|(b, _)| *b).collect();
         bases.into_iter().filter_map(|b| self.by_base.remove(&b).map(|a| (b, a))).collect()
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (u64, &Allocation)> {
+        self.by_base.iter().map(|(b, a)| (*b, a))
     }
 
     pub fn remove_range(&mut self, base: u64) -> Option<Allocation> {

@@ -232,6 +232,15 @@ impl Vm {
     pub fn destroy_client(&mut self, ctx_id: u32) {
         let Some(client) = self.clients.remove(&ctx_id) else { return };
         let ctxs: Vec<EngineCtx> = client.contexts.values().copied().collect();
+        for (id, &c) in client.contexts.iter() {
+            let mine: Vec<(u64, u64)> =
+                client.allocations.iter().filter(|(_, a)| a.ctx == id).map(|(b, a)| (b, a.size)).collect();
+            if !mine.is_empty() && self.engine.ctx_set_current(c).is_ok() {
+                for (base, size) in mine {
+                    self.scrub(base, size);
+                }
+            }
+        }
         for c in &ctxs {
             self.gate.forget_ctx(*c);
             if let Err(e) = self.engine.ctx_destroy(*c) {
@@ -435,6 +444,7 @@ impl Vm {
                 let a = client.allocations.remove_freeable(base)?;
                 self.used = self.used.saturating_sub(a.charged);
                 client.charged = client.charged.saturating_sub(a.charged);
+                self.scrub(base, a.size);
                 self.engine.mem_free(base)?;
                 Ok(None)
             }
@@ -503,8 +513,13 @@ impl Vm {
                 let id = m.id.get();
                 let entry = client.modules.remove(id)?;
                 client.functions.drain_where(|f| f.module == id);
+                if entry.ctx != d.ctx {
+                    self.engine.ctx_set_current(*client.contexts.get(entry.ctx)?)?;
+                }
                 for g in entry.globals {
-                    client.allocations.remove_range(g);
+                    if let Some(a) = client.allocations.remove_range(g) {
+                        self.scrub(g, a.size);
+                    }
                 }
                 self.engine.module_unload(entry.engine)?;
                 Ok(None)
@@ -657,13 +672,31 @@ impl Vm {
         Ok(Reply::ok(r.as_bytes().to_vec()))
     }
 
+    /// Zeroes device memory the VM gives back (freed, left behind by a
+    /// guest process, or a module's globals), so that whoever the device
+    /// hands it to next, another guest process or another VM, never sees
+    /// its data. The memory's context is current. A context that has faulted
+    /// cannot run the memset; its memory goes back unscrubbed and the
+    /// failure is logged.
+    fn scrub(&mut self, base: u64, size: u64) {
+        if let Err(e) = self.engine.memset(base, 0, 1, size, EngineStream::NULL, false) {
+            warn!(vm = %self.name, base, size, "scrubbing freed device memory: {e}");
+        }
+    }
+
     fn destroy_ctx(&mut self, client: &mut Client, id: u64) -> Result<()> {
         let e = client.contexts.remove(id)?;
         client.streams.drain_where(|s| s.ctx == id);
         client.events.drain_where(|s| s.ctx == id);
         let mods: Vec<u64> = client.modules.drain_where(|m| m.ctx == id).into_iter().map(|(k, _)| k).collect();
         client.functions.drain_where(|f| mods.contains(&f.module));
-        let freed: u64 = client.allocations.drain_ctx(id).iter().map(|(_, a)| a.charged).sum();
+        let drained = client.allocations.drain_ctx(id);
+        if self.engine.ctx_set_current(e).is_ok() {
+            for (base, a) in &drained {
+                self.scrub(*base, a.size);
+            }
+        }
+        let freed: u64 = drained.iter().map(|(_, a)| a.charged).sum();
         self.used = self.used.saturating_sub(freed);
         client.charged = client.charged.saturating_sub(freed);
         self.gate.forget_ctx(e);

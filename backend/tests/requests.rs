@@ -479,3 +479,29 @@ fn every_request_rejects_ids_it_does_not_know() {
     assert_eq!(a.deferred, CUDA_ERROR_INVALID_VALUE, "reserved stream ids cannot be created");
     g.still_serves();
 }
+
+#[test]
+fn memory_a_client_frees_or_leaves_behind_is_scrubbed_before_anyone_gets_it() {
+    let mut g = Guest::new(64 * MIB);
+    let secret = [0xA5u8; 4096];
+    let p = g.alloc(4096).unwrap();
+    assert_eq!(g.htod_inline(p, &secret).deferred, CUDA_SUCCESS);
+    let f = g.batch(&[
+        (Opcode::MemFree, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &Id { id: U64::new(p) }, &[])),
+        (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+    ]);
+    assert_eq!(f.deferred, CUDA_SUCCESS);
+    // The simulated device hands freed memory out again as it was, as a GPU
+    // allocator does: only the backend's scrub stands between the two.
+    let q = g.alloc(4096).unwrap();
+    let a = g.dtoh_inline(q, 4096);
+    assert_eq!(a.status, CUDA_SUCCESS);
+    assert!(a.payload.iter().all(|&b| b == 0), "a fresh allocation shows freed data");
+    // A guest process that dies holding memory: the next one finds none of it.
+    assert_eq!(g.htod_inline(q, &secret).deferred, CUDA_SUCCESS);
+    g.vm.destroy_client(1);
+    g.open_client(3);
+    let r = g.alloc(4096).unwrap();
+    let a = g.dtoh_inline(r, 4096);
+    assert!(a.payload.iter().all(|&b| b == 0), "a fresh allocation shows a dead process's data");
+}

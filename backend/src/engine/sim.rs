@@ -77,9 +77,17 @@ struct SimFunc {
     params: Vec<ParamLayout>,
 }
 
+/// Freed buffers kept for reuse, at most this many.
+const RECYCLED_MAX: usize = 64;
+
 pub struct SimEngine {
     info: DeviceInfo,
     allocs: BTreeMap<u64, SimAlloc>,
+    /// Memory freed and not yet handed out again, with its old contents: as
+    /// a GPU's allocator does, the next allocation that fits gets it back
+    /// dirty. Scrubbing is the VM layer's job (`vm.rs`), and this keeps it
+    /// honest.
+    recycled: Vec<Vec<u8>>,
     allocated: u64,
     next_va: u64,
     next_id: u64,
@@ -146,6 +154,7 @@ impl SimEngine {
                 attrs,
             },
             allocs: BTreeMap::new(),
+            recycled: Vec::new(),
             allocated: 0,
             next_va: VA_BASE,
             next_id: 1,
@@ -323,11 +332,19 @@ impl SimEngine {
     }
 
     /// Destroys everything that belongs to context `ctx`.
+    fn recycle(&mut self, data: Vec<u8>) {
+        if self.recycled.len() >= RECYCLED_MAX {
+            self.recycled.remove(0);
+        }
+        self.recycled.push(data);
+    }
+
     fn drop_ctx_objects(&mut self, ctx: u64) {
         let bases: Vec<u64> = self.allocs.iter().filter(|(_, a)| a.ctx == ctx).map(|(b, _)| *b).collect();
         for b in bases {
             if let Some(a) = self.allocs.remove(&b) {
                 self.allocated -= a.data.len() as u64;
+                self.recycle(a.data);
             }
         }
         self.streams.retain(|_, s| s.ctx != ctx);
@@ -405,9 +422,19 @@ impl Engine for SimEngine {
         if self.allocated.checked_add(size).is_none_or(|v| v > self.info.total_mem) {
             return err(CUDA_ERROR_OUT_OF_MEMORY);
         }
-        let mut data = Vec::new();
-        data.try_reserve_exact(size as usize).map_err(|_| CuError(CUDA_ERROR_OUT_OF_MEMORY))?;
-        data.resize(size as usize, 0);
+        let data = match self.recycled.iter().position(|b| b.len() as u64 >= size) {
+            Some(i) => {
+                let mut d = self.recycled.swap_remove(i);
+                d.truncate(size as usize);
+                d
+            }
+            None => {
+                let mut d = Vec::new();
+                d.try_reserve_exact(size as usize).map_err(|_| CuError(CUDA_ERROR_OUT_OF_MEMORY))?;
+                d.resize(size as usize, 0);
+                d
+            }
+        };
         let base = self.next_va;
         // A guard gap after every allocation, so an overrun never lands in a
         // neighbour.
@@ -420,6 +447,7 @@ impl Engine for SimEngine {
     fn mem_free(&mut self, dptr: u64) -> EngineResult<()> {
         let a = self.allocs.remove(&dptr).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
         self.allocated -= a.data.len() as u64;
+        self.recycle(a.data);
         Ok(())
     }
 
