@@ -128,6 +128,12 @@ struct LinkState {
     writer: Option<UnixStream>,
     /// We told the daemon we want a grant and have not had one since.
     demanding: bool,
+    /// The queue thread went idle holding this (uncontended) grant: the
+    /// link gives it back at once if the daemon revokes it.
+    parked: Option<u64>,
+    /// A parked grant the link gave back; the queue thread still has to
+    /// account its GPU time.
+    released_parked: Option<u64>,
 }
 
 struct Shared {
@@ -242,6 +248,8 @@ fn link_thread(reg: Registration, shared: Arc<Shared>) {
             st.writer = None;
             st.offered = None;
             st.demanding = false;
+            st.parked = None;
+            st.released_parked = None;
             shared.cond.notify_all();
         }
         let until = Instant::now() + backoff;
@@ -289,6 +297,8 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
         st.writer = Some(writer);
         st.offered = None;
         st.demanding = false;
+        st.parked = None;
+        st.released_parked = None;
         shared.cond.notify_all();
         st.generation
     };
@@ -346,6 +356,11 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
                 st.offered = None;
                 st.demanding = true;
                 shared.send(&mut st, &BackendMsg::Release { grant, gpu_ns: 0, ops: 0, more: true });
+            } else if st.parked == Some(grant) {
+                // The VM is idle: the grant goes back now, not at its next work.
+                st.parked = None;
+                st.released_parked = Some(grant);
+                shared.send(&mut st, &BackendMsg::Release { grant, gpu_ns: 0, ops: 0, more: false });
             } else {
                 shared.revoked.store(grant, Ordering::Release);
             }
@@ -360,6 +375,14 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
             warn!("unexpected message from gpuvisord after registration");
         }
     }
+}
+
+/// How a grant ends: given back by the queue thread, or already given back
+/// by the link (parked) so that only its GPU time remains to report.
+#[derive(Debug, Clone, Copy)]
+enum Finish {
+    Release { more: bool },
+    ChargeOnly,
 }
 
 /// GPU time of one grant in one engine context: `start` was recorded before
@@ -403,6 +426,8 @@ pub struct Gate {
     prev_done: Option<Marker>,
     /// The event recorded before the operation being submitted, if any.
     pre: Option<(EngineCtx, EngineEvent)>,
+    /// The held grant is parked (see `idle`).
+    parked: bool,
     /// Moving estimate of one operation's GPU time, ns (0: none yet).
     op_ns: f64,
     max_queued_ns: f64,
@@ -420,6 +445,7 @@ impl Gate {
             free_events: HashMap::new(),
             prev_done: None,
             pre: None,
+            parked: false,
             op_ns: 0.0,
             max_queued_ns: f64::INFINITY,
         }
@@ -440,6 +466,22 @@ impl Gate {
         let Some(shared) = self.shared.clone() else { return };
         self.reap(engine, false);
         loop {
+            if let Some(g) = self.held.filter(|_| self.parked) {
+                self.parked = false;
+                let mut st = shared.lock();
+                if st.parked == Some(g.id) {
+                    // Still ours: carry on under it.
+                    st.parked = None;
+                } else {
+                    // The link gave it back while we were idle.
+                    if st.released_parked == Some(g.id) {
+                        st.released_parked = None;
+                    }
+                    drop(st);
+                    self.finish(&shared, engine, Finish::ChargeOnly);
+                    continue;
+                }
+            }
             if let Some(g) = self.held {
                 let revoked = shared.revoked.load(Ordering::Acquire) == g.id;
                 let (alive, max_queued) = {
@@ -552,10 +594,29 @@ impl Gate {
 
     /// The VM's queue is empty: give back the grant, if held, once its work
     /// is accounted.
+    ///
+    /// A grant no other VM wants (not `contended`) is kept instead, parked:
+    /// a VM that alternates short bursts of work with waits (launch, then
+    /// synchronize) then pays no daemon round trip per burst. If another VM
+    /// asks for the GPU, the daemon revokes it and the link gives it back at
+    /// once; at the latest it goes back when its slice ends.
     pub fn idle(&mut self, engine: &mut dyn Engine) {
         let Some(shared) = self.shared.clone() else { return };
-        if self.held.is_some() {
-            self.release(&shared, engine, false);
+        if let Some(g) = self.held.filter(|_| !self.parked) {
+            let mut st = shared.lock();
+            let keep = !g.contended
+                && Instant::now() < g.deadline
+                && shared.revoked.load(Ordering::Acquire) != g.id
+                && st.connected
+                && st.generation == g.generation;
+            if keep {
+                st.parked = Some(g.id);
+                self.parked = true;
+            }
+            drop(st);
+            if !keep {
+                self.release(&shared, engine, false);
+            }
         }
         self.reap(engine, false);
     }
@@ -626,7 +687,12 @@ impl Gate {
     /// Ends the held grant: reports the GPU time measured so far (the rest
     /// follows as `Charge` when its markers complete).
     fn release(&mut self, shared: &Arc<Shared>, engine: &mut dyn Engine, more: bool) {
+        self.finish(shared, engine, Finish::Release { more });
+    }
+
+    fn finish(&mut self, shared: &Arc<Shared>, engine: &mut dyn Engine, how: Finish) {
         let Some(g) = self.held.take() else { return };
+        self.parked = false;
         self.reap(engine, false);
         let mut gpu_ns = 0;
         for s in self.spans.iter_mut().filter(|s| s.grant == g.id) {
@@ -635,12 +701,21 @@ impl Gate {
             s.released = true;
         }
         self.counters.gpu_ns_total.fetch_add(gpu_ns, Ordering::Relaxed);
-        tracing::trace!(grant = g.id, gpu_ns, ops = self.held_ops, more, "release");
+        tracing::trace!(grant = g.id, gpu_ns, ops = self.held_ops, ?how, "release");
         let mut st = shared.lock();
+        if st.parked == Some(g.id) {
+            st.parked = None;
+        }
         if st.generation == g.generation {
-            shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns, ops: self.held_ops, more });
-            // A release with `more` is a demand; one without ends any.
-            st.demanding = more;
+            match how {
+                Finish::Release { more } => {
+                    shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns, ops: self.held_ops, more });
+                    // A release with `more` is a demand; one without ends any.
+                    st.demanding = more;
+                }
+                Finish::ChargeOnly if gpu_ns > 0 => shared.send(&mut st, &BackendMsg::Charge { gpu_ns }),
+                Finish::ChargeOnly => {}
+            }
         }
         if shared.revoked.load(Ordering::Acquire) == g.id {
             shared.revoked.store(0, Ordering::Release);

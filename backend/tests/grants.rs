@@ -443,3 +443,54 @@ fn after_a_preemption_and_an_idle_release_the_next_work_asks_for_a_grant_at_once
     peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 10_000_000, contended: true });
     worker.join().unwrap();
 }
+
+#[test]
+fn an_idle_vm_alone_on_the_gpu_keeps_its_grant_until_someone_else_wants_it() {
+    let path = socket_path("park");
+    let listener = UnixListener::bind(&path).unwrap();
+    let link = DaemonLink::start(registration(path), Arc::new(Counters::default()));
+    let (mut peer, _) = Peer::accept(&listener, settings(4));
+    wait_connected(&link);
+    let mut gate = link.gate();
+    let (tx, rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        // Requests of one kernel and a synchronize, the queue empty between.
+        for _ in 0..3 {
+            rx.recv().unwrap();
+            spin(&mut gate, &mut e, ctx, s, f, 1000);
+            e.stream_synchronize(s).unwrap();
+            gate.idle(&mut e);
+            done_tx.send(()).unwrap();
+        }
+    });
+    tx.send(()).unwrap();
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 5_000_000, contended: false });
+    done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // The second request runs under the same grant: no release, no demand.
+    tx.send(()).unwrap();
+    done_rx.recv_timeout(Duration::from_secs(5)).expect("the parked grant was not used");
+    peer.reader.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
+    match read_msg::<_, BackendMsg>(&mut peer.reader) {
+        Err(_) | Ok(BackendMsg::Stats(_)) => {}
+        Ok(m) => panic!("an idle VM alone on the GPU sent {m:?}"),
+    }
+    peer.reader.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // Another VM wants the GPU: the idle VM gives the grant back at once.
+    peer.send(&DaemonMsg::Revoke { grant: 1 });
+    assert_eq!(peer.next(), BackendMsg::Release { grant: 1, gpu_ns: 0, ops: 0, more: false });
+    // Its next request reports the GPU time the grant's work took and asks anew.
+    tx.send(()).unwrap();
+    match peer.next() {
+        BackendMsg::Charge { gpu_ns } => assert!((1_500_000..20_000_000).contains(&gpu_ns), "charged {gpu_ns}"),
+        m => panic!("expected the parked grant's GPU time, got {m:?}"),
+    }
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 5_000_000, contended: true });
+    done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    // A contended grant is not parked.
+    assert!(matches!(peer.next(), BackendMsg::Release { grant: 2, more: false, .. }));
+    worker.join().unwrap();
+}

@@ -157,7 +157,8 @@ impl GpuHandle {
             return Ok(());
         }
         let actions = apply(&mut core, ev, now);
-        dispatch(&core.sched, &core.slots, actions, now);
+        let Core { sched, slots, .. } = &mut *core;
+        dispatch(sched, slots, actions, now);
         // Wake the timer only if it now has an earlier deadline to keep.
         if let Some(d) = core.sched.next_deadline() {
             if core.timer_at.is_none_or(|t| d < t) {
@@ -220,6 +221,9 @@ struct Slot {
     tx: UnboundedSender<DaemonMsg>,
     /// When the VM last asked for or gave back the GPU.
     last_active: u64,
+    /// The grant it holds was sent uncontended: the backend may keep it
+    /// while idle (parked), so another VM's demand takes it back at once.
+    uncontended: Option<u64>,
 }
 
 /// A VM that wanted the GPU this recently still counts as wanting it: the
@@ -236,7 +240,8 @@ fn timer(gpu: String, inner: Arc<Inner>) {
         match core.sched.next_deadline() {
             Some(d) if d <= now => {
                 let actions = core.sched.tick(now);
-                dispatch(&core.sched, &core.slots, actions, now);
+                let Core { sched, slots, .. } = &mut *core;
+        dispatch(sched, slots, actions, now);
             }
             Some(d) => {
                 core.timer_at = Some(d);
@@ -259,14 +264,28 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
         }
     }
     match ev {
-        GpuEvent::Demand { vm } => sched.demand(vm, now),
+        GpuEvent::Demand { vm } => {
+            let actions = sched.demand(vm, now);
+            // A holder granted while alone may be sitting idle on it: ask for
+            // it back rather than make this VM wait for the slice to end.
+            if let Some((holder, grant)) = sched.current_grant() {
+                if holder != vm {
+                    if let Some(s) = slots.get_mut(&holder).filter(|s| s.uncontended == Some(grant)) {
+                        s.uncontended = None;
+                        tracing::trace!(vm = %s.name, grant, "revoke an uncontended grant");
+                        let _ = s.tx.send(DaemonMsg::Revoke { grant });
+                    }
+                }
+            }
+            actions
+        }
         GpuEvent::Release { vm, grant, used_ns, more } => sched.release(vm, grant, used_ns, more, now),
         GpuEvent::Charge { vm, used_ns } => {
             sched.charge(vm, used_ns, now);
             Vec::new()
         }
         GpuEvent::Add { vm, name, params, tx } => {
-            slots.insert(vm, Slot { name, tx, last_active: 0 });
+            slots.insert(vm, Slot { name, tx, last_active: 0, uncontended: None });
             sched.add_vm(vm, params, now)
         }
         GpuEvent::Remove { vm } => {
@@ -292,12 +311,13 @@ fn contended(sched: &Scheduler, slots: &HashMap<u64, Slot>, vm: u64, now: u64) -
     })
 }
 
-fn dispatch(sched: &Scheduler, slots: &HashMap<u64, Slot>, actions: Vec<Action>, now: u64) {
+fn dispatch(sched: &Scheduler, slots: &mut HashMap<u64, Slot>, actions: Vec<Action>, now: u64) {
     for action in actions {
         match action {
             Action::Grant { vm, grant, slice_ns } => {
-                if let Some(s) = slots.get(&vm) {
-                    let contended = contended(sched, slots, vm, now);
+                let contended = contended(sched, slots, vm, now);
+                if let Some(s) = slots.get_mut(&vm) {
+                    s.uncontended = (!contended).then_some(grant);
                     tracing::trace!(vm = %s.name, grant, slice_ns, contended, "grant");
                     let _ = s.tx.send(DaemonMsg::Grant { grant, slice_us: slice_ns.div_ceil(1000), contended });
                 }
@@ -403,6 +423,7 @@ mod tests {
         let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx1) else { panic!() };
         assert!(!contended, "b has never asked for the GPU");
         d.send(GpuEvent::Demand { vm: 2 });
+        assert_eq!(next(&mut rx1), DaemonMsg::Revoke { grant });
         d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
         let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx2) else { panic!() };
         assert!(contended, "a still has work");
@@ -414,6 +435,26 @@ mod tests {
         d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
         let DaemonMsg::Grant { contended, .. } = next(&mut rx1) else { panic!() };
         assert!(!contended);
+        d.stop();
+    }
+
+    #[test]
+    fn a_demand_takes_back_a_grant_given_while_its_holder_was_alone() {
+        let d = GpuDriver::spawn("sim", policy(1_000_000), Clock::new()).unwrap();
+        let (tx1, mut rx1) = unbounded_channel();
+        let (tx2, mut rx2) = unbounded_channel();
+        d.send(GpuEvent::Add { vm: 1, name: "a".into(), params: VmParams::default(), tx: tx1 });
+        d.send(GpuEvent::Add { vm: 2, name: "b".into(), params: VmParams::default(), tx: tx2 });
+        std::thread::sleep(Duration::from_nanos(CONTENDED_NS));
+        d.send(GpuEvent::Demand { vm: 1 });
+        let DaemonMsg::Grant { grant, contended: false, .. } = next(&mut rx1) else { panic!() };
+        // a may be sitting idle on its grant (parked): b's demand asks for it
+        // back at once instead of waiting out a's one-second slice.
+        d.send(GpuEvent::Demand { vm: 2 });
+        assert_eq!(next(&mut rx1), DaemonMsg::Revoke { grant });
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 0, more: false });
+        let DaemonMsg::Grant { contended, .. } = next(&mut rx2) else { panic!() };
+        assert!(contended);
         d.stop();
     }
 }
