@@ -41,8 +41,11 @@ fn three_saturating_backends_share_the_gpu_by_weight() {
     }
     let grants: Vec<u64> = threads.into_iter().map(|t| t.join().unwrap()).collect();
     eprintln!("share_used {used:.3?}, grants {grants:?}, busy {busy:.3}");
+    // Proportions of the time used, so that the gaps between grants (longer
+    // on a loaded machine) do not count against the weights.
+    let total: f64 = used.iter().sum();
     for (got, want) in used.iter().zip([0.25, 0.25, 0.5]) {
-        assert!((got - want).abs() <= 0.03, "share_used {used:.3?} should be within 3 points of 25/25/50");
+        assert!((got / total - want).abs() <= 0.03, "share_used {used:.3?} should split 25/25/50 within 3 points");
     }
     assert!((configured[2] - 0.5).abs() < 1e-9, "share_configured {configured:?}");
     assert!(busy > 0.9, "busy_fraction {busy}");
