@@ -390,6 +390,7 @@ enum Finish {
 /// is the time the grant's work took.
 #[derive(Debug)]
 struct GrantSpan {
+    id: u64,
     grant: u64,
     ctx: EngineCtx,
     start: EngineEvent,
@@ -397,13 +398,17 @@ struct GrantSpan {
     reported_ns: u64,
     released: bool,
     pending: u32,
+    /// No more markers join it: the VM went idle holding the grant (parked),
+    /// and the idle time must not count as GPU time.
+    closed: bool,
 }
 
 #[derive(Debug)]
 struct Marker {
     ctx: EngineCtx,
     event: EngineEvent,
-    grant: u64,
+    /// The `GrantSpan` it measures.
+    span: u64,
     /// Queued behind the previous marker (the stream had work): the time
     /// between the two is its operation's GPU time, with no idle gap in it.
     chained: bool,
@@ -428,6 +433,7 @@ pub struct Gate {
     pre: Option<(EngineCtx, EngineEvent)>,
     /// The held grant is parked (see `idle`).
     parked: bool,
+    next_span: u64,
     /// Moving estimate of one operation's GPU time, ns (0: none yet).
     op_ns: f64,
     max_queued_ns: f64,
@@ -446,6 +452,7 @@ impl Gate {
             prev_done: None,
             pre: None,
             parked: false,
+            next_span: 0,
             op_ns: 0.0,
             max_queued_ns: f64::INFINITY,
         }
@@ -572,7 +579,8 @@ impl Gate {
             }
             None => None,
         };
-        let Some(g) = self.held.filter(|g| self.spans.iter().any(|s| s.grant == g.id && s.ctx == ctx)) else {
+        let open = |s: &GrantSpan, g: &HeldGrant| s.grant == g.id && s.ctx == ctx && !s.closed;
+        let Some(span) = self.held.and_then(|g| self.spans.iter().find(|s| open(s, &g)).map(|s| s.id)) else {
             if let Some(e) = pre {
                 self.give_event(ctx, e);
             }
@@ -584,11 +592,11 @@ impl Gate {
             self.give_event(ctx, event);
             return;
         }
-        if let Some(s) = self.spans.iter_mut().find(|s| s.grant == g.id && s.ctx == ctx) {
+        if let Some(s) = self.spans.iter_mut().find(|s| s.id == span) {
             s.pending += 1;
         }
         let chained = self.outstanding.back().is_some_and(|m| m.ctx == ctx);
-        self.outstanding.push_back(Marker { ctx, event, grant: g.id, chained, pre });
+        self.outstanding.push_back(Marker { ctx, event, span, chained, pre });
         self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
     }
 
@@ -612,6 +620,9 @@ impl Gate {
             if keep {
                 st.parked = Some(g.id);
                 self.parked = true;
+                for s in self.spans.iter_mut().filter(|s| s.grant == g.id) {
+                    s.closed = true;
+                }
             }
             drop(st);
             if !keep {
@@ -673,7 +684,7 @@ impl Gate {
     /// from, before the grant's first operation there. If the stream is still
     /// busy with earlier work, the span starts when that work is done.
     fn start_span(&mut self, engine: &mut dyn Engine, grant: u64, ctx: EngineCtx, stream: EngineStream) {
-        if self.spans.iter().any(|s| s.grant == grant && s.ctx == ctx) {
+        if self.spans.iter().any(|s| s.grant == grant && s.ctx == ctx && !s.closed) {
             return;
         }
         let Some(start) = self.event(engine, ctx) else { return };
@@ -681,7 +692,19 @@ impl Gate {
             self.give_event(ctx, start);
             return;
         }
-        self.spans.push(GrantSpan { grant, ctx, start, span_ns: 0, reported_ns: 0, released: false, pending: 0 });
+        let id = self.next_span;
+        self.next_span += 1;
+        self.spans.push(GrantSpan {
+            id,
+            grant,
+            ctx,
+            start,
+            span_ns: 0,
+            reported_ns: 0,
+            released: false,
+            pending: 0,
+            closed: false,
+        });
     }
 
     /// Ends the held grant: reports the GPU time measured so far (the rest
@@ -755,7 +778,7 @@ impl Gate {
                 break;
             }
             let Some(m) = self.outstanding.pop_front() else { break };
-            if let Some(s) = self.spans.iter_mut().find(|s| s.grant == m.grant && s.ctx == m.ctx) {
+            if let Some(s) = self.spans.iter_mut().find(|s| s.id == m.span) {
                 if let Ok(ms) = engine.event_elapsed_ms(s.start, m.event) {
                     let ns = (ms.max(0.0) as f64 * 1e6) as u64;
                     s.span_ns = s.span_ns.max(ns);

@@ -469,7 +469,9 @@ fn an_idle_vm_alone_on_the_gpu_keeps_its_grant_until_someone_else_wants_it() {
     assert_eq!(peer.next(), BackendMsg::Demand);
     peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 5_000_000, contended: false });
     done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    // The second request runs under the same grant: no release, no demand.
+    // The second request, 50 ms later, runs under the same grant: no
+    // release, no demand. The idle time between is not GPU time.
+    std::thread::sleep(Duration::from_millis(50));
     tx.send(()).unwrap();
     done_rx.recv_timeout(Duration::from_secs(5)).expect("the parked grant was not used");
     peer.reader.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
@@ -484,6 +486,7 @@ fn an_idle_vm_alone_on_the_gpu_keeps_its_grant_until_someone_else_wants_it() {
     // Its next request reports the GPU time the grant's work took and asks anew.
     tx.send(()).unwrap();
     match peer.next() {
+        // Two 1 ms kernels, not the 50 ms between them.
         BackendMsg::Charge { gpu_ns } => assert!((1_500_000..20_000_000).contains(&gpu_ns), "charged {gpu_ns}"),
         m => panic!("expected the parked grant's GPU time, got {m:?}"),
     }
