@@ -82,6 +82,12 @@ async fn main() -> anyhow::Result<()> {
 
     let token_file = args.token_file.clone().unwrap_or_else(|| args.state_dir.join("admin.token"));
     let auth = if args.no_auth {
+        if !args.listen.ip().is_loopback() {
+            tracing::warn!(
+                listen = %args.listen,
+                "the admin API listens beyond this host with --no-auth: anyone who can reach it can change every VM"
+            );
+        }
         Auth::None
     } else {
         std::fs::create_dir_all(&args.state_dir)
