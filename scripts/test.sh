@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every test: unit tests, the request-
 # path tests, the vhost-user direct transport tests, the VM tests (real QEMU,
-# real guest kernel, sim engine) and a bounded fuzzing run of the decoder.
+# real guest kernel, sim engine), schemathesis against the admin API and a
+# bounded fuzzing run of the decoder.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -11,6 +12,8 @@ echo "test: cargo test (unit, request path, direct transport, VMs)"
 # The direct transport's tests start this backend (and QEMU's reference one).
 export GPUVISOR_BACKEND_BIN="$PWD/target/debug/gpuvisor-backend"
 cargo test --workspace -- --test-threads=1
+echo "test: the admin API against its OpenAPI document (schemathesis)"
+scripts/api-fuzz.sh debug
 if [ "${GPUVISOR_SKIP_FUZZ:-0}" = 1 ]; then
     echo "test: fuzzing skipped (GPUVISOR_SKIP_FUZZ=1)"
 elif ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then

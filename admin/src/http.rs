@@ -93,7 +93,19 @@ pub async fn serve(
 
 /// The OpenAPI document of this API.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    ApiDoc::openapi()
+    let mut doc = ApiDoc::openapi();
+    // A patch must change something (the handlers answer 422 otherwise);
+    // utoipa's derive does not carry `minProperties` on structs.
+    if let Some(components) = doc.components.as_mut() {
+        for name in ["VmPatch", "GpuPatch"] {
+            if let Some(utoipa::openapi::RefOr::T(utoipa::openapi::schema::Schema::Object(o))) =
+                components.schemas.get_mut(name)
+            {
+                o.min_properties = Some(1);
+            }
+        }
+    }
+    doc
 }
 
 /// An error answer: a status and the JSON body every error carries.

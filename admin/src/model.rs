@@ -99,16 +99,16 @@ pub struct VmView {
 #[serde(deny_unknown_fields)]
 pub struct VmPatch {
     /// The VM's QoS class.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<QosClassSchema>)]
+    #[serde(default, deserialize_with = "integral::non_null", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = QosClassSchema, required = false)]
     pub class: Option<QosClass>,
     /// The VM's fair share is its weight over the sum of the busy VMs' weights.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 10000)]
+    #[serde(default, deserialize_with = "integral::some", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 10000, nullable = false)]
     pub weight: Option<u32>,
     /// Higher runs sooner (lower latency), but never beyond its share.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = -20, maximum = 20)]
+    #[serde(default, deserialize_with = "integral::some", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = -20, maximum = 20, nullable = false)]
     pub priority: Option<i32>,
     /// The VM's own time slice in microseconds; `null` clears it (the GPU's applies).
     #[serde(default, with = "double_option", skip_serializing_if = "Option::is_none")]
@@ -121,13 +121,13 @@ pub struct VmPatch {
 #[serde(deny_unknown_fields)]
 pub struct GpuPatch {
     /// Default time slice in microseconds for VMs without their own.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 500, maximum = 10000000)]
+    #[serde(default, deserialize_with = "integral::some", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 500, maximum = 10000000, nullable = false)]
     pub slice_us: Option<u64>,
     /// Default cap on GPU operations a VM may have queued while it holds a
     /// grant; bounds how long taking the GPU back from a VM takes.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(minimum = 1, maximum = 4096)]
+    #[serde(default, deserialize_with = "integral::some", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 4096, nullable = false)]
     pub max_queued_ops: Option<u32>,
 }
 
@@ -207,7 +207,7 @@ pub trait Admin: Send + Sync + 'static {
 
 /// `Option<Option<T>>` that tells an absent field (None) from `null` (Some(None)).
 mod double_option {
-    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+    use serde::{Deserializer, Serialize, Serializer};
 
     pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
@@ -216,7 +216,46 @@ mod double_option {
         }
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
-        Ok(Some(Option::<T>::deserialize(d)?))
+    /// Whole numbers only (see `integral`): this is used for `slice_us`.
+    pub fn deserialize<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+        Ok(Some(super::integral::opt(d)?))
+    }
+}
+
+/// JSON numbers with no fractional part, as JSON Schema's `integer` (the
+/// OpenAPI document's type for these fields) allows: `5.0` is 5, `5.5` is an
+/// error naming the value.
+mod integral {
+    use serde::de::Error;
+    use serde::{Deserialize, Deserializer};
+
+    /// A nullable field: `null` is `None`.
+    pub fn opt<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<Option<T>, D::Error> {
+        match Option::<serde_json::Number>::deserialize(d)? {
+            Some(n) => whole(n).map(Some),
+            None => Ok(None),
+        }
+    }
+
+    /// An optional field that may be absent but not `null`.
+    pub fn some<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<Option<T>, D::Error> {
+        whole(serde_json::Number::deserialize(d)?).map(Some)
+    }
+
+    /// Any optional field that may be absent but not `null`.
+    pub fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
+        T::deserialize(d).map(Some)
+    }
+
+    fn whole<T: TryFrom<i128>, E: Error>(n: serde_json::Number) -> Result<T, E> {
+        let whole = if let Some(i) = n.as_i64() {
+            Some(i as i128)
+        } else if let Some(u) = n.as_u64() {
+            Some(u as i128)
+        } else {
+            n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e30).map(|f| f as i128)
+        };
+        let Some(v) = whole else { return Err(E::custom(format!("expected a whole number, got {n}"))) };
+        T::try_from(v).map_err(|_| E::custom(format!("{n} is out of range")))
     }
 }

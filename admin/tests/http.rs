@@ -323,6 +323,25 @@ fn wrong_type_is_400_naming_the_field() {
 }
 
 #[test]
+fn whole_numbers_written_as_floats_are_integers_and_nulls_are_not_values() {
+    // JSON Schema's `integer` (the OpenAPI document's type) includes 5.0.
+    let s = server();
+    let (status, json) = patch_vm(&s, r#"{"weight": 5.0}"#);
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["weight"], 5);
+    let (status, json) = patch_vm(&s, r#"{"weight": 5.5}"#);
+    assert_eq!((status, &json["field"]), (400, &serde_json::json!("weight")));
+    assert!(json["error"].as_str().unwrap().contains("whole number"), "{json}");
+    // Only slice_us may be null (it clears the VM's own slice).
+    for body in [r#"{"weight": null}"#, r#"{"priority": null, "weight": 3}"#, r#"{"class": null}"#] {
+        let (status, json) = patch_vm(&s, body);
+        assert_eq!(status, 400, "{body}: {json}");
+    }
+    let (status, json) = patch_vm(&s, r#"{"slice_us": null}"#);
+    assert_eq!(status, 200, "{json}");
+}
+
+#[test]
 fn unknown_class_is_400_naming_the_field() {
     let s = server();
     let (status, json) = patch_vm(&s, r#"{"class": "gold"}"#);
@@ -403,6 +422,13 @@ fn openapi_lists_every_route() {
     }
     assert_eq!(doc["paths"].as_object().unwrap().len(), 8);
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
+    // What the handlers accept, the document says: a patch changes something,
+    // and of its fields only slice_us may be null.
+    for patch in ["VmPatch", "GpuPatch"] {
+        assert_eq!(doc["components"]["schemas"][patch]["minProperties"], 1, "{patch}");
+    }
+    assert_eq!(doc["components"]["schemas"]["VmPatch"]["properties"]["weight"]["type"], "integer");
+    assert_eq!(doc["components"]["schemas"]["VmPatch"]["properties"]["slice_us"]["type"], serde_json::json!(["integer", "null"]));
     let patch = &doc["paths"]["/v1/vms/{name}"]["patch"];
     for status in ["200", "400", "401", "404", "415", "422"] {
         assert!(patch["responses"][status].is_object(), "PATCH /v1/vms/{{name}} lacks {status}");
