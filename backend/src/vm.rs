@@ -237,7 +237,11 @@ impl Vm {
                 client.allocations.iter().filter(|(_, a)| a.ctx == id).map(|(b, a)| (b, a.size)).collect();
             if !mine.is_empty() && self.engine.ctx_set_current(c).is_ok() {
                 for (base, size) in mine {
-                    self.scrub(base, size);
+                    // A context that cannot run one memset (it faulted)
+                    // cannot run the others either.
+                    if !self.scrub(base, size) {
+                        break;
+                    }
                 }
             }
         }
@@ -678,9 +682,13 @@ impl Vm {
     /// its data. The memory's context is current. A context that has faulted
     /// cannot run the memset; its memory goes back unscrubbed and the
     /// failure is logged.
-    fn scrub(&mut self, base: u64, size: u64) {
-        if let Err(e) = self.engine.memset(base, 0, 1, size, EngineStream::NULL, false) {
-            warn!(vm = %self.name, base, size, "scrubbing freed device memory: {e}");
+    fn scrub(&mut self, base: u64, size: u64) -> bool {
+        match self.engine.memset(base, 0, 1, size, EngineStream::NULL, false) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(vm = %self.name, base, size, "scrubbing freed device memory: {e}");
+                false
+            }
         }
     }
 
@@ -693,7 +701,9 @@ impl Vm {
         let drained = client.allocations.drain_ctx(id);
         if self.engine.ctx_set_current(e).is_ok() {
             for (base, a) in &drained {
-                self.scrub(*base, a.size);
+                if !self.scrub(*base, a.size) {
+                    break;
+                }
             }
         }
         let freed: u64 = drained.iter().map(|(_, a)| a.charged).sum();
