@@ -19,6 +19,7 @@ for _ in $(seq 100); do [ -S "$work/d.sock" ] && break; sleep 0.1; done
 "$bin/gpuvisor-backend" --engine sim --socket-path "$work/vm.sock" --vm-name fuzzed --daemon "$work/d.sock" \
     > "$work/backend.log" 2>&1 &
 sleep 1
-python3 -m schemathesis.cli run "http://127.0.0.1:$port/openapi.json" \
-    -H "Authorization: Bearer $(cat "$work/state/admin.token")" --max-examples "${API_FUZZ_EXAMPLES:-100}" \
-    --seed 1 2>&1 | tail -n 12
+token=$(cat "$work/state/admin.token")
+# From the scratch directory: schemathesis leaves a .schemathesis cache where it runs.
+(cd "$work" && python3 -m schemathesis.cli run "http://127.0.0.1:$port/openapi.json" \
+    -H "Authorization: Bearer $token" --max-examples "${API_FUZZ_EXAMPLES:-100}" --seed 1 2>&1 | tail -n 12)
