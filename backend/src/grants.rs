@@ -136,6 +136,22 @@ struct LinkState {
     released_parked: Option<u64>,
 }
 
+impl LinkState {
+    /// Forgets the connection and every grant state that came with it.
+    fn disconnect(&mut self) {
+        self.connected = false;
+        self.writer = None;
+        self.clear_grants();
+    }
+
+    fn clear_grants(&mut self) {
+        self.offered = None;
+        self.demanding = false;
+        self.parked = None;
+        self.released_parked = None;
+    }
+}
+
 struct Shared {
     state: Mutex<LinkState>,
     cond: Condvar,
@@ -161,9 +177,7 @@ impl Shared {
             if let Err(e) = control::write_msg(w, msg) {
                 debug!("sending to gpuvisord: {e}");
                 let _ = w.shutdown(std::net::Shutdown::Both);
-                st.writer = None;
-                st.connected = false;
-                st.offered = None;
+                st.disconnect();
                 self.cond.notify_all();
             }
         }
@@ -243,13 +257,7 @@ fn link_thread(reg: Registration, shared: Arc<Shared>) {
             }
         }
         {
-            let mut st = shared.lock();
-            st.connected = false;
-            st.writer = None;
-            st.offered = None;
-            st.demanding = false;
-            st.parked = None;
-            st.released_parked = None;
+            shared.lock().disconnect();
             shared.cond.notify_all();
         }
         let until = Instant::now() + backoff;
@@ -295,10 +303,7 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
         st.connected = true;
         st.settings = Some(settings);
         st.writer = Some(writer);
-        st.offered = None;
-        st.demanding = false;
-        st.parked = None;
-        st.released_parked = None;
+        st.clear_grants();
         shared.cond.notify_all();
         st.generation
     };
@@ -323,12 +328,8 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
             }
         }
     };
-    {
-        let mut st = shared.lock();
-        st.connected = false;
-        st.writer = None;
-        shared.cond.notify_all();
-    }
+    shared.lock().disconnect();
+    shared.cond.notify_all();
     let _ = stats_thread.join();
     result
 }

@@ -235,15 +235,7 @@ impl Vm {
         for (id, &c) in client.contexts.iter() {
             let mine: Vec<(u64, u64)> =
                 client.allocations.iter().filter(|(_, a)| a.ctx == id).map(|(b, a)| (b, a.size)).collect();
-            if !mine.is_empty() && self.engine.ctx_set_current(c).is_ok() {
-                for (base, size) in mine {
-                    // A context that cannot run one memset (it faulted)
-                    // cannot run the others either.
-                    if !self.scrub(base, size) {
-                        break;
-                    }
-                }
-            }
+            self.scrub_in(c, &mine);
         }
         for c in &ctxs {
             self.gate.forget_ctx(*c);
@@ -692,6 +684,20 @@ impl Vm {
         }
     }
 
+    /// Scrubs `(base, size)` ranges of engine context `ctx`, made current. A
+    /// context that cannot run one memset (it faulted) cannot run the
+    /// others either, so the first failure ends it.
+    fn scrub_in(&mut self, ctx: EngineCtx, ranges: &[(u64, u64)]) {
+        if ranges.is_empty() || self.engine.ctx_set_current(ctx).is_err() {
+            return;
+        }
+        for &(base, size) in ranges {
+            if !self.scrub(base, size) {
+                break;
+            }
+        }
+    }
+
     fn destroy_ctx(&mut self, client: &mut Client, id: u64) -> Result<()> {
         let e = client.contexts.remove(id)?;
         client.streams.drain_where(|s| s.ctx == id);
@@ -699,13 +705,8 @@ impl Vm {
         let mods: Vec<u64> = client.modules.drain_where(|m| m.ctx == id).into_iter().map(|(k, _)| k).collect();
         client.functions.drain_where(|f| mods.contains(&f.module));
         let drained = client.allocations.drain_ctx(id);
-        if self.engine.ctx_set_current(e).is_ok() {
-            for (base, a) in &drained {
-                if !self.scrub(*base, a.size) {
-                    break;
-                }
-            }
-        }
+        let ranges: Vec<(u64, u64)> = drained.iter().map(|(b, a)| (*b, a.size)).collect();
+        self.scrub_in(e, &ranges);
         let freed: u64 = drained.iter().map(|(_, a)| a.charged).sum();
         self.used = self.used.saturating_sub(freed);
         client.charged = client.charged.saturating_sub(freed);
