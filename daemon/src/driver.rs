@@ -376,13 +376,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn grants_follow_demands_and_releases_in_order() {
-        let d = GpuDriver::spawn("sim", policy(10_000), Clock::new()).unwrap();
-        let (tx1, mut rx1) = unbounded_channel();
-        let (tx2, mut rx2) = unbounded_channel();
+    /// A GPU with default slice `slice_us` and two VMs, 1 "a" and 2 "b".
+    fn two_vms(slice_us: u64) -> (GpuDriver, UnboundedReceiver<DaemonMsg>, UnboundedReceiver<DaemonMsg>) {
+        let d = GpuDriver::spawn("sim", policy(slice_us), Clock::new()).unwrap();
+        let (tx1, rx1) = unbounded_channel();
+        let (tx2, rx2) = unbounded_channel();
         d.send(GpuEvent::Add { vm: 1, name: "a".into(), params: VmParams::default(), tx: tx1 });
         d.send(GpuEvent::Add { vm: 2, name: "b".into(), params: VmParams::default(), tx: tx2 });
+        (d, rx1, rx2)
+    }
+
+    #[test]
+    fn grants_follow_demands_and_releases_in_order() {
+        let (d, mut rx1, mut rx2) = two_vms(10_000);
         d.send(GpuEvent::Demand { vm: 1 });
         let DaemonMsg::Grant { grant, slice_us, .. } = next(&mut rx1) else { panic!() };
         assert_eq!(slice_us, 10_000);
@@ -413,11 +419,7 @@ mod tests {
 
     #[test]
     fn grants_are_contended_only_while_another_vm_wants_the_gpu() {
-        let d = GpuDriver::spawn("sim", policy(1_000_000), Clock::new()).unwrap();
-        let (tx1, mut rx1) = unbounded_channel();
-        let (tx2, mut rx2) = unbounded_channel();
-        d.send(GpuEvent::Add { vm: 1, name: "a".into(), params: VmParams::default(), tx: tx1 });
-        d.send(GpuEvent::Add { vm: 2, name: "b".into(), params: VmParams::default(), tx: tx2 });
+        let (d, mut rx1, mut rx2) = two_vms(1_000_000);
         std::thread::sleep(Duration::from_nanos(CONTENDED_NS));
         d.send(GpuEvent::Demand { vm: 1 });
         let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx1) else { panic!() };
@@ -440,11 +442,7 @@ mod tests {
 
     #[test]
     fn a_demand_takes_back_a_grant_given_while_its_holder_was_alone() {
-        let d = GpuDriver::spawn("sim", policy(1_000_000), Clock::new()).unwrap();
-        let (tx1, mut rx1) = unbounded_channel();
-        let (tx2, mut rx2) = unbounded_channel();
-        d.send(GpuEvent::Add { vm: 1, name: "a".into(), params: VmParams::default(), tx: tx1 });
-        d.send(GpuEvent::Add { vm: 2, name: "b".into(), params: VmParams::default(), tx: tx2 });
+        let (d, mut rx1, mut rx2) = two_vms(1_000_000);
         std::thread::sleep(Duration::from_nanos(CONTENDED_NS));
         d.send(GpuEvent::Demand { vm: 1 });
         let DaemonMsg::Grant { grant, contended: false, .. } = next(&mut rx1) else { panic!() };
