@@ -1,0 +1,128 @@
+#!/usr/bin/env python3
+"""Measures the two ways GPU memory can leave the GPU and come back, to choose
+the overcommit mechanism: the driver's checkpoint API applied to another
+process, and copies to pinned host memory (with the cost of pinning it).
+Prints one JSON object."""
+import ctypes, json, mmap, os, subprocess, sys, time
+
+GIB = 1 << 30
+cu = ctypes.CDLL("libcuda.so.1")
+
+def ck(r, what):
+    if r != 0:
+        raise RuntimeError(f"{what}: CUresult {r}")
+
+def ctx():
+    ck(cu.cuInit(0), "cuInit")
+    dev = ctypes.c_int()
+    ck(cu.cuDeviceGet(ctypes.byref(dev), 0), "cuDeviceGet")
+    c = ctypes.c_void_p()
+    ck(cu.cuDevicePrimaryCtxRetain(ctypes.byref(c), dev), "retain")
+    ck(cu.cuCtxSetCurrent(c), "setcurrent")
+
+def used_mib():
+    out = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits"],
+                         capture_output=True, text=True).stdout
+    return int(out.split()[0])
+
+def child(gib):
+    ctx()
+    cu.cuMemAlloc_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+    bufs = []
+    for i in range(gib):
+        p = ctypes.c_uint64()
+        ck(cu.cuMemAlloc_v2(ctypes.byref(p), GIB), "alloc")
+        ck(cu.cuMemsetD32_v2(ctypes.c_uint64(p.value), ctypes.c_uint(0xA5000000 + i), ctypes.c_size_t(GIB // 4)), "memset")
+        bufs.append(p.value)
+    # guest RAM stand-in: a memfd mapping registered with the driver, as the backend does
+    fd = os.memfd_create("guest-ram")
+    os.ftruncate(fd, 256 << 20)
+    m = mmap.mmap(fd, 256 << 20)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    reg = cu.cuMemHostRegister_v2(ctypes.c_void_p(addr), ctypes.c_size_t(256 << 20), ctypes.c_uint(0))
+    ck(cu.cuCtxSynchronize(), "sync")
+    print(json.dumps({"ready": True, "host_register": reg}), flush=True)
+    sys.stdin.readline()
+    bad = 0
+    host = (ctypes.c_uint32 * (1 << 18))()
+    for i, p in enumerate(bufs):
+        for off in (0, GIB - (1 << 20)):
+            ck(cu.cuMemcpyDtoH_v2(host, ctypes.c_uint64(p + off), ctypes.c_size_t(1 << 20)), "dtoh")
+            bad += sum(1 for v in host if v != 0xA5000000 + i)
+    # and the GPU still runs work after the restore
+    ck(cu.cuMemsetD32_v2(ctypes.c_uint64(bufs[0]), ctypes.c_uint(7), ctypes.c_size_t(16)), "memset-after")
+    ck(cu.cuCtxSynchronize(), "sync-after")
+    print(json.dumps({"bad_words": bad}), flush=True)
+
+def checkpoint(gib):
+    ctx()
+    p = subprocess.Popen([sys.executable, __file__, "child", str(gib)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
+    ready = json.loads(p.stdout.readline())
+    pid = ctypes.c_int(p.pid)
+    res = {"gib": gib, "host_register_in_child": ready["host_register"], "used_before_mib": used_mib()}
+    st = ctypes.c_int(-1)
+    for name in ("Lock", "Checkpoint", "Restore", "Unlock"):
+        f = getattr(cu, "cuCheckpointProcess" + name)
+        t = time.perf_counter()
+        r = f(pid, None)
+        res[name.lower() + "_s"] = round(time.perf_counter() - t, 4)
+        res[name.lower() + "_rc"] = r
+        cu.cuCheckpointProcessGetState(pid, ctypes.byref(st))
+        res[name.lower() + "_state"] = st.value
+        if name == "Checkpoint":
+            res["used_checkpointed_mib"] = used_mib()
+        if r != 0:
+            break
+    res["checkpoint_gbps"] = round(gib * GIB / 1e9 / res["checkpoint_s"], 2) if res.get("checkpoint_rc") == 0 else None
+    if res.get("restore_rc") == 0:
+        res["restore_gbps"] = round(gib * GIB / 1e9 / res["restore_s"], 2)
+    p.stdin.write("go\n"); p.stdin.flush()
+    res.update(json.loads(p.stdout.readline()))
+    p.wait()
+    return res
+
+def pinned(gib):
+    ctx()
+    n = gib * GIB
+    res = {"gib": gib}
+    h = ctypes.c_void_p()
+    t = time.perf_counter()
+    ck(cu.cuMemHostAlloc(ctypes.byref(h), ctypes.c_size_t(n), ctypes.c_uint(0)), "hostalloc")
+    res["host_alloc_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
+    d = ctypes.c_uint64()
+    ck(cu.cuMemAlloc_v2(ctypes.byref(d), ctypes.c_size_t(n)), "alloc")
+    for name, f, args in (("dtoh", cu.cuMemcpyDtoH_v2, (h, d)), ("htod", cu.cuMemcpyHtoD_v2, (d, h))):
+        best = 0
+        for _ in range(3):
+            t = time.perf_counter()
+            ck(f(args[0], args[1], ctypes.c_size_t(n)), name)
+            best = max(best, n / 1e9 / (time.perf_counter() - t))
+        res[name + "_pinned_gbps"] = round(best, 2)
+    t = time.perf_counter()
+    ck(cu.cuMemFreeHost(h), "freehost")
+    res["host_free_s"] = round(time.perf_counter() - t, 3)
+    # pinning memory that already exists (anonymous mapping, pages touched first)
+    m = mmap.mmap(-1, n)
+    t = time.perf_counter()
+    for off in range(0, n, 4096):
+        m[off] = 1
+    res["touch_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
+    addr = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    t = time.perf_counter()
+    ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(addr), ctypes.c_size_t(n), ctypes.c_uint(0)), "register")
+    res["host_register_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
+    t = time.perf_counter()
+    ck(cu.cuMemcpyDtoH_v2(ctypes.c_void_p(addr), d, ctypes.c_size_t(n)), "dtoh-reg")
+    res["dtoh_registered_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
+    ck(cu.cuMemHostUnregister(ctypes.c_void_p(addr)), "unregister")
+    return res
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "child":
+        child(int(sys.argv[2]))
+        sys.exit(0)
+    out = {"pinned": pinned(8)}
+    out["checkpoint_4g"] = checkpoint(4)
+    out["checkpoint_24g"] = checkpoint(24)
+    print(json.dumps(out, indent=1))
