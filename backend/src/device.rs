@@ -11,12 +11,16 @@ use std::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::virtio_config::{VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
+use virtio_bindings::virtio_config::{
+    VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1,
+};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::event::{
+    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
+};
 use zerocopy::IntoBytes;
 
 const CTRL_QUEUE: u16 = 0;
@@ -48,7 +52,13 @@ pub struct GpuBackend {
 impl GpuBackend {
     pub fn new(dev: GpuDevice) -> Self {
         GpuBackend {
-            state: Mutex::new(State { dev, mem: None, registered: Vec::new(), event_idx: false, exit: None }),
+            state: Mutex::new(State {
+                dev,
+                mem: None,
+                registered: Vec::new(),
+                event_idx: false,
+                exit: None,
+            }),
         }
     }
 
@@ -84,7 +94,9 @@ impl GpuBackend {
 
     fn process_queue(&self, vring: &VringRwLock, queue: u16) -> io::Result<bool> {
         let mut st = self.lock();
-        let Some(atomic) = st.mem.clone() else { return Ok(false) };
+        let Some(atomic) = st.mem.clone() else {
+            return Ok(false);
+        };
         let mem = atomic.memory();
         let chains: Vec<_> = vring
             .get_mut()
@@ -101,7 +113,9 @@ impl GpuBackend {
                 Ok(r) => r,
                 Err(e) => {
                     warn!("bad descriptor chain {head}: {e}");
-                    vring.add_used(head, 0).map_err(|e| io::Error::other(e.to_string()))?;
+                    vring
+                        .add_used(head, 0)
+                        .map_err(|e| io::Error::other(e.to_string()))?;
                     continue;
                 }
             };
@@ -130,12 +144,16 @@ impl GpuBackend {
                         type_: protocol::virtio_gpu::RESP_OK_NODATA.into(),
                         ..Default::default()
                     };
-                    if w.available_bytes() >= hdr.as_bytes().len() && w.write_all(hdr.as_bytes()).is_ok() {
+                    if w.available_bytes() >= hdr.as_bytes().len()
+                        && w.write_all(hdr.as_bytes()).is_ok()
+                    {
                         written = hdr.as_bytes().len() as u32;
                     }
                 }
             }
-            vring.add_used(head, written).map_err(|e| io::Error::other(e.to_string()))?;
+            vring
+                .add_used(head, written)
+                .map_err(|e| io::Error::other(e.to_string()))?;
         }
         drop(st);
         vring.signal_used_queue()?;
@@ -172,7 +190,9 @@ impl VhostUserBackend for GpuBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
     }
 
     fn reset_device(&self) {
@@ -203,7 +223,12 @@ impl VhostUserBackend for GpuBackend {
         }
         let regions: Vec<HostRegion> = {
             let m = mem.memory();
-            m.iter().map(|r| HostRegion { addr: r.as_ptr(), len: r.len() as usize }).collect()
+            m.iter()
+                .map(|r| HostRegion {
+                    addr: r.as_ptr(),
+                    len: r.len() as usize,
+                })
+                .collect()
         };
         let total: usize = regions.iter().map(|r| r.len).sum();
         info!(vm = %st.dev.vm.name(), regions = regions.len(), bytes = total, "guest memory mapped");
@@ -229,7 +254,13 @@ impl VhostUserBackend for GpuBackend {
         Some((consumer, notifier))
     }
 
-    fn handle_event(&self, device_event: u16, evset: EventSet, vrings: &[VringRwLock], _thread: usize) -> io::Result<()> {
+    fn handle_event(
+        &self,
+        device_event: u16,
+        evset: EventSet,
+        vrings: &[VringRwLock],
+        _thread: usize,
+    ) -> io::Result<()> {
         tracing::trace!(device_event, ?evset, "queue event");
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
@@ -244,9 +275,14 @@ impl VhostUserBackend for GpuBackend {
         let event_idx = self.lock().event_idx;
         if event_idx {
             loop {
-                vring.disable_notification().map_err(|e| io::Error::other(e.to_string()))?;
+                vring
+                    .disable_notification()
+                    .map_err(|e| io::Error::other(e.to_string()))?;
                 self.process_queue(vring, queue)?;
-                if !vring.enable_notification().map_err(|e| io::Error::other(e.to_string()))? {
+                if !vring
+                    .enable_notification()
+                    .map_err(|e| io::Error::other(e.to_string()))?
+                {
                     break;
                 }
             }

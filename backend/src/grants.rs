@@ -9,7 +9,9 @@
 //! every operation through at once: the VM runs alone, as before.
 
 use crate::engine::{Engine, EngineCtx, EngineEvent, EngineStream};
-use protocol::control::{self, BackendMsg, BackendStats, DaemonMsg, QosRequest, VmSettings, CONTROL_VERSION};
+use protocol::control::{
+    self, BackendMsg, BackendStats, DaemonMsg, QosRequest, VmSettings, CONTROL_VERSION,
+};
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
@@ -83,7 +85,11 @@ impl Counters {
     }
 
     fn take_stats(&self) -> BackendStats {
-        let mut lat = self.latencies.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
+        let mut lat = self
+            .latencies
+            .lock()
+            .map(|mut v| std::mem::take(&mut *v))
+            .unwrap_or_default();
         lat.sort_unstable();
         let pct = |p: f64| -> u64 {
             if lat.is_empty() {
@@ -103,6 +109,7 @@ impl Counters {
             requests: lat.len() as u64,
             latency_p50_ns: pct(0.5),
             latency_p99_ns: pct(0.99),
+            ..Default::default()
         }
     }
 }
@@ -209,7 +216,11 @@ impl DaemonLink {
             .name("gpuvisord-link".into())
             .spawn(move || link_thread(reg, s))
             .ok();
-        DaemonLink { shared, max_queued, thread }
+        DaemonLink {
+            shared,
+            max_queued,
+            thread,
+        }
     }
 
     /// A gate that follows this link's grants.
@@ -283,15 +294,24 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
         requested: reg.requested.clone(),
         reconnect,
         gpu_ns_total: shared.counters.gpu_ns_total.load(Ordering::Relaxed),
+        memory: Default::default(),
     };
     control::write_msg(&mut writer, &hello)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let settings = match control::read_msg::<_, DaemonMsg>(&mut reader) {
-        Ok(DaemonMsg::Welcome { version, settings }) if version == CONTROL_VERSION => settings,
+        Ok(DaemonMsg::Welcome {
+            version, settings, ..
+        }) if version == CONTROL_VERSION => settings,
         Ok(DaemonMsg::Refused { reason }) => {
-            return Err(std::io::Error::other(format!("registration refused: {reason}")));
+            return Err(std::io::Error::other(format!(
+                "registration refused: {reason}"
+            )));
         }
-        Ok(other) => return Err(std::io::Error::other(format!("unexpected first message {other:?}"))),
+        Ok(other) => {
+            return Err(std::io::Error::other(format!(
+                "unexpected first message {other:?}"
+            )))
+        }
         Err(e) => return Err(std::io::Error::other(e.to_string())),
     };
     stream.set_read_timeout(None)?;
@@ -309,15 +329,20 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
     };
     // Stats once a second, from a helper thread that ends with the connection.
     let stats_shared = shared.clone();
-    let stats_thread = std::thread::Builder::new().name("gpuvisord-stats".into()).spawn(move || loop {
-        std::thread::sleep(Duration::from_secs(1));
-        let mut st = stats_shared.lock();
-        if !st.connected || st.generation != generation || stats_shared.stop.load(Ordering::Acquire) {
-            return;
-        }
-        let stats = stats_shared.counters.take_stats();
-        stats_shared.send(&mut st, &BackendMsg::Stats(stats));
-    })?;
+    let stats_thread = std::thread::Builder::new()
+        .name("gpuvisord-stats".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(1));
+            let mut st = stats_shared.lock();
+            if !st.connected
+                || st.generation != generation
+                || stats_shared.stop.load(Ordering::Acquire)
+            {
+                return;
+            }
+            let stats = stats_shared.counters.take_stats();
+            stats_shared.send(&mut st, &BackendMsg::Stats(stats));
+        })?;
     let result = loop {
         match control::read_msg::<_, DaemonMsg>(&mut reader) {
             Ok(msg) => handle_daemon_msg(shared, generation, msg),
@@ -337,7 +362,11 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
 fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
     let mut st = shared.lock();
     match msg {
-        DaemonMsg::Grant { grant, slice_us, contended } => {
+        DaemonMsg::Grant {
+            grant,
+            slice_us,
+            contended,
+        } => {
             tracing::trace!(grant, slice_us, contended, "grant");
             st.offered = Some(HeldGrant {
                 id: grant,
@@ -356,12 +385,28 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
                 // waiting for a grant, so it still wants one.
                 st.offered = None;
                 st.demanding = true;
-                shared.send(&mut st, &BackendMsg::Release { grant, gpu_ns: 0, ops: 0, more: true });
+                shared.send(
+                    &mut st,
+                    &BackendMsg::Release {
+                        grant,
+                        gpu_ns: 0,
+                        ops: 0,
+                        more: true,
+                    },
+                );
             } else if st.parked == Some(grant) {
                 // The VM is idle: the grant goes back now, not at its next work.
                 st.parked = None;
                 st.released_parked = Some(grant);
-                shared.send(&mut st, &BackendMsg::Release { grant, gpu_ns: 0, ops: 0, more: false });
+                shared.send(
+                    &mut st,
+                    &BackendMsg::Release {
+                        grant,
+                        gpu_ns: 0,
+                        ops: 0,
+                        more: false,
+                    },
+                );
             } else {
                 shared.revoked.store(grant, Ordering::Release);
             }
@@ -371,6 +416,9 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
                 slice_us = settings.slice_us, drained = settings.drained, "new settings from gpuvisord");
             st.settings = Some(settings);
             shared.cond.notify_all();
+        }
+        DaemonMsg::MemLimit { .. } | DaemonMsg::MemDenied { .. } | DaemonMsg::Evict { .. } => {
+            debug!("memory message before memory support: {msg:?}");
         }
         DaemonMsg::Welcome { .. } | DaemonMsg::Refused { .. } => {
             warn!("unexpected message from gpuvisord after registration");
@@ -471,7 +519,9 @@ impl Gate {
     /// Called before each GPU operation on `stream` of engine context `ctx`
     /// (current): returns once the VM may submit it.
     pub fn before_op(&mut self, engine: &mut dyn Engine, ctx: EngineCtx, stream: EngineStream) {
-        let Some(shared) = self.shared.clone() else { return };
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
         self.reap(engine, false);
         loop {
             if let Some(g) = self.held.filter(|_| self.parked) {
@@ -496,8 +546,11 @@ impl Gate {
                     let st = shared.lock();
                     let s = st.settings.as_ref();
                     (
-                        st.connected && st.generation == g.generation && !s.is_some_and(|s| s.drained),
-                        s.map_or(control::MIN_QUEUED_OPS, |s| s.max_queued_ops).max(1) as usize,
+                        st.connected
+                            && st.generation == g.generation
+                            && !s.is_some_and(|s| s.drained),
+                        s.map_or(control::MIN_QUEUED_OPS, |s| s.max_queued_ops)
+                            .max(1) as usize,
                     )
                 };
                 if !alive {
@@ -533,14 +586,17 @@ impl Gate {
                 let offers = shared.offers.load(Ordering::Acquire);
                 drop(st);
                 let spin = Instant::now();
-                while shared.offers.load(Ordering::Acquire) == offers && spin.elapsed() < GRANT_SPIN {
+                while shared.offers.load(Ordering::Acquire) == offers && spin.elapsed() < GRANT_SPIN
+                {
                     std::hint::spin_loop();
                 }
                 st = shared.lock();
             }
             while st.connected {
                 if let Some(g) = st.offered.take() {
-                    if g.generation == st.generation && !st.settings.as_ref().is_some_and(|s| s.drained) {
+                    if g.generation == st.generation
+                        && !st.settings.as_ref().is_some_and(|s| s.drained)
+                    {
                         // Whatever was said before, the daemon now knows
                         // this VM holds a grant: the next wait needs a Demand.
                         st.demanding = false;
@@ -549,11 +605,21 @@ impl Gate {
                         break;
                     }
                     // A grant that arrived as we were drained: hand it back.
-                    shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns: 0, ops: 0, more: true });
+                    shared.send(
+                        &mut st,
+                        &BackendMsg::Release {
+                            grant: g.id,
+                            gpu_ns: 0,
+                            ops: 0,
+                            more: true,
+                        },
+                    );
                     st.demanding = true;
                 }
-                let (next, timeout) =
-                    shared.cond.wait_timeout(st, Duration::from_millis(500)).unwrap_or_else(|p| p.into_inner());
+                let (next, timeout) = shared
+                    .cond
+                    .wait_timeout(st, Duration::from_millis(500))
+                    .unwrap_or_else(|p| p.into_inner());
                 st = next;
                 if timeout.timed_out() && st.connected && st.offered.is_none() {
                     // A safety net: say again that we are waiting.
@@ -562,7 +628,9 @@ impl Gate {
                 }
             }
             drop(st);
-            self.counters.wait_ns_total.fetch_add(wait_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.counters
+                .wait_ns_total
+                .fetch_add(wait_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             if self.held.is_none() && !shared.lock().connected {
                 return;
             }
@@ -581,14 +649,19 @@ impl Gate {
             None => None,
         };
         let open = |s: &GrantSpan, g: &HeldGrant| s.grant == g.id && s.ctx == ctx && !s.closed;
-        let Some(span) = self.held.and_then(|g| self.spans.iter().find(|s| open(s, &g)).map(|s| s.id)) else {
+        let Some(span) = self
+            .held
+            .and_then(|g| self.spans.iter().find(|s| open(s, &g)).map(|s| s.id))
+        else {
             if let Some(e) = pre {
                 self.give_event(ctx, e);
             }
             return;
         };
         self.held_ops += 1;
-        let Some(event) = self.event(engine, ctx) else { return };
+        let Some(event) = self.event(engine, ctx) else {
+            return;
+        };
         if engine.event_record(event, stream).is_err() {
             self.give_event(ctx, event);
             return;
@@ -597,8 +670,16 @@ impl Gate {
             s.pending += 1;
         }
         let chained = self.outstanding.back().is_some_and(|m| m.ctx == ctx);
-        self.outstanding.push_back(Marker { ctx, event, span, chained, pre });
-        self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
+        self.outstanding.push_back(Marker {
+            ctx,
+            event,
+            span,
+            chained,
+            pre,
+        });
+        self.counters
+            .inflight_ops
+            .store(self.outstanding.len() as u32, Ordering::Relaxed);
     }
 
     /// The VM's queue is empty: give back the grant, if held, once its work
@@ -610,7 +691,9 @@ impl Gate {
     /// asks for the GPU, the daemon revokes it and the link gives it back at
     /// once; at the latest it goes back when its slice ends.
     pub fn idle(&mut self, engine: &mut dyn Engine) {
-        let Some(shared) = self.shared.clone() else { return };
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
         if let Some(g) = self.held.filter(|_| !self.parked) {
             let mut st = shared.lock();
             let keep = !g.contended
@@ -644,7 +727,9 @@ impl Gate {
             self.pre = None;
         }
         self.spans.retain(|s| s.ctx != ctx);
-        self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
+        self.counters
+            .inflight_ops
+            .store(self.outstanding.len() as u32, Ordering::Relaxed);
     }
 
     /// Operations that may be queued. While other VMs want the GPU: the
@@ -673,7 +758,9 @@ impl Gate {
         if self.outstanding.iter().any(|m| m.ctx == ctx) {
             return;
         }
-        let Some(e) = self.event(engine, ctx) else { return };
+        let Some(e) = self.event(engine, ctx) else {
+            return;
+        };
         if engine.event_record(e, stream).is_err() {
             self.give_event(ctx, e);
             return;
@@ -684,11 +771,23 @@ impl Gate {
     /// Records the event the held grant's GPU time in `ctx` is measured
     /// from, before the grant's first operation there. If the stream is still
     /// busy with earlier work, the span starts when that work is done.
-    fn start_span(&mut self, engine: &mut dyn Engine, grant: u64, ctx: EngineCtx, stream: EngineStream) {
-        if self.spans.iter().any(|s| s.grant == grant && s.ctx == ctx && !s.closed) {
+    fn start_span(
+        &mut self,
+        engine: &mut dyn Engine,
+        grant: u64,
+        ctx: EngineCtx,
+        stream: EngineStream,
+    ) {
+        if self
+            .spans
+            .iter()
+            .any(|s| s.grant == grant && s.ctx == ctx && !s.closed)
+        {
             return;
         }
-        let Some(start) = self.event(engine, ctx) else { return };
+        let Some(start) = self.event(engine, ctx) else {
+            return;
+        };
         if engine.event_record(start, stream).is_err() {
             self.give_event(ctx, start);
             return;
@@ -724,7 +823,9 @@ impl Gate {
             s.reported_ns = s.span_ns;
             s.released = true;
         }
-        self.counters.gpu_ns_total.fetch_add(gpu_ns, Ordering::Relaxed);
+        self.counters
+            .gpu_ns_total
+            .fetch_add(gpu_ns, Ordering::Relaxed);
         tracing::trace!(grant = g.id, gpu_ns, ops = self.held_ops, ?how, "release");
         let mut st = shared.lock();
         if st.parked == Some(g.id) {
@@ -733,11 +834,21 @@ impl Gate {
         if st.generation == g.generation {
             match how {
                 Finish::Release { more } => {
-                    shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns, ops: self.held_ops, more });
+                    shared.send(
+                        &mut st,
+                        &BackendMsg::Release {
+                            grant: g.id,
+                            gpu_ns,
+                            ops: self.held_ops,
+                            more,
+                        },
+                    );
                     // A release with `more` is a demand; one without ends any.
                     st.demanding = more;
                 }
-                Finish::ChargeOnly if gpu_ns > 0 => shared.send(&mut st, &BackendMsg::Charge { gpu_ns }),
+                Finish::ChargeOnly if gpu_ns > 0 => {
+                    shared.send(&mut st, &BackendMsg::Charge { gpu_ns })
+                }
                 Finish::ChargeOnly => {}
             }
         }
@@ -778,7 +889,9 @@ impl Gate {
             if !done {
                 break;
             }
-            let Some(m) = self.outstanding.pop_front() else { break };
+            let Some(m) = self.outstanding.pop_front() else {
+                break;
+            };
             if let Some(s) = self.spans.iter_mut().find(|s| s.id == m.span) {
                 if let Ok(ms) = engine.event_elapsed_ms(s.start, m.event) {
                     let ns = (ms.max(0.0) as f64 * 1e6) as u64;
@@ -800,7 +913,11 @@ impl Gate {
                 if let Ok(ms) = engine.event_elapsed_ms(from, m.event) {
                     let ns = ms as f64 * 1e6;
                     if ns > 0.0 {
-                        self.op_ns = if self.op_ns == 0.0 { ns } else { 0.8 * self.op_ns + 0.2 * ns };
+                        self.op_ns = if self.op_ns == 0.0 {
+                            ns
+                        } else {
+                            0.8 * self.op_ns + 0.2 * ns
+                        };
                     }
                 }
                 if own {
@@ -812,9 +929,13 @@ impl Gate {
             }
             self.prev_done = Some(m);
         }
-        self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
+        self.counters
+            .inflight_ops
+            .store(self.outstanding.len() as u32, Ordering::Relaxed);
         if late_ns > 0 {
-            self.counters.gpu_ns_total.fetch_add(late_ns, Ordering::Relaxed);
+            self.counters
+                .gpu_ns_total
+                .fetch_add(late_ns, Ordering::Relaxed);
             if let Some(shared) = &self.shared {
                 let mut st = shared.lock();
                 shared.send(&mut st, &BackendMsg::Charge { gpu_ns: late_ns });

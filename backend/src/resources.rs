@@ -3,8 +3,8 @@
 //! control buffer, staging buffers, pinned host memory), and the contexts
 //! each one is attached to.
 
-use crate::guest_mem::{Extent, GuestMemory, GuestSpan};
 use crate::error::{Error, Result};
+use crate::guest_mem::{Extent, GuestMemory, GuestSpan};
 use std::collections::{HashMap, HashSet};
 
 /// Most backing entries one resource may have. Linux coalesces contiguous
@@ -66,7 +66,14 @@ impl ResourceTable {
     }
 
     /// `[offset, offset + len)` of resource `id`, as context `ctx_id` sees it.
-    pub fn span<'m>(&self, mem: &'m GuestMemory, id: u32, ctx_id: u32, offset: u64, len: u64) -> Result<GuestSpan<'m>> {
+    pub fn span<'m>(
+        &self,
+        mem: &'m GuestMemory,
+        id: u32,
+        ctx_id: u32,
+        offset: u64,
+        len: u64,
+    ) -> Result<GuestSpan<'m>> {
         let r = self.for_ctx(id, ctx_id)?;
         if r.backing.is_empty() {
             return Err(Error::NoBacking(id));

@@ -3,7 +3,7 @@
 //! (`client.rs`), asynchronous calls are batched, and batches travel over a
 //! transport: the virtio-gpu render node inside a VM, or vhost-user direct.
 
+pub mod api;
 pub mod client;
 pub mod log;
 pub mod transport;
-pub mod api;

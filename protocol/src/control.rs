@@ -32,7 +32,11 @@ pub enum QosClass {
 }
 
 impl QosClass {
-    pub const ALL: [QosClass; 3] = [QosClass::Guaranteed, QosClass::Burstable, QosClass::BestEffort];
+    pub const ALL: [QosClass; 3] = [
+        QosClass::Guaranteed,
+        QosClass::Burstable,
+        QosClass::BestEffort,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -49,7 +53,9 @@ impl std::str::FromStr for QosClass {
         QosClass::ALL
             .into_iter()
             .find(|c| c.as_str() == s)
-            .ok_or_else(|| format!("unknown QoS class {s:?} (expected guaranteed, burstable or best-effort)"))
+            .ok_or_else(|| {
+                format!("unknown QoS class {s:?} (expected guaranteed, burstable or best-effort)")
+            })
     }
 }
 
@@ -127,17 +133,59 @@ pub enum BackendMsg {
         reconnect: bool,
         /// GPU time this backend has used since it started, in ns.
         gpu_ns_total: u64,
+        /// Where the VM's device memory stands, so that a restarted daemon
+        /// takes over the memory broker's books.
+        #[serde(default)]
+        memory: MemoryState,
     },
     /// The backend has GPU work queued and holds no grant.
     Demand,
     /// The backend gives back grant `grant`. `gpu_ns` is the GPU time its
     /// work took during the grant, measured with events; `more` says whether
     /// it still has work queued (and so wants another grant).
-    Release { grant: u64, gpu_ns: u64, ops: u64, more: bool },
+    Release {
+        grant: u64,
+        gpu_ns: u64,
+        ops: u64,
+        more: bool,
+    },
     /// GPU time of work that completed after its grant was released.
     Charge { gpu_ns: u64 },
     /// Periodic figures for the admin API.
     Stats(BackendStats),
+    /// The backend needs to hold `bytes` of device memory resident in all
+    /// (an allocation, or bringing evicted memory back), more than its
+    /// current limit. Answered by `MemLimit` or `MemDenied`.
+    MemNeed { bytes: u64 },
+    /// Answer to `Evict`: the backend now holds `state.resident_bytes`, at
+    /// most what was asked, and that is its new limit.
+    Evicted {
+        state: MemoryState,
+        moved_bytes: u64,
+        ns: u64,
+    },
+    /// The backend brought its evicted memory back onto the GPU (within a
+    /// limit it was given).
+    Restored {
+        state: MemoryState,
+        moved_bytes: u64,
+        ns: u64,
+    },
+}
+
+/// A VM's device memory as its backend counts it: allocations the guest made
+/// (rounded to the device's allocation granularity), on the GPU or swapped
+/// out to host RAM.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MemoryState {
+    /// Bytes on the GPU.
+    pub resident_bytes: u64,
+    /// Bytes held in host RAM for the VM while it is evicted.
+    pub evicted_bytes: u64,
+    /// The resident limit the daemon last gave (0: none, as when the backend
+    /// has never had a daemon).
+    pub limit_bytes: u64,
 }
 
 /// A backend's counters, sent about once a second.
@@ -160,14 +208,32 @@ pub struct BackendStats {
     pub requests: u64,
     pub latency_p50_ns: u64,
     pub latency_p99_ns: u64,
+    #[serde(default)]
+    pub memory: MemoryState,
+    /// Evictions and restores since the backend started, and their time.
+    #[serde(default)]
+    pub evictions: u64,
+    #[serde(default)]
+    pub restores: u64,
+    #[serde(default)]
+    pub evict_ns_total: u64,
+    #[serde(default)]
+    pub restore_ns_total: u64,
 }
 
 /// Daemon to backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum DaemonMsg {
-    /// Answer to `Hello`.
-    Welcome { version: u32, settings: VmSettings },
+    /// Answer to `Hello`. `mem_limit_bytes` is how much device memory the
+    /// VM may hold resident before it asks for more (`MemNeed`); absent, the
+    /// VM's whole quota.
+    Welcome {
+        version: u32,
+        settings: VmSettings,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mem_limit_bytes: Option<u64>,
+    },
     /// The registration was refused; the daemon closes the connection.
     Refused { reason: String },
     /// New settings, effective at once.
@@ -184,6 +250,18 @@ pub enum DaemonMsg {
     },
     /// Stop submitting and release `grant` now.
     Revoke { grant: u64 },
+    /// The VM may now hold up to `bytes` resident (an answer to `MemNeed`,
+    /// or more room given unasked).
+    MemLimit { bytes: u64 },
+    /// The memory asked for with `MemNeed` cannot be had (host RAM for
+    /// evicted state is used up, or it is more than the GPU holds): the
+    /// guest's allocation fails with CUDA_ERROR_OUT_OF_MEMORY.
+    MemDenied { bytes: u64, reason: String },
+    /// Swap device memory out to host RAM until at most `resident_max`
+    /// bytes stay on the GPU, then answer `Evicted`; `resident_max` is the
+    /// VM's new limit. The VM is descheduled; its data comes back before its
+    /// next GPU work.
+    Evict { resident_max: u64 },
 }
 
 /// Errors reading a control message.
@@ -245,13 +323,36 @@ mod tests {
                 engine: "sim".into(),
                 gpu: "sim".into(),
                 quota_bytes: 1 << 30,
-                requested: QosRequest { class: Some(QosClass::BestEffort), weight: Some(3), ..Default::default() },
+                requested: QosRequest {
+                    class: Some(QosClass::BestEffort),
+                    weight: Some(3),
+                    ..Default::default()
+                },
                 reconnect: false,
                 gpu_ns_total: 0,
+                memory: MemoryState::default(),
             },
             BackendMsg::Demand,
-            BackendMsg::Release { grant: 4, gpu_ns: 1000, ops: 3, more: true },
-            BackendMsg::Stats(BackendStats { ops_total: 9, ..Default::default() }),
+            BackendMsg::MemNeed { bytes: 3 << 20 },
+            BackendMsg::Evicted {
+                state: MemoryState {
+                    resident_bytes: 0,
+                    evicted_bytes: 1 << 30,
+                    limit_bytes: 0,
+                },
+                moved_bytes: 1 << 30,
+                ns: 9,
+            },
+            BackendMsg::Release {
+                grant: 4,
+                gpu_ns: 1000,
+                ops: 3,
+                more: true,
+            },
+            BackendMsg::Stats(BackendStats {
+                ops_total: 9,
+                ..Default::default()
+            }),
         ];
         let mut buf = Vec::new();
         for m in &msgs {
@@ -263,18 +364,30 @@ mod tests {
             let got: BackendMsg = read_msg(&mut r).unwrap();
             assert_eq!(&got, m);
         }
-        assert!(matches!(read_msg::<_, BackendMsg>(&mut r), Err(ControlError::Closed)));
+        assert!(matches!(
+            read_msg::<_, BackendMsg>(&mut r),
+            Err(ControlError::Closed)
+        ));
     }
 
     #[test]
     fn oversized_and_unknown_messages_are_rejected() {
         let long = vec![b'x'; MAX_LINE + 1];
         let mut r = io::BufReader::with_capacity(1024, &long[..]);
-        assert!(matches!(read_msg::<_, BackendMsg>(&mut r), Err(ControlError::TooLong)));
+        assert!(matches!(
+            read_msg::<_, BackendMsg>(&mut r),
+            Err(ControlError::TooLong)
+        ));
         let mut r = io::BufReader::new(&b"{\"type\":\"charge\",\"gpu_ns\":1,\"extra\":1}\n"[..]);
-        assert!(matches!(read_msg::<_, BackendMsg>(&mut r), Err(ControlError::Malformed(_))));
+        assert!(matches!(
+            read_msg::<_, BackendMsg>(&mut r),
+            Err(ControlError::Malformed(_))
+        ));
         let mut r = io::BufReader::new(&b"{\"type\":\"grant\",\"grant\":1}\n"[..]);
-        assert!(matches!(read_msg::<_, DaemonMsg>(&mut r), Err(ControlError::Malformed(_))));
+        assert!(matches!(
+            read_msg::<_, DaemonMsg>(&mut r),
+            Err(ControlError::Malformed(_))
+        ));
     }
 
     #[test]

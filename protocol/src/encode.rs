@@ -13,7 +13,10 @@ pub struct BatchWriter {
 
 impl BatchWriter {
     pub fn new() -> Self {
-        BatchWriter { buf: Vec::with_capacity(64 << 10), num_cmds: 0 }
+        BatchWriter {
+            buf: Vec::with_capacity(64 << 10),
+            num_cmds: 0,
+        }
     }
 
     /// Starts a new batch with sequence number `seq`, dropping what was there.
@@ -51,7 +54,14 @@ impl BatchWriter {
     }
 
     /// Appends a command: header, payload, trailing bytes, padding.
-    pub fn push<T: IntoBytes + Immutable + ?Sized>(&mut self, op: Opcode, flags: u16, ctx: u64, payload: &T, trailing: &[u8]) {
+    pub fn push<T: IntoBytes + Immutable + ?Sized>(
+        &mut self,
+        op: Opcode,
+        flags: u16,
+        ctx: u64,
+        payload: &T,
+        trailing: &[u8],
+    ) {
         let body = core::mem::size_of::<CmdHeader>() + payload.as_bytes().len() + trailing.len();
         let len = pad8(body).expect("command length overflows");
         let h = CmdHeader {
@@ -76,7 +86,9 @@ impl BatchWriter {
     pub fn finish(&mut self) -> &[u8] {
         let n = self.num_cmds.to_le_bytes();
         self.buf[16..20].copy_from_slice(&n);
-        let total = u32::try_from(self.buf.len()).unwrap_or(u32::MAX).to_le_bytes();
+        let total = u32::try_from(self.buf.len())
+            .unwrap_or(u32::MAX)
+            .to_le_bytes();
         self.buf[20..24].copy_from_slice(&total);
         &self.buf
     }

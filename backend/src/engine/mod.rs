@@ -96,6 +96,17 @@ pub struct HostRegion {
 // memory table; engines use it to register or unregister that mapping.
 unsafe impl Send for HostRegion {}
 
+/// A VM's device memory as the engine holds it: the allocations the guest
+/// made, each counted at its footprint on the device (`alloc_footprint`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Residency {
+    /// Bytes on the GPU.
+    pub resident: u64,
+    /// Bytes swapped out to host RAM (`swap_out`), their device addresses
+    /// still reserved.
+    pub evicted: u64,
+}
+
 /// Every call happens on the thread that serves the VM's queues, with the
 /// context that `ctx_set_current` chose current. Copies are synchronous with
 /// respect to the host memory unless `async_` is set, in which case the engine
@@ -120,16 +131,60 @@ pub trait Engine: Send {
     fn mem_get_info(&mut self) -> EngineResult<(u64, u64)>;
     fn mem_alloc(&mut self, size: u64) -> EngineResult<u64>;
     fn mem_free(&mut self, dptr: u64) -> EngineResult<()>;
-    fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()>;
-    fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;
-    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;
+    /// Bytes an allocation of `size` takes on the device.
+    fn alloc_footprint(&self, size: u64) -> u64;
+    fn residency(&self) -> Residency;
+    /// Waits for all work, then copies allocations to host RAM and gives
+    /// their device memory back (zeroed first, as any freed memory), until
+    /// at most `keep` bytes stay resident. Their device addresses stay
+    /// reserved, so pointers the guest holds (also inside its own data) stay
+    /// valid. Returns the bytes moved; on an error, what was moved stays
+    /// moved and the rest stays resident, nothing is lost.
+    fn swap_out(&mut self, keep: u64) -> EngineResult<u64>;
+    /// Brings every swapped-out allocation back at its address. Returns the
+    /// bytes moved; on an error (device memory full), what did not come back
+    /// stays in host RAM, intact, for a later try.
+    fn swap_in(&mut self) -> EngineResult<u64>;
+    fn memcpy_htod(
+        &mut self,
+        dst: u64,
+        src: HostSrc<'_>,
+        stream: EngineStream,
+        async_: bool,
+    ) -> EngineResult<()>;
+    fn memcpy_dtoh(
+        &mut self,
+        dst: HostDst<'_>,
+        src: u64,
+        stream: EngineStream,
+        async_: bool,
+    ) -> EngineResult<()>;
+    fn memcpy_dtod(
+        &mut self,
+        dst: u64,
+        src: u64,
+        len: u64,
+        stream: EngineStream,
+        async_: bool,
+    ) -> EngineResult<()>;
     /// Sets `count` elements of `elem_size` (1, 2 or 4) bytes to `value`.
-    fn memset(&mut self, dst: u64, value: u32, elem_size: u32, count: u64, stream: EngineStream, async_: bool)
-        -> EngineResult<()>;
+    fn memset(
+        &mut self,
+        dst: u64,
+        value: u32,
+        elem_size: u32,
+        count: u64,
+        stream: EngineStream,
+        async_: bool,
+    ) -> EngineResult<()>;
 
     fn module_load(&mut self, image: &[u8]) -> EngineResult<EngineModule>;
     fn module_unload(&mut self, module: EngineModule) -> EngineResult<()>;
-    fn module_get_function(&mut self, module: EngineModule, name: &str) -> EngineResult<(EngineFunc, FunctionInfo)>;
+    fn module_get_function(
+        &mut self,
+        module: EngineModule,
+        name: &str,
+    ) -> EngineResult<(EngineFunc, FunctionInfo)>;
     /// Device address and size of a module global.
     fn module_get_global(&mut self, module: EngineModule, name: &str) -> EngineResult<(u64, u64)>;
     fn func_set_attribute(&mut self, func: EngineFunc, attr: u32, value: i32) -> EngineResult<()>;
@@ -140,7 +195,12 @@ pub trait Engine: Send {
     fn stream_synchronize(&mut self, stream: EngineStream) -> EngineResult<()>;
     /// `Err(CuError(CUDA_ERROR_NOT_READY))` while work is pending.
     fn stream_query(&mut self, stream: EngineStream) -> EngineResult<()>;
-    fn stream_wait_event(&mut self, stream: EngineStream, event: EngineEvent, flags: u32) -> EngineResult<()>;
+    fn stream_wait_event(
+        &mut self,
+        stream: EngineStream,
+        event: EngineEvent,
+        flags: u32,
+    ) -> EngineResult<()>;
 
     fn event_create(&mut self, flags: u32) -> EngineResult<EngineEvent>;
     fn event_destroy(&mut self, event: EngineEvent) -> EngineResult<()>;

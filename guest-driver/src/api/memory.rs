@@ -20,10 +20,27 @@ pub fn alloc(size: usize) -> CuRes<CUdeviceptr> {
     if size == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let reply = c.call(Opcode::MemAlloc, 0, ctx, &MemAlloc { size: U64::new(size as u64) }, &[])?;
-    let r = MemAllocReply::read_from_prefix(&reply).map_err(|_| CUDA_ERROR_UNKNOWN)?.0;
+    let reply = c.call(
+        Opcode::MemAlloc,
+        0,
+        ctx,
+        &MemAlloc {
+            size: U64::new(size as u64),
+        },
+        &[],
+    )?;
+    let r = MemAllocReply::read_from_prefix(&reply)
+        .map_err(|_| CUDA_ERROR_UNKNOWN)?
+        .0;
     let dptr = r.dptr.get();
-    state::lock().allocs.insert(dptr, Alloc { size: size as u64, ctx, kind: AllocKind::Device });
+    state::lock().allocs.insert(
+        dptr,
+        Alloc {
+            size: size as u64,
+            ctx,
+            kind: AllocKind::Device,
+        },
+    );
     Ok(dptr)
 }
 
@@ -52,7 +69,9 @@ fn get_info() -> CuRes<(u64, u64)> {
     let c = session()?;
     let ctx = state::lock().current()?;
     let reply = c.call(Opcode::MemGetInfo, 0, ctx, &[0u8; 0], &[])?;
-    let r = MemGetInfoReply::read_from_prefix(&reply).map_err(|_| CUDA_ERROR_UNKNOWN)?.0;
+    let r = MemGetInfoReply::read_from_prefix(&reply)
+        .map_err(|_| CUDA_ERROR_UNKNOWN)?
+        .0;
     Ok((r.free.get(), r.total.get()))
 }
 
@@ -135,7 +154,11 @@ pub unsafe extern "C" fn cuMemGetInfo(free: *mut c_uint, total: *mut c_uint) -> 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemGetAddressRange_v2(pbase: *mut CUdeviceptr, psize: *mut usize, dptr: CUdeviceptr) -> CUresult {
+pub unsafe extern "C" fn cuMemGetAddressRange_v2(
+    pbase: *mut CUdeviceptr,
+    psize: *mut usize,
+    dptr: CUdeviceptr,
+) -> CUresult {
     ffi(|| {
         // SAFETY: optional output arguments per the CUDA API.
         let (b, s) = unsafe { (Out::optional(pbase), Out::optional(psize)) };
@@ -147,12 +170,19 @@ pub unsafe extern "C" fn cuMemGetAddressRange_v2(pbase: *mut CUdeviceptr, psize:
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemGetAddressRange(pbase: *mut CUdeviceptr_v1, psize: *mut c_uint, dptr: CUdeviceptr_v1) -> CUresult {
+pub unsafe extern "C" fn cuMemGetAddressRange(
+    pbase: *mut CUdeviceptr_v1,
+    psize: *mut c_uint,
+    dptr: CUdeviceptr_v1,
+) -> CUresult {
     ffi(|| {
         // SAFETY: optional output arguments per the CUDA API.
         let (b, s) = unsafe { (Out::optional(pbase), Out::optional(psize)) };
         let (base, size) = address_range(dptr as u64)?;
-        set_opt(b, CUdeviceptr_v1::try_from(base).map_err(|_| CUDA_ERROR_INVALID_VALUE)?);
+        set_opt(
+            b,
+            CUdeviceptr_v1::try_from(base).map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
+        );
         set_opt(s, to_u32(size));
         Ok(())
     })
@@ -167,7 +197,15 @@ fn host_alloc(size: usize, flags: c_uint) -> CuRes<*mut c_void> {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let p = c.alloc_pinned(size)?;
-    state::lock().host.insert(p as usize, HostRange { len: size, flags, ctx, pinned: true });
+    state::lock().host.insert(
+        p as usize,
+        HostRange {
+            len: size,
+            flags,
+            ctx,
+            pinned: true,
+        },
+    );
     Ok(p as *mut c_void)
 }
 
@@ -192,7 +230,11 @@ pub unsafe extern "C" fn cuMemAllocHost(pp: *mut *mut c_void, bytesize: c_uint) 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytesize: usize, Flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemHostAlloc(
+    pp: *mut *mut c_void,
+    bytesize: usize,
+    Flags: c_uint,
+) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pp) }?;
@@ -235,17 +277,33 @@ fn host_register(p: *mut c_void, bytesize: usize, flags: c_uint) -> CuRes {
     if overlaps {
         return Err(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
     }
-    st.host.insert(addr, HostRange { len: bytesize, flags, ctx, pinned: false });
+    st.host.insert(
+        addr,
+        HostRange {
+            len: bytesize,
+            flags,
+            ctx,
+            pinned: false,
+        },
+    );
     Ok(())
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemHostRegister_v2(p: *mut c_void, bytesize: usize, Flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemHostRegister_v2(
+    p: *mut c_void,
+    bytesize: usize,
+    Flags: c_uint,
+) -> CUresult {
     ffi(|| host_register(p, bytesize, Flags))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemHostRegister(p: *mut c_void, bytesize: usize, Flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemHostRegister(
+    p: *mut c_void,
+    bytesize: usize,
+    Flags: c_uint,
+) -> CUresult {
     ffi(|| host_register(p, bytesize, Flags))
 }
 
@@ -270,7 +328,9 @@ pub unsafe extern "C" fn cuMemHostGetFlags(pFlags: *mut c_uint, p: *mut c_void) 
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pFlags) }?;
         session()?;
-        let (_, h) = state::lock().host_containing(p as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let (_, h) = state::lock()
+            .host_containing(p as usize)
+            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
         out.set(h.flags);
         Ok(())
     })
@@ -279,13 +339,21 @@ pub unsafe extern "C" fn cuMemHostGetFlags(pFlags: *mut c_uint, p: *mut c_void) 
 /// Device aliases of host memory need the backend to map guest pages into
 /// the device's address space, which it does not do.
 #[no_mangle]
-pub unsafe extern "C" fn cuMemHostGetDevicePointer_v2(_pdptr: *mut CUdeviceptr, _p: *mut c_void, _Flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemHostGetDevicePointer_v2(
+    _pdptr: *mut CUdeviceptr,
+    _p: *mut c_void,
+    _Flags: c_uint,
+) -> CUresult {
     crate::log::unsupported("cuMemHostGetDevicePointer");
     CUDA_ERROR_NOT_SUPPORTED
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemHostGetDevicePointer(_pdptr: *mut CUdeviceptr_v1, _p: *mut c_void, _Flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuMemHostGetDevicePointer(
+    _pdptr: *mut CUdeviceptr_v1,
+    _p: *mut c_void,
+    _Flags: c_uint,
+) -> CUresult {
     crate::log::unsupported("cuMemHostGetDevicePointer");
     CUDA_ERROR_NOT_SUPPORTED
 }
@@ -330,9 +398,11 @@ fn pointer_attribute(attribute: c_uint, ptr: CUdeviceptr) -> CuRes<AttrValue> {
     let device = matches!(kind, PtrKind::Device { .. });
     Ok(match attribute {
         CU_POINTER_ATTRIBUTE_CONTEXT => AttrValue::Ptr(handle(ctx)),
-        CU_POINTER_ATTRIBUTE_MEMORY_TYPE => {
-            AttrValue::U32(if device { CU_MEMORYTYPE_DEVICE } else { CU_MEMORYTYPE_HOST })
-        }
+        CU_POINTER_ATTRIBUTE_MEMORY_TYPE => AttrValue::U32(if device {
+            CU_MEMORYTYPE_DEVICE
+        } else {
+            CU_MEMORYTYPE_HOST
+        }),
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER if device => AttrValue::U64(ptr),
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER => {
             crate::log::unsupported("device pointers of host memory");
@@ -357,13 +427,15 @@ fn pointer_attribute(attribute: c_uint, ptr: CUdeviceptr) -> CuRes<AttrValue> {
 /// does not know (it does not fail for those, unlike cuPointerGetAttribute).
 fn default_attribute(attribute: c_uint) -> CuRes<AttrValue> {
     Ok(match attribute {
-        CU_POINTER_ATTRIBUTE_CONTEXT | CU_POINTER_ATTRIBUTE_HOST_POINTER => AttrValue::Ptr(std::ptr::null_mut()),
-        CU_POINTER_ATTRIBUTE_MEMORY_TYPE | CU_POINTER_ATTRIBUTE_IS_MANAGED | CU_POINTER_ATTRIBUTE_MAPPED => {
-            AttrValue::U32(0)
+        CU_POINTER_ATTRIBUTE_CONTEXT | CU_POINTER_ATTRIBUTE_HOST_POINTER => {
+            AttrValue::Ptr(std::ptr::null_mut())
         }
-        CU_POINTER_ATTRIBUTE_DEVICE_POINTER | CU_POINTER_ATTRIBUTE_BUFFER_ID | CU_POINTER_ATTRIBUTE_RANGE_START_ADDR => {
-            AttrValue::U64(0)
-        }
+        CU_POINTER_ATTRIBUTE_MEMORY_TYPE
+        | CU_POINTER_ATTRIBUTE_IS_MANAGED
+        | CU_POINTER_ATTRIBUTE_MAPPED => AttrValue::U32(0),
+        CU_POINTER_ATTRIBUTE_DEVICE_POINTER
+        | CU_POINTER_ATTRIBUTE_BUFFER_ID
+        | CU_POINTER_ATTRIBUTE_RANGE_START_ADDR => AttrValue::U64(0),
         // cudart's cudaInvalidDeviceId.
         CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => AttrValue::I32(-2),
         CU_POINTER_ATTRIBUTE_RANGE_SIZE => AttrValue::Size(0),
@@ -391,7 +463,11 @@ unsafe fn write_attr(data: *mut c_void, v: AttrValue) {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuPointerGetAttribute(data: *mut c_void, attribute: c_uint, ptr: CUdeviceptr) -> CUresult {
+pub unsafe extern "C" fn cuPointerGetAttribute(
+    data: *mut c_void,
+    attribute: c_uint,
+    ptr: CUdeviceptr,
+) -> CUresult {
     ffi(|| {
         if data.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);

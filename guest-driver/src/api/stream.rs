@@ -20,9 +20,20 @@ fn create(out: Out<CUstream>, flags: c_uint, priority: c_int) -> CuRes {
     let priority = priority.clamp(GREATEST_PRIORITY, LEAST_PRIORITY);
     let ctx = state::lock().current()?;
     let id = c.new_id();
-    let p = StreamCreate { stream_id: U64::new(id), flags: U32::new(flags), priority: I32::new(priority) };
+    let p = StreamCreate {
+        stream_id: U64::new(id),
+        flags: U32::new(flags),
+        priority: I32::new(priority),
+    };
     c.enqueue(Opcode::StreamCreate, 0, ctx, &p, &[])?;
-    state::lock().streams.insert(id, StreamInfo { ctx, flags, priority });
+    state::lock().streams.insert(
+        id,
+        StreamInfo {
+            ctx,
+            flags,
+            priority,
+        },
+    );
     out.set(handle(id));
     Ok(())
 }
@@ -30,15 +41,25 @@ fn create(out: Out<CUstream>, flags: c_uint, priority: c_int) -> CuRes {
 fn destroy(h: CUstream) -> CuRes {
     let c = session()?;
     let id = id_of(h);
-    let s = state::lock().streams.remove(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-    c.enqueue(Opcode::StreamDestroy, 0, s.ctx, &Id { id: U64::new(id) }, &[])
+    let s = state::lock()
+        .streams
+        .remove(&id)
+        .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    c.enqueue(
+        Opcode::StreamDestroy,
+        0,
+        s.ctx,
+        &Id { id: U64::new(id) },
+        &[],
+    )
 }
 
 /// A synchronizing stream call (synchronize, query).
 fn sync_op(op: Opcode, h: CUstream, ptsz: bool) -> CuRes {
     let c = session()?;
     let (sid, ctx) = state::lock().resolve_stream(h, ptsz)?;
-    c.sync_call(op, 0, ctx, &Id { id: U64::new(sid) }).map(|_| ())
+    c.sync_call(op, 0, ctx, &Id { id: U64::new(sid) })
+        .map(|_| ())
 }
 
 fn wait_event(h: CUstream, event: CUevent, flags: c_uint, ptsz: bool) -> CuRes {
@@ -84,7 +105,11 @@ pub unsafe extern "C" fn cuStreamCreate(phStream: *mut CUstream, Flags: c_uint) 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamCreateWithPriority(phStream: *mut CUstream, flags: c_uint, priority: c_int) -> CUresult {
+pub unsafe extern "C" fn cuStreamCreateWithPriority(
+    phStream: *mut CUstream,
+    flags: c_uint,
+    priority: c_int,
+) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(phStream) }?;
@@ -125,12 +150,20 @@ pub unsafe extern "C" fn cuStreamQuery_ptsz(hStream: CUstream) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamWaitEvent(hStream: CUstream, hEvent: CUevent, Flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuStreamWaitEvent(
+    hStream: CUstream,
+    hEvent: CUevent,
+    Flags: c_uint,
+) -> CUresult {
     ffi(|| wait_event(hStream, hEvent, Flags, false))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamWaitEvent_ptsz(hStream: CUstream, hEvent: CUevent, Flags: c_uint) -> CUresult {
+pub unsafe extern "C" fn cuStreamWaitEvent_ptsz(
+    hStream: CUstream,
+    hEvent: CUevent,
+    Flags: c_uint,
+) -> CUresult {
     ffi(|| wait_event(hStream, hEvent, Flags, true))
 }
 
@@ -138,7 +171,12 @@ pub unsafe extern "C" fn cuStreamWaitEvent_ptsz(hStream: CUstream, hEvent: CUeve
 ///
 /// # Safety
 /// `out` is NULL or writable for a `T`.
-unsafe fn getter<T>(h: CUstream, ptsz: bool, out: *mut T, pick: impl FnOnce(c_uint, c_int, u64, u64) -> T) -> CUresult {
+unsafe fn getter<T>(
+    h: CUstream,
+    ptsz: bool,
+    out: *mut T,
+    pick: impl FnOnce(c_uint, c_int, u64, u64) -> T,
+) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(out) }?;
@@ -172,7 +210,11 @@ stream_getters! {
 /// With a green-context output (CUDA 12.5): streams here never belong to a
 /// green context.
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamGetCtx_v2(hStream: CUstream, pCtx: *mut CUcontext, pGreenCtx: *mut *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuStreamGetCtx_v2(
+    hStream: CUstream,
+    pCtx: *mut CUcontext,
+    pGreenCtx: *mut *mut c_void,
+) -> CUresult {
     ffi(|| {
         // SAFETY: output arguments per the CUDA API.
         let (c, g) = unsafe { (Out::new(pCtx)?, Out::new(pGreenCtx)?) };
@@ -207,19 +249,29 @@ unsafe fn is_capturing(h: CUstream, status: *mut c_uint, ptsz: bool) -> CuRes {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamIsCapturing(hStream: CUstream, captureStatus: *mut c_uint) -> CUresult {
+pub unsafe extern "C" fn cuStreamIsCapturing(
+    hStream: CUstream,
+    captureStatus: *mut c_uint,
+) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     ffi(|| unsafe { is_capturing(hStream, captureStatus, false) })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(hStream: CUstream, captureStatus: *mut c_uint) -> CUresult {
+pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(
+    hStream: CUstream,
+    captureStatus: *mut c_uint,
+) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     ffi(|| unsafe { is_capturing(hStream, captureStatus, true) })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamGetCaptureInfo(hStream: CUstream, captureStatus_out: *mut c_uint, id_out: *mut u64) -> CUresult {
+pub unsafe extern "C" fn cuStreamGetCaptureInfo(
+    hStream: CUstream,
+    captureStatus_out: *mut c_uint,
+    id_out: *mut u64,
+) -> CUresult {
     ffi(|| {
         // SAFETY: optional output argument per the CUDA API.
         let id = unsafe { Out::optional(id_out) };
@@ -277,7 +329,14 @@ pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(
         let e = unsafe { Out::optional(edgeData_out) };
         // SAFETY: the caller's contract, forwarded.
         let r = unsafe {
-            cuStreamGetCaptureInfo_v2(hStream, captureStatus_out, id_out, graph_out, dependencies_out, numDependencies_out)
+            cuStreamGetCaptureInfo_v2(
+                hStream,
+                captureStatus_out,
+                id_out,
+                graph_out,
+                dependencies_out,
+                numDependencies_out,
+            )
         };
         if r != CUDA_SUCCESS {
             return Err(r);
@@ -307,7 +366,8 @@ pub unsafe extern "C" fn cuThreadExchangeStreamCaptureMode(mode: *mut c_int) -> 
 }
 
 pub type CUhostFn = Option<unsafe extern "C" fn(userData: *mut c_void)>;
-pub type CUstreamCallback = Option<unsafe extern "C" fn(hStream: CUstream, status: CUresult, userData: *mut c_void)>;
+pub type CUstreamCallback =
+    Option<unsafe extern "C" fn(hStream: CUstream, status: CUresult, userData: *mut c_void)>;
 
 /// Host functions run on the calling thread once the stream has drained:
 /// the guest has no callback channel from the backend yet. Ordering holds
@@ -325,7 +385,11 @@ fn host_func(h: CUstream, ptsz: bool, call: impl FnOnce(CUresult)) -> CuRes {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuLaunchHostFunc(hStream: CUstream, fn_: CUhostFn, userData: *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuLaunchHostFunc(
+    hStream: CUstream,
+    fn_: CUhostFn,
+    userData: *mut c_void,
+) -> CUresult {
     ffi(|| {
         let f = fn_.ok_or(CUDA_ERROR_INVALID_VALUE)?;
         // SAFETY: the program's host function, called with its own data.
@@ -334,7 +398,11 @@ pub unsafe extern "C" fn cuLaunchHostFunc(hStream: CUstream, fn_: CUhostFn, user
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuLaunchHostFunc_ptsz(hStream: CUstream, fn_: CUhostFn, userData: *mut c_void) -> CUresult {
+pub unsafe extern "C" fn cuLaunchHostFunc_ptsz(
+    hStream: CUstream,
+    fn_: CUhostFn,
+    userData: *mut c_void,
+) -> CUresult {
     ffi(|| {
         let f = fn_.ok_or(CUDA_ERROR_INVALID_VALUE)?;
         // SAFETY: the program's host function, called with its own data.
@@ -355,7 +423,9 @@ pub unsafe extern "C" fn cuStreamAddCallback(
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         // SAFETY: the program's callback, called with its stream, status and data.
-        host_func(hStream, false, |status| unsafe { f(hStream, status, userData) })
+        host_func(hStream, false, |status| unsafe {
+            f(hStream, status, userData)
+        })
     })
 }
 
@@ -372,6 +442,8 @@ pub unsafe extern "C" fn cuStreamAddCallback_ptsz(
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         // SAFETY: the program's callback, called with its stream, status and data.
-        host_func(hStream, true, |status| unsafe { f(hStream, status, userData) })
+        host_func(hStream, true, |status| unsafe {
+            f(hStream, status, userData)
+        })
     })
 }

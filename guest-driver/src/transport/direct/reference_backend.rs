@@ -39,7 +39,11 @@ impl ReferenceBackend {
             return None;
         }
         static N: AtomicU32 = AtomicU32::new(0);
-        let socket = std::env::temp_dir().join(format!("gv-direct-{}-{}.sock", std::process::id(), N.fetch_add(1, Ordering::Relaxed)));
+        let socket = std::env::temp_dir().join(format!(
+            "gv-direct-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
         let _ = std::fs::remove_file(&socket);
         let child = Command::new(BIN)
             .arg(format!("--socket-path={}", socket.display()))
@@ -50,7 +54,10 @@ impl ReferenceBackend {
             .expect("start vhost-user-gpu");
         let start = Instant::now();
         while !socket.exists() {
-            assert!(start.elapsed() < Duration::from_secs(10), "vhost-user-gpu did not create its socket");
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "vhost-user-gpu did not create its socket"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         Some(ReferenceBackend { child, socket })
@@ -106,7 +113,11 @@ fn reply(s: &mut UnixStream, request: u32, payload: &[u8]) -> std::io::Result<()
     s.write_all(&msg)
 }
 
-fn serve(mut s: UnixStream, frames: mpsc::Sender<Frame>, mute: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+fn serve(
+    mut s: UnixStream,
+    frames: mpsc::Sender<Frame>,
+    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
     use protocol::virtio_gpu::*;
     use zerocopy::little_endian::U32;
     use zerocopy::IntoBytes;
@@ -151,7 +162,13 @@ fn serve(mut s: UnixStream, frames: mpsc::Sender<Frame>, mute: std::sync::Arc<st
 }
 
 /// Round-trip times of one synchronous request, sorted.
-pub fn round_trips(dev: &super::DirectDevice, hdr: &protocol::virtio_gpu::CtrlHdr, body: &[u8], resp_cap: usize, n: usize) -> Vec<Duration> {
+pub fn round_trips(
+    dev: &super::DirectDevice,
+    hdr: &protocol::virtio_gpu::CtrlHdr,
+    body: &[u8],
+    resp_cap: usize,
+    n: usize,
+) -> Vec<Duration> {
     for _ in 0..n / 10 {
         dev.request(hdr, body, resp_cap).expect("warm-up request");
     }
@@ -169,5 +186,11 @@ pub fn round_trips(dev: &super::DirectDevice, hdr: &protocol::virtio_gpu::CtrlHd
 /// "p50 .. p90 .. p99" in microseconds.
 pub fn percentiles(t: &[Duration]) -> String {
     let p = |q: f64| t[((t.len() as f64 * q) as usize).min(t.len() - 1)].as_secs_f64() * 1e6;
-    format!("p50 {:.1} us, p90 {:.1} us, p99 {:.1} us (n={})", p(0.5), p(0.9), p(0.99), t.len())
+    format!(
+        "p50 {:.1} us, p90 {:.1} us, p99 {:.1} us (n={})",
+        p(0.5),
+        p(0.9),
+        p(0.99),
+        t.len()
+    )
 }
