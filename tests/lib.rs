@@ -14,10 +14,7 @@ use serde_json::Value;
 
 /// The workspace root.
 pub fn workspace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("tests/ has a parent")
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
 /// A program that `scripts/build.sh` built (target/<profile>/<name>), where
@@ -25,11 +22,7 @@ pub fn workspace() -> PathBuf {
 pub fn built(name: &str) -> anyhow::Result<PathBuf> {
     let profile = std::env::var("GPUVISOR_PROFILE").unwrap_or_else(|_| "debug".into());
     let p = workspace().join("target").join(&profile).join(name);
-    ensure!(
-        p.exists(),
-        "{} is missing: run scripts/build.sh (PROFILE={profile}) first",
-        p.display()
-    );
+    ensure!(p.exists(), "{} is missing: run scripts/build.sh (PROFILE={profile}) first", p.display());
     Ok(p)
 }
 
@@ -38,11 +31,7 @@ pub fn guest_image() -> anyhow::Result<(PathBuf, PathBuf)> {
     let dir = workspace().join("build/guest");
     let (kernel, initramfs) = (dir.join("vmlinuz"), dir.join("initramfs.cpio.gz"));
     for p in [&kernel, &initramfs] {
-        ensure!(
-            p.exists(),
-            "{} is missing: run scripts/build.sh first",
-            p.display()
-        );
+        ensure!(p.exists(), "{} is missing: run scripts/build.sh first", p.display());
     }
     Ok((kernel, initramfs))
 }
@@ -68,11 +57,7 @@ impl VmRun {
     }
 
     pub fn failed_checks(&self) -> Vec<String> {
-        self.checks()
-            .into_iter()
-            .filter(|(_, ok)| !ok)
-            .map(|(n, _)| n)
-            .collect()
+        self.checks().into_iter().filter(|(_, ok)| !ok).map(|(n, _)| n).collect()
     }
 
     /// The figures gv_load printed (`GVLOAD {json}`), the last such line.
@@ -93,15 +78,7 @@ pub fn run_vm(name: &str, cmd: &str, quota_mib: u64) -> anyhow::Result<VmRun> {
     let vm = built("gpuvisor-vm")?;
     let (kernel, initramfs) = guest_image()?;
     let out = Command::new(&vm)
-        .args([
-            "run",
-            "--name",
-            name,
-            "--engine",
-            "sim",
-            "--timeout-s",
-            "600",
-        ])
+        .args(["run", "--name", name, "--engine", "sim", "--timeout-s", "600"])
         .arg("--quota-mib")
         .arg(quota_mib.to_string())
         .arg("--kernel")
@@ -111,14 +88,8 @@ pub fn run_vm(name: &str, cmd: &str, quota_mib: u64) -> anyhow::Result<VmRun> {
         .args(["--run", cmd])
         .output()?;
     let console = String::from_utf8_lossy(&out.stdout).into_owned();
-    eprintln!(
-        "{console}\n--- gpuvisor-vm stderr ---\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok(VmRun {
-        code: out.status.code().unwrap_or(-1),
-        console,
-    })
+    eprintln!("{console}\n--- gpuvisor-vm stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
+    Ok(VmRun { code: out.status.code().unwrap_or(-1), console })
 }
 
 /// A scratch directory, removed at the end unless the test failed (then its
@@ -159,12 +130,7 @@ pub fn after_go(cmd: &str) -> String {
 /// one vCPU that each run `run`, with a gpuvisord of the fleet's own (state in
 /// `dir`/state, admin API on a free port). `vms` are (name, weight);
 /// `defaults_extra` is more TOML for the [defaults] table.
-pub fn sim_fleet_spec(
-    dir: &Path,
-    run: &str,
-    vms: &[(&str, u32)],
-    defaults_extra: &str,
-) -> anyhow::Result<PathBuf> {
+pub fn sim_fleet_spec(dir: &Path, run: &str, vms: &[(&str, u32)], defaults_extra: &str) -> anyhow::Result<PathBuf> {
     let (kernel, initramfs) = guest_image()?;
     let mut text = format!(
         "[daemon]\nstate_dir = \"state\"\nlisten = \"127.0.0.1:0\"\nslice_ms = 10\n\n\
@@ -173,9 +139,7 @@ pub fn sim_fleet_spec(
          [defaults.backend]\nengine = \"sim\"\nquota_mib = 256\n"
     );
     for (name, weight) in vms {
-        text.push_str(&format!(
-            "\n[[vm]]\nname = {name:?}\n[vm.backend]\nweight = {weight}\n"
-        ));
+        text.push_str(&format!("\n[[vm]]\nname = {name:?}\n[vm.backend]\nweight = {weight}\n"));
     }
     let path = dir.join("fleet.toml");
     std::fs::write(&path, text)?;
@@ -230,12 +194,7 @@ impl Fleet {
                 for line in BufReader::new(stdout).lines() {
                     let Ok(line) = line else { break };
                     eprintln!("{:7.1} {line}", started.elapsed().as_secs_f64());
-                    lines
-                        .lines
-                        .lock()
-                        .expect("lines")
-                        .0
-                        .push(line.trim_end_matches('\r').to_string());
+                    lines.lines.lock().expect("lines").0.push(line.trim_end_matches('\r').to_string());
                     lines.arrived.notify_all();
                 }
                 lines.lines.lock().expect("lines").1 = true;
@@ -248,26 +207,13 @@ impl Fleet {
                 }
             }),
         ];
-        Ok(Fleet {
-            child,
-            out,
-            readers,
-        })
+        Ok(Fleet { child, out, readers })
     }
 
     /// Waits up to `timeout` for a stdout line that `pred` accepts, and returns it.
-    pub fn wait_for_line(
-        &self,
-        timeout: Duration,
-        what: &str,
-        pred: impl Fn(&str) -> bool,
-    ) -> anyhow::Result<String> {
+    pub fn wait_for_line(&self, timeout: Duration, what: &str, pred: impl Fn(&str) -> bool) -> anyhow::Result<String> {
         let end = Instant::now() + timeout;
-        let mut guard = self
-            .out
-            .lines
-            .lock()
-            .map_err(|_| anyhow!("lines poisoned"))?;
+        let mut guard = self.out.lines.lock().map_err(|_| anyhow!("lines poisoned"))?;
         loop {
             if let Some(l) = guard.0.iter().find(|l| pred(l)) {
                 return Ok(l.clone());
@@ -279,12 +225,7 @@ impl Fleet {
             if now >= end {
                 bail!("no {what} within {timeout:?}");
             }
-            guard = self
-                .out
-                .arrived
-                .wait_timeout(guard, end - now)
-                .map_err(|_| anyhow!("lines poisoned"))?
-                .0;
+            guard = self.out.arrived.wait_timeout(guard, end - now).map_err(|_| anyhow!("lines poisoned"))?.0;
         }
     }
 
@@ -293,9 +234,7 @@ impl Fleet {
     pub fn wait_until_running(&self, names: &[&str], timeout: Duration) -> anyhow::Result<()> {
         for n in names {
             let prefix = format!("[{n}] gpuvisor-guest: run: ");
-            self.wait_for_line(timeout, &format!("run line of VM {n}"), |l| {
-                l.starts_with(&prefix)
-            })?;
+            self.wait_for_line(timeout, &format!("run line of VM {n}"), |l| l.starts_with(&prefix))?;
         }
         Ok(())
     }
@@ -303,28 +242,17 @@ impl Fleet {
     /// The daemon the fleet started, once it has reported it.
     pub fn daemon(&self) -> anyhow::Result<FleetDaemon> {
         let t = Duration::from_secs(30);
-        let pid_line = self.wait_for_line(t, "gpuvisord pid line", |l| {
-            l.starts_with("fleet: gpuvisord pid ")
-        })?;
-        let sock_line = self.wait_for_line(t, "backend socket line", |l| {
-            l.starts_with("fleet: backend socket ")
-        })?;
-        let api_line = self.wait_for_line(t, "admin API line", |l| {
-            l.starts_with("fleet: admin API http://")
-        })?;
+        let pid_line = self.wait_for_line(t, "gpuvisord pid line", |l| l.starts_with("fleet: gpuvisord pid "))?;
+        let sock_line = self.wait_for_line(t, "backend socket line", |l| l.starts_with("fleet: backend socket "))?;
+        let api_line = self.wait_for_line(t, "admin API line", |l| l.starts_with("fleet: admin API http://"))?;
         let pid = pid_line["fleet: gpuvisord pid ".len()..]
             .split(',')
             .next()
             .and_then(|p| p.trim().parse().ok())
             .with_context(|| format!("no pid in {pid_line:?}"))?;
         let api = &api_line["fleet: admin API http://".len()..];
-        let (addr, auth) = api
-            .split_once(' ')
-            .with_context(|| format!("odd line {api_line:?}"))?;
-        let token_file = auth
-            .strip_prefix("(token in ")
-            .and_then(|t| t.strip_suffix(')'))
-            .map(PathBuf::from);
+        let (addr, auth) = api.split_once(' ').with_context(|| format!("odd line {api_line:?}"))?;
+        let token_file = auth.strip_prefix("(token in ").and_then(|t| t.strip_suffix(')')).map(PathBuf::from);
         Ok(FleetDaemon {
             pid,
             socket: PathBuf::from(&sock_line["fleet: backend socket ".len()..]),
@@ -340,26 +268,14 @@ impl Fleet {
             if let Some(s) = self.child.try_wait()? {
                 break s;
             }
-            ensure!(
-                Instant::now() < end,
-                "the fleet did not end within {timeout:?}"
-            );
+            ensure!(Instant::now() < end, "the fleet did not end within {timeout:?}");
             std::thread::sleep(Duration::from_millis(100));
         };
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        let lines = self
-            .out
-            .lines
-            .lock()
-            .map_err(|_| anyhow!("lines poisoned"))?
-            .0
-            .clone();
-        Ok(FleetRun {
-            code: status.code().unwrap_or(-1),
-            lines,
-        })
+        let lines = self.out.lines.lock().map_err(|_| anyhow!("lines poisoned"))?.0.clone();
+        Ok(FleetRun { code: status.code().unwrap_or(-1), lines })
     }
 }
 
@@ -393,10 +309,7 @@ pub fn signal(pid: i32, sig: libc::c_int) {
 /// Whether a process with this pid exists (and is not a zombie of ours).
 pub fn alive(pid: i32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit_once(')')
-                .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
+        .map(|s| !s.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with('Z')))
         .unwrap_or(false)
 }
 
@@ -411,11 +324,7 @@ impl FleetRun {
     /// the prefix) and its exit code from the fleet's summary line (-1 if none).
     pub fn vm(&self, name: &str) -> VmRun {
         let prefix = format!("[{name}] ");
-        let console: Vec<&str> = self
-            .lines
-            .iter()
-            .filter_map(|l| l.strip_prefix(&prefix))
-            .collect();
+        let console: Vec<&str> = self.lines.iter().filter_map(|l| l.strip_prefix(&prefix)).collect();
         let summary = format!("fleet: {name} exit ");
         let code = self
             .lines
@@ -423,10 +332,7 @@ impl FleetRun {
             .filter_map(|l| l.strip_prefix(&summary))
             .find_map(|rest| rest.split_whitespace().next()?.parse().ok())
             .unwrap_or(-1);
-        VmRun {
-            code,
-            console: console.join("\n"),
-        }
+        VmRun { code, console: console.join("\n") }
     }
 }
 
@@ -441,17 +347,11 @@ impl AdminApi {
     pub fn new(addr: &str, token_file: Option<&Path>) -> anyhow::Result<AdminApi> {
         let token = match token_file {
             Some(f) => Some(
-                std::fs::read_to_string(f)
-                    .with_context(|| format!("read token {}", f.display()))?
-                    .trim()
-                    .to_string(),
+                std::fs::read_to_string(f).with_context(|| format!("read token {}", f.display()))?.trim().to_string(),
             ),
             None => None,
         };
-        Ok(AdminApi {
-            addr: addr.to_string(),
-            token,
-        })
+        Ok(AdminApi { addr: addr.to_string(), token })
     }
 
     pub fn get(&self, path: &str) -> anyhow::Result<Value> {
@@ -473,59 +373,35 @@ impl AdminApi {
     /// A request whose answer must be 2xx with a JSON body.
     fn call(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<Value> {
         let (status, text) = self.request(method, path, body)?;
-        ensure!(
-            (200..300).contains(&status),
-            "{method} {path}: HTTP {status}: {text}"
-        );
+        ensure!((200..300).contains(&status), "{method} {path}: HTTP {status}: {text}");
         serde_json::from_str(&text).with_context(|| format!("{method} {path}: not JSON: {text}"))
     }
 
-    fn request(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> anyhow::Result<(u16, String)> {
-        let mut s =
-            TcpStream::connect(&self.addr).with_context(|| format!("connect to {}", self.addr))?;
+    fn request(&self, method: &str, path: &str, body: Option<&Value>) -> anyhow::Result<(u16, String)> {
+        let mut s = TcpStream::connect(&self.addr).with_context(|| format!("connect to {}", self.addr))?;
         s.set_read_timeout(Some(Duration::from_secs(10)))?;
         let body = body.map(Value::to_string).unwrap_or_default();
-        let mut req = format!(
-            "{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n",
-            self.addr
-        );
+        let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n", self.addr);
         if let Some(t) = &self.token {
             req.push_str(&format!("Authorization: Bearer {t}\r\n"));
         }
         if !body.is_empty() {
-            req.push_str(&format!(
-                "Content-Type: application/json\r\nContent-Length: {}\r\n",
-                body.len()
-            ));
+            req.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
         }
         req.push_str("\r\n");
         req.push_str(&body);
         s.write_all(req.as_bytes())?;
         let mut raw = Vec::new();
-        s.read_to_end(&mut raw)
-            .with_context(|| format!("{method} {path}: read the answer"))?;
+        s.read_to_end(&mut raw).with_context(|| format!("{method} {path}: read the answer"))?;
         let raw = String::from_utf8_lossy(&raw);
-        let (head, rest) = raw
-            .split_once("\r\n\r\n")
-            .with_context(|| format!("{method} {path}: no header end"))?;
+        let (head, rest) = raw.split_once("\r\n\r\n").with_context(|| format!("{method} {path}: no header end"))?;
         let status = head
             .split_whitespace()
             .nth(1)
             .and_then(|s| s.parse().ok())
             .with_context(|| format!("{method} {path}: odd status line in {head:?}"))?;
-        let chunked = head
-            .lines()
-            .any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
-        let body = if chunked {
-            dechunk(rest)?
-        } else {
-            rest.to_string()
-        };
+        let chunked = head.lines().any(|l| l.to_ascii_lowercase().replace(' ', "") == "transfer-encoding:chunked");
+        let body = if chunked { dechunk(rest)? } else { rest.to_string() };
         Ok((status, body))
     }
 }
@@ -535,8 +411,7 @@ fn dechunk(mut rest: &str) -> anyhow::Result<String> {
     let mut out = String::new();
     loop {
         let (size, after) = rest.split_once("\r\n").context("chunk size line")?;
-        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16)
-            .context("chunk size")?;
+        let size = usize::from_str_radix(size.split(';').next().unwrap_or("").trim(), 16).context("chunk size")?;
         if size == 0 {
             return Ok(out);
         }
@@ -552,12 +427,7 @@ pub struct Daemon(pub Child);
 impl Daemon {
     /// Starts target/<profile>/gpuvisord with these flags, logging to `log`, and
     /// waits for its backend socket.
-    pub fn start(
-        socket: &Path,
-        addr: &str,
-        state_dir: &Path,
-        log: &Path,
-    ) -> anyhow::Result<Daemon> {
+    pub fn start(socket: &Path, addr: &str, state_dir: &Path, log: &Path) -> anyhow::Result<Daemon> {
         let out = std::fs::File::create(log)?;
         let child = Command::new(built("gpuvisord")?)
             .arg("--backend-socket")
@@ -579,18 +449,10 @@ impl Daemon {
             if let Some(s) = d.0.try_wait()? {
                 bail!("gpuvisord exited ({s}); see {}", log.display());
             }
-            ensure!(
-                Instant::now() < end,
-                "gpuvisord did not answer on {addr} in 15 s; see {}",
-                log.display()
-            );
+            ensure!(Instant::now() < end, "gpuvisord did not answer on {addr} in 15 s; see {}", log.display());
             std::thread::sleep(Duration::from_millis(50));
         }
-        ensure!(
-            socket.exists(),
-            "gpuvisord answers but {} is missing",
-            socket.display()
-        );
+        ensure!(socket.exists(), "gpuvisord answers but {} is missing", socket.display());
         Ok(d)
     }
 }

@@ -13,9 +13,7 @@ use serde_json::{json, Value};
 const BOOT: Duration = Duration::from_secs(120);
 
 fn by_name<'a>(vms: &'a [Value], name: &str) -> &'a Value {
-    vms.iter()
-        .find(|v| v["name"] == name)
-        .unwrap_or_else(|| panic!("no VM {name} in {vms:?}"))
+    vms.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no VM {name} in {vms:?}"))
 }
 
 #[test]
@@ -25,8 +23,7 @@ fn weights_1_1_2_give_the_guests_25_25_50_percent_of_the_gpu() {
     let weights = [("a", 1), ("b", 1), ("c", 2)];
     let names: Vec<&str> = weights.iter().map(|w| w.0).collect();
     // 2 ms simulated kernels (2,000,000 iterations at 1 ns), 4 per batch, for 20 s.
-    let run =
-        after_go("/opt/gpuvisor/tests/gv_load saturate --seconds 20 --iters 2000000 --depth 4");
+    let run = after_go("/opt/gpuvisor/tests/gv_load saturate --seconds 20 --iters 2000000 --depth 4");
     let spec = sim_fleet_spec(&dir.0, &run, &weights, "share_dir = \"share\"").unwrap();
     let fleet = Fleet::start(&spec, &dir.path("run")).unwrap();
     let daemon = fleet.daemon().unwrap();
@@ -39,22 +36,13 @@ fn weights_1_1_2_give_the_guests_25_25_50_percent_of_the_gpu() {
     std::thread::sleep(Duration::from_secs(10));
     let api = AdminApi::new(&daemon.addr, daemon.token_file.as_deref()).unwrap();
     let vms = api.vms().unwrap();
-    eprintln!(
-        "GET /v1/vms {:.1} s after go: {vms:#?}",
-        go.elapsed().as_secs_f64()
-    );
+    eprintln!("GET /v1/vms {:.1} s after go: {vms:#?}", go.elapsed().as_secs_f64());
     let total: u32 = weights.iter().map(|w| w.1).sum();
     // The daemon measures each VM's GPU time; compare the VMs' parts of the sum,
     // as the guests' kernel counts are compared below.
-    let used: Vec<f64> = names
-        .iter()
-        .map(|n| by_name(&vms, n)["share_used"].as_f64().unwrap())
-        .collect();
+    let used: Vec<f64> = names.iter().map(|n| by_name(&vms, n)["share_used"].as_f64().unwrap()).collect();
     let used_sum: f64 = used.iter().sum();
-    assert!(
-        used_sum > 0.5,
-        "the GPU was busy all along, yet share_used adds up to {used_sum:.3}"
-    );
+    assert!(used_sum > 0.5, "the GPU was busy all along, yet share_used adds up to {used_sum:.3}");
     for ((name, weight), u) in weights.iter().zip(&used) {
         let v = by_name(&vms, name);
         assert_eq!(v["connected"], true, "{name}: {v}");
@@ -111,26 +99,15 @@ fn a_daemon_killed_and_restarted_mid_load_gets_its_vms_back_with_their_settings(
     std::thread::sleep(kill_at.saturating_sub(load.elapsed()));
     signal(daemon.pid, libc::SIGKILL);
     fleet
-        .wait_for_line(
-            Duration::from_secs(5),
-            "the fleet seeing gpuvisord exit",
-            |l| l.starts_with(&format!("fleet: gpuvisord (pid {}) exited", daemon.pid)),
-        )
+        .wait_for_line(Duration::from_secs(5), "the fleet seeing gpuvisord exit", |l| {
+            l.starts_with(&format!("fleet: gpuvisord (pid {}) exited", daemon.pid))
+        })
         .unwrap();
-    assert!(
-        !alive(daemon.pid),
-        "gpuvisord {} survived SIGKILL",
-        daemon.pid
-    );
+    assert!(!alive(daemon.pid), "gpuvisord {} survived SIGKILL", daemon.pid);
     std::thread::sleep(Duration::from_secs(2));
 
-    let _restarted = Daemon::start(
-        &daemon.socket,
-        &daemon.addr,
-        &dir.path("state"),
-        &dir.path("gpuvisord-2.log"),
-    )
-    .unwrap();
+    let _restarted =
+        Daemon::start(&daemon.socket, &daemon.addr, &dir.path("state"), &dir.path("gpuvisord-2.log")).unwrap();
     let restarted = Instant::now();
     let vms = loop {
         let vms = api.vms().unwrap_or_default();
@@ -138,26 +115,13 @@ fn a_daemon_killed_and_restarted_mid_load_gets_its_vms_back_with_their_settings(
         if connected("a") && connected("b") {
             break vms;
         }
-        assert!(
-            restarted.elapsed() < Duration::from_secs(10),
-            "backends not back 10 s after the restart: {vms:#?}"
-        );
+        assert!(restarted.elapsed() < Duration::from_secs(10), "backends not back 10 s after the restart: {vms:#?}");
         std::thread::sleep(Duration::from_millis(200));
     };
-    eprintln!(
-        "back {:.1} s after the restart: {vms:#?}",
-        restarted.elapsed().as_secs_f64()
-    );
+    eprintln!("back {:.1} s after the restart: {vms:#?}", restarted.elapsed().as_secs_f64());
     assert_eq!(by_name(&vms, "a")["weight"], 1);
-    assert_eq!(
-        by_name(&vms, "b")["weight"],
-        3,
-        "the weight set through the API before the kill"
-    );
-    assert!(
-        load.elapsed() < Duration::from_secs(22),
-        "the guests' load should still be running"
-    );
+    assert_eq!(by_name(&vms, "b")["weight"], 3, "the weight set through the API before the kill");
+    assert!(load.elapsed() < Duration::from_secs(22), "the guests' load should still be running");
 
     let run = fleet.wait(Duration::from_secs(90)).unwrap();
     for n in ["a", "b"] {

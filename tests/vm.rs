@@ -6,27 +6,10 @@ use gpuvisor_tests::run_vm;
 
 #[test]
 fn cuda_programs_in_the_guest_pass_their_checks() {
-    let r = run_vm(
-        "t-checks",
-        "env GV_EXPECT_QUOTA_MIB=768 /opt/gpuvisor/tests/run-all.sh",
-        768,
-    )
-    .unwrap();
-    let summary = r
-        .console
-        .lines()
-        .find(|l| l.starts_with("GUEST-CHECKS "))
-        .expect("guest printed a summary");
-    assert!(
-        r.failed_checks().is_empty(),
-        "failed: {:?}",
-        r.failed_checks()
-    );
-    assert!(
-        r.checks().len() >= 30,
-        "only {} checks ran ({summary})",
-        r.checks().len()
-    );
+    let r = run_vm("t-checks", "env GV_EXPECT_QUOTA_MIB=768 /opt/gpuvisor/tests/run-all.sh", 768).unwrap();
+    let summary = r.console.lines().find(|l| l.starts_with("GUEST-CHECKS ")).expect("guest printed a summary");
+    assert!(r.failed_checks().is_empty(), "failed: {:?}", r.failed_checks());
+    assert!(r.checks().len() >= 30, "only {} checks ran ({summary})", r.checks().len());
     assert_eq!(r.code, 0, "guest exit code");
 }
 
@@ -43,16 +26,9 @@ fn malformed_requests_from_the_guest_get_cuda_errors_and_the_backend_keeps_servi
         "probe.freed_event",
         "probe.alloc_past_quota",
     ] {
-        assert!(
-            checks.contains(&(name.to_string(), true)),
-            "{name} did not pass: {checks:?}"
-        );
+        assert!(checks.contains(&(name.to_string(), true)), "{name} did not pass: {checks:?}");
     }
-    assert!(
-        r.failed_checks().is_empty(),
-        "failed: {:?}",
-        r.failed_checks()
-    );
+    assert!(r.failed_checks().is_empty(), "failed: {:?}", r.failed_checks());
     assert_eq!(r.code, 0);
 }
 
@@ -61,25 +37,10 @@ fn a_guest_process_killed_mid_stream_leaves_nothing_behind() {
     let cmd = "gpuvisor-probe hog 384 & sleep 4; kill -9 $!; sleep 1; \
                gpuvisor-probe meminfo --expect-all-free && /opt/gpuvisor/tests/gv_vector_add";
     let r = run_vm("t-kill", cmd, 512).unwrap();
-    assert!(
-        r.console.contains("hog: holding 384 MiB"),
-        "the hog never started"
-    );
+    assert!(r.console.contains("hog: holding 384 MiB"), "the hog never started");
     let checks = r.checks();
-    assert!(
-        checks.contains(&("probe.all_memory_free".to_string(), true)),
-        "{checks:?}"
-    );
-    assert!(
-        checks
-            .iter()
-            .any(|(n, ok)| n.starts_with("vector_add.") && *ok),
-        "next process did not work: {checks:?}"
-    );
-    assert!(
-        r.failed_checks().is_empty(),
-        "failed: {:?}",
-        r.failed_checks()
-    );
+    assert!(checks.contains(&("probe.all_memory_free".to_string(), true)), "{checks:?}");
+    assert!(checks.iter().any(|(n, ok)| n.starts_with("vector_add.") && *ok), "next process did not work: {checks:?}");
+    assert!(r.failed_checks().is_empty(), "failed: {:?}", r.failed_checks());
     assert_eq!(r.code, 0);
 }

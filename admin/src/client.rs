@@ -18,11 +18,7 @@ pub enum ClientError {
     },
     /// The server answered with a non-2xx status.
     #[error("{error} (HTTP {status})")]
-    Api {
-        status: u16,
-        error: String,
-        field: Option<String>,
-    },
+    Api { status: u16, error: String, field: Option<String> },
     /// A patch could not be encoded as JSON.
     #[error("could not encode the request: {0}")]
     Encode(#[source] serde_json::Error),
@@ -59,11 +55,7 @@ impl Client {
             .timeout_global(Some(Duration::from_secs(30)))
             .build();
         let base = base_url.into().trim_end_matches('/').to_owned();
-        Client {
-            base,
-            token,
-            agent: config.into(),
-        }
+        Client { base, token, agent: config.into() }
     }
 
     /// The base URL requests go to.
@@ -118,17 +110,9 @@ impl Client {
         self.request("POST", &format!("/v1/vms/{}/{action}", segment(name)), None)
     }
 
-    fn request<T: DeserializeOwned>(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> Result<T, ClientError> {
+    fn request<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {
         let url = format!("{}{path}", self.base);
-        let mut req = ureq::http::Request::builder()
-            .method(method)
-            .uri(&url)
-            .header("Accept", "application/json");
+        let mut req = ureq::http::Request::builder().method(method).uri(&url).header("Accept", "application/json");
         if let Some(token) = &self.token {
             req = req.header("Authorization", format!("Bearer {token}"));
         }
@@ -136,53 +120,26 @@ impl Client {
             req = req.header("Content-Type", "application/json");
         }
         let bytes = body.unwrap_or_default();
-        let req = req.body(bytes).map_err(|e| ClientError::Unreachable {
-            url: url.clone(),
-            source: e.into(),
-        })?;
-        let mut resp = self
-            .agent
-            .run(req)
-            .map_err(|source| ClientError::Unreachable {
-                url: url.clone(),
-                source,
-            })?;
+        let req = req.body(bytes).map_err(|e| ClientError::Unreachable { url: url.clone(), source: e.into() })?;
+        let mut resp = self.agent.run(req).map_err(|source| ClientError::Unreachable { url: url.clone(), source })?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .read_to_string()
-            .map_err(|e| ClientError::BadResponse {
-                url: url.clone(),
-                message: format!("reading the body: {e}"),
-            })?;
+            .map_err(|e| ClientError::BadResponse { url: url.clone(), message: format!("reading the body: {e}") })?;
         if !(200..300).contains(&status) {
             return Err(match serde_json::from_str::<ErrorBody>(&text) {
-                Ok(ErrorBody { error, field }) => ClientError::Api {
-                    status,
-                    error,
-                    field,
-                },
-                Err(_) => ClientError::Api {
-                    status,
-                    error: summarize(&text, status),
-                    field: None,
-                },
+                Ok(ErrorBody { error, field }) => ClientError::Api { status, error, field },
+                Err(_) => ClientError::Api { status, error: summarize(&text, status), field: None },
             });
         }
-        serde_json::from_str(&text).map_err(|e| ClientError::BadResponse {
-            url,
-            message: e.to_string(),
-        })
+        serde_json::from_str(&text).map_err(|e| ClientError::BadResponse { url, message: e.to_string() })
     }
 }
 
 /// A non-JSON error body (a proxy's HTML page, say), cut to one short line.
 fn summarize(text: &str, status: u16) -> String {
-    let line = text
-        .lines()
-        .map(str::trim)
-        .find(|l| !l.is_empty())
-        .unwrap_or("");
+    let line = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("");
     if line.is_empty() {
         return format!("HTTP {status} with an empty body");
     }
@@ -215,13 +172,8 @@ mod tests {
     #[test]
     fn an_unreachable_server_names_its_url() {
         // Port 9 (discard) on localhost: nothing listens in a test sandbox.
-        let err = Client::new("http://127.0.0.1:9/", None)
-            .health()
-            .unwrap_err();
+        let err = Client::new("http://127.0.0.1:9/", None).health().unwrap_err();
         let msg = err.to_string();
-        assert!(
-            msg.starts_with("could not reach http://127.0.0.1:9/v1/health"),
-            "{msg}"
-        );
+        assert!(msg.starts_with("could not reach http://127.0.0.1:9/v1/health"), "{msg}");
     }
 }

@@ -53,12 +53,7 @@ pub struct Cli {
 
     /// File holding the admin token (used when no token is given)
     /// [default: /var/lib/gpuvisor/admin.token, when it exists]
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Global options",
-        value_name = "PATH"
-    )]
+    #[arg(long, global = true, help_heading = "Global options", value_name = "PATH")]
     pub token_file: Option<PathBuf>,
 
     /// Print the API's JSON answer instead of a table
@@ -168,13 +163,9 @@ pub enum Command {
 }
 
 fn parse_slice_ms(s: &str) -> Result<u64, String> {
-    let ms: f64 = s
-        .parse()
-        .map_err(|_| format!("expected milliseconds, like 2.5, got {s:?}"))?;
+    let ms: f64 = s.parse().map_err(|_| format!("expected milliseconds, like 2.5, got {s:?}"))?;
     if !ms.is_finite() || ms <= 0.0 {
-        return Err(format!(
-            "expected a positive number of milliseconds, got {s}"
-        ));
+        return Err(format!("expected a positive number of milliseconds, got {s}"));
     }
     // Saturates at u64::MAX for absurd values; the server reports the range.
     Ok((ms * 1000.0).round() as u64)
@@ -193,41 +184,26 @@ struct Token {
 
 fn resolve_token(cli: &Cli) -> anyhow::Result<Token> {
     if let Some(t) = &cli.token {
-        return Ok(Token {
-            token: Some(t.trim().to_owned()),
-            missing_note: String::new(),
-        });
+        return Ok(Token { token: Some(t.trim().to_owned()), missing_note: String::new() });
     }
     if let Some(path) = &cli.token_file {
         let t = read_token(path)?;
-        return Ok(Token {
-            token: Some(t),
-            missing_note: String::new(),
-        });
+        return Ok(Token { token: Some(t), missing_note: String::new() });
     }
     let default = Path::new(DEFAULT_TOKEN_FILE);
     let missing_note = if default.exists() {
         match read_token(default) {
-            Ok(t) => {
-                return Ok(Token {
-                    token: Some(t),
-                    missing_note: String::new(),
-                })
-            }
+            Ok(t) => return Ok(Token { token: Some(t), missing_note: String::new() }),
             Err(e) => format!("{e:#}"),
         }
     } else {
         format!("{DEFAULT_TOKEN_FILE} does not exist")
     };
-    Ok(Token {
-        token: None,
-        missing_note,
-    })
+    Ok(Token { token: None, missing_note })
 }
 
 fn read_token(path: &Path) -> anyhow::Result<String> {
-    let t = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read token file {}", path.display()))?;
+    let t = std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?;
     let t = t.trim();
     if t.is_empty() {
         return Err(anyhow!("token file {} is empty", path.display()));
@@ -252,17 +228,13 @@ fn explain(e: anyhow::Error, cli: &Cli, sent_token: bool, missing_note: &str) ->
              set GPUVISOR_TOKEN, or pass --token-file PATH"
         ),
         Some(ClientError::Api { status: 401, .. }) => {
-            "the admin token was refused: check it against the file gpuvisord was started with"
-                .to_owned()
+            "the admin token was refused: check it against the file gpuvisord was started with".to_owned()
         }
         Some(ClientError::Api { field: Some(f), .. }) if f == "slice_us" => {
             "--slice-ms takes milliseconds: 0.5 to 10000".to_owned()
         }
         Some(ClientError::Unreachable { .. }) => {
-            format!(
-                "is gpuvisord running and serving its admin API at {}? (--url, GPUVISOR_URL)",
-                cli.url
-            )
+            format!("is gpuvisord running and serving its admin API at {}? (--url, GPUVISOR_URL)", cli.url)
         }
         _ => return e,
     };
@@ -276,13 +248,7 @@ fn execute(cli: &Cli, client: &Client, out: &mut dyn Write) -> anyhow::Result<()
             if cli.json {
                 return print_json(out, &h);
             }
-            writeln!(
-                out,
-                "{} (gpuvisord {} at {})",
-                h.status,
-                h.version,
-                client.base_url()
-            )?;
+            writeln!(out, "{} (gpuvisord {} at {})", h.status, h.version, client.base_url())?;
         }
         Command::Gpus => {
             let mut gpus = client.gpus()?;
@@ -293,15 +259,8 @@ fn execute(cli: &Cli, client: &Client, out: &mut dyn Write) -> anyhow::Result<()
             out.write_all(gpu_table(&gpus).as_bytes())?;
         }
         Command::Gpu { id } => print_gpu(out, cli.json, &client.gpu(id)?)?,
-        Command::GpuSet {
-            id,
-            slice_ms,
-            max_queued_ops,
-        } => {
-            let patch = GpuPatch {
-                slice_us: *slice_ms,
-                max_queued_ops: *max_queued_ops,
-            };
+        Command::GpuSet { id, slice_ms, max_queued_ops } => {
+            let patch = GpuPatch { slice_us: *slice_ms, max_queued_ops: *max_queued_ops };
             print_gpu(out, cli.json, &client.update_gpu(id, &patch)?)?;
         }
         Command::Vms { gpu } => {
@@ -316,25 +275,9 @@ fn execute(cli: &Cli, client: &Client, out: &mut dyn Write) -> anyhow::Result<()
             out.write_all(vm_table(&vms).as_bytes())?;
         }
         Command::Vm { name } => print_vm(out, cli.json, &client.vm(name)?)?,
-        Command::Set {
-            name,
-            class,
-            weight,
-            priority,
-            slice_ms,
-            gpu_slice,
-        } => {
-            let slice_us = if *gpu_slice {
-                Some(None)
-            } else {
-                slice_ms.map(Some)
-            };
-            let patch = VmPatch {
-                class: *class,
-                weight: *weight,
-                priority: *priority,
-                slice_us,
-            };
+        Command::Set { name, class, weight, priority, slice_ms, gpu_slice } => {
+            let slice_us = if *gpu_slice { Some(None) } else { slice_ms.map(Some) };
+            let patch = VmPatch { class: *class, weight: *weight, priority: *priority, slice_us };
             print_vm(out, cli.json, &client.update_vm(name, &patch)?)?;
         }
         Command::Drain { name } | Command::Resume { name } => {
@@ -344,11 +287,7 @@ fn execute(cli: &Cli, client: &Client, out: &mut dyn Write) -> anyhow::Result<()
                 return print_json(out, &vm);
             }
             if drain {
-                writeln!(
-                    out,
-                    "{}: drained; it gets no GPU time until `gpuvisorctl resume {}`",
-                    vm.name, vm.name
-                )?;
+                writeln!(out, "{}: drained; it gets no GPU time until `gpuvisorctl resume {}`", vm.name, vm.name)?;
             } else {
                 writeln!(out, "{}: resumed (state {})", vm.name, state_name(&vm))?;
             }
@@ -396,11 +335,7 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
                 line.push_str("  ");
             }
             line.push_str(cell);
-            let pad = widths
-                .get(i)
-                .copied()
-                .unwrap_or(0)
-                .saturating_sub(cell.chars().count());
+            let pad = widths.get(i).copied().unwrap_or(0).saturating_sub(cell.chars().count());
             line.extend(std::iter::repeat_n(' ', pad));
         }
         s.push_str(line.trim_end());
@@ -424,10 +359,7 @@ pub fn gpu_table(gpus: &[GpuView]) -> String {
             ]
         })
         .collect();
-    table(
-        &["ID", "NAME", "MEMORY", "SLICE", "HOLDER", "BUSY", "VMS"],
-        &rows,
-    )
+    table(&["ID", "NAME", "MEMORY", "SLICE", "HOLDER", "BUSY", "VMS"], &rows)
 }
 
 pub fn vm_table(vms: &[VmView]) -> String {
@@ -475,10 +407,7 @@ pub fn gpu_detail(g: &GpuView) -> String {
         ("name", g.name.clone()),
         ("index", opt(g.index)),
         ("memory_total", bytes(g.memory_total_bytes)),
-        (
-            "mig_enabled",
-            g.mig_enabled.map(yes_no).unwrap_or("unknown").to_owned(),
-        ),
+        ("mig_enabled", g.mig_enabled.map(yes_no).unwrap_or("unknown").to_owned()),
         ("slice", micros(g.slice_us as f64)),
         ("max_queued_ops", g.max_queued_ops.to_string()),
         ("holder", g.holder.clone().unwrap_or_else(|| "-".to_owned())),
@@ -489,11 +418,7 @@ pub fn gpu_detail(g: &GpuView) -> String {
 }
 
 pub fn vm_detail(v: &VmView) -> String {
-    let slice_source = if v.slice_us_override.is_some() {
-        "the VM's own"
-    } else {
-        "the GPU's default"
-    };
+    let slice_source = if v.slice_us_override.is_some() { "the VM's own" } else { "the GPU's default" };
     let lines = [
         ("name", v.name.clone()),
         ("gpu", v.gpu.clone()),
@@ -504,10 +429,7 @@ pub fn vm_detail(v: &VmView) -> String {
         ("class", v.class.to_string()),
         ("weight", v.weight.to_string()),
         ("priority", v.priority.to_string()),
-        (
-            "slice",
-            format!("{} ({slice_source})", micros(v.slice_us as f64)),
-        ),
+        ("slice", format!("{} ({slice_source})", micros(v.slice_us as f64))),
         ("max_queued_ops", v.max_queued_ops.to_string()),
         ("drained", yes_no(v.drained).to_owned()),
         ("share_configured", percent(v.share_configured)),
@@ -526,10 +448,7 @@ pub fn vm_detail(v: &VmView) -> String {
 
 fn key_values(lines: &[(&str, String)]) -> String {
     let width = lines.iter().map(|(k, _)| k.len() + 1).max().unwrap_or(0);
-    lines
-        .iter()
-        .map(|(k, v)| format!("{:width$} {v}\n", format!("{k}:")))
-        .collect()
+    lines.iter().map(|(k, v)| format!("{:width$} {v}\n", format!("{k}:"))).collect()
 }
 
 fn state_name(v: &VmView) -> &'static str {
@@ -624,13 +543,7 @@ mod tests {
 
     #[test]
     fn columns_line_up() {
-        let t = table(
-            &["A", "LONGER"],
-            &[
-                vec!["wide cell".into(), "x".into()],
-                vec!["y".into(), "z".into()],
-            ],
-        );
+        let t = table(&["A", "LONGER"], &[vec!["wide cell".into(), "x".into()], vec!["y".into(), "z".into()]]);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines[0], "A          LONGER");
         assert_eq!(lines[1], "wide cell  x");
@@ -640,25 +553,10 @@ mod tests {
     #[test]
     fn negative_priorities_and_slice_choices_parse() {
         let cli = Cli::try_parse_from(["gpuvisorctl", "set", "vm1", "--priority", "-5"]).unwrap();
-        assert!(matches!(
-            cli.command,
-            Command::Set {
-                priority: Some(-5),
-                ..
-            }
-        ));
-        let err = Cli::try_parse_from([
-            "gpuvisorctl",
-            "set",
-            "vm1",
-            "--slice-ms",
-            "2",
-            "--gpu-slice",
-        ])
-        .unwrap_err();
+        assert!(matches!(cli.command, Command::Set { priority: Some(-5), .. }));
+        let err = Cli::try_parse_from(["gpuvisorctl", "set", "vm1", "--slice-ms", "2", "--gpu-slice"]).unwrap_err();
         assert_eq!(err.exit_code(), 2);
-        let err =
-            Cli::try_parse_from(["gpuvisorctl", "set", "vm1", "--class", "gold"]).unwrap_err();
+        let err = Cli::try_parse_from(["gpuvisorctl", "set", "vm1", "--class", "gold"]).unwrap_err();
         assert!(err.to_string().contains("best-effort"), "{err}");
     }
 }

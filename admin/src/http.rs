@@ -12,8 +12,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use protocol::control::{
-    MAX_PRIORITY, MAX_QUEUED_OPS, MAX_SLICE_US, MAX_WEIGHT, MIN_PRIORITY, MIN_QUEUED_OPS,
-    MIN_SLICE_US, MIN_WEIGHT,
+    MAX_PRIORITY, MAX_QUEUED_OPS, MAX_SLICE_US, MAX_WEIGHT, MIN_PRIORITY, MIN_QUEUED_OPS, MIN_SLICE_US, MIN_WEIGHT,
 };
 use serde::de::DeserializeOwned;
 use std::fmt::Display;
@@ -59,14 +58,9 @@ pub fn router(admin: Arc<dyn Admin>, auth: Auth) -> Router {
     let api = match auth {
         Auth::Token(token) => {
             if token.is_empty() {
-                tracing::warn!(
-                    "admin API token is empty: every authenticated request will be refused"
-                );
+                tracing::warn!("admin API token is empty: every authenticated request will be refused");
             }
-            api.route_layer(middleware::from_fn_with_state(
-                Arc::new(token),
-                require_token,
-            ))
+            api.route_layer(middleware::from_fn_with_state(Arc::new(token), require_token))
         }
         Auth::None => {
             tracing::warn!("admin API authentication is disabled");
@@ -94,9 +88,7 @@ pub async fn serve(
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(%addr, "admin API listening");
     }
-    axum::serve(listener, router(admin, auth))
-        .with_graceful_shutdown(shutdown)
-        .await
+    axum::serve(listener, router(admin, auth)).with_graceful_shutdown(shutdown).await
 }
 
 /// The OpenAPI document of this API.
@@ -126,19 +118,11 @@ struct ApiError {
 
 impl ApiError {
     fn new(status: StatusCode, error: impl Into<String>, field: Option<String>) -> ApiError {
-        ApiError {
-            status,
-            error: error.into(),
-            field,
-        }
+        ApiError { status, error: error.into(), field }
     }
 
     fn invalid(field: &str, message: impl Display) -> ApiError {
-        ApiError::new(
-            StatusCode::UNPROCESSABLE_ENTITY,
-            format!("{field}: {message}"),
-            Some(field.to_owned()),
-        )
+        ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("{field}: {message}"), Some(field.to_owned()))
     }
 }
 
@@ -150,9 +134,7 @@ impl From<AdminError> for ApiError {
             AdminError::InvalidField { field, .. } => {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message, Some(field))
             }
-            AdminError::Internal(_) => {
-                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message, None)
-            }
+            AdminError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message, None),
         }
     }
 }
@@ -160,17 +142,9 @@ impl From<AdminError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let unauthorized = self.status == StatusCode::UNAUTHORIZED;
-        let mut resp = (
-            self.status,
-            Json(ErrorBody {
-                error: self.error,
-                field: self.field,
-            }),
-        )
-            .into_response();
+        let mut resp = (self.status, Json(ErrorBody { error: self.error, field: self.field })).into_response();
         if unauthorized {
-            resp.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         resp
     }
@@ -191,32 +165,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
                 None,
             ));
         }
-        let body = Bytes::from_request(req, state)
-            .await
-            .map_err(|e: BytesRejection| {
-                ApiError::new(
-                    e.status(),
-                    format!("could not read the request body: {}", e.body_text()),
-                    None,
-                )
-            })?;
+        let body = Bytes::from_request(req, state).await.map_err(|e: BytesRejection| {
+            ApiError::new(e.status(), format!("could not read the request body: {}", e.body_text()), None)
+        })?;
         parse_json(&body).map(JsonBody)
     }
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(value) = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-    else {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
     };
-    let mime = value
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let mime = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
     mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
 }
 
@@ -240,54 +200,29 @@ fn json_error(e: serde_json::Error, path: Option<String>) -> ApiError {
         Category::Data => {
             // serde reports an unknown field while reading its key, before the
             // path has it: the name is in the message, between backticks.
-            if let Some(name) = message
-                .strip_prefix("unknown field `")
-                .and_then(|rest| rest.split('`').next())
-            {
+            if let Some(name) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
                 return ApiError::new(StatusCode::BAD_REQUEST, message, Some(name.to_owned()));
             }
             match path {
-                Some(field) => ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("{field}: {message}"),
-                    Some(field),
-                ),
-                None => ApiError::new(
-                    StatusCode::BAD_REQUEST,
-                    format!("request body: {message}"),
-                    None,
-                ),
+                Some(field) => ApiError::new(StatusCode::BAD_REQUEST, format!("{field}: {message}"), Some(field)),
+                None => ApiError::new(StatusCode::BAD_REQUEST, format!("request body: {message}"), None),
             }
         }
-        Category::Syntax | Category::Eof | Category::Io => ApiError::new(
-            StatusCode::BAD_REQUEST,
-            format!("malformed JSON: {full}"),
-            path,
-        ),
+        Category::Syntax | Category::Eof | Category::Io => {
+            ApiError::new(StatusCode::BAD_REQUEST, format!("malformed JSON: {full}"), path)
+        }
     }
 }
 
-fn check_range<T: PartialOrd + Display>(
-    field: &str,
-    value: T,
-    min: T,
-    max: T,
-) -> Result<(), ApiError> {
+fn check_range<T: PartialOrd + Display>(field: &str, value: T, min: T, max: T) -> Result<(), ApiError> {
     if value < min || value > max {
-        return Err(ApiError::invalid(
-            field,
-            format_args!("must be between {min} and {max}, got {value}"),
-        ));
+        return Err(ApiError::invalid(field, format_args!("must be between {min} and {max}, got {value}")));
     }
     Ok(())
 }
 
 fn nothing_to_change(fields: &str) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        format!("nothing to change: give at least one of {fields}"),
-        None,
-    )
+    ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("nothing to change: give at least one of {fields}"), None)
 }
 
 fn validate_vm_patch(p: &VmPatch) -> Result<(), ApiError> {
@@ -327,11 +262,7 @@ async fn call<T: Send + 'static>(
 ) -> Result<Json<T>, ApiError> {
     match tokio::task::spawn_blocking(move || f(admin.as_ref())).await {
         Ok(result) => Ok(Json(result?)),
-        Err(e) => Err(ApiError::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            format!("admin call failed: {e}"),
-            None,
-        )),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("admin call failed: {e}"), None)),
     }
 }
 
@@ -350,12 +281,8 @@ async fn require_token(State(token): State<Arc<String>>, req: Request, next: Nex
             None,
         )
         .into_response(),
-        Some(t) if !t.is_empty() && bool::from(t.as_bytes().ct_eq(token.as_bytes())) => {
-            next.run(req).await
-        }
-        Some(_) => {
-            ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token", None).into_response()
-        }
+        Some(t) if !t.is_empty() && bool::from(t.as_bytes().ct_eq(token.as_bytes())) => next.run(req).await,
+        Some(_) => ApiError::new(StatusCode::UNAUTHORIZED, "invalid bearer token", None).into_response(),
     }
 }
 
@@ -375,21 +302,13 @@ async fn log_request(req: Request, next: Next) -> Response {
 }
 
 async fn not_found(req: Request) -> ApiError {
-    ApiError::new(
-        StatusCode::NOT_FOUND,
-        format!("no route {} {}", req.method(), req.uri().path()),
-        None,
-    )
+    ApiError::new(StatusCode::NOT_FOUND, format!("no route {} {}", req.method(), req.uri().path()), None)
 }
 
 async fn method_not_allowed(req: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!(
-            "method {} not allowed on {}",
-            req.method(),
-            req.uri().path()
-        ),
+        format!("method {} not allowed on {}", req.method(), req.uri().path()),
         None,
     )
 }
@@ -398,27 +317,17 @@ async fn method_not_allowed(req: Request) -> ApiError {
 #[utoipa::path(get, path = "/v1/health", tag = "health", security(()),
     responses((status = 200, description = "The daemon is up", body = Health)))]
 async fn health() -> Json<Health> {
-    Json(Health {
-        status: "ok".to_owned(),
-        version: env!("CARGO_PKG_VERSION").to_owned(),
-    })
+    Json(Health { status: "ok".to_owned(), version: env!("CARGO_PKG_VERSION").to_owned() })
 }
 
-static OPENAPI_JSON: LazyLock<String> = LazyLock::new(|| {
-    openapi()
-        .to_pretty_json()
-        .unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-});
+static OPENAPI_JSON: LazyLock<String> =
+    LazyLock::new(|| openapi().to_pretty_json().unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}")));
 
 /// This document; needs no token.
 #[utoipa::path(get, path = "/openapi.json", tag = "health", security(()),
     responses((status = 200, description = "The OpenAPI 3.1 document of the admin API", content_type = "application/json")))]
 async fn openapi_json() -> Response {
-    (
-        [(header::CONTENT_TYPE, "application/json")],
-        OPENAPI_JSON.as_str(),
-    )
-        .into_response()
+    ([(header::CONTENT_TYPE, "application/json")], OPENAPI_JSON.as_str()).into_response()
 }
 
 /// All GPUs the daemon schedules, with their defaults and how busy they are.
@@ -439,10 +348,7 @@ async fn list_gpus(State(admin): State<Arc<dyn Admin>>) -> Result<Json<Vec<GpuVi
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such GPU", body = ErrorBody),
     ))]
-async fn get_gpu(
-    State(admin): State<Arc<dyn Admin>>,
-    Path(id): Path<String>,
-) -> Result<Json<GpuView>, ApiError> {
+async fn get_gpu(State(admin): State<Arc<dyn Admin>>, Path(id): Path<String>) -> Result<Json<GpuView>, ApiError> {
     call(admin, move |a| a.gpu(&id)).await
 }
 
@@ -487,10 +393,7 @@ async fn list_vms(State(admin): State<Arc<dyn Admin>>) -> Result<Json<Vec<VmView
         (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
         (status = 404, description = "No such VM", body = ErrorBody),
     ))]
-async fn get_vm(
-    State(admin): State<Arc<dyn Admin>>,
-    Path(name): Path<String>,
-) -> Result<Json<VmView>, ApiError> {
+async fn get_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>) -> Result<Json<VmView>, ApiError> {
     call(admin, move |a| a.vm(&name)).await
 }
 
@@ -526,10 +429,7 @@ async fn patch_vm(
         (status = 404, description = "No such VM", body = ErrorBody),
         (status = 500, description = "The daemon could not apply the change", body = ErrorBody),
     ))]
-async fn drain_vm(
-    State(admin): State<Arc<dyn Admin>>,
-    Path(name): Path<String>,
-) -> Result<Json<VmView>, ApiError> {
+async fn drain_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>) -> Result<Json<VmView>, ApiError> {
     call(admin, move |a| a.set_drained(&name, true)).await
 }
 
@@ -542,10 +442,7 @@ async fn drain_vm(
         (status = 404, description = "No such VM", body = ErrorBody),
         (status = 500, description = "The daemon could not apply the change", body = ErrorBody),
     ))]
-async fn resume_vm(
-    State(admin): State<Arc<dyn Admin>>,
-    Path(name): Path<String>,
-) -> Result<Json<VmView>, ApiError> {
+async fn resume_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>) -> Result<Json<VmView>, ApiError> {
     call(admin, move |a| a.set_drained(&name, false)).await
 }
 
@@ -604,43 +501,22 @@ mod tests {
     fn schema_limits(schema: &str, field: &str) -> (f64, f64) {
         let doc = serde_json::to_value(openapi()).unwrap();
         let prop = &doc["components"]["schemas"][schema]["properties"][field];
-        (
-            prop["minimum"].as_f64().unwrap(),
-            prop["maximum"].as_f64().unwrap(),
-        )
+        (prop["minimum"].as_f64().unwrap(), prop["maximum"].as_f64().unwrap())
     }
 
     #[test]
     fn documented_limits_match_the_protocol() {
-        assert_eq!(
-            schema_limits("VmPatch", "weight"),
-            (MIN_WEIGHT as f64, MAX_WEIGHT as f64)
-        );
-        assert_eq!(
-            schema_limits("VmPatch", "priority"),
-            (MIN_PRIORITY as f64, MAX_PRIORITY as f64)
-        );
-        assert_eq!(
-            schema_limits("VmPatch", "slice_us"),
-            (MIN_SLICE_US as f64, MAX_SLICE_US as f64)
-        );
-        assert_eq!(
-            schema_limits("GpuPatch", "slice_us"),
-            (MIN_SLICE_US as f64, MAX_SLICE_US as f64)
-        );
-        assert_eq!(
-            schema_limits("GpuPatch", "max_queued_ops"),
-            (MIN_QUEUED_OPS as f64, MAX_QUEUED_OPS as f64)
-        );
+        assert_eq!(schema_limits("VmPatch", "weight"), (MIN_WEIGHT as f64, MAX_WEIGHT as f64));
+        assert_eq!(schema_limits("VmPatch", "priority"), (MIN_PRIORITY as f64, MAX_PRIORITY as f64));
+        assert_eq!(schema_limits("VmPatch", "slice_us"), (MIN_SLICE_US as f64, MAX_SLICE_US as f64));
+        assert_eq!(schema_limits("GpuPatch", "slice_us"), (MIN_SLICE_US as f64, MAX_SLICE_US as f64));
+        assert_eq!(schema_limits("GpuPatch", "max_queued_ops"), (MIN_QUEUED_OPS as f64, MAX_QUEUED_OPS as f64));
     }
 
     #[test]
     fn json_errors_name_the_field() {
         let e = parse_json::<VmPatch>(br#"{"weight": "heavy"}"#).unwrap_err();
-        assert_eq!(
-            (e.status, e.field.as_deref()),
-            (StatusCode::BAD_REQUEST, Some("weight"))
-        );
+        assert_eq!((e.status, e.field.as_deref()), (StatusCode::BAD_REQUEST, Some("weight")));
         assert!(e.error.starts_with("weight: invalid type"), "{}", e.error);
         let e = parse_json::<VmPatch>(br#"{"wieght": 3}"#).unwrap_err();
         assert_eq!(e.field.as_deref(), Some("wieght"));

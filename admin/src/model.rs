@@ -99,35 +99,19 @@ pub struct VmView {
 #[serde(deny_unknown_fields)]
 pub struct VmPatch {
     /// The VM's QoS class.
-    #[serde(
-        default,
-        deserialize_with = "integral::non_null",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "integral::non_null", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = QosClassSchema, required = false)]
     pub class: Option<QosClass>,
     /// The VM's fair share is its weight over the sum of the busy VMs' weights.
-    #[serde(
-        default,
-        deserialize_with = "integral::some",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "integral::some", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 10000, nullable = false)]
     pub weight: Option<u32>,
     /// Higher runs sooner (lower latency), but never beyond its share.
-    #[serde(
-        default,
-        deserialize_with = "integral::some",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "integral::some", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = -20, maximum = 20, nullable = false)]
     pub priority: Option<i32>,
     /// The VM's own time slice in microseconds; `null` clears it (the GPU's applies).
-    #[serde(
-        default,
-        with = "double_option",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, with = "double_option", skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<u64>, nullable, minimum = 500, maximum = 10000000)]
     pub slice_us: Option<Option<u64>>,
 }
@@ -137,20 +121,12 @@ pub struct VmPatch {
 #[serde(deny_unknown_fields)]
 pub struct GpuPatch {
     /// Default time slice in microseconds for VMs without their own.
-    #[serde(
-        default,
-        deserialize_with = "integral::some",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "integral::some", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 500, maximum = 10000000, nullable = false)]
     pub slice_us: Option<u64>,
     /// Default cap on GPU operations a VM may have queued while it holds a
     /// grant; bounds how long taking the GPU back from a VM takes.
-    #[serde(
-        default,
-        deserialize_with = "integral::some",
-        skip_serializing_if = "Option::is_none"
-    )]
+    #[serde(default, deserialize_with = "integral::some", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 4096, nullable = false)]
     pub max_queued_ops: Option<u32>,
 }
@@ -233,10 +209,7 @@ pub trait Admin: Send + Sync + 'static {
 mod double_option {
     use serde::{Deserializer, Serialize, Serializer};
 
-    pub fn serialize<S: Serializer, T: Serialize>(
-        v: &Option<Option<T>>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
+    pub fn serialize<S: Serializer, T: Serialize>(v: &Option<Option<T>>, s: S) -> Result<S::Ok, S::Error> {
         match v {
             None => s.serialize_none(),
             Some(inner) => inner.serialize(s),
@@ -244,9 +217,7 @@ mod double_option {
     }
 
     /// Whole numbers only (see `integral`): this is used for `slice_us`.
-    pub fn deserialize<'de, D: Deserializer<'de>, T: TryFrom<i128>>(
-        d: D,
-    ) -> Result<Option<Option<T>>, D::Error> {
+    pub fn deserialize<'de, D: Deserializer<'de>, T: TryFrom<i128>>(d: D) -> Result<Option<Option<T>>, D::Error> {
         Ok(Some(super::integral::opt(d)?))
     }
 }
@@ -272,9 +243,7 @@ mod integral {
     }
 
     /// Any optional field that may be absent but not `null`.
-    pub fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
-        d: D,
-    ) -> Result<Option<T>, D::Error> {
+    pub fn non_null<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<T>, D::Error> {
         T::deserialize(d).map(Some)
     }
 
@@ -284,9 +253,7 @@ mod integral {
         } else if let Some(u) = n.as_u64() {
             Some(u as i128)
         } else {
-            n.as_f64()
-                .filter(|f| f.fract() == 0.0 && f.abs() < 1e30)
-                .map(|f| f as i128)
+            n.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < 1e30).map(|f| f as i128)
         };
         let Some(v) = whole else {
             return Err(E::custom(format!("expected a whole number, got {n}")));

@@ -2,8 +2,7 @@
 //! `Admin`, driven by the client, raw requests and the gpuvisorctl binary.
 
 use gpuvisor_admin::{
-    serve, Admin, AdminError, Auth, Client, ClientError, GpuPatch, GpuView, VmPatch, VmState,
-    VmView,
+    serve, Admin, AdminError, Auth, Client, ClientError, GpuPatch, GpuView, VmPatch, VmState, VmView,
 };
 use protocol::control::QosClass;
 use std::collections::HashMap;
@@ -75,10 +74,7 @@ impl MemAdmin {
 }
 
 fn no_vm(name: &str) -> AdminError {
-    AdminError::NotFound {
-        kind: "VM",
-        name: name.to_owned(),
-    }
+    AdminError::NotFound { kind: "VM", name: name.to_owned() }
 }
 
 impl Admin for MemAdmin {
@@ -87,17 +83,11 @@ impl Admin for MemAdmin {
     }
     fn gpu(&self, id: &str) -> Result<GpuView, AdminError> {
         let gpus = self.gpus.lock().unwrap();
-        gpus.get(id).cloned().ok_or(AdminError::NotFound {
-            kind: "GPU",
-            name: id.to_owned(),
-        })
+        gpus.get(id).cloned().ok_or(AdminError::NotFound { kind: "GPU", name: id.to_owned() })
     }
     fn update_gpu(&self, id: &str, patch: GpuPatch) -> Result<GpuView, AdminError> {
         let mut gpus = self.gpus.lock().unwrap();
-        let g = gpus.get_mut(id).ok_or(AdminError::NotFound {
-            kind: "GPU",
-            name: id.to_owned(),
-        })?;
+        let g = gpus.get_mut(id).ok_or(AdminError::NotFound { kind: "GPU", name: id.to_owned() })?;
         g.slice_us = patch.slice_us.unwrap_or(g.slice_us);
         g.max_queued_ops = patch.max_queued_ops.unwrap_or(g.max_queued_ops);
         Ok(g.clone())
@@ -106,12 +96,7 @@ impl Admin for MemAdmin {
         self.vms.lock().unwrap().values().cloned().collect()
     }
     fn vm(&self, name: &str) -> Result<VmView, AdminError> {
-        self.vms
-            .lock()
-            .unwrap()
-            .get(name)
-            .cloned()
-            .ok_or_else(|| no_vm(name))
+        self.vms.lock().unwrap().get(name).cloned().ok_or_else(|| no_vm(name))
     }
     fn update_vm(&self, name: &str, patch: VmPatch) -> Result<VmView, AdminError> {
         let mut vms = self.vms.lock().unwrap();
@@ -129,11 +114,7 @@ impl Admin for MemAdmin {
         let mut vms = self.vms.lock().unwrap();
         let v = vms.get_mut(name).ok_or_else(|| no_vm(name))?;
         v.drained = drained;
-        v.state = if drained {
-            VmState::Drained
-        } else {
-            VmState::Idle
-        };
+        v.state = if drained { VmState::Drained } else { VmState::Idle };
         Ok(v.clone())
     }
 }
@@ -150,28 +131,18 @@ impl Server {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()
-                .unwrap();
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
                 addr_tx.send(listener.local_addr().unwrap()).unwrap();
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
-                serve(listener, Arc::new(MemAdmin::new()), auth, shutdown)
-                    .await
-                    .unwrap();
+                serve(listener, Arc::new(MemAdmin::new()), auth, shutdown).await.unwrap();
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        Server {
-            url: format!("http://{addr}"),
-            stop: Some(stop),
-            thread: Some(thread),
-        }
+        Server { url: format!("http://{addr}"), stop: Some(stop), thread: Some(thread) }
     }
 
     fn client(&self) -> Client {
@@ -203,13 +174,8 @@ fn raw(
     content_type: Option<&str>,
     body: &str,
 ) -> (u16, Option<String>, serde_json::Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut req = ureq::http::Request::builder()
-        .method(method)
-        .uri(format!("{}{path}", server.url));
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut req = ureq::http::Request::builder().method(method).uri(format!("{}{path}", server.url));
     if let Some(t) = token {
         req = req.header("Authorization", format!("Bearer {t}"));
     }
@@ -218,35 +184,21 @@ fn raw(
     }
     let mut resp = agent.run(req.body(body.to_owned()).unwrap()).unwrap();
     let status = resp.status().as_u16();
-    let www = resp
-        .headers()
-        .get("www-authenticate")
-        .map(|v| v.to_str().unwrap().to_owned());
+    let www = resp.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
     let text = resp.body_mut().read_to_string().unwrap();
-    let json = serde_json::from_str(&text)
-        .unwrap_or_else(|e| panic!("{method} {path}: body {text:?} is not JSON: {e}"));
+    let json =
+        serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path}: body {text:?} is not JSON: {e}"));
     (status, www, json)
 }
 
 fn patch_vm(server: &Server, body: &str) -> (u16, serde_json::Value) {
-    let (status, _, json) = raw(
-        server,
-        "PATCH",
-        "/v1/vms/alpha",
-        Some(TOKEN),
-        Some("application/json"),
-        body,
-    );
+    let (status, _, json) = raw(server, "PATCH", "/v1/vms/alpha", Some(TOKEN), Some("application/json"), body);
     (status, json)
 }
 
 fn api_error(r: Result<impl std::fmt::Debug, ClientError>) -> (u16, String, Option<String>) {
     match r {
-        Err(ClientError::Api {
-            status,
-            error,
-            field,
-        }) => (status, error, field),
+        Err(ClientError::Api { status, error, field }) => (status, error, field),
         other => panic!("expected an API error, got {other:?}"),
     }
 }
@@ -275,53 +227,19 @@ fn lists_and_gets_gpus_and_vms() {
 fn patches_are_applied() {
     let s = server();
     let c = s.client();
-    let patch = VmPatch {
-        class: Some(QosClass::Guaranteed),
-        weight: Some(300),
-        priority: Some(-5),
-        slice_us: None,
-    };
+    let patch = VmPatch { class: Some(QosClass::Guaranteed), weight: Some(300), priority: Some(-5), slice_us: None };
     let vm = c.update_vm("alpha", &patch).unwrap();
-    assert_eq!(
-        (vm.class, vm.weight, vm.priority),
-        (QosClass::Guaranteed, 300, -5)
-    );
+    assert_eq!((vm.class, vm.weight, vm.priority), (QosClass::Guaranteed, 300, -5));
     assert_eq!(c.vm("alpha").unwrap().weight, 300);
 
     // A patch that leaves the slice out keeps the VM's own slice; null clears it.
-    c.update_vm(
-        "alpha",
-        &VmPatch {
-            slice_us: Some(Some(2000)),
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let vm = c
-        .update_vm(
-            "alpha",
-            &VmPatch {
-                weight: Some(5),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    c.update_vm("alpha", &VmPatch { slice_us: Some(Some(2000)), ..Default::default() }).unwrap();
+    let vm = c.update_vm("alpha", &VmPatch { weight: Some(5), ..Default::default() }).unwrap();
     assert_eq!(vm.slice_us_override, Some(2000));
     let (status, json) = patch_vm(&s, r#"{"slice_us": null}"#);
-    assert_eq!(
-        (status, &json["slice_us_override"]),
-        (200, &serde_json::Value::Null)
-    );
+    assert_eq!((status, &json["slice_us_override"]), (200, &serde_json::Value::Null));
 
-    let g = c
-        .update_gpu(
-            GPU,
-            &GpuPatch {
-                slice_us: Some(5000),
-                max_queued_ops: Some(16),
-            },
-        )
-        .unwrap();
+    let g = c.update_gpu(GPU, &GpuPatch { slice_us: Some(5000), max_queued_ops: Some(16) }).unwrap();
     assert_eq!((g.slice_us, g.max_queued_ops), (5000, 16));
 }
 
@@ -342,26 +260,13 @@ fn missing_or_wrong_token_is_401() {
     let s = server();
     let (status, www, json) = raw(&s, "GET", "/v1/vms", None, None, "");
     assert_eq!((status, www.as_deref()), (401, Some("Bearer")));
-    assert!(
-        json["error"]
-            .as_str()
-            .unwrap()
-            .contains("missing bearer token"),
-        "{json}"
-    );
+    assert!(json["error"].as_str().unwrap().contains("missing bearer token"), "{json}");
     let (status, www, json) = raw(&s, "GET", "/v1/vms", Some("wrong"), None, "");
     assert_eq!((status, www.as_deref()), (401, Some("Bearer")));
     assert_eq!(json["error"], "invalid bearer token");
     assert_eq!(json["field"], serde_json::Value::Null);
     // A prefix of the token is as wrong as any other.
-    let (status, _, _) = raw(
-        &s,
-        "POST",
-        "/v1/vms/alpha/drain",
-        Some(&TOKEN[..5]),
-        None,
-        "",
-    );
+    let (status, _, _) = raw(&s, "POST", "/v1/vms/alpha/drain", Some(&TOKEN[..5]), None, "");
     assert_eq!(status, 401);
     assert!(!s.client().vm("alpha").unwrap().drained);
 }
@@ -384,10 +289,7 @@ fn unknown_vm_gpu_and_route_are_404() {
     assert_eq!(status, 404);
     let (status, _, json) = raw(&s, "GET", "/v1/nothing/here", Some(TOKEN), None, "");
     assert_eq!(status, 404);
-    assert!(
-        json["error"].as_str().unwrap().contains("/v1/nothing/here"),
-        "{json}"
-    );
+    assert!(json["error"].as_str().unwrap().contains("/v1/nothing/here"), "{json}");
 }
 
 #[test]
@@ -402,52 +304,22 @@ fn wrong_method_is_405_json() {
 fn unknown_field_is_400_naming_it() {
     let s = server();
     let (status, json) = patch_vm(&s, r#"{"wieght": 3}"#);
-    assert_eq!(
-        (status, &json["field"]),
-        (400, &serde_json::json!("wieght"))
-    );
-    assert!(
-        json["error"]
-            .as_str()
-            .unwrap()
-            .contains("unknown field `wieght`"),
-        "{json}"
-    );
+    assert_eq!((status, &json["field"]), (400, &serde_json::json!("wieght")));
+    assert!(json["error"].as_str().unwrap().contains("unknown field `wieght`"), "{json}");
 }
 
 #[test]
 fn wrong_type_is_400_naming_the_field() {
     let s = server();
     let (status, json) = patch_vm(&s, r#"{"weight": "heavy"}"#);
-    assert_eq!(
-        (status, &json["field"]),
-        (400, &serde_json::json!("weight"))
-    );
-    assert!(
-        json["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("weight: invalid type"),
-        "{json}"
-    );
+    assert_eq!((status, &json["field"]), (400, &serde_json::json!("weight")));
+    assert!(json["error"].as_str().unwrap().starts_with("weight: invalid type"), "{json}");
     let (status, json) = patch_vm(&s, r#"{"weight": -1}"#);
-    assert_eq!(
-        (status, &json["field"]),
-        (400, &serde_json::json!("weight"))
-    );
+    assert_eq!((status, &json["field"]), (400, &serde_json::json!("weight")));
     let path = format!("/v1/gpus/{GPU}");
-    let (status, _, json) = raw(
-        &s,
-        "PATCH",
-        &path,
-        Some(TOKEN),
-        Some("application/json"),
-        r#"{"max_queued_ops": 1.5}"#,
-    );
-    assert_eq!(
-        (status, &json["field"]),
-        (400, &serde_json::json!("max_queued_ops"))
-    );
+    let (status, _, json) =
+        raw(&s, "PATCH", &path, Some(TOKEN), Some("application/json"), r#"{"max_queued_ops": 1.5}"#);
+    assert_eq!((status, &json["field"]), (400, &serde_json::json!("max_queued_ops")));
 }
 
 #[test]
@@ -458,20 +330,10 @@ fn whole_numbers_written_as_floats_are_integers_and_nulls_are_not_values() {
     assert_eq!(status, 200, "{json}");
     assert_eq!(json["weight"], 5);
     let (status, json) = patch_vm(&s, r#"{"weight": 5.5}"#);
-    assert_eq!(
-        (status, &json["field"]),
-        (400, &serde_json::json!("weight"))
-    );
-    assert!(
-        json["error"].as_str().unwrap().contains("whole number"),
-        "{json}"
-    );
+    assert_eq!((status, &json["field"]), (400, &serde_json::json!("weight")));
+    assert!(json["error"].as_str().unwrap().contains("whole number"), "{json}");
     // Only slice_us may be null (it clears the VM's own slice).
-    for body in [
-        r#"{"weight": null}"#,
-        r#"{"priority": null, "weight": 3}"#,
-        r#"{"class": null}"#,
-    ] {
+    for body in [r#"{"weight": null}"#, r#"{"priority": null, "weight": 3}"#, r#"{"class": null}"#] {
         let (status, json) = patch_vm(&s, body);
         assert_eq!(status, 400, "{body}: {json}");
     }
@@ -485,10 +347,7 @@ fn unknown_class_is_400_naming_the_field() {
     let (status, json) = patch_vm(&s, r#"{"class": "gold"}"#);
     assert_eq!((status, &json["field"]), (400, &serde_json::json!("class")));
     let msg = json["error"].as_str().unwrap();
-    assert!(
-        msg.starts_with("class: ") && msg.contains("gold") && msg.contains("best-effort"),
-        "{msg}"
-    );
+    assert!(msg.starts_with("class: ") && msg.contains("gold") && msg.contains("best-effort"), "{msg}");
 }
 
 #[test]
@@ -496,13 +355,7 @@ fn malformed_json_is_400() {
     let s = server();
     let (status, json) = patch_vm(&s, r#"{"weight": 3"#);
     assert_eq!(status, 400);
-    assert!(
-        json["error"]
-            .as_str()
-            .unwrap()
-            .starts_with("malformed JSON"),
-        "{json}"
-    );
+    assert!(json["error"].as_str().unwrap().starts_with("malformed JSON"), "{json}");
     let (status, json) = patch_vm(&s, "");
     assert_eq!(status, 400, "{json}");
     let (status, json) = patch_vm(&s, "[1, 2]");
@@ -513,28 +366,14 @@ fn malformed_json_is_400() {
 fn out_of_range_values_are_422_naming_the_field() {
     let s = server();
     let (status, json) = patch_vm(&s, r#"{"weight": 0}"#);
-    assert_eq!(
-        (status, &json["field"]),
-        (422, &serde_json::json!("weight"))
-    );
+    assert_eq!((status, &json["field"]), (422, &serde_json::json!("weight")));
     assert_eq!(json["error"], "weight: must be between 1 and 10000, got 0");
     let (status, json) = patch_vm(&s, r#"{"priority": 21}"#);
-    assert_eq!(
-        (status, &json["field"]),
-        (422, &serde_json::json!("priority"))
-    );
+    assert_eq!((status, &json["field"]), (422, &serde_json::json!("priority")));
     let (status, json) = patch_vm(&s, r#"{"slice_us": 100}"#);
-    assert_eq!(
-        (status, &json["field"]),
-        (422, &serde_json::json!("slice_us"))
-    );
-    let (status, _, field) = api_error(s.client().update_gpu(
-        GPU,
-        &GpuPatch {
-            max_queued_ops: Some(0),
-            slice_us: None,
-        },
-    ));
+    assert_eq!((status, &json["field"]), (422, &serde_json::json!("slice_us")));
+    let (status, _, field) =
+        api_error(s.client().update_gpu(GPU, &GpuPatch { max_queued_ops: Some(0), slice_us: None }));
     assert_eq!((status, field.as_deref()), (422, Some("max_queued_ops")));
     // Nothing was applied.
     assert_eq!(s.client().vm("alpha").unwrap(), vm_view("alpha", 100));
@@ -545,48 +384,19 @@ fn empty_patch_is_422_without_field() {
     let s = server();
     let (status, json) = patch_vm(&s, "{}");
     assert_eq!((status, &json["field"]), (422, &serde_json::Value::Null));
-    assert!(
-        json["error"]
-            .as_str()
-            .unwrap()
-            .contains("nothing to change"),
-        "{json}"
-    );
+    assert!(json["error"].as_str().unwrap().contains("nothing to change"), "{json}");
 }
 
 #[test]
 fn non_json_body_is_415() {
     let s = server();
-    let (status, _, json) = raw(
-        &s,
-        "PATCH",
-        "/v1/vms/alpha",
-        Some(TOKEN),
-        Some("text/plain"),
-        r#"{"weight": 3}"#,
-    );
+    let (status, _, json) = raw(&s, "PATCH", "/v1/vms/alpha", Some(TOKEN), Some("text/plain"), r#"{"weight": 3}"#);
     assert_eq!(status, 415);
-    assert!(
-        json["error"].as_str().unwrap().contains("application/json"),
-        "{json}"
-    );
-    let (status, _, _) = raw(
-        &s,
-        "PATCH",
-        "/v1/vms/alpha",
-        Some(TOKEN),
-        None,
-        r#"{"weight": 3}"#,
-    );
+    assert!(json["error"].as_str().unwrap().contains("application/json"), "{json}");
+    let (status, _, _) = raw(&s, "PATCH", "/v1/vms/alpha", Some(TOKEN), None, r#"{"weight": 3}"#);
     assert_eq!(status, 415);
-    let (status, _, _) = raw(
-        &s,
-        "PATCH",
-        "/v1/vms/alpha",
-        Some(TOKEN),
-        Some("application/json; charset=utf-8"),
-        r#"{"weight": 3}"#,
-    );
+    let (status, _, _) =
+        raw(&s, "PATCH", "/v1/vms/alpha", Some(TOKEN), Some("application/json; charset=utf-8"), r#"{"weight": 3}"#);
     assert_eq!(status, 200);
 }
 
@@ -594,11 +404,7 @@ fn non_json_body_is_415() {
 fn openapi_lists_every_route() {
     let s = server();
     let doc = Client::new(s.url.clone(), None).openapi().unwrap();
-    assert!(
-        doc["openapi"].as_str().unwrap().starts_with("3.1"),
-        "{}",
-        doc["openapi"]
-    );
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3.1"), "{}", doc["openapi"]);
     let routes = [
         ("/v1/health", "get"),
         ("/openapi.json", "get"),
@@ -612,54 +418,32 @@ fn openapi_lists_every_route() {
         ("/v1/vms/{name}/resume", "post"),
     ];
     for (path, method) in routes {
-        assert!(
-            doc["paths"][path][method].is_object(),
-            "{method} {path} missing"
-        );
+        assert!(doc["paths"][path][method].is_object(), "{method} {path} missing");
     }
     assert_eq!(doc["paths"].as_object().unwrap().len(), 8);
-    assert_eq!(
-        doc["components"]["securitySchemes"]["bearer"]["scheme"],
-        "bearer"
-    );
+    assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     // What the handlers accept, the document says: a patch changes something,
     // and of its fields only slice_us may be null.
     for patch in ["VmPatch", "GpuPatch"] {
-        assert_eq!(
-            doc["components"]["schemas"][patch]["minProperties"], 1,
-            "{patch}"
-        );
+        assert_eq!(doc["components"]["schemas"][patch]["minProperties"], 1, "{patch}");
     }
-    assert_eq!(
-        doc["components"]["schemas"]["VmPatch"]["properties"]["weight"]["type"],
-        "integer"
-    );
+    assert_eq!(doc["components"]["schemas"]["VmPatch"]["properties"]["weight"]["type"], "integer");
     assert_eq!(
         doc["components"]["schemas"]["VmPatch"]["properties"]["slice_us"]["type"],
         serde_json::json!(["integer", "null"])
     );
     let patch = &doc["paths"]["/v1/vms/{name}"]["patch"];
     for status in ["200", "400", "401", "404", "415", "422"] {
-        assert!(
-            patch["responses"][status].is_object(),
-            "PATCH /v1/vms/{{name}} lacks {status}"
-        );
+        assert!(patch["responses"][status].is_object(), "PATCH /v1/vms/{{name}} lacks {status}");
     }
     let classes = &doc["components"]["schemas"]["QosClass"]["enum"];
-    assert_eq!(
-        classes,
-        &serde_json::json!(["guaranteed", "burstable", "best-effort"])
-    );
+    assert_eq!(classes, &serde_json::json!(["guaranteed", "burstable", "best-effort"]));
 }
 
 #[test]
 fn unreachable_server_names_the_url() {
     // Bind and drop a listener: its port is then free, so nothing answers.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("http://127.0.0.1:{port}");
     let err = Client::new(url.clone(), None).vms().unwrap_err();
     assert!(matches!(err, ClientError::Unreachable { .. }), "{err:?}");
@@ -669,9 +453,7 @@ fn unreachable_server_names_the_url() {
 /// Runs gpuvisorctl against `server` with `token` in its environment.
 fn ctl(server: &Server, token: Option<&str>, args: &[&str]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuvisorctl"));
-    cmd.args(args)
-        .env("GPUVISOR_URL", &server.url)
-        .env_remove("GPUVISOR_TOKEN");
+    cmd.args(args).env("GPUVISOR_URL", &server.url).env_remove("GPUVISOR_TOKEN");
     if let Some(t) = token {
         cmd.env("GPUVISOR_TOKEN", t);
     }
@@ -693,20 +475,12 @@ fn ctl_vms_prints_a_sorted_table() {
     assert!(o.status.success(), "{}", stderr(&o));
     let out = stdout(&o);
     let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].starts_with("NAME") && lines[0].contains("SHARE(cfg)") && lines[0].contains("P99"), "{out}");
     assert!(
-        lines[0].starts_with("NAME") && lines[0].contains("SHARE(cfg)") && lines[0].contains("P99"),
+        lines[1].starts_with("alpha ") && lines[1].contains("GPU-8a3f21c0") && lines[1].contains("burstable"),
         "{out}"
     );
-    assert!(
-        lines[1].starts_with("alpha ")
-            && lines[1].contains("GPU-8a3f21c0")
-            && lines[1].contains("burstable"),
-        "{out}"
-    );
-    assert!(
-        lines[2].starts_with("beta ") && lines[2].contains("200"),
-        "{out}"
-    );
+    assert!(lines[2].starts_with("beta ") && lines[2].contains("200"), "{out}");
     assert_eq!(lines.len(), 3);
     // Columns line up: WEIGHT starts at the same place on every line.
     let col = lines[0].find("WEIGHT").unwrap();
@@ -720,24 +494,10 @@ fn ctl_vms_prints_a_sorted_table() {
 fn ctl_gpus_and_vm_detail() {
     let s = server();
     let out = stdout(&ctl(&s, Some(TOKEN), &["gpus"]));
-    assert!(
-        out.starts_with("ID")
-            && out.contains(GPU)
-            && out.contains("80.0 GiB")
-            && out.contains("75.0%"),
-        "{out}"
-    );
+    assert!(out.starts_with("ID") && out.contains(GPU) && out.contains("80.0 GiB") && out.contains("75.0%"), "{out}");
     let out = stdout(&ctl(&s, Some(TOKEN), &["vm", "beta"]));
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("weight:") && l.ends_with(" 200")),
-        "{out}"
-    );
-    assert!(
-        out.lines()
-            .any(|l| l.starts_with("latency_p99:") && l.ends_with("2.5 ms")),
-        "{out}"
-    );
+    assert!(out.lines().any(|l| l.starts_with("weight:") && l.ends_with(" 200")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("latency_p99:") && l.ends_with("2.5 ms")), "{out}");
     let out = stdout(&ctl(&s, Some(TOKEN), &["--json", "vm", "beta"]));
     let vm: VmView = serde_json::from_str(&out).unwrap();
     assert_eq!(vm, vm_view("beta", 200));
@@ -746,37 +506,13 @@ fn ctl_gpus_and_vm_detail() {
 #[test]
 fn ctl_set_changes_a_weight() {
     let s = server();
-    let o = ctl(
-        &s,
-        Some(TOKEN),
-        &[
-            "set",
-            "alpha",
-            "--weight",
-            "700",
-            "--priority",
-            "-3",
-            "--slice-ms",
-            "2.5",
-        ],
-    );
+    let o = ctl(&s, Some(TOKEN), &["set", "alpha", "--weight", "700", "--priority", "-3", "--slice-ms", "2.5"]);
     assert!(o.status.success(), "{}", stderr(&o));
-    assert!(
-        stdout(&o)
-            .lines()
-            .any(|l| l.starts_with("weight:") && l.ends_with(" 700")),
-        "{}",
-        stdout(&o)
-    );
+    assert!(stdout(&o).lines().any(|l| l.starts_with("weight:") && l.ends_with(" 700")), "{}", stdout(&o));
     let vm = s.client().vm("alpha").unwrap();
-    assert_eq!(
-        (vm.weight, vm.priority, vm.slice_us_override),
-        (700, -3, Some(2500))
-    );
+    assert_eq!((vm.weight, vm.priority, vm.slice_us_override), (700, -3, Some(2500)));
     // --gpu-slice drops the VM's own slice; the weight stays.
-    assert!(ctl(&s, Some(TOKEN), &["set", "alpha", "--gpu-slice"])
-        .status
-        .success());
+    assert!(ctl(&s, Some(TOKEN), &["set", "alpha", "--gpu-slice"]).status.success());
     let vm = s.client().vm("alpha").unwrap();
     assert_eq!((vm.weight, vm.slice_us_override), (700, None));
 }
@@ -796,20 +532,12 @@ fn ctl_bad_value_fails_naming_the_field() {
     let o = ctl(&s, Some(TOKEN), &["set", "alpha", "--weight", "0"]);
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
-    assert!(
-        err.starts_with("gpuvisorctl: weight: must be between 1 and 10000, got 0"),
-        "{err}"
-    );
+    assert!(err.starts_with("gpuvisorctl: weight: must be between 1 and 10000, got 0"), "{err}");
     let o = ctl(&s, Some(TOKEN), &["set", "nosuch", "--weight", "5"]);
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains("nosuch"), "{}", stderr(&o));
     // Usage errors are clap's: exit 2.
-    assert_eq!(
-        ctl(&s, Some(TOKEN), &["set", "alpha", "--weight", "lots"])
-            .status
-            .code(),
-        Some(2)
-    );
+    assert_eq!(ctl(&s, Some(TOKEN), &["set", "alpha", "--weight", "lots"]).status.code(), Some(2));
 }
 
 #[test]
@@ -819,42 +547,21 @@ fn ctl_without_token_says_so() {
     assert_eq!(o.status.code(), Some(1));
     let err = stderr(&o);
     // Where /var/lib/gpuvisor/admin.token exists its token is sent (and refused here).
-    assert!(
-        err.starts_with("gpuvisorctl: ") && err.contains("token") && err.contains("401"),
-        "{err}"
-    );
+    assert!(err.starts_with("gpuvisorctl: ") && err.contains("token") && err.contains("401"), "{err}");
     let o = ctl(&s, Some("wrong"), &["vms"]);
     assert!(stderr(&o).contains("refused"), "{}", stderr(&o));
     // health needs none.
     let o = ctl(&s, None, &["health"]);
-    assert!(
-        o.status.success() && stdout(&o).starts_with("ok"),
-        "{}",
-        stderr(&o)
-    );
+    assert!(o.status.success() && stdout(&o).starts_with("ok"), "{}", stderr(&o));
 }
 
 #[test]
 fn ctl_unreachable_daemon_names_the_url() {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let o = Command::new(env!("CARGO_BIN_EXE_gpuvisorctl"))
-        .args([
-            "--url",
-            &format!("http://127.0.0.1:{port}"),
-            "--token",
-            "x",
-            "vms",
-        ])
+        .args(["--url", &format!("http://127.0.0.1:{port}"), "--token", "x", "vms"])
         .output()
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
-    assert!(
-        stderr(&o).contains(&format!("could not reach http://127.0.0.1:{port}/v1/vms")),
-        "{}",
-        stderr(&o)
-    );
+    assert!(stderr(&o).contains(&format!("could not reach http://127.0.0.1:{port}/v1/vms")), "{}", stderr(&o));
 }

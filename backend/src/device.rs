@@ -11,16 +11,12 @@ use std::sync::{Mutex, MutexGuard};
 use tracing::{debug, info, warn};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
-use virtio_bindings::virtio_config::{
-    VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1,
-};
+use virtio_bindings::virtio_config::{VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
 use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::event::{
-    new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier,
-};
+use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 use zerocopy::IntoBytes;
 
 const CTRL_QUEUE: u16 = 0;
@@ -51,15 +47,7 @@ pub struct GpuBackend {
 
 impl GpuBackend {
     pub fn new(dev: GpuDevice) -> Self {
-        GpuBackend {
-            state: Mutex::new(State {
-                dev,
-                mem: None,
-                registered: Vec::new(),
-                event_idx: false,
-                exit: None,
-            }),
-        }
+        GpuBackend { state: Mutex::new(State { dev, mem: None, registered: Vec::new(), event_idx: false, exit: None }) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -113,9 +101,7 @@ impl GpuBackend {
                 Ok(r) => r,
                 Err(e) => {
                     warn!("bad descriptor chain {head}: {e}");
-                    vring
-                        .add_used(head, 0)
-                        .map_err(|e| io::Error::other(e.to_string()))?;
+                    vring.add_used(head, 0).map_err(|e| io::Error::other(e.to_string()))?;
                     continue;
                 }
             };
@@ -144,16 +130,12 @@ impl GpuBackend {
                         type_: protocol::virtio_gpu::RESP_OK_NODATA.into(),
                         ..Default::default()
                     };
-                    if w.available_bytes() >= hdr.as_bytes().len()
-                        && w.write_all(hdr.as_bytes()).is_ok()
-                    {
+                    if w.available_bytes() >= hdr.as_bytes().len() && w.write_all(hdr.as_bytes()).is_ok() {
                         written = hdr.as_bytes().len() as u32;
                     }
                 }
             }
-            vring
-                .add_used(head, written)
-                .map_err(|e| io::Error::other(e.to_string()))?;
+            vring.add_used(head, written).map_err(|e| io::Error::other(e.to_string()))?;
         }
         drop(st);
         vring.signal_used_queue()?;
@@ -190,9 +172,7 @@ impl VhostUserBackend for GpuBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
-        VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::MQ
-            | VhostUserProtocolFeatures::REPLY_ACK
+        VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::MQ | VhostUserProtocolFeatures::REPLY_ACK
     }
 
     fn reset_device(&self) {
@@ -223,12 +203,7 @@ impl VhostUserBackend for GpuBackend {
         }
         let regions: Vec<HostRegion> = {
             let m = mem.memory();
-            m.iter()
-                .map(|r| HostRegion {
-                    addr: r.as_ptr(),
-                    len: r.len() as usize,
-                })
-                .collect()
+            m.iter().map(|r| HostRegion { addr: r.as_ptr(), len: r.len() as usize }).collect()
         };
         let total: usize = regions.iter().map(|r| r.len).sum();
         info!(vm = %st.dev.vm.name(), regions = regions.len(), bytes = total, "guest memory mapped");
@@ -275,14 +250,9 @@ impl VhostUserBackend for GpuBackend {
         let event_idx = self.lock().event_idx;
         if event_idx {
             loop {
-                vring
-                    .disable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?;
+                vring.disable_notification().map_err(|e| io::Error::other(e.to_string()))?;
                 self.process_queue(vring, queue)?;
-                if !vring
-                    .enable_notification()
-                    .map_err(|e| io::Error::other(e.to_string()))?
-                {
+                if !vring.enable_notification().map_err(|e| io::Error::other(e.to_string()))? {
                     break;
                 }
             }

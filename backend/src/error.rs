@@ -45,9 +45,7 @@ impl Error {
     pub fn cu_result(&self) -> CuResult {
         match self {
             Error::Decode(_) => CUDA_ERROR_INVALID_VALUE,
-            Error::HandleNotFound {
-                kind: "context", ..
-            } => CUDA_ERROR_INVALID_CONTEXT,
+            Error::HandleNotFound { kind: "context", .. } => CUDA_ERROR_INVALID_CONTEXT,
             Error::HandleNotFound { .. } => CUDA_ERROR_INVALID_HANDLE,
             Error::HandleInUse { .. } => CUDA_ERROR_INVALID_VALUE,
             Error::BadDeviceRange { .. } => CUDA_ERROR_INVALID_VALUE,

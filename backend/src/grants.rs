@@ -9,9 +9,7 @@
 //! every operation through at once: the VM runs alone, as before.
 
 use crate::engine::{Engine, EngineCtx, EngineEvent, EngineStream};
-use protocol::control::{
-    self, BackendMsg, BackendStats, DaemonMsg, QosRequest, VmSettings, CONTROL_VERSION,
-};
+use protocol::control::{self, BackendMsg, BackendStats, DaemonMsg, QosRequest, VmSettings, CONTROL_VERSION};
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
@@ -85,11 +83,7 @@ impl Counters {
     }
 
     fn take_stats(&self) -> BackendStats {
-        let mut lat = self
-            .latencies
-            .lock()
-            .map(|mut v| std::mem::take(&mut *v))
-            .unwrap_or_default();
+        let mut lat = self.latencies.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
         lat.sort_unstable();
         let pct = |p: f64| -> u64 {
             if lat.is_empty() {
@@ -212,15 +206,8 @@ impl DaemonLink {
         });
         let s = shared.clone();
         let max_queued = reg.max_queued;
-        let thread = std::thread::Builder::new()
-            .name("gpuvisord-link".into())
-            .spawn(move || link_thread(reg, s))
-            .ok();
-        DaemonLink {
-            shared,
-            max_queued,
-            thread,
-        }
+        let thread = std::thread::Builder::new().name("gpuvisord-link".into()).spawn(move || link_thread(reg, s)).ok();
+        DaemonLink { shared, max_queued, thread }
     }
 
     /// A gate that follows this link's grants.
@@ -299,19 +286,11 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
     control::write_msg(&mut writer, &hello)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
     let settings = match control::read_msg::<_, DaemonMsg>(&mut reader) {
-        Ok(DaemonMsg::Welcome {
-            version, settings, ..
-        }) if version == CONTROL_VERSION => settings,
+        Ok(DaemonMsg::Welcome { version, settings, .. }) if version == CONTROL_VERSION => settings,
         Ok(DaemonMsg::Refused { reason }) => {
-            return Err(std::io::Error::other(format!(
-                "registration refused: {reason}"
-            )));
+            return Err(std::io::Error::other(format!("registration refused: {reason}")));
         }
-        Ok(other) => {
-            return Err(std::io::Error::other(format!(
-                "unexpected first message {other:?}"
-            )))
-        }
+        Ok(other) => return Err(std::io::Error::other(format!("unexpected first message {other:?}"))),
         Err(e) => return Err(std::io::Error::other(e.to_string())),
     };
     stream.set_read_timeout(None)?;
@@ -329,20 +308,15 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
     };
     // Stats once a second, from a helper thread that ends with the connection.
     let stats_shared = shared.clone();
-    let stats_thread = std::thread::Builder::new()
-        .name("gpuvisord-stats".into())
-        .spawn(move || loop {
-            std::thread::sleep(Duration::from_secs(1));
-            let mut st = stats_shared.lock();
-            if !st.connected
-                || st.generation != generation
-                || stats_shared.stop.load(Ordering::Acquire)
-            {
-                return;
-            }
-            let stats = stats_shared.counters.take_stats();
-            stats_shared.send(&mut st, &BackendMsg::Stats(stats));
-        })?;
+    let stats_thread = std::thread::Builder::new().name("gpuvisord-stats".into()).spawn(move || loop {
+        std::thread::sleep(Duration::from_secs(1));
+        let mut st = stats_shared.lock();
+        if !st.connected || st.generation != generation || stats_shared.stop.load(Ordering::Acquire) {
+            return;
+        }
+        let stats = stats_shared.counters.take_stats();
+        stats_shared.send(&mut st, &BackendMsg::Stats(stats));
+    })?;
     let result = loop {
         match control::read_msg::<_, DaemonMsg>(&mut reader) {
             Ok(msg) => handle_daemon_msg(shared, generation, msg),
@@ -362,11 +336,7 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
 fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
     let mut st = shared.lock();
     match msg {
-        DaemonMsg::Grant {
-            grant,
-            slice_us,
-            contended,
-        } => {
+        DaemonMsg::Grant { grant, slice_us, contended } => {
             tracing::trace!(grant, slice_us, contended, "grant");
             st.offered = Some(HeldGrant {
                 id: grant,
@@ -385,28 +355,12 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
                 // waiting for a grant, so it still wants one.
                 st.offered = None;
                 st.demanding = true;
-                shared.send(
-                    &mut st,
-                    &BackendMsg::Release {
-                        grant,
-                        gpu_ns: 0,
-                        ops: 0,
-                        more: true,
-                    },
-                );
+                shared.send(&mut st, &BackendMsg::Release { grant, gpu_ns: 0, ops: 0, more: true });
             } else if st.parked == Some(grant) {
                 // The VM is idle: the grant goes back now, not at its next work.
                 st.parked = None;
                 st.released_parked = Some(grant);
-                shared.send(
-                    &mut st,
-                    &BackendMsg::Release {
-                        grant,
-                        gpu_ns: 0,
-                        ops: 0,
-                        more: false,
-                    },
-                );
+                shared.send(&mut st, &BackendMsg::Release { grant, gpu_ns: 0, ops: 0, more: false });
             } else {
                 shared.revoked.store(grant, Ordering::Release);
             }
@@ -546,11 +500,8 @@ impl Gate {
                     let st = shared.lock();
                     let s = st.settings.as_ref();
                     (
-                        st.connected
-                            && st.generation == g.generation
-                            && !s.is_some_and(|s| s.drained),
-                        s.map_or(control::MIN_QUEUED_OPS, |s| s.max_queued_ops)
-                            .max(1) as usize,
+                        st.connected && st.generation == g.generation && !s.is_some_and(|s| s.drained),
+                        s.map_or(control::MIN_QUEUED_OPS, |s| s.max_queued_ops).max(1) as usize,
                     )
                 };
                 if !alive {
@@ -586,17 +537,14 @@ impl Gate {
                 let offers = shared.offers.load(Ordering::Acquire);
                 drop(st);
                 let spin = Instant::now();
-                while shared.offers.load(Ordering::Acquire) == offers && spin.elapsed() < GRANT_SPIN
-                {
+                while shared.offers.load(Ordering::Acquire) == offers && spin.elapsed() < GRANT_SPIN {
                     std::hint::spin_loop();
                 }
                 st = shared.lock();
             }
             while st.connected {
                 if let Some(g) = st.offered.take() {
-                    if g.generation == st.generation
-                        && !st.settings.as_ref().is_some_and(|s| s.drained)
-                    {
+                    if g.generation == st.generation && !st.settings.as_ref().is_some_and(|s| s.drained) {
                         // Whatever was said before, the daemon now knows
                         // this VM holds a grant: the next wait needs a Demand.
                         st.demanding = false;
@@ -605,21 +553,11 @@ impl Gate {
                         break;
                     }
                     // A grant that arrived as we were drained: hand it back.
-                    shared.send(
-                        &mut st,
-                        &BackendMsg::Release {
-                            grant: g.id,
-                            gpu_ns: 0,
-                            ops: 0,
-                            more: true,
-                        },
-                    );
+                    shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns: 0, ops: 0, more: true });
                     st.demanding = true;
                 }
-                let (next, timeout) = shared
-                    .cond
-                    .wait_timeout(st, Duration::from_millis(500))
-                    .unwrap_or_else(|p| p.into_inner());
+                let (next, timeout) =
+                    shared.cond.wait_timeout(st, Duration::from_millis(500)).unwrap_or_else(|p| p.into_inner());
                 st = next;
                 if timeout.timed_out() && st.connected && st.offered.is_none() {
                     // A safety net: say again that we are waiting.
@@ -628,9 +566,7 @@ impl Gate {
                 }
             }
             drop(st);
-            self.counters
-                .wait_ns_total
-                .fetch_add(wait_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
+            self.counters.wait_ns_total.fetch_add(wait_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             if self.held.is_none() && !shared.lock().connected {
                 return;
             }
@@ -649,10 +585,7 @@ impl Gate {
             None => None,
         };
         let open = |s: &GrantSpan, g: &HeldGrant| s.grant == g.id && s.ctx == ctx && !s.closed;
-        let Some(span) = self
-            .held
-            .and_then(|g| self.spans.iter().find(|s| open(s, &g)).map(|s| s.id))
-        else {
+        let Some(span) = self.held.and_then(|g| self.spans.iter().find(|s| open(s, &g)).map(|s| s.id)) else {
             if let Some(e) = pre {
                 self.give_event(ctx, e);
             }
@@ -670,16 +603,8 @@ impl Gate {
             s.pending += 1;
         }
         let chained = self.outstanding.back().is_some_and(|m| m.ctx == ctx);
-        self.outstanding.push_back(Marker {
-            ctx,
-            event,
-            span,
-            chained,
-            pre,
-        });
-        self.counters
-            .inflight_ops
-            .store(self.outstanding.len() as u32, Ordering::Relaxed);
+        self.outstanding.push_back(Marker { ctx, event, span, chained, pre });
+        self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
     }
 
     /// The VM's queue is empty: give back the grant, if held, once its work
@@ -727,9 +652,7 @@ impl Gate {
             self.pre = None;
         }
         self.spans.retain(|s| s.ctx != ctx);
-        self.counters
-            .inflight_ops
-            .store(self.outstanding.len() as u32, Ordering::Relaxed);
+        self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
     }
 
     /// Operations that may be queued. While other VMs want the GPU: the
@@ -737,11 +660,8 @@ impl Gate {
     /// that a VM preempting this one waits no longer than that. Alone on the
     /// GPU, a hundred times more (the queue a newcomer waits behind once).
     fn queue_cap(&self, max_ops: usize, contended: bool) -> usize {
-        let (max_ops, max_ns) = if contended {
-            (max_ops, self.max_queued_ns)
-        } else {
-            (UNCONTENDED_MAX_OPS, self.max_queued_ns * 100.0)
-        };
+        let (max_ops, max_ns) =
+            if contended { (max_ops, self.max_queued_ns) } else { (UNCONTENDED_MAX_OPS, self.max_queued_ns * 100.0) };
         if self.op_ns > 0.0 && max_ns.is_finite() {
             ((max_ns / self.op_ns) as usize).clamp(1, max_ops)
         } else {
@@ -771,18 +691,8 @@ impl Gate {
     /// Records the event the held grant's GPU time in `ctx` is measured
     /// from, before the grant's first operation there. If the stream is still
     /// busy with earlier work, the span starts when that work is done.
-    fn start_span(
-        &mut self,
-        engine: &mut dyn Engine,
-        grant: u64,
-        ctx: EngineCtx,
-        stream: EngineStream,
-    ) {
-        if self
-            .spans
-            .iter()
-            .any(|s| s.grant == grant && s.ctx == ctx && !s.closed)
-        {
+    fn start_span(&mut self, engine: &mut dyn Engine, grant: u64, ctx: EngineCtx, stream: EngineStream) {
+        if self.spans.iter().any(|s| s.grant == grant && s.ctx == ctx && !s.closed) {
             return;
         }
         let Some(start) = self.event(engine, ctx) else {
@@ -823,9 +733,7 @@ impl Gate {
             s.reported_ns = s.span_ns;
             s.released = true;
         }
-        self.counters
-            .gpu_ns_total
-            .fetch_add(gpu_ns, Ordering::Relaxed);
+        self.counters.gpu_ns_total.fetch_add(gpu_ns, Ordering::Relaxed);
         tracing::trace!(grant = g.id, gpu_ns, ops = self.held_ops, ?how, "release");
         let mut st = shared.lock();
         if st.parked == Some(g.id) {
@@ -834,21 +742,11 @@ impl Gate {
         if st.generation == g.generation {
             match how {
                 Finish::Release { more } => {
-                    shared.send(
-                        &mut st,
-                        &BackendMsg::Release {
-                            grant: g.id,
-                            gpu_ns,
-                            ops: self.held_ops,
-                            more,
-                        },
-                    );
+                    shared.send(&mut st, &BackendMsg::Release { grant: g.id, gpu_ns, ops: self.held_ops, more });
                     // A release with `more` is a demand; one without ends any.
                     st.demanding = more;
                 }
-                Finish::ChargeOnly if gpu_ns > 0 => {
-                    shared.send(&mut st, &BackendMsg::Charge { gpu_ns })
-                }
+                Finish::ChargeOnly if gpu_ns > 0 => shared.send(&mut st, &BackendMsg::Charge { gpu_ns }),
                 Finish::ChargeOnly => {}
             }
         }
@@ -913,11 +811,7 @@ impl Gate {
                 if let Ok(ms) = engine.event_elapsed_ms(from, m.event) {
                     let ns = ms as f64 * 1e6;
                     if ns > 0.0 {
-                        self.op_ns = if self.op_ns == 0.0 {
-                            ns
-                        } else {
-                            0.8 * self.op_ns + 0.2 * ns
-                        };
+                        self.op_ns = if self.op_ns == 0.0 { ns } else { 0.8 * self.op_ns + 0.2 * ns };
                     }
                 }
                 if own {
@@ -929,13 +823,9 @@ impl Gate {
             }
             self.prev_done = Some(m);
         }
-        self.counters
-            .inflight_ops
-            .store(self.outstanding.len() as u32, Ordering::Relaxed);
+        self.counters.inflight_ops.store(self.outstanding.len() as u32, Ordering::Relaxed);
         if late_ns > 0 {
-            self.counters
-                .gpu_ns_total
-                .fetch_add(late_ns, Ordering::Relaxed);
+            self.counters.gpu_ns_total.fetch_add(late_ns, Ordering::Relaxed);
             if let Some(shared) = &self.shared {
                 let mut st = shared.lock();
                 shared.send(&mut st, &BackendMsg::Charge { gpu_ns: late_ns });

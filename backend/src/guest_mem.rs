@@ -32,12 +32,7 @@ pub enum SpanError {
 
 impl<'a> GuestSpan<'a> {
     /// The bytes `[offset, offset + len)` of a buffer backed by `backing`.
-    pub fn new(
-        mem: &'a GuestMemory,
-        backing: &[Extent],
-        offset: u64,
-        len: u64,
-    ) -> Result<Self, SpanError> {
+    pub fn new(mem: &'a GuestMemory, backing: &[Extent], offset: u64, len: u64) -> Result<Self, SpanError> {
         let size: u64 = backing.iter().map(|e| e.len as u64).sum();
         let end = offset.checked_add(len).filter(|&e| e <= size);
         if end.is_none() {
@@ -58,23 +53,13 @@ impl<'a> GuestSpan<'a> {
             let take = (elen - skip).min(want);
             let addr = GuestAddress(e.addr.0 + skip);
             if !contiguous_in_ram(mem, addr, take as usize) {
-                return Err(SpanError::OutsideRam {
-                    addr: addr.0,
-                    len: take as usize,
-                });
+                return Err(SpanError::OutsideRam { addr: addr.0, len: take as usize });
             }
-            extents.push(Extent {
-                addr,
-                len: take as usize,
-            });
+            extents.push(Extent { addr, len: take as usize });
             want -= take;
             skip = 0;
         }
-        Ok(GuestSpan {
-            mem,
-            extents,
-            len: len as usize,
-        })
+        Ok(GuestSpan { mem, extents, len: len as usize })
     }
 
     pub fn len(&self) -> usize {
@@ -111,9 +96,7 @@ impl<'a> GuestSpan<'a> {
 
     /// Host addresses of the extents, for engines that hand them to a driver.
     pub fn host_extents(&self) -> impl Iterator<Item = (*mut u8, usize)> + '_ {
-        self.extents
-            .iter()
-            .filter_map(|e| self.mem.get_host_address(e.addr).ok().map(|p| (p, e.len)))
+        self.extents.iter().filter_map(|e| self.mem.get_host_address(e.addr).ok().map(|p| (p, e.len)))
     }
 }
 
@@ -181,29 +164,12 @@ mod tests {
     #[test]
     fn span_walks_extents() {
         let m = mem();
-        let backing = [
-            Extent {
-                addr: GuestAddress(0x8000),
-                len: 0x100,
-            },
-            Extent {
-                addr: GuestAddress(0x2000),
-                len: 0x100,
-            },
-        ];
+        let backing =
+            [Extent { addr: GuestAddress(0x8000), len: 0x100 }, Extent { addr: GuestAddress(0x2000), len: 0x100 }];
         let s = GuestSpan::new(&m, &backing, 0xf0, 0x20).unwrap();
         assert_eq!(
             s.extents(),
-            &[
-                Extent {
-                    addr: GuestAddress(0x80f0),
-                    len: 0x10
-                },
-                Extent {
-                    addr: GuestAddress(0x2000),
-                    len: 0x10
-                }
-            ]
+            &[Extent { addr: GuestAddress(0x80f0), len: 0x10 }, Extent { addr: GuestAddress(0x2000), len: 0x10 }]
         );
         let data: Vec<u8> = (0..0x20).collect();
         s.write_from(&data);
@@ -215,25 +181,10 @@ mod tests {
     #[test]
     fn ranges_past_the_end_or_outside_ram_are_rejected() {
         let m = mem();
-        let backing = [Extent {
-            addr: GuestAddress(0x2000),
-            len: 0x100,
-        }];
-        assert!(matches!(
-            GuestSpan::new(&m, &backing, 0x80, 0x81),
-            Err(SpanError::PastEnd { .. })
-        ));
-        assert!(matches!(
-            GuestSpan::new(&m, &backing, u64::MAX, 2),
-            Err(SpanError::PastEnd { .. })
-        ));
-        let outside = [Extent {
-            addr: GuestAddress(0x10f00),
-            len: 0x200,
-        }];
-        assert!(matches!(
-            GuestSpan::new(&m, &outside, 0, 0x200),
-            Err(SpanError::OutsideRam { .. })
-        ));
+        let backing = [Extent { addr: GuestAddress(0x2000), len: 0x100 }];
+        assert!(matches!(GuestSpan::new(&m, &backing, 0x80, 0x81), Err(SpanError::PastEnd { .. })));
+        assert!(matches!(GuestSpan::new(&m, &backing, u64::MAX, 2), Err(SpanError::PastEnd { .. })));
+        let outside = [Extent { addr: GuestAddress(0x10f00), len: 0x200 }];
+        assert!(matches!(GuestSpan::new(&m, &outside, 0, 0x200), Err(SpanError::OutsideRam { .. })));
     }
 }

@@ -13,19 +13,13 @@ pub struct HandleTable<T> {
 
 impl<T> HandleTable<T> {
     pub fn new(kind: &'static str) -> Self {
-        HandleTable {
-            kind,
-            map: HashMap::new(),
-        }
+        HandleTable { kind, map: HashMap::new() }
     }
 
     /// Adds a new id; an id already in use is an error (the guest chooses ids).
     pub fn insert(&mut self, id: u64, value: T) -> Result<()> {
         if id == 0 || self.map.contains_key(&id) {
-            return Err(Error::HandleInUse {
-                kind: self.kind,
-                id,
-            });
+            return Err(Error::HandleInUse { kind: self.kind, id });
         }
         self.map.insert(id, value);
         Ok(())
@@ -34,47 +28,28 @@ impl<T> HandleTable<T> {
     /// Fails with `HandleNotFound` before the caller commits to a new object.
     pub fn check_free(&self, id: u64) -> Result<()> {
         if id == 0 || self.map.contains_key(&id) {
-            Err(Error::HandleInUse {
-                kind: self.kind,
-                id,
-            })
+            Err(Error::HandleInUse { kind: self.kind, id })
         } else {
             Ok(())
         }
     }
 
     pub fn get(&self, id: u64) -> Result<&T> {
-        self.map.get(&id).ok_or(Error::HandleNotFound {
-            kind: self.kind,
-            id,
-        })
+        self.map.get(&id).ok_or(Error::HandleNotFound { kind: self.kind, id })
     }
 
     pub fn get_mut(&mut self, id: u64) -> Result<&mut T> {
-        self.map.get_mut(&id).ok_or(Error::HandleNotFound {
-            kind: self.kind,
-            id,
-        })
+        self.map.get_mut(&id).ok_or(Error::HandleNotFound { kind: self.kind, id })
     }
 
     pub fn remove(&mut self, id: u64) -> Result<T> {
-        self.map.remove(&id).ok_or(Error::HandleNotFound {
-            kind: self.kind,
-            id,
-        })
+        self.map.remove(&id).ok_or(Error::HandleNotFound { kind: self.kind, id })
     }
 
     /// Removes every entry for which `pred` holds and returns them.
     pub fn drain_where(&mut self, mut pred: impl FnMut(&T) -> bool) -> Vec<(u64, T)> {
-        let ids: Vec<u64> = self
-            .map
-            .iter()
-            .filter(|(_, v)| pred(v))
-            .map(|(k, _)| *k)
-            .collect();
-        ids.into_iter()
-            .filter_map(|id| self.map.remove(&id).map(|v| (id, v)))
-            .collect()
+        let ids: Vec<u64> = self.map.iter().filter(|(_, v)| pred(v)).map(|(k, _)| *k).collect();
+        ids.into_iter().filter_map(|id| self.map.remove(&id).map(|v| (id, v))).collect()
     }
 
     pub fn len(&self) -> usize {
@@ -139,16 +114,8 @@ impl AllocationTable {
 
     /// Removes every allocation of guest context `ctx`.
     pub fn drain_ctx(&mut self, ctx: u64) -> Vec<(u64, Allocation)> {
-        let bases: Vec<u64> = self
-            .by_base
-            .iter()
-            .filter(|(_, a)| a.ctx == ctx)
-            .map(|(b, _)| *b)
-            .collect();
-        bases
-            .into_iter()
-            .filter_map(|b| self.by_base.remove(&b).map(|a| (b, a)))
-            .collect()
+        let bases: Vec<u64> = self.by_base.iter().filter(|(_, a)| a.ctx == ctx).map(|(b, _)| *b).collect();
+        bases.into_iter().filter_map(|b| self.by_base.remove(&b).map(|a| (b, a))).collect()
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (u64, &Allocation)> {
@@ -178,13 +145,7 @@ mod tests {
         t.insert(5, "a").unwrap();
         assert!(matches!(t.insert(5, "b"), Err(Error::HandleInUse { .. })));
         assert!(matches!(t.insert(0, "b"), Err(Error::HandleInUse { .. })));
-        assert!(matches!(
-            t.get(6),
-            Err(Error::HandleNotFound {
-                kind: "stream",
-                id: 6
-            })
-        ));
+        assert!(matches!(t.get(6), Err(Error::HandleNotFound { kind: "stream", id: 6 })));
         assert_eq!(t.remove(5).unwrap(), "a");
         assert!(t.get(5).is_err(), "freed handle must be unknown");
     }
@@ -192,12 +153,7 @@ mod tests {
     #[test]
     fn ranges_must_stay_inside_one_allocation() {
         let mut t = AllocationTable::default();
-        let a = Allocation {
-            size: 0x100,
-            ctx: 1,
-            freeable: true,
-            charged: 0x100,
-        };
+        let a = Allocation { size: 0x100, ctx: 1, freeable: true, charged: 0x100 };
         t.insert(0x1000, a);
         t.insert(0x1100, a);
         t.check(0x1000, 0x100).unwrap();
@@ -206,10 +162,7 @@ mod tests {
         assert!(t.check(0xfff, 1).is_err());
         assert!(t.check(0x1200, 0).is_err());
         assert!(t.check(0x1000, u64::MAX).is_err());
-        assert!(
-            t.remove_freeable(0x1080).is_err(),
-            "interior pointer is not an allocation"
-        );
+        assert!(t.remove_freeable(0x1080).is_err(), "interior pointer is not an allocation");
         t.remove_freeable(0x1100).unwrap();
         assert!(t.check(0x1100, 1).is_err(), "freed range");
     }

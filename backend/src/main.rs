@@ -133,9 +133,7 @@ struct Args {
 
 fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     if let Err(e) = run(Args::parse()) {
@@ -149,16 +147,13 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
     let sim = || -> Box<dyn Engine> { Box::new(SimEngine::new(args.sim_memory_mib << 20)) };
     match args.engine {
         EngineChoice::Sim => Ok(sim()),
-        EngineChoice::Cuda => Ok(Box::new(
-            CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?,
-        )),
+        EngineChoice::Cuda => {
+            Ok(Box::new(CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?))
+        }
         EngineChoice::Auto => match CudaEngine::probe() {
             Ok(name) => {
                 info!("NVIDIA GPU found ({name}); using the cuda engine");
-                Ok(Box::new(
-                    CudaEngine::new(args.device)
-                        .map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?,
-                ))
+                Ok(Box::new(CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?))
             }
             Err(why) => {
                 info!("no usable NVIDIA GPU ({why}); using the sim engine");
@@ -175,14 +170,7 @@ fn gpu_id(engine: &dyn Engine) -> String {
         gpuvisor_backend::engine::EngineKind::Cuda => {
             let u = engine.device_info().uuid;
             let hex: String = u.iter().map(|b| format!("{b:02x}")).collect();
-            format!(
-                "GPU-{}-{}-{}-{}-{}",
-                &hex[0..8],
-                &hex[8..12],
-                &hex[12..16],
-                &hex[16..20],
-                &hex[20..32]
-            )
+            format!("GPU-{}-{}-{}-{}-{}", &hex[0..8], &hex[8..12], &hex[12..16], &hex[16..20], &hex[20..32])
         }
     }
 }
@@ -230,12 +218,7 @@ fn run(args: Args) -> Result<()> {
                 engine: engine_kind.to_string(),
                 gpu,
                 quota_bytes: vm.usage().quota,
-                requested: QosRequest {
-                    class: args.class,
-                    weight: args.weight,
-                    priority: args.priority,
-                    slice_us,
-                },
+                requested: QosRequest { class: args.class, weight: args.weight, priority: args.priority, slice_us },
                 max_queued: std::time::Duration::from_micros(args.max_queued_us.max(1)),
             };
             let link = DaemonLink::start(reg, vm.counters());
@@ -243,11 +226,7 @@ fn run(args: Args) -> Result<()> {
             Some(link)
         }
         None => {
-            if args.class.is_some()
-                || args.weight.is_some()
-                || args.priority.is_some()
-                || args.slice_ms.is_some()
-            {
+            if args.class.is_some() || args.weight.is_some() || args.priority.is_some() || args.slice_ms.is_some() {
                 warn!("--class, --weight, --priority and --slice-ms apply only with --daemon; running alone");
             }
             None
@@ -256,9 +235,7 @@ fn run(args: Args) -> Result<()> {
     let backend = Arc::new(GpuBackend::new(GpuDevice::new(vm)));
 
     let mut listener = match (&args.socket_path, args.fd) {
-        (Some(path), None) => {
-            Listener::new(path, true).with_context(|| format!("listening on {path}"))?
-        }
+        (Some(path), None) => Listener::new(path, true).with_context(|| format!("listening on {path}"))?,
         (None, Some(fd)) => {
             if fd < 0 {
                 bail!("--fd {fd} is not a file descriptor");
@@ -269,29 +246,18 @@ fn run(args: Args) -> Result<()> {
         }
         _ => bail!("give exactly one of --socket-path and --fd"),
     };
-    info!(
-        socket = args.socket_path.as_deref().unwrap_or("(fd)"),
-        "waiting for the VMM"
-    );
+    info!(socket = args.socket_path.as_deref().unwrap_or("(fd)"), "waiting for the VMM");
     loop {
-        let mut daemon = VhostUserDaemon::new(
-            "gpuvisor-vgpu".into(),
-            backend.clone(),
-            GuestMemoryAtomic::new(Default::default()),
-        )
-        .map_err(|e| anyhow::anyhow!("creating the vhost-user daemon: {e:?}"))?;
-        daemon
-            .start(&mut listener)
-            .map_err(|e| anyhow::anyhow!("accepting a frontend: {e:?}"))?;
+        let mut daemon =
+            VhostUserDaemon::new("gpuvisor-vgpu".into(), backend.clone(), GuestMemoryAtomic::new(Default::default()))
+                .map_err(|e| anyhow::anyhow!("creating the vhost-user daemon: {e:?}"))?;
+        daemon.start(&mut listener).map_err(|e| anyhow::anyhow!("accepting a frontend: {e:?}"))?;
         info!("frontend connected");
         let r = daemon.wait();
         backend.disconnected();
         // A plain disconnect was logged with the state it released.
         match r {
-            Ok(())
-            | Err(vhost_user_backend::Error::HandleRequest(
-                vhost::vhost_user::Error::Disconnected,
-            )) => {}
+            Ok(()) | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {}
             Err(e) => warn!("connection ended: {e:?}"),
         }
         if args.once {

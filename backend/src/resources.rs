@@ -66,14 +66,7 @@ impl ResourceTable {
     }
 
     /// `[offset, offset + len)` of resource `id`, as context `ctx_id` sees it.
-    pub fn span<'m>(
-        &self,
-        mem: &'m GuestMemory,
-        id: u32,
-        ctx_id: u32,
-        offset: u64,
-        len: u64,
-    ) -> Result<GuestSpan<'m>> {
+    pub fn span<'m>(&self, mem: &'m GuestMemory, id: u32, ctx_id: u32, offset: u64, len: u64) -> Result<GuestSpan<'m>> {
         let r = self.for_ctx(id, ctx_id)?;
         if r.backing.is_empty() {
             return Err(Error::NoBacking(id));

@@ -12,8 +12,7 @@ use protocol::virtio_gpu::*;
 use protocol::{CAPSET_ID, CAPSET_VERSION};
 use tracing::{debug, warn};
 use vhost::vhost_user::gpu_message::{
-    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout,
-    VhostUserGpuUpdate,
+    VhostUserGpuCursorPos, VhostUserGpuCursorUpdate, VhostUserGpuEdidRequest, VhostUserGpuScanout, VhostUserGpuUpdate,
 };
 use vhost::vhost_user::GpuBackend;
 use vm_memory::GuestAddress;
@@ -58,21 +57,12 @@ fn parse<T: FromBytes>(body: &[u8]) -> Result<(T, &[u8]), Nak> {
 }
 
 fn nodata() -> CmdResult {
-    Ok(CtrlHdr {
-        type_: U32::new(RESP_OK_NODATA),
-        ..Default::default()
-    }
-    .as_bytes()
-    .to_vec())
+    Ok(CtrlHdr { type_: U32::new(RESP_OK_NODATA), ..Default::default() }.as_bytes().to_vec())
 }
 
 impl GpuDevice {
     pub fn new(vm: Vm) -> Self {
-        GpuDevice {
-            vm,
-            scanout: Scanout::default(),
-            display: None,
-        }
+        GpuDevice { vm, scanout: Scanout::default(), display: None }
     }
 
     pub fn config(&self) -> Config {
@@ -99,22 +89,12 @@ impl GpuDevice {
     /// Handles one control queue request; returns the response bytes.
     pub fn handle_ctrl(&mut self, mem: &GuestMemory, req: &[u8]) -> Vec<u8> {
         let Ok((hdr, body)) = CtrlHdr::read_from_prefix(req) else {
-            return CtrlHdr {
-                type_: U32::new(RESP_ERR_UNSPEC),
-                ..Default::default()
-            }
-            .as_bytes()
-            .to_vec();
+            return CtrlHdr { type_: U32::new(RESP_ERR_UNSPEC), ..Default::default() }.as_bytes().to_vec();
         };
         let result = self.dispatch(mem, &hdr, body);
         let mut resp = match result {
             Ok(bytes) => bytes,
-            Err(Nak(t)) => CtrlHdr {
-                type_: U32::new(t),
-                ..Default::default()
-            }
-            .as_bytes()
-            .to_vec(),
+            Err(Nak(t)) => CtrlHdr { type_: U32::new(t), ..Default::default() }.as_bytes().to_vec(),
         };
         // Echo the fence so the guest kernel can signal it.
         if hdr.flags.get() & FLAG_FENCE != 0 {
@@ -138,27 +118,13 @@ impl GpuDevice {
                 let (c, _) = parse::<ResourceCreate2d>(body)?;
                 // 2D formats are all 4 bytes a pixel.
                 let size = (c.width.get() as u64) * (c.height.get() as u64) * 4;
-                self.create_resource(
-                    c.resource_id.get(),
-                    c.width.get(),
-                    c.height.get(),
-                    c.format.get(),
-                    size,
-                )
+                self.create_resource(c.resource_id.get(), c.width.get(), c.height.get(), c.format.get(), size)
             }
             CMD_RESOURCE_CREATE_3D => {
                 let (c, _) = parse::<ResourceCreate3d>(body)?;
                 // gpuvisor's buffers are byte buffers: width bytes.
-                let size = (c.width.get() as u64)
-                    * (c.height.get().max(1) as u64)
-                    * (c.depth.get().max(1) as u64);
-                self.create_resource(
-                    c.resource_id.get(),
-                    c.width.get(),
-                    c.height.get(),
-                    c.format.get(),
-                    size,
-                )
+                let size = (c.width.get() as u64) * (c.height.get().max(1) as u64) * (c.depth.get().max(1) as u64);
+                self.create_resource(c.resource_id.get(), c.width.get(), c.height.get(), c.format.get(), size)
             }
             CMD_RESOURCE_UNREF => {
                 let (c, _) = parse::<ResourceUnref>(body)?;
@@ -180,13 +146,9 @@ impl GpuDevice {
                 let mut backing = Vec::with_capacity(n as usize);
                 for e in entries.chunks_exact(core::mem::size_of::<MemEntry>()) {
                     let (m, _) = parse::<MemEntry>(e)?;
-                    let ext = Extent {
-                        addr: GuestAddress(m.addr.get()),
-                        len: m.length.get() as usize,
-                    };
+                    let ext = Extent { addr: GuestAddress(m.addr.get()), len: m.length.get() as usize };
                     // Every entry must be guest RAM, checked now rather than at use.
-                    GuestSpan::new(mem, &[ext], 0, ext.len as u64)
-                        .map_err(|e| Nak::from(Error::from(e)))?;
+                    GuestSpan::new(mem, &[ext], 0, ext.len as u64).map_err(|e| Nak::from(Error::from(e)))?;
                     backing.push(ext);
                 }
                 let r = self.vm.resources.get_mut(c.resource_id.get())?;
@@ -195,11 +157,7 @@ impl GpuDevice {
             }
             CMD_RESOURCE_DETACH_BACKING => {
                 let (c, _) = parse::<ResourceDetachBacking>(body)?;
-                self.vm
-                    .resources
-                    .get_mut(c.resource_id.get())?
-                    .backing
-                    .clear();
+                self.vm.resources.get_mut(c.resource_id.get())?.backing.clear();
                 nodata()
             }
             CMD_SET_SCANOUT => {
@@ -222,10 +180,7 @@ impl GpuDevice {
                     return Err(Nak(RESP_ERR_INVALID_PARAMETER));
                 }
                 let r = RespCapsetInfo {
-                    hdr: CtrlHdr {
-                        type_: U32::new(RESP_OK_CAPSET_INFO),
-                        ..Default::default()
-                    },
+                    hdr: CtrlHdr { type_: U32::new(RESP_OK_CAPSET_INFO), ..Default::default() },
                     capset_id: U32::new(CAPSET_ID),
                     capset_max_version: U32::new(CAPSET_VERSION),
                     capset_max_size: U32::new(core::mem::size_of::<protocol::Capset>() as u32),
@@ -238,12 +193,7 @@ impl GpuDevice {
                 if c.capset_id.get() != CAPSET_ID || c.capset_version.get() > CAPSET_VERSION {
                     return Err(Nak(RESP_ERR_INVALID_PARAMETER));
                 }
-                let mut out = CtrlHdr {
-                    type_: U32::new(RESP_OK_CAPSET),
-                    ..Default::default()
-                }
-                .as_bytes()
-                .to_vec();
+                let mut out = CtrlHdr { type_: U32::new(RESP_OK_CAPSET), ..Default::default() }.as_bytes().to_vec();
                 out.extend_from_slice(self.vm.capset().as_bytes());
                 Ok(out)
             }
@@ -266,20 +216,12 @@ impl GpuDevice {
                 if !self.vm.has_client(ctx_id) {
                     return Err(Nak(RESP_ERR_INVALID_CONTEXT_ID));
                 }
-                self.vm
-                    .resources
-                    .get_mut(c.resource_id.get())?
-                    .attached
-                    .insert(ctx_id);
+                self.vm.resources.get_mut(c.resource_id.get())?.attached.insert(ctx_id);
                 nodata()
             }
             CMD_CTX_DETACH_RESOURCE => {
                 let (c, _) = parse::<CtxResource>(body)?;
-                self.vm
-                    .resources
-                    .get_mut(c.resource_id.get())?
-                    .attached
-                    .remove(&ctx_id);
+                self.vm.resources.get_mut(c.resource_id.get())?.attached.remove(&ctx_id);
                 nodata()
             }
             CMD_TRANSFER_TO_HOST_3D | CMD_TRANSFER_FROM_HOST_3D => {
@@ -291,9 +233,7 @@ impl GpuDevice {
             }
             CMD_SUBMIT_3D => {
                 let (c, rest) = parse::<CmdSubmit>(body)?;
-                let data = rest
-                    .get(..c.size.get() as usize)
-                    .ok_or(Nak(RESP_ERR_INVALID_PARAMETER))?;
+                let data = rest.get(..c.size.get() as usize).ok_or(Nak(RESP_ERR_INVALID_PARAMETER))?;
                 match self.vm.submit(mem, ctx_id, data) {
                     Ok(()) => nodata(),
                     Err(e) => {
@@ -309,24 +249,8 @@ impl GpuDevice {
         }
     }
 
-    fn create_resource(
-        &mut self,
-        id: u32,
-        width: u32,
-        height: u32,
-        format: u32,
-        size: u64,
-    ) -> CmdResult {
-        self.vm.resources.create(
-            id,
-            Resource {
-                width,
-                height,
-                format,
-                size,
-                ..Default::default()
-            },
-        )?;
+    fn create_resource(&mut self, id: u32, width: u32, height: u32, format: u32, size: u64) -> CmdResult {
+        self.vm.resources.create(id, Resource { width, height, format, size, ..Default::default() })?;
         nodata()
     }
 
@@ -336,12 +260,7 @@ impl GpuDevice {
         if let Some(d) = &self.display {
             match d.get_display_info() {
                 Ok(info) => {
-                    for (out, m) in r
-                        .pmodes
-                        .iter_mut()
-                        .zip(info.pmodes.iter())
-                        .take(NUM_SCANOUTS as usize)
-                    {
+                    for (out, m) in r.pmodes.iter_mut().zip(info.pmodes.iter()).take(NUM_SCANOUTS as usize) {
                         out.r = Rect {
                             x: U32::new(m.r.x),
                             y: U32::new(m.r.y),
@@ -368,14 +287,10 @@ impl GpuDevice {
             return Err(Nak(RESP_ERR_INVALID_SCANOUT_ID));
         }
         let d = self.display.as_ref().ok_or(Nak(RESP_ERR_UNSPEC))?;
-        let e = d
-            .get_edid(&VhostUserGpuEdidRequest {
-                scanout_id: c.scanout.get(),
-            })
-            .map_err(|e| {
-                warn!("display socket: GET_EDID failed: {e}");
-                Nak(RESP_ERR_UNSPEC)
-            })?;
+        let e = d.get_edid(&VhostUserGpuEdidRequest { scanout_id: c.scanout.get() }).map_err(|e| {
+            warn!("display socket: GET_EDID failed: {e}");
+            Nak(RESP_ERR_UNSPEC)
+        })?;
         let mut r = RespEdid::default();
         r.hdr.type_ = U32::new(RESP_OK_EDID);
         r.size = U32::new(e.size.min(1024));
@@ -402,11 +317,7 @@ impl GpuDevice {
         };
         self.scanout = Scanout { resource_id: rid };
         if let Some(d) = &self.display {
-            let msg = VhostUserGpuScanout {
-                scanout_id: c.scanout_id.get(),
-                width: w,
-                height: h,
-            };
+            let msg = VhostUserGpuScanout { scanout_id: c.scanout_id.get(), width: w, height: h };
             if let Err(e) = d.set_scanout(&msg) {
                 warn!("display socket: SCANOUT failed: {e}");
             }
@@ -418,9 +329,7 @@ impl GpuDevice {
         let rid = c.resource_id.get();
         let r = self.vm.resources.get(rid)?;
         let (x, y, w, h) = (c.r.x.get(), c.r.y.get(), c.r.width.get(), c.r.height.get());
-        if x.checked_add(w).is_none_or(|v| v > r.width)
-            || y.checked_add(h).is_none_or(|v| v > r.height)
-        {
+        if x.checked_add(w).is_none_or(|v| v > r.width) || y.checked_add(h).is_none_or(|v| v > r.height) {
             return Err(Nak(RESP_ERR_INVALID_PARAMETER));
         }
         let (Some(d), true) = (&self.display, self.scanout.resource_id == rid) else {
@@ -439,13 +348,7 @@ impl GpuDevice {
                 Err(_) => return Err(Nak(RESP_ERR_INVALID_PARAMETER)),
             }
         }
-        let update = VhostUserGpuUpdate {
-            scanout_id: 0,
-            x,
-            y,
-            width: w,
-            height: h,
-        };
+        let update = VhostUserGpuUpdate { scanout_id: 0, x, y, width: w, height: h };
         if let Err(e) = d.update_scanout(&update, &pixels) {
             warn!("display socket: UPDATE failed: {e}");
         }
@@ -461,11 +364,7 @@ impl GpuDevice {
             return;
         };
         let Some(d) = &self.display else { return };
-        let pos = VhostUserGpuCursorPos {
-            scanout_id: c.pos.scanout_id.get(),
-            x: c.pos.x.get(),
-            y: c.pos.y.get(),
-        };
+        let pos = VhostUserGpuCursorPos { scanout_id: c.pos.scanout_id.get(), x: c.pos.x.get(), y: c.pos.y.get() };
         let r = match hdr.type_.get() {
             CMD_MOVE_CURSOR => d.cursor_pos(&pos),
             CMD_UPDATE_CURSOR if c.resource_id.get() == 0 => d.cursor_pos_hide(&pos),
@@ -478,11 +377,7 @@ impl GpuDevice {
                     Ok(span) => span.read_into(&mut data),
                     Err(_) => return,
                 }
-                let update = VhostUserGpuCursorUpdate {
-                    pos,
-                    hot_x: c.hot_x.get(),
-                    hot_y: c.hot_y.get(),
-                };
+                let update = VhostUserGpuCursorUpdate { pos, hot_x: c.hot_x.get(), hot_y: c.hot_y.get() };
                 d.cursor_update(&update, &data)
             }
             _ => return,

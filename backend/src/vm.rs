@@ -5,8 +5,7 @@
 //! the client's control buffer.
 
 use crate::engine::{
-    CuError, DeviceInfo, Engine, EngineCtx, EngineEvent, EngineFunc, EngineModule, EngineStream,
-    Launch,
+    CuError, DeviceInfo, Engine, EngineCtx, EngineEvent, EngineFunc, EngineModule, EngineStream, Launch,
 };
 use crate::error::{Error, Result};
 use crate::grants::{Counters, Gate};
@@ -96,10 +95,7 @@ struct Reply {
 
 impl Reply {
     fn ok(payload: Vec<u8>) -> Self {
-        Reply {
-            status: CUDA_SUCCESS,
-            payload,
-        }
+        Reply { status: CUDA_SUCCESS, payload }
     }
 }
 
@@ -133,11 +129,7 @@ impl Vm {
     /// the physical device's).
     pub fn new(name: &str, engine: Box<dyn Engine>, quota: u64) -> Self {
         let info = engine.device_info().clone();
-        let quota = if quota == 0 {
-            info.total_mem
-        } else {
-            quota.min(info.total_mem)
-        };
+        let quota = if quota == 0 { info.total_mem } else { quota.min(info.total_mem) };
         info!(vm = name, engine = engine.kind().as_str(), device = %info.name, quota, "VM ready");
         Vm {
             name: name.to_string(),
@@ -243,12 +235,8 @@ impl Vm {
         };
         let ctxs: Vec<EngineCtx> = client.contexts.values().copied().collect();
         for (id, &c) in client.contexts.iter() {
-            let mine: Vec<(u64, u64)> = client
-                .allocations
-                .iter()
-                .filter(|(_, a)| a.ctx == id)
-                .map(|(b, a)| (b, a.size))
-                .collect();
+            let mine: Vec<(u64, u64)> =
+                client.allocations.iter().filter(|(_, a)| a.ctx == id).map(|(b, a)| (b, a.size)).collect();
             self.scrub_in(c, &mine);
         }
         for c in &ctxs {
@@ -276,10 +264,7 @@ impl Vm {
     /// virtio-gpu SUBMIT_3D: runs one batch and writes its reply.
     pub fn submit(&mut self, mem: &GuestMemory, ctx_id: u32, bytes: &[u8]) -> Result<()> {
         let Some(mut client) = self.clients.remove(&ctx_id) else {
-            return Err(Error::HandleNotFound {
-                kind: "virtio-gpu context",
-                id: ctx_id as u64,
-            });
+            return Err(Error::HandleNotFound { kind: "virtio-gpu context", id: ctx_id as u64 });
         };
         let arrived = std::time::Instant::now();
         let counters = self.gate.counters().clone();
@@ -290,19 +275,11 @@ impl Vm {
             counters.record_latency(arrived.elapsed().as_nanos() as u64);
         }
         counters.used_bytes.store(self.used, Ordering::Relaxed);
-        counters
-            .clients
-            .store(self.clients.len() as u32, Ordering::Relaxed);
+        counters.clients.store(self.clients.len() as u32, Ordering::Relaxed);
         r
     }
 
-    fn run_batch(
-        &mut self,
-        mem: &GuestMemory,
-        ctx_id: u32,
-        client: &mut Client,
-        bytes: &[u8],
-    ) -> Result<()> {
+    fn run_batch(&mut self, mem: &GuestMemory, ctx_id: u32, client: &mut Client, bytes: &[u8]) -> Result<()> {
         let mut reply = Reply::ok(Vec::new());
         let seq = match decode_batch(bytes) {
             Err(e) => {
@@ -311,10 +288,7 @@ impl Vm {
                 client.last_seq + 1
             }
             Ok(batch) if batch.seq() != client.last_seq + 1 => {
-                let e = Error::OutOfOrder {
-                    got: batch.seq(),
-                    expected: client.last_seq + 1,
-                };
+                let e = Error::OutOfOrder { got: batch.seq(), expected: client.last_seq + 1 };
                 warn!(vm = %self.name, ctx_id, "rejected batch: {e}");
                 reply.status = e.cu_result();
                 client.last_seq + 1
@@ -324,10 +298,7 @@ impl Vm {
                     match cmd {
                         Err(e) => {
                             warn!(vm = %self.name, ctx_id, seq = batch.seq(), "rejected command: {e}");
-                            reply = Reply {
-                                status: CUDA_ERROR_INVALID_VALUE,
-                                payload: Vec::new(),
-                            };
+                            reply = Reply { status: CUDA_ERROR_INVALID_VALUE, payload: Vec::new() };
                             break;
                         }
                         Ok(d) => {
@@ -342,10 +313,7 @@ impl Vm {
                                     let code = e.cu_result();
                                     debug!(vm = %self.name, ctx_id, ?op, code, "request failed: {e}");
                                     if is_sync(op, d.flags) {
-                                        reply = Reply {
-                                            status: code,
-                                            payload: Vec::new(),
-                                        };
+                                        reply = Reply { status: code, payload: Vec::new() };
                                     } else if client.deferred.is_none() {
                                         client.deferred = Some((code, op));
                                     }
@@ -375,16 +343,9 @@ impl Vm {
         let res = self.resources.for_ctx(control, ctx_id)?;
         let cap = res.backing_len().saturating_sub(REPLY_PAYLOAD_OFFSET);
         if reply.payload.len() as u64 > cap {
-            reply = Reply {
-                status: CUDA_ERROR_INVALID_VALUE,
-                payload: Vec::new(),
-            };
+            reply = Reply { status: CUDA_ERROR_INVALID_VALUE, payload: Vec::new() };
         }
-        let (deferred, deferred_op) = client
-            .deferred
-            .take()
-            .map(|(c, o)| (c, o as u32))
-            .unwrap_or((0, 0));
+        let (deferred, deferred_op) = client.deferred.take().map(|(c, o)| (c, o as u32)).unwrap_or((0, 0));
         let header = ReplyHeader {
             completed_seq: U64::new(0),
             reply_seq: U64::new(seq),
@@ -394,26 +355,17 @@ impl Vm {
             payload_len: U32::new(reply.payload.len() as u32),
         };
         if !reply.payload.is_empty() {
-            let span = self.resources.span(
-                mem,
-                control,
-                ctx_id,
-                REPLY_PAYLOAD_OFFSET,
-                reply.payload.len() as u64,
-            )?;
+            let span = self.resources.span(mem, control, ctx_id, REPLY_PAYLOAD_OFFSET, reply.payload.len() as u64)?;
             span.write_from(&reply.payload);
         }
         let hdr_bytes = header.as_bytes();
-        let span = self
-            .resources
-            .span(mem, control, ctx_id, 8, (hdr_bytes.len() - 8) as u64)?;
+        let span = self.resources.span(mem, control, ctx_id, 8, (hdr_bytes.len() - 8) as u64)?;
         span.write_from(&hdr_bytes[8..]);
         // completed_seq last, so the guest reads a finished reply.
         let first = self.resources.span(mem, control, ctx_id, 0, 8)?;
         let addr = first.extents()[0].addr;
         std::sync::atomic::fence(Ordering::Release);
-        mem.store(seq, addr, Ordering::Release)
-            .map_err(|_| Error::InvalidArgument("control buffer unaligned"))?;
+        mem.store(seq, addr, Ordering::Release).map_err(|_| Error::InvalidArgument("control buffer unaligned"))?;
         Ok(())
     }
 
@@ -469,10 +421,7 @@ impl Vm {
             C::MemGetInfo => {
                 let (phys_free, _) = self.engine.mem_get_info()?;
                 let free = self.quota.saturating_sub(self.used).min(phys_free);
-                let r = MemGetInfoReply {
-                    free: U64::new(free),
-                    total: U64::new(self.quota),
-                };
+                let r = MemGetInfoReply { free: U64::new(free), total: U64::new(self.quota) };
                 return Ok(Some(Reply::ok(r.as_bytes().to_vec())));
             }
             _ => {}
@@ -491,43 +440,19 @@ impl Vm {
                 if size == 0 {
                     return Err(Error::InvalidArgument("zero-byte allocation"));
                 }
-                let charged =
-                    size.checked_next_multiple_of(CHARGE_GRANULE)
-                        .ok_or(Error::QuotaExceeded {
-                            size,
-                            used: self.used,
-                            quota: self.quota,
-                        })?;
-                if self
-                    .used
-                    .checked_add(charged)
-                    .is_none_or(|u| u > self.quota)
-                {
-                    return Err(Error::QuotaExceeded {
-                        size,
-                        used: self.used,
-                        quota: self.quota,
-                    });
+                let charged = size.checked_next_multiple_of(CHARGE_GRANULE).ok_or(Error::QuotaExceeded {
+                    size,
+                    used: self.used,
+                    quota: self.quota,
+                })?;
+                if self.used.checked_add(charged).is_none_or(|u| u > self.quota) {
+                    return Err(Error::QuotaExceeded { size, used: self.used, quota: self.quota });
                 }
                 let dptr = self.engine.mem_alloc(size)?;
                 self.used += charged;
                 client.charged += charged;
-                client.allocations.insert(
-                    dptr,
-                    Allocation {
-                        size,
-                        ctx: d.ctx,
-                        freeable: true,
-                        charged,
-                    },
-                );
-                Ok(Some(Reply::ok(
-                    MemAllocReply {
-                        dptr: U64::new(dptr),
-                    }
-                    .as_bytes()
-                    .to_vec(),
-                )))
+                client.allocations.insert(dptr, Allocation { size, ctx: d.ctx, freeable: true, charged });
+                Ok(Some(Reply::ok(MemAllocReply { dptr: U64::new(dptr) }.as_bytes().to_vec())))
             }
             C::MemFree(m) => {
                 let base = m.id.get();
@@ -552,9 +477,7 @@ impl Vm {
                         len,
                     )?),
                 };
-                self.gpu_op(ectx, stream, |e| {
-                    e.memcpy_htod(m.dst.get(), src, stream, async_flag)
-                })?;
+                self.gpu_op(ectx, stream, |e| e.memcpy_htod(m.dst.get(), src, stream, async_flag))?;
                 Ok(None)
             }
             C::MemcpyDtoH(m) => {
@@ -564,11 +487,8 @@ impl Vm {
                 match m.dst.kind.get() {
                     HOST_INLINE => {
                         let control = client.control.ok_or(Error::NoSession)?;
-                        let cap = self
-                            .resources
-                            .for_ctx(control, ctx_id)?
-                            .backing_len()
-                            .saturating_sub(REPLY_PAYLOAD_OFFSET);
+                        let cap =
+                            self.resources.for_ctx(control, ctx_id)?.backing_len().saturating_sub(REPLY_PAYLOAD_OFFSET);
                         if len > cap {
                             return Err(Error::ReplyTooLarge(len));
                         }
@@ -579,21 +499,11 @@ impl Vm {
                         Ok(Some(Reply::ok(buf)))
                     }
                     _ => {
-                        let span = self.resources.span(
-                            mem,
-                            m.dst.resource.get(),
-                            ctx_id,
-                            m.dst.offset.get(),
-                            len,
-                        )?;
+                        let span = self.resources.span(mem, m.dst.resource.get(), ctx_id, m.dst.offset.get(), len)?;
                         self.gpu_op(ectx, stream, |e| {
                             e.memcpy_dtoh(HostDst::Guest(span), m.src.get(), stream, async_flag)
                         })?;
-                        Ok(if async_flag {
-                            None
-                        } else {
-                            Some(Reply::ok(Vec::new()))
-                        })
+                        Ok(if async_flag { None } else { Some(Reply::ok(Vec::new())) })
                     }
                 }
             }
@@ -602,9 +512,7 @@ impl Vm {
                 client.allocations.check(m.dst.get(), len)?;
                 client.allocations.check(m.src.get(), len)?;
                 let stream = Self::stream(client, m.stream.get())?;
-                self.gpu_op(ectx, stream, |e| {
-                    e.memcpy_dtod(m.dst.get(), m.src.get(), len, stream, async_flag)
-                })?;
+                self.gpu_op(ectx, stream, |e| e.memcpy_dtod(m.dst.get(), m.src.get(), len, stream, async_flag))?;
                 Ok(None)
             }
             C::Memset(m) => {
@@ -616,14 +524,7 @@ impl Vm {
                 client.allocations.check(m.dst.get(), bytes)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 self.gpu_op(ectx, stream, |e| {
-                    e.memset(
-                        m.dst.get(),
-                        m.value.get(),
-                        m.elem_size.get(),
-                        m.count.get(),
-                        stream,
-                        async_flag,
-                    )
+                    e.memset(m.dst.get(), m.value.get(), m.elem_size.get(), m.count.get(), stream, async_flag)
                 })?;
                 Ok(None)
             }
@@ -631,14 +532,7 @@ impl Vm {
                 let id = m.module_id.get();
                 client.modules.check_free(id)?;
                 let module = self.engine.module_load(image)?;
-                client.modules.insert(
-                    id,
-                    ModuleEntry {
-                        engine: module,
-                        ctx: d.ctx,
-                        globals: Vec::new(),
-                    },
-                )?;
+                client.modules.insert(id, ModuleEntry { engine: module, ctx: d.ctx, globals: Vec::new() })?;
                 Ok(Some(Reply::ok(Vec::new())))
             }
             C::ModuleUnload(m) => {
@@ -646,8 +540,7 @@ impl Vm {
                 let entry = client.modules.remove(id)?;
                 client.functions.drain_where(|f| f.module == id);
                 if entry.ctx != d.ctx {
-                    self.engine
-                        .ctx_set_current(*client.contexts.get(entry.ctx)?)?;
+                    self.engine.ctx_set_current(*client.contexts.get(entry.ctx)?)?;
                 }
                 for g in entry.globals {
                     if let Some(a) = client.allocations.remove_range(g) {
@@ -662,13 +555,7 @@ impl Vm {
                 let fid = m.func_id.get();
                 client.functions.check_free(fid)?;
                 let (func, fi) = self.engine.module_get_function(module, name)?;
-                client.functions.insert(
-                    fid,
-                    FuncEntry {
-                        engine: func,
-                        module: m.module_id.get(),
-                    },
-                )?;
+                client.functions.insert(fid, FuncEntry { engine: func, module: m.module_id.get() })?;
                 let mut attrs = [I32::new(0); NUM_FUNC_ATTRS];
                 for (a, v) in attrs.iter_mut().zip(fi.attrs.iter()) {
                     *a = I32::new(*v);
@@ -689,30 +576,14 @@ impl Vm {
                 let module = client.modules.get(mid)?.engine;
                 let (dptr, size) = self.engine.module_get_global(module, name)?;
                 if client.allocations.check(dptr, size.max(1)).is_err() {
-                    client.allocations.insert(
-                        dptr,
-                        Allocation {
-                            size,
-                            ctx: d.ctx,
-                            freeable: false,
-                            charged: 0,
-                        },
-                    );
+                    client.allocations.insert(dptr, Allocation { size, ctx: d.ctx, freeable: false, charged: 0 });
                     client.modules.get_mut(mid)?.globals.push(dptr);
                 }
-                Ok(Some(Reply::ok(
-                    GlobalReply {
-                        dptr: U64::new(dptr),
-                        size: U64::new(size),
-                    }
-                    .as_bytes()
-                    .to_vec(),
-                )))
+                Ok(Some(Reply::ok(GlobalReply { dptr: U64::new(dptr), size: U64::new(size) }.as_bytes().to_vec())))
             }
             C::FuncSetAttribute(f) => {
                 let func = client.functions.get(f.func_id.get())?.engine;
-                self.engine
-                    .func_set_attribute(func, f.attr.get(), f.value.get())?;
+                self.engine.func_set_attribute(func, f.attr.get(), f.value.get())?;
                 Ok(None)
             }
             C::LaunchKernel(l, params) => {
@@ -735,13 +606,7 @@ impl Vm {
                 }
                 client.streams.check_free(id)?;
                 let e = self.engine.stream_create(s.flags.get(), s.priority.get())?;
-                client.streams.insert(
-                    id,
-                    StreamEntry {
-                        engine: e,
-                        ctx: d.ctx,
-                    },
-                )?;
+                client.streams.insert(id, StreamEntry { engine: e, ctx: d.ctx })?;
                 Ok(None)
             }
             C::StreamDestroy(s) => {
@@ -769,13 +634,7 @@ impl Vm {
                 let id = e.event_id.get();
                 client.events.check_free(id)?;
                 let ev = self.engine.event_create(e.flags.get())?;
-                client.events.insert(
-                    id,
-                    EventEntry {
-                        engine: ev,
-                        ctx: d.ctx,
-                    },
-                )?;
+                client.events.insert(id, EventEntry { engine: ev, ctx: d.ctx })?;
                 Ok(None)
             }
             C::EventDestroy(e) => {
@@ -803,14 +662,7 @@ impl Vm {
                 let a = client.events.get(t.start.get())?.engine;
                 let b = client.events.get(t.end.get())?.engine;
                 let ms = self.engine.event_elapsed_ms(a, b)?;
-                Ok(Some(Reply::ok(
-                    ElapsedReply {
-                        ms: F32::new(ms),
-                        _pad: U32::new(0),
-                    }
-                    .as_bytes()
-                    .to_vec(),
-                )))
+                Ok(Some(Reply::ok(ElapsedReply { ms: F32::new(ms), _pad: U32::new(0) }.as_bytes().to_vec())))
             }
         }
     }
@@ -853,10 +705,7 @@ impl Vm {
     /// cannot run the memset; its memory goes back unscrubbed and the
     /// failure is logged.
     fn scrub(&mut self, base: u64, size: u64) -> bool {
-        match self
-            .engine
-            .memset(base, 0, 1, size, EngineStream::NULL, false)
-        {
+        match self.engine.memset(base, 0, 1, size, EngineStream::NULL, false) {
             Ok(()) => true,
             Err(e) => {
                 warn!(vm = %self.name, base, size, "scrubbing freed device memory: {e}");
@@ -883,12 +732,7 @@ impl Vm {
         let e = client.contexts.remove(id)?;
         client.streams.drain_where(|s| s.ctx == id);
         client.events.drain_where(|s| s.ctx == id);
-        let mods: Vec<u64> = client
-            .modules
-            .drain_where(|m| m.ctx == id)
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
+        let mods: Vec<u64> = client.modules.drain_where(|m| m.ctx == id).into_iter().map(|(k, _)| k).collect();
         client.functions.drain_where(|f| mods.contains(&f.module));
         let drained = client.allocations.drain_ctx(id);
         let ranges: Vec<(u64, u64)> = drained.iter().map(|(b, a)| (*b, a.size)).collect();
@@ -929,9 +773,6 @@ fn is_sync(op: Opcode, flags: u16) -> bool {
 
 impl From<CuError> for Reply {
     fn from(e: CuError) -> Self {
-        Reply {
-            status: e.0,
-            payload: Vec::new(),
-        }
+        Reply { status: e.0, payload: Vec::new() }
     }
 }

@@ -24,14 +24,7 @@ fn socket_path(tag: &str) -> PathBuf {
 }
 
 fn settings(max_queued_ops: u32) -> VmSettings {
-    VmSettings {
-        class: QosClass::Burstable,
-        weight: 1,
-        priority: 0,
-        slice_us: 50_000,
-        max_queued_ops,
-        drained: false,
-    }
+    VmSettings { class: QosClass::Burstable, weight: 1, priority: 0, slice_us: 50_000, max_queued_ops, drained: false }
 }
 
 /// The daemon's end of one backend connection.
@@ -44,16 +37,9 @@ impl Peer {
     fn accept(listener: &UnixListener, settings: VmSettings) -> (Peer, BackendMsg) {
         let (s, _) = listener.accept().unwrap();
         s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        let mut peer = Peer {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        };
+        let mut peer = Peer { reader: BufReader::new(s.try_clone().unwrap()), writer: s };
         let hello: BackendMsg = read_msg(&mut peer.reader).unwrap();
-        peer.send(&DaemonMsg::Welcome {
-            version: CONTROL_VERSION,
-            settings,
-            mem_limit_bytes: None,
-        });
+        peer.send(&DaemonMsg::Welcome { version: CONTROL_VERSION, settings, mem_limit_bytes: None });
         (peer, hello)
     }
 
@@ -83,27 +69,10 @@ fn sim() -> (SimEngine, EngineCtx, EngineStream, EngineFunc) {
     (e, ctx, s, f)
 }
 
-fn spin(
-    gate: &mut Gate,
-    e: &mut SimEngine,
-    ctx: EngineCtx,
-    s: EngineStream,
-    f: EngineFunc,
-    us: u64,
-) {
+fn spin(gate: &mut Gate, e: &mut SimEngine, ctx: EngineCtx, s: EngineStream, f: EngineFunc, us: u64) {
     gate.before_op(e, ctx, s);
     let params = us.to_le_bytes();
-    e.launch(
-        f,
-        &Launch {
-            grid: [1, 1, 1],
-            block: [1, 1, 1],
-            shared_mem: 0,
-            stream: s,
-            params: &params,
-        },
-    )
-    .unwrap();
+    e.launch(f, &Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &params }).unwrap();
     gate.after_op(e, ctx, s);
 }
 
@@ -114,10 +83,7 @@ fn registration(socket: PathBuf) -> Registration {
         engine: "sim".into(),
         gpu: "sim".into(),
         quota_bytes: 1 << 30,
-        requested: QosRequest {
-            weight: Some(3),
-            ..Default::default()
-        },
+        requested: QosRequest { weight: Some(3), ..Default::default() },
         max_queued: Duration::from_secs(1),
     }
 }
@@ -125,10 +91,7 @@ fn registration(socket: PathBuf) -> Registration {
 fn wait_connected(link: &DaemonLink) {
     let t = Instant::now();
     while !link.connected() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "backend never registered"
-        );
+        assert!(t.elapsed() < Duration::from_secs(10), "backend never registered");
         std::thread::sleep(Duration::from_millis(5));
     }
 }
@@ -140,13 +103,7 @@ fn work_waits_for_a_grant_and_its_gpu_time_is_reported() {
     let link = DaemonLink::start(registration(path), Arc::new(Counters::default()));
     let (mut peer, hello) = Peer::accept(&listener, settings(8));
     match hello {
-        BackendMsg::Hello {
-            vm,
-            requested,
-            reconnect,
-            engine,
-            ..
-        } => {
+        BackendMsg::Hello { vm, requested, reconnect, engine, .. } => {
             assert_eq!(vm, "vm-a");
             assert_eq!(engine, "sim");
             assert_eq!(requested.weight, Some(3));
@@ -168,34 +125,17 @@ fn work_waits_for_a_grant_and_its_gpu_time_is_reported() {
     });
     assert_eq!(peer.next(), BackendMsg::Demand);
     // No grant yet: the launch must not have been submitted.
-    assert!(
-        done_rx.recv_timeout(Duration::from_millis(200)).is_err(),
-        "work ran without a grant"
-    );
-    peer.send(&DaemonMsg::Grant {
-        grant: 7,
-        slice_us: 1_000_000,
-        contended: true,
-    });
-    done_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("grant did not release the work");
+    assert!(done_rx.recv_timeout(Duration::from_millis(200)).is_err(), "work ran without a grant");
+    peer.send(&DaemonMsg::Grant { grant: 7, slice_us: 1_000_000, contended: true });
+    done_rx.recv_timeout(Duration::from_secs(5)).expect("grant did not release the work");
     let (_gate, _e) = worker.join().unwrap();
     match peer.next() {
-        BackendMsg::Release {
-            grant,
-            gpu_ns,
-            ops,
-            more,
-        } => {
+        BackendMsg::Release { grant, gpu_ns, ops, more } => {
             assert_eq!(grant, 7);
             assert_eq!(ops, 1);
             assert!(!more, "an idle VM wants no more");
             // The 20 ms spin, measured with events.
-            assert!(
-                (19_000_000..40_000_000).contains(&gpu_ns),
-                "gpu_ns {gpu_ns}"
-            );
+            assert!((19_000_000..40_000_000).contains(&gpu_ns), "gpu_ns {gpu_ns}");
         }
         m => panic!("expected Release, got {m:?}"),
     }
@@ -221,26 +161,14 @@ fn slice_end_and_revocation_give_the_grant_back_and_queued_work_is_capped() {
     });
     assert_eq!(peer.next(), BackendMsg::Demand);
     let granted = Instant::now();
-    peer.send(&DaemonMsg::Grant {
-        grant: 1,
-        slice_us: 45_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 45_000, contended: true });
     // The slice ends after 45 ms; with at most 2 ops of 10 ms queued, the
     // backend can have submitted only about 6 of them by then.
     match peer.next() {
-        BackendMsg::Release {
-            grant: 1,
-            gpu_ns,
-            ops,
-            more: true,
-        } => {
+        BackendMsg::Release { grant: 1, gpu_ns, ops, more: true } => {
             let held = granted.elapsed();
             assert!(held >= Duration::from_millis(40), "released after {held:?}");
-            assert!(
-                (2..=8).contains(&ops),
-                "{ops} ops in a 45 ms slice with a cap of 2"
-            );
+            assert!((2..=8).contains(&ops), "{ops} ops in a 45 ms slice with a cap of 2");
             assert!(
                 gpu_ns >= 25_000_000 && gpu_ns <= held.as_nanos() as u64 + 5_000_000,
                 "gpu_ns {gpu_ns}, held {held:?}"
@@ -249,35 +177,20 @@ fn slice_end_and_revocation_give_the_grant_back_and_queued_work_is_capped() {
         m => panic!("expected Release(more), got {m:?}"),
     }
     let submitted = rx.try_iter().count();
-    assert!(
-        submitted <= 8,
-        "{submitted} launches submitted during a 45 ms slice"
-    );
+    assert!(submitted <= 8, "{submitted} launches submitted during a 45 ms slice");
     // Next grant, revoked at once: the backend gives it back at its next op.
-    peer.send(&DaemonMsg::Grant {
-        grant: 2,
-        slice_us: 1_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 1_000_000, contended: true });
     std::thread::sleep(Duration::from_millis(15));
     peer.send(&DaemonMsg::Revoke { grant: 2 });
     loop {
         match peer.next() {
-            BackendMsg::Release {
-                grant: 2,
-                more: true,
-                ..
-            } => break,
+            BackendMsg::Release { grant: 2, more: true, .. } => break,
             BackendMsg::Charge { .. } => continue,
             m => panic!("expected Release of the revoked grant, got {m:?}"),
         }
     }
     // Then let it finish.
-    peer.send(&DaemonMsg::Grant {
-        grant: 3,
-        slice_us: 5_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 5_000_000, contended: true });
     worker.join().unwrap();
     assert_eq!(rx.try_iter().count() + submitted, 12);
 }
@@ -296,13 +209,7 @@ fn without_the_daemon_the_vm_runs_alone_and_reconnects_when_it_returns() {
     // The daemon starts: the backend registers.
     let listener = UnixListener::bind(&path).unwrap();
     let (mut peer, hello) = Peer::accept(&listener, settings(4));
-    assert!(matches!(
-        hello,
-        BackendMsg::Hello {
-            reconnect: false,
-            ..
-        }
-    ));
+    assert!(matches!(hello, BackendMsg::Hello { reconnect: false, .. }));
     wait_connected(&link);
     // It dies while the backend waits for a grant: the backend runs alone.
     let (tx, rx) = mpsc::channel();
@@ -316,29 +223,14 @@ fn without_the_daemon_the_vm_runs_alone_and_reconnects_when_it_returns() {
     drop(peer);
     drop(listener);
     std::fs::remove_file(&path).unwrap();
-    rx.recv_timeout(Duration::from_secs(5))
-        .expect("the backend kept waiting for a dead daemon");
+    rx.recv_timeout(Duration::from_secs(5)).expect("the backend kept waiting for a dead daemon");
     let (_gate, _e) = worker.join().unwrap();
     // A new daemon: the backend comes back, saying it was registered before.
     let listener = UnixListener::bind(&path).unwrap();
     let (_peer, hello) = Peer::accept(&listener, settings(4));
-    assert!(
-        matches!(
-            hello,
-            BackendMsg::Hello {
-                reconnect: true,
-                ..
-            }
-        ),
-        "{hello:?}"
-    );
+    assert!(matches!(hello, BackendMsg::Hello { reconnect: true, .. }), "{hello:?}");
     wait_connected(&link);
-    assert_eq!(
-        counters
-            .ops_total
-            .load(std::sync::atomic::Ordering::Relaxed),
-        2
-    );
+    assert_eq!(counters.ops_total.load(std::sync::atomic::Ordering::Relaxed), 2);
 }
 
 #[test]
@@ -350,13 +242,7 @@ fn a_refused_registration_leaves_the_vm_running_alone() {
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
     let _: BackendMsg = read_msg(&mut r).unwrap();
-    write_msg(
-        &mut w,
-        &DaemonMsg::Refused {
-            reason: "weight: must be between 1 and 10000".into(),
-        },
-    )
-    .unwrap();
+    write_msg(&mut w, &DaemonMsg::Refused { reason: "weight: must be between 1 and 10000".into() }).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert!(!link.connected());
     let mut gate = link.gate();
@@ -388,34 +274,14 @@ fn queued_work_is_capped_by_its_estimated_gpu_time() {
     });
     assert_eq!(peer.next(), BackendMsg::Demand);
     // A first slice to learn the kernels' length.
-    peer.send(&DaemonMsg::Grant {
-        grant: 1,
-        slice_us: 60_000,
-        contended: true,
-    });
-    assert!(matches!(
-        peer.next(),
-        BackendMsg::Release {
-            grant: 1,
-            more: true,
-            ..
-        }
-    ));
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 60_000, contended: true });
+    assert!(matches!(peer.next(), BackendMsg::Release { grant: 1, more: true, .. }));
     // Let what it queued drain, so the next slice starts with an empty queue.
     std::thread::sleep(Duration::from_millis(150));
-    peer.send(&DaemonMsg::Grant {
-        grant: 2,
-        slice_us: 100_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 100_000, contended: true });
     loop {
         match peer.next() {
-            BackendMsg::Release {
-                grant: 2,
-                ops,
-                more: true,
-                ..
-            } => {
+            BackendMsg::Release { grant: 2, ops, more: true, .. } => {
                 // 100 ms of 10 ms kernels with one queued: about 10 submitted,
                 // where a queue of 8 would have taken about 17.
                 assert!((4..=13).contains(&ops), "{ops} ops in a 100 ms slice");
@@ -428,11 +294,7 @@ fn queued_work_is_capped_by_its_estimated_gpu_time() {
     // Alone on the GPU (an uncontended grant) the queue may be deep: the
     // 100 ms slice now submits the 10 ms kernels as fast as they come.
     std::thread::sleep(Duration::from_millis(150));
-    peer.send(&DaemonMsg::Grant {
-        grant: 3,
-        slice_us: 100_000,
-        contended: false,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 100_000, contended: false });
     loop {
         match peer.next() {
             BackendMsg::Release { grant: 3, ops, .. } => {
@@ -443,11 +305,7 @@ fn queued_work_is_capped_by_its_estimated_gpu_time() {
             m => panic!("expected Release, got {m:?}"),
         }
     }
-    peer.send(&DaemonMsg::Grant {
-        grant: 4,
-        slice_us: 10_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 4, slice_us: 10_000_000, contended: true });
     worker.join().unwrap();
 }
 
@@ -470,11 +328,7 @@ fn a_grant_revoked_before_it_was_used_is_handed_back_still_wanting_one() {
     assert_eq!(peer.next(), BackendMsg::Demand);
     // A preemption right behind the grant, as gpuvisord sends it when a
     // higher-priority VM demands at that moment.
-    peer.send(&DaemonMsg::Grant {
-        grant: 1,
-        slice_us: 1_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: true });
     peer.send(&DaemonMsg::Revoke { grant: 1 });
     loop {
         match peer.next() {
@@ -486,18 +340,10 @@ fn a_grant_revoked_before_it_was_used_is_handed_back_still_wanting_one() {
             m => panic!("expected Release of grant 1, got {m:?}"),
         }
     }
-    peer.send(&DaemonMsg::Grant {
-        grant: 2,
-        slice_us: 1_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 1_000_000, contended: true });
     loop {
         match peer.next() {
-            BackendMsg::Release {
-                grant: 2,
-                more: false,
-                ..
-            } => break,
+            BackendMsg::Release { grant: 2, more: false, .. } => break,
             BackendMsg::Charge { .. } => continue,
             m => panic!("expected the final Release, got {m:?}"),
         }
@@ -522,23 +368,14 @@ fn a_revocation_that_arrives_while_waiting_on_the_queue_cap_stops_submission() {
         gate.idle(&mut e);
     });
     assert_eq!(peer.next(), BackendMsg::Demand);
-    peer.send(&DaemonMsg::Grant {
-        grant: 1,
-        slice_us: 10_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 10_000_000, contended: true });
     // The first 50 ms kernel runs; the backend waits on it (cap 1) when the
     // preemption comes. It must not queue a second kernel after the wait.
     std::thread::sleep(Duration::from_millis(15));
     peer.send(&DaemonMsg::Revoke { grant: 1 });
     loop {
         match peer.next() {
-            BackendMsg::Release {
-                grant: 1,
-                ops,
-                more: true,
-                ..
-            } => {
+            BackendMsg::Release { grant: 1, ops, more: true, .. } => {
                 assert_eq!(ops, 1, "submitted after its grant was revoked");
                 break;
             }
@@ -546,11 +383,7 @@ fn a_revocation_that_arrives_while_waiting_on_the_queue_cap_stops_submission() {
             m => panic!("expected Release, got {m:?}"),
         }
     }
-    peer.send(&DaemonMsg::Grant {
-        grant: 2,
-        slice_us: 10_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 10_000_000, contended: true });
     worker.join().unwrap();
 }
 
@@ -577,20 +410,12 @@ fn after_a_preemption_and_an_idle_release_the_next_work_asks_for_a_grant_at_once
         gate.idle(&mut e);
     });
     assert_eq!(peer.next(), BackendMsg::Demand);
-    peer.send(&DaemonMsg::Grant {
-        grant: 1,
-        slice_us: 10_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 10_000_000, contended: true });
     std::thread::sleep(Duration::from_millis(10));
     // gpuvisord preempts and, the preemptor done, grants again before the
     // backend has even noticed the revocation.
     peer.send(&DaemonMsg::Revoke { grant: 1 });
-    peer.send(&DaemonMsg::Grant {
-        grant: 2,
-        slice_us: 10_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 10_000_000, contended: true });
     let mut released = Vec::new();
     while released.len() < 2 {
         match peer.next() {
@@ -610,16 +435,8 @@ fn after_a_preemption_and_an_idle_release_the_next_work_asks_for_a_grant_at_once
             m => panic!("expected Demand, got {m:?}"),
         }
     }
-    assert!(
-        t.elapsed() < Duration::from_millis(300),
-        "the backend asked again only after {:?}",
-        t.elapsed()
-    );
-    peer.send(&DaemonMsg::Grant {
-        grant: 3,
-        slice_us: 10_000_000,
-        contended: true,
-    });
+    assert!(t.elapsed() < Duration::from_millis(300), "the backend asked again only after {:?}", t.elapsed());
+    peer.send(&DaemonMsg::Grant { grant: 3, slice_us: 10_000_000, contended: true });
     worker.join().unwrap();
 }
 
@@ -646,67 +463,33 @@ fn an_idle_vm_alone_on_the_gpu_keeps_its_grant_until_someone_else_wants_it() {
     });
     tx.send(()).unwrap();
     assert_eq!(peer.next(), BackendMsg::Demand);
-    peer.send(&DaemonMsg::Grant {
-        grant: 1,
-        slice_us: 5_000_000,
-        contended: false,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 5_000_000, contended: false });
     done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     // The second request, 50 ms later, runs under the same grant: no
     // release, no demand. The idle time between is not GPU time.
     std::thread::sleep(Duration::from_millis(50));
     tx.send(()).unwrap();
-    done_rx
-        .recv_timeout(Duration::from_secs(5))
-        .expect("the parked grant was not used");
-    peer.reader
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_millis(200)))
-        .unwrap();
+    done_rx.recv_timeout(Duration::from_secs(5)).expect("the parked grant was not used");
+    peer.reader.get_ref().set_read_timeout(Some(Duration::from_millis(200))).unwrap();
     match read_msg::<_, BackendMsg>(&mut peer.reader) {
         Err(_) | Ok(BackendMsg::Stats(_)) => {}
         Ok(m) => panic!("an idle VM alone on the GPU sent {m:?}"),
     }
-    peer.reader
-        .get_ref()
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
+    peer.reader.get_ref().set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     // Another VM wants the GPU: the idle VM gives the grant back at once.
     peer.send(&DaemonMsg::Revoke { grant: 1 });
-    assert_eq!(
-        peer.next(),
-        BackendMsg::Release {
-            grant: 1,
-            gpu_ns: 0,
-            ops: 0,
-            more: false
-        }
-    );
+    assert_eq!(peer.next(), BackendMsg::Release { grant: 1, gpu_ns: 0, ops: 0, more: false });
     // Its next request reports the GPU time the grant's work took and asks anew.
     tx.send(()).unwrap();
     match peer.next() {
         // Two 1 ms kernels, not the 50 ms between them.
-        BackendMsg::Charge { gpu_ns } => assert!(
-            (1_500_000..20_000_000).contains(&gpu_ns),
-            "charged {gpu_ns}"
-        ),
+        BackendMsg::Charge { gpu_ns } => assert!((1_500_000..20_000_000).contains(&gpu_ns), "charged {gpu_ns}"),
         m => panic!("expected the parked grant's GPU time, got {m:?}"),
     }
     assert_eq!(peer.next(), BackendMsg::Demand);
-    peer.send(&DaemonMsg::Grant {
-        grant: 2,
-        slice_us: 5_000_000,
-        contended: true,
-    });
+    peer.send(&DaemonMsg::Grant { grant: 2, slice_us: 5_000_000, contended: true });
     done_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     // A contended grant is not parked.
-    assert!(matches!(
-        peer.next(),
-        BackendMsg::Release {
-            grant: 2,
-            more: false,
-            ..
-        }
-    ));
+    assert!(matches!(peer.next(), BackendMsg::Release { grant: 2, more: false, .. }));
     worker.join().unwrap();
 }

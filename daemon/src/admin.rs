@@ -24,18 +24,11 @@ impl DaemonAdmin {
     /// Each listed GPU's scheduler figures, asked for without holding the lock.
     fn snapshots(&self, gpus: &[String]) -> HashMap<String, GpuSnapshot> {
         let senders = self.shared.registry().gpu_senders();
-        gpus.iter()
-            .filter_map(|id| Some((id.clone(), registry::query_gpu(senders.get(id)?)?)))
-            .collect()
+        gpus.iter().filter_map(|id| Some((id.clone(), registry::query_gpu(senders.get(id)?)?))).collect()
     }
 
     fn vm_view_of(&self, name: &str) -> Result<VmView, AdminError> {
-        let gpu = self
-            .shared
-            .registry()
-            .vm(name)
-            .map(|v| v.rec.gpu.clone())
-            .ok_or_else(|| not_found_vm(name))?;
+        let gpu = self.shared.registry().vm(name).map(|v| v.rec.gpu.clone()).ok_or_else(|| not_found_vm(name))?;
         let snaps = self.snapshots(&[gpu]);
         let reg = self.shared.registry();
         let v = reg.vm(name).ok_or_else(|| not_found_vm(name))?;
@@ -44,47 +37,27 @@ impl DaemonAdmin {
 
     fn gpu_view_of(&self, id: &str) -> Result<GpuView, AdminError> {
         if self.shared.registry().gpu(id).is_none() {
-            return Err(AdminError::NotFound {
-                kind: "GPU",
-                name: id.to_string(),
-            });
+            return Err(AdminError::NotFound { kind: "GPU", name: id.to_string() });
         }
         let snaps = self.snapshots(&[id.to_string()]);
         let reg = self.shared.registry();
-        gpu_view(&reg, id, snaps.get(id)).ok_or_else(|| AdminError::NotFound {
-            kind: "GPU",
-            name: id.to_string(),
-        })
+        gpu_view(&reg, id, snaps.get(id)).ok_or_else(|| AdminError::NotFound { kind: "GPU", name: id.to_string() })
     }
 }
 
 fn not_found_vm(name: &str) -> AdminError {
-    AdminError::NotFound {
-        kind: "VM",
-        name: name.to_string(),
-    }
+    AdminError::NotFound { kind: "VM", name: name.to_string() }
 }
 
 fn invalid(e: FieldError) -> AdminError {
-    AdminError::InvalidField {
-        field: e.field.to_string(),
-        message: e.message,
-    }
+    AdminError::InvalidField { field: e.field.to_string(), message: e.message }
 }
 
 fn vm_view(reg: &Registry, v: &VmEntry, snap: Option<&GpuSnapshot>) -> VmView {
     let settings = reg.settings_of(&v.rec);
-    let sched: VmSnapshot = v
-        .conn
-        .as_ref()
-        .and_then(|c| snap.and_then(|s| s.vms.get(&c.id)))
-        .cloned()
-        .unwrap_or_default();
-    let stats = v
-        .conn
-        .as_ref()
-        .and_then(|c| c.stats.clone())
-        .unwrap_or_default();
+    let sched: VmSnapshot =
+        v.conn.as_ref().and_then(|c| snap.and_then(|s| s.vms.get(&c.id))).cloned().unwrap_or_default();
+    let stats = v.conn.as_ref().and_then(|c| c.stats.clone()).unwrap_or_default();
     let state = match &v.conn {
         None => VmState::Disconnected,
         Some(_) if v.rec.drained => VmState::Drained,
@@ -92,11 +65,8 @@ fn vm_view(reg: &Registry, v: &VmEntry, snap: Option<&GpuSnapshot>) -> VmView {
         Some(_) if sched.runnable => VmState::Waiting,
         Some(_) => VmState::Idle,
     };
-    let gpu_ns = v.conn.as_ref().map_or(0, |c| {
-        stats
-            .gpu_ns_total
-            .max(c.gpu_ns_at_hello.saturating_add(sched.used_total_ns))
-    });
+    let gpu_ns =
+        v.conn.as_ref().map_or(0, |c| stats.gpu_ns_total.max(c.gpu_ns_at_hello.saturating_add(sched.used_total_ns)));
     VmView {
         name: v.rec.name.clone(),
         gpu: v.rec.gpu.clone(),
@@ -143,18 +113,10 @@ fn gpu_view(reg: &Registry, id: &str, snap: Option<&GpuSnapshot>) -> Option<GpuV
 
 impl Admin for DaemonAdmin {
     fn gpus(&self) -> Vec<GpuView> {
-        let ids: Vec<String> = self
-            .shared
-            .registry()
-            .gpu_infos()
-            .iter()
-            .map(|g| g.id.clone())
-            .collect();
+        let ids: Vec<String> = self.shared.registry().gpu_infos().iter().map(|g| g.id.clone()).collect();
         let snaps = self.snapshots(&ids);
         let reg = self.shared.registry();
-        ids.iter()
-            .filter_map(|id| gpu_view(&reg, id, snaps.get(id)))
-            .collect()
+        ids.iter().filter_map(|id| gpu_view(&reg, id, snaps.get(id))).collect()
     }
 
     fn gpu(&self, id: &str) -> Result<GpuView, AdminError> {
@@ -164,10 +126,7 @@ impl Admin for DaemonAdmin {
     fn update_gpu(&self, id: &str, patch: GpuPatch) -> Result<GpuView, AdminError> {
         {
             let mut reg = self.shared.registry();
-            let current = reg.gpu(id).ok_or_else(|| AdminError::NotFound {
-                kind: "GPU",
-                name: id.to_string(),
-            })?;
+            let current = reg.gpu(id).ok_or_else(|| AdminError::NotFound { kind: "GPU", name: id.to_string() })?;
             let mut next: GpuRecord = current.settings.clone();
             if let Some(s) = patch.slice_us {
                 next.slice_us = registry::check_slice_us(s).map_err(invalid)?;
@@ -175,26 +134,16 @@ impl Admin for DaemonAdmin {
             if let Some(n) = patch.max_queued_ops {
                 next.max_queued_ops = registry::check_max_queued_ops(n).map_err(invalid)?;
             }
-            reg.change_gpu(next)
-                .map_err(|e| AdminError::Internal(e.to_string()))?;
+            reg.change_gpu(next).map_err(|e| AdminError::Internal(e.to_string()))?;
         }
         self.gpu_view_of(id)
     }
 
     fn vms(&self) -> Vec<VmView> {
-        let ids: Vec<String> = self
-            .shared
-            .registry()
-            .gpu_infos()
-            .iter()
-            .map(|g| g.id.clone())
-            .collect();
+        let ids: Vec<String> = self.shared.registry().gpu_infos().iter().map(|g| g.id.clone()).collect();
         let snaps = self.snapshots(&ids);
         let reg = self.shared.registry();
-        reg.vm_names()
-            .filter_map(|n| reg.vm(n))
-            .map(|v| vm_view(&reg, v, snaps.get(&v.rec.gpu)))
-            .collect()
+        reg.vm_names().filter_map(|n| reg.vm(n)).map(|v| vm_view(&reg, v, snaps.get(&v.rec.gpu))).collect()
     }
 
     fn vm(&self, name: &str) -> Result<VmView, AdminError> {
@@ -215,13 +164,9 @@ impl Admin for DaemonAdmin {
                 next.priority = registry::check_priority(p).map_err(invalid)?;
             }
             if let Some(s) = patch.slice_us {
-                next.slice_us = s
-                    .map(registry::check_slice_us)
-                    .transpose()
-                    .map_err(invalid)?;
+                next.slice_us = s.map(registry::check_slice_us).transpose().map_err(invalid)?;
             }
-            reg.change_vm(next)
-                .map_err(|e| AdminError::Internal(e.to_string()))?;
+            reg.change_vm(next).map_err(|e| AdminError::Internal(e.to_string()))?;
         }
         self.vm_view_of(name)
     }
@@ -231,8 +176,7 @@ impl Admin for DaemonAdmin {
             let mut reg = self.shared.registry();
             let mut next = reg.vm(name).ok_or_else(|| not_found_vm(name))?.rec.clone();
             next.drained = drained;
-            reg.change_vm(next)
-                .map_err(|e| AdminError::Internal(e.to_string()))?;
+            reg.change_vm(next).map_err(|e| AdminError::Internal(e.to_string()))?;
         }
         self.vm_view_of(name)
     }

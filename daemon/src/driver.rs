@@ -21,9 +21,7 @@ pub struct Clock {
 
 impl Clock {
     pub fn new() -> Clock {
-        Clock {
-            start: Instant::now(),
-        }
+        Clock { start: Instant::now() }
     }
 
     pub fn now_ns(&self) -> u64 {
@@ -104,11 +102,7 @@ pub const WINDOW_NS: u64 = 2_000_000_000;
 
 /// The scheduling policy of a GPU whose default slice is `slice_us`.
 pub fn policy(slice_us: u64) -> GpuPolicy {
-    GpuPolicy {
-        slice_ns: slice_us.saturating_mul(1000),
-        window_ns: WINDOW_NS,
-        ..GpuPolicy::default()
-    }
+    GpuPolicy { slice_ns: slice_us.saturating_mul(1000), window_ns: WINDOW_NS, ..GpuPolicy::default() }
 }
 
 /// A GPU's scheduler with the connections it sends to. Events are applied
@@ -197,13 +191,8 @@ impl GpuDriver {
         let name = format!("sched-{}", gpu.chars().take(9).collect::<String>());
         let gpu = gpu.to_string();
         let t = inner.clone();
-        let thread = std::thread::Builder::new()
-            .name(name)
-            .spawn(move || timer(gpu, t))?;
-        Ok(GpuDriver {
-            handle: GpuHandle(inner),
-            thread: Some(thread),
-        })
+        let thread = std::thread::Builder::new().name(name).spawn(move || timer(gpu, t))?;
+        Ok(GpuDriver { handle: GpuHandle(inner), thread: Some(thread) })
     }
 
     /// A handle for this GPU's events (connections keep one each).
@@ -261,11 +250,8 @@ fn timer(gpu: String, inner: Arc<Inner>) {
             }
             Some(d) => {
                 core.timer_at = Some(d);
-                core = inner
-                    .timer
-                    .wait_timeout(core, Duration::from_nanos(d - now))
-                    .unwrap_or_else(|p| p.into_inner())
-                    .0;
+                core =
+                    inner.timer.wait_timeout(core, Duration::from_nanos(d - now)).unwrap_or_else(|p| p.into_inner()).0;
             }
             None => {
                 core.timer_at = None;
@@ -290,10 +276,7 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
             // it back rather than make this VM wait for the slice to end.
             if let Some((holder, grant)) = sched.current_grant() {
                 if holder != vm {
-                    if let Some(s) = slots
-                        .get_mut(&holder)
-                        .filter(|s| s.uncontended == Some(grant))
-                    {
+                    if let Some(s) = slots.get_mut(&holder).filter(|s| s.uncontended == Some(grant)) {
                         s.uncontended = None;
                         tracing::trace!(vm = %s.name, grant, "revoke an uncontended grant");
                         let _ = s.tx.send(DaemonMsg::Revoke { grant });
@@ -302,31 +285,13 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
             }
             actions
         }
-        GpuEvent::Release {
-            vm,
-            grant,
-            used_ns,
-            more,
-        } => sched.release(vm, grant, used_ns, more, now),
+        GpuEvent::Release { vm, grant, used_ns, more } => sched.release(vm, grant, used_ns, more, now),
         GpuEvent::Charge { vm, used_ns } => {
             sched.charge(vm, used_ns, now);
             Vec::new()
         }
-        GpuEvent::Add {
-            vm,
-            name,
-            params,
-            tx,
-        } => {
-            slots.insert(
-                vm,
-                Slot {
-                    name,
-                    tx,
-                    last_active: 0,
-                    uncontended: None,
-                },
-            );
+        GpuEvent::Add { vm, name, params, tx } => {
+            slots.insert(vm, Slot { name, tx, last_active: 0, uncontended: None });
             sched.add_vm(vm, params, now)
         }
         GpuEvent::Remove { vm } => {
@@ -346,34 +311,21 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
 
 /// Whether another VM on this GPU wants it now or did a moment ago.
 fn contended(sched: &Scheduler, slots: &HashMap<u64, Slot>, vm: u64, now: u64) -> bool {
-    slots
-        .iter()
-        .filter(|(&other, _)| other != vm)
-        .any(|(&other, s)| {
-            now.saturating_sub(s.last_active) < CONTENDED_NS
-                || sched
-                    .vm_stats(other, now)
-                    .is_some_and(|st| st.runnable || st.holding)
-        })
+    slots.iter().filter(|(&other, _)| other != vm).any(|(&other, s)| {
+        now.saturating_sub(s.last_active) < CONTENDED_NS
+            || sched.vm_stats(other, now).is_some_and(|st| st.runnable || st.holding)
+    })
 }
 
 fn dispatch(sched: &Scheduler, slots: &mut HashMap<u64, Slot>, actions: Vec<Action>, now: u64) {
     for action in actions {
         match action {
-            Action::Grant {
-                vm,
-                grant,
-                slice_ns,
-            } => {
+            Action::Grant { vm, grant, slice_ns } => {
                 let contended = contended(sched, slots, vm, now);
                 if let Some(s) = slots.get_mut(&vm) {
                     s.uncontended = (!contended).then_some(grant);
                     tracing::trace!(vm = %s.name, grant, slice_ns, contended, "grant");
-                    let _ = s.tx.send(DaemonMsg::Grant {
-                        grant,
-                        slice_us: slice_ns.div_ceil(1000),
-                        contended,
-                    });
+                    let _ = s.tx.send(DaemonMsg::Grant { grant, slice_us: slice_ns.div_ceil(1000), contended });
                 }
             }
             Action::Revoke { vm, grant } => {
@@ -408,10 +360,7 @@ fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, now: u64) -> GpuSnaps
         })
         .collect();
     GpuSnapshot {
-        holder: g
-            .holder
-            .and_then(|vm| slots.get(&vm))
-            .map(|s| s.name.clone()),
+        holder: g.holder.and_then(|vm| slots.get(&vm)).map(|s| s.name.clone()),
         busy_fraction: g.busy_fraction,
         vms,
     }
@@ -428,37 +377,18 @@ mod tests {
             if let Ok(m) = rx.try_recv() {
                 return m;
             }
-            assert!(
-                Instant::now() < until,
-                "no message from the scheduler thread"
-            );
+            assert!(Instant::now() < until, "no message from the scheduler thread");
             std::thread::sleep(Duration::from_micros(100));
         }
     }
 
     /// A GPU with default slice `slice_us` and two VMs, 1 "a" and 2 "b".
-    fn two_vms(
-        slice_us: u64,
-    ) -> (
-        GpuDriver,
-        UnboundedReceiver<DaemonMsg>,
-        UnboundedReceiver<DaemonMsg>,
-    ) {
+    fn two_vms(slice_us: u64) -> (GpuDriver, UnboundedReceiver<DaemonMsg>, UnboundedReceiver<DaemonMsg>) {
         let d = GpuDriver::spawn("sim", policy(slice_us), Clock::new()).unwrap();
         let (tx1, rx1) = unbounded_channel();
         let (tx2, rx2) = unbounded_channel();
-        d.send(GpuEvent::Add {
-            vm: 1,
-            name: "a".into(),
-            params: VmParams::default(),
-            tx: tx1,
-        });
-        d.send(GpuEvent::Add {
-            vm: 2,
-            name: "b".into(),
-            params: VmParams::default(),
-            tx: tx2,
-        });
+        d.send(GpuEvent::Add { vm: 1, name: "a".into(), params: VmParams::default(), tx: tx1 });
+        d.send(GpuEvent::Add { vm: 2, name: "b".into(), params: VmParams::default(), tx: tx2 });
         (d, rx1, rx2)
     }
 
@@ -466,23 +396,13 @@ mod tests {
     fn grants_follow_demands_and_releases_in_order() {
         let (d, mut rx1, mut rx2) = two_vms(10_000);
         d.send(GpuEvent::Demand { vm: 1 });
-        let DaemonMsg::Grant {
-            grant, slice_us, ..
-        } = next(&mut rx1)
-        else {
-            panic!()
-        };
+        let DaemonMsg::Grant { grant, slice_us, .. } = next(&mut rx1) else { panic!() };
         assert_eq!(slice_us, 10_000);
         d.send(GpuEvent::Demand { vm: 2 });
         let snap = query(&d.sender(), Duration::from_secs(2)).unwrap();
         assert_eq!(snap.holder.as_deref(), Some("a"));
         assert!(snap.vms[&2].runnable && snap.vms[&1].holding);
-        d.send(GpuEvent::Release {
-            vm: 1,
-            grant,
-            used_ns: 1000,
-            more: false,
-        });
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: false });
         assert!(matches!(next(&mut rx2), DaemonMsg::Grant { .. }));
         // Removing the holder frees the GPU for the others.
         d.send(GpuEvent::Demand { vm: 1 });
@@ -495,16 +415,9 @@ mod tests {
     fn a_holder_that_overstays_is_revoked_by_the_timer() {
         let d = GpuDriver::spawn("sim", policy(1000), Clock::new()).unwrap();
         let (tx, mut rx) = unbounded_channel();
-        d.send(GpuEvent::Add {
-            vm: 7,
-            name: "slow".into(),
-            params: VmParams::default(),
-            tx,
-        });
+        d.send(GpuEvent::Add { vm: 7, name: "slow".into(), params: VmParams::default(), tx });
         d.send(GpuEvent::Demand { vm: 7 });
-        let DaemonMsg::Grant { grant, .. } = next(&mut rx) else {
-            panic!()
-        };
+        let DaemonMsg::Grant { grant, .. } = next(&mut rx) else { panic!() };
         // Nothing else happens: only the deadline timer can send this.
         assert_eq!(next(&mut rx), DaemonMsg::Revoke { grant });
         d.stop();
@@ -515,52 +428,20 @@ mod tests {
         let (d, mut rx1, mut rx2) = two_vms(1_000_000);
         std::thread::sleep(Duration::from_nanos(CONTENDED_NS));
         d.send(GpuEvent::Demand { vm: 1 });
-        let DaemonMsg::Grant {
-            grant, contended, ..
-        } = next(&mut rx1)
-        else {
-            panic!()
-        };
+        let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx1) else { panic!() };
         assert!(!contended, "b has never asked for the GPU");
         d.send(GpuEvent::Demand { vm: 2 });
         assert_eq!(next(&mut rx1), DaemonMsg::Revoke { grant });
-        d.send(GpuEvent::Release {
-            vm: 1,
-            grant,
-            used_ns: 1000,
-            more: true,
-        });
-        let DaemonMsg::Grant {
-            grant, contended, ..
-        } = next(&mut rx2)
-        else {
-            panic!()
-        };
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
+        let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx2) else { panic!() };
         assert!(contended, "a still has work");
-        d.send(GpuEvent::Release {
-            vm: 2,
-            grant,
-            used_ns: 1000,
-            more: false,
-        });
-        let DaemonMsg::Grant {
-            grant, contended, ..
-        } = next(&mut rx1)
-        else {
-            panic!()
-        };
+        d.send(GpuEvent::Release { vm: 2, grant, used_ns: 1000, more: false });
+        let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx1) else { panic!() };
         assert!(contended, "b wanted the GPU a moment ago");
         // Once b has been quiet for a while, a has the GPU to itself.
         std::thread::sleep(Duration::from_nanos(CONTENDED_NS));
-        d.send(GpuEvent::Release {
-            vm: 1,
-            grant,
-            used_ns: 1000,
-            more: true,
-        });
-        let DaemonMsg::Grant { contended, .. } = next(&mut rx1) else {
-            panic!()
-        };
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
+        let DaemonMsg::Grant { contended, .. } = next(&mut rx1) else { panic!() };
         assert!(!contended);
         d.stop();
     }
@@ -570,27 +451,13 @@ mod tests {
         let (d, mut rx1, mut rx2) = two_vms(1_000_000);
         std::thread::sleep(Duration::from_nanos(CONTENDED_NS));
         d.send(GpuEvent::Demand { vm: 1 });
-        let DaemonMsg::Grant {
-            grant,
-            contended: false,
-            ..
-        } = next(&mut rx1)
-        else {
-            panic!()
-        };
+        let DaemonMsg::Grant { grant, contended: false, .. } = next(&mut rx1) else { panic!() };
         // a may be sitting idle on its grant (parked): b's demand asks for it
         // back at once instead of waiting out a's one-second slice.
         d.send(GpuEvent::Demand { vm: 2 });
         assert_eq!(next(&mut rx1), DaemonMsg::Revoke { grant });
-        d.send(GpuEvent::Release {
-            vm: 1,
-            grant,
-            used_ns: 0,
-            more: false,
-        });
-        let DaemonMsg::Grant { contended, .. } = next(&mut rx2) else {
-            panic!()
-        };
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 0, more: false });
+        let DaemonMsg::Grant { contended, .. } = next(&mut rx2) else { panic!() };
         assert!(contended);
         d.stop();
     }

@@ -37,13 +37,7 @@ pub struct GpuInfo {
 
 impl GpuInfo {
     fn sim() -> GpuInfo {
-        GpuInfo {
-            id: SIM_GPU.into(),
-            name: SIM_GPU_NAME.into(),
-            index: None,
-            memory_total_bytes: 0,
-            mig_enabled: None,
-        }
+        GpuInfo { id: SIM_GPU.into(), name: SIM_GPU_NAME.into(), index: None, memory_total_bytes: 0, mig_enabled: None }
     }
 }
 
@@ -56,10 +50,7 @@ pub struct Inventory {
 
 impl std::fmt::Debug for Inventory {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Inventory")
-            .field("nvml", &self.nvml.is_some())
-            .field("gpus", &self.gpus)
-            .finish()
+        f.debug_struct("Inventory").field("nvml", &self.nvml.is_some()).field("gpus", &self.gpus).finish()
     }
 }
 
@@ -112,11 +103,7 @@ impl Inventory {
         let info = self
             .nvml
             .as_ref()
-            .and_then(|nvml| {
-                nvml.device_by_uuid(id)
-                    .ok()
-                    .map(|d| device_info(id.to_string(), &d))
-            })
+            .and_then(|nvml| nvml.device_by_uuid(id).ok().map(|d| device_info(id.to_string(), &d)))
             .unwrap_or_else(|| GpuInfo {
                 id: id.into(),
                 name: id.into(),
@@ -191,10 +178,7 @@ mod tests {
     #[test]
     fn a_missing_nvml_library_is_not_an_error() {
         let inv = Inventory::discover(&NvmlSource::Path("/nonexistent/libnvidia-ml.so".into()));
-        assert_eq!(
-            inv.gpus().iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
-            vec![SIM_GPU]
-        );
+        assert_eq!(inv.gpus().iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), vec![SIM_GPU]);
     }
 
     #[test]

@@ -54,17 +54,11 @@ impl Config {
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot create the state directory {path}: {source}")]
-    StateDir {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    StateDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] store::StoreError),
     #[error("backend socket {path}: {source}")]
-    Socket {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Socket { path: PathBuf, source: std::io::Error },
     #[error("another gpuvisord is listening on {0}")]
     SocketInUse(PathBuf),
     #[error("slice: {0}")]
@@ -103,19 +97,15 @@ impl Daemon {
     /// called inside a tokio runtime.
     pub async fn start(config: Config) -> Result<Daemon, Error> {
         registry::check_slice_us(config.slice_us).map_err(Error::Slice)?;
-        std::fs::create_dir_all(&config.state_dir).map_err(|source| Error::StateDir {
-            path: config.state_dir.clone(),
-            source,
-        })?;
+        std::fs::create_dir_all(&config.state_dir)
+            .map_err(|source| Error::StateDir { path: config.state_dir.clone(), source })?;
         let store = store::Store::open(&config.state_dir)?;
         let nvml = config.nvml.clone();
         let inventory = tokio::task::spawn_blocking(move || Inventory::discover(&nvml))
             .await
             .map_err(|e| Error::Internal(format!("GPU discovery: {e}")))?;
         let registry = Registry::new(store, inventory, config.slice_us, driver::Clock::new())?;
-        let shared = Arc::new(Shared {
-            registry: Mutex::new(registry),
-        });
+        let shared = Arc::new(Shared { registry: Mutex::new(registry) });
         let listener = match server::bind(&config.backend_socket) {
             Ok(l) => l,
             Err(e) => {
@@ -125,12 +115,7 @@ impl Daemon {
         };
         let (shutdown, rx) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, shared.clone(), rx));
-        Ok(Daemon {
-            shared,
-            shutdown,
-            server,
-            socket: config.backend_socket,
-        })
+        Ok(Daemon { shared, shutdown, server, socket: config.backend_socket })
     }
 
     /// The admin API over this daemon.
@@ -155,9 +140,7 @@ impl Daemon {
 
 async fn stop_drivers(shared: &Shared) {
     let drivers = shared.registry().take_drivers();
-    let _ =
-        tokio::task::spawn_blocking(move || drivers.into_iter().for_each(driver::GpuDriver::stop))
-            .await;
+    let _ = tokio::task::spawn_blocking(move || drivers.into_iter().for_each(driver::GpuDriver::stop)).await;
 }
 
 /// Runs a daemon until `shutdown` resolves.

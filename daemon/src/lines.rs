@@ -15,10 +15,7 @@ pub struct LineReader<R> {
 
 impl<R: AsyncBufRead + Unpin> LineReader<R> {
     pub fn new(inner: R) -> Self {
-        LineReader {
-            inner,
-            line: Vec::new(),
-        }
+        LineReader { inner, line: Vec::new() }
     }
 
     /// The next line, newline included.
@@ -57,10 +54,7 @@ mod tests {
     use tokio::io::BufReader;
 
     fn rt() -> tokio::runtime::Runtime {
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap()
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
     }
 
     #[test]
@@ -69,18 +63,9 @@ mod tests {
             let data = b"{\"type\":\"demand\"}\n{\"type\":\"charge\",\"gpu_ns\":5}\n";
             // A 3-byte buffer makes every line span many reads.
             let mut r = LineReader::new(BufReader::with_capacity(3, &data[..]));
-            assert_eq!(
-                r.next_msg::<BackendMsg>().await.unwrap(),
-                BackendMsg::Demand
-            );
-            assert_eq!(
-                r.next_msg::<BackendMsg>().await.unwrap(),
-                BackendMsg::Charge { gpu_ns: 5 }
-            );
-            assert!(matches!(
-                r.next_msg::<BackendMsg>().await,
-                Err(ControlError::Closed)
-            ));
+            assert_eq!(r.next_msg::<BackendMsg>().await.unwrap(), BackendMsg::Demand);
+            assert_eq!(r.next_msg::<BackendMsg>().await.unwrap(), BackendMsg::Charge { gpu_ns: 5 });
+            assert!(matches!(r.next_msg::<BackendMsg>().await, Err(ControlError::Closed)));
         });
     }
 
@@ -102,10 +87,7 @@ mod tests {
     fn garbage_is_malformed() {
         rt().block_on(async {
             let mut r = LineReader::new(BufReader::new(&b"not json\n"[..]));
-            assert!(matches!(
-                r.next_msg::<BackendMsg>().await,
-                Err(ControlError::Malformed(_))
-            ));
+            assert!(matches!(r.next_msg::<BackendMsg>().await, Err(ControlError::Malformed(_))));
         });
     }
 }

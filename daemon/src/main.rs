@@ -68,15 +68,10 @@ async fn main() -> anyhow::Result<()> {
         .init();
     let args = Args::parse();
 
-    let (min_ms, max_ms) = (
-        protocol::control::MIN_SLICE_US as f64 / 1000.0,
-        protocol::control::MAX_SLICE_US as f64 / 1000.0,
-    );
+    let (min_ms, max_ms) =
+        (protocol::control::MIN_SLICE_US as f64 / 1000.0, protocol::control::MAX_SLICE_US as f64 / 1000.0);
     if !(args.slice_ms.is_finite() && (min_ms..=max_ms).contains(&args.slice_ms)) {
-        anyhow::bail!(
-            "--slice-ms {}: expected {min_ms} to {max_ms} milliseconds",
-            args.slice_ms
-        );
+        anyhow::bail!("--slice-ms {}: expected {min_ms} to {max_ms} milliseconds", args.slice_ms);
     }
     let mut config = Config::new(&args.backend_socket, &args.state_dir);
     config.slice_us = (args.slice_ms * 1000.0).round() as u64;
@@ -85,10 +80,7 @@ async fn main() -> anyhow::Result<()> {
         None => NvmlSource::System,
     };
 
-    let token_file = args
-        .token_file
-        .clone()
-        .unwrap_or_else(|| args.state_dir.join("admin.token"));
+    let token_file = args.token_file.clone().unwrap_or_else(|| args.state_dir.join("admin.token"));
     let auth = if args.no_auth {
         if !args.listen.ip().is_loopback() {
             tracing::warn!(
@@ -98,9 +90,8 @@ async fn main() -> anyhow::Result<()> {
         }
         Auth::None
     } else {
-        std::fs::create_dir_all(&args.state_dir).with_context(|| {
-            format!("creating the state directory {}", args.state_dir.display())
-        })?;
+        std::fs::create_dir_all(&args.state_dir)
+            .with_context(|| format!("creating the state directory {}", args.state_dir.display()))?;
         Auth::Token(gpuvisord::token::load_or_create(&token_file)?)
     };
     let listener = tokio::net::TcpListener::bind(args.listen)

@@ -6,9 +6,7 @@
 use crate::driver::{self, Clock, GpuDriver, GpuEvent, GpuSnapshot};
 use crate::inventory::{GpuInfo, Inventory};
 use crate::store::{GpuRecord, Store, VmRecord};
-use protocol::control::{
-    self, BackendStats, DaemonMsg, QosClass, QosRequest, VmSettings, CONTROL_VERSION,
-};
+use protocol::control::{self, BackendStats, DaemonMsg, QosClass, QosRequest, VmSettings, CONTROL_VERSION};
 use sched::VmParams;
 use std::collections::{BTreeMap, HashMap};
 use tokio::sync::mpsc::UnboundedSender;
@@ -38,14 +36,7 @@ pub fn check_weight(w: u32) -> Result<u32, FieldError> {
     if (control::MIN_WEIGHT..=control::MAX_WEIGHT).contains(&w) {
         Ok(w)
     } else {
-        Err(field(
-            "weight",
-            format!(
-                "{w} is out of range {}..={}",
-                control::MIN_WEIGHT,
-                control::MAX_WEIGHT
-            ),
-        ))
+        Err(field("weight", format!("{w} is out of range {}..={}", control::MIN_WEIGHT, control::MAX_WEIGHT)))
     }
 }
 
@@ -53,14 +44,7 @@ pub fn check_priority(p: i32) -> Result<i32, FieldError> {
     if (control::MIN_PRIORITY..=control::MAX_PRIORITY).contains(&p) {
         Ok(p)
     } else {
-        Err(field(
-            "priority",
-            format!(
-                "{p} is out of range {}..={}",
-                control::MIN_PRIORITY,
-                control::MAX_PRIORITY
-            ),
-        ))
+        Err(field("priority", format!("{p} is out of range {}..={}", control::MIN_PRIORITY, control::MAX_PRIORITY)))
     }
 }
 
@@ -68,14 +52,7 @@ pub fn check_slice_us(s: u64) -> Result<u64, FieldError> {
     if (control::MIN_SLICE_US..=control::MAX_SLICE_US).contains(&s) {
         Ok(s)
     } else {
-        Err(field(
-            "slice_us",
-            format!(
-                "{s} is out of range {}..={}",
-                control::MIN_SLICE_US,
-                control::MAX_SLICE_US
-            ),
-        ))
+        Err(field("slice_us", format!("{s} is out of range {}..={}", control::MIN_SLICE_US, control::MAX_SLICE_US)))
     }
 }
 
@@ -85,11 +62,7 @@ pub fn check_max_queued_ops(n: u32) -> Result<u32, FieldError> {
     } else {
         Err(field(
             "max_queued_ops",
-            format!(
-                "{n} is out of range {}..={}",
-                control::MIN_QUEUED_OPS,
-                control::MAX_QUEUED_OPS
-            ),
+            format!("{n} is out of range {}..={}", control::MIN_QUEUED_OPS, control::MAX_QUEUED_OPS),
         ))
     }
 }
@@ -100,9 +73,7 @@ pub fn check_vm_name(name: &str) -> Result<(), FieldError> {
     if name.is_empty() || name.len() > MAX_VM_NAME || !name.chars().all(ok_char) {
         return Err(field(
             "vm",
-            format!(
-                "{name:?} is not a VM name (1 to {MAX_VM_NAME} characters of A-Z a-z 0-9 . _ -)"
-            ),
+            format!("{name:?} is not a VM name (1 to {MAX_VM_NAME} characters of A-Z a-z 0-9 . _ -)"),
         ));
     }
     Ok(())
@@ -111,10 +82,7 @@ pub fn check_vm_name(name: &str) -> Result<(), FieldError> {
 fn check_gpu_id(id: &str) -> Result<(), FieldError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
     if id.is_empty() || id.len() > MAX_GPU_ID || !id.chars().all(ok_char) {
-        return Err(field(
-            "gpu",
-            format!("{id:?} is not a GPU id (a UUID such as GPU-..., or sim)"),
-        ));
+        return Err(field("gpu", format!("{id:?} is not a GPU id (a UUID such as GPU-..., or sim)")));
     }
     Ok(())
 }
@@ -223,22 +191,18 @@ impl Registry {
             let id = g.id.clone();
             let settings = GpuRecord {
                 slice_us: check_slice_us(g.slice_us).unwrap_or(default_slice_us),
-                max_queued_ops: check_max_queued_ops(g.max_queued_ops)
-                    .unwrap_or(DEFAULT_MAX_QUEUED_OPS),
+                max_queued_ops: check_max_queued_ops(g.max_queued_ops).unwrap_or(DEFAULT_MAX_QUEUED_OPS),
                 ..g
             };
             reg.ensure_gpu(&id)?;
             if let Some(e) = reg.gpus.get_mut(&id) {
-                e.driver.send(GpuEvent::SetPolicy {
-                    policy: driver::policy(settings.slice_us),
-                });
+                e.driver.send(GpuEvent::SetPolicy { policy: driver::policy(settings.slice_us) });
                 e.settings = settings;
             }
         }
         for v in stored_vms {
             reg.ensure_gpu(&v.gpu)?;
-            reg.vms
-                .insert(v.name.clone(), VmEntry { rec: v, conn: None });
+            reg.vms.insert(v.name.clone(), VmEntry { rec: v, conn: None });
         }
         tracing::info!(gpus = reg.gpus.len(), vms = reg.vms.len(), db = %reg.store.path().display(), "state loaded");
         Ok(reg)
@@ -255,16 +219,10 @@ impl Registry {
                 overcommit_ratio: 1.0,
             };
             let driver = GpuDriver::spawn(id, driver::policy(settings.slice_us), self.clock)
-                .map_err(|source| crate::Error::Thread {
-                    gpu: id.to_string(),
-                    source,
-                })?;
-            self.gpus
-                .insert(id.to_string(), GpuEntry { settings, driver });
+                .map_err(|source| crate::Error::Thread { gpu: id.to_string(), source })?;
+            self.gpus.insert(id.to_string(), GpuEntry { settings, driver });
         }
-        self.gpus
-            .get(id)
-            .ok_or_else(|| crate::Error::Internal(format!("GPU {id} vanished")))
+        self.gpus.get(id).ok_or_else(|| crate::Error::Internal(format!("GPU {id} vanished")))
     }
 
     fn vm_settings(&self, rec: &VmRecord) -> VmSettings {
@@ -273,9 +231,7 @@ impl Registry {
             class: rec.class,
             weight: rec.weight,
             priority: rec.priority,
-            slice_us: rec
-                .slice_us
-                .unwrap_or(gpu.map_or(self.default_slice_us, |g| g.slice_us)),
+            slice_us: rec.slice_us.unwrap_or(gpu.map_or(self.default_slice_us, |g| g.slice_us)),
             max_queued_ops: gpu.map_or(DEFAULT_MAX_QUEUED_OPS, |g| g.max_queued_ops),
             drained: rec.drained,
         }
@@ -285,11 +241,7 @@ impl Registry {
     /// stored ones on a reconnect, the requested ones on a fresh start),
     /// stores them, queues `Welcome` on `tx` and adds the VM to its GPU's
     /// scheduler. `Err` is the reason to send back in `Refused`.
-    pub fn register(
-        &mut self,
-        hello: &Hello,
-        tx: UnboundedSender<DaemonMsg>,
-    ) -> Result<Registered, String> {
+    pub fn register(&mut self, hello: &Hello, tx: UnboundedSender<DaemonMsg>) -> Result<Registered, String> {
         if hello.version != CONTROL_VERSION {
             return Err(format!(
                 "version: control protocol version {} is not supported (this gpuvisord speaks {CONTROL_VERSION})",
@@ -298,36 +250,18 @@ impl Registry {
         }
         check_vm_name(&hello.vm).map_err(|e| e.to_string())?;
         if hello.engine != "cuda" && hello.engine != "sim" {
-            return Err(format!(
-                "engine: {:?} is not an engine (cuda or sim)",
-                hello.engine
-            ));
+            return Err(format!("engine: {:?} is not an engine (cuda or sim)", hello.engine));
         }
         check_gpu_id(&hello.gpu).map_err(|e| e.to_string())?;
-        let stored = self
-            .vms
-            .get(&hello.vm)
-            .map(|v| (v.rec.clone(), v.conn.is_some()));
+        let stored = self.vms.get(&hello.vm).map(|v| (v.rec.clone(), v.conn.is_some()));
         if stored.as_ref().is_some_and(|(_, connected)| *connected) {
-            return Err(format!(
-                "vm: a backend for VM {:?} is already connected",
-                hello.vm
-            ));
+            return Err(format!("vm: a backend for VM {:?} is already connected", hello.vm));
         }
         let stored = stored.map(|(rec, _)| rec);
         let rec = match &stored {
-            Some(v) if hello.reconnect => VmRecord {
-                gpu: hello.gpu.clone(),
-                ..v.clone()
-            },
-            Some(v) => apply_request(
-                VmRecord {
-                    gpu: hello.gpu.clone(),
-                    ..v.clone()
-                },
-                &hello.requested,
-            )
-            .map_err(|e| e.to_string())?,
+            Some(v) if hello.reconnect => VmRecord { gpu: hello.gpu.clone(), ..v.clone() },
+            Some(v) => apply_request(VmRecord { gpu: hello.gpu.clone(), ..v.clone() }, &hello.requested)
+                .map_err(|e| e.to_string())?,
             None => apply_request(
                 VmRecord {
                     name: hello.vm.clone(),
@@ -342,11 +276,7 @@ impl Registry {
             )
             .map_err(|e| e.to_string())?,
         };
-        let gpu = self
-            .ensure_gpu(&hello.gpu)
-            .map_err(|e| format!("internal: {e}"))?
-            .driver
-            .sender();
+        let gpu = self.ensure_gpu(&hello.gpu).map_err(|e| format!("internal: {e}"))?.driver.sender();
         if stored.as_ref() != Some(&rec) {
             // A VM whose settings cannot be stored still runs; they are
             // stored again at its next change.
@@ -359,17 +289,9 @@ impl Registry {
         self.next_conn += 1;
         // Welcome goes into the writer's queue before the scheduler can
         // queue a grant behind it.
-        let _ = tx.send(DaemonMsg::Welcome {
-            version: CONTROL_VERSION,
-            settings: settings.clone(),
-            mem_limit_bytes: None,
-        });
-        let _ = gpu.send(GpuEvent::Add {
-            vm: conn,
-            name: rec.name.clone(),
-            params: params(&rec),
-            tx: tx.clone(),
-        });
+        let _ =
+            tx.send(DaemonMsg::Welcome { version: CONTROL_VERSION, settings: settings.clone(), mem_limit_bytes: None });
+        let _ = gpu.send(GpuEvent::Add { vm: conn, name: rec.name.clone(), params: params(&rec), tx: tx.clone() });
         self.vms.insert(
             rec.name.clone(),
             VmEntry {
@@ -385,11 +307,7 @@ impl Registry {
                 }),
             },
         );
-        Ok(Registered {
-            conn,
-            gpu,
-            settings,
-        })
+        Ok(Registered { conn, gpu, settings })
     }
 
     /// The backend on connection `conn` is gone: its VM leaves the
@@ -406,12 +324,7 @@ impl Registry {
     }
 
     pub fn record_stats(&mut self, vm: &str, conn: u64, stats: BackendStats) {
-        if let Some(c) = self
-            .vms
-            .get_mut(vm)
-            .and_then(|v| v.conn.as_mut())
-            .filter(|c| c.id == conn)
-        {
+        if let Some(c) = self.vms.get_mut(vm).and_then(|v| v.conn.as_mut()).filter(|c| c.id == conn) {
             c.stats = Some(stats);
         }
     }
@@ -460,10 +373,7 @@ impl Registry {
             // backend already undrained.
             let _ = c.tx.send(DaemonMsg::Settings { settings });
             if let Some(g) = self.gpus.get(&rec.gpu) {
-                g.driver.send(GpuEvent::SetParams {
-                    vm: c.id,
-                    params: params(&rec),
-                });
+                g.driver.send(GpuEvent::SetParams { vm: c.id, params: params(&rec) });
             }
         }
         tracing::info!(vm = %rec.name, class = %rec.class, weight = rec.weight, priority = rec.priority,
@@ -486,9 +396,7 @@ impl Registry {
         g.settings = settings;
         for v in self.vms.values().filter(|v| v.rec.gpu == id) {
             if let Some(c) = &v.conn {
-                let _ = c.tx.send(DaemonMsg::Settings {
-                    settings: self.vm_settings(&v.rec),
-                });
+                let _ = c.tx.send(DaemonMsg::Settings { settings: self.vm_settings(&v.rec) });
             }
         }
         if let Some(g) = self.gpus.get(&id) {
@@ -504,10 +412,7 @@ impl Registry {
 
     /// Senders for querying each GPU's scheduler.
     pub fn gpu_senders(&self) -> HashMap<String, driver::GpuHandle> {
-        self.gpus
-            .iter()
-            .map(|(id, g)| (id.clone(), g.driver.sender()))
-            .collect()
+        self.gpus.iter().map(|(id, g)| (id.clone(), g.driver.sender())).collect()
     }
 }
 
@@ -552,38 +457,11 @@ mod tests {
             slice_us: Some(3000),
             drained: true,
         };
-        let r = apply_request(
-            base.clone(),
-            &QosRequest {
-                weight: Some(7),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        assert_eq!(
-            r,
-            VmRecord {
-                weight: 7,
-                ..base.clone()
-            }
-        );
-        let e = apply_request(
-            base.clone(),
-            &QosRequest {
-                slice_us: Some(1),
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
+        let r = apply_request(base.clone(), &QosRequest { weight: Some(7), ..Default::default() }).unwrap();
+        assert_eq!(r, VmRecord { weight: 7, ..base.clone() });
+        let e = apply_request(base.clone(), &QosRequest { slice_us: Some(1), ..Default::default() }).unwrap_err();
         assert_eq!(e.field, "slice_us");
-        let e = apply_request(
-            base,
-            &QosRequest {
-                priority: Some(-21),
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
+        let e = apply_request(base, &QosRequest { priority: Some(-21), ..Default::default() }).unwrap_err();
         assert_eq!(e.field, "priority");
     }
 }

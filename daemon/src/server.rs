@@ -26,10 +26,7 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Binds the backend socket: creates its directory, replaces a stale socket
 /// file (one nobody listens on) and makes it group-accessible (0660).
 pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
-    let err = |source| crate::Error::Socket {
-        path: path.to_path_buf(),
-        source,
-    };
+    let err = |source| crate::Error::Socket { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
@@ -42,9 +39,7 @@ pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
             std::fs::remove_file(path).map_err(err)?;
         }
         Ok(_) => {
-            return Err(err(std::io::Error::other(
-                "the path exists and is not a socket; remove it or choose another",
-            )));
+            return Err(err(std::io::Error::other("the path exists and is not a socket; remove it or choose another")));
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(err(e)),
@@ -61,11 +56,7 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
 
 /// Accepts backends until `shutdown`, then closes every connection and
 /// returns once they are all done.
-pub async fn serve(
-    listener: UnixListener,
-    shared: Arc<Shared>,
-    mut shutdown: watch::Receiver<bool>,
-) {
+pub async fn serve(listener: UnixListener, shared: Arc<Shared>, mut shutdown: watch::Receiver<bool>) {
     let mut conns = JoinSet::new();
     loop {
         tokio::select! {
@@ -107,17 +98,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
             reconnect,
             gpu_ns_total,
             memory: _,
-        })) => Hello {
-            version,
-            vm,
-            pid,
-            engine,
-            gpu,
-            quota_bytes,
-            requested,
-            reconnect,
-            gpu_ns_total,
-        },
+        })) => Hello { version, vm, pid, engine, gpu, quota_bytes, requested, reconnect, gpu_ns_total },
         Ok(Ok(other)) => {
             tracing::warn!("backend's first message is {other:?}, not hello; closing");
             return;
@@ -152,16 +133,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
             "backend registered")
     });
     let writer = tokio::spawn(write_loop(wr, rx).instrument(span.clone()));
-    read_loop(
-        &mut reader,
-        &shared,
-        &hello.vm,
-        reg.conn,
-        &reg.gpu,
-        &mut shutdown,
-    )
-    .instrument(span)
-    .await;
+    read_loop(&mut reader, &shared, &hello.vm, reg.conn, &reg.gpu, &mut shutdown).instrument(span).await;
     shared.registry().disconnect(&hello.vm, reg.conn);
     // Dropping both halves closes the socket.
     writer.abort();
@@ -186,30 +158,15 @@ async fn read_loop<R: tokio::io::AsyncBufRead + Unpin>(
         };
         let ev = match msg {
             Ok(BackendMsg::Demand) => GpuEvent::Demand { vm: conn },
-            Ok(BackendMsg::Release {
-                grant,
-                gpu_ns,
-                ops: _,
-                more,
-            }) => GpuEvent::Release {
-                vm: conn,
-                grant,
-                used_ns: gpu_ns,
-                more,
-            },
-            Ok(BackendMsg::Charge { gpu_ns }) => GpuEvent::Charge {
-                vm: conn,
-                used_ns: gpu_ns,
-            },
+            Ok(BackendMsg::Release { grant, gpu_ns, ops: _, more }) => {
+                GpuEvent::Release { vm: conn, grant, used_ns: gpu_ns, more }
+            }
+            Ok(BackendMsg::Charge { gpu_ns }) => GpuEvent::Charge { vm: conn, used_ns: gpu_ns },
             Ok(BackendMsg::Stats(stats)) => {
                 shared.registry().record_stats(vm, conn, stats);
                 continue;
             }
-            Ok(
-                m @ (BackendMsg::MemNeed { .. }
-                | BackendMsg::Evicted { .. }
-                | BackendMsg::Restored { .. }),
-            ) => {
+            Ok(m @ (BackendMsg::MemNeed { .. } | BackendMsg::Evicted { .. } | BackendMsg::Restored { .. })) => {
                 tracing::debug!("memory message before the memory broker: {m:?}");
                 continue;
             }
@@ -222,10 +179,7 @@ async fn read_loop<R: tokio::io::AsyncBufRead + Unpin>(
                 return;
             }
             Err(ControlError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-                ) =>
+                if matches!(e.kind(), std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe) =>
             {
                 tracing::info!("backend disconnected ({e})");
                 return;

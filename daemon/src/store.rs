@@ -38,17 +38,11 @@ CREATE TABLE vms (
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {path}: {source}")]
-    Open {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Open { path: PathBuf, source: rusqlite::Error },
     #[error("the database {path} has schema version {found}, newer than the {SCHEMA_VERSION} this gpuvisord knows")]
     NewerSchema { path: PathBuf, found: i64 },
     #[error("database {path}: {source}")]
-    Sqlite {
-        path: PathBuf,
-        source: rusqlite::Error,
-    },
+    Sqlite { path: PathBuf, source: rusqlite::Error },
 }
 
 /// A GPU's stored scheduling defaults.
@@ -85,10 +79,7 @@ impl std::fmt::Debug for Store {
 }
 
 fn now_s() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl Store {
@@ -96,17 +87,11 @@ impl Store {
     /// to date.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let path = state_dir.join(DB_FILE);
-        let open_err = |source| StoreError::Open {
-            path: path.clone(),
-            source,
-        };
+        let open_err = |source| StoreError::Open { path: path.clone(), source };
         let conn = Connection::open(&path).map_err(open_err)?;
         // The first statement is where a file that is not a database shows.
-        let _mode: String = conn
-            .query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))
-            .map_err(open_err)?;
-        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;")
-            .map_err(open_err)?;
+        let _mode: String = conn.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0)).map_err(open_err)?;
+        conn.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA busy_timeout = 5000;").map_err(open_err)?;
         let store = Store { conn, path };
         store.migrate()?;
         Ok(store)
@@ -117,30 +102,20 @@ impl Store {
     }
 
     fn err(&self, source: rusqlite::Error) -> StoreError {
-        StoreError::Sqlite {
-            path: self.path.clone(),
-            source,
-        }
+        StoreError::Sqlite { path: self.path.clone(), source }
     }
 
     fn migrate(&self) -> Result<(), StoreError> {
-        let version: i64 = self
-            .conn
-            .query_row("PRAGMA user_version", [], |r| r.get(0))
-            .map_err(|e| self.err(e))?;
+        let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.err(e))?;
         match version {
             0 => {
-                let sql =
-                    format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
+                let sql = format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
                 self.conn.execute_batch(&sql).map_err(|e| self.err(e))?;
                 tracing::info!(path = %self.path.display(), "created the database");
                 Ok(())
             }
             SCHEMA_VERSION => Ok(()),
-            found => Err(StoreError::NewerSchema {
-                path: self.path.clone(),
-                found,
-            }),
+            found => Err(StoreError::NewerSchema { path: self.path.clone(), found }),
         }
     }
 
@@ -153,24 +128,16 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, i64>(1)?,
-                    r.get::<_, i64>(2)?,
-                    r.get::<_, f64>(3)?,
-                ))
+                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, f64>(3)?))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
             let (id, slice_us, max_queued_ops, overcommit_ratio) = row.map_err(|e| self.err(e))?;
             match (u64::try_from(slice_us), u32::try_from(max_queued_ops)) {
-                (Ok(slice_us), Ok(max_queued_ops)) => out.push(GpuRecord {
-                    id,
-                    slice_us,
-                    max_queued_ops,
-                    overcommit_ratio,
-                }),
+                (Ok(slice_us), Ok(max_queued_ops)) => {
+                    out.push(GpuRecord { id, slice_us, max_queued_ops, overcommit_ratio })
+                }
                 _ => tracing::warn!(gpu = %id, "stored GPU settings out of range; ignored"),
             }
         }
@@ -198,8 +165,7 @@ impl Store {
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (name, gpu, class, weight, priority, slice_us, drained) =
-                row.map_err(|e| self.err(e))?;
+            let (name, gpu, class, weight, priority, slice_us, drained) = row.map_err(|e| self.err(e))?;
             let decoded = (|| {
                 Some(VmRecord {
                     class: class.parse().ok()?,
@@ -259,9 +225,7 @@ impl Store {
     /// When the VM was first stored (Unix seconds).
     pub fn vm_created_at(&self, name: &str) -> Result<Option<i64>, StoreError> {
         self.conn
-            .query_row("SELECT created_at FROM vms WHERE name = ?1", [name], |r| {
-                r.get(0)
-            })
+            .query_row("SELECT created_at FROM vms WHERE name = ?1", [name], |r| r.get(0))
             .optional()
             .map_err(|e| self.err(e))
     }
@@ -276,8 +240,7 @@ mod tests {
     use super::*;
 
     fn scratch(name: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("gpuvisord-store-{name}-{}", std::process::id()));
+        let dir = std::env::temp_dir().join(format!("gpuvisord-store-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         dir
@@ -301,32 +264,12 @@ mod tests {
         {
             let s = Store::open(&dir).unwrap();
             s.put_vm(&vm("a")).unwrap();
-            s.put_vm(&VmRecord {
-                slice_us: None,
-                drained: false,
-                ..vm("b")
-            })
-            .unwrap();
-            s.put_gpu(&GpuRecord {
-                id: "sim".into(),
-                slice_us: 4000,
-                max_queued_ops: 9,
-                overcommit_ratio: 1.0,
-            })
-            .unwrap();
+            s.put_vm(&VmRecord { slice_us: None, drained: false, ..vm("b") }).unwrap();
+            s.put_gpu(&GpuRecord { id: "sim".into(), slice_us: 4000, max_queued_ops: 9, overcommit_ratio: 1.0 })
+                .unwrap();
         }
         let s = Store::open(&dir).unwrap();
-        assert_eq!(
-            s.vms().unwrap(),
-            vec![
-                vm("a"),
-                VmRecord {
-                    slice_us: None,
-                    drained: false,
-                    ..vm("b")
-                }
-            ]
-        );
+        assert_eq!(s.vms().unwrap(), vec![vm("a"), VmRecord { slice_us: None, drained: false, ..vm("b") }]);
         assert_eq!(s.gpus().unwrap()[0].max_queued_ops, 9);
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -337,11 +280,7 @@ mod tests {
         let s = Store::open(&dir).unwrap();
         s.put_vm(&vm("a")).unwrap();
         let created = s.vm_created_at("a").unwrap();
-        s.put_vm(&VmRecord {
-            weight: 9,
-            ..vm("a")
-        })
-        .unwrap();
+        s.put_vm(&VmRecord { weight: 9, ..vm("a") }).unwrap();
         assert_eq!(s.vms().unwrap()[0].weight, 9);
         assert_eq!(s.vm_created_at("a").unwrap(), created);
         let _ = std::fs::remove_dir_all(&dir);
@@ -352,24 +291,15 @@ mod tests {
         let dir = scratch("garbage");
         std::fs::write(dir.join(DB_FILE), vec![0x5a; 4096]).unwrap();
         let err = Store::open(&dir).unwrap_err().to_string();
-        assert!(
-            err.contains(&dir.join(DB_FILE).display().to_string()),
-            "{err}"
-        );
+        assert!(err.contains(&dir.join(DB_FILE).display().to_string()), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
     fn a_newer_schema_is_refused() {
         let dir = scratch("newer");
-        Connection::open(dir.join(DB_FILE))
-            .unwrap()
-            .execute_batch("PRAGMA user_version = 99")
-            .unwrap();
-        assert!(matches!(
-            Store::open(&dir),
-            Err(StoreError::NewerSchema { found: 99, .. })
-        ));
+        Connection::open(dir.join(DB_FILE)).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+        assert!(matches!(Store::open(&dir), Err(StoreError::NewerSchema { found: 99, .. })));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
@@ -378,26 +308,9 @@ mod tests {
         let dir = scratch("range");
         let s = Store::open(&dir).unwrap();
         s.put_vm(&vm("good")).unwrap();
-        s.conn
-            .execute(
-                "INSERT INTO vms VALUES ('bad', 'sim', 'gold', 1, 0, NULL, 0, 0, 0)",
-                [],
-            )
-            .unwrap();
-        s.conn
-            .execute(
-                "INSERT INTO vms VALUES ('neg', 'sim', 'burstable', -1, 0, NULL, 0, 0, 0)",
-                [],
-            )
-            .unwrap();
-        assert_eq!(
-            s.vms()
-                .unwrap()
-                .iter()
-                .map(|v| v.name.as_str())
-                .collect::<Vec<_>>(),
-            vec!["good"]
-        );
+        s.conn.execute("INSERT INTO vms VALUES ('bad', 'sim', 'gold', 1, 0, NULL, 0, 0, 0)", []).unwrap();
+        s.conn.execute("INSERT INTO vms VALUES ('neg', 'sim', 'burstable', -1, 0, NULL, 0, 0, 0)", []).unwrap();
+        assert_eq!(s.vms().unwrap().iter().map(|v| v.name.as_str()).collect::<Vec<_>>(), vec!["good"]);
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -8,20 +8,14 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum TokenError {
     #[error("token file {path}: {source}")]
-    Io {
-        path: String,
-        source: std::io::Error,
-    },
+    Io { path: String, source: std::io::Error },
     #[error("token file {0} is empty")]
     Empty(String),
 }
 
 /// The token in `path`, created first if missing.
 pub fn load_or_create(path: &Path) -> Result<String, TokenError> {
-    let err = |source| TokenError::Io {
-        path: path.display().to_string(),
-        source,
-    };
+    let err = |source| TokenError::Io { path: path.display().to_string(), source };
     match std::fs::read_to_string(path) {
         Ok(s) => {
             let token = s.trim().to_string();
@@ -34,19 +28,12 @@ pub fn load_or_create(path: &Path) -> Result<String, TokenError> {
         Err(e) => return Err(err(e)),
     }
     let mut bytes = [0u8; 32];
-    std::fs::File::open("/dev/urandom")
-        .and_then(|mut f| f.read_exact(&mut bytes))
-        .map_err(err)?;
+    std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes)).map_err(err)?;
     let token: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
     }
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(err)?;
+    let mut f = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(path).map_err(err)?;
     f.write_all(format!("{token}\n").as_bytes()).map_err(err)?;
     tracing::info!(path = %path.display(), "generated the admin API token");
     Ok(token)
@@ -65,10 +52,7 @@ mod tests {
         let t = load_or_create(&path).unwrap();
         assert_eq!(t.len(), 64);
         assert!(t.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(load_or_create(&path).unwrap(), t);
         std::fs::write(&path, "\n").unwrap();
         assert!(matches!(load_or_create(&path), Err(TokenError::Empty(_))));

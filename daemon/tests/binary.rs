@@ -17,14 +17,8 @@ const A100: &str = "GPU-00000000-5157-0000-0000-0000000000a2";
 
 /// Built beside this test as a dev-dependency's cdylib.
 fn sim_nvml() -> PathBuf {
-    let path = std::env::current_exe()
-        .unwrap()
-        .with_file_name("libnvidia_ml.so");
-    assert!(
-        path.is_file(),
-        "{} was not built (cargo build -p gpuvisor-sim-nvml)",
-        path.display()
-    );
+    let path = std::env::current_exe().unwrap().with_file_name("libnvidia_ml.so");
+    assert!(path.is_file(), "{} was not built (cargo build -p gpuvisor-sim-nvml)", path.display());
     path
 }
 
@@ -50,20 +44,11 @@ fn the_inventory_lists_nvml_gpus_and_the_simulated_one() {
     std::env::set_var("GPUVISOR_SIM_NVML_CONFIG", nvml_config(&dir));
     let inv = Inventory::discover(&NvmlSource::Path(sim_nvml()));
     let gpus = inv.gpus();
-    assert_eq!(
-        gpus.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
-        vec![H100, A100, "sim"]
-    );
+    assert_eq!(gpus.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), vec![H100, A100, "sim"]);
     assert_eq!(gpus[0].name, "NVIDIA H100 80GB HBM3");
-    assert_eq!(
-        (gpus[0].index, gpus[0].memory_total_bytes),
-        (Some(0), 81559 << 20)
-    );
+    assert_eq!((gpus[0].index, gpus[0].memory_total_bytes), (Some(0), 81559 << 20));
     assert_eq!(gpus[1].index, Some(1));
-    assert_eq!(
-        (gpus[0].mig_enabled, gpus[1].mig_enabled),
-        (Some(false), Some(true))
-    );
+    assert_eq!((gpus[0].mig_enabled, gpus[1].mig_enabled), (Some(false), Some(true)));
     assert_eq!((gpus[2].index, gpus[2].mig_enabled), (None, None));
 }
 
@@ -86,48 +71,22 @@ fn the_daemon_serves_backends_and_the_admin_api_and_stops_on_sigterm() {
         .spawn()
         .unwrap();
     let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let url = line
-        .split_whitespace()
-        .find(|w| w.starts_with("http://"))
-        .unwrap()
-        .trim_end_matches(',');
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches(',');
     assert!(line.contains(&socket.display().to_string()), "{line}");
     let token_file = state.join("admin.token");
     assert!(line.contains(&token_file.display().to_string()), "{line}");
 
-    let token = std::fs::read_to_string(&token_file)
-        .unwrap()
-        .trim()
-        .to_string();
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
     let client = Client::new(url, Some(token));
-    assert_eq!(
-        Client::new(url, Some("wrong".into()))
-            .gpus()
-            .unwrap_err()
-            .status(),
-        Some(401)
-    );
+    assert_eq!(Client::new(url, Some("wrong".into())).gpus().unwrap_err().status(), Some(401));
     let gpus = client.gpus().unwrap();
-    assert_eq!(
-        gpus.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(),
-        vec![H100, A100, "sim"]
-    );
+    assert_eq!(gpus.iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), vec![H100, A100, "sim"]);
     assert_eq!(gpus[0].slice_us, 2500);
 
     let (_b, s) = FakeBackend::register(&socket, "vm1", weight(3));
     assert_eq!((s.weight, s.slice_us), (3, 2500));
-    let v = client
-        .update_vm(
-            "vm1",
-            &VmPatch {
-                weight: Some(6),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    let v = client.update_vm("vm1", &VmPatch { weight: Some(6), ..Default::default() }).unwrap();
     assert_eq!(v.weight, 6);
 
     // SAFETY: signalling the child this test started.

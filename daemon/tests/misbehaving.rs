@@ -13,22 +13,11 @@ fn bad_lines_and_bad_hellos_close_only_their_own_connection() {
     let dir = scratch("misbehaving");
     let d = TestDaemon::start(&dir);
     let stop = Instant::now() + Duration::from_secs(2);
-    let (good, _) = FakeBackend::register(
-        &d.socket,
-        "good",
-        QosRequest {
-            slice_us: Some(1000),
-            ..Default::default()
-        },
-    );
+    let (good, _) = FakeBackend::register(&d.socket, "good", QosRequest { slice_us: Some(1000), ..Default::default() });
     let good = std::thread::spawn(move || saturate(good, stop));
 
     // Garbage after registration, from a VM that holds the grant.
-    let long = QosRequest {
-        slice_us: Some(5_000_000),
-        priority: Some(20),
-        ..Default::default()
-    };
+    let long = QosRequest { slice_us: Some(5_000_000), priority: Some(20), ..Default::default() };
     let (mut holder, _) = FakeBackend::register(&d.socket, "garbage", long);
     holder.send(&BackendMsg::Demand);
     holder.grant(Duration::from_secs(2)).unwrap();
@@ -55,8 +44,7 @@ fn bad_lines_and_bad_hellos_close_only_their_own_connection() {
     let mut b = FakeBackend::connect(&d.socket);
     b.send_raw(b"\x00\x01 hello?\n");
     b.expect_closed(Duration::from_secs(2));
-    let (mut b, answer) =
-        FakeBackend::hello(&d.socket, &hello("../etc", QosRequest::default(), false));
+    let (mut b, answer) = FakeBackend::hello(&d.socket, &hello("../etc", QosRequest::default(), false));
     assert!(matches!(answer, DaemonMsg::Refused { .. }), "{answer:?}");
     b.expect_closed(Duration::from_secs(2));
 

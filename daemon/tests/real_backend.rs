@@ -38,10 +38,7 @@ fn a_running_vm_is_not_disturbed_by_a_daemon_restart() {
             engine: "sim".into(),
             gpu: "sim".into(),
             quota_bytes: 1 << 30,
-            requested: QosRequest {
-                weight: Some(3),
-                ..Default::default()
-            },
+            requested: QosRequest { weight: Some(3), ..Default::default() },
             max_queued: Duration::from_millis(5),
         },
         counters.clone(),
@@ -66,13 +63,7 @@ fn a_running_vm_is_not_disturbed_by_a_daemon_restart() {
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
                 gate.before_op(&mut e, ctx, s);
-                let l = Launch {
-                    grid: [1, 1, 1],
-                    block: [1, 1, 1],
-                    shared_mem: 0,
-                    stream: s,
-                    params: &params,
-                };
+                let l = Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &params };
                 e.launch(f, &l).unwrap();
                 gate.after_op(&mut e, ctx, s);
                 n = (n + 1) % 4;
@@ -88,35 +79,19 @@ fn a_running_vm_is_not_disturbed_by_a_daemon_restart() {
     wait_for("grants before the restart", Duration::from_secs(5), || {
         d.admin.vm("real").is_ok_and(|v| v.gpu_time_s > 0.05)
     });
-    d.admin
-        .update_vm(
-            "real",
-            VmPatch {
-                weight: Some(77),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    d.admin.update_vm("real", VmPatch { weight: Some(77), ..Default::default() }).unwrap();
 
     // The daemon goes away: the VM runs alone.
     d.stop();
-    wait_for("the link noticing", Duration::from_secs(5), || {
-        !link.connected()
-    });
+    wait_for("the link noticing", Duration::from_secs(5), || !link.connected());
     let before = ops();
     std::thread::sleep(Duration::from_millis(200));
-    assert!(
-        ops() > before + 20,
-        "the VM stalled while the daemon was away ({} ops in 200 ms)",
-        ops() - before
-    );
+    assert!(ops() > before + 20, "the VM stalled while the daemon was away ({} ops in 200 ms)", ops() - before);
 
     // It comes back: the backend re-registers with `reconnect`, so the
     // admin's weight wins over the weight it asks for.
     let d = TestDaemon::start(&dir);
-    wait_for("re-registration", Duration::from_secs(5), || {
-        link.connected()
-    });
+    wait_for("re-registration", Duration::from_secs(5), || link.connected());
     let v = d.admin.vm("real").unwrap();
     assert!(v.connected);
     assert_eq!(v.weight, 77);

@@ -15,25 +15,8 @@ fn settings_survive_a_daemon_restart_and_a_reconnecting_backend_gets_them() {
     let d = TestDaemon::start(&dir);
     let (mut b, s) = FakeBackend::register(&d.socket, "keep", weight(5));
     assert_eq!(s.weight, 5);
-    d.admin
-        .update_vm(
-            "keep",
-            VmPatch {
-                weight: Some(42),
-                slice_us: Some(Some(2000)),
-                ..Default::default()
-            },
-        )
-        .unwrap();
-    d.admin
-        .update_gpu(
-            "sim",
-            GpuPatch {
-                max_queued_ops: Some(9),
-                ..Default::default()
-            },
-        )
-        .unwrap();
+    d.admin.update_vm("keep", VmPatch { weight: Some(42), slice_us: Some(Some(2000)), ..Default::default() }).unwrap();
+    d.admin.update_gpu("sim", GpuPatch { max_queued_ops: Some(9), ..Default::default() }).unwrap();
     let (_other, _) = FakeBackend::register(&d.socket, "other", QosRequest::default());
     d.admin.set_drained("other", true).unwrap();
     d.stop();
@@ -42,21 +25,13 @@ fn settings_survive_a_daemon_restart_and_a_reconnecting_backend_gets_them() {
 
     let d = TestDaemon::start(&dir);
     let v = d.admin.vm("keep").unwrap();
-    assert_eq!(
-        (v.weight, v.slice_us, v.state, v.connected),
-        (42, 2000, VmState::Disconnected, false)
-    );
+    assert_eq!((v.weight, v.slice_us, v.state, v.connected), (42, 2000, VmState::Disconnected, false));
     assert!(d.admin.vm("other").unwrap().drained);
     assert_eq!(d.admin.gpu("sim").unwrap().max_queued_ops, 9);
 
     let (mut b, answer) = FakeBackend::hello(&d.socket, &hello("keep", weight(5), true));
-    let DaemonMsg::Welcome { settings, .. } = answer else {
-        panic!("{answer:?}")
-    };
-    assert_eq!(
-        (settings.weight, settings.slice_us, settings.max_queued_ops),
-        (42, 2000, 9)
-    );
+    let DaemonMsg::Welcome { settings, .. } = answer else { panic!("{answer:?}") };
+    assert_eq!((settings.weight, settings.slice_us, settings.max_queued_ops), (42, 2000, 9));
     b.send(&BackendMsg::Demand);
     let (_, slice_us) = b.grant(Duration::from_secs(2)).unwrap();
     assert_eq!(slice_us, 2000, "the scheduler must use the stored slice");
@@ -70,17 +45,10 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     let d = TestDaemon::start(&dir);
     let socket = d.socket.clone();
     // A second daemon on the same socket must refuse to start.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let mut config = gpuvisord::Config::new(&socket, dir.join("state2"));
     config.nvml = gpuvisord::inventory::NvmlSource::Disabled;
-    let err = rt
-        .block_on(gpuvisord::Daemon::start(config.clone()))
-        .err()
-        .expect("a second daemon started");
+    let err = rt.block_on(gpuvisord::Daemon::start(config.clone())).err().expect("a second daemon started");
     assert!(err.to_string().contains("another gpuvisord"), "{err}");
     // A socket file left by a daemon that died is replaced.
     let stale = dir.join("stale.sock");
@@ -89,10 +57,7 @@ fn a_stale_socket_is_replaced_and_a_live_one_is_not() {
     let d2 = rt.block_on(gpuvisord::Daemon::start(config)).unwrap();
     FakeBackend::register(&stale, "after", QosRequest::default());
     use std::os::unix::fs::PermissionsExt;
-    assert_eq!(
-        std::fs::metadata(&stale).unwrap().permissions().mode() & 0o777,
-        0o660
-    );
+    assert_eq!(std::fs::metadata(&stale).unwrap().permissions().mode() & 0o777, 0o660);
     rt.block_on(d2.stop());
     d.stop();
 }

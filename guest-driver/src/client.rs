@@ -34,12 +34,7 @@ pub struct DeviceFacts {
 
 impl DeviceFacts {
     pub fn name(&self) -> &[u8] {
-        let n = self
-            .reply
-            .name
-            .iter()
-            .position(|&b| b == 0)
-            .unwrap_or(self.reply.name.len());
+        let n = self.reply.name.iter().position(|&b| b == 0).unwrap_or(self.reply.name.len());
         &self.reply.name[..n]
     }
     pub fn attr(&self, a: usize) -> Option<i32> {
@@ -113,9 +108,7 @@ impl Client {
     /// Opens a session over a given transport.
     pub fn with_transport(transport: Box<dyn Transport>) -> Result<Client, OpenError> {
         let capset = transport.capset()?;
-        let cap = Capset::read_from_prefix(&capset)
-            .map_err(|_| OpenError::BadCapset)?
-            .0;
+        let cap = Capset::read_from_prefix(&capset).map_err(|_| OpenError::BadCapset)?.0;
         if cap.magic.get() != CAPSET_MAGIC
             || cap.protocol_min.get() > PROTOCOL_VERSION
             || cap.protocol_max.get() < PROTOCOL_VERSION
@@ -124,10 +117,7 @@ impl Client {
         }
         let control = transport.alloc_shared(CONTROL_BYTES)?;
         transport.set_fence_buffer(&control);
-        let staging = [
-            transport.alloc_shared(STAGING_BYTES)?,
-            transport.alloc_shared(STAGING_BYTES)?,
-        ];
+        let staging = [transport.alloc_shared(STAGING_BYTES)?, transport.alloc_shared(STAGING_BYTES)?];
         let mut c = Client {
             transport,
             control,
@@ -140,9 +130,7 @@ impl Client {
                 staging_turn: 0,
                 staging_seq: [0; 2],
             }),
-            facts: DeviceFacts {
-                reply: HelloReply::default(),
-            },
+            facts: DeviceFacts { reply: HelloReply::default() },
             pinned: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0x1000),
         };
@@ -153,12 +141,8 @@ impl Client {
             pid: U32::new(std::process::id()),
             _pad2: U32::new(0),
         };
-        let reply = c
-            .call(Opcode::Hello, 0, 0, &hello, &[])
-            .map_err(OpenError::Refused)?;
-        c.facts.reply = HelloReply::read_from_prefix(&reply)
-            .map_err(|_| OpenError::BadCapset)?
-            .0;
+        let reply = c.call(Opcode::Hello, 0, 0, &hello, &[]).map_err(OpenError::Refused)?;
+        c.facts.reply = HelloReply::read_from_prefix(&reply).map_err(|_| OpenError::BadCapset)?.0;
         Ok(c)
     }
 
@@ -218,14 +202,7 @@ impl Client {
         Ok(())
     }
 
-    fn push<T: IntoBytes + Immutable>(
-        inner: &mut Inner,
-        op: Opcode,
-        flags: u16,
-        ctx: u64,
-        p: &T,
-        trailing: &[u8],
-    ) {
+    fn push<T: IntoBytes + Immutable>(inner: &mut Inner, op: Opcode, flags: u16, ctx: u64, p: &T, trailing: &[u8]) {
         if inner.writer.byte_len() == 0 {
             inner.writer.begin(inner.next_seq);
         }
@@ -288,17 +265,13 @@ impl Client {
         let len = (hdr.payload_len.get() as usize).min(MAX_INLINE_REPLY);
         // SAFETY: the payload lies inside the mapped control buffer (bounded
         // above) and the backend finished writing it before completed_seq.
-        let payload = unsafe {
-            std::slice::from_raw_parts(self.control.ptr.add(REPLY_PAYLOAD_OFFSET as usize), len)
-        };
+        let payload = unsafe { std::slice::from_raw_parts(self.control.ptr.add(REPLY_PAYLOAD_OFFSET as usize), len) };
         Ok(payload.to_vec())
     }
 
     fn reply_header(&self) -> ReplyHeader {
         // SAFETY: the header lies at the start of the mapped control buffer.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(self.control.ptr, core::mem::size_of::<ReplyHeader>())
-        };
+        let bytes = unsafe { std::slice::from_raw_parts(self.control.ptr, core::mem::size_of::<ReplyHeader>()) };
         ReplyHeader::read_from_bytes(bytes).unwrap_or_default()
     }
 
@@ -332,9 +305,7 @@ impl Client {
         let mut inner = self.lock();
         self.flush_locked(&mut inner)?;
         let seq = inner.next_seq;
-        self.transport
-            .submit(bytes, &[])
-            .map_err(|_| CUDA_ERROR_UNKNOWN)?;
+        self.transport.submit(bytes, &[]).map_err(|_| CUDA_ERROR_UNKNOWN)?;
         inner.next_seq += 1;
         let next = inner.next_seq;
         inner.writer.begin(next);
@@ -363,10 +334,7 @@ impl Client {
             CUDA_ERROR_OUT_OF_MEMORY
         })?;
         let p = buf.ptr;
-        self.pinned
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(p as usize, buf);
+        self.pinned.lock().unwrap_or_else(|p| p.into_inner()).insert(p as usize, buf);
         Ok(p)
     }
 
@@ -387,8 +355,7 @@ impl Client {
     pub fn find_pinned(&self, addr: usize, len: usize) -> Option<(u32, u64)> {
         let map = self.pinned.lock().unwrap_or_else(|p| p.into_inner());
         let (_, buf) = map.range(..=addr).next_back()?;
-        buf.offset_of(addr, len)
-            .map(|off| (buf.resource_id, off as u64))
+        buf.offset_of(addr, len).map(|off| (buf.resource_id, off as u64))
     }
 
     /// Base and size of the pinned allocation containing `addr`.
@@ -408,14 +375,7 @@ impl Client {
     /// Host-to-device copy from memory the backend cannot see: in chunks
     /// through the two staging buffers, each reused only once the backend has
     /// finished with the batch that last used it.
-    pub fn htod_staged(
-        &self,
-        ctx: u64,
-        dst: u64,
-        src: &[u8],
-        stream: u64,
-        flags: u16,
-    ) -> Result<(), CuResult> {
+    pub fn htod_staged(&self, ctx: u64, dst: u64, src: &[u8], stream: u64, flags: u16) -> Result<(), CuResult> {
         let mut inner = self.lock();
         let mut done = 0usize;
         while done < src.len() {
@@ -441,14 +401,7 @@ impl Client {
                     offset: U64::new(0),
                 },
             };
-            Self::push(
-                &mut inner,
-                Opcode::MemcpyHtoD,
-                flags | CMD_FLAG_STAGING,
-                ctx,
-                &m,
-                &[],
-            );
+            Self::push(&mut inner, Opcode::MemcpyHtoD, flags | CMD_FLAG_STAGING, ctx, &m, &[]);
             let seq = self.flush_locked(&mut inner)?;
             inner.staging_seq[turn] = seq;
             inner.staging_turn = 1 - turn;
@@ -459,13 +412,7 @@ impl Client {
 
     /// Device-to-host copy into memory the backend cannot see, through
     /// staging. Synchronous.
-    pub fn dtoh_staged(
-        &self,
-        ctx: u64,
-        dst: &mut [u8],
-        src: u64,
-        stream: u64,
-    ) -> Result<(), CuResult> {
+    pub fn dtoh_staged(&self, ctx: u64, dst: &mut [u8], src: u64, stream: u64) -> Result<(), CuResult> {
         let mut inner = self.lock();
         let mut done = 0usize;
         while done < dst.len() {
@@ -481,14 +428,7 @@ impl Client {
                     offset: U64::new(0),
                 },
             };
-            Self::push(
-                &mut inner,
-                Opcode::MemcpyDtoH,
-                CMD_FLAG_STAGING,
-                ctx,
-                &m,
-                &[],
-            );
+            Self::push(&mut inner, Opcode::MemcpyDtoH, CMD_FLAG_STAGING, ctx, &m, &[]);
             self.call_locked(&mut inner)?;
             // SAFETY: the backend wrote n <= buf.len bytes and finished the batch.
             unsafe { std::ptr::copy_nonoverlapping(buf.ptr, dst.as_mut_ptr().add(done), n) };

@@ -16,10 +16,7 @@ fn level() -> u8 {
 
 fn once(msg: &str) -> bool {
     static SEEN: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let mut seen = SEEN
-        .get_or_init(|| Mutex::new(HashSet::new()))
-        .lock()
-        .unwrap_or_else(|p| p.into_inner());
+    let mut seen = SEEN.get_or_init(|| Mutex::new(HashSet::new())).lock().unwrap_or_else(|p| p.into_inner());
     seen.insert(msg.to_string())
 }
 
@@ -39,7 +36,5 @@ pub fn debug(msg: &str) {
 
 /// Logs, once per name, that a CUDA entry point is not implemented.
 pub fn unsupported(name: &str) {
-    warn(&format!(
-        "{name} is not supported yet; returning CUDA_ERROR_NOT_SUPPORTED"
-    ));
+    warn(&format!("{name} is not supported yet; returning CUDA_ERROR_NOT_SUPPORTED"));
 }

@@ -32,11 +32,7 @@ pub enum QosClass {
 }
 
 impl QosClass {
-    pub const ALL: [QosClass; 3] = [
-        QosClass::Guaranteed,
-        QosClass::Burstable,
-        QosClass::BestEffort,
-    ];
+    pub const ALL: [QosClass; 3] = [QosClass::Guaranteed, QosClass::Burstable, QosClass::BestEffort];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -53,9 +49,7 @@ impl std::str::FromStr for QosClass {
         QosClass::ALL
             .into_iter()
             .find(|c| c.as_str() == s)
-            .ok_or_else(|| {
-                format!("unknown QoS class {s:?} (expected guaranteed, burstable or best-effort)")
-            })
+            .ok_or_else(|| format!("unknown QoS class {s:?} (expected guaranteed, burstable or best-effort)"))
     }
 }
 
@@ -143,12 +137,7 @@ pub enum BackendMsg {
     /// The backend gives back grant `grant`. `gpu_ns` is the GPU time its
     /// work took during the grant, measured with events; `more` says whether
     /// it still has work queued (and so wants another grant).
-    Release {
-        grant: u64,
-        gpu_ns: u64,
-        ops: u64,
-        more: bool,
-    },
+    Release { grant: u64, gpu_ns: u64, ops: u64, more: bool },
     /// GPU time of work that completed after its grant was released.
     Charge { gpu_ns: u64 },
     /// Periodic figures for the admin API.
@@ -159,18 +148,10 @@ pub enum BackendMsg {
     MemNeed { bytes: u64 },
     /// Answer to `Evict`: the backend now holds `state.resident_bytes`, at
     /// most what was asked, and that is its new limit.
-    Evicted {
-        state: MemoryState,
-        moved_bytes: u64,
-        ns: u64,
-    },
+    Evicted { state: MemoryState, moved_bytes: u64, ns: u64 },
     /// The backend brought its evicted memory back onto the GPU (within a
     /// limit it was given).
-    Restored {
-        state: MemoryState,
-        moved_bytes: u64,
-        ns: u64,
-    },
+    Restored { state: MemoryState, moved_bytes: u64, ns: u64 },
 }
 
 /// A VM's device memory as its backend counts it: allocations the guest made
@@ -323,11 +304,7 @@ mod tests {
                 engine: "sim".into(),
                 gpu: "sim".into(),
                 quota_bytes: 1 << 30,
-                requested: QosRequest {
-                    class: Some(QosClass::BestEffort),
-                    weight: Some(3),
-                    ..Default::default()
-                },
+                requested: QosRequest { class: Some(QosClass::BestEffort), weight: Some(3), ..Default::default() },
                 reconnect: false,
                 gpu_ns_total: 0,
                 memory: MemoryState::default(),
@@ -335,24 +312,12 @@ mod tests {
             BackendMsg::Demand,
             BackendMsg::MemNeed { bytes: 3 << 20 },
             BackendMsg::Evicted {
-                state: MemoryState {
-                    resident_bytes: 0,
-                    evicted_bytes: 1 << 30,
-                    limit_bytes: 0,
-                },
+                state: MemoryState { resident_bytes: 0, evicted_bytes: 1 << 30, limit_bytes: 0 },
                 moved_bytes: 1 << 30,
                 ns: 9,
             },
-            BackendMsg::Release {
-                grant: 4,
-                gpu_ns: 1000,
-                ops: 3,
-                more: true,
-            },
-            BackendMsg::Stats(BackendStats {
-                ops_total: 9,
-                ..Default::default()
-            }),
+            BackendMsg::Release { grant: 4, gpu_ns: 1000, ops: 3, more: true },
+            BackendMsg::Stats(BackendStats { ops_total: 9, ..Default::default() }),
         ];
         let mut buf = Vec::new();
         for m in &msgs {
@@ -364,30 +329,18 @@ mod tests {
             let got: BackendMsg = read_msg(&mut r).unwrap();
             assert_eq!(&got, m);
         }
-        assert!(matches!(
-            read_msg::<_, BackendMsg>(&mut r),
-            Err(ControlError::Closed)
-        ));
+        assert!(matches!(read_msg::<_, BackendMsg>(&mut r), Err(ControlError::Closed)));
     }
 
     #[test]
     fn oversized_and_unknown_messages_are_rejected() {
         let long = vec![b'x'; MAX_LINE + 1];
         let mut r = io::BufReader::with_capacity(1024, &long[..]);
-        assert!(matches!(
-            read_msg::<_, BackendMsg>(&mut r),
-            Err(ControlError::TooLong)
-        ));
+        assert!(matches!(read_msg::<_, BackendMsg>(&mut r), Err(ControlError::TooLong)));
         let mut r = io::BufReader::new(&b"{\"type\":\"charge\",\"gpu_ns\":1,\"extra\":1}\n"[..]);
-        assert!(matches!(
-            read_msg::<_, BackendMsg>(&mut r),
-            Err(ControlError::Malformed(_))
-        ));
+        assert!(matches!(read_msg::<_, BackendMsg>(&mut r), Err(ControlError::Malformed(_))));
         let mut r = io::BufReader::new(&b"{\"type\":\"grant\",\"grant\":1}\n"[..]);
-        assert!(matches!(
-            read_msg::<_, DaemonMsg>(&mut r),
-            Err(ControlError::Malformed(_))
-        ));
+        assert!(matches!(read_msg::<_, DaemonMsg>(&mut r), Err(ControlError::Malformed(_))));
     }
 
     #[test]

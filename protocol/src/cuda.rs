@@ -41,111 +41,35 @@ pub const CUDA_ERROR_UNKNOWN: CuResult = 999;
 /// (code, name, description) for every code the guest driver can return.
 const TABLE: &[(CuResult, &str, &str)] = &[
     (CUDA_SUCCESS, "CUDA_SUCCESS", "no error"),
-    (
-        CUDA_ERROR_INVALID_VALUE,
-        "CUDA_ERROR_INVALID_VALUE",
-        "invalid argument",
-    ),
-    (
-        CUDA_ERROR_OUT_OF_MEMORY,
-        "CUDA_ERROR_OUT_OF_MEMORY",
-        "out of memory",
-    ),
-    (
-        CUDA_ERROR_NOT_INITIALIZED,
-        "CUDA_ERROR_NOT_INITIALIZED",
-        "initialization error",
-    ),
-    (
-        CUDA_ERROR_DEINITIALIZED,
-        "CUDA_ERROR_DEINITIALIZED",
-        "driver shutting down",
-    ),
-    (
-        CUDA_ERROR_NO_DEVICE,
-        "CUDA_ERROR_NO_DEVICE",
-        "no CUDA-capable device is detected",
-    ),
-    (
-        CUDA_ERROR_INVALID_DEVICE,
-        "CUDA_ERROR_INVALID_DEVICE",
-        "invalid device ordinal",
-    ),
-    (
-        CUDA_ERROR_INVALID_IMAGE,
-        "CUDA_ERROR_INVALID_IMAGE",
-        "device kernel image is invalid",
-    ),
-    (
-        CUDA_ERROR_INVALID_CONTEXT,
-        "CUDA_ERROR_INVALID_CONTEXT",
-        "invalid device context",
-    ),
-    (
-        CUDA_ERROR_CONTEXT_ALREADY_CURRENT,
-        "CUDA_ERROR_CONTEXT_ALREADY_CURRENT",
-        "context already current",
-    ),
-    (
-        CUDA_ERROR_MAP_FAILED,
-        "CUDA_ERROR_MAP_FAILED",
-        "mapping of buffer object failed",
-    ),
+    (CUDA_ERROR_INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"),
+    (CUDA_ERROR_OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"),
+    (CUDA_ERROR_NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"),
+    (CUDA_ERROR_DEINITIALIZED, "CUDA_ERROR_DEINITIALIZED", "driver shutting down"),
+    (CUDA_ERROR_NO_DEVICE, "CUDA_ERROR_NO_DEVICE", "no CUDA-capable device is detected"),
+    (CUDA_ERROR_INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"),
+    (CUDA_ERROR_INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"),
+    (CUDA_ERROR_INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"),
+    (CUDA_ERROR_CONTEXT_ALREADY_CURRENT, "CUDA_ERROR_CONTEXT_ALREADY_CURRENT", "context already current"),
+    (CUDA_ERROR_MAP_FAILED, "CUDA_ERROR_MAP_FAILED", "mapping of buffer object failed"),
     (
         CUDA_ERROR_NO_BINARY_FOR_GPU,
         "CUDA_ERROR_NO_BINARY_FOR_GPU",
         "no kernel image is available for execution on the device",
     ),
-    (
-        CUDA_ERROR_INVALID_PTX,
-        "CUDA_ERROR_INVALID_PTX",
-        "a PTX JIT compilation failed",
-    ),
-    (
-        CUDA_ERROR_INVALID_SOURCE,
-        "CUDA_ERROR_INVALID_SOURCE",
-        "device kernel image is invalid",
-    ),
-    (
-        CUDA_ERROR_FILE_NOT_FOUND,
-        "CUDA_ERROR_FILE_NOT_FOUND",
-        "file not found",
-    ),
-    (
-        CUDA_ERROR_INVALID_HANDLE,
-        "CUDA_ERROR_INVALID_HANDLE",
-        "invalid resource handle",
-    ),
-    (
-        CUDA_ERROR_ILLEGAL_STATE,
-        "CUDA_ERROR_ILLEGAL_STATE",
-        "the operation is not permitted in the current state",
-    ),
-    (
-        CUDA_ERROR_NOT_FOUND,
-        "CUDA_ERROR_NOT_FOUND",
-        "named symbol not found",
-    ),
-    (
-        CUDA_ERROR_NOT_READY,
-        "CUDA_ERROR_NOT_READY",
-        "device not ready",
-    ),
-    (
-        CUDA_ERROR_ILLEGAL_ADDRESS,
-        "CUDA_ERROR_ILLEGAL_ADDRESS",
-        "an illegal memory access was encountered",
-    ),
+    (CUDA_ERROR_INVALID_PTX, "CUDA_ERROR_INVALID_PTX", "a PTX JIT compilation failed"),
+    (CUDA_ERROR_INVALID_SOURCE, "CUDA_ERROR_INVALID_SOURCE", "device kernel image is invalid"),
+    (CUDA_ERROR_FILE_NOT_FOUND, "CUDA_ERROR_FILE_NOT_FOUND", "file not found"),
+    (CUDA_ERROR_INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"),
+    (CUDA_ERROR_ILLEGAL_STATE, "CUDA_ERROR_ILLEGAL_STATE", "the operation is not permitted in the current state"),
+    (CUDA_ERROR_NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"),
+    (CUDA_ERROR_NOT_READY, "CUDA_ERROR_NOT_READY", "device not ready"),
+    (CUDA_ERROR_ILLEGAL_ADDRESS, "CUDA_ERROR_ILLEGAL_ADDRESS", "an illegal memory access was encountered"),
     (
         CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES,
         "CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES",
         "too many resources requested for launch",
     ),
-    (
-        CUDA_ERROR_LAUNCH_TIMEOUT,
-        "CUDA_ERROR_LAUNCH_TIMEOUT",
-        "the launch timed out and was terminated",
-    ),
+    (CUDA_ERROR_LAUNCH_TIMEOUT, "CUDA_ERROR_LAUNCH_TIMEOUT", "the launch timed out and was terminated"),
     (
         CUDA_ERROR_PEER_ACCESS_UNSUPPORTED,
         "CUDA_ERROR_PEER_ACCESS_UNSUPPORTED",
@@ -156,11 +80,7 @@ const TABLE: &[(CuResult, &str, &str)] = &[
         "CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE",
         "cannot set while device is active in this process",
     ),
-    (
-        CUDA_ERROR_CONTEXT_IS_DESTROYED,
-        "CUDA_ERROR_CONTEXT_IS_DESTROYED",
-        "context is destroyed",
-    ),
+    (CUDA_ERROR_CONTEXT_IS_DESTROYED, "CUDA_ERROR_CONTEXT_IS_DESTROYED", "context is destroyed"),
     (
         CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED,
         "CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED",
@@ -171,26 +91,10 @@ const TABLE: &[(CuResult, &str, &str)] = &[
         "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED",
         "pointer does not correspond to a registered memory region",
     ),
-    (
-        CUDA_ERROR_LAUNCH_FAILED,
-        "CUDA_ERROR_LAUNCH_FAILED",
-        "unspecified launch failure",
-    ),
-    (
-        CUDA_ERROR_NOT_PERMITTED,
-        "CUDA_ERROR_NOT_PERMITTED",
-        "operation not permitted",
-    ),
-    (
-        CUDA_ERROR_NOT_SUPPORTED,
-        "CUDA_ERROR_NOT_SUPPORTED",
-        "operation not supported",
-    ),
-    (
-        CUDA_ERROR_SYSTEM_NOT_READY,
-        "CUDA_ERROR_SYSTEM_NOT_READY",
-        "system not yet initialized",
-    ),
+    (CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"),
+    (CUDA_ERROR_NOT_PERMITTED, "CUDA_ERROR_NOT_PERMITTED", "operation not permitted"),
+    (CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"),
+    (CUDA_ERROR_SYSTEM_NOT_READY, "CUDA_ERROR_SYSTEM_NOT_READY", "system not yet initialized"),
     (CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"),
 ];
 

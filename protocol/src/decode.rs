@@ -25,18 +25,9 @@ pub enum DecodeError {
     #[error("command {index}: unknown opcode {opcode}")]
     UnknownOpcode { index: u32, opcode: u16 },
     #[error("command {index} ({opcode:?}): {what} of {len} bytes does not fit the command")]
-    BadTrailingLength {
-        index: u32,
-        opcode: Opcode,
-        what: &'static str,
-        len: u64,
-    },
+    BadTrailingLength { index: u32, opcode: Opcode, what: &'static str, len: u64 },
     #[error("command {index} ({opcode:?}): {what}")]
-    BadField {
-        index: u32,
-        opcode: Opcode,
-        what: &'static str,
-    },
+    BadField { index: u32, opcode: Opcode, what: &'static str },
     #[error("batch says {claimed} commands but holds {found}")]
     CountMismatch { claimed: u32, found: u32 },
 }
@@ -129,8 +120,7 @@ pub struct Batch<'a> {
 
 /// Checks a batch's header against the bytes that arrived.
 pub fn decode_batch(bytes: &[u8]) -> Result<Batch<'_>, DecodeError> {
-    let (header, _) =
-        BatchHeader::read_from_prefix(bytes).map_err(|_| DecodeError::ShortBatch(bytes.len()))?;
+    let (header, _) = BatchHeader::read_from_prefix(bytes).map_err(|_| DecodeError::ShortBatch(bytes.len()))?;
     if header.magic.get() != BATCH_MAGIC {
         return Err(DecodeError::BadMagic(header.magic.get()));
     }
@@ -142,10 +132,7 @@ pub fn decode_batch(bytes: &[u8]) -> Result<Batch<'_>, DecodeError> {
     }
     let claimed = header.total_len.get();
     if claimed as usize != bytes.len() {
-        return Err(DecodeError::LengthMismatch {
-            claimed,
-            actual: bytes.len(),
-        });
+        return Err(DecodeError::LengthMismatch { claimed, actual: bytes.len() });
     }
     let body = &bytes[core::mem::size_of::<BatchHeader>()..];
     Ok(Batch { header, body })
@@ -158,13 +145,7 @@ impl<'a> Batch<'a> {
 
     /// Iterates over the commands. After the first error the iterator ends.
     pub fn commands(&self) -> Commands<'a> {
-        Commands {
-            rest: self.body,
-            offset: 0,
-            index: 0,
-            claimed: self.header.num_cmds.get(),
-            failed: false,
-        }
+        Commands { rest: self.body, offset: 0, index: 0, claimed: self.header.num_cmds.get(), failed: false }
     }
 }
 
@@ -186,10 +167,7 @@ impl<'a> Iterator for Commands<'a> {
         if self.rest.is_empty() {
             if self.index != self.claimed {
                 self.failed = true;
-                return Some(Err(DecodeError::CountMismatch {
-                    claimed: self.claimed,
-                    found: self.index,
-                }));
+                return Some(Err(DecodeError::CountMismatch { claimed: self.claimed, found: self.index }));
             }
             return None;
         }
@@ -205,48 +183,29 @@ impl<'a> Commands<'a> {
     fn next_command(&mut self) -> Result<Decoded<'a>, DecodeError> {
         let index = self.index;
         if index >= self.claimed {
-            return Err(DecodeError::CountMismatch {
-                claimed: self.claimed,
-                found: index.saturating_add(1),
-            });
+            return Err(DecodeError::CountMismatch { claimed: self.claimed, found: index.saturating_add(1) });
         }
-        let (hdr, _) =
-            CmdHeader::read_from_prefix(self.rest).map_err(|_| DecodeError::TruncatedCommand {
-                index,
-                offset: self.offset,
-            })?;
+        let (hdr, _) = CmdHeader::read_from_prefix(self.rest)
+            .map_err(|_| DecodeError::TruncatedCommand { index, offset: self.offset })?;
         let len = hdr.len.get();
         let len_usize = len as usize;
-        if len_usize < core::mem::size_of::<CmdHeader>()
-            || len % 8 != 0
-            || len_usize > self.rest.len()
-        {
+        if len_usize < core::mem::size_of::<CmdHeader>() || len % 8 != 0 || len_usize > self.rest.len() {
             return Err(DecodeError::BadCommandLength { index, len });
         }
-        let opcode = Opcode::from_u16(hdr.opcode.get()).ok_or(DecodeError::UnknownOpcode {
-            index,
-            opcode: hdr.opcode.get(),
-        })?;
+        let opcode =
+            Opcode::from_u16(hdr.opcode.get()).ok_or(DecodeError::UnknownOpcode { index, opcode: hdr.opcode.get() })?;
         let (this, rest) = self.rest.split_at(len_usize);
         let payload = &this[core::mem::size_of::<CmdHeader>()..];
         let cmd = decode_payload(index, opcode, payload)?;
         self.rest = rest;
         self.offset += len_usize;
         self.index += 1;
-        Ok(Decoded {
-            ctx: hdr.ctx.get(),
-            flags: hdr.flags.get(),
-            cmd,
-        })
+        Ok(Decoded { ctx: hdr.ctx.get(), flags: hdr.flags.get(), cmd })
     }
 }
 
 /// Splits `payload` into the fixed struct `T` and the bytes after it.
-fn fixed<T: FromBytes>(
-    index: u32,
-    opcode: Opcode,
-    payload: &[u8],
-) -> Result<(T, &[u8]), DecodeError> {
+fn fixed<T: FromBytes>(index: u32, opcode: Opcode, payload: &[u8]) -> Result<(T, &[u8]), DecodeError> {
     T::read_from_prefix(payload).map_err(|_| DecodeError::BadTrailingLength {
         index,
         opcode,
@@ -265,37 +224,17 @@ fn trailing<'a>(
     max: u64,
 ) -> Result<&'a [u8], DecodeError> {
     if len > max || len > tail.len() as u64 {
-        return Err(DecodeError::BadTrailingLength {
-            index,
-            opcode,
-            what,
-            len,
-        });
+        return Err(DecodeError::BadTrailingLength { index, opcode, what, len });
     }
     Ok(&tail[..len as usize])
 }
 
 fn name(index: u32, opcode: Opcode, tail: &[u8], len: u32) -> Result<&str, DecodeError> {
-    let bytes = trailing(
-        index,
-        opcode,
-        "symbol name",
-        tail,
-        len as u64,
-        MAX_NAME_BYTES as u64,
-    )?;
+    let bytes = trailing(index, opcode, "symbol name", tail, len as u64, MAX_NAME_BYTES as u64)?;
     if bytes.is_empty() || bytes.contains(&0) {
-        return Err(DecodeError::BadField {
-            index,
-            opcode,
-            what: "symbol name is empty or holds a NUL",
-        });
+        return Err(DecodeError::BadField { index, opcode, what: "symbol name is empty or holds a NUL" });
     }
-    core::str::from_utf8(bytes).map_err(|_| DecodeError::BadField {
-        index,
-        opcode,
-        what: "symbol name is not UTF-8",
-    })
+    core::str::from_utf8(bytes).map_err(|_| DecodeError::BadField { index, opcode, what: "symbol name is not UTF-8" })
 }
 
 fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, DecodeError> {
@@ -305,11 +244,7 @@ fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, D
             C::$variant(fixed::<$ty>(index, opcode, p)?.0)
         };
     }
-    let bad = |what| DecodeError::BadField {
-        index,
-        opcode,
-        what,
-    };
+    let bad = |what| DecodeError::BadField { index, opcode, what };
     Ok(match opcode {
         Opcode::Hello => simple!(Hello, Hello),
         Opcode::CtxCreate => simple!(CtxCreate, CtxCreate),
@@ -321,14 +256,7 @@ fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, D
         Opcode::MemcpyHtoD => {
             let (m, tail) = fixed::<MemcpyHtoD>(index, opcode, p)?;
             let data = match m.src.kind.get() {
-                HOST_INLINE => trailing(
-                    index,
-                    opcode,
-                    "inline data",
-                    tail,
-                    m.len.get(),
-                    MAX_INLINE_BYTES as u64,
-                )?,
+                HOST_INLINE => trailing(index, opcode, "inline data", tail, m.len.get(), MAX_INLINE_BYTES as u64)?,
                 HOST_RESOURCE => &[][..],
                 _ => return Err(bad("unknown source kind")),
             };
@@ -351,14 +279,7 @@ fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, D
         }
         Opcode::ModuleLoad => {
             let (m, tail) = fixed::<ModuleLoad>(index, opcode, p)?;
-            let image = trailing(
-                index,
-                opcode,
-                "module image",
-                tail,
-                m.image_len.get(),
-                MAX_BATCH_BYTES as u64,
-            )?;
+            let image = trailing(index, opcode, "module image", tail, m.image_len.get(), MAX_BATCH_BYTES as u64)?;
             if image.is_empty() {
                 return Err(bad("module image is empty"));
             }
@@ -376,14 +297,8 @@ fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, D
         Opcode::FuncSetAttribute => simple!(FuncSetAttribute, FuncSetAttribute),
         Opcode::LaunchKernel => {
             let (m, tail) = fixed::<LaunchKernel>(index, opcode, p)?;
-            let params = trailing(
-                index,
-                opcode,
-                "kernel parameters",
-                tail,
-                m.params_len.get() as u64,
-                MAX_PARAM_BYTES as u64,
-            )?;
+            let params =
+                trailing(index, opcode, "kernel parameters", tail, m.params_len.get() as u64, MAX_PARAM_BYTES as u64)?;
             if m.grid.iter().chain(m.block.iter()).any(|d| d.get() == 0) {
                 return Err(bad("a grid or block dimension is zero"));
             }
@@ -425,31 +340,14 @@ mod tests {
     fn sample() -> Vec<u8> {
         let mut w = BatchWriter::new();
         w.begin(7);
-        w.push(
-            Opcode::MemAlloc,
-            0,
-            PRIMARY_CTX,
-            &MemAlloc {
-                size: U64::new(4096),
-            },
-            &[],
-        );
+        w.push(Opcode::MemAlloc, 0, PRIMARY_CTX, &MemAlloc { size: U64::new(4096) }, &[]);
         let m = MemcpyHtoD {
             dst: U64::new(0x1000),
             len: U64::new(5),
             stream: U64::new(0),
-            src: HostRef {
-                kind: U32::new(HOST_INLINE),
-                ..Default::default()
-            },
+            src: HostRef { kind: U32::new(HOST_INLINE), ..Default::default() },
         };
-        w.push(
-            Opcode::MemcpyHtoD,
-            CMD_FLAG_ASYNC,
-            PRIMARY_CTX,
-            &m,
-            b"hello",
-        );
+        w.push(Opcode::MemcpyHtoD, CMD_FLAG_ASYNC, PRIMARY_CTX, &m, b"hello");
         let g = ModuleGetFunction {
             module_id: U64::new(3),
             func_id: U64::new(9),
@@ -476,10 +374,7 @@ mod tests {
             }
             other => panic!("unexpected {other:?}"),
         }
-        assert!(matches!(
-            cmds[2].cmd,
-            Command::ModuleGetFunction(_, "kernel")
-        ));
+        assert!(matches!(cmds[2].cmd, Command::ModuleGetFunction(_, "kernel")));
         assert!(matches!(cmds[3].cmd, Command::CtxSynchronize));
     }
 
@@ -500,30 +395,15 @@ mod tests {
         bytes[off..off + 8].copy_from_slice(&1_000_000u64.to_le_bytes());
         let batch = decode_batch(&bytes).unwrap();
         let errs: Vec<_> = batch.commands().filter_map(|c| c.err()).collect();
-        assert!(
-            matches!(
-                errs[0],
-                DecodeError::BadTrailingLength {
-                    what: "inline data",
-                    ..
-                }
-            ),
-            "{errs:?}"
-        );
+        assert!(matches!(errs[0], DecodeError::BadTrailingLength { what: "inline data", .. }), "{errs:?}");
     }
 
     #[test]
     fn garbage_is_rejected() {
-        assert!(matches!(
-            decode_batch(&[0xAB; 100]),
-            Err(DecodeError::BadMagic(_))
-        ));
+        assert!(matches!(decode_batch(&[0xAB; 100]), Err(DecodeError::BadMagic(_))));
         let mut bytes = sample();
         bytes[4] = 99; // version
-        assert!(matches!(
-            decode_batch(&bytes),
-            Err(DecodeError::UnsupportedVersion(99))
-        ));
+        assert!(matches!(decode_batch(&bytes), Err(DecodeError::UnsupportedVersion(99))));
     }
 
     #[test]
@@ -533,13 +413,7 @@ mod tests {
         bytes[off..off + 4].copy_from_slice(&9u32.to_le_bytes());
         let batch = decode_batch(&bytes).unwrap();
         let last = batch.commands().last().unwrap();
-        assert!(matches!(
-            last,
-            Err(DecodeError::CountMismatch {
-                claimed: 9,
-                found: 4
-            })
-        ));
+        assert!(matches!(last, Err(DecodeError::CountMismatch { claimed: 9, found: 4 })));
         bytes[off..off + 4].copy_from_slice(&2u32.to_le_bytes());
         let batch = decode_batch(&bytes).unwrap();
         assert!(batch.commands().any(|c| c.is_err()));
@@ -551,17 +425,11 @@ mod tests {
         let first = core::mem::size_of::<BatchHeader>();
         bytes[first..first + 2].copy_from_slice(&500u16.to_le_bytes());
         let batch = decode_batch(&bytes).unwrap();
-        assert!(matches!(
-            batch.commands().next(),
-            Some(Err(DecodeError::UnknownOpcode { opcode: 500, .. }))
-        ));
+        assert!(matches!(batch.commands().next(), Some(Err(DecodeError::UnknownOpcode { opcode: 500, .. }))));
         let mut bytes = sample();
         bytes[first + 4..first + 8].copy_from_slice(&13u32.to_le_bytes());
         let batch = decode_batch(&bytes).unwrap();
-        assert!(matches!(
-            batch.commands().next(),
-            Some(Err(DecodeError::BadCommandLength { len: 13, .. }))
-        ));
+        assert!(matches!(batch.commands().next(), Some(Err(DecodeError::BadCommandLength { len: 13, .. }))));
         let hdr = BatchHeader::default();
         assert_eq!(hdr.as_bytes().len(), 24);
     }
@@ -570,16 +438,10 @@ mod tests {
     fn zero_launch_dimension_is_rejected() {
         let mut w = BatchWriter::new();
         w.begin(1);
-        let l = LaunchKernel {
-            func_id: U64::new(1),
-            ..Default::default()
-        };
+        let l = LaunchKernel { func_id: U64::new(1), ..Default::default() };
         w.push(Opcode::LaunchKernel, 0, 1, &l, &[]);
         let bytes = w.finish().to_vec();
         let batch = decode_batch(&bytes).unwrap();
-        assert!(matches!(
-            batch.commands().next(),
-            Some(Err(DecodeError::BadField { .. }))
-        ));
+        assert!(matches!(batch.commands().next(), Some(Err(DecodeError::BadField { .. }))));
     }
 }

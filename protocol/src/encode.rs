@@ -13,10 +13,7 @@ pub struct BatchWriter {
 
 impl BatchWriter {
     pub fn new() -> Self {
-        BatchWriter {
-            buf: Vec::with_capacity(64 << 10),
-            num_cmds: 0,
-        }
+        BatchWriter { buf: Vec::with_capacity(64 << 10), num_cmds: 0 }
     }
 
     /// Starts a new batch with sequence number `seq`, dropping what was there.
@@ -86,9 +83,7 @@ impl BatchWriter {
     pub fn finish(&mut self) -> &[u8] {
         let n = self.num_cmds.to_le_bytes();
         self.buf[16..20].copy_from_slice(&n);
-        let total = u32::try_from(self.buf.len())
-            .unwrap_or(u32::MAX)
-            .to_le_bytes();
+        let total = u32::try_from(self.buf.len()).unwrap_or(u32::MAX).to_le_bytes();
         self.buf[20..24].copy_from_slice(&total);
         &self.buf
     }

@@ -10,15 +10,7 @@
 //! (`cuFuncGetParamInfo`), which is also the path for compressed fatbin
 //! entries, which this module never decompresses.
 
-#![cfg_attr(
-    not(test),
-    deny(
-        clippy::indexing_slicing,
-        clippy::unwrap_used,
-        clippy::expect_used,
-        clippy::panic
-    )
-)]
+#![cfg_attr(not(test), deny(clippy::indexing_slicing, clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 use core::cmp::Reverse;
 use core::ops::Range;
@@ -135,11 +127,7 @@ impl KernelInfo {
     /// Bytes of the packed parameter buffer: the end of the last parameter.
     /// Never above [`MAX_KERNEL_PARAM_BYTES`].
     pub fn param_buffer_size(&self) -> u32 {
-        self.params
-            .iter()
-            .map(|p| p.offset.saturating_add(p.size))
-            .max()
-            .unwrap_or(0)
+        self.params.iter().map(|p| p.offset.saturating_add(p.size)).max().unwrap_or(0)
     }
 }
 
@@ -239,12 +227,7 @@ pub fn image_len(image: &[u8]) -> Result<usize, ImageError> {
                 }
                 Ok(len)
             }
-            None => Err(truncated(
-                u64::try_from(image.len())
-                    .unwrap_or(u64::MAX)
-                    .saturating_add(1),
-                image,
-            )),
+            None => Err(truncated(u64::try_from(image.len()).unwrap_or(u64::MAX).saturating_add(1), image)),
         },
     }
 }
@@ -294,25 +277,17 @@ pub fn fatbin_entries(image: &[u8]) -> Result<Vec<FatbinEntry<'_>>, ImageError> 
     let mut entries = Vec::new();
     let mut pos = start;
     while pos < end {
-        let header: FatbinEntryHeader = read_at(body, pos).ok_or(ImageError::BadFatbin(
-            "entry header runs past the container",
-        ))?;
+        let header: FatbinEntryHeader =
+            read_at(body, pos).ok_or(ImageError::BadFatbin("entry header runs past the container"))?;
         let header_size = u64::from(header.header_size.get());
         if header_size < FATBIN_ENTRY_HEADER_LEN {
-            return Err(ImageError::BadFatbin(
-                "entry header is shorter than 64 bytes",
-            ));
+            return Err(ImageError::BadFatbin("entry header is shorter than 64 bytes"));
         }
-        let payload_start = pos
-            .checked_add(header_size)
-            .ok_or(ImageError::Overflow("fatbin entry"))?;
-        let payload_end = payload_start
-            .checked_add(header.payload_size.get())
-            .ok_or(ImageError::Overflow("fatbin entry"))?;
+        let payload_start = pos.checked_add(header_size).ok_or(ImageError::Overflow("fatbin entry"))?;
+        let payload_end =
+            payload_start.checked_add(header.payload_size.get()).ok_or(ImageError::Overflow("fatbin entry"))?;
         if payload_end > end {
-            return Err(ImageError::BadFatbin(
-                "entry payload runs past the container",
-            ));
+            return Err(ImageError::BadFatbin("entry payload runs past the container"));
         }
         let payload = sub(body, payload_start, header.payload_size.get())?;
         // Both ends lie inside `body`, so they fit in usize.
@@ -340,10 +315,8 @@ pub fn fatbin_entries(image: &[u8]) -> Result<Vec<FatbinEntry<'_>>, ImageError> 
 /// filename_or_fatbins`). The guest follows `data` to the fatbin itself.
 pub fn fatbin_wrapper(bytes: &[u8]) -> Option<FatbinWrapper> {
     let raw: FatbinWrapperRaw = read_at(bytes, 0)?;
-    (raw.magic.get() == FATBIN_WRAPPER_MAGIC).then(|| FatbinWrapper {
-        version: raw.version.get(),
-        data: raw.data.get(),
-    })
+    (raw.magic.get() == FATBIN_WRAPPER_MAGIC)
+        .then(|| FatbinWrapper { version: raw.version.get(), data: raw.data.get() })
 }
 
 /// Runs every public parser on `data`, for a fuzz target. Besides not
@@ -353,28 +326,16 @@ pub fn fuzz_one(data: &[u8]) {
     let kind = detect(data);
     if let Ok(n) = image_len(data) {
         if let Some(prefix) = data.get(..n) {
-            assert_eq!(
-                image_len(prefix),
-                Ok(n),
-                "image_len changed on its own prefix"
-            );
+            assert_eq!(image_len(prefix), Ok(n), "image_len changed on its own prefix");
             if n >= 4 {
-                assert_eq!(
-                    detect(prefix),
-                    kind,
-                    "detect changed on the image's own bytes"
-                );
+                assert_eq!(detect(prefix), kind, "detect changed on the image's own bytes");
             }
         }
     }
     if let Ok(all) = kernels(data) {
         for (i, k) in all.iter().enumerate().take(16) {
             assert!(k.param_buffer_size() <= MAX_KERNEL_PARAM_BYTES);
-            assert_eq!(
-                kernel(data, &k.name).ok().flatten().as_ref(),
-                Some(k),
-                "kernel() disagrees with kernels()"
-            );
+            assert_eq!(kernel(data, &k.name).ok().flatten().as_ref(), Some(k), "kernel() disagrees with kernels()");
             if let Some(next) = all.get(i.saturating_add(1)) {
                 assert!(k.name < next.name, "kernels() not sorted and unique");
             }
@@ -421,16 +382,11 @@ fn text_of(image: &[u8]) -> &[u8] {
 }
 
 fn looks_like_ptx(text: &[u8]) -> bool {
-    [&b".version"[..], b".target", b".entry"]
-        .iter()
-        .any(|k| text.windows(k.len()).any(|w| w == *k))
+    [&b".version"[..], b".target", b".entry"].iter().any(|k| text.windows(k.len()).any(|w| w == *k))
 }
 
 fn truncated(need: u64, have: &[u8]) -> ImageError {
-    ImageError::Truncated {
-        need,
-        have: have.len(),
-    }
+    ImageError::Truncated { need, have: have.len() }
 }
 
 fn to_usize(v: u64) -> Result<usize, ImageError> {
@@ -441,9 +397,7 @@ fn to_usize(v: u64) -> Result<usize, ImageError> {
 fn sub(data: &[u8], off: u64, len: u64) -> Result<&[u8], ImageError> {
     let end = off.checked_add(len).ok_or(ImageError::Overflow("range"))?;
     let range = usize::try_from(off).ok().zip(usize::try_from(end).ok());
-    range
-        .and_then(|(s, e)| data.get(s..e))
-        .ok_or_else(|| truncated(end, data))
+    range.and_then(|(s, e)| data.get(s..e)).ok_or_else(|| truncated(end, data))
 }
 
 /// A copy of the `T` at `data[off..]`, if it fits.
@@ -460,9 +414,7 @@ fn cstr_at(table: &[u8], off: u32) -> Option<&[u8]> {
 }
 
 fn name_string(name: &[u8]) -> Result<String, ImageError> {
-    core::str::from_utf8(name)
-        .map(str::to_owned)
-        .map_err(|_| ImageError::BadName)
+    core::str::from_utf8(name).map(str::to_owned).map_err(|_| ImageError::BadName)
 }
 
 /// Sorts by name and keeps the first of each name.
@@ -564,9 +516,7 @@ fn elf_header(data: &[u8]) -> Result<Elf64Header, ImageError> {
         return Err(ImageError::BadElf("e_phentsize is not 56"));
     }
     if header.shnum.get() == 0 && header.shoff.get() != 0 {
-        return Err(ImageError::BadElf(
-            "extended section numbering is not supported",
-        ));
+        return Err(ImageError::BadElf("extended section numbering is not supported"));
     }
     elf_table(header.shoff.get(), header.shnum.get(), ELF_SHDR_LEN)?;
     elf_table(header.phoff.get(), header.phnum.get(), ELF_PHDR_LEN)?;
@@ -580,8 +530,7 @@ fn elf_table(off: u64, num: u16, entry_len: u64) -> Result<Option<(u64, u64)>, I
     }
     // At most 65535 * 64 bytes: cannot overflow.
     let len = u64::from(num).saturating_mul(entry_len);
-    off.checked_add(len)
-        .ok_or(ImageError::Overflow("ELF header table"))?;
+    off.checked_add(len).ok_or(ImageError::Overflow("ELF header table"))?;
     Ok(Some((off, len)))
 }
 
@@ -607,11 +556,7 @@ fn elf_len(data: &[u8]) -> Result<usize, ImageError> {
                 continue;
             };
             if sh.sh_type.get() != SHT_NOBITS {
-                let e = sh
-                    .offset
-                    .get()
-                    .checked_add(sh.size.get())
-                    .ok_or(ImageError::Overflow("ELF section"))?;
+                let e = sh.offset.get().checked_add(sh.size.get()).ok_or(ImageError::Overflow("ELF section"))?;
                 end = end.max(e);
             }
         }
@@ -622,11 +567,7 @@ fn elf_len(data: &[u8]) -> Result<usize, ImageError> {
             let Ok(ph) = Elf64ProgramHeader::read_from_bytes(raw) else {
                 continue;
             };
-            let e = ph
-                .offset
-                .get()
-                .checked_add(ph.filesz.get())
-                .ok_or(ImageError::Overflow("ELF segment"))?;
+            let e = ph.offset.get().checked_add(ph.filesz.get()).ok_or(ImageError::Overflow("ELF segment"))?;
             end = end.max(e);
         }
     }
@@ -646,43 +587,27 @@ struct Elf<'a> {
 impl<'a> Elf<'a> {
     fn parse(data: &'a [u8]) -> Result<Self, ImageError> {
         let header = elf_header(data)?;
-        let Some((off, len)) = elf_table(header.shoff.get(), header.shnum.get(), ELF_SHDR_LEN)?
-        else {
-            return Ok(Elf {
-                data,
-                section_table: &[],
-                shstrtab: &[],
-            });
+        let Some((off, len)) = elf_table(header.shoff.get(), header.shnum.get(), ELF_SHDR_LEN)? else {
+            return Ok(Elf { data, section_table: &[], shstrtab: &[] });
         };
-        let mut elf = Elf {
-            data,
-            section_table: sub(data, off, len)?,
-            shstrtab: &[],
-        };
+        let mut elf = Elf { data, section_table: sub(data, off, len)?, shstrtab: &[] };
         // A section past the bytes is a truncated or corrupt image, even
         // where the section itself is not needed here.
         for sh in elf.sections() {
             elf.section_data(&sh)?;
         }
         let strndx = usize::from(header.shstrndx.get());
-        let shstr = elf
-            .section(strndx)
-            .ok_or(ImageError::BadElf("e_shstrndx is out of range"))?;
+        let shstr = elf.section(strndx).ok_or(ImageError::BadElf("e_shstrndx is out of range"))?;
         elf.shstrtab = elf.section_data(&shstr)?;
         Ok(elf)
     }
 
     fn sections(&self) -> impl Iterator<Item = Elf64SectionHeader> + 'a {
-        self.section_table
-            .chunks_exact(64)
-            .filter_map(|raw| Elf64SectionHeader::read_from_bytes(raw).ok())
+        self.section_table.chunks_exact(64).filter_map(|raw| Elf64SectionHeader::read_from_bytes(raw).ok())
     }
 
     fn section(&self, index: usize) -> Option<Elf64SectionHeader> {
-        read_at(
-            self.section_table,
-            u64::try_from(index).ok()?.checked_mul(ELF_SHDR_LEN)?,
-        )
+        read_at(self.section_table, u64::try_from(index).ok()?.checked_mul(ELF_SHDR_LEN)?)
     }
 
     fn section_data(&self, sh: &Elf64SectionHeader) -> Result<&'a [u8], ImageError> {
@@ -693,8 +618,7 @@ impl<'a> Elf<'a> {
     }
 
     fn section_name(&self, sh: &Elf64SectionHeader) -> Result<&'a [u8], ImageError> {
-        cstr_at(self.shstrtab, sh.name.get())
-            .ok_or(ImageError::BadElf("section name is not in .shstrtab"))
+        cstr_at(self.shstrtab, sh.name.get()).ok_or(ImageError::BadElf("section name is not in .shstrtab"))
     }
 }
 
@@ -722,23 +646,11 @@ fn cubin_kernels(data: &[u8], only: Option<&str>) -> Result<Vec<KernelInfo>, Ima
         let name = elf.section_name(&sh)?;
         if let Some(kernel) = name.strip_prefix(b".nv.info.") {
             if wanted(kernel) {
-                names.push((
-                    kernel,
-                    NameFacts {
-                        info: Some(index),
-                        ..NameFacts::default()
-                    },
-                ));
+                names.push((kernel, NameFacts { info: Some(index), ..NameFacts::default() }));
             }
         } else if let Some(func) = name.strip_prefix(b".text.") {
             if wanted(func) {
-                names.push((
-                    func,
-                    NameFacts {
-                        text: true,
-                        ..NameFacts::default()
-                    },
-                ));
+                names.push((func, NameFacts { text: true, ..NameFacts::default() }));
             }
         }
         if sh.sh_type.get() != SHT_SYMTAB {
@@ -749,11 +661,9 @@ fn cubin_kernels(data: &[u8], only: Option<&str>) -> Result<Vec<KernelInfo>, Ima
             return Err(ImageError::BadElf("symbol table entries are not 24 bytes"));
         }
         let symbols = elf.section_data(&sh)?;
-        let strtab_index =
-            usize::try_from(sh.link.get()).map_err(|_| ImageError::BadElf("bad sh_link"))?;
-        let strtab_header = elf.section(strtab_index).ok_or(ImageError::BadElf(
-            "symbol table's string table is out of range",
-        ))?;
+        let strtab_index = usize::try_from(sh.link.get()).map_err(|_| ImageError::BadElf("bad sh_link"))?;
+        let strtab_header =
+            elf.section(strtab_index).ok_or(ImageError::BadElf("symbol table's string table is out of range"))?;
         let strtab = elf.section_data(&strtab_header)?;
         for raw in symbols.chunks_exact(24) {
             let Ok(sym) = Elf64Symbol::read_from_bytes(raw) else {
@@ -764,16 +674,9 @@ fn cubin_kernels(data: &[u8], only: Option<&str>) -> Result<Vec<KernelInfo>, Ima
             }
             let entry = sym.other & STO_CUDA_ENTRY != 0;
             any_entry |= entry;
-            let name = cstr_at(strtab, sym.name.get())
-                .ok_or(ImageError::BadElf("symbol name is not in its table"))?;
+            let name = cstr_at(strtab, sym.name.get()).ok_or(ImageError::BadElf("symbol name is not in its table"))?;
             if wanted(name) {
-                names.push((
-                    name,
-                    NameFacts {
-                        func: Some(entry),
-                        ..NameFacts::default()
-                    },
-                ));
+                names.push((name, NameFacts { func: Some(entry), ..NameFacts::default() }));
             }
         }
     }
@@ -807,10 +710,7 @@ fn cubin_kernels(data: &[u8], only: Option<&str>) -> Result<Vec<KernelInfo>, Ima
             Some(sh) => nv_info_params(elf.section_data(&sh)?)?,
             None => Vec::new(),
         };
-        out.push(KernelInfo {
-            name: name_string(name)?,
-            params,
-        });
+        out.push(KernelInfo { name: name_string(name)?, params });
     }
     Ok(out)
 }
@@ -872,39 +772,26 @@ fn nv_info_params(section: &[u8]) -> Result<Vec<ParamInfo>, ImageError> {
             }
             EIFMT_SVAL => {
                 let len = usize::from(value16);
-                let value = tail
-                    .get(..len)
-                    .ok_or(ImageError::BadNvInfo("record value runs past the section"))?;
+                let value = tail.get(..len).ok_or(ImageError::BadNvInfo("record value runs past the section"))?;
                 rest = tail.get(len..).unwrap_or(&[]);
                 match *attribute {
                     EIATTR_KPARAM_INFO => {
-                        let record: KparamInfo = read_at(value, 0).ok_or(ImageError::BadNvInfo(
-                            "KPARAM_INFO is shorter than 12 bytes",
-                        ))?;
+                        let record: KparamInfo =
+                            read_at(value, 0).ok_or(ImageError::BadNvInfo("KPARAM_INFO is shorter than 12 bytes"))?;
                         let size = record.word.get() >> 18;
-                        params.push((
-                            record.ordinal.get(),
-                            ParamInfo {
-                                offset: u32::from(record.offset.get()),
-                                size,
-                            },
-                        ));
+                        params.push((record.ordinal.get(), ParamInfo { offset: u32::from(record.offset.get()), size }));
                     }
                     EIATTR_KPARAM_INFO_V2 => {
-                        let record: KparamInfoV2 = read_at(value, 0).ok_or(
-                            ImageError::BadNvInfo("KPARAM_INFO_V2 is shorter than 12 bytes"),
-                        )?;
+                        let record: KparamInfoV2 = read_at(value, 0)
+                            .ok_or(ImageError::BadNvInfo("KPARAM_INFO_V2 is shorter than 12 bytes"))?;
                         params.push((
                             record.ordinal.get(),
-                            ParamInfo {
-                                offset: u32::from(record.offset.get()),
-                                size: u32::from(record.size.get()),
-                            },
+                            ParamInfo { offset: u32::from(record.offset.get()), size: u32::from(record.size.get()) },
                         ));
                     }
                     EIATTR_PARAM_CBANK => {
-                        let record: ParamCbank = read_at(value, 0)
-                            .ok_or(ImageError::BadNvInfo("PARAM_CBANK is shorter than 8 bytes"))?;
+                        let record: ParamCbank =
+                            read_at(value, 0).ok_or(ImageError::BadNvInfo("PARAM_CBANK is shorter than 8 bytes"))?;
                         buffer_size = Some(u32::from(record.size.get()));
                     }
                     _ => {}
@@ -914,24 +801,15 @@ fn nv_info_params(section: &[u8]) -> Result<Vec<ParamInfo>, ImageError> {
         }
     }
     params.sort_by_key(|(ordinal, _)| *ordinal);
-    let limit = buffer_size
-        .unwrap_or(MAX_KERNEL_PARAM_BYTES)
-        .min(MAX_KERNEL_PARAM_BYTES);
+    let limit = buffer_size.unwrap_or(MAX_KERNEL_PARAM_BYTES).min(MAX_KERNEL_PARAM_BYTES);
     let mut out = Vec::new();
     for (expected, (ordinal, param)) in params.into_iter().enumerate() {
         if usize::from(ordinal) != expected {
-            return Err(ImageError::BadParams(
-                "parameter ordinals are not 0, 1, 2, ...",
-            ));
+            return Err(ImageError::BadParams("parameter ordinals are not 0, 1, 2, ..."));
         }
-        let end = param
-            .offset
-            .checked_add(param.size)
-            .ok_or(ImageError::BadParams("parameter end overflows"))?;
+        let end = param.offset.checked_add(param.size).ok_or(ImageError::BadParams("parameter end overflows"))?;
         if end > limit {
-            return Err(ImageError::BadParams(
-                "parameter ends past the parameter buffer",
-            ));
+            return Err(ImageError::BadParams("parameter ends past the parameter buffer"));
         }
         out.push(param);
     }
@@ -1012,8 +890,7 @@ struct FatbinWrapperRaw {
 
 /// `(first entry, end)` of the fatbin container at `data[0]`.
 fn fatbin_container(data: &[u8]) -> Result<(u64, u64), ImageError> {
-    let header: FatbinHeader =
-        read_at(data, 0).ok_or_else(|| truncated(FATBIN_HEADER_LEN, data))?;
+    let header: FatbinHeader = read_at(data, 0).ok_or_else(|| truncated(FATBIN_HEADER_LEN, data))?;
     match header.magic.get() {
         FATBIN_MAGIC => {}
         FATBIN_WRAPPER_MAGIC => return Err(ImageError::FatbinWrapper),
@@ -1023,9 +900,7 @@ fn fatbin_container(data: &[u8]) -> Result<(u64, u64), ImageError> {
     if start < FATBIN_HEADER_LEN {
         return Err(ImageError::BadFatbin("header_size is below 16"));
     }
-    let end = start
-        .checked_add(header.fat_size.get())
-        .ok_or(ImageError::Overflow("fatbin size"))?;
+    let end = start.checked_add(header.fat_size.get()).ok_or(ImageError::Overflow("fatbin size"))?;
     if end > MAX_IMAGE_LEN {
         return Err(ImageError::TooLarge { len: end });
     }
@@ -1050,11 +925,7 @@ fn chosen_entry<'a>(entries: Vec<FatbinEntry<'a>>) -> Option<FatbinEntry<'a>> {
         })
         .min_by_key(|e| {
             let kind_rank = u8::from(e.kind != FatbinEntryKind::Cubin);
-            let arch_rank = if e.arch <= PREFERRED_SM {
-                (0, Reverse(e.arch), 0)
-            } else {
-                (1, Reverse(0), e.arch)
-            };
+            let arch_rank = if e.arch <= PREFERRED_SM { (0, Reverse(e.arch), 0) } else { (1, Reverse(0), e.arch) };
             (kind_rank, arch_rank)
         })
 }
@@ -1092,11 +963,7 @@ struct Lexer<'a> {
 
 impl<'a> Lexer<'a> {
     fn new(text: &'a [u8]) -> Self {
-        Lexer {
-            text,
-            pos: 0,
-            peeked: None,
-        }
+        Lexer { text, pos: 0, peeked: None }
     }
 
     fn error(&self, offset: usize, reason: &'static str) -> ImageError {
@@ -1152,10 +1019,7 @@ impl<'a> Lexer<'a> {
                 }
                 self.pos = start.saturating_add(i).saturating_add(1);
             } else if is_word_byte(b) {
-                let len = rest
-                    .iter()
-                    .position(|&c| !is_word_byte(c))
-                    .unwrap_or(rest.len());
+                let len = rest.iter().position(|&c| !is_word_byte(c)).unwrap_or(rest.len());
                 self.pos = start.saturating_add(len);
                 return Ok(Some((start, Token::Word(rest.get(..len).unwrap_or(rest)))));
             } else {
@@ -1225,15 +1089,11 @@ fn ptx_param(lx: &mut Lexer<'_>) -> Result<ParamDecl, ImageError> {
                     Some((_, Token::Word(w))) => ptx_uint(w),
                     _ => None,
                 };
-                let n = n
-                    .filter(|&n| n > 0)
-                    .ok_or_else(|| lx.error(at, "array bound is not a positive integer"))?;
+                let n = n.filter(|&n| n > 0).ok_or_else(|| lx.error(at, "array bound is not a positive integer"))?;
                 if !matches!(lx.next()?, Some((_, Token::Punct(b']')))) {
                     return Err(lx.error(at, "expected ]"));
                 }
-                count = count
-                    .checked_mul(n)
-                    .ok_or_else(|| lx.error(at, "array too large"))?;
+                count = count.checked_mul(n).ok_or_else(|| lx.error(at, "array too large"))?;
             }
             Token::Word(word) if word.first() == Some(&b'.') => {
                 lx.next()?;
@@ -1258,32 +1118,24 @@ fn ptx_param(lx: &mut Lexer<'_>) -> Result<ParamDecl, ImageError> {
                         b"global" | b"const" | b"local" | b"shared" if pointer => {}
                         _ => match ptx_type_size(part) {
                             Some(size) if elem.is_none() && seen_param => elem = Some(size),
-                            _ => {
-                                return Err(lx.error(at, "unsupported parameter type or attribute"))
-                            }
+                            _ => return Err(lx.error(at, "unsupported parameter type or attribute")),
                         },
                     }
                 }
             }
             Token::Word(word) => {
                 lx.next()?;
-                if named || matches!(word.first(), None | Some(b'0'..=b'9')) || word.contains(&b'.')
-                {
+                if named || matches!(word.first(), None | Some(b'0'..=b'9')) || word.contains(&b'.') {
                     return Err(lx.error(at, "unexpected word in parameter declaration"));
                 }
                 named = true;
             }
-            Token::Punct(_) => {
-                return Err(lx.error(at, "unexpected character in parameter declaration"))
-            }
+            Token::Punct(_) => return Err(lx.error(at, "unexpected character in parameter declaration")),
         }
     }
     match elem {
         Some(elem) if seen_param && named => Ok(ParamDecl { elem, align, count }),
-        _ => Err(lx.error(
-            lx.pos,
-            "parameter declaration lacks .param, a type or a name",
-        )),
+        _ => Err(lx.error(lx.pos, "parameter declaration lacks .param, a type or a name")),
     }
 }
 
@@ -1294,23 +1146,14 @@ fn ptx_layout(decls: &[ParamDecl]) -> Result<Vec<ParamInfo>, ImageError> {
     let mut out = Vec::new();
     let mut cursor = 0u32;
     for decl in decls {
-        let size = decl
-            .elem
-            .checked_mul(decl.count)
-            .ok_or(ImageError::BadParams("parameter size overflows"))?;
+        let size = decl.elem.checked_mul(decl.count).ok_or(ImageError::BadParams("parameter size overflows"))?;
         let align = decl.align.unwrap_or(decl.elem).max(1);
         let mask = align.wrapping_sub(1);
-        let offset = cursor
-            .checked_add(mask)
-            .map(|v| v & !mask)
-            .ok_or(ImageError::BadParams("parameter offset overflows"))?;
-        cursor = offset
-            .checked_add(size)
-            .ok_or(ImageError::BadParams("parameter end overflows"))?;
+        let offset =
+            cursor.checked_add(mask).map(|v| v & !mask).ok_or(ImageError::BadParams("parameter offset overflows"))?;
+        cursor = offset.checked_add(size).ok_or(ImageError::BadParams("parameter end overflows"))?;
         if cursor > MAX_KERNEL_PARAM_BYTES {
-            return Err(ImageError::BadParams(
-                "parameters exceed CUDA's parameter buffer limit",
-            ));
+            return Err(ImageError::BadParams("parameters exceed CUDA's parameter buffer limit"));
         }
         out.push(ParamInfo { offset, size });
     }
@@ -1327,11 +1170,7 @@ fn ptx_kernels(text: &[u8], only: Option<&str>) -> Result<Vec<KernelInfo>, Image
             continue;
         }
         let name = match lx.next()? {
-            Some((_, Token::Word(w)))
-                if !w.contains(&b'.') && w.first().is_some_and(|c| !c.is_ascii_digit()) =>
-            {
-                w
-            }
+            Some((_, Token::Word(w))) if !w.contains(&b'.') && w.first().is_some_and(|c| !c.is_ascii_digit()) => w,
             Some((at, _)) => return Err(lx.error(at, "expected a kernel name after .entry")),
             None => return Err(lx.error(text.len(), "expected a kernel name after .entry")),
         };
@@ -1361,23 +1200,16 @@ fn ptx_kernels(text: &[u8], only: Option<&str>) -> Result<Vec<KernelInfo>, Image
             match lx.next()? {
                 Some((_, Token::Punct(b'{'))) => break true,
                 Some((_, Token::Punct(b';'))) => break false,
-                Some((at, Token::Word(b".entry"))) => {
-                    return Err(lx.error(at, "kernel has no body"))
-                }
+                Some((at, Token::Word(b".entry"))) => return Err(lx.error(at, "kernel has no body")),
                 Some((_, Token::Word(_) | Token::Punct(b','))) => {}
-                Some((at, _)) => {
-                    return Err(lx.error(at, "unexpected token after kernel parameters"))
-                }
+                Some((at, _)) => return Err(lx.error(at, "unexpected token after kernel parameters")),
                 None => return Err(lx.error(text.len(), "kernel has no body")),
             }
         };
         if !defined {
             continue;
         }
-        out.push(KernelInfo {
-            name: name_string(name)?,
-            params: ptx_layout(&decls)?,
-        });
+        out.push(KernelInfo { name: name_string(name)?, params: ptx_layout(&decls)? });
         if only.is_some() {
             break;
         }
@@ -1422,10 +1254,7 @@ mod tests {
         p32(&mut value, 0);
         p16(&mut value, ordinal);
         p16(&mut value, offset);
-        p32(
-            &mut value,
-            (size << 18) | (1 << 16) | 0xf000 | if pointer { 0x500 } else { 0 },
-        );
+        p32(&mut value, (size << 18) | (1 << 16) | 0xf000 | if pointer { 0x500 } else { 0 });
         sval(EIATTR_KPARAM_INFO, &value)
     }
 
@@ -1466,11 +1295,7 @@ mod tests {
     }
 
     fn section(name: &str, data: Vec<u8>) -> Section {
-        Section {
-            name: name.into(),
-            ty: 1,
-            data,
-        }
+        Section { name: name.into(), ty: 1, data }
     }
 
     /// A minimal EM_CUDA ELF64: header, one program header, the given
@@ -1492,32 +1317,16 @@ mod tests {
         // Index of .strtab once the null section and the user sections come
         // before it: null, user..., .strtab, .symtab, .shstrtab.
         let strtab_index = sections.len() + 1;
-        sections.push(Section {
-            name: ".strtab".into(),
-            ty: 3,
-            data: strtab,
-        });
-        sections.push(Section {
-            name: ".symtab".into(),
-            ty: SHT_SYMTAB,
-            data: symtab,
-        });
+        sections.push(Section { name: ".strtab".into(), ty: 3, data: strtab });
+        sections.push(Section { name: ".symtab".into(), ty: SHT_SYMTAB, data: symtab });
         let mut shstrtab = vec![0u8];
         let mut name_offsets = Vec::new();
-        for s in sections
-            .iter()
-            .map(|s| s.name.as_str())
-            .chain([".shstrtab"])
-        {
+        for s in sections.iter().map(|s| s.name.as_str()).chain([".shstrtab"]) {
             name_offsets.push(shstrtab.len() as u32);
             shstrtab.extend_from_slice(s.as_bytes());
             shstrtab.push(0);
         }
-        sections.push(Section {
-            name: ".shstrtab".into(),
-            ty: 3,
-            data: shstrtab,
-        });
+        sections.push(Section { name: ".shstrtab".into(), ty: 3, data: shstrtab });
 
         let mut out = vec![0u8; 64 + 56];
         let mut placed = Vec::new();
@@ -1537,23 +1346,14 @@ mod tests {
             p64(&mut sh, 0);
             p64(&mut sh, placed[i]);
             p64(&mut sh, s.data.len() as u64);
-            p32(
-                &mut sh,
-                if s.ty == SHT_SYMTAB {
-                    strtab_index as u32
-                } else {
-                    0
-                },
-            );
+            p32(&mut sh, if s.ty == SHT_SYMTAB { strtab_index as u32 } else { 0 });
             p32(&mut sh, 0);
             p64(&mut sh, 8);
             p64(&mut sh, if s.ty == SHT_SYMTAB { 24 } else { 0 });
             out.extend(sh);
         }
         let mut header = Vec::new();
-        header.extend_from_slice(&[
-            0x7f, b'E', b'L', b'F', 2, 1, 1, 0x33, 7, 0, 0, 0, 0, 0, 0, 0,
-        ]);
+        header.extend_from_slice(&[0x7f, b'E', b'L', b'F', 2, 1, 1, 0x33, 7, 0, 0, 0, 0, 0, 0, 0]);
         p16(&mut header, 2); // ET_EXEC
         p16(&mut header, EM_CUDA);
         p32(&mut header, 1);
@@ -1595,18 +1395,9 @@ mod tests {
                 section(".text.empty", vec![0u8; 0x20]),
                 section(".text._Z3devv", vec![0u8; 0x20]),
                 section(".nv.info", nv_info(&[], 0)),
-                Section {
-                    name: ".nv.shared.reserved".into(),
-                    ty: SHT_NOBITS,
-                    data: vec![],
-                },
+                Section { name: ".nv.shared.reserved".into(), ty: SHT_NOBITS, data: vec![] },
             ],
-            &[
-                (VECADD, 0x12, 0x10),
-                ("empty", 0x12, 0x10),
-                ("_Z3devv", 0x02, 0x00),
-                ("x", 0x11, 0),
-            ],
+            &[(VECADD, 0x12, 0x10), ("empty", 0x12, 0x10), ("_Z3devv", 0x02, 0x00), ("x", 0x11, 0)],
         )
     }
 
@@ -1615,10 +1406,7 @@ mod tests {
     }
 
     fn vecadd_params() -> Vec<ParamInfo> {
-        [(0, 8), (8, 8), (16, 8), (24, 4)]
-            .iter()
-            .map(|&(offset, size)| ParamInfo { offset, size })
-            .collect()
+        [(0, 8), (8, 8), (16, 8), (24, 4)].iter().map(|&(offset, size)| ParamInfo { offset, size }).collect()
     }
 
     /// A fatbin container holding `entries` (kind, arch, flags, payload).
@@ -1719,9 +1507,7 @@ mod tests {
     }
 
     fn params(list: &[(u32, u32)]) -> Vec<ParamInfo> {
-        list.iter()
-            .map(|&(offset, size)| ParamInfo { offset, size })
-            .collect()
+        list.iter().map(|&(offset, size)| ParamInfo { offset, size }).collect()
     }
 
     // ----- PTX ------------------------------------------------------------
@@ -1736,10 +1522,7 @@ mod tests {
         assert_eq!(all[1].params, vecadd_params());
         // u8 at 0; 24-byte struct aligned to 8 at 8; f16 at 32; f64 at 40;
         // b32[3] at 48.
-        assert_eq!(
-            all[0].params,
-            params(&[(0, 1), (8, 24), (32, 2), (40, 8), (48, 12)])
-        );
+        assert_eq!(all[0].params, params(&[(0, 1), (8, 24), (32, 2), (40, 8), (48, 12)]));
         assert_eq!(all[0].param_buffer_size(), 60);
         assert!(all[2].params.is_empty() && all[3].params.is_empty());
     }
@@ -1747,15 +1530,8 @@ mod tests {
     #[test]
     fn ptx_kernel_lookup_by_name() {
         let image = ptx_image();
-        assert_eq!(
-            kernel(&image, VECADD).unwrap().unwrap().params,
-            vecadd_params()
-        );
-        assert_eq!(
-            kernel(&image, "_Z6helperi").unwrap(),
-            None,
-            ".func is not a kernel"
-        );
+        assert_eq!(kernel(&image, VECADD).unwrap().unwrap().params, vecadd_params());
+        assert_eq!(kernel(&image, "_Z6helperi").unwrap(), None, ".func is not a kernel");
         assert_eq!(kernel(&image, "fake_in_comment").unwrap(), None);
         assert_eq!(kernel(&image, "commented_out").unwrap(), None);
     }
@@ -1768,29 +1544,16 @@ mod tests {
         assert_eq!(image_len(&padded), Ok(image.len()));
         assert_eq!(
             image_len(PTX.as_bytes()),
-            Err(ImageError::Truncated {
-                need: PTX.len() as u64 + 1,
-                have: PTX.len()
-            })
+            Err(ImageError::Truncated { need: PTX.len() as u64 + 1, have: PTX.len() })
         );
         assert_eq!(image_len(b"\0"), Ok(1));
-        assert_eq!(
-            image_len(b".v"),
-            Err(ImageError::Truncated { need: 4, have: 2 })
-        );
+        assert_eq!(image_len(b".v"), Err(ImageError::Truncated { need: 4, have: 2 }));
     }
 
     #[test]
     fn ptx_declarations_are_not_definitions() {
-        let ptx =
-            b".version 8.0\n.extern .entry k(.param .u32 a);\n.entry k(.param .u64 b) { ret; }\0";
-        assert_eq!(
-            kernels(ptx).unwrap(),
-            vec![KernelInfo {
-                name: "k".into(),
-                params: params(&[(0, 8)])
-            }]
-        );
+        let ptx = b".version 8.0\n.extern .entry k(.param .u32 a);\n.entry k(.param .u64 b) { ret; }\0";
+        assert_eq!(kernels(ptx).unwrap(), vec![KernelInfo { name: "k".into(), params: params(&[(0, 8)]) }]);
     }
 
     #[test]
@@ -1817,10 +1580,7 @@ mod tests {
     #[test]
     fn ptx_compound_directives_and_hex() {
         let ptx = b".entry k(.param.u16 a, .param .align 0x10 .b8 s[0x20], .param .u8 c) {}";
-        assert_eq!(
-            kernels(ptx).unwrap()[0].params,
-            params(&[(0, 2), (16, 32), (48, 1)])
-        );
+        assert_eq!(kernels(ptx).unwrap()[0].params, params(&[(0, 2), (16, 32), (48, 1)]));
     }
 
     // ----- cubin ----------------------------------------------------------
@@ -1833,25 +1593,12 @@ mod tests {
         assert_eq!(
             all,
             vec![
-                KernelInfo {
-                    name: VECADD.into(),
-                    params: vecadd_params()
-                },
-                KernelInfo {
-                    name: "empty".into(),
-                    params: vec![]
-                },
+                KernelInfo { name: VECADD.into(), params: vecadd_params() },
+                KernelInfo { name: "empty".into(), params: vec![] },
             ]
         );
-        assert_eq!(
-            kernel(&image, VECADD).unwrap().unwrap().param_buffer_size(),
-            28
-        );
-        assert_eq!(
-            kernel(&image, "_Z3devv").unwrap(),
-            None,
-            "a device function is not a kernel"
-        );
+        assert_eq!(kernel(&image, VECADD).unwrap().unwrap().param_buffer_size(), 28);
+        assert_eq!(kernel(&image, "_Z3devv").unwrap(), None, "a device function is not a kernel");
         assert_eq!(kernel(&image, "missing").unwrap(), None);
     }
 
@@ -1866,11 +1613,7 @@ mod tests {
             ],
             &[("a", 0x12, 0), ("b", 0x12, 0)],
         );
-        let names: Vec<String> = kernels(&image)
-            .unwrap()
-            .into_iter()
-            .map(|k| k.name)
-            .collect();
+        let names: Vec<String> = kernels(&image).unwrap().into_iter().map(|k| k.name).collect();
         assert_eq!(names, ["a", "b"]);
     }
 
@@ -1880,57 +1623,27 @@ mod tests {
         info.extend(kparam_v2(1, 0x1500, 8));
         info.extend(kparam_v2(0, 0, 0x1500));
         let image = sample_cubin_with(info);
-        assert_eq!(
-            kernel(&image, VECADD).unwrap().unwrap().params,
-            params(&[(0, 0x1500), (0x1500, 8)])
-        );
+        assert_eq!(kernel(&image, VECADD).unwrap().unwrap().params, params(&[(0, 0x1500), (0x1500, 8)]));
     }
 
     #[test]
     fn cubin_bad_param_records_are_errors() {
         let gap = nv_info(&[(0, 0, 8), (2, 16, 8)], 24);
-        assert!(matches!(
-            kernels(&sample_cubin_with(gap)),
-            Err(ImageError::BadParams(_))
-        ));
+        assert!(matches!(kernels(&sample_cubin_with(gap)), Err(ImageError::BadParams(_))));
         let past_bank = nv_info(&[(0, 0, 8), (1, 8, 8)], 12);
-        assert!(matches!(
-            kernels(&sample_cubin_with(past_bank)),
-            Err(ImageError::BadParams(_))
-        ));
+        assert!(matches!(kernels(&sample_cubin_with(past_bank)), Err(ImageError::BadParams(_))));
         let mut dup = nv_info(&[(0, 0, 8)], 16);
         dup.extend(kparam(0, 8, 8, true));
-        assert!(matches!(
-            kernels(&sample_cubin_with(dup)),
-            Err(ImageError::BadParams(_))
-        ));
+        assert!(matches!(kernels(&sample_cubin_with(dup)), Err(ImageError::BadParams(_))));
         let short = sval(EIATTR_KPARAM_INFO, &[0; 8]);
-        assert!(matches!(
-            kernels(&sample_cubin_with(short)),
-            Err(ImageError::BadNvInfo(_))
-        ));
+        assert!(matches!(kernels(&sample_cubin_with(short)), Err(ImageError::BadNvInfo(_))));
         let mut runs_past = vec![EIFMT_SVAL, EIATTR_KPARAM_INFO];
         p16(&mut runs_past, 0xffff);
-        assert!(matches!(
-            kernels(&sample_cubin_with(runs_past)),
-            Err(ImageError::BadNvInfo(_))
-        ));
-        assert!(matches!(
-            kernels(&sample_cubin_with(vec![9, 0x17, 0, 0])),
-            Err(ImageError::BadNvInfo(_))
-        ));
-        assert!(matches!(
-            kernels(&sample_cubin_with(vec![EIFMT_NVAL, 0x35])),
-            Err(ImageError::BadNvInfo(_))
-        ));
+        assert!(matches!(kernels(&sample_cubin_with(runs_past)), Err(ImageError::BadNvInfo(_))));
+        assert!(matches!(kernels(&sample_cubin_with(vec![9, 0x17, 0, 0])), Err(ImageError::BadNvInfo(_))));
+        assert!(matches!(kernels(&sample_cubin_with(vec![EIFMT_NVAL, 0x35])), Err(ImageError::BadNvInfo(_))));
         // The broken kernel does not stop a lookup of another one.
-        assert_eq!(
-            kernel(&sample_cubin_with(vec![9, 9, 9, 9]), "empty")
-                .unwrap()
-                .unwrap()
-                .params,
-            vec![]
-        );
+        assert_eq!(kernel(&sample_cubin_with(vec![9, 9, 9, 9]), "empty").unwrap().unwrap().params, vec![]);
     }
 
     #[test]
@@ -1995,10 +1708,7 @@ mod tests {
         // image_len does not need .shstrtab; the parsers do.
         let bad_strndx = set(62, &0xfff0u16.to_le_bytes());
         assert_eq!(image_len(&bad_strndx), Ok(good.len()));
-        assert_eq!(
-            kernels(&bad_strndx),
-            Err(ImageError::BadElf("e_shstrndx is out of range"))
-        );
+        assert_eq!(kernels(&bad_strndx), Err(ImageError::BadElf("e_shstrndx is out of range")));
         // A section whose offset + size overflows.
         let shoff_val = u64::from_le_bytes(good[40..48].try_into().unwrap()) as usize;
         let mut v = good.clone();
@@ -2039,10 +1749,7 @@ mod tests {
         assert_eq!(detect(&image), Some(ImageKind::Fatbin));
         assert_eq!(image_len(&image), Ok(image.len()));
         let entries = fatbin_entries(&image).unwrap();
-        let summary: Vec<_> = entries
-            .iter()
-            .map(|e| (e.kind, e.arch, e.compressed))
-            .collect();
+        let summary: Vec<_> = entries.iter().map(|e| (e.kind, e.arch, e.compressed)).collect();
         assert_eq!(
             summary,
             [
@@ -2056,10 +1763,7 @@ mod tests {
         assert_eq!(&entries[3].payload[..sm90.len()], &sm90[..]);
         assert_eq!(&image[entries[3].payload_range.clone()], entries[3].payload);
         assert_eq!(kernels(&image).unwrap()[0].name, "k90");
-        assert_eq!(
-            kernel(&image, "k90").unwrap().unwrap().params,
-            params(&[(0, 8)])
-        );
+        assert_eq!(kernel(&image, "k90").unwrap().unwrap().params, params(&[(0, 8)]));
         // Without sm_90: sm_80; with only sm_100: sm_100.
         let image = build_fatbin(&[(2, 100, 0, &sm100), (2, 80, 0, &sm80)]);
         assert_eq!(kernels(&image).unwrap()[0].name, "k80");
@@ -2071,20 +1775,10 @@ mod tests {
     fn fatbin_falls_back_to_ptx_then_to_the_host() {
         let ptx = ptx_image();
         let image = build_fatbin(&[(2, 90, 0x8011, b"zstd bytes"), (1, 90, 0x11, &ptx)]);
-        assert_eq!(
-            kernel(&image, VECADD).unwrap().unwrap().params,
-            vecadd_params()
-        );
-        let image = build_fatbin(&[
-            (2, 90, 0x8011, b"zstd"),
-            (1, 90, 0x2011, b"lz4"),
-            (4, 90, 0, b"ltoir"),
-        ]);
+        assert_eq!(kernel(&image, VECADD).unwrap().unwrap().params, vecadd_params());
+        let image = build_fatbin(&[(2, 90, 0x8011, b"zstd"), (1, 90, 0x2011, b"lz4"), (4, 90, 0, b"ltoir")]);
         assert_eq!(kernels(&image), Err(ImageError::NoReadableEntry));
-        assert_eq!(
-            fatbin_entries(&image).unwrap()[2].kind,
-            FatbinEntryKind::Other(4)
-        );
+        assert_eq!(fatbin_entries(&image).unwrap()[2].kind, FatbinEntryKind::Other(4));
         // An entry marked uncompressed whose bytes are no ELF is skipped too.
         let image = build_fatbin(&[(2, 90, 0, b"not an elf")]);
         assert_eq!(kernels(&image), Err(ImageError::NoReadableEntry));
@@ -2128,13 +1822,7 @@ mod tests {
         p32(&mut w, 1);
         p64(&mut w, 0x7f00_1234_5000);
         p64(&mut w, 0);
-        assert_eq!(
-            fatbin_wrapper(&w),
-            Some(FatbinWrapper {
-                version: 1,
-                data: 0x7f00_1234_5000
-            })
-        );
+        assert_eq!(fatbin_wrapper(&w), Some(FatbinWrapper { version: 1, data: 0x7f00_1234_5000 }));
         assert_eq!(detect(&w), None);
         assert_eq!(image_len(&w), Err(ImageError::FatbinWrapper));
         assert_eq!(kernels(&w), Err(ImageError::FatbinWrapper));
@@ -2183,10 +1871,7 @@ mod tests {
 
     #[test]
     fn every_prefix_of_a_fatbin() {
-        check_prefixes(&build_fatbin(&[
-            (2, 90, 0, &sample_cubin()),
-            (1, 90, 0, &ptx_image()),
-        ]));
+        check_prefixes(&build_fatbin(&[(2, 90, 0, &sample_cubin()), (1, 90, 0, &ptx_image())]));
     }
 
     #[test]
@@ -2207,11 +1892,8 @@ mod tests {
     /// images, through every parser (a small fuzz run).
     #[test]
     fn mutated_images_do_not_panic() {
-        let seeds = [
-            sample_cubin(),
-            build_fatbin(&[(2, 90, 0, &sample_cubin()), (1, 90, 0, &ptx_image())]),
-            ptx_image(),
-        ];
+        let seeds =
+            [sample_cubin(), build_fatbin(&[(2, 90, 0, &sample_cubin()), (1, 90, 0, &ptx_image())]), ptx_image()];
         let mut state = 0x9E37_79B9_7F4A_7C15u64;
         let mut rand = move || {
             state ^= state << 13;
@@ -2220,10 +1902,7 @@ mod tests {
             state
         };
         // MODULE_IMAGE_FUZZ_ITERS=1000000 cargo test --release runs a longer one.
-        let iters = std::env::var("MODULE_IMAGE_FUZZ_ITERS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(3000);
+        let iters = std::env::var("MODULE_IMAGE_FUZZ_ITERS").ok().and_then(|v| v.parse().ok()).unwrap_or(3000);
         for seed in &seeds {
             for _ in 0..iters {
                 let mut v = seed.clone();

@@ -167,26 +167,19 @@ pub const CMD_RESOURCE_CREATE_2D: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD
 pub const CMD_RESOURCE_UNREF: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_UNREF;
 pub const CMD_SET_SCANOUT: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SET_SCANOUT;
 pub const CMD_RESOURCE_FLUSH: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_FLUSH;
-pub const CMD_TRANSFER_TO_HOST_2D: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D;
-pub const CMD_RESOURCE_ATTACH_BACKING: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING;
-pub const CMD_RESOURCE_DETACH_BACKING: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING;
+pub const CMD_TRANSFER_TO_HOST_2D: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_TO_HOST_2D;
+pub const CMD_RESOURCE_ATTACH_BACKING: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_ATTACH_BACKING;
+pub const CMD_RESOURCE_DETACH_BACKING: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_DETACH_BACKING;
 pub const CMD_GET_CAPSET_INFO: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_CAPSET_INFO;
 pub const CMD_GET_CAPSET: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_CAPSET;
 pub const CMD_GET_EDID: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_GET_EDID;
 pub const CMD_CTX_CREATE: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_CREATE;
 pub const CMD_CTX_DESTROY: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DESTROY;
-pub const CMD_CTX_ATTACH_RESOURCE: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE;
-pub const CMD_CTX_DETACH_RESOURCE: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE;
+pub const CMD_CTX_ATTACH_RESOURCE: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_ATTACH_RESOURCE;
+pub const CMD_CTX_DETACH_RESOURCE: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_CTX_DETACH_RESOURCE;
 pub const CMD_RESOURCE_CREATE_3D: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_RESOURCE_CREATE_3D;
-pub const CMD_TRANSFER_TO_HOST_3D: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D;
-pub const CMD_TRANSFER_FROM_HOST_3D: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D;
+pub const CMD_TRANSFER_TO_HOST_3D: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_TO_HOST_3D;
+pub const CMD_TRANSFER_FROM_HOST_3D: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_TRANSFER_FROM_HOST_3D;
 pub const CMD_SUBMIT_3D: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_SUBMIT_3D;
 pub const CMD_UPDATE_CURSOR: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_UPDATE_CURSOR;
 pub const CMD_MOVE_CURSOR: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_CMD_MOVE_CURSOR;
@@ -197,14 +190,10 @@ pub const RESP_OK_CAPSET: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_CAP
 pub const RESP_OK_EDID: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_OK_EDID;
 pub const RESP_ERR_UNSPEC: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_UNSPEC;
 pub const RESP_ERR_OUT_OF_MEMORY: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_OUT_OF_MEMORY;
-pub const RESP_ERR_INVALID_SCANOUT_ID: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID;
-pub const RESP_ERR_INVALID_RESOURCE_ID: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID;
-pub const RESP_ERR_INVALID_CONTEXT_ID: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID;
-pub const RESP_ERR_INVALID_PARAMETER: u32 =
-    sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
+pub const RESP_ERR_INVALID_SCANOUT_ID: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_SCANOUT_ID;
+pub const RESP_ERR_INVALID_RESOURCE_ID: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_RESOURCE_ID;
+pub const RESP_ERR_INVALID_CONTEXT_ID: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_CONTEXT_ID;
+pub const RESP_ERR_INVALID_PARAMETER: u32 = sys::virtio_gpu_ctrl_type_VIRTIO_GPU_RESP_ERR_INVALID_PARAMETER;
 pub const FLAG_FENCE: u32 = sys::VIRTIO_GPU_FLAG_FENCE;
 pub const F_VIRGL: u32 = sys::VIRTIO_GPU_F_VIRGL;
 pub const F_EDID: u32 = sys::VIRTIO_GPU_F_EDID;

@@ -437,19 +437,7 @@ pub const PARAMS_FROM_HOST_DRIVER: u32 = 1;
 pub const PARAMS_FROM_IMAGE: u32 = 2;
 
 #[repr(C)]
-#[derive(
-    Clone,
-    Copy,
-    Debug,
-    Default,
-    PartialEq,
-    Eq,
-    FromBytes,
-    IntoBytes,
-    KnownLayout,
-    Immutable,
-    Unaligned,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
 pub struct ParamLayout {
     pub offset: U32,
     pub size: U32,

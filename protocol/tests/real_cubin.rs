@@ -22,14 +22,8 @@ fn ptxas_output_yields_every_kernel_with_its_parameter_layout() {
     assert_eq!(ks.len(), 6);
     assert_eq!(layout("gv_empty"), vec![]);
     assert_eq!(layout("gv_fill_u32"), vec![(0, 8), (8, 4), (16, 8)]);
-    assert_eq!(
-        layout("gv_saxpy_f32"),
-        vec![(0, 4), (8, 8), (16, 8), (24, 8)]
-    );
-    assert_eq!(
-        layout("gv_matmul_f32"),
-        vec![(0, 8), (8, 8), (16, 8), (24, 4)]
-    );
+    assert_eq!(layout("gv_saxpy_f32"), vec![(0, 4), (8, 8), (16, 8), (24, 8)]);
+    assert_eq!(layout("gv_matmul_f32"), vec![(0, 8), (8, 8), (16, 8), (24, 4)]);
     // The PTX the cubin came from gives the same layout.
     let mut ptx = include_bytes!("../../guest-tests/kernels.ptx").to_vec();
     ptx.push(0);

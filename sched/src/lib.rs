@@ -133,12 +133,7 @@ pub struct GpuPolicy {
 
 impl Default for GpuPolicy {
     fn default() -> Self {
-        GpuPolicy {
-            slice_ns: 10 * MS,
-            best_effort_max_wait_ns: 5 * S,
-            window_ns: 5 * S,
-            grace_ns: 2 * MS,
-        }
+        GpuPolicy { slice_ns: 10 * MS, best_effort_max_wait_ns: 5 * S, window_ns: 5 * S, grace_ns: 2 * MS }
     }
 }
 
@@ -156,13 +151,7 @@ pub struct VmParams {
 
 impl Default for VmParams {
     fn default() -> Self {
-        VmParams {
-            class: QosClass::Burstable,
-            weight: 1,
-            priority: 0,
-            slice_ns: None,
-            drained: false,
-        }
+        VmParams { class: QosClass::Burstable, weight: 1, priority: 0, slice_ns: None, drained: false }
     }
 }
 
@@ -170,11 +159,7 @@ impl Default for VmParams {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Action {
     /// `vm` may submit GPU work for `slice_ns` from now under grant `grant`.
-    Grant {
-        vm: VmId,
-        grant: u64,
-        slice_ns: Nanos,
-    },
+    Grant { vm: VmId, grant: u64, slice_ns: Nanos },
     /// `vm` must stop submitting and release `grant`.
     Revoke { vm: VmId, grant: u64 },
 }

@@ -214,14 +214,7 @@ impl Scheduler {
     /// grant, and `more` says whether it still has work queued. A release of
     /// a grant that is not `vm`'s current one only charges `used_ns` (and a
     /// release of its last revoked grant also says whether it has work left).
-    pub fn release(
-        &mut self,
-        vm: VmId,
-        grant: u64,
-        used_ns: Nanos,
-        more: bool,
-        now: Nanos,
-    ) -> Vec<Action> {
+    pub fn release(&mut self, vm: VmId, grant: u64, used_ns: Nanos, more: bool, now: Nanos) -> Vec<Action> {
         let now = self.clock(now);
         let mut out = Vec::new();
         if !self.vms.contains_key(&vm) {
@@ -286,8 +279,7 @@ impl Scheduler {
     /// When [`tick`](Self::tick) must run next: the holder's deadline plus
     /// the grace time.
     pub fn next_deadline(&self) -> Option<Nanos> {
-        self.holding
-            .map(|h| h.deadline.saturating_add(self.policy.grace_ns))
+        self.holding.map(|h| h.deadline.saturating_add(self.policy.grace_ns))
     }
 
     pub fn holder(&self) -> Option<VmId> {
@@ -329,11 +321,7 @@ impl Scheduler {
                 Tier::BestEffort => w / busy_weight(Tier::BestEffort),
             }
         };
-        let waiting = if v.runnable {
-            now.saturating_sub(v.runnable_since)
-        } else {
-            0
-        };
+        let waiting = if v.runnable { now.saturating_sub(v.runnable_since) } else { 0 };
         Some(VmStats {
             runnable: v.runnable,
             holding,
@@ -352,11 +340,7 @@ impl Scheduler {
         let now = now.max(self.now);
         let window = self.policy.window_ns.max(1);
         let busy = self.usage.sum(now, window) as f64 / window as f64;
-        GpuStats {
-            holder: self.holder(),
-            busy_fraction: busy.min(1.0),
-            runnable: self.candidates().count(),
-        }
+        GpuStats { holder: self.holder(), busy_fraction: busy.min(1.0), runnable: self.candidates().count() }
     }
 
     // ---- state helpers ----
@@ -367,9 +351,7 @@ impl Scheduler {
     }
 
     fn slice_of(&self, p: &VmParams) -> Nanos {
-        p.slice_ns
-            .unwrap_or(self.policy.slice_ns)
-            .clamp(MIN_SLICE_US * 1000, MAX_SLICE_US * 1000)
+        p.slice_ns.unwrap_or(self.policy.slice_ns).clamp(MIN_SLICE_US * 1000, MAX_SLICE_US * 1000)
     }
 
     fn vslice_of(&self, p: &VmParams) -> u128 {
@@ -378,16 +360,11 @@ impl Scheduler {
 
     /// Runnable and allowed a grant.
     fn is_candidate(&self, vm: VmId) -> bool {
-        self.vms
-            .get(&vm)
-            .is_some_and(|v| v.runnable && !v.params.drained)
+        self.vms.get(&vm).is_some_and(|v| v.runnable && !v.params.drained)
     }
 
     fn candidates(&self) -> impl Iterator<Item = VmId> + '_ {
-        self.vms
-            .iter()
-            .filter(|(_, v)| v.runnable && !v.params.drained)
-            .map(|(&id, _)| id)
+        self.vms.iter().filter(|(_, v)| v.runnable && !v.params.drained).map(|(&id, _)| id)
     }
 
     fn is_busy(&self, vm: VmId) -> bool {
@@ -395,9 +372,7 @@ impl Scheduler {
     }
 
     fn tier_busy(&self, t: Tier) -> bool {
-        self.vms
-            .iter()
-            .any(|(&id, v)| tier(v.params.class) == t && self.is_busy(id))
+        self.vms.iter().any(|(&id, v)| tier(v.params.class) == t && self.is_busy(id))
     }
 
     /// Lowest virtual time of the busy VMs of tier `t` other than `except`.
@@ -411,8 +386,7 @@ impl Scheduler {
 
     /// Where fair sharing stands in tier `t`, as seen by `vm`.
     fn reference_vtime(&self, t: Tier, vm: VmId) -> u128 {
-        self.min_busy_vtime(t, Some(vm))
-            .unwrap_or(self.vclock[t as usize])
+        self.min_busy_vtime(t, Some(vm)).unwrap_or(self.vclock[t as usize])
     }
 
     /// `vm` became busy: it keeps no credit from its idle time beyond one slice.
@@ -420,9 +394,7 @@ impl Scheduler {
         let Some(p) = self.vms.get(&vm).map(|v| v.params) else {
             return;
         };
-        let floor = self
-            .reference_vtime(tier(p.class), vm)
-            .saturating_sub(self.vslice_of(&p));
+        let floor = self.reference_vtime(tier(p.class), vm).saturating_sub(self.vslice_of(&p));
         if let Some(v) = self.vms.get_mut(&vm) {
             v.vtime = v.vtime.max(floor);
         }
@@ -471,15 +443,12 @@ impl Scheduler {
 
     fn under_reservation(&self, vm: VmId, now: Nanos) -> bool {
         self.vms.get(&vm).is_some_and(|v| {
-            v.params.class == QosClass::Guaranteed
-                && self.share_used(v, now) < self.reserved_share(vm)
+            v.params.class == QosClass::Guaranteed && self.share_used(v, now) < self.reserved_share(vm)
         })
     }
 
     fn eligible(&self, vm: VmId, min_vtime: u128) -> bool {
-        self.vms
-            .get(&vm)
-            .is_some_and(|v| v.vtime < min_vtime.saturating_add(self.vslice_of(&v.params)))
+        self.vms.get(&vm).is_some_and(|v| v.vtime < min_vtime.saturating_add(self.vslice_of(&v.params)))
     }
 
     // ---- decisions ----
@@ -502,21 +471,14 @@ impl Scheduler {
         if self.under_reservation(c, now) {
             return true;
         }
-        cv.params.priority > hv.params.priority
-            && self
-                .min_busy_vtime(ct, None)
-                .is_some_and(|m| self.eligible(c, m))
+        cv.params.priority > hv.params.priority && self.min_busy_vtime(ct, None).is_some_and(|m| self.eligible(c, m))
     }
 
     /// The VM to grant next, and whether it is a rescue grant.
     fn select(&self, now: Nanos) -> Option<(VmId, bool)> {
         let cands: Vec<VmId> = self.candidates().collect();
         let in_tier = |t: Tier| -> Vec<VmId> {
-            cands
-                .iter()
-                .copied()
-                .filter(|id| self.vms.get(id).is_some_and(|v| tier(v.params.class) == t))
-                .collect()
+            cands.iter().copied().filter(|id| self.vms.get(id).is_some_and(|v| tier(v.params.class) == t)).collect()
         };
         let shared = in_tier(Tier::Shared);
         if shared.is_empty() {
@@ -531,11 +493,7 @@ impl Scheduler {
         if let Some((_, id)) = starved {
             return Some((id, true));
         }
-        let reserved: Vec<VmId> = shared
-            .iter()
-            .copied()
-            .filter(|&id| self.under_reservation(id, now))
-            .collect();
+        let reserved: Vec<VmId> = shared.iter().copied().filter(|&id| self.under_reservation(id, now)).collect();
         if let Some(id) = self.pick(&reserved) {
             return Some((id, false));
         }
@@ -545,11 +503,7 @@ impl Scheduler {
     /// Among `set`: the highest priority of the eligible VMs, then the lowest
     /// virtual time, then the lowest id.
     fn pick(&self, set: &[VmId]) -> Option<VmId> {
-        let min = set
-            .iter()
-            .filter_map(|id| self.vms.get(id))
-            .map(|v| v.vtime)
-            .min()?;
+        let min = set.iter().filter_map(|id| self.vms.get(id)).map(|v| v.vtime).min()?;
         set.iter()
             .filter(|&&id| self.eligible(id, min))
             .filter_map(|&id| self.vms.get(&id).map(|v| (v, id)))
@@ -578,17 +532,8 @@ impl Scheduler {
             v.last_wait_ns = wait;
             v.wait_total_ns = v.wait_total_ns.saturating_add(wait);
         }
-        self.holding = Some(Holding {
-            vm,
-            grant,
-            deadline: now.saturating_add(slice_ns),
-            rescue,
-        });
-        out.push(Action::Grant {
-            vm,
-            grant,
-            slice_ns,
-        });
+        self.holding = Some(Holding { vm, grant, deadline: now.saturating_add(slice_ns), rescue });
+        out.push(Action::Grant { vm, grant, slice_ns });
     }
 
     /// Revokes the current grant. `still_runnable`: the VM keeps its place
@@ -604,16 +549,10 @@ impl Scheduler {
             v.runnable = still_runnable;
             v.runnable_since = now;
         }
-        out.push(Action::Revoke {
-            vm: h.vm,
-            grant: h.grant,
-        });
+        out.push(Action::Revoke { vm: h.vm, grant: h.grant });
         // The revoked VM is not a candidate for this grant: a preemption
         // means someone else should run, and an overstayer is not runnable.
-        let revoked = self
-            .vms
-            .get_mut(&h.vm)
-            .map(|v| std::mem::replace(&mut v.runnable, false));
+        let revoked = self.vms.get_mut(&h.vm).map(|v| std::mem::replace(&mut v.runnable, false));
         self.fill(now, out);
         if let (Some(was), Some(v)) = (revoked, self.vms.get_mut(&h.vm)) {
             v.runnable = was;
@@ -629,12 +568,7 @@ mod tests {
     const S: Nanos = 1_000_000_000;
 
     fn vm(class: QosClass, weight: u32, priority: i32) -> VmParams {
-        VmParams {
-            class,
-            weight,
-            priority,
-            ..VmParams::default()
-        }
+        VmParams { class, weight, priority, ..VmParams::default() }
     }
 
     fn burstable() -> VmParams {
@@ -652,10 +586,7 @@ mod tests {
     struct Lcg(u64);
     impl Lcg {
         fn next(&mut self, n: u64) -> u64 {
-            self.0 = self
-                .0
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
+            self.0 = self.0.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
             (self.0 >> 33) % n
         }
     }
@@ -676,11 +607,7 @@ mod tests {
                 class: classes[rng.next(3) as usize],
                 weight: rng.next(5) as u32,
                 priority: rng.next(5) as i32 - 2,
-                slice_ns: if rng.next(4) == 0 {
-                    Some(rng.next(20 * MS))
-                } else {
-                    None
-                },
+                slice_ns: if rng.next(4) == 0 { Some(rng.next(20 * MS)) } else { None },
                 drained: rng.next(8) == 0,
             };
             let mut holding = before;
@@ -698,13 +625,7 @@ mod tests {
                     // The holder's real release, mostly; otherwise some grant.
                     let (vm, grant) = match s.current_grant() {
                         Some(g) if rng.next(3) > 0 => g,
-                        _ => (
-                            id,
-                            issued
-                                .get(rng.next(issued.len() as u64 + 1) as usize)
-                                .copied()
-                                .unwrap_or(999),
-                        ),
+                        _ => (id, issued.get(rng.next(issued.len() as u64 + 1) as usize).copied().unwrap_or(999)),
                     };
                     if before == Some((vm, grant)) {
                         holding = None;
@@ -729,15 +650,8 @@ mod tests {
                         holding = None;
                         revoked = Some(vm);
                     }
-                    Action::Grant {
-                        vm,
-                        grant,
-                        slice_ns,
-                    } => {
-                        assert!(
-                            holding.is_none(),
-                            "step {step}: grant while {holding:?} holds: {actions:?}"
-                        );
+                    Action::Grant { vm, grant, slice_ns } => {
+                        assert!(holding.is_none(), "step {step}: grant while {holding:?} holds: {actions:?}");
                         assert!(grant > last_grant, "step {step}");
                         assert_ne!(revoked, Some(vm), "step {step}: {actions:?}");
                         assert!(slice_ns >= MIN_SLICE_US * 1000);
@@ -794,9 +708,7 @@ mod tests {
         assert_eq!(a[0], Action::Revoke { vm: 1, grant: g1 });
         let (_, g2) = granted(&a).expect("grant");
         // Until VM 1 says otherwise it is runnable: its queued work waits.
-        assert!(s
-            .vm_stats(1, MS)
-            .is_some_and(|v| v.runnable && v.preemptions == 1));
+        assert!(s.vm_stats(1, MS).is_some_and(|v| v.runnable && v.preemptions == 1));
         assert!(s.release(1, g1, MS, false, 2 * MS).is_empty());
         assert!(s.vm_stats(1, 2 * MS).is_some_and(|v| !v.runnable));
         assert!(s.release(2, g2, MS, false, 3 * MS).is_empty());
@@ -813,14 +725,7 @@ mod tests {
         let a = s.set_params(1, vm(QosClass::BestEffort, 1, 0), MS);
         assert_eq!(
             a,
-            vec![
-                Action::Revoke { vm: 1, grant: g1 },
-                Action::Grant {
-                    vm: 2,
-                    grant: g1 + 1,
-                    slice_ns: 10 * MS
-                }
-            ]
+            vec![Action::Revoke { vm: 1, grant: g1 }, Action::Grant { vm: 2, grant: g1 + 1, slice_ns: 10 * MS }]
         );
         // A priority change alone waits for the next selection.
         let a = s.set_params(1, vm(QosClass::Burstable, 1, 0), 2 * MS);
@@ -848,10 +753,7 @@ mod tests {
         s.remove_vm(2, MS);
         assert_eq!(s.holder(), Some(4));
         assert_eq!(st(&s, 4).share_configured, 1.0);
-        let drained = VmParams {
-            drained: true,
-            ..vm(QosClass::BestEffort, 1, 0)
-        };
+        let drained = VmParams { drained: true, ..vm(QosClass::BestEffort, 1, 0) };
         s.set_params(4, drained, MS);
         assert_eq!(st(&s, 4).share_configured, 0.0);
         assert_eq!(s.holder(), None);
@@ -870,20 +772,8 @@ mod tests {
 
     #[test]
     fn absurd_reports_neither_overflow_nor_panic() {
-        let mut s = Scheduler::new(GpuPolicy {
-            slice_ns: 0,
-            window_ns: 0,
-            ..GpuPolicy::default()
-        });
-        s.add_vm(
-            1,
-            VmParams {
-                weight: 0,
-                slice_ns: Some(Nanos::MAX),
-                ..burstable()
-            },
-            Nanos::MAX - 1,
-        );
+        let mut s = Scheduler::new(GpuPolicy { slice_ns: 0, window_ns: 0, ..GpuPolicy::default() });
+        s.add_vm(1, VmParams { weight: 0, slice_ns: Some(Nanos::MAX), ..burstable() }, Nanos::MAX - 1);
         s.add_vm(2, burstable(), 0);
         let (_, g) = granted(&s.demand(1, Nanos::MAX)).expect("grant");
         assert_eq!(s.next_deadline(), Some(Nanos::MAX));
@@ -892,8 +782,6 @@ mod tests {
         s.release(1, g, Nanos::MAX, true, Nanos::MAX);
         let gpu = s.gpu_stats(Nanos::MAX);
         assert!(gpu.busy_fraction <= 1.0);
-        assert!(s
-            .vm_stats(1, Nanos::MAX)
-            .is_some_and(|v| v.used_total_ns == Nanos::MAX));
+        assert!(s.vm_stats(1, Nanos::MAX).is_some_and(|v| v.used_total_ns == Nanos::MAX));
     }
 }

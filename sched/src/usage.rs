@@ -18,10 +18,7 @@ pub(crate) struct UsageWindow {
 
 impl UsageWindow {
     pub(crate) fn new(window_ns: Nanos) -> Self {
-        UsageWindow {
-            bucket_ns: bucket_len(window_ns),
-            buckets: VecDeque::new(),
-        }
+        UsageWindow { bucket_ns: bucket_len(window_ns), buckets: VecDeque::new() }
     }
 
     /// Records `used_ns` of GPU time that ended at `end`, spread evenly over
@@ -43,10 +40,7 @@ impl UsageWindow {
         let mut t = start.max(end.saturating_sub(window_ns));
         while t < end {
             let idx = t / self.bucket_ns;
-            let seg_end = idx
-                .saturating_add(1)
-                .saturating_mul(self.bucket_ns)
-                .min(end);
+            let seg_end = idx.saturating_add(1).saturating_mul(self.bucket_ns).min(end);
             let part = (u128::from(used_ns) * u128::from(seg_end - t) / u128::from(span)) as Nanos;
             self.put(idx, part);
             t = seg_end;
@@ -138,10 +132,7 @@ mod tests {
             u.add(i * 10 * MS, 5 * MS, w);
         }
         let got = u.sum(10 * S, w);
-        assert!(
-            (got as i64 - (2500 * MS) as i64).abs() < (20 * MS) as i64,
-            "{got}"
-        );
+        assert!((got as i64 - (2500 * MS) as i64).abs() < (20 * MS) as i64, "{got}");
         assert_eq!(u.sum(20 * S, w), 0);
         assert!(u.buckets.len() as u64 <= BUCKETS_PER_WINDOW + 2);
     }
@@ -153,10 +144,7 @@ mod tests {
         u.add(10 * S, 10 * S, w);
         // Only the last 5 s of the 10 s charge are inside the window.
         let got = u.sum(10 * S, w);
-        assert!(
-            (got as i64 - (5 * S) as i64).abs() < (20 * MS) as i64,
-            "{got}"
-        );
+        assert!((got as i64 - (5 * S) as i64).abs() < (20 * MS) as i64, "{got}");
         // Absurd charges neither overflow nor loop for long.
         u.add(11 * S, Nanos::MAX, w);
         assert!(u.sum(11 * S, w) > 0);
@@ -172,9 +160,6 @@ mod tests {
         let before = u.sum(S, w);
         u.set_window(10 * S);
         let after = u.sum(S, 10 * S);
-        assert!(
-            (before as i64 - after as i64).abs() < (40 * MS) as i64,
-            "{before} {after}"
-        );
+        assert!((before as i64 - after as i64).abs() < (40 * MS) as i64, "{before} {after}");
     }
 }

@@ -22,22 +22,14 @@ enum Load {
     /// Always has work.
     Saturating,
     /// Has work during `[start + k*(busy+idle), start + k*(busy+idle) + busy)`.
-    OnOff {
-        busy: Nanos,
-        idle: Nanos,
-        start: Nanos,
-    },
+    OnOff { busy: Nanos, idle: Nanos, start: Nanos },
     /// Queues a request of `run` GPU time every `period`, from `period` on.
     Requests { run: Nanos, period: Nanos },
 }
 
 impl Load {
     fn on_off(busy: Nanos, idle: Nanos) -> Load {
-        Load::OnOff {
-            busy,
-            idle,
-            start: 0,
-        }
+        Load::OnOff { busy, idle, start: 0 }
     }
 }
 
@@ -83,26 +75,11 @@ struct SimVm {
 
 #[derive(Debug, Clone, Copy)]
 enum Ev {
-    Deliver {
-        vm: VmId,
-        grant: u64,
-    },
-    RunEnd {
-        vm: VmId,
-        grant: u64,
-    },
-    Release {
-        vm: VmId,
-        grant: u64,
-        used: Nanos,
-        more: bool,
-    },
-    Arrival {
-        vm: VmId,
-    },
-    Phase {
-        vm: VmId,
-    },
+    Deliver { vm: VmId, grant: u64 },
+    RunEnd { vm: VmId, grant: u64 },
+    Release { vm: VmId, grant: u64, used: Nanos, more: bool },
+    Arrival { vm: VmId },
+    Phase { vm: VmId },
 }
 
 struct Timed {
@@ -175,18 +152,11 @@ impl Sim {
 
     fn at(&mut self, at: Nanos, ev: Ev) {
         self.seq += 1;
-        self.events.push(Timed {
-            at,
-            seq: self.seq,
-            ev,
-        });
+        self.events.push(Timed { at, seq: self.seq, ev });
     }
 
     fn vm(&mut self, id: VmId) -> &mut SimVm {
-        self.vms
-            .iter_mut()
-            .find(|v| v.id == id)
-            .expect("simulated VM")
+        self.vms.iter_mut().find(|v| v.id == id).expect("simulated VM")
     }
 
     fn get(&self, id: VmId) -> &SimVm {
@@ -252,11 +222,7 @@ impl Sim {
                     let k = (now - start) / (busy + idle);
                     let period_start = start + k * (busy + idle);
                     // Next change: end of busy, or start of the next period.
-                    let next = if now < period_start + busy {
-                        period_start + busy
-                    } else {
-                        period_start + busy + idle
-                    };
+                    let next = if now < period_start + busy { period_start + busy } else { period_start + busy + idle };
                     self.at(next, Ev::Phase { vm });
                 }
                 if self.get(vm).state == State::Idle && self.has_work(vm) {
@@ -280,10 +246,7 @@ impl Sim {
                     return;
                 }
                 for o in &self.vms {
-                    assert!(
-                        !matches!(o.state, State::Running { .. }),
-                        "two VMs on the GPU at {now}"
-                    );
+                    assert!(!matches!(o.state, State::Running { .. }), "two VMs on the GPU at {now}");
                 }
                 let end = self.work_end(vm).min(now + slice);
                 self.vm(vm).state = State::Running { grant, start: now };
@@ -304,12 +267,7 @@ impl Sim {
                 let actions = self.sched.release(vm, grant, used, more, now);
                 self.apply(actions);
             }
-            Ev::Release {
-                vm,
-                grant,
-                used,
-                more,
-            } => {
+            Ev::Release { vm, grant, used, more } => {
                 let actions = self.sched.release(vm, grant, used, more, now);
                 self.apply(actions);
             }
@@ -318,14 +276,8 @@ impl Sim {
 
     fn send_demand(&mut self, vm: VmId) {
         let now = self.now;
-        self.vm(vm).state = State::Asking {
-            since: now,
-            kind: WaitKind::Demand,
-        };
-        let under = self
-            .sched
-            .vm_stats(vm, now)
-            .map(|s| s.reserved_share > 0.0 && s.share_used < s.reserved_share);
+        self.vm(vm).state = State::Asking { since: now, kind: WaitKind::Demand };
+        let under = self.sched.vm_stats(vm, now).map(|s| s.reserved_share > 0.0 && s.share_used < s.reserved_share);
         self.vm(vm).pending_under_reservation = under;
         let actions = self.sched.demand(vm, now);
         self.apply(actions);
@@ -344,14 +296,7 @@ impl Sim {
         }
         v.pending = v.pending.saturating_sub(used);
         let more = self.has_work(vm);
-        self.vm(vm).state = if more {
-            State::Asking {
-                since: now,
-                kind: WaitKind::Requeue,
-            }
-        } else {
-            State::Idle
-        };
+        self.vm(vm).state = if more { State::Asking { since: now, kind: WaitKind::Requeue } } else { State::Idle };
         (used, more)
     }
 
@@ -359,11 +304,7 @@ impl Sim {
         let now = self.now;
         for a in actions {
             match a {
-                Action::Grant {
-                    vm,
-                    grant,
-                    slice_ns,
-                } => {
+                Action::Grant { vm, grant, slice_ns } => {
                     let Some(v) = self.vms.iter_mut().find(|v| v.id == vm) else {
                         continue;
                     };
@@ -381,26 +322,17 @@ impl Sim {
                         State::Idle => {}
                     }
                     v.grants.push((now, slice_ns));
-                    v.state = State::Granted {
-                        grant,
-                        slice: slice_ns,
-                    };
+                    v.state = State::Granted { grant, slice: slice_ns };
                     self.at(now + DELAY, Ev::Deliver { vm, grant });
                 }
                 Action::Revoke { vm, grant } => {
                     let holds = match self.vms.iter().find(|v| v.id == vm).map(|v| v.state) {
-                        Some(State::Granted { grant: g, .. })
-                        | Some(State::Running { grant: g, .. }) => g == grant,
+                        Some(State::Granted { grant: g, .. }) | Some(State::Running { grant: g, .. }) => g == grant,
                         _ => false,
                     };
                     assert!(holds, "revoke of grant {grant} that VM {vm} does not hold");
                     let (used, more) = self.stop(vm);
-                    self.inbox.push_back(Ev::Release {
-                        vm,
-                        grant,
-                        used,
-                        more,
-                    });
+                    self.inbox.push_back(Ev::Release { vm, grant, used, more });
                 }
             }
         }
@@ -408,11 +340,7 @@ impl Sim {
 
     /// GPU time `vm` used within `[a, b)`.
     fn used(&self, vm: VmId, a: Nanos, b: Nanos) -> Nanos {
-        self.get(vm)
-            .runs
-            .iter()
-            .map(|&(s, e)| e.min(b).saturating_sub(s.max(a)))
-            .sum()
+        self.get(vm).runs.iter().map(|&(s, e)| e.min(b).saturating_sub(s.max(a))).sum()
     }
 
     fn share(&self, vm: VmId, a: Nanos, b: Nanos) -> f64 {
@@ -420,44 +348,24 @@ impl Sim {
     }
 
     fn busy(&self, a: Nanos, b: Nanos) -> f64 {
-        self.vms
-            .iter()
-            .map(|v| self.used(v.id, a, b))
-            .sum::<Nanos>() as f64
-            / (b - a) as f64
+        self.vms.iter().map(|v| self.used(v.id, a, b)).sum::<Nanos>() as f64 / (b - a) as f64
     }
 
     fn waits(&self, vm: VmId, kind: Option<WaitKind>) -> Vec<Nanos> {
-        self.get(vm)
-            .waits
-            .iter()
-            .filter(|w| kind.is_none_or(|k| w.2 == k))
-            .map(|w| w.1)
-            .collect()
+        self.get(vm).waits.iter().filter(|w| kind.is_none_or(|k| w.2 == k)).map(|w| w.1).collect()
     }
 
     fn share_used(&self, vm: VmId) -> f64 {
-        self.sched
-            .vm_stats(vm, self.now)
-            .expect("registered VM")
-            .share_used
+        self.sched.vm_stats(vm, self.now).expect("registered VM").share_used
     }
 }
 
 fn params(weight: u32, priority: i32) -> VmParams {
-    VmParams {
-        weight,
-        priority,
-        ..VmParams::default()
-    }
+    VmParams { weight, priority, ..VmParams::default() }
 }
 
 fn class(class: QosClass, weight: u32) -> VmParams {
-    VmParams {
-        class,
-        weight,
-        ..VmParams::default()
-    }
+    VmParams { class, weight, ..VmParams::default() }
 }
 
 /// The `p`-th percentile (0 to 100) of `xs`.
@@ -469,10 +377,7 @@ fn percentile(mut xs: Vec<Nanos>, p: f64) -> Nanos {
 }
 
 fn assert_near(what: &str, got: f64, want: f64, tolerance: f64) {
-    assert!(
-        (got - want).abs() <= tolerance,
-        "{what}: {got:.4}, expected {want:.4} +- {tolerance}"
-    );
+    assert!((got - want).abs() <= tolerance, "{what}: {got:.4}, expected {want:.4} +- {tolerance}");
 }
 
 // ---- 1. fair share ----
@@ -485,18 +390,8 @@ fn saturating_vms_share_the_gpu_by_weight() {
     }
     sim.run_until(20 * S);
     for (id, want) in [(1, 0.25), (2, 0.25), (3, 0.5)] {
-        assert_near(
-            &format!("VM {id} share over 20 s"),
-            sim.share(id, 0, 20 * S),
-            want,
-            0.01,
-        );
-        assert_near(
-            &format!("VM {id} share_used"),
-            sim.share_used(id),
-            want,
-            0.01,
-        );
+        assert_near(&format!("VM {id} share over 20 s"), sim.share(id, 0, 20 * S), want, 0.01);
+        assert_near(&format!("VM {id} share_used"), sim.share_used(id), want, 0.01);
         assert_near(
             &format!("VM {id} share_used vs measured"),
             sim.share_used(id),
@@ -514,28 +409,11 @@ fn an_idle_vms_share_goes_to_the_busy_one() {
     sim.add(1, params(1, 0), Load::on_off(10 * S, 1000 * S));
     sim.add(2, params(1, 0), Load::Saturating);
     sim.run_until(20 * S);
-    assert_near(
-        "VM 1 share while both busy",
-        sim.share(1, 0, 10 * S),
-        0.5,
-        0.01,
-    );
-    assert!(
-        sim.busy(10 * S, 20 * S) >= 0.99,
-        "GPU busy {:.4} while VM 1 idles",
-        sim.busy(10 * S, 20 * S)
-    );
-    assert!(
-        sim.share(2, 10 * S, 20 * S) >= 0.99,
-        "VM 2 alone got {:.4}",
-        sim.share(2, 10 * S, 20 * S)
-    );
+    assert_near("VM 1 share while both busy", sim.share(1, 0, 10 * S), 0.5, 0.01);
+    assert!(sim.busy(10 * S, 20 * S) >= 0.99, "GPU busy {:.4} while VM 1 idles", sim.busy(10 * S, 20 * S));
+    assert!(sim.share(2, 10 * S, 20 * S) >= 0.99, "VM 2 alone got {:.4}", sim.share(2, 10 * S, 20 * S));
     let gpu = sim.sched.gpu_stats(sim.now);
-    assert!(
-        gpu.busy_fraction >= 0.99,
-        "gpu_stats busy {:.4}",
-        gpu.busy_fraction
-    );
+    assert!(gpu.busy_fraction >= 0.99, "gpu_stats busy {:.4}", gpu.busy_fraction);
 }
 
 #[test]
@@ -543,24 +421,11 @@ fn a_vm_banks_no_credit_while_idle() {
     let mut sim = Sim::new(GpuPolicy::default());
     sim.add(1, params(1, 0), Load::Saturating);
     // Idle for 10 s while VM 1 runs alone, then saturating.
-    sim.add(
-        2,
-        params(1, 0),
-        Load::OnOff {
-            busy: 1000 * S,
-            idle: 0,
-            start: 10 * S,
-        },
-    );
+    sim.add(2, params(1, 0), Load::OnOff { busy: 1000 * S, idle: 0, start: 10 * S });
     sim.run_until(12 * S);
     assert!(sim.share(1, 0, 10 * S) >= 0.99);
     // Sharing resumes at once: VM 2 does not take the GPU for the 10 s it missed.
-    assert_near(
-        "VM 2 share after waking",
-        sim.share(2, 10 * S, 12 * S),
-        0.5,
-        0.01,
-    );
+    assert_near("VM 2 share after waking", sim.share(2, 10 * S, 12 * S), 0.5, 0.01);
     let longest = sim.waits(1, None).into_iter().max().unwrap_or(0);
     assert!(longest <= 2 * SLICE + MS, "VM 1 waited {longest} ns");
 }
@@ -571,14 +436,7 @@ fn a_vm_banks_no_credit_while_idle() {
 fn latency_critical_beside_a_hog(lc_priority: i32) -> Sim {
     let mut sim = Sim::new(GpuPolicy::default());
     sim.add(1, params(1, 0), Load::Saturating);
-    sim.add(
-        2,
-        params(1, lc_priority),
-        Load::Requests {
-            run: 200 * US,
-            period: 5 * MS,
-        },
-    );
+    sim.add(2, params(1, lc_priority), Load::Requests { run: 200 * US, period: 5 * MS });
     sim.run_until(10 * S);
     sim
 }
@@ -599,14 +457,8 @@ fn at_equal_priority_a_latency_critical_vm_waits_up_to_a_slice() {
     let waits = sim.waits(2, Some(WaitKind::Demand));
     let p99 = percentile(waits.clone(), 99.0);
     let max = waits.iter().copied().max().unwrap_or(0);
-    assert!(
-        p99 >= SLICE / 2,
-        "p99 wait {p99} ns: no slice-long waits without priority"
-    );
-    assert!(
-        max <= SLICE + 2 * DELAY,
-        "longest wait {max} ns exceeds a slice"
-    );
+    assert!(p99 >= SLICE / 2, "p99 wait {p99} ns: no slice-long waits without priority");
+    assert!(max <= SLICE + 2 * DELAY, "longest wait {max} ns exceeds a slice");
     let hog = sim.share(1, 0, 10 * S);
     assert!(hog >= 0.9, "the hog got {hog:.4}");
 }
@@ -634,16 +486,8 @@ fn with_mixed_priorities_every_vm_waits_at_most_n_minus_one_slices() {
     let bound = (prios.len() as Nanos - 1) * SLICE + MS;
     for id in 1..=prios.len() as VmId {
         let longest = sim.waits(id, None).into_iter().max().unwrap_or(0);
-        assert!(
-            longest <= bound,
-            "VM {id} waited {longest} ns (bound {bound})"
-        );
-        assert_near(
-            &format!("VM {id} share"),
-            sim.share(id, 0, 10 * S),
-            0.2,
-            0.01,
-        );
+        assert!(longest <= bound, "VM {id} waited {longest} ns (bound {bound})");
+        assert_near(&format!("VM {id} share"), sim.share(id, 0, 10 * S), 0.2, 0.01);
     }
 }
 
@@ -658,12 +502,7 @@ fn a_guaranteed_vm_gets_its_reservation_at_once_and_lends_it_when_idle() {
     sim.add(3, class(QosClass::Burstable, 1), Load::Saturating);
     let end = 20 * S;
     sim.run_until(end);
-    assert_near(
-        "reserved share",
-        sim.sched.vm_stats(1, end).map_or(0.0, |s| s.reserved_share),
-        1.0 / 3.0,
-        1e-9,
-    );
+    assert_near("reserved share", sim.sched.vm_stats(1, end).map_or(0.0, |s| s.reserved_share), 1.0 / 3.0, 1e-9);
 
     let g = sim.get(1);
     let demand_waits: Vec<(Nanos, bool)> = g
@@ -674,15 +513,8 @@ fn a_guaranteed_vm_gets_its_reservation_at_once_and_lends_it_when_idle() {
         .map(|(w, &under)| (w.1, under))
         .collect();
     let under: Vec<Nanos> = demand_waits.iter().filter(|w| w.1).map(|w| w.0).collect();
-    assert!(
-        under.len() >= 5,
-        "only {} demands under reservation",
-        under.len()
-    );
-    assert!(
-        under.iter().all(|&w| w == 0),
-        "waits under reservation: {under:?}"
-    );
+    assert!(under.len() >= 5, "only {} demands under reservation", under.len());
+    assert!(under.iter().all(|&w| w == 0), "waits under reservation: {under:?}");
 
     // Share over its busy periods, and the others' while it idles.
     let (mut g_used, mut g_time, mut others_used, mut idle_time) = (0, 0, 0, 0);
@@ -690,21 +522,14 @@ fn a_guaranteed_vm_gets_its_reservation_at_once_and_lends_it_when_idle() {
     while t + busy + idle <= end {
         g_used += sim.used(1, t, t + busy);
         g_time += busy;
-        others_used +=
-            sim.used(2, t + busy, t + busy + idle) + sim.used(3, t + busy, t + busy + idle);
+        others_used += sim.used(2, t + busy, t + busy + idle) + sim.used(3, t + busy, t + busy + idle);
         idle_time += idle;
         t += busy + idle;
     }
     let g_share = g_used as f64 / g_time as f64;
-    assert!(
-        g_share >= 1.0 / 3.0 - 0.02,
-        "guaranteed share while busy {g_share:.4}"
-    );
+    assert!(g_share >= 1.0 / 3.0 - 0.02, "guaranteed share while busy {g_share:.4}");
     let lent = others_used as f64 / idle_time as f64;
-    assert!(
-        lent >= 0.98,
-        "the others got {lent:.4} while the guaranteed VM idled"
-    );
+    assert!(lent >= 0.98, "the others got {lent:.4} while the guaranteed VM idled");
 
     // The reservation is measured over the window, so work that comes in
     // bursts still gets it: by the end of each busy period the VM has used
@@ -715,10 +540,7 @@ fn a_guaranteed_vm_gets_its_reservation_at_once_and_lends_it_when_idle() {
     while t <= end {
         if t >= window {
             let used = sim.share(1, t - window, t);
-            assert!(
-                used >= 1.0 / 3.0 - 0.01,
-                "used {used:.4} of the window ending at {t}"
-            );
+            assert!(used >= 1.0 / 3.0 - 0.01, "used {used:.4} of the window ending at {t}");
         }
         t += busy + idle;
     }
@@ -733,34 +555,18 @@ fn best_effort_gets_only_anti_starvation_slices_beside_a_saturating_burstable() 
     sim.add(1, class(QosClass::Burstable, 1), Load::Saturating);
     sim.add(2, class(QosClass::BestEffort, 100), Load::Saturating);
     // A burstable VM that demands every 5 ms, often during the rescue slices.
-    sim.add(
-        3,
-        class(QosClass::Burstable, 1),
-        Load::Requests {
-            run: 100 * US,
-            period: 5 * MS,
-        },
-    );
+    sim.add(3, class(QosClass::Burstable, 1), Load::Requests { run: 100 * US, period: 5 * MS });
     sim.run_until(20 * S);
     let share = sim.share(2, 0, 20 * S);
     let cap = SLICE as f64 / policy.best_effort_max_wait_ns as f64 + 0.001;
     assert!(share <= cap, "best-effort share {share:.4} above {cap:.4}");
     let grants = sim.get(2).grants.len();
-    assert!(
-        (3..=4).contains(&grants),
-        "{grants} anti-starvation grants in 20 s"
-    );
+    assert!((3..=4).contains(&grants), "{grants} anti-starvation grants in 20 s");
     let longest = sim.waits(2, None).into_iter().max().unwrap_or(0);
-    assert!(
-        longest <= policy.best_effort_max_wait_ns + SLICE + MS,
-        "best-effort waited {longest} ns"
-    );
+    assert!(longest <= policy.best_effort_max_wait_ns + SLICE + MS, "best-effort waited {longest} ns");
     // Each anti-starvation slice is whole: demands do not preempt it.
     let runs = &sim.get(2).runs;
-    assert!(
-        runs.iter().all(|r| r.1 - r.0 == SLICE),
-        "best-effort runs {runs:?}"
-    );
+    assert!(runs.iter().all(|r| r.1 - r.0 == SLICE), "best-effort runs {runs:?}");
 }
 
 #[test]
@@ -778,20 +584,11 @@ fn best_effort_absorbs_idle_capacity_and_yields_at_once() {
         t += busy + idle;
     }
     let be_share = be_used as f64 / idle_time as f64;
-    assert!(
-        be_share >= 0.98,
-        "best-effort got {be_share:.4} of the idle time"
-    );
+    assert!(be_share >= 0.98, "best-effort got {be_share:.4} of the idle time");
     let waits = sim.waits(1, Some(WaitKind::Demand));
     assert!(waits.len() >= 19, "{} demands", waits.len());
-    assert!(
-        waits.iter().all(|&w| w == 0),
-        "burstable demand waits {waits:?}"
-    );
-    assert!(sim
-        .sched
-        .vm_stats(2, sim.now)
-        .is_some_and(|s| s.preemptions >= 19));
+    assert!(waits.iter().all(|&w| w == 0), "burstable demand waits {waits:?}");
+    assert!(sim.sched.vm_stats(2, sim.now).is_some_and(|s| s.preemptions >= 19));
 }
 
 // ---- 7. live changes ----
@@ -806,23 +603,10 @@ fn a_weight_change_moves_shares_within_a_window() {
     let actions = sim.sched.set_params(2, params(3, 0), sim.now);
     sim.apply(actions);
     sim.run_until(15 * S);
-    assert_near(
-        "VM 1 share in the next window",
-        sim.share(1, 10 * S, 15 * S),
-        0.25,
-        0.01,
-    );
-    assert_near(
-        "VM 2 share in the next window",
-        sim.share(2, 10 * S, 15 * S),
-        0.75,
-        0.01,
-    );
+    assert_near("VM 1 share in the next window", sim.share(1, 10 * S, 15 * S), 0.25, 0.01);
+    assert_near("VM 2 share in the next window", sim.share(2, 10 * S, 15 * S), 0.75, 0.01);
     assert_near("VM 2 share_used", sim.share_used(2), 0.75, 0.01);
-    let configured = sim
-        .sched
-        .vm_stats(2, sim.now)
-        .map_or(0.0, |s| s.share_configured);
+    let configured = sim.sched.vm_stats(2, sim.now).map_or(0.0, |s| s.share_configured);
     assert_near("VM 2 share_configured", configured, 0.75, 1e-9);
 }
 
@@ -835,43 +619,22 @@ fn draining_the_holder_revokes_it_at_once_until_resumed() {
     let holder = sim.sched.holder().expect("a holder");
     let other = 3 - holder;
     let (_, g) = sim.sched.current_grant().expect("a grant");
-    let drained = VmParams {
-        drained: true,
-        ..params(1, 0)
-    };
+    let drained = VmParams { drained: true, ..params(1, 0) };
     let actions = sim.sched.set_params(holder, drained, sim.now);
     assert_eq!(actions.len(), 2, "{actions:?}");
-    assert_eq!(
-        actions[0],
-        Action::Revoke {
-            vm: holder,
-            grant: g
-        }
-    );
-    assert!(
-        matches!(actions[1], Action::Grant { vm, .. } if vm == other),
-        "{actions:?}"
-    );
+    assert_eq!(actions[0], Action::Revoke { vm: holder, grant: g });
+    assert!(matches!(actions[1], Action::Grant { vm, .. } if vm == other), "{actions:?}");
     sim.apply(actions);
     let grants_before = sim.get(holder).grants.len();
     let drained_at = sim.now;
     sim.run_until(2 * S);
-    assert_eq!(
-        sim.get(holder).grants.len(),
-        grants_before,
-        "a drained VM was granted"
-    );
+    assert_eq!(sim.get(holder).grants.len(), grants_before, "a drained VM was granted");
     assert_eq!(sim.used(holder, drained_at, 2 * S), 0);
     assert!(sim.share(other, drained_at, 2 * S) >= 0.99);
     let actions = sim.sched.set_params(holder, params(1, 0), sim.now);
     sim.apply(actions);
     sim.run_until(4 * S);
-    assert_near(
-        "resumed VM share",
-        sim.share(holder, 2 * S, 4 * S),
-        0.5,
-        0.02,
-    );
+    assert_near("resumed VM share", sim.share(holder, 2 * S, 4 * S), 0.5, 0.02);
 }
 
 #[test]
@@ -924,10 +687,7 @@ fn stale_duplicate_and_unknown_releases_are_harmless() {
 #[test]
 fn a_vms_own_slice_is_honoured_without_changing_its_share() {
     let mut sim = Sim::new(GpuPolicy::default());
-    let short = VmParams {
-        slice_ns: Some(2 * MS),
-        ..params(1, 0)
-    };
+    let short = VmParams { slice_ns: Some(2 * MS), ..params(1, 0) };
     sim.add(1, short, Load::Saturating);
     sim.add(2, params(1, 0), Load::Saturating);
     sim.run_until(10 * S);
@@ -938,10 +698,7 @@ fn a_vms_own_slice_is_honoured_without_changing_its_share() {
     let mut s = Scheduler::new(GpuPolicy::default());
     s.add_vm(1, short, 0);
     s.demand(1, 1000);
-    assert_eq!(
-        s.next_deadline(),
-        Some(1000 + 2 * MS + GpuPolicy::default().grace_ns)
-    );
+    assert_eq!(s.next_deadline(), Some(1000 + 2 * MS + GpuPolicy::default().grace_ns));
 }
 
 #[test]
@@ -958,10 +715,7 @@ fn an_overstaying_holder_is_revoked_at_deadline_plus_grace() {
     assert!(s.demand(2, t0 + 10).is_empty());
     let due = t0 + policy.slice_ns + policy.grace_ns;
     assert_eq!(s.next_deadline(), Some(due));
-    assert!(
-        s.tick(t0 + policy.slice_ns).is_empty(),
-        "revoked within the grace time"
-    );
+    assert!(s.tick(t0 + policy.slice_ns).is_empty(), "revoked within the grace time");
     assert!(s.tick(due - 1).is_empty());
     let a = s.tick(due);
     assert_eq!(a.len(), 2, "{a:?}");

@@ -17,12 +17,9 @@ pub const MAX_MIG_DEVICES: usize = 7;
 const MAX_GPUS: usize = 64;
 
 /// Sizes NVML's callers allocate (nvml.h); longer strings could never be returned.
-const MAX_NAME_LEN: usize =
-    nvml_wrapper_sys::bindings::NVML_DEVICE_NAME_V2_BUFFER_SIZE as usize - 1;
-const MAX_UUID_LEN: usize =
-    nvml_wrapper_sys::bindings::NVML_DEVICE_UUID_V2_BUFFER_SIZE as usize - 1;
-const MAX_VERSION_LEN: usize =
-    nvml_wrapper_sys::bindings::NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE as usize - 1;
+const MAX_NAME_LEN: usize = nvml_wrapper_sys::bindings::NVML_DEVICE_NAME_V2_BUFFER_SIZE as usize - 1;
+const MAX_UUID_LEN: usize = nvml_wrapper_sys::bindings::NVML_DEVICE_UUID_V2_BUFFER_SIZE as usize - 1;
+const MAX_VERSION_LEN: usize = nvml_wrapper_sys::bindings::NVML_SYSTEM_DRIVER_VERSION_BUFFER_SIZE as usize - 1;
 
 /// Memory sizes above this (1 PiB) are typos, and would overflow once turned into bytes.
 const MAX_MEMORY_MIB: u64 = 1 << 30;
@@ -102,25 +99,16 @@ fn default_temperature_c() -> u32 {
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
     #[error("cannot read {}: {source}", path.display())]
-    Read {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Read { path: PathBuf, source: std::io::Error },
     #[error("cannot parse {}: {source}", path.display())]
-    Parse {
-        path: PathBuf,
-        source: serde_json::Error,
-    },
+    Parse { path: PathBuf, source: serde_json::Error },
     #[error("{}: {reason}", path.display())]
     Invalid { path: PathBuf, reason: String },
 }
 
 /// The bytes of the config file at `path`.
 pub fn read_file(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    std::fs::read(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    std::fs::read(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })
 }
 
 /// The validated host the exports answer from.
@@ -172,12 +160,7 @@ impl Host {
             gpus: vec![Gpu {
                 name: "NVIDIA H100 80GB HBM3 (simulated)".to_owned(),
                 uuid: "GPU-00000000-5157-0000-0000-000000000001".to_owned(),
-                pci: PciAddress {
-                    domain: 0,
-                    bus: 1,
-                    device: 0,
-                    function: 0,
-                },
+                pci: PciAddress { domain: 0, bus: 1, device: 0, function: 0 },
                 memory_total_mib: 81559,
                 mig_enabled: false,
                 mig_instances: Vec::new(),
@@ -196,14 +179,9 @@ impl Host {
 
     /// Parses and validates `text`, the contents of the file at `path`.
     pub fn from_json(path: &Path, text: &[u8]) -> Result<Self, ConfigError> {
-        let config: Config = serde_json::from_slice(text).map_err(|source| ConfigError::Parse {
-            path: path.to_owned(),
-            source,
-        })?;
-        Host::try_from(config).map_err(|reason| ConfigError::Invalid {
-            path: path.to_owned(),
-            reason,
-        })
+        let config: Config =
+            serde_json::from_slice(text).map_err(|source| ConfigError::Parse { path: path.to_owned(), source })?;
+        Host::try_from(config).map_err(|reason| ConfigError::Invalid { path: path.to_owned(), reason })
     }
 
     /// Takes the readings of `newer` for every GPU whose UUID both hosts share.
@@ -244,25 +222,17 @@ impl TryFrom<Config> for Host {
         let mut gpus = Vec::with_capacity(config.gpus.len());
         for (index, gpu) in config.gpus.into_iter().enumerate() {
             let gpu = Gpu::try_from(gpu).map_err(|reason| format!("gpus[{index}]: {reason}"))?;
-            for uuid in std::iter::once(&gpu.uuid).chain(gpu.mig_instances.iter().map(|m| &m.uuid))
-            {
+            for uuid in std::iter::once(&gpu.uuid).chain(gpu.mig_instances.iter().map(|m| &m.uuid)) {
                 if !uuids.insert(uuid.clone()) {
                     return Err(format!("gpus[{index}]: UUID {uuid} appears twice"));
                 }
             }
             if !buses.insert(gpu.pci) {
-                return Err(format!(
-                    "gpus[{index}]: PCI bus id {} appears twice",
-                    gpu.pci
-                ));
+                return Err(format!("gpus[{index}]: PCI bus id {} appears twice", gpu.pci));
             }
             gpus.push(gpu);
         }
-        Ok(Host {
-            driver_version: config.driver_version,
-            cuda_driver_version: config.cuda_driver_version,
-            gpus,
-        })
+        Ok(Host { driver_version: config.driver_version, cuda_driver_version: config.cuda_driver_version, gpus })
     }
 }
 
@@ -274,15 +244,11 @@ impl TryFrom<GpuConfig> for Gpu {
         check_uuid(&gpu.uuid, "GPU-")?;
         let pci: PciAddress = gpu.pci_bus_id.parse()?;
         if gpu.memory_total_mib == 0 || gpu.memory_total_mib > MAX_MEMORY_MIB {
-            return Err(format!(
-                "memory_total_mib {} is out of range",
-                gpu.memory_total_mib
-            ));
+            return Err(format!("memory_total_mib {} is out of range", gpu.memory_total_mib));
         }
-        for (name, pct) in [
-            ("utilization_gpu_pct", gpu.utilization_gpu_pct),
-            ("utilization_memory_pct", gpu.utilization_memory_pct),
-        ] {
+        for (name, pct) in
+            [("utilization_gpu_pct", gpu.utilization_gpu_pct), ("utilization_memory_pct", gpu.utilization_memory_pct)]
+        {
             if pct > 100 {
                 return Err(format!("{name} {pct} is above 100"));
             }
@@ -294,24 +260,17 @@ impl TryFrom<GpuConfig> for Gpu {
             .ok_or("processes[].used_mib overflows")?;
         let memory_used_mib = gpu.memory_used_mib.unwrap_or(processes_mib);
         if memory_used_mib > gpu.memory_total_mib {
-            return Err(format!(
-                "{memory_used_mib} MiB used is more than memory_total_mib {}",
-                gpu.memory_total_mib
-            ));
+            return Err(format!("{memory_used_mib} MiB used is more than memory_total_mib {}", gpu.memory_total_mib));
         }
         if !gpu.mig_enabled && !gpu.mig_instances.is_empty() {
             return Err("mig_instances is set but mig_enabled is false".to_owned());
         }
         if gpu.mig_instances.len() > MAX_MIG_DEVICES {
-            return Err(format!(
-                "{} MIG instances; a GPU holds at most {MAX_MIG_DEVICES}",
-                gpu.mig_instances.len()
-            ));
+            return Err(format!("{} MIG instances; a GPU holds at most {MAX_MIG_DEVICES}", gpu.mig_instances.len()));
         }
         let mut mig_instances = Vec::with_capacity(gpu.mig_instances.len());
         for (index, mig) in gpu.mig_instances.into_iter().enumerate() {
-            let instance = MigInstance::try_from(mig)
-                .map_err(|reason| format!("mig_instances[{index}]: {reason}"))?;
+            let instance = MigInstance::try_from(mig).map_err(|reason| format!("mig_instances[{index}]: {reason}"))?;
             mig_instances.push(instance);
         }
         let mig_mib: u64 = mig_instances.iter().map(|m| m.memory_mib).sum();
@@ -363,9 +322,7 @@ impl TryFrom<MigInstanceConfig> for MigInstance {
 
 fn check_len(field: &str, value: &str, max: usize) -> Result<(), String> {
     if value.is_empty() || value.len() > max || value.contains('\0') {
-        return Err(format!(
-            "{field} {value:?} must be 1 to {max} bytes without NUL"
-        ));
+        return Err(format!("{field} {value:?} must be 1 to {max} bytes without NUL"));
     }
     Ok(())
 }
@@ -390,20 +347,13 @@ pub struct PciAddress {
 impl PciAddress {
     /// The 4-digit-domain form NVML keeps in `busIdLegacy`.
     pub fn legacy(&self) -> String {
-        format!(
-            "{:04X}:{:02X}:{:02X}.{:X}",
-            self.domain, self.bus, self.device, self.function
-        )
+        format!("{:04X}:{:02X}:{:02X}.{:X}", self.domain, self.bus, self.device, self.function)
     }
 }
 
 impl fmt::Display for PciAddress {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{:08X}:{:02X}:{:02X}.{:X}",
-            self.domain, self.bus, self.device, self.function
-        )
+        write!(f, "{:08X}:{:02X}:{:02X}.{:X}", self.domain, self.bus, self.device, self.function)
     }
 }
 
@@ -469,17 +419,12 @@ impl std::str::FromStr for MigProfile {
             Some(c) => count(c, 'c')?,
             None => gpu_slices,
         };
-        let memory_ok = memory
-            .strip_suffix("gb")
-            .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
+        let memory_ok =
+            memory.strip_suffix("gb").is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
         if !memory_ok || compute_slices > gpu_slices {
             return Err(bad());
         }
-        Ok(MigProfile {
-            name: s.to_owned(),
-            gpu_slices,
-            compute_slices,
-        })
+        Ok(MigProfile { name: s.to_owned(), gpu_slices, compute_slices })
     }
 }
 
@@ -520,9 +465,7 @@ mod tests {
     #[test]
     fn unknown_fields_are_rejected() {
         let json = ONE_GPU.replace("memory_total_mib", "memory_totl_mib");
-        assert!(parse(&json)
-            .unwrap_err()
-            .contains("unknown field `memory_totl_mib`"));
+        assert!(parse(&json).unwrap_err().contains("unknown field `memory_totl_mib`"));
     }
 
     #[test]
@@ -555,20 +498,10 @@ mod tests {
     #[test]
     fn pci_addresses_parse_in_both_widths() {
         let long: PciAddress = "00000001:c1:1f.7".parse().unwrap();
-        assert_eq!(
-            (long.domain, long.bus, long.device, long.function),
-            (1, 0xc1, 0x1f, 7)
-        );
+        assert_eq!((long.domain, long.bus, long.device, long.function), (1, 0xc1, 0x1f, 7));
         assert_eq!(long.legacy(), "0001:C1:1F.7");
         assert_eq!("0001:C1:1F.7".parse::<PciAddress>().unwrap(), long);
-        for bad in [
-            "",
-            "0000:01:00",
-            "0000:1:00.0",
-            "0000:01:20.0",
-            "0000:01:00.8",
-            "000:01:00.0",
-        ] {
+        for bad in ["", "0000:01:00", "0000:1:00.0", "0000:01:20.0", "0000:01:00.8", "000:01:00.0"] {
             assert!(bad.parse::<PciAddress>().is_err(), "accepted {bad:?}");
         }
     }
@@ -579,15 +512,7 @@ mod tests {
         assert_eq!((p.gpu_slices, p.compute_slices), (3, 3));
         let p: MigProfile = "1c.3g.40gb".parse().unwrap();
         assert_eq!((p.gpu_slices, p.compute_slices), (3, 1));
-        for bad in [
-            "",
-            "1g",
-            "g.10gb",
-            "01g.10gb",
-            "1g.10",
-            "4c.3g.40gb",
-            "1x.10gb",
-        ] {
+        for bad in ["", "1g", "g.10gb", "01g.10gb", "1g.10", "4c.3g.40gb", "1x.10gb"] {
             assert!(bad.parse::<MigProfile>().is_err(), "accepted {bad:?}");
         }
     }
@@ -595,9 +520,7 @@ mod tests {
     #[test]
     fn readings_follow_uuids_and_report_topology_changes() {
         let mut host = parse(ONE_GPU).unwrap();
-        let hotter =
-            parse(&ONE_GPU.replace(r#""pci_bus_id""#, r#""temperature_c": 80, "pci_bus_id""#))
-                .unwrap();
+        let hotter = parse(&ONE_GPU.replace(r#""pci_bus_id""#, r#""temperature_c": 80, "pci_bus_id""#)).unwrap();
         assert!(host.take_readings(&hotter));
         assert_eq!(host.gpus[0].readings.temperature_c, 80);
         let renamed = parse(&ONE_GPU.replace(r#""G""#, r#""H""#)).unwrap();

@@ -40,10 +40,7 @@ pub unsafe extern "C" fn nvmlDeviceGetCount_v2(device_count: *mut c_uint) -> nvm
 /// # Safety
 /// `device` is null or valid for writing one `nvmlDevice_t`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
-    index: c_uint,
-    device: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(index: c_uint, device: *mut nvmlDevice_t) -> nvmlReturn_t {
     to_return(session::with_host(|host| {
         let index = usize::try_from(index).map_err(|_| SimError::InvalidArgument)?;
         if index >= host.gpus.len() {
@@ -59,10 +56,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByIndex_v2(
 /// # Safety
 /// `uuid` is null or NUL-terminated; `device` is null or valid for writing one `nvmlDevice_t`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(
-    uuid: *const c_char,
-    device: *mut nvmlDevice_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetHandleByUUID(uuid: *const c_char, device: *mut nvmlDevice_t) -> nvmlReturn_t {
     to_return(session::with_host(|host| {
         // SAFETY: the caller's contract is `read_str`'s.
         let uuid = unsafe { read_str(uuid) }?;
@@ -86,13 +80,8 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
         // SAFETY: the caller's contract is `read_str`'s.
         let text = unsafe { read_str(pci_bus_id) }?;
         let device = non_null(device)?;
-        let address: crate::config::PciAddress =
-            text.parse().map_err(|_| SimError::InvalidArgument)?;
-        let index = host
-            .gpus
-            .iter()
-            .position(|gpu| gpu.pci == address)
-            .ok_or(SimError::NotFound)?;
+        let address: crate::config::PciAddress = text.parse().map_err(|_| SimError::InvalidArgument)?;
+        let index = host.gpus.iter().position(|gpu| gpu.pci == address).ok_or(SimError::NotFound)?;
         // SAFETY: the caller's contract is `write`'s.
         unsafe { write(device, DeviceId::Gpu(index).to_handle()) }
     }))
@@ -103,11 +92,7 @@ pub unsafe extern "C" fn nvmlDeviceGetHandleByPciBusId_v2(
 /// # Safety
 /// `name` is null or valid for writing `length` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetName(
-    device: nvmlDevice_t,
-    name: *mut c_char,
-    length: c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetName(device: nvmlDevice_t, name: *mut c_char, length: c_uint) -> nvmlReturn_t {
     to_return(session::with_device(device, |dev| {
         let text = match dev {
             Device::Gpu { gpu, .. } => gpu.name.clone(),
@@ -125,11 +110,7 @@ pub unsafe extern "C" fn nvmlDeviceGetName(
 /// # Safety
 /// `uuid` is null or valid for writing `length` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetUUID(
-    device: nvmlDevice_t,
-    uuid: *mut c_char,
-    length: c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetUUID(device: nvmlDevice_t, uuid: *mut c_char, length: c_uint) -> nvmlReturn_t {
     to_return(session::with_device(device, |dev| {
         let text = match dev {
             Device::Gpu { gpu, .. } => &gpu.uuid,
@@ -145,10 +126,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUUID(
 /// # Safety
 /// `index` is null or valid for writing one `unsigned int`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetIndex(
-    device: nvmlDevice_t,
-    index: *mut c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetIndex(device: nvmlDevice_t, index: *mut c_uint) -> nvmlReturn_t {
     to_return(session::with_device(device, |dev| match dev {
         Device::Gpu { index: i, .. } => {
             let i = c_uint::try_from(i).map_err(|_| SimError::InvalidArgument)?;
@@ -182,13 +160,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
         };
         // Config validation bounds both by 1 PiB and keeps used <= total.
         let (total, used) = (total_mib * MIB, used_mib * MIB);
-        let info = nvmlMemory_v2_t {
-            version,
-            total,
-            reserved: 0,
-            free: total - used,
-            used,
-        };
+        let info = nvmlMemory_v2_t { version, total, reserved: 0, free: total - used, used };
         // SAFETY: the caller's contract is `write`'s.
         unsafe { write(memory, info) }
     }))
@@ -200,10 +172,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMemoryInfo_v2(
 /// # Safety
 /// `pci` is null or valid for writing one `nvmlPciInfo_t`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(
-    device: nvmlDevice_t,
-    pci: *mut nvmlPciInfo_t,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetPciInfo_v3(device: nvmlDevice_t, pci: *mut nvmlPciInfo_t) -> nvmlReturn_t {
     to_return(session::with_device(device, |dev| {
         let gpu = match dev {
             Device::Gpu { gpu, .. } | Device::Mig { gpu, .. } => gpu,
@@ -252,10 +221,7 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
     utilization: *mut nvmlUtilization_t,
 ) -> nvmlReturn_t {
     to_return(with_readings(device, |r| {
-        let rates = nvmlUtilization_t {
-            gpu: r.utilization_gpu_pct,
-            memory: r.utilization_memory_pct,
-        };
+        let rates = nvmlUtilization_t { gpu: r.utilization_gpu_pct, memory: r.utilization_memory_pct };
         // SAFETY: the caller's contract is `write`'s.
         unsafe { write(utilization, rates) }
     }))
@@ -266,14 +232,9 @@ pub unsafe extern "C" fn nvmlDeviceGetUtilizationRates(
 /// # Safety
 /// `power` is null or valid for writing one `unsigned int`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(
-    device: nvmlDevice_t,
-    power: *mut c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetPowerUsage(device: nvmlDevice_t, power: *mut c_uint) -> nvmlReturn_t {
     // SAFETY: the caller's contract is `write`'s.
-    to_return(with_readings(device, |r| unsafe {
-        write(power, r.power_mw)
-    }))
+    to_return(with_readings(device, |r| unsafe { write(power, r.power_mw) }))
 }
 
 /// `temperature_c` for `NVML_TEMPERATURE_GPU`, the only sensor NVML defines.
@@ -305,9 +266,7 @@ pub unsafe extern "C" fn nvmlDeviceGetTotalEnergyConsumption(
     energy: *mut c_ulonglong,
 ) -> nvmlReturn_t {
     // SAFETY: the caller's contract is `write`'s.
-    to_return(with_readings(device, |r| unsafe {
-        write(energy, r.energy_mj)
-    }))
+    to_return(with_readings(device, |r| unsafe { write(energy, r.energy_mj) }))
 }
 
 /// `processes`, with NVML's sizing protocol: `*info_count` is the capacity of

@@ -31,9 +31,7 @@ impl SimError {
             SimError::NotSupported => nvmlReturn_enum_NVML_ERROR_NOT_SUPPORTED,
             SimError::NotFound => nvmlReturn_enum_NVML_ERROR_NOT_FOUND,
             SimError::InsufficientSize => nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE,
-            SimError::ArgumentVersionMismatch => {
-                nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH
-            }
+            SimError::ArgumentVersionMismatch => nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH,
             SimError::Config(_) => nvmlReturn_enum_NVML_ERROR_UNKNOWN,
         }
     }
@@ -69,27 +67,17 @@ pub fn describe(code: nvmlReturn_t) -> *const c_char {
         nvmlReturn_enum_NVML_ERROR_CORRUPTED_INFOROM => c"Corrupted infoROM",
         nvmlReturn_enum_NVML_ERROR_GPU_IS_LOST => c"GPU is lost",
         nvmlReturn_enum_NVML_ERROR_RESET_REQUIRED => c"GPU requires restart",
-        nvmlReturn_enum_NVML_ERROR_OPERATING_SYSTEM => {
-            c"The operating system has blocked the request"
-        }
-        nvmlReturn_enum_NVML_ERROR_LIB_RM_VERSION_MISMATCH => {
-            c"RM has detected an NVML/RM version mismatch"
-        }
+        nvmlReturn_enum_NVML_ERROR_OPERATING_SYSTEM => c"The operating system has blocked the request",
+        nvmlReturn_enum_NVML_ERROR_LIB_RM_VERSION_MISMATCH => c"RM has detected an NVML/RM version mismatch",
         nvmlReturn_enum_NVML_ERROR_IN_USE => c"In use by another client",
         nvmlReturn_enum_NVML_ERROR_MEMORY => c"Insufficient Memory",
         nvmlReturn_enum_NVML_ERROR_NO_DATA => c"No data",
         nvmlReturn_enum_NVML_ERROR_VGPU_ECC_NOT_SUPPORTED => {
             c"The requested vGPU operation is not available because ECC is enabled"
         }
-        nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES => {
-            c"Ran out of critical resources, other than memory"
-        }
-        nvmlReturn_enum_NVML_ERROR_FREQ_NOT_SUPPORTED => {
-            c"The requested frequency is not supported"
-        }
-        nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH => {
-            c"The provided version is invalid or unsupported"
-        }
+        nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_RESOURCES => c"Ran out of critical resources, other than memory",
+        nvmlReturn_enum_NVML_ERROR_FREQ_NOT_SUPPORTED => c"The requested frequency is not supported",
+        nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH => c"The provided version is invalid or unsupported",
         nvmlReturn_enum_NVML_ERROR_DEPRECATED => c"The requested functionality has been deprecated",
         nvmlReturn_enum_NVML_ERROR_NOT_READY => c"The system is not ready for the request",
         nvmlReturn_enum_NVML_ERROR_GPU_NOT_FOUND => c"The GPU is not found",

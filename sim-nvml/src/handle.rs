@@ -21,10 +21,7 @@ impl DeviceId {
             DeviceId::Gpu(gpu) => (gpu, 0),
             DeviceId::Mig { gpu, instance } => (gpu, instance + 1),
         };
-        debug_assert!(
-            gpu <= 0xffff && slot <= 0xff,
-            "config limits keep indices small"
-        );
+        debug_assert!(gpu <= 0xffff && slot <= 0xff, "config limits keep indices small");
         std::ptr::without_provenance_mut::<nvmlDevice_st>(TAG | (gpu & 0xffff) << 8 | (slot & 0xff))
     }
 
@@ -38,10 +35,7 @@ impl DeviceId {
         let gpu = (addr >> 8) & 0xffff;
         match addr & 0xff {
             0 => Some(DeviceId::Gpu(gpu)),
-            slot => Some(DeviceId::Mig {
-                gpu,
-                instance: slot - 1,
-            }),
+            slot => Some(DeviceId::Mig { gpu, instance: slot - 1 }),
         }
     }
 }
@@ -55,14 +49,8 @@ mod tests {
         for id in [
             DeviceId::Gpu(0),
             DeviceId::Gpu(63),
-            DeviceId::Mig {
-                gpu: 0,
-                instance: 0,
-            },
-            DeviceId::Mig {
-                gpu: 5,
-                instance: 6,
-            },
+            DeviceId::Mig { gpu: 0, instance: 0 },
+            DeviceId::Mig { gpu: 5, instance: 6 },
         ] {
             assert_eq!(DeviceId::from_handle(id.to_handle()), Some(id));
         }

@@ -134,64 +134,28 @@ fn signatures_match_nvml_wrapper_sys(lib: &nvml_wrapper_sys::bindings::NvmlLib) 
     same(&lib.nvmlErrorString, nvmlErrorString);
     same(&lib.nvmlSystemGetDriverVersion, nvmlSystemGetDriverVersion);
     same(&lib.nvmlSystemGetNVMLVersion, nvmlSystemGetNVMLVersion);
-    same(
-        &lib.nvmlSystemGetCudaDriverVersion,
-        nvmlSystemGetCudaDriverVersion,
-    );
-    same(
-        &lib.nvmlSystemGetCudaDriverVersion_v2,
-        nvmlSystemGetCudaDriverVersion_v2,
-    );
+    same(&lib.nvmlSystemGetCudaDriverVersion, nvmlSystemGetCudaDriverVersion);
+    same(&lib.nvmlSystemGetCudaDriverVersion_v2, nvmlSystemGetCudaDriverVersion_v2);
     same(&lib.nvmlDeviceGetCount_v2, nvmlDeviceGetCount_v2);
-    same(
-        &lib.nvmlDeviceGetHandleByIndex_v2,
-        nvmlDeviceGetHandleByIndex_v2,
-    );
+    same(&lib.nvmlDeviceGetHandleByIndex_v2, nvmlDeviceGetHandleByIndex_v2);
     same(&lib.nvmlDeviceGetHandleByUUID, nvmlDeviceGetHandleByUUID);
-    same(
-        &lib.nvmlDeviceGetHandleByPciBusId_v2,
-        nvmlDeviceGetHandleByPciBusId_v2,
-    );
+    same(&lib.nvmlDeviceGetHandleByPciBusId_v2, nvmlDeviceGetHandleByPciBusId_v2);
     same(&lib.nvmlDeviceGetName, nvmlDeviceGetName);
     same(&lib.nvmlDeviceGetUUID, nvmlDeviceGetUUID);
     same(&lib.nvmlDeviceGetIndex, nvmlDeviceGetIndex);
     same(&lib.nvmlDeviceGetMemoryInfo_v2, nvmlDeviceGetMemoryInfo_v2);
     same(&lib.nvmlDeviceGetPciInfo_v3, nvmlDeviceGetPciInfo_v3);
-    same(
-        &lib.nvmlDeviceGetUtilizationRates,
-        nvmlDeviceGetUtilizationRates,
-    );
+    same(&lib.nvmlDeviceGetUtilizationRates, nvmlDeviceGetUtilizationRates);
     same(&lib.nvmlDeviceGetPowerUsage, nvmlDeviceGetPowerUsage);
     same(&lib.nvmlDeviceGetTemperature, nvmlDeviceGetTemperature);
-    same(
-        &lib.nvmlDeviceGetTotalEnergyConsumption,
-        nvmlDeviceGetTotalEnergyConsumption,
-    );
-    same(
-        &lib.nvmlDeviceGetComputeRunningProcesses_v3,
-        nvmlDeviceGetComputeRunningProcesses_v3,
-    );
+    same(&lib.nvmlDeviceGetTotalEnergyConsumption, nvmlDeviceGetTotalEnergyConsumption);
+    same(&lib.nvmlDeviceGetComputeRunningProcesses_v3, nvmlDeviceGetComputeRunningProcesses_v3);
     same(&lib.nvmlDeviceGetMigMode, nvmlDeviceGetMigMode);
-    same(
-        &lib.nvmlDeviceGetMaxMigDeviceCount,
-        nvmlDeviceGetMaxMigDeviceCount,
-    );
-    same(
-        &lib.nvmlDeviceGetMigDeviceHandleByIndex,
-        nvmlDeviceGetMigDeviceHandleByIndex,
-    );
-    same(
-        &lib.nvmlDeviceIsMigDeviceHandle,
-        nvmlDeviceIsMigDeviceHandle,
-    );
-    same(
-        &lib.nvmlDeviceGetDeviceHandleFromMigDeviceHandle,
-        nvmlDeviceGetDeviceHandleFromMigDeviceHandle,
-    );
+    same(&lib.nvmlDeviceGetMaxMigDeviceCount, nvmlDeviceGetMaxMigDeviceCount);
+    same(&lib.nvmlDeviceGetMigDeviceHandleByIndex, nvmlDeviceGetMigDeviceHandleByIndex);
+    same(&lib.nvmlDeviceIsMigDeviceHandle, nvmlDeviceIsMigDeviceHandle);
+    same(&lib.nvmlDeviceGetDeviceHandleFromMigDeviceHandle, nvmlDeviceGetDeviceHandleFromMigDeviceHandle);
     same(&lib.nvmlDeviceGetGpuInstanceId, nvmlDeviceGetGpuInstanceId);
-    same(
-        &lib.nvmlDeviceGetComputeInstanceId,
-        nvmlDeviceGetComputeInstanceId,
-    );
+    same(&lib.nvmlDeviceGetComputeInstanceId, nvmlDeviceGetComputeInstanceId);
     same(&lib.nvmlDeviceGetAttributes_v2, nvmlDeviceGetAttributes_v2);
 }

@@ -29,11 +29,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
         let Device::Gpu { gpu, .. } = dev else {
             return Err(SimError::NotSupported);
         };
-        let mode = if gpu.mig_enabled {
-            NVML_DEVICE_MIG_ENABLE
-        } else {
-            NVML_DEVICE_MIG_DISABLE
-        };
+        let mode = if gpu.mig_enabled { NVML_DEVICE_MIG_ENABLE } else { NVML_DEVICE_MIG_DISABLE };
         // SAFETY: the caller's contract is `write`'s, for both pointers.
         unsafe {
             write(current_mode, mode)?;
@@ -47,19 +43,12 @@ pub unsafe extern "C" fn nvmlDeviceGetMigMode(
 /// # Safety
 /// `count` is null or valid for writing one `unsigned int`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(
-    device: nvmlDevice_t,
-    count: *mut c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetMaxMigDeviceCount(device: nvmlDevice_t, count: *mut c_uint) -> nvmlReturn_t {
     to_return(session::with_device(device, |dev| {
         let Device::Gpu { gpu, .. } = dev else {
             return Err(SimError::InvalidArgument);
         };
-        let max = if gpu.mig_enabled {
-            MAX_MIG_DEVICES as c_uint
-        } else {
-            0
-        };
+        let max = if gpu.mig_enabled { MAX_MIG_DEVICES as c_uint } else { 0 };
         // SAFETY: the caller's contract is `write`'s.
         unsafe { write(count, max) }
     }))
@@ -79,11 +68,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
 ) -> nvmlReturn_t {
     to_return(session::with_device(device, |dev| {
         let mig_device = non_null(mig_device)?;
-        let Device::Gpu {
-            index: gpu_index,
-            gpu,
-        } = dev
-        else {
+        let Device::Gpu { index: gpu_index, gpu } = dev else {
             return Err(SimError::InvalidArgument);
         };
         let slot = usize::try_from(index).map_err(|_| SimError::InvalidArgument)?;
@@ -93,11 +78,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
         if slot >= gpu.mig_instances.len() {
             return Err(SimError::NotFound);
         }
-        let handle = DeviceId::Mig {
-            gpu: gpu_index,
-            instance: slot,
-        }
-        .to_handle();
+        let handle = DeviceId::Mig { gpu: gpu_index, instance: slot }.to_handle();
         // SAFETY: the caller's contract is `write`'s.
         unsafe { write(mig_device, handle) }
     }))
@@ -108,10 +89,7 @@ pub unsafe extern "C" fn nvmlDeviceGetMigDeviceHandleByIndex(
 /// # Safety
 /// `is_mig_device` is null or valid for writing one `unsigned int`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(
-    device: nvmlDevice_t,
-    is_mig_device: *mut c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceIsMigDeviceHandle(device: nvmlDevice_t, is_mig_device: *mut c_uint) -> nvmlReturn_t {
     to_return(session::with_device(device, |dev| {
         let is_mig = c_uint::from(matches!(dev, Device::Mig { .. }));
         // SAFETY: the caller's contract is `write`'s.
@@ -142,10 +120,7 @@ pub unsafe extern "C" fn nvmlDeviceGetDeviceHandleFromMigDeviceHandle(
 /// # Safety
 /// `id` is null or valid for writing one `unsigned int`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(
-    device: nvmlDevice_t,
-    id: *mut c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(device: nvmlDevice_t, id: *mut c_uint) -> nvmlReturn_t {
     to_return(session::with_device(device, |dev| {
         let Device::Mig { instance_index, .. } = dev else {
             return Err(SimError::NotSupported);
@@ -161,10 +136,7 @@ pub unsafe extern "C" fn nvmlDeviceGetGpuInstanceId(
 /// # Safety
 /// `id` is null or valid for writing one `unsigned int`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(
-    device: nvmlDevice_t,
-    id: *mut c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlDeviceGetComputeInstanceId(device: nvmlDevice_t, id: *mut c_uint) -> nvmlReturn_t {
     to_return(session::with_device(device, |dev| {
         let Device::Mig { .. } = dev else {
             return Err(SimError::NotSupported);

@@ -30,9 +30,7 @@ static SESSION: Mutex<Option<Session>> = Mutex::new(None);
 fn lock() -> MutexGuard<'static, Option<Session>> {
     // A panic cannot leave the session half-updated (every update is a single
     // assignment), so a poisoned lock still holds a consistent session.
-    SESSION
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
+    SESSION.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Says `message` on stderr the first time it comes up, so a daemon that
@@ -64,11 +62,7 @@ pub fn init() -> Result<(), SimError> {
             loaded.inspect_err(|e| warn_once(&format!("nvmlInit failed: {e}")))?
         }
     };
-    *session = Some(Session {
-        init_count: 1,
-        host,
-        source,
-    });
+    *session = Some(Session { init_count: 1, host, source });
     Ok(())
 }
 
@@ -117,16 +111,8 @@ fn refresh(host: &mut Host, source: &mut Source) {
 
 /// A handle resolved against the host.
 pub enum Device<'a> {
-    Gpu {
-        index: usize,
-        gpu: &'a Gpu,
-    },
-    Mig {
-        gpu_index: usize,
-        gpu: &'a Gpu,
-        instance_index: usize,
-        instance: &'a MigInstance,
-    },
+    Gpu { index: usize, gpu: &'a Gpu },
+    Mig { gpu_index: usize, gpu: &'a Gpu, instance_index: usize, instance: &'a MigInstance },
 }
 
 impl Host {
@@ -137,12 +123,7 @@ impl Host {
                 let gpu_index = gpu;
                 let gpu = self.gpus.get(gpu_index)?;
                 let mig = gpu.mig_instances.get(instance)?;
-                Some(Device::Mig {
-                    gpu_index,
-                    gpu,
-                    instance_index: instance,
-                    instance: mig,
-                })
+                Some(Device::Mig { gpu_index, gpu, instance_index: instance, instance: mig })
             }
         }
     }
@@ -154,10 +135,7 @@ impl Host {
                 return Some(DeviceId::Gpu(index));
             }
             let instance = gpu.mig_instances.iter().position(|m| m.uuid == uuid)?;
-            Some(DeviceId::Mig {
-                gpu: index,
-                instance,
-            })
+            Some(DeviceId::Mig { gpu: index, instance })
         })
     }
 }

@@ -50,10 +50,7 @@ pub unsafe extern "C" fn nvmlErrorString(result: nvmlReturn_t) -> *const c_char 
 /// # Safety
 /// `version` is null or valid for writing `length` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
-    version: *mut c_char,
-    length: c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetDriverVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
     to_return(session::with_host(|host| {
         // SAFETY: the caller's contract is `write_str`'s.
         unsafe { write_str(version, length, &host.driver_version) }
@@ -65,16 +62,9 @@ pub unsafe extern "C" fn nvmlSystemGetDriverVersion(
 /// # Safety
 /// `version` is null or valid for writing `length` bytes.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(
-    version: *mut c_char,
-    length: c_uint,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(version: *mut c_char, length: c_uint) -> nvmlReturn_t {
     to_return(session::with_host(|host| {
-        let text = format!(
-            "{}.{}",
-            host.cuda_driver_version / 1000,
-            host.driver_version
-        );
+        let text = format!("{}.{}", host.cuda_driver_version / 1000, host.driver_version);
         // SAFETY: the caller's contract is `write_str`'s.
         unsafe { write_str(version, length, &text) }
     }))
@@ -85,9 +75,7 @@ pub unsafe extern "C" fn nvmlSystemGetNVMLVersion(
 /// # Safety
 /// `cuda_driver_version` is null or valid for writing one `int`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(
-    cuda_driver_version: *mut c_int,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(cuda_driver_version: *mut c_int) -> nvmlReturn_t {
     to_return(session::with_host(|host| {
         // SAFETY: the caller's contract is `write`'s.
         unsafe { write(cuda_driver_version, host.cuda_driver_version) }
@@ -99,9 +87,7 @@ pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion(
 /// # Safety
 /// `cuda_driver_version` is null or valid for writing one `int`.
 #[no_mangle]
-pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(
-    cuda_driver_version: *mut c_int,
-) -> nvmlReturn_t {
+pub unsafe extern "C" fn nvmlSystemGetCudaDriverVersion_v2(cuda_driver_version: *mut c_int) -> nvmlReturn_t {
     // SAFETY: same contract.
     unsafe { nvmlSystemGetCudaDriverVersion(cuda_driver_version) }
 }

@@ -32,10 +32,7 @@ fn scenario(name: &str, config: Option<&str>, body: fn()) -> Option<String> {
     }
     let exe = std::env::current_exe().expect("the test binary's path");
     let mut child = Command::new(exe);
-    child
-        .args([name, "--exact", "--nocapture", "--test-threads=1"])
-        .env(SCENARIO_ENV, name)
-        .env_remove(CONFIG_ENV);
+    child.args([name, "--exact", "--nocapture", "--test-threads=1"]).env(SCENARIO_ENV, name).env_remove(CONFIG_ENV);
     if let Some(json) = config {
         let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("sim-nvml-{name}.json"));
         std::fs::write(&path, json).expect("write the scenario's config");
@@ -74,9 +71,7 @@ fn raw_lib() -> NvmlLib {
 
 /// The config file the scenario's parent wrote.
 fn config_path() -> PathBuf {
-    std::env::var_os(CONFIG_ENV)
-        .map(PathBuf::from)
-        .expect("the scenario has a config")
+    std::env::var_os(CONFIG_ENV).map(PathBuf::from).expect("the scenario has a config")
 }
 
 /// Replaces the config the way the docs recommend: write aside, rename over.
@@ -98,24 +93,15 @@ fn default_inventory_is_one_simulated_h100() {
 
         let gpu = nvml.device_by_index(0).unwrap();
         assert_eq!(gpu.name().unwrap(), "NVIDIA H100 80GB HBM3 (simulated)");
-        assert_eq!(
-            gpu.uuid().unwrap(),
-            "GPU-00000000-5157-0000-0000-000000000001"
-        );
+        assert_eq!(gpu.uuid().unwrap(), "GPU-00000000-5157-0000-0000-000000000001");
         assert_eq!(gpu.index().unwrap(), 0);
         let memory = gpu.memory_info().unwrap();
-        assert_eq!(
-            (memory.total, memory.used, memory.free),
-            (81559 * MIB, 0, 81559 * MIB)
-        );
+        assert_eq!((memory.total, memory.used, memory.free), (81559 * MIB, 0, 81559 * MIB));
         let pci = gpu.pci_info().unwrap();
         assert_eq!(pci.bus_id, "00000000:01:00.0");
         assert_eq!((pci.domain, pci.bus, pci.device), (0, 1, 0));
         let mig = gpu.mig_mode().unwrap();
-        assert_eq!(
-            (mig.current, mig.pending),
-            (NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_DISABLE)
-        );
+        assert_eq!((mig.current, mig.pending), (NVML_DEVICE_MIG_DISABLE, NVML_DEVICE_MIG_DISABLE));
         let utilization = gpu.utilization_rates().unwrap();
         assert_eq!((utilization.gpu, utilization.memory), (0, 0));
         assert_eq!(gpu.power_usage().unwrap(), 70_000);
@@ -123,25 +109,11 @@ fn default_inventory_is_one_simulated_h100() {
         assert_eq!(gpu.total_energy_consumption().unwrap(), 0);
         assert!(gpu.running_compute_processes().unwrap().is_empty());
 
-        let by_uuid = nvml
-            .device_by_uuid("GPU-00000000-5157-0000-0000-000000000001")
-            .unwrap();
+        let by_uuid = nvml.device_by_uuid("GPU-00000000-5157-0000-0000-000000000001").unwrap();
         assert_eq!(by_uuid.index().unwrap(), 0);
-        assert_eq!(
-            nvml.device_by_pci_bus_id("0000:01:00.0")
-                .unwrap()
-                .index()
-                .unwrap(),
-            0
-        );
-        assert!(matches!(
-            nvml.device_by_uuid("GPU-absent"),
-            Err(NvmlError::NotFound)
-        ));
-        assert!(matches!(
-            nvml.device_by_index(1),
-            Err(NvmlError::InvalidArg)
-        ));
+        assert_eq!(nvml.device_by_pci_bus_id("0000:01:00.0").unwrap().index().unwrap(), 0);
+        assert!(matches!(nvml.device_by_uuid("GPU-absent"), Err(NvmlError::NotFound)));
+        assert!(matches!(nvml.device_by_index(1), Err(NvmlError::InvalidArg)));
     });
 }
 
@@ -200,35 +172,19 @@ fn two_gpus_one_with_mig_instances() {
         let processes = a100.running_compute_processes().unwrap();
         let pids: Vec<u32> = processes.iter().map(|p| p.pid).collect();
         assert_eq!(pids, [100, 200]);
-        assert_eq!(
-            a100.memory_info().unwrap().used,
-            1500 * MIB,
-            "used memory defaults to the processes' sum"
-        );
+        assert_eq!(a100.memory_info().unwrap().used, 1500 * MIB, "used memory defaults to the processes' sum");
 
         let h100 = nvml.device_by_index(1).unwrap();
         assert_eq!(h100.pci_info().unwrap().bus_id, "00000000:C1:00.0");
         let mode = h100.mig_mode().unwrap();
-        assert_eq!(
-            (mode.current, mode.pending),
-            (NVML_DEVICE_MIG_ENABLE, NVML_DEVICE_MIG_ENABLE)
-        );
+        assert_eq!((mode.current, mode.pending), (NVML_DEVICE_MIG_ENABLE, NVML_DEVICE_MIG_ENABLE));
 
         let lib = raw_lib();
         // SAFETY: handles are opaque to the caller; reading them out is not unsafe in itself.
         let (a100_handle, h100_handle) = unsafe { (a100.handle(), h100.handle()) };
-        assert_eq!(
-            raw_uint(&lib.nvmlDeviceGetMaxMigDeviceCount, a100_handle),
-            Ok(0)
-        );
-        assert_eq!(
-            raw_uint(&lib.nvmlDeviceGetMaxMigDeviceCount, h100_handle),
-            Ok(7)
-        );
-        assert_eq!(
-            raw_uint(&lib.nvmlDeviceIsMigDeviceHandle, h100_handle),
-            Ok(0)
-        );
+        assert_eq!(raw_uint(&lib.nvmlDeviceGetMaxMigDeviceCount, a100_handle), Ok(0));
+        assert_eq!(raw_uint(&lib.nvmlDeviceGetMaxMigDeviceCount, h100_handle), Ok(7));
+        assert_eq!(raw_uint(&lib.nvmlDeviceIsMigDeviceHandle, h100_handle), Ok(0));
 
         let by_index = lib.nvmlDeviceGetMigDeviceHandleByIndex.as_ref().unwrap();
         let mig_handle = |index| {
@@ -240,72 +196,35 @@ fn two_gpus_one_with_mig_instances() {
             }
         };
         let expected = [
-            (
-                "MIG-11111111-0000-0000-0000-000000000000",
-                9856,
-                16,
-                1,
-                "1g.10gb",
-            ),
-            (
-                "MIG-22222222-0000-0000-0000-000000000000",
-                40192,
-                60,
-                4,
-                "4g.40gb",
-            ),
+            ("MIG-11111111-0000-0000-0000-000000000000", 9856, 16, 1, "1g.10gb"),
+            ("MIG-22222222-0000-0000-0000-000000000000", 40192, 60, 4, "4g.40gb"),
         ];
-        for (index, (uuid, memory_mib, sm_count, slices, profile)) in
-            expected.into_iter().enumerate()
-        {
+        for (index, (uuid, memory_mib, sm_count, slices, profile)) in expected.into_iter().enumerate() {
             let handle = mig_handle(index as c_uint).expect("a configured MIG slot");
             // SAFETY: the handle came from the library this `nvml` loaded.
             let mig = unsafe { Device::new(handle, &nvml) };
             assert_eq!(mig.uuid().unwrap(), uuid);
-            assert_eq!(
-                mig.name().unwrap(),
-                format!("NVIDIA H100 80GB HBM3 MIG {profile}")
-            );
+            assert_eq!(mig.name().unwrap(), format!("NVIDIA H100 80GB HBM3 MIG {profile}"));
             assert_eq!(mig.memory_info().unwrap().total, memory_mib * MIB);
             let attributes = mig.attributes().unwrap();
             assert_eq!(attributes.multiprocessor_count, sm_count);
             assert_eq!(attributes.memory_size_mb, memory_mib);
             assert_eq!(attributes.gpu_instance_slice_count, slices);
             assert_eq!(raw_uint(&lib.nvmlDeviceIsMigDeviceHandle, handle), Ok(1));
-            assert!(matches!(
-                mig.utilization_rates(),
-                Err(NvmlError::NotSupported)
-            ));
+            assert!(matches!(mig.utilization_rates(), Err(NvmlError::NotSupported)));
             // SAFETY: as above.
             let by_uuid = unsafe { nvml.device_by_uuid(uuid).unwrap().handle() };
             assert_eq!(by_uuid, handle);
 
             let mut parent = std::ptr::null_mut();
-            let from_mig = lib
-                .nvmlDeviceGetDeviceHandleFromMigDeviceHandle
-                .as_ref()
-                .unwrap();
+            let from_mig = lib.nvmlDeviceGetDeviceHandleFromMigDeviceHandle.as_ref().unwrap();
             // SAFETY: `parent` is a valid out-pointer.
-            assert_eq!(
-                unsafe { from_mig(handle, &mut parent) },
-                nvmlReturn_enum_NVML_SUCCESS
-            );
+            assert_eq!(unsafe { from_mig(handle, &mut parent) }, nvmlReturn_enum_NVML_SUCCESS);
             assert_eq!(parent, h100_handle);
         }
-        assert_eq!(
-            mig_handle(2),
-            Err(nvmlReturn_enum_NVML_ERROR_NOT_FOUND),
-            "an empty slot"
-        );
-        assert_eq!(
-            mig_handle(7),
-            Err(nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT),
-            "past the last slot"
-        );
-        assert!(
-            matches!(h100.attributes(), Err(NvmlError::NotSupported)),
-            "only MIG handles have attributes"
-        );
+        assert_eq!(mig_handle(2), Err(nvmlReturn_enum_NVML_ERROR_NOT_FOUND), "an empty slot");
+        assert_eq!(mig_handle(7), Err(nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT), "past the last slot");
+        assert!(matches!(h100.attributes(), Err(NvmlError::NotSupported)), "only MIG handles have attributes");
     });
 }
 
@@ -317,214 +236,149 @@ const READINGS: &str = r#"{"gpus": [{
 
 #[test]
 fn readings_follow_rewrites_of_the_config() {
-    scenario(
-        "readings_follow_rewrites_of_the_config",
-        Some(READINGS),
-        || {
-            let nvml = init().expect("init");
-            let gpu = nvml.device_by_index(0).unwrap();
-            let read = || {
-                let utilization = gpu.utilization_rates().unwrap();
-                (
-                    utilization.gpu,
-                    utilization.memory,
-                    gpu.power_usage().unwrap(),
-                    gpu.temperature(TemperatureSensor::Gpu).unwrap(),
-                    gpu.total_energy_consumption().unwrap(),
-                    gpu.memory_info().unwrap().used / MIB,
-                    gpu.running_compute_processes().unwrap().len(),
-                )
-            };
-            assert_eq!(read(), (10, 5, 100_000, 40, 1000, 100, 0));
-
-            let busy = READINGS
-                .replace(
-                    r#""utilization_gpu_pct": 10"#,
-                    r#""utilization_gpu_pct": 90"#,
-                )
-                .replace(r#""power_mw": 100000"#, r#""power_mw": 350000"#)
-                .replace(r#""temperature_c": 40"#, r#""temperature_c": 71"#)
-                .replace(r#""energy_mj": 1000"#, r#""energy_mj": 5000"#)
-                .replace(
-                    r#""memory_used_mib": 100"#,
-                    r#""processes": [{"pid": 7, "used_mib": 600}]"#,
-                );
-            rewrite_config(&busy);
-            assert_eq!(read(), (90, 5, 350_000, 71, 5000, 600, 1));
-
-            // Rewritten in place, to the same length, straight after the last read.
-            std::fs::write(
-                config_path(),
-                busy.replace(r#""temperature_c": 71"#, r#""temperature_c": 72"#),
+    scenario("readings_follow_rewrites_of_the_config", Some(READINGS), || {
+        let nvml = init().expect("init");
+        let gpu = nvml.device_by_index(0).unwrap();
+        let read = || {
+            let utilization = gpu.utilization_rates().unwrap();
+            (
+                utilization.gpu,
+                utilization.memory,
+                gpu.power_usage().unwrap(),
+                gpu.temperature(TemperatureSensor::Gpu).unwrap(),
+                gpu.total_energy_consumption().unwrap(),
+                gpu.memory_info().unwrap().used / MIB,
+                gpu.running_compute_processes().unwrap().len(),
             )
-            .expect("rewrite in place");
-            assert_eq!(read().3, 72);
+        };
+        assert_eq!(read(), (10, 5, 100_000, 40, 1000, 100, 0));
 
-            // A broken file keeps the last readings rather than failing queries.
-            rewrite_config("{ not json");
-            assert_eq!(read().3, 72);
-        },
-    );
+        let busy = READINGS
+            .replace(r#""utilization_gpu_pct": 10"#, r#""utilization_gpu_pct": 90"#)
+            .replace(r#""power_mw": 100000"#, r#""power_mw": 350000"#)
+            .replace(r#""temperature_c": 40"#, r#""temperature_c": 71"#)
+            .replace(r#""energy_mj": 1000"#, r#""energy_mj": 5000"#)
+            .replace(r#""memory_used_mib": 100"#, r#""processes": [{"pid": 7, "used_mib": 600}]"#);
+        rewrite_config(&busy);
+        assert_eq!(read(), (90, 5, 350_000, 71, 5000, 600, 1));
+
+        // Rewritten in place, to the same length, straight after the last read.
+        std::fs::write(config_path(), busy.replace(r#""temperature_c": 71"#, r#""temperature_c": 72"#))
+            .expect("rewrite in place");
+        assert_eq!(read().3, 72);
+
+        // A broken file keeps the last readings rather than failing queries.
+        rewrite_config("{ not json");
+        assert_eq!(read().3, 72);
+    });
 }
 
 #[test]
 fn malformed_config_fails_init_and_says_why_once() {
     let typo = READINGS.replace("memory_total_mib", "memory_totl_mib");
-    let stderr = scenario(
-        "malformed_config_fails_init_and_says_why_once",
-        Some(&typo),
-        || {
-            assert!(matches!(init(), Err(NvmlError::Unknown)));
-            assert!(
-                matches!(init(), Err(NvmlError::Unknown)),
-                "a retry fails the same way"
-            );
-        },
-    );
+    let stderr = scenario("malformed_config_fails_init_and_says_why_once", Some(&typo), || {
+        assert!(matches!(init(), Err(NvmlError::Unknown)));
+        assert!(matches!(init(), Err(NvmlError::Unknown)), "a retry fails the same way");
+    });
     let Some(stderr) = stderr else { return };
-    assert_eq!(
-        stderr.matches("unknown field `memory_totl_mib`").count(),
-        1,
-        "the reason is printed once:\n{stderr}"
-    );
+    assert_eq!(stderr.matches("unknown field `memory_totl_mib`").count(), 1, "the reason is printed once:\n{stderr}");
 }
 
 #[test]
 fn calls_before_init_or_after_the_last_shutdown_are_uninitialized() {
-    scenario(
-        "calls_before_init_or_after_the_last_shutdown_are_uninitialized",
-        None,
-        || {
-            let count = || {
-                let mut count = 0;
-                // SAFETY: `count` is a valid out-pointer.
-                let code = unsafe { nvidia_ml::nvmlDeviceGetCount_v2(&mut count) };
-                (code, count)
-            };
-            // SAFETY (all calls below): the exports take no pointers or valid ones.
-            unsafe {
-                assert_eq!(count().0, nvmlReturn_enum_NVML_ERROR_UNINITIALIZED);
-                let mut version = [0 as c_char; 80];
-                assert_eq!(
-                    nvidia_ml::nvmlSystemGetDriverVersion(version.as_mut_ptr(), 80),
-                    nvmlReturn_enum_NVML_ERROR_UNINITIALIZED
-                );
-                assert_eq!(
-                    nvidia_ml::nvmlShutdown(),
-                    nvmlReturn_enum_NVML_ERROR_UNINITIALIZED
-                );
-                let text = CStr::from_ptr(nvidia_ml::nvmlErrorString(
-                    nvmlReturn_enum_NVML_ERROR_UNINITIALIZED,
-                ));
-                assert_eq!(
-                    text.to_str().unwrap(),
-                    "Uninitialized",
-                    "error strings need no init"
-                );
+    scenario("calls_before_init_or_after_the_last_shutdown_are_uninitialized", None, || {
+        let count = || {
+            let mut count = 0;
+            // SAFETY: `count` is a valid out-pointer.
+            let code = unsafe { nvidia_ml::nvmlDeviceGetCount_v2(&mut count) };
+            (code, count)
+        };
+        // SAFETY (all calls below): the exports take no pointers or valid ones.
+        unsafe {
+            assert_eq!(count().0, nvmlReturn_enum_NVML_ERROR_UNINITIALIZED);
+            let mut version = [0 as c_char; 80];
+            assert_eq!(
+                nvidia_ml::nvmlSystemGetDriverVersion(version.as_mut_ptr(), 80),
+                nvmlReturn_enum_NVML_ERROR_UNINITIALIZED
+            );
+            assert_eq!(nvidia_ml::nvmlShutdown(), nvmlReturn_enum_NVML_ERROR_UNINITIALIZED);
+            let text = CStr::from_ptr(nvidia_ml::nvmlErrorString(nvmlReturn_enum_NVML_ERROR_UNINITIALIZED));
+            assert_eq!(text.to_str().unwrap(), "Uninitialized", "error strings need no init");
 
-                // Inits are counted: the second shutdown ends the session.
-                assert_eq!(nvidia_ml::nvmlInit_v2(), nvmlReturn_enum_NVML_SUCCESS);
-                assert_eq!(
-                    nvidia_ml::nvmlInitWithFlags(0),
-                    nvmlReturn_enum_NVML_SUCCESS
-                );
-                assert_eq!(nvidia_ml::nvmlShutdown(), nvmlReturn_enum_NVML_SUCCESS);
-                assert_eq!(count(), (nvmlReturn_enum_NVML_SUCCESS, 1));
-                assert_eq!(nvidia_ml::nvmlShutdown(), nvmlReturn_enum_NVML_SUCCESS);
-                assert_eq!(count().0, nvmlReturn_enum_NVML_ERROR_UNINITIALIZED);
-                assert_eq!(
-                    nvidia_ml::nvmlShutdown(),
-                    nvmlReturn_enum_NVML_ERROR_UNINITIALIZED
-                );
-            }
-        },
-    );
+            // Inits are counted: the second shutdown ends the session.
+            assert_eq!(nvidia_ml::nvmlInit_v2(), nvmlReturn_enum_NVML_SUCCESS);
+            assert_eq!(nvidia_ml::nvmlInitWithFlags(0), nvmlReturn_enum_NVML_SUCCESS);
+            assert_eq!(nvidia_ml::nvmlShutdown(), nvmlReturn_enum_NVML_SUCCESS);
+            assert_eq!(count(), (nvmlReturn_enum_NVML_SUCCESS, 1));
+            assert_eq!(nvidia_ml::nvmlShutdown(), nvmlReturn_enum_NVML_SUCCESS);
+            assert_eq!(count().0, nvmlReturn_enum_NVML_ERROR_UNINITIALIZED);
+            assert_eq!(nvidia_ml::nvmlShutdown(), nvmlReturn_enum_NVML_ERROR_UNINITIALIZED);
+        }
+    });
 }
 
 #[test]
 fn bad_arguments_are_refused_like_nvml_does() {
-    scenario(
-        "bad_arguments_are_refused_like_nvml_does",
-        Some(TWO_GPUS),
-        || {
-            use nvidia_ml::*;
-            // SAFETY (all calls below): every pointer passed is null or valid for
-            // the length given; the point is what the library does with them.
-            unsafe {
-                assert_eq!(nvmlInit_v2(), nvmlReturn_enum_NVML_SUCCESS);
-                assert_eq!(
-                    nvmlDeviceGetCount_v2(std::ptr::null_mut()),
-                    nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
-                );
-                let mut gpu = std::ptr::null_mut();
-                assert_eq!(
-                    nvmlDeviceGetHandleByIndex_v2(0, &mut gpu),
-                    nvmlReturn_enum_NVML_SUCCESS
-                );
+    scenario("bad_arguments_are_refused_like_nvml_does", Some(TWO_GPUS), || {
+        use nvidia_ml::*;
+        // SAFETY (all calls below): every pointer passed is null or valid for
+        // the length given; the point is what the library does with them.
+        unsafe {
+            assert_eq!(nvmlInit_v2(), nvmlReturn_enum_NVML_SUCCESS);
+            assert_eq!(nvmlDeviceGetCount_v2(std::ptr::null_mut()), nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT);
+            let mut gpu = std::ptr::null_mut();
+            assert_eq!(nvmlDeviceGetHandleByIndex_v2(0, &mut gpu), nvmlReturn_enum_NVML_SUCCESS);
 
-                // A string buffer must hold the string and its NUL.
-                let name = "NVIDIA A100-SXM4-40GB";
-                let mut buf = [0x7f as c_char; 64];
-                let exact = name.len() as c_uint + 1;
-                assert_eq!(
-                    nvmlDeviceGetName(gpu, buf.as_mut_ptr(), exact - 1),
-                    nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE
-                );
-                assert_eq!(
-                    nvmlDeviceGetName(gpu, buf.as_mut_ptr(), exact),
-                    nvmlReturn_enum_NVML_SUCCESS
-                );
-                assert_eq!(CStr::from_ptr(buf.as_ptr()).to_str().unwrap(), name);
-                assert_eq!(buf[exact as usize], 0x7f, "nothing written past the length");
-                assert_eq!(
-                    nvmlDeviceGetName(gpu, std::ptr::null_mut(), 64),
-                    nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
-                );
+            // A string buffer must hold the string and its NUL.
+            let name = "NVIDIA A100-SXM4-40GB";
+            let mut buf = [0x7f as c_char; 64];
+            let exact = name.len() as c_uint + 1;
+            assert_eq!(
+                nvmlDeviceGetName(gpu, buf.as_mut_ptr(), exact - 1),
+                nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE
+            );
+            assert_eq!(nvmlDeviceGetName(gpu, buf.as_mut_ptr(), exact), nvmlReturn_enum_NVML_SUCCESS);
+            assert_eq!(CStr::from_ptr(buf.as_ptr()).to_str().unwrap(), name);
+            assert_eq!(buf[exact as usize], 0x7f, "nothing written past the length");
+            assert_eq!(nvmlDeviceGetName(gpu, std::ptr::null_mut(), 64), nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT);
 
-                // Handles the library did not give out.
-                let mut power = 0;
-                let mut local = 0u8;
-                let stray = std::ptr::from_mut(&mut local).cast::<nvmlDevice_st>();
-                for handle in [std::ptr::null_mut(), stray] {
-                    assert_eq!(
-                        nvmlDeviceGetPowerUsage(handle, &mut power),
-                        nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
-                    );
-                }
-
-                // Versioned structs must carry the version this library fills.
-                let mut memory: nvmlMemory_v2_t = std::mem::zeroed();
-                assert_eq!(
-                    nvmlDeviceGetMemoryInfo_v2(gpu, &mut memory),
-                    nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH
-                );
-
-                let mut temperature = 0;
-                assert_eq!(
-                    nvmlDeviceGetTemperature(gpu, 1, &mut temperature),
-                    nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
-                );
-
-                // The process list's sizing protocol: too small reports the size needed.
-                let mut count = 1;
-                let mut infos: [nvmlProcessInfo_t; 2] = std::mem::zeroed();
-                assert_eq!(
-                    nvmlDeviceGetComputeRunningProcesses_v3(gpu, &mut count, infos.as_mut_ptr()),
-                    nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE
-                );
-                assert_eq!(count, 2);
-                assert_eq!(
-                    nvmlDeviceGetComputeRunningProcesses_v3(gpu, &mut count, std::ptr::null_mut()),
-                    nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
-                );
-                assert_eq!(
-                    nvmlDeviceGetComputeRunningProcesses_v3(gpu, &mut count, infos.as_mut_ptr()),
-                    nvmlReturn_enum_NVML_SUCCESS
-                );
-                assert_eq!((infos[1].pid, infos[1].usedGpuMemory), (200, 500 * MIB));
-
-                assert_eq!(nvmlShutdown(), nvmlReturn_enum_NVML_SUCCESS);
+            // Handles the library did not give out.
+            let mut power = 0;
+            let mut local = 0u8;
+            let stray = std::ptr::from_mut(&mut local).cast::<nvmlDevice_st>();
+            for handle in [std::ptr::null_mut(), stray] {
+                assert_eq!(nvmlDeviceGetPowerUsage(handle, &mut power), nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT);
             }
-        },
-    );
+
+            // Versioned structs must carry the version this library fills.
+            let mut memory: nvmlMemory_v2_t = std::mem::zeroed();
+            assert_eq!(
+                nvmlDeviceGetMemoryInfo_v2(gpu, &mut memory),
+                nvmlReturn_enum_NVML_ERROR_ARGUMENT_VERSION_MISMATCH
+            );
+
+            let mut temperature = 0;
+            assert_eq!(nvmlDeviceGetTemperature(gpu, 1, &mut temperature), nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT);
+
+            // The process list's sizing protocol: too small reports the size needed.
+            let mut count = 1;
+            let mut infos: [nvmlProcessInfo_t; 2] = std::mem::zeroed();
+            assert_eq!(
+                nvmlDeviceGetComputeRunningProcesses_v3(gpu, &mut count, infos.as_mut_ptr()),
+                nvmlReturn_enum_NVML_ERROR_INSUFFICIENT_SIZE
+            );
+            assert_eq!(count, 2);
+            assert_eq!(
+                nvmlDeviceGetComputeRunningProcesses_v3(gpu, &mut count, std::ptr::null_mut()),
+                nvmlReturn_enum_NVML_ERROR_INVALID_ARGUMENT
+            );
+            assert_eq!(
+                nvmlDeviceGetComputeRunningProcesses_v3(gpu, &mut count, infos.as_mut_ptr()),
+                nvmlReturn_enum_NVML_SUCCESS
+            );
+            assert_eq!((infos[1].pid, infos[1].usedGpuMemory), (200, 500 * MIB));
+
+            assert_eq!(nvmlShutdown(), nvmlReturn_enum_NVML_SUCCESS);
+        }
+    });
 }

@@ -50,56 +50,30 @@ pub struct ProbeSettings {
 
 impl Default for ProbeSettings {
     fn default() -> Self {
-        ProbeSettings {
-            timeout: Duration::from_secs(5),
-            cache_dir: Some(crate::runtime_base()),
-        }
+        ProbeSettings { timeout: Duration::from_secs(5), cache_dir: Some(crate::runtime_base()) }
     }
 }
 
 /// Decides the accelerator for `choice`, probing KVM (or reading the cache) for `auto`.
-pub fn choose(
-    choice: AccelChoice,
-    qemu: &Path,
-    kernel: &Path,
-    settings: &ProbeSettings,
-) -> Decision {
-    let fixed = |accel| Decision {
-        accel,
-        reason: "requested in the spec or on the command line".into(),
-        cached: false,
-    };
+pub fn choose(choice: AccelChoice, qemu: &Path, kernel: &Path, settings: &ProbeSettings) -> Decision {
+    let fixed =
+        |accel| Decision { accel, reason: "requested in the spec or on the command line".into(), cached: false };
     match choice {
         AccelChoice::Kvm => return fixed(Accel::Kvm),
         AccelChoice::Tcg => return fixed(Accel::Tcg),
         AccelChoice::Auto => {}
     }
     if let Err(why) = kvm_openable() {
-        return Decision {
-            accel: Accel::Tcg,
-            reason: why,
-            cached: false,
-        };
+        return Decision { accel: Accel::Tcg, reason: why, cached: false };
     }
-    let cache = settings
-        .cache_dir
-        .as_ref()
-        .map(|d| d.join(format!("accel-probe-{:016x}", cache_key(qemu, kernel))));
+    let cache = settings.cache_dir.as_ref().map(|d| d.join(format!("accel-probe-{:016x}", cache_key(qemu, kernel))));
     if let Some(decision) = cache.as_deref().and_then(read_cache) {
         return decision;
     }
     let result = probe_kvm(qemu, kernel, settings.timeout);
     let decision = match result {
-        Ok(why) => Decision {
-            accel: Accel::Kvm,
-            reason: why,
-            cached: false,
-        },
-        Err(why) => Decision {
-            accel: Accel::Tcg,
-            reason: why,
-            cached: false,
-        },
+        Ok(why) => Decision { accel: Accel::Kvm, reason: why, cached: false },
+        Err(why) => Decision { accel: Accel::Tcg, reason: why, cached: false },
     };
     if let Some(path) = cache {
         write_cache(&path, &decision);
@@ -146,23 +120,12 @@ pub fn probe_args(kernel: &Path) -> Vec<OsString> {
 /// Boots the probe; Ok(reason KVM works) or Err(reason it does not).
 pub fn probe_kvm(qemu: &Path, kernel: &Path, timeout: Duration) -> Result<String, String> {
     let mut cmd = Command::new(qemu);
-    cmd.args(probe_args(kernel))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(probe_args(kernel)).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
     harden(&mut cmd, true);
-    debug!(
-        "KVM probe: {}",
-        crate::qemu::shell_quote(qemu, &probe_args(kernel))
-    );
+    debug!("KVM probe: {}", crate::qemu::shell_quote(qemu, &probe_args(kernel)));
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| format!("cannot start {} for the KVM probe: {e}", qemu.display()))?;
-    let readers = [
-        child.stdout.take().map(read_bounded),
-        child.stderr.take().map(read_bounded),
-    ];
+    let mut child = cmd.spawn().map_err(|e| format!("cannot start {} for the KVM probe: {e}", qemu.display()))?;
+    let readers = [child.stdout.take().map(read_bounded), child.stderr.take().map(read_bounded)];
     let mut guard = ChildGuard::new("KVM probe QEMU", child);
     let status = guard.wait_for(timeout);
     let elapsed = start.elapsed();
@@ -206,18 +169,12 @@ pub fn classify(
     };
     if !status.success() {
         let err = String::from_utf8_lossy(stderr);
-        let first = err
-            .lines()
-            .find(|l| !l.trim().is_empty())
-            .unwrap_or("no message");
+        let first = err.lines().find(|l| !l.trim().is_empty()).unwrap_or("no message");
         return Err(format!("QEMU with KVM failed ({status}): {first}; so TCG"));
     }
     let text = String::from_utf8_lossy(console);
     if text.contains("Kernel panic") || text.contains("Linux version") {
-        Ok(format!(
-            "a KVM guest booted to its probe panic in {:.2} s",
-            elapsed.as_secs_f64()
-        ))
+        Ok(format!("a KVM guest booted to its probe panic in {:.2} s", elapsed.as_secs_f64()))
     } else {
         Err("the KVM probe exited without kernel console output, so TCG".to_string())
     }
@@ -228,16 +185,12 @@ fn cache_key(qemu: &Path, kernel: &Path) -> u64 {
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").unwrap_or_default();
     let stamp = |p: &Path| {
         let m = std::fs::metadata(p).ok();
-        let mtime = m
-            .as_ref()
-            .and_then(|m| m.modified().ok())
-            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+        let mtime =
+            m.as_ref().and_then(|m| m.modified().ok()).and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
         format!("{}|{:?}|{:?}", p.display(), m.map(|m| m.len()), mtime)
     };
     let key = format!("{}|{}|{}", boot_id.trim(), stamp(qemu), stamp(kernel));
-    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-    })
+    key.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
 }
 
 fn read_cache(path: &Path) -> Option<Decision> {
@@ -248,11 +201,7 @@ fn read_cache(path: &Path) -> Option<Decision> {
         "tcg" => Accel::Tcg,
         _ => return None,
     };
-    Some(Decision {
-        accel,
-        reason: format!("{} (cached in {})", reason.trim(), path.display()),
-        cached: true,
-    })
+    Some(Decision { accel, reason: format!("{} (cached in {})", reason.trim(), path.display()), cached: true })
 }
 
 fn write_cache(path: &Path, d: &Decision) {
@@ -304,24 +253,13 @@ mod tests {
 
     #[test]
     fn silent_exit_means_tcg() {
-        assert!(classify(
-            Some(ExitStatus::from_raw(0)),
-            Duration::from_millis(100),
-            T,
-            b"",
-            b""
-        )
-        .is_err());
+        assert!(classify(Some(ExitStatus::from_raw(0)), Duration::from_millis(100), T, b"", b"").is_err());
     }
 
     #[test]
     fn fixed_choice_does_not_probe() {
-        let d = choose(
-            AccelChoice::Tcg,
-            Path::new("/nonexistent"),
-            Path::new("/nonexistent"),
-            &ProbeSettings::default(),
-        );
+        let d =
+            choose(AccelChoice::Tcg, Path::new("/nonexistent"), Path::new("/nonexistent"), &ProbeSettings::default());
         assert_eq!(d.accel, Accel::Tcg);
     }
 
@@ -329,14 +267,7 @@ mod tests {
     fn cache_round_trips() {
         let dir = std::env::temp_dir().join(format!("gpuvisor-accel-test-{}", std::process::id()));
         let path = dir.join("accel-probe-x");
-        write_cache(
-            &path,
-            &Decision {
-                accel: Accel::Kvm,
-                reason: "fast".into(),
-                cached: false,
-            },
-        );
+        write_cache(&path, &Decision { accel: Accel::Kvm, reason: "fast".into(), cached: false });
         let d = read_cache(&path).unwrap();
         assert_eq!(d.accel, Accel::Kvm);
         assert!(d.cached && d.reason.starts_with("fast"));
@@ -345,9 +276,6 @@ mod tests {
 
     #[test]
     fn cache_key_depends_on_kernel() {
-        assert_ne!(
-            cache_key(Path::new("/q"), Path::new("/k1")),
-            cache_key(Path::new("/q"), Path::new("/k2"))
-        );
+        assert_ne!(cache_key(Path::new("/q"), Path::new("/k1")), cache_key(Path::new("/q"), Path::new("/k2")));
     }
 }

@@ -23,11 +23,7 @@ pub fn event_of(line: &str) -> Option<Event> {
         return Some(Event::RenderReady);
     }
     let at = line.find(EXIT_MARKER)?;
-    line[at + EXIT_MARKER.len()..]
-        .trim()
-        .parse()
-        .ok()
-        .map(Event::GuestExit)
+    line[at + EXIT_MARKER.len()..].trim().parse().ok().map(Event::GuestExit)
 }
 
 /// Splits a byte stream into lines across read boundaries.
@@ -119,14 +115,8 @@ mod tests {
 
     #[test]
     fn exit_line_gives_rc() {
-        assert_eq!(
-            event_of("gpuvisor-guest: exit 0"),
-            Some(Event::GuestExit(0))
-        );
-        assert_eq!(
-            event_of("[  3.1] foo gpuvisor-guest: exit 17 "),
-            Some(Event::GuestExit(17))
-        );
+        assert_eq!(event_of("gpuvisor-guest: exit 0"), Some(Event::GuestExit(0)));
+        assert_eq!(event_of("[  3.1] foo gpuvisor-guest: exit 17 "), Some(Event::GuestExit(17)));
         assert_eq!(event_of("gpuvisor-guest: exit soon"), None);
         assert_eq!(event_of("gpuvisor-guest: test a rc=3"), None);
     }
@@ -137,10 +127,7 @@ mod tests {
             event_of("gpuvisor-guest: render node ready after 490 ms (uptime 2.16 s)"),
             Some(Event::RenderReady)
         );
-        assert_eq!(
-            event_of("gpuvisor-guest: FAILED: no /dev/dri/renderD128 after 30 s"),
-            None
-        );
+        assert_eq!(event_of("gpuvisor-guest: FAILED: no /dev/dri/renderD128 after 30 s"), None);
     }
 
     #[test]
@@ -162,10 +149,7 @@ mod tests {
         pump(input, &mut out, &mut log, None, tx);
         assert_eq!(out, input);
         assert_eq!(log, input);
-        assert_eq!(
-            rx.try_iter().map(|(e, _)| e).collect::<Vec<_>>(),
-            vec![Event::GuestExit(5)]
-        );
+        assert_eq!(rx.try_iter().map(|(e, _)| e).collect::<Vec<_>>(), vec![Event::GuestExit(5)]);
     }
 
     #[test]

@@ -17,8 +17,8 @@ use crate::accel::Accel;
 use crate::launch::{self, Outcome, RunOptions};
 use crate::process::{catch_termination_signals, signalled, ChildGuard};
 use crate::spec::{
-    absolute_path, find_beside_us_or_on_path, find_program, merge_tables, resolve_paths,
-    slice_ms_error, VmConfig, VmSpec,
+    absolute_path, find_beside_us_or_on_path, find_program, merge_tables, resolve_paths, slice_ms_error, VmConfig,
+    VmSpec,
 };
 use crate::Error;
 
@@ -90,31 +90,23 @@ pub struct FleetSpec {
 
 impl FleetSpec {
     pub fn load(path: &Path) -> Result<FleetSpec, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("read fleet spec {}", path.display()), e))?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| Error::io(format!("read fleet spec {}", path.display()), e))?;
         FleetSpec::from_toml(&text, path)
     }
 
     /// Parses a fleet file's text; `path` is where it lives (for relative paths
     /// and messages). Reports every VM's problems at once.
     pub fn from_toml(text: &str, path: &Path) -> Result<FleetSpec, Error> {
-        let parse_error = |messages: Vec<String>| Error::FleetParse {
-            path: path.to_path_buf(),
-            messages,
-        };
+        let parse_error = |messages: Vec<String>| Error::FleetParse { path: path.to_path_buf(), messages };
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
         let file: FleetFile = toml::from_str(text).map_err(|e| parse_error(vec![e.to_string()]))?;
         if file.vm.is_empty() {
-            return Err(parse_error(vec![
-                "no VMs: add a [[vm]] table for each".to_string()
-            ]));
+            return Err(parse_error(vec!["no VMs: add a [[vm]] table for each".to_string()]));
         }
         let mut daemon = file.daemon;
         if let Some(d) = &mut daemon {
-            for p in [&mut d.binary, &mut d.state_dir, &mut d.socket]
-                .into_iter()
-                .flatten()
-            {
+            for p in [&mut d.binary, &mut d.state_dir, &mut d.socket].into_iter().flatten() {
                 if p.is_relative() {
                     *p = base.join(&*p);
                 }
@@ -134,21 +126,14 @@ impl FleetSpec {
         if !messages.is_empty() {
             return Err(parse_error(messages));
         }
-        Ok(FleetSpec {
-            path: path.to_path_buf(),
-            daemon,
-            vms,
-        })
+        Ok(FleetSpec { path: path.to_path_buf(), daemon, vms })
     }
 
     /// Checks the daemon table and every VM as `check` would, with each VM's
     /// backend pointed at the fleet's daemon, and resolves what will run.
     pub fn plan(&self, run_dir: &Path) -> Result<FleetPlan, Error> {
         let mut errs = Vec::new();
-        let daemon = self
-            .daemon
-            .as_ref()
-            .and_then(|d| daemon_plan(d, run_dir, &mut errs));
+        let daemon = self.daemon.as_ref().and_then(|d| daemon_plan(d, run_dir, &mut errs));
         // Known even when the daemon table has errors, so the VMs are checked too.
         let socket = self.daemon.as_ref().map(|d| match &d.socket {
             Some(s) => absolute_path(s),
@@ -160,14 +145,10 @@ impl FleetSpec {
         for spec in &self.vms {
             let name = &spec.name;
             if !names.insert(name.clone()) {
-                errs.push(format!(
-                    "vm {name}: name: another VM of the fleet has it; names must differ"
-                ));
+                errs.push(format!("vm {name}: name: another VM of the fleet has it; names must differ"));
             }
             if spec.shell {
-                errs.push(format!(
-                    "vm {name}: shell: a fleet has no terminal to give a VM's shell"
-                ));
+                errs.push(format!("vm {name}: shell: a fleet has no terminal to give a VM's shell"));
             }
             let mut spec = spec.clone();
             if let (Some(socket), None) = (&socket, &spec.backend.command) {
@@ -182,23 +163,14 @@ impl FleetSpec {
             }
             match spec.validate() {
                 Ok(vm) => vms.push(vm),
-                Err(Error::InvalidSpec(list)) => {
-                    errs.extend(list.into_iter().map(|e| format!("vm {name}: {e}")))
-                }
+                Err(Error::InvalidSpec(list)) => errs.extend(list.into_iter().map(|e| format!("vm {name}: {e}"))),
                 Err(e) => return Err(e),
             }
         }
         if !errs.is_empty() {
-            return Err(Error::InvalidFleet {
-                path: self.path.clone(),
-                errors: errs,
-            });
+            return Err(Error::InvalidFleet { path: self.path.clone(), errors: errs });
         }
-        Ok(FleetPlan {
-            run_dir: run_dir.to_path_buf(),
-            daemon,
-            vms,
-        })
+        Ok(FleetPlan { run_dir: run_dir.to_path_buf(), daemon, vms })
     }
 }
 
@@ -210,23 +182,15 @@ fn vm_spec(defaults: &toml::Table, mut own: toml::Table, base: &Path) -> Result<
             return Err("spec: expected the path of a VM spec file".to_string());
         };
         let file = base.join(file);
-        let text = std::fs::read_to_string(&file)
-            .map_err(|e| format!("spec: cannot read {}: {e}", file.display()))?;
-        let mut from_file: toml::Table = text
-            .parse()
-            .map_err(|e: toml::de::Error| format!("{}: {e}", file.display()))?;
-        resolve_paths(
-            &mut from_file,
-            file.parent().unwrap_or_else(|| Path::new("")),
-        );
+        let text = std::fs::read_to_string(&file).map_err(|e| format!("spec: cannot read {}: {e}", file.display()))?;
+        let mut from_file: toml::Table =
+            text.parse().map_err(|e: toml::de::Error| format!("{}: {e}", file.display()))?;
+        resolve_paths(&mut from_file, file.parent().unwrap_or_else(|| Path::new("")));
         merge_tables(&mut table, from_file);
     }
     resolve_paths(&mut own, base);
     merge_tables(&mut table, own);
-    let name = table
-        .get("name")
-        .and_then(toml::Value::as_str)
-        .map(str::to_string);
+    let name = table.get("name").and_then(toml::Value::as_str).map(str::to_string);
     let spec = VmSpec::from_table(table).map_err(|e| match &name {
         Some(n) => format!("({n}) {e}"),
         None => e,
@@ -312,17 +276,16 @@ fn daemon_plan(d: &DaemonSpec, run_dir: &Path, errs: &mut Vec<String>) -> Option
         ];
         for (field, set) in only_started {
             if set {
-                errs.push(format!("daemon.{field}: applies to a daemon the fleet starts, not to one it joins (daemon.socket)"));
+                errs.push(format!(
+                    "daemon.{field}: applies to a daemon the fleet starts, not to one it joins (daemon.socket)"
+                ));
             }
         }
         return Some(DaemonPlan::Join(absolute_path(socket)));
     }
     let program = match &d.binary {
         Some(b) => find_program(b).or_else(|| {
-            errs.push(format!(
-                "daemon.binary: {} not found or not executable",
-                b.display()
-            ));
+            errs.push(format!("daemon.binary: {} not found or not executable", b.display()));
             None
         }),
         None => find_beside_us_or_on_path(DEFAULT_DAEMON).or_else(|| {
@@ -334,9 +297,7 @@ fn daemon_plan(d: &DaemonSpec, run_dir: &Path, errs: &mut Vec<String>) -> Option
     };
     let listen_text = d.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
     let listen = listen_text.parse::<SocketAddr>().map_err(|_| {
-        errs.push(format!(
-            "daemon.listen: {listen_text:?} is not an address such as 127.0.0.1:9400"
-        ));
+        errs.push(format!("daemon.listen: {listen_text:?} is not an address such as 127.0.0.1:9400"));
     });
     if let Some(msg) = d.slice_ms.and_then(slice_ms_error) {
         errs.push(format!("daemon.slice_ms: {msg}"));
@@ -387,20 +348,10 @@ pub fn default_run_dir(spec_path: &Path) -> PathBuf {
         .map(|s| s.to_string_lossy().into_owned())
         .unwrap_or_default()
         .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
-                c
-            } else {
-                '_'
-            }
-        })
+        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
         .take(24)
         .collect();
-    let name = if stem.starts_with("fleet") {
-        stem
-    } else {
-        format!("fleet-{stem}")
-    };
+    let name = if stem.starts_with("fleet") { stem } else { format!("fleet-{stem}") };
     crate::runtime_base().join(format!("{name}-{}", std::process::id()))
 }
 
@@ -468,10 +419,7 @@ pub fn run(plan: &FleetPlan, accels: &[Accel], opts: &FleetOptions) -> Result<Fl
         Some(DaemonPlan::Join(socket)) => {
             say(&format!("joining the gpuvisord at {}", socket.display()));
             if !socket.exists() {
-                warn!(
-                    "no daemon listens at {} yet; the backends run alone until one does",
-                    socket.display()
-                );
+                warn!("no daemon listens at {} yet; the backends run alone until one does", socket.display());
             }
             None
         }
@@ -479,33 +427,19 @@ pub fn run(plan: &FleetPlan, accels: &[Accel], opts: &FleetOptions) -> Result<Fl
     };
 
     let names: Vec<&str> = plan.vms.iter().map(|v| v.name.as_str()).collect();
-    say(&format!(
-        "starting {} VM{}: {}",
-        names.len(),
-        if names.len() == 1 { "" } else { "s" },
-        names.join(", ")
-    ));
+    say(&format!("starting {} VM{}: {}", names.len(), if names.len() == 1 { "" } else { "s" }, names.join(", ")));
     let mut results: Vec<Option<VmResult>> = plan.vms.iter().map(|_| None).collect();
     std::thread::scope(|scope| {
         let (tx, rx) = mpsc::channel();
         for (i, (vm, &accel)) in plan.vms.iter().zip(accels).enumerate() {
             let tx = tx.clone();
-            let opts = RunOptions {
-                run_dir: Some(plan.run_dir.join(&vm.name)),
-                console_prefix: true,
-            };
-            let spawned = std::thread::Builder::new()
-                .name(format!("vm-{}", vm.name))
-                .spawn_scoped(scope, move || {
-                    let start = Instant::now();
-                    let result = launch::run(vm, accel, &opts);
-                    let r = VmResult {
-                        name: vm.name.clone(),
-                        result,
-                        elapsed: start.elapsed(),
-                    };
-                    let _ = tx.send((i, r));
-                });
+            let opts = RunOptions { run_dir: Some(plan.run_dir.join(&vm.name)), console_prefix: true };
+            let spawned = std::thread::Builder::new().name(format!("vm-{}", vm.name)).spawn_scoped(scope, move || {
+                let start = Instant::now();
+                let result = launch::run(vm, accel, &opts);
+                let r = VmResult { name: vm.name.clone(), result, elapsed: start.elapsed() };
+                let _ = tx.send((i, r));
+            });
             if let Err(e) = spawned {
                 results[i] = Some(VmResult {
                     name: vm.name.clone(),
@@ -542,9 +476,7 @@ pub fn run(plan: &FleetPlan, accels: &[Accel], opts: &FleetOptions) -> Result<Fl
     if let Some((mut d, _)) = daemon.take() {
         if opts.keep_daemon {
             let pid = d.release();
-            say(&format!(
-                "gpuvisord (pid {pid}) left running (--keep-daemon)"
-            ));
+            say(&format!("gpuvisord (pid {pid}) left running (--keep-daemon)"));
         } else {
             d.stop(Duration::from_secs(5));
             say("gpuvisord stopped");
@@ -552,22 +484,14 @@ pub fn run(plan: &FleetPlan, accels: &[Accel], opts: &FleetOptions) -> Result<Fl
     }
     let exit_code = match signalled() {
         Some(sig) => u8::try_from(128 + sig).unwrap_or(1),
-        None => vms
-            .iter()
-            .map(VmResult::exit_code)
-            .find(|&c| c != 0)
-            .unwrap_or(0),
+        None => vms.iter().map(VmResult::exit_code).find(|&c| c != 0).unwrap_or(0),
     };
     Ok(FleetOutcome { vms, exit_code })
 }
 
 /// Starts gpuvisord and waits for its backend socket. Returns the child and the
 /// admin API's address.
-fn start_daemon(
-    d: &DaemonLaunch,
-    run_dir: &Path,
-    detached: bool,
-) -> Result<(ChildGuard, SocketAddr), Error> {
+fn start_daemon(d: &DaemonLaunch, run_dir: &Path, detached: bool) -> Result<(ChildGuard, SocketAddr), Error> {
     launch::prepare_socket(&d.socket)?;
     let listen = concrete_listen(d.listen)?;
     let mut cmd = Command::new(&d.program);
@@ -575,11 +499,7 @@ fn start_daemon(
     let log = run_dir.join("gpuvisord.log");
     let mut child = launch::spawn_logged("gpuvisord", cmd, &log, detached)?;
     launch::wait_for_socket(&mut child, &d.socket, d.start_timeout, &log)?;
-    say(&format!(
-        "gpuvisord pid {}, log {}",
-        child.pid(),
-        log.display()
-    ));
+    say(&format!("gpuvisord pid {}, log {}", child.pid(), log.display()));
     say(&format!("backend socket {}", d.socket.display()));
     let auth = match &d.token_file {
         Some(t) => format!("token in {}", t.display()),
@@ -639,10 +559,7 @@ mod tests {
         "#;
         let f = FleetSpec::from_toml(text, Path::new("/fleets/f.toml")).unwrap();
         let (a, b) = (&f.vms[0], &f.vms[1]);
-        assert_eq!(
-            a.kernel.as_deref(),
-            Some(Path::new("/fleets/guest/vmlinuz"))
-        );
+        assert_eq!(a.kernel.as_deref(), Some(Path::new("/fleets/guest/vmlinuz")));
         assert_eq!((a.memory_mib, a.backend.weight), (512, Some(1)));
         assert_eq!(a.backend.engine, crate::Engine::Sim);
         assert_eq!((b.memory_mib, b.backend.weight), (256, Some(3)));
@@ -654,45 +571,26 @@ mod tests {
     fn a_vm_can_come_from_a_spec_file_with_its_own_relative_paths() {
         let d = scratch("specfile");
         std::fs::create_dir_all(d.join("vms")).unwrap();
-        std::fs::write(
-            d.join("vms/x.toml"),
-            "name = \"x\"\nkernel = \"k\"\nvcpus = 3\n",
-        )
-        .unwrap();
+        std::fs::write(d.join("vms/x.toml"), "name = \"x\"\nkernel = \"k\"\nvcpus = 3\n").unwrap();
         let text = "[defaults]\nvcpus = 1\nmemory_mib = 300\n[[vm]]\nspec = \"vms/x.toml\"\nmemory_mib = 400\n";
         let f = FleetSpec::from_toml(text, &d.join("fleet.toml")).unwrap();
         let x = &f.vms[0];
         assert_eq!(x.name, "x");
         assert_eq!(x.kernel.as_deref(), Some(d.join("vms/k").as_path()));
-        assert_eq!(
-            (x.vcpus, x.memory_mib),
-            (3, 400),
-            "file over defaults, own fields over file"
-        );
+        assert_eq!((x.vcpus, x.memory_mib), (3, 400), "file over defaults, own fields over file");
         let _ = std::fs::remove_dir_all(d);
     }
 
     #[test]
     fn typos_and_nameless_vms_are_reported_per_vm() {
         let text = "[[vm]]\nname = \"a\"\nmemory_mb = 1\n[[vm]]\nrun = \"x\"\n";
-        let Err(Error::FleetParse { messages, .. }) =
-            FleetSpec::from_toml(text, Path::new("/f.toml"))
-        else {
+        let Err(Error::FleetParse { messages, .. }) = FleetSpec::from_toml(text, Path::new("/f.toml")) else {
             panic!("expected FleetParse")
         };
-        assert!(
-            messages[0].starts_with("vm[0]: (a)") && messages[0].contains("memory_mb"),
-            "{messages:?}"
-        );
-        assert!(
-            messages[1].starts_with("vm[1]: name: required"),
-            "{messages:?}"
-        );
-        let e = FleetSpec::from_toml(
-            "[daemon]\nlisten_on = \"x\"\n[[vm]]\nname = \"a\"\n",
-            Path::new("/f.toml"),
-        )
-        .unwrap_err();
+        assert!(messages[0].starts_with("vm[0]: (a)") && messages[0].contains("memory_mb"), "{messages:?}");
+        assert!(messages[1].starts_with("vm[1]: name: required"), "{messages:?}");
+        let e = FleetSpec::from_toml("[daemon]\nlisten_on = \"x\"\n[[vm]]\nname = \"a\"\n", Path::new("/f.toml"))
+            .unwrap_err();
         assert!(e.to_string().contains("listen_on"), "{e}");
         let e = FleetSpec::from_toml("[daemon]\n", Path::new("/f.toml")).unwrap_err();
         assert!(e.to_string().contains("no VMs"), "{e}");
@@ -722,28 +620,25 @@ mod tests {
             "[[vm]]\nname = \"a\"\n[vm.backend]\nweight = 2\n[[vm]]\nname = \"b\"\n",
         );
         let plan = f.plan(&d.join("run")).unwrap();
-        let Some(DaemonPlan::Start(daemon)) = &plan.daemon else {
-            panic!("{:?}", plan.daemon)
-        };
+        let Some(DaemonPlan::Start(daemon)) = &plan.daemon else { panic!("{:?}", plan.daemon) };
         assert_eq!(daemon.socket, d.join("run/gpuvisord.sock"));
         assert_eq!(daemon.state_dir, d.join("run"));
         assert_eq!(daemon.token_file, Some(d.join("run/admin.token")));
         assert_eq!(daemon.listen.port(), 0);
         let args = daemon.args("127.0.0.1:5000".parse().unwrap());
         let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
-        assert_eq!(args.join(" "), format!(
-            "--backend-socket {0}/run/gpuvisord.sock --listen 127.0.0.1:5000 --state-dir {0}/run --slice-ms 5",
-            d.display()
-        ));
+        assert_eq!(
+            args.join(" "),
+            format!(
+                "--backend-socket {0}/run/gpuvisord.sock --listen 127.0.0.1:5000 --state-dir {0}/run --slice-ms 5",
+                d.display()
+            )
+        );
         for vm in &plan.vms {
             let args = vm.backend.render(Path::new("/s"), &vm.name);
             let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
             let sock = d.join("run/gpuvisord.sock");
-            assert!(
-                args.windows(2)
-                    .any(|w| w == ["--daemon", sock.to_str().unwrap()]),
-                "{args:?}"
-            );
+            assert!(args.windows(2).any(|w| w == ["--daemon", sock.to_str().unwrap()]), "{args:?}");
         }
         let a = plan.vms[0].backend.render(Path::new("/s"), "a");
         assert!(a.windows(2).any(|w| w == ["--weight", "2"]), "{a:?}");
@@ -758,9 +653,7 @@ mod tests {
             "[daemon]\nbinary = \"/nonexistent/gpuvisord\"\nlisten = \"localhost\"\nslice_ms = 0.1",
             "[[vm]]\nname = \"a\"\nshell = true\n[[vm]]\nname = \"a\"\n[vm.backend]\nweight = 0\ndaemon = \"/elsewhere.sock\"\n",
         );
-        let Err(Error::InvalidFleet { errors, .. }) = f.plan(&d.join("run")) else {
-            panic!()
-        };
+        let Err(Error::InvalidFleet { errors, .. }) = f.plan(&d.join("run")) else { panic!() };
         for want in [
             "daemon.binary:",
             "daemon.listen:",
@@ -770,10 +663,7 @@ mod tests {
             "vm a: backend.weight:",
             "vm a: backend.daemon:",
         ] {
-            assert!(
-                errors.iter().any(|e| e.starts_with(want)),
-                "no {want}: {errors:?}"
-            );
+            assert!(errors.iter().any(|e| e.starts_with(want)), "no {want}: {errors:?}");
         }
         let _ = std::fs::remove_dir_all(d);
     }
@@ -781,18 +671,10 @@ mod tests {
     #[test]
     fn joining_a_running_daemon_takes_no_start_settings() {
         let d = scratch("join");
-        let f = valid_fleet(
-            &d,
-            "[daemon]\nsocket = \"/run/g.sock\"",
-            "[[vm]]\nname = \"a\"\n",
-        );
+        let f = valid_fleet(&d, "[daemon]\nsocket = \"/run/g.sock\"", "[[vm]]\nname = \"a\"\n");
         let plan = f.plan(&d.join("run")).unwrap();
         assert_eq!(plan.daemon, Some(DaemonPlan::Join("/run/g.sock".into())));
-        let f = valid_fleet(
-            &d,
-            "[daemon]\nsocket = \"/run/g.sock\"\nno_auth = true",
-            "[[vm]]\nname = \"a\"\n",
-        );
+        let f = valid_fleet(&d, "[daemon]\nsocket = \"/run/g.sock\"\nno_auth = true", "[[vm]]\nname = \"a\"\n");
         let e = f.plan(&d.join("run")).unwrap_err();
         assert!(e.to_string().contains("daemon.no_auth:"), "{e}");
         let _ = std::fs::remove_dir_all(d);
@@ -800,18 +682,9 @@ mod tests {
 
     #[test]
     fn token_file_follows_extra_args() {
-        assert_eq!(
-            flag_value(&["--token-file".into(), "/t".into()], "--token-file"),
-            Some("/t".into())
-        );
-        assert_eq!(
-            flag_value(&["--token-file=/u".into()], "--token-file"),
-            Some("/u".into())
-        );
-        assert_eq!(
-            flag_value(&["--token-filex=/u".into()], "--token-file"),
-            None
-        );
+        assert_eq!(flag_value(&["--token-file".into(), "/t".into()], "--token-file"), Some("/t".into()));
+        assert_eq!(flag_value(&["--token-file=/u".into()], "--token-file"), Some("/u".into()));
+        assert_eq!(flag_value(&["--token-filex=/u".into()], "--token-file"), None);
     }
 
     #[test]
@@ -825,10 +698,7 @@ mod tests {
             vm.qemu = exe(
                 &d,
                 &format!("qemu-{}", vm.name),
-                &format!(
-                    "echo 'gpuvisor-guest: exit {}'",
-                    if vm.name == "ok" { 0 } else { 3 }
-                ),
+                &format!("echo 'gpuvisor-guest: exit {}'", if vm.name == "ok" { 0 } else { 3 }),
             );
         }
         let out = run(&plan, &[Accel::Tcg, Accel::Tcg], &FleetOptions::default()).unwrap();
@@ -843,38 +713,20 @@ mod tests {
     #[test]
     fn a_started_daemon_is_stopped_at_the_end() {
         let d = scratch("daemon");
-        let f = valid_fleet(
-            &d,
-            "[daemon]\nbinary = \"gpuvisord\"",
-            "[[vm]]\nname = \"a\"\n",
-        );
+        let f = valid_fleet(&d, "[daemon]\nbinary = \"gpuvisord\"", "[[vm]]\nname = \"a\"\n");
         let mut plan = f.plan(&d.join("run")).unwrap();
         // A fake gpuvisord: creates its socket, notes its pid, waits.
-        let fake = exe(
-            &d,
-            "fake-daemon",
-            "touch \"$2\"; echo $$ > \"$6/pid\"; exec sleep 30",
-        );
-        let Some(DaemonPlan::Start(daemon)) = &mut plan.daemon else {
-            panic!()
-        };
+        let fake = exe(&d, "fake-daemon", "touch \"$2\"; echo $$ > \"$6/pid\"; exec sleep 30");
+        let Some(DaemonPlan::Start(daemon)) = &mut plan.daemon else { panic!() };
         daemon.program = fake;
         let listen = exe(&d, "listen", "touch \"$2\"; exec sleep 30");
         plan.vms[0].backend.program = listen;
         plan.vms[0].qemu = exe(&d, "qemu-a", "echo 'gpuvisor-guest: exit 0'");
         let out = run(&plan, &[Accel::Tcg], &FleetOptions::default()).unwrap();
         assert_eq!(out.exit_code, 0);
-        let pid: i32 = std::fs::read_to_string(d.join("run/pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid: i32 = std::fs::read_to_string(d.join("run/pid")).unwrap().trim().parse().unwrap();
         // SAFETY: signal 0 only checks whether the pid exists.
-        assert_ne!(
-            unsafe { libc::kill(pid, 0) },
-            0,
-            "gpuvisord {pid} still runs"
-        );
+        assert_ne!(unsafe { libc::kill(pid, 0) }, 0, "gpuvisord {pid} still runs");
         let _ = std::fs::remove_dir_all(d);
     }
 }

@@ -51,12 +51,8 @@ pub fn default_run_dir(name: &str) -> PathBuf {
 /// the outcome. Every error path stops QEMU and the backend first.
 pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Error> {
     let _span = tracing::info_span!("vm", name = %vm.name).entered();
-    let run_dir = opts
-        .run_dir
-        .clone()
-        .unwrap_or_else(|| default_run_dir(&vm.name));
-    crate::create_private_dir(&run_dir)
-        .map_err(|e| Error::io(format!("create run dir {}", run_dir.display()), e))?;
+    let run_dir = opts.run_dir.clone().unwrap_or_else(|| default_run_dir(&vm.name));
+    crate::create_private_dir(&run_dir).map_err(|e| Error::io(format!("create run dir {}", run_dir.display()), e))?;
     let socket = run_dir.join("vgpu.sock");
     prepare_socket(&socket)?;
     catch_termination_signals();
@@ -67,63 +63,37 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
 
     let mut backend = start_backend(vm, &socket, &run_dir)?;
     let backend_log = run_dir.join("backend.log");
-    wait_for_socket(
-        &mut backend,
-        &socket,
-        Duration::from_secs(vm.backend_start_timeout_s),
-        &backend_log,
-    )?;
+    wait_for_socket(&mut backend, &socket, Duration::from_secs(vm.backend_start_timeout_s), &backend_log)?;
 
     let args = qemu_args(vm, accel, &socket);
     let cmdline = shell_quote(&vm.qemu, &args);
     let _ = std::fs::write(run_dir.join("qemu.cmdline"), format!("{cmdline}\n"));
     let console_log = run_dir.join("console.log");
     let qemu_log = run_dir.join("qemu.log");
-    let console_file = File::create(&console_log)
-        .map_err(|e| Error::io(format!("create {}", console_log.display()), e))?;
-    let qemu_err_file = File::create(&qemu_log)
-        .map_err(|e| Error::io(format!("create {}", qemu_log.display()), e))?;
+    let console_file =
+        File::create(&console_log).map_err(|e| Error::io(format!("create {}", console_log.display()), e))?;
+    let qemu_err_file = File::create(&qemu_log).map_err(|e| Error::io(format!("create {}", qemu_log.display()), e))?;
 
     let mut cmd = Command::new(&vm.qemu);
-    cmd.args(&args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    cmd.args(&args).stdout(Stdio::piped()).stderr(Stdio::piped());
     // An interactive guest shell needs the terminal, and so QEMU must stay in our
     // process group (a background group reading the tty would be stopped).
-    cmd.stdin(if vm.interactive {
-        Stdio::inherit()
-    } else {
-        Stdio::null()
-    });
+    cmd.stdin(if vm.interactive { Stdio::inherit() } else { Stdio::null() });
     harden(&mut cmd, !vm.interactive);
-    info!(
-        "starting QEMU ({accel}); console log {}",
-        console_log.display()
-    );
+    info!("starting QEMU ({accel}); console log {}", console_log.display());
     let started = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("start {}", vm.qemu.display()), e))?;
+    let mut child = cmd.spawn().map_err(|e| Error::io(format!("start {}", vm.qemu.display()), e))?;
     let (tx, rx) = mpsc::channel();
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
     let prefix = opts.console_prefix.then(|| format!("[{}] ", vm.name));
     let console_prefix = prefix.clone();
     let console_thread = stdout.map(|out| {
-        std::thread::spawn(move || {
-            console::pump(
-                out,
-                std::io::stdout(),
-                console_file,
-                console_prefix.as_deref(),
-                tx,
-            )
-        })
+        std::thread::spawn(move || console::pump(out, std::io::stdout(), console_file, console_prefix.as_deref(), tx))
     });
     let stderr_prefix = prefix;
-    let stderr_thread = stderr.map(|err| {
-        std::thread::spawn(move || tee_stderr(err, qemu_err_file, stderr_prefix.as_deref()))
-    });
+    let stderr_thread =
+        stderr.map(|err| std::thread::spawn(move || tee_stderr(err, qemu_err_file, stderr_prefix.as_deref())));
     let mut qemu = ChildGuard::new("QEMU", child);
     info!("QEMU pid {}, backend pid {}", qemu.pid(), backend.pid());
 
@@ -165,18 +135,12 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
         }
         if let Some((_, at)) = guest_rc {
             if !vm.interactive && at.elapsed() > POWEROFF_GRACE {
-                warn!(
-                    "guest printed its exit line {:?} ago but QEMU is still running; stopping it",
-                    POWEROFF_GRACE
-                );
+                warn!("guest printed its exit line {:?} ago but QEMU is still running; stopping it", POWEROFF_GRACE);
                 break Ok(());
             }
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
-            break Err(Error::Timeout {
-                secs: vm.timeout_s,
-                console_log: console_log.clone(),
-            });
+            break Err(Error::Timeout { secs: vm.timeout_s, console_log: console_log.clone() });
         }
         std::thread::sleep(POLL);
     };
@@ -202,10 +166,7 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
     match guest_rc {
         Some((rc, at)) => {
             if let Some(s) = qemu_status.filter(|s| !s.success()) {
-                warn!(
-                    "QEMU exited with {s} after the guest finished; see {}",
-                    qemu_log.display()
-                );
+                warn!("QEMU exited with {s} after the guest finished; see {}", qemu_log.display());
             }
             let outcome = Outcome {
                 guest_rc: rc,
@@ -219,7 +180,10 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
                     r.as_secs_f64(),
                     outcome.guest_done.as_secs_f64()
                 ),
-                None => info!("guest exit {rc} {:.1} s after QEMU start (no render node line)", outcome.guest_done.as_secs_f64()),
+                None => info!(
+                    "guest exit {rc} {:.1} s after QEMU start (no render node line)",
+                    outcome.guest_done.as_secs_f64()
+                ),
             }
             Ok(outcome)
         }
@@ -250,30 +214,17 @@ pub fn prepare_socket(socket: &Path) -> Result<(), Error> {
     match std::fs::remove_file(socket) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(Error::io(
-            format!("remove stale socket {}", socket.display()),
-            e,
-        )),
+        Err(e) => Err(Error::io(format!("remove stale socket {}", socket.display()), e)),
     }
 }
 
 /// Starts `cmd` with stdout and stderr in the file `log` and no stdin. The child
 /// dies with gpuvisor-vm unless `detached`, in which case it outlives it.
-pub fn spawn_logged(
-    what: &'static str,
-    mut cmd: Command,
-    log: &Path,
-    detached: bool,
-) -> Result<ChildGuard, Error> {
+pub fn spawn_logged(what: &'static str, mut cmd: Command, log: &Path, detached: bool) -> Result<ChildGuard, Error> {
     let out = File::create(log).map_err(|e| Error::io(format!("create {}", log.display()), e))?;
-    let err = out
-        .try_clone()
-        .map_err(|e| Error::io(format!("duplicate the fd of {}", log.display()), e))?;
+    let err = out.try_clone().map_err(|e| Error::io(format!("duplicate the fd of {}", log.display()), e))?;
     // A log file, not a terminal: no colour codes (tracing-subscriber honours NO_COLOR).
-    cmd.stdin(Stdio::null())
-        .stdout(out)
-        .stderr(err)
-        .env("NO_COLOR", "1");
+    cmd.stdin(Stdio::null()).stdout(out).stderr(err).env("NO_COLOR", "1");
     if detached {
         detach(&mut cmd);
     } else {
@@ -283,20 +234,13 @@ pub fn spawn_logged(
     let args: Vec<OsString> = cmd.get_args().map(OsString::from).collect();
     info!("starting {what}: {}", shell_quote(&program, &args));
     info!("{what} log: {}", log.display());
-    let child = cmd
-        .spawn()
-        .map_err(|e| Error::io(format!("start {what} {}", program.display()), e))?;
+    let child = cmd.spawn().map_err(|e| Error::io(format!("start {what} {}", program.display()), e))?;
     Ok(ChildGuard::new(what, child))
 }
 
 /// Waits until `child` has created `socket`; fails if it exits first, if the
 /// time is up or on a termination signal.
-pub fn wait_for_socket(
-    child: &mut ChildGuard,
-    socket: &Path,
-    timeout: Duration,
-    log: &Path,
-) -> Result<(), Error> {
+pub fn wait_for_socket(child: &mut ChildGuard, socket: &Path, timeout: Duration, log: &Path) -> Result<(), Error> {
     let start = Instant::now();
     // Only existence is checked: connecting to test it would count as the one
     // frontend connection of backends that serve a single client and then exit.
@@ -324,11 +268,7 @@ pub fn wait_for_socket(
         }
         std::thread::sleep(POLL);
     }
-    info!(
-        "{} socket ready after {} ms",
-        child.what,
-        start.elapsed().as_millis()
-    );
+    info!("{} socket ready after {} ms", child.what, start.elapsed().as_millis());
     Ok(())
 }
 
@@ -367,10 +307,7 @@ pub fn log_tail(path: &Path) -> String {
     let _ = f.read_to_end(&mut buf);
     let text = String::from_utf8_lossy(&buf);
     let lines: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-    lines[lines.len().saturating_sub(8)..]
-        .iter()
-        .map(|l| format!("\n    | {l}"))
-        .collect()
+    lines[lines.len().saturating_sub(8)..].iter().map(|l| format!("\n    | {l}")).collect()
 }
 
 #[cfg(test)]
@@ -380,14 +317,7 @@ mod tests {
 
     /// Runs `vm` under TCG with its run directory inside the scratch dir `d`.
     fn run_in(d: &Path, vm: &VmConfig) -> Result<Outcome, Error> {
-        run(
-            vm,
-            Accel::Tcg,
-            &RunOptions {
-                run_dir: Some(d.join("run")),
-                ..Default::default()
-            },
-        )
+        run(vm, Accel::Tcg, &RunOptions { run_dir: Some(d.join("run")), ..Default::default() })
     }
 
     fn scratch(tag: &str) -> PathBuf {
@@ -416,10 +346,7 @@ mod tests {
             cmdline: String::new(),
             share_dir: None,
             accel: AccelChoice::Tcg,
-            backend: BackendCommand {
-                program: script(dir, "backend", backend_body),
-                args: vec!["{socket}".into()],
-            },
+            backend: BackendCommand { program: script(dir, "backend", backend_body), args: vec!["{socket}".into()] },
             backend_start_timeout_s: 2,
             timeout_s,
             interactive: false,
@@ -474,16 +401,7 @@ mod tests {
         let d = scratch("nosock");
         let vm = fake_vm(&d, "exit 0", "echo 'no GPU here' >&2; exit 3", 20);
         let e = run_in(&d, &vm).unwrap_err();
-        assert!(
-            matches!(
-                e,
-                Error::Exited {
-                    what: "backend",
-                    ..
-                }
-            ),
-            "{e}"
-        );
+        assert!(matches!(e, Error::Exited { what: "backend", .. }), "{e}");
         assert!(e.to_string().contains("no GPU here"), "{e}");
         let _ = std::fs::remove_dir_all(d);
     }
@@ -493,15 +411,7 @@ mod tests {
         let d = scratch("long");
         let vm = fake_vm(&d, "exit 0", LISTEN, 20);
         let long = d.join("x".repeat(120));
-        let e = run(
-            &vm,
-            Accel::Tcg,
-            &RunOptions {
-                run_dir: Some(long),
-                ..Default::default()
-            },
-        )
-        .unwrap_err();
+        let e = run(&vm, Accel::Tcg, &RunOptions { run_dir: Some(long), ..Default::default() }).unwrap_err();
         assert!(matches!(e, Error::SocketPathTooLong(_)), "{e}");
         let _ = std::fs::remove_dir_all(d);
     }

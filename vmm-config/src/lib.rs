@@ -32,47 +32,25 @@ pub enum Error {
     #[error("socket path {0} is longer than a Unix socket address allows (107 bytes); use a shorter --run-dir")]
     SocketPathTooLong(PathBuf),
     #[error("{what} did not create {socket} within {secs} s; its log is {log}{tail}")]
-    NoSocket {
-        what: &'static str,
-        socket: PathBuf,
-        secs: u64,
-        log: PathBuf,
-        tail: String,
-    },
+    NoSocket { what: &'static str, socket: PathBuf, secs: u64, log: PathBuf, tail: String },
     /// The backend, or gpuvisord, exited while it was needed.
     #[error("{what} exited ({status}) {when}; its log is {log}{tail}")]
-    Exited {
-        what: &'static str,
-        status: String,
-        when: &'static str,
-        log: PathBuf,
-        tail: String,
-    },
+    Exited { what: &'static str, status: String, when: &'static str, log: PathBuf, tail: String },
     #[error("QEMU exited ({status}) before the guest printed `gpuvisor-guest: exit <rc>`; its log is {log}{tail}")]
-    QemuExited {
-        status: String,
-        log: PathBuf,
-        tail: String,
-    },
+    QemuExited { status: String, log: PathBuf, tail: String },
     #[error("timed out after {secs} s (timeout_s); stopped QEMU and the backend; console log: {}", console_log.display())]
     Timeout { secs: u64, console_log: PathBuf },
     #[error("interrupted by signal {0}; stopped QEMU and the backend")]
     Interrupted(i32),
     #[error("cannot parse fleet spec {path}:\n  {}", .messages.join("\n  "))]
-    FleetParse {
-        path: PathBuf,
-        messages: Vec<String>,
-    },
+    FleetParse { path: PathBuf, messages: Vec<String> },
     #[error("invalid fleet spec {path}:\n  {}", .errors.join("\n  "))]
     InvalidFleet { path: PathBuf, errors: Vec<String> },
 }
 
 impl Error {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Error {
-        Error::Io {
-            context: context.into(),
-            source,
-        }
+        Error::Io { context: context.into(), source }
     }
 
     /// The exit status gpuvisor-vm reports for this error: 124 for a timeout (as
@@ -81,10 +59,9 @@ impl Error {
         match self {
             Error::Timeout { .. } => 124,
             Error::Interrupted(sig) => u8::try_from(128 + sig).unwrap_or(1),
-            Error::SpecParse { .. }
-            | Error::InvalidSpec(_)
-            | Error::FleetParse { .. }
-            | Error::InvalidFleet { .. } => 2,
+            Error::SpecParse { .. } | Error::InvalidSpec(_) | Error::FleetParse { .. } | Error::InvalidFleet { .. } => {
+                2
+            }
             _ => 1,
         }
     }
@@ -106,8 +83,5 @@ pub fn create_private_dir(dir: &Path) -> std::io::Result<()> {
     if dir.is_dir() {
         return Ok(());
     }
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)
 }

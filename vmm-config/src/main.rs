@@ -9,8 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gpuvisor_vmm_config::fleet::{self, DaemonPlan, FleetOptions};
 use gpuvisor_vmm_config::{
-    accel, launch, qemu, Accel, AccelChoice, Decision, FleetSpec, Overrides, ProbeSettings,
-    VmConfig, VmSpec,
+    accel, launch, qemu, Accel, AccelChoice, Decision, FleetSpec, Overrides, ProbeSettings, VmConfig, VmSpec,
 };
 use tracing::info;
 
@@ -49,8 +48,7 @@ enum Cmd {
     /// Validate a spec and print the vGPU, its QoS, and the backend and QEMU command lines
     Check(SpecArgs),
     /// Start several VMs from one fleet file, optionally under a gpuvisord of their own
-    #[command(
-        long_about = "Start several VMs from one fleet file at once, optionally under a gpuvisord \
+    #[command(long_about = "Start several VMs from one fleet file at once, optionally under a gpuvisord \
         of their own that schedules their vGPUs.\n\n\
         The file has an optional [daemon] table (start gpuvisord, or join one with `socket`), a \
         [defaults] table (any VM spec field, for every VM that does not set its own) and one [[vm]] \
@@ -59,8 +57,7 @@ enum Cmd {
         gets its own run directory under the fleet's, and its console is copied to stdout with \
         \"[name] \" before each line. At the end one line per VM (`fleet: a exit 0 (12.3 s)`); the \
         exit code is 0 only if every VM's guest exited 0, else the first failing VM's. Ctrl-C or \
-        SIGTERM stops every VM and the daemon."
-    )]
+        SIGTERM stops every VM and the daemon.")]
     Fleet(FleetArgs),
     /// Print which accelerator (KVM or TCG) `accel = "auto"` would use, and why
     ProbeAccel(ProbeArgs),
@@ -134,12 +131,8 @@ struct ProbeArgs {
 
 impl ProbeFlags {
     fn settings(&self) -> anyhow::Result<ProbeSettings> {
-        let timeout =
-            Duration::try_from_secs_f64(self.probe_timeout_s).context("--probe-timeout-s")?;
-        let s = ProbeSettings {
-            timeout,
-            ..Default::default()
-        };
+        let timeout = Duration::try_from_secs_f64(self.probe_timeout_s).context("--probe-timeout-s")?;
+        let s = ProbeSettings { timeout, ..Default::default() };
         if self.reprobe {
             // The fresh probe's result is cached again for later runs.
             if let Some(dir) = &s.cache_dir {
@@ -177,9 +170,7 @@ fn main() -> ExitCode {
         _ => "trace",
     };
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-        tracing_subscriber::EnvFilter::new(format!(
-            "gpuvisor_vmm_config={default_level},gpuvisor_vm={default_level}"
-        ))
+        tracing_subscriber::EnvFilter::new(format!("gpuvisor_vmm_config={default_level},gpuvisor_vm={default_level}"))
     });
     tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -192,9 +183,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("gpuvisor-vm: error: {e:#}");
-            let code = e
-                .downcast_ref::<gpuvisor_vmm_config::Error>()
-                .map_or(1, |e| e.exit_code());
+            let code = e.downcast_ref::<gpuvisor_vmm_config::Error>().map_or(1, |e| e.exit_code());
             ExitCode::from(code)
         }
     }
@@ -206,10 +195,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             let vm = load_spec(&args.spec)?.validate()?;
             let d = accel::choose(vm.accel, &vm.qemu, &vm.kernel, &args.spec.probe.settings()?);
             info!("accel {}: {}", d.accel, d.reason);
-            let opts = launch::RunOptions {
-                run_dir: args.run_dir,
-                console_prefix: args.prefix,
-            };
+            let opts = launch::RunOptions { run_dir: args.run_dir, console_prefix: args.prefix };
             let outcome = launch::run(&vm, d.accel, &opts)?;
             Ok(ExitCode::from(u8::try_from(outcome.guest_rc).unwrap_or(1)))
         }
@@ -229,23 +215,13 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Cmd::Fleet(args) => {
             let spec = FleetSpec::load(&args.spec)?;
-            let run_dir = args
-                .run_dir
-                .clone()
-                .unwrap_or_else(|| fleet::default_run_dir(&args.spec));
+            let run_dir = args.run_dir.clone().unwrap_or_else(|| fleet::default_run_dir(&args.spec));
             let plan = spec.plan(&run_dir)?;
             let settings = args.probe.settings()?;
-            let decisions: Vec<Decision> = plan
-                .vms
-                .iter()
-                .map(|vm| accel::choose(vm.accel, &vm.qemu, &vm.kernel, &settings))
-                .collect();
+            let decisions: Vec<Decision> =
+                plan.vms.iter().map(|vm| accel::choose(vm.accel, &vm.qemu, &vm.kernel, &settings)).collect();
             if args.check {
-                println!(
-                    "# fleet spec OK: {} VMs, run dir {}",
-                    plan.vms.len(),
-                    run_dir.display()
-                );
+                println!("# fleet spec OK: {} VMs, run dir {}", plan.vms.len(), run_dir.display());
                 match &plan.daemon {
                     Some(DaemonPlan::Start(d)) => {
                         println!("# gpuvisord (started by the fleet):");
@@ -266,13 +242,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 info!("{}: accel {}: {}", vm.name, d.accel, d.reason);
             }
             let accels: Vec<Accel> = decisions.iter().map(|d| d.accel).collect();
-            let outcome = fleet::run(
-                &plan,
-                &accels,
-                &FleetOptions {
-                    keep_daemon: args.keep_daemon,
-                },
-            )?;
+            let outcome = fleet::run(&plan, &accels, &FleetOptions { keep_daemon: args.keep_daemon })?;
             Ok(ExitCode::from(outcome.exit_code))
         }
         Cmd::ProbeAccel(args) => {
@@ -301,10 +271,7 @@ fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
 /// and the two command lines.
 fn print_check(vm: &VmConfig, d: &Decision, run_dir: &Path) {
     let (socket, accel) = (run_dir.join("vgpu.sock"), d.accel);
-    println!(
-        "# spec OK: {} ({} MiB, {} vCPUs)",
-        vm.name, vm.memory_mib, vm.vcpus
-    );
+    println!("# spec OK: {} ({} MiB, {} vCPUs)", vm.name, vm.memory_mib, vm.vcpus);
     println!("# accel {accel}: {}", d.reason);
     for line in vm.vgpu.describe() {
         println!("# {line}");
@@ -313,15 +280,9 @@ fn print_check(vm: &VmConfig, d: &Decision, run_dir: &Path) {
         println!("# warning: {w}");
     }
     println!("# backend:");
-    println!(
-        "{}",
-        qemu::shell_quote(&vm.backend.program, &vm.backend.render(&socket, &vm.name))
-    );
+    println!("{}", qemu::shell_quote(&vm.backend.program, &vm.backend.render(&socket, &vm.name)));
     println!("# qemu:");
-    println!(
-        "{}",
-        qemu::shell_quote(&vm.qemu, &qemu::qemu_args(vm, accel, &socket))
-    );
+    println!("{}", qemu::shell_quote(&vm.qemu, &qemu::qemu_args(vm, accel, &socket)));
 }
 
 fn default_kernel() -> Option<PathBuf> {
@@ -333,10 +294,7 @@ fn default_kernel() -> Option<PathBuf> {
         .ok()?
         .flatten()
         .map(|e| e.path())
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-"))
-        })
+        .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmlinuz-")))
         .collect();
     boot.sort();
     boot.pop()

@@ -19,14 +19,7 @@ pub fn harden(cmd: &mut Command, own_group: bool) {
     // prctl(2), which is async-signal-safe; it touches no memory of the parent.
     unsafe {
         cmd.pre_exec(|| {
-            if libc::prctl(
-                libc::PR_SET_PDEATHSIG,
-                libc::SIGKILL as libc::c_ulong,
-                0,
-                0,
-                0,
-            ) != 0
-            {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -60,12 +53,7 @@ pub struct ChildGuard {
 
 impl ChildGuard {
     pub fn new(what: &'static str, child: Child) -> ChildGuard {
-        ChildGuard {
-            what,
-            child,
-            status: None,
-            released: false,
-        }
+        ChildGuard { what, child, status: None, released: false }
     }
 
     /// Leaves the child running: dropping the guard no longer stops it.
@@ -113,12 +101,7 @@ impl ChildGuard {
         if let Some(s) = self.wait_for(grace) {
             return Some(s);
         }
-        warn!(
-            "{} (pid {}) ignored SIGTERM for {:?}; killing it",
-            self.what,
-            self.pid(),
-            grace
-        );
+        warn!("{} (pid {}) ignored SIGTERM for {:?}; killing it", self.what, self.pid(), grace);
         let _ = self.child.kill();
         match self.child.wait() {
             Ok(s) => {

@@ -17,67 +17,21 @@ pub fn qemu_args(vm: &VmConfig, accel: Accel, socket: &Path) -> Vec<OsString> {
 
     // -nodefaults drops the default VGA, NIC, floppy and CD-ROM; -no-user-config
     // keeps /etc/qemu out of the picture.
-    push_to(
-        &mut a,
-        &[
-            "-nodefaults",
-            "-no-user-config",
-            "-name",
-            &format!("{},debug-threads=on", vm.name),
-        ],
-    );
+    push_to(&mut a, &["-nodefaults", "-no-user-config", "-name", &format!("{},debug-threads=on", vm.name)]);
     // vhost-user hands guest RAM to the backend as file descriptors, so RAM must be
     // a shareable memfd; `memory-backend=` is the q35 spelling of -numa node,memdev.
     push_to(&mut a, &["-machine", "q35,memory-backend=mem"]);
-    push_to(
-        &mut a,
-        &[
-            "-object",
-            &format!(
-                "memory-backend-memfd,id=mem,size={}M,share=on",
-                vm.memory_mib
-            ),
-        ],
-    );
-    push_to(
-        &mut a,
-        &[
-            "-m",
-            &format!("{}M", vm.memory_mib),
-            "-smp",
-            &vm.vcpus.to_string(),
-        ],
-    );
+    push_to(&mut a, &["-object", &format!("memory-backend-memfd,id=mem,size={}M,share=on", vm.memory_mib)]);
+    push_to(&mut a, &["-m", &format!("{}M", vm.memory_mib), "-smp", &vm.vcpus.to_string()]);
     match accel {
         Accel::Kvm => push_to(&mut a, &["-accel", "kvm", "-cpu", "host"]),
         Accel::Tcg => push_to(&mut a, &["-accel", "tcg,thread=multi", "-cpu", "max"]),
     }
-    push_to(
-        &mut a,
-        &[
-            "-chardev",
-            &format!("socket,id=vgpu,path={}", opt_path(socket)),
-        ],
-    );
+    push_to(&mut a, &["-chardev", &format!("socket,id=vgpu,path={}", opt_path(socket))]);
     push_to(&mut a, &["-device", "vhost-user-gpu-pci,chardev=vgpu"]);
     if let Some(dir) = &vm.share_dir {
-        push_to(
-            &mut a,
-            &[
-                "-fsdev",
-                &format!(
-                    "local,id=fs0,path={},security_model=none,readonly=on",
-                    opt_path(dir)
-                ),
-            ],
-        );
-        push_to(
-            &mut a,
-            &[
-                "-device",
-                &format!("virtio-9p-pci,fsdev=fs0,mount_tag={SHARE_TAG}"),
-            ],
-        );
+        push_to(&mut a, &["-fsdev", &format!("local,id=fs0,path={},security_model=none,readonly=on", opt_path(dir))]);
+        push_to(&mut a, &["-device", &format!("virtio-9p-pci,fsdev=fs0,mount_tag={SHARE_TAG}")]);
     }
     a.push("-kernel".into());
     a.push(vm.kernel.clone().into_os_string());
@@ -92,15 +46,7 @@ pub fn qemu_args(vm: &VmConfig, accel: Accel, socket: &Path) -> Vec<OsString> {
 /// instead of a reboot. -display none rather than -nographic: -nographic would
 /// multiplex the monitor onto stdio, and Ctrl-A sequences would reach QEMU
 /// instead of the guest.
-pub const CONSOLE_ARGS: &[&str] = &[
-    "-display",
-    "none",
-    "-serial",
-    "stdio",
-    "-monitor",
-    "none",
-    "-no-reboot",
-];
+pub const CONSOLE_ARGS: &[&str] = &["-display", "none", "-serial", "stdio", "-monitor", "none", "-no-reboot"];
 
 /// A path inside a QEMU `key=value,...` option, where a literal comma is doubled.
 fn opt_path(p: &Path) -> String {
@@ -113,10 +59,7 @@ pub fn shell_quote(program: &Path, args: &[OsString]) -> String {
         .chain(args.iter().map(OsString::as_os_str))
         .map(|s| {
             let s = s.to_string_lossy();
-            if !s.is_empty()
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c))
-            {
+            if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "-_./=,:+@%".contains(c)) {
                 s.into_owned()
             } else {
                 format!("'{}'", s.replace('\'', "'\\''"))
@@ -142,10 +85,7 @@ mod tests {
             cmdline: "console=ttyS0 quiet".into(),
             share_dir: share.map(PathBuf::from),
             accel: AccelChoice::Auto,
-            backend: BackendCommand {
-                program: "/b".into(),
-                args: vec![],
-            },
+            backend: BackendCommand { program: "/b".into(), args: vec![] },
             backend_start_timeout_s: 10,
             timeout_s: 0,
             interactive: false,
@@ -155,19 +95,13 @@ mod tests {
     }
 
     fn joined(v: &VmConfig, accel: Accel) -> String {
-        shell_quote(
-            Path::new("qemu"),
-            &qemu_args(v, accel, Path::new("/run/vgpu.sock")),
-        )
+        shell_quote(Path::new("qemu"), &qemu_args(v, accel, Path::new("/run/vgpu.sock")))
     }
 
     #[test]
     fn ram_is_a_shared_memfd_of_the_vm_size() {
         let s = joined(&vm(None), Accel::Tcg);
-        assert!(
-            s.contains("-object memory-backend-memfd,id=mem,size=512M,share=on"),
-            "{s}"
-        );
+        assert!(s.contains("-object memory-backend-memfd,id=mem,size=512M,share=on"), "{s}");
         assert!(s.contains("-machine q35,memory-backend=mem"), "{s}");
         assert!(s.contains("-m 512M -smp 3"), "{s}");
     }
@@ -175,7 +109,10 @@ mod tests {
     #[test]
     fn vgpu_device_uses_the_backend_socket() {
         let s = joined(&vm(None), Accel::Tcg);
-        assert!(s.contains("-chardev socket,id=vgpu,path=/run/vgpu.sock -device vhost-user-gpu-pci,chardev=vgpu"), "{s}");
+        assert!(
+            s.contains("-chardev socket,id=vgpu,path=/run/vgpu.sock -device vhost-user-gpu-pci,chardev=vgpu"),
+            "{s}"
+        );
         assert!(s.contains("-nodefaults"), "{s}");
         assert!(s.contains("-append 'console=ttyS0 quiet'"), "{s}");
     }
@@ -190,14 +127,8 @@ mod tests {
     fn share_dir_adds_readonly_9p() {
         assert!(!joined(&vm(None), Accel::Tcg).contains("9p"));
         let s = joined(&vm(Some("/srv/share")), Accel::Tcg);
-        assert!(
-            s.contains("-fsdev local,id=fs0,path=/srv/share,security_model=none,readonly=on"),
-            "{s}"
-        );
-        assert!(
-            s.contains("-device virtio-9p-pci,fsdev=fs0,mount_tag=hostshare"),
-            "{s}"
-        );
+        assert!(s.contains("-fsdev local,id=fs0,path=/srv/share,security_model=none,readonly=on"), "{s}");
+        assert!(s.contains("-device virtio-9p-pci,fsdev=fs0,mount_tag=hostshare"), "{s}");
         let s = joined(&vm(Some("/a,b")), Accel::Tcg);
         assert!(s.contains("path=/a,,b,security_model"), "{s}");
     }

@@ -5,9 +5,7 @@ use std::ffi::OsString;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use protocol::control::{
-    QosClass, MAX_PRIORITY, MAX_SLICE_US, MAX_WEIGHT, MIN_PRIORITY, MIN_SLICE_US, MIN_WEIGHT,
-};
+use protocol::control::{QosClass, MAX_PRIORITY, MAX_SLICE_US, MAX_WEIGHT, MIN_PRIORITY, MIN_SLICE_US, MIN_WEIGHT};
 use serde::Deserialize;
 
 use crate::Error;
@@ -110,12 +108,7 @@ impl Default for BackendSpec {
 impl BackendSpec {
     /// The QoS fields as asked for in the spec.
     pub fn qos(&self) -> Qos {
-        Qos {
-            class: self.class,
-            weight: self.weight,
-            priority: self.priority,
-            slice_ms: self.slice_ms,
-        }
+        Qos { class: self.class, weight: self.weight, priority: self.priority, slice_ms: self.slice_ms }
     }
 }
 
@@ -155,18 +148,12 @@ impl Qos {
     fn check(&self, errs: &mut FieldErrors) {
         if let Some(w) = self.weight {
             if !(MIN_WEIGHT..=MAX_WEIGHT).contains(&w) {
-                errs.push(
-                    "backend.weight",
-                    format!("{w} is not between {MIN_WEIGHT} and {MAX_WEIGHT}"),
-                );
+                errs.push("backend.weight", format!("{w} is not between {MIN_WEIGHT} and {MAX_WEIGHT}"));
             }
         }
         if let Some(p) = self.priority {
             if !(MIN_PRIORITY..=MAX_PRIORITY).contains(&p) {
-                errs.push(
-                    "backend.priority",
-                    format!("{p} is not between {MIN_PRIORITY} and {MAX_PRIORITY}"),
-                );
+                errs.push("backend.priority", format!("{p} is not between {MIN_PRIORITY} and {MAX_PRIORITY}"));
             }
         }
         if let Some(msg) = self.slice_ms.and_then(slice_ms_error) {
@@ -260,13 +247,9 @@ impl Default for VmSpec {
 impl VmSpec {
     /// Reads a spec file; relative paths in it become relative to its directory.
     pub fn load(path: &Path) -> Result<VmSpec, Error> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::io(format!("read spec {}", path.display()), e))?;
+        let text = std::fs::read_to_string(path).map_err(|e| Error::io(format!("read spec {}", path.display()), e))?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        VmSpec::from_toml(&text, &base).map_err(|message| Error::SpecParse {
-            path: path.to_path_buf(),
-            message,
-        })
+        VmSpec::from_toml(&text, &base).map_err(|message| Error::SpecParse { path: path.to_path_buf(), message })
     }
 
     /// Parses TOML text, resolving relative paths against `base`.
@@ -275,17 +258,13 @@ impl VmSpec {
         resolve_paths(&mut table, base);
         VmSpec::from_table(table).map_err(|e| {
             // The same error again from the text, where it comes with a line number.
-            toml::from_str::<VmSpec>(text)
-                .err()
-                .map_or(e, |e| e.to_string())
+            toml::from_str::<VmSpec>(text).err().map_or(e, |e| e.to_string())
         })
     }
 
     /// A spec from a TOML table whose paths are already resolved.
     pub fn from_table(table: toml::Table) -> Result<VmSpec, String> {
-        toml::Value::Table(table)
-            .try_into()
-            .map_err(|e: toml::de::Error| e.to_string().trim_end().to_string())
+        toml::Value::Table(table).try_into().map_err(|e: toml::de::Error| e.to_string().trim_end().to_string())
     }
 
     /// Applies command-line flags on top of the spec (flags win).
@@ -339,9 +318,7 @@ impl VmSpec {
         if let Some(v) = o.quota_mib {
             self.backend.quota_mib = Some(v);
         }
-        self.backend
-            .extra_args
-            .extend(o.backend_arg.iter().cloned());
+        self.backend.extra_args.extend(o.backend_arg.iter().cloned());
         if let Some(v) = &o.backend_cmd {
             self.backend.command = Some(v.split_whitespace().map(str::to_string).collect());
         }
@@ -368,44 +345,20 @@ impl VmSpec {
 
         let name_ok = !self.name.is_empty()
             && self.name.len() <= 40
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
+            && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !name_ok {
-            errs.push(
-                "name",
-                format!(
-                    "{:?} must be 1 to 40 characters of [A-Za-z0-9._-]",
-                    self.name
-                ),
-            );
+            errs.push("name", format!("{:?} must be 1 to 40 characters of [A-Za-z0-9._-]", self.name));
         }
 
         if self.memory_mib < MIN_MEMORY_MIB {
-            errs.push(
-                "memory_mib",
-                format!(
-                    "{} MiB is below the minimum of {MIN_MEMORY_MIB} MiB",
-                    self.memory_mib
-                ),
-            );
+            errs.push("memory_mib", format!("{} MiB is below the minimum of {MIN_MEMORY_MIB} MiB", self.memory_mib));
         } else if let Some(host) = host_memory_mib() {
             if self.memory_mib > host {
-                errs.push(
-                    "memory_mib",
-                    format!(
-                        "{} MiB exceeds this host's {host} MiB of RAM",
-                        self.memory_mib
-                    ),
-                );
+                errs.push("memory_mib", format!("{} MiB exceeds this host's {host} MiB of RAM", self.memory_mib));
             }
         }
         if self.vcpus == 0 || self.vcpus > MAX_VCPUS {
-            errs.push(
-                "vcpus",
-                format!("{} is not between 1 and {MAX_VCPUS}", self.vcpus),
-            );
+            errs.push("vcpus", format!("{} is not between 1 and {MAX_VCPUS}", self.vcpus));
         }
 
         let kernel = errs.file("kernel", self.kernel.as_deref());
@@ -424,17 +377,17 @@ impl VmSpec {
             Some(q) => match find_program(q) {
                 Some(p) => Some(p),
                 None => {
-                    errs.push(
-                        "qemu",
-                        format!("{} not found or not executable", q.display()),
-                    );
+                    errs.push("qemu", format!("{} not found or not executable", q.display()));
                     None
                 }
             },
             None => match find_program(Path::new(DEFAULT_QEMU)) {
                 Some(p) => Some(p),
                 None => {
-                    errs.push("qemu", format!("{DEFAULT_QEMU} not on PATH; install QEMU 10 (scripts/install-prereqs.sh) or set qemu"));
+                    errs.push(
+                        "qemu",
+                        format!("{DEFAULT_QEMU} not on PATH; install QEMU 10 (scripts/install-prereqs.sh) or set qemu"),
+                    );
                     None
                 }
             },
@@ -445,8 +398,7 @@ impl VmSpec {
         if let Some(run) = &self.run {
             if run.trim().is_empty() {
                 errs.push("run", "is empty".to_string());
-            } else if run.contains(',') || run.contains('"') || run.chars().any(|c| c.is_control())
-            {
+            } else if run.contains(',') || run.contains('"') || run.chars().any(|c| c.is_control()) {
                 errs.push("run", format!("{run:?} may not contain commas, double quotes or control characters (it travels on the kernel command line, spaces as commas)"));
             }
         }
@@ -457,10 +409,7 @@ impl VmSpec {
         if cmdline.len() > MAX_CMDLINE {
             errs.push(
                 "cmdline_extra",
-                format!(
-                    "guest command line is {} bytes, the kernel takes at most {MAX_CMDLINE}",
-                    cmdline.len()
-                ),
+                format!("guest command line is {} bytes, the kernel takes at most {MAX_CMDLINE}", cmdline.len()),
             );
         }
         if self.backend.start_timeout_s == 0 {
@@ -473,10 +422,7 @@ impl VmSpec {
             if d.as_os_str().len() > MAX_SOCKET_PATH {
                 errs.push(
                     "backend.daemon",
-                    format!(
-                        "{} is longer than a Unix socket address allows ({MAX_SOCKET_PATH} bytes)",
-                        d.display()
-                    ),
+                    format!("{} is longer than a Unix socket address allows ({MAX_SOCKET_PATH} bytes)", d.display()),
                 );
             }
         }
@@ -508,20 +454,14 @@ impl VmSpec {
                 interactive: self.shell,
                 qemu,
                 vgpu: Vgpu {
-                    engine: self
-                        .backend
-                        .command
-                        .is_none()
-                        .then_some(self.backend.engine),
+                    engine: self.backend.command.is_none().then_some(self.backend.engine),
                     quota_mib: self.backend.quota_mib,
                     daemon,
                     qos,
                 },
                 warnings,
             }),
-            _ => Err(Error::InvalidSpec(vec![
-                "internal: validation incomplete".to_string()
-            ])),
+            _ => Err(Error::InvalidSpec(vec!["internal: validation incomplete".to_string()])),
         }
     }
 
@@ -529,11 +469,7 @@ impl VmSpec {
     pub fn guest_cmdline(&self) -> String {
         // panic=-1 reboots at once on a guest panic; with -no-reboot QEMU then exits
         // instead of hanging until the timeout.
-        let mut parts = vec![
-            "console=ttyS0".to_string(),
-            "quiet".to_string(),
-            "panic=-1".to_string(),
-        ];
+        let mut parts = vec!["console=ttyS0".to_string(), "quiet".to_string(), "panic=-1".to_string()];
         if self.share_dir.is_some() {
             parts.push(format!("gpuvisor.share={SHARE_TAG}"));
         }
@@ -560,17 +496,13 @@ impl VmSpec {
             if !cmd.iter().any(|a| a.contains("{socket}")) {
                 errs.push(
                     "backend.command",
-                    "has no {socket} placeholder; the backend must be told where to listen"
-                        .to_string(),
+                    "has no {socket} placeholder; the backend must be told where to listen".to_string(),
                 );
             }
             let program = match find_program(Path::new(program)) {
                 Some(p) => p,
                 None => {
-                    errs.push(
-                        "backend.command",
-                        format!("program {program} not found or not executable"),
-                    );
+                    errs.push("backend.command", format!("program {program} not found or not executable"));
                     return None;
                 }
             };
@@ -591,10 +523,7 @@ impl VmSpec {
             Some(b) => match find_program(b) {
                 Some(p) => p,
                 None => {
-                    errs.push(
-                        "backend.binary",
-                        format!("{} not found or not executable", b.display()),
-                    );
+                    errs.push("backend.binary", format!("{} not found or not executable", b.display()));
                     return None;
                 }
             },
@@ -762,10 +691,7 @@ pub struct BackendCommand {
 impl BackendCommand {
     pub fn render(&self, socket: &Path, name: &str) -> Vec<OsString> {
         let socket = socket.to_string_lossy();
-        self.args
-            .iter()
-            .map(|a| OsString::from(a.replace("{socket}", &socket).replace("{name}", name)))
-            .collect()
+        self.args.iter().map(|a| OsString::from(a.replace("{socket}", &socket).replace("{name}", name))).collect()
     }
 }
 
@@ -813,17 +739,10 @@ impl Vgpu {
                 "vGPU QoS: none (gpuvisord schedules only gpuvisor-backend)".to_string(),
             ];
         };
-        let quota = self.quota_mib.map_or_else(
-            || "the backend's default".to_string(),
-            |q| format!("{q} MiB"),
-        );
+        let quota = self.quota_mib.map_or_else(|| "the backend's default".to_string(), |q| format!("{q} MiB"));
         let device = format!("vGPU: gpuvisor-backend, engine {engine}, memory quota {quota}");
         let qos = match &self.daemon {
-            Some(d) => format!(
-                "vGPU QoS: scheduled by gpuvisord at {}; asks for {}",
-                d.display(),
-                self.qos
-            ),
+            Some(d) => format!("vGPU QoS: scheduled by gpuvisord at {}; asks for {}", d.display(), self.qos),
             None => "vGPU QoS: none; no daemon, so the backend runs alone on the GPU".to_string(),
         };
         [device, qos]
@@ -841,18 +760,12 @@ impl FieldErrors {
     fn file(&mut self, field: &str, path: Option<&Path>) -> Option<PathBuf> {
         match path {
             None => {
-                self.push(
-                    field,
-                    format!("required (set `{field}` in the spec or --{field})"),
-                );
+                self.push(field, format!("required (set `{field}` in the spec or --{field})"));
                 None
             }
             Some(p) if p.is_file() => Some(absolute(p)),
             Some(p) => {
-                self.push(
-                    field,
-                    format!("{} does not exist or is not a file", p.display()),
-                );
+                self.push(field, format!("{} does not exist or is not a file", p.display()));
                 None
             }
         }
@@ -879,9 +792,7 @@ pub fn absolute_path(p: &Path) -> PathBuf {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Resolves a program like the shell does: a path with a slash is taken as is,
@@ -891,10 +802,7 @@ pub fn find_program(p: &Path) -> Option<PathBuf> {
         return is_executable(p).then(|| absolute(p));
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path)
-        .map(|d| d.join(p))
-        .find(|c| is_executable(c))
-        .map(|c| absolute(&c))
+    std::env::split_paths(&path).map(|d| d.join(p)).find(|c| is_executable(c)).map(|c| absolute(&c))
 }
 
 fn default_backend() -> Option<PathBuf> {
@@ -904,9 +812,7 @@ fn default_backend() -> Option<PathBuf> {
 /// A gpuvisor program next to gpuvisor-vm (an install or a cargo target dir),
 /// else on PATH.
 pub fn find_beside_us_or_on_path(name: &str) -> Option<PathBuf> {
-    let beside = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.join(name)));
+    let beside = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.join(name)));
     match beside {
         Some(b) if is_executable(&b) => Some(b),
         _ => find_program(Path::new(name)),
@@ -916,8 +822,7 @@ pub fn find_beside_us_or_on_path(name: &str) -> Option<PathBuf> {
 /// Why `ms` is not a time slice gpuvisord accepts, if it is not.
 pub fn slice_ms_error(ms: f64) -> Option<String> {
     let (lo, hi) = (MIN_SLICE_US as f64 / 1000.0, MAX_SLICE_US as f64 / 1000.0);
-    (!(ms.is_finite() && (lo..=hi).contains(&ms)))
-        .then(|| format!("{ms} ms is not between {lo} and {hi} ms"))
+    (!(ms.is_finite() && (lo..=hi).contains(&ms))).then(|| format!("{ms} ms is not between {lo} and {hi} ms"))
 }
 
 fn host_memory_mib() -> Option<u64> {
@@ -935,8 +840,7 @@ mod tests {
     struct Scratch(PathBuf);
     impl Scratch {
         fn new(tag: &str) -> Scratch {
-            let d = std::env::temp_dir()
-                .join(format!("gpuvisor-spec-test-{tag}-{}", std::process::id()));
+            let d = std::env::temp_dir().join(format!("gpuvisor-spec-test-{tag}-{}", std::process::id()));
             let _ = std::fs::remove_dir_all(&d);
             std::fs::create_dir_all(&d).unwrap();
             Scratch(d)
@@ -983,8 +887,7 @@ mod tests {
 
     #[test]
     fn flags_override_spec() {
-        let mut s =
-            VmSpec::from_toml("vcpus = 4\ncmdline_extra = \"a=1\"\n", Path::new("/")).unwrap();
+        let mut s = VmSpec::from_toml("vcpus = 4\ncmdline_extra = \"a=1\"\n", Path::new("/")).unwrap();
         s.apply(&Overrides {
             vcpus: Some(1),
             cmdline_extra: Some("b=2".into()),
@@ -993,10 +896,7 @@ mod tests {
         });
         assert_eq!(s.vcpus, 1);
         assert_eq!(s.cmdline_extra, "a=1 b=2");
-        assert_eq!(
-            s.backend.command,
-            Some(vec!["/bin/x".into(), "--s={socket}".into(), "-v".into()])
-        );
+        assert_eq!(s.backend.command, Some(vec!["/bin/x".into(), "--s={socket}".into(), "-v".into()]));
     }
 
     #[test]
@@ -1008,28 +908,12 @@ mod tests {
             kernel: Some("/nonexistent/vmlinuz".into()),
             initramfs: None,
             run: Some("a,b".into()),
-            backend: BackendSpec {
-                binary: Some("/nonexistent/backend".into()),
-                ..Default::default()
-            },
+            backend: BackendSpec { binary: Some("/nonexistent/backend".into()), ..Default::default() },
             ..Default::default()
         };
-        let Err(Error::InvalidSpec(errs)) = spec.validate() else {
-            panic!("expected InvalidSpec")
-        };
-        for field in [
-            "name:",
-            "memory_mib:",
-            "vcpus:",
-            "kernel:",
-            "initramfs:",
-            "run:",
-            "backend.binary:",
-        ] {
-            assert!(
-                errs.iter().any(|e| e.starts_with(field)),
-                "no error for {field}: {errs:?}"
-            );
+        let Err(Error::InvalidSpec(errs)) = spec.validate() else { panic!("expected InvalidSpec") };
+        for field in ["name:", "memory_mib:", "vcpus:", "kernel:", "initramfs:", "run:", "backend.binary:"] {
+            assert!(errs.iter().any(|e| e.starts_with(field)), "no error for {field}: {errs:?}");
         }
     }
 
@@ -1060,16 +944,7 @@ mod tests {
         let args: Vec<_> = args.iter().map(|a| a.to_str().unwrap()).collect();
         assert_eq!(
             args,
-            [
-                "--socket-path",
-                "/run/x/vgpu.sock",
-                "--engine",
-                "sim",
-                "--quota-mib",
-                "512",
-                "--vm-name",
-                "vm"
-            ]
+            ["--socket-path", "/run/x/vgpu.sock", "--engine", "sim", "--quota-mib", "512", "--vm-name", "vm"]
         );
         assert!(vm.cmdline.contains("gpuvisor.share=hostshare"));
     }
@@ -1085,14 +960,8 @@ mod tests {
             },
             ..Default::default()
         };
-        let Err(Error::InvalidSpec(errs)) = spec.validate() else {
-            panic!()
-        };
-        assert!(
-            errs.iter()
-                .any(|e| e.starts_with("backend.command:") && e.contains("{socket}")),
-            "{errs:?}"
-        );
+        let Err(Error::InvalidSpec(errs)) = spec.validate() else { panic!() };
+        assert!(errs.iter().any(|e| e.starts_with("backend.command:") && e.contains("{socket}")), "{errs:?}");
     }
 
     #[test]
@@ -1103,7 +972,10 @@ mod tests {
             cmdline_extra: "loglevel=7".into(),
             ..Default::default()
         };
-        assert_eq!(spec.guest_cmdline(), "console=ttyS0 quiet panic=-1 gpuvisor.run=cat,/mnt/host/hello.txt gpuvisor.shell=1 loglevel=7");
+        assert_eq!(
+            spec.guest_cmdline(),
+            "console=ttyS0 quiet panic=-1 gpuvisor.run=cat,/mnt/host/hello.txt gpuvisor.shell=1 loglevel=7"
+        );
     }
 
     /// A spec that validates on any machine, with files in `d`.
@@ -1112,11 +984,7 @@ mod tests {
             kernel: Some(d.file("vmlinuz", 0o644)),
             initramfs: Some(d.file("initramfs", 0o644)),
             qemu: Some(d.file("qemu", 0o755)),
-            backend: BackendSpec {
-                binary: Some(d.file("be", 0o755)),
-                engine: Engine::Sim,
-                ..Default::default()
-            },
+            backend: BackendSpec { binary: Some(d.file("be", 0o755)), engine: Engine::Sim, ..Default::default() },
             ..Default::default()
         }
     }
@@ -1128,10 +996,7 @@ mod tests {
             Path::new("/specs"),
         )
         .unwrap();
-        assert_eq!(
-            s.backend.daemon.as_deref(),
-            Some(Path::new("/specs/run/gd.sock"))
-        );
+        assert_eq!(s.backend.daemon.as_deref(), Some(Path::new("/specs/run/gd.sock")));
         assert_eq!(s.backend.class, Some(QosClass::BestEffort));
         let d = Scratch::new("qos");
         let mut spec = valid_spec(&d);
@@ -1165,12 +1030,10 @@ mod tests {
         spec.backend.weight = Some(2);
         let vm = spec.validate().unwrap();
         let args = vm.backend.render(Path::new("/s"), "vm");
+        assert!(!args.iter().any(|a| a == "--class" || a == "--slice-ms"), "{args:?}");
         assert!(
-            !args.iter().any(|a| a == "--class" || a == "--slice-ms"),
-            "{args:?}"
+            vm.vgpu.describe()[1].ends_with("class the daemon's, weight 2, priority the daemon's, slice the daemon's")
         );
-        assert!(vm.vgpu.describe()[1]
-            .ends_with("class the daemon's, weight 2, priority the daemon's, slice the daemon's"));
     }
 
     #[test]
@@ -1205,22 +1068,12 @@ mod tests {
         ] {
             let mut spec = valid_spec(&d);
             spec.backend.daemon = Some("/run/g.sock".into());
-            (
-                spec.backend.weight,
-                spec.backend.priority,
-                spec.backend.slice_ms,
-            ) = (weight, priority, slice_ms);
-            let Err(Error::InvalidSpec(errs)) = spec.validate() else {
-                panic!("{field} accepted")
-            };
+            (spec.backend.weight, spec.backend.priority, spec.backend.slice_ms) = (weight, priority, slice_ms);
+            let Err(Error::InvalidSpec(errs)) = spec.validate() else { panic!("{field} accepted") };
             assert!(errs.len() == 1 && errs[0].starts_with(field), "{errs:?}");
         }
         let mut spec = valid_spec(&d);
-        (
-            spec.backend.weight,
-            spec.backend.priority,
-            spec.backend.slice_ms,
-        ) = (Some(10_000), Some(-20), Some(0.5));
+        (spec.backend.weight, spec.backend.priority, spec.backend.slice_ms) = (Some(10_000), Some(-20), Some(0.5));
         spec.validate().unwrap();
         let e = VmSpec::from_toml("[backend]\nclass = \"gold\"\n", Path::new("/")).unwrap_err();
         assert!(e.contains("gold"), "{e}");
@@ -1230,31 +1083,18 @@ mod tests {
     fn qos_does_not_apply_to_another_backend() {
         let d = Scratch::new("qos-command");
         let mut spec = valid_spec(&d);
-        spec.backend.command = Some(vec![
-            d.file("vhost-user-gpu", 0o755)
-                .to_string_lossy()
-                .into_owned(),
-            "--socket-path={socket}".into(),
-        ]);
+        spec.backend.command =
+            Some(vec![d.file("vhost-user-gpu", 0o755).to_string_lossy().into_owned(), "--socket-path={socket}".into()]);
         spec.backend.daemon = Some("/run/g.sock".into());
         spec.backend.priority = Some(1);
-        let Err(Error::InvalidSpec(errs)) = spec.validate() else {
-            panic!()
-        };
-        assert!(
-            errs.iter().any(|e| e.starts_with("backend.daemon:")),
-            "{errs:?}"
-        );
-        assert!(
-            errs.iter().any(|e| e.starts_with("backend.priority:")),
-            "{errs:?}"
-        );
+        let Err(Error::InvalidSpec(errs)) = spec.validate() else { panic!() };
+        assert!(errs.iter().any(|e| e.starts_with("backend.daemon:")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.starts_with("backend.priority:")), "{errs:?}");
     }
 
     #[test]
     fn qos_flags_override_the_spec() {
-        let mut s =
-            VmSpec::from_toml("[backend]\nweight = 5\npriority = 1\n", Path::new("/")).unwrap();
+        let mut s = VmSpec::from_toml("[backend]\nweight = 5\npriority = 1\n", Path::new("/")).unwrap();
         s.apply(&Overrides {
             daemon: Some("/run/g.sock".into()),
             class: Some(QosClass::Guaranteed),
@@ -1268,13 +1108,10 @@ mod tests {
 
     #[test]
     fn defaults_merge_under_a_table_and_paths_follow_their_file() {
-        let mut base: toml::Table = "kernel = \"k\"\nqemu = \"qemu-system-x86_64\"\n[backend]\nengine = \"sim\"\nweight = 1\n"
-            .parse()
-            .unwrap();
+        let mut base: toml::Table =
+            "kernel = \"k\"\nqemu = \"qemu-system-x86_64\"\n[backend]\nengine = \"sim\"\nweight = 1\n".parse().unwrap();
         resolve_paths(&mut base, Path::new("/a"));
-        let mut over: toml::Table = "[backend]\nweight = 2\nbinary = \"bin/be\"\n"
-            .parse()
-            .unwrap();
+        let mut over: toml::Table = "[backend]\nweight = 2\nbinary = \"bin/be\"\n".parse().unwrap();
         resolve_paths(&mut over, Path::new("/b"));
         merge_tables(&mut base, over);
         let s = VmSpec::from_table(base).unwrap();

@@ -125,10 +125,7 @@ impl RawFns {
 /// `F` must be a function pointer type matching the symbol's C prototype, and
 /// `driver_library()` must have returned `Ok` (else cudarc panics).
 unsafe fn raw_symbol<F: Copy>(name: &str) -> EngineResult<F> {
-    sys::culib()
-        .get::<F>(name)
-        .map(|s| *s)
-        .map_err(|_| CuError(CUDA_ERROR_NOT_SUPPORTED))
+    sys::culib().get::<F>(name).map(|s| *s).map_err(|_| CuError(CUDA_ERROR_NOT_SUPPORTED))
 }
 
 /// Whether libcuda can be loaded and has every entry point this module calls.
@@ -140,31 +137,21 @@ fn driver_library() -> Result<(), (CuResult, String)> {
             // SAFETY: loading libcuda runs its initialisers, as linking any
             // CUDA program against it would; nothing else is called yet.
             if !unsafe { sys::is_culib_present() } {
-                return Err((
-                    CUDA_ERROR_NO_DEVICE,
-                    "libcuda.so (the NVIDIA driver) is not installed".to_string(),
-                ));
+                return Err((CUDA_ERROR_NO_DEVICE, "libcuda.so (the NVIDIA driver) is not installed".to_string()));
             }
             // SAFETY: is_culib_present() found the library, so culib() loads
             // the same candidate instead of panicking. Symbols looked up as
             // data pointers are only tested for presence, never called.
             let missing: Vec<&str> = unsafe {
                 let lib = sys::culib();
-                REQUIRED_SYMBOLS
-                    .iter()
-                    .copied()
-                    .filter(|name| lib.get::<*const c_void>(*name).is_err())
-                    .collect()
+                REQUIRED_SYMBOLS.iter().copied().filter(|name| lib.get::<*const c_void>(*name).is_err()).collect()
             };
             if missing.is_empty() {
                 Ok(())
             } else {
                 Err((
                     CUDA_ERROR_NOT_SUPPORTED,
-                    format!(
-                        "the NVIDIA driver is older than CUDA 13.0: it lacks {}",
-                        missing.join(", ")
-                    ),
+                    format!("the NVIDIA driver is older than CUDA 13.0: it lacks {}", missing.join(", ")),
                 ))
             }
         })
@@ -254,11 +241,7 @@ fn get_device(ordinal: u32) -> EngineResult<sys::CUdevice> {
     check(unsafe { sys::cuDeviceGetCount(&mut count) })?;
     let ordinal = c_int::try_from(ordinal).map_err(|_| CuError(CUDA_ERROR_INVALID_DEVICE))?;
     if ordinal >= count {
-        return Err(CuError(if count == 0 {
-            CUDA_ERROR_NO_DEVICE
-        } else {
-            CUDA_ERROR_INVALID_DEVICE
-        }));
+        return Err(CuError(if count == 0 { CUDA_ERROR_NO_DEVICE } else { CUDA_ERROR_INVALID_DEVICE }));
     }
     let mut dev: sys::CUdevice = 0;
     // SAFETY: `dev` is a valid out-pointer; the ordinal is in range.
@@ -276,9 +259,7 @@ fn c_string_lossy(buf: &[u8]) -> String {
 fn device_name(dev: sys::CUdevice) -> EngineResult<String> {
     let mut buf = [0u8; 256];
     // SAFETY: the driver writes at most `len` bytes, NUL included, into `buf`.
-    check(unsafe {
-        sys::cuDeviceGetName(buf.as_mut_ptr().cast::<c_char>(), buf.len() as c_int, dev)
-    })?;
+    check(unsafe { sys::cuDeviceGetName(buf.as_mut_ptr().cast::<c_char>(), buf.len() as c_int, dev) })?;
     Ok(c_string_lossy(&buf))
 }
 
@@ -338,10 +319,7 @@ impl DriverImage<'_> {
 
 /// Checks and prepares a guest's module image for `cuModuleLoadData*`.
 fn driver_image(image: &[u8]) -> EngineResult<DriverImage<'_>> {
-    let magic = image
-        .get(..4)
-        .and_then(|h| <[u8; 4]>::try_from(h).ok())
-        .map(u32::from_le_bytes);
+    let magic = image.get(..4).and_then(|h| <[u8; 4]>::try_from(h).ok()).map(u32::from_le_bytes);
     if image.starts_with(&ELF_MAGIC) || magic == Some(FATBIN_MAGIC) {
         // The driver trusts the headers: never let them reach past the bytes
         // the guest sent, or the driver would read host memory beyond them.
@@ -370,23 +348,14 @@ fn driver_image(image: &[u8]) -> EngineResult<DriverImage<'_>> {
 /// The parameter layout of a kernel from `query(index, &mut offset, &mut
 /// size)` (`cuFuncGetParamInfo`), asked for index 0, 1, ... until it answers
 /// CUDA_ERROR_INVALID_VALUE, which is how the driver says "no such parameter".
-fn collect_params(
-    mut query: impl FnMut(usize, &mut usize, &mut usize) -> CuResult,
-) -> EngineResult<Vec<ParamLayout>> {
+fn collect_params(mut query: impl FnMut(usize, &mut usize, &mut usize) -> CuResult) -> EngineResult<Vec<ParamLayout>> {
     let mut params = Vec::new();
     for index in 0..MAX_PARAMS {
         let (mut offset, mut size) = (0usize, 0usize);
         match query(index, &mut offset, &mut size) {
             CUDA_SUCCESS => {
-                let field = |v: usize| {
-                    u32::try_from(v)
-                        .map(U32::new)
-                        .map_err(|_| CuError(CUDA_ERROR_INVALID_VALUE))
-                };
-                params.push(ParamLayout {
-                    offset: field(offset)?,
-                    size: field(size)?,
-                });
+                let field = |v: usize| u32::try_from(v).map(U32::new).map_err(|_| CuError(CUDA_ERROR_INVALID_VALUE));
+                params.push(ParamLayout { offset: field(offset)?, size: field(size)? });
             }
             CUDA_ERROR_INVALID_VALUE => break,
             e => return Err(CuError(e)),
@@ -417,9 +386,7 @@ fn for_each_extent(
     dev: u64,
     mut copy: impl FnMut(*mut u8, u64, usize) -> EngineResult<()>,
 ) -> EngineResult<()> {
-    let mapped = span
-        .host_extents()
-        .try_fold(0usize, |sum, (_, len)| sum.checked_add(len));
+    let mapped = span.host_extents().try_fold(0usize, |sum, (_, len)| sum.checked_add(len));
     if mapped != Some(span.len()) || dev.checked_add(span.len() as u64).is_none() {
         return Err(CuError(CUDA_ERROR_INVALID_VALUE));
     }
@@ -536,9 +503,7 @@ impl CudaEngine {
             self.registered.retain(|&(a, _)| a != addr);
             // SAFETY: `addr` was registered by this engine and is still mapped
             // (the caller unregisters before unmapping).
-            let r = with_pushed(self.base, || {
-                check(unsafe { sys::cuMemHostUnregister(addr as *mut c_void) })
-            });
+            let r = with_pushed(self.base, || check(unsafe { sys::cuMemHostUnregister(addr as *mut c_void) }));
             match r {
                 Ok(()) => debug!(bytes = len, "guest memory unregistered"),
                 Err(e) => {
@@ -590,13 +555,7 @@ impl Engine for CudaEngine {
                 // SAFETY: the region is a live mapping of guest RAM that stays
                 // mapped until `unregister_host_memory`; PORTABLE makes it
                 // pinned for every context, not only the base one pushed here.
-                check(unsafe {
-                    sys::cuMemHostRegister_v2(
-                        r.addr.cast(),
-                        r.len,
-                        sys::CU_MEMHOSTREGISTER_PORTABLE,
-                    )
-                })
+                check(unsafe { sys::cuMemHostRegister_v2(r.addr.cast(), r.len, sys::CU_MEMHOSTREGISTER_PORTABLE) })
             });
             let ms = start.elapsed().as_secs_f64() * 1e3;
             match result {
@@ -615,12 +574,8 @@ impl Engine for CudaEngine {
     }
 
     fn unregister_host_memory(&mut self, regions: &[HostRegion]) -> EngineResult<()> {
-        let targets: Vec<(usize, usize)> = self
-            .registered
-            .iter()
-            .copied()
-            .filter(|&(a, _)| regions.iter().any(|r| r.addr as usize == a))
-            .collect();
+        let targets: Vec<(usize, usize)> =
+            self.registered.iter().copied().filter(|&(a, _)| regions.iter().any(|r| r.addr as usize == a)).collect();
         if targets.is_empty() {
             return Ok(());
         }
@@ -725,13 +680,7 @@ impl Engine for CudaEngine {
         Ok(0)
     }
 
-    fn memcpy_htod(
-        &mut self,
-        dst: u64,
-        src: HostSrc<'_>,
-        stream: EngineStream,
-        async_: bool,
-    ) -> EngineResult<()> {
+    fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()> {
         self.enter()?;
         let s = cu_stream(stream);
         // The synchronous calls have the legacy stream's semantics natively.
@@ -747,9 +696,7 @@ impl Engine for CudaEngine {
                 } else {
                     // SAFETY: as above; the synchronize below keeps `b` alive
                     // until the copy has read it (the batch frees it after).
-                    check(unsafe {
-                        sys::cuMemcpyHtoDAsync_v2(dst, b.as_ptr().cast(), b.len(), s)
-                    })?;
+                    check(unsafe { sys::cuMemcpyHtoDAsync_v2(dst, b.as_ptr().cast(), b.len(), s) })?;
                     // SAFETY: `s` is a stream of the current context or NULL.
                     check(unsafe { sys::cuStreamSynchronize(s) })
                 }
@@ -763,9 +710,7 @@ impl Engine for CudaEngine {
                     // SAFETY: `host..host+len` lies in mapped guest RAM (checked
                     // when the span was built), which stays mapped until it is
                     // unregistered, and that first waits for all work.
-                    check(unsafe {
-                        sys::cuMemcpyHtoDAsync_v2(dev, host.cast_const().cast(), len, s)
-                    })
+                    check(unsafe { sys::cuMemcpyHtoDAsync_v2(dev, host.cast_const().cast(), len, s) })
                 })?;
                 if !async_ {
                     // SAFETY: `s` is a stream of the current context or NULL.
@@ -776,13 +721,7 @@ impl Engine for CudaEngine {
         }
     }
 
-    fn memcpy_dtoh(
-        &mut self,
-        dst: HostDst<'_>,
-        src: u64,
-        stream: EngineStream,
-        async_: bool,
-    ) -> EngineResult<()> {
+    fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
         self.enter()?;
         let s = cu_stream(stream);
         let legacy_sync = stream == EngineStream::NULL && !async_;
@@ -797,9 +736,7 @@ impl Engine for CudaEngine {
                 } else {
                     // SAFETY: as above; the reply must be complete on return,
                     // whatever `async_` says, so the stream is synchronized.
-                    check(unsafe {
-                        sys::cuMemcpyDtoHAsync_v2(b.as_mut_ptr().cast(), src, b.len(), s)
-                    })?;
+                    check(unsafe { sys::cuMemcpyDtoHAsync_v2(b.as_mut_ptr().cast(), src, b.len(), s) })?;
                     // SAFETY: `s` is a stream of the current context or NULL.
                     check(unsafe { sys::cuStreamSynchronize(s) })
                 }
@@ -821,14 +758,7 @@ impl Engine for CudaEngine {
         }
     }
 
-    fn memcpy_dtod(
-        &mut self,
-        dst: u64,
-        src: u64,
-        len: u64,
-        stream: EngineStream,
-        async_: bool,
-    ) -> EngineResult<()> {
+    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
         self.enter()?;
         let len = to_usize(len)?;
         if len == 0 {
@@ -896,10 +826,8 @@ impl Engine for CudaEngine {
         self.enter()?;
         let image = driver_image(image)?;
         let mut log = vec![0u8; JIT_LOG_BYTES];
-        let mut options = [
-            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER,
-            sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
-        ];
+        let mut options =
+            [sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER, sys::CUjit_option::CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES];
         let mut values: [*mut c_void; 2] = [log.as_mut_ptr().cast(), JIT_LOG_BYTES as *mut c_void];
         let mut module: sys::CUmodule = null_mut();
         // SAFETY: `image` is complete and NUL-terminated if text (see
@@ -927,23 +855,16 @@ impl Engine for CudaEngine {
         check(unsafe { sys::cuModuleUnload(module.0 as sys::CUmodule) })
     }
 
-    fn module_get_function(
-        &mut self,
-        module: EngineModule,
-        name: &str,
-    ) -> EngineResult<(EngineFunc, FunctionInfo)> {
+    fn module_get_function(&mut self, module: EngineModule, name: &str) -> EngineResult<(EngineFunc, FunctionInfo)> {
         self.enter()?;
         let cname = CString::new(name).map_err(|_| CuError(CUDA_ERROR_INVALID_VALUE))?;
         let mut func: sys::CUfunction = null_mut();
         // SAFETY: `func` is a valid out-pointer, `cname` is NUL-terminated and
         // `module` is a module this engine loaded.
-        check(unsafe {
-            sys::cuModuleGetFunction(&mut func, module.0 as sys::CUmodule, cname.as_ptr())
-        })?;
+        check(unsafe { sys::cuModuleGetFunction(&mut func, module.0 as sys::CUmodule, cname.as_ptr()) })?;
         // SAFETY: `func` is the function just obtained; out-pointers are valid.
-        let params = collect_params(|i, offset, size| unsafe {
-            sys::cuFuncGetParamInfo(func, i, offset, size) as u32
-        })?;
+        let params =
+            collect_params(|i, offset, size| unsafe { sys::cuFuncGetParamInfo(func, i, offset, size) as u32 })?;
         let mut attrs = [0i32; NUM_FUNC_ATTRS];
         for (attr, slot) in attrs.iter_mut().enumerate() {
             let mut v: c_int = 0;
@@ -952,14 +873,7 @@ impl Engine for CudaEngine {
             let r = unsafe { (self.raw.func_get_attribute)(&mut v, attr as c_uint, func) };
             *slot = if r == CUDA_SUCCESS { v } else { 0 };
         }
-        Ok((
-            EngineFunc(func as u64),
-            FunctionInfo {
-                params,
-                param_source: protocol::PARAMS_FROM_HOST_DRIVER,
-                attrs,
-            },
-        ))
+        Ok((EngineFunc(func as u64), FunctionInfo { params, param_source: protocol::PARAMS_FROM_HOST_DRIVER, attrs }))
     }
 
     fn module_get_global(&mut self, module: EngineModule, name: &str) -> EngineResult<(u64, u64)> {
@@ -967,14 +881,7 @@ impl Engine for CudaEngine {
         let cname = CString::new(name).map_err(|_| CuError(CUDA_ERROR_INVALID_VALUE))?;
         let (mut dptr, mut size): (sys::CUdeviceptr, usize) = (0, 0);
         // SAFETY: valid out-pointers, NUL-terminated name, a loaded module.
-        check(unsafe {
-            sys::cuModuleGetGlobal_v2(
-                &mut dptr,
-                &mut size,
-                module.0 as sys::CUmodule,
-                cname.as_ptr(),
-            )
-        })?;
+        check(unsafe { sys::cuModuleGetGlobal_v2(&mut dptr, &mut size, module.0 as sys::CUmodule, cname.as_ptr()) })?;
         Ok((dptr, size as u64))
     }
 
@@ -990,11 +897,7 @@ impl Engine for CudaEngine {
         self.enter()?;
         let mut size = launch.params.len();
         let mut extra = launch_extra(launch.params, &mut size);
-        let extra_ptr = if launch.params.is_empty() {
-            null_mut()
-        } else {
-            extra.as_mut_ptr()
-        };
+        let extra_ptr = if launch.params.is_empty() { null_mut() } else { extra.as_mut_ptr() };
         let [gx, gy, gz] = launch.grid;
         let [bx, by, bz] = launch.block;
         // SAFETY: `func` is a function of a module loaded in the current
@@ -1047,12 +950,7 @@ impl Engine for CudaEngine {
         check(unsafe { sys::cuStreamQuery(cu_stream(stream)) })
     }
 
-    fn stream_wait_event(
-        &mut self,
-        stream: EngineStream,
-        event: EngineEvent,
-        flags: u32,
-    ) -> EngineResult<()> {
+    fn stream_wait_event(&mut self, stream: EngineStream, event: EngineEvent, flags: u32) -> EngineResult<()> {
         self.enter()?;
         // SAFETY: a stream of the current context (or NULL) and an event this
         // engine created.
@@ -1096,9 +994,7 @@ impl Engine for CudaEngine {
         self.enter()?;
         let mut ms = 0f32;
         // SAFETY: `ms` is a valid out-pointer; events this engine created.
-        check(unsafe {
-            sys::cuEventElapsedTime_v2(&mut ms, start.0 as sys::CUevent, end.0 as sys::CUevent)
-        })?;
+        check(unsafe { sys::cuEventElapsedTime_v2(&mut ms, start.0 as sys::CUevent, end.0 as sys::CUevent) })?;
         Ok(ms)
     }
 }
@@ -1112,22 +1008,10 @@ mod tests {
     #[test]
     fn driver_results_become_the_guests_cuda_errors() {
         assert_eq!(check(sys::CUresult::CUDA_SUCCESS), Ok(()));
-        assert_eq!(
-            check(sys::CUresult::CUDA_ERROR_NOT_READY),
-            Err(CuError(CUDA_ERROR_NOT_READY))
-        );
-        assert_eq!(
-            check(sys::CUresult::CUDA_ERROR_ILLEGAL_ADDRESS),
-            Err(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))
-        );
-        assert_eq!(
-            check(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY),
-            Err(CuError(CUDA_ERROR_OUT_OF_MEMORY))
-        );
-        assert_eq!(
-            check(sys::CUresult::CUDA_ERROR_INVALID_PTX),
-            Err(CuError(CUDA_ERROR_INVALID_PTX))
-        );
+        assert_eq!(check(sys::CUresult::CUDA_ERROR_NOT_READY), Err(CuError(CUDA_ERROR_NOT_READY)));
+        assert_eq!(check(sys::CUresult::CUDA_ERROR_ILLEGAL_ADDRESS), Err(CuError(CUDA_ERROR_ILLEGAL_ADDRESS)));
+        assert_eq!(check(sys::CUresult::CUDA_ERROR_OUT_OF_MEMORY), Err(CuError(CUDA_ERROR_OUT_OF_MEMORY)));
+        assert_eq!(check(sys::CUresult::CUDA_ERROR_INVALID_PTX), Err(CuError(CUDA_ERROR_INVALID_PTX)));
         assert_eq!(check_raw(0), Ok(()));
         // Codes newer than the bindings pass through unchanged.
         assert_eq!(check_raw(12345), Err(CuError(12345)));
@@ -1175,20 +1059,14 @@ mod tests {
         let complete = fatbin(32, 32);
         assert_eq!(driver_image(&complete).unwrap().bytes().len(), 48);
         let truncated = fatbin(32, 4096);
-        assert!(matches!(
-            driver_image(&truncated),
-            Err(CuError(CUDA_ERROR_INVALID_IMAGE))
-        ));
+        assert!(matches!(driver_image(&truncated), Err(CuError(CUDA_ERROR_INVALID_IMAGE))));
         // Trailing bytes past the image are not handed over.
         let mut longer = fatbin(32, 16);
         longer.extend_from_slice(&[1, 2, 3]);
         assert_eq!(driver_image(&longer).unwrap().bytes().len(), 32);
         let mut elf = ELF_MAGIC.to_vec();
         elf.resize(40, 0);
-        assert!(matches!(
-            driver_image(&elf),
-            Err(CuError(CUDA_ERROR_INVALID_IMAGE))
-        ));
+        assert!(matches!(driver_image(&elf), Err(CuError(CUDA_ERROR_INVALID_IMAGE))));
     }
 
     #[test]
@@ -1208,10 +1086,7 @@ mod tests {
         w.extend_from_slice(&[1, 0, 0, 0]);
         w.extend_from_slice(&0x7fff_0000_1000u64.to_le_bytes());
         w.extend_from_slice(&0u64.to_le_bytes());
-        assert!(matches!(
-            driver_image(&w),
-            Err(CuError(CUDA_ERROR_INVALID_IMAGE))
-        ));
+        assert!(matches!(driver_image(&w), Err(CuError(CUDA_ERROR_INVALID_IMAGE))));
     }
 
     #[test]
@@ -1226,34 +1101,17 @@ mod tests {
             None => CUDA_ERROR_INVALID_VALUE,
         })
         .unwrap();
-        let got: Vec<(u32, u32)> = params
-            .iter()
-            .map(|p| (p.offset.get(), p.size.get()))
-            .collect();
+        let got: Vec<(u32, u32)> = params.iter().map(|p| (p.offset.get(), p.size.get())).collect();
         assert_eq!(got, vec![(0, 8), (8, 4), (16, 8)]);
-        assert!(collect_params(|_, _, _| CUDA_ERROR_INVALID_VALUE)
-            .unwrap()
-            .is_empty());
-        assert_eq!(
-            collect_params(|_, _, _| CUDA_ERROR_INVALID_CONTEXT),
-            Err(CuError(CUDA_ERROR_INVALID_CONTEXT))
-        );
+        assert!(collect_params(|_, _, _| CUDA_ERROR_INVALID_VALUE).unwrap().is_empty());
+        assert_eq!(collect_params(|_, _, _| CUDA_ERROR_INVALID_CONTEXT), Err(CuError(CUDA_ERROR_INVALID_CONTEXT)));
     }
 
     #[test]
     fn extents_are_copied_at_consecutive_device_addresses() {
-        let mem: GuestMemory =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x10000)]).unwrap();
-        let backing = [
-            Extent {
-                addr: GuestAddress(0x8000),
-                len: 0x100,
-            },
-            Extent {
-                addr: GuestAddress(0x2000),
-                len: 0x100,
-            },
-        ];
+        let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0x1000), 0x10000)]).unwrap();
+        let backing =
+            [Extent { addr: GuestAddress(0x8000), len: 0x100 }, Extent { addr: GuestAddress(0x2000), len: 0x100 }];
         let span = GuestSpan::new(&mem, &backing, 0xf0, 0x20).unwrap();
         let mut seen = Vec::new();
         for_each_extent(&span, 0x7f00_0000_0000, |host, dev, len| {
@@ -1262,13 +1120,7 @@ mod tests {
         })
         .unwrap();
         let h = |a: u64| mem.get_host_address(GuestAddress(a)).unwrap() as usize;
-        assert_eq!(
-            seen,
-            vec![
-                (h(0x80f0), 0x7f00_0000_0000, 0x10),
-                (h(0x2000), 0x7f00_0000_0010, 0x10)
-            ]
-        );
+        assert_eq!(seen, vec![(h(0x80f0), 0x7f00_0000_0000, 0x10), (h(0x2000), 0x7f00_0000_0010, 0x10)]);
         // A device range that wraps is refused before anything is copied.
         let r = for_each_extent(&span, u64::MAX - 4, |_, _, _| panic!("copied"));
         assert_eq!(r, Err(CuError(CUDA_ERROR_INVALID_VALUE)));
@@ -1276,10 +1128,7 @@ mod tests {
 
     #[test]
     fn c_strings_stop_at_the_nul() {
-        assert_eq!(
-            c_string_lossy(b"NVIDIA H100 80GB HBM3\0\0junk"),
-            "NVIDIA H100 80GB HBM3"
-        );
+        assert_eq!(c_string_lossy(b"NVIDIA H100 80GB HBM3\0\0junk"), "NVIDIA H100 80GB HBM3");
         assert_eq!(c_string_lossy(b"no nul"), "no nul");
         assert_eq!(c_string_lossy(b"\xff\0"), "\u{fffd}");
     }
@@ -1292,28 +1141,18 @@ mod tests {
         let mut called = Vec::new();
         for (i, _) in src.match_indices("sys::cu") {
             let rest = &src[i + 5..];
-            let end = rest
-                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-                .unwrap_or(rest.len());
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
             let (name, after) = rest.split_at(end);
-            if name.as_bytes().get(2).is_some_and(u8::is_ascii_uppercase) && after.starts_with('(')
-            {
+            if name.as_bytes().get(2).is_some_and(u8::is_ascii_uppercase) && after.starts_with('(') {
                 called.push(name);
             }
         }
-        for needle in [
-            "\"cuDeviceGetAttribute\"",
-            "\"cuFuncGetAttribute\"",
-            "\"cuFuncSetAttribute\"",
-        ] {
+        for needle in ["\"cuDeviceGetAttribute\"", "\"cuFuncGetAttribute\"", "\"cuFuncSetAttribute\""] {
             assert!(src.contains(needle));
         }
         assert!(called.len() > 40, "parsed {} calls", called.len());
         for name in called {
-            assert!(
-                REQUIRED_SYMBOLS.contains(&name),
-                "{name} is called but not in REQUIRED_SYMBOLS"
-            );
+            assert!(REQUIRED_SYMBOLS.contains(&name), "{name} is called but not in REQUIRED_SYMBOLS");
         }
     }
 
@@ -1325,10 +1164,7 @@ mod tests {
         }
         assert!(CudaEngine::probe().is_err());
         assert!(CudaEngine::host_driver_version().is_none());
-        assert_eq!(
-            CudaEngine::new(0).err(),
-            Some(CuError(CUDA_ERROR_NO_DEVICE))
-        );
+        assert_eq!(CudaEngine::new(0).err(), Some(CuError(CUDA_ERROR_NO_DEVICE)));
     }
 
     /// The whole engine on a real GPU; does nothing where there is none.
@@ -1361,18 +1197,12 @@ mod tests {
 
         fn read_u32s(e: &mut CudaEngine, dptr: u64, n: usize, stream: EngineStream) -> Vec<u32> {
             let mut buf = vec![0u8; n * 4];
-            e.memcpy_dtoh(HostDst::Bytes(&mut buf), dptr, stream, false)
-                .unwrap();
-            buf.chunks_exact(4)
-                .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
+            e.memcpy_dtoh(HostDst::Bytes(&mut buf), dptr, stream, false).unwrap();
+            buf.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         }
 
         pub fn run(name: &str) {
-            eprintln!(
-                "GPU: {name}, driver {:?}",
-                CudaEngine::host_driver_version()
-            );
+            eprintln!("GPU: {name}, driver {:?}", CudaEngine::host_driver_version());
             let mut e = CudaEngine::new(0).expect("engine");
             let info = e.device_info().clone();
             eprintln!(
@@ -1386,12 +1216,7 @@ mod tests {
                 info.uuid
             );
             assert_eq!(info.name, name);
-            assert!(
-                info.total_mem > 0
-                    && info.attrs[16] > 0
-                    && info.attrs[75] >= 7
-                    && info.attrs[1] == 1024
-            );
+            assert!(info.total_mem > 0 && info.attrs[16] > 0 && info.attrs[75] >= 7 && info.attrs[1] == 1024);
             assert_ne!(info.uuid, [0; 16]);
             assert_eq!(e.kind(), EngineKind::Cuda);
 
@@ -1404,33 +1229,20 @@ mod tests {
             let b = e.ctx_create(0).unwrap();
             assert_ne!(a, b);
             e.ctx_set_current(a).unwrap();
-            assert_eq!(
-                e.ctx_set_current(EngineCtx(0xdead_0000)),
-                Err(CuError(CUDA_ERROR_INVALID_CONTEXT))
-            );
+            assert_eq!(e.ctx_set_current(EngineCtx(0xdead_0000)), Err(CuError(CUDA_ERROR_INVALID_CONTEXT)));
 
             // Sync memset and readback on the legacy stream.
             const N: usize = 1 << 20;
             let d = e.mem_alloc((N * 4) as u64).unwrap();
-            e.memset(d, 0xdead_beef, 4, N as u64, EngineStream::NULL, false)
-                .unwrap();
-            assert!(read_u32s(&mut e, d, N, EngineStream::NULL)
-                .iter()
-                .all(|&v| v == 0xdead_beef));
+            e.memset(d, 0xdead_beef, 4, N as u64, EngineStream::NULL, false).unwrap();
+            assert!(read_u32s(&mut e, d, N, EngineStream::NULL).iter().all(|&v| v == 0xdead_beef));
             e.memset(d, 0x11, 1, 8, EngineStream::NULL, false).unwrap();
-            assert_eq!(
-                read_u32s(&mut e, d, 3, EngineStream::NULL),
-                vec![0x1111_1111, 0x1111_1111, 0xdead_beef]
-            );
+            assert_eq!(read_u32s(&mut e, d, 3, EngineStream::NULL), vec![0x1111_1111, 0x1111_1111, 0xdead_beef]);
 
             // PTX without a NUL, functions and their layout.
             let m = e.module_load(PTX.as_bytes()).unwrap();
             let (fill, fi) = e.module_get_function(m, "gv_fill_u32").unwrap();
-            let layout: Vec<(u32, u32)> = fi
-                .params
-                .iter()
-                .map(|p| (p.offset.get(), p.size.get()))
-                .collect();
+            let layout: Vec<(u32, u32)> = fi.params.iter().map(|p| (p.offset.get(), p.size.get())).collect();
             eprintln!("gv_fill_u32 params {layout:?} attrs {:?}", fi.attrs);
             assert_eq!(layout, vec![(0, 8), (8, 4), (16, 8)]);
             assert_eq!(fi.param_source, protocol::PARAMS_FROM_HOST_DRIVER);
@@ -1438,10 +1250,7 @@ mod tests {
             let (empty, ei) = e.module_get_function(m, "gv_empty").unwrap();
             assert!(ei.params.is_empty());
             let (spin, _) = e.module_get_function(m, "gv_spin_us").unwrap();
-            assert_eq!(
-                e.module_get_function(m, "no_such_kernel").err(),
-                Some(CuError(CUDA_ERROR_NOT_FOUND))
-            );
+            assert_eq!(e.module_get_function(m, "no_such_kernel").err(), Some(CuError(CUDA_ERROR_NOT_FOUND)));
             assert_eq!(
                 e.module_load(b"this is not ptx")
                     .err()
@@ -1449,23 +1258,14 @@ mod tests {
                 Some(true)
             );
             e.func_set_attribute(fill, 8, 1024).unwrap();
-            assert_eq!(
-                e.func_set_attribute(fill, 999, 1),
-                Err(CuError(CUDA_ERROR_INVALID_VALUE))
-            );
+            assert_eq!(e.func_set_attribute(fill, 999, 1), Err(CuError(CUDA_ERROR_INVALID_VALUE)));
 
             // A launch on a stream between two events.
             let s = e.stream_create(NON_BLOCKING, 0).unwrap();
             let (ev0, ev1) = (e.event_create(0).unwrap(), e.event_create(0).unwrap());
             e.event_record(ev0, s).unwrap();
             let params = fill_params(d, 7, N as u64);
-            let launch = Launch {
-                grid: [256, 1, 1],
-                block: [256, 1, 1],
-                shared_mem: 0,
-                stream: s,
-                params: &params,
-            };
+            let launch = Launch { grid: [256, 1, 1], block: [256, 1, 1], shared_mem: 0, stream: s, params: &params };
             e.launch(fill, &launch).unwrap();
             e.event_record(ev1, s).unwrap();
             e.event_synchronize(ev1).unwrap();
@@ -1477,13 +1277,7 @@ mod tests {
 
             // NOT_READY while a kernel spins, then ready.
             let spin_params = 200_000u64.to_le_bytes();
-            let sl = Launch {
-                grid: [1, 1, 1],
-                block: [1, 1, 1],
-                shared_mem: 0,
-                stream: s,
-                params: &spin_params,
-            };
+            let sl = Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &spin_params };
             e.launch(spin, &sl).unwrap();
             e.event_record(ev1, s).unwrap();
             assert_eq!(e.event_query(ev1), Err(CuError(CUDA_ERROR_NOT_READY)));
@@ -1496,14 +1290,7 @@ mod tests {
             e.launch(spin, &Launch { stream: s2, ..sl }).unwrap();
             e.event_record(ev0, s2).unwrap();
             e.stream_wait_event(s, ev0, 0).unwrap();
-            e.launch(
-                fill,
-                &Launch {
-                    stream: s,
-                    ..launch
-                },
-            )
-            .unwrap();
+            e.launch(fill, &Launch { stream: s, ..launch }).unwrap();
             assert_eq!(e.stream_query(s), Err(CuError(CUDA_ERROR_NOT_READY)));
             e.ctx_synchronize().unwrap();
 
@@ -1514,51 +1301,31 @@ mod tests {
             e.memcpy_dtod(d2, d, bytes.len() as u64, s, true).unwrap();
             let back = read_u32s(&mut e, d2, 4096, s);
             assert!(back.iter().enumerate().all(|(i, &v)| v == i as u32));
-            e.memcpy_htod(d, HostSrc::Bytes(&bytes[..8]), EngineStream::NULL, false)
-                .unwrap();
+            e.memcpy_htod(d, HostSrc::Bytes(&bytes[..8]), EngineStream::NULL, false).unwrap();
 
             // Guest RAM: registered, copied through two extents each way.
-            let mem: GuestMemory =
-                GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
+            let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 64 << 20)]).unwrap();
             let host = mem.get_host_address(GuestAddress(0)).unwrap();
-            let regions = [HostRegion {
-                addr: host,
-                len: 64 << 20,
-            }];
+            let regions = [HostRegion { addr: host, len: 64 << 20 }];
             e.register_host_memory(&regions).unwrap();
             assert_eq!(e.registered.len(), 1, "registration failed (see log)");
             let backing = [
-                Extent {
-                    addr: GuestAddress(0x30_0000),
-                    len: 0x1000,
-                },
-                Extent {
-                    addr: GuestAddress(0x1000),
-                    len: 0x3000,
-                },
+                Extent { addr: GuestAddress(0x30_0000), len: 0x1000 },
+                Extent { addr: GuestAddress(0x1000), len: 0x3000 },
             ];
             let src = GuestSpan::new(&mem, &backing, 0, 0x4000).unwrap();
             let pattern: Vec<u8> = (0..0x4000u32).map(|i| (i * 7 % 251) as u8).collect();
             src.write_from(&pattern);
             for (stream, async_) in [(EngineStream::NULL, false), (s, false), (s, true)] {
-                e.memset(d2, 0, 1, 0x4000, EngineStream::NULL, false)
-                    .unwrap();
+                e.memset(d2, 0, 1, 0x4000, EngineStream::NULL, false).unwrap();
                 e.ctx_synchronize().unwrap(); // `s` does not wait for the legacy stream
-                e.memcpy_htod(d2, HostSrc::Guest(src.clone()), stream, async_)
-                    .unwrap();
+                e.memcpy_htod(d2, HostSrc::Guest(src.clone()), stream, async_).unwrap();
                 let dst_backing = [
-                    Extent {
-                        addr: GuestAddress(0x200_0000),
-                        len: 0x2000,
-                    },
-                    Extent {
-                        addr: GuestAddress(0x10_0000),
-                        len: 0x2000,
-                    },
+                    Extent { addr: GuestAddress(0x200_0000), len: 0x2000 },
+                    Extent { addr: GuestAddress(0x10_0000), len: 0x2000 },
                 ];
                 let dst = GuestSpan::new(&mem, &dst_backing, 0, 0x4000).unwrap();
-                e.memcpy_dtoh(HostDst::Guest(dst.clone()), d2, stream, async_)
-                    .unwrap();
+                e.memcpy_dtoh(HostDst::Guest(dst.clone()), d2, stream, async_).unwrap();
                 if async_ {
                     e.stream_synchronize(stream).unwrap();
                 }
@@ -1568,15 +1335,11 @@ mod tests {
             }
             // Bandwidth from registered guest RAM, for the log.
             let big = e.mem_alloc(32 << 20).unwrap();
-            let all = [Extent {
-                addr: GuestAddress(0),
-                len: 32 << 20,
-            }];
+            let all = [Extent { addr: GuestAddress(0), len: 32 << 20 }];
             let span = GuestSpan::new(&mem, &all, 0, 32 << 20).unwrap();
             let t = Instant::now();
             for _ in 0..10 {
-                e.memcpy_htod(big, HostSrc::Guest(span.clone()), EngineStream::NULL, false)
-                    .unwrap();
+                e.memcpy_htod(big, HostSrc::Guest(span.clone()), EngineStream::NULL, false).unwrap();
             }
             let gbs = (320u64 << 20) as f64 / t.elapsed().as_secs_f64() / 1e9;
             eprintln!("H2D from registered guest RAM: {gbs:.1} GB/s");
@@ -1585,26 +1348,14 @@ mod tests {
             assert!(e.registered.is_empty());
 
             // Launch rate with no parameters and with 24 bytes of them.
-            for (what, f, p) in [
-                ("empty", empty, &[][..]),
-                ("fill n=0", fill, &fill_params(d, 0, 0)[..]),
-            ] {
-                let l = Launch {
-                    grid: [1, 1, 1],
-                    block: [32, 1, 1],
-                    shared_mem: 0,
-                    stream: s,
-                    params: p,
-                };
+            for (what, f, p) in [("empty", empty, &[][..]), ("fill n=0", fill, &fill_params(d, 0, 0)[..])] {
+                let l = Launch { grid: [1, 1, 1], block: [32, 1, 1], shared_mem: 0, stream: s, params: p };
                 let t = Instant::now();
                 for _ in 0..100_000 {
                     e.launch(f, &l).unwrap();
                 }
                 e.stream_synchronize(s).unwrap();
-                eprintln!(
-                    "launches ({what}): {:.0}/s",
-                    100_000.0 / t.elapsed().as_secs_f64()
-                );
+                eprintln!("launches ({what}): {:.0}/s", 100_000.0 / t.elapsed().as_secs_f64());
             }
 
             // The other context, then destroyed while the first goes on.
@@ -1615,18 +1366,10 @@ mod tests {
             let pb = fill_params(db, 9, 1024);
             e.launch(
                 fb,
-                &Launch {
-                    grid: [4, 1, 1],
-                    block: [256, 1, 1],
-                    shared_mem: 0,
-                    stream: EngineStream::NULL,
-                    params: &pb,
-                },
+                &Launch { grid: [4, 1, 1], block: [256, 1, 1], shared_mem: 0, stream: EngineStream::NULL, params: &pb },
             )
             .unwrap();
-            assert!(read_u32s(&mut e, db, 1024, EngineStream::NULL)
-                .iter()
-                .all(|&v| v == 9));
+            assert!(read_u32s(&mut e, db, 1024, EngineStream::NULL).iter().all(|&v| v == 9));
             e.ctx_destroy(b).unwrap();
             assert_eq!(e.mem_alloc(16), Err(CuError(CUDA_ERROR_INVALID_CONTEXT)));
             e.ctx_set_current(a).unwrap();
@@ -1651,29 +1394,16 @@ mod tests {
             .join()
             .unwrap();
             let mut e = e;
-            e.launch(
-                fill,
-                &Launch {
-                    stream: EngineStream::NULL,
-                    ..launch
-                },
-            )
-            .unwrap();
+            e.launch(fill, &Launch { stream: EngineStream::NULL, ..launch }).unwrap();
             e.ctx_synchronize().unwrap();
 
             // Globals: the PTX has none; asking is NOT_FOUND, not a crash.
-            assert_eq!(
-                e.module_get_global(m, "nope").err(),
-                Some(CuError(CUDA_ERROR_NOT_FOUND))
-            );
+            assert_eq!(e.module_get_global(m, "nope").err(), Some(CuError(CUDA_ERROR_NOT_FOUND)));
             e.event_destroy(ev0).unwrap();
             e.event_destroy(ev1).unwrap();
             e.stream_destroy(s2).unwrap();
             e.stream_destroy(s).unwrap();
-            assert_eq!(
-                e.stream_destroy(EngineStream::NULL),
-                Err(CuError(CUDA_ERROR_INVALID_HANDLE))
-            );
+            assert_eq!(e.stream_destroy(EngineStream::NULL), Err(CuError(CUDA_ERROR_INVALID_HANDLE)));
             e.module_unload(m).unwrap();
             e.mem_free(d2).unwrap();
             e.mem_free(d).unwrap();

@@ -145,28 +145,9 @@ pub trait Engine: Send {
     /// bytes moved; on an error (device memory full), what did not come back
     /// stays in host RAM, intact, for a later try.
     fn swap_in(&mut self) -> EngineResult<u64>;
-    fn memcpy_htod(
-        &mut self,
-        dst: u64,
-        src: HostSrc<'_>,
-        stream: EngineStream,
-        async_: bool,
-    ) -> EngineResult<()>;
-    fn memcpy_dtoh(
-        &mut self,
-        dst: HostDst<'_>,
-        src: u64,
-        stream: EngineStream,
-        async_: bool,
-    ) -> EngineResult<()>;
-    fn memcpy_dtod(
-        &mut self,
-        dst: u64,
-        src: u64,
-        len: u64,
-        stream: EngineStream,
-        async_: bool,
-    ) -> EngineResult<()>;
+    fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()>;
+    fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;
+    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;
     /// Sets `count` elements of `elem_size` (1, 2 or 4) bytes to `value`.
     fn memset(
         &mut self,
@@ -180,11 +161,7 @@ pub trait Engine: Send {
 
     fn module_load(&mut self, image: &[u8]) -> EngineResult<EngineModule>;
     fn module_unload(&mut self, module: EngineModule) -> EngineResult<()>;
-    fn module_get_function(
-        &mut self,
-        module: EngineModule,
-        name: &str,
-    ) -> EngineResult<(EngineFunc, FunctionInfo)>;
+    fn module_get_function(&mut self, module: EngineModule, name: &str) -> EngineResult<(EngineFunc, FunctionInfo)>;
     /// Device address and size of a module global.
     fn module_get_global(&mut self, module: EngineModule, name: &str) -> EngineResult<(u64, u64)>;
     fn func_set_attribute(&mut self, func: EngineFunc, attr: u32, value: i32) -> EngineResult<()>;
@@ -195,12 +172,7 @@ pub trait Engine: Send {
     fn stream_synchronize(&mut self, stream: EngineStream) -> EngineResult<()>;
     /// `Err(CuError(CUDA_ERROR_NOT_READY))` while work is pending.
     fn stream_query(&mut self, stream: EngineStream) -> EngineResult<()>;
-    fn stream_wait_event(
-        &mut self,
-        stream: EngineStream,
-        event: EngineEvent,
-        flags: u32,
-    ) -> EngineResult<()>;
+    fn stream_wait_event(&mut self, stream: EngineStream, event: EngineEvent, flags: u32) -> EngineResult<()>;
 
     fn event_create(&mut self, flags: u32) -> EngineResult<EngineEvent>;
     fn event_destroy(&mut self, event: EngineEvent) -> EngineResult<()>;

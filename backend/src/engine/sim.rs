@@ -187,15 +187,9 @@ impl SimEngine {
     /// Bytes `[dptr, dptr + len)` of device memory, or an illegal-address
     /// error as a GPU would give.
     fn slice_mut(&mut self, dptr: u64, len: u64) -> EngineResult<&mut [u8]> {
-        let (base, a) = self
-            .allocs
-            .range_mut(..=dptr)
-            .next_back()
-            .ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+        let (base, a) = self.allocs.range_mut(..=dptr).next_back().ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
         let off = dptr - *base;
-        let end = off
-            .checked_add(len)
-            .ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+        let end = off.checked_add(len).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
         if end > a.data.len() as u64 {
             return err(CUDA_ERROR_ILLEGAL_ADDRESS);
         }
@@ -210,10 +204,7 @@ impl SimEngine {
     fn start_time(&self, stream: EngineStream) -> EngineResult<Instant> {
         let now = Instant::now();
         let ctx = self.cur()?;
-        let c = self
-            .ctxs
-            .get(&ctx)
-            .ok_or(CuError(CUDA_ERROR_INVALID_CONTEXT))?;
+        let c = self.ctxs.get(&ctx).ok_or(CuError(CUDA_ERROR_INVALID_CONTEXT))?;
         if stream == EngineStream::NULL {
             // The legacy stream waits for every blocking stream of its context.
             let mut t = now.max(c.null_ready);
@@ -222,10 +213,7 @@ impl SimEngine {
             }
             Ok(t)
         } else {
-            let s = self
-                .streams
-                .get(&stream.0)
-                .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+            let s = self.streams.get(&stream.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
             let t = now.max(s.ready);
             Ok(if s.blocking { t.max(c.null_ready) } else { t })
         }
@@ -282,35 +270,24 @@ impl SimEngine {
         }
     }
 
-    fn run_builtin(
-        &mut self,
-        b: Builtin,
-        params: &[u8],
-        layout: &[ParamLayout],
-    ) -> EngineResult<Duration> {
+    fn run_builtin(&mut self, b: Builtin, params: &[u8], layout: &[ParamLayout]) -> EngineResult<Duration> {
         let arg = |i: usize| -> EngineResult<u64> {
             let p = layout.get(i).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
             let (off, size) = (p.offset.get() as usize, p.size.get() as usize);
-            let bytes = params
-                .get(off..off + size)
-                .ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+            let bytes = params.get(off..off + size).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
             let mut v = [0u8; 8];
             v[..size.min(8)].copy_from_slice(&bytes[..size.min(8)]);
             Ok(u64::from_le_bytes(v))
         };
         let f32_of = |v: u64| f32::from_bits(v as u32);
         let to_f32 = |b: &[u8]| -> Vec<f32> {
-            b.chunks_exact(4)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
+            b.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
         };
         match b {
             Builtin::Empty => {}
             Builtin::FillU32 => {
                 let (ptr, value, n) = (arg(0)?, arg(1)? as u32, arg(2)?);
-                let bytes = n
-                    .checked_mul(4)
-                    .ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+                let bytes = n.checked_mul(4).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
                 let dst = self.slice_mut(ptr, bytes)?;
                 let v = value.to_le_bytes();
                 for c in dst.chunks_exact_mut(4) {
@@ -319,9 +296,7 @@ impl SimEngine {
             }
             Builtin::VectorAddF32 => {
                 let (a, b, c, n) = (arg(0)?, arg(1)?, arg(2)?, arg(3)?);
-                let bytes = n
-                    .checked_mul(4)
-                    .ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+                let bytes = n.checked_mul(4).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
                 let (va, vb) = (to_f32(&self.read(a, bytes)?), to_f32(&self.read(b, bytes)?));
                 let dst = self.slice_mut(c, bytes)?;
                 for (i, out) in dst.chunks_exact_mut(4).enumerate() {
@@ -330,9 +305,7 @@ impl SimEngine {
             }
             Builtin::SaxpyF32 => {
                 let (alpha, x, y, n) = (f32_of(arg(0)?), arg(1)?, arg(2)?, arg(3)?);
-                let bytes = n
-                    .checked_mul(4)
-                    .ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+                let bytes = n.checked_mul(4).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
                 let vx = to_f32(&self.read(x, bytes)?);
                 let dst = self.slice_mut(y, bytes)?;
                 for (i, out) in dst.chunks_exact_mut(4).enumerate() {
@@ -345,10 +318,8 @@ impl SimEngine {
             Builtin::Burn => return Ok(Duration::from_nanos(arg(0)?.min(60_000_000_000))),
             Builtin::MatmulF32 => {
                 let (a, b, c, n) = (arg(0)?, arg(1)?, arg(2)?, arg(3)? as u32 as u64);
-                let bytes = n
-                    .checked_mul(n)
-                    .and_then(|v| v.checked_mul(4))
-                    .ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+                let bytes =
+                    n.checked_mul(n).and_then(|v| v.checked_mul(4)).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
                 let (ma, mb) = (to_f32(&self.read(a, bytes)?), to_f32(&self.read(b, bytes)?));
                 let n = n as usize;
                 let mut out = vec![0f32; n * n];
@@ -378,24 +349,14 @@ impl SimEngine {
     }
 
     fn drop_ctx_objects(&mut self, ctx: u64) {
-        let bases: Vec<u64> = self
-            .allocs
-            .iter()
-            .filter(|(_, a)| a.ctx == ctx)
-            .map(|(b, _)| *b)
-            .collect();
+        let bases: Vec<u64> = self.allocs.iter().filter(|(_, a)| a.ctx == ctx).map(|(b, _)| *b).collect();
         for b in bases {
             if let Some(a) = self.allocs.remove(&b) {
                 self.allocated -= a.data.len() as u64;
                 self.recycle(a.data);
             }
         }
-        let gone: Vec<u64> = self
-            .evicted
-            .iter()
-            .filter(|(_, a)| a.ctx == ctx)
-            .map(|(b, _)| *b)
-            .collect();
+        let gone: Vec<u64> = self.evicted.iter().filter(|(_, a)| a.ctx == ctx).map(|(b, _)| *b).collect();
         for b in gone {
             if let Some(a) = self.evicted.remove(&b) {
                 self.evicted_bytes -= a.data.len() as u64;
@@ -403,12 +364,7 @@ impl SimEngine {
         }
         self.streams.retain(|_, s| s.ctx != ctx);
         self.events.retain(|_, e| e.ctx != ctx);
-        let mods: Vec<u64> = self
-            .modules
-            .iter()
-            .filter(|(_, m)| m.ctx == ctx)
-            .map(|(k, _)| *k)
-            .collect();
+        let mods: Vec<u64> = self.modules.iter().filter(|(_, m)| m.ctx == ctx).map(|(k, _)| *k).collect();
         self.modules.retain(|_, m| m.ctx != ctx);
         self.funcs.retain(|_, f| !mods.contains(&f.module));
     }
@@ -450,19 +406,12 @@ impl Engine for SimEngine {
 
     fn ctx_create(&mut self, _flags: u32) -> EngineResult<EngineCtx> {
         let id = self.id();
-        self.ctxs.insert(
-            id,
-            SimCtx {
-                null_ready: Instant::now(),
-            },
-        );
+        self.ctxs.insert(id, SimCtx { null_ready: Instant::now() });
         Ok(EngineCtx(id))
     }
 
     fn ctx_destroy(&mut self, ctx: EngineCtx) -> EngineResult<()> {
-        self.ctxs
-            .remove(&ctx.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_CONTEXT))?;
+        self.ctxs.remove(&ctx.0).ok_or(CuError(CUDA_ERROR_INVALID_CONTEXT))?;
         self.drop_ctx_objects(ctx.0);
         if self.current == Some(ctx.0) {
             self.current = None;
@@ -480,11 +429,7 @@ impl Engine for SimEngine {
 
     fn ctx_synchronize(&mut self) -> EngineResult<()> {
         let ctx = self.cur()?;
-        let mut t = self
-            .ctxs
-            .get(&ctx)
-            .map(|c| c.null_ready)
-            .unwrap_or_else(Instant::now);
+        let mut t = self.ctxs.get(&ctx).map(|c| c.null_ready).unwrap_or_else(Instant::now);
         for s in self.streams.values().filter(|s| s.ctx == ctx) {
             t = t.max(s.ready);
         }
@@ -501,11 +446,7 @@ impl Engine for SimEngine {
         if size == 0 {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
-        if self
-            .allocated
-            .checked_add(size)
-            .is_none_or(|v| v > self.info.total_mem)
-        {
+        if self.allocated.checked_add(size).is_none_or(|v| v > self.info.total_mem) {
             return err(CUDA_ERROR_OUT_OF_MEMORY);
         }
         let data = match self.recycled.iter().position(|b| b.len() as u64 >= size) {
@@ -516,8 +457,7 @@ impl Engine for SimEngine {
             }
             None => {
                 let mut d = Vec::new();
-                d.try_reserve_exact(size as usize)
-                    .map_err(|_| CuError(CUDA_ERROR_OUT_OF_MEMORY))?;
+                d.try_reserve_exact(size as usize).map_err(|_| CuError(CUDA_ERROR_OUT_OF_MEMORY))?;
                 d.resize(size as usize, 0);
                 d
             }
@@ -536,10 +476,7 @@ impl Engine for SimEngine {
             self.evicted_bytes -= a.data.len() as u64;
             return Ok(());
         }
-        let a = self
-            .allocs
-            .remove(&dptr)
-            .ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+        let a = self.allocs.remove(&dptr).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
         self.allocated -= a.data.len() as u64;
         self.recycle(a.data);
         Ok(())
@@ -550,21 +487,14 @@ impl Engine for SimEngine {
     }
 
     fn residency(&self) -> Residency {
-        Residency {
-            resident: self.allocated,
-            evicted: self.evicted_bytes,
-        }
+        Residency { resident: self.allocated, evicted: self.evicted_bytes }
     }
 
     fn swap_out(&mut self, keep: u64) -> EngineResult<u64> {
         self.synchronize_all();
         let mut moved = 0;
         // Largest first: fewest moves for the bytes asked.
-        let mut order: Vec<(u64, u64)> = self
-            .allocs
-            .iter()
-            .map(|(b, a)| (a.data.len() as u64, *b))
-            .collect();
+        let mut order: Vec<(u64, u64)> = self.allocs.iter().map(|(b, a)| (a.data.len() as u64, *b)).collect();
         order.sort_unstable_by(|a, b| b.cmp(a));
         for (len, base) in order {
             if self.allocated <= keep {
@@ -584,11 +514,7 @@ impl Engine for SimEngine {
         let mut moved = 0;
         while let Some((base, a)) = self.evicted.pop_first() {
             let len = a.data.len() as u64;
-            if self
-                .allocated
-                .checked_add(len)
-                .is_none_or(|v| v > self.info.total_mem)
-            {
+            if self.allocated.checked_add(len).is_none_or(|v| v > self.info.total_mem) {
                 self.evicted.insert(base, a);
                 return err(CUDA_ERROR_OUT_OF_MEMORY);
             }
@@ -600,13 +526,7 @@ impl Engine for SimEngine {
         Ok(moved)
     }
 
-    fn memcpy_htod(
-        &mut self,
-        dst: u64,
-        src: HostSrc<'_>,
-        stream: EngineStream,
-        async_: bool,
-    ) -> EngineResult<()> {
+    fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()> {
         self.copy_op(stream, async_, |e| {
             let d = e.slice_mut(dst, src.len() as u64)?;
             match src {
@@ -617,13 +537,7 @@ impl Engine for SimEngine {
         })
     }
 
-    fn memcpy_dtoh(
-        &mut self,
-        dst: HostDst<'_>,
-        src: u64,
-        stream: EngineStream,
-        async_: bool,
-    ) -> EngineResult<()> {
+    fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
         self.copy_op(stream, async_, |e| {
             let s = e.slice_mut(src, dst.len() as u64)?;
             match dst {
@@ -634,14 +548,7 @@ impl Engine for SimEngine {
         })
     }
 
-    fn memcpy_dtod(
-        &mut self,
-        dst: u64,
-        src: u64,
-        len: u64,
-        stream: EngineStream,
-        async_: bool,
-    ) -> EngineResult<()> {
+    fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
         self.copy_op(stream, async_, |e| {
             let data = e.read(src, len)?;
             e.slice_mut(dst, len)?.copy_from_slice(&data);
@@ -659,9 +566,7 @@ impl Engine for SimEngine {
         async_: bool,
     ) -> EngineResult<()> {
         let es = elem_size as usize;
-        let bytes = count
-            .checked_mul(elem_size as u64)
-            .ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+        let bytes = count.checked_mul(elem_size as u64).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
         self.copy_op(stream, async_, |e| {
             let v = value.to_le_bytes();
             for c in e.slice_mut(dst, bytes)?.chunks_exact_mut(es) {
@@ -673,103 +578,49 @@ impl Engine for SimEngine {
 
     fn module_load(&mut self, image: &[u8]) -> EngineResult<EngineModule> {
         let ctx = self.cur()?;
-        let kernels =
-            module_image::kernels(image).map_err(|_| CuError(CUDA_ERROR_INVALID_IMAGE))?;
+        let kernels = module_image::kernels(image).map_err(|_| CuError(CUDA_ERROR_INVALID_IMAGE))?;
         let id = self.id();
         self.modules.insert(id, SimModule { ctx, kernels });
         Ok(EngineModule(id))
     }
 
     fn module_unload(&mut self, module: EngineModule) -> EngineResult<()> {
-        self.modules
-            .remove(&module.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        self.modules.remove(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         self.funcs.retain(|_, f| f.module != module.0);
         Ok(())
     }
 
-    fn module_get_function(
-        &mut self,
-        module: EngineModule,
-        name: &str,
-    ) -> EngineResult<(EngineFunc, FunctionInfo)> {
-        let m = self
-            .modules
-            .get(&module.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
-        let k = m
-            .kernels
-            .iter()
-            .find(|k| k.name == name)
-            .ok_or(CuError(CUDA_ERROR_NOT_FOUND))?;
-        let params: Vec<ParamLayout> = k
-            .params
-            .iter()
-            .map(|p| ParamLayout {
-                offset: p.offset.into(),
-                size: p.size.into(),
-            })
-            .collect();
+    fn module_get_function(&mut self, module: EngineModule, name: &str) -> EngineResult<(EngineFunc, FunctionInfo)> {
+        let m = self.modules.get(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let k = m.kernels.iter().find(|k| k.name == name).ok_or(CuError(CUDA_ERROR_NOT_FOUND))?;
+        let params: Vec<ParamLayout> =
+            k.params.iter().map(|p| ParamLayout { offset: p.offset.into(), size: p.size.into() }).collect();
         // A built-in runs only if the signature matches what it expects.
         let builtin = Builtin::by_name(name)
             .filter(|(_, sizes)| {
-                sizes.len() == params.len()
-                    && sizes.iter().zip(&params).all(|(s, p)| *s == p.size.get())
+                sizes.len() == params.len() && sizes.iter().zip(&params).all(|(s, p)| *s == p.size.get())
             })
             .map(|(b, _)| b);
         let mut attrs = [0i32; NUM_FUNC_ATTRS];
         attrs[0] = 1024; // MAX_THREADS_PER_BLOCK
-        attrs[4] = params
-            .iter()
-            .map(|p| p.offset.get() + p.size.get())
-            .max()
-            .unwrap_or(0) as i32; // PARAM_SIZE-ish
+        attrs[4] = params.iter().map(|p| p.offset.get() + p.size.get()).max().unwrap_or(0) as i32; // PARAM_SIZE-ish
         attrs[5] = 90; // PTX_VERSION
         attrs[6] = 90; // BINARY_VERSION
         let id = self.id();
-        self.funcs.insert(
-            id,
-            SimFunc {
-                module: module.0,
-                builtin,
-                params: params.clone(),
-            },
-        );
-        Ok((
-            EngineFunc(id),
-            FunctionInfo {
-                params,
-                param_source: protocol::PARAMS_FROM_IMAGE,
-                attrs,
-            },
-        ))
+        self.funcs.insert(id, SimFunc { module: module.0, builtin, params: params.clone() });
+        Ok((EngineFunc(id), FunctionInfo { params, param_source: protocol::PARAMS_FROM_IMAGE, attrs }))
     }
 
-    fn module_get_global(
-        &mut self,
-        _module: EngineModule,
-        _name: &str,
-    ) -> EngineResult<(u64, u64)> {
+    fn module_get_global(&mut self, _module: EngineModule, _name: &str) -> EngineResult<(u64, u64)> {
         err(CUDA_ERROR_NOT_FOUND)
     }
 
-    fn func_set_attribute(
-        &mut self,
-        func: EngineFunc,
-        _attr: u32,
-        _value: i32,
-    ) -> EngineResult<()> {
-        self.funcs
-            .get(&func.0)
-            .map(|_| ())
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
+    fn func_set_attribute(&mut self, func: EngineFunc, _attr: u32, _value: i32) -> EngineResult<()> {
+        self.funcs.get(&func.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
     }
 
     fn launch(&mut self, func: EngineFunc, launch: &Launch<'_>) -> EngineResult<()> {
-        let f = self
-            .funcs
-            .get(&func.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let f = self.funcs.get(&func.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         let Some(b) = f.builtin else {
             return err(CUDA_ERROR_NOT_SUPPORTED);
         };
@@ -786,32 +637,20 @@ impl Engine for SimEngine {
     fn stream_create(&mut self, flags: u32, _priority: i32) -> EngineResult<EngineStream> {
         let ctx = self.cur()?;
         let id = self.id();
-        self.streams.insert(
-            id,
-            SimStream {
-                ctx,
-                ready: Instant::now(),
-                blocking: flags & CU_STREAM_NON_BLOCKING == 0,
-            },
-        );
+        self.streams
+            .insert(id, SimStream { ctx, ready: Instant::now(), blocking: flags & CU_STREAM_NON_BLOCKING == 0 });
         Ok(EngineStream(id))
     }
 
     fn stream_destroy(&mut self, stream: EngineStream) -> EngineResult<()> {
-        self.streams
-            .remove(&stream.0)
-            .map(|_| ())
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
+        self.streams.remove(&stream.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
     }
 
     fn stream_synchronize(&mut self, stream: EngineStream) -> EngineResult<()> {
         let t = if stream == EngineStream::NULL {
             self.start_time(stream)?
         } else {
-            self.streams
-                .get(&stream.0)
-                .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?
-                .ready
+            self.streams.get(&stream.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?.ready
         };
         Self::wait_until(t);
         Ok(())
@@ -821,10 +660,7 @@ impl Engine for SimEngine {
         let t = if stream == EngineStream::NULL {
             self.start_time(stream)?
         } else {
-            self.streams
-                .get(&stream.0)
-                .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?
-                .ready
+            self.streams.get(&stream.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?.ready
         };
         if Instant::now() >= t {
             Ok(())
@@ -833,17 +669,8 @@ impl Engine for SimEngine {
         }
     }
 
-    fn stream_wait_event(
-        &mut self,
-        stream: EngineStream,
-        event: EngineEvent,
-        _flags: u32,
-    ) -> EngineResult<()> {
-        let t = self
-            .events
-            .get(&event.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?
-            .time;
+    fn stream_wait_event(&mut self, stream: EngineStream, event: EngineEvent, _flags: u32) -> EngineResult<()> {
+        let t = self.events.get(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?.time;
         if let Some(t) = t {
             let start = self.start_time(stream)?;
             self.set_ready(stream, start.max(t))?;
@@ -854,39 +681,23 @@ impl Engine for SimEngine {
     fn event_create(&mut self, flags: u32) -> EngineResult<EngineEvent> {
         let ctx = self.cur()?;
         let id = self.id();
-        self.events.insert(
-            id,
-            SimEvent {
-                ctx,
-                time: None,
-                timing: flags & CU_EVENT_DISABLE_TIMING == 0,
-            },
-        );
+        self.events.insert(id, SimEvent { ctx, time: None, timing: flags & CU_EVENT_DISABLE_TIMING == 0 });
         Ok(EngineEvent(id))
     }
 
     fn event_destroy(&mut self, event: EngineEvent) -> EngineResult<()> {
-        self.events
-            .remove(&event.0)
-            .map(|_| ())
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
+        self.events.remove(&event.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
     }
 
     fn event_record(&mut self, event: EngineEvent, stream: EngineStream) -> EngineResult<()> {
         let t = self.start_time(stream)?;
-        let e = self
-            .events
-            .get_mut(&event.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let e = self.events.get_mut(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         e.time = Some(t);
         Ok(())
     }
 
     fn event_query(&mut self, event: EngineEvent) -> EngineResult<()> {
-        let e = self
-            .events
-            .get(&event.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let e = self.events.get(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         match e.time {
             Some(t) if Instant::now() < t => err(CUDA_ERROR_NOT_READY),
             _ => Ok(()),
@@ -894,10 +705,7 @@ impl Engine for SimEngine {
     }
 
     fn event_synchronize(&mut self, event: EngineEvent) -> EngineResult<()> {
-        let e = self
-            .events
-            .get(&event.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let e = self.events.get(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         if let Some(t) = e.time {
             Self::wait_until(t);
         }
@@ -905,14 +713,8 @@ impl Engine for SimEngine {
     }
 
     fn event_elapsed_ms(&mut self, start: EngineEvent, end: EngineEvent) -> EngineResult<f32> {
-        let a = self
-            .events
-            .get(&start.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
-        let b = self
-            .events
-            .get(&end.0)
-            .ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let a = self.events.get(&start.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let b = self.events.get(&end.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         if !a.timing || !b.timing {
             return err(CUDA_ERROR_INVALID_HANDLE);
         }
@@ -923,11 +725,7 @@ impl Engine for SimEngine {
         if ta > now || tb > now {
             return err(CUDA_ERROR_NOT_READY);
         }
-        let ms = if tb >= ta {
-            (tb - ta).as_secs_f64() * 1e3
-        } else {
-            -((ta - tb).as_secs_f64() * 1e3)
-        };
+        let ms = if tb >= ta { (tb - ta).as_secs_f64() * 1e3 } else { -((ta - tb).as_secs_f64() * 1e3) };
         Ok(ms as f32)
     }
 }

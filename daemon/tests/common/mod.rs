@@ -33,27 +33,15 @@ impl TestDaemon {
     pub fn start(dir: &Path) -> TestDaemon {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| "warn".into()),
-            )
+            .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
             .try_init();
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let socket = dir.join("gpuvisord.sock");
         let mut config = Config::new(&socket, dir.join("state"));
         config.nvml = NvmlSource::Disabled;
         let daemon = rt.block_on(Daemon::start(config)).unwrap();
         let admin = daemon.admin();
-        TestDaemon {
-            rt,
-            daemon: Some(daemon),
-            admin,
-            socket,
-        }
+        TestDaemon { rt, daemon: Some(daemon), admin, socket }
     }
 
     pub fn stop(mut self) {
@@ -88,10 +76,7 @@ pub fn hello(vm: &str, requested: QosRequest, reconnect: bool) -> BackendMsg {
 }
 
 pub fn weight(w: u32) -> QosRequest {
-    QosRequest {
-        weight: Some(w),
-        ..Default::default()
-    }
+    QosRequest { weight: Some(w), ..Default::default() }
 }
 
 /// Why no message came.
@@ -111,10 +96,7 @@ pub struct FakeBackend {
 impl FakeBackend {
     pub fn connect(socket: &Path) -> FakeBackend {
         let s = UnixStream::connect(socket).unwrap();
-        FakeBackend {
-            reader: BufReader::new(s.try_clone().unwrap()),
-            writer: s,
-        }
+        FakeBackend { reader: BufReader::new(s.try_clone().unwrap()), writer: s }
     }
 
     /// Connects, says `hello` and returns the answer (Welcome or Refused).
@@ -128,12 +110,7 @@ impl FakeBackend {
     /// Registers `vm`; panics unless welcomed.
     pub fn register(socket: &Path, vm: &str, requested: QosRequest) -> (FakeBackend, VmSettings) {
         match FakeBackend::hello(socket, &hello(vm, requested, false)) {
-            (
-                b,
-                DaemonMsg::Welcome {
-                    version, settings, ..
-                },
-            ) => {
+            (b, DaemonMsg::Welcome { version, settings, .. }) => {
                 assert_eq!(version, CONTROL_VERSION);
                 (b, settings)
             }
@@ -152,23 +129,16 @@ impl FakeBackend {
     }
 
     pub fn recv(&mut self, timeout: Duration) -> Result<DaemonMsg, NoMsg> {
-        self.writer
-            .set_read_timeout(Some(timeout.max(Duration::from_micros(1))))
-            .unwrap();
+        self.writer.set_read_timeout(Some(timeout.max(Duration::from_micros(1)))).unwrap();
         match read_msg(&mut self.reader) {
             Ok(m) => Ok(m),
             Err(ControlError::Closed) => Err(NoMsg::Closed),
             Err(ControlError::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) =>
+                if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) =>
             {
                 Err(NoMsg::Timeout)
             }
-            Err(ControlError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => {
-                Err(NoMsg::Closed)
-            }
+            Err(ControlError::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionReset => Err(NoMsg::Closed),
             Err(e) => Err(NoMsg::Other(e.to_string())),
         }
     }
@@ -182,9 +152,7 @@ impl FakeBackend {
                 return Err(NoMsg::Timeout);
             }
             match self.recv(left)? {
-                DaemonMsg::Grant {
-                    grant, slice_us, ..
-                } => return Ok((grant, slice_us)),
+                DaemonMsg::Grant { grant, slice_us, .. } => return Ok((grant, slice_us)),
                 DaemonMsg::Settings { .. } | DaemonMsg::Revoke { .. } => continue,
                 other => return Err(NoMsg::Other(format!("unexpected {other:?}"))),
             }
@@ -231,12 +199,7 @@ pub fn saturate(mut b: FakeBackend, stop: Instant) -> u64 {
             }
         }
         let used = t0.elapsed().as_nanos() as u64;
-        b.send(&BackendMsg::Release {
-            grant,
-            gpu_ns: used,
-            ops: 1,
-            more: true,
-        });
+        b.send(&BackendMsg::Release { grant, gpu_ns: used, ops: 1, more: true });
     }
     grants
 }

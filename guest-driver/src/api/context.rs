@@ -39,15 +39,7 @@ fn ctx_or_current(ctx: CUcontext) -> CuRes<u64> {
 fn end_primary(c: &Client) -> CuRes {
     state::lock().purge_ctx(PRIMARY_CTX);
     c.enqueue(Opcode::CtxSynchronize, 0, PRIMARY_CTX, &[0u8; 0], &[])?;
-    c.enqueue(
-        Opcode::CtxDestroy,
-        0,
-        PRIMARY_CTX,
-        &Id {
-            id: U64::new(PRIMARY_CTX),
-        },
-        &[],
-    )
+    c.enqueue(Opcode::CtxDestroy, 0, PRIMARY_CTX, &Id { id: U64::new(PRIMARY_CTX) }, &[])
 }
 
 // ---- primary context ---------------------------------------------------
@@ -61,9 +53,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRetain(pctx: *mut CUcontext, dev: CUd
         let mut st = state::lock();
         st.primary.refcount += 1;
         let flags = st.primary.flags;
-        st.ctxs
-            .entry(PRIMARY_CTX)
-            .or_insert_with(|| CtxInfo::new(flags));
+        st.ctxs.entry(PRIMARY_CTX).or_insert_with(|| CtxInfo::new(flags));
         out.set(handle(PRIMARY_CTX));
         Ok(())
     })
@@ -99,11 +89,7 @@ pub unsafe extern "C" fn cuDevicePrimaryCtxRelease_v2(dev: CUdevice) -> CUresult
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(
-    dev: CUdevice,
-    flags: *mut c_uint,
-    active: *mut c_int,
-) -> CUresult {
+pub unsafe extern "C" fn cuDevicePrimaryCtxGetState(dev: CUdevice, flags: *mut c_uint, active: *mut c_int) -> CUresult {
     ffi(|| {
         // SAFETY: output arguments per the CUDA API.
         let (f, a) = unsafe { (Out::new(flags)?, Out::new(active)?) };
@@ -180,11 +166,7 @@ fn ctx_create(out: Out<CUcontext>, flags: c_uint, dev: CUdevice) -> CuRes {
     }
     let c = session()?;
     let id = c.new_id();
-    let p = CtxCreate {
-        ctx_id: U64::new(id),
-        flags: U32::new(flags),
-        _pad: U32::new(0),
-    };
+    let p = CtxCreate { ctx_id: U64::new(id), flags: U32::new(flags), _pad: U32::new(0) };
     c.call(Opcode::CtxCreate, 0, id, &p, &[])?;
     state::lock().ctxs.insert(id, CtxInfo::new(flags));
     state::push_ctx(id);
@@ -193,11 +175,7 @@ fn ctx_create(out: Out<CUcontext>, flags: c_uint, dev: CUdevice) -> CuRes {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxCreate_v2(
-    pctx: *mut CUcontext,
-    flags: c_uint,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate_v2(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pctx) }?;
@@ -207,11 +185,7 @@ pub unsafe extern "C" fn cuCtxCreate_v2(
 
 /// The pre-3.2 name; same arguments.
 #[no_mangle]
-pub unsafe extern "C" fn cuCtxCreate(
-    pctx: *mut CUcontext,
-    flags: c_uint,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuCtxCreate(pctx: *mut CUcontext, flags: c_uint, dev: CUdevice) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     unsafe { cuCtxCreate_v2(pctx, flags, dev) }
 }
@@ -402,9 +376,7 @@ pub unsafe extern "C" fn cuCtxGetDevice_v2(device: *mut CUdevice, ctx: CUcontext
 fn ctx_synchronize(ctx: CUcontext) -> CUresult {
     ffi(|| {
         let id = ctx_or_current(ctx)?;
-        session()?
-            .sync_call(Opcode::CtxSynchronize, 0, id, &[0u8; 0])
-            .map(|_| ())
+        session()?.sync_call(Opcode::CtxSynchronize, 0, id, &[0u8; 0]).map(|_| ())
     })
 }
 
@@ -478,12 +450,7 @@ pub unsafe extern "C" fn cuCtxGetStreamPriorityRange(
 ) -> CUresult {
     ffi(|| {
         // SAFETY: optional output arguments per the CUDA API.
-        let (l, g) = unsafe {
-            (
-                Out::optional(leastPriority),
-                Out::optional(greatestPriority),
-            )
-        };
+        let (l, g) = unsafe { (Out::optional(leastPriority), Out::optional(greatestPriority)) };
         session()?;
         set_opt(l, LEAST_PRIORITY);
         set_opt(g, GREATEST_PRIORITY);
@@ -496,12 +463,7 @@ pub unsafe extern "C" fn cuCtxGetLimit(pvalue: *mut usize, limit: c_uint) -> CUr
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pvalue) }?;
-        let v = with_current(|c| {
-            c.limits
-                .get(limit as usize)
-                .copied()
-                .ok_or(CUDA_ERROR_INVALID_VALUE)
-        })?;
+        let v = with_current(|c| c.limits.get(limit as usize).copied().ok_or(CUDA_ERROR_INVALID_VALUE))?;
         out.set(v);
         Ok(())
     })
@@ -512,9 +474,7 @@ pub unsafe extern "C" fn cuCtxGetLimit(pvalue: *mut usize, limit: c_uint) -> CUr
 pub unsafe extern "C" fn cuCtxSetLimit(limit: c_uint, value: usize) -> CUresult {
     ffi(|| {
         with_current(|c| {
-            *c.limits
-                .get_mut(limit as usize)
-                .ok_or(CUDA_ERROR_INVALID_VALUE)? = value;
+            *c.limits.get_mut(limit as usize).ok_or(CUDA_ERROR_INVALID_VALUE)? = value;
             Ok(())
         })
     })

@@ -11,8 +11,8 @@ use super::{ffi, session, CuRes};
 use crate::client::{Client, MAX_INLINE_REPLY};
 use protocol::cuda::*;
 use protocol::{
-    HostRef, Id, MemcpyDtoD, MemcpyDtoH, MemcpyHtoD, Memset, Opcode, CMD_FLAG_ASYNC, HOST_INLINE,
-    HOST_RESOURCE, MAX_INLINE_BYTES,
+    HostRef, Id, MemcpyDtoD, MemcpyDtoH, MemcpyHtoD, Memset, Opcode, CMD_FLAG_ASYNC, HOST_INLINE, HOST_RESOURCE,
+    MAX_INLINE_BYTES,
 };
 use std::ffi::{c_uchar, c_uint, c_ushort, c_void};
 use zerocopy::little_endian::{U32, U64};
@@ -26,22 +26,10 @@ pub struct Order {
     pub ptsz: bool,
 }
 
-const SYNC: Order = Order {
-    async_: false,
-    ptsz: false,
-};
-const SYNC_PTDS: Order = Order {
-    async_: false,
-    ptsz: true,
-};
-const ASYNC: Order = Order {
-    async_: true,
-    ptsz: false,
-};
-const ASYNC_PTSZ: Order = Order {
-    async_: true,
-    ptsz: true,
-};
+const SYNC: Order = Order { async_: false, ptsz: false };
+const SYNC_PTDS: Order = Order { async_: false, ptsz: true };
+const ASYNC: Order = Order { async_: true, ptsz: false };
+const ASYNC_PTSZ: Order = Order { async_: true, ptsz: true };
 
 impl Order {
     fn flags(self) -> u16 {
@@ -75,13 +63,7 @@ fn pending(c: &Client) -> CuRes {
 /// # Safety
 /// `src` is valid for reads of `len` bytes (for the async forms, until the
 /// stream reaches the copy).
-pub unsafe fn htod(
-    dst: u64,
-    src: *const c_void,
-    len: usize,
-    stream: CUstream,
-    order: Order,
-) -> CuRes {
+pub unsafe fn htod(dst: u64, src: *const c_void, len: usize, stream: CUstream, order: Order) -> CuRes {
     let c = session()?;
     let (sid, ctx) = device_target(dst, len as u64, stream, order)?;
     if len == 0 {
@@ -90,34 +72,17 @@ pub unsafe fn htod(
     if src.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let m = |src: HostRef| MemcpyHtoD {
-        dst: U64::new(dst),
-        len: U64::new(len as u64),
-        stream: U64::new(sid),
-        src,
-    };
-    let inline = HostRef {
-        kind: U32::new(HOST_INLINE),
-        resource: U32::new(0),
-        offset: U64::new(0),
-    };
+    let m = |src: HostRef| MemcpyHtoD { dst: U64::new(dst), len: U64::new(len as u64), stream: U64::new(sid), src };
+    let inline = HostRef { kind: U32::new(HOST_INLINE), resource: U32::new(0), offset: U64::new(0) };
     // A synchronous copy may return once the bytes are captured, and inline
     // capture is the cheapest way for small ones.
     let small = len <= MAX_INLINE_BYTES as usize;
     if !small || order.async_ {
         if let Some((res, off)) = c.find_pinned(src as usize, len) {
-            let r = HostRef {
-                kind: U32::new(HOST_RESOURCE),
-                resource: U32::new(res),
-                offset: U64::new(off),
-            };
+            let r = HostRef { kind: U32::new(HOST_RESOURCE), resource: U32::new(res), offset: U64::new(off) };
             c.enqueue(Opcode::MemcpyHtoD, order.flags(), ctx, &m(r), &[])?;
             // The synchronous API lets the caller reuse the buffer on return.
-            return if order.async_ {
-                Ok(())
-            } else {
-                c.synchronize_transport()
-            };
+            return if order.async_ { Ok(()) } else { c.synchronize_transport() };
         }
     }
     // SAFETY: pageable source, readable for `len` bytes per the caller; it is
@@ -135,13 +100,7 @@ pub unsafe fn htod(
 /// # Safety
 /// `dst` is valid for writes of `len` bytes (for the async forms into pinned
 /// memory, until the stream reaches the copy).
-pub unsafe fn dtoh(
-    dst: *mut c_void,
-    src: u64,
-    len: usize,
-    stream: CUstream,
-    order: Order,
-) -> CuRes {
+pub unsafe fn dtoh(dst: *mut c_void, src: u64, len: usize, stream: CUstream, order: Order) -> CuRes {
     let c = session()?;
     let (sid, ctx) = device_target(src, len as u64, stream, order)?;
     if len == 0 {
@@ -150,18 +109,9 @@ pub unsafe fn dtoh(
     if dst.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let m = |dst: HostRef| MemcpyDtoH {
-        src: U64::new(src),
-        len: U64::new(len as u64),
-        stream: U64::new(sid),
-        dst,
-    };
+    let m = |dst: HostRef| MemcpyDtoH { src: U64::new(src), len: U64::new(len as u64), stream: U64::new(sid), dst };
     if let Some((res, off)) = c.find_pinned(dst as usize, len) {
-        let r = HostRef {
-            kind: U32::new(HOST_RESOURCE),
-            resource: U32::new(res),
-            offset: U64::new(off),
-        };
+        let r = HostRef { kind: U32::new(HOST_RESOURCE), resource: U32::new(res), offset: U64::new(off) };
         if order.async_ {
             return c.enqueue(Opcode::MemcpyDtoH, CMD_FLAG_ASYNC, ctx, &m(r), &[]);
         }
@@ -170,11 +120,7 @@ pub unsafe fn dtoh(
     }
     // Pageable memory: synchronous even for the async forms, as natively.
     if len <= MAX_INLINE_REPLY {
-        let inline = HostRef {
-            kind: U32::new(HOST_INLINE),
-            resource: U32::new(0),
-            offset: U64::new(0),
-        };
+        let inline = HostRef { kind: U32::new(HOST_INLINE), resource: U32::new(0), offset: U64::new(0) };
         let data = c.call(Opcode::MemcpyDtoH, 0, ctx, &m(inline), &[])?;
         if data.len() != len {
             crate::log::warn("device-to-host reply has the wrong length");
@@ -204,12 +150,7 @@ pub fn dtod(dst: u64, src: u64, len: usize, stream: CUstream, order: Order) -> C
     if len == 0 {
         return Ok(());
     }
-    let m = MemcpyDtoD {
-        dst: U64::new(dst),
-        src: U64::new(src),
-        len: U64::new(len as u64),
-        stream: U64::new(sid),
-    };
+    let m = MemcpyDtoD { dst: U64::new(dst), src: U64::new(src), len: U64::new(len as u64), stream: U64::new(sid) };
     c.enqueue(Opcode::MemcpyDtoD, order.flags(), ctx, &m, &[])
 }
 
@@ -223,10 +164,7 @@ pub unsafe fn unified(dst: u64, src: u64, len: usize, stream: CUstream, order: O
     let c = session()?;
     let (dst_dev, src_dev) = {
         let st = state::lock();
-        (
-            st.alloc_containing(dst).is_some(),
-            st.alloc_containing(src).is_some(),
-        )
+        (st.alloc_containing(dst).is_some(), st.alloc_containing(src).is_some())
     };
     match (dst_dev, src_dev) {
         (true, true) => dtod(dst, src, len, stream, order),
@@ -253,21 +191,12 @@ pub unsafe fn unified(dst: u64, src: u64, len: usize, stream: CUstream, order: O
 }
 
 /// cuMemsetD8/16/32: `count` elements of `elem` bytes.
-pub fn memset(
-    dst: u64,
-    value: u32,
-    elem: u32,
-    count: usize,
-    stream: CUstream,
-    order: Order,
-) -> CuRes {
+pub fn memset(dst: u64, value: u32, elem: u32, count: usize, stream: CUstream, order: Order) -> CuRes {
     let c = session()?;
     if dst & (elem as u64 - 1) != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let bytes = (count as u64)
-        .checked_mul(elem as u64)
-        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let bytes = (count as u64).checked_mul(elem as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let (sid, ctx) = device_target(dst, bytes, stream, order)?;
     if count == 0 {
         return Ok(());
@@ -287,11 +216,7 @@ const NULL_STREAM: CUstream = std::ptr::null_mut();
 // ---- host to device ----------------------------------------------------
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemcpyHtoD_v2(
-    dstDevice: CUdeviceptr,
-    srcHost: *const c_void,
-    ByteCount: usize,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyHtoD_v2(dstDevice: CUdeviceptr, srcHost: *const c_void, ByteCount: usize) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     ffi(|| unsafe { htod(dstDevice, srcHost, ByteCount, NULL_STREAM, SYNC) })
 }
@@ -313,15 +238,7 @@ pub unsafe extern "C" fn cuMemcpyHtoD(
     ByteCount: c_uint,
 ) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
-    ffi(|| unsafe {
-        htod(
-            dstDevice as u64,
-            srcHost,
-            ByteCount as usize,
-            NULL_STREAM,
-            SYNC,
-        )
-    })
+    ffi(|| unsafe { htod(dstDevice as u64, srcHost, ByteCount as usize, NULL_STREAM, SYNC) })
 }
 
 #[no_mangle]
@@ -354,25 +271,13 @@ pub unsafe extern "C" fn cuMemcpyHtoDAsync(
     hStream: CUstream,
 ) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
-    ffi(|| unsafe {
-        htod(
-            dstDevice as u64,
-            srcHost,
-            ByteCount as usize,
-            hStream,
-            ASYNC,
-        )
-    })
+    ffi(|| unsafe { htod(dstDevice as u64, srcHost, ByteCount as usize, hStream, ASYNC) })
 }
 
 // ---- device to host ----------------------------------------------------
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemcpyDtoH_v2(
-    dstHost: *mut c_void,
-    srcDevice: CUdeviceptr,
-    ByteCount: usize,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyDtoH_v2(dstHost: *mut c_void, srcDevice: CUdeviceptr, ByteCount: usize) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     ffi(|| unsafe { dtoh(dstHost, srcDevice, ByteCount, NULL_STREAM, SYNC) })
 }
@@ -388,21 +293,9 @@ pub unsafe extern "C" fn cuMemcpyDtoH_v2_ptds(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemcpyDtoH(
-    dstHost: *mut c_void,
-    srcDevice: CUdeviceptr_v1,
-    ByteCount: c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyDtoH(dstHost: *mut c_void, srcDevice: CUdeviceptr_v1, ByteCount: c_uint) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
-    ffi(|| unsafe {
-        dtoh(
-            dstHost,
-            srcDevice as u64,
-            ByteCount as usize,
-            NULL_STREAM,
-            SYNC,
-        )
-    })
+    ffi(|| unsafe { dtoh(dstHost, srcDevice as u64, ByteCount as usize, NULL_STREAM, SYNC) })
 }
 
 #[no_mangle]
@@ -435,25 +328,13 @@ pub unsafe extern "C" fn cuMemcpyDtoHAsync(
     hStream: CUstream,
 ) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
-    ffi(|| unsafe {
-        dtoh(
-            dstHost,
-            srcDevice as u64,
-            ByteCount as usize,
-            hStream,
-            ASYNC,
-        )
-    })
+    ffi(|| unsafe { dtoh(dstHost, srcDevice as u64, ByteCount as usize, hStream, ASYNC) })
 }
 
 // ---- device to device --------------------------------------------------
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemcpyDtoD_v2(
-    dstDevice: CUdeviceptr,
-    srcDevice: CUdeviceptr,
-    ByteCount: usize,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemcpyDtoD_v2(dstDevice: CUdeviceptr, srcDevice: CUdeviceptr, ByteCount: usize) -> CUresult {
     ffi(|| dtod(dstDevice, srcDevice, ByteCount, NULL_STREAM, SYNC))
 }
 
@@ -472,15 +353,7 @@ pub unsafe extern "C" fn cuMemcpyDtoD(
     srcDevice: CUdeviceptr_v1,
     ByteCount: c_uint,
 ) -> CUresult {
-    ffi(|| {
-        dtod(
-            dstDevice as u64,
-            srcDevice as u64,
-            ByteCount as usize,
-            NULL_STREAM,
-            SYNC,
-        )
-    })
+    ffi(|| dtod(dstDevice as u64, srcDevice as u64, ByteCount as usize, NULL_STREAM, SYNC))
 }
 
 #[no_mangle]
@@ -510,35 +383,19 @@ pub unsafe extern "C" fn cuMemcpyDtoDAsync(
     ByteCount: c_uint,
     hStream: CUstream,
 ) -> CUresult {
-    ffi(|| {
-        dtod(
-            dstDevice as u64,
-            srcDevice as u64,
-            ByteCount as usize,
-            hStream,
-            ASYNC,
-        )
-    })
+    ffi(|| dtod(dstDevice as u64, srcDevice as u64, ByteCount as usize, hStream, ASYNC))
 }
 
 // ---- unified -----------------------------------------------------------
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemcpy(
-    dst: CUdeviceptr,
-    src: CUdeviceptr,
-    ByteCount: usize,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemcpy(dst: CUdeviceptr, src: CUdeviceptr, ByteCount: usize) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     ffi(|| unsafe { unified(dst, src, ByteCount, NULL_STREAM, SYNC) })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemcpy_ptds(
-    dst: CUdeviceptr,
-    src: CUdeviceptr,
-    ByteCount: usize,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemcpy_ptds(dst: CUdeviceptr, src: CUdeviceptr, ByteCount: usize) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     ffi(|| unsafe { unified(dst, src, ByteCount, NULL_STREAM, SYNC_PTDS) })
 }

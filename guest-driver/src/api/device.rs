@@ -184,9 +184,7 @@ unsafe fn device_uuid(uuid: *mut CUuuid, dev: CUdevice) -> CUresult {
         let out = unsafe { Out::new(uuid) }?;
         check_device(dev)?;
         let c = session()?;
-        out.set(CUuuid {
-            bytes: c.facts.reply.uuid.map(|b| b as c_char),
-        });
+        out.set(CUuuid { bytes: c.facts.reply.uuid.map(|b| b as c_char) });
         Ok(())
     })
 }
@@ -204,11 +202,7 @@ pub unsafe extern "C" fn cuDeviceGetUuid_v2(uuid: *mut CUuuid, dev: CUdevice) ->
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGetAttribute(
-    pi: *mut c_int,
-    attrib: c_int,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetAttribute(pi: *mut c_int, attrib: c_int, dev: CUdevice) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pi) }?;
@@ -247,11 +241,7 @@ pub unsafe extern "C" fn cuDeviceTotalMem(bytes: *mut c_uint, dev: CUdevice) -> 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceComputeCapability(
-    major: *mut c_int,
-    minor: *mut c_int,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceComputeCapability(major: *mut c_int, minor: *mut c_int, dev: CUdevice) -> CUresult {
     ffi(|| {
         // SAFETY: output arguments per the CUDA API.
         let (ma, mi) = unsafe { (Out::new(major)?, Out::new(minor)?) };
@@ -263,11 +253,7 @@ pub unsafe extern "C" fn cuDeviceComputeCapability(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGetPCIBusId(
-    pciBusId: *mut c_char,
-    len: c_int,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetPCIBusId(pciBusId: *mut c_char, len: c_int, dev: CUdevice) -> CUresult {
     ffi(|| {
         check_device(dev)?;
         // SAFETY: the caller gives a buffer of `len` bytes.
@@ -276,10 +262,7 @@ pub unsafe extern "C" fn cuDeviceGetPCIBusId(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGetByPCIBusId(
-    dev: *mut CUdevice,
-    pciBusId: *const c_char,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetByPCIBusId(dev: *mut CUdevice, pciBusId: *const c_char) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(dev) }?;
@@ -296,11 +279,7 @@ pub unsafe extern "C" fn cuDeviceGetByPCIBusId(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGetLuid(
-    _luid: *mut c_char,
-    _deviceNodeMask: *mut c_uint,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetLuid(_luid: *mut c_char, _deviceNodeMask: *mut c_uint, dev: CUdevice) -> CUresult {
     ffi(|| {
         check_device(dev)?;
         // LUIDs exist on Windows only.
@@ -326,11 +305,7 @@ pub unsafe extern "C" fn cuDeviceCanAccessPeer(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuDeviceGetExecAffinitySupport(
-    pi: *mut c_int,
-    _type: c_int,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuDeviceGetExecAffinitySupport(pi: *mut c_int, _type: c_int, dev: CUdevice) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pi) }?;
@@ -359,11 +334,7 @@ fn error_strings() -> &'static HashMap<CUresult, (CString, CString)> {
 
 /// # Safety
 /// `pStr` is NULL or writable.
-unsafe fn error_text(
-    error: CUresult,
-    pStr: *mut *const c_char,
-    pick: fn(&(CString, CString)) -> &CString,
-) -> CUresult {
+unsafe fn error_text(error: CUresult, pStr: *mut *const c_char, pick: fn(&(CString, CString)) -> &CString) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pStr) }?;
@@ -402,33 +373,18 @@ mod tests {
         // SAFETY: p is a valid output slot.
         let r = unsafe { cuGetErrorName(code, &mut p) };
         // SAFETY: a non-NULL answer is a static NUL-terminated string.
-        (
-            r,
-            (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()),
-        )
+        (r, (!p.is_null()).then(|| unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()))
     }
 
     #[test]
     fn error_names_and_strings_are_static_c_strings() {
-        assert_eq!(
-            name_of(CUDA_SUCCESS),
-            (CUDA_SUCCESS, Some("CUDA_SUCCESS".into()))
-        );
-        assert_eq!(
-            name_of(CUDA_ERROR_NOT_READY),
-            (CUDA_SUCCESS, Some("CUDA_ERROR_NOT_READY".into()))
-        );
+        assert_eq!(name_of(CUDA_SUCCESS), (CUDA_SUCCESS, Some("CUDA_SUCCESS".into())));
+        assert_eq!(name_of(CUDA_ERROR_NOT_READY), (CUDA_SUCCESS, Some("CUDA_ERROR_NOT_READY".into())));
         let mut p: *const c_char = std::ptr::null();
         // SAFETY: p is a valid output slot.
-        assert_eq!(
-            unsafe { cuGetErrorString(CUDA_ERROR_INVALID_VALUE, &mut p) },
-            CUDA_SUCCESS
-        );
+        assert_eq!(unsafe { cuGetErrorString(CUDA_ERROR_INVALID_VALUE, &mut p) }, CUDA_SUCCESS);
         // SAFETY: static NUL-terminated string.
-        assert_eq!(
-            unsafe { CStr::from_ptr(p) }.to_str().unwrap(),
-            "invalid argument"
-        );
+        assert_eq!(unsafe { CStr::from_ptr(p) }.to_str().unwrap(), "invalid argument");
     }
 
     #[test]
@@ -436,31 +392,19 @@ mod tests {
         assert_eq!(name_of(123_456), (CUDA_ERROR_INVALID_VALUE, None));
         let mut p: *const c_char = std::ptr::dangling();
         // SAFETY: p is a valid output slot.
-        assert_eq!(
-            unsafe { cuGetErrorString(77_777, &mut p) },
-            CUDA_ERROR_INVALID_VALUE
-        );
+        assert_eq!(unsafe { cuGetErrorString(77_777, &mut p) }, CUDA_ERROR_INVALID_VALUE);
         assert!(p.is_null());
         // SAFETY: NULL output is rejected, not written.
-        assert_eq!(
-            unsafe { cuGetErrorName(0, std::ptr::null_mut()) },
-            CUDA_ERROR_INVALID_VALUE
-        );
+        assert_eq!(unsafe { cuGetErrorName(0, std::ptr::null_mut()) }, CUDA_ERROR_INVALID_VALUE);
     }
 
     #[test]
     fn calls_before_cuinit_are_not_initialized() {
         let mut n = 0;
         // SAFETY: valid output slot.
-        assert_eq!(
-            unsafe { cuDeviceGetCount(&mut n) },
-            CUDA_ERROR_NOT_INITIALIZED
-        );
+        assert_eq!(unsafe { cuDeviceGetCount(&mut n) }, CUDA_ERROR_NOT_INITIALIZED);
         // SAFETY: NULL output.
-        assert_eq!(
-            unsafe { cuDeviceGetCount(std::ptr::null_mut()) },
-            CUDA_ERROR_INVALID_VALUE
-        );
+        assert_eq!(unsafe { cuDeviceGetCount(std::ptr::null_mut()) }, CUDA_ERROR_INVALID_VALUE);
     }
 
     #[test]

@@ -10,32 +10,18 @@ use std::ffi::c_uint;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::FromBytes;
 
-const EVENT_FLAGS: c_uint =
-    CU_EVENT_DEFAULT | CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
+const EVENT_FLAGS: c_uint = CU_EVENT_DEFAULT | CU_EVENT_BLOCKING_SYNC | CU_EVENT_DISABLE_TIMING | CU_EVENT_INTERPROCESS;
 
 fn create(out: Out<CUevent>, flags: c_uint) -> CuRes {
     let c = session()?;
-    if flags & !EVENT_FLAGS != 0
-        || (flags & CU_EVENT_INTERPROCESS != 0 && flags & CU_EVENT_DISABLE_TIMING == 0)
-    {
+    if flags & !EVENT_FLAGS != 0 || (flags & CU_EVENT_INTERPROCESS != 0 && flags & CU_EVENT_DISABLE_TIMING == 0) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let ctx = state::lock().current()?;
     let id = c.new_id();
-    let p = EventCreate {
-        event_id: U64::new(id),
-        flags: U32::new(flags),
-        _pad: U32::new(0),
-    };
+    let p = EventCreate { event_id: U64::new(id), flags: U32::new(flags), _pad: U32::new(0) };
     c.enqueue(Opcode::EventCreate, 0, ctx, &p, &[])?;
-    state::lock().events.insert(
-        id,
-        EventInfo {
-            ctx,
-            flags,
-            recorded: false,
-        },
-    );
+    state::lock().events.insert(id, EventInfo { ctx, flags, recorded: false });
     out.set(handle(id));
     Ok(())
 }
@@ -43,17 +29,8 @@ fn create(out: Out<CUevent>, flags: c_uint) -> CuRes {
 fn destroy(h: CUevent) -> CuRes {
     let c = session()?;
     let id = id_of(h);
-    let e = state::lock()
-        .events
-        .remove(&id)
-        .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-    c.enqueue(
-        Opcode::EventDestroy,
-        0,
-        e.ctx,
-        &Id { id: U64::new(id) },
-        &[],
-    )
+    let e = state::lock().events.remove(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    c.enqueue(Opcode::EventDestroy, 0, e.ctx, &Id { id: U64::new(id) }, &[])
 }
 
 fn record(h: CUevent, stream: CUstream, flags: c_uint, ptsz: bool) -> CuRes {
@@ -71,10 +48,7 @@ fn record(h: CUevent, stream: CUstream, flags: c_uint, ptsz: bool) -> CuRes {
         }
         (sid, ectx)
     };
-    let p = EventRecord {
-        event_id: U64::new(id),
-        stream_id: U64::new(sid),
-    };
+    let p = EventRecord { event_id: U64::new(id), stream_id: U64::new(sid) };
     c.enqueue(Opcode::EventRecord, 0, ctx, &p, &[])
 }
 
@@ -82,13 +56,8 @@ fn record(h: CUevent, stream: CUstream, flags: c_uint, ptsz: bool) -> CuRes {
 fn sync_op(op: Opcode, h: CUevent) -> CuRes {
     let c = session()?;
     let id = id_of(h);
-    let ctx = state::lock()
-        .events
-        .get(&id)
-        .ok_or(CUDA_ERROR_INVALID_HANDLE)?
-        .ctx;
-    c.sync_call(op, 0, ctx, &Id { id: U64::new(id) })
-        .map(|_| ())
+    let ctx = state::lock().events.get(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?.ctx;
+    c.sync_call(op, 0, ctx, &Id { id: U64::new(id) }).map(|_| ())
 }
 
 fn elapsed(start: CUevent, end: CUevent) -> CuRes<f32> {
@@ -104,16 +73,9 @@ fn elapsed(start: CUevent, end: CUevent) -> CuRes<f32> {
         }
         ea.ctx
     };
-    let p = EventElapsedTime {
-        start: U64::new(a),
-        end: U64::new(b),
-    };
+    let p = EventElapsedTime { start: U64::new(a), end: U64::new(b) };
     let reply = c.call(Opcode::EventElapsedTime, 0, ctx, &p, &[])?;
-    Ok(ElapsedReply::read_from_prefix(&reply)
-        .map_err(|_| CUDA_ERROR_UNKNOWN)?
-        .0
-        .ms
-        .get())
+    Ok(ElapsedReply::read_from_prefix(&reply).map_err(|_| CUDA_ERROR_UNKNOWN)?.0.ms.get())
 }
 
 #[no_mangle]
@@ -146,20 +108,12 @@ pub unsafe extern "C" fn cuEventRecord_ptsz(hEvent: CUevent, hStream: CUstream) 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventRecordWithFlags(
-    hEvent: CUevent,
-    hStream: CUstream,
-    flags: c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuEventRecordWithFlags(hEvent: CUevent, hStream: CUstream, flags: c_uint) -> CUresult {
     ffi(|| record(hEvent, hStream, flags, false))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventRecordWithFlags_ptsz(
-    hEvent: CUevent,
-    hStream: CUstream,
-    flags: c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuEventRecordWithFlags_ptsz(hEvent: CUevent, hStream: CUstream, flags: c_uint) -> CUresult {
     ffi(|| record(hEvent, hStream, flags, true))
 }
 
@@ -174,11 +128,7 @@ pub unsafe extern "C" fn cuEventSynchronize(hEvent: CUevent) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventElapsedTime(
-    pMilliseconds: *mut f32,
-    hStart: CUevent,
-    hEnd: CUevent,
-) -> CUresult {
+pub unsafe extern "C" fn cuEventElapsedTime(pMilliseconds: *mut f32, hStart: CUevent, hEnd: CUevent) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pMilliseconds) }?;
@@ -188,11 +138,7 @@ pub unsafe extern "C" fn cuEventElapsedTime(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuEventElapsedTime_v2(
-    pMilliseconds: *mut f32,
-    hStart: CUevent,
-    hEnd: CUevent,
-) -> CUresult {
+pub unsafe extern "C" fn cuEventElapsedTime_v2(pMilliseconds: *mut f32, hStart: CUevent, hEnd: CUevent) -> CUresult {
     // SAFETY: the caller's contract, forwarded; same arguments and meaning.
     unsafe { cuEventElapsedTime(pMilliseconds, hStart, hEnd) }
 }

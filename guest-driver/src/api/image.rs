@@ -8,8 +8,7 @@
 use super::CuRes;
 use protocol::cuda::*;
 use protocol::module_image::{
-    self, ImageError, ELF_MAGIC, FATBIN_MAGIC, FATBIN_WRAPPER_LEN, FATBIN_WRAPPER_MAGIC,
-    MAX_IMAGE_LEN,
+    self, ImageError, ELF_MAGIC, FATBIN_MAGIC, FATBIN_WRAPPER_LEN, FATBIN_WRAPPER_MAGIC, MAX_IMAGE_LEN,
 };
 
 /// Bytes of an ELF64 header, the first read of a cubin.
@@ -84,9 +83,7 @@ unsafe fn image_at_depth<'a>(p: *const u8, depth: u32) -> CuRes<&'a [u8]> {
         match module_image::image_len(bytes) {
             // SAFETY: the headers say the image is `n` bytes.
             Ok(n) => return Ok(unsafe { std::slice::from_raw_parts(p, n) }),
-            Err(ImageError::Truncated { need, .. })
-                if need > have as u64 && need <= MAX_IMAGE_LEN =>
-            {
+            Err(ImageError::Truncated { need, .. }) if need > have as u64 && need <= MAX_IMAGE_LEN => {
                 have = need as usize;
             }
             Err(e) => {
@@ -104,10 +101,7 @@ pub fn image_from_file(mut bytes: Vec<u8>) -> CuRes<Vec<u8>> {
         return Err(CUDA_ERROR_INVALID_IMAGE);
     }
     let binary = bytes.starts_with(&ELF_MAGIC)
-        || bytes
-            .get(..4)
-            .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-            == Some(FATBIN_MAGIC);
+        || bytes.get(..4).map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])) == Some(FATBIN_MAGIC);
     if !binary && !bytes.contains(&0) {
         bytes.push(0);
     }
@@ -177,10 +171,7 @@ mod tests {
     #[test]
     fn ptx_length_is_text_plus_nul() {
         let ptx = b".version 8.0\n.target sm_90\n.address_size 64\n\0garbage after";
-        assert_eq!(
-            len_of(ptx),
-            Ok(ptx.iter().position(|&b| b == 0).unwrap() + 1)
-        );
+        assert_eq!(len_of(ptx), Ok(ptx.iter().position(|&b| b == 0).unwrap() + 1));
         assert_eq!(len_of(b"ab\0"), Ok(3));
         assert_eq!(len_of(b"\0"), Ok(1));
     }
@@ -230,10 +221,7 @@ mod tests {
 
     #[test]
     fn text_files_get_a_nul() {
-        assert_eq!(
-            image_from_file(b".version 8.0".to_vec()).unwrap().last(),
-            Some(&0)
-        );
+        assert_eq!(image_from_file(b".version 8.0".to_vec()).unwrap().last(), Some(&0));
         let elf = tiny_cubin(16);
         assert_eq!(image_from_file(elf.clone()).unwrap(), elf);
     }

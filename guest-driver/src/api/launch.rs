@@ -59,9 +59,7 @@ pub unsafe fn pack_params(
                     return Err(CUDA_ERROR_INVALID_VALUE);
                 }
                 let (off, size) = (p.offset as usize, p.size as usize);
-                let dst = buf
-                    .get_mut(off..off + size)
-                    .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+                let dst = buf.get_mut(off..off + size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
                 // SAFETY: `src` is readable for `size` bytes per the caller;
                 // `dst` is exactly `size` bytes of our own buffer.
                 unsafe { std::ptr::copy_nonoverlapping(src, dst.as_mut_ptr(), size) };
@@ -158,13 +156,8 @@ pub unsafe fn launch(
             // cuFuncSetAttribute), else what a block gets without opting in.
             let max_dynamic = match fi.attrs[CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES] {
                 m if m > 0 => m as i64,
-                _ => match c
-                    .facts
-                    .attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK)
-                {
-                    Some(d) if d > 0 => {
-                        d as i64 - fi.attrs[CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES].max(0) as i64
-                    }
+                _ => match c.facts.attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK) {
+                    Some(d) if d > 0 => d as i64 - fi.attrs[CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES].max(0) as i64,
                     _ => i64::MAX,
                 },
             };
@@ -203,23 +196,9 @@ pub unsafe extern "C" fn cuLaunchKernel(
     extra: *mut *mut c_void,
 ) -> CUresult {
     ffi(|| {
-        let (grid, block) = (
-            [gridDimX, gridDimY, gridDimZ],
-            [blockDimX, blockDimY, blockDimZ],
-        );
+        let (grid, block) = ([gridDimX, gridDimY, gridDimZ], [blockDimX, blockDimY, blockDimZ]);
         // SAFETY: the caller's contract, forwarded.
-        unsafe {
-            launch(
-                id_of(f),
-                grid,
-                block,
-                sharedMemBytes,
-                hStream,
-                kernelParams,
-                extra,
-                false,
-            )
-        }
+        unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, extra, false) }
     })
 }
 
@@ -238,23 +217,9 @@ pub unsafe extern "C" fn cuLaunchKernel_ptsz(
     extra: *mut *mut c_void,
 ) -> CUresult {
     ffi(|| {
-        let (grid, block) = (
-            [gridDimX, gridDimY, gridDimZ],
-            [blockDimX, blockDimY, blockDimZ],
-        );
+        let (grid, block) = ([gridDimX, gridDimY, gridDimZ], [blockDimX, blockDimY, blockDimZ]);
         // SAFETY: the caller's contract, forwarded.
-        unsafe {
-            launch(
-                id_of(f),
-                grid,
-                block,
-                sharedMemBytes,
-                hStream,
-                kernelParams,
-                extra,
-                true,
-            )
-        }
+        unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, extra, true) }
     })
 }
 
@@ -279,18 +244,7 @@ unsafe fn launch_ex(
     let grid = [cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ];
     let block = [cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ];
     // SAFETY: forwarded from the caller.
-    unsafe {
-        launch(
-            id_of(f),
-            grid,
-            block,
-            cfg.sharedMemBytes,
-            cfg.hStream,
-            kernel_params,
-            extra,
-            ptsz,
-        )
-    }
+    unsafe { launch(id_of(f), grid, block, cfg.sharedMemBytes, cfg.hStream, kernel_params, extra, ptsz) }
 }
 
 /// Without launch attributes it is cuLaunchKernel; attributes (clusters,
@@ -327,14 +281,8 @@ mod tests {
         vec![
             Param { offset: 0, size: 4 },
             Param { offset: 8, size: 8 },
-            Param {
-                offset: 16,
-                size: 1,
-            },
-            Param {
-                offset: 32,
-                size: 16,
-            },
+            Param { offset: 16, size: 1 },
+            Param { offset: 32, size: 16 },
         ]
     }
 
@@ -355,16 +303,7 @@ mod tests {
         assert_eq!(total, 48);
         let mut buf = vec![0xEEu8; 3]; // stale content is cleared
                                        // SAFETY: four valid argument pointers of the layout's sizes.
-        unsafe {
-            pack_params(
-                &mut buf,
-                &params,
-                total,
-                args.as_mut_ptr(),
-                std::ptr::null_mut(),
-            )
-        }
-        .unwrap();
+        unsafe { pack_params(&mut buf, &params, total, args.as_mut_ptr(), std::ptr::null_mut()) }.unwrap();
         assert_eq!(buf.len(), 48);
         assert_eq!(&buf[0..4], &a.to_le_bytes());
         assert_eq!(&buf[4..8], &[0; 4], "padding is zero");
@@ -387,16 +326,7 @@ mod tests {
         ];
         let mut buf = Vec::new();
         // SAFETY: a well-formed extra list.
-        unsafe {
-            pack_params(
-                &mut buf,
-                &layout(),
-                48,
-                std::ptr::null_mut(),
-                extra.as_mut_ptr(),
-            )
-        }
-        .unwrap();
+        unsafe { pack_params(&mut buf, &layout(), 48, std::ptr::null_mut(), extra.as_mut_ptr()) }.unwrap();
         assert_eq!(buf, packed);
     }
 
@@ -415,20 +345,11 @@ mod tests {
                 "both kernelParams and extra"
             );
             assert_eq!(
-                pack_params(
-                    &mut buf,
-                    &one,
-                    8,
-                    std::ptr::null_mut(),
-                    std::ptr::null_mut()
-                ),
+                pack_params(&mut buf, &one, 8, std::ptr::null_mut(), std::ptr::null_mut()),
                 Err(CUDA_ERROR_INVALID_VALUE),
                 "neither, with parameters"
             );
-            assert_eq!(
-                pack_params(&mut buf, &[], 0, std::ptr::null_mut(), std::ptr::null_mut()),
-                Ok(())
-            );
+            assert_eq!(pack_params(&mut buf, &[], 0, std::ptr::null_mut(), std::ptr::null_mut()), Ok(()));
             assert_eq!(
                 pack_params(&mut buf, &one, 8, std::ptr::null_mut(), end.as_mut_ptr()),
                 Err(CUDA_ERROR_INVALID_VALUE),
@@ -436,29 +357,13 @@ mod tests {
             );
             let mut null_arg: [*mut c_void; 1] = [std::ptr::null_mut()];
             assert_eq!(
-                pack_params(
-                    &mut buf,
-                    &one,
-                    8,
-                    null_arg.as_mut_ptr(),
-                    std::ptr::null_mut()
-                ),
+                pack_params(&mut buf, &one, 8, null_arg.as_mut_ptr(), std::ptr::null_mut()),
                 Err(CUDA_ERROR_INVALID_VALUE),
                 "NULL argument pointer"
             );
-            let mut unknown: [*mut c_void; 3] = [
-                7usize as *mut c_void,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-            ];
+            let mut unknown: [*mut c_void; 3] = [7usize as *mut c_void, std::ptr::null_mut(), std::ptr::null_mut()];
             assert_eq!(
-                pack_params(
-                    &mut buf,
-                    &one,
-                    8,
-                    std::ptr::null_mut(),
-                    unknown.as_mut_ptr()
-                ),
+                pack_params(&mut buf, &one, 8, std::ptr::null_mut(), unknown.as_mut_ptr()),
                 Err(CUDA_ERROR_INVALID_VALUE),
                 "unknown extra key"
             );

@@ -20,27 +20,10 @@ pub fn alloc(size: usize) -> CuRes<CUdeviceptr> {
     if size == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let reply = c.call(
-        Opcode::MemAlloc,
-        0,
-        ctx,
-        &MemAlloc {
-            size: U64::new(size as u64),
-        },
-        &[],
-    )?;
-    let r = MemAllocReply::read_from_prefix(&reply)
-        .map_err(|_| CUDA_ERROR_UNKNOWN)?
-        .0;
+    let reply = c.call(Opcode::MemAlloc, 0, ctx, &MemAlloc { size: U64::new(size as u64) }, &[])?;
+    let r = MemAllocReply::read_from_prefix(&reply).map_err(|_| CUDA_ERROR_UNKNOWN)?.0;
     let dptr = r.dptr.get();
-    state::lock().allocs.insert(
-        dptr,
-        Alloc {
-            size: size as u64,
-            ctx,
-            kind: AllocKind::Device,
-        },
-    );
+    state::lock().allocs.insert(dptr, Alloc { size: size as u64, ctx, kind: AllocKind::Device });
     Ok(dptr)
 }
 
@@ -69,9 +52,7 @@ fn get_info() -> CuRes<(u64, u64)> {
     let c = session()?;
     let ctx = state::lock().current()?;
     let reply = c.call(Opcode::MemGetInfo, 0, ctx, &[0u8; 0], &[])?;
-    let r = MemGetInfoReply::read_from_prefix(&reply)
-        .map_err(|_| CUDA_ERROR_UNKNOWN)?
-        .0;
+    let r = MemGetInfoReply::read_from_prefix(&reply).map_err(|_| CUDA_ERROR_UNKNOWN)?.0;
     Ok((r.free.get(), r.total.get()))
 }
 
@@ -179,10 +160,7 @@ pub unsafe extern "C" fn cuMemGetAddressRange(
         // SAFETY: optional output arguments per the CUDA API.
         let (b, s) = unsafe { (Out::optional(pbase), Out::optional(psize)) };
         let (base, size) = address_range(dptr as u64)?;
-        set_opt(
-            b,
-            CUdeviceptr_v1::try_from(base).map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
-        );
+        set_opt(b, CUdeviceptr_v1::try_from(base).map_err(|_| CUDA_ERROR_INVALID_VALUE)?);
         set_opt(s, to_u32(size));
         Ok(())
     })
@@ -197,15 +175,7 @@ fn host_alloc(size: usize, flags: c_uint) -> CuRes<*mut c_void> {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let p = c.alloc_pinned(size)?;
-    state::lock().host.insert(
-        p as usize,
-        HostRange {
-            len: size,
-            flags,
-            ctx,
-            pinned: true,
-        },
-    );
+    state::lock().host.insert(p as usize, HostRange { len: size, flags, ctx, pinned: true });
     Ok(p as *mut c_void)
 }
 
@@ -230,11 +200,7 @@ pub unsafe extern "C" fn cuMemAllocHost(pp: *mut *mut c_void, bytesize: c_uint) 
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemHostAlloc(
-    pp: *mut *mut c_void,
-    bytesize: usize,
-    Flags: c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemHostAlloc(pp: *mut *mut c_void, bytesize: usize, Flags: c_uint) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pp) }?;
@@ -277,33 +243,17 @@ fn host_register(p: *mut c_void, bytesize: usize, flags: c_uint) -> CuRes {
     if overlaps {
         return Err(CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED);
     }
-    st.host.insert(
-        addr,
-        HostRange {
-            len: bytesize,
-            flags,
-            ctx,
-            pinned: false,
-        },
-    );
+    st.host.insert(addr, HostRange { len: bytesize, flags, ctx, pinned: false });
     Ok(())
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemHostRegister_v2(
-    p: *mut c_void,
-    bytesize: usize,
-    Flags: c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemHostRegister_v2(p: *mut c_void, bytesize: usize, Flags: c_uint) -> CUresult {
     ffi(|| host_register(p, bytesize, Flags))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuMemHostRegister(
-    p: *mut c_void,
-    bytesize: usize,
-    Flags: c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuMemHostRegister(p: *mut c_void, bytesize: usize, Flags: c_uint) -> CUresult {
     ffi(|| host_register(p, bytesize, Flags))
 }
 
@@ -328,9 +278,7 @@ pub unsafe extern "C" fn cuMemHostGetFlags(pFlags: *mut c_uint, p: *mut c_void) 
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pFlags) }?;
         session()?;
-        let (_, h) = state::lock()
-            .host_containing(p as usize)
-            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let (_, h) = state::lock().host_containing(p as usize).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         out.set(h.flags);
         Ok(())
     })
@@ -398,11 +346,9 @@ fn pointer_attribute(attribute: c_uint, ptr: CUdeviceptr) -> CuRes<AttrValue> {
     let device = matches!(kind, PtrKind::Device { .. });
     Ok(match attribute {
         CU_POINTER_ATTRIBUTE_CONTEXT => AttrValue::Ptr(handle(ctx)),
-        CU_POINTER_ATTRIBUTE_MEMORY_TYPE => AttrValue::U32(if device {
-            CU_MEMORYTYPE_DEVICE
-        } else {
-            CU_MEMORYTYPE_HOST
-        }),
+        CU_POINTER_ATTRIBUTE_MEMORY_TYPE => {
+            AttrValue::U32(if device { CU_MEMORYTYPE_DEVICE } else { CU_MEMORYTYPE_HOST })
+        }
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER if device => AttrValue::U64(ptr),
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER => {
             crate::log::unsupported("device pointers of host memory");
@@ -427,12 +373,10 @@ fn pointer_attribute(attribute: c_uint, ptr: CUdeviceptr) -> CuRes<AttrValue> {
 /// does not know (it does not fail for those, unlike cuPointerGetAttribute).
 fn default_attribute(attribute: c_uint) -> CuRes<AttrValue> {
     Ok(match attribute {
-        CU_POINTER_ATTRIBUTE_CONTEXT | CU_POINTER_ATTRIBUTE_HOST_POINTER => {
-            AttrValue::Ptr(std::ptr::null_mut())
+        CU_POINTER_ATTRIBUTE_CONTEXT | CU_POINTER_ATTRIBUTE_HOST_POINTER => AttrValue::Ptr(std::ptr::null_mut()),
+        CU_POINTER_ATTRIBUTE_MEMORY_TYPE | CU_POINTER_ATTRIBUTE_IS_MANAGED | CU_POINTER_ATTRIBUTE_MAPPED => {
+            AttrValue::U32(0)
         }
-        CU_POINTER_ATTRIBUTE_MEMORY_TYPE
-        | CU_POINTER_ATTRIBUTE_IS_MANAGED
-        | CU_POINTER_ATTRIBUTE_MAPPED => AttrValue::U32(0),
         CU_POINTER_ATTRIBUTE_DEVICE_POINTER
         | CU_POINTER_ATTRIBUTE_BUFFER_ID
         | CU_POINTER_ATTRIBUTE_RANGE_START_ADDR => AttrValue::U64(0),
@@ -463,11 +407,7 @@ unsafe fn write_attr(data: *mut c_void, v: AttrValue) {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuPointerGetAttribute(
-    data: *mut c_void,
-    attribute: c_uint,
-    ptr: CUdeviceptr,
-) -> CUresult {
+pub unsafe extern "C" fn cuPointerGetAttribute(data: *mut c_void, attribute: c_uint, ptr: CUdeviceptr) -> CUresult {
     ffi(|| {
         if data.is_null() {
             return Err(CUDA_ERROR_INVALID_VALUE);

@@ -41,9 +41,7 @@ pub fn ffi(body: impl FnOnce() -> CuRes) -> CUresult {
         Ok(Ok(())) => CUDA_SUCCESS,
         Ok(Err(e)) => e,
         Err(_) => {
-            crate::log::warn(
-                "internal error (a panic) inside a CUDA call; returning CUDA_ERROR_UNKNOWN",
-            );
+            crate::log::warn("internal error (a panic) inside a CUDA call; returning CUDA_ERROR_UNKNOWN");
             CUDA_ERROR_UNKNOWN
         }
     }

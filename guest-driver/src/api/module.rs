@@ -16,9 +16,8 @@ use super::{c_name, ffi, handle, id_of, session, set_opt, CuRes, Out};
 use protocol::cuda::*;
 use protocol::module_image::{self, FatbinEntryKind, ImageKind, ELF_MAGIC};
 use protocol::{
-    FuncSetAttribute, FunctionReply, GlobalReply, Id, ModuleGetFunction, ModuleGetGlobal,
-    ModuleLoad, Opcode, ParamLayout, MAX_BATCH_BYTES, NUM_FUNC_ATTRS, PARAMS_FROM_HOST_DRIVER,
-    PRIMARY_CTX,
+    FuncSetAttribute, FunctionReply, GlobalReply, Id, ModuleGetFunction, ModuleGetGlobal, ModuleLoad, Opcode,
+    ParamLayout, MAX_BATCH_BYTES, NUM_FUNC_ATTRS, PARAMS_FROM_HOST_DRIVER, PRIMARY_CTX,
 };
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
@@ -46,29 +45,14 @@ fn read_kernels(image: &[u8]) -> ImageKernels {
         Some(ImageKind::Cubin) => true,
         // kernels() reads a fatbin's uncompressed cubin when it has one.
         Some(ImageKind::Fatbin) => module_image::fatbin_entries(image).is_ok_and(|es| {
-            es.iter().any(|e| {
-                e.kind == FatbinEntryKind::Cubin
-                    && !e.compressed
-                    && e.payload.starts_with(&ELF_MAGIC)
-            })
+            es.iter().any(|e| e.kind == FatbinEntryKind::Cubin && !e.compressed && e.payload.starts_with(&ELF_MAGIC))
         }),
         _ => false,
     };
     let layouts = from_cubin.then(|| {
         kernels
             .into_iter()
-            .map(|k| {
-                (
-                    k.name,
-                    k.params
-                        .iter()
-                        .map(|p| Param {
-                            offset: p.offset,
-                            size: p.size,
-                        })
-                        .collect(),
-                )
-            })
+            .map(|k| (k.name, k.params.iter().map(|p| Param { offset: p.offset, size: p.size }).collect()))
             .collect()
     });
     (layouts, Some(names))
@@ -86,18 +70,9 @@ fn load(image: &[u8], ctx: u64, library: Option<u64>) -> CuRes<u64> {
     }
     let (guest_layouts, kernel_names) = read_kernels(image);
     let id = c.new_id();
-    let m = ModuleLoad {
-        module_id: U64::new(id),
-        image_len: U64::new(image.len() as u64),
-    };
+    let m = ModuleLoad { module_id: U64::new(id), image_len: U64::new(image.len() as u64) };
     c.call(Opcode::ModuleLoad, 0, ctx, &m, image)?;
-    let info = ModuleInfo {
-        ctx,
-        guest_layouts,
-        kernel_names,
-        functions: HashMap::new(),
-        library,
-    };
+    let info = ModuleInfo { ctx, guest_layouts, kernel_names, functions: HashMap::new(), library };
     state::lock().modules.insert(id, info);
     Ok(id)
 }
@@ -121,9 +96,7 @@ fn load_file(path: &CStr, ctx: u64, library: Option<u64>) -> CuRes<u64> {
     use std::os::unix::ffi::OsStrExt;
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
     let bytes = std::fs::read(path).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
-            CUDA_ERROR_FILE_NOT_FOUND
-        }
+        std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => CUDA_ERROR_FILE_NOT_FOUND,
         _ => CUDA_ERROR_INVALID_VALUE,
     })?;
     load(&image::image_from_file(bytes)?, ctx, library)
@@ -135,11 +108,7 @@ fn load_file(path: &CStr, ctx: u64, library: Option<u64>) -> CuRes<u64> {
 /// # Safety
 /// `options` and `values` are NULL or arrays of `num` entries, and each log
 /// buffer named holds at least the size its size option gives.
-unsafe fn answer_jit_options(
-    num: c_uint,
-    options: *const c_uint,
-    values: *mut *mut c_void,
-) -> CuRes {
+unsafe fn answer_jit_options(num: c_uint, options: *const c_uint, values: *mut *mut c_void) -> CuRes {
     if num == 0 {
         return Ok(());
     }
@@ -148,35 +117,21 @@ unsafe fn answer_jit_options(
     }
     // SAFETY: both arrays hold `num` entries per the caller.
     let (opts, vals) = unsafe {
-        (
-            std::slice::from_raw_parts(options, num as usize),
-            std::slice::from_raw_parts_mut(values, num as usize),
-        )
+        (std::slice::from_raw_parts(options, num as usize), std::slice::from_raw_parts_mut(values, num as usize))
     };
-    let size_of = |size_opt: c_uint| {
-        opts.iter()
-            .position(|&o| o == size_opt)
-            .map(|i| vals[i] as usize)
-            .unwrap_or(0)
-    };
+    let size_of = |size_opt: c_uint| opts.iter().position(|&o| o == size_opt).map(|i| vals[i] as usize).unwrap_or(0);
     let info_size = size_of(CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES);
     let error_size = size_of(CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES);
     for (o, v) in opts.iter().zip(vals.iter_mut()) {
         match *o {
             CU_JIT_INFO_LOG_BUFFER | CU_JIT_ERROR_LOG_BUFFER => {
-                let size = if *o == CU_JIT_INFO_LOG_BUFFER {
-                    info_size
-                } else {
-                    error_size
-                };
+                let size = if *o == CU_JIT_INFO_LOG_BUFFER { info_size } else { error_size };
                 if !v.is_null() && size > 0 {
                     // SAFETY: a log buffer of at least `size` > 0 bytes.
                     unsafe { *(*v as *mut c_char) = 0 };
                 }
             }
-            CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES
-            | CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES
-            | CU_JIT_WALL_TIME => {
+            CU_JIT_INFO_LOG_BUFFER_SIZE_BYTES | CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES | CU_JIT_WALL_TIME => {
                 *v = std::ptr::null_mut();
             }
             _ => {}
@@ -187,16 +142,8 @@ unsafe fn answer_jit_options(
 
 fn unload(id: u64) -> CuRes {
     let c = session()?;
-    let m = state::lock()
-        .forget_module(id)
-        .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-    c.enqueue(
-        Opcode::ModuleUnload,
-        0,
-        m.ctx,
-        &Id { id: U64::new(id) },
-        &[],
-    )
+    let m = state::lock().forget_module(id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    c.enqueue(Opcode::ModuleUnload, 0, m.ctx, &Id { id: U64::new(id) }, &[])
 }
 
 /// The function `name` of module `module`, looked up once and cached.
@@ -212,12 +159,7 @@ pub fn get_function(module: u64, name: &CStr) -> CuRes<u64> {
         if let Some(f) = m.functions.get(name_str) {
             return Ok(*f);
         }
-        (
-            m.ctx,
-            m.guest_layouts
-                .as_ref()
-                .and_then(|l| l.get(name_str).cloned()),
-        )
+        (m.ctx, m.guest_layouts.as_ref().and_then(|l| l.get(name_str).cloned()))
     };
     let fid = c.new_id();
     let req = ModuleGetFunction {
@@ -232,22 +174,17 @@ pub fn get_function(module: u64, name: &CStr) -> CuRes<u64> {
         .chunks_exact(core::mem::size_of::<ParamLayout>())
         .take(head.num_params.get() as usize)
         .filter_map(|b| ParamLayout::read_from_bytes(b).ok())
-        .map(|p| Param {
-            offset: p.offset.get(),
-            size: p.size.get(),
-        })
+        .map(|p| Param { offset: p.offset.get(), size: p.size.get() })
         .collect();
     if host.len() != head.num_params.get() as usize {
         crate::log::warn("function reply is shorter than its parameter count");
         return Err(CUDA_ERROR_UNKNOWN);
     }
     let params = match guest {
-        Some(g)
-            if !host.is_empty()
-                && g != host
-                && head.param_source.get() == PARAMS_FROM_HOST_DRIVER =>
-        {
-            crate::log::warn(&format!("parameter layout of {name_str} in the image disagrees with the host driver's; using the host's"));
+        Some(g) if !host.is_empty() && g != host && head.param_source.get() == PARAMS_FROM_HOST_DRIVER => {
+            crate::log::warn(&format!(
+                "parameter layout of {name_str} in the image disagrees with the host driver's; using the host's"
+            ));
             host
         }
         Some(g) => g,
@@ -277,31 +214,15 @@ fn get_global(module: u64, name: &CStr) -> CuRes<(u64, u64)> {
     if name_str.is_empty() {
         return Err(CUDA_ERROR_NOT_FOUND);
     }
-    let ctx = state::lock()
-        .modules
-        .get(&module)
-        .ok_or(CUDA_ERROR_INVALID_HANDLE)?
-        .ctx;
-    let req = ModuleGetGlobal {
-        module_id: U64::new(module),
-        name_len: U32::new(name_str.len() as u32),
-        _pad: U32::new(0),
-    };
+    let ctx = state::lock().modules.get(&module).ok_or(CUDA_ERROR_INVALID_HANDLE)?.ctx;
+    let req =
+        ModuleGetGlobal { module_id: U64::new(module), name_len: U32::new(name_str.len() as u32), _pad: U32::new(0) };
     let reply = c.call(Opcode::ModuleGetGlobal, 0, ctx, &req, name_str.as_bytes())?;
-    let g = GlobalReply::read_from_prefix(&reply)
-        .map_err(|_| CUDA_ERROR_UNKNOWN)?
-        .0;
+    let g = GlobalReply::read_from_prefix(&reply).map_err(|_| CUDA_ERROR_UNKNOWN)?.0;
     let (dptr, size) = (g.dptr.get(), g.size.get());
     let mut st = state::lock();
     if st.check_device_range(dptr, size.max(1)).is_err() {
-        st.allocs.insert(
-            dptr,
-            Alloc {
-                size,
-                ctx,
-                kind: AllocKind::Global { module },
-            },
-        );
+        st.allocs.insert(dptr, Alloc { size, ctx, kind: AllocKind::Global { module } });
     }
     Ok((dptr, size))
 }
@@ -314,10 +235,7 @@ pub fn with_func<T>(f: u64, body: impl FnOnce(&mut FuncInfo) -> CuRes<T>) -> CuR
 }
 
 fn func_attr(f: u64, attrib: c_int) -> CuRes<c_int> {
-    let a = usize::try_from(attrib)
-        .ok()
-        .filter(|a| *a < NUM_FUNC_ATTRS)
-        .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let a = usize::try_from(attrib).ok().filter(|a| *a < NUM_FUNC_ATTRS).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     with_func(f, |fi| Ok(fi.attrs[a]))
 }
 
@@ -326,8 +244,7 @@ fn func_set_attr(f: u64, attrib: c_int, value: c_int) -> CuRes {
     let a = usize::try_from(attrib).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
     let settable = a == CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
         || a == CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT
-        || (CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH
-            ..=CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE)
+        || (CU_FUNC_ATTRIBUTE_REQUIRED_CLUSTER_WIDTH..=CU_FUNC_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE)
             .contains(&a);
     if !settable {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -348,11 +265,7 @@ fn func_set_attr(f: u64, attrib: c_int, value: c_int) -> CuRes {
         fi.attrs[a] = value;
         Ok(fi.ctx)
     })?;
-    let p = FuncSetAttribute {
-        func_id: U64::new(f),
-        attr: U32::new(a as u32),
-        value: I32::new(value),
-    };
+    let p = FuncSetAttribute { func_id: U64::new(f), attr: U32::new(a as u32), value: I32::new(value) };
     c.enqueue(Opcode::FuncSetAttribute, 0, ctx, &p, &[])
 }
 
@@ -440,10 +353,7 @@ pub unsafe extern "C" fn cuModuleLoadDataEx(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuModuleLoadFatBinary(
-    module: *mut CUmodule,
-    fatCubin: *const c_void,
-) -> CUresult {
+pub unsafe extern "C" fn cuModuleLoadFatBinary(module: *mut CUmodule, fatCubin: *const c_void) -> CUresult {
     // SAFETY: the caller's contract, forwarded (a fatbin or its wrapper).
     unsafe { cuModuleLoadData(module, fatCubin) }
 }
@@ -467,11 +377,7 @@ pub unsafe extern "C" fn cuModuleUnload(hmod: CUmodule) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuModuleGetFunction(
-    hfunc: *mut CUfunction,
-    hmod: CUmodule,
-    name: *const c_char,
-) -> CUresult {
+pub unsafe extern "C" fn cuModuleGetFunction(hfunc: *mut CUfunction, hmod: CUmodule, name: *const c_char) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(hfunc) }?;
@@ -515,10 +421,7 @@ pub unsafe extern "C" fn cuModuleGetGlobal(
         // SAFETY: a NUL-terminated name per the CUDA API.
         let name = unsafe { c_name(name) }?;
         let (p, size) = get_global(id_of(hmod), name)?;
-        set_opt(
-            d,
-            CUdeviceptr_v1::try_from(p).map_err(|_| CUDA_ERROR_INVALID_VALUE)?,
-        );
+        set_opt(d, CUdeviceptr_v1::try_from(p).map_err(|_| CUDA_ERROR_INVALID_VALUE)?);
         set_opt(b, size.min(c_uint::MAX as u64) as c_uint);
         Ok(())
     })
@@ -558,11 +461,7 @@ pub unsafe extern "C" fn cuModuleEnumerateFunctions(
 // ---- functions ---------------------------------------------------------
 
 #[no_mangle]
-pub unsafe extern "C" fn cuFuncGetAttribute(
-    pi: *mut c_int,
-    attrib: c_int,
-    hfunc: CUfunction,
-) -> CUresult {
+pub unsafe extern "C" fn cuFuncGetAttribute(pi: *mut c_int, attrib: c_int, hfunc: CUfunction) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pi) }?;
@@ -572,11 +471,7 @@ pub unsafe extern "C" fn cuFuncGetAttribute(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuFuncSetAttribute(
-    hfunc: CUfunction,
-    attrib: c_int,
-    value: c_int,
-) -> CUresult {
+pub unsafe extern "C" fn cuFuncSetAttribute(hfunc: CUfunction, attrib: c_int, value: c_int) -> CUresult {
     ffi(|| func_set_attr(id_of(hfunc), attrib, value))
 }
 
@@ -665,11 +560,7 @@ fn library_ctx() -> CuRes<u64> {
 
 fn library_module(lib: CUlibrary) -> CuRes<u64> {
     session()?;
-    state::lock()
-        .libraries
-        .get(&id_of(lib))
-        .copied()
-        .ok_or(CUDA_ERROR_INVALID_HANDLE)
+    state::lock().libraries.get(&id_of(lib)).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)
 }
 
 fn new_library(out: Out<CUlibrary>, load: impl FnOnce(u64, u64) -> CuRes<u64>) -> CuRes {
@@ -792,13 +683,7 @@ pub unsafe extern "C" fn cuLibraryEnumerateKernels(
     lib: CUlibrary,
 ) -> CUresult {
     // SAFETY: an array of `numKernels` handles per the CUDA API.
-    ffi(|| unsafe {
-        enumerate(
-            kernels as *mut *mut c_void,
-            numKernels,
-            library_module(lib)?,
-        )
-    })
+    ffi(|| unsafe { enumerate(kernels as *mut *mut c_void, numKernels, library_module(lib)?) })
 }
 
 #[no_mangle]
@@ -818,11 +703,7 @@ pub unsafe extern "C" fn cuKernelGetLibrary(pLib: *mut CUlibrary, kernel: CUkern
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pLib) }?;
         let module = with_func(id_of(kernel), |fi| Ok(fi.module))?;
-        let lib = state::lock()
-            .modules
-            .get(&module)
-            .and_then(|m| m.library)
-            .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        let lib = state::lock().modules.get(&module).and_then(|m| m.library).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         out.set(handle(lib));
         Ok(())
     })
@@ -845,12 +726,7 @@ pub unsafe extern "C" fn cuKernelGetAttribute(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuKernelSetAttribute(
-    attrib: c_int,
-    val: c_int,
-    kernel: CUkernel,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuKernelSetAttribute(attrib: c_int, val: c_int, kernel: CUkernel, dev: CUdevice) -> CUresult {
     ffi(|| {
         check_device(dev)?;
         func_set_attr(id_of(kernel), attrib, val)
@@ -858,11 +734,7 @@ pub unsafe extern "C" fn cuKernelSetAttribute(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuKernelSetCacheConfig(
-    kernel: CUkernel,
-    config: c_uint,
-    dev: CUdevice,
-) -> CUresult {
+pub unsafe extern "C" fn cuKernelSetCacheConfig(kernel: CUkernel, config: c_uint, dev: CUdevice) -> CUresult {
     ffi(|| {
         check_device(dev)?;
         set_cache_config(id_of(kernel), config)
@@ -900,12 +772,8 @@ mod tests {
             CU_JIT_ERROR_LOG_BUFFER,
             CU_JIT_ERROR_LOG_BUFFER_SIZE_BYTES,
         ];
-        let mut vals: [*mut c_void; 4] = [
-            info.as_mut_ptr() as *mut c_void,
-            16 as *mut c_void,
-            error.as_mut_ptr() as *mut c_void,
-            16 as *mut c_void,
-        ];
+        let mut vals: [*mut c_void; 4] =
+            [info.as_mut_ptr() as *mut c_void, 16 as *mut c_void, error.as_mut_ptr() as *mut c_void, 16 as *mut c_void];
         // SAFETY: four options with buffers of the sizes given.
         unsafe { answer_jit_options(4, opts.as_ptr(), vals.as_mut_ptr()) }.unwrap();
         assert_eq!(info[0], 0);

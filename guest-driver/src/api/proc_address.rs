@@ -34,20 +34,8 @@ pub struct ProcRow {
 }
 
 impl ProcRow {
-    pub fn new(
-        base: &'static str,
-        since: c_int,
-        symbol: &'static str,
-        ptr: usize,
-        per_thread: bool,
-    ) -> Self {
-        ProcRow {
-            base,
-            since,
-            symbol,
-            ptr,
-            per_thread,
-        }
+    pub fn new(base: &'static str, since: c_int, symbol: &'static str, ptr: usize, per_thread: bool) -> Self {
+        ProcRow { base, since, symbol, ptr, per_thread }
     }
 }
 
@@ -214,11 +202,7 @@ fn implemented() -> Vec<ProcRow> {
 
 /// Exports that are not found under their own base name: the v2 variants
 /// the table above keeps off the base name, which callers reach by symbol.
-pub const OFF_TABLE: &[&str] = &[
-    "cuCtxGetDevice_v2",
-    "cuCtxSynchronize_v2",
-    "cuStreamGetCtx_v2",
-];
+pub const OFF_TABLE: &[&str] = &["cuCtxGetDevice_v2", "cuCtxSynchronize_v2", "cuStreamGetCtx_v2"];
 
 /// The table, by base name, each base's rows sorted by version.
 fn table() -> &'static HashMap<&'static str, Vec<ProcRow>> {
@@ -250,16 +234,8 @@ pub enum Miss {
 /// The export for `name` at `version`.
 pub fn lookup(name: &str, version: c_int, per_thread: bool) -> Result<ProcRow, Miss> {
     let rows = table().get(name).ok_or(Miss::NotFound)?;
-    let newest = |pt: bool| {
-        rows.iter()
-            .filter(|r| r.per_thread == pt && r.since <= version)
-            .max_by_key(|r| r.since)
-    };
-    let hit = if per_thread {
-        newest(true).or_else(|| newest(false))
-    } else {
-        newest(false)
-    };
+    let newest = |pt: bool| rows.iter().filter(|r| r.per_thread == pt && r.since <= version).max_by_key(|r| r.since);
+    let hit = if per_thread { newest(true).or_else(|| newest(false)) } else { newest(false) };
     hit.copied().ok_or(Miss::VersionNotSufficient)
 }
 
@@ -274,10 +250,7 @@ unsafe fn get_proc_address(
 ) -> CuRes {
     // SAFETY: output arguments per the CUDA API; the status is optional.
     let (out, st) = unsafe { (Out::new(pfn)?, Out::optional(status)) };
-    if symbol.is_null()
-        || flags
-            > (CU_GET_PROC_ADDRESS_LEGACY_STREAM | CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM)
-    {
+    if symbol.is_null() || flags > (CU_GET_PROC_ADDRESS_LEGACY_STREAM | CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM) {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     // SAFETY: non-NULL and NUL-terminated per the CUDA API.
@@ -362,92 +335,38 @@ mod tests {
         assert_eq!(symbol("cuCtxCreate", 11040, false), Some("cuCtxCreate_v3"));
         assert_eq!(symbol("cuCtxCreate", 12080, false), Some("cuCtxCreate_v4"));
         assert_eq!(symbol("cuCtxDestroy", 4000, false), Some("cuCtxDestroy_v2"));
-        assert_eq!(
-            symbol("cuEventElapsedTime", 12060, false),
-            Some("cuEventElapsedTime")
-        );
-        assert_eq!(
-            symbol("cuEventElapsedTime", 12080, false),
-            Some("cuEventElapsedTime_v2")
-        );
-        assert_eq!(
-            symbol("cuDevicePrimaryCtxRelease", 10020, false),
-            Some("cuDevicePrimaryCtxRelease")
-        );
-        assert_eq!(
-            symbol("cuDevicePrimaryCtxRelease", 11000, false),
-            Some("cuDevicePrimaryCtxRelease_v2")
-        );
-        assert_eq!(
-            symbol("cuGetProcAddress", 12000, false),
-            Some("cuGetProcAddress_v2")
-        );
-        assert_eq!(
-            symbol("cuMemHostRegister", 6050, false),
-            Some("cuMemHostRegister_v2")
-        );
-        assert_eq!(
-            symbol("cuCtxSynchronize", 13000, false),
-            Some("cuCtxSynchronize")
-        );
+        assert_eq!(symbol("cuEventElapsedTime", 12060, false), Some("cuEventElapsedTime"));
+        assert_eq!(symbol("cuEventElapsedTime", 12080, false), Some("cuEventElapsedTime_v2"));
+        assert_eq!(symbol("cuDevicePrimaryCtxRelease", 10020, false), Some("cuDevicePrimaryCtxRelease"));
+        assert_eq!(symbol("cuDevicePrimaryCtxRelease", 11000, false), Some("cuDevicePrimaryCtxRelease_v2"));
+        assert_eq!(symbol("cuGetProcAddress", 12000, false), Some("cuGetProcAddress_v2"));
+        assert_eq!(symbol("cuMemHostRegister", 6050, false), Some("cuMemHostRegister_v2"));
+        assert_eq!(symbol("cuCtxSynchronize", 13000, false), Some("cuCtxSynchronize"));
     }
 
     #[test]
     fn per_thread_flag_prefers_ptsz_variants_and_falls_back() {
-        assert_eq!(
-            symbol("cuLaunchKernel", 12000, true),
-            Some("cuLaunchKernel_ptsz")
-        );
-        assert_eq!(
-            symbol("cuLaunchKernel", 12000, false),
-            Some("cuLaunchKernel")
-        );
-        assert_eq!(
-            symbol("cuMemcpyHtoD", 12000, true),
-            Some("cuMemcpyHtoD_v2_ptds")
-        );
+        assert_eq!(symbol("cuLaunchKernel", 12000, true), Some("cuLaunchKernel_ptsz"));
+        assert_eq!(symbol("cuLaunchKernel", 12000, false), Some("cuLaunchKernel"));
+        assert_eq!(symbol("cuMemcpyHtoD", 12000, true), Some("cuMemcpyHtoD_v2_ptds"));
         assert_eq!(symbol("cuMemAlloc", 12000, true), Some("cuMemAlloc_v2"));
         assert_eq!(symbol("cuLaunchKernel", 6050, true), Some("cuLaunchKernel"));
     }
 
     #[test]
     fn unknown_names_and_early_versions_are_not_found() {
-        assert_eq!(
-            lookup("cuNoSuchFunction", 13000, false).unwrap_err(),
-            Miss::NotFound
-        );
-        assert_eq!(
-            lookup("cuMemAlloc_v2", 13000, false).unwrap_err(),
-            Miss::NotFound
-        );
-        assert_eq!(
-            lookup("cuLibraryLoadData", 11080, false).unwrap_err(),
-            Miss::VersionNotSufficient
-        );
+        assert_eq!(lookup("cuNoSuchFunction", 13000, false).unwrap_err(), Miss::NotFound);
+        assert_eq!(lookup("cuMemAlloc_v2", 13000, false).unwrap_err(), Miss::NotFound);
+        assert_eq!(lookup("cuLibraryLoadData", 11080, false).unwrap_err(), Miss::VersionNotSufficient);
         let mut p: *mut c_void = std::ptr::dangling_mut();
         let mut status: c_int = -1;
         let name = c"cuNoSuchFunction";
         // SAFETY: valid name and output slots.
         let r = unsafe { cuGetProcAddress_v2(name.as_ptr(), &mut p, 13000, 0, &mut status) };
-        assert_eq!(
-            (r, p.is_null(), status),
-            (
-                CUDA_ERROR_NOT_FOUND,
-                true,
-                CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND
-            )
-        );
+        assert_eq!((r, p.is_null(), status), (CUDA_ERROR_NOT_FOUND, true, CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND));
         // SAFETY: as above.
-        let r = unsafe {
-            cuGetProcAddress_v2(c"cuLibraryLoadData".as_ptr(), &mut p, 11080, 0, &mut status)
-        };
-        assert_eq!(
-            (r, status),
-            (
-                CUDA_ERROR_NOT_FOUND,
-                CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT
-            )
-        );
+        let r = unsafe { cuGetProcAddress_v2(c"cuLibraryLoadData".as_ptr(), &mut p, 11080, 0, &mut status) };
+        assert_eq!((r, status), (CUDA_ERROR_NOT_FOUND, CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT));
     }
 
     #[test]
@@ -469,21 +388,10 @@ mod tests {
             let mut versions = HashSet::new();
             for r in rows {
                 assert!(seen.insert(r.symbol), "{} listed twice", r.symbol);
-                assert!(
-                    versions.insert((r.per_thread, r.since)),
-                    "{base}: two variants at {}",
-                    r.since
-                );
-                assert!(
-                    r.symbol.starts_with(base),
-                    "{} is not a variant of {base}",
-                    r.symbol
-                );
+                assert!(versions.insert((r.per_thread, r.since)), "{base}: two variants at {}", r.since);
+                assert!(r.symbol.starts_with(base), "{} is not a variant of {base}", r.symbol);
                 assert!(r.ptr != 0);
-                assert_eq!(
-                    r.per_thread,
-                    r.symbol.ends_with("_ptsz") || r.symbol.ends_with("_ptds")
-                );
+                assert_eq!(r.per_thread, r.symbol.ends_with("_ptsz") || r.symbol.ends_with("_ptds"));
             }
         }
     }
@@ -508,21 +416,12 @@ mod tests {
         let mut missing = Vec::new();
         for src in sources {
             for part in src.split("pub unsafe extern \"C\" fn ").skip(1) {
-                let name: String = part
-                    .chars()
-                    .take_while(|c| c.is_alphanumeric() || *c == '_')
-                    .collect();
-                if name.starts_with("cu")
-                    && !symbols.contains(name.as_str())
-                    && !OFF_TABLE.contains(&name.as_str())
-                {
+                let name: String = part.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                if name.starts_with("cu") && !symbols.contains(name.as_str()) && !OFF_TABLE.contains(&name.as_str()) {
                     missing.push(name);
                 }
             }
         }
-        assert!(
-            missing.is_empty(),
-            "exports missing from cuGetProcAddress: {missing:?}"
-        );
+        assert!(missing.is_empty(), "exports missing from cuGetProcAddress: {missing:?}");
     }
 }

@@ -32,12 +32,7 @@ impl CtxInfo {
         limits[CU_LIMIT_DEV_RUNTIME_SYNC_DEPTH as usize] = 2;
         limits[CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT as usize] = 2048;
         limits[CU_LIMIT_MAX_L2_FETCH_GRANULARITY as usize] = 64;
-        CtxInfo {
-            flags,
-            limits,
-            cache_config: 0,
-            shmem_config: 0,
-        }
+        CtxInfo { flags, limits, cache_config: 0, shmem_config: 0 }
     }
 }
 
@@ -97,11 +92,7 @@ pub struct Param {
 
 /// Bytes of the packed parameter buffer a layout needs.
 pub fn param_bytes(params: &[Param]) -> usize {
-    params
-        .iter()
-        .map(|p| p.offset as usize + p.size as usize)
-        .max()
-        .unwrap_or(0)
+    params.iter().map(|p| p.offset as usize + p.size as usize).max().unwrap_or(0)
 }
 
 #[derive(Debug, Default)]
@@ -159,9 +150,7 @@ impl State {
 
     /// `[addr, addr + len)` lies inside one device allocation.
     pub fn check_device_range(&self, addr: u64, len: u64) -> CuRes<(u64, Alloc)> {
-        let (base, a) = self
-            .alloc_containing(addr)
-            .ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        let (base, a) = self.alloc_containing(addr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         let end = addr.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if end > base + a.size {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -208,12 +197,7 @@ impl State {
         self.allocs.retain(|_, a| a.ctx != ctx);
         self.streams.retain(|_, s| s.ctx != ctx);
         self.events.retain(|_, e| e.ctx != ctx);
-        let dead: Vec<u64> = self
-            .modules
-            .iter()
-            .filter(|(_, m)| m.ctx == ctx)
-            .map(|(k, _)| *k)
-            .collect();
+        let dead: Vec<u64> = self.modules.iter().filter(|(_, m)| m.ctx == ctx).map(|(k, _)| *k).collect();
         for m in dead {
             self.forget_module(m);
         }
@@ -223,8 +207,7 @@ impl State {
     pub fn forget_module(&mut self, id: u64) -> Option<ModuleInfo> {
         let m = self.modules.remove(&id)?;
         self.functions.retain(|_, f| f.module != id);
-        self.allocs
-            .retain(|_, a| a.kind != AllocKind::Global { module: id });
+        self.allocs.retain(|_, a| a.kind != AllocKind::Global { module: id });
         if let Some(lib) = m.library {
             self.libraries.remove(&lib);
         }
@@ -283,32 +266,13 @@ mod tests {
     #[test]
     fn device_ranges_are_checked_against_allocations() {
         let mut st = State::default();
-        st.allocs.insert(
-            0x1000,
-            Alloc {
-                size: 0x100,
-                ctx: 1,
-                kind: AllocKind::Device,
-            },
-        );
+        st.allocs.insert(0x1000, Alloc { size: 0x100, ctx: 1, kind: AllocKind::Device });
         assert!(st.check_device_range(0x1000, 0x100).is_ok());
         assert!(st.check_device_range(0x10f0, 0x10).is_ok());
-        assert_eq!(
-            st.check_device_range(0x10f0, 0x11).unwrap_err(),
-            CUDA_ERROR_INVALID_VALUE
-        );
-        assert_eq!(
-            st.check_device_range(0x0fff, 1).unwrap_err(),
-            CUDA_ERROR_INVALID_VALUE
-        );
-        assert_eq!(
-            st.check_device_range(0x1100, 1).unwrap_err(),
-            CUDA_ERROR_INVALID_VALUE
-        );
-        assert_eq!(
-            st.check_device_range(u64::MAX, 2).unwrap_err(),
-            CUDA_ERROR_INVALID_VALUE
-        );
+        assert_eq!(st.check_device_range(0x10f0, 0x11).unwrap_err(), CUDA_ERROR_INVALID_VALUE);
+        assert_eq!(st.check_device_range(0x0fff, 1).unwrap_err(), CUDA_ERROR_INVALID_VALUE);
+        assert_eq!(st.check_device_range(0x1100, 1).unwrap_err(), CUDA_ERROR_INVALID_VALUE);
+        assert_eq!(st.check_device_range(u64::MAX, 2).unwrap_err(), CUDA_ERROR_INVALID_VALUE);
     }
 
     #[test]

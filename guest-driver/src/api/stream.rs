@@ -20,20 +20,9 @@ fn create(out: Out<CUstream>, flags: c_uint, priority: c_int) -> CuRes {
     let priority = priority.clamp(GREATEST_PRIORITY, LEAST_PRIORITY);
     let ctx = state::lock().current()?;
     let id = c.new_id();
-    let p = StreamCreate {
-        stream_id: U64::new(id),
-        flags: U32::new(flags),
-        priority: I32::new(priority),
-    };
+    let p = StreamCreate { stream_id: U64::new(id), flags: U32::new(flags), priority: I32::new(priority) };
     c.enqueue(Opcode::StreamCreate, 0, ctx, &p, &[])?;
-    state::lock().streams.insert(
-        id,
-        StreamInfo {
-            ctx,
-            flags,
-            priority,
-        },
-    );
+    state::lock().streams.insert(id, StreamInfo { ctx, flags, priority });
     out.set(handle(id));
     Ok(())
 }
@@ -41,25 +30,15 @@ fn create(out: Out<CUstream>, flags: c_uint, priority: c_int) -> CuRes {
 fn destroy(h: CUstream) -> CuRes {
     let c = session()?;
     let id = id_of(h);
-    let s = state::lock()
-        .streams
-        .remove(&id)
-        .ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-    c.enqueue(
-        Opcode::StreamDestroy,
-        0,
-        s.ctx,
-        &Id { id: U64::new(id) },
-        &[],
-    )
+    let s = state::lock().streams.remove(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    c.enqueue(Opcode::StreamDestroy, 0, s.ctx, &Id { id: U64::new(id) }, &[])
 }
 
 /// A synchronizing stream call (synchronize, query).
 fn sync_op(op: Opcode, h: CUstream, ptsz: bool) -> CuRes {
     let c = session()?;
     let (sid, ctx) = state::lock().resolve_stream(h, ptsz)?;
-    c.sync_call(op, 0, ctx, &Id { id: U64::new(sid) })
-        .map(|_| ())
+    c.sync_call(op, 0, ctx, &Id { id: U64::new(sid) }).map(|_| ())
 }
 
 fn wait_event(h: CUstream, event: CUevent, flags: c_uint, ptsz: bool) -> CuRes {
@@ -150,20 +129,12 @@ pub unsafe extern "C" fn cuStreamQuery_ptsz(hStream: CUstream) -> CUresult {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamWaitEvent(
-    hStream: CUstream,
-    hEvent: CUevent,
-    Flags: c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuStreamWaitEvent(hStream: CUstream, hEvent: CUevent, Flags: c_uint) -> CUresult {
     ffi(|| wait_event(hStream, hEvent, Flags, false))
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamWaitEvent_ptsz(
-    hStream: CUstream,
-    hEvent: CUevent,
-    Flags: c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuStreamWaitEvent_ptsz(hStream: CUstream, hEvent: CUevent, Flags: c_uint) -> CUresult {
     ffi(|| wait_event(hStream, hEvent, Flags, true))
 }
 
@@ -171,12 +142,7 @@ pub unsafe extern "C" fn cuStreamWaitEvent_ptsz(
 ///
 /// # Safety
 /// `out` is NULL or writable for a `T`.
-unsafe fn getter<T>(
-    h: CUstream,
-    ptsz: bool,
-    out: *mut T,
-    pick: impl FnOnce(c_uint, c_int, u64, u64) -> T,
-) -> CUresult {
+unsafe fn getter<T>(h: CUstream, ptsz: bool, out: *mut T, pick: impl FnOnce(c_uint, c_int, u64, u64) -> T) -> CUresult {
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(out) }?;
@@ -249,19 +215,13 @@ unsafe fn is_capturing(h: CUstream, status: *mut c_uint, ptsz: bool) -> CuRes {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamIsCapturing(
-    hStream: CUstream,
-    captureStatus: *mut c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuStreamIsCapturing(hStream: CUstream, captureStatus: *mut c_uint) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     ffi(|| unsafe { is_capturing(hStream, captureStatus, false) })
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(
-    hStream: CUstream,
-    captureStatus: *mut c_uint,
-) -> CUresult {
+pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(hStream: CUstream, captureStatus: *mut c_uint) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     ffi(|| unsafe { is_capturing(hStream, captureStatus, true) })
 }
@@ -366,8 +326,7 @@ pub unsafe extern "C" fn cuThreadExchangeStreamCaptureMode(mode: *mut c_int) -> 
 }
 
 pub type CUhostFn = Option<unsafe extern "C" fn(userData: *mut c_void)>;
-pub type CUstreamCallback =
-    Option<unsafe extern "C" fn(hStream: CUstream, status: CUresult, userData: *mut c_void)>;
+pub type CUstreamCallback = Option<unsafe extern "C" fn(hStream: CUstream, status: CUresult, userData: *mut c_void)>;
 
 /// Host functions run on the calling thread once the stream has drained:
 /// the guest has no callback channel from the backend yet. Ordering holds
@@ -385,11 +344,7 @@ fn host_func(h: CUstream, ptsz: bool, call: impl FnOnce(CUresult)) -> CuRes {
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuLaunchHostFunc(
-    hStream: CUstream,
-    fn_: CUhostFn,
-    userData: *mut c_void,
-) -> CUresult {
+pub unsafe extern "C" fn cuLaunchHostFunc(hStream: CUstream, fn_: CUhostFn, userData: *mut c_void) -> CUresult {
     ffi(|| {
         let f = fn_.ok_or(CUDA_ERROR_INVALID_VALUE)?;
         // SAFETY: the program's host function, called with its own data.
@@ -398,11 +353,7 @@ pub unsafe extern "C" fn cuLaunchHostFunc(
 }
 
 #[no_mangle]
-pub unsafe extern "C" fn cuLaunchHostFunc_ptsz(
-    hStream: CUstream,
-    fn_: CUhostFn,
-    userData: *mut c_void,
-) -> CUresult {
+pub unsafe extern "C" fn cuLaunchHostFunc_ptsz(hStream: CUstream, fn_: CUhostFn, userData: *mut c_void) -> CUresult {
     ffi(|| {
         let f = fn_.ok_or(CUDA_ERROR_INVALID_VALUE)?;
         // SAFETY: the program's host function, called with its own data.
@@ -423,9 +374,7 @@ pub unsafe extern "C" fn cuStreamAddCallback(
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         // SAFETY: the program's callback, called with its stream, status and data.
-        host_func(hStream, false, |status| unsafe {
-            f(hStream, status, userData)
-        })
+        host_func(hStream, false, |status| unsafe { f(hStream, status, userData) })
     })
 }
 
@@ -442,8 +391,6 @@ pub unsafe extern "C" fn cuStreamAddCallback_ptsz(
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
         // SAFETY: the program's callback, called with its stream, status and data.
-        host_func(hStream, true, |status| unsafe {
-            f(hStream, status, userData)
-        })
+        host_func(hStream, true, |status| unsafe { f(hStream, status, userData) })
     })
 }

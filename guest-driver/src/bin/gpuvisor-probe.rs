@@ -15,10 +15,7 @@ use zerocopy::little_endian::{U32, U64};
 use zerocopy::FromBytes;
 
 fn check(name: &str, ok: bool, detail: String) -> bool {
-    println!(
-        "CHECK probe.{name}: {} {detail}",
-        if ok { "PASS" } else { "FAIL" }
-    );
+    println!("CHECK probe.{name}: {} {detail}", if ok { "PASS" } else { "FAIL" });
     ok
 }
 
@@ -28,20 +25,14 @@ fn name(code: CuResult) -> &'static str {
 
 fn meminfo(c: &Client) -> Result<(u64, u64), CuResult> {
     let r = c.call(Opcode::MemGetInfo, 0, PRIMARY_CTX, &[0u8; 0], &[])?;
-    let m = MemGetInfoReply::read_from_prefix(&r)
-        .map_err(|_| CUDA_ERROR_UNKNOWN)?
-        .0;
+    let m = MemGetInfoReply::read_from_prefix(&r).map_err(|_| CUDA_ERROR_UNKNOWN)?.0;
     Ok((m.free.get(), m.total.get()))
 }
 
 /// A healthy request after a bad one: the backend must still serve.
 fn still_serves(c: &Client, after: &str) -> bool {
     let r = meminfo(c);
-    check(
-        &format!("serves_after_{after}"),
-        r.is_ok(),
-        format!("MemGetInfo -> {}", name(r.err().unwrap_or(0))),
-    )
+    check(&format!("serves_after_{after}"), r.is_ok(), format!("MemGetInfo -> {}", name(r.err().unwrap_or(0))))
 }
 
 fn raw_batch(c: &Client, build: impl FnOnce(&mut BatchWriter)) -> Vec<u8> {
@@ -62,11 +53,7 @@ fn expect(c: &Client, what: &str, bytes: &[u8], want: CuResult, seq_fix: bool) -
     }
     let got = c.submit_raw(&b);
     let ok = got == Ok(want);
-    check(
-        what,
-        ok,
-        format!("-> {}", got.map(name).unwrap_or_else(name)),
-    ) & still_serves(c, what)
+    check(what, ok, format!("-> {}", got.map(name).unwrap_or_else(name))) & still_serves(c, what)
 }
 
 fn bad_input(c: &Client) -> bool {
@@ -80,48 +67,18 @@ fn bad_input(c: &Client) -> bool {
             x as u8
         })
         .collect();
-    ok &= expect(
-        c,
-        "garbage_buffer",
-        &garbage,
-        CUDA_ERROR_INVALID_VALUE,
-        false,
-    );
+    ok &= expect(c, "garbage_buffer", &garbage, CUDA_ERROR_INVALID_VALUE, false);
     // A valid header whose command claims more bytes than the batch holds.
     let mut b = raw_batch(c, |w| {
-        w.push(
-            Opcode::MemAlloc,
-            0,
-            PRIMARY_CTX,
-            &MemAlloc { size: U64::new(64) },
-            &[],
-        );
+        w.push(Opcode::MemAlloc, 0, PRIMARY_CTX, &MemAlloc { size: U64::new(64) }, &[]);
     });
     let hdr = core::mem::size_of::<BatchHeader>();
     b[hdr + 4..hdr + 8].copy_from_slice(&4096u32.to_le_bytes());
-    ok &= expect(
-        c,
-        "command_length_past_end",
-        &b,
-        CUDA_ERROR_INVALID_VALUE,
-        true,
-    );
+    ok &= expect(c, "command_length_past_end", &b, CUDA_ERROR_INVALID_VALUE, true);
     // A copy reaching past the end of the control buffer.
     let (control, control_len) = c.control_buffer();
-    let alloc = c.call(
-        Opcode::MemAlloc,
-        0,
-        PRIMARY_CTX,
-        &MemAlloc {
-            size: U64::new(4096),
-        },
-        &[],
-    );
-    let dptr = alloc.ok().and_then(|r| {
-        MemAllocReply::read_from_prefix(&r)
-            .ok()
-            .map(|m| m.0.dptr.get())
-    });
+    let alloc = c.call(Opcode::MemAlloc, 0, PRIMARY_CTX, &MemAlloc { size: U64::new(4096) }, &[]);
+    let dptr = alloc.ok().and_then(|r| MemAllocReply::read_from_prefix(&r).ok().map(|m| m.0.dptr.get()));
     ok &= check("alloc_for_probe", dptr.is_some(), String::new());
     let dptr = dptr.unwrap_or(0);
     let m = MemcpyDtoH {
@@ -135,73 +92,29 @@ fn bad_input(c: &Client) -> bool {
         },
     };
     let b = raw_batch(c, |w| w.push(Opcode::MemcpyDtoH, 0, PRIMARY_CTX, &m, &[]));
-    ok &= expect(
-        c,
-        "buffer_length_past_end",
-        &b,
-        CUDA_ERROR_INVALID_VALUE,
-        true,
-    );
+    ok &= expect(c, "buffer_length_past_end", &b, CUDA_ERROR_INVALID_VALUE, true);
     // A device range crossing the end of its allocation.
     let m = MemcpyDtoH {
         src: U64::new(dptr + 4000),
         len: U64::new(200),
         stream: U64::new(0),
-        dst: HostRef {
-            kind: U32::new(HOST_INLINE),
-            ..Default::default()
-        },
+        dst: HostRef { kind: U32::new(HOST_INLINE), ..Default::default() },
     };
     let b = raw_batch(c, |w| w.push(Opcode::MemcpyDtoH, 0, PRIMARY_CTX, &m, &[]));
-    ok &= expect(
-        c,
-        "device_range_past_allocation",
-        &b,
-        CUDA_ERROR_INVALID_VALUE,
-        true,
-    );
+    ok &= expect(c, "device_range_past_allocation", &b, CUDA_ERROR_INVALID_VALUE, true);
     // Unknown and freed handles.
-    let b = raw_batch(c, |w| {
-        w.push(
-            Opcode::StreamSynchronize,
-            0,
-            PRIMARY_CTX,
-            &Id {
-                id: U64::new(0xdead_beef),
-            },
-            &[],
-        )
-    });
+    let b = raw_batch(c, |w| w.push(Opcode::StreamSynchronize, 0, PRIMARY_CTX, &Id { id: U64::new(0xdead_beef) }, &[]));
     ok &= expect(c, "unknown_stream", &b, CUDA_ERROR_INVALID_HANDLE, true);
     let b = raw_batch(c, |w| {
         w.push(
             Opcode::EventCreate,
             0,
             PRIMARY_CTX,
-            &EventCreate {
-                event_id: U64::new(0x7777),
-                ..Default::default()
-            },
+            &EventCreate { event_id: U64::new(0x7777), ..Default::default() },
             &[],
         );
-        w.push(
-            Opcode::EventDestroy,
-            0,
-            PRIMARY_CTX,
-            &Id {
-                id: U64::new(0x7777),
-            },
-            &[],
-        );
-        w.push(
-            Opcode::EventQuery,
-            0,
-            PRIMARY_CTX,
-            &Id {
-                id: U64::new(0x7777),
-            },
-            &[],
-        );
+        w.push(Opcode::EventDestroy, 0, PRIMARY_CTX, &Id { id: U64::new(0x7777) }, &[]);
+        w.push(Opcode::EventQuery, 0, PRIMARY_CTX, &Id { id: U64::new(0x7777) }, &[]);
     });
     ok &= expect(c, "freed_event", &b, CUDA_ERROR_INVALID_HANDLE, true);
     // A resource that does not exist.
@@ -209,54 +122,23 @@ fn bad_input(c: &Client) -> bool {
         src: U64::new(dptr),
         len: U64::new(16),
         stream: U64::new(0),
-        dst: HostRef {
-            kind: U32::new(HOST_RESOURCE),
-            resource: U32::new(0x00ff_fff0),
-            offset: U64::new(0),
-        },
+        dst: HostRef { kind: U32::new(HOST_RESOURCE), resource: U32::new(0x00ff_fff0), offset: U64::new(0) },
     };
     let b = raw_batch(c, |w| w.push(Opcode::MemcpyDtoH, 0, PRIMARY_CTX, &m, &[]));
     ok &= expect(c, "unknown_resource", &b, CUDA_ERROR_INVALID_VALUE, true);
     // More memory than the quota.
     let (_, total) = meminfo(c).unwrap_or((0, 0));
-    let r = c.call(
-        Opcode::MemAlloc,
-        0,
-        PRIMARY_CTX,
-        &MemAlloc {
-            size: U64::new(total + 1),
-        },
-        &[],
-    );
+    let r = c.call(Opcode::MemAlloc, 0, PRIMARY_CTX, &MemAlloc { size: U64::new(total + 1) }, &[]);
     let got = r.err().unwrap_or(CUDA_SUCCESS);
-    ok &= check(
-        "alloc_past_quota",
-        got == CUDA_ERROR_OUT_OF_MEMORY,
-        format!("-> {}", name(got)),
-    );
+    ok &= check("alloc_past_quota", got == CUDA_ERROR_OUT_OF_MEMORY, format!("-> {}", name(got)));
     ok &= still_serves(c, "alloc_past_quota");
     ok
 }
 
 fn hog(c: &Client, mib: u64) -> Result<(), CuResult> {
-    let r = c.call(
-        Opcode::MemAlloc,
-        0,
-        PRIMARY_CTX,
-        &MemAlloc {
-            size: U64::new(mib << 20),
-        },
-        &[],
-    )?;
-    let dptr = MemAllocReply::read_from_prefix(&r)
-        .map_err(|_| CUDA_ERROR_UNKNOWN)?
-        .0
-        .dptr
-        .get();
-    let s = StreamCreate {
-        stream_id: U64::new(0x4000),
-        ..Default::default()
-    };
+    let r = c.call(Opcode::MemAlloc, 0, PRIMARY_CTX, &MemAlloc { size: U64::new(mib << 20) }, &[])?;
+    let dptr = MemAllocReply::read_from_prefix(&r).map_err(|_| CUDA_ERROR_UNKNOWN)?.0.dptr.get();
+    let s = StreamCreate { stream_id: U64::new(0x4000), ..Default::default() };
     c.enqueue(Opcode::StreamCreate, 0, PRIMARY_CTX, &s, &[])?;
     println!("hog: holding {mib} MiB at {dptr:#x}; working until killed");
     let mut i: u32 = 0;
@@ -271,14 +153,7 @@ fn hog(c: &Client, mib: u64) -> Result<(), CuResult> {
         c.enqueue(Opcode::Memset, CMD_FLAG_ASYNC, PRIMARY_CTX, &m, &[])?;
         i = i.wrapping_add(1);
         if i & 63 == 0 {
-            c.sync_call(
-                Opcode::StreamSynchronize,
-                0,
-                PRIMARY_CTX,
-                &Id {
-                    id: U64::new(0x4000),
-                },
-            )?;
+            c.sync_call(Opcode::StreamSynchronize, 0, PRIMARY_CTX, &Id { id: U64::new(0x4000) })?;
         }
     }
 }
@@ -302,11 +177,7 @@ fn main() {
             Ok((free, total)) => {
                 println!("INFO probe: free {} MiB of {} MiB", free >> 20, total >> 20);
                 if args.iter().any(|a| a == "--expect-all-free") {
-                    check(
-                        "all_memory_free",
-                        free == total,
-                        format!("free {} of {} MiB", free >> 20, total >> 20),
-                    )
+                    check("all_memory_free", free == total, format!("free {} of {} MiB", free >> 20, total >> 20))
                 } else {
                     true
                 }

@@ -53,10 +53,7 @@ pub struct DirectTransport {
 
 fn env_u64(name: &str, default: u64) -> Result<u64, TransportError> {
     match std::env::var(name) {
-        Ok(v) => v
-            .trim()
-            .parse()
-            .map_err(|_| TransportError::NoDevice(format!("{name}={v:?} is not a whole number"))),
+        Ok(v) => v.trim().parse().map_err(|_| TransportError::NoDevice(format!("{name}={v:?} is not a whole number"))),
         Err(_) => Ok(default),
     }
 }
@@ -65,11 +62,7 @@ fn env_u64(name: &str, default: u64) -> Result<u64, TransportError> {
 fn debug_name() -> Vec<u8> {
     let comm = std::fs::read_to_string("/proc/self/comm").unwrap_or_default();
     let name = comm.trim();
-    let name = if name.is_empty() {
-        "gpuvisor-direct"
-    } else {
-        name
-    };
+    let name = if name.is_empty() { "gpuvisor-direct" } else { name };
     name.as_bytes()[..name.len().min(63)].to_vec()
 }
 
@@ -96,19 +89,10 @@ impl DirectTransport {
     pub fn on_device(dev: DirectDevice) -> Result<DirectTransport, TransportError> {
         let capset = find_capset(&dev)?;
         let name = debug_name();
-        let mut c = CtxCreate {
-            nlen: U32::new(name.len() as u32),
-            context_init: U32::new(0),
-            ..Default::default()
-        };
+        let mut c = CtxCreate { nlen: U32::new(name.len() as u32), context_init: U32::new(0), ..Default::default() };
         c.debug_name[..name.len()].copy_from_slice(&name);
         dev.command(CMD_CTX_CREATE, CTX_ID, c.as_bytes(), RESP_OK_NODATA, HDR)?;
-        Ok(DirectTransport {
-            dev,
-            capset,
-            next_resource: AtomicU32::new(1),
-            submit: Mutex::new(1),
-        })
+        Ok(DirectTransport { dev, capset, next_resource: AtomicU32::new(1), submit: Mutex::new(1) })
     }
 
     /// The device underneath, for tests and measurements.
@@ -118,8 +102,7 @@ impl DirectTransport {
 
     /// Creates resource `id` over `region` and attaches it to the context.
     fn create_resource(&self, id: u32, region: &Region) -> Result<(), TransportError> {
-        let width = u32::try_from(region.len)
-            .map_err(|_| TransportError::OutOfMemory(region.len as usize))?;
+        let width = u32::try_from(region.len).map_err(|_| TransportError::OutOfMemory(region.len as usize))?;
         let create = ResourceCreate3d {
             resource_id: U32::new(id),
             target: U32::new(PIPE_BUFFER),
@@ -131,13 +114,7 @@ impl DirectTransport {
             array_size: U32::new(1),
             ..Default::default()
         };
-        self.dev.command(
-            CMD_RESOURCE_CREATE_3D,
-            0,
-            create.as_bytes(),
-            RESP_OK_NODATA,
-            HDR,
-        )?;
+        self.dev.command(CMD_RESOURCE_CREATE_3D, 0, create.as_bytes(), RESP_OK_NODATA, HDR)?;
         let mut entries = Vec::new();
         let mut at = 0;
         while at < region.len {
@@ -149,36 +126,21 @@ impl DirectTransport {
             });
             at += n;
         }
-        let attach = ResourceAttachBacking {
-            resource_id: U32::new(id),
-            nr_entries: U32::new(entries.len() as u32),
-        };
+        let attach = ResourceAttachBacking { resource_id: U32::new(id), nr_entries: U32::new(entries.len() as u32) };
         let mut body = attach.as_bytes().to_vec();
         body.extend_from_slice(entries.as_bytes());
-        let attached = self
-            .dev
-            .command(CMD_RESOURCE_ATTACH_BACKING, 0, &body, RESP_OK_NODATA, HDR)
-            .and_then(|_| {
-                self.dev.command(
-                    CMD_CTX_ATTACH_RESOURCE,
-                    CTX_ID,
-                    CtxResource {
-                        resource_id: U32::new(id),
-                        padding: U32::new(0),
-                    }
-                    .as_bytes(),
-                    RESP_OK_NODATA,
-                    HDR,
-                )
-            });
+        let attached = self.dev.command(CMD_RESOURCE_ATTACH_BACKING, 0, &body, RESP_OK_NODATA, HDR).and_then(|_| {
+            self.dev.command(
+                CMD_CTX_ATTACH_RESOURCE,
+                CTX_ID,
+                CtxResource { resource_id: U32::new(id), padding: U32::new(0) }.as_bytes(),
+                RESP_OK_NODATA,
+                HDR,
+            )
+        });
         if attached.is_err() {
-            let unref = ResourceUnref {
-                resource_id: U32::new(id),
-                padding: U32::new(0),
-            };
-            let _ = self
-                .dev
-                .command(CMD_RESOURCE_UNREF, 0, unref.as_bytes(), RESP_OK_NODATA, HDR);
+            let unref = ResourceUnref { resource_id: U32::new(id), padding: U32::new(0) };
+            let _ = self.dev.command(CMD_RESOURCE_UNREF, 0, unref.as_bytes(), RESP_OK_NODATA, HDR);
         }
         attached.map(|_| ())
     }
@@ -186,14 +148,13 @@ impl DirectTransport {
 
 fn find_capset(dev: &DirectDevice) -> Result<Vec<u8>, TransportError> {
     let config = dev.config().ok_or_else(|| {
-        TransportError::NoDevice("the backend has no config space (VHOST_USER_PROTOCOL_F_CONFIG), so its capsets cannot be counted".into())
+        TransportError::NoDevice(
+            "the backend has no config space (VHOST_USER_PROTOCOL_F_CONFIG), so its capsets cannot be counted".into(),
+        )
     })?;
     let n = config.num_capsets.get();
     for i in 0..n.min(64) {
-        let q = GetCapsetInfo {
-            capset_index: U32::new(i),
-            padding: U32::new(0),
-        };
+        let q = GetCapsetInfo { capset_index: U32::new(i), padding: U32::new(0) };
         let r = dev.command(
             CMD_GET_CAPSET_INFO,
             0,
@@ -209,20 +170,13 @@ fn find_capset(dev: &DirectDevice) -> Result<Vec<u8>, TransportError> {
         }
         let max = info.capset_max_size.get() as usize;
         if max > MAX_CAPSET_BYTES {
-            return Err(TransportError::Protocol(format!(
-                "a {max}-byte gpuvisor capset"
-            )));
+            return Err(TransportError::Protocol(format!("a {max}-byte gpuvisor capset")));
         }
-        let q = GetCapset {
-            capset_id: U32::new(CAPSET_ID),
-            capset_version: U32::new(CAPSET_VERSION),
-        };
+        let q = GetCapset { capset_id: U32::new(CAPSET_ID), capset_version: U32::new(CAPSET_VERSION) };
         let r = dev.command(CMD_GET_CAPSET, 0, q.as_bytes(), RESP_OK_CAPSET, HDR + max)?;
         return Ok(r[HDR..].to_vec());
     }
-    Err(TransportError::NoDevice(format!(
-        "none of the device's {n} capsets is gpuvisor's"
-    )))
+    Err(TransportError::NoDevice(format!("none of the device's {n} capsets is gpuvisor's")))
 }
 
 impl Transport for DirectTransport {
@@ -235,9 +189,7 @@ impl Transport for DirectTransport {
     }
 
     fn alloc_shared(&self, len: usize) -> Result<SharedBuf, TransportError> {
-        let size = (len.max(1) as u64)
-            .checked_next_multiple_of(PAGE)
-            .ok_or(TransportError::OutOfMemory(len))?;
+        let size = (len.max(1) as u64).checked_next_multiple_of(PAGE).ok_or(TransportError::OutOfMemory(len))?;
         if size > u32::MAX as u64 {
             // A PIPE_BUFFER's width is 32 bits.
             return Err(TransportError::OutOfMemory(len));
@@ -251,12 +203,7 @@ impl Transport for DirectTransport {
             self.dev.free(region.offset);
             return Err(e);
         }
-        Ok(SharedBuf {
-            resource_id: id,
-            ptr: region.ptr,
-            len: region.len as usize,
-            handle: region.offset,
-        })
+        Ok(SharedBuf { resource_id: id, ptr: region.ptr, len: region.len as usize, handle: region.offset })
     }
 
     fn free_shared(&self, buf: &SharedBuf) {
@@ -267,24 +214,10 @@ impl Transport for DirectTransport {
             ));
             return;
         }
-        let res = CtxResource {
-            resource_id: U32::new(buf.resource_id),
-            padding: U32::new(0),
-        };
-        let _ = self.dev.command(
-            CMD_CTX_DETACH_RESOURCE,
-            CTX_ID,
-            res.as_bytes(),
-            RESP_OK_NODATA,
-            HDR,
-        );
-        let unref = ResourceUnref {
-            resource_id: U32::new(buf.resource_id),
-            padding: U32::new(0),
-        };
-        let _ = self
-            .dev
-            .command(CMD_RESOURCE_UNREF, 0, unref.as_bytes(), RESP_OK_NODATA, HDR);
+        let res = CtxResource { resource_id: U32::new(buf.resource_id), padding: U32::new(0) };
+        let _ = self.dev.command(CMD_CTX_DETACH_RESOURCE, CTX_ID, res.as_bytes(), RESP_OK_NODATA, HDR);
+        let unref = ResourceUnref { resource_id: U32::new(buf.resource_id), padding: U32::new(0) };
+        let _ = self.dev.command(CMD_RESOURCE_UNREF, 0, unref.as_bytes(), RESP_OK_NODATA, HDR);
         // The backend answered UNREF, so it no longer reads or writes the
         // range (or it is gone); the memory can be handed out again.
         self.dev.free(buf.handle);
@@ -302,10 +235,7 @@ impl Transport for DirectTransport {
             ctx_id: U32::new(CTX_ID),
             ..Default::default()
         };
-        let cmd = CmdSubmit {
-            size: U32::new(batch.len() as u32),
-            padding: U32::new(0),
-        };
+        let cmd = CmdSubmit { size: U32::new(batch.len() as u32), padding: U32::new(0) };
         self.dev.post(&hdr, cmd.as_bytes(), batch, "SUBMIT_3D")?;
         *fence += 1;
         Ok(())
@@ -321,14 +251,8 @@ impl Drop for DirectTransport {
         // Best effort, and bounded: a backend that no longer answers must not
         // hang the process on its way out. Closing the connection (when the
         // device drops) ends the client in any case.
-        let hdr = CtrlHdr {
-            type_: U32::new(CMD_CTX_DESTROY),
-            ctx_id: U32::new(CTX_ID),
-            ..Default::default()
-        };
-        let _ = self
-            .dev
-            .request_within(&hdr, &[], HDR, Some(Duration::from_secs(2)));
+        let hdr = CtrlHdr { type_: U32::new(CMD_CTX_DESTROY), ctx_id: U32::new(CTX_ID), ..Default::default() };
+        let _ = self.dev.request_within(&hdr, &[], HDR, Some(Duration::from_secs(2)));
     }
 }
 
@@ -339,9 +263,7 @@ mod tests {
 
     #[test]
     fn a_device_without_3d_contexts_is_not_a_gpuvisor_device() {
-        let Some(b) =
-            ReferenceBackend::spawn("a_device_without_3d_contexts_is_not_a_gpuvisor_device")
-        else {
+        let Some(b) = ReferenceBackend::spawn("a_device_without_3d_contexts_is_not_a_gpuvisor_device") else {
             return;
         };
         match DirectTransport::connect(b.path()) {
@@ -355,10 +277,7 @@ mod tests {
 
     #[test]
     fn a_missing_socket_is_no_device() {
-        assert!(matches!(
-            DirectTransport::connect("/nonexistent/gpuvisor.sock"),
-            Err(TransportError::NoDevice(_))
-        ));
+        assert!(matches!(DirectTransport::connect("/nonexistent/gpuvisor.sock"), Err(TransportError::NoDevice(_))));
     }
 
     /// gpuvisor-backend (sim engine) as a child process, when
@@ -374,17 +293,10 @@ mod tests {
                 eprintln!("skipping {test}: GPUVISOR_BACKEND_BIN is not set");
                 return None;
             };
-            let socket =
-                std::env::temp_dir().join(format!("gv-direct-{test}-{}.sock", std::process::id()));
+            let socket = std::env::temp_dir().join(format!("gv-direct-{test}-{}.sock", std::process::id()));
             let _ = std::fs::remove_file(&socket);
             let child = std::process::Command::new(bin)
-                .args([
-                    "--engine",
-                    "sim",
-                    "--vm-name",
-                    "direct-test",
-                    "--socket-path",
-                ])
+                .args(["--engine", "sim", "--vm-name", "direct-test", "--socket-path"])
                 .arg(&socket)
                 .stderr(std::process::Stdio::null())
                 .spawn()
@@ -415,34 +327,22 @@ mod tests {
             return;
         };
         let t = DirectTransport::connect(b.path()).expect("connect");
-        let cap = protocol::Capset::read_from_prefix(&t.capset().unwrap())
-            .expect("a whole capset")
-            .0;
+        let cap = protocol::Capset::read_from_prefix(&t.capset().unwrap()).expect("a whole capset").0;
         assert_eq!(cap.magic.get(), protocol::CAPSET_MAGIC);
         let small = t.alloc_shared(100).unwrap();
         assert_eq!(small.len, 4096);
         let big = t.alloc_shared(3 << 20).unwrap();
-        assert_eq!(
-            big.ptr as usize % (2 << 20),
-            0,
-            "large buffers are 2 MiB aligned"
-        );
+        assert_eq!(big.ptr as usize % (2 << 20), 0, "large buffers are 2 MiB aligned");
         // SAFETY: the buffer is mapped and ours.
         unsafe { std::ptr::write_bytes(big.ptr, 0xa5, big.len) };
         // Not a batch: the backend rejects it, and wait_idle says so.
         t.submit(&[0u8; 64], &[]).unwrap();
-        assert!(matches!(
-            t.wait_idle(),
-            Err(TransportError::Rejected("SUBMIT_3D"))
-        ));
+        assert!(matches!(t.wait_idle(), Err(TransportError::Rejected("SUBMIT_3D"))));
         assert!(t.wait_idle().is_ok(), "a rejection is reported once");
         t.free_shared(&small);
         t.free_shared(&big);
         let again = t.alloc_shared(3 << 20).unwrap();
-        assert_eq!(
-            again.handle, small.handle,
-            "freed memory is reused, first fit from the start"
-        );
+        assert_eq!(again.handle, small.handle, "freed memory is reused, first fit from the start");
         t.free_shared(&again);
     }
 
@@ -456,28 +356,12 @@ mod tests {
             let Some(b) = GpuvisorBackend::spawn("gpuvisor_backend_round_trip_time") else {
                 return;
             };
-            let opts = DeviceOptions {
-                mem_bytes: MIN_MEM_BYTES,
-                required_features: 1 << F_VIRGL,
-                spin,
-                ..Default::default()
-            };
+            let opts =
+                DeviceOptions { mem_bytes: MIN_MEM_BYTES, required_features: 1 << F_VIRGL, spin, ..Default::default() };
             let dev = DirectDevice::connect(b.path(), opts).expect("connect");
-            let hdr = CtrlHdr {
-                type_: U32::new(CMD_GET_DISPLAY_INFO),
-                ..Default::default()
-            };
-            let t = round_trips(
-                &dev,
-                &hdr,
-                &[],
-                core::mem::size_of::<RespDisplayInfo>(),
-                20000,
-            );
-            println!(
-                "gpuvisor-backend, spin {spin:?}: GET_DISPLAY_INFO {}",
-                percentiles(&t)
-            );
+            let hdr = CtrlHdr { type_: U32::new(CMD_GET_DISPLAY_INFO), ..Default::default() };
+            let t = round_trips(&dev, &hdr, &[], core::mem::size_of::<RespDisplayInfo>(), 20000);
+            println!("gpuvisor-backend, spin {spin:?}: GET_DISPLAY_INFO {}", percentiles(&t));
             let t = DirectTransport::on_device(dev).expect("gpuvisor bring-up");
             // An unwaited SUBMIT_3D and wait_idle: the asynchronous path.
             let mut times: Vec<Duration> = (0..20000)
@@ -489,10 +373,7 @@ mod tests {
                 })
                 .collect();
             times.sort();
-            println!(
-                "gpuvisor-backend, spin {spin:?}: SUBMIT_3D + wait_idle {}",
-                percentiles(&times)
-            );
+            println!("gpuvisor-backend, spin {spin:?}: SUBMIT_3D + wait_idle {}", percentiles(&times));
         }
     }
 }

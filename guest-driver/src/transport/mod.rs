@@ -93,15 +93,11 @@ pub trait Transport: Send + Sync {
 /// (`GPUVISOR_RENDER_NODE` overrides which one).
 pub fn open_from_env() -> Result<Box<dyn Transport>, TransportError> {
     match std::env::var("GPUVISOR_TRANSPORT") {
-        Ok(v) if v.starts_with("direct:") => Ok(Box::new(direct::DirectTransport::connect(
-            &v["direct:".len()..],
-        )?)),
-        Ok(v) if v == "virtio" || v.is_empty() => {
-            Ok(Box::new(virtio::VirtioTransport::open_default()?))
+        Ok(v) if v.starts_with("direct:") => Ok(Box::new(direct::DirectTransport::connect(&v["direct:".len()..])?)),
+        Ok(v) if v == "virtio" || v.is_empty() => Ok(Box::new(virtio::VirtioTransport::open_default()?)),
+        Ok(v) => {
+            Err(TransportError::NoDevice(format!("unknown GPUVISOR_TRANSPORT {v:?} (use virtio or direct:<socket>)")))
         }
-        Ok(v) => Err(TransportError::NoDevice(format!(
-            "unknown GPUVISOR_TRANSPORT {v:?} (use virtio or direct:<socket>)"
-        ))),
         Err(_) => Ok(Box::new(virtio::VirtioTransport::open_default()?)),
     }
 }

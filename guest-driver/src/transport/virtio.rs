@@ -89,30 +89,12 @@ const fn iow(nr: u64, size: usize) -> u64 {
 }
 const DRM_COMMAND_BASE: u64 = 0x40;
 const IOCTL_GEM_CLOSE: u64 = iow(0x09, core::mem::size_of::<DrmGemClose>());
-const IOCTL_MAP: u64 = iowr(
-    DRM_COMMAND_BASE + 0x01,
-    core::mem::size_of::<DrmVirtgpuMap>(),
-);
-const IOCTL_EXECBUFFER: u64 = iowr(
-    DRM_COMMAND_BASE + 0x02,
-    core::mem::size_of::<DrmVirtgpuExecbuffer>(),
-);
-const IOCTL_GETPARAM: u64 = iowr(
-    DRM_COMMAND_BASE + 0x03,
-    core::mem::size_of::<DrmVirtgpuGetparam>(),
-);
-const IOCTL_RESOURCE_CREATE: u64 = iowr(
-    DRM_COMMAND_BASE + 0x04,
-    core::mem::size_of::<DrmVirtgpuResourceCreate>(),
-);
-const IOCTL_WAIT: u64 = iowr(
-    DRM_COMMAND_BASE + 0x08,
-    core::mem::size_of::<DrmVirtgpu3dWait>(),
-);
-const IOCTL_GET_CAPS: u64 = iowr(
-    DRM_COMMAND_BASE + 0x09,
-    core::mem::size_of::<DrmVirtgpuGetCaps>(),
-);
+const IOCTL_MAP: u64 = iowr(DRM_COMMAND_BASE + 0x01, core::mem::size_of::<DrmVirtgpuMap>());
+const IOCTL_EXECBUFFER: u64 = iowr(DRM_COMMAND_BASE + 0x02, core::mem::size_of::<DrmVirtgpuExecbuffer>());
+const IOCTL_GETPARAM: u64 = iowr(DRM_COMMAND_BASE + 0x03, core::mem::size_of::<DrmVirtgpuGetparam>());
+const IOCTL_RESOURCE_CREATE: u64 = iowr(DRM_COMMAND_BASE + 0x04, core::mem::size_of::<DrmVirtgpuResourceCreate>());
+const IOCTL_WAIT: u64 = iowr(DRM_COMMAND_BASE + 0x08, core::mem::size_of::<DrmVirtgpu3dWait>());
+const IOCTL_GET_CAPS: u64 = iowr(DRM_COMMAND_BASE + 0x09, core::mem::size_of::<DrmVirtgpuGetCaps>());
 const PARAM_3D_FEATURES: u64 = 1;
 const PARAM_CAPSET_QUERY_FIX: u64 = 2;
 
@@ -166,34 +148,19 @@ impl VirtioTransport {
         // SAFETY: a NUL-terminated path and plain flags.
         let raw = unsafe { libc::open(c.as_ptr(), libc::O_RDWR | libc::O_CLOEXEC) };
         if raw < 0 {
-            return Err(TransportError::Io {
-                op: "open render node",
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(TransportError::Io { op: "open render node", source: std::io::Error::last_os_error() });
         }
         // SAFETY: `raw` is a descriptor we just opened and own.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        let t = VirtioTransport {
-            fd,
-            path: path.to_string(),
-            fence_bo: 0.into(),
-        };
+        let t = VirtioTransport { fd, path: path.to_string(), fence_bo: 0.into() };
         let mut has3d: i32 = 0;
-        let mut gp = DrmVirtgpuGetparam {
-            param: PARAM_3D_FEATURES,
-            value: &mut has3d as *mut i32 as u64,
-        };
+        let mut gp = DrmVirtgpuGetparam { param: PARAM_3D_FEATURES, value: &mut has3d as *mut i32 as u64 };
         ioctl(&t.fd, IOCTL_GETPARAM, &mut gp, "GETPARAM 3D_FEATURES")?;
         if has3d == 0 {
-            return Err(TransportError::NoDevice(format!(
-                "{path}: virtio-gpu without 3D contexts (not gpuvisor)"
-            )));
+            return Err(TransportError::NoDevice(format!("{path}: virtio-gpu without 3D contexts (not gpuvisor)")));
         }
         let mut fix: i32 = 0;
-        let mut gp = DrmVirtgpuGetparam {
-            param: PARAM_CAPSET_QUERY_FIX,
-            value: &mut fix as *mut i32 as u64,
-        };
+        let mut gp = DrmVirtgpuGetparam { param: PARAM_CAPSET_QUERY_FIX, value: &mut fix as *mut i32 as u64 };
         let _ = ioctl(&t.fd, IOCTL_GETPARAM, &mut gp, "GETPARAM CAPSET_QUERY_FIX");
         t.capset()?;
         Ok(t)
@@ -218,22 +185,13 @@ impl Transport for VirtioTransport {
             size: buf.len() as u32,
             pad: 0,
         };
-        ioctl(
-            &self.fd,
-            IOCTL_GET_CAPS,
-            &mut gc,
-            "GET_CAPS (gpuvisor capset)",
-        )
-        .map_err(|e| {
-            TransportError::NoDevice(format!("{}: no gpuvisor capset ({e})", self.path))
-        })?;
+        ioctl(&self.fd, IOCTL_GET_CAPS, &mut gc, "GET_CAPS (gpuvisor capset)")
+            .map_err(|e| TransportError::NoDevice(format!("{}: no gpuvisor capset ({e})", self.path)))?;
         Ok(buf)
     }
 
     fn alloc_shared(&self, len: usize) -> Result<SharedBuf, TransportError> {
-        let size = len
-            .checked_next_multiple_of(4096)
-            .ok_or(TransportError::OutOfMemory(len))?;
+        let size = len.checked_next_multiple_of(4096).ok_or(TransportError::OutOfMemory(len))?;
         let size32 = u32::try_from(size).map_err(|_| TransportError::OutOfMemory(len))?;
         let mut rc = DrmVirtgpuResourceCreate {
             target: protocol::virtio_gpu::PIPE_BUFFER,
@@ -251,10 +209,7 @@ impl Transport for VirtioTransport {
             let mut c = DrmGemClose { handle: h, pad: 0 };
             let _ = ioctl(&self.fd, IOCTL_GEM_CLOSE, &mut c, "GEM_CLOSE");
         };
-        let mut map = DrmVirtgpuMap {
-            handle,
-            ..Default::default()
-        };
+        let mut map = DrmVirtgpuMap { handle, ..Default::default() };
         if let Err(e) = ioctl(&self.fd, IOCTL_MAP, &mut map, "VIRTGPU_MAP") {
             close(handle);
             return Err(e);
@@ -274,26 +229,15 @@ impl Transport for VirtioTransport {
         if ptr == libc::MAP_FAILED {
             let e = std::io::Error::last_os_error();
             close(handle);
-            return Err(TransportError::Io {
-                op: "mmap shared buffer",
-                source: e,
-            });
+            return Err(TransportError::Io { op: "mmap shared buffer", source: e });
         }
-        Ok(SharedBuf {
-            resource_id: rc.res_handle,
-            ptr: ptr as *mut u8,
-            len: size,
-            handle: handle as u64,
-        })
+        Ok(SharedBuf { resource_id: rc.res_handle, ptr: ptr as *mut u8, len: size, handle: handle as u64 })
     }
 
     fn free_shared(&self, buf: &SharedBuf) {
         // SAFETY: unmapping exactly the mapping alloc_shared made.
         unsafe { libc::munmap(buf.ptr as *mut libc::c_void, buf.len) };
-        let mut c = DrmGemClose {
-            handle: buf.handle as u32,
-            pad: 0,
-        };
+        let mut c = DrmGemClose { handle: buf.handle as u32, pad: 0 };
         let _ = ioctl(&self.fd, IOCTL_GEM_CLOSE, &mut c, "GEM_CLOSE");
     }
 
@@ -301,8 +245,7 @@ impl Transport for VirtioTransport {
         let bo = self.fence_bo.load(std::sync::atomic::Ordering::Relaxed);
         let handles = [bo];
         let mut eb = DrmVirtgpuExecbuffer {
-            size: u32::try_from(batch.len())
-                .map_err(|_| TransportError::Rejected("batch too large"))?,
+            size: u32::try_from(batch.len()).map_err(|_| TransportError::Rejected("batch too large"))?,
             command: batch.as_ptr() as u64,
             bo_handles: if bo != 0 { handles.as_ptr() as u64 } else { 0 },
             num_bo_handles: (bo != 0) as u32,
@@ -313,8 +256,7 @@ impl Transport for VirtioTransport {
     }
 
     fn set_fence_buffer(&self, buf: &SharedBuf) {
-        self.fence_bo
-            .store(buf.handle as u32, std::sync::atomic::Ordering::Relaxed);
+        self.fence_bo.store(buf.handle as u32, std::sync::atomic::Ordering::Relaxed);
     }
 
     fn wait_idle(&self) -> Result<(), TransportError> {
@@ -323,18 +265,11 @@ impl Transport for VirtioTransport {
             return Ok(());
         }
         loop {
-            let mut w = DrmVirtgpu3dWait {
-                handle: bo,
-                flags: 0,
-            };
+            let mut w = DrmVirtgpu3dWait { handle: bo, flags: 0 };
             match ioctl(&self.fd, IOCTL_WAIT, &mut w, "VIRTGPU_WAIT") {
                 Ok(()) => return Ok(()),
                 // The kernel gives up after 15 s with EBUSY; long kernels are legal.
-                Err(TransportError::Io { source, .. })
-                    if source.raw_os_error() == Some(libc::EBUSY) =>
-                {
-                    continue
-                }
+                Err(TransportError::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => continue,
                 Err(e) => return Err(e),
             }
         }

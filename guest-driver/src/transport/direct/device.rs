@@ -13,9 +13,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use vhost::vhost_user::message::{
-    FrontendReq, VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures,
-};
+use vhost::vhost_user::message::{FrontendReq, VhostUserConfigFlags, VhostUserHeaderFlag, VhostUserProtocolFeatures};
 use vhost::vhost_user::{Frontend, VhostUserFrontend, VhostUserVirtioFeatures};
 use vhost::{VhostBackend, VringConfigData};
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
@@ -146,10 +144,7 @@ pub struct DirectDevice {
 }
 
 fn vhost_err(op: &'static str) -> impl FnOnce(vhost::Error) -> TransportError {
-    move |e| TransportError::Io {
-        op,
-        source: std::io::Error::other(e.to_string()),
-    }
+    move |e| TransportError::Io { op, source: std::io::Error::other(e.to_string()) }
 }
 
 fn connect_socket(path: &str) -> Result<UnixStream, TransportError> {
@@ -160,10 +155,7 @@ fn connect_socket(path: &str) -> Result<UnixStream, TransportError> {
             Ok(s) => return Ok(s),
             Err(e)
                 if tries < 20
-                    && matches!(
-                        e.kind(),
-                        std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
-                    ) =>
+                    && matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) =>
             {
                 tries += 1;
                 std::thread::sleep(Duration::from_millis(50));
@@ -215,9 +207,7 @@ impl DirectDevice {
             .ok_or(TransportError::OutOfMemory(usize::MAX))?;
         let ram = GuestRam::new(mem_bytes)?;
         let sock = connect_socket(path)?;
-        let conn = sock
-            .try_clone()
-            .map_err(TransportError::io("duplicate the vhost-user socket"))?;
+        let conn = sock.try_clone().map_err(TransportError::io("duplicate the vhost-user socket"))?;
         let mut fe = Frontend::from_stream(sock, NUM_QUEUES as u64);
 
         let offered = fe.get_features().map_err(vhost_err("GET_FEATURES"))?;
@@ -233,13 +223,9 @@ impl DirectDevice {
         let mut config = None;
         let mut want_config = false;
         if offered & protocol_features != 0 {
-            let pf = fe
-                .get_protocol_features()
-                .map_err(vhost_err("GET_PROTOCOL_FEATURES"))?;
-            let ack =
-                pf & (VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK);
-            fe.set_protocol_features(ack)
-                .map_err(vhost_err("SET_PROTOCOL_FEATURES"))?;
+            let pf = fe.get_protocol_features().map_err(vhost_err("GET_PROTOCOL_FEATURES"))?;
+            let ack = pf & (VhostUserProtocolFeatures::CONFIG | VhostUserProtocolFeatures::REPLY_ACK);
+            fe.set_protocol_features(ack).map_err(vhost_err("SET_PROTOCOL_FEATURES"))?;
             if ack.contains(VhostUserProtocolFeatures::REPLY_ACK) {
                 // Every later message is acknowledged once the backend has
                 // acted on it, so the queues are live before the first kick.
@@ -251,17 +237,12 @@ impl DirectDevice {
         if want_config {
             let size = core::mem::size_of::<Config>();
             let (_, bytes) = fe
-                .get_config(
-                    0,
-                    size as u32,
-                    VhostUserConfigFlags::empty(),
-                    &vec![0u8; size],
-                )
+                .get_config(0, size as u32, VhostUserConfigFlags::empty(), &vec![0u8; size])
                 .map_err(vhost_err("GET_CONFIG"))?;
-            config =
-                Some(Config::read_from_bytes(&bytes).map_err(|_| {
-                    TransportError::Protocol("config space of the wrong size".into())
-                })?);
+            config = Some(
+                Config::read_from_bytes(&bytes)
+                    .map_err(|_| TransportError::Protocol("config space of the wrong size".into()))?,
+            );
         }
         if let Some(display) = &opts.display {
             // VHOST_USER_GPU_SET_SOCKET: a bare header (request, version 1,
@@ -269,29 +250,22 @@ impl DirectDevice {
             let mut msg = [0u8; 12];
             msg[0..4].copy_from_slice(&u32::from(FrontendReq::GPU_SET_SOCKET).to_le_bytes());
             msg[4..8].copy_from_slice(&1u32.to_le_bytes());
-            conn.send_with_fd(&msg[..], display.as_raw_fd())
-                .map_err(|e| TransportError::Io {
-                    op: "VHOST_USER_GPU_SET_SOCKET",
-                    source: std::io::Error::from_raw_os_error(e.errno()),
-                })?;
+            conn.send_with_fd(&msg[..], display.as_raw_fd()).map_err(|e| TransportError::Io {
+                op: "VHOST_USER_GPU_SET_SOCKET",
+                source: std::io::Error::from_raw_os_error(e.errno()),
+            })?;
         }
         fe.set_features(acked).map_err(vhost_err("SET_FEATURES"))?;
-        fe.set_mem_table(&[ram.region_info()?])
-            .map_err(vhost_err("SET_MEM_TABLE"))?;
+        fe.set_mem_table(&[ram.region_info()?]).map_err(vhost_err("SET_MEM_TABLE"))?;
 
-        let new_eventfd = || {
-            EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK)
-                .map_err(TransportError::io("eventfd"))
-        };
+        let new_eventfd =
+            || EventFd::new(libc::EFD_CLOEXEC | libc::EFD_NONBLOCK).map_err(TransportError::io("eventfd"));
         // One kick and one call per queue: the backend reads each kick
         // separately, and a shared call would wake us for cursor traffic.
         let (kick, call) = (new_eventfd()?, new_eventfd()?);
         let cursor = (new_eventfd()?, new_eventfd()?);
         let mut queues = Vec::new();
-        for (q, (k, c)) in [(&kick, &call), (&cursor.0, &cursor.1)]
-            .into_iter()
-            .enumerate()
-        {
+        for (q, (k, c)) in [(&kick, &call), (&cursor.0, &cursor.1)].into_iter().enumerate() {
             let layout = Layout::new(RING_BASE[q], QUEUE_SIZE);
             let vq = SplitQueue::new(&ram, layout)?;
             let addr = VringConfigData {
@@ -303,23 +277,17 @@ impl DirectDevice {
                 avail_ring_addr: ram.host_ptr(layout.avail)? as u64,
                 log_addr: None,
             };
-            fe.set_vring_num(q, QUEUE_SIZE)
-                .map_err(vhost_err("SET_VRING_NUM"))?;
-            fe.set_vring_base(q, 0)
-                .map_err(vhost_err("SET_VRING_BASE"))?;
-            fe.set_vring_addr(q, &addr)
-                .map_err(vhost_err("SET_VRING_ADDR"))?;
-            fe.set_vring_kick(q, k)
-                .map_err(vhost_err("SET_VRING_KICK"))?;
-            fe.set_vring_call(q, c)
-                .map_err(vhost_err("SET_VRING_CALL"))?;
+            fe.set_vring_num(q, QUEUE_SIZE).map_err(vhost_err("SET_VRING_NUM"))?;
+            fe.set_vring_base(q, 0).map_err(vhost_err("SET_VRING_BASE"))?;
+            fe.set_vring_addr(q, &addr).map_err(vhost_err("SET_VRING_ADDR"))?;
+            fe.set_vring_kick(q, k).map_err(vhost_err("SET_VRING_KICK"))?;
+            fe.set_vring_call(q, c).map_err(vhost_err("SET_VRING_CALL"))?;
             queues.push(vq);
         }
         if acked & protocol_features != 0 {
             // With protocol features, rings start disabled.
             for q in 0..NUM_QUEUES {
-                fe.set_vring_enable(q, true)
-                    .map_err(vhost_err("SET_VRING_ENABLE"))?;
+                fe.set_vring_enable(q, true).map_err(vhost_err("SET_VRING_ENABLE"))?;
             }
         }
         let vq = queues.swap_remove(CTRL);
@@ -369,12 +337,7 @@ impl DirectDevice {
         let too_big = || TransportError::OutOfMemory(usize::try_from(len).unwrap_or(usize::MAX));
         let (offset, len) = self.lock_heap().alloc(len, align).ok_or_else(too_big)?;
         match self.ram.host_ptr(offset) {
-            Ok(ptr) => Ok(Region {
-                offset,
-                len,
-                gpa: self.ram.gpa(offset),
-                ptr,
-            }),
+            Ok(ptr) => Ok(Region { offset, len, gpa: self.ram.gpa(offset), ptr }),
             Err(e) => {
                 self.lock_heap().release(offset);
                 Err(e)
@@ -394,12 +357,7 @@ impl DirectDevice {
 
     /// Sends a request and waits for its response; returns the bytes the
     /// device wrote (at most `resp_cap`).
-    pub fn request(
-        &self,
-        hdr: &CtrlHdr,
-        body: &[u8],
-        resp_cap: usize,
-    ) -> Result<Vec<u8>, TransportError> {
+    pub fn request(&self, hdr: &CtrlHdr, body: &[u8], resp_cap: usize) -> Result<Vec<u8>, TransportError> {
         self.request_within(hdr, body, resp_cap, None)
     }
 
@@ -412,15 +370,8 @@ impl DirectDevice {
         timeout: Option<Duration>,
     ) -> Result<Vec<u8>, TransportError> {
         let deadline = timeout.map(|t| Instant::now() + t);
-        let resp_cap =
-            u32::try_from(resp_cap.max(HDR)).map_err(|_| TransportError::OutOfMemory(resp_cap))?;
-        let (st, seq) = self.enqueue(
-            self.lock(),
-            &[hdr.as_bytes(), body],
-            &[],
-            resp_cap,
-            Reply::Keep,
-        )?;
+        let resp_cap = u32::try_from(resp_cap.max(HDR)).map_err(|_| TransportError::OutOfMemory(resp_cap))?;
+        let (st, seq) = self.enqueue(self.lock(), &[hdr.as_bytes(), body], &[], resp_cap, Reply::Keep)?;
         match self.wait_until(st, deadline, |c| c.replies.contains_key(&seq)) {
             Ok(mut st) => Ok(st.replies.remove(&seq).unwrap_or_default()),
             Err(e) => {
@@ -444,11 +395,7 @@ impl DirectDevice {
         want: u32,
         resp_cap: usize,
     ) -> Result<Vec<u8>, TransportError> {
-        let hdr = CtrlHdr {
-            type_: U32::new(ty),
-            ctx_id: U32::new(ctx_id),
-            ..Default::default()
-        };
+        let hdr = CtrlHdr { type_: U32::new(ty), ctx_id: U32::new(ctx_id), ..Default::default() };
         let resp = self.request(&hdr, body, resp_cap)?;
         check_response(ty, &resp, want)?;
         Ok(resp)
@@ -458,25 +405,9 @@ impl DirectDevice {
     /// (copied into the memfd). Returns once it is published; its response
     /// is checked when it comes back, and a rejection is reported by the
     /// next `wait_idle`. Waits only while the queue or the arena is full.
-    pub fn post(
-        &self,
-        hdr: &CtrlHdr,
-        body: &[u8],
-        payload: &[u8],
-        what: &'static str,
-    ) -> Result<(), TransportError> {
-        let reply = Reply::Check {
-            what,
-            want: RESP_OK_NODATA,
-        };
-        self.enqueue(
-            self.lock(),
-            &[hdr.as_bytes(), body],
-            payload,
-            HEADER_RESPONSE,
-            reply,
-        )
-        .map(|_| ())
+    pub fn post(&self, hdr: &CtrlHdr, body: &[u8], payload: &[u8], what: &'static str) -> Result<(), TransportError> {
+        let reply = Reply::Check { what, want: RESP_OK_NODATA };
+        self.enqueue(self.lock(), &[hdr.as_bytes(), body], payload, HEADER_RESPONSE, reply).map(|_| ())
     }
 
     /// Returns when every request queued before the call has come back;
@@ -484,14 +415,10 @@ impl DirectDevice {
     pub fn wait_idle(&self) -> Result<(), TransportError> {
         let st = self.lock();
         let target = st.next_seq;
-        let mut st = self.wait_until(st, None, |c| {
-            c.in_flight.first().is_none_or(|&s| s >= target)
-        })?;
+        let mut st = self.wait_until(st, None, |c| c.in_flight.first().is_none_or(|&s| s >= target))?;
         match st.rejected.take() {
             Some((what, code)) => {
-                crate::log::warn(&format!(
-                    "the backend answered a {what} with error {code:#x}"
-                ));
+                crate::log::warn(&format!("the backend answered a {what} with error {code:#x}"));
                 Err(TransportError::Rejected(what))
             }
             None => Ok(()),
@@ -519,8 +446,7 @@ impl DirectDevice {
     ) -> Result<(MutexGuard<'a, Ctrl>, u64), TransportError> {
         let cmd_len: u64 = cmd.iter().map(|c| c.len() as u64).sum();
         let payload_len = payload.len() as u64;
-        let payload_len32 =
-            u32::try_from(payload.len()).map_err(|_| TransportError::OutOfMemory(payload.len()))?;
+        let payload_len32 = u32::try_from(payload.len()).map_err(|_| TransportError::OutOfMemory(payload.len()))?;
         let inline_len = cmd_len + payload_len;
         // A payload travels in the command's own area when both fit the
         // arena; a larger one gets a heap range and a descriptor of its own.
@@ -562,23 +488,11 @@ impl DirectDevice {
             }
         })();
         let resp = off + align(readable);
-        let mut bufs = vec![Buf {
-            gpa: self.ram.gpa(off),
-            len: readable as u32,
-            device_writes: false,
-        }];
+        let mut bufs = vec![Buf { gpa: self.ram.gpa(off), len: readable as u32, device_writes: false }];
         if let Some(p) = payload_at {
-            bufs.push(Buf {
-                gpa: self.ram.gpa(p),
-                len: payload_len32,
-                device_writes: false,
-            });
+            bufs.push(Buf { gpa: self.ram.gpa(p), len: payload_len32, device_writes: false });
         }
-        bufs.push(Buf {
-            gpa: self.ram.gpa(resp),
-            len: resp_cap,
-            device_writes: true,
-        });
+        bufs.push(Buf { gpa: self.ram.gpa(resp), len: resp_cap, device_writes: true });
         let added = written.and_then(|()| st.vq.add(&self.ram, &bufs));
         let head = match added {
             Ok(Some(head)) => head,
@@ -587,25 +501,17 @@ impl DirectDevice {
                 if let Some(p) = payload_at {
                     self.lock_heap().release(p);
                 }
-                return Err(other.err().unwrap_or_else(|| {
-                    TransportError::Protocol("no free descriptors after all".into())
-                }));
+                return Err(other
+                    .err()
+                    .unwrap_or_else(|| TransportError::Protocol("no free descriptors after all".into())));
             }
         };
         let seq = st.next_seq;
         st.next_seq += 1;
         st.in_flight.insert(seq);
-        st.pending[head as usize] = Some(Pending {
-            seq,
-            area,
-            payload: payload_at,
-            resp,
-            reply,
-        });
+        st.pending[head as usize] = Some(Pending { seq, area, payload: payload_at, resp, reply });
         if st.vq.needs_kick(&self.ram) {
-            self.kick
-                .write(1)
-                .map_err(TransportError::io("kick the control queue"))?;
+            self.kick.write(1).map_err(TransportError::io("kick the control queue"))?;
         }
         Ok((st, seq))
     }
@@ -694,9 +600,7 @@ impl DirectDevice {
             if now < spin_until {
                 let seen = st.vq.last_used();
                 drop(st);
-                while self.ctrl_layout.used_idx(&self.ram) == Some(seen)
-                    && Instant::now() < spin_until
-                {
+                while self.ctrl_layout.used_idx(&self.ram) == Some(seen) && Instant::now() < spin_until {
                     std::hint::spin_loop();
                 }
                 st = self.lock();
@@ -711,9 +615,7 @@ impl DirectDevice {
             }
             st.poller = true;
             drop(st);
-            let slice = deadline.map_or(BLOCK_SLICE, |d| {
-                d.saturating_duration_since(now).min(BLOCK_SLICE)
-            });
+            let slice = deadline.map_or(BLOCK_SLICE, |d| d.saturating_duration_since(now).min(BLOCK_SLICE));
             let hung_up = self.block(slice);
             st = self.lock();
             st.poller = false;
@@ -743,16 +645,8 @@ impl DirectDevice {
     /// hangs up, or `timeout` passes. Returns whether it hung up.
     fn block(&self, timeout: Duration) -> Result<bool, TransportError> {
         let mut fds = [
-            libc::pollfd {
-                fd: self.call.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            },
-            libc::pollfd {
-                fd: self.conn.as_raw_fd(),
-                events: libc::POLLRDHUP,
-                revents: 0,
-            },
+            libc::pollfd { fd: self.call.as_raw_fd(), events: libc::POLLIN, revents: 0 },
+            libc::pollfd { fd: self.conn.as_raw_fd(), events: libc::POLLRDHUP, revents: 0 },
         ];
         let ms = timeout.as_millis().clamp(1, i32::MAX as u128) as i32;
         // SAFETY: two initialised pollfds that outlive the call.
@@ -762,10 +656,7 @@ impl DirectDevice {
             return if e.kind() == std::io::ErrorKind::Interrupted {
                 Ok(false)
             } else {
-                Err(TransportError::Io {
-                    op: "poll the call eventfd",
-                    source: e,
-                })
+                Err(TransportError::Io { op: "poll the call eventfd", source: e })
             };
         }
         if fds[0].revents & libc::POLLIN != 0 {
@@ -780,10 +671,7 @@ impl DirectDevice {
 pub fn check_response(ty: u32, resp: &[u8], want: u32) -> Result<(), TransportError> {
     let name = cmd_name(ty);
     let Ok((hdr, _)) = CtrlHdr::read_from_prefix(resp) else {
-        return Err(TransportError::Protocol(format!(
-            "{name}: a {}-byte response",
-            resp.len()
-        )));
+        return Err(TransportError::Protocol(format!("{name}: a {}-byte response", resp.len())));
     };
     match hdr.type_.get() {
         t if t == want => Ok(()),
@@ -791,9 +679,7 @@ pub fn check_response(ty: u32, resp: &[u8], want: u32) -> Result<(), TransportEr
             crate::log::debug(&format!("the backend answered {name} with error {t:#x}"));
             Err(TransportError::Rejected(name))
         }
-        t => Err(TransportError::Protocol(format!(
-            "{name} answered {t:#x}, expected {want:#x}"
-        ))),
+        t => Err(TransportError::Protocol(format!("{name} answered {t:#x}, expected {want:#x}"))),
     }
 }
 
@@ -818,17 +704,11 @@ mod tests {
             display: Some(end),
             ..Default::default()
         };
-        (
-            DirectDevice::connect(b.path(), opts).expect("vhost-user handshake"),
-            display,
-        )
+        (DirectDevice::connect(b.path(), opts).expect("vhost-user handshake"), display)
     }
 
     fn hdr(ty: u32) -> CtrlHdr {
-        CtrlHdr {
-            type_: U32::new(ty),
-            ..Default::default()
-        }
+        CtrlHdr { type_: U32::new(ty), ..Default::default() }
     }
 
     fn create_2d(dev: &DirectDevice, id: u32, w: u32, h: u32) {
@@ -838,17 +718,11 @@ mod tests {
             width: U32::new(w),
             height: U32::new(h),
         };
-        dev.command(CMD_RESOURCE_CREATE_2D, 0, c.as_bytes(), RESP_OK_NODATA, HDR)
-            .expect("RESOURCE_CREATE_2D");
+        dev.command(CMD_RESOURCE_CREATE_2D, 0, c.as_bytes(), RESP_OK_NODATA, HDR).expect("RESOURCE_CREATE_2D");
     }
 
     fn rect(w: u32, h: u32) -> Rect {
-        Rect {
-            x: U32::new(0),
-            y: U32::new(0),
-            width: U32::new(w),
-            height: U32::new(h),
-        }
+        Rect { x: U32::new(0), y: U32::new(0), width: U32::new(w), height: U32::new(h) }
     }
 
     #[test]
@@ -858,41 +732,23 @@ mod tests {
         };
         let (dev, _display) = connect(&b, Duration::from_micros(50));
         assert_ne!(dev.features() & (1 << VIRTIO_F_VERSION_1), 0);
-        assert_ne!(
-            dev.features() & (1 << F_EDID),
-            0,
-            "EDID is acknowledged when offered"
-        );
-        assert_eq!(
-            dev.features() & (1 << F_VIRGL),
-            0,
-            "VIRGL is not offered without --virgl"
-        );
+        assert_ne!(dev.features() & (1 << F_EDID), 0, "EDID is acknowledged when offered");
+        assert_eq!(dev.features() & (1 << F_VIRGL), 0, "VIRGL is not offered without --virgl");
         // QEMU fills in num_scanouts itself; its backend says only that it
         // has no capsets without virgl.
         let config = dev.config().expect("QEMU's backend has a config space");
         assert_eq!(config.num_capsets.get(), 0);
         let r = dev
-            .command(
-                CMD_GET_DISPLAY_INFO,
-                0,
-                &[],
-                RESP_OK_DISPLAY_INFO,
-                core::mem::size_of::<RespDisplayInfo>(),
-            )
+            .command(CMD_GET_DISPLAY_INFO, 0, &[], RESP_OK_DISPLAY_INFO, core::mem::size_of::<RespDisplayInfo>())
             .unwrap();
         let info = RespDisplayInfo::read_from_bytes(&r).expect("a whole RespDisplayInfo");
-        assert_eq!(
-            (info.pmodes[0].r.width.get(), info.pmodes[0].r.height.get()),
-            (DISPLAY_WIDTH, DISPLAY_HEIGHT)
-        );
+        assert_eq!((info.pmodes[0].r.width.get(), info.pmodes[0].r.height.get()), (DISPLAY_WIDTH, DISPLAY_HEIGHT));
         assert_eq!(info.pmodes[0].enabled.get(), 1);
     }
 
     #[test]
     fn a_resource_backed_by_our_memory_shows_our_pixels() {
-        let Some(b) = ReferenceBackend::spawn("a_resource_backed_by_our_memory_shows_our_pixels")
-        else {
+        let Some(b) = ReferenceBackend::spawn("a_resource_backed_by_our_memory_shows_our_pixels") else {
             return;
         };
         let (dev, display) = connect(&b, Duration::from_micros(50));
@@ -902,79 +758,26 @@ mod tests {
         let pixels: Vec<u8> = (0..w * h * 4).map(|i| (i * 7 % 251) as u8).collect();
         // SAFETY: the region is ours, mapped, and at least this long.
         unsafe { std::ptr::copy_nonoverlapping(pixels.as_ptr(), region.ptr, pixels.len()) };
-        let mut body = ResourceAttachBacking {
-            resource_id: U32::new(7),
-            nr_entries: U32::new(1),
-        }
-        .as_bytes()
-        .to_vec();
+        let mut body = ResourceAttachBacking { resource_id: U32::new(7), nr_entries: U32::new(1) }.as_bytes().to_vec();
         body.extend_from_slice(
-            MemEntry {
-                addr: U64::new(region.gpa),
-                length: U32::new(w * h * 4),
-                padding: U32::new(0),
-            }
-            .as_bytes(),
+            MemEntry { addr: U64::new(region.gpa), length: U32::new(w * h * 4), padding: U32::new(0) }.as_bytes(),
         );
-        dev.command(CMD_RESOURCE_ATTACH_BACKING, 0, &body, RESP_OK_NODATA, HDR)
-            .unwrap();
-        let t = TransferToHost2d {
-            r: rect(w, h),
-            offset: U64::new(0),
-            resource_id: U32::new(7),
-            padding: U32::new(0),
-        };
-        dev.command(
-            CMD_TRANSFER_TO_HOST_2D,
-            0,
-            t.as_bytes(),
-            RESP_OK_NODATA,
-            HDR,
-        )
-        .unwrap();
-        let s = SetScanout {
-            r: rect(w, h),
-            scanout_id: U32::new(0),
-            resource_id: U32::new(7),
-        };
-        dev.command(CMD_SET_SCANOUT, 0, s.as_bytes(), RESP_OK_NODATA, HDR)
-            .unwrap();
-        let f = ResourceFlush {
-            r: rect(w, h),
-            resource_id: U32::new(7),
-            padding: U32::new(0),
-        };
-        dev.command(CMD_RESOURCE_FLUSH, 0, f.as_bytes(), RESP_OK_NODATA, HDR)
-            .unwrap();
+        dev.command(CMD_RESOURCE_ATTACH_BACKING, 0, &body, RESP_OK_NODATA, HDR).unwrap();
+        let t = TransferToHost2d { r: rect(w, h), offset: U64::new(0), resource_id: U32::new(7), padding: U32::new(0) };
+        dev.command(CMD_TRANSFER_TO_HOST_2D, 0, t.as_bytes(), RESP_OK_NODATA, HDR).unwrap();
+        let s = SetScanout { r: rect(w, h), scanout_id: U32::new(0), resource_id: U32::new(7) };
+        dev.command(CMD_SET_SCANOUT, 0, s.as_bytes(), RESP_OK_NODATA, HDR).unwrap();
+        let f = ResourceFlush { r: rect(w, h), resource_id: U32::new(7), padding: U32::new(0) };
+        dev.command(CMD_RESOURCE_FLUSH, 0, f.as_bytes(), RESP_OK_NODATA, HDR).unwrap();
         // The backend copied the pixels out of the memfd by guest-physical
         // address and sent them to the display.
-        let (fw, fh, got) = display
-            .frames
-            .recv_timeout(Duration::from_secs(5))
-            .expect("a frame on the display socket");
+        let (fw, fh, got) = display.frames.recv_timeout(Duration::from_secs(5)).expect("a frame on the display socket");
         assert_eq!((fw, fh), (w, h));
-        assert!(
-            got == pixels,
-            "the display shows what we wrote into guest memory"
-        );
-        let d = ResourceDetachBacking {
-            resource_id: U32::new(7),
-            padding: U32::new(0),
-        };
-        dev.command(
-            CMD_RESOURCE_DETACH_BACKING,
-            0,
-            d.as_bytes(),
-            RESP_OK_NODATA,
-            HDR,
-        )
-        .unwrap();
-        let u = ResourceUnref {
-            resource_id: U32::new(7),
-            padding: U32::new(0),
-        };
-        dev.command(CMD_RESOURCE_UNREF, 0, u.as_bytes(), RESP_OK_NODATA, HDR)
-            .unwrap();
+        assert!(got == pixels, "the display shows what we wrote into guest memory");
+        let d = ResourceDetachBacking { resource_id: U32::new(7), padding: U32::new(0) };
+        dev.command(CMD_RESOURCE_DETACH_BACKING, 0, d.as_bytes(), RESP_OK_NODATA, HDR).unwrap();
+        let u = ResourceUnref { resource_id: U32::new(7), padding: U32::new(0) };
+        dev.command(CMD_RESOURCE_UNREF, 0, u.as_bytes(), RESP_OK_NODATA, HDR).unwrap();
         assert!(dev.free(region.offset));
         // Its id is gone now: the backend's error comes back as Rejected.
         match dev.command(CMD_RESOURCE_UNREF, 0, u.as_bytes(), RESP_OK_NODATA, HDR) {
@@ -990,11 +793,7 @@ mod tests {
         };
         let (dev, _display) = connect(&b, Duration::from_micros(50));
         create_2d(&dev, 1, 16, 16);
-        let flush = ResourceFlush {
-            r: rect(16, 16),
-            resource_id: U32::new(1),
-            padding: U32::new(0),
-        };
+        let flush = ResourceFlush { r: rect(16, 16), resource_id: U32::new(1), padding: U32::new(0) };
         // Trailing bytes ride along (the device reads only the command), so
         // the arena wraps several times; every 500th carries more than the
         // arena holds and goes through the heap.
@@ -1002,44 +801,17 @@ mod tests {
         let big = vec![0xa5u8; (ARENA_BYTES + (1 << 20)) as usize];
         for i in 0..3000 {
             let payload = if i % 500 == 499 { &big[..] } else { &small[..] };
-            dev.post(
-                &hdr(CMD_RESOURCE_FLUSH),
-                flush.as_bytes(),
-                payload,
-                "RESOURCE_FLUSH",
-            )
-            .unwrap();
+            dev.post(&hdr(CMD_RESOURCE_FLUSH), flush.as_bytes(), payload, "RESOURCE_FLUSH").unwrap();
         }
-        dev.wait_idle()
-            .expect("3000 flushes of a live resource all succeed");
+        dev.wait_idle().expect("3000 flushes of a live resource all succeed");
         assert_eq!(dev.lock().completed, 3000 + 1);
-        let unref = ResourceUnref {
-            resource_id: U32::new(99),
-            padding: U32::new(0),
-        };
-        dev.post(
-            &hdr(CMD_RESOURCE_UNREF),
-            unref.as_bytes(),
-            &[],
-            "RESOURCE_UNREF",
-        )
-        .unwrap();
-        dev.post(
-            &hdr(CMD_RESOURCE_FLUSH),
-            flush.as_bytes(),
-            &[],
-            "RESOURCE_FLUSH",
-        )
-        .unwrap();
-        assert!(matches!(
-            dev.wait_idle(),
-            Err(TransportError::Rejected("RESOURCE_UNREF"))
-        ));
+        let unref = ResourceUnref { resource_id: U32::new(99), padding: U32::new(0) };
+        dev.post(&hdr(CMD_RESOURCE_UNREF), unref.as_bytes(), &[], "RESOURCE_UNREF").unwrap();
+        dev.post(&hdr(CMD_RESOURCE_FLUSH), flush.as_bytes(), &[], "RESOURCE_FLUSH").unwrap();
+        assert!(matches!(dev.wait_idle(), Err(TransportError::Rejected("RESOURCE_UNREF"))));
         assert!(dev.wait_idle().is_ok(), "reported once");
         // Everything came back: the heap is whole again.
-        let all = dev
-            .alloc(MIN_MEM_BYTES - HEAP_BASE, 4096)
-            .expect("the whole heap");
+        let all = dev.alloc(MIN_MEM_BYTES - HEAP_BASE, 4096).expect("the whole heap");
         assert!(dev.free(all.offset));
     }
 
@@ -1051,8 +823,7 @@ mod tests {
         let (dev, display) = connect(&b, Duration::from_micros(50));
         // The display never answers, so the backend holds the request.
         display.mute.store(true, Ordering::Relaxed);
-        dev.post(&hdr(CMD_GET_DISPLAY_INFO), &[], &[], "GET_DISPLAY_INFO")
-            .unwrap();
+        dev.post(&hdr(CMD_GET_DISPLAY_INFO), &[], &[], "GET_DISPLAY_INFO").unwrap();
         let start = Instant::now();
         let r = std::thread::scope(|s| {
             let waiter = s.spawn(|| dev.wait_idle());
@@ -1062,14 +833,8 @@ mod tests {
             waiter.join().unwrap()
         });
         assert!(matches!(r, Err(TransportError::Io { .. })), "{r:?}");
-        assert!(
-            start.elapsed() < Duration::from_secs(3),
-            "noticed within one poll, not a timeout"
-        );
-        assert!(
-            dev.request(&hdr(CMD_GET_DISPLAY_INFO), &[], 512).is_err(),
-            "a dead device stays dead"
-        );
+        assert!(start.elapsed() < Duration::from_secs(3), "noticed within one poll, not a timeout");
+        assert!(dev.request(&hdr(CMD_GET_DISPLAY_INFO), &[], 512).is_err(), "a dead device stays dead");
     }
 
     #[test]
@@ -1079,33 +844,16 @@ mod tests {
         };
         let (dev, _display) = connect(&b, Duration::from_micros(20));
         create_2d(&dev, 1, 16, 16);
-        let flush = ResourceFlush {
-            r: rect(16, 16),
-            resource_id: U32::new(1),
-            padding: U32::new(0),
-        };
+        let flush = ResourceFlush { r: rect(16, 16), resource_id: U32::new(1), padding: U32::new(0) };
         std::thread::scope(|s| {
             for t in 0..4 {
                 let (dev, flush) = (&dev, &flush);
                 s.spawn(move || {
                     for i in 0..500 {
                         if (i + t) % 3 == 0 {
-                            dev.command(
-                                CMD_RESOURCE_FLUSH,
-                                0,
-                                flush.as_bytes(),
-                                RESP_OK_NODATA,
-                                HDR,
-                            )
-                            .unwrap();
+                            dev.command(CMD_RESOURCE_FLUSH, 0, flush.as_bytes(), RESP_OK_NODATA, HDR).unwrap();
                         } else {
-                            dev.post(
-                                &hdr(CMD_RESOURCE_FLUSH),
-                                flush.as_bytes(),
-                                &[],
-                                "RESOURCE_FLUSH",
-                            )
-                            .unwrap();
+                            dev.post(&hdr(CMD_RESOURCE_FLUSH), flush.as_bytes(), &[], "RESOURCE_FLUSH").unwrap();
                         }
                         if i % 100 == 99 {
                             dev.wait_idle().unwrap();
@@ -1130,23 +878,10 @@ mod tests {
             };
             let (dev, _display) = connect(&b, spin);
             create_2d(&dev, 1, 16, 16);
-            let flush = ResourceFlush {
-                r: rect(16, 16),
-                resource_id: U32::new(1),
-                padding: U32::new(0),
-            };
+            let flush = ResourceFlush { r: rect(16, 16), resource_id: U32::new(1), padding: U32::new(0) };
             let t = round_trips(&dev, &hdr(CMD_RESOURCE_FLUSH), flush.as_bytes(), HDR, 20000);
-            println!(
-                "QEMU vhost-user-gpu, spin {spin:?}: RESOURCE_FLUSH {}",
-                percentiles(&t)
-            );
-            let t = round_trips(
-                &dev,
-                &hdr(CMD_GET_DISPLAY_INFO),
-                &[],
-                core::mem::size_of::<RespDisplayInfo>(),
-                5000,
-            );
+            println!("QEMU vhost-user-gpu, spin {spin:?}: RESOURCE_FLUSH {}", percentiles(&t));
+            let t = round_trips(&dev, &hdr(CMD_GET_DISPLAY_INFO), &[], core::mem::size_of::<RespDisplayInfo>(), 5000);
             println!(
                 "QEMU vhost-user-gpu, spin {spin:?}: GET_DISPLAY_INFO (via its display socket) {}",
                 percentiles(&t)

@@ -8,10 +8,7 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::sync::atomic::Ordering;
 use vhost::VhostUserMemoryRegionInfo;
-use vm_memory::{
-    Bytes, FileOffset, GuestAddress, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
-    MmapRegion,
-};
+use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress, MmapRegion};
 
 /// Guest-physical address of the memfd's first byte, as the backend sees it
 /// in the mem table and in every descriptor and MemEntry.
@@ -34,35 +31,20 @@ impl GuestRam {
         // SAFETY: a static NUL-terminated name and plain flags.
         let raw = unsafe { libc::memfd_create(c"gpuvisor-direct".as_ptr(), libc::MFD_CLOEXEC) };
         if raw < 0 {
-            return Err(TransportError::Io {
-                op: "memfd_create",
-                source: std::io::Error::last_os_error(),
-            });
+            return Err(TransportError::Io { op: "memfd_create", source: std::io::Error::last_os_error() });
         }
         // SAFETY: `raw` is a descriptor we just created and own.
         let file = unsafe { File::from_raw_fd(raw) };
-        file.set_len(len)
-            .map_err(TransportError::io("size the memfd"))?;
-        let mapping = MmapRegion::from_file(FileOffset::new(file, 0), size).map_err(|e| {
-            TransportError::Io {
-                op: "mmap the memfd",
-                source: std::io::Error::other(e.to_string()),
-            }
-        })?;
+        file.set_len(len).map_err(TransportError::io("size the memfd"))?;
+        let mapping = MmapRegion::from_file(FileOffset::new(file, 0), size)
+            .map_err(|e| TransportError::Io { op: "mmap the memfd", source: std::io::Error::other(e.to_string()) })?;
         // Large shared buffers are 2 MiB aligned so the kernel can back them
         // with huge pages where shmem THP is enabled; a hint, so its result
         // does not matter.
         // SAFETY: advising on the mapping we just made, over its exact extent.
-        unsafe {
-            libc::madvise(
-                mapping.as_ptr() as *mut libc::c_void,
-                size,
-                libc::MADV_HUGEPAGE,
-            )
-        };
-        let region = GuestRegionMmap::new(mapping, GuestAddress(GPA_BASE)).ok_or_else(|| {
-            TransportError::Protocol("guest memory does not fit the address space".into())
-        })?;
+        unsafe { libc::madvise(mapping.as_ptr() as *mut libc::c_void, size, libc::MADV_HUGEPAGE) };
+        let region = GuestRegionMmap::new(mapping, GuestAddress(GPA_BASE))
+            .ok_or_else(|| TransportError::Protocol("guest memory does not fit the address space".into()))?;
         Ok(GuestRam { region })
     }
 
@@ -76,9 +58,7 @@ impl GuestRam {
 
     /// Where `off` is mapped in this process.
     pub fn host_ptr(&self, off: u64) -> Result<*mut u8, TransportError> {
-        self.region
-            .get_host_address(MemoryRegionAddress(off))
-            .map_err(ram_err("host address"))
+        self.region.get_host_address(MemoryRegionAddress(off)).map_err(ram_err("host address"))
     }
 
     /// The mem table entry that lets the backend map this memory and
@@ -94,21 +74,15 @@ impl GuestRam {
     }
 
     fn fd(&self) -> RawFd {
-        self.region
-            .file_offset()
-            .map_or(-1, |f| f.file().as_raw_fd())
+        self.region.file_offset().map_or(-1, |f| f.file().as_raw_fd())
     }
 
     pub fn write(&self, off: u64, bytes: &[u8]) -> Result<(), TransportError> {
-        self.region
-            .write_slice(bytes, MemoryRegionAddress(off))
-            .map_err(ram_err("write guest memory"))
+        self.region.write_slice(bytes, MemoryRegionAddress(off)).map_err(ram_err("write guest memory"))
     }
 
     pub fn read(&self, off: u64, buf: &mut [u8]) -> Result<(), TransportError> {
-        self.region
-            .read_slice(buf, MemoryRegionAddress(off))
-            .map_err(ram_err("read guest memory"))
+        self.region.read_slice(buf, MemoryRegionAddress(off)).map_err(ram_err("read guest memory"))
     }
 
     pub fn zero(&self, off: u64, len: u64) -> Result<(), TransportError> {
@@ -123,15 +97,11 @@ impl GuestRam {
     }
 
     pub fn load_u16(&self, off: u64, order: Ordering) -> Result<u16, TransportError> {
-        self.region
-            .load(MemoryRegionAddress(off), order)
-            .map_err(ram_err("load from a ring"))
+        self.region.load(MemoryRegionAddress(off), order).map_err(ram_err("load from a ring"))
     }
 
     pub fn store_u16(&self, off: u64, val: u16, order: Ordering) -> Result<(), TransportError> {
-        self.region
-            .store(val, MemoryRegionAddress(off), order)
-            .map_err(ram_err("store to a ring"))
+        self.region.store(val, MemoryRegionAddress(off), order).map_err(ram_err("store to a ring"))
     }
 }
 
@@ -148,10 +118,7 @@ impl Heap {
         if len > 0 {
             free.insert(start, len);
         }
-        Heap {
-            free,
-            live: BTreeMap::new(),
-        }
+        Heap { free, live: BTreeMap::new() }
     }
 
     /// Allocates `len` bytes (rounded up to pages) aligned to `align`.
@@ -218,13 +185,7 @@ pub const AREA_ALIGN: u64 = 64;
 
 impl Arena {
     pub fn new(base: u64, cap: u64) -> Arena {
-        Arena {
-            base,
-            cap,
-            head: 0,
-            tail: 0,
-            live: VecDeque::new(),
-        }
+        Arena { base, cap, head: 0, tail: 0, live: VecDeque::new() }
     }
 
     pub fn capacity(&self) -> u64 {
@@ -238,11 +199,7 @@ impl Arena {
             return None;
         }
         let at = self.head % self.cap;
-        let skip = if at + len > self.cap {
-            self.cap - at
-        } else {
-            0
-        };
+        let skip = if at + len > self.cap { self.cap - at } else { 0 };
         if self.head - self.tail + skip + len > self.cap {
             return None;
         }
@@ -288,10 +245,7 @@ mod tests {
         let (b, _) = h.alloc(2 << 20, 2 << 20).unwrap();
         assert_eq!(b % (2 << 20), 0);
         assert!(a + alen <= b);
-        assert!(
-            !h.release(a + 1),
-            "a release of something never allocated is refused"
-        );
+        assert!(!h.release(a + 1), "a release of something never allocated is refused");
         assert!(h.release(a));
         assert!(!h.release(a), "a double release is refused");
         assert!(h.release(b));

@@ -54,10 +54,7 @@ impl ReferenceBackend {
             .expect("start vhost-user-gpu");
         let start = Instant::now();
         while !socket.exists() {
-            assert!(
-                start.elapsed() < Duration::from_secs(10),
-                "vhost-user-gpu did not create its socket"
-            );
+            assert!(start.elapsed() < Duration::from_secs(10), "vhost-user-gpu did not create its socket");
             std::thread::sleep(Duration::from_millis(10));
         }
         Some(ReferenceBackend { child, socket })
@@ -113,11 +110,7 @@ fn reply(s: &mut UnixStream, request: u32, payload: &[u8]) -> std::io::Result<()
     s.write_all(&msg)
 }
 
-fn serve(
-    mut s: UnixStream,
-    frames: mpsc::Sender<Frame>,
-    mute: std::sync::Arc<std::sync::atomic::AtomicBool>,
-) {
+fn serve(mut s: UnixStream, frames: mpsc::Sender<Frame>, mute: std::sync::Arc<std::sync::atomic::AtomicBool>) {
     use protocol::virtio_gpu::*;
     use zerocopy::little_endian::U32;
     use zerocopy::IntoBytes;
@@ -186,11 +179,5 @@ pub fn round_trips(
 /// "p50 .. p90 .. p99" in microseconds.
 pub fn percentiles(t: &[Duration]) -> String {
     let p = |q: f64| t[((t.len() as f64 * q) as usize).min(t.len() - 1)].as_secs_f64() * 1e6;
-    format!(
-        "p50 {:.1} us, p90 {:.1} us, p99 {:.1} us (n={})",
-        p(0.5),
-        p(0.9),
-        p(0.99),
-        t.len()
-    )
+    format!("p50 {:.1} us, p90 {:.1} us, p99 {:.1} us (n={})", p(0.5), p(0.9), p(0.99), t.len())
 }

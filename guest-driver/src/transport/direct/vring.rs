@@ -73,12 +73,7 @@ impl Layout {
         // The used ring must be 4-byte aligned; a page keeps the device's
         // writes off the driver's cache lines.
         let used = (avail + 6 + 2 * n).next_multiple_of(4096);
-        Layout {
-            size,
-            desc,
-            avail,
-            used,
-        }
+        Layout { size, desc, avail, used }
     }
 
     /// Bytes the whole ring spans from `base`.
@@ -131,10 +126,7 @@ impl SplitQueue {
     /// Lays out an empty ring. `size` must be a power of two.
     pub fn new(ram: &GuestRam, layout: Layout) -> Result<SplitQueue, TransportError> {
         if !layout.size.is_power_of_two() {
-            return Err(protocol(format!(
-                "queue size {} is not a power of two",
-                layout.size
-            )));
+            return Err(protocol(format!("queue size {} is not a power of two", layout.size)));
         }
         ram.zero(layout.desc, layout.span())?;
         Ok(SplitQueue {
@@ -169,11 +161,7 @@ impl SplitQueue {
         if self.free.len() < bufs.len() {
             return Ok(None);
         }
-        let mut chain = Chain {
-            descs: [0; MAX_CHAIN],
-            n: bufs.len(),
-            writable: 0,
-        };
+        let mut chain = Chain { descs: [0; MAX_CHAIN], n: bufs.len(), writable: 0 };
         for slot in chain.descs.iter_mut().take(bufs.len()) {
             *slot = self.free.pop().unwrap_or_default();
         }
@@ -197,18 +185,11 @@ impl SplitQueue {
         }
         let head = chain.descs[0];
         self.chains[head as usize] = Some(chain);
-        ram.write(
-            self.layout.avail_entry(self.next_avail),
-            &head.to_le_bytes(),
-        )?;
+        ram.write(self.layout.avail_entry(self.next_avail), &head.to_le_bytes())?;
         self.next_avail = self.next_avail.wrapping_add(1);
         // The descriptors and the ring entry above become visible to the
         // device no later than the index that publishes them.
-        ram.store_u16(
-            self.layout.avail_idx_off(),
-            self.next_avail,
-            Ordering::Release,
-        )?;
+        ram.store_u16(self.layout.avail_idx_off(), self.next_avail, Ordering::Release)?;
         self.in_flight += 1;
         Ok(Some(head))
     }
@@ -245,14 +226,9 @@ impl SplitQueue {
         ram.read(self.layout.used_entry(self.last_used), e.as_mut_bytes())?;
         self.last_used = self.last_used.wrapping_add(1);
         let (id, len) = (e.id.get(), e.len.get());
-        let chain = usize::try_from(id)
-            .ok()
-            .and_then(|i| self.chains.get_mut(i))
-            .and_then(Option::take)
-            .ok_or_else(|| {
-                protocol(format!(
-                    "the device returned descriptor {id}, which is not a chain in flight"
-                ))
+        let chain =
+            usize::try_from(id).ok().and_then(|i| self.chains.get_mut(i)).and_then(Option::take).ok_or_else(|| {
+                protocol(format!("the device returned descriptor {id}, which is not a chain in flight"))
             })?;
         self.free.extend_from_slice(&chain.descs[..chain.n]);
         self.in_flight -= 1;
@@ -262,10 +238,7 @@ impl SplitQueue {
                 chain.writable
             )));
         }
-        Ok(Some(Completion {
-            head: id as u16,
-            len,
-        }))
+        Ok(Some(Completion { head: id as u16, len }))
     }
 }
 
@@ -301,18 +274,9 @@ mod tests {
         )])
         .unwrap();
         let mut q = Queue::new(SIZE).unwrap();
-        q.set_desc_table_address(
-            Some((GPA_BASE + layout.desc) as u32),
-            Some((GPA_BASE >> 32) as u32),
-        );
-        q.set_avail_ring_address(
-            Some((GPA_BASE + layout.avail) as u32),
-            Some((GPA_BASE >> 32) as u32),
-        );
-        q.set_used_ring_address(
-            Some((GPA_BASE + layout.used) as u32),
-            Some((GPA_BASE >> 32) as u32),
-        );
+        q.set_desc_table_address(Some((GPA_BASE + layout.desc) as u32), Some((GPA_BASE >> 32) as u32));
+        q.set_avail_ring_address(Some((GPA_BASE + layout.avail) as u32), Some((GPA_BASE >> 32) as u32));
+        q.set_used_ring_address(Some((GPA_BASE + layout.used) as u32), Some((GPA_BASE >> 32) as u32));
         q.set_ready(true);
         assert!(q.is_valid(&mem));
         (ram, sq, Device { mem, q })
@@ -320,16 +284,8 @@ mod tests {
 
     fn chain(cmd: u64, resp: u64) -> [Buf; 2] {
         [
-            Buf {
-                gpa: GPA_BASE + cmd,
-                len: 32,
-                device_writes: false,
-            },
-            Buf {
-                gpa: GPA_BASE + resp,
-                len: 24,
-                device_writes: true,
-            },
+            Buf { gpa: GPA_BASE + cmd, len: 32, device_writes: false },
+            Buf { gpa: GPA_BASE + resp, len: 24, device_writes: true },
         ]
     }
 
@@ -364,16 +320,9 @@ mod tests {
         for lap in 0..5u64 {
             let mut heads = Vec::new();
             for i in 0..SIZE as u64 / 2 {
-                heads.push(
-                    sq.add(&ram, &chain(8192 + i * 64, 16384 + i * 64))
-                        .unwrap()
-                        .unwrap(),
-                );
+                heads.push(sq.add(&ram, &chain(8192 + i * 64, 16384 + i * 64)).unwrap().unwrap());
             }
-            assert!(
-                !sq.has_room(1),
-                "lap {lap}: 4 chains of 2 fill 8 descriptors"
-            );
+            assert!(!sq.has_room(1), "lap {lap}: 4 chains of 2 fill 8 descriptors");
             assert_eq!(sq.add(&ram, &chain(0, 0)).unwrap(), None);
             let seen = dev.pop_all();
             assert_eq!(seen.iter().map(|s| s.0).collect::<Vec<_>>(), heads);
@@ -398,10 +347,7 @@ mod tests {
         let h = sq.add(&ram, &chain(8192, 16384)).unwrap().unwrap();
         dev.pop_all();
         dev.complete(h + 1, 0);
-        assert!(matches!(
-            sq.pop_used(&ram),
-            Err(TransportError::Protocol(_))
-        ));
+        assert!(matches!(sq.pop_used(&ram), Err(TransportError::Protocol(_))));
     }
 
     #[test]
@@ -413,10 +359,7 @@ mod tests {
         dev.complete(a, 0);
         dev.complete(a, 0);
         assert_eq!(sq.pop_used(&ram).unwrap().map(|c| c.head), Some(a));
-        assert!(matches!(
-            sq.pop_used(&ram),
-            Err(TransportError::Protocol(_))
-        ));
+        assert!(matches!(sq.pop_used(&ram), Err(TransportError::Protocol(_))));
     }
 
     #[test]
@@ -425,22 +368,15 @@ mod tests {
         let h = sq.add(&ram, &chain(8192, 16384)).unwrap().unwrap();
         dev.pop_all();
         dev.complete(h, 25);
-        assert!(matches!(
-            sq.pop_used(&ram),
-            Err(TransportError::Protocol(_))
-        ));
+        assert!(matches!(sq.pop_used(&ram), Err(TransportError::Protocol(_))));
     }
 
     #[test]
     fn a_used_index_past_what_is_in_flight_is_an_error() {
         let (ram, mut sq, _dev) = setup();
         sq.add(&ram, &chain(8192, 16384)).unwrap().unwrap();
-        ram.store_u16(sq.layout().used_idx_off(), 3, Ordering::Release)
-            .unwrap();
-        assert!(matches!(
-            sq.pop_used(&ram),
-            Err(TransportError::Protocol(_))
-        ));
+        ram.store_u16(sq.layout().used_idx_off(), 3, Ordering::Release).unwrap();
+        assert!(matches!(sq.pop_used(&ram), Err(TransportError::Protocol(_))));
     }
 
     #[test]
@@ -448,12 +384,7 @@ mod tests {
         let (ram, mut sq, _dev) = setup();
         sq.add(&ram, &chain(8192, 16384)).unwrap().unwrap();
         assert!(sq.needs_kick(&ram));
-        ram.store_u16(
-            sq.layout().used_flags_off(),
-            VRING_USED_F_NO_NOTIFY as u16,
-            Ordering::Release,
-        )
-        .unwrap();
+        ram.store_u16(sq.layout().used_flags_off(), VRING_USED_F_NO_NOTIFY as u16, Ordering::Release).unwrap();
         assert!(!sq.needs_kick(&ram));
     }
 
