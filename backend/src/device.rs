@@ -16,12 +16,16 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
 use zerocopy::IntoBytes;
 
 const CTRL_QUEUE: u16 = 0;
 const CURSOR_QUEUE: u16 = 1;
 const NUM_QUEUES: usize = 2;
+/// Epoll data of the memory wake-up (`GpuBackend::memory_event`): past the
+/// queues and the exit event, which vhost-user-backend numbers 0..=NUM_QUEUES.
+pub const MEMORY_EVENT: u16 = NUM_QUEUES as u16 + 1;
 const QUEUE_SIZE: usize = 1024;
 /// Largest request we read from one descriptor chain: a maximal batch plus
 /// the virtio-gpu headers.
@@ -38,6 +42,9 @@ struct State {
     registered: Vec<HostRegion>,
     event_idx: bool,
     exit: Option<EventNotifier>,
+    /// Written by the gpuvisord link when the daemon asks for memory to be
+    /// swapped out; registered with each connection's epoll loop.
+    memory_event: Option<EventFd>,
 }
 
 /// One VM's vGPU as a vhost-user backend.
@@ -47,7 +54,7 @@ pub struct GpuBackend {
 
 impl GpuBackend {
     pub fn new(dev: GpuDevice) -> Self {
-        GpuBackend { state: Mutex::new(State { dev, mem: None, registered: Vec::new(), event_idx: false, exit: None }) }
+        GpuBackend { state: Mutex::new(State { dev, mem: None, registered: Vec::new(), event_idx: false, exit: None, memory_event: None }) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -73,6 +80,24 @@ impl GpuBackend {
         }
         let u = st.dev.vm.usage();
         info!(vm = %st.dev.vm.name(), used = u.used, allocations = u.allocations, "frontend disconnected; state released");
+    }
+
+    /// Lets `event` wake the queue thread to swap memory out (see
+    /// `Gate::service_memory`); `register_memory_event` adds it to a
+    /// connection's epoll loop.
+    pub fn set_memory_event(&self, event: EventFd) {
+        self.lock().memory_event = Some(event);
+    }
+
+    /// Adds the memory wake-up to a new connection's queue thread.
+    pub fn register_memory_event<T: vhost_user_backend::VhostUserBackend>(
+        &self,
+        handler: &vhost_user_backend::VringEpollHandler<T>,
+    ) -> io::Result<()> {
+        use std::os::fd::AsRawFd;
+        let st = self.lock();
+        let Some(ev) = st.memory_event.as_ref() else { return Ok(()) };
+        handler.register_listener(ev.as_raw_fd(), EventSet::IN, MEMORY_EVENT as u64)
     }
 
     /// Runs `f` on the device model (tests and the demo read usage this way).
@@ -237,6 +262,14 @@ impl VhostUserBackend for GpuBackend {
         _thread: usize,
     ) -> io::Result<()> {
         tracing::trace!(device_event, ?evset, "queue event");
+        if device_event == MEMORY_EVENT {
+            let mut st = self.lock();
+            if let Some(ev) = st.memory_event.as_ref() {
+                let _ = ev.read();
+            }
+            st.dev.vm.service_memory();
+            return Ok(());
+        }
         if evset != EventSet::IN {
             return Err(io::Error::other(format!("unexpected event set {evset:?}")));
         }

@@ -38,6 +38,8 @@ pub enum Error {
     OutOfOrder { got: u64, expected: u64 },
     #[error("engine: {0}")]
     Engine(#[from] CuError),
+    #[error(transparent)]
+    Memory(#[from] crate::grants::MemoryError),
 }
 
 impl Error {
@@ -60,6 +62,8 @@ impl Error {
             Error::NotSupported(_) => CUDA_ERROR_NOT_SUPPORTED,
             Error::OutOfOrder { .. } => CUDA_ERROR_INVALID_VALUE,
             Error::Engine(e) => e.0,
+            Error::Memory(crate::grants::MemoryError::Denied { .. }) => CUDA_ERROR_OUT_OF_MEMORY,
+            Error::Memory(crate::grants::MemoryError::Engine(e)) => e.0,
         }
     }
 }

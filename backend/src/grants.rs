@@ -5,11 +5,21 @@
 //! GPU, measures the GPU time each grant used with events, and gives the
 //! grant back when its slice ends or the VM runs out of work.
 //!
+//! Memory is granted the same way when the GPU is overcommitted: the VM may
+//! hold up to a limit resident on the GPU, asks gpuvisord for more
+//! (`MemNeed`) before an allocation or a restore would pass it, and swaps
+//! its allocations out to host RAM when the daemon's memory broker asks
+//! (`Evict`). Swapped-out memory comes back before the VM's next GPU work.
+//! All engine calls stay on the queue thread: the link wakes it through an
+//! eventfd when it is idle.
+//!
 //! Without a daemon (none configured, or the daemon is gone) the gate lets
 //! every operation through at once: the VM runs alone, as before.
 
-use crate::engine::{Engine, EngineCtx, EngineEvent, EngineStream};
-use protocol::control::{self, BackendMsg, BackendStats, DaemonMsg, QosRequest, VmSettings, CONTROL_VERSION};
+use crate::engine::{CuError, Engine, EngineCtx, EngineEvent, EngineStream, Residency};
+use protocol::control::{
+    self, BackendMsg, BackendStats, DaemonMsg, MemoryState, QosRequest, VmSettings, CONTROL_VERSION,
+};
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
 use std::os::unix::net::UnixStream;
@@ -18,6 +28,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
+use vmm_sys_util::eventfd::EventFd;
 
 /// How long the queue thread spins on the oldest queued operation before it
 /// blocks on it: the next operation should follow it closely, as CUDA's own
@@ -26,6 +37,20 @@ const MARKER_SPIN: Duration = Duration::from_micros(200);
 
 /// How long the queue thread spins for a grant before it sleeps.
 const GRANT_SPIN: Duration = Duration::from_micros(100);
+
+/// How long a `MemNeed` goes unanswered before the backend says it again (a
+/// safety net: the daemon keeps pending needs and answers when it can).
+const MEM_ASK_AGAIN: Duration = Duration::from_secs(5);
+
+/// Why the VM cannot have the device memory it needs: the guest gets
+/// CUDA_ERROR_OUT_OF_MEMORY.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    #[error("gpuvisord cannot give {bytes} bytes of device memory: {reason}")]
+    Denied { bytes: u64, reason: String },
+    #[error("bringing swapped-out memory back: {0}")]
+    Engine(CuError),
+}
 
 /// Operations a backend alone on its GPU may keep queued.
 const UNCONTENDED_MAX_OPS: usize = 1024;
@@ -54,6 +79,13 @@ pub struct Counters {
     pub used_bytes: AtomicU64,
     pub clients: AtomicU32,
     pub queued: AtomicU32,
+    /// Device memory of the guest's allocations, on the GPU and in host RAM.
+    pub resident_bytes: AtomicU64,
+    pub evicted_bytes: AtomicU64,
+    pub evictions: AtomicU64,
+    pub restores: AtomicU64,
+    pub evict_ns_total: AtomicU64,
+    pub restore_ns_total: AtomicU64,
     latencies: Mutex<Vec<u64>>,
     latency_log: Mutex<Option<std::fs::File>>,
 }
@@ -82,7 +114,15 @@ impl Counters {
         }
     }
 
-    fn take_stats(&self) -> BackendStats {
+    fn memory(&self, limit: u64) -> MemoryState {
+        MemoryState {
+            resident_bytes: self.resident_bytes.load(Ordering::Relaxed),
+            evicted_bytes: self.evicted_bytes.load(Ordering::Relaxed),
+            limit_bytes: limit,
+        }
+    }
+
+    fn take_stats(&self, limit: u64) -> BackendStats {
         let mut lat = self.latencies.lock().map(|mut v| std::mem::take(&mut *v)).unwrap_or_default();
         lat.sort_unstable();
         let pct = |p: f64| -> u64 {
@@ -103,7 +143,11 @@ impl Counters {
             requests: lat.len() as u64,
             latency_p50_ns: pct(0.5),
             latency_p99_ns: pct(0.99),
-            ..Default::default()
+            memory: self.memory(limit),
+            evictions: self.evictions.load(Ordering::Relaxed),
+            restores: self.restores.load(Ordering::Relaxed),
+            evict_ns_total: self.evict_ns_total.load(Ordering::Relaxed),
+            restore_ns_total: self.restore_ns_total.load(Ordering::Relaxed),
         }
     }
 }
@@ -135,6 +179,19 @@ struct LinkState {
     /// A parked grant the link gave back; the queue thread still has to
     /// account its GPU time.
     released_parked: Option<u64>,
+    /// Device memory the daemon lets the VM hold resident; `None`: no limit
+    /// (no daemon, or a GPU it does not overcommit).
+    mem_limit: Option<u64>,
+    /// The limit last given, kept across reconnects for the Hello.
+    last_limit: u64,
+    /// Bytes the queue thread holds or was allowed to allocate and may be
+    /// allocating right now: the link must not promise the daemon less.
+    mem_reserved: u64,
+    /// What we asked for with `MemNeed` and have no answer to.
+    mem_asked: Option<u64>,
+    mem_denied: Option<String>,
+    /// The daemon asked us to swap out down to this many resident bytes.
+    evict_to: Option<u64>,
 }
 
 impl LinkState {
@@ -143,6 +200,13 @@ impl LinkState {
         self.connected = false;
         self.writer = None;
         self.clear_grants();
+        // Alone, the VM grows only into memory the GPU has free (an
+        // allocation past that fails as it would natively); what it has
+        // swapped out stays in host RAM until it next runs.
+        self.mem_limit = None;
+        self.mem_asked = None;
+        self.mem_denied = None;
+        self.evict_to = None;
     }
 
     fn clear_grants(&mut self) {
@@ -164,6 +228,8 @@ struct Shared {
     offers: AtomicU64,
     stop: AtomicBool,
     counters: Arc<Counters>,
+    /// Wakes the queue thread when it is idle and has memory to swap out.
+    waker: Mutex<Option<EventFd>>,
 }
 
 impl Shared {
@@ -203,6 +269,7 @@ impl DaemonLink {
             offers: AtomicU64::new(0),
             stop: AtomicBool::new(false),
             counters,
+            waker: Mutex::new(None),
         });
         let s = shared.clone();
         let max_queued = reg.max_queued;
@@ -215,6 +282,12 @@ impl DaemonLink {
         let mut g = Gate::new(Some(self.shared.clone()), self.shared.counters.clone());
         g.max_queued_ns = self.max_queued.as_nanos() as f64;
         g
+    }
+
+    /// The queue thread's idle wake-up: written when the daemon asks for
+    /// memory to be swapped out (see `Gate::service_memory`).
+    pub fn set_waker(&self, waker: EventFd) {
+        *self.shared.waker.lock().unwrap_or_else(|p| p.into_inner()) = Some(waker);
     }
 
     /// Whether the daemon has accepted the registration and is connected.
@@ -281,12 +354,17 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
         requested: reg.requested.clone(),
         reconnect,
         gpu_ns_total: shared.counters.gpu_ns_total.load(Ordering::Relaxed),
-        memory: Default::default(),
+        memory: {
+            let limit = shared.lock().last_limit;
+            shared.counters.memory(limit)
+        },
     };
     control::write_msg(&mut writer, &hello)?;
     stream.set_read_timeout(Some(Duration::from_secs(5)))?;
-    let settings = match control::read_msg::<_, DaemonMsg>(&mut reader) {
-        Ok(DaemonMsg::Welcome { version, settings, .. }) if version == CONTROL_VERSION => settings,
+    let (settings, mem_limit) = match control::read_msg::<_, DaemonMsg>(&mut reader) {
+        Ok(DaemonMsg::Welcome { version, settings, mem_limit_bytes }) if version == CONTROL_VERSION => {
+            (settings, mem_limit_bytes)
+        }
         Ok(DaemonMsg::Refused { reason }) => {
             return Err(std::io::Error::other(format!("registration refused: {reason}")));
         }
@@ -301,6 +379,10 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
         st.generation += 1;
         st.connected = true;
         st.settings = Some(settings);
+        st.mem_limit = mem_limit;
+        if let Some(l) = mem_limit {
+            st.last_limit = l;
+        }
         st.writer = Some(writer);
         st.clear_grants();
         shared.cond.notify_all();
@@ -314,7 +396,8 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
         if !st.connected || st.generation != generation || stats_shared.stop.load(Ordering::Acquire) {
             return;
         }
-        let stats = stats_shared.counters.take_stats();
+        let limit = st.mem_limit.unwrap_or(0);
+        let stats = stats_shared.counters.take_stats(limit);
         stats_shared.send(&mut st, &BackendMsg::Stats(stats));
     })?;
     let result = loop {
@@ -371,8 +454,41 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
             st.settings = Some(settings);
             shared.cond.notify_all();
         }
-        DaemonMsg::MemLimit { .. } | DaemonMsg::MemDenied { .. } | DaemonMsg::Evict { .. } => {
-            debug!("memory message before memory support: {msg:?}");
+        DaemonMsg::MemLimit { bytes } => {
+            debug!(bytes, "memory limit");
+            st.mem_limit = Some(bytes);
+            st.last_limit = bytes;
+            if st.mem_asked.is_some_and(|a| a <= bytes) {
+                st.mem_asked = None;
+            }
+            shared.cond.notify_all();
+        }
+        DaemonMsg::MemDenied { bytes, reason } => {
+            if st.mem_asked == Some(bytes) {
+                st.mem_asked = None;
+                st.mem_denied = Some(reason);
+                shared.cond.notify_all();
+            }
+        }
+        DaemonMsg::Evict { resident_max } => {
+            let resident = shared.counters.resident_bytes.load(Ordering::Acquire);
+            let keep = st.mem_reserved.max(resident);
+            if keep <= resident_max {
+                // Nothing has to move: answer at once, without the queue
+                // thread, which may be busy or have no VM to serve.
+                st.mem_limit = Some(keep);
+                st.last_limit = keep;
+                let state = shared.counters.memory(keep);
+                let state = MemoryState { resident_bytes: keep, ..state };
+                shared.send(&mut st, &BackendMsg::Evicted { state, moved_bytes: 0, ns: 0 });
+            } else {
+                debug!(resident_max, resident, "swap-out asked");
+                st.evict_to = Some(resident_max);
+                shared.cond.notify_all();
+                if let Some(w) = shared.waker.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+                    let _ = w.write(1);
+                }
+            }
         }
         DaemonMsg::Welcome { .. } | DaemonMsg::Refused { .. } => {
             warn!("unexpected message from gpuvisord after registration");
@@ -472,12 +588,25 @@ impl Gate {
 
     /// Called before each GPU operation on `stream` of engine context `ctx`
     /// (current): returns once the VM may submit it.
-    pub fn before_op(&mut self, engine: &mut dyn Engine, ctx: EngineCtx, stream: EngineStream) {
+    pub fn before_op(
+        &mut self,
+        engine: &mut dyn Engine,
+        ctx: EngineCtx,
+        stream: EngineStream,
+    ) -> Result<(), MemoryError> {
         let Some(shared) = self.shared.clone() else {
-            return;
+            return self.ensure_resident(engine);
         };
         self.reap(engine, false);
         loop {
+            if engine.residency().evicted > 0 {
+                // Swapped out (while waiting, or before): the data comes back
+                // first, and not on the GPU time of a grant.
+                if self.held.is_some() && !self.parked {
+                    self.release(&shared, engine, false);
+                }
+                self.ensure_resident(engine)?;
+            }
             if let Some(g) = self.held.filter(|_| self.parked) {
                 self.parked = false;
                 let mut st = shared.lock();
@@ -518,7 +647,7 @@ impl Gate {
                     }
                     self.start_span(engine, g.id, ctx, stream);
                     self.record_pre(engine, ctx, stream);
-                    return;
+                    return Ok(());
                 }
                 // Slice over or revoked: give it back, still wanting more.
                 self.release(&shared, engine, true);
@@ -527,7 +656,7 @@ impl Gate {
             let wait_start = Instant::now();
             let mut st = shared.lock();
             if !st.connected {
-                return;
+                return Ok(());
             }
             if !st.demanding && st.offered.is_none() {
                 st.demanding = true;
@@ -543,6 +672,13 @@ impl Gate {
                 st = shared.lock();
             }
             while st.connected {
+                if st.evict_to.is_some() {
+                    // Descheduled and asked for memory: swap out now.
+                    drop(st);
+                    self.service_memory(engine);
+                    st = shared.lock();
+                    continue;
+                }
                 if let Some(g) = st.offered.take() {
                     if g.generation == st.generation && !st.settings.as_ref().is_some_and(|s| s.drained) {
                         // Whatever was said before, the daemon now knows
@@ -568,7 +704,7 @@ impl Gate {
             drop(st);
             self.counters.wait_ns_total.fetch_add(wait_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
             if self.held.is_none() && !shared.lock().connected {
-                return;
+                return Ok(());
             }
         }
     }
@@ -639,6 +775,148 @@ impl Gate {
             }
         }
         self.reap(engine, false);
+        self.service_memory(engine);
+    }
+
+    /// Swaps memory out to host RAM if gpuvisord asked for it, and answers.
+    /// Runs on the queue thread: when it waits (for a grant or for memory),
+    /// when the VM's queue goes empty, and when the link wakes it.
+    pub fn service_memory(&mut self, engine: &mut dyn Engine) {
+        let Some(shared) = self.shared.clone() else {
+            return;
+        };
+        let Some(target) = shared.lock().evict_to.take() else {
+            return;
+        };
+        let start = Instant::now();
+        let moved = match engine.swap_out(target) {
+            Ok(m) => m,
+            Err(e) => {
+                warn!("swapping device memory out: {e}");
+                0
+            }
+        };
+        let ns = start.elapsed().as_nanos() as u64;
+        let r = engine.residency();
+        self.note_residency(r);
+        if moved > 0 {
+            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
+            self.counters.evict_ns_total.fetch_add(ns, Ordering::Relaxed);
+        }
+        info!(
+            moved,
+            ms = ns as f64 / 1e6,
+            gbps = moved as f64 / ns.max(1) as f64,
+            resident = r.resident,
+            evicted = r.evicted,
+            "device memory swapped out to host RAM for gpuvisord"
+        );
+        let mut st = shared.lock();
+        st.mem_limit = Some(r.resident);
+        st.last_limit = r.resident;
+        let state = MemoryState { resident_bytes: r.resident, evicted_bytes: r.evicted, limit_bytes: r.resident };
+        shared.send(&mut st, &BackendMsg::Evicted { state, moved_bytes: moved, ns });
+    }
+
+    /// Records the engine's residency for the daemon (after an allocation,
+    /// a free or a swap).
+    pub fn note_residency(&self, r: Residency) {
+        self.counters.resident_bytes.store(r.resident, Ordering::Release);
+        self.counters.evicted_bytes.store(r.evicted, Ordering::Release);
+        if let Some(shared) = &self.shared {
+            shared.lock().mem_reserved = r.resident;
+        }
+    }
+
+    /// Makes room for an allocation of `footprint` bytes: brings swapped-out
+    /// memory back, then makes sure the VM may hold its resident bytes plus
+    /// `footprint`, asking gpuvisord and waiting if it may not yet.
+    pub fn reserve_memory(&mut self, engine: &mut dyn Engine, footprint: u64) -> Result<(), MemoryError> {
+        self.ensure_resident(engine)?;
+        let total = engine.residency().resident.saturating_add(footprint);
+        self.ensure_memory(engine, total)
+    }
+
+    /// Brings the VM's swapped-out memory back onto the GPU, once the daemon
+    /// lets it hold all of it.
+    fn ensure_resident(&mut self, engine: &mut dyn Engine) -> Result<(), MemoryError> {
+        let r = engine.residency();
+        if r.evicted == 0 {
+            return Ok(());
+        }
+        self.ensure_memory(engine, r.resident.saturating_add(r.evicted))?;
+        let start = Instant::now();
+        let result = engine.swap_in();
+        let ns = start.elapsed().as_nanos() as u64;
+        let after = engine.residency();
+        self.note_residency(after);
+        let moved = r.evicted - after.evicted.min(r.evicted);
+        if moved > 0 {
+            self.counters.restores.fetch_add(1, Ordering::Relaxed);
+            self.counters.restore_ns_total.fetch_add(ns, Ordering::Relaxed);
+        }
+        info!(
+            moved,
+            ms = ns as f64 / 1e6,
+            gbps = moved as f64 / ns.max(1) as f64,
+            resident = after.resident,
+            evicted = after.evicted,
+            "device memory restored from host RAM"
+        );
+        if let Some(shared) = self.shared.clone() {
+            let mut st = shared.lock();
+            let limit = st.mem_limit.unwrap_or(0);
+            let state =
+                MemoryState { resident_bytes: after.resident, evicted_bytes: after.evicted, limit_bytes: limit };
+            shared.send(&mut st, &BackendMsg::Restored { state, moved_bytes: moved, ns });
+        }
+        result.map(|_| ()).map_err(MemoryError::Engine)
+    }
+
+    /// Waits until the VM may hold `total` bytes resident, asking gpuvisord
+    /// for them if its limit is lower. Meanwhile it swaps out when asked and
+    /// gives back a grant whose slice is over, so that the VMs it waits for
+    /// are not kept waiting in turn.
+    fn ensure_memory(&mut self, engine: &mut dyn Engine, total: u64) -> Result<(), MemoryError> {
+        let Some(shared) = self.shared.clone() else {
+            return Ok(());
+        };
+        let mut asked_at: Option<Instant> = None;
+        let wait_start = Instant::now();
+        loop {
+            self.service_memory(engine);
+            if let Some(g) = self.held.filter(|_| !self.parked) {
+                if shared.revoked.load(Ordering::Acquire) == g.id || Instant::now() >= g.deadline {
+                    self.release(&shared, engine, false);
+                }
+            }
+            let mut st = shared.lock();
+            let limit = match st.mem_limit {
+                _ if !st.connected => return Ok(()),
+                None => return Ok(()),
+                Some(l) => l,
+            };
+            if total <= limit {
+                st.mem_reserved = st.mem_reserved.max(total);
+                if asked_at.is_some() {
+                    debug!(total, waited_ms = wait_start.elapsed().as_secs_f64() * 1e3, "memory granted");
+                }
+                return Ok(());
+            }
+            if let Some(reason) = st.mem_denied.take() {
+                return Err(MemoryError::Denied { bytes: total, reason });
+            }
+            if st.evict_to.is_some() {
+                continue;
+            }
+            let stale = asked_at.is_none_or(|t| t.elapsed() > MEM_ASK_AGAIN);
+            if st.mem_asked.is_none_or(|a| a < total) || stale {
+                st.mem_asked = Some(total);
+                asked_at = Some(Instant::now());
+                shared.send(&mut st, &BackendMsg::MemNeed { bytes: total });
+            }
+            let _ = shared.cond.wait_timeout(st, Duration::from_millis(100));
+        }
     }
 
     /// Engine context `ctx` is being destroyed, with every event in it.

@@ -17,6 +17,7 @@ use std::sync::Arc;
 use tracing::{error, info, info_span, warn};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
+use vmm_sys_util::eventfd::EventFd;
 use vm_memory::GuestMemoryAtomic;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -233,6 +234,11 @@ fn run(args: Args) -> Result<()> {
         }
     };
     let backend = Arc::new(GpuBackend::new(GpuDevice::new(vm)));
+    if let Some(link) = &_link {
+        let ev = EventFd::new(libc::EFD_NONBLOCK).context("creating the memory wake-up eventfd")?;
+        link.set_waker(ev.try_clone().context("cloning an eventfd")?);
+        backend.set_memory_event(ev);
+    }
 
     let mut listener = match (&args.socket_path, args.fd) {
         (Some(path), None) => Listener::new(path, true).with_context(|| format!("listening on {path}"))?,
@@ -251,6 +257,9 @@ fn run(args: Args) -> Result<()> {
         let mut daemon =
             VhostUserDaemon::new("gpuvisor-vgpu".into(), backend.clone(), GuestMemoryAtomic::new(Default::default()))
                 .map_err(|e| anyhow::anyhow!("creating the vhost-user daemon: {e:?}"))?;
+        for handler in daemon.get_epoll_handlers() {
+            backend.register_memory_event(&handler).context("watching the memory wake-up")?;
+        }
         daemon.start(&mut listener).map_err(|e| anyhow::anyhow!("accepting a frontend: {e:?}"))?;
         info!("frontend connected");
         let r = daemon.wait();

@@ -155,6 +155,12 @@ impl Vm {
         self.gate.counters().clone()
     }
 
+    /// Swaps memory out if gpuvisord asked (the link woke the idle queue
+    /// thread for it).
+    pub fn service_memory(&mut self) {
+        self.gate.service_memory(self.engine.as_mut());
+    }
+
     /// The guest's queue is empty: hand back the grant, if any.
     pub fn queue_idle(&mut self) {
         self.gate.counters().queued.store(0, Ordering::Relaxed);
@@ -168,7 +174,7 @@ impl Vm {
         stream: EngineStream,
         op: impl FnOnce(&mut dyn Engine) -> crate::engine::EngineResult<T>,
     ) -> Result<T> {
-        self.gate.before_op(self.engine.as_mut(), ctx, stream);
+        self.gate.before_op(self.engine.as_mut(), ctx, stream)?;
         let r = op(self.engine.as_mut())?;
         self.gate.after_op(self.engine.as_mut(), ctx, stream);
         Ok(r)
@@ -246,6 +252,7 @@ impl Vm {
             }
         }
         self.used = self.used.saturating_sub(client.charged);
+        self.gate.note_residency(self.engine.residency());
         self.resources.detach_all(ctx_id);
         info!(
             vm = %self.name, ctx_id, pid = client.pid, contexts = ctxs.len(), returned = client.charged,
@@ -448,7 +455,11 @@ impl Vm {
                 if self.used.checked_add(charged).is_none_or(|u| u > self.quota) {
                     return Err(Error::QuotaExceeded { size, used: self.used, quota: self.quota });
                 }
-                let dptr = self.engine.mem_alloc(size)?;
+                let footprint = self.engine.alloc_footprint(size);
+                self.gate.reserve_memory(self.engine.as_mut(), footprint)?;
+                let allocated = self.engine.mem_alloc(size);
+                self.gate.note_residency(self.engine.residency());
+                let dptr = allocated?;
                 self.used += charged;
                 client.charged += charged;
                 client.allocations.insert(dptr, Allocation { size, ctx: d.ctx, freeable: true, charged });
@@ -460,7 +471,9 @@ impl Vm {
                 self.used = self.used.saturating_sub(a.charged);
                 client.charged = client.charged.saturating_sub(a.charged);
                 self.scrub(base, a.size);
-                self.engine.mem_free(base)?;
+                let freed = self.engine.mem_free(base);
+                self.gate.note_residency(self.engine.residency());
+                freed?;
                 Ok(None)
             }
             C::MemcpyHtoD(m, inline) => {
@@ -705,6 +718,10 @@ impl Vm {
     /// cannot run the memset; its memory goes back unscrubbed and the
     /// failure is logged.
     fn scrub(&mut self, base: u64, size: u64) -> bool {
+        if !self.engine.mem_is_resident(base) {
+            // Swapped out: its device memory was zeroed when it left.
+            return true;
+        }
         match self.engine.memset(base, 0, 1, size, EngineStream::NULL, false) {
             Ok(()) => true,
             Err(e) => {
@@ -741,7 +758,9 @@ impl Vm {
         self.used = self.used.saturating_sub(freed);
         client.charged = client.charged.saturating_sub(freed);
         self.gate.forget_ctx(e);
-        self.engine.ctx_destroy(e)?;
+        let destroyed = self.engine.ctx_destroy(e);
+        self.gate.note_residency(self.engine.residency());
+        destroyed?;
         Ok(())
     }
 }

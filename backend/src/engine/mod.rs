@@ -134,6 +134,10 @@ pub trait Engine: Send {
     /// Bytes an allocation of `size` takes on the device.
     fn alloc_footprint(&self, size: u64) -> u64;
     fn residency(&self) -> Residency;
+    /// Whether allocation `dptr` is on the GPU (not swapped out).
+    fn mem_is_resident(&self, _dptr: u64) -> bool {
+        true
+    }
     /// Waits for all work, then copies allocations to host RAM and gives
     /// their device memory back (zeroed first, as any freed memory), until
     /// at most `keep` bytes stay resident. Their device addresses stay

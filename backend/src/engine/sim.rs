@@ -486,6 +486,10 @@ impl Engine for SimEngine {
         size
     }
 
+    fn mem_is_resident(&self, dptr: u64) -> bool {
+        !self.evicted.contains_key(&dptr)
+    }
+
     fn residency(&self) -> Residency {
         Residency { resident: self.allocated, evicted: self.evicted_bytes }
     }

@@ -1,0 +1,168 @@
+//! The backend's side of the memory broker: against a scripted gpuvisord on
+//! a real Unix socket, a VM asks before it holds more than its limit, gets
+//! CUDA_ERROR_OUT_OF_MEMORY when the daemon says no, swaps its allocations
+//! out when asked (also when idle, woken through its eventfd) and brings them
+//! back, intact and at the same addresses, before its next GPU work.
+
+use gpuvisor_backend::engine::sim::SimEngine;
+use gpuvisor_backend::engine::{Engine, EngineStream};
+use gpuvisor_backend::grants::{Counters, DaemonLink, Gate, MemoryError};
+use gpuvisor_backend::guest_mem::{HostDst, HostSrc};
+use protocol::control::*;
+use std::os::unix::net::UnixListener;
+use std::sync::mpsc;
+use std::sync::Arc;
+use std::time::Duration;
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
+
+mod common;
+use common::*;
+
+const MIB: u64 = 1 << 20;
+
+fn start(tag: &str, limit: u64) -> (DaemonLink, Peer, Arc<Counters>) {
+    let path = socket_path(tag);
+    let listener = UnixListener::bind(&path).unwrap();
+    let counters = Arc::new(Counters::default());
+    let link = DaemonLink::start(registration(path), counters.clone());
+    let (peer, _hello) = Peer::accept_with_limit(&listener, settings(8), Some(limit));
+    wait_connected(&link);
+    (link, peer, counters)
+}
+
+/// Allocates `n` buffers of `size` bytes, each filled with its own byte, the
+/// way vm.rs does it: room first, then the allocation.
+fn alloc_filled(gate: &mut Gate, e: &mut SimEngine, n: u8, size: u64) -> Vec<u64> {
+    (0..n)
+        .map(|i| {
+            let footprint = e.alloc_footprint(size);
+            gate.reserve_memory(e, footprint).unwrap();
+            let p = e.mem_alloc(size).unwrap();
+            gate.note_residency(e.residency());
+            let data = vec![i + 1; size as usize];
+            e.memcpy_htod(p, HostSrc::Bytes(&data), EngineStream::NULL, false).unwrap();
+            p
+        })
+        .collect()
+}
+
+#[test]
+fn memory_past_the_limit_is_asked_for_and_a_refusal_is_out_of_memory() {
+    let (link, mut peer, _) = start("need", 4 * MIB);
+    let mut gate = link.gate();
+    let (tx, rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ..) = sim();
+        // Within the limit: no question asked.
+        let a = alloc_filled(&mut gate, &mut e, 1, 3 * MIB);
+        tx.send("first").unwrap();
+        // Past it: waits for the daemon.
+        let b = alloc_filled(&mut gate, &mut e, 1, 3 * MIB);
+        tx.send("second").unwrap();
+        let r = gate.reserve_memory(&mut e, 64 * MIB);
+        (a, b, r.map_err(|e| e.to_string()), e.residency())
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "first");
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
+    assert!(rx.recv_timeout(Duration::from_millis(200)).is_err(), "allocated past its limit without an answer");
+    peer.send(&DaemonMsg::MemLimit { bytes: 6 * MIB });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "second");
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 70 * MIB });
+    peer.send(&DaemonMsg::MemDenied { bytes: 70 * MIB, reason: "host RAM for evicted GPU memory is used up".into() });
+    let (a, b, r, residency) = worker.join().unwrap();
+    assert_eq!((a.len(), b.len()), (1, 1));
+    let err = r.expect_err("a denied need must fail");
+    assert!(err.contains("host RAM"), "{err}");
+    assert_eq!(residency.resident, 6 * MIB);
+    // The error the guest sees.
+    let e = gpuvisor_backend::error::Error::from(MemoryError::Denied { bytes: 1, reason: String::new() });
+    assert_eq!(e.cu_result(), protocol::cuda::CUDA_ERROR_OUT_OF_MEMORY);
+}
+
+#[test]
+fn an_idle_vm_swaps_out_when_asked_and_its_data_comes_back_before_its_next_work() {
+    let (link, mut peer, counters) = start("evict", 64 * MIB);
+    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
+    link.set_waker(waker.try_clone().unwrap());
+    let mut gate = link.gate();
+    let (tx, rx) = mpsc::channel::<&str>();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        let bufs = alloc_filled(&mut gate, &mut e, 4, 2 * MIB);
+        gate.idle(&mut e);
+        tx.send("idle").unwrap();
+        // The queue thread's epoll loop, reduced to the memory event.
+        while waker.read().is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        gate.service_memory(&mut e);
+        let swapped = e.residency();
+        tx.send("swapped").unwrap();
+        go_rx.recv().unwrap();
+        // The next GPU work: data first, then a grant.
+        spin(&mut gate, &mut e, ctx, s, f, 100);
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+        let mut ok = true;
+        for (i, p) in bufs.iter().enumerate() {
+            let mut back = vec![0u8; (2 * MIB) as usize];
+            e.memcpy_dtoh(HostDst::Bytes(&mut back), *p, EngineStream::NULL, false).unwrap();
+            ok &= back.iter().all(|&b| b == i as u8 + 1);
+        }
+        (swapped, e.residency(), ok)
+    });
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "idle");
+    peer.send(&DaemonMsg::Evict { resident_max: 3 * MIB });
+    match peer.next() {
+        BackendMsg::Evicted { state, moved_bytes, .. } => {
+            // Largest first, until at most 3 MiB stay: three of the four 2 MiB buffers go.
+            assert_eq!(moved_bytes, 6 * MIB);
+            assert_eq!(state, MemoryState { resident_bytes: 2 * MIB, evicted_bytes: 6 * MIB, limit_bytes: 2 * MIB });
+        }
+        m => panic!("expected Evicted, got {m:?}"),
+    }
+    assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "swapped");
+    go_tx.send(()).unwrap();
+    // Before it may run it needs all 8 MiB back on the GPU.
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 8 * MIB });
+    peer.send(&DaemonMsg::MemLimit { bytes: 8 * MIB });
+    match peer.next() {
+        BackendMsg::Restored { state, moved_bytes, .. } => {
+            assert_eq!(moved_bytes, 6 * MIB);
+            assert_eq!((state.resident_bytes, state.evicted_bytes), (8 * MIB, 0));
+        }
+        m => panic!("expected Restored, got {m:?}"),
+    }
+    assert_eq!(peer.next(), BackendMsg::Demand, "the restore comes before the grant is asked for");
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
+    let (swapped, after, ok) = worker.join().unwrap();
+    assert_eq!((swapped.resident, swapped.evicted), (2 * MIB, 6 * MIB));
+    assert_eq!((after.resident, after.evicted), (8 * MIB, 0));
+    assert!(ok, "data came back changed");
+    assert_eq!(counters.evictions.load(std::sync::atomic::Ordering::Relaxed), 1);
+    assert_eq!(counters.restores.load(std::sync::atomic::Ordering::Relaxed), 1);
+}
+
+#[test]
+fn an_eviction_with_nothing_to_move_is_answered_by_the_link_alone() {
+    let (link, mut peer, _) = start("slack", 64 * MIB);
+    let mut gate = link.gate();
+    let (mut e, ..) = sim();
+    alloc_filled(&mut gate, &mut e, 1, MIB);
+    // No queue thread serves this VM now; the link answers from its books.
+    peer.send(&DaemonMsg::Evict { resident_max: 16 * MIB });
+    match peer.next() {
+        BackendMsg::Evicted { state, moved_bytes: 0, .. } => {
+            assert_eq!((state.resident_bytes, state.limit_bytes), (MIB, MIB));
+        }
+        m => panic!("expected Evicted with nothing moved, got {m:?}"),
+    }
+    // Its new limit is what it holds: the next allocation asks.
+    let worker = std::thread::spawn(move || {
+        gate.reserve_memory(&mut e, MIB).unwrap();
+    });
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 2 * MIB });
+    peer.send(&DaemonMsg::MemLimit { bytes: 2 * MIB });
+    worker.join().unwrap();
+}
