@@ -2,12 +2,14 @@
  * gv_mem - device memory that must survive overcommit, and must not leak.
  *
  *   gv_mem hold [--mib M | --fill] [--chunk-mib C] [--seconds S] [--seed N]
- *               [--verify-ms V] [--iters I] [--blocks B] [--threads T] [--depth D]
+ *               [--verify-ms V] [--start-at T] [--iters I] [--blocks B] [--threads T] [--depth D]
  *       Allocates M MiB (or all that cuMemGetInfo says is free, less 64 MiB,
  *       with --fill) in chunks of C MiB, each filled with a pseudo-random
  *       pattern of the seed and tagged with its index, then keeps the GPU
  *       busy with gv_burn kernels for S seconds, checking every byte of
- *       every chunk each V ms (0: only at the end) and at the end.
+ *       every chunk each V ms (0: only at the end) and at the end. With
+ *       --start-at, the burning starts at Unix time T (seconds), so that
+ *       several VMs' runs cover the same window whatever their fills took.
  *   gv_mem scrub-write [--mib M | --fill] [--chunk-mib C]
  *       Fills the memory with a marker word, frees it (timed) and exits.
  *   gv_mem scrub-check [--fill] [--chunk-mib C]
@@ -19,6 +21,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/time.h>
+#include <unistd.h>
 
 #include "gv_common.h"
 
@@ -32,7 +36,7 @@ struct opts {
     const char *mode;
     unsigned long long mib, chunk_mib, seed, iters, verify_ms;
     int fill;
-    double seconds;
+    double seconds, start_at;
     unsigned blocks, threads, depth;
 };
 
@@ -137,6 +141,16 @@ static int hold(const struct opts *o)
     TRY(o->mode, CU(cuStreamCreate)(&s, 0));
     TRY(o->mode, CU(cuEventCreate)(&ev[0], 2 /* CU_EVENT_DISABLE_TIMING */));
     TRY(o->mode, CU(cuEventCreate)(&ev[1], 2));
+    double late_s = 0;
+    if (o->start_at > 0) {
+        struct timeval tv;
+        gettimeofday(&tv, NULL);
+        double wait = o->start_at - ((double)tv.tv_sec + tv.tv_usec / 1e6);
+        if (wait > 0)
+            usleep((useconds_t)(wait * 1e6));
+        else
+            late_s = -wait;
+    }
     double start = gv_now_us(), end = start + o->seconds * 1e6, next_verify = start + o->verify_ms * 1e3;
     double verify_us = 0;
     unsigned long long kernels = 0, batches = 0, verifies = 0;
@@ -172,9 +186,9 @@ static int hold(const struct opts *o)
         TRY(o->mode, CU(cuMemFree)(p[i]));
     printf("GVMEM {\"mode\":\"hold\",\"ok\":%s,\"seed\":%llu,\"chunks\":%zu,\"bytes\":%llu,\"bad_chunks\":%zu,"
            "\"verifies\":%llu,\"fill_s\":%.3f,\"run_s\":%.3f,\"verify_s\":%.3f,\"final_verify_s\":%.3f,"
-           "\"kernels\":%llu,\"kernels_per_s\":%.1f}\n",
+           "\"kernels\":%llu,\"kernels_per_s\":%.1f,\"late_s\":%.3f}\n",
            bad ? "false" : "true", o->seed, n, (unsigned long long)n * chunk, bad, verifies, fill_s, run_s,
-           verify_us / 1e6, final_verify_s, kernels, run_s > 0 ? (double)kernels / run_s : 0.0);
+           verify_us / 1e6, final_verify_s, kernels, run_s > 0 ? (double)kernels / run_s : 0.0, late_s);
     fflush(stdout);
     CU(cuMemFree)(sink);
     return bad ? 1 : 0;
@@ -226,7 +240,7 @@ int main(int argc, char **argv)
 {
     if (argc < 2)
         usage(argv[0]);
-    struct opts o = {argv[1], 64, 64, 1, 100000, 0, 0, 0.0, 132, 256, 4};
+    struct opts o = {argv[1], 64, 64, 1, 100000, 0, 0, 0.0, 0.0, 132, 256, 4};
     if (strcmp(o.mode, "hold") != 0 && strcmp(o.mode, "scrub-write") != 0 && strcmp(o.mode, "scrub-check") != 0)
         usage(argv[0]);
     for (int i = 2; i < argc; i++) {
@@ -246,6 +260,8 @@ int main(int argc, char **argv)
             o.seconds = atof(v);
         else if (strcmp(a, "--seed") == 0)
             o.seed = strtoull(v, NULL, 0);
+        else if (strcmp(a, "--start-at") == 0)
+            o.start_at = atof(v);
         else if (strcmp(a, "--verify-ms") == 0)
             o.verify_ms = strtoull(v, NULL, 0);
         else if (strcmp(a, "--iters") == 0)

@@ -122,6 +122,10 @@ if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         child(int(sys.argv[2]))
         sys.exit(0)
+    if len(sys.argv) > 1 and sys.argv[1] == "pinned":
+        # The native baseline of scripts/h100/memory.sh.
+        print(json.dumps(pinned(int(sys.argv[2]) if len(sys.argv) > 2 else 8)))
+        sys.exit(0)
     out = {"pinned": pinned(8)}
     out["checkpoint_4g"] = checkpoint(4)
     out["checkpoint_24g"] = checkpoint(24)

@@ -1,0 +1,151 @@
+#!/usr/bin/env python3
+"""Turns scripts/h100/memory.sh's raw results into memory.json (issue 5)."""
+import argparse, datetime, glob, json, os, re, socket
+
+GIB = 1 << 30
+
+
+def gvmem(path):
+    try:
+        for line in open(path):
+            if line.startswith("GVMEM "):
+                return json.loads(line[6:])
+    except OSError:
+        pass
+    return None
+
+
+def swaps(res, what):
+    """(bytes, seconds, count) over the backends' logged swaps of at least 1 GiB."""
+    pat = re.compile(r"moved=(\d+) ms=([\d.]+)")
+    moved = secs = n = 0
+    for log in glob.glob(os.path.join(res, "backend-*.log")):
+        for line in open(log, errors="replace"):
+            if what not in line:
+                continue
+            m = pat.search(line)
+            if m and int(m.group(1)) >= GIB:
+                moved += int(m.group(1))
+                secs += float(m.group(2)) / 1e3
+                n += 1
+    return moved, secs, n
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--res", required=True)
+    ap.add_argument("--revision", default="")
+    ap.add_argument("--quota-mib", type=int, required=True)
+    ap.add_argument("--limit-mib", type=int, required=True)
+    ap.add_argument("--secs", type=float, required=True)
+    ap.add_argument("--slice-ms", type=float, required=True)
+    a = ap.parse_args()
+    R = a.res
+    pinned = {}
+    try:
+        pinned = json.load(open(os.path.join(R, "pinned.json")))
+    except (OSError, ValueError):
+        pass
+    alone = {v: gvmem(f"{R}/alone-{v}.out") for v in "abc"}
+    over = {v: gvmem(f"{R}/over-{v}.out") for v in "abc"}
+    try:
+        start_at = float(open(f"{R}/start_at").read())
+    except (OSError, ValueError):
+        start_at = 0.0
+
+    intact = all(r and r.get("ok") and r.get("bad_chunks") == 0 for r in list(alone.values()) + list(over.values()))
+    base_k = sum(r["kernels"] for r in alone.values() if r)
+    base_s = sum(r["run_s"] for r in alone.values() if r)
+    baseline = base_k / base_s if base_s else None
+    starts = [start_at + r["late_s"] for r in over.values() if r and "late_s" in r]
+    ends = [start_at + r["late_s"] + r["run_s"] for r in over.values() if r and "late_s" in r]
+    window = (max(ends) - min(starts)) if starts else 0
+    over_k = sum(r["kernels"] for r in over.values() if r and r.get("ok"))
+    aggregate = over_k / window if window else None
+
+    ev_b, ev_s, ev_n = swaps(R, "swapped out to host RAM")
+    re_b, re_s, re_n = swaps(R, "restored from host RAM")
+    ev_gbps = ev_b / 1e9 / ev_s if ev_s else None
+    re_gbps = re_b / 1e9 / re_s if re_s else None
+    d2h, h2d = pinned.get("dtoh_pinned_gbps"), pinned.get("htod_pinned_gbps")
+
+    wrote = gvmem(f"{R}/scrub-x.out") or {}
+    check = gvmem(f"{R}/scrub-y.out") or {}
+    native = gvmem(f"{R}/scrub-native-x.out") or {}
+    per_gib = None
+    if wrote.get("bytes") and "free_s" in wrote and "free_s" in native and native.get("bytes"):
+        per_gib = (wrote["free_s"] / (wrote["bytes"] / GIB)) - (native["free_s"] / (native["bytes"] / GIB))
+
+    api = {}
+    try:
+        api = json.load(open(f"{R}/over-api-end.json"))
+    except (OSError, ValueError):
+        pass
+
+    def r3(x):
+        return None if x is None else round(x, 3)
+
+    out = {
+        "benchmark": "memory",
+        "issue": 5,
+        "command": "scripts/h100/memory.sh",
+        "revision": a.revision.strip(),
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "host": socket.gethostname(),
+        "gpu": open(f"{R}/gpu.txt").read().strip() if os.path.exists(f"{R}/gpu.txt") else None,
+        "transport": "vhost-user direct (host processes through the guest driver), cuda engine",
+        "setup": {
+            "vms": 3,
+            "quota_gib_each": a.quota_mib / 1024,
+            "gpu_memory_gib_for_the_broker": a.limit_mib / 1024,
+            "slice_ms": a.slice_ms,
+            "overcommitted_run_s": a.secs,
+            "workload": "gv_mem hold: fill all free memory in chunks with a seeded pattern, burn kernels, "
+            "check every byte at the end",
+        },
+        "overcommit_data_intact": {
+            "value": intact,
+            "alone": alone,
+            "overcommitted": over,
+        },
+        "evict_bandwidth": {
+            "value": r3(ev_gbps / d2h) if ev_gbps and d2h else None,
+            "target_min": 0.7,
+            "met": bool(ev_gbps and d2h and ev_gbps / d2h >= 0.7),
+            "gbps": r3(ev_gbps),
+            "native_pinned_dtoh_gbps": d2h,
+            "swaps": ev_n,
+            "bytes": ev_b,
+        },
+        "restore_bandwidth": {
+            "value": r3(re_gbps / h2d) if re_gbps and h2d else None,
+            "target_min": 0.7,
+            "met": bool(re_gbps and h2d and re_gbps / h2d >= 0.7),
+            "gbps": r3(re_gbps),
+            "native_pinned_htod_gbps": h2d,
+            "swaps": re_n,
+            "bytes": re_b,
+        },
+        "overcommit_throughput": {
+            "value": r3(aggregate / baseline) if aggregate and baseline else None,
+            "target_min": 0.9,
+            "met": bool(aggregate and baseline and aggregate / baseline >= 0.9),
+            "kernels_per_s": {"one_after_another": r3(baseline), "overcommitted": r3(aggregate)},
+            "window_s": r3(window),
+        },
+        "scrub": {
+            "value": bool(check.get("ok")) and check.get("marker_words") == 0 and bool(check.get("bytes")),
+            "bytes_written_and_freed": wrote.get("bytes"),
+            "bytes_checked": check.get("bytes"),
+            "marker_words_found": check.get("marker_words"),
+            "scrub_s_per_gib": r3(per_gib),
+            "free_s": {"gpuvisor": wrote.get("free_s"), "native": native.get("free_s")},
+        },
+        "api_at_end": api.get("vms"),
+        "native_pinned": pinned,
+    }
+    print(json.dumps(out, indent=2))
+
+
+if __name__ == "__main__":
+    main()

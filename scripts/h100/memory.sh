@@ -1,0 +1,135 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (stage with scripts/h100/stage.sh): memory
+# overcommit and scrubbing, measured beside their native baselines, written
+# to memory.json (issue 5).
+#
+# Three "VMs" (backends on the cuda engine, each with its own quota, driven
+# through the guest driver over the vhost-user direct transport) share a GPU
+# whose memory gpuvisord is told is LIMIT_MIB; their quotas add to more. Each
+# fills its memory with checksummed data and burns GPU time; gpuvisord
+# schedules them in 5 s slices and its memory broker swaps the descheduled
+# ones out to host RAM and back.
+#
+#   scripts/h100/memory.sh [OUTDIR]     (default $OUT, else ./h100-out)
+# Knobs (env): QUOTA_MIB (40960), LIMIT_MIB (81920), SECS (60: overcommitted
+# run), ALONE_SECS (15), FILL_WAIT (120 s for the fills before the common
+# start), SLICE_MS (5000), CHUNK_MIB (256), ENGINE (cuda; sim to try the
+# script anywhere, with small QUOTA_MIB/LIMIT_MIB).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-${OUT:-$PWD/h100-out}}
+mkdir -p "$out"
+stage=$PWD/.stage
+work=/tmp/gpuvisor-memory
+rm -rf "$work" && mkdir -p "$work/res"
+tar -xJf "$stage/bundle.tar.xz" -C "$work"
+B=$work/bundle
+T=$stage/guest-tests
+OURS=$stage/lib/libcuda.so.1
+R=$work/res
+QUOTA_MIB=${QUOTA_MIB:-40960}
+LIMIT_MIB=${LIMIT_MIB:-81920}
+SECS=${SECS:-60}
+ALONE_SECS=${ALONE_SECS:-15}
+FILL_WAIT=${FILL_WAIT:-120}
+SLICE_MS=${SLICE_MS:-5000}
+CHUNK_MIB=${CHUNK_MIB:-256}
+ENGINE=${ENGINE:-cuda}
+BURN=(--iters 400000 --blocks 264 --depth 4)
+log() { echo "== $(date +%T) $*" >&2; }
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt" 2>&1
+log "GPU: $(cat "$R/gpu.txt")"
+
+daemon_pid=
+start_daemon() {
+    rm -rf "$work/state" && mkdir -p "$work/state"
+    "$B/bin/gpuvisord" --backend-socket "$work/d.sock" --listen 127.0.0.1:9400 --state-dir "$work/state" \
+        --no-auth --slice-ms "$SLICE_MS" >> "$R/gpuvisord.log" 2>&1 &
+    daemon_pid=$!
+    for _ in $(seq 100); do [ -S "$work/d.sock" ] && break; sleep 0.1; done
+    # The broker's view of the GPU: LIMIT_MIB of memory, quotas up to 2x that.
+    python3 - "$LIMIT_MIB" <<'EOF'
+import json, sys, urllib.request
+api = "http://127.0.0.1:9400/v1/gpus"
+for g in json.load(urllib.request.urlopen(api, timeout=5)):
+    body = json.dumps({"memory_limit_bytes": int(sys.argv[1]) << 20, "overcommit_ratio": 2.0}).encode()
+    req = urllib.request.Request(f"{api}/{g['id']}", data=body, method="PATCH",
+                                 headers={"Content-Type": "application/json"})
+    print(urllib.request.urlopen(req, timeout=5).read().decode(), file=sys.stderr)
+EOF
+}
+stop_daemon() { [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; daemon_pid=; }
+
+backend_pids=()
+start_backend() {  # name [backend args...]
+    local name=$1; shift
+    rm -f "$work/$name.sock"
+    "$B/bin/gpuvisor-backend" --socket-path "$work/$name.sock" --engine "$ENGINE" --vm-name "$name" \
+        --quota-mib "$QUOTA_MIB" "$@" >> "$R/backend-$name.log" 2>&1 &
+    backend_pids+=($!)
+    for _ in $(seq 100); do [ -S "$work/$name.sock" ] && return 0; sleep 0.1; done
+    log "backend $name did not start"; return 1
+}
+stop_backends() { for p in "${backend_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; backend_pids=(); }
+client() {  # name tag args... : gv_mem for "VM" name (native when name starts with native)
+    local name=$1 tag=$2; shift 2
+    if [[ $name == native* ]]; then
+        "$T/gv_mem" "$@" > "$R/$tag-$name.out" 2> "$R/$tag-$name.err"
+    else
+        GV_LIBCUDA=$OURS GPUVISOR_TRANSPORT=direct:$work/$name.sock GPUVISOR_DIRECT_MEM_MIB=256 \
+            "$T/gv_mem" "$@" > "$R/$tag-$name.out" 2> "$R/$tag-$name.err"
+    fi
+}
+snapshot() {
+    python3 - "$1" <<'EOF'
+import json, sys, urllib.request
+out = {}
+for what in ("vms", "gpus"):
+    try:
+        out[what] = json.load(urllib.request.urlopen(f"http://127.0.0.1:9400/v1/{what}", timeout=5))
+    except Exception as e:
+        out[what] = {"error": str(e)}
+json.dump(out, open(sys.argv[1], "w"))
+EOF
+}
+
+log "native pinned copy bandwidth"
+python3 scripts/h100/probe-evict.py pinned 8 > "$R/pinned.json" 2> "$R/pinned.err" || true
+
+log "baseline: the three VMs one after another, each alone with its memory"
+start_daemon
+for v in a b c; do
+    start_backend "$v" --daemon "$work/d.sock"
+    client "$v" alone hold --fill --chunk-mib "$CHUNK_MIB" --seconds "$ALONE_SECS" --seed "$(printf %d "'$v")" "${BURN[@]}"
+    stop_backends
+done
+
+log "overcommit: the three at once, ${SECS}s after a common start"
+for v in a b c; do start_backend "$v" --daemon "$work/d.sock"; done
+start_at=$(( $(date +%s) + FILL_WAIT ))
+echo "$start_at" > "$R/start_at"
+cpids=()
+for v in a b c; do
+    client "$v" over hold --fill --chunk-mib "$CHUNK_MIB" --seconds "$SECS" --start-at "$start_at" \
+        --seed "$(printf %d "'$v")" "${BURN[@]}" &
+    cpids+=($!)
+done
+sleep $((FILL_WAIT + SECS / 2)); snapshot "$R/over-api-mid.json"
+wait "${cpids[@]}"
+snapshot "$R/over-api-end.json"
+stop_backends
+
+log "scrub: one VM writes a marker over all its memory, frees it and exits; another allocates all it can"
+start_backend x --daemon "$work/d.sock"
+client x scrub scrub-write --fill --chunk-mib "$CHUNK_MIB"
+stop_backends
+start_backend y --daemon "$work/d.sock"
+client y scrub scrub-check --fill --chunk-mib "$CHUNK_MIB"
+stop_backends
+stop_daemon
+log "scrub: native baseline of the same frees"
+if [ "$ENGINE" = cuda ]; then client native-x scrub scrub-write --mib "$QUOTA_MIB" --chunk-mib "$CHUNK_MIB"; fi
+
+python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | tr '\n' ' ')" \
+    --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" > "$out/memory.json"
+cat "$out/memory.json"
