@@ -62,13 +62,22 @@ impl VmRun {
 
     /// The figures gv_load printed (`GVLOAD {json}`), the last such line.
     pub fn gvload(&self) -> anyhow::Result<Value> {
+        self.json_line("GVLOAD ")
+    }
+
+    /// The figures gv_mem printed (`GVMEM {json}`), the last such line.
+    pub fn gvmem(&self) -> anyhow::Result<Value> {
+        self.json_line("GVMEM ")
+    }
+
+    fn json_line(&self, prefix: &str) -> anyhow::Result<Value> {
         let line = self
             .console
             .lines()
             .rev()
-            .find_map(|l| l.trim_end_matches('\r').strip_prefix("GVLOAD "))
-            .context("the guest printed no GVLOAD line")?;
-        serde_json::from_str(line).with_context(|| format!("GVLOAD line is not JSON: {line}"))
+            .find_map(|l| l.trim_end_matches('\r').strip_prefix(prefix))
+            .with_context(|| format!("the guest printed no {} line", prefix.trim()))?;
+        serde_json::from_str(line).with_context(|| format!("{} line is not JSON: {line}", prefix.trim()))
     }
 }
 

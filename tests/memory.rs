@@ -1,0 +1,123 @@
+//! Memory overcommit across VMs: real QEMU guests, real gpuvisor-backends (sim
+//! engine) and a real gpuvisord started through `gpuvisor-vm fleet`. The admin
+//! tells gpuvisord that the sim GPU has less memory than the VMs' quotas add
+//! up to, so the broker must swap descheduled VMs out and back while each
+//! guest keeps checking every byte of its data.
+
+use std::time::{Duration, Instant};
+
+use gpuvisor_tests::{after_go, alive, signal, sim_fleet_spec, AdminApi, Daemon, Fleet, Scratch};
+use serde_json::{json, Value};
+
+/// Time for every guest to boot (TCG on two host cores) and start its command.
+const BOOT: Duration = Duration::from_secs(120);
+const MIB: u64 = 1 << 20;
+/// Each VM's quota, and the sim GPU's memory as the admin sets it: the three
+/// quotas add to twice the GPU.
+const QUOTA_MIB: u64 = 24;
+const GPU_MIB: u64 = 36;
+
+/// A fleet of three sim VMs whose guests fill 16 MiB each with seeded data,
+/// then burn GPU time for `secs`, checking all their data every 300 ms.
+fn overcommitted_fleet(dir: &Scratch, secs: u32, daemon_args: &[&str]) -> (Fleet, AdminApi) {
+    std::fs::create_dir_all(dir.path("share")).unwrap();
+    // Each VM's own seed, so that one VM's data showing up in another's
+    // buffers would fail the check.
+    let cmd = |seed: u32| {
+        after_go(&format!(
+            "/opt/gpuvisor/tests/gv_mem hold --mib 16 --chunk-mib 2 --seconds {secs} --verify-ms 300 \
+             --iters 2000000 --blocks 1 --threads 1 --depth 2 --seed {seed}"
+        ))
+    };
+    let args: Vec<String> = daemon_args.iter().map(|a| format!("{a:?}")).collect();
+    let spec = sim_fleet_spec(&dir.0, &cmd(1), &[("a", 1), ("b", 1), ("c", 1)], "share_dir = \"share\"\n").unwrap();
+    let mut text = std::fs::read_to_string(&spec).unwrap();
+    text = text
+        .replace("quota_mib = 256", &format!("quota_mib = {QUOTA_MIB}"))
+        .replace("slice_ms = 10\n", &format!("slice_ms = 100\nextra_args = [{}]\n", args.join(", ")));
+    for (name, seed) in [("b", 2), ("c", 3)] {
+        text = text.replace(&format!("name = \"{name}\"\n"), &format!("name = \"{name}\"\nrun = {:?}\n", cmd(seed)));
+    }
+    std::fs::write(&spec, text).unwrap();
+    let fleet = Fleet::start(&spec, &dir.path("run")).unwrap();
+    let daemon = fleet.daemon().unwrap();
+    let api = AdminApi::new(&daemon.addr, daemon.token_file.as_deref()).unwrap();
+    api.patch("/v1/gpus/sim", &json!({"memory_limit_bytes": GPU_MIB * MIB, "overcommit_ratio": 2.0})).unwrap();
+    fleet.wait_until_running(&["a", "b", "c"], BOOT).unwrap();
+    (fleet, api)
+}
+
+fn by_name<'a>(vms: &'a [Value], name: &str) -> &'a Value {
+    vms.iter().find(|v| v["name"] == name).unwrap_or_else(|| panic!("no VM {name} in {vms:?}"))
+}
+
+/// Each guest's gv_mem result: its data intact at every check.
+fn assert_intact(run: &gpuvisor_tests::FleetRun, names: &[&str]) {
+    for n in names {
+        let vm = run.vm(n);
+        let r = vm.gvmem().unwrap_or_else(|e| panic!("{n}: {e}"));
+        eprintln!("{n}: {r}");
+        assert_eq!(r["ok"], true, "{n}: {r}");
+        assert_eq!(r["bad_chunks"], 0, "{n}: {r}");
+        assert!(r["verifies"].as_u64().unwrap() >= 5, "{n} checked its data only {r}");
+        assert_eq!(vm.code, 0, "{n}: guest exit code");
+    }
+}
+
+#[test]
+fn three_vms_whose_quotas_add_to_twice_the_gpu_keep_all_their_data() {
+    let dir = Scratch::new("overcommit");
+    let (fleet, api) = overcommitted_fleet(&dir, 20, &["--min-residency-ms", "200"]);
+    std::fs::write(dir.path("share/go"), "").unwrap();
+    std::thread::sleep(Duration::from_secs(12));
+    let vms = api.vms().unwrap();
+    eprintln!("GET /v1/vms mid-run: {vms:#?}");
+    let mut evictions = 0;
+    for n in ["a", "b", "c"] {
+        let v = by_name(&vms, n);
+        assert_eq!(v["quota_bytes"], QUOTA_MIB * MIB, "{n}: {v}");
+        evictions += v["evictions"].as_u64().unwrap();
+    }
+    let resident: u64 = vms.iter().map(|v| v["resident_bytes"].as_u64().unwrap()).sum();
+    assert!(resident <= GPU_MIB * MIB, "resident bytes add to {resident}, more than the GPU's {GPU_MIB} MiB");
+    assert!(evictions >= 3, "only {evictions} evictions: the VMs did not take turns with their memory");
+    let run = fleet.wait(Duration::from_secs(90)).unwrap();
+    assert_intact(&run, &["a", "b", "c"]);
+    assert_eq!(run.code, 0, "fleet exit code");
+}
+
+#[test]
+fn a_daemon_killed_mid_overcommit_loses_no_vm_data() {
+    let dir = Scratch::new("overcommit-kill");
+    let (fleet, api) = overcommitted_fleet(&dir, 25, &["--min-residency-ms", "200"]);
+    let daemon = fleet.daemon().unwrap();
+    std::fs::write(dir.path("share/go"), "").unwrap();
+    // Kill it while the VMs are swapping in turns (some hold data in host RAM).
+    let t = Instant::now();
+    loop {
+        let vms = api.vms().unwrap();
+        if vms.iter().any(|v| v["evicted_bytes"].as_u64().unwrap_or(0) > 0) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "no VM was ever evicted: {vms:#?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    signal(daemon.pid, libc::SIGKILL);
+    while alive(daemon.pid) {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    // Started again the way the fleet started it; the backends come back.
+    let restarted = Daemon::start(&daemon.socket, &daemon.addr, &dir.path("state"), &dir.path("daemon2.log")).unwrap();
+    let t = Instant::now();
+    loop {
+        match api.vms() {
+            Ok(vms) if vms.iter().filter(|v| v["connected"] == true).count() == 3 => break,
+            _ => assert!(t.elapsed() < Duration::from_secs(20), "the backends did not come back"),
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let run = fleet.wait(Duration::from_secs(90)).unwrap();
+    assert_intact(&run, &["a", "b", "c"]);
+    drop(restarted);
+}
