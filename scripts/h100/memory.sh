@@ -19,14 +19,8 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-${OUT:-$PWD/h100-out}}
 mkdir -p "$out"
-stage=$PWD/.stage
-work=/tmp/gpuvisor-memory
-rm -rf "$work" && mkdir -p "$work/res"
-tar -xJf "$stage/bundle.tar.xz" -C "$work"
-B=$work/bundle
-T=$stage/guest-tests
-OURS=$stage/lib/libcuda.so.1
-R=$work/res
+. scripts/h100/lib.sh
+h100_setup /tmp/gpuvisor-memory
 QUOTA_MIB=${QUOTA_MIB:-40960}
 LIMIT_MIB=${LIMIT_MIB:-81920}
 SECS=${SECS:-60}
@@ -34,19 +28,11 @@ ALONE_SECS=${ALONE_SECS:-15}
 FILL_WAIT=${FILL_WAIT:-120}
 SLICE_MS=${SLICE_MS:-5000}
 CHUNK_MIB=${CHUNK_MIB:-256}
-ENGINE=${ENGINE:-cuda}
+DIRECT_MEM_MIB=256
 BURN=(--iters 400000 --blocks 264 --depth 4)
-log() { echo "== $(date +%T) $*" >&2; }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt" 2>&1
-log "GPU: $(cat "$R/gpu.txt")"
 
-daemon_pid=
 start_daemon() {
-    rm -rf "$work/state" && mkdir -p "$work/state"
-    "$B/bin/gpuvisord" --backend-socket "$work/d.sock" --listen 127.0.0.1:9400 --state-dir "$work/state" \
-        --no-auth --slice-ms "$SLICE_MS" >> "$R/gpuvisord.log" 2>&1 &
-    daemon_pid=$!
-    for _ in $(seq 100); do [ -S "$work/d.sock" ] && break; sleep 0.1; done
+    h100_start_daemon --slice-ms "$SLICE_MS" || return 1
     # The broker's view of the GPU: LIMIT_MIB of memory, quotas up to 2x that.
     python3 - "$LIMIT_MIB" <<'EOF'
 import json, sys, urllib.request
@@ -58,39 +44,9 @@ for g in json.load(urllib.request.urlopen(api, timeout=5)):
     print(urllib.request.urlopen(req, timeout=5).read().decode(), file=sys.stderr)
 EOF
 }
-stop_daemon() { [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; daemon_pid=; }
-
-backend_pids=()
-start_backend() {  # name [backend args...]
-    local name=$1; shift
-    rm -f "$work/$name.sock"
-    "$B/bin/gpuvisor-backend" --socket-path "$work/$name.sock" --engine "$ENGINE" --vm-name "$name" \
-        --quota-mib "$QUOTA_MIB" "$@" >> "$R/backend-$name.log" 2>&1 &
-    backend_pids+=($!)
-    for _ in $(seq 100); do [ -S "$work/$name.sock" ] && return 0; sleep 0.1; done
-    log "backend $name did not start"; return 1
-}
-stop_backends() { for p in "${backend_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; backend_pids=(); }
+start_backend() { h100_start_backend "$1" --quota-mib "$QUOTA_MIB" "${@:2}"; }
 client() {  # name tag args... : gv_mem for "VM" name (native when name starts with native)
-    local name=$1 tag=$2; shift 2
-    if [[ $name == native* ]]; then
-        "$T/gv_mem" "$@" > "$R/$tag-$name.out" 2> "$R/$tag-$name.err"
-    else
-        GV_LIBCUDA=$OURS GPUVISOR_TRANSPORT=direct:$work/$name.sock GPUVISOR_DIRECT_MEM_MIB=256 \
-            "$T/gv_mem" "$@" > "$R/$tag-$name.out" 2> "$R/$tag-$name.err"
-    fi
-}
-snapshot() {
-    python3 - "$1" <<'EOF'
-import json, sys, urllib.request
-out = {}
-for what in ("vms", "gpus"):
-    try:
-        out[what] = json.load(urllib.request.urlopen(f"http://127.0.0.1:9400/v1/{what}", timeout=5))
-    except Exception as e:
-        out[what] = {"error": str(e)}
-json.dump(out, open(sys.argv[1], "w"))
-EOF
+    h100_client gv_mem "$1" "$R/$2-$1.out" "${@:3}"
 }
 
 log "native pinned copy bandwidth"

@@ -14,73 +14,25 @@ set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-${OUT:-$PWD/h100-out}}
 mkdir -p "$out"
-stage=$PWD/.stage
-work=/tmp/gpuvisor-sched
-rm -rf "$work" && mkdir -p "$work/res"
-tar -xJf "$stage/bundle.tar.xz" -C "$work"
-B=$work/bundle
-T=$stage/guest-tests
-OURS=$stage/lib/libcuda.so.1
-R=$work/res
+. scripts/h100/lib.sh
+h100_setup /tmp/gpuvisor-sched
 SECS=${SECS:-15}
 SLICE_MS=${SLICE_MS:-5}
-ENGINE=${ENGINE:-cuda}     # ENGINE=sim runs the gpuvisor half anywhere, to try the script
-log() { echo "== $*" >&2; }
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt" 2>&1
-log "GPU: $(cat "$R/gpu.txt")"
+# ENGINE=sim runs the gpuvisor half anywhere, to try the script.
 
-daemon_pid=
-start_daemon() {
-    rm -rf "$work/state" && mkdir -p "$work/state"
-    "$B/bin/gpuvisord" --backend-socket "$work/d.sock" --listen 127.0.0.1:9400 --state-dir "$work/state" \
-        --no-auth --slice-ms "$SLICE_MS" >> "$R/gpuvisord.log" 2>&1 &
-    daemon_pid=$!
-    for _ in $(seq 100); do [ -S "$work/d.sock" ] && return 0; sleep 0.1; done
-    log "gpuvisord did not start"; return 1
-}
-stop_daemon() { [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; daemon_pid=; }
-
-backend_pids=()
+start_daemon() { h100_start_daemon --slice-ms "$SLICE_MS"; }
 start_backend() {  # name [backend args...]
-    local name=$1; shift
-    rm -f "$work/$name.sock"
-    "$B/bin/gpuvisor-backend" --socket-path "$work/$name.sock" --engine "$ENGINE" --vm-name "$name" --quota-mib 8192 \
-        --latency-log "$R/$tag-$name.lat" "$@" >> "$R/backend-$name.log" 2>&1 &
-    backend_pids+=($!)
-    for _ in $(seq 100); do [ -S "$work/$name.sock" ] && return 0; sleep 0.1; done
-    log "backend $name did not start"; return 1
+    h100_start_backend "$1" --quota-mib 8192 --latency-log "$R/$tag-$1.lat" "${@:2}"
 }
-stop_backends() { for p in "${backend_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; backend_pids=(); }
-
 # Runs gv_load for "VM" $1 through its backend (direct transport), or natively
 # when $1 starts with "native".
-client() {  # name mode args...
-    local name=$1; shift
-    if [[ $name == native* ]]; then
-        "$T/gv_load" "$@" > "$R/$tag-$name.out" 2>&1
-    else
-        GV_LIBCUDA=$OURS GPUVISOR_TRANSPORT=direct:$work/$name.sock GPUVISOR_DIRECT_MEM_MIB=64 \
-            "$T/gv_load" "$@" > "$R/$tag-$name.out" 2>&1
-    fi
-}
+client() { h100_client gv_load "$1" "$R/$tag-$1.out" "${@:2}"; }
 # Waits for the clients started in the background (not the daemon or backends).
 wait_clients() {
     local p
     for p in $(jobs -p); do
         case " $daemon_pid ${backend_pids[*]} " in *" $p "*) ;; *) wait "$p" ;; esac
     done
-}
-snapshot() {  # file: gpuvisord's view of the VMs and GPUs
-    python3 - "$1" <<'EOF'
-import json, sys, urllib.request
-out = {}
-for what in ("vms", "gpus"):
-    try:
-        out[what] = json.load(urllib.request.urlopen(f"http://127.0.0.1:9400/v1/{what}", timeout=5))
-    except Exception as e:
-        out[what] = {"error": str(e)}
-json.dump(out, open(sys.argv[1], "w"))
-EOF
 }
 
 # 0. Calibration: how long one gv_burn kernel takes alone, natively.

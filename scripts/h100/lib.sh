@@ -1,0 +1,70 @@
+# Shared by the scripts/h100/*.sh runs (sourced, from the repository root):
+# unpacks the staged bundle (scripts/h100/stage.sh) and starts and stops
+# gpuvisord, backends and "clients" (guest test programs driving a backend
+# through the guest driver over the vhost-user direct transport).
+#
+# After `h100_setup DIR`: B (bundle), T (guest test programs), OURS (the guest
+# driver), R (raw results), stage. ENGINE (default cuda) picks the backends'
+# engine.
+
+log() { echo "== $(date +%T) $*" >&2; }
+
+h100_setup() {  # scratch dir
+    stage=$PWD/.stage
+    work=$1
+    rm -rf "$work" && mkdir -p "$work/res"
+    tar -xJf "$stage/bundle.tar.xz" -C "$work"
+    B=$work/bundle
+    T=$stage/guest-tests
+    OURS=$stage/lib/libcuda.so.1
+    R=$work/res
+    ENGINE=${ENGINE:-cuda}
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt" 2>&1
+    log "GPU: $(cat "$R/gpu.txt")"
+}
+
+daemon_pid=
+h100_start_daemon() {  # [gpuvisord args...]
+    rm -rf "$work/state" && mkdir -p "$work/state"
+    "$B/bin/gpuvisord" --backend-socket "$work/d.sock" --listen 127.0.0.1:9400 --state-dir "$work/state" \
+        --no-auth "$@" >> "$R/gpuvisord.log" 2>&1 &
+    daemon_pid=$!
+    for _ in $(seq 100); do [ -S "$work/d.sock" ] && return 0; sleep 0.1; done
+    log "gpuvisord did not start"; return 1
+}
+stop_daemon() { [ -n "$daemon_pid" ] && kill "$daemon_pid" 2>/dev/null; wait "$daemon_pid" 2>/dev/null; daemon_pid=; }
+
+backend_pids=()
+h100_start_backend() {  # name [backend args...]
+    local name=$1; shift
+    rm -f "$work/$name.sock"
+    "$B/bin/gpuvisor-backend" --socket-path "$work/$name.sock" --engine "$ENGINE" --vm-name "$name" "$@" \
+        >> "$R/backend-$name.log" 2>&1 &
+    backend_pids+=($!)
+    for _ in $(seq 100); do [ -S "$work/$name.sock" ] && return 0; sleep 0.1; done
+    log "backend $name did not start"; return 1
+}
+stop_backends() { for p in "${backend_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; backend_pids=(); }
+
+h100_client() {  # program name out-file args... : through backend `name`, or natively when name starts with native
+    local prog=$1 name=$2 outf=$3; shift 3
+    if [[ $name == native* ]]; then
+        "$T/$prog" "$@" > "$outf" 2>&1
+    else
+        GV_LIBCUDA=$OURS GPUVISOR_TRANSPORT=direct:$work/$name.sock GPUVISOR_DIRECT_MEM_MIB=${DIRECT_MEM_MIB:-64} \
+            "$T/$prog" "$@" > "$outf" 2>&1
+    fi
+}
+
+snapshot() {  # file: gpuvisord's view of the VMs and GPUs
+    python3 - "$1" <<'EOF'
+import json, sys, urllib.request
+out = {}
+for what in ("vms", "gpus"):
+    try:
+        out[what] = json.load(urllib.request.urlopen(f"http://127.0.0.1:9400/v1/{what}", timeout=5))
+    except Exception as e:
+        out[what] = {"error": str(e)}
+json.dump(out, open(sys.argv[1], "w"))
+EOF
+}
