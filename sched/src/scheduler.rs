@@ -226,6 +226,13 @@ impl Scheduler {
         self.update_vclock();
         let holds_it = self.holding.is_some_and(|h| h.vm == vm && h.grant == grant);
         let holds_other = self.holding.is_some_and(|h| h.vm == vm && h.grant != grant);
+        if holds_other {
+            // A revoked grant given back after the VM got its next one: none
+            // of its work is out any more.
+            if let Some(v) = self.vms.get_mut(&vm).filter(|v| v.revoked == Some(grant)) {
+                v.revoked = None;
+            }
+        }
         if holds_it {
             self.holding = None;
             if let Some(v) = self.vms.get_mut(&vm) {
@@ -293,6 +300,12 @@ impl Scheduler {
 
     pub fn params(&self, vm: VmId) -> Option<VmParams> {
         self.vms.get(&vm).map(|v| v.params)
+    }
+
+    /// Whether `vm` holds a grant or has not yet released one it was asked
+    /// to give back: either way its work may still be on the GPU.
+    pub fn has_grant_out(&self, vm: VmId) -> bool {
+        self.holder() == Some(vm) || self.vms.get(&vm).is_some_and(|v| v.revoked.is_some())
     }
 
     /// The registered VMs, in id order.
@@ -696,6 +709,31 @@ mod tests {
         // VM 2 did not bank VM 1's 10 s: they alternate at once.
         let a = s.release(2, g, 10 * MS, true, 11 * S + 10 * MS);
         assert_eq!(granted(&a).map(|g| g.0), Some(1), "{a:?}");
+    }
+
+    #[test]
+    fn a_revoked_grant_is_out_until_its_release() {
+        let mut s = Scheduler::new(GpuPolicy::default());
+        s.add_vm(1, burstable(), 0);
+        s.add_vm(2, vm(QosClass::Burstable, 1, 5), 0);
+        let (_, g1) = granted(&s.demand(1, 0)).expect("grant");
+        assert!(s.has_grant_out(1) && !s.has_grant_out(2));
+        // Preempted: VM 2 holds the GPU, VM 1's work is still on it.
+        let (_, g2) = granted(&s.demand(2, MS)).expect("grant");
+        assert!(s.has_grant_out(1) && s.has_grant_out(2));
+        s.release(1, g1, MS, true, 2 * MS);
+        assert!(!s.has_grant_out(1));
+        // Given back late, after the next grant: out no more either.
+        let a = s.release(2, g2, MS, false, 3 * MS);
+        let (_, g3) = granted(&a).expect("grant");
+        let (_, g4) = granted(&s.demand(2, 4 * MS)).expect("grant");
+        assert!(s.has_grant_out(1));
+        let a = s.release(2, g4, MS, false, 5 * MS);
+        let (_, g5) = granted(&a).expect("grant");
+        assert_eq!(s.current_grant(), Some((1, g5)));
+        s.release(1, g3, MS, true, 6 * MS);
+        s.release(1, g5, MS, false, 7 * MS);
+        assert!(!s.has_grant_out(1));
     }
 
     #[test]
