@@ -23,6 +23,11 @@ Who gets the next slice is decided by the VM's QoS class, then its weight and
 priority. Changes made here take effect at once: the scheduler applies them
 within one slice, and running VMs keep running.
 
+Each VM also has a device memory quota. Where a GPU's overcommit ratio lets
+the quotas add up to more than the GPU holds, gpuvisord moves the memory of
+VMs that are not using the GPU to host RAM when another VM needs room, and
+brings it back before their next GPU work.
+
 The admin token is read from --token or GPUVISOR_TOKEN, else from --token-file,
 else from /var/lib/gpuvisor/admin.token when that file exists.";
 
@@ -66,7 +71,9 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// List GPUs: their default slice, which VM holds each now, how busy it is
+    /// List GPUs: their default slice, which VM holds each now, how busy it
+    /// is, the memory its VMs share (CAPACITY, - where not managed) and the
+    /// host RAM evicted memory takes (SWAP, used/limit, all GPUs together)
     Gpus,
 
     /// Show one GPU, one field per line
@@ -76,7 +83,7 @@ pub enum Command {
     },
 
     /// Change a GPU's defaults, used by its VMs that have no setting of their
-    /// own; takes effect within one slice
+    /// own (they take effect within one slice), or its memory overcommit
     GpuSet {
         /// The GPU's id as `gpus` lists it
         id: String,
@@ -91,6 +98,20 @@ pub enum Command {
         /// takes, so lower means the slice boundary is kept more tightly
         #[arg(long, value_name = "N")]
         max_queued_ops: Option<u32>,
+
+        /// How far the VMs' memory quotas may add up beyond the GPU's memory
+        /// capacity (1 to 100; 1, the default, is no overcommit). A VM whose
+        /// quota would pass it is refused when it registers
+        #[arg(long, value_name = "R")]
+        overcommit_ratio: Option<f64>,
+
+        /// Device memory the GPU's VMs share, instead of the GPU's memory less
+        /// the driver's reserve (1 GiB and 512 MiB per VM): bytes with an
+        /// optional K, M, G or T suffix (powers of 1024, as 40G or 1.5T), or
+        /// `none` to clear it. Lowering it moves VMs' memory to host RAM until
+        /// it fits
+        #[arg(long, value_name = "SIZE|none", value_parser = parse_memory_limit)]
+        memory_limit: Option<MemoryLimit>,
     },
 
     /// List VMs, sorted by name, with their settings and measured shares
@@ -98,7 +119,9 @@ pub enum Command {
         SHARE(cfg) is the share of the GPU the policy entitles the VM to now, among the busy VMs; \
         SHARE(used) is the share of GPU time it used over the last measurement window. \
         QUEUE is the batches waiting in its backend; P99 the 99th percentile request latency \
-        (arrival at the backend to completion on the GPU); MEM its device memory in use.")]
+        (arrival at the backend to completion on the GPU). QUOTA is the device memory its guest sees; \
+        RESIDENT what it holds on the GPU and EVICTED what gpuvisord moved to host RAM to make room for \
+        other VMs; EVICTS how often that happened, and RESTORE(ms) how long its last return to the GPU took.")]
     Vms {
         /// Only VMs on this GPU (an id, or the start of one as the table shows it)
         #[arg(long, value_name = "ID")]
@@ -171,6 +194,43 @@ fn parse_slice_ms(s: &str) -> Result<u64, String> {
     Ok((ms * 1000.0).round() as u64)
 }
 
+/// A GPU's memory limit as `gpu-set --memory-limit` takes it: a size, or
+/// `none` to clear it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MemoryLimit(pub Option<u64>);
+
+fn parse_memory_limit(s: &str) -> Result<MemoryLimit, String> {
+    if s.eq_ignore_ascii_case("none") {
+        return Ok(MemoryLimit(None));
+    }
+    parse_size(s).map(|b| MemoryLimit(Some(b)))
+}
+
+/// Bytes, with an optional K, M, G or T suffix (powers of 1024; `Ki`,
+/// `KiB` and `KB` read the same).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let digits = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (number, unit) = t.split_at(digits);
+    let unit = unit.trim().to_ascii_uppercase();
+    let unit = unit.strip_suffix('B').unwrap_or(&unit);
+    let unit = unit.strip_suffix('I').unwrap_or(unit);
+    let shift = match unit {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("expected bytes with an optional K, M, G or T suffix (like 40G), or none; got {s:?}")),
+    };
+    let value: f64 = number.parse().map_err(|_| format!("expected a size like 40G or 512M, or none; got {s:?}"))?;
+    let bytes = value * (1u64 << shift) as f64;
+    if !bytes.is_finite() || bytes < 1.0 || bytes >= u64::MAX as f64 {
+        return Err(format!("expected a positive size like 40G or 512M, got {s:?}"));
+    }
+    Ok(bytes.round() as u64)
+}
+
 fn parse_class(s: &str) -> Result<QosClass, String> {
     s.parse()
 }
@@ -233,6 +293,12 @@ fn explain(e: anyhow::Error, cli: &Cli, sent_token: bool, missing_note: &str) ->
         Some(ClientError::Api { field: Some(f), .. }) if f == "slice_us" => {
             "--slice-ms takes milliseconds: 0.5 to 10000".to_owned()
         }
+        Some(ClientError::Api { field: Some(f), .. }) if f == "memory_limit_bytes" => {
+            "--memory-limit takes a size from 1M to 1024T (like 40G), or none".to_owned()
+        }
+        Some(ClientError::Api { field: Some(f), .. }) if f == "overcommit_ratio" => {
+            "--overcommit-ratio takes 1 to 100".to_owned()
+        }
         Some(ClientError::Unreachable { .. }) => {
             format!("is gpuvisord running and serving its admin API at {}? (--url, GPUVISOR_URL)", cli.url)
         }
@@ -259,8 +325,13 @@ fn execute(cli: &Cli, client: &Client, out: &mut dyn Write) -> anyhow::Result<()
             out.write_all(gpu_table(&gpus).as_bytes())?;
         }
         Command::Gpu { id } => print_gpu(out, cli.json, &client.gpu(id)?)?,
-        Command::GpuSet { id, slice_ms, max_queued_ops } => {
-            let patch = GpuPatch { slice_us: *slice_ms, max_queued_ops: *max_queued_ops };
+        Command::GpuSet { id, slice_ms, max_queued_ops, overcommit_ratio, memory_limit } => {
+            let patch = GpuPatch {
+                slice_us: *slice_ms,
+                max_queued_ops: *max_queued_ops,
+                overcommit_ratio: *overcommit_ratio,
+                memory_limit_bytes: memory_limit.map(|l| l.0),
+            };
             print_gpu(out, cli.json, &client.update_gpu(id, &patch)?)?;
         }
         Command::Vms { gpu } => {
@@ -352,6 +423,8 @@ pub fn gpu_table(gpus: &[GpuView]) -> String {
                 g.id.clone(),
                 g.name.clone(),
                 bytes(g.memory_total_bytes),
+                g.memory_capacity_bytes.map_or_else(|| "-".to_owned(), size),
+                format!("{}/{}", size(g.swap_used_bytes), size(g.swap_limit_bytes)),
                 micros(g.slice_us as f64),
                 g.holder.clone().unwrap_or_else(|| "-".to_owned()),
                 percent(g.busy_fraction),
@@ -359,7 +432,7 @@ pub fn gpu_table(gpus: &[GpuView]) -> String {
             ]
         })
         .collect();
-    table(&["ID", "NAME", "MEMORY", "SLICE", "HOLDER", "BUSY", "VMS"], &rows)
+    table(&["ID", "NAME", "MEMORY", "CAPACITY", "SWAP", "SLICE", "HOLDER", "BUSY", "VMS"], &rows)
 }
 
 pub fn vm_table(vms: &[VmView]) -> String {
@@ -378,7 +451,11 @@ pub fn vm_table(vms: &[VmView]) -> String {
                 percent(v.share_used),
                 v.queued.to_string(),
                 micros(v.latency_p99_us),
-                format!("{}/{}", bytes(v.used_bytes), bytes(v.quota_bytes)),
+                size(v.quota_bytes),
+                size(v.resident_bytes),
+                size(v.evicted_bytes),
+                v.evictions.to_string(),
+                v.last_restore_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1}")),
             ]
         })
         .collect();
@@ -395,7 +472,11 @@ pub fn vm_table(vms: &[VmView]) -> String {
             "SHARE(used)",
             "QUEUE",
             "P99",
-            "MEM",
+            "QUOTA",
+            "RESIDENT",
+            "EVICTED",
+            "EVICTS",
+            "RESTORE(ms)",
         ],
         &rows,
     )
@@ -413,6 +494,12 @@ pub fn gpu_detail(g: &GpuView) -> String {
         ("holder", g.holder.clone().unwrap_or_else(|| "-".to_owned())),
         ("busy", percent(g.busy_fraction)),
         ("vms", g.vms.to_string()),
+        ("overcommit_ratio", g.overcommit_ratio.to_string()),
+        ("memory_limit", g.memory_limit_bytes.map_or_else(|| "none (the GPU's own)".to_owned(), bytes)),
+        ("memory_capacity", g.memory_capacity_bytes.map_or_else(|| "not managed".to_owned(), bytes)),
+        ("memory_resident", bytes(g.resident_bytes)),
+        ("memory_evicted", bytes(g.evicted_bytes)),
+        ("swap", format!("{} of {} (host RAM, all GPUs)", bytes(g.swap_used_bytes), bytes(g.swap_limit_bytes))),
     ];
     key_values(&lines)
 }
@@ -442,6 +529,12 @@ pub fn vm_detail(v: &VmView) -> String {
         ("latency_p99", micros(v.latency_p99_us)),
         ("memory_used", bytes(v.used_bytes)),
         ("memory_quota", bytes(v.quota_bytes)),
+        ("memory_limit", bytes(v.limit_bytes)),
+        ("memory_resident", bytes(v.resident_bytes)),
+        ("memory_evicted", bytes(v.evicted_bytes)),
+        ("evictions", format!("{} ({:.1} ms in all)", v.evictions, v.evict_ms_total)),
+        ("restores", format!("{} ({:.1} ms in all)", v.restores, v.restore_ms_total)),
+        ("last_restore", v.last_restore_ms.map_or_else(|| "-".to_owned(), |ms| format!("{ms:.1} ms"))),
     ];
     key_values(&lines)
 }
@@ -517,6 +610,22 @@ pub fn bytes(b: u64) -> String {
     }
 }
 
+/// A size in the short form tables use: `40.0G`, `512.0M`, `0`.
+pub fn size(b: u64) -> String {
+    const UNITS: [&str; 6] = ["", "K", "M", "G", "T", "P"];
+    let mut value = b as f64;
+    let mut unit = 0;
+    while value >= 1024.0 && unit < UNITS.len() - 1 {
+        value /= 1024.0;
+        unit += 1;
+    }
+    if unit == 0 {
+        b.to_string()
+    } else {
+        format!("{value:.1}{}", UNITS[unit])
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -530,6 +639,24 @@ mod tests {
         assert_eq!(micros(0.0), "0 us");
         assert_eq!(bytes(80 << 30), "80.0 GiB");
         assert_eq!(bytes(512), "512 B");
+        assert_eq!(size(40 << 30), "40.0G");
+        assert_eq!(size(1536 << 20), "1.5G");
+        assert_eq!(size(0), "0");
+    }
+
+    #[test]
+    fn memory_limits_take_sizes_or_none() {
+        assert_eq!(parse_memory_limit("40G"), Ok(MemoryLimit(Some(40 << 30))));
+        assert_eq!(parse_memory_limit("512M"), Ok(MemoryLimit(Some(512 << 20))));
+        assert_eq!(parse_memory_limit("1.5GiB"), Ok(MemoryLimit(Some(1536 << 20))));
+        assert_eq!(parse_memory_limit("64k"), Ok(MemoryLimit(Some(64 << 10))));
+        assert_eq!(parse_memory_limit("1048576"), Ok(MemoryLimit(Some(1 << 20))));
+        assert_eq!(parse_memory_limit("none"), Ok(MemoryLimit(None)));
+        for bad in ["", "G", "-1G", "40X", "0", "lots"] {
+            assert!(parse_memory_limit(bad).is_err(), "{bad:?}");
+        }
+        let cli = Cli::try_parse_from(["gpuvisorctl", "gpu-set", "sim", "--memory-limit", "none"]).unwrap();
+        assert!(matches!(cli.command, Command::GpuSet { memory_limit: Some(MemoryLimit(None)), .. }));
     }
 
     #[test]

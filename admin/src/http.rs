@@ -2,7 +2,10 @@
 //! validation and the OpenAPI document. Every answer, errors included, is
 //! JSON; the [`Admin`] implementation only ever sees validated patches.
 
-use crate::model::{Admin, AdminError, ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView};
+use crate::model::{
+    Admin, AdminError, ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView, MAX_MEMORY_LIMIT_BYTES,
+    MAX_OVERCOMMIT_RATIO, MIN_MEMORY_LIMIT_BYTES, MIN_OVERCOMMIT_RATIO,
+};
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
@@ -242,14 +245,24 @@ fn validate_vm_patch(p: &VmPatch) -> Result<(), ApiError> {
 }
 
 fn validate_gpu_patch(p: &GpuPatch) -> Result<(), ApiError> {
-    if p.slice_us.is_none() && p.max_queued_ops.is_none() {
-        return Err(nothing_to_change("slice_us, max_queued_ops"));
+    if p.slice_us.is_none()
+        && p.max_queued_ops.is_none()
+        && p.overcommit_ratio.is_none()
+        && p.memory_limit_bytes.is_none()
+    {
+        return Err(nothing_to_change("slice_us, max_queued_ops, overcommit_ratio, memory_limit_bytes"));
     }
     if let Some(slice) = p.slice_us {
         check_range("slice_us", slice, MIN_SLICE_US, MAX_SLICE_US)?;
     }
     if let Some(ops) = p.max_queued_ops {
         check_range("max_queued_ops", ops, MIN_QUEUED_OPS, MAX_QUEUED_OPS)?;
+    }
+    if let Some(ratio) = p.overcommit_ratio {
+        check_range("overcommit_ratio", ratio, MIN_OVERCOMMIT_RATIO, MAX_OVERCOMMIT_RATIO)?;
+    }
+    if let Some(Some(limit)) = p.memory_limit_bytes {
+        check_range("memory_limit_bytes", limit, MIN_MEMORY_LIMIT_BYTES, MAX_MEMORY_LIMIT_BYTES)?;
     }
     Ok(())
 }
@@ -352,8 +365,9 @@ async fn get_gpu(State(admin): State<Arc<dyn Admin>>, Path(id): Path<String>) ->
     call(admin, move |a| a.gpu(&id)).await
 }
 
-/// Changes a GPU's scheduling defaults (for VMs without their own); they
-/// take effect within one slice.
+/// Changes a GPU's scheduling defaults (for VMs without their own), which
+/// take effect within one slice, or its memory settings: the overcommit
+/// ratio applies to VMs that register from then on, a memory limit at once.
 #[utoipa::path(patch, path = "/v1/gpus/{id}", tag = "gpus", security(("bearer" = [])),
     params(("id" = String, Path, description = "The GPU's UUID (`GPU-...`), or `sim`")),
     request_body = GpuPatch,
@@ -451,7 +465,8 @@ async fn resume_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>
     info(
         title = "gpuvisord admin API",
         description = "Live tuning of gpuvisord's GPU scheduler: list GPUs and VMs, change a VM's QoS \
-                       class, weight, priority and time slice or a GPU's defaults, drain and resume VMs. \
+                       class, weight, priority and time slice or a GPU's defaults and memory overcommit, drain and \
+                       resume VMs, see where each VM's device memory is (on the GPU or evicted to host RAM). \
                        Every route but /v1/health and /openapi.json needs `Authorization: Bearer <token>`. \
                        Errors are JSON `{\"error\": \"...\", \"field\": \"...\" | null}`."
     ),
@@ -511,6 +526,11 @@ mod tests {
         assert_eq!(schema_limits("VmPatch", "slice_us"), (MIN_SLICE_US as f64, MAX_SLICE_US as f64));
         assert_eq!(schema_limits("GpuPatch", "slice_us"), (MIN_SLICE_US as f64, MAX_SLICE_US as f64));
         assert_eq!(schema_limits("GpuPatch", "max_queued_ops"), (MIN_QUEUED_OPS as f64, MAX_QUEUED_OPS as f64));
+        assert_eq!(schema_limits("GpuPatch", "overcommit_ratio"), (MIN_OVERCOMMIT_RATIO, MAX_OVERCOMMIT_RATIO));
+        assert_eq!(
+            schema_limits("GpuPatch", "memory_limit_bytes"),
+            (MIN_MEMORY_LIMIT_BYTES as f64, MAX_MEMORY_LIMIT_BYTES as f64)
+        );
     }
 
     #[test]

@@ -8,6 +8,13 @@ use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
+/// Limits on a GPU's `overcommit_ratio`.
+pub const MIN_OVERCOMMIT_RATIO: f64 = 1.0;
+pub const MAX_OVERCOMMIT_RATIO: f64 = 100.0;
+/// Limits on a GPU's `memory_limit_bytes`: 1 MiB to 1 PiB.
+pub const MIN_MEMORY_LIMIT_BYTES: u64 = 1 << 20;
+pub const MAX_MEMORY_LIMIT_BYTES: u64 = 1 << 50;
+
 /// A GPU as the admin sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct GpuView {
@@ -31,6 +38,28 @@ pub struct GpuView {
     pub busy_fraction: f64,
     /// VMs registered on this GPU (connected or not).
     pub vms: u32,
+    /// The VMs' memory quotas may add up to this many times
+    /// `memory_capacity_bytes`; a VM that would pass it is refused.
+    pub overcommit_ratio: f64,
+    /// The admin's cap on the device memory the VMs share; null: the GPU's
+    /// own memory less the driver's reserve.
+    pub memory_limit_bytes: Option<u64>,
+    /// Device memory the VMs share: `memory_limit_bytes`, else the GPU's
+    /// memory less 1 GiB and 512 MiB per connected VM for the driver. Null
+    /// where memory is not managed (the simulated GPU without a limit, a GPU
+    /// of unknown size): every VM may then use its whole quota.
+    pub memory_capacity_bytes: Option<u64>,
+    /// Device memory of the connected VMs on the GPU, as their backends last
+    /// reported it.
+    pub resident_bytes: u64,
+    /// Device memory of the connected VMs evicted to host RAM.
+    pub evicted_bytes: u64,
+    /// Host RAM holding evicted GPU memory, all GPUs of the host together
+    /// (evictions under way included).
+    pub swap_used_bytes: u64,
+    /// Host RAM that evicted GPU memory may take, all GPUs together
+    /// (gpuvisord --swap-limit-mib).
+    pub swap_limit_bytes: u64,
 }
 
 /// The state of a VM's vGPU.
@@ -86,8 +115,28 @@ pub struct VmView {
     /// the last report interval.
     pub latency_p50_us: f64,
     pub latency_p99_us: f64,
+    /// Device memory the guest sees (its quota); 0 while disconnected.
     pub quota_bytes: u64,
+    /// Device memory the guest has allocated, on the GPU or in host RAM.
     pub used_bytes: u64,
+    /// Device memory it may hold on the GPU before it must ask for more; its
+    /// quota where the GPU's memory is not overcommitted.
+    pub limit_bytes: u64,
+    /// Its device memory on the GPU.
+    pub resident_bytes: u64,
+    /// Its device memory evicted to host RAM, to come back before its next
+    /// GPU work.
+    pub evicted_bytes: u64,
+    /// Times its memory was evicted to host RAM since its backend started.
+    pub evictions: u64,
+    /// Times its evicted memory was brought back onto the GPU.
+    pub restores: u64,
+    /// Time its evictions took in all, in milliseconds.
+    pub evict_ms_total: f64,
+    /// Time its restores took in all, in milliseconds.
+    pub restore_ms_total: f64,
+    /// Time its last restore took, in milliseconds; null before its first.
+    pub last_restore_ms: Option<f64>,
 }
 
 /// A change to a VM's settings. Absent fields stay as they are;
@@ -116,7 +165,8 @@ pub struct VmPatch {
     pub slice_us: Option<Option<u64>>,
 }
 
-/// A change to a GPU's scheduling defaults.
+/// A change to a GPU's scheduling defaults and memory settings. Absent
+/// fields stay as they are; `memory_limit_bytes: null` clears the limit.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GpuPatch {
@@ -129,6 +179,18 @@ pub struct GpuPatch {
     #[serde(default, deserialize_with = "integral::some", skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 4096, nullable = false)]
     pub max_queued_ops: Option<u32>,
+    /// The VMs' memory quotas may add up to this many times the GPU's
+    /// memory capacity (1: no overcommit). Applies to VMs that register
+    /// from now on.
+    #[serde(default, deserialize_with = "integral::non_null", skip_serializing_if = "Option::is_none")]
+    #[schema(minimum = 1, maximum = 100, nullable = false)]
+    pub overcommit_ratio: Option<f64>,
+    /// Device memory the GPU's VMs share, in bytes, instead of the GPU's own
+    /// memory less the driver's reserve; `null` clears it. Lowering it
+    /// evicts VMs' memory to host RAM until their limits fit.
+    #[serde(default, with = "double_option", skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<u64>, nullable, minimum = 1048576, maximum = 1125899906842624_u64)]
+    pub memory_limit_bytes: Option<Option<u64>>,
 }
 
 /// The body of every error response.

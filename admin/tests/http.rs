@@ -32,6 +32,13 @@ fn gpu_view() -> GpuView {
         holder: Some("alpha".to_owned()),
         busy_fraction: 0.75,
         vms: 2,
+        overcommit_ratio: 1.0,
+        memory_limit_bytes: None,
+        memory_capacity_bytes: Some(78 << 30),
+        resident_bytes: 5 << 30,
+        evicted_bytes: 0,
+        swap_used_bytes: 0,
+        swap_limit_bytes: 64 << 30,
     }
 }
 
@@ -60,6 +67,14 @@ fn vm_view(name: &str, weight: u32) -> VmView {
         latency_p99_us: 2500.0,
         quota_bytes: 4 << 30,
         used_bytes: 1 << 30,
+        limit_bytes: 4 << 30,
+        resident_bytes: 1 << 30,
+        evicted_bytes: 0,
+        evictions: 0,
+        restores: 0,
+        evict_ms_total: 0.0,
+        restore_ms_total: 0.0,
+        last_restore_ms: None,
     }
 }
 
@@ -90,6 +105,11 @@ impl Admin for MemAdmin {
         let g = gpus.get_mut(id).ok_or(AdminError::NotFound { kind: "GPU", name: id.to_owned() })?;
         g.slice_us = patch.slice_us.unwrap_or(g.slice_us);
         g.max_queued_ops = patch.max_queued_ops.unwrap_or(g.max_queued_ops);
+        g.overcommit_ratio = patch.overcommit_ratio.unwrap_or(g.overcommit_ratio);
+        if let Some(limit) = patch.memory_limit_bytes {
+            g.memory_limit_bytes = limit;
+            g.memory_capacity_bytes = limit.or(Some(78 << 30));
+        }
         Ok(g.clone())
     }
     fn vms(&self) -> Vec<VmView> {
@@ -122,6 +142,8 @@ impl Admin for MemAdmin {
 /// A server on an ephemeral port, on its own runtime thread; stops on drop.
 struct Server {
     url: String,
+    /// What the server serves, for tests to set figures the API only reports.
+    admin: Arc<MemAdmin>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -130,6 +152,8 @@ impl Server {
     fn start(auth: Auth) -> Server {
         let (addr_tx, addr_rx) = std::sync::mpsc::channel();
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let admin = Arc::new(MemAdmin::new());
+        let served = admin.clone();
         let thread = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
@@ -138,11 +162,11 @@ impl Server {
                 let shutdown = async move {
                     let _ = stopped.await;
                 };
-                serve(listener, Arc::new(MemAdmin::new()), auth, shutdown).await.unwrap();
+                serve(listener, served, auth, shutdown).await.unwrap();
             });
         });
         let addr = addr_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-        Server { url: format!("http://{addr}"), stop: Some(stop), thread: Some(thread) }
+        Server { url: format!("http://{addr}"), admin, stop: Some(stop), thread: Some(thread) }
     }
 
     fn client(&self) -> Client {
@@ -239,8 +263,32 @@ fn patches_are_applied() {
     let (status, json) = patch_vm(&s, r#"{"slice_us": null}"#);
     assert_eq!((status, &json["slice_us_override"]), (200, &serde_json::Value::Null));
 
-    let g = c.update_gpu(GPU, &GpuPatch { slice_us: Some(5000), max_queued_ops: Some(16) }).unwrap();
+    let g =
+        c.update_gpu(GPU, &GpuPatch { slice_us: Some(5000), max_queued_ops: Some(16), ..Default::default() }).unwrap();
     assert_eq!((g.slice_us, g.max_queued_ops), (5000, 16));
+
+    // Memory: a limit and a ratio; null clears the limit, absent keeps it.
+    let g = c
+        .update_gpu(
+            GPU,
+            &GpuPatch { overcommit_ratio: Some(2.5), memory_limit_bytes: Some(Some(40 << 30)), ..Default::default() },
+        )
+        .unwrap();
+    assert_eq!(
+        (g.overcommit_ratio, g.memory_limit_bytes, g.memory_capacity_bytes),
+        (2.5, Some(40 << 30), Some(40 << 30))
+    );
+    let g = c.update_gpu(GPU, &GpuPatch { slice_us: Some(4000), ..Default::default() }).unwrap();
+    assert_eq!(g.memory_limit_bytes, Some(40 << 30));
+    let (status, _, json) = raw(
+        &s,
+        "PATCH",
+        &format!("/v1/gpus/{GPU}"),
+        Some(TOKEN),
+        Some("application/json"),
+        r#"{"memory_limit_bytes": null}"#,
+    );
+    assert_eq!((status, &json["memory_limit_bytes"]), (200, &serde_json::Value::Null));
 }
 
 #[test]
@@ -373,8 +421,15 @@ fn out_of_range_values_are_422_naming_the_field() {
     let (status, json) = patch_vm(&s, r#"{"slice_us": 100}"#);
     assert_eq!((status, &json["field"]), (422, &serde_json::json!("slice_us")));
     let (status, _, field) =
-        api_error(s.client().update_gpu(GPU, &GpuPatch { max_queued_ops: Some(0), slice_us: None }));
+        api_error(s.client().update_gpu(GPU, &GpuPatch { max_queued_ops: Some(0), ..Default::default() }));
     assert_eq!((status, field.as_deref()), (422, Some("max_queued_ops")));
+    let (status, _, field) =
+        api_error(s.client().update_gpu(GPU, &GpuPatch { overcommit_ratio: Some(0.5), ..Default::default() }));
+    assert_eq!((status, field.as_deref()), (422, Some("overcommit_ratio")));
+    let (status, error, field) =
+        api_error(s.client().update_gpu(GPU, &GpuPatch { memory_limit_bytes: Some(Some(4096)), ..Default::default() }));
+    assert_eq!((status, field.as_deref()), (422, Some("memory_limit_bytes")), "{error}");
+    assert_eq!(s.client().gpu(GPU).unwrap(), gpu_view());
     // Nothing was applied.
     assert_eq!(s.client().vm("alpha").unwrap(), vm_view("alpha", 100));
 }
@@ -432,6 +487,18 @@ fn openapi_lists_every_route() {
         doc["components"]["schemas"]["VmPatch"]["properties"]["slice_us"]["type"],
         serde_json::json!(["integer", "null"])
     );
+    // Memory: the GPU's limit may be null (cleared), the ratio may not; the
+    // views say where null is an answer.
+    let schemas = &doc["components"]["schemas"];
+    assert_eq!(schemas["GpuPatch"]["properties"]["memory_limit_bytes"]["type"], serde_json::json!(["integer", "null"]));
+    assert_eq!(schemas["GpuPatch"]["properties"]["overcommit_ratio"]["type"], "number");
+    for (schema, field) in [("GpuView", "memory_capacity_bytes"), ("GpuView", "memory_limit_bytes")] {
+        assert_eq!(schemas[schema]["properties"][field]["type"], serde_json::json!(["integer", "null"]), "{field}");
+    }
+    assert_eq!(schemas["VmView"]["properties"]["last_restore_ms"]["type"], serde_json::json!(["number", "null"]));
+    for field in ["resident_bytes", "evicted_bytes", "limit_bytes", "evictions", "restores"] {
+        assert_eq!(schemas["VmView"]["properties"][field]["type"], "integer", "{field}");
+    }
     let patch = &doc["paths"]["/v1/vms/{name}"]["patch"];
     for status in ["200", "400", "401", "404", "415", "422"] {
         assert!(patch["responses"][status].is_object(), "PATCH /v1/vms/{{name}} lacks {status}");
@@ -488,6 +555,54 @@ fn ctl_vms_prints_a_sorted_table() {
 
     let o = ctl(&s, Some(TOKEN), &["vms", "--gpu", "GPU-nosuch"]);
     assert_eq!(stdout(&o).lines().count(), 1);
+}
+
+#[test]
+fn ctl_vms_shows_where_each_vms_memory_is() {
+    let s = server();
+    {
+        let mut vms = s.admin.vms.lock().unwrap();
+        let beta = vms.get_mut("beta").unwrap();
+        (beta.resident_bytes, beta.evicted_bytes, beta.evictions, beta.last_restore_ms) = (0, 1 << 30, 3, Some(41.25));
+    }
+    let out = stdout(&ctl(&s, Some(TOKEN), &["vms"]));
+    let lines: Vec<&str> = out.lines().collect();
+    let cell = |line: &str, name: &str| -> String {
+        let start = lines[0].find(name).unwrap();
+        line[start..].split_whitespace().next().unwrap_or("").to_owned()
+    };
+    for col in ["QUOTA", "RESIDENT", "EVICTED", "EVICTS", "RESTORE(ms)"] {
+        assert!(lines[0].contains(col), "{out}");
+    }
+    assert_eq!(
+        ["QUOTA", "RESIDENT", "EVICTED", "EVICTS", "RESTORE(ms)"].map(|c| cell(lines[1], c)),
+        ["4.0G", "1.0G", "0", "0", "-"],
+        "{out}"
+    );
+    assert_eq!(
+        ["QUOTA", "RESIDENT", "EVICTED", "EVICTS", "RESTORE(ms)"].map(|c| cell(lines[2], c)),
+        ["4.0G", "0", "1.0G", "3", "41.2"],
+        "{out}"
+    );
+}
+
+#[test]
+fn ctl_gpu_set_changes_the_memory_limit_and_clears_it() {
+    let s = server();
+    let o = ctl(&s, Some(TOKEN), &["gpu-set", GPU, "--memory-limit", "40G", "--overcommit-ratio", "2"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.lines().any(|l| l.starts_with("memory_limit:") && l.ends_with("40.0 GiB")), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("overcommit_ratio:") && l.ends_with(" 2")), "{out}");
+    assert_eq!(s.admin.gpu(GPU).unwrap().memory_limit_bytes, Some(40 << 30));
+    let out = stdout(&ctl(&s, Some(TOKEN), &["gpus"]));
+    assert!(out.lines().next().unwrap().contains("CAPACITY") && out.contains("40.0G"), "{out}");
+    let o = ctl(&s, Some(TOKEN), &["gpu-set", GPU, "--memory-limit", "none"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert_eq!(s.admin.gpu(GPU).unwrap().memory_limit_bytes, None);
+    let o = ctl(&s, Some(TOKEN), &["gpu-set", GPU, "--memory-limit", "4K"]);
+    assert!(!o.status.success());
+    assert!(stderr(&o).contains("--memory-limit takes"), "{}", stderr(&o));
 }
 
 #[test]

@@ -91,6 +91,14 @@ fn vm_view(reg: &Registry, v: &VmEntry, snap: Option<&GpuSnapshot>) -> VmView {
         latency_p99_us: stats.latency_p99_ns as f64 / 1e3,
         quota_bytes: v.conn.as_ref().map_or(0, |c| c.quota_bytes),
         used_bytes: stats.used_bytes,
+        limit_bytes: sched.memory.limit_bytes,
+        resident_bytes: sched.memory.resident_bytes,
+        evicted_bytes: sched.memory.evicted_bytes,
+        evictions: sched.memory.evictions,
+        restores: sched.memory.restores,
+        evict_ms_total: sched.memory.evict_ns_total as f64 / 1e6,
+        restore_ms_total: sched.memory.restore_ns_total as f64 / 1e6,
+        last_restore_ms: sched.memory.last_restore_ns.map(|ns| ns as f64 / 1e6),
     }
 }
 
@@ -108,6 +116,13 @@ fn gpu_view(reg: &Registry, id: &str, snap: Option<&GpuSnapshot>) -> Option<GpuV
         holder: snap.and_then(|s| s.holder.clone()),
         busy_fraction: snap.map_or(0.0, |s| s.busy_fraction),
         vms: u32::try_from(reg.vms_on(id).count()).unwrap_or(u32::MAX),
+        overcommit_ratio: g.settings.overcommit_ratio,
+        memory_limit_bytes: g.settings.memory_limit_bytes,
+        memory_capacity_bytes: snap.and_then(|s| s.memory.capacity_bytes),
+        resident_bytes: snap.map_or(0, |s| s.memory.resident_bytes),
+        evicted_bytes: snap.map_or(0, |s| s.memory.evicted_bytes),
+        swap_used_bytes: reg.swap_ledger().used_bytes(),
+        swap_limit_bytes: reg.swap_ledger().limit_bytes(),
     })
 }
 
@@ -133,6 +148,12 @@ impl Admin for DaemonAdmin {
             }
             if let Some(n) = patch.max_queued_ops {
                 next.max_queued_ops = registry::check_max_queued_ops(n).map_err(invalid)?;
+            }
+            if let Some(r) = patch.overcommit_ratio {
+                next.overcommit_ratio = registry::check_overcommit_ratio(r).map_err(invalid)?;
+            }
+            if let Some(l) = patch.memory_limit_bytes {
+                next.memory_limit_bytes = l.map(registry::check_memory_limit).transpose().map_err(invalid)?;
             }
             reg.change_gpu(next).map_err(|e| AdminError::Internal(e.to_string()))?;
         }

@@ -1,10 +1,12 @@
-//! Each GPU's [`Scheduler`], fed events in the order they arrive by the
-//! connections' reader tasks and the admin API under one short-held mutex,
-//! with a timer thread for the scheduler's deadlines. Grants and revocations
-//! go straight to the backends' writer tasks: the grant path has no thread
-//! hop in the daemon and touches no disk.
+//! Each GPU's [`Scheduler`] and memory [`Broker`], fed events in the order
+//! they arrive by the connections' reader tasks and the admin API under one
+//! short-held mutex, with a timer thread for the scheduler's deadlines and
+//! the broker's re-checks. Grants, revocations and memory answers go
+//! straight to the backends' writer tasks: the grant path has no thread hop
+//! in the daemon and touches no disk.
 
-use protocol::control::DaemonMsg;
+use crate::memory::{self, Broker, BrokerParams, MemAction, MemoryConfig, SchedInfo, VmMemory};
+use protocol::control::{BackendStats, DaemonMsg, MemoryState, VmSettings, CONTROL_VERSION};
 use sched::{Action, GpuPolicy, Scheduler, VmParams};
 use std::collections::HashMap;
 use std::sync::mpsc;
@@ -68,6 +70,32 @@ pub enum GpuEvent {
     SetPolicy {
         policy: GpuPolicy,
     },
+    /// `MemNeed`: the VM needs to hold `bytes` resident in all.
+    MemNeed {
+        vm: u64,
+        bytes: u64,
+    },
+    Evicted {
+        vm: u64,
+        state: MemoryState,
+        moved_bytes: u64,
+        ns: u64,
+    },
+    Restored {
+        vm: u64,
+        state: MemoryState,
+        moved_bytes: u64,
+        ns: u64,
+    },
+    /// The backend's periodic figures (the broker keeps their memory part).
+    Stats {
+        vm: u64,
+        stats: Box<BackendStats>,
+    },
+    /// The GPU's capacity settings changed.
+    SetMemory {
+        config: MemoryConfig,
+    },
     /// Answers with a snapshot of the figures after every earlier event.
     Query {
         reply: mpsc::Sender<GpuSnapshot>,
@@ -86,6 +114,16 @@ pub struct VmSnapshot {
     pub grants: u64,
     pub preemptions: u64,
     pub wait_total_ns: u64,
+    pub memory: VmMemory,
+}
+
+/// A GPU's memory from the broker.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GpuMemory {
+    /// `None` where memory is not managed.
+    pub capacity_bytes: Option<u64>,
+    pub resident_bytes: u64,
+    pub evicted_bytes: u64,
 }
 
 /// A GPU's figures from the scheduler, by connection id.
@@ -94,11 +132,86 @@ pub struct GpuSnapshot {
     pub holder: Option<String>,
     pub busy_fraction: f64,
     pub vms: HashMap<u64, VmSnapshot>,
+    pub memory: GpuMemory,
 }
 
 /// Window over which the admin's shares and busy fractions are measured:
 /// short enough that a change shows within a few seconds.
 pub const WINDOW_NS: u64 = 2_000_000_000;
+
+/// Host RAM that evicted GPU memory takes, per GPU, against the one limit
+/// all GPUs share. Each broker publishes its own figure after every event
+/// and plans with the others' latest.
+#[derive(Debug)]
+pub struct SwapLedger {
+    limit_bytes: u64,
+    used: Mutex<HashMap<String, u64>>,
+}
+
+impl SwapLedger {
+    pub fn new(limit_bytes: u64) -> SwapLedger {
+        SwapLedger { limit_bytes, used: Mutex::new(HashMap::new()) }
+    }
+
+    pub fn limit_bytes(&self) -> u64 {
+        self.limit_bytes
+    }
+
+    fn lock(&self) -> MutexGuard<'_, HashMap<String, u64>> {
+        self.used.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// All GPUs together.
+    pub fn used_bytes(&self) -> u64 {
+        self.lock().values().fold(0, |a, &b| a.saturating_add(b))
+    }
+
+    fn others(&self, gpu: &str) -> u64 {
+        self.lock().iter().filter(|(g, _)| g.as_str() != gpu).fold(0, |a, (_, &b)| a.saturating_add(b))
+    }
+
+    fn set(&self, gpu: &str, bytes: u64) {
+        let mut used = self.lock();
+        match used.get_mut(gpu) {
+            Some(b) => *b = bytes,
+            None => {
+                used.insert(gpu.to_string(), bytes);
+            }
+        }
+    }
+}
+
+/// How a GPU's broker starts.
+#[derive(Debug, Clone)]
+pub struct MemorySetup {
+    pub config: MemoryConfig,
+    pub params: BrokerParams,
+    pub ledger: Arc<SwapLedger>,
+}
+
+impl MemorySetup {
+    /// Memory not managed (the simulated GPU without a limit).
+    pub fn unmanaged() -> MemorySetup {
+        MemorySetup {
+            config: MemoryConfig { limit_bytes: None, total_bytes: 0, simulated: true, overcommit_ratio: 1.0 },
+            params: BrokerParams { min_residency_ns: memory::DEFAULT_MIN_RESIDENCY_NS, swap_limit_bytes: 0 },
+            ledger: Arc::new(SwapLedger::new(0)),
+        }
+    }
+}
+
+/// A backend joining a GPU: what its scheduler and broker need.
+#[derive(Debug)]
+pub struct Join {
+    pub vm: u64,
+    pub name: String,
+    pub params: VmParams,
+    pub tx: UnboundedSender<DaemonMsg>,
+    pub settings: VmSettings,
+    pub quota_bytes: u64,
+    pub memory: MemoryState,
+    pub reconnect: bool,
+}
 
 /// The scheduling policy of a GPU whose default slice is `slice_us`.
 pub fn policy(slice_us: u64) -> GpuPolicy {
@@ -110,7 +223,12 @@ pub fn policy(slice_us: u64) -> GpuPolicy {
 /// one mutex held for microseconds: the grant path has no thread hop in the
 /// daemon. A timer thread calls `tick` at the scheduler's deadlines.
 struct Core {
+    gpu: String,
     sched: Scheduler,
+    broker: Broker,
+    ledger: Arc<SwapLedger>,
+    /// This GPU's figure in the ledger.
+    published_swap: Option<u64>,
     slots: HashMap<u64, Slot>,
     /// The deadline the timer thread sleeps until (None: until woken).
     timer_at: Option<u64>,
@@ -144,28 +262,73 @@ impl std::fmt::Debug for GpuHandle {
 pub struct Stopped;
 
 impl GpuHandle {
-    /// Applies one event and sends the grants and revocations it causes.
+    /// Applies one event and sends the grants, revocations and memory
+    /// answers it causes.
     pub fn send(&self, ev: GpuEvent) -> Result<(), Stopped> {
         let mut core = self.0.lock();
         if core.stopped {
             return Err(Stopped);
         }
-        let now = self.0.clock.now_ns();
         if matches!(ev, GpuEvent::Stop) {
             core.stopped = true;
             self.0.timer.notify_all();
             return Ok(());
         }
-        let actions = apply(&mut core, ev, now);
+        self.step(&mut core, ev);
+        Ok(())
+    }
+
+    fn step(&self, core: &mut Core, ev: GpuEvent) {
+        let now = self.0.clock.now_ns();
+        let actions = apply(core, ev, now);
         let Core { sched, slots, .. } = &mut *core;
         dispatch(sched, slots, actions, now);
+        pump(core, now);
         // Wake the timer only if it now has an earlier deadline to keep.
-        if let Some(d) = core.sched.next_deadline() {
+        if let Some(d) = next_deadline(core) {
             if core.timer_at.is_none_or(|t| d < t) {
                 self.0.timer.notify_one();
             }
         }
+    }
+
+    /// Registers a backend on this GPU: admits it (the quotas must fit the
+    /// overcommit ratio), takes it into the memory books, queues its
+    /// `Welcome` on its `tx` and adds it to the scheduler, all under the
+    /// GPU's lock so that no grant can overtake the Welcome. `Err` is the
+    /// reason to refuse it with.
+    pub fn join(&self, j: Join) -> Result<(), String> {
+        let mut core = self.0.lock();
+        if core.stopped {
+            return Err("the daemon is stopping".into());
+        }
+        if let Err(reason) = core.broker.admit(j.quota_bytes) {
+            if !j.reconnect {
+                return Err(reason);
+            }
+            // It was admitted before the daemon restarted and holds its
+            // memory whatever the answer: refusing it would only lose track.
+            tracing::warn!(vm = %j.name, "reconnecting over the overcommit ratio: {reason}");
+        }
+        let now = self.0.clock.now_ns();
+        let limit = core.broker.add_vm(j.vm, j.quota_bytes, j.memory, j.reconnect, now);
+        if let Some(capacity_bytes) = core.broker.capacity() {
+            let limit_bytes = core.broker.vm(j.vm).map_or(0, |m| m.limit_bytes);
+            tracing::info!(vm = %j.name, quota_bytes = j.quota_bytes, limit_bytes, capacity_bytes,
+                "memory limit at registration");
+        }
+        let _ =
+            j.tx.send(DaemonMsg::Welcome { version: CONTROL_VERSION, settings: j.settings, mem_limit_bytes: limit });
+        self.step(&mut core, GpuEvent::Add { vm: j.vm, name: j.name, params: j.params, tx: j.tx });
         Ok(())
+    }
+}
+
+/// The earlier of the scheduler's deadline and the broker's re-check.
+fn next_deadline(core: &Core) -> Option<u64> {
+    match (core.sched.next_deadline(), core.broker.next_check()) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -177,10 +340,14 @@ pub struct GpuDriver {
 }
 
 impl GpuDriver {
-    pub fn spawn(gpu: &str, policy: GpuPolicy, clock: Clock) -> std::io::Result<GpuDriver> {
+    pub fn spawn(gpu: &str, policy: GpuPolicy, clock: Clock, memory: MemorySetup) -> std::io::Result<GpuDriver> {
         let inner = Arc::new(Inner {
             core: Mutex::new(Core {
+                gpu: gpu.to_string(),
                 sched: Scheduler::new(policy),
+                broker: Broker::new(gpu, memory.config, memory.params),
+                ledger: memory.ledger,
+                published_swap: None,
                 slots: HashMap::new(),
                 timer_at: None,
                 stopped: false,
@@ -229,6 +396,18 @@ struct Slot {
     /// The grant it holds was sent uncontended: the backend may keep it
     /// while idle (parked), so another VM's demand takes it back at once.
     uncontended: Option<u64>,
+    /// When it was last granted the GPU (0: never).
+    last_granted: u64,
+    /// Its settings. The scheduler sees it drained while the broker keeps
+    /// it off the GPU for an eviction.
+    params: VmParams,
+    held_off: bool,
+}
+
+impl Slot {
+    fn sched_params(&self) -> VmParams {
+        VmParams { drained: self.params.drained || self.held_off, ..self.params }
+    }
 }
 
 /// A VM that wanted the GPU this recently still counts as wanting it: the
@@ -236,17 +415,21 @@ struct Slot {
 const CONTENDED_NS: u64 = 100_000_000;
 
 /// Calls `tick` at each of the scheduler's deadlines (overstaying holders,
-/// anti-starvation), until the GPU stops.
+/// anti-starvation) and pumps the broker at its re-checks, until the GPU
+/// stops.
 fn timer(gpu: String, inner: Arc<Inner>) {
     let _span = tracing::info_span!("gpu", gpu = %gpu).entered();
     let mut core = inner.lock();
     while !core.stopped {
         let now = inner.clock.now_ns();
-        match core.sched.next_deadline() {
+        match next_deadline(&core) {
             Some(d) if d <= now => {
-                let actions = core.sched.tick(now);
-                let Core { sched, slots, .. } = &mut *core;
-                dispatch(sched, slots, actions, now);
+                if core.sched.next_deadline().is_some_and(|d| d <= now) {
+                    let actions = core.sched.tick(now);
+                    let Core { sched, slots, .. } = &mut *core;
+                    dispatch(sched, slots, actions, now);
+                }
+                pump(&mut core, now);
             }
             Some(d) => {
                 core.timer_at = Some(d);
@@ -263,7 +446,7 @@ fn timer(gpu: String, inner: Arc<Inner>) {
 }
 
 fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
-    let Core { sched, slots, .. } = core;
+    let Core { sched, slots, broker, .. } = core;
     if let GpuEvent::Demand { vm } | GpuEvent::Release { vm, .. } = ev {
         if let Some(s) = slots.get_mut(&vm) {
             s.last_active = now;
@@ -291,18 +474,63 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
             Vec::new()
         }
         GpuEvent::Add { vm, name, params, tx } => {
-            slots.insert(vm, Slot { name, tx, last_active: 0, uncontended: None });
+            let slot = Slot { name, tx, last_active: 0, uncontended: None, last_granted: 0, params, held_off: false };
+            slots.insert(vm, slot);
             sched.add_vm(vm, params, now)
         }
         GpuEvent::Remove { vm } => {
             let actions = sched.remove_vm(vm, now);
             slots.remove(&vm);
+            broker.remove_vm(vm);
             actions
         }
-        GpuEvent::SetParams { vm, params } => sched.set_params(vm, params, now),
+        GpuEvent::SetParams { vm, params } => match slots.get_mut(&vm) {
+            Some(s) => {
+                s.params = params;
+                sched.set_params(vm, s.sched_params(), now)
+            }
+            None => sched.set_params(vm, params, now),
+        },
         GpuEvent::SetPolicy { policy } => sched.set_policy(policy, now),
+        GpuEvent::MemNeed { vm, bytes } => {
+            if let Some(s) = slots.get(&vm) {
+                tracing::debug!(vm = %s.name, bytes, "memory needed");
+            }
+            broker.mem_need(vm, bytes);
+            Vec::new()
+        }
+        GpuEvent::Evicted { vm, state, moved_bytes, ns } => {
+            let asked = broker.evicted(vm, state, moved_bytes, ns, now);
+            if let Some(s) = slots.get(&vm) {
+                if let Some(asked) = asked.filter(|&t| state.resident_bytes > t) {
+                    tracing::warn!(vm = %s.name, asked, resident_bytes = state.resident_bytes,
+                        "the backend kept more memory resident than it was asked to");
+                }
+                tracing::info!(vm = %s.name, resident_bytes = state.resident_bytes, evicted_bytes = state.evicted_bytes,
+                    moved_bytes, ms = ns as f64 / 1e6, "evicted");
+            }
+            Vec::new()
+        }
+        GpuEvent::Restored { vm, state, moved_bytes, ns } => {
+            broker.restored(vm, state, moved_bytes, ns, now);
+            if let Some(s) = slots.get(&vm) {
+                tracing::debug!(vm = %s.name, resident_bytes = state.resident_bytes, evicted_bytes = state.evicted_bytes,
+                    moved_bytes, ms = ns as f64 / 1e6, "restored");
+            }
+            Vec::new()
+        }
+        GpuEvent::Stats { vm, stats } => {
+            broker.stats(vm, &stats);
+            Vec::new()
+        }
+        GpuEvent::SetMemory { config } => {
+            broker.set_config(config);
+            tracing::info!(capacity_bytes = ?broker.capacity(), memory_limit_bytes = ?config.limit_bytes,
+                overcommit_ratio = config.overcommit_ratio, "memory settings changed");
+            Vec::new()
+        }
         GpuEvent::Query { reply } => {
-            let _ = reply.send(snapshot(sched, slots, now));
+            let _ = reply.send(snapshot(sched, slots, broker, now));
             Vec::new()
         }
         GpuEvent::Stop => Vec::new(),
@@ -324,6 +552,7 @@ fn dispatch(sched: &Scheduler, slots: &mut HashMap<u64, Slot>, actions: Vec<Acti
                 let contended = contended(sched, slots, vm, now);
                 if let Some(s) = slots.get_mut(&vm) {
                     s.uncontended = (!contended).then_some(grant);
+                    s.last_granted = now;
                     tracing::trace!(vm = %s.name, grant, slice_ns, contended, "grant");
                     let _ = s.tx.send(DaemonMsg::Grant { grant, slice_us: slice_ns.div_ceil(1000), contended });
                 }
@@ -338,7 +567,71 @@ fn dispatch(sched: &Scheduler, slots: &mut HashMap<u64, Slot>, actions: Vec<Acti
     }
 }
 
-fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, now: u64) -> GpuSnapshot {
+/// Lets the broker answer what it can after an event, and sends what it
+/// decided.
+fn pump(core: &mut Core, now: u64) {
+    let Core { gpu, sched, broker, ledger, published_swap, slots, .. } = core;
+    let actions = {
+        let sched: &Scheduler = sched;
+        let slots: &HashMap<u64, Slot> = slots;
+        let info = |vm| SchedInfo {
+            holding: sched.has_grant_out(vm),
+            demanding: slots
+                .get(&vm)
+                .is_some_and(|s| s.last_active > 0 && now.saturating_sub(s.last_active) < CONTENDED_NS)
+                || sched.vm_stats(vm, now).is_some_and(|st| st.runnable),
+            last_granted_ns: slots.get(&vm).map_or(0, |s| s.last_granted),
+        };
+        let others = if broker.quiet() { 0 } else { ledger.others(gpu) };
+        broker.pump(now, &info, others)
+    };
+    let swap = broker.swap_used();
+    if *published_swap != Some(swap) {
+        ledger.set(gpu, swap);
+        *published_swap = Some(swap);
+    }
+    for action in actions {
+        match action {
+            MemAction::Limit { vm, bytes } => {
+                if let Some(s) = slots.get(&vm) {
+                    tracing::debug!(vm = %s.name, bytes, "memory limit");
+                    let _ = s.tx.send(DaemonMsg::MemLimit { bytes });
+                }
+            }
+            MemAction::Denied { vm, bytes, reason } => {
+                if let Some(s) = slots.get(&vm) {
+                    tracing::info!(vm = %s.name, bytes, "memory denied: {reason}");
+                    let _ = s.tx.send(DaemonMsg::MemDenied { bytes, reason });
+                }
+            }
+            MemAction::Evict { vm, resident_max, moves_bytes } => {
+                if let Some(s) = slots.get(&vm) {
+                    let m = broker.vm(vm).cloned().unwrap_or_default();
+                    tracing::info!(vm = %s.name, resident_max, moves_bytes, limit_bytes = m.limit_bytes,
+                        resident_bytes = m.resident_bytes, "eviction asked");
+                    let _ = s.tx.send(DaemonMsg::Evict { resident_max });
+                }
+            }
+            MemAction::Deschedule { vm } | MemAction::Reschedule { vm } => {
+                let off = matches!(action, MemAction::Deschedule { .. });
+                let Some(s) = slots.get_mut(&vm) else {
+                    continue;
+                };
+                s.held_off = off;
+                tracing::info!(vm = %s.name, "{}", if off {
+                    "kept off the GPU until it is evicted: it holds memory another VM waits for"
+                } else {
+                    "back on the GPU"
+                });
+                let params = s.sched_params();
+                let acts = sched.set_params(vm, params, now);
+                dispatch(sched, slots, acts, now);
+            }
+        }
+    }
+}
+
+fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, broker: &Broker, now: u64) -> GpuSnapshot {
     let g = sched.gpu_stats(now);
     let vms = slots
         .keys()
@@ -355,6 +648,7 @@ fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, now: u64) -> GpuSnaps
                     grants: s.grants,
                     preemptions: s.preemptions,
                     wait_total_ns: s.wait_total_ns,
+                    memory: broker.vm(vm).cloned().unwrap_or_default(),
                 },
             ))
         })
@@ -363,6 +657,11 @@ fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, now: u64) -> GpuSnaps
         holder: g.holder.and_then(|vm| slots.get(&vm)).map(|s| s.name.clone()),
         busy_fraction: g.busy_fraction,
         vms,
+        memory: GpuMemory {
+            capacity_bytes: broker.capacity(),
+            resident_bytes: broker.resident_total(),
+            evicted_bytes: broker.evicted_total(),
+        },
     }
 }
 
@@ -384,7 +683,7 @@ mod tests {
 
     /// A GPU with default slice `slice_us` and two VMs, 1 "a" and 2 "b".
     fn two_vms(slice_us: u64) -> (GpuDriver, UnboundedReceiver<DaemonMsg>, UnboundedReceiver<DaemonMsg>) {
-        let d = GpuDriver::spawn("sim", policy(slice_us), Clock::new()).unwrap();
+        let d = GpuDriver::spawn("sim", policy(slice_us), Clock::new(), MemorySetup::unmanaged()).unwrap();
         let (tx1, rx1) = unbounded_channel();
         let (tx2, rx2) = unbounded_channel();
         d.send(GpuEvent::Add { vm: 1, name: "a".into(), params: VmParams::default(), tx: tx1 });
@@ -413,7 +712,7 @@ mod tests {
 
     #[test]
     fn a_holder_that_overstays_is_revoked_by_the_timer() {
-        let d = GpuDriver::spawn("sim", policy(1000), Clock::new()).unwrap();
+        let d = GpuDriver::spawn("sim", policy(1000), Clock::new(), MemorySetup::unmanaged()).unwrap();
         let (tx, mut rx) = unbounded_channel();
         d.send(GpuEvent::Add { vm: 7, name: "slow".into(), params: VmParams::default(), tx });
         d.send(GpuEvent::Demand { vm: 7 });
@@ -459,6 +758,83 @@ mod tests {
         d.send(GpuEvent::Release { vm: 1, grant, used_ns: 0, more: false });
         let DaemonMsg::Grant { contended, .. } = next(&mut rx2) else { panic!() };
         assert!(contended);
+        d.stop();
+    }
+
+    /// A GPU whose VMs share `cap` bytes, with no residency time, and VMs
+    /// "a" (1) and "b" (2) of `quota` each; returns them with their Welcome
+    /// limits.
+    fn managed(
+        cap: u64,
+        quota: u64,
+    ) -> (GpuDriver, UnboundedReceiver<DaemonMsg>, UnboundedReceiver<DaemonMsg>, Vec<Option<u64>>) {
+        let memory = MemorySetup {
+            config: MemoryConfig { limit_bytes: Some(cap), total_bytes: 0, simulated: true, overcommit_ratio: 2.0 },
+            params: BrokerParams { min_residency_ns: 0, swap_limit_bytes: 1 << 40 },
+            ledger: Arc::new(SwapLedger::new(1 << 40)),
+        };
+        let d = GpuDriver::spawn("sim", policy(1_000_000), Clock::new(), memory).unwrap();
+        let mut rxs = Vec::new();
+        let mut limits = Vec::new();
+        for (vm, name) in [(1, "a"), (2, "b")] {
+            let (tx, mut rx) = unbounded_channel();
+            let settings = VmSettings {
+                class: protocol::control::QosClass::Burstable,
+                weight: 100,
+                priority: 0,
+                slice_us: 1_000_000,
+                max_queued_ops: 16,
+                drained: false,
+            };
+            let j = Join {
+                vm,
+                name: name.into(),
+                params: VmParams::default(),
+                tx,
+                settings,
+                quota_bytes: quota,
+                memory: MemoryState::default(),
+                reconnect: false,
+            };
+            d.sender().join(j).unwrap();
+            let DaemonMsg::Welcome { mem_limit_bytes, .. } = next(&mut rx) else { panic!() };
+            limits.push(mem_limit_bytes);
+            rxs.push(rx);
+        }
+        let rx2 = rxs.pop().unwrap();
+        (d, rxs.pop().unwrap(), rx2, limits)
+    }
+
+    #[test]
+    fn the_vm_on_the_gpu_is_taken_off_it_to_be_evicted_and_comes_back_after() {
+        let (d, mut rx1, mut rx2, limits) = managed(1000, 1000);
+        assert_eq!(limits, vec![None, Some(0)]);
+        let stats = BackendStats {
+            memory: MemoryState { resident_bytes: 1000, evicted_bytes: 0, limit_bytes: 1000 },
+            ..Default::default()
+        };
+        d.send(GpuEvent::Stats { vm: 1, stats: Box::new(stats) });
+        // a works on the GPU with a long slice: its memory is in use.
+        d.send(GpuEvent::Demand { vm: 1 });
+        let DaemonMsg::Grant { grant, .. } = next(&mut rx1) else { panic!() };
+        d.send(GpuEvent::MemNeed { vm: 2, bytes: 600 });
+        // Not evicted while it holds the GPU: asked to give it back first...
+        assert_eq!(next(&mut rx1), DaemonMsg::Revoke { grant });
+        std::thread::sleep(Duration::from_millis(50));
+        let (m1, m2) = (rx1.try_recv(), rx2.try_recv());
+        assert!(m1.is_err() && m2.is_err(), "nothing before a lets go: {m1:?} {m2:?}");
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
+        // ...then evicted, and not granted again although it has work.
+        assert_eq!(next(&mut rx1), DaemonMsg::Evict { resident_max: 400 });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rx1.try_recv().is_err(), "a was granted before its eviction");
+        let state = MemoryState { resident_bytes: 400, evicted_bytes: 600, limit_bytes: 400 };
+        d.send(GpuEvent::Evicted { vm: 1, state, moved_bytes: 600, ns: 1000 });
+        assert_eq!(next(&mut rx2), DaemonMsg::MemLimit { bytes: 600 });
+        assert!(matches!(next(&mut rx1), DaemonMsg::Grant { .. }), "a is back on the GPU");
+        let snap = query(&d.sender(), Duration::from_secs(2)).unwrap();
+        assert_eq!((snap.vms[&1].memory.evicted_bytes, snap.vms[&2].memory.limit_bytes), (600, 600));
+        assert_eq!((snap.memory.capacity_bytes, snap.memory.evicted_bytes), (Some(1000), 600));
         d.stop();
     }
 }

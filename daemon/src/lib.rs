@@ -11,6 +11,7 @@ pub mod admin;
 pub mod driver;
 pub mod inventory;
 pub mod lines;
+pub mod memory;
 pub mod registry;
 pub mod server;
 pub mod store;
@@ -38,6 +39,11 @@ pub struct Config {
     /// Default time slice of every GPU whose admin has not set one, in µs.
     pub slice_us: u64,
     pub nvml: NvmlSource,
+    /// A VM keeps device memory it was given at least this long before the
+    /// memory broker may evict it, in ns.
+    pub min_residency_ns: u64,
+    /// Host RAM that evicted GPU memory may take, all GPUs together.
+    pub swap_limit_bytes: u64,
 }
 
 impl Config {
@@ -47,7 +53,34 @@ impl Config {
             state_dir: state_dir.into(),
             slice_us: (DEFAULT_SLICE_MS * 1000.0) as u64,
             nvml: NvmlSource::System,
+            min_residency_ns: memory::DEFAULT_MIN_RESIDENCY_NS,
+            swap_limit_bytes: default_swap_limit_bytes(),
         }
+    }
+}
+
+/// Host RAM set aside for evicted GPU memory when the admin does not say:
+/// half of the host's (MemTotal in /proc/meminfo), or 4 GiB where that
+/// cannot be read.
+pub fn default_swap_limit_bytes() -> u64 {
+    match std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(mem_total_bytes) {
+        Some(total) => total / 2,
+        None => {
+            tracing::warn!("cannot read MemTotal in /proc/meminfo; host RAM for evicted GPU memory is 4 GiB");
+            4 << 30
+        }
+    }
+}
+
+/// MemTotal of a /proc/meminfo text, in bytes.
+pub fn mem_total_bytes(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
+    let mut words = line.split_whitespace();
+    let n: u64 = words.next()?.parse().ok()?;
+    match words.next() {
+        Some("kB") => n.checked_mul(1024),
+        None => Some(n),
+        Some(_) => None,
     }
 }
 
@@ -104,7 +137,11 @@ impl Daemon {
         let inventory = tokio::task::spawn_blocking(move || Inventory::discover(&nvml))
             .await
             .map_err(|e| Error::Internal(format!("GPU discovery: {e}")))?;
-        let registry = Registry::new(store, inventory, config.slice_us, driver::Clock::new())?;
+        let memory = memory::BrokerParams {
+            min_residency_ns: config.min_residency_ns,
+            swap_limit_bytes: config.swap_limit_bytes,
+        };
+        let registry = Registry::new(store, inventory, config.slice_us, driver::Clock::new(), memory)?;
         let shared = Arc::new(Shared { registry: Mutex::new(registry) });
         let listener = match server::bind(&config.backend_socket) {
             Ok(l) => l,
@@ -149,4 +186,19 @@ pub async fn run(config: Config, shutdown: impl Future<Output = ()>) -> Result<(
     shutdown.await;
     daemon.stop().await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_host_memory_is_read_from_meminfo() {
+        let meminfo = "MemTotal:       263846260 kB\nMemFree:        1000 kB\n";
+        assert_eq!(mem_total_bytes(meminfo), Some(263846260 * 1024));
+        assert_eq!(mem_total_bytes("MemFree: 5 kB\n"), None);
+        assert_eq!(mem_total_bytes("MemTotal: lots kB\n"), None);
+        let real = std::fs::read_to_string("/proc/meminfo").unwrap();
+        assert!(mem_total_bytes(&real).unwrap() > 1 << 20);
+    }
 }

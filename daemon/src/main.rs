@@ -13,8 +13,10 @@ use std::sync::Arc;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// The per-host gpuvisor daemon: schedules the GPU work of every VM's
-/// gpuvisor-backend (weighted fair share, priorities, QoS classes) and
-/// serves the admin API that gpuvisorctl talks to.
+/// gpuvisor-backend (weighted fair share, priorities, QoS classes), brokers
+/// their device memory where a GPU is overcommitted (evicting idle VMs'
+/// memory to host RAM when another needs room), and serves the admin API
+/// that gpuvisorctl talks to.
 ///
 /// It runs in the foreground and logs to stderr (filter with RUST_LOG, for
 /// example RUST_LOG=gpuvisord=debug). SIGTERM or SIGINT stops it; running
@@ -55,6 +57,20 @@ struct Args {
     /// NVML library to load instead of the system's libnvidia-ml.so.
     #[arg(long, value_name = "PATH", env = "GPUVISOR_NVML_LIB")]
     nvml_lib: Option<PathBuf>,
+
+    /// On an overcommitted GPU, a VM keeps device memory it was just given
+    /// (or brought back from host RAM) at least this many milliseconds before
+    /// its memory can be evicted for another VM. Longer means less moving
+    /// memory back and forth, shorter that a VM waiting for memory waits less.
+    #[arg(long, value_name = "MS", default_value_t = gpuvisord::memory::DEFAULT_MIN_RESIDENCY_NS / 1_000_000)]
+    min_residency_ms: u64,
+
+    /// Host RAM, in MiB, that GPU memory evicted from VMs may take, all GPUs
+    /// together. A VM whose need could only be met by evicting beyond it gets
+    /// an out-of-memory error instead (nobody is evicted)
+    /// [default: half of this host's RAM, MemTotal in /proc/meminfo]
+    #[arg(long, value_name = "MIB")]
+    swap_limit_mib: Option<u64>,
 }
 
 #[tokio::main]
@@ -79,6 +95,19 @@ async fn main() -> anyhow::Result<()> {
         Some(p) => NvmlSource::Path(p.clone()),
         None => NvmlSource::System,
     };
+    config.min_residency_ns = args
+        .min_residency_ms
+        .checked_mul(1_000_000)
+        .with_context(|| format!("--min-residency-ms {}: too large", args.min_residency_ms))?;
+    if let Some(mib) = args.swap_limit_mib {
+        config.swap_limit_bytes =
+            mib.checked_mul(1 << 20).with_context(|| format!("--swap-limit-mib {mib}: too large"))?;
+    }
+    tracing::info!(
+        min_residency_ms = args.min_residency_ms,
+        swap_limit_mib = config.swap_limit_bytes >> 20,
+        "memory broker settings"
+    );
 
     let token_file = args.token_file.clone().unwrap_or_else(|| args.state_dir.join("admin.token"));
     let auth = if args.no_auth {

@@ -3,12 +3,17 @@
 //! Registration and admin changes go through here (under one lock, written
 //! through to the database); the grant path does not.
 
-use crate::driver::{self, Clock, GpuDriver, GpuEvent, GpuSnapshot};
-use crate::inventory::{GpuInfo, Inventory};
+use crate::driver::{self, Clock, GpuDriver, GpuEvent, GpuSnapshot, Join, MemorySetup, SwapLedger};
+use crate::inventory::{GpuInfo, Inventory, SIM_GPU};
+use crate::memory::{BrokerParams, MemoryConfig};
 use crate::store::{GpuRecord, Store, VmRecord};
-use protocol::control::{self, BackendStats, DaemonMsg, QosClass, QosRequest, VmSettings, CONTROL_VERSION};
+use gpuvisor_admin::{MAX_MEMORY_LIMIT_BYTES, MAX_OVERCOMMIT_RATIO, MIN_MEMORY_LIMIT_BYTES, MIN_OVERCOMMIT_RATIO};
+use protocol::control::{
+    self, BackendStats, DaemonMsg, MemoryState, QosClass, QosRequest, VmSettings, CONTROL_VERSION,
+};
 use sched::VmParams;
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use tokio::sync::mpsc::UnboundedSender;
 
 /// Settings a VM gets when neither its backend nor the store says otherwise.
@@ -67,6 +72,28 @@ pub fn check_max_queued_ops(n: u32) -> Result<u32, FieldError> {
     }
 }
 
+/// How far a GPU's memory may be overcommitted: the VMs' quotas may add up
+/// to this many times its capacity.
+pub fn check_overcommit_ratio(r: f64) -> Result<f64, FieldError> {
+    if r.is_finite() && (MIN_OVERCOMMIT_RATIO..=MAX_OVERCOMMIT_RATIO).contains(&r) {
+        Ok(r)
+    } else {
+        Err(field("overcommit_ratio", format!("{r} is out of range {MIN_OVERCOMMIT_RATIO}..={MAX_OVERCOMMIT_RATIO}")))
+    }
+}
+
+/// The admin's cap on the device memory a GPU's VMs share.
+pub fn check_memory_limit(b: u64) -> Result<u64, FieldError> {
+    if (MIN_MEMORY_LIMIT_BYTES..=MAX_MEMORY_LIMIT_BYTES).contains(&b) {
+        Ok(b)
+    } else {
+        Err(field(
+            "memory_limit_bytes",
+            format!("{b} is out of range {MIN_MEMORY_LIMIT_BYTES}..={MAX_MEMORY_LIMIT_BYTES}"),
+        ))
+    }
+}
+
 /// VM names: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
 pub fn check_vm_name(name: &str) -> Result<(), FieldError> {
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
@@ -99,6 +126,8 @@ pub struct Hello {
     pub requested: QosRequest,
     pub reconnect: bool,
     pub gpu_ns_total: u64,
+    /// Where its device memory stands (a reconnecting backend's books).
+    pub memory: MemoryState,
 }
 
 /// Applies a backend's request on top of `base`, checking each field used.
@@ -158,6 +187,8 @@ pub struct Registry {
     inventory: Inventory,
     clock: Clock,
     default_slice_us: u64,
+    memory: BrokerParams,
+    ledger: Arc<SwapLedger>,
     gpus: HashMap<String, GpuEntry>,
     vms: BTreeMap<String, VmEntry>,
     next_conn: u64,
@@ -165,18 +196,21 @@ pub struct Registry {
 
 impl Registry {
     /// Loads the stored GPUs and VMs and starts a scheduler thread for every
-    /// GPU known.
+    /// GPU known. `memory` holds the memory brokers' daemon-wide settings.
     pub fn new(
         store: Store,
         inventory: Inventory,
         default_slice_us: u64,
         clock: Clock,
+        memory: BrokerParams,
     ) -> Result<Registry, crate::Error> {
         let mut reg = Registry {
             store,
             inventory,
             clock,
             default_slice_us,
+            memory,
+            ledger: Arc::new(SwapLedger::new(memory.swap_limit_bytes)),
             gpus: HashMap::new(),
             vms: BTreeMap::new(),
             next_conn: 1,
@@ -192,11 +226,15 @@ impl Registry {
             let settings = GpuRecord {
                 slice_us: check_slice_us(g.slice_us).unwrap_or(default_slice_us),
                 max_queued_ops: check_max_queued_ops(g.max_queued_ops).unwrap_or(DEFAULT_MAX_QUEUED_OPS),
+                overcommit_ratio: check_overcommit_ratio(g.overcommit_ratio).unwrap_or(1.0),
+                memory_limit_bytes: g.memory_limit_bytes.and_then(|b| check_memory_limit(b).ok()),
                 ..g
             };
             reg.ensure_gpu(&id)?;
+            let config = reg.memory_config(&settings);
             if let Some(e) = reg.gpus.get_mut(&id) {
                 e.driver.send(GpuEvent::SetPolicy { policy: driver::policy(settings.slice_us) });
+                e.driver.send(GpuEvent::SetMemory { config });
                 e.settings = settings;
             }
         }
@@ -217,12 +255,26 @@ impl Registry {
                 slice_us: self.default_slice_us,
                 max_queued_ops: DEFAULT_MAX_QUEUED_OPS,
                 overcommit_ratio: 1.0,
+                memory_limit_bytes: None,
             };
-            let driver = GpuDriver::spawn(id, driver::policy(settings.slice_us), self.clock)
+            let memory =
+                MemorySetup { config: self.memory_config(&settings), params: self.memory, ledger: self.ledger.clone() };
+            let driver = GpuDriver::spawn(id, driver::policy(settings.slice_us), self.clock, memory)
                 .map_err(|source| crate::Error::Thread { gpu: id.to_string(), source })?;
             self.gpus.insert(id.to_string(), GpuEntry { settings, driver });
         }
         self.gpus.get(id).ok_or_else(|| crate::Error::Internal(format!("GPU {id} vanished")))
+    }
+
+    /// What a GPU's memory broker works with: the admin's settings and the
+    /// GPU's size.
+    fn memory_config(&self, settings: &GpuRecord) -> MemoryConfig {
+        MemoryConfig {
+            limit_bytes: settings.memory_limit_bytes,
+            total_bytes: self.inventory.get(&settings.id).map_or(0, |g| g.memory_total_bytes),
+            simulated: settings.id == SIM_GPU,
+            overcommit_ratio: settings.overcommit_ratio,
+        }
     }
 
     fn vm_settings(&self, rec: &VmRecord) -> VmSettings {
@@ -239,8 +291,9 @@ impl Registry {
 
     /// Registers a backend: checks its Hello, settles its settings (the
     /// stored ones on a reconnect, the requested ones on a fresh start),
-    /// stores them, queues `Welcome` on `tx` and adds the VM to its GPU's
-    /// scheduler. `Err` is the reason to send back in `Refused`.
+    /// has its GPU admit it (its memory quota must fit), queues `Welcome` on
+    /// `tx`, adds the VM to its GPU's scheduler and stores its settings.
+    /// `Err` is the reason to send back in `Refused`.
     pub fn register(&mut self, hello: &Hello, tx: UnboundedSender<DaemonMsg>) -> Result<Registered, String> {
         if hello.version != CONTROL_VERSION {
             return Err(format!(
@@ -277,6 +330,19 @@ impl Registry {
             .map_err(|e| e.to_string())?,
         };
         let gpu = self.ensure_gpu(&hello.gpu).map_err(|e| format!("internal: {e}"))?.driver.sender();
+        let settings = self.vm_settings(&rec);
+        let conn = self.next_conn;
+        self.next_conn += 1;
+        gpu.join(Join {
+            vm: conn,
+            name: rec.name.clone(),
+            params: params(&rec),
+            tx: tx.clone(),
+            settings: settings.clone(),
+            quota_bytes: hello.quota_bytes,
+            memory: hello.memory,
+            reconnect: hello.reconnect,
+        })?;
         if stored.as_ref() != Some(&rec) {
             // A VM whose settings cannot be stored still runs; they are
             // stored again at its next change.
@@ -284,14 +350,6 @@ impl Registry {
                 tracing::error!(vm = %rec.name, "storing settings: {e}");
             }
         }
-        let settings = self.vm_settings(&rec);
-        let conn = self.next_conn;
-        self.next_conn += 1;
-        // Welcome goes into the writer's queue before the scheduler can
-        // queue a grant behind it.
-        let _ =
-            tx.send(DaemonMsg::Welcome { version: CONTROL_VERSION, settings: settings.clone(), mem_limit_bytes: None });
-        let _ = gpu.send(GpuEvent::Add { vm: conn, name: rec.name.clone(), params: params(&rec), tx: tx.clone() });
         self.vms.insert(
             rec.name.clone(),
             VmEntry {
@@ -390,9 +448,12 @@ impl Registry {
             return Ok(());
         };
         tracing::info!(gpu = %settings.id, slice_us = settings.slice_us, max_queued_ops = settings.max_queued_ops,
+            overcommit_ratio = settings.overcommit_ratio, memory_limit_bytes = ?settings.memory_limit_bytes,
             "GPU settings changed");
         let id = settings.id.clone();
         let policy = driver::policy(settings.slice_us);
+        let memory_changed = g.settings.overcommit_ratio != settings.overcommit_ratio
+            || g.settings.memory_limit_bytes != settings.memory_limit_bytes;
         g.settings = settings;
         for v in self.vms.values().filter(|v| v.rec.gpu == id) {
             if let Some(c) = &v.conn {
@@ -401,8 +462,16 @@ impl Registry {
         }
         if let Some(g) = self.gpus.get(&id) {
             g.driver.send(GpuEvent::SetPolicy { policy });
+            if memory_changed {
+                g.driver.send(GpuEvent::SetMemory { config: self.memory_config(&g.settings) });
+            }
         }
         Ok(())
+    }
+
+    /// Host RAM that evicted GPU memory takes, across GPUs.
+    pub fn swap_ledger(&self) -> &SwapLedger {
+        &self.ledger
     }
 
     /// Stops every scheduler thread (at shutdown).

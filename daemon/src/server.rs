@@ -1,7 +1,8 @@
 //! The backend socket: accepts backends, registers each from its `Hello`,
-//! then forwards its demands, releases and charges to its GPU's scheduler
-//! thread and its stats to the registry. A backend that breaks the protocol
-//! loses its own connection and nothing else.
+//! then forwards its demands, releases, charges and memory messages to its
+//! GPU's scheduler and memory broker, and its stats there and to the
+//! registry. A backend that breaks the protocol loses its own connection and
+//! nothing else.
 
 use crate::driver::GpuEvent;
 use crate::lines::LineReader;
@@ -97,8 +98,8 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
             requested,
             reconnect,
             gpu_ns_total,
-            memory: _,
-        })) => Hello { version, vm, pid, engine, gpu, quota_bytes, requested, reconnect, gpu_ns_total },
+            memory,
+        })) => Hello { version, vm, pid, engine, gpu, quota_bytes, requested, reconnect, gpu_ns_total, memory },
         Ok(Ok(other)) => {
             tracing::warn!("backend's first message is {other:?}, not hello; closing");
             return;
@@ -163,12 +164,16 @@ async fn read_loop<R: tokio::io::AsyncBufRead + Unpin>(
             }
             Ok(BackendMsg::Charge { gpu_ns }) => GpuEvent::Charge { vm: conn, used_ns: gpu_ns },
             Ok(BackendMsg::Stats(stats)) => {
+                let ev = GpuEvent::Stats { vm: conn, stats: Box::new(stats.clone()) };
                 shared.registry().record_stats(vm, conn, stats);
-                continue;
+                ev
             }
-            Ok(m @ (BackendMsg::MemNeed { .. } | BackendMsg::Evicted { .. } | BackendMsg::Restored { .. })) => {
-                tracing::debug!("memory message before the memory broker: {m:?}");
-                continue;
+            Ok(BackendMsg::MemNeed { bytes }) => GpuEvent::MemNeed { vm: conn, bytes },
+            Ok(BackendMsg::Evicted { state, moved_bytes, ns }) => {
+                GpuEvent::Evicted { vm: conn, state, moved_bytes, ns }
+            }
+            Ok(BackendMsg::Restored { state, moved_bytes, ns }) => {
+                GpuEvent::Restored { vm: conn, state, moved_bytes, ns }
             }
             Ok(BackendMsg::Hello { .. }) => {
                 tracing::warn!("protocol violation: a second hello; closing the connection");

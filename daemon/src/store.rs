@@ -12,7 +12,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const DB_FILE: &str = "gpuvisord.db";
 
 /// Schema version this daemon writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE gpus (
@@ -35,6 +35,11 @@ CREATE TABLE vms (
 );
 ";
 
+/// Version 2: the admin's cap on the device memory a GPU's VMs share.
+const SCHEMA_V2: &str = "
+ALTER TABLE gpus ADD COLUMN memory_limit_bytes INTEGER NULL;
+";
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("cannot open the database {path}: {source}")]
@@ -52,6 +57,8 @@ pub struct GpuRecord {
     pub slice_us: u64,
     pub max_queued_ops: u32,
     pub overcommit_ratio: f64,
+    /// The admin's cap on the device memory the GPU's VMs share.
+    pub memory_limit_bytes: Option<u64>,
 }
 
 /// A VM's stored settings.
@@ -109,9 +116,15 @@ impl Store {
         let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.err(e))?;
         match version {
             0 => {
-                let sql = format!("BEGIN; {SCHEMA_V1} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
+                let sql = format!("BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
                 self.conn.execute_batch(&sql).map_err(|e| self.err(e))?;
                 tracing::info!(path = %self.path.display(), "created the database");
+                Ok(())
+            }
+            1 => {
+                let sql = format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
+                self.conn.execute_batch(&sql).map_err(|e| self.err(e))?;
+                tracing::info!(path = %self.path.display(), from = version, to = SCHEMA_VERSION, "database schema upgraded");
                 Ok(())
             }
             SCHEMA_VERSION => Ok(()),
@@ -124,19 +137,26 @@ impl Store {
     pub fn gpus(&self) -> Result<Vec<GpuRecord>, StoreError> {
         let mut stmt = self
             .conn
-            .prepare("SELECT id, slice_us, max_queued_ops, overcommit_ratio FROM gpus ORDER BY id")
+            .prepare("SELECT id, slice_us, max_queued_ops, overcommit_ratio, memory_limit_bytes FROM gpus ORDER BY id")
             .map_err(|e| self.err(e))?;
         let rows = stmt
             .query_map([], |r| {
-                Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?, r.get::<_, i64>(2)?, r.get::<_, f64>(3)?))
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, i64>(1)?,
+                    r.get::<_, i64>(2)?,
+                    r.get::<_, f64>(3)?,
+                    r.get::<_, Option<i64>>(4)?,
+                ))
             })
             .map_err(|e| self.err(e))?;
         let mut out = Vec::new();
         for row in rows {
-            let (id, slice_us, max_queued_ops, overcommit_ratio) = row.map_err(|e| self.err(e))?;
-            match (u64::try_from(slice_us), u32::try_from(max_queued_ops)) {
-                (Ok(slice_us), Ok(max_queued_ops)) => {
-                    out.push(GpuRecord { id, slice_us, max_queued_ops, overcommit_ratio })
+            let (id, slice_us, max_queued_ops, overcommit_ratio, memory_limit) = row.map_err(|e| self.err(e))?;
+            let memory_limit_bytes = memory_limit.map(u64::try_from).transpose();
+            match (u64::try_from(slice_us), u32::try_from(max_queued_ops), memory_limit_bytes) {
+                (Ok(slice_us), Ok(max_queued_ops), Ok(memory_limit_bytes)) => {
+                    out.push(GpuRecord { id, slice_us, max_queued_ops, overcommit_ratio, memory_limit_bytes })
                 }
                 _ => tracing::warn!(gpu = %id, "stored GPU settings out of range; ignored"),
             }
@@ -191,9 +211,18 @@ impl Store {
     pub fn put_gpu(&self, gpu: &GpuRecord) -> Result<(), StoreError> {
         self.conn
             .execute(
-                "INSERT INTO gpus (id, slice_us, max_queued_ops, overcommit_ratio, updated_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT(id) DO UPDATE SET slice_us = ?2, max_queued_ops = ?3, overcommit_ratio = ?4, updated_at = ?5",
-                params![gpu.id, clamp_i64(gpu.slice_us), gpu.max_queued_ops, gpu.overcommit_ratio, now_s()],
+                "INSERT INTO gpus (id, slice_us, max_queued_ops, overcommit_ratio, memory_limit_bytes, updated_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT(id) DO UPDATE SET slice_us = ?2, max_queued_ops = ?3, overcommit_ratio = ?4,
+                     memory_limit_bytes = ?5, updated_at = ?6",
+                params![
+                    gpu.id,
+                    clamp_i64(gpu.slice_us),
+                    gpu.max_queued_ops,
+                    gpu.overcommit_ratio,
+                    gpu.memory_limit_bytes.map(clamp_i64),
+                    now_s()
+                ],
             )
             .map_err(|e| self.err(e))?;
         Ok(())
@@ -265,12 +294,39 @@ mod tests {
             let s = Store::open(&dir).unwrap();
             s.put_vm(&vm("a")).unwrap();
             s.put_vm(&VmRecord { slice_us: None, drained: false, ..vm("b") }).unwrap();
-            s.put_gpu(&GpuRecord { id: "sim".into(), slice_us: 4000, max_queued_ops: 9, overcommit_ratio: 1.0 })
-                .unwrap();
+            s.put_gpu(&GpuRecord {
+                id: "sim".into(),
+                slice_us: 4000,
+                max_queued_ops: 9,
+                overcommit_ratio: 2.5,
+                memory_limit_bytes: Some(3 << 30),
+            })
+            .unwrap();
         }
         let s = Store::open(&dir).unwrap();
         assert_eq!(s.vms().unwrap(), vec![vm("a"), VmRecord { slice_us: None, drained: false, ..vm("b") }]);
-        assert_eq!(s.gpus().unwrap()[0].max_queued_ops, 9);
+        let g = &s.gpus().unwrap()[0];
+        assert_eq!((g.max_queued_ops, g.overcommit_ratio, g.memory_limit_bytes), (9, 2.5, Some(3 << 30)));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_version_1_database_is_upgraded_and_keeps_its_settings() {
+        let dir = scratch("v1");
+        {
+            let c = Connection::open(dir.join(DB_FILE)).unwrap();
+            c.execute_batch(&format!("{SCHEMA_V1} PRAGMA user_version = 1;")).unwrap();
+            c.execute("INSERT INTO gpus VALUES ('sim', 3000, 5, 1.5, 0)", []).unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        let g = &s.gpus().unwrap()[0];
+        assert_eq!((g.slice_us, g.overcommit_ratio, g.memory_limit_bytes), (3000, 1.5, None));
+        s.put_gpu(&GpuRecord { memory_limit_bytes: Some(1 << 30), ..g.clone() }).unwrap();
+        drop(s);
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.gpus().unwrap()[0].memory_limit_bytes, Some(1 << 30));
+        let version: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
         let _ = std::fs::remove_dir_all(&dir);
     }
 

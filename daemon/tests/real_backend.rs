@@ -62,7 +62,7 @@ fn a_running_vm_is_not_disturbed_by_a_daemon_restart() {
             let params = 1000u64.to_le_bytes();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {
-                gate.before_op(&mut e, ctx, s);
+                gate.before_op(&mut e, ctx, s).unwrap();
                 let l = Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &params };
                 e.launch(f, &l).unwrap();
                 gate.after_op(&mut e, ctx, s);

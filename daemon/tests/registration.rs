@@ -105,8 +105,13 @@ fn admin_changes_reach_the_connected_backend_at_once() {
     let Ok(DaemonMsg::Settings { settings }) = b.recv(Duration::from_secs(2)) else { panic!("no settings") };
     assert_eq!(settings.priority, 7);
 
-    let g =
-        d.admin.update_gpu("sim", gpuvisor_admin::GpuPatch { slice_us: Some(4000), max_queued_ops: Some(16) }).unwrap();
+    let g = d
+        .admin
+        .update_gpu(
+            "sim",
+            gpuvisor_admin::GpuPatch { slice_us: Some(4000), max_queued_ops: Some(16), ..Default::default() },
+        )
+        .unwrap();
     assert_eq!((g.slice_us, g.max_queued_ops), (4000, 16));
     let Ok(DaemonMsg::Settings { settings }) = b.recv(Duration::from_secs(2)) else { panic!("no settings") };
     assert_eq!((settings.slice_us, settings.max_queued_ops), (4000, 16));

@@ -1,0 +1,923 @@
+//! The memory broker of one GPU: how much device memory each VM may hold
+//! resident, which VMs to evict to host RAM when one needs more than is
+//! free, and whether a new VM fits at all. Pure policy, as `sched` is for
+//! time: no I/O, the clock is passed in, and the driver sends what it decides.
+//!
+//! Capacity `C`, the device memory the VMs share: the GPU's
+//! `memory_limit_bytes` when the admin set one; otherwise, on a real GPU, its
+//! memory less a reserve for each backend's driver overhead (CUDA context,
+//! modules): [`RESERVE_BASE_BYTES`] plus [`RESERVE_PER_VM_BYTES`] per VM
+//! registered. The simulated GPU has no overhead and no size of its own:
+//! without `memory_limit_bytes` its memory is not managed (every need is
+//! granted), nor is a GPU whose size NVML could not tell.
+//!
+//! The books keep the sum of the VMs' limits within `C`. A VM that needs
+//! more than its limit gets room that is free, else room that evictions of
+//! other VMs free (the idle before the busy, the least recently granted
+//! first, never the VM holding the GPU nor one given memory less than
+//! `min_residency` ago), as long as the evicted memory fits in the host RAM
+//! set aside for it; needs are served in the order they came.
+
+use protocol::control::{BackendStats, MemoryState};
+use std::collections::{BTreeMap, HashSet, VecDeque};
+
+/// A VM's id: the connection id it registered under, as in the scheduler.
+pub type VmId = u64;
+
+const MIB: u64 = 1 << 20;
+const GIB: u64 = 1 << 30;
+
+/// Device memory a real GPU keeps out of the VMs' reach for the driver: a
+/// base, plus a share for every registered VM's backend process.
+pub const RESERVE_BASE_BYTES: u64 = GIB;
+pub const RESERVE_PER_VM_BYTES: u64 = 512 * MIB;
+
+/// How long a VM keeps memory it was just given before it can be evicted.
+pub const DEFAULT_MIN_RESIDENCY_NS: u64 = 1_000_000_000;
+
+/// How often needs that wait on residency times or on the GPU's holder are
+/// looked at again.
+pub const RECHECK_NS: u64 = 20_000_000;
+
+/// What decides a GPU's capacity and how far it may be overcommitted.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MemoryConfig {
+    /// The admin's `memory_limit_bytes`.
+    pub limit_bytes: Option<u64>,
+    /// The GPU's memory as NVML reports it (0: unknown).
+    pub total_bytes: u64,
+    /// The simulated GPU, shared by sim-engine backends.
+    pub simulated: bool,
+    /// The VMs' quotas may add up to this many times the capacity.
+    pub overcommit_ratio: f64,
+}
+
+impl MemoryConfig {
+    /// The capacity with `vms` VMs registered; `None` where memory is not
+    /// managed.
+    pub fn capacity(&self, vms: usize) -> Option<u64> {
+        if let Some(limit) = self.limit_bytes {
+            return Some(limit);
+        }
+        if self.simulated || self.total_bytes == 0 {
+            return None;
+        }
+        let per_vm = RESERVE_PER_VM_BYTES.saturating_mul(u64::try_from(vms).unwrap_or(u64::MAX));
+        Some(self.total_bytes.saturating_sub(RESERVE_BASE_BYTES.saturating_add(per_vm)))
+    }
+}
+
+/// The daemon-wide settings of every broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BrokerParams {
+    /// A VM keeps memory it was given (or brought back) at least this long.
+    pub min_residency_ns: u64,
+    /// Host RAM that evicted GPU memory may take, all GPUs together.
+    pub swap_limit_bytes: u64,
+}
+
+/// What the broker needs to know of a VM from the GPU's scheduler.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SchedInfo {
+    /// Holds the GPU's grant now: its memory is in use.
+    pub holding: bool,
+    /// Wants the GPU now or did a moment ago.
+    pub demanding: bool,
+    /// When it was last granted the GPU (0: never).
+    pub last_granted_ns: u64,
+}
+
+/// What the broker decided; the driver sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MemAction {
+    /// `MemLimit`: the VM may hold `bytes` resident.
+    Limit { vm: VmId, bytes: u64 },
+    /// `MemDenied`: its need cannot be met.
+    Denied { vm: VmId, bytes: u64, reason: String },
+    /// `Evict`: the VM is to keep at most `resident_max` on the GPU, which
+    /// moves about `moves_bytes` to host RAM.
+    Evict { vm: VmId, resident_max: u64, moves_bytes: u64 },
+    /// The VM holds the GPU and is the one to evict: give it no more grants
+    /// (and take back the one it holds) until its eviction is done.
+    Deschedule { vm: VmId },
+    /// The VM may be granted the GPU again.
+    Reschedule { vm: VmId },
+}
+
+/// One VM's memory figures, for the admin.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VmMemory {
+    pub quota_bytes: u64,
+    /// What it may hold resident.
+    pub limit_bytes: u64,
+    /// As last reported by its backend.
+    pub resident_bytes: u64,
+    pub evicted_bytes: u64,
+    pub evictions: u64,
+    pub restores: u64,
+    pub evict_ns_total: u64,
+    pub restore_ns_total: u64,
+    /// How long its last restore took, if it had one.
+    pub last_restore_ns: Option<u64>,
+    /// Bytes moved to host RAM and back, as its backend reported them.
+    pub evicted_moved_bytes: u64,
+    pub restored_moved_bytes: u64,
+}
+
+#[derive(Debug, Clone)]
+struct Book {
+    mem: VmMemory,
+    /// The `resident_max` of an `Evict` not yet answered.
+    evict_to: Option<u64>,
+    /// What that eviction moves to host RAM (counted as used until answered).
+    evict_moves: u64,
+    /// When it last had its limit raised or its memory brought back.
+    resident_since: u64,
+    /// Kept off the GPU until it is evicted.
+    descheduled: bool,
+}
+
+impl Book {
+    /// Resident memory that counts against its limit (or its eviction's target).
+    fn held(&self) -> u64 {
+        let cap = self.evict_to.unwrap_or(self.mem.limit_bytes);
+        self.mem.resident_bytes.min(cap)
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Need {
+    vm: VmId,
+    bytes: u64,
+}
+
+/// The memory broker of one GPU.
+#[derive(Debug, Clone)]
+pub struct Broker {
+    gpu: String,
+    config: MemoryConfig,
+    params: BrokerParams,
+    vms: BTreeMap<VmId, Book>,
+    needs: VecDeque<Need>,
+    recheck_at: Option<u64>,
+}
+
+impl Broker {
+    pub fn new(gpu: &str, config: MemoryConfig, params: BrokerParams) -> Broker {
+        Broker { gpu: gpu.to_string(), config, params, vms: BTreeMap::new(), needs: VecDeque::new(), recheck_at: None }
+    }
+
+    pub fn config(&self) -> MemoryConfig {
+        self.config
+    }
+
+    /// A new capacity or ratio; call [`pump`](Self::pump) after it.
+    pub fn set_config(&mut self, config: MemoryConfig) {
+        self.config = config;
+    }
+
+    pub fn params(&self) -> BrokerParams {
+        self.params
+    }
+
+    /// The capacity now; `None` where memory is not managed.
+    pub fn capacity(&self) -> Option<u64> {
+        self.config.capacity(self.vms.len())
+    }
+
+    /// Whether a VM with `quota` may register: the quotas of the VMs on the
+    /// GPU, its own included, may add up to `overcommit_ratio` × capacity.
+    /// `Err` is the reason to give.
+    pub fn admit(&self, quota: u64) -> Result<(), String> {
+        let Some(cap) = self.config.capacity(self.vms.len() + 1) else {
+            return Ok(());
+        };
+        let sum = self.vms.values().map(|b| u128::from(b.mem.quota_bytes)).sum::<u128>() + u128::from(quota);
+        let ratio = self.config.overcommit_ratio;
+        let bound = ratio * cap as f64;
+        if sum as f64 <= bound {
+            return Ok(());
+        }
+        let gib = |b: f64| b / GIB as f64;
+        Err(format!(
+            "memory: the quotas of the VMs on GPU {gpu} would add up to {sum} bytes ({:.2} GiB, this VM's \
+             {quota} included), more than overcommit_ratio {ratio} x its capacity of {cap} bytes ({:.2} GiB); \
+             raise the GPU's overcommit_ratio or memory_limit_bytes (gpuvisorctl gpu-set {gpu} \
+             --overcommit-ratio R or --memory-limit SIZE), or give the VM a smaller quota",
+            gib(sum as f64),
+            gib(cap as f64),
+            gpu = self.gpu,
+        ))
+    }
+
+    /// Takes a registered VM into the books and returns the `mem_limit_bytes`
+    /// of its Welcome (`None`: its whole quota). A VM gets what is free, up
+    /// to its quota; one that reconnects keeps the limit it reports where
+    /// that fits, and at least the memory it holds.
+    pub fn add_vm(&mut self, vm: VmId, quota: u64, reported: MemoryState, reconnect: bool, now: u64) -> Option<u64> {
+        self.remove_vm(vm);
+        let limit = match self.config.capacity(self.vms.len() + 1) {
+            None => quota,
+            Some(cap) => {
+                let free = cap.saturating_sub(self.limits());
+                if reconnect && reported.limit_bytes > 0 {
+                    let want = reported.limit_bytes;
+                    if want <= free {
+                        want
+                    } else {
+                        // What it holds is on the GPU whatever the books say;
+                        // an overshoot is evicted by the next pump.
+                        free.max(reported.resident_bytes.min(want))
+                    }
+                } else {
+                    quota.min(free)
+                }
+            }
+        };
+        self.vms.insert(
+            vm,
+            Book {
+                mem: VmMemory {
+                    quota_bytes: quota,
+                    limit_bytes: limit,
+                    resident_bytes: reported.resident_bytes,
+                    evicted_bytes: reported.evicted_bytes,
+                    ..VmMemory::default()
+                },
+                evict_to: None,
+                evict_moves: 0,
+                resident_since: now,
+                descheduled: false,
+            },
+        );
+        (limit < quota).then_some(limit)
+    }
+
+    /// The VM is gone: its memory and its host RAM are free.
+    pub fn remove_vm(&mut self, vm: VmId) {
+        self.vms.remove(&vm);
+        self.needs.retain(|n| n.vm != vm);
+    }
+
+    /// `MemNeed`: `vm` needs to hold `bytes` resident in all. A newer need
+    /// of the same VM replaces its older one (its backend waits on one at a
+    /// time). Answered by [`pump`](Self::pump).
+    pub fn mem_need(&mut self, vm: VmId, bytes: u64) {
+        if !self.vms.contains_key(&vm) {
+            return;
+        }
+        match self.needs.iter_mut().find(|n| n.vm == vm) {
+            Some(n) => n.bytes = bytes,
+            None => self.needs.push_back(Need { vm, bytes }),
+        }
+    }
+
+    /// `Evicted`: the VM's limit is now what it kept resident. Returns the
+    /// `resident_max` that was asked, if an eviction was under way.
+    pub fn evicted(&mut self, vm: VmId, state: MemoryState, moved_bytes: u64, ns: u64, now: u64) -> Option<u64> {
+        let b = self.vms.get_mut(&vm)?;
+        let asked = b.evict_to.take();
+        b.evict_moves = 0;
+        b.mem.resident_bytes = state.resident_bytes;
+        b.mem.evicted_bytes = state.evicted_bytes;
+        b.mem.limit_bytes = b.mem.limit_bytes.min(state.resident_bytes);
+        b.mem.evictions += 1;
+        b.mem.evict_ns_total = b.mem.evict_ns_total.saturating_add(ns);
+        b.mem.evicted_moved_bytes = b.mem.evicted_moved_bytes.saturating_add(moved_bytes);
+        if asked.is_some_and(|t| state.resident_bytes > t) {
+            // It could not give as much as asked: leave it alone a while
+            // rather than ask again at once.
+            b.resident_since = now;
+        }
+        asked
+    }
+
+    /// `Restored`: the VM brought its evicted memory back.
+    pub fn restored(&mut self, vm: VmId, state: MemoryState, moved_bytes: u64, ns: u64, now: u64) {
+        let Some(b) = self.vms.get_mut(&vm) else {
+            return;
+        };
+        b.mem.resident_bytes = state.resident_bytes;
+        b.mem.evicted_bytes = state.evicted_bytes;
+        b.mem.restores += 1;
+        b.mem.restore_ns_total = b.mem.restore_ns_total.saturating_add(ns);
+        b.mem.last_restore_ns = Some(ns);
+        b.mem.restored_moved_bytes = b.mem.restored_moved_bytes.saturating_add(moved_bytes);
+        b.resident_since = now;
+    }
+
+    /// The backend's periodic figures: where its memory stands, and its
+    /// counters (which cover its whole life, not only this connection).
+    pub fn stats(&mut self, vm: VmId, stats: &BackendStats) {
+        let Some(b) = self.vms.get_mut(&vm) else {
+            return;
+        };
+        b.mem.resident_bytes = stats.memory.resident_bytes;
+        b.mem.evicted_bytes = stats.memory.evicted_bytes;
+        b.mem.evictions = b.mem.evictions.max(stats.evictions);
+        b.mem.restores = b.mem.restores.max(stats.restores);
+        b.mem.evict_ns_total = b.mem.evict_ns_total.max(stats.evict_ns_total);
+        b.mem.restore_ns_total = b.mem.restore_ns_total.max(stats.restore_ns_total);
+    }
+
+    pub fn vm(&self, vm: VmId) -> Option<&VmMemory> {
+        self.vms.get(&vm).map(|b| &b.mem)
+    }
+
+    /// Host RAM this GPU's VMs take for evicted memory, evictions under way
+    /// included.
+    pub fn swap_used(&self) -> u64 {
+        self.vms.values().map(|b| b.mem.evicted_bytes.saturating_add(b.evict_moves)).fold(0, u64::saturating_add)
+    }
+
+    pub fn resident_total(&self) -> u64 {
+        self.vms.values().map(|b| b.mem.resident_bytes).fold(0, u64::saturating_add)
+    }
+
+    pub fn evicted_total(&self) -> u64 {
+        self.vms.values().map(|b| b.mem.evicted_bytes).fold(0, u64::saturating_add)
+    }
+
+    /// When [`pump`](Self::pump) must run again although nothing happens:
+    /// a need waits on residency times or on the GPU's holder.
+    pub fn next_check(&self) -> Option<u64> {
+        self.recheck_at
+    }
+
+    /// Whether `vm` is kept off the GPU for its eviction.
+    pub fn is_descheduled(&self, vm: VmId) -> bool {
+        self.vms.get(&vm).is_some_and(|b| b.descheduled)
+    }
+
+    /// Nothing to do: no need waits, nobody is kept off the GPU and the
+    /// limits fit.
+    pub fn quiet(&self) -> bool {
+        self.needs.is_empty()
+            && !self.vms.values().any(|b| b.descheduled)
+            && self.capacity().is_none_or(|c| self.limits() <= c)
+    }
+
+    fn limits(&self) -> u64 {
+        self.vms.values().map(|b| b.mem.limit_bytes).fold(0, u64::saturating_add)
+    }
+
+    /// Answers the needs that can be answered and asks for the evictions the
+    /// others wait on. Call it after every event. `sched` tells each VM's
+    /// standing with the scheduler; `swap_others` is the host RAM the other
+    /// GPUs' evicted memory takes.
+    pub fn pump(&mut self, now: u64, sched: &dyn Fn(VmId) -> SchedInfo, swap_others: u64) -> Vec<MemAction> {
+        let mut out = Vec::new();
+        self.recheck_at = None;
+        if self.quiet() {
+            return out;
+        }
+        let Some(cap) = self.capacity() else {
+            // Not managed: every need is met at once.
+            while let Some(need) = self.needs.pop_front() {
+                if let Some(b) = self.vms.get_mut(&need.vm) {
+                    let bytes = need.bytes.max(b.mem.limit_bytes).max(b.mem.quota_bytes);
+                    b.mem.limit_bytes = bytes;
+                    b.resident_since = now;
+                    out.push(MemAction::Limit { vm: need.vm, bytes });
+                }
+            }
+            self.reschedule(&HashSet::new(), &mut out);
+            return out;
+        };
+        let limits = self.limits();
+        let mut avail = cap.saturating_sub(limits);
+        // Room that evictions under way will free; it first pays for an
+        // overshoot (a smaller capacity, a reconnect over the top).
+        let mut in_flight = self
+            .vms
+            .values()
+            .filter_map(|b| Some(b.mem.limit_bytes.saturating_sub(b.evict_to?)))
+            .fold(0, u64::saturating_add);
+        let overshoot = limits.saturating_sub(cap);
+        let paid = overshoot.min(in_flight);
+        in_flight -= paid;
+        let overshoot = overshoot - paid;
+        let mut swap_room = self.params.swap_limit_bytes.saturating_sub(swap_others.saturating_add(self.swap_used()));
+        let mut wanted = HashSet::new();
+        let mut blocked = false;
+        let needy: HashSet<VmId> = self.needs.iter().map(|n| n.vm).collect();
+        if overshoot > 0 {
+            let mut plan = Plan {
+                asker: None,
+                ahead: &[],
+                needy: &needy,
+                now,
+                sched,
+                swap_room: &mut swap_room,
+                wanted: &mut wanted,
+            };
+            blocked |= self.plan(overshoot, &mut plan, &mut out) > 0;
+        }
+        let needs: Vec<Need> = self.needs.drain(..).collect();
+        let mut ahead: Vec<VmId> = Vec::new();
+        for need in needs {
+            let Some(b) = self.vms.get_mut(&need.vm) else {
+                continue;
+            };
+            if b.evict_to.is_some() {
+                // Its limit is about to change: decide once it has answered.
+                self.needs.push_back(need);
+                ahead.push(need.vm);
+                continue;
+            }
+            let limit = b.mem.limit_bytes;
+            if need.bytes <= limit {
+                out.push(MemAction::Limit { vm: need.vm, bytes: limit });
+                continue;
+            }
+            if need.bytes > cap {
+                out.push(MemAction::Denied {
+                    vm: need.vm,
+                    bytes: need.bytes,
+                    reason: format!(
+                        "{} bytes is more than GPU {} holds for its VMs ({cap} bytes)",
+                        need.bytes, self.gpu
+                    ),
+                });
+                continue;
+            }
+            let extra = need.bytes - limit;
+            if extra <= avail {
+                avail -= extra;
+                b.mem.limit_bytes = need.bytes;
+                b.resident_since = now;
+                out.push(MemAction::Limit { vm: need.vm, bytes: need.bytes });
+                continue;
+            }
+            // Not room enough yet: this need claims what is free and what
+            // evictions under way free, so that later needs cannot take it.
+            let from_avail = avail;
+            let from_flight = (extra - from_avail).min(in_flight);
+            let short = extra - from_avail - from_flight;
+            if short > 0 {
+                let must_move = self.must_move(need.vm, need.bytes, cap);
+                if must_move > swap_room {
+                    let used = swap_others.saturating_add(self.swap_used());
+                    out.push(MemAction::Denied {
+                        vm: need.vm,
+                        bytes: need.bytes,
+                        reason: format!(
+                            "host RAM for evicted GPU memory is used up ({used} of {} bytes; {must_move} more \
+                             would be needed to make room)",
+                            self.params.swap_limit_bytes
+                        ),
+                    });
+                    continue;
+                }
+                let mut plan = Plan {
+                    asker: Some(need.vm),
+                    ahead: &ahead,
+                    needy: &needy,
+                    now,
+                    sched,
+                    swap_room: &mut swap_room,
+                    wanted: &mut wanted,
+                };
+                blocked |= self.plan(short, &mut plan, &mut out) > 0;
+            }
+            avail = 0;
+            in_flight -= from_flight;
+            self.needs.push_back(need);
+            ahead.push(need.vm);
+        }
+        self.reschedule(&wanted, &mut out);
+        if blocked {
+            self.recheck_at = Some(now.saturating_add(RECHECK_NS));
+        }
+        out
+    }
+
+    /// Resident bytes of the other VMs that must go to host RAM for `vm` to
+    /// hold `bytes`, were every other VM evicted as far as it takes.
+    fn must_move(&self, vm: VmId, bytes: u64, cap: u64) -> u64 {
+        let others = self.vms.iter().filter(|(&w, _)| w != vm).map(|(_, b)| b.held()).fold(0, u64::saturating_add);
+        others.saturating_sub(cap.saturating_sub(bytes))
+    }
+
+    /// Asks evictions that free `short` bytes, as far as eligible victims
+    /// allow; returns what is still missing.
+    fn plan(&mut self, mut short: u64, p: &mut Plan<'_>, out: &mut Vec<MemAction>) -> u64 {
+        let mut victims = Vec::new();
+        let mut holders = Vec::new();
+        for (&w, b) in &self.vms {
+            if Some(w) == p.asker
+                || p.ahead.contains(&w)
+                || b.evict_to.is_some()
+                || b.mem.limit_bytes == 0
+                || p.now.saturating_sub(b.resident_since) < self.params.min_residency_ns
+            {
+                continue;
+            }
+            let info = (p.sched)(w);
+            // VMs waiting for memory themselves last, then the busy ones,
+            // then the most recently granted.
+            let key = (p.needy.contains(&w), info.demanding, info.last_granted_ns, w);
+            if info.holding {
+                holders.push(key);
+            } else {
+                victims.push(key);
+            }
+        }
+        victims.sort_unstable();
+        holders.sort_unstable();
+        // Unused allowance first (it moves nothing), then resident memory as
+        // far as host RAM allows.
+        let mut takes: Vec<(VmId, u64)> = Vec::new();
+        for &(_, _, _, w) in &victims {
+            if short == 0 {
+                break;
+            }
+            let b = &self.vms[&w];
+            let t = (b.mem.limit_bytes - b.held()).min(short);
+            if t > 0 {
+                takes.push((w, t));
+                short -= t;
+            }
+        }
+        for &(_, _, _, w) in &victims {
+            if short == 0 || *p.swap_room == 0 {
+                break;
+            }
+            let t = self.vms[&w].held().min(short).min(*p.swap_room);
+            if t > 0 {
+                match takes.iter_mut().find(|(v, _)| *v == w) {
+                    Some((_, taken)) => *taken += t,
+                    None => takes.push((w, t)),
+                }
+                short -= t;
+                *p.swap_room -= t;
+            }
+        }
+        for (w, t) in takes {
+            let Some(b) = self.vms.get_mut(&w) else {
+                continue;
+            };
+            let target = b.mem.limit_bytes - t;
+            let moves = b.held().saturating_sub(target);
+            b.evict_to = Some(target);
+            b.evict_moves = moves;
+            out.push(MemAction::Evict { vm: w, resident_max: target, moves_bytes: moves });
+        }
+        if short > 0 {
+            // Only the VM on the GPU has the rest: keep it off the GPU once
+            // it lets go, so that it can be evicted.
+            for &(_, _, _, w) in &holders {
+                let Some(b) = self.vms.get_mut(&w) else {
+                    continue;
+                };
+                p.wanted.insert(w);
+                if !b.descheduled {
+                    b.descheduled = true;
+                    out.push(MemAction::Deschedule { vm: w });
+                }
+            }
+        }
+        short
+    }
+
+    /// Lets back onto the GPU the VMs kept off it that no need wants evicted
+    /// any more (once their eviction is done).
+    fn reschedule(&mut self, wanted: &HashSet<VmId>, out: &mut Vec<MemAction>) {
+        for (&vm, b) in self.vms.iter_mut() {
+            if b.descheduled && b.evict_to.is_none() && !wanted.contains(&vm) {
+                b.descheduled = false;
+                out.push(MemAction::Reschedule { vm });
+            }
+        }
+    }
+}
+
+/// One need's view while its evictions are planned.
+struct Plan<'a> {
+    asker: Option<VmId>,
+    /// VMs whose needs came earlier: not evicted for a later one.
+    ahead: &'a [VmId],
+    /// VMs waiting for memory: evicted last.
+    needy: &'a HashSet<VmId>,
+    now: u64,
+    sched: &'a dyn Fn(VmId) -> SchedInfo,
+    swap_room: &'a mut u64,
+    wanted: &'a mut HashSet<VmId>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    const MS: u64 = 1_000_000;
+    const G: u64 = GIB;
+
+    fn params() -> BrokerParams {
+        BrokerParams { min_residency_ns: 1000 * MS, swap_limit_bytes: 64 * G }
+    }
+
+    /// A GPU whose capacity the admin set to `cap` bytes.
+    fn broker(cap: u64, ratio: f64) -> Broker {
+        Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(cap), total_bytes: 0, simulated: true, overcommit_ratio: ratio },
+            params(),
+        )
+    }
+
+    /// The scheduler's view, as a test sets it.
+    #[derive(Default)]
+    struct Sched(HashMap<VmId, SchedInfo>);
+
+    impl Sched {
+        fn f(&self) -> impl Fn(VmId) -> SchedInfo + '_ {
+            |vm| self.0.get(&vm).copied().unwrap_or_default()
+        }
+        fn granted(mut self, vm: VmId, at: u64) -> Sched {
+            self.0.entry(vm).or_default().last_granted_ns = at;
+            self
+        }
+        fn holding(mut self, vm: VmId) -> Sched {
+            self.0.entry(vm).or_default().holding = true;
+            self
+        }
+        fn demanding(mut self, vm: VmId) -> Sched {
+            self.0.entry(vm).or_default().demanding = true;
+            self
+        }
+    }
+
+    fn state(resident: u64, evicted: u64) -> MemoryState {
+        MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident }
+    }
+
+    /// Adds `vm` and reports `resident` bytes on the GPU.
+    fn add(b: &mut Broker, vm: VmId, quota: u64, resident: u64) -> Option<u64> {
+        let welcome = b.add_vm(vm, quota, MemoryState::default(), false, 0);
+        b.stats(vm, &BackendStats { memory: state(resident, 0), ..Default::default() });
+        welcome
+    }
+
+    fn evicts(out: &[MemAction]) -> Vec<(VmId, u64)> {
+        out.iter()
+            .filter_map(|a| match a {
+                MemAction::Evict { vm, resident_max, .. } => Some((*vm, *resident_max)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn capacity_is_the_admins_limit_or_the_gpu_less_the_driver_reserve() {
+        let real = MemoryConfig { limit_bytes: None, total_bytes: 80 * G, simulated: false, overcommit_ratio: 1.0 };
+        assert_eq!(real.capacity(2), Some(80 * G - G - 2 * 512 * MIB));
+        assert_eq!(MemoryConfig { limit_bytes: Some(10 * G), ..real }.capacity(2), Some(10 * G));
+        let sim = MemoryConfig { total_bytes: 0, simulated: true, ..real };
+        assert_eq!(sim.capacity(3), None);
+        assert_eq!(MemoryConfig { total_bytes: 0, ..real }.capacity(1), None, "a GPU of unknown size is not managed");
+    }
+
+    #[test]
+    fn unmanaged_memory_grants_every_need_and_welcomes_with_the_whole_quota() {
+        let mut b = Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: None, total_bytes: 0, simulated: true, overcommit_ratio: 1.0 },
+            params(),
+        );
+        assert_eq!(b.admit(1000 * G), Ok(()));
+        assert_eq!(add(&mut b, 1, 1000 * G, 0), None);
+        assert_eq!(add(&mut b, 2, 1000 * G, 0), None);
+        b.mem_need(2, 1500 * G);
+        let out = b.pump(0, &Sched::default().f(), 0);
+        assert_eq!(out, vec![MemAction::Limit { vm: 2, bytes: 1500 * G }]);
+    }
+
+    #[test]
+    fn a_gpu_that_is_not_overcommitted_welcomes_with_the_whole_quota() {
+        let mut b = broker(10 * G, 1.0);
+        assert_eq!(add(&mut b, 1, 4 * G, 0), None);
+        assert_eq!(add(&mut b, 2, 6 * G, 0), None);
+    }
+
+    #[test]
+    fn admission_is_refused_over_the_overcommit_ratio() {
+        let mut b = broker(10 * G, 2.0);
+        b.admit(8 * G).unwrap();
+        add(&mut b, 1, 8 * G, 0);
+        b.admit(12 * G).unwrap();
+        add(&mut b, 2, 12 * G, 0);
+        let reason = b.admit(1).unwrap_err();
+        assert!(reason.contains("overcommit_ratio 2"), "{reason}");
+        assert!(reason.contains(&(20 * G + 1).to_string()), "{reason}");
+        assert!(reason.contains(&(10 * G).to_string()), "{reason}");
+        assert!(reason.contains("memory_limit_bytes"), "{reason}");
+    }
+
+    #[test]
+    fn a_need_that_fits_in_free_memory_is_granted_without_eviction() {
+        let mut b = broker(10 * G, 3.0);
+        assert_eq!(add(&mut b, 1, 4 * G, 4 * G), None);
+        assert_eq!(add(&mut b, 2, 8 * G, 0), Some(6 * G));
+        b.mem_need(2, 6 * G);
+        assert_eq!(
+            b.pump(0, &Sched::default().f(), 0),
+            vec![MemAction::Limit { vm: 2, bytes: 6 * G }],
+            "within its limit"
+        );
+        // Free the room: vm 1 goes away.
+        b.remove_vm(1);
+        b.mem_need(2, 8 * G);
+        assert_eq!(b.pump(0, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 2, bytes: 8 * G }]);
+        assert_eq!(b.vm(2).unwrap().limit_bytes, 8 * G);
+    }
+
+    #[test]
+    fn the_least_recently_granted_idle_vm_is_evicted() {
+        let mut b = broker(12 * G, 3.0);
+        add(&mut b, 1, 4 * G, 4 * G);
+        add(&mut b, 2, 4 * G, 4 * G);
+        add(&mut b, 3, 4 * G, 4 * G);
+        add(&mut b, 4, 4 * G, 0);
+        let now = 5000 * MS;
+        // 1 is busy (wants the GPU), 2 was granted long ago, 3 recently.
+        let s = Sched::default().granted(1, 100 * MS).demanding(1).granted(2, 1000 * MS).granted(3, 4000 * MS);
+        b.mem_need(4, 4 * G);
+        let out = b.pump(now, &s.f(), 0);
+        assert_eq!(evicts(&out), vec![(2, 0)], "{out:?}");
+        assert!(!out.iter().any(|a| matches!(a, MemAction::Limit { .. })));
+    }
+
+    #[test]
+    fn an_eviction_takes_only_what_is_missing() {
+        let mut b = broker(12 * G, 3.0);
+        add(&mut b, 1, 8 * G, 8 * G);
+        add(&mut b, 2, 6 * G, 0);
+        assert_eq!(b.vm(2).unwrap().limit_bytes, 4 * G);
+        b.mem_need(2, 5 * G);
+        let out = b.pump(2000 * MS, &Sched::default().f(), 0);
+        assert_eq!(out, vec![MemAction::Evict { vm: 1, resident_max: 7 * G, moves_bytes: G }]);
+        assert_eq!(b.swap_used(), G, "the eviction under way counts");
+    }
+
+    #[test]
+    fn unused_allowance_is_taken_before_resident_memory() {
+        let mut b = broker(12 * G, 3.0);
+        add(&mut b, 1, 6 * G, 6 * G);
+        add(&mut b, 2, 6 * G, G);
+        add(&mut b, 3, 6 * G, 0);
+        b.mem_need(3, 4 * G);
+        // 1 is the better victim by grant order, but 2 has 5 GiB it does
+        // not use: taking it moves nothing.
+        let s = Sched::default().granted(1, 0).granted(2, 1500 * MS);
+        let out = b.pump(2000 * MS, &s.f(), 0);
+        assert_eq!(out, vec![MemAction::Evict { vm: 2, resident_max: 2 * G, moves_bytes: 0 }]);
+    }
+
+    #[test]
+    fn neither_the_grant_holder_nor_the_asker_is_evicted() {
+        let mut b = broker(8 * G, 3.0);
+        add(&mut b, 1, 4 * G, 4 * G);
+        add(&mut b, 2, 4 * G, 4 * G);
+        add(&mut b, 3, 4 * G, 0);
+        b.mem_need(2, 6 * G);
+        // 1 holds the GPU; 2 asks; 3 holds nothing: nobody can give.
+        let s = Sched::default().holding(1);
+        let out = b.pump(2000 * MS, &s.f(), 0);
+        assert!(evicts(&out).is_empty(), "{out:?}");
+        // The holder is kept off the GPU once it lets go...
+        assert_eq!(out, vec![MemAction::Deschedule { vm: 1 }]);
+        assert_eq!(b.next_check(), Some(2000 * MS + RECHECK_NS));
+        // ...and evicted once it has.
+        let out = b.pump(2010 * MS, &Sched::default().f(), 0);
+        assert_eq!(evicts(&out), vec![(1, 2 * G)]);
+        b.evicted(1, state(2 * G, 2 * G), 2 * G, 5 * MS, 2020 * MS);
+        let out = b.pump(2020 * MS, &Sched::default().f(), 0);
+        assert_eq!(out, vec![MemAction::Limit { vm: 2, bytes: 6 * G }, MemAction::Reschedule { vm: 1 }]);
+    }
+
+    #[test]
+    fn memory_given_less_than_min_residency_ago_is_kept() {
+        let mut b = broker(8 * G, 3.0);
+        add(&mut b, 1, 8 * G, 0);
+        add(&mut b, 2, 8 * G, 0);
+        b.mem_need(2, 8 * G);
+        assert_eq!(
+            b.pump(2000 * MS, &Sched::default().f(), 0),
+            vec![MemAction::Evict { vm: 1, resident_max: 0, moves_bytes: 0 }]
+        );
+        b.evicted(1, state(0, 0), 0, 0, 2001 * MS);
+        assert_eq!(b.pump(2001 * MS, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 2, bytes: 8 * G }]);
+        b.stats(2, &BackendStats { memory: state(8 * G, 0), ..Default::default() });
+        // 1 wants memory back at once: 2 keeps what it was just given...
+        b.mem_need(1, 4 * G);
+        assert_eq!(b.pump(2500 * MS, &Sched::default().f(), 0), vec![]);
+        assert_eq!(b.next_check(), Some(2500 * MS + RECHECK_NS));
+        assert_eq!(b.pump(2999 * MS, &Sched::default().f(), 0), vec![]);
+        // ...for a second.
+        assert_eq!(evicts(&b.pump(3002 * MS, &Sched::default().f(), 0)), vec![(2, 4 * G)]);
+    }
+
+    #[test]
+    fn a_need_beyond_host_ram_for_evictions_is_denied_and_nobody_is_evicted() {
+        let mut b = Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
+            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 4 * G },
+        );
+        add(&mut b, 1, 8 * G, 8 * G);
+        add(&mut b, 2, 8 * G, 0);
+        // 1 GiB of the host RAM is another GPU's: 3 are left, 6 would move.
+        b.mem_need(2, 6 * G);
+        let out = b.pump(MS, &Sched::default().f(), G);
+        assert_eq!(out.len(), 1, "{out:?}");
+        let MemAction::Denied { vm: 2, bytes, reason } = &out[0] else { panic!("{out:?}") };
+        assert_eq!(*bytes, 6 * G);
+        assert!(
+            reason.starts_with(&format!("host RAM for evicted GPU memory is used up ({} of {} bytes", G, 4 * G)),
+            "{reason}"
+        );
+        assert_eq!(b.swap_used(), 0);
+        // What host RAM can take is granted.
+        b.mem_need(2, 3 * G);
+        assert_eq!(evicts(&b.pump(MS, &Sched::default().f(), G)), vec![(1, 5 * G)]);
+    }
+
+    #[test]
+    fn a_need_larger_than_the_gpu_is_denied() {
+        let mut b = broker(8 * G, 3.0);
+        add(&mut b, 1, 16 * G, 0);
+        b.mem_need(1, 9 * G);
+        let out = b.pump(0, &Sched::default().f(), 0);
+        assert!(
+            matches!(&out[..], [MemAction::Denied { vm: 1, bytes, reason }]
+                if *bytes == 9 * G && reason.contains("more than GPU sim holds")),
+            "{out:?}"
+        );
+    }
+
+    #[test]
+    fn an_answered_eviction_frees_room_for_the_waiting_need() {
+        let mut b = broker(8 * G, 3.0);
+        add(&mut b, 1, 8 * G, 8 * G);
+        add(&mut b, 2, 8 * G, 0);
+        b.mem_need(2, 3 * G);
+        assert_eq!(evicts(&b.pump(2000 * MS, &Sched::default().f(), 0)), vec![(1, 5 * G)]);
+        // Nothing more is asked while the eviction is under way.
+        assert_eq!(b.pump(2005 * MS, &Sched::default().f(), 0), vec![]);
+        assert_eq!(b.next_check(), None, "the answer is an event");
+        assert_eq!(b.evicted(1, state(5 * G, 3 * G), 3 * G, 7 * MS, 2010 * MS), Some(5 * G));
+        assert_eq!(b.pump(2010 * MS, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 2, bytes: 3 * G }]);
+        let m = b.vm(1).unwrap();
+        assert_eq!(
+            (m.limit_bytes, m.resident_bytes, m.evicted_bytes, m.evictions, m.evict_ns_total),
+            (5 * G, 5 * G, 3 * G, 1, 7 * MS)
+        );
+        assert_eq!(b.swap_used(), 3 * G);
+    }
+
+    #[test]
+    fn needs_are_served_in_the_order_they_came() {
+        let mut b = broker(8 * G, 3.0);
+        add(&mut b, 1, 8 * G, 8 * G);
+        add(&mut b, 2, 8 * G, 0);
+        add(&mut b, 3, 8 * G, 0);
+        b.mem_need(2, 4 * G);
+        assert_eq!(evicts(&b.pump(2000 * MS, &Sched::default().f(), 0)), vec![(1, 4 * G)]);
+        b.evicted(1, state(4 * G, 4 * G), 4 * G, 0, 2001 * MS);
+        // 3 asks before the pump: the room is 2's, who asked first.
+        b.mem_need(3, G);
+        let out = b.pump(2001 * MS, &Sched::default().f(), 0);
+        assert_eq!(out[0], MemAction::Limit { vm: 2, bytes: 4 * G });
+        assert_eq!(evicts(&out), vec![(1, 3 * G)], "{out:?}");
+    }
+
+    #[test]
+    fn a_disconnect_frees_room_for_the_waiting_need() {
+        let mut b = broker(8 * G, 3.0);
+        add(&mut b, 1, 8 * G, 8 * G);
+        add(&mut b, 2, 8 * G, 0);
+        b.mem_need(2, 4 * G);
+        // 1 holds the GPU: 2 waits.
+        let out = b.pump(2000 * MS, &Sched::default().holding(1).f(), 0);
+        assert!(evicts(&out).is_empty());
+        b.remove_vm(1);
+        assert_eq!(b.pump(2001 * MS, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 2, bytes: 4 * G }]);
+    }
+
+    #[test]
+    fn a_reconnecting_backend_keeps_the_limit_it_reports() {
+        let mut b = broker(8 * G, 3.0);
+        let held = MemoryState { resident_bytes: 5 * G, evicted_bytes: 2 * G, limit_bytes: 6 * G };
+        assert_eq!(b.add_vm(1, 8 * G, held, true, 0), Some(6 * G));
+        assert_eq!(b.vm(1).unwrap().evicted_bytes, 2 * G);
+        // A fresh VM gets only what is left.
+        assert_eq!(b.add_vm(2, 8 * G, MemoryState::default(), false, 0), Some(2 * G));
+        // A reconnect that does not fit keeps at least what it holds; the
+        // overshoot is taken back from the others (unused allowance first).
+        let held3 = MemoryState { resident_bytes: G, evicted_bytes: 0, limit_bytes: 4 * G };
+        assert_eq!(b.add_vm(3, 8 * G, held3, true, 0), Some(G));
+        let out = b.pump(2000 * MS, &Sched::default().f(), 0);
+        assert_eq!(evicts(&out), vec![(1, 5 * G)], "{out:?}");
+    }
+}
