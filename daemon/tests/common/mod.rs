@@ -31,6 +31,11 @@ pub struct TestDaemon {
 impl TestDaemon {
     /// Starts a daemon with its socket and state under `dir`.
     pub fn start(dir: &Path) -> TestDaemon {
+        TestDaemon::start_with(dir, |_| {})
+    }
+
+    /// Starts a daemon as `start` does, with `tune` changing its config.
+    pub fn start_with(dir: &Path, tune: impl FnOnce(&mut Config)) -> TestDaemon {
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()))
@@ -39,9 +44,24 @@ impl TestDaemon {
         let socket = dir.join("gpuvisord.sock");
         let mut config = Config::new(&socket, dir.join("state"));
         config.nvml = NvmlSource::Disabled;
+        tune(&mut config);
         let daemon = rt.block_on(Daemon::start(config)).unwrap();
         let admin = daemon.admin();
         TestDaemon { rt, daemon: Some(daemon), admin, socket }
+    }
+
+    /// Serves the admin API over real HTTP on a loopback port, with `token`,
+    /// until the daemon's runtime ends; returns its URL.
+    pub fn serve_http(&self, token: &str) -> String {
+        let admin: Arc<dyn gpuvisor_admin::Admin> = self.admin.clone();
+        let auth = gpuvisor_admin::Auth::Token(token.to_owned());
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.rt.spawn(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let _ = gpuvisor_admin::serve(listener, admin, auth, std::future::pending()).await;
+        });
+        format!("http://{}", rx.recv_timeout(Duration::from_secs(5)).unwrap())
     }
 
     pub fn stop(mut self) {
