@@ -176,10 +176,6 @@ impl Broker {
         self.config = config;
     }
 
-    pub fn params(&self) -> BrokerParams {
-        self.params
-    }
-
     /// The capacity now; `None` where memory is not managed.
     pub fn capacity(&self) -> Option<u64> {
         self.config.capacity(self.vms.len())
@@ -342,11 +338,6 @@ impl Broker {
     /// a need waits on residency times or on the GPU's holder.
     pub fn next_check(&self) -> Option<u64> {
         self.recheck_at
-    }
-
-    /// Whether `vm` is kept off the GPU for its eviction.
-    pub fn is_descheduled(&self, vm: VmId) -> bool {
-        self.vms.get(&vm).is_some_and(|b| b.descheduled)
     }
 
     /// Nothing to do: no need waits, nobody is kept off the GPU and the
