@@ -3,14 +3,15 @@
 //! guest context is a real `CUcontext`, and guest RAM is registered with the
 //! driver so that copies to and from it are DMA with no host copy.
 
+use super::host_swap::{HostCopy, HostStore, Victim};
 use super::*;
 use crate::guest_mem::{GuestSpan, HostDst, HostSrc};
 use cudarc::driver::sys;
 use protocol::cuda::*;
 use protocol::module_image::{self, ELF_MAGIC, FATBIN_MAGIC, FATBIN_WRAPPER_MAGIC};
 use std::cell::Cell;
-use std::collections::HashSet;
-use std::ffi::{c_char, c_int, c_uint, c_void, CString};
+use std::collections::{HashMap, HashSet};
+use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CString};
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::OnceLock;
@@ -23,7 +24,7 @@ use zerocopy::IntoBytes;
 /// call: cudarc's loader panics on a missing symbol, and a driver older than
 /// CUDA 13.0's API (`cuCtxCreate_v4`, `cuEventElapsedTime_v2`,
 /// `cuFuncGetParamInfo`) must be reported, not crash the backend.
-const REQUIRED_SYMBOLS: &[&str] = &[
+pub(super) const REQUIRED_SYMBOLS: &[&str] = &[
     "cuInit",
     "cuDriverGetVersion",
     "cuDeviceGetCount",
@@ -119,6 +120,207 @@ impl RawFns {
     }
 }
 
+// The virtual memory management API. Optional: looked up by name, so that a
+// driver or device without it leaves the engine on plain cuMemAlloc, with no
+// swapping, instead of failing the whole engine.
+type MemGetAllocationGranularityFn =
+    unsafe extern "C" fn(*mut usize, *const sys::CUmemAllocationProp, c_uint) -> c_uint;
+type MemAddressReserveFn =
+    unsafe extern "C" fn(*mut sys::CUdeviceptr, usize, usize, sys::CUdeviceptr, c_ulonglong) -> c_uint;
+type MemAddressFreeFn = unsafe extern "C" fn(sys::CUdeviceptr, usize) -> c_uint;
+type MemCreateFn = unsafe extern "C" fn(
+    *mut sys::CUmemGenericAllocationHandle,
+    usize,
+    *const sys::CUmemAllocationProp,
+    c_ulonglong,
+) -> c_uint;
+type MemReleaseFn = unsafe extern "C" fn(sys::CUmemGenericAllocationHandle) -> c_uint;
+type MemMapFn =
+    unsafe extern "C" fn(sys::CUdeviceptr, usize, usize, sys::CUmemGenericAllocationHandle, c_ulonglong) -> c_uint;
+type MemUnmapFn = unsafe extern "C" fn(sys::CUdeviceptr, usize) -> c_uint;
+type MemSetAccessFn = unsafe extern "C" fn(sys::CUdeviceptr, usize, *const sys::CUmemAccessDesc, usize) -> c_uint;
+
+/// Turns the VMM API off (`0`), for comparing with plain cuMemAlloc.
+const VMM_ENV: &str = "GPUVISOR_VMM";
+
+#[derive(Clone, Copy)]
+struct VmmFns {
+    granularity: MemGetAllocationGranularityFn,
+    address_reserve: MemAddressReserveFn,
+    address_free: MemAddressFreeFn,
+    create: MemCreateFn,
+    release: MemReleaseFn,
+    map: MemMapFn,
+    unmap: MemUnmapFn,
+    set_access: MemSetAccessFn,
+}
+
+impl VmmFns {
+    fn load() -> EngineResult<VmmFns> {
+        // SAFETY: each type is the C prototype of the named function (CUDA
+        // 10.2+, unchanged since) with enum arguments and CUresult as
+        // `unsigned int`; `driver_library()` succeeded before any engine is
+        // made, so the library is loaded; a missing symbol is an error here.
+        unsafe {
+            Ok(VmmFns {
+                granularity: raw_symbol("cuMemGetAllocationGranularity")?,
+                address_reserve: raw_symbol("cuMemAddressReserve")?,
+                address_free: raw_symbol("cuMemAddressFree")?,
+                create: raw_symbol("cuMemCreate")?,
+                release: raw_symbol("cuMemRelease")?,
+                map: raw_symbol("cuMemMap")?,
+                unmap: raw_symbol("cuMemUnmap")?,
+                set_access: raw_symbol("cuMemSetAccess")?,
+            })
+        }
+    }
+}
+
+/// Guest allocations through the VMM API: each one a reserved address range
+/// with physical memory mapped into it, which can be unmapped (swapped out)
+/// and mapped again at the same address.
+#[derive(Clone, Copy)]
+struct Vmm {
+    fns: VmmFns,
+    /// Every size and address is a multiple of this.
+    granularity: u64,
+    /// The device ordinal, where physical memory is made and accessed.
+    ordinal: c_int,
+}
+
+impl Vmm {
+    /// Pinned device memory of this device, no shareable handle.
+    fn prop(ordinal: c_int) -> sys::CUmemAllocationProp {
+        sys::CUmemAllocationProp {
+            type_: sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED,
+            requestedHandleTypes: sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_NONE,
+            location: sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE, id: ordinal },
+            win32HandleMetaData: null_mut(),
+            allocFlags: sys::CUmemAllocationProp_st__bindgen_ty_1 {
+                compressionType: 0,
+                gpuDirectRDMACapable: 0,
+                usage: 0,
+                reserved: [0; 4],
+            },
+        }
+    }
+
+    /// The VMM API on device `ordinal`, if the device and driver have it and
+    /// `GPUVISOR_VMM` does not turn it off.
+    fn probe(info: &DeviceInfo, ordinal: c_int) -> Option<Vmm> {
+        if std::env::var(VMM_ENV).is_ok_and(|v| v.trim() == "0") {
+            info!("{VMM_ENV}=0: guest memory through cuMemAlloc, no swapping");
+            return None;
+        }
+        let attr = sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_ADDRESS_MANAGEMENT_SUPPORTED as usize;
+        if info.attrs.get(attr).copied().unwrap_or(0) == 0 {
+            warn!("the device has no virtual memory management: guest memory cannot be swapped out");
+            return None;
+        }
+        let fns = match VmmFns::load() {
+            Ok(f) => f,
+            Err(_) => {
+                warn!("the driver lacks the virtual memory management API: guest memory cannot be swapped out");
+                return None;
+            }
+        };
+        let prop = Self::prop(ordinal);
+        let mut granularity = 0usize;
+        // SAFETY: valid out-pointer and property struct (cuda-13000 layout of
+        // CUmemLocation: type and id); 0 is CU_MEM_ALLOC_GRANULARITY_MINIMUM.
+        let r = check_raw(unsafe { (fns.granularity)(&mut granularity, &prop, 0) });
+        match r {
+            Ok(()) if granularity.is_power_of_two() => Some(Vmm { fns, granularity: granularity as u64, ordinal }),
+            Ok(()) => {
+                warn!(granularity, "unusable VMM allocation granularity: guest memory cannot be swapped out");
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "querying the VMM allocation granularity: guest memory cannot be swapped out");
+                None
+            }
+        }
+    }
+
+    /// Bytes an allocation of `size` takes: whole granules.
+    fn footprint(&self, size: u64) -> Option<u64> {
+        size.checked_next_multiple_of(self.granularity)
+    }
+
+    /// Physical memory for the reserved range `va..va + len`, mapped and
+    /// made readable and writable by the device. On failure nothing is left
+    /// behind (the range stays reserved, unmapped) and the driver's error is
+    /// returned: cuMemCreate's CUDA_ERROR_OUT_OF_MEMORY when the device is full.
+    fn map_new(&self, va: u64, len: usize) -> EngineResult<sys::CUmemGenericAllocationHandle> {
+        let prop = Self::prop(self.ordinal);
+        let mut handle: sys::CUmemGenericAllocationHandle = 0;
+        // SAFETY: valid out-pointer and property struct; `len` is a multiple
+        // of the granularity (callers round up).
+        check_raw(unsafe { (self.fns.create)(&mut handle, len, &prop, 0) })?;
+        // SAFETY: `va..va + len` is a range this engine reserved and has not
+        // mapped; `handle` is `len` bytes.
+        if let Err(e) = check_raw(unsafe { (self.fns.map)(va, len, 0, handle, 0) }) {
+            self.release(handle);
+            return Err(e);
+        }
+        let access = sys::CUmemAccessDesc {
+            location: prop.location,
+            flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+        };
+        // SAFETY: the range mapped above; one access descriptor.
+        if let Err(e) = check_raw(unsafe { (self.fns.set_access)(va, len, &access, 1) }) {
+            if let Err(u) = self.unmap(va, len) {
+                warn!(error = %u, "unmapping after a failed cuMemSetAccess");
+            }
+            self.release(handle);
+            return Err(e);
+        }
+        Ok(handle)
+    }
+
+    /// Unmaps `va..va + len`; the range stays reserved. Its physical memory
+    /// is freed once `release`d too.
+    fn unmap(&self, va: u64, len: usize) -> EngineResult<()> {
+        // SAFETY: a range this engine mapped; no work uses it (callers
+        // synchronize first).
+        check_raw(unsafe { (self.fns.unmap)(va, len) })
+    }
+
+    /// Drops the handle of physical memory; the memory goes back to the
+    /// driver once no range maps it.
+    fn release(&self, handle: sys::CUmemGenericAllocationHandle) {
+        // SAFETY: a handle this engine created and releases once.
+        if let Err(e) = check_raw(unsafe { (self.fns.release)(handle) }) {
+            warn!(error = %e, "releasing VMM physical memory; it may leak");
+        }
+    }
+
+    /// Gives back a reserved, unmapped address range.
+    fn address_free(&self, va: u64, len: usize) {
+        // SAFETY: a range this engine reserved, unmapped, and frees once.
+        if let Err(e) = check_raw(unsafe { (self.fns.address_free)(va, len) }) {
+            warn!(error = %e, "freeing a VMM address range; it stays reserved");
+        }
+    }
+
+    /// A new allocation of `footprint` bytes (a multiple of the granularity):
+    /// its address and physical memory. Nothing is left behind on failure.
+    fn alloc(&self, footprint: u64) -> EngineResult<(u64, sys::CUmemGenericAllocationHandle)> {
+        let len = to_usize(footprint)?;
+        let mut va: sys::CUdeviceptr = 0;
+        // SAFETY: valid out-pointer; alignment is the granularity (a power
+        // of two), no fixed address, no flags.
+        check_raw(unsafe { (self.fns.address_reserve)(&mut va, len, self.granularity as usize, 0, 0) })?;
+        match self.map_new(va, len) {
+            Ok(handle) => Ok((va, handle)),
+            Err(e) => {
+                self.address_free(va, len);
+                Err(e)
+            }
+        }
+    }
+}
+
 /// A function pointer to `name` in libcuda.
 ///
 /// # Safety
@@ -160,7 +362,7 @@ fn driver_library() -> Result<(), (CuResult, String)> {
 
 /// The engine error for a driver result.
 #[inline]
-fn check(r: sys::CUresult) -> EngineResult<()> {
+pub(super) fn check(r: sys::CUresult) -> EngineResult<()> {
     match r {
         sys::CUresult::CUDA_SUCCESS => Ok(()),
         e => Err(CuError(e as u32)),
@@ -228,6 +430,23 @@ fn with_pushed<T>(ctx: u64, f: impl FnOnce() -> EngineResult<T>) -> EngineResult
         return result.and(Err(e));
     }
     result
+}
+
+/// `with_pushed` for work whose outcome must reach the caller whatever
+/// happens after it (a swap that moved data): a failed pop is logged, not
+/// returned in place of `f`'s result. `Err` only if `ctx` could not be pushed,
+/// and then `f` did not run.
+pub(super) fn run_pushed<T>(ctx: u64, f: impl FnOnce() -> T) -> EngineResult<T> {
+    // SAFETY: `ctx` is a live context owned by the engine.
+    check(unsafe { sys::cuCtxPushCurrent_v2(ctx as sys::CUcontext) })?;
+    let result = f();
+    let mut popped: sys::CUcontext = null_mut();
+    // SAFETY: pops the context pushed above; `popped` is a valid out-pointer.
+    if let Err(e) = check(unsafe { sys::cuCtxPopCurrent_v2(&mut popped) }) {
+        warn!(error = %e, "popping a context after swap work");
+        forget_current();
+    }
+    Ok(result)
 }
 
 fn init_driver() -> EngineResult<()> {
@@ -406,6 +625,92 @@ fn cu_stream(s: EngineStream) -> sys::CUstream {
     s.0 as sys::CUstream
 }
 
+/// Where a guest allocation's memory is.
+enum AllocState {
+    /// From cuMemAlloc (no VMM): freed by cuMemFree or with its context.
+    Plain,
+    /// VMM physical memory mapped at the allocation's reserved range.
+    Mapped(sys::CUmemGenericAllocationHandle),
+    /// Swapped out: the range stays reserved, unmapped; the bytes are here.
+    Evicted(HostCopy),
+}
+
+struct DevAlloc {
+    /// Bytes the guest asked for, and copied when swapping.
+    size: u64,
+    /// Bytes the allocation takes on the device (`alloc_footprint`).
+    footprint: u64,
+    /// The context that was current when it was made: VMM memory is not
+    /// freed with a context, so `ctx_destroy` frees it.
+    ctx: u64,
+    state: AllocState,
+}
+
+/// The guest's allocations, with their resident and evicted footprints kept
+/// exact: every change of state is a `remove` and an `insert`.
+#[derive(Default)]
+struct Allocations {
+    map: HashMap<u64, DevAlloc>,
+    resident: u64,
+    evicted: u64,
+}
+
+impl Allocations {
+    fn count(&mut self, a: &DevAlloc, add: bool) {
+        let total = match a.state {
+            AllocState::Evicted(_) => &mut self.evicted,
+            AllocState::Plain | AllocState::Mapped(_) => &mut self.resident,
+        };
+        *total = if add { total.saturating_add(a.footprint) } else { total.saturating_sub(a.footprint) };
+    }
+
+    fn insert(&mut self, base: u64, a: DevAlloc) {
+        self.count(&a, true);
+        if let Some(old) = self.map.insert(base, a) {
+            // The driver never hands out one address twice; keep the counts
+            // exact regardless.
+            warn!(base, "an allocation address was handed out twice");
+            self.count(&old, false);
+        }
+    }
+
+    fn remove(&mut self, base: u64) -> Option<DevAlloc> {
+        let a = self.map.remove(&base)?;
+        self.count(&a, false);
+        Some(a)
+    }
+
+    fn get(&self, base: u64) -> Option<&DevAlloc> {
+        self.map.get(&base)
+    }
+
+    /// Addresses of the allocations `keep` selects.
+    fn bases(&self, keep: impl Fn(&DevAlloc) -> bool) -> Vec<u64> {
+        self.map.iter().filter(|(_, a)| keep(a)).map(|(b, _)| *b).collect()
+    }
+
+    fn residency(&self) -> Residency {
+        Residency { resident: self.resident, evicted: self.evicted }
+    }
+}
+
+/// The allocations to swap out so that at most `keep` of `resident` bytes
+/// stay: the largest first, the fewest moves for the bytes asked. `candidates`
+/// are (footprint, address).
+fn pick_victims(mut candidates: Vec<(u64, u64)>, resident: u64, keep: u64) -> Vec<u64> {
+    candidates.sort_unstable_by(|a, b| b.cmp(a));
+    let mut left = resident;
+    let mut picked = Vec::new();
+    for (footprint, base) in candidates {
+        if left <= keep {
+            break;
+        }
+        picked.push(base);
+        left = left.saturating_sub(footprint);
+    }
+    picked
+}
+
 /// The host GPU through the NVIDIA driver. Handles are the driver's pointers.
 pub struct CudaEngine {
     info: DeviceInfo,
@@ -420,6 +725,11 @@ pub struct CudaEngine {
     /// Guest RAM registered with the driver: (address, length).
     registered: Vec<(usize, usize)>,
     raw: RawFns,
+    /// `None`: guest memory from cuMemAlloc, which cannot be swapped out.
+    vmm: Option<Vmm>,
+    allocs: Allocations,
+    /// Host RAM for swapped-out allocations; made on the first swap-out.
+    swap: Option<HostStore>,
 }
 
 impl CudaEngine {
@@ -459,11 +769,16 @@ impl CudaEngine {
         let mut base: sys::CUcontext = null_mut();
         // SAFETY: `base` is a valid out-pointer; released in Drop.
         check(unsafe { sys::cuDevicePrimaryCtxRetain(&mut base, device) })?;
+        let vmm = match c_int::try_from(device_ordinal) {
+            Ok(ordinal) => Vmm::probe(&info, ordinal),
+            Err(_) => None,
+        };
         info!(
             device = %info.name,
             ordinal = device_ordinal,
             driver = info.driver_version,
             memory_mib = info.total_mem >> 20,
+            vmm_granularity = vmm.map_or(0, |v| v.granularity),
             "cuda engine ready"
         );
         Ok(CudaEngine {
@@ -474,6 +789,9 @@ impl CudaEngine {
             selected: 0,
             registered: Vec::new(),
             raw,
+            vmm,
+            allocs: Allocations::default(),
+            swap: None,
         })
     }
 
@@ -486,14 +804,69 @@ impl CudaEngine {
         make_current(self.selected)
     }
 
-    /// Waits for every context's work, so that no copy still touches guest
-    /// RAM that is about to be unregistered or unmapped.
+    /// Waits for every context's work, so that no copy or kernel still
+    /// touches memory about to be unregistered, unmapped or swapped out.
     fn synchronize_all(&self) {
         for &ctx in &self.contexts {
             // SAFETY: `ctx` is live (in `contexts`); no pointer arguments.
             if let Err(e) = with_pushed(ctx, || check(unsafe { sys::cuCtxSynchronize() })) {
-                warn!(error = %e, "synchronizing a context before unregistering guest memory");
+                warn!(error = %e, "synchronizing a context");
             }
+        }
+    }
+
+    /// Frees a VMM allocation taken out of the table: its physical memory or
+    /// host copy, then its address range. Needs some context current.
+    fn free_vmm(vmm: &Vmm, swap: &mut Option<HostStore>, base: u64, a: DevAlloc) -> EngineResult<()> {
+        let len = to_usize(a.footprint)?;
+        match a.state {
+            AllocState::Plain => Ok(()),
+            AllocState::Mapped(handle) => {
+                let unmapped = vmm.unmap(base, len);
+                vmm.release(handle);
+                match unmapped {
+                    Ok(()) => {
+                        vmm.address_free(base, len);
+                        Ok(())
+                    }
+                    Err(e) => {
+                        // A mapped range cannot be freed: it stays reserved.
+                        warn!(base, error = %e, "unmapping freed device memory");
+                        Err(e)
+                    }
+                }
+            }
+            AllocState::Evicted(copy) => {
+                if let Some(store) = swap.as_mut() {
+                    store.release(copy);
+                }
+                vmm.address_free(base, len);
+                Ok(())
+            }
+        }
+    }
+
+    /// Drops the allocations of context `owner` (all of them for `None`),
+    /// after the context was destroyed: cuMemAlloc memory went with it, VMM
+    /// memory and host copies are freed here.
+    fn free_owned(&mut self, owner: Option<u64>) {
+        let bases = self.allocs.bases(|a| owner.is_none_or(|c| a.ctx == c));
+        if bases.is_empty() {
+            return;
+        }
+        let vmm = self.vmm;
+        let (allocs, swap) = (&mut self.allocs, &mut self.swap);
+        let freed = run_pushed(self.base, || {
+            for b in bases {
+                let Some(a) = allocs.remove(b) else { continue };
+                if let Some(vmm) = &vmm {
+                    // Logged inside; nothing more can be done for it here.
+                    let _ = Self::free_vmm(vmm, swap, b, a);
+                }
+            }
+        });
+        if let Err(e) = freed {
+            warn!(error = %e, "no context to free device memory in; it stays allocated until the engine ends");
         }
     }
 
@@ -526,6 +899,10 @@ impl Drop for CudaEngine {
         }
         self.selected = 0;
         forget_current();
+        // VMM memory outlives contexts; the host store's workers and pinned
+        // chunks need the primary context, released last.
+        self.free_owned(None);
+        drop(self.swap.take());
         let regions = std::mem::take(&mut self.registered);
         let _ = self.unregister(&regions);
         // SAFETY: balances the retain in `new`.
@@ -614,6 +991,8 @@ impl Engine for CudaEngine {
         // `contexts`, so it is destroyed exactly once.
         let r = check(unsafe { sys::cuCtxDestroy_v2(ctx.0 as sys::CUcontext) });
         forget_current();
+        // After the destroy, which waited for the context's work.
+        self.free_owned(Some(ctx.0));
         r
     }
 
@@ -650,34 +1029,259 @@ impl Engine for CudaEngine {
 
     fn mem_alloc(&mut self, size: u64) -> EngineResult<u64> {
         self.enter()?;
-        let size = to_usize(size)?;
-        let mut dptr: sys::CUdeviceptr = 0;
-        // SAFETY: `dptr` is a valid out-pointer.
-        check(unsafe { sys::cuMemAlloc_v2(&mut dptr, size) })?;
+        if size == 0 {
+            return Err(CuError(CUDA_ERROR_INVALID_VALUE));
+        }
+        let (dptr, footprint, state) = match &self.vmm {
+            Some(vmm) => {
+                let footprint = vmm.footprint(size).ok_or(CuError(CUDA_ERROR_OUT_OF_MEMORY))?;
+                let (va, handle) = vmm.alloc(footprint)?;
+                (va, footprint, AllocState::Mapped(handle))
+            }
+            None => {
+                let len = to_usize(size)?;
+                let mut dptr: sys::CUdeviceptr = 0;
+                // SAFETY: `dptr` is a valid out-pointer.
+                check(unsafe { sys::cuMemAlloc_v2(&mut dptr, len) })?;
+                (dptr, size, AllocState::Plain)
+            }
+        };
+        self.allocs.insert(dptr, DevAlloc { size, footprint, ctx: self.selected, state });
         Ok(dptr)
     }
 
     fn mem_free(&mut self, dptr: u64) -> EngineResult<()> {
         self.enter()?;
-        // SAFETY: device pointers are checked by the driver; the VM layer only
-        // frees allocations it made.
-        check(unsafe { sys::cuMemFree_v2(dptr) })
+        let a = self.allocs.remove(dptr).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+        if let AllocState::Plain = a.state {
+            // SAFETY: an allocation this engine made with cuMemAlloc and has
+            // not freed (it was in the table).
+            let r = check(unsafe { sys::cuMemFree_v2(dptr) });
+            if r.is_err() {
+                // Still allocated: still counted, freed with its context.
+                self.allocs.insert(dptr, a);
+            }
+            return r;
+        }
+        let Some(vmm) = self.vmm else {
+            return Err(CuError(CUDA_ERROR_ILLEGAL_STATE));
+        };
+        if let AllocState::Mapped(_) = a.state {
+            // cuMemFree waits for the device; unmapping memory that a kernel
+            // or copy still uses would fault it instead.
+            self.synchronize_all();
+        }
+        Self::free_vmm(&vmm, &mut self.swap, dptr, a)
     }
 
     fn alloc_footprint(&self, size: u64) -> u64 {
-        size
+        match &self.vmm {
+            Some(vmm) => vmm.footprint(size).unwrap_or(u64::MAX),
+            None => size,
+        }
     }
 
     fn residency(&self) -> Residency {
-        Residency::default()
+        self.allocs.residency()
     }
 
-    fn swap_out(&mut self, _keep: u64) -> EngineResult<u64> {
-        Ok(0)
+    fn mem_is_resident(&self, dptr: u64) -> bool {
+        !matches!(self.allocs.get(dptr), Some(DevAlloc { state: AllocState::Evicted(_), .. }))
+    }
+
+    fn swap_out(&mut self, keep: u64) -> EngineResult<u64> {
+        self.synchronize_all();
+        let Some(vmm) = self.vmm else {
+            return Ok(0); // cuMemAlloc memory cannot keep its address off the GPU
+        };
+        let before = self.allocs.residency();
+        if before.resident <= keep {
+            return Ok(0);
+        }
+        let candidates: Vec<(u64, u64)> = self
+            .allocs
+            .map
+            .iter()
+            .filter(|(_, a)| matches!(a.state, AllocState::Mapped(_)))
+            .map(|(b, a)| (a.footprint, *b))
+            .collect();
+        let victims: Vec<Victim> = pick_victims(candidates, before.resident, keep)
+            .into_iter()
+            .filter_map(|b| self.allocs.get(b).map(|a| Victim { dptr: b, len: a.size, scrub_len: a.footprint }))
+            .collect();
+        if victims.is_empty() {
+            return Ok(0);
+        }
+        if self.swap.is_none() {
+            self.swap = Some(HostStore::new(self.base)?);
+        }
+        let Some(store) = self.swap.as_mut() else {
+            return Err(CuError(CUDA_ERROR_ILLEGAL_STATE));
+        };
+        let start = Instant::now();
+        let allocs = &mut self.allocs;
+        let (moved, copied, count, error) = run_pushed(self.base, || {
+            let out = store.copy_out(&victims);
+            let mut error = out.error;
+            let (mut moved, mut copied, mut count) = (0u64, 0u64, 0usize);
+            for (v, copy) in victims.iter().zip(out.copies) {
+                let Some(a) = allocs.remove(v.dptr) else {
+                    store.release(copy);
+                    continue;
+                };
+                let AllocState::Mapped(handle) = a.state else {
+                    allocs.insert(v.dptr, a);
+                    store.release(copy);
+                    continue;
+                };
+                // The footprint came from a usize when it was allocated.
+                let len = a.footprint as usize;
+                match vmm.unmap(v.dptr, len) {
+                    Ok(()) => {
+                        vmm.release(handle);
+                        moved += a.footprint;
+                        copied += a.size;
+                        count += 1;
+                        allocs.insert(v.dptr, DevAlloc { state: AllocState::Evicted(copy), ..a });
+                    }
+                    Err(e) => {
+                        // Still mapped, and zeroed: its bytes go back, and it
+                        // stays resident.
+                        warn!(base = v.dptr, error = %e, "unmapping swapped-out memory; restoring it");
+                        error.get_or_insert(e);
+                        match store.copy_in(v.dptr, &copy).and_then(|()| store.sync()) {
+                            Ok(()) => {
+                                store.release(copy);
+                                allocs.insert(v.dptr, DevAlloc { state: AllocState::Mapped(handle), ..a });
+                            }
+                            Err(e2) => {
+                                // The host copy is the data now; keep it.
+                                warn!(base = v.dptr, error = %e2, "restoring it failed; it stays in host RAM");
+                                allocs.insert(v.dptr, DevAlloc { state: AllocState::Evicted(copy), ..a });
+                            }
+                        }
+                    }
+                }
+            }
+            (moved, copied, count, error)
+        })?;
+        let secs = start.elapsed().as_secs_f64();
+        let after = self.allocs.residency();
+        info!(
+            bytes = copied,
+            footprint = moved,
+            allocations = count,
+            seconds = secs,
+            gbps = copied as f64 / secs.max(1e-9) / 1e9,
+            resident = after.resident,
+            evicted = after.evicted,
+            pinned_mib = self.swap.as_ref().map_or(0, |s| s.pinned_bytes() >> 20),
+            "device memory swapped out to host RAM"
+        );
+        match error {
+            Some(e) if moved == 0 => Err(e),
+            Some(e) => {
+                warn!(error = %e, moved, keep, "swap-out stopped early");
+                Ok(moved)
+            }
+            None => Ok(moved),
+        }
     }
 
     fn swap_in(&mut self) -> EngineResult<u64> {
-        Ok(0)
+        let Some(vmm) = self.vmm else {
+            return Ok(0);
+        };
+        let mut bases = self.allocs.bases(|a| matches!(a.state, AllocState::Evicted(_)));
+        if bases.is_empty() {
+            return Ok(0);
+        }
+        bases.sort_unstable();
+        let Some(store) = self.swap.as_mut() else {
+            return Err(CuError(CUDA_ERROR_ILLEGAL_STATE));
+        };
+        let start = Instant::now();
+        let allocs = &mut self.allocs;
+        let (moved, copied, count, error) = run_pushed(self.base, || {
+            let mut error = None;
+            let mut mapped: Vec<(u64, usize, sys::CUmemGenericAllocationHandle)> = Vec::new();
+            let mut undo = Vec::new();
+            for b in bases {
+                let Some(DevAlloc { footprint, state: AllocState::Evicted(copy), .. }) = allocs.get(b) else {
+                    continue;
+                };
+                let len = *footprint as usize;
+                // Device memory first: when it is full, this one and the
+                // rest stay in host RAM, untouched.
+                let handle = match vmm.map_new(b, len) {
+                    Ok(h) => h,
+                    Err(e) => {
+                        error = Some(e);
+                        break;
+                    }
+                };
+                if let Err(e) = store.copy_in(b, copy) {
+                    undo.push((b, len, handle));
+                    error = Some(e);
+                    break;
+                }
+                mapped.push((b, len, handle));
+            }
+            if let Err(e) = store.sync() {
+                // Nothing is known to have arrived: all of it stays out.
+                error = Some(e);
+                undo.append(&mut mapped);
+            }
+            let (mut moved, mut copied, mut count) = (0u64, 0u64, 0usize);
+            for (b, _, handle) in mapped {
+                let Some(a) = allocs.remove(b) else { continue };
+                if let AllocState::Evicted(copy) = a.state {
+                    store.release(copy);
+                }
+                moved += a.footprint;
+                copied += a.size;
+                count += 1;
+                allocs.insert(b, DevAlloc { state: AllocState::Mapped(handle), ..a });
+            }
+            if !undo.is_empty() {
+                // Part of this VM's data may have arrived: zero it before the
+                // memory goes back to the driver.
+                let mut zeroed = Ok(());
+                for &(b, len, _) in &undo {
+                    zeroed = store.zero(b, len as u64);
+                    if zeroed.is_err() {
+                        break;
+                    }
+                }
+                if let Err(e) = zeroed.and_then(|()| store.sync()) {
+                    warn!(error = %e, "zeroing device memory of a failed swap-in; it goes back unscrubbed");
+                }
+                for (b, len, handle) in undo {
+                    if let Err(e) = vmm.unmap(b, len) {
+                        warn!(base = b, error = %e, "unmapping after a failed swap-in; it cannot come back");
+                    }
+                    vmm.release(handle);
+                }
+            }
+            (moved, copied, count, error)
+        })?;
+        let secs = start.elapsed().as_secs_f64();
+        let after = self.allocs.residency();
+        info!(
+            bytes = copied,
+            footprint = moved,
+            allocations = count,
+            seconds = secs,
+            gbps = copied as f64 / secs.max(1e-9) / 1e9,
+            resident = after.resident,
+            evicted = after.evicted,
+            pinned_mib = self.swap.as_ref().map_or(0, |s| s.pinned_bytes() >> 20),
+            "device memory swapped in from host RAM"
+        );
+        match error {
+            Some(e) => Err(e),
+            None => Ok(moved),
+        }
     }
 
     fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()> {
@@ -1126,6 +1730,45 @@ mod tests {
         assert_eq!(r, Err(CuError(CUDA_ERROR_INVALID_VALUE)));
     }
 
+    fn alloc(size: u64, footprint: u64, ctx: u64, state: AllocState) -> DevAlloc {
+        DevAlloc { size, footprint, ctx, state }
+    }
+
+    #[test]
+    fn residency_counts_footprints_through_every_change_of_state() {
+        let mut t = Allocations::default();
+        t.insert(0x1000, alloc(10, 2 << 20, 1, AllocState::Mapped(7)));
+        t.insert(0x9000, alloc(5, 5, 1, AllocState::Plain));
+        t.insert(0x8000_0000, alloc(3 << 20, 4 << 20, 2, AllocState::Evicted(HostCopy::detached(3 << 20))));
+        assert_eq!(t.residency(), Residency { resident: (2 << 20) + 5, evicted: 4 << 20 });
+        // Swapped out: the footprint moves from resident to evicted.
+        let a = t.remove(0x1000).unwrap();
+        t.insert(0x1000, DevAlloc { state: AllocState::Evicted(HostCopy::detached(a.size)), ..a });
+        assert_eq!(t.residency(), Residency { resident: 5, evicted: (2 << 20) + (4 << 20) });
+        // Swapped back in.
+        let a = t.remove(0x8000_0000).unwrap();
+        t.insert(0x8000_0000, DevAlloc { state: AllocState::Mapped(9), ..a });
+        assert_eq!(t.residency(), Residency { resident: 5 + (4 << 20), evicted: 2 << 20 });
+        let mut owned = t.bases(|a| a.ctx == 1);
+        owned.sort_unstable();
+        assert_eq!(owned, vec![0x1000, 0x9000]);
+        for b in [0x1000, 0x9000, 0x8000_0000] {
+            assert!(t.remove(b).is_some());
+        }
+        assert!(t.remove(0x1000).is_none());
+        assert_eq!(t.residency(), Residency::default());
+    }
+
+    #[test]
+    fn swap_out_moves_the_largest_allocations_until_keep_is_met() {
+        let c = vec![(2, 0xa), (8, 0xb), (4, 0xc), (8, 0xd)];
+        assert_eq!(pick_victims(c.clone(), 22, 22), Vec::<u64>::new());
+        assert_eq!(pick_victims(c.clone(), 22, 20), vec![0xd]);
+        assert_eq!(pick_victims(c.clone(), 22, 14), vec![0xd]);
+        assert_eq!(pick_victims(c.clone(), 22, 13), vec![0xd, 0xb]);
+        assert_eq!(pick_victims(c.clone(), 22, 0), vec![0xd, 0xb, 0xc, 0xa]);
+    }
+
     #[test]
     fn c_strings_stop_at_the_nul() {
         assert_eq!(c_string_lossy(b"NVIDIA H100 80GB HBM3\0\0junk"), "NVIDIA H100 80GB HBM3");
@@ -1397,6 +2040,8 @@ mod tests {
             e.launch(fill, &Launch { stream: EngineStream::NULL, ..launch }).unwrap();
             e.ctx_synchronize().unwrap();
 
+            swap(&mut e, d, N);
+
             // Globals: the PTX has none; asking is NOT_FOUND, not a crash.
             assert_eq!(e.module_get_global(m, "nope").err(), Some(CuError(CUDA_ERROR_NOT_FOUND)));
             e.event_destroy(ev0).unwrap();
@@ -1412,7 +2057,193 @@ mod tests {
             e.ctx_set_current(c).unwrap();
             e.mem_alloc(1 << 20).unwrap(); // freed with the engine's contexts on drop
             drop(e);
+            swap_rates();
             eprintln!("GPU test done");
+        }
+
+        /// Bytes that differ at every position, so that a piece copied to
+        /// the wrong place is seen.
+        fn pattern(seed: u64, len: usize) -> Vec<u8> {
+            let mut v = vec![0u8; len.next_multiple_of(8)];
+            for (i, w) in v.chunks_exact_mut(8).enumerate() {
+                let x = (i as u64 ^ seed).wrapping_mul(0x9e37_79b9_7f4a_7c15).rotate_left(17) ^ seed;
+                w.copy_from_slice(&x.to_le_bytes());
+            }
+            v.truncate(len);
+            v
+        }
+
+        fn read(e: &mut CudaEngine, dptr: u64, len: usize) -> Vec<u8> {
+            let mut buf = vec![0u8; len];
+            e.memcpy_dtoh(HostDst::Bytes(&mut buf), dptr, EngineStream::NULL, false).unwrap();
+            buf
+        }
+
+        /// Swap-out and swap-in on the real device: data at the same
+        /// addresses, exact residency, frees and context teardown of
+        /// swapped-out memory, and the copy rate against native pinned copies.
+        /// Context `d`'s owner is current; `d` holds N u32s.
+        fn swap(e: &mut CudaEngine, d: u64, n: usize) {
+            let Some(vmm) = e.vmm else {
+                eprintln!("swap: no VMM (GPUVISOR_VMM=0?): allocations stay put");
+                assert_eq!(e.swap_out(0), Ok(0));
+                assert_eq!(e.residency().evicted, 0);
+                assert!(e.residency().resident > 0);
+                return;
+            };
+            let g = vmm.granularity;
+            eprintln!("swap: VMM granularity {} KiB", g >> 10);
+            assert_eq!(e.alloc_footprint(1), g);
+            assert_eq!(e.alloc_footprint(g), g);
+            assert_eq!(e.alloc_footprint(g + 1), 2 * g);
+            let d_before = read(e, d, n * 4);
+
+            // Three allocations of awkward sizes, each with its own bytes.
+            let sizes = [4099usize, (100 << 20) + 12345, 256 << 20];
+            let r0 = e.residency();
+            let mut held = Vec::new();
+            for (i, &len) in sizes.iter().enumerate() {
+                let p = e.mem_alloc(len as u64).unwrap();
+                assert_eq!(p % g, 0, "VMM ranges are granule-aligned");
+                let data = pattern(i as u64 + 1, len);
+                e.memcpy_htod(p, HostSrc::Bytes(&data), EngineStream::NULL, false).unwrap();
+                held.push((p, data));
+            }
+            let fps: Vec<u64> = sizes.iter().map(|&s| e.alloc_footprint(s as u64)).collect();
+            let r1 = e.residency();
+            assert_eq!(r1.resident, r0.resident + fps.iter().sum::<u64>());
+            assert_eq!(r1.evicted, 0);
+
+            // Just under: only the largest goes.
+            let (free0, _) = e.mem_get_info().unwrap();
+            let moved = e.swap_out(r1.resident - 1).unwrap();
+            assert_eq!(moved, fps[2]);
+            assert_eq!(e.residency(), Residency { resident: r1.resident - fps[2], evicted: fps[2] });
+            assert!(!e.mem_is_resident(held[2].0) && e.mem_is_resident(held[0].0));
+            let (free1, _) = e.mem_get_info().unwrap();
+            eprintln!("swap: device free {} -> {} MiB", free0 >> 20, free1 >> 20);
+            assert!(free1 >= free0 + fps[2] / 2, "the physical memory went back to the driver");
+
+            // Everything, then back, bytes intact at the same addresses.
+            let moved = e.swap_out(0).unwrap();
+            assert_eq!(moved, r1.resident - fps[2]);
+            assert_eq!(e.residency(), Residency { resident: 0, evicted: r1.resident });
+            // Memory handed out now is not this VM's old bytes.
+            let probe = e.mem_alloc(256 << 20).unwrap();
+            let fresh = read(e, probe, 1 << 20);
+            assert_ne!(&fresh[..], &held[2].1[..1 << 20], "swapped-out memory was not zeroed");
+            eprintln!("swap: fresh memory nonzero bytes: {}", fresh.iter().filter(|&&b| b != 0).count());
+            e.mem_free(probe).unwrap();
+            let back = e.swap_in().unwrap();
+            assert_eq!(back, r1.resident);
+            assert_eq!(e.residency(), r1);
+            for (p, data) in &held {
+                assert!(read(e, *p, data.len()) == *data, "allocation {p:#x} came back different");
+            }
+            assert_eq!(read(e, d, n * 4), d_before);
+
+            // Freed while swapped out; its context destroyed while swapped out.
+            e.swap_out(0).unwrap();
+            let (p0, _) = held.remove(0);
+            e.mem_free(p0).unwrap();
+            assert_eq!(e.mem_free(p0), Err(CuError(CUDA_ERROR_INVALID_VALUE)));
+            assert_eq!(e.residency(), Residency { resident: 0, evicted: r1.resident - fps[0] });
+            e.swap_in().unwrap();
+            let cur = e.selected;
+            let other = e.ctx_create(0).unwrap();
+            e.ctx_set_current(EngineCtx(other.0)).unwrap();
+            let q = e.mem_alloc(64 << 20).unwrap();
+            e.memset(q, 0x5a, 1, 64 << 20, EngineStream::NULL, false).unwrap();
+            let with_q = e.residency();
+            e.swap_out(0).unwrap();
+            e.ctx_destroy(other).unwrap();
+            assert_eq!(e.residency().evicted, with_q.resident - e.alloc_footprint(64 << 20));
+            e.ctx_set_current(EngineCtx(cur)).unwrap();
+            e.swap_in().unwrap();
+            for (p, data) in &held {
+                assert!(read(e, *p, data.len()) == *data, "allocation {p:#x} came back different");
+            }
+            for (p, _) in held {
+                e.mem_free(p).unwrap();
+            }
+        }
+
+        /// Swap rates against native pinned copies, in an engine of its own so
+        /// that the first swap-out finds no chunk prepared: 2 GiB out cold,
+        /// another 2 GiB out after the store prepared chunks in the
+        /// background, then all 4 GiB in, out and in again from the cache.
+        fn swap_rates() {
+            let mut e = CudaEngine::new(0).unwrap();
+            if e.vmm.is_none() {
+                return;
+            }
+            let c = e.ctx_create(0).unwrap();
+            e.ctx_set_current(c).unwrap();
+            let native = native_rates(&mut e);
+            let half: u64 = 2 << 30;
+            let a = e.mem_alloc(half).unwrap();
+            let b = e.mem_alloc(half).unwrap();
+            e.memset(a, 0xaaaa_0001, 4, half / 4, EngineStream::NULL, false).unwrap();
+            e.memset(b, 0xbbbb_0002, 4, half / 4, EngineStream::NULL, false).unwrap();
+            e.ctx_synchronize().unwrap();
+            let fp = e.alloc_footprint(half);
+            let rate = |bytes: u64, t: Instant| bytes as f64 / t.elapsed().as_secs_f64() / 1e9;
+            let report = |what: &str, gbs: f64, native: f64| {
+                eprintln!("swap {what}: {gbs:.1} GB/s, {:.2} of native {native:.1}", gbs / native);
+            };
+            let t = Instant::now();
+            assert_eq!(e.swap_out(fp).unwrap(), fp);
+            report("out 2 GiB cold", rate(half, t), native.0);
+            std::thread::sleep(std::time::Duration::from_millis(1000));
+            let t = Instant::now();
+            assert_eq!(e.swap_out(0).unwrap(), fp);
+            report("out 2 GiB prepared ahead", rate(half, t), native.0);
+            for round in 0..3 {
+                let t = Instant::now();
+                assert_eq!(e.swap_in().unwrap(), 2 * fp);
+                report("in 4 GiB", rate(2 * half, t), native.1);
+                if round == 2 {
+                    break;
+                }
+                let t = Instant::now();
+                assert_eq!(e.swap_out(0).unwrap(), 2 * fp);
+                report("out 4 GiB cached", rate(2 * half, t), native.0);
+            }
+            for (p, v) in [(a, 0xaaaa_0001u32), (b, 0xbbbb_0002)] {
+                let mut buf = vec![0u8; 1 << 20];
+                for at in [0, half / 2, half - (1 << 20)] {
+                    e.memcpy_dtoh(HostDst::Bytes(&mut buf), p + at, EngineStream::NULL, false).unwrap();
+                    assert!(buf.chunks_exact(4).all(|w| w == v.to_le_bytes()), "{p:#x}+{at:#x}");
+                }
+            }
+            drop(e);
+        }
+
+        /// D2H and H2D GB/s of 1 GiB between the device and registered host
+        /// memory, as the guest's own pinned copies run.
+        fn native_rates(e: &mut CudaEngine) -> (f64, f64) {
+            const LEN: usize = 1 << 30;
+            let mem: GuestMemory = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), LEN)]).unwrap();
+            let host = mem.get_host_address(GuestAddress(0)).unwrap();
+            // SAFETY: the mapping is LEN bytes, writable, and ours.
+            unsafe { std::ptr::write_bytes(host, 1, LEN) };
+            let regions = [HostRegion { addr: host, len: LEN }];
+            e.register_host_memory(&regions).unwrap();
+            let dev = e.mem_alloc(LEN as u64).unwrap();
+            let all = [Extent { addr: GuestAddress(0), len: LEN }];
+            let span = GuestSpan::new(&mem, &all, 0, LEN as u64).unwrap();
+            let mut best = (0f64, 0f64);
+            for _ in 0..3 {
+                let t = Instant::now();
+                e.memcpy_dtoh(HostDst::Guest(span.clone()), dev, EngineStream::NULL, false).unwrap();
+                best.0 = best.0.max(LEN as f64 / t.elapsed().as_secs_f64() / 1e9);
+                let t = Instant::now();
+                e.memcpy_htod(dev, HostSrc::Guest(span.clone()), EngineStream::NULL, false).unwrap();
+                best.1 = best.1.max(LEN as f64 / t.elapsed().as_secs_f64() / 1e9);
+            }
+            e.mem_free(dev).unwrap();
+            e.unregister_host_memory(&regions).unwrap();
+            best
         }
     }
 }

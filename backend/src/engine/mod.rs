@@ -5,6 +5,7 @@
 //! anywhere.
 
 pub mod cuda;
+pub mod host_swap;
 pub mod sim;
 
 use crate::guest_mem::{HostDst, HostSrc};

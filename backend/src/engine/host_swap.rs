@@ -1,0 +1,1057 @@
+//! Host RAM for device memory swapped out of the GPU (`Engine::swap_out`):
+//! pinned chunks that a pool of worker threads maps, faults in and registers
+//! ahead of the copies, so that the copy engine never waits for the CPU.
+//!
+//! Getting host pages ready is far slower than the copy itself. Measured on
+//! an H200 host: pinned copies run at 55 GB/s; faulting in fresh pages (the
+//! kernel zeroes them) at 4.5 GB/s per thread; `cuMemHostRegister` of touched
+//! memory at about 30 GB/s per thread; `cuMemHostAlloc` at 2 GB/s. So workers
+//! prepare chunks while the calling thread queues asynchronous copies into
+//! those already prepared, and the store keeps prepared chunks, up to a
+//! bound, for the next swap-out: chunks that a swap-in gives back, and chunks
+//! made in the background after a swap-out. Only a swap-out that finds too
+//! few (the first one) runs at the rate the workers prepare them.
+//!
+//! A swap-out lays the allocations it moves end to end on a "tape" of
+//! chunks; an allocation may span several chunks and a chunk may hold parts
+//! of several allocations, so each chunk counts the host copies that use it
+//! and comes free with the last of them.
+
+use super::cuda::{check, run_pushed};
+use super::{CuError, EngineResult};
+use cudarc::driver::sys;
+use protocol::cuda::*;
+use std::ffi::c_void;
+use std::ptr::null_mut;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// Bytes of one host chunk: large enough that one copy per chunk runs at the
+/// copy engine's full rate, small enough that the first copy of a cold swap
+/// starts after little preparation. A multiple of `HUGE_PAGE`.
+pub const CHUNK_BYTES: u64 = 64 << 20;
+/// Chunks are aligned to transparent huge pages, so faulting one in takes 32
+/// faults instead of 16384.
+const HUGE_PAGE: usize = 2 << 20;
+/// Stride of the writes that fault a chunk in (the smallest page size).
+const PAGE: usize = 4096;
+/// Where each allocation's bytes start on the tape: page-aligned host
+/// addresses keep the DMA at full rate.
+const PIECE_ALIGN: u64 = 4096;
+/// Host RAM that a swap-out leaves to everyone else: pages of a MAP_NORESERVE
+/// mapping that cannot be had are not an error but the OOM killer, so chunks
+/// are only made while the kernel reports this much more available.
+const HOST_RESERVE: u64 = 1 << 30;
+/// The most chunks one swap-out plans for (64 TiB of 64 MiB chunks): far
+/// beyond any device, small enough that a nonsense size is refused before
+/// the plan is built.
+const MAX_TAPE_CHUNKS: u64 = 1 << 20;
+
+/// Worker threads that prepare chunks (0: the copying thread prepares them
+/// itself, one at a time, between copies).
+pub const THREADS_ENV: &str = "GPUVISOR_SWAP_THREADS";
+const DEFAULT_THREADS: u64 = 4;
+const MAX_THREADS: u64 = 64;
+/// MiB of prepared chunks kept for the next swap-out once they come free.
+pub const CACHE_ENV: &str = "GPUVISOR_SWAP_CACHE_MIB";
+const DEFAULT_CACHE_MIB: u64 = 4096;
+
+/// A knob's value: `default` when unset, `Err` with the text when it is not
+/// a number.
+fn parse_knob(value: Option<&str>, default: u64) -> Result<u64, String> {
+    match value {
+        None => Ok(default),
+        Some(v) => v.trim().parse::<u64>().map_err(|_| v.to_string()),
+    }
+}
+
+fn knob(name: &str, default: u64) -> u64 {
+    let value = std::env::var(name).ok();
+    parse_knob(value.as_deref(), default).unwrap_or_else(|bad| {
+        warn!(knob = name, value = %bad, default, "not a number; using the default");
+        default
+    })
+}
+
+/// `MemAvailable` of /proc/meminfo, in bytes.
+fn parse_mem_available(meminfo: &str) -> Option<u64> {
+    let line = meminfo.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.trim_start_matches("MemAvailable:").trim().trim_end_matches("kB").trim().parse().ok()?;
+    kib.checked_mul(1024)
+}
+
+/// How many more chunks of `chunk` bytes host RAM can take now, leaving
+/// `HOST_RESERVE`; unlimited where the kernel does not say.
+fn host_chunks_available(chunk: u64) -> usize {
+    let Some(avail) = std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(parse_mem_available) else {
+        return usize::MAX;
+    };
+    let n = avail.saturating_sub(HOST_RESERVE) / chunk.max(1);
+    usize::try_from(n).unwrap_or(usize::MAX)
+}
+
+/// One contiguous part of an allocation's bytes on the tape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    /// Index of the chunk on the tape.
+    chunk: usize,
+    /// Offset in that chunk.
+    host_off: u64,
+    /// Offset from the start of the allocation.
+    dev_off: u64,
+    len: u64,
+}
+
+/// The spans of tape bytes `start..start + len` in chunks of `chunk` bytes.
+/// The caller makes sure `start + len` does not overflow and `chunk > 0`.
+fn split(start: u64, len: u64, chunk: u64) -> impl Iterator<Item = Span> {
+    let mut dev_off = 0u64;
+    std::iter::from_fn(move || {
+        if dev_off >= len {
+            return None;
+        }
+        let at = start + dev_off;
+        let host_off = at % chunk;
+        let n = (chunk - host_off).min(len - dev_off);
+        let span = Span { chunk: usize::try_from(at / chunk).ok()?, host_off, dev_off, len: n };
+        dev_off += n;
+        Some(span)
+    })
+}
+
+/// Where a swap-out puts each allocation's bytes.
+#[derive(Debug, PartialEq, Eq)]
+struct TapePlan {
+    /// Per chunk, in tape order, the spans it holds with the index of the
+    /// allocation each belongs to.
+    per_chunk: Vec<Vec<(usize, Span)>>,
+    /// Per allocation, the chunk that holds its last byte (`None` for an
+    /// empty one, which needs no chunk).
+    last_chunk: Vec<Option<usize>>,
+}
+
+/// Lays allocations of `lens` bytes end to end, each from an `align`
+/// boundary, over chunks of `chunk` bytes. `None` if the tape would take
+/// more than `MAX_TAPE_CHUNKS` or `chunk` is 0.
+fn plan_tape(lens: &[u64], chunk: u64, align: u64) -> Option<TapePlan> {
+    if chunk == 0 || align == 0 {
+        return None;
+    }
+    let mut tape = 0u64;
+    for &len in lens {
+        tape = tape.checked_next_multiple_of(align)?.checked_add(len)?;
+    }
+    if tape.div_ceil(chunk) > MAX_TAPE_CHUNKS {
+        return None;
+    }
+    let mut per_chunk: Vec<Vec<(usize, Span)>> = Vec::new();
+    let mut last_chunk = Vec::with_capacity(lens.len());
+    let mut at = 0u64;
+    for (i, &len) in lens.iter().enumerate() {
+        let start = at.checked_next_multiple_of(align)?;
+        let end = start.checked_add(len)?;
+        for span in split(start, len, chunk) {
+            if per_chunk.len() <= span.chunk {
+                per_chunk.resize_with(span.chunk + 1, Vec::new);
+            }
+            per_chunk[span.chunk].push((i, span));
+        }
+        last_chunk.push(if len == 0 { None } else { Some(usize::try_from((end - 1) / chunk).ok()?) });
+        at = end;
+    }
+    Some(TapePlan { per_chunk, last_chunk })
+}
+
+impl TapePlan {
+    /// How many allocations, from the first, have every byte in the first
+    /// `filled` chunks.
+    fn complete(&self, filled: usize) -> usize {
+        self.last_chunk.iter().take_while(|last| last.is_none_or(|c| c < filled)).count()
+    }
+}
+
+/// Items kept for reuse, at most `cap` of them.
+#[derive(Debug)]
+struct Bounded<T> {
+    items: Vec<T>,
+    cap: usize,
+}
+
+impl<T> Bounded<T> {
+    fn new(cap: usize) -> Self {
+        Bounded { items: Vec::new(), cap }
+    }
+
+    /// Keeps `item` if there is room; gives it back otherwise.
+    fn offer(&mut self, item: T) -> Option<T> {
+        if self.items.len() < self.cap {
+            self.items.push(item);
+            None
+        } else {
+            Some(item)
+        }
+    }
+
+    fn take(&mut self) -> Option<T> {
+        self.items.pop()
+    }
+
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn drain(&mut self) -> Vec<T> {
+        std::mem::take(&mut self.items)
+    }
+}
+
+/// Items in use, each with the number of users it has; an item leaves when
+/// its last user lets go.
+#[derive(Debug)]
+struct Slots<T> {
+    entries: Vec<Option<(T, u32)>>,
+    free: Vec<usize>,
+}
+
+impl<T> Slots<T> {
+    fn new() -> Self {
+        Slots { entries: Vec::new(), free: Vec::new() }
+    }
+
+    /// Adds `item` with no users yet.
+    fn insert(&mut self, item: T) -> usize {
+        match self.free.pop() {
+            Some(id) => {
+                self.entries[id] = Some((item, 0));
+                id
+            }
+            None => {
+                self.entries.push(Some((item, 0)));
+                self.entries.len() - 1
+            }
+        }
+    }
+
+    fn get(&self, id: usize) -> Option<&T> {
+        self.entries.get(id)?.as_ref().map(|(item, _)| item)
+    }
+
+    fn add_user(&mut self, id: usize) -> bool {
+        match self.entries.get_mut(id) {
+            Some(Some((_, users))) => {
+                *users += 1;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    fn take(&mut self, id: usize) -> Option<T> {
+        let (item, _) = self.entries.get_mut(id)?.take()?;
+        self.free.push(id);
+        Some(item)
+    }
+
+    /// One user fewer; the item itself once it has none.
+    fn drop_user(&mut self, id: usize) -> Option<T> {
+        let Some(Some((_, users))) = self.entries.get_mut(id) else {
+            return None;
+        };
+        *users = users.saturating_sub(1);
+        if *users == 0 {
+            self.take(id)
+        } else {
+            None
+        }
+    }
+
+    /// The item, if nobody uses it.
+    fn take_unused(&mut self, id: usize) -> Option<T> {
+        match self.entries.get(id) {
+            Some(Some((_, 0))) => self.take(id),
+            _ => None,
+        }
+    }
+
+    fn in_use(&self) -> usize {
+        self.entries.len() - self.free.len()
+    }
+
+    fn drain(&mut self) -> Vec<T> {
+        self.free.clear();
+        std::mem::take(&mut self.entries).into_iter().flatten().map(|(item, _)| item).collect()
+    }
+}
+
+/// Host memory mapped, faulted in and registered with the driver (pinned,
+/// portable to every context). Never unmapped by dropping: `release` must
+/// run with a context current, so a dropped chunk leaks rather than
+/// unregistering from the wrong thread.
+#[derive(Debug)]
+struct Chunk {
+    addr: usize,
+    len: usize,
+}
+
+impl Chunk {
+    /// Makes a chunk of `len` bytes (a multiple of `HUGE_PAGE`). A context
+    /// must be current on the calling thread.
+    fn prepare(len: usize) -> EngineResult<Chunk> {
+        let oom = CuError(CUDA_ERROR_OUT_OF_MEMORY);
+        let span = len.checked_add(HUGE_PAGE).ok_or(oom)?;
+        // SAFETY: a new private anonymous mapping at an address the kernel
+        // chooses; no existing memory is touched. NORESERVE: the pages are
+        // faulted in below anyway, and the caller checked that RAM is there.
+        let raw = unsafe {
+            libc::mmap(
+                null_mut(),
+                span,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if raw == libc::MAP_FAILED {
+            return Err(oom);
+        }
+        let raw = raw as usize;
+        // Over-mapped by one huge page, trimmed to a huge-page-aligned range.
+        let addr = raw.next_multiple_of(HUGE_PAGE);
+        let head = addr - raw;
+        let tail = span - head - len;
+        for (at, n) in [(raw, head), (addr + len, tail)] {
+            // SAFETY: page-aligned ranges (mmap returns pages; HUGE_PAGE and
+            // `len` are page multiples) inside the mapping made above, outside
+            // the chunk kept.
+            if n > 0 && unsafe { libc::munmap(at as *mut c_void, n) } != 0 {
+                debug!(bytes = n, "trimming a swap chunk's mapping failed; its address space stays reserved");
+            }
+        }
+        // SAFETY: advice on the mapping made above; failure (THP disabled)
+        // only makes faulting in slower.
+        if unsafe { libc::madvise(addr as *mut c_void, len, libc::MADV_HUGEPAGE) } != 0 {
+            debug!("MADV_HUGEPAGE refused for a swap chunk");
+        }
+        // Fault every page in now, off the copying thread; registering
+        // touched memory is several times faster than letting the driver
+        // fault it in, and a read would only map the shared zero page.
+        for off in (0..len).step_by(PAGE) {
+            // SAFETY: `addr + off` lies in the writable mapping made above,
+            // which nothing else knows of yet.
+            unsafe { ((addr + off) as *mut u8).write_volatile(0) };
+        }
+        // SAFETY: the range is a live mapping owned by this chunk until
+        // `release` unregisters it before unmapping; PORTABLE pins it for
+        // every context, not only the one current here.
+        let registered =
+            check(unsafe { sys::cuMemHostRegister_v2(addr as *mut c_void, len, sys::CU_MEMHOSTREGISTER_PORTABLE) });
+        if let Err(e) = registered {
+            // SAFETY: the chunk's own mapping, never registered, unknown to
+            // anyone else.
+            unsafe { libc::munmap(addr as *mut c_void, len) };
+            return Err(e);
+        }
+        Ok(Chunk { addr, len })
+    }
+
+    /// Unregisters and unmaps. A context must be current on the calling
+    /// thread, and no copy may still use the chunk.
+    fn release(self) {
+        // SAFETY: registered in `prepare`; no copy uses it (the store only
+        // releases chunks that no host copy holds, after its copies synced).
+        if let Err(e) = check(unsafe { sys::cuMemHostUnregister(self.addr as *mut c_void) }) {
+            // Unmapping pinned pages is safe: the driver keeps them until the
+            // process ends, so this only leaks.
+            warn!(error = %e, bytes = self.len, "unregistering a swap chunk");
+        }
+        // SAFETY: the chunk's own mapping, no longer used by anyone.
+        if unsafe { libc::munmap(self.addr as *mut c_void, self.len) } != 0 {
+            warn!(bytes = self.len, "unmapping a swap chunk failed; it leaks");
+        }
+    }
+}
+
+enum Job {
+    /// Make a chunk of this many bytes and send it back.
+    Prepare(usize),
+    Release(Chunk),
+}
+
+type Prepared = EngineResult<Chunk>;
+
+/// Threads that prepare and release chunks, each with the engine's primary
+/// context current.
+struct Pool {
+    /// `None` once shutting down: the workers end when the queue closes.
+    jobs: Option<Sender<Job>>,
+    ready: Receiver<Prepared>,
+    /// Set while a swap-out that stopped early waits for the chunks it asked
+    /// for: the workers answer the remaining requests without work.
+    cancel: Arc<AtomicBool>,
+    workers: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Up to `threads` workers; `None` if none could be started.
+    fn start(ctx: u64, threads: usize) -> Option<Pool> {
+        let (jobs, queue) = mpsc::channel::<Job>();
+        let (done, ready) = mpsc::channel::<Prepared>();
+        let queue = Arc::new(Mutex::new(queue));
+        let cancel = Arc::new(AtomicBool::new(false));
+        let mut workers = Vec::with_capacity(threads);
+        for i in 0..threads {
+            let (queue, done, cancel) = (queue.clone(), done.clone(), cancel.clone());
+            match std::thread::Builder::new()
+                .name(format!("gv-swap-{i}"))
+                .spawn(move || worker(ctx, &queue, &done, &cancel))
+            {
+                Ok(h) => workers.push(h),
+                Err(e) => warn!(error = %e, "starting a swap worker thread"),
+            }
+        }
+        if workers.is_empty() {
+            return None;
+        }
+        Some(Pool { jobs: Some(jobs), ready, cancel, workers })
+    }
+
+    /// Queues a job; gives it back if no worker is left to take it.
+    fn send(&self, job: Job) -> Result<(), Job> {
+        match &self.jobs {
+            Some(tx) => tx.send(job).map_err(|mpsc::SendError(j)| j),
+            None => Err(job),
+        }
+    }
+}
+
+fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cancel: &AtomicBool) {
+    // SAFETY: the engine's primary context, retained until after the store
+    // has joined this thread. Registration and unregistration need a current
+    // context; this thread does nothing else.
+    if let Err(e) = check(unsafe { sys::cuCtxSetCurrent(ctx as sys::CUcontext) }) {
+        warn!(error = %e, "swap worker could not make the primary context current");
+    }
+    loop {
+        // The lock is held only while waiting for a job, never during one.
+        let job = match queue.lock() {
+            Ok(rx) => rx.recv(),
+            Err(poisoned) => poisoned.into_inner().recv(),
+        };
+        let Ok(job) = job else {
+            break; // the store closed the queue
+        };
+        match job {
+            Job::Prepare(len) => {
+                let result = if cancel.load(Ordering::Acquire) {
+                    Err(CuError(CUDA_ERROR_OUT_OF_MEMORY))
+                } else {
+                    // A panic must still answer: the copying thread counts on
+                    // one answer per request.
+                    std::panic::catch_unwind(move || Chunk::prepare(len)).unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)))
+                };
+                if let Err(mpsc::SendError(Ok(chunk))) = done.send(result) {
+                    chunk.release();
+                }
+            }
+            Job::Release(chunk) => chunk.release(),
+        }
+    }
+}
+
+/// An allocation's bytes in host RAM: spans of chunks, in device order.
+#[derive(Debug)]
+pub struct HostCopy {
+    /// (slot of the chunk, offset in it, length).
+    pieces: Vec<(usize, u64, u64)>,
+    len: u64,
+}
+
+impl HostCopy {
+    /// Bytes held.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// A copy that holds no chunk, for tests of the bookkeeping around it.
+    #[cfg(test)]
+    pub(super) fn detached(len: u64) -> HostCopy {
+        HostCopy { pieces: Vec::new(), len }
+    }
+}
+
+/// An allocation to move to host RAM.
+#[derive(Debug, Clone, Copy)]
+pub struct Victim {
+    pub dptr: u64,
+    /// Bytes to copy.
+    pub len: u64,
+    /// Bytes to zero once copied: the whole physical allocation, which goes
+    /// back to the driver.
+    pub scrub_len: u64,
+}
+
+/// What `copy_out` did.
+#[derive(Debug)]
+pub struct CopyOut {
+    /// Host copies of the first `copies.len()` victims, in order; their
+    /// device memory is zeroed.
+    pub copies: Vec<HostCopy>,
+    /// Why the rest were not copied (host RAM exhausted, a copy failed).
+    pub error: Option<CuError>,
+}
+
+/// Pinned host memory for one engine's swapped-out allocations, and the
+/// stream (of the primary context) its copies run on. Every method that
+/// issues copies needs that context current on the calling thread.
+pub struct HostStore {
+    ctx: u64,
+    stream: u64,
+    chunk_bytes: u64,
+    /// Chunks holding host copies.
+    slots: Slots<Chunk>,
+    /// Prepared chunks holding nothing, for the next swap-out.
+    cache: Bounded<Chunk>,
+    /// `None`: chunks are prepared and released on the calling thread.
+    pool: Option<Pool>,
+    /// Chunks asked of the workers and not yet received: for the swap-out
+    /// under way, or ahead of the next one (`refill`).
+    outstanding: usize,
+}
+
+impl HostStore {
+    /// A store whose chunks are registered from `ctx`, the engine's primary
+    /// context, which must outlive the store. Reads its knobs from the
+    /// environment.
+    pub fn new(ctx: u64) -> EngineResult<HostStore> {
+        let threads = knob(THREADS_ENV, DEFAULT_THREADS).min(MAX_THREADS) as usize;
+        let cache_mib = knob(CACHE_ENV, DEFAULT_CACHE_MIB);
+        let cache_chunks = cache_mib.saturating_mul(1 << 20) / CHUNK_BYTES;
+        let mut stream: sys::CUstream = null_mut();
+        run_pushed(ctx, || {
+            // SAFETY: `stream` is a valid out-pointer; NON_BLOCKING keeps
+            // swap copies from waiting on the primary context's legacy stream.
+            check(unsafe {
+                sys::cuStreamCreateWithPriority(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32, 0)
+            })
+        })??;
+        let pool = Pool::start(ctx, threads);
+        info!(
+            threads = pool.as_ref().map_or(0, |p| p.workers.len()),
+            cache_mib,
+            chunk_mib = CHUNK_BYTES >> 20,
+            "host swap store ready"
+        );
+        Ok(HostStore {
+            ctx,
+            stream: stream as u64,
+            chunk_bytes: CHUNK_BYTES,
+            slots: Slots::new(),
+            cache: Bounded::new(usize::try_from(cache_chunks).unwrap_or(usize::MAX)),
+            pool,
+            outstanding: 0,
+        })
+    }
+
+    fn cu_stream(&self) -> sys::CUstream {
+        self.stream as sys::CUstream
+    }
+
+    fn chunk_len(&self) -> usize {
+        // CHUNK_BYTES fits every usize this builds for (64-bit only: cudarc).
+        self.chunk_bytes as usize
+    }
+
+    /// Bytes of host RAM the store holds pinned: chunks in use and cached.
+    pub fn pinned_bytes(&self) -> u64 {
+        (self.slots.in_use() + self.cache.len()) as u64 * self.chunk_bytes
+    }
+
+    /// Asks the workers for `n` more chunks, to be taken by `next_chunk` or
+    /// collected into the cache. Nothing without workers.
+    fn request(&mut self, n: usize) {
+        let len = self.chunk_len();
+        let Some(pool) = &self.pool else {
+            return;
+        };
+        for _ in 0..n {
+            if pool.send(Job::Prepare(len)).is_err() {
+                break; // no worker left: fewer chunks, reported as OOM
+            }
+            self.outstanding += 1;
+        }
+    }
+
+    /// The next chunk for the tape: a cached one, else one asked of the
+    /// workers (waiting for it), else, without workers, one made here while
+    /// `inline_budget` lasts.
+    fn next_chunk(&mut self, inline_budget: &mut usize) -> EngineResult<Chunk> {
+        if let Some(c) = self.cache.take() {
+            return Ok(c);
+        }
+        match &self.pool {
+            Some(pool) => {
+                if self.outstanding == 0 {
+                    return Err(CuError(CUDA_ERROR_OUT_OF_MEMORY));
+                }
+                self.outstanding -= 1;
+                pool.ready.recv().unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)))
+            }
+            None => {
+                if *inline_budget == 0 {
+                    return Err(CuError(CUDA_ERROR_OUT_OF_MEMORY));
+                }
+                *inline_budget -= 1;
+                Chunk::prepare(self.chunk_len())
+            }
+        }
+    }
+
+    /// Takes in the chunks the workers have finished, without waiting.
+    fn collect_ready(&mut self) {
+        let mut got = Vec::new();
+        if let Some(pool) = &self.pool {
+            while self.outstanding > 0 {
+                match pool.ready.try_recv() {
+                    Ok(r) => {
+                        self.outstanding -= 1;
+                        got.extend(r.ok());
+                    }
+                    Err(mpsc::TryRecvError::Empty) => break,
+                    Err(mpsc::TryRecvError::Disconnected) => {
+                        self.outstanding = 0;
+                        break;
+                    }
+                }
+            }
+        }
+        for c in got {
+            self.recycle(c);
+        }
+    }
+
+    /// Has the workers prepare chunks in the background until the store
+    /// holds as many as the cache may keep (in use, cached or on their way),
+    /// host RAM permitting: the next swap-out then only copies, also when it
+    /// comes before any swap-in gave chunks back.
+    fn refill(&mut self) {
+        if self.pool.is_none() {
+            return;
+        }
+        let held = self.cache.len() + self.slots.in_use() + self.outstanding;
+        let n = self.cache.cap.saturating_sub(held).min(host_chunks_available(self.chunk_bytes));
+        if n > 0 {
+            debug!(chunks = n, "preparing swap chunks ahead");
+            self.request(n);
+        }
+    }
+
+    /// Waits for every chunk asked for and keeps or releases it (a swap-out
+    /// that stopped early, shutdown): no request is left in flight.
+    fn settle_requests(&mut self) {
+        let n = std::mem::take(&mut self.outstanding);
+        let Some(pool) = &self.pool else {
+            return;
+        };
+        if n == 0 {
+            return;
+        }
+        pool.cancel.store(true, Ordering::Release);
+        let mut spare = Vec::new();
+        for _ in 0..n {
+            match pool.ready.recv() {
+                Ok(Ok(c)) => spare.push(c),
+                Ok(Err(_)) => {}
+                Err(_) => break, // every worker is gone
+            }
+        }
+        pool.cancel.store(false, Ordering::Release);
+        for c in spare {
+            self.recycle(c);
+        }
+    }
+
+    /// A chunk that holds nothing any more: kept for the next swap-out if
+    /// the cache has room, released off this thread otherwise.
+    fn recycle(&mut self, chunk: Chunk) {
+        let Some(chunk) = self.cache.offer(chunk) else {
+            return;
+        };
+        let chunk = match &self.pool {
+            Some(pool) => match pool.send(Job::Release(chunk)) {
+                Ok(()) => return,
+                Err(Job::Release(c)) => c,
+                Err(Job::Prepare(_)) => return,
+            },
+            None => chunk,
+        };
+        if run_pushed(self.ctx, || chunk.release()).is_err() {
+            warn!("no context to release a swap chunk in; it leaks");
+        }
+    }
+
+    /// Copies each victim's `len` bytes to host RAM, then zeroes its
+    /// `scrub_len` bytes of device memory, first victim first. Stops at the
+    /// first victim that cannot be copied whole (host RAM exhausted, a
+    /// failed copy); the victims before it are copied and zeroed, those
+    /// from it on are untouched. The store's context must be current.
+    pub fn copy_out(&mut self, victims: &[Victim]) -> CopyOut {
+        let lens: Vec<u64> = victims.iter().map(|v| v.len).collect();
+        let Some(plan) = plan_tape(&lens, self.chunk_bytes, PIECE_ALIGN) else {
+            return CopyOut { copies: Vec::new(), error: Some(CuError(CUDA_ERROR_INVALID_VALUE)) };
+        };
+        self.collect_ready();
+        let chunks = plan.per_chunk.len();
+        let want = chunks.saturating_sub(self.cache.len() + self.outstanding);
+        let room = host_chunks_available(self.chunk_bytes);
+        if want > room {
+            warn!(
+                wanted_mib = (want as u64 * self.chunk_bytes) >> 20,
+                available_mib = (room as u64 * self.chunk_bytes) >> 20,
+                "host RAM too short for the whole swap-out; moving what fits"
+            );
+        }
+        let mut inline_budget = 0;
+        if self.pool.is_some() {
+            self.request(want.min(room));
+        } else {
+            inline_budget = want.min(room);
+        }
+
+        // Queue copies chunk by chunk as chunks become ready: the copy engine
+        // works through the queue while the workers prepare the next ones.
+        let stream = self.cu_stream();
+        let mut slot_of: Vec<usize> = Vec::with_capacity(chunks);
+        let mut filled = 0;
+        let mut error = None;
+        'tape: for (k, spans) in plan.per_chunk.iter().enumerate() {
+            let chunk = match self.next_chunk(&mut inline_budget) {
+                Ok(c) => c,
+                Err(e) => {
+                    error = Some(e);
+                    break;
+                }
+            };
+            let host = chunk.addr;
+            slot_of.push(self.slots.insert(chunk));
+            for &(i, span) in spans {
+                let v = &victims[i];
+                // SAFETY: the destination lies in a registered chunk
+                // (`host_off + len <= chunk_bytes` by `split`), held in
+                // `slots` until the copies synchronized; the source lies in
+                // the victim's mapped allocation (`dev_off + len <= v.len`).
+                let r = check(unsafe {
+                    sys::cuMemcpyDtoHAsync_v2(
+                        (host + span.host_off as usize) as *mut c_void,
+                        v.dptr + span.dev_off,
+                        span.len as usize,
+                        stream,
+                    )
+                });
+                if let Err(e) = r {
+                    error = Some(e);
+                    break 'tape;
+                }
+            }
+            filled = k + 1;
+        }
+        if error.is_some() {
+            self.settle_requests();
+        }
+
+        // SAFETY: the store's stream; its context is current.
+        let mut done = match check(unsafe { sys::cuStreamSynchronize(stream) }) {
+            Ok(()) => plan.complete(filled),
+            Err(e) => {
+                error = Some(e);
+                0
+            }
+        };
+        done = done.min(victims.len());
+
+        // Zero only what is safely in host RAM, after the copies finished.
+        if done > 0 {
+            let mut scrubbed = Ok(());
+            for v in &victims[..done] {
+                scrubbed = self.zero(v.dptr, v.scrub_len);
+                if scrubbed.is_err() {
+                    break;
+                }
+            }
+            // SAFETY: as above.
+            let synced = check(unsafe { sys::cuStreamSynchronize(stream) });
+            if let Err(e) = scrubbed.and(synced) {
+                warn!(error = %e, "zeroing swapped-out device memory failed; it goes back unscrubbed");
+            }
+        }
+
+        let mut per_victim: Vec<Vec<(usize, u64, u64)>> = vec![Vec::new(); done];
+        for (k, spans) in plan.per_chunk.iter().enumerate().take(slot_of.len()) {
+            for &(i, span) in spans {
+                if i < done {
+                    per_victim[i].push((slot_of[k], span.host_off, span.len));
+                }
+            }
+        }
+        let mut copies = Vec::with_capacity(done);
+        for (pieces, v) in per_victim.into_iter().zip(victims) {
+            for &(slot, _, _) in &pieces {
+                self.slots.add_user(slot);
+            }
+            copies.push(HostCopy { pieces, len: v.len });
+        }
+        // Chunks that hold no complete victim's bytes come free again.
+        for slot in slot_of {
+            if let Some(c) = self.slots.take_unused(slot) {
+                self.recycle(c);
+            }
+        }
+        if error.is_none() {
+            self.refill();
+        }
+        CopyOut { copies, error }
+    }
+
+    /// Queues the copy of `copy` back to device memory at `dptr`. Nothing is
+    /// released: the caller calls `sync`, then `release` on success. The
+    /// store's context must be current.
+    pub fn copy_in(&self, dptr: u64, copy: &HostCopy) -> EngineResult<()> {
+        let mut dev_off = 0u64;
+        for &(slot, host_off, len) in &copy.pieces {
+            let chunk = self.slots.get(slot).ok_or(CuError(CUDA_ERROR_ILLEGAL_STATE))?;
+            // SAFETY: the source lies in a registered chunk that `copy` holds
+            // (it stays until `release`); the destination is the caller's
+            // mapped allocation of at least `copy.len()` bytes.
+            check(unsafe {
+                sys::cuMemcpyHtoDAsync_v2(
+                    dptr + dev_off,
+                    (chunk.addr + host_off as usize) as *const c_void,
+                    len as usize,
+                    self.cu_stream(),
+                )
+            })?;
+            dev_off += len;
+        }
+        Ok(())
+    }
+
+    /// Queues zeroing `len` bytes of device memory at `dptr`. The store's
+    /// context must be current.
+    pub fn zero(&self, dptr: u64, len: u64) -> EngineResult<()> {
+        let n = usize::try_from(len).map_err(|_| CuError(CUDA_ERROR_INVALID_VALUE))?;
+        // SAFETY: the caller's mapped device range; the store's stream.
+        check(unsafe { sys::cuMemsetD8Async(dptr, 0, n, self.cu_stream()) })
+    }
+
+    /// Waits for every copy queued. The store's context must be current.
+    pub fn sync(&self) -> EngineResult<()> {
+        // SAFETY: the store's stream.
+        check(unsafe { sys::cuStreamSynchronize(self.cu_stream()) })
+    }
+
+    /// Drops a host copy (swapped back in, or freed); chunks it was the last
+    /// user of come free. No copy from it may be pending.
+    pub fn release(&mut self, copy: HostCopy) {
+        self.collect_ready();
+        for (slot, _, _) in copy.pieces {
+            if let Some(c) = self.slots.drop_user(slot) {
+                self.recycle(c);
+            }
+        }
+    }
+}
+
+impl Drop for HostStore {
+    fn drop(&mut self) {
+        self.settle_requests();
+        let mut chunks = self.slots.drain();
+        chunks.extend(self.cache.drain());
+        let pinned = chunks.len() as u64 * self.chunk_bytes;
+        let mut inline = Vec::new();
+        if let Some(mut pool) = self.pool.take() {
+            for c in chunks {
+                if let Err(Job::Release(c)) = pool.send(Job::Release(c)) {
+                    inline.push(c);
+                }
+            }
+            // Closing the queue ends the workers once it is empty.
+            pool.jobs = None;
+            for h in pool.workers.drain(..) {
+                if h.join().is_err() {
+                    warn!("a swap worker panicked");
+                }
+            }
+            while let Ok(Ok(c)) = pool.ready.try_recv() {
+                inline.push(c);
+            }
+        } else {
+            inline = chunks;
+        }
+        let stream = self.cu_stream();
+        let r = run_pushed(self.ctx, || {
+            for c in inline {
+                c.release();
+            }
+            // SAFETY: the store's stream, idle (every copy was synchronized).
+            check(unsafe { sys::cuStreamDestroy_v2(stream) })
+        });
+        if let Err(e) = r.and_then(|r| r) {
+            warn!(error = %e, "shutting the host swap store down");
+        }
+        debug!(released_mib = pinned >> 20, "host swap store closed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const C: u64 = 64;
+
+    fn spans(start: u64, len: u64) -> Vec<(usize, u64, u64, u64)> {
+        split(start, len, C).map(|s| (s.chunk, s.host_off, s.dev_off, s.len)).collect()
+    }
+
+    #[test]
+    fn an_allocation_is_split_at_chunk_boundaries_into_consecutive_spans() {
+        assert_eq!(spans(0, 10), vec![(0, 0, 0, 10)]);
+        assert_eq!(spans(0, 64), vec![(0, 0, 0, 64)]);
+        assert_eq!(spans(60, 4), vec![(0, 60, 0, 4)]);
+        assert_eq!(spans(60, 5), vec![(0, 60, 0, 4), (1, 0, 4, 1)]);
+        assert_eq!(spans(10, 200), vec![(0, 10, 0, 54), (1, 0, 54, 64), (2, 0, 118, 64), (3, 0, 182, 18)]);
+        assert!(spans(5, 0).is_empty());
+    }
+
+    #[test]
+    fn spans_of_any_size_cover_the_allocation_exactly_and_stay_in_their_chunk() {
+        for start in [0u64, 1, 63, 64, 100, 4095] {
+            for len in [1u64, 2, 63, 64, 65, 127, 128, 129, 1000, 4096] {
+                let mut next = 0;
+                for s in split(start, len, C) {
+                    assert_eq!(s.dev_off, next, "start {start} len {len}");
+                    assert!(s.len > 0 && s.host_off + s.len <= C);
+                    assert_eq!(s.chunk as u64 * C + s.host_off, start + s.dev_off);
+                    next += s.len;
+                }
+                assert_eq!(next, len, "start {start} len {len}");
+            }
+        }
+    }
+
+    #[test]
+    fn allocations_are_packed_end_to_end_from_aligned_starts() {
+        // 10 bytes at 0, 70 at 16 (crossing into chunk 1), 0 bytes, 5 at 96.
+        let plan = plan_tape(&[10, 70, 0, 5], C, 16).unwrap();
+        assert_eq!(plan.per_chunk.len(), 2);
+        let at = |k: usize| -> Vec<(usize, u64, u64, u64)> {
+            plan.per_chunk[k].iter().map(|(i, s)| (*i, s.host_off, s.dev_off, s.len)).collect()
+        };
+        assert_eq!(at(0), vec![(0, 0, 0, 10), (1, 16, 0, 48)]);
+        assert_eq!(at(1), vec![(1, 0, 48, 22), (3, 32, 0, 5)]);
+        assert_eq!(plan.last_chunk, vec![Some(0), Some(1), None, Some(1)]);
+        assert_eq!(plan.complete(0), 0);
+        assert_eq!(plan.complete(1), 1, "the second spills into chunk 1");
+        assert_eq!(plan.complete(2), 4);
+    }
+
+    #[test]
+    fn the_real_chunk_size_holds_many_small_allocations_and_splits_large_ones() {
+        let mib = 1u64 << 20;
+        let plan = plan_tape(&[3 * mib, 1, 200 * mib], CHUNK_BYTES, PIECE_ALIGN).unwrap();
+        // 3 MiB + 4 KiB + 200 MiB of tape over 64 MiB chunks.
+        assert_eq!(plan.per_chunk.len(), 4);
+        let total: u64 = plan.per_chunk.iter().flatten().filter(|(i, _)| *i == 2).map(|(_, s)| s.len).sum();
+        assert_eq!(total, 200 * mib);
+        assert_eq!(plan.per_chunk[0][1].1.host_off, 3 * mib);
+        assert_eq!(plan.per_chunk[0][2].1.host_off, 3 * mib + PIECE_ALIGN);
+    }
+
+    #[test]
+    fn a_tape_that_overflows_is_refused() {
+        assert!(plan_tape(&[u64::MAX, 1], C, 16).is_none());
+        assert!(plan_tape(&[u64::MAX - 4, 1], u64::MAX, 16).is_none());
+        assert!(plan_tape(&[MAX_TAPE_CHUNKS * C + 1], C, 16).is_none());
+        assert_eq!(plan_tape(&[MAX_TAPE_CHUNKS * C], C, 16).unwrap().per_chunk.len() as u64, MAX_TAPE_CHUNKS);
+        assert!(plan_tape(&[1], 0, 16).is_none());
+        assert_eq!(plan_tape(&[], C, 16).unwrap().per_chunk.len(), 0);
+    }
+
+    #[test]
+    fn the_cache_keeps_at_most_its_cap_and_hands_back_the_rest() {
+        let mut cache = Bounded::new(2);
+        assert_eq!(cache.offer(1), None);
+        assert_eq!(cache.offer(2), None);
+        assert_eq!(cache.offer(3), Some(3), "over the cap: to be released");
+        assert_eq!(cache.len(), 2);
+        assert!(cache.take().is_some());
+        assert_eq!(cache.offer(4), None);
+        assert_eq!(cache.drain().len(), 2);
+        assert_eq!(cache.len(), 0);
+        let mut none = Bounded::new(0);
+        assert_eq!(none.offer(7), Some(7));
+    }
+
+    #[test]
+    fn a_chunk_comes_free_with_its_last_user() {
+        let mut slots = Slots::new();
+        let a = slots.insert("a");
+        let b = slots.insert("b");
+        assert!(slots.add_user(a) && slots.add_user(a));
+        assert_eq!(slots.take_unused(a), None, "in use");
+        assert_eq!(slots.take_unused(b), Some("b"), "never used");
+        assert_eq!(slots.drop_user(a), None);
+        assert_eq!(slots.get(a), Some(&"a"));
+        assert_eq!(slots.drop_user(a), Some("a"));
+        assert_eq!(slots.in_use(), 0);
+        assert_eq!(slots.drop_user(a), None, "already gone");
+        assert!(!slots.add_user(a));
+        let c = slots.insert("c");
+        assert!(c == a || c == b, "ids are reused");
+        assert_eq!(slots.drain(), vec!["c"]);
+    }
+
+    #[test]
+    fn knobs_fall_back_to_their_default() {
+        assert_eq!(parse_knob(None, 4), Ok(4));
+        assert_eq!(parse_knob(Some(" 8 "), 4), Ok(8));
+        assert_eq!(parse_knob(Some("0"), 4), Ok(0));
+        assert_eq!(parse_knob(Some("lots"), 4), Err("lots".to_string()));
+    }
+
+    #[test]
+    fn available_host_memory_is_read_from_meminfo() {
+        let text = "MemTotal:       131072000 kB\nMemFree:         1000 kB\nMemAvailable:   2048 kB\n";
+        assert_eq!(parse_mem_available(text), Some(2048 * 1024));
+        assert_eq!(parse_mem_available("MemTotal: 1 kB\n"), None);
+    }
+
+    /// cudarc panics on a missing symbol, so every entry point this module
+    /// calls must be in the list the cuda engine checks before its first call.
+    #[test]
+    fn every_driver_call_is_checked_for_presence() {
+        let src = include_str!("host_swap.rs");
+        let mut called = Vec::new();
+        for (i, _) in src.match_indices("sys::cu") {
+            let rest = &src[i + 5..];
+            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
+            let (name, after) = rest.split_at(end);
+            if name.as_bytes().get(2).is_some_and(u8::is_ascii_uppercase) && after.starts_with('(') {
+                called.push(name);
+            }
+        }
+        assert!(called.len() >= 8, "parsed {} calls", called.len());
+        for name in called {
+            assert!(
+                super::super::cuda::REQUIRED_SYMBOLS.contains(&name),
+                "{name} is called but not in REQUIRED_SYMBOLS"
+            );
+        }
+    }
+}
