@@ -3,8 +3,8 @@
  *
  *   gv_mem hold [--mib M | --fill] [--chunk-mib C] [--seconds S] [--seed N]
  *               [--verify-ms V] [--start-at T] [--iters I] [--blocks B] [--threads T] [--depth D]
- *       Allocates M MiB (or all that cuMemGetInfo says is free, less 64 MiB,
- *       with --fill) in chunks of C MiB, each filled with a pseudo-random
+ *       Allocates M MiB (or, with --fill, all that cuMemGetInfo says is free
+ *       less a sixteenth, at most 64 MiB) in chunks of C MiB, each filled with a pseudo-random
  *       pattern of the seed and tagged with its index, then keeps the GPU
  *       busy with gv_burn kernels for S seconds, checking every byte of
  *       every chunk each V ms (0: only at the end) and at the end. With
@@ -70,7 +70,9 @@ static size_t alloc_chunks(const struct opts *o, CUdeviceptr **out, size_t chunk
     if (!want) {
         size_t free_b = 0, total_b = 0;
         TRY(o->mode, CU(cuMemGetInfo)(&free_b, &total_b));
-        want = free_b > 64 * MIB ? free_b - 64 * MIB : 0;
+        /* Leave a little for the driver (modules, the sink): 1/16, at most 64 MiB. */
+        size_t slack = free_b / 16 < 64 * MIB ? free_b / 16 : 64 * MIB;
+        want = free_b - slack;
     }
     size_t n = greedy ? (size_t)(want / chunk) + 64 : (size_t)(want / chunk);
     CUdeviceptr *p = calloc(n ? n : 1, sizeof *p);
