@@ -18,9 +18,11 @@ def gvmem(path):
 def swaps(res, what):
     """(bytes, seconds, count) over the backends' logged swaps of at least 1 GiB."""
     pat = re.compile(r"moved=(\d+) ms=([\d.]+)")
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
     moved = secs = n = 0
     for log in glob.glob(os.path.join(res, "backend-*.log")):
         for line in open(log, errors="replace"):
+            line = ansi.sub("", line)
             if what not in line:
                 continue
             m = pat.search(line)
