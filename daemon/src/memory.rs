@@ -38,6 +38,9 @@ pub const DEFAULT_MIN_RESIDENCY_NS: u64 = 1_000_000_000;
 /// How often needs that wait on residency times or on the GPU's holder are
 /// looked at again.
 pub const RECHECK_NS: u64 = 20_000_000;
+/// Least resident memory one eviction takes (or all the victim has), unless
+/// that is more than a sixteenth of the GPU.
+pub const MIN_EVICTION: u64 = GIB;
 
 /// What decides a GPU's capacity and how far it may be overcommitted.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -495,6 +498,14 @@ impl Broker {
     fn plan(&mut self, mut short: u64, p: &mut Plan<'_>, out: &mut Vec<MemAction>) -> u64 {
         let mut victims = Vec::new();
         let mut holders = Vec::new();
+        let asker_granted = p.asker.map(|a| (p.sched)(a).last_granted_ns);
+        let step = MIN_EVICTION.min(self.capacity().unwrap_or(0) / 16);
+        // Another VM than the holder wants the GPU: the holder's slice ends
+        // on its own and it can be evicted then, like any other.
+        let others_busy = self.vms.keys().any(|&w| {
+            let i = (p.sched)(w);
+            Some(w) != p.asker && i.demanding && !i.holding
+        });
         for (&w, b) in &self.vms {
             if Some(w) == p.asker
                 || p.ahead.contains(&w)
@@ -505,9 +516,19 @@ impl Broker {
                 continue;
             }
             let info = (p.sched)(w);
-            // VMs waiting for memory themselves last, then the busy ones,
-            // then the most recently granted.
-            let key = (p.needy.contains(&w), info.demanding, info.last_granted_ns, w);
+            // A busy VM whose turn comes before the asker's keeps its
+            // memory: in a rotation the VM granted longer ago runs sooner,
+            // and evicting it would only bring it back before the asker
+            // runs (each would evict the other in turn, moving whole VMs
+            // to and fro while neither runs).
+            if info.demanding && !info.holding && asker_granted.is_some_and(|g| info.last_granted_ns <= g) {
+                continue;
+            }
+            // VMs waiting for memory themselves last, then the busy ones.
+            // Idle ones least recently granted first; busy ones most
+            // recently granted first (their next turn is the furthest).
+            let order = if info.demanding { u64::MAX - info.last_granted_ns } else { info.last_granted_ns };
+            let key = (p.needy.contains(&w), info.demanding, order, w);
             if info.holding {
                 holders.push(key);
             } else {
@@ -534,13 +555,15 @@ impl Broker {
             if short == 0 || *p.swap_room == 0 {
                 break;
             }
-            let t = self.vms[&w].held().min(short).min(*p.swap_room);
+            // At least MIN_EVICTION at a time: a VM growing allocation by
+            // allocation would otherwise evict its neighbour piece by piece.
+            let t = self.vms[&w].held().min(short.max(step)).min(*p.swap_room);
             if t > 0 {
                 match takes.iter_mut().find(|(v, _)| *v == w) {
                     Some((_, taken)) => *taken += t,
                     None => takes.push((w, t)),
                 }
-                short -= t;
+                short = short.saturating_sub(t);
                 *p.swap_room -= t;
             }
         }
@@ -554,9 +577,10 @@ impl Broker {
             b.evict_moves = moves;
             out.push(MemAction::Evict { vm: w, resident_max: target, moves_bytes: moves });
         }
-        if short > 0 {
-            // Only the VM on the GPU has the rest: keep it off the GPU once
-            // it lets go, so that it can be evicted.
+        if short > 0 && !others_busy {
+            // Only the VM on the GPU has the rest, and nobody else would
+            // take the GPU from it: keep it off the GPU once it lets go, so
+            // that it can be evicted.
             for &(_, _, _, w) in &holders {
                 let Some(b) = self.vms.get_mut(&w) else {
                     continue;
@@ -737,6 +761,52 @@ mod tests {
         let out = b.pump(now, &s.f(), 0);
         assert_eq!(evicts(&out), vec![(2, 0)], "{out:?}");
         assert!(!out.iter().any(|a| matches!(a, MemAction::Limit { .. })));
+    }
+
+    #[test]
+    fn vms_taking_turns_evict_the_one_whose_turn_is_furthest() {
+        // Room for two of three 4 GiB VMs; all busy, taking turns in 5 s slices.
+        let mut b = broker(8 * G, 3.0);
+        add(&mut b, 1, 4 * G, 4 * G);
+        add(&mut b, 2, 4 * G, 4 * G);
+        add(&mut b, 3, 4 * G, 0);
+        let now = 5500 * MS;
+        // 1 holds the GPU since 5 s; 2 ran before it, 3 (swapped out) before 2.
+        let turns = |s: Sched| s.holding(1).demanding(2);
+        let s = turns(Sched::default().granted(1, 5000 * MS).granted(2, 3000 * MS).granted(3, 1000 * MS));
+        b.mem_need(3, 4 * G);
+        let out = b.pump(now, &s.f(), 0);
+        assert_eq!(out, vec![MemAction::Evict { vm: 2, resident_max: 0, moves_bytes: 4 * G }], "3 runs before 2");
+        b.evicted(2, state(0, 4 * G), 4 * G, 80 * MS, now + 80 * MS);
+        let out = b.pump(now + 80 * MS, &s.f(), 0);
+        assert_eq!(out, vec![MemAction::Limit { vm: 3, bytes: 4 * G }]);
+        b.restored(3, state(4 * G, 0), 4 * G, 80 * MS, now + 160 * MS);
+
+        // Now 2 wants its memory back. 3 runs before it: it keeps its memory,
+        // and 1's slice ends on its own (3 waits for the GPU), so 1 is not
+        // taken off early either.
+        let later = now + 2000 * MS;
+        let s = Sched::default().holding(1).demanding(3).granted(1, 5000 * MS).granted(2, 3000 * MS);
+        let s = s.granted(3, 1000 * MS);
+        b.mem_need(2, 4 * G);
+        let out = b.pump(later, &s.f(), 0);
+        assert!(out.is_empty(), "nothing to do until 1's slice ends: {out:?}");
+        // 1's slice ended and 3 runs: 1 goes, for 2.
+        let s = Sched::default().holding(3).demanding(1).granted(1, 5000 * MS).granted(2, 3000 * MS);
+        let s = s.granted(3, 10_000 * MS);
+        let out = b.pump(10_010 * MS, &s.f(), 0);
+        assert_eq!(out, vec![MemAction::Evict { vm: 1, resident_max: 0, moves_bytes: 4 * G }]);
+    }
+
+    #[test]
+    fn a_growing_vm_evicts_its_neighbour_a_gibibyte_at_a_time() {
+        let mut b = broker(32 * G, 3.0);
+        add(&mut b, 1, 30 * G, 30 * G);
+        add(&mut b, 2, 30 * G, 0);
+        assert_eq!(b.vm(2).unwrap().limit_bytes, 2 * G);
+        b.mem_need(2, 2 * G + 256 * MIB);
+        let out = b.pump(2000 * MS, &Sched::default().f(), 0);
+        assert_eq!(out, vec![MemAction::Evict { vm: 1, resident_max: 29 * G, moves_bytes: G }]);
     }
 
     #[test]
