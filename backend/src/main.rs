@@ -6,6 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use gpuvisor_backend::device::GpuBackend;
 use gpuvisor_backend::engine::cuda::CudaEngine;
+use gpuvisor_backend::engine::host_swap::{SwapConfig, MAX_THREADS};
 use gpuvisor_backend::engine::sim::SimEngine;
 use gpuvisor_backend::engine::Engine;
 use gpuvisor_backend::grants::{DaemonLink, Registration};
@@ -79,6 +80,20 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 16384)]
     sim_memory_mib: u64,
 
+    /// Threads that prepare (fault in and pin) host memory while device
+    /// memory is swapped out to it for gpuvisord's memory broker (cuda
+    /// engine). The kernel zeroes fresh pages at about 4.5 GB/s per thread,
+    /// so a first swap-out runs at about that times this many threads, up to
+    /// the copy rate; 0 prepares on the serving thread.
+    #[arg(long, value_name = "N", env = "GPUVISOR_SWAP_THREADS", default_value_t = SwapConfig::default().threads,
+        value_parser = clap::value_parser!(u32).range(0..=MAX_THREADS as i64))]
+    swap_threads: u32,
+
+    /// Host memory, in MiB, kept pinned after a restore for the next
+    /// swap-out, which then runs at the copy rate from the start (cuda engine).
+    #[arg(long, value_name = "MIB", env = "GPUVISOR_SWAP_CACHE_MIB", default_value_t = SwapConfig::default().cache_mib)]
+    swap_cache_mib: u64,
+
     /// Register with gpuvisord on this socket and submit GPU work only under
     /// its grants. Without it the VM runs alone (the GPU's own time slicing
     /// shares it with other processes). If the daemon is unreachable or goes
@@ -146,15 +161,18 @@ fn main() {
 
 fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
     let sim = || -> Box<dyn Engine> { Box::new(SimEngine::new(args.sim_memory_mib << 20)) };
+    let cuda = || -> Result<Box<dyn Engine>> {
+        let mut e = CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?;
+        e.set_swap_config(SwapConfig { threads: args.swap_threads, cache_mib: args.swap_cache_mib });
+        Ok(Box::new(e))
+    };
     match args.engine {
         EngineChoice::Sim => Ok(sim()),
-        EngineChoice::Cuda => {
-            Ok(Box::new(CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?))
-        }
+        EngineChoice::Cuda => cuda(),
         EngineChoice::Auto => match CudaEngine::probe() {
             Ok(name) => {
                 info!("NVIDIA GPU found ({name}); using the cuda engine");
-                Ok(Box::new(CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?))
+                cuda()
             }
             Err(why) => {
                 info!("no usable NVIDIA GPU ({why}); using the sim engine");

@@ -3,7 +3,7 @@
 //! guest context is a real `CUcontext`, and guest RAM is registered with the
 //! driver so that copies to and from it are DMA with no host copy.
 
-use super::host_swap::{HostCopy, HostStore, Victim};
+use super::host_swap::{HostCopy, HostStore, SwapConfig, Victim};
 use super::*;
 use crate::guest_mem::{GuestSpan, HostDst, HostSrc};
 use cudarc::driver::sys;
@@ -730,6 +730,8 @@ pub struct CudaEngine {
     allocs: Allocations,
     /// Host RAM for swapped-out allocations; made on the first swap-out.
     swap: Option<HostStore>,
+    /// How `swap` prepares host memory when it is made.
+    swap_config: SwapConfig,
 }
 
 impl CudaEngine {
@@ -792,7 +794,14 @@ impl CudaEngine {
             vmm,
             allocs: Allocations::default(),
             swap: None,
+            swap_config: SwapConfig::default(),
         })
+    }
+
+    /// How host memory for swapped-out allocations is prepared (before the
+    /// first swap-out; later changes do not apply).
+    pub fn set_swap_config(&mut self, config: SwapConfig) {
+        self.swap_config = config;
     }
 
     /// Makes the chosen context current on the calling thread.
@@ -1113,7 +1122,7 @@ impl Engine for CudaEngine {
             return Ok(0);
         }
         if self.swap.is_none() {
-            self.swap = Some(HostStore::new(self.base)?);
+            self.swap = Some(HostStore::new(self.base, self.swap_config)?);
         }
         let Some(store) = self.swap.as_mut() else {
             return Err(CuError(CUDA_ERROR_ILLEGAL_STATE));

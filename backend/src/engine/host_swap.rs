@@ -50,30 +50,26 @@ const HOST_RESERVE: u64 = 1 << 30;
 /// the plan is built.
 const MAX_TAPE_CHUNKS: u64 = 1 << 20;
 
-/// Worker threads that prepare chunks (0: the copying thread prepares them
-/// itself, one at a time, between copies).
-pub const THREADS_ENV: &str = "GPUVISOR_SWAP_THREADS";
-const DEFAULT_THREADS: u64 = 4;
-const MAX_THREADS: u64 = 64;
-/// MiB of prepared chunks kept for the next swap-out once they come free.
-pub const CACHE_ENV: &str = "GPUVISOR_SWAP_CACHE_MIB";
-const DEFAULT_CACHE_MIB: u64 = 4096;
+/// Most worker threads a store starts.
+pub const MAX_THREADS: u32 = 64;
 
-/// A knob's value: `default` when unset, `Err` with the text when it is not
-/// a number.
-fn parse_knob(value: Option<&str>, default: u64) -> Result<u64, String> {
-    match value {
-        None => Ok(default),
-        Some(v) => v.trim().parse::<u64>().map_err(|_| v.to_string()),
-    }
+/// How a store prepares host memory (the backend's `--swap-threads` and
+/// `--swap-cache-mib`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwapConfig {
+    /// Worker threads that prepare chunks (0: the copying thread prepares
+    /// them itself, one at a time, between copies). Fresh pages are zeroed
+    /// by the kernel at about 4.5 GB/s per thread, so a first swap-out runs
+    /// at about that times this many threads, up to the copy rate.
+    pub threads: u32,
+    /// MiB of prepared chunks kept for the next swap-out once they come free.
+    pub cache_mib: u64,
 }
 
-fn knob(name: &str, default: u64) -> u64 {
-    let value = std::env::var(name).ok();
-    parse_knob(value.as_deref(), default).unwrap_or_else(|bad| {
-        warn!(knob = name, value = %bad, default, "not a number; using the default");
-        default
-    })
+impl Default for SwapConfig {
+    fn default() -> Self {
+        SwapConfig { threads: 8, cache_mib: 4096 }
+    }
 }
 
 /// `MemAvailable` of /proc/meminfo, in bytes.
@@ -528,11 +524,10 @@ pub struct HostStore {
 
 impl HostStore {
     /// A store whose chunks are registered from `ctx`, the engine's primary
-    /// context, which must outlive the store. Reads its knobs from the
-    /// environment.
-    pub fn new(ctx: u64) -> EngineResult<HostStore> {
-        let threads = knob(THREADS_ENV, DEFAULT_THREADS).min(MAX_THREADS) as usize;
-        let cache_mib = knob(CACHE_ENV, DEFAULT_CACHE_MIB);
+    /// context, which must outlive the store.
+    pub fn new(ctx: u64, config: SwapConfig) -> EngineResult<HostStore> {
+        let threads = config.threads.min(MAX_THREADS) as usize;
+        let cache_mib = config.cache_mib;
         let cache_chunks = cache_mib.saturating_mul(1 << 20) / CHUNK_BYTES;
         let mut stream: sys::CUstream = null_mut();
         run_pushed(ctx, || {
@@ -1015,14 +1010,6 @@ mod tests {
         let c = slots.insert("c");
         assert!(c == a || c == b, "ids are reused");
         assert_eq!(slots.drain(), vec!["c"]);
-    }
-
-    #[test]
-    fn knobs_fall_back_to_their_default() {
-        assert_eq!(parse_knob(None, 4), Ok(4));
-        assert_eq!(parse_knob(Some(" 8 "), 4), Ok(8));
-        assert_eq!(parse_knob(Some("0"), 4), Ok(0));
-        assert_eq!(parse_knob(Some("lots"), 4), Err("lots".to_string()));
     }
 
     #[test]
