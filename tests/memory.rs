@@ -121,3 +121,30 @@ fn a_daemon_killed_mid_overcommit_loses_no_vm_data() {
     assert_intact(&run, &["a", "b", "c"]);
     drop(restarted);
 }
+
+#[test]
+fn a_backend_killed_while_its_vm_is_swapped_out_leaves_the_other_vms_data_intact() {
+    let dir = Scratch::new("overcommit-killvm");
+    let (fleet, api) = overcommitted_fleet(&dir, 20, &["--min-residency-ms", "200"]);
+    std::fs::write(dir.path("share/go"), "").unwrap();
+    // Wait until c has memory in host RAM, then kill its backend.
+    let t = Instant::now();
+    let pid = loop {
+        let vms = api.vms().unwrap();
+        let c = by_name(&vms, "c");
+        if c["evicted_bytes"].as_u64().unwrap_or(0) > 0 {
+            break c["pid"].as_i64().expect("c's backend pid") as i32;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "c was never evicted: {vms:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    signal(pid, libc::SIGKILL);
+    let run = fleet.wait(Duration::from_secs(120)).unwrap();
+    assert_intact(&run, &["a", "b"]);
+    // c lost its GPU: whatever its guest saw, it was not its data changed.
+    let c = run.vm("c");
+    if let Ok(r) = c.gvmem() {
+        assert_eq!(r["bad_chunks"].as_u64().unwrap_or(0), 0, "c: {r}");
+        assert_ne!(r["ok"], true, "c finished as if its backend had not died: {r}");
+    }
+}
