@@ -38,6 +38,10 @@ const MARKER_SPIN: Duration = Duration::from_micros(200);
 /// How long the queue thread spins for a grant before it sleeps.
 const GRANT_SPIN: Duration = Duration::from_micros(100);
 
+/// Swapped-out memory comes back at most this much per step when the VM's
+/// limit does not already cover all of it (see `Gate::ensure_resident`).
+pub const RESTORE_STEP: u64 = 8 << 30;
+
 /// How long a `MemNeed` goes unanswered before the backend says it again (a
 /// safety net: the daemon keeps pending needs and answers when it can).
 const MEM_ASK_AGAIN: Duration = Duration::from_secs(5);
@@ -556,6 +560,8 @@ pub struct Gate {
     /// Moving estimate of one operation's GPU time, ns (0: none yet).
     op_ns: f64,
     max_queued_ns: f64,
+    /// See `RESTORE_STEP`.
+    restore_step: u64,
 }
 
 impl Gate {
@@ -574,7 +580,14 @@ impl Gate {
             next_span: 0,
             op_ns: 0.0,
             max_queued_ns: f64::INFINITY,
+            restore_step: RESTORE_STEP,
         }
+    }
+
+    /// Brings swapped-out memory back `bytes` at a time when the VM's limit
+    /// does not cover all of it (default `RESTORE_STEP`).
+    pub fn set_restore_step(&mut self, bytes: u64) {
+        self.restore_step = bytes.max(1);
     }
 
     /// A gate for a backend without a daemon.
@@ -837,40 +850,68 @@ impl Gate {
         self.ensure_memory(engine, total)
     }
 
-    /// Brings the VM's swapped-out memory back onto the GPU, once the daemon
-    /// lets it hold all of it.
+    /// Brings the VM's swapped-out memory back onto the GPU. When its limit
+    /// does not already cover all of it, it comes back RESTORE_STEP at a
+    /// time, each step asked of the daemon: the VMs evicted to make room then
+    /// leave the GPU step by step too, and host RAM holds at most one step
+    /// more than the evicted memory it held before, not both VMs' memory.
     fn ensure_resident(&mut self, engine: &mut dyn Engine) -> Result<(), MemoryError> {
-        let r = engine.residency();
-        if r.evicted == 0 {
-            return Ok(());
+        loop {
+            let r = engine.residency();
+            if r.evicted == 0 {
+                return Ok(());
+            }
+            let all = r.resident.saturating_add(r.evicted);
+            let step = if self.limit().is_none_or(|l| all <= l) {
+                all
+            } else {
+                r.resident.saturating_add(r.evicted.min(self.restore_step))
+            };
+            self.ensure_memory(engine, step)?;
+            // The limit now covers `step` at least; take all it allows.
+            let budget = self.limit().map_or(u64::MAX, |l| l.saturating_sub(r.resident));
+            let start = Instant::now();
+            let result = engine.swap_in(budget);
+            let ns = start.elapsed().as_nanos() as u64;
+            let after = engine.residency();
+            self.note_residency(after);
+            let moved = r.evicted - after.evicted.min(r.evicted);
+            if moved > 0 {
+                self.counters.restores.fetch_add(1, Ordering::Relaxed);
+                self.counters.restore_ns_total.fetch_add(ns, Ordering::Relaxed);
+            }
+            info!(
+                moved,
+                ms = ns as f64 / 1e6,
+                gbps = moved as f64 / ns.max(1) as f64,
+                resident = after.resident,
+                evicted = after.evicted,
+                "device memory restored from host RAM"
+            );
+            if let Some(shared) = self.shared.clone() {
+                let mut st = shared.lock();
+                let limit = st.mem_limit.unwrap_or(0);
+                let state =
+                    MemoryState { resident_bytes: after.resident, evicted_bytes: after.evicted, limit_bytes: limit };
+                shared.send(&mut st, &BackendMsg::Restored { state, moved_bytes: moved, ns });
+            }
+            result.map_err(MemoryError::Engine)?;
+            if moved == 0 {
+                // Nothing came back and nothing failed: do not spin.
+                return Err(MemoryError::Engine(CuError(protocol::cuda::CUDA_ERROR_OUT_OF_MEMORY)));
+            }
         }
-        self.ensure_memory(engine, r.resident.saturating_add(r.evicted))?;
-        let start = Instant::now();
-        let result = engine.swap_in();
-        let ns = start.elapsed().as_nanos() as u64;
-        let after = engine.residency();
-        self.note_residency(after);
-        let moved = r.evicted - after.evicted.min(r.evicted);
-        if moved > 0 {
-            self.counters.restores.fetch_add(1, Ordering::Relaxed);
-            self.counters.restore_ns_total.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    /// The resident limit the daemon gave; `None` when there is none.
+    fn limit(&self) -> Option<u64> {
+        let shared = self.shared.as_ref()?;
+        let st = shared.lock();
+        if st.connected {
+            st.mem_limit
+        } else {
+            None
         }
-        info!(
-            moved,
-            ms = ns as f64 / 1e6,
-            gbps = moved as f64 / ns.max(1) as f64,
-            resident = after.resident,
-            evicted = after.evicted,
-            "device memory restored from host RAM"
-        );
-        if let Some(shared) = self.shared.clone() {
-            let mut st = shared.lock();
-            let limit = st.mem_limit.unwrap_or(0);
-            let state =
-                MemoryState { resident_bytes: after.resident, evicted_bytes: after.evicted, limit_bytes: limit };
-            shared.send(&mut st, &BackendMsg::Restored { state, moved_bytes: moved, ns });
-        }
-        result.map(|_| ()).map_err(MemoryError::Engine)
     }
 
     /// Waits until the VM may hold `total` bytes resident, asking gpuvisord

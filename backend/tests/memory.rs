@@ -166,3 +166,47 @@ fn an_eviction_with_nothing_to_move_is_answered_by_the_link_alone() {
     peer.send(&DaemonMsg::MemLimit { bytes: 2 * MIB });
     worker.join().unwrap();
 }
+
+#[test]
+fn memory_the_limit_does_not_cover_comes_back_step_by_step() {
+    let (link, mut peer, _) = start("steps", 64 * MIB);
+    let mut gate = link.gate();
+    gate.set_restore_step(2 * MIB);
+    let (tx, rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        let bufs = alloc_filled(&mut gate, &mut e, 3, 2 * MIB);
+        gate.idle(&mut e);
+        rx.recv().unwrap();
+        gate.service_memory(&mut e);
+        spin(&mut gate, &mut e, ctx, s, f, 100);
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+        let mut ok = true;
+        for (i, p) in bufs.iter().enumerate() {
+            let mut back = vec![0u8; (2 * MIB) as usize];
+            e.memcpy_dtoh(HostDst::Bytes(&mut back), *p, EngineStream::NULL, false).unwrap();
+            ok &= back.iter().all(|&b| b == i as u8 + 1);
+        }
+        ok
+    });
+    std::thread::sleep(Duration::from_millis(100));
+    peer.send(&DaemonMsg::Evict { resident_max: 0 });
+    tx.send(()).unwrap();
+    assert!(matches!(peer.next(), BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB));
+    // Its limit is 0 now: the 6 MiB come back 2 MiB per step, each asked for.
+    for step in 1..=3u64 {
+        assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: step * 2 * MIB }, "step {step}");
+        peer.send(&DaemonMsg::MemLimit { bytes: step * 2 * MIB });
+        match peer.next() {
+            BackendMsg::Restored { state, moved_bytes, .. } => {
+                assert_eq!(moved_bytes, 2 * MIB);
+                assert_eq!((state.resident_bytes, state.evicted_bytes), (step * 2 * MIB, 6 * MIB - step * 2 * MIB));
+            }
+            m => panic!("expected Restored, got {m:?}"),
+        }
+    }
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
+    assert!(worker.join().unwrap(), "data came back changed");
+}

@@ -1197,7 +1197,7 @@ impl Engine for CudaEngine {
         }
     }
 
-    fn swap_in(&mut self) -> EngineResult<u64> {
+    fn swap_in(&mut self, max_bytes: u64) -> EngineResult<u64> {
         let Some(vmm) = self.vmm else {
             return Ok(0);
         };
@@ -1215,10 +1215,15 @@ impl Engine for CudaEngine {
             let mut error = None;
             let mut mapped: Vec<(u64, usize, sys::CUmemGenericAllocationHandle)> = Vec::new();
             let mut undo = Vec::new();
+            let mut planned = 0u64;
             for b in bases {
                 let Some(DevAlloc { footprint, state: AllocState::Evicted(copy), .. }) = allocs.get(b) else {
                     continue;
                 };
+                if planned > 0 && planned.saturating_add(*footprint) > max_bytes {
+                    break;
+                }
+                planned = planned.saturating_add(*footprint);
                 let len = *footprint as usize;
                 // Device memory first: when it is full, this one and the
                 // rest stay in host RAM, untouched.
@@ -2143,7 +2148,7 @@ mod tests {
             assert_ne!(&fresh[..], &held[2].1[..1 << 20], "swapped-out memory was not zeroed");
             eprintln!("swap: fresh memory nonzero bytes: {}", fresh.iter().filter(|&&b| b != 0).count());
             e.mem_free(probe).unwrap();
-            let back = e.swap_in().unwrap();
+            let back = e.swap_in(u64::MAX).unwrap();
             assert_eq!(back, r1.resident);
             assert_eq!(e.residency(), r1);
             for (p, data) in &held {
@@ -2157,7 +2162,7 @@ mod tests {
             e.mem_free(p0).unwrap();
             assert_eq!(e.mem_free(p0), Err(CuError(CUDA_ERROR_INVALID_VALUE)));
             assert_eq!(e.residency(), Residency { resident: 0, evicted: r1.resident - fps[0] });
-            e.swap_in().unwrap();
+            e.swap_in(u64::MAX).unwrap();
             let cur = e.selected;
             let other = e.ctx_create(0).unwrap();
             e.ctx_set_current(EngineCtx(other.0)).unwrap();
@@ -2168,7 +2173,7 @@ mod tests {
             e.ctx_destroy(other).unwrap();
             assert_eq!(e.residency().evicted, with_q.resident - e.alloc_footprint(64 << 20));
             e.ctx_set_current(EngineCtx(cur)).unwrap();
-            e.swap_in().unwrap();
+            e.swap_in(u64::MAX).unwrap();
             for (p, data) in &held {
                 assert!(read(e, *p, data.len()) == *data, "allocation {p:#x} came back different");
             }
@@ -2209,7 +2214,7 @@ mod tests {
             report("out 2 GiB prepared ahead", rate(half, t), native.0);
             for round in 0..3 {
                 let t = Instant::now();
-                assert_eq!(e.swap_in().unwrap(), 2 * fp);
+                assert_eq!(e.swap_in(u64::MAX).unwrap(), 2 * fp);
                 report("in 4 GiB", rate(2 * half, t), native.1);
                 if round == 2 {
                     break;

@@ -146,10 +146,12 @@ pub trait Engine: Send {
     /// valid. Returns the bytes moved; on an error, what was moved stays
     /// moved and the rest stays resident, nothing is lost.
     fn swap_out(&mut self, keep: u64) -> EngineResult<u64>;
-    /// Brings every swapped-out allocation back at its address. Returns the
-    /// bytes moved; on an error (device memory full), what did not come back
-    /// stays in host RAM, intact, for a later try.
-    fn swap_in(&mut self) -> EngineResult<u64>;
+    /// Brings swapped-out allocations back at their addresses, in address
+    /// order, at least one and no more than `max_bytes` in all beyond that
+    /// (`u64::MAX`: all of them). Returns the bytes moved; on an error
+    /// (device memory full), what did not come back stays in host RAM,
+    /// intact, for a later try.
+    fn swap_in(&mut self, max_bytes: u64) -> EngineResult<u64>;
     fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()>;
     fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;
     fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;

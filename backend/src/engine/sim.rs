@@ -514,10 +514,14 @@ impl Engine for SimEngine {
         Ok(moved)
     }
 
-    fn swap_in(&mut self) -> EngineResult<u64> {
-        let mut moved = 0;
+    fn swap_in(&mut self, max_bytes: u64) -> EngineResult<u64> {
+        let mut moved = 0u64;
         while let Some((base, a)) = self.evicted.pop_first() {
             let len = a.data.len() as u64;
+            if moved > 0 && moved.saturating_add(len) > max_bytes {
+                self.evicted.insert(base, a);
+                break;
+            }
             if self.allocated.checked_add(len).is_none_or(|v| v > self.info.total_mem) {
                 self.evicted.insert(base, a);
                 return err(CUDA_ERROR_OUT_OF_MEMORY);
