@@ -13,10 +13,8 @@
 #   scripts/h100/memory.sh [OUTDIR]     (default $OUT, else ./h100-out)
 # Knobs (env): QUOTA_MIB (40960), LIMIT_MIB (81920), SECS (60: overcommitted
 # run), ALONE_SECS (15), FILL_WAIT (120 s for the fills before the common
-# start), SLICE_MS (5000), CHUNK_MIB (256), SWAP_LIMIT_MIB (92160: host RAM
-# for evicted state; a VM's restore evicts another VM first, so with one VM
-# already out two VMs' memory is in host RAM at the peak, more than
-# gpuvisord's default of half the host's RAM), ENGINE (cuda; sim to try the
+# start), SLICE_MS (5000), CHUNK_MIB (256), SWAP_LIMIT_MIB (host RAM for
+# evicted state; default gpuvisord's, half the host's RAM), ENGINE (cuda; sim to try the
 # script anywhere, with small QUOTA_MIB/LIMIT_MIB).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -35,7 +33,7 @@ DIRECT_MEM_MIB=256
 BURN=(--iters 400000 --blocks 264 --depth 4)
 
 start_daemon() {
-    h100_start_daemon --slice-ms "$SLICE_MS" --swap-limit-mib "${SWAP_LIMIT_MIB:-92160}" || return 1
+    h100_start_daemon --slice-ms "$SLICE_MS" ${SWAP_LIMIT_MIB:+--swap-limit-mib "$SWAP_LIMIT_MIB"} || return 1
     # The broker's view of the GPU: LIMIT_MIB of memory, quotas up to 2x that.
     python3 - "$LIMIT_MIB" <<'EOF'
 import json, sys, urllib.request
