@@ -16,8 +16,8 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 use virtio_queue::QueueOwnedT;
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
-use vmm_sys_util::eventfd::EventFd;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
+use vmm_sys_util::eventfd::EventFd;
 use zerocopy::IntoBytes;
 
 const CTRL_QUEUE: u16 = 0;
@@ -54,7 +54,16 @@ pub struct GpuBackend {
 
 impl GpuBackend {
     pub fn new(dev: GpuDevice) -> Self {
-        GpuBackend { state: Mutex::new(State { dev, mem: None, registered: Vec::new(), event_idx: false, exit: None, memory_event: None }) }
+        GpuBackend {
+            state: Mutex::new(State {
+                dev,
+                mem: None,
+                registered: Vec::new(),
+                event_idx: false,
+                exit: None,
+                memory_event: None,
+            }),
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {

@@ -46,6 +46,12 @@ pub const RESTORE_STEP: u64 = 8 << 30;
 /// safety net: the daemon keeps pending needs and answers when it can).
 const MEM_ASK_AGAIN: Duration = Duration::from_secs(5);
 
+#[derive(Debug, Clone, Copy)]
+enum Swap {
+    Out,
+    In,
+}
+
 /// Why the VM cannot have the device memory it needs: the guest gets
 /// CUDA_ERROR_OUT_OF_MEMORY.
 #[derive(Debug, thiserror::Error)]
@@ -811,10 +817,26 @@ impl Gate {
         };
         let ns = start.elapsed().as_nanos() as u64;
         let r = engine.residency();
+        self.record_swap(Swap::Out, moved, ns, r);
+        let mut st = shared.lock();
+        st.mem_limit = Some(r.resident);
+        st.last_limit = r.resident;
+        let state = MemoryState { resident_bytes: r.resident, evicted_bytes: r.evicted, limit_bytes: r.resident };
+        shared.send(&mut st, &BackendMsg::Evicted { state, moved_bytes: moved, ns });
+    }
+
+    /// Counts and logs a swap that moved `moved` bytes in `ns`, leaving `r`.
+    fn record_swap(&self, dir: Swap, moved: u64, ns: u64, r: Residency) {
         self.note_residency(r);
+        let (count, total, what) = match dir {
+            Swap::Out => {
+                (&self.counters.evictions, &self.counters.evict_ns_total, "swapped out to host RAM for gpuvisord")
+            }
+            Swap::In => (&self.counters.restores, &self.counters.restore_ns_total, "restored from host RAM"),
+        };
         if moved > 0 {
-            self.counters.evictions.fetch_add(1, Ordering::Relaxed);
-            self.counters.evict_ns_total.fetch_add(ns, Ordering::Relaxed);
+            count.fetch_add(1, Ordering::Relaxed);
+            total.fetch_add(ns, Ordering::Relaxed);
         }
         info!(
             moved,
@@ -822,13 +844,8 @@ impl Gate {
             gbps = moved as f64 / ns.max(1) as f64,
             resident = r.resident,
             evicted = r.evicted,
-            "device memory swapped out to host RAM for gpuvisord"
+            "device memory {what}"
         );
-        let mut st = shared.lock();
-        st.mem_limit = Some(r.resident);
-        st.last_limit = r.resident;
-        let state = MemoryState { resident_bytes: r.resident, evicted_bytes: r.evicted, limit_bytes: r.resident };
-        shared.send(&mut st, &BackendMsg::Evicted { state, moved_bytes: moved, ns });
     }
 
     /// Records the engine's residency for the daemon (after an allocation,
@@ -874,20 +891,8 @@ impl Gate {
             let result = engine.swap_in(budget);
             let ns = start.elapsed().as_nanos() as u64;
             let after = engine.residency();
-            self.note_residency(after);
             let moved = r.evicted - after.evicted.min(r.evicted);
-            if moved > 0 {
-                self.counters.restores.fetch_add(1, Ordering::Relaxed);
-                self.counters.restore_ns_total.fetch_add(ns, Ordering::Relaxed);
-            }
-            info!(
-                moved,
-                ms = ns as f64 / 1e6,
-                gbps = moved as f64 / ns.max(1) as f64,
-                resident = after.resident,
-                evicted = after.evicted,
-                "device memory restored from host RAM"
-            );
+            self.record_swap(Swap::In, moved, ns, after);
             if let Some(shared) = self.shared.clone() {
                 let mut st = shared.lock();
                 let limit = st.mem_limit.unwrap_or(0);

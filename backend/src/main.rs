@@ -18,8 +18,8 @@ use std::sync::Arc;
 use tracing::{error, info, info_span, warn};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
-use vmm_sys_util::eventfd::EventFd;
 use vm_memory::GuestMemoryAtomic;
+use vmm_sys_util::eventfd::EventFd;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum EngineChoice {

@@ -46,6 +46,15 @@ fn alloc_filled(gate: &mut Gate, e: &mut SimEngine, n: u8, size: u64) -> Vec<u64
         .collect()
 }
 
+/// Whether buffers of `size` bytes made by `alloc_filled` still hold their bytes.
+fn still_filled(e: &mut SimEngine, bufs: &[u64], size: u64) -> bool {
+    bufs.iter().enumerate().all(|(i, p)| {
+        let mut back = vec![0u8; size as usize];
+        e.memcpy_dtoh(HostDst::Bytes(&mut back), *p, EngineStream::NULL, false).unwrap();
+        back.iter().all(|&b| b == i as u8 + 1)
+    })
+}
+
 #[test]
 fn memory_past_the_limit_is_asked_for_and_a_refusal_is_out_of_memory() {
     let (link, mut peer, _) = start("need", 4 * MIB);
@@ -104,12 +113,7 @@ fn an_idle_vm_swaps_out_when_asked_and_its_data_comes_back_before_its_next_work(
         spin(&mut gate, &mut e, ctx, s, f, 100);
         e.stream_synchronize(s).unwrap();
         gate.idle(&mut e);
-        let mut ok = true;
-        for (i, p) in bufs.iter().enumerate() {
-            let mut back = vec![0u8; (2 * MIB) as usize];
-            e.memcpy_dtoh(HostDst::Bytes(&mut back), *p, EngineStream::NULL, false).unwrap();
-            ok &= back.iter().all(|&b| b == i as u8 + 1);
-        }
+        let ok = still_filled(&mut e, &bufs, 2 * MIB);
         (swapped, e.residency(), ok)
     });
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "idle");
@@ -173,24 +177,20 @@ fn memory_the_limit_does_not_cover_comes_back_step_by_step() {
     let mut gate = link.gate();
     gate.set_restore_step(2 * MIB);
     let (tx, rx) = mpsc::channel::<()>();
+    let (idle_tx, idle_rx) = mpsc::channel::<()>();
     let worker = std::thread::spawn(move || {
         let (mut e, ctx, s, f) = sim();
         let bufs = alloc_filled(&mut gate, &mut e, 3, 2 * MIB);
         gate.idle(&mut e);
+        idle_tx.send(()).unwrap();
         rx.recv().unwrap();
         gate.service_memory(&mut e);
         spin(&mut gate, &mut e, ctx, s, f, 100);
         e.stream_synchronize(s).unwrap();
         gate.idle(&mut e);
-        let mut ok = true;
-        for (i, p) in bufs.iter().enumerate() {
-            let mut back = vec![0u8; (2 * MIB) as usize];
-            e.memcpy_dtoh(HostDst::Bytes(&mut back), *p, EngineStream::NULL, false).unwrap();
-            ok &= back.iter().all(|&b| b == i as u8 + 1);
-        }
-        ok
+        still_filled(&mut e, &bufs, 2 * MIB)
     });
-    std::thread::sleep(Duration::from_millis(100));
+    idle_rx.recv_timeout(Duration::from_secs(5)).unwrap();
     peer.send(&DaemonMsg::Evict { resident_max: 0 });
     tx.send(()).unwrap();
     assert!(matches!(peer.next(), BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB));

@@ -1618,7 +1618,7 @@ impl Engine for CudaEngine {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
     use crate::guest_mem::{Extent, GuestMemory};
     use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
@@ -1790,11 +1790,8 @@ mod tests {
         assert_eq!(c_string_lossy(b"\xff\0"), "\u{fffd}");
     }
 
-    /// cudarc panics on a missing symbol, so every entry point called through
-    /// `sys::` must be in the list checked before the first call.
-    #[test]
-    fn every_driver_call_is_checked_for_presence() {
-        let src = include_str!("cuda.rs");
+    /// The driver entry points `src` calls through `sys::`.
+    pub(in crate::engine) fn driver_calls(src: &str) -> Vec<&str> {
         let mut called = Vec::new();
         for (i, _) in src.match_indices("sys::cu") {
             let rest = &src[i + 5..];
@@ -1804,6 +1801,15 @@ mod tests {
                 called.push(name);
             }
         }
+        called
+    }
+
+    /// cudarc panics on a missing symbol, so every entry point called through
+    /// `sys::` must be in the list checked before the first call.
+    #[test]
+    fn every_driver_call_is_checked_for_presence() {
+        let src = include_str!("cuda.rs");
+        let called = driver_calls(src);
         for needle in ["\"cuDeviceGetAttribute\"", "\"cuFuncGetAttribute\"", "\"cuFuncSetAttribute\""] {
             assert!(src.contains(needle));
         }

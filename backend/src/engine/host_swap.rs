@@ -1023,16 +1023,7 @@ mod tests {
     /// calls must be in the list the cuda engine checks before its first call.
     #[test]
     fn every_driver_call_is_checked_for_presence() {
-        let src = include_str!("host_swap.rs");
-        let mut called = Vec::new();
-        for (i, _) in src.match_indices("sys::cu") {
-            let rest = &src[i + 5..];
-            let end = rest.find(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).unwrap_or(rest.len());
-            let (name, after) = rest.split_at(end);
-            if name.as_bytes().get(2).is_some_and(u8::is_ascii_uppercase) && after.starts_with('(') {
-                called.push(name);
-            }
-        }
+        let called = super::super::cuda::tests::driver_calls(include_str!("host_swap.rs"));
         assert!(called.len() >= 8, "parsed {} calls", called.len());
         for name in called {
             assert!(

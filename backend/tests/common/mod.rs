@@ -96,4 +96,3 @@ pub fn wait_connected(link: &DaemonLink) {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
-
