@@ -148,3 +148,28 @@ fn a_backend_killed_while_its_vm_is_swapped_out_leaves_the_other_vms_data_intact
         assert_ne!(r["ok"], true, "c finished as if its backend had not died: {r}");
     }
 }
+
+#[test]
+fn with_host_ram_for_evicted_memory_used_up_only_the_vm_that_asks_gets_out_of_memory() {
+    let dir = Scratch::new("overcommit-noram");
+    // No host RAM for evicted memory: no VM can be swapped out, so the GPU
+    // holds two VMs' 16 MiB and the third's allocation must fail.
+    let (fleet, _api) = overcommitted_fleet(&dir, 8, &["--swap-limit-mib", "0"]);
+    std::fs::write(dir.path("share/go"), "").unwrap();
+    let run = fleet.wait(Duration::from_secs(120)).unwrap();
+    let mut denied = Vec::new();
+    for n in ["a", "b", "c"] {
+        let vm = run.vm(n);
+        let r = vm.gvmem().unwrap_or_else(|e| panic!("{n}: {e}"));
+        eprintln!("{n}: {r}");
+        if r["ok"] == true {
+            assert_eq!(r["bad_chunks"], 0, "{n}: {r}");
+            assert_eq!(vm.code, 0, "{n}: guest exit code");
+        } else {
+            assert_eq!(r["error"], "CUDA_ERROR_OUT_OF_MEMORY", "{n}: {r}");
+            assert_eq!(r["call"], "cuMemAlloc", "{n}: {r}");
+            denied.push(n);
+        }
+    }
+    assert_eq!(denied.len(), 1, "exactly one VM finds no memory: {denied:?}");
+}
