@@ -1,6 +1,7 @@
 //! The admin API over HTTP/JSON: routes, bearer-token auth, request
-//! validation and the OpenAPI document. Every answer, errors included, is
-//! JSON; the [`Admin`] implementation only ever sees validated patches.
+//! validation, the OpenAPI document and the Prometheus metrics. Every answer
+//! but `/metrics` (text), errors included, is JSON; the [`Admin`]
+//! implementation only ever sees validated patches.
 
 use crate::model::{
     Admin, AdminError, ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView, MAX_MEMORY_LIMIT_BYTES,
@@ -29,7 +30,8 @@ use utoipa::OpenApi;
 /// Largest request body accepted; patches are a few dozen bytes.
 const MAX_BODY: usize = 64 * 1024;
 
-/// How requests to the `/v1` routes (other than health) are authenticated.
+/// How requests to the `/v1` routes (other than health) and `/metrics` are
+/// authenticated.
 #[derive(Clone)]
 pub enum Auth {
     /// `Authorization: Bearer <token>` with exactly this token.
@@ -57,6 +59,7 @@ pub fn router(admin: Arc<dyn Admin>, auth: Auth) -> Router {
         .route("/v1/vms/{name}", get(get_vm).patch(patch_vm))
         .route("/v1/vms/{name}/drain", post(drain_vm))
         .route("/v1/vms/{name}/resume", post(resume_vm))
+        .route("/metrics", get(metrics))
         .method_not_allowed_fallback(method_not_allowed);
     let api = match auth {
         Auth::Token(token) => {
@@ -460,6 +463,25 @@ async fn resume_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>
     call(admin, move |a| a.set_drained(&name, false)).await
 }
 
+/// The daemon's figures per VM and per GPU, and NVML's readings, in
+/// Prometheus' text exposition format 0.0.4 (docs/metrics.md lists them).
+/// Prometheus scrapes it with `authorization: { credentials_file: <state-dir>/admin.token }`.
+#[utoipa::path(get, path = "/metrics", tag = "metrics", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The metrics, as Prometheus text", body = String,
+            content_type = "text/plain; version=0.0.4; charset=utf-8"),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 500, description = "The daemon could not take its figures", body = ErrorBody),
+    ))]
+async fn metrics(State(admin): State<Arc<dyn Admin>>) -> Result<Response, ApiError> {
+    // Off the async workers: the daemon asks each GPU's scheduler and NVML.
+    match tokio::task::spawn_blocking(move || crate::metrics::render(&crate::metrics::families(&admin.metrics()))).await
+    {
+        Ok(text) => Ok(([(header::CONTENT_TYPE, crate::metrics::CONTENT_TYPE)], text).into_response()),
+        Err(e) => Err(ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("metrics failed: {e}"), None)),
+    }
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
@@ -468,9 +490,21 @@ async fn resume_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>
                        class, weight, priority and time slice or a GPU's defaults and memory overcommit, drain and \
                        resume VMs, see where each VM's device memory is (on the GPU or evicted to host RAM). \
                        Every route but /v1/health and /openapi.json needs `Authorization: Bearer <token>`. \
-                       Errors are JSON `{\"error\": \"...\", \"field\": \"...\" | null}`."
+                       /metrics answers Prometheus text; everything else is JSON. Errors are JSON `{\"error\": \"...\", \"field\": \"...\" | null}`."
     ),
-    paths(health, openapi_json, list_gpus, get_gpu, patch_gpu, list_vms, get_vm, patch_vm, drain_vm, resume_vm),
+    paths(
+        health,
+        openapi_json,
+        list_gpus,
+        get_gpu,
+        patch_gpu,
+        list_vms,
+        get_vm,
+        patch_vm,
+        drain_vm,
+        resume_vm,
+        metrics
+    ),
     components(schemas(
         GpuView,
         VmView,
@@ -486,6 +520,7 @@ async fn resume_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>
         (name = "health", description = "Liveness and this document; no token needed"),
         (name = "gpus", description = "GPUs and their scheduling defaults"),
         (name = "vms", description = "VMs, their QoS settings and measured shares"),
+        (name = "metrics", description = "Prometheus metrics (text, not JSON)"),
     )
 )]
 struct ApiDoc;

@@ -1,11 +1,12 @@
 //! gpuvisord's admin API: the data model the host admin sees (GPUs, VMs,
 //! their QoS settings and measured shares), the `Admin` trait the daemon
 //! implements, the HTTP/JSON server over it, the client and `gpuvisorctl`'s
-//! commands.
+//! commands, and the Prometheus metrics it serves.
 
 pub mod client;
 pub mod ctl;
 pub mod http;
+pub mod metrics;
 pub mod model;
 
 pub use client::{Client, ClientError};

@@ -1,6 +1,7 @@
 //! What the admin API shows and accepts. The daemon implements [`Admin`]; the
 //! HTTP layer only translates between JSON and these calls.
 
+use crate::metrics::MetricsSnapshot;
 use protocol::control::QosClass;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
@@ -137,6 +138,21 @@ pub struct VmView {
     pub restore_ms_total: f64,
     /// Time its last restore took, in milliseconds; null before its first.
     pub last_restore_ms: Option<f64>,
+    /// Bytes of its device memory copied to host RAM since it registered.
+    pub swapped_out_bytes: u64,
+    /// Bytes of its evicted memory copied back onto the GPU since it registered.
+    pub swapped_in_bytes: u64,
+    /// Time it had GPU work waiting for a grant since it registered, in seconds.
+    pub grant_wait_s: f64,
+    /// Grants it got since it registered.
+    pub grants: u64,
+    /// Grants taken back from it before their slice ended since it registered.
+    pub preemptions: u64,
+    /// Times a backend registered for it since gpuvisord started, reconnects included.
+    pub registrations: u64,
+    /// Of those, registrations of a backend that was already running (after a
+    /// gpuvisord restart or a lost connection).
+    pub reconnects: u64,
 }
 
 /// A change to a VM's settings. Absent fields stay as they are;
@@ -265,6 +281,11 @@ pub trait Admin: Send + Sync + 'static {
     fn update_vm(&self, name: &str, patch: VmPatch) -> Result<VmView, AdminError>;
     /// Drain (no more grants; queued work waits) or resume a VM.
     fn set_drained(&self, name: &str, drained: bool) -> Result<VmView, AdminError>;
+    /// What `GET /metrics` shows. The default has the GPUs and VMs and no
+    /// NVML readings; the daemon takes everything at once and reads NVML.
+    fn metrics(&self) -> MetricsSnapshot {
+        MetricsSnapshot { gpus: self.gpus(), vms: self.vms(), ..Default::default() }
+    }
 }
 
 /// `Option<Option<T>>` that tells an absent field (None) from `null` (Some(None)).

@@ -75,6 +75,13 @@ fn vm_view(name: &str, weight: u32) -> VmView {
         evict_ms_total: 0.0,
         restore_ms_total: 0.0,
         last_restore_ms: None,
+        swapped_out_bytes: 0,
+        swapped_in_bytes: 0,
+        grant_wait_s: 0.5,
+        grants: 40,
+        preemptions: 2,
+        registrations: 1,
+        reconnects: 0,
     }
 }
 
@@ -471,11 +478,15 @@ fn openapi_lists_every_route() {
         ("/v1/vms/{name}", "patch"),
         ("/v1/vms/{name}/drain", "post"),
         ("/v1/vms/{name}/resume", "post"),
+        ("/metrics", "get"),
     ];
     for (path, method) in routes {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing");
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 8);
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 9);
+    // Text, not JSON: schemathesis must not expect a JSON body.
+    let metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"].as_object().unwrap();
+    assert_eq!(metrics.keys().collect::<Vec<_>>(), vec!["text/plain; version=0.0.4; charset=utf-8"]);
     assert_eq!(doc["components"]["securitySchemes"]["bearer"]["scheme"], "bearer");
     // What the handlers accept, the document says: a patch changes something,
     // and of its fields only slice_us may be null.
@@ -679,4 +690,77 @@ fn ctl_unreachable_daemon_names_the_url() {
         .unwrap();
     assert_eq!(o.status.code(), Some(1));
     assert!(stderr(&o).contains(&format!("could not reach http://127.0.0.1:{port}/v1/vms")), "{}", stderr(&o));
+}
+
+/// `GET /metrics` with `token`: status, Content-Type and body text.
+fn scrape(server: &Server, token: Option<&str>) -> (u16, String, String) {
+    let agent: ureq::Agent = ureq::Agent::config_builder().http_status_as_error(false).build().into();
+    let mut req = ureq::http::Request::builder().method("GET").uri(format!("{}/metrics", server.url));
+    if let Some(t) = token {
+        req = req.header("Authorization", format!("Bearer {t}"));
+    }
+    let mut resp = agent.run(req.body(()).unwrap()).unwrap();
+    let ct = resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()).unwrap_or_default();
+    (resp.status().as_u16(), ct, resp.body_mut().read_to_string().unwrap())
+}
+
+#[test]
+fn metrics_need_the_token_and_are_prometheus_text() {
+    let s = server();
+    for token in [None, Some("wrong")] {
+        let (status, ct, body) = scrape(&s, token);
+        assert_eq!(status, 401, "{token:?}");
+        assert!(ct.starts_with("application/json"), "{ct}");
+        assert!(body.contains("bearer token"), "{body}");
+    }
+    let (status, ct, body) = scrape(&s, Some(TOKEN));
+    assert_eq!(status, 200);
+    assert_eq!(ct, "text/plain; version=0.0.4; charset=utf-8");
+    let series = format!(r#"gpuvisor_vm_memory_quota_bytes{{vm="alpha",gpu="{GPU}",class="burstable"}} 4294967296"#);
+    assert!(body.lines().any(|l| l == series), "{series} missing from\n{body}");
+    let latency = format!(
+        r#"gpuvisor_vm_request_latency_seconds{{vm="beta",gpu="{GPU}",class="burstable",quantile="0.99"}} 0.0025"#
+    );
+    assert!(body.lines().any(|l| l == latency), "{latency} missing from\n{body}");
+
+    let open = Server::start(Auth::None);
+    assert_eq!(scrape(&open, None).0, 200);
+}
+
+#[test]
+fn every_metric_has_help_and_type_before_its_samples_and_each_series_appears_once() {
+    let s = server();
+    let (_, _, body) = scrape(&s, Some(TOKEN));
+    let mut typed: HashMap<String, String> = HashMap::new();
+    let mut helped = std::collections::HashSet::new();
+    let mut series = std::collections::HashSet::new();
+    for line in body.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap();
+            assert!(helped.insert(name.to_owned()), "two HELP lines for {name}");
+        } else if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let (name, kind) = rest.split_once(' ').unwrap();
+            assert!(helped.contains(name), "TYPE before HELP for {name}");
+            assert!(["counter", "gauge", "summary"].contains(&kind), "{line}");
+            assert!(typed.insert(name.to_owned(), kind.to_owned()).is_none(), "two TYPE lines for {name}");
+        } else {
+            let (key, value) = line.rsplit_once(' ').unwrap();
+            let name = key.split('{').next().unwrap();
+            assert!(typed.contains_key(name), "sample of {name} without TYPE: {line}");
+            assert!(value.parse::<f64>().is_ok(), "{line}");
+            assert!(series.insert(key.to_owned()), "series twice: {key}");
+            if typed[name] == "counter" {
+                assert!(name.ends_with("_total") || name.starts_with("DCGM_"), "counter {name} must end in _total");
+            }
+        }
+    }
+    // Two VMs: one sample each for every per-VM gauge.
+    assert_eq!(series.iter().filter(|k| k.starts_with("gpuvisor_vm_weight{")).count(), 2);
+    // No NVML behind the in-memory admin: DCGM families are declared but empty.
+    assert!(typed.contains_key("DCGM_FI_DEV_GPU_TEMP"));
+    assert!(!series.iter().any(|k| k.starts_with("DCGM_")));
+    // Every name the dashboard may query is served.
+    for name in gpuvisor_admin::metrics::metric_names() {
+        assert!(typed.contains_key(name), "{name} not served");
+    }
 }

@@ -3,9 +3,11 @@
 //! changes that are stored, scheduled and sent to the backend at once.
 
 use crate::driver::{GpuSnapshot, VmSnapshot};
+use crate::inventory::{self, GpuInfo};
 use crate::registry::{self, FieldError, Registry, VmEntry};
 use crate::store::GpuRecord;
 use crate::Shared;
+use gpuvisor_admin::metrics::MetricsSnapshot;
 use gpuvisor_admin::{Admin, AdminError, GpuPatch, GpuView, VmPatch, VmState, VmView};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -99,6 +101,16 @@ fn vm_view(reg: &Registry, v: &VmEntry, snap: Option<&GpuSnapshot>) -> VmView {
         evict_ms_total: sched.memory.evict_ns_total as f64 / 1e6,
         restore_ms_total: sched.memory.restore_ns_total as f64 / 1e6,
         last_restore_ms: sched.memory.last_restore_ns.map(|ns| ns as f64 / 1e6),
+        swapped_out_bytes: sched.memory.evicted_moved_bytes,
+        swapped_in_bytes: sched.memory.restored_moved_bytes,
+        // The backend's figure (since it started, daemon round trips
+        // included) where it has reported more than the scheduler measured:
+        // the larger of two growing figures keeps the counter growing.
+        grant_wait_s: stats.wait_ns_total.max(sched.wait_total_ns) as f64 / 1e9,
+        grants: sched.grants,
+        preemptions: sched.preemptions,
+        registrations: v.registrations,
+        reconnects: v.reconnects,
     }
 }
 
@@ -158,6 +170,26 @@ impl Admin for DaemonAdmin {
             reg.change_gpu(next).map_err(|e| AdminError::Internal(e.to_string()))?;
         }
         self.gpu_view_of(id)
+    }
+
+    /// One query per GPU scheduler (answered between grant events), one
+    /// short hold of the registry's lock, then NVML without any lock.
+    fn metrics(&self) -> MetricsSnapshot {
+        let ids: Vec<String> = self.shared.registry().gpu_infos().iter().map(|g| g.id.clone()).collect();
+        let snaps = self.snapshots(&ids);
+        let (gpus, vms, nvml, nvml_gpus) = {
+            let reg = self.shared.registry();
+            let gpus: Vec<GpuView> = ids.iter().filter_map(|id| gpu_view(&reg, id, snaps.get(id))).collect();
+            let vms: Vec<VmView> =
+                reg.vm_names().filter_map(|n| reg.vm(n)).map(|v| vm_view(&reg, v, snaps.get(&v.rec.gpu))).collect();
+            let nvml_gpus: Vec<GpuInfo> = reg.gpu_infos().iter().filter(|g| g.index.is_some()).cloned().collect();
+            (gpus, vms, reg.nvml(), nvml_gpus)
+        };
+        let readings = match nvml {
+            Some(nvml) => inventory::readings(&nvml, &nvml_gpus.iter().collect::<Vec<_>>()),
+            None => Vec::new(),
+        };
+        MetricsSnapshot { hostname: self.shared.hostname.clone(), gpus, vms, readings }
     }
 
     fn vms(&self) -> Vec<VmView> {

@@ -2,9 +2,12 @@
 //! sim-engine backends share. NVML is optional: without it the daemon still
 //! schedules backends, and learns GPUs from their registrations.
 
+use gpuvisor_admin::metrics::GpuReadings;
+use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::Nvml;
 use std::ffi::OsStr;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Id of the pseudo-GPU that backends running the `sim` engine report.
 pub const SIM_GPU: &str = "sim";
@@ -44,7 +47,7 @@ impl GpuInfo {
 /// The known GPUs, in discovery order (NVML's, then the simulated one, then
 /// those learned later).
 pub struct Inventory {
-    nvml: Option<Nvml>,
+    nvml: Option<Arc<Nvml>>,
     gpus: Vec<GpuInfo>,
 }
 
@@ -83,7 +86,12 @@ impl Inventory {
             None => Vec::new(),
         };
         gpus.push(GpuInfo::sim());
-        Inventory { nvml, gpus }
+        Inventory { nvml: nvml.map(Arc::new), gpus }
+    }
+
+    /// The loaded NVML, for readings taken without the registry's lock.
+    pub fn nvml(&self) -> Option<Arc<Nvml>> {
+        self.nvml.clone()
     }
 
     pub fn gpus(&self) -> &[GpuInfo] {
@@ -148,6 +156,31 @@ fn list_nvml(nvml: &Nvml) -> Vec<GpuInfo> {
         gpus.push(info);
     }
     gpus
+}
+
+/// NVML's readings of the GPUs listed by NVML index, taken now: a handful of
+/// NVML calls per GPU, no disk. A reading NVML refuses is left out.
+pub fn readings(nvml: &Nvml, gpus: &[&GpuInfo]) -> Vec<GpuReadings> {
+    gpus.iter()
+        .filter_map(|g| {
+            let index = g.index?;
+            let device = nvml.device_by_uuid(g.id.as_str()).ok()?;
+            let util = device.utilization_rates().ok();
+            let memory = device.memory_info().ok();
+            Some(GpuReadings {
+                index,
+                uuid: g.id.clone(),
+                model_name: g.name.clone(),
+                gpu_util_pct: util.as_ref().map(|u| u.gpu),
+                mem_copy_util_pct: util.as_ref().map(|u| u.memory),
+                power_mw: device.power_usage().ok(),
+                temperature_c: device.temperature(TemperatureSensor::Gpu).ok(),
+                fb_used_bytes: memory.as_ref().map(|m| m.used),
+                fb_free_bytes: memory.as_ref().map(|m| m.free),
+                energy_mj: device.total_energy_consumption().ok(),
+            })
+        })
+        .collect()
 }
 
 fn device_info(id: String, device: &nvml_wrapper::Device<'_>) -> GpuInfo {

@@ -72,6 +72,11 @@ pub fn default_swap_limit_bytes() -> u64 {
     }
 }
 
+/// The kernel's host name; empty where it cannot be read.
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default()
+}
+
 /// MemTotal of a /proc/meminfo text, in bytes.
 pub fn mem_total_bytes(meminfo: &str) -> Option<u64> {
     let line = meminfo.lines().find_map(|l| l.strip_prefix("MemTotal:"))?;
@@ -106,6 +111,8 @@ pub enum Error {
 #[derive(Debug)]
 pub struct Shared {
     registry: Mutex<Registry>,
+    /// This host's name, read once at start (the metrics' `Hostname` label).
+    hostname: String,
 }
 
 impl Shared {
@@ -142,7 +149,7 @@ impl Daemon {
             swap_limit_bytes: config.swap_limit_bytes,
         };
         let registry = Registry::new(store, inventory, config.slice_us, driver::Clock::new(), memory)?;
-        let shared = Arc::new(Shared { registry: Mutex::new(registry) });
+        let shared = Arc::new(Shared { registry: Mutex::new(registry), hostname: hostname() });
         let listener = match server::bind(&config.backend_socket) {
             Ok(l) => l,
             Err(e) => {

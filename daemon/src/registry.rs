@@ -165,6 +165,10 @@ pub struct Conn {
 pub struct VmEntry {
     pub rec: VmRecord,
     pub conn: Option<Conn>,
+    /// Backends registered for it since the daemon started, and how many of
+    /// them were reconnecting.
+    pub registrations: u64,
+    pub reconnects: u64,
 }
 
 #[derive(Debug)]
@@ -240,7 +244,7 @@ impl Registry {
         }
         for v in stored_vms {
             reg.ensure_gpu(&v.gpu)?;
-            reg.vms.insert(v.name.clone(), VmEntry { rec: v, conn: None });
+            reg.vms.insert(v.name.clone(), VmEntry { rec: v, conn: None, registrations: 0, reconnects: 0 });
         }
         tracing::info!(gpus = reg.gpus.len(), vms = reg.vms.len(), db = %reg.store.path().display(), "state loaded");
         Ok(reg)
@@ -350,9 +354,12 @@ impl Registry {
                 tracing::error!(vm = %rec.name, "storing settings: {e}");
             }
         }
+        let (registrations, reconnects) = self.vms.get(&hello.vm).map_or((0, 0), |v| (v.registrations, v.reconnects));
         self.vms.insert(
             rec.name.clone(),
             VmEntry {
+                registrations: registrations.saturating_add(1),
+                reconnects: reconnects.saturating_add(hello.reconnect.into()),
                 rec,
                 conn: Some(Conn {
                     id: conn,
@@ -403,6 +410,11 @@ impl Registry {
     /// GPUs in inventory order: NVML's, the simulated one, then those learned.
     pub fn gpu_infos(&self) -> &[GpuInfo] {
         self.inventory.gpus()
+    }
+
+    /// The loaded NVML, to take readings with after the lock is released.
+    pub fn nvml(&self) -> Option<Arc<nvml_wrapper::Nvml>> {
+        self.inventory.nvml()
     }
 
     pub fn gpu_info(&self, id: &str) -> Option<&GpuInfo> {
