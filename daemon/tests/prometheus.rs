@@ -1,0 +1,165 @@
+//! A real Prometheus (Debian's package, scripts/install-prereqs.sh installs
+//! it) scrapes a real gpuvisord's `/metrics` with the admin token, and PromQL
+//! finds a registered VM's quota and the simulated NVML's temperature.
+
+mod common;
+
+use common::*;
+use protocol::control::*;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PROMETHEUS: &str = "/usr/bin/prometheus";
+const H100: &str = "GPU-00000000-5157-0000-0000-0000000000b1";
+const QUOTA: u64 = 3 << 30;
+const TEMPERATURE_C: u32 = 61;
+
+/// A child process killed (and reaped) when the test ends, passed or not.
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Built beside this test as a dev-dependency's cdylib.
+fn sim_nvml() -> PathBuf {
+    let path = std::env::current_exe().unwrap().with_file_name("libnvidia_ml.so");
+    assert!(path.is_file(), "{} was not built (cargo build -p gpuvisor-sim-nvml)", path.display());
+    path
+}
+
+fn nvml_config(dir: &Path) -> PathBuf {
+    let path = dir.join("nvml.json");
+    let json = format!(
+        r#"{{"gpus": [{{"name": "NVIDIA H100 80GB HBM3", "uuid": "{H100}", "memory_total_mib": 81559,
+            "memory_used_mib": 2048, "pci_bus_id": "00000000:01:00.0", "utilization_gpu_pct": 40,
+            "power_mw": 250000, "temperature_c": {TEMPERATURE_C}}}]}}"#
+    );
+    std::fs::write(&path, json).unwrap();
+    path
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The samples of an instant query: each series' labels and value.
+fn query(prometheus: &str, promql: &str) -> Vec<(serde_json::Value, f64)> {
+    let Ok(mut resp) = ureq::get(format!("{prometheus}/api/v1/query")).query("query", promql).call() else {
+        return Vec::new();
+    };
+    let Ok(body) = resp.body_mut().read_json::<serde_json::Value>() else {
+        return Vec::new();
+    };
+    body["data"]["result"]
+        .as_array()
+        .map(|r| r.iter().filter_map(|s| Some((s["metric"].clone(), s["value"][1].as_str()?.parse().ok()?))).collect())
+        .unwrap_or_default()
+}
+
+/// Polls `promql` until a sample has `value`, for up to 30 s (Prometheus
+/// scrapes every second); panics with Prometheus' log otherwise.
+fn wait_for_sample(prometheus: &str, promql: &str, value: f64, log: &Path) -> serde_json::Value {
+    let until = Instant::now() + Duration::from_secs(30);
+    let mut last = Vec::new();
+    while Instant::now() < until {
+        last = query(prometheus, promql);
+        if let Some((labels, _)) = last.iter().find(|(_, v)| *v == value) {
+            return labels.clone();
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let log = std::fs::read_to_string(log).unwrap_or_default();
+    let tail: Vec<&str> = log.lines().rev().take(20).collect();
+    panic!(
+        "{promql} never returned {value} within 30 s; last answer {last:?}; prometheus log (newest first):\n{}",
+        tail.join("\n")
+    );
+}
+
+#[test]
+fn prometheus_scrapes_gpuvisord_with_the_token_and_promql_finds_the_vm_and_the_gpu() {
+    assert!(
+        Path::new(PROMETHEUS).is_file(),
+        "{PROMETHEUS} is missing: run scripts/install-prereqs.sh (it installs Debian's prometheus package)"
+    );
+    let dir = scratch("prometheus");
+    let socket = dir.join("gpuvisord.sock");
+    let state = dir.join("state");
+    let mut daemon = Killed(
+        Command::new(env!("CARGO_BIN_EXE_gpuvisord"))
+            .arg("--backend-socket")
+            .arg(&socket)
+            .arg("--state-dir")
+            .arg(&state)
+            .args(["--listen", "127.0.0.1:0", "--nvml-lib"])
+            .arg(sim_nvml())
+            .env("GPUVISOR_SIM_NVML_CONFIG", nvml_config(&dir))
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(daemon.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches(',');
+    let target = url.trim_start_matches("http://");
+
+    let hello = BackendMsg::Hello {
+        version: CONTROL_VERSION,
+        vm: "prom-vm".into(),
+        pid: std::process::id(),
+        engine: "cuda".into(),
+        gpu: H100.into(),
+        quota_bytes: QUOTA,
+        requested: QosRequest { class: Some(QosClass::Guaranteed), ..Default::default() },
+        reconnect: false,
+        gpu_ns_total: 0,
+        memory: Default::default(),
+    };
+    let (_backend, answer) = FakeBackend::hello(&socket, &hello);
+    assert!(matches!(answer, DaemonMsg::Welcome { .. }), "{answer:?}");
+
+    let token_file = state.join("admin.token");
+    let config = dir.join("prometheus.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             scrape_configs:\n  - job_name: gpuvisord\n    authorization:\n      credentials_file: {}\n\
+             \x20   static_configs:\n      - targets: ['{target}']\n",
+            token_file.display()
+        ),
+    )
+    .unwrap();
+    let port = free_port();
+    let log = dir.join("prometheus.log");
+    let _prometheus = Killed(
+        Command::new(PROMETHEUS)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let prometheus = format!("http://127.0.0.1:{port}");
+
+    let labels = wait_for_sample(&prometheus, r#"gpuvisor_vm_memory_quota_bytes{vm="prom-vm"}"#, QUOTA as f64, &log);
+    assert_eq!((labels["gpu"].as_str(), labels["class"].as_str()), (Some(H100), Some("guaranteed")), "{labels}");
+    assert_eq!(labels["job"], "gpuvisord");
+
+    let labels = wait_for_sample(&prometheus, &format!(r#"DCGM_FI_DEV_GPU_TEMP{{UUID="{H100}"}}"#), 61.0, &log);
+    assert_eq!((labels["gpu"].as_str(), labels["device"].as_str()), (Some("0"), Some("nvidia0")), "{labels}");
+    assert_eq!(labels["modelName"], "NVIDIA H100 80GB HBM3");
+    wait_for_sample(&prometheus, &format!(r#"DCGM_FI_DEV_POWER_USAGE{{UUID="{H100}"}}"#), 250.0, &log);
+    // The scrape itself succeeded with the token (a 401 would make up 0).
+    wait_for_sample(&prometheus, r#"up{job="gpuvisord"}"#, 1.0, &log);
+}
