@@ -54,6 +54,8 @@ fn a_reconnect_keeps_the_stored_settings_and_a_fresh_start_overrides_them() {
     let (_b, s) = FakeBackend::register(&d.socket, "vm", weight(3));
     assert_eq!((s.weight, s.slice_us), (3, 2500), "a fresh start overrides only the fields it asks for");
     assert_eq!(d.admin.vm("vm").unwrap().weight, 3);
+    let v = d.admin.vm("vm").unwrap();
+    assert_eq!((v.registrations, v.reconnects), (3, 1), "two fresh starts and one reconnect are counted");
 }
 
 #[test]
