@@ -15,13 +15,6 @@ use std::time::Duration;
 const H100: &str = "GPU-00000000-5157-0000-0000-0000000000a1";
 const A100: &str = "GPU-00000000-5157-0000-0000-0000000000a2";
 
-/// Built beside this test as a dev-dependency's cdylib.
-fn sim_nvml() -> PathBuf {
-    let path = std::env::current_exe().unwrap().with_file_name("libnvidia_ml.so");
-    assert!(path.is_file(), "{} was not built (cargo build -p gpuvisor-sim-nvml)", path.display());
-    path
-}
-
 fn nvml_config(dir: &Path) -> PathBuf {
     let path = dir.join("nvml.json");
     let json = format!(

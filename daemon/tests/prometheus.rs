@@ -26,13 +26,6 @@ impl Drop for Killed {
     }
 }
 
-/// Built beside this test as a dev-dependency's cdylib.
-fn sim_nvml() -> PathBuf {
-    let path = std::env::current_exe().unwrap().with_file_name("libnvidia_ml.so");
-    assert!(path.is_file(), "{} was not built (cargo build -p gpuvisor-sim-nvml)", path.display());
-    path
-}
-
 fn nvml_config(dir: &Path) -> PathBuf {
     let path = dir.join("nvml.json");
     let json = format!(

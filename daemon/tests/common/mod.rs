@@ -12,6 +12,14 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+/// The simulated NVML library, built beside the tests as a dev-dependency's
+/// cdylib.
+pub fn sim_nvml() -> PathBuf {
+    let path = std::env::current_exe().unwrap().with_file_name("libnvidia_ml.so");
+    assert!(path.is_file(), "{} was not built (cargo build -p gpuvisor-sim-nvml)", path.display());
+    path
+}
+
 /// A fresh scratch directory for one test.
 pub fn scratch(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("gvd-{}-{tag}", std::process::id()));
