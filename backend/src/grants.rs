@@ -201,7 +201,8 @@ struct LinkState {
     mem_asked: Option<u64>,
     mem_denied: Option<String>,
     /// The daemon asked us to swap out down to this many resident bytes.
-    evict_to: Option<u64>,
+    /// (resident_max, max_move_bytes) of an `Evict` not yet carried out.
+    evict_to: Option<(u64, u64)>,
 }
 
 impl LinkState {
@@ -480,11 +481,12 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
                 shared.cond.notify_all();
             }
         }
-        DaemonMsg::Evict { resident_max } => {
+        DaemonMsg::Evict { resident_max, max_move_bytes } => {
             let resident = shared.counters.resident_bytes.load(Ordering::Acquire);
             let keep = st.mem_reserved.max(resident);
-            if keep <= resident_max {
-                // Nothing has to move: answer at once, without the queue
+            if keep <= resident_max || max_move_bytes == 0 {
+                // Nothing has to move, or nothing may (the daemon thought
+                // the memory unused): answer at once, without the queue
                 // thread, which may be busy or have no VM to serve.
                 st.mem_limit = Some(keep);
                 st.last_limit = keep;
@@ -493,7 +495,7 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
                 shared.send(&mut st, &BackendMsg::Evicted { state, moved_bytes: 0, ns: 0 });
             } else {
                 debug!(resident_max, resident, "swap-out asked");
-                st.evict_to = Some(resident_max);
+                st.evict_to = Some((resident_max, max_move_bytes));
                 shared.cond.notify_all();
                 if let Some(w) = shared.waker.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
                     let _ = w.write(1);
@@ -804,9 +806,12 @@ impl Gate {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let Some(target) = shared.lock().evict_to.take() else {
+        let Some((resident_max, max_move)) = shared.lock().evict_to.take() else {
             return;
         };
+        // No more than the daemon set host RAM aside for (the engine moves
+        // whole allocations, so it may still pass that by one).
+        let target = resident_max.max(engine.residency().resident.saturating_sub(max_move));
         let start = Instant::now();
         let moved = match engine.swap_out(target) {
             Ok(m) => m,
@@ -885,6 +890,8 @@ impl Gate {
                 r.resident.saturating_add(r.evicted.min(self.restore_step))
             };
             self.ensure_memory(engine, step)?;
+            // Waiting, it may have swapped out more at the daemon's request.
+            let r = engine.residency();
             // The limit now covers `step` at least; take all it allows.
             let budget = self.limit().map_or(u64::MAX, |l| l.saturating_sub(r.resident));
             let start = Instant::now();

@@ -117,7 +117,7 @@ fn an_idle_vm_swaps_out_when_asked_and_its_data_comes_back_before_its_next_work(
         (swapped, e.residency(), ok)
     });
     assert_eq!(rx.recv_timeout(Duration::from_secs(5)).unwrap(), "idle");
-    peer.send(&DaemonMsg::Evict { resident_max: 3 * MIB });
+    peer.send(&DaemonMsg::Evict { resident_max: 3 * MIB, max_move_bytes: u64::MAX });
     match peer.next() {
         BackendMsg::Evicted { state, moved_bytes, .. } => {
             // Largest first, until at most 3 MiB stay: three of the four 2 MiB buffers go.
@@ -155,7 +155,7 @@ fn an_eviction_with_nothing_to_move_is_answered_by_the_link_alone() {
     let (mut e, ..) = sim();
     alloc_filled(&mut gate, &mut e, 1, MIB);
     // No queue thread serves this VM now; the link answers from its books.
-    peer.send(&DaemonMsg::Evict { resident_max: 16 * MIB });
+    peer.send(&DaemonMsg::Evict { resident_max: 16 * MIB, max_move_bytes: u64::MAX });
     match peer.next() {
         BackendMsg::Evicted { state, moved_bytes: 0, .. } => {
             assert_eq!((state.resident_bytes, state.limit_bytes), (MIB, MIB));
@@ -195,7 +195,7 @@ fn memory_the_limit_does_not_cover_comes_back_step_by_step() {
         still_filled(&mut e, &bufs, 2 * MIB)
     });
     idle_rx.recv_timeout(Duration::from_secs(5)).unwrap();
-    peer.send(&DaemonMsg::Evict { resident_max: 0 });
+    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
     let m = peer.next();
     assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
     // Its limit is 0 now: the 6 MiB come back 2 MiB per step, each asked for.
@@ -213,4 +213,36 @@ fn memory_the_limit_does_not_cover_comes_back_step_by_step() {
     assert_eq!(peer.next(), BackendMsg::Demand);
     peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
     assert!(worker.join().unwrap(), "data came back changed");
+}
+
+#[test]
+fn an_eviction_moves_no_more_than_the_daemon_set_host_ram_aside_for() {
+    let (link, mut peer, _) = start("cap", 64 * MIB);
+    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
+    link.set_waker(waker.try_clone().unwrap());
+    let mut gate = link.gate();
+    let (mut e, ..) = sim();
+    alloc_filled(&mut gate, &mut e, 3, 2 * MIB);
+    // The daemon's books say this memory is unused: nothing may move, and
+    // the link answers with what the VM really holds.
+    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: 0 });
+    match peer.next() {
+        BackendMsg::Evicted { state, moved_bytes: 0, .. } => assert_eq!(state.resident_bytes, 6 * MIB),
+        m => panic!("expected Evicted with nothing moved, got {m:?}"),
+    }
+    // Room for 2 MiB in host RAM: one buffer goes, not all three.
+    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: 2 * MIB });
+    let t = std::time::Instant::now();
+    while waker.read().is_err() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the link never woke the queue thread");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    gate.service_memory(&mut e);
+    match peer.next() {
+        BackendMsg::Evicted { state, moved_bytes, .. } => {
+            assert_eq!(moved_bytes, 2 * MIB);
+            assert_eq!((state.resident_bytes, state.evicted_bytes, state.limit_bytes), (4 * MIB, 2 * MIB, 4 * MIB));
+        }
+        m => panic!("expected Evicted, got {m:?}"),
+    }
 }

@@ -609,7 +609,9 @@ fn pump(core: &mut Core, now: u64) {
                     let m = broker.vm(vm).cloned().unwrap_or_default();
                     tracing::info!(vm = %s.name, resident_max, moves_bytes, limit_bytes = m.limit_bytes,
                         resident_bytes = m.resident_bytes, "eviction asked");
-                    let _ = s.tx.send(DaemonMsg::Evict { resident_max });
+                    // Capped at what the plan set host RAM aside for: the
+                    // books may be a Stats report behind the backend.
+                    let _ = s.tx.send(DaemonMsg::Evict { resident_max, max_move_bytes: moves_bytes });
                 }
             }
             MemAction::Deschedule { vm } | MemAction::Reschedule { vm } => {
@@ -825,7 +827,7 @@ mod tests {
         assert!(m1.is_err() && m2.is_err(), "nothing before a lets go: {m1:?} {m2:?}");
         d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
         // ...then evicted, and not granted again although it has work.
-        assert_eq!(next(&mut rx1), DaemonMsg::Evict { resident_max: 400 });
+        assert_eq!(next(&mut rx1), DaemonMsg::Evict { resident_max: 400, max_move_bytes: 600 });
         std::thread::sleep(Duration::from_millis(50));
         assert!(rx1.try_recv().is_err(), "a was granted before its eviction");
         let state = MemoryState { resident_bytes: 400, evicted_bytes: 600, limit_bytes: 400 };

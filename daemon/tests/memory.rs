@@ -118,7 +118,7 @@ fn a_need_that_does_not_fit_evicts_the_idle_vm_and_is_granted_once_it_answers() 
     // idle keeps its memory for min_residency after registering, then gives
     // what the asker lacks (partial eviction); the GPU's holder gives nothing.
     let msg = memory_msg(&mut idle, Duration::from_secs(3)).unwrap();
-    assert_eq!(msg, DaemonMsg::Evict { resident_max: 256 * MIB });
+    assert_eq!(msg, DaemonMsg::Evict { resident_max: 256 * MIB, max_move_bytes: 512 * MIB });
     assert!(t0.elapsed() >= Duration::from_millis(150), "evicted after {:?}", t0.elapsed());
     assert_eq!(memory_msg(&mut asker, Duration::from_millis(100)), Err(NoMsg::Timeout), "granted before the eviction");
     idle.send(&BackendMsg::Evicted {

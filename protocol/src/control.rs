@@ -239,10 +239,20 @@ pub enum DaemonMsg {
     /// guest's allocation fails with CUDA_ERROR_OUT_OF_MEMORY.
     MemDenied { bytes: u64, reason: String },
     /// Swap device memory out to host RAM until at most `resident_max`
-    /// bytes stay on the GPU, then answer `Evicted`; `resident_max` is the
-    /// VM's new limit. The VM is descheduled; its data comes back before its
+    /// bytes stay on the GPU, but move no more than `max_move_bytes` (the
+    /// host RAM the daemon set aside for it: its view of what the VM holds
+    /// may be a Stats report old), then answer `Evicted` with what it holds,
+    /// its new limit. The VM is descheduled; its data comes back before its
     /// next GPU work.
-    Evict { resident_max: u64 },
+    Evict {
+        resident_max: u64,
+        #[serde(default = "unbounded")]
+        max_move_bytes: u64,
+    },
+}
+
+fn unbounded() -> u64 {
+    u64::MAX
 }
 
 /// Errors reading a control message.
