@@ -152,6 +152,9 @@ impl Book {
 struct Need {
     vm: VmId,
     bytes: u64,
+    /// The other VMs were asked what they really hold (a Stats report may be
+    /// a second old) before this need was found to exceed host RAM.
+    probed: bool,
 }
 
 /// The memory broker of one GPU.
@@ -267,7 +270,7 @@ impl Broker {
         }
         match self.needs.iter_mut().find(|n| n.vm == vm) {
             Some(n) => n.bytes = bytes,
-            None => self.needs.push_back(Need { vm, bytes }),
+            None => self.needs.push_back(Need { vm, bytes, probed: false }),
         }
     }
 
@@ -280,7 +283,9 @@ impl Broker {
         b.mem.resident_bytes = state.resident_bytes;
         b.mem.evicted_bytes = state.evicted_bytes;
         b.mem.limit_bytes = b.mem.limit_bytes.min(state.resident_bytes);
-        b.mem.evictions += 1;
+        if moved_bytes > 0 {
+            b.mem.evictions += 1;
+        }
         b.mem.evict_ns_total = b.mem.evict_ns_total.saturating_add(ns);
         b.mem.evicted_moved_bytes = b.mem.evicted_moved_bytes.saturating_add(moved_bytes);
         if asked.is_some_and(|t| state.resident_bytes > t) {
@@ -450,6 +455,28 @@ impl Broker {
             let short = extra - from_avail - from_flight;
             if short > 0 {
                 let must_move = self.must_move(need.vm, need.bytes, cap);
+                if must_move > swap_room && !need.probed {
+                    // The books may be a Stats report behind (memory freed,
+                    // or a guest gone): before saying no, ask every other VM
+                    // what it holds. Nothing moves (max_move 0); unused
+                    // allowance comes back with the answers.
+                    for (&w, b) in self.vms.iter_mut() {
+                        if w != need.vm && b.evict_to.is_none() && b.mem.limit_bytes > 0 {
+                            b.evict_to = Some(b.mem.limit_bytes);
+                            b.evict_moves = 0;
+                            out.push(MemAction::Evict { vm: w, resident_max: b.mem.limit_bytes, moves_bytes: 0 });
+                        }
+                    }
+                    self.needs.push_back(Need { probed: true, ..need });
+                    ahead.push(need.vm);
+                    continue;
+                }
+                if must_move > swap_room && self.vms.iter().any(|(&w, b)| w != need.vm && b.evict_to.is_some()) {
+                    // Answers still to come.
+                    self.needs.push_back(need);
+                    ahead.push(need.vm);
+                    continue;
+                }
                 if must_move > swap_room {
                     let used = swap_others.saturating_add(self.swap_used());
                     out.push(MemAction::Denied {
@@ -890,6 +917,10 @@ mod tests {
         add(&mut b, 2, 8 * G, 0);
         // 1 GiB of the host RAM is another GPU's: 3 are left, 6 would move.
         b.mem_need(2, 6 * G);
+        // First 1 is asked what it really holds; nothing may move.
+        let out = b.pump(MS, &Sched::default().f(), G);
+        assert_eq!(out, vec![MemAction::Evict { vm: 1, resident_max: 8 * G, moves_bytes: 0 }]);
+        b.evicted(1, state(8 * G, 0), 0, 0, MS);
         let out = b.pump(MS, &Sched::default().f(), G);
         assert_eq!(out.len(), 1, "{out:?}");
         let MemAction::Denied { vm: 2, bytes, reason } = &out[0] else { panic!("{out:?}") };
@@ -902,6 +933,24 @@ mod tests {
         // What host RAM can take is granted.
         b.mem_need(2, 3 * G);
         assert_eq!(evicts(&b.pump(MS, &Sched::default().f(), G)), vec![(1, 5 * G)]);
+    }
+
+    #[test]
+    fn books_a_report_behind_are_checked_before_a_need_is_denied() {
+        let mut b = Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
+            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 0 },
+        );
+        add(&mut b, 1, 8 * G, 8 * G);
+        add(&mut b, 2, 8 * G, 0);
+        // 1's guest has freed its memory since its last report.
+        b.mem_need(2, 6 * G);
+        let out = b.pump(MS, &Sched::default().f(), 0);
+        assert_eq!(out, vec![MemAction::Evict { vm: 1, resident_max: 8 * G, moves_bytes: 0 }]);
+        b.evicted(1, state(0, 0), 0, 0, 2 * MS);
+        assert_eq!(b.pump(2 * MS, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 2, bytes: 6 * G }]);
+        assert_eq!(b.vm(1).unwrap().evictions, 0, "a question is not an eviction");
     }
 
     #[test]

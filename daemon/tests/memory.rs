@@ -197,12 +197,17 @@ fn a_need_beyond_the_host_ram_for_evictions_is_denied_and_nobody_is_evicted() {
         std::thread::sleep(Duration::from_millis(10));
     }
     asker.send(&BackendMsg::MemNeed { bytes: 512 * MIB });
+    // Before saying no, the daemon asks `full` what it holds; nothing may move.
+    let question = memory_msg(&mut full, Duration::from_secs(2)).unwrap();
+    assert_eq!(question, DaemonMsg::Evict { resident_max: 1024 * MIB, max_move_bytes: 0 });
+    let state = MemoryState { resident_bytes: 1024 * MIB, evicted_bytes: 0, limit_bytes: 1024 * MIB };
+    full.send(&BackendMsg::Evicted { state, moved_bytes: 0, ns: 0 });
     let Ok(DaemonMsg::MemDenied { bytes, reason }) = memory_msg(&mut asker, Duration::from_secs(2)) else {
         panic!("not denied")
     };
     assert_eq!(bytes, 512 * MIB);
     assert!(reason.starts_with("host RAM for evicted GPU memory is used up"), "{reason}");
-    assert_eq!(memory_msg(&mut full, Duration::from_millis(200)), Err(NoMsg::Timeout));
+    assert_eq!(memory_msg(&mut full, Duration::from_millis(200)), Err(NoMsg::Timeout), "nothing else asked of it");
 }
 
 #[test]
