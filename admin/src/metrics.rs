@@ -278,8 +278,35 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
         "Bytes of the VM's device memory copied to host RAM (direction=\"to_host\") and back onto the GPU \
          (direction=\"to_gpu\") since it registered, as its backend reported them.",
     );
+    let mut copies = Family::new(
+        "gpuvisor_vm_copies_total",
+        Counter,
+        "Copies the guest asked for since its backend started, by direction (htod: host to device, dtoh: \
+         device to host, dtod: device to device).",
+    );
+    let mut copy_bytes = Family::new(
+        "gpuvisor_vm_copy_bytes_total",
+        Counter,
+        "Bytes those copies moved since the VM's backend started, by direction (htod, dtoh, dtod).",
+    );
+    let mut api_errors = Family::new(
+        "gpuvisor_vm_api_errors_total",
+        Counter,
+        "Errors the guest got for its CUDA calls since its backend started, by CUDA result name (code).",
+    );
     for v in vms {
         let labels = vm_labels(v);
+        for (dir, n, bytes) in [
+            ("htod", v.copies_htod, v.bytes_htod),
+            ("dtoh", v.copies_dtoh, v.bytes_dtoh),
+            ("dtod", v.copies_dtod, v.bytes_dtod),
+        ] {
+            copies.sample(with(labels.clone(), "direction", dir), n);
+            copy_bytes.sample(with(labels.clone(), "direction", dir), bytes);
+        }
+        for (code, n) in &v.api_errors {
+            api_errors.sample(with(labels.clone(), "code", code), *n);
+        }
         latency.sample(with(labels.clone(), "quantile", "0.5"), v.latency_p50_us / 1e6);
         latency.sample(with(labels.clone(), "quantile", "0.99"), v.latency_p99_us / 1e6);
         registrations.sample(with(labels.clone(), "kind", "start"), v.registrations.saturating_sub(v.reconnects));
@@ -371,6 +398,24 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
             Counter,
             "GPU operations (launches, copies, memsets) the backend submitted since it started.",
             |v| v.ops_total,
+        ),
+        per_vm(
+            vms,
+            "gpuvisor_vm_launches_total",
+            Counter,
+            "Kernel launches the guest submitted since its backend started.",
+            |v| v.launches,
+        ),
+        copies,
+        copy_bytes,
+        api_errors,
+        per_vm(
+            vms,
+            "gpuvisor_vm_faults_total",
+            Counter,
+            "Kernel faults the guest got since its backend started (illegal address or instruction, a trap, \
+             a failed or timed-out launch); each loses the faulting context.",
+            |v| v.faults,
         ),
         latency,
         registrations,

@@ -153,6 +153,20 @@ pub struct VmView {
     /// Of those, registrations of a backend that was already running (after a
     /// gpuvisord restart or a lost connection).
     pub reconnects: u64,
+    /// Kernel launches, copies and the bytes they moved (host to device,
+    /// device to host, device to device) since the backend started.
+    pub launches: u64,
+    pub copies_htod: u64,
+    pub copies_dtoh: u64,
+    pub copies_dtod: u64,
+    pub bytes_htod: u64,
+    pub bytes_dtoh: u64,
+    pub bytes_dtod: u64,
+    /// Errors the guest got since the backend started, by CUDA result name.
+    pub api_errors: std::collections::BTreeMap<String, u64>,
+    /// Of those, kernel faults (illegal address, illegal instruction, a
+    /// trap, a failed or timed-out launch): each loses a context.
+    pub faults: u64,
 }
 
 /// A change to a VM's settings. Absent fields stay as they are;

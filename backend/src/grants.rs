@@ -96,11 +96,70 @@ pub struct Counters {
     pub restores: AtomicU64,
     pub evict_ns_total: AtomicU64,
     pub restore_ns_total: AtomicU64,
+    /// The guest's calls, counted on the queue thread (see `CallCounts`).
+    pub launches: AtomicU64,
+    pub copies: [AtomicU64; 3],
+    pub copy_bytes: [AtomicU64; 3],
+    pub faults: AtomicU64,
+    errors: Mutex<std::collections::BTreeMap<u32, u64>>,
     latencies: Mutex<Vec<u64>>,
     latency_log: Mutex<Option<std::fs::File>>,
 }
 
+/// Directions of a copy, indexing `Counters::copies` and `copy_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub enum CopyDir {
+    HtoD = 0,
+    DtoH = 1,
+    DtoD = 2,
+}
+
 impl Counters {
+    /// A copy of `bytes` the guest asked for went to the GPU.
+    pub fn record_copy(&self, dir: CopyDir, bytes: u64) {
+        self.copies[dir as usize].fetch_add(1, Ordering::Relaxed);
+        self.copy_bytes[dir as usize].fetch_add(bytes, Ordering::Relaxed);
+    }
+
+    /// The guest got error `code` for a call.
+    pub fn record_error(&self, code: protocol::cuda::CuResult) {
+        if let Ok(mut m) = self.errors.lock() {
+            *m.entry(code).or_default() += 1;
+        }
+        if protocol::cuda::is_fault(code) {
+            self.faults.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The counts so far.
+    pub fn calls(&self) -> protocol::control::CallCounts {
+        let load = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let errors = self
+            .errors
+            .lock()
+            .map(|m| {
+                m.iter()
+                    .map(|(&c, &n)| {
+                        let name =
+                            protocol::cuda::error_name(c).map_or_else(|| format!("CUDA_ERROR_{c}"), str::to_string);
+                        (name, n)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        protocol::control::CallCounts {
+            launches: load(&self.launches),
+            copies_htod: load(&self.copies[0]),
+            copies_dtoh: load(&self.copies[1]),
+            copies_dtod: load(&self.copies[2]),
+            bytes_htod: load(&self.copy_bytes[0]),
+            bytes_dtoh: load(&self.copy_bytes[1]),
+            bytes_dtod: load(&self.copy_bytes[2]),
+            errors,
+            faults: load(&self.faults),
+        }
+    }
+
     /// One request (a batch the guest waits for) took `ns` from its arrival
     /// at the backend to its completion.
     pub fn record_latency(&self, ns: u64) {
@@ -158,6 +217,7 @@ impl Counters {
             restores: self.restores.load(Ordering::Relaxed),
             evict_ns_total: self.evict_ns_total.load(Ordering::Relaxed),
             restore_ns_total: self.restore_ns_total.load(Ordering::Relaxed),
+            calls: self.calls(),
         }
     }
 }

@@ -8,7 +8,7 @@ use crate::engine::{
     CuError, DeviceInfo, Engine, EngineCtx, EngineEvent, EngineFunc, EngineModule, EngineStream, Launch,
 };
 use crate::error::{Error, Result};
-use crate::grants::{Counters, Gate};
+use crate::grants::{CopyDir, Counters, Gate};
 use crate::guest_mem::{GuestMemory, HostDst, HostSrc};
 use crate::handles::{Allocation, AllocationTable, HandleTable};
 use crate::resources::ResourceTable;
@@ -292,12 +292,14 @@ impl Vm {
             Err(e) => {
                 warn!(vm = %self.name, ctx_id, "rejected batch: {e}");
                 reply.status = CUDA_ERROR_INVALID_VALUE;
+                self.gate.counters().record_error(reply.status);
                 client.last_seq + 1
             }
             Ok(batch) if batch.seq() != client.last_seq + 1 => {
                 let e = Error::OutOfOrder { got: batch.seq(), expected: client.last_seq + 1 };
                 warn!(vm = %self.name, ctx_id, "rejected batch: {e}");
                 reply.status = e.cu_result();
+                self.gate.counters().record_error(reply.status);
                 client.last_seq + 1
             }
             Ok(batch) => {
@@ -306,6 +308,7 @@ impl Vm {
                         Err(e) => {
                             warn!(vm = %self.name, ctx_id, seq = batch.seq(), "rejected command: {e}");
                             reply = Reply { status: CUDA_ERROR_INVALID_VALUE, payload: Vec::new() };
+                            self.gate.counters().record_error(reply.status);
                             break;
                         }
                         Ok(d) => {
@@ -319,6 +322,10 @@ impl Vm {
                                 Err(e) => {
                                     let code = e.cu_result();
                                     debug!(vm = %self.name, ctx_id, ?op, code, "request failed: {e}");
+                                    // "Not ready" answers a query; it is no error.
+                                    if code != CUDA_ERROR_NOT_READY {
+                                        self.gate.counters().record_error(code);
+                                    }
                                     if is_sync(op, d.flags) {
                                         reply = Reply { status: code, payload: Vec::new() };
                                     } else if client.deferred.is_none() {
@@ -491,6 +498,7 @@ impl Vm {
                     )?),
                 };
                 self.gpu_op(ectx, stream, |e| e.memcpy_htod(m.dst.get(), src, stream, async_flag))?;
+                self.gate.counters().record_copy(CopyDir::HtoD, len);
                 Ok(None)
             }
             C::MemcpyDtoH(m) => {
@@ -509,6 +517,7 @@ impl Vm {
                         self.gpu_op(ectx, stream, |e| {
                             e.memcpy_dtoh(HostDst::Bytes(&mut buf), m.src.get(), stream, false)
                         })?;
+                        self.gate.counters().record_copy(CopyDir::DtoH, len);
                         Ok(Some(Reply::ok(buf)))
                     }
                     _ => {
@@ -516,6 +525,7 @@ impl Vm {
                         self.gpu_op(ectx, stream, |e| {
                             e.memcpy_dtoh(HostDst::Guest(span), m.src.get(), stream, async_flag)
                         })?;
+                        self.gate.counters().record_copy(CopyDir::DtoH, len);
                         Ok(if async_flag { None } else { Some(Reply::ok(Vec::new())) })
                     }
                 }
@@ -526,6 +536,7 @@ impl Vm {
                 client.allocations.check(m.src.get(), len)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 self.gpu_op(ectx, stream, |e| e.memcpy_dtod(m.dst.get(), m.src.get(), len, stream, async_flag))?;
+                self.gate.counters().record_copy(CopyDir::DtoD, len);
                 Ok(None)
             }
             C::Memset(m) => {
@@ -610,6 +621,7 @@ impl Vm {
                     params,
                 };
                 self.gpu_op(ectx, stream, |e| e.launch(func, &launch))?;
+                self.gate.counters().launches.fetch_add(1, Ordering::Relaxed);
                 Ok(None)
             }
             C::StreamCreate(s) => {

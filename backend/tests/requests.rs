@@ -425,6 +425,16 @@ fn the_guest_tests_ptx_runs_on_the_sim_engine() {
         (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
     ]);
     assert_eq!(a.deferred, CUDA_ERROR_ILLEGAL_ADDRESS);
+
+    // What the backend reports to gpuvisord's telemetry: this workload's calls.
+    let calls = g.vm.counters().calls();
+    assert_eq!(calls.launches, 1, "the faulting launch never ran: {calls:?}");
+    assert_eq!((calls.copies_htod, calls.bytes_htod), (2, 2 * n * 4), "{calls:?}");
+    assert_eq!((calls.copies_dtoh, calls.bytes_dtoh), (1, n * 4), "{calls:?}");
+    assert_eq!((calls.copies_dtod, calls.bytes_dtod), (0, 0), "{calls:?}");
+    let errors: Vec<(&str, u64)> = calls.errors.iter().map(|(k, v)| (k.as_str(), *v)).collect();
+    assert_eq!(errors, vec![("CUDA_ERROR_ILLEGAL_ADDRESS", 1), ("CUDA_ERROR_NOT_FOUND", 1)]);
+    assert_eq!(calls.faults, 1);
 }
 
 /// Every request that names an object, given an id the client never created,

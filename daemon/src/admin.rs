@@ -103,6 +103,15 @@ fn vm_view(reg: &Registry, v: &VmEntry, snap: Option<&GpuSnapshot>) -> VmView {
         last_restore_ms: sched.memory.last_restore_ns.map(|ns| ns as f64 / 1e6),
         swapped_out_bytes: sched.memory.evicted_moved_bytes,
         swapped_in_bytes: sched.memory.restored_moved_bytes,
+        launches: stats.calls.launches,
+        copies_htod: stats.calls.copies_htod,
+        copies_dtoh: stats.calls.copies_dtoh,
+        copies_dtod: stats.calls.copies_dtod,
+        bytes_htod: stats.calls.bytes_htod,
+        bytes_dtoh: stats.calls.bytes_dtoh,
+        bytes_dtod: stats.calls.bytes_dtod,
+        api_errors: stats.calls.errors.clone(),
+        faults: stats.calls.faults,
         // The backend's figure (since it started, daemon round trips
         // included) where it has reported more than the scheduler measured:
         // the larger of two growing figures keeps the counter growing.

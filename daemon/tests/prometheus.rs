@@ -116,8 +116,12 @@ fn prometheus_scrapes_gpuvisord_with_the_token_and_promql_finds_the_vm_and_the_g
         gpu_ns_total: 0,
         memory: Default::default(),
     };
-    let (_backend, answer) = FakeBackend::hello(&socket, &hello);
+    let (mut backend, answer) = FakeBackend::hello(&socket, &hello);
     assert!(matches!(answer, DaemonMsg::Welcome { .. }), "{answer:?}");
+    // The backend's count of the guest's calls, as it reports them.
+    let mut calls = CallCounts { launches: 7, copies_dtoh: 3, bytes_dtoh: 3 << 20, faults: 2, ..Default::default() };
+    calls.errors.insert("CUDA_ERROR_ILLEGAL_ADDRESS".into(), 2);
+    backend.send(&BackendMsg::Stats(BackendStats { calls, ..Default::default() }));
 
     let token_file = state.join("admin.token");
     let config = dir.join("prometheus.yml");
@@ -153,6 +157,15 @@ fn prometheus_scrapes_gpuvisord_with_the_token_and_promql_finds_the_vm_and_the_g
     assert_eq!((labels["gpu"].as_str(), labels["device"].as_str()), (Some("0"), Some("nvidia0")), "{labels}");
     assert_eq!(labels["modelName"], "NVIDIA H100 80GB HBM3");
     wait_for_sample(&prometheus, &format!(r#"DCGM_FI_DEV_POWER_USAGE{{UUID="{H100}"}}"#), 250.0, &log);
+    wait_for_sample(&prometheus, r#"gpuvisor_vm_launches_total{vm="prom-vm"}"#, 7.0, &log);
+    wait_for_sample(&prometheus, r#"gpuvisor_vm_copy_bytes_total{vm="prom-vm",direction="dtoh"}"#, 3145728.0, &log);
+    wait_for_sample(
+        &prometheus,
+        r#"gpuvisor_vm_api_errors_total{vm="prom-vm",code="CUDA_ERROR_ILLEGAL_ADDRESS"}"#,
+        2.0,
+        &log,
+    );
+    wait_for_sample(&prometheus, r#"gpuvisor_vm_faults_total{vm="prom-vm"}"#, 2.0, &log);
     // The scrape itself succeeded with the token (a 401 would make up 0).
     wait_for_sample(&prometheus, r#"up{job="gpuvisord"}"#, 1.0, &log);
 }

@@ -200,6 +200,31 @@ pub struct BackendStats {
     pub evict_ns_total: u64,
     #[serde(default)]
     pub restore_ns_total: u64,
+    /// What the guest asked of the GPU since the backend started.
+    #[serde(default)]
+    pub calls: CallCounts,
+}
+
+/// A backend's count of the guest's GPU calls, by kind, and of the errors
+/// it answered them with.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallCounts {
+    pub launches: u64,
+    /// Copies and the bytes they moved, host to device, device to host,
+    /// device to device.
+    pub copies_htod: u64,
+    pub copies_dtoh: u64,
+    pub copies_dtod: u64,
+    pub bytes_htod: u64,
+    pub bytes_dtoh: u64,
+    pub bytes_dtod: u64,
+    /// Errors the guest got, by CUDA result name (a few dozen names at most).
+    pub errors: std::collections::BTreeMap<String, u64>,
+    /// Those of the errors that mean a kernel faulted (illegal address,
+    /// illegal instruction, misaligned address, a trap or assert, a launch
+    /// that failed or timed out): the context is lost.
+    pub faults: u64,
 }
 
 /// Daemon to backend.

@@ -99,6 +99,14 @@ const TABLE: &[(CuResult, &str, &str)] = &[
 ];
 
 /// `cuGetErrorName`'s answer, or `None` for a code it does not know.
+/// Whether `code` says a kernel faulted (the context that ran it is lost):
+/// illegal address, launch timeout, hardware stack error, illegal
+/// instruction, misaligned address, invalid address space, invalid PC,
+/// launch failure, or a device-side assert.
+pub fn is_fault(code: CuResult) -> bool {
+    matches!(code, 700 | 702 | 710 | 714..=719)
+}
+
 pub fn error_name(code: CuResult) -> Option<&'static str> {
     TABLE.iter().find(|e| e.0 == code).map(|e| e.1)
 }
