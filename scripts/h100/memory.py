@@ -16,21 +16,33 @@ def gvmem(path):
 
 
 def swaps(res, what):
-    """(bytes, seconds, count) over the backends' logged swaps of at least 1 GiB."""
+    """Swaps of at least 1 GiB the backends logged: (bytes, seconds) each,
+    in log order per backend, as {backend log: [(bytes, seconds), ...]}."""
     pat = re.compile(r"moved=(\d+) ms=([\d.]+)")
     ansi = re.compile(r"\x1b\[[0-9;]*m")
-    moved = secs = n = 0
-    for log in glob.glob(os.path.join(res, "backend-*.log")):
+    out = {}
+    for log in sorted(glob.glob(os.path.join(res, "backend-*.log"))):
         for line in open(log, errors="replace"):
             line = ansi.sub("", line)
             if what not in line:
                 continue
             m = pat.search(line)
             if m and int(m.group(1)) >= GIB:
-                moved += int(m.group(1))
-                secs += float(m.group(2)) / 1e3
-                n += 1
-    return moved, secs, n
+                out.setdefault(os.path.basename(log), []).append((int(m.group(1)), float(m.group(2)) / 1e3))
+    return out
+
+
+def rates(per_log):
+    """Overall GB/s, the first swap of each backend (fresh host pages) and the later ones."""
+    def gbps(items):
+        b = sum(x[0] for x in items)
+        t = sum(x[1] for x in items)
+        return (b / 1e9 / t) if t else None
+    every = [x for v in per_log.values() for x in v]
+    first = [v[0] for v in per_log.values() if v]
+    later = [x for v in per_log.values() for x in v[1:]]
+    return {"all": gbps(every), "first": gbps(first), "later": gbps(later),
+            "count": len(every), "bytes": sum(x[0] for x in every)}
 
 
 def main():
@@ -41,6 +53,7 @@ def main():
     ap.add_argument("--limit-mib", type=int, required=True)
     ap.add_argument("--secs", type=float, required=True)
     ap.add_argument("--slice-ms", type=float, required=True)
+    ap.add_argument("--swap-threads", type=int, default=None)
     a = ap.parse_args()
     R = a.res
     pinned = {}
@@ -65,10 +78,9 @@ def main():
     over_k = sum(r["kernels"] for r in over.values() if r and r.get("ok"))
     aggregate = over_k / window if window else None
 
-    ev_b, ev_s, ev_n = swaps(R, "swapped out to host RAM")
-    re_b, re_s, re_n = swaps(R, "restored from host RAM")
-    ev_gbps = ev_b / 1e9 / ev_s if ev_s else None
-    re_gbps = re_b / 1e9 / re_s if re_s else None
+    ev = rates(swaps(R, "swapped out to host RAM"))
+    rs = rates(swaps(R, "restored from host RAM"))
+    ev_gbps, re_gbps = ev["all"], rs["all"]
     d2h, h2d = pinned.get("dtoh_pinned_gbps"), pinned.get("htod_pinned_gbps")
 
     wrote = gvmem(f"{R}/scrub-x.out") or {}
@@ -101,6 +113,7 @@ def main():
             "quota_gib_each": a.quota_mib / 1024,
             "gpu_memory_gib_for_the_broker": a.limit_mib / 1024,
             "slice_ms": a.slice_ms,
+            "backend_swap_threads": a.swap_threads,
             "overcommitted_run_s": a.secs,
             "workload": "gv_mem hold: fill all free memory in chunks with a seeded pattern, burn kernels, "
             "check every byte at the end",
@@ -116,8 +129,10 @@ def main():
             "met": bool(ev_gbps and d2h and ev_gbps / d2h >= 0.7),
             "gbps": r3(ev_gbps),
             "native_pinned_dtoh_gbps": d2h,
-            "swaps": ev_n,
-            "bytes": ev_b,
+            "swaps": ev["count"],
+            "bytes": ev["bytes"],
+            "gbps_first_swap_of_each_backend": r3(ev["first"]),
+            "gbps_later_swaps": r3(ev["later"]),
         },
         "restore_bandwidth": {
             "value": r3(re_gbps / h2d) if re_gbps and h2d else None,
@@ -125,8 +140,8 @@ def main():
             "met": bool(re_gbps and h2d and re_gbps / h2d >= 0.7),
             "gbps": r3(re_gbps),
             "native_pinned_htod_gbps": h2d,
-            "swaps": re_n,
-            "bytes": re_b,
+            "swaps": rs["count"],
+            "bytes": rs["bytes"],
         },
         "overcommit_throughput": {
             "value": r3(aggregate / baseline) if aggregate and baseline else None,

@@ -13,7 +13,8 @@
 #   scripts/h100/memory.sh [OUTDIR]     (default $OUT, else ./h100-out)
 # Knobs (env): QUOTA_MIB (40960), LIMIT_MIB (81920), SECS (60: overcommitted
 # run), ALONE_SECS (15), FILL_WAIT (120 s for the fills before the common
-# start), SLICE_MS (5000), CHUNK_MIB (256), SWAP_LIMIT_MIB (host RAM for
+# start), SLICE_MS (5000), CHUNK_MIB (256), SWAP_THREADS (8: the backends'
+# --swap-threads), SWAP_LIMIT_MIB (host RAM for
 # evicted state; default gpuvisord's, half the host's RAM), ENGINE (cuda; sim to try the
 # script anywhere, with small QUOTA_MIB/LIMIT_MIB).
 set -uo pipefail
@@ -29,6 +30,7 @@ ALONE_SECS=${ALONE_SECS:-15}
 FILL_WAIT=${FILL_WAIT:-120}
 SLICE_MS=${SLICE_MS:-5000}
 CHUNK_MIB=${CHUNK_MIB:-256}
+SWAP_THREADS=${SWAP_THREADS:-8}
 DIRECT_MEM_MIB=256
 BURN=(--iters 400000 --blocks 264 --depth 4)
 
@@ -45,7 +47,7 @@ for g in json.load(urllib.request.urlopen(api, timeout=5)):
     print(urllib.request.urlopen(req, timeout=5).read().decode(), file=sys.stderr)
 EOF
 }
-start_backend() { h100_start_backend "$1" --quota-mib "$QUOTA_MIB" "${@:2}"; }
+start_backend() { h100_start_backend "$1" --quota-mib "$QUOTA_MIB" --swap-threads "$SWAP_THREADS" "${@:2}"; }
 client() {  # name tag args... : gv_mem for "VM" name (native when name starts with native)
     h100_client gv_mem "$1" "$R/$2-$1.out" "${@:3}"
 }
@@ -88,5 +90,6 @@ log "scrub: native baseline of the same frees"
 if [ "$ENGINE" = cuda ]; then client native-x scrub scrub-write --mib "$QUOTA_MIB" --chunk-mib "$CHUNK_MIB"; fi
 
 python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | tr '\n' ' ')" \
-    --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" > "$out/memory.json"
+    --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" \
+    --swap-threads "$SWAP_THREADS" > "$out/memory.json"
 cat "$out/memory.json"
