@@ -7,9 +7,7 @@ mod common;
 use common::*;
 use gpuvisor_admin::{Client, VmPatch};
 use gpuvisord::inventory::{Inventory, NvmlSource};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 const H100: &str = "GPU-00000000-5157-0000-0000-0000000000a1";
@@ -50,22 +48,8 @@ fn the_daemon_serves_backends_and_the_admin_api_and_stops_on_sigterm() {
     let dir = scratch("bin-run");
     let socket = dir.join("run/gpuvisord.sock");
     let state = dir.join("state");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpuvisord"))
-        .arg("--backend-socket")
-        .arg(&socket)
-        .arg("--state-dir")
-        .arg(&state)
-        .args(["--listen", "127.0.0.1:0", "--slice-ms", "2.5", "--nvml-lib"])
-        .arg(sim_nvml())
-        .env("GPUVISOR_SIM_NVML_CONFIG", nvml_config(&dir))
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches(',');
+    let (mut child, line) = spawn_gpuvisord(&socket, &state, &nvml_config(&dir), &["--slice-ms", "2.5"]);
+    let url = admin_url(&line);
     assert!(line.contains(&socket.display().to_string()), "{line}");
     let token_file = state.join("admin.token");
     assert!(line.contains(&token_file.display().to_string()), "{line}");

@@ -37,22 +37,6 @@ fn join(socket: &Path, vm: &str, quota_bytes: u64, requested: QosRequest) -> (Fa
     }
 }
 
-/// The next memory message (MemLimit, MemDenied or Evict), skipping grants
-/// and settings.
-fn memory_msg(b: &mut FakeBackend, timeout: Duration) -> Result<DaemonMsg, NoMsg> {
-    let until = Instant::now() + timeout;
-    loop {
-        let left = until.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            return Err(NoMsg::Timeout);
-        }
-        match b.recv(left)? {
-            DaemonMsg::Grant { .. } | DaemonMsg::Revoke { .. } | DaemonMsg::Settings { .. } => continue,
-            m => return Ok(m),
-        }
-    }
-}
-
 fn report(b: &mut FakeBackend, resident_bytes: u64, limit_bytes: u64) {
     b.send(&BackendMsg::Stats(BackendStats {
         used_bytes: resident_bytes,
@@ -117,17 +101,17 @@ fn a_need_that_does_not_fit_evicts_the_idle_vm_and_is_granted_once_it_answers() 
     asker.send(&BackendMsg::MemNeed { bytes: 512 * MIB });
     // idle keeps its memory for min_residency after registering, then gives
     // what the asker lacks (partial eviction); the GPU's holder gives nothing.
-    let msg = memory_msg(&mut idle, Duration::from_secs(3)).unwrap();
+    let msg = idle.memory_msg(Duration::from_secs(3)).unwrap();
     assert_eq!(msg, DaemonMsg::Evict { resident_max: 256 * MIB, max_move_bytes: 512 * MIB });
     assert!(t0.elapsed() >= Duration::from_millis(150), "evicted after {:?}", t0.elapsed());
-    assert_eq!(memory_msg(&mut asker, Duration::from_millis(100)), Err(NoMsg::Timeout), "granted before the eviction");
+    assert_eq!(asker.memory_msg(Duration::from_millis(100)), Err(NoMsg::Timeout), "granted before the eviction");
     idle.send(&BackendMsg::Evicted {
         state: MemoryState { resident_bytes: 256 * MIB, evicted_bytes: 512 * MIB, limit_bytes: 256 * MIB },
         moved_bytes: 512 * MIB,
         ns: 3_000_000,
     });
-    assert_eq!(memory_msg(&mut asker, Duration::from_secs(2)), Ok(DaemonMsg::MemLimit { bytes: 512 * MIB }));
-    assert_eq!(memory_msg(&mut busy, Duration::from_millis(100)), Err(NoMsg::Timeout), "the holder is left alone");
+    assert_eq!(asker.memory_msg(Duration::from_secs(2)), Ok(DaemonMsg::MemLimit { bytes: 512 * MIB }));
+    assert_eq!(busy.memory_msg(Duration::from_millis(100)), Err(NoMsg::Timeout), "the holder is left alone");
 
     let vms = client.vms().unwrap();
     let v = vm(&vms, "idle");
@@ -198,16 +182,16 @@ fn a_need_beyond_the_host_ram_for_evictions_is_denied_and_nobody_is_evicted() {
     }
     asker.send(&BackendMsg::MemNeed { bytes: 512 * MIB });
     // Before saying no, the daemon asks `full` what it holds; nothing may move.
-    let question = memory_msg(&mut full, Duration::from_secs(2)).unwrap();
+    let question = full.memory_msg(Duration::from_secs(2)).unwrap();
     assert_eq!(question, DaemonMsg::Evict { resident_max: 1024 * MIB, max_move_bytes: 0 });
     let state = MemoryState { resident_bytes: 1024 * MIB, evicted_bytes: 0, limit_bytes: 1024 * MIB };
     full.send(&BackendMsg::Evicted { state, moved_bytes: 0, ns: 0 });
-    let Ok(DaemonMsg::MemDenied { bytes, reason }) = memory_msg(&mut asker, Duration::from_secs(2)) else {
+    let Ok(DaemonMsg::MemDenied { bytes, reason }) = asker.memory_msg(Duration::from_secs(2)) else {
         panic!("not denied")
     };
     assert_eq!(bytes, 512 * MIB);
     assert!(reason.starts_with("host RAM for evicted GPU memory is used up"), "{reason}");
-    assert_eq!(memory_msg(&mut full, Duration::from_millis(200)), Err(NoMsg::Timeout), "nothing else asked of it");
+    assert_eq!(full.memory_msg(Duration::from_millis(200)), Err(NoMsg::Timeout), "nothing else asked of it");
 }
 
 #[test]

@@ -6,7 +6,6 @@ mod common;
 
 use common::*;
 use protocol::control::*;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -84,24 +83,9 @@ fn prometheus_scrapes_gpuvisord_with_the_token_and_promql_finds_the_vm_and_the_g
     let dir = scratch("prometheus");
     let socket = dir.join("gpuvisord.sock");
     let state = dir.join("state");
-    let mut daemon = Killed(
-        Command::new(env!("CARGO_BIN_EXE_gpuvisord"))
-            .arg("--backend-socket")
-            .arg(&socket)
-            .arg("--state-dir")
-            .arg(&state)
-            .args(["--listen", "127.0.0.1:0", "--nvml-lib"])
-            .arg(sim_nvml())
-            .env("GPUVISOR_SIM_NVML_CONFIG", nvml_config(&dir))
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    BufReader::new(daemon.0.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let url = line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches(',');
+    let (daemon, line) = spawn_gpuvisord(&socket, &state, &nvml_config(&dir), &[]);
+    let _daemon = Killed(daemon);
+    let url = admin_url(&line);
     let target = url.trim_start_matches("http://");
 
     let hello = BackendMsg::Hello {

@@ -7,15 +7,12 @@ mod common;
 
 use common::*;
 use gpuvisor_admin::{Admin, VmPatch};
-use gpuvisor_backend::engine::sim::SimEngine;
 use gpuvisor_backend::engine::{Engine, Launch};
 use gpuvisor_backend::grants::{Counters, DaemonLink, Registration};
 use protocol::control::QosRequest;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-const PTX: &str = include_str!("../../guest-tests/kernels.ptx");
 
 fn wait_for(what: &str, timeout: Duration, mut cond: impl FnMut() -> bool) {
     let until = Instant::now() + timeout;
@@ -53,12 +50,7 @@ fn a_running_vm_is_not_disturbed_by_a_daemon_restart() {
     let worker = {
         let stop = stop.clone();
         std::thread::spawn(move || {
-            let mut e = SimEngine::new(1 << 30);
-            let ctx = e.ctx_create(0).unwrap();
-            e.ctx_set_current(ctx).unwrap();
-            let m = e.module_load(PTX.as_bytes()).unwrap();
-            let (f, _) = e.module_get_function(m, "gv_spin_us").unwrap();
-            let s = e.stream_create(0, 0).unwrap();
+            let (mut e, ctx, s, f) = sim_with_spin();
             let params = 1000u64.to_le_bytes();
             let mut n = 0u64;
             while !stop.load(Ordering::Relaxed) {

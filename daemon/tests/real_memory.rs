@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use gpuvisor_admin::{Admin, GpuPatch};
-use gpuvisor_backend::engine::sim::SimEngine;
 use gpuvisor_backend::engine::{Engine, EngineStream, Launch};
 use gpuvisor_backend::grants::{Counters, DaemonLink, Gate, Registration};
 use gpuvisor_backend::guest_mem::{HostDst, HostSrc};
@@ -19,7 +18,6 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
-const PTX: &str = include_str!("../../guest-tests/kernels.ptx");
 const MIB: u64 = 1 << 20;
 const BUF: u64 = 2 * MIB;
 
@@ -57,12 +55,7 @@ fn guest(link: &DaemonLink, n: u8, allocated: Sender<()>, go: Receiver<()>) -> J
     link.set_waker(waker.try_clone().unwrap());
     let mut gate: Gate = link.gate();
     std::thread::spawn(move || {
-        let mut e = SimEngine::new(1 << 30);
-        let ctx = e.ctx_create(0).unwrap();
-        e.ctx_set_current(ctx).unwrap();
-        let m = e.module_load(PTX.as_bytes()).unwrap();
-        let (f, _) = e.module_get_function(m, "gv_spin_us").unwrap();
-        let s = e.stream_create(0, 0).unwrap();
+        let (mut e, ctx, s, f) = sim_with_spin();
         let bufs: Vec<u64> = (0..n)
             .map(|i| {
                 let footprint = e.alloc_footprint(BUF);

@@ -1,14 +1,18 @@
 //! Shared by the daemon's integration tests: a daemon running in-process on
 //! its own runtime, over a real Unix socket and a real SQLite file, and fake
-//! backends that are plain clients of the JSON-lines control protocol.
+//! backends that are plain clients of the JSON-lines control protocol; the
+//! real gpuvisord binary; a sim engine set up as a real backend's.
 #![allow(dead_code)]
 
+use gpuvisor_backend::engine::sim::SimEngine;
+use gpuvisor_backend::engine::{Engine, EngineCtx, EngineFunc, EngineStream};
 use gpuvisord::inventory::NvmlSource;
 use gpuvisord::{Config, Daemon, DaemonAdmin};
 use protocol::control::*;
-use std::io::{BufReader, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,6 +22,48 @@ pub fn sim_nvml() -> PathBuf {
     let path = std::env::current_exe().unwrap().with_file_name("libnvidia_ml.so");
     assert!(path.is_file(), "{} was not built (cargo build -p gpuvisor-sim-nvml)", path.display());
     path
+}
+
+/// Starts the real gpuvisord binary on `socket` and `state` with the
+/// simulated NVML of `nvml_config` and `args`, its admin API on a free port;
+/// returns it with the first line it printed (the admin API's URL and the
+/// token file).
+pub fn spawn_gpuvisord(socket: &Path, state: &Path, nvml_config: &Path, args: &[&str]) -> (Child, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpuvisord"))
+        .arg("--backend-socket")
+        .arg(socket)
+        .arg("--state-dir")
+        .arg(state)
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .arg("--nvml-lib")
+        .arg(sim_nvml())
+        .env("GPUVISOR_SIM_NVML_CONFIG", nvml_config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    (child, line)
+}
+
+/// The admin API's URL in the line gpuvisord prints when it starts.
+pub fn admin_url(line: &str) -> &str {
+    line.split_whitespace().find(|w| w.starts_with("http://")).unwrap().trim_end_matches(',')
+}
+
+/// A sim engine with a context, a stream and the spin kernel, as a real
+/// backend's queue thread has them.
+pub fn sim_with_spin() -> (SimEngine, EngineCtx, EngineStream, EngineFunc) {
+    let mut e = SimEngine::new(1 << 30);
+    let ctx = e.ctx_create(0).unwrap();
+    e.ctx_set_current(ctx).unwrap();
+    let m = e.module_load(include_str!("../../../guest-tests/kernels.ptx").as_bytes()).unwrap();
+    let (f, _) = e.module_get_function(m, "gv_spin_us").unwrap();
+    let s = e.stream_create(0, 0).unwrap();
+    (e, ctx, s, f)
 }
 
 /// A fresh scratch directory for one test.
@@ -171,20 +217,35 @@ impl FakeBackend {
         }
     }
 
-    /// The next Grant within `timeout`, skipping settings and stale revokes.
-    pub fn grant(&mut self, timeout: Duration) -> Result<(u64, u64), NoMsg> {
+    /// The next message within `timeout` that `skip` does not pass over.
+    pub fn next_except(&mut self, timeout: Duration, skip: impl Fn(&DaemonMsg) -> bool) -> Result<DaemonMsg, NoMsg> {
         let until = Instant::now() + timeout;
         loop {
             let left = until.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(NoMsg::Timeout);
             }
-            match self.recv(left)? {
-                DaemonMsg::Grant { grant, slice_us, .. } => return Ok((grant, slice_us)),
-                DaemonMsg::Settings { .. } | DaemonMsg::Revoke { .. } => continue,
-                other => return Err(NoMsg::Other(format!("unexpected {other:?}"))),
+            let m = self.recv(left)?;
+            if !skip(&m) {
+                return Ok(m);
             }
         }
+    }
+
+    /// The next Grant within `timeout`, skipping settings and stale revokes.
+    pub fn grant(&mut self, timeout: Duration) -> Result<(u64, u64), NoMsg> {
+        match self.next_except(timeout, |m| matches!(m, DaemonMsg::Settings { .. } | DaemonMsg::Revoke { .. }))? {
+            DaemonMsg::Grant { grant, slice_us, .. } => Ok((grant, slice_us)),
+            other => Err(NoMsg::Other(format!("unexpected {other:?}"))),
+        }
+    }
+
+    /// The next memory message (MemLimit, MemDenied or Evict) within
+    /// `timeout`, skipping grants, revokes and settings.
+    pub fn memory_msg(&mut self, timeout: Duration) -> Result<DaemonMsg, NoMsg> {
+        self.next_except(timeout, |m| {
+            matches!(m, DaemonMsg::Grant { .. } | DaemonMsg::Revoke { .. } | DaemonMsg::Settings { .. })
+        })
     }
 
     /// Waits until the daemon closes the connection.
