@@ -45,6 +45,22 @@ def rates(per_log):
             "count": len(every), "bytes": sum(x[0] for x in every)}
 
 
+def bandwidth(r, native, native_key):
+    """A swap direction's figure: its GB/s over the native pinned copy rate."""
+    ratio = r["all"] / native if r["all"] and native else None
+    return {
+        "value": None if ratio is None else round(ratio, 3),
+        "target_min": 0.7,
+        "met": bool(ratio and ratio >= 0.7),
+        "gbps": None if r["all"] is None else round(r["all"], 3),
+        native_key: native,
+        "swaps": r["count"],
+        "bytes": r["bytes"],
+        "gbps_first_swap_of_each_backend": None if r["first"] is None else round(r["first"], 3),
+        "gbps_later_swaps": None if r["later"] is None else round(r["later"], 3),
+    }
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--res", required=True)
@@ -80,7 +96,6 @@ def main():
 
     ev = rates(swaps(R, "swapped out to host RAM"))
     rs = rates(swaps(R, "restored from host RAM"))
-    ev_gbps, re_gbps = ev["all"], rs["all"]
     d2h, h2d = pinned.get("dtoh_pinned_gbps"), pinned.get("htod_pinned_gbps")
 
     wrote = gvmem(f"{R}/scrub-x.out") or {}
@@ -123,26 +138,8 @@ def main():
             "alone": alone,
             "overcommitted": over,
         },
-        "evict_bandwidth": {
-            "value": r3(ev_gbps / d2h) if ev_gbps and d2h else None,
-            "target_min": 0.7,
-            "met": bool(ev_gbps and d2h and ev_gbps / d2h >= 0.7),
-            "gbps": r3(ev_gbps),
-            "native_pinned_dtoh_gbps": d2h,
-            "swaps": ev["count"],
-            "bytes": ev["bytes"],
-            "gbps_first_swap_of_each_backend": r3(ev["first"]),
-            "gbps_later_swaps": r3(ev["later"]),
-        },
-        "restore_bandwidth": {
-            "value": r3(re_gbps / h2d) if re_gbps and h2d else None,
-            "target_min": 0.7,
-            "met": bool(re_gbps and h2d and re_gbps / h2d >= 0.7),
-            "gbps": r3(re_gbps),
-            "native_pinned_htod_gbps": h2d,
-            "swaps": rs["count"],
-            "bytes": rs["bytes"],
-        },
+        "evict_bandwidth": bandwidth(ev, d2h, "native_pinned_dtoh_gbps"),
+        "restore_bandwidth": bandwidth(rs, h2d, "native_pinned_htod_gbps"),
         "overcommit_throughput": {
             "value": r3(aggregate / baseline) if aggregate and baseline else None,
             "target_min": 0.9,
