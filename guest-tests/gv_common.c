@@ -306,3 +306,11 @@ unsigned long long gv_env_u64(const char *name, unsigned long long dflt)
     unsigned long long v = strtoull(s, &end, 0);
     return (end && *end == 0) ? v : dflt;
 }
+
+void gv_json_fail(const char *tag, const char *mode, const char *what, CUresult rc)
+{
+    printf("%s {\"mode\":\"%s\",\"ok\":false,\"error\":\"%s\",\"call\":\"%s\"}\n", tag, mode, gv_errname(rc),
+           what);
+    fflush(stdout);
+    exit(1);
+}

@@ -114,6 +114,18 @@ void gv_abort(void) __attribute__((noreturn));
 /* Error name through cuGetErrorName, "CUresult <n>" where it has none. */
 const char *gv_errname(CUresult rc);
 
+/* For the workload programs that print one "<TAG> {json}" line: prints
+ * <TAG> {"mode":..., "ok":false, "error":<name of rc>, "call":<what>} and
+ * exits 1. GV_TRY does it for a call `expr` that fails, naming it `text`
+ * (the caller's #expr, so that the call reads as written). */
+void gv_json_fail(const char *tag, const char *mode, const char *what, CUresult rc) __attribute__((noreturn));
+#define GV_TRY(tag, mode, expr, text)                                                                                  \
+    do {                                                                                                               \
+        CUresult rc_ = (expr);                                                                                         \
+        if (rc_ != CUDA_SUCCESS)                                                                                       \
+            gv_json_fail(tag, mode, text, rc_);                                                                        \
+    } while (0)
+
 /* ---- setup ------------------------------------------------------------ */
 /* cuInit, device 0, primary context retained and made current.  Prints
  * CHECK <prog>.setup and exits when it fails. */

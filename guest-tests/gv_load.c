@@ -39,19 +39,7 @@ static void usage(const char *argv0)
     exit(2);
 }
 
-static void fail(const char *mode, const char *what, CUresult rc)
-{
-    printf("GVLOAD {\"mode\":\"%s\",\"ok\":false,\"error\":\"%s\",\"call\":\"%s\"}\n", mode, gv_errname(rc), what);
-    fflush(stdout);
-    exit(1);
-}
-
-#define TRY(mode, expr)                                                                                                \
-    do {                                                                                                               \
-        CUresult rc_ = (expr);                                                                                         \
-        if (rc_ != CUDA_SUCCESS)                                                                                       \
-            fail(mode, #expr, rc_);                                                                                    \
-    } while (0)
+#define TRY(mode, expr) GV_TRY("GVLOAD", mode, expr, #expr)
 
 static int saturate(const struct opts *o, CUdeviceptr sink)
 {

@@ -49,19 +49,7 @@ static void usage(const char *argv0)
     exit(2);
 }
 
-static void fail(const char *mode, const char *what, CUresult rc)
-{
-    printf("GVMEM {\"mode\":\"%s\",\"ok\":false,\"error\":\"%s\",\"call\":\"%s\"}\n", mode, gv_errname(rc), what);
-    fflush(stdout);
-    exit(1);
-}
-
-#define TRY(mode, expr)                                                                                                \
-    do {                                                                                                               \
-        CUresult rc_ = (expr);                                                                                         \
-        if (rc_ != CUDA_SUCCESS)                                                                                       \
-            fail(mode, #expr, rc_);                                                                                    \
-    } while (0)
+#define TRY(mode, expr) GV_TRY("GVMEM", mode, expr, #expr)
 
 /* Allocates chunks of `chunk` bytes: `want` bytes, or (want == 0) all that
  * is free less 64 MiB, or until an allocation fails when `greedy`. */
@@ -84,7 +72,7 @@ static size_t alloc_chunks(const struct opts *o, CUdeviceptr **out, size_t chunk
         if (rc == CUDA_ERROR_OUT_OF_MEMORY && greedy)
             break;
         if (rc != CUDA_SUCCESS)
-            fail(o->mode, "cuMemAlloc", rc);
+            gv_json_fail("GVMEM", o->mode, "cuMemAlloc", rc);
     }
     *out = p;
     return got;
