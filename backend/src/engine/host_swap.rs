@@ -3,9 +3,10 @@
 //! ahead of the copies, so that the copy engine never waits for the CPU.
 //!
 //! Getting host pages ready is far slower than the copy itself. Measured on
-//! an H200 host: pinned copies run at 55 GB/s; faulting in fresh pages (the
-//! kernel zeroes them) at 4.5 GB/s per thread; `cuMemHostRegister` of touched
-//! memory at about 30 GB/s per thread; `cuMemHostAlloc` at 2 GB/s. So workers
+//! an H200 host (bench/results/h100/probe-evict.json): pinned copies run at
+//! 55 GB/s, `cuMemHostRegister` of touched memory at 21 GB/s on one thread,
+//! `cuMemHostAlloc` at 2 GB/s; faulting in fresh pages (the kernel zeroes
+//! them) comes on top of registering them. So workers
 //! prepare chunks while the calling thread queues asynchronous copies into
 //! those already prepared, and the store keeps prepared chunks, up to a
 //! bound, for the next swap-out: chunks that a swap-in gives back, and chunks
@@ -58,9 +59,9 @@ pub const MAX_THREADS: u32 = 64;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SwapConfig {
     /// Worker threads that prepare chunks (0: the copying thread prepares
-    /// them itself, one at a time, between copies). Fresh pages are zeroed
-    /// by the kernel at about 4.5 GB/s per thread, so a first swap-out runs
-    /// at about that times this many threads, up to the copy rate.
+    /// them itself, one at a time, between copies). A swap-out into fresh
+    /// pages runs at the rate these threads fault in and pin them, up to the
+    /// copy rate.
     pub threads: u32,
     /// MiB of prepared chunks kept for the next swap-out once they come free.
     pub cache_mib: u64,
