@@ -18,8 +18,10 @@ const QUOTA_MIB: u64 = 24;
 const GPU_MIB: u64 = 36;
 
 /// A fleet of three sim VMs whose guests fill 16 MiB each with seeded data,
-/// then burn GPU time for `secs`, checking all their data every 300 ms.
-fn overcommitted_fleet(dir: &Scratch, secs: u32, daemon_args: &[&str]) -> (Fleet, AdminApi) {
+/// then burn GPU time for `secs`, checking all their data every 300 ms. The
+/// guests start when the test writes share/go; c waits for share/`c_go`
+/// instead.
+fn overcommitted_fleet(dir: &Scratch, secs: u32, daemon_args: &[&str], c_go: &str) -> (Fleet, AdminApi) {
     std::fs::create_dir_all(dir.path("share")).unwrap();
     // Each VM's own seed, so that one VM's data showing up in another's
     // buffers would fail the check.
@@ -36,7 +38,11 @@ fn overcommitted_fleet(dir: &Scratch, secs: u32, daemon_args: &[&str]) -> (Fleet
         .replace("quota_mib = 256", &format!("quota_mib = {QUOTA_MIB}"))
         .replace("slice_ms = 10\n", &format!("slice_ms = 100\nextra_args = [{}]\n", args.join(", ")));
     for (name, seed) in [("b", 2), ("c", 3)] {
-        text = text.replace(&format!("name = \"{name}\"\n"), &format!("name = \"{name}\"\nrun = {:?}\n", cmd(seed)));
+        let mut run = cmd(seed);
+        if name == "c" {
+            run = run.replace("/mnt/host/go", &format!("/mnt/host/{c_go}"));
+        }
+        text = text.replace(&format!("name = \"{name}\"\n"), &format!("name = \"{name}\"\nrun = {run:?}\n"));
     }
     std::fs::write(&spec, text).unwrap();
     let fleet = Fleet::start(&spec, &dir.path("run")).unwrap();
@@ -67,7 +73,7 @@ fn assert_intact(run: &gpuvisor_tests::FleetRun, names: &[&str]) {
 #[test]
 fn three_vms_whose_quotas_add_to_twice_the_gpu_keep_all_their_data() {
     let dir = Scratch::new("overcommit");
-    let (fleet, api) = overcommitted_fleet(&dir, 20, &["--min-residency-ms", "200"]);
+    let (fleet, api) = overcommitted_fleet(&dir, 20, &["--min-residency-ms", "200"], "go");
     std::fs::write(dir.path("share/go"), "").unwrap();
     std::thread::sleep(Duration::from_secs(12));
     let vms = api.vms().unwrap();
@@ -89,7 +95,7 @@ fn three_vms_whose_quotas_add_to_twice_the_gpu_keep_all_their_data() {
 #[test]
 fn a_daemon_killed_mid_overcommit_loses_no_vm_data() {
     let dir = Scratch::new("overcommit-kill");
-    let (fleet, api) = overcommitted_fleet(&dir, 25, &["--min-residency-ms", "200"]);
+    let (fleet, api) = overcommitted_fleet(&dir, 25, &["--min-residency-ms", "200"], "go");
     let daemon = fleet.daemon().unwrap();
     std::fs::write(dir.path("share/go"), "").unwrap();
     // Kill it while the VMs are swapping in turns (some hold data in host RAM).
@@ -125,7 +131,7 @@ fn a_daemon_killed_mid_overcommit_loses_no_vm_data() {
 #[test]
 fn a_backend_killed_while_its_vm_is_swapped_out_leaves_the_other_vms_data_intact() {
     let dir = Scratch::new("overcommit-killvm");
-    let (fleet, api) = overcommitted_fleet(&dir, 20, &["--min-residency-ms", "200"]);
+    let (fleet, api) = overcommitted_fleet(&dir, 20, &["--min-residency-ms", "200"], "go");
     std::fs::write(dir.path("share/go"), "").unwrap();
     // Wait until c has memory in host RAM, then kill its backend.
     let t = Instant::now();
@@ -152,10 +158,22 @@ fn a_backend_killed_while_its_vm_is_swapped_out_leaves_the_other_vms_data_intact
 #[test]
 fn with_host_ram_for_evicted_memory_used_up_only_the_vm_that_asks_gets_out_of_memory() {
     let dir = Scratch::new("overcommit-noram");
-    // No host RAM for evicted memory: no VM can be swapped out, so the GPU
-    // holds two VMs' 16 MiB and the third's allocation must fail.
-    let (fleet, _api) = overcommitted_fleet(&dir, 8, &["--swap-limit-mib", "0"]);
+    // No host RAM for evicted memory: no VM can be swapped out, so once a and
+    // b hold their 16 MiB each the GPU has 4 MiB left and c's allocations
+    // must fail. (Started together, the three would split the GPU and more
+    // than one could be refused: each asked for memory nobody could free.)
+    let (fleet, api) = overcommitted_fleet(&dir, 8, &["--swap-limit-mib", "0"], "go-c");
     std::fs::write(dir.path("share/go"), "").unwrap();
+    let t = Instant::now();
+    loop {
+        let vms = api.vms().unwrap();
+        if ["a", "b"].iter().all(|n| by_name(&vms, n)["resident_bytes"].as_u64().unwrap_or(0) >= 16 * MIB) {
+            break;
+        }
+        assert!(t.elapsed() < Duration::from_secs(30), "a and b never held their memory: {vms:#?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::fs::write(dir.path("share/go-c"), "").unwrap();
     let run = fleet.wait(Duration::from_secs(120)).unwrap();
     let mut denied = Vec::new();
     for n in ["a", "b", "c"] {
@@ -171,5 +189,5 @@ fn with_host_ram_for_evicted_memory_used_up_only_the_vm_that_asks_gets_out_of_me
             denied.push(n);
         }
     }
-    assert_eq!(denied.len(), 1, "exactly one VM finds no memory: {denied:?}");
+    assert_eq!(denied, ["c"], "only the VM that asked last finds no memory");
 }
