@@ -1,6 +1,7 @@
 //! A blocking client for the admin API, as `gpuvisorctl` uses it: one method
 //! per [`Admin`](crate::model::Admin) call, errors as the server stated them.
 
+use crate::history::{HistoryQuery, HistoryResponse};
 use crate::model::{ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -108,6 +109,22 @@ impl Client {
     pub fn set_drained(&self, name: &str, drained: bool) -> Result<VmView, ClientError> {
         let action = if drained { "drain" } else { "resume" };
         self.request("POST", &format!("/v1/vms/{}/{action}", segment(name)), None)
+    }
+
+    /// One metric's history (`GET /v1/history`).
+    pub fn history(&self, q: &HistoryQuery) -> Result<HistoryResponse, ClientError> {
+        let mut path = format!("/v1/history?metric={}", segment(&q.metric));
+        for (k, v) in [("vm", q.vm.clone()), ("gpu", q.gpu.clone())] {
+            if let Some(v) = v {
+                path.push_str(&format!("&{k}={}", segment(&v)));
+            }
+        }
+        for (k, v) in [("from", q.from), ("to", q.to), ("step", q.step)] {
+            if let Some(v) = v {
+                path.push_str(&format!("&{k}={v}"));
+            }
+        }
+        self.request("GET", &path, None)
     }
 
     fn request<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {

@@ -5,6 +5,7 @@
 
 pub mod client;
 pub mod ctl;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod model;
