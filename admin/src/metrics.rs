@@ -4,7 +4,7 @@
 //! dashboards built for dcgm-exporter work on them unchanged.
 //! docs/metrics.md describes every series.
 
-use crate::model::{GpuView, VmView};
+use crate::model::{GpuView, VmState, VmView};
 use std::fmt::Write;
 
 /// The `Content-Type` of the text exposition format.
@@ -26,6 +26,11 @@ pub struct GpuReadings {
     pub fb_free_bytes: Option<u64>,
     /// Energy since the driver loaded, in millijoules.
     pub energy_mj: Option<u64>,
+    /// XID errors NVML reported for the GPU since gpuvisord started, by XID.
+    /// `None` where gpuvisord cannot watch the GPU's events.
+    pub xid_counts: Option<std::collections::BTreeMap<u64, u64>>,
+    /// The last XID NVML reported (0 before the first).
+    pub xid_last: Option<u64>,
 }
 
 /// Everything one scrape shows, taken at once.
@@ -338,6 +343,13 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
         per_vm(vms, "gpuvisor_vm_drained", Gauge, "1 while the admin has drained the VM (it gets no grants).", |v| {
             v.drained
         }),
+        per_vm(
+            vms,
+            "gpuvisor_vm_busy",
+            Gauge,
+            "1 while the VM holds the GPU or has work waiting for it (state running or waiting), else 0.",
+            |v| matches!(v.state, VmState::Running | VmState::Waiting),
+        ),
         per_vm(vms, "gpuvisor_vm_weight", Gauge, "The VM's fair-share weight (1 to 10000).", |v| v.weight),
         per_vm(vms, "gpuvisor_vm_priority", Gauge, "The VM's priority (-20 to 20; higher runs sooner).", |v| {
             v.priority
@@ -538,7 +550,29 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
         dcgm(m, "DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", Counter, "Total energy consumption since boot (in mJ).", |r| {
             r.energy_mj
         }),
+        dcgm(m, "DCGM_FI_DEV_XID_ERRORS", Gauge, "Value of the last XID error encountered.", |r| r.xid_last),
+        xid_errors(m),
     ]
+}
+
+/// `gpuvisor_gpu_xid_errors_total`: one series per GPU and XID seen, plus
+/// `xid="none"` at 0 for a watched GPU with none yet, so that `increase()`
+/// sees the first error as a change.
+fn xid_errors(m: &MetricsSnapshot) -> Family {
+    let mut f = Family::new(
+        "gpuvisor_gpu_xid_errors_total",
+        Kind::Counter,
+        "XID errors NVML reported for the GPU since gpuvisord started, by XID (xid=\"none\" stays 0).",
+    );
+    for r in &m.readings {
+        let Some(counts) = &r.xid_counts else { continue };
+        let labels = vec![("gpu", r.uuid.clone()), ("modelName", r.model_name.clone())];
+        f.sample(with(labels.clone(), "xid", "none"), 0u64);
+        for (xid, n) in counts {
+            f.sample(with(labels.clone(), "xid", &xid.to_string()), *n);
+        }
+    }
+    f
 }
 
 #[cfg(test)]

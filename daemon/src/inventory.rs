@@ -178,6 +178,8 @@ pub fn readings(nvml: &Nvml, gpus: &[&GpuInfo]) -> Vec<GpuReadings> {
                 fb_used_bytes: memory.as_ref().map(|m| m.used),
                 fb_free_bytes: memory.as_ref().map(|m| m.free),
                 energy_mj: device.total_energy_consumption().ok(),
+                xid_counts: None,
+                xid_last: None,
             })
         })
         .collect()
