@@ -2,6 +2,7 @@
 //! sim-engine backends share. NVML is optional: without it the daemon still
 //! schedules backends, and learns GPUs from their registrations.
 
+use crate::xid::{self, XidBook};
 use gpuvisor_admin::metrics::GpuReadings;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
 use nvml_wrapper::Nvml;
@@ -49,6 +50,8 @@ impl GpuInfo {
 pub struct Inventory {
     nvml: Option<Arc<Nvml>>,
     gpus: Vec<GpuInfo>,
+    /// XID errors of NVML's GPUs, where NVML can report them.
+    xids: Option<Arc<XidBook>>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -85,13 +88,23 @@ impl Inventory {
             Some(nvml) => list_nvml(nvml),
             None => Vec::new(),
         };
+        let nvml = nvml.map(Arc::new);
+        let xids = nvml.as_ref().and_then(|n| {
+            let uuids: Vec<String> = gpus.iter().map(|g| g.id.clone()).collect();
+            (!uuids.is_empty()).then(|| xid::watch(n.clone(), uuids)).flatten()
+        });
         gpus.push(GpuInfo::sim());
-        Inventory { nvml: nvml.map(Arc::new), gpus }
+        Inventory { nvml, gpus, xids }
     }
 
     /// The loaded NVML, for readings taken without the registry's lock.
     pub fn nvml(&self) -> Option<Arc<Nvml>> {
         self.nvml.clone()
+    }
+
+    /// The XID error counts, for readings taken without the registry's lock.
+    pub fn xids(&self) -> Option<Arc<XidBook>> {
+        self.xids.clone()
     }
 
     pub fn gpus(&self) -> &[GpuInfo] {
@@ -160,13 +173,14 @@ fn list_nvml(nvml: &Nvml) -> Vec<GpuInfo> {
 
 /// NVML's readings of the GPUs listed by NVML index, taken now: a handful of
 /// NVML calls per GPU, no disk. A reading NVML refuses is left out.
-pub fn readings(nvml: &Nvml, gpus: &[&GpuInfo]) -> Vec<GpuReadings> {
+pub fn readings(nvml: &Nvml, gpus: &[&GpuInfo], xids: Option<&XidBook>) -> Vec<GpuReadings> {
     gpus.iter()
         .filter_map(|g| {
             let index = g.index?;
             let device = nvml.device_by_uuid(g.id.as_str()).ok()?;
             let util = device.utilization_rates().ok();
             let memory = device.memory_info().ok();
+            let xid = xids.and_then(|b| b.get(&g.id));
             Some(GpuReadings {
                 index,
                 uuid: g.id.clone(),
@@ -178,8 +192,8 @@ pub fn readings(nvml: &Nvml, gpus: &[&GpuInfo]) -> Vec<GpuReadings> {
                 fb_used_bytes: memory.as_ref().map(|m| m.used),
                 fb_free_bytes: memory.as_ref().map(|m| m.free),
                 energy_mj: device.total_energy_consumption().ok(),
-                xid_counts: None,
-                xid_last: None,
+                xid_last: xid.as_ref().map(|x| x.last),
+                xid_counts: xid.map(|x| x.counts),
             })
         })
         .collect()

@@ -16,6 +16,7 @@ pub mod registry;
 pub mod server;
 pub mod store;
 pub mod token;
+pub mod xid;
 
 use inventory::{Inventory, NvmlSource};
 use registry::Registry;

@@ -417,6 +417,11 @@ impl Registry {
         self.inventory.nvml()
     }
 
+    /// NVML's XID error counts, read with the readings.
+    pub fn xids(&self) -> Option<Arc<crate::xid::XidBook>> {
+        self.inventory.xids()
+    }
+
     pub fn gpu_info(&self, id: &str) -> Option<&GpuInfo> {
         self.inventory.get(id)
     }

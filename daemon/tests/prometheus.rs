@@ -1,6 +1,7 @@
 //! A real Prometheus (Debian's package, scripts/install-prereqs.sh installs
 //! it) scrapes a real gpuvisord's `/metrics` with the admin token, and PromQL
-//! finds a registered VM's quota and the simulated NVML's temperature.
+//! finds a registered VM's quota, its call counts, the simulated NVML's
+//! temperature and power, and an XID error raised while it runs.
 
 mod common;
 
@@ -25,14 +26,17 @@ impl Drop for Killed {
     }
 }
 
-fn nvml_config(dir: &Path) -> PathBuf {
+/// Writes the simulated host's NVML config, with the XID errors that have
+/// happened (a rename over the old file, as the library's docs ask).
+fn nvml_config(dir: &Path, xids: &[u64]) -> PathBuf {
     let path = dir.join("nvml.json");
     let json = format!(
         r#"{{"gpus": [{{"name": "NVIDIA H100 80GB HBM3", "uuid": "{H100}", "memory_total_mib": 81559,
             "memory_used_mib": 2048, "pci_bus_id": "00000000:01:00.0", "utilization_gpu_pct": 40,
-            "power_mw": 250000, "temperature_c": {TEMPERATURE_C}}}]}}"#
+            "power_mw": 250000, "temperature_c": {TEMPERATURE_C}, "xid_errors": {xids:?}}}]}}"#
     );
-    std::fs::write(&path, json).unwrap();
+    std::fs::write(dir.join("nvml.json.new"), json).unwrap();
+    std::fs::rename(dir.join("nvml.json.new"), &path).unwrap();
     path
 }
 
@@ -83,7 +87,7 @@ fn prometheus_scrapes_gpuvisord_with_the_token_and_promql_finds_the_vm_and_the_g
     let dir = scratch("prometheus");
     let socket = dir.join("gpuvisord.sock");
     let state = dir.join("state");
-    let (daemon, line) = spawn_gpuvisord(&socket, &state, &nvml_config(&dir), &[]);
+    let (daemon, line) = spawn_gpuvisord(&socket, &state, &nvml_config(&dir, &[]), &[]);
     let _daemon = Killed(daemon);
     let url = admin_url(&line);
     let target = url.trim_start_matches("http://");
@@ -150,6 +154,12 @@ fn prometheus_scrapes_gpuvisord_with_the_token_and_promql_finds_the_vm_and_the_g
         &log,
     );
     wait_for_sample(&prometheus, r#"gpuvisor_vm_faults_total{vm="prom-vm"}"#, 2.0, &log);
+    // An XID error NVML reports after gpuvisord started is counted by XID.
+    wait_for_sample(&prometheus, &format!(r#"gpuvisor_gpu_xid_errors_total{{gpu="{H100}",xid="none"}}"#), 0.0, &log);
+    wait_for_sample(&prometheus, &format!(r#"DCGM_FI_DEV_XID_ERRORS{{UUID="{H100}"}}"#), 0.0, &log);
+    nvml_config(&dir, &[79]);
+    wait_for_sample(&prometheus, &format!(r#"gpuvisor_gpu_xid_errors_total{{gpu="{H100}",xid="79"}}"#), 1.0, &log);
+    wait_for_sample(&prometheus, &format!(r#"DCGM_FI_DEV_XID_ERRORS{{UUID="{H100}"}}"#), 79.0, &log);
     // The scrape itself succeeded with the token (a 401 would make up 0).
     wait_for_sample(&prometheus, r#"up{job="gpuvisord"}"#, 1.0, &log);
 }

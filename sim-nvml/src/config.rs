@@ -61,6 +61,10 @@ pub struct GpuConfig {
     pub energy_mj: u64,
     #[serde(default)]
     pub processes: Vec<ProcessConfig>,
+    /// XID errors that happened, oldest first; appending one delivers it to
+    /// the event sets registered for critical XID errors.
+    #[serde(default)]
+    pub xid_errors: Vec<u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -149,6 +153,7 @@ pub struct Readings {
     pub temperature_c: u32,
     pub energy_mj: u64,
     pub processes: Vec<ProcessConfig>,
+    pub xid_errors: Vec<u64>,
 }
 
 impl Host {
@@ -171,6 +176,7 @@ impl Host {
                     power_mw: default_power_mw(),
                     temperature_c: default_temperature_c(),
                     energy_mj: 0,
+                    xid_errors: Vec::new(),
                     processes: Vec::new(),
                 },
             }],
@@ -295,6 +301,7 @@ impl TryFrom<GpuConfig> for Gpu {
                 temperature_c: gpu.temperature_c,
                 energy_mj: gpu.energy_mj,
                 processes: gpu.processes,
+                xid_errors: gpu.xid_errors,
             },
         })
     }

@@ -39,7 +39,8 @@
 //!       "power_mw": 250000,
 //!       "temperature_c": 55,
 //!       "energy_mj": 123456,
-//!       "processes": [ { "pid": 4242, "used_mib": 1024 } ]
+//!       "processes": [ { "pid": 4242, "used_mib": 1024 } ],
+//!       "xid_errors": [ 79 ]
 //!     }
 //!   ]
 //! }
@@ -67,13 +68,14 @@
 //! | `gpus[].temperature_c` | no | `35` | |
 //! | `gpus[].energy_mj` | no | `0` | millijoules since "driver load" |
 //! | `gpus[].processes` | no | `[]` | `{pid, used_mib}`, both required |
+//! | `gpus[].xid_errors` | no | `[]` | XIDs that happened, oldest first: append to raise one |
 //!
 //! Unknown fields are errors. A file that cannot be read, parsed or
 //! validated makes `nvmlInit` return `NVML_ERROR_UNKNOWN`, and the reason is
 //! printed to stderr once.
 //!
 //! The readings (utilisation, power, temperature, energy, used memory,
-//! processes) are taken again on the first call after the file's contents
+//! processes, XID errors) are taken again on the first call after the file's contents
 //! change, so a test can change them under a running daemon. Contents, not
 //! mtimes, are compared, so two rewrites within one tick of the filesystem
 //! clock are both seen. Writing a new file and renaming it over the old one
@@ -100,6 +102,10 @@
 //! `nvmlDeviceGetDeviceHandleFromMigDeviceHandle`,
 //! `nvmlDeviceGetGpuInstanceId`, `nvmlDeviceGetComputeInstanceId`,
 //! `nvmlDeviceGetAttributes_v2`.
+//! Events: `nvmlEventSetCreate`, `nvmlDeviceGetSupportedEventTypes`,
+//! `nvmlDeviceRegisterEvents` (critical XID errors only), `nvmlEventSetWait_v2`,
+//! `nvmlEventSetFree`. A set gets the `xid_errors` appended after it
+//! registered, each once.
 //!
 //! Every call but `nvmlErrorString` returns `NVML_ERROR_UNINITIALIZED` outside
 //! an init/shutdown pair, `NVML_ERROR_INVALID_ARGUMENT` for a null pointer or
@@ -112,6 +118,7 @@
 mod config;
 mod device;
 mod error;
+mod event;
 mod handle;
 mod mig;
 mod out_param;
@@ -120,6 +127,7 @@ mod system;
 
 pub use config::CONFIG_ENV;
 pub use device::*;
+pub use event::*;
 pub use mig::*;
 pub use system::*;
 
@@ -158,4 +166,9 @@ fn signatures_match_nvml_wrapper_sys(lib: &nvml_wrapper_sys::bindings::NvmlLib) 
     same(&lib.nvmlDeviceGetGpuInstanceId, nvmlDeviceGetGpuInstanceId);
     same(&lib.nvmlDeviceGetComputeInstanceId, nvmlDeviceGetComputeInstanceId);
     same(&lib.nvmlDeviceGetAttributes_v2, nvmlDeviceGetAttributes_v2);
+    same(&lib.nvmlEventSetCreate, nvmlEventSetCreate);
+    same(&lib.nvmlDeviceGetSupportedEventTypes, nvmlDeviceGetSupportedEventTypes);
+    same(&lib.nvmlDeviceRegisterEvents, nvmlDeviceRegisterEvents);
+    same(&lib.nvmlEventSetWait_v2, nvmlEventSetWait_v2);
+    same(&lib.nvmlEventSetFree, nvmlEventSetFree);
 }

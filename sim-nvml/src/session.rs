@@ -98,7 +98,7 @@ fn refresh(host: &mut Host, source: &mut Source) {
             if !host.take_readings(&newer) {
                 warn_once(&format!(
                     "{} changed more than readings; only utilisation, power, temperature, \
-                     energy, used memory and processes change before the next first nvmlInit",
+                     energy, used memory, processes and XID errors change before the next first nvmlInit",
                     source.path.display()
                 ));
             }

@@ -235,6 +235,39 @@ const READINGS: &str = r#"{"gpus": [{
 }]}"#;
 
 #[test]
+fn xid_errors_appended_to_the_config_reach_registered_event_sets_once() {
+    use nvml_wrapper::bitmasks::event::EventTypes;
+    use nvml_wrapper::enums::event::XidError;
+    let config = READINGS.replace(r#""memory_used_mib": 100"#, r#""memory_used_mib": 100, "xid_errors": [13]"#);
+    scenario("xid_errors_appended_to_the_config_reach_registered_event_sets_once", Some(&config), || {
+        let nvml = init().expect("init");
+        let gpu = nvml.device_by_index(0).unwrap();
+        assert!(gpu.supported_event_types().unwrap().contains(EventTypes::CRITICAL_XID_ERROR));
+        let set = gpu.register_events(EventTypes::CRITICAL_XID_ERROR, nvml.create_event_set().unwrap()).unwrap();
+        // The error from before registration is history, not an event.
+        assert!(matches!(set.wait(50), Err(NvmlError::Timeout)));
+        let initial = config_path();
+        let text = std::fs::read_to_string(&initial).unwrap();
+        rewrite_config(&text.replace(r#""xid_errors": [13]"#, r#""xid_errors": [13, 79, 48]"#));
+        let mut got = Vec::new();
+        for _ in 0..2 {
+            let event = set.wait(2000).expect("an XID event");
+            assert_eq!(event.event_type, EventTypes::CRITICAL_XID_ERROR);
+            assert_eq!(event.device.uuid().unwrap(), "GPU-1");
+            match event.event_data {
+                Some(XidError::Value(x)) => got.push(x),
+                other => panic!("no XID in the event: {other:?}"),
+            }
+        }
+        assert_eq!(got, [79, 48]);
+        assert!(matches!(set.wait(50), Err(NvmlError::Timeout)), "an error was delivered twice");
+        // Registering for an event type the GPU does not report is refused.
+        let refused = gpu.register_events(EventTypes::CLOCK_CHANGE, nvml.create_event_set().unwrap());
+        assert!(matches!(refused.map_err(|e| e.error), Err(NvmlError::NotSupported)));
+    });
+}
+
+#[test]
 fn readings_follow_rewrites_of_the_config() {
     scenario("readings_follow_rewrites_of_the_config", Some(READINGS), || {
         let nvml = init().expect("init");
