@@ -68,3 +68,29 @@ for what in ("vms", "gpus"):
 json.dump(out, open(sys.argv[1], "w"))
 EOF
 }
+
+# Sets HOG_ITERS (gv_burn iterations for a 400 us kernel, which keeps the GPU
+# saturated) and LC_ITERS (100 us: a small inference-like request), from two
+# native runs of one kernel each.
+h100_calibrate() {
+    local it
+    for it in 20000 200000; do
+        h100_client gv_load native-$it "$R/calib-native-$it.out" latency --seconds 1 --kernels 1 --iters $it \
+            --blocks 264 --gap-us 0
+    done
+    read -r HOG_ITERS LC_ITERS < <(python3 - "$R" <<'EOF'
+import json, sys
+def p50(it):
+    for l in open(f"{sys.argv[1]}/calib-native-{it}.out"):
+        if l.startswith("GVLOAD "):
+            return json.loads(l[7:]).get("p50_us")
+a, b = p50(20000), p50(200000)
+if not a or not b or b <= a:
+    print(400000, 100000)   # no native GPU (ENGINE=sim): the sim engine's 1 ns per iteration
+    sys.exit(0)
+per_iter = (b - a) / 180000.0
+fixed = a - 20000 * per_iter
+print(max(int((400 - fixed) / per_iter), 1000), max(int((100 - fixed) / per_iter), 1000))
+EOF
+)
+}

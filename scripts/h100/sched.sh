@@ -36,27 +36,7 @@ wait_clients() {
 }
 
 # 0. Calibration: how long one gv_burn kernel takes alone, natively.
-tag=calib
-for it in 20000 200000; do
-    client native-$it latency --seconds 1 --kernels 1 --iters $it --blocks 264 --gap-us 0
-done
-read -r HOG_ITERS LC_ITERS < <(python3 - "$R" <<'EOF'
-import json, sys
-def p50(it):
-    for l in open(f"{sys.argv[1]}/calib-native-{it}.out"):
-        if l.startswith("GVLOAD "):
-            return json.loads(l[7:]).get("p50_us")
-a, b = p50(20000), p50(200000)
-if not a or not b or b <= a:
-    print(400000, 100000)   # no native GPU (ENGINE=sim): the sim engine's 1 ns per iteration
-    sys.exit(0)
-per_iter = (b - a) / 180000.0
-fixed = a - 20000 * per_iter
-hog = int((400 - fixed) / per_iter)    # a 400 us kernel keeps the GPU saturated
-lc = int((100 - fixed) / per_iter)     # 4 x 100 us: a small inference-like request
-print(max(hog, 1000), max(lc, 1000))
-EOF
-)
+h100_calibrate
 log "hog kernel: $HOG_ITERS iterations; latency kernel: $LC_ITERS iterations"
 HOG=(saturate --seconds "$SECS" --iters "$HOG_ITERS" --blocks 264 --depth 4)
 LC=(latency --seconds "$SECS" --kernels 4 --iters "$LC_ITERS" --blocks 264 --gap-us 1000)
