@@ -869,11 +869,9 @@ impl Gate {
         let Some((resident_max, max_move)) = shared.lock().evict_to.take() else {
             return;
         };
-        // No more than the daemon set host RAM aside for (the engine moves
-        // whole allocations, so it may still pass that by one).
-        let target = resident_max.max(engine.residency().resident.saturating_sub(max_move));
+        // No more than the daemon set host RAM aside for.
         let start = Instant::now();
-        let moved = match engine.swap_out(target) {
+        let moved = match engine.swap_out(resident_max, max_move) {
             Ok(m) => m,
             Err(e) => {
                 warn!("swapping device memory out: {e}");

@@ -245,4 +245,20 @@ fn an_eviction_moves_no_more_than_the_daemon_set_host_ram_aside_for() {
         }
         m => panic!("expected Evicted, got {m:?}"),
     }
+    // Room for 3 MiB: a second 2 MiB buffer fits, a third would pass the
+    // bound, so 2 MiB stay resident although the daemon asked for none.
+    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: 3 * MIB });
+    let t = std::time::Instant::now();
+    while waker.read().is_err() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the link never woke the queue thread");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    gate.service_memory(&mut e);
+    match peer.next() {
+        BackendMsg::Evicted { state, moved_bytes, .. } => {
+            assert_eq!(moved_bytes, 2 * MIB);
+            assert_eq!((state.resident_bytes, state.evicted_bytes), (2 * MIB, 4 * MIB));
+        }
+        m => panic!("expected Evicted, got {m:?}"),
+    }
 }

@@ -697,14 +697,18 @@ impl Allocations {
 /// The allocations to swap out so that at most `keep` of `resident` bytes
 /// stay: the largest first, the fewest moves for the bytes asked. `candidates`
 /// are (footprint, address).
-fn pick_victims(mut candidates: Vec<(u64, u64)>, resident: u64, keep: u64) -> Vec<u64> {
+fn pick_victims(mut candidates: Vec<(u64, u64)>, resident: u64, keep: u64, max_bytes: u64) -> Vec<u64> {
     candidates.sort_unstable_by(|a, b| b.cmp(a));
     let mut left = resident;
+    let mut moved = 0u64;
     let mut picked = Vec::new();
     for (footprint, base) in candidates {
         if left <= keep {
             break;
         }
+        // One too large for what is left of the bound: a smaller one may fit.
+        let Some(total) = moved.checked_add(footprint).filter(|&t| t <= max_bytes) else { continue };
+        moved = total;
         picked.push(base);
         left = left.saturating_sub(footprint);
     }
@@ -1098,7 +1102,7 @@ impl Engine for CudaEngine {
         !matches!(self.allocs.get(dptr), Some(DevAlloc { state: AllocState::Evicted(_), .. }))
     }
 
-    fn swap_out(&mut self, keep: u64) -> EngineResult<u64> {
+    fn swap_out(&mut self, keep: u64, max_bytes: u64) -> EngineResult<u64> {
         self.synchronize_all();
         let Some(vmm) = self.vmm else {
             return Ok(0); // cuMemAlloc memory cannot keep its address off the GPU
@@ -1114,7 +1118,7 @@ impl Engine for CudaEngine {
             .filter(|(_, a)| matches!(a.state, AllocState::Mapped(_)))
             .map(|(b, a)| (a.footprint, *b))
             .collect();
-        let victims: Vec<Victim> = pick_victims(candidates, before.resident, keep)
+        let victims: Vec<Victim> = pick_victims(candidates, before.resident, keep, max_bytes)
             .into_iter()
             .filter_map(|b| self.allocs.get(b).map(|a| Victim { dptr: b, len: a.size, scrub_len: a.footprint }))
             .collect();
@@ -1774,13 +1778,18 @@ pub(super) mod tests {
     }
 
     #[test]
-    fn swap_out_moves_the_largest_allocations_until_keep_is_met() {
+    fn swap_out_moves_the_largest_allocations_that_fit_the_bound_until_keep_is_met() {
         let c = vec![(2, 0xa), (8, 0xb), (4, 0xc), (8, 0xd)];
-        assert_eq!(pick_victims(c.clone(), 22, 22), Vec::<u64>::new());
-        assert_eq!(pick_victims(c.clone(), 22, 20), vec![0xd]);
-        assert_eq!(pick_victims(c.clone(), 22, 14), vec![0xd]);
-        assert_eq!(pick_victims(c.clone(), 22, 13), vec![0xd, 0xb]);
-        assert_eq!(pick_victims(c.clone(), 22, 0), vec![0xd, 0xb, 0xc, 0xa]);
+        let all = u64::MAX;
+        assert_eq!(pick_victims(c.clone(), 22, 22, all), Vec::<u64>::new());
+        assert_eq!(pick_victims(c.clone(), 22, 20, all), vec![0xd]);
+        assert_eq!(pick_victims(c.clone(), 22, 14, all), vec![0xd]);
+        assert_eq!(pick_victims(c.clone(), 22, 13, all), vec![0xd, 0xb]);
+        assert_eq!(pick_victims(c.clone(), 22, 0, all), vec![0xd, 0xb, 0xc, 0xa]);
+        // The bound on bytes moved holds: too-large ones are passed over.
+        assert_eq!(pick_victims(c.clone(), 22, 0, 6), vec![0xc, 0xa]);
+        assert_eq!(pick_victims(c.clone(), 22, 0, 1), Vec::<u64>::new());
+        assert_eq!(pick_victims(c.clone(), 22, 13, 12), vec![0xd, 0xc]);
     }
 
     #[test]
@@ -2106,7 +2115,7 @@ pub(super) mod tests {
         fn swap(e: &mut CudaEngine, d: u64, n: usize) {
             let Some(vmm) = e.vmm else {
                 eprintln!("swap: no VMM (GPUVISOR_VMM=0?): allocations stay put");
-                assert_eq!(e.swap_out(0), Ok(0));
+                assert_eq!(e.swap_out(0, u64::MAX), Ok(0));
                 assert_eq!(e.residency().evicted, 0);
                 assert!(e.residency().resident > 0);
                 return;
@@ -2136,7 +2145,7 @@ pub(super) mod tests {
 
             // Just under: only the largest goes.
             let (free0, _) = e.mem_get_info().unwrap();
-            let moved = e.swap_out(r1.resident - 1).unwrap();
+            let moved = e.swap_out(r1.resident - 1, u64::MAX).unwrap();
             assert_eq!(moved, fps[2]);
             assert_eq!(e.residency(), Residency { resident: r1.resident - fps[2], evicted: fps[2] });
             assert!(!e.mem_is_resident(held[2].0) && e.mem_is_resident(held[0].0));
@@ -2145,7 +2154,7 @@ pub(super) mod tests {
             assert!(free1 >= free0 + fps[2] / 2, "the physical memory went back to the driver");
 
             // Everything, then back, bytes intact at the same addresses.
-            let moved = e.swap_out(0).unwrap();
+            let moved = e.swap_out(0, u64::MAX).unwrap();
             assert_eq!(moved, r1.resident - fps[2]);
             assert_eq!(e.residency(), Residency { resident: 0, evicted: r1.resident });
             // Memory handed out now is not this VM's old bytes.
@@ -2163,7 +2172,7 @@ pub(super) mod tests {
             assert_eq!(read(e, d, n * 4), d_before);
 
             // Freed while swapped out; its context destroyed while swapped out.
-            e.swap_out(0).unwrap();
+            e.swap_out(0, u64::MAX).unwrap();
             let (p0, _) = held.remove(0);
             e.mem_free(p0).unwrap();
             assert_eq!(e.mem_free(p0), Err(CuError(CUDA_ERROR_INVALID_VALUE)));
@@ -2175,7 +2184,7 @@ pub(super) mod tests {
             let q = e.mem_alloc(64 << 20).unwrap();
             e.memset(q, 0x5a, 1, 64 << 20, EngineStream::NULL, false).unwrap();
             let with_q = e.residency();
-            e.swap_out(0).unwrap();
+            e.swap_out(0, u64::MAX).unwrap();
             e.ctx_destroy(other).unwrap();
             assert_eq!(e.residency().evicted, with_q.resident - e.alloc_footprint(64 << 20));
             e.ctx_set_current(EngineCtx(cur)).unwrap();
@@ -2212,11 +2221,11 @@ pub(super) mod tests {
                 eprintln!("swap {what}: {gbs:.1} GB/s, {:.2} of native {native:.1}", gbs / native);
             };
             let t = Instant::now();
-            assert_eq!(e.swap_out(fp).unwrap(), fp);
+            assert_eq!(e.swap_out(fp, u64::MAX).unwrap(), fp);
             report("out 2 GiB cold", rate(half, t), native.0);
             std::thread::sleep(std::time::Duration::from_millis(1000));
             let t = Instant::now();
-            assert_eq!(e.swap_out(0).unwrap(), fp);
+            assert_eq!(e.swap_out(0, u64::MAX).unwrap(), fp);
             report("out 2 GiB prepared ahead", rate(half, t), native.0);
             for round in 0..3 {
                 let t = Instant::now();
@@ -2226,7 +2235,7 @@ pub(super) mod tests {
                     break;
                 }
                 let t = Instant::now();
-                assert_eq!(e.swap_out(0).unwrap(), 2 * fp);
+                assert_eq!(e.swap_out(0, u64::MAX).unwrap(), 2 * fp);
                 report("out 4 GiB cached", rate(2 * half, t), native.0);
             }
             for (p, v) in [(a, 0xaaaa_0001u32), (b, 0xbbbb_0002)] {

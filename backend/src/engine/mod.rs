@@ -140,12 +140,14 @@ pub trait Engine: Send {
         true
     }
     /// Waits for all work, then copies allocations to host RAM and gives
-    /// their device memory back (zeroed first, as any freed memory), until
-    /// at most `keep` bytes stay resident. Their device addresses stay
+    /// their device memory back (zeroed first, as any freed memory), largest
+    /// first, until at most `keep` bytes stay resident, moving no more than
+    /// `max_bytes` in all (an allocation that would pass it is passed over,
+    /// so `keep` may not be reached). Their device addresses stay
     /// reserved, so pointers the guest holds (also inside its own data) stay
     /// valid. Returns the bytes moved; on an error, what was moved stays
     /// moved and the rest stays resident, nothing is lost.
-    fn swap_out(&mut self, keep: u64) -> EngineResult<u64>;
+    fn swap_out(&mut self, keep: u64, max_bytes: u64) -> EngineResult<u64>;
     /// Brings swapped-out allocations back at their addresses, in address
     /// order, at least one and no more than `max_bytes` in all beyond that
     /// (`u64::MAX`: all of them). Returns the bytes moved; on an error

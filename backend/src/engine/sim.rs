@@ -494,15 +494,18 @@ impl Engine for SimEngine {
         Residency { resident: self.allocated, evicted: self.evicted_bytes }
     }
 
-    fn swap_out(&mut self, keep: u64) -> EngineResult<u64> {
+    fn swap_out(&mut self, keep: u64, max_bytes: u64) -> EngineResult<u64> {
         self.synchronize_all();
-        let mut moved = 0;
+        let mut moved = 0u64;
         // Largest first: fewest moves for the bytes asked.
         let mut order: Vec<(u64, u64)> = self.allocs.iter().map(|(b, a)| (a.data.len() as u64, *b)).collect();
         order.sort_unstable_by(|a, b| b.cmp(a));
         for (len, base) in order {
             if self.allocated <= keep {
                 break;
+            }
+            if moved.checked_add(len).is_none_or(|t| t > max_bytes) {
+                continue;
             }
             if let Some(a) = self.allocs.remove(&base) {
                 self.allocated -= len;
