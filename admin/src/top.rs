@@ -532,16 +532,29 @@ fn sort_mark(descending: bool) -> &'static str {
     }
 }
 
-/// Column widths: each as wide as its widest cell or heading.
-fn widths(header: &[String], rows: &[Vec<String>]) -> Vec<Constraint> {
+/// Column widths, each as wide as its widest cell or heading, for the
+/// columns that fit in `room` cells. Columns that do not fit are left out
+/// from the right, as in top(1): squeezing them all would cut every VM's name.
+fn widths(header: &[String], rows: &[Vec<String>], room: u16) -> Vec<Constraint> {
+    let mut used = 0usize;
     header
         .iter()
         .enumerate()
         .map(|(i, h)| {
-            let w = rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).fold(h.chars().count(), usize::max);
-            Constraint::Length(w.min(40) as u16)
+            rows.iter().filter_map(|r| r.get(i)).map(|c| c.chars().count()).fold(h.chars().count(), usize::max).min(40)
         })
+        .take_while(|w| {
+            // One cell of spacing between columns.
+            used += w + usize::from(used > 0);
+            used <= usize::from(room)
+        })
+        .map(|w| Constraint::Length(w as u16))
         .collect()
+}
+
+/// `cells` cut to the first `n` columns.
+fn first(cells: &[String], n: usize) -> Vec<String> {
+    cells.iter().take(n).cloned().collect()
 }
 
 /// Draws the whole screen for `app` at wall-clock time `now`.
@@ -570,8 +583,12 @@ pub fn draw(frame: &mut Frame, app: &mut App, now: f64) {
     frame.render_widget(Paragraph::new(title), head);
 
     let header: Vec<String> = GPU_HEADER.iter().map(|h| h.to_string()).collect();
-    let gpu_table = Table::new(gpu_rows.iter().map(|r| Row::new(r.clone())), widths(&header, &gpu_rows))
-        .header(Row::new(header.clone()).style(Style::new().add_modifier(Modifier::BOLD)))
+    // Inside the borders.
+    let room = area.width.saturating_sub(2);
+    let gpu_widths = widths(&header, &gpu_rows, room);
+    let n = gpu_widths.len();
+    let gpu_table = Table::new(gpu_rows.iter().map(|r| Row::new(first(r, n))), gpu_widths)
+        .header(Row::new(first(&header, n)).style(Style::new().add_modifier(Modifier::BOLD)))
         .block(Block::bordered().title(" GPUs "));
     frame.render_widget(gpu_table, gpus);
 
@@ -588,12 +605,14 @@ pub fn draw(frame: &mut Frame, app: &mut App, now: f64) {
         .collect();
     let cells: Vec<Vec<String>> = rows.iter().map(|r| r.cells.clone()).collect();
     let sorted = app.sort.index();
-    let header_row = Row::new(header.iter().enumerate().map(|(i, h)| {
+    let vm_widths = widths(&header, &cells, room);
+    let n = vm_widths.len();
+    let header_row = Row::new(header.iter().take(n).enumerate().map(|(i, h)| {
         let style = if i == sorted { Style::new().add_modifier(Modifier::REVERSED) } else { Style::new() };
         Cell::from(h.clone()).style(style)
     }))
     .style(Style::new().add_modifier(Modifier::BOLD));
-    let vm_table = Table::new(cells.iter().map(|r| Row::new(r.clone())), widths(&header, &cells))
+    let vm_table = Table::new(cells.iter().map(|r| Row::new(first(r, n))), vm_widths)
         .header(header_row)
         .row_highlight_style(Style::new().add_modifier(Modifier::REVERSED))
         .block(Block::bordered().title(format!(" VMs ({}) ", app.sort_note())));
@@ -663,6 +682,7 @@ const HELP: &[&str] = &[
     "  ↑ ↓, j k       select a VM: its other figures show under the table",
     "  PgUp PgDn, g G move by 10 rows, to the first or last",
     "  ?              show or hide this help",
+    "Columns that do not fit the terminal are left out from the right.",
     "",
     "VM columns",
     "  SHARE     share of the GPU's time used over the last 2 s window",
@@ -988,6 +1008,17 @@ mod tests {
         assert!(last.starts_with("error (retrying every 1.0 s, showing data of 01:20:00 UTC): "), "{last}");
         assert!(last.contains("could not reach http://127.0.0.1:9/v1/gpus"), "{last}");
         assert!(lines.iter().any(|l| l.contains("alpha")), "{}", lines.join("\n"));
+    }
+
+    #[test]
+    fn a_narrow_terminal_keeps_whole_names_and_drops_columns_from_the_right() {
+        let mut app = App::new("http://x", &args());
+        app.update(Ok(sample(Instant::now(), vec![vm("a-rather-long-vm-name", 0.6, 0)])), 0.0);
+        let lines = screen(&mut app, 60, 20);
+        let text = lines.join("\n");
+        assert!(text.contains("│a-rather-long-vm-name "), "{text}");
+        let header = lines.iter().find(|l| l.contains("NAME ^")).unwrap();
+        assert!(header.contains("STATE") && !header.contains("FAULTS"), "{text}");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! `gpuvisorctl top` on a real terminal (tmux) against a real gpuvisord
 //! with a simulated NVML GPU and two registered VMs: the screen shows them,
-//! `s` moves the sort, `q` quits and leaves the terminal as it found it.
+//! `s` moves the sort, a resize is redrawn, `q` quits and leaves the
+//! terminal as it found it.
 
 mod common;
 
@@ -97,6 +98,15 @@ fn top_shows_the_vms_sorts_on_s_and_gives_the_terminal_back_on_q() {
     let screen = tmux.wait_for("the sort to move to GPU", Duration::from_secs(5), |s| vm_header(s).contains("GPU ^"));
     assert!(!vm_header(&screen).contains("NAME ^"), "one sorted column:\n{screen}");
     assert!(screen.contains("sort: GPU (A to Z)"), "{screen}");
+
+    // A smaller terminal: the next refresh draws to its size, status line
+    // on its last row.
+    tmux.resize(110, 24);
+    let screen = tmux.wait_for("a redraw at 110x24", Duration::from_secs(5), |s| {
+        let lines: Vec<&str> = s.lines().collect();
+        lines.len() == 24 && lines[23].contains("sort: GPU") && lines.iter().all(|l| l.chars().count() <= 110)
+    });
+    assert!(screen.contains("top-alpha"), "{screen}");
 
     tmux.send_keys(&["q"]);
     let screen = tmux.wait_for("top to exit", Duration::from_secs(5), |s| s.contains("top exited"));

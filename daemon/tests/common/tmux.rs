@@ -84,6 +84,12 @@ impl Tmux {
         self.run(&args);
     }
 
+    /// Resizes the session's window, as a user dragging the terminal's edge.
+    pub fn resize(&self, width: u16, height: u16) {
+        let (w, h) = (width.to_string(), height.to_string());
+        self.run(&["resize-window", "-t", "t", "-x", &w, "-y", &h]);
+    }
+
     /// A format of the session's pane, as `#{alternate_on}`.
     pub fn pane_format(&self, format: &str) -> String {
         String::from_utf8_lossy(&self.run(&["display-message", "-p", "-t", "t", format]).stdout).trim().to_owned()
