@@ -62,7 +62,7 @@ fn parse_column(s: &str) -> Result<VmColumn, String> {
     })
 }
 
-/// What top's fetch thread fails with: the client's error, or the terminal's.
+/// Why top could not run: no terminal to draw on, or the terminal failed.
 #[derive(Debug, thiserror::Error)]
 pub enum TopError {
     #[error("top draws on a terminal and standard output is not one (for text, use `gpuvisorctl vms`)")]
