@@ -3,7 +3,8 @@
 # QEMU 10 from bookworm-backports (QEMU 7.2 refuses vhost-user-gpu-pci without KVM),
 # the Debian kernel package (the guest kernel and its virtio-gpu module), busybox
 # (the guest's userland), the C toolchain for the guest test programs and Prometheus
-# (daemon/tests/prometheus.rs runs its own /usr/bin/prometheus; the packaged service is not used).
+# (daemon/tests/prometheus.rs runs its own /usr/bin/prometheus; the packaged service is not used)
+# and tmux (daemon/tests/top.rs drives `gpuvisorctl top` in a tmux terminal).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 
@@ -26,6 +27,7 @@ command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v xz >/dev/null 2>&1 || missing+=(xz)
 [ -x /usr/bin/prometheus ] || missing+=(prometheus)
+command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 
 if [ ${#missing[@]} -eq 0 ]; then
     echo "install-prereqs: everything present"
@@ -38,7 +40,7 @@ if ! grep -rqs bookworm-backports /etc/apt/sources.list /etc/apt/sources.list.d/
     echo "deb http://deb.debian.org/debian bookworm-backports main" > /etc/apt/sources.list.d/gpuvisor-backports.list
 fi
 apt-get update -q
-pkgs=(busybox-static cpio xz-utils gcc libc6-dev kmod)
+pkgs=(busybox-static cpio xz-utils gcc libc6-dev kmod tmux)
 kernel_present || pkgs+=(linux-image-amd64)
 [ -x /usr/bin/prometheus ] || pkgs+=(prometheus)
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"

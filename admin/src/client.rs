@@ -39,7 +39,9 @@ impl ClientError {
     }
 }
 
-/// A connection to one gpuvisord's admin API.
+/// A connection to one gpuvisord's admin API. Clones share the connection
+/// pool (`top` fetches on its own thread).
+#[derive(Clone)]
 pub struct Client {
     base: String,
     token: Option<String>,

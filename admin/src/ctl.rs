@@ -183,6 +183,28 @@ pub enum Command {
 
     /// Check that gpuvisord answers (needs no token)
     Health,
+
+    /// A live view of the GPUs and VMs, refreshed every second, that works
+    /// over SSH
+    #[command(long_about = "A live view of the GPUs and VMs in the terminal, refreshed every --interval \
+        (1 s by default); it works in any terminal, over SSH too, and needs no mouse.\n\n\
+        The GPU table shows how busy each GPU is, its VMs' memory on it against the memory they share, \
+        and the host RAM evicted memory takes. The VM table shows each VM's state, class, weight and \
+        priority, its share of GPU time used against the share it is entitled to, its GPU time, kernel \
+        launches and bytes copied per second (between the last two refreshes), request latency, memory \
+        and errors.\n\n\
+        Keys: q (or Ctrl-C, Esc) quits; s and S sort the VM table by the next or previous column, \
+        whose heading then ends in v (largest or Z first) or ^; r reverses the order; the arrow keys or \
+        j and k select a VM, whose remaining figures show under the table; ? shows the keys and what \
+        each column means.\n\n\
+        When gpuvisord does not answer, top keeps the last figures on screen, says why on its bottom \
+        line, and tries again every interval.")]
+    Top(crate::top::TopArgs),
+
+    /// Plot the VMs' GPU shares, memory and request latency over a time range
+    /// into a PNG or SVG file
+    #[command(long_about = crate::report::LONG_ABOUT)]
+    Report(crate::report::ReportArgs),
 }
 
 fn parse_slice_ms(s: &str) -> Result<u64, String> {
@@ -309,6 +331,16 @@ fn explain(e: anyhow::Error, cli: &Cli, sent_token: bool, missing_note: &str) ->
 
 fn execute(cli: &Cli, client: &Client, out: &mut dyn Write) -> anyhow::Result<()> {
     match &cli.command {
+        Command::Top(args) => crate::top::run(client.clone(), args)?,
+        Command::Report(args) => {
+            // A fetch error goes up as the client's own, so that `explain`
+            // can add what to do about it (a token, the URL).
+            let written = crate::report::run(client, args).map_err(|e| match e {
+                crate::report::ReportError::Fetch(c) => anyhow::Error::from(c),
+                other => other.into(),
+            })?;
+            writeln!(out, "{written}")?;
+        }
         Command::Health => {
             let h = client.health()?;
             if cli.json {

@@ -1,7 +1,8 @@
 //! gpuvisord's admin API: the data model the host admin sees (GPUs, VMs,
 //! their QoS settings and measured shares), the `Admin` trait the daemon
 //! implements, the HTTP/JSON server over it, the client and `gpuvisorctl`'s
-//! commands, and the Prometheus metrics it serves.
+//! commands (among them `top`, a live terminal view, and `report`, plots of
+//! the history), and the Prometheus metrics it serves.
 
 pub mod client;
 pub mod ctl;
@@ -9,6 +10,9 @@ pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod model;
+pub mod report;
+pub mod top;
+pub mod utc;
 
 pub use client::{Client, ClientError};
 pub use http::{router, serve, Auth};

@@ -4,6 +4,8 @@
 //! real gpuvisord binary; a sim engine set up as a real backend's.
 #![allow(dead_code)]
 
+pub mod tmux;
+
 use gpuvisor_backend::engine::sim::SimEngine;
 use gpuvisor_backend::engine::{Engine, EngineCtx, EngineFunc, EngineStream};
 use gpuvisord::inventory::NvmlSource;
