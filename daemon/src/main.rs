@@ -39,8 +39,8 @@ struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9400")]
     listen: SocketAddr,
 
-    /// Directory for the settings database (gpuvisord.db) and the admin
-    /// token; created if missing.
+    /// Directory for the settings database (gpuvisord.db), the telemetry
+    /// history (history.sqlite) and the admin token; created if missing.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/gpuvisor")]
     state_dir: PathBuf,
 
@@ -263,5 +263,22 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Args::command().debug_assert();
+    }
+
+    fn telemetry(extra: &[&str]) -> anyhow::Result<gpuvisord::telemetry::TelemetryConfig> {
+        telemetry_config(&Args::try_parse_from(["gpuvisord"].iter().chain(extra))?)
+    }
+
+    #[test]
+    fn telemetry_flags_take_durations_and_refuse_retentions_that_do_not_nest() {
+        let c = telemetry(&[]).unwrap();
+        assert_eq!((c.interval, c.retention.raw), (Duration::from_secs(1), Duration::from_secs(6 * 3600)));
+        let c = telemetry(&["--telemetry-interval-ms", "0", "--history-raw-retention", "90m"]).unwrap();
+        assert_eq!((c.interval, c.retention.raw), (Duration::ZERO, Duration::from_secs(5400)));
+        let e = telemetry(&["--history-raw-retention", "8d"]).unwrap_err().to_string();
+        assert!(e.contains("--history-minute-retention"), "{e}");
+        assert!(telemetry(&["--history-raw-retention", "6 hours"]).is_err());
+        assert!(telemetry(&["--telemetry-interval-ms", "5"]).is_err());
+        assert!(telemetry(&["--alert-webhook", "localhost:5001"]).is_err());
     }
 }
