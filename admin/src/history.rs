@@ -13,6 +13,7 @@ use utoipa::{IntoParams, ToSchema};
 #[serde(deny_unknown_fields)]
 pub struct HistoryQuery {
     /// A metric as `GET /metrics` names it, e.g. `gpuvisor_vm_gpu_share`.
+    #[param(min_length = 1, example = "gpuvisor_vm_gpu_share")]
     pub metric: String,
     /// Only this VM's series (the `vm` label).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -102,7 +103,7 @@ impl HistoryQuery {
     /// the server's clock (Unix seconds).
     pub fn resolve(&self, now: f64) -> Result<ResolvedQuery, InvalidQuery> {
         let invalid = |field: &'static str, message: String| InvalidQuery { field, message };
-        if self.metric.trim().is_empty() {
+        if self.metric.is_empty() {
             return Err(invalid("metric", "must name a metric, e.g. gpuvisor_vm_gpu_share".to_owned()));
         }
         for (field, value) in [("from", self.from), ("to", self.to)] {
@@ -200,7 +201,7 @@ mod tests {
         assert_eq!(field(q(None, Some(f64::INFINITY), None)), "to");
         assert_eq!(field(q(None, None, Some(0.0))), "step");
         assert_eq!(field(q(None, None, Some(-1.0))), "step");
-        assert_eq!(field(HistoryQuery { metric: " ".into(), ..Default::default() }), "metric");
+        assert_eq!(field(HistoryQuery { metric: String::new(), ..Default::default() }), "metric");
     }
 
     #[test]
