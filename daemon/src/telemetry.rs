@@ -197,6 +197,7 @@ impl Sampler {
             let started = Instant::now();
             self.tick(unix_now());
             let took = started.elapsed();
+            tracing::trace!(took_us = took.as_micros() as u64, "telemetry tick");
             // A tick that overran skips the ticks it missed instead of
             // running them back to back.
             next += interval;
