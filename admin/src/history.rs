@@ -42,7 +42,8 @@ pub struct HistoryQuery {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 pub struct HistoryResponse {
     pub metric: String,
-    /// `gauge` or `counter`, as `GET /metrics` types it.
+    /// `gauge`, `counter` or `summary`, as `GET /metrics` types it (a
+    /// summary's quantiles read as gauges, `quantile` being a label).
     pub kind: String,
     /// For a counter, points are its per-second rate over each step; for a
     /// gauge, the mean of the samples in each step.
@@ -130,9 +131,11 @@ impl HistoryQuery {
                 return Err(invalid(
                     "step",
                     format!(
-                        "{step} s over {} s gives {points} points per series, more than {MAX_POINTS}: \
-                         use a step of at least {least:.3} s or a shorter range",
-                        to - from
+                        "a step of {} s over {} s gives {points} points per series, more than {MAX_POINTS}: \
+                         use a step of at least {} s or a shorter range",
+                        short(step),
+                        short(to - from),
+                        short((least * 1000.0).ceil() / 1000.0),
                     ),
                 ));
             }
@@ -146,6 +149,12 @@ impl HistoryQuery {
             step: self.step,
         })
     }
+}
+
+/// Seconds as a message writes them: at most 3 decimals, none trailing.
+fn short(s: f64) -> String {
+    let t = format!("{s:.3}");
+    t.trim_end_matches('0').trim_end_matches('.').to_owned()
 }
 
 /// One stored metric, as `GET /v1/history/metrics` lists it.
@@ -209,6 +218,7 @@ mod tests {
         assert!(q(Some(0.0), Some(10_999.0), Some(1.0)).resolve(0.0).is_ok());
         let e = q(Some(0.0), Some(11_000.0), Some(1.0)).resolve(0.0).unwrap_err();
         assert_eq!(e.field, "step");
-        assert!(e.message.contains("11001 points"), "{e}");
+        assert!(e.message.contains("a step of 1 s over 11000 s gives 11001 points"), "{e}");
+        assert!(e.message.contains("at least 1.001 s"), "{e}");
     }
 }

@@ -6,7 +6,7 @@ use super::table;
 use crate::alerts::{AlertState, AlertView, AlertsResponse};
 use crate::client::Client;
 use crate::history::{HistoryMetrics, HistoryQuery, HistoryResponse};
-use crate::time::{format_age, format_duration, format_short, now_unix, parse_duration, parse_time};
+use crate::time::{format_age, format_duration, format_rfc3339, format_short, now_unix, parse_duration, parse_time};
 use clap::Args;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
@@ -194,6 +194,20 @@ fn series_names(h: &HistoryResponse) -> Vec<String> {
         .collect()
 }
 
+/// A point's time: to the second, or to the millisecond for steps shorter
+/// than a second.
+fn time_cell(t: f64, step: f64) -> String {
+    if step >= 1.0 {
+        return format_short(t);
+    }
+    // 2025-05-01T12:00:00.250Z -> 05-01 12:00:00.250
+    let full = format_rfc3339(t);
+    match (full.get(5..10), full.get(11..23)) {
+        (Some(date), Some(time)) => format!("{date} {time}"),
+        _ => full,
+    }
+}
+
 /// A history answer under a line saying what it shows: a column per series
 /// (rows by time), or with `rows`, or more than [`MAX_COLUMNS`] series, a
 /// row per point.
@@ -222,7 +236,7 @@ pub fn history_table(h: &HistoryResponse, rows: bool) -> String {
             .collect();
         points.sort_by(|a, b| a.0.total_cmp(&b.0).then_with(|| a.1.cmp(b.1)));
         let body: Vec<Vec<String>> =
-            points.into_iter().map(|(t, name, v)| vec![format_short(t), name.to_owned(), value(v)]).collect();
+            points.into_iter().map(|(t, name, v)| vec![time_cell(t, h.step), name.to_owned(), value(v)]).collect();
         s.push_str(&table(&["TIME(UTC)", "SERIES", "VALUE"], &body));
         return s;
     }
@@ -359,6 +373,8 @@ mod tests {
         assert_eq!(lines[1], "TIME(UTC)       SERIES  VALUE");
         assert_eq!(lines[2], "05-01 12:00:00  vm=a    0.5");
         assert_eq!(lines[3], "05-01 12:00:00  vm=b    1.000e-5");
+        let fine = HistoryResponse { step: 0.25, ..answer(vec![series("a", &[(t0 + 0.25, 1.0)])]) };
+        assert_eq!(history_table(&fine, true).lines().nth(2), Some("05-01 12:00:00.250  VALUE   1"));
     }
 
     #[test]

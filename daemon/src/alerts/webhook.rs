@@ -65,9 +65,13 @@ impl Webhook {
     }
 
     /// Posts what is queued once more each, without retrying, and stops.
-    pub fn stop(mut self) {
-        let _ = self.tx.try_send(Msg::Stop);
-        if let Some(t) = self.thread.take() {
+    pub fn stop(self) {
+        let Webhook { tx, thread, .. } = self;
+        // Dropping the sender also stops the thread when the queue is too
+        // full to take the Stop.
+        let _ = tx.try_send(Msg::Stop);
+        drop(tx);
+        if let Some(t) = thread {
             let _ = t.join();
         }
     }
