@@ -1,7 +1,8 @@
 //! A blocking client for the admin API, as `gpuvisorctl` uses it: one method
 //! per [`Admin`](crate::model::Admin) call, errors as the server stated them.
 
-use crate::history::{HistoryQuery, HistoryResponse};
+use crate::alerts::AlertsResponse;
+use crate::history::{HistoryMetrics, HistoryQuery, HistoryResponse};
 use crate::model::{ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
@@ -127,6 +128,16 @@ impl Client {
             }
         }
         self.request("GET", &path, None)
+    }
+
+    /// The metrics the history holds (`GET /v1/history/metrics`).
+    pub fn history_metrics(&self) -> Result<HistoryMetrics, ClientError> {
+        self.request("GET", "/v1/history/metrics", None)
+    }
+
+    /// The alert rules and alerts (`GET /v1/alerts`).
+    pub fn alerts(&self) -> Result<AlertsResponse, ClientError> {
+        self.request("GET", "/v1/alerts", None)
     }
 
     fn request<T: DeserializeOwned>(&self, method: &str, path: &str, body: Option<Vec<u8>>) -> Result<T, ClientError> {

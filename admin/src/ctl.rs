@@ -1,6 +1,10 @@
 //! gpuvisorctl: its command line, and how it prints the admin API's answers
 //! (aligned tables for lists, one field per line for a single GPU or VM).
 
+mod telemetry;
+
+pub use telemetry::{alerts_table, history_table, metrics_table, AlertsArgs, HistoryArgs};
+
 use crate::client::{Client, ClientError};
 use crate::model::{GpuPatch, GpuView, VmPatch, VmView};
 use anyhow::{anyhow, Context};
@@ -181,6 +185,15 @@ pub enum Command {
         name: String,
     },
 
+    /// Show how a metric evolved, from gpuvisord's history; without
+    /// --metric, list the stored metrics
+    #[command(long_about = telemetry::HISTORY_ABOUT)]
+    History(HistoryArgs),
+
+    /// List the alerts gpuvisord's rules raised (firing, pending, and
+    /// resolved in the last day) with when they fired and resolved
+    Alerts(AlertsArgs),
+
     /// Check that gpuvisord answers (needs no token)
     Health,
 
@@ -321,6 +334,12 @@ fn explain(e: anyhow::Error, cli: &Cli, sent_token: bool, missing_note: &str) ->
         Some(ClientError::Api { field: Some(f), .. }) if f == "overcommit_ratio" => {
             "--overcommit-ratio takes 1 to 100".to_owned()
         }
+        Some(ClientError::Api { field: Some(f), .. }) if f == "step" && matches!(cli.command, Command::History(_)) => {
+            "--step takes a duration such as 10s; give a longer one, or a shorter range".to_owned()
+        }
+        Some(ClientError::Api { status: 404, .. }) if matches!(cli.command, Command::History(_)) => {
+            "`gpuvisorctl history` without --metric lists the stored metrics".to_owned()
+        }
         Some(ClientError::Unreachable { .. }) => {
             format!("is gpuvisord running and serving its admin API at {}? (--url, GPUVISOR_URL)", cli.url)
         }
@@ -383,6 +402,8 @@ fn execute(cli: &Cli, client: &Client, out: &mut dyn Write) -> anyhow::Result<()
             let patch = VmPatch { class: *class, weight: *weight, priority: *priority, slice_us };
             print_vm(out, cli.json, &client.update_vm(name, &patch)?)?;
         }
+        Command::History(args) => telemetry::history(client, cli.json, args, out)?,
+        Command::Alerts(args) => telemetry::alerts(client, cli.json, args, out)?,
         Command::Drain { name } | Command::Resume { name } => {
             let drain = matches!(cli.command, Command::Drain { .. });
             let vm = client.set_drained(name, drain)?;

@@ -1,15 +1,18 @@
 //! The admin API over HTTP/JSON: routes, bearer-token auth, request
 //! validation, the OpenAPI document and the Prometheus metrics. Every answer
 //! but `/metrics` (text), errors included, is JSON; the [`Admin`]
-//! implementation only ever sees validated patches.
+//! implementation only ever sees validated patches and history queries.
 
+use crate::alerts::{AlertRuleView, AlertState, AlertView, AlertsResponse};
+use crate::history::{HistoryMetric, HistoryMetrics, HistoryQuery, HistoryResponse, HistorySeries, HistoryTier};
 use crate::model::{
     Admin, AdminError, ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView, MAX_MEMORY_LIMIT_BYTES,
     MAX_OVERCOMMIT_RATIO, MIN_MEMORY_LIMIT_BYTES, MIN_OVERCOMMIT_RATIO,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, FromRequest, Path, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, FromRequestParts, Path, Request, State};
+use axum::http::request::Parts;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -60,6 +63,9 @@ pub fn router(admin: Arc<dyn Admin>, auth: Auth) -> Router {
         .route("/v1/vms/{name}/drain", post(drain_vm))
         .route("/v1/vms/{name}/resume", post(resume_vm))
         .route("/metrics", get(metrics))
+        .route("/v1/history", get(history))
+        .route("/v1/history/metrics", get(history_metrics))
+        .route("/v1/alerts", get(alerts))
         .method_not_allowed_fallback(method_not_allowed);
     let api = match auth {
         Auth::Token(token) => {
@@ -141,6 +147,7 @@ impl From<AdminError> for ApiError {
                 ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, message, Some(field))
             }
             AdminError::Internal(_) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, message, None),
+            AdminError::Unavailable(_) => ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message, None),
         }
     }
 }
@@ -175,6 +182,37 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
             ApiError::new(e.status(), format!("could not read the request body: {}", e.body_text()), None)
         })?;
         parse_json(&body).map(JsonBody)
+    }
+}
+
+/// Query parameters whose errors name the parameter, as a 400 with the
+/// JSON body every error has (axum's own `Query` answers plain text).
+struct QueryParams<T>(T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or("");
+        let de = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(de).map(QueryParams).map_err(|e| {
+            let path = e.path().to_string();
+            let message = e.into_inner().to_string();
+            // Unknown and missing parameters are reported while reading the
+            // keys, before the path has them: the name is between backticks.
+            let named = ["unknown field `", "missing field `", "duplicate field `"]
+                .iter()
+                .find_map(|p| message.strip_prefix(p))
+                .and_then(|rest| rest.split('`').next())
+                .map(str::to_owned);
+            match (named, path) {
+                (Some(field), _) => ApiError::new(StatusCode::BAD_REQUEST, message, Some(field)),
+                (None, path) if path != "." => {
+                    ApiError::new(StatusCode::BAD_REQUEST, format!("{path}: {message}"), Some(path))
+                }
+                _ => ApiError::new(StatusCode::BAD_REQUEST, format!("query: {message}"), None),
+            }
+        })
     }
 }
 
@@ -482,13 +520,67 @@ async fn metrics(State(admin): State<Arc<dyn Admin>>) -> Result<Response, ApiErr
     }
 }
 
+/// One metric's stored history, one series per label set, aggregated into
+/// steps: gauges and summary quantiles as the mean of each step, counters as
+/// their per-second rate over each step (a drop counts as a counter reset).
+/// Reads the finest stored level that reaches back to `from` (every sample,
+/// or the minute or hour downsampling; `resolution` says which).
+#[utoipa::path(get, path = "/v1/history", tag = "telemetry", security(("bearer" = [])),
+    params(HistoryQuery),
+    responses(
+        (status = 200, description = "The metric's series over the range", body = HistoryResponse),
+        (status = 400, description = "A parameter of the wrong type, unknown or missing; `from` after `to`; \
+            a step that would give more than 11000 points per series. `field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 404, description = "No stored metric of that name", body = ErrorBody),
+        (status = 500, description = "The history could not be read", body = ErrorBody),
+        (status = 503, description = "History is off (gpuvisord --telemetry-interval-ms 0)", body = ErrorBody),
+    ))]
+async fn history(
+    State(admin): State<Arc<dyn Admin>>,
+    QueryParams(q): QueryParams<HistoryQuery>,
+) -> Result<Json<HistoryResponse>, ApiError> {
+    let r = q
+        .resolve(crate::time::now_unix())
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.to_string(), Some(e.field.to_owned())))?;
+    // The daemon answers for exactly the range checked here.
+    let q = HistoryQuery { from: Some(r.from), to: Some(r.to), ..q };
+    call(admin, move |a| a.history(&q)).await
+}
+
+/// The metrics the history holds, with their kind and number of series, and
+/// how long each level of it is kept.
+#[utoipa::path(get, path = "/v1/history/metrics", tag = "telemetry", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The stored metrics", body = HistoryMetrics),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 500, description = "The history could not be read", body = ErrorBody),
+        (status = 503, description = "History is off (gpuvisord --telemetry-interval-ms 0)", body = ErrorBody),
+    ))]
+async fn history_metrics(State(admin): State<Arc<dyn Admin>>) -> Result<Json<HistoryMetrics>, ApiError> {
+    call(admin, |a| a.history_metrics()).await
+}
+
+/// The alert rules gpuvisord evaluates and their alerts: pending, firing,
+/// and resolved in the last day, with when each started, fired and resolved.
+#[utoipa::path(get, path = "/v1/alerts", tag = "telemetry", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The rules and alerts", body = AlertsResponse),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 500, description = "The alerts could not be read", body = ErrorBody),
+    ))]
+async fn alerts(State(admin): State<Arc<dyn Admin>>) -> Result<Json<AlertsResponse>, ApiError> {
+    call(admin, |a| a.alerts()).await
+}
+
 #[derive(OpenApi)]
 #[openapi(
     info(
         title = "gpuvisord admin API",
         description = "Live tuning of gpuvisord's GPU scheduler: list GPUs and VMs, change a VM's QoS \
                        class, weight, priority and time slice or a GPU's defaults and memory overcommit, drain and \
-                       resume VMs, see where each VM's device memory is (on the GPU or evicted to host RAM). \
+                       resume VMs, see where each VM's device memory is (on the GPU or evicted to host RAM), read the \
+                       history of every metric and the alerts gpuvisord raised. \
                        Every route but /v1/health and /openapi.json needs `Authorization: Bearer <token>`. \
                        /metrics answers Prometheus text; everything else is JSON. Errors are JSON `{\"error\": \"...\", \"field\": \"...\" | null}`."
     ),
@@ -503,7 +595,10 @@ async fn metrics(State(admin): State<Arc<dyn Admin>>) -> Result<Response, ApiErr
         patch_vm,
         drain_vm,
         resume_vm,
-        metrics
+        metrics,
+        history,
+        history_metrics,
+        alerts
     ),
     components(schemas(
         GpuView,
@@ -513,7 +608,16 @@ async fn metrics(State(admin): State<Arc<dyn Admin>>) -> Result<Response, ApiErr
         GpuPatch,
         ErrorBody,
         Health,
-        crate::model::QosClassSchema
+        crate::model::QosClassSchema,
+        HistoryResponse,
+        HistorySeries,
+        HistoryMetrics,
+        HistoryMetric,
+        HistoryTier,
+        AlertsResponse,
+        AlertRuleView,
+        AlertView,
+        AlertState
     )),
     modifiers(&BearerScheme),
     tags(
@@ -521,6 +625,7 @@ async fn metrics(State(admin): State<Arc<dyn Admin>>) -> Result<Response, ApiErr
         (name = "gpus", description = "GPUs and their scheduling defaults"),
         (name = "vms", description = "VMs, their QoS settings and measured shares"),
         (name = "metrics", description = "Prometheus metrics (text, not JSON)"),
+        (name = "telemetry", description = "The history gpuvisord keeps of its metrics, and the alerts its rules raise"),
     )
 )]
 struct ApiDoc;

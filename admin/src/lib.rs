@@ -2,8 +2,10 @@
 //! their QoS settings and measured shares), the `Admin` trait the daemon
 //! implements, the HTTP/JSON server over it, the client and `gpuvisorctl`'s
 //! commands (among them `top`, a live terminal view, and `report`, plots of
-//! the history), and the Prometheus metrics it serves.
+//! the history), the Prometheus metrics it serves, and the telemetry history
+//! and alerts it answers with.
 
+pub mod alerts;
 pub mod client;
 pub mod ctl;
 pub mod history;
@@ -11,6 +13,7 @@ pub mod http;
 pub mod metrics;
 pub mod model;
 pub mod report;
+pub mod time;
 pub mod top;
 pub mod utc;
 

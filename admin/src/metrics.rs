@@ -51,11 +51,22 @@ pub enum Kind {
 }
 
 impl Kind {
-    fn as_str(self) -> &'static str {
+    /// As the `# TYPE` line writes it.
+    pub fn as_str(self) -> &'static str {
         match self {
             Kind::Counter => "counter",
             Kind::Gauge => "gauge",
             Kind::Summary => "summary",
+        }
+    }
+
+    /// The kind a `# TYPE` line names.
+    pub fn parse(s: &str) -> Option<Kind> {
+        match s {
+            "counter" => Some(Kind::Counter),
+            "gauge" => Some(Kind::Gauge),
+            "summary" => Some(Kind::Summary),
+            _ => None,
         }
     }
 }
@@ -66,6 +77,18 @@ pub enum Value {
     Int(u64),
     Signed(i64),
     Float(f64),
+}
+
+impl Value {
+    /// As a float, as Prometheus reads every sample (integers past 2^53
+    /// round).
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::Int(v) => v as f64,
+            Value::Signed(v) => v as f64,
+            Value::Float(v) => v,
+        }
+    }
 }
 
 impl From<u64> for Value {
@@ -131,6 +154,12 @@ impl Family {
 
     pub fn sample(&mut self, labels: Labels, value: impl Into<Value>) {
         self.samples.push((labels, value.into()));
+    }
+
+    /// Its samples, in the order a scrape writes them (the daemon's history
+    /// and alerts read the same figures).
+    pub fn samples(&self) -> &[(Labels, Value)] {
+        &self.samples
     }
 
     /// Writes the family; one with no samples keeps its HELP and TYPE, so

@@ -1,6 +1,8 @@
 //! What the admin API shows and accepts. The daemon implements [`Admin`]; the
 //! HTTP layer only translates between JSON and these calls.
 
+use crate::alerts::AlertsResponse;
+use crate::history::{HistoryMetrics, HistoryQuery, HistoryResponse};
 use crate::metrics::MetricsSnapshot;
 use protocol::control::QosClass;
 use serde::{Deserialize, Serialize};
@@ -281,6 +283,9 @@ pub enum AdminError {
     /// 500: the daemon could not do it (for example, the database write failed).
     #[error("{0}")]
     Internal(String),
+    /// 503: the server does not offer this (for example, history is off).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// What the daemon offers the admin API. Changes take effect at once: a
@@ -299,6 +304,20 @@ pub trait Admin: Send + Sync + 'static {
     /// NVML readings; the daemon takes everything at once and reads NVML.
     fn metrics(&self) -> MetricsSnapshot {
         MetricsSnapshot { gpus: self.gpus(), vms: self.vms(), ..Default::default() }
+    }
+    /// One metric's stored history. The HTTP layer has checked the query and
+    /// filled in its range. The default keeps none.
+    fn history(&self, q: &HistoryQuery) -> Result<HistoryResponse, AdminError> {
+        let _ = q;
+        Err(AdminError::Unavailable("this server keeps no history".to_owned()))
+    }
+    /// The metrics the history holds. The default keeps none.
+    fn history_metrics(&self) -> Result<HistoryMetrics, AdminError> {
+        Err(AdminError::Unavailable("this server keeps no history".to_owned()))
+    }
+    /// The alert rules and their alerts. The default evaluates none.
+    fn alerts(&self) -> Result<AlertsResponse, AdminError> {
+        Ok(AlertsResponse::default())
     }
 }
 

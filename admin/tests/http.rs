@@ -1,10 +1,15 @@
 //! The admin API over real HTTP: the server from `serve`, over an in-memory
 //! `Admin`, driven by the client, raw requests and the gpuvisorctl binary.
 
+use gpuvisor_admin::alerts::{AlertState, AlertView, AlertsResponse};
+use gpuvisor_admin::history::{
+    HistoryMetric, HistoryMetrics, HistoryQuery, HistoryResponse, HistorySeries, HistoryTier,
+};
 use gpuvisor_admin::{
     serve, Admin, AdminError, Auth, Client, ClientError, GpuPatch, GpuView, VmPatch, VmState, VmView,
 };
 use protocol::control::QosClass;
+use std::collections::BTreeMap;
 use std::collections::HashMap;
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
@@ -18,7 +23,12 @@ const GPU: &str = "GPU-8a3f21c0-1111-2222-3333-444455556666";
 struct MemAdmin {
     gpus: Mutex<HashMap<String, GpuView>>,
     vms: Mutex<HashMap<String, VmView>>,
+    /// The last history query the HTTP layer passed on.
+    history_asked: Mutex<Option<HistoryQuery>>,
 }
+
+/// The one metric MemAdmin keeps history of.
+const SHARE: &str = "gpuvisor_vm_gpu_share";
 
 fn gpu_view() -> GpuView {
     GpuView {
@@ -100,6 +110,7 @@ impl MemAdmin {
         MemAdmin {
             gpus: Mutex::new(HashMap::from([(GPU.to_owned(), gpu_view())])),
             vms: Mutex::new(vms.into_iter().map(|v| (v.name.clone(), v)).collect()),
+            history_asked: Mutex::new(None),
         }
     }
 }
@@ -152,6 +163,56 @@ impl Admin for MemAdmin {
         v.drained = drained;
         v.state = if drained { VmState::Drained } else { VmState::Idle };
         Ok(v.clone())
+    }
+    /// Two points of alpha's share, one step apart from `from`.
+    fn history(&self, q: &HistoryQuery) -> Result<HistoryResponse, AdminError> {
+        *self.history_asked.lock().unwrap() = Some(q.clone());
+        if q.metric != SHARE {
+            return Err(AdminError::NotFound { kind: "metric", name: q.metric.clone() });
+        }
+        let (from, to) = (q.from.unwrap(), q.to.unwrap());
+        let step = q.step.unwrap_or(10.0);
+        Ok(HistoryResponse {
+            metric: q.metric.clone(),
+            kind: "gauge".into(),
+            rate: false,
+            from,
+            to,
+            step,
+            resolution: 1.0,
+            series: vec![HistorySeries {
+                labels: BTreeMap::from([("vm".to_owned(), "alpha".to_owned())]),
+                points: vec![(from, 0.25), (from + step, 0.5)],
+            }],
+        })
+    }
+    fn history_metrics(&self) -> Result<HistoryMetrics, AdminError> {
+        Ok(HistoryMetrics {
+            metrics: vec![HistoryMetric { name: SHARE.into(), kind: "gauge".into(), series: 2 }],
+            tiers: vec![HistoryTier { name: "raw".into(), resolution: 1.0, retention: 21600.0 }],
+        })
+    }
+    fn alerts(&self) -> Result<AlertsResponse, AdminError> {
+        Ok(AlertsResponse {
+            evaluating: true,
+            webhook: true,
+            rules: Vec::new(),
+            alerts: vec![AlertView {
+                rule: "GuaranteedVmStarved".into(),
+                state: AlertState::Firing,
+                labels: BTreeMap::from([
+                    ("alertname".to_owned(), "GuaranteedVmStarved".to_owned()),
+                    ("vm".to_owned(), "alpha".to_owned()),
+                ]),
+                value: Some(0.25),
+                started_at: 1_746_100_800.0,
+                fired_at: Some(1_746_100_830.0),
+                resolved_at: None,
+                summary: Some("alpha gets 0.25".into()),
+                description: None,
+                fingerprint: "0123456789abcdef".into(),
+            }],
+        })
     }
 }
 
@@ -488,11 +549,14 @@ fn openapi_lists_every_route() {
         ("/v1/vms/{name}/drain", "post"),
         ("/v1/vms/{name}/resume", "post"),
         ("/metrics", "get"),
+        ("/v1/history", "get"),
+        ("/v1/history/metrics", "get"),
+        ("/v1/alerts", "get"),
     ];
     for (path, method) in routes {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing");
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 9);
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 12);
     // Text, not JSON: schemathesis must not expect a JSON body.
     let metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"].as_object().unwrap();
     assert_eq!(metrics.keys().collect::<Vec<_>>(), vec!["text/plain; version=0.0.4; charset=utf-8"]);
@@ -772,4 +836,88 @@ fn every_metric_has_help_and_type_before_its_samples_and_each_series_appears_onc
     for name in gpuvisor_admin::metrics::metric_names() {
         assert!(typed.contains_key(name), "{name} not served");
     }
+}
+
+fn get(server: &Server, path: &str) -> (u16, serde_json::Value) {
+    let (status, _, json) = raw(server, "GET", path, Some(TOKEN), None, "");
+    (status, json)
+}
+
+#[test]
+fn a_history_query_without_a_range_is_passed_on_as_the_last_hour() {
+    let s = server();
+    let q = HistoryQuery { metric: SHARE.into(), vm: Some("alpha".into()), ..Default::default() };
+    let h = s.client().history(&q).unwrap();
+    assert_eq!(h.series[0].points.len(), 2);
+    let asked = s.admin.history_asked.lock().unwrap().clone().unwrap();
+    assert_eq!((asked.to.unwrap() - asked.from.unwrap(), asked.vm.as_deref()), (3600.0, Some("alpha")));
+    // JSON numbers read back within an ulp or so.
+    assert!((h.from - asked.from.unwrap()).abs() < 1e-3 && (h.to - asked.to.unwrap()).abs() < 1e-3, "{h:?}");
+}
+
+#[test]
+fn history_query_errors_are_400_naming_the_parameter() {
+    let s = server();
+    for (query, field) in [
+        ("metric=m&from=10&to=5", "from"),
+        ("metric=m&step=0", "step"),
+        ("metric=m&step=-2", "step"),
+        ("metric=m&from=soon", "from"),
+        ("metric=m&to=NaN", "to"),
+        ("from=1", "metric"),
+        ("metric=m&bogus=1", "bogus"),
+        ("metric=m&from=0&to=100000&step=1", "step"),
+    ] {
+        let (status, body) = get(&s, &format!("/v1/history?{query}"));
+        assert_eq!((status, body["field"].as_str()), (400, Some(field)), "{query}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(field), "{query}: {body}");
+    }
+    assert!(s.admin.history_asked.lock().unwrap().is_none(), "an invalid query reached the daemon");
+}
+
+#[test]
+fn an_unknown_metric_is_404_and_history_needs_the_token() {
+    let s = server();
+    let (status, body) = get(&s, "/v1/history?metric=no_such_metric");
+    assert_eq!(status, 404, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("no_such_metric"), "{body}");
+    for path in ["/v1/history?metric=m", "/v1/history/metrics", "/v1/alerts"] {
+        let (status, _, _) = raw(&s, "GET", path, None, None, "");
+        assert_eq!(status, 401, "{path}");
+    }
+}
+
+#[test]
+fn ctl_history_lists_the_metrics_and_prints_a_series() {
+    let s = server();
+    let o = ctl(&s, Some(TOKEN), &["history"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    assert!(stdout(&o).lines().any(|l| l.starts_with(SHARE) && l.contains("gauge")), "{}", stdout(&o));
+    let o = ctl(&s, Some(TOKEN), &["history", "--metric", SHARE, "--since", "10m", "--step", "30s"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let lines: Vec<&str> = out.lines().collect();
+    assert!(lines[0].contains("mean of each step") && lines[0].contains("step 30s"), "{out}");
+    assert_eq!(lines[1].split_whitespace().collect::<Vec<_>>(), ["TIME(UTC)", "VALUE"], "{out}");
+    assert!(lines[2].ends_with(" 0.25") && lines[3].ends_with(" 0.5"), "{out}");
+    let asked = s.admin.history_asked.lock().unwrap().clone().unwrap();
+    assert!((asked.to.unwrap() - asked.from.unwrap() - 600.0).abs() < 5.0, "{asked:?}");
+    let o = ctl(&s, Some(TOKEN), &["history", "--metric", "nope"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("without --metric lists"), "{}", stderr(&o));
+}
+
+#[test]
+fn ctl_alerts_prints_state_rule_labels_and_times() {
+    let s = server();
+    let o = ctl(&s, Some(TOKEN), &["alerts"]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    let row = out.lines().find(|l| l.starts_with("firing")).unwrap_or_else(|| panic!("{out}"));
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cells[..4], ["firing", "GuaranteedVmStarved", "vm=alpha", "0.25"], "{out}");
+    assert!(row.contains("05-01 12:00:30"), "{out}");
+    let o = ctl(&s, Some(TOKEN), &["--json", "alerts"]);
+    let json: AlertsResponse = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(json.alerts[0].fired_at, Some(1_746_100_830.0));
 }

@@ -3,10 +3,14 @@
 //! changes that are stored, scheduled and sent to the backend at once.
 
 use crate::driver::{GpuSnapshot, VmSnapshot};
+use crate::history::HistoryError;
 use crate::inventory::{self, GpuInfo};
 use crate::registry::{self, FieldError, Registry, VmEntry};
 use crate::store::GpuRecord;
+use crate::telemetry::TelemetryView;
 use crate::Shared;
+use gpuvisor_admin::alerts::AlertsResponse;
+use gpuvisor_admin::history::{HistoryMetrics, HistoryQuery, HistoryResponse};
 use gpuvisor_admin::metrics::MetricsSnapshot;
 use gpuvisor_admin::{Admin, AdminError, GpuPatch, GpuView, VmPatch, VmState, VmView};
 use std::collections::HashMap;
@@ -16,11 +20,20 @@ use std::sync::Arc;
 #[derive(Clone)]
 pub struct DaemonAdmin {
     shared: Arc<Shared>,
+    /// The history and alerts; `None` with telemetry off (and for the
+    /// sampler's own view, which only takes snapshots).
+    telemetry: Option<Arc<TelemetryView>>,
 }
 
 impl DaemonAdmin {
-    pub(crate) fn new(shared: Arc<Shared>) -> DaemonAdmin {
-        DaemonAdmin { shared }
+    pub(crate) fn new(shared: Arc<Shared>, telemetry: Option<Arc<TelemetryView>>) -> DaemonAdmin {
+        DaemonAdmin { shared, telemetry }
+    }
+
+    fn telemetry(&self) -> Result<&TelemetryView, AdminError> {
+        self.telemetry.as_deref().ok_or_else(|| {
+            AdminError::Unavailable("history is off: gpuvisord runs with --telemetry-interval-ms 0".to_owned())
+        })
     }
 
     /// Each listed GPU's scheduler figures, asked for without holding the lock.
@@ -44,6 +57,13 @@ impl DaemonAdmin {
         let snaps = self.snapshots(&[id.to_string()]);
         let reg = self.shared.registry();
         gpu_view(&reg, id, snaps.get(id)).ok_or_else(|| AdminError::NotFound { kind: "GPU", name: id.to_string() })
+    }
+}
+
+fn history_error(e: HistoryError) -> AdminError {
+    match e {
+        HistoryError::UnknownMetric(name) => AdminError::NotFound { kind: "metric", name },
+        other => AdminError::Internal(other.to_string()),
     }
 }
 
@@ -231,6 +251,23 @@ impl Admin for DaemonAdmin {
             reg.change_vm(next).map_err(|e| AdminError::Internal(e.to_string()))?;
         }
         self.vm_view_of(name)
+    }
+
+    /// Reads through the API's own connection: the sampler keeps writing.
+    fn history(&self, q: &HistoryQuery) -> Result<HistoryResponse, AdminError> {
+        let view = self.telemetry()?;
+        let now = gpuvisor_admin::time::now_unix();
+        let r =
+            q.resolve(now).map_err(|e| AdminError::InvalidField { field: e.field.to_owned(), message: e.message })?;
+        view.history().query(&r, now).map_err(history_error)
+    }
+
+    fn history_metrics(&self) -> Result<HistoryMetrics, AdminError> {
+        self.telemetry()?.history().metrics().map_err(history_error)
+    }
+
+    fn alerts(&self) -> Result<AlertsResponse, AdminError> {
+        Ok(self.telemetry.as_ref().map(|t| t.alerts()).unwrap_or_default())
     }
 
     fn set_drained(&self, name: &str, drained: bool) -> Result<VmView, AdminError> {

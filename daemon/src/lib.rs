@@ -1,20 +1,25 @@
 //! gpuvisord: the per-host daemon that decides which VM's backend may submit
 //! GPU work when. Backends register over a Unix socket ([`server`]); each
 //! GPU's scheduler runs on a thread of its own ([`driver`]); settings live in
-//! SQLite ([`store`]) and the admin API changes them live ([`admin`]).
+//! SQLite ([`store`]) and the admin API changes them live ([`admin`]). A
+//! sampler ([`telemetry`]) keeps the history of every metric ([`history`])
+//! and evaluates alert rules on it ([`alerts`]).
 //!
 //! A restart does not disturb running VMs: backends run alone while the
 //! daemon is away, reconnect with `reconnect: true`, and get back the
 //! settings stored before the restart.
 
 pub mod admin;
+pub mod alerts;
 pub mod driver;
+pub mod history;
 pub mod inventory;
 pub mod lines;
 pub mod memory;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod token;
 pub mod xid;
 
@@ -23,6 +28,7 @@ use registry::Registry;
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use telemetry::{Telemetry, TelemetryConfig, TelemetryView};
 use tokio::sync::watch;
 
 pub use admin::DaemonAdmin;
@@ -45,6 +51,8 @@ pub struct Config {
     pub min_residency_ns: u64,
     /// Host RAM that evicted GPU memory may take, all GPUs together.
     pub swap_limit_bytes: u64,
+    /// The sampler behind the history and the alerts.
+    pub telemetry: TelemetryConfig,
 }
 
 impl Config {
@@ -56,6 +64,7 @@ impl Config {
             nvml: NvmlSource::System,
             min_residency_ns: memory::DEFAULT_MIN_RESIDENCY_NS,
             swap_limit_bytes: default_swap_limit_bytes(),
+            telemetry: TelemetryConfig::default(),
         }
     }
 }
@@ -96,6 +105,8 @@ pub enum Error {
     StateDir { path: PathBuf, source: std::io::Error },
     #[error(transparent)]
     Store(#[from] store::StoreError),
+    #[error(transparent)]
+    History(#[from] history::HistoryError),
     #[error("backend socket {path}: {source}")]
     Socket { path: PathBuf, source: std::io::Error },
     #[error("another gpuvisord is listening on {0}")]
@@ -128,6 +139,7 @@ impl Shared {
 /// A running daemon.
 pub struct Daemon {
     shared: Arc<Shared>,
+    telemetry: Option<Telemetry>,
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     socket: PathBuf,
@@ -151,21 +163,36 @@ impl Daemon {
         };
         let registry = Registry::new(store, inventory, config.slice_us, driver::Clock::new(), memory)?;
         let shared = Arc::new(Shared { registry: Mutex::new(registry), hostname: hostname() });
+        let telemetry = if config.telemetry.interval.is_zero() {
+            tracing::info!("telemetry off (--telemetry-interval-ms 0): no history, no alerts");
+            None
+        } else {
+            let sampled = DaemonAdmin::new(shared.clone(), None);
+            match Telemetry::start(config.telemetry.clone(), &config.state_dir, sampled) {
+                Ok(t) => Some(t),
+                Err(e) => {
+                    stop_drivers(&shared).await;
+                    return Err(e.into());
+                }
+            }
+        };
         let listener = match server::bind(&config.backend_socket) {
             Ok(l) => l,
             Err(e) => {
+                stop_telemetry(telemetry).await;
                 stop_drivers(&shared).await;
                 return Err(e);
             }
         };
         let (shutdown, rx) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, shared.clone(), rx));
-        Ok(Daemon { shared, shutdown, server, socket: config.backend_socket })
+        Ok(Daemon { shared, telemetry, shutdown, server, socket: config.backend_socket })
     }
 
     /// The admin API over this daemon.
     pub fn admin(&self) -> Arc<DaemonAdmin> {
-        Arc::new(DaemonAdmin::new(self.shared.clone()))
+        let view: Option<Arc<TelemetryView>> = self.telemetry.as_ref().map(Telemetry::view);
+        Arc::new(DaemonAdmin::new(self.shared.clone(), view))
     }
 
     pub fn backend_socket(&self) -> &std::path::Path {
@@ -177,9 +204,16 @@ impl Daemon {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
+        stop_telemetry(self.telemetry).await;
         stop_drivers(&self.shared).await;
         let _ = std::fs::remove_file(&self.socket);
         tracing::info!("stopped");
+    }
+}
+
+async fn stop_telemetry(telemetry: Option<Telemetry>) {
+    if let Some(t) = telemetry {
+        let _ = tokio::task::spawn_blocking(move || t.stop()).await;
     }
 }
 

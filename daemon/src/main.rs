@@ -10,6 +10,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 
 /// The per-host gpuvisor daemon: schedules the GPU work of every VM's
@@ -22,6 +23,10 @@ use tokio::signal::unix::{signal, SignalKind};
 /// example RUST_LOG=gpuvisord=debug). SIGTERM or SIGINT stops it; running
 /// backends then carry on alone and re-register when it is back, keeping
 /// the settings stored in <state-dir>/gpuvisord.db.
+///
+/// Every --telemetry-interval-ms it also samples what GET /metrics shows
+/// into <state-dir>/history.sqlite (gpuvisorctl history) and evaluates the
+/// alert rules of --alert-rules on it (gpuvisorctl alerts).
 #[derive(Debug, Parser)]
 #[command(name = "gpuvisord", version)]
 struct Args {
@@ -34,8 +39,8 @@ struct Args {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9400")]
     listen: SocketAddr,
 
-    /// Directory for the settings database (gpuvisord.db) and the admin
-    /// token; created if missing.
+    /// Directory for the settings database (gpuvisord.db), the telemetry
+    /// history (history.sqlite) and the admin token; created if missing.
     #[arg(long, value_name = "DIR", default_value = "/var/lib/gpuvisor")]
     state_dir: PathBuf,
 
@@ -71,6 +76,45 @@ struct Args {
     /// [default: half of this host's RAM, MemTotal in /proc/meminfo]
     #[arg(long, value_name = "MIB")]
     swap_limit_mib: Option<u64>,
+
+    /// Milliseconds between telemetry samples: each takes what GET /metrics
+    /// shows, stores it in <state-dir>/history.sqlite and evaluates the alert
+    /// rules on it. 0 turns history and alerts off.
+    #[arg(long, value_name = "MS", default_value_t = 1000, help_heading = "Telemetry")]
+    telemetry_interval_ms: u64,
+
+    /// How long every sample is kept, like 90s, 6h or 7d. Older ranges are
+    /// read from the one-minute and one-hour rollups.
+    #[arg(long, value_name = "DURATION", default_value = "6h", value_parser = parse_duration,
+        help_heading = "Telemetry")]
+    history_raw_retention: Duration,
+
+    /// How long one-minute rollups (mean, min, max; counters' increase) are
+    /// kept; at least 1h and the raw retention.
+    #[arg(long, value_name = "DURATION", default_value = "7d", value_parser = parse_duration,
+        help_heading = "Telemetry")]
+    history_minute_retention: Duration,
+
+    /// How long one-hour rollups are kept (and resolved alerts in the alert
+    /// log); at least the minute retention.
+    #[arg(long, value_name = "DURATION", default_value = "90d", value_parser = parse_duration,
+        help_heading = "Telemetry")]
+    history_hour_retention: Duration,
+
+    /// TOML file of alert rules (see examples/alerts.toml and docs/alerts.md).
+    /// A rule that does not parse stops gpuvisord at start, naming its line.
+    #[arg(long, value_name = "PATH", help_heading = "Telemetry")]
+    alert_rules: Option<PathBuf>,
+
+    /// URL to POST firing and resolved alerts to, in Alertmanager's webhook
+    /// format (version 4); overrides the rules file's webhook_url. Failed
+    /// posts are retried with backoff, then logged.
+    #[arg(long, value_name = "URL", help_heading = "Telemetry")]
+    alert_webhook: Option<String>,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    gpuvisor_admin::time::parse_duration(s).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -103,6 +147,7 @@ async fn main() -> anyhow::Result<()> {
         config.swap_limit_bytes =
             mib.checked_mul(1 << 20).with_context(|| format!("--swap-limit-mib {mib}: too large"))?;
     }
+    config.telemetry = telemetry_config(&args)?;
     tracing::info!(
         min_residency_ms = args.min_residency_ms,
         swap_limit_mib = config.swap_limit_bytes >> 20,
@@ -128,6 +173,7 @@ async fn main() -> anyhow::Result<()> {
         .with_context(|| format!("admin API: cannot listen on {}", args.listen))?;
 
     let listen = listener.local_addr().unwrap_or(args.listen);
+    config.telemetry.external_url = format!("http://{listen}");
 
     let daemon = Daemon::start(config).await?;
     println!(
@@ -166,6 +212,39 @@ async fn main() -> anyhow::Result<()> {
     }
 }
 
+/// The sampler's settings from the command line, the rules file read and
+/// checked.
+fn telemetry_config(args: &Args) -> anyhow::Result<gpuvisord::telemetry::TelemetryConfig> {
+    use gpuvisord::history::Retention;
+    let interval = Duration::from_millis(args.telemetry_interval_ms);
+    if !interval.is_zero() && !(10..=3_600_000).contains(&args.telemetry_interval_ms) {
+        anyhow::bail!("--telemetry-interval-ms {}: expected 10 to 3600000, or 0 for off", args.telemetry_interval_ms);
+    }
+    let retention = Retention {
+        raw: args.history_raw_retention,
+        minute: args.history_minute_retention,
+        hour: args.history_hour_retention,
+    };
+    retention.check().map_err(|e| anyhow::anyhow!(e))?;
+    let rules = match &args.alert_rules {
+        Some(path) => gpuvisord::alerts::load(path)?,
+        None => Default::default(),
+    };
+    if let Some(url) = &args.alert_webhook {
+        gpuvisord::alerts::check_webhook_url(url).map_err(|e| anyhow::anyhow!("--alert-webhook: {e}"))?;
+    }
+    if interval.is_zero() && (!rules.rules.is_empty() || args.alert_webhook.is_some()) {
+        tracing::warn!("--telemetry-interval-ms 0: the alert rules are not evaluated");
+    }
+    Ok(gpuvisord::telemetry::TelemetryConfig {
+        interval,
+        retention,
+        rules,
+        webhook_url: args.alert_webhook.clone(),
+        external_url: String::new(),
+    })
+}
+
 /// The admin HTTP server, until `shutdown`.
 fn serve_admin(
     listener: tokio::net::TcpListener,
@@ -184,5 +263,22 @@ mod tests {
     #[test]
     fn the_command_line_is_consistent() {
         Args::command().debug_assert();
+    }
+
+    fn telemetry(extra: &[&str]) -> anyhow::Result<gpuvisord::telemetry::TelemetryConfig> {
+        telemetry_config(&Args::try_parse_from(["gpuvisord"].iter().chain(extra))?)
+    }
+
+    #[test]
+    fn telemetry_flags_take_durations_and_refuse_retentions_that_do_not_nest() {
+        let c = telemetry(&[]).unwrap();
+        assert_eq!((c.interval, c.retention.raw), (Duration::from_secs(1), Duration::from_secs(6 * 3600)));
+        let c = telemetry(&["--telemetry-interval-ms", "0", "--history-raw-retention", "90m"]).unwrap();
+        assert_eq!((c.interval, c.retention.raw), (Duration::ZERO, Duration::from_secs(5400)));
+        let e = telemetry(&["--history-raw-retention", "8d"]).unwrap_err().to_string();
+        assert!(e.contains("--history-minute-retention"), "{e}");
+        assert!(telemetry(&["--history-raw-retention", "6 hours"]).is_err());
+        assert!(telemetry(&["--telemetry-interval-ms", "5"]).is_err());
+        assert!(telemetry(&["--alert-webhook", "localhost:5001"]).is_err());
     }
 }
