@@ -15,7 +15,6 @@ pub mod model;
 pub mod report;
 pub mod time;
 pub mod top;
-pub mod utc;
 
 pub use client::{Client, ClientError};
 pub use http::{router, serve, Auth};

@@ -9,7 +9,7 @@
 
 use crate::client::{Client, ClientError};
 use crate::history::{HistoryQuery, HistoryResponse, HistorySeries};
-use crate::utc;
+use crate::time;
 use plotters::coord::ranged1d::{KeyPointHint, NoDefaultFormatting, Ranged, ValueFormatter};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -48,11 +48,11 @@ pub const LATENCY: &str = "gpuvisor_vm_request_latency_seconds";
 pub struct ReportArgs {
     /// Start of the range: Unix seconds or a UTC time such as 2026-12-02T08:00Z
     /// [default: --since before --to]
-    #[arg(long, value_name = "TIME", value_parser = utc::parse, conflicts_with = "since")]
+    #[arg(long, value_name = "TIME", value_parser = parse_time_now, conflicts_with = "since")]
     pub from: Option<f64>,
 
     /// End of the range, as --from [default: now]
-    #[arg(long, value_name = "TIME", value_parser = utc::parse)]
+    #[arg(long, value_name = "TIME", value_parser = parse_time_now)]
     pub to: Option<f64>,
 
     /// Length of the range that ends at --to: a number with s, m, h or d
@@ -82,23 +82,18 @@ pub struct ReportArgs {
     pub height: u32,
 }
 
-/// Seconds from `90s`, `15m`, `1h`, `7d` or a plain number of seconds.
+/// Positive seconds from a duration as [`time::parse_duration`] reads it.
 pub fn parse_duration(s: &str) -> Result<f64, String> {
-    let t = s.trim();
-    let (number, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len()));
-    let scale = match unit {
-        "" | "s" => 1.0,
-        "m" => 60.0,
-        "h" => 3600.0,
-        "d" => 86_400.0,
-        _ => return Err(format!("expected a number with s, m, h or d (like 15m), got {s:?}")),
-    };
-    let value: f64 = number.trim().parse().map_err(|_| format!("expected a duration like 15m or 1h, got {s:?}"))?;
-    let secs = value * scale;
-    if !secs.is_finite() || secs <= 0.0 {
+    let secs = time::parse_duration(s).map_err(|e| e.to_string())?.as_secs_f64();
+    if secs <= 0.0 {
         return Err(format!("expected a positive duration, got {s:?}"));
     }
     Ok(secs)
+}
+
+/// A point in time as [`time::parse_time`] reads it, `now` being now.
+fn parse_time_now(s: &str) -> Result<f64, String> {
+    time::parse_time(s, time::now_unix()).map_err(|e| e.to_string())
 }
 
 /// Why a report could not be made.
@@ -188,7 +183,7 @@ pub fn fetch(client: &Client, args: &ReportArgs, now: f64) -> Result<ReportData,
     let to = args.to.unwrap_or(now);
     let from = args.from.unwrap_or(to - args.since);
     if from >= to {
-        return Err(ReportError::EmptyRange { from: utc::datetime(from), to: utc::datetime(to) });
+        return Err(ReportError::EmptyRange { from: time::datetime(from), to: time::datetime(to) });
     }
     // With one VM the daemon can filter; with several it sends all and the
     // unwanted ones are dropped here.
@@ -240,7 +235,7 @@ pub fn fetch(client: &Client, args: &ReportArgs, now: f64) -> Result<ReportData,
 pub fn run(client: &Client, args: &ReportArgs) -> Result<String, ReportError> {
     let format = Format::from_path(&args.output)?;
     // Whole seconds: the range shows in the title to the minute anyway.
-    let data = fetch(client, args, utc::now().floor())?;
+    let data = fetch(client, args, time::now_unix().floor())?;
     let bytes = render(&data, format, (args.width, args.height))?;
     std::fs::write(&args.output, bytes).map_err(|source| ReportError::Write { path: args.output.clone(), source })?;
     let vms = vm_names(&data).len();
@@ -250,8 +245,8 @@ pub fn run(client: &Client, args: &ReportArgs) -> Result<String, ReportError> {
         args.width,
         args.height,
         if vms == 1 { "" } else { "s" },
-        utc::date_minute(data.from),
-        utc::date_minute(data.to)
+        time::date_minute(data.from),
+        time::date_minute(data.to)
     ))
 }
 
@@ -469,7 +464,7 @@ impl Ranged for TimeAxis {
 
 impl ValueFormatter<f64> for TimeAxis {
     fn format(t: &f64) -> String {
-        utc::clock(*t, false)
+        time::clock(*t, false)
     }
 
     fn format_ext(&self, t: &f64) -> String {
@@ -480,9 +475,9 @@ impl ValueFormatter<f64> for TimeAxis {
 /// A time tick: the clock, with seconds on short ranges and the date on long ones.
 fn tick_label(t: f64, span: f64) -> String {
     if span > 86_400.0 {
-        utc::month_day_clock(t)
+        time::month_day_clock(t)
     } else {
-        utc::clock(t, span <= 600.0)
+        time::clock(t, span <= 600.0)
     }
 }
 
@@ -545,7 +540,7 @@ fn draw_err(e: impl std::fmt::Display) -> ReportError {
 fn draw<DB: DrawingBackend>(root: &DrawingArea<DB, Shift>, data: &ReportData) -> Result<(), ReportError> {
     root.fill(&WHITE).map_err(draw_err)?;
     let title =
-        format!("gpuvisord at {}: {} to {} UTC", data.source, utc::date_minute(data.from), utc::date_minute(data.to));
+        format!("gpuvisord at {}: {} to {} UTC", data.source, time::date_minute(data.from), time::date_minute(data.to));
     let body = root.titled(&title, (FONT, 22).into_font().style(FontStyle::Bold)).map_err(draw_err)?;
     let vms = vm_names(data);
     for (panel, area) in panels(data).iter().zip(body.split_evenly((3, 1))) {
@@ -848,7 +843,7 @@ mod tests {
         assert_eq!(parse_duration("90s"), Ok(90.0));
         assert_eq!(parse_duration("15m"), Ok(900.0));
         assert_eq!(parse_duration("2d"), Ok(172_800.0));
-        assert_eq!(parse_duration("30"), Ok(30.0));
-        assert!(parse_duration("1w").is_err() && parse_duration("-1h").is_err() && parse_duration("h").is_err());
+        assert_eq!(parse_duration("1h30m"), Ok(5400.0));
+        assert!(parse_duration("0").is_err() && parse_duration("-1h").is_err() && parse_duration("h").is_err());
     }
 }

@@ -1,6 +1,8 @@
 //! Durations and points in time as people type and read them: `90s`, `6h`,
 //! `1h30m` for flags, rule files and history queries; RFC 3339 UTC times for
-//! webhooks and tables. Times are Unix seconds (`f64`) throughout the API.
+//! webhooks and tables; UTC clocks for `top` and `report`'s axes. Times are
+//! Unix seconds (`f64`) throughout the API. Everything is UTC, so no time
+//! zone database is needed on a minimal host.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -152,8 +154,9 @@ pub fn format_short(unix: f64) -> String {
     }
 }
 
-/// Reads a time: Unix seconds (`1746100800`, `1746100800.5`), `now`, or RFC
-/// 3339 (`2025-05-01T12:00:00Z`, `2025-05-01 12:00:00+02:00`).
+/// Reads a time: Unix seconds (`1746100800`, `1746100800.5`), `now`, or a
+/// date and time, UTC unless it names an offset: `2025-05-01T12:00:00Z`,
+/// `2025-05-01 14:00:00+02:00`, `2025-05-01T12:00`, `2025-05-01` (midnight).
 pub fn parse_time(s: &str, now: f64) -> Result<f64, TimeError> {
     let text = s.trim();
     if text.eq_ignore_ascii_case("now") {
@@ -162,55 +165,93 @@ pub fn parse_time(s: &str, now: f64) -> Result<f64, TimeError> {
     if let Ok(v) = text.parse::<f64>() {
         return if v.is_finite() && v >= 0.0 { Ok(v) } else { Err(TimeError::Time(s.to_owned())) };
     }
-    parse_rfc3339(text).ok_or_else(|| TimeError::Time(s.to_owned()))
+    parse_date_time(text).ok_or_else(|| TimeError::Time(s.to_owned()))
 }
 
-fn parse_rfc3339(t: &str) -> Option<f64> {
-    let b = t.as_bytes();
-    let num = |r: std::ops::Range<usize>| -> Option<u32> {
-        let s = t.get(r)?;
-        s.bytes().all(|c| c.is_ascii_digit()).then(|| s.parse().ok())?
+/// [`parse_time`]'s calendar forms; `None` for anything else, including a day
+/// past its month's end.
+fn parse_date_time(t: &str) -> Option<f64> {
+    let digits = |p: &str| -> Option<u32> { p.bytes().all(|c| c.is_ascii_digit()).then(|| p.parse().ok())? };
+    let (date, rest) = match t.find(['T', 't', ' ']) {
+        Some(i) => (&t[..i], t.get(i + 1..)?),
+        None => (t, ""),
     };
-    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+    let mut d = date.split('-');
+    let (y, mo, day) = (digits(d.next()?)?, digits(d.next()?)?, digits(d.next()?)?);
+    if d.next().is_some() || date.len() != 10 || !(1..=12).contains(&mo) || !(1..=31).contains(&day) {
         return None;
     }
-    if b[13] != b':' || b[16] != b':' {
-        return None;
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (h, mi, s) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || s > 60 {
-        return None;
-    }
-    let mut i = 19;
-    let mut frac = 0.0;
-    if b.get(i) == Some(&b'.') {
-        let start = i + 1;
-        i = start;
-        while i < b.len() && b[i].is_ascii_digit() {
-            i += 1;
+    // The zone: Z, UTC, an offset, or nothing (UTC).
+    let (clock, offset_s) = if let Some(c) = rest.strip_suffix(['Z', 'z']).or_else(|| rest.strip_suffix(" UTC")) {
+        (c, 0i64)
+    } else if let Some(i) = rest.rfind(['+', '-']) {
+        let (c, off) = (&rest[..i], &rest[i + 1..]);
+        let (oh, om) = off.split_once(':')?;
+        let secs = i64::from(digits(oh)?) * 3600 + i64::from(digits(om)?) * 60;
+        (c, if rest.as_bytes()[i] == b'+' { secs } else { -secs })
+    } else {
+        (rest, 0)
+    };
+    let (mut h, mut mi, mut sec) = (0u32, 0u32, 0.0f64);
+    if !clock.is_empty() {
+        let mut c = clock.split(':');
+        h = digits(c.next()?)?;
+        mi = digits(c.next()?)?;
+        if let Some(secs) = c.next() {
+            let whole = secs.split('.').next()?;
+            if whole.len() != 2 || !secs.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+                return None;
+            }
+            sec = secs.parse().ok()?;
         }
-        if i == start {
+        if c.next().is_some() || h > 23 || mi > 59 || sec >= 61.0 {
             return None;
         }
-        frac = format!("0.{}", t.get(start..i)?).parse().ok()?;
+    } else if rest.len() != clock.len() {
+        return None; // a zone with no clock
     }
-    let offset_s: i64 = match b.get(i)? {
-        b'Z' | b'z' if i + 1 == b.len() => 0,
-        sign @ (b'+' | b'-') if i + 6 == b.len() && b[i + 3] == b':' => {
-            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            let off = i64::from(oh) * 3600 + i64::from(om) * 60;
-            if *sign == b'+' {
-                off
-            } else {
-                -off
-            }
-        }
-        _ => return None,
-    };
-    let days = days_from_civil(i64::from(y), mo, d);
-    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s) - offset_s;
-    Some(secs as f64 + frac)
+    let days = days_from_civil(i64::from(y), mo, day);
+    if civil_from_days(days) != (i64::from(y), mo, day) {
+        return None;
+    }
+    let secs = days * 86_400 + i64::from(h) * 3600 + i64::from(mi) * 60 - offset_s;
+    Some(secs as f64 + sec)
+}
+
+/// A Unix time's UTC (year, month, day, hour, minute, second).
+fn parts(unix: f64) -> (i64, u32, u32, u32, u32, u32) {
+    let secs = if unix.is_finite() { unix.floor() as i64 } else { 0 };
+    let (y, mo, d) = civil_from_days(secs.div_euclid(86_400));
+    let s = secs.rem_euclid(86_400) as u32;
+    (y, mo, d, s / 3600, s / 60 % 60, s % 60)
+}
+
+/// `2026-12-02 01:20:03` (UTC).
+pub fn datetime(unix: f64) -> String {
+    let (y, mo, d, h, mi, s) = parts(unix);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}")
+}
+
+/// `2026-12-02 01:20` (UTC).
+pub fn date_minute(unix: f64) -> String {
+    let (y, mo, d, h, mi, _) = parts(unix);
+    format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}")
+}
+
+/// `01:20`, or `01:20:03` when `seconds` (UTC).
+pub fn clock(unix: f64, seconds: bool) -> String {
+    let (_, _, _, h, mi, s) = parts(unix);
+    if seconds {
+        format!("{h:02}:{mi:02}:{s:02}")
+    } else {
+        format!("{h:02}:{mi:02}")
+    }
+}
+
+/// `12-02 01:20` (UTC): a tick label on an axis that spans days.
+pub fn month_day_clock(unix: f64) -> String {
+    let (_, mo, d, h, mi, _) = parts(unix);
+    format!("{mo:02}-{d:02} {h:02}:{mi:02}")
 }
 
 #[cfg(test)]
@@ -251,8 +292,35 @@ mod tests {
         assert_eq!(parse_time("1746100800", 0.0), Ok(1_746_100_800.0));
         assert_eq!(parse_time("now", 42.0), Ok(42.0));
         assert_eq!(format_short(1_746_100_800.0), "05-01 12:00:00");
-        for bad in ["yesterday", "2025-13-01T00:00:00Z", "2025-05-01T12:00:00", "-5", "NaN"] {
+        // Without a zone a time is UTC; the clock and its seconds may be left out.
+        assert_eq!(parse_time("2025-05-01T12:00:00", 0.0), Ok(1_746_100_800.0));
+        assert_eq!(parse_time("2025-05-01T12:00Z", 0.0), Ok(1_746_100_800.0));
+        assert_eq!(parse_time("2025-05-01 12:00 UTC", 0.0), Ok(1_746_100_800.0));
+        assert_eq!(parse_time("2025-05-01", 0.0), Ok(1_746_057_600.0));
+        assert_eq!(parse_time("2025-05-01T07:30-04:30", 0.0), Ok(1_746_100_800.0));
+        for bad in [
+            "yesterday",
+            "2025-13-01T00:00:00Z",
+            "2025-02-30",
+            "2025-05-01T24:00",
+            "2025-05-01T12",
+            "2025-5-1",
+            "2025-05-01Z",
+            "-5",
+            "NaN",
+        ] {
             assert!(parse_time(bad, 0.0).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn unix_times_read_as_utc_dates_and_clocks() {
+        assert_eq!(datetime(0.0), "1970-01-01 00:00:00");
+        assert_eq!(datetime(951_782_400.0), "2000-02-29 00:00:00");
+        assert_eq!(datetime(1_764_638_403.9), "2025-12-02 01:20:03");
+        assert_eq!(date_minute(1_764_638_403.0), "2025-12-02 01:20");
+        assert_eq!(clock(1_764_638_403.0, false), "01:20");
+        assert_eq!(clock(1_764_638_403.0, true), "01:20:03");
+        assert_eq!(month_day_clock(1_764_638_403.0), "12-02 01:20");
     }
 }

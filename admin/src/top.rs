@@ -9,7 +9,7 @@
 use crate::client::{Client, ClientError};
 use crate::ctl::{micros, size};
 use crate::model::{GpuView, VmState, VmView};
-use crate::utc;
+use crate::time;
 use ratatui::backend::CrosstermBackend;
 use ratatui::crossterm::event::{self, Event, KeyCode, KeyEvent, KeyEventKind, KeyModifiers};
 use ratatui::crossterm::{cursor, execute, terminal};
@@ -577,7 +577,7 @@ pub fn draw(frame: &mut Frame, app: &mut App, now: f64) {
         app.latest.as_ref().map_or_else(String::new, |s| format!("{} GPUs, {} VMs", s.gpus.len(), s.vms.len()));
     let title = Line::from(vec![
         Span::styled(" gpuvisorctl top ", Style::new().add_modifier(Modifier::BOLD | Modifier::REVERSED)),
-        Span::raw(format!("  {}  {} UTC  {counts}", app.url, utc::datetime(now))),
+        Span::raw(format!("  {}  {} UTC  {counts}", app.url, time::datetime(now))),
         Span::styled("   q quit  s/S sort  r reverse  ↑↓ select  ? help", Style::new().fg(Color::DarkGray)),
     ]);
     frame.render_widget(Paragraph::new(title), head);
@@ -628,7 +628,7 @@ pub fn draw(frame: &mut Frame, app: &mut App, now: f64) {
     let status_line = match (&app.error, app.updated) {
         (Some(e), updated) => {
             let shown =
-                updated.map_or_else(|| "nothing yet".to_owned(), |t| format!("data of {} UTC", utc::clock(t, true)));
+                updated.map_or_else(|| "nothing yet".to_owned(), |t| format!("data of {} UTC", time::clock(t, true)));
             Line::styled(
                 format!("error (retrying every {:.1} s, showing {shown}): {e}", app.interval.as_secs_f64()),
                 Style::new().fg(Color::White).bg(Color::Red),
@@ -636,7 +636,7 @@ pub fn draw(frame: &mut Frame, app: &mut App, now: f64) {
         }
         (None, Some(t)) => Line::raw(format!(
             "updated {} UTC, every {:.1} s; {}",
-            utc::clock(t, true),
+            time::clock(t, true),
             app.interval.as_secs_f64(),
             app.sort_note()
         )),
@@ -766,7 +766,7 @@ pub fn run(client: Client, args: &TopArgs) -> Result<(), TopError> {
         if let Err(e) = &result {
             tracing::debug!(error = %e, "refresh failed");
         }
-        if tx.send((result, utc::now())).is_err() {
+        if tx.send((result, time::now_unix())).is_err() {
             return;
         }
         std::thread::sleep(interval.saturating_sub(started.elapsed()));
@@ -782,7 +782,7 @@ pub fn run(client: Client, args: &TopArgs) -> Result<(), TopError> {
         }
         // Drawing checks the terminal's size first, so a resize is taken
         // care of by the next draw.
-        term.draw(|f| draw(f, &mut app, utc::now()))?;
+        term.draw(|f| draw(f, &mut app, time::now_unix()))?;
         if event::poll(Duration::from_millis(100))? {
             if let Event::Key(key) = event::read()? {
                 if app.on_key(key) == Flow::Quit {
