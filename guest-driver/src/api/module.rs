@@ -558,6 +558,18 @@ fn library_ctx() -> CuRes<u64> {
     Ok(state::lock().current().unwrap_or(PRIMARY_CTX))
 }
 
+/// Loads a module for the CUDA runtime (its export table's
+/// get-module-from-cubin calls): in the current context, or the primary one
+/// when none is current, as for libraries.
+///
+/// # Safety
+/// `image` points at a module image (see [`image::image_at`]).
+pub(crate) unsafe fn load_for_runtime(image: *const c_void) -> CuRes<u64> {
+    let ctx = library_ctx()?;
+    // SAFETY: forwarded.
+    unsafe { load_ptr(image, ctx, None) }
+}
+
 fn library_module(lib: CUlibrary) -> CuRes<u64> {
     session()?;
     state::lock().libraries.get(&id_of(lib)).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)

@@ -11,7 +11,7 @@
 //! cuda.h declares the symbol; those are marked "header-derived".
 
 use super::types::*;
-use super::{context::*, copy::*, device::*, event::*, launch::*, memory::*, module::*, stream::*};
+use super::{context::*, copy::*, device::*, event::*, export_table::*, launch::*, memory::*, module::*, stream::*};
 use super::{ffi, CuRes, Out};
 use protocol::cuda::*;
 use std::collections::HashMap;
@@ -258,6 +258,7 @@ unsafe fn get_proc_address(
     let per_thread = flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM != 0;
     match lookup(name, version, per_thread) {
         Ok(row) => {
+            crate::log::debug(&format!("cuGetProcAddress({name}, {version}, {flags}) -> {}", row.symbol));
             out.set(row.ptr as *mut c_void);
             super::set_opt(st, CU_GET_PROC_ADDRESS_SUCCESS);
             Ok(())
@@ -300,21 +301,6 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
 ) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
     ffi(|| unsafe { get_proc_address(symbol, pfn, cudaVersion, flags, symbolStatus) })
-}
-
-/// The runtime's private tables: not served yet (a later change implements
-/// them), so cudart-based programs stop here with a clear error.
-#[no_mangle]
-pub unsafe extern "C" fn cuGetExportTable(
-    ppExportTable: *mut *const c_void,
-    _pExportTableId: *const c_void,
-) -> CUresult {
-    ffi(|| {
-        crate::log::unsupported("cuGetExportTable");
-        // SAFETY: optional output argument per the CUDA API.
-        super::set_opt(unsafe { Out::optional(ppExportTable) }, std::ptr::null());
-        Err(CUDA_ERROR_NOT_SUPPORTED)
-    })
 }
 
 #[cfg(test)]
@@ -407,6 +393,7 @@ mod tests {
             include_str!("copy.rs"),
             include_str!("device.rs"),
             include_str!("event.rs"),
+            include_str!("export_table.rs"),
             include_str!("launch.rs"),
             include_str!("memory.rs"),
             include_str!("module.rs"),

@@ -10,8 +10,22 @@ use protocol::cuda::*;
 use protocol::{NUM_FUNC_ATTRS, PRIMARY_CTX, STREAM_PER_THREAD};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CString;
+use std::ffi::{c_void, CString};
 use std::sync::{LazyLock, Mutex, MutexGuard};
+
+/// Called with (context, key, value) when a context that holds a
+/// context-local value ends (destroyed, or the primary context reset or
+/// released for the last time).
+pub type LocalDestructor = unsafe extern "C" fn(CUcontext, *mut c_void, *mut c_void);
+
+/// A value the runtime keeps with a context (the context-local storage
+/// export table): the runtime's own per-context state, found again by key.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalValue {
+    pub key: usize,
+    pub value: usize,
+    pub destructor: Option<LocalDestructor>,
+}
 
 /// Per-context settings the guest answers itself.
 #[derive(Debug, Clone)]
@@ -20,6 +34,7 @@ pub struct CtxInfo {
     pub limits: [usize; CU_LIMIT_MAX as usize],
     pub cache_config: u32,
     pub shmem_config: u32,
+    pub local: Vec<LocalValue>,
 }
 
 impl CtxInfo {
@@ -32,7 +47,7 @@ impl CtxInfo {
         limits[CU_LIMIT_DEV_RUNTIME_SYNC_DEPTH as usize] = 2;
         limits[CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT as usize] = 2048;
         limits[CU_LIMIT_MAX_L2_FETCH_GRANULARITY as usize] = 64;
-        CtxInfo { flags, limits, cache_config: 0, shmem_config: 0 }
+        CtxInfo { flags, limits, cache_config: 0, shmem_config: 0, local: Vec::new() }
     }
 }
 
