@@ -130,6 +130,20 @@ fn check_geometry(grid: [u32; 3], block: [u32; 3]) -> CuRes {
     Ok(())
 }
 
+/// The function a launch runs: `f` itself, or, where `f` is a library
+/// kernel (CUDA lets a `CUkernel` stand in for a `CUfunction`), its function
+/// in the context the launch runs in.
+fn launchable(f: u64, stream: CUstream, ptsz: bool) -> CuRes<u64> {
+    let ctx = {
+        let st = state::lock();
+        if st.functions.contains_key(&f) || !st.kernels.contains_key(&f) {
+            return Ok(f);
+        }
+        st.resolve_stream(stream, ptsz)?.1
+    };
+    super::module::kernel_function(f, ctx)
+}
+
 /// Queues a launch of function `f`.
 ///
 /// # Safety
@@ -147,6 +161,7 @@ pub unsafe fn launch(
 ) -> CuRes {
     let c = session()?;
     check_geometry(grid, block)?;
+    let f = launchable(f, stream, ptsz)?;
     PARAMS.with(|cell| {
         let mut buf = cell.try_borrow_mut().map_err(|_| CUDA_ERROR_UNKNOWN)?;
         let (sid, ctx) = {

@@ -11,7 +11,7 @@ use protocol::{NUM_FUNC_ATTRS, PRIMARY_CTX, STREAM_PER_THREAD};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_void, CString};
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
 
 /// Called with (context, key, value) when a context that holds a
 /// context-local value ends (destroyed, or the primary context reset or
@@ -124,6 +124,27 @@ pub struct ModuleInfo {
     pub library: Option<u64>,
 }
 
+/// A library (cuLibraryLoadData): context-independent, as natively. Its
+/// image is kept so that every context that uses it gets its own module,
+/// loaded on first use; a context reset loses the modules, not the library.
+#[derive(Debug)]
+pub struct LibraryInfo {
+    pub image: Arc<[u8]>,
+    /// The library's module in each context that has used it.
+    pub modules: HashMap<u64, u64>,
+    /// Kernel handles handed out, by name: the same name gives the same
+    /// handle, as natively.
+    pub kernels: HashMap<String, u64>,
+}
+
+/// A kernel of a library. In each context it stands for that context's
+/// function of the same name.
+#[derive(Debug)]
+pub struct KernelInfo {
+    pub library: u64,
+    pub name: CString,
+}
+
 #[derive(Debug)]
 pub struct FuncInfo {
     pub module: u64,
@@ -145,8 +166,8 @@ pub struct State {
     pub events: HashMap<u64, EventInfo>,
     pub modules: HashMap<u64, ModuleInfo>,
     pub functions: HashMap<u64, FuncInfo>,
-    /// Library id → the module that implements it.
-    pub libraries: HashMap<u64, u64>,
+    pub libraries: HashMap<u64, LibraryInfo>,
+    pub kernels: HashMap<u64, KernelInfo>,
 }
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(|| Mutex::new(State::default()));
@@ -218,13 +239,14 @@ impl State {
         }
     }
 
-    /// Forgets a module with its functions, globals and library.
+    /// Forgets a module with its functions and globals. A library it
+    /// belonged to stays, and loads again where it is used next.
     pub fn forget_module(&mut self, id: u64) -> Option<ModuleInfo> {
         let m = self.modules.remove(&id)?;
         self.functions.retain(|_, f| f.module != id);
         self.allocs.retain(|_, a| a.kind != AllocKind::Global { module: id });
-        if let Some(lib) = m.library {
-            self.libraries.remove(&lib);
+        if let Some(lib) = m.library.and_then(|l| self.libraries.get_mut(&l)) {
+            lib.modules.retain(|_, module| *module != id);
         }
         Some(m)
     }
