@@ -1,5 +1,6 @@
-//! Initialization, versions, the (single) device and its attributes, and the
-//! error-name functions. Device facts come from the backend's Hello reply.
+//! Initialization, versions, the (single) device and its attributes, the
+//! error-name functions and the profiler controls. Device facts come from
+//! the backend's Hello reply.
 
 use super::types::*;
 use super::{ffi, session, CuRes, Out};
@@ -313,6 +314,32 @@ pub unsafe extern "C" fn cuDeviceGetExecAffinitySupport(pi: *mut c_int, _type: c
         out.set(0);
         Ok(())
     })
+}
+
+// ---- profiler controls -------------------------------------------------
+
+/// No profiler runs in a gpuvisor guest, so starting, stopping or
+/// configuring one has nothing to do; natively these also succeed when no
+/// profiler is attached (cudaProfilerStart/Stop in programs that mark the
+/// region they want profiled).
+#[no_mangle]
+pub unsafe extern "C" fn cuProfilerStart() -> CUresult {
+    ffi(|| session().map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuProfilerStop() -> CUresult {
+    ffi(|| session().map(|_| ()))
+}
+
+/// Deprecated since CUDA 11: the configuration is not read.
+#[no_mangle]
+pub unsafe extern "C" fn cuProfilerInitialize(
+    _configFile: *const c_char,
+    _outputFile: *const c_char,
+    _outputMode: c_int,
+) -> CUresult {
+    ffi(|| session().map(|_| ()))
 }
 
 // ---- errors ------------------------------------------------------------
