@@ -213,7 +213,11 @@ pub unsafe extern "C" fn cuGetExportTable(
                 Ok(())
             }
             None => {
-                crate::log::unsupported(&format!("cuGetExportTable {}", uuid_string(&id)));
+                let name = format!("cuGetExportTable {}", uuid_string(&id));
+                crate::unsupported_calls::record(&name);
+                crate::log::warn(&format!(
+                    "{name}: a table gpuvisor does not know; returning CUDA_ERROR_INVALID_VALUE"
+                ));
                 out.set(std::ptr::null());
                 Err(CUDA_ERROR_INVALID_VALUE)
             }

@@ -633,18 +633,26 @@ fn library_kernel(lib: u64, name: &CStr) -> CuRes<u64> {
     }
     let k = c.new_id();
     l.kernels.insert(name_str.to_string(), k);
-    st.kernels.insert(k, KernelInfo { library: lib, name: CString::from(name) });
+    st.kernels.insert(k, KernelInfo { library: lib, name: CString::from(name), functions: HashMap::new() });
     Ok(k)
 }
 
-/// The function a kernel stands for in context `ctx`.
+/// The function a kernel stands for in context `ctx`, remembered with the
+/// kernel so that launching it there finds it in one lookup.
 pub fn kernel_function(kernel: u64, ctx: u64) -> CuRes<u64> {
     let (lib, name) = {
         let st = state::lock();
         let k = st.kernels.get(&kernel).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if let Some(f) = k.functions.get(&ctx) {
+            return Ok(*f);
+        }
         (k.library, k.name.clone())
     };
-    get_function(library_module_in(lib, ctx)?, &name)
+    let f = get_function(library_module_in(lib, ctx)?, &name)?;
+    if let Some(k) = state::lock().kernels.get_mut(&kernel) {
+        k.functions.insert(ctx, f);
+    }
+    Ok(f)
 }
 
 /// A `CUfunction` argument, which CUDA lets be a `CUkernel` too: a

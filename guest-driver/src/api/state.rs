@@ -143,6 +143,8 @@ pub struct LibraryInfo {
 pub struct KernelInfo {
     pub library: u64,
     pub name: CString,
+    /// Its function in each context that has used it.
+    pub functions: HashMap<u64, u64>,
 }
 
 #[derive(Debug)]
@@ -245,10 +247,26 @@ impl State {
         let m = self.modules.remove(&id)?;
         self.functions.retain(|_, f| f.module != id);
         self.allocs.retain(|_, a| a.kind != AllocKind::Global { module: id });
-        if let Some(lib) = m.library.and_then(|l| self.libraries.get_mut(&l)) {
+        let State { libraries, kernels, functions, .. } = self;
+        if let Some(lib) = m.library.and_then(|l| libraries.get_mut(&l)) {
             lib.modules.retain(|_, module| *module != id);
+            for k in lib.kernels.values() {
+                if let Some(k) = kernels.get_mut(k) {
+                    k.functions.retain(|_, f| functions.contains_key(f));
+                }
+            }
         }
         Some(m)
+    }
+
+    /// The function a launch of `f` in context `ctx` runs: `f` itself, or,
+    /// where `f` is a library kernel (CUDA lets a `CUkernel` stand in for a
+    /// `CUfunction`), its function in `ctx`; `None` while that is not known.
+    pub fn launchable(&self, f: u64, ctx: u64) -> Option<u64> {
+        if self.functions.contains_key(&f) {
+            return Some(f);
+        }
+        self.kernels.get(&f)?.functions.get(&ctx).copied()
     }
 }
 
