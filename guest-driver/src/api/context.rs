@@ -22,7 +22,7 @@ pub const LEAST_PRIORITY: c_int = 0;
 pub const GREATEST_PRIORITY: c_int = -5;
 
 /// The context a `CUcontext` argument names, NULL meaning the current one.
-fn ctx_or_current(ctx: CUcontext) -> CuRes<u64> {
+pub(crate) fn ctx_or_current(ctx: CUcontext) -> CuRes<u64> {
     session()?;
     let st = state::lock();
     match id_of(ctx) {

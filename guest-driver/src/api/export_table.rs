@@ -15,11 +15,12 @@
 //! creation without tool callbacks, and the integrity check (`integrity.rs`)
 //! hashed from what this driver reports about the virtual device.
 
+use super::context::ctx_or_current;
 use super::device::{attr_or_zero, check_device};
 use super::integrity::{self, CheckInput, DeviceId};
 use super::state::{self, LocalDestructor, LocalValue};
 use super::types::*;
-use super::{ffi, handle, id_of, session, CuRes, Out};
+use super::{ffi, handle, session, CuRes, Out};
 use protocol::cuda::*;
 use protocol::PRIMARY_CTX;
 use std::cell::UnsafeCell;
@@ -339,17 +340,6 @@ unsafe extern "C" fn hooks_buffer_b(ptr: *mut *mut c_void, size: *mut usize) {
 
 // ---- CONTEXT_LOCAL_STORAGE ---------------------------------------------
 
-/// The context a storage call names: NULL means the current one.
-fn storage_ctx(ctx: CUcontext) -> CuRes<u64> {
-    session()?;
-    let st = state::lock();
-    match id_of(ctx) {
-        0 => st.current(),
-        id if st.ctx_valid(id) => Ok(id),
-        _ => Err(CUDA_ERROR_INVALID_CONTEXT),
-    }
-}
-
 /// Slot 0: keeps `value` under `key` with the context; `destructor` is
 /// called when the context ends (context.rs). Putting a key again replaces
 /// its value and destructor.
@@ -360,7 +350,7 @@ unsafe extern "C" fn local_put(
     destructor: Option<LocalDestructor>,
 ) -> CUresult {
     ffi(|| {
-        let id = storage_ctx(ctx)?;
+        let id = ctx_or_current(ctx)?;
         let mut st = state::lock();
         let info = st.ctxs.get_mut(&id).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
         let v = LocalValue { key: key as usize, value: value as usize, destructor };
@@ -376,7 +366,7 @@ unsafe extern "C" fn local_put(
 /// that is not there succeeds.
 unsafe extern "C" fn local_delete(ctx: CUcontext, key: *mut c_void) -> CUresult {
     ffi(|| {
-        let id = storage_ctx(ctx)?;
+        let id = ctx_or_current(ctx)?;
         let mut st = state::lock();
         let info = st.ctxs.get_mut(&id).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
         info.local.retain(|l| l.key != key as usize);
@@ -390,7 +380,7 @@ unsafe extern "C" fn local_get(value: *mut *mut c_void, ctx: CUcontext, key: *mu
     ffi(|| {
         // SAFETY: output argument per the runtime's use.
         let out = unsafe { Out::new(value) }?;
-        let id = storage_ctx(ctx)?;
+        let id = ctx_or_current(ctx)?;
         let st = state::lock();
         let info = st.ctxs.get(&id).ok_or(CUDA_ERROR_INVALID_CONTEXT)?;
         let v = info.local.iter().find(|l| l.key == key as usize).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
