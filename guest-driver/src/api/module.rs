@@ -304,19 +304,34 @@ fn kernel_names(module: u64) -> CuRes<Vec<String>> {
     })
 }
 
+/// Writes the handle `handle_of` gives for each of `module`'s kernels, up to
+/// `num` of them (cuModuleEnumerateFunctions, cuLibraryEnumerateKernels).
+///
 /// # Safety
 /// `out` is NULL or an array of `num` handles.
-unsafe fn enumerate(out: *mut *mut c_void, num: c_uint, module: u64) -> CuRes {
+unsafe fn enumerate(out: *mut *mut c_void, num: c_uint, module: u64, handle_of: impl Fn(&CStr) -> CuRes<u64>) -> CuRes {
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let names = kernel_names(module)?;
     for (i, n) in names.iter().take(num as usize).enumerate() {
         let cname = CString::new(n.as_str()).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-        let f = get_function(module, &cname)?;
+        let h = handle_of(&cname)?;
         // SAFETY: i < num, inside the caller's array.
-        unsafe { out.add(i).write_unaligned(handle(f)) };
+        unsafe { out.add(i).write_unaligned(handle(h)) };
     }
+    Ok(())
+}
+
+/// Writes the name of function `f`; it lives as long as the function's
+/// entry (its module).
+///
+/// # Safety
+/// `name` is NULL or writable.
+unsafe fn write_name(name: *mut *const c_char, f: u64) -> CuRes {
+    // SAFETY: output argument per the CUDA API.
+    let out = unsafe { Out::new(name) }?;
+    out.set(with_func(f, |fi| Ok(fi.name.as_ptr()))?);
     Ok(())
 }
 
@@ -460,7 +475,10 @@ pub unsafe extern "C" fn cuModuleEnumerateFunctions(
     hmod: CUmodule,
 ) -> CUresult {
     // SAFETY: an array of `numFunctions` handles per the CUDA API.
-    ffi(|| unsafe { enumerate(functions as *mut *mut c_void, numFunctions, id_of(hmod)) })
+    ffi(|| unsafe {
+        let module = id_of(hmod);
+        enumerate(functions as *mut *mut c_void, numFunctions, module, |name| get_function(module, name))
+    })
 }
 
 // ---- functions ---------------------------------------------------------
@@ -519,13 +537,8 @@ pub unsafe extern "C" fn cuFuncGetParamInfo(
 
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncGetName(name: *mut *const c_char, hfunc: CUfunction) -> CUresult {
-    ffi(|| {
-        // SAFETY: output argument per the CUDA API.
-        let out = unsafe { Out::new(name) }?;
-        // The name lives as long as the function's entry (its module).
-        out.set(with_func(id_of(hfunc), |fi| Ok(fi.name.as_ptr()))?);
-        Ok(())
-    })
+    // SAFETY: output argument per the CUDA API.
+    ffi(|| unsafe { write_name(name, id_of(hfunc)) })
 }
 
 #[no_mangle]
@@ -792,18 +805,10 @@ pub unsafe extern "C" fn cuLibraryEnumerateKernels(
     numKernels: c_uint,
     lib: CUlibrary,
 ) -> CUresult {
-    ffi(|| {
-        if kernels.is_null() {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        let names = kernel_names(library_module(lib)?)?;
-        for (i, n) in names.iter().take(numKernels as usize).enumerate() {
-            let cname = CString::new(n.as_str()).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-            let k = library_kernel(id_of(lib), &cname)?;
-            // SAFETY: i < numKernels, inside the caller's array.
-            unsafe { kernels.add(i).write_unaligned(handle(k)) };
-        }
-        Ok(())
+    // SAFETY: an array of `numKernels` handles per the CUDA API.
+    ffi(|| unsafe {
+        let module = library_module(lib)?;
+        enumerate(kernels as *mut *mut c_void, numKernels, module, |name| library_kernel(id_of(lib), name))
     })
 }
 
@@ -863,13 +868,8 @@ pub unsafe extern "C" fn cuKernelSetCacheConfig(kernel: CUkernel, config: c_uint
 
 #[no_mangle]
 pub unsafe extern "C" fn cuKernelGetName(name: *mut *const c_char, hfunc: CUkernel) -> CUresult {
-    ffi(|| {
-        // SAFETY: output argument per the CUDA API.
-        let out = unsafe { Out::new(name) }?;
-        // The name lives as long as the function's entry (its module).
-        out.set(with_func(function_of(id_of(hfunc))?, |fi| Ok(fi.name.as_ptr()))?);
-        Ok(())
-    })
+    // SAFETY: output argument per the CUDA API.
+    ffi(|| unsafe { write_name(name, function_of(id_of(hfunc))?) })
 }
 
 #[no_mangle]
