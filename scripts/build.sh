@@ -11,7 +11,8 @@ cargo build $flag --workspace --bins --lib
 echo "build: guest test programs"
 make -s -C guest-tests OUT="$PWD/build/guest-tests"
 echo "build: the CUDA runtime (pinned wheels) and the programs built against it"
-scripts/fetch-cudart.sh build/cudart
+# Offline, the rest still builds; scripts/test.sh then fails the cudart tests.
+scripts/fetch-cudart.sh build/cudart || echo "build: warning: no CUDA runtime fetched; gv_cudart not built"
 if [ -f build/cudart/13/lib/libcudart_static.a ]; then
     make -s -C guest-tests cudart OUT="$PWD/build/guest-tests" CUDART_DIR="$PWD/build/cudart"
 fi

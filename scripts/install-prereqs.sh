@@ -2,7 +2,8 @@
 # Installs what building, the demo and the tests need on a Debian bookworm host:
 # QEMU 10 from bookworm-backports (QEMU 7.2 refuses vhost-user-gpu-pci without KVM),
 # the Debian kernel package (the guest kernel and its virtio-gpu module), busybox
-# (the guest's userland), the C toolchain for the guest test programs and Prometheus
+# (the guest's userland), the C toolchain for the guest test programs, pip (which
+# fetches the CUDA runtime wheels and schemathesis) and Prometheus
 # (daemon/tests/prometheus.rs runs its own /usr/bin/prometheus; the packaged service is not used).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
@@ -25,6 +26,7 @@ command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || missing+=(busybox)
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v xz >/dev/null 2>&1 || missing+=(xz)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(pip)
 [ -x /usr/bin/prometheus ] || missing+=(prometheus)
 
 if [ ${#missing[@]} -eq 0 ]; then
@@ -41,6 +43,7 @@ apt-get update -q
 pkgs=(busybox-static cpio xz-utils gcc libc6-dev kmod)
 kernel_present || pkgs+=(linux-image-amd64)
 [ -x /usr/bin/prometheus ] || pkgs+=(prometheus)
+python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 if ! have_qemu10; then
     apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-system-gui
