@@ -2,7 +2,8 @@
 # Installs what building, the demo and the tests need on a Debian bookworm host:
 # QEMU 10 from bookworm-backports (QEMU 7.2 refuses vhost-user-gpu-pci without KVM),
 # the Debian kernel package (the guest kernel and its virtio-gpu module), busybox
-# (the guest's userland), the C toolchain for the guest test programs and Prometheus
+# (the guest's userland), the C toolchain for the guest test programs, pip (which
+# fetches the CUDA runtime wheels and schemathesis), Prometheus
 # (daemon/tests/prometheus.rs runs its own /usr/bin/prometheus; the packaged service is not used)
 # and tmux (daemon/tests/top.rs drives `gpuvisorctl top` in a tmux terminal).
 # Safe to run again: it skips what is already there.
@@ -26,6 +27,7 @@ command -v busybox >/dev/null 2>&1 || [ -x /bin/busybox ] || missing+=(busybox)
 command -v cpio >/dev/null 2>&1 || missing+=(cpio)
 command -v gcc >/dev/null 2>&1 || missing+=(gcc)
 command -v xz >/dev/null 2>&1 || missing+=(xz)
+python3 -m pip --version >/dev/null 2>&1 || missing+=(pip)
 [ -x /usr/bin/prometheus ] || missing+=(prometheus)
 command -v tmux >/dev/null 2>&1 || missing+=(tmux)
 
@@ -43,6 +45,7 @@ apt-get update -q
 pkgs=(busybox-static cpio xz-utils gcc libc6-dev kmod tmux)
 kernel_present || pkgs+=(linux-image-amd64)
 [ -x /usr/bin/prometheus ] || pkgs+=(prometheus)
+python3 -m pip --version >/dev/null 2>&1 || pkgs+=(python3-pip)
 apt-get install -y -q --no-install-recommends "${pkgs[@]}"
 if ! have_qemu10; then
     apt-get install -y -q --no-install-recommends -t bookworm-backports qemu-system-x86 qemu-system-gui

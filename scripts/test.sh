@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the tests need and runs every test: unit tests, the request-
-# path tests, the vhost-user direct transport tests, the VM tests (real QEMU,
+# path tests, the vhost-user direct transport tests, programs built against
+# the CUDA runtime (cudart 12 and 13, shared and static), the VM tests (real QEMU,
 # real guest kernel, sim engine), schemathesis against the admin API and a
 # bounded fuzzing run of the decoder.
 set -euo pipefail
@@ -11,6 +12,9 @@ PROFILE=debug scripts/build.sh
 echo "test: cargo test (unit, request path, direct transport, VMs)"
 # The direct transport's tests start this backend (and QEMU's reference one).
 export GPUVISOR_BACKEND_BIN="$PWD/target/debug/gpuvisor-backend"
+# The cudart tests need the runtime build.sh fetched; where the pinned wheels
+# exist (x86-64), a missing runtime is a failure rather than a skip.
+if [ "$(uname -m)" = x86_64 ]; then export GPUVISOR_REQUIRE_CUDART=1; fi
 cargo test --workspace -- --test-threads=1
 echo "test: the admin API against its OpenAPI document (schemathesis)"
 scripts/api-fuzz.sh debug

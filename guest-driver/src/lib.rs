@@ -7,3 +7,4 @@ pub mod api;
 pub mod client;
 pub mod log;
 pub mod transport;
+pub mod unsupported_calls;

@@ -34,7 +34,9 @@ pub fn debug(msg: &str) {
     }
 }
 
-/// Logs, once per name, that a CUDA entry point is not implemented.
+/// Logs, once per name, that a CUDA entry point (or an option of one) is not
+/// implemented, and counts the call for the unsupported-call report.
 pub fn unsupported(name: &str) {
+    crate::unsupported_calls::record(name);
     warn(&format!("{name} is not supported yet; returning CUDA_ERROR_NOT_SUPPORTED"));
 }

@@ -22,7 +22,7 @@ pub const LEAST_PRIORITY: c_int = 0;
 pub const GREATEST_PRIORITY: c_int = -5;
 
 /// The context a `CUcontext` argument names, NULL meaning the current one.
-fn ctx_or_current(ctx: CUcontext) -> CuRes<u64> {
+pub(crate) fn ctx_or_current(ctx: CUcontext) -> CuRes<u64> {
     session()?;
     let st = state::lock();
     match id_of(ctx) {
@@ -40,6 +40,25 @@ fn end_primary(c: &Client) -> CuRes {
     state::lock().purge_ctx(PRIMARY_CTX);
     c.enqueue(Opcode::CtxSynchronize, 0, PRIMARY_CTX, &[0u8; 0], &[])?;
     c.enqueue(Opcode::CtxDestroy, 0, PRIMARY_CTX, &Id { id: U64::new(PRIMARY_CTX) }, &[])
+}
+
+/// Calls the destructors of the values kept with context `ctx` (the
+/// runtime frees its per-context state in them) and forgets the values. The
+/// context is still valid while they run, and no lock is held: a destructor
+/// may call back into the driver.
+pub(crate) fn run_local_destructors(ctx: u64) {
+    let values = match state::lock().ctxs.get_mut(&ctx) {
+        Some(info) => std::mem::take(&mut info.local),
+        None => return,
+    };
+    for v in values {
+        if let Some(d) = v.destructor {
+            // SAFETY: the runtime registered this destructor for this value
+            // and context (context-local storage), to be called as the
+            // context ends.
+            unsafe { d(handle(ctx), v.key as *mut c_void, v.value as *mut c_void) };
+        }
+    }
 }
 
 // ---- primary context ---------------------------------------------------
@@ -69,6 +88,14 @@ fn primary_release(dev: CUdevice) -> CUresult {
                 return Err(CUDA_ERROR_INVALID_CONTEXT);
             }
             st.primary.refcount -= 1;
+            if st.primary.refcount > 0 {
+                return Ok(());
+            }
+        }
+        run_local_destructors(PRIMARY_CTX);
+        {
+            let mut st = state::lock();
+            // A destructor may have retained it again.
             if st.primary.refcount > 0 {
                 return Ok(());
             }
@@ -135,6 +162,7 @@ fn primary_reset(dev: CUdevice) -> CUresult {
     ffi(|| {
         check_device(dev)?;
         let c = session()?;
+        run_local_destructors(PRIMARY_CTX);
         {
             let mut st = state::lock();
             let flags = st.primary.flags;
@@ -247,9 +275,13 @@ fn ctx_destroy(ctx: CUcontext) -> CUresult {
         if id == 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        if state::is_primary(id) || !state::lock().ctx_valid(id) {
+            return Err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+        run_local_destructors(id);
         {
             let mut st = state::lock();
-            if state::is_primary(id) || st.ctxs.remove(&id).is_none() {
+            if st.ctxs.remove(&id).is_none() {
                 return Err(CUDA_ERROR_INVALID_CONTEXT);
             }
             st.purge_ctx(id);

@@ -1,5 +1,6 @@
-//! Initialization, versions, the (single) device and its attributes, and the
-//! error-name functions. Device facts come from the backend's Hello reply.
+//! Initialization, versions, the (single) device and its attributes, the
+//! error-name functions and the profiler controls. Device facts come from
+//! the backend's Hello reply.
 
 use super::types::*;
 use super::{ffi, session, CuRes, Out};
@@ -15,14 +16,19 @@ const FALLBACK_DRIVER_VERSION: c_int = 13000;
 
 /// Device attributes the guest driver answers itself, because it does not
 /// offer the feature whatever the host GPU can do (mapped or managed memory,
-/// pools, the virtual-memory API, IPC handles, cooperative launches), or
-/// offers one the host may not report (host registration).
+/// pools, the virtual-memory API, IPC handles, cooperative and cluster
+/// launches, stream memory operations, sparse and deferred-mapping arrays,
+/// decompression, CIG), or offers one the host may not report (host
+/// registration). cudaGetDeviceProperties reads most of these.
 const ATTR_OVERRIDES: &[(usize, c_int)] = &[
     (19, 0),  // CAN_MAP_HOST_MEMORY
     (83, 0),  // MANAGED_MEMORY
     (88, 0),  // PAGEABLE_MEMORY_ACCESS
     (89, 0),  // CONCURRENT_MANAGED_ACCESS
     (91, 0),  // CAN_USE_HOST_POINTER_FOR_REGISTERED_MEM
+    (92, 0),  // CAN_USE_STREAM_MEM_OPS_V1
+    (93, 0),  // CAN_USE_64_BIT_STREAM_MEM_OPS_V1
+    (94, 0),  // CAN_USE_STREAM_WAIT_VALUE_NOR_V1
     (95, 0),  // COOPERATIVE_LAUNCH
     (96, 0),  // COOPERATIVE_MULTI_DEVICE_LAUNCH
     (99, 1),  // HOST_REGISTER_SUPPORTED
@@ -32,12 +38,27 @@ const ATTR_OVERRIDES: &[(usize, c_int)] = &[
     (103, 0), // HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED
     (104, 0), // HANDLE_TYPE_WIN32_HANDLE_SUPPORTED
     (105, 0), // HANDLE_TYPE_WIN32_KMT_HANDLE_SUPPORTED
+    (107, 0), // GENERIC_COMPRESSION_SUPPORTED
+    (110, 0), // GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED
+    (112, 0), // SPARSE_CUDA_ARRAY_SUPPORTED
     (114, 0), // TIMELINE_SEMAPHORE_INTEROP_SUPPORTED
     (115, 0), // MEMORY_POOLS_SUPPORTED
     (116, 0), // GPU_DIRECT_RDMA_SUPPORTED
     (117, 0), // GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS
     (118, 0), // GPU_DIRECT_RDMA_WRITES_ORDERING
+    (119, 0), // MEMPOOL_SUPPORTED_HANDLE_TYPES
+    (120, 0), // CLUSTER_LAUNCH
+    (121, 0), // DEFERRED_MAPPING_CUDA_ARRAY_SUPPORTED
+    (122, 0), // CAN_USE_64_BIT_STREAM_MEM_OPS
+    (123, 0), // CAN_USE_STREAM_WAIT_VALUE_NOR
+    (124, 0), // DMA_BUF_SUPPORTED
+    (125, 0), // IPC_EVENT_SUPPORTED
+    (128, 0), // HANDLE_TYPE_FABRIC_SUPPORTED
     (132, 0), // MULTICAST_SUPPORTED
+    (135, 0), // D3D12_CIG_SUPPORTED
+    (136, 0), // MEM_DECOMPRESS_ALGORITHM_MASK
+    (137, 0), // MEM_DECOMPRESS_MAXIMUM_LENGTH
+    (138, 0), // VULKAN_CIG_SUPPORTED
     (141, 0), // HOST_NUMA_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
     (142, 0), // HOST_NUMA_MEMORY_POOLS_SUPPORTED
     (143, 0), // HOST_NUMA_MULTINODE_IPC_SUPPORTED
@@ -313,6 +334,32 @@ pub unsafe extern "C" fn cuDeviceGetExecAffinitySupport(pi: *mut c_int, _type: c
         out.set(0);
         Ok(())
     })
+}
+
+// ---- profiler controls -------------------------------------------------
+
+/// No profiler runs in a gpuvisor guest, so starting, stopping or
+/// configuring one has nothing to do; natively these also succeed when no
+/// profiler is attached (cudaProfilerStart/Stop in programs that mark the
+/// region they want profiled).
+#[no_mangle]
+pub unsafe extern "C" fn cuProfilerStart() -> CUresult {
+    ffi(|| session().map(|_| ()))
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuProfilerStop() -> CUresult {
+    ffi(|| session().map(|_| ()))
+}
+
+/// Deprecated since CUDA 11: the configuration is not read.
+#[no_mangle]
+pub unsafe extern "C" fn cuProfilerInitialize(
+    _configFile: *const c_char,
+    _outputFile: *const c_char,
+    _outputMode: c_int,
+) -> CUresult {
+    ffi(|| session().map(|_| ()))
 }
 
 // ---- errors ------------------------------------------------------------

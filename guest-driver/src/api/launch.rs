@@ -149,8 +149,19 @@ pub unsafe fn launch(
     check_geometry(grid, block)?;
     PARAMS.with(|cell| {
         let mut buf = cell.try_borrow_mut().map_err(|_| CUDA_ERROR_UNKNOWN)?;
-        let (sid, ctx) = {
+        let (f, sid, ctx) = loop {
             let st = state::lock();
+            let (sid, ctx) = match st.functions.contains_key(&f) || st.kernels.contains_key(&f) {
+                true => st.resolve_stream(stream, ptsz)?,
+                false => return Err(CUDA_ERROR_INVALID_HANDLE),
+            };
+            let Some(f) = st.launchable(f, ctx) else {
+                // A library kernel not used in this context before: its
+                // module is loaded there once, then the launch goes on.
+                drop(st);
+                super::module::kernel_function(f, ctx)?;
+                continue;
+            };
             let fi = st.functions.get(&f).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
             // The function's dynamic shared memory limit (raised through
             // cuFuncSetAttribute), else what a block gets without opting in.
@@ -164,10 +175,9 @@ pub unsafe fn launch(
             if shared_mem as i64 > max_dynamic {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
-            let s = st.resolve_stream(stream, ptsz)?;
             // SAFETY: forwarded from the caller.
             unsafe { pack_params(&mut buf, &fi.params, fi.param_bytes, kernel_params, extra) }?;
-            s
+            break (f, sid, ctx);
         };
         let l = LaunchKernel {
             func_id: U64::new(f),

@@ -1,6 +1,9 @@
-//! Modules, their functions and globals, and the library API on top of them
-//! (a library wraps one module; a kernel handle is its function's handle,
-//! which is why a `CUkernel` can be cast to a `CUfunction` as CUDA allows).
+//! Modules, their functions and globals, and the library API on top of them.
+//! A library is context-independent, as natively: it keeps its image and
+//! has one module per context that uses it, loaded on first use, so the
+//! CUDA runtime's libraries outlive a reset of the primary context. A kernel
+//! handle names (library, kernel name); wherever CUDA accepts a `CUkernel`
+//! in place of a `CUfunction` it stands for that context's function.
 //!
 //! The image is sent inline in `ModuleLoad`. Its kernels' parameter layouts
 //! are read in the guest from the cubin's `.nv.info` where there is one
@@ -10,7 +13,7 @@
 
 use super::device::{attr_or_zero, check_device};
 use super::image;
-use super::state::{self, param_bytes, Alloc, AllocKind, FuncInfo, ModuleInfo, Param};
+use super::state::{self, param_bytes, Alloc, AllocKind, FuncInfo, KernelInfo, LibraryInfo, ModuleInfo, Param};
 use super::types::*;
 use super::{c_name, ffi, handle, id_of, session, set_opt, CuRes, Out};
 use protocol::cuda::*;
@@ -21,6 +24,7 @@ use protocol::{
 };
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
+use std::sync::Arc;
 use zerocopy::little_endian::{I32, U32, U64};
 use zerocopy::FromBytes;
 
@@ -91,7 +95,8 @@ unsafe fn load_ptr(image: *const c_void, ctx: u64, library: Option<u64>) -> CuRe
     load(bytes, ctx, library)
 }
 
-fn load_file(path: &CStr, ctx: u64, library: Option<u64>) -> CuRes<u64> {
+/// A module image from a file (cuModuleLoad, cuLibraryLoadFromFile).
+fn read_image_file(path: &CStr) -> CuRes<Vec<u8>> {
     session()?;
     use std::os::unix::ffi::OsStrExt;
     let path = std::path::Path::new(std::ffi::OsStr::from_bytes(path.to_bytes()));
@@ -99,7 +104,7 @@ fn load_file(path: &CStr, ctx: u64, library: Option<u64>) -> CuRes<u64> {
         std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => CUDA_ERROR_FILE_NOT_FOUND,
         _ => CUDA_ERROR_INVALID_VALUE,
     })?;
-    load(&image::image_from_file(bytes)?, ctx, library)
+    image::image_from_file(bytes)
 }
 
 /// Fills the JIT options' output slots as the driver would after a load
@@ -299,19 +304,34 @@ fn kernel_names(module: u64) -> CuRes<Vec<String>> {
     })
 }
 
+/// Writes the handle `handle_of` gives for each of `module`'s kernels, up to
+/// `num` of them (cuModuleEnumerateFunctions, cuLibraryEnumerateKernels).
+///
 /// # Safety
 /// `out` is NULL or an array of `num` handles.
-unsafe fn enumerate(out: *mut *mut c_void, num: c_uint, module: u64) -> CuRes {
+unsafe fn enumerate(out: *mut *mut c_void, num: c_uint, module: u64, handle_of: impl Fn(&CStr) -> CuRes<u64>) -> CuRes {
     if out.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let names = kernel_names(module)?;
     for (i, n) in names.iter().take(num as usize).enumerate() {
         let cname = CString::new(n.as_str()).map_err(|_| CUDA_ERROR_INVALID_VALUE)?;
-        let f = get_function(module, &cname)?;
+        let h = handle_of(&cname)?;
         // SAFETY: i < num, inside the caller's array.
-        unsafe { out.add(i).write_unaligned(handle(f)) };
+        unsafe { out.add(i).write_unaligned(handle(h)) };
     }
+    Ok(())
+}
+
+/// Writes the name of function `f`; it lives as long as the function's
+/// entry (its module).
+///
+/// # Safety
+/// `name` is NULL or writable.
+unsafe fn write_name(name: *mut *const c_char, f: u64) -> CuRes {
+    // SAFETY: output argument per the CUDA API.
+    let out = unsafe { Out::new(name) }?;
+    out.set(with_func(f, |fi| Ok(fi.name.as_ptr()))?);
     Ok(())
 }
 
@@ -366,7 +386,7 @@ pub unsafe extern "C" fn cuModuleLoad(module: *mut CUmodule, fname: *const c_cha
         // SAFETY: a NUL-terminated path per the CUDA API.
         let path = unsafe { c_name(fname) }?;
         let ctx = current_ctx()?;
-        out.set(handle(load_file(path, ctx, None)?));
+        out.set(handle(load(&read_image_file(path)?, ctx, None)?));
         Ok(())
     })
 }
@@ -455,7 +475,10 @@ pub unsafe extern "C" fn cuModuleEnumerateFunctions(
     hmod: CUmodule,
 ) -> CUresult {
     // SAFETY: an array of `numFunctions` handles per the CUDA API.
-    ffi(|| unsafe { enumerate(functions as *mut *mut c_void, numFunctions, id_of(hmod)) })
+    ffi(|| unsafe {
+        let module = id_of(hmod);
+        enumerate(functions as *mut *mut c_void, numFunctions, module, |name| get_function(module, name))
+    })
 }
 
 // ---- functions ---------------------------------------------------------
@@ -514,13 +537,8 @@ pub unsafe extern "C" fn cuFuncGetParamInfo(
 
 #[no_mangle]
 pub unsafe extern "C" fn cuFuncGetName(name: *mut *const c_char, hfunc: CUfunction) -> CUresult {
-    ffi(|| {
-        // SAFETY: output argument per the CUDA API.
-        let out = unsafe { Out::new(name) }?;
-        // The name lives as long as the function's entry (its module).
-        out.set(with_func(id_of(hfunc), |fi| Ok(fi.name.as_ptr()))?);
-        Ok(())
-    })
+    // SAFETY: output argument per the CUDA API.
+    ffi(|| unsafe { write_name(name, id_of(hfunc)) })
 }
 
 #[no_mangle]
@@ -551,26 +569,120 @@ pub unsafe extern "C" fn cuFuncLoad(function: CUfunction) -> CUresult {
 
 // ---- libraries and kernels ---------------------------------------------
 
-/// Libraries are context-independent natively; here the module lives in the
-/// current context, or the primary one when none is current.
+/// The context a library call works in: the current one, or the primary
+/// one when none is current (the runtime loads its libraries before it has
+/// made any context current).
 fn library_ctx() -> CuRes<u64> {
     session()?;
     Ok(state::lock().current().unwrap_or(PRIMARY_CTX))
 }
 
-fn library_module(lib: CUlibrary) -> CuRes<u64> {
-    session()?;
-    state::lock().libraries.get(&id_of(lib)).copied().ok_or(CUDA_ERROR_INVALID_HANDLE)
+/// Loads a module for the CUDA runtime (its export table's
+/// get-module-from-cubin calls) in the library context.
+///
+/// # Safety
+/// `image` points at a module image (see [`image::image_at`]).
+pub(crate) unsafe fn load_for_runtime(image: *const c_void) -> CuRes<u64> {
+    let ctx = library_ctx()?;
+    // SAFETY: forwarded.
+    unsafe { load_ptr(image, ctx, None) }
 }
 
-fn new_library(out: Out<CUlibrary>, load: impl FnOnce(u64, u64) -> CuRes<u64>) -> CuRes {
+/// Library `lib`'s module in context `ctx`, loaded from the library's image
+/// the first time that context uses it.
+fn library_module_in(lib: u64, ctx: u64) -> CuRes<u64> {
+    let image = {
+        let st = state::lock();
+        let l = st.libraries.get(&lib).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if let Some(m) = l.modules.get(&ctx) {
+            return Ok(*m);
+        }
+        l.image.clone()
+    };
+    let module = load(&image, ctx, Some(lib))?;
+    let mut st = state::lock();
+    match st.libraries.get_mut(&lib) {
+        Some(l) => {
+            l.modules.insert(ctx, module);
+            Ok(module)
+        }
+        // Unloaded meanwhile: the module just loaded is an orphan.
+        None => {
+            st.forget_module(module);
+            Err(CUDA_ERROR_INVALID_HANDLE)
+        }
+    }
+}
+
+/// Library `lib`'s module in the library context.
+fn library_module(lib: CUlibrary) -> CuRes<u64> {
+    library_module_in(id_of(lib), library_ctx()?)
+}
+
+/// Registers a library over `image` and loads it in the library context,
+/// so that a bad image fails here, as natively.
+fn new_library(out: Out<CUlibrary>, image: &[u8]) -> CuRes {
     let c = session()?;
     let ctx = library_ctx()?;
     let lib = c.new_id();
-    let module = load(ctx, lib)?;
-    state::lock().libraries.insert(lib, module);
+    let image: Arc<[u8]> = Arc::from(image);
+    let module = load(&image, ctx, Some(lib))?;
+    let info = LibraryInfo { image, modules: HashMap::from([(ctx, module)]), kernels: HashMap::new() };
+    state::lock().libraries.insert(lib, info);
     out.set(handle(lib));
     Ok(())
+}
+
+/// The kernel handle for `name` in library `lib`, after checking that the
+/// library has such a kernel.
+fn library_kernel(lib: u64, name: &CStr) -> CuRes<u64> {
+    let c = session()?;
+    get_function(library_module_in(lib, library_ctx()?)?, name)?;
+    let name_str = name.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)?;
+    let mut st = state::lock();
+    let l = st.libraries.get_mut(&lib).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    if let Some(k) = l.kernels.get(name_str) {
+        return Ok(*k);
+    }
+    let k = c.new_id();
+    l.kernels.insert(name_str.to_string(), k);
+    st.kernels.insert(k, KernelInfo { library: lib, name: CString::from(name), functions: HashMap::new() });
+    Ok(k)
+}
+
+/// The function a kernel stands for in context `ctx`, remembered with the
+/// kernel so that launching it there finds it in one lookup.
+pub fn kernel_function(kernel: u64, ctx: u64) -> CuRes<u64> {
+    let (lib, name) = {
+        let st = state::lock();
+        let k = st.kernels.get(&kernel).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        if let Some(f) = k.functions.get(&ctx) {
+            return Ok(*f);
+        }
+        (k.library, k.name.clone())
+    };
+    let f = get_function(library_module_in(lib, ctx)?, &name)?;
+    if let Some(k) = state::lock().kernels.get_mut(&kernel) {
+        k.functions.insert(ctx, f);
+    }
+    Ok(f)
+}
+
+/// A `CUfunction` argument, which CUDA lets be a `CUkernel` too: a
+/// function as it is; a kernel as its function in the library context.
+fn function_of(h: u64) -> CuRes<u64> {
+    session()?;
+    let is_kernel = {
+        let st = state::lock();
+        if st.functions.contains_key(&h) {
+            return Ok(h);
+        }
+        st.kernels.contains_key(&h)
+    };
+    if !is_kernel {
+        return Err(CUDA_ERROR_INVALID_HANDLE);
+    }
+    kernel_function(h, library_ctx()?)
 }
 
 #[no_mangle]
@@ -587,8 +699,9 @@ pub unsafe extern "C" fn cuLibraryLoadData(
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(library) }?;
+        session()?;
         // SAFETY: `code` points at a module image per the CUDA API.
-        new_library(out, |ctx, lib| unsafe { load_ptr(code, ctx, Some(lib)) })?;
+        new_library(out, unsafe { image::image_at(code as *const u8) }?)?;
         // SAFETY: option arrays of `numJitOptions` entries per the CUDA API.
         unsafe { answer_jit_options(numJitOptions, jitOptions, jitOptionsValues) }
     })
@@ -610,7 +723,7 @@ pub unsafe extern "C" fn cuLibraryLoadFromFile(
         let out = unsafe { Out::new(library) }?;
         // SAFETY: a NUL-terminated path per the CUDA API.
         let path = unsafe { c_name(fileName) }?;
-        new_library(out, |ctx, lib| load_file(path, ctx, Some(lib)))?;
+        new_library(out, &read_image_file(path)?)?;
         // SAFETY: option arrays of `numJitOptions` entries per the CUDA API.
         unsafe { answer_jit_options(numJitOptions, jitOptions, jitOptionsValues) }
     })
@@ -618,7 +731,17 @@ pub unsafe extern "C" fn cuLibraryLoadFromFile(
 
 #[no_mangle]
 pub unsafe extern "C" fn cuLibraryUnload(library: CUlibrary) -> CUresult {
-    ffi(|| unload(library_module(library)?))
+    ffi(|| {
+        session()?;
+        let lib = id_of(library);
+        let modules: Vec<u64> = {
+            let mut st = state::lock();
+            let l = st.libraries.remove(&lib).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+            st.kernels.retain(|_, k| k.library != lib);
+            l.modules.into_values().collect()
+        };
+        modules.into_iter().try_for_each(unload)
+    })
 }
 
 #[no_mangle]
@@ -642,7 +765,7 @@ pub unsafe extern "C" fn cuLibraryGetKernel(
         let out = unsafe { Out::new(pKernel) }?;
         // SAFETY: a NUL-terminated name per the CUDA API.
         let name = unsafe { c_name(name) }?;
-        out.set(handle(get_function(library_module(library)?, name)?));
+        out.set(handle(library_kernel(id_of(library), name)?));
         Ok(())
     })
 }
@@ -683,7 +806,10 @@ pub unsafe extern "C" fn cuLibraryEnumerateKernels(
     lib: CUlibrary,
 ) -> CUresult {
     // SAFETY: an array of `numKernels` handles per the CUDA API.
-    ffi(|| unsafe { enumerate(kernels as *mut *mut c_void, numKernels, library_module(lib)?) })
+    ffi(|| unsafe {
+        let module = library_module(lib)?;
+        enumerate(kernels as *mut *mut c_void, numKernels, module, |name| library_kernel(id_of(lib), name))
+    })
 }
 
 #[no_mangle]
@@ -691,8 +817,7 @@ pub unsafe extern "C" fn cuKernelGetFunction(pFunc: *mut CUfunction, kernel: CUk
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pFunc) }?;
-        with_func(id_of(kernel), |_| Ok(()))?;
-        out.set(handle(id_of(kernel)));
+        out.set(handle(function_of(id_of(kernel))?));
         Ok(())
     })
 }
@@ -702,8 +827,8 @@ pub unsafe extern "C" fn cuKernelGetLibrary(pLib: *mut CUlibrary, kernel: CUkern
     ffi(|| {
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pLib) }?;
-        let module = with_func(id_of(kernel), |fi| Ok(fi.module))?;
-        let lib = state::lock().modules.get(&module).and_then(|m| m.library).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+        session()?;
+        let lib = state::lock().kernels.get(&id_of(kernel)).map(|k| k.library).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
         out.set(handle(lib));
         Ok(())
     })
@@ -720,7 +845,7 @@ pub unsafe extern "C" fn cuKernelGetAttribute(
         // SAFETY: output argument per the CUDA API.
         let out = unsafe { Out::new(pi) }?;
         check_device(dev)?;
-        out.set(func_attr(id_of(kernel), attrib)?);
+        out.set(func_attr(function_of(id_of(kernel))?, attrib)?);
         Ok(())
     })
 }
@@ -729,7 +854,7 @@ pub unsafe extern "C" fn cuKernelGetAttribute(
 pub unsafe extern "C" fn cuKernelSetAttribute(attrib: c_int, val: c_int, kernel: CUkernel, dev: CUdevice) -> CUresult {
     ffi(|| {
         check_device(dev)?;
-        func_set_attr(id_of(kernel), attrib, val)
+        func_set_attr(function_of(id_of(kernel))?, attrib, val)
     })
 }
 
@@ -737,14 +862,14 @@ pub unsafe extern "C" fn cuKernelSetAttribute(attrib: c_int, val: c_int, kernel:
 pub unsafe extern "C" fn cuKernelSetCacheConfig(kernel: CUkernel, config: c_uint, dev: CUdevice) -> CUresult {
     ffi(|| {
         check_device(dev)?;
-        set_cache_config(id_of(kernel), config)
+        set_cache_config(function_of(id_of(kernel))?, config)
     })
 }
 
 #[no_mangle]
 pub unsafe extern "C" fn cuKernelGetName(name: *mut *const c_char, hfunc: CUkernel) -> CUresult {
-    // SAFETY: the caller's contract, forwarded; a kernel is its function.
-    unsafe { cuFuncGetName(name, hfunc as CUfunction) }
+    // SAFETY: output argument per the CUDA API.
+    ffi(|| unsafe { write_name(name, function_of(id_of(hfunc))?) })
 }
 
 #[no_mangle]
@@ -755,7 +880,7 @@ pub unsafe extern "C" fn cuKernelGetParamInfo(
     paramSize: *mut usize,
 ) -> CUresult {
     // SAFETY: the caller's contract, forwarded.
-    ffi(|| unsafe { write_param_info(id_of(kernel), paramIndex, paramOffset, paramSize) })
+    ffi(|| unsafe { write_param_info(function_of(id_of(kernel))?, paramIndex, paramOffset, paramSize) })
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! cuda.h declares the symbol; those are marked "header-derived".
 
 use super::types::*;
-use super::{context::*, copy::*, device::*, event::*, launch::*, memory::*, module::*, stream::*};
+use super::{context::*, copy::*, device::*, event::*, export_table::*, launch::*, memory::*, module::*, stream::*};
 use super::{ffi, CuRes, Out};
 use protocol::cuda::*;
 use std::collections::HashMap;
@@ -39,12 +39,12 @@ impl ProcRow {
     }
 }
 
-/// `base: since symbol, since symbol, ...; ptsz since symbol`.
+/// `base: since symbol, since symbol, ...; ptsz since symbol, ...`.
 macro_rules! table {
-    ($($base:literal: $($since:literal $f:ident),+ $(; ptsz $psince:literal $pf:ident)?;)*) => {
+    ($($base:literal: $($since:literal $f:ident),+ $(; ptsz $($psince:literal $pf:ident),+)?;)*) => {
         vec![$(
             $(ProcRow::new($base, $since, stringify!($f), $f as *const () as usize, false),)+
-            $(ProcRow::new($base, $psince, stringify!($pf), $pf as *const () as usize, true),)?
+            $($(ProcRow::new($base, $psince, stringify!($pf), $pf as *const () as usize, true),)+)?
         )*]
     };
 }
@@ -81,13 +81,9 @@ fn implemented() -> Vec<ProcRow> {
         "cuCtxPopCurrent": 2000 cuCtxPopCurrent, 4000 cuCtxPopCurrent_v2;
         "cuCtxSetCurrent": 4000 cuCtxSetCurrent;
         "cuCtxGetCurrent": 4000 cuCtxGetCurrent;
-        // cuCtxGetDevice_v2 and cuCtxSynchronize_v2 (CUDA 13.0) take one
-        // more argument; without a header saying the base names moved to
-        // them, the base names keep the old ABI (a v2 caller that gets v1
-        // only has its context argument ignored; the reverse would read a
-        // garbage context).
-        "cuCtxGetDevice": 2000 cuCtxGetDevice;
-        "cuCtxSynchronize": 2000 cuCtxSynchronize;
+        // CUDA 13.0's forms take the context as an argument.
+        "cuCtxGetDevice": 2000 cuCtxGetDevice, 13000 cuCtxGetDevice_v2;
+        "cuCtxSynchronize": 2000 cuCtxSynchronize, 13000 cuCtxSynchronize_v2;
         "cuCtxGetFlags": 7000 cuCtxGetFlags;
         "cuCtxSetFlags": 12010 cuCtxSetFlags;
         "cuCtxGetId": 12000 cuCtxGetId;
@@ -167,10 +163,9 @@ fn implemented() -> Vec<ProcRow> {
         "cuKernelGetLibrary": 12050 cuKernelGetLibrary;
         // Launches.
         "cuLaunchKernel": 4000 cuLaunchKernel; ptsz 7000 cuLaunchKernel_ptsz;
-        "cuLaunchKernelEx": 11080 cuLaunchKernelEx; ptsz 11080 cuLaunchKernelEx_ptsz;
+        "cuLaunchKernelEx": 11060 cuLaunchKernelEx; ptsz 11060 cuLaunchKernelEx_ptsz;
         "cuLaunchHostFunc": 10000 cuLaunchHostFunc; ptsz 10000 cuLaunchHostFunc_ptsz;
-        // Streams. cuStreamGetCtx_v2 (12.5) adds an output, so as above the
-        // base name keeps the old ABI.
+        // Streams.
         "cuStreamCreate": 2000 cuStreamCreate;
         "cuStreamCreateWithPriority": 5050 cuStreamCreateWithPriority;
         "cuStreamDestroy": 2000 cuStreamDestroy, 4000 cuStreamDestroy_v2;
@@ -179,11 +174,13 @@ fn implemented() -> Vec<ProcRow> {
         "cuStreamWaitEvent": 3020 cuStreamWaitEvent; ptsz 7000 cuStreamWaitEvent_ptsz;
         "cuStreamGetFlags": 5050 cuStreamGetFlags; ptsz 7000 cuStreamGetFlags_ptsz;
         "cuStreamGetPriority": 5050 cuStreamGetPriority; ptsz 7000 cuStreamGetPriority_ptsz;
-        "cuStreamGetCtx": 9020 cuStreamGetCtx; ptsz 9020 cuStreamGetCtx_ptsz;
+        "cuStreamGetCtx": 9020 cuStreamGetCtx, 12050 cuStreamGetCtx_v2; ptsz 9020 cuStreamGetCtx_ptsz, 12050 cuStreamGetCtx_v2_ptsz;
+        "cuStreamGetDevice": 12080 cuStreamGetDevice; ptsz 12080 cuStreamGetDevice_ptsz;
         "cuStreamGetId": 12000 cuStreamGetId; ptsz 12000 cuStreamGetId_ptsz;
         "cuStreamAddCallback": 5000 cuStreamAddCallback; ptsz 7000 cuStreamAddCallback_ptsz;
         "cuStreamIsCapturing": 10000 cuStreamIsCapturing; ptsz 10000 cuStreamIsCapturing_ptsz;
         "cuStreamGetCaptureInfo": 10010 cuStreamGetCaptureInfo, 11030 cuStreamGetCaptureInfo_v2, 12030 cuStreamGetCaptureInfo_v3;
+            ptsz 10010 cuStreamGetCaptureInfo_ptsz, 11030 cuStreamGetCaptureInfo_v2_ptsz, 12030 cuStreamGetCaptureInfo_v3_ptsz;
         "cuThreadExchangeStreamCaptureMode": 10010 cuThreadExchangeStreamCaptureMode;
         // Events. cuEventElapsedTime_v2 from 12080 is header-derived (same
         // arguments either way).
@@ -194,15 +191,15 @@ fn implemented() -> Vec<ProcRow> {
         "cuEventQuery": 2000 cuEventQuery;
         "cuEventSynchronize": 2000 cuEventSynchronize;
         "cuEventElapsedTime": 2000 cuEventElapsedTime, 12080 cuEventElapsedTime_v2;
+        // Profiler controls.
+        "cuProfilerInitialize": 4000 cuProfilerInitialize;
+        "cuProfilerStart": 4000 cuProfilerStart;
+        "cuProfilerStop": 4000 cuProfilerStop;
         // Entry points.
         "cuGetProcAddress": 11030 cuGetProcAddress, 12000 cuGetProcAddress_v2;
         "cuGetExportTable": 3000 cuGetExportTable;
     }
 }
-
-/// Exports that are not found under their own base name: the v2 variants
-/// the table above keeps off the base name, which callers reach by symbol.
-pub const OFF_TABLE: &[&str] = &["cuCtxGetDevice_v2", "cuCtxSynchronize_v2", "cuStreamGetCtx_v2"];
 
 /// The table, by base name, each base's rows sorted by version.
 fn table() -> &'static HashMap<&'static str, Vec<ProcRow>> {
@@ -258,12 +255,13 @@ unsafe fn get_proc_address(
     let per_thread = flags & CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM != 0;
     match lookup(name, version, per_thread) {
         Ok(row) => {
+            crate::log::debug(&format!("cuGetProcAddress({name}, {version}, {flags}) -> {}", row.symbol));
             out.set(row.ptr as *mut c_void);
             super::set_opt(st, CU_GET_PROC_ADDRESS_SUCCESS);
             Ok(())
         }
         Err(miss) => {
-            crate::log::debug(&format!("cuGetProcAddress({name}, {version}): {miss:?}"));
+            crate::log::debug(&format!("cuGetProcAddress({name}, {version}, {flags}): {miss:?}"));
             out.set(std::ptr::null_mut());
             super::set_opt(
                 st,
@@ -302,21 +300,6 @@ pub unsafe extern "C" fn cuGetProcAddress_v2(
     ffi(|| unsafe { get_proc_address(symbol, pfn, cudaVersion, flags, symbolStatus) })
 }
 
-/// The runtime's private tables: not served yet (a later change implements
-/// them), so cudart-based programs stop here with a clear error.
-#[no_mangle]
-pub unsafe extern "C" fn cuGetExportTable(
-    ppExportTable: *mut *const c_void,
-    _pExportTableId: *const c_void,
-) -> CUresult {
-    ffi(|| {
-        crate::log::unsupported("cuGetExportTable");
-        // SAFETY: optional output argument per the CUDA API.
-        super::set_opt(unsafe { Out::optional(ppExportTable) }, std::ptr::null());
-        Err(CUDA_ERROR_NOT_SUPPORTED)
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,7 +324,9 @@ mod tests {
         assert_eq!(symbol("cuDevicePrimaryCtxRelease", 11000, false), Some("cuDevicePrimaryCtxRelease_v2"));
         assert_eq!(symbol("cuGetProcAddress", 12000, false), Some("cuGetProcAddress_v2"));
         assert_eq!(symbol("cuMemHostRegister", 6050, false), Some("cuMemHostRegister_v2"));
-        assert_eq!(symbol("cuCtxSynchronize", 13000, false), Some("cuCtxSynchronize"));
+        assert_eq!(symbol("cuCtxSynchronize", 12090, false), Some("cuCtxSynchronize"));
+        assert_eq!(symbol("cuCtxSynchronize", 13000, false), Some("cuCtxSynchronize_v2"));
+        assert_eq!(symbol("cuStreamGetCtx", 12050, true), Some("cuStreamGetCtx_v2_ptsz"));
     }
 
     #[test]
@@ -396,6 +381,88 @@ mod tests {
         }
     }
 
+    /// The `PFN_<name>_v<version>[_ptsz|_ptds]` typedefs of CUDA's headers
+    /// (cudaTypedefs.h and its companions), as (name, version, per-thread).
+    fn header_typedefs(text: &str) -> Vec<(String, c_int, bool)> {
+        text.split("*PFN_")
+            .skip(1)
+            .filter_map(|rest| {
+                let ident: String = rest.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
+                let (ident, per_thread) = match ident.strip_suffix("_ptsz").or_else(|| ident.strip_suffix("_ptds")) {
+                    Some(i) => (i.to_string(), true),
+                    None => (ident, false),
+                };
+                let (name, version) = ident.rsplit_once("_v")?;
+                Some((name.to_string(), version.parse().ok()?, per_thread))
+            })
+            .collect()
+    }
+
+    /// Every entry point of CUDA 12.8's and 13.0's headers is exported, at
+    /// the version its typedef names, under the symbol the driver's naming
+    /// gives it: the k-th version of a name is `name_vk` (the first has no
+    /// suffix), a per-thread variant the symbol current at its version plus
+    /// `_ptsz` or `_ptds`. These are the names the runtime resolves.
+    #[test]
+    fn every_typedef_of_the_cuda_headers_is_exported() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../build/cudart");
+        let dir = std::env::var_os("GPUVISOR_CUDART_DIR").map(std::path::PathBuf::from).unwrap_or(root);
+        let headers = [
+            "cudaTypedefs.h",
+            "cudaGLTypedefs.h",
+            "cudaEGLTypedefs.h",
+            "cudaVDPAUTypedefs.h",
+            "cudaProfilerTypedefs.h",
+        ];
+        let mut typedefs = HashSet::new();
+        for major in ["12", "13"] {
+            for h in headers {
+                match std::fs::read_to_string(dir.join(major).join("include").join(h)) {
+                    Ok(text) => typedefs.extend(header_typedefs(&text)),
+                    Err(e) if std::env::var("GPUVISOR_REQUIRE_CUDART").as_deref() == Ok("1") => {
+                        panic!("{}/{major}/include/{h}: {e}", dir.display())
+                    }
+                    Err(_) => {
+                        eprintln!("skipping: no CUDA headers under {} (scripts/fetch-cudart.sh)", dir.display());
+                        return;
+                    }
+                }
+            }
+        }
+        assert!(typedefs.len() > 600, "only {} typedefs parsed", typedefs.len());
+        let mut versions: HashMap<&str, Vec<c_int>> = HashMap::new();
+        for (name, v, pt) in &typedefs {
+            if !pt {
+                versions.entry(name.as_str()).or_default().push(*v);
+            }
+        }
+        for v in versions.values_mut() {
+            v.sort();
+        }
+        let symbol_at = |name: &str, v: c_int| -> String {
+            let vs = &versions[name];
+            match vs.iter().filter(|x| **x <= v).count() {
+                0 | 1 => name.to_string(),
+                k => format!("{name}_v{k}"),
+            }
+        };
+        let mut wrong = Vec::new();
+        for (name, v, pt) in &typedefs {
+            let want = symbol_at(name, *v);
+            let named = |s: &str| match pt {
+                true => s == format!("{want}_ptsz") || s == format!("{want}_ptds"),
+                false => s == want,
+            };
+            match lookup(name, *v, *pt) {
+                Ok(r) if r.since == *v && r.per_thread == *pt && named(r.symbol) => {}
+                Ok(r) => wrong.push(format!("{name} v{v} pt={pt}: {} since {} (want {want})", r.symbol, r.since)),
+                Err(m) => wrong.push(format!("{name} v{v} pt={pt}: {m:?}")),
+            }
+        }
+        wrong.sort();
+        assert!(wrong.is_empty(), "{} entry points missing or mismatched:\n{}", wrong.len(), wrong.join("\n"));
+    }
+
     /// Every `#[no_mangle]` export written out in this module's sources is
     /// reachable through cuGetProcAddress (the macro-made ones are listed
     /// in the table by the macros or by name).
@@ -407,6 +474,7 @@ mod tests {
             include_str!("copy.rs"),
             include_str!("device.rs"),
             include_str!("event.rs"),
+            include_str!("export_table.rs"),
             include_str!("launch.rs"),
             include_str!("memory.rs"),
             include_str!("module.rs"),
@@ -417,7 +485,7 @@ mod tests {
         for src in sources {
             for part in src.split("pub unsafe extern \"C\" fn ").skip(1) {
                 let name: String = part.chars().take_while(|c| c.is_alphanumeric() || *c == '_').collect();
-                if name.starts_with("cu") && !symbols.contains(name.as_str()) && !OFF_TABLE.contains(&name.as_str()) {
+                if name.starts_with("cu") && !symbols.contains(name.as_str()) {
                     missing.push(name);
                 }
             }

@@ -10,8 +10,22 @@ use protocol::cuda::*;
 use protocol::{NUM_FUNC_ATTRS, PRIMARY_CTX, STREAM_PER_THREAD};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
-use std::ffi::CString;
-use std::sync::{LazyLock, Mutex, MutexGuard};
+use std::ffi::{c_void, CString};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+
+/// Called with (context, key, value) when a context that holds a
+/// context-local value ends (destroyed, or the primary context reset or
+/// released for the last time).
+pub type LocalDestructor = unsafe extern "C" fn(CUcontext, *mut c_void, *mut c_void);
+
+/// A value the runtime keeps with a context (the context-local storage
+/// export table): the runtime's own per-context state, found again by key.
+#[derive(Debug, Clone, Copy)]
+pub struct LocalValue {
+    pub key: usize,
+    pub value: usize,
+    pub destructor: Option<LocalDestructor>,
+}
 
 /// Per-context settings the guest answers itself.
 #[derive(Debug, Clone)]
@@ -20,6 +34,7 @@ pub struct CtxInfo {
     pub limits: [usize; CU_LIMIT_MAX as usize],
     pub cache_config: u32,
     pub shmem_config: u32,
+    pub local: Vec<LocalValue>,
 }
 
 impl CtxInfo {
@@ -32,7 +47,7 @@ impl CtxInfo {
         limits[CU_LIMIT_DEV_RUNTIME_SYNC_DEPTH as usize] = 2;
         limits[CU_LIMIT_DEV_RUNTIME_PENDING_LAUNCH_COUNT as usize] = 2048;
         limits[CU_LIMIT_MAX_L2_FETCH_GRANULARITY as usize] = 64;
-        CtxInfo { flags, limits, cache_config: 0, shmem_config: 0 }
+        CtxInfo { flags, limits, cache_config: 0, shmem_config: 0, local: Vec::new() }
     }
 }
 
@@ -109,6 +124,29 @@ pub struct ModuleInfo {
     pub library: Option<u64>,
 }
 
+/// A library (cuLibraryLoadData): context-independent, as natively. Its
+/// image is kept so that every context that uses it gets its own module,
+/// loaded on first use; a context reset loses the modules, not the library.
+#[derive(Debug)]
+pub struct LibraryInfo {
+    pub image: Arc<[u8]>,
+    /// The library's module in each context that has used it.
+    pub modules: HashMap<u64, u64>,
+    /// Kernel handles handed out, by name: the same name gives the same
+    /// handle, as natively.
+    pub kernels: HashMap<String, u64>,
+}
+
+/// A kernel of a library. In each context it stands for that context's
+/// function of the same name.
+#[derive(Debug)]
+pub struct KernelInfo {
+    pub library: u64,
+    pub name: CString,
+    /// Its function in each context that has used it.
+    pub functions: HashMap<u64, u64>,
+}
+
 #[derive(Debug)]
 pub struct FuncInfo {
     pub module: u64,
@@ -130,8 +168,8 @@ pub struct State {
     pub events: HashMap<u64, EventInfo>,
     pub modules: HashMap<u64, ModuleInfo>,
     pub functions: HashMap<u64, FuncInfo>,
-    /// Library id → the module that implements it.
-    pub libraries: HashMap<u64, u64>,
+    pub libraries: HashMap<u64, LibraryInfo>,
+    pub kernels: HashMap<u64, KernelInfo>,
 }
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(|| Mutex::new(State::default()));
@@ -203,15 +241,32 @@ impl State {
         }
     }
 
-    /// Forgets a module with its functions, globals and library.
+    /// Forgets a module with its functions and globals. A library it
+    /// belonged to stays, and loads again where it is used next.
     pub fn forget_module(&mut self, id: u64) -> Option<ModuleInfo> {
         let m = self.modules.remove(&id)?;
         self.functions.retain(|_, f| f.module != id);
         self.allocs.retain(|_, a| a.kind != AllocKind::Global { module: id });
-        if let Some(lib) = m.library {
-            self.libraries.remove(&lib);
+        let State { libraries, kernels, functions, .. } = self;
+        if let Some(lib) = m.library.and_then(|l| libraries.get_mut(&l)) {
+            lib.modules.retain(|_, module| *module != id);
+            for k in lib.kernels.values() {
+                if let Some(k) = kernels.get_mut(k) {
+                    k.functions.retain(|_, f| functions.contains_key(f));
+                }
+            }
         }
         Some(m)
+    }
+
+    /// The function a launch of `f` in context `ctx` runs: `f` itself, or,
+    /// where `f` is a library kernel (CUDA lets a `CUkernel` stand in for a
+    /// `CUfunction`), its function in `ctx`; `None` while that is not known.
+    pub fn launchable(&self, f: u64, ctx: u64) -> Option<u64> {
+        if self.functions.contains_key(&f) {
+            return Some(f);
+        }
+        self.kernels.get(&f)?.functions.get(&ctx).copied()
     }
 }
 

@@ -175,20 +175,60 @@ stream_getters! {
 
 /// With a green-context output (CUDA 12.5): streams here never belong to a
 /// green context.
+///
+/// # Safety
+/// Outputs are NULL or writable.
+unsafe fn get_ctx_v2(h: CUstream, pCtx: *mut CUcontext, pGreenCtx: *mut *mut c_void, ptsz: bool) -> CuRes {
+    // SAFETY: output arguments per the CUDA API.
+    let (c, g) = unsafe { (Out::new(pCtx)?, Out::new(pGreenCtx)?) };
+    let (_, _, ctx, _) = info(h, ptsz)?;
+    c.set(handle(ctx));
+    g.set(std::ptr::null_mut());
+    Ok(())
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuStreamGetCtx_v2(
     hStream: CUstream,
     pCtx: *mut CUcontext,
     pGreenCtx: *mut *mut c_void,
 ) -> CUresult {
-    ffi(|| {
-        // SAFETY: output arguments per the CUDA API.
-        let (c, g) = unsafe { (Out::new(pCtx)?, Out::new(pGreenCtx)?) };
-        let (_, _, ctx, _) = info(hStream, false)?;
-        c.set(handle(ctx));
-        g.set(std::ptr::null_mut());
-        Ok(())
-    })
+    // SAFETY: the caller's contract, forwarded.
+    ffi(|| unsafe { get_ctx_v2(hStream, pCtx, pGreenCtx, false) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetCtx_v2_ptsz(
+    hStream: CUstream,
+    pCtx: *mut CUcontext,
+    pGreenCtx: *mut *mut c_void,
+) -> CUresult {
+    // SAFETY: the caller's contract, forwarded.
+    ffi(|| unsafe { get_ctx_v2(hStream, pCtx, pGreenCtx, true) })
+}
+
+/// The VM has one device, so every valid stream is on device 0.
+///
+/// # Safety
+/// `device` is NULL or writable.
+unsafe fn get_device(h: CUstream, device: *mut CUdevice, ptsz: bool) -> CuRes {
+    // SAFETY: output argument per the CUDA API.
+    let out = unsafe { Out::new(device) }?;
+    info(h, ptsz)?;
+    out.set(0);
+    Ok(())
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetDevice(hStream: CUstream, device: *mut CUdevice) -> CUresult {
+    // SAFETY: the caller's contract, forwarded.
+    ffi(|| unsafe { get_device(hStream, device, false) })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuStreamGetDevice_ptsz(hStream: CUstream, device: *mut CUdevice) -> CUresult {
+    // SAFETY: the caller's contract, forwarded.
+    ffi(|| unsafe { get_device(hStream, device, true) })
 }
 
 // ---- capture (never active here) and host callbacks -------------------
@@ -226,84 +266,119 @@ pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(hStream: CUstream, captureStat
     ffi(|| unsafe { is_capturing(hStream, captureStatus, true) })
 }
 
-#[no_mangle]
-pub unsafe extern "C" fn cuStreamGetCaptureInfo(
-    hStream: CUstream,
-    captureStatus_out: *mut c_uint,
-    id_out: *mut u64,
-) -> CUresult {
-    ffi(|| {
-        // SAFETY: optional output argument per the CUDA API.
-        let id = unsafe { Out::optional(id_out) };
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { is_capturing(hStream, captureStatus_out, false) }?;
-        set_opt(id, 0);
-        Ok(())
-    })
+/// Capture facts of a stream that is never capturing: no id, graph or
+/// dependencies (the outputs of the CUDA 11.3 and 12.3 forms included).
+///
+/// # Safety
+/// Outputs are NULL or writable.
+#[allow(clippy::too_many_arguments)]
+unsafe fn capture_info(
+    h: CUstream,
+    status: *mut c_uint,
+    id: *mut u64,
+    graph: *mut *mut c_void,
+    dependencies: *mut *const c_void,
+    edge_data: *mut *const c_void,
+    count: *mut usize,
+    ptsz: bool,
+) -> CuRes {
+    // SAFETY: optional output arguments per the CUDA API.
+    let (id, g, d, e, n) = unsafe {
+        (
+            Out::optional(id),
+            Out::optional(graph),
+            Out::optional(dependencies),
+            Out::optional(edge_data),
+            Out::optional(count),
+        )
+    };
+    // SAFETY: the caller's contract, forwarded.
+    unsafe { is_capturing(h, status, ptsz) }?;
+    set_opt(id, 0);
+    set_opt(g, std::ptr::null_mut());
+    set_opt(d, std::ptr::null());
+    set_opt(e, std::ptr::null());
+    set_opt(n, 0);
+    Ok(())
 }
 
-/// With the graph and dependency outputs (CUDA 11.3), which say nothing
-/// when the stream is not capturing.
-#[no_mangle]
-pub unsafe extern "C" fn cuStreamGetCaptureInfo_v2(
-    hStream: CUstream,
-    captureStatus_out: *mut c_uint,
-    id_out: *mut u64,
-    graph_out: *mut *mut c_void,
-    dependencies_out: *mut *const c_void,
-    numDependencies_out: *mut usize,
-) -> CUresult {
-    ffi(|| {
-        // SAFETY: optional output arguments per the CUDA API.
-        let (id, g, d, n) = unsafe {
-            (
-                Out::optional(id_out),
-                Out::optional(graph_out),
-                Out::optional(dependencies_out),
-                Out::optional(numDependencies_out),
-            )
-        };
-        // SAFETY: the caller's contract, forwarded.
-        unsafe { is_capturing(hStream, captureStatus_out, false) }?;
-        set_opt(id, 0);
-        set_opt(g, std::ptr::null_mut());
-        set_opt(d, std::ptr::null());
-        set_opt(n, 0);
-        Ok(())
-    })
-}
-
-/// With edge data (CUDA 12.3).
-#[no_mangle]
-pub unsafe extern "C" fn cuStreamGetCaptureInfo_v3(
-    hStream: CUstream,
-    captureStatus_out: *mut c_uint,
-    id_out: *mut u64,
-    graph_out: *mut *mut c_void,
-    dependencies_out: *mut *const c_void,
-    edgeData_out: *mut *const c_void,
-    numDependencies_out: *mut usize,
-) -> CUresult {
-    ffi(|| {
-        // SAFETY: optional output argument per the CUDA API.
-        let e = unsafe { Out::optional(edgeData_out) };
-        // SAFETY: the caller's contract, forwarded.
-        let r = unsafe {
-            cuStreamGetCaptureInfo_v2(
-                hStream,
-                captureStatus_out,
-                id_out,
-                graph_out,
-                dependencies_out,
-                numDependencies_out,
-            )
-        };
-        if r != CUDA_SUCCESS {
-            return Err(r);
+/// The CUDA 10.1 form and its per-thread variant.
+macro_rules! capture_info_v1 {
+    ($($name:ident, $ptsz:expr;)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(hStream: CUstream, captureStatus_out: *mut c_uint, id_out: *mut u64) -> CUresult {
+            let null = std::ptr::null_mut();
+            // SAFETY: the caller's contract, forwarded; the outputs this
+            // form lacks are NULL.
+            ffi(|| unsafe { capture_info(hStream, captureStatus_out, id_out, null, null as _, null as _, null as _, $ptsz) })
         }
-        set_opt(e, std::ptr::null());
-        Ok(())
-    })
+    )*};
+}
+
+capture_info_v1! {
+    cuStreamGetCaptureInfo, false;
+    cuStreamGetCaptureInfo_ptsz, true;
+}
+
+/// The CUDA 11.3 form (graph and dependencies) and its per-thread variant.
+macro_rules! capture_info_v2 {
+    ($($name:ident, $ptsz:expr;)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            hStream: CUstream,
+            captureStatus_out: *mut c_uint,
+            id_out: *mut u64,
+            graph_out: *mut *mut c_void,
+            dependencies_out: *mut *const c_void,
+            numDependencies_out: *mut usize,
+        ) -> CUresult {
+            let edges = std::ptr::null_mut();
+            // SAFETY: the caller's contract, forwarded.
+            ffi(|| unsafe {
+                capture_info(hStream, captureStatus_out, id_out, graph_out, dependencies_out, edges, numDependencies_out, $ptsz)
+            })
+        }
+    )*};
+}
+
+capture_info_v2! {
+    cuStreamGetCaptureInfo_v2, false;
+    cuStreamGetCaptureInfo_v2_ptsz, true;
+}
+
+/// The CUDA 12.3 form (edge data too) and its per-thread variant.
+macro_rules! capture_info_v3 {
+    ($($name:ident, $ptsz:expr;)*) => {$(
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            hStream: CUstream,
+            captureStatus_out: *mut c_uint,
+            id_out: *mut u64,
+            graph_out: *mut *mut c_void,
+            dependencies_out: *mut *const c_void,
+            edgeData_out: *mut *const c_void,
+            numDependencies_out: *mut usize,
+        ) -> CUresult {
+            // SAFETY: the caller's contract, forwarded.
+            ffi(|| unsafe {
+                capture_info(
+                    hStream,
+                    captureStatus_out,
+                    id_out,
+                    graph_out,
+                    dependencies_out,
+                    edgeData_out,
+                    numDependencies_out,
+                    $ptsz,
+                )
+            })
+        }
+    )*};
+}
+
+capture_info_v3! {
+    cuStreamGetCaptureInfo_v3, false;
+    cuStreamGetCaptureInfo_v3_ptsz, true;
 }
 
 #[no_mangle]

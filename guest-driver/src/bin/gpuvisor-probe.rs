@@ -7,6 +7,9 @@
 //!   gpuvisor-probe bad-input        malformed requests each get a CUDA error
 //!   gpuvisor-probe hog <MiB>        allocate, then keep the GPU busy until killed
 //!   gpuvisor-probe meminfo [--expect-all-free]
+//!   gpuvisor-probe unsupported -- <program> [args]
+//!                                   run a program, then list the entry points
+//!                                   gpuvisor does not implement that it called
 
 use ::cuda::client::{self, Client};
 use protocol::cuda::*;
@@ -158,8 +161,58 @@ fn hog(c: &Client, mib: u64) -> Result<(), CuResult> {
     }
 }
 
+/// Runs `cmd` with the guest driver's unsupported-call report switched on
+/// (`GPUVISOR_UNSUPPORTED_REPORT`), then prints the entry points it called
+/// that gpuvisor does not implement, most called first. Returns the
+/// program's exit status.
+fn unsupported(cmd: &[String]) -> i32 {
+    use ::cuda::unsupported_calls::{from_json, REPORT_ENV};
+    let Some((program, args)) = cmd.split_first() else {
+        eprintln!("usage: gpuvisor-probe unsupported -- <program> [args]");
+        return 2;
+    };
+    // This process links the driver too; only the program's report counts.
+    std::env::remove_var(REPORT_ENV);
+    let report = std::env::temp_dir().join(format!("gpuvisor-unsupported-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&report);
+    let status = match std::process::Command::new(program).args(args).env(REPORT_ENV, &report).status() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("gpuvisor-probe: cannot run {program}: {e}");
+            return 127;
+        }
+    };
+    let text = std::fs::read_to_string(&report);
+    let _ = std::fs::remove_file(&report);
+    let Some(mut entries) = text.ok().as_deref().and_then(from_json) else {
+        eprintln!(
+            "gpuvisor-probe: {program} left no report: it did not load gpuvisor's libcuda.so.1, \
+             or it did not exit normally ({status})"
+        );
+        return status.code().unwrap_or(1).max(1);
+    };
+    entries.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+    match entries.len() {
+        0 => println!("gpuvisor-probe: {program} called no unimplemented entry point"),
+        n => {
+            println!("gpuvisor-probe: {program} called {n} unimplemented entry point(s) (calls, name):");
+            for (name, calls) in &entries {
+                println!("{calls:>8}  {name}");
+            }
+        }
+    }
+    status.code().unwrap_or(1)
+}
+
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.get(1).map(String::as_str) == Some("unsupported") {
+        let rest = match args.get(2).map(String::as_str) {
+            Some("--") => &args[3..],
+            _ => &args[2..],
+        };
+        std::process::exit(unsupported(rest));
+    }
     let c = match client::get() {
         Ok(c) => c,
         Err(e) => {
@@ -185,7 +238,10 @@ fn main() {
             Err(e) => check("meminfo", false, name(e).to_string()),
         },
         _ => {
-            eprintln!("usage: gpuvisor-probe bad-input | hog <MiB> | meminfo [--expect-all-free]");
+            eprintln!(
+                "usage: gpuvisor-probe bad-input | hog <MiB> | meminfo [--expect-all-free] \
+                 | unsupported -- <program> [args]"
+            );
             std::process::exit(2);
         }
     };

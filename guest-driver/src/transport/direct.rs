@@ -13,6 +13,9 @@ mod device;
 mod memory;
 #[cfg(test)]
 mod reference_backend;
+#[cfg(test)]
+#[path = "../../tests/support/backend.rs"]
+mod test_backend;
 mod vring;
 
 pub use device::{check_response, cmd_name, DeviceOptions, DirectDevice, Region, MIN_MEM_BYTES};
@@ -259,6 +262,7 @@ impl Drop for DirectTransport {
 #[cfg(test)]
 mod tests {
     use super::reference_backend::ReferenceBackend;
+    use super::test_backend::GpuvisorBackend;
     use super::*;
 
     #[test]
@@ -278,47 +282,6 @@ mod tests {
     #[test]
     fn a_missing_socket_is_no_device() {
         assert!(matches!(DirectTransport::connect("/nonexistent/gpuvisor.sock"), Err(TransportError::NoDevice(_))));
-    }
-
-    /// gpuvisor-backend (sim engine) as a child process, when
-    /// GPUVISOR_BACKEND_BIN names its binary (e.g. target/debug/gpuvisor-backend).
-    struct GpuvisorBackend {
-        child: std::process::Child,
-        socket: std::path::PathBuf,
-    }
-
-    impl GpuvisorBackend {
-        fn spawn(test: &str) -> Option<GpuvisorBackend> {
-            let Ok(bin) = std::env::var("GPUVISOR_BACKEND_BIN") else {
-                eprintln!("skipping {test}: GPUVISOR_BACKEND_BIN is not set");
-                return None;
-            };
-            let socket = std::env::temp_dir().join(format!("gv-direct-{test}-{}.sock", std::process::id()));
-            let _ = std::fs::remove_file(&socket);
-            let child = std::process::Command::new(bin)
-                .args(["--engine", "sim", "--vm-name", "direct-test", "--socket-path"])
-                .arg(&socket)
-                .stderr(std::process::Stdio::null())
-                .spawn()
-                .expect("start gpuvisor-backend");
-            let start = std::time::Instant::now();
-            while !socket.exists() && start.elapsed() < Duration::from_secs(10) {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            Some(GpuvisorBackend { child, socket })
-        }
-
-        fn path(&self) -> &str {
-            self.socket.to_str().expect("utf-8 temp path")
-        }
-    }
-
-    impl Drop for GpuvisorBackend {
-        fn drop(&mut self) {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-            let _ = std::fs::remove_file(&self.socket);
-        }
     }
 
     #[test]

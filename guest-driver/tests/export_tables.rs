@@ -1,0 +1,153 @@
+//! The CUDA runtime's export tables at the driver level, against a sim
+//! backend: the parts the runtime programs of tests/cudart.rs do not reach
+//! (cudart 12.8 and 13.0 load their fatbins as libraries, not through the
+//! runtime interface's module slots), and the context-local storage
+//! destructors, which the runtime relies on to forget a context that ended.
+//!
+//! One test: the driver's session is per process.
+
+#[path = "support/backend.rs"]
+mod backend;
+
+use backend::GpuvisorBackend;
+use cuda::api::state::LocalDestructor;
+use cuda::api::types::*;
+use cuda::api::{context::*, copy::*, device::*, export_table::cuGetExportTable, launch::*, memory::*, module::*};
+use protocol::cuda::*;
+use protocol::module_image::{FATBIN_MAGIC, FATBIN_WRAPPER_MAGIC};
+use std::ffi::{c_uint, c_void};
+use std::sync::Mutex;
+
+const CUDART_INTERFACE: u128 = 0x6bd5fb6c_5bf4_e74a_8987_d93912fd9df9;
+const CONTEXT_LOCAL_STORAGE: u128 = 0xc693336e_1121_df11_a8c3_68f355d89593;
+
+type GetModuleFromCubin = unsafe extern "C" fn(*mut CUmodule, *const c_void) -> CUresult;
+type PrimaryContext = unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult;
+type LocalPut = unsafe extern "C" fn(CUcontext, *mut c_void, *mut c_void, Option<LocalDestructor>) -> CUresult;
+type LocalDelete = unsafe extern "C" fn(CUcontext, *mut c_void) -> CUresult;
+type LocalGet = unsafe extern "C" fn(*mut *mut c_void, CUcontext, *mut c_void) -> CUresult;
+
+/// Slot `i` of the table with id `id`, as a function of type `F`.
+///
+/// # Safety
+/// Slot `i` of that table holds a function of type `F`.
+unsafe fn slot<F: Copy>(id: u128, i: usize) -> F {
+    let uuid = CUuuid { bytes: id.to_be_bytes().map(|b| b as std::ffi::c_char) };
+    let mut table: *const c_void = std::ptr::null();
+    // SAFETY: valid id and output slot.
+    assert_eq!(unsafe { cuGetExportTable(&mut table, &uuid) }, CUDA_SUCCESS);
+    // SAFETY: the table has slot i, holding an F (the caller's contract).
+    unsafe { std::mem::transmute_copy(&*(table as *const *const c_void).add(i)) }
+}
+
+/// What nvcc embeds for kernels.ptx: a fatbin with one PTX entry, and the
+/// `__fatBinC_Wrapper_t` registered with the runtime. Returns (wrapper,
+/// fatbin); the wrapper points into the fatbin.
+fn fatbin_wrapper() -> (Vec<u64>, Vec<u64>) {
+    let mut ptx = include_bytes!("../../guest-tests/kernels.ptx").to_vec();
+    ptx.push(0);
+    ptx.resize(ptx.len().next_multiple_of(8), 0);
+    let mut bytes = Vec::new();
+    bytes.extend_from_slice(&FATBIN_MAGIC.to_le_bytes());
+    bytes.extend_from_slice(&1u16.to_le_bytes()); // version
+    bytes.extend_from_slice(&16u16.to_le_bytes()); // header size
+    bytes.extend_from_slice(&(64 + ptx.len() as u64).to_le_bytes());
+    let mut entry = [0u8; 64];
+    entry[0..2].copy_from_slice(&1u16.to_le_bytes()); // PTX
+    entry[2..4].copy_from_slice(&0x0101u16.to_le_bytes());
+    entry[4..8].copy_from_slice(&64u32.to_le_bytes());
+    entry[8..16].copy_from_slice(&(ptx.len() as u64).to_le_bytes());
+    entry[28..32].copy_from_slice(&80u32.to_le_bytes()); // sm_80
+    bytes.extend_from_slice(&entry);
+    bytes.extend_from_slice(&ptx);
+    // As u64 words, so the fatbin is 8-byte aligned as nvcc's is.
+    let fatbin: Vec<u64> = bytes.chunks(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+    let wrapper = vec![FATBIN_WRAPPER_MAGIC as u64 | (1 << 32), fatbin.as_ptr() as u64, 0];
+    (wrapper, fatbin)
+}
+
+/// The destructor calls seen: (context, key, value).
+static DESTROYED: Mutex<Vec<(usize, usize, usize)>> = Mutex::new(Vec::new());
+
+unsafe extern "C" fn destructor(ctx: CUcontext, key: *mut c_void, value: *mut c_void) {
+    DESTROYED.lock().expect("lock").push((ctx as usize, key as usize, value as usize));
+}
+
+fn destroyed() -> Vec<(usize, usize, usize)> {
+    std::mem::take(&mut *DESTROYED.lock().expect("lock"))
+}
+
+static KEY_A: u8 = 0;
+static KEY_B: u8 = 0;
+
+#[test]
+fn runtime_interface_loads_registered_fatbins_and_context_values_end_with_their_context() {
+    let Some(b) = GpuvisorBackend::spawn("export_tables") else { return };
+    std::env::set_var("GPUVISOR_TRANSPORT", format!("direct:{}", b.path()));
+    std::env::set_var("GPUVISOR_DIRECT_MEM_MIB", "64");
+    // SAFETY: the calls below follow the CUDA API and the tables' layouts
+    // (export_table.rs); every pointer passed is valid for the call.
+    unsafe {
+        assert_eq!(cuInit(0), CUDA_SUCCESS);
+        // The runtime's start: the primary context through its interface,
+        // retained and made current.
+        let primary_context: PrimaryContext = slot(CUDART_INTERFACE, 2);
+        let mut primary: CUcontext = std::ptr::null_mut();
+        assert_eq!(primary_context(&mut primary, 0), CUDA_SUCCESS);
+        let mut retained: CUcontext = std::ptr::null_mut();
+        assert_eq!(cuDevicePrimaryCtxRetain(&mut retained, 0), CUDA_SUCCESS);
+        assert_eq!(retained, primary, "the interface names the primary context");
+        assert_eq!(cuCtxSetCurrent(primary), CUDA_SUCCESS);
+
+        // A registered fatbin becomes a module whose kernel runs.
+        let (wrapper, _fatbin) = fatbin_wrapper();
+        let get_module: GetModuleFromCubin = slot(CUDART_INTERFACE, 1);
+        let mut module: CUmodule = std::ptr::null_mut();
+        assert_eq!(get_module(&mut module, wrapper.as_ptr() as *const c_void), CUDA_SUCCESS);
+        let mut fill: CUfunction = std::ptr::null_mut();
+        assert_eq!(cuModuleGetFunction(&mut fill, module, c"gv_fill_u32".as_ptr()), CUDA_SUCCESS);
+        let n: u64 = 4096;
+        let mut dptr: CUdeviceptr = 0;
+        assert_eq!(cuMemAlloc_v2(&mut dptr, n as usize * 4), CUDA_SUCCESS);
+        let value: c_uint = 0x5eed;
+        let mut args =
+            [&mut dptr as *mut _ as *mut c_void, &value as *const _ as *mut c_void, &n as *const _ as *mut c_void];
+        let launched =
+            cuLaunchKernel(fill, 16, 1, 1, 128, 1, 1, 0, std::ptr::null_mut(), args.as_mut_ptr(), std::ptr::null_mut());
+        assert_eq!(launched, CUDA_SUCCESS);
+        let mut host = vec![0u32; n as usize];
+        assert_eq!(cuMemcpyDtoH_v2(host.as_mut_ptr() as *mut c_void, dptr, n as usize * 4), CUDA_SUCCESS);
+        assert!(host.iter().all(|&v| v == value), "the kernel of the registered fatbin ran");
+
+        // Values kept with the primary context: the destructor runs once
+        // when it is reset; a deleted value's never does.
+        let put: LocalPut = slot(CONTEXT_LOCAL_STORAGE, 0);
+        let delete: LocalDelete = slot(CONTEXT_LOCAL_STORAGE, 1);
+        let get: LocalGet = slot(CONTEXT_LOCAL_STORAGE, 2);
+        let (key_a, key_b) = (&KEY_A as *const u8 as *mut c_void, &KEY_B as *const u8 as *mut c_void);
+        assert_eq!(put(std::ptr::null_mut(), key_a, 7 as *mut c_void, Some(destructor)), CUDA_SUCCESS);
+        assert_eq!(put(primary, key_b, 8 as *mut c_void, Some(destructor)), CUDA_SUCCESS);
+        assert_eq!(delete(primary, key_b), CUDA_SUCCESS);
+        let mut got: *mut c_void = std::ptr::null_mut();
+        assert_eq!(get(&mut got, primary, key_a), CUDA_SUCCESS);
+        assert_eq!(got as usize, 7);
+        assert_eq!(get(&mut got, primary, key_b), CUDA_ERROR_INVALID_HANDLE, "deleted");
+        assert!(destroyed().is_empty());
+        assert_eq!(cuDevicePrimaryCtxReset(0), CUDA_SUCCESS);
+        assert_eq!(destroyed(), vec![(primary as usize, key_a as usize, 7)]);
+        assert_eq!(get(&mut got, primary, key_a), CUDA_ERROR_INVALID_HANDLE, "a reset context is new to the runtime");
+        assert_eq!(
+            cuModuleGetFunction(&mut fill, module, c"gv_fill_u32".as_ptr()),
+            CUDA_ERROR_INVALID_HANDLE,
+            "the reset ended the module"
+        );
+
+        // A created context's values end with it.
+        let mut created: CUcontext = std::ptr::null_mut();
+        assert_eq!(cuCtxCreate_v2(&mut created, 0, 0), CUDA_SUCCESS);
+        assert_eq!(put(created, key_a, 9 as *mut c_void, Some(destructor)), CUDA_SUCCESS);
+        assert_eq!(cuCtxDestroy_v2(created), CUDA_SUCCESS);
+        assert_eq!(destroyed(), vec![(created as usize, key_a as usize, 9)]);
+        assert_eq!(put(created, key_a, 9 as *mut c_void, None), CUDA_ERROR_INVALID_CONTEXT, "destroyed");
+    }
+}

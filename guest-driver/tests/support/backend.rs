@@ -1,0 +1,55 @@
+//! gpuvisor-backend (sim engine) as a child process, for the tests that
+//! drive it through the direct transport: the transport's unit tests
+//! (`src/transport/direct.rs` includes this file) and the integration tests
+//! in `tests/`. GPUVISOR_BACKEND_BIN names the binary (e.g.
+//! target/debug/gpuvisor-backend); without it the tests skip.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub struct GpuvisorBackend {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl GpuvisorBackend {
+    /// A backend for `test` (which names its socket), with `extra` arguments
+    /// after the defaults; `None`, after saying so, when GPUVISOR_BACKEND_BIN
+    /// is not set.
+    pub fn spawn_with(test: &str, extra: &[&str]) -> Option<GpuvisorBackend> {
+        let Ok(bin) = std::env::var("GPUVISOR_BACKEND_BIN") else {
+            eprintln!("skipping {test}: GPUVISOR_BACKEND_BIN is not set");
+            return None;
+        };
+        let socket = std::env::temp_dir().join(format!("gv-direct-{test}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let child = std::process::Command::new(bin)
+            .args(["--engine", "sim", "--vm-name", "direct-test", "--socket-path"])
+            .arg(&socket)
+            .args(extra)
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start gpuvisor-backend");
+        let start = std::time::Instant::now();
+        while !socket.exists() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Some(GpuvisorBackend { child, socket })
+    }
+
+    pub fn spawn(test: &str) -> Option<GpuvisorBackend> {
+        Self::spawn_with(test, &[])
+    }
+
+    pub fn path(&self) -> &str {
+        self.socket.to_str().expect("utf-8 temp path")
+    }
+}
+
+impl Drop for GpuvisorBackend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
