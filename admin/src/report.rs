@@ -352,12 +352,12 @@ fn panels(data: &ReportData) -> [Panel; 3] {
     let mut share = curves(&data.share, false, 100.0, all);
     share.extend(curves(&data.share_configured, true, 100.0, all));
 
-    // Memory in GiB, or MiB when no VM reaches a GiB, so the ticks stay readable.
-    let (unit, scale) = if max_value(&[&data.resident, &data.evicted]) >= f64::from(1u32 << 30) {
-        ("GiB", 1.0 / f64::from(1u32 << 30))
-    } else {
-        ("MiB", 1.0 / f64::from(1u32 << 20))
-    };
+    // The largest binary unit the largest value reaches, so the ticks stay readable.
+    let top = max_value(&[&data.resident, &data.evicted]);
+    let (unit, scale) = [("GiB", 30), ("MiB", 20), ("KiB", 10)]
+        .into_iter()
+        .find(|&(_, shift)| top >= (1u64 << shift) as f64)
+        .map_or(("bytes", 1.0), |(unit, shift)| (unit, 1.0 / (1u64 << shift) as f64));
     let mut memory = curves(&data.resident, false, scale, all);
     memory.extend(curves(&data.evicted, true, scale, all));
 
