@@ -1,0 +1,122 @@
+#!/usr/bin/env python3
+"""Turns the raw output of scripts/h100/runtime.sh into runtime.json: each
+CUDA runtime sample's output against its native run, and the frameworks'
+results and time ratios (gemm_ratio, train_step_ratio), guest over native."""
+import argparse
+import datetime
+import glob
+import json
+import math
+import os
+import socket
+import sys
+
+
+def lines(path):
+    try:
+        return open(path, errors="replace").read().splitlines()
+    except FileNotFoundError:
+        return None
+
+
+def fw(path):
+    out = None
+    for l in lines(path) or []:
+        if l.startswith("FW "):
+            try:
+                out = json.loads(l[3:])
+            except ValueError:
+                pass
+    return out
+
+
+def unsupported(res, name):
+    try:
+        return json.load(open(f"{res}/unsupported-{name}.json"))
+    except (FileNotFoundError, ValueError):
+        return None
+
+
+def sample(res, name):
+    n, g = lines(f"{res}/native-{name}.out"), lines(f"{res}/guest-{name}.out")
+    if n is None:
+        return None
+    keep = lambda ls: [l for l in (ls or []) if not l.startswith("TIME ")]
+    times = lambda ls: [l[5:] for l in (ls or []) if l.startswith("TIME ")]
+    return {
+        "same_output": keep(n) == keep(g),
+        "native_pass": "PASS" in (n or []),
+        "guest_pass": "PASS" in (g or []),
+        "native": keep(n)[-6:], "guest": keep(g)[-6:],
+        "native_times": times(n), "guest_times": times(g),
+        "unsupported": unsupported(res, name),
+    }
+
+
+def tensor_diff(a, b):
+    try:
+        import torch
+        x, y = torch.load(a), torch.load(b)
+        d = (x - y).abs().max().item()
+        scale = y.abs().max().item() or 1.0
+        return {"max_abs": d, "max_rel": d / scale}
+    except Exception as e:  # torch missing or a file absent
+        return {"error": str(e)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--res", required=True)
+    ap.add_argument("--revision", default="")
+    ap.add_argument("--command", default="scripts/h100/runtime.sh")
+    a = ap.parse_args()
+    r = a.res
+    samples = {}
+    for s in ["vector_add", "matmul", "bandwidth", "streams", "vector_add_static", "matmul_static"]:
+        v = sample(r, s)
+        if v is not None:
+            samples[s] = v
+    fws = {}
+    for p in sorted(glob.glob(f"{r}/native-fw-*.out")):
+        name = os.path.basename(p)[len("native-fw-"):-4]
+        fws[name] = {"native": fw(p), "guest": fw(f"{r}/guest-fw-{name}.out"),
+                     "unsupported": unsupported(r, f"fw-{name}")}
+    out = {
+        "issue": 7,
+        "command": a.command,
+        "revision": a.revision,
+        "machine": {"host": socket.gethostname(), "gpu": (lines(f"{r}/gpu.txt") or [""])[0]},
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "samples": samples,
+        "samples_same_output": bool(samples) and all(v["same_output"] and v["guest_pass"] for v in samples.values()),
+        "frameworks": fws,
+    }
+    g = fws.get("gemm", {})
+    if g.get("native") and g.get("guest") and "sgemm" in (g["guest"] or {}):
+        for k in ("sgemm", "hgemm"):
+            out[f"gemm_ratio_{k}"] = g["guest"][k]["wall_ms"] / g["native"][k]["wall_ms"]
+            out[f"gemm_{k}_diff"] = tensor_diff(f"{r}/guest-fw-gemm/{k}.pt", f"{r}/native-fw-gemm/{k}.pt")
+        out["gemm_ratio"] = max(out["gemm_ratio_sgemm"], out["gemm_ratio_hgemm"])
+    for m in ("cnn", "cnn-graphs", "transformer", "transformer-graphs"):
+        t = fws.get(m, {})
+        n, gg = t.get("native"), t.get("guest")
+        if n and gg and "losses" in gg and "losses" in n:
+            diffs = [abs(x - y) / max(abs(y), 1e-6) for x, y in zip(gg["losses"], n["losses"])]
+            out[f"train_{m}"] = {
+                "step_ratio": gg["step_ms"] / n["step_ms"],
+                "native_step_ms": n["step_ms"], "guest_step_ms": gg["step_ms"],
+                "max_loss_rel_diff": max(diffs) if diffs else None,
+                "losses_match": bool(diffs) and len(gg["losses"]) == len(n["losses"]) and max(diffs) <= 1e-3,
+            }
+    ratios = [out[k]["step_ratio"] for k in out if k.startswith("train_") and "-graphs" not in k]
+    if ratios:
+        out["train_step_ratio"] = max(ratios)
+    gratios = [out[k]["step_ratio"] for k in out if k.startswith("train_") and "-graphs" in k]
+    if gratios:
+        out["train_step_ratio_graphs"] = max(gratios)
+    json.dump(out, sys.stdout, indent=1, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o))
+    print()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (stage with scripts/h100/stage.sh): CUDA runtime
+# programs and frameworks on the guest driver (issue 7), each beside its
+# native run; writes runtime.json.
+#
+# 1. guest-tests/cuda/*.cu built here with nvcc (shared cudart, and static
+#    for two of them), run natively and through the guest driver over the
+#    vhost-user direct transport to a cuda-engine backend: every output line
+#    but the TIME lines must match.
+# 2. scripts/h100/frameworks.py with the host's PyTorch and CuPy, natively
+#    and on the guest driver: device info, SGEMM/HGEMM 8192 (results and
+#    time: gemm_ratio), a CuPy sample, training steps of a small CNN and a
+#    small transformer (losses step by step, step time: train_step_ratio),
+#    also with CUDA graphs.
+# Each guest run writes the guest driver's unsupported-call report.
+#
+#   scripts/h100/runtime.sh [OUTDIR]     (default $OUT, else ./h100-out)
+# Knobs (env): STEP_TIMEOUT (180 s per run), QUOTA_MIB (65536), PY (python3),
+# SKIP_FRAMEWORKS=1.
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+out=${1:-${OUT:-$PWD/h100-out}}
+mkdir -p "$out"
+. scripts/h100/lib.sh
+h100_setup /tmp/gpuvisor-runtime
+STEP_TIMEOUT=${STEP_TIMEOUT:-180}
+QUOTA_MIB=${QUOTA_MIB:-65536}
+PY=${PY:-python3}
+NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+mkdir -p "$work/bin" "$work/drv"
+ln -sf "$OURS" "$work/drv/libcuda.so.1"
+
+log "building the samples with $NVCC ($("$NVCC" --version | tail -n1))"
+for s in vector_add matmul bandwidth streams; do
+    "$NVCC" -O2 -arch=sm_90 -cudart shared -o "$work/bin/$s" "guest-tests/cuda/$s.cu" > "$R/nvcc-$s.log" 2>&1 \
+        || log "nvcc $s failed"
+done
+for s in vector_add matmul; do
+    "$NVCC" -O2 -arch=sm_90 -cudart static -o "$work/bin/${s}_static" "guest-tests/cuda/$s.cu" >> "$R/nvcc-$s.log" 2>&1 \
+        || log "nvcc $s (static) failed"
+done
+
+n=0
+guest() {  # name command... : one run on the guest driver, through a fresh backend
+    local name=$1; shift
+    n=$((n + 1))
+    h100_start_backend "g$n" --quota-mib "$QUOTA_MIB" || return 1
+    LD_LIBRARY_PATH="$work/drv${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" GPUVISOR_TRANSPORT="direct:$work/g$n.sock" \
+        GPUVISOR_DIRECT_MEM_MIB=${DIRECT_MEM_MIB:-2048} GPUVISOR_UNSUPPORTED_REPORT="$R/unsupported-$name.json" \
+        timeout "$STEP_TIMEOUT" "$@" > "$R/guest-$name.out" 2>&1
+    echo "exit $?" >> "$R/guest-$name.out"
+    stop_backends
+}
+native() {  # name command...
+    local name=$1; shift
+    timeout "$STEP_TIMEOUT" "$@" > "$R/native-$name.out" 2>&1
+    echo "exit $?" >> "$R/native-$name.out"
+}
+
+for s in vector_add matmul bandwidth streams vector_add_static matmul_static; do
+    [ -x "$work/bin/$s" ] || continue
+    log "sample $s"
+    native "$s" "$work/bin/$s"
+    guest "$s" "$work/bin/$s"
+done
+
+if [ "${SKIP_FRAMEWORKS:-0}" != 1 ]; then
+    FW=(scripts/h100/frameworks.py)
+    for spec in "info|info" "gemm|gemm --n 8192 --reps 20" "cupy|cupy" \
+        "cnn|train --model cnn --steps 30" "cnn-graphs|train --model cnn --steps 30 --graphs" \
+        "transformer|train --model transformer --steps 30" \
+        "transformer-graphs|train --model transformer --steps 30 --graphs"; do
+        IFS='|' read -r name args <<< "$spec"
+        log "framework $name"
+        # shellcheck disable=SC2086
+        native "fw-$name" "$PY" "${FW[@]}" $args --out "$R/native-fw-$name"
+        # shellcheck disable=SC2086
+        guest "fw-$name" "$PY" "${FW[@]}" $args --out "$R/guest-fw-$name"
+    done
+fi
+
+cp "$R"/*.out "$R"/*.json "$out/" 2>/dev/null
+cat "$R"/backend-*.log 2>/dev/null | gzip > "$out/runtime-backend-logs.txt.gz"
+"$PY" scripts/h100/runtime.py --res "$R" --revision "$(cat "$stage/REVISION" 2>/dev/null)" \
+    --command "scripts/h100/runtime.sh" > "$out/runtime.json"
+cat "$out/runtime.json"
