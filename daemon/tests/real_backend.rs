@@ -7,7 +7,6 @@ mod common;
 
 use common::*;
 use gpuvisor_admin::{Admin, VmPatch};
-use gpuvisor_backend::engine::{Engine, Launch};
 use gpuvisor_backend::grants::{Counters, DaemonLink, Registration};
 use protocol::control::QosRequest;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -46,27 +45,7 @@ fn a_running_vm_is_not_disturbed_by_a_daemon_restart() {
     // fourth (a guest waits for its results now and then; without that, a
     // VM running alone could queue seconds of work on the stream).
     let stop = Arc::new(AtomicBool::new(false));
-    let mut gate = link.gate();
-    let worker = {
-        let stop = stop.clone();
-        std::thread::spawn(move || {
-            let (mut e, ctx, s, f) = sim_with_spin();
-            let params = 1000u64.to_le_bytes();
-            let mut n = 0u64;
-            while !stop.load(Ordering::Relaxed) {
-                gate.before_op(&mut e, ctx, s).unwrap();
-                let l = Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &params };
-                e.launch(f, &l).unwrap();
-                gate.after_op(&mut e, ctx, s);
-                n = (n + 1) % 4;
-                if n == 0 {
-                    e.stream_synchronize(s).unwrap();
-                }
-            }
-            e.stream_synchronize(s).unwrap();
-            gate.idle(&mut e);
-        })
-    };
+    let worker = sim_load(&link, stop.clone());
     let ops = || counters.ops_total.load(Ordering::Relaxed);
     wait_for("grants before the restart", Duration::from_secs(5), || {
         d.admin.vm("real").is_ok_and(|v| v.gpu_time_s > 0.05)

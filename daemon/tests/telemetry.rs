@@ -11,7 +11,6 @@ use gpuvisor_admin::alerts::AlertState;
 use gpuvisor_admin::history::HistoryQuery;
 use gpuvisor_admin::time::now_unix;
 use gpuvisor_admin::Client;
-use gpuvisor_backend::engine::{Engine, Launch};
 use gpuvisor_backend::grants::{Counters, DaemonLink, Registration};
 use protocol::control::{BackendMsg, DaemonMsg, QosRequest};
 use std::io::{BufRead, BufReader, Read, Write};
@@ -33,29 +32,6 @@ fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<
         assert!(Instant::now() < until, "{what}: not within {timeout:?}");
         std::thread::sleep(Duration::from_millis(50));
     }
-}
-
-/// A real backend's daemon link running 1 ms sim kernels through its gate
-/// until `stop`, as a guest busy on the GPU would.
-fn sim_load(link: &DaemonLink, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
-    let mut gate = link.gate();
-    std::thread::spawn(move || {
-        let (mut e, ctx, s, f) = sim_with_spin();
-        let params = 1000u64.to_le_bytes();
-        let mut n = 0u64;
-        while !stop.load(Ordering::Relaxed) {
-            gate.before_op(&mut e, ctx, s).unwrap();
-            let l = Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &params };
-            e.launch(f, &l).unwrap();
-            gate.after_op(&mut e, ctx, s);
-            n = (n + 1) % 4;
-            if n == 0 {
-                e.stream_synchronize(s).unwrap();
-            }
-        }
-        e.stream_synchronize(s).unwrap();
-        gate.idle(&mut e);
-    })
 }
 
 #[test]

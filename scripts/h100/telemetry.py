@@ -7,15 +7,7 @@ import datetime
 import json
 import socket
 
-
-def gvload(path):
-    try:
-        for line in open(path, errors="replace"):
-            if line.startswith("GVLOAD "):
-                return json.loads(line[7:])
-    except FileNotFoundError:
-        return None
-    return None
+from sched import gvload  # scripts/h100/sched.py, beside this file
 
 
 def rate(r):

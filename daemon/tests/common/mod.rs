@@ -294,3 +294,35 @@ pub fn saturate(mut b: FakeBackend, stop: Instant) -> u64 {
     }
     grants
 }
+
+/// A real backend's daemon link running 1 ms sim kernels through its gate
+/// until `stop`, as a guest busy on the GPU would.
+pub fn sim_load(
+    link: &gpuvisor_backend::grants::DaemonLink,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let mut gate = link.gate();
+    std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim_with_spin();
+        let params = 1000u64.to_le_bytes();
+        let mut n = 0u64;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            gate.before_op(&mut e, ctx, s).unwrap();
+            let l = gpuvisor_backend::engine::Launch {
+                grid: [1, 1, 1],
+                block: [1, 1, 1],
+                shared_mem: 0,
+                stream: s,
+                params: &params,
+            };
+            e.launch(f, &l).unwrap();
+            gate.after_op(&mut e, ctx, s);
+            n = (n + 1) % 4;
+            if n == 0 {
+                e.stream_synchronize(s).unwrap();
+            }
+        }
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+    })
+}
