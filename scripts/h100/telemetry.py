@@ -6,6 +6,7 @@ import argparse
 import datetime
 import json
 import socket
+import sys
 
 from sched import gvload  # scripts/h100/sched.py, beside this file
 
@@ -59,7 +60,7 @@ def main():
         "telemetry_overhead": overhead is not None and overhead >= 0.99,
         "share_vs_nvml": out["share_error_pts"] is not None and out["share_error_pts"] <= 3,
     }
-    json.dump(out, __import__("sys").stdout, indent=1)
+    json.dump(out, sys.stdout, indent=1)
     print()
 
 
