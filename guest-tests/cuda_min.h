@@ -23,6 +23,9 @@ typedef struct gv_opaque_module *CUmodule;
 typedef struct gv_opaque_func   *CUfunction;
 typedef struct gv_opaque_stream *CUstream;
 typedef struct gv_opaque_event  *CUevent;
+typedef struct gv_opaque_graph  *CUgraph;
+typedef struct gv_opaque_gnode  *CUgraphNode;
+typedef struct gv_opaque_gexec  *CUgraphExec;
 
 typedef struct { char bytes[16]; } CUuuid;
 
@@ -50,7 +53,16 @@ enum {
     CUDA_ERROR_ILLEGAL_ADDRESS      = 700,
     CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES = 701,
     CUDA_ERROR_LAUNCH_FAILED        = 719,
+    CUDA_ERROR_PEER_ACCESS_UNSUPPORTED = 217,
+    CUDA_ERROR_ILLEGAL_STATE        = 401,
     CUDA_ERROR_NOT_SUPPORTED        = 801,
+    CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED = 900,
+    CUDA_ERROR_STREAM_CAPTURE_INVALIDATED = 901,
+    CUDA_ERROR_STREAM_CAPTURE_UNJOINED    = 904,
+    CUDA_ERROR_STREAM_CAPTURE_ISOLATION   = 905,
+    CUDA_ERROR_STREAM_CAPTURE_IMPLICIT    = 906,
+    CUDA_ERROR_CAPTURED_EVENT       = 907,
+    CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE  = 910,
     CUDA_ERROR_UNKNOWN              = 999
 };
 
@@ -91,6 +103,54 @@ enum {
 #define CU_LAUNCH_PARAM_END            ((void *)0)
 #define CU_LAUNCH_PARAM_BUFFER_POINTER ((void *)1)
 #define CU_LAUNCH_PARAM_BUFFER_SIZE    ((void *)2)
+
+/* ---- stream capture and graphs ----------------------------------------- */
+enum { /* CUstreamCaptureMode */
+    CU_STREAM_CAPTURE_MODE_GLOBAL       = 0,
+    CU_STREAM_CAPTURE_MODE_THREAD_LOCAL = 1,
+    CU_STREAM_CAPTURE_MODE_RELAXED      = 2
+};
+enum { /* CUstreamCaptureStatus */
+    CU_STREAM_CAPTURE_STATUS_NONE        = 0,
+    CU_STREAM_CAPTURE_STATUS_ACTIVE      = 1,
+    CU_STREAM_CAPTURE_STATUS_INVALIDATED = 2
+};
+enum { /* CUgraphNodeType */
+    CU_GRAPH_NODE_TYPE_KERNEL = 0,
+    CU_GRAPH_NODE_TYPE_MEMCPY = 1,
+    CU_GRAPH_NODE_TYPE_MEMSET = 2,
+    CU_GRAPH_NODE_TYPE_EMPTY  = 5
+};
+enum { /* CUgraphExecUpdateResult */
+    CU_GRAPH_EXEC_UPDATE_SUCCESS                = 0,
+    CU_GRAPH_EXEC_UPDATE_ERROR_TOPOLOGY_CHANGED = 2
+};
+
+typedef struct { /* CUDA_KERNEL_NODE_PARAMS (v2, CUDA 12.0) */
+    CUfunction func;
+    unsigned int gridDimX, gridDimY, gridDimZ;
+    unsigned int blockDimX, blockDimY, blockDimZ;
+    unsigned int sharedMemBytes;
+    void **kernelParams;
+    void **extra;
+    void *kern;      /* CUkernel */
+    CUcontext ctx;
+} CUDA_KERNEL_NODE_PARAMS;
+
+typedef struct { /* CUDA_MEMSET_NODE_PARAMS */
+    CUdeviceptr dst;
+    size_t pitch;
+    unsigned int value;
+    unsigned int elementSize;
+    size_t width;
+    size_t height;
+} CUDA_MEMSET_NODE_PARAMS;
+
+typedef struct { /* CUgraphExecUpdateResultInfo */
+    int result;
+    CUgraphNode errorNode;
+    CUgraphNode errorFromNode;
+} CUgraphExecUpdateResultInfo;
 
 /* ---- entry points (function-pointer types) ---------------------------- */
 /* Comment after each: the symbol name(s) resolved, first found wins. */
@@ -154,6 +214,54 @@ typedef CUresult (*PFN_cuEventRecord)(CUevent e, CUstream s);
 typedef CUresult (*PFN_cuEventSynchronize)(CUevent e);
 typedef CUresult (*PFN_cuEventQuery)(CUevent e);
 typedef CUresult (*PFN_cuEventElapsedTime)(float *ms, CUevent start, CUevent end); /* _v2, then plain */
+
+typedef CUresult (*PFN_cuMemsetD32Async)(CUdeviceptr dst, unsigned int value, size_t count, CUstream s);
+typedef CUresult (*PFN_cuFuncGetAttribute)(int *value, int attr, CUfunction fn);
+typedef CUresult (*PFN_cuDeviceCanAccessPeer)(int *can, CUdevice dev, CUdevice peer);
+typedef CUresult (*PFN_cuCtxEnablePeerAccess)(CUcontext peer, unsigned int flags);
+typedef CUresult (*PFN_cuDeviceGetP2PAttribute)(int *value, int attr, CUdevice src, CUdevice dst);
+
+typedef CUresult (*PFN_cuStreamBeginCapture)(CUstream s, int mode);     /* _v2 */
+typedef CUresult (*PFN_cuStreamEndCapture)(CUstream s, CUgraph *g);
+typedef CUresult (*PFN_cuStreamIsCapturing)(CUstream s, int *status);
+typedef CUresult (*PFN_cuStreamGetCaptureInfo)(CUstream s, int *status, unsigned long long *id,
+                                               CUgraph *g, const CUgraphNode **deps,
+                                               size_t *ndeps);          /* _v2 */
+typedef CUresult (*PFN_cuThreadExchangeStreamCaptureMode)(int *mode);
+typedef CUresult (*PFN_cuGraphCreate)(CUgraph *g, unsigned int flags);
+typedef CUresult (*PFN_cuGraphDestroy)(CUgraph g);
+typedef CUresult (*PFN_cuGraphAddKernelNode)(CUgraphNode *n, CUgraph g, const CUgraphNode *deps,
+                                             size_t ndeps, const CUDA_KERNEL_NODE_PARAMS *p); /* _v2 */
+typedef CUresult (*PFN_cuGraphAddMemsetNode)(CUgraphNode *n, CUgraph g, const CUgraphNode *deps,
+                                             size_t ndeps, const CUDA_MEMSET_NODE_PARAMS *p,
+                                             CUcontext ctx);
+typedef CUresult (*PFN_cuGraphAddEmptyNode)(CUgraphNode *n, CUgraph g, const CUgraphNode *deps,
+                                            size_t ndeps);
+typedef CUresult (*PFN_cuGraphAddDependencies)(CUgraph g, const CUgraphNode *from,
+                                               const CUgraphNode *to, size_t n);
+typedef CUresult (*PFN_cuGraphGetNodes)(CUgraph g, CUgraphNode *nodes, size_t *n);
+typedef CUresult (*PFN_cuGraphGetRootNodes)(CUgraph g, CUgraphNode *nodes, size_t *n);
+typedef CUresult (*PFN_cuGraphGetEdges)(CUgraph g, CUgraphNode *from, CUgraphNode *to, size_t *n);
+typedef CUresult (*PFN_cuGraphNodeGetType)(CUgraphNode n, int *type);
+typedef CUresult (*PFN_cuGraphKernelNodeGetParams)(CUgraphNode n, CUDA_KERNEL_NODE_PARAMS *p); /* _v2 */
+typedef CUresult (*PFN_cuGraphKernelNodeSetParams)(CUgraphNode n, const CUDA_KERNEL_NODE_PARAMS *p); /* _v2 */
+typedef CUresult (*PFN_cuGraphClone)(CUgraph *clone, CUgraph g);
+typedef CUresult (*PFN_cuGraphNodeFindInClone)(CUgraphNode *n, CUgraphNode orig, CUgraph clone);
+typedef CUresult (*PFN_cuGraphInstantiate)(CUgraphExec *e, CUgraph g, unsigned long long flags); /* WithFlags */
+typedef CUresult (*PFN_cuGraphLaunch)(CUgraphExec e, CUstream s);
+typedef CUresult (*PFN_cuGraphUpload)(CUgraphExec e, CUstream s);
+typedef CUresult (*PFN_cuGraphExecDestroy)(CUgraphExec e);
+typedef CUresult (*PFN_cuGraphExecKernelNodeSetParams)(CUgraphExec e, CUgraphNode n,
+                                                       const CUDA_KERNEL_NODE_PARAMS *p); /* _v2 */
+typedef CUresult (*PFN_cuGraphExecUpdate)(CUgraphExec e, CUgraph g,
+                                          CUgraphExecUpdateResultInfo *info); /* _v2 */
+typedef CUresult (*PFN_cuOccupancyMaxActiveBlocksPerMultiprocessor)(int *blocks, CUfunction fn,
+                                                                    int block, size_t smem);
+typedef size_t (*gv_b2d_fn)(int block);
+typedef CUresult (*PFN_cuOccupancyMaxPotentialBlockSize)(int *min_grid, int *block, CUfunction fn,
+                                                         gv_b2d_fn b2d, size_t smem, int limit);
+typedef CUresult (*PFN_cuOccupancyAvailableDynamicSMemPerBlock)(size_t *smem, CUfunction fn,
+                                                                int blocks, int block);
 
 typedef CUresult (*PFN_cuGetErrorName)(CUresult err, const char **str);
 typedef CUresult (*PFN_cuGetErrorString)(CUresult err, const char **str);

@@ -70,7 +70,40 @@
     X(cuEventQuery,             "cuEventQuery",             NULL)           \
     X(cuEventElapsedTime,       "cuEventElapsedTime_v2",    "cuEventElapsedTime") \
     X(cuGetErrorName,           "cuGetErrorName",           NULL)           \
-    X(cuGetErrorString,         "cuGetErrorString",         NULL)
+    X(cuGetErrorString,         "cuGetErrorString",         NULL)           \
+    X(cuMemsetD32Async,         "cuMemsetD32Async",         NULL)           \
+    X(cuFuncGetAttribute,       "cuFuncGetAttribute",       NULL)           \
+    X(cuDeviceCanAccessPeer,    "cuDeviceCanAccessPeer",    NULL)           \
+    X(cuCtxEnablePeerAccess,    "cuCtxEnablePeerAccess",    NULL)           \
+    X(cuDeviceGetP2PAttribute,  "cuDeviceGetP2PAttribute",  NULL)           \
+    X(cuStreamBeginCapture,     "cuStreamBeginCapture_v2",  NULL)           \
+    X(cuStreamEndCapture,       "cuStreamEndCapture",       NULL)           \
+    X(cuStreamIsCapturing,      "cuStreamIsCapturing",      NULL)           \
+    X(cuStreamGetCaptureInfo,   "cuStreamGetCaptureInfo_v2", NULL)          \
+    X(cuThreadExchangeStreamCaptureMode, "cuThreadExchangeStreamCaptureMode", NULL) \
+    X(cuGraphCreate,            "cuGraphCreate",            NULL)           \
+    X(cuGraphDestroy,           "cuGraphDestroy",           NULL)           \
+    X(cuGraphAddKernelNode,     "cuGraphAddKernelNode_v2",  NULL)           \
+    X(cuGraphAddMemsetNode,     "cuGraphAddMemsetNode",     NULL)           \
+    X(cuGraphAddEmptyNode,      "cuGraphAddEmptyNode",      NULL)           \
+    X(cuGraphAddDependencies,   "cuGraphAddDependencies",   NULL)           \
+    X(cuGraphGetNodes,          "cuGraphGetNodes",          NULL)           \
+    X(cuGraphGetRootNodes,      "cuGraphGetRootNodes",      NULL)           \
+    X(cuGraphGetEdges,          "cuGraphGetEdges",          NULL)           \
+    X(cuGraphNodeGetType,       "cuGraphNodeGetType",       NULL)           \
+    X(cuGraphKernelNodeGetParams, "cuGraphKernelNodeGetParams_v2", NULL)    \
+    X(cuGraphKernelNodeSetParams, "cuGraphKernelNodeSetParams_v2", NULL)    \
+    X(cuGraphClone,             "cuGraphClone",             NULL)           \
+    X(cuGraphNodeFindInClone,   "cuGraphNodeFindInClone",   NULL)           \
+    X(cuGraphInstantiate,       "cuGraphInstantiateWithFlags", NULL)        \
+    X(cuGraphLaunch,            "cuGraphLaunch",            NULL)           \
+    X(cuGraphUpload,            "cuGraphUpload",            NULL)           \
+    X(cuGraphExecDestroy,       "cuGraphExecDestroy",       NULL)           \
+    X(cuGraphExecKernelNodeSetParams, "cuGraphExecKernelNodeSetParams_v2", NULL) \
+    X(cuGraphExecUpdate,        "cuGraphExecUpdate_v2",     NULL)           \
+    X(cuOccupancyMaxActiveBlocksPerMultiprocessor, "cuOccupancyMaxActiveBlocksPerMultiprocessor", NULL) \
+    X(cuOccupancyMaxPotentialBlockSize, "cuOccupancyMaxPotentialBlockSize", NULL) \
+    X(cuOccupancyAvailableDynamicSMemPerBlock, "cuOccupancyAvailableDynamicSMemPerBlock", NULL)
 
 struct gv_cu_table {
 #define GV_X(field, sym1, sym2) PFN_##field field;

@@ -227,6 +227,43 @@ static long fill_chevron(unsigned value) {
     return bad;
 }
 
+/* gv_fill_u32<<<>>> and two copies captured on a stream, the graph launched
+ * ten times; returns mismatches or -1. */
+static long graph_capture(int *status_in_capture) {
+    static unsigned h_init[N];
+    unsigned *d = NULL, *h = NULL;
+    cudaStream_t s = NULL;
+    cudaGraph_t g = NULL;
+    cudaGraphExec_t exec = NULL;
+    RT(cudaStreamCreate(&s));
+    RT(cudaMalloc((void **)&d, sizeof h_init));
+    RT(cudaMallocHost((void **)&h, sizeof h_init));
+    if (first_err)
+        return -1;
+    memset(h, 0, sizeof h_init);
+    RT(cudaStreamBeginCapture(s, cudaStreamCaptureModeGlobal));
+    RT(cudaMemsetAsync(d, 0, sizeof h_init, s));
+    dim3 grid = {64, 1, 1}, block = {128, 1, 1};
+    LAUNCH(grid, block, 0, s, gv_fill_u32(d, 0x5EED, N));
+    RT(cudaGetLastError());
+    RT(cudaMemcpyAsync(h, d, sizeof h_init, cudaMemcpyDeviceToHost, s));
+    RT(cudaStreamIsCapturing(s, status_in_capture));
+    RT(cudaStreamEndCapture(s, &g));
+    RT(cudaGraphInstantiate(&exec, g, 0));
+    for (int i = 0; i < 10; i++)
+        RT(cudaGraphLaunch(exec, s));
+    RT(cudaStreamSynchronize(s));
+    RT(cudaGraphExecDestroy(exec));
+    RT(cudaGraphDestroy(g));
+    RT(cudaStreamDestroy(s));
+    RT(cudaFree(d));
+    long bad = 0;
+    for (unsigned i = 0; i < N; i++)
+        bad += h[i] != 0x5EED;
+    RT(cudaFreeHost(h));
+    return first_err ? -1 : bad;
+}
+
 int main(void) {
     int rv = 0, dv = 0, count = -1;
     reset_err();
@@ -341,6 +378,25 @@ int main(void) {
     reset_err();
     bad = fill_chevron(0xC0FFEEu);
     check("launch_chevron", bad == 0, "gv_fill_u32<<<64, 128, 0, s>>>: %ld wrong %s", bad, err_detail());
+
+    /* stream capture and graphs through the runtime */
+    {
+        int status = -1;
+        reset_err();
+        bad = graph_capture(&status);
+        check("graph_capture", bad == 0 && status == cudaStreamCaptureStatusActive,
+              "memset, gv_fill_u32<<<>>> and a copy captured, launched 10 times: %ld wrong %s", bad, err_detail());
+    }
+
+    /* occupancy and peer queries through the runtime */
+    {
+        int blocks = -1, can = -1;
+        reset_err();
+        RT(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, (const void *)gv_fill_u32, 256, 0));
+        RT(cudaDeviceCanAccessPeer(&can, 0, 0));
+        check("occupancy_peer", first_err == cudaSuccess && blocks > 0 && can == 0,
+              "blocks per SM at 256 threads > 0, device 0 is not its own peer %s", err_detail());
+    }
 
     /* events around a kernel that takes 2 ms */
     {

@@ -11,7 +11,7 @@
 
 dir=${GV_TEST_DIR:-$(dirname "$0")}
 progs="$*"
-[ -n "$progs" ] || progs="gv_devinfo gv_vector_add gv_memcpy gv_streams gv_events gv_errors"
+[ -n "$progs" ] || progs="gv_devinfo gv_vector_add gv_memcpy gv_streams gv_events gv_errors gv_graphs"
 
 tmp=${TMPDIR:-/tmp}/gv-run-all.$$
 trap 'rm -f "$tmp" "$tmp.rc"' EXIT INT TERM

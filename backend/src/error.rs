@@ -40,6 +40,8 @@ pub enum Error {
     Engine(#[from] CuError),
     #[error(transparent)]
     Memory(#[from] crate::grants::MemoryError),
+    #[error("graph: {0}")]
+    Graph(#[from] crate::graph::DagError),
 }
 
 impl Error {
@@ -64,6 +66,7 @@ impl Error {
             Error::Engine(e) => e.0,
             Error::Memory(crate::grants::MemoryError::Denied { .. }) => CUDA_ERROR_OUT_OF_MEMORY,
             Error::Memory(crate::grants::MemoryError::Engine(e)) => e.0,
+            Error::Graph(_) => CUDA_ERROR_INVALID_VALUE,
         }
     }
 }

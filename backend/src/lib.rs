@@ -10,6 +10,7 @@ pub mod device;
 pub mod engine;
 pub mod error;
 pub mod grants;
+pub mod graph;
 pub mod guest_mem;
 pub mod handles;
 pub mod resources;

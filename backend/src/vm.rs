@@ -23,6 +23,8 @@ use vm_memory::Bytes;
 use zerocopy::little_endian::{F32, I32, U32, U64};
 use zerocopy::IntoBytes;
 
+mod graph;
+
 /// Allocations are charged against the quota in units of this many bytes.
 const CHARGE_GRANULE: u64 = 512;
 
@@ -65,6 +67,10 @@ pub struct Client {
     functions: HandleTable<FuncEntry>,
     streams: HandleTable<StreamEntry>,
     events: HandleTable<EventEntry>,
+    graph_execs: HandleTable<graph::GraphExecEntry>,
+    /// Bumped whenever the client frees, unloads or destroys something a
+    /// graph may use, so that launches re-check only after a change.
+    epoch: u64,
     /// Bytes of quota this client holds.
     charged: u64,
 }
@@ -82,6 +88,8 @@ impl Client {
             functions: HandleTable::new("function"),
             streams: HandleTable::new("stream"),
             events: HandleTable::new("event"),
+            graph_execs: HandleTable::new("graph exec"),
+            epoch: 0,
             charged: 0,
         }
     }
@@ -441,6 +449,9 @@ impl Vm {
             _ => {}
         }
         let ectx = self.enter_ctx(client, d.ctx)?;
+        if matches!(d.cmd, C::MemFree(_) | C::ModuleUnload(_) | C::EventDestroy(_)) {
+            client.epoch += 1;
+        }
         match d.cmd {
             C::Hello(_) | C::CtxCreate(_) | C::CtxDestroy(_) | C::MemGetInfo => {
                 unreachable!("handled above")
@@ -689,6 +700,11 @@ impl Vm {
                 let ms = self.engine.event_elapsed_ms(a, b)?;
                 Ok(Some(Reply::ok(ElapsedReply { ms: F32::new(ms), _pad: U32::new(0) }.as_bytes().to_vec())))
             }
+            C::GraphInstantiate(g, body) => self.graph_instantiate(mem, ctx_id, client, d.ctx, &g, &body).map(Some),
+            C::GraphExecDestroy(e) => self.graph_exec_destroy(client, e.id.get()).map(|_| None),
+            C::GraphLaunch(l) => self.graph_launch(mem, ctx_id, client, ectx, d.ctx, &l).map(|_| None),
+            C::GraphExecUpdateNode(u, node) => self.graph_exec_update_node(client, d.ctx, &u, &node).map(|_| None),
+            C::Occupancy(o, items) => self.occupancy(client, &o, items).map(Some),
         }
     }
 
@@ -759,6 +775,9 @@ impl Vm {
 
     fn destroy_ctx(&mut self, client: &mut Client, id: u64) -> Result<()> {
         let e = client.contexts.remove(id)?;
+        client.epoch += 1;
+        // The engine destroys the context's graphs with it.
+        client.graph_execs.drain_where(|g| g.ctx == id);
         client.streams.drain_where(|s| s.ctx == id);
         client.events.drain_where(|s| s.ctx == id);
         let mods: Vec<u64> = client.modules.drain_where(|m| m.ctx == id).into_iter().map(|(k, _)| k).collect();
@@ -799,6 +818,8 @@ fn is_sync(op: Opcode, flags: u16) -> bool {
             | EventQuery
             | EventSynchronize
             | EventElapsedTime
+            | GraphInstantiate
+            | Occupancy
     )
 }
 

@@ -27,7 +27,7 @@ pub const CUDA_ERROR_NOT_READY: CuResult = 600;
 pub const CUDA_ERROR_ILLEGAL_ADDRESS: CuResult = 700;
 pub const CUDA_ERROR_LAUNCH_OUT_OF_RESOURCES: CuResult = 701;
 pub const CUDA_ERROR_LAUNCH_TIMEOUT: CuResult = 702;
-pub const CUDA_ERROR_PEER_ACCESS_UNSUPPORTED: CuResult = 704;
+pub const CUDA_ERROR_PEER_ACCESS_UNSUPPORTED: CuResult = 217;
 pub const CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE: CuResult = 708;
 pub const CUDA_ERROR_CONTEXT_IS_DESTROYED: CuResult = 709;
 pub const CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED: CuResult = 712;
@@ -37,6 +37,19 @@ pub const CUDA_ERROR_NOT_PERMITTED: CuResult = 800;
 pub const CUDA_ERROR_NOT_SUPPORTED: CuResult = 801;
 pub const CUDA_ERROR_SYSTEM_NOT_READY: CuResult = 802;
 pub const CUDA_ERROR_UNKNOWN: CuResult = 999;
+// Peer access, stream capture and graphs (cuda.h's values).
+pub const CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED: CuResult = 704;
+pub const CUDA_ERROR_PEER_ACCESS_NOT_ENABLED: CuResult = 705;
+pub const CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED: CuResult = 900;
+pub const CUDA_ERROR_STREAM_CAPTURE_INVALIDATED: CuResult = 901;
+pub const CUDA_ERROR_STREAM_CAPTURE_MERGE: CuResult = 902;
+pub const CUDA_ERROR_STREAM_CAPTURE_UNMATCHED: CuResult = 903;
+pub const CUDA_ERROR_STREAM_CAPTURE_UNJOINED: CuResult = 904;
+pub const CUDA_ERROR_STREAM_CAPTURE_ISOLATION: CuResult = 905;
+pub const CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: CuResult = 906;
+pub const CUDA_ERROR_CAPTURED_EVENT: CuResult = 907;
+pub const CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD: CuResult = 908;
+pub const CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE: CuResult = 910;
 
 /// (code, name, description) for every code the guest driver can return.
 const TABLE: &[(CuResult, &str, &str)] = &[
@@ -96,6 +109,62 @@ const TABLE: &[(CuResult, &str, &str)] = &[
     (CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"),
     (CUDA_ERROR_SYSTEM_NOT_READY, "CUDA_ERROR_SYSTEM_NOT_READY", "system not yet initialized"),
     (CUDA_ERROR_UNKNOWN, "CUDA_ERROR_UNKNOWN", "unknown error"),
+    (
+        CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED,
+        "CUDA_ERROR_PEER_ACCESS_ALREADY_ENABLED",
+        "peer access is already enabled",
+    ),
+    (
+        CUDA_ERROR_PEER_ACCESS_NOT_ENABLED,
+        "CUDA_ERROR_PEER_ACCESS_NOT_ENABLED",
+        "peer access has not been enabled",
+    ),
+    (
+        CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED,
+        "CUDA_ERROR_STREAM_CAPTURE_UNSUPPORTED",
+        "operation not permitted when stream is capturing",
+    ),
+    (
+        CUDA_ERROR_STREAM_CAPTURE_INVALIDATED,
+        "CUDA_ERROR_STREAM_CAPTURE_INVALIDATED",
+        "operation failed due to a previous error during capture",
+    ),
+    (
+        CUDA_ERROR_STREAM_CAPTURE_MERGE,
+        "CUDA_ERROR_STREAM_CAPTURE_MERGE",
+        "operation would result in a merge of separate capture sequences",
+    ),
+    (CUDA_ERROR_STREAM_CAPTURE_UNMATCHED, "CUDA_ERROR_STREAM_CAPTURE_UNMATCHED", "capture was not ended in the same stream as it began"),
+    (
+        CUDA_ERROR_STREAM_CAPTURE_UNJOINED,
+        "CUDA_ERROR_STREAM_CAPTURE_UNJOINED",
+        "capturing stream has unjoined work",
+    ),
+    (
+        CUDA_ERROR_STREAM_CAPTURE_ISOLATION,
+        "CUDA_ERROR_STREAM_CAPTURE_ISOLATION",
+        "dependency created on uncaptured work in another stream",
+    ),
+    (
+        CUDA_ERROR_STREAM_CAPTURE_IMPLICIT,
+        "CUDA_ERROR_STREAM_CAPTURE_IMPLICIT",
+        "operation would make the legacy stream depend on a capturing blocking stream",
+    ),
+    (
+        CUDA_ERROR_CAPTURED_EVENT,
+        "CUDA_ERROR_CAPTURED_EVENT",
+        "operation not permitted on an event last recorded in a capturing stream",
+    ),
+    (
+        CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD,
+        "CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD",
+        "attempt to terminate a thread-local capture sequence from another thread",
+    ),
+    (
+        CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE,
+        "CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE",
+        "the graph update was not performed because it included changes which violated constraints specific to instantiated graph update",
+    ),
 ];
 
 /// `cuGetErrorName`'s answer, or `None` for a code it does not know.

@@ -2,6 +2,7 @@
 //! [`Command`]s; nothing after it sees raw guest bytes. Every length, count
 //! and offset is checked before use, and every failure is a [`DecodeError`].
 
+use crate::graph::{self, GraphBody, GraphNodeDesc};
 use crate::wire::*;
 use thiserror::Error;
 use zerocopy::FromBytes;
@@ -64,6 +65,11 @@ pub enum Command<'a> {
     EventQuery(Id),
     EventSynchronize(Id),
     EventElapsedTime(EventElapsedTime),
+    GraphInstantiate(GraphInstantiate, GraphBody<'a>),
+    GraphExecDestroy(Id),
+    GraphLaunch(GraphLaunch),
+    GraphExecUpdateNode(GraphExecUpdateNode, GraphNodeDesc<'a>),
+    Occupancy(Occupancy, &'a [OccupancyItem]),
 }
 
 impl Command<'_> {
@@ -98,6 +104,11 @@ impl Command<'_> {
             C::EventQuery(_) => Opcode::EventQuery,
             C::EventSynchronize(_) => Opcode::EventSynchronize,
             C::EventElapsedTime(_) => Opcode::EventElapsedTime,
+            C::GraphInstantiate(..) => Opcode::GraphInstantiate,
+            C::GraphExecDestroy(_) => Opcode::GraphExecDestroy,
+            C::GraphLaunch(_) => Opcode::GraphLaunch,
+            C::GraphExecUpdateNode(..) => Opcode::GraphExecUpdateNode,
+            C::Occupancy(..) => Opcode::Occupancy,
         }
     }
 }
@@ -315,6 +326,29 @@ fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, D
         Opcode::EventQuery => simple!(EventQuery, Id),
         Opcode::EventSynchronize => simple!(EventSynchronize, Id),
         Opcode::EventElapsedTime => simple!(EventElapsedTime, EventElapsedTime),
+        Opcode::GraphInstantiate => {
+            let (g, tail) = fixed::<GraphInstantiate>(index, opcode, p)?;
+            let body = trailing(index, opcode, "graph body", tail, g.body_len.get(), MAX_BATCH_BYTES as u64)?;
+            C::GraphInstantiate(g, graph::decode_body(index, &g, body)?)
+        }
+        Opcode::GraphExecDestroy => simple!(GraphExecDestroy, Id),
+        Opcode::GraphLaunch => simple!(GraphLaunch, GraphLaunch),
+        Opcode::GraphExecUpdateNode => {
+            let (u, tail) = fixed::<GraphExecUpdateNode>(index, opcode, p)?;
+            let (node, _) = graph::node_record(tail).map_err(bad)?;
+            C::GraphExecUpdateNode(u, node)
+        }
+        Opcode::Occupancy => {
+            let (o, tail) = fixed::<Occupancy>(index, opcode, p)?;
+            let count = o.count.get();
+            if count == 0 || count > MAX_OCCUPANCY_ITEMS {
+                return Err(bad("occupancy question count is 0 or too large"));
+            }
+            let len = count as u64 * core::mem::size_of::<OccupancyItem>() as u64;
+            let bytes = trailing(index, opcode, "occupancy questions", tail, len, len)?;
+            let items = <[OccupancyItem]>::ref_from_bytes(bytes).map_err(|_| bad("occupancy questions"))?;
+            C::Occupancy(o, items)
+        }
     })
 }
 
@@ -322,8 +356,12 @@ fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, D
 pub fn fuzz_one(data: &[u8]) {
     if let Ok(batch) = decode_batch(data) {
         for cmd in batch.commands() {
-            if cmd.is_err() {
-                break;
+            match cmd {
+                Err(_) => break,
+                Ok(Decoded { cmd: Command::GraphInstantiate(_, body), .. }) => {
+                    assert_eq!(body.nodes().count(), body.num_nodes() as usize);
+                }
+                Ok(_) => {}
             }
         }
     }
@@ -443,5 +481,44 @@ mod tests {
         let bytes = w.finish().to_vec();
         let batch = decode_batch(&bytes).unwrap();
         assert!(matches!(batch.commands().next(), Some(Err(DecodeError::BadField { .. }))));
+    }
+
+    #[test]
+    fn graph_and_occupancy_commands_decode_and_check_their_counts() {
+        let mut body = Vec::new();
+        crate::graph::push_node(&mut body, &GraphNodeDesc::Empty);
+        crate::graph::push_node(&mut body, &GraphNodeDesc::EventWait(4));
+        crate::graph::push_edges(&mut body, &[GraphEdge { from: U32::new(0), to: U32::new(1) }]);
+        let g = GraphInstantiate {
+            exec_id: U64::new(5),
+            flags: U64::new(0),
+            num_nodes: U32::new(2),
+            num_edges: U32::new(1),
+            body_len: U64::new(body.len() as u64),
+        };
+        let item = OccupancyItem { block: [U32::new(128), U32::new(1), U32::new(1)], ..Default::default() };
+        let o = Occupancy {
+            func_id: U64::new(3),
+            kind: U32::new(OCCUPANCY_ACTIVE_BLOCKS),
+            count: U32::new(2),
+            ..Default::default()
+        };
+        let mut w = BatchWriter::new();
+        w.begin(1);
+        w.push(Opcode::GraphInstantiate, 0, PRIMARY_CTX, &g, &body);
+        w.push(Opcode::Occupancy, 0, PRIMARY_CTX, &o, [item, item].as_bytes());
+        let bytes = w.finish().to_vec();
+        let batch = decode_batch(&bytes).unwrap();
+        let cmds: Vec<_> = batch.commands().collect::<Result<_, _>>().unwrap();
+        assert!(matches!(cmds[0].cmd, Command::GraphInstantiate(_, b) if b.num_nodes() == 2 && b.edges().len() == 1));
+        assert!(matches!(cmds[1].cmd, Command::Occupancy(_, items) if items.len() == 2));
+
+        // A count that the trailing bytes do not hold.
+        let short = Occupancy { count: U32::new(3), ..o };
+        let mut w = BatchWriter::new();
+        w.begin(1);
+        w.push(Opcode::Occupancy, 0, PRIMARY_CTX, &short, [item, item].as_bytes());
+        let bytes = w.finish().to_vec();
+        assert!(decode_batch(&bytes).unwrap().commands().next().unwrap().is_err());
     }
 }

@@ -10,6 +10,7 @@ pub mod control;
 pub mod cuda;
 pub mod decode;
 pub mod encode;
+pub mod graph;
 pub mod module_image;
 pub mod virtio_gpu;
 pub mod wire;

@@ -149,6 +149,18 @@ pub enum Opcode {
     EventSynchronize = 27,
     /// sync
     EventElapsedTime = 28,
+    // 40..=59: memory pools and the virtual-memory API.
+    // 60..=79: graphs and occupancy.
+    /// sync: a whole graph, checked and instantiated once ([`GraphInstantiate`]).
+    GraphInstantiate = 60,
+    /// async
+    GraphExecDestroy = 61,
+    /// async: one launch of an instantiated graph ([`GraphLaunch`]).
+    GraphLaunch = 62,
+    /// async: new parameters for one node of an instantiated graph.
+    GraphExecUpdateNode = 63,
+    /// sync: occupancy answers for a function ([`Occupancy`]).
+    Occupancy = 64,
 }
 
 impl Opcode {
@@ -183,6 +195,11 @@ impl Opcode {
             26 => EventQuery,
             27 => EventSynchronize,
             28 => EventElapsedTime,
+            60 => GraphInstantiate,
+            61 => GraphExecDestroy,
+            62 => GraphLaunch,
+            63 => GraphExecUpdateNode,
+            64 => Occupancy,
             _ => return None,
         })
     }
@@ -362,6 +379,164 @@ pub struct EventRecord {
 pub struct EventElapsedTime {
     pub start: U64,
     pub end: U64,
+}
+
+// ---- graphs and occupancy --------------------------------------------------
+
+/// Most nodes one instantiated graph may have.
+pub const MAX_GRAPH_NODES: u32 = 1 << 16;
+/// Most dependency edges one instantiated graph may have.
+pub const MAX_GRAPH_EDGES: u32 = 1 << 20;
+/// Most questions one [`Occupancy`] command may ask.
+pub const MAX_OCCUPANCY_ITEMS: u32 = 1024;
+
+/// [`Opcode::GraphInstantiate`]: a graph the guest built (by stream capture
+/// or node by node), sent once. `body_len` trailing bytes follow: `num_nodes`
+/// node records, each a [`GraphNodeHeader`], its kind's struct and, for a
+/// kernel, the packed parameters, padded to 8; then `num_edges`
+/// [`GraphEdge`]s. Nodes are named by their index in that list.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GraphInstantiate {
+    pub exec_id: U64,
+    /// `CUgraphInstantiate_flags`, for the record; the backend runs every
+    /// graph the same way.
+    pub flags: U64,
+    pub num_nodes: U32,
+    pub num_edges: U32,
+    pub body_len: U64,
+}
+
+/// One node record of a graph body. `len` covers the header, the kind's
+/// struct, trailing bytes and padding (a multiple of 8).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GraphNodeHeader {
+    /// A `GRAPH_NODE_*` kind (`CUgraphNodeType`'s numbers).
+    pub kind: U32,
+    pub len: U32,
+}
+pub const GRAPH_NODE_KERNEL: u32 = 0;
+pub const GRAPH_NODE_MEMCPY: u32 = 1;
+pub const GRAPH_NODE_MEMSET: u32 = 2;
+pub const GRAPH_NODE_EMPTY: u32 = 5;
+pub const GRAPH_NODE_WAIT_EVENT: u32 = 6;
+pub const GRAPH_NODE_EVENT_RECORD: u32 = 7;
+
+/// A kernel node: a launch without a stream; `params_len` bytes of packed
+/// parameters follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GraphKernelNode {
+    pub func_id: U64,
+    pub grid: [U32; 3],
+    pub block: [U32; 3],
+    pub shared_mem: U32,
+    pub params_len: U32,
+}
+
+/// A one-dimensional copy node. Host memory is a guest-memory resource the
+/// backend reaches at every launch ([`HOST_RESOURCE`]); inline bytes cannot
+/// be replayed.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GraphMemcpyNode {
+    /// A `GRAPH_COPY_*` direction.
+    pub dir: U32,
+    pub _pad: U32,
+    /// Device destination (DtoD, HtoD).
+    pub dst: U64,
+    /// Device source (DtoD, DtoH).
+    pub src: U64,
+    pub len: U64,
+    /// The host side (HtoD source, DtoH destination).
+    pub host: HostRef,
+}
+pub const GRAPH_COPY_DTOD: u32 = 0;
+pub const GRAPH_COPY_HTOD: u32 = 1;
+pub const GRAPH_COPY_DTOH: u32 = 2;
+
+/// A memset node: `height` rows of `width` elements, `pitch` bytes apart.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GraphMemsetNode {
+    pub dst: U64,
+    pub pitch: U64,
+    pub width: U64,
+    pub height: U64,
+    pub value: U32,
+    /// 1, 2 or 4.
+    pub elem_size: U32,
+}
+
+/// An event record or event wait node.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GraphEventNode {
+    pub event_id: U64,
+}
+
+/// `to` runs after `from` (node indices).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GraphEdge {
+    pub from: U32,
+    pub to: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GraphLaunch {
+    pub exec_id: U64,
+    pub stream: U64,
+}
+
+/// [`Opcode::GraphExecUpdateNode`]: node `index` of an instantiated graph
+/// takes the parameters of the one node record that follows (same kind).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct GraphExecUpdateNode {
+    pub exec_id: U64,
+    pub index: U32,
+    pub _pad: U32,
+}
+
+/// [`Opcode::Occupancy`]: `count` [`OccupancyItem`]s follow; the reply is
+/// one little-endian u64 per item.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct Occupancy {
+    pub func_id: U64,
+    /// An `OCCUPANCY_*` question.
+    pub kind: U32,
+    /// `CUoccupancy_flags`.
+    pub flags: U32,
+    pub count: U32,
+    pub _pad: U32,
+}
+/// Blocks of `block` threads with `shared_mem` dynamic shared memory that
+/// fit on one multiprocessor.
+pub const OCCUPANCY_ACTIVE_BLOCKS: u32 = 0;
+/// Dynamic shared memory a block of `block` threads may use when
+/// `num_blocks` of them share a multiprocessor.
+pub const OCCUPANCY_AVAILABLE_SMEM: u32 = 1;
+/// Largest cluster size a launch of this configuration could use.
+pub const OCCUPANCY_CLUSTER_SIZE: u32 = 2;
+/// Clusters of `cluster` blocks that can be co-resident on the device.
+pub const OCCUPANCY_ACTIVE_CLUSTERS: u32 = 3;
+
+/// One occupancy question; the fields a kind does not use are zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct OccupancyItem {
+    pub block: [U32; 3],
+    pub grid: [U32; 3],
+    pub shared_mem: U32,
+    pub num_blocks: U32,
+    /// Cluster dimensions (0 = not set).
+    pub cluster: [U32; 3],
+    /// `CUclusterSchedulingPolicy`.
+    pub policy: U32,
 }
 
 // ---- replies -------------------------------------------------------------

@@ -3,6 +3,8 @@
 //! guest context is a real `CUcontext`, and guest RAM is registered with the
 //! driver so that copies to and from it are DMA with no host copy.
 
+mod graph;
+
 use super::host_swap::{HostCopy, HostStore, SwapConfig, Victim};
 use super::*;
 use crate::guest_mem::{GuestSpan, HostDst, HostSrc};
@@ -77,6 +79,27 @@ pub(super) const REQUIRED_SYMBOLS: &[&str] = &[
     "cuEventQuery",
     "cuEventSynchronize",
     "cuEventElapsedTime_v2",
+    // Graphs and occupancy (cuda/graph.rs).
+    "cuGraphCreate",
+    "cuGraphDestroy",
+    "cuGraphAddKernelNode_v2",
+    "cuGraphAddMemcpyNode",
+    "cuGraphAddMemsetNode",
+    "cuGraphAddEmptyNode",
+    "cuGraphAddEventRecordNode",
+    "cuGraphAddEventWaitNode",
+    "cuGraphInstantiateWithFlags",
+    "cuGraphExecDestroy",
+    "cuGraphLaunch",
+    "cuGraphExecKernelNodeSetParams_v2",
+    "cuGraphExecMemcpyNodeSetParams",
+    "cuGraphExecMemsetNodeSetParams",
+    "cuGraphExecEventRecordNodeSetEvent",
+    "cuGraphExecEventWaitNodeSetEvent",
+    "cuOccupancyMaxActiveBlocksPerMultiprocessorWithFlags",
+    "cuOccupancyAvailableDynamicSMemPerBlock",
+    "cuOccupancyMaxPotentialClusterSize",
+    "cuOccupancyMaxActiveClusters",
 ];
 
 /// Bytes of JIT error log kept when a module fails to load.
@@ -736,6 +759,9 @@ pub struct CudaEngine {
     swap: Option<HostStore>,
     /// How `swap` prepares host memory when it is made.
     swap_config: SwapConfig,
+    /// Instantiated graphs, by the id the VM layer holds.
+    graphs: HashMap<u64, graph::CudaGraph>,
+    next_graph: u64,
 }
 
 impl CudaEngine {
@@ -799,6 +825,8 @@ impl CudaEngine {
             allocs: Allocations::default(),
             swap: None,
             swap_config: SwapConfig::default(),
+            graphs: HashMap::new(),
+            next_graph: 0,
         })
     }
 
@@ -904,6 +932,7 @@ impl CudaEngine {
 
 impl Drop for CudaEngine {
     fn drop(&mut self) {
+        self.destroy_graphs(None);
         for ctx in self.contexts.drain() {
             // SAFETY: a context this engine created and has not destroyed.
             if let Err(e) = check(unsafe { sys::cuCtxDestroy_v2(ctx as sys::CUcontext) }) {
@@ -1000,6 +1029,8 @@ impl Engine for CudaEngine {
         if self.selected == ctx.0 {
             self.selected = 0;
         }
+        // Its graphs first, while the context they belong to still exists.
+        self.destroy_graphs(Some(ctx.0));
         // SAFETY: a context this engine created; just removed from
         // `contexts`, so it is destroyed exactly once.
         let r = check(unsafe { sys::cuCtxDestroy_v2(ctx.0 as sys::CUcontext) });
@@ -1619,6 +1650,31 @@ impl Engine for CudaEngine {
         check(unsafe { sys::cuEventElapsedTime_v2(&mut ms, start.0 as sys::CUevent, end.0 as sys::CUevent) })?;
         Ok(ms)
     }
+
+    fn graph_instantiate(&mut self, graph: &GraphSpec<'_>, host: &[GuestSpan<'_>]) -> EngineResult<EngineGraphExec> {
+        self.graph_instantiate_impl(graph, host)
+    }
+
+    fn graph_exec_destroy(&mut self, exec: EngineGraphExec) -> EngineResult<()> {
+        self.graph_exec_destroy_impl(exec)
+    }
+
+    fn graph_launch(
+        &mut self,
+        exec: EngineGraphExec,
+        stream: EngineStream,
+        host: &[GuestSpan<'_>],
+    ) -> EngineResult<()> {
+        self.graph_launch_impl(exec, stream, host)
+    }
+
+    fn graph_exec_update_node(&mut self, exec: EngineGraphExec, index: u32, node: &GraphNode<'_>) -> EngineResult<()> {
+        self.graph_exec_update_node_impl(exec, index, node)
+    }
+
+    fn occupancy(&mut self, func: EngineFunc, kind: u32, flags: u32, item: &OccupancyItem) -> EngineResult<u64> {
+        self.occupancy_impl(func, kind, flags, item)
+    }
 }
 
 #[cfg(test)]
@@ -1818,7 +1874,8 @@ pub(super) mod tests {
     #[test]
     fn every_driver_call_is_checked_for_presence() {
         let src = include_str!("cuda.rs");
-        let called = driver_calls(src);
+        let mut called = driver_calls(src);
+        called.extend(driver_calls(include_str!("cuda/graph.rs")));
         for needle in ["\"cuDeviceGetAttribute\"", "\"cuFuncGetAttribute\"", "\"cuFuncSetAttribute\""] {
             assert!(src.contains(needle));
         }

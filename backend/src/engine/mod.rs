@@ -8,9 +8,9 @@ pub mod cuda;
 pub mod host_swap;
 pub mod sim;
 
-use crate::guest_mem::{HostDst, HostSrc};
+use crate::guest_mem::{GuestSpan, HostDst, HostSrc};
 use protocol::cuda::CuResult;
-use protocol::{ParamLayout, NUM_DEVICE_ATTRS, NUM_FUNC_ATTRS};
+use protocol::{OccupancyItem, ParamLayout, NUM_DEVICE_ATTRS, NUM_FUNC_ATTRS};
 
 /// An error from an engine: the CUDA result the guest will see.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -32,6 +32,9 @@ pub struct EngineFunc(pub u64);
 pub struct EngineStream(pub u64);
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EngineEvent(pub u64);
+/// An instantiated graph.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EngineGraphExec(pub u64);
 
 impl EngineStream {
     pub const NULL: EngineStream = EngineStream(0);
@@ -83,6 +86,55 @@ pub struct Launch<'a> {
     pub stream: EngineStream,
     /// Parameters packed at the offsets of `FunctionInfo::params`.
     pub params: &'a [u8],
+}
+
+/// One node of a graph to instantiate, its handles resolved and its device
+/// ranges checked by the VM layer. Host memory is named by an index into the
+/// spans passed beside the graph (at instantiation and at every launch).
+#[derive(Debug, Clone, Copy)]
+pub enum GraphNode<'a> {
+    Kernel {
+        func: EngineFunc,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        params: &'a [u8],
+    },
+    CopyDtoD {
+        dst: u64,
+        src: u64,
+        len: u64,
+    },
+    CopyHtoD {
+        dst: u64,
+        host: usize,
+    },
+    CopyDtoH {
+        src: u64,
+        host: usize,
+    },
+    /// `height` rows of `width` elements of `elem_size` bytes, `pitch` apart.
+    Memset {
+        dst: u64,
+        pitch: u64,
+        value: u32,
+        elem_size: u32,
+        width: u64,
+        height: u64,
+    },
+    Empty,
+    EventRecord(EngineEvent),
+    EventWait(EngineEvent),
+}
+
+/// A graph to instantiate: a DAG the VM layer has checked.
+#[derive(Debug, Clone)]
+pub struct GraphSpec<'a> {
+    pub nodes: Vec<GraphNode<'a>>,
+    /// `deps[i]`: the nodes node `i` runs after.
+    pub deps: Vec<Vec<u32>>,
+    /// Every node once, each after its dependencies.
+    pub order: Vec<u32>,
 }
 
 /// Where guest RAM lives in this process, for engines that register it with
@@ -189,4 +241,19 @@ pub trait Engine: Send {
     fn event_query(&mut self, event: EngineEvent) -> EngineResult<()>;
     fn event_synchronize(&mut self, event: EngineEvent) -> EngineResult<()>;
     fn event_elapsed_ms(&mut self, start: EngineEvent, end: EngineEvent) -> EngineResult<f32>;
+
+    /// Instantiates `graph` in the current context. `host[i]` is the guest
+    /// memory of the host copies that name index `i`.
+    fn graph_instantiate(&mut self, graph: &GraphSpec<'_>, host: &[GuestSpan<'_>]) -> EngineResult<EngineGraphExec>;
+    fn graph_exec_destroy(&mut self, exec: EngineGraphExec) -> EngineResult<()>;
+    /// Launches an instantiated graph on `stream` of the current context.
+    /// `host` is the guest memory of its host copies as it is now: the same
+    /// ranges as at instantiation, resolved again.
+    fn graph_launch(&mut self, exec: EngineGraphExec, stream: EngineStream, host: &[GuestSpan<'_>])
+        -> EngineResult<()>;
+    /// Gives node `index` new parameters; `node` is of the same kind and
+    /// not a host copy.
+    fn graph_exec_update_node(&mut self, exec: EngineGraphExec, index: u32, node: &GraphNode<'_>) -> EngineResult<()>;
+    /// One occupancy answer (`protocol::OCCUPANCY_*`) for `func`.
+    fn occupancy(&mut self, func: EngineFunc, kind: u32, flags: u32, item: &OccupancyItem) -> EngineResult<u64>;
 }

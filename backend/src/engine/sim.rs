@@ -5,7 +5,7 @@
 //! decides when work counts as finished.
 
 use super::*;
-use crate::guest_mem::{HostDst, HostSrc};
+use crate::guest_mem::{GuestSpan, HostDst, HostSrc};
 use protocol::module_image;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
@@ -80,6 +80,101 @@ struct SimFunc {
 /// Freed buffers kept for reuse, at most this many.
 const RECYCLED_MAX: usize = 64;
 
+// The occupancy model: a Hopper-like multiprocessor (the device attributes
+// in `SimEngine::new`), every built-in using 32 registers per thread and no
+// static shared memory. Blocks per multiprocessor are the fewest that warps
+// (64), blocks (32), registers (64 K, allocated per warp in units of 256)
+// and shared memory (228 KiB, 1 KiB reserved per block, allocated in units
+// of 128 bytes) allow, as CUDA's occupancy calculator (cuda_occupancy.h)
+// computes them.
+const MODEL_MAX_THREADS_PER_BLOCK: u64 = 1024;
+const MODEL_REGS_PER_THREAD: u64 = 32;
+const MODEL_WARP: u64 = 32;
+const MODEL_MAX_WARPS_PER_SM: u64 = 64;
+const MODEL_MAX_BLOCKS_PER_SM: u64 = 32;
+const MODEL_REGS_PER_SM: u64 = 65536;
+const MODEL_REG_ALLOC_UNIT: u64 = 256;
+const MODEL_SMEM_PER_SM: u64 = 233472;
+const MODEL_SMEM_PER_BLOCK_OPTIN: u64 = 232448;
+const MODEL_SMEM_RESERVED_PER_BLOCK: u64 = 1024;
+const MODEL_SMEM_ALLOC_UNIT: u64 = 128;
+/// Dynamic shared memory a block may use without opting in (48 KiB).
+const MODEL_DEFAULT_DYNAMIC_SMEM: u64 = 49152;
+/// Largest portable cluster; the model allows no larger ones.
+const MODEL_MAX_CLUSTER: u64 = 8;
+/// Multiprocessors of the simulated device (attribute 16).
+const MODEL_SMS: u64 = 8;
+
+/// Blocks of `block_size` threads, each using `dyn_smem` bytes of dynamic
+/// shared memory, that fit on one multiprocessor of the model.
+fn model_active_blocks(block_size: u64, dyn_smem: u64) -> u64 {
+    if block_size == 0 || block_size > MODEL_MAX_THREADS_PER_BLOCK || dyn_smem > MODEL_SMEM_PER_BLOCK_OPTIN {
+        return 0;
+    }
+    let warps = block_size.div_ceil(MODEL_WARP);
+    let by_warps = MODEL_MAX_WARPS_PER_SM / warps;
+    let regs_per_warp = (MODEL_REGS_PER_THREAD * MODEL_WARP).next_multiple_of(MODEL_REG_ALLOC_UNIT);
+    let by_regs = MODEL_REGS_PER_SM / (regs_per_warp * warps);
+    let smem = (dyn_smem + MODEL_SMEM_RESERVED_PER_BLOCK).next_multiple_of(MODEL_SMEM_ALLOC_UNIT);
+    let by_smem = MODEL_SMEM_PER_SM / smem;
+    by_warps.min(by_regs).min(by_smem).min(MODEL_MAX_BLOCKS_PER_SM)
+}
+
+/// Dynamic shared memory each of `num_blocks` blocks of `block_size`
+/// threads may use when they share a multiprocessor, or `None` when that
+/// many do not fit at all.
+fn model_available_smem(block_size: u64, num_blocks: u64) -> Option<u64> {
+    if num_blocks == 0 || model_active_blocks(block_size, 0) < num_blocks {
+        return None;
+    }
+    let per_block = (MODEL_SMEM_PER_SM / num_blocks) / MODEL_SMEM_ALLOC_UNIT * MODEL_SMEM_ALLOC_UNIT;
+    Some(per_block.saturating_sub(MODEL_SMEM_RESERVED_PER_BLOCK).min(MODEL_SMEM_PER_BLOCK_OPTIN))
+}
+
+/// A graph node as the simulator keeps it: a replay step.
+#[derive(Debug, Clone)]
+enum SimStep {
+    Kernel { func: EngineFunc, grid: [u32; 3], block: [u32; 3], shared_mem: u32, params: Vec<u8> },
+    CopyDtoD { dst: u64, src: u64, len: u64 },
+    CopyHtoD { dst: u64, host: usize },
+    CopyDtoH { src: u64, host: usize },
+    Memset { dst: u64, pitch: u64, value: u32, elem_size: u32, width: u64, height: u64 },
+    Empty,
+    EventRecord(EngineEvent),
+    EventWait(EngineEvent),
+}
+
+impl SimStep {
+    fn of(node: &GraphNode<'_>) -> SimStep {
+        match *node {
+            GraphNode::Kernel { func, grid, block, shared_mem, params } => {
+                SimStep::Kernel { func, grid, block, shared_mem, params: params.to_vec() }
+            }
+            GraphNode::CopyDtoD { dst, src, len } => SimStep::CopyDtoD { dst, src, len },
+            GraphNode::CopyHtoD { dst, host } => SimStep::CopyHtoD { dst, host },
+            GraphNode::CopyDtoH { src, host } => SimStep::CopyDtoH { src, host },
+            GraphNode::Memset { dst, pitch, value, elem_size, width, height } => {
+                SimStep::Memset { dst, pitch, value, elem_size, width, height }
+            }
+            GraphNode::Empty => SimStep::Empty,
+            GraphNode::EventRecord(e) => SimStep::EventRecord(e),
+            GraphNode::EventWait(e) => SimStep::EventWait(e),
+        }
+    }
+
+    fn same_kind(&self, other: &SimStep) -> bool {
+        std::mem::discriminant(self) == std::mem::discriminant(other)
+    }
+}
+
+/// An instantiated graph: its nodes replayed in a topological order on the
+/// launch stream (the simulator runs one stream's work in order anyway).
+struct SimGraph {
+    ctx: u64,
+    steps: Vec<SimStep>,
+    order: Vec<u32>,
+}
+
 pub struct SimEngine {
     info: DeviceInfo,
     allocs: BTreeMap<u64, SimAlloc>,
@@ -103,6 +198,7 @@ pub struct SimEngine {
     events: HashMap<u64, SimEvent>,
     modules: HashMap<u64, SimModule>,
     funcs: HashMap<u64, SimFunc>,
+    graphs: HashMap<u64, SimGraph>,
 }
 
 fn err<T>(code: CuResult) -> EngineResult<T> {
@@ -172,6 +268,7 @@ impl SimEngine {
             events: HashMap::new(),
             modules: HashMap::new(),
             funcs: HashMap::new(),
+            graphs: HashMap::new(),
         }
     }
 
@@ -367,6 +464,32 @@ impl SimEngine {
         let mods: Vec<u64> = self.modules.iter().filter(|(_, m)| m.ctx == ctx).map(|(k, _)| *k).collect();
         self.modules.retain(|_, m| m.ctx != ctx);
         self.funcs.retain(|_, f| !mods.contains(&f.module));
+        self.graphs.retain(|_, g| g.ctx != ctx);
+    }
+
+    /// Runs one replay step on `stream`, asynchronously, as the step's own
+    /// call would.
+    fn run_step(&mut self, step: &SimStep, stream: EngineStream, host: &[GuestSpan<'_>]) -> EngineResult<()> {
+        let span = |i: usize| host.get(i).cloned().ok_or(CuError(CUDA_ERROR_INVALID_VALUE));
+        match step {
+            SimStep::Kernel { func, grid, block, shared_mem, params } => {
+                self.launch(*func, &Launch { grid: *grid, block: *block, shared_mem: *shared_mem, stream, params })
+            }
+            SimStep::CopyDtoD { dst, src, len } => self.memcpy_dtod(*dst, *src, *len, stream, true),
+            SimStep::CopyHtoD { dst, host } => self.memcpy_htod(*dst, HostSrc::Guest(span(*host)?), stream, true),
+            SimStep::CopyDtoH { src, host } => self.memcpy_dtoh(HostDst::Guest(span(*host)?), *src, stream, true),
+            SimStep::Memset { dst, pitch, value, elem_size, width, height } => {
+                for row in 0..*height {
+                    let at = row.checked_mul(*pitch).and_then(|o| dst.checked_add(o));
+                    let at = at.ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+                    self.memset(at, *value, *elem_size, *width, stream, true)?;
+                }
+                Ok(())
+            }
+            SimStep::Empty => Ok(()),
+            SimStep::EventRecord(e) => self.event_record(*e, stream),
+            SimStep::EventWait(e) => self.stream_wait_event(stream, *e, 0),
+        }
     }
 
     /// Waits until every context's streams are done.
@@ -612,11 +735,14 @@ impl Engine for SimEngine {
                 sizes.len() == params.len() && sizes.iter().zip(&params).all(|(s, p)| *s == p.size.get())
             })
             .map(|(b, _)| b);
+        // The built-ins' attributes as the occupancy model assumes them (see
+        // `occupancy`): no static shared, constant or local memory.
         let mut attrs = [0i32; NUM_FUNC_ATTRS];
-        attrs[0] = 1024; // MAX_THREADS_PER_BLOCK
-        attrs[4] = params.iter().map(|p| p.offset.get() + p.size.get()).max().unwrap_or(0) as i32; // PARAM_SIZE-ish
+        attrs[0] = MODEL_MAX_THREADS_PER_BLOCK as i32; // MAX_THREADS_PER_BLOCK
+        attrs[4] = MODEL_REGS_PER_THREAD as i32; // NUM_REGS
         attrs[5] = 90; // PTX_VERSION
         attrs[6] = 90; // BINARY_VERSION
+        attrs[8] = MODEL_DEFAULT_DYNAMIC_SMEM as i32; // MAX_DYNAMIC_SHARED_SIZE_BYTES
         let id = self.id();
         self.funcs.insert(id, SimFunc { module: module.0, builtin, params: params.clone() });
         Ok((EngineFunc(id), FunctionInfo { params, param_source: protocol::PARAMS_FROM_IMAGE, attrs }))
@@ -738,5 +864,108 @@ impl Engine for SimEngine {
         }
         let ms = if tb >= ta { (tb - ta).as_secs_f64() * 1e3 } else { -((ta - tb).as_secs_f64() * 1e3) };
         Ok(ms as f32)
+    }
+
+    fn graph_instantiate(&mut self, graph: &GraphSpec<'_>, host: &[GuestSpan<'_>]) -> EngineResult<EngineGraphExec> {
+        let ctx = self.cur()?;
+        for node in &graph.nodes {
+            let ok = match *node {
+                GraphNode::Kernel { func, .. } => self.funcs.contains_key(&func.0),
+                GraphNode::EventRecord(e) | GraphNode::EventWait(e) => self.events.contains_key(&e.0),
+                GraphNode::CopyHtoD { host: i, .. } | GraphNode::CopyDtoH { host: i, .. } => i < host.len(),
+                _ => true,
+            };
+            if !ok {
+                return err(CUDA_ERROR_INVALID_HANDLE);
+            }
+        }
+        let id = self.id();
+        let steps = graph.nodes.iter().map(SimStep::of).collect();
+        self.graphs.insert(id, SimGraph { ctx, steps, order: graph.order.clone() });
+        Ok(EngineGraphExec(id))
+    }
+
+    fn graph_exec_destroy(&mut self, exec: EngineGraphExec) -> EngineResult<()> {
+        self.graphs.remove(&exec.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
+    }
+
+    fn graph_launch(
+        &mut self,
+        exec: EngineGraphExec,
+        stream: EngineStream,
+        host: &[GuestSpan<'_>],
+    ) -> EngineResult<()> {
+        let ctx = self.cur()?;
+        let g = self.graphs.get(&exec.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        if g.ctx != ctx {
+            return err(CUDA_ERROR_INVALID_CONTEXT);
+        }
+        // Steps are cloned out so that replaying them may borrow the engine.
+        let steps: Vec<SimStep> = g.order.iter().filter_map(|&i| g.steps.get(i as usize).cloned()).collect();
+        for step in &steps {
+            self.run_step(step, stream, host)?;
+        }
+        Ok(())
+    }
+
+    fn graph_exec_update_node(&mut self, exec: EngineGraphExec, index: u32, node: &GraphNode<'_>) -> EngineResult<()> {
+        let new = SimStep::of(node);
+        let g = self.graphs.get_mut(&exec.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let old = g.steps.get_mut(index as usize).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+        if !old.same_kind(&new) || matches!(new, SimStep::CopyHtoD { .. } | SimStep::CopyDtoH { .. }) {
+            return err(CUDA_ERROR_INVALID_VALUE);
+        }
+        *old = new;
+        Ok(())
+    }
+
+    fn occupancy(&mut self, func: EngineFunc, kind: u32, _flags: u32, item: &OccupancyItem) -> EngineResult<u64> {
+        self.funcs.get(&func.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let block = item.block.iter().map(|d| d.get() as u64).product::<u64>();
+        let smem = item.shared_mem.get() as u64;
+        match kind {
+            protocol::OCCUPANCY_ACTIVE_BLOCKS => Ok(model_active_blocks(block, smem)),
+            protocol::OCCUPANCY_AVAILABLE_SMEM => {
+                model_available_smem(block, item.num_blocks.get() as u64).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))
+            }
+            protocol::OCCUPANCY_CLUSTER_SIZE => {
+                // As many blocks as fit on the model's multiprocessors, up to
+                // the portable limit.
+                let fit = model_active_blocks(block, smem).saturating_mul(MODEL_SMS);
+                Ok(fit.min(MODEL_MAX_CLUSTER))
+            }
+            protocol::OCCUPANCY_ACTIVE_CLUSTERS => {
+                let cluster = item.cluster.iter().map(|d| (d.get() as u64).max(1)).product::<u64>();
+                if cluster > MODEL_MAX_CLUSTER {
+                    return err(CUDA_ERROR_INVALID_VALUE);
+                }
+                Ok(model_active_blocks(block, smem).saturating_mul(MODEL_SMS) / cluster)
+            }
+            _ => err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_occupancy_model_is_limited_by_warps_registers_and_shared_memory() {
+        // 256 threads: 8 warps; warps allow 8 blocks, registers (1024 per
+        // warp) 8 blocks: 2048 threads, the whole multiprocessor.
+        assert_eq!(model_active_blocks(256, 0), 8);
+        // 1024 threads: 2 blocks; 32 threads: the block limit, 32.
+        assert_eq!(model_active_blocks(1024, 0), 2);
+        assert_eq!(model_active_blocks(32, 0), 32);
+        // 100 KiB of dynamic shared memory each: two blocks fit in 228 KiB.
+        assert_eq!(model_active_blocks(128, 100 << 10), 2);
+        assert_eq!(model_active_blocks(2048, 0), 0, "larger than a block may be");
+        assert_eq!(model_active_blocks(128, 300 << 10), 0, "more shared memory than a block may have");
+        // The shared memory that lets exactly that many blocks fit.
+        let per_block = model_available_smem(128, 2).unwrap();
+        assert_eq!(model_active_blocks(128, per_block), 2);
+        assert!(model_active_blocks(128, per_block + 1024) < 2);
+        assert_eq!(model_available_smem(1024, 3), None, "three 1024-thread blocks never fit");
     }
 }

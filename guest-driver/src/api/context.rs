@@ -408,6 +408,7 @@ pub unsafe extern "C" fn cuCtxGetDevice_v2(device: *mut CUdevice, ctx: CUcontext
 fn ctx_synchronize(ctx: CUcontext) -> CUresult {
     ffi(|| {
         let id = ctx_or_current(ctx)?;
+        super::capture::check_ctx_sync(id)?;
         session()?.sync_call(Opcode::CtxSynchronize, 0, id, &[0u8; 0]).map(|_| ())
     })
 }

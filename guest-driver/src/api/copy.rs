@@ -5,6 +5,8 @@
 //! `MAX_INLINE_REPLY`), or in chunks through the session's staging buffers.
 //! Device ranges are checked against the guest's allocation table first.
 
+use super::capture::intercept;
+use super::graph::{Loc, MemcpyNode, MemsetNode, NodeKind};
 use super::state;
 use super::types::*;
 use super::{ffi, session, CuRes};
@@ -41,6 +43,11 @@ impl Order {
     }
 }
 
+/// A one-dimensional copy as a graph node (stream capture).
+fn copy_node(ctx: u64, dst: Loc, src: Loc, len: usize) -> NodeKind {
+    NodeKind::Memcpy(MemcpyNode { ctx, dst, src, len: len as u64 })
+}
+
 /// Checks `[dst, dst + len)` and resolves the stream: (stream id, context).
 fn device_target(dst: u64, len: u64, stream: CUstream, order: Order) -> CuRes<(u64, u64)> {
     let st = state::lock();
@@ -71,6 +78,10 @@ pub unsafe fn htod(dst: u64, src: *const c_void, len: usize, stream: CUstream, o
     }
     if src.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let node = || Ok(copy_node(ctx, Loc::Device(dst), Loc::Host(src as usize), len));
+    if intercept(sid, ctx, !order.async_, node)? {
+        return Ok(());
     }
     let m = |src: HostRef| MemcpyHtoD { dst: U64::new(dst), len: U64::new(len as u64), stream: U64::new(sid), src };
     let inline = HostRef { kind: U32::new(HOST_INLINE), resource: U32::new(0), offset: U64::new(0) };
@@ -108,6 +119,10 @@ pub unsafe fn dtoh(dst: *mut c_void, src: u64, len: usize, stream: CUstream, ord
     }
     if dst.is_null() {
         return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let node = || Ok(copy_node(ctx, Loc::Host(dst as usize), Loc::Device(src), len));
+    if intercept(sid, ctx, !order.async_, node)? {
+        return Ok(());
     }
     let m = |dst: HostRef| MemcpyDtoH { src: U64::new(src), len: U64::new(len as u64), stream: U64::new(sid), dst };
     if let Some((res, off)) = c.find_pinned(dst as usize, len) {
@@ -150,6 +165,10 @@ pub fn dtod(dst: u64, src: u64, len: usize, stream: CUstream, order: Order) -> C
     if len == 0 {
         return Ok(());
     }
+    let node = || Ok(copy_node(ctx, Loc::Device(dst), Loc::Device(src), len));
+    if intercept(sid, ctx, !order.async_, node)? {
+        return Ok(());
+    }
     let m = MemcpyDtoD { dst: U64::new(dst), src: U64::new(src), len: U64::new(len as u64), stream: U64::new(sid) };
     c.enqueue(Opcode::MemcpyDtoD, order.flags(), ctx, &m, &[])
 }
@@ -180,6 +199,11 @@ pub unsafe fn unified(dst: u64, src: u64, len: usize, stream: CUstream, order: O
             if dst == 0 || src == 0 {
                 return Err(CUDA_ERROR_INVALID_VALUE);
             }
+            let host_to_host = || {
+                crate::log::unsupported("host-to-host copies in stream capture");
+                Err(CUDA_ERROR_NOT_SUPPORTED)
+            };
+            intercept(sid, ctx, !order.async_, host_to_host)?;
             // Stream order: earlier copies into either buffer finish first.
             c.sync_call(Opcode::StreamSynchronize, 0, ctx, &Id { id: U64::new(sid) })?;
             // SAFETY: both are host memory valid for `len` bytes per the
@@ -199,6 +223,13 @@ pub fn memset(dst: u64, value: u32, elem: u32, count: usize, stream: CUstream, o
     let bytes = (count as u64).checked_mul(elem as u64).ok_or(CUDA_ERROR_INVALID_VALUE)?;
     let (sid, ctx) = device_target(dst, bytes, stream, order)?;
     if count == 0 {
+        return Ok(());
+    }
+    let node = || {
+        let (width, elem_size) = (count as u64, elem);
+        Ok(NodeKind::Memset(MemsetNode { ctx, dst, pitch: bytes, value, elem_size, width, height: 1 }))
+    };
+    if intercept(sid, ctx, !order.async_, node)? {
         return Ok(());
     }
     let m = Memset {

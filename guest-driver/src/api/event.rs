@@ -39,15 +39,20 @@ fn record(h: CUevent, stream: CUstream, flags: c_uint, ptsz: bool) -> CuRes {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let id = id_of(h);
-    let (sid, ctx) = {
-        let mut st = state::lock();
+    let (sid, ctx, stream_ctx) = {
+        let st = state::lock();
         let ectx = st.events.get(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?.ctx;
-        let (sid, _) = st.resolve_stream(stream, ptsz)?;
-        if let Some(e) = st.events.get_mut(&id) {
-            e.recorded = true;
-        }
-        (sid, ectx)
+        let (sid, sctx) = st.resolve_stream(stream, ptsz)?;
+        (sid, ectx, sctx)
     };
+    // In a capture the event stands for the captured work; it is not
+    // recorded on the device.
+    if super::capture::event_record(id, sid, stream_ctx, flags & CU_EVENT_RECORD_EXTERNAL != 0)? {
+        return Ok(());
+    }
+    if let Some(e) = state::lock().events.get_mut(&id) {
+        e.recorded = true;
+    }
     let p = EventRecord { event_id: U64::new(id), stream_id: U64::new(sid) };
     c.enqueue(Opcode::EventRecord, 0, ctx, &p, &[])
 }
@@ -56,6 +61,7 @@ fn record(h: CUevent, stream: CUstream, flags: c_uint, ptsz: bool) -> CuRes {
 fn sync_op(op: Opcode, h: CUevent) -> CuRes {
     let c = session()?;
     let id = id_of(h);
+    super::capture::check_event(id)?;
     let ctx = state::lock().events.get(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?.ctx;
     c.sync_call(op, 0, ctx, &Id { id: U64::new(id) }).map(|_| ())
 }
@@ -63,6 +69,8 @@ fn sync_op(op: Opcode, h: CUevent) -> CuRes {
 fn elapsed(start: CUevent, end: CUevent) -> CuRes<f32> {
     let c = session()?;
     let (a, b) = (id_of(start), id_of(end));
+    super::capture::check_event(a)?;
+    super::capture::check_event(b)?;
     let ctx = {
         let st = state::lock();
         let ea = st.events.get(&a).ok_or(CUDA_ERROR_INVALID_HANDLE)?;

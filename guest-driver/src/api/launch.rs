@@ -3,9 +3,11 @@
 //! and the launch is queued. A launch never waits for the backend and, past
 //! its first use on a thread, allocates nothing.
 
-use super::state::{self, Param};
+use super::graph::{KernelNode, NodeKind};
+use super::state::{self, FuncInfo, Param};
 use super::types::*;
 use super::{ffi, id_of, session, CuRes};
+use crate::client::Client;
 use protocol::cuda::*;
 use protocol::{LaunchKernel, Opcode, MAX_PARAM_BYTES};
 use std::cell::RefCell;
@@ -110,7 +112,7 @@ pub unsafe fn pack_params(
 
 /// Checks the launch geometry against the device's limits, as the driver
 /// does before queuing anything.
-fn check_geometry(grid: [u32; 3], block: [u32; 3]) -> CuRes {
+pub(super) fn check_geometry(grid: [u32; 3], block: [u32; 3]) -> CuRes {
     let c = session()?;
     if grid.contains(&0) || block.contains(&0) {
         return Err(CUDA_ERROR_INVALID_VALUE);
@@ -125,6 +127,23 @@ fn check_geometry(grid: [u32; 3], block: [u32; 3]) -> CuRes {
     }
     let threads = block.iter().map(|&b| b as u64).product::<u64>();
     if attr(CU_DEVICE_ATTRIBUTE_MAX_THREADS_PER_BLOCK).is_some_and(|m| threads > m) {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    Ok(())
+}
+
+/// Checks a launch's dynamic shared memory against the function's limit
+/// (raised through cuFuncSetAttribute), else what a block gets without
+/// opting in.
+pub(super) fn check_shared_mem(c: &Client, fi: &FuncInfo, shared_mem: u32) -> CuRes {
+    let max_dynamic = match fi.attrs[CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES] {
+        m if m > 0 => m as i64,
+        _ => match c.facts.attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK) {
+            Some(d) if d > 0 => d as i64 - fi.attrs[CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES].max(0) as i64,
+            _ => i64::MAX,
+        },
+    };
+    if shared_mem as i64 > max_dynamic {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     Ok(())
@@ -147,6 +166,7 @@ pub unsafe fn launch(
 ) -> CuRes {
     let c = session()?;
     check_geometry(grid, block)?;
+    let given = f;
     PARAMS.with(|cell| {
         let mut buf = cell.try_borrow_mut().map_err(|_| CUDA_ERROR_UNKNOWN)?;
         let (f, sid, ctx) = loop {
@@ -163,22 +183,16 @@ pub unsafe fn launch(
                 continue;
             };
             let fi = st.functions.get(&f).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
-            // The function's dynamic shared memory limit (raised through
-            // cuFuncSetAttribute), else what a block gets without opting in.
-            let max_dynamic = match fi.attrs[CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES] {
-                m if m > 0 => m as i64,
-                _ => match c.facts.attr(CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK) {
-                    Some(d) if d > 0 => d as i64 - fi.attrs[CU_FUNC_ATTRIBUTE_SHARED_SIZE_BYTES].max(0) as i64,
-                    _ => i64::MAX,
-                },
-            };
-            if shared_mem as i64 > max_dynamic {
-                return Err(CUDA_ERROR_INVALID_VALUE);
-            }
+            check_shared_mem(c, fi, shared_mem)?;
             // SAFETY: forwarded from the caller.
             unsafe { pack_params(&mut buf, &fi.params, fi.param_bytes, kernel_params, extra) }?;
             break (f, sid, ctx);
         };
+        let node =
+            || Ok(NodeKind::Kernel(KernelNode { given, func: f, ctx, grid, block, shared_mem, params: buf.clone() }));
+        if super::capture::intercept(sid, ctx, false, node)? {
+            return Ok(());
+        }
         let l = LaunchKernel {
             func_id: U64::new(f),
             stream: U64::new(sid),

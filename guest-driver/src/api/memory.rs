@@ -17,6 +17,7 @@ use zerocopy::FromBytes;
 pub fn alloc(size: usize) -> CuRes<CUdeviceptr> {
     let c = session()?;
     let ctx = state::lock().current()?;
+    super::capture::check_unsafe()?;
     if size == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -34,6 +35,7 @@ pub fn free(dptr: CUdeviceptr) -> CuRes {
     if dptr == 0 {
         return Ok(());
     }
+    super::capture::check_unsafe()?;
     let ctx = {
         let mut st = state::lock();
         match st.allocs.get(&dptr) {
@@ -171,6 +173,7 @@ pub unsafe extern "C" fn cuMemGetAddressRange(
 fn host_alloc(size: usize, flags: c_uint) -> CuRes<*mut c_void> {
     let c = session()?;
     let ctx = state::lock().current()?;
+    super::capture::check_unsafe()?;
     if size == 0 || flags & !CU_MEMHOSTALLOC_FLAGS_MASK != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -214,6 +217,7 @@ pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
     ffi(|| {
         let c = session()?;
         let addr = p as usize;
+        super::capture::check_unsafe()?;
         {
             let mut st = state::lock();
             match st.host.get(&addr) {
@@ -232,6 +236,7 @@ pub unsafe extern "C" fn cuMemFreeHost(p: *mut c_void) -> CUresult {
 /// guest pages, so registration brings no speed-up (a known limitation).
 fn host_register(p: *mut c_void, bytesize: usize, flags: c_uint) -> CuRes {
     session()?;
+    super::capture::check_unsafe()?;
     let addr = p as usize;
     if p.is_null() || bytesize == 0 || flags & !CU_MEMHOSTREGISTER_FLAGS_MASK != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);

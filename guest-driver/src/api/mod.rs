@@ -12,16 +12,20 @@
 
 pub mod types;
 
+pub mod capture;
 pub mod context;
 pub mod copy;
 pub mod device;
 pub mod event;
 pub mod export_table;
+pub mod graph;
 pub mod image;
 pub mod integrity;
 pub mod launch;
 pub mod memory;
 pub mod module;
+pub mod occupancy;
+pub mod peer;
 pub mod proc_address;
 pub mod state;
 pub mod stream;

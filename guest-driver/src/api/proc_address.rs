@@ -11,7 +11,9 @@
 //! cuda.h declares the symbol; those are marked "header-derived".
 
 use super::types::*;
-use super::{context::*, copy::*, device::*, event::*, export_table::*, launch::*, memory::*, module::*, stream::*};
+use super::{
+    capture::*, context::*, copy::*, device::*, event::*, export_table::*, launch::*, memory::*, module::*, stream::*,
+};
 use super::{ffi, CuRes, Out};
 use protocol::cuda::*;
 use std::collections::HashMap;
@@ -206,7 +208,9 @@ fn table() -> &'static HashMap<&'static str, Vec<ProcRow>> {
     static TABLE: OnceLock<HashMap<&'static str, Vec<ProcRow>>> = OnceLock::new();
     TABLE.get_or_init(|| {
         let mut map: HashMap<&'static str, Vec<ProcRow>> = HashMap::new();
-        for r in implemented().into_iter().chain(super::unsupported::rows()) {
+        let rows = implemented().into_iter().chain(super::unsupported::rows());
+        let rows = rows.chain(super::graph::rows()).chain(super::occupancy::rows()).chain(super::peer::rows());
+        for r in rows.chain(super::capture::rows()) {
             map.entry(r.base).or_default().push(r);
         }
         for rows in map.values_mut() {
@@ -470,14 +474,18 @@ mod tests {
     fn every_written_export_is_in_the_table() {
         let symbols: HashSet<&str> = all_rows().iter().map(|r| r.symbol).collect();
         let sources = [
+            include_str!("capture.rs"),
             include_str!("context.rs"),
             include_str!("copy.rs"),
             include_str!("device.rs"),
             include_str!("event.rs"),
             include_str!("export_table.rs"),
+            include_str!("graph.rs"),
             include_str!("launch.rs"),
             include_str!("memory.rs"),
             include_str!("module.rs"),
+            include_str!("occupancy.rs"),
+            include_str!("peer.rs"),
             include_str!("proc_address.rs"),
             include_str!("stream.rs"),
         ];

@@ -239,6 +239,7 @@ impl State {
         for m in dead {
             self.forget_module(m);
         }
+        super::graph::purge_ctx(ctx);
     }
 
     /// Forgets a module with its functions and globals. A library it

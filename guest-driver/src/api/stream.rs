@@ -5,7 +5,7 @@
 use super::context::{GREATEST_PRIORITY, LEAST_PRIORITY};
 use super::state::{self, StreamInfo};
 use super::types::*;
-use super::{ffi, handle, id_of, session, set_opt, CuRes, Out};
+use super::{ffi, handle, id_of, session, CuRes, Out};
 use protocol::cuda::*;
 use protocol::{Id, Opcode, StreamCreate, StreamWaitEvent};
 use std::ffi::{c_int, c_uint, c_ulonglong, c_void};
@@ -31,6 +31,7 @@ fn destroy(h: CUstream) -> CuRes {
     let c = session()?;
     let id = id_of(h);
     let s = state::lock().streams.remove(&id).ok_or(CUDA_ERROR_INVALID_HANDLE)?;
+    super::capture::forget_stream(id);
     c.enqueue(Opcode::StreamDestroy, 0, s.ctx, &Id { id: U64::new(id) }, &[])
 }
 
@@ -38,6 +39,7 @@ fn destroy(h: CUstream) -> CuRes {
 fn sync_op(op: Opcode, h: CUstream, ptsz: bool) -> CuRes {
     let c = session()?;
     let (sid, ctx) = state::lock().resolve_stream(h, ptsz)?;
+    super::capture::check_stream_sync(sid, ctx)?;
     c.sync_call(op, 0, ctx, &Id { id: U64::new(sid) }).map(|_| ())
 }
 
@@ -53,6 +55,9 @@ fn wait_event(h: CUstream, event: CUevent, flags: c_uint, ptsz: bool) -> CuRes {
         }
         st.resolve_stream(h, ptsz)?
     };
+    if super::capture::wait_event(sid, ctx, id_of(event), flags & CU_EVENT_WAIT_EXTERNAL != 0)? {
+        return Ok(());
+    }
     let p = StreamWaitEvent {
         stream_id: U64::new(sid),
         event_id: U64::new(id_of(event)),
@@ -231,174 +236,7 @@ pub unsafe extern "C" fn cuStreamGetDevice_ptsz(hStream: CUstream, device: *mut 
     ffi(|| unsafe { get_device(hStream, device, true) })
 }
 
-// ---- capture (never active here) and host callbacks -------------------
-
-/// `CU_STREAM_CAPTURE_STATUS_NONE`: stream capture is not supported, so no
-/// stream is ever capturing.
-const CAPTURE_STATUS_NONE: c_uint = 0;
-/// `CUstreamCaptureMode` values are 0..=2.
-const CAPTURE_MODE_MAX: c_int = 2;
-
-thread_local! {
-    static CAPTURE_MODE: std::cell::Cell<c_int> = const { std::cell::Cell::new(0) };
-}
-
-/// # Safety
-/// `status` is NULL or writable.
-unsafe fn is_capturing(h: CUstream, status: *mut c_uint, ptsz: bool) -> CuRes {
-    // SAFETY: output argument per the CUDA API.
-    let out = unsafe { Out::new(status) }?;
-    session()?;
-    state::lock().resolve_stream(h, ptsz)?;
-    out.set(CAPTURE_STATUS_NONE);
-    Ok(())
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuStreamIsCapturing(hStream: CUstream, captureStatus: *mut c_uint) -> CUresult {
-    // SAFETY: the caller's contract, forwarded.
-    ffi(|| unsafe { is_capturing(hStream, captureStatus, false) })
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuStreamIsCapturing_ptsz(hStream: CUstream, captureStatus: *mut c_uint) -> CUresult {
-    // SAFETY: the caller's contract, forwarded.
-    ffi(|| unsafe { is_capturing(hStream, captureStatus, true) })
-}
-
-/// Capture facts of a stream that is never capturing: no id, graph or
-/// dependencies (the outputs of the CUDA 11.3 and 12.3 forms included).
-///
-/// # Safety
-/// Outputs are NULL or writable.
-#[allow(clippy::too_many_arguments)]
-unsafe fn capture_info(
-    h: CUstream,
-    status: *mut c_uint,
-    id: *mut u64,
-    graph: *mut *mut c_void,
-    dependencies: *mut *const c_void,
-    edge_data: *mut *const c_void,
-    count: *mut usize,
-    ptsz: bool,
-) -> CuRes {
-    // SAFETY: optional output arguments per the CUDA API.
-    let (id, g, d, e, n) = unsafe {
-        (
-            Out::optional(id),
-            Out::optional(graph),
-            Out::optional(dependencies),
-            Out::optional(edge_data),
-            Out::optional(count),
-        )
-    };
-    // SAFETY: the caller's contract, forwarded.
-    unsafe { is_capturing(h, status, ptsz) }?;
-    set_opt(id, 0);
-    set_opt(g, std::ptr::null_mut());
-    set_opt(d, std::ptr::null());
-    set_opt(e, std::ptr::null());
-    set_opt(n, 0);
-    Ok(())
-}
-
-/// The CUDA 10.1 form and its per-thread variant.
-macro_rules! capture_info_v1 {
-    ($($name:ident, $ptsz:expr;)*) => {$(
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(hStream: CUstream, captureStatus_out: *mut c_uint, id_out: *mut u64) -> CUresult {
-            let null = std::ptr::null_mut();
-            // SAFETY: the caller's contract, forwarded; the outputs this
-            // form lacks are NULL.
-            ffi(|| unsafe { capture_info(hStream, captureStatus_out, id_out, null, null as _, null as _, null as _, $ptsz) })
-        }
-    )*};
-}
-
-capture_info_v1! {
-    cuStreamGetCaptureInfo, false;
-    cuStreamGetCaptureInfo_ptsz, true;
-}
-
-/// The CUDA 11.3 form (graph and dependencies) and its per-thread variant.
-macro_rules! capture_info_v2 {
-    ($($name:ident, $ptsz:expr;)*) => {$(
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            hStream: CUstream,
-            captureStatus_out: *mut c_uint,
-            id_out: *mut u64,
-            graph_out: *mut *mut c_void,
-            dependencies_out: *mut *const c_void,
-            numDependencies_out: *mut usize,
-        ) -> CUresult {
-            let edges = std::ptr::null_mut();
-            // SAFETY: the caller's contract, forwarded.
-            ffi(|| unsafe {
-                capture_info(hStream, captureStatus_out, id_out, graph_out, dependencies_out, edges, numDependencies_out, $ptsz)
-            })
-        }
-    )*};
-}
-
-capture_info_v2! {
-    cuStreamGetCaptureInfo_v2, false;
-    cuStreamGetCaptureInfo_v2_ptsz, true;
-}
-
-/// The CUDA 12.3 form (edge data too) and its per-thread variant.
-macro_rules! capture_info_v3 {
-    ($($name:ident, $ptsz:expr;)*) => {$(
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            hStream: CUstream,
-            captureStatus_out: *mut c_uint,
-            id_out: *mut u64,
-            graph_out: *mut *mut c_void,
-            dependencies_out: *mut *const c_void,
-            edgeData_out: *mut *const c_void,
-            numDependencies_out: *mut usize,
-        ) -> CUresult {
-            // SAFETY: the caller's contract, forwarded.
-            ffi(|| unsafe {
-                capture_info(
-                    hStream,
-                    captureStatus_out,
-                    id_out,
-                    graph_out,
-                    dependencies_out,
-                    edgeData_out,
-                    numDependencies_out,
-                    $ptsz,
-                )
-            })
-        }
-    )*};
-}
-
-capture_info_v3! {
-    cuStreamGetCaptureInfo_v3, false;
-    cuStreamGetCaptureInfo_v3_ptsz, true;
-}
-
-#[no_mangle]
-pub unsafe extern "C" fn cuThreadExchangeStreamCaptureMode(mode: *mut c_int) -> CUresult {
-    ffi(|| {
-        if mode.is_null() {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        // SAFETY: non-NULL in/out argument per the CUDA API.
-        let new = unsafe { mode.read_unaligned() };
-        if !(0..=CAPTURE_MODE_MAX).contains(&new) {
-            return Err(CUDA_ERROR_INVALID_VALUE);
-        }
-        session()?;
-        let old = CAPTURE_MODE.with(|m| m.replace(new));
-        // SAFETY: as above.
-        unsafe { mode.write_unaligned(old) };
-        Ok(())
-    })
-}
+// ---- host callbacks ------------------------------------------------------
 
 pub type CUhostFn = Option<unsafe extern "C" fn(userData: *mut c_void)>;
 pub type CUstreamCallback = Option<unsafe extern "C" fn(hStream: CUstream, status: CUresult, userData: *mut c_void)>;
@@ -410,6 +248,12 @@ pub type CUstreamCallback = Option<unsafe extern "C" fn(hStream: CUstream, statu
 fn host_func(h: CUstream, ptsz: bool, call: impl FnOnce(CUresult)) -> CuRes {
     let c = session()?;
     let (sid, ctx) = state::lock().resolve_stream(h, ptsz)?;
+    // Host nodes would need the backend to call back into the guest.
+    let host_node = || {
+        crate::log::unsupported("host functions in stream capture (host nodes)");
+        Err(CUDA_ERROR_NOT_SUPPORTED)
+    };
+    super::capture::intercept(sid, ctx, false, host_node)?;
     let status = match c.sync_call(Opcode::StreamSynchronize, 0, ctx, &Id { id: U64::new(sid) }) {
         Ok(_) => CUDA_SUCCESS,
         Err(e) => e,

@@ -28,6 +28,9 @@ opaque! {
     CUevent_st => CUevent,
     CUlib_st => CUlibrary,
     CUkern_st => CUkernel,
+    CUgraph_st => CUgraph,
+    CUgraphNode_st => CUgraphNode,
+    CUgraphExec_st => CUgraphExec,
 }
 
 #[repr(C)]
@@ -57,6 +60,14 @@ pub struct CUlaunchConfig {
     pub hStream: CUstream,
     pub attrs: *mut c_void,
     pub numAttrs: c_uint,
+}
+
+/// `CUlaunchAttribute`: an attribute id and its value, a 64-byte union.
+#[repr(C)]
+pub struct CUlaunchAttribute {
+    pub id: c_uint,
+    pub pad: [u8; 4],
+    pub value: [u8; 64],
 }
 
 // CUstream special values.
