@@ -53,6 +53,27 @@ def sample(res, name):
     }
 
 
+def checks(path):
+    """{check: PASS|FAIL} from a guest-test program's CHECK lines."""
+    out = {}
+    for l in lines(path) or []:
+        if l.startswith("CHECK ") and ": " in l:
+            name, rest = l[6:].split(": ", 1)
+            out[name] = rest.split(" ", 1)[0]
+    return out
+
+
+def program(res, name):
+    n, g = checks(f"{res}/native-{name}.out"), checks(f"{res}/guest-{name}.out")
+    if not n and not g:
+        return None
+    differ = sorted(k for k in set(n) | set(g) if n.get(k) != g.get(k))
+    return {"native_checks": len(n), "guest_checks": len(g),
+            "native_failed": sorted(k for k, v in n.items() if v != "PASS"),
+            "guest_failed": sorted(k for k, v in g.items() if v != "PASS"),
+            "differ": differ, "same_verdicts": not differ, "unsupported": unsupported(res, name)}
+
+
 def tensor_diff(a, b):
     try:
         import torch
@@ -76,6 +97,7 @@ def main():
         v = sample(r, s)
         if v is not None:
             samples[s] = v
+    programs = {p: v for p in ("gv_graphs", "gv_cudart_13s") if (v := program(r, p)) is not None}
     fws = {}
     for p in sorted(glob.glob(f"{r}/native-fw-*.out")):
         name = os.path.basename(p)[len("native-fw-"):-4]
@@ -89,6 +111,8 @@ def main():
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "samples": samples,
         "samples_same_output": bool(samples) and all(v["same_output"] and v["guest_pass"] for v in samples.values()),
+        "programs": programs,
+        "programs_same_verdicts": bool(programs) and all(v["same_verdicts"] for v in programs.values()),
         "frameworks": fws,
     }
     g = fws.get("gemm", {})

@@ -12,6 +12,8 @@
 #    time: gemm_ratio), a CuPy sample, training steps of a small CNN and a
 #    small transformer (losses step by step, step time: train_step_ratio),
 #    also with CUDA graphs.
+# 2b. guest-tests' gv_graphs and gv_cudart_13s (static cudart 13.0),
+#    natively and on the guest driver: CHECK verdicts must agree.
 # Each guest run writes the guest driver's unsupported-call report.
 #
 #   scripts/h100/runtime.sh [OUTDIR]     (default $OUT, else ./h100-out)
@@ -62,6 +64,16 @@ for s in vector_add matmul bandwidth streams vector_add_static matmul_static; do
     log "sample $s"
     native "$s" "$work/bin/$s"
     guest "$s" "$work/bin/$s"
+done
+
+# The guest-test programs that exercise graphs and the runtime's export
+# tables, natively (the host's libcuda.so.1) and on the guest driver: their
+# CHECK verdicts must agree (native error codes confirm the guest's).
+for p in gv_graphs gv_cudart_13s; do
+    [ -x "$T/$p" ] || continue
+    log "program $p"
+    native "$p" "$T/$p"
+    guest "$p" "$T/$p"
 done
 
 if [ "${SKIP_FRAMEWORKS:-0}" != 1 ]; then
