@@ -31,6 +31,9 @@ pub struct GpuReadings {
     pub xid_counts: Option<std::collections::BTreeMap<u64, u64>>,
     /// The last XID NVML reported (0 before the first).
     pub xid_last: Option<u64>,
+    /// NVML's per-process utilisation over its last 2 s, by process id: (SM,
+    /// memory bandwidth), each 0 to 1. `None` where NVML gives no samples.
+    pub process_util: Option<std::collections::BTreeMap<u32, (f64, f64)>>,
 }
 
 /// Everything one scrape shows, taken at once.
@@ -521,6 +524,21 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
             |v| v.restore_ms_total / 1e3,
         ),
         swapped,
+        // NVML's view of each VM's backend process.
+        nvml_process_util(
+            m,
+            "gpuvisor_vm_sm_utilization_ratio",
+            "Fraction of the last 2 s during which a kernel of the VM's backend process ran on the GPU, from \
+             NVML's per-process utilisation samples (0 to 1); absent where NVML gives none.",
+            |u| u.0,
+        ),
+        nvml_process_util(
+            m,
+            "gpuvisor_vm_memory_bandwidth_utilization_ratio",
+            "Fraction of the last 2 s during which the VM's backend process read or wrote device memory, from \
+             NVML's per-process utilisation samples (0 to 1); absent where NVML gives none.",
+            |u| u.1,
+        ),
         // gpuvisord's view of each GPU.
         per_gpu(gpus, "gpuvisor_gpu_vms", Gauge, "VMs registered on the GPU, connected or not.", |g| Some(g.vms)),
         per_gpu(
@@ -582,6 +600,26 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
         dcgm(m, "DCGM_FI_DEV_XID_ERRORS", Gauge, "Value of the last XID error encountered.", |r| r.xid_last),
         xid_errors(m),
     ]
+}
+
+/// A per-VM family from NVML's per-process samples: a connected VM whose
+/// GPU NVML samples gets its backend's figure, 0 when its process had none.
+fn nvml_process_util(
+    m: &MetricsSnapshot,
+    name: &'static str,
+    help: &'static str,
+    value: impl Fn((f64, f64)) -> f64,
+) -> Family {
+    let mut f = Family::new(name, Kind::Gauge, help);
+    for v in &m.vms {
+        let Some(pid) = v.pid else { continue };
+        let Some(procs) = m.readings.iter().find(|r| r.uuid == v.gpu).and_then(|r| r.process_util.as_ref()) else {
+            continue;
+        };
+        let u = procs.get(&pid).copied().unwrap_or((0.0, 0.0));
+        f.sample(vm_labels(v), value(u));
+    }
+    f
 }
 
 /// `gpuvisor_gpu_xid_errors_total`: one series per GPU and XID seen, plus

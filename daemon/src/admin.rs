@@ -206,16 +206,16 @@ impl Admin for DaemonAdmin {
     fn metrics(&self) -> MetricsSnapshot {
         let ids: Vec<String> = self.shared.registry().gpu_infos().iter().map(|g| g.id.clone()).collect();
         let snaps = self.snapshots(&ids);
-        let (gpus, vms, nvml, nvml_gpus, xids) = {
+        let (gpus, vms, nvml, nvml_gpus, xids, procs) = {
             let reg = self.shared.registry();
             let gpus: Vec<GpuView> = ids.iter().filter_map(|id| gpu_view(&reg, id, snaps.get(id))).collect();
             let vms: Vec<VmView> =
                 reg.vm_names().filter_map(|n| reg.vm(n)).map(|v| vm_view(&reg, v, snaps.get(&v.rec.gpu))).collect();
             let nvml_gpus: Vec<GpuInfo> = reg.gpu_infos().iter().filter(|g| g.index.is_some()).cloned().collect();
-            (gpus, vms, reg.nvml(), nvml_gpus, reg.xids())
+            (gpus, vms, reg.nvml(), nvml_gpus, reg.xids(), reg.proc_util())
         };
         let readings = match nvml {
-            Some(nvml) => inventory::readings(&nvml, &nvml_gpus.iter().collect::<Vec<_>>(), xids.as_deref()),
+            Some(nvml) => inventory::readings(&nvml, &nvml_gpus.iter().collect::<Vec<_>>(), xids.as_deref(), &procs),
             None => Vec::new(),
         };
         MetricsSnapshot { hostname: self.shared.hostname.clone(), gpus, vms, readings }

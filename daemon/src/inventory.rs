@@ -2,6 +2,7 @@
 //! sim-engine backends share. NVML is optional: without it the daemon still
 //! schedules backends, and learns GPUs from their registrations.
 
+use crate::proc_util::{self, ProcessUtilBook};
 use crate::xid::{self, XidBook};
 use gpuvisor_admin::metrics::GpuReadings;
 use nvml_wrapper::enum_wrappers::device::TemperatureSensor;
@@ -52,6 +53,8 @@ pub struct Inventory {
     gpus: Vec<GpuInfo>,
     /// XID errors of NVML's GPUs, where NVML can report them.
     xids: Option<Arc<XidBook>>,
+    /// NVML's per-process utilisation samples of its GPUs.
+    proc_util: Arc<ProcessUtilBook>,
 }
 
 impl std::fmt::Debug for Inventory {
@@ -94,7 +97,7 @@ impl Inventory {
             (!uuids.is_empty()).then(|| xid::watch(n.clone(), uuids)).flatten()
         });
         gpus.push(GpuInfo::sim());
-        Inventory { nvml, gpus, xids }
+        Inventory { nvml, gpus, xids, proc_util: Arc::default() }
     }
 
     /// The loaded NVML, for readings taken without the registry's lock.
@@ -105,6 +108,11 @@ impl Inventory {
     /// The XID error counts, for readings taken without the registry's lock.
     pub fn xids(&self) -> Option<Arc<XidBook>> {
         self.xids.clone()
+    }
+
+    /// The per-process utilisation samples, read with the readings.
+    pub fn proc_util(&self) -> Arc<ProcessUtilBook> {
+        self.proc_util.clone()
     }
 
     pub fn gpus(&self) -> &[GpuInfo] {
@@ -173,7 +181,8 @@ fn list_nvml(nvml: &Nvml) -> Vec<GpuInfo> {
 
 /// NVML's readings of the GPUs listed by NVML index, taken now: a handful of
 /// NVML calls per GPU, no disk. A reading NVML refuses is left out.
-pub fn readings(nvml: &Nvml, gpus: &[&GpuInfo], xids: Option<&XidBook>) -> Vec<GpuReadings> {
+pub fn readings(nvml: &Nvml, gpus: &[&GpuInfo], xids: Option<&XidBook>, procs: &ProcessUtilBook) -> Vec<GpuReadings> {
+    let now_us = proc_util::now_us();
     gpus.iter()
         .filter_map(|g| {
             let index = g.index?;
@@ -181,6 +190,9 @@ pub fn readings(nvml: &Nvml, gpus: &[&GpuInfo], xids: Option<&XidBook>) -> Vec<G
             let util = device.utilization_rates().ok();
             let memory = device.memory_info().ok();
             let xid = xids.and_then(|b| b.get(&g.id));
+            let process_util = procs
+                .read(&g.id, &device, now_us)
+                .map(|m| m.into_iter().map(|(pid, u)| (pid, (u.sm, u.mem))).collect());
             Some(GpuReadings {
                 index,
                 uuid: g.id.clone(),
@@ -194,6 +206,7 @@ pub fn readings(nvml: &Nvml, gpus: &[&GpuInfo], xids: Option<&XidBook>) -> Vec<G
                 energy_mj: device.total_energy_consumption().ok(),
                 xid_last: xid.as_ref().map(|x| x.last),
                 xid_counts: xid.map(|x| x.counts),
+                process_util,
             })
         })
         .collect()

@@ -16,6 +16,7 @@ pub mod history;
 pub mod inventory;
 pub mod lines;
 pub mod memory;
+pub mod proc_util;
 pub mod registry;
 pub mod server;
 pub mod store;

@@ -417,6 +417,11 @@ impl Registry {
         self.inventory.nvml()
     }
 
+    /// NVML's per-process utilisation samples, read with the readings.
+    pub fn proc_util(&self) -> Arc<crate::proc_util::ProcessUtilBook> {
+        self.inventory.proc_util()
+    }
+
     /// NVML's XID error counts, read with the readings.
     pub fn xids(&self) -> Option<Arc<crate::xid::XidBook>> {
         self.inventory.xids()

@@ -1,7 +1,8 @@
 //! A real Prometheus (Debian's package, scripts/install-prereqs.sh installs
 //! it) scrapes a real gpuvisord's `/metrics` with the admin token, and PromQL
-//! finds a registered VM's quota, its call counts, the simulated NVML's
-//! temperature and power, and an XID error raised while it runs.
+//! finds a registered VM's quota, its call counts, its backend's utilisation
+//! as NVML samples it, the simulated NVML's temperature and power, and an
+//! XID error raised while it runs.
 
 mod common;
 
@@ -33,7 +34,10 @@ fn nvml_config(dir: &Path, xids: &[u64]) -> PathBuf {
     let json = format!(
         r#"{{"gpus": [{{"name": "NVIDIA H100 80GB HBM3", "uuid": "{H100}", "memory_total_mib": 81559,
             "memory_used_mib": 2048, "pci_bus_id": "00000000:01:00.0", "utilization_gpu_pct": 40,
-            "power_mw": 250000, "temperature_c": {TEMPERATURE_C}, "xid_errors": {xids:?}}}]}}"#
+            "power_mw": 250000, "temperature_c": {TEMPERATURE_C}, "xid_errors": {xids:?},
+            "processes": [{{"pid": {pid}, "used_mib": 1024, "sm_util_pct": 37, "mem_util_pct": 12}}]}}]}}"#,
+        // The fake backend registers with this test's pid.
+        pid = std::process::id()
     );
     std::fs::write(dir.join("nvml.json.new"), json).unwrap();
     std::fs::rename(dir.join("nvml.json.new"), &path).unwrap();
@@ -154,6 +158,9 @@ fn prometheus_scrapes_gpuvisord_with_the_token_and_promql_finds_the_vm_and_the_g
         &log,
     );
     wait_for_sample(&prometheus, r#"gpuvisor_vm_faults_total{vm="prom-vm"}"#, 2.0, &log);
+    // NVML's per-process samples of the VM's backend.
+    wait_for_sample(&prometheus, r#"gpuvisor_vm_sm_utilization_ratio{vm="prom-vm"}"#, 0.37, &log);
+    wait_for_sample(&prometheus, r#"gpuvisor_vm_memory_bandwidth_utilization_ratio{vm="prom-vm"}"#, 0.12, &log);
     // An XID error NVML reports after gpuvisord started is counted by XID.
     wait_for_sample(&prometheus, &format!(r#"gpuvisor_gpu_xid_errors_total{{gpu="{H100}",xid="none"}}"#), 0.0, &log);
     wait_for_sample(&prometheus, &format!(r#"DCGM_FI_DEV_XID_ERRORS{{UUID="{H100}"}}"#), 0.0, &log);

@@ -81,6 +81,13 @@ pub struct MigInstanceConfig {
 pub struct ProcessConfig {
     pub pid: u32,
     pub used_mib: u64,
+    /// `nvmlDeviceGetProcessUtilization`'s SM figure for the process, 0 to
+    /// 100; a process without it has no utilisation samples.
+    #[serde(default)]
+    pub sm_util_pct: Option<u32>,
+    /// Its memory (bandwidth) figure, 0 to 100 (0 when only `sm_util_pct` is given).
+    #[serde(default)]
+    pub mem_util_pct: Option<u32>,
 }
 
 fn default_driver_version() -> String {
@@ -257,6 +264,13 @@ impl TryFrom<GpuConfig> for Gpu {
         {
             if pct > 100 {
                 return Err(format!("{name} {pct} is above 100"));
+            }
+        }
+        for p in &gpu.processes {
+            for (name, pct) in [("sm_util_pct", p.sm_util_pct), ("mem_util_pct", p.mem_util_pct)] {
+                if pct.is_some_and(|v| v > 100) {
+                    return Err(format!("processes[pid {}].{name} is above 100", p.pid));
+                }
             }
         }
         let processes_mib = gpu

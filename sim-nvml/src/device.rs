@@ -315,3 +315,61 @@ pub unsafe extern "C" fn nvmlDeviceGetComputeRunningProcesses_v3(
         unsafe { write(info_count, needed) }
     }))
 }
+
+/// One utilisation sample per process that has `sm_util_pct`, stamped now
+/// (so every call newer than `last_seen` gets them); none is
+/// `NVML_ERROR_NOT_FOUND`, as NVML answers when it has no samples. A null
+/// `utilization` asks for the count (`NVML_ERROR_INSUFFICIENT_SIZE`).
+///
+/// # Safety
+/// `count` is null or valid for reading and writing one `unsigned int`;
+/// `utilization` is null or holds `*count` entries.
+#[no_mangle]
+pub unsafe extern "C" fn nvmlDeviceGetProcessUtilization(
+    device: nvmlDevice_t,
+    utilization: *mut nvmlProcessUtilizationSample_t,
+    count: *mut c_uint,
+    last_seen: c_ulonglong,
+) -> nvmlReturn_t {
+    to_return(session::with_device(device, |dev| {
+        let count = non_null(count)?;
+        let Device::Gpu { gpu, .. } = dev else { return Err(SimError::NotSupported) };
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let samples: Vec<nvmlProcessUtilizationSample_t> = gpu
+            .readings
+            .processes
+            .iter()
+            .filter(|_| now_us > last_seen)
+            .filter_map(|p| {
+                Some(nvmlProcessUtilizationSample_t {
+                    pid: p.pid,
+                    timeStamp: now_us,
+                    smUtil: p.sm_util_pct?,
+                    memUtil: p.mem_util_pct.unwrap_or(0),
+                    encUtil: 0,
+                    decUtil: 0,
+                })
+            })
+            .collect();
+        if samples.is_empty() {
+            return Err(SimError::NotFound);
+        }
+        let needed = c_uint::try_from(samples.len()).map_err(|_| SimError::InvalidArgument)?;
+        // SAFETY: not null, and the caller vouches that it is readable.
+        let capacity = unsafe { count.read() };
+        if utilization.is_null() || capacity < needed {
+            // SAFETY: the caller's contract is `write`'s.
+            unsafe { write(count, needed) }?;
+            return Err(SimError::InsufficientSize);
+        }
+        for (i, sample) in samples.into_iter().enumerate() {
+            // SAFETY: `i < needed <= capacity`, and the caller vouches that
+            // `utilization` holds `capacity` entries.
+            unsafe { utilization.add(i).write(sample) };
+        }
+        // SAFETY: the caller's contract is `write`'s.
+        unsafe { write(count, needed) }
+    }))
+}

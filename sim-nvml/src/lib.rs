@@ -67,7 +67,7 @@
 //! | `gpus[].power_mw` | no | `70000` | milliwatts |
 //! | `gpus[].temperature_c` | no | `35` | |
 //! | `gpus[].energy_mj` | no | `0` | millijoules since "driver load" |
-//! | `gpus[].processes` | no | `[]` | `{pid, used_mib}`, both required |
+//! | `gpus[].processes` | no | `[]` | `{pid, used_mib}`, both required; `sm_util_pct`, `mem_util_pct` (0 to 100) give the process utilisation samples |
 //! | `gpus[].xid_errors` | no | `[]` | XIDs that happened, oldest first: append to raise one |
 //!
 //! Unknown fields are errors. A file that cannot be read, parsed or
@@ -96,7 +96,8 @@
 //! `nvmlDeviceGetMemoryInfo_v2`, `nvmlDeviceGetPciInfo_v3`,
 //! `nvmlDeviceGetUtilizationRates`, `nvmlDeviceGetPowerUsage`,
 //! `nvmlDeviceGetTemperature`, `nvmlDeviceGetTotalEnergyConsumption`,
-//! `nvmlDeviceGetComputeRunningProcesses_v3`.
+//! `nvmlDeviceGetComputeRunningProcesses_v3`, `nvmlDeviceGetProcessUtilization`
+//! (one sample per process with `sm_util_pct`, stamped at the call).
 //! MIG: `nvmlDeviceGetMigMode`, `nvmlDeviceGetMaxMigDeviceCount`,
 //! `nvmlDeviceGetMigDeviceHandleByIndex`, `nvmlDeviceIsMigDeviceHandle`,
 //! `nvmlDeviceGetDeviceHandleFromMigDeviceHandle`,
@@ -166,6 +167,7 @@ fn signatures_match_nvml_wrapper_sys(lib: &nvml_wrapper_sys::bindings::NvmlLib) 
     same(&lib.nvmlDeviceGetGpuInstanceId, nvmlDeviceGetGpuInstanceId);
     same(&lib.nvmlDeviceGetComputeInstanceId, nvmlDeviceGetComputeInstanceId);
     same(&lib.nvmlDeviceGetAttributes_v2, nvmlDeviceGetAttributes_v2);
+    same(&lib.nvmlDeviceGetProcessUtilization, nvmlDeviceGetProcessUtilization);
     same(&lib.nvmlEventSetCreate, nvmlEventSetCreate);
     same(&lib.nvmlDeviceGetSupportedEventTypes, nvmlDeviceGetSupportedEventTypes);
     same(&lib.nvmlDeviceRegisterEvents, nvmlDeviceRegisterEvents);

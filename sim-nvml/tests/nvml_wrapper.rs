@@ -268,6 +268,27 @@ fn xid_errors_appended_to_the_config_reach_registered_event_sets_once() {
 }
 
 #[test]
+fn processes_with_utilisation_give_one_sample_each_per_call() {
+    let config = READINGS.replace(
+        r#""memory_used_mib": 100"#,
+        r#""processes": [{"pid": 7, "used_mib": 10, "sm_util_pct": 37, "mem_util_pct": 12},
+                         {"pid": 8, "used_mib": 10}]"#,
+    );
+    scenario("processes_with_utilisation_give_one_sample_each_per_call", Some(&config), || {
+        let nvml = init().expect("init");
+        let gpu = nvml.device_by_index(0).unwrap();
+        let samples = gpu.process_utilization_stats(0).unwrap();
+        assert_eq!(samples.len(), 1, "pid 8 has no utilisation: {samples:?}");
+        assert_eq!((samples[0].pid, samples[0].sm_util, samples[0].mem_util), (7, 37, 12));
+        // Nothing newer than the newest sample seen yet... until time moves on.
+        let seen = samples[0].timestamp;
+        assert!(matches!(gpu.process_utilization_stats(seen + 60_000_000), Err(NvmlError::NotFound)));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert_eq!(gpu.process_utilization_stats(seen).unwrap().len(), 1);
+    });
+}
+
+#[test]
 fn readings_follow_rewrites_of_the_config() {
     scenario("readings_follow_rewrites_of_the_config", Some(READINGS), || {
         let nvml = init().expect("init");
