@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Stages everything the GPU machine needs into .stage/ (git-ignored, carried by
 # the device tool): a relocatable QEMU bundle with the guest image and the
-# gpuvisor binaries, the guest test programs, and the revision being measured.
+# gpuvisor binaries, the guest test programs, and the revision being measured;
+# with CUPY_REPO (a git directory of CuPy with its tags), also the subset of
+# CuPy's tests that cupy-tests.sh runs (scripts/h100/stage-cupy-tests.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PROFILE=release scripts/build.sh
@@ -14,6 +16,7 @@ mkdir -p .stage/guest-tests .stage/lib
 cp build/guest-tests/gv_* build/guest-tests/run-all.sh .stage/guest-tests/
 rm -f .stage/guest-tests/*.o .stage/guest-tests/*.h
 cp target/release/libcuda.so .stage/lib/libcuda.so.1
+if [ -n "${CUPY_REPO:-}" ]; then scripts/h100/stage-cupy-tests.sh; fi
 git rev-parse HEAD > .stage/REVISION
 git status --porcelain | grep -q . && echo "+uncommitted" >> .stage/REVISION || true
 du -sh .stage
