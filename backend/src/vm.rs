@@ -23,6 +23,9 @@ use vm_memory::Bytes;
 use zerocopy::little_endian::{F32, I32, U32, U64};
 use zerocopy::IntoBytes;
 
+mod pools;
+mod vmm;
+
 /// Allocations are charged against the quota in units of this many bytes.
 const CHARGE_GRANULE: u64 = 512;
 
@@ -67,6 +70,10 @@ pub struct Client {
     events: HandleTable<EventEntry>,
     /// Bytes of quota this client holds.
     charged: u64,
+    /// The virtual-memory API's reservations, physical memory and mappings.
+    vmm: vmm::ClientVmm,
+    /// Stream-ordered allocation pools.
+    pools: pools::ClientPools,
 }
 
 impl Client {
@@ -83,7 +90,16 @@ impl Client {
             streams: HandleTable::new("stream"),
             events: HandleTable::new("event"),
             charged: 0,
+            vmm: vmm::ClientVmm::default(),
+            pools: pools::ClientPools::default(),
         }
+    }
+
+    /// `[dptr, dptr + len)` is device memory this client may name: inside
+    /// one of its allocations (pool allocations included), or in mapped
+    /// ranges of its own it gave the device access to.
+    fn check_range(&self, dptr: u64, len: u64) -> Result<()> {
+        self.allocations.check(dptr, len).or_else(|e| self.vmm.check(dptr, len).map_err(|_| e))
     }
 }
 
@@ -236,7 +252,7 @@ impl Vm {
     /// virtio-gpu CTX_DESTROY, or the guest going away: releases everything
     /// the client held, so a killed guest process leaves nothing behind.
     pub fn destroy_client(&mut self, ctx_id: u32) {
-        let Some(client) = self.clients.remove(&ctx_id) else {
+        let Some(mut client) = self.clients.remove(&ctx_id) else {
             return;
         };
         let ctxs: Vec<EngineCtx> = client.contexts.values().copied().collect();
@@ -251,6 +267,9 @@ impl Vm {
                 warn!(vm = %self.name, ctx_id, "destroying engine context: {e}");
             }
         }
+        // Pool and virtual memory outlive contexts; no work uses it now.
+        self.release_client_pools(&mut client);
+        self.release_client_vmm(&mut client);
         self.used = self.used.saturating_sub(client.charged);
         self.gate.note_residency(self.engine.residency());
         self.resources.detach_all(ctx_id);
@@ -485,7 +504,7 @@ impl Vm {
             }
             C::MemcpyHtoD(m, inline) => {
                 let len = m.len.get();
-                client.allocations.check(m.dst.get(), len)?;
+                client.check_range(m.dst.get(), len)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 let src = match m.src.kind.get() {
                     HOST_INLINE => HostSrc::Bytes(inline),
@@ -503,7 +522,7 @@ impl Vm {
             }
             C::MemcpyDtoH(m) => {
                 let len = m.len.get();
-                client.allocations.check(m.src.get(), len)?;
+                client.check_range(m.src.get(), len)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 match m.dst.kind.get() {
                     HOST_INLINE => {
@@ -532,8 +551,8 @@ impl Vm {
             }
             C::MemcpyDtoD(m) => {
                 let len = m.len.get();
-                client.allocations.check(m.dst.get(), len)?;
-                client.allocations.check(m.src.get(), len)?;
+                client.check_range(m.dst.get(), len)?;
+                client.check_range(m.src.get(), len)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 self.gpu_op(ectx, stream, |e| e.memcpy_dtod(m.dst.get(), m.src.get(), len, stream, async_flag))?;
                 self.gate.counters().record_copy(CopyDir::DtoD, len);
@@ -545,7 +564,7 @@ impl Vm {
                     .get()
                     .checked_mul(m.elem_size.get() as u64)
                     .ok_or(Error::InvalidArgument("memset size overflows"))?;
-                client.allocations.check(m.dst.get(), bytes)?;
+                client.check_range(m.dst.get(), bytes)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 self.gpu_op(ectx, stream, |e| {
                     e.memset(m.dst.get(), m.value.get(), m.elem_size.get(), m.count.get(), stream, async_flag)
@@ -689,6 +708,19 @@ impl Vm {
                 let ms = self.engine.event_elapsed_ms(a, b)?;
                 Ok(Some(Reply::ok(ElapsedReply { ms: F32::new(ms), _pad: U32::new(0) }.as_bytes().to_vec())))
             }
+            C::MemGetGranularity
+            | C::MemAddressReserve(_)
+            | C::MemAddressFree(_)
+            | C::MemCreate(_)
+            | C::MemRelease(_)
+            | C::MemMap(_)
+            | C::MemUnmap(_)
+            | C::MemSetAccess(_) => self.vmm_command(client, &d.cmd),
+            C::MemPoolCreate(_)
+            | C::MemPoolDestroy(_)
+            | C::MemAllocAsync(_)
+            | C::MemFreeAsync(_)
+            | C::MemPoolRelease(_) => self.pool_command(client, d),
         }
     }
 
@@ -771,9 +803,28 @@ impl Vm {
         client.charged = client.charged.saturating_sub(freed);
         self.gate.forget_ctx(e);
         let destroyed = self.engine.ctx_destroy(e);
+        client.pools.forget_ctx(id);
         self.gate.note_residency(self.engine.residency());
         destroyed?;
         Ok(())
+    }
+
+    /// Charges `bytes` to the VM's quota on behalf of `client`.
+    fn charge(&mut self, client: &mut Client, bytes: u64) -> Result<()> {
+        match self.used.checked_add(bytes) {
+            Some(used) if used <= self.quota => {
+                self.used = used;
+                client.charged += bytes;
+                Ok(())
+            }
+            _ => Err(Error::QuotaExceeded { size: bytes, used: self.used, quota: self.quota }),
+        }
+    }
+
+    /// Returns `bytes` of `client`'s charge to the quota.
+    fn uncharge(&mut self, client: &mut Client, bytes: u64) {
+        self.used = self.used.saturating_sub(bytes);
+        client.charged = client.charged.saturating_sub(bytes);
     }
 }
 
@@ -781,7 +832,7 @@ impl Vm {
 /// deferred to the next reply, as CUDA reports asynchronous errors.
 fn is_sync(op: Opcode, flags: u16) -> bool {
     use Opcode::*;
-    if op == MemcpyDtoH {
+    if op == MemcpyDtoH || op == MemAllocAsync {
         return flags & CMD_FLAG_ASYNC == 0;
     }
     matches!(
@@ -799,6 +850,10 @@ fn is_sync(op: Opcode, flags: u16) -> bool {
             | EventQuery
             | EventSynchronize
             | EventElapsedTime
+            | MemGetGranularity
+            | MemAddressReserve
+            | MemCreate
+            | MemPoolCreate
     )
 }
 
