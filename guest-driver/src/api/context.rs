@@ -408,7 +408,10 @@ pub unsafe extern "C" fn cuCtxGetDevice_v2(device: *mut CUdevice, ctx: CUcontext
 fn ctx_synchronize(ctx: CUcontext) -> CUresult {
     ffi(|| {
         let id = ctx_or_current(ctx)?;
-        session()?.sync_call(Opcode::CtxSynchronize, 0, id, &[0u8; 0]).map(|_| ())
+        let c = session()?;
+        c.sync_call(Opcode::CtxSynchronize, 0, id, &[0u8; 0])?;
+        super::stream_alloc::synchronized(c, id, None);
+        Ok(())
     })
 }
 
