@@ -112,7 +112,7 @@ fn runtime_programs_pass_every_check_with_shared_and_static_cudart() {
         let context = format!("{prog}:\n{stdout}\n{stderr}");
         assert!(out.status.success(), "{context}");
         assert!(!stdout.contains(": FAIL"), "{context}");
-        assert!(stdout.contains("SUMMARY gv_cudart: 11/11 passed"), "{context}");
+        assert!(stdout.contains("SUMMARY gv_cudart: 12/12 passed"), "{context}");
         assert!(stdout.contains(&format!("runtime {runtime} driver 13000")), "{context}");
         // The device as the runtime describes it: the VM's quota as its
         // memory, the (simulated) GPU's name and attributes.
