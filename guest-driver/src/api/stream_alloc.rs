@@ -22,11 +22,21 @@ use protocol::{
     DEFAULT_MEM_POOL,
 };
 use std::ffi::{c_int, c_void};
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 use zerocopy::little_endian::U64;
 use zerocopy::FromBytes;
 
 pub type CUmemoryPool = *mut c_void;
+
+/// Held from a change of the pools' tables until the commands that carry it
+/// are queued, so that the backend gets them in the order the tables had
+/// them: another thread cannot, say, place an allocation in a segment this
+/// one just took out to release, with its command ahead of the release.
+static ORDER: Mutex<()> = Mutex::new(());
+
+fn ordered() -> MutexGuard<'static, ()> {
+    ORDER.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// Asks the backend for pool `id`'s window and records the pool.
 fn create_pool(c: &Client, id: u64, max_size: u64) -> CuRes {
@@ -68,6 +78,12 @@ fn pool_id(pool: CUmemoryPool) -> CuRes<u64> {
 /// may still use, whatever the thresholds: an allocation found the quota
 /// full. Whether there was any.
 pub fn release_idle(c: &Client, ctx: u64) -> CuRes<bool> {
+    let _order = ordered();
+    release_idle_ordered(c, ctx)
+}
+
+/// `release_idle`, with `ORDER` held.
+fn release_idle_ordered(c: &Client, ctx: u64) -> CuRes<bool> {
     let releases: Vec<(u64, u64)> = state::lock()
         .pools
         .iter_mut()
@@ -93,6 +109,7 @@ fn alloc(pool: u64, size: usize, stream: CUstream, ptsz: bool) -> CuRes<u64> {
     let size = size as u64;
     let (sid, ctx) = state::lock().resolve_stream(stream, ptsz)?;
     let key = stream_key(ctx, sid);
+    let _order = ordered();
     let record = Alloc { size, ctx, kind: AllocKind::Pool { pool } };
     for retry in [false, true] {
         let placed = {
@@ -111,7 +128,7 @@ fn alloc(pool: u64, size: usize, stream: CUstream, ptsz: bool) -> CuRes<u64> {
             if retry {
                 return Err(CUDA_ERROR_OUT_OF_MEMORY);
             }
-            release_idle(c, ctx)?;
+            release_idle_ordered(c, ctx)?;
             continue;
         };
         let m = MemAllocAsync {
@@ -146,7 +163,7 @@ fn alloc(pool: u64, size: usize, stream: CUstream, ptsz: bool) -> CuRes<u64> {
                 if e != CUDA_ERROR_OUT_OF_MEMORY || retry {
                     return Err(e);
                 }
-                release_idle(c, ctx)?;
+                release_idle_ordered(c, ctx)?;
             }
         }
     }
@@ -160,6 +177,7 @@ fn free(dptr: CUdeviceptr, stream: CUstream, ptsz: bool) -> CuRes {
         return Ok(());
     }
     let (sid, ctx) = state::lock().resolve_stream(stream, ptsz)?;
+    let _order = ordered();
     let (pool, ends) = {
         let mut st = state::lock();
         match st.allocs.get(&dptr).map(|a| a.kind) {
@@ -201,6 +219,7 @@ pub fn free_synchronously(dptr: CUdeviceptr) -> CuRes {
 /// `ctx`): the frees ordered there are done, and each pool gives back what
 /// it holds above its release threshold.
 pub fn synchronized(c: &Client, ctx: u64, stream: Option<u64>) {
+    let _order = ordered();
     let releases: Vec<(u64, u64)> = {
         let mut st = state::lock();
         if st.pools.is_empty() {
@@ -259,6 +278,7 @@ fn pool_create(props: *const CUmemPoolProps) -> CuRes<u64> {
 fn pool_destroy(pool: CUmemoryPool) -> CuRes {
     let c = session()?;
     let id = pool_id(pool)?;
+    let _order = ordered();
     if id == DEFAULT_MEM_POOL {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
@@ -285,6 +305,7 @@ fn pool_destroy(pool: CUmemoryPool) -> CuRes {
 fn trim_to(pool: CUmemoryPool, keep: usize) -> CuRes {
     let c = session()?;
     let id = pool_id(pool)?;
+    let _order = ordered();
     let vas = state::lock().pools.get_mut(&id).map(|p| p.take_releasable(keep as u64)).unwrap_or_default();
     let releases: Vec<(u64, u64)> = vas.into_iter().map(|va| (id, va)).collect();
     send_releases(c, current_or_primary(), &releases)

@@ -17,7 +17,7 @@ use protocol::{
 };
 use std::collections::{BTreeMap, HashMap};
 use std::ffi::{c_int, c_ulonglong, c_void};
-use std::sync::OnceLock;
+use std::sync::{Mutex, MutexGuard, OnceLock};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::FromBytes;
 
@@ -91,6 +91,15 @@ impl VmmState {
         }
         Ok(bases)
     }
+}
+
+/// Held from a change of the tables until the command that carries it is
+/// queued, so that the backend gets commands in the order the tables had
+/// them (an unmap and a map of the same range on two threads, say).
+static ORDER: Mutex<()> = Mutex::new(());
+
+fn ordered() -> MutexGuard<'static, ()> {
+    ORDER.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The context the backend runs a command in that belongs to no context:
@@ -185,6 +194,7 @@ fn address_reserve(size: usize, alignment: usize, addr: CUdeviceptr, flags: c_ul
 
 fn address_free(ptr: CUdeviceptr, size: usize) -> CuRes {
     let c = session()?;
+    let _order = ordered();
     let size = size as u64;
     {
         let mut st = state::lock();
@@ -223,6 +233,7 @@ fn create(size: usize, prop: *const CUmemAllocationProp, flags: c_ulonglong) -> 
 
 fn release(handle: u64) -> CuRes {
     let c = session()?;
+    let _order = ordered();
     let tell_backend = {
         let mut st = state::lock();
         let vmm = &mut st.vmm;
@@ -251,6 +262,7 @@ fn map(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: c_ulong
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
     let end = ptr.checked_add(size).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+    let _order = ordered();
     {
         let mut st = state::lock();
         let vmm = &mut st.vmm;
@@ -275,6 +287,7 @@ fn map(ptr: CUdeviceptr, size: usize, offset: usize, handle: u64, flags: c_ulong
 
 fn unmap(ptr: CUdeviceptr, size: usize) -> CuRes {
     let c = session()?;
+    let _order = ordered();
     {
         let mut st = state::lock();
         let vmm = &mut st.vmm;
@@ -316,6 +329,7 @@ fn set_access(ptr: CUdeviceptr, size: usize, desc: *const CUmemAccessDesc, count
         flags = Some(d.flags);
     }
     let Some(flags) = flags else { return Err(CUDA_ERROR_INVALID_VALUE) };
+    let _order = ordered();
     {
         let mut st = state::lock();
         let vmm = &mut st.vmm;
