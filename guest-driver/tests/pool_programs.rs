@@ -10,14 +10,13 @@
 #[path = "support/backend.rs"]
 #[allow(dead_code)] // spawn: the test needs a quota
 mod backend;
+#[path = "support/programs.rs"]
+mod programs;
 
 use backend::GpuvisorBackend;
+use programs::{driver_dir, workspace};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("guest-driver has a parent").to_path_buf()
-}
 
 /// gv_pools, built into the test's temporary directory.
 fn program() -> PathBuf {
@@ -31,19 +30,6 @@ fn program() -> PathBuf {
         .expect("run make");
     assert!(made.status.success(), "make gv_pools failed:\n{}", String::from_utf8_lossy(&made.stderr));
     out.join("gv_pools")
-}
-
-/// A directory where `libcuda.so.1` is this build's guest driver.
-fn driver_dir() -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    let built = exe.with_file_name("libcuda.so");
-    assert!(built.exists(), "{} is missing", built.display());
-    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gv-pools-driver");
-    std::fs::create_dir_all(&dir).expect("driver dir");
-    let link = dir.join("libcuda.so.1");
-    let _ = std::fs::remove_file(&link);
-    std::os::unix::fs::symlink(&built, &link).expect("libcuda.so.1 link");
-    dir
 }
 
 /// Runs gv_pools with `args` against `backend`; its output, after checking
