@@ -2277,6 +2277,9 @@ pub(super) mod tests {
             let data = pattern(7, 1 << 16);
             let at = va + g - (1 << 15);
             e.memcpy_htod(at, HostSrc::Bytes(&data), EngineStream::NULL, false).unwrap();
+            let mut back = vec![0u8; data.len()];
+            e.memcpy_dtoh(HostDst::Bytes(&mut back), at, EngineStream::NULL, false).unwrap();
+            assert!(back == data, "a copy across the two mappings came back different");
             let m = e.module_load(PTX.as_bytes()).unwrap();
             let (fill, _) = e.module_get_function(m, "gv_fill_u32").unwrap();
             let params = fill_params(va + g - 64, 0x1234_5678, 32);
