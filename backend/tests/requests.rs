@@ -787,6 +787,11 @@ fn malformed_virtual_memory_requests_get_cuda_errors_and_the_backend_keeps_servi
     let bad = MemSetAccess { va: U64::new(va), size: U64::new(G), flags: U32::new(2), _pad: U32::new(0) };
     let a = g.batch(&[(Opcode::MemSetAccess, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &bad, &[]))]);
     assert_eq!(a.status, CUDA_ERROR_INVALID_VALUE);
+    // Payloads shorter than their struct.
+    for op in [Opcode::MemMap, Opcode::MemAllocAsync, Opcode::MemAddressReserve, Opcode::MemPoolRelease] {
+        let a = g.batch(&[(op, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &[7u8; 8], &[]))]);
+        assert_eq!(a.status, CUDA_ERROR_INVALID_VALUE, "{op:?}");
+    }
     assert_eq!(g.set_access(va, G, MEM_ACCESS_READ), CUDA_SUCCESS);
     assert_eq!(g.dtoh_inline(va + G - 2, 4).status, CUDA_ERROR_INVALID_VALUE, "runs into unmapped addresses");
 
