@@ -26,6 +26,8 @@ typedef struct gv_opaque_event  *CUevent;
 typedef struct gv_opaque_graph  *CUgraph;
 typedef struct gv_opaque_gnode  *CUgraphNode;
 typedef struct gv_opaque_gexec  *CUgraphExec;
+typedef struct gv_opaque_pool   *CUmemoryPool;
+typedef unsigned long long CUmemGenericAllocationHandle;
 
 typedef struct { char bytes[16]; } CUuuid;
 
@@ -76,7 +78,45 @@ enum {
     CU_DEVICE_ATTRIBUTE_PCI_BUS_ID                = 33,
     CU_DEVICE_ATTRIBUTE_UNIFIED_ADDRESSING        = 41,
     CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR  = 75,
-    CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR  = 76
+    CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR  = 76,
+    CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED = 102,
+    CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED    = 115
+};
+
+/* ---- the virtual-memory API and memory pools -------------------------- */
+typedef struct {
+    int type;                          /* CUmemLocationType */
+    int id;
+} CUmemLocation;
+
+typedef struct {
+    int type;                          /* CUmemAllocationType */
+    int requestedHandleTypes;          /* CUmemAllocationHandleType */
+    CUmemLocation location;
+    void *win32HandleMetaData;
+    struct {
+        unsigned char compressionType;
+        unsigned char gpuDirectRDMACapable;
+        unsigned short usage;
+        unsigned char reserved[4];
+    } allocFlags;
+} CUmemAllocationProp;
+
+typedef struct {
+    CUmemLocation location;
+    int flags;                         /* CUmemAccess_flags */
+} CUmemAccessDesc;
+
+#define CU_MEM_ALLOCATION_TYPE_PINNED        1
+#define CU_MEM_LOCATION_TYPE_DEVICE          1
+#define CU_MEM_ACCESS_FLAGS_PROT_READWRITE   3
+#define CU_MEM_ALLOC_GRANULARITY_MINIMUM     0
+
+/* CUmemPool_attribute values used here */
+enum {
+    CU_MEMPOOL_ATTR_RELEASE_THRESHOLD    = 4,
+    CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT = 5,
+    CU_MEMPOOL_ATTR_USED_MEM_CURRENT     = 7
 };
 
 /* ---- flags ------------------------------------------------------------ */
@@ -262,6 +302,24 @@ typedef CUresult (*PFN_cuOccupancyMaxPotentialBlockSize)(int *min_grid, int *blo
                                                          gv_b2d_fn b2d, size_t smem, int limit);
 typedef CUresult (*PFN_cuOccupancyAvailableDynamicSMemPerBlock)(size_t *smem, CUfunction fn,
                                                                 int blocks, int block);
+typedef CUresult (*PFN_cuMemAllocAsync)(CUdeviceptr *dptr, size_t bytes, CUstream s);
+typedef CUresult (*PFN_cuMemFreeAsync)(CUdeviceptr dptr, CUstream s);
+typedef CUresult (*PFN_cuDeviceGetDefaultMemPool)(CUmemoryPool *pool, CUdevice dev);
+typedef CUresult (*PFN_cuMemPoolSetAttribute)(CUmemoryPool pool, int attr, void *value);
+typedef CUresult (*PFN_cuMemPoolGetAttribute)(CUmemoryPool pool, int attr, void *value);
+typedef CUresult (*PFN_cuMemPoolTrimTo)(CUmemoryPool pool, size_t keep);
+typedef CUresult (*PFN_cuMemGetAllocationGranularity)(size_t *granularity, const CUmemAllocationProp *prop,
+                                                      int option);
+typedef CUresult (*PFN_cuMemAddressReserve)(CUdeviceptr *ptr, size_t size, size_t alignment, CUdeviceptr addr,
+                                            unsigned long long flags);
+typedef CUresult (*PFN_cuMemAddressFree)(CUdeviceptr ptr, size_t size);
+typedef CUresult (*PFN_cuMemCreate)(CUmemGenericAllocationHandle *handle, size_t size,
+                                    const CUmemAllocationProp *prop, unsigned long long flags);
+typedef CUresult (*PFN_cuMemRelease)(CUmemGenericAllocationHandle handle);
+typedef CUresult (*PFN_cuMemMap)(CUdeviceptr ptr, size_t size, size_t offset, CUmemGenericAllocationHandle handle,
+                                 unsigned long long flags);
+typedef CUresult (*PFN_cuMemUnmap)(CUdeviceptr ptr, size_t size);
+typedef CUresult (*PFN_cuMemSetAccess)(CUdeviceptr ptr, size_t size, const CUmemAccessDesc *desc, size_t count);
 
 typedef CUresult (*PFN_cuGetErrorName)(CUresult err, const char **str);
 typedef CUresult (*PFN_cuGetErrorString)(CUresult err, const char **str);

@@ -69,9 +69,23 @@
     X(cuEventSynchronize,       "cuEventSynchronize",       NULL)           \
     X(cuEventQuery,             "cuEventQuery",             NULL)           \
     X(cuEventElapsedTime,       "cuEventElapsedTime_v2",    "cuEventElapsedTime") \
+    X(cuMemAllocAsync,          "cuMemAllocAsync",          NULL)           \
+    X(cuMemFreeAsync,           "cuMemFreeAsync",           NULL)           \
+    X(cuMemsetD32Async,         "cuMemsetD32Async",         NULL)           \
+    X(cuDeviceGetDefaultMemPool,"cuDeviceGetDefaultMemPool", NULL)          \
+    X(cuMemPoolSetAttribute,    "cuMemPoolSetAttribute",    NULL)           \
+    X(cuMemPoolGetAttribute,    "cuMemPoolGetAttribute",    NULL)           \
+    X(cuMemPoolTrimTo,          "cuMemPoolTrimTo",          NULL)           \
+    X(cuMemGetAllocationGranularity, "cuMemGetAllocationGranularity", NULL) \
+    X(cuMemAddressReserve,      "cuMemAddressReserve",      NULL)           \
+    X(cuMemAddressFree,         "cuMemAddressFree",         NULL)           \
+    X(cuMemCreate,              "cuMemCreate",              NULL)           \
+    X(cuMemRelease,             "cuMemRelease",             NULL)           \
+    X(cuMemMap,                 "cuMemMap",                 NULL)           \
+    X(cuMemUnmap,               "cuMemUnmap",               NULL)           \
+    X(cuMemSetAccess,           "cuMemSetAccess",           NULL)           \
     X(cuGetErrorName,           "cuGetErrorName",           NULL)           \
     X(cuGetErrorString,         "cuGetErrorString",         NULL)           \
-    X(cuMemsetD32Async,         "cuMemsetD32Async",         NULL)           \
     X(cuFuncGetAttribute,       "cuFuncGetAttribute",       NULL)           \
     X(cuDeviceCanAccessPeer,    "cuDeviceCanAccessPeer",    NULL)           \
     X(cuCtxEnablePeerAccess,    "cuCtxEnablePeerAccess",    NULL)           \

@@ -418,6 +418,47 @@ int main(void) {
         check("event_timing", first_err == cudaSuccess && ms > 0, "elapsed > 0 %s", err_detail());
     }
 
+    /* stream-ordered allocation: cudaMallocAsync on a stream, a kernel into
+     * the memory, cudaFreeAsync, the same memory back for the next
+     * allocation on the stream, and the default pool's attributes */
+    {
+        static unsigned h[N];
+        cudaStream_t s = NULL;
+        cudaMemPool_t pool = NULL;
+        unsigned *d = NULL, *d2 = NULL;
+        unsigned long long keep = ~0ull, used = 0, reserved = 0, trimmed = 1;
+        int pools = -1;
+        reset_err();
+        RT(cudaDeviceGetAttribute(&pools, cudaDevAttrMemoryPoolsSupported, 0));
+        RT(cudaStreamCreate(&s));
+        RT(cudaDeviceGetDefaultMemPool(&pool, 0));
+        RT(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+        RT(cudaMallocAsync((void **)&d, sizeof h, s));
+        dim3 grid = {64, 1, 1}, block = {128, 1, 1};
+        LAUNCH(grid, block, 0, s, gv_fill_u32(d, 0xA5A5A5A5u, N));
+        RT(cudaGetLastError());
+        RT(cudaMemcpyAsync(h, d, sizeof h, cudaMemcpyDeviceToHost, s));
+        RT(cudaFreeAsync(d, s));
+        RT(cudaMallocAsync((void **)&d2, sizeof h, s));
+        RT(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrUsedMemCurrent, &used));
+        RT(cudaFreeAsync(d2, s));
+        RT(cudaStreamSynchronize(s));
+        RT(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &reserved));
+        RT(cudaMemPoolTrimTo(pool, 0));
+        RT(cudaMemPoolGetAttribute(pool, cudaMemPoolAttrReservedMemCurrent, &trimmed));
+        keep = 0;
+        RT(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep));
+        RT(cudaStreamDestroy(s));
+        long wrong = 0;
+        for (unsigned i = 0; i < N; i++)
+            wrong += h[i] != 0xA5A5A5A5u;
+        check("malloc_async",
+              first_err == cudaSuccess && pools == 1 && wrong == 0 && d2 == d && used == sizeof h &&
+                  reserved >= sizeof h && trimmed == 0,
+              "pools %d, %ld wrong, reused %d, used %llu, reserved %llu then %llu %s", pools, wrong, d2 == d, used,
+              reserved, trimmed, err_detail());
+    }
+
     reset_err();
     RT(cudaDeviceSynchronize());
     check("device_synchronize", first_err == cudaSuccess, "%s", err_detail());

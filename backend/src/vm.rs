@@ -24,6 +24,8 @@ use zerocopy::little_endian::{F32, I32, U32, U64};
 use zerocopy::IntoBytes;
 
 mod graph;
+mod pools;
+mod vmm;
 
 /// Allocations are charged against the quota in units of this many bytes.
 const CHARGE_GRANULE: u64 = 512;
@@ -73,6 +75,10 @@ pub struct Client {
     epoch: u64,
     /// Bytes of quota this client holds.
     charged: u64,
+    /// The virtual-memory API's reservations, physical memory and mappings.
+    vmm: vmm::ClientVmm,
+    /// Stream-ordered allocation pools.
+    pools: pools::ClientPools,
 }
 
 impl Client {
@@ -91,7 +97,16 @@ impl Client {
             graph_execs: HandleTable::new("graph exec"),
             epoch: 0,
             charged: 0,
+            vmm: vmm::ClientVmm::default(),
+            pools: pools::ClientPools::default(),
         }
+    }
+
+    /// `[dptr, dptr + len)` is device memory this client may name: inside
+    /// one of its allocations (pool allocations included), or in mapped
+    /// ranges of its own it gave the device access to.
+    fn check_range(&self, dptr: u64, len: u64) -> Result<()> {
+        self.allocations.check(dptr, len).or_else(|e| self.vmm.check(dptr, len).map_err(|_| e))
     }
 }
 
@@ -244,7 +259,7 @@ impl Vm {
     /// virtio-gpu CTX_DESTROY, or the guest going away: releases everything
     /// the client held, so a killed guest process leaves nothing behind.
     pub fn destroy_client(&mut self, ctx_id: u32) {
-        let Some(client) = self.clients.remove(&ctx_id) else {
+        let Some(mut client) = self.clients.remove(&ctx_id) else {
             return;
         };
         let ctxs: Vec<EngineCtx> = client.contexts.values().copied().collect();
@@ -259,6 +274,9 @@ impl Vm {
                 warn!(vm = %self.name, ctx_id, "destroying engine context: {e}");
             }
         }
+        // Pool and virtual memory outlive contexts; no work uses it now.
+        self.release_client_pools(&mut client);
+        self.release_client_vmm(&mut client);
         self.used = self.used.saturating_sub(client.charged);
         self.gate.note_residency(self.engine.residency());
         self.resources.detach_all(ctx_id);
@@ -496,7 +514,7 @@ impl Vm {
             }
             C::MemcpyHtoD(m, inline) => {
                 let len = m.len.get();
-                client.allocations.check(m.dst.get(), len)?;
+                client.check_range(m.dst.get(), len)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 let src = match m.src.kind.get() {
                     HOST_INLINE => HostSrc::Bytes(inline),
@@ -514,7 +532,7 @@ impl Vm {
             }
             C::MemcpyDtoH(m) => {
                 let len = m.len.get();
-                client.allocations.check(m.src.get(), len)?;
+                client.check_range(m.src.get(), len)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 match m.dst.kind.get() {
                     HOST_INLINE => {
@@ -543,8 +561,8 @@ impl Vm {
             }
             C::MemcpyDtoD(m) => {
                 let len = m.len.get();
-                client.allocations.check(m.dst.get(), len)?;
-                client.allocations.check(m.src.get(), len)?;
+                client.check_range(m.dst.get(), len)?;
+                client.check_range(m.src.get(), len)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 self.gpu_op(ectx, stream, |e| e.memcpy_dtod(m.dst.get(), m.src.get(), len, stream, async_flag))?;
                 self.gate.counters().record_copy(CopyDir::DtoD, len);
@@ -556,7 +574,7 @@ impl Vm {
                     .get()
                     .checked_mul(m.elem_size.get() as u64)
                     .ok_or(Error::InvalidArgument("memset size overflows"))?;
-                client.allocations.check(m.dst.get(), bytes)?;
+                client.check_range(m.dst.get(), bytes)?;
                 let stream = Self::stream(client, m.stream.get())?;
                 self.gpu_op(ectx, stream, |e| {
                     e.memset(m.dst.get(), m.value.get(), m.elem_size.get(), m.count.get(), stream, async_flag)
@@ -705,6 +723,19 @@ impl Vm {
             C::GraphLaunch(l) => self.graph_launch(mem, ctx_id, client, ectx, d.ctx, &l).map(|_| None),
             C::GraphExecUpdateNode(u, node) => self.graph_exec_update_node(client, d.ctx, &u, &node).map(|_| None),
             C::Occupancy(o, items) => self.occupancy(client, &o, items).map(Some),
+            C::MemGetGranularity
+            | C::MemAddressReserve(_)
+            | C::MemAddressFree(_)
+            | C::MemCreate(_)
+            | C::MemRelease(_)
+            | C::MemMap(_)
+            | C::MemUnmap(_)
+            | C::MemSetAccess(_) => self.vmm_command(client, &d.cmd),
+            C::MemPoolCreate(_)
+            | C::MemPoolDestroy(_)
+            | C::MemAllocAsync(_)
+            | C::MemFreeAsync(_)
+            | C::MemPoolRelease(_) => self.pool_command(client, d),
         }
     }
 
@@ -790,9 +821,28 @@ impl Vm {
         client.charged = client.charged.saturating_sub(freed);
         self.gate.forget_ctx(e);
         let destroyed = self.engine.ctx_destroy(e);
+        client.pools.forget_ctx(id);
         self.gate.note_residency(self.engine.residency());
         destroyed?;
         Ok(())
+    }
+
+    /// Charges `bytes` to the VM's quota on behalf of `client`.
+    fn charge(&mut self, client: &mut Client, bytes: u64) -> Result<()> {
+        match self.used.checked_add(bytes) {
+            Some(used) if used <= self.quota => {
+                self.used = used;
+                client.charged += bytes;
+                Ok(())
+            }
+            _ => Err(Error::QuotaExceeded { size: bytes, used: self.used, quota: self.quota }),
+        }
+    }
+
+    /// Returns `bytes` of `client`'s charge to the quota.
+    fn uncharge(&mut self, client: &mut Client, bytes: u64) {
+        self.used = self.used.saturating_sub(bytes);
+        client.charged = client.charged.saturating_sub(bytes);
     }
 }
 
@@ -800,7 +850,7 @@ impl Vm {
 /// deferred to the next reply, as CUDA reports asynchronous errors.
 fn is_sync(op: Opcode, flags: u16) -> bool {
     use Opcode::*;
-    if op == MemcpyDtoH {
+    if op == MemcpyDtoH || op == MemAllocAsync {
         return flags & CMD_FLAG_ASYNC == 0;
     }
     matches!(
@@ -820,6 +870,10 @@ fn is_sync(op: Opcode, flags: u16) -> bool {
             | EventElapsedTime
             | GraphInstantiate
             | Occupancy
+            | MemGetGranularity
+            | MemAddressReserve
+            | MemCreate
+            | MemPoolCreate
     )
 }
 

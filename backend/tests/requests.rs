@@ -567,3 +567,399 @@ fn memory_a_client_frees_or_leaves_behind_is_scrubbed_before_anyone_gets_it() {
     let a = g.dtoh_inline(r, 4096);
     assert!(a.payload.iter().all(|&b| b == 0), "a fresh allocation shows a dead process's data");
 }
+
+// ---- the virtual-memory API and stream-ordered pools -----------------------
+
+/// The allocation granularity of the virtual-memory API (the sim engine's,
+/// as the cuda engine's on current GPUs).
+const G: u64 = 2 * MIB;
+
+impl Guest {
+    /// An asynchronous command followed by a synchronize: the command's
+    /// (deferred) result.
+    fn then_sync<T: IntoBytes + Immutable + ?Sized>(&mut self, op: Opcode, flags: u16, p: &T) -> CuResult {
+        let a = self.batch(&[
+            (op, flags, &|w, op, f| w.push(op, f, PRIMARY_CTX, p, &[])),
+            (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
+        ]);
+        assert_eq!(a.status, CUDA_SUCCESS, "{op:?}: the synchronize itself");
+        a.deferred
+    }
+
+    fn reserve(&mut self, size: u64) -> Result<u64, CuResult> {
+        let r = MemAddressReserve { size: U64::new(size), alignment: U64::new(0), addr: U64::new(0) };
+        let a = self.call(Opcode::MemAddressReserve, 0, &r, &[]);
+        if a.status != CUDA_SUCCESS {
+            return Err(a.status);
+        }
+        Ok(MemAllocReply::read_from_prefix(&a.payload).unwrap().0.dptr.get())
+    }
+
+    fn create(&mut self, handle: u64, size: u64) -> CuResult {
+        self.call(Opcode::MemCreate, 0, &MemCreate { handle: U64::new(handle), size: U64::new(size) }, &[]).status
+    }
+
+    fn map(&mut self, va: u64, size: u64, handle: u64) -> CuResult {
+        let m = MemMap { va: U64::new(va), size: U64::new(size), offset: U64::new(0), handle: U64::new(handle) };
+        self.then_sync(Opcode::MemMap, 0, &m)
+    }
+
+    fn set_access(&mut self, va: u64, size: u64, flags: u32) -> CuResult {
+        let a = MemSetAccess { va: U64::new(va), size: U64::new(size), flags: U32::new(flags), _pad: U32::new(0) };
+        self.then_sync(Opcode::MemSetAccess, 0, &a)
+    }
+
+    fn unmap(&mut self, va: u64, size: u64) -> CuResult {
+        self.then_sync(Opcode::MemUnmap, 0, &VaRange { va: U64::new(va), size: U64::new(size) })
+    }
+
+    fn release(&mut self, handle: u64) -> CuResult {
+        self.then_sync(Opcode::MemRelease, 0, &Id { id: U64::new(handle) })
+    }
+
+    fn pool_create(&mut self, id: u64) -> Result<(u64, u64), CuResult> {
+        let a = self.call(Opcode::MemPoolCreate, 0, &Id { id: U64::new(id) }, &[]);
+        if a.status != CUDA_SUCCESS {
+            return Err(a.status);
+        }
+        let r = MemPoolCreateReply::read_from_prefix(&a.payload).unwrap().0;
+        Ok((r.base.get(), r.len.get()))
+    }
+
+    /// A pool allocation that may need new memory: the guest waits for the
+    /// segments that now back it.
+    fn pool_grow(&mut self, pool: u64, dptr: u64, size: u64, stream: u64) -> Result<Vec<(u64, u64)>, CuResult> {
+        let m = MemAllocAsync {
+            pool_id: U64::new(pool),
+            dptr: U64::new(dptr),
+            size: U64::new(size),
+            stream: U64::new(stream),
+        };
+        let a = self.call(Opcode::MemAllocAsync, 0, &m, &[]);
+        if a.status != CUDA_SUCCESS {
+            return Err(a.status);
+        }
+        Ok(a.payload
+            .chunks_exact(16)
+            .map(|c| (u64::from_le_bytes(c[..8].try_into().unwrap()), u64::from_le_bytes(c[8..].try_into().unwrap())))
+            .collect())
+    }
+
+    /// A pool allocation in memory already backed: no reply.
+    fn pool_alloc(&mut self, pool: u64, dptr: u64, size: u64, stream: u64) -> CuResult {
+        let m = MemAllocAsync {
+            pool_id: U64::new(pool),
+            dptr: U64::new(dptr),
+            size: U64::new(size),
+            stream: U64::new(stream),
+        };
+        self.then_sync(Opcode::MemAllocAsync, CMD_FLAG_ASYNC, &m)
+    }
+
+    fn pool_free(&mut self, dptr: u64, stream: u64) -> CuResult {
+        self.then_sync(Opcode::MemFreeAsync, 0, &MemFreeAsync { dptr: U64::new(dptr), stream: U64::new(stream) })
+    }
+
+    fn pool_release(&mut self, pool: u64, va: u64) -> CuResult {
+        self.then_sync(Opcode::MemPoolRelease, 0, &MemPoolRelease { pool_id: U64::new(pool), va: U64::new(va) })
+    }
+
+    fn free_mem(&mut self) -> u64 {
+        let info = self.call(Opcode::MemGetInfo, 0, &[0u8; 0], &[]);
+        MemGetInfoReply::read_from_prefix(&info.payload).unwrap().0.free.get()
+    }
+
+    /// Loads the guest tests' PTX as module 0x10 and looks up `name` as
+    /// function `func`: its parameter offsets.
+    fn function(&mut self, func: u64, name: &[u8]) -> Vec<u32> {
+        let mut ptx = include_bytes!("../../guest-tests/kernels.ptx").to_vec();
+        ptx.push(0);
+        let load = ModuleLoad { module_id: U64::new(0x10), image_len: U64::new(ptx.len() as u64) };
+        let loaded = self.call(Opcode::ModuleLoad, 0, &load, &ptx).status;
+        assert!(matches!(loaded, CUDA_SUCCESS | CUDA_ERROR_INVALID_VALUE), "module load: {loaded}");
+        let gf = ModuleGetFunction {
+            module_id: U64::new(0x10),
+            func_id: U64::new(func),
+            name_len: U32::new(name.len() as u32),
+            _pad: U32::new(0),
+        };
+        let a = self.call(Opcode::ModuleGetFunction, 0, &gf, name);
+        assert_eq!(a.status, CUDA_SUCCESS);
+        let n = FunctionReply::read_from_prefix(&a.payload).unwrap().0.num_params.get() as usize;
+        let layouts = &a.payload[core::mem::size_of::<FunctionReply>()..];
+        (0..n).map(|i| ParamLayout::read_from_prefix(&layouts[i * 8..]).unwrap().0.offset.get()).collect()
+    }
+
+    fn launch(&mut self, func: u64, stream: u64, params: &[u8]) -> Answer {
+        let l = LaunchKernel {
+            func_id: U64::new(func),
+            stream: U64::new(stream),
+            grid: [U32::new(1); 3],
+            block: [U32::new(1); 3],
+            shared_mem: U32::new(0),
+            params_len: U32::new(params.len() as u32),
+        };
+        self.batch(&[(Opcode::LaunchKernel, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &l, params))])
+    }
+}
+
+#[test]
+fn mapped_virtual_memory_is_device_memory_for_copies_and_kernels_of_its_client_only() {
+    let mut g = Guest::new(64 * MIB);
+    let a = g.call(Opcode::MemGetGranularity, 0, &[0u8; 0], &[]);
+    assert_eq!(MemGranularityReply::read_from_prefix(&a.payload).unwrap().0.granularity.get(), G);
+    let va = g.reserve(2 * G).unwrap();
+    assert_eq!(va % G, 0);
+    assert_eq!((g.create(0x51, G), g.create(0x52, G)), (CUDA_SUCCESS, CUDA_SUCCESS));
+    assert_eq!(g.vm.usage().used, 2 * G, "physical memory is charged when it is created");
+    assert_eq!(g.free_mem(), 64 * MIB - 2 * G);
+    assert_eq!((g.map(va, G, 0x51), g.map(va + G, G, 0x52)), (CUDA_SUCCESS, CUDA_SUCCESS));
+    // Mapped, but the device has no access yet: as natively, not usable.
+    assert_eq!(g.htod_inline(va, b"x").deferred, CUDA_ERROR_INVALID_VALUE);
+    assert_eq!(g.set_access(va, 2 * G, MEM_ACCESS_READWRITE), CUDA_SUCCESS);
+
+    // A copy across the two mappings, which lie on different allocations.
+    let data: Vec<u8> = (0..8192u32).map(|i| (i * 7) as u8).collect();
+    assert_eq!(g.htod_inline(va + G - 4096, &data).deferred, CUDA_SUCCESS);
+    assert_eq!(g.dtoh_inline(va + G - 4096, 8192).payload, data);
+    // A kernel across them too.
+    let offs = g.function(0x11, b"gv_fill_u32");
+    let mut params = vec![0u8; 24];
+    params[offs[0] as usize..][..8].copy_from_slice(&(va + G - 64).to_le_bytes());
+    params[offs[1] as usize..][..4].copy_from_slice(&0xabcd_0123u32.to_le_bytes());
+    params[offs[2] as usize..][..8].copy_from_slice(&32u64.to_le_bytes());
+    g.launch(0x11, 0, &params);
+    let out = g.dtoh_inline(va + G - 64, 128).payload;
+    assert!(out.chunks_exact(4).all(|w| w == 0xabcd_0123u32.to_le_bytes()), "{out:?}");
+    // Past the mappings is not device memory.
+    assert_eq!(g.dtoh_inline(va + 2 * G - 4, 8).status, CUDA_ERROR_INVALID_VALUE);
+
+    // Unmapped and released, it returns to the quota.
+    assert_eq!(g.unmap(va, 2 * G), CUDA_SUCCESS);
+    assert_eq!(g.dtoh_inline(va, 4).status, CUDA_ERROR_INVALID_VALUE, "unmapped");
+    assert_eq!((g.release(0x51), g.release(0x52)), (CUDA_SUCCESS, CUDA_SUCCESS));
+    assert_eq!(g.vm.usage().used, 0);
+
+    // Another guest process cannot name this one's mappings.
+    assert_eq!(g.create(0x53, G), CUDA_SUCCESS);
+    assert_eq!(g.map(va, G, 0x53), CUDA_SUCCESS);
+    assert_eq!(g.set_access(va, G, MEM_ACCESS_READWRITE), CUDA_SUCCESS);
+    assert_eq!(g.dtoh_inline(va, 4).status, CUDA_SUCCESS);
+    g.open_client(2);
+    assert_eq!(g.dtoh_inline(va, 4).status, CUDA_ERROR_INVALID_VALUE);
+    assert_eq!(g.unmap(va, G), CUDA_ERROR_INVALID_VALUE);
+    assert_eq!(g.release(0x53), CUDA_ERROR_INVALID_HANDLE);
+    g.still_serves();
+}
+
+#[test]
+fn malformed_virtual_memory_requests_get_cuda_errors_and_the_backend_keeps_serving() {
+    let mut g = Guest::new(64 * MIB);
+    let va = g.reserve(4 * G).unwrap();
+    assert_eq!(g.reserve(G + 4096), Err(CUDA_ERROR_INVALID_VALUE), "not a multiple of the granularity");
+    assert_eq!(g.reserve(0), Err(CUDA_ERROR_INVALID_VALUE));
+    assert_eq!(g.reserve(1 << 50), Err(CUDA_ERROR_OUT_OF_MEMORY), "more addresses than a client may hold");
+    assert_eq!(g.create(0x61, G + 4096), CUDA_ERROR_INVALID_VALUE);
+    assert_eq!(g.create(0x61, 1 << 40), CUDA_ERROR_OUT_OF_MEMORY, "past the quota");
+    assert_eq!(g.create(0x61, u64::MAX - (u64::MAX % G)), CUDA_ERROR_OUT_OF_MEMORY);
+    assert_eq!(g.create(0, G), CUDA_ERROR_INVALID_VALUE);
+    assert_eq!(g.create(0x61, G), CUDA_SUCCESS);
+    assert_eq!(g.create(0x61, G), CUDA_ERROR_INVALID_VALUE, "handle already in use");
+    assert_eq!(g.vm.usage().used, G, "failed creates charge nothing");
+
+    assert_eq!(g.map(va, G, 0x99), CUDA_ERROR_INVALID_HANDLE, "unknown handle");
+    assert_eq!(g.map(va + 4096, G, 0x61), CUDA_ERROR_INVALID_VALUE, "unaligned");
+    assert_eq!(g.map(va + 4 * G, G, 0x61), CUDA_ERROR_INVALID_VALUE, "outside the reservation");
+    assert_eq!(g.map(va + 3 * G, 2 * G, 0x61), CUDA_ERROR_INVALID_VALUE, "past the reservation's end");
+    assert_eq!(g.map(u64::MAX - G + 1, G, 0x61), CUDA_ERROR_INVALID_VALUE, "wrapping");
+    let m = MemMap { va: U64::new(va), size: U64::new(G), offset: U64::new(G), handle: U64::new(0x61) };
+    assert_eq!(g.then_sync(Opcode::MemMap, 0, &m), CUDA_ERROR_INVALID_VALUE, "offset");
+    assert_eq!(g.create(0x62, 2 * G), CUDA_SUCCESS);
+    assert_eq!(g.map(va, 4 * G, 0x62), CUDA_ERROR_INVALID_VALUE, "larger than its allocation");
+    assert_eq!(g.map(va, G, 0x61), CUDA_SUCCESS);
+    assert_eq!(g.map(va, G, 0x62), CUDA_ERROR_INVALID_VALUE, "overlapping");
+    assert_eq!(g.map(va + G - G, 2 * G, 0x62), CUDA_ERROR_INVALID_VALUE, "overlapping");
+
+    assert_eq!(g.unmap(va, G / 2), CUDA_ERROR_INVALID_VALUE, "part of a mapping");
+    assert_eq!(g.unmap(va + G, G), CUDA_ERROR_INVALID_VALUE, "nothing mapped there");
+    assert_eq!(g.set_access(va, 2 * G, MEM_ACCESS_READWRITE), CUDA_ERROR_INVALID_VALUE, "not all mapped");
+    // Access flags the API does not define never reach the backend's tables.
+    let bad = MemSetAccess { va: U64::new(va), size: U64::new(G), flags: U32::new(2), _pad: U32::new(0) };
+    let a = g.batch(&[(Opcode::MemSetAccess, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &bad, &[]))]);
+    assert_eq!(a.status, CUDA_ERROR_INVALID_VALUE);
+    // Payloads shorter than their struct.
+    for op in [Opcode::MemMap, Opcode::MemAllocAsync, Opcode::MemAddressReserve, Opcode::MemPoolRelease] {
+        let a = g.batch(&[(op, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &[7u8; 8], &[]))]);
+        assert_eq!(a.status, CUDA_ERROR_INVALID_VALUE, "{op:?}");
+    }
+    assert_eq!(g.set_access(va, G, MEM_ACCESS_READ), CUDA_SUCCESS);
+    assert_eq!(g.dtoh_inline(va + G - 2, 4).status, CUDA_ERROR_INVALID_VALUE, "runs into unmapped addresses");
+
+    let free = |size| VaRange { va: U64::new(va), size: U64::new(size) };
+    assert_eq!(g.then_sync(Opcode::MemAddressFree, 0, &free(4 * G)), CUDA_ERROR_INVALID_VALUE, "still mapped");
+    assert_eq!(g.then_sync(Opcode::MemAddressFree, 0, &free(G)), CUDA_ERROR_INVALID_VALUE, "not the whole reservation");
+    assert_eq!(g.release(0x61), CUDA_SUCCESS);
+    assert_eq!(g.release(0x61), CUDA_ERROR_INVALID_HANDLE, "released twice");
+    assert_eq!(g.map(va + G, G, 0x61), CUDA_ERROR_INVALID_HANDLE, "a released handle");
+    assert_eq!(g.vm.usage().used, 3 * G, "released but still mapped: still held");
+    assert_eq!(g.unmap(va, G), CUDA_SUCCESS);
+    assert_eq!(g.vm.usage().used, 2 * G, "its last mapping gone, the memory is given back");
+    assert_eq!(g.then_sync(Opcode::MemAddressFree, 0, &free(4 * G)), CUDA_SUCCESS);
+    g.still_serves();
+}
+
+#[test]
+fn virtual_memory_past_the_quota_is_out_of_memory_and_what_a_client_gives_back_is_zeroed() {
+    let mut g = Guest::new(4 * G);
+    for h in 1..=4 {
+        assert_eq!(g.create(0x70 + h, G), CUDA_SUCCESS);
+    }
+    assert_eq!(g.create(0x75, G), CUDA_ERROR_OUT_OF_MEMORY);
+    assert_eq!(g.free_mem(), 0);
+    for h in 2..=4 {
+        assert_eq!(g.release(0x70 + h), CUDA_SUCCESS);
+    }
+    assert_eq!(g.free_mem(), 3 * G);
+
+    // Data written through a mapping, unmapped and released: the simulated
+    // device hands the memory out again as it was, so only the backend's
+    // scrub keeps it from the next allocation.
+    let secret = [0x5au8; 4096];
+    let va = g.reserve(4 * G).unwrap();
+    assert_eq!(g.map(va, G, 0x71), CUDA_SUCCESS);
+    assert_eq!(g.set_access(va, G, MEM_ACCESS_READWRITE), CUDA_SUCCESS);
+    assert_eq!(g.htod_inline(va, &secret).deferred, CUDA_SUCCESS);
+    assert_eq!((g.unmap(va, G), g.release(0x71)), (CUDA_SUCCESS, CUDA_SUCCESS));
+    for h in 0..4u64 {
+        assert_eq!(g.create(0x80 + h, G), CUDA_SUCCESS);
+        assert_eq!(g.map(va + h * G, G, 0x80 + h), CUDA_SUCCESS);
+    }
+    assert_eq!(g.set_access(va, 4 * G, MEM_ACCESS_READWRITE), CUDA_SUCCESS);
+    for h in 0..4u64 {
+        let a = g.dtoh_inline(va + h * G, 4096);
+        assert!(a.payload.iter().all(|&b| b == 0), "released memory came back with data");
+    }
+
+    // A process that dies holding mapped memory leaves nothing behind.
+    assert_eq!(g.htod_inline(va + G, &secret).deferred, CUDA_SUCCESS);
+    g.vm.destroy_client(1);
+    assert_eq!(g.vm.usage().used, 0);
+    g.open_client(3);
+    let va = g.reserve(4 * G).unwrap();
+    for h in 0..4u64 {
+        assert_eq!(g.create(0x90 + h, G), CUDA_SUCCESS, "the whole quota is back");
+        assert_eq!(g.map(va + h * G, G, 0x90 + h), CUDA_SUCCESS);
+    }
+    assert_eq!(g.set_access(va, 4 * G, MEM_ACCESS_READWRITE), CUDA_SUCCESS);
+    for h in 0..4u64 {
+        let a = g.dtoh_inline(va + h * G, 4096);
+        assert!(a.payload.iter().all(|&b| b == 0), "a dead process's memory came back with data");
+    }
+}
+
+#[test]
+fn pool_memory_is_backed_on_request_reused_in_stream_order_and_given_back_zeroed() {
+    let mut g = Guest::new(64 * MIB);
+    let (base, len) = g.pool_create(0x40).unwrap();
+    assert!(base % G == 0 && len >= 64 * MIB, "{base:#x}+{len:#x}");
+    // Nothing backs the window yet: an allocation that does not wait for
+    // its reply is refused, the one that waits gets memory.
+    assert_eq!(g.pool_alloc(0x40, base, 4096, 0), CUDA_ERROR_INVALID_VALUE);
+    assert_eq!(g.pool_grow(0x40, base, 4096, 0), Ok(vec![(base, G)]));
+    assert_eq!(g.vm.usage().used, G, "the segment is charged, not the allocation");
+    assert_eq!(g.pool_alloc(0x40, base + 4096, 4096, 0), CUDA_SUCCESS, "in the same segment");
+    assert_eq!(g.htod_inline(base + 4096, b"pooled").deferred, CUDA_SUCCESS);
+    assert_eq!(g.dtoh_inline(base + 4096, 6).payload, b"pooled");
+    assert_eq!(g.dtoh_inline(base + 8192, 4).status, CUDA_ERROR_INVALID_VALUE, "backed, but not allocated");
+    // Growing over what is backed adds only the missing granules.
+    assert_eq!(g.pool_grow(0x40, base + G - 4096, 8192, 0), Ok(vec![(base + G, G)]));
+
+    // Reuse on another stream waits for the free: the simulated GPU spins
+    // on stream A, frees there, and the reuse on idle stream B must come
+    // after it.
+    let offs = g.function(0x12, b"gv_spin_us");
+    for s in [0x300u64, 0x301] {
+        let c = StreamCreate { stream_id: U64::new(s), ..Default::default() };
+        assert_eq!(g.then_sync(Opcode::StreamCreate, 0, &c), CUDA_SUCCESS);
+    }
+    let ev = EventCreate { event_id: U64::new(0x310), flags: U32::new(0), _pad: U32::new(0) };
+    assert_eq!(g.then_sync(Opcode::EventCreate, 0, &ev), CUDA_SUCCESS);
+    let mut params = vec![0u8; 8];
+    params[offs[0] as usize..][..8].copy_from_slice(&50_000u64.to_le_bytes());
+    let free = MemFreeAsync { dptr: U64::new(base), stream: U64::new(0x300) };
+    let realloc =
+        MemAllocAsync { pool_id: U64::new(0x40), dptr: U64::new(base), size: U64::new(4096), stream: U64::new(0x301) };
+    let record = EventRecord { event_id: U64::new(0x310), stream_id: U64::new(0x301) };
+    let l = LaunchKernel {
+        func_id: U64::new(0x12),
+        stream: U64::new(0x300),
+        grid: [U32::new(1); 3],
+        block: [U32::new(1); 3],
+        shared_mem: U32::new(0),
+        params_len: U32::new(8),
+    };
+    let a = g.batch(&[
+        (Opcode::LaunchKernel, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &l, &params)),
+        (Opcode::MemFreeAsync, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &free, &[])),
+        (Opcode::MemAllocAsync, CMD_FLAG_ASYNC, &|w, op, f| w.push(op, f, PRIMARY_CTX, &realloc, &[])),
+        (Opcode::EventRecord, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &record, &[])),
+        (Opcode::EventQuery, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &Id { id: U64::new(0x310) }, &[])),
+    ]);
+    assert_eq!(a.deferred, CUDA_SUCCESS);
+    assert_eq!(a.status, CUDA_ERROR_NOT_READY, "the reuse on stream B ran before stream A's free");
+    let a = g.call(Opcode::EventSynchronize, 0, &Id { id: U64::new(0x310) }, &[]);
+    assert_eq!(a.status, CUDA_SUCCESS);
+
+    // A segment holding an allocation in use cannot go.
+    assert_eq!(g.pool_release(0x40, base), CUDA_ERROR_INVALID_VALUE);
+    let secret = [0xc3u8; 4096];
+    assert_eq!(g.htod_inline(base, &secret).deferred, CUDA_SUCCESS);
+    for p in [base, base + 4096, base + G - 4096] {
+        assert_eq!(g.pool_free(p, 0), CUDA_SUCCESS);
+    }
+    assert_eq!(g.dtoh_inline(base, 4).status, CUDA_ERROR_INVALID_VALUE, "freed");
+    assert_eq!((g.pool_release(0x40, base), g.pool_release(0x40, base + G)), (CUDA_SUCCESS, CUDA_SUCCESS));
+    assert_eq!(g.vm.usage().used, 0, "released segments return to the quota");
+    // The next memory the pool gets is zero, whatever the device kept.
+    assert_eq!(g.pool_grow(0x40, base, 4096, 0), Ok(vec![(base, G)]));
+    assert!(g.dtoh_inline(base, 4096).payload.iter().all(|&b| b == 0), "pool memory came back with data");
+    // Destroying the pool gives back what it holds, allocations included.
+    assert_eq!(g.then_sync(Opcode::MemPoolDestroy, 0, &Id { id: U64::new(0x40) }), CUDA_SUCCESS);
+    assert_eq!(g.vm.usage().used, 0);
+    assert_eq!(g.dtoh_inline(base, 4).status, CUDA_ERROR_INVALID_VALUE);
+    g.still_serves();
+}
+
+#[test]
+fn malformed_pool_requests_get_cuda_errors_and_the_backend_keeps_serving() {
+    let mut g = Guest::new(64 * MIB);
+    let (base, len) = g.pool_create(0x41).unwrap();
+    assert_eq!(g.pool_create(0x41), Err(CUDA_ERROR_INVALID_VALUE), "id in use");
+    assert_eq!(g.pool_create(0), Err(CUDA_ERROR_INVALID_VALUE));
+    assert_eq!(g.pool_grow(0x99, base, 4096, 0), Err(CUDA_ERROR_INVALID_HANDLE), "unknown pool");
+    assert_eq!(g.pool_alloc(0x99, base, 4096, 0), CUDA_ERROR_INVALID_HANDLE);
+    assert_eq!(g.pool_grow(0x41, base - 4096, 4096, 0), Err(CUDA_ERROR_INVALID_VALUE), "below the window");
+    assert_eq!(g.pool_grow(0x41, base + len - 4096, 8192, 0), Err(CUDA_ERROR_INVALID_VALUE), "past the window");
+    assert_eq!(g.pool_grow(0x41, base, 0, 0), Err(CUDA_ERROR_INVALID_VALUE), "empty");
+    assert_eq!(g.pool_grow(0x41, base, u64::MAX, 0), Err(CUDA_ERROR_INVALID_VALUE), "wrapping");
+    assert_eq!(g.pool_grow(0x41, base, 4096, 0x777), Err(CUDA_ERROR_INVALID_HANDLE), "unknown stream");
+    assert_eq!(g.pool_grow(0x41, base, 128 * MIB, 0), Err(CUDA_ERROR_OUT_OF_MEMORY), "past the quota");
+    assert_eq!(g.vm.usage().used, 0, "a failed allocation holds nothing");
+    assert_eq!(g.pool_grow(0x41, base, 4096, 0), Ok(vec![(base, G)]));
+    assert_eq!(g.pool_alloc(0x41, base + 2048, 4096, 0), CUDA_ERROR_INVALID_VALUE, "overlaps one in use");
+    assert_eq!(g.pool_free(base + 8, 0), CUDA_ERROR_INVALID_VALUE, "not an allocation");
+    // cuMemFree is not how pool memory goes back.
+    let f = g.then_sync(Opcode::MemFree, 0, &Id { id: U64::new(base) });
+    assert_eq!(f, CUDA_ERROR_INVALID_VALUE);
+    assert_eq!(g.pool_release(0x41, base + 4096), CUDA_ERROR_INVALID_VALUE, "not a segment");
+    assert_eq!(g.pool_release(0x99, base), CUDA_ERROR_INVALID_HANDLE);
+    assert_eq!(g.pool_free(base, 0), CUDA_SUCCESS);
+    assert_eq!(g.pool_free(base, 0), CUDA_ERROR_INVALID_VALUE, "freed twice");
+    assert_eq!(g.then_sync(Opcode::MemPoolDestroy, 0, &Id { id: U64::new(0x99) }), CUDA_ERROR_INVALID_HANDLE);
+    // A client that goes away gives its pools back.
+    assert_eq!(g.pool_grow(0x41, base, 3 * G, 0), Ok(vec![(base + G, 2 * G)]));
+    g.vm.destroy_client(1);
+    assert_eq!(g.vm.usage().used, 0);
+    g.open_client(4);
+    g.still_serves();
+}

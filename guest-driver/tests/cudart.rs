@@ -12,8 +12,11 @@
 
 #[path = "support/backend.rs"]
 mod backend;
+#[path = "support/programs.rs"]
+mod programs;
 
 use backend::GpuvisorBackend;
+use programs::{driver_dir, workspace};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
@@ -21,10 +24,6 @@ use std::sync::OnceLock;
 /// The VM's memory quota in these tests: what the programs must see as the
 /// device's memory.
 const QUOTA_MIB: &str = "2048";
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("guest-driver has a parent").to_path_buf()
-}
 
 fn require_cudart() -> bool {
     std::env::var("GPUVISOR_REQUIRE_CUDART").as_deref() == Ok("1")
@@ -57,25 +56,6 @@ fn programs() -> Option<&'static Path> {
             Some(out)
         })
         .as_deref()
-}
-
-/// A directory where `libcuda.so.1` is this build's guest driver, for
-/// LD_LIBRARY_PATH: the runtime loads the driver by that name.
-fn driver_dir() -> &'static Path {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        // Cargo builds the cdylib beside the test binaries (target/*/deps)
-        // and copies it up a level only on `cargo build`.
-        let exe = std::env::current_exe().expect("test binary path");
-        let built = exe.with_file_name("libcuda.so");
-        assert!(built.exists(), "{} is missing", built.display());
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gv-cudart-driver");
-        std::fs::create_dir_all(&dir).expect("driver dir");
-        let link = dir.join("libcuda.so.1");
-        let _ = std::fs::remove_file(&link);
-        std::os::unix::fs::symlink(&built, &link).expect("libcuda.so.1 link");
-        dir
-    })
 }
 
 /// `program` with the environment that points it at `backend`.
@@ -112,7 +92,7 @@ fn runtime_programs_pass_every_check_with_shared_and_static_cudart() {
         let context = format!("{prog}:\n{stdout}\n{stderr}");
         assert!(out.status.success(), "{context}");
         assert!(!stdout.contains(": FAIL"), "{context}");
-        assert!(stdout.contains("SUMMARY gv_cudart: 13/13 passed"), "{context}");
+        assert!(stdout.contains("SUMMARY gv_cudart: 14/14 passed"), "{context}");
         assert!(stdout.contains(&format!("runtime {runtime} driver 13000")), "{context}");
         // The device as the runtime describes it: the VM's quota as its
         // memory, the (simulated) GPU's name and attributes.

@@ -65,6 +65,19 @@ pub enum Command<'a> {
     EventQuery(Id),
     EventSynchronize(Id),
     EventElapsedTime(EventElapsedTime),
+    MemGetGranularity,
+    MemAddressReserve(MemAddressReserve),
+    MemAddressFree(VaRange),
+    MemCreate(MemCreate),
+    MemRelease(Id),
+    MemMap(MemMap),
+    MemUnmap(VaRange),
+    MemSetAccess(MemSetAccess),
+    MemPoolCreate(Id),
+    MemPoolDestroy(Id),
+    MemAllocAsync(MemAllocAsync),
+    MemFreeAsync(MemFreeAsync),
+    MemPoolRelease(MemPoolRelease),
     GraphInstantiate(GraphInstantiate, GraphBody<'a>),
     GraphExecDestroy(Id),
     GraphLaunch(GraphLaunch),
@@ -104,6 +117,19 @@ impl Command<'_> {
             C::EventQuery(_) => Opcode::EventQuery,
             C::EventSynchronize(_) => Opcode::EventSynchronize,
             C::EventElapsedTime(_) => Opcode::EventElapsedTime,
+            C::MemGetGranularity => Opcode::MemGetGranularity,
+            C::MemAddressReserve(_) => Opcode::MemAddressReserve,
+            C::MemAddressFree(_) => Opcode::MemAddressFree,
+            C::MemCreate(_) => Opcode::MemCreate,
+            C::MemRelease(_) => Opcode::MemRelease,
+            C::MemMap(_) => Opcode::MemMap,
+            C::MemUnmap(_) => Opcode::MemUnmap,
+            C::MemSetAccess(_) => Opcode::MemSetAccess,
+            C::MemPoolCreate(_) => Opcode::MemPoolCreate,
+            C::MemPoolDestroy(_) => Opcode::MemPoolDestroy,
+            C::MemAllocAsync(_) => Opcode::MemAllocAsync,
+            C::MemFreeAsync(_) => Opcode::MemFreeAsync,
+            C::MemPoolRelease(_) => Opcode::MemPoolRelease,
             C::GraphInstantiate(..) => Opcode::GraphInstantiate,
             C::GraphExecDestroy(_) => Opcode::GraphExecDestroy,
             C::GraphLaunch(_) => Opcode::GraphLaunch,
@@ -326,6 +352,25 @@ fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, D
         Opcode::EventQuery => simple!(EventQuery, Id),
         Opcode::EventSynchronize => simple!(EventSynchronize, Id),
         Opcode::EventElapsedTime => simple!(EventElapsedTime, EventElapsedTime),
+        Opcode::MemGetGranularity => C::MemGetGranularity,
+        Opcode::MemAddressReserve => simple!(MemAddressReserve, MemAddressReserve),
+        Opcode::MemAddressFree => simple!(MemAddressFree, VaRange),
+        Opcode::MemCreate => simple!(MemCreate, MemCreate),
+        Opcode::MemRelease => simple!(MemRelease, Id),
+        Opcode::MemMap => simple!(MemMap, MemMap),
+        Opcode::MemUnmap => simple!(MemUnmap, VaRange),
+        Opcode::MemSetAccess => {
+            let m = fixed::<MemSetAccess>(index, opcode, p)?.0;
+            if !matches!(m.flags.get(), MEM_ACCESS_NONE | MEM_ACCESS_READ | MEM_ACCESS_READWRITE) {
+                return Err(bad("access flags are not none, read or read-write"));
+            }
+            C::MemSetAccess(m)
+        }
+        Opcode::MemPoolCreate => simple!(MemPoolCreate, Id),
+        Opcode::MemPoolDestroy => simple!(MemPoolDestroy, Id),
+        Opcode::MemAllocAsync => simple!(MemAllocAsync, MemAllocAsync),
+        Opcode::MemFreeAsync => simple!(MemFreeAsync, MemFreeAsync),
+        Opcode::MemPoolRelease => simple!(MemPoolRelease, MemPoolRelease),
         Opcode::GraphInstantiate => {
             let (g, tail) = fixed::<GraphInstantiate>(index, opcode, p)?;
             let body = trailing(index, opcode, "graph body", tail, g.body_len.get(), MAX_BATCH_BYTES as u64)?;
@@ -470,6 +515,30 @@ mod tests {
         assert!(matches!(batch.commands().next(), Some(Err(DecodeError::BadCommandLength { len: 13, .. }))));
         let hdr = BatchHeader::default();
         assert_eq!(hdr.as_bytes().len(), 24);
+    }
+
+    #[test]
+    fn memory_opcodes_round_trip_and_bad_access_flags_are_rejected() {
+        for v in 40..=52u16 {
+            let op = Opcode::from_u16(v).expect("a memory opcode");
+            assert_eq!(op as u16, v);
+        }
+        assert_eq!(Opcode::from_u16(53), None, "nothing past the last memory opcode");
+        let mut w = BatchWriter::new();
+        w.begin(1);
+        let a = MemAllocAsync { pool_id: U64::new(5), dptr: U64::new(0x2000), size: U64::new(64), stream: U64::new(0) };
+        w.push(Opcode::MemAllocAsync, CMD_FLAG_ASYNC, PRIMARY_CTX, &a, &[]);
+        let s =
+            MemSetAccess { va: U64::new(0x20_0000), size: U64::new(0x20_0000), flags: U32::new(2), _pad: U32::new(0) };
+        w.push(Opcode::MemSetAccess, 0, PRIMARY_CTX, &s, &[]);
+        let bytes = w.finish().to_vec();
+        let batch = decode_batch(&bytes).unwrap();
+        let cmds: Vec<_> = batch.commands().collect();
+        match cmds[0].as_ref().unwrap().cmd {
+            Command::MemAllocAsync(m) => assert_eq!((m.pool_id.get(), m.dptr.get(), m.size.get()), (5, 0x2000, 64)),
+            ref other => panic!("unexpected {other:?}"),
+        }
+        assert!(matches!(cmds[1], Err(DecodeError::BadField { opcode: Opcode::MemSetAccess, .. })), "{cmds:?}");
     }
 
     #[test]

@@ -149,8 +149,37 @@ pub enum Opcode {
     EventSynchronize = 27,
     /// sync
     EventElapsedTime = 28,
-    // 40..=59: memory pools and the virtual-memory API.
-    // 60..=79: graphs and occupancy.
+
+    // Stream-ordered allocation and the virtual-memory API (40..=59).
+    /// sync: the allocation granularity of the virtual-memory API.
+    MemGetGranularity = 40,
+    /// sync: reserves device virtual addresses.
+    MemAddressReserve = 41,
+    /// async
+    MemAddressFree = 42,
+    /// sync: physical memory under a guest-chosen handle (charged here).
+    MemCreate = 43,
+    /// async
+    MemRelease = 44,
+    /// async
+    MemMap = 45,
+    /// async
+    MemUnmap = 46,
+    /// async
+    MemSetAccess = 47,
+    /// sync: a pool under a guest-chosen id; replies with its address window.
+    MemPoolCreate = 48,
+    /// async
+    MemPoolDestroy = 49,
+    /// async when the range is already backed ([`CMD_FLAG_ASYNC`]); sync,
+    /// backing it with new memory, otherwise.
+    MemAllocAsync = 50,
+    /// async
+    MemFreeAsync = 51,
+    /// async: gives one backing segment of a pool back.
+    MemPoolRelease = 52,
+
+    // Graphs and occupancy (60..=79).
     /// sync: a whole graph, checked and instantiated once ([`GraphInstantiate`]).
     GraphInstantiate = 60,
     /// async
@@ -195,6 +224,19 @@ impl Opcode {
             26 => EventQuery,
             27 => EventSynchronize,
             28 => EventElapsedTime,
+            40 => MemGetGranularity,
+            41 => MemAddressReserve,
+            42 => MemAddressFree,
+            43 => MemCreate,
+            44 => MemRelease,
+            45 => MemMap,
+            46 => MemUnmap,
+            47 => MemSetAccess,
+            48 => MemPoolCreate,
+            49 => MemPoolDestroy,
+            50 => MemAllocAsync,
+            51 => MemFreeAsync,
+            52 => MemPoolRelease,
             60 => GraphInstantiate,
             61 => GraphExecDestroy,
             62 => GraphLaunch,
@@ -379,6 +421,91 @@ pub struct EventRecord {
 pub struct EventElapsedTime {
     pub start: U64,
     pub end: U64,
+}
+
+// ---- stream-ordered allocation and the virtual-memory API ----------------
+
+/// The id of the device's default memory pool, which the backend creates on
+/// first use; the guest picks every other pool's id.
+pub const DEFAULT_MEM_POOL: u64 = 1;
+
+/// [`Opcode::MemAddressReserve`]: `size` bytes at a multiple of `alignment`
+/// (0: the granularity), near `addr` if it is not 0.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemAddressReserve {
+    pub size: U64,
+    pub alignment: U64,
+    pub addr: U64,
+}
+
+/// An address range: [`Opcode::MemAddressFree`], [`Opcode::MemUnmap`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct VaRange {
+    pub va: U64,
+    pub size: U64,
+}
+
+/// [`Opcode::MemCreate`]: `size` bytes of device memory, named `handle`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemCreate {
+    pub handle: U64,
+    pub size: U64,
+}
+
+/// [`Opcode::MemMap`]: `size` bytes of `handle`, from `offset`, at `va`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemMap {
+    pub va: U64,
+    pub size: U64,
+    pub offset: U64,
+    pub handle: U64,
+}
+
+/// `CUmemAccess_flags`: no access, read, read and write.
+pub const MEM_ACCESS_NONE: u32 = 0;
+pub const MEM_ACCESS_READ: u32 = 1;
+pub const MEM_ACCESS_READWRITE: u32 = 3;
+
+/// [`Opcode::MemSetAccess`]: the device's access to mapped `[va, va + size)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemSetAccess {
+    pub va: U64,
+    pub size: U64,
+    /// One of the `MEM_ACCESS_*` values.
+    pub flags: U32,
+    pub _pad: U32,
+}
+
+/// [`Opcode::MemAllocAsync`]: `size` bytes at `dptr`, an address the guest
+/// chose inside the pool's window, ordered on `stream`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemAllocAsync {
+    pub pool_id: U64,
+    pub dptr: U64,
+    pub size: U64,
+    pub stream: U64,
+}
+
+/// [`Opcode::MemFreeAsync`]: the pool allocation at `dptr`, ordered on `stream`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemFreeAsync {
+    pub dptr: U64,
+    pub stream: U64,
+}
+
+/// [`Opcode::MemPoolRelease`]: the backing segment that starts at `va`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemPoolRelease {
+    pub pool_id: U64,
+    pub va: U64,
 }
 
 // ---- graphs and occupancy --------------------------------------------------
@@ -630,6 +757,31 @@ pub struct GlobalReply {
 pub struct ElapsedReply {
     pub ms: F32,
     pub _pad: U32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemGranularityReply {
+    /// Sizes and addresses of the virtual-memory API are multiples of this.
+    pub granularity: U64,
+}
+
+/// Reply to [`Opcode::MemPoolCreate`]: the device addresses reserved for the
+/// pool, out of which the guest places its allocations.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct MemPoolCreateReply {
+    pub base: U64,
+    pub len: U64,
+}
+
+/// One backing segment a synchronous [`Opcode::MemAllocAsync`] added to its
+/// pool; the reply is a list of them, in address order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct PoolSegment {
+    pub va: U64,
+    pub len: U64,
 }
 
 /// Size of one command's header plus payload struct.

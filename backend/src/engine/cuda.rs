@@ -275,19 +275,32 @@ impl Vmm {
     /// behind (the range stays reserved, unmapped) and the driver's error is
     /// returned: cuMemCreate's CUDA_ERROR_OUT_OF_MEMORY when the device is full.
     fn map_new(&self, va: u64, len: usize) -> EngineResult<sys::CUmemGenericAllocationHandle> {
-        let prop = Self::prop(self.ordinal);
-        let mut handle: sys::CUmemGenericAllocationHandle = 0;
-        // SAFETY: valid out-pointer and property struct; `len` is a multiple
-        // of the granularity (callers round up).
-        check_raw(unsafe { (self.fns.create)(&mut handle, len, &prop, 0) })?;
-        // SAFETY: `va..va + len` is a range this engine reserved and has not
-        // mapped; `handle` is `len` bytes.
-        if let Err(e) = check_raw(unsafe { (self.fns.map)(va, len, 0, handle, 0) }) {
+        let handle = self.create(len)?;
+        if let Err(e) = self.map_handle(va, len, handle) {
             self.release(handle);
             return Err(e);
         }
+        Ok(handle)
+    }
+
+    /// `len` bytes (a multiple of the granularity) of physical memory.
+    fn create(&self, len: usize) -> EngineResult<sys::CUmemGenericAllocationHandle> {
+        let prop = Self::prop(self.ordinal);
+        let mut handle: sys::CUmemGenericAllocationHandle = 0;
+        // SAFETY: valid out-pointer and property struct; `len` is a multiple
+        // of the granularity (callers round up or check).
+        check_raw(unsafe { (self.fns.create)(&mut handle, len, &prop, 0) })?;
+        Ok(handle)
+    }
+
+    /// Maps the first `len` bytes of `handle` at reserved, unmapped `va`,
+    /// readable and writable by the device. On failure nothing stays mapped.
+    fn map_handle(&self, va: u64, len: usize, handle: sys::CUmemGenericAllocationHandle) -> EngineResult<()> {
+        // SAFETY: `va..va + len` is a range this engine reserved and has not
+        // mapped; `handle` holds at least `len` bytes (callers check).
+        check_raw(unsafe { (self.fns.map)(va, len, 0, handle, 0) })?;
         let access = sys::CUmemAccessDesc {
-            location: prop.location,
+            location: Self::prop(self.ordinal).location,
             flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
         };
         // SAFETY: the range mapped above; one access descriptor.
@@ -295,10 +308,9 @@ impl Vmm {
             if let Err(u) = self.unmap(va, len) {
                 warn!(error = %u, "unmapping after a failed cuMemSetAccess");
             }
-            self.release(handle);
             return Err(e);
         }
-        Ok(handle)
+        Ok(())
     }
 
     /// Unmaps `va..va + len`; the range stays reserved. Its physical memory
@@ -762,6 +774,14 @@ pub struct CudaEngine {
     /// Instantiated graphs, by the id the VM layer holds.
     graphs: HashMap<u64, graph::CudaGraph>,
     next_graph: u64,
+    /// The guest's own virtual-memory objects (`Engine::va_reserve` and
+    /// the rest), for their sizes and for cleaning up at the end: reserved
+    /// ranges and mappings by address, physical memory by handle. Physical
+    /// memory is pinned: counted as resident, never swapped out.
+    guest_va: HashMap<u64, u64>,
+    guest_maps: HashMap<u64, u64>,
+    guest_phys: HashMap<u64, u64>,
+    guest_phys_bytes: u64,
 }
 
 impl CudaEngine {
@@ -797,7 +817,7 @@ impl CudaEngine {
         init_driver()?;
         let device = get_device(device_ordinal)?;
         let raw = RawFns::load()?;
-        let info = query_device_info(device, &raw)?;
+        let mut info = query_device_info(device, &raw)?;
         let mut base: sys::CUcontext = null_mut();
         // SAFETY: `base` is a valid out-pointer; released in Drop.
         check(unsafe { sys::cuDevicePrimaryCtxRetain(&mut base, device) })?;
@@ -813,6 +833,16 @@ impl CudaEngine {
             vmm_granularity = vmm.map_or(0, |v| v.granularity),
             "cuda engine ready"
         );
+        // The guest's virtual-memory API and pools are built on the engine's
+        // own use of it: without it neither is offered, whatever the GPU can.
+        for attr in [
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED,
+            sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MEMORY_POOLS_SUPPORTED,
+        ] {
+            if let Some(slot) = info.attrs.get_mut(attr as usize) {
+                *slot = vmm.is_some() as i32;
+            }
+        }
         Ok(CudaEngine {
             info,
             device,
@@ -827,6 +857,10 @@ impl CudaEngine {
             swap_config: SwapConfig::default(),
             graphs: HashMap::new(),
             next_graph: 0,
+            guest_va: HashMap::new(),
+            guest_maps: HashMap::new(),
+            guest_phys: HashMap::new(),
+            guest_phys_bytes: 0,
         })
     }
 
@@ -911,6 +945,37 @@ impl CudaEngine {
         }
     }
 
+    /// What the guest's virtual-memory objects still hold at the end, given
+    /// back: the VM layer releases them as the guest does, so only a VM
+    /// torn down mid-way leaves any.
+    fn free_guest_vmm(&mut self) {
+        let Some(vmm) = self.vmm else { return };
+        let (maps, phys, va) = (
+            std::mem::take(&mut self.guest_maps),
+            std::mem::take(&mut self.guest_phys),
+            std::mem::take(&mut self.guest_va),
+        );
+        self.guest_phys_bytes = 0;
+        let freed = run_pushed(self.base, || {
+            for (va, len) in maps {
+                if let Err(e) = to_usize(len).and_then(|len| vmm.unmap(va, len)) {
+                    warn!(va, error = %e, "unmapping guest memory at shutdown");
+                }
+            }
+            for handle in phys.into_keys() {
+                vmm.release(handle);
+            }
+            for (va, len) in va {
+                if let Ok(len) = to_usize(len) {
+                    vmm.address_free(va, len);
+                }
+            }
+        });
+        if let Err(e) = freed {
+            warn!(error = %e, "no context to free the guest's virtual memory in");
+        }
+    }
+
     fn unregister(&mut self, targets: &[(usize, usize)]) -> EngineResult<()> {
         let mut first_err = None;
         for &(addr, len) in targets {
@@ -944,6 +1009,7 @@ impl Drop for CudaEngine {
         // VMM memory outlives contexts; the host store's workers and pinned
         // chunks need the primary context, released last.
         self.free_owned(None);
+        self.free_guest_vmm();
         drop(self.swap.take());
         let regions = std::mem::take(&mut self.registered);
         let _ = self.unregister(&regions);
@@ -1126,7 +1192,8 @@ impl Engine for CudaEngine {
     }
 
     fn residency(&self) -> Residency {
-        self.allocs.residency()
+        let r = self.allocs.residency();
+        Residency { resident: r.resident.saturating_add(self.guest_phys_bytes), ..r }
     }
 
     fn mem_is_resident(&self, dptr: u64) -> bool {
@@ -1675,6 +1742,103 @@ impl Engine for CudaEngine {
     fn occupancy(&mut self, func: EngineFunc, kind: u32, flags: u32, item: &OccupancyItem) -> EngineResult<u64> {
         self.occupancy_impl(func, kind, flags, item)
     }
+
+    fn vmm_granularity(&self) -> Option<u64> {
+        self.vmm.map(|v| v.granularity)
+    }
+
+    fn va_reserve(&mut self, size: u64, align: u64, hint: u64) -> EngineResult<u64> {
+        let vmm = self.vmm.ok_or(CuError(CUDA_ERROR_NOT_SUPPORTED))?;
+        let (len, align) = (to_usize(size)?, to_usize(align)?);
+        let mut va: sys::CUdeviceptr = 0;
+        // SAFETY: valid out-pointer; size and alignment are multiples of the
+        // granularity (the VM layer checks), the hint is only a hint, no flags.
+        with_pushed(self.base, || check_raw(unsafe { (vmm.fns.address_reserve)(&mut va, len, align, hint, 0) }))?;
+        self.guest_va.insert(va, size);
+        Ok(va)
+    }
+
+    fn va_free(&mut self, va: u64, size: u64) -> EngineResult<()> {
+        let vmm = self.vmm.ok_or(CuError(CUDA_ERROR_NOT_SUPPORTED))?;
+        if self.guest_va.get(&va) != Some(&size) {
+            return Err(CuError(CUDA_ERROR_INVALID_VALUE));
+        }
+        let len = to_usize(size)?;
+        // SAFETY: a whole range reserved by `va_reserve`, nothing mapped in it
+        // (the VM layer unmaps first), freed once: it leaves the table here.
+        with_pushed(self.base, || check_raw(unsafe { (vmm.fns.address_free)(va, len) }))?;
+        self.guest_va.remove(&va);
+        Ok(())
+    }
+
+    fn phys_create(&mut self, size: u64) -> EngineResult<EnginePhys> {
+        let vmm = self.vmm.ok_or(CuError(CUDA_ERROR_NOT_SUPPORTED))?;
+        let len = to_usize(size)?;
+        let handle = with_pushed(self.base, || vmm.create(len))?;
+        self.guest_phys.insert(handle, size);
+        self.guest_phys_bytes = self.guest_phys_bytes.saturating_add(size);
+        Ok(EnginePhys(handle))
+    }
+
+    fn phys_zero(&mut self, phys: EnginePhys, mapped_at: Option<u64>) -> EngineResult<()> {
+        let vmm = self.vmm.ok_or(CuError(CUDA_ERROR_NOT_SUPPORTED))?;
+        let len = to_usize(*self.guest_phys.get(&phys.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?)?;
+        // No kernel or copy of any context may write it after the zeroes.
+        self.synchronize_all();
+        let zero = |va: u64| {
+            // SAFETY: `va..va + len` is mapped readable and writable for this
+            // device; the synchronize makes the memset finish before return.
+            check(unsafe { sys::cuMemsetD8_v2(va, 0, len) }).and_then(|()| check(unsafe { sys::cuCtxSynchronize() }))
+        };
+        with_pushed(self.base, || match mapped_at {
+            Some(va) => zero(va),
+            None => {
+                // Mapped nowhere: map it for the memset, at addresses of its own.
+                let mut va: sys::CUdeviceptr = 0;
+                // SAFETY: valid out-pointer; granularity-aligned, no hint or flags.
+                check_raw(unsafe { (vmm.fns.address_reserve)(&mut va, len, vmm.granularity as usize, 0, 0) })?;
+                let zeroed = vmm.map_handle(va, len, phys.0).and_then(|()| {
+                    let z = zero(va);
+                    z.and(vmm.unmap(va, len))
+                });
+                vmm.address_free(va, len);
+                zeroed
+            }
+        })
+    }
+
+    fn phys_release(&mut self, phys: EnginePhys) -> EngineResult<()> {
+        let vmm = self.vmm.ok_or(CuError(CUDA_ERROR_NOT_SUPPORTED))?;
+        let size = self.guest_phys.remove(&phys.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        self.guest_phys_bytes = self.guest_phys_bytes.saturating_sub(size);
+        // SAFETY: a handle `phys_create` made, mapped nowhere (the VM layer
+        // unmaps first), released once: it left the table above.
+        with_pushed(self.base, || check_raw(unsafe { (vmm.fns.release)(phys.0) }))
+    }
+
+    fn mem_map(&mut self, va: u64, size: u64, phys: EnginePhys) -> EngineResult<()> {
+        let vmm = self.vmm.ok_or(CuError(CUDA_ERROR_NOT_SUPPORTED))?;
+        if self.guest_phys.get(&phys.0).is_none_or(|&held| size > held) {
+            return Err(CuError(CUDA_ERROR_INVALID_VALUE));
+        }
+        let len = to_usize(size)?;
+        with_pushed(self.base, || vmm.map_handle(va, len, phys.0))?;
+        self.guest_maps.insert(va, size);
+        Ok(())
+    }
+
+    fn mem_unmap(&mut self, va: u64, size: u64) -> EngineResult<()> {
+        let vmm = self.vmm.ok_or(CuError(CUDA_ERROR_NOT_SUPPORTED))?;
+        if self.guest_maps.get(&va) != Some(&size) {
+            return Err(CuError(CUDA_ERROR_INVALID_VALUE));
+        }
+        let len = to_usize(size)?;
+        // Unmapping memory that a kernel or copy still uses would fault it.
+        self.synchronize_all();
+        with_pushed(self.base, || vmm.unmap(va, len))?;
+        self.guest_maps.remove(&va);
+        Ok(())
+    }
 }
 
 #[cfg(test)]
@@ -2144,7 +2308,68 @@ pub(super) mod tests {
             e.mem_alloc(1 << 20).unwrap(); // freed with the engine's contexts on drop
             drop(e);
             swap_rates();
+            guest_virtual_memory();
             eprintln!("GPU test done");
+        }
+
+        /// The primitives the guest's virtual-memory API and pools stand on:
+        /// two physical allocations mapped back to back are one range for
+        /// copies and kernels, zeroing reaches all of a handle whether or
+        /// not it is mapped, and the memory counts as resident, pinned.
+        fn guest_virtual_memory() {
+            let mut e = CudaEngine::new(0).unwrap();
+            let Some(g) = e.vmm_granularity() else {
+                assert_eq!(e.device_info().attrs[102], 0, "no VMM: not advertised");
+                return;
+            };
+            assert_eq!(e.device_info().attrs[102], 1);
+            assert_eq!(e.device_info().attrs[115], 1);
+            let c = e.ctx_create(0).unwrap();
+            e.ctx_set_current(c).unwrap();
+            let va = e.va_reserve(4 * g, g, 0).unwrap();
+            let (p1, p2) = (e.phys_create(g).unwrap(), e.phys_create(g).unwrap());
+            assert_eq!(e.residency().resident, 2 * g);
+            e.mem_map(va, g, p1).unwrap();
+            e.mem_map(va + g, g, p2).unwrap();
+            let data = pattern(7, 1 << 16);
+            let at = va + g - (1 << 15);
+            e.memcpy_htod(at, HostSrc::Bytes(&data), EngineStream::NULL, false).unwrap();
+            let mut back = vec![0u8; data.len()];
+            e.memcpy_dtoh(HostDst::Bytes(&mut back), at, EngineStream::NULL, false).unwrap();
+            assert!(back == data, "a copy across the two mappings came back different");
+            let m = e.module_load(PTX.as_bytes()).unwrap();
+            let (fill, _) = e.module_get_function(m, "gv_fill_u32").unwrap();
+            let params = fill_params(va + g - 64, 0x1234_5678, 32);
+            let l = Launch {
+                grid: [1, 1, 1],
+                block: [32, 1, 1],
+                shared_mem: 0,
+                stream: EngineStream::NULL,
+                params: &params,
+            };
+            e.launch(fill, &l).unwrap();
+            e.ctx_synchronize().unwrap();
+            assert!(read_u32s(&mut e, va + g - 64, 32, EngineStream::NULL).iter().all(|&v| v == 0x1234_5678));
+            // Zeroed through its mapping, and mapped nowhere.
+            e.phys_zero(p1, Some(va)).unwrap();
+            e.mem_unmap(va + g, g).unwrap();
+            e.phys_zero(p2, None).unwrap();
+            e.mem_map(va + 2 * g, g, p2).unwrap();
+            assert!(read_u32s(&mut e, va + g - 4096, 1024, EngineStream::NULL).iter().all(|&v| v == 0));
+            assert!(read_u32s(&mut e, va + 2 * g, 1024, EngineStream::NULL).iter().all(|&v| v == 0));
+            // Pinned: a swap-out moves none of it.
+            assert_eq!(e.swap_out(0, u64::MAX).unwrap(), 0);
+            e.mem_unmap(va, g).unwrap();
+            e.mem_unmap(va + 2 * g, g).unwrap();
+            e.phys_release(p1).unwrap();
+            e.phys_release(p2).unwrap();
+            assert_eq!(e.residency().resident, 0);
+            e.va_free(va, 4 * g).unwrap();
+            // Left mapped at the end, it is given back with the engine.
+            let va = e.va_reserve(g, g, 0).unwrap();
+            let p = e.phys_create(g).unwrap();
+            e.mem_map(va, g, p).unwrap();
+            drop(e);
         }
 
         /// Bytes that differ at every position, so that a piece copied to

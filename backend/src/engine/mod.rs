@@ -35,6 +35,10 @@ pub struct EngineEvent(pub u64);
 /// An instantiated graph.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct EngineGraphExec(pub u64);
+/// Physical device memory of the virtual-memory API (`cuMemCreate`), which
+/// is mapped at reserved addresses and not tied to any context.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct EnginePhys(pub u64);
 
 impl EngineStream {
     pub const NULL: EngineStream = EngineStream(0);
@@ -256,4 +260,49 @@ pub trait Engine: Send {
     fn graph_exec_update_node(&mut self, exec: EngineGraphExec, index: u32, node: &GraphNode<'_>) -> EngineResult<()>;
     /// One occupancy answer (`protocol::OCCUPANCY_*`) for `func`.
     fn occupancy(&mut self, func: EngineFunc, kind: u32, flags: u32, item: &OccupancyItem) -> EngineResult<u64>;
+    // The virtual-memory API, on which the guest's own use of it and the
+    // stream-ordered pools are built (`vm/vmm.rs`, `vm/pools.rs`). Its
+    // memory is pinned: `swap_out` never moves it, and it counts as
+    // resident in `residency` (and as used in `mem_get_info`). The VM layer
+    // checks every range and handle first, unmaps before it releases, and
+    // zeroes physical memory (`phys_zero`) before it releases it.
+
+    /// The size and alignment every range of this API is a multiple of, or
+    /// `None` where the engine cannot offer the API.
+    fn vmm_granularity(&self) -> Option<u64> {
+        None
+    }
+    /// Reserves `size` device addresses at a multiple of `align` (a power
+    /// of two, at least the granularity), near `hint` if it is not 0.
+    fn va_reserve(&mut self, _size: u64, _align: u64, _hint: u64) -> EngineResult<u64> {
+        Err(CuError(protocol::cuda::CUDA_ERROR_NOT_SUPPORTED))
+    }
+    /// Gives back a whole reservation, with nothing mapped in it.
+    fn va_free(&mut self, _va: u64, _size: u64) -> EngineResult<()> {
+        Err(CuError(protocol::cuda::CUDA_ERROR_NOT_SUPPORTED))
+    }
+    /// `size` bytes (a multiple of the granularity) of device memory.
+    fn phys_create(&mut self, _size: u64) -> EngineResult<EnginePhys> {
+        Err(CuError(protocol::cuda::CUDA_ERROR_NOT_SUPPORTED))
+    }
+    /// Zeroes all of `phys` once the device's work is done; `mapped_at` is
+    /// an address where all of it is mapped, if there is one.
+    fn phys_zero(&mut self, _phys: EnginePhys, _mapped_at: Option<u64>) -> EngineResult<()> {
+        Err(CuError(protocol::cuda::CUDA_ERROR_NOT_SUPPORTED))
+    }
+    /// Gives back physical memory that is mapped nowhere.
+    fn phys_release(&mut self, _phys: EnginePhys) -> EngineResult<()> {
+        Err(CuError(protocol::cuda::CUDA_ERROR_NOT_SUPPORTED))
+    }
+    /// Maps the first `size` bytes of `phys` at `va`, inside a reservation
+    /// and over nothing mapped, readable and writable by the device from
+    /// every context.
+    fn mem_map(&mut self, _va: u64, _size: u64, _phys: EnginePhys) -> EngineResult<()> {
+        Err(CuError(protocol::cuda::CUDA_ERROR_NOT_SUPPORTED))
+    }
+    /// Unmaps one whole mapping, once the device's work is done; the range
+    /// stays reserved.
+    fn mem_unmap(&mut self, _va: u64, _size: u64) -> EngineResult<()> {
+        Err(CuError(protocol::cuda::CUDA_ERROR_NOT_SUPPORTED))
+    }
 }

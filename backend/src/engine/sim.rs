@@ -15,6 +15,9 @@ use std::time::{Duration, Instant};
 const VA_BASE: u64 = 0x7f00_0000_0000;
 const VA_ALIGN: u64 = 4096;
 const CU_EVENT_DISABLE_TIMING: u32 = 0x2;
+/// Granularity of the simulated virtual-memory API: the cuda engine's on
+/// current GPUs, so that guests see the same sizes on both.
+pub const VMM_GRANULARITY: u64 = 2 << 20;
 const CU_STREAM_NON_BLOCKING: u32 = 0x1;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +50,12 @@ impl Builtin {
 struct SimAlloc {
     data: Vec<u8>,
     ctx: u64,
+}
+
+/// Physical memory of the virtual-memory API mapped at an address.
+struct SimMapping {
+    len: u64,
+    phys: u64,
 }
 
 struct SimCtx {
@@ -199,6 +208,11 @@ pub struct SimEngine {
     modules: HashMap<u64, SimModule>,
     funcs: HashMap<u64, SimFunc>,
     graphs: HashMap<u64, SimGraph>,
+    /// Virtual-memory API: reserved ranges (base → size), physical memory
+    /// (pinned: counted in `allocated`, never swapped out) and mappings.
+    reservations: BTreeMap<u64, u64>,
+    phys: HashMap<u64, Vec<u8>>,
+    mappings: BTreeMap<u64, SimMapping>,
 }
 
 fn err<T>(code: CuResult) -> EngineResult<T> {
@@ -242,6 +256,8 @@ impl SimEngine {
             (81, 233472),    // MAX_SHARED_MEMORY_PER_MULTIPROCESSOR
             (82, 65536),     // MAX_REGISTERS_PER_MULTIPROCESSOR
             (97, 232448),    // MAX_SHARED_MEMORY_PER_BLOCK_OPTIN
+            (102, 1),        // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
+            (115, 1),        // MEMORY_POOLS_SUPPORTED
         ] {
             attrs[a] = v;
         }
@@ -269,6 +285,9 @@ impl SimEngine {
             modules: HashMap::new(),
             funcs: HashMap::new(),
             graphs: HashMap::new(),
+            reservations: BTreeMap::new(),
+            phys: HashMap::new(),
+            mappings: BTreeMap::new(),
         }
     }
 
@@ -293,8 +312,94 @@ impl SimEngine {
         Ok(&mut a.data[off as usize..end as usize])
     }
 
+    /// Runs `f` on bytes `[dptr, dptr + len)`: of one allocation, or of
+    /// mapped memory, where contiguous mappings may lie on different
+    /// physical allocations (the bytes are then gathered and written back).
+    fn with_mut<R>(&mut self, dptr: u64, len: u64, f: impl FnOnce(&mut [u8]) -> R) -> EngineResult<R> {
+        if let Ok(s) = self.slice_mut(dptr, len) {
+            return Ok(f(s));
+        }
+        let pieces = self.mapped_pieces(dptr, len)?;
+        if let [(phys, off, n)] = pieces[..] {
+            let data = self.phys.get_mut(&phys).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+            return Ok(f(&mut data[off..off + n]));
+        }
+        let mut buf = Vec::with_capacity(len as usize);
+        for &(phys, off, n) in &pieces {
+            let data = self.phys.get(&phys).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
+            buf.extend_from_slice(&data[off..off + n]);
+        }
+        let r = f(&mut buf);
+        let mut at = 0;
+        for (phys, off, n) in pieces {
+            if let Some(data) = self.phys.get_mut(&phys) {
+                data[off..off + n].copy_from_slice(&buf[at..at + n]);
+            }
+            at += n;
+        }
+        Ok(r)
+    }
+
+    /// The (physical allocation, offset, length) pieces of mapped
+    /// `[dptr, dptr + len)`, or an illegal address where any of it is not
+    /// mapped.
+    fn mapped_pieces(&self, dptr: u64, len: u64) -> EngineResult<Vec<(u64, usize, usize)>> {
+        let illegal = CuError(CUDA_ERROR_ILLEGAL_ADDRESS);
+        let end = dptr.checked_add(len).ok_or(illegal)?;
+        let mut at = dptr;
+        let mut pieces = Vec::new();
+        loop {
+            let (base, m) = self.mappings.range(..=at).next_back().ok_or(illegal)?;
+            let off = at - base;
+            if off >= m.len {
+                return Err(illegal);
+            }
+            let n = (m.len - off).min(end - at);
+            pieces.push((m.phys, off as usize, n as usize));
+            at += n;
+            if at >= end {
+                return Ok(pieces);
+            }
+        }
+    }
+
     fn read(&mut self, dptr: u64, len: u64) -> EngineResult<Vec<u8>> {
-        Ok(self.slice_mut(dptr, len)?.to_vec())
+        self.with_mut(dptr, len, |s| s.to_vec())
+    }
+
+    /// Memory for `size` bytes: a freed buffer that fits, with its old
+    /// contents, or a new one.
+    fn take_buffer(&mut self, size: u64) -> EngineResult<Vec<u8>> {
+        if self.allocated.checked_add(size).is_none_or(|v| v > self.info.total_mem) {
+            return err(CUDA_ERROR_OUT_OF_MEMORY);
+        }
+        Ok(match self.recycled.iter().position(|b| b.len() as u64 >= size) {
+            Some(i) => {
+                let mut d = self.recycled.swap_remove(i);
+                d.truncate(size as usize);
+                d
+            }
+            None => {
+                let mut d = Vec::new();
+                d.try_reserve_exact(size as usize).map_err(|_| CuError(CUDA_ERROR_OUT_OF_MEMORY))?;
+                d.resize(size as usize, 0);
+                d
+            }
+        })
+    }
+
+    /// `size` device addresses at a multiple of `align`, with a guard gap
+    /// after them, so an overrun never lands in a neighbour.
+    fn take_va(&mut self, size: u64, align: u64) -> EngineResult<u64> {
+        let oom = CuError(CUDA_ERROR_OUT_OF_MEMORY);
+        let base = self.next_va.checked_next_multiple_of(align.max(VA_ALIGN)).ok_or(oom)?;
+        let next = size
+            .checked_next_multiple_of(VA_ALIGN)
+            .and_then(|s| base.checked_add(s))
+            .and_then(|e| e.checked_add(VA_ALIGN))
+            .ok_or(oom)?;
+        self.next_va = next;
+        Ok(base)
     }
 
     /// When work enqueued now on `stream` may start.
@@ -385,30 +490,33 @@ impl SimEngine {
             Builtin::FillU32 => {
                 let (ptr, value, n) = (arg(0)?, arg(1)? as u32, arg(2)?);
                 let bytes = n.checked_mul(4).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
-                let dst = self.slice_mut(ptr, bytes)?;
                 let v = value.to_le_bytes();
-                for c in dst.chunks_exact_mut(4) {
-                    c.copy_from_slice(&v);
-                }
+                self.with_mut(ptr, bytes, |dst| {
+                    for c in dst.chunks_exact_mut(4) {
+                        c.copy_from_slice(&v);
+                    }
+                })?;
             }
             Builtin::VectorAddF32 => {
                 let (a, b, c, n) = (arg(0)?, arg(1)?, arg(2)?, arg(3)?);
                 let bytes = n.checked_mul(4).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
                 let (va, vb) = (to_f32(&self.read(a, bytes)?), to_f32(&self.read(b, bytes)?));
-                let dst = self.slice_mut(c, bytes)?;
-                for (i, out) in dst.chunks_exact_mut(4).enumerate() {
-                    out.copy_from_slice(&(va[i] + vb[i]).to_le_bytes());
-                }
+                self.with_mut(c, bytes, |dst| {
+                    for (i, out) in dst.chunks_exact_mut(4).enumerate() {
+                        out.copy_from_slice(&(va[i] + vb[i]).to_le_bytes());
+                    }
+                })?;
             }
             Builtin::SaxpyF32 => {
                 let (alpha, x, y, n) = (f32_of(arg(0)?), arg(1)?, arg(2)?, arg(3)?);
                 let bytes = n.checked_mul(4).ok_or(CuError(CUDA_ERROR_ILLEGAL_ADDRESS))?;
                 let vx = to_f32(&self.read(x, bytes)?);
-                let dst = self.slice_mut(y, bytes)?;
-                for (i, out) in dst.chunks_exact_mut(4).enumerate() {
-                    let yv = f32::from_le_bytes([out[0], out[1], out[2], out[3]]);
-                    out.copy_from_slice(&(alpha * vx[i] + yv).to_le_bytes());
-                }
+                self.with_mut(y, bytes, |dst| {
+                    for (i, out) in dst.chunks_exact_mut(4).enumerate() {
+                        let yv = f32::from_le_bytes([out[0], out[1], out[2], out[3]]);
+                        out.copy_from_slice(&(alpha * vx[i] + yv).to_le_bytes());
+                    }
+                })?;
             }
             Builtin::SpinUs => return Ok(Duration::from_micros(arg(0)?.min(60_000_000))),
             // Fixed work: the simulated GPU takes one nanosecond per iteration.
@@ -428,10 +536,11 @@ impl SimEngine {
                         }
                     }
                 }
-                let dst = self.slice_mut(c, bytes)?;
-                for (o, v) in dst.chunks_exact_mut(4).zip(out) {
-                    o.copy_from_slice(&v.to_le_bytes());
-                }
+                self.with_mut(c, bytes, |dst| {
+                    for (o, v) in dst.chunks_exact_mut(4).zip(out) {
+                        o.copy_from_slice(&v.to_le_bytes());
+                    }
+                })?;
             }
         }
         Ok(Duration::ZERO)
@@ -569,26 +678,8 @@ impl Engine for SimEngine {
         if size == 0 {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
-        if self.allocated.checked_add(size).is_none_or(|v| v > self.info.total_mem) {
-            return err(CUDA_ERROR_OUT_OF_MEMORY);
-        }
-        let data = match self.recycled.iter().position(|b| b.len() as u64 >= size) {
-            Some(i) => {
-                let mut d = self.recycled.swap_remove(i);
-                d.truncate(size as usize);
-                d
-            }
-            None => {
-                let mut d = Vec::new();
-                d.try_reserve_exact(size as usize).map_err(|_| CuError(CUDA_ERROR_OUT_OF_MEMORY))?;
-                d.resize(size as usize, 0);
-                d
-            }
-        };
-        let base = self.next_va;
-        // A guard gap after every allocation, so an overrun never lands in a
-        // neighbour.
-        self.next_va += size.next_multiple_of(VA_ALIGN) + VA_ALIGN;
+        let data = self.take_buffer(size)?;
+        let base = self.take_va(size, VA_ALIGN)?;
         self.allocated += size;
         self.allocs.insert(base, SimAlloc { data, ctx });
         Ok(base)
@@ -662,31 +753,26 @@ impl Engine for SimEngine {
 
     fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()> {
         self.copy_op(stream, async_, |e| {
-            let d = e.slice_mut(dst, src.len() as u64)?;
-            match src {
+            e.with_mut(dst, src.len() as u64, |d| match src {
                 HostSrc::Bytes(b) => d.copy_from_slice(b),
                 HostSrc::Guest(span) => span.read_into(d),
-            }
-            Ok(())
+            })
         })
     }
 
     fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
         self.copy_op(stream, async_, |e| {
-            let s = e.slice_mut(src, dst.len() as u64)?;
-            match dst {
+            e.with_mut(src, dst.len() as u64, |s| match dst {
                 HostDst::Bytes(b) => b.copy_from_slice(s),
                 HostDst::Guest(span) => span.write_from(s),
-            }
-            Ok(())
+            })
         })
     }
 
     fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()> {
         self.copy_op(stream, async_, |e| {
             let data = e.read(src, len)?;
-            e.slice_mut(dst, len)?.copy_from_slice(&data);
-            Ok(())
+            e.with_mut(dst, len, |d| d.copy_from_slice(&data))
         })
     }
 
@@ -703,10 +789,11 @@ impl Engine for SimEngine {
         let bytes = count.checked_mul(elem_size as u64).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
         self.copy_op(stream, async_, |e| {
             let v = value.to_le_bytes();
-            for c in e.slice_mut(dst, bytes)?.chunks_exact_mut(es) {
-                c.copy_from_slice(&v[..es]);
-            }
-            Ok(())
+            e.with_mut(dst, bytes, |d| {
+                for c in d.chunks_exact_mut(es) {
+                    c.copy_from_slice(&v[..es]);
+                }
+            })
         })
     }
 
@@ -940,6 +1027,87 @@ impl Engine for SimEngine {
                     return err(CUDA_ERROR_INVALID_VALUE);
                 }
                 Ok(model_active_blocks(block, smem).saturating_mul(MODEL_SMS) / cluster)
+            }
+            _ => err(CUDA_ERROR_INVALID_VALUE),
+        }
+    }
+
+    fn vmm_granularity(&self) -> Option<u64> {
+        Some(VMM_GRANULARITY)
+    }
+
+    fn va_reserve(&mut self, size: u64, align: u64, _hint: u64) -> EngineResult<u64> {
+        if size == 0
+            || !size.is_multiple_of(VMM_GRANULARITY)
+            || !align.is_power_of_two()
+            || !align.is_multiple_of(VMM_GRANULARITY)
+        {
+            return err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let va = self.take_va(size, align)?;
+        self.reservations.insert(va, size);
+        Ok(va)
+    }
+
+    fn va_free(&mut self, va: u64, size: u64) -> EngineResult<()> {
+        if self.reservations.get(&va) != Some(&size) {
+            return err(CUDA_ERROR_INVALID_VALUE);
+        }
+        if self.mappings.range(va..va + size).next().is_some() {
+            return err(CUDA_ERROR_ILLEGAL_STATE);
+        }
+        self.reservations.remove(&va);
+        Ok(())
+    }
+
+    fn phys_create(&mut self, size: u64) -> EngineResult<EnginePhys> {
+        if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
+            return err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let data = self.take_buffer(size)?;
+        self.allocated += size;
+        let id = self.id();
+        self.phys.insert(id, data);
+        Ok(EnginePhys(id))
+    }
+
+    fn phys_zero(&mut self, phys: EnginePhys, _mapped_at: Option<u64>) -> EngineResult<()> {
+        self.synchronize_all();
+        let data = self.phys.get_mut(&phys.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        data.fill(0);
+        Ok(())
+    }
+
+    fn phys_release(&mut self, phys: EnginePhys) -> EngineResult<()> {
+        if self.mappings.values().any(|m| m.phys == phys.0) {
+            return err(CUDA_ERROR_ILLEGAL_STATE);
+        }
+        let data = self.phys.remove(&phys.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        self.allocated -= data.len() as u64;
+        // Handed out again as it is, as a GPU's allocator would: the VM
+        // layer's `phys_zero` is what keeps the next owner from seeing it.
+        self.recycle(data);
+        Ok(())
+    }
+
+    fn mem_map(&mut self, va: u64, size: u64, phys: EnginePhys) -> EngineResult<()> {
+        let end = va.checked_add(size).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
+        let reserved = self.reservations.range(..=va).next_back().is_some_and(|(b, s)| end <= b + s);
+        let overlaps = self.mappings.range(..end).next_back().is_some_and(|(b, m)| b + m.len > va);
+        let fits = self.phys.get(&phys.0).is_some_and(|d| size <= d.len() as u64);
+        if size == 0 || !reserved || overlaps || !fits {
+            return err(CUDA_ERROR_INVALID_VALUE);
+        }
+        self.mappings.insert(va, SimMapping { len: size, phys: phys.0 });
+        Ok(())
+    }
+
+    fn mem_unmap(&mut self, va: u64, size: u64) -> EngineResult<()> {
+        match self.mappings.get(&va) {
+            Some(m) if m.len == size => {
+                self.synchronize_all();
+                self.mappings.remove(&va);
+                Ok(())
             }
             _ => err(CUDA_ERROR_INVALID_VALUE),
         }

@@ -409,7 +409,10 @@ fn ctx_synchronize(ctx: CUcontext) -> CUresult {
     ffi(|| {
         let id = ctx_or_current(ctx)?;
         super::capture::check_ctx_sync(id)?;
-        session()?.sync_call(Opcode::CtxSynchronize, 0, id, &[0u8; 0]).map(|_| ())
+        let c = session()?;
+        c.sync_call(Opcode::CtxSynchronize, 0, id, &[0u8; 0])?;
+        super::stream_alloc::synchronized(c, id, None);
+        Ok(())
     })
 }
 

@@ -16,10 +16,12 @@ const FALLBACK_DRIVER_VERSION: c_int = 13000;
 
 /// Device attributes the guest driver answers itself, because it does not
 /// offer the feature whatever the host GPU can do (mapped or managed memory,
-/// pools, the virtual-memory API, IPC handles, cooperative and cluster
-/// launches, stream memory operations, sparse and deferred-mapping arrays,
-/// decompression, CIG), or offers one the host may not report (host
-/// registration). cudaGetDeviceProperties reads most of these.
+/// IPC and shareable handles, cooperative and cluster launches, stream
+/// memory operations, sparse and deferred-mapping arrays, decompression,
+/// CIG), or offers one the host may not report (host registration).
+/// cudaGetDeviceProperties reads most of these. Memory pools and the
+/// virtual-memory API (115, 102) are the backend's to say: its engine offers
+/// them or not.
 const ATTR_OVERRIDES: &[(usize, c_int)] = &[
     (19, 0),  // CAN_MAP_HOST_MEMORY
     (83, 0),  // MANAGED_MEMORY
@@ -34,7 +36,6 @@ const ATTR_OVERRIDES: &[(usize, c_int)] = &[
     (99, 1),  // HOST_REGISTER_SUPPORTED
     (100, 0), // PAGEABLE_MEMORY_ACCESS_USES_HOST_PAGE_TABLES
     (101, 0), // DIRECT_MANAGED_MEM_ACCESS_FROM_HOST
-    (102, 0), // VIRTUAL_MEMORY_MANAGEMENT_SUPPORTED
     (103, 0), // HANDLE_TYPE_POSIX_FILE_DESCRIPTOR_SUPPORTED
     (104, 0), // HANDLE_TYPE_WIN32_HANDLE_SUPPORTED
     (105, 0), // HANDLE_TYPE_WIN32_KMT_HANDLE_SUPPORTED
@@ -42,7 +43,6 @@ const ATTR_OVERRIDES: &[(usize, c_int)] = &[
     (110, 0), // GPU_DIRECT_RDMA_WITH_CUDA_VMM_SUPPORTED
     (112, 0), // SPARSE_CUDA_ARRAY_SUPPORTED
     (114, 0), // TIMELINE_SEMAPHORE_INTEROP_SUPPORTED
-    (115, 0), // MEMORY_POOLS_SUPPORTED
     (116, 0), // GPU_DIRECT_RDMA_SUPPORTED
     (117, 0), // GPU_DIRECT_RDMA_FLUSH_WRITES_OPTIONS
     (118, 0), // GPU_DIRECT_RDMA_WRITES_ORDERING

@@ -21,7 +21,14 @@ pub fn alloc(size: usize) -> CuRes<CUdeviceptr> {
     if size == 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);
     }
-    let reply = c.call(Opcode::MemAlloc, 0, ctx, &MemAlloc { size: U64::new(size as u64) }, &[])?;
+    let m = MemAlloc { size: U64::new(size as u64) };
+    let reply = match c.call(Opcode::MemAlloc, 0, ctx, &m, &[]) {
+        // Memory pools may hold what the quota lacks, unused.
+        Err(CUDA_ERROR_OUT_OF_MEMORY) if super::stream_alloc::release_idle(c, ctx)? => {
+            c.call(Opcode::MemAlloc, 0, ctx, &m, &[])?
+        }
+        r => r?,
+    };
     let r = MemAllocReply::read_from_prefix(&reply).map_err(|_| CUDA_ERROR_UNKNOWN)?.0;
     let dptr = r.dptr.get();
     state::lock().allocs.insert(dptr, Alloc { size: size as u64, ctx, kind: AllocKind::Device });
@@ -43,6 +50,10 @@ pub fn free(dptr: CUdeviceptr) -> CuRes {
                 let ctx = a.ctx;
                 st.allocs.remove(&dptr);
                 ctx
+            }
+            Some(Alloc { kind: AllocKind::Pool { .. }, .. }) => {
+                drop(st);
+                return super::stream_alloc::free_synchronously(dptr);
             }
             _ => return Err(CUDA_ERROR_INVALID_VALUE),
         }
@@ -349,6 +360,10 @@ fn pointer_attribute(attribute: c_uint, ptr: CUdeviceptr) -> CuRes<AttrValue> {
         PtrKind::Host { base, range } => (base as u64, range.len as u64, range.ctx),
     };
     let device = matches!(kind, PtrKind::Device { .. });
+    let alloc_kind = match kind {
+        PtrKind::Device { alloc, .. } => Some(alloc.kind),
+        PtrKind::Host { .. } => None,
+    };
     Ok(match attribute {
         CU_POINTER_ATTRIBUTE_CONTEXT => AttrValue::Ptr(handle(ctx)),
         CU_POINTER_ATTRIBUTE_MEMORY_TYPE => {
@@ -367,6 +382,23 @@ fn pointer_attribute(attribute: c_uint, ptr: CUdeviceptr) -> CuRes<AttrValue> {
         CU_POINTER_ATTRIBUTE_RANGE_START_ADDR => AttrValue::U64(base),
         CU_POINTER_ATTRIBUTE_RANGE_SIZE => AttrValue::Size(size as usize),
         CU_POINTER_ATTRIBUTE_MAPPED => AttrValue::U32(1),
+        // No IPC, shareable handles or RDMA: nothing leaves the VM.
+        CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE
+        | CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES
+        | CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE => AttrValue::U32(0),
+        CU_POINTER_ATTRIBUTE_ACCESS_FLAGS => AttrValue::U32(match alloc_kind {
+            Some(AllocKind::Mapped { .. }) => {
+                let access = state::lock().vmm.mapping_containing(ptr).map_or(0, |m| m.3);
+                access as c_uint
+            }
+            _ => CU_MEM_ACCESS_FLAGS_PROT_READWRITE as c_uint,
+        }),
+        CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE => AttrValue::Ptr(match alloc_kind {
+            Some(AllocKind::Pool { pool }) => handle(pool),
+            _ => std::ptr::null_mut(),
+        }),
+        CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR => AttrValue::U64(base),
+        CU_POINTER_ATTRIBUTE_MAPPING_SIZE => AttrValue::Size(size as usize),
         _ => {
             crate::log::unsupported(&format!("cuPointerGetAttribute for attribute {attribute}"));
             return Err(CUDA_ERROR_NOT_SUPPORTED);
@@ -387,7 +419,13 @@ fn default_attribute(attribute: c_uint) -> CuRes<AttrValue> {
         | CU_POINTER_ATTRIBUTE_RANGE_START_ADDR => AttrValue::U64(0),
         // cudart's cudaInvalidDeviceId.
         CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL => AttrValue::I32(-2),
-        CU_POINTER_ATTRIBUTE_RANGE_SIZE => AttrValue::Size(0),
+        CU_POINTER_ATTRIBUTE_RANGE_SIZE | CU_POINTER_ATTRIBUTE_MAPPING_SIZE => AttrValue::Size(0),
+        CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE
+        | CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES
+        | CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE
+        | CU_POINTER_ATTRIBUTE_ACCESS_FLAGS => AttrValue::U32(0),
+        CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE => AttrValue::Ptr(std::ptr::null_mut()),
+        CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR => AttrValue::U64(0),
         _ => {
             crate::log::unsupported(&format!("cuPointerGetAttributes for attribute {attribute}"));
             return Err(CUDA_ERROR_NOT_SUPPORTED);

@@ -23,13 +23,16 @@ pub mod image;
 pub mod integrity;
 pub mod launch;
 pub mod memory;
+pub mod mempool;
 pub mod module;
 pub mod occupancy;
 pub mod peer;
 pub mod proc_address;
 pub mod state;
 pub mod stream;
+pub mod stream_alloc;
 pub mod unsupported;
+pub mod vmm;
 
 use crate::client::{self, Client};
 use protocol::cuda::*;

@@ -15,6 +15,7 @@ use super::{
     capture::*, context::*, copy::*, device::*, event::*, export_table::*, launch::*, memory::*, module::*, stream::*,
 };
 use super::{ffi, CuRes, Out};
+use super::{stream_alloc::*, vmm::*};
 use protocol::cuda::*;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_void, CStr};
@@ -112,6 +113,35 @@ fn implemented() -> Vec<ProcRow> {
         "cuMemHostGetDevicePointer": 2020 cuMemHostGetDevicePointer, 3020 cuMemHostGetDevicePointer_v2;
         "cuPointerGetAttribute": 4000 cuPointerGetAttribute;
         "cuPointerGetAttributes": 7000 cuPointerGetAttributes;
+        // The virtual-memory API.
+        "cuMemGetAllocationGranularity": 10020 cuMemGetAllocationGranularity;
+        "cuMemAddressReserve": 10020 cuMemAddressReserve;
+        "cuMemAddressFree": 10020 cuMemAddressFree;
+        "cuMemCreate": 10020 cuMemCreate;
+        "cuMemRelease": 10020 cuMemRelease;
+        "cuMemMap": 10020 cuMemMap;
+        "cuMemUnmap": 10020 cuMemUnmap;
+        "cuMemSetAccess": 10020 cuMemSetAccess;
+        "cuMemGetAccess": 10020 cuMemGetAccess;
+        "cuMemGetAllocationPropertiesFromHandle": 10020 cuMemGetAllocationPropertiesFromHandle;
+        "cuMemRetainAllocationHandle": 11000 cuMemRetainAllocationHandle;
+        // Stream-ordered allocation and pools.
+        "cuMemAllocAsync": 11020 cuMemAllocAsync; ptsz 11020 cuMemAllocAsync_ptsz;
+        "cuMemFreeAsync": 11020 cuMemFreeAsync; ptsz 11020 cuMemFreeAsync_ptsz;
+        "cuMemAllocFromPoolAsync": 11020 cuMemAllocFromPoolAsync; ptsz 11020 cuMemAllocFromPoolAsync_ptsz;
+        "cuMemPoolCreate": 11020 cuMemPoolCreate;
+        "cuMemPoolDestroy": 11020 cuMemPoolDestroy;
+        "cuMemPoolTrimTo": 11020 cuMemPoolTrimTo;
+        "cuMemPoolSetAttribute": 11020 cuMemPoolSetAttribute;
+        "cuMemPoolGetAttribute": 11020 cuMemPoolGetAttribute;
+        "cuMemPoolSetAccess": 11020 cuMemPoolSetAccess;
+        "cuMemPoolGetAccess": 11020 cuMemPoolGetAccess;
+        "cuDeviceGetDefaultMemPool": 11020 cuDeviceGetDefaultMemPool;
+        "cuDeviceGetMemPool": 11020 cuDeviceGetMemPool;
+        "cuDeviceSetMemPool": 11020 cuDeviceSetMemPool;
+        "cuMemGetDefaultMemPool": 13000 cuMemGetDefaultMemPool;
+        "cuMemGetMemPool": 13000 cuMemGetMemPool;
+        "cuMemSetMemPool": 13000 cuMemSetMemPool;
         // Copies and memsets.
         "cuMemcpy": 4000 cuMemcpy; ptsz 7000 cuMemcpy_ptds;
         "cuMemcpyAsync": 4000 cuMemcpyAsync; ptsz 7000 cuMemcpyAsync_ptsz;

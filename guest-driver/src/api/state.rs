@@ -64,6 +64,12 @@ pub enum AllocKind {
     Device,
     /// A module global: lives as long as its module.
     Global { module: u64 },
+    /// From a memory pool (cuMemAllocAsync): lives until freed, whatever
+    /// happens to the context it was allocated in.
+    Pool { pool: u64 },
+    /// A mapping of the virtual-memory API (never in `State::allocs`; the
+    /// mappings are in `State::vmm`).
+    Mapped { handle: u64 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -170,6 +176,12 @@ pub struct State {
     pub functions: HashMap<u64, FuncInfo>,
     pub libraries: HashMap<u64, LibraryInfo>,
     pub kernels: HashMap<u64, KernelInfo>,
+    /// The virtual-memory API's reservations, handles and mappings.
+    pub vmm: super::vmm::VmmState,
+    /// Memory pools by id, the default pool among them once used.
+    pub pools: HashMap<u64, super::mempool::PoolInfo>,
+    /// The device's current pool (cuDeviceSetMemPool); 0 for the default.
+    pub current_pool: u64,
 }
 
 static STATE: LazyLock<Mutex<State>> = LazyLock::new(|| Mutex::new(State::default()));
@@ -180,15 +192,23 @@ pub fn lock() -> MutexGuard<'static, State> {
 }
 
 impl State {
-    /// The device allocation (or module global) containing `addr`.
+    /// The device allocation (module global, pool allocation or mapping)
+    /// containing `addr`.
     pub fn alloc_containing(&self, addr: u64) -> Option<(u64, Alloc)> {
-        let (base, a) = self.allocs.range(..=addr).next_back()?;
-        (addr - base < a.size.max(1)).then_some((*base, *a))
+        let found = self.allocs.range(..=addr).next_back().filter(|(base, a)| addr - **base < a.size.max(1));
+        match found {
+            Some((base, a)) => Some((*base, *a)),
+            None => super::vmm::as_alloc(&self.vmm, addr),
+        }
     }
 
-    /// `[addr, addr + len)` lies inside one device allocation.
+    /// `[addr, addr + len)` lies inside one device allocation, or in
+    /// contiguous mappings the device was given access to.
     pub fn check_device_range(&self, addr: u64, len: u64) -> CuRes<(u64, Alloc)> {
         let (base, a) = self.alloc_containing(addr).ok_or(CUDA_ERROR_INVALID_VALUE)?;
+        if let AllocKind::Mapped { .. } = a.kind {
+            return if self.vmm.check_range(addr, len) { Ok((base, a)) } else { Err(CUDA_ERROR_INVALID_VALUE) };
+        }
         let end = addr.checked_add(len).ok_or(CUDA_ERROR_INVALID_VALUE)?;
         if end > base + a.size {
             return Err(CUDA_ERROR_INVALID_VALUE);
@@ -230,9 +250,14 @@ impl State {
     }
 
     /// Forgets everything created in context `ctx` (it was destroyed or
-    /// reset). Host ranges stay: their buffers belong to the session.
+    /// reset). Host ranges stay: their buffers belong to the session, as
+    /// pool and virtual memory belong to the process; the frees the
+    /// context's streams ordered are done (its work was waited for).
     pub fn purge_ctx(&mut self, ctx: u64) {
-        self.allocs.retain(|_, a| a.ctx != ctx);
+        self.allocs.retain(|_, a| a.ctx != ctx || matches!(a.kind, AllocKind::Pool { .. }));
+        for p in self.pools.values_mut() {
+            p.completed(|(c, _)| c == ctx);
+        }
         self.streams.retain(|_, s| s.ctx != ctx);
         self.events.retain(|_, e| e.ctx != ctx);
         let dead: Vec<u64> = self.modules.iter().filter(|(_, m)| m.ctx == ctx).map(|(k, _)| *k).collect();

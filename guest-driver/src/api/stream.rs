@@ -40,7 +40,11 @@ fn sync_op(op: Opcode, h: CUstream, ptsz: bool) -> CuRes {
     let c = session()?;
     let (sid, ctx) = state::lock().resolve_stream(h, ptsz)?;
     super::capture::check_stream_sync(sid, ctx)?;
-    c.sync_call(op, 0, ctx, &Id { id: U64::new(sid) }).map(|_| ())
+    c.sync_call(op, 0, ctx, &Id { id: U64::new(sid) })?;
+    if op == Opcode::StreamSynchronize {
+        super::stream_alloc::synchronized(c, ctx, Some(sid));
+    }
+    Ok(())
 }
 
 fn wait_event(h: CUstream, event: CUevent, flags: c_uint, ptsz: bool) -> CuRes {

@@ -70,6 +70,75 @@ pub struct CUlaunchAttribute {
     pub value: [u8; 64],
 }
 
+/// `CUmemLocation`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CUmemLocation {
+    pub type_: c_int,
+    pub id: c_int,
+}
+
+/// `CUmemAllocationProp` (its `allocFlags` inline).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CUmemAllocationProp {
+    pub type_: c_int,
+    pub requestedHandleTypes: c_int,
+    pub location: CUmemLocation,
+    pub win32HandleMetaData: *mut c_void,
+    pub compressionType: u8,
+    pub gpuDirectRDMACapable: u8,
+    pub usage: u16,
+    pub reserved: [u8; 4],
+}
+
+/// `CUmemAccessDesc`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CUmemAccessDesc {
+    pub location: CUmemLocation,
+    pub flags: c_int,
+}
+
+/// `CUmemPoolProps`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct CUmemPoolProps {
+    pub allocType: c_int,
+    pub handleTypes: c_int,
+    pub location: CUmemLocation,
+    pub win32SecurityAttributes: *mut c_void,
+    pub maxSize: usize,
+    pub usage: u16,
+    pub reserved: [u8; 54],
+}
+
+// CUmemAllocationType, CUmemLocationType, CUmemAllocationHandleType,
+// CUmemAccess_flags, CUmemAllocationGranularity_flags and usage flags.
+pub const CU_MEM_ALLOCATION_TYPE_PINNED: c_int = 1;
+pub const CU_MEM_ALLOCATION_TYPE_MANAGED: c_int = 2;
+pub const CU_MEM_LOCATION_TYPE_DEVICE: c_int = 1;
+pub const CU_MEM_LOCATION_TYPE_HOST: c_int = 2;
+pub const CU_MEM_LOCATION_TYPE_HOST_NUMA: c_int = 3;
+pub const CU_MEM_LOCATION_TYPE_HOST_NUMA_CURRENT: c_int = 4;
+pub const CU_MEM_HANDLE_TYPE_NONE: c_int = 0;
+pub const CU_MEM_ACCESS_FLAGS_PROT_NONE: c_int = 0;
+pub const CU_MEM_ACCESS_FLAGS_PROT_READ: c_int = 1;
+pub const CU_MEM_ACCESS_FLAGS_PROT_READWRITE: c_int = 3;
+pub const CU_MEM_ALLOC_GRANULARITY_MINIMUM: c_int = 0;
+pub const CU_MEM_ALLOC_GRANULARITY_RECOMMENDED: c_int = 1;
+pub const CU_MEM_CREATE_USAGE_TILE_POOL: u16 = 0x1;
+
+// CUmemPool_attribute.
+pub const CU_MEMPOOL_ATTR_REUSE_FOLLOW_EVENT_DEPENDENCIES: c_int = 1;
+pub const CU_MEMPOOL_ATTR_REUSE_ALLOW_OPPORTUNISTIC: c_int = 2;
+pub const CU_MEMPOOL_ATTR_REUSE_ALLOW_INTERNAL_DEPENDENCIES: c_int = 3;
+pub const CU_MEMPOOL_ATTR_RELEASE_THRESHOLD: c_int = 4;
+pub const CU_MEMPOOL_ATTR_RESERVED_MEM_CURRENT: c_int = 5;
+pub const CU_MEMPOOL_ATTR_RESERVED_MEM_HIGH: c_int = 6;
+pub const CU_MEMPOOL_ATTR_USED_MEM_CURRENT: c_int = 7;
+pub const CU_MEMPOOL_ATTR_USED_MEM_HIGH: c_int = 8;
+
 // CUstream special values.
 pub const CU_STREAM_LEGACY: u64 = 0x1;
 pub const CU_STREAM_PER_THREAD: u64 = 0x2;
@@ -108,6 +177,13 @@ pub const CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL: c_uint = 9;
 pub const CU_POINTER_ATTRIBUTE_RANGE_START_ADDR: c_uint = 11;
 pub const CU_POINTER_ATTRIBUTE_RANGE_SIZE: c_uint = 12;
 pub const CU_POINTER_ATTRIBUTE_MAPPED: c_uint = 13;
+pub const CU_POINTER_ATTRIBUTE_IS_LEGACY_CUDA_IPC_CAPABLE: c_uint = 10;
+pub const CU_POINTER_ATTRIBUTE_ALLOWED_HANDLE_TYPES: c_uint = 14;
+pub const CU_POINTER_ATTRIBUTE_IS_GPU_DIRECT_RDMA_CAPABLE: c_uint = 15;
+pub const CU_POINTER_ATTRIBUTE_ACCESS_FLAGS: c_uint = 16;
+pub const CU_POINTER_ATTRIBUTE_MEMPOOL_HANDLE: c_uint = 17;
+pub const CU_POINTER_ATTRIBUTE_MAPPING_SIZE: c_uint = 18;
+pub const CU_POINTER_ATTRIBUTE_MAPPING_BASE_ADDR: c_uint = 19;
 
 // CUlimit: the values CUDA 13 knows (CU_LIMIT_MAX = 11).
 pub const CU_LIMIT_STACK_SIZE: c_uint = 0;
@@ -167,3 +243,17 @@ pub const CU_GET_PROC_ADDRESS_PER_THREAD_DEFAULT_STREAM: cuuint64_t = 1 << 1;
 pub const CU_GET_PROC_ADDRESS_SUCCESS: c_int = 0;
 pub const CU_GET_PROC_ADDRESS_SYMBOL_NOT_FOUND: c_int = 1;
 pub const CU_GET_PROC_ADDRESS_VERSION_NOT_SUFFICIENT: c_int = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_structs_have_the_abis_sizes() {
+        assert_eq!(core::mem::size_of::<CUmemLocation>(), 8);
+        assert_eq!(core::mem::size_of::<CUmemAllocationProp>(), 32);
+        assert_eq!(core::mem::size_of::<CUmemAccessDesc>(), 12);
+        assert_eq!(core::mem::size_of::<CUmemPoolProps>(), 88);
+        assert_eq!(core::mem::offset_of!(CUmemPoolProps, maxSize), 24);
+    }
+}

@@ -20,14 +20,6 @@ use super::types::*;
 use protocol::cuda::*;
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void};
 
-/// `CUmemLocation`, passed by value.
-#[repr(C)]
-#[derive(Clone, Copy)]
-pub struct CUmemLocation {
-    pub type_: c_int,
-    pub id: c_int,
-}
-
 /// `CUipcMemHandle` / `CUipcEventHandle`, passed by value.
 #[repr(C)]
 #[derive(Clone, Copy)]
@@ -73,14 +65,12 @@ macro_rules! stubs {
 }
 
 stubs! {
-    // Memory the guest cannot offer yet: managed, pitched, pools, the
-    // virtual-memory API, IPC, external memory and semaphores, multicast.
+    // Memory the guest cannot offer yet: managed, pitched, IPC and shareable
+    // handles (nothing leaves the VM), external memory and semaphores,
+    // multicast.
     "cuDestroyExternalMemory" @ 10000 => cuDestroyExternalMemory(extMem: Ptr);
     "cuDestroyExternalSemaphore" @ 10000 => cuDestroyExternalSemaphore(extSem: Ptr);
-    "cuDeviceGetDefaultMemPool" @ 11020 => cuDeviceGetDefaultMemPool(pool_out: Ptr, dev: CUdevice);
-    "cuDeviceGetMemPool" @ 11020 => cuDeviceGetMemPool(pool: Ptr, dev: CUdevice);
     "cuDeviceGetNvSciSyncAttributes" @ 10020 => cuDeviceGetNvSciSyncAttributes(nvSciSyncAttrList: Ptr, dev: CUdevice, flags: c_int);
-    "cuDeviceSetMemPool" @ 11020 => cuDeviceSetMemPool(dev: CUdevice, pool: Ptr);
     "cuExternalMemoryGetMappedBuffer" @ 10000 => cuExternalMemoryGetMappedBuffer(devPtr: *mut CUdeviceptr, extMem: Ptr, bufferDesc: CPtr);
     "cuImportExternalMemory" @ 10000 => cuImportExternalMemory(extMem_out: Ptr, memHandleDesc: CPtr);
     "cuImportExternalSemaphore" @ 10000 => cuImportExternalSemaphore(extSem_out: Ptr, semHandleDesc: CPtr);
@@ -90,48 +80,26 @@ stubs! {
     "cuIpcOpenEventHandle" @ 4010 => cuIpcOpenEventHandle(phEvent: *mut CUevent, handle: CUipcHandle);
     "cuIpcOpenMemHandle" @ 4010 => cuIpcOpenMemHandle(pdptr: *mut CUdeviceptr, handle: CUipcHandle, Flags: c_uint);
     "cuIpcOpenMemHandle" @ 11000 => cuIpcOpenMemHandle_v2(pdptr: *mut CUdeviceptr, handle: CUipcHandle, Flags: c_uint);
-    "cuMemAddressFree" @ 10020 => cuMemAddressFree(ptr: CUdeviceptr, size: usize);
-    "cuMemAddressReserve" @ 10020 => cuMemAddressReserve(ptr: *mut CUdeviceptr, size: usize, alignment: usize, addr: CUdeviceptr, flags: c_ulonglong);
     "cuMemAdvise" @ 8000 => cuMemAdvise(devPtr: CUdeviceptr, count: usize, advice: c_int, device: CUdevice);
     "cuMemAdvise" @ 12020 => cuMemAdvise_v2(devPtr: CUdeviceptr, count: usize, advice: c_int, location: CUmemLocation);
-    "cuMemAllocAsync" @ 11020 => cuMemAllocAsync(dptr: *mut CUdeviceptr, bytesize: usize, hStream: CUstream);
-    "cuMemAllocAsync" @ 11020 => cuMemAllocAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, hStream: CUstream);
-    "cuMemAllocFromPoolAsync" @ 11020 => cuMemAllocFromPoolAsync(dptr: *mut CUdeviceptr, bytesize: usize, pool: Ptr, hStream: CUstream);
-    "cuMemAllocFromPoolAsync" @ 11020 => cuMemAllocFromPoolAsync_ptsz(dptr: *mut CUdeviceptr, bytesize: usize, pool: Ptr, hStream: CUstream);
     "cuMemAllocManaged" @ 6000 => cuMemAllocManaged(dptr: *mut CUdeviceptr, bytesize: usize, flags: c_uint);
     "cuMemAllocPitch" @ 2000 => cuMemAllocPitch(dptr: *mut CUdeviceptr_v1, pPitch: *mut c_uint, WidthInBytes: c_uint, Height: c_uint, ElementSizeBytes: c_uint);
     "cuMemAllocPitch" @ 3020 => cuMemAllocPitch_v2(dptr: *mut CUdeviceptr, pPitch: *mut usize, WidthInBytes: usize, Height: usize, ElementSizeBytes: c_uint);
     "cuMemBatchDecompressAsync" @ 12060 => cuMemBatchDecompressAsync(paramsArray: Ptr, count: usize, flags: c_uint, errorIndex: *mut usize, stream: CUstream);
     "cuMemBatchDecompressAsync" @ 12060 => cuMemBatchDecompressAsync_ptsz(paramsArray: Ptr, count: usize, flags: c_uint, errorIndex: *mut usize, stream: CUstream);
-    "cuMemCreate" @ 10020 => cuMemCreate(handle: *mut c_ulonglong, size: usize, prop: CPtr, flags: c_ulonglong);
     "cuMemDiscardAndPrefetchBatchAsync" @ 13000 => cuMemDiscardAndPrefetchBatchAsync(dptrs: *mut CUdeviceptr, sizes: *mut usize, count: usize, prefetchLocs: Ptr, prefetchLocIdxs: *mut usize, numPrefetchLocs: usize, flags: c_ulonglong, hStream: CUstream);
     "cuMemDiscardAndPrefetchBatchAsync" @ 13000 => cuMemDiscardAndPrefetchBatchAsync_ptsz(dptrs: *mut CUdeviceptr, sizes: *mut usize, count: usize, prefetchLocs: Ptr, prefetchLocIdxs: *mut usize, numPrefetchLocs: usize, flags: c_ulonglong, hStream: CUstream);
     "cuMemDiscardBatchAsync" @ 13000 => cuMemDiscardBatchAsync(dptrs: *mut CUdeviceptr, sizes: *mut usize, count: usize, flags: c_ulonglong, hStream: CUstream);
     "cuMemDiscardBatchAsync" @ 13000 => cuMemDiscardBatchAsync_ptsz(dptrs: *mut CUdeviceptr, sizes: *mut usize, count: usize, flags: c_ulonglong, hStream: CUstream);
     "cuMemExportToShareableHandle" @ 10020 => cuMemExportToShareableHandle(shareableHandle: Ptr, handle: c_ulonglong, handleType: c_int, flags: c_ulonglong);
-    "cuMemFreeAsync" @ 11020 => cuMemFreeAsync(dptr: CUdeviceptr, hStream: CUstream);
-    "cuMemFreeAsync" @ 11020 => cuMemFreeAsync_ptsz(dptr: CUdeviceptr, hStream: CUstream);
-    "cuMemGetAccess" @ 10020 => cuMemGetAccess(flags: *mut c_ulonglong, location: CPtr, ptr: CUdeviceptr);
-    "cuMemGetAllocationGranularity" @ 10020 => cuMemGetAllocationGranularity(granularity: *mut usize, prop: CPtr, option: c_int);
-    "cuMemGetAllocationPropertiesFromHandle" @ 10020 => cuMemGetAllocationPropertiesFromHandle(prop: Ptr, handle: c_ulonglong);
-    "cuMemGetDefaultMemPool" @ 13000 => cuMemGetDefaultMemPool(pool_out: Ptr, location: Ptr, type_: c_int);
     "cuMemGetHandleForAddressRange" @ 11070 => cuMemGetHandleForAddressRange(handle: Ptr, dptr: CUdeviceptr, size: usize, handleType: c_int, flags: c_ulonglong);
-    "cuMemGetMemPool" @ 13000 => cuMemGetMemPool(pool_out: Ptr, location: Ptr, type_: c_int);
     "cuMemImportFromShareableHandle" @ 10020 => cuMemImportFromShareableHandle(handle: *mut c_ulonglong, osHandle: Ptr, shHandleType: c_int);
-    "cuMemMap" @ 10020 => cuMemMap(ptr: CUdeviceptr, size: usize, offset: usize, handle: c_ulonglong, flags: c_ulonglong);
     "cuMemMapArrayAsync" @ 11010 => cuMemMapArrayAsync(mapInfoList: Ptr, count: c_uint, hStream: CUstream);
     "cuMemMapArrayAsync" @ 11010 => cuMemMapArrayAsync_ptsz(mapInfoList: Ptr, count: c_uint, hStream: CUstream);
-    "cuMemPoolCreate" @ 11020 => cuMemPoolCreate(pool: Ptr, poolProps: CPtr);
-    "cuMemPoolDestroy" @ 11020 => cuMemPoolDestroy(pool: Ptr);
     "cuMemPoolExportPointer" @ 11020 => cuMemPoolExportPointer(shareData_out: Ptr, ptr: CUdeviceptr);
     "cuMemPoolExportToShareableHandle" @ 11020 => cuMemPoolExportToShareableHandle(handle_out: Ptr, pool: Ptr, handleType: c_int, flags: c_ulonglong);
-    "cuMemPoolGetAccess" @ 11020 => cuMemPoolGetAccess(flags: Ptr, memPool: Ptr, location: Ptr);
-    "cuMemPoolGetAttribute" @ 11020 => cuMemPoolGetAttribute(pool: Ptr, attr: c_int, value: Ptr);
     "cuMemPoolImportFromShareableHandle" @ 11020 => cuMemPoolImportFromShareableHandle(pool_out: Ptr, handle: Ptr, handleType: c_int, flags: c_ulonglong);
     "cuMemPoolImportPointer" @ 11020 => cuMemPoolImportPointer(ptr_out: *mut CUdeviceptr, pool: Ptr, shareData: Ptr);
-    "cuMemPoolSetAccess" @ 11020 => cuMemPoolSetAccess(pool: Ptr, map: CPtr, count: usize);
-    "cuMemPoolSetAttribute" @ 11020 => cuMemPoolSetAttribute(pool: Ptr, attr: c_int, value: Ptr);
-    "cuMemPoolTrimTo" @ 11020 => cuMemPoolTrimTo(pool: Ptr, minBytesToKeep: usize);
     "cuMemPrefetchAsync" @ 8000 => cuMemPrefetchAsync(devPtr: CUdeviceptr, count: usize, dstDevice: CUdevice, hStream: CUstream);
     "cuMemPrefetchAsync" @ 12020 => cuMemPrefetchAsync_v2(devPtr: CUdeviceptr, count: usize, location: CUmemLocation, flags: c_uint, hStream: CUstream);
     "cuMemPrefetchAsync" @ 8000 => cuMemPrefetchAsync_ptsz(devPtr: CUdeviceptr, count: usize, dstDevice: CUdevice, hStream: CUstream);
@@ -140,11 +108,6 @@ stubs! {
     "cuMemPrefetchBatchAsync" @ 13000 => cuMemPrefetchBatchAsync_ptsz(dptrs: *mut CUdeviceptr, sizes: *mut usize, count: usize, prefetchLocs: Ptr, prefetchLocIdxs: *mut usize, numPrefetchLocs: usize, flags: c_ulonglong, hStream: CUstream);
     "cuMemRangeGetAttribute" @ 8000 => cuMemRangeGetAttribute(data: Ptr, dataSize: usize, attribute: c_int, devPtr: CUdeviceptr, count: usize);
     "cuMemRangeGetAttributes" @ 8000 => cuMemRangeGetAttributes(data: Ptr, dataSizes: *mut usize, attributes: Ptr, numAttributes: usize, devPtr: CUdeviceptr, count: usize);
-    "cuMemRelease" @ 10020 => cuMemRelease(handle: c_ulonglong);
-    "cuMemRetainAllocationHandle" @ 11000 => cuMemRetainAllocationHandle(handle: *mut c_ulonglong, addr: Ptr);
-    "cuMemSetAccess" @ 10020 => cuMemSetAccess(ptr: CUdeviceptr, size: usize, desc: CPtr, count: usize);
-    "cuMemSetMemPool" @ 13000 => cuMemSetMemPool(location: Ptr, type_: c_int, pool: Ptr);
-    "cuMemUnmap" @ 10020 => cuMemUnmap(ptr: CUdeviceptr, size: usize);
     "cuMulticastAddDevice" @ 12010 => cuMulticastAddDevice(mcHandle: c_ulonglong, dev: CUdevice);
     "cuMulticastBindAddr" @ 12010 => cuMulticastBindAddr(mcHandle: c_ulonglong, mcOffset: usize, memptr: CUdeviceptr, size: usize, flags: c_ulonglong);
     "cuMulticastBindMem" @ 12010 => cuMulticastBindMem(mcHandle: c_ulonglong, mcOffset: usize, memHandle: c_ulonglong, memOffset: usize, size: usize, flags: c_ulonglong);
