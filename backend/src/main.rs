@@ -80,6 +80,14 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 16384)]
     sim_memory_mib: u64,
 
+    /// Share one simulated GPU with every sim backend that names the same
+    /// file (created if missing, e.g. /dev/shm/gpuvisor-sim-gpu): their
+    /// kernels take turns as on one real GPU, so time slicing between VMs
+    /// shows in their throughput. Without it each backend simulates a GPU of
+    /// its own (sim engine)
+    #[arg(long, value_name = "PATH", env = "GPUVISOR_SIM_SHARED_GPU")]
+    sim_shared_gpu: Option<std::path::PathBuf>,
+
     /// Threads that prepare (fault in and pin) host memory while device
     /// memory is swapped out to it for gpuvisord's memory broker (cuda
     /// engine). A swap-out into fresh pages runs at the rate these threads
@@ -160,14 +168,20 @@ fn main() {
 }
 
 fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
-    let sim = || -> Box<dyn Engine> { Box::new(SimEngine::new(args.sim_memory_mib << 20)) };
+    let sim = || -> Result<Box<dyn Engine>> {
+        let mut e = SimEngine::new(args.sim_memory_mib << 20);
+        if let Some(path) = &args.sim_shared_gpu {
+            e.share_gpu(path).with_context(|| format!("--sim-shared-gpu {}", path.display()))?;
+        }
+        Ok(Box::new(e))
+    };
     let cuda = || -> Result<Box<dyn Engine>> {
         let mut e = CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?;
         e.set_swap_config(SwapConfig { threads: args.swap_threads, cache_mib: args.swap_cache_mib });
         Ok(Box::new(e))
     };
     match args.engine {
-        EngineChoice::Sim => Ok(sim()),
+        EngineChoice::Sim => sim(),
         EngineChoice::Cuda => cuda(),
         EngineChoice::Auto => match CudaEngine::probe() {
             Ok(name) => {
@@ -176,7 +190,7 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
             }
             Err(why) => {
                 info!("no usable NVIDIA GPU ({why}); using the sim engine");
-                Ok(sim())
+                sim()
             }
         },
     }

@@ -7,6 +7,7 @@
 pub mod cuda;
 pub mod host_swap;
 pub mod sim;
+pub mod sim_timeline;
 
 use crate::guest_mem::{GuestSpan, HostDst, HostSrc};
 use protocol::cuda::CuResult;

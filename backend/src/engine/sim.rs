@@ -213,6 +213,9 @@ pub struct SimEngine {
     reservations: BTreeMap<u64, u64>,
     phys: HashMap<u64, Vec<u8>>,
     mappings: BTreeMap<u64, SimMapping>,
+    /// The simulated GPU shared with other backends, if any: kernels book
+    /// their time on it.
+    timeline: Option<super::sim_timeline::SharedTimeline>,
 }
 
 fn err<T>(code: CuResult) -> EngineResult<T> {
@@ -223,6 +226,13 @@ use protocol::cuda::*;
 
 impl SimEngine {
     /// A simulated device with `total_mem` bytes of memory.
+    /// Shares one simulated GPU with every other engine (in this process or
+    /// another) that names the same file: their kernels take turns.
+    pub fn share_gpu(&mut self, path: &std::path::Path) -> std::io::Result<()> {
+        self.timeline = Some(super::sim_timeline::SharedTimeline::open(path)?);
+        Ok(())
+    }
+
     pub fn new(total_mem: u64) -> Self {
         let mut attrs = [0i32; NUM_DEVICE_ATTRS];
         // (attribute number, value): a small Hopper-like device.
@@ -288,6 +298,7 @@ impl SimEngine {
             reservations: BTreeMap::new(),
             phys: HashMap::new(),
             mappings: BTreeMap::new(),
+            timeline: None,
         }
     }
 
@@ -855,6 +866,10 @@ impl Engine for SimEngine {
         }
         let start = self.start_time(launch.stream)?;
         let busy = self.run_builtin(b, launch.params, &layout)?;
+        let start = match &self.timeline {
+            Some(t) if !busy.is_zero() => t.book(start, busy),
+            _ => start,
+        };
         self.set_ready(launch.stream, start + busy)
     }
 

@@ -296,14 +296,29 @@ pub fn saturate(mut b: FakeBackend, stop: Instant) -> u64 {
 }
 
 /// A real backend's daemon link running 1 ms sim kernels through its gate
-/// until `stop`, as a guest busy on the GPU would.
+/// until `stop`, as a guest busy on the GPU would; returns the kernels it ran.
 pub fn sim_load(
     link: &gpuvisor_backend::grants::DaemonLink,
     stop: Arc<std::sync::atomic::AtomicBool>,
-) -> std::thread::JoinHandle<()> {
+) -> std::thread::JoinHandle<u64> {
+    sim_load_on(link, stop, None, 4)
+}
+
+/// [`sim_load`] on a simulated GPU shared (through the file `shared_gpu`)
+/// with every other engine that names it, waiting for its results every
+/// `sync_every` kernels; returns the kernels it ran.
+pub fn sim_load_on(
+    link: &gpuvisor_backend::grants::DaemonLink,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+    shared_gpu: Option<PathBuf>,
+    sync_every: u64,
+) -> std::thread::JoinHandle<u64> {
     let mut gate = link.gate();
     std::thread::spawn(move || {
         let (mut e, ctx, s, f) = sim_with_spin();
+        if let Some(path) = &shared_gpu {
+            e.share_gpu(path).unwrap();
+        }
         let params = 1000u64.to_le_bytes();
         let mut n = 0u64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
@@ -317,12 +332,13 @@ pub fn sim_load(
             };
             e.launch(f, &l).unwrap();
             gate.after_op(&mut e, ctx, s);
-            n = (n + 1) % 4;
-            if n == 0 {
+            n += 1;
+            if n % sync_every == 0 {
                 e.stream_synchronize(s).unwrap();
             }
         }
         e.stream_synchronize(s).unwrap();
         gate.idle(&mut e);
+        n
     })
 }
