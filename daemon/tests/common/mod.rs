@@ -333,7 +333,7 @@ pub fn sim_load_on(
             e.launch(f, &l).unwrap();
             gate.after_op(&mut e, ctx, s);
             n += 1;
-            if n % sync_every == 0 {
+            if n.is_multiple_of(sync_every) {
                 e.stream_synchronize(s).unwrap();
             }
         }
