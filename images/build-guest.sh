@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the gpuvisor guest image: the host's Debian kernel (vmlinuz) and a busybox
-# initramfs with the virtio-gpu and 9p modules, the host's C library, the guest
-# driver (as libcuda.so.1 on the loader's default path) and the guest test programs.
+# initramfs with the virtio-gpu, 9p and overlay modules, the host's C library, the
+# guest driver (as libcuda.so.1 on the loader's default path), the guest test
+# programs and gpuvisor-host-run (host programs in the guest over 9p).
 # Re-runnable; takes a few seconds. See --help and images/README.md.
 set -euo pipefail
 
@@ -27,6 +28,11 @@ Kernel command line understood by the guest's /init:
                        `sh -c` (e.g. gpuvisor.run=cat,/mnt/host/hello.txt). Default: every
                        executable in /opt/gpuvisor/tests, in name order.
   gpuvisor.share=TAG   mount the 9p share TAG read-only at /mnt/host
+  gpuvisor.hostfs=P1:P2:...
+                       mount 9p tags hostfs0, hostfs1, ... read-only at /host/P1,
+                       /host/P2, ... and build the tree gpuvisor-host-run runs
+                       commands in (overlay, changes in RAM; guest driver as
+                       libcuda.so.1). gpuvisor-vm sets it from host_paths.
   gpuvisor.shell=1     start a shell on the console instead of powering off
 EOF
 }
@@ -81,7 +87,7 @@ trap 'rm -rf "$root"' EXIT
 
 # --- layout (merged /usr, like Debian) --------------------------------------
 mkdir -p "$root"/{usr/bin,usr/sbin,usr/lib/x86_64-linux-gnu,usr/lib64,usr/lib/gpuvisor}
-mkdir -p "$root"/{dev,proc,sys,tmp,run,mnt/host,root,etc/gpuvisor,opt/gpuvisor/tests}
+mkdir -p "$root"/{dev,proc,sys,tmp,run,mnt/host,host,root,etc/gpuvisor,opt/gpuvisor/tests}
 ln -s usr/bin "$root/bin"
 ln -s usr/sbin "$root/sbin"
 ln -s usr/lib "$root/lib"
@@ -89,13 +95,15 @@ ln -s usr/lib64 "$root/lib64"
 chmod 1777 "$root/tmp"
 
 cp "$busybox" "$root/usr/bin/busybox"
+install -m 755 "$repo_root/images/gpuvisor-host-run" "$root/usr/bin/gpuvisor-host-run"
 # Symlinks to /bin/busybox, which resolves to usr/bin/busybox in the image.
 "$busybox" --install -s "$root/usr/bin"
 
 # --- kernel modules -----------------------------------------------------------
 # Wanted roots; dependencies come from modules.dep. A module that is built in
 # (modules.builtin or =y in the config) is skipped.
-wanted=(virtio_pci virtio_gpu 9pnet_virtio 9p virtio_console virtio_blk)
+# overlay: gpuvisor-host-run's writable tree over the read-only host export.
+wanted=(virtio_pci virtio_gpu 9pnet_virtio 9p overlay virtio_console virtio_blk)
 
 declare -A dep_of=() path_of=() seen=()
 order=()
@@ -235,7 +243,7 @@ echo "$kver" > "$root/etc/gpuvisor/kernel-version"
 # --- /init ------------------------------------------------------------------
 cat > "$root/init" <<'INIT'
 #!/bin/sh
-# gpuvisor guest init: modules, render node, optional 9p share, run, power off.
+# gpuvisor guest init: modules, render node, optional 9p shares, run, power off.
 export PATH=/usr/bin:/usr/sbin:/bin:/sbin HOME=/root TERM=${TERM:-linux}
 mount -t devtmpfs devtmpfs /dev 2>/dev/null
 exec </dev/console >/dev/console 2>&1
@@ -287,6 +295,9 @@ if share=$(arg share); then
     else
         say "FAILED: mount 9p share $share"
     fi
+fi
+if hostfs=$(arg hostfs); then
+    gpuvisor-host-run --mount "$hostfs" || say "FAILED: host tree (gpuvisor.hostfs=$hostfs)"
 fi
 
 cd /

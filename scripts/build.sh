@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Builds everything the demo and the tests use: the Rust workspace, the guest
 # test programs, and the guest image (kernel + initramfs with the guest driver
-# installed as libcuda.so.1). PROFILE=release|debug (default release).
+# installed as libcuda.so.1). PROFILE=release|debug (default release); cargo's
+# output goes to $CARGO_TARGET_DIR when that is set, else target/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 profile=${PROFILE:-release}
+target=${CARGO_TARGET_DIR:-target}
 flag=""; [ "$profile" = release ] && flag="--release"
 echo "build: cargo ($profile)"
 cargo build $flag --workspace --bins --lib
@@ -17,5 +19,5 @@ if [ -f build/cudart/13/lib/libcudart_static.a ]; then
     make -s -C guest-tests cudart OUT="$PWD/build/guest-tests" CUDART_DIR="$PWD/build/cudart"
 fi
 echo "build: guest image"
-images/build-guest.sh --driver "target/$profile/libcuda.so" --tests build/guest-tests \
-    --extra "target/$profile/gpuvisor-probe:/usr/bin/gpuvisor-probe" --out build/guest
+images/build-guest.sh --driver "$target/$profile/libcuda.so" --tests build/guest-tests \
+    --extra "$target/$profile/gpuvisor-probe:/usr/bin/gpuvisor-probe" --out build/guest

@@ -11,7 +11,7 @@ sudo_if_needed scripts/install-prereqs.sh
 PROFILE=debug scripts/build.sh
 echo "test: cargo test (unit, request path, direct transport, VMs)"
 # The direct transport's tests start this backend (and QEMU's reference one).
-export GPUVISOR_BACKEND_BIN="$PWD/target/debug/gpuvisor-backend"
+export GPUVISOR_BACKEND_BIN="$(realpath -m "${CARGO_TARGET_DIR:-target}")/debug/gpuvisor-backend"
 # The cudart tests need the runtime build.sh fetched; where the pinned wheels
 # exist (x86-64), a missing runtime is a failure rather than a skip.
 if [ "$(uname -m)" = x86_64 ]; then export GPUVISOR_REQUIRE_CUDART=1; fi

@@ -2,6 +2,7 @@
 //! VMs with gpuvisor-vm (one with `run`, several with `fleet`), how to read what
 //! the guests printed, and how to ask gpuvisord's admin API.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
@@ -17,11 +18,13 @@ pub fn workspace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
 }
 
-/// A program that `scripts/build.sh` built (target/<profile>/<name>), where
-/// GPUVISOR_PROFILE picks the profile (default debug).
+/// A program that `scripts/build.sh` built (target/<profile>/<name>, or under
+/// $CARGO_TARGET_DIR), where GPUVISOR_PROFILE picks the profile (default debug).
 pub fn built(name: &str) -> anyhow::Result<PathBuf> {
     let profile = std::env::var("GPUVISOR_PROFILE").unwrap_or_else(|_| "debug".into());
-    let p = workspace().join("target").join(&profile).join(name);
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| workspace().join("target"), |t| workspace().join(t));
+    let p = target.join(&profile).join(name);
     ensure!(p.exists(), "{} is missing: run scripts/build.sh (PROFILE={profile}) first", p.display());
     Ok(p)
 }
@@ -70,7 +73,8 @@ impl VmRun {
         self.json_line("GVMEM ")
     }
 
-    fn json_line(&self, prefix: &str) -> anyhow::Result<Value> {
+    /// The JSON after `prefix` on the last line that starts with it.
+    pub fn json_line(&self, prefix: &str) -> anyhow::Result<Value> {
         let line = self
             .console
             .lines()
@@ -84,6 +88,11 @@ impl VmRun {
 /// Boots the test guest (built by `scripts/build.sh`) with a sim-engine vGPU
 /// and runs `cmd` in it.
 pub fn run_vm(name: &str, cmd: &str, quota_mib: u64) -> anyhow::Result<VmRun> {
+    run_vm_with(name, cmd, quota_mib, &[])
+}
+
+/// `run_vm` with more gpuvisor-vm flags (`--share-dir`, `--host-path`, ...).
+pub fn run_vm_with(name: &str, cmd: &str, quota_mib: u64, flags: &[OsString]) -> anyhow::Result<VmRun> {
     let vm = built("gpuvisor-vm")?;
     let (kernel, initramfs) = guest_image()?;
     let out = Command::new(&vm)
@@ -95,6 +104,7 @@ pub fn run_vm(name: &str, cmd: &str, quota_mib: u64) -> anyhow::Result<VmRun> {
         .arg("--initramfs")
         .arg(&initramfs)
         .args(["--run", cmd])
+        .args(flags)
         .output()?;
     let console = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{console}\n--- gpuvisor-vm stderr ---\n{}", String::from_utf8_lossy(&out.stderr));

@@ -23,12 +23,19 @@ use tracing::info;
         its fields. The guest image comes from images/build-guest.sh. The guest's serial \
         console is copied to stdout and to console.log in the run directory; gpuvisor-vm \
         exits with the guest's exit code (the `gpuvisor-guest: exit <rc>` line), 124 on \
-        timeout, 2 on an invalid spec, 1 on other failures.",
+        timeout, 2 on an invalid spec, 1 on other failures.\n\n\
+        Host frameworks in the guest: `host_paths` (--host-path) exports host directories \
+        read-only over 9p; in the guest, `gpuvisor-host-run CMD` runs CMD in a tree made of \
+        them (changes go to guest RAM), with the guest driver as libcuda.so.1, e.g. \
+        --host-path /usr --host-path /opt/venv --run 'gpuvisor-host-run python3 /mnt/host/train.py'. \
+        The guest can read everything under those directories that QEMU's user can: export \
+        /usr and the Python environment, not /.",
     after_help = "Examples:\n  \
         gpuvisor-vm run --spec vmm-config/examples/demo.toml\n  \
         gpuvisor-vm run --kernel build/guest/vmlinuz --initramfs build/guest/initramfs.cpio.gz \\\n      \
         --backend-cmd '/usr/lib/qemu/vhost-user-gpu --socket-path={socket}' --run 'cat /proc/cpuinfo'\n  \
         gpuvisor-vm run --spec vm.toml --daemon /run/gpuvisor/gpuvisord.sock --weight 2\n  \
+        gpuvisor-vm run --spec vm.toml --host-path /usr --share-dir . --run 'gpuvisor-host-run python3 /mnt/host/t.py'\n  \
         gpuvisor-vm check --spec vm.toml\n  \
         gpuvisor-vm fleet --spec vmm-config/examples/fleet-demo.toml\n  \
         gpuvisor-vm probe-accel"
@@ -275,6 +282,10 @@ fn print_check(vm: &VmConfig, d: &Decision, run_dir: &Path) {
     println!("# accel {accel}: {}", d.reason);
     for line in vm.vgpu.describe() {
         println!("# {line}");
+    }
+    if !vm.host_paths.is_empty() {
+        let paths: Vec<String> = vm.host_paths.iter().map(|p| p.display().to_string()).collect();
+        println!("# host tree (read-only, for gpuvisor-host-run in the guest): {}", paths.join(", "));
     }
     for w in &vm.warnings {
         println!("# warning: {w}");

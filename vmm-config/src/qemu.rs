@@ -1,11 +1,12 @@
 //! The QEMU command line for a validated VM: q35, guest RAM in a shared memfd (which
-//! vhost-user needs so the backend can map it), the vhost-user-gpu device, optional 9p.
+//! vhost-user needs so the backend can map it), the vhost-user-gpu device, optional 9p
+//! shares (`share_dir` and the read-only host tree of `host_paths`).
 
 use std::ffi::OsString;
 use std::path::Path;
 
 use crate::accel::Accel;
-use crate::spec::{VmConfig, SHARE_TAG};
+use crate::spec::{host_path_tag, VmConfig, SHARE_TAG};
 
 /// Arguments for `qemu-system-x86_64` (without the program itself). The serial
 /// console goes to QEMU's stdout.
@@ -32,6 +33,20 @@ pub fn qemu_args(vm: &VmConfig, accel: Accel, socket: &Path) -> Vec<OsString> {
     if let Some(dir) = &vm.share_dir {
         push_to(&mut a, &["-fsdev", &format!("local,id=fs0,path={},security_model=none,readonly=on", opt_path(dir))]);
         push_to(&mut a, &["-device", &format!("virtio-9p-pci,fsdev=fs0,mount_tag={SHARE_TAG}")]);
+    }
+    for (i, dir) in vm.host_paths.iter().enumerate() {
+        // readonly=on makes QEMU refuse every write (EROFS) whatever the guest
+        // mounts; multidevs=remap keeps inode numbers unique when the directory
+        // spans several host file systems, which the guest's cache relies on.
+        let tag = host_path_tag(i);
+        push_to(
+            &mut a,
+            &[
+                "-fsdev",
+                &format!("local,id={tag},path={},security_model=none,readonly=on,multidevs=remap", opt_path(dir)),
+            ],
+        );
+        push_to(&mut a, &["-device", &format!("virtio-9p-pci,fsdev={tag},mount_tag={tag}")]);
     }
     a.push("-kernel".into());
     a.push(vm.kernel.clone().into_os_string());
@@ -76,6 +91,10 @@ mod tests {
     use std::path::PathBuf;
 
     fn vm(share: Option<&str>) -> VmConfig {
+        vm_with(share, &[])
+    }
+
+    fn vm_with(share: Option<&str>, host_paths: &[&str]) -> VmConfig {
         VmConfig {
             name: "t".into(),
             memory_mib: 512,
@@ -84,6 +103,7 @@ mod tests {
             initramfs: "/i".into(),
             cmdline: "console=ttyS0 quiet".into(),
             share_dir: share.map(PathBuf::from),
+            host_paths: host_paths.iter().map(PathBuf::from).collect(),
             accel: AccelChoice::Auto,
             backend: BackendCommand { program: "/b".into(), args: vec![] },
             backend_start_timeout_s: 10,
@@ -131,5 +151,19 @@ mod tests {
         assert!(s.contains("-device virtio-9p-pci,fsdev=fs0,mount_tag=hostshare"), "{s}");
         let s = joined(&vm(Some("/a,b")), Accel::Tcg);
         assert!(s.contains("path=/a,,b,security_model"), "{s}");
+    }
+
+    #[test]
+    fn host_paths_are_readonly_9p_devices_in_order() {
+        let s = joined(&vm_with(Some("/srv/share"), &["/usr", "/opt/venv"]), Accel::Tcg);
+        assert!(
+            s.contains(
+                "-fsdev local,id=hostfs0,path=/usr,security_model=none,readonly=on,multidevs=remap \
+                 -device virtio-9p-pci,fsdev=hostfs0,mount_tag=hostfs0"
+            ),
+            "{s}"
+        );
+        assert!(s.contains("-fsdev local,id=hostfs1,path=/opt/venv,"), "{s}");
+        assert!(s.contains("mount_tag=hostshare"), "{s}");
     }
 }

@@ -16,6 +16,13 @@ const MIN_MEMORY_MIB: u64 = 128;
 const MAX_VCPUS: u32 = 255;
 /// 9p mount tag of `share_dir`; the guest's /init mounts it at /mnt/host.
 pub const SHARE_TAG: &str = "hostshare";
+/// Most `host_paths` a VM may export (one virtio-9p-pci device each).
+pub const MAX_HOST_PATHS: usize = 8;
+/// The host's kernel file systems: never worth exporting, and in
+/// gpuvisor-host-run's tree these are the guest's own.
+const GUEST_OWNED_DIRS: &[&str] = &["/proc", "/sys", "/dev"];
+/// Host directories whose export gives the guest host secrets or state to read.
+const SENSITIVE_DIRS: &[&str] = &["/", "/etc", "/root", "/home", "/var", "/srv", "/boot"];
 /// Name of the backend binary looked up next to gpuvisor-vm and on PATH.
 pub const DEFAULT_BACKEND: &str = "gpuvisor-backend";
 /// Longest path a Unix socket address holds (sun_path, without the NUL).
@@ -212,6 +219,12 @@ pub struct VmSpec {
     pub cmdline_extra: String,
     /// Host directory the guest sees read-only at /mnt/host (9p, tag `hostshare`).
     pub share_dir: Option<PathBuf>,
+    /// Host directories exported read-only (9p, tags `hostfs0`, `hostfs1`, ...) that
+    /// the guest mounts under /host at their own paths; `gpuvisor-host-run CMD` runs
+    /// CMD in a tree made of them, with the guest driver as libcuda.so.1, so that the
+    /// host's Python and frameworks run in the guest. Absolute paths, e.g.
+    /// ["/usr", "/opt/venv"]; "/" exports everything QEMU's user can read.
+    pub host_paths: Vec<PathBuf>,
     pub accel: AccelChoice,
     pub backend: BackendSpec,
     /// Wall-clock limit for the whole run; 0 means none.
@@ -234,6 +247,7 @@ impl Default for VmSpec {
             initramfs: None,
             cmdline_extra: String::new(),
             share_dir: None,
+            host_paths: Vec::new(),
             accel: AccelChoice::Auto,
             backend: BackendSpec::default(),
             timeout_s: 300,
@@ -293,6 +307,9 @@ impl VmSpec {
         }
         if let Some(v) = &o.share_dir {
             self.share_dir = Some(v.clone());
+        }
+        if !o.host_path.is_empty() {
+            self.host_paths = o.host_path.clone();
         }
         if let Some(v) = o.accel {
             self.accel = v;
@@ -373,6 +390,9 @@ impl VmSpec {
             }
         };
 
+        let mut warnings = Vec::new();
+        let host_paths = check_host_paths(&self.host_paths, &mut errs, &mut warnings);
+
         let qemu = match &self.qemu {
             Some(q) => match find_program(q) {
                 Some(p) => Some(p),
@@ -426,7 +446,6 @@ impl VmSpec {
                 );
             }
         }
-        let mut warnings = Vec::new();
         if daemon.is_none() && !qos.is_empty() && self.backend.command.is_none() {
             let fields = qos.set_fields();
             warnings.push(format!(
@@ -447,6 +466,7 @@ impl VmSpec {
                 initramfs,
                 cmdline,
                 share_dir,
+                host_paths,
                 accel: self.accel,
                 backend,
                 backend_start_timeout_s: self.backend.start_timeout_s,
@@ -472,6 +492,12 @@ impl VmSpec {
         let mut parts = vec!["console=ttyS0".to_string(), "quiet".to_string(), "panic=-1".to_string()];
         if self.share_dir.is_some() {
             parts.push(format!("gpuvisor.share={SHARE_TAG}"));
+        }
+        if !self.host_paths.is_empty() {
+            // In order: the guest mounts tag hostfs<i> at /host<path i>.
+            let paths: Vec<String> =
+                self.host_paths.iter().map(|p| normalize(p).to_string_lossy().into_owned()).collect();
+            parts.push(format!("gpuvisor.hostfs={}", paths.join(":")));
         }
         if let Some(run) = &self.run {
             let words: Vec<&str> = run.split_whitespace().collect();
@@ -628,6 +654,11 @@ pub struct Overrides {
     /// Host directory the guest mounts read-only at /mnt/host (9p)
     #[arg(long, value_name = "DIR")]
     pub share_dir: Option<PathBuf>,
+    /// Host directory exported read-only for the guest's gpuvisor-host-run, seen at
+    /// the same path in the tree it runs commands in (repeatable; replaces the spec's
+    /// host_paths). E.g. --host-path /usr --host-path /opt/venv
+    #[arg(long = "host-path", value_name = "DIR")]
+    pub host_path: Vec<PathBuf>,
     /// Accelerator: auto probes KVM and falls back to TCG
     #[arg(long, value_enum)]
     pub accel: Option<AccelChoice>,
@@ -705,6 +736,8 @@ pub struct VmConfig {
     pub initramfs: PathBuf,
     pub cmdline: String,
     pub share_dir: Option<PathBuf>,
+    /// Host directories exported read-only as 9p tags hostfs0, hostfs1, ... in order.
+    pub host_paths: Vec<PathBuf>,
     pub accel: AccelChoice,
     pub backend: BackendCommand,
     pub backend_start_timeout_s: u64,
@@ -778,6 +811,125 @@ impl FieldErrors {
             Err(Error::InvalidSpec(self.0))
         }
     }
+}
+
+/// The 9p mount tag of the i-th `host_paths` entry.
+pub fn host_path_tag(i: usize) -> String {
+    format!("hostfs{i}")
+}
+
+/// Checks `host_paths`: absolute directories the guest can mount at the same path,
+/// none inside another, none where the guest's own file systems go. Warns about
+/// exports that show the guest host secrets. Returns the paths normalized but
+/// not resolved: QEMU follows symlinks itself, and the guest sees the tree where
+/// the host's programs expect it.
+fn check_host_paths(paths: &[PathBuf], errs: &mut FieldErrors, warnings: &mut Vec<String>) -> Vec<PathBuf> {
+    const FIELD: &str = "host_paths";
+    if paths.len() > MAX_HOST_PATHS {
+        errs.push(FIELD, format!("{} directories; at most {MAX_HOST_PATHS}", paths.len()));
+    }
+    let mut ok: Vec<(PathBuf, PathBuf)> = Vec::new();
+    for p in paths {
+        let text = p.to_string_lossy();
+        if !p.is_absolute() {
+            errs.push(FIELD, format!("{text:?} is not absolute; the guest sees it at the same path"));
+            continue;
+        }
+        // It travels on the kernel command line (':' separates entries) and becomes
+        // a mount point in a shell script: a plain path only.
+        let plain = text.chars().all(|c| c.is_ascii_alphanumeric() || "/._+-@".contains(c));
+        if !plain || p.components().any(|c| matches!(c, std::path::Component::ParentDir)) {
+            errs.push(
+                FIELD,
+                format!("{text:?} may contain only letters, digits, '/', '.', '_', '+', '-' and '@', and no '..'"),
+            );
+            continue;
+        }
+        let p = normalize(p);
+        if let Some(d) = GUEST_OWNED_DIRS.iter().find(|d| p.starts_with(d)) {
+            errs.push(
+                FIELD,
+                format!(
+                    "{}: {d} holds the host kernel's state; in gpuvisor-host-run's tree it is the guest's own",
+                    p.display()
+                ),
+            );
+            continue;
+        }
+        if !p.is_dir() {
+            errs.push(FIELD, format!("{} is not a directory", p.display()));
+            continue;
+        }
+        let real = absolute(&p);
+        if let Some((other, _)) = ok
+            .iter()
+            .find(|(q, r)| p.starts_with(q) || q.starts_with(&p) || real.starts_with(r) || r.starts_with(&real))
+        {
+            errs.push(
+                FIELD,
+                format!(
+                    "{} and {} overlap; export each directory once, the outer one or the inner ones",
+                    p.display(),
+                    other.display()
+                ),
+            );
+            continue;
+        }
+        if SENSITIVE_DIRS.iter().any(|d| Path::new(d) == p) {
+            warnings.push(format!(
+                "host_paths: {} lets the guest read every file under it that QEMU's user can (host secrets \
+                 included); export only what the programs need, e.g. /usr and the Python environment",
+                p.display()
+            ));
+        }
+        let below = mounts_below(&real);
+        if !below.is_empty() {
+            let shown: Vec<String> = below.iter().take(6).map(|m| m.display().to_string()).collect();
+            warnings.push(format!(
+                "host_paths: the guest can also read the file systems mounted under {}: {}{}",
+                p.display(),
+                shown.join(", "),
+                if below.len() > shown.len() {
+                    format!(" and {} more", below.len() - shown.len())
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        ok.push((p, real));
+    }
+    ok.into_iter().map(|(p, _)| p).collect()
+}
+
+/// `p` without `.` components, repeated or trailing slashes.
+fn normalize(p: &Path) -> PathBuf {
+    p.components().filter(|c| !matches!(c, std::path::Component::CurDir)).collect()
+}
+
+/// The outermost mount points strictly below `dir`, from /proc/self/mountinfo.
+fn mounts_below(dir: &Path) -> Vec<PathBuf> {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    let mut v: Vec<PathBuf> = info
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        // mountinfo escapes space, tab, newline and backslash as octal.
+        .map(|m| {
+            PathBuf::from(m.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\"))
+        })
+        .filter(|m| m != dir && m.starts_with(dir))
+        .collect();
+    v.sort();
+    v.dedup();
+    // The outermost ones: /dev says enough without /dev/pts and /dev/shm.
+    let mut outer: Vec<PathBuf> = Vec::new();
+    for m in v {
+        if !outer.iter().any(|o| m.starts_with(o)) {
+            outer.push(m);
+        }
+    }
+    outer
 }
 
 fn absolute(p: &Path) -> PathBuf {
@@ -1119,5 +1271,68 @@ mod tests {
         assert_eq!(s.qemu.as_deref(), Some(Path::new("qemu-system-x86_64")));
         assert_eq!(s.backend.binary.as_deref(), Some(Path::new("/b/bin/be")));
         assert_eq!((s.backend.engine, s.backend.weight), (Engine::Sim, Some(2)));
+    }
+
+    #[test]
+    fn host_paths_reach_qemu_and_the_guest_in_order() {
+        let d = Scratch::new("hostfs");
+        std::fs::create_dir_all(d.0.join("venv/bin")).unwrap();
+        let mut spec = valid_spec(&d);
+        spec.host_paths = vec!["/usr/".into(), d.0.join("./venv")];
+        let vm = spec.validate().unwrap();
+        assert_eq!(vm.host_paths, vec![PathBuf::from("/usr"), d.0.join("venv")]);
+        assert!(
+            vm.cmdline.ends_with(&format!("gpuvisor.hostfs=/usr:{}", d.0.join("venv").display())),
+            "{}",
+            vm.cmdline
+        );
+        let s = VmSpec::from_toml("host_paths = [\"/usr\", \"/opt/venv\"]\n", Path::new("/specs")).unwrap();
+        assert_eq!(s.host_paths, vec![PathBuf::from("/usr"), PathBuf::from("/opt/venv")]);
+        let mut s = s;
+        s.apply(&Overrides { host_path: vec!["/srv/py".into()], ..Default::default() });
+        assert_eq!(s.host_paths, vec![PathBuf::from("/srv/py")]);
+    }
+
+    #[test]
+    fn host_paths_that_cannot_be_exported_are_errors() {
+        let d = Scratch::new("hostfs-bad");
+        std::fs::create_dir_all(d.0.join("a/b")).unwrap();
+        let file = d.file("f", 0o644);
+        let dir = |rel: &str| d.0.join(rel).to_string_lossy().into_owned();
+        for (path, why) in [
+            ("usr".to_string(), "not absolute"),
+            (dir("nope"), "not a directory"),
+            (file.to_string_lossy().into_owned(), "not a directory"),
+            (format!("{}/a b", d.0.display()), "may contain only"),
+            (format!("{}/a:b", d.0.display()), "may contain only"),
+            (format!("{}/a/../a", d.0.display()), "no '..'"),
+            ("/proc".to_string(), "the guest's own"),
+            ("/dev/shm".to_string(), "the guest's own"),
+            ("/sys/kernel".to_string(), "the guest's own"),
+        ] {
+            let mut spec = valid_spec(&d);
+            spec.host_paths = vec![path.clone().into()];
+            let Err(Error::InvalidSpec(errs)) = spec.validate() else { panic!("{path} accepted") };
+            assert!(errs.len() == 1 && errs[0].starts_with("host_paths:") && errs[0].contains(why), "{path}: {errs:?}");
+        }
+        let mut spec = valid_spec(&d);
+        spec.host_paths = vec![dir("a").into(), dir("a/b").into()];
+        let Err(Error::InvalidSpec(errs)) = spec.validate() else { panic!("nested paths accepted") };
+        assert!(errs[0].contains("overlap"), "{errs:?}");
+        spec.host_paths = (0..=MAX_HOST_PATHS).map(|_| PathBuf::from("/usr")).collect();
+        let Err(Error::InvalidSpec(errs)) = spec.validate() else { panic!("too many accepted") };
+        assert!(errs[0].contains("at most"), "{errs:?}");
+    }
+
+    #[test]
+    fn exporting_the_whole_host_is_a_warning() {
+        let d = Scratch::new("hostfs-root");
+        let mut spec = valid_spec(&d);
+        spec.host_paths = vec!["/".into()];
+        let vm = spec.validate().unwrap();
+        assert!(vm.warnings.iter().any(|w| w.starts_with("host_paths: / lets the guest read")), "{:?}", vm.warnings);
+        // /proc at least is mounted under / on any Linux host.
+        assert!(vm.warnings.iter().any(|w| w.contains("mounted under /: /")), "{:?}", vm.warnings);
+        assert!(vm.cmdline.contains("gpuvisor.hostfs=/"), "{}", vm.cmdline);
     }
 }
