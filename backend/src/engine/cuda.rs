@@ -729,6 +729,13 @@ impl Allocations {
     }
 }
 
+/// Allocations smaller than this are plain `cuMemAlloc` memory rather than
+/// VMM mappings: a mapping takes a whole granule (2 MiB), which for the many
+/// small buffers frameworks allocate would waste most of the GPU. Plain
+/// memory cannot keep its address off the GPU, so it is never swapped out:
+/// it stays resident when the rest of the VM's memory is evicted.
+const SMALL_ALLOC: u64 = 1 << 20;
+
 /// The allocations to swap out so that at most `keep` of `resident` bytes
 /// stay: the largest first, the fewest moves for the bytes asked. `candidates`
 /// are (footprint, address).
@@ -1143,12 +1150,12 @@ impl Engine for CudaEngine {
             return Err(CuError(CUDA_ERROR_INVALID_VALUE));
         }
         let (dptr, footprint, state) = match &self.vmm {
-            Some(vmm) => {
+            Some(vmm) if size >= SMALL_ALLOC => {
                 let footprint = vmm.footprint(size).ok_or(CuError(CUDA_ERROR_OUT_OF_MEMORY))?;
                 let (va, handle) = vmm.alloc(footprint)?;
                 (va, footprint, AllocState::Mapped(handle))
             }
-            None => {
+            _ => {
                 let len = to_usize(size)?;
                 let mut dptr: sys::CUdeviceptr = 0;
                 // SAFETY: `dptr` is a valid out-pointer.
@@ -1186,8 +1193,8 @@ impl Engine for CudaEngine {
 
     fn alloc_footprint(&self, size: u64) -> u64 {
         match &self.vmm {
-            Some(vmm) => vmm.footprint(size).unwrap_or(u64::MAX),
-            None => size,
+            Some(vmm) if size >= SMALL_ALLOC => vmm.footprint(size).unwrap_or(u64::MAX),
+            _ => size,
         }
     }
 
@@ -2404,13 +2411,14 @@ pub(super) mod tests {
             };
             let g = vmm.granularity;
             eprintln!("swap: VMM granularity {} KiB", g >> 10);
-            assert_eq!(e.alloc_footprint(1), g);
+            assert_eq!(e.alloc_footprint(1), 1, "small allocations are plain memory");
+            assert_eq!(e.alloc_footprint(SMALL_ALLOC), g);
             assert_eq!(e.alloc_footprint(g), g);
             assert_eq!(e.alloc_footprint(g + 1), 2 * g);
             let d_before = read(e, d, n * 4);
 
             // Three allocations of awkward sizes, each with its own bytes.
-            let sizes = [4099usize, (100 << 20) + 12345, 256 << 20];
+            let sizes = [(1 << 20) + 4099usize, (100 << 20) + 12345, 256 << 20];
             let r0 = e.residency();
             let mut held = Vec::new();
             for (i, &len) in sizes.iter().enumerate() {
@@ -2477,6 +2485,20 @@ pub(super) mod tests {
             for (p, _) in held {
                 e.mem_free(p).unwrap();
             }
+
+            // A small allocation is plain memory of its own size: it stays on
+            // the GPU, bytes intact, while the rest is swapped out and back.
+            let small_data = pattern(9, 4099);
+            let small = e.mem_alloc(4099).unwrap();
+            e.memcpy_htod(small, HostSrc::Bytes(&small_data), EngineStream::NULL, false).unwrap();
+            let r = e.residency();
+            let moved = e.swap_out(0, u64::MAX).unwrap();
+            assert_eq!(e.residency(), Residency { resident: 4099, evicted: moved });
+            assert!(e.mem_is_resident(small));
+            assert_eq!(e.swap_in(u64::MAX).unwrap(), moved);
+            assert_eq!(e.residency(), r);
+            assert!(read(e, small, 4099) == small_data, "the small allocation changed");
+            e.mem_free(small).unwrap();
         }
 
         /// Swap rates against native pinned copies, in an engine of its own so
