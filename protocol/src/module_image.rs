@@ -160,6 +160,45 @@ pub struct FatbinEntry<'a> {
     pub payload: &'a [u8],
 }
 
+/// A copy of the fatbin container `image` with only the entries a device of
+/// compute capability `major`.`minor` can load: cubins of its major version
+/// and a minor at or below its own (the driver's binary compatibility), and
+/// the PTX of the highest arch at or below the device's (for the driver to
+/// compile when no cubin fits). Frameworks build for many GPU generations;
+/// their images shrink by as many times. Entries are copied byte for byte,
+/// headers included; `None` when nothing would be left.
+pub fn fatbin_for_device(image: &[u8], major: u32, minor: u32) -> Result<Option<Vec<u8>>, ImageError> {
+    let entries = fatbin_entries(image)?;
+    let (start, _) = fatbin_container(image)?;
+    let device = major.saturating_mul(10).saturating_add(minor);
+    let best_ptx = entries.iter().filter(|e| e.kind == FatbinEntryKind::Ptx && e.arch <= device).map(|e| e.arch).max();
+    let keep = |e: &FatbinEntry<'_>| match e.kind {
+        FatbinEntryKind::Cubin => e.arch / 10 == major && e.arch % 10 <= minor,
+        FatbinEntryKind::Ptx => Some(e.arch) == best_ptx,
+        FatbinEntryKind::Other(_) => false,
+    };
+    let mut body = Vec::new();
+    let mut pos = to_usize(start)?;
+    for e in &entries {
+        // An entry's header runs from where the previous payload ended.
+        let header_start = pos;
+        pos = e.payload_range.end;
+        if keep(e) {
+            body.extend_from_slice(image.get(header_start..e.payload_range.end).ok_or(ImageError::Overflow("fatbin"))?);
+        }
+    }
+    if body.is_empty() {
+        return Ok(None);
+    }
+    let mut out = Vec::with_capacity(16 + body.len());
+    out.extend_from_slice(&FATBIN_MAGIC.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend(body);
+    Ok(Some(out))
+}
+
 /// What a `__fatBinC_Wrapper_t` says.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FatbinWrapper {
@@ -1438,6 +1477,41 @@ mod tests {
         p64(&mut out, body.len() as u64);
         out.extend(body);
         out
+    }
+
+    #[test]
+    fn a_fatbin_keeps_only_what_the_device_can_load() {
+        let cubin = sample_cubin();
+        let ptx = |arch: u32| format!(".version 8.4\n.target sm_{arch}\n\0").into_bytes();
+        let (p70, p90, p100) = (ptx(70), ptx(90), ptx(100));
+        let image = build_fatbin(&[
+            (2, 70, 0, &cubin),
+            (2, 80, 0, &cubin),
+            (2, 86, 0, &cubin),
+            (2, 90, 0x2000, b"compressed"),
+            (1, 70, 0, &p70),
+            (1, 90, 0, &p90),
+            (1, 100, 0, &p100),
+            (2, 100, 0, &cubin),
+            (16, 90, 0, b"lto ir.."),
+        ]);
+        let kept = |major, minor| -> Vec<(FatbinEntryKind, u32)> {
+            let out = fatbin_for_device(&image, major, minor).unwrap().unwrap();
+            assert_eq!(image_len(&out).unwrap(), out.len());
+            fatbin_entries(&out).unwrap().iter().map(|e| (e.kind, e.arch)).collect()
+        };
+        use FatbinEntryKind::{Cubin, Ptx};
+        // sm_90: its own cubin (compressed entries are copied as they are) and compute_90.
+        assert_eq!(kept(9, 0), vec![(Cubin, 90), (Ptx, 90)]);
+        // sm_86: both sm_8x cubins at or below it, and the best PTX below it.
+        assert_eq!(kept(8, 6), vec![(Cubin, 80), (Cubin, 86), (Ptx, 70)]);
+        // The payloads are the original bytes.
+        let out = fatbin_for_device(&image, 8, 0).unwrap().unwrap();
+        assert_eq!(fatbin_entries(&out).unwrap()[0].payload, &cubin[..]);
+        // Nothing for an older device than any entry.
+        assert_eq!(fatbin_for_device(&image, 6, 0).unwrap(), None);
+        // Not a fatbin: an error, not a guess.
+        assert!(fatbin_for_device(&cubin, 9, 0).is_err());
     }
 
     const PTX: &str = r#"//

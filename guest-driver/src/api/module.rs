@@ -22,6 +22,7 @@ use protocol::{
     FuncSetAttribute, FunctionReply, GlobalReply, Id, ModuleGetFunction, ModuleGetGlobal, ModuleLoad, Opcode,
     ParamLayout, MAX_BATCH_BYTES, NUM_FUNC_ATTRS, PARAMS_FROM_HOST_DRIVER, PRIMARY_CTX,
 };
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::ffi::{c_char, c_int, c_uint, c_void, CStr, CString};
 use std::sync::Arc;
@@ -62,9 +63,33 @@ fn read_kernels(image: &[u8]) -> ImageKernels {
     (layouts, Some(names))
 }
 
+/// A fatbin too large for one command, cut to the entries this device can
+/// load (frameworks build for many GPU generations); anything else, or a
+/// fatbin with nothing for this device, as it is.
+fn only_for_device(image: &[u8]) -> Cow<'_, [u8]> {
+    if module_image::detect(image) != Some(ImageKind::Fatbin) {
+        return Cow::Borrowed(image);
+    }
+    let major = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).max(0) as u32;
+    let minor = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).max(0) as u32;
+    match module_image::fatbin_for_device(image, major, minor) {
+        Ok(Some(cut)) => {
+            crate::log::debug(&format!(
+                "module image of {} bytes cut to {} bytes: the entries for compute capability {major}.{minor}",
+                image.len(),
+                cut.len()
+            ));
+            Cow::Owned(cut)
+        }
+        _ => Cow::Borrowed(image),
+    }
+}
+
 /// Loads `image` as a module of context `ctx`.
 fn load(image: &[u8], ctx: u64, library: Option<u64>) -> CuRes<u64> {
     let c = session()?;
+    let image = if image.len() > MAX_MODULE_BYTES { only_for_device(image) } else { Cow::Borrowed(image) };
+    let image = &image[..];
     if image.len() > MAX_MODULE_BYTES {
         crate::log::warn(&format!(
             "module image of {} bytes exceeds the {MAX_MODULE_BYTES}-byte limit of one command",

@@ -1,0 +1,73 @@
+//! A fatbin built for many GPU generations, larger than one command can
+//! carry, loads: the guest driver sends only the entries the device can
+//! load. Against a sim backend through the direct transport.
+//!
+//! One test: the driver's session is per process.
+
+#[path = "support/backend.rs"]
+mod backend;
+
+use backend::GpuvisorBackend;
+use cuda::api::types::*;
+use cuda::api::{context::*, device::*, module::*};
+use protocol::cuda::*;
+use std::ffi::c_void;
+
+/// A fatbin container of `entries` (kind: 1 PTX, 2 cubin; arch; payload).
+fn fatbin(entries: &[(u16, u32, &[u8])]) -> Vec<u8> {
+    let mut body = Vec::new();
+    for &(kind, arch, payload) in entries {
+        let mut padded = payload.to_vec();
+        padded.resize(payload.len().next_multiple_of(8), 0);
+        body.extend_from_slice(&kind.to_le_bytes());
+        body.extend_from_slice(&0x0101u16.to_le_bytes());
+        body.extend_from_slice(&64u32.to_le_bytes());
+        body.extend_from_slice(&(padded.len() as u64).to_le_bytes());
+        body.extend_from_slice(&[0u8; 8]); // compressed size, options
+        body.extend_from_slice(&8u16.to_le_bytes()); // minor, major of the format
+        body.extend_from_slice(&1u16.to_le_bytes());
+        body.extend_from_slice(&arch.to_le_bytes());
+        body.extend_from_slice(&[0u8; 32]); // name, flags, zero, uncompressed size
+        body.extend(padded);
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xBA55_ED50u32.to_le_bytes());
+    out.extend_from_slice(&1u16.to_le_bytes());
+    out.extend_from_slice(&16u16.to_le_bytes());
+    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    out.extend(body);
+    out
+}
+
+#[test]
+fn a_fatbin_larger_than_a_command_loads_with_the_entries_for_this_device() {
+    let Some(b) = GpuvisorBackend::spawn("large-fatbin") else { return };
+    std::env::set_var("GPUVISOR_TRANSPORT", format!("direct:{}", b.path()));
+    std::env::set_var("GPUVISOR_DIRECT_MEM_MIB", "64");
+    let mut ptx = include_bytes!("../../guest-tests/kernels.ptx").to_vec();
+    ptx.push(0);
+    // What other GPU generations would get: 40 MiB that is no use here.
+    let other = vec![0x5au8; 40 << 20];
+    let null = std::ptr::null_mut();
+    // SAFETY: the calls follow the CUDA API; every pointer passed is valid.
+    unsafe {
+        assert_eq!(cuInit(0), CUDA_SUCCESS);
+        let (mut major, mut minor) = (0, 0);
+        assert_eq!(cuDeviceComputeCapability(&mut major, &mut minor, 0), CUDA_SUCCESS);
+        let arch = (major * 10 + minor) as u32;
+        let image = fatbin(&[(2, arch + 100, &other), (1, arch, &ptx)]);
+        assert!(image.len() > 32 << 20);
+        let mut ctx: CUcontext = null as _;
+        assert_eq!(cuDevicePrimaryCtxRetain(&mut ctx, 0), CUDA_SUCCESS);
+        assert_eq!(cuCtxSetCurrent(ctx), CUDA_SUCCESS);
+        let mut m: CUmodule = null as _;
+        assert_eq!(cuModuleLoadData(&mut m, image.as_ptr() as *const c_void), CUDA_SUCCESS);
+        let mut f: CUfunction = null as _;
+        assert_eq!(cuModuleGetFunction(&mut f, m, c"gv_fill_u32".as_ptr()), CUDA_SUCCESS);
+        assert_eq!(cuModuleUnload(m), CUDA_SUCCESS);
+        // Nothing in it for this device: still refused, as before.
+        let useless = fatbin(&[(2, arch + 100, &other)]);
+        assert_eq!(cuModuleLoadData(&mut m, useless.as_ptr() as *const c_void), CUDA_ERROR_NOT_SUPPORTED);
+        assert_eq!(cuDevicePrimaryCtxRelease_v2(0), CUDA_SUCCESS);
+    }
+}
