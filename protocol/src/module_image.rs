@@ -383,6 +383,13 @@ pub fn fuzz_one(data: &[u8]) {
     let _ = kernel(data, "k");
     let _ = fatbin_entries(data);
     let _ = fatbin_wrapper(data);
+    // A cut fatbin is a fatbin whose entries are some of the original's.
+    if let Ok(Some(cut)) = fatbin_for_device(data, 9, 0) {
+        let (before, after) = (fatbin_entries(data).unwrap_or_default(), fatbin_entries(&cut));
+        let after = after.expect("a cut fatbin parses");
+        assert!(after.len() <= before.len());
+        assert!(after.iter().all(|e| before.iter().any(|b| b.payload == e.payload && b.arch == e.arch)));
+    }
 }
 
 // ---------------------------------------------------------------------------
