@@ -55,6 +55,17 @@ fn still_filled(e: &mut SimEngine, bufs: &[u64], size: u64) -> bool {
     })
 }
 
+/// What the queue thread does for an eviction it must carry out: waits (at
+/// most 5 s) for the link to wake it, then swaps out.
+fn serve_eviction(waker: &EventFd, gate: &mut Gate, e: &mut SimEngine) {
+    let t = std::time::Instant::now();
+    while waker.read().is_err() {
+        assert!(t.elapsed() < Duration::from_secs(5), "the link never woke the queue thread");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    gate.service_memory(e);
+}
+
 #[test]
 fn memory_past_the_limit_is_asked_for_and_a_refusal_is_out_of_memory() {
     let (link, mut peer, _) = start("need", 4 * MIB);
@@ -232,12 +243,7 @@ fn an_eviction_moves_no_more_than_the_daemon_set_host_ram_aside_for() {
     }
     // Room for 2 MiB in host RAM: one buffer goes, not all three.
     peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: 2 * MIB });
-    let t = std::time::Instant::now();
-    while waker.read().is_err() {
-        assert!(t.elapsed() < Duration::from_secs(5), "the link never woke the queue thread");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    gate.service_memory(&mut e);
+    serve_eviction(&waker, &mut gate, &mut e);
     match peer.next() {
         BackendMsg::Evicted { state, moved_bytes, .. } => {
             assert_eq!(moved_bytes, 2 * MIB);
@@ -248,12 +254,7 @@ fn an_eviction_moves_no_more_than_the_daemon_set_host_ram_aside_for() {
     // Room for 3 MiB: a second 2 MiB buffer fits, a third would pass the
     // bound, so 2 MiB stay resident although the daemon asked for none.
     peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: 3 * MIB });
-    let t = std::time::Instant::now();
-    while waker.read().is_err() {
-        assert!(t.elapsed() < Duration::from_secs(5), "the link never woke the queue thread");
-        std::thread::sleep(Duration::from_millis(1));
-    }
-    gate.service_memory(&mut e);
+    serve_eviction(&waker, &mut gate, &mut e);
     match peer.next() {
         BackendMsg::Evicted { state, moved_bytes, .. } => {
             assert_eq!(moved_bytes, 2 * MIB);
