@@ -947,7 +947,10 @@ impl Gate {
             } else {
                 r.resident.saturating_add(r.evicted.min(self.restore_step))
             };
-            self.ensure_memory(engine, step)?;
+            // The daemon may let a restore come back in part first (what
+            // comes back frees host RAM for the evictions the rest needs):
+            // any limit above what is resident is worth taking.
+            self.ensure_memory_from(engine, step, r.resident.saturating_add(1))?;
             // Waiting, it may have swapped out more at the daemon's request.
             let r = engine.residency();
             // The limit now covers `step` at least; take all it allows.
@@ -989,6 +992,12 @@ impl Gate {
     /// gives back a grant whose slice is over, so that the VMs it waits for
     /// are not kept waiting in turn.
     fn ensure_memory(&mut self, engine: &mut dyn Engine, total: u64) -> Result<(), MemoryError> {
+        self.ensure_memory_from(engine, total, total)
+    }
+
+    /// [`ensure_memory`](Self::ensure_memory), content with a limit of
+    /// `enough` (at most `total`) when the daemon gives that much first.
+    fn ensure_memory_from(&mut self, engine: &mut dyn Engine, total: u64, enough: u64) -> Result<(), MemoryError> {
         let Some(shared) = self.shared.clone() else {
             return Ok(());
         };
@@ -1007,10 +1016,10 @@ impl Gate {
                 None => return Ok(()),
                 Some(l) => l,
             };
-            if total <= limit {
-                st.mem_reserved = st.mem_reserved.max(total);
+            if total <= limit || enough <= limit {
+                st.mem_reserved = st.mem_reserved.max(total.min(limit));
                 if asked_at.is_some() {
-                    debug!(total, waited_ms = wait_start.elapsed().as_secs_f64() * 1e3, "memory granted");
+                    debug!(total, limit, waited_ms = wait_start.elapsed().as_secs_f64() * 1e3, "memory granted");
                 }
                 return Ok(());
             }

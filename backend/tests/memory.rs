@@ -227,6 +227,57 @@ fn memory_the_limit_does_not_cover_comes_back_step_by_step() {
 }
 
 #[test]
+fn a_restore_takes_what_the_daemon_gives_first_and_asks_for_the_rest() {
+    let (link, mut peer, _) = start("part", 64 * MIB);
+    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
+    link.set_waker(waker.try_clone().unwrap());
+    let mut gate = link.gate();
+    let (idle_tx, idle_rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        let bufs = alloc_filled(&mut gate, &mut e, 3, 2 * MIB);
+        gate.idle(&mut e);
+        idle_tx.send(()).unwrap();
+        while waker.read().is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        gate.service_memory(&mut e);
+        spin(&mut gate, &mut e, ctx, s, f, 100);
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+        still_filled(&mut e, &bufs, 2 * MIB)
+    });
+    idle_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
+    let m = peer.next();
+    assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
+    // It asks for all 6 MiB; the daemon has 4 free now (what comes back
+    // frees host RAM for the eviction that makes room for the rest).
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
+    peer.send(&DaemonMsg::MemLimit { bytes: 4 * MIB });
+    match peer.next() {
+        BackendMsg::Restored { state, moved_bytes, .. } => {
+            assert_eq!(moved_bytes, 4 * MIB);
+            assert_eq!((state.resident_bytes, state.evicted_bytes), (4 * MIB, 2 * MIB));
+        }
+        m => panic!("expected Restored, got {m:?}"),
+    }
+    // The rest is asked for again, and comes back once given.
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
+    peer.send(&DaemonMsg::MemLimit { bytes: 6 * MIB });
+    match peer.next() {
+        BackendMsg::Restored { state, moved_bytes, .. } => {
+            assert_eq!(moved_bytes, 2 * MIB);
+            assert_eq!((state.resident_bytes, state.evicted_bytes), (6 * MIB, 0));
+        }
+        m => panic!("expected Restored, got {m:?}"),
+    }
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
+    assert!(worker.join().unwrap(), "data came back changed");
+}
+
+#[test]
 fn an_eviction_moves_no_more_than_the_daemon_set_host_ram_aside_for() {
     let (link, mut peer, _) = start("cap", 64 * MIB);
     let waker = EventFd::new(EFD_NONBLOCK).unwrap();

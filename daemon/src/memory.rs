@@ -455,6 +455,25 @@ impl Broker {
             let short = extra - from_avail - from_flight;
             if short > 0 {
                 let must_move = self.must_move(need.vm, need.bytes, cap);
+                let asker_evicted = self.vms.get(&need.vm).map_or(0, |b| b.mem.evicted_bytes);
+                if must_move > swap_room && asker_evicted > 0 && avail > 0 {
+                    // A VM bringing its memory back frees host RAM as it
+                    // goes: let it restore what fits now, and the room that
+                    // frees pays for the evictions the rest needs. Denying
+                    // it instead would keep it off the GPU for good, its
+                    // data out of reach (seen on the H200: three VMs each
+                    // part evicted, host RAM full, a quarter of the GPU free).
+                    let grant = avail.min(asker_evicted);
+                    if let Some(b) = self.vms.get_mut(&need.vm) {
+                        b.mem.limit_bytes = limit + grant;
+                        b.resident_since = now;
+                        out.push(MemAction::Limit { vm: need.vm, bytes: limit + grant });
+                    }
+                    avail -= grant;
+                    self.needs.push_back(need);
+                    ahead.push(need.vm);
+                    continue;
+                }
                 if must_move > swap_room && !need.probed {
                     // The books may be a Stats report behind (memory freed,
                     // or a guest gone): before saying no, ask every other VM
@@ -933,6 +952,32 @@ mod tests {
         // What host RAM can take is granted.
         b.mem_need(2, 3 * G);
         assert_eq!(evicts(&b.pump(MS, &Sched::default().f(), G)), vec![(1, 5 * G)]);
+    }
+
+    #[test]
+    fn a_restore_comes_back_in_part_first_when_host_ram_is_full() {
+        // The state an H200 run stuck in, in round numbers: three VMs of
+        // 40 GiB on 80, each part evicted, host RAM for evictions full, 24
+        // GiB of the GPU free. 3 wants 25 GiB back.
+        let mut b = Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(80 * G), total_bytes: 0, simulated: true, overcommit_ratio: 2.0 },
+            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 64 * G },
+        );
+        for (vm, resident, evicted) in [(1, 32 * G, 8 * G), (2, 16 * G, 24 * G), (3, 8 * G, 32 * G)] {
+            let reported = MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident };
+            b.add_vm(vm, 40 * G, reported, true, 0);
+        }
+        assert_eq!(b.swap_used(), 64 * G);
+        b.mem_need(3, 33 * G);
+        // What fits comes back first: that frees host RAM...
+        assert_eq!(b.pump(MS, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 3, bytes: 32 * G }]);
+        b.restored(3, state(32 * G, 8 * G), 24 * G, 500 * MS, 2 * MS);
+        assert_eq!(b.swap_used(), 40 * G);
+        // ...for the eviction that makes room for the rest.
+        assert_eq!(evicts(&b.pump(2 * MS, &Sched::default().f(), 0)), vec![(1, 31 * G)]);
+        b.evicted(1, state(31 * G, 9 * G), G, 20 * MS, 22 * MS);
+        assert_eq!(b.pump(22 * MS, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 3, bytes: 33 * G }]);
     }
 
     #[test]
