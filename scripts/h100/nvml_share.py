@@ -76,6 +76,7 @@ def main():
     ap.add_argument("--vms", required=True, help="comma-separated VM names")
     ap.add_argument("--seconds", type=float, default=30)
     ap.add_argument("--gpu-index", type=int, default=0)
+    ap.add_argument("--poll", type=float, default=0.05, help="seconds between NVML reads")
     a = ap.parse_args()
     vms = a.vms.split(",")
     pids = {v["name"]: v["pid"] for v in json.loads(get(a.api, "/v1/vms")) if v["name"] in vms}
@@ -86,13 +87,14 @@ def main():
         nvml = None
         out["nvml_error"] = str(e)
     seen = {}
-    # Samples from before the window are skipped by their time stamps.
+    # Samples from before the window are skipped by their time stamps. The
+    # driver keeps few samples per process, so poll often.
     t0_us = int(time.time() * 1e6)
     g0 = exported_gpu_seconds(a.api, vms)
     t0 = time.monotonic()
     last = t0_us
     while time.monotonic() - t0 < a.seconds:
-        time.sleep(0.5)
+        time.sleep(a.poll)
         if nvml:
             for pid, ts, sm in nvml.samples(last):
                 seen[(pid, ts)] = sm
@@ -108,18 +110,31 @@ def main():
     out["gpuvisor_gpu_seconds"] = dg
     out["gpuvisor_share"] = {v: dg[v] / total if total > 0 else None for v in vms}
     if nvml:
-        by_pid = {}
-        count = {}
-        for (pid, ts), sm in seen.items():
+        series = {}
+        for (pid, ts), sm in sorted(seen.items(), key=lambda kv: kv[0][1]):
             if t0_us <= ts <= t1_us:
-                by_pid[pid] = by_pid.get(pid, 0) + sm
-                count[pid] = count.get(pid, 0) + 1
-        ours = {v: by_pid.get(pids.get(v), 0) for v in vms}
+                series.setdefault(pid, []).append((ts, sm))
+        # A sample gives the percentage of time the process ran kernels since
+        # the sample before it; samples come at uneven times and some are
+        # missed between polls, so each counts for the time it covers (the
+        # first one of a process from the window's start).
+        busy_s = {}
+        plain = {}
+        for pid, pts in series.items():
+            prev = t0_us
+            for ts, sm in pts:
+                busy_s[pid] = busy_s.get(pid, 0.0) + sm / 100 * (ts - prev) / 1e6
+                prev = ts
+            plain[pid] = sum(sm for _, sm in pts)
+        ours = {v: busy_s.get(pids.get(v), 0.0) for v in vms}
         s = sum(ours.values())
-        out["nvml_sm_util_sum"] = ours
-        out["nvml_samples"] = {v: count.get(pids.get(v), 0) for v in vms}
-        out["nvml_other_pids"] = {str(p): u for p, u in by_pid.items() if p not in pids.values()}
+        out["nvml_busy_s"] = ours
+        out["nvml_samples"] = {v: len(series.get(pids.get(v), [])) for v in vms}
+        out["nvml_other_pids"] = {str(p): b for p, b in busy_s.items() if p not in pids.values()}
         out["nvml_share"] = {v: ours[v] / s if s > 0 else None for v in vms}
+        ps = sum(plain.get(pids.get(v), 0) for v in vms)
+        out["nvml_share_unweighted"] = {v: plain.get(pids.get(v), 0) / ps if ps > 0 else None for v in vms}
+        out["nvml_samples_raw"] = {v: series.get(pids.get(v), []) for v in vms}
         errs = [abs(out["gpuvisor_share"][v] - out["nvml_share"][v]) * 100 for v in vms
                 if out["gpuvisor_share"][v] is not None and out["nvml_share"][v] is not None]
         out["max_error_pts"] = max(errs) if len(errs) == len(vms) else None

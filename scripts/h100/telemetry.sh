@@ -68,7 +68,11 @@ log "shares: two VMs, weights 1 and 3, gpuvisord's GPU seconds against NVML's pr
 h100_start_daemon --slice-ms "$SLICE_MS" --telemetry-interval-ms 1000 --alert-rules "$RULES"
 h100_start_backend a --quota-mib 8192 --daemon "$work/d.sock" --weight 1
 h100_start_backend b --quota-mib 8192 --daemon "$work/d.sock" --weight 3
-LONG=(saturate --seconds $((SHARE_SECS + 8)) --iters "$HOG_ITERS" --blocks 264 --depth 4)
+# Deep queues: a VM that waits for its results after every few kernels gives
+# the GPU up each time its queue runs dry, and takes about a turn per burst
+# whatever its weight (docs/architecture.md); with work always queued, the
+# weights decide the split.
+LONG=(saturate --seconds $((SHARE_SECS + 8)) --iters "$HOG_ITERS" --blocks 264 --depth 64)
 h100_client gv_load a "$R/share-a.out" "${LONG[@]}" & pa=$!
 h100_client gv_load b "$R/share-b.out" "${LONG[@]}" & pb=$!
 sleep 4
