@@ -404,7 +404,7 @@ static void peers(CUdevice dev)
     CUresult self = CU(cuCtxEnablePeerAccess)(ctx, 0);
     CUresult attr = CU(cuDeviceGetP2PAttribute)(&value, 1, dev, dev);
     gv_check("peer.single_device",
-             rc == CUDA_SUCCESS && can == 0 && self == CUDA_ERROR_INVALID_CONTEXT && attr == CUDA_ERROR_INVALID_DEVICE,
+             rc == CUDA_SUCCESS && can == 0 && self == CUDA_ERROR_PEER_ACCESS_UNSUPPORTED && attr == CUDA_ERROR_INVALID_DEVICE,
              "can access itself: %d, enable to itself -> %s, P2P attribute with itself -> %s", can, gv_errname(self),
              gv_errname(attr));
 }

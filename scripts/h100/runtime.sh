@@ -18,7 +18,9 @@
 #
 #   scripts/h100/runtime.sh [OUTDIR]     (default $OUT, else ./h100-out)
 # Knobs (env): STEP_TIMEOUT (180 s per run), QUOTA_MIB (65536), PY (python3),
-# SKIP_FRAMEWORKS=1.
+# SKIP_FRAMEWORKS=1, ONLY="names" (run only these steps: vector_add, matmul,
+# bandwidth, streams, *_static, gv_graphs, gv_cudart_13s, fw-info, fw-gemm,
+# fw-cupy, fw-cnn, fw-cnn-graphs, fw-transformer, fw-transformer-graphs).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-${OUT:-$PWD/h100-out}}
@@ -29,15 +31,18 @@ STEP_TIMEOUT=${STEP_TIMEOUT:-180}
 QUOTA_MIB=${QUOTA_MIB:-65536}
 PY=${PY:-python3}
 NVCC=$(command -v nvcc || echo /usr/local/cuda/bin/nvcc)
+want() { [ -z "${ONLY:-}" ] || [[ " $ONLY " == *" $1 "* ]]; }
 mkdir -p "$work/bin" "$work/drv"
 ln -sf "$OURS" "$work/drv/libcuda.so.1"
 
 log "building the samples with $NVCC ($("$NVCC" --version | tail -n1))"
 for s in vector_add matmul bandwidth streams; do
+    want "$s" || continue
     "$NVCC" -O2 -arch=sm_90 -cudart shared -o "$work/bin/$s" "guest-tests/cuda/$s.cu" > "$R/nvcc-$s.log" 2>&1 \
         || log "nvcc $s failed"
 done
 for s in vector_add matmul; do
+    want "${s}_static" || continue
     "$NVCC" -O2 -arch=sm_90 -cudart static -o "$work/bin/${s}_static" "guest-tests/cuda/$s.cu" >> "$R/nvcc-$s.log" 2>&1 \
         || log "nvcc $s (static) failed"
 done
@@ -60,7 +65,7 @@ native() {  # name command...
 }
 
 for s in vector_add matmul bandwidth streams vector_add_static matmul_static; do
-    [ -x "$work/bin/$s" ] || continue
+    [ -x "$work/bin/$s" ] && want "$s" || continue
     log "sample $s"
     native "$s" "$work/bin/$s"
     guest "$s" "$work/bin/$s"
@@ -70,7 +75,7 @@ done
 # tables, natively (the host's libcuda.so.1) and on the guest driver: their
 # CHECK verdicts must agree (native error codes confirm the guest's).
 for p in gv_graphs gv_cudart_13s; do
-    [ -x "$T/$p" ] || continue
+    [ -x "$T/$p" ] && want "$p" || continue
     log "program $p"
     native "$p" "$T/$p"
     guest "$p" "$T/$p"
@@ -83,6 +88,7 @@ if [ "${SKIP_FRAMEWORKS:-0}" != 1 ]; then
         "transformer|train --model transformer --steps 30" \
         "transformer-graphs|train --model transformer --steps 30 --graphs"; do
         IFS='|' read -r name args <<< "$spec"
+        want "fw-$name" || continue
         log "framework $name"
         # shellcheck disable=SC2086
         native "fw-$name" "$PY" "${FW[@]}" $args --out "$R/native-fw-$name"

@@ -14,6 +14,11 @@ use std::ffi::{c_int, c_uint};
 
 /// The current context and a peer context argument, which must be another
 /// valid context.
+/// `ctx` is the calling thread's current context.
+fn is_current(ctx: CUcontext) -> bool {
+    state::lock().current().is_ok_and(|me| me == id_of(ctx))
+}
+
 fn contexts(peer: CUcontext) -> CuRes<(u64, u64)> {
     session()?;
     let st = state::lock();
@@ -28,7 +33,14 @@ fn contexts(peer: CUcontext) -> CuRes<(u64, u64)> {
 #[no_mangle]
 pub unsafe extern "C" fn cuCtxEnablePeerAccess(peerContext: CUcontext, Flags: c_uint) -> CUresult {
     ffi(|| {
-        contexts(peerContext)?;
+        match contexts(peerContext) {
+            // NVIDIA's driver (580, H200) answers a context asking for
+            // access to itself this way, not with INVALID_CONTEXT.
+            Err(CUDA_ERROR_INVALID_CONTEXT) if is_current(peerContext) => {
+                return Err(CUDA_ERROR_PEER_ACCESS_UNSUPPORTED)
+            }
+            r => r?,
+        };
         if Flags != 0 {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
