@@ -53,6 +53,21 @@ class Nvml:
         return [(s.pid, s.timeStamp, s.smUtil) for s in buf[: n.value]]
 
 
+def nvml_shares(series, pids, vms):
+    """Each VM's share of the busy time NVML saw. The driver samples at a
+    fixed period and reports a process only for periods in which it ran, so
+    the sum of a process's samples is proportional to its busy time (a
+    missing sample is time it did not run, not a gap to fill in)."""
+    busy = {v: sum(sm for _, sm in series.get(pids.get(v), [])) for v in vms}
+    total = sum(busy.values())
+    return {
+        "nvml_sm_util_sum": busy,
+        "nvml_samples": {v: len(series.get(pids.get(v), [])) for v in vms},
+        "nvml_other_pids": {str(p): sum(sm for _, sm in pts) for p, pts in series.items() if p not in pids.values()},
+        "nvml_share": {v: busy[v] / total if total > 0 else None for v in vms},
+    }
+
+
 def get(api, path):
     with urllib.request.urlopen(api + path, timeout=5) as r:
         return r.read().decode()
@@ -114,26 +129,7 @@ def main():
         for (pid, ts), sm in sorted(seen.items(), key=lambda kv: kv[0][1]):
             if t0_us <= ts <= t1_us:
                 series.setdefault(pid, []).append((ts, sm))
-        # A sample gives the percentage of time the process ran kernels since
-        # the sample before it; samples come at uneven times and some are
-        # missed between polls, so each counts for the time it covers (the
-        # first one of a process from the window's start).
-        busy_s = {}
-        plain = {}
-        for pid, pts in series.items():
-            prev = t0_us
-            for ts, sm in pts:
-                busy_s[pid] = busy_s.get(pid, 0.0) + sm / 100 * (ts - prev) / 1e6
-                prev = ts
-            plain[pid] = sum(sm for _, sm in pts)
-        ours = {v: busy_s.get(pids.get(v), 0.0) for v in vms}
-        s = sum(ours.values())
-        out["nvml_busy_s"] = ours
-        out["nvml_samples"] = {v: len(series.get(pids.get(v), [])) for v in vms}
-        out["nvml_other_pids"] = {str(p): b for p, b in busy_s.items() if p not in pids.values()}
-        out["nvml_share"] = {v: ours[v] / s if s > 0 else None for v in vms}
-        ps = sum(plain.get(pids.get(v), 0) for v in vms)
-        out["nvml_share_unweighted"] = {v: plain.get(pids.get(v), 0) / ps if ps > 0 else None for v in vms}
+        out.update(nvml_shares(series, pids, vms))
         out["nvml_samples_raw"] = {v: series.get(pids.get(v), []) for v in vms}
         errs = [abs(out["gpuvisor_share"][v] - out["nvml_share"][v]) * 100 for v in vms
                 if out["gpuvisor_share"][v] is not None and out["nvml_share"][v] is not None]

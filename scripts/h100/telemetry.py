@@ -8,6 +8,7 @@ import json
 import socket
 import sys
 
+from nvml_share import nvml_shares  # beside this file
 from sched import gvload  # scripts/h100/sched.py, beside this file
 
 
@@ -42,6 +43,17 @@ def main():
         share = json.load(open(f"{a.res}/share.json"))
     except (FileNotFoundError, ValueError) as e:
         share = {"error": str(e)}
+    raw = share.get("nvml_samples_raw")
+    if raw:
+        # Recomputed from the raw samples, so that every figure comes from
+        # this revision's estimator whichever one wrote share.json.
+        pids = {v: i for i, v in enumerate(share["vms"])}
+        share.update(nvml_shares({pids[v]: pts for v, pts in raw.items()}, pids, share["vms"]))
+        share.pop("nvml_busy_s", None)
+        share.pop("nvml_share_unweighted", None)
+        errs = [abs(share["gpuvisor_share"][v] - share["nvml_share"][v]) * 100 for v in share["vms"]
+                if share["gpuvisor_share"].get(v) is not None and share["nvml_share"].get(v) is not None]
+        share["max_error_pts"] = max(errs) if len(errs) == len(share["vms"]) else None
     # Kernels each VM ran over its whole run (a few seconds longer than the
     # window): a third view of the split, from the workload itself.
     kernels = {v: (gvload(f"{a.res}/share-{v}.out") or {}).get("kernels") for v in share.get("vms", [])}
