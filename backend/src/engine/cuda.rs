@@ -582,6 +582,11 @@ fn driver_image(image: &[u8]) -> EngineResult<DriverImage<'_>> {
             _ => return Err(CuError(CUDA_ERROR_INVALID_IMAGE)),
         };
         let bytes = &image[..len];
+        // Nor offsets inside a fatbin's entry headers that the driver follows
+        // unchecked (an entry's options record): every entry must parse.
+        if magic == Some(FATBIN_MAGIC) && module_image::fatbin_entries(bytes).is_err() {
+            return Err(CuError(CUDA_ERROR_INVALID_IMAGE));
+        }
         return Ok(if (bytes.as_ptr() as usize) & (IMAGE_ALIGN - 1) == 0 {
             DriverImage::Borrowed(bytes)
         } else {
