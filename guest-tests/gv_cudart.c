@@ -12,6 +12,7 @@
  * (12 or 13) picks the runtime's struct layouts.
  */
 #include <stdarg.h>
+#include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -63,7 +64,8 @@ static const char *err_detail(void) {
 }
 
 /* ---- the fatbin nvcc would have embedded ---------------------------------
- * Container header (16 bytes), one PTX entry (64-byte header, then the text
+ * Container header (16 bytes), one PTX entry (80-byte header, laid out as
+ * CUDA 13.5's fatbinary writes one: 64 bytes, the options record; then the text
  * padded to 8 bytes), wrapped in the 24-byte __fatBinC_Wrapper_t the runtime
  * is given. Built at start-up because the PTX comes as a C string. */
 #define FATBIN_MAGIC 0xBA55ED50u
@@ -81,13 +83,22 @@ struct fatbin_entry {
     uint32_t header_size;
     uint64_t payload_size;
     uint32_t compressed_size;
-    uint32_t options;
+    /* Where (from the entry's start) the ptxas options record lies. A PTX
+     * entry must have one: NVIDIA's driver reads the record at this offset
+     * unconditionally, so 0 makes it read the entry header as the record
+     * and follow a wild offset (a segfault at the first kernel launch). */
+    uint32_t options_offset;
     uint16_t minor, major; /* PTX ISA version */
     uint32_t arch;         /* sm_XY as XY */
     uint32_t name_offset, name_len;
     uint64_t flags; /* 0x1: 64-bit, 0x10: Linux */
     uint64_t zero;
     uint64_t uncompressed_size;
+    /* The options record, as fatbinary writes it: where the options string
+     * lies (from the entry's start) and its length without the NUL, then
+     * the string, NUL-padded to 8 bytes (here empty). */
+    uint32_t options_text_offset, options_len;
+    char options_text[8];
 };
 struct fatbin_wrapper {
     uint32_t magic;
@@ -156,7 +167,9 @@ __attribute__((constructor)) static void register_kernels(void) {
                              .major = 7,
                              .minor = 8,
                              .arch = 80,
-                             .flags = 0x11};
+                             .flags = 0x11,
+                             .options_offset = offsetof(struct fatbin_entry, options_text_offset),
+                             .options_text_offset = offsetof(struct fatbin_entry, options_text)};
     memcpy(fb, &h, sizeof h);
     memcpy(fb + sizeof h, &e, sizeof e);
     memcpy(fb + sizeof h + sizeof e, gv_kernels_ptx, text);

@@ -51,13 +51,15 @@ fn fatbin_wrapper() -> (Vec<u64>, Vec<u64>) {
     bytes.extend_from_slice(&FATBIN_MAGIC.to_le_bytes());
     bytes.extend_from_slice(&1u16.to_le_bytes()); // version
     bytes.extend_from_slice(&16u16.to_le_bytes()); // header size
-    bytes.extend_from_slice(&(64 + ptx.len() as u64).to_le_bytes());
-    let mut entry = [0u8; 64];
+    bytes.extend_from_slice(&(80 + ptx.len() as u64).to_le_bytes());
+    let mut entry = [0u8; 80];
     entry[0..2].copy_from_slice(&1u16.to_le_bytes()); // PTX
     entry[2..4].copy_from_slice(&0x0101u16.to_le_bytes());
-    entry[4..8].copy_from_slice(&64u32.to_le_bytes());
+    entry[4..8].copy_from_slice(&80u32.to_le_bytes());
     entry[8..16].copy_from_slice(&(ptx.len() as u64).to_le_bytes());
+    entry[20..24].copy_from_slice(&64u32.to_le_bytes()); // options record
     entry[28..32].copy_from_slice(&80u32.to_le_bytes()); // sm_80
+    entry[64..68].copy_from_slice(&72u32.to_le_bytes()); // empty options text
     bytes.extend_from_slice(&entry);
     bytes.extend_from_slice(&ptx);
     // As u64 words, so the fatbin is 8-byte aligned as nvcc's is.

@@ -19,15 +19,22 @@ fn fatbin(entries: &[(u16, u32, &[u8])]) -> Vec<u8> {
     for &(kind, arch, payload) in entries {
         let mut padded = payload.to_vec();
         padded.resize(payload.len().next_multiple_of(8), 0);
+        // A PTX entry carries an (empty) options record, as fatbinary writes it.
+        let ptx = kind == 1;
         body.extend_from_slice(&kind.to_le_bytes());
         body.extend_from_slice(&0x0101u16.to_le_bytes());
-        body.extend_from_slice(&64u32.to_le_bytes());
+        body.extend_from_slice(&(if ptx { 80u32 } else { 64 }).to_le_bytes());
         body.extend_from_slice(&(padded.len() as u64).to_le_bytes());
-        body.extend_from_slice(&[0u8; 8]); // compressed size, options
+        body.extend_from_slice(&0u32.to_le_bytes()); // compressed size
+        body.extend_from_slice(&(if ptx { 64u32 } else { 0 }).to_le_bytes()); // options record
         body.extend_from_slice(&8u16.to_le_bytes()); // minor, major of the format
         body.extend_from_slice(&1u16.to_le_bytes());
         body.extend_from_slice(&arch.to_le_bytes());
         body.extend_from_slice(&[0u8; 32]); // name, flags, zero, uncompressed size
+        if ptx {
+            body.extend_from_slice(&72u32.to_le_bytes()); // options text: empty
+            body.extend_from_slice(&[0u8; 12]);
+        }
         body.extend(padded);
     }
     let mut out = Vec::new();

@@ -304,7 +304,8 @@ pub fn kernel(image: &[u8], name: &str) -> Result<Option<KernelInfo>, ImageError
 /// after the header). Each entry is a header of at least 64 bytes followed by
 /// its payload: `u16 kind` (1 PTX, 2 cubin), `u16 version` (0x0101), `u32
 /// header_size` (64, or 80/112 on sm_100 and later), `u64 payload_size`
-/// (padded to 8), `u32 compressed_size`, `u32` (options), `u16 minor, u16
+/// (padded to 8), `u32 compressed_size`, `u32 options_offset` (of the
+/// options record; every PTX entry has one), `u16 minor, u16
 /// major`, `u32 arch`, `u32 name_offset, u32 name_len`, `u64 flags`, `u64`
 /// (zero), `u64 uncompressed_size`. The next entry starts right after the
 /// payload. An entry is compressed if its flags have 0x2000 (LZ4, CUDA 11)
@@ -322,6 +323,8 @@ pub fn fatbin_entries(image: &[u8]) -> Result<Vec<FatbinEntry<'_>>, ImageError> 
         if header_size < FATBIN_ENTRY_HEADER_LEN {
             return Err(ImageError::BadFatbin("entry header is shorter than 64 bytes"));
         }
+        let header_bytes = sub(body, pos, header_size)?;
+        check_options_record(header_bytes, header.kind.get(), header.options_offset.get())?;
         let payload_start = pos.checked_add(header_size).ok_or(ImageError::Overflow("fatbin entry"))?;
         let payload_end =
             payload_start.checked_add(header.payload_size.get()).ok_or(ImageError::Overflow("fatbin entry"))?;
@@ -347,6 +350,39 @@ pub fn fatbin_entries(image: &[u8]) -> Result<Vec<FatbinEntry<'_>>, ImageError> 
         pos = payload_end;
     }
     Ok(entries)
+}
+
+/// Checks an entry's options record (the ptxas options it was built with):
+/// `options_offset`, counted from the entry's start, is where an 8-byte
+/// record `u32 text_offset, u32 text_len` lies, and `text_offset` where
+/// the options' `text_len` bytes do (NUL-padded text for PTX, a binary
+/// record in sm_100 cubins); both inside the entry header, the record after
+/// the fixed 64 bytes. NVIDIA's
+/// driver follows these offsets without checking them, and reads the record
+/// of every PTX entry: one that has none (offset 0) makes it read the entry
+/// header itself as the record and crash. fatbinary (CUDA 13) writes an
+/// 80-byte PTX entry header, the record at 64 and the empty text at 72;
+/// cubin entries have no record (offset 0) or one as PTX entries do.
+fn check_options_record(header: &[u8], kind: u16, options_offset: u32) -> Result<(), ImageError> {
+    if options_offset == 0 {
+        return if kind == 1 { Err(ImageError::BadFatbin("PTX entry has no options record")) } else { Ok(()) };
+    }
+    let bad = ImageError::BadFatbin("options record lies outside the entry header");
+    let at = u64::from(options_offset);
+    if at < FATBIN_ENTRY_HEADER_LEN || at.saturating_add(FATBIN_OPTIONS_RECORD_LEN) > header.len() as u64 {
+        return Err(bad);
+    }
+    let (text_offset, text_len): (U32, U32) = read_at(header, at).ok_or(bad.clone())?;
+    if text_len.get() == 0 {
+        // Nothing to read; CUDA 12 writes `{0, 0}` for no options.
+        return Ok(());
+    }
+    let text_at = u64::from(text_offset.get());
+    let text_end = text_at.checked_add(u64::from(text_len.get())).ok_or(ImageError::Overflow("fatbin options"))?;
+    if text_at < FATBIN_ENTRY_HEADER_LEN || text_end > header.len() as u64 {
+        return Err(bad);
+    }
+    Ok(())
 }
 
 /// Reads a `__fatBinC_Wrapper_t` (24 bytes: `u32 magic`
@@ -896,6 +932,8 @@ struct ParamCbank {
 
 const FATBIN_HEADER_LEN: u64 = 16;
 const FATBIN_ENTRY_HEADER_LEN: u64 = 64;
+/// Bytes of an entry's options record: `u32 text_offset, u32 text_len`.
+const FATBIN_OPTIONS_RECORD_LEN: u64 = 8;
 /// 0x2000: LZ4-compressed (CUDA 11 onwards); 0x8000: zstd (CUDA 12.8 onwards).
 const FATBIN_FLAGS_COMPRESSED: u64 = 0x2000 | 0x8000;
 
@@ -916,7 +954,7 @@ struct FatbinEntryHeader {
     header_size: U32,
     payload_size: U64,
     _compressed_size: U32,
-    _options: U32,
+    options_offset: U32,
     _minor: U16,
     _major: U16,
     arch: U32,
@@ -1463,12 +1501,14 @@ mod tests {
         for &(kind, arch, flags, payload) in entries {
             let mut padded = payload.to_vec();
             pad8(&mut padded);
+            // As fatbinary writes them: PTX with an empty options record.
+            let ptx = kind == 1;
             p16(&mut body, kind);
             p16(&mut body, 0x0101);
-            p32(&mut body, 64);
+            p32(&mut body, if ptx { 80 } else { 64 });
             p64(&mut body, padded.len() as u64);
             p32(&mut body, 0);
-            p32(&mut body, 0);
+            p32(&mut body, if ptx { 64 } else { 0 });
             p16(&mut body, 8);
             p16(&mut body, 1);
             p32(&mut body, arch);
@@ -1477,6 +1517,11 @@ mod tests {
             p64(&mut body, flags);
             p64(&mut body, 0);
             p64(&mut body, 0);
+            if ptx {
+                p32(&mut body, 72);
+                p32(&mut body, 0);
+                p64(&mut body, 0);
+            }
             body.extend(padded);
         }
         let mut out = Vec::new();
@@ -1896,6 +1941,59 @@ mod tests {
         let grown = (v.len() - 16) as u64;
         v[8..16].copy_from_slice(&grown.to_le_bytes());
         assert!(matches!(fatbin_entries(&v), Err(ImageError::BadFatbin(_))));
+    }
+
+    /// The header fatbinary (CUDA 13.5) writes for a PTX entry built with
+    /// `--cmdline="-O3 -v"`: 80 bytes, the options record at 64 (text at 72,
+    /// 6 bytes). Only the payload size (offset 8) is patched per use.
+    const FATBINARY_PTX_HEADER: [u8; 80] = [
+        0x01, 0x00, 0x01, 0x01, 0x50, 0x00, 0x00, 0x00, 0x20, 0x1d, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x40, 0x00, 0x00, 0x00, 0x08, 0x00, 0x07, 0x00, 0x50, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x11, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+        0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, 0x00, //
+        0x48, 0x00, 0x00, 0x00, 0x06, 0x00, 0x00, 0x00, 0x2d, 0x4f, 0x33, 0x20, 0x2d, 0x76, 0x00, 0x00,
+    ];
+
+    #[test]
+    fn a_fatbinary_ptx_entry_parses_and_its_options_record_is_checked() {
+        let mut ptx = ptx_image();
+        pad8(&mut ptx);
+        let mut header = FATBINARY_PTX_HEADER;
+        header[8..16].copy_from_slice(&(ptx.len() as u64).to_le_bytes());
+        let mut good = Vec::new();
+        p32(&mut good, FATBIN_MAGIC);
+        p16(&mut good, 1);
+        p16(&mut good, 16);
+        p64(&mut good, (header.len() + ptx.len()) as u64);
+        good.extend_from_slice(&header);
+        good.extend_from_slice(&ptx);
+        let entries = fatbin_entries(&good).unwrap();
+        assert_eq!((entries[0].kind, entries[0].arch, entries[0].compressed), (FatbinEntryKind::Ptx, 80, false));
+        assert_eq!(kernel(&good, VECADD).unwrap().unwrap().params, vecadd_params());
+        assert_eq!(fatbin_for_device(&good, 9, 0).unwrap().unwrap(), good, "kept byte for byte");
+
+        let set = |at: usize, bytes: &[u8]| {
+            let mut v = good.clone();
+            v[16 + at..16 + at + bytes.len()].copy_from_slice(bytes);
+            v
+        };
+        for (image, why) in [
+            // What gv_cudart.c used to write: the driver then reads the
+            // entry header as the record and follows 0x01010001.
+            (set(20, &0u32.to_le_bytes()), "a PTX entry without a record"),
+            (set(20, &76u32.to_le_bytes()), "record past the header"),
+            (set(20, &8u32.to_le_bytes()), "record inside the fixed header"),
+            (set(64, &0x0101_0001u32.to_le_bytes()), "text far away"),
+            (set(68, &u32::MAX.to_le_bytes()), "text length overflows the header"),
+            (set(68, &9u32.to_le_bytes()), "text past the header"),
+            (set(64, &[0; 4]), "text inside the fixed header"),
+        ] {
+            assert!(matches!(fatbin_entries(&image), Err(ImageError::BadFatbin(_))), "{why}");
+            assert!(kernels(&image).is_err(), "{why}");
+            fuzz_one(&image);
+        }
+        // A cubin entry needs no record.
+        assert!(fatbin_entries(&build_fatbin(&[(2, 90, 0, &sample_cubin())])).is_ok());
     }
 
     #[test]

@@ -582,6 +582,11 @@ fn driver_image(image: &[u8]) -> EngineResult<DriverImage<'_>> {
             _ => return Err(CuError(CUDA_ERROR_INVALID_IMAGE)),
         };
         let bytes = &image[..len];
+        // Nor offsets inside a fatbin's entry headers that the driver follows
+        // unchecked (an entry's options record): every entry must parse.
+        if magic == Some(FATBIN_MAGIC) && module_image::fatbin_entries(bytes).is_err() {
+            return Err(CuError(CUDA_ERROR_INVALID_IMAGE));
+        }
         return Ok(if (bytes.as_ptr() as usize) & (IMAGE_ALIGN - 1) == 0 {
             DriverImage::Borrowed(bytes)
         } else {
@@ -1884,7 +1889,14 @@ pub(super) mod tests {
         v.extend_from_slice(&1u16.to_le_bytes()); // version
         v.extend_from_slice(&16u16.to_le_bytes()); // header_size
         v.extend_from_slice(&declared.to_le_bytes()); // fat_size
-        v.resize(v.len() + payload_len, 0xab);
+                                                      // One cubin entry filling the declared size: a 64-byte header, no
+                                                      // options record, then the payload.
+        v.extend_from_slice(&2u16.to_le_bytes());
+        v.extend_from_slice(&0x0101u16.to_le_bytes());
+        v.extend_from_slice(&64u32.to_le_bytes());
+        v.extend_from_slice(&declared.saturating_sub(64).to_le_bytes());
+        v.resize(16 + 64, 0);
+        v.resize(16 + payload_len, 0xab);
         v
     }
 
@@ -1905,14 +1917,19 @@ pub(super) mod tests {
 
     #[test]
     fn binary_images_must_hold_what_their_headers_claim() {
-        let complete = fatbin(32, 32);
-        assert_eq!(driver_image(&complete).unwrap().bytes().len(), 48);
-        let truncated = fatbin(32, 4096);
+        let complete = fatbin(96, 96);
+        assert_eq!(driver_image(&complete).unwrap().bytes().len(), 112);
+        let truncated = fatbin(96, 4096);
         assert!(matches!(driver_image(&truncated), Err(CuError(CUDA_ERROR_INVALID_IMAGE))));
         // Trailing bytes past the image are not handed over.
-        let mut longer = fatbin(32, 16);
+        let mut longer = fatbin(96, 80);
         longer.extend_from_slice(&[1, 2, 3]);
-        assert_eq!(driver_image(&longer).unwrap().bytes().len(), 32);
+        assert_eq!(driver_image(&longer).unwrap().bytes().len(), 96);
+        // Nor an entry whose options record the driver would follow outside
+        // the header (a PTX entry without one).
+        let mut ptx = fatbin(96, 96);
+        ptx[16] = 1;
+        assert!(matches!(driver_image(&ptx), Err(CuError(CUDA_ERROR_INVALID_IMAGE))));
         let mut elf = ELF_MAGIC.to_vec();
         elf.resize(40, 0);
         assert!(matches!(driver_image(&elf), Err(CuError(CUDA_ERROR_INVALID_IMAGE))));
@@ -1920,7 +1937,7 @@ pub(super) mod tests {
 
     #[test]
     fn misaligned_binary_images_are_copied_to_an_aligned_buffer() {
-        let image = fatbin(40, 40);
+        let image = fatbin(104, 104);
         let mut holder = [0u64; 16];
         let bytes = &mut holder.as_mut_bytes()[1..1 + image.len()];
         bytes.copy_from_slice(&image);

@@ -810,6 +810,13 @@ impl Engine for SimEngine {
 
     fn module_load(&mut self, image: &[u8]) -> EngineResult<EngineModule> {
         let ctx = self.cur()?;
+        // As the driver: a fatbin with no cubin or PTX the device (9.0, see
+        // the attributes above) can load is refused.
+        if module_image::detect(image) == Some(module_image::ImageKind::Fatbin)
+            && module_image::fatbin_for_device(image, 9, 0) == Ok(None)
+        {
+            return err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+        }
         let kernels = module_image::kernels(image).map_err(|_| CuError(CUDA_ERROR_INVALID_IMAGE))?;
         let id = self.id();
         self.modules.insert(id, SimModule { ctx, kernels });

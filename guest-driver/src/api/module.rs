@@ -622,6 +622,9 @@ fn library_module_in(lib: u64, ctx: u64) -> CuRes<u64> {
         if let Some(m) = l.modules.get(&ctx) {
             return Ok(*m);
         }
+        if l.no_binary {
+            return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+        }
         l.image.clone()
     };
     let module = load(&image, ctx, Some(lib))?;
@@ -646,13 +649,24 @@ fn library_module(lib: CUlibrary) -> CuRes<u64> {
 
 /// Registers a library over `image` and loads it in the library context,
 /// so that a bad image fails here, as natively.
+///
+/// An image with nothing for this device is the exception: the CUDA
+/// runtime loads every fatbin of a library such as cuBLASLt, whose fatbins
+/// hold kernels for other GPU generations only, and natively (lazy loading,
+/// the default since CUDA 12.2) such a load succeeds and only a use of its
+/// kernels fails. The library is kept and answers
+/// CUDA_ERROR_NO_BINARY_FOR_GPU when a module or function is needed.
 fn new_library(out: Out<CUlibrary>, image: &[u8]) -> CuRes {
     let c = session()?;
     let ctx = library_ctx()?;
     let lib = c.new_id();
     let image: Arc<[u8]> = Arc::from(image);
-    let module = load(&image, ctx, Some(lib))?;
-    let info = LibraryInfo { image, modules: HashMap::from([(ctx, module)]), kernels: HashMap::new() };
+    let (modules, no_binary) = match load(&image, ctx, Some(lib)) {
+        Ok(module) => (HashMap::from([(ctx, module)]), false),
+        Err(CUDA_ERROR_NO_BINARY_FOR_GPU) => (HashMap::new(), true),
+        Err(e) => return Err(e),
+    };
+    let info = LibraryInfo { image, modules, kernels: HashMap::new(), no_binary };
     state::lock().libraries.insert(lib, info);
     out.set(handle(lib));
     Ok(())
@@ -662,7 +676,15 @@ fn new_library(out: Out<CUlibrary>, image: &[u8]) -> CuRes {
 /// library has such a kernel.
 fn library_kernel(lib: u64, name: &CStr) -> CuRes<u64> {
     let c = session()?;
-    get_function(library_module_in(lib, library_ctx()?)?, name)?;
+    match library_module_in(lib, library_ctx()?) {
+        Ok(module) => {
+            get_function(module, name)?;
+        }
+        // Nothing to look the name up in: the handle fails when used, as a
+        // lazily loaded library's kernel does natively.
+        Err(CUDA_ERROR_NO_BINARY_FOR_GPU) => {}
+        Err(e) => return Err(e),
+    }
     let name_str = name.to_str().map_err(|_| CUDA_ERROR_NOT_FOUND)?;
     let mut st = state::lock();
     let l = st.libraries.get_mut(&lib).ok_or(CUDA_ERROR_INVALID_HANDLE)?;

@@ -141,6 +141,11 @@ pub struct LibraryInfo {
     /// Kernel handles handed out, by name: the same name gives the same
     /// handle, as natively.
     pub kernels: HashMap<String, u64>,
+    /// The device has no binary in the image (the load answered
+    /// CUDA_ERROR_NO_BINARY_FOR_GPU): kept as natively under lazy loading,
+    /// where a library loads only when a function is needed, so that error
+    /// comes from the first use instead of the load.
+    pub no_binary: bool,
 }
 
 /// A kernel of a library. In each context it stands for that context's
