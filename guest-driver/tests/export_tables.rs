@@ -20,12 +20,14 @@ use std::sync::Mutex;
 
 const CUDART_INTERFACE: u128 = 0x6bd5fb6c_5bf4_e74a_8987_d93912fd9df9;
 const CONTEXT_LOCAL_STORAGE: u128 = 0xc693336e_1121_df11_a8c3_68f355d89593;
+const TOOLS_TLS: u128 = 0x42d85a81_23f6_cb47_8298_f6e78a3aecdc;
 
 type GetModuleFromCubin = unsafe extern "C" fn(*mut CUmodule, *const c_void) -> CUresult;
 type PrimaryContext = unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult;
 type LocalPut = unsafe extern "C" fn(CUcontext, *mut c_void, *mut c_void, Option<LocalDestructor>) -> CUresult;
 type LocalDelete = unsafe extern "C" fn(CUcontext, *mut c_void) -> CUresult;
 type LocalGet = unsafe extern "C" fn(*mut *mut c_void, CUcontext, *mut c_void) -> CUresult;
+type ToolsCurrent = unsafe extern "C" fn(*mut CUcontext) -> CUresult;
 
 /// Slot `i` of the table with id `id`, as a function of type `F`.
 ///
@@ -100,6 +102,11 @@ fn runtime_interface_loads_registered_fatbins_and_context_values_end_with_their_
         assert_eq!(cuDevicePrimaryCtxRetain(&mut retained, 0), CUDA_SUCCESS);
         assert_eq!(retained, primary, "the interface names the primary context");
         assert_eq!(cuCtxSetCurrent(primary), CUDA_SUCCESS);
+        // cuBLASLt's view of the current context agrees with the API's.
+        let tools_current: ToolsCurrent = slot(TOOLS_TLS, 2);
+        let mut seen: CUcontext = std::ptr::null_mut();
+        assert_eq!(tools_current(&mut seen), CUDA_SUCCESS);
+        assert_eq!(seen, primary);
 
         // A registered fatbin becomes a module whose kernel runs.
         let (wrapper, _fatbin) = fatbin_wrapper();
@@ -148,6 +155,8 @@ fn runtime_interface_loads_registered_fatbins_and_context_values_end_with_their_
         let mut created: CUcontext = std::ptr::null_mut();
         assert_eq!(cuCtxCreate_v2(&mut created, 0, 0), CUDA_SUCCESS);
         assert_eq!(put(created, key_a, 9 as *mut c_void, Some(destructor)), CUDA_SUCCESS);
+        assert_eq!(tools_current(&mut seen), CUDA_SUCCESS);
+        assert_eq!(seen, created, "a created context is current");
         assert_eq!(cuCtxDestroy_v2(created), CUDA_SUCCESS);
         assert_eq!(destroyed(), vec![(created as usize, key_a as usize, 9)]);
         assert_eq!(put(created, key_a, 9 as *mut c_void, None), CUDA_ERROR_INVALID_CONTEXT, "destroyed");

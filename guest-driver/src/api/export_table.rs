@@ -119,9 +119,14 @@ static CUDART_INTERFACE: ExportTable<13> = ExportTable(sized::<CUDART, 13>(&[
     (12, load_compilers as *const c_void),
 ]));
 
-/// {42d85a81-23f6-cb47-8298-f6e78a3aecdc}: only its size is read.
+/// {42d85a81-23f6-cb47-8298-f6e78a3aecdc}: tools' thread-local state. The
+/// runtime reads its size; cuBLASLt calls slot 2 for the calling thread's
+/// context (found equal to cuCtxGetCurrent by those who traced it; on the
+/// H200 cuBLAS called it 75 times before its first GEMM and gave up with
+/// CUBLAS_STATUS_NOT_SUPPORTED when it failed).
 const TOOLS_TLS_ID: [u8; 16] = uuid(0x42d85a81_23f6_cb47_8298_f6e78a3aecdc);
-static TOOLS_TLS: ExportTable<4> = ExportTable(sized::<TOOLS_TLS_T, 4>(&[]));
+static TOOLS_TLS: ExportTable<4> =
+    ExportTable(sized::<TOOLS_TLS_T, 4>(&[(2, crate::api::context::cuCtxGetCurrent as *const c_void)]));
 
 /// {a094798c-2e74-2e74-93f2-0800200c0a66}: buffers where a tool (CUPTI)
 /// would switch the runtime's callbacks on; all zero here.
