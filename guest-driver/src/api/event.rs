@@ -33,7 +33,7 @@ fn destroy(h: CUevent) -> CuRes {
     c.enqueue(Opcode::EventDestroy, 0, e.ctx, &Id { id: U64::new(id) }, &[])
 }
 
-fn record(h: CUevent, stream: CUstream, flags: c_uint, ptsz: bool) -> CuRes {
+pub(crate) fn record(h: CUevent, stream: CUstream, flags: c_uint, ptsz: bool) -> CuRes {
     let c = session()?;
     if flags & !CU_EVENT_RECORD_EXTERNAL != 0 {
         return Err(CUDA_ERROR_INVALID_VALUE);

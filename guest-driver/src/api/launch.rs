@@ -261,18 +261,81 @@ unsafe fn launch_ex(
     }
     // SAFETY: non-NULL, a CUlaunchConfig per the CUDA API.
     let cfg = unsafe { &*config };
-    if cfg.numAttrs > 0 {
-        crate::log::unsupported("cuLaunchKernelEx with launch attributes");
-        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    let attrs: &[CUlaunchAttribute] = match cfg.numAttrs {
+        0 => &[],
+        _ if cfg.attrs.is_null() => return Err(CUDA_ERROR_INVALID_VALUE),
+        // SAFETY: numAttrs attributes at attrs, per the CUDA API.
+        n => unsafe { std::slice::from_raw_parts(cfg.attrs as *const CUlaunchAttribute, n as usize) },
+    };
+    let mut events = Vec::new();
+    for a in attrs {
+        match launch_attribute(a)? {
+            LaunchAttr::Same => {}
+            LaunchAttr::RecordAfter(event, flags) => events.push((event, flags)),
+        }
     }
     let grid = [cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ];
     let block = [cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ];
     // SAFETY: forwarded from the caller.
-    unsafe { launch(id_of(f), grid, block, cfg.sharedMemBytes, cfg.hStream, kernel_params, extra, ptsz) }
+    unsafe { launch(id_of(f), grid, block, cfg.sharedMemBytes, cfg.hStream, kernel_params, extra, ptsz) }?;
+    for (event, flags) in events {
+        crate::api::event::record(event, cfg.hStream, flags, ptsz)?;
+    }
+    Ok(())
 }
 
-/// Without launch attributes it is cuLaunchKernel; attributes (clusters,
-/// cooperative launch, priorities, ...) are not supported yet.
+/// What a launch attribute asks of a launch on a vGPU.
+#[derive(Debug, PartialEq)]
+enum LaunchAttr {
+    /// A hint, or a request a plain launch already meets.
+    Same,
+    /// An event to fire once the kernel's blocks have started, or all have
+    /// triggered it: recording it after the launch fires it later, at the
+    /// kernel's end, which every waiter on it still sees in order.
+    RecordAfter(CUevent, c_uint),
+}
+
+/// Checks one `CUlaunchAttribute` of `cuLaunchKernelEx`. Hints (cache
+/// policy, priority, scheduling and carveout preferences, memory
+/// synchronisation domains, which only narrow what fences wait for) and
+/// programmatic stream serialization (the kernel then simply starts after
+/// its predecessor ends, and its grid-dependency waits return at once) keep
+/// the plain launch's meaning. Clusters larger than one block and
+/// cooperative launches do not, and are refused until the wire carries
+/// them.
+fn launch_attribute(a: &CUlaunchAttribute) -> CuRes<LaunchAttr> {
+    let word = |i: usize| u32::from_le_bytes([a.value[i], a.value[i + 1], a.value[i + 2], a.value[i + 3]]);
+    let pointer = || usize::from_le_bytes(a.value[..8].try_into().unwrap_or([0; 8]));
+    match a.id {
+        // IGNORE, ACCESS_POLICY_WINDOW, SYNCHRONIZATION_POLICY, CLUSTER_SCHEDULING_POLICY_PREFERENCE,
+        // PROGRAMMATIC_STREAM_SERIALIZATION, PRIORITY, MEM_SYNC_DOMAIN_MAP, MEM_SYNC_DOMAIN,
+        // PREFERRED_CLUSTER_DIMENSION, PREFERRED_SHARED_MEMORY_CARVEOUT, NVLINK_UTIL_CENTRIC_SCHEDULING
+        0 | 1 | 3 | 5 | 6 | 8 | 9 | 10 | 11 | 14 | 16 => Ok(LaunchAttr::Same),
+        // COOPERATIVE
+        2 if word(0) == 0 => Ok(LaunchAttr::Same),
+        // CLUSTER_DIMENSION: one block per cluster is what every launch gets.
+        4 if (word(0), word(4), word(8)) == (1, 1, 1) => Ok(LaunchAttr::Same),
+        4 if [word(0), word(4), word(8)].contains(&0) => Err(CUDA_ERROR_INVALID_VALUE),
+        // PROGRAMMATIC_EVENT {event, flags, triggerAtBlockStart};
+        // LAUNCH_COMPLETION_EVENT {event, flags}
+        7 | 12 => Ok(LaunchAttr::RecordAfter(pointer() as CUevent, word(8))),
+        // DEVICE_UPDATABLE_KERNEL_NODE is for graph nodes only.
+        13 => Err(CUDA_ERROR_INVALID_VALUE),
+        id => {
+            let name = match id {
+                2 => "COOPERATIVE".to_string(),
+                4 => "CLUSTER_DIMENSION larger than one block".to_string(),
+                id => format!("id {id}"),
+            };
+            crate::log::unsupported(&format!("cuLaunchKernelEx launch attribute {name}"));
+            Err(CUDA_ERROR_NOT_SUPPORTED)
+        }
+    }
+}
+
+/// cuLaunchKernel with launch attributes: hints are taken as hints, events
+/// are recorded after the launch, clusters of more than one block and
+/// cooperative launches are NOT_SUPPORTED (see `launch_attribute`).
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernelEx(
     config: *const CUlaunchConfig,

@@ -1,0 +1,120 @@
+//! cuLaunchKernelEx with launch attributes, as cuDNN and PyTorch call it:
+//! hints launch as a plain launch, events asked of the launch fire once the
+//! kernel has run, and what a vGPU cannot do yet (clusters of more than one
+//! block, cooperative launches) is CUDA_ERROR_NOT_SUPPORTED, counted, with
+//! the stream still usable. Against a sim backend through the direct
+//! transport.
+
+#[path = "support/backend.rs"]
+mod backend;
+
+use backend::GpuvisorBackend;
+use cuda::api::types::*;
+use cuda::api::{context::*, copy::*, device::*, event::*, launch::*, memory::*, module::*, stream::*};
+use protocol::cuda::*;
+use std::ffi::{c_uint, c_void};
+use std::ptr::null_mut;
+
+const N: u64 = 4096;
+
+fn ok(r: CUresult) {
+    assert_eq!(r, CUDA_SUCCESS, "{}", protocol::cuda::error_name(r).unwrap_or("?"));
+}
+
+/// A launch attribute with `id` whose value starts with `value`.
+fn attr(id: c_uint, value: &[u8]) -> CUlaunchAttribute {
+    let mut a = CUlaunchAttribute { id, pad: [0; 4], value: [0; 64] };
+    a.value[..value.len()].copy_from_slice(value);
+    a
+}
+
+fn words(w: &[u32]) -> Vec<u8> {
+    w.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn launch_attributes_are_honoured_or_refused_cleanly() {
+    let Some(b) = GpuvisorBackend::spawn("launch_attributes") else { return };
+    std::env::set_var("GPUVISOR_TRANSPORT", format!("direct:{}", b.path()));
+    std::env::set_var("GPUVISOR_DIRECT_MEM_MIB", "64");
+    let mut ptx = include_bytes!("../../guest-tests/kernels.ptx").to_vec();
+    ptx.push(0);
+    // SAFETY: the calls follow the CUDA API; every pointer passed is valid
+    // for its call.
+    unsafe {
+        ok(cuInit(0));
+        let mut ctx: CUcontext = null_mut();
+        ok(cuDevicePrimaryCtxRetain(&mut ctx, 0));
+        ok(cuCtxSetCurrent(ctx));
+        let mut m: CUmodule = null_mut();
+        ok(cuModuleLoadData(&mut m, ptx.as_ptr() as *const c_void));
+        let mut fill: CUfunction = null_mut();
+        ok(cuModuleGetFunction(&mut fill, m, c"gv_fill_u32".as_ptr()));
+        let mut d: CUdeviceptr = 0;
+        ok(cuMemAlloc_v2(&mut d, N as usize * 4));
+        let mut s: CUstream = null_mut();
+        ok(cuStreamCreate(&mut s, 1));
+        let mut done: CUevent = null_mut();
+        ok(cuEventCreate(&mut done, 0));
+
+        let launch = |value: c_uint, attrs: &mut [CUlaunchAttribute]| {
+            let mut dd = d;
+            let (mut v, mut n) = (value, N);
+            let mut args =
+                [&mut dd as *mut _ as *mut c_void, &mut v as *mut _ as *mut c_void, &mut n as *mut _ as *mut c_void];
+            let cfg = CUlaunchConfig {
+                gridDimX: 16,
+                gridDimY: 1,
+                gridDimZ: 1,
+                blockDimX: 256,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: s,
+                attrs: attrs.as_mut_ptr() as *mut c_void,
+                numAttrs: attrs.len() as c_uint,
+            };
+            cuLaunchKernelEx(&cfg, fill, args.as_mut_ptr(), null_mut())
+        };
+        let read = || {
+            let mut host = vec![0u32; N as usize];
+            ok(cuMemcpyDtoH_v2(host.as_mut_ptr() as *mut c_void, d, N as usize * 4));
+            host
+        };
+
+        // Hints as PyTorch and cuDNN set them, and an event for the launch's
+        // completion: the kernel runs and the event fires after it.
+        let event = (done as usize).to_le_bytes();
+        let mut hints = [
+            attr(6, &words(&[1])),       // programmatic stream serialization
+            attr(8, &words(&[0])),       // priority
+            attr(10, &words(&[1])),      // memory synchronisation domain
+            attr(4, &words(&[1, 1, 1])), // a cluster of one block
+            attr(12, &event),            // launch completion event
+        ];
+        ok(launch(0x1234, &mut hints));
+        ok(cuEventSynchronize(done));
+        assert!(read().iter().all(|&x| x == 0x1234), "the kernel ran before its event fired");
+
+        // What a plain launch cannot stand in for is refused; nothing runs.
+        let mut cluster = [attr(4, &words(&[2, 1, 1]))];
+        assert_eq!(launch(0x5678, &mut cluster), CUDA_ERROR_NOT_SUPPORTED);
+        let mut cooperative = [attr(2, &words(&[1]))];
+        assert_eq!(launch(0x5678, &mut cooperative), CUDA_ERROR_NOT_SUPPORTED);
+        let mut graph_only = [attr(13, &words(&[1]))];
+        assert_eq!(launch(0x5678, &mut graph_only), CUDA_ERROR_INVALID_VALUE);
+        let mut empty_cluster = [attr(4, &words(&[0, 1, 1]))];
+        assert_eq!(launch(0x5678, &mut empty_cluster), CUDA_ERROR_INVALID_VALUE);
+        ok(cuStreamSynchronize(s));
+        assert!(read().iter().all(|&x| x == 0x1234), "a refused launch ran");
+        let names: Vec<String> = cuda::unsupported_calls::snapshot().into_iter().map(|(n, _)| n).collect();
+        for want in ["COOPERATIVE", "CLUSTER_DIMENSION larger than one block"] {
+            assert!(names.contains(&format!("cuLaunchKernelEx launch attribute {want}")), "{names:?}");
+        }
+
+        // The stream goes on; no attributes at all is cuLaunchKernel.
+        ok(launch(0x9abc, &mut []));
+        ok(cuStreamSynchronize(s));
+        assert!(read().iter().all(|&x| x == 0x9abc));
+    }
+}
