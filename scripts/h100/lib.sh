@@ -50,13 +50,18 @@ h100_start_backend() {  # name [backend args...]
 stop_backends() { for p in "${backend_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; backend_pids=(); }
 
 h100_client() {  # program name out-file args... : through backend `name`, or natively when name starts with native
-    local prog=$1 name=$2 outf=$3; shift 3
+    # CLIENT_TIMEOUT (s, default 900) bounds each run, so that a run that
+    # hangs still leaves its logs and a JSON saying so within the device
+    # tool's limit; a client stopped this way prints "exit 124".
+    local prog=$1 name=$2 outf=$3 rc=0; shift 3
     if [[ $name == native* ]]; then
-        "$T/$prog" "$@" > "$outf" 2>&1
+        timeout "${CLIENT_TIMEOUT:-900}" "$T/$prog" "$@" > "$outf" 2>&1 || rc=$?
     else
         GV_LIBCUDA=$OURS GPUVISOR_TRANSPORT=direct:$work/$name.sock GPUVISOR_DIRECT_MEM_MIB=${DIRECT_MEM_MIB:-64} \
-            "$T/$prog" "$@" > "$outf" 2>&1
+            timeout "${CLIENT_TIMEOUT:-900}" "$T/$prog" "$@" > "$outf" 2>&1 || rc=$?
     fi
+    [ "$rc" = 124 ] && echo "exit 124 (stopped after ${CLIENT_TIMEOUT:-900} s)" >> "$outf"
+    return "$rc"
 }
 
 snapshot() {  # file: gpuvisord's view of the VMs and GPUs

@@ -56,6 +56,7 @@ log "native pinned copy bandwidth"
 python3 scripts/h100/probe-evict.py pinned 8 > "$R/pinned.json" 2> "$R/pinned.err" || true
 
 log "baseline: the three VMs one after another, each alone with its memory"
+export CLIENT_TIMEOUT=$((ALONE_SECS + 150))
 start_daemon
 for v in a b c; do
     start_backend "$v" --daemon "$work/d.sock"
@@ -64,6 +65,8 @@ for v in a b c; do
 done
 
 log "overcommit: the three at once, ${SECS}s after a common start"
+# Fills, the run, and every byte checked at the end (restores included).
+export CLIENT_TIMEOUT=$((FILL_WAIT + SECS + 200))
 for v in a b c; do start_backend "$v" --daemon "$work/d.sock"; done
 start_at=$(( $(date +%s) + FILL_WAIT ))
 echo "$start_at" > "$R/start_at"
@@ -79,6 +82,7 @@ snapshot "$R/over-api-end.json"
 stop_backends
 
 log "scrub: one VM writes a marker over all its memory, frees it and exits; another allocates all it can"
+export CLIENT_TIMEOUT=150
 start_backend x --daemon "$work/d.sock"
 client x scrub scrub-write --fill --chunk-mib "$CHUNK_MIB"
 stop_backends
