@@ -66,6 +66,31 @@ fn serve_eviction(waker: &EventFd, gate: &mut Gate, e: &mut SimEngine) {
     gate.service_memory(e);
 }
 
+/// A queue thread whose VM fills three 2 MiB buffers and goes idle (when
+/// this returns), serves the memory event `waker` signals (a swap-out), then
+/// runs 100 kernels (its data must come back first) and goes idle again;
+/// joins with whether the buffers still hold what it wrote.
+fn three_buffers_idle_then_busy(mut gate: Gate, waker: EventFd) -> std::thread::JoinHandle<bool> {
+    let (idle_tx, idle_rx) = mpsc::channel::<()>();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        let bufs = alloc_filled(&mut gate, &mut e, 3, 2 * MIB);
+        gate.idle(&mut e);
+        idle_tx.send(()).unwrap();
+        // The queue thread's epoll loop, reduced to the memory event.
+        while waker.read().is_err() {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        gate.service_memory(&mut e);
+        spin(&mut gate, &mut e, ctx, s, f, 100);
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+        still_filled(&mut e, &bufs, 2 * MIB)
+    });
+    idle_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    worker
+}
+
 #[test]
 fn memory_past_the_limit_is_asked_for_and_a_refusal_is_out_of_memory() {
     let (link, mut peer, _) = start("need", 4 * MIB);
@@ -189,23 +214,7 @@ fn memory_the_limit_does_not_cover_comes_back_step_by_step() {
     link.set_waker(waker.try_clone().unwrap());
     let mut gate = link.gate();
     gate.set_restore_step(2 * MIB);
-    let (idle_tx, idle_rx) = mpsc::channel::<()>();
-    let worker = std::thread::spawn(move || {
-        let (mut e, ctx, s, f) = sim();
-        let bufs = alloc_filled(&mut gate, &mut e, 3, 2 * MIB);
-        gate.idle(&mut e);
-        idle_tx.send(()).unwrap();
-        // The queue thread's epoll loop, reduced to the memory event.
-        while waker.read().is_err() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        gate.service_memory(&mut e);
-        spin(&mut gate, &mut e, ctx, s, f, 100);
-        e.stream_synchronize(s).unwrap();
-        gate.idle(&mut e);
-        still_filled(&mut e, &bufs, 2 * MIB)
-    });
-    idle_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let worker = three_buffers_idle_then_busy(gate, waker);
     peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
     let m = peer.next();
     assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
@@ -231,23 +240,8 @@ fn a_restore_takes_what_the_daemon_gives_first_and_asks_for_the_rest() {
     let (link, mut peer, _) = start("part", 64 * MIB);
     let waker = EventFd::new(EFD_NONBLOCK).unwrap();
     link.set_waker(waker.try_clone().unwrap());
-    let mut gate = link.gate();
-    let (idle_tx, idle_rx) = mpsc::channel::<()>();
-    let worker = std::thread::spawn(move || {
-        let (mut e, ctx, s, f) = sim();
-        let bufs = alloc_filled(&mut gate, &mut e, 3, 2 * MIB);
-        gate.idle(&mut e);
-        idle_tx.send(()).unwrap();
-        while waker.read().is_err() {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-        gate.service_memory(&mut e);
-        spin(&mut gate, &mut e, ctx, s, f, 100);
-        e.stream_synchronize(s).unwrap();
-        gate.idle(&mut e);
-        still_filled(&mut e, &bufs, 2 * MIB)
-    });
-    idle_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let gate = link.gate();
+    let worker = three_buffers_idle_then_busy(gate, waker);
     peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
     let m = peer.next();
     assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");

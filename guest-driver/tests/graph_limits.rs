@@ -11,11 +11,13 @@
 
 #[path = "support/backend.rs"]
 mod backend;
+#[path = "support/kernels.rs"]
+mod kernels;
 
 use backend::GpuvisorBackend;
 use cuda::api::graph::*;
 use cuda::api::types::*;
-use cuda::api::{capture::*, context::*, copy::*, device::*, launch::*, memory::*, module::*, stream::*};
+use cuda::api::{capture::*, context::*, copy::*, launch::*, memory::*, module::*, stream::*};
 use protocol::cuda::*;
 use std::ffi::{c_int, c_uint, c_void};
 use std::ptr::{null, null_mut};
@@ -42,18 +44,9 @@ unsafe fn instantiate(g: CUgraph) -> (CUresult, c_int, CUgraphNode, CUgraphExec)
 #[test]
 fn graphs_refuse_what_the_backend_cannot_replay_and_launch_asynchronously() {
     let Some(b) = GpuvisorBackend::spawn("graph_limits") else { return };
-    std::env::set_var("GPUVISOR_TRANSPORT", format!("direct:{}", b.path()));
-    std::env::set_var("GPUVISOR_DIRECT_MEM_MIB", "64");
-    let mut ptx = include_bytes!("../../guest-tests/kernels.ptx").to_vec();
-    ptx.push(0);
     // SAFETY: the calls follow the CUDA API; every pointer passed is valid.
     unsafe {
-        ok(cuInit(0));
-        let mut ctx: CUcontext = null_mut();
-        ok(cuDevicePrimaryCtxRetain(&mut ctx, 0));
-        ok(cuCtxSetCurrent(ctx));
-        let mut m: CUmodule = null_mut();
-        ok(cuModuleLoadData(&mut m, ptx.as_ptr() as *const c_void));
+        let (ctx, m) = kernels::primary_with_kernels(b.path());
         let (mut fill, mut spin): (CUfunction, CUfunction) = (null_mut(), null_mut());
         ok(cuModuleGetFunction(&mut fill, m, c"gv_fill_u32".as_ptr()));
         ok(cuModuleGetFunction(&mut spin, m, c"gv_spin_us".as_ptr()));

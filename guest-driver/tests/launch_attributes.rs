@@ -7,10 +7,12 @@
 
 #[path = "support/backend.rs"]
 mod backend;
+#[path = "support/kernels.rs"]
+mod kernels;
 
 use backend::GpuvisorBackend;
 use cuda::api::types::*;
-use cuda::api::{context::*, copy::*, device::*, event::*, launch::*, memory::*, module::*, stream::*};
+use cuda::api::{copy::*, event::*, launch::*, memory::*, module::*, stream::*};
 use protocol::cuda::*;
 use std::ffi::{c_uint, c_void};
 use std::ptr::null_mut;
@@ -35,19 +37,10 @@ fn words(w: &[u32]) -> Vec<u8> {
 #[test]
 fn launch_attributes_are_honoured_or_refused_cleanly() {
     let Some(b) = GpuvisorBackend::spawn("launch_attributes") else { return };
-    std::env::set_var("GPUVISOR_TRANSPORT", format!("direct:{}", b.path()));
-    std::env::set_var("GPUVISOR_DIRECT_MEM_MIB", "64");
-    let mut ptx = include_bytes!("../../guest-tests/kernels.ptx").to_vec();
-    ptx.push(0);
     // SAFETY: the calls follow the CUDA API; every pointer passed is valid
     // for its call.
     unsafe {
-        ok(cuInit(0));
-        let mut ctx: CUcontext = null_mut();
-        ok(cuDevicePrimaryCtxRetain(&mut ctx, 0));
-        ok(cuCtxSetCurrent(ctx));
-        let mut m: CUmodule = null_mut();
-        ok(cuModuleLoadData(&mut m, ptx.as_ptr() as *const c_void));
+        let (_, m) = kernels::primary_with_kernels(b.path());
         let mut fill: CUfunction = null_mut();
         ok(cuModuleGetFunction(&mut fill, m, c"gv_fill_u32".as_ptr()));
         let mut d: CUdeviceptr = 0;
