@@ -52,6 +52,12 @@ pub struct GpuDevice {
     display: Option<GpuBackend>,
 }
 
+/// The product of a resource's dimensions, in bytes; a product past u64 (a
+/// guest's 4G x 4G x 4G buffer) is a bad parameter, not a wrap.
+fn byte_size(dims: &[u32]) -> Result<u64, Nak> {
+    dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d as u64)).ok_or(Nak(RESP_ERR_INVALID_PARAMETER))
+}
+
 fn parse<T: FromBytes>(body: &[u8]) -> Result<(T, &[u8]), Nak> {
     T::read_from_prefix(body).map_err(|_| Nak(RESP_ERR_INVALID_PARAMETER))
 }
@@ -117,13 +123,13 @@ impl GpuDevice {
             CMD_RESOURCE_CREATE_2D => {
                 let (c, _) = parse::<ResourceCreate2d>(body)?;
                 // 2D formats are all 4 bytes a pixel.
-                let size = (c.width.get() as u64) * (c.height.get() as u64) * 4;
+                let size = byte_size(&[c.width.get(), c.height.get(), 4])?;
                 self.create_resource(c.resource_id.get(), c.width.get(), c.height.get(), c.format.get(), size)
             }
             CMD_RESOURCE_CREATE_3D => {
                 let (c, _) = parse::<ResourceCreate3d>(body)?;
                 // gpuvisor's buffers are byte buffers: width bytes.
-                let size = (c.width.get() as u64) * (c.height.get().max(1) as u64) * (c.depth.get().max(1) as u64);
+                let size = byte_size(&[c.width.get(), c.height.get().max(1), c.depth.get().max(1)])?;
                 self.create_resource(c.resource_id.get(), c.width.get(), c.height.get(), c.format.get(), size)
             }
             CMD_RESOURCE_UNREF => {

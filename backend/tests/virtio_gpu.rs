@@ -151,3 +151,23 @@ fn capsets_contexts_and_fences() {
     assert_eq!(resp_type(&dev.handle_ctrl(&mem, &r)), RESP_ERR_INVALID_PARAMETER);
     assert_eq!(resp_type(&dev.handle_ctrl(&mem, &req(CMD_CTX_DESTROY, 5, &[]))), RESP_OK_NODATA);
 }
+
+#[test]
+fn resources_whose_size_passes_64_bits_are_refused_and_the_device_goes_on() {
+    // Found by the virtio_gpu fuzz target: the product of the dimensions
+    // overflowed (a panic with overflow checks, a wrapped small size without).
+    let (mut dev, mem) = device();
+    assert_eq!(create_2d(&mut dev, &mem, 1, u32::MAX, u32::MAX), RESP_ERR_INVALID_PARAMETER);
+    let c = ResourceCreate3d {
+        resource_id: U32::new(2),
+        width: U32::new(u32::MAX),
+        height: U32::new(u32::MAX),
+        depth: U32::new(u32::MAX),
+        ..Default::default()
+    };
+    let r = resp_type(&dev.handle_ctrl(&mem, &req(CMD_RESOURCE_CREATE_3D, 0, c.as_bytes())));
+    assert_eq!(r, RESP_ERR_INVALID_PARAMETER);
+    // Neither id was taken: both can be created at a sane size.
+    assert_eq!(create_2d(&mut dev, &mem, 1, 64, 32), RESP_OK_NODATA);
+    assert_eq!(create_2d(&mut dev, &mem, 2, 64, 32), RESP_OK_NODATA);
+}
