@@ -20,11 +20,12 @@ targets=("protocol decode" "backend requests" "backend virtio_gpu" "backend allo
 for t in "${targets[@]}"; do
     read -r dir name <<< "$t"
     echo "fuzz-campaign: $dir/$name for ${secs}s"
-    before=$(ls "$dir/fuzz/artifacts/$name" 2>/dev/null | wc -l)
+    mkdir -p "$dir/fuzz/artifacts/$name"
+    before=$(find "$dir/fuzz/artifacts/$name" -type f | wc -l)
     # A crash ends the run early with a non-zero status; it is counted below.
     (cd "$dir" && "${fuzz[@]}" run "$name" -- -max_total_time="$secs" -rss_limit_mb=2048 -print_final_stats=1) \
         > "$logs/$name.log" 2>&1 || true
-    after=$(ls "$dir/fuzz/artifacts/$name" 2>/dev/null | wc -l)
+    after=$(find "$dir/fuzz/artifacts/$name" -type f | wc -l)
     echo "$dir $name $((after - before))" >> "$logs/index"
 done
 mkdir -p "$(dirname "$out")"
