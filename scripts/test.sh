@@ -2,8 +2,8 @@
 # Installs what the tests need and runs every test: unit tests, the request-
 # path tests, the vhost-user direct transport tests, programs built against
 # the CUDA runtime (cudart 12 and 13, shared and static), the VM tests (real QEMU,
-# real guest kernel, sim engine), schemathesis against the admin API and a
-# bounded fuzzing run of the decoder.
+# real guest kernel, sim engine), schemathesis against the admin API and
+# bounded fuzzing runs of the decoder and the backend's guest-facing paths.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
@@ -20,11 +20,17 @@ echo "test: the admin API against its OpenAPI document (schemathesis)"
 scripts/api-fuzz.sh debug
 if [ "${GPUVISOR_SKIP_FUZZ:-0}" = 1 ]; then
     echo "test: fuzzing skipped (GPUVISOR_SKIP_FUZZ=1)"
-elif ! rustup toolchain list 2>/dev/null | grep -q '^nightly'; then
-    echo "test: fuzzing skipped: cargo-fuzz needs a nightly toolchain and this machine has none"
 else
-    echo "test: fuzzing the batch decoder and image parsers for ${FUZZ_SECONDS:-60} s"
+    # cargo-fuzz builds with sanitizer flags that need nightly; where rustup
+    # has no nightly, the stable toolchain takes them with RUSTC_BOOTSTRAP=1
+    # (its sanitizer runtimes ship with it).
+    if rustup toolchain list 2>/dev/null | grep -q '^nightly'; then fuzz=(cargo +nightly fuzz); else fuzz=(env RUSTC_BOOTSTRAP=1 cargo fuzz); fi
     command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
-    (cd protocol && cargo +nightly fuzz run decode -- -max_total_time="${FUZZ_SECONDS:-60}" -rss_limit_mb=2048 2>&1 | tail -n 3)
+    fuzz_for() {  # crate target seconds
+        echo "test: fuzzing $1/$2 for $3 s"
+        (cd "$1" && "${fuzz[@]}" run "$2" -- -max_total_time="$3" -rss_limit_mb=2048 2>&1 | tail -n 3)
+    }
+    fuzz_for protocol decode "${FUZZ_SECONDS:-60}"
+    for t in requests virtio_gpu alloc_table; do fuzz_for backend "$t" "${FUZZ_BACKEND_SECONDS:-40}"; done
 fi
 echo "test: all passed"
