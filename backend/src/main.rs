@@ -68,6 +68,15 @@ struct Args {
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     quota_mib: u64,
 
+    /// Round the GPU timings the guest reads (cuEventElapsedTime) down to
+    /// multiples of this many microseconds, a side-channel mitigation
+    /// (docs/threat-model.md): fine timings of its own kernels tell a guest
+    /// about the other VMs' use of the GPU. 0 keeps them exact. Costs the
+    /// guest's own profiling its precision; in-kernel clocks are not
+    /// affected.
+    #[arg(long, value_name = "US", default_value_t = 0)]
+    timer_resolution_us: u64,
+
     /// Name of the VM, used in logs.
     #[arg(long, value_name = "NAME", default_value = "vm")]
     vm_name: String,
@@ -227,6 +236,7 @@ fn run(args: Args) -> Result<()> {
     let gpu = gpu_id(engine.as_ref());
     let engine_kind = engine.kind().as_str();
     let mut vm = Vm::new(&args.vm_name, engine, args.quota_mib << 20);
+    vm.set_timer_resolution_ns(args.timer_resolution_us.saturating_mul(1000));
     if let Some(path) = &args.latency_log {
         let f = std::fs::OpenOptions::new()
             .create(true)

@@ -145,6 +145,8 @@ pub struct Vm {
     /// The batch being run holds a call the guest waits for: its time from
     /// arrival to completion is a request latency.
     batch_waited: bool,
+    /// Event timings the guest reads are rounded down to this (0: exact).
+    timer_resolution_ns: u64,
 }
 
 impl Vm {
@@ -164,11 +166,22 @@ impl Vm {
             resources: ResourceTable::default(),
             gate: Gate::standalone(Arc::new(Counters::default())),
             batch_waited: false,
+            timer_resolution_ns: 0,
         }
     }
 
     /// Submit GPU work only under `gate`'s grants (a backend registered with
     /// gpuvisord).
+    /// Coarsens the GPU timings the guest reads (`cuEventElapsedTime`) to
+    /// multiples of `ns`, a side-channel mitigation: a guest timing its own
+    /// kernels finely can learn about a neighbour's use of the GPU from the
+    /// delays. 0 (the default) leaves them exact. In-kernel clocks
+    /// (`%globaltimer`, `clock64`) and the guest's own clock are not
+    /// affected.
+    pub fn set_timer_resolution_ns(&mut self, ns: u64) {
+        self.timer_resolution_ns = ns;
+    }
+
     pub fn set_gate(&mut self, gate: Gate) {
         self.gate = gate;
     }
@@ -715,7 +728,7 @@ impl Vm {
             C::EventElapsedTime(t) => {
                 let a = client.events.get(t.start.get())?.engine;
                 let b = client.events.get(t.end.get())?.engine;
-                let ms = self.engine.event_elapsed_ms(a, b)?;
+                let ms = coarsen_ms(self.engine.event_elapsed_ms(a, b)?, self.timer_resolution_ns);
                 Ok(Some(Reply::ok(ElapsedReply { ms: F32::new(ms), _pad: U32::new(0) }.as_bytes().to_vec())))
             }
             C::GraphInstantiate(g, body) => self.graph_instantiate(mem, ctx_id, client, d.ctx, &g, &body).map(Some),
@@ -881,4 +894,14 @@ impl From<CuError> for Reply {
     fn from(e: CuError) -> Self {
         Reply { status: e.0, payload: Vec::new() }
     }
+}
+
+/// `ms` rounded down to a multiple of `resolution_ns` (0: unchanged).
+fn coarsen_ms(ms: f32, resolution_ns: u64) -> f32 {
+    if resolution_ns == 0 || !ms.is_finite() {
+        return ms;
+    }
+    let ns = (ms as f64 * 1e6).max(0.0);
+    let r = resolution_ns as f64;
+    ((ns / r).floor() * r / 1e6) as f32
 }

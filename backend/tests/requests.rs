@@ -963,3 +963,35 @@ fn malformed_pool_requests_get_cuda_errors_and_the_backend_keeps_serving() {
     g.open_client(4);
     g.still_serves();
 }
+
+#[test]
+fn event_timings_are_coarsened_to_the_configured_resolution() {
+    // gv_spin_us for `us` between two events on the default stream; the
+    // elapsed time the guest reads, in ms.
+    fn timed(g: &mut Guest, offs: &[u32], us: u64) -> f32 {
+        let mut params = vec![0u8; 8];
+        params[offs[0] as usize..][..8].copy_from_slice(&us.to_le_bytes());
+        for id in [0x501u64, 0x502] {
+            let ev = EventCreate { event_id: U64::new(id), flags: U32::new(0), _pad: U32::new(0) };
+            let _ = g.then_sync(Opcode::EventCreate, 0, &ev);
+        }
+        let rec = |id: u64| EventRecord { event_id: U64::new(id), stream_id: U64::new(0) };
+        assert_eq!(g.then_sync(Opcode::EventRecord, 0, &rec(0x501)), CUDA_SUCCESS);
+        assert_eq!(g.launch(0x12, 0, &params).deferred, CUDA_SUCCESS);
+        assert_eq!(g.then_sync(Opcode::EventRecord, 0, &rec(0x502)), CUDA_SUCCESS);
+        let t = EventElapsedTime { start: U64::new(0x501), end: U64::new(0x502) };
+        let a = g.call(Opcode::EventElapsedTime, 0, &t, &[]);
+        assert_eq!(a.status, CUDA_SUCCESS);
+        ElapsedReply::read_from_prefix(&a.payload).unwrap().0.ms.get()
+    }
+    let mut g = Guest::new(64 * MIB);
+    let offs = g.function(0x12, b"gv_spin_us");
+    // Exact by default: a 1.3 ms kernel reads about 1.3 ms.
+    let exact = timed(&mut g, &offs, 1300);
+    assert!((exact - 1.3).abs() < 0.05, "{exact} ms");
+    // At 1 ms resolution the same kernel reads 1 ms.
+    g.vm.set_timer_resolution_ns(1_000_000);
+    let coarse = timed(&mut g, &offs, 1300);
+    assert_eq!(coarse, 1.0, "{coarse} ms");
+    g.still_serves();
+}
