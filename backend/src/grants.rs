@@ -953,8 +953,10 @@ impl Gate {
             self.ensure_memory_from(engine, step, r.resident.saturating_add(1))?;
             // Waiting, it may have swapped out more at the daemon's request.
             let r = engine.residency();
-            // The limit now covers `step` at least; take all it allows.
-            let budget = self.limit().map_or(u64::MAX, |l| l.saturating_sub(r.resident));
+            // Take all the limit allows: `step`, or the part given first.
+            let limit = self.limit();
+            let partial = limit.is_some_and(|l| l < step);
+            let budget = limit.map_or(u64::MAX, |l| l.saturating_sub(r.resident));
             let start = Instant::now();
             let result = engine.swap_in(budget);
             let ns = start.elapsed().as_nanos() as u64;
@@ -967,6 +969,13 @@ impl Gate {
                 let state =
                     MemoryState { resident_bytes: after.resident, evicted_bytes: after.evicted, limit_bytes: limit };
                 shared.send(&mut st, &BackendMsg::Restored { state, moved_bytes: moved, ns });
+            }
+            if partial && (result.is_err() || moved == 0) {
+                // The part given first was too small for the allocation that
+                // came next and the device had no room past it: wait for the
+                // whole step instead.
+                self.ensure_memory(engine, step)?;
+                continue;
             }
             result.map_err(MemoryError::Engine)?;
             if moved == 0 {
