@@ -10,7 +10,7 @@ use gpuvisor_backend::engine::host_swap::{SwapConfig, MAX_THREADS};
 use gpuvisor_backend::engine::sim::SimEngine;
 use gpuvisor_backend::engine::Engine;
 use gpuvisor_backend::grants::{DaemonLink, Registration};
-use gpuvisor_backend::sandbox::seccomp;
+use gpuvisor_backend::sandbox::{fds, seccomp};
 use gpuvisor_backend::virtio_gpu::GpuDevice;
 use gpuvisor_backend::vm::Vm;
 use protocol::control::{QosClass, QosRequest};
@@ -167,11 +167,13 @@ struct Args {
 }
 
 fn main() {
+    // Before anything is opened: what was inherited, to close after start-up.
+    let inherited = fds::Inherited::note();
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Args::parse()) {
+    if let Err(e) = run(Args::parse(), inherited) {
         error!("{e:#}");
         eprintln!("gpuvisor-backend: {e:#}");
         std::process::exit(1);
@@ -219,7 +221,7 @@ fn gpu_id(engine: &dyn Engine) -> String {
     }
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
     if args.print_capabilities {
         println!("{{\n  \"type\": \"gpu\",\n  \"features\": []\n}}");
         return Ok(());
@@ -296,6 +298,12 @@ fn run(args: Args) -> Result<()> {
         }
         _ => bail!("give exactly one of --socket-path and --fd"),
     };
+    // Start-up is done: the engine, the listening socket and the daemon link
+    // exist. From here on the backend holds only what it opened itself.
+    let closed = inherited.close(&args.fd.into_iter().collect::<Vec<_>>()).context("closing inherited descriptors")?;
+    if !closed.is_empty() {
+        info!(?closed, "closed inherited descriptors");
+    }
     seccomp::install(kind, args.seccomp).context("--seccomp")?;
     info!(mode = args.seccomp.as_str(), engine = engine_kind, "seccomp filter installed");
     info!(socket = args.socket_path.as_deref().unwrap_or("(fd)"), "waiting for the VMM");

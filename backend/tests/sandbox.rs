@@ -1,6 +1,7 @@
 //! gpuvisor-backend's sandbox: the seccomp filter the binary installs stops
 //! what a backend never needs (a network socket, exec, ptrace) and lets its
-//! own calls through.
+//! own calls through; the binary under it keeps its daemon link and serves
+//! frontend after frontend; it closes the descriptors it inherited.
 //!
 //! Each filter test runs the filter in a child process: this test binary
 //! again, with only `seccomp_child` selected and GPUVISOR_SECCOMP_CHILD
@@ -8,10 +9,16 @@
 //! filter with the function gpuvisor-backend uses, writes a marker, makes the
 //! call, and writes what it returned.
 
+mod common;
+
 use gpuvisor_backend::engine::EngineKind;
 use gpuvisor_backend::sandbox::seccomp::{self, Mode};
-use std::os::unix::process::ExitStatusExt;
-use std::process::{Command, ExitStatus};
+use protocol::control::{read_msg, BackendMsg};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 const CHILD_ENV: &str = "GPUVISOR_SECCOMP_CHILD";
 const INSTALLED: &str = "filter installed";
@@ -132,4 +139,124 @@ fn log_lets_a_forbidden_call_through() {
     let (status, out) = child("sim", "off", "execve");
     // exec replaces the child with /bin/true, which says nothing.
     assert!(status.success() && !out.contains(RETURNED), "without a filter: {status}: {out}");
+}
+
+/// gpuvisor-backend (sim engine) on a socket of its own, killed when dropped.
+struct Backend {
+    child: std::process::Child,
+    socket: PathBuf,
+}
+
+impl Backend {
+    /// Starts the binary with `extra` arguments; `prepare` adjusts the
+    /// command (descriptors to pass) before it starts. Returns once the
+    /// socket exists.
+    fn start(tag: &str, extra: &[&str], prepare: impl FnOnce(&mut Command)) -> Backend {
+        let socket = std::env::temp_dir().join(format!("gv-sandbox-{tag}-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&socket);
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuvisor-backend"));
+        cmd.args(["--engine", "sim", "--sim-memory-mib", "64", "--vm-name", tag, "--socket-path"])
+            .arg(&socket)
+            .args(extra)
+            .stderr(Stdio::null());
+        prepare(&mut cmd);
+        let child = cmd.spawn().expect("start gpuvisor-backend");
+        let start = Instant::now();
+        while !socket.exists() && start.elapsed() < Duration::from_secs(10) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        Backend { child, socket }
+    }
+
+    fn status_field(&self, field: &str) -> String {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status.lines().find_map(|l| l.strip_prefix(field)).map(|v| v.trim().to_string()).unwrap_or_default()
+    }
+
+    /// Waits until start-up is done: the filter is in place.
+    fn wait_sandboxed(&self) {
+        let start = Instant::now();
+        while self.status_field("Seccomp:") != "2" {
+            assert!(start.elapsed() < Duration::from_secs(10), "the backend never installed its filter");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.socket);
+    }
+}
+
+#[test]
+fn a_sandboxed_backend_keeps_its_daemon_link_and_takes_frontend_after_frontend() {
+    let daemon = common::socket_path("sandbox");
+    let listener = UnixListener::bind(&daemon).unwrap();
+    let mut b = Backend::start("link", &["--seccomp", "enforce", "--daemon", daemon.to_str().unwrap()], |_| {});
+    let (mut peer, hello) = common::Peer::accept(&listener, common::settings(64));
+    assert!(matches!(hello, BackendMsg::Hello { reconnect: false, .. }), "{hello:?}");
+    b.wait_sandboxed();
+    // The link's stats thread reports under the filter.
+    let stats: BackendMsg = read_msg(&mut peer.reader).unwrap();
+    assert!(matches!(stats, BackendMsg::Stats(_)), "{stats:?}");
+    // Frontends that connect and go: each ends one vhost-user daemon and the
+    // backend starts the next (new threads, epoll, eventfds) under the filter.
+    for _ in 0..3 {
+        drop(UnixStream::connect(&b.socket).expect("connect to the backend"));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The daemon goes away: the link reconnects (a new Unix socket).
+    drop(peer);
+    let (_peer, hello) = common::Peer::accept(&listener, common::settings(64));
+    assert!(matches!(hello, BackendMsg::Hello { reconnect: true, .. }), "{hello:?}");
+    assert!(b.running(), "the backend died under its filter");
+    assert_eq!(b.status_field("Seccomp:"), "2");
+}
+
+#[test]
+fn the_backend_closes_descriptors_it_inherited() {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills `fds`; both ends close on exec, so only the
+    // descriptor the child dups below survives into it.
+    assert_eq!(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) }, 0);
+    let (r, w) = (fds[0], fds[1]);
+    const INHERITED: i32 = 9;
+    let mut b = Backend::start("fds", &[], |cmd| {
+        // SAFETY: dup2 is async-signal-safe and touches only descriptors;
+        // the copy at INHERITED does not close on exec.
+        unsafe {
+            cmd.pre_exec(move || {
+                if libc::dup2(w, INHERITED) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    });
+    // SAFETY: our write end; the child holds its own copy.
+    unsafe { libc::close(w) };
+    b.wait_sandboxed();
+    // Once the backend closed its copy, the pipe has no writer left.
+    let mut pfd = libc::pollfd { fd: r, events: libc::POLLIN, revents: 0 };
+    // SAFETY: polls one valid pollfd.
+    let n = unsafe { libc::poll(&mut pfd, 1, 10_000) };
+    assert_eq!(n, 1, "the backend still holds the inherited pipe");
+    assert_ne!(pfd.revents & libc::POLLHUP, 0);
+    let pipe = std::fs::read_link(format!("/proc/self/fd/{r}")).unwrap();
+    let fd_dir = format!("/proc/{}/fd", b.child.id());
+    for fd in std::fs::read_dir(&fd_dir).unwrap() {
+        let target = std::fs::read_link(fd.unwrap().path()).unwrap_or_default();
+        assert_ne!(target, pipe, "the backend still holds the inherited pipe");
+    }
+    assert_eq!(std::fs::read_link(format!("{fd_dir}/0")).unwrap(), PathBuf::from("/dev/null"), "stdin");
+    assert!(b.running());
+    // SAFETY: our read end.
+    unsafe { libc::close(r) };
 }

@@ -1,7 +1,9 @@
 //! What confines gpuvisor-backend once it serves a VM: a seccomp allowlist
-//! of system calls (`seccomp.rs`). `main.rs` applies it after start-up, when
-//! the engine, the sockets and the daemon link exist.
+//! of system calls (`seccomp.rs`) and no inherited descriptors (`fds.rs`).
+//! `main.rs` applies them after start-up, when the engine, the sockets and
+//! the daemon link exist.
 
+pub mod fds;
 pub mod seccomp;
 
 #[derive(Debug, thiserror::Error)]

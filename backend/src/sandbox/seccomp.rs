@@ -70,6 +70,24 @@ impl Allowlist {
         Ok(())
     }
 
+    /// Allows `nr` when its argument `a` is `va` and its argument `b` one of
+    /// `vbs` (unless it is already allowed whatever its arguments).
+    fn allow_args2(&mut self, nr: libc::c_long, (a, va): (u8, u64), (b, vbs): (u8, &[u64])) -> Result<(), Error> {
+        let eq = |arg, v| SeccompCondition::new(arg, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, v);
+        let mut rules = Vec::with_capacity(vbs.len());
+        for &vb in vbs {
+            rules.push(SeccompRule::new(vec![eq(a, va)?, eq(b, vb)?])?);
+        }
+        match self.0.get_mut(&nr) {
+            Some(existing) if existing.is_empty() => {}
+            Some(existing) => existing.extend(rules),
+            None => {
+                self.0.insert(nr, rules);
+            }
+        }
+        Ok(())
+    }
+
     /// Allows `nr` when none of `bits` is set in its argument `arg`.
     fn allow_without_bits(&mut self, nr: libc::c_long, arg: u8, bits: u64) -> Result<(), Error> {
         let rule = SeccompRule::new(vec![SeccompCondition::new(
@@ -143,6 +161,8 @@ fn serving(list: &mut Allowlist) -> Result<(), Error> {
     list.allow(&[SYS_epoll_wait]);
     // Unix sockets only: the daemon link. No network.
     list.allow_arg(SYS_socket, 0, &[AF_UNIX as u64])?;
+    // Read and write timeouts on the daemon link's socket.
+    list.allow_args2(SYS_setsockopt, (1, SOL_SOCKET as u64), (2, &[SO_RCVTIMEO as u64, SO_SNDTIMEO as u64]))?;
     // Thread names (std names each thread it starts).
     list.allow_arg(SYS_prctl, 0, &[PR_SET_NAME as u64, PR_GET_NAME as u64])?;
     // Non-blocking and close-on-exec flags on sockets.
