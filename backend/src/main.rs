@@ -10,7 +10,7 @@ use gpuvisor_backend::engine::host_swap::{SwapConfig, MAX_THREADS};
 use gpuvisor_backend::engine::sim::SimEngine;
 use gpuvisor_backend::engine::Engine;
 use gpuvisor_backend::grants::{DaemonLink, Registration};
-use gpuvisor_backend::sandbox::{fds, seccomp};
+use gpuvisor_backend::sandbox::{fds, seccomp, user};
 use gpuvisor_backend::virtio_gpu::GpuDevice;
 use gpuvisor_backend::vm::Vm;
 use protocol::control::{QosClass, QosRequest};
@@ -156,6 +156,15 @@ struct Args {
     #[arg(long, value_enum, value_name = "MODE", default_value_t = seccomp::Mode::Enforce)]
     seccomp: seccomp::Mode,
 
+    /// Run as this user once start-up is done (the engine has opened the
+    /// GPU, the socket listens): NAME, UID, NAME:GID or UID:GID (default
+    /// group: the user's own); supplementary groups are dropped. The daemon
+    /// socket (--daemon) must then be connectable by that user, for the
+    /// link reconnects. Without it a backend started as root stays root
+    /// (with a warning).
+    #[arg(long, value_name = "USER")]
+    user: Option<String>,
+
     /// Accepted for compatibility with the vhost-user-gpu conventions; gpuvisor
     /// always offers its 3D (VIRGL) contexts.
     #[arg(long, hide = true)]
@@ -236,6 +245,7 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
     }
     let span = info_span!("vm", name = %args.vm_name);
     let _enter = span.enter();
+    let run_as = args.user.as_deref().map(user::User::resolve).transpose().context("--user")?;
     let engine = make_engine(&args)?;
     let gpu = gpu_id(engine.as_ref());
     let kind = engine.kind();
@@ -303,6 +313,14 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
     let closed = inherited.close(&args.fd.into_iter().collect::<Vec<_>>()).context("closing inherited descriptors")?;
     if !closed.is_empty() {
         info!(?closed, "closed inherited descriptors");
+    }
+    match &run_as {
+        Some(u) => {
+            u.become_user().context("--user")?;
+            info!(uid = u.uid, gid = u.gid, "running as an unprivileged user");
+        }
+        None if user::is_root() => warn!("running as root: pass --user to serve as an unprivileged user"),
+        None => {}
     }
     seccomp::install(kind, args.seccomp).context("--seccomp")?;
     info!(mode = args.seccomp.as_str(), engine = engine_kind, "seccomp filter installed");

@@ -260,3 +260,25 @@ fn the_backend_closes_descriptors_it_inherited() {
     // SAFETY: our read end.
     unsafe { libc::close(r) };
 }
+
+#[test]
+fn a_backend_given_a_user_serves_as_that_user_with_no_other_groups() {
+    if !running_as_root() {
+        eprintln!("skipping: changing user needs root");
+        return;
+    }
+    let mut b = Backend::start("user", &["--user", "65534:65534"], |_| {});
+    b.wait_sandboxed();
+    assert_eq!(b.status_field("Uid:"), "65534\t65534\t65534\t65534");
+    assert_eq!(b.status_field("Gid:"), "65534\t65534\t65534\t65534");
+    assert_eq!(b.status_field("Groups:"), "");
+    drop(UnixStream::connect(&b.socket).expect("connect to the backend"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(b.running(), "the backend died after changing user");
+}
+
+/// Whether this test runs as root (it can then start a backend that drops to another user).
+fn running_as_root() -> bool {
+    // SAFETY: reads this process's effective uid.
+    unsafe { libc::geteuid() == 0 }
+}
