@@ -45,6 +45,14 @@ fn try_call(call: &str) -> i64 {
                 libc::execve(prog.as_ptr(), argv.as_ptr(), envp.as_ptr()) as i64
             }
             "ptrace" => libc::ptrace(libc::PTRACE_TRACEME, 0, 0, 0),
+            "open" => {
+                let fd = libc::open(c"/proc/sys/vm/overcommit_memory".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    -(std::io::Error::last_os_error().raw_os_error().unwrap_or(0) as i64)
+                } else {
+                    fd as i64
+                }
+            }
             other => panic!("unknown call {other}"),
         }
     }
@@ -129,6 +137,22 @@ fn enforce_lets_a_unix_socket_through() {
             .unwrap_or_else(|| panic!("{engine}: no return value: {out}"));
         assert!(rc >= 0, "{engine}: socket(AF_UNIX) failed under the filter: {out}");
     }
+}
+
+/// What the child wrote its call returned.
+fn returned(out: &str) -> Option<i64> {
+    out.lines().find_map(|l| l.strip_prefix(RETURNED)).and_then(|rc| rc.trim().parse().ok())
+}
+
+#[test]
+fn enforce_fails_a_file_open_of_the_sim_engine_with_eacces() {
+    // glibc's malloc opens a /proc file when it first shrinks a thread's
+    // heap (seen in a VM run), and does without it if the open fails.
+    let (status, out) = child("sim", "enforce", "open");
+    assert!(status.success(), "the child ended with {status}: {out}");
+    assert_eq!(returned(&out), Some(-(libc::EACCES as i64)), "{out}");
+    let (status, out) = child("cuda", "enforce", "open");
+    assert!(status.success() && returned(&out).is_some_and(|fd| fd >= 0), "the cuda engine opens files: {out}");
 }
 
 #[test]

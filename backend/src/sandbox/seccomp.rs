@@ -161,8 +161,16 @@ fn serving(list: &mut Allowlist) -> Result<(), Error> {
     list.allow(&[SYS_epoll_wait]);
     // Unix sockets only: the daemon link. No network.
     list.allow_arg(SYS_socket, 0, &[AF_UNIX as u64])?;
+    // Signals to this process only (abort raises SIGABRT; glibc signals its
+    // own threads).
+    // SAFETY: getpid has no preconditions.
+    let pid = unsafe { getpid() } as u64;
+    list.allow_arg(SYS_tgkill, 0, &[pid])?;
     // Read and write timeouts on the daemon link's socket.
     list.allow_args2(SYS_setsockopt, (1, SOL_SOCKET as u64), (2, &[SO_RCVTIMEO as u64, SO_SNDTIMEO as u64]))?;
+    // vhost-user checks that the display socket QEMU passes
+    // (SET_GPU_SOCKET) is a Unix stream socket.
+    list.allow_args2(SYS_getsockopt, (1, SOL_SOCKET as u64), (2, &[SO_DOMAIN as u64, SO_TYPE as u64]))?;
     // Thread names (std names each thread it starts).
     list.allow_arg(SYS_prctl, 0, &[PR_SET_NAME as u64, PR_GET_NAME as u64])?;
     // Non-blocking and close-on-exec flags on sockets.
@@ -253,7 +261,6 @@ fn cuda(list: &mut Allowlist) -> Result<(), Error> {
         SYS_getrlimit,
         SYS_prlimit64,
         SYS_prctl,
-        SYS_tgkill,
     ]);
     #[cfg(target_arch = "x86_64")]
     list.allow(&[
@@ -275,12 +282,26 @@ fn cuda(list: &mut Allowlist) -> Result<(), Error> {
     Ok(())
 }
 
-/// The filter for a backend running `engine`, in `mode`; `None` for `Off`.
-pub fn filter(engine: EngineKind, mode: Mode) -> Result<Option<BpfProgram>, Error> {
+/// Calls answered with an error instead: allowed by the list (so the kill
+/// does not take precedence) and refused by a second filter. The sim engine
+/// opens no file; glibc's malloc opens /proc/sys/vm/overcommit_memory once
+/// when it first shrinks a thread's heap, and does without it when the open
+/// fails.
+fn refused(engine: EngineKind) -> Vec<libc::c_long> {
+    match engine {
+        EngineKind::Sim => vec![libc::SYS_openat],
+        EngineKind::Cuda => Vec::new(),
+    }
+}
+
+/// The filters for a backend running `engine`, in `mode`, in the order to
+/// install them: where the engine has calls to refuse, a filter that fails
+/// them with EACCES, then the allowlist. None for `Off`.
+pub fn filters(engine: EngineKind, mode: Mode) -> Result<Vec<BpfProgram>, Error> {
     let mismatch = match mode {
         Mode::Enforce => SeccompAction::KillProcess,
         Mode::Log => SeccompAction::Log,
-        Mode::Off => return Ok(None),
+        Mode::Off => return Ok(Vec::new()),
     };
     let mut list = Allowlist(BTreeMap::new());
     serving(&mut list)?;
@@ -288,16 +309,27 @@ pub fn filter(engine: EngineKind, mode: Mode) -> Result<Option<BpfProgram>, Erro
         EngineKind::Sim => sim(&mut list)?,
         EngineKind::Cuda => cuda(&mut list)?,
     }
-    let arch = std::env::consts::ARCH.try_into()?;
-    let program = SeccompFilter::new(list.0, mismatch, SeccompAction::Allow, arch)?.try_into()?;
-    Ok(Some(program))
+    let refused = refused(engine);
+    list.allow(&refused);
+    let arch: seccompiler::TargetArch = std::env::consts::ARCH.try_into()?;
+    let mut programs = Vec::new();
+    // The refusals first: the allowlist, once installed, allows no seccomp(2).
+    if !refused.is_empty() {
+        let rules = refused.into_iter().map(|nr| (nr, Vec::new())).collect();
+        let errno = SeccompAction::Errno(libc::EACCES as u32);
+        programs.push(SeccompFilter::new(rules, SeccompAction::Allow, errno, arch)?.try_into()?);
+    }
+    programs.push(SeccompFilter::new(list.0, mismatch, SeccompAction::Allow, arch)?.try_into()?);
+    Ok(programs)
 }
 
-/// Installs the filter for `engine` on every thread of the process (TSYNC),
-/// so threads started before it (the daemon link's, the driver's) are
-/// confined as well as those started after, which inherit it.
+/// Installs the filters for `engine` on every thread of the process
+/// (TSYNC), so threads started before them (the daemon link's, the
+/// driver's) are confined as well as those started after, which inherit
+/// them. Where two filters answer one call, the kernel takes the stricter
+/// answer (kill, then error, then log, then allow).
 pub fn install(engine: EngineKind, mode: Mode) -> Result<(), Error> {
-    if let Some(program) = filter(engine, mode)? {
+    for program in filters(engine, mode)? {
         seccompiler::apply_filter_all_threads(&program)?;
     }
     Ok(())
