@@ -14,5 +14,6 @@ pub mod graph;
 pub mod guest_mem;
 pub mod handles;
 pub mod resources;
+pub mod sandbox;
 pub mod virtio_gpu;
 pub mod vm;

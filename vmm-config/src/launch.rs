@@ -125,7 +125,7 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
             if guest_rc.is_none() && qemu.wait_for(Duration::from_secs(2)).is_none() {
                 break Err(Error::Exited {
                     what: "backend",
-                    status: status.to_string(),
+                    status: backend_status(status),
                     when: "before the guest finished",
                     log: backend_log.clone(),
                     tail: log_tail(&backend_log),
@@ -192,6 +192,19 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
             log: qemu_log.clone(),
             tail: log_tail(&qemu_log),
         }),
+    }
+}
+
+/// How the backend ended, with what to do when its seccomp filter killed it.
+fn backend_status(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if status.signal() == Some(libc::SIGSYS) {
+        format!(
+            "{status}: its seccomp filter stopped a system call; `dmesg | grep type=1326` names it, \
+             and --backend-arg=--seccomp=log lets it through"
+        )
+    } else {
+        status.to_string()
     }
 }
 

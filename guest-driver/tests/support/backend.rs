@@ -41,6 +41,18 @@ impl GpuvisorBackend {
         Self::spawn_with(test, &[])
     }
 
+    /// The backend's process id, for reading /proc/<pid>.
+    #[allow(dead_code)] // the sandbox test's
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Whether the backend is still running.
+    #[allow(dead_code)] // the sandbox test's
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
     pub fn path(&self) -> &str {
         self.socket.to_str().expect("utf-8 temp path")
     }
