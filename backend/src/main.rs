@@ -159,11 +159,12 @@ struct Args {
     /// socket listening, daemon link started): enforce kills the backend
     /// (SIGSYS) on a system call outside its engine's allowlist; log lets
     /// such a call through and the kernel logs it (dmesg: "audit: type=1326
-    /// ... syscall=N"); off installs none. The cuda engine's list has not yet
-    /// been verified on a GPU: if a cuda backend dies of SIGSYS, run it with
-    /// --seccomp log and report the logged calls.
-    #[arg(long, value_enum, value_name = "MODE", default_value_t = seccomp::Mode::Enforce)]
-    seccomp: seccomp::Mode,
+    /// ... syscall=N"); off installs none. Default: enforce on the sim
+    /// engine; log on the cuda engine, whose list has not yet been verified
+    /// on a GPU (the NVIDIA driver's calls vary by version): run it with
+    /// --seccomp enforce once its logged calls are in the list.
+    #[arg(long, value_enum, value_name = "MODE")]
+    seccomp: Option<seccomp::Mode>,
 
     /// Run as this user once start-up is done (the engine has opened the
     /// GPU, the socket listens): NAME, UID, NAME:GID or UID:GID (default
@@ -332,11 +333,12 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
         None if user::is_root() => warn!("running as root: pass --user to serve as an unprivileged user"),
         None => {}
     }
-    seccomp::install(kind, args.seccomp).context("--seccomp")?;
-    info!(mode = args.seccomp.as_str(), engine = engine_kind, "seccomp filter installed");
+    let mode = args.seccomp.unwrap_or(seccomp::Mode::default_for(kind));
+    seccomp::install(kind, mode).context("--seccomp")?;
+    info!(mode = mode.as_str(), engine = engine_kind, "seccomp filter installed");
     info!(socket = args.socket_path.as_deref().unwrap_or("(fd)"), "waiting for the VMM");
     let served = serve(&args, &backend, &mut listener);
-    if args.seccomp != seccomp::Mode::Off {
+    if mode != seccomp::Mode::Off {
         // Dropping the listener unlinks its socket file, a call the filter
         // does not allow; the next start (or gpuvisor-vm) replaces the file.
         std::mem::forget(listener);

@@ -28,6 +28,17 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The mode a backend runs in unless told: enforce where the engine's
+    /// list has been proven (sim); log where it has not run under the filter
+    /// yet (cuda: the NVIDIA driver's calls vary by version), so a missing
+    /// entry is logged instead of killing a VM.
+    pub fn default_for(engine: EngineKind) -> Mode {
+        match engine {
+            EngineKind::Sim => Mode::Enforce,
+            EngineKind::Cuda => Mode::Log,
+        }
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Mode::Enforce => "enforce",
