@@ -71,6 +71,13 @@ impl Allowlist {
                 v,
             )?])?);
         }
+        self.add(nr, rules);
+        Ok(())
+    }
+
+    /// Adds `rules` (any of which lets `nr` through) to those of `nr`, unless
+    /// `nr` is already allowed whatever its arguments (no rules).
+    fn add(&mut self, nr: libc::c_long, rules: Vec<SeccompRule>) {
         match self.0.get_mut(&nr) {
             Some(existing) if existing.is_empty() => {}
             Some(existing) => existing.extend(rules),
@@ -78,7 +85,6 @@ impl Allowlist {
                 self.0.insert(nr, rules);
             }
         }
-        Ok(())
     }
 
     /// Allows `nr` when its argument `a` is `va` and its argument `b` one of
@@ -89,13 +95,7 @@ impl Allowlist {
         for &vb in vbs {
             rules.push(SeccompRule::new(vec![eq(a, va)?, eq(b, vb)?])?);
         }
-        match self.0.get_mut(&nr) {
-            Some(existing) if existing.is_empty() => {}
-            Some(existing) => existing.extend(rules),
-            None => {
-                self.0.insert(nr, rules);
-            }
-        }
+        self.add(nr, rules);
         Ok(())
     }
 
