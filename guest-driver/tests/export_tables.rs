@@ -8,13 +8,15 @@
 
 #[path = "support/backend.rs"]
 mod backend;
+#[path = "support/fatbin.rs"]
+mod fatbin;
 
 use backend::GpuvisorBackend;
 use cuda::api::state::LocalDestructor;
 use cuda::api::types::*;
 use cuda::api::{context::*, copy::*, device::*, export_table::cuGetExportTable, launch::*, memory::*, module::*};
 use protocol::cuda::*;
-use protocol::module_image::{FATBIN_MAGIC, FATBIN_WRAPPER_MAGIC};
+use protocol::module_image::FATBIN_WRAPPER_MAGIC;
 use std::ffi::{c_uint, c_void};
 use std::sync::Mutex;
 
@@ -48,22 +50,7 @@ unsafe fn slot<F: Copy>(id: u128, i: usize) -> F {
 fn fatbin_wrapper() -> (Vec<u64>, Vec<u64>) {
     let mut ptx = include_bytes!("../../guest-tests/kernels.ptx").to_vec();
     ptx.push(0);
-    ptx.resize(ptx.len().next_multiple_of(8), 0);
-    let mut bytes = Vec::new();
-    bytes.extend_from_slice(&FATBIN_MAGIC.to_le_bytes());
-    bytes.extend_from_slice(&1u16.to_le_bytes()); // version
-    bytes.extend_from_slice(&16u16.to_le_bytes()); // header size
-    bytes.extend_from_slice(&(80 + ptx.len() as u64).to_le_bytes());
-    let mut entry = [0u8; 80];
-    entry[0..2].copy_from_slice(&1u16.to_le_bytes()); // PTX
-    entry[2..4].copy_from_slice(&0x0101u16.to_le_bytes());
-    entry[4..8].copy_from_slice(&80u32.to_le_bytes());
-    entry[8..16].copy_from_slice(&(ptx.len() as u64).to_le_bytes());
-    entry[20..24].copy_from_slice(&64u32.to_le_bytes()); // options record
-    entry[28..32].copy_from_slice(&80u32.to_le_bytes()); // sm_80
-    entry[64..68].copy_from_slice(&72u32.to_le_bytes()); // empty options text
-    bytes.extend_from_slice(&entry);
-    bytes.extend_from_slice(&ptx);
+    let bytes = fatbin::fatbin(&[(1, 80, &ptx)]);
     // As u64 words, so the fatbin is 8-byte aligned as nvcc's is.
     let fatbin: Vec<u64> = bytes.chunks(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
     let wrapper = vec![FATBIN_WRAPPER_MAGIC as u64 | (1 << 32), fatbin.as_ptr() as u64, 0];

@@ -6,45 +6,15 @@
 
 #[path = "support/backend.rs"]
 mod backend;
+#[path = "support/fatbin.rs"]
+mod fatbin;
 
 use backend::GpuvisorBackend;
 use cuda::api::types::*;
 use cuda::api::{context::*, device::*, module::*};
+use fatbin::fatbin;
 use protocol::cuda::*;
 use std::ffi::c_void;
-
-/// A fatbin container of `entries` (kind: 1 PTX, 2 cubin; arch; payload).
-fn fatbin(entries: &[(u16, u32, &[u8])]) -> Vec<u8> {
-    let mut body = Vec::new();
-    for &(kind, arch, payload) in entries {
-        let mut padded = payload.to_vec();
-        padded.resize(payload.len().next_multiple_of(8), 0);
-        // A PTX entry carries an (empty) options record, as fatbinary writes it.
-        let ptx = kind == 1;
-        body.extend_from_slice(&kind.to_le_bytes());
-        body.extend_from_slice(&0x0101u16.to_le_bytes());
-        body.extend_from_slice(&(if ptx { 80u32 } else { 64 }).to_le_bytes());
-        body.extend_from_slice(&(padded.len() as u64).to_le_bytes());
-        body.extend_from_slice(&0u32.to_le_bytes()); // compressed size
-        body.extend_from_slice(&(if ptx { 64u32 } else { 0 }).to_le_bytes()); // options record
-        body.extend_from_slice(&8u16.to_le_bytes()); // minor, major of the format
-        body.extend_from_slice(&1u16.to_le_bytes());
-        body.extend_from_slice(&arch.to_le_bytes());
-        body.extend_from_slice(&[0u8; 32]); // name, flags, zero, uncompressed size
-        if ptx {
-            body.extend_from_slice(&72u32.to_le_bytes()); // options text: empty
-            body.extend_from_slice(&[0u8; 12]);
-        }
-        body.extend(padded);
-    }
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xBA55_ED50u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(&(body.len() as u64).to_le_bytes());
-    out.extend(body);
-    out
-}
 
 #[test]
 fn a_fatbin_larger_than_a_command_loads_with_the_entries_for_this_device() {

@@ -9,6 +9,8 @@
 
 #[path = "support/backend.rs"]
 mod backend;
+#[path = "support/fatbin.rs"]
+mod fatbin;
 
 use backend::GpuvisorBackend;
 use cuda::api::types::*;
@@ -16,37 +18,13 @@ use cuda::api::{context::*, device::*, module::*};
 use protocol::cuda::*;
 use std::ffi::c_void;
 
-/// A fatbin container holding one cubin entry of `arch` (an sm_100-only
-/// container, as most of cuBLASLt's are, when `arch` is 100).
-fn cubin_only_fatbin(arch: u32, cubin: &[u8]) -> Vec<u8> {
-    let mut payload = cubin.to_vec();
-    payload.resize(cubin.len().next_multiple_of(8), 0);
-    let mut out = Vec::new();
-    out.extend_from_slice(&0xBA55_ED50u32.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&16u16.to_le_bytes());
-    out.extend_from_slice(&(64 + payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&2u16.to_le_bytes()); // cubin
-    out.extend_from_slice(&0x0101u16.to_le_bytes());
-    out.extend_from_slice(&64u32.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&[0u8; 8]); // compressed size, no options record
-    out.extend_from_slice(&8u16.to_le_bytes());
-    out.extend_from_slice(&1u16.to_le_bytes());
-    out.extend_from_slice(&arch.to_le_bytes());
-    out.extend_from_slice(&[0u8; 8]); // name
-    out.extend_from_slice(&0x11u64.to_le_bytes()); // 64-bit, Linux
-    out.extend_from_slice(&[0u8; 16]);
-    out.extend(payload);
-    out
-}
-
 #[test]
 fn a_library_with_nothing_for_this_device_loads_and_fails_where_a_kernel_is_needed() {
     let Some(b) = GpuvisorBackend::spawn("library-without-binary") else { return };
     std::env::set_var("GPUVISOR_TRANSPORT", format!("direct:{}", b.path()));
     std::env::set_var("GPUVISOR_DIRECT_MEM_MIB", "64");
-    let image = cubin_only_fatbin(100, b"\x7fELF not for this device");
+    // One cubin for sm_100, as most of cuBLASLt's containers hold.
+    let image = fatbin::fatbin(&[(2, 100, b"\x7fELF not for this device")]);
     let null = std::ptr::null_mut();
     // SAFETY: the calls follow the CUDA API; every pointer passed is valid.
     unsafe {
