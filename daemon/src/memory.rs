@@ -496,7 +496,14 @@ impl Broker {
                     ahead.push(need.vm);
                     continue;
                 }
-                if must_move > swap_room {
+                // A VM asking for no more than the data it has (resident and
+                // in host RAM) is bringing its own memory back: that is never
+                // refused, or its data would be out of its reach for good.
+                // Host RAM frees as other restores land and as this one gets
+                // room; meanwhile evict what host RAM can take and wait.
+                let own =
+                    self.vms.get(&need.vm).map_or(0, |b| b.mem.resident_bytes.saturating_add(b.mem.evicted_bytes));
+                if must_move > swap_room && need.bytes > own {
                     let used = swap_others.saturating_add(self.swap_used());
                     out.push(MemAction::Denied {
                         vm: need.vm,
@@ -557,7 +564,9 @@ impl Broker {
                 || p.ahead.contains(&w)
                 || b.evict_to.is_some()
                 || b.mem.limit_bytes == 0
-                || p.now.saturating_sub(b.resident_since) < self.params.min_residency_ns
+                // Memory given in this very round (its restore or allocation
+                // not yet under way) is kept whatever the minimum residency.
+                || p.now.saturating_sub(b.resident_since) < self.params.min_residency_ns.max(1)
             {
                 continue;
             }
@@ -978,6 +987,74 @@ mod tests {
         assert_eq!(evicts(&b.pump(2 * MS, &Sched::default().f(), 0)), vec![(1, 31 * G)]);
         b.evicted(1, state(31 * G, 9 * G), G, 20 * MS, 22 * MS);
         assert_eq!(b.pump(22 * MS, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 3, bytes: 33 * G }]);
+    }
+
+    /// Backends that do at once what the broker asks: evict down to
+    /// `resident_max`, restore up to a new limit from what they hold in host
+    /// RAM. Runs the broker until nothing changes; returns every action.
+    fn settle(b: &mut Broker, held: &mut HashMap<VmId, (u64, u64)>, mut now: u64) -> Vec<MemAction> {
+        let mut all = Vec::new();
+        for _ in 0..200 {
+            now += 100 * MS;
+            let out = b.pump(now, &Sched::default().f(), 0);
+            if out.is_empty() && b.next_check().is_none() {
+                break;
+            }
+            for a in &out {
+                match *a {
+                    MemAction::Evict { vm, resident_max, .. } => {
+                        let (res, ev) = held[&vm];
+                        let moved = res.saturating_sub(resident_max);
+                        held.insert(vm, (res - moved, ev + moved));
+                        b.evicted(vm, state(res - moved, ev + moved), moved, MS, now);
+                    }
+                    MemAction::Limit { vm, bytes } => {
+                        let (res, ev) = held[&vm];
+                        let back = bytes.saturating_sub(res).min(ev);
+                        if back > 0 {
+                            held.insert(vm, (res + back, ev - back));
+                            b.restored(vm, state(res + back, ev - back), back, MS, now);
+                            if ev - back > 0 {
+                                // Still short of its data: it asks again.
+                                b.mem_need(vm, res + ev);
+                            }
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            all.extend(out);
+        }
+        all
+    }
+
+    #[test]
+    fn restores_of_two_part_evicted_vms_are_never_denied_when_host_ram_is_full() {
+        // Seen on the H200: two VMs each mostly evicted, host RAM for
+        // evictions all but full, a third VM resident. Both want their
+        // memory back; the first took the free GPU memory as a partial
+        // restore, and the second was told OUT_OF_MEMORY, though the first
+        // one's restore was about to free the host RAM it needed.
+        let mut b = Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(80 * G), total_bytes: 0, simulated: true, overcommit_ratio: 2.0 },
+            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 64 * G },
+        );
+        let mut held = HashMap::from([(1, (40 * G, 0)), (2, (9 * G, 31 * G)), (3, (8 * G, 32 * G))]);
+        for (&vm, &(resident, evicted)) in &held {
+            let reported = MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident };
+            b.add_vm(vm, 40 * G, reported, true, 0);
+        }
+        assert_eq!(b.swap_used(), 63 * G);
+        b.mem_need(2, 40 * G);
+        b.mem_need(3, 40 * G);
+        let out = settle(&mut b, &mut held, MS);
+        assert!(!out.iter().any(|a| matches!(a, MemAction::Denied { .. })), "{out:#?}");
+        assert_eq!(held[&2], (40 * G, 0), "{out:#?}");
+        assert_eq!(held[&3], (40 * G, 0), "{out:#?}");
+        assert_eq!(held[&1], (0, 40 * G));
+        // Nothing was lost on the way, and host RAM stayed within bounds.
+        assert!(b.swap_used() <= 64 * G);
     }
 
     #[test]
