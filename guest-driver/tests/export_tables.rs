@@ -23,6 +23,7 @@ use std::sync::Mutex;
 const CUDART_INTERFACE: u128 = 0x6bd5fb6c_5bf4_e74a_8987_d93912fd9df9;
 const CONTEXT_LOCAL_STORAGE: u128 = 0xc693336e_1121_df11_a8c3_68f355d89593;
 const TOOLS_TLS: u128 = 0x42d85a81_23f6_cb47_8298_f6e78a3aecdc;
+const CONTEXT_EXT: u128 = 0x21318c60_9714_3248_8ca6_41ff7324c8f2;
 
 type GetModuleFromCubin = unsafe extern "C" fn(*mut CUmodule, *const c_void) -> CUresult;
 type PrimaryContext = unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult;
@@ -30,6 +31,7 @@ type LocalPut = unsafe extern "C" fn(CUcontext, *mut c_void, *mut c_void, Option
 type LocalDelete = unsafe extern "C" fn(CUcontext, *mut c_void) -> CUresult;
 type LocalGet = unsafe extern "C" fn(*mut *mut c_void, CUcontext, *mut c_void) -> CUresult;
 type ToolsCurrent = unsafe extern "C" fn(*mut CUcontext) -> CUresult;
+type ContextId = unsafe extern "C" fn(CUcontext, *mut u64) -> CUresult;
 
 /// Slot `i` of the table with id `id`, as a function of type `F`.
 ///
@@ -94,6 +96,12 @@ fn runtime_interface_loads_registered_fatbins_and_context_values_end_with_their_
         let mut seen: CUcontext = std::ptr::null_mut();
         assert_eq!(tools_current(&mut seen), CUDA_SUCCESS);
         assert_eq!(seen, primary);
+        // cuBLAS's per-context table names a context by the id cuCtxGetId gives.
+        let context_id: ContextId = slot(CONTEXT_EXT, 4);
+        let (mut via_table, mut via_api) = (0u64, 0u64);
+        assert_eq!(context_id(primary, &mut via_table), CUDA_SUCCESS);
+        assert_eq!(cuCtxGetId(primary, &mut via_api), CUDA_SUCCESS);
+        assert_eq!(via_table, via_api);
 
         // A registered fatbin becomes a module whose kernel runs.
         let (wrapper, _fatbin) = fatbin_wrapper();

@@ -42,7 +42,7 @@ impl<const N: usize> ExportTable<N> {
 
 /// Which table, for the names of unknown slots; the index is also the `T`
 /// of [`unknown_slot`].
-const NAMES: [&str; 9] = [
+const NAMES: [&str; 10] = [
     "CUDART_INTERFACE",
     "TOOLS_TLS",
     "TOOLS_RUNTIME_CALLBACK_HOOKS",
@@ -52,6 +52,7 @@ const NAMES: [&str; 9] = [
     "DEVICE_EXTENDED_RT",
     "INTEGRITY_CHECK",
     "CONTEXT_CHECKS",
+    "CONTEXT_EXT",
 ];
 const CUDART: usize = 0;
 const TOOLS_TLS_T: usize = 1;
@@ -62,6 +63,7 @@ const HEAP: usize = 5;
 const DEVICE_EXT: usize = 6;
 const INTEGRITY: usize = 7;
 const CHECKS: usize = 8;
+const CONTEXT_EXT: usize = 9;
 
 /// A slot whose meaning is not known. Its arguments are never read, so it
 /// is declared with none: under the C calling conventions this library is
@@ -78,12 +80,16 @@ const fn size_slot(slots: usize) -> *const c_void {
 }
 
 /// `N` slots of table `T`, each an [`unknown_slot`] until a known function
-/// replaces it (at most 26, the longest table).
+/// replaces it (at most 96, the longest table).
 const fn unknown_slots<const T: usize, const N: usize>() -> [*const c_void; N] {
     macro_rules! slots {
         ($($s:literal)*) => { [$(unknown_slot::<T, $s> as *const c_void),*] };
     }
-    let all: [*const c_void; 26] = slots!(0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25);
+    let all: [*const c_void; 96] = slots!(
+        0 1 2 3 4 5 6 7 8 9 10 11 12 13 14 15 16 17 18 19 20 21 22 23 24 25 26 27 28 29 30 31 32 33 34 35 36 37 38 39
+        40 41 42 43 44 45 46 47 48 49 50 51 52 53 54 55 56 57 58 59 60 61 62 63 64 65 66 67 68 69 70 71 72 73 74 75
+        76 77 78 79 80 81 82 83 84 85 86 87 88 89 90 91 92 93 94 95
+    );
     let mut out = [std::ptr::null(); N];
     let mut i = 0;
     while i < N {
@@ -171,6 +177,17 @@ const CONTEXT_CHECKS_ID: [u8; 16] = uuid(0x263e8860_7cd2_6143_92f6_bbd5006dfa7e)
 static CONTEXT_CHECKS: ExportTable<4> =
     ExportTable(sized::<CHECKS, 4>(&[(2, context_check as *const c_void), (3, context_check_flags as *const c_void)]));
 
+/// {21318c60-9714-3248-8ca6-41ff7324c8f2}: per-context queries of NVIDIA's
+/// libraries, asked for by cuBLAS before its first GEMM (on the H200, a
+/// refusal made cublasSgemm return CUBLAS_STATUS_NOT_SUPPORTED). Those who
+/// traced it agree on slot 4, the context's id as `cuCtxGetId` gives it
+/// (context, pointer to the id); the other slots are counted by number so
+/// the next run names the ones a library needs. 95 slots, as CUDA 13.4's
+/// runtime finds it.
+const CONTEXT_EXT_ID: [u8; 16] = uuid(0x21318c60_9714_3248_8ca6_41ff7324c8f2);
+static CONTEXT_EXT_TABLE: ExportTable<95> =
+    ExportTable(sized::<CONTEXT_EXT, 95>(&[(4, crate::api::context::cuCtxGetId as *const c_void)]));
+
 /// A UUID's 16 bytes in the order they are written (and stored).
 const fn uuid(v: u128) -> [u8; 16] {
     v.to_be_bytes()
@@ -184,7 +201,7 @@ pub fn uuid_string(b: &[u8; 16]) -> String {
 
 /// The table with id `id`, if this driver serves it.
 pub fn lookup(id: &[u8; 16]) -> Option<*const c_void> {
-    let tables: [(&[u8; 16], *const c_void); 9] = [
+    let tables: [(&[u8; 16], *const c_void); 10] = [
         (&CUDART_INTERFACE_ID, CUDART_INTERFACE.start()),
         (&TOOLS_TLS_ID, TOOLS_TLS.start()),
         (&TOOLS_RUNTIME_CALLBACK_HOOKS_ID, TOOLS_RUNTIME_CALLBACK_HOOKS.start()),
@@ -194,6 +211,7 @@ pub fn lookup(id: &[u8; 16]) -> Option<*const c_void> {
         (&DEVICE_EXTENDED_RT_ID, DEVICE_EXTENDED_RT.start()),
         (&INTEGRITY_CHECK_ID, INTEGRITY_CHECK.start()),
         (&CONTEXT_CHECKS_ID, CONTEXT_CHECKS.start()),
+        (&CONTEXT_EXT_ID, CONTEXT_EXT_TABLE.start()),
     ];
     tables.iter().find(|(k, _)| *k == id).map(|(_, t)| *t)
 }
@@ -482,6 +500,7 @@ mod tests {
             (DEVICE_EXTENDED_RT_ID, 26),
             (INTEGRITY_CHECK_ID, 3),
             (CONTEXT_CHECKS_ID, 4),
+            (CONTEXT_EXT_ID, 95),
         ] {
             let t = table(id).expect("served");
             // SAFETY: slot 0 of a served table.
