@@ -20,6 +20,9 @@ h100_setup() {  # scratch dir
     R=$work/res
     ENGINE=${ENGINE:-cuda}
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt" 2>&1
+    # Whether the kernel's seccomp audit lines reach dmesg here at all: an
+    # empty seccomp-audit.log proves the cuda list complete only if they do.
+    python3 scripts/h100/seccomp-control.py > "$R/seccomp-control.json" 2>&1 || true
     log "GPU: $(cat "$R/gpu.txt")"
 }
 
