@@ -116,7 +116,36 @@ def pinned(gib):
     ck(cu.cuMemcpyDtoH_v2(ctypes.c_void_p(addr), d, ctypes.c_size_t(n)), "dtoh-reg")
     res["dtoh_registered_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
     ck(cu.cuMemHostUnregister(ctypes.c_void_p(addr)), "unregister")
+    res["touch_c_gbps"] = touch_rates()
     return res
+
+
+def touch_rates(gib=4):
+    """How fast fresh host pages come into being (fault + zero), written at
+    C speed (memset) by 1, 8 and 16 threads, with and without transparent
+    huge pages: what the backend's swap threads do before a swap-out can
+    copy into them. {"4k": {threads: GB/s}, "thp": {...}}."""
+    import threading
+    out = {}
+    for kind in ("4k", "thp"):
+        out[kind] = {}
+        for threads in (1, 8, 16):
+            n = gib * GIB
+            m = mmap.mmap(-1, n)
+            if kind == "thp" and hasattr(m, "madvise"):
+                m.madvise(mmap.MADV_HUGEPAGE)
+            base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+            part = n // threads
+            ts = [threading.Thread(target=ctypes.memset, args=(base + i * part, 1, part)) for i in range(threads)]
+            t = time.perf_counter()
+            for x in ts:
+                x.start()
+            for x in ts:
+                x.join()
+            out[kind][threads] = round(n / 1e9 / (time.perf_counter() - t), 2)
+            del base
+            m.close()
+    return out
 
 if __name__ == "__main__":
     if len(sys.argv) > 1 and sys.argv[1] == "child":
