@@ -456,7 +456,22 @@ impl Broker {
             if short > 0 {
                 let must_move = self.must_move(need.vm, need.bytes, cap);
                 let asker_evicted = self.vms.get(&need.vm).map_or(0, |b| b.mem.evicted_bytes);
-                if must_move > swap_room && asker_evicted > 0 && avail > 0 {
+                // A VM asking for no more than the data it has (resident and
+                // in host RAM) is bringing its own memory back.
+                let own =
+                    self.vms.get(&need.vm).map_or(0, |b| b.mem.resident_bytes.saturating_add(b.mem.evicted_bytes));
+                let restore = need.bytes <= own;
+                // Evictions move at least a step (less may fit no allocation
+                // and move nothing): host RAM that cannot take one is full.
+                let step = MIN_EVICTION.min(cap / 16).max(1);
+                let over = must_move > swap_room || (must_move > 0 && swap_room < step);
+                // A restore also takes what is free at once rather than wait
+                // for evictions of the rest, which may not come soon (seen on
+                // the H200: 24 GiB free kept for minutes for a need 0.1 GiB
+                // short). Less than a step is not worth a round while
+                // evictions can still make room.
+                let worth = if swap_room >= step { step } else { 1 };
+                if (over || restore) && asker_evicted > 0 && avail >= worth {
                     // A VM bringing its memory back frees host RAM as it
                     // goes: let it restore what fits now, and the room that
                     // frees pays for the evictions the rest needs. Denying
@@ -474,7 +489,7 @@ impl Broker {
                     ahead.push(need.vm);
                     continue;
                 }
-                if must_move > swap_room && !need.probed {
+                if over && !need.probed {
                     // The books may be a Stats report behind (memory freed,
                     // or a guest gone): before saying no, ask every other VM
                     // what it holds. Nothing moves (max_move 0); unused
@@ -490,20 +505,17 @@ impl Broker {
                     ahead.push(need.vm);
                     continue;
                 }
-                if must_move > swap_room && self.vms.iter().any(|(&w, b)| w != need.vm && b.evict_to.is_some()) {
+                if over && self.vms.iter().any(|(&w, b)| w != need.vm && b.evict_to.is_some()) {
                     // Answers still to come.
                     self.needs.push_back(need);
                     ahead.push(need.vm);
                     continue;
                 }
-                // A VM asking for no more than the data it has (resident and
-                // in host RAM) is bringing its own memory back: that is never
-                // refused, or its data would be out of its reach for good.
-                // Host RAM frees as other restores land and as this one gets
-                // room; meanwhile evict what host RAM can take and wait.
-                let own =
-                    self.vms.get(&need.vm).map_or(0, |b| b.mem.resident_bytes.saturating_add(b.mem.evicted_bytes));
-                if must_move > swap_room && need.bytes > own {
+                // A restore is never refused, or the VM's data would be out
+                // of its reach for good. Host RAM frees as other restores
+                // land and as this one gets room; meanwhile evict what host
+                // RAM can take and wait.
+                if over && !restore {
                     let used = swap_others.saturating_add(self.swap_used());
                     out.push(MemAction::Denied {
                         vm: need.vm,
@@ -612,8 +624,12 @@ impl Broker {
             }
             // At least MIN_EVICTION at a time: a VM growing allocation by
             // allocation would otherwise evict its neighbour piece by piece.
-            let t = self.vms[&w].held().min(short.max(step)).min(*p.swap_room);
-            if t > 0 {
+            let held = self.vms[&w].held();
+            let t = held.min(short.max(step)).min(*p.swap_room);
+            // Less than a step, short of all it holds, may be smaller than
+            // any of its allocations: it would move nothing, asked again and
+            // again.
+            if t > 0 && (t >= step || t == held) {
                 match takes.iter_mut().find(|(v, _)| *v == w) {
                     Some((_, taken)) => *taken += t,
                     None => takes.push((w, t)),
@@ -992,7 +1008,9 @@ mod tests {
     /// Backends that do at once what the broker asks: evict down to
     /// `resident_max`, restore up to a new limit from what they hold in host
     /// RAM. Runs the broker until nothing changes; returns every action.
-    fn settle(b: &mut Broker, held: &mut HashMap<VmId, (u64, u64)>, mut now: u64) -> Vec<MemAction> {
+    /// Memory moves in whole allocations of `gran` bytes, never more than
+    /// asked (as the cuda engine's swap does).
+    fn settle(b: &mut Broker, held: &mut HashMap<VmId, (u64, u64)>, mut now: u64, gran: u64) -> Vec<MemAction> {
         let mut all = Vec::new();
         for _ in 0..200 {
             now += 100 * MS;
@@ -1004,13 +1022,14 @@ mod tests {
                 match *a {
                     MemAction::Evict { vm, resident_max, .. } => {
                         let (res, ev) = held[&vm];
-                        let moved = res.saturating_sub(resident_max);
+                        let moved = res.saturating_sub(resident_max) / gran * gran;
                         held.insert(vm, (res - moved, ev + moved));
                         b.evicted(vm, state(res - moved, ev + moved), moved, MS, now);
                     }
                     MemAction::Limit { vm, bytes } => {
                         let (res, ev) = held[&vm];
                         let back = bytes.saturating_sub(res).min(ev);
+                        let back = if back == ev { back } else { back / gran * gran };
                         if back > 0 {
                             held.insert(vm, (res + back, ev - back));
                             b.restored(vm, state(res + back, ev - back), back, MS, now);
@@ -1048,13 +1067,57 @@ mod tests {
         assert_eq!(b.swap_used(), 63 * G);
         b.mem_need(2, 40 * G);
         b.mem_need(3, 40 * G);
-        let out = settle(&mut b, &mut held, MS);
+        let out = settle(&mut b, &mut held, MS, 1);
         assert!(!out.iter().any(|a| matches!(a, MemAction::Denied { .. })), "{out:#?}");
         assert_eq!(held[&2], (40 * G, 0), "{out:#?}");
         assert_eq!(held[&3], (40 * G, 0), "{out:#?}");
         assert_eq!(held[&1], (0, 40 * G));
         // Nothing was lost on the way, and host RAM stayed within bounds.
         assert!(b.swap_used() <= 64 * G);
+    }
+
+    #[test]
+    fn a_restore_a_little_short_of_room_comes_back_in_part_rather_than_wait_for_a_tiny_eviction() {
+        // Seen on the H200 after the fix above: VM 3 wanted 24.1 GiB back,
+        // 24 were free, and host RAM had 0.1 GiB left. The broker asked the
+        // others for the missing 0.1 GiB, which nobody could move (memory
+        // moves in 256 MiB allocations), and kept the free 24 GiB for the
+        // need meanwhile: nothing moved for two minutes.
+        let m = MIB;
+        let mut b = Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(80 * G), total_bytes: 0, simulated: true, overcommit_ratio: 2.0 },
+            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 64 * G + 200 * m },
+        );
+        let mut held = HashMap::from([(1, (32 * G, 8 * G)), (2, (8 * G, 32 * G)), (3, (16 * G, 24 * G + 100 * m))]);
+        for (&vm, &(resident, evicted)) in &held {
+            let reported = MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident };
+            b.add_vm(vm, 41 * G, reported, true, 0);
+        }
+        b.mem_need(3, 40 * G + 100 * m);
+        let out = settle(&mut b, &mut held, MS, 256 * m);
+        assert!(!out.iter().any(|a| matches!(a, MemAction::Denied { .. })), "{out:#?}");
+        assert_eq!(held[&3], (40 * G + 100 * m, 0), "{out:#?}");
+        assert!(b.swap_used() <= 64 * G + 200 * m);
+    }
+
+    #[test]
+    fn new_memory_is_denied_rather_than_wait_on_evictions_smaller_than_a_step() {
+        // Host RAM for 100 MiB more: less than an eviction step (512 MiB on
+        // an 8 GiB GPU), which may be less than any allocation of VM 1.
+        let mut b = Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
+            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 100 * MIB },
+        );
+        add(&mut b, 1, 8 * G, 8 * G);
+        add(&mut b, 2, 8 * G, 0);
+        b.mem_need(2, 50 * MIB);
+        let out = b.pump(MS, &Sched::default().f(), 0);
+        assert_eq!(out, vec![MemAction::Evict { vm: 1, resident_max: 8 * G, moves_bytes: 0 }], "only asked, not moved");
+        b.evicted(1, state(8 * G, 0), 0, 0, MS);
+        let out = b.pump(2 * MS, &Sched::default().f(), 0);
+        assert!(matches!(out.as_slice(), [MemAction::Denied { vm: 2, .. }]), "{out:?}");
     }
 
     #[test]
