@@ -160,6 +160,27 @@ pub struct FatbinEntry<'a> {
     pub payload: &'a [u8],
 }
 
+/// Which entries of a fatbin a device of compute capability `major`.`minor`
+/// can load (see [`fatbin_for_device`]).
+fn device_keeps(entries: &[FatbinEntry<'_>], major: u32, minor: u32) -> impl Fn(&FatbinEntry<'_>) -> bool {
+    let device = major.saturating_mul(10).saturating_add(minor);
+    let best_ptx = entries.iter().filter(|e| e.kind == FatbinEntryKind::Ptx && e.arch <= device).map(|e| e.arch).max();
+    move |e: &FatbinEntry<'_>| match e.kind {
+        FatbinEntryKind::Cubin => e.arch / 10 == major && e.arch % 10 <= minor,
+        FatbinEntryKind::Ptx => Some(e.arch) == best_ptx,
+        FatbinEntryKind::Other(_) => false,
+    }
+}
+
+/// Whether a device of compute capability `major`.`minor` can load any
+/// entry of the fatbin container `image` (the test of [`fatbin_for_device`],
+/// without the copy).
+pub fn fatbin_loads_on(image: &[u8], major: u32, minor: u32) -> Result<bool, ImageError> {
+    let entries = fatbin_entries(image)?;
+    let keep = device_keeps(&entries, major, minor);
+    Ok(entries.iter().any(keep))
+}
+
 /// A copy of the fatbin container `image` with only the entries a device of
 /// compute capability `major`.`minor` can load: cubins of its major version
 /// and a minor at or below its own (the driver's binary compatibility), and
@@ -170,13 +191,7 @@ pub struct FatbinEntry<'a> {
 pub fn fatbin_for_device(image: &[u8], major: u32, minor: u32) -> Result<Option<Vec<u8>>, ImageError> {
     let entries = fatbin_entries(image)?;
     let (start, _) = fatbin_container(image)?;
-    let device = major.saturating_mul(10).saturating_add(minor);
-    let best_ptx = entries.iter().filter(|e| e.kind == FatbinEntryKind::Ptx && e.arch <= device).map(|e| e.arch).max();
-    let keep = |e: &FatbinEntry<'_>| match e.kind {
-        FatbinEntryKind::Cubin => e.arch / 10 == major && e.arch % 10 <= minor,
-        FatbinEntryKind::Ptx => Some(e.arch) == best_ptx,
-        FatbinEntryKind::Other(_) => false,
-    };
+    let keep = device_keeps(&entries, major, minor);
     let mut body = Vec::new();
     let mut pos = to_usize(start)?;
     for e in &entries {
@@ -1564,6 +1579,8 @@ mod tests {
         assert_eq!(fatbin_entries(&out).unwrap()[0].payload, &cubin[..]);
         // Nothing for an older device than any entry.
         assert_eq!(fatbin_for_device(&image, 6, 0).unwrap(), None);
+        assert!(!fatbin_loads_on(&image, 6, 0).unwrap());
+        assert!(fatbin_loads_on(&image, 8, 0).unwrap());
         // Not a fatbin: an error, not a guess.
         assert!(fatbin_for_device(&cubin, 9, 0).is_err());
     }

@@ -85,9 +85,26 @@ fn only_for_device(image: &[u8]) -> Cow<'_, [u8]> {
     }
 }
 
+/// False only for a well-formed fatbin with no entry this device can load;
+/// anything else goes to the backend, which checks it in full.
+fn loads_on_device(image: &[u8]) -> bool {
+    if module_image::detect(image) != Some(ImageKind::Fatbin) {
+        return true;
+    }
+    let major = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).max(0) as u32;
+    let minor = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).max(0) as u32;
+    major == 0 || module_image::fatbin_loads_on(image, major, minor).unwrap_or(true)
+}
+
 /// Loads `image` as a module of context `ctx`.
 fn load(image: &[u8], ctx: u64, library: Option<u64>) -> CuRes<u64> {
     let c = session()?;
+    if !loads_on_device(image) {
+        // Answered here, as the backend would: NVIDIA's libraries register
+        // thousands of fatbins for other GPUs (cuBLAS 13: about 2000 per
+        // process), each of which would otherwise cost a round trip.
+        return Err(CUDA_ERROR_NO_BINARY_FOR_GPU);
+    }
     let image = if image.len() > MAX_MODULE_BYTES { only_for_device(image) } else { Cow::Borrowed(image) };
     let image = &image[..];
     if image.len() > MAX_MODULE_BYTES {
