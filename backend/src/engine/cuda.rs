@@ -442,7 +442,7 @@ impl WorkMark for CudaMark {
         // the context is gone) counts as reached: nothing runs there any more.
         // SAFETY: `event` is a live event of the live context `ctx` (above).
         with_pushed(self.ctx, || Ok(unsafe { sys::cuEventQuery(self.event as sys::CUevent) }))
-            .map_or(true, |r| r != sys::CUresult::CUDA_ERROR_NOT_READY)
+            != Ok(sys::CUresult::CUDA_ERROR_NOT_READY)
     }
 }
 
