@@ -21,7 +21,8 @@
 #   scripts/h100/isolation.sh [OUTDIR]     (default $OUT, else ./h100-out)
 # Knobs (env): KERNELS (270000), WORDS (1024 per kernel), FAULT_EVERY_S (1),
 # WATCHDOG_MS (2000), FAULTY_ARGS (more arguments for the faulty VM's
-# backend), CLIENT_TIMEOUT (s, 600: bounds every client), ENGINE (cuda; sim
+# backend), CLIENT_TIMEOUT (s, 300: bounds each steady client; a faulting
+# client gets 60 s, the hanging one the watchdog's limit and 30 s), ENGINE (cuda; sim
 # to try it anywhere), LOCAL_BUILD (e.g. target/debug: run from this
 # checkout's build instead of the staged bundle). A dry run on any machine:
 #   cargo build -p gpuvisor-backend -p gpuvisor-guest
@@ -36,7 +37,8 @@ KERNELS=${KERNELS:-270000}
 WORDS=${WORDS:-1024}
 FAULT_EVERY_S=${FAULT_EVERY_S:-1}
 WATCHDOG_MS=${WATCHDOG_MS:-2000}
-export CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-600}
+export CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-300}
+HANG_TIMEOUT=$(( WATCHDOG_MS / 1000 + 30 ))
 read -r -a faulty_args <<< "${FAULTY_ARGS:-}"
 
 now() { date +%s.%N; }
@@ -88,7 +90,7 @@ i=0
 t_start=$(now)
 while kill -0 "$steady_client" 2>/dev/null; do
     kind=illegal-address; [ $((i % 2)) = 1 ] && kind=trap
-    h100_client gv_isolation faulty "$R/fault-$i.out" fault --kind "$kind"
+    CLIENT_TIMEOUT=60 h100_client gv_isolation faulty "$R/fault-$i.out" fault --kind "$kind"
     exit_of "$faulty_pid" 10
     status=$ended
     case $status in
@@ -124,7 +126,7 @@ h100_start_backend hang --watchdog-ms "$WATCHDOG_MS"
 hang_pid=${backend_pids[-1]}
 h100_client gv_isolation steady "$R/steady-hang.out" steady --kernels "$KERNELS" --words "$WORDS" &
 steady_client=$!
-h100_client gv_isolation hang "$R/hang.out" hang
+CLIENT_TIMEOUT=$HANG_TIMEOUT h100_client gv_isolation hang "$R/hang.out" hang
 exit_of "$hang_pid" 30
 echo "$ended" > "$R/hang-backend-exit"
 wait "$steady_client"
