@@ -45,7 +45,13 @@ struct State {
     /// Written by the gpuvisord link when the daemon asks for memory to be
     /// swapped out; registered with each connection's epoll loop.
     memory_event: Option<EventFd>,
+    /// What to do once the VM's GPU context is lost and the requests in hand
+    /// are answered (`main.rs` ends the process).
+    on_lost: Option<OnLost>,
 }
+
+/// Called with the sticky error that lost the VM's GPU context.
+pub type OnLost = Box<dyn Fn(protocol::cuda::CuResult) + Send>;
 
 /// One VM's vGPU as a vhost-user backend.
 pub struct GpuBackend {
@@ -62,6 +68,7 @@ impl GpuBackend {
                 event_idx: false,
                 exit: None,
                 memory_event: None,
+                on_lost: None,
             }),
         }
     }
@@ -107,6 +114,14 @@ impl GpuBackend {
         let st = self.lock();
         let Some(ev) = st.memory_event.as_ref() else { return Ok(()) };
         handler.register_listener(ev.as_raw_fd(), EventSet::IN, MEMORY_EVENT as u64)
+    }
+
+    /// Runs `f` once a kernel fault has lost the VM's GPU context (see
+    /// `Vm::fault`), after the requests in the queue have been answered with
+    /// its error. Without it the backend keeps answering every request with
+    /// that error.
+    pub fn on_context_lost(&self, f: OnLost) {
+        self.lock().on_lost = Some(f);
     }
 
     /// Runs `f` on the device model (tests and the demo read usage this way).
@@ -302,7 +317,22 @@ impl VhostUserBackend for GpuBackend {
             self.process_queue(vring, queue)?;
         }
         if queue == CTRL_QUEUE {
-            self.lock().dev.vm.queue_idle();
+            let lost = {
+                let mut st = self.lock();
+                st.dev.vm.queue_idle();
+                st.dev.vm.fault()
+            };
+            if let Some(code) = lost {
+                // Requests that came while the fault's batch ran get the
+                // error too (their replies are written and signalled) before
+                // the process ends: a guest process waiting on one learns
+                // why its VM's context went.
+                self.process_queue(vring, queue)?;
+                let st = self.lock();
+                if let Some(f) = st.on_lost.as_ref() {
+                    f(code);
+                }
+            }
         }
         Ok(())
     }

@@ -42,6 +42,8 @@ pub enum Error {
     Memory(#[from] crate::grants::MemoryError),
     #[error("graph: {0}")]
     Graph(#[from] crate::graph::DagError),
+    #[error("the GPU context is lost (CUDA error {0}): every call fails with it until the backend restarts")]
+    ContextLost(CuResult),
 }
 
 impl Error {
@@ -67,6 +69,7 @@ impl Error {
             Error::Memory(crate::grants::MemoryError::Denied { .. }) => CUDA_ERROR_OUT_OF_MEMORY,
             Error::Memory(crate::grants::MemoryError::Engine(e)) => e.0,
             Error::Graph(_) => CUDA_ERROR_INVALID_VALUE,
+            Error::ContextLost(code) => *code,
         }
     }
 }

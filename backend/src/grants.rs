@@ -121,14 +121,21 @@ impl Counters {
         self.copy_bytes[dir as usize].fetch_add(bytes, Ordering::Relaxed);
     }
 
-    /// The guest got error `code` for a call.
+    /// The guest got error `code` for a call. A kernel fault is counted
+    /// here unless it is sticky: that one fails every later call of the VM,
+    /// and `record_fault` counts it once.
     pub fn record_error(&self, code: protocol::cuda::CuResult) {
         if let Ok(mut m) = self.errors.lock() {
             *m.entry(code).or_default() += 1;
         }
-        if protocol::cuda::is_fault(code) {
+        if protocol::cuda::is_fault(code) && !protocol::cuda::is_sticky(code) {
             self.faults.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// A kernel fault lost the VM's GPU context (a sticky error).
+    pub fn record_fault(&self) {
+        self.faults.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The counts so far.

@@ -13,6 +13,8 @@ use gpuvisor_backend::grants::{DaemonLink, Registration};
 use gpuvisor_backend::sandbox::{fds, seccomp, user};
 use gpuvisor_backend::virtio_gpu::GpuDevice;
 use gpuvisor_backend::vm::Vm;
+use gpuvisor_backend::watchdog::Watchdog;
+use gpuvisor_backend::{fault_exit_code, fault_from_exit_code};
 use protocol::control::{QosClass, QosRequest};
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
@@ -41,6 +43,14 @@ enum EngineChoice {
 ///     -chardev socket,id=vgpu,path=/run/gpuvisor/vm1.sock -device vhost-user-gpu-pci,chardev=vgpu
 ///
 /// Logs go to stderr; set RUST_LOG (e.g. RUST_LOG=gpuvisor_backend=debug) for more.
+///
+/// A kernel fault (illegal address, trap, ...) makes NVIDIA's driver fail every later
+/// call of the process, in every context. The guest gets the error as natively, every
+/// session of the VM gets it afterwards, and the backend then exits with a status that
+/// names it (80 illegal address, 81 launch failure, 82 launch timeout, 83 illegal
+/// instruction, 84 misaligned address, 85 invalid address space, 86 invalid PC,
+/// 87 uncorrectable ECC, 88 unknown), so that whoever restarts it knows why; a fresh
+/// process gets a working context. Other VMs, in their own backends, see nothing.
 #[derive(Debug, Parser)]
 #[command(name = "gpuvisor-backend", version, verbatim_doc_comment)]
 struct Args {
@@ -145,6 +155,19 @@ struct Args {
     /// this long; smaller values cost throughput when kernels are short.
     #[arg(long, value_name = "US", default_value_t = 200)]
     max_queued_us: u64,
+
+    /// End this backend when GPU work it submitted makes no progress for this
+    /// many milliseconds: a kernel that runs that long, or never ends. Ending
+    /// the process is the only way to stop a kernel; the driver then tears the
+    /// VM's context down, and no other VM is touched. The guest gets
+    /// CUDA_ERROR_LAUNCH_TIMEOUT, as natively under a display watchdog, and
+    /// the backend exits with status 82. A VM that is idle, or waits for a
+    /// grant from gpuvisord, is never ended. Trade-off: a legitimate kernel
+    /// that runs longer is ended too (set it well above the VM's longest
+    /// kernel), and the check costs an event per GPU operation (cuda
+    /// engine). 0 turns it off.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    watchdog_ms: u64,
 
     /// Append each request's latency (arrival at the backend to completion on
     /// the GPU, of batches the guest waits for) in ns to this file.
@@ -270,6 +293,22 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
             .with_context(|| format!("opening {}", path.display()))?;
         vm.counters().set_latency_log(f);
     }
+    if args.watchdog_ms > 0 {
+        let name = args.vm_name.clone();
+        let limit = std::time::Duration::from_millis(args.watchdog_ms);
+        let wd = Watchdog::start(
+            &args.vm_name,
+            limit,
+            Box::new(move |stuck| {
+                let code = fault_exit_code(protocol::cuda::CUDA_ERROR_LAUNCH_TIMEOUT);
+                error!(vm = %name, stuck_ms = stuck.as_millis() as u64, status = code, "watchdog: exiting");
+                exit_now(code)
+            }),
+        )
+        .context("starting the watchdog thread")?;
+        vm.set_watchdog(wd);
+        info!(limit_ms = args.watchdog_ms, "watchdog on");
+    }
     // Kept alive for the life of the process; its thread reconnects as needed.
     let _link = match &args.daemon {
         Some(socket) => {
@@ -301,6 +340,13 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
         }
     };
     let backend = Arc::new(GpuBackend::new(GpuDevice::new(vm)));
+    let name = args.vm_name.clone();
+    backend.on_context_lost(Box::new(move |cu| {
+        let code = fault_exit_code(cu);
+        debug_assert_eq!(fault_from_exit_code(code), Some(cu));
+        error!(vm = %name, cu, status = code, "the GPU context is lost; exiting, for a fresh process and context");
+        exit_now(code)
+    }));
     if let Some(link) = &_link {
         let ev = EventFd::new(libc::EFD_NONBLOCK).context("creating the memory wake-up eventfd")?;
         link.set_waker(ev.try_clone().context("cloning an eventfd")?);
@@ -344,6 +390,14 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
         std::mem::forget(listener);
     }
     served
+}
+
+/// Ends the process at once with `code`. The driver's own exit handlers are
+/// skipped: they would tear down contexts that are lost, or wait for a
+/// kernel that never ends; the kernel releases the process's GPU state.
+fn exit_now(code: i32) -> ! {
+    // SAFETY: _exit has no preconditions; nothing after it runs.
+    unsafe { libc::_exit(code) }
 }
 
 /// Serves one frontend after another (only the first with --once).

@@ -12,6 +12,7 @@ use crate::grants::{CopyDir, Counters, Gate};
 use crate::guest_mem::{GuestMemory, HostDst, HostSrc};
 use crate::handles::{Allocation, AllocationTable, HandleTable};
 use crate::resources::ResourceTable;
+use crate::watchdog::{InFlight, Watchdog};
 use protocol::cuda::*;
 use protocol::decode::Decoded;
 use protocol::*;
@@ -147,6 +148,21 @@ pub struct Vm {
     batch_waited: bool,
     /// Event timings the guest reads are rounded down to this (0: exact).
     timer_resolution_ns: u64,
+    /// The sticky error that lost the engine's contexts (a kernel faulted),
+    /// once seen: every later call of every client gets it (`run_batch`),
+    /// and the device layer ends the process (`device.rs`).
+    fault: Option<CuResult>,
+    /// Marks every GPU operation for `--watchdog-ms`, if on.
+    watchdog: Option<Watchdog>,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        // The watchdog's marks must not outlive the engine's contexts.
+        if let Some(wd) = &self.watchdog {
+            wd.forget_all();
+        }
+    }
 }
 
 impl Vm {
@@ -167,7 +183,39 @@ impl Vm {
             gate: Gate::standalone(Arc::new(Counters::default())),
             batch_waited: false,
             timer_resolution_ns: 0,
+            fault: None,
+            watchdog: None,
         }
+    }
+
+    /// Lets `watchdog` see every GPU operation and the batch in flight.
+    pub fn set_watchdog(&mut self, watchdog: Watchdog) {
+        self.watchdog = Some(watchdog);
+    }
+
+    /// The sticky error that lost this VM's GPU context, if a kernel
+    /// faulted: the process can never get a working context again.
+    pub fn fault(&self) -> Option<CuResult> {
+        self.fault
+    }
+
+    /// Asks the engine whether its contexts are lost, unless known already;
+    /// the first time, logs and counts it. Every call's error goes through
+    /// here, so this is the one place a fault is noticed.
+    fn check_lost(&mut self) -> Option<CuResult> {
+        if self.fault.is_some() {
+            return self.fault;
+        }
+        let code = self.engine.lost()?;
+        self.fault = Some(code);
+        self.gate.counters().record_fault();
+        warn!(
+            vm = %self.name, code, error = error_name(code).unwrap_or("unknown"),
+            "a kernel fault lost the GPU context: the driver fails every call of this process now, so every \
+             session gets this error, and the backend ends once the requests in hand are answered, for a fresh \
+             process with a fresh context"
+        );
+        self.fault
     }
 
     /// Submit GPU work only under `gate`'s grants (a backend registered with
@@ -213,6 +261,12 @@ impl Vm {
         self.gate.before_op(self.engine.as_mut(), ctx, stream)?;
         let r = op(self.engine.as_mut())?;
         self.gate.after_op(self.engine.as_mut(), ctx, stream);
+        if let Some(wd) = &self.watchdog {
+            match self.engine.mark(stream) {
+                Ok(mark) => wd.submitted(ctx, stream, mark),
+                Err(e) => debug!(vm = %self.name, "no watchdog mark for a GPU operation: {e}"),
+            }
+        }
         Ok(r)
     }
 
@@ -283,6 +337,9 @@ impl Vm {
         }
         for c in &ctxs {
             self.gate.forget_ctx(*c);
+            if let Some(wd) = &self.watchdog {
+                wd.forget_ctx(*c);
+            }
             if let Err(e) = self.engine.ctx_destroy(*c) {
                 warn!(vm = %self.name, ctx_id, "destroying engine context: {e}");
             }
@@ -327,6 +384,9 @@ impl Vm {
 
     fn run_batch(&mut self, mem: &GuestMemory, ctx_id: u32, client: &mut Client, bytes: &[u8]) -> Result<()> {
         let mut reply = Reply::ok(Vec::new());
+        // A fault noticed between batches (by the grant gate's own queries,
+        // or on the GPU's time) fails this batch already.
+        self.check_lost();
         let seq = match decode_batch(bytes) {
             Err(e) => {
                 warn!(vm = %self.name, ctx_id, "rejected batch: {e}");
@@ -342,6 +402,7 @@ impl Vm {
                 client.last_seq + 1
             }
             Ok(batch) => {
+                self.watch_batch(mem, ctx_id, client, batch.seq());
                 for cmd in batch.commands() {
                     match cmd {
                         Err(e) => {
@@ -355,11 +416,20 @@ impl Vm {
                             if op != Opcode::Hello && is_sync(op, d.flags) {
                                 self.batch_waited = true;
                             }
-                            match self.execute(mem, ctx_id, client, &d) {
+                            // Once the context is lost, every call fails as
+                            // natively; a new session still gets its Hello.
+                            let result = match self.fault {
+                                Some(code) if op != Opcode::Hello => Err(Error::ContextLost(code)),
+                                _ => self.execute(mem, ctx_id, client, &d),
+                            };
+                            match result {
                                 Ok(Some(r)) => reply = r,
                                 Ok(None) => {}
                                 Err(e) => {
                                     let code = e.cu_result();
+                                    if is_sticky(code) {
+                                        self.check_lost();
+                                    }
                                     debug!(vm = %self.name, ctx_id, ?op, code, "request failed: {e}");
                                     // "Not ready" answers a query; it is no error.
                                     if code != CUDA_ERROR_NOT_READY {
@@ -379,7 +449,22 @@ impl Vm {
             }
         };
         client.last_seq = seq;
+        if let Some(wd) = &self.watchdog {
+            wd.batch_done();
+        }
         self.write_reply(mem, ctx_id, client, seq, reply)
+    }
+
+    /// Tells the watchdog where this batch's reply goes, so that it can
+    /// answer it if the batch never ends.
+    fn watch_batch(&self, mem: &GuestMemory, ctx_id: u32, client: &Client, seq: u64) {
+        let Some(wd) = &self.watchdog else { return };
+        // A session's first batch (its Hello) names the buffer; it runs no
+        // GPU work.
+        let Some(control) = client.control else { return };
+        if let Ok(res) = self.resources.for_ctx(control, ctx_id) {
+            wd.batch_started(InFlight { mem: mem.clone(), control: res.backing.clone(), seq });
+        }
     }
 
     fn write_reply(
@@ -807,7 +892,9 @@ impl Vm {
     /// context that cannot run one memset (it faulted) cannot run the
     /// others either, so the first failure ends it.
     fn scrub_in(&mut self, ctx: EngineCtx, ranges: &[(u64, u64)]) {
-        if ranges.is_empty() || self.engine.ctx_set_current(ctx).is_err() {
+        // A lost context runs nothing; its memory is released with the
+        // process, which ends.
+        if ranges.is_empty() || self.fault.is_some() || self.engine.ctx_set_current(ctx).is_err() {
             return;
         }
         for &(base, size) in ranges {
@@ -833,6 +920,9 @@ impl Vm {
         self.used = self.used.saturating_sub(freed);
         client.charged = client.charged.saturating_sub(freed);
         self.gate.forget_ctx(e);
+        if let Some(wd) = &self.watchdog {
+            wd.forget_ctx(e);
+        }
         let destroyed = self.engine.ctx_destroy(e);
         client.pools.forget_ctx(id);
         self.gate.note_residency(self.engine.residency());

@@ -417,24 +417,34 @@ fn the_guest_tests_ptx_runs_on_the_sim_engine() {
         let v = f32::from_le_bytes(out[i * 4..i * 4 + 4].try_into().unwrap());
         assert_eq!(v, 3.0 * i as f32 + 1.0, "element {i}");
     }
-    // A kernel pointer outside every allocation faults like a GPU would.
+    // A kernel pointer outside every allocation faults like a GPU would: the
+    // launch returns, the next synchronization gets the fault.
     let mut bad = params.clone();
     bad[16..24].copy_from_slice(&0x10u64.to_le_bytes());
     let a = g.batch(&[
         (Opcode::LaunchKernel, 0, &|w, op, f| w.push(op, f, PRIMARY_CTX, &l, &bad)),
         (Opcode::CtxSynchronize, 0, &|w, op, f| w.push_empty(op, f, PRIMARY_CTX)),
     ]);
-    assert_eq!(a.deferred, CUDA_ERROR_ILLEGAL_ADDRESS);
+    assert_eq!((a.status, a.deferred), (CUDA_ERROR_ILLEGAL_ADDRESS, CUDA_SUCCESS));
+    assert_eq!(g.vm.fault(), Some(CUDA_ERROR_ILLEGAL_ADDRESS), "the fault lost the VM's context");
 
     // What the backend reports to gpuvisord's telemetry: this workload's calls.
     let calls = g.vm.counters().calls();
-    assert_eq!(calls.launches, 1, "the faulting launch never ran: {calls:?}");
+    assert_eq!(calls.launches, 2, "{calls:?}");
     assert_eq!((calls.copies_htod, calls.bytes_htod), (2, 2 * n * 4), "{calls:?}");
     assert_eq!((calls.copies_dtoh, calls.bytes_dtoh), (1, n * 4), "{calls:?}");
     assert_eq!((calls.copies_dtod, calls.bytes_dtod), (0, 0), "{calls:?}");
     let errors: Vec<(&str, u64)> = calls.errors.iter().map(|(k, v)| (k.as_str(), *v)).collect();
     assert_eq!(errors, vec![("CUDA_ERROR_ILLEGAL_ADDRESS", 1), ("CUDA_ERROR_NOT_FOUND", 1)]);
     assert_eq!(calls.faults, 1);
+
+    // From now on every call fails with it, of this guest process and of
+    // the next, as NVIDIA's driver fails every call of the process.
+    assert_eq!(g.alloc(4096), Err(CUDA_ERROR_ILLEGAL_ADDRESS));
+    assert_eq!(g.dtoh_inline(pc, 4).status, CUDA_ERROR_ILLEGAL_ADDRESS);
+    g.open_client(2);
+    assert_eq!(g.alloc(4096), Err(CUDA_ERROR_ILLEGAL_ADDRESS), "a new session");
+    assert_eq!(g.vm.counters().calls().faults, 1, "one fault, counted once");
 }
 
 /// Every request that names an object, given an id the client never created,

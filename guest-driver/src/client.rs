@@ -8,7 +8,7 @@ use crate::transport::{self, SharedBuf, Transport, TransportError};
 use protocol::cuda::*;
 use protocol::*;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 use zerocopy::little_endian::{U16, U32, U64};
@@ -67,6 +67,10 @@ pub struct Client {
     /// Pinned host memory (cuMemAllocHost), keyed by address.
     pinned: Mutex<BTreeMap<usize, SharedBuf>>,
     next_id: AtomicU64,
+    /// The sticky error the backend answered (`protocol::cuda::is_sticky`),
+    /// 0 for none: a kernel fault lost the process's GPU context, and every
+    /// later call returns it at once, as NVIDIA's driver does.
+    sticky: AtomicU32,
 }
 
 static CLIENT: OnceLock<Result<Client, CuResult>> = OnceLock::new();
@@ -133,6 +137,7 @@ impl Client {
             facts: DeviceFacts { reply: HelloReply::default() },
             pinned: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0x1000),
+            sticky: AtomicU32::new(0),
         };
         let hello = Hello {
             control_resource: U32::new(c.control.resource_id),
@@ -157,6 +162,26 @@ impl Client {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The sticky error, if the process's GPU context is lost: every call
+    /// that would reach the backend returns it instead.
+    pub fn lost(&self) -> Result<(), CuResult> {
+        match self.sticky.load(Ordering::Relaxed) {
+            0 => Ok(()),
+            code => Err(code),
+        }
+    }
+
+    /// Notes a reply's error: a sticky one loses the session for good.
+    fn note(&self, code: CuResult) {
+        if is_sticky(code) && self.sticky.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            crate::log::warn(&format!(
+                "the GPU context is lost ({}): every later CUDA call of this process returns it, as NVIDIA's \
+                 driver does; a new process gets a working one",
+                error_name(code).unwrap_or("unknown error")
+            ));
+        }
     }
 
     fn completed_seq(&self) -> u64 {
@@ -188,10 +213,15 @@ impl Client {
         let start = Instant::now();
         while self.completed_seq() < seq {
             if start.elapsed() > SPIN {
-                self.transport.wait_idle().map_err(|e| {
+                if let Err(e) = self.transport.wait_idle() {
+                    // A backend that ended (its GPU context lost, or its
+                    // watchdog) may have answered first.
+                    if self.completed_seq() >= seq {
+                        break;
+                    }
                     crate::log::warn(&format!("waiting for the backend failed: {e}"));
-                    CUDA_ERROR_UNKNOWN
-                })?;
+                    return Err(CUDA_ERROR_UNKNOWN);
+                }
                 if self.completed_seq() < seq {
                     crate::log::warn("backend finished a batch without answering it");
                     return Err(CUDA_ERROR_UNKNOWN);
@@ -218,6 +248,7 @@ impl Client {
         p: &T,
         trailing: &[u8],
     ) -> Result<(), CuResult> {
+        self.lost()?;
         let mut inner = self.lock();
         Self::push(&mut inner, op, flags, ctx, p, trailing);
         let now = Instant::now();
@@ -230,6 +261,7 @@ impl Client {
 
     /// Sends whatever is queued, without waiting.
     pub fn flush(&self) -> Result<(), CuResult> {
+        self.lost()?;
         let mut inner = self.lock();
         self.flush_locked(&mut inner).map(|_| ())
     }
@@ -243,6 +275,7 @@ impl Client {
         p: &T,
         trailing: &[u8],
     ) -> Result<Vec<u8>, CuResult> {
+        self.lost()?;
         let mut inner = self.lock();
         Self::push(&mut inner, op, flags, ctx, p, trailing);
         self.call_locked(&mut inner)
@@ -256,6 +289,8 @@ impl Client {
             crate::log::warn("reply does not answer the last batch");
             return Err(CUDA_ERROR_UNKNOWN);
         }
+        self.note(hdr.deferred.get());
+        self.note(hdr.status.get());
         if hdr.deferred.get() != 0 && inner.pending_error.is_none() {
             inner.pending_error = Some(hdr.deferred.get());
         }
@@ -284,6 +319,7 @@ impl Client {
         ctx: u64,
         p: &T,
     ) -> Result<Vec<u8>, CuResult> {
+        self.lost()?;
         let mut inner = self.lock();
         Self::push(&mut inner, op, flags, ctx, p, &[]);
         let r = self.call_locked(&mut inner)?;
@@ -329,6 +365,7 @@ impl Client {
 
     /// Pinned host memory the backend can reach without a copy.
     pub fn alloc_pinned(&self, len: usize) -> Result<*mut u8, CuResult> {
+        self.lost()?;
         let buf = self.transport.alloc_shared(len.max(1)).map_err(|e| {
             crate::log::warn(&format!("pinned allocation of {len} bytes failed: {e}"));
             CUDA_ERROR_OUT_OF_MEMORY
@@ -367,6 +404,7 @@ impl Client {
 
     /// Waits until the backend has run everything sent so far.
     pub fn synchronize_transport(&self) -> Result<(), CuResult> {
+        self.lost()?;
         let mut inner = self.lock();
         let seq = self.flush_locked(&mut inner)?;
         self.wait_seq(seq)
@@ -376,6 +414,7 @@ impl Client {
     /// through the two staging buffers, each reused only once the backend has
     /// finished with the batch that last used it.
     pub fn htod_staged(&self, ctx: u64, dst: u64, src: &[u8], stream: u64, flags: u16) -> Result<(), CuResult> {
+        self.lost()?;
         let mut inner = self.lock();
         let mut done = 0usize;
         while done < src.len() {
@@ -413,6 +452,7 @@ impl Client {
     /// Device-to-host copy into memory the backend cannot see, through
     /// staging. Synchronous.
     pub fn dtoh_staged(&self, ctx: u64, dst: &mut [u8], src: u64, stream: u64) -> Result<(), CuResult> {
+        self.lost()?;
         let mut inner = self.lock();
         let mut done = 0usize;
         while done < dst.len() {

@@ -17,6 +17,7 @@ pub const CUDA_ERROR_INVALID_CONTEXT: CuResult = 201;
 pub const CUDA_ERROR_CONTEXT_ALREADY_CURRENT: CuResult = 202;
 pub const CUDA_ERROR_MAP_FAILED: CuResult = 205;
 pub const CUDA_ERROR_NO_BINARY_FOR_GPU: CuResult = 209;
+pub const CUDA_ERROR_ECC_UNCORRECTABLE: CuResult = 214;
 pub const CUDA_ERROR_INVALID_PTX: CuResult = 218;
 pub const CUDA_ERROR_INVALID_SOURCE: CuResult = 300;
 pub const CUDA_ERROR_FILE_NOT_FOUND: CuResult = 301;
@@ -32,6 +33,12 @@ pub const CUDA_ERROR_PRIMARY_CONTEXT_ACTIVE: CuResult = 708;
 pub const CUDA_ERROR_CONTEXT_IS_DESTROYED: CuResult = 709;
 pub const CUDA_ERROR_HOST_MEMORY_ALREADY_REGISTERED: CuResult = 712;
 pub const CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED: CuResult = 713;
+pub const CUDA_ERROR_ASSERT: CuResult = 710;
+pub const CUDA_ERROR_HARDWARE_STACK_ERROR: CuResult = 714;
+pub const CUDA_ERROR_ILLEGAL_INSTRUCTION: CuResult = 715;
+pub const CUDA_ERROR_MISALIGNED_ADDRESS: CuResult = 716;
+pub const CUDA_ERROR_INVALID_ADDRESS_SPACE: CuResult = 717;
+pub const CUDA_ERROR_INVALID_PC: CuResult = 718;
 pub const CUDA_ERROR_LAUNCH_FAILED: CuResult = 719;
 pub const CUDA_ERROR_NOT_PERMITTED: CuResult = 800;
 pub const CUDA_ERROR_NOT_SUPPORTED: CuResult = 801;
@@ -69,6 +76,7 @@ const TABLE: &[(CuResult, &str, &str)] = &[
         "CUDA_ERROR_NO_BINARY_FOR_GPU",
         "no kernel image is available for execution on the device",
     ),
+    (CUDA_ERROR_ECC_UNCORRECTABLE, "CUDA_ERROR_ECC_UNCORRECTABLE", "uncorrectable ECC error encountered"),
     (CUDA_ERROR_INVALID_PTX, "CUDA_ERROR_INVALID_PTX", "a PTX JIT compilation failed"),
     (CUDA_ERROR_INVALID_SOURCE, "CUDA_ERROR_INVALID_SOURCE", "device kernel image is invalid"),
     (CUDA_ERROR_FILE_NOT_FOUND, "CUDA_ERROR_FILE_NOT_FOUND", "file not found"),
@@ -104,6 +112,16 @@ const TABLE: &[(CuResult, &str, &str)] = &[
         "CUDA_ERROR_HOST_MEMORY_NOT_REGISTERED",
         "pointer does not correspond to a registered memory region",
     ),
+    (CUDA_ERROR_ASSERT, "CUDA_ERROR_ASSERT", "device-side assert triggered"),
+    (CUDA_ERROR_HARDWARE_STACK_ERROR, "CUDA_ERROR_HARDWARE_STACK_ERROR", "hardware stack error"),
+    (CUDA_ERROR_ILLEGAL_INSTRUCTION, "CUDA_ERROR_ILLEGAL_INSTRUCTION", "an illegal instruction was encountered"),
+    (CUDA_ERROR_MISALIGNED_ADDRESS, "CUDA_ERROR_MISALIGNED_ADDRESS", "misaligned address"),
+    (
+        CUDA_ERROR_INVALID_ADDRESS_SPACE,
+        "CUDA_ERROR_INVALID_ADDRESS_SPACE",
+        "operation not supported on global/shared address space",
+    ),
+    (CUDA_ERROR_INVALID_PC, "CUDA_ERROR_INVALID_PC", "invalid program counter"),
     (CUDA_ERROR_LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"),
     (CUDA_ERROR_NOT_PERMITTED, "CUDA_ERROR_NOT_PERMITTED", "operation not permitted"),
     (CUDA_ERROR_NOT_SUPPORTED, "CUDA_ERROR_NOT_SUPPORTED", "operation not supported"),
@@ -167,7 +185,6 @@ const TABLE: &[(CuResult, &str, &str)] = &[
     ),
 ];
 
-/// `cuGetErrorName`'s answer, or `None` for a code it does not know.
 /// Whether `code` says a kernel faulted (the context that ran it is lost):
 /// illegal address, launch timeout, hardware stack error, illegal
 /// instruction, misaligned address, invalid address space, invalid PC,
@@ -176,6 +193,20 @@ pub fn is_fault(code: CuResult) -> bool {
     matches!(code, 700 | 702 | 710 | 714..=719)
 }
 
+/// Whether `code` is one of the errors after which NVIDIA's driver fails
+/// every later call of the process, in every context, with the same code
+/// (measured on an H200: `scripts/h100/fault-probe.py`): a kernel's illegal
+/// address, trap or launch failure, launch timeout, illegal instruction,
+/// misaligned address, invalid address space or program counter, an
+/// uncorrectable ECC error, or the driver's unknown error. A process that
+/// got one never gets a working context again, so gpuvisor-backend ends
+/// (`gpuvisor_backend::fault_exit_code`) and the guest driver returns it
+/// from every later call, as NVIDIA's driver does.
+pub fn is_sticky(code: CuResult) -> bool {
+    matches!(code, 214 | 700 | 702 | 715..=719 | 999)
+}
+
+/// `cuGetErrorName`'s answer, or `None` for a code it does not know.
 pub fn error_name(code: CuResult) -> Option<&'static str> {
     TABLE.iter().find(|e| e.0 == code).map(|e| e.1)
 }
@@ -199,5 +230,16 @@ mod tests {
         }
         assert_eq!(error_name(123456), None);
         assert_eq!(error_string(CUDA_ERROR_NOT_READY), Some("device not ready"));
+    }
+
+    #[test]
+    fn every_sticky_error_is_named_and_an_api_error_is_not_sticky() {
+        for code in [214, 700, 702, 715, 716, 717, 718, 719, 999] {
+            assert!(is_sticky(code), "{code}");
+            assert!(error_name(code).is_some(), "{code} has a name");
+        }
+        for code in [CUDA_SUCCESS, CUDA_ERROR_INVALID_VALUE, CUDA_ERROR_OUT_OF_MEMORY, CUDA_ERROR_NOT_READY, 701] {
+            assert!(!is_sticky(code), "{code}");
+        }
     }
 }

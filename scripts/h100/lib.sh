@@ -5,7 +5,9 @@
 #
 # After `h100_setup DIR`: B (bundle), T (guest test programs), OURS (the guest
 # driver), R (raw results), stage. ENGINE (default cuda) picks the backends'
-# engine.
+# engine. LOCAL_BUILD (a cargo profile directory such as target/debug, with
+# the binaries and libcuda.so built) runs a script from this checkout instead
+# of the staged bundle, for a dry run with ENGINE=sim before GPU time.
 
 log() { echo "== $(date +%T) $*" >&2; }
 
@@ -13,17 +15,39 @@ h100_setup() {  # scratch dir
     stage=$PWD/.stage
     work=$1
     rm -rf "$work" && mkdir -p "$work/res"
-    tar -xJf "$stage/bundle.tar.xz" -C "$work"
-    B=$work/bundle
-    T=$stage/guest-tests
-    OURS=$stage/lib/libcuda.so.1
+    if [ -n "${LOCAL_BUILD:-}" ]; then
+        B=$work/bundle
+        mkdir -p "$B/bin"
+        for b in gpuvisor-backend gpuvisord gpuvisorctl gpuvisor-probe; do
+            [ -e "$LOCAL_BUILD/$b" ] && ln -s "$(realpath "$LOCAL_BUILD/$b")" "$B/bin/$b"
+        done
+        T=$work/guest-tests
+        make -s -C guest-tests OUT="$T"
+        OURS=$(realpath "$LOCAL_BUILD/libcuda.so")
+    else
+        tar -xJf "$stage/bundle.tar.xz" -C "$work"
+        B=$work/bundle
+        T=$stage/guest-tests
+        OURS=$stage/lib/libcuda.so.1
+    fi
     R=$work/res
     ENGINE=${ENGINE:-cuda}
-    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt" 2>&1
+    nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader > "$R/gpu.txt" 2>&1 \
+        || echo "no GPU (nvidia-smi failed)" > "$R/gpu.txt"
     # Whether the kernel's seccomp audit lines reach dmesg here at all: an
     # empty seccomp-audit.log proves the cuda list complete only if they do.
     python3 scripts/h100/seccomp-control.py > "$R/seccomp-control.json" 2>&1 || true
     log "GPU: $(cat "$R/gpu.txt")"
+}
+
+# The revision being measured: the staged one, or this checkout's.
+h100_revision() {
+    if [ -z "${LOCAL_BUILD:-}" ] && [ -f "$stage/REVISION" ]; then
+        tr '\n' ' ' < "$stage/REVISION"
+    else
+        git rev-parse HEAD | tr -d '\n'
+        git status --porcelain | grep -q . && printf ' +uncommitted'
+    fi
 }
 
 daemon_pid=

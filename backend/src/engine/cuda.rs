@@ -15,7 +15,7 @@ use std::cell::Cell;
 use std::collections::{HashMap, HashSet};
 use std::ffi::{c_char, c_int, c_uint, c_ulonglong, c_void, CString};
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Instant;
 use tracing::{debug, info, warn};
@@ -395,12 +395,25 @@ fn driver_library() -> Result<(), (CuResult, String)> {
         .clone()
 }
 
+/// A sticky error (`is_sticky`) some driver call returned, 0 for none: the
+/// process's contexts may be lost (`Engine::lost` finds out). Process-wide,
+/// as the driver's state is: any thread's call may be the one that sees it.
+static STICKY_SEEN: AtomicU32 = AtomicU32::new(0);
+
+#[cold]
+fn note_error(code: CuResult) -> CuError {
+    if is_sticky(code) {
+        STICKY_SEEN.store(code, Ordering::Relaxed);
+    }
+    CuError(code)
+}
+
 /// The engine error for a driver result.
 #[inline]
 pub(super) fn check(r: sys::CUresult) -> EngineResult<()> {
     match r {
         sys::CUresult::CUDA_SUCCESS => Ok(()),
-        e => Err(CuError(e as u32)),
+        e => Err(note_error(e as u32)),
     }
 }
 
@@ -410,7 +423,36 @@ fn check_raw(r: c_uint) -> EngineResult<()> {
     if r == CUDA_SUCCESS {
         Ok(())
     } else {
-        Err(CuError(r))
+        Err(note_error(r))
+    }
+}
+
+/// The watchdog's mark: an event recorded after a stream's work, queried from
+/// the watchdog's thread. The VM layer drops every mark of a context before
+/// it destroys the context (`Watchdog::forget_ctx`), so the event is live.
+struct CudaMark {
+    ctx: u64,
+    event: u64,
+}
+
+impl WorkMark for CudaMark {
+    fn reached(&self) -> bool {
+        // Pushed on the watchdog's thread: the queue thread's current
+        // context is its own business. An error (a fault ended the work, or
+        // the context is gone) counts as reached: nothing runs there any more.
+        // SAFETY: `event` is a live event of the live context `ctx` (above).
+        with_pushed(self.ctx, || Ok(unsafe { sys::cuEventQuery(self.event as sys::CUevent) }))
+            != Ok(sys::CUresult::CUDA_ERROR_NOT_READY)
+    }
+}
+
+impl Drop for CudaMark {
+    fn drop(&mut self) {
+        // SAFETY: as in `reached`; the event is destroyed once, here.
+        let r = with_pushed(self.ctx, || check(unsafe { sys::cuEventDestroy_v2(self.event as sys::CUevent) }));
+        if let Err(e) = r {
+            debug!(error = %e, "destroying a watchdog mark");
+        }
     }
 }
 
@@ -794,6 +836,9 @@ pub struct CudaEngine {
     guest_maps: HashMap<u64, u64>,
     guest_phys: HashMap<u64, u64>,
     guest_phys_bytes: u64,
+    /// The sticky error that lost every context of the process, once
+    /// `lost` confirmed it.
+    lost: Option<CuResult>,
 }
 
 impl CudaEngine {
@@ -873,6 +918,7 @@ impl CudaEngine {
             guest_maps: HashMap::new(),
             guest_phys: HashMap::new(),
             guest_phys_bytes: 0,
+            lost: None,
         })
     }
 
@@ -1132,6 +1178,38 @@ impl Engine for CudaEngine {
         self.enter()?;
         // SAFETY: no arguments; a context is current.
         check(unsafe { sys::cuCtxSynchronize() })
+    }
+
+    fn lost(&mut self) -> Option<CuResult> {
+        if self.lost.is_some() || STICKY_SEEN.load(Ordering::Relaxed) == 0 {
+            return self.lost;
+        }
+        // Some call returned a sticky code. After a kernel fault every call of
+        // every context of the process fails with it (measured on an H200),
+        // so a synchronize of the primary context, which runs none of the
+        // guest's work, tells a lost process from a call that failed alone
+        // (an unknown error of one call leaves the contexts working).
+        // SAFETY: no arguments; `base` is the retained primary context.
+        match with_pushed(self.base, || check(unsafe { sys::cuCtxSynchronize() })) {
+            Err(CuError(code)) if is_sticky(code) => {
+                self.lost = Some(code);
+            }
+            _ => STICKY_SEEN.store(0, Ordering::Relaxed),
+        }
+        self.lost
+    }
+
+    fn mark(&mut self, stream: EngineStream) -> EngineResult<Box<dyn WorkMark>> {
+        self.enter()?;
+        const CU_EVENT_DISABLE_TIMING: c_uint = 0x2;
+        let mut e: sys::CUevent = null_mut();
+        // SAFETY: `e` is a valid out-pointer; the mark destroys the event.
+        check(unsafe { sys::cuEventCreate(&mut e, CU_EVENT_DISABLE_TIMING) })?;
+        let mark = CudaMark { ctx: self.selected, event: e as u64 };
+        // SAFETY: an event just created and a stream of the current context,
+        // or NULL.
+        check(unsafe { sys::cuEventRecord(e, cu_stream(stream)) })?;
+        Ok(Box::new(mark))
     }
 
     fn mem_get_info(&mut self) -> EngineResult<(u64, u64)> {

@@ -165,6 +165,15 @@ pub struct Residency {
     pub evicted: u64,
 }
 
+/// A point in one stream's submitted work, which the watchdog's own thread
+/// checks while the engine's thread may be blocked waiting for that very work
+/// (`watchdog.rs`): so it needs nothing from the engine.
+pub trait WorkMark: Send {
+    /// The GPU got past the mark: the work before it is done, or ended in
+    /// an error.
+    fn reached(&self) -> bool;
+}
+
 /// Every call happens on the thread that serves the VM's queues, with the
 /// context that `ctx_set_current` chose current. Copies are synchronous with
 /// respect to the host memory unless `async_` is set, in which case the engine
@@ -184,6 +193,16 @@ pub trait Engine: Send {
     fn ctx_destroy(&mut self, ctx: EngineCtx) -> EngineResult<()>;
     fn ctx_set_current(&mut self, ctx: EngineCtx) -> EngineResult<()>;
     fn ctx_synchronize(&mut self) -> EngineResult<()>;
+
+    /// The sticky error (`protocol::cuda::is_sticky`) that has made every
+    /// context of this engine unusable, if one has: a kernel faulted, and
+    /// the driver now fails every call of the process with that error. The
+    /// VM layer asks after a call failed and before each batch, so it must
+    /// be cheap when nothing happened.
+    fn lost(&mut self) -> Option<CuResult>;
+    /// A mark after the work submitted so far on `stream` of the current
+    /// context, for the watchdog.
+    fn mark(&mut self, stream: EngineStream) -> EngineResult<Box<dyn WorkMark>>;
 
     /// Free and total memory of the physical device.
     fn mem_get_info(&mut self) -> EngineResult<(u64, u64)>;

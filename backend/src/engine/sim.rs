@@ -2,7 +2,10 @@
 //! name (the `gv_*` entry points of the guest tests' PTX), and a per-stream
 //! timeline so that stream order, events, queries and elapsed times behave as
 //! on a GPU. Data effects happen at submission in program order; the timeline
-//! decides when work counts as finished.
+//! decides when work counts as finished. Kernels can fault as on a GPU: a
+//! kernel that touches memory outside every allocation, or one of the fault
+//! built-ins, makes every later call of every context fail with the fault's
+//! error once the timeline reaches it; a kernel can also never end.
 
 use super::*;
 use crate::guest_mem::{GuestSpan, HostDst, HostSrc};
@@ -19,6 +22,9 @@ const CU_EVENT_DISABLE_TIMING: u32 = 0x2;
 /// current GPUs, so that guests see the same sizes on both.
 pub const VMM_GRANULARITY: u64 = 2 << 20;
 const CU_STREAM_NON_BLOCKING: u32 = 0x1;
+/// How long a kernel that never ends keeps its stream busy: for ever, as far
+/// as anyone waiting for it can tell (ten years).
+const FOREVER: Duration = Duration::from_secs(10 * 365 * 24 * 3600);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Builtin {
@@ -29,6 +35,12 @@ enum Builtin {
     SpinUs,
     MatmulF32,
     Burn,
+    /// Faults as a store to an unmapped address does: CUDA_ERROR_ILLEGAL_ADDRESS.
+    FaultIllegalAddress,
+    /// Faults as PTX `trap` does: CUDA_ERROR_LAUNCH_FAILED.
+    FaultTrap,
+    /// Never ends (only a process exit stops it on a GPU).
+    SpinForever,
 }
 
 impl Builtin {
@@ -42,6 +54,10 @@ impl Builtin {
             "gv_spin_us" => (Builtin::SpinUs, &[8]),
             "gv_matmul_f32" => (Builtin::MatmulF32, &[8, 8, 8, 4]),
             "gv_burn" => (Builtin::Burn, &[8, 8]),
+            // guest-tests/fault_kernels.ptx
+            "gv_fault_illegal_address" => (Builtin::FaultIllegalAddress, &[8]),
+            "gv_fault_trap" => (Builtin::FaultTrap, &[8]),
+            "gv_spin_forever" => (Builtin::SpinForever, &[8]),
             _ => return None,
         })
     }
@@ -216,6 +232,19 @@ pub struct SimEngine {
     /// The simulated GPU shared with other backends, if any: kernels book
     /// their time on it.
     timeline: Option<super::sim_timeline::SharedTimeline>,
+    /// The first kernel fault: its error and when the faulting kernel runs.
+    /// From then on every call of every context fails with it (`alive`), as
+    /// NVIDIA's driver fails a process's calls after a fault.
+    fault: Option<(CuResult, Instant)>,
+}
+
+/// A stream's work up to a point: reached when the timeline passes it.
+struct SimMark(Instant);
+
+impl WorkMark for SimMark {
+    fn reached(&self) -> bool {
+        Instant::now() >= self.0
+    }
 }
 
 fn err<T>(code: CuResult) -> EngineResult<T> {
@@ -299,6 +328,39 @@ impl SimEngine {
             phys: HashMap::new(),
             mappings: BTreeMap::new(),
             timeline: None,
+            fault: None,
+        }
+    }
+
+    /// The fault's error once the timeline has reached the faulting kernel.
+    fn alive(&self) -> EngineResult<()> {
+        match self.fault {
+            Some((code, at)) if Instant::now() >= at => err(code),
+            _ => Ok(()),
+        }
+    }
+
+    /// A kernel starting at `at` faults with `code`; the earliest fault is
+    /// the one every call gets.
+    fn fault_at(&mut self, code: CuResult, at: Instant) {
+        if self.fault.is_none_or(|(_, t)| at < t) {
+            self.fault = Some((code, at));
+        }
+    }
+
+    /// Waits for work that ends at `t`, or for a fault before it: then the
+    /// wait ends there with the fault's error, as a synchronization does on
+    /// a GPU.
+    fn wait_for(&self, t: Instant) -> EngineResult<()> {
+        match self.fault {
+            Some((code, at)) if at <= t => {
+                Self::wait_until(at);
+                err(code)
+            }
+            _ => {
+                Self::wait_until(t);
+                Ok(())
+            }
         }
     }
 
@@ -461,10 +523,11 @@ impl SimEngine {
         async_: bool,
         op: impl FnOnce(&mut Self) -> EngineResult<()>,
     ) -> EngineResult<()> {
+        self.alive()?;
         let end = self.enqueue(stream, Duration::ZERO)?;
         op(self)?;
         if !async_ {
-            Self::wait_until(end);
+            self.wait_for(end)?;
         }
         Ok(())
     }
@@ -474,9 +537,13 @@ impl SimEngine {
     /// kernel lasts (a GPU's own synchronization spins too).
     fn wait_until(t: Instant) {
         const SPIN: Duration = Duration::from_micros(300);
-        let now = Instant::now();
-        if t > now + SPIN {
-            std::thread::sleep(t - now - SPIN);
+        // A wait for a kernel that never ends sleeps until the process ends.
+        loop {
+            let now = Instant::now();
+            if t <= now + SPIN {
+                break;
+            }
+            std::thread::sleep((t - now - SPIN).min(Duration::from_secs(3600)));
         }
         while Instant::now() < t {
             std::hint::spin_loop();
@@ -532,6 +599,9 @@ impl SimEngine {
             Builtin::SpinUs => return Ok(Duration::from_micros(arg(0)?.min(60_000_000))),
             // Fixed work: the simulated GPU takes one nanosecond per iteration.
             Builtin::Burn => return Ok(Duration::from_nanos(arg(0)?.min(60_000_000_000))),
+            Builtin::FaultIllegalAddress => return err(CUDA_ERROR_ILLEGAL_ADDRESS),
+            Builtin::FaultTrap => return err(CUDA_ERROR_LAUNCH_FAILED),
+            Builtin::SpinForever => return Ok(FOREVER),
             Builtin::MatmulF32 => {
                 let (a, b, c, n) = (arg(0)?, arg(1)?, arg(2)?, arg(3)? as u32 as u64);
                 let bytes =
@@ -648,6 +718,7 @@ impl Engine for SimEngine {
     }
 
     fn ctx_create(&mut self, _flags: u32) -> EngineResult<EngineCtx> {
+        self.alive()?;
         let id = self.id();
         self.ctxs.insert(id, SimCtx { null_ready: Instant::now() });
         Ok(EngineCtx(id))
@@ -663,6 +734,7 @@ impl Engine for SimEngine {
     }
 
     fn ctx_set_current(&mut self, ctx: EngineCtx) -> EngineResult<()> {
+        self.alive()?;
         if !self.ctxs.contains_key(&ctx.0) {
             return err(CUDA_ERROR_INVALID_CONTEXT);
         }
@@ -671,20 +743,22 @@ impl Engine for SimEngine {
     }
 
     fn ctx_synchronize(&mut self) -> EngineResult<()> {
+        self.alive()?;
         let ctx = self.cur()?;
         let mut t = self.ctxs.get(&ctx).map(|c| c.null_ready).unwrap_or_else(Instant::now);
         for s in self.streams.values().filter(|s| s.ctx == ctx) {
             t = t.max(s.ready);
         }
-        Self::wait_until(t);
-        Ok(())
+        self.wait_for(t)
     }
 
     fn mem_get_info(&mut self) -> EngineResult<(u64, u64)> {
+        self.alive()?;
         Ok((self.info.total_mem - self.allocated, self.info.total_mem))
     }
 
     fn mem_alloc(&mut self, size: u64) -> EngineResult<u64> {
+        self.alive()?;
         let ctx = self.cur()?;
         if size == 0 {
             return err(CUDA_ERROR_INVALID_VALUE);
@@ -697,6 +771,7 @@ impl Engine for SimEngine {
     }
 
     fn mem_free(&mut self, dptr: u64) -> EngineResult<()> {
+        self.alive()?;
         if let Some(a) = self.evicted.remove(&dptr) {
             self.evicted_bytes -= a.data.len() as u64;
             return Ok(());
@@ -705,6 +780,16 @@ impl Engine for SimEngine {
         self.allocated -= a.data.len() as u64;
         self.recycle(a.data);
         Ok(())
+    }
+
+    fn lost(&mut self) -> Option<CuResult> {
+        self.alive().err().map(|e| e.0)
+    }
+
+    fn mark(&mut self, stream: EngineStream) -> EngineResult<Box<dyn WorkMark>> {
+        self.alive()?;
+        // When work enqueued now would start: after everything before it.
+        Ok(Box::new(SimMark(self.start_time(stream)?)))
     }
 
     fn alloc_footprint(&self, size: u64) -> u64 {
@@ -720,6 +805,7 @@ impl Engine for SimEngine {
     }
 
     fn swap_out(&mut self, keep: u64, max_bytes: u64) -> EngineResult<u64> {
+        self.alive()?;
         self.synchronize_all();
         let mut moved = 0u64;
         // Largest first: fewest moves for the bytes asked.
@@ -743,6 +829,7 @@ impl Engine for SimEngine {
     }
 
     fn swap_in(&mut self, max_bytes: u64) -> EngineResult<u64> {
+        self.alive()?;
         let mut moved = 0u64;
         while let Some((base, a)) = self.evicted.pop_first() {
             let len = a.data.len() as u64;
@@ -809,6 +896,7 @@ impl Engine for SimEngine {
     }
 
     fn module_load(&mut self, image: &[u8]) -> EngineResult<EngineModule> {
+        self.alive()?;
         let ctx = self.cur()?;
         // As the driver: a fatbin with no cubin or PTX the device (9.0, see
         // the attributes above) can load is refused.
@@ -824,12 +912,14 @@ impl Engine for SimEngine {
     }
 
     fn module_unload(&mut self, module: EngineModule) -> EngineResult<()> {
+        self.alive()?;
         self.modules.remove(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         self.funcs.retain(|_, f| f.module != module.0);
         Ok(())
     }
 
     fn module_get_function(&mut self, module: EngineModule, name: &str) -> EngineResult<(EngineFunc, FunctionInfo)> {
+        self.alive()?;
         let m = self.modules.get(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         let k = m.kernels.iter().find(|k| k.name == name).ok_or(CuError(CUDA_ERROR_NOT_FOUND))?;
         let params: Vec<ParamLayout> =
@@ -854,14 +944,17 @@ impl Engine for SimEngine {
     }
 
     fn module_get_global(&mut self, _module: EngineModule, _name: &str) -> EngineResult<(u64, u64)> {
+        self.alive()?;
         err(CUDA_ERROR_NOT_FOUND)
     }
 
     fn func_set_attribute(&mut self, func: EngineFunc, _attr: u32, _value: i32) -> EngineResult<()> {
+        self.alive()?;
         self.funcs.get(&func.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
     }
 
     fn launch(&mut self, func: EngineFunc, launch: &Launch<'_>) -> EngineResult<()> {
+        self.alive()?;
         let f = self.funcs.get(&func.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         let Some(b) = f.builtin else {
             return err(CUDA_ERROR_NOT_SUPPORTED);
@@ -872,15 +965,29 @@ impl Engine for SimEngine {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
         let start = self.start_time(launch.stream)?;
-        let busy = self.run_builtin(b, launch.params, &layout)?;
+        let busy = match self.run_builtin(b, launch.params, &layout) {
+            Ok(busy) => busy,
+            // A kernel fault is asynchronous, as on a GPU: the launch
+            // succeeds, and the fault fails every call once the timeline
+            // reaches the kernel.
+            Err(CuError(code)) if is_sticky(code) => {
+                self.fault_at(code, start);
+                Duration::ZERO
+            }
+            Err(e) => return Err(e),
+        };
         let start = match &self.timeline {
-            Some(t) if !busy.is_zero() => t.book(start, busy),
+            // A kernel that never ends is not booked on the shared GPU: its
+            // file outlives the process that the watchdog ends, and a real
+            // GPU is free again once that process is gone.
+            Some(t) if !busy.is_zero() && busy < FOREVER => t.book(start, busy),
             _ => start,
         };
         self.set_ready(launch.stream, start + busy)
     }
 
     fn stream_create(&mut self, flags: u32, _priority: i32) -> EngineResult<EngineStream> {
+        self.alive()?;
         let ctx = self.cur()?;
         let id = self.id();
         self.streams
@@ -889,20 +996,22 @@ impl Engine for SimEngine {
     }
 
     fn stream_destroy(&mut self, stream: EngineStream) -> EngineResult<()> {
+        self.alive()?;
         self.streams.remove(&stream.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
     }
 
     fn stream_synchronize(&mut self, stream: EngineStream) -> EngineResult<()> {
+        self.alive()?;
         let t = if stream == EngineStream::NULL {
             self.start_time(stream)?
         } else {
             self.streams.get(&stream.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?.ready
         };
-        Self::wait_until(t);
-        Ok(())
+        self.wait_for(t)
     }
 
     fn stream_query(&mut self, stream: EngineStream) -> EngineResult<()> {
+        self.alive()?;
         let t = if stream == EngineStream::NULL {
             self.start_time(stream)?
         } else {
@@ -916,6 +1025,7 @@ impl Engine for SimEngine {
     }
 
     fn stream_wait_event(&mut self, stream: EngineStream, event: EngineEvent, _flags: u32) -> EngineResult<()> {
+        self.alive()?;
         let t = self.events.get(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?.time;
         if let Some(t) = t {
             let start = self.start_time(stream)?;
@@ -925,6 +1035,7 @@ impl Engine for SimEngine {
     }
 
     fn event_create(&mut self, flags: u32) -> EngineResult<EngineEvent> {
+        self.alive()?;
         let ctx = self.cur()?;
         let id = self.id();
         self.events.insert(id, SimEvent { ctx, time: None, timing: flags & CU_EVENT_DISABLE_TIMING == 0 });
@@ -932,10 +1043,12 @@ impl Engine for SimEngine {
     }
 
     fn event_destroy(&mut self, event: EngineEvent) -> EngineResult<()> {
+        self.alive()?;
         self.events.remove(&event.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
     }
 
     fn event_record(&mut self, event: EngineEvent, stream: EngineStream) -> EngineResult<()> {
+        self.alive()?;
         let t = self.start_time(stream)?;
         let e = self.events.get_mut(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         e.time = Some(t);
@@ -943,6 +1056,7 @@ impl Engine for SimEngine {
     }
 
     fn event_query(&mut self, event: EngineEvent) -> EngineResult<()> {
+        self.alive()?;
         let e = self.events.get(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         match e.time {
             Some(t) if Instant::now() < t => err(CUDA_ERROR_NOT_READY),
@@ -951,14 +1065,16 @@ impl Engine for SimEngine {
     }
 
     fn event_synchronize(&mut self, event: EngineEvent) -> EngineResult<()> {
+        self.alive()?;
         let e = self.events.get(&event.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
-        if let Some(t) = e.time {
-            Self::wait_until(t);
+        match e.time {
+            Some(t) => self.wait_for(t),
+            None => Ok(()),
         }
-        Ok(())
     }
 
     fn event_elapsed_ms(&mut self, start: EngineEvent, end: EngineEvent) -> EngineResult<f32> {
+        self.alive()?;
         let a = self.events.get(&start.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         let b = self.events.get(&end.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         if !a.timing || !b.timing {
@@ -976,6 +1092,7 @@ impl Engine for SimEngine {
     }
 
     fn graph_instantiate(&mut self, graph: &GraphSpec<'_>, host: &[GuestSpan<'_>]) -> EngineResult<EngineGraphExec> {
+        self.alive()?;
         let ctx = self.cur()?;
         for node in &graph.nodes {
             let ok = match *node {
@@ -995,6 +1112,7 @@ impl Engine for SimEngine {
     }
 
     fn graph_exec_destroy(&mut self, exec: EngineGraphExec) -> EngineResult<()> {
+        self.alive()?;
         self.graphs.remove(&exec.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
     }
 
@@ -1004,6 +1122,7 @@ impl Engine for SimEngine {
         stream: EngineStream,
         host: &[GuestSpan<'_>],
     ) -> EngineResult<()> {
+        self.alive()?;
         let ctx = self.cur()?;
         let g = self.graphs.get(&exec.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         if g.ctx != ctx {
@@ -1018,6 +1137,7 @@ impl Engine for SimEngine {
     }
 
     fn graph_exec_update_node(&mut self, exec: EngineGraphExec, index: u32, node: &GraphNode<'_>) -> EngineResult<()> {
+        self.alive()?;
         let new = SimStep::of(node);
         let g = self.graphs.get_mut(&exec.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         let old = g.steps.get_mut(index as usize).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
@@ -1029,6 +1149,7 @@ impl Engine for SimEngine {
     }
 
     fn occupancy(&mut self, func: EngineFunc, kind: u32, _flags: u32, item: &OccupancyItem) -> EngineResult<u64> {
+        self.alive()?;
         self.funcs.get(&func.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         let block = item.block.iter().map(|d| d.get() as u64).product::<u64>();
         let smem = item.shared_mem.get() as u64;
@@ -1059,6 +1180,7 @@ impl Engine for SimEngine {
     }
 
     fn va_reserve(&mut self, size: u64, align: u64, _hint: u64) -> EngineResult<u64> {
+        self.alive()?;
         if size == 0
             || !size.is_multiple_of(VMM_GRANULARITY)
             || !align.is_power_of_two()
@@ -1072,6 +1194,7 @@ impl Engine for SimEngine {
     }
 
     fn va_free(&mut self, va: u64, size: u64) -> EngineResult<()> {
+        self.alive()?;
         if self.reservations.get(&va) != Some(&size) {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -1083,6 +1206,7 @@ impl Engine for SimEngine {
     }
 
     fn phys_create(&mut self, size: u64) -> EngineResult<EnginePhys> {
+        self.alive()?;
         if size == 0 || !size.is_multiple_of(VMM_GRANULARITY) {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
@@ -1094,6 +1218,7 @@ impl Engine for SimEngine {
     }
 
     fn phys_zero(&mut self, phys: EnginePhys, _mapped_at: Option<u64>) -> EngineResult<()> {
+        self.alive()?;
         self.synchronize_all();
         let data = self.phys.get_mut(&phys.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         data.fill(0);
@@ -1101,6 +1226,7 @@ impl Engine for SimEngine {
     }
 
     fn phys_release(&mut self, phys: EnginePhys) -> EngineResult<()> {
+        self.alive()?;
         if self.mappings.values().any(|m| m.phys == phys.0) {
             return err(CUDA_ERROR_ILLEGAL_STATE);
         }
@@ -1113,6 +1239,7 @@ impl Engine for SimEngine {
     }
 
     fn mem_map(&mut self, va: u64, size: u64, phys: EnginePhys) -> EngineResult<()> {
+        self.alive()?;
         let end = va.checked_add(size).ok_or(CuError(CUDA_ERROR_INVALID_VALUE))?;
         let reserved = self.reservations.range(..=va).next_back().is_some_and(|(b, s)| end <= b + s);
         let overlaps = self.mappings.range(..end).next_back().is_some_and(|(b, m)| b + m.len > va);
@@ -1125,6 +1252,7 @@ impl Engine for SimEngine {
     }
 
     fn mem_unmap(&mut self, va: u64, size: u64) -> EngineResult<()> {
+        self.alive()?;
         match self.mappings.get(&va) {
             Some(m) if m.len == size => {
                 self.synchronize_all();
@@ -1139,6 +1267,81 @@ impl Engine for SimEngine {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    const FAULT_PTX: &str = include_str!("../../../guest-tests/fault_kernels.ptx");
+
+    /// An engine with the fault kernels loaded in a fresh context, current.
+    fn with_fault_kernels(e: &mut SimEngine) -> (EngineCtx, EngineModule) {
+        let ctx = e.ctx_create(0).unwrap();
+        e.ctx_set_current(ctx).unwrap();
+        (ctx, e.module_load(FAULT_PTX.as_bytes()).unwrap())
+    }
+
+    fn launch_one(e: &mut SimEngine, m: EngineModule, name: &str, stream: EngineStream) -> EngineResult<()> {
+        let (f, _) = e.module_get_function(m, name).unwrap();
+        let params = 0u64.to_le_bytes();
+        e.launch(f, &Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream, params: &params })
+    }
+
+    #[test]
+    fn a_kernel_fault_comes_at_the_next_sync_and_then_fails_every_context() {
+        for (kernel, code) in
+            [("gv_fault_illegal_address", CUDA_ERROR_ILLEGAL_ADDRESS), ("gv_fault_trap", CUDA_ERROR_LAUNCH_FAILED)]
+        {
+            let mut e = SimEngine::new(64 << 20);
+            let other = e.ctx_create(0).unwrap();
+            e.ctx_set_current(other).unwrap();
+            let mine = e.mem_alloc(4096).unwrap();
+            let (ctx, m) = with_fault_kernels(&mut e);
+            assert_eq!(e.lost(), None);
+            // Asynchronous, as on a GPU: the launch itself succeeds.
+            assert_eq!(launch_one(&mut e, m, kernel, EngineStream::NULL), Ok(()), "{kernel}");
+            assert_eq!(e.ctx_synchronize(), Err(CuError(code)), "{kernel}");
+            assert_eq!(e.ctx_synchronize(), Err(CuError(code)), "{kernel}: sticky");
+            assert_eq!(e.lost(), Some(code));
+            // Every other context of the engine fails too, new ones included.
+            e.ctx_set_current(other).unwrap_err();
+            assert_eq!(e.mem_alloc(4096), Err(CuError(code)));
+            assert_eq!(e.memset(mine, 0, 1, 16, EngineStream::NULL, false), Err(CuError(code)));
+            assert_eq!(e.ctx_create(0), Err(CuError(code)));
+            // Destroying contexts still works, as measured on the H200.
+            assert_eq!(e.ctx_destroy(ctx), Ok(()));
+            assert_eq!(e.ctx_destroy(other), Ok(()));
+        }
+    }
+
+    #[test]
+    fn a_fault_behind_other_work_comes_when_the_stream_reaches_it() {
+        let mut e = SimEngine::new(64 << 20);
+        let (_, m) = with_fault_kernels(&mut e);
+        let kernels = e.module_load(include_bytes!("../../../guest-tests/kernels.ptx")).unwrap();
+        let (spin, _) = e.module_get_function(kernels, "gv_spin_us").unwrap();
+        let s = e.stream_create(0, 0).unwrap();
+        let us = 100_000u64.to_le_bytes();
+        e.launch(spin, &Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &us }).unwrap();
+        launch_one(&mut e, m, "gv_fault_illegal_address", s).unwrap();
+        // Not yet: the stream is still spinning.
+        assert_eq!(e.stream_query(s), Err(CuError(CUDA_ERROR_NOT_READY)));
+        assert_eq!(e.lost(), None);
+        let t = Instant::now();
+        assert_eq!(e.stream_synchronize(s), Err(CuError(CUDA_ERROR_ILLEGAL_ADDRESS)));
+        assert!(t.elapsed() >= Duration::from_millis(90), "the fault came before the work ahead of it");
+    }
+
+    #[test]
+    fn a_kernel_that_never_ends_is_never_reached() {
+        let mut e = SimEngine::new(64 << 20);
+        let (_, m) = with_fault_kernels(&mut e);
+        let s = e.stream_create(0, 0).unwrap();
+        let before = e.mark(s).unwrap();
+        launch_one(&mut e, m, "gv_spin_forever", s).unwrap();
+        let after = e.mark(s).unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(before.reached());
+        assert!(!after.reached());
+        assert_eq!(e.stream_query(s), Err(CuError(CUDA_ERROR_NOT_READY)));
+        assert_eq!(e.lost(), None, "a kernel that runs is no fault");
+    }
 
     #[test]
     fn the_occupancy_model_is_limited_by_warps_registers_and_shared_memory() {

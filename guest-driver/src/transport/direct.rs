@@ -25,13 +25,13 @@ use super::{SharedBuf, Transport, TransportError};
 use protocol::virtio_gpu::*;
 use protocol::{CAPSET_ID, CAPSET_VERSION, MAX_BATCH_BYTES};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
-/// The one 3D context of a DirectTransport, as the Linux driver numbers a
-/// process's first context.
+/// The 3D context of the first DirectTransport on a device, as the Linux
+/// driver numbers a process's first context; `new_context` numbers on.
 const CTX_ID: u32 = 1;
 const HDR: usize = core::mem::size_of::<CtrlHdr>();
 const PAGE: u64 = 4096;
@@ -46,9 +46,12 @@ const DEFAULT_MEM_MIB: u64 = 1024;
 const DEFAULT_SPIN_US: u64 = 50;
 
 pub struct DirectTransport {
-    dev: DirectDevice,
+    dev: Arc<DirectDevice>,
+    ctx_id: u32,
     capset: Vec<u8>,
-    next_resource: AtomicU32,
+    /// Resource ids are the device's, shared by every context on it.
+    next_resource: Arc<AtomicU32>,
+    next_ctx: Arc<AtomicU32>,
     /// The next fence id; held while a batch is queued so ids rise in queue
     /// order, as a context's fences do under the Linux driver.
     submit: Mutex<u64>,
@@ -95,7 +98,34 @@ impl DirectTransport {
         let mut c = CtxCreate { nlen: U32::new(name.len() as u32), context_init: U32::new(0), ..Default::default() };
         c.debug_name[..name.len()].copy_from_slice(&name);
         dev.command(CMD_CTX_CREATE, CTX_ID, c.as_bytes(), RESP_OK_NODATA, HDR)?;
-        Ok(DirectTransport { dev, capset, next_resource: AtomicU32::new(1), submit: Mutex::new(1) })
+        Ok(DirectTransport {
+            dev: Arc::new(dev),
+            ctx_id: CTX_ID,
+            capset,
+            next_resource: Arc::new(AtomicU32::new(1)),
+            next_ctx: Arc::new(AtomicU32::new(CTX_ID + 1)),
+            submit: Mutex::new(1),
+        })
+    }
+
+    /// Another session on the same device, with a 3D context of its own: what
+    /// a second guest process of the same VM is (the Linux driver gives each
+    /// DRM file its own context). `wait_idle` waits for every context's
+    /// requests, since they share the device's queue.
+    pub fn new_context(&self) -> Result<DirectTransport, TransportError> {
+        let ctx_id = self.next_ctx.fetch_add(1, Ordering::Relaxed);
+        let name = debug_name();
+        let mut c = CtxCreate { nlen: U32::new(name.len() as u32), context_init: U32::new(0), ..Default::default() };
+        c.debug_name[..name.len()].copy_from_slice(&name);
+        self.dev.command(CMD_CTX_CREATE, ctx_id, c.as_bytes(), RESP_OK_NODATA, HDR)?;
+        Ok(DirectTransport {
+            dev: self.dev.clone(),
+            ctx_id,
+            capset: self.capset.clone(),
+            next_resource: self.next_resource.clone(),
+            next_ctx: self.next_ctx.clone(),
+            submit: Mutex::new(1),
+        })
     }
 
     /// The device underneath, for tests and measurements.
@@ -135,7 +165,7 @@ impl DirectTransport {
         let attached = self.dev.command(CMD_RESOURCE_ATTACH_BACKING, 0, &body, RESP_OK_NODATA, HDR).and_then(|_| {
             self.dev.command(
                 CMD_CTX_ATTACH_RESOURCE,
-                CTX_ID,
+                self.ctx_id,
                 CtxResource { resource_id: U32::new(id), padding: U32::new(0) }.as_bytes(),
                 RESP_OK_NODATA,
                 HDR,
@@ -218,7 +248,7 @@ impl Transport for DirectTransport {
             return;
         }
         let res = CtxResource { resource_id: U32::new(buf.resource_id), padding: U32::new(0) };
-        let _ = self.dev.command(CMD_CTX_DETACH_RESOURCE, CTX_ID, res.as_bytes(), RESP_OK_NODATA, HDR);
+        let _ = self.dev.command(CMD_CTX_DETACH_RESOURCE, self.ctx_id, res.as_bytes(), RESP_OK_NODATA, HDR);
         let unref = ResourceUnref { resource_id: U32::new(buf.resource_id), padding: U32::new(0) };
         let _ = self.dev.command(CMD_RESOURCE_UNREF, 0, unref.as_bytes(), RESP_OK_NODATA, HDR);
         // The backend answered UNREF, so it no longer reads or writes the
@@ -235,7 +265,7 @@ impl Transport for DirectTransport {
             type_: U32::new(CMD_SUBMIT_3D),
             flags: U32::new(FLAG_FENCE),
             fence_id: U64::new(*fence),
-            ctx_id: U32::new(CTX_ID),
+            ctx_id: U32::new(self.ctx_id),
             ..Default::default()
         };
         let cmd = CmdSubmit { size: U32::new(batch.len() as u32), padding: U32::new(0) };
@@ -254,7 +284,7 @@ impl Drop for DirectTransport {
         // Best effort, and bounded: a backend that no longer answers must not
         // hang the process on its way out. Closing the connection (when the
         // device drops) ends the client in any case.
-        let hdr = CtrlHdr { type_: U32::new(CMD_CTX_DESTROY), ctx_id: U32::new(CTX_ID), ..Default::default() };
+        let hdr = CtrlHdr { type_: U32::new(CMD_CTX_DESTROY), ctx_id: U32::new(self.ctx_id), ..Default::default() };
         let _ = self.dev.request_within(&hdr, &[], HDR, Some(Duration::from_secs(2)));
     }
 }

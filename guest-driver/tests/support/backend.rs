@@ -3,6 +3,7 @@
 //! (`src/transport/direct.rs` includes this file) and the integration tests
 //! in `tests/`. GPUVISOR_BACKEND_BIN names the binary (e.g.
 //! target/debug/gpuvisor-backend); without it the tests skip.
+//! GPUVISOR_BACKEND_LOG=1 passes the backends' logs through.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -27,7 +28,12 @@ impl GpuvisorBackend {
             .args(["--engine", "sim", "--vm-name", "direct-test", "--socket-path"])
             .arg(&socket)
             .args(extra)
-            .stderr(std::process::Stdio::null())
+            // GPUVISOR_BACKEND_LOG=1 shows the backend's log, for debugging a test.
+            .stderr(if std::env::var_os("GPUVISOR_BACKEND_LOG").is_some() {
+                std::process::Stdio::inherit()
+            } else {
+                std::process::Stdio::null()
+            })
             .spawn()
             .expect("start gpuvisor-backend");
         let start = std::time::Instant::now();
@@ -39,6 +45,22 @@ impl GpuvisorBackend {
 
     pub fn spawn(test: &str) -> Option<GpuvisorBackend> {
         Self::spawn_with(test, &[])
+    }
+
+    /// How the backend ended, once it has within `timeout`; `None` while it
+    /// still runs.
+    #[allow(dead_code)] // the fault tests'
+    pub fn exit_within(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
     }
 
     /// The backend's process id, for reading /proc/<pid>.
