@@ -18,7 +18,9 @@
 #
 #   scripts/h100/runtime.sh [OUTDIR]     (default $OUT, else ./h100-out)
 # Knobs (env): STEP_TIMEOUT (180 s per run), QUOTA_MIB (65536), PY (python3),
-# SKIP_FRAMEWORKS=1, ONLY="names" (run only these steps: vector_add, matmul,
+# GUEST_WRAP (a command the guest runs go through, e.g. "gdb -batch -ex run
+# -ex bt --args" for a backtrace of a crash), SKIP_FRAMEWORKS=1, ONLY="names"
+# (run only these steps: vector_add, matmul,
 # bandwidth, streams, *_static, gv_graphs, gv_cudart_13s, fw-info, fw-gemm,
 # fw-cupy, fw-cnn, fw-cnn-graphs, fw-transformer, fw-transformer-graphs).
 set -uo pipefail
@@ -54,7 +56,7 @@ guest() {  # name command... : one run on the guest driver, through a fresh back
     h100_start_backend "g$n" --quota-mib "$QUOTA_MIB" || return 1
     LD_LIBRARY_PATH="$work/drv${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" GPUVISOR_TRANSPORT="direct:$work/g$n.sock" \
         GPUVISOR_DIRECT_MEM_MIB=${DIRECT_MEM_MIB:-2048} GPUVISOR_UNSUPPORTED_REPORT="$R/unsupported-$name.json" \
-        timeout "$STEP_TIMEOUT" "$@" > "$R/guest-$name.out" 2>&1
+        timeout "$STEP_TIMEOUT" ${GUEST_WRAP:-} "$@" > "$R/guest-$name.out" 2>&1
     echo "exit $?" >> "$R/guest-$name.out"
     stop_backends
 }

@@ -65,12 +65,18 @@ const INTEGRITY: usize = 7;
 const CHECKS: usize = 8;
 const CONTEXT_EXT: usize = 9;
 
-/// A slot whose meaning is not known. Its arguments are never read, so it
-/// is declared with none: under the C calling conventions this library is
-/// built for (x86-64 System V, AArch64), the caller places and removes the
-/// arguments, and a function that reads none may be called with any.
-extern "C" fn unknown_slot<const T: usize, const S: usize>() -> CUresult {
+/// A slot whose meaning is not known. Under the C calling conventions this
+/// library is built for (x86-64 System V, AArch64) the caller places and
+/// removes the arguments, so it may be called with any: it takes the first
+/// six integer argument registers as plain numbers, never dereferenced, and
+/// logs them (GPUVISOR_LOG=debug) so that a trace shows what a library
+/// passed, which is how the known slots were worked out.
+extern "C" fn unknown_slot<const T: usize, const S: usize>(a: u64, b: u64, c: u64, d: u64, e: u64, f: u64) -> CUresult {
     crate::log::unsupported(&format!("cuGetExportTable {}[{S}]", NAMES[T]));
+    crate::log::debug(&format!(
+        "cuGetExportTable {}[{S}] called with {a:#x} {b:#x} {c:#x} {d:#x} {e:#x} {f:#x}",
+        NAMES[T]
+    ));
     CUDA_ERROR_NOT_SUPPORTED
 }
 
@@ -532,10 +538,11 @@ mod tests {
 
     #[test]
     fn unknown_slots_are_counted_not_supported() {
-        let t = table(CUDART_INTERFACE_ID).expect("served") as *const extern "C" fn() -> CUresult;
+        type Unknown = extern "C" fn(u64, u64, u64, u64, u64, u64) -> CUresult;
+        let t = table(CUDART_INTERFACE_ID).expect("served") as *const Unknown;
         // SAFETY: slot 3 of the runtime interface is an unknown-slot
-        // function, which takes no arguments.
-        let r = unsafe { (*t.add(3))() };
+        // function, which takes six plain numbers.
+        let r = unsafe { (*t.add(3))(1, 2, 3, 4, 5, 6) };
         assert_eq!(r, CUDA_ERROR_NOT_SUPPORTED);
         assert!(crate::unsupported_calls::snapshot().iter().any(|(n, _)| n == "cuGetExportTable CUDART_INTERFACE[3]"));
     }
