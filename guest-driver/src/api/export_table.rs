@@ -191,8 +191,39 @@ static CONTEXT_CHECKS: ExportTable<4> =
 /// the next run names the ones a library needs. 95 slots, as CUDA 13.4's
 /// runtime finds it.
 const CONTEXT_EXT_ID: [u8; 16] = uuid(0x21318c60_9714_3248_8ca6_41ff7324c8f2);
-static CONTEXT_EXT_TABLE: ExportTable<95> =
-    ExportTable(sized::<CONTEXT_EXT, 95>(&[(4, crate::api::context::cuCtxGetId as *const c_void)]));
+static CONTEXT_EXT_TABLE: ExportTable<95> = ExportTable(sized::<CONTEXT_EXT, 95>(&[
+    (4, crate::api::context::cuCtxGetId as *const c_void),
+    (51, context_ext_object as *const c_void),
+]));
+
+/// Storage for [`context_ext_object`]: writable, since what the caller does
+/// with it is not known.
+struct ZeroObject(std::cell::UnsafeCell<[u64; 64]>);
+// SAFETY: only its address is handed out; the driver never reads or writes
+// it, and whatever the caller does with it is the caller's own.
+unsafe impl Sync for ZeroObject {}
+static CONTEXT_EXT_OBJECT: ZeroObject = ZeroObject(std::cell::UnsafeCell::new([0; 64]));
+
+/// Slot 51 of `{21318c60-...}`: cuBLASLt calls it as (1, 0, pointer) before
+/// its half-precision heuristics and then reads through what the pointer
+/// receives without checking the result (a NOT_SUPPORTED here crashed
+/// PyTorch's HGEMM on the H200; CuPy's cuBLAS gave up with
+/// CUBLAS_STATUS_INTERNAL_ERROR). Its meaning is not known; the answer
+/// observed to work elsewhere is a zeroed object, given here and counted in
+/// the unsupported-call report so that the guess stays visible.
+unsafe extern "C" fn context_ext_object(kind: u64, which: u64, out: *mut *mut c_void) -> CUresult {
+    crate::log::unsupported("cuGetExportTable CONTEXT_EXT[51] (answered with a zeroed object)");
+    crate::log::debug(&format!("cuGetExportTable CONTEXT_EXT[51]({kind:#x}, {which:#x}, {out:p})"));
+    if out.is_null() {
+        return CUDA_ERROR_INVALID_VALUE;
+    }
+    if which == u64::MAX {
+        return CUDA_ERROR_INVALID_HANDLE;
+    }
+    // SAFETY: non-NULL, an output pointer by the observed calls.
+    unsafe { *out = CONTEXT_EXT_OBJECT.0.get().cast() };
+    CUDA_SUCCESS
+}
 
 /// A UUID's 16 bytes in the order they are written (and stored).
 const fn uuid(v: u128) -> [u8; 16] {
