@@ -182,10 +182,10 @@ struct Args {
     /// socket listening, daemon link started): enforce kills the backend
     /// (SIGSYS) on a system call outside its engine's allowlist; log lets
     /// such a call through and the kernel logs it (dmesg: "audit: type=1326
-    /// ... syscall=N"); off installs none. Default: enforce on the sim
-    /// engine; log on the cuda engine, whose list has not yet been verified
-    /// on a GPU (the NVIDIA driver's calls vary by version): run it with
-    /// --seccomp enforce once its logged calls are in the list.
+    /// ... syscall=N"); off installs none. Default: enforce (the cuda list
+    /// was proven with NVIDIA driver 580; another driver version that makes
+    /// a call outside it kills the backend with SIGSYS, and --seccomp log
+    /// names the call).
     #[arg(long, value_enum, value_name = "MODE")]
     seccomp: Option<seccomp::Mode>,
 

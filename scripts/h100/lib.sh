@@ -74,9 +74,10 @@ h100_start_backend() {  # name [backend args...]
     for _ in $(seq 100); do [ -S "$work/$name.sock" ] && return 0; sleep 0.1; done
     log "backend $name did not start"; return 1
 }
-# The cuda backends run with their default seccomp mode (log until the list
-# is proven on a GPU); what the kernel logged goes to seccomp-audit.log, the
-# calls the list still lacks.
+# The backends run with their default seccomp mode (enforce); what the
+# kernel logged goes to seccomp-audit.log: a backend killed for a call
+# outside its list (SIGSYS, code=0x80000000), or with BACKEND_ARGS-style
+# `--seccomp log`, the calls the list lacks (code=0x7ffc0000).
 stop_backends() {
     for p in "${backend_pids[@]}"; do kill "$p" 2>/dev/null; wait "$p" 2>/dev/null; done; backend_pids=()
     dmesg 2>/dev/null | grep 'type=1326' > "$R/seccomp-audit.log" || true
