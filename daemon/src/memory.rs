@@ -712,6 +712,16 @@ mod tests {
         )
     }
 
+    /// A GPU whose capacity the admin set to `cap` bytes, host RAM for
+    /// evictions `swap` bytes, and no minimum residency.
+    fn broker_swapping(cap: u64, ratio: f64, swap: u64) -> Broker {
+        Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(cap), total_bytes: 0, simulated: true, overcommit_ratio: ratio },
+            BrokerParams { min_residency_ns: 0, swap_limit_bytes: swap },
+        )
+    }
+
     /// The scheduler's view, as a test sets it.
     #[derive(Default)]
     struct Sched(HashMap<VmId, SchedInfo>);
@@ -952,11 +962,7 @@ mod tests {
 
     #[test]
     fn a_need_beyond_host_ram_for_evictions_is_denied_and_nobody_is_evicted() {
-        let mut b = Broker::new(
-            "sim",
-            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
-            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 4 * G },
-        );
+        let mut b = broker_swapping(8 * G, 3.0, 4 * G);
         add(&mut b, 1, 8 * G, 8 * G);
         add(&mut b, 2, 8 * G, 0);
         // 1 GiB of the host RAM is another GPU's: 3 are left, 6 would move.
@@ -984,11 +990,7 @@ mod tests {
         // The state an H200 run stuck in, in round numbers: three VMs of
         // 40 GiB on 80, each part evicted, host RAM for evictions full, 24
         // GiB of the GPU free. 3 wants 25 GiB back.
-        let mut b = Broker::new(
-            "sim",
-            MemoryConfig { limit_bytes: Some(80 * G), total_bytes: 0, simulated: true, overcommit_ratio: 2.0 },
-            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 64 * G },
-        );
+        let mut b = broker_swapping(80 * G, 2.0, 64 * G);
         for (vm, resident, evicted) in [(1, 32 * G, 8 * G), (2, 16 * G, 24 * G), (3, 8 * G, 32 * G)] {
             let reported = MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident };
             b.add_vm(vm, 40 * G, reported, true, 0);
@@ -1054,11 +1056,7 @@ mod tests {
         // memory back; the first took the free GPU memory as a partial
         // restore, and the second was told OUT_OF_MEMORY, though the first
         // one's restore was about to free the host RAM it needed.
-        let mut b = Broker::new(
-            "sim",
-            MemoryConfig { limit_bytes: Some(80 * G), total_bytes: 0, simulated: true, overcommit_ratio: 2.0 },
-            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 64 * G },
-        );
+        let mut b = broker_swapping(80 * G, 2.0, 64 * G);
         let mut held = HashMap::from([(1, (40 * G, 0)), (2, (9 * G, 31 * G)), (3, (8 * G, 32 * G))]);
         for (&vm, &(resident, evicted)) in &held {
             let reported = MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident };
@@ -1084,11 +1082,7 @@ mod tests {
         // moves in 256 MiB allocations), and kept the free 24 GiB for the
         // need meanwhile: nothing moved for two minutes.
         let m = MIB;
-        let mut b = Broker::new(
-            "sim",
-            MemoryConfig { limit_bytes: Some(80 * G), total_bytes: 0, simulated: true, overcommit_ratio: 2.0 },
-            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 64 * G + 200 * m },
-        );
+        let mut b = broker_swapping(80 * G, 2.0, 64 * G + 200 * m);
         let mut held = HashMap::from([(1, (32 * G, 8 * G)), (2, (8 * G, 32 * G)), (3, (16 * G, 24 * G + 100 * m))]);
         for (&vm, &(resident, evicted)) in &held {
             let reported = MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident };
@@ -1105,11 +1099,7 @@ mod tests {
     fn new_memory_is_denied_rather_than_wait_on_evictions_smaller_than_a_step() {
         // Host RAM for 100 MiB more: less than an eviction step (512 MiB on
         // an 8 GiB GPU), which may be less than any allocation of VM 1.
-        let mut b = Broker::new(
-            "sim",
-            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
-            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 100 * MIB },
-        );
+        let mut b = broker_swapping(8 * G, 3.0, 100 * MIB);
         add(&mut b, 1, 8 * G, 8 * G);
         add(&mut b, 2, 8 * G, 0);
         b.mem_need(2, 50 * MIB);
@@ -1122,11 +1112,7 @@ mod tests {
 
     #[test]
     fn books_a_report_behind_are_checked_before_a_need_is_denied() {
-        let mut b = Broker::new(
-            "sim",
-            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
-            BrokerParams { min_residency_ns: 0, swap_limit_bytes: 0 },
-        );
+        let mut b = broker_swapping(8 * G, 3.0, 0);
         add(&mut b, 1, 8 * G, 8 * G);
         add(&mut b, 2, 8 * G, 0);
         // 1's guest has freed its memory since its last report.
