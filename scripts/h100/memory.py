@@ -70,6 +70,7 @@ def main():
     ap.add_argument("--secs", type=float, required=True)
     ap.add_argument("--slice-ms", type=float, required=True)
     ap.add_argument("--swap-threads", type=int, default=None)
+    ap.add_argument("--swap-cache-mib", type=int, default=None)
     a = ap.parse_args()
     R = a.res
     pinned = {}
@@ -129,6 +130,7 @@ def main():
             "gpu_memory_gib_for_the_broker": a.limit_mib / 1024,
             "slice_ms": a.slice_ms,
             "backend_swap_threads": a.swap_threads,
+            "backend_swap_cache_mib": a.swap_cache_mib,
             "overcommitted_run_s": a.secs,
             "workload": "gv_mem hold: fill all free memory in chunks with a seeded pattern, burn kernels, "
             "check every byte at the end",

@@ -14,7 +14,10 @@
 # Knobs (env): QUOTA_MIB (40960), LIMIT_MIB (81920), SECS (60: overcommitted
 # run), ALONE_SECS (15), FILL_WAIT (120 s for the fills before the common
 # start), SLICE_MS (5000), CHUNK_MIB (256), SWAP_THREADS (8: the backends'
-# --swap-threads), SWAP_LIMIT_MIB (host RAM for
+# --swap-threads), SWAP_CACHE_MIB (4096: the backends' --swap-cache-mib,
+# pinned host memory each keeps after a restore; swap-outs into it run at
+# the copy rate, into fresh pages at the rate the host faults them in),
+# SWAP_LIMIT_MIB (host RAM for
 # evicted state; default gpuvisord's, half the host's RAM), ENGINE (cuda; sim to try the
 # script anywhere, with small QUOTA_MIB/LIMIT_MIB).
 set -uo pipefail
@@ -31,6 +34,7 @@ FILL_WAIT=${FILL_WAIT:-120}
 SLICE_MS=${SLICE_MS:-5000}
 CHUNK_MIB=${CHUNK_MIB:-256}
 SWAP_THREADS=${SWAP_THREADS:-8}
+SWAP_CACHE_MIB=${SWAP_CACHE_MIB:-4096}
 DIRECT_MEM_MIB=256
 BURN=(--iters 400000 --blocks 264 --depth 4)
 
@@ -47,7 +51,10 @@ for g in json.load(urllib.request.urlopen(api, timeout=5)):
     print(urllib.request.urlopen(req, timeout=5).read().decode(), file=sys.stderr)
 EOF
 }
-start_backend() { h100_start_backend "$1" --quota-mib "$QUOTA_MIB" --swap-threads "$SWAP_THREADS" "${@:2}"; }
+start_backend() {
+    h100_start_backend "$1" --quota-mib "$QUOTA_MIB" --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" \
+        "${@:2}"
+}
 client() {  # name tag args... : gv_mem for "VM" name (native when name starts with native)
     h100_client gv_mem "$1" "$R/$2-$1.out" "${@:3}"
 }
@@ -95,5 +102,5 @@ if [ "$ENGINE" = cuda ]; then client native-x scrub scrub-write --mib "$QUOTA_MI
 
 python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | tr '\n' ' ')" \
     --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" \
-    --swap-threads "$SWAP_THREADS" > "$out/memory.json"
+    --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" > "$out/memory.json"
 cat "$out/memory.json"
