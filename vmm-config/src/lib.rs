@@ -2,6 +2,7 @@
 //! served by a vhost-user backend process, and supervises both until the guest is done.
 
 pub mod accel;
+pub mod cgroup;
 pub mod console;
 pub mod fleet;
 pub mod launch;
@@ -42,6 +43,9 @@ pub enum Error {
     Timeout { secs: u64, console_log: PathBuf },
     #[error("interrupted by signal {0}; stopped QEMU and the backend")]
     Interrupted(i32),
+    /// The backend's cgroup (`[backend.cgroup]`) could not be made.
+    #[error("backend cgroup: {0}")]
+    Cgroup(#[from] cgroup::CgroupError),
     #[error("cannot parse fleet spec {path}:\n  {}", .messages.join("\n  "))]
     FleetParse { path: PathBuf, messages: Vec<String> },
     #[error("invalid fleet spec {path}:\n  {}", .errors.join("\n  "))]

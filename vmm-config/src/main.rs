@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gpuvisor_vmm_config::fleet::{self, DaemonPlan, FleetOptions};
 use gpuvisor_vmm_config::{
-    accel, launch, qemu, Accel, AccelChoice, Decision, FleetSpec, Overrides, ProbeSettings, VmConfig, VmSpec,
+    accel, cgroup, launch, qemu, Accel, AccelChoice, Decision, FleetSpec, Overrides, ProbeSettings, VmConfig, VmSpec,
 };
 use tracing::info;
 
@@ -29,7 +29,13 @@ use tracing::info;
         them (changes go to guest RAM), with the guest driver as libcuda.so.1, e.g. \
         --host-path /usr --host-path /opt/venv --run 'gpuvisor-host-run python3 /mnt/host/train.py'. \
         The guest can read everything under those directories that QEMU's user can: export \
-        /usr and the Python environment, not /.",
+        /usr and the Python environment, not /.\n\n\
+        Backend limits: a spec's [backend.cgroup] table (--backend-cpus, --backend-memory-mib) \
+        puts the backend in a cgroup of its own, /gpuvisor/<name> by default, with a CPU quota \
+        (cpus), a CPU weight (cpu_weight) and a memory limit (memory_mib), on cgroup v2 or v1, \
+        whichever this host has; it is removed when the VM ends. It needs root or a delegated \
+        cgroup; a cgroup that cannot be made fails the launch unless the table has \
+        optional = true. `check` shows the files it would write.",
     after_help = "Examples:\n  \
         gpuvisor-vm run --spec vmm-config/examples/demo.toml\n  \
         gpuvisor-vm run --kernel build/guest/vmlinuz --initramfs build/guest/initramfs.cpio.gz \\\n      \
@@ -286,6 +292,14 @@ fn print_check(vm: &VmConfig, d: &Decision, run_dir: &Path) {
     if !vm.host_paths.is_empty() {
         let paths: Vec<String> = vm.host_paths.iter().map(|p| p.display().to_string()).collect();
         println!("# host tree (read-only, for gpuvisor-host-run in the guest): {}", paths.join(", "));
+    }
+    if let Some(cfg) = &vm.cgroup {
+        let optional = if cfg.optional { ", optional" } else { "" };
+        println!("# backend cgroup: {}{optional}", cfg.limits);
+        match cgroup::Layout::detect().and_then(|l| l.plan(cfg, &vm.name)) {
+            Ok(plan) => plan.describe().iter().for_each(|l| println!("#   {l}")),
+            Err(e) => println!("# warning: backend cgroup: {e}"),
+        }
     }
     for w in &vm.warnings {
         println!("# warning: {w}");
