@@ -441,7 +441,7 @@ fn hint(action: &str, path: &Path, e: &io::Error) -> String {
             "; the kernel offers no {file} here (is its controller enabled for this cgroup?); drop the limit \
              that needs it or set backend.cgroup.optional = true"
         ),
-        Some(libc::EINVAL) if file == "cpu.cfs_quota_us" || file == "cpu.max" => {
+        Some(libc::EINVAL) if file == "cpu.cfs_quota_us" => {
             "; a cgroup above it has a \
             lower CPU limit, which cgroup v1 does not let a child exceed: lower backend.cgroup.cpus or raise that limit"
                 .to_string()

@@ -70,7 +70,18 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
     };
     let mut backend = start_backend(vm, &socket, &run_dir, backend_cgroup.as_ref())?;
     let backend_log = run_dir.join("backend.log");
-    wait_for_socket(&mut backend, &socket, Duration::from_secs(vm.backend_start_timeout_s), &backend_log)?;
+    wait_for_socket(&mut backend, &socket, Duration::from_secs(vm.backend_start_timeout_s), &backend_log).map_err(
+        |e| match e {
+            Error::Exited { what, status, when, log, tail } => {
+                let status = match oom_note(vm, backend_cgroup.as_ref()) {
+                    Some(note) => format!("{status}: {note}"),
+                    None => status,
+                };
+                Error::Exited { what, status, when, log, tail }
+            }
+            e => e,
+        },
+    )?;
 
     let args = qemu_args(vm, accel, &socket);
     let cmdline = shell_quote(&vm.qemu, &args);
@@ -211,18 +222,28 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
 /// cgroup's memory limit killed it.
 fn backend_status(status: std::process::ExitStatus, vm: &VmConfig, cgroup: Option<&VmCgroup>) -> String {
     use std::os::unix::process::ExitStatusExt;
-    let limit = vm.cgroup.as_ref().and_then(|c| c.limits.memory_mib);
-    match (status.signal(), cgroup, limit) {
-        (Some(libc::SIGSYS), _, _) => format!(
+    match status.signal() {
+        Some(libc::SIGSYS) => format!(
             "{status}: its seccomp filter stopped a system call; `dmesg | grep type=1326` names it, \
              and --backend-arg=--seccomp=log lets it through"
         ),
-        (Some(libc::SIGKILL), Some(cg), Some(mib)) if cg.oom_kills() > 0 => format!(
-            "{status}: the kernel's OOM killer ended it at its cgroup's memory limit \
-             (backend.cgroup.memory_mib = {mib}); raise the limit or lower the VM's quota"
-        ),
+        Some(libc::SIGKILL) => match oom_note(vm, cgroup) {
+            Some(note) => format!("{status}: {note}"),
+            None => status.to_string(),
+        },
         _ => status.to_string(),
     }
+}
+
+/// What to say when the backend's cgroup saw the OOM killer at work.
+fn oom_note(vm: &VmConfig, cgroup: Option<&VmCgroup>) -> Option<String> {
+    let mib = vm.cgroup.as_ref()?.limits.memory_mib?;
+    (cgroup?.oom_kills() > 0).then(|| {
+        format!(
+            "the kernel's OOM killer ended it at its cgroup's memory limit (backend.cgroup.memory_mib = {mib}); \
+             raise the limit or lower what the VM may make the backend hold (its quota, on the sim engine)"
+        )
+    })
 }
 
 fn start_backend(vm: &VmConfig, socket: &Path, run_dir: &Path, cgroup: Option<&VmCgroup>) -> Result<ChildGuard, Error> {

@@ -557,6 +557,15 @@ impl VmSpec {
         }
 
         let cgroup = self.backend.cgroup.as_ref().and_then(|c| c.check(&mut errs, &mut warnings));
+        let cgroup_mib = cgroup.as_ref().and_then(|c| c.limits.memory_mib);
+        if let (Engine::Sim, Some(quota), Some(limit)) = (self.backend.engine, self.backend.quota_mib, cgroup_mib) {
+            if limit <= quota {
+                warnings.push(format!(
+                    "backend.cgroup.memory_mib: {limit} MiB is not above backend.quota_mib ({quota} MiB), and the sim \
+                     engine keeps device memory in host RAM: a guest that fills its quota gets the backend OOM-killed"
+                ));
+            }
+        }
 
         errs.finish()?;
         // Every None above pushed an error, and finish() returned it.
@@ -1513,6 +1522,11 @@ mod tests {
         let mut spec = valid_spec(&d);
         spec.backend.cgroup = Some(table(Some(0.01), Some(10_000), Some(cgroup::MIN_MEMORY_MIB)));
         spec.validate().unwrap();
+        // A sim VM whose quota cannot fit in the limit.
+        spec.backend.quota_mib = Some(512);
+        spec.backend.cgroup = Some(table(None, None, Some(256)));
+        let vm = spec.validate().unwrap();
+        assert!(vm.warnings.iter().any(|w| w.contains("OOM-killed")), "{:?}", vm.warnings);
         // More CPUs than the host has limits nothing: a warning, not an error.
         spec.backend.cgroup = Some(table(Some(1024.0), None, None));
         let vm = spec.validate().unwrap();
