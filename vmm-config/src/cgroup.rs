@@ -867,6 +867,18 @@ mod tests {
     }
 
     #[test]
+    fn errors_say_what_to_do_by_cause() {
+        let e = |errno, path: &str| io_err("write", Path::new(path), io::Error::from_raw_os_error(errno)).to_string();
+        let denied = e(libc::EACCES, "/sys/fs/cgroup/gpuvisor/cgroup.procs");
+        assert!(denied.contains("Delegate=yes") && denied.contains("optional = true"), "{denied}");
+        assert!(e(libc::EROFS, "/sys/fs/cgroup/memory/gpuvisor").contains("read-only"));
+        let busy = e(libc::EBUSY, "/sys/fs/cgroup/user.slice/cgroup.subtree_control");
+        assert!(busy.contains("and /sys/fs/cgroup/user.slice does"), "{busy}");
+        assert!(e(libc::EINVAL, "/sys/fs/cgroup/cpu/g/v/cpu.cfs_quota_us").contains("lower backend.cgroup.cpus"));
+        assert!(e(libc::ENOENT, "/sys/fs/cgroup/g/v/cpu.max").contains("no cpu.max here"));
+    }
+
+    #[test]
     fn pids_format_without_allocating() {
         let mut buf = [0u8; 20];
         assert_eq!(format_pid(1, &mut buf), b"1");
@@ -1148,6 +1160,73 @@ mod tests {
             if !before.split_whitespace().any(|x| x == *c) {
                 let _ = std::fs::write(&root_control, format!("-{c}"));
             }
+        }
+    }
+
+    #[test]
+    fn real_v2_refuses_a_parent_that_holds_processes_and_says_why() {
+        if skip("real_v2_busy") {
+            return;
+        }
+        let layout = Layout::detect().unwrap();
+        let Some(h) = layout.hierarchies.iter().find(|h| h.version == Version::V2).cloned() else {
+            eprintln!("no cgroup2 mount on this host; the v2 rule is not tried");
+            return;
+        };
+        let Some(c) = ["hugetlb", "pids", "memory", "cpu"].into_iter().find(|c| h.controllers.iter().any(|x| x == c))
+        else {
+            eprintln!("the cgroup2 mount holds no controller; the v2 rule is not tried");
+            return;
+        };
+        let own = parts(&h.own.clone().unwrap().to_string_lossy());
+        let busy_parts: Vec<String> =
+            own.iter().cloned().chain([format!("gpuvisor-test-{}-busy", std::process::id())]).collect();
+        let root_control = h.mount.join("cgroup.subtree_control");
+        let before = std::fs::read_to_string(&root_control).unwrap_or_default();
+        // A cgroup with a process in it, as gpuvisor-vm's own is.
+        let busy = Plan {
+            name: "busy".into(),
+            dirs: vec![DirPlan {
+                version: Version::V2,
+                mount: h.mount.clone(),
+                parts: busy_parts.clone(),
+                controllers: vec![],
+                writes: vec![],
+            }],
+        };
+        let mut holder = VmCgroup::create(&busy).unwrap_or_else(|e| panic!("needs root ({SKIP_ENV}=1 skips): {e}"));
+        let mut cmd = Command::new("sleep");
+        cmd.arg("30");
+        holder.place(&mut cmd);
+        let mut sleeper = cmd.spawn().unwrap();
+        // A VM cgroup below it that needs a controller handed down through it.
+        let mut parts = busy_parts;
+        parts.extend(["p".to_string(), "vm".to_string()]);
+        let plan = Plan {
+            name: "vm".into(),
+            dirs: vec![DirPlan {
+                version: Version::V2,
+                mount: h.mount.clone(),
+                parts,
+                controllers: vec![c],
+                writes: vec![],
+            }],
+        };
+        let e = VmCgroup::create(&plan).unwrap_err();
+        let text = e.to_string();
+        assert!(
+            matches!(&e, CgroupError::Io { source, .. } if source.raw_os_error() == Some(libc::EBUSY))
+                && text.contains("cannot hand controllers to its children"),
+            "{text}"
+        );
+        // What the failed launch made is gone again.
+        let p = plan.dirs[0].path();
+        assert!(!p.exists() && !p.parent().unwrap().exists(), "{} left behind", p.display());
+        sleeper.kill().unwrap();
+        sleeper.wait().unwrap();
+        holder.remove().unwrap();
+        if !before.split_whitespace().any(|x| x == c) {
+            let _ = std::fs::write(&root_control, format!("-{c}"));
         }
     }
 }

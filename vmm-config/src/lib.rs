@@ -43,13 +43,20 @@ pub enum Error {
     Timeout { secs: u64, console_log: PathBuf },
     #[error("interrupted by signal {0}; stopped QEMU and the backend")]
     Interrupted(i32),
-    /// The backend's cgroup (`[backend.cgroup]`) could not be made.
+    /// The backend's cgroup (`[backend.cgroup]`) could not be made. Not a
+    /// `source`: its message already says everything, the OS error included.
     #[error("backend cgroup: {0}")]
-    Cgroup(#[from] cgroup::CgroupError),
+    Cgroup(cgroup::CgroupError),
     #[error("cannot parse fleet spec {path}:\n  {}", .messages.join("\n  "))]
     FleetParse { path: PathBuf, messages: Vec<String> },
     #[error("invalid fleet spec {path}:\n  {}", .errors.join("\n  "))]
     InvalidFleet { path: PathBuf, errors: Vec<String> },
+}
+
+impl From<cgroup::CgroupError> for Error {
+    fn from(e: cgroup::CgroupError) -> Error {
+        Error::Cgroup(e)
+    }
 }
 
 impl Error {

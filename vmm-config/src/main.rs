@@ -42,6 +42,7 @@ use tracing::info;
         --backend-cmd '/usr/lib/qemu/vhost-user-gpu --socket-path={socket}' --run 'cat /proc/cpuinfo'\n  \
         gpuvisor-vm run --spec vm.toml --daemon /run/gpuvisor/gpuvisord.sock --weight 2\n  \
         gpuvisor-vm run --spec vm.toml --host-path /usr --share-dir . --run 'gpuvisor-host-run python3 /mnt/host/t.py'\n  \
+        gpuvisor-vm run --spec vm.toml --backend-cpus 2 --backend-memory-mib 8192\n  \
         gpuvisor-vm check --spec vm.toml\n  \
         gpuvisor-vm fleet --spec vmm-config/examples/fleet-demo.toml\n  \
         gpuvisor-vm probe-accel"
@@ -58,7 +59,7 @@ struct Cli {
 enum Cmd {
     /// Start the backend and QEMU, stream the console, exit with the guest's code
     Run(RunArgs),
-    /// Validate a spec and print the vGPU, its QoS, and the backend and QEMU command lines
+    /// Validate a spec and print the vGPU, its QoS, the backend's cgroup, and the backend and QEMU command lines
     Check(SpecArgs),
     /// Start several VMs from one fleet file, optionally under a gpuvisord of their own
     #[command(long_about = "Start several VMs from one fleet file at once, optionally under a gpuvisord \
