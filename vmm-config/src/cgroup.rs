@@ -498,13 +498,13 @@ impl VmCgroup {
         for d in &plan.dirs {
             // On error, dropping `cg` removes what the dirs before made.
             let made = make_dir(d, &plan.name)?;
+            let path = made.path.clone();
             cg.dirs.push(made);
-            let made = cg.dirs.last().map(|m| m.path.clone()).unwrap_or_default();
             if d.version == Version::V2 {
                 enable_controllers(d)?;
             }
             for w in &d.writes {
-                let file = made.join(w.file);
+                let file = path.join(w.file);
                 if w.if_present && !file.exists() {
                     debug!("no {}: not written", file.display());
                     continue;
@@ -512,7 +512,7 @@ impl VmCgroup {
                 std::fs::write(&file, &w.value).map_err(|e| io_err("write", &file, e))?;
                 debug!("{} = {}", file.display(), w.value);
             }
-            let procs = made.join("cgroup.procs");
+            let procs = path.join("cgroup.procs");
             let c = CString::new(procs.as_os_str().as_bytes())
                 .map_err(|_| io_err("use", &procs, io::ErrorKind::InvalidInput.into()))?;
             cg.procs.push(c);
