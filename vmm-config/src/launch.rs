@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tracing::{info, warn};
 
 use crate::accel::Accel;
+use crate::cgroup::{self, VmCgroup};
 use crate::console::{self, Event};
 use crate::process::{catch_termination_signals, detach, harden, signalled, ChildGuard};
 use crate::qemu::{qemu_args, shell_quote};
@@ -61,9 +62,26 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
         warn!("{w}");
     }
 
-    let mut backend = start_backend(vm, &socket, &run_dir)?;
+    // Declared before the backend so that, on every way out, the backend is
+    // stopped and reaped before its cgroup is removed.
+    let mut backend_cgroup = match &vm.cgroup {
+        Some(cfg) => cgroup::setup(cfg, &vm.name)?,
+        None => None,
+    };
+    let mut backend = start_backend(vm, &socket, &run_dir, backend_cgroup.as_ref())?;
     let backend_log = run_dir.join("backend.log");
-    wait_for_socket(&mut backend, &socket, Duration::from_secs(vm.backend_start_timeout_s), &backend_log)?;
+    wait_for_socket(&mut backend, &socket, Duration::from_secs(vm.backend_start_timeout_s), &backend_log).map_err(
+        |e| match e {
+            Error::Exited { what, status, when, log, tail } => {
+                let status = match oom_note(vm, backend_cgroup.as_ref()) {
+                    Some(note) => format!("{status}: {note}"),
+                    None => status,
+                };
+                Error::Exited { what, status, when, log, tail }
+            }
+            e => e,
+        },
+    )?;
 
     let args = qemu_args(vm, accel, &socket);
     let cmdline = shell_quote(&vm.qemu, &args);
@@ -125,7 +143,7 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
             if guest_rc.is_none() && qemu.wait_for(Duration::from_secs(2)).is_none() {
                 break Err(Error::Exited {
                     what: "backend",
-                    status: backend_status(status),
+                    status: backend_status(status, vm, backend_cgroup.as_ref()),
                     when: "before the guest finished",
                     log: backend_log.clone(),
                     tail: log_tail(&backend_log),
@@ -160,6 +178,11 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
         note(ev, at, &mut guest_rc);
     }
     let _ = std::fs::remove_file(&socket);
+    if let Some(cg) = &mut backend_cgroup {
+        if let Err(e) = cg.remove() {
+            warn!("backend cgroup: {e}");
+        }
+    }
     info!("logs: {}", run_dir.display());
     result?;
 
@@ -195,26 +218,44 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
     }
 }
 
-/// How the backend ended, with what to do when its seccomp filter killed it.
-fn backend_status(status: std::process::ExitStatus) -> String {
+/// How the backend ended, with what to do when its seccomp filter or its
+/// cgroup's memory limit killed it.
+fn backend_status(status: std::process::ExitStatus, vm: &VmConfig, cgroup: Option<&VmCgroup>) -> String {
     use std::os::unix::process::ExitStatusExt;
-    if status.signal() == Some(libc::SIGSYS) {
-        format!(
+    match status.signal() {
+        Some(libc::SIGSYS) => format!(
             "{status}: its seccomp filter stopped a system call; `dmesg | grep type=1326` names it, \
              and --backend-arg=--seccomp=log lets it through"
-        )
-    } else {
-        status.to_string()
+        ),
+        Some(libc::SIGKILL) => match oom_note(vm, cgroup) {
+            Some(note) => format!("{status}: {note}"),
+            None => status.to_string(),
+        },
+        _ => status.to_string(),
     }
 }
 
-fn start_backend(vm: &VmConfig, socket: &Path, run_dir: &Path) -> Result<ChildGuard, Error> {
+/// What to say when the backend's cgroup saw the OOM killer at work.
+fn oom_note(vm: &VmConfig, cgroup: Option<&VmCgroup>) -> Option<String> {
+    let mib = vm.cgroup.as_ref()?.limits.memory_mib?;
+    (cgroup?.oom_kills() > 0).then(|| {
+        format!(
+            "the kernel's OOM killer ended it at its cgroup's memory limit (backend.cgroup.memory_mib = {mib}); \
+             raise the limit or lower what the VM may make the backend hold (its quota, on the sim engine)"
+        )
+    })
+}
+
+fn start_backend(vm: &VmConfig, socket: &Path, run_dir: &Path, cgroup: Option<&VmCgroup>) -> Result<ChildGuard, Error> {
     let mut cmd = Command::new(&vm.backend.program);
     cmd.args(vm.backend.render(socket, &vm.name))
         .env("GPUVISOR_VM_NAME", &vm.name)
         // The daemon is the spec's to choose (backend.daemon, --daemon), and then it
         // is on the command line for `check` to show; not inherited unseen.
         .env_remove("GPUVISOR_DAEMON");
+    if let Some(cg) = cgroup {
+        cg.place(&mut cmd);
+    }
     spawn_logged("backend", cmd, &run_dir.join("backend.log"), false)
 }
 
@@ -426,6 +467,71 @@ mod tests {
         let long = d.join("x".repeat(120));
         let e = run(&vm, Accel::Tcg, &RunOptions { run_dir: Some(long), ..Default::default() }).unwrap_err();
         assert!(matches!(e, Error::SocketPathTooLong(_)), "{e}");
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    /// A fake VM whose backend runs in a cgroup under a parent of this test's
+    /// own (relative, so under the cgroup the test runs in).
+    fn cgroup_vm(d: &Path, tag: &str, qemu_body: &str, backend_body: &str, memory_mib: u64) -> VmConfig {
+        let mut vm = fake_vm(d, qemu_body, backend_body, 20);
+        vm.name = format!("vm-{tag}");
+        vm.cgroup = Some(crate::cgroup::CgroupConfig {
+            parent: format!("gpuvisor-launch-test-{}", std::process::id()),
+            limits: crate::cgroup::Limits { cpus: Some(0.5), memory_mib: Some(memory_mib), ..Default::default() },
+            optional: false,
+        });
+        vm
+    }
+
+    fn skip_cgroup(test: &str) -> bool {
+        let skip = std::env::var("GPUVISOR_SKIP_CGROUP_TESTS").as_deref() == Ok("1");
+        if skip {
+            eprintln!("skipping {test}: GPUVISOR_SKIP_CGROUP_TESTS=1");
+        }
+        skip
+    }
+
+    #[test]
+    fn the_backend_runs_in_its_cgroup_and_the_cgroup_ends_with_the_vm() {
+        if skip_cgroup("the_backend_runs_in_its_cgroup") {
+            return;
+        }
+        let d = scratch("cgroup");
+        // QEMU's stand-in looks at the cgroups while the VM runs.
+        let mut vm =
+            cgroup_vm(&d, "cg", "", "echo $$ > \"$(dirname \"$1\")/backend.pid\"; touch \"$1\"; exec sleep 30", 64);
+        let plan = crate::cgroup::Layout::detect()
+            .and_then(|l| l.plan(vm.cgroup.as_ref().unwrap(), &vm.name))
+            .expect("this host has cpu and memory cgroup controllers");
+        let paths = plan.paths();
+        let look: String =
+            paths.iter().map(|p| format!("cat {}/cgroup.procs >> {}/in-cgroup; ", p.display(), d.display())).collect();
+        vm.qemu = script(&d, "qemu", &format!("{look}echo 'gpuvisor-guest: exit 0'"));
+        let out = run_in(&d, &vm).unwrap_or_else(|e| panic!("needs root (GPUVISOR_SKIP_CGROUP_TESTS=1 skips): {e}"));
+        assert_eq!(out.guest_rc, 0);
+        let pid = std::fs::read_to_string(d.join("run/backend.pid")).unwrap().trim().to_string();
+        let seen = std::fs::read_to_string(d.join("in-cgroup")).unwrap();
+        // The backend, alone, in each hierarchy's cgroup.
+        assert_eq!(seen.lines().collect::<Vec<_>>(), vec![pid.as_str(); paths.len()], "{paths:?}");
+        for p in &paths {
+            assert!(!p.exists(), "{} outlived the VM", p.display());
+        }
+        let _ = std::fs::remove_dir_all(d);
+    }
+
+    #[test]
+    fn a_backend_killed_at_its_memory_limit_is_reported_as_such() {
+        if skip_cgroup("a_backend_killed_at_its_memory_limit") {
+            return;
+        }
+        let d = scratch("cgroup-oom");
+        // The shell holds 200 MB of output in memory, past the 48 MiB limit.
+        let hog = "touch \"$1\"; x=$(head -c 200000000 /dev/zero | tr '\\0' x); echo survived; sleep 30";
+        let vm = cgroup_vm(&d, "oom", "sleep 15", hog, 48);
+        let e = run_in(&d, &vm).unwrap_err();
+        assert!(matches!(e, Error::Exited { what: "backend", .. }), "{e}");
+        assert!(e.to_string().contains("OOM killer") && e.to_string().contains("memory_mib = 48"), "{e}");
+        assert!(!std::fs::read_to_string(d.join("run/backend.log")).unwrap().contains("survived"));
         let _ = std::fs::remove_dir_all(d);
     }
 }

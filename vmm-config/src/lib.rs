@@ -2,6 +2,7 @@
 //! served by a vhost-user backend process, and supervises both until the guest is done.
 
 pub mod accel;
+pub mod cgroup;
 pub mod console;
 pub mod fleet;
 pub mod launch;
@@ -42,10 +43,20 @@ pub enum Error {
     Timeout { secs: u64, console_log: PathBuf },
     #[error("interrupted by signal {0}; stopped QEMU and the backend")]
     Interrupted(i32),
+    /// The backend's cgroup (`[backend.cgroup]`) could not be made. Not a
+    /// `source`: its message already says everything, the OS error included.
+    #[error("backend cgroup: {0}")]
+    Cgroup(cgroup::CgroupError),
     #[error("cannot parse fleet spec {path}:\n  {}", .messages.join("\n  "))]
     FleetParse { path: PathBuf, messages: Vec<String> },
     #[error("invalid fleet spec {path}:\n  {}", .errors.join("\n  "))]
     InvalidFleet { path: PathBuf, errors: Vec<String> },
+}
+
+impl From<cgroup::CgroupError> for Error {
+    fn from(e: cgroup::CgroupError) -> Error {
+        Error::Cgroup(e)
+    }
 }
 
 impl Error {

@@ -9,7 +9,7 @@ use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use gpuvisor_vmm_config::fleet::{self, DaemonPlan, FleetOptions};
 use gpuvisor_vmm_config::{
-    accel, launch, qemu, Accel, AccelChoice, Decision, FleetSpec, Overrides, ProbeSettings, VmConfig, VmSpec,
+    accel, cgroup, launch, qemu, Accel, AccelChoice, Decision, FleetSpec, Overrides, ProbeSettings, VmConfig, VmSpec,
 };
 use tracing::info;
 
@@ -29,13 +29,20 @@ use tracing::info;
         them (changes go to guest RAM), with the guest driver as libcuda.so.1, e.g. \
         --host-path /usr --host-path /opt/venv --run 'gpuvisor-host-run python3 /mnt/host/train.py'. \
         The guest can read everything under those directories that QEMU's user can: export \
-        /usr and the Python environment, not /.",
+        /usr and the Python environment, not /.\n\n\
+        Backend limits: a spec's [backend.cgroup] table (--backend-cpus, --backend-memory-mib) \
+        puts the backend in a cgroup of its own, /gpuvisor/<name> by default, with a CPU quota \
+        (cpus), a CPU weight (cpu_weight) and a memory limit (memory_mib), on cgroup v2 or v1, \
+        whichever this host has; it is removed when the VM ends. It needs root or a delegated \
+        cgroup; a cgroup that cannot be made fails the launch unless the table has \
+        optional = true. `check` shows the files it would write.",
     after_help = "Examples:\n  \
         gpuvisor-vm run --spec vmm-config/examples/demo.toml\n  \
         gpuvisor-vm run --kernel build/guest/vmlinuz --initramfs build/guest/initramfs.cpio.gz \\\n      \
         --backend-cmd '/usr/lib/qemu/vhost-user-gpu --socket-path={socket}' --run 'cat /proc/cpuinfo'\n  \
         gpuvisor-vm run --spec vm.toml --daemon /run/gpuvisor/gpuvisord.sock --weight 2\n  \
         gpuvisor-vm run --spec vm.toml --host-path /usr --share-dir . --run 'gpuvisor-host-run python3 /mnt/host/t.py'\n  \
+        gpuvisor-vm run --spec vm.toml --backend-cpus 2 --backend-memory-mib 8192\n  \
         gpuvisor-vm check --spec vm.toml\n  \
         gpuvisor-vm fleet --spec vmm-config/examples/fleet-demo.toml\n  \
         gpuvisor-vm probe-accel"
@@ -52,7 +59,7 @@ struct Cli {
 enum Cmd {
     /// Start the backend and QEMU, stream the console, exit with the guest's code
     Run(RunArgs),
-    /// Validate a spec and print the vGPU, its QoS, and the backend and QEMU command lines
+    /// Validate a spec and print the vGPU, its QoS, the backend's cgroup, and the backend and QEMU command lines
     Check(SpecArgs),
     /// Start several VMs from one fleet file, optionally under a gpuvisord of their own
     #[command(long_about = "Start several VMs from one fleet file at once, optionally under a gpuvisord \
@@ -286,6 +293,14 @@ fn print_check(vm: &VmConfig, d: &Decision, run_dir: &Path) {
     if !vm.host_paths.is_empty() {
         let paths: Vec<String> = vm.host_paths.iter().map(|p| p.display().to_string()).collect();
         println!("# host tree (read-only, for gpuvisor-host-run in the guest): {}", paths.join(", "));
+    }
+    if let Some(cfg) = &vm.cgroup {
+        let optional = if cfg.optional { ", optional" } else { "" };
+        println!("# backend cgroup: {}{optional}", cfg.limits);
+        match cgroup::Layout::detect().and_then(|l| l.plan(cfg, &vm.name)) {
+            Ok(plan) => plan.describe().iter().for_each(|l| println!("#   {l}")),
+            Err(e) => println!("# warning: backend cgroup: {e}"),
+        }
     }
     for w in &vm.warnings {
         println!("# warning: {w}");

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use protocol::control::{QosClass, MAX_PRIORITY, MAX_SLICE_US, MAX_WEIGHT, MIN_PRIORITY, MIN_SLICE_US, MIN_WEIGHT};
 use serde::Deserialize;
 
+use crate::cgroup::{self, CgroupConfig, Limits};
 use crate::Error;
 
 /// Kernel command line limit on x86-64 (COMMAND_LINE_SIZE), including the final NUL.
@@ -92,6 +93,9 @@ pub struct BackendSpec {
     pub priority: Option<i32>,
     /// Time slice to ask for, in milliseconds (0.5 to 10000); unset: the GPU's.
     pub slice_ms: Option<f64>,
+    /// `[backend.cgroup]`: a cgroup of the backend's own with CPU and memory
+    /// limits. Without the table the backend runs in gpuvisor-vm's cgroup.
+    pub cgroup: Option<CgroupSpec>,
 }
 
 impl Default for BackendSpec {
@@ -108,7 +112,95 @@ impl Default for BackendSpec {
             weight: None,
             priority: None,
             slice_ms: None,
+            cgroup: None,
         }
+    }
+}
+
+/// The `[backend.cgroup]` table: the cgroup the backend runs in and its limits
+/// (vmm-config/src/cgroup.rs). The backend's host memory (the sim engine's device
+/// memory, the cuda engine's driver and staging buffers, what the guest's writes
+/// fault in) and its CPU time are the guest's to drive, so they are bounded here.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CgroupSpec {
+    /// CPU time the backend may use, in CPUs (0.01 to 1024; 1.5 = 150 ms every
+    /// 100 ms): cpu.max on cgroup v2, cpu.cfs_quota_us on v1.
+    pub cpus: Option<f64>,
+    /// Share of contended CPU time against the other cgroups beside it (1 to
+    /// 10000, 100 is everyone's default): cpu.weight on v2, cpu.shares on v1.
+    pub cpu_weight: Option<u32>,
+    /// Host memory the backend may use, RAM and swap together, in MiB (32 up to
+    /// the host's RAM); past it the kernel's OOM killer ends the backend, and
+    /// with it the VM. memory.max on v2, memory.limit_in_bytes on v1.
+    pub memory_mib: Option<u64>,
+    /// The cgroup the VM's cgroup `<parent>/<name>` goes in: from each
+    /// hierarchy's root if it starts with `/`, else under the cgroup gpuvisor-vm
+    /// itself runs in (a delegated one: systemd Delegate=yes, a container).
+    pub parent: String,
+    /// If the cgroup cannot be made (no permission, a read-only cgroup file
+    /// system, no controller), warn and run the backend without it instead of
+    /// failing the launch.
+    pub optional: bool,
+}
+
+impl Default for CgroupSpec {
+    fn default() -> Self {
+        CgroupSpec {
+            cpus: None,
+            cpu_weight: None,
+            memory_mib: None,
+            parent: cgroup::DEFAULT_PARENT.to_string(),
+            optional: false,
+        }
+    }
+}
+
+impl CgroupSpec {
+    /// Checks the table field by field; the config it describes if it is valid.
+    fn check(&self, errs: &mut FieldErrors, warnings: &mut Vec<String>) -> Option<CgroupConfig> {
+        let before = errs.0.len();
+        if let Some(c) = self.cpus {
+            let (lo, hi) = (cgroup::MIN_CPUS, cgroup::MAX_CPUS);
+            if !(c.is_finite() && (lo..=hi).contains(&c)) {
+                errs.push("backend.cgroup.cpus", format!("{c} is not between {lo} and {hi}"));
+            } else if let Some(n) = host_cpus().filter(|&n| c > n as f64) {
+                warnings.push(format!(
+                    "backend.cgroup.cpus: {c} is more than this host's {n} CPUs, so it does not limit the backend here"
+                ));
+            }
+        }
+        if let Some(w) = self.cpu_weight {
+            let (lo, hi) = (cgroup::MIN_CPU_WEIGHT, cgroup::MAX_CPU_WEIGHT);
+            if !(lo..=hi).contains(&w) {
+                errs.push("backend.cgroup.cpu_weight", format!("{w} is not between {lo} and {hi}"));
+            }
+        }
+        if let Some(m) = self.memory_mib {
+            let lo = cgroup::MIN_MEMORY_MIB;
+            if m < lo {
+                errs.push(
+                    "backend.cgroup.memory_mib",
+                    format!("{m} MiB is below the minimum of {lo} MiB (an idle backend alone takes about 9 MiB)"),
+                );
+            } else if let Some(host) = host_memory_mib().filter(|&h| m > h) {
+                errs.push("backend.cgroup.memory_mib", format!("{m} MiB exceeds this host's {host} MiB of RAM"));
+            }
+        }
+        if self.cpus.is_none() && self.cpu_weight.is_none() && self.memory_mib.is_none() {
+            errs.push(
+                "backend.cgroup",
+                "sets no limit; set cpus, cpu_weight or memory_mib, or remove the table".to_string(),
+            );
+        }
+        if let Some(msg) = cgroup::parent_error(&self.parent) {
+            errs.push("backend.cgroup.parent", msg);
+        }
+        (errs.0.len() == before).then(|| CgroupConfig {
+            parent: self.parent.clone(),
+            limits: Limits { cpus: self.cpus, cpu_weight: self.cpu_weight, memory_mib: self.memory_mib },
+            optional: self.optional,
+        })
     }
 }
 
@@ -354,17 +446,26 @@ impl VmSpec {
         if let Some(v) = o.slice_ms {
             self.backend.slice_ms = Some(v);
         }
+        if let Some(v) = o.backend_cpus {
+            self.backend.cgroup.get_or_insert_with(CgroupSpec::default).cpus = Some(v);
+        }
+        if let Some(v) = o.backend_memory_mib {
+            self.backend.cgroup.get_or_insert_with(CgroupSpec::default).memory_mib = Some(v);
+        }
     }
 
     /// Checks every field and resolves paths; reports all problems at once.
     pub fn validate(&self) -> Result<VmConfig, Error> {
         let mut errs = FieldErrors::default();
 
+        // "." and ".." would name the run directory's (and cgroup's) parent.
         let name_ok = !self.name.is_empty()
+            && self.name != "."
+            && self.name != ".."
             && self.name.len() <= 40
             && self.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.');
         if !name_ok {
-            errs.push("name", format!("{:?} must be 1 to 40 characters of [A-Za-z0-9._-]", self.name));
+            errs.push("name", format!("{:?} must be 1 to 40 characters of [A-Za-z0-9._-], not . or ..", self.name));
         }
 
         if self.memory_mib < MIN_MEMORY_MIB {
@@ -455,6 +556,17 @@ impl VmSpec {
             ));
         }
 
+        let cgroup = self.backend.cgroup.as_ref().and_then(|c| c.check(&mut errs, &mut warnings));
+        let cgroup_mib = cgroup.as_ref().and_then(|c| c.limits.memory_mib);
+        if let (Engine::Sim, Some(quota), Some(limit)) = (self.backend.engine, self.backend.quota_mib, cgroup_mib) {
+            if limit <= quota {
+                warnings.push(format!(
+                    "backend.cgroup.memory_mib: {limit} MiB is not above backend.quota_mib ({quota} MiB), and the sim \
+                     engine keeps device memory in host RAM: a guest that fills its quota gets the backend OOM-killed"
+                ));
+            }
+        }
+
         errs.finish()?;
         // Every None above pushed an error, and finish() returned it.
         match (kernel, initramfs, qemu, backend) {
@@ -479,6 +591,7 @@ impl VmSpec {
                     daemon,
                     qos,
                 },
+                cgroup,
                 warnings,
             }),
             _ => Err(Error::InvalidSpec(vec!["internal: validation incomplete".to_string()])),
@@ -706,6 +819,17 @@ pub struct Overrides {
     /// Time slice to ask gpuvisord for, in milliseconds (0.5 to 10000)
     #[arg(long, value_name = "MS")]
     pub slice_ms: Option<f64>,
+    /// Run the backend in a cgroup of its own limited to this much CPU time, in
+    /// CPUs (e.g. 1.5); sets backend.cgroup.cpus (the cgroup goes under
+    /// /gpuvisor/<name> unless the spec's backend.cgroup.parent says otherwise;
+    /// needs root or a delegated cgroup)
+    #[arg(long, value_name = "CPUS")]
+    pub backend_cpus: Option<f64>,
+    /// Run the backend in a cgroup of its own limited to this much host memory,
+    /// in MiB (RAM and swap; past it the kernel's OOM killer ends the backend and
+    /// the VM); sets backend.cgroup.memory_mib
+    #[arg(long, value_name = "MIB")]
+    pub backend_memory_mib: Option<u64>,
 }
 
 fn parse_class(s: &str) -> Result<QosClass, String> {
@@ -748,6 +872,8 @@ pub struct VmConfig {
     /// What the vGPU is and the QoS it asks for (for `check`; the backend
     /// command above already carries it).
     pub vgpu: Vgpu,
+    /// The backend's cgroup and its limits; None: it runs in gpuvisor-vm's.
+    pub cgroup: Option<CgroupConfig>,
     /// What is odd but does not stop a launch; `check` prints them, `run` logs them.
     pub warnings: Vec<String>,
 }
@@ -975,6 +1101,13 @@ pub fn find_beside_us_or_on_path(name: &str) -> Option<PathBuf> {
 pub fn slice_ms_error(ms: f64) -> Option<String> {
     let (lo, hi) = (MIN_SLICE_US as f64 / 1000.0, MAX_SLICE_US as f64 / 1000.0);
     (!(ms.is_finite() && (lo..=hi).contains(&ms))).then(|| format!("{ms} ms is not between {lo} and {hi} ms"))
+}
+
+/// The CPUs this host has online.
+fn host_cpus() -> Option<u64> {
+    // SAFETY: sysconf(3) has no preconditions.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    u64::try_from(n).ok().filter(|&n| n > 0)
 }
 
 fn host_memory_mib() -> Option<u64> {
@@ -1334,5 +1467,94 @@ mod tests {
         // /proc at least is mounted under / on any Linux host.
         assert!(vm.warnings.iter().any(|w| w.contains("mounted under /: /")), "{:?}", vm.warnings);
         assert!(vm.cmdline.contains("gpuvisor.hostfs=/"), "{}", vm.cmdline);
+    }
+
+    #[test]
+    fn cgroup_table_becomes_the_backend_cgroup() {
+        let s = VmSpec::from_toml(
+            "[backend.cgroup]\ncpus = 1.5\ncpu_weight = 50\nmemory_mib = 512\nparent = \"vms\"\noptional = true\n",
+            Path::new("/specs"),
+        )
+        .unwrap();
+        let d = Scratch::new("cgroup");
+        let mut spec = valid_spec(&d);
+        spec.backend.cgroup = s.backend.cgroup;
+        let vm = spec.validate().unwrap();
+        let want = CgroupConfig {
+            parent: "vms".into(),
+            limits: Limits { cpus: Some(1.5), cpu_weight: Some(50), memory_mib: Some(512) },
+            optional: true,
+        };
+        assert_eq!(vm.cgroup, Some(want));
+        // Unset: no cgroup; a table without parent: the default one.
+        assert_eq!(valid_spec(&d).validate().unwrap().cgroup, None);
+        let s = VmSpec::from_toml("[backend.cgroup]\nmemory_mib = 64\n", Path::new("/")).unwrap();
+        let c = s.backend.cgroup.unwrap();
+        assert_eq!((c.parent.as_str(), c.optional), (cgroup::DEFAULT_PARENT, false));
+        let e = VmSpec::from_toml("[backend.cgroup]\nmemory_mb = 64\n", Path::new("/")).unwrap_err();
+        assert!(e.contains("memory_mb"), "{e}");
+    }
+
+    #[test]
+    fn cgroup_limits_are_checked_by_field() {
+        let d = Scratch::new("cgroup-range");
+        let table = |cpus, cpu_weight, memory_mib| CgroupSpec { cpus, cpu_weight, memory_mib, ..Default::default() };
+        for (c, field) in [
+            (table(Some(0.0), None, None), "backend.cgroup.cpus:"),
+            (table(Some(0.001), None, None), "backend.cgroup.cpus:"),
+            (table(Some(-1.0), None, None), "backend.cgroup.cpus:"),
+            (table(Some(f64::NAN), None, None), "backend.cgroup.cpus:"),
+            (table(Some(5000.0), None, None), "backend.cgroup.cpus:"),
+            (table(None, Some(0), None), "backend.cgroup.cpu_weight:"),
+            (table(None, Some(10_001), None), "backend.cgroup.cpu_weight:"),
+            (table(None, None, Some(0)), "backend.cgroup.memory_mib:"),
+            (table(None, None, Some(16)), "backend.cgroup.memory_mib:"),
+            (table(None, None, Some(u64::MAX)), "backend.cgroup.memory_mib:"),
+            (table(None, None, None), "backend.cgroup:"),
+            (CgroupSpec { parent: "../up".into(), ..table(Some(1.0), None, None) }, "backend.cgroup.parent:"),
+            (CgroupSpec { parent: "a b".into(), ..table(Some(1.0), None, None) }, "backend.cgroup.parent:"),
+        ] {
+            let mut spec = valid_spec(&d);
+            spec.backend.cgroup = Some(c.clone());
+            let Err(Error::InvalidSpec(errs)) = spec.validate() else { panic!("{c:?} accepted") };
+            assert!(errs.len() == 1 && errs[0].starts_with(field), "{c:?}: {errs:?}");
+        }
+        let mut spec = valid_spec(&d);
+        spec.backend.cgroup = Some(table(Some(0.01), Some(10_000), Some(cgroup::MIN_MEMORY_MIB)));
+        spec.validate().unwrap();
+        // A sim VM whose quota cannot fit in the limit.
+        spec.backend.quota_mib = Some(512);
+        spec.backend.cgroup = Some(table(None, None, Some(256)));
+        let vm = spec.validate().unwrap();
+        assert!(vm.warnings.iter().any(|w| w.contains("OOM-killed")), "{:?}", vm.warnings);
+        // More CPUs than the host has limits nothing: a warning, not an error.
+        spec.backend.cgroup = Some(table(Some(1024.0), None, None));
+        let vm = spec.validate().unwrap();
+        assert!(
+            vm.warnings.iter().any(|w| w.starts_with("backend.cgroup.cpus: 1024 is more than")),
+            "{:?}",
+            vm.warnings
+        );
+    }
+
+    #[test]
+    fn cgroup_flags_make_or_override_the_table() {
+        let mut s = VmSpec::default();
+        s.apply(&Overrides { backend_memory_mib: Some(256), ..Default::default() });
+        let c = s.backend.cgroup.clone().unwrap();
+        assert_eq!((c.cpus, c.memory_mib, c.parent.as_str()), (None, Some(256), cgroup::DEFAULT_PARENT));
+        let mut s = VmSpec::from_toml("[backend.cgroup]\ncpus = 2\nparent = \"p\"\n", Path::new("/")).unwrap();
+        s.apply(&Overrides { backend_cpus: Some(0.5), ..Default::default() });
+        let c = s.backend.cgroup.unwrap();
+        assert_eq!((c.cpus, c.parent.as_str()), (Some(0.5), "p"));
+    }
+
+    #[test]
+    fn dot_names_are_not_vm_names() {
+        for name in [".", ".."] {
+            let spec = VmSpec { name: name.into(), ..Default::default() };
+            let Err(Error::InvalidSpec(errs)) = spec.validate() else { panic!("{name} accepted") };
+            assert!(errs.iter().any(|e| e.starts_with("name:")), "{errs:?}");
+        }
     }
 }
