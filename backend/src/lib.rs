@@ -23,8 +23,19 @@ pub mod watchdog;
 /// backend ends with when one made its GPU context unusable: the process can
 /// never get a working context again, so it ends, and whoever restarts it
 /// (the supervisor) learns from the status which error the VM's guests get.
-const FAULT_EXIT_CODES: [(u32, i32); 9] =
-    [(700, 80), (719, 81), (702, 82), (715, 83), (716, 84), (717, 85), (718, 86), (214, 87), (999, 88)];
+const FAULT_EXIT_CODES: [(u32, i32); 11] = [
+    (700, 80),
+    (719, 81),
+    (702, 82),
+    (715, 83),
+    (716, 84),
+    (717, 85),
+    (718, 86),
+    (214, 87),
+    (999, 88),
+    (710, 89),
+    (714, 90),
+];
 
 /// The exit status for sticky error `cu`; an error outside the table (not
 /// sticky) is reported as the unknown error's, 88.
@@ -44,13 +55,25 @@ mod tests {
 
     #[test]
     fn every_sticky_error_has_its_own_exit_status_and_back() {
-        let table = [(700, 80), (719, 81), (702, 82), (715, 83), (716, 84), (717, 85), (718, 86), (214, 87), (999, 88)];
+        let table = [
+            (700, 80),
+            (719, 81),
+            (702, 82),
+            (715, 83),
+            (716, 84),
+            (717, 85),
+            (718, 86),
+            (214, 87),
+            (999, 88),
+            (710, 89),
+            (714, 90),
+        ];
         for (cu, code) in table {
             assert!(protocol::cuda::is_sticky(cu), "{cu} is sticky");
             assert_eq!(fault_exit_code(cu), code, "{cu}");
             assert_eq!(fault_from_exit_code(code), Some(cu), "{code}");
         }
-        for code in [0, 1, 79, 89, 101, -1] {
+        for code in [0, 1, 79, 91, 101, -1] {
             assert_eq!(fault_from_exit_code(code), None, "{code} is no fault's status");
         }
     }

@@ -196,14 +196,16 @@ pub fn is_fault(code: CuResult) -> bool {
 /// Whether `code` is one of the errors after which NVIDIA's driver fails
 /// every later call of the process, in every context, with the same code
 /// (measured on an H200: `scripts/h100/fault-probe.py`): a kernel's illegal
-/// address, trap or launch failure, launch timeout, illegal instruction,
-/// misaligned address, invalid address space or program counter, an
-/// uncorrectable ECC error, or the driver's unknown error. A process that
+/// address, trap or launch failure, launch timeout, device-side assert,
+/// hardware stack error, illegal instruction, misaligned address, invalid
+/// address space or program counter, an uncorrectable ECC error, or the
+/// driver's unknown error (the illegal address and the trap measured; the
+/// others documented by NVIDIA as leaving the context unusable). A process that
 /// got one never gets a working context again, so gpuvisor-backend ends
 /// (`gpuvisor_backend::fault_exit_code`) and the guest driver returns it
 /// from every later call, as NVIDIA's driver does.
 pub fn is_sticky(code: CuResult) -> bool {
-    matches!(code, 214 | 700 | 702 | 715..=719 | 999)
+    matches!(code, 214 | 700 | 702 | 710 | 714..=719 | 999)
 }
 
 /// `cuGetErrorName`'s answer, or `None` for a code it does not know.
