@@ -118,7 +118,10 @@ pub enum BackendMsg {
         /// `cuda` or `sim`.
         engine: String,
         /// The device the backend runs on: the GPU's UUID (`GPU-...`) for
-        /// `cuda`, `sim` for the simulator.
+        /// `cuda`, `sim` for the simulator. On a MIG instance, the
+        /// instance's UUID in the same `GPU-` form (CUDA's); gpuvisord
+        /// knows it as `MIG-...`, as NVML does. Checked against the VM's
+        /// GPU access list at every registration.
         gpu: String,
         quota_bytes: u64,
         requested: QosRequest,
