@@ -3,7 +3,7 @@
 
 use crate::alerts::AlertsResponse;
 use crate::history::{HistoryMetrics, HistoryQuery, HistoryResponse};
-use crate::model::{ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView};
+use crate::model::{AccessOverview, ErrorBody, GpuPatch, GpuView, Health, VmAccess, VmAccessUpdate, VmPatch, VmView};
 use serde::de::DeserializeOwned;
 use std::time::Duration;
 
@@ -112,6 +112,23 @@ impl Client {
     pub fn set_drained(&self, name: &str, drained: bool) -> Result<VmView, ClientError> {
         let action = if drained { "drain" } else { "resume" };
         self.request("POST", &format!("/v1/vms/{}/{action}", segment(name)), None)
+    }
+
+    /// gpuvisord's access mode and every VM's GPU access (`GET /v1/access`).
+    pub fn access(&self) -> Result<AccessOverview, ClientError> {
+        self.request("GET", "/v1/access", None)
+    }
+
+    /// One VM's GPU access (`GET /v1/vms/{name}/access`).
+    pub fn vm_access(&self, name: &str) -> Result<VmAccess, ClientError> {
+        self.request("GET", &format!("/v1/vms/{}/access", segment(name)), None)
+    }
+
+    /// Replaces a VM's GPU access list; `None` removes it
+    /// (`PUT /v1/vms/{name}/access`).
+    pub fn set_vm_access(&self, name: &str, allowed_gpus: Option<Vec<String>>) -> Result<VmAccess, ClientError> {
+        let body = serde_json::to_vec(&VmAccessUpdate { allowed_gpus }).map_err(ClientError::Encode)?;
+        self.request("PUT", &format!("/v1/vms/{}/access", segment(name)), Some(body))
     }
 
     /// One metric's history (`GET /v1/history`).

@@ -6,9 +6,9 @@ mod telemetry;
 pub use telemetry::{alerts_table, history_table, metrics_table, AlertsArgs, HistoryArgs};
 
 use crate::client::{Client, ClientError};
-use crate::model::{GpuPatch, GpuView, VmPatch, VmView};
+use crate::model::{AccessOverview, GpuAccessMode, GpuPatch, GpuView, VmAccess, VmPatch, VmView, ANY_GPU};
 use anyhow::{anyhow, Context};
-use clap::{Parser, Subcommand};
+use clap::{ArgGroup, Parser, Subcommand};
 use protocol::control::QosClass;
 use serde::Serialize;
 use std::io::Write;
@@ -185,6 +185,49 @@ pub enum Command {
         name: String,
     },
 
+    /// Show which GPUs each VM may use, and gpuvisord's default for VMs
+    /// without a list (--gpu-access)
+    Access {
+        /// Only this VM (it need not have registered)
+        name: Option<String>,
+    },
+
+    /// Set which GPUs or MIG instances a VM may use, replacing its list
+    #[command(
+        long_about = "Set which GPUs or MIG instances a VM may use, replacing its list, and print the VM's access. \
+        The VM need not have registered yet: with gpuvisord --gpu-access closed, a VM must be allowed a GPU \
+        before its backend can register.\n\n\
+        A backend whose GPU its VM may not use is refused when it registers, and holds its guest's GPU work \
+        until it is allowed. A registered VM whose GPU the new list leaves out gets no more GPU time from now \
+        on (its work waits, as when drained) and is refused at its next registration; allowing the GPU again \
+        lets it run at once.\n\n\
+        Ids match exactly: a MIG instance's UUID (MIG-...) allows that instance only, not its parent GPU or \
+        another instance; a GPU's UUID (GPU-...) does not allow its MIG instances.",
+        group(ArgGroup::new("list").required(true).args(["allow_gpu", "allow_any_gpu", "deny_all_gpus", "clear"]))
+    )]
+    AccessSet {
+        /// The VM's name
+        name: String,
+
+        /// A GPU (GPU-<uuid>), MIG instance (MIG-<uuid>) or `sim` the VM may
+        /// use; repeat for several
+        #[arg(long, value_name = "ID")]
+        allow_gpu: Vec<String>,
+
+        /// The VM may use any GPU, whatever gpuvisord's --gpu-access
+        #[arg(long)]
+        allow_any_gpu: bool,
+
+        /// The VM may use no GPU
+        #[arg(long)]
+        deny_all_gpus: bool,
+
+        /// Remove the VM's list: gpuvisord's --gpu-access decides (open: any
+        /// GPU, closed: none)
+        #[arg(long)]
+        clear: bool,
+    },
+
     /// Show how a metric evolved, from gpuvisord's history; without
     /// --metric, list the stored metrics
     #[command(long_about = telemetry::HISTORY_ABOUT)]
@@ -331,6 +374,9 @@ fn explain(e: anyhow::Error, cli: &Cli, sent_token: bool, missing_note: &str) ->
         Some(ClientError::Api { field: Some(f), .. }) if f == "memory_limit_bytes" => {
             "--memory-limit takes a size from 1M to 1024T (like 40G), or none".to_owned()
         }
+        Some(ClientError::Api { field: Some(f), .. }) if f == "allowed_gpus" => {
+            "--allow-gpu takes a GPU's UUID (GPU-...), a MIG instance's (MIG-...) or sim, each once".to_owned()
+        }
         Some(ClientError::Api { field: Some(f), .. }) if f == "overcommit_ratio" => {
             "--overcommit-ratio takes 1 to 100".to_owned()
         }
@@ -402,6 +448,26 @@ fn execute(cli: &Cli, client: &Client, out: &mut dyn Write) -> anyhow::Result<()
             let patch = VmPatch { class: *class, weight: *weight, priority: *priority, slice_us };
             print_vm(out, cli.json, &client.update_vm(name, &patch)?)?;
         }
+        Command::Access { name: Some(name) } => print_access(out, cli.json, &client.vm_access(name)?)?,
+        Command::Access { name: None } => {
+            let overview = client.access()?;
+            if cli.json {
+                return print_json(out, &overview);
+            }
+            out.write_all(access_table(&overview).as_bytes())?;
+        }
+        Command::AccessSet { name, allow_gpu, allow_any_gpu, deny_all_gpus, clear } => {
+            let list = if *clear {
+                None
+            } else if *allow_any_gpu {
+                Some(vec![ANY_GPU.to_owned()])
+            } else if *deny_all_gpus {
+                Some(Vec::new())
+            } else {
+                Some(allow_gpu.clone())
+            };
+            print_access(out, cli.json, &client.set_vm_access(name, list)?)?;
+        }
         Command::History(args) => telemetry::history(client, cli.json, args, out)?,
         Command::Alerts(args) => telemetry::alerts(client, cli.json, args, out)?,
         Command::Drain { name } | Command::Resume { name } => {
@@ -440,6 +506,55 @@ fn print_vm(out: &mut dyn Write, json: bool, vm: &VmView) -> anyhow::Result<()> 
     }
     out.write_all(vm_detail(vm).as_bytes())?;
     Ok(())
+}
+
+fn print_access(out: &mut dyn Write, json: bool, a: &VmAccess) -> anyhow::Result<()> {
+    if json {
+        return print_json(out, a);
+    }
+    let lines = [
+        ("vm", a.vm.clone()),
+        ("allowed_gpus", allowed_gpus(a.allowed_gpus.as_deref(), a.mode)),
+        ("gpu", a.gpu.clone().unwrap_or_else(|| "- (never registered)".to_owned())),
+        ("gpu_allowed", a.gpu_allowed.map_or("-", yes_no).to_owned()),
+        ("connected", yes_no(a.connected).to_owned()),
+    ];
+    out.write_all(key_values(&lines).as_bytes())?;
+    Ok(())
+}
+
+/// A VM's access list as people read it, with what no list means under `mode`.
+pub fn allowed_gpus(list: Option<&[String]>, mode: GpuAccessMode) -> String {
+    match list {
+        None => match mode {
+            GpuAccessMode::Open => "default: any GPU (--gpu-access open)".to_owned(),
+            GpuAccessMode::Closed => "default: none (--gpu-access closed)".to_owned(),
+        },
+        Some([]) => "none".to_owned(),
+        Some([any]) if any == ANY_GPU => "any GPU".to_owned(),
+        Some(ids) => ids.join(", "),
+    }
+}
+
+pub fn access_table(a: &AccessOverview) -> String {
+    let rows: Vec<Vec<String>> = a
+        .vms
+        .iter()
+        .map(|v| {
+            vec![
+                v.vm.clone(),
+                allowed_gpus(v.allowed_gpus.as_deref(), a.mode),
+                v.gpu.clone().unwrap_or_else(|| "-".to_owned()),
+                v.gpu_allowed.map_or("-", yes_no).to_owned(),
+                yes_no(v.connected).to_owned(),
+            ]
+        })
+        .collect();
+    let mode = match a.mode {
+        GpuAccessMode::Open => "open: a VM without a list may use any GPU",
+        GpuAccessMode::Closed => "closed: a VM without a list may use no GPU",
+    };
+    format!("gpu access {mode}\n{}", table(&["VM", "ALLOWED", "GPU", "GPU ALLOWED", "CONNECTED"], &rows))
 }
 
 /// Rows under a header, each column as wide as its widest cell, two spaces apart.
@@ -572,6 +687,14 @@ pub fn vm_detail(v: &VmView) -> String {
         ("slice", format!("{} ({slice_source})", micros(v.slice_us as f64))),
         ("max_queued_ops", v.max_queued_ops.to_string()),
         ("drained", yes_no(v.drained).to_owned()),
+        (
+            "allowed_gpus",
+            v.allowed_gpus.as_ref().map_or_else(
+                || "default (gpuvisord --gpu-access)".to_owned(),
+                |l| allowed_gpus(Some(l), GpuAccessMode::Open),
+            ),
+        ),
+        ("gpu_allowed", yes_no(v.gpu_allowed).to_owned()),
         ("share_configured", percent(v.share_configured)),
         ("share_used", percent(v.share_used)),
         ("gpu_time", format!("{:.3} s", v.gpu_time_s)),
@@ -728,6 +851,24 @@ mod tests {
         assert_eq!(lines[0], "A          LONGER");
         assert_eq!(lines[1], "wide cell  x");
         assert_eq!(lines[2], "y          z");
+    }
+
+    #[test]
+    fn access_set_takes_exactly_one_kind_of_list() {
+        let cli =
+            Cli::try_parse_from(["gpuvisorctl", "access-set", "vm1", "--allow-gpu", "sim", "--allow-gpu", "MIG-1"])
+                .unwrap();
+        assert!(matches!(cli.command, Command::AccessSet { ref allow_gpu, .. } if allow_gpu == &["sim", "MIG-1"]));
+        for bad in [
+            &["gpuvisorctl", "access-set", "vm1"][..],
+            &["gpuvisorctl", "access-set", "vm1", "--allow-gpu", "sim", "--clear"],
+            &["gpuvisorctl", "access-set", "vm1", "--allow-any-gpu", "--deny-all-gpus"],
+        ] {
+            assert_eq!(Cli::try_parse_from(bad).unwrap_err().exit_code(), 2, "{bad:?}");
+        }
+        assert_eq!(allowed_gpus(None, GpuAccessMode::Closed), "default: none (--gpu-access closed)");
+        assert_eq!(allowed_gpus(Some(&[ANY_GPU.to_owned()]), GpuAccessMode::Closed), "any GPU");
+        assert_eq!(allowed_gpus(Some(&[]), GpuAccessMode::Open), "none");
     }
 
     #[test]

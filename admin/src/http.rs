@@ -6,8 +6,8 @@
 use crate::alerts::{AlertRuleView, AlertState, AlertView, AlertsResponse};
 use crate::history::{HistoryMetric, HistoryMetrics, HistoryQuery, HistoryResponse, HistorySeries, HistoryTier};
 use crate::model::{
-    Admin, AdminError, ErrorBody, GpuPatch, GpuView, Health, VmPatch, VmView, MAX_MEMORY_LIMIT_BYTES,
-    MAX_OVERCOMMIT_RATIO, MIN_MEMORY_LIMIT_BYTES, MIN_OVERCOMMIT_RATIO,
+    AccessOverview, Admin, AdminError, ErrorBody, GpuPatch, GpuView, Health, VmAccess, VmAccessUpdate, VmPatch, VmView,
+    MAX_MEMORY_LIMIT_BYTES, MAX_OVERCOMMIT_RATIO, MAX_VM_NAME, MIN_MEMORY_LIMIT_BYTES, MIN_OVERCOMMIT_RATIO,
 };
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -62,6 +62,8 @@ pub fn router(admin: Arc<dyn Admin>, auth: Auth) -> Router {
         .route("/v1/vms/{name}", get(get_vm).patch(patch_vm))
         .route("/v1/vms/{name}/drain", post(drain_vm))
         .route("/v1/vms/{name}/resume", post(resume_vm))
+        .route("/v1/vms/{name}/access", get(get_vm_access).put(put_vm_access))
+        .route("/v1/access", get(access))
         .route("/metrics", get(metrics))
         .route("/v1/history", get(history))
         .route("/v1/history/metrics", get(history_metrics))
@@ -244,7 +246,11 @@ fn json_error(e: serde_json::Error, path: Option<String>) -> ApiError {
         Category::Data => {
             // serde reports an unknown field while reading its key, before the
             // path has it: the name is in the message, between backticks.
-            if let Some(name) = message.strip_prefix("unknown field `").and_then(|rest| rest.split('`').next()) {
+            let named = ["unknown field `", "missing field `"]
+                .iter()
+                .find_map(|p| message.strip_prefix(p))
+                .and_then(|rest| rest.split('`').next());
+            if let Some(name) = named {
                 return ApiError::new(StatusCode::BAD_REQUEST, message, Some(name.to_owned()));
             }
             match path {
@@ -306,6 +312,25 @@ fn validate_gpu_patch(p: &GpuPatch) -> Result<(), ApiError> {
         check_range("memory_limit_bytes", limit, MIN_MEMORY_LIMIT_BYTES, MAX_MEMORY_LIMIT_BYTES)?;
     }
     Ok(())
+}
+
+/// A VM name in a path: the access routes take names of VMs that have not
+/// registered yet, so a name no VM could have is refused rather than not found.
+fn validate_vm_name(name: &str) -> Result<(), ApiError> {
+    if !crate::model::valid_vm_name(name) {
+        return Err(ApiError::invalid(
+            "name",
+            format_args!("{name:?} is not a VM name (1 to {MAX_VM_NAME} characters of A-Z a-z 0-9 . _ -)"),
+        ));
+    }
+    Ok(())
+}
+
+fn validate_access(u: &VmAccessUpdate) -> Result<(), ApiError> {
+    match &u.allowed_gpus {
+        Some(list) => crate::model::check_allowed_gpus(list).map_err(|e| ApiError::invalid("allowed_gpus", e)),
+        None => Ok(()),
+    }
 }
 
 /// Runs one `Admin` call off the async workers: the daemon's implementation
@@ -501,6 +526,61 @@ async fn resume_vm(State(admin): State<Arc<dyn Admin>>, Path(name): Path<String>
     call(admin, move |a| a.set_drained(&name, false)).await
 }
 
+/// gpuvisord's default for VMs without a GPU access list (`--gpu-access`)
+/// and every VM it knows or holds a list for.
+#[utoipa::path(get, path = "/v1/access", tag = "access", security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The mode and the VMs' access", body = AccessOverview),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+    ))]
+async fn access(State(admin): State<Arc<dyn Admin>>) -> Result<Json<AccessOverview>, ApiError> {
+    call(admin, |a| a.access()).await
+}
+
+/// Which GPUs a VM may use; the VM need not have registered yet.
+#[utoipa::path(get, path = "/v1/vms/{name}/access", tag = "access", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The VM's name", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    responses(
+        (status = 200, description = "The VM's access", body = VmAccess),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 422, description = "Not a VM name; `field` is `name`", body = ErrorBody),
+    ))]
+async fn get_vm_access(
+    State(admin): State<Arc<dyn Admin>>,
+    Path(name): Path<String>,
+) -> Result<Json<VmAccess>, ApiError> {
+    validate_vm_name(&name)?;
+    call(admin, move |a| a.vm_access(&name)).await
+}
+
+/// Sets which GPUs (or MIG instances) a VM may use, replacing its list; the
+/// VM need not have registered yet (with `--gpu-access closed`, it must be
+/// allowed a GPU before its first registration). A backend whose GPU the
+/// VM may not use is refused when it registers. A registered VM whose GPU
+/// the new list leaves out gets no more grants from now on (its GPU work
+/// waits, as when drained) and is refused at its next registration; listing
+/// the GPU again lets it run at once.
+#[utoipa::path(put, path = "/v1/vms/{name}/access", tag = "access", security(("bearer" = [])),
+    params(("name" = String, Path, description = "The VM's name", pattern = "^[A-Za-z0-9._-]{1,64}$")),
+    request_body = VmAccessUpdate,
+    responses(
+        (status = 200, description = "The VM's access with the change applied", body = VmAccess),
+        (status = 400, description = "Malformed JSON, an unknown or missing field or a value of the wrong type; `field` names it", body = ErrorBody),
+        (status = 401, description = "Missing or wrong bearer token", body = ErrorBody),
+        (status = 415, description = "The body is not JSON", body = ErrorBody),
+        (status = 422, description = "Not a VM name (`field`: `name`), or a list that is not distinct GPU ids or [\"*\"] alone (`field`: `allowed_gpus`)", body = ErrorBody),
+        (status = 500, description = "The daemon could not store the change", body = ErrorBody),
+    ))]
+async fn put_vm_access(
+    State(admin): State<Arc<dyn Admin>>,
+    Path(name): Path<String>,
+    JsonBody(update): JsonBody<VmAccessUpdate>,
+) -> Result<Json<VmAccess>, ApiError> {
+    validate_vm_name(&name)?;
+    validate_access(&update)?;
+    call(admin, move |a| a.set_vm_access(&name, update.allowed_gpus)).await
+}
+
 /// The daemon's figures per VM and per GPU, and NVML's readings, in
 /// Prometheus' text exposition format 0.0.4 (docs/metrics.md lists them).
 /// Prometheus scrapes it with `authorization: { credentials_file: <state-dir>/admin.token }`.
@@ -579,8 +659,9 @@ async fn alerts(State(admin): State<Arc<dyn Admin>>) -> Result<Json<AlertsRespon
         title = "gpuvisord admin API",
         description = "Live tuning of gpuvisord's GPU scheduler: list GPUs and VMs, change a VM's QoS \
                        class, weight, priority and time slice or a GPU's defaults and memory overcommit, drain and \
-                       resume VMs, see where each VM's device memory is (on the GPU or evicted to host RAM), read the \
-                       history of every metric and the alerts gpuvisord raised. \
+                       resume VMs, set which GPUs or MIG instances each VM may use, see where each VM's device memory \
+                       is (on the GPU or evicted to host RAM), read the history of every metric and the alerts \
+                       gpuvisord raised. \
                        Every route but /v1/health and /openapi.json needs `Authorization: Bearer <token>`. \
                        /metrics answers Prometheus text; everything else is JSON. Errors are JSON `{\"error\": \"...\", \"field\": \"...\" | null}`."
     ),
@@ -595,6 +676,9 @@ async fn alerts(State(admin): State<Arc<dyn Admin>>) -> Result<Json<AlertsRespon
         patch_vm,
         drain_vm,
         resume_vm,
+        access,
+        get_vm_access,
+        put_vm_access,
         metrics,
         history,
         history_metrics,
@@ -606,6 +690,10 @@ async fn alerts(State(admin): State<Arc<dyn Admin>>) -> Result<Json<AlertsRespon
         crate::model::VmState,
         VmPatch,
         GpuPatch,
+        VmAccess,
+        VmAccessUpdate,
+        AccessOverview,
+        crate::model::GpuAccessMode,
         ErrorBody,
         Health,
         crate::model::QosClassSchema,
@@ -624,6 +712,7 @@ async fn alerts(State(admin): State<Arc<dyn Admin>>) -> Result<Json<AlertsRespon
         (name = "health", description = "Liveness and this document; no token needed"),
         (name = "gpus", description = "GPUs and their scheduling defaults"),
         (name = "vms", description = "VMs, their QoS settings and measured shares"),
+        (name = "access", description = "Which GPUs and MIG instances each VM may use"),
         (name = "metrics", description = "Prometheus metrics (text, not JSON)"),
         (name = "telemetry", description = "The history gpuvisord keeps of its metrics, and the alerts its rules raise"),
     )

@@ -44,6 +44,10 @@ pub struct MetricsSnapshot {
     pub gpus: Vec<GpuView>,
     pub vms: Vec<VmView>,
     pub readings: Vec<GpuReadings>,
+    /// Registrations gpuvisord refused since it started, by reason
+    /// (`protocol::control::RefusalCode`); the daemon lists every reason,
+    /// 0 included.
+    pub registrations_refused: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -362,6 +366,18 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
         Gauge,
         "Host RAM that evicted GPU memory may take, all GPUs together (gpuvisord --swap-limit-mib).",
     );
+    // Host-wide, and without a `vm` label: a refused backend's VM name is
+    // whatever it claimed, and labels must not grow with what backends send.
+    let mut refused = Family::new(
+        "gpuvisor_registrations_refused_total",
+        Counter,
+        "Backend registrations gpuvisord refused since it started, by reason: gpu_not_allowed (the VM may \
+         not use the GPU it named), overcommit (its memory quota would pass the GPU's overcommit ratio), \
+         invalid (a malformed Hello), already_connected, unavailable (stopping).",
+    );
+    for (reason, n) in &m.registrations_refused {
+        refused.sample(vec![("reason", reason.clone())], *n);
+    }
     // The figures are host-wide: every GPU's view repeats them.
     if let Some(g) = gpus.first() {
         swap_used.sample(Vec::new(), g.swap_used_bytes);
@@ -463,6 +479,15 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
         ),
         latency,
         registrations,
+        refused,
+        per_vm(
+            vms,
+            "gpuvisor_vm_gpu_allowed",
+            Gauge,
+            "1 while the VM may use its GPU under its access list and gpuvisord's --gpu-access, else 0 (its \
+             GPU work is then held and its next registration refused).",
+            |v| v.gpu_allowed,
+        ),
         // Memory.
         per_vm(
             vms,

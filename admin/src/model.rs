@@ -7,7 +7,7 @@ use crate::metrics::MetricsSnapshot;
 use protocol::control::QosClass;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
-use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, OneOfBuilder, Schema, Type};
 use utoipa::openapi::RefOr;
 use utoipa::{PartialSchema, ToSchema};
 
@@ -17,6 +17,141 @@ pub const MAX_OVERCOMMIT_RATIO: f64 = 100.0;
 /// Limits on a GPU's `memory_limit_bytes`: 1 MiB to 1 PiB.
 pub const MIN_MEMORY_LIMIT_BYTES: u64 = 1 << 20;
 pub const MAX_MEMORY_LIMIT_BYTES: u64 = 1 << 50;
+
+/// VM names: 1 to this many characters of `A-Z a-z 0-9 . _ -`.
+pub const MAX_VM_NAME: usize = 64;
+/// GPU ids (`GPU-<uuid>`, `MIG-<uuid>`, `sim`): 1 to this many characters of
+/// `A-Z a-z 0-9 . _ - :`.
+pub const MAX_GPU_ID: usize = 128;
+/// The most entries a VM's GPU access list holds.
+pub const MAX_ALLOWED_GPUS: usize = 64;
+/// The access-list entry that allows every GPU.
+pub const ANY_GPU: &str = "*";
+/// What [`valid_vm_name`] accepts, as the OpenAPI document says it.
+pub const VM_NAME_PATTERN: &str = "^[A-Za-z0-9._-]{1,64}$";
+/// What [`valid_gpu_id`] accepts, as the OpenAPI document says it.
+pub const GPU_ID_PATTERN: &str = "^[A-Za-z0-9._:-]{1,128}$";
+
+/// Whether `name` can name a VM.
+pub fn valid_vm_name(name: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    !name.is_empty() && name.len() <= MAX_VM_NAME && name.chars().all(ok_char)
+}
+
+/// Whether `id` can name a GPU or MIG instance (its syntax only: the GPU
+/// need not be present on this host).
+pub fn valid_gpu_id(id: &str) -> bool {
+    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
+    !id.is_empty() && id.len() <= MAX_GPU_ID && id.chars().all(ok_char)
+}
+
+/// Checks a VM's GPU access list as the admin gives it: at most
+/// [`MAX_ALLOWED_GPUS`] GPU ids, each once, or `["*"]` alone. `Err` says
+/// what is wrong (the field is `allowed_gpus`).
+pub fn check_allowed_gpus(list: &[String]) -> Result<(), String> {
+    if list.len() > MAX_ALLOWED_GPUS {
+        return Err(format!("at most {MAX_ALLOWED_GPUS} entries, got {}", list.len()));
+    }
+    if list.iter().any(|g| g == ANY_GPU) {
+        if list.len() > 1 {
+            return Err(format!("{ANY_GPU:?} (any GPU) stands alone in the list"));
+        }
+        return Ok(());
+    }
+    for (i, id) in list.iter().enumerate() {
+        if !valid_gpu_id(id) {
+            return Err(format!(
+                "{id:?} is not a GPU id (GPU-<uuid>, MIG-<uuid> or sim: 1 to {MAX_GPU_ID} characters of \
+                 A-Z a-z 0-9 . _ - :), nor {ANY_GPU:?} for any GPU"
+            ));
+        }
+        if list[..i].contains(id) {
+            return Err(format!("{id:?} is listed twice"));
+        }
+    }
+    Ok(())
+}
+
+/// Which GPUs a VM that the admin gave no access list may use
+/// (`gpuvisord --gpu-access`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum GpuAccessMode {
+    /// Any GPU (gpuvisor's behaviour before access lists).
+    #[default]
+    Open,
+    /// None: every VM must be allowed its GPUs explicitly.
+    Closed,
+}
+
+impl GpuAccessMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GpuAccessMode::Open => "open",
+            GpuAccessMode::Closed => "closed",
+        }
+    }
+}
+
+impl std::str::FromStr for GpuAccessMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "open" => Ok(GpuAccessMode::Open),
+            "closed" => Ok(GpuAccessMode::Closed),
+            _ => Err(format!("expected open or closed, got {s:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for GpuAccessMode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Whether a VM with access list `list` (`None`: the admin gave none) may
+/// use the GPU `gpu` under `mode`. Ids match exactly: a MIG instance's UUID
+/// allows that instance only, not its parent GPU or a sibling, and a GPU's
+/// UUID does not allow its MIG instances.
+pub fn gpu_allowed(list: Option<&[String]>, mode: GpuAccessMode, gpu: &str) -> bool {
+    match list {
+        None => mode == GpuAccessMode::Open,
+        Some(l) => l.iter().any(|g| g == ANY_GPU || g == gpu),
+    }
+}
+
+/// The OpenAPI schema of an access list: null (none set), `["*"]` (any
+/// GPU), or distinct GPU ids.
+fn allowed_gpus_schema() -> Schema {
+    let any = ArrayBuilder::new()
+        .items(ObjectBuilder::new().schema_type(Type::String).enum_values(Some([ANY_GPU])))
+        .min_items(Some(1))
+        .max_items(Some(1))
+        .description(Some("Any GPU"));
+    let ids = ArrayBuilder::new()
+        .items(
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .pattern(Some(GPU_ID_PATTERN))
+                .examples([serde_json::json!("MIG-11111111-0000-0000-0000-000000000000")]),
+        )
+        .max_items(Some(MAX_ALLOWED_GPUS))
+        .unique_items(true)
+        .description(Some("These GPUs (UUIDs `GPU-...`), MIG instances (`MIG-...`) or `sim`; empty: none"));
+    OneOfBuilder::new()
+        .item(
+            ObjectBuilder::new().schema_type(Type::Null).description(Some("No list: gpuvisord's --gpu-access decides")),
+        )
+        .item(any)
+        .item(ids)
+        .description(Some(
+            "The GPUs a VM may use. null: no list, so gpuvisord's --gpu-access decides (open: any GPU, closed: \
+             none). [\"*\"]: any GPU. Otherwise exactly these ids: a MIG instance's UUID allows that instance \
+             only, not its parent GPU or a sibling; a GPU's UUID does not allow its MIG instances.",
+        ))
+        .into()
+}
 
 /// A GPU as the admin sees it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
@@ -169,6 +304,63 @@ pub struct VmView {
     /// Of those, kernel faults (illegal address, illegal instruction, a
     /// trap, a failed or timed-out launch): each loses a context.
     pub faults: u64,
+    /// The admin's GPU access list (see `PUT /v1/vms/{name}/access`).
+    /// Both access fields default as a daemon older than them behaves (no
+    /// lists, any GPU), so that this client reads its answers.
+    #[serde(default)]
+    #[schema(schema_with = allowed_gpus_schema)]
+    pub allowed_gpus: Option<Vec<String>>,
+    /// Whether the VM may use `gpu` now. False after the admin took the GPU
+    /// out of its list while it was registered: its GPU work is held (state
+    /// `drained`) until the list allows the GPU again, and its backend is
+    /// refused at its next registration.
+    #[serde(default = "allowed")]
+    pub gpu_allowed: bool,
+}
+
+fn allowed() -> bool {
+    true
+}
+
+/// A VM's GPU access, as `GET|PUT /v1/vms/{name}/access` answer it; the VM
+/// need not have registered yet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct VmAccess {
+    /// The VM's name.
+    pub vm: String,
+    #[schema(schema_with = allowed_gpus_schema)]
+    pub allowed_gpus: Option<Vec<String>>,
+    /// gpuvisord's default for VMs without a list.
+    pub mode: GpuAccessMode,
+    /// The GPU the VM's backend registered on last; null if it never did
+    /// since it was first stored.
+    pub gpu: Option<String>,
+    /// Whether the VM may use `gpu`; null without `gpu`.
+    pub gpu_allowed: Option<bool>,
+    /// Whether its backend is connected now.
+    pub connected: bool,
+}
+
+/// `GET /v1/access`: gpuvisord's default and every VM it knows or holds a
+/// list for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct AccessOverview {
+    /// gpuvisord's default for VMs without a list (`--gpu-access`).
+    pub mode: GpuAccessMode,
+    /// By name.
+    pub vms: Vec<VmAccess>,
+}
+
+/// The body of `PUT /v1/vms/{name}/access`: the VM's whole list, replacing
+/// the one it had.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct VmAccessUpdate {
+    /// Required; `null` removes the VM's list (gpuvisord's --gpu-access
+    /// decides again).
+    #[serde(deserialize_with = "Option::deserialize")]
+    #[schema(schema_with = allowed_gpus_schema, required = true)]
+    pub allowed_gpus: Option<Vec<String>>,
 }
 
 /// A change to a VM's settings. Absent fields stay as they are;
@@ -318,6 +510,24 @@ pub trait Admin: Send + Sync + 'static {
     /// The alert rules and their alerts. The default evaluates none.
     fn alerts(&self) -> Result<AlertsResponse, AdminError> {
         Ok(AlertsResponse::default())
+    }
+    /// gpuvisord's access mode and every VM's GPU access list. The default
+    /// keeps none.
+    fn access(&self) -> Result<AccessOverview, AdminError> {
+        Err(AdminError::Unavailable("this server keeps no GPU access lists".to_owned()))
+    }
+    /// One VM's GPU access (`name` checked by the HTTP layer); the VM need
+    /// not have registered.
+    fn vm_access(&self, name: &str) -> Result<VmAccess, AdminError> {
+        let _ = name;
+        Err(AdminError::Unavailable("this server keeps no GPU access lists".to_owned()))
+    }
+    /// Replaces one VM's GPU access list (`None`: removes it). The HTTP
+    /// layer has checked the name and the list. A registered VM whose GPU
+    /// the new list leaves out gets no more grants at once.
+    fn set_vm_access(&self, name: &str, allowed_gpus: Option<Vec<String>>) -> Result<VmAccess, AdminError> {
+        let _ = (name, allowed_gpus);
+        Err(AdminError::Unavailable("this server keeps no GPU access lists".to_owned()))
     }
 }
 

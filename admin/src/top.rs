@@ -848,6 +848,8 @@ mod tests {
             bytes_dtod: 0,
             api_errors: Default::default(),
             faults: 0,
+            allowed_gpus: None,
+            gpu_allowed: true,
         }
     }
 

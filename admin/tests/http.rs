@@ -6,7 +6,8 @@ use gpuvisor_admin::history::{
     HistoryMetric, HistoryMetrics, HistoryQuery, HistoryResponse, HistorySeries, HistoryTier,
 };
 use gpuvisor_admin::{
-    serve, Admin, AdminError, Auth, Client, ClientError, GpuPatch, GpuView, VmPatch, VmState, VmView,
+    serve, AccessOverview, Admin, AdminError, Auth, Client, ClientError, GpuAccessMode, GpuPatch, GpuView, VmAccess,
+    VmPatch, VmState, VmView,
 };
 use protocol::control::QosClass;
 use std::collections::BTreeMap;
@@ -25,6 +26,8 @@ struct MemAdmin {
     vms: Mutex<HashMap<String, VmView>>,
     /// The last history query the HTTP layer passed on.
     history_asked: Mutex<Option<HistoryQuery>>,
+    /// Access lists as the HTTP layer passed them on.
+    access: Mutex<BTreeMap<String, Vec<String>>>,
 }
 
 /// The one metric MemAdmin keeps history of.
@@ -101,6 +104,8 @@ fn vm_view(name: &str, weight: u32) -> VmView {
         preemptions: 2,
         registrations: 1,
         reconnects: 0,
+        allowed_gpus: None,
+        gpu_allowed: true,
     }
 }
 
@@ -111,6 +116,7 @@ impl MemAdmin {
             gpus: Mutex::new(HashMap::from([(GPU.to_owned(), gpu_view())])),
             vms: Mutex::new(vms.into_iter().map(|v| (v.name.clone(), v)).collect()),
             history_asked: Mutex::new(None),
+            access: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -185,6 +191,32 @@ impl Admin for MemAdmin {
                 points: vec![(from, 0.25), (from + step, 0.5)],
             }],
         })
+    }
+    fn access(&self) -> Result<AccessOverview, AdminError> {
+        let names: Vec<String> = self.access.lock().unwrap().keys().cloned().collect();
+        Ok(AccessOverview {
+            mode: GpuAccessMode::Closed,
+            vms: names.iter().map(|n| self.vm_access(n).unwrap()).collect(),
+        })
+    }
+    fn vm_access(&self, name: &str) -> Result<VmAccess, AdminError> {
+        let vm = self.vms.lock().unwrap().get(name).cloned();
+        let list = self.access.lock().unwrap().get(name).cloned();
+        Ok(VmAccess {
+            vm: name.to_owned(),
+            gpu_allowed: vm.as_ref().map(|v| list.as_ref().is_some_and(|l| l.contains(&v.gpu))),
+            allowed_gpus: list,
+            mode: GpuAccessMode::Closed,
+            gpu: vm.as_ref().map(|v| v.gpu.clone()),
+            connected: vm.is_some_and(|v| v.connected),
+        })
+    }
+    fn set_vm_access(&self, name: &str, allowed_gpus: Option<Vec<String>>) -> Result<VmAccess, AdminError> {
+        match allowed_gpus {
+            Some(l) => self.access.lock().unwrap().insert(name.to_owned(), l),
+            None => self.access.lock().unwrap().remove(name),
+        };
+        self.vm_access(name)
     }
     fn history_metrics(&self) -> Result<HistoryMetrics, AdminError> {
         Ok(HistoryMetrics {
@@ -552,11 +584,14 @@ fn openapi_lists_every_route() {
         ("/v1/history", "get"),
         ("/v1/history/metrics", "get"),
         ("/v1/alerts", "get"),
+        ("/v1/access", "get"),
+        ("/v1/vms/{name}/access", "get"),
+        ("/v1/vms/{name}/access", "put"),
     ];
     for (path, method) in routes {
         assert!(doc["paths"][path][method].is_object(), "{method} {path} missing");
     }
-    assert_eq!(doc["paths"].as_object().unwrap().len(), 12);
+    assert_eq!(doc["paths"].as_object().unwrap().len(), 14);
     // Text, not JSON: schemathesis must not expect a JSON body.
     let metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"].as_object().unwrap();
     assert_eq!(metrics.keys().collect::<Vec<_>>(), vec!["text/plain; version=0.0.4; charset=utf-8"]);
@@ -589,6 +624,110 @@ fn openapi_lists_every_route() {
     }
     let classes = &doc["components"]["schemas"]["QosClass"]["enum"];
     assert_eq!(classes, &serde_json::json!(["guaranteed", "burstable", "best-effort"]));
+}
+
+#[test]
+fn the_document_says_what_an_access_list_may_be() {
+    let s = server();
+    let doc = Client::new(s.url.clone(), None).openapi().unwrap();
+    let schemas = &doc["components"]["schemas"];
+    let update = &schemas["VmAccessUpdate"];
+    assert_eq!(update["required"], serde_json::json!(["allowed_gpus"]), "{update}");
+    let one_of = update["properties"]["allowed_gpus"]["oneOf"].as_array().unwrap();
+    assert_eq!(one_of.len(), 3, "{update}");
+    assert_eq!(one_of[0]["type"], "null");
+    assert_eq!(
+        (one_of[1]["items"]["enum"].clone(), one_of[1]["maxItems"].clone()),
+        (serde_json::json!(["*"]), 1.into())
+    );
+    assert_eq!(one_of[2]["items"]["pattern"], gpuvisor_admin::GPU_ID_PATTERN);
+    assert_eq!(one_of[2]["maxItems"], gpuvisor_admin::MAX_ALLOWED_GPUS);
+    assert_eq!(one_of[2]["uniqueItems"], true);
+    for view in ["VmView", "VmAccess"] {
+        assert!(schemas[view]["properties"]["allowed_gpus"]["oneOf"].is_array(), "{view}");
+    }
+    assert_eq!(schemas["GpuAccessMode"]["enum"], serde_json::json!(["open", "closed"]));
+    for method in ["get", "put"] {
+        let name = &doc["paths"]["/v1/vms/{name}/access"][method]["parameters"][0];
+        assert_eq!(name["schema"]["pattern"], gpuvisor_admin::VM_NAME_PATTERN, "{method}");
+    }
+}
+
+fn put_access(server: &Server, vm: &str, body: &str) -> (u16, serde_json::Value) {
+    let path = format!("/v1/vms/{vm}/access");
+    let (status, _, json) = raw(server, "PUT", &path, Some(TOKEN), Some("application/json"), body);
+    (status, json)
+}
+
+#[test]
+fn access_lists_are_checked_field_by_field() {
+    let s = server();
+    let mig = "MIG-11111111-0000-0000-0000-000000000000";
+    // A VM that never registered may be given a list.
+    let (status, json) = put_access(&s, "new-vm", &format!(r#"{{"allowed_gpus": ["{mig}", "sim"]}}"#));
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["allowed_gpus"], serde_json::json!([mig, "sim"]));
+    assert_eq!(s.admin.access.lock().unwrap().get("new-vm"), Some(&vec![mig.to_owned(), "sim".to_owned()]));
+    for ok in [r#"{"allowed_gpus": ["*"]}"#, r#"{"allowed_gpus": []}"#, r#"{"allowed_gpus": null}"#] {
+        assert_eq!(put_access(&s, "alpha", ok).0, 200, "{ok}");
+    }
+    assert_eq!(s.admin.access.lock().unwrap().get("alpha"), None, "null removes the list");
+    let many: Vec<String> = (0..65).map(|i| format!("\"GPU-{i}\"")).collect();
+    let many = format!(r#"{{"allowed_gpus": [{}]}}"#, many.join(","));
+    let cases = [
+        (r#"{"allowed_gpus": ["*", "sim"]}"#, 422, "allowed_gpus", "stands alone"),
+        (r#"{"allowed_gpus": ["sim", "sim"]}"#, 422, "allowed_gpus", "twice"),
+        (r#"{"allowed_gpus": ["GPU-1/0/0"]}"#, 422, "allowed_gpus", "not a GPU id"),
+        (r#"{"allowed_gpus": [""]}"#, 422, "allowed_gpus", "not a GPU id"),
+        (many.as_str(), 422, "allowed_gpus", "at most 64"),
+        (r#"{"allowed_gpus": "sim"}"#, 400, "allowed_gpus", "invalid type"),
+        (r#"{"allowed_gpus": [7]}"#, 400, "allowed_gpus[0]", "invalid type"),
+        (r#"{}"#, 400, "allowed_gpus", "missing field"),
+        (r#"{"allowed_gpus": [], "gpus": []}"#, 400, "gpus", "unknown field"),
+    ];
+    for (body, status, field, text) in cases {
+        let (got, json) = put_access(&s, "alpha", body);
+        assert_eq!((got, json["field"].as_str()), (status, Some(field)), "{body}: {json}");
+        assert!(json["error"].as_str().unwrap().contains(text), "{body}: {json}");
+    }
+    assert_eq!(s.admin.access.lock().unwrap().get("alpha"), None, "nothing refused was stored");
+    let (status, json) = put_access(&s, "bad%20name", r#"{"allowed_gpus": []}"#);
+    assert_eq!((status, json["field"].as_str()), (422, Some("name")), "{json}");
+    let (status, _, json) = raw(&s, "GET", "/v1/vms/a%2Fb/access", Some(TOKEN), None, "");
+    assert_eq!((status, json["field"].as_str()), (422, Some("name")), "{json}");
+    let (status, _, _) = raw(&s, "PUT", "/v1/vms/alpha/access", None, Some("application/json"), "{}");
+    assert_eq!(status, 401);
+    let (status, _, _) = raw(&s, "GET", "/v1/access", Some("wrong"), None, "");
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn ctl_access_set_replaces_a_list_and_access_shows_it() {
+    let s = server();
+    let mig = "MIG-11111111-0000-0000-0000-000000000000";
+    let o = ctl(&s, Some(TOKEN), &["access-set", "alpha", "--allow-gpu", mig, "--allow-gpu", GPU]);
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = stdout(&o);
+    assert!(out.lines().any(|l| l.starts_with("allowed_gpus:") && l.ends_with(&format!("{mig}, {GPU}"))), "{out}");
+    assert!(out.lines().any(|l| l.starts_with("gpu_allowed:") && l.ends_with("yes")), "{out}");
+    assert_eq!(s.admin.access.lock().unwrap()["alpha"], [mig, GPU]);
+    assert!(ctl(&s, Some(TOKEN), &["access-set", "later", "--allow-any-gpu"]).status.success());
+    assert_eq!(s.admin.access.lock().unwrap()["later"], ["*"]);
+    assert!(ctl(&s, Some(TOKEN), &["access-set", "beta", "--deny-all-gpus"]).status.success());
+    let out = stdout(&ctl(&s, Some(TOKEN), &["access"]));
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "gpu access closed: a VM without a list may use no GPU", "{out}");
+    assert!(lines[1].starts_with("VM") && lines[1].contains("GPU ALLOWED"), "{out}");
+    assert!(lines[2].starts_with("alpha") && lines[2].contains(mig), "{out}");
+    assert!(lines[3].starts_with("beta ") && lines[3].contains("none") && lines[3].contains(" no "), "{out}");
+    assert!(lines[4].starts_with("later") && lines[4].contains("any GPU"), "{out}");
+    let out = stdout(&ctl(&s, Some(TOKEN), &["access", "nobody"]));
+    assert!(out.contains("default: none (--gpu-access closed)") && out.contains("never registered"), "{out}");
+    assert!(ctl(&s, Some(TOKEN), &["access-set", "alpha", "--clear"]).status.success());
+    assert!(!s.admin.access.lock().unwrap().contains_key("alpha"));
+    let o = ctl(&s, Some(TOKEN), &["access-set", "alpha", "--allow-gpu", "sim", "--allow-gpu", "sim"]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(stderr(&o).contains("allowed_gpus") && stderr(&o).contains("--allow-gpu takes"), "{}", stderr(&o));
 }
 
 #[test]

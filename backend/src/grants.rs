@@ -14,11 +14,15 @@
 //! eventfd when it is idle.
 //!
 //! Without a daemon (none configured, or the daemon is gone) the gate lets
-//! every operation through at once: the VM runs alone, as before.
+//! every operation through at once: the VM runs alone, as before. A VM that
+//! gpuvisord refused its GPU (`RefusalCode::GpuNotAllowed`: the admin's
+//! access list) is different: its GPU work and allocations wait until a
+//! registration succeeds, daemon or no daemon, so that the admin's list
+//! holds while the link retries.
 
 use crate::engine::{CuError, Engine, EngineCtx, EngineEvent, EngineStream, Residency};
 use protocol::control::{
-    self, BackendMsg, BackendStats, DaemonMsg, MemoryState, QosRequest, VmSettings, CONTROL_VERSION,
+    self, BackendMsg, BackendStats, DaemonMsg, MemoryState, QosRequest, RefusalCode, VmSettings, CONTROL_VERSION,
 };
 use std::collections::{HashMap, VecDeque};
 use std::io::BufReader;
@@ -27,7 +31,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 use vmm_sys_util::eventfd::EventFd;
 
 /// How long the queue thread spins on the oldest queued operation before it
@@ -270,6 +274,10 @@ struct LinkState {
     /// The daemon asked us to swap out down to this many resident bytes.
     /// (resident_max, max_move_bytes) of an `Evict` not yet carried out.
     evict_to: Option<(u64, u64)>,
+    /// Why gpuvisord last refused this VM its GPU; until a registration
+    /// succeeds, the VM's GPU work and allocations wait. Kept while the
+    /// daemon is unreachable: its absence allows nothing.
+    refused: Option<String>,
 }
 
 impl LinkState {
@@ -372,6 +380,12 @@ impl DaemonLink {
     pub fn connected(&self) -> bool {
         self.shared.lock().connected
     }
+
+    /// Why gpuvisord refused this VM its GPU, while it does: the guest's GPU
+    /// work waits until a registration succeeds.
+    pub fn refused(&self) -> Option<String> {
+        self.shared.lock().refused.clone()
+    }
 }
 
 impl Drop for DaemonLink {
@@ -386,21 +400,58 @@ impl Drop for DaemonLink {
     }
 }
 
+/// Why a connection to the daemon ended before it was registered.
+#[derive(Debug)]
+enum LinkError {
+    Io(std::io::Error),
+    Refused { reason: String, code: Option<RefusalCode> },
+}
+
+impl From<std::io::Error> for LinkError {
+    fn from(e: std::io::Error) -> LinkError {
+        LinkError::Io(e)
+    }
+}
+
 fn link_thread(reg: Registration, shared: Arc<Shared>) {
     let mut registered_before = false;
     let mut backoff = Duration::from_millis(50);
     let mut warned = false;
+    let mut last_refusal: Option<String> = None;
     while !shared.stop.load(Ordering::Acquire) {
         match connect_once(&reg, &shared, registered_before) {
             Ok(()) => {
                 registered_before = true;
                 backoff = Duration::from_millis(50);
                 warned = false;
+                last_refusal = None;
                 info!(vm = %reg.vm, "gpuvisord went away; running alone until it is back");
             }
-            Err(e) => {
+            Err(LinkError::Refused { reason, code }) => {
+                let holds = code == Some(RefusalCode::GpuNotAllowed);
+                // Said again only when the reason changes: the link retries
+                // every second.
+                if last_refusal.as_deref() != Some(reason.as_str()) {
+                    if holds {
+                        error!(vm = %reg.vm, gpu = %reg.gpu, "gpuvisord refused this VM its GPU: {reason}; the \
+                            guest's GPU work waits until the admin allows it (retrying)");
+                    } else {
+                        warn!(vm = %reg.vm, "gpuvisord refused the registration: {reason}; running alone and retrying");
+                    }
+                    last_refusal = Some(reason.clone());
+                }
+                let mut st = shared.lock();
+                st.refused = holds.then_some(reason);
+                shared.cond.notify_all();
+            }
+            Err(LinkError::Io(e)) => {
                 if !warned {
-                    warn!(vm = %reg.vm, socket = %reg.socket.display(), "gpuvisord not reachable ({e}); running alone and retrying");
+                    let alone = if shared.lock().refused.is_some() {
+                        "its GPU work still waits (gpuvisord refused it its GPU)"
+                    } else {
+                        "running alone"
+                    };
+                    warn!(vm = %reg.vm, socket = %reg.socket.display(), "gpuvisord not reachable ({e}); {alone} and retrying");
                     warned = true;
                 }
             }
@@ -418,7 +469,7 @@ fn link_thread(reg: Registration, shared: Arc<Shared>) {
 }
 
 /// One connection's life: Hello, Welcome, then messages until it breaks.
-fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> std::io::Result<()> {
+fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> Result<(), LinkError> {
     let stream = UnixStream::connect(&reg.socket)?;
     let mut writer = stream.try_clone()?;
     let mut reader = BufReader::new(stream.try_clone()?);
@@ -443,11 +494,9 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
         Ok(DaemonMsg::Welcome { version, settings, mem_limit_bytes }) if version == CONTROL_VERSION => {
             (settings, mem_limit_bytes)
         }
-        Ok(DaemonMsg::Refused { reason }) => {
-            return Err(std::io::Error::other(format!("registration refused: {reason}")));
-        }
-        Ok(other) => return Err(std::io::Error::other(format!("unexpected first message {other:?}"))),
-        Err(e) => return Err(std::io::Error::other(e.to_string())),
+        Ok(DaemonMsg::Refused { reason, code }) => return Err(LinkError::Refused { reason, code }),
+        Ok(other) => return Err(std::io::Error::other(format!("unexpected first message {other:?}")).into()),
+        Err(e) => return Err(std::io::Error::other(e.to_string()).into()),
     };
     stream.set_read_timeout(None)?;
     info!(vm = %reg.vm, class = %settings.class, weight = settings.weight, priority = settings.priority,
@@ -456,6 +505,9 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
         let mut st = shared.lock();
         st.generation += 1;
         st.connected = true;
+        if st.refused.take().is_some() {
+            info!(vm = %reg.vm, "gpuvisord now allows this VM its GPU; its GPU work goes on");
+        }
         st.settings = Some(settings);
         st.mem_limit = mem_limit;
         if let Some(l) = mem_limit {
@@ -478,20 +530,20 @@ fn connect_once(reg: &Registration, shared: &Arc<Shared>, reconnect: bool) -> st
         let stats = stats_shared.counters.take_stats(limit);
         stats_shared.send(&mut st, &BackendMsg::Stats(stats));
     })?;
-    let result = loop {
+    loop {
         match control::read_msg::<_, DaemonMsg>(&mut reader) {
             Ok(msg) => handle_daemon_msg(shared, generation, msg),
-            Err(control::ControlError::Closed) => break Ok(()),
+            Err(control::ControlError::Closed) => break,
             Err(e) => {
                 warn!(vm = %reg.vm, "bad message from gpuvisord: {e}");
-                break Ok(());
+                break;
             }
         }
-    };
+    }
     shared.lock().disconnect();
     shared.cond.notify_all();
     let _ = stats_thread.join();
-    result
+    Ok(())
 }
 
 fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
@@ -744,7 +796,13 @@ impl Gate {
             let wait_start = Instant::now();
             let mut st = shared.lock();
             if !st.connected {
-                return Ok(());
+                if st.refused.is_none() || shared.stop.load(Ordering::Acquire) {
+                    return Ok(());
+                }
+                // Refused its GPU: nothing goes to the GPU until gpuvisord
+                // takes the VM (the link retries).
+                let _ = shared.cond.wait_timeout(st, Duration::from_millis(100));
+                continue;
             }
             if !st.demanding && st.offered.is_none() {
                 st.demanding = true;
@@ -791,8 +849,11 @@ impl Gate {
             }
             drop(st);
             self.counters.wait_ns_total.fetch_add(wait_start.elapsed().as_nanos() as u64, Ordering::Relaxed);
-            if self.held.is_none() && !shared.lock().connected {
-                return Ok(());
+            if self.held.is_none() {
+                let st = shared.lock();
+                if !st.connected && st.refused.is_none() {
+                    return Ok(());
+                }
             }
         }
     }
@@ -1027,6 +1088,11 @@ impl Gate {
                 }
             }
             let mut st = shared.lock();
+            if !st.connected && st.refused.is_some() && !shared.stop.load(Ordering::Acquire) {
+                // Refused its GPU: no device memory either, until it is allowed.
+                let _ = shared.cond.wait_timeout(st, Duration::from_millis(100));
+                continue;
+            }
             let limit = match st.mem_limit {
                 _ if !st.connected => return Ok(()),
                 None => return Ok(()),

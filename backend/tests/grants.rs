@@ -161,7 +161,8 @@ fn a_refused_registration_leaves_the_vm_running_alone() {
     let mut r = BufReader::new(s.try_clone().unwrap());
     let mut w = s;
     let _: BackendMsg = read_msg(&mut r).unwrap();
-    write_msg(&mut w, &DaemonMsg::Refused { reason: "weight: must be between 1 and 10000".into() }).unwrap();
+    let reason = "weight: must be between 1 and 10000".into();
+    write_msg(&mut w, &DaemonMsg::Refused { reason, code: Some(RefusalCode::Invalid) }).unwrap();
     std::thread::sleep(Duration::from_millis(100));
     assert!(!link.connected());
     let mut gate = link.gate();
@@ -169,6 +170,58 @@ fn a_refused_registration_leaves_the_vm_running_alone() {
     let t = Instant::now();
     spin(&mut gate, &mut e, ctx, s, f, 1000);
     assert!(t.elapsed() < Duration::from_secs(1));
+}
+
+/// Accepts one connection, reads its Hello and refuses it the VM's GPU.
+fn refuse_gpu(listener: &UnixListener) {
+    let (s, _) = listener.accept().unwrap();
+    let mut r = BufReader::new(s.try_clone().unwrap());
+    let mut w = s;
+    let _: BackendMsg = read_msg(&mut r).unwrap();
+    let reason = "gpu: VM \"vm-a\" may not use GPU \"sim\": its access list allows only MIG-1".to_owned();
+    write_msg(&mut w, &DaemonMsg::Refused { reason, code: Some(RefusalCode::GpuNotAllowed) }).unwrap();
+}
+
+#[test]
+fn a_vm_refused_its_gpu_holds_its_work_even_without_a_daemon_until_it_is_allowed() {
+    let path = socket_path("not-allowed");
+    let listener = UnixListener::bind(&path).unwrap();
+    let counters = Arc::new(Counters::default());
+    let link = DaemonLink::start(registration(path.clone()), counters.clone());
+    refuse_gpu(&listener);
+    let until = Instant::now() + Duration::from_secs(5);
+    while link.refused().is_none() {
+        assert!(Instant::now() < until, "the refusal was not taken");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(link.refused().unwrap().contains("access list"), "{:?}", link.refused());
+    let mut gate = link.gate();
+    let (done_tx, done_rx) = mpsc::channel();
+    let worker = std::thread::spawn(move || {
+        let (mut e, ctx, s, f) = sim();
+        spin(&mut gate, &mut e, ctx, s, f, 1000);
+        done_tx.send(()).unwrap();
+        e.stream_synchronize(s).unwrap();
+        gate.idle(&mut e);
+        (gate, e)
+    });
+    assert!(done_rx.recv_timeout(Duration::from_millis(300)).is_err(), "a VM refused its GPU ran work");
+    // The link retries and is refused again; then the daemon goes away:
+    // its absence allows nothing.
+    refuse_gpu(&listener);
+    drop(listener);
+    std::fs::remove_file(&path).unwrap();
+    assert!(done_rx.recv_timeout(Duration::from_millis(300)).is_err(), "work ran once the daemon was gone");
+    assert_eq!(counters.ops_total.load(std::sync::atomic::Ordering::Relaxed), 0);
+    // A daemon that allows the VM: it registers, asks for a grant and runs.
+    let listener = UnixListener::bind(&path).unwrap();
+    let (mut peer, _) = Peer::accept(&listener, settings(4));
+    wait_connected(&link);
+    assert_eq!(link.refused(), None);
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
+    done_rx.recv_timeout(Duration::from_secs(5)).expect("the allowed VM's work did not run");
+    let (_gate, _e) = worker.join().unwrap();
 }
 
 #[test]

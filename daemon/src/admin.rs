@@ -12,7 +12,7 @@ use crate::Shared;
 use gpuvisor_admin::alerts::AlertsResponse;
 use gpuvisor_admin::history::{HistoryMetrics, HistoryQuery, HistoryResponse};
 use gpuvisor_admin::metrics::MetricsSnapshot;
-use gpuvisor_admin::{Admin, AdminError, GpuPatch, GpuView, VmPatch, VmState, VmView};
+use gpuvisor_admin::{AccessOverview, Admin, AdminError, GpuPatch, GpuView, VmAccess, VmPatch, VmState, VmView};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -80,9 +80,10 @@ fn vm_view(reg: &Registry, v: &VmEntry, snap: Option<&GpuSnapshot>) -> VmView {
     let sched: VmSnapshot =
         v.conn.as_ref().and_then(|c| snap.and_then(|s| s.vms.get(&c.id))).cloned().unwrap_or_default();
     let stats = v.conn.as_ref().and_then(|c| c.stats.clone()).unwrap_or_default();
+    let gpu_allowed = reg.gpu_allowed(&v.rec.name, &v.rec.gpu);
     let state = match &v.conn {
         None => VmState::Disconnected,
-        Some(_) if v.rec.drained => VmState::Drained,
+        Some(_) if v.rec.drained || !gpu_allowed => VmState::Drained,
         Some(_) if sched.holding => VmState::Running,
         Some(_) if sched.runnable => VmState::Waiting,
         Some(_) => VmState::Idle,
@@ -140,6 +141,21 @@ fn vm_view(reg: &Registry, v: &VmEntry, snap: Option<&GpuSnapshot>) -> VmView {
         preemptions: sched.preemptions,
         registrations: v.registrations,
         reconnects: v.reconnects,
+        allowed_gpus: reg.access_list(&v.rec.name).map(<[String]>::to_vec),
+        gpu_allowed,
+    }
+}
+
+/// VM `name`'s access, registered or not.
+fn vm_access(reg: &Registry, name: &str) -> VmAccess {
+    let v = reg.vm(name);
+    VmAccess {
+        vm: name.to_owned(),
+        allowed_gpus: reg.access_list(name).map(<[String]>::to_vec),
+        mode: reg.access_mode(),
+        gpu: v.map(|v| v.rec.gpu.clone()),
+        gpu_allowed: v.map(|v| reg.gpu_allowed(name, &v.rec.gpu)),
+        connected: v.is_some_and(|v| v.conn.is_some()),
     }
 }
 
@@ -206,19 +222,20 @@ impl Admin for DaemonAdmin {
     fn metrics(&self) -> MetricsSnapshot {
         let ids: Vec<String> = self.shared.registry().gpu_infos().iter().map(|g| g.id.clone()).collect();
         let snaps = self.snapshots(&ids);
-        let (gpus, vms, nvml, nvml_gpus, xids, procs) = {
+        let (gpus, vms, nvml, nvml_gpus, xids, procs, registrations_refused) = {
             let reg = self.shared.registry();
             let gpus: Vec<GpuView> = ids.iter().filter_map(|id| gpu_view(&reg, id, snaps.get(id))).collect();
             let vms: Vec<VmView> =
                 reg.vm_names().filter_map(|n| reg.vm(n)).map(|v| vm_view(&reg, v, snaps.get(&v.rec.gpu))).collect();
             let nvml_gpus: Vec<GpuInfo> = reg.gpu_infos().iter().filter(|g| g.index.is_some()).cloned().collect();
-            (gpus, vms, reg.nvml(), nvml_gpus, reg.xids(), reg.proc_util())
+            let refused = reg.refusals().iter().map(|(code, n)| (code.as_str().to_owned(), *n)).collect();
+            (gpus, vms, reg.nvml(), nvml_gpus, reg.xids(), reg.proc_util(), refused)
         };
         let readings = match nvml {
             Some(nvml) => inventory::readings(&nvml, &nvml_gpus.iter().collect::<Vec<_>>(), xids.as_deref(), &procs),
             None => Vec::new(),
         };
-        MetricsSnapshot { hostname: self.shared.hostname.clone(), gpus, vms, readings }
+        MetricsSnapshot { hostname: self.shared.hostname.clone(), gpus, vms, readings, registrations_refused }
     }
 
     fn vms(&self) -> Vec<VmView> {
@@ -268,6 +285,32 @@ impl Admin for DaemonAdmin {
 
     fn alerts(&self) -> Result<AlertsResponse, AdminError> {
         Ok(self.telemetry.as_ref().map(|t| t.alerts()).unwrap_or_default())
+    }
+
+    fn access(&self) -> Result<AccessOverview, AdminError> {
+        let reg = self.shared.registry();
+        let mut names: Vec<&String> = reg.vm_names().chain(reg.access_names()).collect();
+        names.sort();
+        names.dedup();
+        Ok(AccessOverview { mode: reg.access_mode(), vms: names.into_iter().map(|n| vm_access(&reg, n)).collect() })
+    }
+
+    fn vm_access(&self, name: &str) -> Result<VmAccess, AdminError> {
+        registry::check_vm_name(name).map_err(|e| invalid(FieldError { field: "name", ..e }))?;
+        Ok(vm_access(&self.shared.registry(), name))
+    }
+
+    /// Checks again what the HTTP layer checked: the trait is the daemon's
+    /// boundary, and its other callers (tests, the sampler) are not HTTP.
+    fn set_vm_access(&self, name: &str, allowed_gpus: Option<Vec<String>>) -> Result<VmAccess, AdminError> {
+        registry::check_vm_name(name).map_err(|e| invalid(FieldError { field: "name", ..e }))?;
+        if let Some(list) = &allowed_gpus {
+            gpuvisor_admin::check_allowed_gpus(list)
+                .map_err(|message| AdminError::InvalidField { field: "allowed_gpus".to_owned(), message })?;
+        }
+        let mut reg = self.shared.registry();
+        reg.set_access(name, allowed_gpus).map_err(|e| AdminError::Internal(e.to_string()))?;
+        Ok(vm_access(&reg, name))
     }
 
     fn set_drained(&self, name: &str, drained: bool) -> Result<VmView, AdminError> {

@@ -200,6 +200,17 @@ impl MemorySetup {
     }
 }
 
+/// Why a GPU did not take a VM.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum JoinError {
+    #[error("the daemon is stopping")]
+    Stopping,
+    /// The VMs' quotas would pass the overcommit ratio; the reason says by
+    /// how much and what the admin can do.
+    #[error("{0}")]
+    Overcommit(String),
+}
+
 /// A backend joining a GPU: what its scheduler and broker need.
 #[derive(Debug)]
 pub struct Join {
@@ -297,14 +308,14 @@ impl GpuHandle {
     /// `Welcome` on its `tx` and adds it to the scheduler, all under the
     /// GPU's lock so that no grant can overtake the Welcome. `Err` is the
     /// reason to refuse it with.
-    pub fn join(&self, j: Join) -> Result<(), String> {
+    pub fn join(&self, j: Join) -> Result<(), JoinError> {
         let mut core = self.0.lock();
         if core.stopped {
-            return Err("the daemon is stopping".into());
+            return Err(JoinError::Stopping);
         }
         if let Err(reason) = core.broker.admit(j.quota_bytes) {
             if !j.reconnect {
-                return Err(reason);
+                return Err(JoinError::Overcommit(reason));
             }
             // It was admitted before the daemon restarted and holds its
             // memory whatever the answer: refusing it would only lose track.

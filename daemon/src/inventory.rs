@@ -123,6 +123,28 @@ impl Inventory {
         self.gpus.iter().find(|g| g.id == id)
     }
 
+    /// The id gpuvisord knows a backend's device by. A backend on a MIG
+    /// instance reports the instance's UUID with CUDA's `GPU-` prefix
+    /// (`cuDeviceGetUuid_v2` gives the MIG UUID's bytes; the backend does
+    /// not know it is on a MIG instance), while NVML, the admin and access
+    /// lists name the instance `MIG-<uuid>`: where NVML knows no GPU by the
+    /// `GPU-` id but knows a MIG instance by its `MIG-` twin, the latter is
+    /// the id. Anything else is kept as it is.
+    pub fn canonical_id(&self, id: &str) -> String {
+        let Some(uuid) = id.strip_prefix("GPU-") else {
+            return id.to_owned();
+        };
+        let Some(nvml) = self.nvml.as_ref().filter(|_| self.get(id).is_none()) else {
+            return id.to_owned();
+        };
+        let mig = format!("MIG-{uuid}");
+        if nvml.device_by_uuid(id).is_err() && nvml.device_by_uuid(mig.as_str()).is_ok() {
+            tracing::debug!(reported = id, id = %mig, "a backend's GPU is a MIG instance");
+            return mig;
+        }
+        id.to_owned()
+    }
+
     /// The GPU `id`, adding it when it is new: NVML is asked for its facts by
     /// UUID, and where it cannot say, the GPU is named by its id.
     pub fn get_or_add(&mut self, id: &str) -> &GpuInfo {
@@ -241,6 +263,14 @@ mod tests {
     fn a_missing_nvml_library_is_not_an_error() {
         let inv = Inventory::discover(&NvmlSource::Path("/nonexistent/libnvidia-ml.so".into()));
         assert_eq!(inv.gpus().iter().map(|g| g.id.as_str()).collect::<Vec<_>>(), vec![SIM_GPU]);
+    }
+
+    #[test]
+    fn without_nvml_ids_are_kept_as_they_are() {
+        let inv = Inventory::discover(&NvmlSource::Disabled);
+        let id = "GPU-01234567-89ab-cdef-0123-456789abcdef";
+        assert_eq!(inv.canonical_id(id), id);
+        assert_eq!(inv.canonical_id("sim"), "sim");
     }
 
     #[test]

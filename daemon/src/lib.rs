@@ -54,6 +54,8 @@ pub struct Config {
     pub swap_limit_bytes: u64,
     /// The sampler behind the history and the alerts.
     pub telemetry: TelemetryConfig,
+    /// Which GPUs a VM the admin gave no access list may use.
+    pub gpu_access: gpuvisor_admin::GpuAccessMode,
 }
 
 impl Config {
@@ -66,6 +68,7 @@ impl Config {
             min_residency_ns: memory::DEFAULT_MIN_RESIDENCY_NS,
             swap_limit_bytes: default_swap_limit_bytes(),
             telemetry: TelemetryConfig::default(),
+            gpu_access: gpuvisor_admin::GpuAccessMode::Open,
         }
     }
 }
@@ -162,7 +165,8 @@ impl Daemon {
             min_residency_ns: config.min_residency_ns,
             swap_limit_bytes: config.swap_limit_bytes,
         };
-        let registry = Registry::new(store, inventory, config.slice_us, driver::Clock::new(), memory)?;
+        let registry =
+            Registry::new(store, inventory, config.slice_us, driver::Clock::new(), memory, config.gpu_access)?;
         let shared = Arc::new(Shared { registry: Mutex::new(registry), hostname: hostname() });
         let telemetry = if config.telemetry.interval.is_zero() {
             tracing::info!("telemetry off (--telemetry-interval-ms 0): no history, no alerts");

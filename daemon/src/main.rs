@@ -3,7 +3,7 @@
 
 use anyhow::Context;
 use clap::Parser;
-use gpuvisor_admin::{Admin, Auth};
+use gpuvisor_admin::{Admin, Auth, GpuAccessMode};
 use gpuvisord::inventory::NvmlSource;
 use gpuvisord::{Config, Daemon};
 use std::future::Future;
@@ -77,6 +77,14 @@ struct Args {
     #[arg(long, value_name = "MIB")]
     swap_limit_mib: Option<u64>,
 
+    /// Which GPUs a VM may use when the admin gave it no access list
+    /// (gpuvisorctl access-set): open, any GPU (as before access lists
+    /// existed); closed, none, so that every VM must be allowed its GPUs
+    /// (or MIG instances) explicitly. A backend whose VM may not use its GPU
+    /// is refused when it registers.
+    #[arg(long, value_name = "open|closed", default_value = "open", value_parser = parse_gpu_access)]
+    gpu_access: GpuAccessMode,
+
     /// Milliseconds between telemetry samples: each takes what GET /metrics
     /// shows, stores it in <state-dir>/history.sqlite and evaluates the alert
     /// rules on it. 0 turns history and alerts off.
@@ -111,6 +119,10 @@ struct Args {
     /// posts are retried with backoff, then logged.
     #[arg(long, value_name = "URL", help_heading = "Telemetry")]
     alert_webhook: Option<String>,
+}
+
+fn parse_gpu_access(s: &str) -> Result<GpuAccessMode, String> {
+    s.parse()
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -148,6 +160,7 @@ async fn main() -> anyhow::Result<()> {
             mib.checked_mul(1 << 20).with_context(|| format!("--swap-limit-mib {mib}: too large"))?;
     }
     config.telemetry = telemetry_config(&args)?;
+    config.gpu_access = args.gpu_access;
     tracing::info!(
         min_residency_ms = args.min_residency_ms,
         swap_limit_mib = config.swap_limit_bytes >> 20,

@@ -1,15 +1,19 @@
 //! The daemon's shared state: every GPU and VM it knows, their stored
-//! settings, which backends are connected, and each GPU's scheduler thread.
-//! Registration and admin changes go through here (under one lock, written
-//! through to the database); the grant path does not.
+//! settings and GPU access lists, which backends are connected, and each
+//! GPU's scheduler thread. Registration and admin changes go through here
+//! (under one lock, written through to the database); the grant path does
+//! not.
 
 use crate::driver::{self, Clock, GpuDriver, GpuEvent, GpuSnapshot, Join, MemorySetup, SwapLedger};
 use crate::inventory::{GpuInfo, Inventory, SIM_GPU};
 use crate::memory::{BrokerParams, MemoryConfig};
 use crate::store::{GpuRecord, Store, VmRecord};
-use gpuvisor_admin::{MAX_MEMORY_LIMIT_BYTES, MAX_OVERCOMMIT_RATIO, MIN_MEMORY_LIMIT_BYTES, MIN_OVERCOMMIT_RATIO};
+use gpuvisor_admin::{
+    GpuAccessMode, MAX_GPU_ID, MAX_MEMORY_LIMIT_BYTES, MAX_OVERCOMMIT_RATIO, MAX_VM_NAME, MIN_MEMORY_LIMIT_BYTES,
+    MIN_OVERCOMMIT_RATIO,
+};
 use protocol::control::{
-    self, BackendStats, DaemonMsg, MemoryState, QosClass, QosRequest, VmSettings, CONTROL_VERSION,
+    self, BackendStats, DaemonMsg, MemoryState, QosClass, QosRequest, RefusalCode, VmSettings, CONTROL_VERSION,
 };
 use sched::VmParams;
 use std::collections::{BTreeMap, HashMap};
@@ -22,8 +26,6 @@ pub const DEFAULT_CLASS: QosClass = QosClass::Burstable;
 pub const DEFAULT_WEIGHT: u32 = 100;
 pub const DEFAULT_PRIORITY: i32 = 0;
 pub const DEFAULT_MAX_QUEUED_OPS: u32 = 16;
-const MAX_VM_NAME: usize = 64;
-const MAX_GPU_ID: usize = 128;
 
 /// A value out of range, named by its field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,8 +98,7 @@ pub fn check_memory_limit(b: u64) -> Result<u64, FieldError> {
 
 /// VM names: 1 to 64 characters of `A-Z a-z 0-9 . _ -`.
 pub fn check_vm_name(name: &str) -> Result<(), FieldError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-    if name.is_empty() || name.len() > MAX_VM_NAME || !name.chars().all(ok_char) {
+    if !gpuvisor_admin::valid_vm_name(name) {
         return Err(field(
             "vm",
             format!("{name:?} is not a VM name (1 to {MAX_VM_NAME} characters of A-Z a-z 0-9 . _ -)"),
@@ -107,11 +108,33 @@ pub fn check_vm_name(name: &str) -> Result<(), FieldError> {
 }
 
 fn check_gpu_id(id: &str) -> Result<(), FieldError> {
-    let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':');
-    if id.is_empty() || id.len() > MAX_GPU_ID || !id.chars().all(ok_char) {
-        return Err(field("gpu", format!("{id:?} is not a GPU id (a UUID such as GPU-..., or sim)")));
+    if !gpuvisor_admin::valid_gpu_id(id) {
+        return Err(field(
+            "gpu",
+            format!(
+                "{id:?} is not a GPU id (a UUID such as GPU-... or MIG-..., or sim; at most {MAX_GPU_ID} characters)"
+            ),
+        ));
     }
     Ok(())
+}
+
+/// Why a registration was refused: the code the backend acts on and the
+/// metrics count, and the reason it logs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal {
+    pub code: RefusalCode,
+    pub reason: String,
+}
+
+impl Refusal {
+    fn new(code: RefusalCode, reason: impl Into<String>) -> Refusal {
+        Refusal { code, reason: reason.into() }
+    }
+
+    fn invalid(e: FieldError) -> Refusal {
+        Refusal::new(RefusalCode::Invalid, e.to_string())
+    }
 }
 
 /// The fields of a backend's `Hello`.
@@ -182,6 +205,9 @@ pub struct GpuEntry {
 pub struct Registered {
     pub conn: u64,
     pub gpu: driver::GpuHandle,
+    /// The GPU it was registered on: the Hello's id, or the MIG instance's
+    /// `MIG-` UUID where the backend named one by CUDA's `GPU-` form.
+    pub gpu_id: String,
     pub settings: VmSettings,
 }
 
@@ -196,17 +222,26 @@ pub struct Registry {
     gpus: HashMap<String, GpuEntry>,
     vms: BTreeMap<String, VmEntry>,
     next_conn: u64,
+    /// Which GPUs a VM without an access list may use.
+    access_mode: GpuAccessMode,
+    /// The admin's GPU access lists, by VM name; a VM need not be in `vms`.
+    access: BTreeMap<String, Vec<String>>,
+    /// Registrations refused since the daemon started, by reason.
+    refusals: BTreeMap<RefusalCode, u64>,
 }
 
 impl Registry {
-    /// Loads the stored GPUs and VMs and starts a scheduler thread for every
-    /// GPU known. `memory` holds the memory brokers' daemon-wide settings.
+    /// Loads the stored GPUs, VMs and access lists and starts a scheduler
+    /// thread for every GPU known. `memory` holds the memory brokers'
+    /// daemon-wide settings; `access_mode` says which GPUs a VM without an
+    /// access list may use.
     pub fn new(
         store: Store,
         inventory: Inventory,
         default_slice_us: u64,
         clock: Clock,
         memory: BrokerParams,
+        access_mode: GpuAccessMode,
     ) -> Result<Registry, crate::Error> {
         let mut reg = Registry {
             store,
@@ -218,7 +253,11 @@ impl Registry {
             gpus: HashMap::new(),
             vms: BTreeMap::new(),
             next_conn: 1,
+            access_mode,
+            access: BTreeMap::new(),
+            refusals: RefusalCode::ALL.into_iter().map(|c| (c, 0)).collect(),
         };
+        reg.access = reg.store.access_lists()?;
         let stored_gpus = reg.store.gpus()?;
         let stored_vms = reg.store.vms()?;
         let ids: Vec<String> = reg.inventory.gpus().iter().map(|g| g.id.clone()).collect();
@@ -246,7 +285,8 @@ impl Registry {
             reg.ensure_gpu(&v.gpu)?;
             reg.vms.insert(v.name.clone(), VmEntry { rec: v, conn: None, registrations: 0, reconnects: 0 });
         }
-        tracing::info!(gpus = reg.gpus.len(), vms = reg.vms.len(), db = %reg.store.path().display(), "state loaded");
+        tracing::info!(gpus = reg.gpus.len(), vms = reg.vms.len(), access_lists = reg.access.len(),
+            gpu_access = %access_mode, db = %reg.store.path().display(), "state loaded");
         Ok(reg)
     }
 
@@ -289,40 +329,135 @@ impl Registry {
             priority: rec.priority,
             slice_us: rec.slice_us.unwrap_or(gpu.map_or(self.default_slice_us, |g| g.slice_us)),
             max_queued_ops: gpu.map_or(DEFAULT_MAX_QUEUED_OPS, |g| g.max_queued_ops),
-            drained: rec.drained,
+            drained: self.held(rec),
         }
     }
 
-    /// Registers a backend: checks its Hello, settles its settings (the
-    /// stored ones on a reconnect, the requested ones on a fresh start),
-    /// has its GPU admit it (its memory quota must fit), queues `Welcome` on
-    /// `tx`, adds the VM to its GPU's scheduler and stores its settings.
-    /// `Err` is the reason to send back in `Refused`.
-    pub fn register(&mut self, hello: &Hello, tx: UnboundedSender<DaemonMsg>) -> Result<Registered, String> {
+    /// Whether VM `vm` may use GPU `gpu` under its access list and the
+    /// daemon's mode.
+    pub fn gpu_allowed(&self, vm: &str, gpu: &str) -> bool {
+        gpuvisor_admin::gpu_allowed(self.access.get(vm).map(Vec::as_slice), self.access_mode, gpu)
+    }
+
+    /// Whether the VM gets no grants: drained by the admin, or registered on
+    /// a GPU its access list no longer allows. The second is not stored as
+    /// `drained`, so that allowing the GPU again lets the VM run without a
+    /// `resume`.
+    fn held(&self, rec: &VmRecord) -> bool {
+        rec.drained || !self.gpu_allowed(&rec.name, &rec.gpu)
+    }
+
+    /// What the scheduler needs of a VM's settings, its access included.
+    fn sched_params(&self, rec: &VmRecord) -> VmParams {
+        VmParams { drained: self.held(rec), ..params(rec) }
+    }
+
+    /// Which GPUs a VM without an access list may use.
+    pub fn access_mode(&self) -> GpuAccessMode {
+        self.access_mode
+    }
+
+    /// The admin's access list of VM `vm`; `None` where it has none.
+    pub fn access_list(&self, vm: &str) -> Option<&[String]> {
+        self.access.get(vm).map(Vec::as_slice)
+    }
+
+    /// The VMs that have an access list, registered or not.
+    pub fn access_names(&self) -> impl Iterator<Item = &String> {
+        self.access.keys()
+    }
+
+    /// Registrations refused since the daemon started, by reason (every
+    /// reason, 0 included).
+    pub fn refusals(&self) -> &BTreeMap<RefusalCode, u64> {
+        &self.refusals
+    }
+
+    /// Stores VM `vm`'s new access list (`None`: removes it) and applies it
+    /// at once: a connected VM whose GPU it no longer allows gets no more
+    /// grants (its backend and scheduler see it drained) until a list allows
+    /// it again, and its next registration is refused.
+    pub fn set_access(&mut self, vm: &str, list: Option<Vec<String>>) -> Result<(), crate::store::StoreError> {
+        self.store.put_access(vm, list.as_deref())?;
+        let before = self.vms.get(vm).map(|v| self.held(&v.rec));
+        match &list {
+            Some(l) => self.access.insert(vm.to_owned(), l.clone()),
+            None => self.access.remove(vm),
+        };
+        tracing::info!(vm, allowed_gpus = ?list, "GPU access list changed");
+        let Some(v) = self.vms.get(vm) else {
+            return Ok(());
+        };
+        let allowed = self.gpu_allowed(vm, &v.rec.gpu);
+        if !allowed {
+            tracing::warn!(vm, gpu = %v.rec.gpu, connected = v.conn.is_some(),
+                "the VM's GPU access list no longer allows its GPU: it gets no grants, and its backend is \
+                 refused at its next registration");
+        }
+        if let (Some(c), true) = (&v.conn, before != Some(self.held(&v.rec))) {
+            let _ = c.tx.send(DaemonMsg::Settings { settings: self.vm_settings(&v.rec) });
+            if let Some(g) = self.gpus.get(&v.rec.gpu) {
+                g.driver.send(GpuEvent::SetParams { vm: c.id, params: self.sched_params(&v.rec) });
+            }
+        }
+        Ok(())
+    }
+
+    /// Registers a backend: checks its Hello and that its VM may use the
+    /// GPU it names, settles its settings (the stored ones on a reconnect,
+    /// the requested ones on a fresh start), has its GPU admit it (its
+    /// memory quota must fit), queues `Welcome` on `tx`, adds the VM to its
+    /// GPU's scheduler and stores its settings. `Err` is what to send back in
+    /// `Refused`; it is counted.
+    pub fn register(&mut self, hello: &Hello, tx: UnboundedSender<DaemonMsg>) -> Result<Registered, Refusal> {
+        let result = self.try_register(hello, tx);
+        if let Err(r) = &result {
+            *self.refusals.entry(r.code).or_default() += 1;
+        }
+        result
+    }
+
+    fn try_register(&mut self, hello: &Hello, tx: UnboundedSender<DaemonMsg>) -> Result<Registered, Refusal> {
         if hello.version != CONTROL_VERSION {
-            return Err(format!(
-                "version: control protocol version {} is not supported (this gpuvisord speaks {CONTROL_VERSION})",
-                hello.version
+            return Err(Refusal::new(
+                RefusalCode::Invalid,
+                format!(
+                    "version: control protocol version {} is not supported (this gpuvisord speaks {CONTROL_VERSION})",
+                    hello.version
+                ),
             ));
         }
-        check_vm_name(&hello.vm).map_err(|e| e.to_string())?;
+        check_vm_name(&hello.vm).map_err(Refusal::invalid)?;
         if hello.engine != "cuda" && hello.engine != "sim" {
-            return Err(format!("engine: {:?} is not an engine (cuda or sim)", hello.engine));
+            return Err(Refusal::new(
+                RefusalCode::Invalid,
+                format!("engine: {:?} is not an engine (cuda or sim)", hello.engine),
+            ));
         }
-        check_gpu_id(&hello.gpu).map_err(|e| e.to_string())?;
+        check_gpu_id(&hello.gpu).map_err(Refusal::invalid)?;
+        let gpu_id = self.inventory.canonical_id(&hello.gpu);
+        // Checked on every registration, reconnects included: a VM whose GPU
+        // was taken out of its list while the daemon was away must not get
+        // it back by reconnecting.
+        if !self.gpu_allowed(&hello.vm, &gpu_id) {
+            return Err(Refusal::new(RefusalCode::GpuNotAllowed, self.not_allowed_reason(&hello.vm, &gpu_id)));
+        }
         let stored = self.vms.get(&hello.vm).map(|v| (v.rec.clone(), v.conn.is_some()));
         if stored.as_ref().is_some_and(|(_, connected)| *connected) {
-            return Err(format!("vm: a backend for VM {:?} is already connected", hello.vm));
+            return Err(Refusal::new(
+                RefusalCode::AlreadyConnected,
+                format!("vm: a backend for VM {:?} is already connected", hello.vm),
+            ));
         }
         let stored = stored.map(|(rec, _)| rec);
         let rec = match &stored {
-            Some(v) if hello.reconnect => VmRecord { gpu: hello.gpu.clone(), ..v.clone() },
-            Some(v) => apply_request(VmRecord { gpu: hello.gpu.clone(), ..v.clone() }, &hello.requested)
-                .map_err(|e| e.to_string())?,
+            Some(v) if hello.reconnect => VmRecord { gpu: gpu_id.clone(), ..v.clone() },
+            Some(v) => apply_request(VmRecord { gpu: gpu_id.clone(), ..v.clone() }, &hello.requested)
+                .map_err(Refusal::invalid)?,
             None => apply_request(
                 VmRecord {
                     name: hello.vm.clone(),
-                    gpu: hello.gpu.clone(),
+                    gpu: gpu_id.clone(),
                     class: DEFAULT_CLASS,
                     weight: DEFAULT_WEIGHT,
                     priority: DEFAULT_PRIORITY,
@@ -331,21 +466,29 @@ impl Registry {
                 },
                 &hello.requested,
             )
-            .map_err(|e| e.to_string())?,
+            .map_err(Refusal::invalid)?,
         };
-        let gpu = self.ensure_gpu(&hello.gpu).map_err(|e| format!("internal: {e}"))?.driver.sender();
+        let gpu = self
+            .ensure_gpu(&gpu_id)
+            .map_err(|e| Refusal::new(RefusalCode::Unavailable, format!("internal: {e}")))?
+            .driver
+            .sender();
         let settings = self.vm_settings(&rec);
         let conn = self.next_conn;
         self.next_conn += 1;
         gpu.join(Join {
             vm: conn,
             name: rec.name.clone(),
-            params: params(&rec),
+            params: self.sched_params(&rec),
             tx: tx.clone(),
             settings: settings.clone(),
             quota_bytes: hello.quota_bytes,
             memory: hello.memory,
             reconnect: hello.reconnect,
+        })
+        .map_err(|e| match e {
+            driver::JoinError::Stopping => Refusal::new(RefusalCode::Unavailable, e.to_string()),
+            driver::JoinError::Overcommit(reason) => Refusal::new(RefusalCode::Overcommit, reason),
         })?;
         if stored.as_ref() != Some(&rec) {
             // A VM whose settings cannot be stored still runs; they are
@@ -372,7 +515,25 @@ impl Registry {
                 }),
             },
         );
-        Ok(Registered { conn, gpu, settings })
+        Ok(Registered { conn, gpu, gpu_id, settings })
+    }
+
+    /// Why VM `vm` may not use GPU `gpu`, saying what the admin can do.
+    fn not_allowed_reason(&self, vm: &str, gpu: &str) -> String {
+        let fix = format!("gpuvisorctl access-set {vm} --allow-gpu {gpu}, or PUT /v1/vms/{vm}/access");
+        match self.access.get(vm) {
+            None => format!(
+                "gpu: VM {vm:?} has no GPU access list and gpuvisord runs with --gpu-access closed, so it may not \
+                 use GPU {gpu:?}; the admin allows it with {fix}"
+            ),
+            Some(l) if l.is_empty() => {
+                format!("gpu: VM {vm:?} may use no GPU (its access list is empty), not {gpu:?}; the admin allows it with {fix}")
+            }
+            Some(l) => format!(
+                "gpu: VM {vm:?} may not use GPU {gpu:?}: its access list allows only {}; the admin allows it with {fix}",
+                l.join(", ")
+            ),
+        }
     }
 
     /// The backend on connection `conn` is gone: its VM leaves the
@@ -445,6 +606,7 @@ impl Registry {
     pub fn change_vm(&mut self, rec: VmRecord) -> Result<(), crate::store::StoreError> {
         self.store.put_vm(&rec)?;
         let settings = self.vm_settings(&rec);
+        let sched = self.sched_params(&rec);
         let Some(v) = self.vms.get_mut(&rec.name) else {
             return Ok(());
         };
@@ -453,7 +615,7 @@ impl Registry {
             // backend already undrained.
             let _ = c.tx.send(DaemonMsg::Settings { settings });
             if let Some(g) = self.gpus.get(&rec.gpu) {
-                g.driver.send(GpuEvent::SetParams { vm: c.id, params: params(&rec) });
+                g.driver.send(GpuEvent::SetParams { vm: c.id, params: sched });
             }
         }
         tracing::info!(vm = %rec.name, class = %rec.class, weight = rec.weight, priority = rec.priority,
@@ -507,7 +669,8 @@ impl Registry {
     }
 }
 
-/// What the scheduler needs of a VM's settings.
+/// What the scheduler needs of a VM's stored settings (access aside: see
+/// `Registry::sched_params`).
 pub fn params(rec: &VmRecord) -> VmParams {
     VmParams {
         class: rec.class,

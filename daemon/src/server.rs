@@ -118,9 +118,13 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
     let registered = shared.registry().register(&hello, tx);
     let reg = match registered {
         Ok(r) => r,
-        Err(reason) => {
-            tracing::warn!(vm = %hello.vm.escape_debug(), pid = hello.pid, "registration refused: {reason}");
-            let mut line = serde_json::to_vec(&DaemonMsg::Refused { reason }).unwrap_or_default();
+        Err(refusal) => {
+            // The names come from the backend: escaped, so that a hostile
+            // one cannot forge log lines.
+            tracing::warn!(vm = %hello.vm.escape_debug(), gpu = %hello.gpu.escape_debug(), pid = hello.pid,
+                code = %refusal.code, "registration refused: {}", refusal.reason.escape_debug());
+            let msg = DaemonMsg::Refused { reason: refusal.reason, code: Some(refusal.code) };
+            let mut line = serde_json::to_vec(&msg).unwrap_or_default();
             line.push(b'\n');
             let _ = tokio::time::timeout(Duration::from_secs(1), wr.write_all(&line)).await;
             return;
@@ -129,7 +133,7 @@ async fn connection(stream: UnixStream, shared: Arc<Shared>, mut shutdown: watch
     let span = tracing::info_span!("vm", vm = %hello.vm);
     let s = &reg.settings;
     span.in_scope(|| {
-        tracing::info!(pid = hello.pid, engine = %hello.engine, gpu = %hello.gpu, reconnect = hello.reconnect,
+        tracing::info!(pid = hello.pid, engine = %hello.engine, gpu = %reg.gpu_id, reconnect = hello.reconnect,
             class = %s.class, weight = s.weight, priority = s.priority, slice_us = s.slice_us, drained = s.drained,
             "backend registered")
     });

@@ -1,10 +1,12 @@
-//! The daemon's persistent settings: each GPU's scheduling defaults and each
-//! VM's QoS, in SQLite under the state directory. Everything is loaded at
+//! The daemon's persistent settings: each GPU's scheduling defaults, each
+//! VM's QoS and each VM's GPU access list, in SQLite under the state
+//! directory. Everything is loaded at
 //! start and written through on every change, so a restarted daemon resumes
 //! with the admin's last word.
 
 use protocol::control::QosClass;
 use rusqlite::{params, Connection, OptionalExtension};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -12,7 +14,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const DB_FILE: &str = "gpuvisord.db";
 
 /// Schema version this daemon writes (`PRAGMA user_version`).
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 const SCHEMA_V1: &str = "
 CREATE TABLE gpus (
@@ -38,6 +40,18 @@ CREATE TABLE vms (
 /// Version 2: the admin's cap on the device memory a GPU's VMs share.
 const SCHEMA_V2: &str = "
 ALTER TABLE gpus ADD COLUMN memory_limit_bytes INTEGER NULL;
+";
+
+/// Version 3: the GPUs each VM may use. Apart from `vms`, whose rows exist
+/// only once a backend registered: the admin sets lists before that.
+/// `allowed_gpus` is a JSON array of GPU ids (`["*"]`: any GPU); a VM
+/// without a row has no list.
+const SCHEMA_V3: &str = "
+CREATE TABLE vm_access (
+    name TEXT PRIMARY KEY,
+    allowed_gpus TEXT NOT NULL,
+    updated_at INTEGER NOT NULL
+);
 ";
 
 #[derive(Debug, thiserror::Error)]
@@ -116,13 +130,16 @@ impl Store {
         let version: i64 = self.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).map_err(|e| self.err(e))?;
         match version {
             0 => {
-                let sql = format!("BEGIN; {SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
+                let sql = format!(
+                    "BEGIN; {SCHEMA_V1} {SCHEMA_V2} {SCHEMA_V3} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;"
+                );
                 self.conn.execute_batch(&sql).map_err(|e| self.err(e))?;
                 tracing::info!(path = %self.path.display(), "created the database");
                 Ok(())
             }
-            1 => {
-                let sql = format!("BEGIN; {SCHEMA_V2} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
+            1 | 2 => {
+                let steps = if version == 1 { format!("{SCHEMA_V2} {SCHEMA_V3}") } else { SCHEMA_V3.to_owned() };
+                let sql = format!("BEGIN; {steps} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;");
                 self.conn.execute_batch(&sql).map_err(|e| self.err(e))?;
                 tracing::info!(path = %self.path.display(), from = version, to = SCHEMA_VERSION, "database schema upgraded");
                 Ok(())
@@ -251,6 +268,51 @@ impl Store {
         Ok(())
     }
 
+    /// Every VM's GPU access list, by VM name. A list that does not decode
+    /// (a hand-edited file) is loaded as empty, allowing no GPU, with a
+    /// warning: a broken list must not open access the admin restricted.
+    pub fn access_lists(&self) -> Result<BTreeMap<String, Vec<String>>, StoreError> {
+        let mut stmt =
+            self.conn.prepare("SELECT name, allowed_gpus FROM vm_access ORDER BY name").map_err(|e| self.err(e))?;
+        let rows =
+            stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?))).map_err(|e| self.err(e))?;
+        let mut out = BTreeMap::new();
+        for row in rows {
+            let (name, json) = row.map_err(|e| self.err(e))?;
+            let list = serde_json::from_str::<Vec<String>>(&json)
+                .map_err(|e| e.to_string())
+                .and_then(|l| gpuvisor_admin::check_allowed_gpus(&l).map(|()| l));
+            match list {
+                Ok(l) => {
+                    out.insert(name, l);
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %name, "stored GPU access list does not decode ({e}); the VM may use no GPU");
+                    out.insert(name, Vec::new());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Stores a VM's GPU access list; `None` removes it.
+    pub fn put_access(&self, name: &str, allowed_gpus: Option<&[String]>) -> Result<(), StoreError> {
+        match allowed_gpus {
+            Some(list) => {
+                // Serializing a list of strings cannot fail.
+                let json = serde_json::to_string(list).unwrap_or_else(|_| "[]".to_owned());
+                self.conn.execute(
+                    "INSERT INTO vm_access (name, allowed_gpus, updated_at) VALUES (?1, ?2, ?3)
+                     ON CONFLICT(name) DO UPDATE SET allowed_gpus = ?2, updated_at = ?3",
+                    params![name, json, now_s()],
+                )
+            }
+            None => self.conn.execute("DELETE FROM vm_access WHERE name = ?1", [name]),
+        }
+        .map_err(|e| self.err(e))?;
+        Ok(())
+    }
+
     /// When the VM was first stored (Unix seconds).
     pub fn vm_created_at(&self, name: &str) -> Result<Option<i64>, StoreError> {
         self.conn
@@ -327,6 +389,55 @@ mod tests {
         assert_eq!(s.gpus().unwrap()[0].memory_limit_bytes, Some(1 << 30));
         let version: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
         assert_eq!(version, SCHEMA_VERSION);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_version_2_database_gains_access_lists_and_keeps_its_settings() {
+        let dir = scratch("v2");
+        {
+            let c = Connection::open(dir.join(DB_FILE)).unwrap();
+            c.execute_batch(&format!("{SCHEMA_V1} {SCHEMA_V2} PRAGMA user_version = 2;")).unwrap();
+            c.execute("INSERT INTO vms VALUES ('a', 'sim', 'burstable', 7, 0, NULL, 0, 0, 0)", []).unwrap();
+        }
+        let s = Store::open(&dir).unwrap();
+        assert_eq!(s.vms().unwrap()[0].weight, 7);
+        assert!(s.access_lists().unwrap().is_empty(), "no VM has a list after the upgrade");
+        s.put_access("a", Some(&["sim".to_owned()])).unwrap();
+        let version: i64 = s.conn.query_row("PRAGMA user_version", [], |r| r.get(0)).unwrap();
+        assert_eq!(version, SCHEMA_VERSION);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn access_lists_survive_reopening_and_can_be_removed() {
+        let dir = scratch("access");
+        let mig = "MIG-11111111-0000-0000-0000-000000000000".to_owned();
+        {
+            let s = Store::open(&dir).unwrap();
+            s.put_access("a", Some(&[mig.clone(), "sim".to_owned()])).unwrap();
+            s.put_access("b", Some(&[])).unwrap();
+            s.put_access("c", Some(&["*".to_owned()])).unwrap();
+            s.put_access("c", None).unwrap();
+            // Lists are kept for VMs that never registered.
+            assert!(s.vms().unwrap().is_empty());
+        }
+        let s = Store::open(&dir).unwrap();
+        let lists = s.access_lists().unwrap();
+        assert_eq!(lists.get("a"), Some(&vec![mig, "sim".to_owned()]));
+        assert_eq!(lists.get("b"), Some(&vec![]));
+        assert_eq!(lists.get("c"), None);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_list_that_does_not_decode_allows_no_gpu() {
+        let dir = scratch("access-bad");
+        let s = Store::open(&dir).unwrap();
+        s.conn.execute("INSERT INTO vm_access VALUES ('x', 'not json', 0)", []).unwrap();
+        s.conn.execute("INSERT INTO vm_access VALUES ('y', '[\"*\", \"sim\"]', 0)", []).unwrap();
+        let lists = s.access_lists().unwrap();
+        assert_eq!((lists.get("x"), lists.get("y")), (Some(&vec![]), Some(&vec![])));
         let _ = std::fs::remove_dir_all(&dir);
     }
 

@@ -153,7 +153,7 @@ fn registration_over_the_overcommit_ratio_is_refused_naming_the_setting() {
     let (_b, _) = join(&d.socket, "b", 1024 * MIB, QosRequest::default());
     let (_, answer) =
         FakeBackend::hello(&d.socket, &hello_with("c", MIB, QosRequest::default(), false, Default::default()));
-    let DaemonMsg::Refused { reason } = answer else { panic!("{answer:?}") };
+    let DaemonMsg::Refused { reason, code: Some(RefusalCode::Overcommit) } = answer else { panic!("{answer:?}") };
     assert!(reason.contains("overcommit_ratio") && reason.contains("--memory-limit"), "{reason}");
     assert!(client.vm("c").is_err(), "a refused VM is not stored");
     // A higher ratio lets it in.

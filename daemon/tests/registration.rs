@@ -76,7 +76,7 @@ fn bad_registrations_are_refused_with_a_reason_naming_the_field() {
     for (msg, needle) in cases {
         let (mut b, answer) = FakeBackend::hello(&d.socket, &msg);
         match answer {
-            DaemonMsg::Refused { reason } => {
+            DaemonMsg::Refused { reason, .. } => {
                 assert!(reason.contains(needle), "{reason:?} should name {needle}")
             }
             other => panic!("{msg:?} was answered with {other:?}"),
@@ -88,7 +88,9 @@ fn bad_registrations_are_refused_with_a_reason_naming_the_field() {
         *version = 99;
     }
     let (_b, answer) = FakeBackend::hello(&d.socket, &v);
-    assert!(matches!(answer, DaemonMsg::Refused { reason } if reason.contains("version")));
+    assert!(
+        matches!(answer, DaemonMsg::Refused { reason, code: Some(RefusalCode::Invalid) } if reason.contains("version"))
+    );
     // Refused VMs are not stored.
     assert!(d.admin.vm("heavy").is_err());
     assert_eq!(

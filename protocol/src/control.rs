@@ -118,7 +118,10 @@ pub enum BackendMsg {
         /// `cuda` or `sim`.
         engine: String,
         /// The device the backend runs on: the GPU's UUID (`GPU-...`) for
-        /// `cuda`, `sim` for the simulator.
+        /// `cuda`, `sim` for the simulator. On a MIG instance, the
+        /// instance's UUID in the same `GPU-` form (CUDA's); gpuvisord
+        /// knows it as `MIG-...`, as NVML does. Checked against the VM's
+        /// GPU access list at every registration.
         gpu: String,
         quota_bytes: u64,
         requested: QosRequest,
@@ -227,6 +230,58 @@ pub struct CallCounts {
     pub faults: u64,
 }
 
+/// Why gpuvisord refused a registration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RefusalCode {
+    /// The Hello is malformed: a version, VM name, engine, GPU id or setting
+    /// the daemon does not accept.
+    Invalid,
+    /// A backend for the VM is already connected.
+    AlreadyConnected,
+    /// The VM may not use the GPU (or MIG instance) it named: the admin's
+    /// access list does not hold it, or the VM has none and gpuvisord runs
+    /// with `--gpu-access closed`. The backend holds its guest's GPU work
+    /// until a registration succeeds.
+    GpuNotAllowed,
+    /// The VM's memory quota would pass the GPU's overcommit ratio.
+    Overcommit,
+    /// The daemon cannot take VMs now (it is stopping).
+    Unavailable,
+    /// A code this side does not know (a newer daemon's).
+    #[serde(other)]
+    Other,
+}
+
+impl RefusalCode {
+    /// Every code a daemon sends, in a fixed order.
+    pub const ALL: [RefusalCode; 5] = [
+        RefusalCode::Invalid,
+        RefusalCode::AlreadyConnected,
+        RefusalCode::GpuNotAllowed,
+        RefusalCode::Overcommit,
+        RefusalCode::Unavailable,
+    ];
+
+    /// As the wire and the metrics' `reason` label write it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RefusalCode::Invalid => "invalid",
+            RefusalCode::AlreadyConnected => "already_connected",
+            RefusalCode::GpuNotAllowed => "gpu_not_allowed",
+            RefusalCode::Overcommit => "overcommit",
+            RefusalCode::Unavailable => "unavailable",
+            RefusalCode::Other => "other",
+        }
+    }
+}
+
+impl std::fmt::Display for RefusalCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// Daemon to backend.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -241,7 +296,13 @@ pub enum DaemonMsg {
         mem_limit_bytes: Option<u64>,
     },
     /// The registration was refused; the daemon closes the connection.
-    Refused { reason: String },
+    /// `code` says why in a form a backend can act on (absent from daemons
+    /// older than it).
+    Refused {
+        reason: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        code: Option<RefusalCode>,
+    },
     /// New settings, effective at once.
     Settings { settings: VmSettings },
     /// The backend may submit GPU work for `slice_us` from now, or until
@@ -376,6 +437,25 @@ mod tests {
         assert!(matches!(read_msg::<_, BackendMsg>(&mut r), Err(ControlError::Malformed(_))));
         let mut r = io::BufReader::new(&b"{\"type\":\"grant\",\"grant\":1}\n"[..]);
         assert!(matches!(read_msg::<_, DaemonMsg>(&mut r), Err(ControlError::Malformed(_))));
+    }
+
+    #[test]
+    fn refusals_carry_a_code_that_older_and_newer_peers_can_read() {
+        let msg = DaemonMsg::Refused { reason: "gpu: no".into(), code: Some(RefusalCode::GpuNotAllowed) };
+        let mut buf = Vec::new();
+        write_msg(&mut buf, &msg).unwrap();
+        assert!(String::from_utf8_lossy(&buf).contains("\"code\":\"gpu_not_allowed\""));
+        assert_eq!(read_msg::<_, DaemonMsg>(&mut io::BufReader::new(&buf[..])).unwrap(), msg);
+        // From an older daemon: no code.
+        let mut r = io::BufReader::new(&b"{\"type\":\"refused\",\"reason\":\"x\"}\n"[..]);
+        assert_eq!(read_msg::<_, DaemonMsg>(&mut r).unwrap(), DaemonMsg::Refused { reason: "x".into(), code: None });
+        // From a newer one: a code this side does not know.
+        let mut r = io::BufReader::new(&b"{\"type\":\"refused\",\"reason\":\"x\",\"code\":\"later\"}\n"[..]);
+        let got = read_msg::<_, DaemonMsg>(&mut r).unwrap();
+        assert_eq!(got, DaemonMsg::Refused { reason: "x".into(), code: Some(RefusalCode::Other) });
+        for c in RefusalCode::ALL {
+            assert_eq!(serde_json::to_value(c).unwrap(), c.as_str());
+        }
     }
 
     #[test]
