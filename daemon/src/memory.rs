@@ -992,8 +992,7 @@ mod tests {
         // GiB of the GPU free. 3 wants 25 GiB back.
         let mut b = broker_swapping(80 * G, 2.0, 64 * G);
         for (vm, resident, evicted) in [(1, 32 * G, 8 * G), (2, 16 * G, 24 * G), (3, 8 * G, 32 * G)] {
-            let reported = MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident };
-            b.add_vm(vm, 40 * G, reported, true, 0);
+            b.add_vm(vm, 40 * G, state(resident, evicted), true, 0);
         }
         assert_eq!(b.swap_used(), 64 * G);
         b.mem_need(3, 33 * G);
@@ -1059,8 +1058,7 @@ mod tests {
         let mut b = broker_swapping(80 * G, 2.0, 64 * G);
         let mut held = HashMap::from([(1, (40 * G, 0)), (2, (9 * G, 31 * G)), (3, (8 * G, 32 * G))]);
         for (&vm, &(resident, evicted)) in &held {
-            let reported = MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident };
-            b.add_vm(vm, 40 * G, reported, true, 0);
+            b.add_vm(vm, 40 * G, state(resident, evicted), true, 0);
         }
         assert_eq!(b.swap_used(), 63 * G);
         b.mem_need(2, 40 * G);
@@ -1085,8 +1083,7 @@ mod tests {
         let mut b = broker_swapping(80 * G, 2.0, 64 * G + 200 * m);
         let mut held = HashMap::from([(1, (32 * G, 8 * G)), (2, (8 * G, 32 * G)), (3, (16 * G, 24 * G + 100 * m))]);
         for (&vm, &(resident, evicted)) in &held {
-            let reported = MemoryState { resident_bytes: resident, evicted_bytes: evicted, limit_bytes: resident };
-            b.add_vm(vm, 41 * G, reported, true, 0);
+            b.add_vm(vm, 41 * G, state(resident, evicted), true, 0);
         }
         b.mem_need(3, 40 * G + 100 * m);
         let out = settle(&mut b, &mut held, MS, 256 * m);
