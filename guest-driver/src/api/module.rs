@@ -63,6 +63,14 @@ fn read_kernels(image: &[u8]) -> ImageKernels {
     (layouts, Some(names))
 }
 
+/// The device's compute capability as the backend reported it; 0.0 when
+/// unknown.
+fn compute_capability() -> (u32, u32) {
+    let major = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).max(0) as u32;
+    let minor = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).max(0) as u32;
+    (major, minor)
+}
+
 /// A fatbin too large for one command, cut to the entries this device can
 /// load (frameworks build for many GPU generations); anything else, or a
 /// fatbin with nothing for this device, as it is.
@@ -70,8 +78,7 @@ fn only_for_device(image: &[u8]) -> Cow<'_, [u8]> {
     if module_image::detect(image) != Some(ImageKind::Fatbin) {
         return Cow::Borrowed(image);
     }
-    let major = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).max(0) as u32;
-    let minor = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).max(0) as u32;
+    let (major, minor) = compute_capability();
     match module_image::fatbin_for_device(image, major, minor) {
         Ok(Some(cut)) => {
             crate::log::debug(&format!(
@@ -91,8 +98,7 @@ fn loads_on_device(image: &[u8]) -> bool {
     if module_image::detect(image) != Some(ImageKind::Fatbin) {
         return true;
     }
-    let major = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MAJOR).max(0) as u32;
-    let minor = attr_or_zero(CU_DEVICE_ATTRIBUTE_COMPUTE_CAPABILITY_MINOR).max(0) as u32;
+    let (major, minor) = compute_capability();
     major == 0 || module_image::fatbin_loads_on(image, major, minor).unwrap_or(true)
 }
 
