@@ -157,6 +157,12 @@ struct Need {
     probed: bool,
 }
 
+/// The least an eviction moves (unless it takes all a VM holds): 1 GiB, at
+/// most a sixteenth of a GPU of `cap` bytes.
+fn eviction_step(cap: u64) -> u64 {
+    MIN_EVICTION.min(cap / 16).max(1)
+}
+
 /// The memory broker of one GPU.
 #[derive(Debug, Clone)]
 pub struct Broker {
@@ -463,7 +469,7 @@ impl Broker {
                 let restore = need.bytes <= own;
                 // Evictions move at least a step (less may fit no allocation
                 // and move nothing): host RAM that cannot take one is full.
-                let step = MIN_EVICTION.min(cap / 16).max(1);
+                let step = eviction_step(cap);
                 let over = must_move > swap_room || (must_move > 0 && swap_room < step);
                 // A restore also takes what is free at once rather than wait
                 // for evictions of the rest, which may not come soon (seen on
@@ -564,7 +570,7 @@ impl Broker {
         let mut victims = Vec::new();
         let mut holders = Vec::new();
         let asker_granted = p.asker.map(|a| (p.sched)(a).last_granted_ns);
-        let step = MIN_EVICTION.min(self.capacity().unwrap_or(0) / 16);
+        let step = eviction_step(self.capacity().unwrap_or(0));
         // Another VM than the holder wants the GPU: the holder's slice ends
         // on its own and it can be evicted then, like any other.
         let others_busy = self.vms.keys().any(|&w| {
