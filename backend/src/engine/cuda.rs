@@ -1655,8 +1655,8 @@ impl Engine for CudaEngine {
         if let Err(e) = r {
             if e.0 == CUDA_ERROR_NO_BINARY_FOR_GPU {
                 // Expected under lazy loading: NVIDIA's libraries register
-                // thousands of images for other GPUs (cuBLAS 13: about 2000
-                // per process on the H200), each asked for once.
+                // images for other GPUs by the thousand (1200 to 2000 per
+                // PyTorch or CuPy process on the H200), each asked once.
                 debug!(error = %e, "module load: no code for this GPU");
             } else {
                 warn!(error = %e, jit_log = %c_string_lossy(&log), "module load failed");
