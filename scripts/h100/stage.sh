@@ -6,6 +6,9 @@
 # CuPy's tests that cupy-tests.sh runs (scripts/h100/stage-cupy-tests.sh).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
+sudo_if_needed() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+# A fresh machine needs QEMU 10, the kernel and busybox for the bundle.
+sudo_if_needed scripts/install-prereqs.sh
 PROFILE=release scripts/build.sh
 rm -rf .stage && mkdir -p .stage
 scripts/stage-bundle.sh --out .stage/bundle --guest build/guest \
