@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """What NVIDIA's driver answers in slot 51 of the context export table
 {21318c60-9714-3248-8ca6-41ff7324c8f2}, which cuBLASLt calls as
-(1, 0, &out) before its half-precision heuristics (issue 7). The guest
-driver answers with a zeroed object, a guess; this probe calls the native
-slot in a child process per argument set and prints, as JSON, the result,
+(context, 0, &out) before its half-precision heuristics (issue 7; the guest
+driver saw (1, 0, &out), 1 being the guest's handle of the context). The
+guest driver answers with a zeroed object, a guess; this probe calls the
+native slot in a child process per argument set ("ctx" stands for the
+current context's handle) and prints, as JSON, the result,
 where the returned pointer lies (which mapping of /proc/self/maps) and the
 first 64 words it points to, so the guess can be checked against the real
 answer. Slot 4 is checked against cuCtxGetId to confirm the slot numbering.
@@ -66,7 +68,8 @@ def probe(args, q):
             slot(table, SLOT)
         )
         p = ctypes.c_void_p()
-        out["result"] = fn(args[0], args[1], ctypes.byref(p))
+        a0, a1 = (ctx.value if a == "ctx" else a for a in args)
+        out["result"] = fn(a0, a1, ctypes.byref(p))
         out["pointer"] = hex(p.value or 0)
         if p.value:
             out["mapping"] = mapping_of(p.value)
@@ -75,7 +78,13 @@ def probe(args, q):
             out["nonzero_words"] = sum(1 for w in words if w)
             # A second call: the same object each time, or a new one?
             p2 = ctypes.c_void_p()
-            out["second_result"] = fn(args[0], args[1], ctypes.byref(p2))
+            out["second_result"] = fn(a0, a1, ctypes.byref(p2))
+            lib = (out["mapping"] or {}).get("path", "")
+            # Words that look like addresses, and where they point.
+            out["pointers"] = {
+                str(i): mapping_of(w) for i, w in enumerate(words) if w > 0x10000 and mapping_of(w) is not None
+            }
+            out["in_same_mapping_as_libcuda"] = "libcuda" in lib
             out["second_pointer_same"] = p2.value == p.value
         q.put(out)
     except Exception as e:  # reported, not raised: the parent prints JSON
@@ -84,7 +93,7 @@ def probe(args, q):
 
 def main():
     results = []
-    for args in [(1, 0), (0, 0), (2, 0), (1, 1)]:
+    for args in [("ctx", 0), ("ctx", 1), (0, 0), (1, 0)]:
         q = mp.Queue()
         p = mp.Process(target=probe, args=(args, q))
         p.start()
