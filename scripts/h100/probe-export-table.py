@@ -18,7 +18,6 @@ import multiprocessing as mp
 import sys
 
 UUID = bytes.fromhex("21318c6097143248" "8ca641ff7324c8f2")
-SLOT = 51
 WORDS = 64
 
 
@@ -51,10 +50,10 @@ def slot(table, i):
     return ctypes.c_void_p.from_address(table.value + 8 * i).value
 
 
-def probe(args, q):
+def probe(slot_no, args, q):
     try:
         cu, ctx, table, rc = load()
-        out = {"args": list(args), "cuGetExportTable": rc}
+        out = {"slot": slot_no, "args": list(args), "cuGetExportTable": rc}
         if rc != 0:
             q.put(out)
             return
@@ -65,7 +64,7 @@ def probe(args, q):
         out["slot4"] = [get_id(ctx, ctypes.byref(a)), a.value]
         out["cuCtxGetId"] = [cu.cuCtxGetId(ctx, ctypes.byref(b)), b.value]
         fn = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_ulonglong, ctypes.c_ulonglong, ctypes.POINTER(ctypes.c_void_p))(
-            slot(table, SLOT)
+            slot(table, slot_no)
         )
         p = ctypes.c_void_p()
         a0, a1 = (ctx.value if a == "ctx" else a for a in args)
@@ -93,19 +92,19 @@ def probe(args, q):
 
 def main():
     results = []
-    for args in [("ctx", 0), ("ctx", 1), (0, 0), (1, 0)]:
+    for slot_no, args in [(51, ("ctx", 0)), (51, ("ctx", 1)), (51, (0, 0)), (51, (1, 0)), (39, ("ctx", 0))]:
         q = mp.Queue()
-        p = mp.Process(target=probe, args=(args, q))
+        p = mp.Process(target=probe, args=(slot_no, args, q))
         p.start()
         p.join(60)
         if p.is_alive():
             p.kill()
-            results.append({"args": list(args), "error": "timed out"})
+            results.append({"slot": slot_no, "args": list(args), "error": "timed out"})
         elif p.exitcode != 0 and q.empty():
-            results.append({"args": list(args), "error": f"child exited with {p.exitcode}"})
+            results.append({"slot": slot_no, "args": list(args), "error": f"child exited with {p.exitcode}"})
         else:
             results.append(q.get())
-    json.dump({"table": "{21318c60-9714-3248-8ca6-41ff7324c8f2}", "slot": SLOT, "calls": results}, sys.stdout, indent=1)
+    json.dump({"table": "{21318c60-9714-3248-8ca6-41ff7324c8f2}", "calls": results}, sys.stdout, indent=1)
     print()
 
 
