@@ -150,6 +150,17 @@ __attribute__((constructor)) static void init(void) {
 """
 
 
+def loaded_path(name):
+    """Where the loader finds `name`: load it here and read our own maps."""
+    import ctypes
+    ctypes.CDLL(name)
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if name.split(".so")[0] in line and "/" in line:
+                return line.split()[-1]
+    raise SystemExit(f"export-trace: {name} is not loadable here")
+
+
 def uuid_bytes(u):
     h = u.strip("{}").replace("-", "")
     return ", ".join(f"0x{h[i:i + 2]}" for i in range(0, 32, 2))
@@ -158,13 +169,16 @@ def uuid_bytes(u):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("outdir")
-    ap.add_argument("--real", default="/usr/lib/x86_64-linux-gnu/libcuda.so.1")
+    ap.add_argument("--real", default=None, help="the driver to forward to (default: the libcuda.so.1 the loader finds)")
     ap.add_argument("--table", action="append", default=None)
     a = ap.parse_args()
     tables = a.table or ["{21318c60-9714-3248-8ca6-41ff7324c8f2}"]
     os.makedirs(a.outdir, exist_ok=True)
-    real = os.path.realpath(a.real)
-    nm = subprocess.run(["nm", "-D", "--defined-only", real], capture_output=True, text=True, check=True).stdout
+    real = os.path.realpath(a.real or loaded_path("libcuda.so.1"))
+    nm = subprocess.run(["nm", "-D", "--defined-only", real], capture_output=True, text=True)
+    if nm.returncode != 0:
+        raise SystemExit(f"export-trace: nm -D {real}: {nm.stderr.strip()}")
+    nm = nm.stdout
     own = {"cuGetExportTable", "cuGetProcAddress", "cuGetProcAddress_v2"}
     syms = sorted({m.group(1) for m in re.finditer(r" [TW] (\w+)$", nm, re.M)} - own)
     fwd = []
