@@ -96,6 +96,11 @@ static CUresult (*real_gpa2)(const char *, void **, int, uint64_t, void *);
 
 CUresult cuGetExportTable(const void **out, const unsigned char *id) {
     CUresult r = real_export(out, id);
+    if (id) {
+        fprintf(trace, "[cuGetExportTable] ");
+        for (int i = 0; i < 16; i++) fprintf(trace, "%02x", id[i]);
+        fprintf(trace, " -> %d\n", r);
+    }
     if (r != 0 || !out || !*out) return r;
     pthread_mutex_lock(&lock);
     for (int t = 0; t < ntables; t++) {
@@ -117,19 +122,25 @@ CUresult cuGetExportTable(const void **out, const unsigned char *id) {
     return r;
 }
 
-static void *ours(const char *sym) {
+CUresult cuGetProcAddress(const char *sym, void **pfn, int v, uint64_t f);
+CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int v, uint64_t f, void *status);
+
+/* The runtime may also ask for cuGetProcAddress itself and resolve the
+   rest through what it gets. */
+static void *ours(const char *sym, int v) {
     if (!strcmp(sym, "cuGetExportTable")) return (void *)cuGetExportTable;
+    if (!strcmp(sym, "cuGetProcAddress")) return v >= 12000 ? (void *)cuGetProcAddress_v2 : (void *)cuGetProcAddress;
     return NULL;
 }
 
 CUresult cuGetProcAddress(const char *sym, void **pfn, int v, uint64_t f) {
-    void *o = ours(sym);
+    void *o = ours(sym, v);
     if (o && pfn) { *pfn = o; return 0; }
     return real_gpa(sym, pfn, v, f);
 }
 
 CUresult cuGetProcAddress_v2(const char *sym, void **pfn, int v, uint64_t f, void *status) {
-    void *o = ours(sym);
+    void *o = ours(sym, v);
     if (o && pfn) { *pfn = o; if (status) *(int *)status = 1; return 0; }
     return real_gpa2(sym, pfn, v, f, status);
 }
