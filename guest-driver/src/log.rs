@@ -40,3 +40,12 @@ pub fn unsupported(name: &str) {
     crate::unsupported_calls::record(name);
     warn(&format!("{name} is not supported yet; returning CUDA_ERROR_NOT_SUPPORTED"));
 }
+
+/// Logs, once per name, that a private entry point whose meaning is not
+/// known was answered the way NVIDIA's driver answered it in a native trace,
+/// and counts it in the unsupported-call report so the imitation stays
+/// visible.
+pub fn imitated(name: &str) {
+    crate::unsupported_calls::record(name);
+    warn(&format!("{name}: answered as NVIDIA's driver does in a native trace (its meaning is not known)"));
+}

@@ -42,7 +42,7 @@ impl<const N: usize> ExportTable<N> {
 
 /// Which table, for the names of unknown slots; the index is also the `T`
 /// of [`unknown_slot`].
-const NAMES: [&str; 10] = [
+const NAMES: [&str; 11] = [
     "CUDART_INTERFACE",
     "TOOLS_TLS",
     "TOOLS_RUNTIME_CALLBACK_HOOKS",
@@ -53,6 +53,7 @@ const NAMES: [&str; 10] = [
     "INTEGRITY_CHECK",
     "CONTEXT_CHECKS",
     "CONTEXT_EXT",
+    "{f8cff951}",
 ];
 const CUDART: usize = 0;
 const TOOLS_TLS_T: usize = 1;
@@ -64,6 +65,7 @@ const DEVICE_EXT: usize = 6;
 const INTEGRITY: usize = 7;
 const CHECKS: usize = 8;
 const CONTEXT_EXT: usize = 9;
+const LIBRARY_QUERY_T: usize = 10;
 
 /// A slot whose meaning is not known. Under the C calling conventions this
 /// library is built for (x86-64 System V, AArch64) the caller places and
@@ -193,37 +195,103 @@ static CONTEXT_CHECKS: ExportTable<4> =
 const CONTEXT_EXT_ID: [u8; 16] = uuid(0x21318c60_9714_3248_8ca6_41ff7324c8f2);
 static CONTEXT_EXT_TABLE: ExportTable<95> = ExportTable(sized::<CONTEXT_EXT, 95>(&[
     (4, crate::api::context::cuCtxGetId as *const c_void),
+    (39, context_ext_value as *const c_void),
     (51, context_ext_object as *const c_void),
 ]));
 
-/// Storage for [`context_ext_object`]: writable, since what the caller does
-/// with it is not known.
-struct ZeroObject(std::cell::UnsafeCell<[u64; 64]>);
-// SAFETY: only its address is handed out; the driver never reads or writes
-// it, and whatever the caller does with it is the caller's own.
-unsafe impl Sync for ZeroObject {}
-static CONTEXT_EXT_OBJECT: ZeroObject = ZeroObject(std::cell::UnsafeCell::new([0; 64]));
+/// The object slot 51 hands out for one context: 64 words laid out as the
+/// scalar words of driver 580's object for a primary context (its pointer
+/// words stay zero: they point into the driver's own state, which this
+/// driver does not have). Word 2 is the context.
+struct ContextExtObject(UnsafeCell<[u64; 64]>);
+// SAFETY: written once, before its address is handed out; afterwards only
+// the caller touches it, as it would touch the driver's own object.
+unsafe impl Sync for ContextExtObject {}
+unsafe impl Send for ContextExtObject {}
 
-/// Slot 51 of `{21318c60-...}`: cuBLASLt calls it as (1, 0, pointer) before
-/// its half-precision heuristics and then reads through what the pointer
-/// receives without checking the result (a NOT_SUPPORTED here crashed
-/// PyTorch's HGEMM on the H200; CuPy's cuBLAS gave up with
-/// CUBLAS_STATUS_INTERNAL_ERROR). Its meaning is not known; the answer
-/// observed to work elsewhere is a zeroed object, given here and counted in
-/// the unsupported-call report so that the guess stays visible.
-unsafe extern "C" fn context_ext_object(kind: u64, which: u64, out: *mut *mut c_void) -> CUresult {
-    crate::log::unsupported("cuGetExportTable CONTEXT_EXT[51] (answered with a zeroed object)");
-    crate::log::debug(&format!("cuGetExportTable CONTEXT_EXT[51]({kind:#x}, {which:#x}, {out:p})"));
-    if out.is_null() {
-        return CUDA_ERROR_INVALID_VALUE;
-    }
-    if which == u64::MAX {
-        return CUDA_ERROR_INVALID_HANDLE;
-    }
-    // SAFETY: non-NULL, an output pointer by the observed calls.
-    unsafe { *out = CONTEXT_EXT_OBJECT.0.get().cast() };
-    CUDA_SUCCESS
+/// What slot 39 writes for an object of slot 51: 7 for the primary context
+/// in the native trace (13 for a context from cuCtxCreate, which no library
+/// was seen to ask about).
+const CONTEXT_EXT_VALUE: c_uint = 7;
+
+/// One object per context, kept for the life of the process as the driver's
+/// are for the life of their context (a second call gives the same one).
+fn context_ext_objects() -> &'static std::sync::Mutex<Vec<(u64, &'static ContextExtObject)>> {
+    static OBJECTS: std::sync::OnceLock<std::sync::Mutex<Vec<(u64, &'static ContextExtObject)>>> =
+        std::sync::OnceLock::new();
+    OBJECTS.get_or_init(Default::default)
 }
+
+/// Bounds the objects a program can make this driver keep.
+const MAX_CONTEXT_EXT_OBJECTS: usize = 4096;
+
+/// Slot 51 of `{21318c60-...}`: (context, 0, &object). CuPy's cuBLAS calls
+/// it, then slot 39 with the object (bench/results/h100/runtime-logs/
+/// export-trace-*: NVIDIA's driver returns a per-context heap object whose
+/// word 2 is the context). Other second arguments give other objects
+/// natively; none was seen from a library, so they are NOT_SUPPORTED.
+unsafe extern "C" fn context_ext_object(ctx: CUcontext, which: u64, out: *mut *mut c_void) -> CUresult {
+    crate::log::debug(&format!("cuGetExportTable CONTEXT_EXT[51]({:#x}, {which:#x}, {out:p})", ctx as usize));
+    if which != 0 {
+        crate::log::unsupported(&format!("cuGetExportTable CONTEXT_EXT[51] with {which}"));
+        return CUDA_ERROR_NOT_SUPPORTED;
+    }
+    crate::log::imitated("cuGetExportTable CONTEXT_EXT[51]");
+    ffi(|| {
+        // SAFETY: an output pointer by the observed calls; NULL is refused.
+        let out = unsafe { Out::new(out) }?;
+        if ctx.is_null() {
+            // As the native driver answers (0, 0, &out).
+            return Err(CUDA_ERROR_INVALID_HANDLE);
+        }
+        let id = ctx_or_current(ctx)?;
+        let mut objects = context_ext_objects().lock().unwrap_or_else(|p| p.into_inner());
+        let obj = match objects.iter().find(|(c, _)| *c == id) {
+            Some((_, o)) => *o,
+            None => {
+                if objects.len() >= MAX_CONTEXT_EXT_OBJECTS {
+                    return Err(CUDA_ERROR_OUT_OF_MEMORY);
+                }
+                let mut words = [0u64; 64];
+                for (i, v) in [(0, 1), (2, ctx as u64), (5, 1), (11, 1), (32, 0x101), (42, CONTEXT_EXT_VALUE as u64)] {
+                    words[i] = v;
+                }
+                let o: &'static ContextExtObject = Box::leak(Box::new(ContextExtObject(UnsafeCell::new(words))));
+                objects.push((id, o));
+                o
+            }
+        };
+        out.set(obj.0.get().cast());
+        Ok(())
+    })
+}
+
+/// Slot 39 of `{21318c60-...}`: (context, object from slot 51, &value);
+/// NVIDIA's driver wrote 7 for the primary context's object in the native
+/// trace. An object this driver did not hand out for that context is refused.
+unsafe extern "C" fn context_ext_value(ctx: CUcontext, obj: *const c_void, out: *mut c_uint) -> CUresult {
+    crate::log::debug(&format!("cuGetExportTable CONTEXT_EXT[39]({:#x}, {obj:p}, {out:p})", ctx as usize));
+    crate::log::imitated("cuGetExportTable CONTEXT_EXT[39]");
+    ffi(|| {
+        // SAFETY: an output pointer by the observed calls; NULL is refused.
+        let out = unsafe { Out::new(out) }?;
+        let id = ctx_or_current(ctx)?;
+        let objects = context_ext_objects().lock().unwrap_or_else(|p| p.into_inner());
+        if !objects.iter().any(|(c, o)| *c == id && std::ptr::eq(o.0.get() as *const c_void, obj)) {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        out.set(CONTEXT_EXT_VALUE);
+        Ok(())
+    })
+}
+
+/// {f8cff951-2146-8b4e-b9e2-fb469e7c0dd9}: asked for by cuBLAS in CuPy and
+/// PyTorch, whose native runs never called its two functions; refusing it
+/// sent cuBLAS down a path through CONTEXT_EXT[51] and [39] that natively
+/// it does not take (and that crashed PyTorch's HGEMM in the guest). Served
+/// with its size (3 slots, as natively) and both functions counted.
+const LIBRARY_QUERY_ID: [u8; 16] = uuid(0xf8cff951_2146_8b4e_b9e2_fb469e7c0dd9);
+static LIBRARY_QUERY: ExportTable<3> = ExportTable(sized::<LIBRARY_QUERY_T, 3>(&[]));
 
 /// A UUID's 16 bytes in the order they are written (and stored).
 const fn uuid(v: u128) -> [u8; 16] {
@@ -238,7 +306,7 @@ pub fn uuid_string(b: &[u8; 16]) -> String {
 
 /// The table with id `id`, if this driver serves it.
 pub fn lookup(id: &[u8; 16]) -> Option<*const c_void> {
-    let tables: [(&[u8; 16], *const c_void); 10] = [
+    let tables: [(&[u8; 16], *const c_void); 11] = [
         (&CUDART_INTERFACE_ID, CUDART_INTERFACE.start()),
         (&TOOLS_TLS_ID, TOOLS_TLS.start()),
         (&TOOLS_RUNTIME_CALLBACK_HOOKS_ID, TOOLS_RUNTIME_CALLBACK_HOOKS.start()),
@@ -249,6 +317,7 @@ pub fn lookup(id: &[u8; 16]) -> Option<*const c_void> {
         (&INTEGRITY_CHECK_ID, INTEGRITY_CHECK.start()),
         (&CONTEXT_CHECKS_ID, CONTEXT_CHECKS.start()),
         (&CONTEXT_EXT_ID, CONTEXT_EXT_TABLE.start()),
+        (&LIBRARY_QUERY_ID, LIBRARY_QUERY.start()),
     ];
     tables.iter().find(|(k, _)| *k == id).map(|(_, t)| *t)
 }
@@ -538,6 +607,7 @@ mod tests {
             (INTEGRITY_CHECK_ID, 3),
             (CONTEXT_CHECKS_ID, 4),
             (CONTEXT_EXT_ID, 95),
+            (LIBRARY_QUERY_ID, 3),
         ] {
             let t = table(id).expect("served");
             // SAFETY: slot 0 of a served table.
