@@ -93,7 +93,9 @@ struct SimEvent {
 
 struct SimModule {
     ctx: u64,
-    kernels: Vec<module_image::KernelInfo>,
+    /// `None` for an image whose entries are all compressed (as NVIDIA's
+    /// libraries ship them), which the sim cannot read.
+    kernels: Option<Vec<module_image::KernelInfo>>,
 }
 
 struct SimFunc {
@@ -905,7 +907,14 @@ impl Engine for SimEngine {
         {
             return err(CUDA_ERROR_NO_BINARY_FOR_GPU);
         }
-        let kernels = module_image::kernels(image).map_err(|_| CuError(CUDA_ERROR_INVALID_IMAGE))?;
+        let kernels = match module_image::kernels(image) {
+            Ok(k) => Some(k),
+            // Loaded with its kernels unknown, so that a library's host-side
+            // paths (cuBLAS's handle and heuristics, a framework's start)
+            // run on the sim; launching one of them is NOT_SUPPORTED.
+            Err(module_image::ImageError::NoReadableEntry) => None,
+            Err(_) => return err(CUDA_ERROR_INVALID_IMAGE),
+        };
         let id = self.id();
         self.modules.insert(id, SimModule { ctx, kernels });
         Ok(EngineModule(id))
@@ -921,9 +930,15 @@ impl Engine for SimEngine {
     fn module_get_function(&mut self, module: EngineModule, name: &str) -> EngineResult<(EngineFunc, FunctionInfo)> {
         self.alive()?;
         let m = self.modules.get(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
-        let k = m.kernels.iter().find(|k| k.name == name).ok_or(CuError(CUDA_ERROR_NOT_FOUND))?;
-        let params: Vec<ParamLayout> =
-            k.params.iter().map(|p| ParamLayout { offset: p.offset.into(), size: p.size.into() }).collect();
+        let params: Vec<ParamLayout> = match &m.kernels {
+            Some(kernels) => {
+                let k = kernels.iter().find(|k| k.name == name).ok_or(CuError(CUDA_ERROR_NOT_FOUND))?;
+                k.params.iter().map(|p| ParamLayout { offset: p.offset.into(), size: p.size.into() }).collect()
+            }
+            // A compressed image's names are taken on trust, with no
+            // parameters: the function can be looked up, not run.
+            None => Vec::new(),
+        };
         // A built-in runs only if the signature matches what it expects.
         let builtin = Builtin::by_name(name)
             .filter(|(_, sizes)| {
@@ -1281,6 +1296,49 @@ mod tests {
         let (f, _) = e.module_get_function(m, name).unwrap();
         let params = 0u64.to_le_bytes();
         e.launch(f, &Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream, params: &params })
+    }
+
+    /// A fatbin with one sm_90 cubin entry marked LZ4-compressed, as
+    /// NVIDIA's libraries ship their kernels (layout: module_image.rs).
+    fn compressed_fatbin() -> Vec<u8> {
+        let payload = [0x5au8; 16];
+        let mut entry = Vec::new();
+        entry.extend(2u16.to_le_bytes()); // cubin
+        entry.extend(0x0101u16.to_le_bytes());
+        entry.extend(64u32.to_le_bytes()); // header size
+        entry.extend((payload.len() as u64).to_le_bytes());
+        entry.extend((payload.len() as u32).to_le_bytes()); // compressed size
+        entry.extend(0u32.to_le_bytes()); // no options record
+        entry.extend(8u16.to_le_bytes());
+        entry.extend(1u16.to_le_bytes());
+        entry.extend(90u32.to_le_bytes()); // sm_90
+        entry.extend([0u8; 8]); // name
+        entry.extend(0x2000u64.to_le_bytes()); // LZ4
+        entry.extend([0u8; 8]);
+        entry.extend(64u64.to_le_bytes()); // uncompressed size
+        entry.extend(payload);
+        let mut out = Vec::new();
+        out.extend(module_image::FATBIN_MAGIC.to_le_bytes());
+        out.extend(1u16.to_le_bytes());
+        out.extend(16u16.to_le_bytes());
+        out.extend((entry.len() as u64).to_le_bytes());
+        out.extend(entry);
+        out
+    }
+
+    #[test]
+    fn a_compressed_library_loads_and_its_functions_resolve_but_do_not_run() {
+        let mut e = SimEngine::new(64 << 20);
+        let ctx = e.ctx_create(0).unwrap();
+        e.ctx_set_current(ctx).unwrap();
+        let m = e.module_load(&compressed_fatbin()).expect("loads, as NVIDIA's driver loads it");
+        let (f, info) = e.module_get_function(m, "any_kernel_of_the_library").unwrap();
+        assert!(info.params.is_empty());
+        let launch =
+            Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: EngineStream::NULL, params: &[] };
+        assert_eq!(e.launch(f, &launch), Err(CuError(CUDA_ERROR_NOT_SUPPORTED)));
+        // Garbage is still no image.
+        assert_eq!(e.module_load(&[0x7f; 64]).err(), Some(CuError(CUDA_ERROR_INVALID_IMAGE)));
     }
 
     #[test]
