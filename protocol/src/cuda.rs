@@ -57,6 +57,7 @@ pub const CUDA_ERROR_STREAM_CAPTURE_IMPLICIT: CuResult = 906;
 pub const CUDA_ERROR_CAPTURED_EVENT: CuResult = 907;
 pub const CUDA_ERROR_STREAM_CAPTURE_WRONG_THREAD: CuResult = 908;
 pub const CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE: CuResult = 910;
+pub const CUDA_ERROR_INVALID_CLUSTER_SIZE: CuResult = 912;
 
 /// (code, name, description) for every code the guest driver can return.
 const TABLE: &[(CuResult, &str, &str)] = &[
@@ -183,6 +184,7 @@ const TABLE: &[(CuResult, &str, &str)] = &[
         "CUDA_ERROR_GRAPH_EXEC_UPDATE_FAILURE",
         "the graph update was not performed because it included changes which violated constraints specific to instantiated graph update",
     ),
+    (CUDA_ERROR_INVALID_CLUSTER_SIZE, "CUDA_ERROR_INVALID_CLUSTER_SIZE", "invalid cluster size"),
 ];
 
 /// Whether `code` says a kernel faulted (the context that ran it is lost):

@@ -96,12 +96,22 @@ struct SimModule {
     /// `None` for an image whose entries are all compressed (as NVIDIA's
     /// libraries ship them), which the sim cannot read.
     kernels: Option<Vec<module_image::KernelInfo>>,
+    /// Globals handed out from a compressed image: (name, address).
+    globals: Vec<(String, u64)>,
 }
+
+/// What a global of a compressed image gets: its real size is inside the
+/// compressed image, which the sim cannot read.
+const OPAQUE_GLOBAL_BYTES: u64 = 64 << 10;
+/// Globals one compressed image may have handed out.
+const OPAQUE_GLOBALS_MAX: usize = 1024;
 
 struct SimFunc {
     module: u64,
     builtin: Option<Builtin>,
     params: Vec<ParamLayout>,
+    /// CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, as last set.
+    non_portable_clusters: bool,
 }
 
 /// Freed buffers kept for reuse, at most this many.
@@ -129,6 +139,11 @@ const MODEL_SMEM_ALLOC_UNIT: u64 = 128;
 const MODEL_DEFAULT_DYNAMIC_SMEM: u64 = 49152;
 /// Largest portable cluster; the model allows no larger ones.
 const MODEL_MAX_CLUSTER: u64 = 8;
+/// The largest cluster for a function that allows non-portable sizes (the
+/// H100's 16; cuBLAS asks about 9 and more).
+const MODEL_MAX_CLUSTER_NON_PORTABLE: u64 = 16;
+/// CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED.
+const FUNC_ATTR_NON_PORTABLE_CLUSTER_SIZE_ALLOWED: u32 = 14;
 /// Multiprocessors of the simulated device (attribute 16).
 const MODEL_SMS: u64 = 8;
 
@@ -916,14 +931,17 @@ impl Engine for SimEngine {
             Err(_) => return err(CUDA_ERROR_INVALID_IMAGE),
         };
         let id = self.id();
-        self.modules.insert(id, SimModule { ctx, kernels });
+        self.modules.insert(id, SimModule { ctx, kernels, globals: Vec::new() });
         Ok(EngineModule(id))
     }
 
     fn module_unload(&mut self, module: EngineModule) -> EngineResult<()> {
         self.alive()?;
-        self.modules.remove(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let m = self.modules.remove(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
         self.funcs.retain(|_, f| f.module != module.0);
+        for (_, addr) in m.globals {
+            self.mem_free(addr)?;
+        }
         Ok(())
     }
 
@@ -954,18 +972,39 @@ impl Engine for SimEngine {
         attrs[6] = 90; // BINARY_VERSION
         attrs[8] = MODEL_DEFAULT_DYNAMIC_SMEM as i32; // MAX_DYNAMIC_SHARED_SIZE_BYTES
         let id = self.id();
-        self.funcs.insert(id, SimFunc { module: module.0, builtin, params: params.clone() });
+        self.funcs
+            .insert(id, SimFunc { module: module.0, builtin, params: params.clone(), non_portable_clusters: false });
         Ok((EngineFunc(id), FunctionInfo { params, param_source: protocol::PARAMS_FROM_IMAGE, attrs }))
     }
 
-    fn module_get_global(&mut self, _module: EngineModule, _name: &str) -> EngineResult<(u64, u64)> {
+    fn module_get_global(&mut self, module: EngineModule, name: &str) -> EngineResult<(u64, u64)> {
         self.alive()?;
-        err(CUDA_ERROR_NOT_FOUND)
+        let m = self.modules.get(&module.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        // The built-in kernels have no globals; a compressed image's are
+        // taken on trust, each a zeroed buffer of a fixed size.
+        if m.kernels.is_some() {
+            return err(CUDA_ERROR_NOT_FOUND);
+        }
+        if let Some((_, addr)) = m.globals.iter().find(|(n, _)| n == name) {
+            return Ok((*addr, OPAQUE_GLOBAL_BYTES));
+        }
+        if m.globals.len() >= OPAQUE_GLOBALS_MAX {
+            return err(CUDA_ERROR_NOT_FOUND);
+        }
+        let addr = self.mem_alloc(OPAQUE_GLOBAL_BYTES)?;
+        if let Some(m) = self.modules.get_mut(&module.0) {
+            m.globals.push((name.to_string(), addr));
+        }
+        Ok((addr, OPAQUE_GLOBAL_BYTES))
     }
 
-    fn func_set_attribute(&mut self, func: EngineFunc, _attr: u32, _value: i32) -> EngineResult<()> {
+    fn func_set_attribute(&mut self, func: EngineFunc, attr: u32, value: i32) -> EngineResult<()> {
         self.alive()?;
-        self.funcs.get(&func.0).map(|_| ()).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))
+        let f = self.funcs.get_mut(&func.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        if attr == FUNC_ATTR_NON_PORTABLE_CLUSTER_SIZE_ALLOWED {
+            f.non_portable_clusters = value != 0;
+        }
+        Ok(())
     }
 
     fn launch(&mut self, func: EngineFunc, launch: &Launch<'_>) -> EngineResult<()> {
@@ -1165,7 +1204,8 @@ impl Engine for SimEngine {
 
     fn occupancy(&mut self, func: EngineFunc, kind: u32, _flags: u32, item: &OccupancyItem) -> EngineResult<u64> {
         self.alive()?;
-        self.funcs.get(&func.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let f = self.funcs.get(&func.0).ok_or(CuError(CUDA_ERROR_INVALID_HANDLE))?;
+        let max_cluster = if f.non_portable_clusters { MODEL_MAX_CLUSTER_NON_PORTABLE } else { MODEL_MAX_CLUSTER };
         let block = item.block.iter().map(|d| d.get() as u64).product::<u64>();
         let smem = item.shared_mem.get() as u64;
         match kind {
@@ -1177,12 +1217,12 @@ impl Engine for SimEngine {
                 // As many blocks as fit on the model's multiprocessors, up to
                 // the portable limit.
                 let fit = model_active_blocks(block, smem).saturating_mul(MODEL_SMS);
-                Ok(fit.min(MODEL_MAX_CLUSTER))
+                Ok(fit.min(max_cluster))
             }
             protocol::OCCUPANCY_ACTIVE_CLUSTERS => {
                 let cluster = item.cluster.iter().map(|d| (d.get() as u64).max(1)).product::<u64>();
-                if cluster > MODEL_MAX_CLUSTER {
-                    return err(CUDA_ERROR_INVALID_VALUE);
+                if cluster > max_cluster {
+                    return err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
                 }
                 Ok(model_active_blocks(block, smem).saturating_mul(MODEL_SMS) / cluster)
             }
@@ -1339,6 +1379,41 @@ mod tests {
         assert_eq!(e.launch(f, &launch), Err(CuError(CUDA_ERROR_NOT_SUPPORTED)));
         // Garbage is still no image.
         assert_eq!(e.module_load(&[0x7f; 64]).err(), Some(CuError(CUDA_ERROR_INVALID_IMAGE)));
+        // Its globals: a zeroed buffer each, the same one when asked again,
+        // released with the module.
+        let (addr, size) = e.module_get_global(m, "some_global").unwrap();
+        assert_eq!(e.module_get_global(m, "some_global").unwrap(), (addr, size));
+        assert_ne!(e.module_get_global(m, "another").unwrap().0, addr);
+        let used = e.allocated;
+        e.module_unload(m).unwrap();
+        assert_eq!(e.allocated, used - 2 * size);
+    }
+
+    #[test]
+    fn clusters_past_the_portable_size_need_the_function_to_allow_them() {
+        use protocol::{OccupancyItem, OCCUPANCY_ACTIVE_CLUSTERS};
+        let mut e = SimEngine::new(64 << 20);
+        let ctx = e.ctx_create(0).unwrap();
+        e.ctx_set_current(ctx).unwrap();
+        let m = e.module_load(include_bytes!("../../../guest-tests/kernels.ptx")).unwrap();
+        let (f, _) = e.module_get_function(m, "gv_spin_us").unwrap();
+        let item = |cluster: u32| OccupancyItem {
+            block: [128u32.into(), 1u32.into(), 1u32.into()],
+            cluster: [cluster.into(), 1u32.into(), 1u32.into()],
+            ..Default::default()
+        };
+        assert!(e.occupancy(f, OCCUPANCY_ACTIVE_CLUSTERS, 0, &item(8)).unwrap() > 0);
+        // cuBLAS probes sizes upwards until this error.
+        assert_eq!(
+            e.occupancy(f, OCCUPANCY_ACTIVE_CLUSTERS, 0, &item(9)),
+            Err(CuError(CUDA_ERROR_INVALID_CLUSTER_SIZE))
+        );
+        e.func_set_attribute(f, FUNC_ATTR_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1).unwrap();
+        assert!(e.occupancy(f, OCCUPANCY_ACTIVE_CLUSTERS, 0, &item(16)).unwrap() > 0);
+        assert_eq!(
+            e.occupancy(f, OCCUPANCY_ACTIVE_CLUSTERS, 0, &item(17)),
+            Err(CuError(CUDA_ERROR_INVALID_CLUSTER_SIZE))
+        );
     }
 
     #[test]
