@@ -25,6 +25,7 @@ const CONTEXT_LOCAL_STORAGE: u128 = 0xc693336e_1121_df11_a8c3_68f355d89593;
 const TOOLS_TLS: u128 = 0x42d85a81_23f6_cb47_8298_f6e78a3aecdc;
 const CONTEXT_EXT: u128 = 0x21318c60_9714_3248_8ca6_41ff7324c8f2;
 const LIBRARY_QUERY: u128 = 0xf8cff951_2146_8b4e_b9e2_fb469e7c0dd9;
+const LT_QUERY: u128 = 0x1734dc26_800d_4745_8726_c0f1e7dd8bca;
 
 type GetModuleFromCubin = unsafe extern "C" fn(*mut CUmodule, *const c_void) -> CUresult;
 type PrimaryContext = unsafe extern "C" fn(*mut CUcontext, CUdevice) -> CUresult;
@@ -128,6 +129,14 @@ fn runtime_interface_loads_registered_fatbins_and_context_values_end_with_their_
         let mut table: *const c_void = std::ptr::null();
         assert_eq!(cuGetExportTable(&mut table, &uuid), CUDA_SUCCESS);
         assert_eq!(*(table as *const usize), 24);
+        // cuBLASLt calls slot 4 of {1734dc26-...} through whatever it got
+        // (a refusal crashed PyTorch's HGEMM): served, and the slot answers
+        // an error cuBLASLt checks for.
+        type TwoOutputs = unsafe extern "C" fn(*mut *mut c_void, *mut *mut c_void) -> CUresult;
+        let lt_query: TwoOutputs = slot(LT_QUERY, 4);
+        let (mut a, mut b): (*mut c_void, *mut c_void) = (std::ptr::null_mut(), std::ptr::null_mut());
+        assert_eq!(lt_query(&mut a, &mut b), CUDA_ERROR_NOT_SUPPORTED);
+        assert!(a.is_null() && b.is_null());
 
         // A registered fatbin becomes a module whose kernel runs.
         let (wrapper, _fatbin) = fatbin_wrapper();

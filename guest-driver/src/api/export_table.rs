@@ -42,7 +42,7 @@ impl<const N: usize> ExportTable<N> {
 
 /// Which table, for the names of unknown slots; the index is also the `T`
 /// of [`unknown_slot`].
-const NAMES: [&str; 11] = [
+const NAMES: [&str; 12] = [
     "CUDART_INTERFACE",
     "TOOLS_TLS",
     "TOOLS_RUNTIME_CALLBACK_HOOKS",
@@ -54,6 +54,7 @@ const NAMES: [&str; 11] = [
     "CONTEXT_CHECKS",
     "CONTEXT_EXT",
     "{f8cff951}",
+    "{1734dc26}",
 ];
 const CUDART: usize = 0;
 const TOOLS_TLS_T: usize = 1;
@@ -66,6 +67,7 @@ const INTEGRITY: usize = 7;
 const CHECKS: usize = 8;
 const CONTEXT_EXT: usize = 9;
 const LIBRARY_QUERY_T: usize = 10;
+const LT_QUERY_T: usize = 11;
 
 /// A slot whose meaning is not known. Under the C calling conventions this
 /// library is built for (x86-64 System V, AArch64) the caller places and
@@ -293,6 +295,15 @@ unsafe extern "C" fn context_ext_value(ctx: CUcontext, obj: *const c_void, out: 
 const LIBRARY_QUERY_ID: [u8; 16] = uuid(0xf8cff951_2146_8b4e_b9e2_fb469e7c0dd9);
 static LIBRARY_QUERY: ExportTable<3> = ExportTable(sized::<LIBRARY_QUERY_T, 3>(&[]));
 
+/// {1734dc26-800d-4745-8726-c0f1e7dd8bca}: asked for by cuBLASLt before its
+/// half-precision heuristics, which call slot 4 with two output pointers
+/// through it without checking that the table was given: a refusal
+/// crashed PyTorch's HGEMM (a call through slot 4 of NULL, reproduced on
+/// the sim). Served with every slot counted NOT_SUPPORTED, which cuBLASLt
+/// checks for and goes on without.
+const LT_QUERY_ID: [u8; 16] = uuid(0x1734dc26_800d_4745_8726_c0f1e7dd8bca);
+static LT_QUERY: ExportTable<16> = ExportTable(sized::<LT_QUERY_T, 16>(&[]));
+
 /// A UUID's 16 bytes in the order they are written (and stored).
 const fn uuid(v: u128) -> [u8; 16] {
     v.to_be_bytes()
@@ -306,7 +317,7 @@ pub fn uuid_string(b: &[u8; 16]) -> String {
 
 /// The table with id `id`, if this driver serves it.
 pub fn lookup(id: &[u8; 16]) -> Option<*const c_void> {
-    let tables: [(&[u8; 16], *const c_void); 11] = [
+    let tables: [(&[u8; 16], *const c_void); 12] = [
         (&CUDART_INTERFACE_ID, CUDART_INTERFACE.start()),
         (&TOOLS_TLS_ID, TOOLS_TLS.start()),
         (&TOOLS_RUNTIME_CALLBACK_HOOKS_ID, TOOLS_RUNTIME_CALLBACK_HOOKS.start()),
@@ -318,6 +329,7 @@ pub fn lookup(id: &[u8; 16]) -> Option<*const c_void> {
         (&CONTEXT_CHECKS_ID, CONTEXT_CHECKS.start()),
         (&CONTEXT_EXT_ID, CONTEXT_EXT_TABLE.start()),
         (&LIBRARY_QUERY_ID, LIBRARY_QUERY.start()),
+        (&LT_QUERY_ID, LT_QUERY.start()),
     ];
     tables.iter().find(|(k, _)| *k == id).map(|(_, t)| *t)
 }
@@ -608,6 +620,7 @@ mod tests {
             (CONTEXT_CHECKS_ID, 4),
             (CONTEXT_EXT_ID, 95),
             (LIBRARY_QUERY_ID, 3),
+            (LT_QUERY_ID, 16),
         ] {
             let t = table(id).expect("served");
             // SAFETY: slot 0 of a served table.
