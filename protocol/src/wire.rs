@@ -684,7 +684,19 @@ pub struct ReplyHeader {
     /// Opcode of the command that caused `deferred`.
     pub deferred_opcode: U32,
     pub payload_len: U32,
+    /// `REPLY_F_*` bits.
+    pub flags: U32,
+    pub _reserved: U32,
 }
+
+/// `ReplyHeader::flags`: the session this reply answers is gone for good. Its
+/// backend process ended (killed, crashed or ended by a fault) and a new one
+/// took its place: everything the session held on the GPU went with the old
+/// process. `status` is the error the session gets from now on (709,
+/// `CUDA_ERROR_CONTEXT_IS_DESTROYED`, after a kill or crash; the fault's own
+/// sticky error after a fault), and the guest driver returns it for every
+/// later call of the process. A new session (a new process) works.
+pub const REPLY_F_SESSION_LOST: u32 = 1 << 0;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
