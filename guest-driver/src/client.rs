@@ -75,14 +75,44 @@ pub struct Client {
 
 static CLIENT: OnceLock<Result<Client, CuResult>> = OnceLock::new();
 
-/// The process's session, opened on first use (cuInit).
+/// How long a new process waits for an unreachable backend before cuInit
+/// fails, unless GPUVISOR_NEW_SESSION_TIMEOUT_S says otherwise: long enough
+/// for a supervisor to start a new serving backend after one died (its
+/// back-off is at most 2 s, and a CUDA engine takes a few seconds to start).
+pub const DEFAULT_NEW_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// GPUVISOR_NEW_SESSION_TIMEOUT_S (seconds, fractions allowed; 0 fails at
+/// once), else [`DEFAULT_NEW_SESSION_TIMEOUT`].
+pub fn new_session_timeout() -> Duration {
+    std::env::var("GPUVISOR_NEW_SESSION_TIMEOUT_S")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(DEFAULT_NEW_SESSION_TIMEOUT, Duration::from_secs_f64)
+}
+
+/// The process's session, opened on first use (cuInit). A backend that
+/// cannot be reached (being restarted) is waited for up to
+/// [`new_session_timeout`]; a machine with no gpuvisor device at all (no
+/// such render node) fails at once.
 pub fn get() -> Result<&'static Client, CuResult> {
     CLIENT
         .get_or_init(|| {
-            Client::open().map_err(|e| {
-                crate::log::warn(&format!("cannot reach the gpuvisor backend: {e}"));
-                CUDA_ERROR_NO_DEVICE
-            })
+            let deadline = Instant::now() + new_session_timeout();
+            let direct = std::env::var("GPUVISOR_TRANSPORT").is_ok_and(|v| v.starts_with("direct:"));
+            loop {
+                match Client::open() {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        let absent = matches!(e, OpenError::Transport(TransportError::NoDevice(_))) && !direct;
+                        if absent || matches!(e, OpenError::BadCapset) || Instant::now() >= deadline {
+                            crate::log::warn(&format!("cannot reach the gpuvisor backend: {e}"));
+                            return Err(CUDA_ERROR_NO_DEVICE);
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
         })
         .as_ref()
         .map_err(|e| *e)
@@ -170,6 +200,21 @@ impl Client {
         match self.sticky.load(Ordering::Relaxed) {
             0 => Ok(()),
             code => Err(code),
+        }
+    }
+
+    /// The backend says the session is gone (`REPLY_F_SESSION_LOST`): the
+    /// backend process that held it ended and another took its place.
+    /// `code` is returned for every later call of the process, as a sticky
+    /// error is.
+    fn lose_session(&self, code: CuResult) {
+        if self.sticky.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            crate::log::warn(&format!(
+                "the GPU session is lost ({}): the VM's GPU backend was restarted and this process's GPU state \
+                 went with the old one; every later CUDA call of this process returns this error, and a new \
+                 process gets a working session",
+                error_name(code).unwrap_or("unknown error")
+            ));
         }
     }
 
@@ -288,6 +333,14 @@ impl Client {
         if hdr.reply_seq.get() != seq {
             crate::log::warn("reply does not answer the last batch");
             return Err(CUDA_ERROR_UNKNOWN);
+        }
+        if hdr.flags.get() & REPLY_F_SESSION_LOST != 0 {
+            let code = match hdr.status.get() {
+                CUDA_SUCCESS => CUDA_ERROR_CONTEXT_IS_DESTROYED,
+                c => c,
+            };
+            self.lose_session(code);
+            return Err(code);
         }
         self.note(hdr.deferred.get());
         self.note(hdr.status.get());
