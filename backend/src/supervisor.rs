@@ -327,11 +327,23 @@ impl Supervisor<'_> {
         pending: &mut VecDeque<Msg>,
     ) -> Result<Serving, i32> {
         let _ = dead.conn.shutdown(std::net::Shutdown::Both);
-        let status = match dead.proc.wait() {
-            Ok(s) => s,
-            Err(e) => {
-                error!("waiting for the serving child: {e}");
-                return Err(1);
+        // A child whose connection ended is dying, or (one that broke the
+        // protocol) ends on the connection's shutdown; one that lingers is
+        // ended, so that a confused child cannot hold the VM's restart.
+        let until = Instant::now() + EXIT_GRACE;
+        let status = loop {
+            match dead.proc.try_wait() {
+                Ok(Some(s)) => break s,
+                Ok(None) if Instant::now() < until => std::thread::sleep(Duration::from_millis(2)),
+                Ok(None) => {
+                    warn!(pid = dead.proc.id(), "the serving child left its connection but lingers; killing it");
+                    let _ = dead.proc.kill();
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                Err(e) => {
+                    error!("waiting for the serving child: {e}");
+                    return Err(1);
+                }
             }
         };
         let code = status_code(status);
