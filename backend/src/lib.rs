@@ -13,6 +13,7 @@ pub mod grants;
 pub mod graph;
 pub mod guest_mem;
 pub mod handles;
+pub mod heartbeat;
 pub mod journal;
 pub mod relay;
 pub mod resources;

@@ -10,6 +10,7 @@ use gpuvisor_backend::engine::host_swap::{SwapConfig, MAX_THREADS};
 use gpuvisor_backend::engine::sim::SimEngine;
 use gpuvisor_backend::engine::Engine;
 use gpuvisor_backend::grants::{DaemonLink, Registration};
+use gpuvisor_backend::heartbeat::Heartbeat;
 use gpuvisor_backend::journal::Journal;
 use gpuvisor_backend::sandbox::{fds, seccomp, user};
 use gpuvisor_backend::supervisor;
@@ -175,6 +176,17 @@ struct Args {
     /// the GPU, of batches the guest waits for) in ns to this file.
     #[arg(long, value_name = "PATH")]
     latency_log: Option<std::path::PathBuf>,
+
+    /// Add one to a word in every guest session's control buffer this often
+    /// (in milliseconds, at most protocol::HEARTBEAT_PERIOD_MS, 500), from a
+    /// thread of its own, and say so in the capset (CAPSET_F_HEARTBEAT): a
+    /// guest waiting for a reply fails its call when the word stops moving
+    /// for GPUVISOR_HEARTBEAT_TIMEOUT_S (a backend stopped, or hung outside
+    /// the GPU), rather than waiting for ever; a long kernel keeps it moving.
+    /// 0 turns it off.
+    #[arg(long, value_name = "MS", default_value_t = 250,
+        value_parser = clap::value_parser!(u64).range(0..=protocol::HEARTBEAT_PERIOD_MS))]
+    heartbeat_ms: u64,
 
     /// Exit when the first frontend disconnects instead of waiting for the next.
     #[arg(long)]
@@ -420,6 +432,11 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
             None
         }
     };
+    if args.heartbeat_ms > 0 {
+        let hb = Heartbeat::start(&args.vm_name, std::time::Duration::from_millis(args.heartbeat_ms))
+            .context("starting the heartbeat thread")?;
+        vm.set_heartbeat(hb);
+    }
     if let Some(fd) = args.journal_fd {
         // SAFETY: the supervisor passed us the journal's memfd; we take
         // ownership of it here, once.

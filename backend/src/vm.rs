@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::grants::{CopyDir, Counters, Gate};
 use crate::guest_mem::{GuestMemory, HostDst, HostSrc};
 use crate::handles::{Allocation, AllocationTable, HandleTable};
+use crate::heartbeat::Heartbeat;
 use crate::journal::{self, Journal};
 use crate::resources::ResourceTable;
 use crate::watchdog::{InFlight, Watchdog};
@@ -165,6 +166,8 @@ pub struct Vm {
     /// Where what the guest's kernel believes exists is recorded for a
     /// restarted backend process (`journal.rs`), under the supervisor.
     journal: Option<Journal>,
+    /// Beats in each session's control buffer (`CAPSET_F_HEARTBEAT`), if on.
+    heartbeat: Option<Heartbeat>,
 }
 
 impl Drop for Vm {
@@ -197,7 +200,14 @@ impl Vm {
             fault: None,
             watchdog: None,
             journal: None,
+            heartbeat: None,
         }
+    }
+
+    /// Beats in every session's control buffer from now on, and says so in
+    /// the capset.
+    pub fn set_heartbeat(&mut self, heartbeat: Heartbeat) {
+        self.heartbeat = Some(heartbeat);
     }
 
     /// Records every change to resources, contexts and sessions in
@@ -387,7 +397,7 @@ impl Vm {
             max_batch_bytes: U32::new(MAX_BATCH_BYTES),
             max_inline_bytes: U32::new(MAX_INLINE_BYTES),
             engine: U32::new(matches!(self.engine.kind(), crate::engine::EngineKind::Cuda) as u32),
-            _reserved: U32::new(0),
+            flags: U32::new(if self.heartbeat.is_some() { CAPSET_F_HEARTBEAT } else { 0 }),
         }
     }
 
@@ -421,6 +431,9 @@ impl Vm {
         };
         self.resources.detach_all(ctx_id);
         self.record(journal::Record::CtxDestroy { ctx_id });
+        if let Some(hb) = &self.heartbeat {
+            hb.remove(ctx_id);
+        }
         let ctxs: Vec<EngineCtx> = client.contexts.values().copied().collect();
         for (id, &c) in client.contexts.iter() {
             let mine: Vec<(u64, u64)> =
@@ -650,7 +663,7 @@ impl Vm {
         }
         // Commands that do not run in a guest context.
         match d.cmd {
-            C::Hello(h) => return self.hello(ctx_id, client, &h).map(Some),
+            C::Hello(h) => return self.hello(mem, ctx_id, client, &h).map(Some),
             C::CtxCreate(c) => {
                 let id = c.ctx_id.get();
                 client.contexts.check_free(id)?;
@@ -943,7 +956,7 @@ impl Vm {
         }
     }
 
-    fn hello(&mut self, ctx_id: u32, client: &mut Client, h: &Hello) -> Result<Reply> {
+    fn hello(&mut self, mem: &GuestMemory, ctx_id: u32, client: &mut Client, h: &Hello) -> Result<Reply> {
         if h.protocol_version.get() != PROTOCOL_VERSION {
             return Err(Error::NotSupported("protocol version"));
         }
@@ -952,6 +965,9 @@ impl Vm {
         let needed = REPLY_PAYLOAD_OFFSET + core::mem::size_of::<HelloReply>() as u64;
         if res.backing_len() < needed {
             return Err(Error::InvalidArgument("control buffer too small"));
+        }
+        if let Some(hb) = &self.heartbeat {
+            hb.add(ctx_id, mem, &res.backing);
         }
         client.control = Some(control);
         client.pid = h.pid.get();

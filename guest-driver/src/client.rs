@@ -26,6 +26,12 @@ const FLUSH_AGE: Duration = Duration::from_micros(200);
 const STAGING_BYTES: usize = 16 << 20;
 /// How long a synchronous call spins on the reply before it blocks.
 const SPIN: Duration = Duration::from_micros(50);
+/// How often a call waiting for its reply looks at the backend's heartbeat.
+const HEARTBEAT_CHECK: Duration = Duration::from_millis(500);
+/// How long the heartbeat may stand still before a waiting call fails,
+/// unless GPUVISOR_HEARTBEAT_TIMEOUT_S says otherwise: ten of the backend's
+/// longest periods.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Device facts from the Hello reply.
 pub struct DeviceFacts {
@@ -71,6 +77,10 @@ pub struct Client {
     /// 0 for none: a kernel fault lost the process's GPU context, and every
     /// later call returns it at once, as NVIDIA's driver does.
     sticky: AtomicU32,
+    /// The backend beats in the control buffer (`CAPSET_F_HEARTBEAT`).
+    heartbeat: bool,
+    /// How long the beat may stand still while a call waits.
+    heartbeat_timeout: Duration,
 }
 
 static CLIENT: OnceLock<Result<Client, CuResult>> = OnceLock::new();
@@ -168,6 +178,12 @@ impl Client {
             pinned: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0x1000),
             sticky: AtomicU32::new(0),
+            heartbeat: cap.flags.get() & CAPSET_F_HEARTBEAT != 0,
+            heartbeat_timeout: std::env::var("GPUVISOR_HEARTBEAT_TIMEOUT_S")
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map_or(DEFAULT_HEARTBEAT_TIMEOUT, Duration::from_secs_f64),
         };
         let hello = Hello {
             control_resource: U32::new(c.control.resource_id),
@@ -229,6 +245,37 @@ impl Client {
         }
     }
 
+    /// Whether the backend beats (`CAPSET_F_HEARTBEAT`).
+    pub fn has_heartbeat(&self) -> bool {
+        self.heartbeat
+    }
+
+    /// Sets how long the heartbeat may stand still while a call waits
+    /// (GPUVISOR_HEARTBEAT_TIMEOUT_S otherwise; tests).
+    pub fn set_heartbeat_timeout(&mut self, timeout: Duration) {
+        self.heartbeat_timeout = timeout;
+    }
+
+    fn heartbeat_word(&self) -> u64 {
+        // SAFETY: the control buffer is mapped for the session's lifetime;
+        // HEARTBEAT_OFFSET is 8-aligned inside its first page, and the
+        // backend writes the word while we read it (any value will do: we
+        // only compare it with the last one).
+        let a = unsafe { &*(self.control.ptr.add(HEARTBEAT_OFFSET as usize) as *const AtomicU64) };
+        a.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the backend once: until it has finished what was sent
+    /// (`Ok(true)`), or, with a heartbeat, until HEARTBEAT_CHECK passed
+    /// (`Ok(false)`).
+    fn wait_backend(&self) -> Result<bool, TransportError> {
+        if self.heartbeat {
+            self.transport.wait_idle_for(HEARTBEAT_CHECK)
+        } else {
+            self.transport.wait_idle().map(|()| true)
+        }
+    }
+
     fn completed_seq(&self) -> u64 {
         // SAFETY: the control buffer is mapped for the session's lifetime and
         // its first 8 bytes are an aligned u64 the backend stores atomically.
@@ -256,16 +303,40 @@ impl Client {
 
     fn wait_seq(&self, seq: u64) -> Result<(), CuResult> {
         let start = Instant::now();
+        let mut beat = (self.heartbeat_word(), Instant::now());
         while self.completed_seq() < seq {
             if start.elapsed() > SPIN {
-                if let Err(e) = self.transport.wait_idle() {
-                    // A backend that ended (its GPU context lost, or its
-                    // watchdog) may have answered first.
-                    if self.completed_seq() >= seq {
-                        break;
+                match self.wait_backend() {
+                    Ok(false) => {
+                        let word = self.heartbeat_word();
+                        if word != beat.0 {
+                            beat = (word, Instant::now());
+                        } else if beat.1.elapsed() >= self.heartbeat_timeout {
+                            // The reply may still come one day, but the
+                            // batch sequence is out of step from here on.
+                            let code = CUDA_ERROR_UNKNOWN;
+                            if self.sticky.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                                crate::log::warn(&format!(
+                                    "the gpuvisor backend's heartbeat stood still for {:.1} s while this call \
+                                     waited: the backend is frozen (stopped, or hung outside the GPU); every \
+                                     later CUDA call of this process returns CUDA_ERROR_UNKNOWN",
+                                    beat.1.elapsed().as_secs_f64()
+                                ));
+                            }
+                            return Err(code);
+                        }
+                        continue;
                     }
-                    crate::log::warn(&format!("waiting for the backend failed: {e}"));
-                    return Err(CUDA_ERROR_UNKNOWN);
+                    Ok(true) => {}
+                    Err(e) => {
+                        // A backend that ended (its GPU context lost, or its
+                        // watchdog) may have answered first.
+                        if self.completed_seq() >= seq {
+                            break;
+                        }
+                        crate::log::warn(&format!("waiting for the backend failed: {e}"));
+                        return Err(CUDA_ERROR_UNKNOWN);
+                    }
                 }
                 if self.completed_seq() < seq {
                     crate::log::warn("backend finished a batch without answering it");
