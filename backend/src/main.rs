@@ -49,11 +49,18 @@ enum EngineChoice {
 ///
 /// A kernel fault (illegal address, trap, ...) makes NVIDIA's driver fail every later
 /// call of the process, in every context. The guest gets the error as natively, every
-/// session of the VM gets it afterwards, and the backend then exits with a status that
-/// names it (80 illegal address, 81 launch failure, 82 launch timeout, 83 illegal
-/// instruction, 84 misaligned address, 85 invalid address space, 86 invalid PC,
-/// 87 uncorrectable ECC, 88 unknown), so that whoever restarts it knows why; a fresh
-/// process gets a working context. Other VMs, in their own backends, see nothing.
+/// session of the VM gets it afterwards, and the serving process then exits with a
+/// status that names it (80 illegal address, 81 launch failure, 82 launch timeout,
+/// 83 illegal instruction, 84 misaligned address, 85 invalid address space, 86 invalid
+/// PC, 87 uncorrectable ECC, 88 unknown, 89 device assert, 90 hardware stack error); a
+/// fresh process gets a working context. Other VMs, in their own backends, see nothing.
+///
+/// By default the process started is a small supervisor that keeps QEMU's connection
+/// (QEMU never reconnects a vhost-user GPU) and runs the serving backend as its child:
+/// when the child dies (a fault, the watchdog, a crash, SIGKILL) a new one takes over
+/// within a second, the guest processes that had a session get an error for every
+/// later call (709 CUDA_ERROR_CONTEXT_IS_DESTROYED, or the fault's own), and new ones
+/// work. --no-restart serves in one process instead.
 #[derive(Debug, Parser)]
 #[command(name = "gpuvisor-backend", version, verbatim_doc_comment)]
 struct Args {
