@@ -476,11 +476,11 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
         backend.set_memory_event(ev);
     }
 
-    let (mut listener, keep) = match args.serve_fd {
+    let (mut listener, keep): (Listener, Vec<i32>) = match args.serve_fd {
         // A child of the supervisor: its connection is queued on this socket.
         // SAFETY: the supervisor passed us this listening socket; we take
         // ownership of it here, once.
-        Some(fd) => (unsafe { Listener::from_raw_fd(fd) }, vec![fd]),
+        Some(fd) => (unsafe { Listener::from_raw_fd(fd) }, std::iter::once(fd).chain(args.journal_fd).collect()),
         None => (listen(&args)?, args.fd.into_iter().collect()),
     };
     // Start-up is done: the engine, the listening socket and the daemon link

@@ -99,6 +99,14 @@ fn a_killed_child_is_replaced_within_a_second_and_the_frontend_keeps_its_connect
     let features = fe.get_features().expect("GET_FEATURES");
     let first = b.child_other_than(None, Duration::from_secs(10)).expect("a sandboxed serving child");
     assert_eq!(seccomp_mode(b.proc.id()), "0", "the supervisor itself runs no filter: it is not the sandboxed part");
+    // The child kept what the supervisor gave it on purpose (its
+    // connection's socket, the journal) when it closed what it inherited.
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{first}/fd"))
+        .unwrap()
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .map(|p| p.to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(fds.iter().filter(|p| p.contains("memfd:gpuvisor-journal")).count(), 1, "{fds:?}");
     for round in 1..=3 {
         let old = b.child_other_than(None, Duration::from_secs(1)).unwrap();
         let t = Instant::now();
