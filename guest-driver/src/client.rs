@@ -178,7 +178,10 @@ impl Client {
             pinned: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0x1000),
             sticky: AtomicU32::new(0),
-            heartbeat: cap.flags.get() & CAPSET_F_HEARTBEAT != 0,
+            // Off until the Hello is answered: the backend beats only for
+            // sessions it knows, and the Hello may wait behind other work
+            // (another process's teardown).
+            heartbeat: false,
             heartbeat_timeout: std::env::var("GPUVISOR_HEARTBEAT_TIMEOUT_S")
                 .ok()
                 .and_then(|v| v.trim().parse::<f64>().ok())
@@ -194,6 +197,7 @@ impl Client {
         };
         let reply = c.call(Opcode::Hello, 0, 0, &hello, &[]).map_err(OpenError::Refused)?;
         c.facts.reply = HelloReply::read_from_prefix(&reply).map_err(|_| OpenError::BadCapset)?.0;
+        c.heartbeat = cap.flags.get() & CAPSET_F_HEARTBEAT != 0;
         Ok(c)
     }
 
