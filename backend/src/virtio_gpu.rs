@@ -138,6 +138,7 @@ impl GpuDevice {
                 let (c, _) = parse::<ResourceUnref>(body)?;
                 let id = c.resource_id.get();
                 self.vm.resources.remove(id)?;
+                self.vm.resource_changed(id);
                 self.vm.record(Record::Unref { id });
                 if self.scanout.resource_id == id {
                     self.scanout.resource_id = 0;
@@ -162,6 +163,7 @@ impl GpuDevice {
                 }
                 let id = c.resource_id.get();
                 self.vm.resources.get_mut(id)?.backing = backing.clone();
+                self.vm.resource_changed(id);
                 self.vm.record(Record::Backing { id, entries: &backing });
                 nodata()
             }
@@ -169,6 +171,7 @@ impl GpuDevice {
                 let (c, _) = parse::<ResourceDetachBacking>(body)?;
                 let id = c.resource_id.get();
                 self.vm.resources.get_mut(id)?.backing.clear();
+                self.vm.resource_changed(id);
                 self.vm.record(Record::DetachBacking { id });
                 nodata()
             }

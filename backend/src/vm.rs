@@ -266,6 +266,15 @@ impl Vm {
         lost
     }
 
+    /// Resource `id` goes or its backing changes (virtio-gpu UNREF, ATTACH
+    /// or DETACH_BACKING): nothing that writes into guest memory on its own
+    /// may touch its old pages any more.
+    pub fn resource_changed(&mut self, id: u32) {
+        if let Some(hb) = &self.heartbeat {
+            hb.forget_resource(id);
+        }
+    }
+
     /// Tells the supervisor that this process finished its start-up.
     pub fn journal_ready(&self) {
         if let Some(j) = &self.journal {
@@ -967,7 +976,7 @@ impl Vm {
             return Err(Error::InvalidArgument("control buffer too small"));
         }
         if let Some(hb) = &self.heartbeat {
-            hb.add(ctx_id, mem, &res.backing);
+            hb.add(ctx_id, control, mem, &res.backing);
         }
         client.control = Some(control);
         client.pid = h.pid.get();
