@@ -173,3 +173,20 @@ fn when_the_frontend_leaves_the_supervisor_serves_the_next_one_with_a_fresh_chil
     fe.get_features().expect("the next frontend is served");
     assert_eq!(b.child_other_than(None, Duration::from_secs(1)), Some(second));
 }
+
+#[test]
+fn a_request_the_dead_child_never_answered_is_answered_by_the_next() {
+    let b = Backend::start("pending", &[]);
+    let fe = b.frontend();
+    let features = fe.get_features().unwrap();
+    let child = b.child_other_than(None, Duration::from_secs(10)).unwrap();
+    // SAFETY: stops the backend's own child; it is killed below.
+    assert_eq!(unsafe { libc::kill(child as i32, libc::SIGSTOP) }, 0);
+    let asked = std::thread::spawn(move || (fe.get_features(), fe));
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(!asked.is_finished(), "a stopped child answered");
+    kill(child);
+    let (answer, _fe) = asked.join().unwrap();
+    assert_eq!(answer.expect("the frontend's request in flight is answered"), features);
+    assert!(b.child_other_than(Some(child), Duration::from_secs(1)).is_some());
+}
