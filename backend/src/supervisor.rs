@@ -213,6 +213,11 @@ impl Supervisor<'_> {
         })?;
         let (lfd, jfd) = (listener.as_raw_fd(), journal.as_raw_fd());
         let mut cmd = Command::new("/proc/self/exe");
+        // The name it was started by, so that ps and /proc/PID/cmdline name
+        // the child as they name the supervisor.
+        if let Some(name) = std::env::args_os().next() {
+            cmd.arg0(name);
+        }
         cmd.args(&self.cfg.child_args).arg(ARG_SERVE_FD).arg(lfd.to_string()).arg(ARG_JOURNAL_FD).arg(jfd.to_string());
         if let Some(code) = lost {
             cmd.arg(ARG_LOST_ERROR).arg(code.to_string());
