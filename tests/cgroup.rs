@@ -85,12 +85,15 @@ fn gpuvisor_vm_starts_the_backend_inside_the_specs_cgroup_and_removes_it_after()
     let seen = std::fs::read_to_string(&seen).unwrap();
     for c in &cgroups {
         let procs: Vec<&str> = seen.lines().filter_map(|l| l.strip_prefix(&format!("proc {} ", c.display()))).collect();
-        assert_eq!(procs.len(), 1, "{} held {procs:?}", c.display());
-        assert!(
-            procs[0].starts_with(&format!("{} --socket-path", backend.display())) && procs[0].contains("--engine sim"),
-            "not the backend: {}",
-            procs[0]
-        );
+        // The backend: its supervisor and the serving child it started.
+        assert_eq!(procs.len(), 2, "{} held {procs:?}", c.display());
+        for p in &procs {
+            assert!(
+                p.starts_with(&format!("{} --socket-path", backend.display())) && p.contains("--engine sim"),
+                "not the backend: {p}"
+            );
+        }
+        assert_eq!(procs.iter().filter(|p| p.contains("--serve-fd")).count(), 1, "{procs:?}");
     }
     let limits: Vec<&str> = seen.lines().filter_map(|l| l.strip_prefix("limit ")).collect();
     let cpu = ["cpu.max 125000 100000", "cpu.cfs_quota_us 125000"];

@@ -111,6 +111,64 @@ pub fn run_vm_with(name: &str, cmd: &str, quota_mib: u64, flags: &[OsString]) ->
     Ok(VmRun { code: out.status.code().unwrap_or(-1), console })
 }
 
+/// `run_vm`, calling `on_line` with each console line as the guest prints
+/// it and gpuvisor-vm's pid (to act on the VM's processes mid-run).
+pub fn run_vm_watching(
+    name: &str,
+    cmd: &str,
+    quota_mib: u64,
+    mut on_line: impl FnMut(&str, u32),
+) -> anyhow::Result<VmRun> {
+    let vm = built("gpuvisor-vm")?;
+    let (kernel, initramfs) = guest_image()?;
+    let mut child = Command::new(&vm)
+        .args(["run", "--name", name, "--engine", "sim", "--timeout-s", "600"])
+        .arg("--quota-mib")
+        .arg(quota_mib.to_string())
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--initramfs")
+        .arg(&initramfs)
+        .args(["--run", cmd])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id();
+    let mut stderr = child.stderr.take().context("gpuvisor-vm's stderr")?;
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut console = String::new();
+    for line in BufReader::new(child.stdout.take().context("gpuvisor-vm's stdout")?).lines() {
+        let line = line?;
+        on_line(line.trim_end_matches('\r'), pid);
+        console.push_str(&line);
+        console.push('\n');
+    }
+    let status = child.wait()?;
+    eprintln!("{console}\n--- gpuvisor-vm stderr ---\n{}", err.join().unwrap_or_default());
+    Ok(VmRun { code: status.code().unwrap_or(-1), console })
+}
+
+/// Every descendant of process `pid` (children, their children, ...).
+pub fn descendants(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    let mut todo = vec![pid];
+    while let Some(p) = todo.pop() {
+        let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) else { continue };
+        for t in tasks.flatten() {
+            let kids = std::fs::read_to_string(t.path().join("children")).unwrap_or_default();
+            for k in kids.split_whitespace().filter_map(|k| k.parse().ok()) {
+                out.push(k);
+                todo.push(k);
+            }
+        }
+    }
+    out
+}
+
 /// A scratch directory, removed at the end unless the test failed (then its
 /// logs stay for a look). Short, because VM sockets live under it.
 pub struct Scratch(pub PathBuf);

@@ -13,7 +13,7 @@ use vhost::vhost_user::message::VhostUserProtocolFeatures;
 use vhost_user_backend::{VhostUserBackend, VringRwLock, VringT};
 use virtio_bindings::virtio_config::{VIRTIO_F_ANY_LAYOUT, VIRTIO_F_NOTIFY_ON_EMPTY, VIRTIO_F_VERSION_1};
 use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRECT_DESC};
-use virtio_queue::QueueOwnedT;
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::{GuestAddressSpace, GuestMemoryAtomic, GuestMemoryBackend, GuestMemoryRegion};
 use vmm_sys_util::epoll::EventSet;
 use vmm_sys_util::event::{new_event_consumer_and_notifier, EventConsumer, EventFlag, EventNotifier};
@@ -48,6 +48,9 @@ struct State {
     /// What to do once the VM's GPU context is lost and the requests in hand
     /// are answered (`main.rs` ends the process).
     on_lost: Option<OnLost>,
+    /// Queues to take up where the used ring says, at their first use: this
+    /// process took over from one that ended (`resume_after_restart`).
+    rewind: [bool; NUM_QUEUES],
 }
 
 /// Called with the sticky error that lost the VM's GPU context.
@@ -69,6 +72,7 @@ impl GpuBackend {
                 exit: None,
                 memory_event: None,
                 on_lost: None,
+                rewind: [false; NUM_QUEUES],
             }),
         }
     }
@@ -124,6 +128,16 @@ impl GpuBackend {
         self.lock().on_lost = Some(f);
     }
 
+    /// This process takes over the frontend's connection from a backend
+    /// process that ended (the supervisor replays the connection's set-up):
+    /// each queue starts at the used ring's index, not at the base the
+    /// set-up names. Requests the old process took but never answered come
+    /// again and get an answer (their sessions' lost error), so no guest
+    /// waits forever; requests it answered are not run twice.
+    pub fn resume_after_restart(&self) {
+        self.lock().rewind = [true; NUM_QUEUES];
+    }
+
     /// Runs `f` on the device model (tests and the demo read usage this way).
     pub fn with_device<R>(&self, f: impl FnOnce(&mut GpuDevice) -> R) -> R {
         f(&mut self.lock().dev)
@@ -135,6 +149,18 @@ impl GpuBackend {
             return Ok(false);
         };
         let mem = atomic.memory();
+        if std::mem::take(&mut st.rewind[queue as usize]) {
+            let mut v = vring.get_mut();
+            let q = v.get_queue_mut();
+            let used = q
+                .used_idx(&*mem, std::sync::atomic::Ordering::Acquire)
+                .map_err(|e| io::Error::other(format!("reading the used index: {e}")))?;
+            if q.next_avail() != used.0 {
+                info!(queue, from = q.next_avail(), to = used.0, "taking the queue up at the used ring's index");
+            }
+            q.set_next_avail(used.0);
+            q.set_next_used(used.0);
+        }
         let chains: Vec<_> = vring
             .get_mut()
             .get_queue_mut()

@@ -10,13 +10,16 @@ use gpuvisor_backend::engine::host_swap::{SwapConfig, MAX_THREADS};
 use gpuvisor_backend::engine::sim::SimEngine;
 use gpuvisor_backend::engine::Engine;
 use gpuvisor_backend::grants::{DaemonLink, Registration};
+use gpuvisor_backend::heartbeat::Heartbeat;
+use gpuvisor_backend::journal::Journal;
 use gpuvisor_backend::sandbox::{fds, seccomp, user};
+use gpuvisor_backend::supervisor;
 use gpuvisor_backend::virtio_gpu::GpuDevice;
 use gpuvisor_backend::vm::Vm;
 use gpuvisor_backend::watchdog::Watchdog;
 use gpuvisor_backend::{fault_exit_code, fault_from_exit_code};
 use protocol::control::{QosClass, QosRequest};
-use std::os::fd::FromRawFd;
+use std::os::fd::{FromRawFd, OwnedFd};
 use std::sync::Arc;
 use tracing::{error, info, info_span, warn};
 use vhost::vhost_user::Listener;
@@ -46,11 +49,18 @@ enum EngineChoice {
 ///
 /// A kernel fault (illegal address, trap, ...) makes NVIDIA's driver fail every later
 /// call of the process, in every context. The guest gets the error as natively, every
-/// session of the VM gets it afterwards, and the backend then exits with a status that
-/// names it (80 illegal address, 81 launch failure, 82 launch timeout, 83 illegal
-/// instruction, 84 misaligned address, 85 invalid address space, 86 invalid PC,
-/// 87 uncorrectable ECC, 88 unknown), so that whoever restarts it knows why; a fresh
-/// process gets a working context. Other VMs, in their own backends, see nothing.
+/// session of the VM gets it afterwards, and the serving process then exits with a
+/// status that names it (80 illegal address, 81 launch failure, 82 launch timeout,
+/// 83 illegal instruction, 84 misaligned address, 85 invalid address space, 86 invalid
+/// PC, 87 uncorrectable ECC, 88 unknown, 89 device assert, 90 hardware stack error); a
+/// fresh process gets a working context. Other VMs, in their own backends, see nothing.
+///
+/// By default the process started is a small supervisor that keeps QEMU's connection
+/// (QEMU never reconnects a vhost-user GPU) and runs the serving backend as its child:
+/// when the child dies (a fault, the watchdog, a crash, SIGKILL) a new one takes over
+/// within a second, the guest processes that had a session get an error for every
+/// later call (709 CUDA_ERROR_CONTEXT_IS_DESTROYED, or the fault's own), and new ones
+/// work. --no-restart serves in one process instead.
 #[derive(Debug, Parser)]
 #[command(name = "gpuvisor-backend", version, verbatim_doc_comment)]
 struct Args {
@@ -174,9 +184,55 @@ struct Args {
     #[arg(long, value_name = "PATH")]
     latency_log: Option<std::path::PathBuf>,
 
+    /// Add one to a word in every guest session's control buffer this often
+    /// (in milliseconds, at most protocol::HEARTBEAT_PERIOD_MS, 500), from a
+    /// thread of its own, and say so in the capset (CAPSET_F_HEARTBEAT): a
+    /// guest waiting for a reply fails its call when the word stops moving
+    /// for GPUVISOR_HEARTBEAT_TIMEOUT_S (a backend stopped, or hung outside
+    /// the GPU), rather than waiting for ever; a long kernel keeps it moving.
+    /// 0 turns it off.
+    #[arg(long, value_name = "MS", default_value_t = 250,
+        value_parser = clap::value_parser!(u64).range(0..=protocol::HEARTBEAT_PERIOD_MS))]
+    heartbeat_ms: u64,
+
     /// Exit when the first frontend disconnects instead of waiting for the next.
     #[arg(long)]
     once: bool,
+
+    /// Serve in this one process, as before the supervisor: a backend that
+    /// dies takes the frontend's connection with it (QEMU does not
+    /// reconnect a vhost-user-gpu device; the guest's GPU calls then hang),
+    /// and a fault ends the process with its status for whoever restarts it.
+    /// Default: a small supervisor process owns the socket and the
+    /// frontend's connection and runs the serving backend as a child; when
+    /// the child dies (killed, crashed, or ended by a GPU fault or the
+    /// watchdog) it starts a new one within a second and the VM keeps its
+    /// GPU: the guest processes that had a session get an error
+    /// (CUDA_ERROR_CONTEXT_IS_DESTROYED, 709, or the fault's own error) for
+    /// every later call, and new processes work. The supervisor never
+    /// opens the GPU.
+    #[arg(long)]
+    no_restart: bool,
+
+    /// Restarts of the serving child allowed within a minute; when the
+    /// child dies once more, the supervisor exits with the child's status
+    /// (128 + the signal's number for a signal).
+    #[arg(long, value_name = "N", default_value_t = 5)]
+    max_restarts_per_minute: u32,
+
+    /// A serving child of the supervisor: the listening socket with the
+    /// supervisor's connection queued.
+    #[arg(long = "serve-fd", value_name = "FD", hide = true)]
+    serve_fd: Option<i32>,
+
+    /// A serving child of the supervisor: the journal's memfd.
+    #[arg(long = "journal-fd", value_name = "FD", hide = true, requires = "serve_fd")]
+    journal_fd: Option<i32>,
+
+    /// A serving child that takes over from one that died: the error the
+    /// old sessions get.
+    #[arg(long = "lost-error", value_name = "CODE", hide = true, requires = "journal_fd")]
+    lost_error: Option<u32>,
 
     /// The seccomp filter installed once start-up is done (engine ready,
     /// socket listening, daemon link started): enforce kills the backend
@@ -215,11 +271,55 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Args::parse(), inherited) {
-        error!("{e:#}");
-        eprintln!("gpuvisor-backend: {e:#}");
-        std::process::exit(1);
+    let args = Args::parse();
+    let supervised = args.serve_fd.is_none() && !args.no_restart && !args.print_capabilities && !args.print_engine;
+    let r = if supervised { supervise(&args, inherited) } else { run(args, inherited).map(|()| 0) };
+    match r {
+        Ok(0) => {}
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            error!("{e:#}");
+            eprintln!("gpuvisor-backend: {e:#}");
+            std::process::exit(1);
+        }
     }
+}
+
+/// The frontend's listening socket, from --socket-path or --fd.
+fn listen(args: &Args) -> Result<Listener> {
+    Ok(match (&args.socket_path, args.fd) {
+        (Some(path), None) => Listener::new(path, true).with_context(|| format!("listening on {path}"))?,
+        (None, Some(fd)) => {
+            if fd < 0 {
+                bail!("--fd {fd} is not a file descriptor");
+            }
+            // SAFETY: the caller passed us this listening socket's descriptor
+            // (libvirt convention); we take ownership of it here, once.
+            unsafe { Listener::from_raw_fd(fd) }
+        }
+        _ => bail!("give exactly one of --socket-path and --fd"),
+    })
+}
+
+/// The default: a supervisor that owns the socket and the frontend's
+/// connection, with the serving backend as its child (`supervisor.rs`).
+/// Returns the status to exit with.
+fn supervise(args: &Args, inherited: fds::Inherited) -> Result<i32> {
+    let span = info_span!("vm", name = %args.vm_name);
+    let _enter = span.enter();
+    let mut listener = listen(args)?;
+    inherited.close(&args.fd.into_iter().collect::<Vec<_>>()).context("closing inherited descriptors")?;
+    let cfg = supervisor::Config {
+        child_args: std::env::args_os().skip(1).collect(),
+        max_restarts_per_minute: args.max_restarts_per_minute,
+        once: args.once,
+    };
+    info!(
+        socket = args.socket_path.as_deref().unwrap_or("(fd)"),
+        max_restarts_per_minute = args.max_restarts_per_minute,
+        "supervising the serving backend"
+    );
+    Ok(supervisor::run(&cfg, &mut listener))
 }
 
 fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
@@ -339,7 +439,30 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
             None
         }
     };
+    if args.heartbeat_ms > 0 {
+        let hb = Heartbeat::start(&args.vm_name, std::time::Duration::from_millis(args.heartbeat_ms))
+            .context("starting the heartbeat thread")?;
+        vm.set_heartbeat(hb);
+    }
+    if let Some(fd) = args.journal_fd {
+        // SAFETY: the supervisor passed us the journal's memfd; we take
+        // ownership of it here, once.
+        let journal = Journal::open(unsafe { OwnedFd::from_raw_fd(fd) }).context("mapping the journal")?;
+        let state = journal.read();
+        vm.set_journal(journal);
+        if let Some(code) = args.lost_error {
+            match state {
+                Ok(state) => {
+                    vm.recover(state, code);
+                }
+                Err(e) => error!("the journal of the backend that died is unusable ({e}); starting with no state"),
+            }
+        }
+    }
     let backend = Arc::new(GpuBackend::new(GpuDevice::new(vm)));
+    if args.lost_error.is_some() {
+        backend.resume_after_restart();
+    }
     let name = args.vm_name.clone();
     backend.on_context_lost(Box::new(move |cu| {
         let code = fault_exit_code(cu);
@@ -353,21 +476,18 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
         backend.set_memory_event(ev);
     }
 
-    let mut listener = match (&args.socket_path, args.fd) {
-        (Some(path), None) => Listener::new(path, true).with_context(|| format!("listening on {path}"))?,
-        (None, Some(fd)) => {
-            if fd < 0 {
-                bail!("--fd {fd} is not a file descriptor");
-            }
-            // SAFETY: the caller passed us this listening socket's descriptor
-            // (libvirt convention); we take ownership of it here, once.
-            unsafe { Listener::from_raw_fd(fd) }
-        }
-        _ => bail!("give exactly one of --socket-path and --fd"),
+    let (mut listener, keep): (Listener, Vec<i32>) = match args.serve_fd {
+        // A child of the supervisor: its connection is queued on this socket.
+        // SAFETY: the supervisor passed us this listening socket; we take
+        // ownership of it here, once.
+        Some(fd) => (unsafe { Listener::from_raw_fd(fd) }, std::iter::once(fd).chain(args.journal_fd).collect()),
+        None => (listen(&args)?, args.fd.into_iter().collect()),
     };
     // Start-up is done: the engine, the listening socket and the daemon link
-    // exist. From here on the backend holds only what it opened itself.
-    let closed = inherited.close(&args.fd.into_iter().collect::<Vec<_>>()).context("closing inherited descriptors")?;
+    // exist. From here on the backend holds only what it opened itself (and
+    // what the supervisor gave it: its connection's socket and the journal,
+    // which stays mapped).
+    let closed = inherited.close(&keep).context("closing inherited descriptors")?;
     if !closed.is_empty() {
         info!(?closed, "closed inherited descriptors");
     }
@@ -382,6 +502,7 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
     let mode = args.seccomp.unwrap_or(seccomp::Mode::default_for(kind));
     seccomp::install(kind, mode).context("--seccomp")?;
     info!(mode = mode.as_str(), engine = engine_kind, "seccomp filter installed");
+    backend.with_device(|d| d.vm.journal_ready());
     info!(socket = args.socket_path.as_deref().unwrap_or("(fd)"), "waiting for the VMM");
     let served = serve(&args, &backend, &mut listener);
     if mode != seccomp::Mode::Off {
@@ -418,7 +539,8 @@ fn serve(args: &Args, backend: &Arc<GpuBackend>, listener: &mut Listener) -> Res
             Ok(()) | Err(vhost_user_backend::Error::HandleRequest(vhost::vhost_user::Error::Disconnected)) => {}
             Err(e) => warn!("connection ended: {e:?}"),
         }
-        if args.once {
+        // A supervisor's child serves the one connection it was given.
+        if args.once || args.serve_fd.is_some() {
             return Ok(());
         }
     }

@@ -81,6 +81,11 @@ impl ResourceTable {
         }
     }
 
+    /// Every resource with its id.
+    pub fn iter(&self) -> impl Iterator<Item = (u32, &Resource)> {
+        self.map.iter().map(|(&id, r)| (id, r))
+    }
+
     pub fn len(&self) -> usize {
         self.map.len()
     }

@@ -6,6 +6,7 @@
 
 use crate::error::Error;
 use crate::guest_mem::{Extent, GuestMemory, GuestSpan};
+use crate::journal::Record;
 use crate::resources::{Resource, MAX_BACKING_ENTRIES};
 use crate::vm::Vm;
 use protocol::virtio_gpu::*;
@@ -88,6 +89,7 @@ impl GpuDevice {
     pub fn reset(&mut self) {
         self.vm.destroy_all_clients();
         self.vm.resources.clear();
+        self.vm.clear_journal();
         self.scanout = Scanout::default();
         self.display = None;
     }
@@ -136,6 +138,8 @@ impl GpuDevice {
                 let (c, _) = parse::<ResourceUnref>(body)?;
                 let id = c.resource_id.get();
                 self.vm.resources.remove(id)?;
+                self.vm.resource_changed(id);
+                self.vm.record(Record::Unref { id });
                 if self.scanout.resource_id == id {
                     self.scanout.resource_id = 0;
                 }
@@ -157,13 +161,18 @@ impl GpuDevice {
                     GuestSpan::new(mem, &[ext], 0, ext.len as u64).map_err(|e| Nak::from(Error::from(e)))?;
                     backing.push(ext);
                 }
-                let r = self.vm.resources.get_mut(c.resource_id.get())?;
-                r.backing = backing;
+                let id = c.resource_id.get();
+                self.vm.resources.get_mut(id)?.backing = backing.clone();
+                self.vm.resource_changed(id);
+                self.vm.record(Record::Backing { id, entries: &backing });
                 nodata()
             }
             CMD_RESOURCE_DETACH_BACKING => {
                 let (c, _) = parse::<ResourceDetachBacking>(body)?;
-                self.vm.resources.get_mut(c.resource_id.get())?.backing.clear();
+                let id = c.resource_id.get();
+                self.vm.resources.get_mut(id)?.backing.clear();
+                self.vm.resource_changed(id);
+                self.vm.record(Record::DetachBacking { id });
                 nodata()
             }
             CMD_SET_SCANOUT => {
@@ -210,7 +219,7 @@ impl GpuDevice {
                     warn!(ctx_id, init, "context of a capset we do not serve");
                     return Err(Nak(RESP_ERR_INVALID_PARAMETER));
                 }
-                self.vm.create_client(ctx_id)?;
+                self.vm.create_client_for(ctx_id, init)?;
                 nodata()
             }
             CMD_CTX_DESTROY => {
@@ -222,12 +231,16 @@ impl GpuDevice {
                 if !self.vm.has_client(ctx_id) {
                     return Err(Nak(RESP_ERR_INVALID_CONTEXT_ID));
                 }
-                self.vm.resources.get_mut(c.resource_id.get())?.attached.insert(ctx_id);
+                let resource = c.resource_id.get();
+                self.vm.resources.get_mut(resource)?.attached.insert(ctx_id);
+                self.vm.record(Record::Attach { ctx_id, resource });
                 nodata()
             }
             CMD_CTX_DETACH_RESOURCE => {
                 let (c, _) = parse::<CtxResource>(body)?;
-                self.vm.resources.get_mut(c.resource_id.get())?.attached.remove(&ctx_id);
+                let resource = c.resource_id.get();
+                self.vm.resources.get_mut(resource)?.attached.remove(&ctx_id);
+                self.vm.record(Record::Detach { ctx_id, resource });
                 nodata()
             }
             CMD_TRANSFER_TO_HOST_3D | CMD_TRANSFER_FROM_HOST_3D => {
@@ -257,6 +270,7 @@ impl GpuDevice {
 
     fn create_resource(&mut self, id: u32, width: u32, height: u32, format: u32, size: u64) -> CmdResult {
         self.vm.resources.create(id, Resource { width, height, format, size, ..Default::default() })?;
+        self.vm.record(Record::Resource { id, width, height, format, size });
         nodata()
     }
 

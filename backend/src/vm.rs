@@ -11,6 +11,8 @@ use crate::error::{Error, Result};
 use crate::grants::{CopyDir, Counters, Gate};
 use crate::guest_mem::{GuestMemory, HostDst, HostSrc};
 use crate::handles::{Allocation, AllocationTable, HandleTable};
+use crate::heartbeat::Heartbeat;
+use crate::journal::{self, Journal};
 use crate::resources::ResourceTable;
 use crate::watchdog::{InFlight, Watchdog};
 use protocol::cuda::*;
@@ -22,7 +24,7 @@ use std::sync::Arc;
 use tracing::{debug, info, warn};
 use vm_memory::Bytes;
 use zerocopy::little_endian::{F32, I32, U32, U64};
-use zerocopy::IntoBytes;
+use zerocopy::{FromBytes, IntoBytes};
 
 mod graph;
 mod pools;
@@ -61,7 +63,12 @@ struct EventEntry {
 #[derive(Debug)]
 pub struct Client {
     pid: u32,
+    /// The capset the guest's kernel created the context with.
+    capset: u32,
     control: Option<u32>,
+    /// The error every batch of the session gets, once the session is lost
+    /// (it was opened with a backend process that has since ended).
+    lost: Option<CuResult>,
     last_seq: u64,
     deferred: Option<(CuResult, Opcode)>,
     contexts: HandleTable<EngineCtx>,
@@ -86,7 +93,9 @@ impl Client {
     fn new() -> Self {
         Client {
             pid: 0,
+            capset: 0,
             control: None,
+            lost: None,
             last_seq: 0,
             deferred: None,
             contexts: HandleTable::new("context"),
@@ -154,6 +163,11 @@ pub struct Vm {
     fault: Option<CuResult>,
     /// Marks every GPU operation for `--watchdog-ms`, if on.
     watchdog: Option<Watchdog>,
+    /// Where what the guest's kernel believes exists is recorded for a
+    /// restarted backend process (`journal.rs`), under the supervisor.
+    journal: Option<Journal>,
+    /// Beats in each session's control buffer (`CAPSET_F_HEARTBEAT`), if on.
+    heartbeat: Option<Heartbeat>,
 }
 
 impl Drop for Vm {
@@ -185,6 +199,93 @@ impl Vm {
             timer_resolution_ns: 0,
             fault: None,
             watchdog: None,
+            journal: None,
+            heartbeat: None,
+        }
+    }
+
+    /// Beats in every session's control buffer from now on, and says so in
+    /// the capset.
+    pub fn set_heartbeat(&mut self, heartbeat: Heartbeat) {
+        self.heartbeat = Some(heartbeat);
+    }
+
+    /// Records every change to resources, contexts and sessions in
+    /// `journal` from now on.
+    pub fn set_journal(&mut self, journal: Journal) {
+        self.journal = Some(journal);
+    }
+
+    /// Appends `rec` to the journal, if any (after the change it records is
+    /// made: a full journal is compacted from the state as it is now).
+    pub fn record(&mut self, rec: journal::Record<'_>) {
+        let Some(j) = self.journal.as_mut() else { return };
+        let (resources, clients) = (&self.resources, &self.clients);
+        j.append(&rec, || journal::snapshot(resources, &Self::journal_contexts(clients)));
+    }
+
+    fn journal_contexts(clients: &HashMap<u32, Client>) -> std::collections::BTreeMap<u32, journal::Context> {
+        clients
+            .iter()
+            .map(|(&id, c)| {
+                (id, journal::Context { capset: c.capset, session: c.control.map(|r| (r, c.lost.unwrap_or(0))) })
+            })
+            .collect()
+    }
+
+    /// Writes the journal afresh from the state as it is now.
+    fn rewrite_journal(&mut self) {
+        let Some(j) = self.journal.as_mut() else { return };
+        let snap = journal::snapshot(&self.resources, &Self::journal_contexts(&self.clients));
+        if !j.rewrite(&snap) {
+            warn!(vm = %self.name, "the journal has no room for the state");
+        }
+    }
+
+    /// A backend process that takes over from one that ended: the guest's
+    /// resources and contexts as the journal knows them come back, and each
+    /// session opened with the old process is lost, answered from now on
+    /// with `code` (sessions lost before keep their own error). Returns the
+    /// number of sessions lost.
+    pub fn recover(&mut self, state: journal::State, code: CuResult) -> usize {
+        self.resources = state.resources;
+        let mut lost = 0;
+        for (ctx_id, c) in state.contexts {
+            let mut client = Client::new();
+            client.capset = c.capset;
+            if let Some((control, was)) = c.session {
+                client.control = Some(control);
+                client.lost = Some(if was != 0 { was } else { code });
+                lost += 1;
+            }
+            self.clients.insert(ctx_id, client);
+        }
+        self.rewrite_journal();
+        info!(vm = %self.name, resources = self.resources.len(), contexts = self.clients.len(), lost_sessions = lost,
+            lost_error = code, "recovered the guest's device state from the journal");
+        lost
+    }
+
+    /// Resource `id` goes or its backing changes (virtio-gpu UNREF, ATTACH
+    /// or DETACH_BACKING): nothing that writes into guest memory on its own
+    /// may touch its old pages any more.
+    pub fn resource_changed(&mut self, id: u32) {
+        if let Some(hb) = &self.heartbeat {
+            hb.forget_resource(id);
+        }
+    }
+
+    /// Tells the supervisor that this process finished its start-up.
+    pub fn journal_ready(&self) {
+        if let Some(j) = &self.journal {
+            j.set_ready();
+        }
+    }
+
+    /// The device was reset: nothing is left to recover.
+    pub fn clear_journal(&mut self) {
+        if let Some(j) = self.journal.as_mut() {
+            j.rewrite(&[]);
         }
     }
 
@@ -305,16 +406,24 @@ impl Vm {
             max_batch_bytes: U32::new(MAX_BATCH_BYTES),
             max_inline_bytes: U32::new(MAX_INLINE_BYTES),
             engine: U32::new(matches!(self.engine.kind(), crate::engine::EngineKind::Cuda) as u32),
-            _reserved: U32::new(0),
+            flags: U32::new(if self.heartbeat.is_some() { CAPSET_F_HEARTBEAT } else { 0 }),
         }
     }
 
-    /// virtio-gpu CTX_CREATE.
+    /// virtio-gpu CTX_CREATE of a context for gpuvisor's capset.
     pub fn create_client(&mut self, ctx_id: u32) -> Result<()> {
+        self.create_client_for(ctx_id, CAPSET_ID)
+    }
+
+    /// virtio-gpu CTX_CREATE of a context for `capset` (0: the default).
+    pub fn create_client_for(&mut self, ctx_id: u32, capset: u32) -> Result<()> {
         if self.clients.contains_key(&ctx_id) {
             return Err(Error::InvalidArgument("virtio-gpu context already exists"));
         }
-        self.clients.insert(ctx_id, Client::new());
+        let mut client = Client::new();
+        client.capset = capset;
+        self.clients.insert(ctx_id, client);
+        self.record(journal::Record::CtxCreate { ctx_id, capset });
         debug!(vm = %self.name, ctx_id, "client created");
         Ok(())
     }
@@ -329,6 +438,11 @@ impl Vm {
         let Some(mut client) = self.clients.remove(&ctx_id) else {
             return;
         };
+        self.resources.detach_all(ctx_id);
+        self.record(journal::Record::CtxDestroy { ctx_id });
+        if let Some(hb) = &self.heartbeat {
+            hb.remove(ctx_id);
+        }
         let ctxs: Vec<EngineCtx> = client.contexts.values().copied().collect();
         for (id, &c) in client.contexts.iter() {
             let mine: Vec<(u64, u64)> =
@@ -349,7 +463,6 @@ impl Vm {
         self.release_client_vmm(&mut client);
         self.used = self.used.saturating_sub(client.charged);
         self.gate.note_residency(self.engine.residency());
-        self.resources.detach_all(ctx_id);
         info!(
             vm = %self.name, ctx_id, pid = client.pid, contexts = ctxs.len(), returned = client.charged,
             used = self.used, "client released"
@@ -383,6 +496,18 @@ impl Vm {
     }
 
     fn run_batch(&mut self, mem: &GuestMemory, ctx_id: u32, client: &mut Client, bytes: &[u8]) -> Result<()> {
+        if let Some(code) = client.lost {
+            // Whatever the batch asks, the session's GPU state is gone with
+            // the process that held it: answer its sequence number (the one
+            // the guest waits on) with the error, and say why.
+            let seq = BatchHeader::read_from_prefix(bytes)
+                .map(|(h, _)| h.seq.get())
+                .unwrap_or(client.last_seq.saturating_add(1));
+            client.last_seq = seq;
+            debug!(vm = %self.name, ctx_id, seq, code, "batch of a lost session");
+            let reply = Reply { status: code, payload: Vec::new() };
+            return self.write_reply(mem, ctx_id, client, seq, reply, REPLY_F_SESSION_LOST);
+        }
         let mut reply = Reply::ok(Vec::new());
         // A fault noticed between batches (by the grant gate's own queries,
         // or on the GPU's time) fails this batch already.
@@ -452,7 +577,7 @@ impl Vm {
         if let Some(wd) = &self.watchdog {
             wd.batch_done();
         }
-        self.write_reply(mem, ctx_id, client, seq, reply)
+        self.write_reply(mem, ctx_id, client, seq, reply, 0)
     }
 
     /// Tells the watchdog where this batch's reply goes, so that it can
@@ -474,6 +599,7 @@ impl Vm {
         client: &mut Client,
         seq: u64,
         mut reply: Reply,
+        flags: u32,
     ) -> Result<()> {
         let Some(control) = client.control else {
             return Err(Error::NoSession);
@@ -491,6 +617,8 @@ impl Vm {
             deferred: U32::new(deferred),
             deferred_opcode: U32::new(deferred_op),
             payload_len: U32::new(reply.payload.len() as u32),
+            flags: U32::new(flags),
+            _reserved: U32::new(0),
         };
         if !reply.payload.is_empty() {
             let span = self.resources.span(mem, control, ctx_id, REPLY_PAYLOAD_OFFSET, reply.payload.len() as u64)?;
@@ -544,7 +672,7 @@ impl Vm {
         }
         // Commands that do not run in a guest context.
         match d.cmd {
-            C::Hello(h) => return self.hello(ctx_id, client, &h).map(Some),
+            C::Hello(h) => return self.hello(mem, ctx_id, client, &h).map(Some),
             C::CtxCreate(c) => {
                 let id = c.ctx_id.get();
                 client.contexts.check_free(id)?;
@@ -837,7 +965,7 @@ impl Vm {
         }
     }
 
-    fn hello(&mut self, ctx_id: u32, client: &mut Client, h: &Hello) -> Result<Reply> {
+    fn hello(&mut self, mem: &GuestMemory, ctx_id: u32, client: &mut Client, h: &Hello) -> Result<Reply> {
         if h.protocol_version.get() != PROTOCOL_VERSION {
             return Err(Error::NotSupported("protocol version"));
         }
@@ -847,8 +975,21 @@ impl Vm {
         if res.backing_len() < needed {
             return Err(Error::InvalidArgument("control buffer too small"));
         }
+        if let Some(hb) = &self.heartbeat {
+            hb.add(ctx_id, control, mem, &res.backing);
+        }
         client.control = Some(control);
         client.pid = h.pid.get();
+        let (resources, clients) = (&self.resources, &self.clients);
+        if let Some(j) = self.journal.as_mut() {
+            // `client` is out of the table while its batch runs.
+            let rec = journal::Record::Session { ctx_id, control, lost: 0 };
+            j.append(&rec, || {
+                let mut ctxs = Self::journal_contexts(clients);
+                ctxs.insert(ctx_id, journal::Context { capset: client.capset, session: Some((control, 0)) });
+                journal::snapshot(resources, &ctxs)
+            });
+        }
         let mut r = HelloReply {
             protocol_version: U32::new(PROTOCOL_VERSION as u32),
             engine: U32::new(matches!(self.engine.kind(), crate::engine::EngineKind::Cuda) as u32),

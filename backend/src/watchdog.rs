@@ -195,6 +195,7 @@ fn answer(b: &InFlight, status: u32) -> Result<(), crate::guest_mem::SpanError> 
         deferred: U32::new(status),
         deferred_opcode: U32::new(0),
         payload_len: U32::new(0),
+        ..Default::default()
     };
     let bytes = header.as_bytes();
     GuestSpan::new(&b.mem, &b.control, 8, (bytes.len() - 8) as u64)?.write_from(&bytes[8..]);

@@ -179,7 +179,9 @@ impl Backend {
         let socket = std::env::temp_dir().join(format!("gv-sandbox-{tag}-{}.sock", std::process::id()));
         let _ = std::fs::remove_file(&socket);
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuvisor-backend"));
-        cmd.args(["--engine", "sim", "--sim-memory-mib", "64", "--vm-name", tag, "--socket-path"])
+        // One process, so that the process started is the sandboxed one
+        // (under the supervisor it is the serving child: tests/supervisor.rs).
+        cmd.args(["--no-restart", "--engine", "sim", "--sim-memory-mib", "64", "--vm-name", tag, "--socket-path"])
             .arg(&socket)
             .args(extra)
             .stderr(Stdio::null());

@@ -171,3 +171,112 @@ fn resources_whose_size_passes_64_bits_are_refused_and_the_device_goes_on() {
     assert_eq!(create_2d(&mut dev, &mem, 1, 64, 32), RESP_OK_NODATA);
     assert_eq!(create_2d(&mut dev, &mem, 2, 64, 32), RESP_OK_NODATA);
 }
+
+/// A guest process's session as the guest's kernel and driver set it up:
+/// context `ctx`, control buffer `res` (4 KiB at `addr`), attached, and the
+/// driver's Hello (batch 1).
+fn open_session(dev: &mut GpuDevice, mem: &GuestMemory, ctx: u32, res: u32, addr: u64) {
+    let c = CtxCreate { nlen: U32::new(0), context_init: U32::new(0), debug_name: [0; 64] };
+    assert_eq!(resp_type(&dev.handle_ctrl(mem, &req(CMD_CTX_CREATE, ctx, c.as_bytes()))), RESP_OK_NODATA);
+    let r = ResourceCreate3d {
+        resource_id: U32::new(res),
+        width: U32::new(4096),
+        height: U32::new(1),
+        depth: U32::new(1),
+        ..Default::default()
+    };
+    assert_eq!(resp_type(&dev.handle_ctrl(mem, &req(CMD_RESOURCE_CREATE_3D, 0, r.as_bytes()))), RESP_OK_NODATA);
+    assert_eq!(attach(dev, mem, res, addr, 4096), RESP_OK_NODATA);
+    let a = CtxResource { resource_id: U32::new(res), padding: U32::new(0) };
+    assert_eq!(resp_type(&dev.handle_ctrl(mem, &req(CMD_CTX_ATTACH_RESOURCE, ctx, a.as_bytes()))), RESP_OK_NODATA);
+    let hello = protocol::Hello {
+        control_resource: U32::new(res),
+        protocol_version: protocol::PROTOCOL_VERSION.into(),
+        ..Default::default()
+    };
+    submit(dev, mem, ctx, 1, protocol::Opcode::Hello, &hello);
+    assert_eq!(reply(mem, addr).status.get(), 0, "the Hello");
+}
+
+fn submit<T: IntoBytes + zerocopy::Immutable>(
+    dev: &mut GpuDevice,
+    mem: &GuestMemory,
+    ctx: u32,
+    seq: u64,
+    op: protocol::Opcode,
+    p: &T,
+) {
+    let mut w = protocol::BatchWriter::new();
+    w.begin(seq);
+    w.push(op, 0, protocol::PRIMARY_CTX, p, &[]);
+    let batch = w.finish().to_vec();
+    let mut body = CmdSubmit { size: U32::new(batch.len() as u32), padding: U32::new(0) }.as_bytes().to_vec();
+    body.extend_from_slice(&batch);
+    assert_eq!(resp_type(&dev.handle_ctrl(mem, &req(CMD_SUBMIT_3D, ctx, &body))), RESP_OK_NODATA);
+}
+
+fn reply(mem: &GuestMemory, addr: u64) -> protocol::ReplyHeader {
+    let mut b = [0u8; core::mem::size_of::<protocol::ReplyHeader>()];
+    mem.read_slice(&mut b, GuestAddress(addr)).unwrap();
+    protocol::ReplyHeader::read_from_bytes(&b).unwrap()
+}
+
+fn heartbeat_word(mem: &GuestMemory, addr: u64) -> u64 {
+    mem.read_obj(GuestAddress(addr + protocol::HEARTBEAT_OFFSET)).unwrap()
+}
+
+use vm_memory::Bytes;
+
+#[test]
+fn a_sessions_heartbeat_stops_when_its_buffer_goes_before_its_context() {
+    let (mut dev, mem) = device();
+    let hb = gpuvisor_backend::heartbeat::Heartbeat::start("t", std::time::Duration::from_millis(5)).unwrap();
+    dev.vm.set_heartbeat(hb);
+    assert_eq!(dev.vm.capset().flags.get() & protocol::CAPSET_F_HEARTBEAT, protocol::CAPSET_F_HEARTBEAT);
+    open_session(&mut dev, &mem, 2, 9, 0x10000);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert!(heartbeat_word(&mem, 0x10000) >= 2, "the word moves while the session lives");
+    // Linux unreferences a dying process's buffers before its context; the
+    // pages are the guest kernel's again once UNREF is answered.
+    let u = ResourceUnref { resource_id: U32::new(9), padding: U32::new(0) };
+    assert_eq!(resp_type(&dev.handle_ctrl(&mem, &req(CMD_RESOURCE_UNREF, 0, u.as_bytes()))), RESP_OK_NODATA);
+    let last = heartbeat_word(&mem, 0x10000);
+    std::thread::sleep(std::time::Duration::from_millis(50));
+    assert_eq!(heartbeat_word(&mem, 0x10000), last, "a beat landed in pages the guest got back");
+}
+
+#[test]
+fn a_new_backend_rebuilds_the_guests_resources_from_the_journal_and_answers_old_sessions_as_lost() {
+    use gpuvisor_backend::journal::{self, Journal};
+    let (mut old, mem) = device();
+    let fd = journal::create().unwrap();
+    let dup = fd.try_clone().unwrap();
+    old.vm.set_journal(Journal::open(fd).unwrap());
+    open_session(&mut old, &mem, 2, 9, 0x10000);
+    // A buffer of the session, and one the guest's kernel gave up.
+    assert_eq!(create_2d(&mut old, &mem, 11, 16, 16), RESP_OK_NODATA);
+    assert_eq!(attach(&mut old, &mem, 11, 0x20000, 1024), RESP_OK_NODATA);
+    assert_eq!(create_2d(&mut old, &mem, 12, 16, 16), RESP_OK_NODATA);
+    let u = ResourceUnref { resource_id: U32::new(12), padding: U32::new(0) };
+    assert_eq!(resp_type(&old.handle_ctrl(&mem, &req(CMD_RESOURCE_UNREF, 0, u.as_bytes()))), RESP_OK_NODATA);
+    drop(old);
+
+    // The next process: what the journal says, its sessions lost with 709.
+    let (mut new, _) = device();
+    let j = Journal::open(dup).unwrap();
+    let state = j.read().unwrap();
+    new.vm.set_journal(j);
+    assert_eq!(new.vm.recover(state, 709), 1);
+    assert_eq!(new.vm.resources.len(), 2, "the control buffer and resource 11, not 12");
+    assert_eq!(new.vm.resources.get(11).unwrap().backing.len(), 1);
+    let m = protocol::MemAlloc { size: U64::new(4096) };
+    submit(&mut new, &mem, 2, 2, protocol::Opcode::MemAlloc, &m);
+    let r = reply(&mem, 0x10000);
+    assert_eq!((r.completed_seq.get(), r.reply_seq.get(), r.status.get()), (2, 2, 709));
+    assert_eq!(r.flags.get() & protocol::REPLY_F_SESSION_LOST, protocol::REPLY_F_SESSION_LOST);
+    // A new session on a new context works.
+    open_session(&mut new, &mem, 3, 13, 0x30000);
+    submit(&mut new, &mem, 3, 2, protocol::Opcode::MemAlloc, &m);
+    let r = reply(&mem, 0x30000);
+    assert_eq!((r.completed_seq.get(), r.status.get(), r.flags.get()), (2, 0, 0));
+}

@@ -26,6 +26,12 @@ const FLUSH_AGE: Duration = Duration::from_micros(200);
 const STAGING_BYTES: usize = 16 << 20;
 /// How long a synchronous call spins on the reply before it blocks.
 const SPIN: Duration = Duration::from_micros(50);
+/// How often a call waiting for its reply looks at the backend's heartbeat.
+const HEARTBEAT_CHECK: Duration = Duration::from_millis(500);
+/// How long the heartbeat may stand still before a waiting call fails,
+/// unless GPUVISOR_HEARTBEAT_TIMEOUT_S says otherwise: ten of the backend's
+/// longest periods.
+pub const DEFAULT_HEARTBEAT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Device facts from the Hello reply.
 pub struct DeviceFacts {
@@ -71,18 +77,52 @@ pub struct Client {
     /// 0 for none: a kernel fault lost the process's GPU context, and every
     /// later call returns it at once, as NVIDIA's driver does.
     sticky: AtomicU32,
+    /// The backend beats in the control buffer (`CAPSET_F_HEARTBEAT`).
+    heartbeat: bool,
+    /// How long the beat may stand still while a call waits.
+    heartbeat_timeout: Duration,
 }
 
 static CLIENT: OnceLock<Result<Client, CuResult>> = OnceLock::new();
 
-/// The process's session, opened on first use (cuInit).
+/// How long a new process waits for an unreachable backend before cuInit
+/// fails, unless GPUVISOR_NEW_SESSION_TIMEOUT_S says otherwise: long enough
+/// for a supervisor to start a new serving backend after one died (its
+/// back-off is at most 2 s, and a CUDA engine takes a few seconds to start).
+pub const DEFAULT_NEW_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// GPUVISOR_NEW_SESSION_TIMEOUT_S (seconds, fractions allowed; 0 fails at
+/// once), else [`DEFAULT_NEW_SESSION_TIMEOUT`].
+pub fn new_session_timeout() -> Duration {
+    std::env::var("GPUVISOR_NEW_SESSION_TIMEOUT_S")
+        .ok()
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|s| s.is_finite() && *s >= 0.0)
+        .map_or(DEFAULT_NEW_SESSION_TIMEOUT, Duration::from_secs_f64)
+}
+
+/// The process's session, opened on first use (cuInit). A backend that
+/// cannot be reached (being restarted) is waited for up to
+/// [`new_session_timeout`]; a machine with no gpuvisor device at all (no
+/// such render node) fails at once.
 pub fn get() -> Result<&'static Client, CuResult> {
     CLIENT
         .get_or_init(|| {
-            Client::open().map_err(|e| {
-                crate::log::warn(&format!("cannot reach the gpuvisor backend: {e}"));
-                CUDA_ERROR_NO_DEVICE
-            })
+            let deadline = Instant::now() + new_session_timeout();
+            let direct = std::env::var("GPUVISOR_TRANSPORT").is_ok_and(|v| v.starts_with("direct:"));
+            loop {
+                match Client::open() {
+                    Ok(c) => return Ok(c),
+                    Err(e) => {
+                        let absent = matches!(e, OpenError::Transport(TransportError::NoDevice(_))) && !direct;
+                        if absent || matches!(e, OpenError::BadCapset) || Instant::now() >= deadline {
+                            crate::log::warn(&format!("cannot reach the gpuvisor backend: {e}"));
+                            return Err(CUDA_ERROR_NO_DEVICE);
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                }
+            }
         })
         .as_ref()
         .map_err(|e| *e)
@@ -138,6 +178,15 @@ impl Client {
             pinned: Mutex::new(BTreeMap::new()),
             next_id: AtomicU64::new(0x1000),
             sticky: AtomicU32::new(0),
+            // Off until the Hello is answered: the backend beats only for
+            // sessions it knows, and the Hello may wait behind other work
+            // (another process's teardown).
+            heartbeat: false,
+            heartbeat_timeout: std::env::var("GPUVISOR_HEARTBEAT_TIMEOUT_S")
+                .ok()
+                .and_then(|v| v.trim().parse::<f64>().ok())
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .map_or(DEFAULT_HEARTBEAT_TIMEOUT, Duration::from_secs_f64),
         };
         let hello = Hello {
             control_resource: U32::new(c.control.resource_id),
@@ -148,6 +197,7 @@ impl Client {
         };
         let reply = c.call(Opcode::Hello, 0, 0, &hello, &[]).map_err(OpenError::Refused)?;
         c.facts.reply = HelloReply::read_from_prefix(&reply).map_err(|_| OpenError::BadCapset)?.0;
+        c.heartbeat = cap.flags.get() & CAPSET_F_HEARTBEAT != 0;
         Ok(c)
     }
 
@@ -173,6 +223,21 @@ impl Client {
         }
     }
 
+    /// The backend says the session is gone (`REPLY_F_SESSION_LOST`): the
+    /// backend process that held it ended and another took its place.
+    /// `code` is returned for every later call of the process, as a sticky
+    /// error is.
+    fn lose_session(&self, code: CuResult) {
+        if self.sticky.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+            crate::log::warn(&format!(
+                "the GPU session is lost ({}): the VM's GPU backend was restarted and this process's GPU state \
+                 went with the old one; every later CUDA call of this process returns this error, and a new \
+                 process gets a working session",
+                error_name(code).unwrap_or("unknown error")
+            ));
+        }
+    }
+
     /// Notes a reply's error: a sticky one loses the session for good.
     fn note(&self, code: CuResult) {
         if is_sticky(code) && self.sticky.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
@@ -181,6 +246,37 @@ impl Client {
                  driver does; a new process gets a working one",
                 error_name(code).unwrap_or("unknown error")
             ));
+        }
+    }
+
+    /// Whether the backend beats (`CAPSET_F_HEARTBEAT`).
+    pub fn has_heartbeat(&self) -> bool {
+        self.heartbeat
+    }
+
+    /// Sets how long the heartbeat may stand still while a call waits
+    /// (GPUVISOR_HEARTBEAT_TIMEOUT_S otherwise; tests).
+    pub fn set_heartbeat_timeout(&mut self, timeout: Duration) {
+        self.heartbeat_timeout = timeout;
+    }
+
+    fn heartbeat_word(&self) -> u64 {
+        // SAFETY: the control buffer is mapped for the session's lifetime;
+        // HEARTBEAT_OFFSET is 8-aligned inside its first page, and the
+        // backend writes the word while we read it (any value will do: we
+        // only compare it with the last one).
+        let a = unsafe { &*(self.control.ptr.add(HEARTBEAT_OFFSET as usize) as *const AtomicU64) };
+        a.load(Ordering::Relaxed)
+    }
+
+    /// Waits for the backend once: until it has finished what was sent
+    /// (`Ok(true)`), or, with a heartbeat, until HEARTBEAT_CHECK passed
+    /// (`Ok(false)`).
+    fn wait_backend(&self) -> Result<bool, TransportError> {
+        if self.heartbeat {
+            self.transport.wait_idle_for(HEARTBEAT_CHECK)
+        } else {
+            self.transport.wait_idle().map(|()| true)
         }
     }
 
@@ -211,16 +307,40 @@ impl Client {
 
     fn wait_seq(&self, seq: u64) -> Result<(), CuResult> {
         let start = Instant::now();
+        let mut beat = (self.heartbeat_word(), Instant::now());
         while self.completed_seq() < seq {
             if start.elapsed() > SPIN {
-                if let Err(e) = self.transport.wait_idle() {
-                    // A backend that ended (its GPU context lost, or its
-                    // watchdog) may have answered first.
-                    if self.completed_seq() >= seq {
-                        break;
+                match self.wait_backend() {
+                    Ok(false) => {
+                        let word = self.heartbeat_word();
+                        if word != beat.0 {
+                            beat = (word, Instant::now());
+                        } else if beat.1.elapsed() >= self.heartbeat_timeout {
+                            // The reply may still come one day, but the
+                            // batch sequence is out of step from here on.
+                            let code = CUDA_ERROR_UNKNOWN;
+                            if self.sticky.compare_exchange(0, code, Ordering::Relaxed, Ordering::Relaxed).is_ok() {
+                                crate::log::warn(&format!(
+                                    "the gpuvisor backend's heartbeat stood still for {:.1} s while this call \
+                                     waited: the backend is frozen (stopped, or hung outside the GPU); every \
+                                     later CUDA call of this process returns CUDA_ERROR_UNKNOWN",
+                                    beat.1.elapsed().as_secs_f64()
+                                ));
+                            }
+                            return Err(code);
+                        }
+                        continue;
                     }
-                    crate::log::warn(&format!("waiting for the backend failed: {e}"));
-                    return Err(CUDA_ERROR_UNKNOWN);
+                    Ok(true) => {}
+                    Err(e) => {
+                        // A backend that ended (its GPU context lost, or its
+                        // watchdog) may have answered first.
+                        if self.completed_seq() >= seq {
+                            break;
+                        }
+                        crate::log::warn(&format!("waiting for the backend failed: {e}"));
+                        return Err(CUDA_ERROR_UNKNOWN);
+                    }
                 }
                 if self.completed_seq() < seq {
                     crate::log::warn("backend finished a batch without answering it");
@@ -288,6 +408,14 @@ impl Client {
         if hdr.reply_seq.get() != seq {
             crate::log::warn("reply does not answer the last batch");
             return Err(CUDA_ERROR_UNKNOWN);
+        }
+        if hdr.flags.get() & REPLY_F_SESSION_LOST != 0 {
+            let code = match hdr.status.get() {
+                CUDA_SUCCESS => CUDA_ERROR_CONTEXT_IS_DESTROYED,
+                c => c,
+            };
+            self.lose_session(code);
+            return Err(code);
         }
         self.note(hdr.deferred.get());
         self.note(hdr.status.get());

@@ -2,7 +2,8 @@
 //! engine's list) serves a guest process: context, module, allocation,
 //! kernel launches, copies, and the process's teardown, with the filter in
 //! force in the backend throughout. Against a sim backend through the
-//! direct transport.
+//! direct transport; the process that serves is the supervisor's child,
+//! the same one throughout.
 //!
 //! One test: the driver's session is per process.
 
@@ -34,10 +35,12 @@ fn seccomp_mode(pid: u32) -> String {
 #[test]
 fn a_backend_under_its_seccomp_filter_serves_a_guest_process() {
     let Some(mut b) = GpuvisorBackend::spawn_with("sandboxed", &["--seccomp", "enforce"]) else { return };
+    let serving;
     // SAFETY: the calls follow the CUDA API; every pointer passed is valid.
     unsafe {
         let (ctx, m) = kernels::primary_with_kernels(b.path());
-        assert_eq!(seccomp_mode(b.pid()), "2", "the backend runs under a seccomp filter");
+        serving = b.serving_child(None, std::time::Duration::from_secs(10)).expect("a serving child");
+        assert_eq!(seccomp_mode(serving), "2", "the backend runs under a seccomp filter");
         let mut fill: CUfunction = null_mut();
         ok(cuModuleGetFunction(&mut fill, m, c"gv_fill_u32".as_ptr()));
         let mut d: CUdeviceptr = 0;
@@ -66,5 +69,6 @@ fn a_backend_under_its_seccomp_filter_serves_a_guest_process() {
         let _ = ctx;
     }
     assert!(b.running(), "the backend is alive after serving under the filter");
-    assert_eq!(seccomp_mode(b.pid()), "2");
+    assert_eq!(b.serving_child(None, std::time::Duration::from_secs(1)), Some(serving), "the same child served");
+    assert_eq!(seccomp_mode(serving), "2");
 }

@@ -53,8 +53,22 @@ pub struct Capset {
     pub max_inline_bytes: U32,
     /// 0 = sim, 1 = cuda.
     pub engine: U32,
-    pub _reserved: U32,
+    /// `CAPSET_F_*` bits (0 from a backend that predates them).
+    pub flags: U32,
 }
+
+/// `Capset::flags`: the backend adds one to the u64 at [`HEARTBEAT_OFFSET`]
+/// of every session's control buffer at least every
+/// [`HEARTBEAT_PERIOD_MS`], from a thread of its own, whatever its queue
+/// is doing. A guest waiting for a reply whose heartbeat stops for a few
+/// seconds knows the backend is frozen (stopped, or hung outside the GPU)
+/// rather than busy with a long kernel.
+pub const CAPSET_F_HEARTBEAT: u32 = 1 << 0;
+/// Where the heartbeat word lies in the control buffer: after the
+/// [`ReplyHeader`], before the payload.
+pub const HEARTBEAT_OFFSET: u64 = 48;
+/// The longest time between two beats of a backend that runs.
+pub const HEARTBEAT_PERIOD_MS: u64 = 500;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -684,7 +698,19 @@ pub struct ReplyHeader {
     /// Opcode of the command that caused `deferred`.
     pub deferred_opcode: U32,
     pub payload_len: U32,
+    /// `REPLY_F_*` bits.
+    pub flags: U32,
+    pub _reserved: U32,
 }
+
+/// `ReplyHeader::flags`: the session this reply answers is gone for good. Its
+/// backend process ended (killed, crashed or ended by a fault) and a new one
+/// took its place: everything the session held on the GPU went with the old
+/// process. `status` is the error the session gets from now on (709,
+/// `CUDA_ERROR_CONTEXT_IS_DESTROYED`, after a kill or crash; the fault's own
+/// sticky error after a fault), and the guest driver returns it for every
+/// later call of the process. A new session (a new process) works.
+pub const REPLY_F_SESSION_LOST: u32 = 1 << 0;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]

@@ -62,11 +62,21 @@ def main():
     alone = gviso(f"{R}/steady-alone.out") or {}
     beside = gviso(f"{R}/steady-faults.out") or {}
     during_hang = gviso(f"{R}/steady-hang.out") or {}
+    during_kill = gviso(f"{R}/steady-kill.out") or {}
+    killed = gviso(f"{R}/killed-client.out") or {}
+    try:
+        kill = json.load(open(f"{R}/kill.json"))
+    except (OSError, ValueError):
+        kill = {}
     hang = gviso(f"{R}/hang.out") or {}
     hang_exit = read(f"{R}/hang-backend-exit")
     rate_alone, rate_beside = alone.get("kernels_per_s"), beside.get("kernels_per_s")
-    steady_kernels = beside.get("kernels", 0) + during_hang.get("kernels", 0)
-    steady_errors = (beside.get("errors", 0) + during_hang.get("errors", 0)) if beside and during_hang else None
+    steady_kernels = beside.get("kernels", 0) + during_hang.get("kernels", 0) + during_kill.get("kernels", 0)
+    steady_errors = (
+        (beside.get("errors", 0) + during_hang.get("errors", 0) + during_kill.get("errors", 0))
+        if beside and during_hang and during_kill
+        else None
+    )
 
     def r3(x):
         return None if x is None else round(x, 3)
@@ -102,6 +112,7 @@ def main():
             "kernels": steady_kernels,
             "beside_faults": {k: beside.get(k) for k in ("kernels", "errors", "first_error", "ok")},
             "beside_watchdog": {k: during_hang.get(k) for k in ("kernels", "errors", "first_error", "ok")},
+            "beside_kill": {k: during_kill.get(k) for k in ("kernels", "errors", "first_error", "ok")},
         },
         "steady_throughput": {
             "value": r3(rate_beside / rate_alone) if rate_alone and rate_beside else None,
@@ -116,6 +127,22 @@ def main():
             "client_waited_s": hang.get("waited_s"),
             "backend_exit_status": hang_exit,
             "expected": {"client_error": 702, "backend_exit_status": 82},
+        },
+        "killed_mid_run": {
+            "what": "a VM's serving backend killed with SIGKILL while a client runs checked kernels on it, "
+            "under its supervisor: the client's first error, the new serving child, the next client",
+            "value": killed.get("first_error") == "CUDA_ERROR_CONTEXT_IS_DESTROYED"
+            and bool(kill.get("served_unix"))
+            and bool(kill.get("supervisor_alive"))
+            and kill.get("new_child") not in (None, kill.get("old_child")),
+            "client_first_error": killed.get("first_error"),
+            "client_kernels_before_kill": (killed.get("kernels") or 0) - (killed.get("errors") or 0) if killed else None,
+            "client_done_after_kill_s": r3(kill["client_done_unix"] - kill["kill_unix"]) if kill else None,
+            "next_client_after_kill_s": r3(kill["served_unix"] - kill["kill_unix"]) if kill.get("served_unix") else None,
+            "old_child": kill.get("old_child"),
+            "new_child": kill.get("new_child"),
+            "supervisor_alive": kill.get("supervisor_alive"),
+            "expected": {"client_first_error": "CUDA_ERROR_CONTEXT_IS_DESTROYED", "steady_errors": 0},
         },
         "recovery_s": {
             "what": "from the faulting client's error to a new client's first checked kernel on that VM "

@@ -9,14 +9,19 @@
 #   faulty  gets a new client process every FAULT_EVERY_S seconds whose
 #           kernel faults, illegal address and trap in turn, and which
 #           reports the error it saw (700 / 719 expected, and the same from a
-#           later call). Its backend then exits (status 80 / 81); this script
-#           starts it again, or, where a supervisor keeps the VM's backend
-#           (the process it started is still alive, with a child), leaves it
-#           to the supervisor. The time from the faulting client's error to a
-#           new client's first checked kernel on that VM is the recovery time.
+#           later call). Its backend runs with --no-restart and exits (status
+#           80 / 81); this script starts it again. The time from the faulting
+#           client's error to a new client's first checked kernel on that VM
+#           is the recovery time.
 # Then a kernel that never ends under --watchdog-ms WATCHDOG_MS (the client
-# should get CUDA_ERROR_LAUNCH_TIMEOUT, 702, and the backend exit with 82),
-# with the steady VM running beside it.
+# should get CUDA_ERROR_LAUNCH_TIMEOUT, 702, and the backend, --no-restart,
+# exit with 82), with the steady VM running beside it.
+# Then a VM's serving backend killed mid-run with SIGKILL, under its
+# supervisor (the default): a client running checked kernels on it should
+# get CUDA_ERROR_CONTEXT_IS_DESTROYED (709), the supervisor start a new
+# serving child on the same socket, and the next client work, while the
+# steady VM beside sees no error. KILL_AFTER_S (2) is how long the client
+# runs before the kill.
 #
 #   scripts/h100/isolation.sh [OUTDIR]     (default $OUT, else ./h100-out)
 # Knobs (env): KERNELS (270000), WORDS (1024 per kernel), FAULT_EVERY_S (1),
@@ -58,13 +63,15 @@ exit_of() {
     ended=running
 }
 faulty_pid=
-start_faulty() { h100_start_backend faulty "${faulty_args[@]}" && faulty_pid=${backend_pids[-1]}; }
-# A new client process on the faulty VM, until one runs a checked kernel (up
-# to 30 tries): prints the time its kernel was checked, or nothing.
-serve_again() {  # tag
-    local n
+# This script restarts the faulty VM's backend itself (and records its exit
+# status), so it runs without its supervisor.
+start_faulty() { h100_start_backend faulty --no-restart "${faulty_args[@]}" && faulty_pid=${backend_pids[-1]}; }
+# A new client process on VM $2 (default faulty), until one runs a checked
+# kernel (up to 30 tries): prints the time its kernel was checked, or nothing.
+serve_again() {  # tag [vm]
+    local n vm=${2:-faulty}
     for n in $(seq 30); do
-        if CLIENT_TIMEOUT=30 h100_client gv_isolation faulty "$R/$1-probe.out" steady --kernels 1 --words "$WORDS"; then
+        if CLIENT_TIMEOUT=30 h100_client gv_isolation "$vm" "$R/$1-probe.out" steady --kernels 1 --words "$WORDS"; then
             python3 -c 'import json,sys
 for l in open(sys.argv[1]):
     if l.startswith("GVISO "): print(json.loads(l[6:])["end_unix"])' "$R/$1-probe.out"
@@ -122,13 +129,43 @@ stop_backends
 
 log "watchdog: a kernel that never ends under --watchdog-ms $WATCHDOG_MS, beside the steady VM"
 h100_start_backend steady
-h100_start_backend hang --watchdog-ms "$WATCHDOG_MS"
+h100_start_backend hang --no-restart --watchdog-ms "$WATCHDOG_MS"
 hang_pid=${backend_pids[-1]}
 h100_client gv_isolation steady "$R/steady-hang.out" steady --kernels "$KERNELS" --words "$WORDS" &
 steady_client=$!
 CLIENT_TIMEOUT=$HANG_TIMEOUT h100_client gv_isolation hang "$R/hang.out" hang
 exit_of "$hang_pid" 30
 echo "$ended" > "$R/hang-backend-exit"
+wait "$steady_client"
+stop_backends
+
+KILL_AFTER_S=${KILL_AFTER_S:-2}
+log "a VM's serving backend killed mid-run (SIGKILL) under its supervisor, beside the steady VM"
+h100_start_backend steady
+h100_start_backend killed
+killed_pid=${backend_pids[-1]}
+h100_client gv_isolation steady "$R/steady-kill.out" steady --kernels "$KERNELS" --words "$WORDS" &
+steady_client=$!
+# As many kernels as it takes: the kill ends its run (steady stops after
+# 1000 errors, and a lost session's every call fails at once).
+h100_client gv_isolation killed "$R/killed-client.out" steady --kernels 1000000000 --words "$WORDS" &
+killed_client=$!
+sleep "$KILL_AFTER_S"
+old_child=$(pgrep -P "$killed_pid" | head -1)
+t_kill=$(now)
+[ -n "$old_child" ] && kill -KILL "$old_child"
+wait "$killed_client"
+t_client_done=$(now)
+served=$(serve_again killed killed)
+new_child=$(pgrep -P "$killed_pid" | head -1)
+alive=false; kill -0 "$killed_pid" 2>/dev/null && alive=true
+python3 - "$t_kill" "$t_client_done" "${served:-}" "${old_child:-}" "${new_child:-}" "$alive" > "$R/kill.json" <<'EOF'
+import json, sys
+t_kill, t_done, served, old, new, alive = sys.argv[1:7]
+print(json.dumps({"kill_unix": float(t_kill), "client_done_unix": float(t_done),
+                  "served_unix": float(served) if served else None, "old_child": old or None,
+                  "new_child": new or None, "supervisor_alive": alive == "true"}))
+EOF
 wait "$steady_client"
 stop_backends
 

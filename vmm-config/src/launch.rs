@@ -219,10 +219,14 @@ pub fn run(vm: &VmConfig, accel: Accel, opts: &RunOptions) -> Result<Outcome, Er
 }
 
 /// How the backend ended, with what to do when its seccomp filter or its
-/// cgroup's memory limit killed it.
+/// cgroup's memory limit killed it. Under its supervisor (the default) the
+/// serving child is the one killed, and the supervisor, once its restarts
+/// are spent, exits with the child's status as a shell reports a signal
+/// (128 + the signal's number).
 fn backend_status(status: std::process::ExitStatus, vm: &VmConfig, cgroup: Option<&VmCgroup>) -> String {
     use std::os::unix::process::ExitStatusExt;
-    match status.signal() {
+    let signal = status.signal().or_else(|| status.code().filter(|c| (129..=159).contains(c)).map(|c| c - 128));
+    match signal {
         Some(libc::SIGSYS) => format!(
             "{status}: its seccomp filter stopped a system call; `dmesg | grep type=1326` names it, \
              and --backend-arg=--seccomp=log lets it through"

@@ -26,7 +26,7 @@ use protocol::virtio_gpu::*;
 use protocol::{CAPSET_ID, CAPSET_VERSION, MAX_BATCH_BYTES};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use zerocopy::little_endian::{U32, U64};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -276,6 +276,10 @@ impl Transport for DirectTransport {
 
     fn wait_idle(&self) -> Result<(), TransportError> {
         self.dev.wait_idle()
+    }
+
+    fn wait_idle_for(&self, limit: Duration) -> Result<bool, TransportError> {
+        self.dev.wait_idle_within(Instant::now() + limit)
     }
 }
 

@@ -82,6 +82,13 @@ pub trait Transport: Send + Sync {
     fn submit(&self, batch: &[u8], resources: &[&SharedBuf]) -> Result<(), TransportError>;
     /// Blocks until the backend has finished every submitted batch.
     fn wait_idle(&self) -> Result<(), TransportError>;
+    /// `wait_idle`, giving up after about `limit` (a transport may wait
+    /// longer when it cannot do better): `Ok(false)` when the backend had
+    /// not finished by then. The caller looks at the backend's heartbeat
+    /// between waits.
+    fn wait_idle_for(&self, _limit: std::time::Duration) -> Result<bool, TransportError> {
+        self.wait_idle().map(|()| true)
+    }
     /// Names the buffer whose completion `wait_idle` may wait on (the
     /// session's control buffer). Transports that track completion
     /// themselves ignore it.

@@ -274,4 +274,19 @@ impl Transport for VirtioTransport {
             }
         }
     }
+
+    /// One kernel wait: it gives up after its own 15 s (EBUSY), so a frozen
+    /// backend is noticed that late at the earliest over virtio.
+    fn wait_idle_for(&self, _limit: std::time::Duration) -> Result<bool, TransportError> {
+        let bo = self.fence_bo.load(std::sync::atomic::Ordering::Relaxed);
+        if bo == 0 {
+            return Ok(true);
+        }
+        let mut w = DrmVirtgpu3dWait { handle: bo, flags: 0 };
+        match ioctl(&self.fd, IOCTL_WAIT, &mut w, "VIRTGPU_WAIT") {
+            Ok(()) => Ok(true),
+            Err(TransportError::Io { source, .. }) if source.raw_os_error() == Some(libc::EBUSY) => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
 }

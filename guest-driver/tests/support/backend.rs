@@ -75,6 +75,40 @@ impl GpuvisorBackend {
         matches!(self.child.try_wait(), Ok(None))
     }
 
+    /// The serving child of the backend's supervisor, once it has one other
+    /// than `old` that finished its start-up (runs its seccomp filter),
+    /// within `timeout`.
+    #[allow(dead_code)] // the reconnection tests'
+    pub fn serving_child(&self, old: Option<u32>, timeout: Duration) -> Option<u32> {
+        let until = std::time::Instant::now() + timeout;
+        let pid = self.child.id();
+        loop {
+            let kids = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+            let ready = |k: u32| {
+                let status = std::fs::read_to_string(format!("/proc/{k}/status")).unwrap_or_default();
+                status.lines().any(|l| l.strip_prefix("Seccomp:").is_some_and(|v| v.trim() == "2"))
+            };
+            if let Some(k) =
+                kids.split_whitespace().filter_map(|k| k.parse().ok()).find(|&k| Some(k) != old && ready(k))
+            {
+                return Some(k);
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Kills the serving child with SIGKILL; returns its pid.
+    #[allow(dead_code)] // the reconnection tests'
+    pub fn kill_serving_child(&self) -> u32 {
+        let pid = self.serving_child(None, Duration::from_secs(10)).expect("a serving child");
+        // SAFETY: sends SIGKILL to the backend's own child.
+        assert_eq!(unsafe { libc::kill(pid as i32, libc::SIGKILL) }, 0);
+        pid
+    }
+
     pub fn path(&self) -> &str {
         self.socket.to_str().expect("utf-8 temp path")
     }

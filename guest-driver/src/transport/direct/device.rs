@@ -425,6 +425,24 @@ impl DirectDevice {
         }
     }
 
+    /// `wait_idle` until `deadline`: `Ok(false)` when requests were still
+    /// out then.
+    pub fn wait_idle_within(&self, deadline: Instant) -> Result<bool, TransportError> {
+        let st = self.lock();
+        let target = st.next_seq;
+        match self.wait_until(st, Some(deadline), |c| c.in_flight.first().is_none_or(|&s| s >= target)) {
+            Ok(mut st) => match st.rejected.take() {
+                Some((what, code)) => {
+                    crate::log::warn(&format!("the backend answered a {what} with error {code:#x}"));
+                    Err(TransportError::Rejected(what))
+                }
+                None => Ok(true),
+            },
+            Err(TransportError::Io { source, .. }) if source.kind() == std::io::ErrorKind::TimedOut => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, Ctrl> {
         self.ctrl.lock().unwrap_or_else(|p| p.into_inner())
     }
