@@ -182,11 +182,42 @@ fn a_request_the_dead_child_never_answered_is_answered_by_the_next() {
     let child = b.child_other_than(None, Duration::from_secs(10)).unwrap();
     // SAFETY: stops the backend's own child; it is killed below.
     assert_eq!(unsafe { libc::kill(child as i32, libc::SIGSTOP) }, 0);
+    // A stop lands when each thread next passes through the kernel, which a
+    // loaded machine can delay past the request below: wait until it has.
+    assert!(wait_stopped(child, Duration::from_secs(5)), "the child stops");
     let asked = std::thread::spawn(move || (fe.get_features(), fe));
     std::thread::sleep(Duration::from_millis(200));
-    assert!(!asked.is_finished(), "a stopped child answered");
+    if asked.is_finished() {
+        let (answer, _) = asked.join().unwrap();
+        panic!("a stopped child answered: {answer:?}");
+    }
     kill(child);
     let (answer, _fe) = asked.join().unwrap();
     assert_eq!(answer.expect("the frontend's request in flight is answered"), features);
     assert!(b.child_other_than(Some(child), Duration::from_secs(1)).is_some());
+}
+
+/// Whether every thread of `pid` is stopped (state T) within `timeout`.
+fn wait_stopped(pid: u32, timeout: Duration) -> bool {
+    let until = Instant::now() + timeout;
+    loop {
+        let states: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map(|d| {
+                d.filter_map(|t| t.ok())
+                    .filter_map(|t| std::fs::read_to_string(t.path().join("stat")).ok())
+                    // The state follows the command name's closing parenthesis.
+                    .filter_map(|st| {
+                        st.rsplit_once(") ").map(|(_, rest)| rest.chars().next().unwrap_or('?').to_string())
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        if !states.is_empty() && states.iter().all(|s| s == "T") {
+            return true;
+        }
+        if Instant::now() >= until {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
