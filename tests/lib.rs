@@ -91,21 +91,24 @@ pub fn run_vm(name: &str, cmd: &str, quota_mib: u64) -> anyhow::Result<VmRun> {
     run_vm_with(name, cmd, quota_mib, &[])
 }
 
-/// `run_vm` with more gpuvisor-vm flags (`--share-dir`, `--host-path`, ...).
-pub fn run_vm_with(name: &str, cmd: &str, quota_mib: u64, flags: &[OsString]) -> anyhow::Result<VmRun> {
-    let vm = built("gpuvisor-vm")?;
+/// `gpuvisor-vm run` of the guest image on the sim engine, running `cmd`.
+fn vm_command(name: &str, cmd: &str, quota_mib: u64) -> anyhow::Result<Command> {
     let (kernel, initramfs) = guest_image()?;
-    let out = Command::new(&vm)
-        .args(["run", "--name", name, "--engine", "sim", "--timeout-s", "600"])
+    let mut c = Command::new(built("gpuvisor-vm")?);
+    c.args(["run", "--name", name, "--engine", "sim", "--timeout-s", "600"])
         .arg("--quota-mib")
         .arg(quota_mib.to_string())
         .arg("--kernel")
         .arg(&kernel)
         .arg("--initramfs")
         .arg(&initramfs)
-        .args(["--run", cmd])
-        .args(flags)
-        .output()?;
+        .args(["--run", cmd]);
+    Ok(c)
+}
+
+/// `run_vm` with more gpuvisor-vm flags (`--share-dir`, `--host-path`, ...).
+pub fn run_vm_with(name: &str, cmd: &str, quota_mib: u64, flags: &[OsString]) -> anyhow::Result<VmRun> {
+    let out = vm_command(name, cmd, quota_mib)?.args(flags).output()?;
     let console = String::from_utf8_lossy(&out.stdout).into_owned();
     eprintln!("{console}\n--- gpuvisor-vm stderr ---\n{}", String::from_utf8_lossy(&out.stderr));
     Ok(VmRun { code: out.status.code().unwrap_or(-1), console })
@@ -119,20 +122,7 @@ pub fn run_vm_watching(
     quota_mib: u64,
     mut on_line: impl FnMut(&str, u32),
 ) -> anyhow::Result<VmRun> {
-    let vm = built("gpuvisor-vm")?;
-    let (kernel, initramfs) = guest_image()?;
-    let mut child = Command::new(&vm)
-        .args(["run", "--name", name, "--engine", "sim", "--timeout-s", "600"])
-        .arg("--quota-mib")
-        .arg(quota_mib.to_string())
-        .arg("--kernel")
-        .arg(&kernel)
-        .arg("--initramfs")
-        .arg(&initramfs)
-        .args(["--run", cmd])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
+    let mut child = vm_command(name, cmd, quota_mib)?.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn()?;
     let pid = child.id();
     let mut stderr = child.stderr.take().context("gpuvisor-vm's stderr")?;
     let err = std::thread::spawn(move || {

@@ -150,8 +150,7 @@ fn the_probe_lists_the_unimplemented_entry_points_a_program_called() {
     let listed: Vec<&str> = stdout.lines().skip_while(|l| !l.starts_with("gpuvisor-probe: ")).collect();
     assert!(listed[0].contains("called 2 unimplemented entry point(s)"), "{stdout}");
     assert!(listed.iter().any(|l| l.split_whitespace().eq(["1", "cuMemAllocManaged"])), "{stdout}");
-    assert!(
-        listed.iter().any(|l| l.trim() == "1  cuGetExportTable {f8cff951-2146-8b4e-b9e2-fb469e7c0dd9}"),
-        "{stdout}"
-    );
+    // cudart 13.0 calls slot 1 of {f8cff951-...} once (a table served as
+    // NVIDIA's driver serves it, its functions unknown) and carries on.
+    assert!(listed.iter().any(|l| l.trim() == "1  cuGetExportTable {f8cff951}[1]"), "{stdout}");
 }
