@@ -104,3 +104,8 @@ python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | 
     --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" \
     --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" > "$out/memory.json"
 cat "$out/memory.json"
+# The clients' outputs, API snapshots and every log (gpuvisord's has each
+# eviction and restore), for reading a run's timeline afterwards.
+mkdir -p "$out/logs"
+cp "$R"/*.out "$R"/*.json "$out/logs/" 2>/dev/null
+for f in "$R"/*.log; do [ -f "$f" ] && gzip -c "$f" > "$out/logs/$(basename "$f").gz"; done
