@@ -39,7 +39,8 @@ DIRECT_MEM_MIB=256
 BURN=(--iters 400000 --blocks 264 --depth 4)
 
 start_daemon() {
-    h100_start_daemon --slice-ms "$SLICE_MS" ${SWAP_LIMIT_MIB:+--swap-limit-mib "$SWAP_LIMIT_MIB"} || return 1
+    # Each VM's memory needs and limits are debug lines: the timeline of a run.
+    RUST_LOG=${DAEMON_LOG:-info,gpuvisord=debug} h100_start_daemon --slice-ms "$SLICE_MS" ${SWAP_LIMIT_MIB:+--swap-limit-mib "$SWAP_LIMIT_MIB"} || return 1
     # The broker's view of the GPU: LIMIT_MIB of memory, quotas up to 2x that.
     python3 - "$LIMIT_MIB" <<'EOF'
 import json, sys, urllib.request
