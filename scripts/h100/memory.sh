@@ -18,7 +18,8 @@
 # pinned host memory each keeps after a restore; swap-outs into it run at
 # the copy rate, into fresh pages at the rate the host faults them in),
 # SWAP_LIMIT_MIB (host RAM for
-# evicted state; default gpuvisord's, half the host's RAM), ENGINE (cuda; sim to try the
+# evicted state; default gpuvisord's, half the host's RAM), DAEMON_LOG (gpuvisord's RUST_LOG,
+# info,gpuvisord=debug), ENGINE (cuda; sim to try the
 # script anywhere, with small QUOTA_MIB/LIMIT_MIB).
 set -uo pipefail
 cd "$(dirname "$0")/../.."
