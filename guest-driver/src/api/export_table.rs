@@ -209,7 +209,6 @@ struct ContextExtObject(UnsafeCell<[u64; 64]>);
 // SAFETY: written once, before its address is handed out; afterwards only
 // the caller touches it, as it would touch the driver's own object.
 unsafe impl Sync for ContextExtObject {}
-unsafe impl Send for ContextExtObject {}
 
 /// What slot 39 writes for an object of slot 51: 7 for the primary context
 /// in the native trace (13 for a context from cuCtxCreate, which no library
