@@ -154,3 +154,30 @@ fn the_probe_lists_the_unimplemented_entry_points_a_program_called() {
     // NVIDIA's driver serves it, its functions unknown) and carries on.
     assert!(listed.iter().any(|l| l.trim() == "1  cuGetExportTable {f8cff951}[1]"), "{stdout}");
 }
+
+/// cuBLAS's host side runs on the guest driver up to its first kernel: the
+/// handle comes up (cuBLAS probes cluster sizes and reads its globals), and
+/// an HGEMM passes cuBLASLt's half-precision heuristics, which call into the
+/// driver's private table {1734dc26-...} (refused, that crashed PyTorch's
+/// HGEMM on the H200). On the sim the kernels themselves cannot run: the
+/// SGEMM's launch error comes at the next synchronize (801), the HGEMM's
+/// as CUBLAS_STATUS_EXECUTION_FAILED (13).
+#[test]
+fn cublas_creates_its_handle_and_reaches_its_kernels_without_crashing() {
+    let Some(dir) = programs() else { return };
+    let prog = dir.join("gv_cublas_13");
+    if !prog.exists() {
+        assert!(!require_cudart(), "gv_cublas_13 was not built: run scripts/fetch-cudart.sh (it fetches cuBLAS too)");
+        eprintln!("skipping: no cuBLAS (scripts/fetch-cudart.sh)");
+        return;
+    }
+    let Some(b) = GpuvisorBackend::spawn("cublas") else { return };
+    let out = command(&prog, &b).env("GPUVISOR_LOG", "0").output().expect("run gv_cublas_13");
+    let (stdout, stderr) = text(&out);
+    assert!(out.status.success(), "gv_cublas_13 ended with {}:\n{stdout}\n{stderr}", out.status);
+    let got = |key| field(&stdout, "CUBLAS ", key).unwrap_or_else(|| panic!("no {key} in:\n{stdout}"));
+    assert_eq!(got("create"), "0", "cublasCreate: {stdout}");
+    assert_eq!(got("sgemm"), "0", "{stdout}");
+    assert_eq!(got("sgemm_sync"), "801", "the sim cannot run cuBLAS's kernels: {stdout}");
+    assert_eq!(got("hgemm"), "13", "{stdout}");
+}
