@@ -29,15 +29,18 @@ fn require_cudart() -> bool {
     std::env::var("GPUVISOR_REQUIRE_CUDART").as_deref() == Ok("1")
 }
 
+/// Where scripts/fetch-cudart.sh put the runtime and cuBLAS.
+fn cudart_dir() -> PathBuf {
+    std::env::var_os("GPUVISOR_CUDART_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("build/cudart"))
+}
+
 /// The directory holding gv_cudart_12, gv_cudart_13 and gv_cudart_13s,
 /// built once per test run; `None` (after saying why) without a runtime.
 fn programs() -> Option<&'static Path> {
     static BUILT: OnceLock<Option<PathBuf>> = OnceLock::new();
     BUILT
         .get_or_init(|| {
-            let cudart = std::env::var_os("GPUVISOR_CUDART_DIR")
-                .map(PathBuf::from)
-                .unwrap_or_else(|| workspace().join("build/cudart"));
+            let cudart = cudart_dir();
             if !cudart.join("13/lib/libcudart_static.a").exists() || !cudart.join("12/lib/libcudart.so.12").exists() {
                 assert!(!require_cudart(), "no CUDA runtime under {}: run scripts/fetch-cudart.sh", cudart.display());
                 eprintln!("skipping: no CUDA runtime under {} (scripts/fetch-cudart.sh)", cudart.display());
@@ -165,12 +168,22 @@ fn the_probe_lists_the_unimplemented_entry_points_a_program_called() {
 #[test]
 fn cublas_creates_its_handle_and_reaches_its_kernels_without_crashing() {
     let Some(dir) = programs() else { return };
-    let prog = dir.join("gv_cublas_13");
-    if !prog.exists() {
-        assert!(!require_cudart(), "gv_cublas_13 was not built: run scripts/fetch-cudart.sh (it fetches cuBLAS too)");
-        eprintln!("skipping: no cuBLAS (scripts/fetch-cudart.sh)");
+    let cudart = cudart_dir();
+    if !cudart.join("cublas13/lib/libcublas.so.13").exists() {
+        assert!(!require_cudart(), "no cuBLAS under {}: run scripts/fetch-cudart.sh", cudart.display());
+        eprintln!("skipping: no cuBLAS under {} (scripts/fetch-cudart.sh)", cudart.display());
         return;
     }
+    let made = Command::new("make")
+        .args(["-s", "-C"])
+        .arg(workspace().join("guest-tests"))
+        .arg("cublas")
+        .arg(format!("OUT={}", dir.display()))
+        .arg(format!("CUDART_DIR={}", cudart.display()))
+        .output()
+        .expect("run make");
+    assert!(made.status.success(), "make cublas failed:\n{}", String::from_utf8_lossy(&made.stderr));
+    let prog = dir.join("gv_cublas_13");
     let Some(b) = GpuvisorBackend::spawn("cublas") else { return };
     let out = command(&prog, &b).env("GPUVISOR_LOG", "0").output().expect("run gv_cublas_13");
     let (stdout, stderr) = text(&out);
