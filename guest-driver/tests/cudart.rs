@@ -34,6 +34,19 @@ fn cudart_dir() -> PathBuf {
     std::env::var_os("GPUVISOR_CUDART_DIR").map(PathBuf::from).unwrap_or_else(|| workspace().join("build/cudart"))
 }
 
+/// `make TARGET` in guest-tests/, building into `out` against `cudart`.
+fn make(target: &str, out: &Path, cudart: &Path) {
+    let made = Command::new("make")
+        .args(["-s", "-C"])
+        .arg(workspace().join("guest-tests"))
+        .arg(target)
+        .arg(format!("OUT={}", out.display()))
+        .arg(format!("CUDART_DIR={}", cudart.display()))
+        .output()
+        .expect("run make");
+    assert!(made.status.success(), "make {target} failed:\n{}", String::from_utf8_lossy(&made.stderr));
+}
+
 /// The directory holding gv_cudart_12, gv_cudart_13 and gv_cudart_13s,
 /// built once per test run; `None` (after saying why) without a runtime.
 fn programs() -> Option<&'static Path> {
@@ -47,15 +60,7 @@ fn programs() -> Option<&'static Path> {
                 return None;
             }
             let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join("gv-cudart");
-            let made = Command::new("make")
-                .args(["-s", "-C"])
-                .arg(workspace().join("guest-tests"))
-                .arg("cudart")
-                .arg(format!("OUT={}", out.display()))
-                .arg(format!("CUDART_DIR={}", cudart.display()))
-                .output()
-                .expect("run make");
-            assert!(made.status.success(), "make cudart failed:\n{}", String::from_utf8_lossy(&made.stderr));
+            make("cudart", &out, &cudart);
             Some(out)
         })
         .as_deref()
@@ -174,15 +179,7 @@ fn cublas_creates_its_handle_and_reaches_its_kernels_without_crashing() {
         eprintln!("skipping: no cuBLAS under {} (scripts/fetch-cudart.sh)", cudart.display());
         return;
     }
-    let made = Command::new("make")
-        .args(["-s", "-C"])
-        .arg(workspace().join("guest-tests"))
-        .arg("cublas")
-        .arg(format!("OUT={}", dir.display()))
-        .arg(format!("CUDART_DIR={}", cudart.display()))
-        .output()
-        .expect("run make");
-    assert!(made.status.success(), "make cublas failed:\n{}", String::from_utf8_lossy(&made.stderr));
+    make("cublas", dir, &cudart);
     let prog = dir.join("gv_cublas_13");
     let Some(b) = GpuvisorBackend::spawn("cublas") else { return };
     let out = command(&prog, &b).env("GPUVISOR_LOG", "0").output().expect("run gv_cublas_13");
