@@ -7,7 +7,7 @@ use clap::{Parser, ValueEnum};
 use gpuvisor_backend::device::GpuBackend;
 use gpuvisor_backend::engine::cuda::CudaEngine;
 use gpuvisor_backend::engine::host_swap::{SwapConfig, MAX_THREADS};
-use gpuvisor_backend::engine::sim::SimEngine;
+use gpuvisor_backend::engine::sim::{SimEngine, SwapRates};
 use gpuvisor_backend::engine::Engine;
 use gpuvisor_backend::grants::{DaemonLink, Registration};
 use gpuvisor_backend::heartbeat::Heartbeat;
@@ -117,6 +117,17 @@ struct Args {
     /// its own (sim engine)
     #[arg(long, value_name = "PATH", env = "GPUVISOR_SIM_SHARED_GPU")]
     sim_shared_gpu: Option<std::path::PathBuf>,
+
+    /// MiB per second the simulated GPU swaps memory out to host RAM at for
+    /// gpuvisord's memory broker (0: at once), e.g. to try a schedule with
+    /// an H200's slow swap-outs into fresh host pages (sim engine)
+    #[arg(long, value_name = "MIB_PER_S", default_value_t = 0)]
+    sim_swap_out_mib_s: u64,
+
+    /// MiB per second the simulated GPU restores swapped-out memory at (0:
+    /// at once) (sim engine)
+    #[arg(long, value_name = "MIB_PER_S", default_value_t = 0)]
+    sim_swap_in_mib_s: u64,
 
     /// Threads that prepare (fault in and pin) host memory while device
     /// memory is swapped out to it for gpuvisord's memory broker (cuda
@@ -328,6 +339,10 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
         if let Some(path) = &args.sim_shared_gpu {
             e.share_gpu(path).with_context(|| format!("--sim-shared-gpu {}", path.display()))?;
         }
+        e.set_swap_rates(SwapRates {
+            out_bytes_per_s: args.sim_swap_out_mib_s.saturating_mul(1 << 20),
+            in_bytes_per_s: args.sim_swap_in_mib_s.saturating_mul(1 << 20),
+        });
         Ok(Box::new(e))
     };
     let cuda = || -> Result<Box<dyn Engine>> {

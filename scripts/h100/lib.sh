@@ -68,7 +68,9 @@ h100_start_backend() {  # name [backend args...]
     # On sim (trying a script anywhere), the backends share one simulated
     # GPU, so they take turns as on the real one.
     local shared=(); [ "$ENGINE" = sim ] && shared=(--sim-shared-gpu "$work/sim-gpu")
-    "$B/bin/gpuvisor-backend" --socket-path "$work/$name.sock" --engine "$ENGINE" --vm-name "$name" "${shared[@]}" "$@" \
+    # BACKEND_ARGS (env): more arguments for every backend, split at spaces.
+    # shellcheck disable=SC2086
+    "$B/bin/gpuvisor-backend" --socket-path "$work/$name.sock" --engine "$ENGINE" --vm-name "$name" "${shared[@]}" "$@" ${BACKEND_ARGS:-} \
         >> "$R/backend-$name.log" 2>&1 &
     backend_pids+=($!)
     for _ in $(seq 100); do [ -S "$work/$name.sock" ] && return 0; sleep 0.1; done

@@ -253,6 +253,26 @@ pub struct SimEngine {
     /// From then on every call of every context fails with it (`alive`), as
     /// NVIDIA's driver fails a process's calls after a fault.
     fault: Option<(CuResult, Instant)>,
+    /// Bytes per second a swap out / in moves (0: at once), so that a run on
+    /// the sim can take the time a real GPU's host link and host memory
+    /// would (evictions into fresh host pages are far slower than restores).
+    swap_rates: SwapRates,
+}
+
+/// How fast the simulated GPU's memory moves to host RAM and back.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct SwapRates {
+    pub out_bytes_per_s: u64,
+    pub in_bytes_per_s: u64,
+}
+
+impl SwapRates {
+    /// Waits the time moving `bytes` at `rate` bytes per second takes.
+    fn pace(rate: u64, bytes: u64) {
+        if rate > 0 && bytes > 0 {
+            std::thread::sleep(Duration::from_secs_f64(bytes as f64 / rate as f64));
+        }
+    }
 }
 
 /// A stream's work up to a point: reached when the timeline passes it.
@@ -277,6 +297,11 @@ impl SimEngine {
     pub fn share_gpu(&mut self, path: &std::path::Path) -> std::io::Result<()> {
         self.timeline = Some(super::sim_timeline::SharedTimeline::open(path)?);
         Ok(())
+    }
+
+    /// Makes swaps take time, as on a real GPU.
+    pub fn set_swap_rates(&mut self, rates: SwapRates) {
+        self.swap_rates = rates;
     }
 
     pub fn new(total_mem: u64) -> Self {
@@ -346,6 +371,7 @@ impl SimEngine {
             mappings: BTreeMap::new(),
             timeline: None,
             fault: None,
+            swap_rates: SwapRates::default(),
         }
     }
 
@@ -842,6 +868,7 @@ impl Engine for SimEngine {
                 self.evicted.insert(base, a);
             }
         }
+        SwapRates::pace(self.swap_rates.out_bytes_per_s, moved);
         Ok(moved)
     }
 
@@ -863,6 +890,7 @@ impl Engine for SimEngine {
             moved += len;
             self.allocs.insert(base, a);
         }
+        SwapRates::pace(self.swap_rates.in_bytes_per_s, moved);
         Ok(moved)
     }
 
