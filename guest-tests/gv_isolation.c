@@ -2,11 +2,12 @@
  * gv_isolation - fault isolation between VMs (issue 8): one program plays
  * the steady VM, the faulting one, and the one whose kernel never ends.
  *
- *   gv_isolation steady [--kernels N] [--words W]
- *       Runs N checked kernels (default 270000): each fills a buffer of W
- *       words (default 1024) with a value of its own (gv_fill_u32), reads it
- *       back and checks every word. Counts errors (a failed call or a wrong
- *       word) and goes on; after 1000 errors it stops.
+ *   gv_isolation steady [--kernels N] [--words W] [--min-seconds S]
+ *       Runs N checked kernels (default 270000), and more until S seconds
+ *       have passed (default 0): each fills a buffer of W words (default
+ *       1024) with a value of its own (gv_fill_u32), reads it back and checks
+ *       every word. Counts errors (a failed call or a wrong word) and goes
+ *       on; after 1000 errors it stops.
  *   gv_isolation fault --kind illegal-address|trap
  *       Launches a kernel of fault_kernels.ptx that faults (a store to an
  *       unmapped address, or trap), synchronizes, and reports the error the
@@ -42,14 +43,14 @@ static double unix_now(void)
 static void usage(const char *argv0)
 {
     fprintf(stderr,
-            "usage: %s steady [--kernels N] [--words W]\n"
+            "usage: %s steady [--kernels N] [--words W] [--min-seconds S]\n"
             "       %s fault --kind illegal-address|trap\n"
             "       %s hang\n",
             argv0, argv0, argv0);
     exit(2);
 }
 
-static int steady(unsigned long long kernels, unsigned long long words)
+static int steady(unsigned long long kernels, unsigned long long words, double min_s)
 {
     struct gv_kernels k;
     gv_load_kernels(&k);
@@ -62,7 +63,7 @@ static int steady(unsigned long long kernels, unsigned long long words)
     unsigned long long done = 0, errors = 0;
     CUresult first = CUDA_SUCCESS;
     double start = gv_now_us();
-    for (; done < kernels && errors < MAX_ERRORS; done++) {
+    for (; (done < kernels || gv_now_us() - start < min_s * 1e6) && errors < MAX_ERRORS; done++) {
         uint32_t value = (uint32_t)(done * 0x9E3779B1u) ^ 0x5A5A5A5Au;
         CUresult rc = gv_launch_fill(&k, NULL, buf, value, words);
         if (rc == CUDA_SUCCESS)
@@ -150,12 +151,15 @@ int main(int argc, char **argv)
         usage(argv[0]);
     const char *mode = argv[1];
     unsigned long long kernels = 270000, words = 1024;
+    double min_s = 0;
     const char *kind = NULL;
     for (int i = 2; i < argc; i++) {
         if (i + 1 < argc && strcmp(argv[i], "--kernels") == 0)
             kernels = strtoull(argv[++i], NULL, 0);
         else if (i + 1 < argc && strcmp(argv[i], "--words") == 0)
             words = strtoull(argv[++i], NULL, 0);
+        else if (i + 1 < argc && strcmp(argv[i], "--min-seconds") == 0)
+            min_s = strtod(argv[++i], NULL);
         else if (i + 1 < argc && strcmp(argv[i], "--kind") == 0)
             kind = argv[++i];
         else
@@ -168,7 +172,7 @@ int main(int argc, char **argv)
     CUcontext ctx;
     gv_setup(&dev, &ctx);
     if (strcmp(mode, "steady") == 0)
-        return steady(kernels, words);
+        return steady(kernels, words, min_s);
     if (strcmp(mode, "fault") == 0 && kind) {
         int r = fault(kind);
         if (r == 2)

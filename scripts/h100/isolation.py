@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--kernels", type=int, required=True)
     ap.add_argument("--words", type=int, required=True)
     ap.add_argument("--fault-every-s", type=float, required=True)
+    ap.add_argument("--fault-phase-s", type=float, default=None)
     ap.add_argument("--watchdog-ms", type=int, required=True)
     a = ap.parse_args()
     R = a.res
@@ -95,6 +96,7 @@ def main():
             "steady_kernels": a.kernels,
             "words_per_kernel": a.words,
             "fault_every_s": a.fault_every_s,
+            "fault_phase_min_s": a.fault_phase_s,
             "watchdog_ms": a.watchdog_ms,
             "supervised": "supervised" in backend_exits,
         },
@@ -110,7 +112,7 @@ def main():
             "target": 0,
             "met": steady_errors == 0 and steady_kernels > 0,
             "kernels": steady_kernels,
-            "beside_faults": {k: beside.get(k) for k in ("kernels", "errors", "first_error", "ok")},
+            "beside_faults": {k: beside.get(k) for k in ("kernels", "errors", "first_error", "ok", "run_s")},
             "beside_watchdog": {k: during_hang.get(k) for k in ("kernels", "errors", "first_error", "ok")},
             "beside_kill": {k: during_kill.get(k) for k in ("kernels", "errors", "first_error", "ok")},
         },

@@ -25,6 +25,7 @@
 #
 #   scripts/h100/isolation.sh [OUTDIR]     (default $OUT, else ./h100-out)
 # Knobs (env): KERNELS (270000), WORDS (1024 per kernel), FAULT_EVERY_S (1),
+# FAULT_PHASE_S (60: the steady VM runs at least this long beside the faults),
 # WATCHDOG_MS (2000), FAULTY_ARGS (more arguments for the faulty VM's
 # backend), CLIENT_TIMEOUT (s, 300: bounds each steady client; a faulting
 # client gets 60 s, the hanging one the watchdog's limit and 30 s), ENGINE (cuda; sim
@@ -41,6 +42,7 @@ h100_setup /tmp/gpuvisor-isolation
 KERNELS=${KERNELS:-270000}
 WORDS=${WORDS:-1024}
 FAULT_EVERY_S=${FAULT_EVERY_S:-1}
+FAULT_PHASE_S=${FAULT_PHASE_S:-60}
 WATCHDOG_MS=${WATCHDOG_MS:-2000}
 export CLIENT_TIMEOUT=${CLIENT_TIMEOUT:-300}
 HANG_TIMEOUT=$(( WATCHDOG_MS / 1000 + 30 ))
@@ -90,7 +92,9 @@ stop_backends
 log "the steady VM beside a VM whose kernels fault every ${FAULT_EVERY_S}s"
 h100_start_backend steady
 start_faulty
-h100_client gv_isolation steady "$R/steady-faults.out" steady --kernels "$KERNELS" --words "$WORDS" &
+# At least KERNELS, and on for FAULT_PHASE_S so that the faults come for a minute.
+h100_client gv_isolation steady "$R/steady-faults.out" steady --kernels "$KERNELS" --words "$WORDS" \
+    --min-seconds "$FAULT_PHASE_S" &
 steady_client=$!
 : > "$R/faults.jsonl"
 i=0
@@ -170,6 +174,6 @@ wait "$steady_client"
 stop_backends
 
 python3 scripts/h100/isolation.py --res "$R" --revision "$(h100_revision)" --engine "$ENGINE" \
-    --kernels "$KERNELS" --words "$WORDS" --fault-every-s "$FAULT_EVERY_S" --watchdog-ms "$WATCHDOG_MS" \
+    --kernels "$KERNELS" --words "$WORDS" --fault-every-s "$FAULT_EVERY_S" --fault-phase-s "$FAULT_PHASE_S" --watchdog-ms "$WATCHDOG_MS" \
     > "$out/isolation.json"
 cat "$out/isolation.json"
