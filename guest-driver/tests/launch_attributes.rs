@@ -1,9 +1,9 @@
-//! cuLaunchKernelEx with launch attributes, as cuDNN and PyTorch call it:
-//! hints launch as a plain launch, events asked of the launch fire once the
-//! kernel has run, and what a vGPU cannot do yet (clusters of more than one
-//! block, cooperative launches) is CUDA_ERROR_NOT_SUPPORTED, counted, with
-//! the stream still usable. Against a sim backend through the direct
-//! transport.
+//! cuLaunchKernelEx with launch attributes, as cuDNN, cuBLAS and PyTorch
+//! call it: hints launch as a plain launch, events asked of the launch fire
+//! once the kernel has run, thread block clusters (cuBLAS's Hopper kernels)
+//! and cooperative launches run, also when captured into a graph, and bad
+//! ones get the driver's errors with the stream still usable. Against a sim
+//! backend through the direct transport.
 
 #[path = "support/backend.rs"]
 mod backend;
@@ -11,8 +11,9 @@ mod backend;
 mod kernels;
 
 use backend::GpuvisorBackend;
+use cuda::api::graph::*;
 use cuda::api::types::*;
-use cuda::api::{copy::*, event::*, launch::*, memory::*, module::*, stream::*};
+use cuda::api::{capture::*, copy::*, event::*, launch::*, memory::*, module::*, stream::*};
 use protocol::cuda::*;
 use std::ffi::{c_uint, c_void};
 use std::ptr::null_mut;
@@ -50,13 +51,13 @@ fn launch_attributes_are_honoured_or_refused_cleanly() {
         let mut done: CUevent = null_mut();
         ok(cuEventCreate(&mut done, 0));
 
-        let launch = |value: c_uint, attrs: &mut [CUlaunchAttribute]| {
+        let launch_grid = |value: c_uint, grid: c_uint, attrs: &mut [CUlaunchAttribute]| {
             let mut dd = d;
             let (mut v, mut n) = (value, N);
             let mut args =
                 [&mut dd as *mut _ as *mut c_void, &mut v as *mut _ as *mut c_void, &mut n as *mut _ as *mut c_void];
             let cfg = CUlaunchConfig {
-                gridDimX: 16,
+                gridDimX: grid,
                 gridDimY: 1,
                 gridDimZ: 1,
                 blockDimX: 256,
@@ -69,6 +70,7 @@ fn launch_attributes_are_honoured_or_refused_cleanly() {
             };
             cuLaunchKernelEx(&cfg, fill, args.as_mut_ptr(), null_mut())
         };
+        let launch = |value: c_uint, attrs: &mut [CUlaunchAttribute]| launch_grid(value, 16, attrs);
         let read = || {
             let mut host = vec![0u32; N as usize];
             ok(cuMemcpyDtoH_v2(host.as_mut_ptr() as *mut c_void, d, N as usize * 4));
@@ -89,21 +91,47 @@ fn launch_attributes_are_honoured_or_refused_cleanly() {
         ok(cuEventSynchronize(done));
         assert!(read().iter().all(|&x| x == 0x1234), "the kernel ran before its event fired");
 
-        // What a plain launch cannot stand in for is refused; nothing runs.
-        let mut cluster = [attr(4, &words(&[2, 1, 1]))];
-        assert_eq!(launch(0x5678, &mut cluster), CUDA_ERROR_NOT_SUPPORTED);
-        let mut cooperative = [attr(2, &words(&[1]))];
-        assert_eq!(launch(0x5678, &mut cooperative), CUDA_ERROR_NOT_SUPPORTED);
-        let mut graph_only = [attr(13, &words(&[1]))];
-        assert_eq!(launch(0x5678, &mut graph_only), CUDA_ERROR_INVALID_VALUE);
-        let mut empty_cluster = [attr(4, &words(&[0, 1, 1]))];
-        assert_eq!(launch(0x5678, &mut empty_cluster), CUDA_ERROR_INVALID_VALUE);
+        // Clusters, as cuBLAS launches its Hopper GEMMs, and cooperative
+        // launches run.
+        let mut cluster = [attr(4, &words(&[2, 1, 1])), attr(5, &words(&[1]))];
+        ok(launch(0x5678, &mut cluster));
         ok(cuStreamSynchronize(s));
-        assert!(read().iter().all(|&x| x == 0x1234), "a refused launch ran");
-        let names: Vec<String> = cuda::unsupported_calls::snapshot().into_iter().map(|(n, _)| n).collect();
-        for want in ["COOPERATIVE", "CLUSTER_DIMENSION larger than one block"] {
-            assert!(names.contains(&format!("cuLaunchKernelEx launch attribute {want}")), "{names:?}");
-        }
+        assert!(read().iter().all(|&x| x == 0x5678), "a cluster launch ran");
+        let mut cooperative = [attr(2, &words(&[1])), attr(4, &words(&[4, 1, 1]))];
+        ok(launch(0x6789, &mut cooperative));
+        ok(cuStreamSynchronize(s));
+        assert!(read().iter().all(|&x| x == 0x6789), "a cooperative cluster launch ran");
+
+        // Bad clusters are refused before anything is queued; nothing runs.
+        let mut uneven = [attr(4, &words(&[3, 1, 1]))];
+        assert_eq!(launch(0x5555, &mut uneven), CUDA_ERROR_INVALID_CLUSTER_SIZE, "16 blocks in clusters of 3");
+        let mut huge = [attr(4, &words(&[16, 2, 1]))];
+        assert_eq!(launch_grid(0x5555, 32, &mut huge), CUDA_ERROR_INVALID_CLUSTER_SIZE, "32 blocks a cluster");
+        let mut empty_cluster = [attr(4, &words(&[0, 1, 1]))];
+        assert_eq!(launch(0x5555, &mut empty_cluster), CUDA_ERROR_INVALID_VALUE);
+        let mut graph_only = [attr(13, &words(&[1]))];
+        assert_eq!(launch(0x5555, &mut graph_only), CUDA_ERROR_INVALID_VALUE);
+        ok(cuStreamSynchronize(s));
+        assert!(read().iter().all(|&x| x == 0x6789), "a refused launch ran");
+        // What only the device knows (here: 16 blocks a cluster without the
+        // function allowing non-portable sizes) fails on the backend, and
+        // the stream's next synchronisation reports it.
+        let mut sixteen = [attr(4, &words(&[16, 1, 1]))];
+        ok(launch_grid(0x5555, 32, &mut sixteen));
+        assert_eq!(cuStreamSynchronize(s), CUDA_ERROR_INVALID_CLUSTER_SIZE);
+        assert!(read().iter().all(|&x| x == 0x6789), "a refused launch ran");
+
+        // Captured into a graph, a cluster launch keeps its cluster.
+        ok(cuStreamBeginCapture_v2(s, MODE_GLOBAL));
+        let mut cluster = [attr(4, &words(&[2, 1, 1]))];
+        ok(launch(0x7777, &mut cluster));
+        let mut g: CUgraph = null_mut();
+        ok(cuStreamEndCapture(s, &mut g));
+        let mut exec: CUgraphExec = null_mut();
+        ok(cuGraphInstantiateWithFlags(&mut exec, g, 0));
+        ok(cuGraphLaunch(exec, s));
+        ok(cuStreamSynchronize(s));
+        assert!(read().iter().all(|&x| x == 0x7777), "the captured cluster launch ran");
 
         // The stream goes on; no attributes at all is cuLaunchKernel.
         ok(launch(0x9abc, &mut []));

@@ -152,6 +152,7 @@ const UPDATE_NODE_TYPE_CHANGED: c_int = 3;
 const UPDATE_PARAMETERS_CHANGED: c_int = 5;
 const UPDATE_NOT_SUPPORTED: c_int = 6;
 const UPDATE_UNSUPPORTED_FUNCTION_CHANGE: c_int = 7;
+const UPDATE_ATTRIBUTES_CHANGED: c_int = 8;
 // CUmemorytype, as CUDA_MEMCPY3D uses it.
 const MEMORYTYPE_ARRAY: c_uint = 3;
 const MEMORYTYPE_UNIFIED: c_uint = 4;
@@ -177,6 +178,9 @@ pub struct KernelNode {
     pub shared_mem: u32,
     /// Packed at the function's parameter offsets.
     pub params: Vec<u8>,
+    /// Its cluster and cooperative flag (launch attributes, which new
+    /// parameters leave as they are).
+    pub launch_extra: LaunchExtra,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,7 +403,7 @@ pub unsafe fn kernel_node(
     let mut params = Vec::new();
     // SAFETY: forwarded from the caller.
     unsafe { pack_params(&mut params, &fi.params, fi.param_bytes, kernel_params, extra) }?;
-    Ok(KernelNode { given, func, ctx, grid, block, shared_mem, params })
+    Ok(KernelNode { given, func, ctx, grid, block, shared_mem, params, launch_extra: LaunchExtra::PLAIN })
 }
 
 /// # Safety
@@ -1173,11 +1177,12 @@ pub unsafe extern "C" fn cuGraphKernelNodeGetParams_v2(
     })
 }
 
-fn set_kind(node: CUgraphNode, code: c_uint, kind: NodeKind) -> CuRes {
+fn set_kind(node: CUgraphNode, code: c_uint, mut kind: NodeKind) -> CuRes {
     with_node(node, |n| {
         if n.kind.type_code() != code {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        keep_attributes(&n.kind, &mut kind);
         n.kind = kind;
         n.arg_ptrs.clear();
         Ok(())
@@ -1327,6 +1332,12 @@ fn wire_node(st: &State, c: &Client, ctx: u64, kind: &NodeKind, buf: &mut Vec<u8
                 Some(_) => return fail(CUDA_ERROR_INVALID_VALUE, "a kernel node runs in another context"),
                 None => return fail(CUDA_ERROR_INVALID_HANDLE, "a kernel node's function was unloaded"),
             }
+            if !k.launch_extra.is_plain() && !c.has_launch_ex() {
+                return fail(
+                    CUDA_ERROR_NOT_SUPPORTED,
+                    "a kernel node launches clusters or cooperatively, which this backend predates",
+                );
+            }
             let g = GraphKernelNode {
                 func_id: U64::new(k.func),
                 grid: k.grid.map(U32::new),
@@ -1334,7 +1345,7 @@ fn wire_node(st: &State, c: &Client, ctx: u64, kind: &NodeKind, buf: &mut Vec<u8
                 shared_mem: U32::new(k.shared_mem),
                 params_len: U32::new(k.params.len() as u32),
             };
-            push_node(buf, &GraphNodeDesc::Kernel(g, &k.params));
+            push_node(buf, &GraphNodeDesc::Kernel(g, k.launch_extra, &k.params));
             return Ok(());
         }
         NodeKind::Memcpy(m) => {
@@ -1776,6 +1787,8 @@ fn exec_node(exec: CUgraphExec, node: CUgraphNode) -> CuRes<(u64, u32, u64, Node
 fn updatable(old: &NodeKind, new: &NodeKind, exec_ctx: u64) -> c_int {
     match (old, new) {
         (NodeKind::Kernel(_), NodeKind::Kernel(n)) if n.ctx != exec_ctx => UPDATE_UNSUPPORTED_FUNCTION_CHANGE,
+        // The backend's instantiated node keeps its cluster.
+        (NodeKind::Kernel(o), NodeKind::Kernel(n)) if o.launch_extra != n.launch_extra => UPDATE_ATTRIBUTES_CHANGED,
         (NodeKind::Memcpy(o), NodeKind::Memcpy(n)) if o != n => {
             let device = |m: &MemcpyNode| matches!((m.dst, m.src), (Loc::Device(_), Loc::Device(_)));
             // Device-to-device copies may change; host copies are built
@@ -1795,9 +1808,18 @@ fn updatable(old: &NodeKind, new: &NodeKind, exec_ctx: u64) -> c_int {
     }
 }
 
+/// New kernel parameters keep the node's launch attributes (cluster,
+/// cooperative), as CUDA's do: only the attribute calls change those.
+fn keep_attributes(old: &NodeKind, new: &mut NodeKind) {
+    if let (NodeKind::Kernel(o), NodeKind::Kernel(n)) = (old, new) {
+        n.launch_extra = o.launch_extra;
+    }
+}
+
 /// cuGraphExecKernelNodeSetParams and its kin.
-fn set_exec_node(exec: CUgraphExec, node: CUgraphNode, kind: NodeKind) -> CuRes {
+fn set_exec_node(exec: CUgraphExec, node: CUgraphNode, mut kind: NodeKind) -> CuRes {
     let (exec, index, ctx, old) = exec_node(exec, node)?;
+    keep_attributes(&old, &mut kind);
     match updatable(&old, &kind, ctx) {
         UPDATE_SUCCESS => update_exec_node(exec, index, kind),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
@@ -2323,9 +2345,18 @@ mod tests {
                 block: [1; 3],
                 shared_mem: 0,
                 params: vec![v],
+                launch_extra: LaunchExtra::PLAIN,
             })
         };
         assert_eq!(updatable(&k(1, 1), &k(1, 2), 1), UPDATE_SUCCESS);
+        let mut clustered = k(1, 2);
+        if let NodeKind::Kernel(c) = &mut clustered {
+            c.launch_extra = LaunchExtra::new([2, 1, 1], 0);
+        }
+        assert_eq!(updatable(&k(1, 1), &clustered, 1), UPDATE_ATTRIBUTES_CHANGED);
+        let mut kept = k(1, 3);
+        keep_attributes(&clustered, &mut kept);
+        assert_eq!(updatable(&clustered, &kept, 1), UPDATE_SUCCESS, "new parameters keep the cluster");
         assert_eq!(updatable(&k(1, 1), &k(2, 1), 1), UPDATE_UNSUPPORTED_FUNCTION_CHANGE);
         assert_eq!(updatable(&k(1, 1), &NodeKind::Empty, 1), UPDATE_NODE_TYPE_CHANGED);
         let m = |dst, src| NodeKind::Memcpy(MemcpyNode { ctx: 1, dst, src, len: 8 });
