@@ -102,6 +102,25 @@ fn launch_attributes_are_honoured_or_refused_cleanly() {
         ok(cuStreamSynchronize(s));
         assert!(read().iter().all(|&x| x == 0x6789), "a cooperative cluster launch ran");
 
+        // cuLaunchCooperativeKernel is the same cooperative launch; a grid
+        // larger than what can be resident at once (the sim's model: 8 SMs
+        // of 8 blocks of 256 threads) gets the device's error.
+        let cooperative_kernel = |value: c_uint, grid: c_uint| {
+            let mut dd = d;
+            let (mut v, mut n) = (value, N);
+            let mut args =
+                [&mut dd as *mut _ as *mut c_void, &mut v as *mut _ as *mut c_void, &mut n as *mut _ as *mut c_void];
+            cuLaunchCooperativeKernel(fill, grid, 1, 1, 256, 1, 1, 0, s, args.as_mut_ptr())
+        };
+        ok(cooperative_kernel(0x4321, 64));
+        ok(cuStreamSynchronize(s));
+        assert!(read().iter().all(|&x| x == 0x4321), "cuLaunchCooperativeKernel ran");
+        ok(cooperative_kernel(0x5555, 65));
+        assert_eq!(cuStreamSynchronize(s), CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
+        assert!(read().iter().all(|&x| x == 0x4321), "a refused launch ran");
+        ok(launch(0x6789, &mut cooperative));
+        ok(cuStreamSynchronize(s));
+
         // Bad clusters are refused before anything is queued; nothing runs.
         let mut uneven = [attr(4, &words(&[3, 1, 1]))];
         assert_eq!(launch(0x5555, &mut uneven), CUDA_ERROR_INVALID_CLUSTER_SIZE, "16 blocks in clusters of 3");

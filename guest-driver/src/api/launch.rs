@@ -14,6 +14,7 @@ use protocol::{
 };
 use std::cell::RefCell;
 use std::ffi::{c_uint, c_void};
+use std::ptr::null_mut;
 use zerocopy::little_endian::{U32, U64};
 
 /// Longest `extra` list read: each option is a key and a value, and there
@@ -276,6 +277,51 @@ pub unsafe extern "C" fn cuLaunchKernel_ptsz(
         let (grid, block) = ([gridDimX, gridDimY, gridDimZ], [blockDimX, blockDimY, blockDimZ]);
         // SAFETY: the caller's contract, forwarded.
         unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, extra, true, LaunchExtra::PLAIN) }
+    })
+}
+
+/// cuLaunchKernel as a cooperative launch: every block resident at once, so
+/// grid-wide synchronisation works; a grid too large for that is the
+/// device's CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE.
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel(
+    f: CUfunction,
+    gridDimX: c_uint,
+    gridDimY: c_uint,
+    gridDimZ: c_uint,
+    blockDimX: c_uint,
+    blockDimY: c_uint,
+    blockDimZ: c_uint,
+    sharedMemBytes: c_uint,
+    hStream: CUstream,
+    kernelParams: *mut *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        let (grid, block) = ([gridDimX, gridDimY, gridDimZ], [blockDimX, blockDimY, blockDimZ]);
+        let ex = LaunchExtra::new([1; 3], LAUNCH_F_COOPERATIVE);
+        // SAFETY: the caller's contract, forwarded; there is no `extra`.
+        unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, null_mut(), false, ex) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel_ptsz(
+    f: CUfunction,
+    gridDimX: c_uint,
+    gridDimY: c_uint,
+    gridDimZ: c_uint,
+    blockDimX: c_uint,
+    blockDimY: c_uint,
+    blockDimZ: c_uint,
+    sharedMemBytes: c_uint,
+    hStream: CUstream,
+    kernelParams: *mut *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        let (grid, block) = ([gridDimX, gridDimY, gridDimZ], [blockDimX, blockDimY, blockDimZ]);
+        let ex = LaunchExtra::new([1; 3], LAUNCH_F_COOPERATIVE);
+        // SAFETY: the caller's contract, forwarded; there is no `extra`.
+        unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, null_mut(), true, ex) }
     })
 }
 

@@ -332,8 +332,6 @@ stubs! {
     "cuFuncSetBlockShape" @ 2000 => cuFuncSetBlockShape(hfunc: CUfunction, x: c_int, y: c_int, z: c_int);
     "cuFuncSetSharedSize" @ 2000 => cuFuncSetSharedSize(hfunc: CUfunction, bytes: c_uint);
     "cuLaunch" @ 2000 => cuLaunch(f: CUfunction);
-    "cuLaunchCooperativeKernel" @ 9000 => cuLaunchCooperativeKernel(f: CUfunction, gridDimX: c_uint, gridDimY: c_uint, gridDimZ: c_uint, blockDimX: c_uint, blockDimY: c_uint, blockDimZ: c_uint, sharedMemBytes: c_uint, hStream: CUstream, kernelParams: Ptr);
-    "cuLaunchCooperativeKernel" @ 9000 => cuLaunchCooperativeKernel_ptsz(f: CUfunction, gridDimX: c_uint, gridDimY: c_uint, gridDimZ: c_uint, blockDimX: c_uint, blockDimY: c_uint, blockDimZ: c_uint, sharedMemBytes: c_uint, hStream: CUstream, kernelParams: Ptr);
     "cuLaunchCooperativeKernelMultiDevice" @ 9000 => cuLaunchCooperativeKernelMultiDevice(launchParamsList: Ptr, numDevices: c_uint, flags: c_uint);
     "cuLaunchGrid" @ 2000 => cuLaunchGrid(f: CUfunction, grid_width: c_int, grid_height: c_int);
     "cuLaunchGridAsync" @ 2000 => cuLaunchGridAsync(f: CUfunction, grid_width: c_int, grid_height: c_int, hStream: CUstream);
