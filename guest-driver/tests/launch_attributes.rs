@@ -152,6 +152,58 @@ fn launch_attributes_are_honoured_or_refused_cleanly() {
         ok(cuStreamSynchronize(s));
         assert!(read().iter().all(|&x| x == 0x7777), "the captured cluster launch ran");
 
+        // A node added to a graph by hand takes its cluster as a node
+        // attribute, reads it back, keeps it across new parameters, and
+        // runs with it; an event attribute cannot be carried and is refused.
+        let (mut dd, mut v, mut n) = (d, 0x8888u32, N);
+        let mut args =
+            [&mut dd as *mut _ as *mut c_void, &mut v as *mut _ as *mut c_void, &mut n as *mut _ as *mut c_void];
+        let params = CUDA_KERNEL_NODE_PARAMS_v2 {
+            func: fill,
+            gridDimX: 16,
+            gridDimY: 1,
+            gridDimZ: 1,
+            blockDimX: 256,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: 0,
+            kernelParams: args.as_mut_ptr(),
+            extra: null_mut(),
+            kern: null_mut(),
+            ctx: null_mut(),
+        };
+        let mut g: CUgraph = null_mut();
+        ok(cuGraphCreate(&mut g, 0));
+        let mut node: CUgraphNode = null_mut();
+        ok(cuGraphAddKernelNode_v2(&mut node, g, std::ptr::null(), 0, &params));
+        let value = |w: &[u32]| {
+            let mut v = [0u8; 64];
+            v[..w.len() * 4].copy_from_slice(&words(w));
+            v
+        };
+        ok(cuGraphKernelNodeSetAttribute(node, 4, value(&[4, 1, 1]).as_ptr() as *const c_void));
+        ok(cuGraphKernelNodeSetAttribute(node, 8, value(&[1]).as_ptr() as *const c_void)); // a priority hint
+        ok(cuGraphKernelNodeSetParams_v2(node, &params));
+        let mut back = [0u8; 64];
+        ok(cuGraphKernelNodeGetAttribute(node, 4, back.as_mut_ptr() as *mut c_void));
+        assert_eq!(&back[..12], &words(&[4, 1, 1])[..], "the cluster, kept across new parameters");
+        assert_eq!(
+            cuGraphKernelNodeSetAttribute(node, 12, value(&[0]).as_ptr() as *const c_void),
+            CUDA_ERROR_NOT_SUPPORTED
+        );
+        assert_eq!(
+            cuGraphKernelNodeSetAttribute(node, 4, value(&[0, 1, 1]).as_ptr() as *const c_void),
+            CUDA_ERROR_INVALID_VALUE
+        );
+        let mut exec: CUgraphExec = null_mut();
+        ok(cuGraphInstantiateWithFlags(&mut exec, g, 0));
+        ok(cuGraphLaunch(exec, s));
+        ok(cuStreamSynchronize(s));
+        assert!(read().iter().all(|&x| x == 0x8888), "the node with a cluster attribute ran");
+        // A cluster the grid is not a multiple of fails the instantiation.
+        ok(cuGraphKernelNodeSetAttribute(node, 4, value(&[3, 1, 1]).as_ptr() as *const c_void));
+        assert_eq!(cuGraphInstantiateWithFlags(&mut exec, g, 0), CUDA_ERROR_INVALID_CLUSTER_SIZE);
+
         // The stream goes on; no attributes at all is cuLaunchKernel.
         ok(launch(0x9abc, &mut []));
         ok(cuStreamSynchronize(s));

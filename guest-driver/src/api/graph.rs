@@ -12,7 +12,7 @@
 //! read it when the graph runs.
 
 use super::capture;
-use super::launch::{check_geometry, check_shared_mem, pack_params};
+use super::launch::{check_geometry, check_shared_mem, launch_attribute, pack_params, LaunchAttr};
 use super::state::{self, State};
 use super::types::*;
 use super::{ffi, handle, id_of, session, CuRes, Out};
@@ -1213,6 +1213,103 @@ pub unsafe extern "C" fn cuGraphKernelNodeSetParams_v2(
     })
 }
 
+/// `CUlaunchAttributeID`s a kernel node carries to the backend.
+const ATTR_COOPERATIVE: c_int = 2;
+const ATTR_CLUSTER_DIMENSION: c_int = 4;
+
+/// cuGraphKernelNodeSetAttribute: the cluster dimension and the
+/// cooperative flag go into the node (and to the backend with it); hints
+/// are taken as hints, as for cuLaunchKernelEx; what a node cannot carry
+/// (events) is NOT_SUPPORTED rather than dropped.
+///
+/// # Safety
+/// `value` is NULL or a `CUkernelNodeAttrValue` (64 bytes).
+unsafe fn set_node_attribute(node: CUgraphNode, attr: c_int, value: *const c_void) -> CuRes {
+    if value.is_null() || attr < 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut a = CUlaunchAttribute { id: attr as c_uint, pad: [0; 4], value: [0; 64] };
+    // SAFETY: a CUkernelNodeAttrValue is the 64-byte launch attribute union.
+    unsafe { std::ptr::copy_nonoverlapping(value as *const u8, a.value.as_mut_ptr(), a.value.len()) };
+    let what = launch_attribute(&a)?;
+    with_node(node, |n| {
+        let NodeKind::Kernel(k) = &mut n.kind else { return Err(CUDA_ERROR_INVALID_VALUE) };
+        let x = &mut k.launch_extra;
+        match what {
+            LaunchAttr::Same => {}
+            LaunchAttr::Cluster(dims) => *x = LaunchExtra::new(dims, x.flags.get()),
+            LaunchAttr::Cooperative(on) => {
+                let flags = if on { LAUNCH_F_COOPERATIVE } else { 0 };
+                *x = LaunchExtra::new(x.cluster(), (x.flags.get() & !LAUNCH_F_COOPERATIVE) | flags)
+            }
+            LaunchAttr::RecordAfter(..) => {
+                crate::log::unsupported("cuGraphKernelNodeSetAttribute with an event");
+                return Err(CUDA_ERROR_NOT_SUPPORTED);
+            }
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeSetAttribute(
+    hNode: CUgraphNode,
+    attr: c_int,
+    value: *const c_void,
+) -> CUresult {
+    // SAFETY: the caller's contract, forwarded.
+    ffi(|| unsafe { set_node_attribute(hNode, attr, value) })
+}
+
+/// cuGraphKernelNodeGetAttribute: the cluster dimension and cooperative
+/// flag the node carries; other attributes are not kept.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeGetAttribute(
+    hNode: CUgraphNode,
+    attr: c_int,
+    value_out: *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        if value_out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let x = with_node(hNode, |n| match &n.kind {
+            NodeKind::Kernel(k) => Ok(k.launch_extra),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        })?;
+        let words: Vec<u32> = match attr {
+            ATTR_CLUSTER_DIMENSION => x.cluster().to_vec(),
+            ATTR_COOPERATIVE => vec![x.cooperative() as u32],
+            _ => {
+                crate::log::unsupported(&format!("cuGraphKernelNodeGetAttribute id {attr}"));
+                return Err(CUDA_ERROR_NOT_SUPPORTED);
+            }
+        };
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        // SAFETY: output argument per the CUDA API, a 64-byte union.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), value_out as *mut u8, bytes.len()) };
+        Ok(())
+    })
+}
+
+/// cuGraphKernelNodeCopyAttributes: the attributes the source node carries.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeCopyAttributes(dst: CUgraphNode, src: CUgraphNode) -> CUresult {
+    ffi(|| {
+        let x = with_node(src, |n| match &n.kind {
+            NodeKind::Kernel(k) => Ok(k.launch_extra),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        })?;
+        with_node(dst, |n| match &mut n.kind {
+            NodeKind::Kernel(k) => {
+                k.launch_extra = x;
+                Ok(())
+            }
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        })
+    })
+}
+
 #[no_mangle]
 pub unsafe extern "C" fn cuGraphMemcpyNodeGetParams(hNode: CUgraphNode, nodeParams: *mut CUDA_MEMCPY3D) -> CUresult {
     ffi(|| {
@@ -2005,6 +2102,27 @@ pub fn rows() -> Vec<super::proc_address::ProcRow> {
             12030,
             "cuGraphAddDependencies_v2",
             cuGraphAddDependencies_v2 as *const () as usize,
+            false,
+        ),
+        ProcRow::new(
+            "cuGraphKernelNodeCopyAttributes",
+            11000,
+            "cuGraphKernelNodeCopyAttributes",
+            cuGraphKernelNodeCopyAttributes as *const () as usize,
+            false,
+        ),
+        ProcRow::new(
+            "cuGraphKernelNodeGetAttribute",
+            11000,
+            "cuGraphKernelNodeGetAttribute",
+            cuGraphKernelNodeGetAttribute as *const () as usize,
+            false,
+        ),
+        ProcRow::new(
+            "cuGraphKernelNodeSetAttribute",
+            11000,
+            "cuGraphKernelNodeSetAttribute",
+            cuGraphKernelNodeSetAttribute as *const () as usize,
             false,
         ),
         ProcRow::new(

@@ -368,7 +368,7 @@ unsafe fn launch_ex(
 
 /// What a launch attribute asks of a launch on a vGPU.
 #[derive(Debug, PartialEq)]
-enum LaunchAttr {
+pub(super) enum LaunchAttr {
     /// A hint, or a request a plain launch already meets.
     Same,
     /// An event to fire once the kernel's blocks have started, or all have
@@ -388,7 +388,7 @@ enum LaunchAttr {
 /// its predecessor ends, and its grid-dependency waits return at once) keep
 /// the plain launch's meaning. Cluster dimensions and cooperative launches
 /// travel to the backend with the launch (`LaunchKernelEx`).
-fn launch_attribute(a: &CUlaunchAttribute) -> CuRes<LaunchAttr> {
+pub(super) fn launch_attribute(a: &CUlaunchAttribute) -> CuRes<LaunchAttr> {
     let word = |i: usize| u32::from_le_bytes([a.value[i], a.value[i + 1], a.value[i + 2], a.value[i + 3]]);
     let pointer = || usize::from_le_bytes(a.value[..8].try_into().unwrap_or([0; 8]));
     match a.id {

@@ -285,9 +285,6 @@ stubs! {
     "cuGraphExternalSemaphoresWaitNodeSetParams" @ 11020 => cuGraphExternalSemaphoresWaitNodeSetParams(hNode: Ptr, nodeParams: CPtr);
     "cuGraphHostNodeGetParams" @ 10000 => cuGraphHostNodeGetParams(hNode: Ptr, nodeParams: Ptr);
     "cuGraphHostNodeSetParams" @ 10000 => cuGraphHostNodeSetParams(hNode: Ptr, nodeParams: CPtr);
-    "cuGraphKernelNodeCopyAttributes" @ 11000 => cuGraphKernelNodeCopyAttributes(dst: Ptr, src: Ptr);
-    "cuGraphKernelNodeGetAttribute" @ 11000 => cuGraphKernelNodeGetAttribute(hNode: Ptr, attr: c_int, value_out: Ptr);
-    "cuGraphKernelNodeSetAttribute" @ 11000 => cuGraphKernelNodeSetAttribute(hNode: Ptr, attr: c_int, value: CPtr);
     "cuGraphMemAllocNodeGetParams" @ 11040 => cuGraphMemAllocNodeGetParams(hNode: Ptr, params_out: Ptr);
     "cuGraphMemFreeNodeGetParams" @ 11040 => cuGraphMemFreeNodeGetParams(hNode: Ptr, dptr_out: *mut CUdeviceptr);
     "cuGraphNodeGetEnabled" @ 11060 => cuGraphNodeGetEnabled(hGraphExec: Ptr, hNode: Ptr, isEnabled: *mut c_uint);
