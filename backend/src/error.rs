@@ -34,6 +34,8 @@ pub enum Error {
     InvalidArgument(&'static str),
     #[error("not supported: {0}")]
     NotSupported(&'static str),
+    #[error("bad thread block cluster: {0}")]
+    BadCluster(&'static str),
     #[error("batch sequence {got} out of order (expected {expected})")]
     OutOfOrder { got: u64, expected: u64 },
     #[error("engine: {0}")]
@@ -64,6 +66,7 @@ impl Error {
             Error::ReplyTooLarge(_) => CUDA_ERROR_INVALID_VALUE,
             Error::InvalidArgument(_) => CUDA_ERROR_INVALID_VALUE,
             Error::NotSupported(_) => CUDA_ERROR_NOT_SUPPORTED,
+            Error::BadCluster(_) => CUDA_ERROR_INVALID_CLUSTER_SIZE,
             Error::OutOfOrder { .. } => CUDA_ERROR_INVALID_VALUE,
             Error::Engine(e) => e.0,
             Error::Memory(crate::grants::MemoryError::Denied { .. }) => CUDA_ERROR_OUT_OF_MEMORY,

@@ -406,7 +406,7 @@ impl Vm {
             max_batch_bytes: U32::new(MAX_BATCH_BYTES),
             max_inline_bytes: U32::new(MAX_INLINE_BYTES),
             engine: U32::new(matches!(self.engine.kind(), crate::engine::EngineKind::Cuda) as u32),
-            flags: U32::new(if self.heartbeat.is_some() { CAPSET_F_HEARTBEAT } else { 0 }),
+            flags: U32::new(CAPSET_F_LAUNCH_EX | if self.heartbeat.is_some() { CAPSET_F_HEARTBEAT } else { 0 }),
         }
     }
 
@@ -651,6 +651,33 @@ impl Vm {
         Ok(ectx)
     }
 
+    /// A kernel launch, plain or with a cluster or as a cooperative launch.
+    fn launch_kernel(
+        &mut self,
+        client: &Client,
+        ectx: EngineCtx,
+        l: &LaunchKernel,
+        extra: &LaunchExtra,
+        params: &[u8],
+    ) -> Result<()> {
+        let func = client.functions.get(l.func_id.get())?.engine;
+        let stream = Self::stream(client, l.stream.get())?;
+        let grid = l.grid.map(|d| d.get());
+        check_cluster(grid, extra)?;
+        let launch = Launch {
+            grid,
+            block: l.block.map(|d| d.get()),
+            shared_mem: l.shared_mem.get(),
+            stream,
+            params,
+            cluster: extra.cluster(),
+            cooperative: extra.cooperative(),
+        };
+        self.gpu_op(ectx, stream, |e| e.launch(func, &launch))?;
+        self.gate.counters().launches.fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn stream(client: &Client, id: u64) -> Result<EngineStream> {
         match id {
             STREAM_NULL | STREAM_LEGACY | STREAM_PER_THREAD => Ok(EngineStream::NULL),
@@ -866,19 +893,9 @@ impl Vm {
                 Ok(None)
             }
             C::LaunchKernel(l, params) => {
-                let func = client.functions.get(l.func_id.get())?.engine;
-                let stream = Self::stream(client, l.stream.get())?;
-                let launch = Launch {
-                    grid: [l.grid[0].get(), l.grid[1].get(), l.grid[2].get()],
-                    block: [l.block[0].get(), l.block[1].get(), l.block[2].get()],
-                    shared_mem: l.shared_mem.get(),
-                    stream,
-                    params,
-                };
-                self.gpu_op(ectx, stream, |e| e.launch(func, &launch))?;
-                self.gate.counters().launches.fetch_add(1, Ordering::Relaxed);
-                Ok(None)
+                self.launch_kernel(client, ectx, &l, &LaunchExtra::PLAIN, params).map(|_| None)
             }
+            C::LaunchKernelEx(l, params) => self.launch_kernel(client, ectx, &l.launch, &l.extra, params).map(|_| None),
             C::StreamCreate(s) => {
                 let id = s.stream_id.get();
                 if id <= STREAM_PER_THREAD {
@@ -1088,6 +1105,16 @@ impl Vm {
         self.used = self.used.saturating_sub(bytes);
         client.charged = client.charged.saturating_sub(bytes);
     }
+}
+
+/// Checks a launch's cluster against its grid, as the driver does before it
+/// launches: the decoder has checked that no dimension is zero and the
+/// cluster is not past any GPU's size; the engine checks its device's limit.
+fn check_cluster(grid: [u32; 3], extra: &LaunchExtra) -> Result<()> {
+    if grid.iter().zip(extra.cluster()).any(|(g, c)| c == 0 || g % c != 0) {
+        return Err(Error::BadCluster("the grid is not a multiple of the cluster"));
+    }
+    Ok(())
 }
 
 /// Whether the guest waits for this command's reply. Errors of the others are

@@ -1,5 +1,6 @@
-//! Graphs and occupancy below the virtqueues: whole graphs instantiated
-//! once, launched with one command each, on the sim engine through `Vm`,
+//! Graphs, cluster launches and occupancy below the virtqueues: whole graphs
+//! instantiated once, launched with one command each, on the sim engine
+//! through `Vm`,
 //! with replies read back from guest memory. Malformed graphs (cycles, bad
 //! node references, unknown handles, foreign pointers, unreachable host
 //! memory) get CUDA errors and the backend keeps serving.
@@ -13,7 +14,7 @@ use protocol::graph::{push_edges, push_node, GraphNodeDesc};
 use protocol::*;
 use std::sync::atomic::Ordering;
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
-use zerocopy::little_endian::{U16, U32, U64};
+use zerocopy::little_endian::{I32, U16, U32, U64};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 const MIB: u64 = 1 << 20;
@@ -182,16 +183,37 @@ fn memset(dst: u64, words: u64, value: u32) -> GraphNodeDesc<'static> {
 }
 
 fn kernel(func: u64, params: &[u8]) -> GraphNodeDesc<'_> {
+    kernel_ex(func, params, 4, LaunchExtra::PLAIN)
+}
+
+/// A kernel node of `grid` blocks of 128 threads, with a launch extra.
+fn kernel_ex(func: u64, params: &[u8], grid: u32, extra: LaunchExtra) -> GraphNodeDesc<'_> {
     GraphNodeDesc::Kernel(
         GraphKernelNode {
             func_id: U64::new(func),
-            grid: [U32::new(4), U32::new(1), U32::new(1)],
+            grid: [U32::new(grid), U32::new(1), U32::new(1)],
             block: [U32::new(128), U32::new(1), U32::new(1)],
             shared_mem: U32::new(0),
             params_len: U32::new(params.len() as u32),
         },
+        extra,
         params,
     )
+}
+
+/// A direct launch of `grid` blocks of 256 threads, with a launch extra.
+fn launch_ex(func: u64, params: &[u8], grid: [u32; 3], extra: LaunchExtra) -> LaunchKernelEx {
+    LaunchKernelEx {
+        launch: LaunchKernel {
+            func_id: U64::new(func),
+            stream: U64::new(0),
+            grid: grid.map(U32::new),
+            block: [U32::new(256), U32::new(1), U32::new(1)],
+            shared_mem: U32::new(0),
+            params_len: U32::new(params.len() as u32),
+        },
+        extra,
+    }
 }
 
 fn copy(dir: u32, dst: u64, src: u64, len: u64, host_offset: u64) -> GraphNodeDesc<'static> {
@@ -289,6 +311,98 @@ fn a_node_update_changes_what_the_next_launch_does() {
     let past = GraphExecUpdateNode { index: U32::new(1), ..u };
     assert_eq!(g.run(&[(Opcode::GraphExecUpdateNode, past.as_bytes(), &rec)]).deferred, CUDA_ERROR_INVALID_VALUE);
     assert_eq!(g.read(p, 4), 9u32.to_le_bytes(), "failed updates change nothing");
+}
+
+#[test]
+fn cluster_and_cooperative_launches_run_and_bad_ones_get_the_drivers_errors() {
+    let mut g = Guest::new();
+    let n = 4096u64;
+    let p = g.alloc(n * 4);
+    let words = |g: &mut Guest| -> Vec<u32> {
+        g.read(p, n * 4).chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
+    };
+    let run = |g: &mut Guest, l: &LaunchKernelEx, params: &[u8]| {
+        let a = g.run(&[(Opcode::LaunchKernelEx, l.as_bytes(), params)]);
+        assert_eq!(a.status, CUDA_SUCCESS, "the synchronisation after the launch");
+        a.deferred
+    };
+    // Clusters of 2x1x1 and 4x2x1 blocks, a cooperative launch, and both.
+    for (value, grid, cluster, flags) in [
+        (1, [16, 1, 1], [2, 1, 1], 0),
+        (2, [8, 2, 1], [4, 2, 1], 0),
+        (3, [16, 1, 1], [1, 1, 1], LAUNCH_F_COOPERATIVE),
+        (4, [8, 2, 1], [2, 2, 1], LAUNCH_F_COOPERATIVE),
+    ] {
+        let params = fill_params(p, value, n);
+        assert_eq!(
+            run(&mut g, &launch_ex(FILL, &params, grid, LaunchExtra::new(cluster, flags)), &params),
+            CUDA_SUCCESS
+        );
+        assert!(words(&mut g).iter().all(|&w| w == value), "cluster {cluster:?} flags {flags}");
+    }
+    let launches = g.vm.counters().calls().launches;
+
+    // A grid that is not a multiple of the cluster, a cluster past the
+    // portable 8 blocks, a cooperative grid larger than what is resident
+    // at once (8 blocks of 256 threads on each of the model's 8 SMs): the
+    // launch fails with the driver's error and nothing runs.
+    let params = fill_params(p, 9, n);
+    for (grid, cluster, flags, want) in [
+        ([15, 1, 1], [2, 1, 1], 0, CUDA_ERROR_INVALID_CLUSTER_SIZE),
+        ([16, 3, 1], [1, 2, 1], 0, CUDA_ERROR_INVALID_CLUSTER_SIZE),
+        ([32, 1, 1], [16, 1, 1], 0, CUDA_ERROR_INVALID_CLUSTER_SIZE),
+        ([65, 1, 1], [1, 1, 1], LAUNCH_F_COOPERATIVE, CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE),
+    ] {
+        let l = launch_ex(FILL, &params, grid, LaunchExtra::new(cluster, flags));
+        assert_eq!(run(&mut g, &l, &params), want, "grid {grid:?} cluster {cluster:?}");
+    }
+    // A zero dimension or a cluster past any GPU's size is a malformed
+    // command: the batch is refused.
+    for cluster in [[0, 1, 1], [32, 1, 1]] {
+        let l = launch_ex(FILL, &params, [32, 1, 1], LaunchExtra::new(cluster, 0));
+        assert_eq!(g.run(&[(Opcode::LaunchKernelEx, l.as_bytes(), &params)]).status, CUDA_ERROR_INVALID_VALUE);
+    }
+    assert!(words(&mut g).iter().all(|&w| w == 4), "a refused launch ran");
+    assert_eq!(g.vm.counters().calls().launches, launches, "refused launches are not counted");
+
+    // 16 blocks once the function allows non-portable cluster sizes.
+    let attr = FuncSetAttribute { func_id: U64::new(FILL), attr: U32::new(14), value: I32::new(1) };
+    assert_eq!(g.run(&[(Opcode::FuncSetAttribute, attr.as_bytes(), &[])]).deferred, CUDA_SUCCESS);
+    let l = launch_ex(FILL, &params, [32, 1, 1], LaunchExtra::new([16, 1, 1], 0));
+    assert_eq!(run(&mut g, &l, &params), CUDA_SUCCESS);
+    assert!(words(&mut g).iter().all(|&w| w == 9));
+    g.still_serves();
+}
+
+#[test]
+fn a_captured_cluster_launch_runs_in_a_graph_and_keeps_its_cluster() {
+    let mut g = Guest::new();
+    let p = g.alloc(1024);
+    let fill5 = fill_params(p, 5, 256);
+    let cluster = LaunchExtra::new([2, 1, 1], LAUNCH_F_COOPERATIVE);
+    assert_eq!(g.instantiate(0x700, &[kernel_ex(FILL, &fill5, 4, cluster)], &[]), CUDA_SUCCESS);
+    assert_eq!(g.launch(0x700, 2).deferred, CUDA_SUCCESS);
+    assert_eq!(g.read(p, 4), 5u32.to_le_bytes());
+    // New parameters, same cluster: updated. Another cluster: refused, as
+    // the instantiated graph keeps the one it was built with.
+    let u = GraphExecUpdateNode { exec_id: U64::new(0x700), index: U32::new(0), _pad: U32::new(0) };
+    let fill6 = fill_params(p, 6, 256);
+    let mut rec = Vec::new();
+    push_node(&mut rec, &kernel_ex(FILL, &fill6, 4, cluster));
+    assert_eq!(g.run(&[(Opcode::GraphExecUpdateNode, u.as_bytes(), &rec)]).deferred, CUDA_SUCCESS);
+    let mut plain = Vec::new();
+    push_node(&mut plain, &kernel(FILL, &fill5));
+    assert_eq!(g.run(&[(Opcode::GraphExecUpdateNode, u.as_bytes(), &plain)]).deferred, CUDA_ERROR_NOT_SUPPORTED);
+    assert_eq!(g.launch(0x700, 1).deferred, CUDA_SUCCESS);
+    assert_eq!(g.read(p, 4), 6u32.to_le_bytes());
+    // A node whose grid is not a multiple of its cluster is not instantiated;
+    // one whose cluster the device refuses fails at launch, as on a GPU.
+    let odd = kernel_ex(FILL, &fill5, 5, LaunchExtra::new([2, 1, 1], 0));
+    assert_eq!(g.instantiate(0x701, &[odd], &[]), CUDA_ERROR_INVALID_CLUSTER_SIZE);
+    let big = kernel_ex(FILL, &fill5, 16, LaunchExtra::new([16, 1, 1], 0));
+    assert_eq!(g.instantiate(0x702, &[big], &[]), CUDA_SUCCESS);
+    assert_eq!(g.launch(0x702, 1).deferred, CUDA_ERROR_INVALID_CLUSTER_SIZE);
+    g.still_serves();
 }
 
 #[test]

@@ -79,6 +79,8 @@ pub struct Client {
     sticky: AtomicU32,
     /// The backend beats in the control buffer (`CAPSET_F_HEARTBEAT`).
     heartbeat: bool,
+    /// The backend runs cluster and cooperative launches (`CAPSET_F_LAUNCH_EX`).
+    launch_ex: bool,
     /// How long the beat may stand still while a call waits.
     heartbeat_timeout: Duration,
 }
@@ -182,6 +184,7 @@ impl Client {
             // sessions it knows, and the Hello may wait behind other work
             // (another process's teardown).
             heartbeat: false,
+            launch_ex: cap.flags.get() & CAPSET_F_LAUNCH_EX != 0,
             heartbeat_timeout: std::env::var("GPUVISOR_HEARTBEAT_TIMEOUT_S")
                 .ok()
                 .and_then(|v| v.trim().parse::<f64>().ok())
@@ -247,6 +250,12 @@ impl Client {
                 error_name(code).unwrap_or("unknown error")
             ));
         }
+    }
+
+    /// Whether the backend runs `LaunchKernelEx` and kernel graph nodes with
+    /// a cluster or as cooperative launches (`CAPSET_F_LAUNCH_EX`).
+    pub fn has_launch_ex(&self) -> bool {
+        self.launch_ex
     }
 
     /// Whether the backend beats (`CAPSET_F_HEARTBEAT`).

@@ -40,6 +40,7 @@ pub const CUDA_ERROR_MISALIGNED_ADDRESS: CuResult = 716;
 pub const CUDA_ERROR_INVALID_ADDRESS_SPACE: CuResult = 717;
 pub const CUDA_ERROR_INVALID_PC: CuResult = 718;
 pub const CUDA_ERROR_LAUNCH_FAILED: CuResult = 719;
+pub const CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE: CuResult = 720;
 pub const CUDA_ERROR_NOT_PERMITTED: CuResult = 800;
 pub const CUDA_ERROR_NOT_SUPPORTED: CuResult = 801;
 pub const CUDA_ERROR_SYSTEM_NOT_READY: CuResult = 802;
@@ -185,6 +186,11 @@ const TABLE: &[(CuResult, &str, &str)] = &[
         "the graph update was not performed because it included changes which violated constraints specific to instantiated graph update",
     ),
     (CUDA_ERROR_INVALID_CLUSTER_SIZE, "CUDA_ERROR_INVALID_CLUSTER_SIZE", "invalid cluster size"),
+    (
+        CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE,
+        "CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE",
+        "too many blocks in cooperative launch",
+    ),
 ];
 
 /// Whether `code` says a kernel faulted (the context that ran it is lost):

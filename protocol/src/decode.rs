@@ -54,6 +54,8 @@ pub enum Command<'a> {
     ModuleGetGlobal(ModuleGetGlobal, &'a str),
     FuncSetAttribute(FuncSetAttribute),
     LaunchKernel(LaunchKernel, &'a [u8]),
+    /// Its extra was checked ([`LaunchExtra::check`]).
+    LaunchKernelEx(LaunchKernelEx, &'a [u8]),
     StreamCreate(StreamCreate),
     StreamDestroy(Id),
     StreamSynchronize(Id),
@@ -106,6 +108,7 @@ impl Command<'_> {
             C::ModuleGetGlobal(..) => Opcode::ModuleGetGlobal,
             C::FuncSetAttribute(_) => Opcode::FuncSetAttribute,
             C::LaunchKernel(..) => Opcode::LaunchKernel,
+            C::LaunchKernelEx(..) => Opcode::LaunchKernelEx,
             C::StreamCreate(_) => Opcode::StreamCreate,
             C::StreamDestroy(_) => Opcode::StreamDestroy,
             C::StreamSynchronize(_) => Opcode::StreamSynchronize,
@@ -274,6 +277,15 @@ fn name(index: u32, opcode: Opcode, tail: &[u8], len: u32) -> Result<&str, Decod
     core::str::from_utf8(bytes).map_err(|_| DecodeError::BadField { index, opcode, what: "symbol name is not UTF-8" })
 }
 
+/// A launch's parameters, after checking its geometry.
+fn launch_params<'a>(index: u32, opcode: Opcode, m: &LaunchKernel, tail: &'a [u8]) -> Result<&'a [u8], DecodeError> {
+    let params = trailing(index, opcode, "kernel parameters", tail, m.params_len.get() as u64, MAX_PARAM_BYTES as u64)?;
+    if m.grid.iter().chain(m.block.iter()).any(|d| d.get() == 0) {
+        return Err(DecodeError::BadField { index, opcode, what: "a grid or block dimension is zero" });
+    }
+    Ok(params)
+}
+
 fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, DecodeError> {
     use Command as C;
     macro_rules! simple {
@@ -334,12 +346,13 @@ fn decode_payload(index: u32, opcode: Opcode, p: &[u8]) -> Result<Command<'_>, D
         Opcode::FuncSetAttribute => simple!(FuncSetAttribute, FuncSetAttribute),
         Opcode::LaunchKernel => {
             let (m, tail) = fixed::<LaunchKernel>(index, opcode, p)?;
-            let params =
-                trailing(index, opcode, "kernel parameters", tail, m.params_len.get() as u64, MAX_PARAM_BYTES as u64)?;
-            if m.grid.iter().chain(m.block.iter()).any(|d| d.get() == 0) {
-                return Err(bad("a grid or block dimension is zero"));
-            }
-            C::LaunchKernel(m, params)
+            C::LaunchKernel(m, launch_params(index, opcode, &m, tail)?)
+        }
+        Opcode::LaunchKernelEx => {
+            let (m, tail) = fixed::<LaunchKernelEx>(index, opcode, p)?;
+            let params = launch_params(index, opcode, &m.launch, tail)?;
+            m.extra.check().map_err(bad)?;
+            C::LaunchKernelEx(m, params)
         }
         Opcode::StreamCreate => simple!(StreamCreate, StreamCreate),
         Opcode::StreamDestroy => simple!(StreamDestroy, Id),
@@ -550,6 +563,73 @@ mod tests {
         let bytes = w.finish().to_vec();
         let batch = decode_batch(&bytes).unwrap();
         assert!(matches!(batch.commands().next(), Some(Err(DecodeError::BadField { .. }))));
+    }
+
+    fn launch_ex(cluster: [u32; 3], flags: u32, params: &[u8]) -> Vec<u8> {
+        let l = LaunchKernelEx {
+            launch: LaunchKernel {
+                func_id: U64::new(3),
+                stream: U64::new(0),
+                grid: [U32::new(8), U32::new(2), U32::new(1)],
+                block: [U32::new(128), U32::new(1), U32::new(1)],
+                shared_mem: U32::new(0),
+                params_len: U32::new(params.len() as u32),
+            },
+            extra: LaunchExtra::new(cluster, flags),
+        };
+        let mut w = BatchWriter::new();
+        w.begin(1);
+        w.push(Opcode::LaunchKernelEx, CMD_FLAG_ASYNC, PRIMARY_CTX, &l, params);
+        w.finish().to_vec()
+    }
+
+    #[test]
+    fn cluster_launch_round_trips() {
+        let bytes = launch_ex([2, 2, 1], LAUNCH_F_COOPERATIVE, &[7; 12]);
+        let batch = decode_batch(&bytes).unwrap();
+        match batch.commands().next().unwrap().unwrap().cmd {
+            Command::LaunchKernelEx(l, params) => {
+                assert_eq!(l.extra.cluster(), [2, 2, 1]);
+                assert!(l.extra.cooperative());
+                assert_eq!(l.launch.grid[0].get(), 8);
+                assert_eq!(params, &[7; 12]);
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+        assert_eq!(core::mem::size_of::<LaunchKernelEx>(), core::mem::size_of::<LaunchKernel>() + 16);
+        assert_eq!(Opcode::from_u16(Opcode::LaunchKernelEx as u16), Some(Opcode::LaunchKernelEx));
+    }
+
+    #[test]
+    fn malformed_cluster_launches_are_rejected() {
+        fn first(bytes: &[u8]) -> Result<Decoded<'_>, DecodeError> {
+            decode_batch(bytes).unwrap().commands().next().unwrap()
+        }
+        for (cluster, flags, what) in [
+            ([0, 1, 1], 0, "a cluster dimension is zero"),
+            ([1, 1, 0], 0, "a cluster dimension is zero"),
+            ([4, 4, 2], 0, "the cluster holds more blocks than any GPU allows"),
+            ([u32::MAX, u32::MAX, u32::MAX], 0, "the cluster holds more blocks than any GPU allows"),
+            ([2, 1, 1], 1 << 5, "unknown launch flags"),
+        ] {
+            let err = first(&launch_ex(cluster, flags, &[])).unwrap_err();
+            assert_eq!(err, DecodeError::BadField { index: 0, opcode: Opcode::LaunchKernelEx, what }, "{cluster:?}");
+        }
+        // Parameters past the command, and every truncation of the batch.
+        let mut bytes = launch_ex([2, 1, 1], 0, &[1; 8]);
+        let params_len = core::mem::size_of::<BatchHeader>() + core::mem::size_of::<CmdHeader>() + 44;
+        bytes[params_len..params_len + 4].copy_from_slice(&4096u32.to_le_bytes());
+        assert!(matches!(first(&bytes), Err(DecodeError::BadTrailingLength { .. })));
+        let bytes = launch_ex([2, 1, 1], 0, &[1; 8]);
+        for n in 0..bytes.len() {
+            assert!(decode_batch(&bytes[..n]).is_err(), "prefix {n} accepted");
+        }
+        // A command too short for the extra.
+        let mut w = BatchWriter::new();
+        w.begin(1);
+        w.push(Opcode::LaunchKernelEx, 0, PRIMARY_CTX, &LaunchKernel::default(), &[]);
+        let bytes = w.finish().to_vec();
+        assert!(matches!(first(&bytes), Err(DecodeError::BadTrailingLength { what: "fixed payload", .. })));
     }
 
     #[test]

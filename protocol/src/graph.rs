@@ -12,8 +12,10 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 /// One node, decoded.
 #[derive(Debug, Clone, Copy)]
 pub enum GraphNodeDesc<'a> {
-    /// Packed kernel parameters follow the launch.
-    Kernel(GraphKernelNode, &'a [u8]),
+    /// Packed kernel parameters follow the launch; the extra is
+    /// [`LaunchExtra::PLAIN`] for a [`GRAPH_NODE_KERNEL`] record, checked
+    /// for a [`GRAPH_NODE_KERNEL_EX`] one.
+    Kernel(GraphKernelNode, LaunchExtra, &'a [u8]),
     Memcpy(GraphMemcpyNode),
     Memset(GraphMemsetNode),
     Empty,
@@ -79,9 +81,18 @@ pub fn node_record(bytes: &[u8]) -> Result<(GraphNodeDesc<'_>, usize), BodyError
     let payload = &bytes[head..len];
     let fixed = |what| -> BodyError { what };
     let node = match h.kind.get() {
-        GRAPH_NODE_KERNEL => {
+        GRAPH_NODE_KERNEL | GRAPH_NODE_KERNEL_EX => {
             let (k, tail) =
                 GraphKernelNode::read_from_prefix(payload).map_err(|_| fixed("kernel node is truncated"))?;
+            let (extra, tail) = match h.kind.get() {
+                GRAPH_NODE_KERNEL => (LaunchExtra::PLAIN, tail),
+                _ => {
+                    let (x, tail) =
+                        LaunchExtra::read_from_prefix(tail).map_err(|_| fixed("kernel node extra is truncated"))?;
+                    x.check()?;
+                    (x, tail)
+                }
+            };
             let n = k.params_len.get();
             if n > MAX_PARAM_BYTES || n as usize > tail.len() {
                 return Err("kernel node parameters do not fit the record");
@@ -89,7 +100,7 @@ pub fn node_record(bytes: &[u8]) -> Result<(GraphNodeDesc<'_>, usize), BodyError
             if k.grid.iter().chain(k.block.iter()).any(|d| d.get() == 0) {
                 return Err("kernel node has a zero grid or block dimension");
             }
-            GraphNodeDesc::Kernel(k, &tail[..n as usize])
+            GraphNodeDesc::Kernel(k, extra, &tail[..n as usize])
         }
         GRAPH_NODE_MEMCPY => {
             let (m, _) = GraphMemcpyNode::read_from_prefix(payload).map_err(|_| fixed("memcpy node is truncated"))?;
@@ -150,17 +161,23 @@ pub fn decode_body<'a>(index: u32, g: &GraphInstantiate, body: &'a [u8]) -> Resu
 
 /// Appends the record of `node` to `buf` (the guest's encoder, and tests').
 pub fn push_node(buf: &mut Vec<u8>, node: &GraphNodeDesc<'_>) {
-    fn record<T: IntoBytes + Immutable>(buf: &mut Vec<u8>, kind: u32, fixed: &T, tail: &[u8]) {
-        let body = core::mem::size_of::<GraphNodeHeader>() + fixed.as_bytes().len() + tail.len();
+    fn record<T: IntoBytes + Immutable + ?Sized>(buf: &mut Vec<u8>, kind: u32, fixed: &T, tail: &[u8]) {
+        record_ex(buf, kind, fixed, &[], tail)
+    }
+    fn record_ex<T: IntoBytes + Immutable + ?Sized>(buf: &mut Vec<u8>, kind: u32, fixed: &T, more: &[u8], tail: &[u8]) {
+        let body = core::mem::size_of::<GraphNodeHeader>() + fixed.as_bytes().len() + more.len() + tail.len();
         let len = body.next_multiple_of(8);
         let h = GraphNodeHeader { kind: U32::new(kind), len: U32::new(len as u32) };
         buf.extend_from_slice(h.as_bytes());
         buf.extend_from_slice(fixed.as_bytes());
+        buf.extend_from_slice(more);
         buf.extend_from_slice(tail);
         buf.resize(buf.len() + (len - body), 0);
     }
     match node {
-        GraphNodeDesc::Kernel(k, params) => record(buf, GRAPH_NODE_KERNEL, k, params),
+        // A plain kernel keeps the record older backends read.
+        GraphNodeDesc::Kernel(k, x, params) if x.is_plain() => record(buf, GRAPH_NODE_KERNEL, k, params),
+        GraphNodeDesc::Kernel(k, x, params) => record_ex(buf, GRAPH_NODE_KERNEL_EX, k, x.as_bytes(), params),
         GraphNodeDesc::Memcpy(m) => record(buf, GRAPH_NODE_MEMCPY, m, &[]),
         GraphNodeDesc::Memset(m) => record(buf, GRAPH_NODE_MEMSET, m, &[]),
         GraphNodeDesc::Empty => record(buf, GRAPH_NODE_EMPTY, &[0u8; 0], &[]),
@@ -208,14 +225,16 @@ mod tests {
     fn nodes_and_edges_round_trip() {
         let (k, p) = kernel(&[1, 2, 3, 4, 5]);
         let mut body = Vec::new();
-        push_node(&mut body, &GraphNodeDesc::Kernel(k, &p));
+        push_node(&mut body, &GraphNodeDesc::Kernel(k, LaunchExtra::PLAIN, &p));
         push_node(&mut body, &GraphNodeDesc::Empty);
         push_node(&mut body, &GraphNodeDesc::EventRecord(33));
         push_edges(&mut body, &[GraphEdge { from: U32::new(0), to: U32::new(1) }]);
         let b = decode_body(0, &header(3, 1, body.len()), &body).unwrap();
         let nodes: Vec<_> = b.nodes().collect();
         assert_eq!(nodes.len(), 3);
-        assert!(matches!(nodes[0], GraphNodeDesc::Kernel(kk, pp) if kk == k && pp == [1, 2, 3, 4, 5]));
+        assert!(
+            matches!(nodes[0], GraphNodeDesc::Kernel(kk, x, pp) if kk == k && x.is_plain() && pp == [1, 2, 3, 4, 5])
+        );
         assert!(matches!(nodes[1], GraphNodeDesc::Empty));
         assert!(matches!(nodes[2], GraphNodeDesc::EventRecord(33)));
         assert_eq!(b.edges(), &[GraphEdge { from: U32::new(0), to: U32::new(1) }]);
@@ -225,7 +244,7 @@ mod tests {
     fn counts_lengths_and_fields_are_checked() {
         let (k, p) = kernel(&[0; 8]);
         let mut body = Vec::new();
-        push_node(&mut body, &GraphNodeDesc::Kernel(k, &p));
+        push_node(&mut body, &GraphNodeDesc::Kernel(k, LaunchExtra::PLAIN, &p));
         // More nodes claimed than present, trailing bytes that are not edges.
         assert!(decode_body(0, &header(2, 0, body.len()), &body).is_err());
         let mut extra = body.clone();
@@ -242,6 +261,31 @@ mod tests {
         assert!(decode_body(0, &header(1, 0, big.len()), &big).is_err());
         // Too many nodes for the backend.
         assert!(decode_body(0, &header(MAX_GRAPH_NODES + 1, 0, 0), &[]).is_err());
+    }
+
+    #[test]
+    fn cluster_kernel_nodes_carry_their_extra_and_plain_ones_keep_the_old_record() {
+        let (k, p) = kernel(&[9; 4]);
+        let mut plain = Vec::new();
+        push_node(&mut plain, &GraphNodeDesc::Kernel(k, LaunchExtra::PLAIN, &p));
+        assert_eq!(u32::from_le_bytes(plain[..4].try_into().unwrap()), GRAPH_NODE_KERNEL);
+        let x = LaunchExtra::new([2, 1, 1], LAUNCH_F_COOPERATIVE);
+        let mut buf = Vec::new();
+        push_node(&mut buf, &GraphNodeDesc::Kernel(k, x, &p));
+        assert_eq!(u32::from_le_bytes(buf[..4].try_into().unwrap()), GRAPH_NODE_KERNEL_EX);
+        assert_eq!(buf.len(), plain.len() + 16);
+        let (node, len) = node_record(&buf).unwrap();
+        assert_eq!(len, buf.len());
+        assert!(matches!(node, GraphNodeDesc::Kernel(kk, xx, pp) if kk == k && xx == x && pp == [9; 4]));
+        assert_eq!(node.kind(), GRAPH_NODE_KERNEL);
+        for n in 0..buf.len() {
+            assert!(node_record(&buf[..n]).is_err(), "prefix {n}");
+        }
+        // A zero cluster dimension in the record.
+        let mut bad = buf.clone();
+        let at = 8 + core::mem::size_of::<GraphKernelNode>();
+        bad[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+        assert_eq!(node_record(&bad).err(), Some("a cluster dimension is zero"));
     }
 
     #[test]

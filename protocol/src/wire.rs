@@ -69,6 +69,11 @@ pub const CAPSET_F_HEARTBEAT: u32 = 1 << 0;
 pub const HEARTBEAT_OFFSET: u64 = 48;
 /// The longest time between two beats of a backend that runs.
 pub const HEARTBEAT_PERIOD_MS: u64 = 500;
+/// `Capset::flags`: the backend runs [`Opcode::LaunchKernelEx`] and graph
+/// kernel nodes of kind [`GRAPH_NODE_KERNEL_EX`] (thread block clusters and
+/// cooperative launches). A guest does not send them to a backend without
+/// it, which would fail the whole batch on the unknown opcode.
+pub const CAPSET_F_LAUNCH_EX: u32 = 1 << 1;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
@@ -163,6 +168,10 @@ pub enum Opcode {
     EventSynchronize = 27,
     /// sync
     EventElapsedTime = 28,
+    /// async: a launch with a cluster dimension or as a cooperative launch
+    /// ([`LaunchKernelEx`]; [`CAPSET_F_LAUNCH_EX`]). Plain launches keep
+    /// using [`Opcode::LaunchKernel`].
+    LaunchKernelEx = 29,
 
     // Stream-ordered allocation and the virtual-memory API (40..=59).
     /// sync: the allocation granularity of the virtual-memory API.
@@ -238,6 +247,7 @@ impl Opcode {
             26 => EventQuery,
             27 => EventSynchronize,
             28 => EventElapsedTime,
+            29 => LaunchKernelEx,
             40 => MemGetGranularity,
             41 => MemAddressReserve,
             42 => MemAddressFree,
@@ -396,6 +406,81 @@ pub struct LaunchKernel {
     pub shared_mem: U32,
     /// Bytes of packed parameters that follow.
     pub params_len: U32,
+}
+
+/// What a launch asks beyond a plain one: a thread block cluster
+/// (`CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION`) and `LAUNCH_F_*` flags. Every
+/// cluster dimension is at least 1; 1x1x1 with no flags is a plain launch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct LaunchExtra {
+    pub cluster: [U32; 3],
+    pub flags: U32,
+}
+/// `LaunchExtra::flags`: a cooperative launch (`CU_LAUNCH_ATTRIBUTE_COOPERATIVE`):
+/// all blocks are resident at once, so grid-wide synchronisation works.
+pub const LAUNCH_F_COOPERATIVE: u32 = 1 << 0;
+/// The `LAUNCH_F_*` bits a backend knows.
+pub const LAUNCH_F_ALL: u32 = LAUNCH_F_COOPERATIVE;
+/// Most blocks one cluster may hold on any GPU (Hopper's non-portable
+/// limit; the portable one is 8). The device checks its own limit.
+pub const MAX_CLUSTER_BLOCKS: u64 = 16;
+
+impl LaunchExtra {
+    /// A plain launch: one block per cluster, no flags.
+    pub const PLAIN: LaunchExtra = LaunchExtra { cluster: [U32::new(1), U32::new(1), U32::new(1)], flags: U32::new(0) };
+
+    pub fn new(cluster: [u32; 3], flags: u32) -> Self {
+        LaunchExtra { cluster: cluster.map(U32::new), flags: U32::new(flags) }
+    }
+
+    pub fn is_plain(&self) -> bool {
+        *self == Self::PLAIN
+    }
+
+    pub fn cluster(&self) -> [u32; 3] {
+        self.cluster.map(|d| d.get())
+    }
+
+    /// Blocks in one cluster (saturating).
+    pub fn cluster_blocks(&self) -> u64 {
+        self.cluster.iter().fold(1u64, |n, d| n.saturating_mul(d.get() as u64))
+    }
+
+    pub fn cooperative(&self) -> bool {
+        self.flags.get() & LAUNCH_F_COOPERATIVE != 0
+    }
+
+    /// What the decoder checks: no zero dimension, no cluster past
+    /// [`MAX_CLUSTER_BLOCKS`], no unknown flag.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let c = self.cluster();
+        if c.contains(&0) {
+            return Err("a cluster dimension is zero");
+        }
+        if self.cluster_blocks() > MAX_CLUSTER_BLOCKS {
+            return Err("the cluster holds more blocks than any GPU allows");
+        }
+        if self.flags.get() & !LAUNCH_F_ALL != 0 {
+            return Err("unknown launch flags");
+        }
+        Ok(())
+    }
+}
+
+impl Default for LaunchExtra {
+    fn default() -> Self {
+        Self::PLAIN
+    }
+}
+
+/// [`Opcode::LaunchKernelEx`]: a [`LaunchKernel`] with its [`LaunchExtra`];
+/// `launch.params_len` bytes of packed parameters follow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, KnownLayout, Immutable, Unaligned)]
+pub struct LaunchKernelEx {
+    pub launch: LaunchKernel,
+    pub extra: LaunchExtra,
 }
 
 #[repr(C)]
@@ -563,6 +648,11 @@ pub const GRAPH_NODE_MEMSET: u32 = 2;
 pub const GRAPH_NODE_EMPTY: u32 = 5;
 pub const GRAPH_NODE_WAIT_EVENT: u32 = 6;
 pub const GRAPH_NODE_EVENT_RECORD: u32 = 7;
+/// A kernel node with a [`LaunchExtra`] ([`CAPSET_F_LAUNCH_EX`]): its
+/// [`GraphKernelNode`] is followed by the [`LaunchExtra`], then the
+/// parameters. Kernel nodes without one keep [`GRAPH_NODE_KERNEL`]. Not a
+/// `CUgraphNodeType`: the guest reports both as kernel nodes.
+pub const GRAPH_NODE_KERNEL_EX: u32 = 0x100;
 
 /// A kernel node: a launch without a stream; `params_len` bytes of packed
 /// parameters follow.

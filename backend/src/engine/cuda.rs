@@ -68,6 +68,7 @@ pub(super) const REQUIRED_SYMBOLS: &[&str] = &[
     "cuFuncGetAttribute",
     "cuFuncSetAttribute",
     "cuLaunchKernel",
+    "cuLaunchKernelEx",
     "cuStreamCreateWithPriority",
     "cuStreamDestroy_v2",
     "cuStreamSynchronize",
@@ -83,6 +84,7 @@ pub(super) const REQUIRED_SYMBOLS: &[&str] = &[
     "cuGraphCreate",
     "cuGraphDestroy",
     "cuGraphAddKernelNode_v2",
+    "cuGraphKernelNodeSetAttribute",
     "cuGraphAddMemcpyNode",
     "cuGraphAddMemsetNode",
     "cuGraphAddEmptyNode",
@@ -676,6 +678,27 @@ fn launch_extra(params: &[u8], size: &mut usize) -> [*mut c_void; 5] {
         (size as *mut usize).cast::<c_void>(),
         sys::CU_LAUNCH_PARAM_END_AS_INT as usize as *mut c_void,
     ]
+}
+
+/// The launch attributes of a launch or kernel node beyond a plain one: a
+/// cluster dimension unless it is 1x1x1, cooperative if asked. Returns the
+/// attributes and how many of them are set.
+fn ex_attributes(cluster: [u32; 3], cooperative: bool) -> ([sys::CUlaunchAttribute; 2], usize) {
+    // SAFETY: plain C structs and unions for which all-zero is valid.
+    let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
+    let mut n = 0;
+    if cluster != [1, 1, 1] {
+        attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+        attrs[n].value.clusterDim =
+            sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: cluster[0], y: cluster[1], z: cluster[2] };
+        n += 1;
+    }
+    if cooperative {
+        attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE;
+        attrs[n].value.cooperative = 1;
+        n += 1;
+    }
+    (attrs, n)
 }
 
 /// Calls `copy(host, device, len)` for each extent of `span`, at device
@@ -1717,6 +1740,26 @@ impl Engine for CudaEngine {
         let extra_ptr = if launch.params.is_empty() { null_mut() } else { extra.as_mut_ptr() };
         let [gx, gy, gz] = launch.grid;
         let [bx, by, bz] = launch.block;
+        if !launch.is_plain() {
+            // Clusters and cooperative launches are launch attributes, which
+            // only cuLaunchKernelEx takes.
+            let (mut attrs, n) = ex_attributes(launch.cluster, launch.cooperative);
+            let config = sys::CUlaunchConfig {
+                gridDimX: gx,
+                gridDimY: gy,
+                gridDimZ: gz,
+                blockDimX: bx,
+                blockDimY: by,
+                blockDimZ: bz,
+                sharedMemBytes: launch.shared_mem,
+                hStream: cu_stream(launch.stream),
+                attrs: attrs.as_mut_ptr(),
+                numAttrs: n as c_uint,
+            };
+            // SAFETY: as for cuLaunchKernel below; `config` and the `n`
+            // attributes it points at live across the call.
+            return check(unsafe { sys::cuLaunchKernelEx(&config, func.0 as sys::CUfunction, null_mut(), extra_ptr) });
+        }
         // SAFETY: `func` is a function of a module loaded in the current
         // context; `extra` (or NULL when there are no parameters) points at
         // the packed parameters and their size, all alive for the call, which
@@ -2267,7 +2310,15 @@ pub(super) mod tests {
             let (ev0, ev1) = (e.event_create(0).unwrap(), e.event_create(0).unwrap());
             e.event_record(ev0, s).unwrap();
             let params = fill_params(d, 7, N as u64);
-            let launch = Launch { grid: [256, 1, 1], block: [256, 1, 1], shared_mem: 0, stream: s, params: &params };
+            let launch = Launch {
+                grid: [256, 1, 1],
+                block: [256, 1, 1],
+                shared_mem: 0,
+                stream: s,
+                params: &params,
+                cluster: [1, 1, 1],
+                cooperative: false,
+            };
             e.launch(fill, &launch).unwrap();
             e.event_record(ev1, s).unwrap();
             e.event_synchronize(ev1).unwrap();
@@ -2279,7 +2330,15 @@ pub(super) mod tests {
 
             // NOT_READY while a kernel spins, then ready.
             let spin_params = 200_000u64.to_le_bytes();
-            let sl = Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &spin_params };
+            let sl = Launch {
+                grid: [1, 1, 1],
+                block: [1, 1, 1],
+                shared_mem: 0,
+                stream: s,
+                params: &spin_params,
+                cluster: [1, 1, 1],
+                cooperative: false,
+            };
             e.launch(spin, &sl).unwrap();
             e.event_record(ev1, s).unwrap();
             assert_eq!(e.event_query(ev1), Err(CuError(CUDA_ERROR_NOT_READY)));
@@ -2351,7 +2410,15 @@ pub(super) mod tests {
 
             // Launch rate with no parameters and with 24 bytes of them.
             for (what, f, p) in [("empty", empty, &[][..]), ("fill n=0", fill, &fill_params(d, 0, 0)[..])] {
-                let l = Launch { grid: [1, 1, 1], block: [32, 1, 1], shared_mem: 0, stream: s, params: p };
+                let l = Launch {
+                    grid: [1, 1, 1],
+                    block: [32, 1, 1],
+                    shared_mem: 0,
+                    stream: s,
+                    params: p,
+                    cluster: [1, 1, 1],
+                    cooperative: false,
+                };
                 let t = Instant::now();
                 for _ in 0..100_000 {
                     e.launch(f, &l).unwrap();
@@ -2368,7 +2435,15 @@ pub(super) mod tests {
             let pb = fill_params(db, 9, 1024);
             e.launch(
                 fb,
-                &Launch { grid: [4, 1, 1], block: [256, 1, 1], shared_mem: 0, stream: EngineStream::NULL, params: &pb },
+                &Launch {
+                    grid: [4, 1, 1],
+                    block: [256, 1, 1],
+                    shared_mem: 0,
+                    stream: EngineStream::NULL,
+                    params: &pb,
+                    cluster: [1, 1, 1],
+                    cooperative: false,
+                },
             )
             .unwrap();
             assert!(read_u32s(&mut e, db, 1024, EngineStream::NULL).iter().all(|&v| v == 9));
@@ -2387,6 +2462,8 @@ pub(super) mod tests {
                         shared_mem: 0,
                         stream: s,
                         params: &fill_params(d, 5, N as u64),
+                        cluster: [1, 1, 1],
+                        cooperative: false,
                     },
                 )
                 .unwrap();
@@ -2455,6 +2532,8 @@ pub(super) mod tests {
                 shared_mem: 0,
                 stream: EngineStream::NULL,
                 params: &params,
+                cluster: [1, 1, 1],
+                cooperative: false,
             };
             e.launch(fill, &l).unwrap();
             e.ctx_synchronize().unwrap();

@@ -91,6 +91,19 @@ pub struct Launch<'a> {
     pub stream: EngineStream,
     /// Parameters packed at the offsets of `FunctionInfo::params`.
     pub params: &'a [u8],
+    /// Thread block cluster dimensions, every one at least 1 and the grid a
+    /// multiple of them (the VM layer checks); `[1, 1, 1]` for a plain
+    /// launch.
+    pub cluster: [u32; 3],
+    /// A cooperative launch: all blocks resident at once.
+    pub cooperative: bool,
+}
+
+impl Launch<'_> {
+    /// No cluster and not cooperative: what `cuLaunchKernel` does.
+    pub fn is_plain(&self) -> bool {
+        self.cluster == [1, 1, 1] && !self.cooperative
+    }
 }
 
 /// One node of a graph to instantiate, its handles resolved and its device
@@ -104,6 +117,9 @@ pub enum GraphNode<'a> {
         block: [u32; 3],
         shared_mem: u32,
         params: &'a [u8],
+        /// As in [`Launch`].
+        cluster: [u32; 3],
+        cooperative: bool,
     },
     CopyDtoD {
         dst: u64,

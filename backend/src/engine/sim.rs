@@ -173,14 +173,59 @@ fn model_available_smem(block_size: u64, num_blocks: u64) -> Option<u64> {
     Some(per_block.saturating_sub(MODEL_SMEM_RESERVED_PER_BLOCK).min(MODEL_SMEM_PER_BLOCK_OPTIN))
 }
 
+/// What the driver checks of a cluster or cooperative launch, on the
+/// model: the cluster within the function's limit (8 blocks, 16 once it
+/// allows non-portable sizes) and dividing the grid; a cooperative grid no
+/// larger than the blocks that can be resident at once. Clusters change
+/// nothing else: the built-ins compute the same with or without them.
+fn check_launch_ex(f: &SimFunc, launch: &Launch<'_>, threads: u64) -> EngineResult<()> {
+    let max_cluster = if f.non_portable_clusters { MODEL_MAX_CLUSTER_NON_PORTABLE } else { MODEL_MAX_CLUSTER };
+    let cluster = launch.cluster.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+    if cluster > max_cluster || launch.grid.iter().zip(launch.cluster).any(|(&g, c)| c == 0 || g % c != 0) {
+        return err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
+    }
+    if launch.cooperative {
+        let blocks = launch.grid.iter().fold(1u64, |n, &d| n.saturating_mul(d as u64));
+        if blocks > model_active_blocks(threads, launch.shared_mem as u64).saturating_mul(MODEL_SMS) {
+            return err(CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE);
+        }
+    }
+    Ok(())
+}
+
 /// A graph node as the simulator keeps it: a replay step.
 #[derive(Debug, Clone)]
 enum SimStep {
-    Kernel { func: EngineFunc, grid: [u32; 3], block: [u32; 3], shared_mem: u32, params: Vec<u8> },
-    CopyDtoD { dst: u64, src: u64, len: u64 },
-    CopyHtoD { dst: u64, host: usize },
-    CopyDtoH { src: u64, host: usize },
-    Memset { dst: u64, pitch: u64, value: u32, elem_size: u32, width: u64, height: u64 },
+    Kernel {
+        func: EngineFunc,
+        grid: [u32; 3],
+        block: [u32; 3],
+        shared_mem: u32,
+        params: Vec<u8>,
+        cluster: [u32; 3],
+        cooperative: bool,
+    },
+    CopyDtoD {
+        dst: u64,
+        src: u64,
+        len: u64,
+    },
+    CopyHtoD {
+        dst: u64,
+        host: usize,
+    },
+    CopyDtoH {
+        src: u64,
+        host: usize,
+    },
+    Memset {
+        dst: u64,
+        pitch: u64,
+        value: u32,
+        elem_size: u32,
+        width: u64,
+        height: u64,
+    },
     Empty,
     EventRecord(EngineEvent),
     EventWait(EngineEvent),
@@ -189,8 +234,8 @@ enum SimStep {
 impl SimStep {
     fn of(node: &GraphNode<'_>) -> SimStep {
         match *node {
-            GraphNode::Kernel { func, grid, block, shared_mem, params } => {
-                SimStep::Kernel { func, grid, block, shared_mem, params: params.to_vec() }
+            GraphNode::Kernel { func, grid, block, shared_mem, params, cluster, cooperative } => {
+                SimStep::Kernel { func, grid, block, shared_mem, params: params.to_vec(), cluster, cooperative }
             }
             GraphNode::CopyDtoD { dst, src, len } => SimStep::CopyDtoD { dst, src, len },
             GraphNode::CopyHtoD { dst, host } => SimStep::CopyHtoD { dst, host },
@@ -705,8 +750,17 @@ impl SimEngine {
     fn run_step(&mut self, step: &SimStep, stream: EngineStream, host: &[GuestSpan<'_>]) -> EngineResult<()> {
         let span = |i: usize| host.get(i).cloned().ok_or(CuError(CUDA_ERROR_INVALID_VALUE));
         match step {
-            SimStep::Kernel { func, grid, block, shared_mem, params } => {
-                self.launch(*func, &Launch { grid: *grid, block: *block, shared_mem: *shared_mem, stream, params })
+            SimStep::Kernel { func, grid, block, shared_mem, params, cluster, cooperative } => {
+                let launch = Launch {
+                    grid: *grid,
+                    block: *block,
+                    shared_mem: *shared_mem,
+                    stream,
+                    params,
+                    cluster: *cluster,
+                    cooperative: *cooperative,
+                };
+                self.launch(*func, &launch)
             }
             SimStep::CopyDtoD { dst, src, len } => self.memcpy_dtod(*dst, *src, *len, stream, true),
             SimStep::CopyHtoD { dst, host } => self.memcpy_htod(*dst, HostSrc::Guest(span(*host)?), stream, true),
@@ -1046,6 +1100,9 @@ impl Engine for SimEngine {
         if threads > 1024 {
             return err(CUDA_ERROR_INVALID_VALUE);
         }
+        if !launch.is_plain() {
+            check_launch_ex(f, launch, threads)?;
+        }
         let start = self.start_time(launch.stream)?;
         let busy = match self.run_builtin(b, launch.params, &layout) {
             Ok(busy) => busy,
@@ -1363,7 +1420,18 @@ mod tests {
     fn launch_one(e: &mut SimEngine, m: EngineModule, name: &str, stream: EngineStream) -> EngineResult<()> {
         let (f, _) = e.module_get_function(m, name).unwrap();
         let params = 0u64.to_le_bytes();
-        e.launch(f, &Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream, params: &params })
+        e.launch(
+            f,
+            &Launch {
+                grid: [1, 1, 1],
+                block: [1, 1, 1],
+                shared_mem: 0,
+                stream,
+                params: &params,
+                cluster: [1, 1, 1],
+                cooperative: false,
+            },
+        )
     }
 
     /// A fatbin with one sm_90 cubin entry marked LZ4-compressed, as
@@ -1402,8 +1470,15 @@ mod tests {
         let m = e.module_load(&compressed_fatbin()).expect("loads, as NVIDIA's driver loads it");
         let (f, info) = e.module_get_function(m, "any_kernel_of_the_library").unwrap();
         assert!(info.params.is_empty());
-        let launch =
-            Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: EngineStream::NULL, params: &[] };
+        let launch = Launch {
+            grid: [1, 1, 1],
+            block: [1, 1, 1],
+            shared_mem: 0,
+            stream: EngineStream::NULL,
+            params: &[],
+            cluster: [1, 1, 1],
+            cooperative: false,
+        };
         assert_eq!(e.launch(f, &launch), Err(CuError(CUDA_ERROR_NOT_SUPPORTED)));
         // Garbage is still no image.
         assert_eq!(e.module_load(&[0x7f; 64]).err(), Some(CuError(CUDA_ERROR_INVALID_IMAGE)));
@@ -1479,7 +1554,19 @@ mod tests {
         let (spin, _) = e.module_get_function(kernels, "gv_spin_us").unwrap();
         let s = e.stream_create(0, 0).unwrap();
         let us = 100_000u64.to_le_bytes();
-        e.launch(spin, &Launch { grid: [1, 1, 1], block: [1, 1, 1], shared_mem: 0, stream: s, params: &us }).unwrap();
+        e.launch(
+            spin,
+            &Launch {
+                grid: [1, 1, 1],
+                block: [1, 1, 1],
+                shared_mem: 0,
+                stream: s,
+                params: &us,
+                cluster: [1, 1, 1],
+                cooperative: false,
+            },
+        )
+        .unwrap();
         launch_one(&mut e, m, "gv_fault_illegal_address", s).unwrap();
         // Not yet: the stream is still spinning.
         assert_eq!(e.stream_query(s), Err(CuError(CUDA_ERROR_NOT_READY)));

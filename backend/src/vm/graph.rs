@@ -35,6 +35,9 @@ pub(super) struct GraphExecEntry {
     pub(super) ctx: u64,
     /// Each node's `GRAPH_NODE_*` kind, and what it uses.
     kinds: Vec<u32>,
+    /// Each kernel node's cluster and flags (plain for other nodes), which
+    /// an update may not change: the engine's exec keeps them.
+    extras: Vec<LaunchExtra>,
     uses: Vec<Vec<Use>>,
     /// Host ranges of host copies, in the order of the engine's host spans.
     host: Vec<HostUse>,
@@ -52,6 +55,14 @@ struct Resolved<'a> {
     copy: Option<(CopyDir, u64)>,
 }
 
+/// A kernel node's launch extra; plain for every other node.
+fn node_extra(desc: &GraphNodeDesc<'_>) -> LaunchExtra {
+    match desc {
+        GraphNodeDesc::Kernel(_, extra, _) => *extra,
+        _ => LaunchExtra::PLAIN,
+    }
+}
+
 impl Vm {
     /// Resolves a node of an exec of guest context `ctx`; `host_index` is the
     /// index its host range (if any) gets.
@@ -63,18 +74,22 @@ impl Vm {
     ) -> Result<Resolved<'a>> {
         let plain = |node| Resolved { node, uses: Vec::new(), host: None, copy: None };
         Ok(match *desc {
-            GraphNodeDesc::Kernel(k, params) => {
+            GraphNodeDesc::Kernel(k, extra, params) => {
                 let id = k.func_id.get();
                 let f = client.functions.get(id)?;
                 if client.modules.get(f.module)?.ctx != ctx {
                     return Err(Error::InvalidArgument("a kernel node's function is of another context"));
                 }
+                let grid = k.grid.map(|d| d.get());
+                check_cluster(grid, &extra)?;
                 let node = GraphNode::Kernel {
                     func: f.engine,
-                    grid: k.grid.map(|d| d.get()),
+                    grid,
                     block: k.block.map(|d| d.get()),
                     shared_mem: k.shared_mem.get(),
                     params,
+                    cluster: extra.cluster(),
+                    cooperative: extra.cooperative(),
                 };
                 Resolved { node, uses: vec![Use::Func(id, f.engine)], host: None, copy: None }
             }
@@ -172,6 +187,7 @@ impl Vm {
             engine: EngineGraphExec(0),
             ctx,
             kinds: Vec::new(),
+            extras: Vec::new(),
             uses: Vec::new(),
             host: Vec::new(),
             kernels: 0,
@@ -181,6 +197,7 @@ impl Vm {
         for desc in body.nodes() {
             let r = Self::resolve_node(client, ctx, &desc, entry.host.len())?;
             entry.kinds.push(desc.kind());
+            entry.extras.push(node_extra(&desc));
             entry.kernels += matches!(r.node, GraphNode::Kernel { .. }) as u64;
             entry.uses.push(r.uses);
             entry.host.extend(r.host);
@@ -266,6 +283,11 @@ impl Vm {
         }
         if entry.kinds.get(index) != Some(&desc.kind()) {
             return Err(Error::InvalidArgument("a node update names another node or another kind of node"));
+        }
+        if entry.extras.get(index) != Some(&node_extra(desc)) {
+            return Err(Error::NotSupported(
+                "changing a kernel node's cluster or cooperative launch in an instantiated graph",
+            ));
         }
         let r = Self::resolve_node(client, ctx, desc, 0)?;
         if r.host.is_some() || entry.uses[index].is_empty() != r.uses.is_empty() {

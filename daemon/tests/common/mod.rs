@@ -329,6 +329,8 @@ pub fn sim_load_on(
                 shared_mem: 0,
                 stream: s,
                 params: &params,
+                cluster: [1, 1, 1],
+                cooperative: false,
             };
             e.launch(f, &l).unwrap();
             gate.after_op(&mut e, ctx, s);

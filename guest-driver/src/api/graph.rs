@@ -12,7 +12,7 @@
 //! read it when the graph runs.
 
 use super::capture;
-use super::launch::{check_geometry, check_shared_mem, pack_params};
+use super::launch::{check_geometry, check_shared_mem, launch_attribute, pack_params, LaunchAttr};
 use super::state::{self, State};
 use super::types::*;
 use super::{ffi, handle, id_of, session, CuRes, Out};
@@ -152,6 +152,7 @@ const UPDATE_NODE_TYPE_CHANGED: c_int = 3;
 const UPDATE_PARAMETERS_CHANGED: c_int = 5;
 const UPDATE_NOT_SUPPORTED: c_int = 6;
 const UPDATE_UNSUPPORTED_FUNCTION_CHANGE: c_int = 7;
+const UPDATE_ATTRIBUTES_CHANGED: c_int = 8;
 // CUmemorytype, as CUDA_MEMCPY3D uses it.
 const MEMORYTYPE_ARRAY: c_uint = 3;
 const MEMORYTYPE_UNIFIED: c_uint = 4;
@@ -177,6 +178,9 @@ pub struct KernelNode {
     pub shared_mem: u32,
     /// Packed at the function's parameter offsets.
     pub params: Vec<u8>,
+    /// Its cluster and cooperative flag (launch attributes, which new
+    /// parameters leave as they are).
+    pub launch_extra: LaunchExtra,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -399,7 +403,7 @@ pub unsafe fn kernel_node(
     let mut params = Vec::new();
     // SAFETY: forwarded from the caller.
     unsafe { pack_params(&mut params, &fi.params, fi.param_bytes, kernel_params, extra) }?;
-    Ok(KernelNode { given, func, ctx, grid, block, shared_mem, params })
+    Ok(KernelNode { given, func, ctx, grid, block, shared_mem, params, launch_extra: LaunchExtra::PLAIN })
 }
 
 /// # Safety
@@ -1173,11 +1177,12 @@ pub unsafe extern "C" fn cuGraphKernelNodeGetParams_v2(
     })
 }
 
-fn set_kind(node: CUgraphNode, code: c_uint, kind: NodeKind) -> CuRes {
+fn set_kind(node: CUgraphNode, code: c_uint, mut kind: NodeKind) -> CuRes {
     with_node(node, |n| {
         if n.kind.type_code() != code {
             return Err(CUDA_ERROR_INVALID_VALUE);
         }
+        keep_attributes(&n.kind, &mut kind);
         n.kind = kind;
         n.arg_ptrs.clear();
         Ok(())
@@ -1205,6 +1210,103 @@ pub unsafe extern "C" fn cuGraphKernelNodeSetParams_v2(
         // SAFETY: the caller's contract, forwarded.
         let k = unsafe { kernel_node_v2(nodeParams) }?;
         set_kind(hNode, GRAPH_NODE_KERNEL, NodeKind::Kernel(k))
+    })
+}
+
+/// `CUlaunchAttributeID`s a kernel node carries to the backend.
+const ATTR_COOPERATIVE: c_int = 2;
+const ATTR_CLUSTER_DIMENSION: c_int = 4;
+
+/// cuGraphKernelNodeSetAttribute: the cluster dimension and the
+/// cooperative flag go into the node (and to the backend with it); hints
+/// are taken as hints, as for cuLaunchKernelEx; what a node cannot carry
+/// (events) is NOT_SUPPORTED rather than dropped.
+///
+/// # Safety
+/// `value` is NULL or a `CUkernelNodeAttrValue` (64 bytes).
+unsafe fn set_node_attribute(node: CUgraphNode, attr: c_int, value: *const c_void) -> CuRes {
+    if value.is_null() || attr < 0 {
+        return Err(CUDA_ERROR_INVALID_VALUE);
+    }
+    let mut a = CUlaunchAttribute { id: attr as c_uint, pad: [0; 4], value: [0; 64] };
+    // SAFETY: a CUkernelNodeAttrValue is the 64-byte launch attribute union.
+    unsafe { std::ptr::copy_nonoverlapping(value as *const u8, a.value.as_mut_ptr(), a.value.len()) };
+    let what = launch_attribute(&a)?;
+    with_node(node, |n| {
+        let NodeKind::Kernel(k) = &mut n.kind else { return Err(CUDA_ERROR_INVALID_VALUE) };
+        let x = &mut k.launch_extra;
+        match what {
+            LaunchAttr::Same => {}
+            LaunchAttr::Cluster(dims) => *x = LaunchExtra::new(dims, x.flags.get()),
+            LaunchAttr::Cooperative(on) => {
+                let flags = if on { LAUNCH_F_COOPERATIVE } else { 0 };
+                *x = LaunchExtra::new(x.cluster(), (x.flags.get() & !LAUNCH_F_COOPERATIVE) | flags)
+            }
+            LaunchAttr::RecordAfter(..) => {
+                crate::log::unsupported("cuGraphKernelNodeSetAttribute with an event");
+                return Err(CUDA_ERROR_NOT_SUPPORTED);
+            }
+        }
+        Ok(())
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeSetAttribute(
+    hNode: CUgraphNode,
+    attr: c_int,
+    value: *const c_void,
+) -> CUresult {
+    // SAFETY: the caller's contract, forwarded.
+    ffi(|| unsafe { set_node_attribute(hNode, attr, value) })
+}
+
+/// cuGraphKernelNodeGetAttribute: the cluster dimension and cooperative
+/// flag the node carries; other attributes are not kept.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeGetAttribute(
+    hNode: CUgraphNode,
+    attr: c_int,
+    value_out: *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        if value_out.is_null() {
+            return Err(CUDA_ERROR_INVALID_VALUE);
+        }
+        let x = with_node(hNode, |n| match &n.kind {
+            NodeKind::Kernel(k) => Ok(k.launch_extra),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        })?;
+        let words: Vec<u32> = match attr {
+            ATTR_CLUSTER_DIMENSION => x.cluster().to_vec(),
+            ATTR_COOPERATIVE => vec![x.cooperative() as u32],
+            _ => {
+                crate::log::unsupported(&format!("cuGraphKernelNodeGetAttribute id {attr}"));
+                return Err(CUDA_ERROR_NOT_SUPPORTED);
+            }
+        };
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_ne_bytes()).collect();
+        // SAFETY: output argument per the CUDA API, a 64-byte union.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), value_out as *mut u8, bytes.len()) };
+        Ok(())
+    })
+}
+
+/// cuGraphKernelNodeCopyAttributes: the attributes the source node carries.
+#[no_mangle]
+pub unsafe extern "C" fn cuGraphKernelNodeCopyAttributes(dst: CUgraphNode, src: CUgraphNode) -> CUresult {
+    ffi(|| {
+        let x = with_node(src, |n| match &n.kind {
+            NodeKind::Kernel(k) => Ok(k.launch_extra),
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        })?;
+        with_node(dst, |n| match &mut n.kind {
+            NodeKind::Kernel(k) => {
+                k.launch_extra = x;
+                Ok(())
+            }
+            _ => Err(CUDA_ERROR_INVALID_VALUE),
+        })
     })
 }
 
@@ -1327,6 +1429,12 @@ fn wire_node(st: &State, c: &Client, ctx: u64, kind: &NodeKind, buf: &mut Vec<u8
                 Some(_) => return fail(CUDA_ERROR_INVALID_VALUE, "a kernel node runs in another context"),
                 None => return fail(CUDA_ERROR_INVALID_HANDLE, "a kernel node's function was unloaded"),
             }
+            if !k.launch_extra.is_plain() && !c.has_launch_ex() {
+                return fail(
+                    CUDA_ERROR_NOT_SUPPORTED,
+                    "a kernel node launches clusters or cooperatively, which this backend predates",
+                );
+            }
             let g = GraphKernelNode {
                 func_id: U64::new(k.func),
                 grid: k.grid.map(U32::new),
@@ -1334,7 +1442,7 @@ fn wire_node(st: &State, c: &Client, ctx: u64, kind: &NodeKind, buf: &mut Vec<u8
                 shared_mem: U32::new(k.shared_mem),
                 params_len: U32::new(k.params.len() as u32),
             };
-            push_node(buf, &GraphNodeDesc::Kernel(g, &k.params));
+            push_node(buf, &GraphNodeDesc::Kernel(g, k.launch_extra, &k.params));
             return Ok(());
         }
         NodeKind::Memcpy(m) => {
@@ -1776,6 +1884,8 @@ fn exec_node(exec: CUgraphExec, node: CUgraphNode) -> CuRes<(u64, u32, u64, Node
 fn updatable(old: &NodeKind, new: &NodeKind, exec_ctx: u64) -> c_int {
     match (old, new) {
         (NodeKind::Kernel(_), NodeKind::Kernel(n)) if n.ctx != exec_ctx => UPDATE_UNSUPPORTED_FUNCTION_CHANGE,
+        // The backend's instantiated node keeps its cluster.
+        (NodeKind::Kernel(o), NodeKind::Kernel(n)) if o.launch_extra != n.launch_extra => UPDATE_ATTRIBUTES_CHANGED,
         (NodeKind::Memcpy(o), NodeKind::Memcpy(n)) if o != n => {
             let device = |m: &MemcpyNode| matches!((m.dst, m.src), (Loc::Device(_), Loc::Device(_)));
             // Device-to-device copies may change; host copies are built
@@ -1795,9 +1905,18 @@ fn updatable(old: &NodeKind, new: &NodeKind, exec_ctx: u64) -> c_int {
     }
 }
 
+/// New kernel parameters keep the node's launch attributes (cluster,
+/// cooperative), as CUDA's do: only the attribute calls change those.
+fn keep_attributes(old: &NodeKind, new: &mut NodeKind) {
+    if let (NodeKind::Kernel(o), NodeKind::Kernel(n)) = (old, new) {
+        n.launch_extra = o.launch_extra;
+    }
+}
+
 /// cuGraphExecKernelNodeSetParams and its kin.
-fn set_exec_node(exec: CUgraphExec, node: CUgraphNode, kind: NodeKind) -> CuRes {
+fn set_exec_node(exec: CUgraphExec, node: CUgraphNode, mut kind: NodeKind) -> CuRes {
     let (exec, index, ctx, old) = exec_node(exec, node)?;
+    keep_attributes(&old, &mut kind);
     match updatable(&old, &kind, ctx) {
         UPDATE_SUCCESS => update_exec_node(exec, index, kind),
         _ => Err(CUDA_ERROR_INVALID_VALUE),
@@ -1983,6 +2102,27 @@ pub fn rows() -> Vec<super::proc_address::ProcRow> {
             12030,
             "cuGraphAddDependencies_v2",
             cuGraphAddDependencies_v2 as *const () as usize,
+            false,
+        ),
+        ProcRow::new(
+            "cuGraphKernelNodeCopyAttributes",
+            11000,
+            "cuGraphKernelNodeCopyAttributes",
+            cuGraphKernelNodeCopyAttributes as *const () as usize,
+            false,
+        ),
+        ProcRow::new(
+            "cuGraphKernelNodeGetAttribute",
+            11000,
+            "cuGraphKernelNodeGetAttribute",
+            cuGraphKernelNodeGetAttribute as *const () as usize,
+            false,
+        ),
+        ProcRow::new(
+            "cuGraphKernelNodeSetAttribute",
+            11000,
+            "cuGraphKernelNodeSetAttribute",
+            cuGraphKernelNodeSetAttribute as *const () as usize,
             false,
         ),
         ProcRow::new(
@@ -2323,9 +2463,18 @@ mod tests {
                 block: [1; 3],
                 shared_mem: 0,
                 params: vec![v],
+                launch_extra: LaunchExtra::PLAIN,
             })
         };
         assert_eq!(updatable(&k(1, 1), &k(1, 2), 1), UPDATE_SUCCESS);
+        let mut clustered = k(1, 2);
+        if let NodeKind::Kernel(c) = &mut clustered {
+            c.launch_extra = LaunchExtra::new([2, 1, 1], 0);
+        }
+        assert_eq!(updatable(&k(1, 1), &clustered, 1), UPDATE_ATTRIBUTES_CHANGED);
+        let mut kept = k(1, 3);
+        keep_attributes(&clustered, &mut kept);
+        assert_eq!(updatable(&clustered, &kept, 1), UPDATE_SUCCESS, "new parameters keep the cluster");
         assert_eq!(updatable(&k(1, 1), &k(2, 1), 1), UPDATE_UNSUPPORTED_FUNCTION_CHANGE);
         assert_eq!(updatable(&k(1, 1), &NodeKind::Empty, 1), UPDATE_NODE_TYPE_CHANGED);
         let m = |dst, src| NodeKind::Memcpy(MemcpyNode { ctx: 1, dst, src, len: 8 });

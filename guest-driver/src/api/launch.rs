@@ -9,9 +9,12 @@ use super::types::*;
 use super::{ffi, id_of, session, CuRes};
 use crate::client::Client;
 use protocol::cuda::*;
-use protocol::{LaunchKernel, Opcode, MAX_PARAM_BYTES};
+use protocol::{
+    LaunchExtra, LaunchKernel, LaunchKernelEx, Opcode, LAUNCH_F_COOPERATIVE, MAX_CLUSTER_BLOCKS, MAX_PARAM_BYTES,
+};
 use std::cell::RefCell;
 use std::ffi::{c_uint, c_void};
+use std::ptr::null_mut;
 use zerocopy::little_endian::{U32, U64};
 
 /// Longest `extra` list read: each option is a key and a value, and there
@@ -132,6 +135,23 @@ pub(super) fn check_geometry(grid: [u32; 3], block: [u32; 3]) -> CuRes {
     Ok(())
 }
 
+/// Checks a cluster or cooperative launch as the driver does before it
+/// queues it: the backend must run them, the grid must be a multiple of the
+/// cluster, and no GPU takes clusters past [`MAX_CLUSTER_BLOCKS`]. The
+/// device's own limit for the function (8, or 16 with non-portable sizes
+/// allowed) and a cooperative grid's size are the backend's checks.
+fn check_launch_ex(c: &Client, grid: [u32; 3], extra: &LaunchExtra) -> CuRes {
+    if !c.has_launch_ex() {
+        crate::log::unsupported("cuLaunchKernelEx with a cluster or cooperative launch (the backend predates them)");
+        return Err(CUDA_ERROR_NOT_SUPPORTED);
+    }
+    let cluster = extra.cluster();
+    if extra.cluster_blocks() > MAX_CLUSTER_BLOCKS || grid.iter().zip(cluster).any(|(g, c)| c == 0 || g % c != 0) {
+        return Err(CUDA_ERROR_INVALID_CLUSTER_SIZE);
+    }
+    Ok(())
+}
+
 /// Checks a launch's dynamic shared memory against the function's limit
 /// (raised through cuFuncSetAttribute), else what a block gets without
 /// opting in.
@@ -149,7 +169,8 @@ pub(super) fn check_shared_mem(c: &Client, fi: &FuncInfo, shared_mem: u32) -> Cu
     Ok(())
 }
 
-/// Queues a launch of function `f`.
+/// Queues a launch of function `f`; `ex` is its cluster and cooperative
+/// flag ([`LaunchExtra::PLAIN`] for cuLaunchKernel).
 ///
 /// # Safety
 /// As for [`pack_params`].
@@ -163,9 +184,13 @@ pub unsafe fn launch(
     kernel_params: *mut *mut c_void,
     extra: *mut *mut c_void,
     ptsz: bool,
+    ex: LaunchExtra,
 ) -> CuRes {
     let c = session()?;
     check_geometry(grid, block)?;
+    if !ex.is_plain() {
+        check_launch_ex(c, grid, &ex)?;
+    }
     let given = f;
     PARAMS.with(|cell| {
         let mut buf = cell.try_borrow_mut().map_err(|_| CUDA_ERROR_UNKNOWN)?;
@@ -188,8 +213,10 @@ pub unsafe fn launch(
             unsafe { pack_params(&mut buf, &fi.params, fi.param_bytes, kernel_params, extra) }?;
             break (f, sid, ctx);
         };
-        let node =
-            || Ok(NodeKind::Kernel(KernelNode { given, func: f, ctx, grid, block, shared_mem, params: buf.clone() }));
+        let node = || {
+            let params = buf.clone();
+            Ok(NodeKind::Kernel(KernelNode { given, func: f, ctx, grid, block, shared_mem, params, launch_extra: ex }))
+        };
         if super::capture::intercept(sid, ctx, false, node)? {
             return Ok(());
         }
@@ -201,7 +228,11 @@ pub unsafe fn launch(
             shared_mem: U32::new(shared_mem),
             params_len: U32::new(buf.len() as u32),
         };
-        c.enqueue(Opcode::LaunchKernel, 0, ctx, &l, &buf)
+        // Plain launches keep the shorter command.
+        match ex.is_plain() {
+            true => c.enqueue(Opcode::LaunchKernel, 0, ctx, &l, &buf),
+            false => c.enqueue(Opcode::LaunchKernelEx, 0, ctx, &LaunchKernelEx { launch: l, extra: ex }, &buf),
+        }
     })
 }
 
@@ -222,7 +253,9 @@ pub unsafe extern "C" fn cuLaunchKernel(
     ffi(|| {
         let (grid, block) = ([gridDimX, gridDimY, gridDimZ], [blockDimX, blockDimY, blockDimZ]);
         // SAFETY: the caller's contract, forwarded.
-        unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, extra, false) }
+        unsafe {
+            launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, extra, false, LaunchExtra::PLAIN)
+        }
     })
 }
 
@@ -243,7 +276,52 @@ pub unsafe extern "C" fn cuLaunchKernel_ptsz(
     ffi(|| {
         let (grid, block) = ([gridDimX, gridDimY, gridDimZ], [blockDimX, blockDimY, blockDimZ]);
         // SAFETY: the caller's contract, forwarded.
-        unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, extra, true) }
+        unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, extra, true, LaunchExtra::PLAIN) }
+    })
+}
+
+/// cuLaunchKernel as a cooperative launch: every block resident at once, so
+/// grid-wide synchronisation works; a grid too large for that is the
+/// device's CUDA_ERROR_COOPERATIVE_LAUNCH_TOO_LARGE.
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel(
+    f: CUfunction,
+    gridDimX: c_uint,
+    gridDimY: c_uint,
+    gridDimZ: c_uint,
+    blockDimX: c_uint,
+    blockDimY: c_uint,
+    blockDimZ: c_uint,
+    sharedMemBytes: c_uint,
+    hStream: CUstream,
+    kernelParams: *mut *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        let (grid, block) = ([gridDimX, gridDimY, gridDimZ], [blockDimX, blockDimY, blockDimZ]);
+        let ex = LaunchExtra::new([1; 3], LAUNCH_F_COOPERATIVE);
+        // SAFETY: the caller's contract, forwarded; there is no `extra`.
+        unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, null_mut(), false, ex) }
+    })
+}
+
+#[no_mangle]
+pub unsafe extern "C" fn cuLaunchCooperativeKernel_ptsz(
+    f: CUfunction,
+    gridDimX: c_uint,
+    gridDimY: c_uint,
+    gridDimZ: c_uint,
+    blockDimX: c_uint,
+    blockDimY: c_uint,
+    blockDimZ: c_uint,
+    sharedMemBytes: c_uint,
+    hStream: CUstream,
+    kernelParams: *mut *mut c_void,
+) -> CUresult {
+    ffi(|| {
+        let (grid, block) = ([gridDimX, gridDimY, gridDimZ], [blockDimX, blockDimY, blockDimZ]);
+        let ex = LaunchExtra::new([1; 3], LAUNCH_F_COOPERATIVE);
+        // SAFETY: the caller's contract, forwarded; there is no `extra`.
+        unsafe { launch(id_of(f), grid, block, sharedMemBytes, hStream, kernelParams, null_mut(), true, ex) }
     })
 }
 
@@ -268,16 +346,20 @@ unsafe fn launch_ex(
         n => unsafe { std::slice::from_raw_parts(cfg.attrs as *const CUlaunchAttribute, n as usize) },
     };
     let mut events = Vec::new();
+    let (mut cluster, mut launch_flags) = ([1u32; 3], 0u32);
     for a in attrs {
         match launch_attribute(a)? {
             LaunchAttr::Same => {}
             LaunchAttr::RecordAfter(event, flags) => events.push((event, flags)),
+            LaunchAttr::Cluster(dims) => cluster = dims,
+            LaunchAttr::Cooperative(on) => launch_flags = if on { LAUNCH_F_COOPERATIVE } else { 0 },
         }
     }
+    let ex = LaunchExtra::new(cluster, launch_flags);
     let grid = [cfg.gridDimX, cfg.gridDimY, cfg.gridDimZ];
     let block = [cfg.blockDimX, cfg.blockDimY, cfg.blockDimZ];
     // SAFETY: forwarded from the caller.
-    unsafe { launch(id_of(f), grid, block, cfg.sharedMemBytes, cfg.hStream, kernel_params, extra, ptsz) }?;
+    unsafe { launch(id_of(f), grid, block, cfg.sharedMemBytes, cfg.hStream, kernel_params, extra, ptsz, ex) }?;
     for (event, flags) in events {
         crate::api::event::record(event, cfg.hStream, flags, ptsz)?;
     }
@@ -286,13 +368,17 @@ unsafe fn launch_ex(
 
 /// What a launch attribute asks of a launch on a vGPU.
 #[derive(Debug, PartialEq)]
-enum LaunchAttr {
+pub(super) enum LaunchAttr {
     /// A hint, or a request a plain launch already meets.
     Same,
     /// An event to fire once the kernel's blocks have started, or all have
     /// triggered it: recording it after the launch fires it later, at the
     /// kernel's end, which every waiter on it still sees in order.
     RecordAfter(CUevent, c_uint),
+    /// Thread block clusters of these dimensions (none zero).
+    Cluster([u32; 3]),
+    /// A cooperative launch, or not.
+    Cooperative(bool),
 }
 
 /// Checks one `CUlaunchAttribute` of `cuLaunchKernelEx`. Hints (cache
@@ -300,10 +386,9 @@ enum LaunchAttr {
 /// synchronisation domains, which only narrow what fences wait for) and
 /// programmatic stream serialization (the kernel then simply starts after
 /// its predecessor ends, and its grid-dependency waits return at once) keep
-/// the plain launch's meaning. Clusters larger than one block and
-/// cooperative launches do not, and are refused until the wire carries
-/// them.
-fn launch_attribute(a: &CUlaunchAttribute) -> CuRes<LaunchAttr> {
+/// the plain launch's meaning. Cluster dimensions and cooperative launches
+/// travel to the backend with the launch (`LaunchKernelEx`).
+pub(super) fn launch_attribute(a: &CUlaunchAttribute) -> CuRes<LaunchAttr> {
     let word = |i: usize| u32::from_le_bytes([a.value[i], a.value[i + 1], a.value[i + 2], a.value[i + 3]]);
     let pointer = || usize::from_le_bytes(a.value[..8].try_into().unwrap_or([0; 8]));
     match a.id {
@@ -311,31 +396,28 @@ fn launch_attribute(a: &CUlaunchAttribute) -> CuRes<LaunchAttr> {
         // PROGRAMMATIC_STREAM_SERIALIZATION, PRIORITY, MEM_SYNC_DOMAIN_MAP, MEM_SYNC_DOMAIN,
         // PREFERRED_CLUSTER_DIMENSION, PREFERRED_SHARED_MEMORY_CARVEOUT, NVLINK_UTIL_CENTRIC_SCHEDULING
         0 | 1 | 3 | 5 | 6 | 8 | 9 | 10 | 11 | 14 | 16 => Ok(LaunchAttr::Same),
-        // COOPERATIVE
-        2 if word(0) == 0 => Ok(LaunchAttr::Same),
-        // CLUSTER_DIMENSION: one block per cluster is what every launch gets.
-        4 if (word(0), word(4), word(8)) == (1, 1, 1) => Ok(LaunchAttr::Same),
-        4 if [word(0), word(4), word(8)].contains(&0) => Err(CUDA_ERROR_INVALID_VALUE),
+        // COOPERATIVE (an int)
+        2 => Ok(LaunchAttr::Cooperative(word(0) != 0)),
+        // CLUSTER_DIMENSION {x, y, z}
+        4 => match [word(0), word(4), word(8)] {
+            dims if dims.contains(&0) => Err(CUDA_ERROR_INVALID_VALUE),
+            dims => Ok(LaunchAttr::Cluster(dims)),
+        },
         // PROGRAMMATIC_EVENT {event, flags, triggerAtBlockStart};
         // LAUNCH_COMPLETION_EVENT {event, flags}
         7 | 12 => Ok(LaunchAttr::RecordAfter(pointer() as CUevent, word(8))),
         // DEVICE_UPDATABLE_KERNEL_NODE is for graph nodes only.
         13 => Err(CUDA_ERROR_INVALID_VALUE),
         id => {
-            let name = match id {
-                2 => "COOPERATIVE".to_string(),
-                4 => "CLUSTER_DIMENSION larger than one block".to_string(),
-                id => format!("id {id}"),
-            };
-            crate::log::unsupported(&format!("cuLaunchKernelEx launch attribute {name}"));
+            crate::log::unsupported(&format!("cuLaunchKernelEx launch attribute id {id}"));
             Err(CUDA_ERROR_NOT_SUPPORTED)
         }
     }
 }
 
 /// cuLaunchKernel with launch attributes: hints are taken as hints, events
-/// are recorded after the launch, clusters of more than one block and
-/// cooperative launches are NOT_SUPPORTED (see `launch_attribute`).
+/// are recorded after the launch, clusters and cooperative launches go to
+/// the backend with the launch (see `launch_attribute`).
 #[no_mangle]
 pub unsafe extern "C" fn cuLaunchKernelEx(
     config: *const CUlaunchConfig,
@@ -415,6 +497,26 @@ mod tests {
         // SAFETY: a well-formed extra list.
         unsafe { pack_params(&mut buf, &layout(), 48, std::ptr::null_mut(), extra.as_mut_ptr()) }.unwrap();
         assert_eq!(buf, packed);
+    }
+
+    fn attr(id: c_uint, words: &[u32]) -> CUlaunchAttribute {
+        let mut a = CUlaunchAttribute { id, pad: [0; 4], value: [0; 64] };
+        for (i, w) in words.iter().enumerate() {
+            a.value[i * 4..i * 4 + 4].copy_from_slice(&w.to_le_bytes());
+        }
+        a
+    }
+
+    #[test]
+    fn clusters_and_cooperative_launches_are_carried_and_hints_are_hints() {
+        assert_eq!(launch_attribute(&attr(4, &[2, 1, 1])), Ok(LaunchAttr::Cluster([2, 1, 1])));
+        assert_eq!(launch_attribute(&attr(4, &[1, 1, 1])), Ok(LaunchAttr::Cluster([1, 1, 1])));
+        assert_eq!(launch_attribute(&attr(4, &[2, 0, 1])), Err(CUDA_ERROR_INVALID_VALUE), "a zero dimension");
+        assert_eq!(launch_attribute(&attr(2, &[1])), Ok(LaunchAttr::Cooperative(true)));
+        assert_eq!(launch_attribute(&attr(2, &[0])), Ok(LaunchAttr::Cooperative(false)));
+        assert_eq!(launch_attribute(&attr(8, &[3])), Ok(LaunchAttr::Same), "priority");
+        assert_eq!(launch_attribute(&attr(13, &[1])), Err(CUDA_ERROR_INVALID_VALUE), "graph nodes only");
+        assert_eq!(launch_attribute(&attr(99, &[1])), Err(CUDA_ERROR_NOT_SUPPORTED));
     }
 
     #[test]

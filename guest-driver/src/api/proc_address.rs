@@ -196,6 +196,7 @@ fn implemented() -> Vec<ProcRow> {
         // Launches.
         "cuLaunchKernel": 4000 cuLaunchKernel; ptsz 7000 cuLaunchKernel_ptsz;
         "cuLaunchKernelEx": 11060 cuLaunchKernelEx; ptsz 11060 cuLaunchKernelEx_ptsz;
+        "cuLaunchCooperativeKernel": 9000 cuLaunchCooperativeKernel; ptsz 9000 cuLaunchCooperativeKernel_ptsz;
         "cuLaunchHostFunc": 10000 cuLaunchHostFunc; ptsz 10000 cuLaunchHostFunc_ptsz;
         // Streams.
         "cuStreamCreate": 2000 cuStreamCreate;

@@ -285,9 +285,6 @@ stubs! {
     "cuGraphExternalSemaphoresWaitNodeSetParams" @ 11020 => cuGraphExternalSemaphoresWaitNodeSetParams(hNode: Ptr, nodeParams: CPtr);
     "cuGraphHostNodeGetParams" @ 10000 => cuGraphHostNodeGetParams(hNode: Ptr, nodeParams: Ptr);
     "cuGraphHostNodeSetParams" @ 10000 => cuGraphHostNodeSetParams(hNode: Ptr, nodeParams: CPtr);
-    "cuGraphKernelNodeCopyAttributes" @ 11000 => cuGraphKernelNodeCopyAttributes(dst: Ptr, src: Ptr);
-    "cuGraphKernelNodeGetAttribute" @ 11000 => cuGraphKernelNodeGetAttribute(hNode: Ptr, attr: c_int, value_out: Ptr);
-    "cuGraphKernelNodeSetAttribute" @ 11000 => cuGraphKernelNodeSetAttribute(hNode: Ptr, attr: c_int, value: CPtr);
     "cuGraphMemAllocNodeGetParams" @ 11040 => cuGraphMemAllocNodeGetParams(hNode: Ptr, params_out: Ptr);
     "cuGraphMemFreeNodeGetParams" @ 11040 => cuGraphMemFreeNodeGetParams(hNode: Ptr, dptr_out: *mut CUdeviceptr);
     "cuGraphNodeGetEnabled" @ 11060 => cuGraphNodeGetEnabled(hGraphExec: Ptr, hNode: Ptr, isEnabled: *mut c_uint);
@@ -332,8 +329,6 @@ stubs! {
     "cuFuncSetBlockShape" @ 2000 => cuFuncSetBlockShape(hfunc: CUfunction, x: c_int, y: c_int, z: c_int);
     "cuFuncSetSharedSize" @ 2000 => cuFuncSetSharedSize(hfunc: CUfunction, bytes: c_uint);
     "cuLaunch" @ 2000 => cuLaunch(f: CUfunction);
-    "cuLaunchCooperativeKernel" @ 9000 => cuLaunchCooperativeKernel(f: CUfunction, gridDimX: c_uint, gridDimY: c_uint, gridDimZ: c_uint, blockDimX: c_uint, blockDimY: c_uint, blockDimZ: c_uint, sharedMemBytes: c_uint, hStream: CUstream, kernelParams: Ptr);
-    "cuLaunchCooperativeKernel" @ 9000 => cuLaunchCooperativeKernel_ptsz(f: CUfunction, gridDimX: c_uint, gridDimY: c_uint, gridDimZ: c_uint, blockDimX: c_uint, blockDimY: c_uint, blockDimZ: c_uint, sharedMemBytes: c_uint, hStream: CUstream, kernelParams: Ptr);
     "cuLaunchCooperativeKernelMultiDevice" @ 9000 => cuLaunchCooperativeKernelMultiDevice(launchParamsList: Ptr, numDevices: c_uint, flags: c_uint);
     "cuLaunchGrid" @ 2000 => cuLaunchGrid(f: CUfunction, grid_width: c_int, grid_height: c_int);
     "cuLaunchGridAsync" @ 2000 => cuLaunchGridAsync(f: CUfunction, grid_width: c_int, grid_height: c_int, hStream: CUstream);

@@ -142,11 +142,17 @@ impl CudaEngine {
         // included), and the handles were resolved by the VM layer to
         // objects of the current context.
         match *node {
-            GraphNode::Kernel { func, grid, block, shared_mem, params } => {
+            GraphNode::Kernel { func, grid, block, shared_mem, params, cluster, cooperative } => {
                 let mut size = params.len();
                 let mut extra = launch_extra(params, &mut size);
                 let p = kernel_params(func, grid, block, shared_mem, params, &mut extra);
                 check(unsafe { sys::cuGraphAddKernelNode_v2(&mut out, graph, dp, dn, &p) })?;
+                // Clusters and cooperative launches are node attributes, set
+                // on the node just added; the exec takes them at instantiation.
+                let (attrs, n) = ex_attributes(cluster, cooperative);
+                for a in &attrs[..n] {
+                    check(unsafe { sys::cuGraphKernelNodeSetAttribute(out, a.id, &a.value) })?;
+                }
             }
             GraphNode::CopyDtoD { dst, src, len } => {
                 let mut p = copy_1d(to_usize(len)?);
@@ -312,7 +318,9 @@ impl CudaEngine {
         // instantiated from, of the same kind (checked by the VM layer), and
         // parameter structs alive across the call.
         match *node {
-            GraphNode::Kernel { func, grid, block, shared_mem, params } => {
+            // The VM layer keeps the node's cluster and cooperative flag as
+            // instantiated, which these parameters cannot change.
+            GraphNode::Kernel { func, grid, block, shared_mem, params, .. } => {
                 let mut size = params.len();
                 let mut extra = launch_extra(params, &mut size);
                 let p = kernel_params(func, grid, block, shared_mem, params, &mut extra);
@@ -446,6 +454,20 @@ mod tests {
         assert_eq!(unsafe { attrs[0].value.clusterDim.x }, 2);
         item.policy = U32::new(7);
         assert_eq!(cluster_attributes(&item).err(), Some(CuError(CUDA_ERROR_INVALID_VALUE)));
+    }
+
+    #[test]
+    fn launch_extras_become_cluster_and_cooperative_attributes() {
+        assert_eq!(ex_attributes([1, 1, 1], false).1, 0, "a plain launch has none");
+        let (attrs, n) = ex_attributes([2, 4, 1], true);
+        assert_eq!(n, 2);
+        assert_eq!(attrs[0].id, sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION);
+        assert_eq!(attrs[1].id, sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE);
+        // SAFETY: the union members these attribute ids select.
+        let (dims, coop) = unsafe { (attrs[0].value.clusterDim, attrs[1].value.cooperative) };
+        assert_eq!(((dims.x, dims.y, dims.z), coop), ((2, 4, 1), 1));
+        let (attrs, n) = ex_attributes([1, 1, 1], true);
+        assert_eq!((n, attrs[0].id), (1, sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_COOPERATIVE));
     }
 
     #[test]
