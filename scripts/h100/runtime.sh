@@ -18,6 +18,8 @@
 #
 #   scripts/h100/runtime.sh [OUTDIR]     (default $OUT, else ./h100-out)
 # Knobs (env): STEP_TIMEOUT (180 s per run), QUOTA_MIB (65536), PY (python3),
+# GEMM_REPS (200: products timed back to back, one synchronize after them;
+# with 20 the guest's fixed 1.5-2 ms of first launch and last wait showed as 5%),
 # GUEST_WRAP (a command the guest runs go through, e.g. "gdb -batch -ex run
 # -ex bt --args" for a backtrace of a crash), SKIP_FRAMEWORKS=1, ONLY="names"
 # (run only these steps: vector_add, matmul,
@@ -85,7 +87,7 @@ done
 
 if [ "${SKIP_FRAMEWORKS:-0}" != 1 ]; then
     FW=(scripts/h100/frameworks.py)
-    for spec in "info|info" "gemm|gemm --n 8192 --reps 20" "cupy|cupy" \
+    for spec in "info|info" "gemm|gemm --n 8192 --reps ${GEMM_REPS:-200}" "cupy|cupy" \
         "cnn|train --model cnn --steps 30" "cnn-graphs|train --model cnn --steps 30 --graphs" \
         "transformer|train --model transformer --steps 30" \
         "transformer-graphs|train --model transformer --steps 30 --graphs"; do
