@@ -177,6 +177,12 @@ struct Args {
     #[arg(long, value_name = "US", default_value_t = 200)]
     max_queued_us: u64,
 
+    /// With --daemon: swapped-out memory comes back at most this many MiB
+    /// per step (each step asked of gpuvisord) when the VM's resident limit
+    /// does not already cover all of it
+    #[arg(long, value_name = "MIB", default_value_t = gpuvisor_backend::grants::RESTORE_STEP >> 20)]
+    restore_step_mib: u64,
+
     /// End this backend when GPU work it submitted makes no progress for this
     /// many milliseconds: a kernel that runs that long, or never ends. Ending
     /// the process is the only way to stop a kernel; the driver then tears the
@@ -444,7 +450,9 @@ fn run(args: Args, inherited: fds::Inherited) -> Result<()> {
                 max_queued: std::time::Duration::from_micros(args.max_queued_us.max(1)),
             };
             let link = DaemonLink::start(reg, vm.counters());
-            vm.set_gate(link.gate());
+            let mut gate = link.gate();
+            gate.set_restore_step(args.restore_step_mib.max(1) << 20);
+            vm.set_gate(gate);
             Some(link)
         }
         None => {
