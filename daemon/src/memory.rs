@@ -294,15 +294,9 @@ impl Broker {
         }
         b.mem.evict_ns_total = b.mem.evict_ns_total.saturating_add(ns);
         b.mem.evicted_moved_bytes = b.mem.evicted_moved_bytes.saturating_add(moved_bytes);
-        if moved_bytes == 0 && asked.is_some_and(|t| state.resident_bytes > t) {
-            // It could give nothing of what was asked: leave it alone a
-            // while rather than ask again at once. One that moved some and
-            // kept a little more than asked (it moves whole allocations)
-            // stays a victim: the few bytes still short would otherwise be
-            // taken from the VM on the GPU, in the middle of its slice (seen
-            // on the H200, and on the sim at the H200's swap rates: every VM
-            // descheduled ~2 s into its 5 s slice for the 512 bytes of its
-            // neighbour's small buffers).
+        if asked.is_some_and(|t| state.resident_bytes > t) {
+            // It could not give as much as asked: leave it alone a while
+            // rather than ask again at once.
             b.resident_since = now;
         }
         asked
@@ -577,17 +571,11 @@ impl Broker {
         let mut holders = Vec::new();
         let asker_granted = p.asker.map(|a| (p.sched)(a).last_granted_ns);
         let step = eviction_step(self.capacity().unwrap_or(0));
-        // Another VM than the holder wants the GPU, or waits for memory
-        // asked before this need: the holder's slice ends on its own (that
-        // VM runs next) and it can be evicted then, like any other. A VM
-        // just evicted asks its memory back at once, and its need would
-        // otherwise take the GPU from the holder in the middle of its slice,
-        // though the VM restoring before it runs first (seen on the sim at
-        // the H200's swap rates: every slice cut to the ~2.3 s an eviction
-        // took).
+        // Another VM than the holder wants the GPU: the holder's slice ends
+        // on its own and it can be evicted then, like any other.
         let others_busy = self.vms.keys().any(|&w| {
             let i = (p.sched)(w);
-            Some(w) != p.asker && !i.holding && (i.demanding || p.ahead.contains(&w))
+            Some(w) != p.asker && i.demanding && !i.holding
         });
         for (&w, b) in &self.vms {
             if Some(w) == p.asker
@@ -895,55 +883,6 @@ mod tests {
         let s = s.granted(3, 10_000 * MS);
         let out = b.pump(10_010 * MS, &s.f(), 0);
         assert_eq!(out, vec![MemAction::Evict { vm: 1, resident_max: 0, moves_bytes: 4 * G }]);
-    }
-
-    #[test]
-    fn a_victim_that_kept_a_few_bytes_more_than_asked_is_asked_again_not_the_vm_on_the_gpu() {
-        // Room for two of three VMs, each 4 GiB of big allocations and a
-        // small buffer: 1 runs, 3 (swapped out) is next, 2 ran before 1.
-        let (small, vm) = (256, 4 * G + 256);
-        let mut b = broker(2 * vm, 3.0);
-        add(&mut b, 1, vm, vm);
-        add(&mut b, 2, vm, vm);
-        add(&mut b, 3, vm, 0);
-        b.evicted(3, state(0, vm), vm, MS, 0);
-        let now = 5500 * MS;
-        let s = Sched::default().holding(1).demanding(3).granted(1, 5000 * MS).granted(2, 3000 * MS);
-        let s = s.granted(3, 1000 * MS);
-        b.mem_need(3, vm);
-        let out = b.pump(now, &s.f(), 0);
-        assert_eq!(out, vec![MemAction::Evict { vm: 2, resident_max: 0, moves_bytes: vm }]);
-        // 2 moved its big allocations and kept the small buffer (a backend
-        // moves whole allocations within what it may move): 3 gets what is
-        // free and is still `small` bytes short.
-        b.evicted(2, state(small, 4 * G), 4 * G, 80 * MS, now + 80 * MS);
-        assert_eq!(b.pump(now + 80 * MS, &s.f(), 0), vec![MemAction::Limit { vm: 3, bytes: 4 * G }]);
-        b.restored(3, state(4 * G, small), 4 * G, 100 * MS, now + 180 * MS);
-        let out = b.pump(now + 180 * MS, &s.f(), 0);
-        assert_eq!(out, vec![MemAction::Evict { vm: 2, resident_max: 0, moves_bytes: small }], "1 keeps its slice");
-        // A victim that could give nothing of what it was asked is left alone
-        // a while: then only the VM on the GPU has the rest.
-        b.evicted(2, state(small, 4 * G), 0, MS, now + 190 * MS);
-        let out = b.pump(now + 190 * MS, &s.f(), 0);
-        assert_eq!(out, vec![MemAction::Deschedule { vm: 1 }]);
-    }
-
-    #[test]
-    fn a_vm_just_evicted_does_not_take_the_gpu_from_its_holder_while_an_earlier_restore_waits() {
-        // 1 runs; 3 (swapped out) is next and restoring; 2 ran before 1 and
-        // was just evicted for 3, and at once asks its memory back.
-        let mut b = broker(8 * G, 3.0);
-        add(&mut b, 1, 4 * G, 4 * G);
-        add(&mut b, 2, 4 * G, 4 * G);
-        add(&mut b, 3, 4 * G, 0);
-        b.evicted(3, state(0, 4 * G), 4 * G, MS, 0);
-        b.evicted(2, state(G, 3 * G), 3 * G, MS, 0);
-        let s = Sched::default().holding(1).granted(1, 5000 * MS).granted(2, 3000 * MS).granted(3, 1000 * MS);
-        b.mem_need(3, 4 * G);
-        b.mem_need(2, 4 * G);
-        // 3 restores what is free; 2 waits for 1's slice to end.
-        let out = b.pump(5500 * MS, &s.f(), 0);
-        assert_eq!(out, vec![MemAction::Limit { vm: 3, bytes: 3 * G }]);
     }
 
     #[test]
