@@ -167,9 +167,11 @@ fn the_probe_lists_the_unimplemented_entry_points_a_program_called() {
 /// handle comes up (cuBLAS probes cluster sizes and reads its globals), and
 /// an HGEMM passes cuBLASLt's half-precision heuristics, which call into the
 /// driver's private table {1734dc26-...} (refused, that crashed PyTorch's
-/// HGEMM on the H200). On the sim the kernels themselves cannot run: the
-/// SGEMM's launch error comes at the next synchronize (801), the HGEMM's
-/// as CUBLAS_STATUS_EXECUTION_FAILED (13).
+/// HGEMM on the H200), and launches its kernel in clusters of blocks
+/// (`LaunchKernelEx`; refused before clusters travelled, which cuBLAS
+/// answered with CUBLAS_STATUS_EXECUTION_FAILED, 13). On the sim the
+/// kernels themselves cannot run: each GEMM's launch error comes at the
+/// next synchronize (801).
 #[test]
 fn cublas_creates_its_handle_and_reaches_its_kernels_without_crashing() {
     let Some(dir) = programs() else { return };
@@ -189,5 +191,6 @@ fn cublas_creates_its_handle_and_reaches_its_kernels_without_crashing() {
     assert_eq!(got("create"), "0", "cublasCreate: {stdout}");
     assert_eq!(got("sgemm"), "0", "{stdout}");
     assert_eq!(got("sgemm_sync"), "801", "the sim cannot run cuBLAS's kernels: {stdout}");
-    assert_eq!(got("hgemm"), "13", "{stdout}");
+    assert_eq!(got("hgemm"), "0", "the cluster launch goes out: {stdout}");
+    assert_eq!(got("hgemm_sync"), "801", "{stdout}");
 }
