@@ -9,6 +9,7 @@ import json
 import math
 import os
 import socket
+import statistics
 import sys
 
 
@@ -109,6 +110,8 @@ def main():
     fws = {}
     for p in sorted(glob.glob(f"{r}/native-fw-*.out")):
         name = os.path.basename(p)[len("native-fw-"):-4]
+        if ".r" in name:
+            continue  # a repeated training run, taken with its first below
         fws[name] = {"native": fw(p), "guest": fw(f"{r}/guest-fw-{name}.out"),
                      "unsupported": unsupported(r, f"fw-{name}")}
     out = {
@@ -137,9 +140,16 @@ def main():
         n, gg = t.get("native"), t.get("guest")
         if n and gg and "losses" in gg and "losses" in n:
             diffs = [abs(x - y) / max(abs(y), 1e-6) for x, y in zip(gg["losses"], n["losses"])]
+            # Every run's step time, native and guest in turn; the ratio
+            # of the medians.
+            runs = [(n, gg)] + [(fw(q), fw(q.replace("/native-fw-", "/guest-fw-")))
+                                for q in sorted(glob.glob(f"{r}/native-fw-{m}.r*.out"))]
+            ns = [x["step_ms"] for x, _ in runs if x and "step_ms" in x]
+            gs = [y["step_ms"] for _, y in runs if y and "step_ms" in y]
             out[f"train_{m}"] = {
-                "step_ratio": gg["step_ms"] / n["step_ms"],
-                "native_step_ms": n["step_ms"], "guest_step_ms": gg["step_ms"],
+                "step_ratio": statistics.median(gs) / statistics.median(ns),
+                "native_step_ms": statistics.median(ns), "guest_step_ms": statistics.median(gs),
+                "runs": {"native_step_ms": ns, "guest_step_ms": gs},
                 "max_loss_rel_diff": max(diffs) if diffs else None,
                 "losses_match": bool(diffs) and len(gg["losses"]) == len(n["losses"]) and max(diffs) <= 1e-3,
             }
