@@ -82,19 +82,7 @@ fn guest(link: &DaemonLink, n: u8, allocated: Sender<()>, go: Receiver<()>) -> J
         }
         gate.before_op(&mut e, ctx, s).unwrap();
         let params = 100u64.to_le_bytes();
-        e.launch(
-            f,
-            &Launch {
-                grid: [1, 1, 1],
-                block: [1, 1, 1],
-                shared_mem: 0,
-                stream: s,
-                params: &params,
-                cluster: [1, 1, 1],
-                cooperative: false,
-            },
-        )
-        .unwrap();
+        e.launch(f, &Launch::plain([1, 1, 1], [1, 1, 1], s, &params)).unwrap();
         gate.after_op(&mut e, ctx, s);
         e.stream_synchronize(s).unwrap();
         gate.idle(&mut e);

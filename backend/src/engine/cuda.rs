@@ -2310,15 +2310,7 @@ pub(super) mod tests {
             let (ev0, ev1) = (e.event_create(0).unwrap(), e.event_create(0).unwrap());
             e.event_record(ev0, s).unwrap();
             let params = fill_params(d, 7, N as u64);
-            let launch = Launch {
-                grid: [256, 1, 1],
-                block: [256, 1, 1],
-                shared_mem: 0,
-                stream: s,
-                params: &params,
-                cluster: [1, 1, 1],
-                cooperative: false,
-            };
+            let launch = Launch::plain([256, 1, 1], [256, 1, 1], s, &params);
             e.launch(fill, &launch).unwrap();
             e.event_record(ev1, s).unwrap();
             e.event_synchronize(ev1).unwrap();
@@ -2330,15 +2322,7 @@ pub(super) mod tests {
 
             // NOT_READY while a kernel spins, then ready.
             let spin_params = 200_000u64.to_le_bytes();
-            let sl = Launch {
-                grid: [1, 1, 1],
-                block: [1, 1, 1],
-                shared_mem: 0,
-                stream: s,
-                params: &spin_params,
-                cluster: [1, 1, 1],
-                cooperative: false,
-            };
+            let sl = Launch::plain([1, 1, 1], [1, 1, 1], s, &spin_params);
             e.launch(spin, &sl).unwrap();
             e.event_record(ev1, s).unwrap();
             assert_eq!(e.event_query(ev1), Err(CuError(CUDA_ERROR_NOT_READY)));
@@ -2410,15 +2394,7 @@ pub(super) mod tests {
 
             // Launch rate with no parameters and with 24 bytes of them.
             for (what, f, p) in [("empty", empty, &[][..]), ("fill n=0", fill, &fill_params(d, 0, 0)[..])] {
-                let l = Launch {
-                    grid: [1, 1, 1],
-                    block: [32, 1, 1],
-                    shared_mem: 0,
-                    stream: s,
-                    params: p,
-                    cluster: [1, 1, 1],
-                    cooperative: false,
-                };
+                let l = Launch::plain([1, 1, 1], [32, 1, 1], s, p);
                 let t = Instant::now();
                 for _ in 0..100_000 {
                     e.launch(f, &l).unwrap();
@@ -2433,19 +2409,7 @@ pub(super) mod tests {
             let mb = e.module_load(PTX.as_bytes()).unwrap();
             let (fb, _) = e.module_get_function(mb, "gv_fill_u32").unwrap();
             let pb = fill_params(db, 9, 1024);
-            e.launch(
-                fb,
-                &Launch {
-                    grid: [4, 1, 1],
-                    block: [256, 1, 1],
-                    shared_mem: 0,
-                    stream: EngineStream::NULL,
-                    params: &pb,
-                    cluster: [1, 1, 1],
-                    cooperative: false,
-                },
-            )
-            .unwrap();
+            e.launch(fb, &Launch::plain([4, 1, 1], [256, 1, 1], EngineStream::NULL, &pb)).unwrap();
             assert!(read_u32s(&mut e, db, 1024, EngineStream::NULL).iter().all(|&v| v == 9));
             e.ctx_destroy(b).unwrap();
             assert_eq!(e.mem_alloc(16), Err(CuError(CUDA_ERROR_INVALID_CONTEXT)));
@@ -2454,19 +2418,7 @@ pub(super) mod tests {
             // The engine moves to another thread (as behind the VM's Mutex).
             let e = std::thread::spawn(move || {
                 let mut e = e;
-                e.launch(
-                    fill,
-                    &Launch {
-                        grid: [256, 1, 1],
-                        block: [256, 1, 1],
-                        shared_mem: 0,
-                        stream: s,
-                        params: &fill_params(d, 5, N as u64),
-                        cluster: [1, 1, 1],
-                        cooperative: false,
-                    },
-                )
-                .unwrap();
+                e.launch(fill, &Launch::plain([256, 1, 1], [256, 1, 1], s, &fill_params(d, 5, N as u64))).unwrap();
                 assert!(read_u32s(&mut e, d, N, s).iter().all(|&v| v == 5));
                 e
             })
@@ -2526,15 +2478,7 @@ pub(super) mod tests {
             let m = e.module_load(PTX.as_bytes()).unwrap();
             let (fill, _) = e.module_get_function(m, "gv_fill_u32").unwrap();
             let params = fill_params(va + g - 64, 0x1234_5678, 32);
-            let l = Launch {
-                grid: [1, 1, 1],
-                block: [32, 1, 1],
-                shared_mem: 0,
-                stream: EngineStream::NULL,
-                params: &params,
-                cluster: [1, 1, 1],
-                cooperative: false,
-            };
+            let l = Launch::plain([1, 1, 1], [32, 1, 1], EngineStream::NULL, &params);
             e.launch(fill, &l).unwrap();
             e.ctx_synchronize().unwrap();
             assert!(read_u32s(&mut e, va + g - 64, 32, EngineStream::NULL).iter().all(|&v| v == 0x1234_5678));

@@ -99,7 +99,12 @@ pub struct Launch<'a> {
     pub cooperative: bool,
 }
 
-impl Launch<'_> {
+impl<'a> Launch<'a> {
+    /// A launch as `cuLaunchKernel` makes it, with no dynamic shared memory.
+    pub fn plain(grid: [u32; 3], block: [u32; 3], stream: EngineStream, params: &'a [u8]) -> Self {
+        Launch { grid, block, shared_mem: 0, stream, params, cluster: [1, 1, 1], cooperative: false }
+    }
+
     /// No cluster and not cooperative: what `cuLaunchKernel` does.
     pub fn is_plain(&self) -> bool {
         self.cluster == [1, 1, 1] && !self.cooperative

@@ -1420,18 +1420,7 @@ mod tests {
     fn launch_one(e: &mut SimEngine, m: EngineModule, name: &str, stream: EngineStream) -> EngineResult<()> {
         let (f, _) = e.module_get_function(m, name).unwrap();
         let params = 0u64.to_le_bytes();
-        e.launch(
-            f,
-            &Launch {
-                grid: [1, 1, 1],
-                block: [1, 1, 1],
-                shared_mem: 0,
-                stream,
-                params: &params,
-                cluster: [1, 1, 1],
-                cooperative: false,
-            },
-        )
+        e.launch(f, &Launch::plain([1, 1, 1], [1, 1, 1], stream, &params))
     }
 
     /// A fatbin with one sm_90 cubin entry marked LZ4-compressed, as
@@ -1470,15 +1459,7 @@ mod tests {
         let m = e.module_load(&compressed_fatbin()).expect("loads, as NVIDIA's driver loads it");
         let (f, info) = e.module_get_function(m, "any_kernel_of_the_library").unwrap();
         assert!(info.params.is_empty());
-        let launch = Launch {
-            grid: [1, 1, 1],
-            block: [1, 1, 1],
-            shared_mem: 0,
-            stream: EngineStream::NULL,
-            params: &[],
-            cluster: [1, 1, 1],
-            cooperative: false,
-        };
+        let launch = Launch::plain([1, 1, 1], [1, 1, 1], EngineStream::NULL, &[]);
         assert_eq!(e.launch(f, &launch), Err(CuError(CUDA_ERROR_NOT_SUPPORTED)));
         // Garbage is still no image.
         assert_eq!(e.module_load(&[0x7f; 64]).err(), Some(CuError(CUDA_ERROR_INVALID_IMAGE)));
@@ -1554,19 +1535,7 @@ mod tests {
         let (spin, _) = e.module_get_function(kernels, "gv_spin_us").unwrap();
         let s = e.stream_create(0, 0).unwrap();
         let us = 100_000u64.to_le_bytes();
-        e.launch(
-            spin,
-            &Launch {
-                grid: [1, 1, 1],
-                block: [1, 1, 1],
-                shared_mem: 0,
-                stream: s,
-                params: &us,
-                cluster: [1, 1, 1],
-                cooperative: false,
-            },
-        )
-        .unwrap();
+        e.launch(spin, &Launch::plain([1, 1, 1], [1, 1, 1], s, &us)).unwrap();
         launch_one(&mut e, m, "gv_fault_illegal_address", s).unwrap();
         // Not yet: the stream is still spinning.
         assert_eq!(e.stream_query(s), Err(CuError(CUDA_ERROR_NOT_READY)));

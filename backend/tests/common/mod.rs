@@ -73,19 +73,7 @@ pub fn sim() -> (SimEngine, EngineCtx, EngineStream, EngineFunc) {
 pub fn spin(gate: &mut Gate, e: &mut SimEngine, ctx: EngineCtx, s: EngineStream, f: EngineFunc, us: u64) {
     gate.before_op(e, ctx, s).unwrap();
     let params = us.to_le_bytes();
-    e.launch(
-        f,
-        &Launch {
-            grid: [1, 1, 1],
-            block: [1, 1, 1],
-            shared_mem: 0,
-            stream: s,
-            params: &params,
-            cluster: [1, 1, 1],
-            cooperative: false,
-        },
-    )
-    .unwrap();
+    e.launch(f, &Launch::plain([1, 1, 1], [1, 1, 1], s, &params)).unwrap();
     gate.after_op(e, ctx, s);
 }
 

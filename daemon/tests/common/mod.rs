@@ -323,15 +323,7 @@ pub fn sim_load_on(
         let mut n = 0u64;
         while !stop.load(std::sync::atomic::Ordering::Relaxed) {
             gate.before_op(&mut e, ctx, s).unwrap();
-            let l = gpuvisor_backend::engine::Launch {
-                grid: [1, 1, 1],
-                block: [1, 1, 1],
-                shared_mem: 0,
-                stream: s,
-                params: &params,
-                cluster: [1, 1, 1],
-                cooperative: false,
-            };
+            let l = gpuvisor_backend::engine::Launch::plain([1, 1, 1], [1, 1, 1], s, &params);
             e.launch(f, &l).unwrap();
             gate.after_op(&mut e, ctx, s);
             n += 1;
