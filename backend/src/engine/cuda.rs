@@ -688,9 +688,7 @@ fn ex_attributes(cluster: [u32; 3], cooperative: bool) -> ([sys::CUlaunchAttribu
     let mut attrs: [sys::CUlaunchAttribute; 2] = unsafe { std::mem::zeroed() };
     let mut n = 0;
     if cluster != [1, 1, 1] {
-        attrs[n].id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        attrs[n].value.clusterDim =
-            sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: cluster[0], y: cluster[1], z: cluster[2] };
+        attrs[n] = cluster_dim_attribute(cluster);
         n += 1;
     }
     if cooperative {
@@ -699,6 +697,15 @@ fn ex_attributes(cluster: [u32; 3], cooperative: bool) -> ([sys::CUlaunchAttribu
         n += 1;
     }
     (attrs, n)
+}
+
+/// The CLUSTER_DIMENSION launch attribute of `dims`.
+fn cluster_dim_attribute([x, y, z]: [u32; 3]) -> sys::CUlaunchAttribute {
+    // SAFETY: a plain C struct and union for which all-zero is valid.
+    let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
+    a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
+    a.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x, y, z };
+    a
 }
 
 /// Calls `copy(host, device, len)` for each extent of `span`, at device

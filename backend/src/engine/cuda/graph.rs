@@ -414,11 +414,7 @@ fn cluster_attributes(item: &OccupancyItem) -> EngineResult<Vec<sys::CUlaunchAtt
     let mut attrs = Vec::new();
     let dims = item.cluster.map(|d| d.get());
     if dims.iter().any(|&d| d != 0) {
-        // SAFETY: a plain C struct and union for which all-zero is valid.
-        let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
-        a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION;
-        a.value.clusterDim = sys::CUlaunchAttributeValue_union__bindgen_ty_1 { x: dims[0], y: dims[1], z: dims[2] };
-        attrs.push(a);
+        attrs.push(cluster_dim_attribute(dims));
     }
     // The policy is a C enum: only the values it defines may be stored.
     let policy = match item.policy.get() {
@@ -428,7 +424,7 @@ fn cluster_attributes(item: &OccupancyItem) -> EngineResult<Vec<sys::CUlaunchAtt
         _ => return Err(CuError(CUDA_ERROR_INVALID_VALUE)),
     };
     if let Some(p) = policy {
-        // SAFETY: as above.
+        // SAFETY: a plain C struct and union for which all-zero is valid.
         let mut a: sys::CUlaunchAttribute = unsafe { std::mem::zeroed() };
         a.id = sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_SCHEDULING_POLICY_PREFERENCE;
         a.value.clusterSchedulingPolicyPreference = p;
