@@ -8,7 +8,8 @@
 #
 #   scripts/h100/cupy-tests.sh [OUTDIR]     (default $OUT, else ./h100-out)
 # Knobs (env): PY (python3), FILES (the staged subset), NATIVE_TIMEOUT (360 s
-# a file), GUEST_TIMEOUT (480 s a file), QUOTA_MIB (32768 each backend).
+# a file), GUEST_TIMEOUT (480 s a file), QUOTA_MIB (32768 each backend),
+# PYTEST_K (a pytest -k expression: only the tests it selects).
 # Every file runs natively and in the guest at the same time.
 set -uo pipefail
 cd "$(dirname "$0")/../.."
@@ -40,7 +41,7 @@ cp -r "$suite" "$work/suite"
 # outlasts a device call (math_tests/test_sumprod.py alone took 90 s
 # natively and 181 s in the guest on the H200).
 run_native() {  # file name
-    (cd "$work/suite/tests" && timeout "$NATIVE_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider \
+    (cd "$work/suite/tests" && timeout "$NATIVE_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider ${PYTEST_K:+-k "$PYTEST_K"} \
         --junitxml "$R/native-$2.xml" "cupy_tests/$1" > "$R/native-$2.out" 2>&1)
     echo "exit $?" >> "$R/native-$2.out"
 }
@@ -48,7 +49,7 @@ run_guest() {  # file name backend
     (cd "$work/suite/tests" && LD_LIBRARY_PATH="$work/drv${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}" \
         GPUVISOR_TRANSPORT="direct:$work/$3.sock" GPUVISOR_DIRECT_MEM_MIB=${DIRECT_MEM_MIB:-1024} \
         GPUVISOR_UNSUPPORTED_REPORT="$R/unsupported-$2.json" \
-        timeout "$GUEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider \
+        timeout "$GUEST_TIMEOUT" "$PY" -m pytest -q -p no:cacheprovider ${PYTEST_K:+-k "$PYTEST_K"} \
         --junitxml "$R/guest-$2.xml" "cupy_tests/$1" > "$R/guest-$2.out" 2>&1)
     echo "exit $?" >> "$R/guest-$2.out"
 }
@@ -71,10 +72,11 @@ stop_backends
 
 cp "$R"/*.out "$R"/*.json "$out/" 2>/dev/null
 tar -czf "$out/cupy-tests-junit.tgz" -C "$R" $(cd "$R" && ls *.xml 2>/dev/null) 2>/dev/null
-"$PY" - "$R" "$(cat "$stage/REVISION" 2>/dev/null)" "$(cat "$suite/TAG")" "$FILES" > "$out/cupy-tests.json" <<'EOF'
+"$PY" - "$R" "$(cat "$stage/REVISION" 2>/dev/null)" "$(cat "$suite/TAG")" "$FILES" "${PYTEST_K:-}" "$QUOTA_MIB" \
+    > "$out/cupy-tests.json" <<'EOF'
 import datetime, glob, json, os, socket, sys
 import xml.etree.ElementTree as ET
-res, rev, tag, files = sys.argv[1:5]
+res, rev, tag, files, only, quota_mib = sys.argv[1:7]
 
 def outcomes(path):
     """{test id: passed|failed|error|skipped} from a JUnit XML file."""
@@ -103,6 +105,7 @@ out = {
     "issue": 7, "command": "scripts/h100/cupy-tests.sh", "revision": rev, "cupy_tests_tag": tag,
     "machine": {"host": socket.gethostname(), "gpu": open(f"{res}/gpu.txt").read().strip()},
     "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    "pytest_k": only or None, "guest_quota_mib": int(quota_mib),
     "files": per_file,
     "native_passed": tot("native", "passed"), "guest_passed": tot("guest", "passed"),
     "native_failed": tot("native", "failed") + tot("native", "error"),

@@ -38,15 +38,39 @@ def check(mode, name, ok, detail=""):
     print(f"CHECK vmfw.{mode}.{name}: {'PASS' if ok else 'FAIL'} {detail}", flush=True)
 
 
+def is_driver_file(path):
+    """A CUDA driver library (libcuda.so, .so.1, .so.580...), not the runtime (libcudart)."""
+    return os.path.basename(path).startswith("libcuda.so")
+
+
 def mapped_libcuda():
-    """The files named libcuda* this process has mapped."""
+    """The CUDA driver libraries this process has mapped."""
     out = set()
     with open("/proc/self/maps") as f:
         for line in f:
             parts = line.split()
-            if len(parts) >= 6 and "libcuda" in os.path.basename(parts[-1]):
+            if len(parts) >= 6 and is_driver_file(parts[-1]):
                 out.add(parts[-1])
     return sorted(out)
+
+
+def recheck_driver(side):
+    """Recomputes libcuda_is_the_guest_driver from the mapped files a result
+    lists, with the driver's own step as reference: runs before the check
+    matched libcuda.so* counted PyTorch's libcudart.so.13 as a second libcuda."""
+    want = side.get("driver", {}).get("result", {}).get("libcuda_sha256", {})
+    if len(want) != 1:
+        return
+    want = next(iter(want.values()))
+    for mode, v in side.items():
+        c = v.get("checks", {}).get("libcuda_is_the_guest_driver")
+        sums = v.get("result", {}).get("libcuda_sha256")
+        if c is None or c[0] or not sums:
+            continue
+        drivers = {m: h for m, h in sums.items() if is_driver_file(m)}
+        ok = len(drivers) == 1 and next(iter(drivers.values())) == want
+        v["checks"]["libcuda_is_the_guest_driver"] = [ok, f"recomputed from the mapped files: {sorted(drivers)} "
+                                                          f"(was: {c[1]})"]
 
 
 def driver_check(mode, a):
@@ -289,6 +313,8 @@ def report(a):
         native.update(parse(read(f"{res}/native-{mode}.out")))
     console = read(f"{res}/vm-console.log")
     guest = parse(console)
+    recheck_driver(guest)
+    recheck_driver(native)
     steps = {}
     for l in console:
         m = re.match(r"^VMFW-STEP (\w+) (start|exit (\d+)) ([\d.]+)", l.rstrip("\r"))
