@@ -147,7 +147,68 @@ def touch_rates(gib=4):
             m.close()
     return out
 
+def memset_rate(base, n, threads):
+    """GB/s of `threads` threads writing `n` bytes from `base` (memset)."""
+    import threading
+    part = n // threads
+    ts = [threading.Thread(target=ctypes.memset, args=(base + i * part, 2, part)) for i in range(threads)]
+    t = time.perf_counter()
+    for x in ts:
+        x.start()
+    for x in ts:
+        x.join()
+    return round(n / 1e9 / (time.perf_counter() - t), 2)
+
+
+def read_text(path):
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError as e:
+        return f"unreadable: {e.strerror}"
+
+
+def pages(gib=4, threads=8):
+    """Where the time of fresh host pages goes (why a swap-out into new
+    pages runs far below the copy rate on the GPU machine): the machine's
+    virtualization and balloon, then writes into new pages (fault + zero
+    + write), into the same pages again (write only), and into new pages
+    of a second mapping made after the first was unmapped (pages the
+    kernel just freed, if they are still backed), each by `threads`
+    threads and by one."""
+    n = gib * GIB
+    virt = subprocess.run(["systemd-detect-virt"], capture_output=True, text=True).stdout.strip() or None
+    res = {
+        "gib": gib, "threads": threads, "virtualization": virt,
+        "virtio_balloon_bound": os.path.isdir("/sys/bus/virtio/drivers/virtio_balloon")
+        and any(e.startswith("virtio") for e in os.listdir("/sys/bus/virtio/drivers/virtio_balloon")),
+        "thp_enabled": read_text("/sys/kernel/mm/transparent_hugepage/enabled"),
+        "thp_defrag": read_text("/sys/kernel/mm/transparent_hugepage/defrag"),
+        "init_on_free": "init_on_free=1" in read_text("/proc/cmdline"),
+    }
+
+    def mapping():
+        m = mmap.mmap(-1, n)
+        m.madvise(mmap.MADV_HUGEPAGE)
+        return m, ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+    for t in (threads, 1):
+        m, base = mapping()
+        res[f"new_pages_gbps_{t}t"] = memset_rate(base, n, t)
+        res[f"same_pages_again_gbps_{t}t"] = memset_rate(base, n, t)
+        del base
+        m.close()
+        m, base = mapping()
+        res[f"new_pages_after_unmap_gbps_{t}t"] = memset_rate(base, n, t)
+        del base
+        m.close()
+    return res
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "pages":
+        print(json.dumps(pages(), indent=1))
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         child(int(sys.argv[2]))
         sys.exit(0)
