@@ -585,12 +585,22 @@ fn pump(core: &mut Core, now: u64) {
     let actions = {
         let sched: &Scheduler = sched;
         let slots: &HashMap<u64, Slot> = slots;
+        // The VM granted last, while it still wants the GPU: a backend with
+        // no work queued gives its grant back and asks again a moment later
+        // (contended grants come and go every few milliseconds), and in such
+        // a gap it must not look like a VM whose turn is over, the first to
+        // evict (seen on the sim at the H200's swap rates: the running VM
+        // evicted in the middle of its slice, every slice).
+        let turn =
+            slots.iter().filter(|(_, s)| s.last_granted > 0).max_by_key(|(_, s)| s.last_granted).map(|(&vm, _)| vm);
+        let demanding = |vm| {
+            slots.get(&vm).is_some_and(|s| s.last_active > 0 && now.saturating_sub(s.last_active) < CONTENDED_NS)
+                || sched.vm_stats(vm, now).is_some_and(|st| st.runnable)
+        };
         let info = |vm| SchedInfo {
-            holding: sched.has_grant_out(vm),
-            demanding: slots
-                .get(&vm)
-                .is_some_and(|s| s.last_active > 0 && now.saturating_sub(s.last_active) < CONTENDED_NS)
-                || sched.vm_stats(vm, now).is_some_and(|st| st.runnable),
+            holding: sched.has_grant_out(vm)
+                || (Some(vm) == turn && demanding(vm) && slots.get(&vm).is_some_and(|s| !s.sched_params().drained)),
+            demanding: demanding(vm),
             last_granted_ns: slots.get(&vm).map_or(0, |s| s.last_granted),
         };
         let others = if broker.quiet() { 0 } else { ledger.others(gpu) };
@@ -781,6 +791,14 @@ mod tests {
         cap: u64,
         quota: u64,
     ) -> (GpuDriver, UnboundedReceiver<DaemonMsg>, UnboundedReceiver<DaemonMsg>, Vec<Option<u64>>) {
+        let (d, mut rxs, limits) = managed_vms(cap, quota, 2);
+        let rx2 = rxs.pop().unwrap();
+        (d, rxs.pop().unwrap(), rx2, limits)
+    }
+
+    /// A GPU of `cap` bytes overcommitted twice, with `n` VMs 1, 2, ... of
+    /// `quota` bytes each: their message channels and welcome limits.
+    fn managed_vms(cap: u64, quota: u64, n: u64) -> (GpuDriver, Vec<UnboundedReceiver<DaemonMsg>>, Vec<Option<u64>>) {
         let memory = MemorySetup {
             config: MemoryConfig { limit_bytes: Some(cap), total_bytes: 0, simulated: true, overcommit_ratio: 2.0 },
             params: BrokerParams { min_residency_ns: 0, swap_limit_bytes: 1 << 40 },
@@ -789,7 +807,8 @@ mod tests {
         let d = GpuDriver::spawn("sim", policy(1_000_000), Clock::new(), memory).unwrap();
         let mut rxs = Vec::new();
         let mut limits = Vec::new();
-        for (vm, name) in [(1, "a"), (2, "b")] {
+        for vm in 1..=n {
+            let name = format!("vm{vm}");
             let (tx, mut rx) = unbounded_channel();
             let settings = VmSettings {
                 class: protocol::control::QosClass::Burstable,
@@ -801,7 +820,7 @@ mod tests {
             };
             let j = Join {
                 vm,
-                name: name.into(),
+                name,
                 params: VmParams::default(),
                 tx,
                 settings,
@@ -814,8 +833,32 @@ mod tests {
             limits.push(mem_limit_bytes);
             rxs.push(rx);
         }
-        let rx2 = rxs.pop().unwrap();
-        (d, rxs.pop().unwrap(), rx2, limits)
+        (d, rxs, limits)
+    }
+
+    fn resident(d: &GpuDriver, vm: u64, bytes: u64) {
+        let memory = MemoryState { resident_bytes: bytes, evicted_bytes: 0, limit_bytes: bytes };
+        d.send(GpuEvent::Stats { vm, stats: Box::new(BackendStats { memory, ..Default::default() }) });
+    }
+
+    #[test]
+    fn the_vm_granted_last_is_not_evicted_in_a_gap_between_its_grants() {
+        // Room for two of three VMs; 2 ran, then 1, and 3 wants its memory.
+        let (d, mut rxs, _) = managed_vms(2000, 1000, 3);
+        resident(&d, 1, 1000);
+        resident(&d, 2, 1000);
+        for vm in [2, 1] {
+            d.send(GpuEvent::Demand { vm });
+            let DaemonMsg::Grant { grant, .. } = next(&mut rxs[vm as usize - 1]) else { panic!() };
+            // Out of work for a moment: the grant goes back, more will come.
+            d.send(GpuEvent::Release { vm, grant, used_ns: 1000, more: false });
+        }
+        d.send(GpuEvent::MemNeed { vm: 3, bytes: 1000 });
+        // 1 is on its turn, between two grants: 2, whose turn is over, goes.
+        assert_eq!(next(&mut rxs[1]), DaemonMsg::Evict { resident_max: 0, max_move_bytes: 1000 });
+        std::thread::sleep(Duration::from_millis(20));
+        assert!(rxs[0].try_recv().is_err(), "1 was asked to give memory on its turn");
+        d.stop();
     }
 
     #[test]

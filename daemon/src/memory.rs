@@ -406,6 +406,7 @@ impl Broker {
         let mut wanted = HashSet::new();
         let mut blocked = false;
         let needy: HashSet<VmId> = self.needs.iter().map(|n| n.vm).collect();
+        let next_restore = self.order_restores(sched);
         if overshoot > 0 {
             let mut plan = Plan {
                 asker: None,
@@ -467,6 +468,30 @@ impl Broker {
                 let own =
                     self.vms.get(&need.vm).map_or(0, |b| b.mem.resident_bytes.saturating_add(b.mem.evicted_bytes));
                 let restore = need.bytes <= own;
+                if restore && asker_evicted > 0 && Some(need.vm) != next_restore {
+                    // Restores come back in turn order: a VM whose turn is
+                    // not next takes only memory that is free (a step at
+                    // least), evicts nobody and holds nobody back. With
+                    // every evicted VM bringing its memory back step by step
+                    // at once, each step evicting as much of another, the
+                    // VMs would otherwise evict each other piecemeal, and a
+                    // need that came first would keep the next VM's victim
+                    // out of its reach (seen on the sim at the H200's swap
+                    // rates: the rotation stalled until the holder's slice
+                    // ended).
+                    let worth = eviction_step(cap).min(asker_evicted);
+                    if avail >= worth {
+                        let grant = avail.min(asker_evicted);
+                        if let Some(b) = self.vms.get_mut(&need.vm) {
+                            b.mem.limit_bytes = limit + grant;
+                            b.resident_since = now;
+                            out.push(MemAction::Limit { vm: need.vm, bytes: limit + grant });
+                        }
+                        avail -= grant;
+                    }
+                    self.needs.push_back(need);
+                    continue;
+                }
                 // Evictions move at least a step (less may fit no allocation
                 // and move nothing): host RAM that cannot take one is full.
                 let step = eviction_step(cap);
@@ -555,6 +580,31 @@ impl Broker {
             self.recheck_at = Some(now.saturating_add(RECHECK_NS));
         }
         out
+    }
+
+    /// Puts the need of the VM whose turn comes first among those bringing
+    /// memory back (granted least recently) ahead of the other restores, and
+    /// returns that VM. The VM on the GPU is never one: it runs on what it has.
+    fn order_restores(&mut self, sched: &dyn Fn(VmId) -> SchedInfo) -> Option<VmId> {
+        let restoring = |n: &Need| {
+            self.vms.get(&n.vm).is_some_and(|b| {
+                b.mem.evicted_bytes > 0 && n.bytes <= b.mem.resident_bytes.saturating_add(b.mem.evicted_bytes)
+            })
+        };
+        let first = self.needs.iter().position(restoring)?;
+        let next = self
+            .needs
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| restoring(n) && !sched(n.vm).holding)
+            .min_by_key(|(_, n)| (sched(n.vm).last_granted_ns, n.vm))
+            .map(|(i, _)| i)?;
+        if next > first {
+            if let Some(n) = self.needs.remove(next) {
+                self.needs.insert(first, n);
+            }
+        }
+        self.needs.get(first).map(|n| n.vm)
     }
 
     /// Resident bytes of the other VMs that must go to host RAM for `vm` to
@@ -883,6 +933,33 @@ mod tests {
         let s = s.granted(3, 10_000 * MS);
         let out = b.pump(10_010 * MS, &s.f(), 0);
         assert_eq!(out, vec![MemAction::Evict { vm: 1, resident_max: 0, moves_bytes: 4 * G }]);
+    }
+
+    #[test]
+    fn restores_come_back_in_turn_order_the_next_vm_evicting_the_one_whose_turn_is_over() {
+        // Room for two of three VMs. 1 runs; 3 (swapped out) is next; 2 ran
+        // before 1. 3 brings its memory back a step at a time.
+        let mut b = broker(8 * G, 3.0);
+        add(&mut b, 1, 4 * G, 4 * G);
+        add(&mut b, 2, 4 * G, 4 * G);
+        add(&mut b, 3, 4 * G, 0);
+        b.evicted(3, state(0, 4 * G), 4 * G, MS, 0);
+        let s = Sched::default().holding(1).granted(1, 5000 * MS).granted(2, 3000 * MS).granted(3, 1000 * MS);
+        let now = 5500 * MS;
+        b.mem_need(3, G);
+        assert_eq!(b.pump(now, &s.f(), 0), vec![MemAction::Evict { vm: 2, resident_max: 3 * G, moves_bytes: G }]);
+        b.evicted(2, state(3 * G, G), G, MS, now);
+        assert_eq!(b.pump(now, &s.f(), 0), vec![MemAction::Limit { vm: 3, bytes: G }]);
+        b.restored(3, state(G, 3 * G), G, MS, now);
+        // 2 asks its memory back at once, before 3 asks for its next step:
+        // 3 goes first and takes it from 2; 2 waits and nobody is taken off
+        // the GPU for it.
+        b.mem_need(2, 4 * G);
+        b.mem_need(3, 2 * G);
+        let out = b.pump(now + 10 * MS, &s.f(), 0);
+        assert_eq!(out, vec![MemAction::Evict { vm: 2, resident_max: 2 * G, moves_bytes: G }]);
+        b.evicted(2, state(2 * G, 2 * G), G, MS, now + 20 * MS);
+        assert_eq!(b.pump(now + 20 * MS, &s.f(), 0), vec![MemAction::Limit { vm: 3, bytes: 2 * G }]);
     }
 
     #[test]
