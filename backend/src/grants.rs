@@ -46,6 +46,15 @@ const GRANT_SPIN: Duration = Duration::from_micros(100);
 /// limit does not already cover all of it (see `Gate::ensure_resident`).
 pub const RESTORE_STEP: u64 = 8 << 30;
 
+/// What a wait for memory settles for when the daemon gives less than asked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Enough {
+    /// All that was asked.
+    Total,
+    /// Any limit above what the VM holds resident (a restore in part).
+    AboveResident,
+}
+
 /// How long a `MemNeed` goes unanswered before the backend says it again (a
 /// safety net: the daemon keeps pending needs and answers when it can).
 const MEM_ASK_AGAIN: Duration = Duration::from_secs(5);
@@ -1018,7 +1027,7 @@ impl Gate {
             // The daemon may let a restore come back in part first (what
             // comes back frees host RAM for the evictions the rest needs):
             // any limit above what is resident is worth taking.
-            self.ensure_memory_from(engine, step, r.resident.saturating_add(1))?;
+            self.ensure_memory_from(engine, step, Enough::AboveResident)?;
             // Waiting, it may have swapped out more at the daemon's request.
             let r = engine.residency();
             // Take all the limit allows: `step`, or the part given first.
@@ -1069,12 +1078,12 @@ impl Gate {
     /// gives back a grant whose slice is over, so that the VMs it waits for
     /// are not kept waiting in turn.
     fn ensure_memory(&mut self, engine: &mut dyn Engine, total: u64) -> Result<(), MemoryError> {
-        self.ensure_memory_from(engine, total, total)
+        self.ensure_memory_from(engine, total, Enough::Total)
     }
 
-    /// [`ensure_memory`](Self::ensure_memory), content with a limit of
-    /// `enough` (at most `total`) when the daemon gives that much first.
-    fn ensure_memory_from(&mut self, engine: &mut dyn Engine, total: u64, enough: u64) -> Result<(), MemoryError> {
+    /// [`ensure_memory`](Self::ensure_memory), content with less than
+    /// `total` when `enough` says so and the daemon gives that much first.
+    fn ensure_memory_from(&mut self, engine: &mut dyn Engine, total: u64, enough: Enough) -> Result<(), MemoryError> {
         let Some(shared) = self.shared.clone() else {
             return Ok(());
         };
@@ -1097,6 +1106,15 @@ impl Gate {
                 _ if !st.connected => return Ok(()),
                 None => return Ok(()),
                 Some(l) => l,
+            };
+            // Read again on every round: a restore waiting here may have
+            // been evicted further meanwhile, and then takes less than what
+            // was resident when it began waiting (seen on the H200: a VM
+            // evicted in the middle of its last restore step waited a minute
+            // with 24 GiB of room given, for more than it had left resident).
+            let enough = match enough {
+                Enough::Total => total,
+                Enough::AboveResident => engine.residency().resident.saturating_add(1),
             };
             if total <= limit || enough <= limit {
                 st.mem_reserved = st.mem_reserved.max(total.min(limit));

@@ -272,6 +272,48 @@ fn a_restore_takes_what_the_daemon_gives_first_and_asks_for_the_rest() {
 }
 
 #[test]
+fn a_restore_evicted_again_while_it_waits_takes_the_part_it_is_then_given() {
+    let (link, mut peer, _) = start("again", 64 * MIB);
+    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
+    link.set_waker(waker.try_clone().unwrap());
+    let mut gate = link.gate();
+    gate.set_restore_step(4 * MIB);
+    let worker = three_buffers_idle_then_busy(gate, waker);
+    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
+    let m = peer.next();
+    assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
+    // A first step of 4 MiB comes back.
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 4 * MIB });
+    peer.send(&DaemonMsg::MemLimit { bytes: 4 * MIB });
+    let m = peer.next();
+    assert!(matches!(m, BackendMsg::Restored { moved_bytes, .. } if moved_bytes == 4 * MIB), "{m:?}");
+    // The last step asks for all 6 MiB; while it waits, the daemon takes the
+    // 4 MiB back for another VM, then gives 2 MiB: that is room above what
+    // is resident now, and it comes back at once.
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
+    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
+    let m = peer.next();
+    assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 4 * MIB), "{m:?}");
+    peer.send(&DaemonMsg::MemLimit { bytes: 2 * MIB });
+    // (Without it, the next message is the same need asked again 5 s on.)
+    match peer.next() {
+        BackendMsg::Restored { state, moved_bytes, .. } => {
+            assert_eq!(moved_bytes, 2 * MIB);
+            assert_eq!((state.resident_bytes, state.evicted_bytes), (2 * MIB, 4 * MIB));
+        }
+        m => panic!("expected Restored of the 2 MiB given, got {m:?}"),
+    }
+    // The rest, step by step.
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
+    peer.send(&DaemonMsg::MemLimit { bytes: 6 * MIB });
+    let m = peer.next();
+    assert!(matches!(m, BackendMsg::Restored { moved_bytes, .. } if moved_bytes == 4 * MIB), "{m:?}");
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
+    assert!(worker.join().unwrap(), "data came back changed");
+}
+
+#[test]
 fn an_eviction_moves_no_more_than_the_daemon_set_host_ram_aside_for() {
     let (link, mut peer, _) = start("cap", 64 * MIB);
     let waker = EventFd::new(EFD_NONBLOCK).unwrap();
