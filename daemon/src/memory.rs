@@ -479,15 +479,8 @@ impl Broker {
                     // out of its reach (seen on the sim at the H200's swap
                     // rates: the rotation stalled until the holder's slice
                     // ended).
-                    let worth = eviction_step(cap).min(asker_evicted);
-                    if avail >= worth {
-                        let grant = avail.min(asker_evicted);
-                        if let Some(b) = self.vms.get_mut(&need.vm) {
-                            b.mem.limit_bytes = limit + grant;
-                            b.resident_since = now;
-                            out.push(MemAction::Limit { vm: need.vm, bytes: limit + grant });
-                        }
-                        avail -= grant;
+                    if avail >= eviction_step(cap).min(asker_evicted) {
+                        avail -= self.restore_part(need.vm, avail.min(asker_evicted), now, &mut out);
                     }
                     self.needs.push_back(need);
                     continue;
@@ -509,13 +502,7 @@ impl Broker {
                     // it instead would keep it off the GPU for good, its
                     // data out of reach (seen on the H200: three VMs each
                     // part evicted, host RAM full, a quarter of the GPU free).
-                    let grant = avail.min(asker_evicted);
-                    if let Some(b) = self.vms.get_mut(&need.vm) {
-                        b.mem.limit_bytes = limit + grant;
-                        b.resident_since = now;
-                        out.push(MemAction::Limit { vm: need.vm, bytes: limit + grant });
-                    }
-                    avail -= grant;
+                    avail -= self.restore_part(need.vm, avail.min(asker_evicted), now, &mut out);
                     self.needs.push_back(need);
                     ahead.push(need.vm);
                     continue;
@@ -580,6 +567,17 @@ impl Broker {
             self.recheck_at = Some(now.saturating_add(RECHECK_NS));
         }
         out
+    }
+
+    /// Raises `vm`'s limit by `grant` bytes of free memory, part of what it
+    /// brings back; returns `grant`.
+    fn restore_part(&mut self, vm: VmId, grant: u64, now: u64, out: &mut Vec<MemAction>) -> u64 {
+        if let Some(b) = self.vms.get_mut(&vm) {
+            b.mem.limit_bytes = b.mem.limit_bytes.saturating_add(grant);
+            b.resident_since = now;
+            out.push(MemAction::Limit { vm, bytes: b.mem.limit_bytes });
+        }
+        grant
     }
 
     /// Puts the need of the VM whose turn comes first among those bringing

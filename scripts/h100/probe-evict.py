@@ -125,7 +125,6 @@ def touch_rates(gib=4):
     C speed (memset) by 1, 8 and 16 threads, with and without transparent
     huge pages: what the backend's swap threads do before a swap-out can
     copy into them. {"4k": {threads: GB/s}, "thp": {...}}."""
-    import threading
     out = {}
     for kind in ("4k", "thp"):
         out[kind] = {}
@@ -135,14 +134,7 @@ def touch_rates(gib=4):
             if kind == "thp" and hasattr(m, "madvise"):
                 m.madvise(mmap.MADV_HUGEPAGE)
             base = ctypes.addressof(ctypes.c_char.from_buffer(m))
-            part = n // threads
-            ts = [threading.Thread(target=ctypes.memset, args=(base + i * part, 1, part)) for i in range(threads)]
-            t = time.perf_counter()
-            for x in ts:
-                x.start()
-            for x in ts:
-                x.join()
-            out[kind][threads] = round(n / 1e9 / (time.perf_counter() - t), 2)
+            out[kind][threads] = memset_rate(base, n, threads)
             del base
             m.close()
     return out
