@@ -582,7 +582,8 @@ impl Broker {
 
     /// Puts the need of the VM whose turn comes first among those bringing
     /// memory back (granted least recently) ahead of the other restores, and
-    /// returns that VM. The VM on the GPU is never one: it runs on what it has.
+    /// returns that VM. A VM counted as on the GPU comes last: it was taken
+    /// off to be evicted, and waits for the others only while they restore.
     fn order_restores(&mut self, sched: &dyn Fn(VmId) -> SchedInfo) -> Option<VmId> {
         let restoring = |n: &Need| {
             self.vms.get(&n.vm).is_some_and(|b| {
@@ -594,8 +595,11 @@ impl Broker {
             .needs
             .iter()
             .enumerate()
-            .filter(|(_, n)| restoring(n) && !sched(n.vm).holding)
-            .min_by_key(|(_, n)| (sched(n.vm).last_granted_ns, n.vm))
+            .filter(|(_, n)| restoring(n))
+            .min_by_key(|(_, n)| {
+                let i = sched(n.vm);
+                (i.holding, i.last_granted_ns, n.vm)
+            })
             .map(|(i, _)| i)?;
         if next > first {
             if let Some(n) = self.needs.remove(next) {
@@ -958,6 +962,23 @@ mod tests {
         assert_eq!(out, vec![MemAction::Evict { vm: 2, resident_max: 2 * G, moves_bytes: G }]);
         b.evicted(2, state(2 * G, 2 * G), G, MS, now + 20 * MS);
         assert_eq!(b.pump(now + 20 * MS, &s.f(), 0), vec![MemAction::Limit { vm: 3, bytes: 2 * G }]);
+    }
+
+    #[test]
+    fn a_vm_taken_off_the_gpu_to_be_evicted_brings_its_memory_back_when_it_alone_restores() {
+        // 1 was granted last and still counts as on the GPU (it wants it);
+        // it was evicted for 2, which then sat idle holding its memory.
+        let mut b = broker(4 * G, 2.0);
+        add(&mut b, 1, 4 * G, 0);
+        add(&mut b, 2, 4 * G, 0);
+        b.evicted(1, state(0, 4 * G), 4 * G, MS, 0);
+        b.stats(2, &BackendStats { memory: state(4 * G, 0), ..Default::default() });
+        b.mem_need(2, 4 * G);
+        assert_eq!(b.pump(0, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 2, bytes: 4 * G }]);
+        let s = Sched::default().holding(1).demanding(1).granted(1, 5000 * MS).granted(2, 1000 * MS);
+        b.mem_need(1, 4 * G);
+        let out = b.pump(5500 * MS, &s.f(), 0);
+        assert_eq!(out, vec![MemAction::Evict { vm: 2, resident_max: 0, moves_bytes: 4 * G }]);
     }
 
     #[test]
