@@ -146,6 +146,11 @@ impl Book {
         let cap = self.evict_to.unwrap_or(self.mem.limit_bytes);
         self.mem.resident_bytes.min(cap)
     }
+
+    /// Its data, resident and in host RAM: a need of no more is a restore.
+    fn own(&self) -> u64 {
+        self.mem.resident_bytes.saturating_add(self.mem.evicted_bytes)
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -465,9 +470,7 @@ impl Broker {
                 let asker_evicted = self.vms.get(&need.vm).map_or(0, |b| b.mem.evicted_bytes);
                 // A VM asking for no more than the data it has (resident and
                 // in host RAM) is bringing its own memory back.
-                let own =
-                    self.vms.get(&need.vm).map_or(0, |b| b.mem.resident_bytes.saturating_add(b.mem.evicted_bytes));
-                let restore = need.bytes <= own;
+                let restore = need.bytes <= self.vms.get(&need.vm).map_or(0, Book::own);
                 if restore && asker_evicted > 0 && Some(need.vm) != next_restore {
                     // Restores come back in turn order: a VM whose turn is
                     // not next takes only memory that is free (a step at
@@ -585,11 +588,7 @@ impl Broker {
     /// returns that VM. A VM counted as on the GPU comes last: it was taken
     /// off to be evicted, and waits for the others only while they restore.
     fn order_restores(&mut self, sched: &dyn Fn(VmId) -> SchedInfo) -> Option<VmId> {
-        let restoring = |n: &Need| {
-            self.vms.get(&n.vm).is_some_and(|b| {
-                b.mem.evicted_bytes > 0 && n.bytes <= b.mem.resident_bytes.saturating_add(b.mem.evicted_bytes)
-            })
-        };
+        let restoring = |n: &Need| self.vms.get(&n.vm).is_some_and(|b| b.mem.evicted_bytes > 0 && n.bytes <= b.own());
         let first = self.needs.iter().position(restoring)?;
         let next = self
             .needs
