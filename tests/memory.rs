@@ -84,8 +84,24 @@ fn three_vms_whose_quotas_add_to_twice_the_gpu_keep_all_their_data() {
         assert_eq!(v["quota_bytes"], QUOTA_MIB * MIB, "{n}: {v}");
         evictions += v["evictions"].as_u64().unwrap();
     }
+    let figures: Vec<String> = vms
+        .iter()
+        .map(|v| {
+            format!(
+                "{}: resident {} limit {} evicted {}",
+                v["name"], v["resident_bytes"], v["limit_bytes"], v["evicted_bytes"]
+            )
+        })
+        .collect();
+    for v in &vms {
+        let (resident, limit) = (v["resident_bytes"].as_u64().unwrap(), v["limit_bytes"].as_u64().unwrap());
+        assert!(resident <= limit, "a VM holds more than its limit: {figures:?}");
+    }
     let resident: u64 = vms.iter().map(|v| v["resident_bytes"].as_u64().unwrap()).sum();
-    assert!(resident <= GPU_MIB * MIB, "resident bytes add to {resident}, more than the GPU's {GPU_MIB} MiB");
+    assert!(
+        resident <= GPU_MIB * MIB,
+        "resident bytes add to {resident}, more than the GPU's {GPU_MIB} MiB: {figures:?}"
+    );
     assert!(evictions >= 3, "only {evictions} evictions: the VMs did not take turns with their memory");
     let run = fleet.wait(Duration::from_secs(90)).unwrap();
     assert_intact(&run, &["a", "b", "c"]);

@@ -51,8 +51,9 @@ pub const RESTORE_STEP: u64 = 8 << 30;
 enum Enough {
     /// All that was asked.
     Total,
-    /// Any limit above what the VM holds resident (a restore in part).
-    AboveResident,
+    /// Room above what the VM holds resident for the next swapped-out
+    /// allocation (a restore in part).
+    NextSwapIn,
 }
 
 /// How long a `MemNeed` goes unanswered before the backend says it again (a
@@ -1019,15 +1020,17 @@ impl Gate {
                 return Ok(());
             }
             let all = r.resident.saturating_add(r.evicted);
+            // A step brings back one allocation at least, however large.
+            let least = engine.next_swap_in();
             let step = if self.limit().is_none_or(|l| all <= l) {
                 all
             } else {
-                r.resident.saturating_add(r.evicted.min(self.restore_step))
+                r.resident.saturating_add(r.evicted.min(self.restore_step.max(least)))
             };
             // The daemon may let a restore come back in part first (what
             // comes back frees host RAM for the evictions the rest needs):
-            // any limit above what is resident is worth taking.
-            self.ensure_memory_from(engine, step, Enough::AboveResident)?;
+            // any limit with room for the next allocation is worth taking.
+            self.ensure_memory_from(engine, step, Enough::NextSwapIn)?;
             // Waiting, it may have swapped out more at the daemon's request.
             let r = engine.residency();
             // Take all the limit allows: `step`, or the part given first.
@@ -1114,7 +1117,7 @@ impl Gate {
             // with 24 GiB of room given, for more than it had left resident).
             let enough = match enough {
                 Enough::Total => total,
-                Enough::AboveResident => engine.residency().resident.saturating_add(1),
+                Enough::NextSwapIn => engine.residency().resident.saturating_add(engine.next_swap_in().max(1)),
             };
             if total <= limit || enough <= limit {
                 st.mem_reserved = st.mem_reserved.max(total.min(limit));

@@ -525,6 +525,11 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
         GpuEvent::Restored { vm, state, moved_bytes, ns } => {
             broker.restored(vm, state, moved_bytes, ns, now);
             if let Some(s) = slots.get(&vm) {
+                let limit = broker.vm(vm).map_or(u64::MAX, |m| m.limit_bytes);
+                if state.resident_bytes > limit {
+                    tracing::warn!(vm = %s.name, limit_bytes = limit, resident_bytes = state.resident_bytes,
+                        "the backend brought back more memory than its limit");
+                }
                 tracing::debug!(vm = %s.name, resident_bytes = state.resident_bytes, evicted_bytes = state.evicted_bytes,
                     moved_bytes, ms = ns as f64 / 1e6, "restored");
             }

@@ -1442,7 +1442,7 @@ impl Engine for CudaEngine {
                 let Some(DevAlloc { footprint, state: AllocState::Evicted(copy), .. }) = allocs.get(b) else {
                     continue;
                 };
-                if planned > 0 && planned.saturating_add(*footprint) > max_bytes {
+                if planned.saturating_add(*footprint) > max_bytes {
                     break;
                 }
                 planned = planned.saturating_add(*footprint);
@@ -1518,6 +1518,11 @@ impl Engine for CudaEngine {
             Some(e) => Err(e),
             None => Ok(moved),
         }
+    }
+
+    fn next_swap_in(&self) -> u64 {
+        let evicted = self.allocs.bases(|a| matches!(a.state, AllocState::Evicted(_)));
+        evicted.into_iter().min().and_then(|b| self.allocs.get(b)).map_or(0, |a| a.footprint)
     }
 
     fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()> {

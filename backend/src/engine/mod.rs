@@ -246,11 +246,15 @@ pub trait Engine: Send {
     /// moved and the rest stays resident, nothing is lost.
     fn swap_out(&mut self, keep: u64, max_bytes: u64) -> EngineResult<u64>;
     /// Brings swapped-out allocations back at their addresses, in address
-    /// order, at least one and no more than `max_bytes` in all beyond that
-    /// (`u64::MAX`: all of them). Returns the bytes moved; on an error
-    /// (device memory full), what did not come back stays in host RAM,
-    /// intact, for a later try.
+    /// order, no more than `max_bytes` in all (`u64::MAX`: all of them): the
+    /// first that would pass it stays out with the rest, so less than
+    /// [`next_swap_in`](Self::next_swap_in) moves nothing. Returns the bytes
+    /// moved; on an error (device memory full), what did not come back stays
+    /// in host RAM, intact, for a later try.
     fn swap_in(&mut self, max_bytes: u64) -> EngineResult<u64>;
+    /// The device bytes of the allocation [`swap_in`](Self::swap_in) brings
+    /// back first (0: none is swapped out): the least room a restore needs.
+    fn next_swap_in(&self) -> u64;
     fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()>;
     fn memcpy_dtoh(&mut self, dst: HostDst<'_>, src: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;
     fn memcpy_dtod(&mut self, dst: u64, src: u64, len: u64, stream: EngineStream, async_: bool) -> EngineResult<()>;

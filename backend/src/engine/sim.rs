@@ -931,7 +931,7 @@ impl Engine for SimEngine {
         let mut moved = 0u64;
         while let Some((base, a)) = self.evicted.pop_first() {
             let len = a.data.len() as u64;
-            if moved > 0 && moved.saturating_add(len) > max_bytes {
+            if moved.saturating_add(len) > max_bytes {
                 self.evicted.insert(base, a);
                 break;
             }
@@ -946,6 +946,10 @@ impl Engine for SimEngine {
         }
         SwapRates::pace(self.swap_rates.in_bytes_per_s, moved);
         Ok(moved)
+    }
+
+    fn next_swap_in(&self) -> u64 {
+        self.evicted.first_key_value().map_or(0, |(_, a)| a.data.len() as u64)
     }
 
     fn memcpy_htod(&mut self, dst: u64, src: HostSrc<'_>, stream: EngineStream, async_: bool) -> EngineResult<()> {
@@ -1449,6 +1453,27 @@ mod tests {
         out.extend((entry.len() as u64).to_le_bytes());
         out.extend(entry);
         out
+    }
+
+    #[test]
+    fn a_swap_in_moves_no_allocation_past_its_budget() {
+        let mut e = SimEngine::new(64 << 20);
+        let ctx = e.ctx_create(0).unwrap();
+        e.ctx_set_current(ctx).unwrap();
+        let small = e.mem_alloc(4096).unwrap();
+        let big = e.mem_alloc(2 << 20).unwrap();
+        assert_eq!(e.next_swap_in(), 0, "nothing is swapped out");
+        assert_eq!(e.swap_out(0, u64::MAX).unwrap(), (2 << 20) + 4096);
+        // Address order: the small one first.
+        assert!(small < big);
+        assert_eq!(e.next_swap_in(), 4096);
+        assert_eq!(e.swap_in(4095).unwrap(), 0, "less than the first allocation moves nothing");
+        assert_eq!(e.swap_in(1 << 20).unwrap(), 4096, "the small one fits, the big one does not");
+        assert!(e.mem_is_resident(small) && !e.mem_is_resident(big));
+        assert_eq!(e.next_swap_in(), 2 << 20);
+        assert_eq!(e.swap_in(2 << 20).unwrap(), 2 << 20);
+        assert_eq!(e.residency(), Residency { resident: (2 << 20) + 4096, evicted: 0 });
+        assert_eq!(e.next_swap_in(), 0);
     }
 
     #[test]
