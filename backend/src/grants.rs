@@ -833,6 +833,12 @@ impl Gate {
                     drop(st);
                     self.service_memory(engine);
                     st = shared.lock();
+                    if engine.residency().evicted > 0 {
+                        // Its memory comes back before it is granted again
+                        // (gpuvisord grants no VM with memory in host RAM):
+                        // restore first, at the top of the loop.
+                        break;
+                    }
                     continue;
                 }
                 if let Some(g) = st.offered.take() {

@@ -413,11 +413,25 @@ struct Slot {
     /// it off the GPU for an eviction.
     params: VmParams,
     held_off: bool,
+    /// The broker wants it kept off the GPU while it holds a grant: it is,
+    /// from the end of the first grant that ends after its turn (grants in a
+    /// row, a slice long) is over or with no work left.
+    off_after_grant: bool,
+    /// When its current turn on the GPU began (its first grant after
+    /// another VM's), and the slice of its last grant.
+    turn_since: u64,
+    slice_ns: u64,
+    /// Asked to move memory to host RAM and not done yet: a grant now would
+    /// find its backend busy swapping out, the GPU idle meanwhile.
+    evicting: bool,
+    /// Has memory in host RAM, to bring back before its next grant.
+    swapped_out: bool,
 }
 
 impl Slot {
     fn sched_params(&self) -> VmParams {
-        VmParams { drained: self.params.drained || self.held_off, ..self.params }
+        let off = self.held_off || self.evicting || self.swapped_out;
+        VmParams { drained: self.params.drained || off, ..self.params }
     }
 }
 
@@ -463,29 +477,77 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
             s.last_active = now;
         }
     }
+    let memory_of = match &ev {
+        GpuEvent::Evicted { vm, .. } | GpuEvent::Restored { vm, .. } | GpuEvent::Stats { vm, .. } => Some(*vm),
+        _ => None,
+    };
+    let mut actions = apply_event(sched, slots, broker, ev, now);
+    if let Some(vm) = memory_of {
+        // A VM with memory in host RAM brings it back before it uses the
+        // GPU: granted meanwhile, it would give the grant straight back (and
+        // its demand would take the GPU from a holder with work to do).
+        let out = broker.vm(vm).is_some_and(|m| m.evicted_bytes > 0);
+        if let Some(s) = slots.get_mut(&vm).filter(|s| s.swapped_out != out) {
+            s.swapped_out = out;
+            actions.extend(sched.set_params(vm, s.sched_params(), now));
+            if !out && sched.vm_stats(vm, now).is_some_and(|st| st.runnable) {
+                reclaim_parked(sched, slots, vm);
+            }
+        }
+    }
+    actions
+}
+
+fn apply_event(
+    sched: &mut Scheduler,
+    slots: &mut HashMap<u64, Slot>,
+    broker: &mut Broker,
+    ev: GpuEvent,
+    now: u64,
+) -> Vec<Action> {
     match ev {
         GpuEvent::Demand { vm } => {
             let actions = sched.demand(vm, now);
-            // A holder granted while alone may be sitting idle on it: ask for
-            // it back rather than make this VM wait for the slice to end.
-            if let Some((holder, grant)) = sched.current_grant() {
-                if holder != vm {
-                    if let Some(s) = slots.get_mut(&holder).filter(|s| s.uncontended == Some(grant)) {
-                        s.uncontended = None;
-                        tracing::trace!(vm = %s.name, grant, "revoke an uncontended grant");
-                        let _ = s.tx.send(DaemonMsg::Revoke { grant });
-                    }
-                }
-            }
+            reclaim_parked(sched, slots, vm);
             actions
         }
-        GpuEvent::Release { vm, grant, used_ns, more } => sched.release(vm, grant, used_ns, more, now),
+        GpuEvent::Release { vm, grant, used_ns, more } => {
+            let mut actions = Vec::new();
+            // A backend gives back a contended grant whenever its queue runs
+            // dry and asks again a moment later: its turn is the grants in a
+            // row that add up to its slice.
+            let turn_over = |s: &Slot| !more || now.saturating_sub(s.turn_since) >= s.slice_ns;
+            if let Some(s) = slots.get_mut(&vm).filter(|s| s.off_after_grant && turn_over(s)) {
+                // Off the GPU from now on, before the release could grant it
+                // again; the revoke that draining the holder sends is moot.
+                s.off_after_grant = false;
+                s.held_off = true;
+                tracing::info!(vm = %s.name, "off the GPU until it is evicted: its grant ended");
+                actions = sched.set_params(vm, s.sched_params(), now);
+                actions.retain(|a| !matches!(a, Action::Revoke { vm: v, .. } if *v == vm));
+            }
+            actions.extend(sched.release(vm, grant, used_ns, more, now));
+            actions
+        }
         GpuEvent::Charge { vm, used_ns } => {
             sched.charge(vm, used_ns, now);
             Vec::new()
         }
         GpuEvent::Add { vm, name, params, tx } => {
-            let slot = Slot { name, tx, last_active: 0, uncontended: None, last_granted: 0, params, held_off: false };
+            let slot = Slot {
+                name,
+                tx,
+                last_active: 0,
+                uncontended: None,
+                last_granted: 0,
+                params,
+                held_off: false,
+                off_after_grant: false,
+                turn_since: 0,
+                slice_ns: 0,
+                evicting: false,
+                swapped_out: false,
+            };
             slots.insert(vm, slot);
             sched.add_vm(vm, params, now)
         }
@@ -512,6 +574,11 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
         }
         GpuEvent::Evicted { vm, state, moved_bytes, ns } => {
             let asked = broker.evicted(vm, state, moved_bytes, ns, now);
+            let mut actions = Vec::new();
+            if let Some(s) = slots.get_mut(&vm).filter(|s| s.evicting) {
+                s.evicting = false;
+                actions = sched.set_params(vm, s.sched_params(), now);
+            }
             if let Some(s) = slots.get(&vm) {
                 if let Some(asked) = asked.filter(|&t| state.resident_bytes > t) {
                     tracing::warn!(vm = %s.name, asked, resident_bytes = state.resident_bytes,
@@ -520,7 +587,7 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
                 tracing::info!(vm = %s.name, resident_bytes = state.resident_bytes, evicted_bytes = state.evicted_bytes,
                     moved_bytes, ms = ns as f64 / 1e6, "evicted");
             }
-            Vec::new()
+            actions
         }
         GpuEvent::Restored { vm, state, moved_bytes, ns } => {
             broker.restored(vm, state, moved_bytes, ns, now);
@@ -553,9 +620,32 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
     }
 }
 
-/// Whether another VM on this GPU wants it now or did a moment ago.
+/// A holder granted while alone may be sitting idle on its grant (parked):
+/// asks for it back, so that `vm`, which wants the GPU, need not wait for
+/// the slice to end.
+fn reclaim_parked(sched: &Scheduler, slots: &mut HashMap<u64, Slot>, vm: u64) {
+    if slots.get(&vm).is_none_or(|s| s.sched_params().drained) {
+        return;
+    }
+    if let Some((holder, grant)) = sched.current_grant() {
+        if holder != vm {
+            if let Some(s) = slots.get_mut(&holder).filter(|s| s.uncontended == Some(grant)) {
+                s.uncontended = None;
+                tracing::trace!(vm = %s.name, grant, "revoke an uncontended grant");
+                let _ = s.tx.send(DaemonMsg::Revoke { grant });
+            }
+        }
+    }
+}
+
+/// Whether another VM on this GPU that may be granted it wants it now or did
+/// a moment ago. A VM drained, or kept off the GPU for an eviction or during
+/// one, does not count: were it counted, the holder would give back its grant each time
+/// its queue ran dry and ask again a moment later, a grant every few
+/// milliseconds for nobody's benefit (seen on the sim: thousands of grants a
+/// second while a VM was kept off, the holder's throughput halved).
 fn contended(sched: &Scheduler, slots: &HashMap<u64, Slot>, vm: u64, now: u64) -> bool {
-    slots.iter().filter(|(&other, _)| other != vm).any(|(&other, s)| {
+    slots.iter().filter(|(&other, s)| other != vm && !s.sched_params().drained).any(|(&other, s)| {
         now.saturating_sub(s.last_active) < CONTENDED_NS
             || sched.vm_stats(other, now).is_some_and(|st| st.runnable || st.holding)
     })
@@ -566,8 +656,13 @@ fn dispatch(sched: &Scheduler, slots: &mut HashMap<u64, Slot>, actions: Vec<Acti
         match action {
             Action::Grant { vm, grant, slice_ns } => {
                 let contended = contended(sched, slots, vm, now);
+                let previous = slots.iter().max_by_key(|(_, s)| s.last_granted).map(|(&v, _)| v);
                 if let Some(s) = slots.get_mut(&vm) {
                     s.uncontended = (!contended).then_some(grant);
+                    if previous != Some(vm) || s.last_granted == 0 {
+                        s.turn_since = now;
+                    }
+                    s.slice_ns = slice_ns;
                     s.last_granted = now;
                     tracing::trace!(vm = %s.name, grant, slice_ns, contended, "grant");
                     let _ = s.tx.send(DaemonMsg::Grant { grant, slice_us: slice_ns.div_ceil(1000), contended });
@@ -639,12 +734,37 @@ fn pump(core: &mut Core, now: u64) {
                     // books may be a Stats report behind the backend.
                     let _ = s.tx.send(DaemonMsg::Evict { resident_max, max_move_bytes: moves_bytes });
                 }
+                if let Some(s) = slots.get_mut(&vm).filter(|s| moves_bytes > 0 && !s.evicting) {
+                    // Off the GPU until the eviction is done (seen on the
+                    // sim: a VM granted as its 3 s swap-out began, nobody
+                    // on the GPU meanwhile).
+                    s.evicting = true;
+                    let acts = sched.set_params(vm, s.sched_params(), now);
+                    dispatch(sched, slots, acts, now);
+                }
             }
             MemAction::Deschedule { vm } | MemAction::Reschedule { vm } => {
                 let off = matches!(action, MemAction::Deschedule { .. });
                 let Some(s) = slots.get_mut(&vm) else {
                     continue;
                 };
+                if off && sched.holder() == Some(vm) {
+                    // Its slice is not taken from it: revoked now, the GPU
+                    // would sit idle while it is evicted, the VMs waiting for
+                    // its memory being unable to run before that either
+                    // (seen on the sim: the holder revoked as soon as it was
+                    // granted, a third of the time with nobody on the GPU).
+                    if !s.off_after_grant {
+                        s.off_after_grant = true;
+                        tracing::info!(vm = %s.name, "to be kept off the GPU once its grant ends: it holds memory \
+                            another VM waits for");
+                    }
+                    continue;
+                }
+                s.off_after_grant = false;
+                if s.held_off == off {
+                    continue;
+                }
                 s.held_off = off;
                 tracing::info!(vm = %s.name, "{}", if off {
                     "kept off the GPU until it is evicted: it holds memory another VM waits for"
@@ -654,6 +774,9 @@ fn pump(core: &mut Core, now: u64) {
                 let params = s.sched_params();
                 let acts = sched.set_params(vm, params, now);
                 dispatch(sched, slots, acts, now);
+                if !off && sched.vm_stats(vm, now).is_some_and(|st| st.runnable) {
+                    reclaim_parked(sched, slots, vm);
+                }
             }
         }
     }
@@ -867,6 +990,36 @@ mod tests {
     }
 
     #[test]
+    fn a_vm_kept_off_the_gpu_leaves_the_holder_uncontended_until_it_comes_back() {
+        let (d, mut rx1, mut rx2, _) = managed(1000, 1000);
+        resident(&d, 1, 1000);
+        d.send(GpuEvent::Demand { vm: 1 });
+        let DaemonMsg::Grant { grant, .. } = next(&mut rx1) else { panic!() };
+        d.send(GpuEvent::MemNeed { vm: 2, bytes: 600 });
+        assert_eq!(next(&mut rx1), DaemonMsg::Revoke { grant }, "the slice's deadline");
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
+        assert_eq!(next(&mut rx1), DaemonMsg::Evict { resident_max: 400, max_move_bytes: 600 });
+        // a still wants the GPU but cannot have it: b's grant is its own to
+        // keep while idle, not given back each time its queue runs dry.
+        d.send(GpuEvent::Demand { vm: 2 });
+        let DaemonMsg::Grant { grant, contended, .. } = next(&mut rx2) else { panic!() };
+        assert!(!contended, "a is kept off the GPU");
+        // Evicted, a still cannot run: its memory in host RAM comes back
+        // first, and b keeps its grant meanwhile.
+        let state = MemoryState { resident_bytes: 400, evicted_bytes: 600, limit_bytes: 400 };
+        d.send(GpuEvent::Evicted { vm: 1, state, moved_bytes: 600, ns: 1000 });
+        assert_eq!(next(&mut rx2), DaemonMsg::MemLimit { bytes: 600 });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rx2.try_recv().is_err(), "b's grant was taken back for a VM that cannot run");
+        // a has nothing left in host RAM (its guest freed it): it can run,
+        // and b's idle grant is asked back.
+        let memory = MemoryState { resident_bytes: 400, evicted_bytes: 0, limit_bytes: 400 };
+        d.send(GpuEvent::Stats { vm: 1, stats: Box::new(BackendStats { memory, ..Default::default() }) });
+        assert_eq!(next(&mut rx2), DaemonMsg::Revoke { grant });
+        d.stop();
+    }
+
+    #[test]
     fn the_vm_on_the_gpu_is_taken_off_it_to_be_evicted_and_comes_back_after() {
         let (d, mut rx1, mut rx2, limits) = managed(1000, 1000);
         assert_eq!(limits, vec![None, Some(0)]);
@@ -879,20 +1032,26 @@ mod tests {
         d.send(GpuEvent::Demand { vm: 1 });
         let DaemonMsg::Grant { grant, .. } = next(&mut rx1) else { panic!() };
         d.send(GpuEvent::MemNeed { vm: 2, bytes: 600 });
-        // Not evicted while it holds the GPU: asked to give it back first...
-        assert_eq!(next(&mut rx1), DaemonMsg::Revoke { grant });
+        // Neither evicted while it holds the GPU nor made to give it back:
+        // its slice ends first (b could not run before the eviction anyway)...
         std::thread::sleep(Duration::from_millis(50));
         let (m1, m2) = (rx1.try_recv(), rx2.try_recv());
         assert!(m1.is_err() && m2.is_err(), "nothing before a lets go: {m1:?} {m2:?}");
+        // ...and a grant given back in the middle of it (a backend does when
+        // its queue runs dry) is not its end.
         d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
-        // ...then evicted, and not granted again although it has work.
+        let DaemonMsg::Grant { grant, .. } = next(&mut rx1) else { panic!("a's turn was cut short") };
+        assert_eq!(next(&mut rx1), DaemonMsg::Revoke { grant }, "the slice's deadline");
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: true });
+        // Then a is evicted, and not granted again although it has work.
         assert_eq!(next(&mut rx1), DaemonMsg::Evict { resident_max: 400, max_move_bytes: 600 });
         std::thread::sleep(Duration::from_millis(50));
         assert!(rx1.try_recv().is_err(), "a was granted before its eviction");
         let state = MemoryState { resident_bytes: 400, evicted_bytes: 600, limit_bytes: 400 };
         d.send(GpuEvent::Evicted { vm: 1, state, moved_bytes: 600, ns: 1000 });
         assert_eq!(next(&mut rx2), DaemonMsg::MemLimit { bytes: 600 });
-        assert!(matches!(next(&mut rx1), DaemonMsg::Grant { .. }), "a is back on the GPU");
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rx1.try_recv().is_err(), "a was granted with its memory in host RAM");
         let snap = query(&d.sender(), Duration::from_secs(2)).unwrap();
         assert_eq!((snap.vms[&1].memory.evicted_bytes, snap.vms[&2].memory.limit_bytes), (600, 600));
         assert_eq!((snap.memory.capacity_bytes, snap.memory.evicted_bytes), (Some(1000), 600));
