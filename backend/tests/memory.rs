@@ -91,6 +91,47 @@ fn three_buffers_idle_then_busy(mut gate: Gate, waker: EventFd) -> std::thread::
     worker
 }
 
+/// A VM whose three 2 MiB buffers the daemon swapped out while it was idle
+/// (restore steps of `restore_step`, if given) and that has work waiting:
+/// its link, the daemon's end, its counters and its queue thread.
+fn three_buffers_swapped_out(
+    tag: &str,
+    restore_step: Option<u64>,
+) -> (DaemonLink, Peer, Arc<Counters>, std::thread::JoinHandle<bool>) {
+    let (link, mut peer, counters) = start(tag, 64 * MIB);
+    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
+    link.set_waker(waker.try_clone().unwrap());
+    let mut gate = link.gate();
+    if let Some(step) = restore_step {
+        gate.set_restore_step(step);
+    }
+    let worker = three_buffers_idle_then_busy(gate, waker);
+    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
+    let m = peer.next();
+    assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
+    (link, peer, counters, worker)
+}
+
+/// The next message is a `Restored` that moved `moved` bytes and left
+/// `resident` on the GPU and `evicted` in host RAM.
+fn expect_restored(peer: &mut Peer, moved: u64, resident: u64, evicted: u64) {
+    match peer.next() {
+        BackendMsg::Restored { state, moved_bytes, .. } => {
+            assert_eq!(moved_bytes, moved);
+            assert_eq!((state.resident_bytes, state.evicted_bytes), (resident, evicted));
+        }
+        m => panic!("expected Restored, got {m:?}"),
+    }
+}
+
+/// Its data all back, the VM asks for the GPU; granted, it runs and finds
+/// its buffers as it wrote them.
+fn runs_with_its_data(peer: &mut Peer, worker: std::thread::JoinHandle<bool>) {
+    assert_eq!(peer.next(), BackendMsg::Demand);
+    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
+    assert!(worker.join().unwrap(), "data came back changed");
+}
+
 #[test]
 fn memory_past_the_limit_is_asked_for_and_a_refusal_is_out_of_memory() {
     let (link, mut peer, _) = start("need", 4 * MIB);
@@ -209,89 +250,39 @@ fn an_eviction_with_nothing_to_move_is_answered_by_the_link_alone() {
 
 #[test]
 fn memory_the_limit_does_not_cover_comes_back_step_by_step() {
-    let (link, mut peer, _) = start("steps", 64 * MIB);
-    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
-    link.set_waker(waker.try_clone().unwrap());
-    let mut gate = link.gate();
-    gate.set_restore_step(2 * MIB);
-    let worker = three_buffers_idle_then_busy(gate, waker);
-    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
-    let m = peer.next();
-    assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
+    let (_link, mut peer, _, worker) = three_buffers_swapped_out("steps", Some(2 * MIB));
     // Its limit is 0 now: the 6 MiB come back 2 MiB per step, each asked for.
     for step in 1..=3u64 {
         assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: step * 2 * MIB }, "step {step}");
         peer.send(&DaemonMsg::MemLimit { bytes: step * 2 * MIB });
-        match peer.next() {
-            BackendMsg::Restored { state, moved_bytes, .. } => {
-                assert_eq!(moved_bytes, 2 * MIB);
-                assert_eq!((state.resident_bytes, state.evicted_bytes), (step * 2 * MIB, 6 * MIB - step * 2 * MIB));
-            }
-            m => panic!("expected Restored, got {m:?}"),
-        }
+        expect_restored(&mut peer, 2 * MIB, step * 2 * MIB, 6 * MIB - step * 2 * MIB);
     }
-    assert_eq!(peer.next(), BackendMsg::Demand);
-    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
-    assert!(worker.join().unwrap(), "data came back changed");
+    runs_with_its_data(&mut peer, worker);
 }
 
 #[test]
 fn a_restore_takes_what_the_daemon_gives_first_and_asks_for_the_rest() {
-    let (link, mut peer, _) = start("part", 64 * MIB);
-    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
-    link.set_waker(waker.try_clone().unwrap());
-    let gate = link.gate();
-    let worker = three_buffers_idle_then_busy(gate, waker);
-    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
-    let m = peer.next();
-    assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
+    let (_link, mut peer, _, worker) = three_buffers_swapped_out("part", None);
     // It asks for all 6 MiB; the daemon has 4 free now (what comes back
     // frees host RAM for the eviction that makes room for the rest).
     assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
     peer.send(&DaemonMsg::MemLimit { bytes: 4 * MIB });
-    match peer.next() {
-        BackendMsg::Restored { state, moved_bytes, .. } => {
-            assert_eq!(moved_bytes, 4 * MIB);
-            assert_eq!((state.resident_bytes, state.evicted_bytes), (4 * MIB, 2 * MIB));
-        }
-        m => panic!("expected Restored, got {m:?}"),
-    }
+    expect_restored(&mut peer, 4 * MIB, 4 * MIB, 2 * MIB);
     // The rest is asked for again, and comes back once given.
     assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
     peer.send(&DaemonMsg::MemLimit { bytes: 6 * MIB });
-    match peer.next() {
-        BackendMsg::Restored { state, moved_bytes, .. } => {
-            assert_eq!(moved_bytes, 2 * MIB);
-            assert_eq!((state.resident_bytes, state.evicted_bytes), (6 * MIB, 0));
-        }
-        m => panic!("expected Restored, got {m:?}"),
-    }
-    assert_eq!(peer.next(), BackendMsg::Demand);
-    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
-    assert!(worker.join().unwrap(), "data came back changed");
+    expect_restored(&mut peer, 2 * MIB, 6 * MIB, 0);
+    runs_with_its_data(&mut peer, worker);
 }
 
 #[test]
 fn a_restore_never_brings_back_more_than_its_limit_allows() {
-    let (link, mut peer, counters) = start("least", 64 * MIB);
-    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
-    link.set_waker(waker.try_clone().unwrap());
-    let gate = link.gate();
-    let worker = three_buffers_idle_then_busy(gate, waker);
-    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
-    let m = peer.next();
-    assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
+    let (_link, mut peer, counters, worker) = three_buffers_swapped_out("least", None);
     assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
     // Room for one 2 MiB buffer and half of the next: one comes back, and
     // the MiB left over is no room for the next one.
     peer.send(&DaemonMsg::MemLimit { bytes: 3 * MIB });
-    match peer.next() {
-        BackendMsg::Restored { state, moved_bytes, .. } => {
-            assert_eq!(moved_bytes, 2 * MIB);
-            assert_eq!((state.resident_bytes, state.evicted_bytes), (2 * MIB, 4 * MIB));
-        }
-        m => panic!("expected Restored, got {m:?}"),
-    }
+    expect_restored(&mut peer, 2 * MIB, 2 * MIB, 4 * MIB);
     // It asks again instead of passing its limit (it used to bring back the
     // next buffer whatever the room: 4 MiB resident on a 3 MiB limit, room
     // the daemon had given another VM; seen on the sim as more memory
@@ -299,29 +290,17 @@ fn a_restore_never_brings_back_more_than_its_limit_allows() {
     assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
     assert_eq!(counters.resident_bytes.load(std::sync::atomic::Ordering::Acquire), 2 * MIB);
     peer.send(&DaemonMsg::MemLimit { bytes: 6 * MIB });
-    let m = peer.next();
-    assert!(matches!(m, BackendMsg::Restored { moved_bytes, .. } if moved_bytes == 4 * MIB), "{m:?}");
-    assert_eq!(peer.next(), BackendMsg::Demand);
-    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
-    assert!(worker.join().unwrap(), "data came back changed");
+    expect_restored(&mut peer, 4 * MIB, 6 * MIB, 0);
+    runs_with_its_data(&mut peer, worker);
 }
 
 #[test]
 fn a_restore_evicted_again_while_it_waits_takes_the_part_it_is_then_given() {
-    let (link, mut peer, _) = start("again", 64 * MIB);
-    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
-    link.set_waker(waker.try_clone().unwrap());
-    let mut gate = link.gate();
-    gate.set_restore_step(4 * MIB);
-    let worker = three_buffers_idle_then_busy(gate, waker);
-    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
-    let m = peer.next();
-    assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
+    let (_link, mut peer, _, worker) = three_buffers_swapped_out("again", Some(4 * MIB));
     // A first step of 4 MiB comes back.
     assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 4 * MIB });
     peer.send(&DaemonMsg::MemLimit { bytes: 4 * MIB });
-    let m = peer.next();
-    assert!(matches!(m, BackendMsg::Restored { moved_bytes, .. } if moved_bytes == 4 * MIB), "{m:?}");
+    expect_restored(&mut peer, 4 * MIB, 4 * MIB, 2 * MIB);
     // The last step asks for all 6 MiB; while it waits, the daemon takes the
     // 4 MiB back for another VM, then gives 2 MiB: that is room above what
     // is resident now, and it comes back at once.
@@ -331,21 +310,13 @@ fn a_restore_evicted_again_while_it_waits_takes_the_part_it_is_then_given() {
     assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 4 * MIB), "{m:?}");
     peer.send(&DaemonMsg::MemLimit { bytes: 2 * MIB });
     // (Without it, the next message is the same need asked again 5 s on.)
-    match peer.next() {
-        BackendMsg::Restored { state, moved_bytes, .. } => {
-            assert_eq!(moved_bytes, 2 * MIB);
-            assert_eq!((state.resident_bytes, state.evicted_bytes), (2 * MIB, 4 * MIB));
-        }
-        m => panic!("expected Restored of the 2 MiB given, got {m:?}"),
-    }
+    expect_restored(&mut peer, 2 * MIB, 2 * MIB, 4 * MIB);
     // The rest, step by step.
     assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 6 * MIB });
     peer.send(&DaemonMsg::MemLimit { bytes: 6 * MIB });
     let m = peer.next();
     assert!(matches!(m, BackendMsg::Restored { moved_bytes, .. } if moved_bytes == 4 * MIB), "{m:?}");
-    assert_eq!(peer.next(), BackendMsg::Demand);
-    peer.send(&DaemonMsg::Grant { grant: 1, slice_us: 1_000_000, contended: false });
-    assert!(worker.join().unwrap(), "data came back changed");
+    runs_with_its_data(&mut peer, worker);
 }
 
 #[test]

@@ -481,17 +481,25 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
         GpuEvent::Evicted { vm, .. } | GpuEvent::Restored { vm, .. } | GpuEvent::Stats { vm, .. } => Some(*vm),
         _ => None,
     };
+    let answered = matches!(ev, GpuEvent::Evicted { .. });
     let mut actions = apply_event(sched, slots, broker, ev, now);
     if let Some(vm) = memory_of {
         // A VM with memory in host RAM brings it back before it uses the
         // GPU: granted meanwhile, it would give the grant straight back (and
         // its demand would take the GPU from a holder with work to do).
         let out = broker.vm(vm).is_some_and(|m| m.evicted_bytes > 0);
-        if let Some(s) = slots.get_mut(&vm).filter(|s| s.swapped_out != out) {
+        if let Some(s) = slots.get_mut(&vm) {
+            let was_off = s.sched_params().drained;
             s.swapped_out = out;
-            actions.extend(sched.set_params(vm, s.sched_params(), now));
-            if !out && sched.vm_stats(vm, now).is_some_and(|st| st.runnable) {
-                reclaim_parked(sched, slots, vm);
+            if answered {
+                s.evicting = false;
+            }
+            let off = s.sched_params().drained;
+            if off != was_off {
+                actions.extend(sched.set_params(vm, s.sched_params(), now));
+                if !off && sched.vm_stats(vm, now).is_some_and(|st| st.runnable) {
+                    reclaim_parked(sched, slots, vm);
+                }
             }
         }
     }
@@ -573,12 +581,8 @@ fn apply_event(
             Vec::new()
         }
         GpuEvent::Evicted { vm, state, moved_bytes, ns } => {
+            // (Its `evicting` ends in `apply`, with its memory in host RAM.)
             let asked = broker.evicted(vm, state, moved_bytes, ns, now);
-            let mut actions = Vec::new();
-            if let Some(s) = slots.get_mut(&vm).filter(|s| s.evicting) {
-                s.evicting = false;
-                actions = sched.set_params(vm, s.sched_params(), now);
-            }
             if let Some(s) = slots.get(&vm) {
                 if let Some(asked) = asked.filter(|&t| state.resident_bytes > t) {
                     tracing::warn!(vm = %s.name, asked, resident_bytes = state.resident_bytes,
@@ -587,7 +591,7 @@ fn apply_event(
                 tracing::info!(vm = %s.name, resident_bytes = state.resident_bytes, evicted_bytes = state.evicted_bytes,
                     moved_bytes, ms = ns as f64 / 1e6, "evicted");
             }
-            actions
+            Vec::new()
         }
         GpuEvent::Restored { vm, state, moved_bytes, ns } => {
             broker.restored(vm, state, moved_bytes, ns, now);
@@ -969,23 +973,50 @@ mod tests {
         d.send(GpuEvent::Stats { vm, stats: Box::new(BackendStats { memory, ..Default::default() }) });
     }
 
-    #[test]
-    fn the_vm_granted_last_is_not_evicted_in_a_gap_between_its_grants() {
-        // Room for two of three VMs; 2 ran, then 1, and 3 wants its memory.
+    /// Room for two of three VMs: 2 ran, then 1 (each giving its grant back
+    /// for a moment, out of work, more to come), and 3 wants its memory.
+    fn two_ran_and_a_third_needs_memory() -> (GpuDriver, Vec<UnboundedReceiver<DaemonMsg>>) {
         let (d, mut rxs, _) = managed_vms(2000, 1000, 3);
         resident(&d, 1, 1000);
         resident(&d, 2, 1000);
         for vm in [2, 1] {
             d.send(GpuEvent::Demand { vm });
             let DaemonMsg::Grant { grant, .. } = next(&mut rxs[vm as usize - 1]) else { panic!() };
-            // Out of work for a moment: the grant goes back, more will come.
             d.send(GpuEvent::Release { vm, grant, used_ns: 1000, more: false });
         }
         d.send(GpuEvent::MemNeed { vm: 3, bytes: 1000 });
+        (d, rxs)
+    }
+
+    #[test]
+    fn the_vm_granted_last_is_not_evicted_in_a_gap_between_its_grants() {
+        let (d, mut rxs) = two_ran_and_a_third_needs_memory();
         // 1 is on its turn, between two grants: 2, whose turn is over, goes.
         assert_eq!(next(&mut rxs[1]), DaemonMsg::Evict { resident_max: 0, max_move_bytes: 1000 });
         std::thread::sleep(Duration::from_millis(20));
         assert!(rxs[0].try_recv().is_err(), "1 was asked to give memory on its turn");
+        d.stop();
+    }
+
+    #[test]
+    fn a_vm_is_not_granted_while_it_is_evicted_nor_while_its_memory_is_in_host_ram() {
+        let (d, mut rxs) = two_ran_and_a_third_needs_memory();
+        assert_eq!(next(&mut rxs[1]), DaemonMsg::Evict { resident_max: 0, max_move_bytes: 1000 });
+        // 2 wants the GPU again while its backend swaps out: a grant would
+        // only wait for the swap-out, the GPU idle meanwhile.
+        d.send(GpuEvent::Demand { vm: 2 });
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rxs[1].try_recv().is_err(), "2 was granted while it was evicted");
+        let state = MemoryState { resident_bytes: 0, evicted_bytes: 1000, limit_bytes: 0 };
+        d.send(GpuEvent::Evicted { vm: 2, state, moved_bytes: 1000, ns: 1000 });
+        assert_eq!(next(&mut rxs[2]), DaemonMsg::MemLimit { bytes: 1000 });
+        // Its memory in host RAM comes back before it may run.
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rxs[1].try_recv().is_err(), "2 was granted with its memory in host RAM");
+        // With nothing left in host RAM (its guest freed it), it may.
+        let memory = MemoryState::default();
+        d.send(GpuEvent::Stats { vm: 2, stats: Box::new(BackendStats { memory, ..Default::default() }) });
+        assert!(matches!(next(&mut rxs[1]), DaemonMsg::Grant { .. }), "2 is granted once nothing is out");
         d.stop();
     }
 

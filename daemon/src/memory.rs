@@ -951,17 +951,23 @@ mod tests {
         assert_eq!(out, vec![MemAction::Evict { vm: 1, resident_max: 0, moves_bytes: 4 * G }]);
     }
 
+    /// Room for two of three VMs of 4 GiB on `b`: 1 and 2 resident, 3 all in
+    /// host RAM. 1 runs, 3's turn is next, 2 ran before 1.
+    fn two_of_three_resident(b: &mut Broker) -> Sched {
+        add(b, 1, 4 * G, 4 * G);
+        add(b, 2, 4 * G, 4 * G);
+        add(b, 3, 4 * G, 0);
+        b.evicted(3, state(0, 4 * G), 4 * G, MS, 0);
+        Sched::default().holding(1).granted(1, 5000 * MS).granted(2, 3000 * MS).granted(3, 1000 * MS)
+    }
+
     #[test]
     fn a_restore_is_given_room_for_all_its_memory_where_host_ram_can_take_the_evictions() {
         // Room for two of three VMs. 1 runs; 3 (swapped out) is next; 2 ran
         // before 1. 3 asks for a first step of its memory: it gets room for
         // all of it, 2 leaving the GPU whole rather than a step at a time.
         let mut b = broker(8 * G, 3.0);
-        add(&mut b, 1, 4 * G, 4 * G);
-        add(&mut b, 2, 4 * G, 4 * G);
-        add(&mut b, 3, 4 * G, 0);
-        b.evicted(3, state(0, 4 * G), 4 * G, MS, 0);
-        let s = Sched::default().holding(1).granted(1, 5000 * MS).granted(2, 3000 * MS).granted(3, 1000 * MS);
+        let s = two_of_three_resident(&mut b);
         let now = 5500 * MS;
         b.mem_need(3, G);
         assert_eq!(b.pump(now, &s.f(), 0), vec![MemAction::Evict { vm: 2, resident_max: 0, moves_bytes: 4 * G }]);
@@ -979,11 +985,7 @@ mod tests {
             MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
             BrokerParams { swap_limit_bytes: 6 * G, ..params() },
         );
-        add(&mut b, 1, 4 * G, 4 * G);
-        add(&mut b, 2, 4 * G, 4 * G);
-        add(&mut b, 3, 4 * G, 0);
-        b.evicted(3, state(0, 4 * G), 4 * G, MS, 0);
-        let s = Sched::default().holding(1).granted(1, 5000 * MS).granted(2, 3000 * MS).granted(3, 1000 * MS);
+        let s = two_of_three_resident(&mut b);
         let now = 5500 * MS;
         b.mem_need(3, G);
         assert_eq!(b.pump(now, &s.f(), 0), vec![MemAction::Evict { vm: 2, resident_max: 3 * G, moves_bytes: G }]);
