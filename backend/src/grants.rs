@@ -1040,7 +1040,23 @@ impl Gate {
             // Waiting, it may have swapped out more at the daemon's request.
             let r = engine.residency();
             // Take all the limit allows: `step`, or the part given first.
-            let limit = self.limit();
+            // What it may bring back is held at once, under the same lock as
+            // the limit is read: the link answers an eviction that moves
+            // nothing with what is held, and that answer sets the limit on
+            // both sides (holding only the step asked for, a limit raised
+            // for all of it was cut to the step while the rest came back
+            // anyway; seen on the H200: 8 GiB more resident than the
+            // daemon's books).
+            let limit = match &self.shared {
+                Some(shared) => {
+                    let mut st = shared.lock();
+                    let limit = st.mem_limit.filter(|_| st.connected);
+                    let budget = limit.map_or(u64::MAX, |l| l.saturating_sub(r.resident));
+                    st.mem_reserved = st.mem_reserved.max(r.resident.saturating_add(r.evicted.min(budget)));
+                    limit
+                }
+                None => None,
+            };
             let partial = limit.is_some_and(|l| l < step);
             let budget = limit.map_or(u64::MAX, |l| l.saturating_sub(r.resident));
             let start = Instant::now();

@@ -4,7 +4,7 @@
 //! out when asked (also when idle, woken through its eventfd) and brings them
 //! back, intact and at the same addresses, before its next GPU work.
 
-use gpuvisor_backend::engine::sim::SimEngine;
+use gpuvisor_backend::engine::sim::{SimEngine, SwapRates};
 use gpuvisor_backend::engine::{Engine, EngineStream};
 use gpuvisor_backend::grants::{Counters, DaemonLink, Gate, MemoryError};
 use gpuvisor_backend::guest_mem::{HostDst, HostSrc};
@@ -68,12 +68,14 @@ fn serve_eviction(waker: &EventFd, gate: &mut Gate, e: &mut SimEngine) {
 
 /// A queue thread whose VM fills three 2 MiB buffers and goes idle (when
 /// this returns), serves the memory event `waker` signals (a swap-out), then
-/// runs 100 kernels (its data must come back first) and goes idle again;
-/// joins with whether the buffers still hold what it wrote.
-fn three_buffers_idle_then_busy(mut gate: Gate, waker: EventFd) -> std::thread::JoinHandle<bool> {
+/// runs 100 kernels (its data must come back first, at `swap_in_rate` bytes
+/// a second, 0: at once) and goes idle again; joins with whether the buffers
+/// still hold what it wrote.
+fn three_buffers_idle_then_busy(mut gate: Gate, waker: EventFd, swap_in_rate: u64) -> std::thread::JoinHandle<bool> {
     let (idle_tx, idle_rx) = mpsc::channel::<()>();
     let worker = std::thread::spawn(move || {
         let (mut e, ctx, s, f) = sim();
+        e.set_swap_rates(SwapRates { out_bytes_per_s: 0, in_bytes_per_s: swap_in_rate });
         let bufs = alloc_filled(&mut gate, &mut e, 3, 2 * MIB);
         gate.idle(&mut e);
         idle_tx.send(()).unwrap();
@@ -98,6 +100,15 @@ fn three_buffers_swapped_out(
     tag: &str,
     restore_step: Option<u64>,
 ) -> (DaemonLink, Peer, Arc<Counters>, std::thread::JoinHandle<bool>) {
+    three_buffers_swapped_out_at(tag, restore_step, 0)
+}
+
+/// [`three_buffers_swapped_out`], restoring at `swap_in_rate` bytes a second.
+fn three_buffers_swapped_out_at(
+    tag: &str,
+    restore_step: Option<u64>,
+    swap_in_rate: u64,
+) -> (DaemonLink, Peer, Arc<Counters>, std::thread::JoinHandle<bool>) {
     let (link, mut peer, counters) = start(tag, 64 * MIB);
     let waker = EventFd::new(EFD_NONBLOCK).unwrap();
     link.set_waker(waker.try_clone().unwrap());
@@ -105,7 +116,7 @@ fn three_buffers_swapped_out(
     if let Some(step) = restore_step {
         gate.set_restore_step(step);
     }
-    let worker = three_buffers_idle_then_busy(gate, waker);
+    let worker = three_buffers_idle_then_busy(gate, waker, swap_in_rate);
     peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: u64::MAX });
     let m = peer.next();
     assert!(matches!(m, BackendMsg::Evicted { moved_bytes, .. } if moved_bytes == 6 * MIB), "{m:?}");
@@ -291,6 +302,27 @@ fn a_restore_never_brings_back_more_than_its_limit_allows() {
     assert_eq!(counters.resident_bytes.load(std::sync::atomic::Ordering::Acquire), 2 * MIB);
     peer.send(&DaemonMsg::MemLimit { bytes: 6 * MIB });
     expect_restored(&mut peer, 4 * MIB, 6 * MIB, 0);
+    runs_with_its_data(&mut peer, worker);
+}
+
+#[test]
+fn an_eviction_that_moves_nothing_during_a_restore_is_answered_with_all_the_restore_brings_back() {
+    // Steps of 2 MiB, 6 MiB coming back in 1.5 s.
+    let (_link, mut peer, _, worker) = three_buffers_swapped_out_at("inflight", Some(2 * MIB), 4 * MIB);
+    assert_eq!(peer.next(), BackendMsg::MemNeed { bytes: 2 * MIB });
+    // The daemon gives room for all of it, and while it comes back asks
+    // what the VM holds (its books said the allowance was unused).
+    peer.send(&DaemonMsg::MemLimit { bytes: 6 * MIB });
+    std::thread::sleep(Duration::from_millis(300));
+    peer.send(&DaemonMsg::Evict { resident_max: 6 * MIB, max_move_bytes: 0 });
+    // The answer holds what the restore brings back: answered with the 2 MiB
+    // step, the daemon cut the limit to 2 MiB and gave the rest to another
+    // VM, while 6 MiB came back here.
+    match peer.next() {
+        BackendMsg::Evicted { state, moved_bytes: 0, .. } => assert_eq!(state.resident_bytes, 6 * MIB),
+        m => panic!("expected Evicted with nothing moved, got {m:?}"),
+    }
+    expect_restored(&mut peer, 6 * MIB, 6 * MIB, 0);
     runs_with_its_data(&mut peer, worker);
 }
 

@@ -585,8 +585,15 @@ fn apply_event(
             let asked = broker.evicted(vm, state, moved_bytes, ns, now);
             if let Some(s) = slots.get(&vm) {
                 if let Some(asked) = asked.filter(|&t| state.resident_bytes > t) {
-                    tracing::warn!(vm = %s.name, asked, resident_bytes = state.resident_bytes,
-                        "the backend kept more memory resident than it was asked to");
+                    // Less than a step over is an allocation that would have
+                    // passed what host RAM was set aside for: routine.
+                    if state.resident_bytes - asked >= crate::memory::MIN_EVICTION {
+                        tracing::warn!(vm = %s.name, asked, resident_bytes = state.resident_bytes,
+                            "the backend kept more memory resident than it was asked to");
+                    } else {
+                        tracing::debug!(vm = %s.name, asked, resident_bytes = state.resident_bytes,
+                            "the backend kept a little more memory resident than it was asked to");
+                    }
                 }
                 tracing::info!(vm = %s.name, resident_bytes = state.resident_bytes, evicted_bytes = state.evicted_bytes,
                     moved_bytes, ms = ns as f64 / 1e6, "evicted");
