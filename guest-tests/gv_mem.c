@@ -7,7 +7,8 @@
  *       less a sixteenth, at most 64 MiB) in chunks of C MiB, each filled with a pseudo-random
  *       pattern of the seed and tagged with its index, then keeps the GPU
  *       busy with gv_burn kernels for S seconds, checking every byte of
- *       every chunk each V ms (0: only at the end) and at the end. With
+ *       every chunk each V ms (0: only at the end) and at the end; counts
+ *       the kernels done within the S seconds. With
  *       --start-at, the burning starts at Unix time T (seconds), so that
  *       several VMs' runs cover the same window whatever their fills took.
  *   gv_mem scrub-write [--mib M | --fill] [--chunk-mib C]
@@ -153,10 +154,13 @@ static int hold(const struct opts *o)
         if (batches < 2)
             continue;
         TRY(o->mode, CU(cuEventSynchronize)(ev[batches & 1]));
-        kernels += o->depth;
         double now = gv_now_us();
+        /* Only work done by the deadline counts: a VM off the GPU when it
+         * passes finishes its last batch in its next turn, after the others
+         * have stopped. */
         if (now >= end)
             break;
+        kernels += o->depth;
         if (o->verify_ms && now >= next_verify) {
             TRY(o->mode, CU(cuStreamSynchronize)(s));
             bad += verify(o, p, n, chunk, pattern, buf);

@@ -91,9 +91,18 @@ def main():
     baseline = base_k / base_s if base_s else None
     starts = [start_at + r["late_s"] for r in over.values() if r and "late_s" in r]
     ends = [start_at + r["late_s"] + r["run_s"] for r in over.values() if r and "late_s" in r]
-    window = (max(ends) - min(starts)) if starts else 0
+    # Each VM counts the kernels done within its --seconds from the common
+    # start; the throughput is over that window. A VM off the GPU when the
+    # window closes waits for its next turn to finish its last batch, after
+    # the others have stopped: the time to that last finish, beside it,
+    # holds that tail without the work done in it.
+    window = a.secs
+    to_last_finish = (max(ends) - min(starts)) if starts else 0
     over_k = sum(r["kernels"] for r in over.values() if r and r.get("ok"))
     aggregate = over_k / window if window else None
+    shares = {v: r["kernels"] / over_k for v, r in over.items() if r and over_k}
+    # Jain's index of the kernels each VM did: 1 when equal, 1/3 when one did all.
+    jain = (sum(shares.values()) ** 2 / (len(shares) * sum(x * x for x in shares.values()))) if shares else None
 
     ev = rates(swaps(R, "swapped out to host RAM"))
     rs = rates(swaps(R, "restored from host RAM"))
@@ -148,6 +157,13 @@ def main():
             "met": bool(aggregate and baseline and aggregate / baseline >= 0.9),
             "kernels_per_s": {"one_after_another": r3(baseline), "overcommitted": r3(aggregate)},
             "window_s": r3(window),
+            "latest_start_s": r3(max(r["late_s"] for r in over.values() if r and "late_s" in r) if starts else None),
+            "to_last_finish_s": r3(to_last_finish),
+            "value_over_time_to_last_finish": r3(over_k / to_last_finish / baseline)
+            if to_last_finish and baseline
+            else None,
+            "kernel_shares": {v: r3(x) for v, x in shares.items()},
+            "jain_fairness": r3(jain),
         },
         "scrub": {
             "value": bool(check.get("ok")) and check.get("marker_words") == 0 and bool(check.get("bytes")),
