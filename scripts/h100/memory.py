@@ -65,6 +65,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--res", required=True)
     ap.add_argument("--revision", default="")
+    ap.add_argument("--command", default="scripts/h100/memory.sh", help="the command line the run was started with")
     ap.add_argument("--quota-mib", type=int, required=True)
     ap.add_argument("--limit-mib", type=int, required=True)
     ap.add_argument("--secs", type=float, required=True)
@@ -127,7 +128,7 @@ def main():
     out = {
         "benchmark": "memory",
         "issue": 5,
-        "command": "scripts/h100/memory.sh",
+        "command": a.command,
         "revision": a.revision.strip(),
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "host": socket.gethostname(),

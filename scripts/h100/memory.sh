@@ -24,6 +24,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/../.."
 out=${1:-${OUT:-$PWD/h100-out}}
+# The knobs this run was given, for the JSON's command line.
+given=$(for v in ENGINE QUOTA_MIB LIMIT_MIB SECS ALONE_SECS FILL_WAIT SLICE_MS CHUNK_MIB SWAP_THREADS \
+    SWAP_CACHE_MIB SWAP_LIMIT_MIB BACKEND_ARGS; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done)
 mkdir -p "$out"
 . scripts/h100/lib.sh
 h100_setup /tmp/gpuvisor-memory
@@ -103,6 +106,7 @@ log "scrub: native baseline of the same frees"
 if [ "$ENGINE" = cuda ]; then client native-x scrub scrub-write --mib "$QUOTA_MIB" --chunk-mib "$CHUNK_MIB"; fi
 
 python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | tr '\n' ' ')" \
+    --command "${given}scripts/h100/memory.sh" \
     --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" \
     --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" > "$out/memory.json"
 cat "$out/memory.json"
