@@ -101,7 +101,7 @@ def main():
     to_last_finish = (max(ends) - min(starts)) if starts else 0
     over_k = sum(r["kernels"] for r in over.values() if r and r.get("ok"))
     aggregate = over_k / window if window else None
-    shares = {v: r["kernels"] / over_k for v, r in over.items() if r and over_k}
+    shares = {v: r["kernels"] / over_k for v, r in over.items() if r and r.get("ok") and over_k}
     # Jain's index of the kernels each VM did: 1 when equal, 1/3 when one did all.
     jain = (sum(shares.values()) ** 2 / (len(shares) * sum(x * x for x in shares.values()))) if shares else None
 
