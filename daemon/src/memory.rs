@@ -474,6 +474,13 @@ impl Broker {
             };
             let extra = bytes - limit;
             if extra <= avail {
+                // A restore takes all the free room its data fits in, not
+                // only the step it asked for: room left free after evictions
+                // made for a need since made a step went to a VM whose turn
+                // was over, evicted of it again a second later (seen on the
+                // H200: 23 GiB evicted, 15 taken back at once, every turn).
+                let bytes = if whole { bytes.max(limit.saturating_add(avail).min(own)) } else { bytes };
+                let extra = bytes - limit;
                 avail -= extra;
                 b.mem.limit_bytes = bytes;
                 b.resident_since = now;
@@ -1007,6 +1014,36 @@ mod tests {
         assert_eq!(out, vec![MemAction::Evict { vm: 2, resident_max: 2 * G, moves_bytes: G }]);
         b.evicted(2, state(2 * G, 2 * G), G, MS, now + 20 * MS);
         assert_eq!(b.pump(now + 20 * MS, &s.f(), 0), vec![MemAction::Limit { vm: 3, bytes: 2 * G }]);
+    }
+
+    #[test]
+    fn a_restore_takes_all_the_free_room_its_data_fits_in() {
+        // Room for two of three VMs, host RAM for 6 GiB: 3 (next) brings its
+        // memory back in steps. Its need for all of it, since made a step,
+        // had 2 evicted of 2 GiB.
+        let mut b = Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
+            BrokerParams { swap_limit_bytes: 6 * G, ..params() },
+        );
+        let s = two_of_three_resident(&mut b);
+        let now = 5500 * MS;
+        b.mem_need(3, 4 * G);
+        // (Host RAM looks too small for all of it: the others are asked what
+        // they hold first.)
+        assert_eq!(evicts(&b.pump(now, &s.f(), 0)), vec![(1, 4 * G), (2, 4 * G)]);
+        b.evicted(1, state(4 * G, 0), 0, 0, now);
+        b.evicted(2, state(4 * G, 0), 0, 0, now);
+        assert_eq!(evicts(&b.pump(now, &s.f(), 0)), vec![(2, 2 * G)]);
+        b.mem_need(3, G);
+        b.evicted(2, state(2 * G, 2 * G), 2 * G, MS, now + 10 * MS);
+        // 2 wants its memory back too. 3 takes both free GiB, not only its
+        // step (2 took the other and was evicted of it again for 3's next
+        // step).
+        b.mem_need(2, 4 * G);
+        let limits: Vec<MemAction> =
+            b.pump(now + 10 * MS, &s.f(), 0).into_iter().filter(|a| matches!(a, MemAction::Limit { .. })).collect();
+        assert_eq!(limits, vec![MemAction::Limit { vm: 3, bytes: 2 * G }]);
     }
 
     #[test]
