@@ -984,6 +984,18 @@ mod tests {
         Sched::default().holding(1).granted(1, 5000 * MS).granted(2, 3000 * MS).granted(3, 1000 * MS)
     }
 
+    /// [`two_of_three_resident`] on a GPU of 8 GiB with host RAM for 6 GiB
+    /// of evicted memory: 3, with 4 GiB there, brings it back in steps.
+    fn two_of_three_resident_host_ram_for_6g() -> (Broker, Sched) {
+        let mut b = Broker::new(
+            "sim",
+            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
+            BrokerParams { swap_limit_bytes: 6 * G, ..params() },
+        );
+        let s = two_of_three_resident(&mut b);
+        (b, s)
+    }
+
     #[test]
     fn a_restore_is_given_room_for_all_its_memory_where_host_ram_can_take_the_evictions() {
         // Room for two of three VMs. 1 runs; 3 (swapped out) is next; 2 ran
@@ -1003,12 +1015,7 @@ mod tests {
         // Room for two of three VMs. 1 runs; 3 (swapped out) is next; 2 ran
         // before 1. Host RAM can take only part of a VM more: 3 brings its
         // memory back a step at a time.
-        let mut b = Broker::new(
-            "sim",
-            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
-            BrokerParams { swap_limit_bytes: 6 * G, ..params() },
-        );
-        let s = two_of_three_resident(&mut b);
+        let (mut b, s) = two_of_three_resident_host_ram_for_6g();
         let now = 5500 * MS;
         b.mem_need(3, G);
         assert_eq!(b.pump(now, &s.f(), 0), vec![MemAction::Evict { vm: 2, resident_max: 3 * G, moves_bytes: G }]);
@@ -1031,12 +1038,7 @@ mod tests {
         // Room for two of three VMs, host RAM for 6 GiB: 3 (next) brings its
         // memory back in steps. Its need for all of it, since made a step,
         // had 2 evicted of 2 GiB.
-        let mut b = Broker::new(
-            "sim",
-            MemoryConfig { limit_bytes: Some(8 * G), total_bytes: 0, simulated: true, overcommit_ratio: 3.0 },
-            BrokerParams { swap_limit_bytes: 6 * G, ..params() },
-        );
-        let s = two_of_three_resident(&mut b);
+        let (mut b, s) = two_of_three_resident_host_ram_for_6g();
         let now = 5500 * MS;
         b.mem_need(3, 4 * G);
         // (Host RAM looks too small for all of it: the others are asked what
