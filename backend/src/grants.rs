@@ -291,6 +291,11 @@ struct LinkState {
 }
 
 impl LinkState {
+    /// The resident limit the daemon gave, while connected.
+    fn limit(&self) -> Option<u64> {
+        self.mem_limit.filter(|_| self.connected)
+    }
+
     /// Forgets the connection and every grant state that came with it.
     fn disconnect(&mut self) {
         self.connected = false;
@@ -1047,18 +1052,14 @@ impl Gate {
             // for all of it was cut to the step while the rest came back
             // anyway; seen on the H200: 8 GiB more resident than the
             // daemon's books).
-            let limit = match &self.shared {
-                Some(shared) => {
-                    let mut st = shared.lock();
-                    let limit = st.mem_limit.filter(|_| st.connected);
-                    let budget = limit.map_or(u64::MAX, |l| l.saturating_sub(r.resident));
-                    st.mem_reserved = st.mem_reserved.max(r.resident.saturating_add(r.evicted.min(budget)));
-                    limit
-                }
-                None => None,
-            };
-            let partial = limit.is_some_and(|l| l < step);
+            let mut st = self.shared.as_ref().map(|shared| shared.lock());
+            let limit = st.as_ref().and_then(|st| st.limit());
             let budget = limit.map_or(u64::MAX, |l| l.saturating_sub(r.resident));
+            if let Some(st) = st.as_mut() {
+                st.mem_reserved = st.mem_reserved.max(r.resident.saturating_add(r.evicted.min(budget)));
+            }
+            drop(st);
+            let partial = limit.is_some_and(|l| l < step);
             let start = Instant::now();
             let result = engine.swap_in(budget);
             let ns = start.elapsed().as_nanos() as u64;
@@ -1089,13 +1090,7 @@ impl Gate {
 
     /// The resident limit the daemon gave; `None` when there is none.
     fn limit(&self) -> Option<u64> {
-        let shared = self.shared.as_ref()?;
-        let st = shared.lock();
-        if st.connected {
-            st.mem_limit
-        } else {
-            None
-        }
+        self.shared.as_ref()?.lock().limit()
     }
 
     /// Waits until the VM may hold `total` bytes resident, asking gpuvisord

@@ -586,8 +586,9 @@ fn apply_event(
             if let Some(s) = slots.get(&vm) {
                 if let Some(asked) = asked.filter(|&t| state.resident_bytes > t) {
                     // Less than a step over is an allocation that would have
-                    // passed what host RAM was set aside for: routine.
-                    if state.resident_bytes - asked >= crate::memory::MIN_EVICTION {
+                    // passed what host RAM was set aside for: routine (the
+                    // broker asks again at once).
+                    if state.resident_bytes - asked >= broker.eviction_step() {
                         tracing::warn!(vm = %s.name, asked, resident_bytes = state.resident_bytes,
                             "the backend kept more memory resident than it was asked to");
                     } else {

@@ -291,12 +291,17 @@ impl Broker {
         }
     }
 
+    /// The least an eviction moves on this GPU (see [`MIN_EVICTION`]).
+    pub fn eviction_step(&self) -> u64 {
+        eviction_step(self.capacity().unwrap_or(0))
+    }
+
     /// `Evicted`: the VM's limit is now what it kept resident. Returns the
     /// `resident_max` that was asked, if an eviction that was to move memory
     /// was under way (not one that only takes back allowance the books
     /// thought unused).
     pub fn evicted(&mut self, vm: VmId, state: MemoryState, moved_bytes: u64, ns: u64, now: u64) -> Option<u64> {
-        let step = eviction_step(self.capacity().unwrap_or(0));
+        let step = self.eviction_step();
         let b = self.vms.get_mut(&vm)?;
         let asked = b.evict_to.take();
         let moving = std::mem::take(&mut b.evict_moves) > 0;
@@ -654,7 +659,7 @@ impl Broker {
         let mut victims = Vec::new();
         let mut holders = Vec::new();
         let asker_granted = p.asker.map(|a| (p.sched)(a).last_granted_ns);
-        let step = eviction_step(self.capacity().unwrap_or(0));
+        let step = self.eviction_step();
         // Another VM than the holder wants the GPU: the holder's slice ends
         // on its own and it can be evicted then, like any other.
         let others_busy = self.vms.keys().any(|&w| {
