@@ -2,7 +2,7 @@
 """Measures the two ways GPU memory can leave the GPU and come back, to choose
 the overcommit mechanism: the driver's checkpoint API applied to another
 process, and copies to pinned host memory (with the cost of pinning it).
-Prints one JSON object."""
+Prints one JSON object. Modes: pinned, pages, warm (see each function)."""
 import ctypes, json, mmap, os, subprocess, sys, time
 
 GIB = 1 << 30
@@ -200,7 +200,94 @@ def pages(gib=4, threads=8):
     return res
 
 
+def mem_available():
+    for line in read_text("/proc/meminfo").splitlines():
+        if line.startswith("MemAvailable:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def warm(gib=4, threads=8, leave_gib=8):
+    """Whether fresh host pages are slow because the GPU machine's own host
+    backs its RAM on first touch: the fresh-page rate, then every available
+    page touched once (in 4 GiB mappings, each timed) and freed, then the
+    fresh-page rate again. Also what a shared swap pool would pay: pages of a
+    memfd that exist already, mapped again and written, and registered with
+    the driver, against fresh memfd pages."""
+    n = gib * GIB
+    res = {"gib": gib, "threads": threads, "mem_available_gib_before": round(mem_available() / GIB, 1)}
+
+    def anon():
+        m = mmap.mmap(-1, n)
+        m.madvise(mmap.MADV_HUGEPAGE)
+        return m, ctypes.addressof(ctypes.c_char.from_buffer(m))
+
+    m, base = anon()
+    res["new_pages_gbps_before"] = memset_rate(base, n, threads)
+    del base
+    m.close()
+    # memfd (shmem) pages: fresh, then the same pages through a second mapping
+    fd = os.memfd_create("probe-pool")
+    os.ftruncate(fd, n)
+    m = mmap.mmap(fd, n)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    res["memfd_new_pages_gbps"] = memset_rate(base, n, threads)
+    del base
+    m.close()
+    m = mmap.mmap(fd, n)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    res["memfd_existing_pages_new_mapping_gbps"] = memset_rate(base, n, threads)
+    res["memfd_existing_pages_same_mapping_gbps"] = memset_rate(base, n, threads)
+    del base
+    m.close()
+    t = time.perf_counter()
+    m = mmap.mmap(fd, n, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+    res["memfd_existing_pages_map_populate_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
+    m.close()
+    m = mmap.mmap(fd, n)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    ctx()
+    t = time.perf_counter()
+    ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(base), ctypes.c_size_t(n), ctypes.c_uint(1)), "register")
+    res["memfd_existing_pages_register_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
+    d = ctypes.c_uint64()
+    ck(cu.cuMemAlloc_v2(ctypes.byref(d), ctypes.c_size_t(n)), "alloc")
+    t = time.perf_counter()
+    ck(cu.cuMemcpyDtoH_v2(ctypes.c_void_p(base), d, ctypes.c_size_t(n)), "dtoh")
+    res["memfd_registered_dtoh_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
+    t = time.perf_counter()
+    ck(cu.cuMemHostUnregister(ctypes.c_void_p(base)), "unregister")
+    res["memfd_unregister_s"] = round(time.perf_counter() - t, 4)
+    ck(cu.cuMemFree_v2(d), "free")
+    del base
+    m.close()
+    os.close(fd)
+    # touch what is available, 4 GiB at a time
+    maps, rates = [], []
+    while mem_available() > (leave_gib + gib) * GIB and len(maps) < 64:
+        m, base = anon()
+        rates.append(memset_rate(base, n, threads))
+        del base
+        maps.append(m)
+    res["warm_touched_gib"] = len(maps) * gib
+    res["warm_rates_gbps"] = rates
+    for m in maps:
+        m.close()
+    maps = None
+    time.sleep(1)
+    for k in range(3):
+        m, base = anon()
+        res[f"new_pages_gbps_after_warm_{k}"] = memset_rate(base, n, threads)
+        del base
+        m.close()
+    res["mem_available_gib_after"] = round(mem_available() / GIB, 1)
+    return res
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "warm":
+        print(json.dumps(warm(), indent=1))
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "pages":
         print(json.dumps(pages(), indent=1))
         sys.exit(0)
