@@ -2,7 +2,7 @@
 """Measures the two ways GPU memory can leave the GPU and come back, to choose
 the overcommit mechanism: the driver's checkpoint API applied to another
 process, and copies to pinned host memory (with the cost of pinning it).
-Prints one JSON object. Modes: pinned, pages, warm (see each function)."""
+Prints one JSON object. Modes: pinned, pages, warm, register (see each function)."""
 import ctypes, json, mmap, os, subprocess, sys, time
 
 GIB = 1 << 30
@@ -284,7 +284,81 @@ def warm(gib=4, threads=8, leave_gib=8):
     return res
 
 
+def register_rates(gib=8, threads=8, chunk_mib=64):
+    """What bounds a swap-out into host pages the backend has not pinned yet:
+    cuMemHostRegister of 64 MiB chunks by 1 and by `threads` threads at
+    once, for anonymous memory with transparent huge pages (what a backend
+    makes itself: fresh, and touched first) and for memfd pages that exist
+    already (what a shared pool would hand over: 4 KiB shmem pages), mapped
+    with MAP_POPULATE. GB/s of chunks made ready, all threads together."""
+    import threading
+    ctx()
+    cur = ctypes.c_void_p()
+    ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
+    n, chunk = gib * GIB, chunk_mib << 20
+    res = {"gib": gib, "chunk_mib": chunk_mib, "threads": threads,
+           "shmem_enabled": read_text("/sys/kernel/mm/transparent_hugepage/shmem_enabled")}
+
+    def anon_fresh():
+        m = mmap.mmap(-1, n)
+        m.madvise(mmap.MADV_HUGEPAGE)
+        return m, False
+
+    def anon_touched():
+        m, _ = anon_fresh()
+        base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        memset_rate(base, n, threads)
+        del base
+        return m, False
+
+    def memfd_made():
+        fd = os.memfd_create("probe-reg")
+        os.ftruncate(fd, n)
+        m = mmap.mmap(fd, n)
+        base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        memset_rate(base, n, threads)
+        del base
+        m.close()
+        m = mmap.mmap(fd, n, flags=mmap.MAP_SHARED | mmap.MAP_POPULATE)
+        os.close(fd)
+        return m, False
+
+    for name, make in (("anon_thp_touched", anon_touched), ("anon_thp_fresh_touch_then_register", anon_fresh),
+                       ("memfd_existing_populated", memfd_made)):
+        for t in (1, threads):
+            m, _ = make()
+            base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+            offs = list(range(0, n, chunk))
+            errs = []
+
+            def work(mine):
+                ck(cu.cuCtxSetCurrent(cur), "setcurrent")
+                for off in mine:
+                    if name == "anon_thp_fresh_touch_then_register":
+                        ctypes.memset(base + off, 0, chunk)
+                    r = cu.cuMemHostRegister_v2(ctypes.c_void_p(base + off), ctypes.c_size_t(chunk), ctypes.c_uint(1))
+                    if r != 0:
+                        errs.append(r)
+            ts = [threading.Thread(target=work, args=(offs[i::t],)) for i in range(t)]
+            start = time.perf_counter()
+            for x in ts:
+                x.start()
+            for x in ts:
+                x.join()
+            res[f"{name}_gbps_{t}t"] = round(n / 1e9 / (time.perf_counter() - start), 2)
+            if errs:
+                res[f"{name}_errors_{t}t"] = errs[:4]
+            for off in offs:
+                cu.cuMemHostUnregister(ctypes.c_void_p(base + off))
+            del base
+            m.close()
+    return res
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "register":
+        print(json.dumps(register_rates(), indent=1))
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "warm":
         print(json.dumps(warm(), indent=1))
         sys.exit(0)
