@@ -143,15 +143,6 @@ struct Args {
     #[arg(long, value_name = "MIB", env = "GPUVISOR_SWAP_CACHE_MIB", default_value_t = SwapConfig::default().cache_mib)]
     swap_cache_mib: u64,
 
-    /// gpuvisord's swap pool, where swap-outs lease host memory that stays
-    /// made across swaps and VMs (cuda engine, with --swap-threads above 0):
-    /// a swap-out into it runs at the copy rate, not at the rate new pages
-    /// come into being. "none": every swap-out makes its own host memory.
-    /// Unreachable: the same, tried again every 5 s
-    /// [default with --daemon: the daemon's socket path with .pool appended]
-    #[arg(long, value_name = "PATH|none", env = "GPUVISOR_SWAP_POOL")]
-    swap_pool: Option<std::path::PathBuf>,
-
     /// Register with gpuvisord on this socket and submit GPU work only under
     /// its grants. Without it the VM runs alone (the GPU's own time slicing
     /// shares it with other processes). If the daemon is unreachable or goes
@@ -362,12 +353,7 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
     };
     let cuda = || -> Result<Box<dyn Engine>> {
         let mut e = CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?;
-        let pool_socket = match &args.swap_pool {
-            Some(p) if p.as_os_str() == "none" => None,
-            Some(p) => Some(p.clone()),
-            None => args.daemon.as_deref().map(protocol::swap_pool::pool_socket_path),
-        };
-        e.set_swap_config(SwapConfig { threads: args.swap_threads, cache_mib: args.swap_cache_mib, pool_socket });
+        e.set_swap_config(SwapConfig { threads: args.swap_threads, cache_mib: args.swap_cache_mib });
         Ok(Box::new(e))
     };
     match args.engine {

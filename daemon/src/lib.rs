@@ -20,7 +20,6 @@ pub mod proc_util;
 pub mod registry;
 pub mod server;
 pub mod store;
-pub mod swap_pool;
 pub mod telemetry;
 pub mod token;
 pub mod xid;
@@ -53,9 +52,6 @@ pub struct Config {
     pub min_residency_ns: u64,
     /// Host RAM that evicted GPU memory may take, all GPUs together.
     pub swap_limit_bytes: u64,
-    /// Host RAM the swap pool keeps made for backends' swap-outs
-    /// (`swap_pool`); `None`: as much as `swap_limit_bytes`, 0: no pool.
-    pub swap_pool_bytes: Option<u64>,
     /// The sampler behind the history and the alerts.
     pub telemetry: TelemetryConfig,
     /// Which GPUs a VM the admin gave no access list may use.
@@ -71,7 +67,6 @@ impl Config {
             nvml: NvmlSource::System,
             min_residency_ns: memory::DEFAULT_MIN_RESIDENCY_NS,
             swap_limit_bytes: default_swap_limit_bytes(),
-            swap_pool_bytes: None,
             telemetry: TelemetryConfig::default(),
             gpu_access: gpuvisor_admin::GpuAccessMode::Open,
         }
@@ -152,7 +147,6 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     socket: PathBuf,
-    pool: Option<swap_pool::PoolServer>,
 }
 
 impl Daemon {
@@ -195,27 +189,9 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let pool_bytes = config.swap_pool_bytes.unwrap_or(config.swap_limit_bytes);
-        let pool = if pool_bytes == 0 {
-            tracing::info!("no swap pool (--swap-pool-mib 0): each backend makes its own host memory for swap-outs");
-            None
-        } else {
-            let path = protocol::swap_pool::pool_socket_path(&config.backend_socket);
-            let pool = swap_pool::SwapPool::new(swap_pool::PoolConfig::new(pool_bytes));
-            match swap_pool::PoolServer::start(pool, &path) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    drop(listener);
-                    let _ = std::fs::remove_file(&config.backend_socket);
-                    stop_telemetry(telemetry).await;
-                    stop_drivers(&shared).await;
-                    return Err(e);
-                }
-            }
-        };
         let (shutdown, rx) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, shared.clone(), rx));
-        Ok(Daemon { shared, telemetry, shutdown, server, socket: config.backend_socket, pool })
+        Ok(Daemon { shared, telemetry, shutdown, server, socket: config.backend_socket })
     }
 
     /// The admin API over this daemon.
@@ -233,9 +209,6 @@ impl Daemon {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
-        if let Some(pool) = self.pool {
-            let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
-        }
         stop_telemetry(self.telemetry).await;
         stop_drivers(&self.shared).await;
         let _ = std::fs::remove_file(&self.socket);

@@ -77,16 +77,6 @@ struct Args {
     #[arg(long, value_name = "MIB")]
     swap_limit_mib: Option<u64>,
 
-    /// Host RAM, in MiB, that gpuvisord keeps for backends' swap-outs once
-    /// made, across swaps and VMs (zeroed before another VM's backend gets
-    /// it): a swap-out then copies into pages that exist, at the copy rate,
-    /// instead of pages the kernel must make first. 0: no pool, each backend
-    /// makes its own host memory for each swap-out. Backends find the pool at
-    /// the backend socket's path with `.pool` appended
-    /// [default: as much as --swap-limit-mib]
-    #[arg(long, value_name = "MIB")]
-    swap_pool_mib: Option<u64>,
-
     /// Which GPUs a VM may use when the admin gave it no access list
     /// (gpuvisorctl access-set): open, any GPU (as before access lists
     /// existed); closed, none, so that every VM must be allowed its GPUs
@@ -169,16 +159,11 @@ async fn main() -> anyhow::Result<()> {
         config.swap_limit_bytes =
             mib.checked_mul(1 << 20).with_context(|| format!("--swap-limit-mib {mib}: too large"))?;
     }
-    if let Some(mib) = args.swap_pool_mib {
-        config.swap_pool_bytes =
-            Some(mib.checked_mul(1 << 20).with_context(|| format!("--swap-pool-mib {mib}: too large"))?);
-    }
     config.telemetry = telemetry_config(&args)?;
     config.gpu_access = args.gpu_access;
     tracing::info!(
         min_residency_ms = args.min_residency_ms,
         swap_limit_mib = config.swap_limit_bytes >> 20,
-        swap_pool_mib = config.swap_pool_bytes.unwrap_or(config.swap_limit_bytes) >> 20,
         "memory broker settings"
     );
 

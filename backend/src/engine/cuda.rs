@@ -1344,7 +1344,7 @@ impl Engine for CudaEngine {
             return Ok(0);
         }
         if self.swap.is_none() {
-            self.swap = Some(HostStore::new(self.base, self.swap_config.clone())?);
+            self.swap = Some(HostStore::new(self.base, self.swap_config)?);
         }
         let Some(store) = self.swap.as_mut() else {
             return Err(CuError(CUDA_ERROR_ILLEGAL_STATE));

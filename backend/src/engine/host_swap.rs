@@ -13,25 +13,16 @@
 //! made in the background after a swap-out. Only a swap-out that finds too
 //! few (the first one) runs at the rate the workers prepare them.
 //!
-//! Where gpuvisord runs a swap pool (`extent_lease`), chunks are its memfd
-//! extents instead of this process's own pages: their pages outlive this
-//! process's swap-ins and are handed to the next swap-out on the host, in
-//! whatever backend, at the copy rate; a chunk that comes free is given back
-//! to the pool rather than kept unmapped.
-//!
 //! A swap-out lays the allocations it moves end to end on a "tape" of
 //! chunks; an allocation may span several chunks and a chunk may hold parts
 //! of several allocations, so each chunk counts the host copies that use it
 //! and comes free with the last of them.
 
 use super::cuda::{check, run_pushed};
-use super::extent_lease::{Lease, Lender, Returner};
 use super::{CuError, EngineResult};
 use cudarc::driver::sys;
 use protocol::cuda::*;
 use std::ffi::c_void;
-use std::os::fd::AsRawFd;
-use std::path::PathBuf;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -65,7 +56,7 @@ pub const MAX_THREADS: u32 = 64;
 
 /// How a store prepares host memory (the backend's `--swap-threads` and
 /// `--swap-cache-mib`).
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SwapConfig {
     /// Worker threads that prepare chunks (0: the copying thread prepares
     /// them itself, one at a time, between copies). A swap-out into fresh
@@ -74,14 +65,11 @@ pub struct SwapConfig {
     pub threads: u32,
     /// MiB of prepared chunks kept for the next swap-out once they come free.
     pub cache_mib: u64,
-    /// gpuvisord's swap pool socket, to lease chunks from (with workers
-    /// only); `None`: every chunk is made here.
-    pub pool_socket: Option<PathBuf>,
 }
 
 impl Default for SwapConfig {
     fn default() -> Self {
-        SwapConfig { threads: 8, cache_mib: 4096, pool_socket: None }
+        SwapConfig { threads: 8, cache_mib: 4096 }
     }
 }
 
@@ -303,9 +291,6 @@ impl<T> Slots<T> {
 struct Chunk {
     addr: usize,
     len: usize,
-    /// The pool extent it maps (id, connection generation), given back on
-    /// release; `None`: this process's own pages.
-    extent: Option<(u32, u64)>,
 }
 
 impl Chunk {
@@ -367,64 +352,12 @@ impl Chunk {
             unsafe { libc::munmap(addr as *mut c_void, len) };
             return Err(e);
         }
-        Ok(Chunk { addr, len, extent: None })
+        Ok(Chunk { addr, len })
     }
 
-    /// Maps and pins a leased extent of `len` bytes as a chunk. A context
-    /// must be current on the calling thread. On failure the extent goes
-    /// back to the pool.
-    fn map_extent(lease: Lease, len: usize, returner: &Returner) -> EngineResult<Chunk> {
-        let give_back = |e: CuError| {
-            returner.give_back(lease.generation, &[lease.id]);
-            Err(e)
-        };
-        let oom = CuError(CUDA_ERROR_OUT_OF_MEMORY);
-        if lease.file.metadata().map(|m| m.len()).ok() != Some(len as u64) {
-            return give_back(oom);
-        }
-        // Pages that exist are mapped in one go; new ones are faulted in
-        // below, as for a chunk of this process's own.
-        let populate = if lease.made { libc::MAP_POPULATE } else { 0 };
-        // SAFETY: a new shared mapping of the whole extent (its length checked
-        // above) at an address the kernel chooses; nothing else is touched.
-        let raw = unsafe {
-            libc::mmap(
-                null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED | populate,
-                lease.file.as_raw_fd(),
-                0,
-            )
-        };
-        if raw == libc::MAP_FAILED {
-            return give_back(oom);
-        }
-        let addr = raw as usize;
-        if !lease.made {
-            for off in (0..len).step_by(PAGE) {
-                // SAFETY: `addr + off` lies in the writable mapping made above.
-                unsafe { ((addr + off) as *mut u8).write_volatile(0) };
-            }
-        }
-        // SAFETY: as in `prepare`: a live mapping owned by this chunk until
-        // `release` unregisters it before unmapping.
-        let registered =
-            check(unsafe { sys::cuMemHostRegister_v2(addr as *mut c_void, len, sys::CU_MEMHOSTREGISTER_PORTABLE) });
-        if let Err(e) = registered {
-            // SAFETY: the mapping made above, never registered.
-            unsafe { libc::munmap(addr as *mut c_void, len) };
-            return give_back(e);
-        }
-        // The mapping keeps the extent; the descriptor closes here, so the
-        // pool can see the extent is let go once the mapping is gone.
-        drop(lease.file);
-        Ok(Chunk { addr, len, extent: Some((lease.id, lease.generation)) })
-    }
-
-    /// Unregisters and unmaps, and gives a pool extent back. A context must
-    /// be current on the calling thread, and no copy may still use the chunk.
-    fn release(self, returner: &Returner) {
+    /// Unregisters and unmaps. A context must be current on the calling
+    /// thread, and no copy may still use the chunk.
+    fn release(self) {
         // SAFETY: registered in `prepare`; no copy uses it (the store only
         // releases chunks that no host copy holds, after its copies synced).
         if let Err(e) = check(unsafe { sys::cuMemHostUnregister(self.addr as *mut c_void) }) {
@@ -435,10 +368,6 @@ impl Chunk {
         // SAFETY: the chunk's own mapping, no longer used by anyone.
         if unsafe { libc::munmap(self.addr as *mut c_void, self.len) } != 0 {
             warn!(bytes = self.len, "unmapping a swap chunk failed; it leaks");
-            return; // still mapped: not the pool's to reuse
-        }
-        if let Some((id, generation)) = self.extent {
-            returner.give_back(generation, &[id]);
         }
     }
 }
@@ -446,8 +375,6 @@ impl Chunk {
 enum Job {
     /// Make a chunk of this many bytes and send it back.
     Prepare(usize),
-    /// Map this pool extent as a chunk of this many bytes and send it back.
-    Map(Lease, usize),
     Release(Chunk),
 }
 
@@ -467,17 +394,17 @@ struct Pool {
 
 impl Pool {
     /// Up to `threads` workers; `None` if none could be started.
-    fn start(ctx: u64, threads: usize, returner: &Returner) -> Option<Pool> {
+    fn start(ctx: u64, threads: usize) -> Option<Pool> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (done, ready) = mpsc::channel::<Prepared>();
         let queue = Arc::new(Mutex::new(queue));
         let cancel = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let (queue, done, cancel, returner) = (queue.clone(), done.clone(), cancel.clone(), returner.clone());
+            let (queue, done, cancel) = (queue.clone(), done.clone(), cancel.clone());
             match std::thread::Builder::new()
                 .name(format!("gv-swap-{i}"))
-                .spawn(move || worker(ctx, &queue, &done, &cancel, &returner))
+                .spawn(move || worker(ctx, &queue, &done, &cancel))
             {
                 Ok(h) => workers.push(h),
                 Err(e) => warn!(error = %e, "starting a swap worker thread"),
@@ -498,7 +425,7 @@ impl Pool {
     }
 }
 
-fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cancel: &AtomicBool, returner: &Returner) {
+fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cancel: &AtomicBool) {
     // SAFETY: the engine's primary context, retained until after the store
     // has joined this thread. Registration and unregistration need a current
     // context; this thread does nothing else.
@@ -524,23 +451,10 @@ fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cance
                     std::panic::catch_unwind(move || Chunk::prepare(len)).unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)))
                 };
                 if let Err(mpsc::SendError(Ok(chunk))) = done.send(result) {
-                    chunk.release(returner);
+                    chunk.release();
                 }
             }
-            Job::Map(lease, len) => {
-                let result = if cancel.load(Ordering::Acquire) {
-                    returner.give_back(lease.generation, &[lease.id]);
-                    Err(CuError(CUDA_ERROR_OUT_OF_MEMORY))
-                } else {
-                    let r = returner.clone();
-                    std::panic::catch_unwind(move || Chunk::map_extent(lease, len, &r))
-                        .unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)))
-                };
-                if let Err(mpsc::SendError(Ok(chunk))) = done.send(result) {
-                    chunk.release(returner);
-                }
-            }
-            Job::Release(chunk) => chunk.release(returner),
+            Job::Release(chunk) => chunk.release(),
         }
     }
 }
@@ -607,10 +521,6 @@ pub struct HostStore {
     /// Chunks asked of the workers and not yet received: for the swap-out
     /// under way, or ahead of the next one (`refill`).
     outstanding: usize,
-    /// gpuvisord's swap pool, where chunks come from first (with workers).
-    lender: Option<Lender>,
-    /// Gives pool extents back, from here and from the workers.
-    returner: Returner,
 }
 
 impl HostStore {
@@ -628,15 +538,11 @@ impl HostStore {
                 sys::cuStreamCreateWithPriority(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32, 0)
             })
         })??;
-        let lender = config.pool_socket.map(|path| Lender::new(path, CHUNK_BYTES));
-        let returner = lender.as_ref().map(Lender::returner).unwrap_or_default();
-        let pool = Pool::start(ctx, threads, &returner);
-        let lender = lender.filter(|_| pool.is_some());
+        let pool = Pool::start(ctx, threads);
         info!(
             threads = pool.as_ref().map_or(0, |p| p.workers.len()),
             cache_mib,
             chunk_mib = CHUNK_BYTES >> 20,
-            pool = lender.is_some(),
             "host swap store ready"
         );
         Ok(HostStore {
@@ -647,8 +553,6 @@ impl HostStore {
             cache: Bounded::new(usize::try_from(cache_chunks).unwrap_or(usize::MAX)),
             pool,
             outstanding: 0,
-            lender,
-            returner,
         })
     }
 
@@ -667,44 +571,18 @@ impl HostStore {
     }
 
     /// Asks the workers for `n` more chunks, to be taken by `next_chunk` or
-    /// collected into the cache: pool extents first, then chunks of new
-    /// pages, of which host RAM has room for `room` (extents whose pages
-    /// do not exist yet count against it too). Nothing without workers.
-    /// Returns how many were asked for.
-    fn request(&mut self, n: usize, room: usize) -> usize {
+    /// collected into the cache. Nothing without workers.
+    fn request(&mut self, n: usize) {
         let len = self.chunk_len();
         let Some(pool) = &self.pool else {
-            return 0;
+            return;
         };
-        let leases = self.lender.as_mut().map(|l| l.lease(n)).unwrap_or_default();
-        let mut room = room;
-        let mut asked = 0;
-        for lease in leases {
-            if !lease.made {
-                if room == 0 {
-                    self.returner.give_back(lease.generation, &[lease.id]);
-                    continue;
-                }
-                room -= 1;
-            }
-            match pool.send(Job::Map(lease, len)) {
-                Ok(()) => {
-                    self.outstanding += 1;
-                    asked += 1;
-                }
-                Err(Job::Map(lease, _)) => self.returner.give_back(lease.generation, &[lease.id]),
-                Err(_) => {}
-            }
-        }
-        while asked < n && room > 0 {
+        for _ in 0..n {
             if pool.send(Job::Prepare(len)).is_err() {
                 break; // no worker left: fewer chunks, reported as OOM
             }
             self.outstanding += 1;
-            asked += 1;
-            room -= 1;
         }
-        asked
     }
 
     /// The next chunk for the tape: a cached one, else one asked of the
@@ -764,10 +642,10 @@ impl HostStore {
             return;
         }
         let held = self.cache.len() + self.slots.in_use() + self.outstanding;
-        let n = self.cache.cap.saturating_sub(held);
+        let n = self.cache.cap.saturating_sub(held).min(host_chunks_available(self.chunk_bytes));
         if n > 0 {
-            let asked = self.request(n, host_chunks_available(self.chunk_bytes));
-            debug!(chunks = asked, "preparing swap chunks ahead");
+            debug!(chunks = n, "preparing swap chunks ahead");
+            self.request(n);
         }
     }
 
@@ -806,12 +684,11 @@ impl HostStore {
             Some(pool) => match pool.send(Job::Release(chunk)) {
                 Ok(()) => return,
                 Err(Job::Release(c)) => c,
-                Err(_) => return,
+                Err(Job::Prepare(_)) => return,
             },
             None => chunk,
         };
-        let returner = &self.returner;
-        if run_pushed(self.ctx, || chunk.release(returner)).is_err() {
+        if run_pushed(self.ctx, || chunk.release()).is_err() {
             warn!("no context to release a swap chunk in; it leaks");
         }
     }
@@ -830,19 +707,18 @@ impl HostStore {
         let chunks = plan.per_chunk.len();
         let want = chunks.saturating_sub(self.cache.len() + self.outstanding);
         let room = host_chunks_available(self.chunk_bytes);
-        let mut inline_budget = 0;
-        let asked = if self.pool.is_some() {
-            self.request(want, room)
-        } else {
-            inline_budget = want.min(room);
-            inline_budget
-        };
-        if asked < want {
+        if want > room {
             warn!(
                 wanted_mib = (want as u64 * self.chunk_bytes) >> 20,
                 available_mib = (room as u64 * self.chunk_bytes) >> 20,
                 "host RAM too short for the whole swap-out; moving what fits"
             );
+        }
+        let mut inline_budget = 0;
+        if self.pool.is_some() {
+            self.request(want.min(room));
+        } else {
+            inline_budget = want.min(room);
         }
 
         // Queue copies chunk by chunk as chunks become ready: the copy engine
@@ -1015,10 +891,9 @@ impl Drop for HostStore {
             inline = chunks;
         }
         let stream = self.cu_stream();
-        let returner = &self.returner;
         let r = run_pushed(self.ctx, || {
             for c in inline {
-                c.release(returner);
+                c.release();
             }
             // SAFETY: the store's stream, idle (every copy was synchronized).
             check(unsafe { sys::cuStreamDestroy_v2(stream) })

@@ -5,7 +5,6 @@
 //! anywhere.
 
 pub mod cuda;
-pub mod extent_lease;
 pub mod host_swap;
 pub mod sim;
 pub mod sim_timeline;
