@@ -132,8 +132,9 @@ struct Args {
     /// Threads that prepare (fault in and pin) host memory while device
     /// memory is swapped out to it for gpuvisord's memory broker (cuda
     /// engine). A swap-out into fresh pages runs at the rate these threads
-    /// fault in and pin them, up to the copy rate; 0 prepares on the serving
-    /// thread.
+    /// fault them in and the driver pins them (one registration at a time
+    /// per process, about half the copy rate on an H200 host); 0 prepares on
+    /// the serving thread.
     #[arg(long, value_name = "N", env = "GPUVISOR_SWAP_THREADS", default_value_t = SwapConfig::default().threads,
         value_parser = clap::value_parser!(u32).range(0..=MAX_THREADS as i64))]
     swap_threads: u32,

@@ -6,7 +6,7 @@
 //! an H200 host (bench/results/h100/probe-evict.json): pinned copies run at
 //! 55 GB/s, `cuMemHostRegister` of touched memory at 21 to 26 GB/s and no
 //! faster from several threads at once (the driver serializes it:
-//! host-register.json), `cuMemHostAlloc` at 2 GB/s; faulting in fresh pages
+//! bench/results/h100/host-register.json), `cuMemHostAlloc` at 2 GB/s; faulting in fresh pages
 //! (the kernel zeroes them) comes on top of registering them. So workers
 //! prepare chunks while the calling thread queues asynchronous copies into
 //! those already prepared, and the store keeps prepared chunks, up to a
