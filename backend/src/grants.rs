@@ -284,6 +284,9 @@ struct LinkState {
     /// The daemon asked us to swap out down to this many resident bytes.
     /// (resident_max, max_move_bytes) of an `Evict` not yet carried out.
     evict_to: Option<(u64, u64)>,
+    /// Bytes of host memory to pin ahead of a likely eviction
+    /// (`PrepareEviction`), not yet passed to the engine.
+    prepare_eviction: Option<u64>,
     /// Why gpuvisord last refused this VM its GPU; until a registration
     /// succeeds, the VM's GPU work and allocations wait. Kept while the
     /// daemon is unreachable: its absence allows nothing.
@@ -308,6 +311,7 @@ impl LinkState {
         self.mem_asked = None;
         self.mem_denied = None;
         self.evict_to = None;
+        self.prepare_eviction = Some(0);
     }
 
     fn clear_grants(&mut self) {
@@ -334,6 +338,14 @@ struct Shared {
 }
 
 impl Shared {
+    /// Wakes the queue thread (its eventfd), which then calls
+    /// `service_memory`.
+    fn wake_queue(&self) {
+        if let Some(w) = self.waker.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = w.write(1);
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, LinkState> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -631,10 +643,13 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
                 debug!(resident_max, resident, "swap-out asked");
                 st.evict_to = Some((resident_max, max_move_bytes));
                 shared.cond.notify_all();
-                if let Some(w) = shared.waker.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
-                    let _ = w.write(1);
-                }
+                shared.wake_queue();
             }
+        }
+        DaemonMsg::PrepareEviction { bytes } => {
+            debug!(bytes, "eviction likely: preparing host memory");
+            st.prepare_eviction = Some(bytes);
+            shared.wake_queue();
         }
         DaemonMsg::Welcome { .. } | DaemonMsg::Refused { .. } => {
             warn!("unexpected message from gpuvisord after registration");
@@ -955,7 +970,14 @@ impl Gate {
         let Some(shared) = self.shared.clone() else {
             return;
         };
-        let Some((resident_max, max_move)) = shared.lock().evict_to.take() else {
+        let (prepare, evict) = {
+            let mut st = shared.lock();
+            (st.prepare_eviction.take(), st.evict_to.take())
+        };
+        if let Some(bytes) = prepare {
+            engine.prepare_swap_out(bytes);
+        }
+        let Some((resident_max, max_move)) = evict else {
             return;
         };
         // No more than the daemon set host RAM aside for.

@@ -306,6 +306,21 @@ fn a_restore_never_brings_back_more_than_its_limit_allows() {
 }
 
 #[test]
+fn a_likely_eviction_the_daemon_announces_reaches_the_engine_through_the_queue_thread() {
+    let (link, mut peer, _counters) = start("prepare", 64 * MIB);
+    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
+    link.set_waker(waker.try_clone().unwrap());
+    let mut gate = link.gate();
+    let (mut e, _ctx, _s, _f) = sim();
+    peer.send(&DaemonMsg::PrepareEviction { bytes: 48 * MIB });
+    serve_eviction(&waker, &mut gate, &mut e);
+    assert_eq!(e.prepared_swap_out(), 48 * MIB);
+    peer.send(&DaemonMsg::PrepareEviction { bytes: 0 });
+    serve_eviction(&waker, &mut gate, &mut e);
+    assert_eq!(e.prepared_swap_out(), 0, "withdrawn");
+}
+
+#[test]
 fn an_eviction_that_moves_nothing_during_a_restore_is_answered_with_all_the_restore_brings_back() {
     // Steps of 2 MiB, 6 MiB coming back in 1.5 s.
     let (_link, mut peer, _, worker) = three_buffers_swapped_out_at("inflight", Some(2 * MIB), 4 * MIB);

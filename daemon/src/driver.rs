@@ -426,6 +426,11 @@ struct Slot {
     evicting: bool,
     /// Has memory in host RAM, to bring back before its next grant.
     swapped_out: bool,
+    /// The grant (its `last_granted`) a `PrepareEviction` was last decided
+    /// for, and the bytes the last one sent said (0 again once an eviction
+    /// used what was prepared).
+    notice_for: u64,
+    notice_bytes: u64,
 }
 
 impl Slot {
@@ -493,6 +498,8 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
             s.swapped_out = out;
             if answered {
                 s.evicting = false;
+                // Whatever its backend prepared went into this eviction.
+                s.notice_bytes = 0;
             }
             let off = s.sched_params().drained;
             if off != was_off {
@@ -555,6 +562,8 @@ fn apply_event(
                 slice_ns: 0,
                 evicting: false,
                 swapped_out: false,
+                notice_for: 0,
+                notice_bytes: 0,
             };
             slots.insert(vm, slot);
             sched.add_vm(vm, params, now)
@@ -792,6 +801,35 @@ fn pump(core: &mut Core, now: u64) {
             }
         }
     }
+    notice_likely_eviction(sched, broker, slots);
+}
+
+/// Tells the VM just granted the GPU how much of its memory is likely to be
+/// evicted when its grant ends (other VMs wait with memory in host RAM), so
+/// that its backend pins host memory for it during the grant: an eviction
+/// into memory pinned beforehand copies at the full rate, one that pins as
+/// it goes at half of it at best (bench/results/h100/host-register.json).
+/// Decided once per grant, sent only when it changes what the backend was
+/// last told (a backend's grants come and go every few milliseconds while
+/// its queue runs dry); a VM told before and not now is told 0.
+fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMap<u64, Slot>) {
+    let Some(vm) = sched.holder() else {
+        return;
+    };
+    let Some(s) = slots.get_mut(&vm) else {
+        return;
+    };
+    if s.notice_for == s.last_granted {
+        return;
+    }
+    s.notice_for = s.last_granted;
+    let bytes = broker.likely_eviction(vm);
+    if bytes == s.notice_bytes {
+        return;
+    }
+    s.notice_bytes = bytes;
+    tracing::debug!(vm = %s.name, bytes, "eviction likely when this grant ends");
+    let _ = s.tx.send(DaemonMsg::PrepareEviction { bytes });
 }
 
 fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, broker: &Broker, now: u64) -> GpuSnapshot {
@@ -994,6 +1032,30 @@ mod tests {
         }
         d.send(GpuEvent::MemNeed { vm: 3, bytes: 1000 });
         (d, rxs)
+    }
+
+    #[test]
+    fn a_vm_granted_while_another_waits_in_host_ram_is_told_to_prepare_its_eviction() {
+        let (d, mut rx1, mut rx2, _) = managed(1000, 1000);
+        resident(&d, 1, 600);
+        let memory = MemoryState { resident_bytes: 0, evicted_bytes: 600, limit_bytes: 0 };
+        d.send(GpuEvent::Stats { vm: 2, stats: Box::new(BackendStats { memory, ..Default::default() }) });
+        d.send(GpuEvent::Demand { vm: 1 });
+        let DaemonMsg::Grant { grant, .. } = next(&mut rx1) else { panic!() };
+        assert_eq!(next(&mut rx1), DaemonMsg::PrepareEviction { bytes: 600 }, "2's memory will want 1's");
+        // Told once a grant, not again while it holds it.
+        d.send(GpuEvent::Demand { vm: 1 });
+        std::thread::sleep(Duration::from_millis(30));
+        assert!(rx1.try_recv().is_err());
+        // 2's memory back in the GPU's room (its guest freed it): the next
+        // grant withdraws the hint.
+        d.send(GpuEvent::Stats { vm: 2, stats: Box::new(BackendStats::default()) });
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: false });
+        d.send(GpuEvent::Demand { vm: 1 });
+        assert!(matches!(next(&mut rx1), DaemonMsg::Grant { .. }));
+        assert_eq!(next(&mut rx1), DaemonMsg::PrepareEviction { bytes: 0 });
+        assert!(rx2.try_recv().is_err(), "2 was told nothing");
+        d.stop();
     }
 
     #[test]

@@ -360,6 +360,26 @@ impl Broker {
 
     /// Host RAM this GPU's VMs take for evicted memory, evictions under way
     /// included.
+    /// How much of `vm`'s memory is likely to be evicted when its grant
+    /// ends: what the VM with the most in host RAM would need back beyond
+    /// the free room, as far as `vm` holds it and host RAM can take it. 0
+    /// when the GPU is not overcommitted, nobody waits, or it is less than
+    /// an eviction step.
+    pub fn likely_eviction(&self, vm: VmId) -> u64 {
+        let (Some(cap), Some(b)) = (self.capacity(), self.vms.get(&vm)) else {
+            return 0;
+        };
+        let waiting = self.vms.iter().filter(|(&w, _)| w != vm).map(|(_, o)| o.mem.evicted_bytes).max().unwrap_or(0);
+        let free = cap.saturating_sub(self.limits());
+        let room = self.params.swap_limit_bytes.saturating_sub(self.swap_used());
+        let bytes = waiting.saturating_sub(free).min(b.held()).min(room);
+        if bytes < self.eviction_step() {
+            0
+        } else {
+            bytes
+        }
+    }
+
     pub fn swap_used(&self) -> u64 {
         self.vms.values().map(|b| b.mem.evicted_bytes.saturating_add(b.evict_moves)).fold(0, u64::saturating_add)
     }
@@ -1096,6 +1116,28 @@ mod tests {
         b.mem_need(1, 4 * G);
         let out = b.pump(5500 * MS, &s.f(), 0);
         assert_eq!(out, vec![MemAction::Evict { vm: 2, resident_max: 0, moves_bytes: 4 * G }]);
+    }
+
+    #[test]
+    fn the_vm_on_the_gpu_is_told_what_the_next_restore_will_take_from_it() {
+        // 8 GiB shared by two VMs of 6: 1 holds 6, 2 holds 2 with 4 in host
+        // RAM. 2's restore needs 4 beyond the free room (none): the likely
+        // eviction of 1 when its grant ends.
+        let mut b = broker_swapping(8 * G, 2.0, 9 * G);
+        add(&mut b, 1, 6 * G, 6 * G);
+        add(&mut b, 2, 6 * G, 0);
+        b.stats(2, &BackendStats { memory: state(2 * G, 4 * G), ..Default::default() });
+        assert_eq!(b.likely_eviction(1), 4 * G);
+        assert_eq!(b.likely_eviction(2), 0, "nobody else has memory in host RAM");
+        // Host RAM left for 1.5 GiB more bounds it.
+        let mut tight = broker_swapping(8 * G, 2.0, 5 * G + 512 * MIB);
+        add(&mut tight, 1, 6 * G, 6 * G);
+        add(&mut tight, 2, 6 * G, 0);
+        tight.stats(2, &BackendStats { memory: state(2 * G, 4 * G), ..Default::default() });
+        assert_eq!(tight.likely_eviction(1), G + 512 * MIB);
+        // Less than an eviction step is not worth preparing for.
+        tight.stats(2, &BackendStats { memory: state(2 * G, 256 * MIB), ..Default::default() });
+        assert_eq!(tight.likely_eviction(1), 0);
     }
 
     #[test]

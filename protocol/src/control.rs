@@ -335,6 +335,12 @@ pub enum DaemonMsg {
         #[serde(default = "unbounded")]
         max_move_bytes: u64,
     },
+    /// A hint, sent with a grant: other VMs wait with memory in host RAM, so
+    /// an eviction of about `bytes` is likely when this grant ends. The
+    /// backend may pin host memory for it meanwhile, so that the eviction
+    /// copies at the full rate instead of pinning as it goes. Nothing to
+    /// answer; `bytes` 0 withdraws an earlier hint.
+    PrepareEviction { bytes: u64 },
 }
 
 fn unbounded() -> u64 {

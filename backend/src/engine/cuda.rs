@@ -1320,6 +1320,24 @@ impl Engine for CudaEngine {
         !matches!(self.allocs.get(dptr), Some(DevAlloc { state: AllocState::Evicted(_), .. }))
     }
 
+    fn prepare_swap_out(&mut self, bytes: u64) {
+        if self.swap.is_none() {
+            if bytes == 0 {
+                return;
+            }
+            match HostStore::new(self.base, self.swap_config) {
+                Ok(s) => self.swap = Some(s),
+                Err(e) => {
+                    warn!(error = %e, "host swap store for a likely swap-out");
+                    return;
+                }
+            }
+        }
+        if let Some(store) = self.swap.as_mut() {
+            store.prepare_ahead(bytes);
+        }
+    }
+
     fn swap_out(&mut self, keep: u64, max_bytes: u64) -> EngineResult<u64> {
         self.synchronize_all();
         let Some(vmm) = self.vmm else {

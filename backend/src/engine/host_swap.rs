@@ -515,8 +515,12 @@ pub struct HostStore {
     chunk_bytes: u64,
     /// Chunks holding host copies.
     slots: Slots<Chunk>,
-    /// Prepared chunks holding nothing, for the next swap-out.
+    /// Prepared chunks holding nothing, for the next swap-out. Its cap is
+    /// `cache_cap`, raised while a likely swap-out is prepared for
+    /// (`prepare_ahead`).
     cache: Bounded<Chunk>,
+    /// Chunks the cache keeps when no swap-out is prepared for.
+    cache_cap: usize,
     /// `None`: chunks are prepared and released on the calling thread.
     pool: Option<Pool>,
     /// Chunks asked of the workers and not yet received: for the swap-out
@@ -552,6 +556,7 @@ impl HostStore {
             chunk_bytes: CHUNK_BYTES,
             slots: Slots::new(),
             cache: Bounded::new(usize::try_from(cache_chunks).unwrap_or(usize::MAX)),
+            cache_cap: usize::try_from(cache_chunks).unwrap_or(usize::MAX),
             pool,
             outstanding: 0,
         })
@@ -647,6 +652,52 @@ impl HostStore {
         if n > 0 {
             debug!(chunks = n, "preparing swap chunks ahead");
             self.request(n);
+        }
+    }
+
+    /// Makes chunks ready for a swap-out of about `bytes` that is likely soon
+    /// (gpuvisord's `PrepareEviction`), in the background and as host RAM
+    /// allows, so that it only copies: pinning as it goes runs at half the
+    /// copy rate at best (the driver registers one range at a time per
+    /// process). They are kept until that swap-out; `bytes` 0 lets them go.
+    pub fn prepare_ahead(&mut self, bytes: u64) {
+        self.collect_ready();
+        let want = usize::try_from(bytes.div_ceil(self.chunk_bytes)).unwrap_or(usize::MAX);
+        if want <= self.cache_cap {
+            self.end_prepared();
+            return;
+        }
+        self.cache.cap = want;
+        let have = self.cache.len() + self.outstanding;
+        let n = want.saturating_sub(have).min(host_chunks_available(self.chunk_bytes));
+        if n > 0 {
+            self.request(n);
+            info!(
+                mib = (n as u64 * self.chunk_bytes) >> 20,
+                ready_mib = (self.cache.len() as u64 * self.chunk_bytes) >> 20,
+                "pinning host memory ahead of a likely swap-out"
+            );
+        }
+    }
+
+    /// Back to the configured cache: chunks prepared beyond it are released.
+    fn end_prepared(&mut self) {
+        if self.cache.cap == self.cache_cap {
+            return;
+        }
+        self.cache.cap = self.cache_cap;
+        let mut extra = Vec::new();
+        while self.cache.len() > self.cache.cap {
+            match self.cache.take() {
+                Some(c) => extra.push(c),
+                None => break,
+            }
+        }
+        if !extra.is_empty() {
+            debug!(chunks = extra.len(), "releasing host memory prepared for a swap-out");
+        }
+        for c in extra {
+            self.recycle(c);
         }
     }
 
@@ -810,6 +861,8 @@ impl HostStore {
                 self.recycle(c);
             }
         }
+        // What was prepared for this swap-out is spent; the rest goes.
+        self.end_prepared();
         if error.is_none() {
             self.refill();
         }

@@ -245,6 +245,10 @@ pub trait Engine: Send {
     /// valid. Returns the bytes moved; on an error, what was moved stays
     /// moved and the rest stays resident, nothing is lost.
     fn swap_out(&mut self, keep: u64, max_bytes: u64) -> EngineResult<u64>;
+    /// A hint that a `swap_out` of about `bytes` is likely soon: the engine
+    /// may make host memory ready for it meanwhile, so that the swap-out only
+    /// copies. 0 withdraws the hint. Never blocks on the preparation.
+    fn prepare_swap_out(&mut self, _bytes: u64) {}
     /// Brings swapped-out allocations back at their addresses, in address
     /// order, no more than `max_bytes` in all (`u64::MAX`: all of them): the
     /// first that would pass it stays out with the rest, so less than

@@ -302,6 +302,10 @@ pub struct SimEngine {
     /// the sim can take the time a real GPU's host link and host memory
     /// would (evictions into fresh host pages are far slower than restores).
     swap_rates: SwapRates,
+    /// Bytes of host memory made ready for a likely swap-out
+    /// (`prepare_swap_out`): a swap-out moves that much at the restore rate,
+    /// as a real one into memory pinned beforehand runs at the copy rate.
+    swap_prepared: u64,
 }
 
 /// How fast the simulated GPU's memory moves to host RAM and back.
@@ -314,9 +318,26 @@ pub struct SwapRates {
 impl SwapRates {
     /// Waits the time moving `bytes` at `rate` bytes per second takes.
     fn pace(rate: u64, bytes: u64) {
-        if rate > 0 && bytes > 0 {
-            std::thread::sleep(Duration::from_secs_f64(bytes as f64 / rate as f64));
+        let secs = Self::secs(rate, bytes);
+        if secs > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(secs));
         }
+    }
+
+    fn secs(rate: u64, bytes: u64) -> f64 {
+        if rate > 0 {
+            bytes as f64 / rate as f64
+        } else {
+            0.0
+        }
+    }
+
+    /// Seconds a swap-out of `moved` bytes takes when `prepared` bytes of
+    /// host memory were made ready for it: those at the copy rate (the
+    /// restore rate), the rest at the swap-out rate.
+    pub fn swap_out_secs(&self, moved: u64, prepared: u64) -> f64 {
+        let fast = moved.min(prepared);
+        Self::secs(self.in_bytes_per_s, fast) + Self::secs(self.out_bytes_per_s, moved - fast)
     }
 }
 
@@ -342,6 +363,11 @@ impl SimEngine {
     pub fn share_gpu(&mut self, path: &std::path::Path) -> std::io::Result<()> {
         self.timeline = Some(super::sim_timeline::SharedTimeline::open(path)?);
         Ok(())
+    }
+
+    /// Bytes made ready for a likely swap-out and not yet used.
+    pub fn prepared_swap_out(&self) -> u64 {
+        self.swap_prepared
     }
 
     /// Makes swaps take time, as on a real GPU.
@@ -417,6 +443,7 @@ impl SimEngine {
             timeline: None,
             fault: None,
             swap_rates: SwapRates::default(),
+            swap_prepared: 0,
         }
     }
 
@@ -922,8 +949,15 @@ impl Engine for SimEngine {
                 self.evicted.insert(base, a);
             }
         }
-        SwapRates::pace(self.swap_rates.out_bytes_per_s, moved);
+        let secs = self.swap_rates.swap_out_secs(moved, std::mem::take(&mut self.swap_prepared));
+        if secs > 0.0 {
+            std::thread::sleep(Duration::from_secs_f64(secs));
+        }
         Ok(moved)
+    }
+
+    fn prepare_swap_out(&mut self, bytes: u64) {
+        self.swap_prepared = bytes;
     }
 
     fn swap_in(&mut self, max_bytes: u64) -> EngineResult<u64> {
@@ -1453,6 +1487,22 @@ mod tests {
         out.extend((entry.len() as u64).to_le_bytes());
         out.extend(entry);
         out
+    }
+
+    #[test]
+    fn a_swap_out_prepared_for_moves_that_much_at_the_copy_rate() {
+        let rates = SwapRates { out_bytes_per_s: 100, in_bytes_per_s: 1000 };
+        assert_eq!(rates.swap_out_secs(500, 0), 5.0);
+        assert_eq!(rates.swap_out_secs(500, 300), 0.3 + 2.0);
+        assert_eq!(rates.swap_out_secs(500, 800), 0.5, "more prepared than moved");
+        let mut e = SimEngine::new(1 << 20);
+        e.prepare_swap_out(4096);
+        assert_eq!(e.prepared_swap_out(), 4096);
+        let ctx = e.ctx_create(0).unwrap();
+        e.ctx_set_current(ctx).unwrap();
+        e.mem_alloc(8192).unwrap();
+        assert_eq!(e.swap_out(0, u64::MAX).unwrap(), 8192);
+        assert_eq!(e.prepared_swap_out(), 0, "spent by the swap-out");
     }
 
     #[test]
