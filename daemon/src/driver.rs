@@ -427,8 +427,8 @@ struct Slot {
     /// Has memory in host RAM, to bring back before its next grant.
     swapped_out: bool,
     /// The grant (its `last_granted`) a `PrepareEviction` was last decided
-    /// for, and the bytes the last one sent said (0 again once an eviction
-    /// used what was prepared).
+    /// for, and the bytes its backend still has prepared: what the last one
+    /// said less what evictions moved since.
     notice_for: u64,
     notice_bytes: u64,
 }
@@ -487,6 +487,7 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
         _ => None,
     };
     let answered = matches!(ev, GpuEvent::Evicted { .. });
+    let moved = if let GpuEvent::Evicted { moved_bytes, .. } = &ev { *moved_bytes } else { 0 };
     let mut actions = apply_event(sched, slots, broker, ev, now);
     if let Some(vm) = memory_of {
         // A VM with memory in host RAM brings it back before it uses the
@@ -498,8 +499,9 @@ fn apply(core: &mut Core, ev: GpuEvent, now: u64) -> Vec<Action> {
             s.swapped_out = out;
             if answered {
                 s.evicting = false;
-                // Whatever its backend prepared went into this eviction.
-                s.notice_bytes = 0;
+                // The host memory its backend prepared went into this
+                // eviction, as far as it moved.
+                s.notice_bytes = s.notice_bytes.saturating_sub(moved);
             }
             let off = s.sched_params().drained;
             if off != was_off {

@@ -521,6 +521,9 @@ pub struct HostStore {
     cache: Bounded<Chunk>,
     /// Chunks the cache keeps when no swap-out is prepared for.
     cache_cap: usize,
+    /// Chunks still prepared for a likely swap-out (`prepare_ahead`); each
+    /// swap-out spends those it fills, so one prepared for comes in steps.
+    ahead: usize,
     /// `None`: chunks are prepared and released on the calling thread.
     pool: Option<Pool>,
     /// Chunks asked of the workers and not yet received: for the swap-out
@@ -557,6 +560,7 @@ impl HostStore {
             slots: Slots::new(),
             cache: Bounded::new(usize::try_from(cache_chunks).unwrap_or(usize::MAX)),
             cache_cap: usize::try_from(cache_chunks).unwrap_or(usize::MAX),
+            ahead: 0,
             pool,
             outstanding: 0,
         })
@@ -663,11 +667,10 @@ impl HostStore {
     pub fn prepare_ahead(&mut self, bytes: u64) {
         self.collect_ready();
         let want = usize::try_from(bytes.div_ceil(self.chunk_bytes)).unwrap_or(usize::MAX);
+        self.set_ahead(want);
         if want <= self.cache_cap {
-            self.end_prepared();
             return;
         }
-        self.cache.cap = want;
         let have = self.cache.len() + self.outstanding;
         let n = want.saturating_sub(have).min(host_chunks_available(self.chunk_bytes));
         if n > 0 {
@@ -680,12 +683,11 @@ impl HostStore {
         }
     }
 
-    /// Back to the configured cache: chunks prepared beyond it are released.
-    fn end_prepared(&mut self) {
-        if self.cache.cap == self.cache_cap {
-            return;
-        }
-        self.cache.cap = self.cache_cap;
+    /// Keeps `ahead` chunks prepared (at least the configured cache); those
+    /// prepared beyond it are released.
+    fn set_ahead(&mut self, ahead: usize) {
+        self.ahead = ahead;
+        self.cache.cap = self.cache_cap.max(ahead);
         let mut extra = Vec::new();
         while self.cache.len() > self.cache.cap {
             match self.cache.take() {
@@ -856,13 +858,15 @@ impl HostStore {
             copies.push(HostCopy { pieces, len: v.len });
         }
         // Chunks that hold no complete victim's bytes come free again.
+        let slot_of_len = slot_of.len();
         for slot in slot_of {
             if let Some(c) = self.slots.take_unused(slot) {
                 self.recycle(c);
             }
         }
-        // What was prepared for this swap-out is spent; the rest goes.
-        self.end_prepared();
+        // The chunks this swap-out filled were what was prepared for it; the
+        // rest stays for the steps that may follow.
+        self.set_ahead(self.ahead.saturating_sub(slot_of_len));
         if error.is_none() {
             self.refill();
         }
