@@ -30,6 +30,16 @@ fn start(tag: &str, limit: u64) -> (DaemonLink, Peer, Arc<Counters>) {
     (link, peer, counters)
 }
 
+/// [`start`] with a 64 MiB limit and the eventfd through which the link
+/// wakes the queue thread, and the gate the queue thread holds.
+fn start_woken(tag: &str) -> (DaemonLink, Peer, Arc<Counters>, EventFd, Gate) {
+    let (link, peer, counters) = start(tag, 64 * MIB);
+    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
+    link.set_waker(waker.try_clone().unwrap());
+    let gate = link.gate();
+    (link, peer, counters, waker, gate)
+}
+
 /// Allocates `n` buffers of `size` bytes, each filled with its own byte, the
 /// way vm.rs does it: room first, then the allocation.
 fn alloc_filled(gate: &mut Gate, e: &mut SimEngine, n: u8, size: u64) -> Vec<u64> {
@@ -109,10 +119,7 @@ fn three_buffers_swapped_out_at(
     restore_step: Option<u64>,
     swap_in_rate: u64,
 ) -> (DaemonLink, Peer, Arc<Counters>, std::thread::JoinHandle<bool>) {
-    let (link, mut peer, counters) = start(tag, 64 * MIB);
-    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
-    link.set_waker(waker.try_clone().unwrap());
-    let mut gate = link.gate();
+    let (link, mut peer, counters, waker, mut gate) = start_woken(tag);
     if let Some(step) = restore_step {
         gate.set_restore_step(step);
     }
@@ -178,10 +185,7 @@ fn memory_past_the_limit_is_asked_for_and_a_refusal_is_out_of_memory() {
 
 #[test]
 fn an_idle_vm_swaps_out_when_asked_and_its_data_comes_back_before_its_next_work() {
-    let (link, mut peer, counters) = start("evict", 64 * MIB);
-    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
-    link.set_waker(waker.try_clone().unwrap());
-    let mut gate = link.gate();
+    let (_link, mut peer, counters, waker, mut gate) = start_woken("evict");
     let (tx, rx) = mpsc::channel::<&str>();
     let (go_tx, go_rx) = mpsc::channel::<()>();
     let worker = std::thread::spawn(move || {
@@ -307,10 +311,7 @@ fn a_restore_never_brings_back_more_than_its_limit_allows() {
 
 #[test]
 fn a_likely_eviction_the_daemon_announces_reaches_the_engine_through_the_queue_thread() {
-    let (link, mut peer, _counters) = start("prepare", 64 * MIB);
-    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
-    link.set_waker(waker.try_clone().unwrap());
-    let mut gate = link.gate();
+    let (_link, mut peer, _counters, waker, mut gate) = start_woken("prepare");
     let (mut e, _ctx, _s, _f) = sim();
     peer.send(&DaemonMsg::PrepareEviction { bytes: 48 * MIB });
     serve_eviction(&waker, &mut gate, &mut e);
@@ -368,10 +369,7 @@ fn a_restore_evicted_again_while_it_waits_takes_the_part_it_is_then_given() {
 
 #[test]
 fn an_eviction_moves_no_more_than_the_daemon_set_host_ram_aside_for() {
-    let (link, mut peer, _) = start("cap", 64 * MIB);
-    let waker = EventFd::new(EFD_NONBLOCK).unwrap();
-    link.set_waker(waker.try_clone().unwrap());
-    let mut gate = link.gate();
+    let (_link, mut peer, _, waker, mut gate) = start_woken("cap");
     let (mut e, ..) = sim();
     alloc_filled(&mut gate, &mut e, 3, 2 * MIB);
     // The daemon's books say this memory is unused: nothing may move, and
