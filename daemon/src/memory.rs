@@ -358,8 +358,6 @@ impl Broker {
         self.vms.get(&vm).map(|b| &b.mem)
     }
 
-    /// Host RAM this GPU's VMs take for evicted memory, evictions under way
-    /// included.
     /// How much of `vm`'s memory is likely to be evicted when its grant
     /// ends: what the VM with the most in host RAM would need back beyond
     /// the free room, as far as `vm` holds it and host RAM can take it. 0
@@ -380,6 +378,8 @@ impl Broker {
         }
     }
 
+    /// Host RAM this GPU's VMs take for evicted memory, evictions under way
+    /// included.
     pub fn swap_used(&self) -> u64 {
         self.vms.values().map(|b| b.mem.evicted_bytes.saturating_add(b.evict_moves)).fold(0, u64::saturating_add)
     }

@@ -1108,6 +1108,15 @@ impl Drop for CudaEngine {
     }
 }
 
+/// The engine's host swap store, made at its first use (a swap-out, or
+/// preparing for one) with the primary context `ctx`.
+fn host_store(swap: &mut Option<HostStore>, ctx: u64, config: SwapConfig) -> EngineResult<&mut HostStore> {
+    if swap.is_none() {
+        *swap = Some(HostStore::new(ctx, config)?);
+    }
+    swap.as_mut().ok_or(CuError(CUDA_ERROR_ILLEGAL_STATE))
+}
+
 impl Engine for CudaEngine {
     fn kind(&self) -> EngineKind {
         EngineKind::Cuda
@@ -1321,20 +1330,12 @@ impl Engine for CudaEngine {
     }
 
     fn prepare_swap_out(&mut self, bytes: u64) {
-        if self.swap.is_none() {
-            if bytes == 0 {
-                return;
-            }
-            match HostStore::new(self.base, self.swap_config) {
-                Ok(s) => self.swap = Some(s),
-                Err(e) => {
-                    warn!(error = %e, "host swap store for a likely swap-out");
-                    return;
-                }
-            }
+        if bytes == 0 && self.swap.is_none() {
+            return;
         }
-        if let Some(store) = self.swap.as_mut() {
-            store.prepare_ahead(bytes);
+        match host_store(&mut self.swap, self.base, self.swap_config) {
+            Ok(store) => store.prepare_ahead(bytes),
+            Err(e) => warn!(error = %e, "host swap store for a likely swap-out"),
         }
     }
 
@@ -1361,12 +1362,7 @@ impl Engine for CudaEngine {
         if victims.is_empty() {
             return Ok(0);
         }
-        if self.swap.is_none() {
-            self.swap = Some(HostStore::new(self.base, self.swap_config)?);
-        }
-        let Some(store) = self.swap.as_mut() else {
-            return Err(CuError(CUDA_ERROR_ILLEGAL_STATE));
-        };
+        let store = host_store(&mut self.swap, self.base, self.swap_config)?;
         let start = Instant::now();
         let allocs = &mut self.allocs;
         let (moved, copied, count, error) = run_pushed(self.base, || {

@@ -318,7 +318,10 @@ pub struct SwapRates {
 impl SwapRates {
     /// Waits the time moving `bytes` at `rate` bytes per second takes.
     fn pace(rate: u64, bytes: u64) {
-        let secs = Self::secs(rate, bytes);
+        Self::wait(Self::secs(rate, bytes));
+    }
+
+    fn wait(secs: f64) {
         if secs > 0.0 {
             std::thread::sleep(Duration::from_secs_f64(secs));
         }
@@ -949,10 +952,7 @@ impl Engine for SimEngine {
                 self.evicted.insert(base, a);
             }
         }
-        let secs = self.swap_rates.swap_out_secs(moved, std::mem::take(&mut self.swap_prepared));
-        if secs > 0.0 {
-            std::thread::sleep(Duration::from_secs_f64(secs));
-        }
+        SwapRates::wait(self.swap_rates.swap_out_secs(moved, std::mem::take(&mut self.swap_prepared)));
         Ok(moved)
     }
 
