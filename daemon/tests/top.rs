@@ -101,8 +101,11 @@ fn top_shows_the_vms_sorts_on_s_and_gives_the_terminal_back_on_q() {
 
     // A smaller terminal: the next refresh draws to its size, status line
     // on its last row.
+    // tmux passes a resize on to the program a little later (it batches
+    // them); on a busy machine that has taken over 5 s, so the wait is long.
     tmux.resize(110, 24);
-    let screen = tmux.wait_for("a redraw at 110x24", Duration::from_secs(5), |s| {
+    assert_eq!(tmux.pane_format("#{pane_width}x#{pane_height}"), "110x24");
+    let screen = tmux.wait_for("a redraw at 110x24", Duration::from_secs(30), |s| {
         let lines: Vec<&str> = s.lines().collect();
         lines.len() == 24 && lines[23].contains("sort: GPU") && lines.iter().all(|l| l.chars().count() <= 110)
     });
