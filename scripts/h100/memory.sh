@@ -64,6 +64,20 @@ client() {  # name tag args... : gv_mem for "VM" name (native when name starts w
     h100_client gv_mem "$1" "$R/$2-$1.out" "${@:3}"
 }
 
+# Once a second, the kernel's counters that say how host pages come into
+# being (huge pages faulted or fallen back to 4 KiB, direct compactions) and
+# how much RAM is free: a swap-out into fresh pages runs at the rate the
+# host makes them, and that rate has differed several-fold between phases of
+# one run (bench/results/h100/memory-logs/89b684c-20g).
+( while :; do
+      printf '%s ' "$(date +%s.%N)"
+      awk '/^(thp_fault_alloc|thp_fault_fallback|compact_stall|compact_success|compact_fail|pgfault|pgmajfault) /{printf "%s=%s ", $1, $2}' /proc/vmstat
+      awk '/^(MemFree|MemAvailable|AnonHugePages):/{printf "%s=%s ", $1, $2}' /proc/meminfo
+      echo
+      sleep 1
+  done ) > "$R/vmstat.log" 2>/dev/null &
+vmstat_pid=$!
+
 log "native pinned copy bandwidth"
 python3 scripts/h100/probe-evict.py pinned 8 > "$R/pinned.json" 2> "$R/pinned.err" || true
 
@@ -104,6 +118,8 @@ stop_backends
 stop_daemon
 log "scrub: native baseline of the same frees"
 if [ "$ENGINE" = cuda ]; then client native-x scrub scrub-write --mib "$QUOTA_MIB" --chunk-mib "$CHUNK_MIB"; fi
+
+kill "$vmstat_pid" 2>/dev/null || true
 
 python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | tr '\n' ' ')" \
     --command "${given}scripts/h100/memory.sh" \
