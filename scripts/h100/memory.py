@@ -61,6 +61,37 @@ def bandwidth(r, native, native_key):
     }
 
 
+def host_pages(path, windows):
+    """What the kernel did to make host pages in each of `windows` ({name:
+    (start, end)} in Unix seconds), from memory.sh's vmstat.log: the growth
+    of its counters (huge pages faulted, faults that fell back to 4 KiB
+    pages, direct compactions) and the least MemAvailable seen, in GiB."""
+    samples = []
+    try:
+        for line in open(path):
+            parts = line.split()
+            if not parts:
+                continue
+            vals = dict(p.split("=", 1) for p in parts[1:] if "=" in p)
+            samples.append((float(parts[0]), {k: int(v) for k, v in vals.items() if v.isdigit()}))
+    except (OSError, ValueError):
+        return None
+    out = {}
+    for name, (t0, t1) in windows.items():
+        inside = [v for t, v in samples if t0 <= t <= t1]
+        if len(inside) < 2:
+            continue
+        first, last = inside[0], inside[-1]
+        counters = ("thp_fault_alloc", "thp_fault_fallback", "compact_stall", "compact_fail", "pgfault")
+        w = {k: last[k] - first[k] for k in counters if k in first and k in last}
+        avail = [v["MemAvailable"] for v in inside if "MemAvailable" in v]
+        if avail:
+            w["mem_available_min_gib"] = round(min(avail) / (1 << 20), 1)
+        w["seconds"] = round(t1 - t0, 1)
+        out[name] = w
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--res", required=True)
@@ -72,6 +103,7 @@ def main():
     ap.add_argument("--slice-ms", type=float, required=True)
     ap.add_argument("--swap-threads", type=int, default=None)
     ap.add_argument("--swap-cache-mib", type=int, default=None)
+    ap.add_argument("--fill-wait", type=float, default=None, help="seconds the fills had before the common start")
     a = ap.parse_args()
     R = a.res
     pinned = {}
@@ -174,6 +206,15 @@ def main():
             "scrub_s_per_gib": r3(per_gib),
             "free_s": {"gpuvisor": wrote.get("free_s"), "native": native.get("free_s")},
         },
+        "host_pages": host_pages(
+            f"{R}/vmstat.log",
+            {
+                "fill": (start_at - (a.fill_wait or 0), start_at),
+                "overcommitted": (start_at, start_at + a.secs),
+            },
+        )
+        if start_at
+        else None,
         "api_at_end": api.get("vms"),
         "native_pinned": pinned,
     }

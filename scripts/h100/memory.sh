@@ -72,7 +72,7 @@ client() {  # name tag args... : gv_mem for "VM" name (native when name starts w
 ( while :; do
       printf '%s ' "$(date +%s.%N)"
       awk '/^(thp_fault_alloc|thp_fault_fallback|compact_stall|compact_success|compact_fail|pgfault|pgmajfault) /{printf "%s=%s ", $1, $2}' /proc/vmstat
-      awk '/^(MemFree|MemAvailable|AnonHugePages):/{printf "%s=%s ", $1, $2}' /proc/meminfo
+      awk '/^(MemFree|MemAvailable|AnonHugePages):/{sub(":", "", $1); printf "%s=%s ", $1, $2}' /proc/meminfo
       echo
       sleep 1
   done ) > "$R/vmstat.log" 2>/dev/null &
@@ -124,7 +124,7 @@ kill "$vmstat_pid" 2>/dev/null || true
 python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | tr '\n' ' ')" \
     --command "${given}scripts/h100/memory.sh" \
     --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" \
-    --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" > "$out/memory.json"
+    --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" --fill-wait "$FILL_WAIT" > "$out/memory.json"
 cat "$out/memory.json"
 # The clients' outputs, API snapshots and every log (gpuvisord's has each
 # eviction and restore), for reading a run's timeline afterwards.
