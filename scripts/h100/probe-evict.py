@@ -2,7 +2,7 @@
 """Measures the two ways GPU memory can leave the GPU and come back, to choose
 the overcommit mechanism: the driver's checkpoint API applied to another
 process, and copies to pinned host memory (with the cost of pinning it).
-Prints one JSON object. Modes: pinned, pages, warm, register (see each function)."""
+Prints one JSON object. Modes: pinned, pages, warm, register, prefault (see each function)."""
 import ctypes, json, mmap, os, subprocess, sys, time
 
 GIB = 1 << 30
@@ -355,7 +355,118 @@ def register_rates(gib=8, threads=8, chunk_mib=64):
     return res
 
 
+def vmstat():
+    out = {}
+    for line in read_text("/proc/vmstat").splitlines():
+        k, _, v = line.partition(" ")
+        if k in ("thp_fault_alloc", "thp_fault_fallback", "compact_stall", "pgfault"):
+            out[k] = int(v)
+    return out
+
+
+def prefault(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
+    """How a swap chunk's fresh pages are best brought in, as the backend
+    makes chunks (64 MiB mappings, MADV_HUGEPAGE, then registered with the
+    driver): a write to every 4 KiB page (what Chunk::prepare does) against
+    one madvise(MADV_POPULATE_WRITE) per chunk (Linux 5.14+: the kernel
+    faults the range in without a trap per page), by 1, 8 and 16 threads,
+    in one process and, for the writes, in several processes at once (a
+    process's page faults share its memory map's lock). GB/s of chunks made
+    ready, with the kernel's huge-page and compaction counters over each."""
+    import threading
+    import multiprocessing as mp
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mmap.restype = ctypes.c_void_p
+    libc.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int, ctypes.c_int, ctypes.c_long]
+    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    libc.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
+    MADV_HUGEPAGE, MADV_POPULATE_WRITE = 14, 23
+    chunk, n_chunks = chunk_mib << 20, (gib << 30) // (chunk_mib << 20)
+    ctx()
+    cur = ctypes.c_void_p()
+    ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
+    res = {"gib": gib, "chunk_mib": chunk_mib, "kernel": os.uname().release,
+           "thp_enabled": read_text("/sys/kernel/mm/transparent_hugepage/enabled"),
+           "thp_defrag": read_text("/sys/kernel/mm/transparent_hugepage/defrag")}
+
+    def make(how, register):
+        a = libc.mmap(None, chunk, 3, 0x22 | 0x4000, -1, 0)  # RW, PRIVATE|ANONYMOUS|NORESERVE
+        if a in (None, ctypes.c_void_p(-1).value):
+            raise OSError("mmap")
+        libc.madvise(a, chunk, MADV_HUGEPAGE)
+        if how == "populate":
+            if libc.madvise(a, chunk, MADV_POPULATE_WRITE) != 0:
+                raise OSError(ctypes.get_errno(), "MADV_POPULATE_WRITE")
+        else:
+            buf = (ctypes.c_char * chunk).from_address(a)
+            for off in range(0, chunk, 1 << 21):  # memset per 2 MiB: every page written
+                ctypes.memset(ctypes.addressof(buf) + off, 0, 1 << 21)
+        if register:
+            ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(a), ctypes.c_size_t(chunk), ctypes.c_uint(1)), "register")
+        return a
+
+    def timed(how, threads, register):
+        made, errs = [], []
+
+        def work(k):
+            ck(cu.cuCtxSetCurrent(cur), "setcurrent")
+            try:
+                for _ in range(k):
+                    made.append(make(how, register))
+            except Exception as e:  # noqa: BLE001 (reported in the JSON)
+                errs.append(str(e))
+        per = [n_chunks // threads + (1 if i < n_chunks % threads else 0) for i in range(threads)]
+        before = vmstat()
+        ts = [threading.Thread(target=work, args=(k,)) for k in per]
+        t = time.perf_counter()
+        for x in ts:
+            x.start()
+        for x in ts:
+            x.join()
+        dt = time.perf_counter() - t
+        after = vmstat()
+        for a in made:
+            if register:
+                cu.cuMemHostUnregister(ctypes.c_void_p(a))
+            libc.munmap(a, chunk)
+        r = {"gbps": round(len(made) * chunk / 1e9 / dt, 2)}
+        r.update({k: after[k] - before[k] for k in before if k in after})
+        if errs:
+            r["errors"] = errs[:2]
+        return r
+
+    timed("touch", 1, False)  # warm-up (the first mappings of a process come slower), not reported
+    for how in ("touch", "populate"):
+        for register in (False, True):
+            for t in thread_counts:
+                res[f"{how}{'_register' if register else ''}_{t}t"] = timed(how, t, register)
+    # The writes from several processes at once, no registration (no CUDA
+    # in the children): does the rate scale past one process's?
+    def child(k, q):
+        t = time.perf_counter()
+        made = [make("touch", False) for _ in range(k)]
+        q.put((len(made) * chunk, time.perf_counter() - t))
+        for a in made:
+            libc.munmap(a, chunk)
+    for procs in (2, 4, 8):
+        q = mp.get_context("fork").Queue()
+        per = n_chunks // procs
+        ps = [mp.get_context("fork").Process(target=child, args=(per, q)) for _ in range(procs)]
+        t = time.perf_counter()
+        for p in ps:
+            p.start()
+        got = [q.get() for _ in ps]
+        dt = time.perf_counter() - t
+        for p in ps:
+            p.join()
+        res[f"touch_{procs}procs"] = {"gbps": round(sum(b for b, _ in got) / 1e9 / dt, 2)}
+    return res
+
+
 if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "prefault":
+        print(json.dumps(prefault(), indent=1))
+        sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "register":
         print(json.dumps(register_rates(), indent=1))
         sys.exit(0)
