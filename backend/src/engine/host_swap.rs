@@ -197,6 +197,12 @@ impl<T> Bounded<T> {
         self.items.pop()
     }
 
+    /// A new cap; returns the items beyond it, to be released.
+    fn set_cap(&mut self, cap: usize) -> Vec<T> {
+        self.cap = cap;
+        self.items.split_off(cap.min(self.items.len()))
+    }
+
     fn len(&self) -> usize {
         self.items.len()
     }
@@ -294,6 +300,29 @@ struct Chunk {
     len: usize,
 }
 
+/// Brings every page of the fresh private mapping `addr..addr + len` in,
+/// written (a read would only map the shared zero page): one
+/// madvise(MADV_POPULATE_WRITE), which has the kernel fault the range in
+/// without a trap per page (Linux 5.14 and later), else a write to each page
+/// where the kernel does not know that advice. Errors are the kernel's
+/// (no memory for it). The caller owns the mapping, writable, page-aligned.
+fn prefault(addr: usize, len: usize) -> std::io::Result<()> {
+    // SAFETY: advice on the caller's own mapping; it only faults pages in.
+    if unsafe { libc::madvise(addr as *mut c_void, len, libc::MADV_POPULATE_WRITE) } == 0 {
+        return Ok(());
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::EINVAL) {
+        return Err(e);
+    }
+    for off in (0..len).step_by(PAGE) {
+        // SAFETY: `addr + off` lies in the caller's writable mapping, which
+        // nothing else knows of yet.
+        unsafe { ((addr + off) as *mut u8).write_volatile(0) };
+    }
+    Ok(())
+}
+
 impl Chunk {
     /// Makes a chunk of `len` bytes (a multiple of `HUGE_PAGE`). A context
     /// must be current on the calling thread.
@@ -336,11 +365,13 @@ impl Chunk {
         }
         // Fault every page in now, off the copying thread; registering
         // touched memory is several times faster than letting the driver
-        // fault it in, and a read would only map the shared zero page.
-        for off in (0..len).step_by(PAGE) {
-            // SAFETY: `addr + off` lies in the writable mapping made above,
-            // which nothing else knows of yet.
-            unsafe { ((addr + off) as *mut u8).write_volatile(0) };
+        // fault it in.
+        if let Err(e) = prefault(addr, len) {
+            debug!(error = %e, "faulting a swap chunk in failed");
+            // SAFETY: the chunk's own mapping, never registered, unknown to
+            // anyone else.
+            unsafe { libc::munmap(addr as *mut c_void, len) };
+            return Err(oom);
         }
         // SAFETY: the range is a live mapping owned by this chunk until
         // `release` unregisters it before unmapping; PORTABLE pins it for
@@ -687,14 +718,7 @@ impl HostStore {
     /// prepared beyond it are released.
     fn set_ahead(&mut self, ahead: usize) {
         self.ahead = ahead;
-        self.cache.cap = self.cache_cap.max(ahead);
-        let mut extra = Vec::new();
-        while self.cache.len() > self.cache.cap {
-            match self.cache.take() {
-                Some(c) => extra.push(c),
-                None => break,
-            }
-        }
+        let extra = self.cache.set_cap(self.cache_cap.max(ahead));
         if !extra.is_empty() {
             debug!(chunks = extra.len(), "releasing host memory prepared for a swap-out");
         }
@@ -1050,6 +1074,46 @@ mod tests {
         assert_eq!(cache.len(), 0);
         let mut none = Bounded::new(0);
         assert_eq!(none.offer(7), Some(7));
+        // A lower cap hands back what is beyond it; a higher one takes more.
+        let mut cache = Bounded::new(4);
+        (1..=4).for_each(|i| assert_eq!(cache.offer(i), None));
+        assert_eq!(cache.set_cap(1), vec![2, 3, 4]);
+        assert_eq!(cache.len(), 1);
+        assert_eq!(cache.set_cap(3), Vec::<i32>::new());
+        assert_eq!(cache.offer(5), None);
+        assert_eq!(cache.offer(6), None);
+        assert_eq!(cache.offer(7), Some(7));
+    }
+
+    #[test]
+    fn prefaulting_brings_every_page_of_a_fresh_mapping_in_zeroed() {
+        let len = 8 << 20;
+        // SAFETY: a new private anonymous mapping, unmapped below.
+        let addr = unsafe {
+            libc::mmap(
+                null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(addr, libc::MAP_FAILED);
+        let resident = || {
+            let mut vec = vec![0u8; len / PAGE];
+            // SAFETY: `vec` has a byte for each page of the mapping.
+            assert_eq!(unsafe { libc::mincore(addr, len, vec.as_mut_ptr()) }, 0);
+            vec.iter().filter(|&&v| v & 1 == 1).count()
+        };
+        assert_eq!(resident(), 0, "a fresh mapping has no pages yet");
+        prefault(addr as usize, len).unwrap();
+        assert_eq!(resident(), len / PAGE, "every page is in");
+        // SAFETY: the mapping made above, `len` bytes, all present now.
+        let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
+        assert!(bytes.iter().all(|&b| b == 0));
+        // SAFETY: the mapping made above, no longer used.
+        assert_eq!(unsafe { libc::munmap(addr, len) }, 0);
     }
 
     #[test]
