@@ -15,9 +15,9 @@ def gvmem(path):
     return None
 
 
-def swaps(res, what):
-    """Swaps of at least 1 GiB the backends logged: (bytes, seconds) each,
-    in log order per backend, as {backend log: [(bytes, seconds), ...]}."""
+def swaps(res, what, least=GIB):
+    """Swaps of at least `least` bytes the backends logged: (bytes, seconds)
+    each, in log order per backend, as {backend log: [(bytes, seconds), ...]}."""
     pat = re.compile(r"moved=(\d+) ms=([\d.]+)")
     ansi = re.compile(r"\x1b\[[0-9;]*m")
     out = {}
@@ -27,7 +27,7 @@ def swaps(res, what):
             if what not in line:
                 continue
             m = pat.search(line)
-            if m and int(m.group(1)) >= GIB:
+            if m and int(m.group(1)) >= least:
                 out.setdefault(os.path.basename(log), []).append((int(m.group(1)), float(m.group(2)) / 1e3))
     return out
 
@@ -45,8 +45,10 @@ def rates(per_log):
             "count": len(every), "bytes": sum(x[0] for x in every)}
 
 
-def bandwidth(r, native, native_key):
-    """A swap direction's figure: its GB/s over the native pinned copy rate."""
+def bandwidth(r, native, native_key, any_size=None):
+    """A swap direction's figure: its GB/s over the native pinned copy rate,
+    for swaps of at least 1 GiB (`r`); `any_size`, the same over every swap,
+    is reported beside it."""
     ratio = r["all"] / native if r["all"] and native else None
     return {
         "value": None if ratio is None else round(ratio, 3),
@@ -58,6 +60,13 @@ def bandwidth(r, native, native_key):
         "bytes": r["bytes"],
         "gbps_first_swap_of_each_backend": None if r["first"] is None else round(r["first"], 3),
         "gbps_later_swaps": None if r["later"] is None else round(r["later"], 3),
+        "swaps_of_any_size": None
+        if any_size is None
+        else {
+            "count": any_size["count"],
+            "bytes": any_size["bytes"],
+            "gbps": None if any_size["all"] is None else round(any_size["all"], 3),
+        },
     }
 
 
@@ -182,8 +191,8 @@ def main():
             "alone": alone,
             "overcommitted": over,
         },
-        "evict_bandwidth": bandwidth(ev, d2h, "native_pinned_dtoh_gbps"),
-        "restore_bandwidth": bandwidth(rs, h2d, "native_pinned_htod_gbps"),
+        "evict_bandwidth": bandwidth(ev, d2h, "native_pinned_dtoh_gbps", rates(swaps(R, "swapped out to host RAM", 1))),
+        "restore_bandwidth": bandwidth(rs, h2d, "native_pinned_htod_gbps", rates(swaps(R, "restored from host RAM", 1))),
         "overcommit_throughput": {
             "value": r3(aggregate / baseline) if aggregate and baseline else None,
             "target_min": 0.9,
