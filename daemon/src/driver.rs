@@ -818,6 +818,9 @@ fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMa
     let Some(vm) = sched.holder() else {
         return;
     };
+    // What other backends still hold prepared (a VM told before whose
+    // eviction did not come) counts against host RAM too.
+    let elsewhere = slots.iter().filter(|(&v, _)| v != vm).map(|(_, s)| s.notice_bytes).fold(0, u64::saturating_add);
     let Some(s) = slots.get_mut(&vm) else {
         return;
     };
@@ -825,7 +828,7 @@ fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMa
         return;
     }
     s.notice_for = s.last_granted;
-    let bytes = broker.likely_eviction(vm);
+    let bytes = broker.likely_eviction(vm, elsewhere);
     if bytes == s.notice_bytes {
         return;
     }
@@ -979,10 +982,20 @@ mod tests {
     /// A GPU of `cap` bytes overcommitted twice, with `n` VMs 1, 2, ... of
     /// `quota` bytes each: their message channels and welcome limits.
     fn managed_vms(cap: u64, quota: u64, n: u64) -> (GpuDriver, Vec<UnboundedReceiver<DaemonMsg>>, Vec<Option<u64>>) {
+        managed_vms_swapping(cap, quota, n, 1 << 40)
+    }
+
+    /// As `managed_vms`, with `swap` bytes of host RAM for evicted memory.
+    fn managed_vms_swapping(
+        cap: u64,
+        quota: u64,
+        n: u64,
+        swap: u64,
+    ) -> (GpuDriver, Vec<UnboundedReceiver<DaemonMsg>>, Vec<Option<u64>>) {
         let memory = MemorySetup {
             config: MemoryConfig { limit_bytes: Some(cap), total_bytes: 0, simulated: true, overcommit_ratio: 2.0 },
-            params: BrokerParams { min_residency_ns: 0, swap_limit_bytes: 1 << 40 },
-            ledger: Arc::new(SwapLedger::new(1 << 40)),
+            params: BrokerParams { min_residency_ns: 0, swap_limit_bytes: swap },
+            ledger: Arc::new(SwapLedger::new(swap)),
         };
         let d = GpuDriver::spawn("sim", policy(1_000_000), Clock::new(), memory).unwrap();
         let mut rxs = Vec::new();
@@ -1057,6 +1070,27 @@ mod tests {
         assert!(matches!(next(&mut rx1), DaemonMsg::Grant { .. }));
         assert_eq!(next(&mut rx1), DaemonMsg::PrepareEviction { bytes: 0 });
         assert!(rx2.try_recv().is_err(), "2 was told nothing");
+        d.stop();
+    }
+
+    #[test]
+    fn host_ram_another_backend_still_holds_prepared_bounds_the_next_notice() {
+        // 1000 bytes of GPU, 1500 of host RAM: 1 and 2 resident (600, 400),
+        // 3 with 600 in host RAM.
+        let (d, mut rxs, _) = managed_vms_swapping(1000, 600, 3, 1500);
+        resident(&d, 1, 600);
+        resident(&d, 2, 400);
+        let memory = MemoryState { resident_bytes: 0, evicted_bytes: 600, limit_bytes: 0 };
+        d.send(GpuEvent::Stats { vm: 3, stats: Box::new(BackendStats { memory, ..Default::default() }) });
+        d.send(GpuEvent::Demand { vm: 1 });
+        let DaemonMsg::Grant { grant, .. } = next(&mut rxs[0]) else { panic!() };
+        assert_eq!(next(&mut rxs[0]), DaemonMsg::PrepareEviction { bytes: 600 });
+        // 1 lets go before it is evicted; 2 is granted. All 400 of 2 would
+        // go for 3, but 1 still holds 600 prepared: 300 are left.
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: false });
+        d.send(GpuEvent::Demand { vm: 2 });
+        assert!(matches!(next(&mut rxs[1]), DaemonMsg::Grant { .. }));
+        assert_eq!(next(&mut rxs[1]), DaemonMsg::PrepareEviction { bytes: 300 });
         d.stop();
     }
 
