@@ -6,7 +6,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, ValueEnum};
 use gpuvisor_backend::device::GpuBackend;
 use gpuvisor_backend::engine::cuda::CudaEngine;
-use gpuvisor_backend::engine::host_swap::{SwapConfig, MAX_THREADS};
+use gpuvisor_backend::engine::host_swap::{Prefault, SwapConfig, MAX_THREADS};
 use gpuvisor_backend::engine::sim::{SimEngine, SwapRates};
 use gpuvisor_backend::engine::Engine;
 use gpuvisor_backend::grants::{DaemonLink, Registration};
@@ -26,6 +26,16 @@ use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::EventFd;
+
+/// How swap chunks' fresh pages are brought in (`--swap-prefault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum PrefaultChoice {
+    /// A write to each 4 KiB page.
+    Touch,
+    /// One madvise(MADV_POPULATE_WRITE) a chunk (Linux 5.14 and later): no
+    /// trap per page, but the workers' other memory-map calls wait for it.
+    Populate,
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum EngineChoice {
@@ -147,6 +157,13 @@ struct Args {
     /// swap-out run at the copy rate, at that much host RAM held for good.
     #[arg(long, value_name = "MIB", env = "GPUVISOR_SWAP_CACHE_MIB", default_value_t = SwapConfig::default().cache_mib)]
     swap_cache_mib: u64,
+
+    /// How the swap threads bring a chunk's fresh pages in before pinning
+    /// it (cuda engine): a write to each page, or one
+    /// madvise(MADV_POPULATE_WRITE) a chunk. Which is faster depends on the
+    /// host (`scripts/h100/probe-evict.py prefault` measures both).
+    #[arg(long, value_enum, value_name = "HOW", env = "GPUVISOR_SWAP_PREFAULT", default_value = "touch")]
+    swap_prefault: PrefaultChoice,
 
     /// Register with gpuvisord on this socket and submit GPU work only under
     /// its grants. Without it the VM runs alone (the GPU's own time slicing
@@ -358,7 +375,11 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
     };
     let cuda = || -> Result<Box<dyn Engine>> {
         let mut e = CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?;
-        e.set_swap_config(SwapConfig { threads: args.swap_threads, cache_mib: args.swap_cache_mib });
+        let prefault = match args.swap_prefault {
+            PrefaultChoice::Touch => Prefault::Touch,
+            PrefaultChoice::Populate => Prefault::Populate,
+        };
+        e.set_swap_config(SwapConfig { threads: args.swap_threads, cache_mib: args.swap_cache_mib, prefault });
         Ok(Box::new(e))
     };
     match args.engine {

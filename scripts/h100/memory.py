@@ -112,6 +112,8 @@ def main():
     ap.add_argument("--slice-ms", type=float, required=True)
     ap.add_argument("--swap-threads", type=int, default=None)
     ap.add_argument("--swap-cache-mib", type=int, default=None)
+    ap.add_argument("--swap-prefault", default=None)
+    ap.add_argument("--swap-limit-mib", type=int, default=None, help="gpuvisord's --swap-limit-mib, if given")
     ap.add_argument("--fill-wait", type=float, default=None, help="seconds the fills had before the common start")
     a = ap.parse_args()
     R = a.res
@@ -182,6 +184,8 @@ def main():
             "slice_ms": a.slice_ms,
             "backend_swap_threads": a.swap_threads,
             "backend_swap_cache_mib": a.swap_cache_mib,
+            "backend_swap_prefault": a.swap_prefault,
+            "gpuvisord_swap_limit_mib": a.swap_limit_mib if a.swap_limit_mib else "default: half the host's RAM",
             "overcommitted_run_s": a.secs,
             "workload": "gv_mem hold: fill all free memory in chunks with a seeded pattern, burn kernels, "
             "check every byte at the end",

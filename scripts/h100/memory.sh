@@ -17,6 +17,7 @@
 # --swap-threads), SWAP_CACHE_MIB (4096: the backends' --swap-cache-mib,
 # pinned host memory each keeps after a restore; swap-outs into it run at
 # the copy rate, into fresh pages at the rate the host faults them in),
+# SWAP_PREFAULT (touch: the backends' --swap-prefault, touch or populate),
 # SWAP_LIMIT_MIB (host RAM for
 # evicted state; default gpuvisord's, half the host's RAM), DAEMON_LOG (gpuvisord's RUST_LOG,
 # info,gpuvisord=debug), ENGINE (cuda; sim to try the
@@ -26,7 +27,7 @@ cd "$(dirname "$0")/../.."
 out=${1:-${OUT:-$PWD/h100-out}}
 # The knobs this run was given, for the JSON's command line.
 given=$(for v in ENGINE QUOTA_MIB LIMIT_MIB SECS ALONE_SECS FILL_WAIT SLICE_MS CHUNK_MIB SWAP_THREADS \
-    SWAP_CACHE_MIB SWAP_LIMIT_MIB BACKEND_ARGS; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done)
+    SWAP_CACHE_MIB SWAP_PREFAULT SWAP_LIMIT_MIB BACKEND_ARGS; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done)
 mkdir -p "$out"
 . scripts/h100/lib.sh
 h100_setup /tmp/gpuvisor-memory
@@ -39,6 +40,7 @@ SLICE_MS=${SLICE_MS:-5000}
 CHUNK_MIB=${CHUNK_MIB:-256}
 SWAP_THREADS=${SWAP_THREADS:-8}
 SWAP_CACHE_MIB=${SWAP_CACHE_MIB:-4096}
+SWAP_PREFAULT=${SWAP_PREFAULT:-touch}
 DIRECT_MEM_MIB=256
 BURN=(--iters 400000 --blocks 264 --depth 4)
 
@@ -58,7 +60,7 @@ EOF
 }
 start_backend() {
     h100_start_backend "$1" --quota-mib "$QUOTA_MIB" --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" \
-        "${@:2}"
+        --swap-prefault "$SWAP_PREFAULT" "${@:2}"
 }
 client() {  # name tag args... : gv_mem for "VM" name (native when name starts with native)
     h100_client gv_mem "$1" "$R/$2-$1.out" "${@:3}"
@@ -124,7 +126,8 @@ kill "$vmstat_pid" 2>/dev/null || true
 python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | tr '\n' ' ')" \
     --command "${given}scripts/h100/memory.sh" \
     --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" \
-    --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" --fill-wait "$FILL_WAIT" > "$out/memory.json"
+    --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" --fill-wait "$FILL_WAIT" \
+    --swap-prefault "$SWAP_PREFAULT" ${SWAP_LIMIT_MIB:+--swap-limit-mib "$SWAP_LIMIT_MIB"} > "$out/memory.json"
 cat "$out/memory.json"
 # The clients' outputs, API snapshots and every log (gpuvisord's has each
 # eviction and restore), for reading a run's timeline afterwards.

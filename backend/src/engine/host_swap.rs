@@ -55,8 +55,21 @@ const MAX_TAPE_CHUNKS: u64 = 1 << 20;
 /// Most worker threads a store starts.
 pub const MAX_THREADS: u32 = 64;
 
-/// How a store prepares host memory (the backend's `--swap-threads` and
-/// `--swap-cache-mib`).
+/// How a chunk's fresh pages are brought in before it is registered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Prefault {
+    /// A write to each 4 KiB page.
+    #[default]
+    Touch,
+    /// One madvise(MADV_POPULATE_WRITE) a chunk (Linux 5.14 and later; a
+    /// write to each page where the kernel refuses it): no trap per page,
+    /// but the process's memory map stays read-locked meanwhile, which the
+    /// other workers' mmap calls wait for.
+    Populate,
+}
+
+/// How a store prepares host memory (the backend's `--swap-threads`,
+/// `--swap-cache-mib` and `--swap-prefault`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SwapConfig {
     /// Worker threads that prepare chunks (0: the copying thread prepares
@@ -66,11 +79,12 @@ pub struct SwapConfig {
     pub threads: u32,
     /// MiB of prepared chunks kept for the next swap-out once they come free.
     pub cache_mib: u64,
+    pub prefault: Prefault,
 }
 
 impl Default for SwapConfig {
     fn default() -> Self {
-        SwapConfig { threads: 8, cache_mib: 4096 }
+        SwapConfig { threads: 8, cache_mib: 4096, prefault: Prefault::Touch }
     }
 }
 
@@ -301,19 +315,20 @@ struct Chunk {
 }
 
 /// Brings every page of the fresh private mapping `addr..addr + len` in,
-/// written (a read would only map the shared zero page): one
-/// madvise(MADV_POPULATE_WRITE), which has the kernel fault the range in
-/// without a trap per page (Linux 5.14 and later), else a write to each page
-/// where the kernel does not know that advice. Errors are the kernel's
-/// (no memory for it). The caller owns the mapping, writable, page-aligned.
-fn prefault(addr: usize, len: usize) -> std::io::Result<()> {
-    // SAFETY: advice on the caller's own mapping; it only faults pages in.
-    if unsafe { libc::madvise(addr as *mut c_void, len, libc::MADV_POPULATE_WRITE) } == 0 {
-        return Ok(());
-    }
-    let e = std::io::Error::last_os_error();
-    if e.raw_os_error() != Some(libc::EINVAL) {
-        return Err(e);
+/// written (a read would only map the shared zero page), as `how` says;
+/// `Populate` writes each page where the kernel does not know
+/// MADV_POPULATE_WRITE. Errors are the kernel's (no memory for it). The
+/// caller owns the mapping, writable, page-aligned.
+fn prefault(addr: usize, len: usize, how: Prefault) -> std::io::Result<()> {
+    if how == Prefault::Populate {
+        // SAFETY: advice on the caller's own mapping; it only faults pages in.
+        if unsafe { libc::madvise(addr as *mut c_void, len, libc::MADV_POPULATE_WRITE) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINVAL) {
+            return Err(e);
+        }
     }
     for off in (0..len).step_by(PAGE) {
         // SAFETY: `addr + off` lies in the caller's writable mapping, which
@@ -324,9 +339,10 @@ fn prefault(addr: usize, len: usize) -> std::io::Result<()> {
 }
 
 impl Chunk {
-    /// Makes a chunk of `len` bytes (a multiple of `HUGE_PAGE`). A context
-    /// must be current on the calling thread.
-    fn prepare(len: usize) -> EngineResult<Chunk> {
+    /// Makes a chunk of `len` bytes (a multiple of `HUGE_PAGE`), its pages
+    /// brought in as `how` says. A context must be current on the calling
+    /// thread.
+    fn prepare(len: usize, how: Prefault) -> EngineResult<Chunk> {
         let oom = CuError(CUDA_ERROR_OUT_OF_MEMORY);
         let span = len.checked_add(HUGE_PAGE).ok_or(oom)?;
         // SAFETY: a new private anonymous mapping at an address the kernel
@@ -366,7 +382,7 @@ impl Chunk {
         // Fault every page in now, off the copying thread; registering
         // touched memory is several times faster than letting the driver
         // fault it in.
-        if let Err(e) = prefault(addr, len) {
+        if let Err(e) = prefault(addr, len, how) {
             debug!(error = %e, "faulting a swap chunk in failed");
             // SAFETY: the chunk's own mapping, never registered, unknown to
             // anyone else.
@@ -405,8 +421,9 @@ impl Chunk {
 }
 
 enum Job {
-    /// Make a chunk of this many bytes and send it back.
-    Prepare(usize),
+    /// Make a chunk of this many bytes, its pages brought in so, and send it
+    /// back.
+    Prepare(usize, Prefault),
     Release(Chunk),
 }
 
@@ -474,13 +491,14 @@ fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cance
             break; // the store closed the queue
         };
         match job {
-            Job::Prepare(len) => {
+            Job::Prepare(len, how) => {
                 let result = if cancel.load(Ordering::Acquire) {
                     Err(CuError(CUDA_ERROR_OUT_OF_MEMORY))
                 } else {
                     // A panic must still answer: the copying thread counts on
                     // one answer per request.
-                    std::panic::catch_unwind(move || Chunk::prepare(len)).unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)))
+                    std::panic::catch_unwind(move || Chunk::prepare(len, how))
+                        .unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)))
                 };
                 if let Err(mpsc::SendError(Ok(chunk))) = done.send(result) {
                     chunk.release();
@@ -560,6 +578,7 @@ pub struct HostStore {
     /// Chunks asked of the workers and not yet received: for the swap-out
     /// under way, or ahead of the next one (`refill`).
     outstanding: usize,
+    prefault: Prefault,
 }
 
 impl HostStore {
@@ -582,6 +601,7 @@ impl HostStore {
             threads = pool.as_ref().map_or(0, |p| p.workers.len()),
             cache_mib,
             chunk_mib = CHUNK_BYTES >> 20,
+            prefault = ?config.prefault,
             "host swap store ready"
         );
         Ok(HostStore {
@@ -594,6 +614,7 @@ impl HostStore {
             ahead: 0,
             pool,
             outstanding: 0,
+            prefault: config.prefault,
         })
     }
 
@@ -619,7 +640,7 @@ impl HostStore {
             return;
         };
         for _ in 0..n {
-            if pool.send(Job::Prepare(len)).is_err() {
+            if pool.send(Job::Prepare(len, self.prefault)).is_err() {
                 break; // no worker left: fewer chunks, reported as OOM
             }
             self.outstanding += 1;
@@ -646,7 +667,7 @@ impl HostStore {
                     return Err(CuError(CUDA_ERROR_OUT_OF_MEMORY));
                 }
                 *inline_budget -= 1;
-                Chunk::prepare(self.chunk_len())
+                Chunk::prepare(self.chunk_len(), self.prefault)
             }
         }
     }
@@ -762,7 +783,7 @@ impl HostStore {
             Some(pool) => match pool.send(Job::Release(chunk)) {
                 Ok(()) => return,
                 Err(Job::Release(c)) => c,
-                Err(Job::Prepare(_)) => return,
+                Err(Job::Prepare(..)) => return,
             },
             None => chunk,
         };
@@ -1085,8 +1106,9 @@ mod tests {
         assert_eq!(cache.offer(7), Some(7));
     }
 
-    #[test]
-    fn prefaulting_brings_every_page_of_a_fresh_mapping_in_zeroed() {
+    /// Prefaults a fresh 8 MiB mapping `how` and checks that every page is
+    /// then resident and zero.
+    fn prefault_fresh_mapping(how: Prefault) {
         let len = 8 << 20;
         // SAFETY: a new private anonymous mapping, unmapped below.
         let addr = unsafe {
@@ -1107,13 +1129,19 @@ mod tests {
             vec.iter().filter(|&&v| v & 1 == 1).count()
         };
         assert_eq!(resident(), 0, "a fresh mapping has no pages yet");
-        prefault(addr as usize, len).unwrap();
-        assert_eq!(resident(), len / PAGE, "every page is in");
+        prefault(addr as usize, len, how).unwrap();
+        assert_eq!(resident(), len / PAGE, "every page is in ({how:?})");
         // SAFETY: the mapping made above, `len` bytes, all present now.
         let bytes = unsafe { std::slice::from_raw_parts(addr as *const u8, len) };
         assert!(bytes.iter().all(|&b| b == 0));
         // SAFETY: the mapping made above, no longer used.
         assert_eq!(unsafe { libc::munmap(addr, len) }, 0);
+    }
+
+    #[test]
+    fn prefaulting_brings_every_page_of_a_fresh_mapping_in_zeroed() {
+        prefault_fresh_mapping(Prefault::Touch);
+        prefault_fresh_mapping(Prefault::Populate);
     }
 
     #[test]
