@@ -79,6 +79,8 @@ client() {  # name tag args... : gv_mem for "VM" name (native when name starts w
       sleep 1
   done ) > "$R/vmstat.log" 2>/dev/null &
 vmstat_pid=$!
+# However the script ends: a sampler left behind would hold the device call open.
+trap 'kill "$vmstat_pid" 2>/dev/null' EXIT
 
 log "native pinned copy bandwidth"
 python3 scripts/h100/probe-evict.py pinned 8 > "$R/pinned.json" 2> "$R/pinned.err" || true
