@@ -464,17 +464,10 @@ def prefault(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) > 1 and sys.argv[1] == "prefault":
-        print(json.dumps(prefault(), indent=1))
-        sys.exit(0)
-    if len(sys.argv) > 1 and sys.argv[1] == "register":
-        print(json.dumps(register_rates(), indent=1))
-        sys.exit(0)
-    if len(sys.argv) > 1 and sys.argv[1] == "warm":
-        print(json.dumps(warm(), indent=1))
-        sys.exit(0)
-    if len(sys.argv) > 1 and sys.argv[1] == "pages":
-        print(json.dumps(pages(), indent=1))
+    # Modes that take no argument and print one JSON object.
+    plain = {"prefault": prefault, "register": register_rates, "warm": warm, "pages": pages}
+    if len(sys.argv) > 1 and sys.argv[1] in plain:
+        print(json.dumps(plain[sys.argv[1]](), indent=1))
         sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         child(int(sys.argv[2]))
