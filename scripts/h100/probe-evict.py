@@ -2,11 +2,18 @@
 """Measures the two ways GPU memory can leave the GPU and come back, to choose
 the overcommit mechanism: the driver's checkpoint API applied to another
 process, and copies to pinned host memory (with the cost of pinning it).
-Prints one JSON object. Modes: pinned, pages, warm, register, prefault (see each function)."""
+Prints one JSON object. Modes: pinned, pages, warm, register, register-procs, prefault, contention (see each function)."""
 import ctypes, json, mmap, os, subprocess, sys, time
 
 GIB = 1 << 30
 cu = ctypes.CDLL("libcuda.so.1")
+
+def anon(n):
+    """A private anonymous mapping of `n` bytes, as the backend's swap chunks
+    are. Python's anon(n) alone is MAP_SHARED: shmem pages, 4 KiB
+    where shmem has no THP, which is not what a backend makes."""
+    return mmap.mmap(-1, n, flags=mmap.MAP_PRIVATE)
+
 
 def ck(r, what):
     if r != 0:
@@ -103,7 +110,7 @@ def pinned(gib):
     ck(cu.cuMemFreeHost(h), "freehost")
     res["host_free_s"] = round(time.perf_counter() - t, 3)
     # pinning memory that already exists (anonymous mapping, pages touched first)
-    m = mmap.mmap(-1, n)
+    m = anon(n)
     t = time.perf_counter()
     for off in range(0, n, 4096):
         m[off] = 1
@@ -130,7 +137,7 @@ def touch_rates(gib=4):
         out[kind] = {}
         for threads in (1, 8, 16):
             n = gib * GIB
-            m = mmap.mmap(-1, n)
+            m = anon(n)
             if kind == "thp" and hasattr(m, "madvise"):
                 m.madvise(mmap.MADV_HUGEPAGE)
             base = ctypes.addressof(ctypes.c_char.from_buffer(m))
@@ -183,7 +190,7 @@ def pages(gib=4, threads=8):
     }
 
     def mapping():
-        m = mmap.mmap(-1, n)
+        m = anon(n)
         m.madvise(mmap.MADV_HUGEPAGE)
         return m, ctypes.addressof(ctypes.c_char.from_buffer(m))
 
@@ -218,7 +225,7 @@ def warm(gib=4, threads=8, leave_gib=8):
     res = {"gib": gib, "threads": threads, "mem_available_gib_before": round(mem_available() / GIB, 1)}
 
     def anon():
-        m = mmap.mmap(-1, n)
+        m = anon(n)
         m.madvise(mmap.MADV_HUGEPAGE)
         return m, ctypes.addressof(ctypes.c_char.from_buffer(m))
 
@@ -300,7 +307,7 @@ def register_rates(gib=8, threads=8, chunk_mib=64):
            "shmem_enabled": read_text("/sys/kernel/mm/transparent_hugepage/shmem_enabled")}
 
     def anon_fresh():
-        m = mmap.mmap(-1, n)
+        m = anon(n)
         m.madvise(mmap.MADV_HUGEPAGE)
         return m, False
 
@@ -463,11 +470,167 @@ def prefault(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
     return res
 
 
+def register_child(nbytes, threads, chunk_mib=64):
+    """One process of `register_procs`: touches `nbytes` of THP memory
+    (untimed), says ready, waits for a line on stdin, registers it in 64 MiB
+    chunks by `threads` threads and prints the seconds that took."""
+    import threading
+    ctx()
+    cur = ctypes.c_void_p()
+    ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
+    chunk = chunk_mib << 20
+    m = anon(nbytes)
+    m.madvise(mmap.MADV_HUGEPAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    memset_rate(base, nbytes, threads)
+    offs = list(range(0, nbytes, chunk))
+    print("ready", flush=True)
+    sys.stdin.readline()
+
+    def work(mine):
+        ck(cu.cuCtxSetCurrent(cur), "setcurrent")
+        for off in mine:
+            ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(base + off), ctypes.c_size_t(chunk), ctypes.c_uint(1)), "register")
+    ts = [threading.Thread(target=work, args=(offs[i::threads],)) for i in range(threads)]
+    t = time.perf_counter()
+    for x in ts:
+        x.start()
+    for x in ts:
+        x.join()
+    print(time.perf_counter() - t, flush=True)
+    for off in offs:
+        cu.cuMemHostUnregister(ctypes.c_void_p(base + off))
+
+
+def register_procs(gib=16, threads=4):
+    """Whether cuMemHostRegister is serialized per process or across the
+    driver: the same `gib` of touched THP memory registered by 1, 2 and 4
+    processes at once (each with its own context and `threads` threads),
+    GB/s of all of them together from a common start."""
+    res = {"gib": gib, "threads_per_process": threads, "chunk_mib": 64}
+    for procs in (1, 2, 4):
+        each = (gib << 30) // procs
+        ps = [subprocess.Popen([sys.executable, __file__, "register-child", str(each), str(threads)],
+                               stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+        for p in ps:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("register child did not start")
+        t = time.perf_counter()
+        for p in ps:
+            p.stdin.write("go\n")
+            p.stdin.flush()
+        secs = [float(p.stdout.readline()) for p in ps]
+        dt = time.perf_counter() - t
+        for p in ps:
+            p.wait()
+        res[f"{procs}procs"] = {"gbps": round((gib << 30) / 1e9 / dt, 2),
+                                "per_process_gbps": [round(each / 1e9 / s, 2) for s in secs]}
+    return res
+
+
+def fresh_rate(gib=8, threads=8, chunk_mib=64):
+    """GB/s at which `threads` threads make swap chunks the way the backend
+    does (a fresh THP mapping per 64 MiB, every page written, registered),
+    all threads together; the chunks are released afterwards."""
+    import threading
+    ctx()
+    cur = ctypes.c_void_p()
+    ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
+    chunk, n = chunk_mib << 20, (gib << 30) // (chunk_mib << 20)
+    made = []
+
+    def work(k):
+        ck(cu.cuCtxSetCurrent(cur), "setcurrent")
+        for _ in range(k):
+            m = anon(chunk)
+            m.madvise(mmap.MADV_HUGEPAGE)
+            a = ctypes.addressof(ctypes.c_char.from_buffer(m))
+            ctypes.memset(a, 0, chunk)
+            ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(a), ctypes.c_size_t(chunk), ctypes.c_uint(1)), "register")
+            made.append((m, a))
+    ts = [threading.Thread(target=work, args=(n // threads + (i < n % threads),)) for i in range(threads)]
+    t = time.perf_counter()
+    for x in ts:
+        x.start()
+    for x in ts:
+        x.join()
+    dt = time.perf_counter() - t
+    for m, a in made:
+        cu.cuMemHostUnregister(ctypes.c_void_p(a))
+    return round(len(made) * chunk / 1e9 / dt, 2)
+
+
+def load_child(kind, mib=256):
+    """Background load for `contention` until a line arrives on stdin, then
+    prints its own GB/s. htod: what a filling VM's backend does (the guest
+    driver writes 256 MiB into registered shared memory, the backend copies
+    it to the device); alloc: device allocations made, set and freed."""
+    import threading
+    ctx()
+    n = mib << 20
+    d = ctypes.c_uint64()
+    cu.cuMemAlloc_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+    fd = os.memfd_create("load")
+    os.ftruncate(fd, n)
+    m = mmap.mmap(fd, n)
+    h = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    ctypes.memset(h, 1, n)
+    if kind == "htod":
+        ck(cu.cuMemAlloc_v2(ctypes.byref(d), n), "alloc")
+        ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(h), ctypes.c_size_t(n), ctypes.c_uint(1)), "register")
+    stop = threading.Event()
+    threading.Thread(target=lambda: (sys.stdin.readline(), stop.set()), daemon=True).start()
+    print("ready", flush=True)
+    moved, t = 0, time.perf_counter()
+    while not stop.is_set():
+        if kind == "htod":
+            ctypes.memset(h, moved & 0xFF, n)
+            ck(cu.cuMemcpyHtoD_v2(ctypes.c_uint64(d.value), ctypes.c_void_p(h), ctypes.c_size_t(n)), "htod")
+        else:
+            ck(cu.cuMemAlloc_v2(ctypes.byref(d), n), "alloc")
+            ck(cu.cuMemsetD8_v2(ctypes.c_uint64(d.value), ctypes.c_ubyte(7), ctypes.c_size_t(n)), "memset")
+            ck(cu.cuCtxSynchronize(), "sync")
+            ck(cu.cuMemFree_v2(ctypes.c_uint64(d.value)), "free")
+        moved += n
+    print(round(moved / 1e9 / (time.perf_counter() - t), 2), flush=True)
+
+
+def contention(gib=8, threads=8):
+    """Why swap-outs made while other VMs fill their memory ran at 4-7 GB/s
+    on the H200 where the same chunk making alone runs at ~25 GB/s: the
+    rate of `fresh_rate` alone, then while one and two other processes load
+    the machine the way a filling VM does (`load_child`)."""
+    res = {"gib": gib, "threads": threads, "alone_gbps": fresh_rate(gib, threads)}
+    for kind, procs in (("htod", 1), ("htod", 2), ("alloc", 1)):
+        ps = [subprocess.Popen([sys.executable, __file__, "load-child", kind], stdin=subprocess.PIPE,
+                               stdout=subprocess.PIPE, text=True) for _ in range(procs)]
+        for p in ps:
+            if p.stdout.readline().strip() != "ready":
+                raise RuntimeError("load child did not start")
+        time.sleep(0.5)
+        rate = fresh_rate(gib, threads)
+        for p in ps:
+            p.stdin.write("stop\n")
+            p.stdin.flush()
+        loads = [float(p.stdout.readline()) for p in ps]
+        for p in ps:
+            p.wait()
+        res[f"with_{kind}_x{procs}"] = {"gbps": rate, "load_gbps": loads}
+    res["alone_again_gbps"] = fresh_rate(gib, threads)
+    return res
+
+
 if __name__ == "__main__":
     # Modes that take no argument and print one JSON object.
-    plain = {"prefault": prefault, "register": register_rates, "warm": warm, "pages": pages}
+    plain = {"prefault": prefault, "register": register_rates, "register-procs": register_procs, "contention": contention, "warm": warm, "pages": pages}
     if len(sys.argv) > 1 and sys.argv[1] in plain:
         print(json.dumps(plain[sys.argv[1]](), indent=1))
+        sys.exit(0)
+    if len(sys.argv) > 3 and sys.argv[1] == "register-child":
+        register_child(int(sys.argv[2]), int(sys.argv[3]))
+        sys.exit(0)
+    if len(sys.argv) > 2 and sys.argv[1] == "load-child":
+        load_child(sys.argv[2])
         sys.exit(0)
     if len(sys.argv) > 1 and sys.argv[1] == "child":
         child(int(sys.argv[2]))
