@@ -2,7 +2,7 @@
 """Measures the two ways GPU memory can leave the GPU and come back, to choose
 the overcommit mechanism: the driver's checkpoint API applied to another
 process, and copies to pinned host memory (with the cost of pinning it).
-Prints one JSON object. Modes: pinned, pages, warm, register, register-procs, prefault, contention (see each function)."""
+Prints one JSON object. Modes: pinned, pages, warm, register, register-procs, register-contexts, prefault, contention (see each function)."""
 import ctypes, json, mmap, os, subprocess, sys, time
 
 GIB = 1 << 30
@@ -620,9 +620,76 @@ def contention(gib=8, threads=8):
     return res
 
 
+def register_contexts(gib=16, threads=8, chunk_mib=64):
+    """Whether registration is serialized per process or per context: the
+    same `gib` of touched private THP memory registered (PORTABLE) by
+    `threads` threads spread over 1, 2 and 4 contexts of one process (the
+    primary, then contexts made with cuCtxCreate). Also whether a copy from
+    the primary context into memory another context registered runs at the
+    pinned rate, and whether the primary context may unregister it (what a
+    backend using several contexts for its swap chunks would rely on)."""
+    import threading
+    ctx()
+    primary = ctypes.c_void_p()
+    ck(cu.cuCtxGetCurrent(ctypes.byref(primary)), "getcurrent")
+    dev = ctypes.c_int()
+    ck(cu.cuCtxGetDevice(ctypes.byref(dev)), "getdevice")
+    extra = []
+    for _ in range(3):
+        c = ctypes.c_void_p()
+        try:
+            r = cu.cuCtxCreate_v2(ctypes.byref(c), ctypes.c_uint(0), dev)
+        except AttributeError:  # a driver that only has the v4 entry point (params may be NULL)
+            r = cu.cuCtxCreate_v4(ctypes.byref(c), None, ctypes.c_uint(0), dev)
+        ck(r, "ctxcreate")
+        extra.append(c)
+        ck(cu.cuCtxSetCurrent(primary), "setcurrent")
+    n, chunk = gib << 30, chunk_mib << 20
+    m = anon(n)
+    m.madvise(mmap.MADV_HUGEPAGE)
+    base = ctypes.addressof(ctypes.c_char.from_buffer(m))
+    memset_rate(base, n, threads)
+    offs = list(range(0, n, chunk))
+    res = {"gib": gib, "threads": threads, "chunk_mib": chunk_mib}
+    for k in (1, 2, 4):
+        ctxs = [primary] + extra[:k - 1]
+
+        def work(i):
+            ck(cu.cuCtxSetCurrent(ctxs[i % k]), "setcurrent")
+            for off in offs[i::threads]:
+                ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(base + off), ctypes.c_size_t(chunk), ctypes.c_uint(1)),
+                   "register")
+        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        t = time.perf_counter()
+        for x in ts:
+            x.start()
+        for x in ts:
+            x.join()
+        res[f"{k}contexts_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
+        if k == 2:
+            # chunk 1 was registered by the second context (thread 1): copy into it from the primary
+            d = ctypes.c_uint64()
+            cu.cuMemAlloc_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+            ck(cu.cuMemAlloc_v2(ctypes.byref(d), chunk), "alloc")
+            best = 0
+            for _ in range(5):
+                t = time.perf_counter()
+                ck(cu.cuMemcpyDtoH_v2(ctypes.c_void_p(base + offs[1]), ctypes.c_uint64(d.value), ctypes.c_size_t(chunk)),
+                   "dtoh")
+                best = max(best, chunk / 1e9 / (time.perf_counter() - t))
+            res["dtoh_from_primary_into_second_context_registration_gbps"] = round(best, 2)
+            cu.cuMemFree_v2(ctypes.c_uint64(d.value))
+            res["unregister_from_primary_of_second_context_registration"] = cu.cuMemHostUnregister(
+                ctypes.c_void_p(base + offs[1]))
+        ck(cu.cuCtxSetCurrent(primary), "setcurrent")
+        for off in offs:
+            cu.cuMemHostUnregister(ctypes.c_void_p(base + off))
+    return res
+
+
 if __name__ == "__main__":
     # Modes that take no argument and print one JSON object.
-    plain = {"prefault": prefault, "register": register_rates, "register-procs": register_procs, "contention": contention, "warm": warm, "pages": pages}
+    plain = {"prefault": prefault, "register": register_rates, "register-procs": register_procs, "register-contexts": register_contexts, "contention": contention, "warm": warm, "pages": pages}
     if len(sys.argv) > 1 and sys.argv[1] in plain:
         print(json.dumps(plain[sys.argv[1]](), indent=1))
         sys.exit(0)
