@@ -143,8 +143,8 @@ struct Args {
     /// memory is swapped out to it for gpuvisord's memory broker (cuda
     /// engine). A swap-out into fresh pages runs at the rate these threads
     /// fault them in and the driver pins them (one registration at a time
-    /// per process, about half the copy rate on an H200 host); 0 prepares on
-    /// the serving thread.
+    /// per process, about half the copy rate on an H200 host, where 16
+    /// threads did no better than 8); 0 prepares on the serving thread.
     #[arg(long, value_name = "N", env = "GPUVISOR_SWAP_THREADS", default_value_t = SwapConfig::default().threads,
         value_parser = clap::value_parser!(u32).range(0..=MAX_THREADS as i64))]
     swap_threads: u32,
@@ -160,8 +160,9 @@ struct Args {
 
     /// How the swap threads bring a chunk's fresh pages in before pinning
     /// it (cuda engine): a write to each page, or one
-    /// madvise(MADV_POPULATE_WRITE) a chunk. Which is faster depends on the
-    /// host (`scripts/h100/probe-evict.py prefault` measures both).
+    /// madvise(MADV_POPULATE_WRITE) a chunk. On an H200 host writes were
+    /// 4x faster with 8 threads (populating holds the memory map's lock);
+    /// `scripts/h100/probe-evict.py prefault` measures both on a host.
     #[arg(long, value_enum, value_name = "HOW", env = "GPUVISOR_SWAP_PREFAULT", default_value = "touch")]
     swap_prefault: PrefaultChoice,
 

@@ -3,11 +3,12 @@
 //! ahead of the copies, so that the copy engine never waits for the CPU.
 //!
 //! Getting host pages ready is far slower than the copy itself. Measured on
-//! an H200 host (bench/results/h100/probe-evict.json): pinned copies run at
-//! 55 GB/s, `cuMemHostRegister` of touched memory at 21 to 26 GB/s and no
-//! faster from several threads at once (the driver serializes it:
-//! bench/results/h100/host-register.json), `cuMemHostAlloc` at 2 GB/s; faulting in fresh pages
-//! (the kernel zeroes them) comes on top of registering them. So workers
+//! an H200 host: pinned copies run at 55 GB/s, `cuMemHostAlloc` at 2 GB/s
+//! (bench/results/h100/probe-evict.json); fresh private huge pages written
+//! at 27 GB/s by 8 threads, and with `cuMemHostRegister` after the writes
+//! 25 GB/s by 8 threads, 29 by 16 (prefault.json): registration is
+//! serialized within a process (two processes register twice as fast,
+//! register-procs.json). So workers
 //! prepare chunks while the calling thread queues asynchronous copies into
 //! those already prepared, and the store keeps prepared chunks, up to a
 //! bound, for the next swap-out: chunks that a swap-in gives back, and chunks
