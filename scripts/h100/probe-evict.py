@@ -2,7 +2,7 @@
 """Measures the two ways GPU memory can leave the GPU and come back, to choose
 the overcommit mechanism: the driver's checkpoint API applied to another
 process, and copies to pinned host memory (with the cost of pinning it).
-Prints one JSON object. Modes: pinned, pages, warm, register, register-procs, register-contexts, prefault, contention (see each function)."""
+Prints one JSON object. Modes: pinned, pages, warm, register, register-procs, register-contexts, host-alloc, prefault, contention (see each function)."""
 import ctypes, json, mmap, os, subprocess, sys, time
 
 GIB = 1 << 30
@@ -687,9 +687,123 @@ def register_contexts(gib=16, threads=8, chunk_mib=64):
     return res
 
 
+class _MemLocation(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("id", ctypes.c_int)]
+
+
+class _AllocFlags(ctypes.Structure):
+    _fields_ = [("compressionType", ctypes.c_ubyte), ("gpuDirectRDMACapable", ctypes.c_ubyte),
+                ("usage", ctypes.c_ushort), ("reserved", ctypes.c_ubyte * 4)]
+
+
+class _AllocProp(ctypes.Structure):
+    _fields_ = [("type", ctypes.c_int), ("requestedHandleTypes", ctypes.c_int), ("location", _MemLocation),
+                ("win32HandleMetaData", ctypes.c_void_p), ("allocFlags", _AllocFlags)]
+
+
+class _AccessDesc(ctypes.Structure):
+    _fields_ = [("location", _MemLocation), ("flags", ctypes.c_int)]
+
+
+def host_alloc(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
+    """Host memory the driver allocates pinned itself, so nothing needs
+    registering: cuMemHostAlloc of 64 MiB chunks by 1, 8 and 16 threads, and
+    cuMemCreate with a host location (CUDA 12.2+; pinned host memory mapped
+    at a device address, made, mapped and given device access per chunk),
+    GB/s of chunks made, all threads together; then the copy rate from
+    device memory into such a chunk. Whether either scales with threads
+    where registration does not (25 GB/s a process)."""
+    import threading
+    ctx()
+    cur = ctypes.c_void_p()
+    ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
+    chunk, n_chunks = chunk_mib << 20, (gib << 30) // (chunk_mib << 20)
+    res = {"gib": gib, "chunk_mib": chunk_mib}
+    cu.cuMemAlloc_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+    prop = _AllocProp()
+    prop.type = 1  # CU_MEM_ALLOCATION_TYPE_PINNED
+    prop.location = _MemLocation(2, 0)  # CU_MEM_LOCATION_TYPE_HOST
+    gran = ctypes.c_size_t()
+    r = cu.cuMemGetAllocationGranularity(ctypes.byref(gran), ctypes.byref(prop), ctypes.c_int(0))
+    res["vmm_host_granularity"] = gran.value if r == 0 else f"CUresult {r}"
+    access = _AccessDesc(_MemLocation(1, 0), 3)  # device 0, read-write
+
+    def make_hostalloc():
+        h = ctypes.c_void_p()
+        ck(cu.cuMemHostAlloc(ctypes.byref(h), ctypes.c_size_t(chunk), ctypes.c_uint(1)), "hostalloc")  # PORTABLE
+        return ("hostalloc", h.value)
+
+    def make_vmm():
+        handle = ctypes.c_ulonglong()
+        ck(cu.cuMemCreate(ctypes.byref(handle), ctypes.c_size_t(chunk), ctypes.byref(prop), ctypes.c_ulonglong(0)),
+           "memcreate(host)")
+        va = ctypes.c_uint64()
+        ck(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(chunk), ctypes.c_size_t(0), ctypes.c_uint64(0),
+                                  ctypes.c_ulonglong(0)), "reserve")
+        ck(cu.cuMemMap(ctypes.c_uint64(va.value), ctypes.c_size_t(chunk), ctypes.c_size_t(0), handle,
+                       ctypes.c_ulonglong(0)), "map")
+        ck(cu.cuMemSetAccess(ctypes.c_uint64(va.value), ctypes.c_size_t(chunk), ctypes.byref(access), ctypes.c_size_t(1)),
+           "setaccess")
+        return ("vmm", va.value, handle.value)
+
+    def free(c):
+        if c[0] == "hostalloc":
+            cu.cuMemFreeHost(ctypes.c_void_p(c[1]))
+        else:
+            cu.cuMemUnmap(ctypes.c_uint64(c[1]), ctypes.c_size_t(chunk))
+            cu.cuMemRelease(ctypes.c_ulonglong(c[2]))
+            cu.cuMemAddressFree(ctypes.c_uint64(c[1]), ctypes.c_size_t(chunk))
+
+    def timed(make, threads):
+        made, errs = [], []
+
+        def work(k):
+            ck(cu.cuCtxSetCurrent(cur), "setcurrent")
+            try:
+                for _ in range(k):
+                    made.append(make())
+            except Exception as e:  # noqa: BLE001 (reported in the JSON)
+                errs.append(str(e))
+        ts = [threading.Thread(target=work, args=(n_chunks // threads + (i < n_chunks % threads),))
+              for i in range(threads)]
+        t = time.perf_counter()
+        for x in ts:
+            x.start()
+        for x in ts:
+            x.join()
+        r = {"gbps": round(len(made) * chunk / 1e9 / (time.perf_counter() - t), 2)}
+        if errs:
+            r["errors"] = errs[:2]
+        return r, made
+
+    d = ctypes.c_uint64()
+    ck(cu.cuMemAlloc_v2(ctypes.byref(d), chunk), "alloc")
+    for name, make in (("hostalloc", make_hostalloc), ("vmm_host", make_vmm)):
+        for t in thread_counts:
+            r, made = timed(make, t)
+            if made and t == thread_counts[-1]:
+                dst = made[0][1]
+                best = 0
+                for _ in range(5):
+                    t0 = time.perf_counter()
+                    rc = cu.cuMemcpyDtoH_v2(ctypes.c_void_p(dst), ctypes.c_uint64(d.value), ctypes.c_size_t(chunk)) \
+                        if name == "hostalloc" else \
+                        cu.cuMemcpyDtoD_v2(ctypes.c_uint64(dst), ctypes.c_uint64(d.value), ctypes.c_size_t(chunk))
+                    if rc != 0:
+                        r["copy_error"] = rc
+                        break
+                    best = max(best, chunk / 1e9 / (time.perf_counter() - t0))
+                r["copy_from_device_gbps"] = round(best, 2)
+            res[f"{name}_{t}t"] = r
+            for c in made:
+                free(c)
+    cu.cuMemFree_v2(ctypes.c_uint64(d.value))
+    return res
+
+
 if __name__ == "__main__":
     # Modes that take no argument and print one JSON object.
-    plain = {"prefault": prefault, "register": register_rates, "register-procs": register_procs, "register-contexts": register_contexts, "contention": contention, "warm": warm, "pages": pages}
+    plain = {"prefault": prefault, "register": register_rates, "register-procs": register_procs, "register-contexts": register_contexts, "host-alloc": host_alloc, "contention": contention, "warm": warm, "pages": pages}
     if len(sys.argv) > 1 and sys.argv[1] in plain:
         print(json.dumps(plain[sys.argv[1]](), indent=1))
         sys.exit(0)
