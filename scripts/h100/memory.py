@@ -45,6 +45,23 @@ def rates(per_log):
             "count": len(every), "bytes": sum(x[0] for x in every)}
 
 
+def by_size(per_log, edges_gib=(0, 1, 2, 8)):
+    """Swaps grouped by size (from each edge to the next, the last open):
+    count, bytes, seconds and GB/s each. The small ones come while VMs fill
+    their memory a step at a time, the large ones when a whole VM leaves."""
+    every = [x for v in per_log.values() for x in v]
+    out = []
+    for i, lo in enumerate(edges_gib):
+        hi = edges_gib[i + 1] if i + 1 < len(edges_gib) else None
+        sel = [x for x in every if x[0] >= lo * GIB and (hi is None or x[0] < hi * GIB)]
+        if not sel:
+            continue
+        b, t = sum(x[0] for x in sel), sum(x[1] for x in sel)
+        out.append({"gib_from": lo, "gib_below": hi, "count": len(sel), "bytes": b, "seconds": round(t, 3),
+                    "gbps": round(b / 1e9 / t, 3) if t else None})
+    return out
+
+
 def bandwidth(r, native, native_key, any_size=None):
     """A swap direction's figure: its GB/s over the native pinned copy rate,
     for swaps of at least 1 GiB (`r`); `any_size`, the same over every swap,
@@ -195,8 +212,14 @@ def main():
             "alone": alone,
             "overcommitted": over,
         },
-        "evict_bandwidth": bandwidth(ev, d2h, "native_pinned_dtoh_gbps", rates(swaps(R, "swapped out to host RAM", 1))),
-        "restore_bandwidth": bandwidth(rs, h2d, "native_pinned_htod_gbps", rates(swaps(R, "restored from host RAM", 1))),
+        "evict_bandwidth": dict(
+            bandwidth(ev, d2h, "native_pinned_dtoh_gbps", rates(swaps(R, "swapped out to host RAM", 1))),
+            by_size=by_size(swaps(R, "swapped out to host RAM", 1)),
+        ),
+        "restore_bandwidth": dict(
+            bandwidth(rs, h2d, "native_pinned_htod_gbps", rates(swaps(R, "restored from host RAM", 1))),
+            by_size=by_size(swaps(R, "restored from host RAM", 1)),
+        ),
         "overcommit_throughput": {
             "value": r3(aggregate / baseline) if aggregate and baseline else None,
             "target_min": 0.9,
