@@ -62,6 +62,37 @@ def by_size(per_log, edges_gib=(0, 1, 2, 8)):
     return out
 
 
+def swap_out_time(res, edges_gib=(0, 1, 2, 8)):
+    """Where the swap-outs' time went, by size as in `by_size`, from the cuda
+    engine's log lines (backends from 2026-12-03 on): seconds in all,
+    waiting for chunks the workers were making, waiting for the copies,
+    zeroing, unmapping; chunks taken ready against chunks waited for; and
+    the workers' time meanwhile (summed over them) in mapping chunks,
+    faulting their pages in, registering them and releasing others."""
+    keys = ("seconds", "chunk_wait_s", "copy_wait_s", "zero_s", "unmap_s", "chunks_ready", "chunks_waited",
+            "made_chunks", "worker_map_s", "worker_prefault_s", "worker_register_s", "worker_release_s")
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    rows = []
+    for log in sorted(glob.glob(os.path.join(res, "backend-*.log"))):
+        for line in open(log, errors="replace"):
+            line = ansi.sub("", line)
+            if "device memory swapped out to host RAM" not in line or "chunk_wait_s=" not in line:
+                continue
+            f = dict(re.findall(r"(\w+)=([\d.e+-]+)", line))
+            try:
+                rows.append((int(f["bytes"]), {k: float(f.get(k, 0)) for k in keys}))
+            except (KeyError, ValueError):
+                continue
+    out = []
+    for i, lo in enumerate(edges_gib):
+        hi = edges_gib[i + 1] if i + 1 < len(edges_gib) else None
+        sel = [r for b, r in rows if b >= lo * GIB and (hi is None or b < hi * GIB)]
+        if sel:
+            out.append(dict({"gib_from": lo, "gib_below": hi, "count": len(sel)},
+                            **{k: round(sum(r[k] for r in sel), 3) for k in keys}))
+    return out
+
+
 def bandwidth(r, native, native_key, any_size=None):
     """A swap direction's figure: its GB/s over the native pinned copy rate,
     for swaps of at least 1 GiB (`r`); `any_size`, the same over every swap,
@@ -215,6 +246,7 @@ def main():
         "evict_bandwidth": dict(
             bandwidth(ev, d2h, "native_pinned_dtoh_gbps", rates(swaps(R, "swapped out to host RAM", 1))),
             by_size=by_size(swaps(R, "swapped out to host RAM", 1)),
+            time_by_size=swap_out_time(R),
         ),
         "restore_bandwidth": dict(
             bandwidth(rs, h2d, "native_pinned_htod_gbps", rates(swaps(R, "restored from host RAM", 1))),

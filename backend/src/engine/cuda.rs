@@ -1365,8 +1365,9 @@ impl Engine for CudaEngine {
         let store = host_store(&mut self.swap, self.base, self.swap_config)?;
         let start = Instant::now();
         let allocs = &mut self.allocs;
-        let (moved, copied, count, error) = run_pushed(self.base, || {
+        let (moved, copied, count, error, timing, unmapping) = run_pushed(self.base, || {
             let out = store.copy_out(&victims);
+            let unmapped_at = Instant::now();
             let mut error = out.error;
             let (mut moved, mut copied, mut count) = (0u64, 0u64, 0usize);
             for (v, copy) in victims.iter().zip(out.copies) {
@@ -1408,7 +1409,7 @@ impl Engine for CudaEngine {
                     }
                 }
             }
-            (moved, copied, count, error)
+            (moved, copied, count, error, out.timing, unmapped_at.elapsed())
         })?;
         let secs = start.elapsed().as_secs_f64();
         let after = self.allocs.residency();
@@ -1421,6 +1422,17 @@ impl Engine for CudaEngine {
             resident = after.resident,
             evicted = after.evicted,
             pinned_mib = self.swap.as_ref().map_or(0, |s| s.pinned_bytes() >> 20),
+            chunks_ready = timing.chunks_ready,
+            chunks_waited = timing.chunks_waited,
+            chunk_wait_s = timing.chunk_wait.as_secs_f64(),
+            copy_wait_s = timing.copy_wait.as_secs_f64(),
+            zero_s = timing.zero.as_secs_f64(),
+            unmap_s = unmapping.as_secs_f64(),
+            made_chunks = timing.made,
+            worker_map_s = timing.map.as_secs_f64(),
+            worker_prefault_s = timing.prefault.as_secs_f64(),
+            worker_register_s = timing.register.as_secs_f64(),
+            worker_release_s = timing.release.as_secs_f64(),
             "device memory swapped out to host RAM"
         );
         match error {

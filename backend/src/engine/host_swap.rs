@@ -26,9 +26,10 @@ use cudarc::driver::sys;
 use protocol::cuda::*;
 use std::ffi::c_void;
 use std::ptr::null_mut;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use std::thread::JoinHandle;
 use tracing::{debug, info, warn};
 
@@ -343,8 +344,9 @@ impl Chunk {
     /// Makes a chunk of `len` bytes (a multiple of `HUGE_PAGE`), its pages
     /// brought in as `how` says. A context must be current on the calling
     /// thread.
-    fn prepare(len: usize, how: Prefault) -> EngineResult<Chunk> {
+    fn prepare(len: usize, how: Prefault, stats: &PrepStats) -> EngineResult<Chunk> {
         let oom = CuError(CUDA_ERROR_OUT_OF_MEMORY);
+        let mapping = Instant::now();
         let span = len.checked_add(HUGE_PAGE).ok_or(oom)?;
         // SAFETY: a new private anonymous mapping at an address the kernel
         // chooses; no existing memory is touched. NORESERVE: the pages are
@@ -380,10 +382,14 @@ impl Chunk {
         if unsafe { libc::madvise(addr as *mut c_void, len, libc::MADV_HUGEPAGE) } != 0 {
             debug!("MADV_HUGEPAGE refused for a swap chunk");
         }
+        PrepStats::add(&stats.map_ns, mapping);
         // Fault every page in now, off the copying thread; registering
         // touched memory is several times faster than letting the driver
         // fault it in.
-        if let Err(e) = prefault(addr, len, how) {
+        let faulting = Instant::now();
+        let faulted = prefault(addr, len, how);
+        PrepStats::add(&stats.prefault_ns, faulting);
+        if let Err(e) = faulted {
             debug!(error = %e, "faulting a swap chunk in failed");
             // SAFETY: the chunk's own mapping, never registered, unknown to
             // anyone else.
@@ -393,14 +399,17 @@ impl Chunk {
         // SAFETY: the range is a live mapping owned by this chunk until
         // `release` unregisters it before unmapping; PORTABLE pins it for
         // every context, not only the one current here.
+        let registering = Instant::now();
         let registered =
             check(unsafe { sys::cuMemHostRegister_v2(addr as *mut c_void, len, sys::CU_MEMHOSTREGISTER_PORTABLE) });
+        PrepStats::add(&stats.register_ns, registering);
         if let Err(e) = registered {
             // SAFETY: the chunk's own mapping, never registered, unknown to
             // anyone else.
             unsafe { libc::munmap(addr as *mut c_void, len) };
             return Err(e);
         }
+        stats.made.fetch_add(1, Ordering::Relaxed);
         Ok(Chunk { addr, len })
     }
 
@@ -430,6 +439,29 @@ enum Job {
 
 type Prepared = EngineResult<Chunk>;
 
+/// Time spent making and releasing chunks, summed over the threads that
+/// did it, in nanoseconds: what a swap-out that waited for chunks waited on.
+#[derive(Debug, Default)]
+struct PrepStats {
+    made: AtomicU64,
+    map_ns: AtomicU64,
+    prefault_ns: AtomicU64,
+    register_ns: AtomicU64,
+    release_ns: AtomicU64,
+}
+
+impl PrepStats {
+    fn add(counter: &AtomicU64, since: Instant) {
+        let ns = u64::try_from(since.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        counter.fetch_add(ns, Ordering::Relaxed);
+    }
+
+    fn snapshot(&self) -> [u64; 5] {
+        [&self.made, &self.map_ns, &self.prefault_ns, &self.register_ns, &self.release_ns]
+            .map(|c| c.load(Ordering::Relaxed))
+    }
+}
+
 /// Threads that prepare and release chunks, each with the engine's primary
 /// context current.
 struct Pool {
@@ -444,17 +476,17 @@ struct Pool {
 
 impl Pool {
     /// Up to `threads` workers; `None` if none could be started.
-    fn start(ctx: u64, threads: usize) -> Option<Pool> {
+    fn start(ctx: u64, threads: usize, stats: &Arc<PrepStats>) -> Option<Pool> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (done, ready) = mpsc::channel::<Prepared>();
         let queue = Arc::new(Mutex::new(queue));
         let cancel = Arc::new(AtomicBool::new(false));
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
-            let (queue, done, cancel) = (queue.clone(), done.clone(), cancel.clone());
+            let (queue, done, cancel, stats) = (queue.clone(), done.clone(), cancel.clone(), stats.clone());
             match std::thread::Builder::new()
                 .name(format!("gv-swap-{i}"))
-                .spawn(move || worker(ctx, &queue, &done, &cancel))
+                .spawn(move || worker(ctx, &queue, &done, &cancel, &stats))
             {
                 Ok(h) => workers.push(h),
                 Err(e) => warn!(error = %e, "starting a swap worker thread"),
@@ -475,7 +507,7 @@ impl Pool {
     }
 }
 
-fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cancel: &AtomicBool) {
+fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cancel: &AtomicBool, stats: &PrepStats) {
     // SAFETY: the engine's primary context, retained until after the store
     // has joined this thread. Registration and unregistration need a current
     // context; this thread does nothing else.
@@ -498,14 +530,18 @@ fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cance
                 } else {
                     // A panic must still answer: the copying thread counts on
                     // one answer per request.
-                    std::panic::catch_unwind(move || Chunk::prepare(len, how))
+                    std::panic::catch_unwind(move || Chunk::prepare(len, how, stats))
                         .unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)))
                 };
                 if let Err(mpsc::SendError(Ok(chunk))) = done.send(result) {
                     chunk.release();
                 }
             }
-            Job::Release(chunk) => chunk.release(),
+            Job::Release(chunk) => {
+                let releasing = Instant::now();
+                chunk.release();
+                PrepStats::add(&stats.release_ns, releasing);
+            }
         }
     }
 }
@@ -554,6 +590,29 @@ pub struct CopyOut {
     pub copies: Vec<HostCopy>,
     /// Why the rest were not copied (host RAM exhausted, a copy failed).
     pub error: Option<CuError>,
+    /// Where the time went, for the log.
+    pub timing: CopyOutTiming,
+}
+
+/// Where a swap-out's time went: waiting for chunks the workers were still
+/// preparing, for the copies after the last was queued, and for zeroing.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CopyOutTiming {
+    /// Chunks taken ready (cached or prepared ahead).
+    pub chunks_ready: usize,
+    /// Chunks waited for while the workers made them.
+    pub chunks_waited: usize,
+    pub chunk_wait: Duration,
+    pub copy_wait: Duration,
+    pub zero: Duration,
+    /// Chunks the workers made while the swap-out ran (some for the next
+    /// one), and their time in mapping, faulting pages in, registering and,
+    /// for chunks given back, releasing: summed over the workers.
+    pub made: u64,
+    pub map: Duration,
+    pub prefault: Duration,
+    pub register: Duration,
+    pub release: Duration,
 }
 
 /// Pinned host memory for one engine's swapped-out allocations, and the
@@ -580,6 +639,7 @@ pub struct HostStore {
     /// under way, or ahead of the next one (`refill`).
     outstanding: usize,
     prefault: Prefault,
+    stats: Arc<PrepStats>,
 }
 
 impl HostStore {
@@ -597,7 +657,8 @@ impl HostStore {
                 sys::cuStreamCreateWithPriority(&mut stream, sys::CUstream_flags::CU_STREAM_NON_BLOCKING as u32, 0)
             })
         })??;
-        let pool = Pool::start(ctx, threads);
+        let stats = Arc::new(PrepStats::default());
+        let pool = Pool::start(ctx, threads, &stats);
         info!(
             threads = pool.as_ref().map_or(0, |p| p.workers.len()),
             cache_mib,
@@ -616,6 +677,7 @@ impl HostStore {
             pool,
             outstanding: 0,
             prefault: config.prefault,
+            stats,
         })
     }
 
@@ -668,7 +730,7 @@ impl HostStore {
                     return Err(CuError(CUDA_ERROR_OUT_OF_MEMORY));
                 }
                 *inline_budget -= 1;
-                Chunk::prepare(self.chunk_len(), self.prefault)
+                Chunk::prepare(self.chunk_len(), self.prefault, &self.stats)
             }
         }
     }
@@ -801,7 +863,11 @@ impl HostStore {
     pub fn copy_out(&mut self, victims: &[Victim]) -> CopyOut {
         let lens: Vec<u64> = victims.iter().map(|v| v.len).collect();
         let Some(plan) = plan_tape(&lens, self.chunk_bytes, PIECE_ALIGN) else {
-            return CopyOut { copies: Vec::new(), error: Some(CuError(CUDA_ERROR_INVALID_VALUE)) };
+            return CopyOut {
+                copies: Vec::new(),
+                error: Some(CuError(CUDA_ERROR_INVALID_VALUE)),
+                timing: CopyOutTiming::default(),
+            };
         };
         self.collect_ready();
         let chunks = plan.per_chunk.len();
@@ -827,7 +893,11 @@ impl HostStore {
         let mut slot_of: Vec<usize> = Vec::with_capacity(chunks);
         let mut filled = 0;
         let mut error = None;
+        let mut timing = CopyOutTiming::default();
+        let stats_before = self.stats.snapshot();
         'tape: for (k, spans) in plan.per_chunk.iter().enumerate() {
+            let ready = self.cache.len() > 0;
+            let asked = Instant::now();
             let chunk = match self.next_chunk(&mut inline_budget) {
                 Ok(c) => c,
                 Err(e) => {
@@ -835,6 +905,12 @@ impl HostStore {
                     break;
                 }
             };
+            if ready {
+                timing.chunks_ready += 1;
+            } else {
+                timing.chunks_waited += 1;
+                timing.chunk_wait += asked.elapsed();
+            }
             let host = chunk.addr;
             slot_of.push(self.slots.insert(chunk));
             for &(i, span) in spans {
@@ -862,6 +938,7 @@ impl HostStore {
             self.settle_requests();
         }
 
+        let synced_at = Instant::now();
         // SAFETY: the store's stream; its context is current.
         let mut done = match check(unsafe { sys::cuStreamSynchronize(stream) }) {
             Ok(()) => plan.complete(filled),
@@ -871,8 +948,20 @@ impl HostStore {
             }
         };
         done = done.min(victims.len());
+        timing.copy_wait = synced_at.elapsed();
+        let stats_after = self.stats.snapshot();
+        let [made, map, prefault, register, release] =
+            std::array::from_fn(|i| stats_after[i].saturating_sub(stats_before[i]));
+        timing.made = made;
+        (timing.map, timing.prefault, timing.register, timing.release) = (
+            Duration::from_nanos(map),
+            Duration::from_nanos(prefault),
+            Duration::from_nanos(register),
+            Duration::from_nanos(release),
+        );
 
         // Zero only what is safely in host RAM, after the copies finished.
+        let zeroed_at = Instant::now();
         if done > 0 {
             let mut scrubbed = Ok(());
             for v in &victims[..done] {
@@ -887,6 +976,7 @@ impl HostStore {
                 warn!(error = %e, "zeroing swapped-out device memory failed; it goes back unscrubbed");
             }
         }
+        timing.zero = zeroed_at.elapsed();
 
         let mut per_victim: Vec<Vec<(usize, u64, u64)>> = vec![Vec::new(); done];
         for (k, spans) in plan.per_chunk.iter().enumerate().take(slot_of.len()) {
@@ -916,7 +1006,7 @@ impl HostStore {
         if error.is_none() {
             self.refill();
         }
-        CopyOut { copies, error }
+        CopyOut { copies, error, timing }
     }
 
     /// Queues the copy of `copy` back to device memory at `dptr`. Nothing is
