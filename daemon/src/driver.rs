@@ -819,8 +819,9 @@ fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMa
         return;
     };
     // What other backends still hold prepared (a VM told before whose
-    // eviction did not come) counts against host RAM too.
-    let elsewhere = slots.iter().filter(|(&v, _)| v != vm).map(|(_, s)| s.notice_bytes).fold(0, u64::saturating_add);
+    // eviction did not come or is under way) counts against host RAM too.
+    let prepared: Vec<(u64, u64)> =
+        slots.iter().filter(|(_, s)| s.notice_bytes > 0).map(|(&v, s)| (v, s.notice_bytes)).collect();
     let Some(s) = slots.get_mut(&vm) else {
         return;
     };
@@ -828,7 +829,7 @@ fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMa
         return;
     }
     s.notice_for = s.last_granted;
-    let bytes = broker.likely_eviction(vm, elsewhere);
+    let bytes = broker.likely_eviction(vm, &prepared);
     if bytes == s.notice_bytes {
         return;
     }
@@ -1091,6 +1092,33 @@ mod tests {
         d.send(GpuEvent::Demand { vm: 2 });
         assert!(matches!(next(&mut rxs[1]), DaemonMsg::Grant { .. }));
         assert_eq!(next(&mut rxs[1]), DaemonMsg::PrepareEviction { bytes: 300 });
+        d.stop();
+    }
+
+    #[test]
+    fn memory_prepared_for_an_eviction_under_way_counts_once_against_the_next_notice() {
+        // 1000 bytes of GPU, 1500 of host RAM: 1 and 2 resident (500 each),
+        // 3 with 500 in host RAM. 2, then 1 are told to prepare 500 each;
+        // then 2 is evicted for 3. Its prepared memory is what that eviction
+        // fills: 1, granted again meanwhile, keeps its 500 (counted twice,
+        // host RAM looked full and 1 was told 0).
+        let (d, mut rxs, _) = managed_vms_swapping(1000, 500, 3, 1500);
+        resident(&d, 1, 500);
+        resident(&d, 2, 500);
+        let memory = MemoryState { resident_bytes: 0, evicted_bytes: 500, limit_bytes: 0 };
+        d.send(GpuEvent::Stats { vm: 3, stats: Box::new(BackendStats { memory, ..Default::default() }) });
+        for (vm, rx) in [(2, 1), (1, 0)] {
+            d.send(GpuEvent::Demand { vm });
+            let DaemonMsg::Grant { grant, .. } = next(&mut rxs[rx]) else { panic!() };
+            assert_eq!(next(&mut rxs[rx]), DaemonMsg::PrepareEviction { bytes: 500 });
+            d.send(GpuEvent::Release { vm, grant, used_ns: 1000, more: false });
+        }
+        d.send(GpuEvent::MemNeed { vm: 3, bytes: 500 });
+        assert_eq!(next(&mut rxs[1]), DaemonMsg::Evict { resident_max: 0, max_move_bytes: 500 });
+        d.send(GpuEvent::Demand { vm: 1 });
+        assert!(matches!(next(&mut rxs[0]), DaemonMsg::Grant { .. }));
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(rxs[0].try_recv().is_err(), "1's notice was withdrawn");
         d.stop();
     }
 

@@ -375,13 +375,20 @@ impl Broker {
     /// ends: what the VM with the most in host RAM would need back beyond
     /// the free room (all `vm` holds where less than an eviction step would
     /// be left, as `plan` takes it), as far as `vm` holds it and host RAM
-    /// can take it besides `prepared_elsewhere`, the host RAM other VMs'
-    /// backends hold prepared for evictions of their own. 0 when the GPU is
-    /// not overcommitted, nobody waits, or it is less than an eviction step.
-    pub fn likely_eviction(&self, vm: VmId, prepared_elsewhere: u64) -> u64 {
+    /// can take it besides what other VMs' backends hold `prepared` for
+    /// evictions of their own ((VM, bytes) each). Prepared memory that an
+    /// eviction under way is filling is counted once, as that eviction's.
+    /// 0 when the GPU is not overcommitted, nobody waits, or it is less than
+    /// an eviction step.
+    pub fn likely_eviction(&self, vm: VmId, prepared: &[(VmId, u64)]) -> u64 {
         let (Some(cap), Some(b)) = (self.capacity(), self.vms.get(&vm)) else {
             return 0;
         };
+        let prepared_elsewhere = prepared
+            .iter()
+            .filter(|&&(w, _)| w != vm)
+            .map(|&(w, p)| p.saturating_sub(self.vms.get(&w).map_or(0, |o| o.evict_moves)))
+            .fold(0, u64::saturating_add);
         let waiting = self.vms.iter().filter(|(&w, _)| w != vm).map(|(_, o)| o.mem.evicted_bytes).max().unwrap_or(0);
         let free = cap.saturating_sub(self.limits());
         let room = self.params.swap_limit_bytes.saturating_sub(self.swap_used().saturating_add(prepared_elsewhere));
@@ -1143,19 +1150,19 @@ mod tests {
         add(&mut b, 1, 6 * G, 6 * G);
         add(&mut b, 2, 6 * G, 0);
         b.stats(2, &BackendStats { memory: state(2 * G, 4 * G), ..Default::default() });
-        assert_eq!(b.likely_eviction(1, 0), 4 * G);
-        assert_eq!(b.likely_eviction(2, 0), 0, "nobody else has memory in host RAM");
+        assert_eq!(b.likely_eviction(1, &[]), 4 * G);
+        assert_eq!(b.likely_eviction(2, &[]), 0, "nobody else has memory in host RAM");
         // Host RAM left for 1.5 GiB more bounds it.
         let mut tight = broker_swapping(8 * G, 2.0, 5 * G + 512 * MIB);
         add(&mut tight, 1, 6 * G, 6 * G);
         add(&mut tight, 2, 6 * G, 0);
         tight.stats(2, &BackendStats { memory: state(2 * G, 4 * G), ..Default::default() });
-        assert_eq!(tight.likely_eviction(1, 0), G + 512 * MIB);
+        assert_eq!(tight.likely_eviction(1, &[]), G + 512 * MIB);
         // Another backend holding 512 MiB prepared leaves 1 GiB of it.
-        assert_eq!(tight.likely_eviction(1, 512 * MIB), G);
+        assert_eq!(tight.likely_eviction(1, &[(3, 512 * MIB)]), G);
         // Less than an eviction step is not worth preparing for.
         tight.stats(2, &BackendStats { memory: state(2 * G, 256 * MIB), ..Default::default() });
-        assert_eq!(tight.likely_eviction(1, 0), 0);
+        assert_eq!(tight.likely_eviction(1, &[]), 0);
     }
 
     #[test]
@@ -1173,13 +1180,13 @@ mod tests {
             b
         };
         let mut b = two(64 * G);
-        assert_eq!(b.likely_eviction(1, 0), data, "1 is told to prepare for all of it");
+        assert_eq!(b.likely_eviction(1, &[]), data, "1 is told to prepare for all of it");
         b.mem_need(2, data);
         let out = b.pump(2000 * MS, &Sched::default().granted(1, MS).f(), 0);
         assert_eq!(evicts(&out), vec![(1, 0)]);
         // Host RAM for less than all of it bounds the eviction as before.
         let mut tight = two(data + 19 * G);
-        assert_eq!(tight.likely_eviction(1, 0), 19 * G);
+        assert_eq!(tight.likely_eviction(1, &[]), 19 * G);
         tight.mem_need(2, data);
         let s = Sched::default().granted(1, MS);
         // (Host RAM looks too small: 1 is asked what it holds first.)
