@@ -3,7 +3,7 @@
 the overcommit mechanism: the driver's checkpoint API applied to another
 process, and copies to pinned host memory (with the cost of pinning it).
 Prints one JSON object. Modes: pinned, pages, warm, register, register-procs, register-contexts, host-alloc, prefault, contention (see each function)."""
-import ctypes, json, mmap, os, subprocess, sys, time
+import ctypes, json, mmap, os, subprocess, sys, threading, time
 
 GIB = 1 << 30
 cu = ctypes.CDLL("libcuda.so.1")
@@ -146,17 +146,22 @@ def touch_rates(gib=4):
             m.close()
     return out
 
-def memset_rate(base, n, threads):
-    """GB/s of `threads` threads writing `n` bytes from `base` (memset)."""
-    import threading
-    part = n // threads
-    ts = [threading.Thread(target=ctypes.memset, args=(base + i * part, 2, part)) for i in range(threads)]
+def on_threads(target, args_each):
+    """Runs `target` on one thread per argument tuple, all at once; the
+    seconds from the first start to the last finish."""
+    ts = [threading.Thread(target=target, args=a) for a in args_each]
     t = time.perf_counter()
     for x in ts:
         x.start()
     for x in ts:
         x.join()
-    return round(n / 1e9 / (time.perf_counter() - t), 2)
+    return time.perf_counter() - t
+
+
+def memset_rate(base, n, threads):
+    """GB/s of `threads` threads writing `n` bytes from `base` (memset)."""
+    part = n // threads
+    return round(n / 1e9 / on_threads(ctypes.memset, [(base + i * part, 2, part) for i in range(threads)]), 2)
 
 
 def read_text(path):
@@ -298,7 +303,6 @@ def register_rates(gib=8, threads=8, chunk_mib=64):
     makes itself: fresh, and touched first) and for memfd pages that exist
     already (what a shared pool would hand over: 4 KiB shmem pages), mapped
     with MAP_POPULATE. GB/s of chunks made ready, all threads together."""
-    import threading
     ctx()
     cur = ctypes.c_void_p()
     ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
@@ -346,13 +350,7 @@ def register_rates(gib=8, threads=8, chunk_mib=64):
                     r = cu.cuMemHostRegister_v2(ctypes.c_void_p(base + off), ctypes.c_size_t(chunk), ctypes.c_uint(1))
                     if r != 0:
                         errs.append(r)
-            ts = [threading.Thread(target=work, args=(offs[i::t],)) for i in range(t)]
-            start = time.perf_counter()
-            for x in ts:
-                x.start()
-            for x in ts:
-                x.join()
-            res[f"{name}_gbps_{t}t"] = round(n / 1e9 / (time.perf_counter() - start), 2)
+            res[f"{name}_gbps_{t}t"] = round(n / 1e9 / on_threads(work, [(offs[i::t],) for i in range(t)]), 2)
             if errs:
                 res[f"{name}_errors_{t}t"] = errs[:4]
             for off in offs:
@@ -380,7 +378,6 @@ def prefault(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
     in one process and, for the writes, in several processes at once (a
     process's page faults share its memory map's lock). GB/s of chunks made
     ready, with the kernel's huge-page and compaction counters over each."""
-    import threading
     import multiprocessing as mp
     libc = ctypes.CDLL(None, use_errno=True)
     libc.mmap.restype = ctypes.c_void_p
@@ -424,13 +421,7 @@ def prefault(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
                 errs.append(str(e))
         per = [n_chunks // threads + (1 if i < n_chunks % threads else 0) for i in range(threads)]
         before = vmstat()
-        ts = [threading.Thread(target=work, args=(k,)) for k in per]
-        t = time.perf_counter()
-        for x in ts:
-            x.start()
-        for x in ts:
-            x.join()
-        dt = time.perf_counter() - t
+        dt = on_threads(work, [(k,) for k in per])
         after = vmstat()
         for a in made:
             if register:
@@ -474,7 +465,6 @@ def register_child(nbytes, threads, chunk_mib=64):
     """One process of `register_procs`: touches `nbytes` of THP memory
     (untimed), says ready, waits for a line on stdin, registers it in 64 MiB
     chunks by `threads` threads and prints the seconds that took."""
-    import threading
     ctx()
     cur = ctypes.c_void_p()
     ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
@@ -491,13 +481,7 @@ def register_child(nbytes, threads, chunk_mib=64):
         ck(cu.cuCtxSetCurrent(cur), "setcurrent")
         for off in mine:
             ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(base + off), ctypes.c_size_t(chunk), ctypes.c_uint(1)), "register")
-    ts = [threading.Thread(target=work, args=(offs[i::threads],)) for i in range(threads)]
-    t = time.perf_counter()
-    for x in ts:
-        x.start()
-    for x in ts:
-        x.join()
-    print(time.perf_counter() - t, flush=True)
+    print(on_threads(work, [(offs[i::threads],) for i in range(threads)]), flush=True)
     for off in offs:
         cu.cuMemHostUnregister(ctypes.c_void_p(base + off))
 
@@ -532,7 +516,6 @@ def fresh_rate(gib=8, threads=8, chunk_mib=64):
     """GB/s at which `threads` threads make swap chunks the way the backend
     does (a fresh THP mapping per 64 MiB, every page written, registered),
     all threads together; the chunks are released afterwards."""
-    import threading
     ctx()
     cur = ctypes.c_void_p()
     ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
@@ -548,13 +531,7 @@ def fresh_rate(gib=8, threads=8, chunk_mib=64):
             ctypes.memset(a, 0, chunk)
             ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(a), ctypes.c_size_t(chunk), ctypes.c_uint(1)), "register")
             made.append((m, a))
-    ts = [threading.Thread(target=work, args=(n // threads + (i < n % threads),)) for i in range(threads)]
-    t = time.perf_counter()
-    for x in ts:
-        x.start()
-    for x in ts:
-        x.join()
-    dt = time.perf_counter() - t
+    dt = on_threads(work, [(n // threads + (i < n % threads),) for i in range(threads)])
     for m, a in made:
         cu.cuMemHostUnregister(ctypes.c_void_p(a))
     return round(len(made) * chunk / 1e9 / dt, 2)
@@ -565,7 +542,6 @@ def load_child(kind, mib=256):
     prints its own GB/s. htod: what a filling VM's backend does (the guest
     driver writes 256 MiB into registered shared memory, the backend copies
     it to the device); alloc: device allocations made, set and freed."""
-    import threading
     ctx()
     n = mib << 20
     d = ctypes.c_uint64()
@@ -628,7 +604,6 @@ def register_contexts(gib=16, threads=8, chunk_mib=64):
     the primary context into memory another context registered runs at the
     pinned rate, and whether the primary context may unregister it (what a
     backend using several contexts for its swap chunks would rely on)."""
-    import threading
     ctx()
     primary = ctypes.c_void_p()
     ck(cu.cuCtxGetCurrent(ctypes.byref(primary)), "getcurrent")
@@ -659,13 +634,7 @@ def register_contexts(gib=16, threads=8, chunk_mib=64):
             for off in offs[i::threads]:
                 ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(base + off), ctypes.c_size_t(chunk), ctypes.c_uint(1)),
                    "register")
-        ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-        t = time.perf_counter()
-        for x in ts:
-            x.start()
-        for x in ts:
-            x.join()
-        res[f"{k}contexts_gbps"] = round(n / 1e9 / (time.perf_counter() - t), 2)
+        res[f"{k}contexts_gbps"] = round(n / 1e9 / on_threads(work, [(i,) for i in range(threads)]), 2)
         if k == 2:
             # chunk 1 was registered by the second context (thread 1): copy into it from the primary
             d = ctypes.c_uint64()
@@ -713,7 +682,6 @@ def host_alloc(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
     GB/s of chunks made, all threads together; then the copy rate from
     device memory into such a chunk. Whether either scales with threads
     where registration does not (25 GB/s a process)."""
-    import threading
     ctx()
     cur = ctypes.c_void_p()
     ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
@@ -764,14 +732,8 @@ def host_alloc(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
                     made.append(make())
             except Exception as e:  # noqa: BLE001 (reported in the JSON)
                 errs.append(str(e))
-        ts = [threading.Thread(target=work, args=(n_chunks // threads + (i < n_chunks % threads),))
-              for i in range(threads)]
-        t = time.perf_counter()
-        for x in ts:
-            x.start()
-        for x in ts:
-            x.join()
-        r = {"gbps": round(len(made) * chunk / 1e9 / (time.perf_counter() - t), 2)}
+        dt = on_threads(work, [(n_chunks // threads + (i < n_chunks % threads),) for i in range(threads)])
+        r = {"gbps": round(len(made) * chunk / 1e9 / dt, 2)}
         if errs:
             r["errors"] = errs[:2]
         return r, made
