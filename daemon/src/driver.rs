@@ -810,7 +810,8 @@ fn pump(core: &mut Core, now: u64) {
 /// evicted when its grant ends (other VMs wait with memory in host RAM), so
 /// that its backend pins host memory for it during the grant: an eviction
 /// into memory pinned beforehand copies at the full rate, one that pins as
-/// it goes at half of it at best (bench/results/h100/host-register.json).
+/// it goes at half of it at best (registration is serialized within a
+/// process: bench/results/h100/prefault.json, register-procs.json).
 /// Decided once per grant, sent only when it changes what the backend was
 /// last told (a backend's grants come and go every few milliseconds while
 /// its queue runs dry); a VM told before and not now is told 0.
@@ -1035,6 +1036,15 @@ mod tests {
         d.send(GpuEvent::Stats { vm, stats: Box::new(BackendStats { memory, ..Default::default() }) });
     }
 
+    /// VMs 1 and 2 hold `one` and `two` bytes on the GPU, 3 has `out` in
+    /// host RAM.
+    fn two_resident_one_out(d: &GpuDriver, one: u64, two: u64, out: u64) {
+        resident(d, 1, one);
+        resident(d, 2, two);
+        let memory = MemoryState { resident_bytes: 0, evicted_bytes: out, limit_bytes: 0 };
+        d.send(GpuEvent::Stats { vm: 3, stats: Box::new(BackendStats { memory, ..Default::default() }) });
+    }
+
     /// Room for two of three VMs: 2 ran, then 1 (each giving its grant back
     /// for a moment, out of work, more to come), and 3 wants its memory.
     fn two_ran_and_a_third_needs_memory() -> (GpuDriver, Vec<UnboundedReceiver<DaemonMsg>>) {
@@ -1079,10 +1089,7 @@ mod tests {
         // 1000 bytes of GPU, 1500 of host RAM: 1 and 2 resident (600, 400),
         // 3 with 600 in host RAM.
         let (d, mut rxs, _) = managed_vms_swapping(1000, 600, 3, 1500);
-        resident(&d, 1, 600);
-        resident(&d, 2, 400);
-        let memory = MemoryState { resident_bytes: 0, evicted_bytes: 600, limit_bytes: 0 };
-        d.send(GpuEvent::Stats { vm: 3, stats: Box::new(BackendStats { memory, ..Default::default() }) });
+        two_resident_one_out(&d, 600, 400, 600);
         d.send(GpuEvent::Demand { vm: 1 });
         let DaemonMsg::Grant { grant, .. } = next(&mut rxs[0]) else { panic!() };
         assert_eq!(next(&mut rxs[0]), DaemonMsg::PrepareEviction { bytes: 600 });
@@ -1103,10 +1110,7 @@ mod tests {
         // fills: 1, granted again meanwhile, keeps its 500 (counted twice,
         // host RAM looked full and 1 was told 0).
         let (d, mut rxs, _) = managed_vms_swapping(1000, 500, 3, 1500);
-        resident(&d, 1, 500);
-        resident(&d, 2, 500);
-        let memory = MemoryState { resident_bytes: 0, evicted_bytes: 500, limit_bytes: 0 };
-        d.send(GpuEvent::Stats { vm: 3, stats: Box::new(BackendStats { memory, ..Default::default() }) });
+        two_resident_one_out(&d, 500, 500, 500);
         for (vm, rx) in [(2, 1), (1, 0)] {
             d.send(GpuEvent::Demand { vm });
             let DaemonMsg::Grant { grant, .. } = next(&mut rxs[rx]) else { panic!() };
