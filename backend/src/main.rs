@@ -27,16 +27,6 @@ use vhost_user_backend::VhostUserDaemon;
 use vm_memory::GuestMemoryAtomic;
 use vmm_sys_util::eventfd::EventFd;
 
-/// How swap chunks' fresh pages are brought in (`--swap-prefault`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum PrefaultChoice {
-    /// A write to each 4 KiB page.
-    Touch,
-    /// One madvise(MADV_POPULATE_WRITE) a chunk (Linux 5.14 and later): no
-    /// trap per page, but the workers' other memory-map calls wait for it.
-    Populate,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 enum EngineChoice {
     /// cuda if an NVIDIA driver and GPU are present, else sim.
@@ -164,7 +154,7 @@ struct Args {
     /// 4x faster with 8 threads (populating holds the memory map's lock);
     /// `scripts/h100/probe-evict.py prefault` measures both on a host.
     #[arg(long, value_enum, value_name = "HOW", env = "GPUVISOR_SWAP_PREFAULT", default_value = "touch")]
-    swap_prefault: PrefaultChoice,
+    swap_prefault: Prefault,
 
     /// Register with gpuvisord on this socket and submit GPU work only under
     /// its grants. Without it the VM runs alone (the GPU's own time slicing
@@ -376,11 +366,11 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
     };
     let cuda = || -> Result<Box<dyn Engine>> {
         let mut e = CudaEngine::new(args.device).map_err(|e| anyhow::anyhow!("cuda engine: {e}"))?;
-        let prefault = match args.swap_prefault {
-            PrefaultChoice::Touch => Prefault::Touch,
-            PrefaultChoice::Populate => Prefault::Populate,
-        };
-        e.set_swap_config(SwapConfig { threads: args.swap_threads, cache_mib: args.swap_cache_mib, prefault });
+        e.set_swap_config(SwapConfig {
+            threads: args.swap_threads,
+            cache_mib: args.swap_cache_mib,
+            prefault: args.swap_prefault,
+        });
         Ok(Box::new(e))
     };
     match args.engine {

@@ -57,8 +57,9 @@ const MAX_TAPE_CHUNKS: u64 = 1 << 20;
 /// Most worker threads a store starts.
 pub const MAX_THREADS: u32 = 64;
 
-/// How a chunk's fresh pages are brought in before it is registered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// How a chunk's fresh pages are brought in before it is registered (the
+/// backend's `--swap-prefault`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
 pub enum Prefault {
     /// A write to each 4 KiB page.
     #[default]
