@@ -15,21 +15,41 @@ def gvmem(path):
     return None
 
 
+def backend_lines(res, what):
+    """(backend log's name, line without colour codes) for each line of the
+    backends' logs that contains `what`."""
+    ansi = re.compile(r"\x1b\[[0-9;]*m")
+    for log in sorted(glob.glob(os.path.join(res, "backend-*.log"))):
+        for line in open(log, errors="replace"):
+            line = ansi.sub("", line)
+            if what in line:
+                yield os.path.basename(log), line
+
+
 def swaps(res, what, least=GIB):
     """Swaps of at least `least` bytes the backends logged: (bytes, seconds)
     each, in log order per backend, as {backend log: [(bytes, seconds), ...]}."""
     pat = re.compile(r"moved=(\d+) ms=([\d.]+)")
-    ansi = re.compile(r"\x1b\[[0-9;]*m")
     out = {}
-    for log in sorted(glob.glob(os.path.join(res, "backend-*.log"))):
-        for line in open(log, errors="replace"):
-            line = ansi.sub("", line)
-            if what not in line:
-                continue
-            m = pat.search(line)
-            if m and int(m.group(1)) >= least:
-                out.setdefault(os.path.basename(log), []).append((int(m.group(1)), float(m.group(2)) / 1e3))
+    for log, line in backend_lines(res, what):
+        m = pat.search(line)
+        if m and int(m.group(1)) >= least:
+            out.setdefault(log, []).append((int(m.group(1)), float(m.group(2)) / 1e3))
     return out
+
+
+SIZE_EDGES_GIB = (0, 1, 2, 8)
+
+
+def size_groups(rows):
+    """(from GiB, below GiB or None, the rows in it) for each size group of
+    SIZE_EDGES_GIB (the last open) that holds any of `rows`, (bytes, ...)
+    tuples."""
+    for i, lo in enumerate(SIZE_EDGES_GIB):
+        hi = SIZE_EDGES_GIB[i + 1] if i + 1 < len(SIZE_EDGES_GIB) else None
+        sel = [r for r in rows if r[0] >= lo * GIB and (hi is None or r[0] < hi * GIB)]
+        if sel:
+            yield lo, hi, sel
 
 
 def rates(per_log):
@@ -45,24 +65,19 @@ def rates(per_log):
             "count": len(every), "bytes": sum(x[0] for x in every)}
 
 
-def by_size(per_log, edges_gib=(0, 1, 2, 8)):
-    """Swaps grouped by size (from each edge to the next, the last open):
-    count, bytes, seconds and GB/s each. The small ones come while VMs fill
-    their memory a step at a time, the large ones when a whole VM leaves."""
-    every = [x for v in per_log.values() for x in v]
+def by_size(per_log):
+    """Swaps grouped by size (`size_groups`): count, bytes, seconds and GB/s
+    each. The small ones come while VMs fill their memory a step at a time,
+    the large ones when a whole VM leaves."""
     out = []
-    for i, lo in enumerate(edges_gib):
-        hi = edges_gib[i + 1] if i + 1 < len(edges_gib) else None
-        sel = [x for x in every if x[0] >= lo * GIB and (hi is None or x[0] < hi * GIB)]
-        if not sel:
-            continue
+    for lo, hi, sel in size_groups([x for v in per_log.values() for x in v]):
         b, t = sum(x[0] for x in sel), sum(x[1] for x in sel)
         out.append({"gib_from": lo, "gib_below": hi, "count": len(sel), "bytes": b, "seconds": round(t, 3),
                     "gbps": round(b / 1e9 / t, 3) if t else None})
     return out
 
 
-def swap_out_time(res, edges_gib=(0, 1, 2, 8)):
+def swap_out_time(res):
     """Where the swap-outs' time went, by size as in `by_size`, from the cuda
     engine's log lines (backends from 2026-12-03 on): seconds in all,
     waiting for chunks the workers were making, waiting for the copies,
@@ -71,26 +86,17 @@ def swap_out_time(res, edges_gib=(0, 1, 2, 8)):
     faulting their pages in, registering them and releasing others."""
     keys = ("seconds", "chunk_wait_s", "copy_wait_s", "zero_s", "unmap_s", "chunks_ready", "chunks_waited",
             "made_chunks", "worker_map_s", "worker_prefault_s", "worker_register_s", "worker_release_s")
-    ansi = re.compile(r"\x1b\[[0-9;]*m")
     rows = []
-    for log in sorted(glob.glob(os.path.join(res, "backend-*.log"))):
-        for line in open(log, errors="replace"):
-            line = ansi.sub("", line)
-            if "device memory swapped out to host RAM" not in line or "chunk_wait_s=" not in line:
-                continue
-            f = dict(re.findall(r"(\w+)=([\d.e+-]+)", line))
-            try:
-                rows.append((int(f["bytes"]), {k: float(f.get(k, 0)) for k in keys}))
-            except (KeyError, ValueError):
-                continue
-    out = []
-    for i, lo in enumerate(edges_gib):
-        hi = edges_gib[i + 1] if i + 1 < len(edges_gib) else None
-        sel = [r for b, r in rows if b >= lo * GIB and (hi is None or b < hi * GIB)]
-        if sel:
-            out.append(dict({"gib_from": lo, "gib_below": hi, "count": len(sel)},
-                            **{k: round(sum(r[k] for r in sel), 3) for k in keys}))
-    return out
+    for _, line in backend_lines(res, "device memory swapped out to host RAM"):
+        if "chunk_wait_s=" not in line:
+            continue
+        f = dict(re.findall(r"(\w+)=([\d.e+-]+)", line))
+        try:
+            rows.append((int(f["bytes"]), {k: float(f.get(k, 0)) for k in keys}))
+        except (KeyError, ValueError):
+            continue
+    return [dict({"gib_from": lo, "gib_below": hi, "count": len(sel)},
+                 **{k: round(sum(r[k] for _, r in sel), 3) for k in keys}) for lo, hi, sel in size_groups(rows)]
 
 
 def bandwidth(r, native, native_key, any_size=None):
