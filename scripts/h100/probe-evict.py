@@ -158,6 +158,23 @@ def on_threads(target, args_each):
     return time.perf_counter() - t
 
 
+def make_on_threads(make, n, threads, context):
+    """Calls `make()` `n` times, spread over `threads` threads that each make
+    `context` current first: (what was made, seconds, the first errors). A
+    thread stops at its first error."""
+    made, errs = [], []
+
+    def work(k):
+        ck(cu.cuCtxSetCurrent(context), "setcurrent")
+        try:
+            for _ in range(k):
+                made.append(make())
+        except Exception as e:  # noqa: BLE001 (reported to the caller)
+            errs.append(str(e))
+    dt = on_threads(work, [(n // threads + (i < n % threads),) for i in range(threads)])
+    return made, dt, errs[:2]
+
+
 def memset_rate(base, n, threads):
     """GB/s of `threads` threads writing `n` bytes from `base` (memset)."""
     part = n // threads
@@ -410,18 +427,8 @@ def prefault(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
         return a
 
     def timed(how, threads, register):
-        made, errs = [], []
-
-        def work(k):
-            ck(cu.cuCtxSetCurrent(cur), "setcurrent")
-            try:
-                for _ in range(k):
-                    made.append(make(how, register))
-            except Exception as e:  # noqa: BLE001 (reported in the JSON)
-                errs.append(str(e))
-        per = [n_chunks // threads + (1 if i < n_chunks % threads else 0) for i in range(threads)]
         before = vmstat()
-        dt = on_threads(work, [(k,) for k in per])
+        made, dt, errs = make_on_threads(lambda: make(how, register), n_chunks, threads, cur)
         after = vmstat()
         for a in made:
             if register:
@@ -430,7 +437,7 @@ def prefault(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
         r = {"gbps": round(len(made) * chunk / 1e9 / dt, 2)}
         r.update({k: after[k] - before[k] for k in before if k in after})
         if errs:
-            r["errors"] = errs[:2]
+            r["errors"] = errs
         return r
 
     timed("touch", 1, False)  # warm-up (the first mappings of a process come slower), not reported
@@ -520,18 +527,17 @@ def fresh_rate(gib=8, threads=8, chunk_mib=64):
     cur = ctypes.c_void_p()
     ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
     chunk, n = chunk_mib << 20, (gib << 30) // (chunk_mib << 20)
-    made = []
 
-    def work(k):
-        ck(cu.cuCtxSetCurrent(cur), "setcurrent")
-        for _ in range(k):
-            m = anon(chunk)
-            m.madvise(mmap.MADV_HUGEPAGE)
-            a = ctypes.addressof(ctypes.c_char.from_buffer(m))
-            ctypes.memset(a, 0, chunk)
-            ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(a), ctypes.c_size_t(chunk), ctypes.c_uint(1)), "register")
-            made.append((m, a))
-    dt = on_threads(work, [(n // threads + (i < n % threads),) for i in range(threads)])
+    def make():
+        m = anon(chunk)
+        m.madvise(mmap.MADV_HUGEPAGE)
+        a = ctypes.addressof(ctypes.c_char.from_buffer(m))
+        ctypes.memset(a, 0, chunk)
+        ck(cu.cuMemHostRegister_v2(ctypes.c_void_p(a), ctypes.c_size_t(chunk), ctypes.c_uint(1)), "register")
+        return m, a
+    made, dt, errs = make_on_threads(make, n, threads, cur)
+    for e in errs:
+        print(f"fresh_rate: {e}", file=sys.stderr)
     for m, a in made:
         cu.cuMemHostUnregister(ctypes.c_void_p(a))
     return round(len(made) * chunk / 1e9 / dt, 2)
@@ -723,19 +729,10 @@ def host_alloc(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
             cu.cuMemAddressFree(ctypes.c_uint64(c[1]), ctypes.c_size_t(chunk))
 
     def timed(make, threads):
-        made, errs = [], []
-
-        def work(k):
-            ck(cu.cuCtxSetCurrent(cur), "setcurrent")
-            try:
-                for _ in range(k):
-                    made.append(make())
-            except Exception as e:  # noqa: BLE001 (reported in the JSON)
-                errs.append(str(e))
-        dt = on_threads(work, [(n_chunks // threads + (i < n_chunks % threads),) for i in range(threads)])
+        made, dt, errs = make_on_threads(make, n_chunks, threads, cur)
         r = {"gbps": round(len(made) * chunk / 1e9 / dt, 2)}
         if errs:
-            r["errors"] = errs[:2]
+            r["errors"] = errs
         return r, made
 
     d = ctypes.c_uint64()
