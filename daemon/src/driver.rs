@@ -819,6 +819,10 @@ fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMa
     let Some(vm) = sched.holder() else {
         return;
     };
+    // Most pumps come within a grant already decided on.
+    if slots.get(&vm).is_none_or(|s| s.notice_for == s.last_granted) {
+        return;
+    }
     // What other backends still hold prepared (a VM told before whose
     // eviction did not come or is under way) counts against host RAM too.
     let prepared: Vec<(u64, u64)> =
@@ -826,9 +830,6 @@ fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMa
     let Some(s) = slots.get_mut(&vm) else {
         return;
     };
-    if s.notice_for == s.last_granted {
-        return;
-    }
     s.notice_for = s.last_granted;
     let bytes = broker.likely_eviction(vm, &prepared);
     if bytes == s.notice_bytes {
