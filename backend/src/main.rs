@@ -371,6 +371,9 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
             cache_mib: args.swap_cache_mib,
             prefault: args.swap_prefault,
         });
+        // gpuvisord started with --swap-pool-mib listens beside its backend
+        // socket; without one there the backend pins its own host memory.
+        e.set_swap_pool(args.daemon.as_deref().map(protocol::swap_pool::pool_socket_path));
         Ok(Box::new(e))
     };
     match args.engine {

@@ -20,6 +20,7 @@ pub mod proc_util;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod swap_pool;
 pub mod telemetry;
 pub mod token;
 pub mod xid;
@@ -52,6 +53,9 @@ pub struct Config {
     pub min_residency_ns: u64,
     /// Host RAM that evicted GPU memory may take, all GPUs together.
     pub swap_limit_bytes: u64,
+    /// Pinned host RAM the swap pool may keep for backends' swap-outs
+    /// (`swap_pool`); 0: no pool, each backend pins its own.
+    pub swap_pool_bytes: u64,
     /// The sampler behind the history and the alerts.
     pub telemetry: TelemetryConfig,
     /// Which GPUs a VM the admin gave no access list may use.
@@ -67,6 +71,7 @@ impl Config {
             nvml: NvmlSource::System,
             min_residency_ns: memory::DEFAULT_MIN_RESIDENCY_NS,
             swap_limit_bytes: default_swap_limit_bytes(),
+            swap_pool_bytes: 0,
             telemetry: TelemetryConfig::default(),
             gpu_access: gpuvisor_admin::GpuAccessMode::Open,
         }
@@ -147,6 +152,7 @@ pub struct Daemon {
     shutdown: watch::Sender<bool>,
     server: tokio::task::JoinHandle<()>,
     socket: PathBuf,
+    pool: Option<swap_pool::PoolServer>,
 }
 
 impl Daemon {
@@ -189,9 +195,25 @@ impl Daemon {
                 return Err(e);
             }
         };
+        let pool = if config.swap_pool_bytes == 0 {
+            None
+        } else {
+            let path = protocol::swap_pool::pool_socket_path(&config.backend_socket);
+            let pool = swap_pool::SwapPool::new(config.swap_pool_bytes, swap_pool::CHUNK_BYTES);
+            match swap_pool::PoolServer::start(pool, &path) {
+                Ok(p) => Some(p),
+                Err(e) => {
+                    drop(listener);
+                    let _ = std::fs::remove_file(&config.backend_socket);
+                    stop_telemetry(telemetry).await;
+                    stop_drivers(&shared).await;
+                    return Err(e);
+                }
+            }
+        };
         let (shutdown, rx) = watch::channel(false);
         let server = tokio::spawn(server::serve(listener, shared.clone(), rx));
-        Ok(Daemon { shared, telemetry, shutdown, server, socket: config.backend_socket })
+        Ok(Daemon { shared, telemetry, shutdown, server, socket: config.backend_socket, pool })
     }
 
     /// The admin API over this daemon.
@@ -209,6 +231,9 @@ impl Daemon {
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         let _ = self.server.await;
+        if let Some(pool) = self.pool {
+            let _ = tokio::task::spawn_blocking(move || pool.stop()).await;
+        }
         stop_telemetry(self.telemetry).await;
         stop_drivers(&self.shared).await;
         let _ = std::fs::remove_file(&self.socket);

@@ -27,6 +27,17 @@ pub const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// Binds the backend socket: creates its directory, replaces a stale socket
 /// file (one nobody listens on) and makes it group-accessible (0660).
 pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
+    prepare_socket_path(path)?;
+    let listener =
+        UnixListener::bind(path).map_err(|source| crate::Error::Socket { path: path.to_path_buf(), source })?;
+    set_socket_mode(path)?;
+    Ok(listener)
+}
+
+/// Makes `path` ready to bind a socket at: creates its directory and
+/// removes a stale socket file (one nobody listens on); refuses a live
+/// socket or a file that is not a socket.
+pub fn prepare_socket_path(path: &Path) -> Result<(), crate::Error> {
     let err = |source| crate::Error::Socket { path: path.to_path_buf(), source };
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(err)?;
@@ -37,17 +48,18 @@ pub fn bind(path: &Path) -> Result<UnixListener, crate::Error> {
                 return Err(crate::Error::SocketInUse(path.to_path_buf()));
             }
             tracing::info!(socket = %path.display(), "removing a stale socket");
-            std::fs::remove_file(path).map_err(err)?;
+            std::fs::remove_file(path).map_err(err)
         }
-        Ok(_) => {
-            return Err(err(std::io::Error::other("the path exists and is not a socket; remove it or choose another")));
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(err(e)),
+        Ok(_) => Err(err(std::io::Error::other("the path exists and is not a socket; remove it or choose another"))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(err(e)),
     }
-    let listener = UnixListener::bind(path).map_err(err)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660)).map_err(err)?;
-    Ok(listener)
+}
+
+/// Backends may run as another user of the socket's group: 0660.
+pub fn set_socket_mode(path: &Path) -> Result<(), crate::Error> {
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|source| crate::Error::Socket { path: path.to_path_buf(), source })
 }
 
 /// Resolves once `shutdown` is set (or its sender is gone).

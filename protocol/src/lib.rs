@@ -12,6 +12,7 @@ pub mod decode;
 pub mod encode;
 pub mod graph;
 pub mod module_image;
+pub mod swap_pool;
 pub mod virtio_gpu;
 pub mod wire;
 

@@ -85,7 +85,8 @@ def swap_out_time(res):
     the workers' time meanwhile (summed over them) in mapping chunks,
     faulting their pages in, registering them and releasing others."""
     keys = ("seconds", "chunk_wait_s", "copy_wait_s", "zero_s", "unmap_s", "chunks_ready", "chunks_waited",
-            "made_chunks", "worker_map_s", "worker_prefault_s", "worker_register_s", "worker_release_s")
+            "made_chunks", "worker_map_s", "worker_prefault_s", "worker_register_s", "worker_release_s",
+            "imported_chunks", "worker_import_s")
     rows = []
     for _, line in backend_lines(res, "device memory swapped out to host RAM"):
         if "chunk_wait_s=" not in line:

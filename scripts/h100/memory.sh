@@ -19,7 +19,9 @@
 # the copy rate, into fresh pages at the rate the host faults them in),
 # SWAP_PREFAULT (touch: the backends' --swap-prefault, touch or populate),
 # SWAP_LIMIT_MIB (host RAM for
-# evicted state; default gpuvisord's, half the host's RAM), DAEMON_LOG (gpuvisord's RUST_LOG,
+# evicted state; default gpuvisord's, half the host's RAM), SWAP_POOL_MIB
+# (gpuvisord's --swap-pool-mib: pinned host memory the backends make ahead
+# and share for swap-outs; default none), DAEMON_LOG (gpuvisord's RUST_LOG,
 # info,gpuvisord=debug), ENGINE (cuda; sim to try the
 # script anywhere, with small QUOTA_MIB/LIMIT_MIB).
 set -uo pipefail
@@ -27,7 +29,7 @@ cd "$(dirname "$0")/../.."
 out=${1:-${OUT:-$PWD/h100-out}}
 # The knobs this run was given, for the JSON's command line.
 given=$(for v in ENGINE QUOTA_MIB LIMIT_MIB SECS ALONE_SECS FILL_WAIT SLICE_MS CHUNK_MIB SWAP_THREADS \
-    SWAP_CACHE_MIB SWAP_PREFAULT SWAP_LIMIT_MIB BACKEND_ARGS; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done)
+    SWAP_CACHE_MIB SWAP_PREFAULT SWAP_LIMIT_MIB SWAP_POOL_MIB BACKEND_ARGS; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done)
 mkdir -p "$out"
 . scripts/h100/lib.sh
 h100_setup /tmp/gpuvisor-memory
@@ -46,7 +48,8 @@ BURN=(--iters 400000 --blocks 264 --depth 4)
 
 start_daemon() {
     # Each VM's memory needs and limits are debug lines: the timeline of a run.
-    RUST_LOG=${DAEMON_LOG:-info,gpuvisord=debug} h100_start_daemon --slice-ms "$SLICE_MS" ${SWAP_LIMIT_MIB:+--swap-limit-mib "$SWAP_LIMIT_MIB"} || return 1
+    RUST_LOG=${DAEMON_LOG:-info,gpuvisord=debug} h100_start_daemon --slice-ms "$SLICE_MS" ${SWAP_LIMIT_MIB:+--swap-limit-mib "$SWAP_LIMIT_MIB"} \
+        ${SWAP_POOL_MIB:+--swap-pool-mib "$SWAP_POOL_MIB"} || return 1
     # The broker's view of the GPU: LIMIT_MIB of memory, quotas up to 2x that.
     python3 - "$LIMIT_MIB" <<'EOF'
 import json, sys, urllib.request

@@ -2,7 +2,7 @@
 """Measures the two ways GPU memory can leave the GPU and come back, to choose
 the overcommit mechanism: the driver's checkpoint API applied to another
 process, and copies to pinned host memory (with the cost of pinning it).
-Prints one JSON object. Modes: pinned, pages, warm, register, register-procs, register-contexts, host-alloc, prefault, contention (see each function)."""
+Prints one JSON object. Modes: pinned, pages, warm, register, register-procs, register-contexts, host-alloc, host-share, prefault, contention (see each function)."""
 import ctypes, json, mmap, os, subprocess, sys, threading, time
 
 GIB = 1 << 30
@@ -760,14 +760,208 @@ def host_alloc(gib=8, chunk_mib=64, thread_counts=(1, 8, 16)):
     return res
 
 
+POSIX_FD = 1  # CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR
+PATTERN = 0x5A17C0DE
+
+
+def _host_prop(shareable):
+    prop = _AllocProp()
+    prop.type = 1  # CU_MEM_ALLOCATION_TYPE_PINNED
+    # HOST allocations are not IPC capable; HOST_NUMA (node 0) ones may be.
+    prop.location = _MemLocation(3, 0) if shareable else _MemLocation(2, 0)
+    prop.requestedHandleTypes = POSIX_FD if shareable else 0
+    return prop
+
+
+def _map_device(handle, size):
+    """Maps a physical allocation at a fresh device address, read-write for
+    device 0: its address."""
+    va = ctypes.c_uint64()
+    ck(cu.cuMemAddressReserve(ctypes.byref(va), ctypes.c_size_t(size), ctypes.c_size_t(0), ctypes.c_uint64(0),
+                              ctypes.c_ulonglong(0)), "reserve")
+    ck(cu.cuMemMap(ctypes.c_uint64(va.value), ctypes.c_size_t(size), ctypes.c_size_t(0), ctypes.c_ulonglong(handle),
+                   ctypes.c_ulonglong(0)), "map")
+    access = _AccessDesc(_MemLocation(1, 0), 3)
+    ck(cu.cuMemSetAccess(ctypes.c_uint64(va.value), ctypes.c_size_t(size), ctypes.byref(access), ctypes.c_size_t(1)),
+       "setaccess")
+    return va.value
+
+
+def _unmap_device(va, size):
+    ck(cu.cuMemUnmap(ctypes.c_uint64(va), ctypes.c_size_t(size)), "unmap")
+    ck(cu.cuMemAddressFree(ctypes.c_uint64(va), ctypes.c_size_t(size)), "addressfree")
+
+
+def _send_fds(sock, fds):
+    import socket
+    for i in range(0, len(fds), 200):
+        socket.send_fds(sock, [b"x"], fds[i:i + 200])
+    socket.send_fds(sock, [b"."], [])
+
+
+def _recv_fds(sock):
+    import socket
+    fds = []
+    while True:
+        msg, got, _, _ = socket.recv_fds(sock, 1, 253)
+        fds.extend(got)
+        if msg == b"." or not msg:
+            return fds
+
+
+def share_maker(chunk_mib, n, sock_fd):
+    """Child of host_share: makes `n` shareable host chunks, writes the
+    pattern into each, exports them, sends the fds to fd 3 and exits
+    without freeing anything itself (its handles die with it)."""
+    import socket
+    ctx()
+    size = chunk_mib << 20
+    prop = _host_prop(True)
+    fds = []
+    for _ in range(n):
+        h = ctypes.c_ulonglong()
+        ck(cu.cuMemCreate(ctypes.byref(h), ctypes.c_size_t(size), ctypes.byref(prop), ctypes.c_ulonglong(0)), "create")
+        va = _map_device(h.value, size)
+        ck(cu.cuMemsetD32_v2(ctypes.c_uint64(va), ctypes.c_uint(PATTERN), ctypes.c_size_t(size // 4)), "memset")
+        ck(cu.cuCtxSynchronize(), "sync")
+        _unmap_device(va, size)
+        fd = ctypes.c_int(-1)
+        ck(cu.cuMemExportToShareableHandle(ctypes.byref(fd), ctypes.c_ulonglong(h.value), POSIX_FD,
+                                           ctypes.c_ulonglong(0)), "export")
+        fds.append(fd.value)
+    _send_fds(socket.socket(fileno=sock_fd), fds)
+
+
+def share_importer(chunk_mib, threads_list, sock_fd):
+    """Child of host_share: takes fds from fd 3 and imports and maps them
+    (GB/s by 1 and more threads), checks the pattern its maker wrote, and
+    times a device-to-chunk copy. Prints one JSON object."""
+    import socket
+    fds = _recv_fds(socket.socket(fileno=sock_fd))
+    ctx()
+    cur = ctypes.c_void_p()
+    ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
+    size = chunk_mib << 20
+    res = {"chunks": len(fds), "chunk_mib": chunk_mib}
+    for threads in threads_list:
+        todo = list(fds)
+        lock = threading.Lock()
+
+        def imp():
+            with lock:
+                fd = todo.pop()
+            h = ctypes.c_ulonglong()
+            ck(cu.cuMemImportFromShareableHandle(ctypes.byref(h), ctypes.c_void_p(fd), POSIX_FD), "import")
+            return (_map_device(h.value, size), h.value)
+        made, dt, errs = make_on_threads(imp, len(fds), threads, cur)
+        r = {"gbps": round(len(made) * size / 1e9 / dt, 2)}
+        if errs:
+            r["errors"] = errs
+        if made and threads == threads_list[-1]:
+            # the maker's pattern, at both ends of a chunk
+            words = (ctypes.c_uint32 * (1 << 16))()
+            bad = 0
+            for va, _ in made[:4]:
+                for off in (0, size - (1 << 18)):
+                    ck(cu.cuMemcpyDtoH_v2(words, ctypes.c_uint64(va + off), ctypes.c_size_t(1 << 18)), "dtoh")
+                    bad += sum(1 for w in words if w != PATTERN)
+            r["pattern_bad_words"] = bad
+            cu.cuMemAlloc_v2.argtypes = [ctypes.POINTER(ctypes.c_uint64), ctypes.c_size_t]
+            d = ctypes.c_uint64()
+            ck(cu.cuMemAlloc_v2(ctypes.byref(d), size), "alloc")
+            best = 0
+            for _ in range(5):
+                t0 = time.perf_counter()
+                ck(cu.cuMemcpyDtoD_v2(ctypes.c_uint64(made[0][0]), ctypes.c_uint64(d.value), ctypes.c_size_t(size)),
+                   "dtod")
+                best = max(best, size / 1e9 / (time.perf_counter() - t0))
+            r["copy_from_device_gbps"] = round(best, 2)
+            cu.cuMemFree_v2(ctypes.c_uint64(d.value))
+        t0 = time.perf_counter()
+        for va, h in made:
+            _unmap_device(va, size)
+            ck(cu.cuMemRelease(ctypes.c_ulonglong(h)), "release")
+        r["unmap_release_gbps"] = round(len(made) * size / 1e9 / max(time.perf_counter() - t0, 1e-9), 2)
+        res[f"import_map_{threads}t"] = r
+    print(json.dumps(res), flush=True)
+
+
+def host_share(gib=8, chunk_mibs=(64, 512), threads_list=(1, 8)):
+    """Pinned host memory that the driver allocates (cuMemCreate at a host
+    location) made in one process and used in another through POSIX fds,
+    as a host-wide pool of swap chunks would be: a maker process creates
+    the chunks, writes a pattern, exports them and exits; this process holds
+    only the fds; an importer process imports and maps them (GB/s by 1 and
+    8 threads), finds the pattern, and copies device memory into one. Also
+    the making rate with a shareable handle type requested, in this
+    process, by 1 and 8 threads."""
+    import socket
+    ctx()
+    cur = ctypes.c_void_p()
+    ck(cu.cuCtxGetCurrent(ctypes.byref(cur)), "getcurrent")
+    res = {"gib": gib}
+    size = 64 << 20
+    prop = _host_prop(True)
+    for threads in (1, 8):
+        def make():
+            h = ctypes.c_ulonglong()
+            ck(cu.cuMemCreate(ctypes.byref(h), ctypes.c_size_t(size), ctypes.byref(prop), ctypes.c_ulonglong(0)),
+               "create")
+            fd = ctypes.c_int(-1)
+            ck(cu.cuMemExportToShareableHandle(ctypes.byref(fd), ctypes.c_ulonglong(h.value), POSIX_FD,
+                                               ctypes.c_ulonglong(0)), "export")
+            return (h.value, fd.value)
+        made, dt, errs = make_on_threads(make, (gib << 30) // size, threads, cur)
+        res[f"create_export_64m_{threads}t"] = {"gbps": round(len(made) * size / 1e9 / dt, 2), "errors": errs}
+        t0 = time.perf_counter()
+        for h, fd in made:
+            cu.cuMemRelease(ctypes.c_ulonglong(h))
+            os.close(fd)
+        res[f"create_export_64m_{threads}t"]["free_gbps"] = round(len(made) * size / 1e9 / (time.perf_counter() - t0), 2)
+    for chunk_mib in chunk_mibs:
+        n = (gib << 30) // (chunk_mib << 20)
+        a, b = socket.socketpair()
+        t0 = time.perf_counter()
+        maker = subprocess.Popen([sys.executable, __file__, "share-maker", str(chunk_mib), str(n), str(b.fileno())],
+                                 pass_fds=(b.fileno(),))
+        b.close()
+        fds = _recv_fds(a)
+        maker.wait()
+        made_s = time.perf_counter() - t0
+        c, d = socket.socketpair()
+        imp = subprocess.Popen([sys.executable, __file__, "share-importer", str(chunk_mib),
+                                ",".join(map(str, threads_list)), str(d.fileno())], stdout=subprocess.PIPE,
+                               text=True, pass_fds=(d.fileno(),))
+        d.close()
+        _send_fds(c, fds)
+        out = imp.stdout.read()
+        imp.wait()
+        r = {"maker_exit": maker.returncode, "maker_s_incl_start": round(made_s, 2), "fds": len(fds),
+             "importer_exit": imp.returncode}
+        try:
+            r.update(json.loads(out))
+        except ValueError:
+            r["importer_output"] = out[-500:]
+        for fd in fds:
+            os.close(fd)
+        res[f"chunks_{chunk_mib}m"] = r
+    return res
+
+
 if __name__ == "__main__":
     # Modes that take no argument and print one JSON object.
-    plain = {"prefault": prefault, "register": register_rates, "register-procs": register_procs, "register-contexts": register_contexts, "host-alloc": host_alloc, "contention": contention, "warm": warm, "pages": pages}
+    plain = {"prefault": prefault, "register": register_rates, "register-procs": register_procs, "register-contexts": register_contexts, "host-alloc": host_alloc, "host-share": host_share, "contention": contention, "warm": warm, "pages": pages}
     if len(sys.argv) > 1 and sys.argv[1] in plain:
         print(json.dumps(plain[sys.argv[1]](), indent=1))
         sys.exit(0)
     if len(sys.argv) > 3 and sys.argv[1] == "register-child":
         register_child(int(sys.argv[2]), int(sys.argv[3]))
+        sys.exit(0)
+    if len(sys.argv) > 4 and sys.argv[1] == "share-maker":
+        share_maker(int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))
+        sys.exit(0)
+    if len(sys.argv) > 4 and sys.argv[1] == "share-importer":
+        share_importer(int(sys.argv[2]), [int(t) for t in sys.argv[3].split(",")], int(sys.argv[4]))
         sys.exit(0)
     if len(sys.argv) > 2 and sys.argv[1] == "load-child":
         load_child(sys.argv[2])

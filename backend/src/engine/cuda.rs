@@ -855,6 +855,8 @@ pub struct CudaEngine {
     swap: Option<HostStore>,
     /// How `swap` prepares host memory when it is made.
     swap_config: SwapConfig,
+    /// gpuvisord's swap pool socket, where the backend runs under one.
+    swap_pool: Option<std::path::PathBuf>,
     /// Instantiated graphs, by the id the VM layer holds.
     graphs: HashMap<u64, graph::CudaGraph>,
     next_graph: u64,
@@ -942,6 +944,7 @@ impl CudaEngine {
             allocs: Allocations::default(),
             swap: None,
             swap_config: SwapConfig::default(),
+            swap_pool: None,
             graphs: HashMap::new(),
             next_graph: 0,
             guest_va: HashMap::new(),
@@ -954,6 +957,12 @@ impl CudaEngine {
 
     /// How host memory for swapped-out allocations is prepared (before the
     /// first swap-out; later changes do not apply).
+    /// Leases swap chunks from the pool at `socket` first, where gpuvisord
+    /// offers one there (connected at the first swap).
+    pub fn set_swap_pool(&mut self, socket: Option<std::path::PathBuf>) {
+        self.swap_pool = socket;
+    }
+
     pub fn set_swap_config(&mut self, config: SwapConfig) {
         self.swap_config = config;
     }
@@ -1110,9 +1119,14 @@ impl Drop for CudaEngine {
 
 /// The engine's host swap store, made at its first use (a swap-out, or
 /// preparing for one) with the primary context `ctx`.
-fn host_store(swap: &mut Option<HostStore>, ctx: u64, config: SwapConfig) -> EngineResult<&mut HostStore> {
+fn host_store<'a>(
+    swap: &'a mut Option<HostStore>,
+    ctx: u64,
+    config: SwapConfig,
+    pool: Option<&std::path::Path>,
+) -> EngineResult<&'a mut HostStore> {
     if swap.is_none() {
-        *swap = Some(HostStore::new(ctx, config)?);
+        *swap = Some(HostStore::new(ctx, config, pool)?);
     }
     swap.as_mut().ok_or(CuError(CUDA_ERROR_ILLEGAL_STATE))
 }
@@ -1333,7 +1347,7 @@ impl Engine for CudaEngine {
         if bytes == 0 && self.swap.is_none() {
             return;
         }
-        match host_store(&mut self.swap, self.base, self.swap_config) {
+        match host_store(&mut self.swap, self.base, self.swap_config, self.swap_pool.as_deref()) {
             Ok(store) => store.prepare_ahead(bytes),
             Err(e) => warn!(error = %e, "host swap store for a likely swap-out"),
         }
@@ -1362,7 +1376,7 @@ impl Engine for CudaEngine {
         if victims.is_empty() {
             return Ok(0);
         }
-        let store = host_store(&mut self.swap, self.base, self.swap_config)?;
+        let store = host_store(&mut self.swap, self.base, self.swap_config, self.swap_pool.as_deref())?;
         let start = Instant::now();
         let allocs = &mut self.allocs;
         let (moved, copied, count, error, timing, unmapping) = run_pushed(self.base, || {
@@ -1433,6 +1447,8 @@ impl Engine for CudaEngine {
             worker_prefault_s = timing.prefault.as_secs_f64(),
             worker_register_s = timing.register.as_secs_f64(),
             worker_release_s = timing.release.as_secs_f64(),
+            imported_chunks = timing.imported,
+            worker_import_s = timing.import.as_secs_f64(),
             "device memory swapped out to host RAM"
         );
         match error {

@@ -21,10 +21,13 @@
 //! and comes free with the last of them.
 
 use super::cuda::{check, run_pushed};
+use super::swap_pool::{self, PoolLink, Pooled};
 use super::{CuError, EngineResult};
 use cudarc::driver::sys;
 use protocol::cuda::*;
 use std::ffi::c_void;
+use std::fs::File;
+use std::path::Path;
 use std::ptr::null_mut;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -307,14 +310,17 @@ impl<T> Slots<T> {
     }
 }
 
-/// Host memory mapped, faulted in and registered with the driver (pinned,
-/// portable to every context). Never unmapped by dropping: `release` must
-/// run with a context current, so a dropped chunk leaks rather than
-/// unregistering from the wrong thread.
+/// Pinned host memory for swapped-out bytes: either this process's own
+/// (mapped, faulted in and registered with the driver, portable to every
+/// context; `addr` a host address) or a chunk leased from gpuvisord's swap
+/// pool (`pooled`; `addr` the device address it is mapped at). Never
+/// unmapped by dropping: `release` must run with a context current, so a
+/// dropped chunk leaks rather than unregistering from the wrong thread.
 #[derive(Debug)]
 struct Chunk {
     addr: usize,
     len: usize,
+    pooled: Option<Pooled>,
 }
 
 /// Brings every page of the fresh private mapping `addr..addr + len` in,
@@ -411,12 +417,60 @@ impl Chunk {
             return Err(e);
         }
         stats.made.fetch_add(1, Ordering::Relaxed);
-        Ok(Chunk { addr, len })
+        Ok(Chunk { addr, len, pooled: None })
     }
 
-    /// Unregisters and unmaps. A context must be current on the calling
+    /// Pool chunk `id` (`file`, `len` bytes), mapped for device `ordinal`.
+    /// A context must be current on the calling thread.
+    fn import(id: u32, file: File, len: usize, ordinal: i32, stats: &PrepStats) -> EngineResult<Chunk> {
+        let importing = Instant::now();
+        let r = swap_pool::import(file, len, ordinal);
+        PrepStats::add(&stats.import_ns, importing);
+        let (va, handle) = r?;
+        stats.imported.fetch_add(1, Ordering::Relaxed);
+        Ok(Chunk { addr: va as usize, len, pooled: Some(Pooled { id, handle }) })
+    }
+
+    /// Queues the copy of `len` bytes of device memory at `src` to offset
+    /// `off` of the chunk. The caller keeps the chunk until the stream synced.
+    fn copy_from_device(&self, off: u64, src: u64, len: u64, stream: sys::CUstream) -> EngineResult<()> {
+        let at = self.addr + off as usize;
+        // SAFETY: `off + len <= self.len` (the tape's spans stay in their
+        // chunk); the chunk is registered host memory, or pool memory mapped
+        // at device address `addr`; `src..src + len` is the caller's mapped
+        // allocation.
+        check(unsafe {
+            match self.pooled {
+                None => sys::cuMemcpyDtoHAsync_v2(at as *mut c_void, src, len as usize, stream),
+                Some(_) => sys::cuMemcpyDtoDAsync_v2(at as u64, src, len as usize, stream),
+            }
+        })
+    }
+
+    /// Queues the copy of `len` bytes from offset `off` of the chunk to
+    /// device memory at `dst`.
+    fn copy_to_device(&self, off: u64, dst: u64, len: u64, stream: sys::CUstream) -> EngineResult<()> {
+        let at = self.addr + off as usize;
+        // SAFETY: as in `copy_from_device`, the other way.
+        check(unsafe {
+            match self.pooled {
+                None => sys::cuMemcpyHtoDAsync_v2(dst, at as *const c_void, len as usize, stream),
+                Some(_) => sys::cuMemcpyDtoDAsync_v2(dst, at as u64, len as usize, stream),
+            }
+        })
+    }
+
+    /// Unregisters and unmaps; a pool chunk goes back to the pool (through
+    /// `link`, if it is still up). A context must be current on the calling
     /// thread, and no copy may still use the chunk.
-    fn release(self) {
+    fn release(self, link: Option<&PoolLink>) {
+        if let Some(p) = self.pooled {
+            swap_pool::unmap(self.addr as u64, self.len, p.handle);
+            if let Some(link) = link {
+                link.give_back(p.id);
+            }
+            return;
+        }
         // SAFETY: registered in `prepare`; no copy uses it (the store only
         // releases chunks that no host copy holds, after its copies synced).
         if let Err(e) = check(unsafe { sys::cuMemHostUnregister(self.addr as *mut c_void) }) {
@@ -435,6 +489,8 @@ enum Job {
     /// Make a chunk of this many bytes, its pages brought in so, and send it
     /// back.
     Prepare(usize, Prefault),
+    /// Import and map this pool chunk, and send it back.
+    Import(u32, File),
     Release(Chunk),
 }
 
@@ -449,6 +505,8 @@ struct PrepStats {
     prefault_ns: AtomicU64,
     register_ns: AtomicU64,
     release_ns: AtomicU64,
+    imported: AtomicU64,
+    import_ns: AtomicU64,
 }
 
 impl PrepStats {
@@ -457,9 +515,17 @@ impl PrepStats {
         counter.fetch_add(ns, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [u64; 5] {
-        [&self.made, &self.map_ns, &self.prefault_ns, &self.register_ns, &self.release_ns]
-            .map(|c| c.load(Ordering::Relaxed))
+    fn snapshot(&self) -> [u64; 7] {
+        [
+            &self.made,
+            &self.map_ns,
+            &self.prefault_ns,
+            &self.register_ns,
+            &self.release_ns,
+            &self.imported,
+            &self.import_ns,
+        ]
+        .map(|c| c.load(Ordering::Relaxed))
     }
 }
 
@@ -477,7 +543,13 @@ struct Pool {
 
 impl Pool {
     /// Up to `threads` workers; `None` if none could be started.
-    fn start(ctx: u64, threads: usize, stats: &Arc<PrepStats>) -> Option<Pool> {
+    fn start(
+        ctx: u64,
+        threads: usize,
+        stats: &Arc<PrepStats>,
+        link: Option<&Arc<PoolLink>>,
+        ordinal: i32,
+    ) -> Option<Pool> {
         let (jobs, queue) = mpsc::channel::<Job>();
         let (done, ready) = mpsc::channel::<Prepared>();
         let queue = Arc::new(Mutex::new(queue));
@@ -485,9 +557,10 @@ impl Pool {
         let mut workers = Vec::with_capacity(threads);
         for i in 0..threads {
             let (queue, done, cancel, stats) = (queue.clone(), done.clone(), cancel.clone(), stats.clone());
+            let link = link.cloned();
             match std::thread::Builder::new()
                 .name(format!("gv-swap-{i}"))
-                .spawn(move || worker(ctx, &queue, &done, &cancel, &stats))
+                .spawn(move || worker(ctx, &queue, &done, &cancel, &stats, link.as_deref(), ordinal))
             {
                 Ok(h) => workers.push(h),
                 Err(e) => warn!(error = %e, "starting a swap worker thread"),
@@ -508,7 +581,15 @@ impl Pool {
     }
 }
 
-fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cancel: &AtomicBool, stats: &PrepStats) {
+fn worker(
+    ctx: u64,
+    queue: &Mutex<Receiver<Job>>,
+    done: &Sender<Prepared>,
+    cancel: &AtomicBool,
+    stats: &PrepStats,
+    link: Option<&PoolLink>,
+    ordinal: i32,
+) {
     // SAFETY: the engine's primary context, retained until after the store
     // has joined this thread. Registration and unregistration need a current
     // context; this thread does nothing else.
@@ -535,15 +616,148 @@ fn worker(ctx: u64, queue: &Mutex<Receiver<Job>>, done: &Sender<Prepared>, cance
                         .unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)))
                 };
                 if let Err(mpsc::SendError(Ok(chunk))) = done.send(result) {
-                    chunk.release();
+                    chunk.release(link);
+                }
+            }
+            Job::Import(id, file) => {
+                let result = if cancel.load(Ordering::Acquire) {
+                    if let Some(link) = link {
+                        link.give_back(id);
+                    }
+                    Err(CuError(CUDA_ERROR_OUT_OF_MEMORY))
+                } else {
+                    let len = link.map_or(CHUNK_BYTES, PoolLink::chunk_bytes) as usize;
+                    let r = std::panic::catch_unwind(move || Chunk::import(id, file, len, ordinal, stats))
+                        .unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)));
+                    if let (Err(e), Some(link)) = (&r, link) {
+                        warn!(id, error = %e, "importing a swap pool chunk; giving it back");
+                        link.give_back(id);
+                    }
+                    r
+                };
+                if let Err(mpsc::SendError(Ok(chunk))) = done.send(result) {
+                    chunk.release(link);
                 }
             }
             Job::Release(chunk) => {
                 let releasing = Instant::now();
-                chunk.release();
+                chunk.release(link);
                 PrepStats::add(&stats.release_ns, releasing);
             }
         }
+    }
+}
+
+/// The device of the current context, and its host NUMA node for pool
+/// chunks.
+fn device_ordinal() -> EngineResult<i32> {
+    let mut dev: sys::CUdevice = 0;
+    // SAFETY: valid out-pointer; the caller made a context current.
+    check(unsafe { sys::cuCtxGetDevice(&mut dev) })?;
+    Ok(dev)
+}
+
+fn host_numa_node(dev: i32) -> i32 {
+    let mut node = -1;
+    // SAFETY: valid out-pointer and device.
+    let r = check(unsafe {
+        sys::cuDeviceGetAttribute(&mut node, sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_HOST_NUMA_ID, dev)
+    });
+    if r.is_ok() && node >= 0 {
+        node
+    } else {
+        0
+    }
+}
+
+/// A thread that makes chunks for gpuvisord's swap pool while it is short
+/// (as its answers say) and the store has been idle a moment: making
+/// pinned memory that can be shared runs at 3-4 GB/s
+/// (bench/results/h100/host-share.json), far below the copy rate, so it is
+/// done ahead, never while a swap waits.
+struct Grower {
+    stop: Arc<AtomicBool>,
+    thread: JoinHandle<()>,
+}
+
+/// Chunks the grower makes before it donates them and asks again.
+const GROW_BATCH: usize = 8;
+/// How long the store must have been idle before the grower works.
+const GROW_IDLE: Duration = Duration::from_millis(300);
+
+impl Grower {
+    fn start(ctx: u64, link: Arc<PoolLink>, last_busy: Arc<Mutex<Instant>>) -> Option<Grower> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("gv-swap-grow".into())
+            .spawn(move || grow(ctx, &link, &last_busy, &s))
+            .map_err(|e| warn!(error = %e, "starting the swap pool grower"))
+            .ok()?;
+        Some(Grower { stop, thread })
+    }
+
+    fn stop(self) {
+        self.stop.store(true, Ordering::Release);
+        self.thread.thread().unpark();
+        if self.thread.join().is_err() {
+            warn!("the swap pool grower panicked");
+        }
+    }
+}
+
+fn grow(ctx: u64, link: &PoolLink, last_busy: &Mutex<Instant>, stop: &AtomicBool) {
+    // SAFETY: the engine's primary context, retained until the store joined
+    // this thread.
+    if let Err(e) = check(unsafe { sys::cuCtxSetCurrent(ctx as sys::CUcontext) }) {
+        warn!(error = %e, "the swap pool grower has no context; not growing the pool");
+        return;
+    }
+    let numa = device_ordinal().map(host_numa_node).unwrap_or(0);
+    let len = link.chunk_bytes() as usize;
+    let mut wanted = 0usize;
+    let mut asked_at: Option<Instant> = None;
+    let mut made_total = 0u64;
+    while !stop.load(Ordering::Acquire) {
+        std::thread::park_timeout(Duration::from_millis(100));
+        if last_busy.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < GROW_IDLE {
+            continue;
+        }
+        if wanted == 0 {
+            if asked_at.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+                continue;
+            }
+            asked_at = Some(Instant::now());
+            wanted = link.lease(0).1;
+            continue;
+        }
+        let n = wanted.min(GROW_BATCH).min(host_chunks_available(len as u64));
+        if n == 0 {
+            wanted = 0;
+            continue;
+        }
+        let started = Instant::now();
+        let mut files = Vec::with_capacity(n);
+        for _ in 0..n {
+            match swap_pool::make_shareable(len, numa) {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    warn!(error = %e, "making a chunk for the swap pool; trying again later");
+                    wanted = 0;
+                    asked_at = Some(Instant::now() + Duration::from_secs(30));
+                    break;
+                }
+            }
+        }
+        link.donate(&files);
+        made_total += files.len() as u64;
+        wanted = wanted.saturating_sub(files.len());
+        debug!(
+            chunks = files.len(),
+            gbps = (files.len() * len) as f64 / started.elapsed().as_secs_f64().max(1e-9) / 1e9,
+            total_mib = (made_total * len as u64) >> 20,
+            "chunks made for the swap pool"
+        );
     }
 }
 
@@ -614,6 +828,9 @@ pub struct CopyOutTiming {
     pub prefault: Duration,
     pub register: Duration,
     pub release: Duration,
+    /// Pool chunks the workers imported and mapped meanwhile, and their time.
+    pub imported: u64,
+    pub import: Duration,
 }
 
 /// Pinned host memory for one engine's swapped-out allocations, and the
@@ -641,12 +858,20 @@ pub struct HostStore {
     outstanding: usize,
     prefault: Prefault,
     stats: Arc<PrepStats>,
+    /// gpuvisord's swap pool, where it has one: chunks are leased from it
+    /// before any is pinned here.
+    link: Option<Arc<PoolLink>>,
+    /// Makes chunks for the pool while it is short and the store idle.
+    grower: Option<Grower>,
+    /// When the store last copied or was asked for chunks, for the grower.
+    last_busy: Arc<Mutex<Instant>>,
 }
 
 impl HostStore {
     /// A store whose chunks are registered from `ctx`, the engine's primary
-    /// context, which must outlive the store.
-    pub fn new(ctx: u64, config: SwapConfig) -> EngineResult<HostStore> {
+    /// context, which must outlive the store, and leased first from the swap
+    /// pool at `pool_socket` where gpuvisord offers one.
+    pub fn new(ctx: u64, config: SwapConfig, pool_socket: Option<&Path>) -> EngineResult<HostStore> {
         let threads = config.threads.min(MAX_THREADS) as usize;
         let cache_mib = config.cache_mib;
         let cache_chunks = cache_mib.saturating_mul(1 << 20) / CHUNK_BYTES;
@@ -659,12 +884,18 @@ impl HostStore {
             })
         })??;
         let stats = Arc::new(PrepStats::default());
-        let pool = Pool::start(ctx, threads, &stats);
+        // Pool chunks are imported by the workers; without workers none.
+        let link = pool_socket.filter(|_| threads > 0).and_then(|p| PoolLink::connect(p, CHUNK_BYTES));
+        let ordinal = run_pushed(ctx, device_ordinal)??;
+        let pool = Pool::start(ctx, threads, &stats, link.as_ref(), ordinal);
+        let last_busy = Arc::new(Mutex::new(Instant::now()));
+        let grower = link.as_ref().and_then(|l| Grower::start(ctx, l.clone(), last_busy.clone()));
         info!(
             threads = pool.as_ref().map_or(0, |p| p.workers.len()),
             cache_mib,
             chunk_mib = CHUNK_BYTES >> 20,
             prefault = ?config.prefault,
+            swap_pool = link.is_some(),
             "host swap store ready"
         );
         Ok(HostStore {
@@ -679,7 +910,14 @@ impl HostStore {
             outstanding: 0,
             prefault: config.prefault,
             stats,
+            link,
+            grower,
+            last_busy,
         })
+    }
+
+    fn mark_busy(&self) {
+        *self.last_busy.lock().unwrap_or_else(|p| p.into_inner()) = Instant::now();
     }
 
     fn cu_stream(&self) -> sys::CUstream {
@@ -696,19 +934,39 @@ impl HostStore {
         (self.slots.in_use() + self.cache.len()) as u64 * self.chunk_bytes
     }
 
-    /// Asks the workers for `n` more chunks, to be taken by `next_chunk` or
-    /// collected into the cache. Nothing without workers.
-    fn request(&mut self, n: usize) {
+    /// Asks the workers for up to `n` more chunks, to be taken by
+    /// `next_chunk` or collected into the cache: pool chunks to import as
+    /// far as the pool has them, then chunks pinned here as far as host RAM
+    /// allows. How many were asked for; none without workers.
+    fn request(&mut self, n: usize) -> usize {
         let len = self.chunk_len();
         let Some(pool) = &self.pool else {
-            return;
+            return 0;
         };
-        for _ in 0..n {
+        self.mark_busy();
+        let mut asked = 0;
+        if let Some(link) = self.link.as_ref().filter(|_| n > 0) {
+            let (leased, _) = link.lease(n);
+            for (id, file) in leased {
+                if let Err(job) = pool.send(Job::Import(id, file)) {
+                    if let Job::Import(id, _) = job {
+                        link.give_back(id);
+                    }
+                    continue;
+                }
+                self.outstanding += 1;
+                asked += 1;
+            }
+        }
+        let own = (n - asked).min(host_chunks_available(self.chunk_bytes));
+        for _ in 0..own {
             if pool.send(Job::Prepare(len, self.prefault)).is_err() {
                 break; // no worker left: fewer chunks, reported as OOM
             }
             self.outstanding += 1;
+            asked += 1;
         }
+        asked
     }
 
     /// The next chunk for the tape: a cached one, else one asked of the
@@ -768,10 +1026,10 @@ impl HostStore {
             return;
         }
         let held = self.cache.len() + self.slots.in_use() + self.outstanding;
-        let n = self.cache.cap.saturating_sub(held).min(host_chunks_available(self.chunk_bytes));
+        let n = self.cache.cap.saturating_sub(held);
         if n > 0 {
-            debug!(chunks = n, "preparing swap chunks ahead");
-            self.request(n);
+            let asked = self.request(n);
+            debug!(chunks = asked, "preparing swap chunks ahead");
         }
     }
 
@@ -788,9 +1046,9 @@ impl HostStore {
             return;
         }
         let have = self.cache.len() + self.outstanding;
-        let n = want.saturating_sub(have).min(host_chunks_available(self.chunk_bytes));
+        let n = want.saturating_sub(have);
         if n > 0 {
-            self.request(n);
+            let n = self.request(n);
             info!(
                 mib = (n as u64 * self.chunk_bytes) >> 20,
                 ready_mib = (self.cache.len() as u64 * self.chunk_bytes) >> 20,
@@ -847,11 +1105,12 @@ impl HostStore {
             Some(pool) => match pool.send(Job::Release(chunk)) {
                 Ok(()) => return,
                 Err(Job::Release(c)) => c,
-                Err(Job::Prepare(..)) => return,
+                Err(Job::Prepare(..) | Job::Import(..)) => return,
             },
             None => chunk,
         };
-        if run_pushed(self.ctx, || chunk.release()).is_err() {
+        let link = self.link.as_deref();
+        if run_pushed(self.ctx, || chunk.release(link)).is_err() {
             warn!("no context to release a swap chunk in; it leaks");
         }
     }
@@ -873,19 +1132,19 @@ impl HostStore {
         self.collect_ready();
         let chunks = plan.per_chunk.len();
         let want = chunks.saturating_sub(self.cache.len() + self.outstanding);
-        let room = host_chunks_available(self.chunk_bytes);
-        if want > room {
+        let mut inline_budget = 0;
+        let asked = if self.pool.is_some() {
+            self.request(want)
+        } else {
+            inline_budget = want.min(host_chunks_available(self.chunk_bytes));
+            inline_budget
+        };
+        if asked < want {
             warn!(
                 wanted_mib = (want as u64 * self.chunk_bytes) >> 20,
-                available_mib = (room as u64 * self.chunk_bytes) >> 20,
+                available_mib = (asked as u64 * self.chunk_bytes) >> 20,
                 "host RAM too short for the whole swap-out; moving what fits"
             );
-        }
-        let mut inline_budget = 0;
-        if self.pool.is_some() {
-            self.request(want.min(room));
-        } else {
-            inline_budget = want.min(room);
         }
 
         // Queue copies chunk by chunk as chunks become ready: the copy engine
@@ -912,22 +1171,19 @@ impl HostStore {
                 timing.chunks_waited += 1;
                 timing.chunk_wait += asked.elapsed();
             }
-            let host = chunk.addr;
-            slot_of.push(self.slots.insert(chunk));
+            let slot = self.slots.insert(chunk);
+            slot_of.push(slot);
             for &(i, span) in spans {
                 let v = &victims[i];
-                // SAFETY: the destination lies in a registered chunk
-                // (`host_off + len <= chunk_bytes` by `split`), held in
-                // `slots` until the copies synchronized; the source lies in
-                // the victim's mapped allocation (`dev_off + len <= v.len`).
-                let r = check(unsafe {
-                    sys::cuMemcpyDtoHAsync_v2(
-                        (host + span.host_off as usize) as *mut c_void,
-                        v.dptr + span.dev_off,
-                        span.len as usize,
-                        stream,
-                    )
-                });
+                // The chunk stays in `slots` until the copies synchronized;
+                // `host_off + len <= chunk_bytes` by `split`, and the source
+                // lies in the victim's mapped allocation
+                // (`dev_off + len <= v.len`).
+                let r = self
+                    .slots
+                    .get(slot)
+                    .ok_or(CuError(CUDA_ERROR_ILLEGAL_STATE))
+                    .and_then(|c| c.copy_from_device(span.host_off, v.dptr + span.dev_off, span.len, stream));
                 if let Err(e) = r {
                     error = Some(e);
                     break 'tape;
@@ -951,9 +1207,11 @@ impl HostStore {
         done = done.min(victims.len());
         timing.copy_wait = synced_at.elapsed();
         let stats_after = self.stats.snapshot();
-        let [made, map, prefault, register, release] =
+        let [made, map, prefault, register, release, imported, import] =
             std::array::from_fn(|i| stats_after[i].saturating_sub(stats_before[i]));
         timing.made = made;
+        timing.imported = imported;
+        timing.import = Duration::from_nanos(import);
         (timing.map, timing.prefault, timing.register, timing.release) = (
             Duration::from_nanos(map),
             Duration::from_nanos(prefault),
@@ -1014,20 +1272,14 @@ impl HostStore {
     /// released: the caller calls `sync`, then `release` on success. The
     /// store's context must be current.
     pub fn copy_in(&self, dptr: u64, copy: &HostCopy) -> EngineResult<()> {
+        self.mark_busy();
         let mut dev_off = 0u64;
         for &(slot, host_off, len) in &copy.pieces {
             let chunk = self.slots.get(slot).ok_or(CuError(CUDA_ERROR_ILLEGAL_STATE))?;
-            // SAFETY: the source lies in a registered chunk that `copy` holds
-            // (it stays until `release`); the destination is the caller's
-            // mapped allocation of at least `copy.len()` bytes.
-            check(unsafe {
-                sys::cuMemcpyHtoDAsync_v2(
-                    dptr + dev_off,
-                    (chunk.addr + host_off as usize) as *const c_void,
-                    len as usize,
-                    self.cu_stream(),
-                )
-            })?;
+            // The chunk stays while `copy` holds it (until `release`); the
+            // destination is the caller's mapped allocation of at least
+            // `copy.len()` bytes.
+            chunk.copy_to_device(host_off, dptr + dev_off, len, self.cu_stream())?;
             dev_off += len;
         }
         Ok(())
@@ -1061,6 +1313,9 @@ impl HostStore {
 
 impl Drop for HostStore {
     fn drop(&mut self) {
+        if let Some(g) = self.grower.take() {
+            g.stop();
+        }
         self.settle_requests();
         let mut chunks = self.slots.drain();
         chunks.extend(self.cache.drain());
@@ -1086,9 +1341,10 @@ impl Drop for HostStore {
             inline = chunks;
         }
         let stream = self.cu_stream();
+        let link = self.link.as_deref();
         let r = run_pushed(self.ctx, || {
             for c in inline {
-                c.release();
+                c.release(link);
             }
             // SAFETY: the store's stream, idle (every copy was synchronized).
             check(unsafe { sys::cuStreamDestroy_v2(stream) })

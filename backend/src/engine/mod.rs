@@ -8,6 +8,7 @@ pub mod cuda;
 pub mod host_swap;
 pub mod sim;
 pub mod sim_timeline;
+pub mod swap_pool;
 
 use crate::guest_mem::{GuestSpan, HostDst, HostSrc};
 use protocol::cuda::CuResult;

@@ -1,0 +1,260 @@
+//! The backend's side of gpuvisord's swap pool (`protocol::swap_pool`):
+//! leasing pinned host chunks for swap-outs, importing and mapping them at
+//! a device address, giving them back, and making new ones for the pool in
+//! the background. The chunks are host memory the driver allocated pinned
+//! (`cuMemCreate` at a host NUMA node) and exported as descriptors, so a
+//! backend maps one another backend made without pinning it again.
+
+use super::cuda::check;
+use super::{CuError, EngineResult};
+use cudarc::driver::sys;
+use protocol::cuda::*;
+use protocol::swap_pool::{self as wire, FrameReader, PoolRequest, MAX_CHUNKS_PER_MESSAGE};
+use std::ffi::c_void;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::ptr::null_mut;
+use std::sync::{Arc, Mutex};
+use tracing::{debug, info, warn};
+
+/// A chunk leased from the pool and mapped here.
+#[derive(Debug)]
+pub(super) struct Pooled {
+    pub id: u32,
+    pub handle: sys::CUmemGenericAllocationHandle,
+}
+
+/// The connection to the pool, shared by the store and its workers. Once
+/// the pool fails (gpuvisord gone, a protocol error) it stays closed: the
+/// store pins its own host memory from then on, and the chunks it holds are
+/// released here when they come free (their memory goes with the last
+/// import).
+pub(super) struct PoolLink {
+    conn: Mutex<Option<FrameReader>>,
+    chunk_bytes: u64,
+}
+
+impl PoolLink {
+    /// Connects to the pool at `path` and checks that its chunks are
+    /// `chunk_bytes`; `None` where there is no pool (gpuvisord runs without
+    /// one) or it does not fit.
+    pub fn connect(path: &Path, chunk_bytes: u64) -> Option<Arc<PoolLink>> {
+        let sock = match UnixStream::connect(path) {
+            Ok(s) => s,
+            Err(e) => {
+                debug!(socket = %path.display(), error = %e, "no swap pool: pinning host memory here");
+                return None;
+            }
+        };
+        let mut reader = FrameReader::new(sock);
+        let first = wire::send(reader.socket(), &PoolRequest::Lease { count: 0 }, &[])
+            .and_then(|()| wire::recv_chunks(&mut reader));
+        match first {
+            Ok((ans, _)) if ans.chunk_bytes == chunk_bytes => {
+                info!(socket = %path.display(), grow = ans.grow, "swap pool connected");
+                Some(Arc::new(PoolLink { conn: Mutex::new(Some(reader)), chunk_bytes }))
+            }
+            Ok((ans, _)) => {
+                warn!(
+                    pool = ans.chunk_bytes,
+                    here = chunk_bytes,
+                    "the swap pool's chunks are of another size; not using it"
+                );
+                None
+            }
+            Err(e) => {
+                warn!(error = %e, "swap pool handshake failed; pinning host memory here");
+                None
+            }
+        }
+    }
+
+    /// Runs `f` on the connection; on an error it is closed for good.
+    fn with<T>(&self, f: impl FnOnce(&mut FrameReader) -> Result<T, wire::PoolError>) -> Option<T> {
+        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
+        let r = f(conn.as_mut()?);
+        match r {
+            Ok(v) => Some(v),
+            Err(e) => {
+                warn!(error = %e, "swap pool connection failed; pinning host memory here from now on");
+                *conn = None;
+                None
+            }
+        }
+    }
+
+    /// Up to `n` free chunks (ids and descriptors), and how many chunks the
+    /// pool would take as donations.
+    pub fn lease(&self, n: usize) -> (Vec<(u32, File)>, usize) {
+        let mut got = Vec::new();
+        let mut grow = 0;
+        let mut left = n;
+        loop {
+            let count = left.min(MAX_CHUNKS_PER_MESSAGE as usize) as u32;
+            let Some((ans, files)) = self.with(|r| {
+                wire::send(r.socket(), &PoolRequest::Lease { count }, &[])?;
+                wire::recv_chunks(r)
+            }) else {
+                break;
+            };
+            grow = ans.grow as usize;
+            let k = ans.ids.len();
+            got.extend(ans.ids.into_iter().zip(files));
+            left -= k.min(left);
+            if k < count as usize || left == 0 {
+                break;
+            }
+        }
+        (got, grow)
+    }
+
+    /// Gives leased chunk `id` back: this process maps and imports it no more.
+    pub fn give_back(&self, id: u32) {
+        self.with(|r| wire::send(r.socket(), &PoolRequest::Return { ids: vec![id] }, &[]));
+    }
+
+    /// Gives the pool new chunks (their descriptors; this process keeps no
+    /// import of them).
+    pub fn donate(&self, files: &[File]) {
+        for part in files.chunks(MAX_CHUNKS_PER_MESSAGE as usize) {
+            let fds: Vec<RawFd> = part.iter().map(|f| f.as_raw_fd()).collect();
+            let count = fds.len() as u32;
+            self.with(|r| wire::send(r.socket(), &PoolRequest::Donate { count }, &fds));
+        }
+    }
+
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
+    }
+}
+
+/// Pinned host memory of `len` bytes that another process can import: its
+/// descriptor. This process keeps nothing of it.
+pub(super) fn make_shareable(len: usize, numa: i32) -> EngineResult<File> {
+    let prop = host_prop(numa);
+    let mut handle: sys::CUmemGenericAllocationHandle = 0;
+    // SAFETY: valid out-pointer and property struct.
+    check(unsafe { sys::cuMemCreate(&mut handle, len, &prop, 0) })?;
+    let mut fd: i32 = -1;
+    // SAFETY: for a POSIX descriptor the out-pointer is to an int.
+    let exported = check(unsafe {
+        sys::cuMemExportToShareableHandle(
+            (&mut fd as *mut i32).cast::<c_void>(),
+            handle,
+            sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+            0,
+        )
+    });
+    // The descriptor keeps the memory; this handle is not needed.
+    // SAFETY: the handle made above, released once.
+    let released = check(unsafe { sys::cuMemRelease(handle) });
+    exported?;
+    if fd < 0 {
+        return Err(CuError(CUDA_ERROR_UNKNOWN));
+    }
+    // SAFETY: a descriptor the driver just made for this process.
+    let file = unsafe { File::from_raw_fd(fd) };
+    released?;
+    Ok(file)
+}
+
+/// Imports pool chunk `file` and maps its `len` bytes at a new device
+/// address, readable and writable by device `ordinal`: the address and the
+/// import's handle. Refused unless it is pinned host memory of at least
+/// `len` bytes (a chunk from the pool, not device memory or anything else).
+pub(super) fn import(file: File, len: usize, ordinal: i32) -> EngineResult<(u64, sys::CUmemGenericAllocationHandle)> {
+    let mut handle: sys::CUmemGenericAllocationHandle = 0;
+    // SAFETY: valid out-pointer; for a POSIX descriptor the handle argument
+    // is the descriptor's number.
+    check(unsafe {
+        sys::cuMemImportFromShareableHandle(
+            &mut handle,
+            file.as_raw_fd() as isize as *mut c_void,
+            sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+        )
+    })?;
+    drop(file); // the import holds the memory now
+    let release = |h| {
+        // SAFETY: the import made above, released once.
+        if let Err(e) = check(unsafe { sys::cuMemRelease(h) }) {
+            warn!(error = %e, "releasing a pool chunk's import");
+        }
+    };
+    // SAFETY: a zeroed struct is a valid out-value; the handle is live.
+    let mut prop: sys::CUmemAllocationProp = unsafe { std::mem::zeroed() };
+    let is_host = check(unsafe { sys::cuMemGetAllocationPropertiesFromHandle(&mut prop, handle) }).is_ok()
+        && matches!(
+            prop.location.type_,
+            sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST_NUMA | sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST
+        );
+    if !is_host {
+        release(handle);
+        warn!("a swap pool chunk is not pinned host memory; refused");
+        return Err(CuError(CUDA_ERROR_INVALID_VALUE));
+    }
+    let mut va: sys::CUdeviceptr = 0;
+    // SAFETY: valid out-pointer; any address, default alignment.
+    if let Err(e) = check(unsafe { sys::cuMemAddressReserve(&mut va, len, 0, 0, 0) }) {
+        release(handle);
+        return Err(e);
+    }
+    let unreserve = |va| {
+        // SAFETY: the range reserved above, unmapped, freed once.
+        if let Err(e) = check(unsafe { sys::cuMemAddressFree(va, len) }) {
+            warn!(error = %e, "freeing a pool chunk's address range");
+        }
+    };
+    // SAFETY: the range reserved above; the import holds at least `len`
+    // bytes or the driver refuses.
+    if let Err(e) = check(unsafe { sys::cuMemMap(va, len, 0, handle, 0) }) {
+        unreserve(va);
+        release(handle);
+        return Err(e);
+    }
+    let access = sys::CUmemAccessDesc {
+        location: sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE, id: ordinal },
+        flags: sys::CUmemAccess_flags::CU_MEM_ACCESS_FLAGS_PROT_READWRITE,
+    };
+    // SAFETY: the range mapped above; one descriptor.
+    if let Err(e) = check(unsafe { sys::cuMemSetAccess(va, len, &access, 1) }) {
+        unmap(va, len, handle);
+        return Err(e);
+    }
+    Ok((va, handle))
+}
+
+/// Unmaps an imported chunk and releases the import.
+pub(super) fn unmap(va: u64, len: usize, handle: sys::CUmemGenericAllocationHandle) {
+    // SAFETY: a range `import` mapped; no copy uses it any more (callers
+    // synchronize first).
+    if let Err(e) = check(unsafe { sys::cuMemUnmap(va, len) }) {
+        warn!(error = %e, "unmapping a pool chunk");
+    }
+    // SAFETY: the range `import` reserved, freed once.
+    if let Err(e) = check(unsafe { sys::cuMemAddressFree(va, len) }) {
+        warn!(error = %e, "freeing a pool chunk's address range");
+    }
+    // SAFETY: the import `import` made, released once.
+    if let Err(e) = check(unsafe { sys::cuMemRelease(handle) }) {
+        warn!(error = %e, "releasing a pool chunk's import");
+    }
+}
+
+/// Pinned host memory on host NUMA node `numa`, exportable as a descriptor.
+/// (Memory at the plain host location cannot be shared between processes.)
+fn host_prop(numa: i32) -> sys::CUmemAllocationProp {
+    sys::CUmemAllocationProp {
+        type_: sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED,
+        requestedHandleTypes: sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+        location: sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST_NUMA, id: numa },
+        win32HandleMetaData: null_mut(),
+        allocFlags: sys::CUmemAllocationProp_st__bindgen_ty_1 {
+            compressionType: 0,
+            gpuDirectRDMACapable: 0,
+            usage: 0,
+            reserved: [0; 4],
+        },
+    }
+}
