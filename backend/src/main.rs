@@ -374,6 +374,7 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
         // gpuvisord started with --swap-pool-mib listens beside its backend
         // socket; without one there the backend pins its own host memory.
         e.set_swap_pool(args.daemon.as_deref().map(protocol::swap_pool::pool_socket_path));
+        e.open_swap_store();
         Ok(Box::new(e))
     };
     match args.engine {

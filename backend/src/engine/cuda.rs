@@ -963,6 +963,18 @@ impl CudaEngine {
         self.swap_pool = socket;
     }
 
+    /// Makes the host swap store now rather than at the first swap, where a
+    /// swap pool socket is set: its grower then starts making pool chunks
+    /// while the VMs start, before any swap needs them.
+    pub fn open_swap_store(&mut self) {
+        if self.swap_pool.is_none() || self.vmm.is_none() {
+            return;
+        }
+        if let Err(e) = host_store(&mut self.swap, self.base, self.swap_config, self.swap_pool.as_deref()) {
+            warn!(error = %e, "host swap store");
+        }
+    }
+
     pub fn set_swap_config(&mut self, config: SwapConfig) {
         self.swap_config = config;
     }

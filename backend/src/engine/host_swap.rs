@@ -104,10 +104,16 @@ fn parse_mem_available(meminfo: &str) -> Option<u64> {
 /// How many more chunks of `chunk` bytes host RAM can take now, leaving
 /// `HOST_RESERVE`; unlimited where the kernel does not say.
 fn host_chunks_available(chunk: u64) -> usize {
+    host_chunks_beyond(chunk, HOST_RESERVE)
+}
+
+/// How many more chunks of `chunk` bytes host RAM can take now, leaving
+/// `reserve`; unlimited where the kernel does not say.
+fn host_chunks_beyond(chunk: u64, reserve: u64) -> usize {
     let Some(avail) = std::fs::read_to_string("/proc/meminfo").ok().as_deref().and_then(parse_mem_available) else {
         return usize::MAX;
     };
-    let n = avail.saturating_sub(HOST_RESERVE) / chunk.max(1);
+    let n = avail.saturating_sub(reserve) / chunk.max(1);
     usize::try_from(n).unwrap_or(usize::MAX)
 }
 
@@ -684,6 +690,12 @@ struct Grower {
 const GROW_BATCH: usize = 8;
 /// How long the store must have been idle before the grower works.
 const GROW_IDLE: Duration = Duration::from_millis(300);
+/// Host RAM the grower leaves free. Pool chunks stay pinned once made, and
+/// the host still needs memory for chunks pinned by backends that found
+/// the pool empty and for everything else (on the H200 host, a pool grown
+/// to its size beside the fill phase's own chunks ran the host out of
+/// memory and the OOM killer took a backend).
+const GROW_RESERVE: u64 = 8 << 30;
 
 impl Grower {
     fn start(ctx: u64, link: Arc<PoolLink>, last_busy: Arc<Mutex<Instant>>) -> Option<Grower> {
@@ -731,7 +743,7 @@ fn grow(ctx: u64, link: &PoolLink, last_busy: &Mutex<Instant>, stop: &AtomicBool
             wanted = link.lease(0).1;
             continue;
         }
-        let n = wanted.min(GROW_BATCH).min(host_chunks_available(len as u64));
+        let n = wanted.min(GROW_BATCH).min(host_chunks_beyond(len as u64, GROW_RESERVE));
         if n == 0 {
             wanted = 0;
             continue;
@@ -1098,7 +1110,10 @@ impl HostStore {
     /// A chunk that holds nothing any more: kept for the next swap-out if
     /// the cache has room, released off this thread otherwise.
     fn recycle(&mut self, chunk: Chunk) {
-        let Some(chunk) = self.cache.offer(chunk) else {
+        // With a pool, the host RAM of this process's own chunks is better
+        // spent on pool chunks, which any backend can use.
+        let keep = chunk.pooled.is_some() || self.link.is_none();
+        let Some(chunk) = (if keep { self.cache.offer(chunk) } else { Some(chunk) }) else {
             return;
         };
         let chunk = match &self.pool {
