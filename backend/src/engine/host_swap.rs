@@ -885,8 +885,6 @@ impl HostStore {
     /// pool at `pool_socket` where gpuvisord offers one.
     pub fn new(ctx: u64, config: SwapConfig, pool_socket: Option<&Path>) -> EngineResult<HostStore> {
         let threads = config.threads.min(MAX_THREADS) as usize;
-        let cache_mib = config.cache_mib;
-        let cache_chunks = cache_mib.saturating_mul(1 << 20) / CHUNK_BYTES;
         let mut stream: sys::CUstream = null_mut();
         run_pushed(ctx, || {
             // SAFETY: `stream` is a valid out-pointer; NON_BLOCKING keeps
@@ -898,6 +896,13 @@ impl HostStore {
         let stats = Arc::new(PrepStats::default());
         // Pool chunks are imported by the workers; without workers none.
         let link = pool_socket.filter(|_| threads > 0).and_then(|p| PoolLink::connect(p, CHUNK_BYTES));
+        // With a pool, chunks that come free go back to it at once rather
+        // than wait here for this backend's next swap-out: the pool is sized
+        // for the evicted memory of all its backends (seen on the H200: three
+        // backends each keeping 4 GiB of pool chunks left the others short,
+        // and the memory they pinned instead ran the host out of RAM).
+        let cache_mib = if link.is_some() { 0 } else { config.cache_mib };
+        let cache_chunks = cache_mib.saturating_mul(1 << 20) / CHUNK_BYTES;
         let ordinal = run_pushed(ctx, device_ordinal)??;
         let pool = Pool::start(ctx, threads, &stats, link.as_ref(), ordinal);
         let last_busy = Arc::new(Mutex::new(Instant::now()));
@@ -970,7 +975,10 @@ impl HostStore {
                 asked += 1;
             }
         }
-        let own = (n - asked).min(host_chunks_available(self.chunk_bytes));
+        // Beside a pool, whose chunks stay pinned, this process pins its own
+        // only while host RAM keeps the grower's reserve.
+        let reserve = if self.link.is_some() { GROW_RESERVE } else { HOST_RESERVE };
+        let own = (n - asked).min(host_chunks_beyond(self.chunk_bytes, reserve));
         for _ in 0..own {
             if pool.send(Job::Prepare(len, self.prefault)).is_err() {
                 break; // no worker left: fewer chunks, reported as OOM

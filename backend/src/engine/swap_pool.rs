@@ -31,7 +31,7 @@ pub(super) struct Pooled {
 /// store pins its own host memory from then on, and the chunks it holds are
 /// released here when they come free (their memory goes with the last
 /// import).
-pub(super) struct PoolLink {
+pub struct PoolLink {
     conn: Mutex<Option<FrameReader>>,
     chunk_bytes: u64,
 }

@@ -1,0 +1,121 @@
+//! gpuvisord's swap pool, served by the real gpuvisord binary, with the
+//! backend's own pool client. The descriptors are memfds here, standing in
+//! for the driver's exported chunks: the pool never looks inside them, and
+//! the import side needs a GPU (proven by scripts/h100/memory.sh with
+//! SWAP_POOL_MIB).
+
+mod common;
+
+use common::{scratch, spawn_gpuvisord};
+use gpuvisor_backend::engine::swap_pool::PoolLink;
+use gpuvisord::swap_pool::CHUNK_BYTES;
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::FromRawFd;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::process::Child;
+use std::time::{Duration, Instant};
+
+/// gpuvisord (sim NVML) with a pool of `chunks` chunks, or none for 0.
+struct Daemon {
+    child: Child,
+    pool: PathBuf,
+}
+
+impl Daemon {
+    fn start(name: &str, chunks: u64) -> Daemon {
+        let dir = scratch(&format!("pool-{name}"));
+        let nvml = dir.join("nvml.json");
+        std::fs::write(
+            &nvml,
+            r#"{"gpus": [{"name": "NVIDIA H100 80GB HBM3", "uuid": "GPU-5a1e0000-0000-4000-8000-000000000001",
+                "memory_total_mib": 81559, "pci_bus_id": "00000000:01:00.0"}]}"#,
+        )
+        .unwrap();
+        let socket = dir.join("gpuvisord.sock");
+        let mib = ((chunks * CHUNK_BYTES) >> 20).to_string();
+        let (child, _) = spawn_gpuvisord(&socket, &dir.join("state"), &nvml, &["--no-auth", "--swap-pool-mib", &mib]);
+        Daemon { child, pool: protocol::swap_pool::pool_socket_path(&socket) }
+    }
+
+    fn connect(&self) -> std::sync::Arc<PoolLink> {
+        PoolLink::connect(&self.pool, CHUNK_BYTES).expect("the pool answers")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A memfd whose first byte is `tag`, standing in for a chunk.
+fn chunk(tag: u8) -> File {
+    let name = std::ffi::CString::new(format!("gv-pool-chunk-{tag}")).unwrap();
+    // SAFETY: a valid name; the new descriptor is owned once below.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), 0) };
+    assert!(fd >= 0);
+    // SAFETY: just created.
+    let mut f = unsafe { File::from_raw_fd(fd) };
+    f.write_all(&[tag]).unwrap();
+    f
+}
+
+fn tag(f: &File) -> u8 {
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, 0).unwrap();
+    b[0]
+}
+
+#[test]
+fn chunks_one_backend_makes_go_to_another_and_never_to_two_at_once() {
+    let d = Daemon::start("share", 4);
+    let a = d.connect();
+    let (none, grow) = a.lease(0);
+    assert!(none.is_empty());
+    assert_eq!(grow, 4, "an empty pool asks for its whole size");
+    a.donate(&[chunk(1), chunk(2), chunk(3)]);
+    // Answered in order on a's connection: the donation is in.
+    assert_eq!(a.lease(0).1, 1, "one more chunk wanted");
+
+    let b = d.connect();
+    let (got, _) = b.lease(8);
+    let mut tags: Vec<u8> = got.iter().map(|(_, f)| tag(f)).collect();
+    tags.sort();
+    assert_eq!(tags, vec![1, 2, 3], "the chunks a made, each its own memory");
+    assert!(a.lease(8).0.is_empty(), "all leased: nothing for a");
+
+    let (id, f) = &got[0];
+    b.give_back(*id);
+    b.lease(0); // answered after the give-back on b's connection
+    let (again, _) = a.lease(8);
+    assert_eq!(again.len(), 1);
+    assert_eq!((again[0].0, tag(&again[0].1)), (*id, tag(f)), "the chunk b gave back, and only it");
+}
+
+#[test]
+fn chunks_of_a_closed_connection_stay_out_while_its_process_lives() {
+    let d = Daemon::start("held", 4);
+    let a = d.connect();
+    a.donate(&[chunk(1), chunk(2)]);
+    a.lease(0);
+    let b = d.connect();
+    assert_eq!(b.lease(2).0.len(), 2);
+    drop(b); // this process still lives, and might still use them
+    let c = d.connect();
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        assert!(c.lease(2).0.is_empty(), "a chunk was handed on while its holder lived");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn a_backend_uses_no_pool_where_there_is_none_or_its_chunks_differ() {
+    let d = Daemon::start("size", 2);
+    assert!(PoolLink::connect(&d.pool, CHUNK_BYTES * 2).is_none(), "chunks of another size");
+    let dir = scratch("pool-none");
+    assert!(PoolLink::connect(&dir.join("gpuvisord.sock.pool"), CHUNK_BYTES).is_none(), "no pool socket");
+}
