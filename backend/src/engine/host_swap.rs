@@ -15,6 +15,12 @@
 //! made in the background after a swap-out. Only a swap-out that finds too
 //! few (the first one) runs at the rate the workers prepare them.
 //!
+//! Where gpuvisord keeps a swap pool (`--swap-pool-mib`), chunks come from
+//! it first: pinned host memory the driver allocated once, which the
+//! workers import and map at a device address at 69 GB/s or more
+//! (host-share.json), so a swap-out into them runs at the copy rate; they go
+//! back to the pool as soon as they come free (`swap_pool`).
+//!
 //! A swap-out lays the allocations it moves end to end on a "tape" of
 //! chunks; an allocation may span several chunks and a chunk may hold parts
 //! of several allocations, so each chunk counts the host copies that use it
