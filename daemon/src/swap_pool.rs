@@ -242,7 +242,8 @@ pub struct PoolServer {
     pool: Arc<SwapPool>,
     path: PathBuf,
     stop: Arc<AtomicBool>,
-    conns: Arc<Mutex<Vec<UnixStream>>>,
+    /// A clone of each open connection's socket, to shut it at stop.
+    conns: Arc<Mutex<HashMap<u64, UnixStream>>>,
     accept: Option<JoinHandle<()>>,
 }
 
@@ -256,7 +257,7 @@ impl PoolServer {
         crate::server::set_socket_mode(path)?;
         raise_fd_limit();
         let stop = Arc::new(AtomicBool::new(false));
-        let conns = Arc::new(Mutex::new(Vec::new()));
+        let conns = Arc::new(Mutex::new(HashMap::new()));
         let (p, s, c) = (pool.clone(), stop.clone(), conns.clone());
         let accept = std::thread::Builder::new()
             .name("gv-swap-pool".into())
@@ -271,10 +272,6 @@ impl PoolServer {
         Ok(PoolServer { pool, path: path.to_path_buf(), stop, conns, accept: Some(accept) })
     }
 
-    pub fn pool(&self) -> &Arc<SwapPool> {
-        &self.pool
-    }
-
     /// Stops listening and closes every connection. The chunks' memory
     /// lives on in the backends that hold imports of it.
     pub fn stop(mut self) {
@@ -284,9 +281,11 @@ impl PoolServer {
         if let Some(h) = self.accept.take() {
             let _ = h.join();
         }
-        for c in self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain(..) {
+        for (_, c) in self.conns.lock().unwrap_or_else(|p| p.into_inner()).drain() {
             let _ = c.shutdown(std::net::Shutdown::Both);
         }
+        let s = self.pool.stats();
+        info!(chunks = s.chunks, leased = s.leased, held = s.held, "swap pool closed");
         let _ = std::fs::remove_file(&self.path);
     }
 }
@@ -305,7 +304,12 @@ fn raise_fd_limit() {
     }
 }
 
-fn accept_loop(listener: &UnixListener, pool: &Arc<SwapPool>, stop: &AtomicBool, conns: &Mutex<Vec<UnixStream>>) {
+fn accept_loop(
+    listener: &UnixListener,
+    pool: &Arc<SwapPool>,
+    stop: &AtomicBool,
+    conns: &Arc<Mutex<HashMap<u64, UnixStream>>>,
+) {
     let mut next_client = 1u64;
     for sock in listener.incoming() {
         if stop.load(Ordering::Acquire) {
@@ -321,16 +325,15 @@ fn accept_loop(listener: &UnixListener, pool: &Arc<SwapPool>, stop: &AtomicBool,
         let client = next_client;
         next_client += 1;
         if let Ok(c) = sock.try_clone() {
-            let mut list = conns.lock().unwrap_or_else(|p| p.into_inner());
-            list.retain(|s| s.peer_addr().is_ok());
-            list.push(c);
+            conns.lock().unwrap_or_else(|p| p.into_inner()).insert(client, c);
         }
-        let pool = pool.clone();
+        let (pool, conns) = (pool.clone(), conns.clone());
         let spawned = std::thread::Builder::new().name(format!("gv-pool-{client}")).spawn(move || {
             let process = peer_process(&sock);
             if let Err(e) = serve(&pool, client, sock) {
                 debug!(client, error = %e, "swap pool connection ended");
             }
+            conns.lock().unwrap_or_else(|p| p.into_inner()).remove(&client);
             pool.disconnected(client, process);
         });
         if let Err(e) = spawned {
@@ -361,7 +364,8 @@ fn serve(pool: &SwapPool, client: u64, sock: UnixStream) -> Result<(), wire::Poo
                 let files = reader.take_fds(count.min(MAX_CHUNKS_PER_MESSAGE) as usize)?;
                 reader.drop_fds();
                 let taken = pool.donate(files);
-                debug!(client, count, taken, "chunks donated to the swap pool");
+                let s = pool.stats();
+                debug!(client, count, taken, chunks = s.chunks, free = s.free, "chunks donated to the swap pool");
             }
         }
     }

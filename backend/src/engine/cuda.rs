@@ -967,7 +967,7 @@ impl CudaEngine {
     /// swap pool socket is set: its grower then starts making pool chunks
     /// while the VMs start, before any swap needs them.
     pub fn open_swap_store(&mut self) {
-        if self.swap_pool.is_none() || self.vmm.is_none() {
+        if !self.swap_pool.as_deref().is_some_and(std::path::Path::exists) || self.vmm.is_none() {
             return;
         }
         if let Err(e) = host_store(&mut self.swap, self.base, self.swap_config, self.swap_pool.as_deref()) {
