@@ -201,6 +201,25 @@ impl VmmFns {
     }
 }
 
+/// Properties of pinned VMM memory at `location`, shareable as `handles`.
+pub(super) fn pinned_prop(
+    location: sys::CUmemLocation,
+    handles: sys::CUmemAllocationHandleType,
+) -> sys::CUmemAllocationProp {
+    sys::CUmemAllocationProp {
+        type_: sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED,
+        requestedHandleTypes: handles,
+        location,
+        win32HandleMetaData: null_mut(),
+        allocFlags: sys::CUmemAllocationProp_st__bindgen_ty_1 {
+            compressionType: 0,
+            gpuDirectRDMACapable: 0,
+            usage: 0,
+            reserved: [0; 4],
+        },
+    }
+}
+
 /// Guest allocations through the VMM API: each one a reserved address range
 /// with physical memory mapped into it, which can be unmapped (swapped out)
 /// and mapped again at the same address.
@@ -216,18 +235,10 @@ struct Vmm {
 impl Vmm {
     /// Pinned device memory of this device, no shareable handle.
     fn prop(ordinal: c_int) -> sys::CUmemAllocationProp {
-        sys::CUmemAllocationProp {
-            type_: sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED,
-            requestedHandleTypes: sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_NONE,
-            location: sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE, id: ordinal },
-            win32HandleMetaData: null_mut(),
-            allocFlags: sys::CUmemAllocationProp_st__bindgen_ty_1 {
-                compressionType: 0,
-                gpuDirectRDMACapable: 0,
-                usage: 0,
-                reserved: [0; 4],
-            },
-        }
+        pinned_prop(
+            sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_DEVICE, id: ordinal },
+            sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_NONE,
+        )
     }
 
     /// The VMM API on device `ordinal`, if the device and driver have it and

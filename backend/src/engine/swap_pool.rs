@@ -5,7 +5,7 @@
 //! (`cuMemCreate` at a host NUMA node) and exported as descriptors, so a
 //! backend maps one another backend made without pinning it again.
 
-use super::cuda::check;
+use super::cuda::{check, pinned_prop};
 use super::{CuError, EngineResult};
 use cudarc::driver::sys;
 use protocol::cuda::*;
@@ -15,7 +15,6 @@ use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
 use std::path::Path;
-use std::ptr::null_mut;
 use std::sync::{Arc, Mutex};
 use tracing::{debug, info, warn};
 
@@ -245,16 +244,8 @@ pub(super) fn unmap(va: u64, len: usize, handle: sys::CUmemGenericAllocationHand
 /// Pinned host memory on host NUMA node `numa`, exportable as a descriptor.
 /// (Memory at the plain host location cannot be shared between processes.)
 fn host_prop(numa: i32) -> sys::CUmemAllocationProp {
-    sys::CUmemAllocationProp {
-        type_: sys::CUmemAllocationType::CU_MEM_ALLOCATION_TYPE_PINNED,
-        requestedHandleTypes: sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
-        location: sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST_NUMA, id: numa },
-        win32HandleMetaData: null_mut(),
-        allocFlags: sys::CUmemAllocationProp_st__bindgen_ty_1 {
-            compressionType: 0,
-            gpuDirectRDMACapable: 0,
-            usage: 0,
-            reserved: [0; 4],
-        },
-    }
+    pinned_prop(
+        sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST_NUMA, id: numa },
+        sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
+    )
 }
