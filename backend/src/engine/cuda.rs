@@ -43,6 +43,20 @@ pub(super) const REQUIRED_SYMBOLS: &[&str] = &[
     "cuCtxPushCurrent_v2",
     "cuCtxPopCurrent_v2",
     "cuCtxSynchronize",
+    "cuCtxGetDevice",
+    // The swap pool's chunks (engine/swap_pool.rs): VMM calls that guest
+    // memory looks up as optional, required here because cudarc calls them
+    // directly. Every driver with cuCtxCreate_v4 (CUDA 12.x) has them.
+    "cuMemCreate",
+    "cuMemRelease",
+    "cuMemExportToShareableHandle",
+    "cuMemImportFromShareableHandle",
+    "cuMemGetAllocationPropertiesFromHandle",
+    "cuMemAddressReserve",
+    "cuMemAddressFree",
+    "cuMemMap",
+    "cuMemUnmap",
+    "cuMemSetAccess",
     "cuMemHostRegister_v2",
     "cuMemHostUnregister",
     "cuMemGetInfo_v2",

@@ -1548,11 +1548,15 @@ mod tests {
     }
 
     /// cudarc panics on a missing symbol, so every entry point this module
-    /// calls must be in the list the cuda engine checks before its first call.
+    /// and the swap pool's calls must be in the list the cuda engine checks
+    /// before its first call.
     #[test]
     fn every_driver_call_is_checked_for_presence() {
-        let called = super::super::cuda::tests::driver_calls(include_str!("host_swap.rs"));
+        let mut called = super::super::cuda::tests::driver_calls(include_str!("host_swap.rs"));
         assert!(called.len() >= 8, "parsed {} calls", called.len());
+        let pool = super::super::cuda::tests::driver_calls(include_str!("swap_pool.rs"));
+        assert!(pool.len() >= 8, "parsed {} calls in swap_pool.rs", pool.len());
+        called.extend(pool);
         for name in called {
             assert!(
                 super::super::cuda::REQUIRED_SYMBOLS.contains(&name),
