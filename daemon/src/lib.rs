@@ -195,11 +195,21 @@ impl Daemon {
                 return Err(e);
             }
         };
-        let pool = if config.swap_pool_bytes == 0 {
+        // Pool chunks hold evicted memory: beyond the swap limit they would
+        // only pin host RAM that no eviction may use.
+        let pool_bytes = config.swap_pool_bytes.min(config.swap_limit_bytes);
+        if pool_bytes < config.swap_pool_bytes {
+            tracing::warn!(
+                swap_pool_mib = config.swap_pool_bytes >> 20,
+                swap_limit_mib = config.swap_limit_bytes >> 20,
+                "the swap pool is cut to the swap limit"
+            );
+        }
+        let pool = if pool_bytes == 0 {
             None
         } else {
             let path = protocol::swap_pool::pool_socket_path(&config.backend_socket);
-            let pool = swap_pool::SwapPool::new(config.swap_pool_bytes, swap_pool::CHUNK_BYTES);
+            let pool = swap_pool::SwapPool::new(pool_bytes, swap_pool::CHUNK_BYTES);
             match swap_pool::PoolServer::start(pool, &path) {
                 Ok(p) => Some(p),
                 Err(e) => {

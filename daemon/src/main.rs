@@ -85,8 +85,9 @@ struct Args {
     /// goes runs at about 25. The memory stays pinned once made. A chunk
     /// passes from one VM's backend to another's: a backend process taken
     /// over by its guest could read what later lands in a chunk it held, so
-    /// use it where backend processes are trusted that far. Size it at most
-    /// --swap-limit-mib. 0: no pool, each backend pins its own host memory
+    /// use it where backend processes are trusted that far. At most
+    /// --swap-limit-mib (a larger size is cut to it). 0: no pool, each
+    /// backend pins its own host memory
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     swap_pool_mib: u64,
 

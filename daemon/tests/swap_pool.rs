@@ -15,6 +15,7 @@ use std::os::fd::FromRawFd;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::process::Child;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// gpuvisord (sim NVML) with a pool of `chunks` chunks, or none for 0.
@@ -25,7 +26,12 @@ struct Daemon {
 
 impl Daemon {
     fn start(name: &str, chunks: u64) -> Daemon {
-        let dir = scratch(&format!("pool-{name}"));
+        Daemon::start_in(&scratch(&format!("pool-{name}")), chunks, &[])
+    }
+
+    /// The same in `dir` (its socket there: a second daemon in the same
+    /// directory takes the first one's place).
+    fn start_in(dir: &std::path::Path, chunks: u64, more: &[&str]) -> Daemon {
         let nvml = dir.join("nvml.json");
         std::fs::write(
             &nvml,
@@ -35,7 +41,11 @@ impl Daemon {
         .unwrap();
         let socket = dir.join("gpuvisord.sock");
         let mib = ((chunks * CHUNK_BYTES) >> 20).to_string();
-        let (child, _) = spawn_gpuvisord(&socket, &dir.join("state"), &nvml, &["--no-auth", "--swap-pool-mib", &mib]);
+        static STARTED: AtomicU32 = AtomicU32::new(0);
+        let state = dir.join(format!("state-{}", STARTED.fetch_add(1, Ordering::Relaxed)));
+        let mut args = vec!["--no-auth", "--swap-pool-mib", &mib];
+        args.extend_from_slice(more);
+        let (child, _) = spawn_gpuvisord(&socket, &state, &nvml, &args);
         Daemon { child, pool: protocol::swap_pool::pool_socket_path(&socket) }
     }
 
@@ -73,7 +83,7 @@ fn tag(f: &File) -> u8 {
 fn chunks_one_backend_makes_go_to_another_and_never_to_two_at_once() {
     let d = Daemon::start("share", 4);
     let a = d.connect();
-    let (none, grow) = a.lease(0);
+    let (none, grow, _) = a.lease(0);
     assert!(none.is_empty());
     assert_eq!(grow, 4, "an empty pool asks for its whole size");
     a.donate(&[chunk(1), chunk(2), chunk(3)]);
@@ -81,16 +91,16 @@ fn chunks_one_backend_makes_go_to_another_and_never_to_two_at_once() {
     assert_eq!(a.lease(0).1, 1, "one more chunk wanted");
 
     let b = d.connect();
-    let (got, _) = b.lease(8);
+    let (got, _, generation) = b.lease(8);
     let mut tags: Vec<u8> = got.iter().map(|(_, f)| tag(f)).collect();
     tags.sort();
     assert_eq!(tags, vec![1, 2, 3], "the chunks a made, each its own memory");
     assert!(a.lease(8).0.is_empty(), "all leased: nothing for a");
 
     let (id, f) = &got[0];
-    b.give_back(*id);
+    b.give_back(*id, generation);
     b.lease(0); // answered after the give-back on b's connection
-    let (again, _) = a.lease(8);
+    let (again, _, _) = a.lease(8);
     assert_eq!(again.len(), 1);
     assert_eq!((again[0].0, tag(&again[0].1)), (*id, tag(f)), "the chunk b gave back, and only it");
 }
@@ -118,4 +128,43 @@ fn a_backend_uses_no_pool_where_there_is_none_or_its_chunks_differ() {
     assert!(PoolLink::connect(&d.pool, CHUNK_BYTES * 2).is_none(), "chunks of another size");
     let dir = scratch("pool-none");
     assert!(PoolLink::connect(&dir.join("gpuvisord.sock.pool"), CHUNK_BYTES).is_none(), "no pool socket");
+}
+
+#[test]
+fn after_gpuvisord_restarts_a_backend_leases_from_the_new_pool_and_gives_the_old_one_s_chunks_to_no_one() {
+    let dir = scratch("pool-restart");
+    let first = Daemon::start_in(&dir, 4, &[]);
+    let a = first.connect();
+    a.donate(&[chunk(1)]);
+    let (old, _, old_generation) = a.lease(1);
+    assert_eq!(old.len(), 1);
+    drop(first); // killed: the backend keeps its import of the old chunk
+
+    let second = Daemon::start_in(&dir, 4, &[]);
+    assert!(a.lease(1).0.is_empty(), "the broken connection gives nothing");
+    // Reconnection is tried a while after the break.
+    std::thread::sleep(Duration::from_millis(5200));
+    let (none, grow, generation) = a.lease(0);
+    assert!(none.is_empty());
+    assert_eq!(grow, 4, "connected to the new, empty pool");
+    assert_ne!(generation, old_generation);
+    a.donate(&[chunk(7)]);
+    let (new, _, _) = a.lease(1);
+    assert_eq!(new.len(), 1);
+    assert_eq!(tag(&new[0].1), 7);
+    assert_eq!(new[0].0, old[0].0, "the new pool numbers its chunks afresh: the same id");
+
+    // Giving back the old pool's chunk must not free the new pool's chunk
+    // of the same id, which this backend still holds.
+    a.give_back(old[0].0, old_generation);
+    a.lease(0);
+    let b = second.connect();
+    assert!(b.lease(1).0.is_empty(), "a chunk still held was handed on");
+}
+
+#[test]
+fn a_pool_larger_than_the_swap_limit_is_cut_to_it() {
+    let limit_mib = ((3 * CHUNK_BYTES) >> 20).to_string();
+    let d = Daemon::start_in(&scratch("pool-cut"), 8, &["--swap-limit-mib", &limit_mib]);
+    assert_eq!(d.connect().lease(0).1, 3, "three chunks fit the swap limit");
 }

@@ -432,15 +432,23 @@ impl Chunk {
         Ok(Chunk { addr, len, pooled: None })
     }
 
-    /// Pool chunk `id` (`file`, `len` bytes), mapped for device `ordinal`.
-    /// A context must be current on the calling thread.
-    fn import(id: u32, file: File, len: usize, ordinal: i32, stats: &PrepStats) -> EngineResult<Chunk> {
+    /// Pool chunk `id` of connection `generation` (`file`, `len` bytes),
+    /// mapped for device `ordinal`. A context must be current on the calling
+    /// thread.
+    fn import(
+        id: u32,
+        generation: u64,
+        file: File,
+        len: usize,
+        ordinal: i32,
+        stats: &PrepStats,
+    ) -> EngineResult<Chunk> {
         let importing = Instant::now();
         let r = swap_pool::import(file, len, ordinal);
         PrepStats::add(&stats.import_ns, importing);
         let (va, handle) = r?;
         stats.imported.fetch_add(1, Ordering::Relaxed);
-        Ok(Chunk { addr: va as usize, len, pooled: Some(Pooled { id, handle }) })
+        Ok(Chunk { addr: va as usize, len, pooled: Some(Pooled { id, generation, handle }) })
     }
 
     /// Queues the copy of `len` bytes of device memory at `src` to offset
@@ -479,7 +487,7 @@ impl Chunk {
         if let Some(p) = self.pooled {
             swap_pool::unmap(self.addr as u64, self.len, p.handle);
             if let Some(link) = link {
-                link.give_back(p.id);
+                link.give_back(p.id, p.generation);
             }
             return;
         }
@@ -501,8 +509,9 @@ enum Job {
     /// Make a chunk of this many bytes, its pages brought in so, and send it
     /// back.
     Prepare(usize, Prefault),
-    /// Import and map this pool chunk, and send it back.
-    Import(u32, File),
+    /// Import and map this pool chunk (its id and connection generation),
+    /// and send it back.
+    Import(u32, u64, File),
     Release(Chunk),
 }
 
@@ -631,19 +640,19 @@ fn worker(
                     chunk.release(link);
                 }
             }
-            Job::Import(id, file) => {
+            Job::Import(id, generation, file) => {
                 let result = if cancel.load(Ordering::Acquire) {
                     if let Some(link) = link {
-                        link.give_back(id);
+                        link.give_back(id, generation);
                     }
                     Err(CuError(CUDA_ERROR_OUT_OF_MEMORY))
                 } else {
                     let len = link.map_or(CHUNK_BYTES, PoolLink::chunk_bytes) as usize;
-                    let r = std::panic::catch_unwind(move || Chunk::import(id, file, len, ordinal, stats))
+                    let r = std::panic::catch_unwind(move || Chunk::import(id, generation, file, len, ordinal, stats))
                         .unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)));
                     if let (Err(e), Some(link)) = (&r, link) {
                         warn!(id, error = %e, "importing a swap pool chunk; giving it back");
-                        link.give_back(id);
+                        link.give_back(id, generation);
                     }
                     r
                 };
@@ -969,11 +978,11 @@ impl HostStore {
         self.mark_busy();
         let mut asked = 0;
         if let Some(link) = self.link.as_ref().filter(|_| n > 0) {
-            let (leased, _) = link.lease(n);
+            let (leased, _, generation) = link.lease(n);
             for (id, file) in leased {
-                if let Err(job) = pool.send(Job::Import(id, file)) {
-                    if let Job::Import(id, _) = job {
-                        link.give_back(id);
+                if let Err(job) = pool.send(Job::Import(id, generation, file)) {
+                    if let Job::Import(id, generation, _) = job {
+                        link.give_back(id, generation);
                     }
                     continue;
                 }

@@ -14,25 +14,47 @@ use std::ffi::c_void;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tracing::{debug, info, warn};
 
 /// A chunk leased from the pool and mapped here.
 #[derive(Debug)]
 pub(super) struct Pooled {
     pub id: u32,
+    /// The connection it was leased on (`PoolLink::generation`): ids mean
+    /// nothing to a pool gpuvisord started afresh.
+    pub generation: u64,
     pub handle: sys::CUmemGenericAllocationHandle,
 }
 
-/// The connection to the pool, shared by the store and its workers. Once
-/// the pool fails (gpuvisord gone, a protocol error) it stays closed: the
-/// store pins its own host memory from then on, and the chunks it holds are
-/// released here when they come free (their memory goes with the last
-/// import).
+/// How long a broken connection waits before the next attempt.
+const RECONNECT_AFTER: Duration = Duration::from_secs(5);
+
+struct Conn {
+    reader: FrameReader,
+    generation: u64,
+}
+
+struct LinkState {
+    conn: Option<Conn>,
+    /// Connections made so far.
+    generations: u64,
+    /// When the connection broke, for `RECONNECT_AFTER`.
+    broken_at: Option<Instant>,
+}
+
+/// The connection to the pool, shared by the store and its workers. When it
+/// breaks (gpuvisord restarted, a protocol error) the store pins its own host
+/// memory until a new connection succeeds, tried at most every
+/// `RECONNECT_AFTER` when chunks are asked for. Chunks leased on a broken
+/// connection are released here when they come free, not given back: their
+/// ids belong to the old pool, and their memory goes with the last import.
 pub struct PoolLink {
-    conn: Mutex<Option<FrameReader>>,
+    path: PathBuf,
     chunk_bytes: u64,
+    state: Mutex<LinkState>,
 }
 
 impl PoolLink {
@@ -40,64 +62,73 @@ impl PoolLink {
     /// `chunk_bytes`; `None` where there is no pool (gpuvisord runs without
     /// one) or it does not fit.
     pub fn connect(path: &Path, chunk_bytes: u64) -> Option<Arc<PoolLink>> {
-        let sock = match UnixStream::connect(path) {
-            Ok(s) => s,
+        let (reader, grow) = handshake(path, chunk_bytes)?;
+        info!(socket = %path.display(), grow, "swap pool connected");
+        Some(Arc::new(PoolLink {
+            path: path.to_path_buf(),
+            chunk_bytes,
+            state: Mutex::new(LinkState {
+                conn: Some(Conn { reader, generation: 1 }),
+                generations: 1,
+                broken_at: None,
+            }),
+        }))
+    }
+
+    /// Runs `f` on the connection, reconnecting first if it broke a while
+    /// ago; with the connection's generation. On an error it is closed.
+    fn with<T>(&self, f: impl FnOnce(&mut FrameReader) -> Result<T, wire::PoolError>) -> Option<(T, u64)> {
+        let mut st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        if st.conn.is_none() && st.broken_at.is_none_or(|t| t.elapsed() >= RECONNECT_AFTER) {
+            st.broken_at = Some(Instant::now());
+            if let Some((reader, grow)) = handshake(&self.path, self.chunk_bytes) {
+                st.generations += 1;
+                let generation = st.generations;
+                info!(socket = %self.path.display(), grow, generation, "swap pool connected again");
+                st.conn = Some(Conn { reader, generation });
+                st.broken_at = None;
+            }
+        }
+        let conn = st.conn.as_mut()?;
+        let generation = conn.generation;
+        match f(&mut conn.reader) {
+            Ok(v) => Some((v, generation)),
             Err(e) => {
-                debug!(socket = %path.display(), error = %e, "no swap pool: pinning host memory here");
-                return None;
-            }
-        };
-        let mut reader = FrameReader::new(sock);
-        let first = wire::send(reader.socket(), &PoolRequest::Lease { count: 0 }, &[])
-            .and_then(|()| wire::recv_chunks(&mut reader));
-        match first {
-            Ok((ans, _)) if ans.chunk_bytes == chunk_bytes => {
-                info!(socket = %path.display(), grow = ans.grow, "swap pool connected");
-                Some(Arc::new(PoolLink { conn: Mutex::new(Some(reader)), chunk_bytes }))
-            }
-            Ok((ans, _)) => {
-                warn!(
-                    pool = ans.chunk_bytes,
-                    here = chunk_bytes,
-                    "the swap pool's chunks are of another size; not using it"
-                );
-                None
-            }
-            Err(e) => {
-                warn!(error = %e, "swap pool handshake failed; pinning host memory here");
+                warn!(error = %e, "swap pool connection failed; pinning host memory here until it is back");
+                st.conn = None;
+                st.broken_at = Some(Instant::now());
                 None
             }
         }
     }
 
-    /// Runs `f` on the connection; on an error it is closed for good.
-    fn with<T>(&self, f: impl FnOnce(&mut FrameReader) -> Result<T, wire::PoolError>) -> Option<T> {
-        let mut conn = self.conn.lock().unwrap_or_else(|p| p.into_inner());
-        let r = f(conn.as_mut()?);
-        match r {
-            Ok(v) => Some(v),
-            Err(e) => {
-                warn!(error = %e, "swap pool connection failed; pinning host memory here from now on");
-                *conn = None;
-                None
-            }
-        }
+    /// Whether chunks of connection `generation` go back to the pool now
+    /// connected.
+    fn current(&self, generation: u64) -> bool {
+        let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        st.conn.as_ref().is_some_and(|c| c.generation == generation)
     }
 
-    /// Up to `n` free chunks (ids and descriptors), and how many chunks the
-    /// pool would take as donations.
-    pub fn lease(&self, n: usize) -> (Vec<(u32, File)>, usize) {
+    /// Up to `n` free chunks (ids and descriptors), how many chunks the
+    /// pool would take as donations, and the connection's generation (for
+    /// `give_back`).
+    pub fn lease(&self, n: usize) -> (Vec<(u32, File)>, usize, u64) {
         let mut got = Vec::new();
         let mut grow = 0;
+        let mut generation = 0;
         let mut left = n;
         loop {
             let count = left.min(MAX_CHUNKS_PER_MESSAGE as usize) as u32;
-            let Some((ans, files)) = self.with(|r| {
+            let Some(((ans, files), g)) = self.with(|r| {
                 wire::send(r.socket(), &PoolRequest::Lease { count }, &[])?;
                 wire::recv_chunks(r)
             }) else {
                 break;
             };
+            if generation != 0 && g != generation {
+                break; // reconnected between two parts: keep what came before
+            }
+            generation = g;
             grow = ans.grow as usize;
             let k = ans.ids.len();
             got.extend(ans.ids.into_iter().zip(files));
@@ -106,12 +137,16 @@ impl PoolLink {
                 break;
             }
         }
-        (got, grow)
+        (got, grow, generation)
     }
 
-    /// Gives leased chunk `id` back: this process maps and imports it no more.
-    pub fn give_back(&self, id: u32) {
-        self.with(|r| wire::send(r.socket(), &PoolRequest::Return { ids: vec![id] }, &[]));
+    /// Gives chunk `id`, leased on connection `generation`, back: this
+    /// process maps and imports it no more. Nothing if that connection is
+    /// gone (the chunk was the old pool's).
+    pub fn give_back(&self, id: u32, generation: u64) {
+        if self.current(generation) {
+            self.with(|r| wire::send(r.socket(), &PoolRequest::Return { ids: vec![id] }, &[]));
+        }
     }
 
     /// Gives the pool new chunks (their descriptors; this process keeps no
@@ -126,6 +161,37 @@ impl PoolLink {
 
     pub fn chunk_bytes(&self) -> u64 {
         self.chunk_bytes
+    }
+}
+
+/// Connects to the pool at `path` and asks it nothing (a lease of 0): the
+/// connection and how many chunks the pool would take, if its chunks are
+/// `chunk_bytes`.
+fn handshake(path: &Path, chunk_bytes: u64) -> Option<(FrameReader, u32)> {
+    let sock = match UnixStream::connect(path) {
+        Ok(s) => s,
+        Err(e) => {
+            debug!(socket = %path.display(), error = %e, "no swap pool: pinning host memory here");
+            return None;
+        }
+    };
+    let mut reader = FrameReader::new(sock);
+    let first = wire::send(reader.socket(), &PoolRequest::Lease { count: 0 }, &[])
+        .and_then(|()| wire::recv_chunks(&mut reader));
+    match first {
+        Ok((ans, _)) if ans.chunk_bytes == chunk_bytes => Some((reader, ans.grow)),
+        Ok((ans, _)) => {
+            warn!(
+                pool = ans.chunk_bytes,
+                here = chunk_bytes,
+                "the swap pool's chunks are of another size; not using it"
+            );
+            None
+        }
+        Err(e) => {
+            warn!(error = %e, "swap pool handshake failed; pinning host memory here");
+            None
+        }
     }
 }
 
