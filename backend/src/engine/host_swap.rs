@@ -669,8 +669,7 @@ fn worker(
     }
 }
 
-/// The device of the current context, and its host NUMA node for pool
-/// chunks.
+/// The device of the current context.
 fn device_ordinal() -> EngineResult<i32> {
     let mut dev: sys::CUdevice = 0;
     // SAFETY: valid out-pointer; the caller made a context current.
@@ -705,6 +704,10 @@ struct Grower {
 const GROW_BATCH: usize = 8;
 /// How long the store must have been idle before the grower works.
 const GROW_IDLE: Duration = Duration::from_millis(300);
+/// How often the grower asks a pool that needed nothing whether it is short.
+const ASK_EVERY: Duration = Duration::from_secs(2);
+/// How long the grower waits after the driver refused to make a chunk.
+const GROW_BACKOFF: Duration = Duration::from_secs(30);
 /// Host RAM the grower leaves free. Pool chunks stay pinned once made, and
 /// the host still needs memory for chunks pinned by backends that found
 /// the pool empty and for everything else (on the H200 host, a pool grown
@@ -743,7 +746,9 @@ fn grow(ctx: u64, link: &PoolLink, last_busy: &Mutex<Instant>, stop: &AtomicBool
     let numa = device_ordinal().map(host_numa_node).unwrap_or(0);
     let len = link.chunk_bytes() as usize;
     let mut wanted = 0usize;
-    let mut asked_at: Option<Instant> = None;
+    // When the grower may next ask the pool how short it is: every
+    // ASK_EVERY while it is full, GROW_BACKOFF after making a chunk failed.
+    let mut ask_after = Instant::now();
     let mut made_total = 0u64;
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(Duration::from_millis(100));
@@ -751,10 +756,10 @@ fn grow(ctx: u64, link: &PoolLink, last_busy: &Mutex<Instant>, stop: &AtomicBool
             continue;
         }
         if wanted == 0 {
-            if asked_at.is_some_and(|t| t.elapsed() < Duration::from_secs(2)) {
+            if Instant::now() < ask_after {
                 continue;
             }
-            asked_at = Some(Instant::now());
+            ask_after = Instant::now() + ASK_EVERY;
             wanted = link.lease(0).1;
             continue;
         }
@@ -771,7 +776,7 @@ fn grow(ctx: u64, link: &PoolLink, last_busy: &Mutex<Instant>, stop: &AtomicBool
                 Err(e) => {
                     warn!(error = %e, "making a chunk for the swap pool; trying again later");
                     wanted = 0;
-                    asked_at = Some(Instant::now() + Duration::from_secs(30));
+                    ask_after = Instant::now() + GROW_BACKOFF;
                     break;
                 }
             }
