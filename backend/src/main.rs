@@ -156,6 +156,18 @@ struct Args {
     #[arg(long, value_enum, value_name = "HOW", env = "GPUVISOR_SWAP_PREFAULT", default_value = "touch")]
     swap_prefault: Prefault,
 
+    /// Keep gpuvisord's swap pool chunks mapped here after giving them back
+    /// (cuda engine, with `gpuvisord --swap-pool-mib`): when the pool leases
+    /// one here again, the swap-out copies into it at once instead of
+    /// importing and mapping it first, which on an H200 host held
+    /// whole-VM swap-outs to about 45 GB/s against the 55 GB/s copy rate.
+    /// Host RAM stays the pool's; what grows is this process's address
+    /// space. The chunks' data is other VMs' while they are leased to other
+    /// backends, so this process could read it (see the pool's trust note
+    /// in docs/architecture.md).
+    #[arg(long, env = "GPUVISOR_SWAP_POOL_KEEP_MAPS")]
+    swap_pool_keep_maps: bool,
+
     /// Register with gpuvisord on this socket and submit GPU work only under
     /// its grants. Without it the VM runs alone (the GPU's own time slicing
     /// shares it with other processes). If the daemon is unreachable or goes
@@ -370,6 +382,7 @@ fn make_engine(args: &Args) -> Result<Box<dyn Engine>> {
             threads: args.swap_threads,
             cache_mib: args.swap_cache_mib,
             prefault: args.swap_prefault,
+            keep_pool_maps: args.swap_pool_keep_maps,
         });
         // gpuvisord started with --swap-pool-mib listens beside its backend
         // socket; without one there the backend pins its own host memory.

@@ -52,6 +52,9 @@ struct Chunk {
     /// The pool's descriptor, which keeps the memory alive.
     fd: File,
     holder: Holder,
+    /// Open connections this chunk was leased on, for fresh leases: a
+    /// backend that keeps chunks mapped asks for those it has not mapped.
+    leased_on: Vec<u64>,
 }
 
 /// Pool counters, for logs and tests.
@@ -107,22 +110,43 @@ impl SwapPool {
         s
     }
 
-    /// Up to `count` free chunks for `client`: their ids and the pool's
+    /// Up to `count` free chunks for `client` (with `fresh`, only chunks
+    /// never leased on that connection): their ids and the pool's
     /// descriptors (sent as copies), and how many more the pool would take.
-    fn lease(&self, client: u64, count: u32) -> (Vec<u32>, Vec<RawFd>, u32) {
-        let mut g = self.lock();
-        free_exited(&mut g);
+    /// The chunks given back last go out first.
+    fn lease(&self, client: u64, count: u32, fresh: bool) -> (Vec<u32>, Vec<RawFd>, u32) {
+        let mut guard = self.lock();
+        free_exited(&mut guard);
+        let g = &mut *guard;
         let n = (count.min(MAX_CHUNKS_PER_MESSAGE) as usize).min(g.free.len());
-        let at = g.free.len() - n;
-        let ids: Vec<u32> = g.free.drain(at..).collect();
-        let mut fds = Vec::with_capacity(n);
+        let ids: Vec<u32> = if fresh {
+            let chunks = &g.chunks;
+            let picked: Vec<u32> = g
+                .free
+                .iter()
+                .rev()
+                .filter(|id| chunks.get(id).is_some_and(|c| !c.leased_on.contains(&client)))
+                .take(n)
+                .copied()
+                .collect();
+            let taken: std::collections::HashSet<u32> = picked.iter().copied().collect();
+            g.free.retain(|id| !taken.contains(id));
+            picked
+        } else {
+            let at = g.free.len() - n;
+            g.free.drain(at..).collect()
+        };
+        let mut fds = Vec::with_capacity(ids.len());
         for id in &ids {
             if let Some(c) = g.chunks.get_mut(id) {
                 c.holder = Holder::Leased { client };
+                if !c.leased_on.contains(&client) {
+                    c.leased_on.push(client);
+                }
                 fds.push(c.fd.as_raw_fd());
             }
         }
-        g.leases += n as u64;
+        g.leases += ids.len() as u64;
         let grow = self.max_chunks.saturating_sub(g.chunks.len());
         (ids, fds, u32::try_from(grow).unwrap_or(u32::MAX))
     }
@@ -154,7 +178,7 @@ impl SwapPool {
             }
             let id = g.next_id;
             g.next_id = g.next_id.wrapping_add(1);
-            g.chunks.insert(id, Chunk { fd, holder: Holder::Free });
+            g.chunks.insert(id, Chunk { fd, holder: Holder::Free, leased_on: Vec::new() });
             g.free.push(id);
             taken += 1;
         }
@@ -170,6 +194,7 @@ impl SwapPool {
         let alive = process.as_ref().is_some_and(|p| !exited(p));
         let mut freed = Vec::new();
         for (&id, c) in g.chunks.iter_mut() {
+            c.leased_on.retain(|&h| h != client);
             if matches!(c.holder, Holder::Leased { client: h } if h == client) {
                 if alive {
                     c.holder = Holder::Held { process: process.clone() };
@@ -347,9 +372,9 @@ fn serve(pool: &SwapPool, client: u64, sock: UnixStream) -> Result<(), wire::Poo
     let mut reader = FrameReader::new(sock);
     while let Some(req) = reader.read_msg::<PoolRequest>()? {
         match req {
-            PoolRequest::Lease { count } => {
+            PoolRequest::Lease { count, fresh } => {
                 reader.drop_fds();
-                let (ids, fds, grow) = pool.lease(client, count);
+                let (ids, fds, grow) = pool.lease(client, count, fresh);
                 let ans = Chunks { version: POOL_VERSION, chunk_bytes: pool.chunk_bytes, ids, grow };
                 wire::send(reader.socket(), &ans, &fds)?;
             }
@@ -391,11 +416,11 @@ mod tests {
     #[test]
     fn a_lease_takes_free_chunks_only_and_says_how_many_more_the_pool_would_take() {
         let pool = SwapPool::new(4 * CHUNK_BYTES, CHUNK_BYTES);
-        assert_eq!(pool.lease(1, 8).2, 4, "an empty pool wants its whole size");
+        assert_eq!(pool.lease(1, 8, false).2, 4, "an empty pool wants its whole size");
         assert_eq!(pool.donate(vec![memfd(1), memfd(2), memfd(3)]), 3);
-        let (ids, fds, grow) = pool.lease(1, 2);
+        let (ids, fds, grow) = pool.lease(1, 2, false);
         assert_eq!((ids.len(), fds.len(), grow), (2, 2, 1));
-        let (more, _, _) = pool.lease(2, 8);
+        let (more, _, _) = pool.lease(2, 8, false);
         assert_eq!(more.len(), 1, "only the one chunk still free");
         assert!(ids.iter().all(|id| !more.contains(id)), "no chunk is leased twice");
         assert_eq!(pool.donate(vec![memfd(4), memfd(5)]), 1, "the pool takes no more than its size");
@@ -406,18 +431,18 @@ mod tests {
     fn only_the_holder_gives_a_chunk_back() {
         let pool = SwapPool::new(4 * CHUNK_BYTES, CHUNK_BYTES);
         pool.donate(vec![memfd(1)]);
-        let (ids, _, _) = pool.lease(1, 1);
+        let (ids, _, _) = pool.lease(1, 1, false);
         assert_eq!(pool.give_back(2, &ids), 0, "another connection cannot free it");
-        assert_eq!(pool.lease(3, 1).0.len(), 0);
+        assert_eq!(pool.lease(3, 1, false).0.len(), 0);
         assert_eq!(pool.give_back(1, &ids), 1);
-        assert_eq!(pool.lease(3, 1).0, ids);
+        assert_eq!(pool.lease(3, 1, false).0, ids);
     }
 
     #[test]
     fn a_closed_connection_s_chunks_stay_with_its_process_while_it_lives() {
         let pool = SwapPool::new(4 * CHUNK_BYTES, CHUNK_BYTES);
         pool.donate(vec![memfd(1), memfd(2)]);
-        pool.lease(1, 2);
+        pool.lease(1, 2, false);
         let mut child = std::process::Command::new("sleep").arg("30").spawn().unwrap();
         // SAFETY: pidfd_open of a child this test owns.
         let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, child.id() as libc::pid_t, 0) };
@@ -425,17 +450,37 @@ mod tests {
         // SAFETY: just opened.
         pool.disconnected(1, Some(unsafe { OwnedFd::from_raw_fd(fd as RawFd) }));
         assert_eq!(pool.stats().held, 2);
-        assert_eq!(pool.lease(2, 2).0.len(), 0, "held while the process lives");
+        assert_eq!(pool.lease(2, 2, false).0.len(), 0, "held while the process lives");
         child.kill().unwrap();
         child.wait().unwrap();
-        assert_eq!(pool.lease(2, 2).0.len(), 2, "free once it is gone");
+        assert_eq!(pool.lease(2, 2, false).0.len(), 2, "free once it is gone");
+    }
+
+    #[test]
+    fn a_fresh_lease_gives_a_connection_only_chunks_it_never_had_until_it_closes() {
+        let pool = SwapPool::new(4 * CHUNK_BYTES, CHUNK_BYTES);
+        pool.donate(vec![memfd(1), memfd(2), memfd(3)]);
+        let (first, _, _) = pool.lease(1, 2, false);
+        assert_eq!(pool.give_back(1, &first), 2);
+        let (fresh, _, _) = pool.lease(1, 8, true);
+        assert_eq!(fresh.len(), 1, "only the chunk connection 1 never had");
+        assert!(!first.contains(&fresh[0]));
+        assert_eq!(pool.give_back(1, &fresh), 1);
+        assert!(pool.lease(1, 8, true).0.is_empty(), "connection 1 has had every chunk");
+        assert_eq!(pool.lease(2, 8, true).0.len(), 3, "another connection had none of them");
+        let all: Vec<u32> = (0..3).collect();
+        assert_eq!(pool.give_back(2, &all), 3);
+        assert_eq!(pool.lease(1, 8, false).0.len(), 3, "a plain lease takes any free chunk");
+        assert_eq!(pool.give_back(1, &all), 3);
+        pool.disconnected(1, None);
+        assert_eq!(pool.lease(1, 8, true).0.len(), 3, "a connection's id is forgotten once it closes");
     }
 
     #[test]
     fn a_closed_connection_whose_process_cannot_be_watched_takes_its_chunks_out_of_the_pool() {
         let pool = SwapPool::new(4 * CHUNK_BYTES, CHUNK_BYTES);
         pool.donate(vec![memfd(1), memfd(2)]);
-        pool.lease(1, 1);
+        pool.lease(1, 1, false);
         pool.disconnected(1, None);
         let s = pool.stats();
         assert_eq!((s.chunks, s.free), (1, 1));

@@ -50,7 +50,7 @@ impl Daemon {
     }
 
     fn connect(&self) -> std::sync::Arc<PoolLink> {
-        PoolLink::connect(&self.pool, CHUNK_BYTES).expect("the pool answers")
+        PoolLink::connect(&self.pool, CHUNK_BYTES, false).expect("the pool answers")
     }
 }
 
@@ -125,9 +125,9 @@ fn chunks_of_a_closed_connection_stay_out_while_its_process_lives() {
 #[test]
 fn a_backend_uses_no_pool_where_there_is_none_or_its_chunks_differ() {
     let d = Daemon::start("size", 2);
-    assert!(PoolLink::connect(&d.pool, CHUNK_BYTES * 2).is_none(), "chunks of another size");
+    assert!(PoolLink::connect(&d.pool, CHUNK_BYTES * 2, false).is_none(), "chunks of another size");
     let dir = scratch("pool-none");
-    assert!(PoolLink::connect(&dir.join("gpuvisord.sock.pool"), CHUNK_BYTES).is_none(), "no pool socket");
+    assert!(PoolLink::connect(&dir.join("gpuvisord.sock.pool"), CHUNK_BYTES, false).is_none(), "no pool socket");
 }
 
 #[test]
@@ -167,4 +167,46 @@ fn a_pool_larger_than_the_swap_limit_is_cut_to_it() {
     let limit_mib = ((3 * CHUNK_BYTES) >> 20).to_string();
     let d = Daemon::start_in(&scratch("pool-cut"), 8, &["--swap-limit-mib", &limit_mib]);
     assert_eq!(d.connect().lease(0).1, 3, "three chunks fit the swap limit");
+}
+
+#[test]
+fn a_backend_that_keeps_its_maps_still_gives_chunks_back_and_reuses_a_map_only_for_the_same_pool_s_chunk() {
+    let dir = scratch("pool-keep");
+    let first = Daemon::start_in(&dir, 4, &[]);
+    let a = PoolLink::connect(&first.pool, CHUNK_BYTES, true).expect("the pool answers");
+    a.donate(&[chunk(1)]);
+    let (got, _, generation) = a.lease(1);
+    let id = got[0].0;
+    let mapping = (0x7000_0000, 11);
+    assert_eq!(a.give_back_mapped(id, generation, mapping), Ok(None), "kept: nothing for the caller to unmap");
+
+    // It is back in the pool: another backend gets it.
+    a.lease(0);
+    let b = first.connect();
+    let (theirs, _, b_generation) = b.lease(1);
+    assert_eq!(theirs.len(), 1, "the chunk went back although its map stayed");
+    assert_eq!(
+        b.give_back_mapped(theirs[0].0, b_generation, (0x9000_0000, 22)),
+        Err((0x9000_0000, 22)),
+        "a backend that keeps no maps unmaps them itself"
+    );
+    b.give_back(theirs[0].0, b_generation);
+    b.lease(0);
+
+    let (again, _, g) = a.lease(1);
+    assert_eq!((again[0].0, g), (id, generation));
+    assert_eq!(a.take_kept(id, g), Some(mapping), "leased again: its map is used as it is");
+    assert_eq!(a.give_back_mapped(id, g, mapping), Ok(None));
+
+    // gpuvisord restarts: the new pool's chunk of the same id is another chunk.
+    drop(first);
+    let _second = Daemon::start_in(&dir, 4, &[]);
+    assert!(a.lease(1).0.is_empty(), "the broken connection gives nothing");
+    std::thread::sleep(Duration::from_millis(5200));
+    a.donate(&[chunk(2)]);
+    let (new, _, new_generation) = a.lease(1);
+    assert_eq!((new[0].0, tag(&new[0].1)), (id, 2));
+    assert_eq!(a.take_kept(id, new_generation), None, "the old pool's map is not the new chunk's");
+    assert_eq!(a.stale_maps(), vec![mapping], "the old pool's map comes back to be unmapped");
+    assert!(a.drain_kept().is_empty());
 }

@@ -25,7 +25,7 @@ use std::path::{Path, PathBuf};
 use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
 /// Version of the messages below; an answer of another version is refused.
-pub const POOL_VERSION: u32 = 2;
+pub const POOL_VERSION: u32 = 3;
 
 /// Most chunks one lease or donation carries: the kernel passes at most 253
 /// descriptors with one message (SCM_MAX_FD).
@@ -48,8 +48,14 @@ pub fn pool_socket_path(backend_socket: &Path) -> PathBuf {
 pub enum PoolRequest {
     /// Up to `count` free chunks (at most `MAX_CHUNKS_PER_MESSAGE`; 0 only
     /// asks how many the pool would take, `grow`); answered by one
-    /// [`Chunks`], which may hold fewer, or none.
-    Lease { count: u32 },
+    /// [`Chunks`], which may hold fewer, or none. With `fresh`, only chunks
+    /// never leased on this connection before: a backend that keeps its
+    /// chunks mapped maps the pool ahead with them.
+    Lease {
+        count: u32,
+        #[serde(default)]
+        fresh: bool,
+    },
     /// Chunks the backend leased and holds no more (unmapped, import
     /// released); no answer.
     Return { ids: Vec<u32> },
@@ -226,13 +232,13 @@ mod tests {
             f.seek(SeekFrom::Start(0)).unwrap();
             files.push(f);
         }
-        send(&a, &PoolRequest::Lease { count: 3 }, &[]).unwrap();
+        send(&a, &PoolRequest::Lease { count: 3, fresh: true }, &[]).unwrap();
         send(&a, &PoolRequest::Return { ids: vec![1, 2] }, &[]).unwrap();
         let ans = Chunks { version: POOL_VERSION, chunk_bytes: 4, ids: vec![0, 1, 2], grow: 5 };
         let raw: Vec<RawFd> = files.iter().map(|f| f.as_raw_fd()).collect();
         send(&a, &ans, &raw).unwrap();
         let mut r = FrameReader::new(b);
-        assert_eq!(r.read_msg::<PoolRequest>().unwrap(), Some(PoolRequest::Lease { count: 3 }));
+        assert_eq!(r.read_msg::<PoolRequest>().unwrap(), Some(PoolRequest::Lease { count: 3, fresh: true }));
         assert_eq!(r.read_msg::<PoolRequest>().unwrap(), Some(PoolRequest::Return { ids: vec![1, 2] }));
         let (got, mut fds) = recv_chunks(&mut r).unwrap();
         assert_eq!(got, ans);

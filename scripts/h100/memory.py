@@ -86,7 +86,7 @@ def swap_out_time(res):
     faulting their pages in, registering them and releasing others."""
     keys = ("seconds", "chunk_wait_s", "copy_wait_s", "zero_s", "unmap_s", "chunks_ready", "chunks_waited",
             "made_chunks", "worker_map_s", "worker_prefault_s", "worker_register_s", "worker_release_s",
-            "imported_chunks", "worker_import_s")
+            "imported_chunks", "worker_import_s", "reused_maps")
     rows = []
     for _, line in backend_lines(res, "device memory swapped out to host RAM"):
         if "chunk_wait_s=" not in line:
@@ -169,6 +169,8 @@ def main():
     ap.add_argument("--swap-cache-mib", type=int, default=None)
     ap.add_argument("--swap-prefault", default=None)
     ap.add_argument("--swap-limit-mib", type=int, default=None, help="gpuvisord's --swap-limit-mib, if given")
+    ap.add_argument("--swap-pool-mib", type=int, default=None, help="gpuvisord's --swap-pool-mib, if given")
+    ap.add_argument("--swap-pool-keep-maps", action="store_true", help="the backends ran with --swap-pool-keep-maps")
     ap.add_argument("--fill-wait", type=float, default=None, help="seconds the fills had before the common start")
     a = ap.parse_args()
     R = a.res
@@ -241,6 +243,8 @@ def main():
             "backend_swap_cache_mib": a.swap_cache_mib,
             "backend_swap_prefault": a.swap_prefault,
             "gpuvisord_swap_limit_mib": a.swap_limit_mib if a.swap_limit_mib else "default: half the host's RAM",
+            "gpuvisord_swap_pool_mib": a.swap_pool_mib or 0,
+            "backend_swap_pool_keep_maps": a.swap_pool_keep_maps,
             "overcommitted_run_s": a.secs,
             "workload": "gv_mem hold: fill all free memory in chunks with a seeded pattern, burn kernels, "
             "check every byte at the end",

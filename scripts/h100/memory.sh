@@ -21,7 +21,9 @@
 # SWAP_LIMIT_MIB (host RAM for
 # evicted state; default gpuvisord's, half the host's RAM), SWAP_POOL_MIB
 # (gpuvisord's --swap-pool-mib: pinned host memory the backends make ahead
-# and share for swap-outs; default none), DAEMON_LOG (gpuvisord's RUST_LOG,
+# and share for swap-outs; default none), SWAP_POOL_KEEP_MAPS (if set, the
+# backends' --swap-pool-keep-maps, keeping pool chunks mapped once given
+# back), DAEMON_LOG (gpuvisord's RUST_LOG,
 # info,gpuvisord=debug), ENGINE (cuda; sim to try the
 # script anywhere, with small QUOTA_MIB/LIMIT_MIB).
 set -uo pipefail
@@ -29,7 +31,7 @@ cd "$(dirname "$0")/../.."
 out=${1:-${OUT:-$PWD/h100-out}}
 # The knobs this run was given, for the JSON's command line.
 given=$(for v in ENGINE QUOTA_MIB LIMIT_MIB SECS ALONE_SECS FILL_WAIT SLICE_MS CHUNK_MIB SWAP_THREADS \
-    SWAP_CACHE_MIB SWAP_PREFAULT SWAP_LIMIT_MIB SWAP_POOL_MIB BACKEND_ARGS; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done)
+    SWAP_CACHE_MIB SWAP_PREFAULT SWAP_LIMIT_MIB SWAP_POOL_MIB SWAP_POOL_KEEP_MAPS BACKEND_ARGS; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done)
 mkdir -p "$out"
 . scripts/h100/lib.sh
 h100_setup /tmp/gpuvisor-memory
@@ -63,7 +65,7 @@ EOF
 }
 start_backend() {
     h100_start_backend "$1" --quota-mib "$QUOTA_MIB" --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" \
-        --swap-prefault "$SWAP_PREFAULT" "${@:2}"
+        --swap-prefault "$SWAP_PREFAULT" ${SWAP_POOL_KEEP_MAPS:+--swap-pool-keep-maps} "${@:2}"
 }
 client() {  # name tag args... : gv_mem for "VM" name (native when name starts with native)
     h100_client gv_mem "$1" "$R/$2-$1.out" "${@:3}"
@@ -132,7 +134,8 @@ python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | 
     --command "${given}scripts/h100/memory.sh" \
     --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" \
     --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" --fill-wait "$FILL_WAIT" \
-    --swap-prefault "$SWAP_PREFAULT" ${SWAP_LIMIT_MIB:+--swap-limit-mib "$SWAP_LIMIT_MIB"} > "$out/memory.json"
+    --swap-prefault "$SWAP_PREFAULT" ${SWAP_LIMIT_MIB:+--swap-limit-mib "$SWAP_LIMIT_MIB"} \
+    ${SWAP_POOL_MIB:+--swap-pool-mib "$SWAP_POOL_MIB"} ${SWAP_POOL_KEEP_MAPS:+--swap-pool-keep-maps} > "$out/memory.json"
 cat "$out/memory.json"
 # The clients' outputs, API snapshots and every log (gpuvisord's has each
 # eviction and restore), for reading a run's timeline afterwards.

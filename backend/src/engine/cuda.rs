@@ -1486,6 +1486,7 @@ impl Engine for CudaEngine {
             worker_release_s = timing.release.as_secs_f64(),
             imported_chunks = timing.imported,
             worker_import_s = timing.import.as_secs_f64(),
+            reused_maps = timing.reused,
             "device memory swapped out to host RAM"
         );
         match error {

@@ -19,7 +19,8 @@
 //! it first: pinned host memory the driver allocated once, which the
 //! workers import and map at a device address at 69 GB/s or more
 //! (host-share.json), so a swap-out into them runs at the copy rate; they go
-//! back to the pool as soon as they come free (`swap_pool`).
+//! back to the pool as soon as they come free (`swap_pool`), unmapped, or
+//! still mapped for their next lease here with `keep_pool_maps`.
 //!
 //! A swap-out lays the allocations it moves end to end on a "tape" of
 //! chunks; an allocation may span several chunks and a chunk may hold parts
@@ -92,11 +93,14 @@ pub struct SwapConfig {
     /// MiB of prepared chunks kept for the next swap-out once they come free.
     pub cache_mib: u64,
     pub prefault: Prefault,
+    /// Whether swap pool chunks stay mapped once given back, so that when
+    /// the pool leases one here again it needs no import.
+    pub keep_pool_maps: bool,
 }
 
 impl Default for SwapConfig {
     fn default() -> Self {
-        SwapConfig { threads: 8, cache_mib: 4096, prefault: Prefault::Touch }
+        SwapConfig { threads: 8, cache_mib: 4096, prefault: Prefault::Touch, keep_pool_maps: false }
     }
 }
 
@@ -433,21 +437,29 @@ impl Chunk {
     }
 
     /// Pool chunk `id` of connection `generation` (`file`, `len` bytes),
-    /// mapped for device `ordinal`. A context must be current on the calling
-    /// thread.
+    /// mapped for device `ordinal`: the mapping `link` kept of it, else a
+    /// new import. A context must be current on the calling thread.
     fn import(
         id: u32,
         generation: u64,
         file: File,
         len: usize,
         ordinal: i32,
+        link: &PoolLink,
         stats: &PrepStats,
     ) -> EngineResult<Chunk> {
         let importing = Instant::now();
-        let r = swap_pool::import(file, len, ordinal);
+        let r = match link.take_kept(id, generation) {
+            Some(mapping) => {
+                stats.reused.fetch_add(1, Ordering::Relaxed);
+                Ok(mapping)
+            }
+            None => swap_pool::import(file, len, ordinal).inspect(|_| {
+                stats.imported.fetch_add(1, Ordering::Relaxed);
+            }),
+        };
         PrepStats::add(&stats.import_ns, importing);
         let (va, handle) = r?;
-        stats.imported.fetch_add(1, Ordering::Relaxed);
         Ok(Chunk { addr: va as usize, len, pooled: Some(Pooled { id, generation, handle }) })
     }
 
@@ -481,13 +493,14 @@ impl Chunk {
     }
 
     /// Unregisters and unmaps; a pool chunk goes back to the pool (through
-    /// `link`, if it is still up). A context must be current on the calling
-    /// thread, and no copy may still use the chunk.
+    /// `link`, if it is still up), mapped still where the link keeps its
+    /// mappings. A context must be current on the calling thread, and no
+    /// copy may still use the chunk.
     fn release(self, link: Option<&PoolLink>) {
         if let Some(p) = self.pooled {
-            swap_pool::unmap(self.addr as u64, self.len, p.handle);
-            if let Some(link) = link {
-                link.give_back(p.id, p.generation);
+            match link {
+                Some(link) => link.release(p.id, p.generation, (self.addr as u64, p.handle)),
+                None => swap_pool::unmap(self.addr as u64, self.len, p.handle),
             }
             return;
         }
@@ -527,6 +540,8 @@ struct PrepStats {
     register_ns: AtomicU64,
     release_ns: AtomicU64,
     imported: AtomicU64,
+    /// Pool chunks leased again whose mapping was kept (no import).
+    reused: AtomicU64,
     import_ns: AtomicU64,
 }
 
@@ -536,7 +551,7 @@ impl PrepStats {
         counter.fetch_add(ns, Ordering::Relaxed);
     }
 
-    fn snapshot(&self) -> [u64; 7] {
+    fn snapshot(&self) -> [u64; 8] {
         [
             &self.made,
             &self.map_ns,
@@ -545,6 +560,7 @@ impl PrepStats {
             &self.release_ns,
             &self.imported,
             &self.import_ns,
+            &self.reused,
         ]
         .map(|c| c.load(Ordering::Relaxed))
     }
@@ -641,20 +657,26 @@ fn worker(
                 }
             }
             Job::Import(id, generation, file) => {
-                let result = if cancel.load(Ordering::Acquire) {
-                    if let Some(link) = link {
+                let result = match link {
+                    // Only a store with a link leases chunks.
+                    None => Err(CuError(CUDA_ERROR_UNKNOWN)),
+                    Some(link) if cancel.load(Ordering::Acquire) => {
                         link.give_back(id, generation);
+                        Err(CuError(CUDA_ERROR_OUT_OF_MEMORY))
                     }
-                    Err(CuError(CUDA_ERROR_OUT_OF_MEMORY))
-                } else {
-                    let len = link.map_or(CHUNK_BYTES, PoolLink::chunk_bytes) as usize;
-                    let r = std::panic::catch_unwind(move || Chunk::import(id, generation, file, len, ordinal, stats))
+                    Some(link) => {
+                        let len = link.chunk_bytes() as usize;
+                        link.unmap_kept(false);
+                        let r = std::panic::catch_unwind(move || {
+                            Chunk::import(id, generation, file, len, ordinal, link, stats)
+                        })
                         .unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)));
-                    if let (Err(e), Some(link)) = (&r, link) {
-                        warn!(id, error = %e, "importing a swap pool chunk; giving it back");
-                        link.give_back(id, generation);
+                        if let Err(e) = &r {
+                            warn!(id, error = %e, "importing a swap pool chunk; giving it back");
+                            link.give_back(id, generation);
+                        }
+                        r
                     }
-                    r
                 };
                 if let Err(mpsc::SendError(Ok(chunk))) = done.send(result) {
                     chunk.release(link);
@@ -690,8 +712,9 @@ fn host_numa_node(dev: i32) -> i32 {
     }
 }
 
-/// A thread that makes chunks for gpuvisord's swap pool while it is short
-/// (as its answers say) and the store has been idle a moment: making
+/// A thread that unmaps kept mappings of a pool that is gone, and makes
+/// chunks for gpuvisord's swap pool while it is short (as its answers say)
+/// and the store has been idle a moment: making
 /// pinned memory that can be shared runs at 3-4 GB/s
 /// (bench/results/h100/host-share.json), far below the copy rate, so it is
 /// done ahead, never while a swap waits.
@@ -743,24 +766,54 @@ fn grow(ctx: u64, link: &PoolLink, last_busy: &Mutex<Instant>, stop: &AtomicBool
         warn!(error = %e, "the swap pool grower has no context; not growing the pool");
         return;
     }
-    let numa = device_ordinal().map(host_numa_node).unwrap_or(0);
+    let ordinal = device_ordinal();
+    let numa = ordinal.as_ref().map_or(0, |&d| host_numa_node(d));
     let len = link.chunk_bytes() as usize;
     let mut wanted = 0usize;
     // When the grower may next ask the pool how short it is: every
     // ASK_EVERY while it is full, GROW_BACKOFF after making a chunk failed.
     let mut ask_after = Instant::now();
+    // When the grower may next map chunks ahead (a link that keeps maps):
+    // at once while there are chunks it never had, ASK_EVERY once there
+    // were none, GROW_BACKOFF after an import failed.
+    let mut map_after = Instant::now();
     let mut made_total = 0u64;
+    let mut mapped_total = 0u64;
     while !stop.load(Ordering::Acquire) {
         std::thread::park_timeout(Duration::from_millis(100));
+        // A pool gone (gpuvisord restarted or killed) is held by the
+        // mappings kept of it until they are unmapped, so they go at once.
+        link.unmap_kept(false);
         if last_busy.lock().unwrap_or_else(|p| p.into_inner()).elapsed() < GROW_IDLE {
             continue;
         }
         if wanted == 0 {
-            if Instant::now() < ask_after {
+            if Instant::now() >= ask_after {
+                ask_after = Instant::now() + ASK_EVERY;
+                wanted = link.lease(0).1;
+                if wanted > 0 {
+                    continue;
+                }
+            }
+            // The pool is full: map the chunks this backend never had, so
+            // that its swap-outs find every one mapped.
+            let Ok(dev) = ordinal else {
+                continue;
+            };
+            if !link.keeps_maps() || Instant::now() < map_after {
                 continue;
             }
-            ask_after = Instant::now() + ASK_EVERY;
-            wanted = link.lease(0).1;
+            match swap_pool::map_ahead(link, GROW_BATCH, dev) {
+                Ok(0) => map_after = Instant::now() + ASK_EVERY,
+                Ok(n) => {
+                    mapped_total += n as u64;
+                    debug!(chunks = n, total_mib = (mapped_total * len as u64) >> 20, "swap pool chunks mapped ahead");
+                }
+                Err(e) => {
+                    warn!(error = %e, "mapping swap pool chunks ahead; trying again later");
+                    map_after = Instant::now() + GROW_BACKOFF;
+                }
+            }
             continue;
         }
         let n = wanted.min(GROW_BATCH).min(host_chunks_beyond(len as u64, GROW_RESERVE));
@@ -860,9 +913,12 @@ pub struct CopyOutTiming {
     pub prefault: Duration,
     pub register: Duration,
     pub release: Duration,
-    /// Pool chunks the workers imported and mapped meanwhile, and their time.
+    /// Pool chunks the workers imported and mapped meanwhile, and their
+    /// time (with the lookups of kept mappings).
     pub imported: u64,
     pub import: Duration,
+    /// Pool chunks leased again whose mapping was kept: no import.
+    pub reused: u64,
 }
 
 /// Pinned host memory for one engine's swapped-out allocations, and the
@@ -915,7 +971,8 @@ impl HostStore {
         })??;
         let stats = Arc::new(PrepStats::default());
         // Pool chunks are imported by the workers; without workers none.
-        let link = pool_socket.filter(|_| threads > 0).and_then(|p| PoolLink::connect(p, CHUNK_BYTES));
+        let link =
+            pool_socket.filter(|_| threads > 0).and_then(|p| PoolLink::connect(p, CHUNK_BYTES, config.keep_pool_maps));
         // With a pool, chunks that come free go back to it at once rather
         // than wait here for this backend's next swap-out: the pool is sized
         // for the evicted memory of all its backends (seen on the H200: three
@@ -1250,10 +1307,11 @@ impl HostStore {
         done = done.min(victims.len());
         timing.copy_wait = synced_at.elapsed();
         let stats_after = self.stats.snapshot();
-        let [made, map, prefault, register, release, imported, import] =
+        let [made, map, prefault, register, release, imported, import, reused] =
             std::array::from_fn(|i| stats_after[i].saturating_sub(stats_before[i]));
         timing.made = made;
         timing.imported = imported;
+        timing.reused = reused;
         timing.import = Duration::from_nanos(import);
         (timing.map, timing.prefault, timing.register, timing.release) = (
             Duration::from_nanos(map),
@@ -1388,6 +1446,9 @@ impl Drop for HostStore {
         let r = run_pushed(self.ctx, || {
             for c in inline {
                 c.release(link);
+            }
+            if let Some(link) = link {
+                link.unmap_kept(true);
             }
             // SAFETY: the store's stream, idle (every copy was synchronized).
             check(unsafe { sys::cuStreamDestroy_v2(stream) })

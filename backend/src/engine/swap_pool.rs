@@ -10,6 +10,7 @@ use super::{CuError, EngineResult};
 use cudarc::driver::sys;
 use protocol::cuda::*;
 use protocol::swap_pool::{self as wire, FrameReader, PoolRequest, MAX_CHUNKS_PER_MESSAGE};
+use std::collections::HashMap;
 use std::ffi::c_void;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, RawFd};
@@ -31,6 +32,42 @@ pub(super) struct Pooled {
 
 /// How long a broken connection waits before the next attempt.
 const RECONNECT_AFTER: Duration = Duration::from_secs(5);
+
+/// A pool chunk's mapping here: its device address and the import's handle.
+pub type Mapping = (u64, sys::CUmemGenericAllocationHandle);
+
+/// Pool chunks this process gave back but still has mapped
+/// (`--swap-pool-keep-maps`), by id, each with the connection it was leased
+/// on: when the pool leases one again, the mapping is used as it is rather
+/// than imported anew. Pure bookkeeping; the caller maps and unmaps.
+#[derive(Debug, Default)]
+struct KeptMaps {
+    by_id: HashMap<u32, (u64, Mapping)>,
+}
+
+impl KeptMaps {
+    /// Keeps chunk `id`'s mapping; a mapping it already had for that id
+    /// (none should be) comes back for the caller to unmap.
+    fn keep(&mut self, id: u32, generation: u64, mapping: Mapping) -> Option<Mapping> {
+        self.by_id.insert(id, (generation, mapping)).map(|(_, m)| m)
+    }
+
+    /// The kept mapping of chunk `id` as leased on connection `generation`;
+    /// one of another connection's chunk of that id stays (for `stale`).
+    fn take(&mut self, id: u32, generation: u64) -> Option<Mapping> {
+        match self.by_id.get(&id) {
+            Some(&(g, _)) if g == generation => self.by_id.remove(&id).map(|(_, m)| m),
+            _ => None,
+        }
+    }
+
+    /// Removes and returns the mappings kept from connections other than
+    /// `current` (`None`: every one): their ids mean nothing to the pool now.
+    fn stale(&mut self, current: Option<u64>) -> Vec<Mapping> {
+        let old: Vec<u32> = self.by_id.iter().filter(|(_, (g, _))| Some(*g) != current).map(|(id, _)| *id).collect();
+        old.into_iter().filter_map(|id| self.by_id.remove(&id)).map(|(_, m)| m).collect()
+    }
+}
 
 struct Conn {
     reader: FrameReader,
@@ -55,15 +92,19 @@ pub struct PoolLink {
     path: PathBuf,
     chunk_bytes: u64,
     state: Mutex<LinkState>,
+    /// Whether chunks given back stay mapped here (`give_back_mapped`).
+    keep_maps: bool,
+    kept: Mutex<KeptMaps>,
 }
 
 impl PoolLink {
     /// Connects to the pool at `path` and checks that its chunks are
     /// `chunk_bytes`; `None` where there is no pool (gpuvisord runs without
-    /// one) or it does not fit.
-    pub fn connect(path: &Path, chunk_bytes: u64) -> Option<Arc<PoolLink>> {
+    /// one) or it does not fit. With `keep_maps`, chunks given back through
+    /// `give_back_mapped` stay mapped here for when they are leased again.
+    pub fn connect(path: &Path, chunk_bytes: u64, keep_maps: bool) -> Option<Arc<PoolLink>> {
         let (reader, grow) = handshake(path, chunk_bytes)?;
-        info!(socket = %path.display(), grow, "swap pool connected");
+        info!(socket = %path.display(), grow, keep_maps, "swap pool connected");
         Some(Arc::new(PoolLink {
             path: path.to_path_buf(),
             chunk_bytes,
@@ -72,7 +113,90 @@ impl PoolLink {
                 generations: 1,
                 broken_at: None,
             }),
+            keep_maps,
+            kept: Mutex::new(KeptMaps::default()),
         }))
+    }
+
+    fn kept(&self) -> std::sync::MutexGuard<'_, KeptMaps> {
+        self.kept.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Gives chunk `id` (leased on connection `generation`, mapped here as
+    /// `mapping`) back to the pool keeping it mapped, for the next lease of
+    /// it here: `Ok` with what the caller must still unmap (an older
+    /// mapping of that id, which should not exist). `Err(mapping)` where
+    /// maps are not kept or that connection is gone: nothing was done, and
+    /// the caller unmaps it and then calls `give_back`.
+    pub fn give_back_mapped(&self, id: u32, generation: u64, mapping: Mapping) -> Result<Option<Mapping>, Mapping> {
+        if !self.keep_maps || !self.current(generation) {
+            return Err(mapping);
+        }
+        // Kept before it goes back, so that a lease of it that follows at
+        // once finds the mapping.
+        let displaced = self.kept().keep(id, generation, mapping);
+        self.with(|r| wire::send(r.socket(), &PoolRequest::Return { ids: vec![id] }, &[]));
+        Ok(displaced)
+    }
+
+    /// Gives chunk `id` (leased on connection `generation`, mapped here as
+    /// `mapping`) back: still mapped where this link keeps maps, else
+    /// unmapped first. A context must be current on the calling thread, and
+    /// nothing may use the mapping any more.
+    pub(super) fn release(&self, id: u32, generation: u64, mapping: Mapping) {
+        match self.give_back_mapped(id, generation, mapping) {
+            Ok(displaced) => {
+                if let Some((va, handle)) = displaced {
+                    unmap(va, self.chunk_bytes as usize, handle);
+                }
+            }
+            Err((va, handle)) => {
+                unmap(va, self.chunk_bytes as usize, handle);
+                self.give_back(id, generation);
+            }
+        }
+    }
+
+    /// The mapping kept of chunk `id` as leased on connection `generation`,
+    /// if this process still has one (`give_back_mapped`).
+    pub fn take_kept(&self, id: u32, generation: u64) -> Option<Mapping> {
+        if !self.keep_maps {
+            return None;
+        }
+        self.kept().take(id, generation)
+    }
+
+    /// Kept mappings that no lease can use any more (their connection is
+    /// gone), for the caller to unmap.
+    pub fn stale_maps(&self) -> Vec<Mapping> {
+        if !self.keep_maps {
+            return Vec::new();
+        }
+        let current = {
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            st.conn.as_ref().map(|c| c.generation)
+        };
+        self.kept().stale(current)
+    }
+
+    /// Every kept mapping, for the caller to unmap (the store is closing).
+    pub fn drain_kept(&self) -> Vec<Mapping> {
+        self.kept().stale(None)
+    }
+
+    /// Unmaps the kept mappings no lease can use any more (`stale_maps`),
+    /// or with `all` every one: the pool's memory goes when the last import
+    /// of it does, so the memory of a pool whose gpuvisord went away is held
+    /// until these are unmapped. A context must be current on the calling
+    /// thread.
+    pub(super) fn unmap_kept(&self, all: bool) {
+        let maps = if all { self.drain_kept() } else { self.stale_maps() };
+        if !maps.is_empty() {
+            debug!(chunks = maps.len(), all, "unmapping kept swap pool chunks");
+        }
+        for (va, handle) in maps {
+            unmap(va, self.chunk_bytes as usize, handle);
+        }
     }
 
     /// Runs `f` on the connection, reconnecting first if it broke a while
@@ -113,6 +237,21 @@ impl PoolLink {
     /// pool would take as donations, and the connection's generation (for
     /// `give_back`).
     pub fn lease(&self, n: usize) -> (Vec<(u32, File)>, usize, u64) {
+        self.lease_some(n, false)
+    }
+
+    /// As `lease`, but only chunks never leased on this connection before:
+    /// for mapping the pool ahead (`keeps_maps`).
+    pub fn lease_fresh(&self, n: usize) -> (Vec<(u32, File)>, usize, u64) {
+        self.lease_some(n, true)
+    }
+
+    /// Whether chunks given back stay mapped here.
+    pub fn keeps_maps(&self) -> bool {
+        self.keep_maps
+    }
+
+    fn lease_some(&self, n: usize, fresh: bool) -> (Vec<(u32, File)>, usize, u64) {
         let mut got = Vec::new();
         let mut grow = 0;
         let mut generation = 0;
@@ -120,7 +259,7 @@ impl PoolLink {
         loop {
             let count = left.min(MAX_CHUNKS_PER_MESSAGE as usize) as u32;
             let Some(((ans, files), g)) = self.with(|r| {
-                wire::send(r.socket(), &PoolRequest::Lease { count }, &[])?;
+                wire::send(r.socket(), &PoolRequest::Lease { count, fresh }, &[])?;
                 wire::recv_chunks(r)
             }) else {
                 break;
@@ -176,7 +315,7 @@ fn handshake(path: &Path, chunk_bytes: u64) -> Option<(FrameReader, u32)> {
         }
     };
     let mut reader = FrameReader::new(sock);
-    let first = wire::send(reader.socket(), &PoolRequest::Lease { count: 0 }, &[])
+    let first = wire::send(reader.socket(), &PoolRequest::Lease { count: 0, fresh: false }, &[])
         .and_then(|()| wire::recv_chunks(&mut reader));
     match first {
         Ok((ans, _)) if ans.chunk_bytes == chunk_bytes => Some((reader, ans.grow)),
@@ -290,6 +429,37 @@ pub(super) fn import(file: File, len: usize, ordinal: i32) -> EngineResult<(u64,
     Ok((va, handle))
 }
 
+/// Imports and maps up to `n` pool chunks this connection never had
+/// (`lease_fresh`) and gives them back mapped, so that the swap-outs that
+/// get them later need no import: how many. Only for a link that keeps its
+/// maps; a context must be current on the calling thread.
+pub(super) fn map_ahead(link: &PoolLink, n: usize, ordinal: i32) -> EngineResult<usize> {
+    if !link.keeps_maps() {
+        return Ok(0);
+    }
+    let len = link.chunk_bytes() as usize;
+    let (got, _, generation) = link.lease_fresh(n);
+    let mut mapped = 0;
+    let mut failed = None;
+    for (id, file) in got {
+        if failed.is_some() {
+            link.give_back(id, generation);
+            continue;
+        }
+        match import(file, len, ordinal) {
+            Ok(mapping) => {
+                link.release(id, generation, mapping);
+                mapped += 1;
+            }
+            Err(e) => {
+                link.give_back(id, generation);
+                failed = Some(e);
+            }
+        }
+    }
+    failed.map_or(Ok(mapped), Err)
+}
+
 /// Unmaps an imported chunk and releases the import.
 pub(super) fn unmap(va: u64, len: usize, handle: sys::CUmemGenericAllocationHandle) {
     // SAFETY: a range `import` mapped; no copy uses it any more (callers
@@ -314,4 +484,42 @@ fn host_prop(numa: i32) -> sys::CUmemAllocationProp {
         sys::CUmemLocation { type_: sys::CUmemLocationType::CU_MEM_LOCATION_TYPE_HOST_NUMA, id: numa },
         sys::CUmemAllocationHandleType::CU_MEM_HANDLE_TYPE_POSIX_FILE_DESCRIPTOR,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::KeptMaps;
+
+    #[test]
+    fn a_kept_mapping_is_used_only_for_the_same_chunk_of_the_same_connection() {
+        let mut k = KeptMaps::default();
+        assert_eq!(k.keep(7, 1, (0x1000, 70)), None);
+        assert_eq!(k.take(8, 1), None, "another chunk");
+        assert_eq!(k.take(7, 2), None, "the same id from another connection is another chunk");
+        assert_eq!(k.take(7, 1), Some((0x1000, 70)));
+        assert_eq!(k.take(7, 1), None, "taken once");
+    }
+
+    #[test]
+    fn mappings_of_a_connection_that_is_gone_come_back_to_be_unmapped() {
+        let mut k = KeptMaps::default();
+        k.keep(1, 1, (0x1000, 10));
+        k.keep(2, 1, (0x2000, 20));
+        k.keep(3, 2, (0x3000, 30));
+        let mut old = k.stale(Some(2));
+        old.sort_unstable();
+        assert_eq!(old, vec![(0x1000, 10), (0x2000, 20)]);
+        assert_eq!(k.take(3, 2), Some((0x3000, 30)), "the current connection's stay");
+        k.keep(4, 2, (0x4000, 40));
+        assert_eq!(k.stale(None), vec![(0x4000, 40)], "no connection: every one is stale");
+        assert!(k.by_id.is_empty());
+    }
+
+    #[test]
+    fn keeping_an_id_twice_hands_the_older_mapping_back() {
+        let mut k = KeptMaps::default();
+        k.keep(5, 1, (0x1000, 10));
+        assert_eq!(k.keep(5, 1, (0x2000, 20)), Some((0x1000, 10)));
+        assert_eq!(k.take(5, 1), Some((0x2000, 20)));
+    }
 }
