@@ -247,6 +247,34 @@ fn a_sandboxed_backend_keeps_its_daemon_link_and_takes_frontend_after_frontend()
 }
 
 #[test]
+fn a_sandboxed_backend_stopped_and_continued_goes_on_serving() {
+    // A stop (SIGSTOP, a debugger attaching, the cgroup freezer) interrupts
+    // the threads' timed sleeps, which the kernel resumes through
+    // restart_syscall once the process continues.
+    let daemon = common::socket_path("sandbox-stop");
+    let listener = UnixListener::bind(&daemon).unwrap();
+    let mut b = Backend::start("stop", &["--seccomp", "enforce", "--daemon", daemon.to_str().unwrap()], |_| {});
+    let (mut peer, _) = common::Peer::accept(&listener, common::settings(64));
+    b.wait_sandboxed();
+    let pid = b.child.id() as libc::pid_t;
+    for _ in 0..3 {
+        // SAFETY: signals to the backend this test started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+        std::thread::sleep(Duration::from_millis(200));
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(b.running(), "the backend died after a stop: {:?}", b.child.try_wait());
+    // Still serving: its link reports and it takes a frontend.
+    let stats: BackendMsg = read_msg(&mut peer.reader).unwrap();
+    assert!(matches!(stats, BackendMsg::Stats(_)), "{stats:?}");
+    drop(UnixStream::connect(&b.socket).expect("connect to the backend"));
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(b.running(), "the backend died after a stop: {:?}", b.child.try_wait());
+}
+
+#[test]
 fn the_backend_closes_descriptors_it_inherited() {
     let mut fds = [0; 2];
     // SAFETY: pipe2 fills `fds`; both ends close on exec, so only the

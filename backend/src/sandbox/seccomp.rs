@@ -150,6 +150,10 @@ fn serving(list: &mut Allowlist) -> Result<(), Error> {
         SYS_clock_gettime,
         SYS_clock_nanosleep,
         SYS_nanosleep,
+        // The kernel resumes a timed sleep or wait that a stop interrupted
+        // (SIGSTOP, a debugger attaching, the cgroup freezer) through this
+        // call once the process continues.
+        SYS_restart_syscall,
         // Descriptors: the vhost-user socket and the fds it passes, eventfds,
         // epoll, the daemon link, stderr.
         SYS_read,
