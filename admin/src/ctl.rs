@@ -668,6 +668,22 @@ pub fn gpu_detail(g: &GpuView) -> String {
         ("memory_resident", bytes(g.resident_bytes)),
         ("memory_evicted", bytes(g.evicted_bytes)),
         ("swap", format!("{} of {} (host RAM, all GPUs)", bytes(g.swap_used_bytes), bytes(g.swap_limit_bytes))),
+        (
+            "swap_pool",
+            g.swap_pool.map_or_else(
+                || "none (each backend pins its own)".to_owned(),
+                |p| {
+                    format!(
+                        "{} pinned of {}: {} free, {} leased, {} held by closed connections",
+                        bytes(p.free_bytes + p.leased_bytes + p.held_bytes),
+                        bytes(p.limit_bytes),
+                        bytes(p.free_bytes),
+                        bytes(p.leased_bytes),
+                        bytes(p.held_bytes)
+                    )
+                },
+            ),
+        ),
     ];
     key_values(&lines)
 }

@@ -686,6 +686,7 @@ async fn alerts(State(admin): State<Arc<dyn Admin>>) -> Result<Json<AlertsRespon
     ),
     components(schemas(
         GpuView,
+        crate::model::SwapPoolView,
         VmView,
         crate::model::VmState,
         VmPatch,

@@ -366,6 +366,19 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
         Gauge,
         "Host RAM that evicted GPU memory may take, all GPUs together (gpuvisord --swap-limit-mib).",
     );
+    let mut pool_bytes = Family::new(
+        "gpuvisor_host_swap_pool_bytes",
+        Gauge,
+        "Pinned host RAM in gpuvisord's swap pool (--swap-pool-mib), all GPUs together, by state: free, leased \
+         (to backends, for their evicted memory), held (leased on connections that closed while their process \
+         lives). Absent without a pool.",
+    );
+    let mut pool_limit = Family::new(
+        "gpuvisor_host_swap_pool_limit_bytes",
+        Gauge,
+        "The most pinned host RAM gpuvisord's swap pool holds (--swap-pool-mib, cut to the swap limit). Absent \
+         without a pool.",
+    );
     // Host-wide, and without a `vm` label: a refused backend's VM name is
     // whatever it claimed, and labels must not grow with what backends send.
     let mut refused = Family::new(
@@ -382,6 +395,12 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
     if let Some(g) = gpus.first() {
         swap_used.sample(Vec::new(), g.swap_used_bytes);
         swap_limit.sample(Vec::new(), g.swap_limit_bytes);
+        if let Some(p) = g.swap_pool {
+            for (state, n) in [("free", p.free_bytes), ("leased", p.leased_bytes), ("held", p.held_bytes)] {
+                pool_bytes.sample(vec![("state", state.to_owned())], n);
+            }
+            pool_limit.sample(Vec::new(), p.limit_bytes);
+        }
     }
 
     vec![
@@ -608,6 +627,8 @@ pub fn families(m: &MetricsSnapshot) -> Vec<Family> {
         ),
         swap_used,
         swap_limit,
+        pool_bytes,
+        pool_limit,
         // NVML's readings, as dcgm-exporter names them.
         dcgm(m, "DCGM_FI_DEV_GPU_UTIL", Gauge, "GPU utilization (in %).", |r| r.gpu_util_pct),
         dcgm(m, "DCGM_FI_DEV_MEM_COPY_UTIL", Gauge, "Memory utilization (in %).", |r| r.mem_copy_util_pct),

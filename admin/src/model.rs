@@ -198,6 +198,26 @@ pub struct GpuView {
     /// Host RAM that evicted GPU memory may take, all GPUs together
     /// (gpuvisord --swap-limit-mib).
     pub swap_limit_bytes: u64,
+    /// gpuvisord's swap pool, all GPUs together; null where it has none
+    /// (`--swap-pool-mib` 0, the default).
+    #[serde(default)]
+    pub swap_pool: Option<SwapPoolView>,
+}
+
+/// gpuvisord's swap pool (`--swap-pool-mib`): pinned host memory made once
+/// and lent to the backends for their swap-outs. Its chunks stay pinned
+/// whether or not they hold evicted memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SwapPoolView {
+    /// The most the pool holds (`--swap-pool-mib`, cut to the swap limit).
+    pub limit_bytes: u64,
+    /// Free to lease.
+    pub free_bytes: u64,
+    /// Leased to backends: holding evicted memory, or about to.
+    pub leased_bytes: u64,
+    /// Leased on connections that closed while their process lives: out of
+    /// the pool until that process exits.
+    pub held_bytes: u64,
 }
 
 /// The state of a VM's vGPU.

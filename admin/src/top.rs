@@ -872,6 +872,7 @@ mod tests {
             evicted_bytes: 0,
             swap_used_bytes: 0,
             swap_limit_bytes: 64 << 30,
+            swap_pool: None,
         }
     }
 

@@ -52,6 +52,12 @@ fn gpu_view() -> GpuView {
         evicted_bytes: 0,
         swap_used_bytes: 0,
         swap_limit_bytes: 64 << 30,
+        swap_pool: Some(gpuvisor_admin::SwapPoolView {
+            limit_bytes: 8 << 30,
+            free_bytes: 1 << 30,
+            leased_bytes: 6 << 30,
+            held_bytes: 0,
+        }),
     }
 }
 

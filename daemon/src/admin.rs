@@ -12,7 +12,9 @@ use crate::Shared;
 use gpuvisor_admin::alerts::AlertsResponse;
 use gpuvisor_admin::history::{HistoryMetrics, HistoryQuery, HistoryResponse};
 use gpuvisor_admin::metrics::MetricsSnapshot;
-use gpuvisor_admin::{AccessOverview, Admin, AdminError, GpuPatch, GpuView, VmAccess, VmPatch, VmState, VmView};
+use gpuvisor_admin::{
+    AccessOverview, Admin, AdminError, GpuPatch, GpuView, SwapPoolView, VmAccess, VmPatch, VmState, VmView,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -50,13 +52,29 @@ impl DaemonAdmin {
         Ok(vm_view(&reg, v, snaps.get(&v.rec.gpu)))
     }
 
+    /// The swap pool's counts, taken under the pool's own lock (never with
+    /// the registry's held).
+    fn pool_view(&self) -> Option<SwapPoolView> {
+        let pool = self.shared.swap_pool.as_ref()?;
+        let s = pool.stats();
+        let bytes = |n: usize| n as u64 * pool.chunk_bytes();
+        Some(SwapPoolView {
+            limit_bytes: pool.limit_bytes(),
+            free_bytes: bytes(s.free),
+            leased_bytes: bytes(s.leased),
+            held_bytes: bytes(s.held),
+        })
+    }
+
     fn gpu_view_of(&self, id: &str) -> Result<GpuView, AdminError> {
         if self.shared.registry().gpu(id).is_none() {
             return Err(AdminError::NotFound { kind: "GPU", name: id.to_string() });
         }
         let snaps = self.snapshots(&[id.to_string()]);
+        let pool = self.pool_view();
         let reg = self.shared.registry();
-        gpu_view(&reg, id, snaps.get(id)).ok_or_else(|| AdminError::NotFound { kind: "GPU", name: id.to_string() })
+        gpu_view(&reg, id, snaps.get(id), pool)
+            .ok_or_else(|| AdminError::NotFound { kind: "GPU", name: id.to_string() })
     }
 }
 
@@ -159,7 +177,7 @@ fn vm_access(reg: &Registry, name: &str) -> VmAccess {
     }
 }
 
-fn gpu_view(reg: &Registry, id: &str, snap: Option<&GpuSnapshot>) -> Option<GpuView> {
+fn gpu_view(reg: &Registry, id: &str, snap: Option<&GpuSnapshot>, pool: Option<SwapPoolView>) -> Option<GpuView> {
     let info = reg.gpu_info(id)?;
     let g = reg.gpu(id)?;
     Some(GpuView {
@@ -180,6 +198,7 @@ fn gpu_view(reg: &Registry, id: &str, snap: Option<&GpuSnapshot>) -> Option<GpuV
         evicted_bytes: snap.map_or(0, |s| s.memory.evicted_bytes),
         swap_used_bytes: reg.swap_ledger().used_bytes(),
         swap_limit_bytes: reg.swap_ledger().limit_bytes(),
+        swap_pool: pool,
     })
 }
 
@@ -187,8 +206,9 @@ impl Admin for DaemonAdmin {
     fn gpus(&self) -> Vec<GpuView> {
         let ids: Vec<String> = self.shared.registry().gpu_infos().iter().map(|g| g.id.clone()).collect();
         let snaps = self.snapshots(&ids);
+        let pool = self.pool_view();
         let reg = self.shared.registry();
-        ids.iter().filter_map(|id| gpu_view(&reg, id, snaps.get(id))).collect()
+        ids.iter().filter_map(|id| gpu_view(&reg, id, snaps.get(id), pool)).collect()
     }
 
     fn gpu(&self, id: &str) -> Result<GpuView, AdminError> {
@@ -222,9 +242,10 @@ impl Admin for DaemonAdmin {
     fn metrics(&self) -> MetricsSnapshot {
         let ids: Vec<String> = self.shared.registry().gpu_infos().iter().map(|g| g.id.clone()).collect();
         let snaps = self.snapshots(&ids);
+        let pool = self.pool_view();
         let (gpus, vms, nvml, nvml_gpus, xids, procs, registrations_refused) = {
             let reg = self.shared.registry();
-            let gpus: Vec<GpuView> = ids.iter().filter_map(|id| gpu_view(&reg, id, snaps.get(id))).collect();
+            let gpus: Vec<GpuView> = ids.iter().filter_map(|id| gpu_view(&reg, id, snaps.get(id), pool)).collect();
             let vms: Vec<VmView> =
                 reg.vm_names().filter_map(|n| reg.vm(n)).map(|v| vm_view(&reg, v, snaps.get(&v.rec.gpu))).collect();
             let nvml_gpus: Vec<GpuInfo> = reg.gpu_infos().iter().filter(|g| g.index.is_some()).cloned().collect();

@@ -134,6 +134,8 @@ pub struct Shared {
     registry: Mutex<Registry>,
     /// This host's name, read once at start (the metrics' `Hostname` label).
     hostname: String,
+    /// The swap pool's state, for the admin's view; `None` without a pool.
+    swap_pool: Option<Arc<swap_pool::SwapPool>>,
 }
 
 impl Shared {
@@ -173,7 +175,19 @@ impl Daemon {
         };
         let registry =
             Registry::new(store, inventory, config.slice_us, driver::Clock::new(), memory, config.gpu_access)?;
-        let shared = Arc::new(Shared { registry: Mutex::new(registry), hostname: hostname() });
+        // Pool chunks hold evicted memory: beyond the swap limit they would
+        // only pin host RAM that no eviction may use.
+        let pool_bytes = config.swap_pool_bytes.min(config.swap_limit_bytes);
+        if pool_bytes < config.swap_pool_bytes {
+            tracing::warn!(
+                swap_pool_mib = config.swap_pool_bytes >> 20,
+                swap_limit_mib = config.swap_limit_bytes >> 20,
+                "the swap pool is cut to the swap limit"
+            );
+        }
+        let pool_state = (pool_bytes > 0).then(|| swap_pool::SwapPool::new(pool_bytes, swap_pool::CHUNK_BYTES));
+        let shared =
+            Arc::new(Shared { registry: Mutex::new(registry), hostname: hostname(), swap_pool: pool_state.clone() });
         let telemetry = if config.telemetry.interval.is_zero() {
             tracing::info!("telemetry off (--telemetry-interval-ms 0): no history, no alerts");
             None
@@ -195,29 +209,19 @@ impl Daemon {
                 return Err(e);
             }
         };
-        // Pool chunks hold evicted memory: beyond the swap limit they would
-        // only pin host RAM that no eviction may use.
-        let pool_bytes = config.swap_pool_bytes.min(config.swap_limit_bytes);
-        if pool_bytes < config.swap_pool_bytes {
-            tracing::warn!(
-                swap_pool_mib = config.swap_pool_bytes >> 20,
-                swap_limit_mib = config.swap_limit_bytes >> 20,
-                "the swap pool is cut to the swap limit"
-            );
-        }
-        let pool = if pool_bytes == 0 {
-            None
-        } else {
-            let path = protocol::swap_pool::pool_socket_path(&config.backend_socket);
-            let pool = swap_pool::SwapPool::new(pool_bytes, swap_pool::CHUNK_BYTES);
-            match swap_pool::PoolServer::start(pool, &path) {
-                Ok(p) => Some(p),
-                Err(e) => {
-                    drop(listener);
-                    let _ = std::fs::remove_file(&config.backend_socket);
-                    stop_telemetry(telemetry).await;
-                    stop_drivers(&shared).await;
-                    return Err(e);
+        let pool = match pool_state {
+            None => None,
+            Some(pool) => {
+                let path = protocol::swap_pool::pool_socket_path(&config.backend_socket);
+                match swap_pool::PoolServer::start(pool, &path) {
+                    Ok(p) => Some(p),
+                    Err(e) => {
+                        drop(listener);
+                        let _ = std::fs::remove_file(&config.backend_socket);
+                        stop_telemetry(telemetry).await;
+                        stop_drivers(&shared).await;
+                        return Err(e);
+                    }
                 }
             }
         };

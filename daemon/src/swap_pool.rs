@@ -85,6 +85,12 @@ pub struct SwapPool {
     inner: Mutex<Inner>,
 }
 
+impl std::fmt::Debug for SwapPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SwapPool").field("limit_bytes", &self.limit_bytes()).field("stats", &self.stats()).finish()
+    }
+}
+
 impl SwapPool {
     /// A pool of at most `cap_bytes` of chunks of `chunk_bytes`.
     pub fn new(cap_bytes: u64, chunk_bytes: u64) -> Arc<SwapPool> {
@@ -94,6 +100,15 @@ impl SwapPool {
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The most bytes of chunks the pool holds.
+    pub fn limit_bytes(&self) -> u64 {
+        self.max_chunks as u64 * self.chunk_bytes
+    }
+
+    pub fn chunk_bytes(&self) -> u64 {
+        self.chunk_bytes
     }
 
     pub fn stats(&self) -> PoolStats {

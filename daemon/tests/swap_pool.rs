@@ -22,6 +22,8 @@ use std::time::{Duration, Instant};
 struct Daemon {
     child: Child,
     pool: PathBuf,
+    /// The admin API (no token: --no-auth).
+    admin: gpuvisor_admin::Client,
 }
 
 impl Daemon {
@@ -45,8 +47,9 @@ impl Daemon {
         let state = dir.join(format!("state-{}", STARTED.fetch_add(1, Ordering::Relaxed)));
         let mut args = vec!["--no-auth", "--swap-pool-mib", &mib];
         args.extend_from_slice(more);
-        let (child, _) = spawn_gpuvisord(&socket, &state, &nvml, &args);
-        Daemon { child, pool: protocol::swap_pool::pool_socket_path(&socket) }
+        let (child, line) = spawn_gpuvisord(&socket, &state, &nvml, &args);
+        let admin = gpuvisor_admin::Client::new(common::admin_url(&line), None);
+        Daemon { child, pool: protocol::swap_pool::pool_socket_path(&socket), admin }
     }
 
     fn connect(&self) -> std::sync::Arc<PoolLink> {
@@ -209,4 +212,28 @@ fn a_backend_that_keeps_its_maps_still_gives_chunks_back_and_reuses_a_map_only_f
     assert_eq!(a.take_kept(id, new_generation), None, "the old pool's map is not the new chunk's");
     assert_eq!(a.stale_maps(), vec![mapping], "the old pool's map comes back to be unmapped");
     assert!(a.drain_kept().is_empty());
+}
+
+#[test]
+fn the_admin_sees_the_pool_s_size_and_what_is_free_leased_and_held() {
+    let d = Daemon::start("admin", 4);
+    let pool = |d: &Daemon| d.admin.gpus().unwrap()[0].swap_pool.expect("a pool in the GPU's view");
+    let p = pool(&d);
+    assert_eq!((p.limit_bytes, p.free_bytes, p.leased_bytes), (4 * CHUNK_BYTES, 0, 0), "empty: {p:?}");
+    let a = d.connect();
+    a.donate(&[chunk(1), chunk(2), chunk(3)]);
+    let (got, _, _) = a.lease(2);
+    assert_eq!(got.len(), 2);
+    let p = pool(&d);
+    assert_eq!((p.free_bytes, p.leased_bytes, p.held_bytes), (CHUNK_BYTES, 2 * CHUNK_BYTES, 0), "{p:?}");
+    // The connection closes while this process lives: its chunks are held.
+    drop(a);
+    let until = Instant::now() + Duration::from_secs(5);
+    while pool(&d).held_bytes != 2 * CHUNK_BYTES {
+        assert!(Instant::now() < until, "never held: {:?}", pool(&d));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let none = Daemon::start("admin-none", 0);
+    assert_eq!(none.admin.gpus().unwrap()[0].swap_pool, None, "no pool, none in the view");
 }
