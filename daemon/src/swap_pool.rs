@@ -305,7 +305,7 @@ impl PoolServer {
             .map_err(|source| crate::Error::Socket { path: path.to_path_buf(), source })?;
         info!(
             socket = %path.display(),
-            cap_mib = (pool.max_chunks as u64 * pool.chunk_bytes) >> 20,
+            cap_mib = pool.limit_bytes() >> 20,
             chunk_mib = pool.chunk_bytes >> 20,
             "swap pool listening"
         );

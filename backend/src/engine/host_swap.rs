@@ -666,7 +666,6 @@ fn worker(
                     }
                     Some(link) => {
                         let len = link.chunk_bytes() as usize;
-                        link.unmap_kept(false);
                         let r = std::panic::catch_unwind(move || {
                             Chunk::import(id, generation, file, len, ordinal, link, stats)
                         })
@@ -800,7 +799,7 @@ fn grow(ctx: u64, link: &PoolLink, last_busy: &Mutex<Instant>, stop: &AtomicBool
             let Ok(dev) = ordinal else {
                 continue;
             };
-            if !link.keeps_maps() || Instant::now() < map_after {
+            if Instant::now() < map_after {
                 continue;
             }
             match swap_pool::map_ahead(link, GROW_BATCH, dev) {

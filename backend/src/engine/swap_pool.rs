@@ -135,7 +135,7 @@ impl PoolLink {
         // Kept before it goes back, so that a lease of it that follows at
         // once finds the mapping.
         let displaced = self.kept().keep(id, generation, mapping);
-        self.with(|r| wire::send(r.socket(), &PoolRequest::Return { ids: vec![id] }, &[]));
+        self.give_back(id, generation);
         Ok(displaced)
     }
 
