@@ -757,6 +757,7 @@ fn pump(core: &mut Core, now: u64) {
                     // books may be a Stats report behind the backend.
                     let _ = s.tx.send(DaemonMsg::Evict { resident_max, max_move_bytes: moves_bytes });
                 }
+                withdraw_notices(broker, slots, vm, ledger.others(gpu));
                 if let Some(s) = slots.get_mut(&vm).filter(|s| moves_bytes > 0 && !s.evicting) {
                     // Off the GPU until the eviction is done (seen on the
                     // sim: a VM granted as its 3 s swap-out began, nobody
@@ -838,6 +839,26 @@ fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMa
     s.notice_bytes = bytes;
     tracing::debug!(vm = %s.name, bytes, "eviction likely when this grant ends");
     let _ = s.tx.send(DaemonMsg::PrepareEviction { bytes });
+}
+
+/// Host RAM that other backends hold for likely evictions goes to an
+/// eviction that comes instead, where both would not fit the swap limit:
+/// they are told 0 and let it go (on the H200 host with the swap pool, a VM
+/// told during the fill held 40 GiB of the pool for a minute, and the VM
+/// evicted meanwhile found the pool short and moved only part).
+fn withdraw_notices(broker: &Broker, slots: &mut HashMap<u64, Slot>, evicted: u64, swap_others: u64) {
+    let prepared =
+        slots.iter().filter(|(&v, _)| v != evicted).map(|(_, s)| s.notice_bytes).fold(0, u64::saturating_add);
+    let used = broker.swap_used().saturating_add(swap_others);
+    if prepared == 0 || used.saturating_add(prepared) <= broker.swap_limit_bytes() {
+        return;
+    }
+    for (_, s) in slots.iter_mut().filter(|(&v, s)| v != evicted && s.notice_bytes > 0) {
+        tracing::info!(vm = %s.name, bytes = s.notice_bytes, "host RAM held for a likely eviction withdrawn: another \
+            VM's eviction needs it");
+        s.notice_bytes = 0;
+        let _ = s.tx.send(DaemonMsg::PrepareEviction { bytes: 0 });
+    }
 }
 
 fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, broker: &Broker, now: u64) -> GpuSnapshot {
@@ -1100,6 +1121,23 @@ mod tests {
         d.send(GpuEvent::Demand { vm: 2 });
         assert!(matches!(next(&mut rxs[1]), DaemonMsg::Grant { .. }));
         assert_eq!(next(&mut rxs[1]), DaemonMsg::PrepareEviction { bytes: 300 });
+        d.stop();
+    }
+
+    #[test]
+    fn an_eviction_that_comes_instead_takes_back_host_ram_held_for_a_likely_one() {
+        // 1000 bytes of GPU, 1200 of host RAM: 1 and 2 resident (500 each),
+        // 3 with 500 in host RAM. 1 is granted and told to prepare 500; then
+        // 2 is evicted for 3. Its 500 and 1's would not fit beside 3's.
+        let (d, mut rxs, _) = managed_vms_swapping(1000, 500, 3, 1200);
+        two_resident_one_out(&d, 500, 500, 500);
+        d.send(GpuEvent::Demand { vm: 1 });
+        let DaemonMsg::Grant { grant, .. } = next(&mut rxs[0]) else { panic!() };
+        assert_eq!(next(&mut rxs[0]), DaemonMsg::PrepareEviction { bytes: 500 });
+        d.send(GpuEvent::Release { vm: 1, grant, used_ns: 1000, more: false });
+        d.send(GpuEvent::MemNeed { vm: 3, bytes: 500 });
+        assert_eq!(next(&mut rxs[1]), DaemonMsg::Evict { resident_max: 0, max_move_bytes: 500 });
+        assert_eq!(next(&mut rxs[0]), DaemonMsg::PrepareEviction { bytes: 0 }, "1 lets its 500 go");
         d.stop();
     }
 

@@ -169,12 +169,6 @@ impl Daemon {
         let inventory = tokio::task::spawn_blocking(move || Inventory::discover(&nvml))
             .await
             .map_err(|e| Error::Internal(format!("GPU discovery: {e}")))?;
-        let memory = memory::BrokerParams {
-            min_residency_ns: config.min_residency_ns,
-            swap_limit_bytes: config.swap_limit_bytes,
-        };
-        let registry =
-            Registry::new(store, inventory, config.slice_us, driver::Clock::new(), memory, config.gpu_access)?;
         // Pool chunks hold evicted memory: beyond the swap limit they would
         // only pin host RAM that no eviction may use.
         let pool_bytes = config.swap_pool_bytes.min(config.swap_limit_bytes);
@@ -185,6 +179,18 @@ impl Daemon {
                 "the swap pool is cut to the swap limit"
             );
         }
+        // And with a pool, evicted memory lives in its chunks (backends pin
+        // none of their own once it is full): its size is the limit.
+        let swap_limit_bytes = if pool_bytes > 0 { pool_bytes } else { config.swap_limit_bytes };
+        if swap_limit_bytes < config.swap_limit_bytes {
+            tracing::info!(
+                swap_limit_mib = swap_limit_bytes >> 20,
+                "evicted memory lives in the swap pool: the swap limit is its size"
+            );
+        }
+        let memory = memory::BrokerParams { min_residency_ns: config.min_residency_ns, swap_limit_bytes };
+        let registry =
+            Registry::new(store, inventory, config.slice_us, driver::Clock::new(), memory, config.gpu_access)?;
         let pool_state = (pool_bytes > 0).then(|| swap_pool::SwapPool::new(pool_bytes, swap_pool::CHUNK_BYTES));
         let shared =
             Arc::new(Shared { registry: Mutex::new(registry), hostname: hostname(), swap_pool: pool_state.clone() });

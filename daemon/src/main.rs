@@ -86,7 +86,8 @@ struct Args {
     /// passes from one VM's backend to another's: a backend process taken
     /// over by its guest could read what later lands in a chunk it held, so
     /// use it where backend processes are trusted that far. At most
-    /// --swap-limit-mib (a larger size is cut to it). 0: no pool, each
+    /// --swap-limit-mib (a larger size is cut to it); evicted memory then
+    /// lives in the pool, so its size is the swap limit. 0: no pool, each
     /// backend pins its own host memory
     #[arg(long, value_name = "MIB", default_value_t = 0)]
     swap_pool_mib: u64,

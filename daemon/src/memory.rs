@@ -401,6 +401,11 @@ impl Broker {
         }
     }
 
+    /// Host RAM that evicted memory may take, on all GPUs together.
+    pub fn swap_limit_bytes(&self) -> u64 {
+        self.params.swap_limit_bytes
+    }
+
     /// Host RAM this GPU's VMs take for evicted memory, evictions under way
     /// included.
     pub fn swap_used(&self) -> u64 {

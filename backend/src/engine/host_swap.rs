@@ -736,6 +736,12 @@ const GROW_BACKOFF: Duration = Duration::from_secs(30);
 /// to its size beside the fill phase's own chunks ran the host out of
 /// memory and the OOM killer took a backend).
 const GROW_RESERVE: u64 = 8 << 30;
+/// How long a swap-out waits for pool chunks given back elsewhere before it
+/// moves what it has, asking every `POOL_WAIT_STEP` for up to
+/// `POOL_WAIT_BATCH` at a time.
+const POOL_WAIT: Duration = Duration::from_millis(500);
+const POOL_WAIT_STEP: Duration = Duration::from_millis(5);
+const POOL_WAIT_BATCH: usize = 8;
 
 impl Grower {
     fn start(ctx: u64, link: Arc<PoolLink>, last_busy: Arc<Mutex<Instant>>) -> Option<Grower> {
@@ -1038,8 +1044,19 @@ impl HostStore {
         };
         self.mark_busy();
         let mut asked = 0;
+        // How many chunks this process may pin itself; bounded below by
+        // host RAM.
+        let mut own_cap = usize::MAX;
         if let Some(link) = self.link.as_ref().filter(|_| n > 0) {
-            let (leased, _, generation) = link.lease(n);
+            let (leased, grow, generation) = link.lease(n);
+            if generation != 0 {
+                // The pool, sized by the admin, holds evicted memory: chunks
+                // pinned here beside it once it is full would take host RAM
+                // beyond that size (on the H200 host, backends short of pool
+                // chunks pinned their own at once and the OOM killer took
+                // one). While it grows, as many as it would still take.
+                own_cap = grow;
+            }
             for (id, file) in leased {
                 if let Err(job) = pool.send(Job::Import(id, generation, file)) {
                     if let Job::Import(id, generation, _) = job {
@@ -1054,7 +1071,7 @@ impl HostStore {
         // Beside a pool, whose chunks stay pinned, this process pins its own
         // only while host RAM keeps the grower's reserve.
         let reserve = if self.link.is_some() { GROW_RESERVE } else { HOST_RESERVE };
-        let own = (n - asked).min(host_chunks_beyond(self.chunk_bytes, reserve));
+        let own = (n - asked).min(own_cap).min(host_chunks_beyond(self.chunk_bytes, reserve));
         for _ in 0..own {
             if pool.send(Job::Prepare(len, self.prefault)).is_err() {
                 break; // no worker left: fewer chunks, reported as OOM
@@ -1072,11 +1089,11 @@ impl HostStore {
         if let Some(c) = self.cache.take() {
             return Ok(c);
         }
+        if self.pool.is_some() && self.outstanding == 0 && !self.wait_for_pool() {
+            return Err(CuError(CUDA_ERROR_OUT_OF_MEMORY));
+        }
         match &self.pool {
             Some(pool) => {
-                if self.outstanding == 0 {
-                    return Err(CuError(CUDA_ERROR_OUT_OF_MEMORY));
-                }
                 self.outstanding -= 1;
                 pool.ready.recv().unwrap_or(Err(CuError(CUDA_ERROR_UNKNOWN)))
             }
@@ -1087,6 +1104,26 @@ impl HostStore {
                 *inline_budget -= 1;
                 Chunk::prepare(self.chunk_len(), self.prefault, &self.stats)
             }
+        }
+    }
+
+    /// With a pool that came short, asks it again for a moment: chunks
+    /// other backends give back (gpuvisord withdrew what they held for a
+    /// likely eviction that went to this one) reach it within milliseconds.
+    /// Whether a chunk is on its way.
+    fn wait_for_pool(&mut self) -> bool {
+        if self.link.is_none() {
+            return false;
+        }
+        let until = Instant::now() + POOL_WAIT;
+        loop {
+            if self.request(POOL_WAIT_BATCH) > 0 {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            std::thread::sleep(POOL_WAIT_STEP);
         }
     }
 
