@@ -159,13 +159,15 @@ struct Args {
     /// Keep gpuvisord's swap pool chunks mapped here after giving them back
     /// (cuda engine, with `gpuvisord --swap-pool-mib`): when the pool leases
     /// one here again, the swap-out copies into it at once instead of
-    /// importing and mapping it first, which on an H200 host held
-    /// whole-VM swap-outs to about 45 GB/s against the 55 GB/s copy rate.
-    /// Host RAM stays the pool's; what grows is this process's address
-    /// space. The chunks' data is other VMs' while they are leased to other
-    /// backends, so this process could read it (see the pool's trust note
-    /// in docs/architecture.md).
-    #[arg(long, env = "GPUVISOR_SWAP_POOL_KEEP_MAPS")]
+    /// importing and mapping it first. On an H200 host whole-VM swap-outs
+    /// ran at 50 GB/s with it and 40 without, against the 55 GB/s copy rate
+    /// (bench/results/h100/memory.json). Host RAM stays the pool's; what
+    /// grows is this process's address space. The chunks' data is other
+    /// VMs' while they are leased to other backends, so this process could
+    /// read it (see the pool's trust note in docs/architecture.md); false
+    /// unmaps each chunk as it goes back
+    #[arg(long, env = "GPUVISOR_SWAP_POOL_KEEP_MAPS", value_name = "BOOL", default_value_t = true,
+        action = clap::ArgAction::Set)]
     swap_pool_keep_maps: bool,
 
     /// Register with gpuvisord on this socket and submit GPU work only under

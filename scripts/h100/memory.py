@@ -170,7 +170,8 @@ def main():
     ap.add_argument("--swap-prefault", default=None)
     ap.add_argument("--swap-limit-mib", type=int, default=None, help="gpuvisord's --swap-limit-mib, if given")
     ap.add_argument("--swap-pool-mib", type=int, default=None, help="gpuvisord's --swap-pool-mib, if given")
-    ap.add_argument("--swap-pool-keep-maps", action="store_true", help="the backends ran with --swap-pool-keep-maps")
+    ap.add_argument("--swap-pool-keep-maps", choices=["true", "false"], default="true",
+                    help="the backends' --swap-pool-keep-maps")
     ap.add_argument("--fill-wait", type=float, default=None, help="seconds the fills had before the common start")
     a = ap.parse_args()
     R = a.res
@@ -244,7 +245,7 @@ def main():
             "backend_swap_prefault": a.swap_prefault,
             "gpuvisord_swap_limit_mib": a.swap_limit_mib if a.swap_limit_mib else "default: half the host's RAM",
             "gpuvisord_swap_pool_mib": a.swap_pool_mib or 0,
-            "backend_swap_pool_keep_maps": a.swap_pool_keep_maps,
+            "backend_swap_pool_keep_maps": a.swap_pool_keep_maps == "true",
             "overcommitted_run_s": a.secs,
             "workload": "gv_mem hold: fill all free memory in chunks with a seeded pattern, burn kernels, "
             "check every byte at the end",

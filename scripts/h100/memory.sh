@@ -21,9 +21,9 @@
 # SWAP_LIMIT_MIB (host RAM for
 # evicted state; default gpuvisord's, half the host's RAM), SWAP_POOL_MIB
 # (gpuvisord's --swap-pool-mib: pinned host memory the backends make ahead
-# and share for swap-outs; default none), SWAP_POOL_KEEP_MAPS (if set, the
+# and share for swap-outs; default none), SWAP_POOL_KEEP_MAPS (true: the
 # backends' --swap-pool-keep-maps, keeping pool chunks mapped once given
-# back), DAEMON_LOG (gpuvisord's RUST_LOG,
+# back; false unmaps them), DAEMON_LOG (gpuvisord's RUST_LOG,
 # info,gpuvisord=debug), ENGINE (cuda; sim to try the
 # script anywhere, with small QUOTA_MIB/LIMIT_MIB).
 set -uo pipefail
@@ -45,6 +45,7 @@ CHUNK_MIB=${CHUNK_MIB:-256}
 SWAP_THREADS=${SWAP_THREADS:-8}
 SWAP_CACHE_MIB=${SWAP_CACHE_MIB:-4096}
 SWAP_PREFAULT=${SWAP_PREFAULT:-touch}
+SWAP_POOL_KEEP_MAPS=${SWAP_POOL_KEEP_MAPS:-true}
 DIRECT_MEM_MIB=256
 BURN=(--iters 400000 --blocks 264 --depth 4)
 
@@ -65,7 +66,7 @@ EOF
 }
 start_backend() {
     h100_start_backend "$1" --quota-mib "$QUOTA_MIB" --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" \
-        --swap-prefault "$SWAP_PREFAULT" ${SWAP_POOL_KEEP_MAPS:+--swap-pool-keep-maps} "${@:2}"
+        --swap-prefault "$SWAP_PREFAULT" --swap-pool-keep-maps "$SWAP_POOL_KEEP_MAPS" "${@:2}"
 }
 client() {  # name tag args... : gv_mem for "VM" name (native when name starts with native)
     h100_client gv_mem "$1" "$R/$2-$1.out" "${@:3}"
@@ -135,7 +136,7 @@ python3 scripts/h100/memory.py --res "$R" --revision "$(cat "$stage/REVISION" | 
     --quota-mib "$QUOTA_MIB" --limit-mib "$LIMIT_MIB" --secs "$SECS" --slice-ms "$SLICE_MS" \
     --swap-threads "$SWAP_THREADS" --swap-cache-mib "$SWAP_CACHE_MIB" --fill-wait "$FILL_WAIT" \
     --swap-prefault "$SWAP_PREFAULT" ${SWAP_LIMIT_MIB:+--swap-limit-mib "$SWAP_LIMIT_MIB"} \
-    ${SWAP_POOL_MIB:+--swap-pool-mib "$SWAP_POOL_MIB"} ${SWAP_POOL_KEEP_MAPS:+--swap-pool-keep-maps} > "$out/memory.json"
+    ${SWAP_POOL_MIB:+--swap-pool-mib "$SWAP_POOL_MIB"} --swap-pool-keep-maps "$SWAP_POOL_KEEP_MAPS" > "$out/memory.json"
 cat "$out/memory.json"
 # The clients' outputs, API snapshots and every log (gpuvisord's has each
 # eviction and restore), for reading a run's timeline afterwards.
