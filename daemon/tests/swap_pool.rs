@@ -220,6 +220,8 @@ fn the_admin_sees_the_pool_s_size_and_what_is_free_leased_and_held() {
     let pool = |d: &Daemon| d.admin.gpus().unwrap()[0].swap_pool.expect("a pool in the GPU's view");
     let p = pool(&d);
     assert_eq!((p.limit_bytes, p.free_bytes, p.leased_bytes), (4 * CHUNK_BYTES, 0, 0), "empty: {p:?}");
+    let limit = d.admin.gpus().unwrap()[0].swap_limit_bytes;
+    assert_eq!(limit, 4 * CHUNK_BYTES, "evicted memory lives in the pool: its size is the swap limit");
     let a = d.connect();
     a.donate(&[chunk(1), chunk(2), chunk(3)]);
     let (got, _, _) = a.lease(2);
@@ -235,5 +237,7 @@ fn the_admin_sees_the_pool_s_size_and_what_is_free_leased_and_held() {
     }
 
     let none = Daemon::start("admin-none", 0);
-    assert_eq!(none.admin.gpus().unwrap()[0].swap_pool, None, "no pool, none in the view");
+    let g = &none.admin.gpus().unwrap()[0];
+    assert_eq!(g.swap_pool, None, "no pool, none in the view");
+    assert!(g.swap_limit_bytes > 4 * CHUNK_BYTES, "no pool, the default swap limit (half the host's RAM)");
 }
