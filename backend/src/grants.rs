@@ -638,7 +638,7 @@ fn handle_daemon_msg(shared: &Shared, generation: u64, msg: DaemonMsg) {
                 st.last_limit = keep;
                 let state = shared.counters.memory(keep);
                 let state = MemoryState { resident_bytes: keep, ..state };
-                shared.send(&mut st, &BackendMsg::Evicted { state, moved_bytes: 0, ns: 0 });
+                shared.send(&mut st, &BackendMsg::Evicted { state, moved_bytes: 0, ns: 0, least_move_bytes: 0 });
             } else {
                 debug!(resident_max, resident, "swap-out asked");
                 st.evict_to = Some((resident_max, max_move_bytes));
@@ -996,7 +996,9 @@ impl Gate {
         st.mem_limit = Some(r.resident);
         st.last_limit = r.resident;
         let state = MemoryState { resident_bytes: r.resident, evicted_bytes: r.evicted, limit_bytes: r.resident };
-        shared.send(&mut st, &BackendMsg::Evicted { state, moved_bytes: moved, ns });
+        // Short of what was asked: what the next eviction must be allowed.
+        let least_move_bytes = if r.resident > resident_max { engine.least_swap_out() } else { 0 };
+        shared.send(&mut st, &BackendMsg::Evicted { state, moved_bytes: moved, ns, least_move_bytes });
     }
 
     /// Counts and logs a swap that moved `moved` bytes in `ns`, leaving `r`.

@@ -383,9 +383,10 @@ fn an_eviction_moves_no_more_than_the_daemon_set_host_ram_aside_for() {
     peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: 2 * MIB });
     serve_eviction(&waker, &mut gate, &mut e);
     match peer.next() {
-        BackendMsg::Evicted { state, moved_bytes, .. } => {
+        BackendMsg::Evicted { state, moved_bytes, least_move_bytes, .. } => {
             assert_eq!(moved_bytes, 2 * MIB);
             assert_eq!((state.resident_bytes, state.evicted_bytes, state.limit_bytes), (4 * MIB, 2 * MIB, 4 * MIB));
+            assert_eq!(least_move_bytes, 2 * MIB, "short of what was asked: what one more buffer takes");
         }
         m => panic!("expected Evicted, got {m:?}"),
     }
@@ -397,6 +398,24 @@ fn an_eviction_moves_no_more_than_the_daemon_set_host_ram_aside_for() {
         BackendMsg::Evicted { state, moved_bytes, .. } => {
             assert_eq!(moved_bytes, 2 * MIB);
             assert_eq!((state.resident_bytes, state.evicted_bytes), (2 * MIB, 4 * MIB));
+        }
+        m => panic!("expected Evicted, got {m:?}"),
+    }
+    // Room for 1 MiB: the last buffer is larger, nothing moves, and the
+    // answer says how much the next eviction must be allowed (the daemon
+    // asked 1 MiB again and again, and the VM waiting got nothing).
+    peer.send(&DaemonMsg::Evict { resident_max: MIB, max_move_bytes: MIB });
+    serve_eviction(&waker, &mut gate, &mut e);
+    match peer.next() {
+        BackendMsg::Evicted { moved_bytes: 0, least_move_bytes, .. } => assert_eq!(least_move_bytes, 2 * MIB),
+        m => panic!("expected Evicted with nothing moved, got {m:?}"),
+    }
+    // Allowed that: it moves, and nothing more is owed.
+    peer.send(&DaemonMsg::Evict { resident_max: 0, max_move_bytes: 2 * MIB });
+    serve_eviction(&waker, &mut gate, &mut e);
+    match peer.next() {
+        BackendMsg::Evicted { moved_bytes, least_move_bytes, .. } => {
+            assert_eq!((moved_bytes, least_move_bytes), (2 * MIB, 0))
         }
         m => panic!("expected Evicted, got {m:?}"),
     }

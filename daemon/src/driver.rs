@@ -80,6 +80,9 @@ pub enum GpuEvent {
         state: MemoryState,
         moved_bytes: u64,
         ns: u64,
+        /// Its smallest allocation that could still move, where it kept
+        /// more than asked (0 otherwise).
+        least_move_bytes: u64,
     },
     Restored {
         vm: u64,
@@ -591,8 +594,9 @@ fn apply_event(
             broker.mem_need(vm, bytes);
             Vec::new()
         }
-        GpuEvent::Evicted { vm, state, moved_bytes, ns } => {
+        GpuEvent::Evicted { vm, state, moved_bytes, ns, least_move_bytes } => {
             // (Its `evicting` ends in `apply`, with its memory in host RAM.)
+            broker.least_move(vm, least_move_bytes);
             let asked = broker.evicted(vm, state, moved_bytes, ns, now);
             if let Some(s) = slots.get(&vm) {
                 if let Some(asked) = asked.filter(|&t| state.resident_bytes > t) {
@@ -1185,7 +1189,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(rxs[1].try_recv().is_err(), "2 was granted while it was evicted");
         let state = MemoryState { resident_bytes: 0, evicted_bytes: 1000, limit_bytes: 0 };
-        d.send(GpuEvent::Evicted { vm: 2, state, moved_bytes: 1000, ns: 1000 });
+        d.send(GpuEvent::Evicted { vm: 2, state, moved_bytes: 1000, ns: 1000, least_move_bytes: 0 });
         assert_eq!(next(&mut rxs[2]), DaemonMsg::MemLimit { bytes: 1000 });
         // Its memory in host RAM comes back before it may run.
         std::thread::sleep(Duration::from_millis(50));
@@ -1215,7 +1219,7 @@ mod tests {
         // Evicted, a still cannot run: its memory in host RAM comes back
         // first, and b keeps its grant meanwhile.
         let state = MemoryState { resident_bytes: 400, evicted_bytes: 600, limit_bytes: 400 };
-        d.send(GpuEvent::Evicted { vm: 1, state, moved_bytes: 600, ns: 1000 });
+        d.send(GpuEvent::Evicted { vm: 1, state, moved_bytes: 600, ns: 1000, least_move_bytes: 0 });
         assert_eq!(next(&mut rx2), DaemonMsg::MemLimit { bytes: 600 });
         std::thread::sleep(Duration::from_millis(50));
         assert!(rx2.try_recv().is_err(), "b's grant was taken back for a VM that cannot run");
@@ -1256,7 +1260,7 @@ mod tests {
         std::thread::sleep(Duration::from_millis(50));
         assert!(rx1.try_recv().is_err(), "a was granted before its eviction");
         let state = MemoryState { resident_bytes: 400, evicted_bytes: 600, limit_bytes: 400 };
-        d.send(GpuEvent::Evicted { vm: 1, state, moved_bytes: 600, ns: 1000 });
+        d.send(GpuEvent::Evicted { vm: 1, state, moved_bytes: 600, ns: 1000, least_move_bytes: 0 });
         assert_eq!(next(&mut rx2), DaemonMsg::MemLimit { bytes: 600 });
         std::thread::sleep(Duration::from_millis(50));
         assert!(rx1.try_recv().is_err(), "a was granted with its memory in host RAM");

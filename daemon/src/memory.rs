@@ -138,6 +138,9 @@ struct Book {
     resident_since: u64,
     /// Kept off the GPU until it is evicted.
     descheduled: bool,
+    /// Its smallest allocation that could move, as its last eviction that
+    /// kept more than asked reported it: less moves nothing.
+    least_move: u64,
 }
 
 impl Book {
@@ -280,6 +283,7 @@ impl Broker {
                 evict_moves: 0,
                 resident_since: now,
                 descheduled: false,
+                least_move: 0,
             },
         );
         (limit < quota).then_some(limit)
@@ -307,6 +311,16 @@ impl Broker {
     /// The least an eviction moves on this GPU (see [`MIN_EVICTION`]).
     pub fn eviction_step(&self) -> u64 {
         eviction_step(self.capacity().unwrap_or(0))
+    }
+
+    /// What the VM's backend said with its last `Evicted`: the least an
+    /// eviction of it must be allowed to move (its smallest allocation that
+    /// could move; 0 when it moved all it was asked). Call it before
+    /// [`evicted`](Self::evicted).
+    pub fn least_move(&mut self, vm: VmId, bytes: u64) {
+        if let Some(b) = self.vms.get_mut(&vm) {
+            b.least_move = bytes;
+        }
     }
 
     /// `Evicted`: the VM's limit is now what it kept resident. Returns the
@@ -767,12 +781,18 @@ impl Broker {
             }
             // At least MIN_EVICTION at a time: a VM growing allocation by
             // allocation would otherwise evict its neighbour piece by piece.
-            let held = self.vms[&w].spoken_for();
-            let t = take_all_below_step(held, held.min(short.max(step)), *p.swap_room, step);
+            // And at least its smallest allocation that can move, where it
+            // said so: less would move nothing, asked again and again (seen
+            // on the sim: 256 MiB allocations, a 128 MiB step, a VM waiting
+            // for memory for good).
+            let b = &self.vms[&w];
+            let held = b.spoken_for();
+            let least = step.max(b.least_move);
+            let t = take_all_below_step(held, held.min(short.max(least)), *p.swap_room, step);
             // Less than a step, short of all it holds, may be smaller than
             // any of its allocations: it would move nothing, asked again and
             // again.
-            if t > 0 && (t >= step || t == held) {
+            if t > 0 && (t >= least || t == held) {
                 match takes.iter_mut().find(|(v, _)| *v == w) {
                     Some((_, taken)) => *taken += t,
                     None => takes.push((w, t)),
@@ -974,6 +994,19 @@ mod tests {
         b.mem_need(2, 8 * G);
         assert_eq!(b.pump(0, &Sched::default().f(), 0), vec![MemAction::Limit { vm: 2, bytes: 8 * G }]);
         assert_eq!(b.vm(2).unwrap().limit_bytes, 8 * G);
+    }
+
+    #[test]
+    fn after_an_eviction_that_moved_nothing_the_next_is_allowed_the_smallest_allocation() {
+        let mut b = broker_swapping(16 * G, 2.0, 64 * G);
+        add(&mut b, 1, 8 * G, 8 * G);
+        add(&mut b, 2, 10 * G, 8 * G);
+        b.mem_need(2, 9 * G);
+        assert_eq!(evicts(&b.pump(10 * MS, &Sched::default().f(), 0)), vec![(1, 7 * G)], "a step");
+        // Its allocations are 4 GiB each: none fits 1 GiB, nothing moved.
+        b.least_move(1, 4 * G);
+        b.evicted(1, state(8 * G, 0), 0, 0, 11 * MS);
+        assert_eq!(evicts(&b.pump(20 * MS, &Sched::default().f(), 0)), vec![(1, 4 * G)], "one allocation");
     }
 
     #[test]

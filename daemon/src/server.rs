@@ -185,8 +185,8 @@ async fn read_loop<R: tokio::io::AsyncBufRead + Unpin>(
                 ev
             }
             Ok(BackendMsg::MemNeed { bytes }) => GpuEvent::MemNeed { vm: conn, bytes },
-            Ok(BackendMsg::Evicted { state, moved_bytes, ns }) => {
-                GpuEvent::Evicted { vm: conn, state, moved_bytes, ns }
+            Ok(BackendMsg::Evicted { state, moved_bytes, ns, least_move_bytes }) => {
+                GpuEvent::Evicted { vm: conn, state, moved_bytes, ns, least_move_bytes }
             }
             Ok(BackendMsg::Restored { state, moved_bytes, ns }) => {
                 GpuEvent::Restored { vm: conn, state, moved_bytes, ns }

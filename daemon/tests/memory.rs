@@ -109,6 +109,7 @@ fn a_need_that_does_not_fit_evicts_the_idle_vm_and_is_granted_once_it_answers() 
         state: MemoryState { resident_bytes: 256 * MIB, evicted_bytes: 512 * MIB, limit_bytes: 256 * MIB },
         moved_bytes: 512 * MIB,
         ns: 3_000_000,
+        least_move_bytes: 0,
     });
     assert_eq!(asker.memory_msg(Duration::from_secs(2)), Ok(DaemonMsg::MemLimit { bytes: 512 * MIB }));
     assert_eq!(busy.memory_msg(Duration::from_millis(100)), Err(NoMsg::Timeout), "the holder is left alone");
@@ -185,7 +186,7 @@ fn a_need_beyond_the_host_ram_for_evictions_is_denied_and_nobody_is_evicted() {
     let question = full.memory_msg(Duration::from_secs(2)).unwrap();
     assert_eq!(question, DaemonMsg::Evict { resident_max: 1024 * MIB, max_move_bytes: 0 });
     let state = MemoryState { resident_bytes: 1024 * MIB, evicted_bytes: 0, limit_bytes: 1024 * MIB };
-    full.send(&BackendMsg::Evicted { state, moved_bytes: 0, ns: 0 });
+    full.send(&BackendMsg::Evicted { state, moved_bytes: 0, ns: 0, least_move_bytes: 0 });
     let Ok(DaemonMsg::MemDenied { bytes, reason }) = asker.memory_msg(Duration::from_secs(2)) else {
         panic!("not denied")
     };

@@ -150,8 +150,17 @@ pub enum BackendMsg {
     /// current limit. Answered by `MemLimit` or `MemDenied`.
     MemNeed { bytes: u64 },
     /// Answer to `Evict`: the backend now holds `state.resident_bytes`, at
-    /// most what was asked, and that is its new limit.
-    Evicted { state: MemoryState, moved_bytes: u64, ns: u64 },
+    /// most what was asked, and that is its new limit. Where it kept more
+    /// than asked, `least_move_bytes` is its smallest allocation that could
+    /// still move: an eviction allowed to move less than that moves nothing
+    /// (allocations move whole). 0 otherwise.
+    Evicted {
+        state: MemoryState,
+        moved_bytes: u64,
+        ns: u64,
+        #[serde(default)]
+        least_move_bytes: u64,
+    },
     /// The backend brought its evicted memory back onto the GPU (within a
     /// limit it was given).
     Restored { state: MemoryState, moved_bytes: u64, ns: u64 },
@@ -417,6 +426,7 @@ mod tests {
                 state: MemoryState { resident_bytes: 0, evicted_bytes: 1 << 30, limit_bytes: 0 },
                 moved_bytes: 1 << 30,
                 ns: 9,
+                least_move_bytes: 0,
             },
             BackendMsg::Release { grant: 4, gpu_ns: 1000, ops: 3, more: true },
             BackendMsg::Stats(BackendStats { ops_total: 9, ..Default::default() }),

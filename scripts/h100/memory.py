@@ -245,7 +245,8 @@ def main():
             "backend_swap_prefault": a.swap_prefault,
             "gpuvisord_swap_limit_mib": a.swap_limit_mib if a.swap_limit_mib else "default: half the host's RAM",
             "gpuvisord_swap_pool_mib": a.swap_pool_mib or 0,
-            "backend_swap_pool_keep_maps": a.swap_pool_keep_maps == "true",
+            # Meaningful with a pool only.
+            "backend_swap_pool_keep_maps": a.swap_pool_keep_maps == "true" if a.swap_pool_mib else None,
             "overcommitted_run_s": a.secs,
             "workload": "gv_mem hold: fill all free memory in chunks with a seeded pattern, burn kernels, "
             "check every byte at the end",

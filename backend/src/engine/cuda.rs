@@ -1390,6 +1390,14 @@ impl Engine for CudaEngine {
         }
     }
 
+    fn least_swap_out(&self) -> u64 {
+        if self.vmm.is_none() {
+            return 0; // nothing moves (swap_out)
+        }
+        let mapped = self.allocs.map.values().filter(|a| matches!(a.state, AllocState::Mapped(_)));
+        mapped.map(|a| a.footprint).min().unwrap_or(0)
+    }
+
     fn swap_out(&mut self, keep: u64, max_bytes: u64) -> EngineResult<u64> {
         self.synchronize_all();
         let Some(vmm) = self.vmm else {

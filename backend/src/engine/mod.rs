@@ -246,6 +246,11 @@ pub trait Engine: Send {
     /// valid. Returns the bytes moved; on an error, what was moved stays
     /// moved and the rest stays resident, nothing is lost.
     fn swap_out(&mut self, keep: u64, max_bytes: u64) -> EngineResult<u64>;
+    /// The bytes that the smallest allocation `swap_out` could move takes
+    /// (what a `max_bytes` below it would pass over); 0 when none could move.
+    fn least_swap_out(&self) -> u64 {
+        0
+    }
     /// A hint that a `swap_out` of about `bytes` is likely soon: the engine
     /// may make host memory ready for it meanwhile, so that the swap-out only
     /// copies. 0 withdraws the hint. Never blocks on the preparation.

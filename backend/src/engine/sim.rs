@@ -971,6 +971,10 @@ impl Engine for SimEngine {
         Ok(moved)
     }
 
+    fn least_swap_out(&self) -> u64 {
+        self.allocs.values().map(|a| a.data.len() as u64).min().unwrap_or(0)
+    }
+
     fn prepare_swap_out(&mut self, bytes: u64) {
         self.swap_prepared = bytes;
     }
