@@ -65,6 +65,41 @@ fn overcommitted(client: &Client) {
 }
 
 #[test]
+fn an_eviction_that_moved_nothing_is_asked_again_with_room_for_the_smallest_allocation() {
+    let dir = scratch("mem-least");
+    let d = TestDaemon::start_with(&dir, |c| {
+        c.min_residency_ns = 100_000_000;
+        c.swap_limit_bytes = 64 << 30;
+    });
+    let client = Client::new(d.serve_http(TOKEN), Some(TOKEN.to_owned()));
+    overcommitted(&client);
+    // 1 GiB of GPU: evictions step by 64 MiB. idle holds it all, in two
+    // allocations of 512 MiB.
+    let (mut idle, _) = join(&d.socket, "idle", 1024 * MIB, QosRequest::default());
+    let (mut asker, _) = join(&d.socket, "asker", 1024 * MIB, QosRequest::default());
+    report(&mut idle, 1024 * MIB, 1024 * MIB);
+    asker.send(&BackendMsg::MemNeed { bytes: 64 * MIB });
+    let msg = idle.memory_msg(Duration::from_secs(3)).unwrap();
+    assert_eq!(msg, DaemonMsg::Evict { resident_max: 960 * MIB, max_move_bytes: 64 * MIB }, "a step");
+    idle.send(&BackendMsg::Evicted {
+        state: MemoryState { resident_bytes: 1024 * MIB, evicted_bytes: 0, limit_bytes: 1024 * MIB },
+        moved_bytes: 0,
+        ns: 1000,
+        least_move_bytes: 512 * MIB,
+    });
+    // Asked the same again, it would move nothing again, for good.
+    let msg = idle.memory_msg(Duration::from_secs(3)).unwrap();
+    assert_eq!(msg, DaemonMsg::Evict { resident_max: 512 * MIB, max_move_bytes: 512 * MIB }, "one allocation");
+    idle.send(&BackendMsg::Evicted {
+        state: MemoryState { resident_bytes: 512 * MIB, evicted_bytes: 512 * MIB, limit_bytes: 512 * MIB },
+        moved_bytes: 512 * MIB,
+        ns: 1000,
+        least_move_bytes: 0,
+    });
+    assert_eq!(asker.memory_msg(Duration::from_secs(2)), Ok(DaemonMsg::MemLimit { bytes: 64 * MIB }));
+}
+
+#[test]
 fn a_need_that_does_not_fit_evicts_the_idle_vm_and_is_granted_once_it_answers() {
     let dir = scratch("mem-evict");
     let d = TestDaemon::start_with(&dir, |c| {
