@@ -761,7 +761,9 @@ fn pump(core: &mut Core, now: u64) {
                     // books may be a Stats report behind the backend.
                     let _ = s.tx.send(DaemonMsg::Evict { resident_max, max_move_bytes: moves_bytes });
                 }
-                withdraw_notices(broker, slots, vm, ledger.others(gpu));
+                if moves_bytes > 0 {
+                    withdraw_notices(broker, slots, vm, ledger.others(gpu));
+                }
                 if let Some(s) = slots.get_mut(&vm).filter(|s| moves_bytes > 0 && !s.evicting) {
                     // Off the GPU until the eviction is done (seen on the
                     // sim: a VM granted as its 3 s swap-out began, nobody
