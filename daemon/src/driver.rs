@@ -832,8 +832,7 @@ fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMa
     }
     // What other backends still hold prepared (a VM told before whose
     // eviction did not come or is under way) counts against host RAM too.
-    let prepared: Vec<(u64, u64)> =
-        slots.iter().filter(|(_, s)| s.notice_bytes > 0).map(|(&v, s)| (v, s.notice_bytes)).collect();
+    let prepared = prepared_notices(slots);
     let Some(s) = slots.get_mut(&vm) else {
         return;
     };
@@ -853,8 +852,7 @@ fn notice_likely_eviction(sched: &Scheduler, broker: &Broker, slots: &mut HashMa
 /// told during the fill held 40 GiB of the pool for a minute, and the VM
 /// evicted meanwhile found the pool short and moved only part).
 fn withdraw_notices(broker: &Broker, slots: &mut HashMap<u64, Slot>, evicted: u64, swap_others: u64) {
-    let prepared =
-        slots.iter().filter(|(&v, _)| v != evicted).map(|(_, s)| s.notice_bytes).fold(0, u64::saturating_add);
+    let prepared = broker.prepared_elsewhere(evicted, &prepared_notices(slots));
     let used = broker.swap_used().saturating_add(swap_others);
     if prepared == 0 || used.saturating_add(prepared) <= broker.swap_limit_bytes() {
         return;
@@ -865,6 +863,11 @@ fn withdraw_notices(broker: &Broker, slots: &mut HashMap<u64, Slot>, evicted: u6
         s.notice_bytes = 0;
         let _ = s.tx.send(DaemonMsg::PrepareEviction { bytes: 0 });
     }
+}
+
+/// Each VM still told to prepare for a likely eviction, with the bytes.
+fn prepared_notices(slots: &HashMap<u64, Slot>) -> Vec<(u64, u64)> {
+    slots.iter().filter(|(_, s)| s.notice_bytes > 0).map(|(&v, s)| (v, s.notice_bytes)).collect()
 }
 
 fn snapshot(sched: &Scheduler, slots: &HashMap<u64, Slot>, broker: &Broker, now: u64) -> GpuSnapshot {

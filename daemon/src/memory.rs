@@ -398,11 +398,7 @@ impl Broker {
         let (Some(cap), Some(b)) = (self.capacity(), self.vms.get(&vm)) else {
             return 0;
         };
-        let prepared_elsewhere = prepared
-            .iter()
-            .filter(|&&(w, _)| w != vm)
-            .map(|&(w, p)| p.saturating_sub(self.vms.get(&w).map_or(0, |o| o.evict_moves)))
-            .fold(0, u64::saturating_add);
+        let prepared_elsewhere = self.prepared_elsewhere(vm, prepared);
         let waiting = self.vms.iter().filter(|(&w, _)| w != vm).map(|(_, o)| o.mem.evicted_bytes).max().unwrap_or(0);
         let free = cap.saturating_sub(self.limits());
         let room = self.params.swap_limit_bytes.saturating_sub(self.swap_used().saturating_add(prepared_elsewhere));
@@ -413,6 +409,18 @@ impl Broker {
         } else {
             bytes
         }
+    }
+
+    /// Host RAM that VMs other than `vm` hold `prepared` for likely
+    /// evictions, less what their evictions under way already count in
+    /// [`swap_used`](Self::swap_used) (the memory they prepared is what those
+    /// fill).
+    pub fn prepared_elsewhere(&self, vm: VmId, prepared: &[(VmId, u64)]) -> u64 {
+        prepared
+            .iter()
+            .filter(|&&(w, _)| w != vm)
+            .map(|&(w, p)| p.saturating_sub(self.vms.get(&w).map_or(0, |o| o.evict_moves)))
+            .fold(0, u64::saturating_add)
     }
 
     /// Host RAM that evicted memory may take, on all GPUs together.
